@@ -1,0 +1,39 @@
+"""fastnewton: Newton-type solvers for attention-style two-layer regression, with Numba kernels.
+
+    import fastnewton
+    C, b, x_true = fastnewton.make_problem(100_000, 50, nnz_per_row=10, seed=0)
+    res = fastnewton.solve(C, b, model="softmax")
+"""
+import importlib.util as _importlib_util
+import pathlib as _pathlib
+import sys as _sys
+
+
+def _map_source_kernels():
+    """In a source checkout kernels/ sits beside fastnewton/; installs place it at fastnewton/kernels.
+
+    When the package is imported from a source tree that an editable install does
+    not map (e.g. ``python -m fastnewton`` in the repository after ``pip install .``),
+    load ../kernels as ``fastnewton.kernels`` so both layouts import the same way.
+    """
+    if _importlib_util.find_spec(__name__ + ".kernels") is not None:
+        return
+    source = _pathlib.Path(__file__).resolve().parent.parent / "kernels"
+    spec = _importlib_util.spec_from_file_location(
+        __name__ + ".kernels", source / "__init__.py", submodule_search_locations=[str(source)])
+    if spec is None:
+        raise ImportError("fastnewton.kernels is missing: reinstall fastnewton")
+    module = _importlib_util.module_from_spec(spec)
+    _sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+
+
+_map_source_kernels()
+
+from .problem import Problem  # noqa: E402
+from .problems import make_problem  # noqa: E402
+from .result import SolveResult, Status  # noqa: E402
+from .solver import solve  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["Problem", "SolveResult", "Status", "make_problem", "solve", "__version__"]

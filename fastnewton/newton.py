@@ -1,0 +1,236 @@
+"""The globalised Newton loop of SPEC §3, written against ``Problem`` and a Hessian strategy.
+
+Per iteration: 1) forward pass u = Cx, 2) model vectors and the fused gradient pass
+Cᵀ[q, U], 3) the Hessian from the strategy, 4) a damped Newton step: Cholesky of
+H + μI (Levenberg–Marquardt μ raised when Cholesky fails or the line search
+rejects the step), a logit cap ‖CΔx‖∞ ≤ 10 (one pass C·Δx, reused by every line
+search trial as u + t·CΔx), and Armijo backtracking on L.
+"""
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+from .result import MESSAGES, SolveResult, Status
+from .timing import PhaseTimer
+
+ARMIJO_C1 = 1e-4
+BACKTRACK_FACTOR = 0.5
+MAX_BACKTRACKS = 40
+# μ runs from 1e-8·scale up by ×10 per failure: 20 tries reach 1e12·scale, where the
+# step is a tiny gradient step that must decrease L unless L is flat to rounding.
+MAX_DAMPING_TRIES = 20
+FIRST_DAMPING = 1e-8
+DAMPING_INCREASE = 10.0
+DAMPING_DECREASE = 10.0
+# Beyond ~10 the softmax saturates to one-hot and every gradient underflows to 0 (SPEC §3).
+MAX_LOGIT_STEP = 10.0
+# Consecutive steps whose decrease is below rounding and that do not shrink the gradient
+# before the solve is declared stalled at the precision limit.
+MAX_FLAT_STEPS = 3
+# Rounding level of L: ~100·eps relative to L and to the residual cross term ‖r‖·‖b‖.
+ROUNDING_FACTOR = 100.0 * np.finfo(np.float64).eps
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    """Configuration of one solve, built once from ``solve``'s arguments."""
+
+    hessian: str
+    tol: float
+    max_iter: int
+    seed: object
+    callback: object
+    verbose: bool
+    max_logit_step: float = MAX_LOGIT_STEP
+
+
+@dataclass
+class _Step:
+    x: np.ndarray
+    u: np.ndarray
+    length: float
+    damping: float
+    trials: int
+    norm: float
+    below_rounding: bool
+
+
+def _all_finite(*values):
+    return all(np.all(np.isfinite(v)) for v in values)
+
+
+def _rounding_level(loss, target_norm):
+    return ROUNDING_FACTOR * (abs(loss) + np.sqrt(2.0 * abs(loss)) * target_norm)
+
+
+def _next_damping(mu, scale):
+    return FIRST_DAMPING * scale if mu == 0.0 else mu * DAMPING_INCREASE
+
+
+def _damped_step(problem, ev, H, mu, options, timer, target_norm):
+    """Find an accepted step from ev.x, raising μ until the line search succeeds; None if it never does."""
+    scale = float(np.max(np.abs(np.diag(H)))) or 1.0
+    g = ev.grad
+    L0 = ev.loss
+    noise = _rounding_level(L0, target_norm)
+    identity = np.eye(H.shape[0])
+    for _ in range(MAX_DAMPING_TRIES):
+        with timer("solve"):
+            try:
+                factor = scipy.linalg.cho_factor(H + mu * identity, lower=True, check_finite=False)
+                p = -scipy.linalg.cho_solve(factor, g, check_finite=False)
+            except (np.linalg.LinAlgError, ValueError):
+                p = None
+        if p is None or not _all_finite(p):
+            mu = _next_damping(mu, scale)
+            continue
+        with timer("line_search"):
+            Cp = problem.matrix.matvec(p)
+            largest = float(np.max(np.abs(Cp)))
+            if largest > options.max_logit_step:
+                p *= options.max_logit_step / largest
+                Cp *= options.max_logit_step / largest
+            slope = float(g @ p)
+            t = 1.0
+            for trial in range(1, MAX_BACKTRACKS + 1):
+                x_t = ev.x + t * p
+                u_t = ev.u + t * Cp
+                L_t = problem._loss_at(u_t, x_t)
+                armijo = L_t <= L0 + ARMIJO_C1 * t * slope
+                # Near the optimum the predicted decrease can be below the rounding of L:
+                # accept the full step if L does not rise beyond rounding; the gradient test decides.
+                invisible = t == 1.0 and -slope <= noise and L_t <= L0 + noise
+                if np.isfinite(L_t) and (armijo or invisible):
+                    return _Step(x_t, u_t, t, mu, trial, t * float(np.linalg.norm(p)), not armijo)
+                t *= BACKTRACK_FACTOR
+        mu = _next_damping(mu, scale)
+    return None
+
+
+def _gradient_norm_at_zero(problem):
+    """‖∇L(0)‖ (u = 0 needs no pass over C), using the model's reference derivative at 0."""
+    vectors = problem._model.reference_model().vectors(np.zeros(problem.n))
+    return float(np.linalg.norm(problem.matrix.rmatmat(np.ascontiguousarray(vectors.Q[:, :1]))))
+
+
+def newton_solve(problem, x0, start, strategy, options):
+    """Run the Newton loop from x0; ``strategy(problem, evaluation, timer)`` returns the d × d Hessian."""
+    timer = PhaseTimer()
+    clock = time.perf_counter()
+    target_norm = float(np.linalg.norm(problem.b))
+    g_ref_zero = _gradient_norm_at_zero(problem)
+    ev = problem._evaluate(x0, timer=timer)
+    if not _all_finite(ev.loss, ev.grad):
+        return _result(problem, ev, x0, start, options, Status.NON_FINITE, [], 0.0, g_ref_zero, clock,
+                       detail="the loss or gradient at the starting point is not finite")
+    g_ref = max(float(np.linalg.norm(ev.grad)), g_ref_zero)
+    history = []
+    _record(history, 0, ev, g_ref, None, timer, clock, options)
+    mu = 0.0
+    status = None
+    detail = ""
+    n_iter = 0
+    flat_steps = 0
+    try:
+        while True:
+            grad_norm = float(np.linalg.norm(ev.grad))
+            if grad_norm <= options.tol * g_ref:
+                status = Status.CONVERGED
+                break
+            if n_iter >= options.max_iter:
+                status = Status.MAX_ITER
+                break
+            n_iter += 1
+            # 3) Hessian
+            with timer("hessian"):
+                H = strategy(problem, ev, timer)
+            # 4) damped Newton step with logit cap and Armijo line search
+            step = _damped_step(problem, ev, H, mu, options, timer, target_norm)
+            if step is None:
+                status = Status.STALLED
+                break
+            # 1) forward pass and 2) gradient pass at the new iterate (u recomputed, not accumulated)
+            new_ev = problem._evaluate(step.x, timer=timer)
+            if not _all_finite(new_ev.loss, new_ev.grad):
+                status = Status.NON_FINITE
+                detail = f"the loss or gradient became non-finite at iteration {n_iter}"
+                break
+            flat_steps = flat_steps + 1 if step.below_rounding and (
+                np.linalg.norm(new_ev.grad) >= np.linalg.norm(ev.grad)) else 0
+            ev = new_ev
+            mu = step.damping / DAMPING_DECREASE if step.length == 1.0 else step.damping
+            if mu < FIRST_DAMPING * float(np.max(np.abs(np.diag(H))) or 1.0):
+                mu = 0.0
+            info = _record(history, n_iter, ev, g_ref, step, timer, clock, options)
+            if options.callback is not None and options.callback(dict(info, x=ev.x.copy())):
+                status = Status.CALLBACK
+                break
+            if flat_steps >= MAX_FLAT_STEPS:
+                status = Status.STALLED
+                detail = (f"The loss ({ev.loss:.3e}) is flat to rounding error and the gradient stopped "
+                          f"decreasing at ‖∇L‖/g_ref = {info['rel_grad_norm']:.3e}.")
+                break
+    except KeyboardInterrupt:
+        status = Status.INTERRUPTED
+    if status == Status.CONVERGED:
+        dead = problem._model.diagnose(ev.u, ev.vectors)
+        if dead:
+            status, detail = Status.DEAD_STATIONARY, dead
+    return _result(problem, ev, x0, start, options, status, history, g_ref, g_ref_zero, clock, detail, n_iter)
+
+
+_TABLE_HEADER = f"{'iter':>5} {'loss':>14} {'|g|/g_ref':>10} {'step':>8} {'damping':>9} {'trials':>6} {'seconds':>8}"
+
+
+def _record(history, n_iter, ev, g_ref, step, timer, clock, options):
+    grad_norm = float(np.linalg.norm(ev.grad))
+    info = {
+        "iter": n_iter,
+        "loss": ev.loss,
+        "grad_norm": grad_norm,
+        "rel_grad_norm": grad_norm / g_ref if g_ref > 0 else 0.0,
+        "step": step.length if step else 0.0,
+        "step_norm": step.norm if step else 0.0,
+        "damping": step.damping if step else 0.0,
+        "line_search_trials": step.trials if step else 0,
+        "seconds": timer.pop(),
+        "time": time.perf_counter() - clock,
+    }
+    history.append(info)
+    if options.verbose:
+        if n_iter == 0:
+            print(_TABLE_HEADER)
+        print(f"{n_iter:>5d} {info['loss']:>14.6e} {info['rel_grad_norm']:>10.3e} {info['step']:>8.2e} "
+              f"{info['damping']:>9.2e} {info['line_search_trials']:>6d} {sum(info['seconds'].values()):>8.3f}")
+    return info
+
+
+def _result(problem, ev, x0, start, options, status, history, g_ref, g_ref_zero, clock, detail="", n_iter=0):
+    message = MESSAGES[status] + (f" {detail}" if detail and status != Status.DEAD_STATIONARY else detail)
+    if status == Status.CONVERGED:
+        message = MESSAGES[status]
+    grad_norm = float(np.linalg.norm(ev.grad)) if _all_finite(ev.grad) else float("nan")
+    x = ev.x.copy() if _all_finite(ev.x) else x0.copy()
+    res = SolveResult(
+        x=x,
+        loss=ev.loss,
+        grad_norm=grad_norm,
+        rel_grad_norm=grad_norm / g_ref if g_ref > 0 else 0.0,
+        g_ref=g_ref,
+        n_iter=n_iter,
+        converged=status == Status.CONVERGED,
+        status=status,
+        message=message,
+        history=history,
+        x0=x0.copy(),
+        start=start,
+        hessian=options.hessian,
+        time=time.perf_counter() - clock,
+    )
+    res.update(fun=res["loss"], jac=ev.grad.copy(), nit=n_iter, success=res["converged"])
+    if options.verbose:
+        print(f"{message} iterations={n_iter} loss={res['loss']:.6e} |g|/g_ref={res['rel_grad_norm']:.3e} "
+              f"time={res['time']:.3f}s")
+    return res

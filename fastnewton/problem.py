@@ -1,0 +1,142 @@
+"""``Problem``: loss, gradient and Hessian of SPEC §1–2, usable directly by scipy.optimize.minimize."""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .models import ModelVectors, build_model
+from .validation import (
+    as_input_matrix,
+    as_l2,
+    as_row_weights,
+    as_value_matrix,
+    as_vector,
+    check_model,
+)
+
+
+@dataclass
+class Evaluation:
+    """One point x with u = Cx, the model vectors, the gradient and P = CᵀU."""
+
+    x: np.ndarray
+    u: np.ndarray
+    vectors: ModelVectors
+    loss: float
+    grad: np.ndarray
+    P: np.ndarray
+
+
+class Problem:
+    """L(x) = ½‖h(Cx) − b‖² + ½ Σᵢ wᵢ (Cx)ᵢ² + ½ λ‖x‖² for one of the three models.
+
+    C is a dense array or any SciPy sparse matrix (converted once to CSR; float32 or
+    float64 values, int32 or int64 indices). ``b`` has length n (``softmax``,
+    ``relu_softmax``) or m (``softmax_relu``, with V of shape n × m).
+    ``loss``, ``grad``, ``loss_and_grad``, ``hessian`` and ``hessp`` plug straight
+    into ``scipy.optimize.minimize(fun, x0, jac=, hess=, hessp=)``. The last point
+    evaluated is cached, so ``fun``/``jac``/``hessp`` at the same x share one pass.
+    """
+
+    def __init__(self, C, b, model="softmax", V=None, l2=0.0, row_weights=None):
+        self.model = check_model(model)
+        self.matrix = as_input_matrix(C)
+        n = self.matrix.n
+        self.V = as_value_matrix(V, self.model, n)
+        if self.V is None:
+            self.b = as_vector(b, "b", n, " (rows of C)")
+        else:
+            self.b = as_vector(b, "b", self.V.shape[1], " (columns of V)")
+        self.l2 = as_l2(l2)
+        self.row_weights = as_row_weights(row_weights, n)
+        self._model = build_model(self.model, self.b, self.row_weights, self.V)
+        self._last = None
+
+    @property
+    def n(self):
+        return self.matrix.n
+
+    @property
+    def d(self):
+        return self.matrix.d
+
+    def __repr__(self):
+        return (f"Problem(model={self.model!r}, n={self.n}, d={self.d}, nnz={self.matrix.nnz}, "
+                f"format={self.matrix.format!r}, l2={self.l2})")
+
+    # -- internals shared with the solver -------------------------------------------------
+    def _as_point(self, x, name="x"):
+        return as_vector(x, name, self.d, " (columns of C)")
+
+    def _evaluate(self, x, u=None, timer=None):
+        """Full evaluation at a validated float64 x; ``u`` may be passed when already known."""
+        if self._last is not None and np.array_equal(self._last.x, x):
+            return self._last
+        timer = timer or _no_timer
+        if u is None:
+            with timer("forward"):
+                u = self.matrix.matvec(x)
+        with timer("model"):
+            vectors = self._model.vectors(u)
+        with timer("gradient"):
+            G = self.matrix.rmatmat(vectors.Q)
+        grad = G[:, 0] + self.l2 * x
+        loss = vectors.loss + 0.5 * self.l2 * float(x @ x)
+        self._last = Evaluation(x.copy(), u, vectors, loss, grad, np.ascontiguousarray(G[:, 1:]))
+        return self._last
+
+    def _loss_at(self, u, x):
+        """L at a point whose u = Cx is already known (line-search trials)."""
+        return self._model.loss(u) + 0.5 * self.l2 * float(x @ x)
+
+    def _hessian(self, ev):
+        vec = ev.vectors
+        H = self.matrix.sandwich(vec.beta)
+        low_rank = ev.P @ vec.S @ ev.P.T
+        H += 0.5 * (low_rank + low_rank.T)
+        H[np.diag_indices_from(H)] += self.l2
+        return H
+
+    # -- public API --------------------------------------------------------------------------
+    def loss(self, x):
+        """L(x)."""
+        x = self._as_point(x)
+        if self._last is not None and np.array_equal(self._last.x, x):
+            return self._last.loss
+        return self._loss_at(self.matrix.matvec(x), x)
+
+    def grad(self, x):
+        """∇L(x) = Cᵀq + λx (a new array)."""
+        return self._evaluate(self._as_point(x)).grad.copy()
+
+    def loss_and_grad(self, x):
+        """(L(x), ∇L(x)) from one forward and one fused transposed pass."""
+        ev = self._evaluate(self._as_point(x))
+        return ev.loss, ev.grad.copy()
+
+    def hessian(self, x):
+        """∇²L(x) = Cᵀ(diag(β) + U S Uᵀ)C + λI as a dense d × d array."""
+        return self._hessian(self._evaluate(self._as_point(x)))
+
+    def hessp(self, x, p):
+        """∇²L(x)·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp without forming the Hessian (two passes over C)."""
+        ev = self._evaluate(self._as_point(x))
+        p = self._as_point(p, "p")
+        Cp = self.matrix.matvec(p)
+        Hp = self.matrix.rmatmat((ev.vectors.beta * Cp)[:, None])[:, 0]
+        Hp += ev.P @ (ev.vectors.S @ (ev.P.T @ p))
+        Hp += self.l2 * p
+        return Hp
+
+
+class _NoTimer:
+    def __call__(self, phase):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_no_timer = _NoTimer()

@@ -1,0 +1,68 @@
+"""Planted problems for demos, tests and benchmarks."""
+import numpy as np
+import scipy.sparse as sp
+
+from .validation import as_positive_int, check_model
+
+
+def _softmax(z):
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def make_problem(n, d, *, nnz_per_row=None, density=None, model="softmax", m=None, scale=1.0,
+                 noise=0.0, seed=None, dense=False):
+    """A planted problem: ``(C, b, x_true)``, or ``(C, b, x_true, V)`` for ``softmax_relu``.
+
+    C is CSR (``nnz_per_row`` entries per row at uniformly random columns, duplicates
+    summed; or ``density`` × d per row; default min(d, 10)) or, with ``dense=True``, a
+    dense n × d array; values are standard normal. x_true ~ N(0, scale²/k) with k
+    entries per row, so the logits u = C x_true are ≈ N(0, scale²). b = h(u) exactly,
+    then, if ``noise`` > 0, multiplied entrywise by (1 + noise·N(0, 1)) and clipped at 0.
+    For ``softmax_relu``, V (n × m, default m = min(d, 16)) has entries uniform in
+    [−0.5, 1], so every output is positive at the uniform softmax (x = 0).
+    """
+    n = as_positive_int(n, "n")
+    d = as_positive_int(d, "d")
+    model = check_model(model)
+    if not np.isfinite(scale) or scale < 0:
+        raise ValueError(f"scale must be a finite number ≥ 0, got {scale}")
+    if not np.isfinite(noise) or noise < 0:
+        raise ValueError(f"noise must be a finite number ≥ 0, got {noise}")
+    if nnz_per_row is not None and density is not None:
+        raise ValueError("give nnz_per_row or density, not both")
+    rng = np.random.default_rng(seed)
+    if dense:
+        C = rng.standard_normal((n, d))
+        k = d
+    else:
+        if density is not None:
+            if not 0 < density <= 1:
+                raise ValueError(f"density must be in (0, 1], got {density}")
+            k = max(1, int(round(density * d)))
+        else:
+            k = as_positive_int(nnz_per_row, "nnz_per_row") if nnz_per_row is not None else min(d, 10)
+        k = min(k, d)
+        index_dtype = np.int32 if d < 2**31 - 1 and n * k < 2**31 - 1 else np.int64
+        columns = np.sort(rng.integers(0, d, size=(n, k), dtype=index_dtype), axis=1)
+        values = rng.standard_normal(n * k)
+        indptr = np.arange(0, n * k + 1, k, dtype=index_dtype)
+        C = sp.csr_matrix((values, columns.ravel(), indptr), shape=(n, d))
+        C.has_sorted_indices = True
+        C.sum_duplicates()
+    x_true = rng.standard_normal(d) * (scale / np.sqrt(k))
+    u = C @ x_true
+    V = None
+    if model == "softmax":
+        b = _softmax(u)
+    elif model == "relu_softmax":
+        b = _softmax(np.maximum(u, 0.0))
+    else:
+        m = as_positive_int(m, "m") if m is not None else min(d, 16)
+        V = rng.uniform(-0.5, 1.0, size=(n, m))
+        b = np.maximum(V.T @ _softmax(u), 0.0)
+    if noise > 0:
+        b = np.maximum(b * (1.0 + noise * rng.standard_normal(b.shape[0])), 0.0)
+    if V is not None:
+        return C, b, x_true, V
+    return C, b, x_true

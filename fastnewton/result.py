@@ -1,0 +1,50 @@
+"""The solve result (a dict with attribute access, like scipy's OptimizeResult) and the status table."""
+import enum
+
+
+class Status(enum.IntEnum):
+    CONVERGED = 0
+    MAX_ITER = 1
+    STALLED = 2
+    CALLBACK = 3
+    NON_FINITE = 4
+    DEAD_STATIONARY = 5
+    INTERRUPTED = 6
+
+
+MESSAGES = {
+    Status.CONVERGED: "Converged: relative gradient norm ‖∇L(x)‖ / g_ref ≤ tol.",
+    Status.MAX_ITER: "Stopped: the maximum number of iterations (max_iter) was reached before tol.",
+    Status.STALLED: ("Stopped: no decrease of the loss beyond rounding error is possible along the Newton "
+                     "direction at any damping; the gradient criterion tol was not met."),
+    Status.CALLBACK: "Stopped by the callback (it returned True); x is the current iterate.",
+    Status.NON_FINITE: "Stopped: a non-finite value appeared; x is the last finite iterate.",
+    Status.DEAD_STATIONARY: "Stopped at a stationary point with non-zero loss that is not the optimum: ",
+    Status.INTERRUPTED: "Stopped by KeyboardInterrupt; x is the current iterate.",
+}
+
+
+class SolveResult(dict):
+    """Result of ``fastnewton.solve``.
+
+    Attributes: ``x``, ``loss``, ``grad_norm`` (‖∇L(x)‖), ``rel_grad_norm`` (‖∇L(x)‖ / g_ref),
+    ``n_iter``, ``converged`` (True only when the gradient criterion is met at a point
+    that is not a known dead stationary point), ``status`` (a ``Status``), ``message``,
+    ``history`` (one dict per iteration), ``x0`` and ``start`` (how x0 was chosen),
+    ``hessian`` (strategy used) and ``time`` (seconds). scipy-style aliases: ``fun``,
+    ``jac``, ``nit``, ``success``.
+    """
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+    def __dir__(self):
+        return list(self.keys())
+
+    def __repr__(self):
+        keys = ("converged", "status", "message", "n_iter", "loss", "grad_norm", "rel_grad_norm", "time")
+        lines = [f"{k:>14}: {self[k]!r}" for k in keys if k in self]
+        return "SolveResult(\n" + "\n".join(lines) + "\n)"

@@ -1,0 +1,55 @@
+"""``fastnewton.solve``: validate once, choose the start and the Hessian strategy, run the Newton loop."""
+import numpy as np
+
+from .hessian import resolve_strategy
+from .newton import SolveOptions, newton_solve
+from .problem import Problem
+from .start import starting_point
+from .threads import thread_limits
+from .validation import as_positive_float, as_positive_int
+
+
+def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto", hessian="auto",
+          eps=0.5, sketch_size=None, tol=1e-8, max_iter=100, seed=None, n_threads=None,
+          callback=None, verbose=False):
+    """Minimise L(x) = ½‖h(Cx) − b‖² + ½ Σᵢ wᵢ (Cx)ᵢ² + ½ λ‖x‖² by a globalised Newton method.
+
+    Parameters
+    ----------
+    C : (n, d) NumPy array or SciPy sparse matrix (any format; converted once to CSR).
+    b : target, length n (``softmax``, ``relu_softmax``) or m (``softmax_relu``).
+    model : ``"softmax"``, ``"relu_softmax"`` or ``"softmax_relu"`` (needs ``V``, n × m).
+    l2 : ridge λ ≥ 0.  row_weights : w ≥ 0, a scalar or a length-n vector.
+    x0 : ``"auto"`` (a least-squares fit in log space, see ``fastnewton.start``), ``"zeros"``
+        or a length-d array.
+    hessian : ``"auto"`` or ``"exact"``.
+    eps, sketch_size : accuracy and sample size of the sketched strategies (validated; unused by exact).
+    tol : stop when ‖∇L(x)‖ ≤ tol · max(‖∇L(x0)‖, ‖∇L(0)‖).
+    max_iter : at most this many Newton iterations.
+    seed : fixes every random choice.  n_threads : Numba and BLAS threads for this solve.
+    callback : called after every iteration with a dict (iter, loss, grad_norm, step, damping,
+        seconds per phase, x); returning True stops the solve cleanly.
+    verbose : print one row per iteration.
+
+    Returns
+    -------
+    SolveResult with ``x, loss, grad_norm, n_iter, converged, status, message, history``.
+    """
+    problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=row_weights)
+    tol = as_positive_float(tol, "tol")
+    max_iter = as_positive_int(max_iter, "max_iter", minimum=0)
+    as_positive_float(eps, "eps", upper=1.0)
+    as_positive_int(sketch_size, "sketch_size", allow_none=True)
+    n_threads = as_positive_int(n_threads, "n_threads", allow_none=True)
+    if seed is not None and not isinstance(seed, (int, np.integer, np.random.SeedSequence)):
+        raise TypeError(f"seed must be None, an int or a numpy SeedSequence, got {type(seed).__name__}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    if not isinstance(hessian, str):
+        raise TypeError(f"hessian must be a string, got {type(hessian).__name__}")
+    strategy_name, strategy = resolve_strategy(hessian, problem)
+    options = SolveOptions(hessian=strategy_name, tol=tol, max_iter=max_iter, seed=seed,
+                           callback=callback, verbose=bool(verbose))
+    with thread_limits(n_threads):
+        start, description = starting_point(problem, x0)
+        return newton_solve(problem, start, description, strategy, options)
