@@ -32,8 +32,8 @@ _map_source_kernels()
 
 from .problem import Problem  # noqa: E402
 from .problems import make_problem  # noqa: E402
-from .result import SolveResult, Status  # noqa: E402
+from .result import ConvergenceWarning, SolveResult, Status  # noqa: E402
 from .solver import solve  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Problem", "SolveResult", "Status", "make_problem", "solve", "__version__"]
+__all__ = ["ConvergenceWarning", "Problem", "SolveResult", "Status", "make_problem", "solve", "__version__"]

@@ -7,12 +7,13 @@ rejects the step), a logit cap ‖CΔx‖∞ ≤ 10 (one pass C·Δx, reused by 
 search trial as u + t·CΔx), and Armijo backtracking on L.
 """
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
 
-from .result import MESSAGES, SolveResult, Status
+from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
 from .timing import PhaseTimer
 
 ARMIJO_C1 = 1e-4
@@ -174,6 +175,9 @@ def newton_solve(problem, x0, start, strategy, options):
                 break
     except KeyboardInterrupt:
         status = Status.INTERRUPTED
+    if status == Status.MAX_ITER:
+        warnings.warn(f"fastnewton.solve stopped at max_iter = {options.max_iter} before reaching tol = "
+                      f"{options.tol:g}", ConvergenceWarning, stacklevel=3)
     if status == Status.CONVERGED:
         dead = problem._model.diagnose(ev.u, ev.vectors)
         if dead:

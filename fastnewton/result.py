@@ -2,6 +2,10 @@
 import enum
 
 
+class ConvergenceWarning(UserWarning):
+    """Issued when a solve stops at max_iter before meeting tol."""
+
+
 class Status(enum.IntEnum):
     CONVERGED = 0
     MAX_ITER = 1
