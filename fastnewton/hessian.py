@@ -1,18 +1,128 @@
-"""Hessian strategies: each maps (problem, evaluation, timer) to the d × d matrix the Newton step factors.
+"""Hessian strategies (SPEC §3): each builds, per iteration, a ``NewtonSystem`` that solves (H + μI) p = −g.
 
-``exact``: H = Cᵀ diag(β) C + P S Pᵀ + λI, the sparse sandwich in O(Σᵢ nnzᵢ²) (dense: a
-blocked GEMM, O(n d²)). ``auto`` resolves to a strategy from the shape of the problem.
+- ``exact``: H = Cᵀ diag(β) C + P S Pᵀ + λI (sparse sandwich O(Σᵢ nnzᵢ²); dense: blocked GEMM,
+  O(n d²)); Cholesky.
+- ``sketch``: H̃ = CᵀD̃C + P S Pᵀ + λI with D̃ a leverage-score sample of diag(β)
+  (``fastnewton.sketching``), a fresh sample each iteration; Cholesky. Linear local convergence.
+- ``pcg``: conjugate gradients on the exact Hessian-vector product (two passes over C each),
+  preconditioned by the Cholesky factor of H̃ + μI; forcing term η = min(0.5, ‖g‖/g_ref) for
+  quadratic local convergence at near-sketch cost.
+- ``auto``: the cost model in ``choose_strategy``.
 """
+from dataclasses import dataclass, field
 
-STRATEGIES = ("auto", "exact")
+import numpy as np
+import scipy.linalg
+
+from .sketching import sample_size, sampled_sandwich
+
+STRATEGIES = ("auto", "exact", "sketch", "pcg")
+MAX_CG_ITERATIONS = 100
+MAX_FORCING = 0.5
 
 
-def exact_hessian(problem, evaluation, timer):
-    return problem._hessian(evaluation)
+@dataclass
+class NewtonSystem:
+    """The matrix the step factors (H or H̃), plus how to solve with it; ``info`` goes to the history."""
+
+    matrix: np.ndarray
+    hessp: object = None
+    forcing: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def scale(self):
+        return float(np.max(np.abs(np.diag(self.matrix)))) or 1.0
+
+    def solve(self, g, mu):
+        """p with (H + μI) p ≈ −g, or None when H + μI is not positive definite (raise μ)."""
+        try:
+            factor = scipy.linalg.cho_factor(self.matrix + mu * np.eye(self.matrix.shape[0]),
+                                              lower=True, check_finite=False)
+        except (np.linalg.LinAlgError, ValueError):
+            return None
+        if self.hessp is None:
+            return -scipy.linalg.cho_solve(factor, g, check_finite=False)
+        return self._pcg(factor, g, mu)
+
+    def _pcg(self, factor, g, mu):
+        """Preconditioned CG from p = 0 on (H + μI) p = −g until ‖residual‖ ≤ forcing·‖g‖."""
+        p = np.zeros_like(g)
+        residual = -g.copy()
+        z = scipy.linalg.cho_solve(factor, residual, check_finite=False)
+        direction = z.copy()
+        rz = float(residual @ z)
+        target = self.forcing * float(np.linalg.norm(g))
+        for iteration in range(1, MAX_CG_ITERATIONS + 1):
+            Hd = self.hessp(direction) + mu * direction
+            curvature = float(direction @ Hd)
+            if not curvature > 0.0:
+                self.info["cg_iterations"] = iteration
+                # Negative curvature of H + μI: the damping must grow (the first direction is
+                # the preconditioned gradient, so p = 0 here means no usable step yet).
+                return p if iteration > 1 else None
+            alpha = rz / curvature
+            p += alpha * direction
+            residual -= alpha * Hd
+            if np.linalg.norm(residual) <= target:
+                break
+            z = scipy.linalg.cho_solve(factor, residual, check_finite=False)
+            rz_next = float(residual @ z)
+            direction = z + (rz_next / rz) * direction
+            rz = rz_next
+        self.info["cg_iterations"] = iteration
+        return p
 
 
-def resolve_strategy(name, problem):
-    """(resolved name, strategy function). Only ``exact`` exists so far, so ``auto`` means exact."""
+def exact_system(problem, ev, rng, options, g_ref):
+    return NewtonSystem(problem._hessian(ev))
+
+
+def _sketched_matrix(problem, ev, rng, options):
+    s = options.sketch_size or sample_size(problem.d, options.eps)
+    sandwich, kept = sampled_sandwich(problem.matrix, ev.vectors.beta, problem.l2, s, rng)
+    return problem._hessian(ev, sandwich=sandwich), {"sampled_rows": kept}
+
+
+def sketch_system(problem, ev, rng, options, g_ref):
+    matrix, info = _sketched_matrix(problem, ev, rng, options)
+    return NewtonSystem(matrix, info=info)
+
+
+def pcg_system(problem, ev, rng, options, g_ref):
+    matrix, info = _sketched_matrix(problem, ev, rng, options)
+    forcing = min(MAX_FORCING, float(np.linalg.norm(ev.grad)) / g_ref) if g_ref > 0 else MAX_FORCING
+    return NewtonSystem(matrix, hessp=lambda p: problem._hessp(ev, p), forcing=forcing, info=info)
+
+
+BUILDERS = {"exact": exact_system, "sketch": sketch_system, "pcg": pcg_system}
+
+
+def choose_strategy(problem, eps, sketch_size):
+    """``auto``: pcg when the sketched Hessian is much cheaper than the exact one, else exact.
+
+    Flop model (multiply-adds): exact sandwich Σᵢ nnzᵢ²/2 for CSR (estimated as
+    nnz²/(2n), exact for equal rows) and n·d² for dense; sketch ≈ nnz·(OSNAP_NNZ + JL_DIM)
+    + 4d·d² (QR) + s·(nnz/n)²/2 (sampled sandwich); pcg adds ~2 passes per CG
+    iteration, a few per Newton step, and converges like exact Newton, so it is chosen
+    whenever the sketched build is at least 4× cheaper than the exact sandwich.
+    """
+    matrix = problem.matrix
+    n, d, nnz = matrix.n, matrix.d, matrix.nnz
+    per_row = nnz / n
+    exact = n * d * d if matrix.format == "dense" else n * per_row**2 / 2
+    s = sketch_size or sample_size(d, eps)
+    sandwich = min(s, n) * (d * d if matrix.format == "dense" else per_row**2 / 2)
+    sketched = nnz * 30 + 4 * d**3 + sandwich
+    return "pcg" if 4 * sketched < exact else "exact"
+
+
+def resolve_strategy(name, problem, eps, sketch_size):
+    """(resolved strategy name, builder)."""
+    if not isinstance(name, str):
+        raise TypeError(f"hessian must be a string, got {type(name).__name__}")
     if name not in STRATEGIES:
         raise ValueError(f"hessian must be one of {', '.join(repr(s) for s in STRATEGIES)}, got {name!r}")
-    return "exact", exact_hessian
+    if name == "auto":
+        name = choose_strategy(problem, eps, sketch_size)
+    return name, BUILDERS[name]

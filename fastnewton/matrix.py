@@ -7,9 +7,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from .chunking import chunk_rows, sandwich_chunk_rows
-from .kernels.csr import csr_matvec, csr_rmatmat
+from .kernels.csr import csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec
 from .kernels.dense import dense_matvec, dense_rmatmat
-from .kernels.sandwich import csr_sandwich
+from .kernels.sandwich import csr_sandwich, csr_sandwich_rows
+from .kernels.sketch import csr_embed, dense_embed
 
 # Rows per GEMM block of the dense sandwich: bounds the scaled copy to
 # DENSE_SANDWICH_BLOCK × d while keeping each GEMM large enough for full BLAS speed.
@@ -34,17 +35,44 @@ class DenseMatrix:
         return out
 
     def rmatmat(self, Q):
+        Q = np.ascontiguousarray(Q)
         out = np.empty((self.d, Q.shape[1]))
         dense_rmatmat(self.array, Q, self._chunk_rows, out)
         return out
 
-    def sandwich(self, beta):
+    def _blocks(self, rows=None):
+        """(float64 block of C's rows, slice of positions) in fixed blocks of DENSE_SANDWICH_BLOCK rows."""
+        count = self.n if rows is None else rows.shape[0]
+        for start in range(0, count, DENSE_SANDWICH_BLOCK):
+            part = slice(start, min(count, start + DENSE_SANDWICH_BLOCK))
+            source = self.array[part] if rows is None else self.array[rows[part]]
+            yield np.asarray(source, dtype=np.float64), part
+
+    def _gemm_sandwich(self, weights, rows=None):
         out = np.zeros((self.d, self.d))
-        for start in range(0, self.n, DENSE_SANDWICH_BLOCK):
-            block = np.asarray(self.array[start:start + DENSE_SANDWICH_BLOCK], dtype=np.float64)
-            out += block.T @ (block * beta[start:start + DENSE_SANDWICH_BLOCK, None])
+        for block, part in self._blocks(rows):
+            out += block.T @ (block * weights[part, None])
         # GEMM rounds its two triangles independently; the Hessian must be exactly symmetric.
         return 0.5 * (out + out.T)
+
+    def sandwich(self, beta):
+        return self._gemm_sandwich(beta)
+
+    def sandwich_rows(self, rows, weights):
+        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich) by GEMM on the gathered rows."""
+        return self._gemm_sandwich(weights, rows)
+
+    def matmat(self, Z):
+        """C Z for a thin d × r Z (BLAS, blocked so float32 C is never copied whole)."""
+        out = np.empty((self.n, Z.shape[1]))
+        for block, part in self._blocks():
+            out[part] = block @ Z
+        return out
+
+    def embed(self, scaled_signs, s, ptr, member, m):
+        out = np.empty((m, self.d))
+        dense_embed(self.array, scaled_signs, s, ptr, member, out)
+        return out
 
     def rows(self, index):
         """C[index] as a dense float64 array."""
@@ -70,13 +98,37 @@ class CSRMatrix:
         return out
 
     def rmatmat(self, Q):
-        out = np.empty((self.d, Q.shape[1]))
-        csr_rmatmat(self.indptr, self.indices, self.data, Q, self._chunk_rows, out)
+        Q = np.ascontiguousarray(Q)
+        k = Q.shape[1]
+        out = np.empty((self.d, k))
+        if k == 1:
+            csr_rmatvec(self.indptr, self.indices, self.data, Q[:, 0], self._chunk_rows, out)
+        else:
+            kernel = csr_rmatmat3 if k == 3 else csr_rmatmat
+            kernel(self.indptr, self.indices, self.data, Q, self._chunk_rows, out)
         return out
 
     def sandwich(self, beta):
         out = np.empty((self.d, self.d))
         csr_sandwich(self.indptr, self.indices, self.data, beta, self._sandwich_chunk_rows, out)
+        return out
+
+    def sandwich_rows(self, rows, weights):
+        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich) in O(Σ_t nnz_{rows[t]}²)."""
+        out = np.empty((self.d, self.d))
+        chunk = sandwich_chunk_rows(rows.shape[0], self.d)
+        csr_sandwich_rows(self.indptr, self.indices, self.data, rows, weights, chunk, out)
+        return out
+
+    def matmat(self, Z):
+        """C Z for a thin dense d × r Z (one pass, one thread per row)."""
+        out = np.empty((self.n, Z.shape[1]))
+        csr_matmat(self.indptr, self.indices, self.data, np.ascontiguousarray(Z), out)
+        return out
+
+    def embed(self, scaled_signs, s, ptr, member, m):
+        out = np.empty((m, self.d))
+        csr_embed(self.indptr, self.indices, self.data, scaled_signs, s, ptr, member, out)
         return out
 
     def scipy(self):

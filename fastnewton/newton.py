@@ -41,6 +41,8 @@ class SolveOptions:
     hessian: str
     tol: float
     max_iter: int
+    eps: float
+    sketch_size: object
     seed: object
     callback: object
     verbose: bool
@@ -70,21 +72,16 @@ def _next_damping(mu, scale):
     return FIRST_DAMPING * scale if mu == 0.0 else mu * DAMPING_INCREASE
 
 
-def _damped_step(problem, ev, H, mu, options, timer, target_norm):
+def _damped_step(problem, ev, system, mu, options, timer, target_norm):
     """Find an accepted step from ev.x, raising μ until the line search succeeds; None if it never does."""
-    scale = float(np.max(np.abs(np.diag(H)))) or 1.0
+    scale = system.scale
     g = ev.grad
     L0 = ev.loss
     noise = _rounding_level(L0, target_norm)
-    identity = np.eye(H.shape[0])
     for _ in range(MAX_DAMPING_TRIES):
         with timer("solve"):
-            try:
-                factor = scipy.linalg.cho_factor(H + mu * identity, lower=True, check_finite=False)
-                p = -scipy.linalg.cho_solve(factor, g, check_finite=False)
-            except (np.linalg.LinAlgError, ValueError):
-                p = None
-        if p is None or not _all_finite(p):
+            p = system.solve(g, mu)
+        if p is None or not _all_finite(p) or not float(g @ p) < 0.0:
             mu = _next_damping(mu, scale)
             continue
         with timer("line_search"):
@@ -116,9 +113,10 @@ def _gradient_norm_at_zero(problem):
     return float(np.linalg.norm(problem.matrix.rmatmat(np.ascontiguousarray(vectors.Q[:, :1]))))
 
 
-def newton_solve(problem, x0, start, strategy, options):
-    """Run the Newton loop from x0; ``strategy(problem, evaluation, timer)`` returns the d × d Hessian."""
+def newton_solve(problem, x0, start, build_system, options):
+    """Run the Newton loop from x0; ``build_system(problem, ev, rng, options, g_ref)`` gives each step's system."""
     timer = PhaseTimer()
+    rng = np.random.default_rng(options.seed)
     clock = time.perf_counter()
     target_norm = float(np.linalg.norm(problem.b))
     g_ref_zero = _gradient_norm_at_zero(problem)
@@ -146,9 +144,9 @@ def newton_solve(problem, x0, start, strategy, options):
             n_iter += 1
             # 3) Hessian
             with timer("hessian"):
-                H = strategy(problem, ev, timer)
+                system = build_system(problem, ev, rng, options, g_ref)
             # 4) damped Newton step with logit cap and Armijo line search
-            step = _damped_step(problem, ev, H, mu, options, timer, target_norm)
+            step = _damped_step(problem, ev, system, mu, options, timer, target_norm)
             if step is None:
                 status = Status.STALLED
                 break
@@ -162,9 +160,9 @@ def newton_solve(problem, x0, start, strategy, options):
                 np.linalg.norm(new_ev.grad) >= np.linalg.norm(ev.grad)) else 0
             ev = new_ev
             mu = step.damping / DAMPING_DECREASE if step.length == 1.0 else step.damping
-            if mu < FIRST_DAMPING * float(np.max(np.abs(np.diag(H))) or 1.0):
+            if mu < FIRST_DAMPING * system.scale:
                 mu = 0.0
-            info = _record(history, n_iter, ev, g_ref, step, timer, clock, options)
+            info = _record(history, n_iter, ev, g_ref, step, timer, clock, options, system.info)
             if options.callback is not None and options.callback(dict(info, x=ev.x.copy())):
                 status = Status.CALLBACK
                 break
@@ -188,7 +186,7 @@ def newton_solve(problem, x0, start, strategy, options):
 _TABLE_HEADER = f"{'iter':>5} {'loss':>14} {'|g|/g_ref':>10} {'step':>8} {'damping':>9} {'trials':>6} {'seconds':>8}"
 
 
-def _record(history, n_iter, ev, g_ref, step, timer, clock, options):
+def _record(history, n_iter, ev, g_ref, step, timer, clock, options, system_info=None):
     grad_norm = float(np.linalg.norm(ev.grad))
     info = {
         "iter": n_iter,
@@ -202,6 +200,7 @@ def _record(history, n_iter, ev, g_ref, step, timer, clock, options):
         "seconds": timer.pop(),
         "time": time.perf_counter() - clock,
     }
+    info.update(system_info or {})
     history.append(info)
     if options.verbose:
         if n_iter == 0:

@@ -88,9 +88,10 @@ class Problem:
         """L at a point whose u = Cx is already known (line-search trials)."""
         return self._model.loss(u) + 0.5 * self.l2 * float(x @ x)
 
-    def _hessian(self, ev):
+    def _hessian(self, ev, sandwich=None):
+        """Cᵀ diag(β) C (or a given approximation of it) + P S Pᵀ + λI."""
         vec = ev.vectors
-        H = self.matrix.sandwich(vec.beta)
+        H = self.matrix.sandwich(vec.beta) if sandwich is None else sandwich
         low_rank = ev.P @ vec.S @ ev.P.T
         H += 0.5 * (low_rank + low_rank.T)
         H[np.diag_indices_from(H)] += self.l2
@@ -117,15 +118,17 @@ class Problem:
         """∇²L(x) = Cᵀ(diag(β) + U S Uᵀ)C + λI as a dense d × d array."""
         return self._hessian(self._evaluate(self._as_point(x)))
 
-    def hessp(self, x, p):
-        """∇²L(x)·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp without forming the Hessian (two passes over C)."""
-        ev = self._evaluate(self._as_point(x))
-        p = self._as_point(p, "p")
+    def _hessp(self, ev, p):
         Cp = self.matrix.matvec(p)
         Hp = self.matrix.rmatmat((ev.vectors.beta * Cp)[:, None])[:, 0]
         Hp += ev.P @ (ev.vectors.S @ (ev.P.T @ p))
         Hp += self.l2 * p
         return Hp
+
+    def hessp(self, x, p):
+        """∇²L(x)·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp without forming the Hessian (two passes over C)."""
+        ev = self._evaluate(self._as_point(x))
+        return self._hessp(ev, self._as_point(p, "p"))
 
 
 class _NoTimer:

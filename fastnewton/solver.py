@@ -22,8 +22,9 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     l2 : ridge λ ≥ 0.  row_weights : w ≥ 0, a scalar or a length-n vector.
     x0 : ``"auto"`` (a least-squares fit in log space, see ``fastnewton.start``), ``"zeros"``
         or a length-d array.
-    hessian : ``"auto"`` or ``"exact"``.
-    eps, sketch_size : accuracy and sample size of the sketched strategies (validated; unused by exact).
+    hessian : ``"exact"``, ``"sketch"``, ``"pcg"`` or ``"auto"`` (see ``fastnewton.hessian``).
+    eps : spectral accuracy ε ∈ (0, 1) of the sketched Hessian (``sketch``, ``pcg``).
+    sketch_size : rows sampled per iteration (default ⌈3·d·log(d/0.1)/ε²⌉).
     tol : stop when ‖∇L(x)‖ ≤ tol · max(‖∇L(x0)‖, ‖∇L(0)‖).
     max_iter : at most this many Newton iterations.
     seed : fixes every random choice.  n_threads : Numba and BLAS threads for this solve.
@@ -38,18 +39,16 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=row_weights)
     tol = as_positive_float(tol, "tol")
     max_iter = as_positive_int(max_iter, "max_iter", minimum=0)
-    as_positive_float(eps, "eps", upper=1.0)
-    as_positive_int(sketch_size, "sketch_size", allow_none=True)
+    eps = as_positive_float(eps, "eps", upper=1.0)
+    sketch_size = as_positive_int(sketch_size, "sketch_size", allow_none=True)
     n_threads = as_positive_int(n_threads, "n_threads", allow_none=True)
     if seed is not None and not isinstance(seed, (int, np.integer, np.random.SeedSequence)):
         raise TypeError(f"seed must be None, an int or a numpy SeedSequence, got {type(seed).__name__}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-    if not isinstance(hessian, str):
-        raise TypeError(f"hessian must be a string, got {type(hessian).__name__}")
-    strategy_name, strategy = resolve_strategy(hessian, problem)
-    options = SolveOptions(hessian=strategy_name, tol=tol, max_iter=max_iter, seed=seed,
-                           callback=callback, verbose=bool(verbose))
+    strategy_name, build_system = resolve_strategy(hessian, problem, eps, sketch_size)
+    options = SolveOptions(hessian=strategy_name, tol=tol, max_iter=max_iter, eps=eps,
+                           sketch_size=sketch_size, seed=seed, callback=callback, verbose=bool(verbose))
     with thread_limits(n_threads):
         start, description = starting_point(problem, x0)
-        return newton_solve(problem, start, description, strategy, options)
+        return newton_solve(problem, start, description, build_system, options)

@@ -6,6 +6,8 @@ dependent way; these kernels use the same fixed row chunks as kernels/csr.py.
 import numpy as np
 from numba import njit, prange
 
+from .reduce import sum_chunk_partials
+
 
 @njit(parallel=True, cache=True)
 def dense_matvec(A, x, out):
@@ -21,24 +23,26 @@ def dense_matvec(A, x, out):
 
 @njit(parallel=True, cache=True)
 def dense_rmatmat(A, Q, chunk_rows, out):
-    """out[j, :] = Σ_i A[i, j]·Q[i, :] (out = Aᵀ Q); fixed row chunks, partials summed in chunk order."""
+    """out[j, :] = Σ_i A[i, j]·Q[i, :] (out = Aᵀ Q); fixed row chunks, partials summed in chunk order.
+
+    Each chunk accumulates in a k × d layout so the inner loop runs along a row of A
+    (contiguous, vectorised); the partial is transposed to d × k once per chunk.
+    """
     n, k = Q.shape
     d = out.shape[0]
     n_chunks = (n + chunk_rows - 1) // chunk_rows
-    partial = np.zeros((n_chunks, d, k))
+    partial = np.zeros((n_chunks, d * k))
     for c in prange(n_chunks):
-        acc = partial[c]
-        stop = min(n, (c + 1) * chunk_rows)
-        for i in range(c * chunk_rows, stop):
-            qi = Q[i]
+        acc = np.zeros((k, d))
+        for i in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
             row = A[i]
-            for j in range(d):
-                v = row[j]
-                for t in range(k):
-                    acc[j, t] += v * qi[t]
-    for j in prange(d):
-        for t in range(k):
-            total = 0.0
-            for c in range(n_chunks):
-                total += partial[c, j, t]
-            out[j, t] = total
+            for t in range(k):
+                qt = Q[i, t]
+                acc_t = acc[t]
+                for j in range(d):
+                    acc_t[j] += row[j] * qt
+        flat = partial[c]
+        for j in range(d):
+            for t in range(k):
+                flat[j * k + t] = acc[t, j]
+    sum_chunk_partials(partial, out)

@@ -45,3 +45,44 @@ def csr_sandwich(indptr, indices, data, beta, chunk_rows, out):
                 total += partial[c, j, l]
             out[j, l] = total
             out[l, j] = total
+
+
+@njit(parallel=True, cache=True)
+def csr_sandwich_rows(indptr, indices, data, rows, weights, chunk_rows, out):
+    """out = Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]}: the sandwich restricted to listed rows (a sampled D̃).
+
+    Same pairwise lower-triangle scheme and fixed chunking (over the list) as ``csr_sandwich``.
+    """
+    n = rows.shape[0]
+    d = out.shape[0]
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    partial = np.zeros((n_chunks, d, d))
+    for c in prange(n_chunks):
+        acc = partial[c]
+        for t in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
+            i = rows[t]
+            bi = weights[t]
+            if bi == 0.0:
+                continue
+            start = indptr[i]
+            end = indptr[i + 1]
+            for a in range(start, end):
+                ja = indices[a]
+                va = bi * data[a]
+                acc[ja, ja] += va * data[a]
+                for b in range(a + 1, end):
+                    jb = indices[b]
+                    vab = va * data[b]
+                    if ja > jb:
+                        acc[ja, jb] += vab
+                    elif jb > ja:
+                        acc[jb, ja] += vab
+                    else:
+                        acc[ja, ja] += 2.0 * vab
+    for j in prange(d):
+        for l in range(j + 1):
+            total = 0.0
+            for c in range(n_chunks):
+                total += partial[c, j, l]
+            out[j, l] = total
+            out[l, j] = total
