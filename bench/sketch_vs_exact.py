@@ -1,0 +1,116 @@
+"""Per-iteration time of ``sketch`` vs ``exact`` across d, and time to tol for exact / sketch / pcg.
+
+    python bench/sketch_vs_exact.py                # dense n = 2e5 and CSR n = 1e6 with 100 nnz/row
+    python bench/sketch_vs_exact.py --quick        # small sizes, seconds
+
+Problems are planted (``make_problem``, seed 0, noise 1e-2, so the optimum is not the start)
+with long rows, where sketching pays: dense C with n ≫ d, and CSR with 100 non-zeros per row.
+Per-iteration time is the median over the first ``--iters`` Newton iterations from x0 = 0 of
+the sum of all phases (forward, model, gradient, Hessian build, factor/solve, line search).
+Time to tol is the wall time of a full ``solve`` (tol = 1e-8, from x0 = 0) per strategy.
+Writes a CSV; with ``--plot`` also a PNG of per-iteration time vs d.
+"""
+import argparse
+import csv
+import os
+import time
+import warnings
+
+import numpy as np
+
+import fastnewton
+
+
+def per_iteration_seconds(res):
+    phases = [sum(h["seconds"].values()) for h in res.history[1:]]
+    return float(np.median(phases)) if phases else float("nan")
+
+
+def run_case(fmt, n, d, nnz_per_row, args, full_solve):
+    C, b, _ = fastnewton.make_problem(n, d, nnz_per_row=nnz_per_row, dense=(fmt == "dense"), noise=1e-2, seed=0)
+    rows = []
+    for strategy in ("exact", "sketch", "pcg"):
+        if strategy == "pcg" and not full_solve:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", fastnewton.ConvergenceWarning)
+            res = fastnewton.solve(C, b, hessian=strategy, x0="zeros", max_iter=args.iters, seed=1,
+                                   n_threads=args.threads)
+        row = {"format": fmt, "n": n, "d": d, "nnz": int(np.count_nonzero(C) if fmt == "dense" else C.nnz),
+               "strategy": strategy, "per_iter_s": per_iteration_seconds(res),
+               "hessian_s": float(np.median([h["seconds"].get("hessian", 0.0) for h in res.history[1:]])),
+               "sampled_rows": res.history[-1].get("sampled_rows", n)}
+        if full_solve:
+            start = time.perf_counter()
+            full = fastnewton.solve(C, b, hessian=strategy, x0="zeros", tol=1e-8, max_iter=200, seed=1,
+                                    n_threads=args.threads)
+            row.update(solve_s=time.perf_counter() - start, solve_iters=full.n_iter, converged=full.converged,
+                       rel_grad_norm=full.rel_grad_norm)
+        rows.append(row)
+        print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+              flush=True)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dims", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
+    parser.add_argument("--dense-n", type=int, default=200_000)
+    parser.add_argument("--csr-n", type=int, default=1_000_000)
+    parser.add_argument("--nnz-per-row", type=int, default=100)
+    parser.add_argument("--formats", nargs="+", default=["dense", "csr"], choices=["dense", "csr"])
+    parser.add_argument("--iters", type=int, default=3, help="Newton iterations timed per point")
+    parser.add_argument("--solve-dims", type=int, nargs="*", default=[1024],
+                        help="d values at which to also time full solves to tol for all strategies")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--output", default="bench/results/sketch_vs_exact.csv")
+    parser.add_argument("--plot", action="store_true", help="also write a PNG next to the CSV")
+    parser.add_argument("--quick", action="store_true", help="d in {16, 32}, n = 5000, 20 nnz/row")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.dims, args.dense_n, args.csr_n, args.nnz_per_row, args.solve_dims = [16, 32], 5000, 5000, 20, [32]
+    rows = []
+    for fmt in args.formats:
+        n = args.dense_n if fmt == "dense" else args.csr_n
+        for d in args.dims:
+            print(f"{fmt} n={n} d={d}", flush=True)
+            rows += run_case(fmt, n, d, args.nnz_per_row, args, full_solve=d in args.solve_dims)
+    print("\nper-iteration time, exact / sketch:")
+    for fmt in args.formats:
+        for d in args.dims:
+            t = {r["strategy"]: r for r in rows if r["format"] == fmt and r["d"] == d}
+            print(f"  {fmt:>5} d={d:>5}: exact {t['exact']['per_iter_s']:.3f} s, sketch {t['sketch']['per_iter_s']:.3f} s,"
+                  f" ratio {t['exact']['per_iter_s'] / t['sketch']['per_iter_s']:.2f}")
+            if "solve_s" in t["exact"]:
+                best = min(t[s]["solve_s"] for s in ("sketch", "pcg"))
+                print("         to tol 1e-8: " + ", ".join(
+                    f"{s} {t[s]['solve_s']:.2f} s ({t[s]['solve_iters']} it, converged={t[s]['converged']})"
+                    for s in ("exact", "sketch", "pcg")) + f"; exact / best = {t['exact']['solve_s'] / best:.2f}")
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        keys = sorted({k for r in rows for k in r})
+        with open(args.output, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {args.output}")
+        if args.plot:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for fmt in args.formats:
+                for strategy, style in (("exact", "-o"), ("sketch", "--s")):
+                    pts = [(r["d"], r["per_iter_s"]) for r in rows if r["format"] == fmt and r["strategy"] == strategy]
+                    ax.loglog(*zip(*pts), style, label=f"{fmt} {strategy}")
+            ax.set_xlabel("d")
+            ax.set_ylabel("seconds per Newton iteration")
+            ax.legend()
+            ax.grid(True, which="both", alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(os.path.splitext(args.output)[0] + ".png", dpi=100)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
