@@ -3,6 +3,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .memory import check_hessian_fits
 from .models import ModelVectors, build_model
 from .validation import (
     as_input_matrix,
@@ -116,6 +117,7 @@ class Problem:
 
     def hessian(self, x):
         """∇²L(x) = Cᵀ(diag(β) + U S Uᵀ)C + λI as a dense d × d array."""
+        check_hessian_fits(self.d)
         return self._hessian(self._evaluate(self._as_point(x)))
 
     def _hessp(self, ev, p):

@@ -2,6 +2,7 @@
 import numpy as np
 
 from .hessian import resolve_strategy
+from .memory import check_hessian_fits
 from .newton import SolveOptions, newton_solve
 from .problem import Problem
 from .start import starting_point
@@ -46,6 +47,7 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
         raise TypeError(f"seed must be None, an int or a numpy SeedSequence, got {type(seed).__name__}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    check_hessian_fits(problem.d)
     strategy_name, build_system = resolve_strategy(hessian, problem, eps, sketch_size)
     options = SolveOptions(hessian=strategy_name, tol=tol, max_iter=max_iter, eps=eps,
                            sketch_size=sketch_size, seed=seed, callback=callback, verbose=bool(verbose))
