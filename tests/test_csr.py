@@ -1,0 +1,246 @@
+"""kernels/csr.py (csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec, csr_matmat) and
+CSRMatrix.matvec / rmatmat / matmat against NumPy one-liners.
+
+Tolerances: the kernels accumulate in float64 whatever the storage dtype (float32
+values convert to float64 exactly), so every bound uses np.finfo(np.float64).eps
+with the summation bound of naive.assert_within_rounding. A kernel that summed in
+float32 would miss these bounds by ~1e9×.
+"""
+import numpy as np
+import pytest
+
+import naive
+from fastnewton.chunking import chunk_rows as real_chunk_rows
+from fastnewton.kernels.csr import csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec
+from fastnewton.matrix import CSRMatrix
+
+DTYPES = [np.float32, np.float64]
+INDEX_DTYPES = [np.int32, np.int64]
+
+
+def _dense(indptr, indices, data, d):
+    return naive.to_dense(indptr, indices, data, (indptr.shape[0] - 1, d))
+
+
+def _abs_dense(indptr, indices, data, d):
+    return naive.to_dense(indptr, indices, np.abs(data), (indptr.shape[0] - 1, d))
+
+
+def _max_row_nnz(indptr):
+    return int(np.max(np.diff(indptr), initial=0))
+
+
+def test_random_csr_really_has_the_awkward_cases(random_csr):
+    """The structural variants below are not vacuous: duplicates, disorder, empty rows, zero columns exist."""
+    rng = np.random.default_rng(0)
+    indptr, indices, data = random_csr(rng, 60, 9, empty_rows=True, zero_columns=True,
+                                       duplicates=True, unsorted=True)
+    rows = [indices[indptr[i]:indptr[i + 1]] for i in range(60)]
+    assert any(row.size == 0 for row in rows)
+    assert any(np.unique(row).size < row.size for row in rows)
+    assert any(np.any(np.diff(row) < 0) for row in rows)
+    assert np.setdiff1d(np.arange(9), indices).size > 0
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_matvec_matches_numpy(dtype, index_dtype, csr_case, random_csr):
+    rng = np.random.default_rng(1)
+    n, d = 57, 9
+    indptr, indices, data = random_csr(rng, n, d, dtype=dtype, index_dtype=index_dtype, **csr_case)
+    x = rng.standard_normal(d)
+    out = np.full(n, np.nan)
+    csr_matvec(indptr, indices, data, x, out)
+    naive.assert_within_rounding(out, _dense(indptr, indices, data, d) @ x,
+                                 _abs_dense(indptr, indices, data, d) @ np.abs(x), _max_row_nnz(indptr))
+    empty = np.diff(indptr) == 0
+    if np.any(empty):
+        assert np.all(out[empty] == 0.0)
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_matmat_matches_numpy(dtype, index_dtype, csr_case, random_csr):
+    rng = np.random.default_rng(11)
+    n, d, r = 57, 9, 4
+    indptr, indices, data = random_csr(rng, n, d, dtype=dtype, index_dtype=index_dtype, **csr_case)
+    Z = rng.standard_normal((d, r))
+    out = np.full((n, r), np.nan)
+    csr_matmat(indptr, indices, data, Z, out)
+    naive.assert_within_rounding(out, _dense(indptr, indices, data, d) @ Z,
+                                 _abs_dense(indptr, indices, data, d) @ np.abs(Z), _max_row_nnz(indptr))
+    empty = np.diff(indptr) == 0
+    assert np.all(out[empty] == 0.0)
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_csr_matrix_matmat_any_layout(layout, random_csr):
+    rng = np.random.default_rng(12)
+    n, d, r = 40, 7, 3
+    indptr, indices, data = random_csr(rng, n, d, empty_rows=True, duplicates=True, unsorted=True)
+    Z = rng.standard_normal((d, 2 * r))
+    Z = {"C": np.ascontiguousarray(Z[:, :r]), "F": np.asfortranarray(Z[:, :r]), "strided": Z[:, ::2]}[layout]
+    out = CSRMatrix(indptr, indices, data, (n, d)).matmat(Z)
+    naive.assert_within_rounding(out, _dense(indptr, indices, data, d) @ Z,
+                                 _abs_dense(indptr, indices, data, d) @ np.abs(Z), 6)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, None], ids=["chunk1", "chunk3", "real"])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_rmatmat_matches_numpy(dtype, index_dtype, chunk_rows, csr_case, random_csr):
+    rng = np.random.default_rng(2)
+    n, d, k = 57, 9, 3
+    indptr, indices, data = random_csr(rng, n, d, dtype=dtype, index_dtype=index_dtype, **csr_case)
+    Q = rng.standard_normal((n, k))
+    rows_per_chunk = real_chunk_rows(n) if chunk_rows is None else chunk_rows
+    out = np.full((d, k), np.nan)
+    csr_rmatmat(indptr, indices, data, Q, rows_per_chunk, out)
+    A, A_abs = _dense(indptr, indices, data, d), _abs_dense(indptr, indices, data, d)
+    # each out[j, t] sums at most n·(entries per row) products plus one add per chunk
+    naive.assert_within_rounding(out, A.T @ Q, A_abs.T @ np.abs(Q), n * _max_row_nnz(indptr) + n)
+    zero_columns = ~np.any(A_abs > 0, axis=0)
+    assert np.all(out[zero_columns] == 0.0)
+
+
+def _run_transposed(kernel, indptr, indices, data, Q, chunk_rows, d):
+    """Call one of the three transposed kernels; csr_rmatvec takes q (length n) and fills d × 1."""
+    out = np.full((d, Q.shape[1]), np.nan)
+    if kernel is csr_rmatvec:
+        kernel(indptr, indices, data, np.ascontiguousarray(Q[:, 0]), chunk_rows, out)
+    else:
+        kernel(indptr, indices, data, Q, chunk_rows, out)
+    return out
+
+
+SPECIALISED = [pytest.param(csr_rmatmat3, 3, id="rmatmat3"), pytest.param(csr_rmatvec, 1, id="rmatvec")]
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, None], ids=["chunk1", "chunk3", "real"])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel, k", SPECIALISED)
+def test_specialised_transposed_kernels_match_numpy(kernel, k, dtype, index_dtype, chunk_rows, csr_case,
+                                                    random_csr):
+    rng = np.random.default_rng(7)
+    n, d = 57, 9
+    indptr, indices, data = random_csr(rng, n, d, dtype=dtype, index_dtype=index_dtype, **csr_case)
+    Q = rng.standard_normal((n, k))
+    out = _run_transposed(kernel, indptr, indices, data, Q, real_chunk_rows(n) if chunk_rows is None else chunk_rows,
+                          d)
+    A, A_abs = _dense(indptr, indices, data, d), _abs_dense(indptr, indices, data, d)
+    naive.assert_within_rounding(out, A.T @ Q, A_abs.T @ np.abs(Q), n * _max_row_nnz(indptr) + n)
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 4096])
+@pytest.mark.parametrize("kernel, k", SPECIALISED)
+def test_specialised_kernels_give_the_generic_bits(kernel, k, chunk_rows, random_csr):
+    """csr_rmatmat3 / csr_rmatvec promise the same sums in the same order as csr_rmatmat: equal bits."""
+    rng = np.random.default_rng(8)
+    n, d = 9_000, 13
+    indptr, indices, data = random_csr(rng, n, d, dtype=np.float32, max_per_row=5, empty_rows=True,
+                                       duplicates=True, unsorted=True)
+    Q = rng.standard_normal((n, k)) * np.exp(rng.uniform(-10, 10, size=(n, 1)))
+    generic = _run_transposed(csr_rmatmat, indptr, indices, data, Q, chunk_rows, d)
+    special = _run_transposed(kernel, indptr, indices, data, Q, chunk_rows, d)
+    np.testing.assert_array_equal(special, generic)
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_csr_matrix_rmatmat_every_width_and_layout(k, layout, random_csr):
+    """CSRMatrix.rmatmat dispatches k = 1 / 3 / other to different kernels and accepts any layout of Q."""
+    rng = np.random.default_rng(9)
+    n, d = 45, 7
+    indptr, indices, data = random_csr(rng, n, d, empty_rows=True, duplicates=True, unsorted=True)
+    Q = rng.standard_normal((n, 2 * k))
+    Q = {"C": np.ascontiguousarray(Q[:, :k]), "F": np.asfortranarray(Q[:, :k]), "strided": Q[:, ::2]}[layout]
+    assert Q.shape == (n, k)
+    Q_before = Q.copy()
+    out = CSRMatrix(indptr, indices, data, (n, d)).rmatmat(Q)
+    A, A_abs = _dense(indptr, indices, data, d), _abs_dense(indptr, indices, data, d)
+    assert out.shape == (d, k)
+    naive.assert_within_rounding(out, A.T @ Q, A_abs.T @ np.abs(Q), 2 * n * 6)
+    np.testing.assert_array_equal(Q, Q_before)
+
+
+@pytest.mark.parametrize("k", [1, 10])
+def test_csr_rmatmat_any_width(k, random_csr):
+    """k = 1 (hessp's Cᵀ(β ⊙ Cp)) and k = m + 3 = 10 (softmax_relu's Cᵀ[q, U])."""
+    rng = np.random.default_rng(3)
+    n, d = 40, 6
+    indptr, indices, data = random_csr(rng, n, d, duplicates=True, unsorted=True)
+    Q = rng.standard_normal((n, k))
+    out = np.empty((d, k))
+    csr_rmatmat(indptr, indices, data, Q, 7, out)
+    naive.assert_within_rounding(out, _dense(indptr, indices, data, d).T @ Q,
+                                 _abs_dense(indptr, indices, data, d).T @ np.abs(Q), 2 * n * 6)
+
+
+def test_csr_kernels_accept_read_only_and_strided_inputs(random_csr):
+    """Read-only C and Q (a CSR handed in by the caller) and a strided x / F-ordered Q work unchanged."""
+    rng = np.random.default_rng(4)
+    n, d = 30, 8
+    indptr, indices, data = random_csr(rng, n, d, empty_rows=True)
+    for array in (indptr, indices, data):
+        array.flags.writeable = False
+    x = rng.standard_normal(2 * d)[::2]
+    Q = np.asfortranarray(rng.standard_normal((n, 2)))
+    Q.flags.writeable = False
+    A, A_abs = _dense(indptr, indices, data, d), _abs_dense(indptr, indices, data, d)
+    u = np.empty(n)
+    csr_matvec(indptr, indices, data, x, u)
+    naive.assert_within_rounding(u, A @ x, A_abs @ np.abs(x), 6)
+    G = np.empty((d, 2))
+    csr_rmatmat(indptr, indices, data, Q, 4, G)
+    naive.assert_within_rounding(G, A.T @ Q, A_abs.T @ np.abs(Q), 2 * n * 6)
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_matrix_with_real_chunking(dtype, index_dtype, random_csr):
+    """CSRMatrix with n large enough that its own chunk_rows splits the rows into several chunks."""
+    rng = np.random.default_rng(5)
+    n, d = 10_000, 7
+    indptr, indices, data = random_csr(rng, n, d, dtype=dtype, index_dtype=index_dtype, max_per_row=4,
+                                       empty_rows=True, duplicates=True, unsorted=True)
+    C = CSRMatrix(indptr, indices, data, (n, d))
+    assert C._chunk_rows < n, "the test must exercise several chunks"
+    assert C.nnz == indices.shape[0]
+    A, A_abs = _dense(indptr, indices, data, d), _abs_dense(indptr, indices, data, d)
+    x = rng.standard_normal(d)
+    naive.assert_within_rounding(C.matvec(x), A @ x, A_abs @ np.abs(x), 4)
+    Q = rng.standard_normal((n, 3))
+    naive.assert_within_rounding(C.rmatmat(Q), A.T @ Q, A_abs.T @ np.abs(Q), 5 * n)
+    view = C.scipy()
+    assert view.shape == (n, d) and np.shares_memory(view.data, data)
+    # SciPy sums duplicate entries in the storage dtype: the rounding bound uses that dtype's eps
+    naive.assert_within_rounding(view.toarray(), A, A_abs, 4, eps=np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("chunk_rows", [3, None], ids=["chunk3", "real"])
+def test_csr_kernels_bitwise_equal_with_1_and_2_threads(chunk_rows, run_with_threads, random_csr):
+    rng = np.random.default_rng(6)
+    n, d, k = 10_000, 11, 3
+    indptr, indices, data = random_csr(rng, n, d, max_per_row=5, empty_rows=True, duplicates=True,
+                                       unsorted=True)
+    rows_per_chunk = real_chunk_rows(n) if chunk_rows is None else chunk_rows
+    x = rng.standard_normal(d)
+    # large-magnitude, mixed-sign Q so a change of summation order would change the low bits
+    Q = rng.standard_normal((n, k)) * np.exp(rng.uniform(-10, 10, size=(n, 1)))
+
+    def passes():
+        u = np.empty(n)
+        csr_matvec(indptr, indices, data, x, u)
+        G = np.empty((d, k))
+        csr_rmatmat(indptr, indices, data, Q, rows_per_chunk, G)
+        G3 = _run_transposed(csr_rmatmat3, indptr, indices, data, Q, rows_per_chunk, d)
+        g1 = _run_transposed(csr_rmatvec, indptr, indices, data, Q[:, :1], rows_per_chunk, d)
+        CZ = np.empty((n, k))
+        csr_matmat(indptr, indices, data, Q[:d], CZ)
+        return u, G, G3, g1, CZ
+
+    one = run_with_threads(1, passes)
+    two = run_with_threads(2, passes)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)

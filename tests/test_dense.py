@@ -1,0 +1,148 @@
+"""kernels/dense.py (dense_matvec, dense_rmatmat) and DenseMatrix.matvec / rmatmat / matmat against NumPy
+one-liners.
+
+Tolerances: the kernels accumulate in float64 for float32 and float64 A alike
+(float32 → float64 is exact), so the bounds use np.finfo(np.float64).eps with the
+summation bound of naive.assert_within_rounding (~ n_terms·eps·Σ|terms|).
+"""
+import numpy as np
+import pytest
+
+import naive
+from fastnewton.chunking import chunk_rows as real_chunk_rows
+from fastnewton.kernels.dense import dense_matvec, dense_rmatmat
+from fastnewton.matrix import DENSE_SANDWICH_BLOCK, DenseMatrix
+
+DTYPES = [np.float32, np.float64]
+
+
+def _random_dense(rng, n, d, dtype, zero_rows=False, zero_columns=False):
+    A = rng.standard_normal((n, d))
+    if zero_rows:
+        A[::3] = 0.0
+    if zero_columns:
+        A[:, 1::3] = 0.0
+    return A.astype(dtype)
+
+
+def _layout(A, layout):
+    if layout == "C":
+        return np.ascontiguousarray(A)
+    if layout == "F":
+        return np.asfortranarray(A)
+    # every other row and column of a twice-as-large array: non-contiguous in both axes
+    big = np.zeros((2 * A.shape[0], 2 * A.shape[1]), dtype=A.dtype)
+    big[::2, ::2] = A
+    return big[::2, ::2]
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_matvec_matches_numpy(dtype, layout):
+    rng = np.random.default_rng(10)
+    n, d = 41, 9
+    A = _layout(_random_dense(rng, n, d, dtype, zero_rows=True, zero_columns=True), layout)
+    x = rng.standard_normal(d)
+    out = np.full(n, np.nan)
+    dense_matvec(A, x, out)
+    A64 = A.astype(np.float64)
+    naive.assert_within_rounding(out, A64 @ x, np.abs(A64) @ np.abs(x), d)
+    assert np.all(out[::3] == 0.0)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, None], ids=["chunk1", "chunk3", "real"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("zero_rows, zero_columns", [(False, False), (True, True)], ids=["full", "zeros"])
+def test_dense_rmatmat_matches_numpy(dtype, chunk_rows, zero_rows, zero_columns):
+    rng = np.random.default_rng(11)
+    n, d, k = 41, 9, 3
+    A = _random_dense(rng, n, d, dtype, zero_rows=zero_rows, zero_columns=zero_columns)
+    Q = rng.standard_normal((n, k))
+    out = np.full((d, k), np.nan)
+    dense_rmatmat(A, Q, real_chunk_rows(n) if chunk_rows is None else chunk_rows, out)
+    A64 = A.astype(np.float64)
+    # n products per entry plus one add per chunk
+    naive.assert_within_rounding(out, A64.T @ Q, np.abs(A64).T @ np.abs(Q), 2 * n)
+    if zero_columns:
+        assert np.all(out[1::3] == 0.0)
+
+
+def test_dense_kernels_accept_read_only_and_f_ordered_inputs():
+    rng = np.random.default_rng(12)
+    n, d = 30, 5
+    A = rng.standard_normal((n, d))
+    A.flags.writeable = False
+    x = rng.standard_normal(d)
+    x.flags.writeable = False
+    Q = np.asfortranarray(rng.standard_normal((n, 4)))
+    u = np.empty(n)
+    dense_matvec(A, x, u)
+    naive.assert_within_rounding(u, A @ x, np.abs(A) @ np.abs(x), d)
+    G = np.empty((d, 4))
+    dense_rmatmat(A, Q, 4, G)
+    naive.assert_within_rounding(G, A.T @ Q, np.abs(A).T @ np.abs(Q), 2 * n)
+
+
+@pytest.mark.parametrize("k", [1, 10])
+def test_dense_rmatmat_any_width(k):
+    rng = np.random.default_rng(13)
+    n, d = 25, 4
+    A = rng.standard_normal((n, d))
+    Q = rng.standard_normal((n, k))
+    out = np.empty((d, k))
+    dense_rmatmat(A, Q, 6, out)
+    naive.assert_within_rounding(out, A.T @ Q, np.abs(A).T @ np.abs(Q), 2 * n)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_matrix_with_real_chunking(dtype):
+    """DenseMatrix with n large enough that its own chunk_rows gives several chunks."""
+    rng = np.random.default_rng(14)
+    n, d = 10_000, 6
+    A = _random_dense(rng, n, d, dtype, zero_rows=True)
+    C = DenseMatrix(A)
+    assert C._chunk_rows < n, "the test must exercise several chunks"
+    assert (C.n, C.d, C.nnz) == (n, d, n * d)
+    A64 = A.astype(np.float64)
+    x = rng.standard_normal(d)
+    naive.assert_within_rounding(C.matvec(x), A64 @ x, np.abs(A64) @ np.abs(x), d)
+    Q = rng.standard_normal((n, 3))
+    naive.assert_within_rounding(C.rmatmat(Q), A64.T @ Q, np.abs(A64).T @ np.abs(Q), 2 * n)
+    np.testing.assert_array_equal(C.rows(np.array([5, 0, 17])), A64[[5, 0, 17]])
+
+
+@pytest.mark.parametrize("n", [23, DENSE_SANDWICH_BLOCK + 77], ids=["one_block", "two_blocks"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_matrix_matmat(dtype, n):
+    """C Z by blocked BLAS: float32 blocks are widened to float64 before the product."""
+    rng = np.random.default_rng(16)
+    d, r = 6, 3
+    A = _random_dense(rng, n, d, dtype, zero_rows=True)
+    Z = np.asfortranarray(rng.standard_normal((d, r)))
+    out = DenseMatrix(A).matmat(Z)
+    A64 = A.astype(np.float64)
+    naive.assert_within_rounding(out, A64 @ Z, np.abs(A64) @ np.abs(Z), d)
+    assert np.all(out[::3] == 0.0)
+
+
+@pytest.mark.parametrize("chunk_rows", [3, None], ids=["chunk3", "real"])
+def test_dense_kernels_bitwise_equal_with_1_and_2_threads(chunk_rows, run_with_threads):
+    rng = np.random.default_rng(15)
+    n, d, k = 10_000, 8, 3
+    A = rng.standard_normal((n, d))
+    x = rng.standard_normal(d)
+    # widely varying magnitudes so any change of summation order would change the low bits
+    Q = rng.standard_normal((n, k)) * np.exp(rng.uniform(-10, 10, size=(n, 1)))
+    rows_per_chunk = real_chunk_rows(n) if chunk_rows is None else chunk_rows
+
+    def passes():
+        u = np.empty(n)
+        dense_matvec(A, x, u)
+        G = np.empty((d, k))
+        dense_rmatmat(A, Q, rows_per_chunk, G)
+        return u, G
+
+    u1, G1 = run_with_threads(1, passes)
+    u2, G2 = run_with_threads(2, passes)
+    np.testing.assert_array_equal(u1, u2)
+    np.testing.assert_array_equal(G1, G2)

@@ -1,0 +1,252 @@
+"""The sandwich Cᵀ diag(β) C: kernels/sandwich.py (csr_sandwich, csr_sandwich_rows) and the
+sandwich / sandwich_rows methods of CSRMatrix and DenseMatrix.
+
+Reference: the NumPy one-liner A.T @ (β[:, None] * A) on the dense float64 copy.
+Tolerances: every implementation accumulates in float64 (float32 values convert
+exactly), so the bound is naive.assert_within_rounding with np.finfo(np.float64).eps:
+each entry sums at most n·(entries per row)² products whose magnitudes add up to
+(|A|ᵀ diag(|β|) |A|)[j, l]. The Hessian must be exactly symmetric, so that is
+checked bitwise.
+"""
+import numpy as np
+import pytest
+
+import naive
+from fastnewton.chunking import sandwich_chunk_rows
+from fastnewton.kernels.sandwich import csr_sandwich, csr_sandwich_rows
+from fastnewton.matrix import DENSE_SANDWICH_BLOCK, CSRMatrix, DenseMatrix
+
+DTYPES = [np.float32, np.float64]
+INDEX_DTYPES = [np.int32, np.int64]
+
+
+def _beta(rng, n):
+    """Mixed signs (β is indefinite far from the optimum) with some exact zeros (skipped rows)."""
+    beta = rng.standard_normal(n)
+    beta[rng.random(n) < 0.2] = 0.0
+    return beta
+
+
+def _reference(A, A_abs, beta):
+    return A.T @ (beta[:, None] * A), A_abs.T @ (np.abs(beta)[:, None] * A_abs)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, None], ids=["chunk1", "chunk3", "real"])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_sandwich_matches_numpy(dtype, index_dtype, chunk_rows, csr_case, random_csr):
+    rng = np.random.default_rng(20)
+    n, d, per_row = 47, 8, 6
+    indptr, indices, data = random_csr(rng, n, d, dtype=dtype, index_dtype=index_dtype,
+                                       max_per_row=per_row, **csr_case)
+    beta = _beta(rng, n)
+    out = np.full((d, d), np.nan)
+    csr_sandwich(indptr, indices, data, beta, sandwich_chunk_rows(n, d) if chunk_rows is None else chunk_rows,
+                 out)
+    A = naive.to_dense(indptr, indices, data, (n, d))
+    A_abs = naive.to_dense(indptr, indices, np.abs(data), (n, d))
+    ref, scale = _reference(A, A_abs, beta)
+    naive.assert_within_rounding(out, ref, scale, n * per_row ** 2 + n)
+    np.testing.assert_array_equal(out, out.T)
+    unused = ~np.any(A_abs > 0, axis=0)
+    assert np.all(out[unused] == 0.0) and np.all(out[:, unused] == 0.0)
+
+
+def test_csr_sandwich_duplicates_count_twice_on_the_diagonal():
+    """One row storing column 0 twice (values 1 and 2) is the single entry 3: β·9, not β·(1 + 4)."""
+    indptr = np.array([0, 2], dtype=np.int32)
+    indices = np.array([0, 0], dtype=np.int32)
+    data = np.array([1.0, 2.0])
+    out = np.empty((1, 1))
+    csr_sandwich(indptr, indices, data, np.array([0.5]), 1, out)
+    assert out[0, 0] == 4.5
+
+
+def test_csr_sandwich_matches_outer_product_sum(random_csr):
+    """Against naive.sandwich (Σᵢ βᵢ aᵢ aᵢᵀ, one outer product per row) as a second, independent route."""
+    rng = np.random.default_rng(21)
+    n, d = 30, 5
+    indptr, indices, data = random_csr(rng, n, d, duplicates=True, unsorted=True, empty_rows=True)
+    beta = _beta(rng, n)
+    out = np.empty((d, d))
+    csr_sandwich(indptr, indices, data, beta, 4, out)
+    A_abs = naive.to_dense(indptr, indices, np.abs(data), (n, d))
+    naive.assert_within_rounding(out, naive.sandwich(naive.to_dense(indptr, indices, data, (n, d)), beta),
+                                 A_abs.T @ (np.abs(beta)[:, None] * A_abs), n * 36 + n)
+
+
+def test_csr_sandwich_read_only_inputs(random_csr):
+    rng = np.random.default_rng(22)
+    n, d = 20, 6
+    indptr, indices, data = random_csr(rng, n, d)
+    beta = _beta(rng, n)
+    for array in (indptr, indices, data, beta):
+        array.flags.writeable = False
+    out = np.empty((d, d))
+    csr_sandwich(indptr, indices, data, beta, 3, out)
+    A = naive.to_dense(indptr, indices, data, (n, d))
+    ref, scale = _reference(A, np.abs(A), beta)
+    naive.assert_within_rounding(out, ref, scale, n * 36 + n)
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_matrix_sandwich_with_real_chunking(dtype, index_dtype, random_csr):
+    rng = np.random.default_rng(23)
+    n, d, per_row = 5_000, 9, 4
+    indptr, indices, data = random_csr(rng, n, d, dtype=dtype, index_dtype=index_dtype, max_per_row=per_row,
+                                       empty_rows=True, duplicates=True, unsorted=True)
+    C = CSRMatrix(indptr, indices, data, (n, d))
+    assert C._sandwich_chunk_rows < n, "the test must exercise several chunks"
+    beta = _beta(rng, n)
+    H = C.sandwich(beta)
+    A = naive.to_dense(indptr, indices, data, (n, d))
+    ref, scale = _reference(A, naive.to_dense(indptr, indices, np.abs(data), (n, d)), beta)
+    naive.assert_within_rounding(H, ref, scale, n * per_row ** 2 + n)
+    np.testing.assert_array_equal(H, H.T)
+
+
+@pytest.mark.parametrize("n", [37, 2 * DENSE_SANDWICH_BLOCK + 123], ids=["one_block", "three_blocks"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_matrix_sandwich(dtype, n):
+    rng = np.random.default_rng(24)
+    d = 7
+    A = rng.standard_normal((n, d)).astype(dtype)
+    A[:, 3] = 0.0
+    A[::5] = 0.0
+    beta = _beta(rng, n)
+    H = DenseMatrix(A).sandwich(beta)
+    A64 = A.astype(np.float64)
+    ref, scale = _reference(A64, np.abs(A64), beta)
+    # GEMM per block, blocks added: n products per entry plus the block sums and the symmetrising average
+    naive.assert_within_rounding(H, ref, scale, n + n // DENSE_SANDWICH_BLOCK + 2)
+    np.testing.assert_array_equal(H, H.T)
+    assert np.all(H[3] == 0.0) and np.all(H[:, 3] == 0.0)
+
+
+def test_sandwich_same_matrix_dense_and_csr(random_csr):
+    """The two formats agree on one matrix (the driver must not care which it holds)."""
+    rng = np.random.default_rng(25)
+    n, d = 300, 6
+    indptr, indices, data = random_csr(rng, n, d, max_per_row=4, duplicates=True, unsorted=True)
+    A = naive.to_dense(indptr, indices, data, (n, d))
+    beta = _beta(rng, n)
+    H_csr = CSRMatrix(indptr, indices, data, (n, d)).sandwich(beta)
+    H_dense = DenseMatrix(A).sandwich(beta)
+    naive.assert_within_rounding(H_csr, H_dense, _reference(np.abs(A), np.abs(A), beta)[1], n * 16 + n)
+
+
+@pytest.mark.parametrize("chunk_rows", [3, None], ids=["chunk3", "real"])
+def test_csr_sandwich_bitwise_equal_with_1_and_2_threads(chunk_rows, run_with_threads, random_csr):
+    rng = np.random.default_rng(26)
+    n, d = 6_000, 10
+    indptr, indices, data = random_csr(rng, n, d, max_per_row=5, empty_rows=True, duplicates=True,
+                                       unsorted=True)
+    # widely varying magnitudes so any change of summation order would change the low bits
+    beta = _beta(rng, n) * np.exp(rng.uniform(-10, 10, size=n))
+    rows_per_chunk = sandwich_chunk_rows(n, d) if chunk_rows is None else chunk_rows
+
+    def sandwich():
+        out = np.empty((d, d))
+        csr_sandwich(indptr, indices, data, beta, rows_per_chunk, out)
+        return out
+
+    H1 = run_with_threads(1, sandwich)
+    H2 = run_with_threads(2, sandwich)
+    np.testing.assert_array_equal(H1, H2)
+
+
+# -- the sampled sandwich Σ_t w_t C_{rows[t]}ᵀ C_{rows[t]} ---------------------------------------
+def _sample(rng, n, size, index_dtype=np.int64):
+    """Row positions with repeats, in no particular order, and weights of both signs with some zeros."""
+    rows = rng.integers(0, n, size=size).astype(index_dtype)
+    rows[: min(3, size)] = rows[0]
+    return rows, _beta(rng, size)
+
+
+def _sampled_reference(A, A_abs, rows, weights):
+    G, G_abs = A[rows], A_abs[rows]
+    return G.T @ (weights[:, None] * G), G_abs.T @ (np.abs(weights)[:, None] * G_abs)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, None], ids=["chunk1", "chunk3", "real"])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_sandwich_rows_matches_numpy(dtype, index_dtype, chunk_rows, csr_case, random_csr):
+    rng = np.random.default_rng(27)
+    n, d, per_row, size = 47, 8, 6, 30
+    indptr, indices, data = random_csr(rng, n, d, dtype=dtype, index_dtype=index_dtype,
+                                       max_per_row=per_row, **csr_case)
+    rows, weights = _sample(rng, n, size, index_dtype)
+    out = np.full((d, d), np.nan)
+    csr_sandwich_rows(indptr, indices, data, rows, weights,
+                      sandwich_chunk_rows(size, d) if chunk_rows is None else chunk_rows, out)
+    A = naive.to_dense(indptr, indices, data, (n, d))
+    ref, scale = _sampled_reference(A, naive.to_dense(indptr, indices, np.abs(data), (n, d)), rows, weights)
+    naive.assert_within_rounding(out, ref, scale, size * per_row ** 2 + size)
+    np.testing.assert_array_equal(out, out.T)
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 1024])
+def test_csr_sandwich_rows_over_every_row_gives_the_full_sandwich_bits(chunk_rows, random_csr):
+    """rows = 0..n−1 with weights β is the full sandwich, summed in the same order: identical bits."""
+    rng = np.random.default_rng(28)
+    n, d = 3_000, 9
+    indptr, indices, data = random_csr(rng, n, d, max_per_row=5, empty_rows=True, duplicates=True,
+                                       unsorted=True)
+    beta = _beta(rng, n) * np.exp(rng.uniform(-10, 10, size=n))
+    full = np.empty((d, d))
+    csr_sandwich(indptr, indices, data, beta, chunk_rows, full)
+    sampled = np.empty((d, d))
+    csr_sandwich_rows(indptr, indices, data, np.arange(n), beta, chunk_rows, sampled)
+    np.testing.assert_array_equal(sampled, full)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matrix_sandwich_rows_dense_and_csr(dtype, random_csr):
+    rng = np.random.default_rng(29)
+    n, d, size = 2_000, 7, 1_500
+    indptr, indices, data = random_csr(rng, n, d, dtype=dtype, max_per_row=4, empty_rows=True,
+                                       duplicates=True, unsorted=True)
+    A = naive.to_dense(indptr, indices, data, (n, d))
+    A_abs = naive.to_dense(indptr, indices, np.abs(data), (n, d))
+    rows, weights = _sample(rng, n, size)
+    ref, scale = _sampled_reference(A, A_abs, rows, weights)
+    H_csr = CSRMatrix(indptr, indices, data, (n, d)).sandwich_rows(rows, weights)
+    naive.assert_within_rounding(H_csr, ref, scale, size * 16 + size)
+    np.testing.assert_array_equal(H_csr, H_csr.T)
+    # the dense format stores A in the storage dtype (summed duplicates rounded to float32 there),
+    # so its reference is built from that rounded copy
+    H_dense = DenseMatrix(A.astype(dtype)).sandwich_rows(rows, weights)
+    A32 = A.astype(dtype).astype(np.float64)
+    ref_dense, scale_dense = _sampled_reference(A32, np.abs(A32), rows, weights)
+    naive.assert_within_rounding(H_dense, ref_dense, scale_dense, size + 2)
+    np.testing.assert_array_equal(H_dense, H_dense.T)
+
+
+def test_dense_sandwich_rows_over_several_blocks():
+    rng = np.random.default_rng(30)
+    n, d = 500, 5
+    A = rng.standard_normal((n, d))
+    rows, weights = _sample(rng, n, 2 * DENSE_SANDWICH_BLOCK + 5)
+    H = DenseMatrix(A).sandwich_rows(rows, weights)
+    ref, scale = _sampled_reference(A, np.abs(A), rows, weights)
+    naive.assert_within_rounding(H, ref, scale, rows.shape[0] + 5)
+
+
+def test_csr_sandwich_rows_bitwise_equal_with_1_and_2_threads(run_with_threads, random_csr):
+    rng = np.random.default_rng(31)
+    n, d, size = 4_000, 10, 5_000
+    indptr, indices, data = random_csr(rng, n, d, max_per_row=5, empty_rows=True, duplicates=True,
+                                       unsorted=True)
+    rows, weights = _sample(rng, n, size)
+    weights *= np.exp(rng.uniform(-10, 10, size=size))
+    chunk = sandwich_chunk_rows(size, d)
+    assert chunk < size
+
+    def sampled():
+        out = np.empty((d, d))
+        csr_sandwich_rows(indptr, indices, data, rows, weights, chunk, out)
+        return out
+
+    np.testing.assert_array_equal(run_with_threads(1, sampled), run_with_threads(2, sampled))

@@ -1,0 +1,243 @@
+"""kernels/softmax.py against the naive formulas of tests/naive.py.
+
+The model-vector kernels are checked by what q, β, U, S must *mean*, not by
+re-typing SPEC §2: q must be the u-gradient Jᵀr + w ⊙ u of the explicit Jacobian,
+and diag(β) + U S Uᵀ the u-Hessian JᵀJ + Σ_k r_k ∇²h_k + diag(w) of naive.py.
+Tolerances are multiples of np.finfo(np.float64).eps (everything is float64), scaled
+by the size of the quantities involved; the multiples are stated where used.
+"""
+import numpy as np
+import pytest
+
+import naive
+from fastnewton.chunking import chunk_rows as real_chunk_rows
+from fastnewton.kernels.softmax import (
+    chunked_dots,
+    softmax_into,
+    softmax_regression_loss,
+    softmax_regression_vectors,
+    softmax_relu_vectors,
+)
+
+EPS = np.finfo(np.float64).eps
+CHUNKS = [1, 3, None]
+CHUNK_IDS = ["chunk1", "chunk3", "real"]
+
+
+def _rows(n, chunk_rows):
+    return real_chunk_rows(n) if chunk_rows is None else chunk_rows
+
+
+def _u_away_from_kink(rng, n, scale=2.0, gap=1e-3):
+    u = rng.standard_normal(n) * scale
+    return np.where(np.abs(u) < gap, gap * 2, u)
+
+
+# -- softmax_into ---------------------------------------------------------------------------
+@pytest.mark.parametrize("chunk_rows", CHUNKS, ids=CHUNK_IDS)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("n", [1, 2, 50, 10_000])
+def test_softmax_into_matches_naive(n, relu, chunk_rows):
+    rng = np.random.default_rng(30)
+    u = rng.standard_normal(n) * 3
+    s = np.full(n, np.nan)
+    lse = softmax_into(u, relu, _rows(n, chunk_rows), s)
+    z = naive.relu(u) if relu else u
+    # each s_i is one exp (≤ 1 ulp-ish error, a few eps) over a sum of n terms (≤ n·eps relative)
+    np.testing.assert_allclose(s, naive.softmax(z), rtol=4 * (n + 4) * EPS, atol=0)
+    np.testing.assert_allclose(lse, naive.logsumexp(z), rtol=4 * (n + 4) * EPS)
+    assert abs(s.sum() - 1.0) <= 2 * (n + 4) * EPS
+
+
+def test_softmax_into_huge_logits_do_not_overflow():
+    u = np.array([1e4, 1e4 - 1.0, -1e4, 0.0, 1e4 - 800.0])
+    s = np.empty_like(u)
+    lse = softmax_into(u, False, 2, s)
+    top = 1.0 / (1.0 + np.exp(-1.0))
+    # exp(−800) underflows to 0 after the max shift: exactly the right answer in float64
+    expected = np.array([top, np.exp(-1.0) * top, 0.0, 0.0, 0.0])
+    assert np.all(np.isfinite(s))
+    np.testing.assert_allclose(s, expected, rtol=8 * EPS, atol=0)
+    np.testing.assert_allclose(lse, 1e4 + np.log1p(np.exp(-1.0)), rtol=4 * EPS)
+
+
+def test_softmax_into_huge_negative_logits():
+    """All logits hugely negative: the max shift keeps the largest at exp(0) = 1, never 0/0."""
+    u = np.array([-1e4, -1e4 - 1.0, -2e4])
+    s = np.empty_like(u)
+    lse = softmax_into(u, False, 1, s)
+    assert np.all(np.isfinite(s)) and abs(s.sum() - 1.0) <= 4 * EPS
+    np.testing.assert_allclose(s, naive.softmax(u), rtol=8 * EPS)
+    np.testing.assert_allclose(lse, -1e4 + np.log1p(np.exp(-1.0)), rtol=4 * EPS)
+
+
+def test_softmax_into_relu_huge_and_all_dead():
+    s = np.empty(4)
+    lse = softmax_into(np.array([1e4, -1e4, 3.0, -0.0]), True, 3, s)
+    np.testing.assert_allclose(s, [1.0, 0.0, 0.0, 0.0], rtol=0, atol=0)
+    np.testing.assert_allclose(lse, 1e4, rtol=4 * EPS)
+    # every ReLU dead: z = 0 everywhere, the uniform distribution
+    lse = softmax_into(np.array([-1.0, -2.0, -1e4, -0.5]), True, 3, s)
+    np.testing.assert_allclose(s, 0.25, rtol=4 * EPS)
+    np.testing.assert_allclose(lse, np.log(4.0), rtol=4 * EPS)
+
+
+def test_softmax_into_reads_u_only():
+    rng = np.random.default_rng(31)
+    u = rng.standard_normal(20)
+    u.flags.writeable = False
+    s = np.empty(20)
+    softmax_into(u, True, 3, s)
+    np.testing.assert_allclose(s, naive.softmax(naive.relu(u)), rtol=100 * EPS)
+
+
+# -- chunked_dots ---------------------------------------------------------------------------
+@pytest.mark.parametrize("chunk_rows", CHUNKS, ids=CHUNK_IDS)
+@pytest.mark.parametrize("n", [1, 7, 10_000])
+def test_chunked_dots_matches_numpy(n, chunk_rows):
+    rng = np.random.default_rng(32)
+    a, b, c = (rng.standard_normal(n) for _ in range(3))
+    ab, ac = chunked_dots(a, b, c, _rows(n, chunk_rows))
+    naive.assert_within_rounding(ab, a @ b, np.abs(a) @ np.abs(b), 2 * n)
+    naive.assert_within_rounding(ac, a @ c, np.abs(a) @ np.abs(c), 2 * n)
+
+
+# -- softmax_regression_loss / softmax_regression_vectors -------------------------------------
+def _regression_case(rng, n, weighted):
+    u = _u_away_from_kink(rng, n)
+    b = rng.uniform(0.0, 2.0 / n, n)
+    b[rng.random(n) < 0.2] = 0.0
+    w = rng.uniform(0.0, 0.5, n) if weighted else np.zeros(n)
+    return u, b, w
+
+
+@pytest.mark.parametrize("chunk_rows", CHUNKS, ids=CHUNK_IDS)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_softmax_regression_loss_matches_naive(relu, weighted, chunk_rows):
+    rng = np.random.default_rng(33)
+    n = 60
+    u, b, w = _regression_case(rng, n, weighted)
+    model = "relu_softmax" if relu else "softmax"
+    ref = 0.5 * np.sum((naive.outputs(u, model) - b) ** 2) + 0.5 * np.sum(w * u * u)
+    loss = softmax_regression_loss(u, b, w, relu, _rows(n, chunk_rows), np.empty(n))
+    # n squared residuals of values ≤ 1 and the weight terms: ≤ ~4n·eps relative to the total
+    np.testing.assert_allclose(loss, ref, rtol=8 * (n + 4) * EPS)
+
+
+@pytest.mark.parametrize("chunk_rows", CHUNKS, ids=CHUNK_IDS)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_softmax_regression_vectors_are_the_u_derivatives(relu, weighted, chunk_rows):
+    rng = np.random.default_rng(34)
+    n = 25
+    u, b, w = _regression_case(rng, n, weighted)
+    model = "relu_softmax" if relu else "softmax"
+    Q = np.full((n, 3), np.nan)
+    beta = np.full(n, np.nan)
+    loss, c, gamma = softmax_regression_vectors(u, b, w, relu, _rows(n, chunk_rows), Q, beta)
+
+    h = naive.outputs(u, model)
+    r = h - b
+    np.testing.assert_allclose(loss, 0.5 * r @ r + 0.5 * np.sum(w * u * u), rtol=8 * (n + 4) * EPS)
+    # c and γ of SPEC §2 from the naive softmax (z-space, so masked rows contribute too)
+    np.testing.assert_allclose(c, h @ r, rtol=1e3 * n * EPS, atol=1e3 * n * EPS * (h @ np.abs(r)))
+    np.testing.assert_allclose(gamma, (3 * h - 2 * b) @ h, rtol=1e3 * n * EPS)
+
+    grad_u = naive.output_jacobian(u, model).T @ r + w * u
+    hess_u = naive.hessian_u(u, b, model, row_weights=w)
+    S = np.array([[gamma, -1.0], [-1.0, 0.0]])
+    U = Q[:, 1:]
+    # the references involve O(n) sums of products of quantities ≤ 1 (s, b, r): an absolute
+    # error of a few hundred n·eps relative to the largest entry covers both routes' rounding
+    np.testing.assert_allclose(Q[:, 0], grad_u, rtol=0, atol=1e3 * n * EPS * max(np.abs(grad_u).max(), 1e-300))
+    H = np.diag(beta) + U @ S @ U.T
+    np.testing.assert_allclose(H, hess_u, rtol=0, atol=1e3 * n * EPS * np.abs(hess_u).max())
+    if relu:
+        dead = u <= 0
+        assert np.all(U[dead] == 0.0) and np.all(beta[dead] == w[dead])
+        np.testing.assert_array_equal(Q[dead, 0], w[dead] * u[dead])
+
+
+def test_softmax_regression_vectors_at_huge_logits_stay_finite():
+    u = np.array([1e4, 1e4 - 1.0, -1e4, 5.0])
+    b = np.array([0.5, 0.3, 0.1, 0.1])
+    w = np.zeros(4)
+    Q = np.empty((4, 3))
+    beta = np.empty(4)
+    loss, c, gamma = softmax_regression_vectors(u, b, w, False, 2, Q, beta)
+    assert np.all(np.isfinite(Q)) and np.all(np.isfinite(beta)) and np.isfinite(c) and np.isfinite(gamma)
+    np.testing.assert_allclose(Q[:, 0], naive.output_jacobian(u, "softmax").T @ (naive.softmax(u) - b),
+                               rtol=0, atol=64 * EPS)
+    np.testing.assert_allclose(loss, 0.5 * np.sum((naive.softmax(u) - b) ** 2), rtol=64 * EPS)
+
+
+# -- softmax_relu_vectors --------------------------------------------------------------------
+def _softmax_relu_inputs(u, b, V):
+    """s, y, ρ, c as the kernel expects them, from the naive softmax."""
+    s = naive.softmax(u)
+    y = V.T @ s
+    a = naive.relu_prime(y)
+    r = naive.relu(y) - b
+    rho = V @ (a * r)
+    return s, y, rho, float(s @ rho)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("m", [1, 4])
+def test_softmax_relu_vectors_are_the_u_derivatives(m, weighted):
+    rng = np.random.default_rng(35)
+    n = 20
+    u = rng.standard_normal(n) * 2
+    # V uniform in [−1, 1] with one column forced negative: some outputs active, some dead
+    V = rng.uniform(-1.0, 1.0, (n, m))
+    if m > 1:
+        V[:, 0] = -np.abs(V[:, 0])
+        V[:, 1] = np.abs(V[:, 1])
+    b = rng.uniform(0.0, 0.5, m)
+    w = rng.uniform(0.0, 0.5, n) if weighted else np.zeros(n)
+    s, y, rho, c = _softmax_relu_inputs(u, b, V)
+    assert np.all(np.abs(y) > 1e-6), "outputs must be away from the ReLU kink"
+    Q = np.full((n, m + 3), np.nan)
+    beta = np.full(n, np.nan)
+    softmax_relu_vectors(u, s, rho, V, y, c, w, Q, beta)
+
+    r = naive.outputs(u, "softmax_relu", V) - b
+    grad_u = naive.output_jacobian(u, "softmax_relu", V).T @ r + w * u
+    hess_u = naive.hessian_u(u, b, "softmax_relu", V, row_weights=w)
+    S = np.eye(m + 2)
+    S[:2, :2] = [[2 * c, -1.0], [-1.0, 0.0]]
+    U = Q[:, 1:]
+    # O(n + m) sums of products of O(1) quantities: a few hundred (n + m)·eps of the largest entry
+    np.testing.assert_allclose(Q[:, 0], grad_u, rtol=0, atol=1e3 * (n + m) * EPS * np.abs(grad_u).max())
+    np.testing.assert_allclose(np.diag(beta) + U @ S @ U.T, hess_u, rtol=0,
+                               atol=1e3 * (n + m) * EPS * np.abs(hess_u).max())
+    dead = y <= 0
+    assert np.all(Q[:, 3:][:, dead] == 0.0)
+
+
+# -- determinism ----------------------------------------------------------------------------
+@pytest.mark.parametrize("chunk_rows", [3, None], ids=["chunk3", "real"])
+def test_softmax_kernels_bitwise_equal_with_1_and_2_threads(chunk_rows, run_with_threads):
+    rng = np.random.default_rng(36)
+    n = 20_000
+    rows = _rows(n, chunk_rows)
+    u = rng.standard_normal(n) * 3
+    b = rng.uniform(0, 2.0 / n, n)
+    w = rng.uniform(0, 1, n)
+    a, c = rng.standard_normal(n) * np.exp(rng.uniform(-10, 10, n)), rng.standard_normal(n)
+
+    def everything():
+        s = np.empty(n)
+        lse = softmax_into(u, True, rows, s)
+        loss = softmax_regression_loss(u, b, w, False, rows, np.empty(n))
+        Q = np.empty((n, 3))
+        beta = np.empty(n)
+        scalars = softmax_regression_vectors(u, b, w, True, rows, Q, beta)
+        dots = chunked_dots(a, c, a, rows)
+        return s, np.array([lse, loss, *scalars, *dots]), Q, beta
+
+    one = run_with_threads(1, everything)
+    two = run_with_threads(2, everything)
+    for x1, x2 in zip(one, two):
+        np.testing.assert_array_equal(x1, x2)
