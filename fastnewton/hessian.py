@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 
+from .reductions import dot, norm
 from .sketching import sample_size, sampled_sandwich
 
 STRATEGIES = ("auto", "exact", "sketch", "pcg")
@@ -51,11 +52,11 @@ class NewtonSystem:
         residual = -g.copy()
         z = scipy.linalg.cho_solve(factor, residual, check_finite=False)
         direction = z.copy()
-        rz = float(residual @ z)
-        target = self.forcing * float(np.linalg.norm(g))
+        rz = dot(residual, z)
+        target = self.forcing * norm(g)
         for iteration in range(1, MAX_CG_ITERATIONS + 1):
             Hd = self.hessp(direction) + mu * direction
-            curvature = float(direction @ Hd)
+            curvature = dot(direction, Hd)
             if not curvature > 0.0:
                 self.info["cg_iterations"] = iteration
                 # Negative curvature of H + μI: the damping must grow (the first direction is
@@ -64,10 +65,10 @@ class NewtonSystem:
             alpha = rz / curvature
             p += alpha * direction
             residual -= alpha * Hd
-            if np.linalg.norm(residual) <= target:
+            if norm(residual) <= target:
                 break
             z = scipy.linalg.cho_solve(factor, residual, check_finite=False)
-            rz_next = float(residual @ z)
+            rz_next = dot(residual, z)
             direction = z + (rz_next / rz) * direction
             rz = rz_next
         self.info["cg_iterations"] = iteration
@@ -91,7 +92,7 @@ def sketch_system(problem, ev, rng, options, g_ref):
 
 def pcg_system(problem, ev, rng, options, g_ref):
     matrix, info = _sketched_matrix(problem, ev, rng, options)
-    forcing = min(MAX_FORCING, float(np.linalg.norm(ev.grad)) / g_ref) if g_ref > 0 else MAX_FORCING
+    forcing = min(MAX_FORCING, norm(ev.grad) / g_ref) if g_ref > 0 else MAX_FORCING
     return NewtonSystem(matrix, hessp=lambda p: problem._hessp(ev, p), forcing=forcing, info=info)
 
 

@@ -11,6 +11,7 @@ from .kernels.csr import csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3, csr_
 from .kernels.dense import dense_matvec, dense_rmatmat
 from .kernels.sandwich import csr_sandwich, csr_sandwich_rows
 from .kernels.sketch import csr_embed, dense_embed
+from .threads import map_single_threaded_blas
 
 # Rows per GEMM block of the dense sandwich: bounds the scaled copy to
 # DENSE_SANDWICH_BLOCK × d while keeping each GEMM large enough for full BLAS speed.
@@ -40,18 +41,24 @@ class DenseMatrix:
         dense_rmatmat(self.array, Q, self._chunk_rows, out)
         return out
 
-    def _blocks(self, rows=None):
-        """(float64 block of C's rows, slice of positions) in fixed blocks of DENSE_SANDWICH_BLOCK rows."""
-        count = self.n if rows is None else rows.shape[0]
-        for start in range(0, count, DENSE_SANDWICH_BLOCK):
-            part = slice(start, min(count, start + DENSE_SANDWICH_BLOCK))
-            source = self.array[part] if rows is None else self.array[rows[part]]
-            yield np.asarray(source, dtype=np.float64), part
+    def _block_slices(self, count):
+        return [slice(start, min(count, start + DENSE_SANDWICH_BLOCK))
+                for start in range(0, count, DENSE_SANDWICH_BLOCK)]
+
+    def _block(self, part, rows=None):
+        """C's rows in ``part`` (of ``rows`` when given) as float64 (a view when C is float64 and rows is None)."""
+        source = self.array[part] if rows is None else self.array[rows[part]]
+        return np.asarray(source, dtype=np.float64)
 
     def _gemm_sandwich(self, weights, rows=None):
+        """Σ over fixed row blocks of blockᵀ(w ⊙ block), each GEMM single-threaded, summed in block order."""
+        def block_sandwich(part):
+            block = self._block(part, rows)
+            return block.T @ (block * weights[part, None])
+
         out = np.zeros((self.d, self.d))
-        for block, part in self._blocks(rows):
-            out += block.T @ (block * weights[part, None])
+        for partial in map_single_threaded_blas(block_sandwich, self._block_slices(weights.shape[0])):
+            out += partial
         # GEMM rounds its two triangles independently; the Hessian must be exactly symmetric.
         return 0.5 * (out + out.T)
 
@@ -63,10 +70,14 @@ class DenseMatrix:
         return self._gemm_sandwich(weights, rows)
 
     def matmat(self, Z):
-        """C Z for a thin d × r Z (BLAS, blocked so float32 C is never copied whole)."""
+        """C Z for a thin d × r Z (blocked single-threaded BLAS calls, so float32 C is never copied whole)."""
         out = np.empty((self.n, Z.shape[1]))
-        for block, part in self._blocks():
-            out[part] = block @ Z
+
+        def block_product(part):
+            out[part] = self._block(part) @ Z
+
+        for _ in map_single_threaded_blas(block_product, self._block_slices(self.n)):
+            pass
         return out
 
     def embed(self, scaled_signs, s, ptr, member, m):

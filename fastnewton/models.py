@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .chunking import chunk_rows
+from .reductions import dot
 from .kernels.dense import dense_matvec, dense_rmatmat
 from .kernels.softmax import (
-    chunked_dots,
     softmax_into,
     softmax_regression_loss,
     softmax_regression_vectors,
@@ -92,25 +92,25 @@ class SoftmaxRelu:
         return s, y, r
 
     def _weight_term(self, u):
-        return 0.5 * chunked_dots(u, self.w * u, u, self._chunk_rows)[0]
+        return 0.5 * dot(u, self.w * u)
 
     def loss(self, u):
         """½‖ReLU(Vᵀ softmax(u)) − b‖² + ½ Σ w u²."""
         _, _, r = self._outputs(u)
-        return 0.5 * float(r @ r) + self._weight_term(u)
+        return 0.5 * dot(r, r) + self._weight_term(u)
 
     def vectors(self, u):
         s, y, r = self._outputs(u)
         active = y > 0.0
         rho = np.empty(self.n)
         dense_matvec(self.V, np.where(active, r, 0.0), rho)
-        c = chunked_dots(s, rho, rho, self._chunk_rows)[0]
+        c = dot(s, rho)
         Q = np.empty((self.n, self.m + 3))
         beta = np.empty(self.n)
         softmax_relu_vectors(u, s, rho, self.V, y, c, self.w, Q, beta)
         S = np.eye(self.k)
         S[:2, :2] = [[2.0 * c, -1.0], [-1.0, 0.0]]
-        loss = 0.5 * float(r @ r) + self._weight_term(u)
+        loss = 0.5 * dot(r, r) + self._weight_term(u)
         return ModelVectors(loss, Q, beta, S, {"c": c, "y": y})
 
     def reference_model(self):

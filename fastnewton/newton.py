@@ -11,8 +11,8 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 
+from .reductions import dot, norm
 from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
 from .timing import PhaseTimer
 
@@ -81,7 +81,7 @@ def _damped_step(problem, ev, system, mu, options, timer, target_norm):
     for _ in range(MAX_DAMPING_TRIES):
         with timer("solve"):
             p = system.solve(g, mu)
-        if p is None or not _all_finite(p) or not float(g @ p) < 0.0:
+        if p is None or not _all_finite(p) or not dot(g, p) < 0.0:
             mu = _next_damping(mu, scale)
             continue
         with timer("line_search"):
@@ -90,7 +90,7 @@ def _damped_step(problem, ev, system, mu, options, timer, target_norm):
             if largest > options.max_logit_step:
                 p *= options.max_logit_step / largest
                 Cp *= options.max_logit_step / largest
-            slope = float(g @ p)
+            slope = dot(g, p)
             t = 1.0
             for trial in range(1, MAX_BACKTRACKS + 1):
                 x_t = ev.x + t * p
@@ -101,7 +101,7 @@ def _damped_step(problem, ev, system, mu, options, timer, target_norm):
                 # accept the full step if L does not rise beyond rounding; the gradient test decides.
                 invisible = t == 1.0 and -slope <= noise and L_t <= L0 + noise
                 if np.isfinite(L_t) and (armijo or invisible):
-                    return _Step(x_t, u_t, t, mu, trial, t * float(np.linalg.norm(p)), not armijo)
+                    return _Step(x_t, u_t, t, mu, trial, t * norm(p), not armijo)
                 t *= BACKTRACK_FACTOR
         mu = _next_damping(mu, scale)
     return None
@@ -110,7 +110,7 @@ def _damped_step(problem, ev, system, mu, options, timer, target_norm):
 def _gradient_norm_at_zero(problem):
     """‖∇L(0)‖ (u = 0 needs no pass over C), using the model's reference derivative at 0."""
     vectors = problem._model.reference_model().vectors(np.zeros(problem.n))
-    return float(np.linalg.norm(problem.matrix.rmatmat(np.ascontiguousarray(vectors.Q[:, :1]))))
+    return norm(problem.matrix.rmatmat(np.ascontiguousarray(vectors.Q[:, :1]))[:, 0])
 
 
 def newton_solve(problem, x0, start, build_system, options):
@@ -118,13 +118,13 @@ def newton_solve(problem, x0, start, build_system, options):
     timer = PhaseTimer()
     rng = np.random.default_rng(options.seed)
     clock = time.perf_counter()
-    target_norm = float(np.linalg.norm(problem.b))
+    target_norm = norm(problem.b)
     g_ref_zero = _gradient_norm_at_zero(problem)
     ev = problem._evaluate(x0, timer=timer)
     if not _all_finite(ev.loss, ev.grad):
         return _result(problem, ev, x0, start, options, Status.NON_FINITE, [], 0.0, g_ref_zero, clock,
                        detail="the loss or gradient at the starting point is not finite")
-    g_ref = max(float(np.linalg.norm(ev.grad)), g_ref_zero)
+    g_ref = max(norm(ev.grad), g_ref_zero)
     history = []
     _record(history, 0, ev, g_ref, None, timer, clock, options)
     mu = 0.0
@@ -134,7 +134,7 @@ def newton_solve(problem, x0, start, build_system, options):
     flat_steps = 0
     try:
         while True:
-            grad_norm = float(np.linalg.norm(ev.grad))
+            grad_norm = norm(ev.grad)
             if grad_norm <= options.tol * g_ref:
                 status = Status.CONVERGED
                 break
@@ -157,7 +157,7 @@ def newton_solve(problem, x0, start, build_system, options):
                 detail = f"the loss or gradient became non-finite at iteration {n_iter}"
                 break
             flat_steps = flat_steps + 1 if step.below_rounding and (
-                np.linalg.norm(new_ev.grad) >= np.linalg.norm(ev.grad)) else 0
+                norm(new_ev.grad) >= norm(ev.grad)) else 0
             ev = new_ev
             mu = step.damping / DAMPING_DECREASE if step.length == 1.0 else step.damping
             if mu < FIRST_DAMPING * system.scale:
@@ -187,7 +187,7 @@ _TABLE_HEADER = f"{'iter':>5} {'loss':>14} {'|g|/g_ref':>10} {'step':>8} {'dampi
 
 
 def _record(history, n_iter, ev, g_ref, step, timer, clock, options, system_info=None):
-    grad_norm = float(np.linalg.norm(ev.grad))
+    grad_norm = norm(ev.grad)
     info = {
         "iter": n_iter,
         "loss": ev.loss,
@@ -214,7 +214,7 @@ def _result(problem, ev, x0, start, options, status, history, g_ref, g_ref_zero,
     message = MESSAGES[status] + (f" {detail}" if detail and status != Status.DEAD_STATIONARY else detail)
     if status == Status.CONVERGED:
         message = MESSAGES[status]
-    grad_norm = float(np.linalg.norm(ev.grad)) if _all_finite(ev.grad) else float("nan")
+    grad_norm = norm(ev.grad) if _all_finite(ev.grad) else float("nan")
     x = ev.x.copy() if _all_finite(ev.x) else x0.copy()
     res = SolveResult(
         x=x,

@@ -5,6 +5,7 @@ import numpy as np
 
 from .memory import check_hessian_fits
 from .models import ModelVectors, build_model
+from .reductions import dot
 from .validation import (
     as_input_matrix,
     as_l2,
@@ -81,13 +82,13 @@ class Problem:
         with timer("gradient"):
             G = self.matrix.rmatmat(vectors.Q)
         grad = G[:, 0] + self.l2 * x
-        loss = vectors.loss + 0.5 * self.l2 * float(x @ x)
+        loss = vectors.loss + 0.5 * self.l2 * dot(x, x)
         self._last = Evaluation(x.copy(), u, vectors, loss, grad, np.ascontiguousarray(G[:, 1:]))
         return self._last
 
     def _loss_at(self, u, x):
         """L at a point whose u = Cx is already known (line-search trials)."""
-        return self._model.loss(u) + 0.5 * self.l2 * float(x @ x)
+        return self._model.loss(u) + 0.5 * self.l2 * dot(x, x)
 
     def _hessian(self, ev, sandwich=None):
         """Cᵀ diag(β) C (or a given approximation of it) + P S Pᵀ + λI."""

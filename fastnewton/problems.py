@@ -2,7 +2,7 @@
 import numpy as np
 import scipy.sparse as sp
 
-from .validation import as_positive_int, check_model
+from .validation import as_positive_int, as_real_scalar, as_seed, check_model
 
 
 def _softmax(z):
@@ -25,10 +25,9 @@ def make_problem(n, d, *, nnz_per_row=None, density=None, model="softmax", m=Non
     n = as_positive_int(n, "n")
     d = as_positive_int(d, "d")
     model = check_model(model)
-    if not np.isfinite(scale) or scale < 0:
-        raise ValueError(f"scale must be a finite number ≥ 0, got {scale}")
-    if not np.isfinite(noise) or noise < 0:
-        raise ValueError(f"noise must be a finite number ≥ 0, got {noise}")
+    scale = as_real_scalar(scale, "scale")
+    noise = as_real_scalar(noise, "noise")
+    seed = as_seed(seed)
     if nnz_per_row is not None and density is not None:
         raise ValueError("give nnz_per_row or density, not both")
     rng = np.random.default_rng(seed)
@@ -37,6 +36,7 @@ def make_problem(n, d, *, nnz_per_row=None, density=None, model="softmax", m=Non
         k = d
     else:
         if density is not None:
+            density = as_real_scalar(density, "density")
             if not 0 < density <= 1:
                 raise ValueError(f"density must be in (0, 1], got {density}")
             k = max(1, int(round(density * d)))

@@ -1,13 +1,11 @@
 """``fastnewton.solve``: validate once, choose the start and the Hessian strategy, run the Newton loop."""
-import numpy as np
-
 from .hessian import resolve_strategy
 from .memory import check_hessian_fits
 from .newton import SolveOptions, newton_solve
 from .problem import Problem
 from .start import starting_point
 from .threads import thread_limits
-from .validation import as_positive_float, as_positive_int
+from .validation import as_positive_float, as_positive_int, as_seed, as_thread_count
 
 
 def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto", hessian="auto",
@@ -42,9 +40,8 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     max_iter = as_positive_int(max_iter, "max_iter", minimum=0)
     eps = as_positive_float(eps, "eps", upper=1.0)
     sketch_size = as_positive_int(sketch_size, "sketch_size", allow_none=True)
-    n_threads = as_positive_int(n_threads, "n_threads", allow_none=True)
-    if seed is not None and not isinstance(seed, (int, np.integer, np.random.SeedSequence)):
-        raise TypeError(f"seed must be None, an int or a numpy SeedSequence, got {type(seed).__name__}")
+    n_threads = as_thread_count(n_threads)
+    seed = as_seed(seed)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     check_hessian_fits(problem.d)

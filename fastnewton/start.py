@@ -16,6 +16,9 @@ import numpy as np
 import scipy.linalg
 from scipy.optimize import linprog
 
+from .matrix import DenseMatrix
+from .reductions import dot
+
 # Relative gap above the floor f = min b for a row of relu_softmax to count as active
 # (above the relative noise of float64 softmax values, below any planted signal).
 ACTIVE_RTOL = 1e-6
@@ -54,7 +57,7 @@ def _normal_system(matrix, weights, target, intercept):
     M[:d, :d] = A
     M[:d, d] = M[d, :d] = G[:, 0]
     M[d, d] = weights.sum()
-    return M, np.append(G[:, 1], weights @ target)
+    return M, np.append(G[:, 1], dot(weights, target))
 
 
 def _solve_psd(M, rhs):
@@ -111,13 +114,14 @@ def _relu_softmax_start(matrix, b):
 
 
 def _floor_margin(matrix, x, null_space, floor_rows):
-    """Maximise τ ≤ MARGIN subject to C_F (x + N δ) ≤ −τ, by LP over a growing working set of floor rows.
+    """Largest τ ≤ MARGIN with C_F (x + N δ) ≤ −τ, and among such δ the smallest ‖δ‖₁.
 
-    Cutting planes: solve the LP on the working set, add the floor rows its solution
-    violates (the worst CUTTING_PLANE_ROWS), repeat until none is violated.
+    Two LPs per round (HiGHS): maximise τ over free δ, then minimise ‖δ‖₁ at that τ, so
+    x moves no further than the margin needs. Cutting planes: the LPs see a working set
+    of floor rows; the worst CUTTING_PLANE_ROWS rows violated by the solution are added
+    and the LPs re-solved until none is violated.
     """
     floor_index = np.flatnonzero(floor_rows)
-    bound = 10.0 * (1.0 + np.linalg.norm(x))
     r = null_space.shape[1]
     working = np.zeros(0, dtype=np.int64)
     best_x, best_margin = x, -np.inf
@@ -132,24 +136,26 @@ def _floor_margin(matrix, x, null_space, floor_rows):
             break
         working = np.union1d(working, new)
         C_working = matrix.rows(working)
-        # Variables (δ, τ): maximise τ subject to C_W x + C_W N δ + τ ≤ 0, |δ| ≤ bound, τ ≤ MARGIN.
-        solution = linprog(
-            np.append(np.zeros(r), -1.0),
-            A_ub=np.column_stack([C_working @ null_space, np.ones(working.size)]),
-            b_ub=-(C_working @ x),
-            bounds=[(-bound, bound)] * r + [(None, MARGIN)],
-            method="highs",
-        )
-        if solution.status != 0:
+        CN, Cx = C_working @ null_space, C_working @ x
+        # 1) variables (δ, τ): maximise τ subject to C_W N δ + τ ≤ −C_W x, τ ≤ MARGIN.
+        first = linprog(np.append(np.zeros(r), -1.0), A_ub=np.column_stack([CN, np.ones(working.size)]),
+                        b_ub=-Cx, bounds=[(None, None)] * r + [(None, MARGIN)], method="highs")
+        if first.status != 0:
             break
-        candidate, tau = x + null_space @ solution.x[:r], solution.x[r]
+        tau = first.x[r]
+        # 2) variables (δ⁺, δ⁻) ≥ 0: minimise Σ(δ⁺ + δ⁻) subject to C_W N (δ⁺ − δ⁻) ≤ −C_W x − τ.
+        second = linprog(np.ones(2 * r), A_ub=np.column_stack([CN, -CN]), b_ub=-Cx - tau + 1e-9 * (1.0 + abs(tau)),
+                         bounds=[(0, None)] * (2 * r), method="highs")
+        delta = second.x[:r] - second.x[r:] if second.status == 0 else first.x[:r]
+        candidate = x + null_space @ delta
     return best_x, best_margin
 
 
 def _softmax_relu_start(matrix, b, V):
     n, m = V.shape
+    values = DenseMatrix(V)
     uniform = np.full(n, 1.0 / n)
-    y_uniform = V.T @ uniform
+    y_uniform = values.rmatmat(uniform[:, None])[:, 0]
     equal = b > 0.0
     targets = np.where(equal, b, 0.0)
     s = uniform
@@ -157,9 +163,9 @@ def _softmax_relu_start(matrix, b, V):
         # min ‖s − 1/n‖² s.t. V_Eᵀ s = b_E, 1ᵀs = 1: s = 1/n + [V_E, 1] λ, a (|E|+1)-square system.
         A = np.column_stack([V[:, equal], np.ones(n)])
         residual = np.append(targets[equal] - y_uniform[equal], 0.0)
-        lam = scipy.linalg.lstsq(A.T @ A, residual, check_finite=False)[0]
+        lam = scipy.linalg.lstsq(DenseMatrix(A).sandwich(np.ones(n)), residual, check_finite=False)[0]
         s = uniform + A @ lam
-        newly = (~equal) & (V.T @ s > 0.0)
+        newly = (~equal) & (values.rmatmat(s[:, None])[:, 0] > 0.0)
         if not newly.any():
             break
         equal |= newly

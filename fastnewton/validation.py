@@ -95,13 +95,20 @@ def check_model(model):
     return model
 
 
+def as_real_scalar(value, name, minimum=0.0):
+    """A finite real number ≥ minimum (Python or NumPy scalar, or a 0-d array) as float."""
+    if isinstance(value, (bool, np.bool_)) or not (
+            isinstance(value, numbers.Real) or (isinstance(value, np.ndarray) and value.ndim == 0
+                                                and value.dtype.kind in "iuf")):
+        raise TypeError(f"{name} must be a real number ≥ {minimum:g}, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number ≥ {minimum:g}, got {value}")
+    return value
+
+
 def as_l2(l2):
-    if isinstance(l2, bool) or not isinstance(l2, numbers.Real):
-        raise TypeError(f"l2 must be a real number ≥ 0, got {type(l2).__name__}")
-    l2 = float(l2)
-    if not np.isfinite(l2) or l2 < 0:
-        raise ValueError(f"l2 must be a finite number ≥ 0, got {l2}")
-    return l2
+    return as_real_scalar(l2, "l2")
 
 
 def as_row_weights(row_weights, n):
@@ -153,6 +160,28 @@ def as_positive_int(value, name, minimum=1, allow_none=False):
     if value < minimum:
         raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value}")
     return int(value)
+
+
+def as_thread_count(n_threads):
+    """None or an integer in [1, numba.config.NUMBA_NUM_THREADS] (Numba cannot start more)."""
+    import numba
+
+    n_threads = as_positive_int(n_threads, "n_threads", allow_none=True)
+    limit = numba.config.NUMBA_NUM_THREADS
+    if n_threads is not None and n_threads > limit:
+        raise ValueError(f"n_threads must be between 1 and {limit} (NUMBA_NUM_THREADS), got {n_threads}")
+    return n_threads
+
+
+def as_seed(seed):
+    """None, an integer ≥ 0 or a numpy SeedSequence."""
+    if seed is None or isinstance(seed, np.random.SeedSequence):
+        return seed
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be None, an integer ≥ 0 or a numpy SeedSequence, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed must be an integer ≥ 0, got {seed}")
+    return int(seed)
 
 
 def as_positive_float(value, name, upper=None):

@@ -1,0 +1,90 @@
+"""``python -m fastnewton demo`` and Numba's on-disk kernel cache, each in a fresh subprocess."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+# A fresh interpreter imports numpy/scipy/numba and loads the cached kernels: a few seconds;
+# 120 s only guards against a hang (it is not a timing assertion).
+SUBPROCESS_TIMEOUT = 120
+
+
+def _environment(**extra):
+    env = dict(os.environ)
+    # A coverage run (STYLE 14) sets NUMBA_DISABLE_JIT=1, which would disable the cache under test.
+    env.pop("NUMBA_DISABLE_JIT", None)
+    env.pop("NUMBA_DEBUG_CACHE", None)
+    env.update(extra)
+    return env
+
+
+def _run(arguments, **extra_env):
+    return subprocess.run([sys.executable, *arguments], capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT, env=_environment(**extra_env))
+
+
+def test_demo_prints_the_iteration_table_and_a_summary():
+    result = _run(["-m", "fastnewton", "demo", "--n", "3000", "--d", "10"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    header = [i for i, line in enumerate(lines) if line.split()[:2] == ["iter", "loss"]]
+    assert len(header) == 1, result.stdout
+    rows = []
+    for line in lines[header[0] + 1:]:
+        fields = line.split()
+        if not fields or not fields[0].isdigit():
+            break
+        rows.append(fields)
+    assert [int(fields[0]) for fields in rows] == list(range(len(rows)))
+    assert len(rows) >= 2  # the demo starts from zeros, so Newton iterates
+    summary = [line for line in lines if line.startswith("summary:")]
+    assert len(summary) == 1
+    iterations = int(re.search(r"summary: (\d+) iterations", summary[0]).group(1))
+    assert iterations == len(rows) - 1
+    assert "converged = True" in summary[0]
+
+
+def test_demo_rejects_unknown_model():
+    result = _run(["-m", "fastnewton", "demo", "--model", "linear"])
+    assert result.returncode != 0
+    assert "model" in result.stderr
+
+
+# Every kernel a CSR and a dense solve of each model reaches (module.function as Numba names the
+# cache files <module>.<function>-<line>.py<ver>.nbi/.nbc).
+TINY_SOLVE = """
+import numpy as np
+import fastnewton
+for model in ("softmax", "relu_softmax", "softmax_relu"):
+    problem = fastnewton.make_problem(300, 5, model=model, seed=0)
+    C, b = problem[:2]
+    V = problem[3] if len(problem) > 3 else None
+    for matrix in (C, C.toarray()):
+        fastnewton.solve(matrix, b, model, V=V, x0="zeros", max_iter=3)
+        fastnewton.solve(matrix, b, model, V=V, max_iter=3)
+print("solved")
+"""
+EXPECTED_KERNELS = {"csr.csr_matvec", "sandwich.csr_sandwich", "dense.dense_matvec", "dense.dense_rmatmat",
+                    "softmax.softmax_regression_vectors", "softmax.softmax_regression_loss",
+                    "softmax.softmax_relu_vectors"}
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_second_process_loads_every_kernel_from_the_disk_cache():
+    # The first run compiles whatever is not cached yet (and saves it); the second must only load.
+    first = _run(["-W", "ignore", "-c", TINY_SOLVE])
+    assert first.returncode == 0, first.stderr
+    second = _run(["-W", "ignore", "-c", TINY_SOLVE], NUMBA_DEBUG_CACHE="1")
+    assert second.returncode == 0, second.stderr
+    output = second.stdout + second.stderr
+    assert "solved" in output
+    # NUMBA_DEBUG_CACHE prints "[cache] index loaded from '.../csr.csr_matvec-10.py311.nbi'",
+    # "[cache] data loaded from '...nbc'" on a hit and "[cache] data saved to ..." after compiling.
+    loaded = set(re.findall(r"\[cache\] data loaded from '.*?([A-Za-z_]\w*\.[A-Za-z_]\w*)-\d+\.py\d+", output))
+    indexed = set(re.findall(r"\[cache\] index loaded from '.*?([A-Za-z_]\w*\.[A-Za-z_]\w*)-\d+\.py\d+",
+                             output))
+    assert EXPECTED_KERNELS <= loaded, sorted(loaded)
+    assert loaded <= indexed
+    assert "saved" not in output, [line for line in output.splitlines() if "saved" in line]

@@ -1,0 +1,223 @@
+"""Starting points (SPEC §3, ``x0="auto"``): fastnewton.start.starting_point."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linprog
+
+from fastnewton import Problem, Status, make_problem, solve
+from fastnewton.start import starting_point
+
+
+def planted(model, dense, n=2000, d=20, seed=0, **kwargs):
+    out = make_problem(n, d, model=model, seed=seed, dense=dense, **kwargs)
+    C, b, x_true = out[:3]
+    return C, b, x_true, (out[3] if len(out) > 3 else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_softmax_start_is_the_optimum_for_noise_free_b(dense, seed):
+    # log b = Cx* − logsumexp(Cx*) holds exactly, so the weighted least-squares fit returns x*
+    # up to rounding: n ≫ d random C has no direction v with Cv constant, so x* is unique.
+    C, b, x_true, _ = planted("softmax", dense, seed=seed, scale=2.0)
+    problem = Problem(C, b)
+    x0, description = starting_point(problem, "auto")
+    assert "auto" in description
+    assert np.linalg.norm(x0 - x_true) <= 1e-8 * np.linalg.norm(x_true)
+    # ‖b‖² ≈ 1/n: a loss of 1e-20 is rounding level.
+    assert problem.loss(x0) <= 1e-20
+    assert np.linalg.norm(problem.grad(x0)) <= 1e-8 * np.linalg.norm(problem.grad(np.zeros(C.shape[1])))
+
+
+def test_softmax_start_ignores_zero_targets():
+    # noise = 1 clips a sixth of b to exactly 0, where log b is undefined: those rows are dropped.
+    C, b, _, _ = planted("softmax", False, seed=2, noise=1.0)
+    assert np.any(b == 0.0)
+    problem = Problem(C, b, l2=1e-8)
+    x0, _ = starting_point(problem, "auto")
+    assert np.all(np.isfinite(x0))
+    assert problem.loss(x0) < problem.loss(np.zeros(C.shape[1]))
+    res = solve(C, b, l2=1e-8)
+    assert res.converged, res.message
+
+
+def test_softmax_start_without_positive_target_is_zeros():
+    C, _, _, _ = planted("softmax", False, n=200, d=5, seed=3)
+    x0, description = starting_point(Problem(C, np.zeros(200)), "auto")
+    assert np.array_equal(x0, np.zeros(5))
+    assert "zeros" in description
+
+
+# ---------------------------------------------------------------------------------------------
+# relu_softmax
+# ---------------------------------------------------------------------------------------------
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**16), dense=st.booleans(), scale=st.sampled_from([0.5, 1.0, 3.0]),
+       noise=st.sampled_from([0.0, 0.01, 0.2]), d=st.integers(2, 20))
+def test_relu_softmax_start_is_never_the_dead_point(seed, dense, scale, noise, d):
+    C, b, _, _ = planted("relu_softmax", dense, n=500, d=d, seed=seed, scale=scale, noise=noise)
+    if np.all(b == b[0]):  # all rows inactive: every x with Cx ≤ 0 is optimal, dead is fine
+        return
+    x0, _ = starting_point(Problem(C, b, "relu_softmax"), "auto")
+    assert np.all(np.isfinite(x0))
+    u0 = C @ x0
+    assert np.any(u0 > 0.0), "every ReLU inactive at the start: the dead stationary point"
+
+
+def _relu_target(u):
+    z = np.maximum(u, 0.0)
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def _check_active_rows_fitted(u0, b, active):
+    # The active rows' targets are fitted exactly (consistent system); the null-space move
+    # must not disturb them beyond rounding of log(b/f) ~ 1e-15·|log(b/f)| ≈ 1e-14.
+    floor = b.min()
+    assert np.max(np.abs(u0[active] - np.log(b[active] / floor))) <= 1e-9
+
+
+def test_relu_softmax_start_uses_the_null_space_for_a_unit_margin():
+    # n = 25 < d = 30 with 8 active rows: the active rows leave a 22-dimensional null space,
+    # enough to push all 17 floor rows to the full margin Cx ≤ −1 (SPEC: τ ≤ 1).
+    rng = np.random.default_rng(0)
+    n, d, n_active = 25, 30, 8
+    C = rng.standard_normal((n, d))
+    u = -rng.uniform(0.5, 2.0, n)
+    active = np.zeros(n, dtype=bool)
+    active[rng.choice(n, n_active, replace=False)] = True
+    u[active] = rng.uniform(0.5, 2.0, n_active)
+    x = np.linalg.lstsq(C, u, rcond=None)[0]
+    b = _relu_target(C @ x)
+    x0, description = starting_point(Problem(C, b, "relu_softmax"), "auto")
+    assert "null space" in description
+    u0 = C @ x0
+    _check_active_rows_fitted(u0, b, active)
+    # HiGHS meets its constraints to ~1e-9; the floor rows sit at −1 up to that.
+    assert np.max(u0[~active]) <= -1.0 + 1e-7
+    res = solve(C, b, "relu_softmax")
+    assert res.converged and res.loss <= 1e-20
+
+
+def _few_active_rows(seed, n=3000, d=30, bias=-2.3):
+    """n ≫ d rows, a constant column with a negative weight: only ~1% of the rows are active,
+    fewer than d, so the active rows leave a null space and the margin LP runs."""
+    rng = np.random.default_rng(seed)
+    C = rng.standard_normal((n, d))
+    C[:, 0] = 1.0
+    x = rng.standard_normal(d) / np.sqrt(d)
+    x[0] = bias
+    u = C @ x
+    return C, _relu_target(u), u > 0.0
+
+
+def _largest_margin(C, b, active, cap=1.0):
+    """max τ ≤ cap s.t. C_A x = log(b_A / f), C_F x ≤ −τ, by one LP over all rows (no cutting planes)."""
+    d = C.shape[1]
+    floor_rows = ~active
+    solution = linprog(
+        np.append(np.zeros(d), -1.0),
+        A_ub=np.column_stack([C[floor_rows], np.ones(floor_rows.sum())]), b_ub=np.zeros(floor_rows.sum()),
+        A_eq=np.column_stack([C[active], np.zeros(active.sum())]), b_eq=np.log(b[active] / b.min()),
+        bounds=[(None, None)] * d + [(None, cap)], method="highs")
+    assert solution.status == 0
+    return solution.x[-1]
+
+
+# Active rows / reference margin: seed 0: 10 / 1 (the cap); 13: 22 / 0.32; 17: 23 / 0.24;
+# 27: 26 / 0.11; 52: 19 / 0.19; 70: 15 / 1.
+@pytest.mark.parametrize("seed", [
+    0, 13, 17, 27, 52,
+    70])
+def test_relu_softmax_floor_margin_is_the_largest_feasible(seed):
+    C, b, active = _few_active_rows(seed)
+    assert 0 < active.sum() < C.shape[1]
+    x0, description = starting_point(Problem(C, b, "relu_softmax"), "auto")
+    u0 = C @ x0
+    _check_active_rows_fitted(u0, b, active)
+    margin = -np.max(u0[~active])
+    assert margin > 0.0, "a floor row is wrongly active at the start"
+    # HiGHS's feasibility tolerance is ~1e-7 on each LP: the cutting-plane answer may fall
+    # short of the one-shot LP by about that, not more.
+    assert margin >= _largest_margin(C, b, active) - 1e-6
+
+
+def test_relu_softmax_start_for_uniform_b_is_zeros_and_optimal():
+    C, _, _, _ = planted("relu_softmax", False, n=300, d=5, seed=4)
+    b = np.full(300, 1 / 300)
+    x0, description = starting_point(Problem(C, b, "relu_softmax"), "auto")
+    assert np.array_equal(x0, np.zeros(5))
+    assert "uniform" in description
+    res = solve(C, b, "relu_softmax")
+    # Uniform b is produced by every x with Cx ≤ 0, so x = 0 is a genuine optimum here.
+    assert res.status == Status.CONVERGED
+    assert res.loss <= 1e-30
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
+def test_relu_softmax_start_is_the_optimum_for_noise_free_b(dense):
+    # n ≫ d: the active rows alone determine x*, so the least-squares fit is exact.
+    C, b, x_true, _ = planted("relu_softmax", dense, seed=5)
+    problem = Problem(C, b, "relu_softmax")
+    x0, _ = starting_point(problem, "auto")
+    assert np.linalg.norm(x0 - x_true) <= 1e-8 * np.linalg.norm(x_true)
+    assert problem.loss(x0) <= 1e-20
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax_relu
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::fastnewton.ConvergenceWarning")
+@pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_softmax_relu_start_is_finite_and_solve_converges_from_it(dense, seed):
+    C, b, _, V = planted("softmax_relu", dense, seed=seed, m=8)
+    problem = Problem(C, b, "softmax_relu", V=V)
+    x0, description = starting_point(problem, "auto")
+    assert "auto" in description
+    assert np.all(np.isfinite(x0))
+    res = solve(C, b, "softmax_relu", V=V, x0=x0)
+    assert res.converged, res.message
+    assert res.loss <= 1e-12 * problem.loss(x0)
+    assert np.array_equal(solve(C, b, "softmax_relu", V=V, max_iter=1).x0, x0)
+
+
+def test_softmax_relu_start_with_inactive_outputs():
+    # Outputs with b_j = 0 must end with y_j ≤ 0; make two of them reachable only that way.
+    C, b, _, V = planted("softmax_relu", False, seed=6, m=6)
+    V, b = V.copy(), b.copy()
+    V[:, :2] -= 1.0  # entries in [−1.5, 0]: y_j < 0 at every softmax
+    b[:2] = 0.0
+    problem = Problem(C, b, "softmax_relu", V=V)
+    x0, _ = starting_point(problem, "auto")
+    assert np.all(np.isfinite(x0))
+    res = solve(C, b, "softmax_relu", V=V)
+    assert res.converged, res.message
+    assert res.loss <= 1e-12 * problem.loss(x0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The other choices of x0
+# ---------------------------------------------------------------------------------------------
+def test_zeros_and_given_starts():
+    C, b, _, _ = planted("softmax", False, n=200, d=5, seed=7)
+    problem = Problem(C, b)
+    x0, description = starting_point(problem, "zeros")
+    assert np.array_equal(x0, np.zeros(5)) and description == "zeros"
+    given_x = np.arange(5.0)
+    x0, description = starting_point(problem, given_x)
+    assert np.array_equal(x0, given_x) and description == "given"
+    x0[:] = -1.0
+    assert np.array_equal(given_x, np.arange(5.0))
+    x0, _ = starting_point(problem, [0, 1, 2, 3, 4])
+    assert x0.dtype == np.float64 and np.array_equal(x0, np.arange(5.0))
+
+
+def test_unknown_start_name_is_rejected():
+    C, b, _, _ = planted("softmax", False, n=200, d=5, seed=7)
+    with pytest.raises(ValueError, match="x0"):
+        starting_point(Problem(C, b), "random")

@@ -1,0 +1,499 @@
+"""Validation at the public boundary (solve, Problem, make_problem) and input handling.
+
+Every bad input raises ValueError or TypeError whose message names the argument; inputs are
+never modified; every SciPy sparse format, index and value dtype, memory layout and
+read-only flag gives the same solution as the canonical float64 CSR matrix.
+"""
+import copy
+
+import numba
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fastnewton import Problem, make_problem, solve
+
+N, D, M = 40, 4, 3
+
+
+def softmax(z):
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def base_problem():
+    """A small valid softmax problem: CSR C (N × D), b (N), and V (N × M), b_V (M) for softmax_relu."""
+    C, b, _ = make_problem(N, D, nnz_per_row=3, seed=0)
+    V = np.random.default_rng(1).uniform(-0.5, 1.0, (N, M))
+    return C, b, V, np.maximum(V.T @ softmax(C @ np.full(D, 0.1)), 0.0)
+
+
+def word(name):
+    """A regex matching ``name`` as a whole word (so 'b' does not match inside 'number')."""
+    return rf"(?<![\w]){name}(?![\w])"
+
+
+def with_nan(array, value=np.nan):
+    array = np.array(array, dtype=np.float64, copy=True)
+    array.flat[array.size // 2] = value
+    return array
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs shared by solve and Problem: (id, keyword overrides, exception, argument named)
+# ---------------------------------------------------------------------------------------------
+C0, B0, V0, BV0 = base_problem()
+C0_DENSE = C0.toarray()
+
+
+def sparse_with(value):
+    C = C0.copy()
+    C.data[1] = value
+    return C
+
+
+PROBLEM_CASES = [
+    # C: shapes, emptiness, dtypes, non-finite values
+    ("C-1d", {"C": C0_DENSE[:, 0]}, ValueError, "C"),
+    ("C-3d", {"C": C0_DENSE[None]}, ValueError, "C"),
+    ("C-no-rows-dense", {"C": np.zeros((0, D)), "b": np.zeros(0)}, ValueError, "C"),
+    ("C-no-cols-dense", {"C": np.zeros((N, 0))}, ValueError, "C"),
+    ("C-no-rows-sparse", {"C": sp.csr_matrix((0, D)), "b": np.zeros(0)}, ValueError, "C"),
+    ("C-no-cols-sparse", {"C": sp.csr_matrix((N, 0))}, ValueError, "C"),
+    ("C-complex-dense", {"C": C0_DENSE.astype(np.complex128)}, TypeError, "C"),
+    ("C-complex-sparse", {"C": C0.astype(np.complex128)}, TypeError, "C"),
+    ("C-strings", {"C": C0_DENSE.astype(str)}, TypeError, "C"),
+    ("C-object", {"C": C0_DENSE.astype(object)}, TypeError, "C"),
+    ("C-None", {"C": None}, TypeError, "C"),
+    ("C-str", {"C": "matrix"}, TypeError, "C"),
+    ("C-nan-dense", {"C": with_nan(C0_DENSE)}, ValueError, "C"),
+    ("C-inf-dense", {"C": with_nan(C0_DENSE, np.inf)}, ValueError, "C"),
+    ("C-nan-sparse", {"C": sparse_with(np.nan)}, ValueError, "C"),
+    ("C-ninf-sparse", {"C": sparse_with(-np.inf)}, ValueError, "C"),
+    # b
+    ("b-short", {"b": B0[:-1]}, ValueError, "b"),
+    ("b-long", {"b": np.append(B0, 0.0)}, ValueError, "b"),
+    ("b-2d", {"b": B0[:, None]}, ValueError, "b"),
+    ("b-complex", {"b": B0.astype(np.complex128)}, TypeError, "b"),
+    ("b-strings", {"b": B0.astype(str)}, TypeError, "b"),
+    ("b-None", {"b": None}, TypeError, "b"),
+    ("b-sparse", {"b": sp.csr_matrix(B0[None])}, TypeError, "b"),
+    ("b-nan", {"b": with_nan(B0)}, ValueError, "b"),
+    ("b-inf", {"b": with_nan(B0, np.inf)}, ValueError, "b"),
+    # model
+    ("model-unknown", {"model": "linear"}, ValueError, "model"),
+    ("model-case", {"model": "Softmax"}, ValueError, "model"),
+    ("model-None", {"model": None}, ValueError, "model"),
+    # V
+    ("V-missing", {"model": "softmax_relu", "b": BV0}, ValueError, "V"),
+    ("V-for-softmax", {"V": V0}, ValueError, "V"),
+    ("V-for-relu_softmax", {"model": "relu_softmax", "V": V0}, ValueError, "V"),
+    ("V-rows", {"model": "softmax_relu", "V": V0[:-1], "b": BV0}, ValueError, "V"),
+    ("V-1d", {"model": "softmax_relu", "V": V0[:, 0], "b": BV0[:1]}, ValueError, "V"),
+    ("V-no-cols", {"model": "softmax_relu", "V": np.zeros((N, 0)), "b": np.zeros(0)}, ValueError, "V"),
+    ("V-complex", {"model": "softmax_relu", "V": V0.astype(np.complex128), "b": BV0}, TypeError, "V"),
+    ("V-complex-sparse", {"model": "softmax_relu", "V": sp.csr_matrix(V0.astype(np.complex128)), "b": BV0},
+     TypeError, "V"),
+    ("V-strings", {"model": "softmax_relu", "V": V0.astype(str), "b": BV0}, TypeError, "V"),
+    ("V-nan", {"model": "softmax_relu", "V": with_nan(V0), "b": BV0}, ValueError, "V"),
+    ("V-inf", {"model": "softmax_relu", "V": with_nan(V0, np.inf), "b": BV0}, ValueError, "V"),
+    ("V-nan-sparse", {"model": "softmax_relu", "V": sp.csr_matrix(with_nan(V0)), "b": BV0}, ValueError, "V"),
+    ("b-length-for-V", {"model": "softmax_relu", "V": V0, "b": B0}, ValueError, "b"),
+    # l2
+    ("l2-negative", {"l2": -1e-3}, ValueError, "l2"),
+    ("l2-nan", {"l2": np.nan}, ValueError, "l2"),
+    ("l2-inf", {"l2": np.inf}, ValueError, "l2"),
+    ("l2-str", {"l2": "0.1"}, TypeError, "l2"),
+    ("l2-None", {"l2": None}, TypeError, "l2"),
+    ("l2-complex", {"l2": 1j}, TypeError, "l2"),
+    # row_weights
+    ("w-negative-scalar", {"row_weights": -1.0}, ValueError, "row_weights"),
+    ("w-nan-scalar", {"row_weights": np.nan}, ValueError, "row_weights"),
+    ("w-inf-scalar", {"row_weights": np.inf}, ValueError, "row_weights"),
+    ("w-negative-entry", {"row_weights": with_nan(np.ones(N), -1.0)}, ValueError, "row_weights"),
+    ("w-nan-entry", {"row_weights": with_nan(np.ones(N))}, ValueError, "row_weights"),
+    ("w-inf-entry", {"row_weights": with_nan(np.ones(N), np.inf)}, ValueError, "row_weights"),
+    ("w-short", {"row_weights": np.ones(N - 1)}, ValueError, "row_weights"),
+    ("w-2d", {"row_weights": np.ones((N, 1))}, ValueError, "row_weights"),
+    ("w-complex", {"row_weights": np.ones(N, dtype=np.complex128)}, TypeError, "row_weights"),
+    ("w-complex-scalar", {"row_weights": 1j}, TypeError, "row_weights"),
+    ("w-str", {"row_weights": "uniform"}, TypeError, "row_weights"),
+]
+
+
+def _arguments(overrides):
+    kwargs = {"C": C0, "b": B0, "model": "softmax", "V": None, "l2": 0.0, "row_weights": None}
+    kwargs.update(overrides)
+    return kwargs
+
+
+@pytest.mark.parametrize("target", ["solve", "Problem"])
+@pytest.mark.parametrize(("overrides", "error", "name"),
+                         [case[1:] for case in PROBLEM_CASES], ids=[case[0] for case in PROBLEM_CASES])
+def test_bad_problem_input_is_rejected_with_its_name(target, overrides, error, name):
+    kwargs = _arguments(overrides)
+    C, b = kwargs.pop("C"), kwargs.pop("b")
+    function = solve if target == "solve" else Problem
+    with pytest.raises(error, match=word(name)):
+        function(C, b, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs of solve's own options
+# ---------------------------------------------------------------------------------------------
+SOLVE_CASES = [
+    ("x0-short", {"x0": np.zeros(D - 1)}, ValueError, "x0"),
+    ("x0-2d", {"x0": np.zeros((D, 1))}, ValueError, "x0"),
+    ("x0-nan", {"x0": with_nan(np.zeros(D))}, ValueError, "x0"),
+    ("x0-inf", {"x0": with_nan(np.zeros(D), -np.inf)}, ValueError, "x0"),
+    ("x0-complex", {"x0": np.zeros(D, dtype=np.complex128)}, TypeError, "x0"),
+    ("x0-strings", {"x0": np.array(["0"] * D)}, TypeError, "x0"),
+    ("x0-unknown-name", {"x0": "random"}, ValueError, "x0"),
+    ("x0-None", {"x0": None}, TypeError, "x0"),
+    ("hessian-unknown", {"hessian": "newton"}, ValueError, "hessian"),
+    ("hessian-None", {"hessian": None}, TypeError, "hessian"),
+    ("hessian-int", {"hessian": 2}, TypeError, "hessian"),
+    ("tol-zero", {"tol": 0.0}, ValueError, "tol"),
+    ("tol-negative", {"tol": -1e-8}, ValueError, "tol"),
+    ("tol-nan", {"tol": np.nan}, ValueError, "tol"),
+    ("tol-inf", {"tol": np.inf}, ValueError, "tol"),
+    ("tol-str", {"tol": "1e-8"}, TypeError, "tol"),
+    ("max_iter-negative", {"max_iter": -1}, ValueError, "max_iter"),
+    ("max_iter-float", {"max_iter": 10.0}, TypeError, "max_iter"),
+    ("max_iter-str", {"max_iter": "10"}, TypeError, "max_iter"),
+    ("max_iter-bool", {"max_iter": True}, TypeError, "max_iter"),
+    ("eps-zero", {"eps": 0.0}, ValueError, "eps"),
+    ("eps-one", {"eps": 1.0}, ValueError, "eps"),
+    ("eps-negative", {"eps": -0.5}, ValueError, "eps"),
+    ("eps-large", {"eps": 1.5}, ValueError, "eps"),
+    ("eps-nan", {"eps": np.nan}, ValueError, "eps"),
+    ("eps-str", {"eps": "0.5"}, TypeError, "eps"),
+    ("sketch_size-zero", {"sketch_size": 0}, ValueError, "sketch_size"),
+    ("sketch_size-float", {"sketch_size": 10.5}, TypeError, "sketch_size"),
+    ("n_threads-zero", {"n_threads": 0}, ValueError, "n_threads"),
+    ("n_threads-negative", {"n_threads": -1}, ValueError, "n_threads"),
+    ("n_threads-float", {"n_threads": 1.5}, TypeError, "n_threads"),
+    ("n_threads-str", {"n_threads": "2"}, TypeError, "n_threads"),
+    ("seed-str", {"seed": "0"}, TypeError, "seed"),
+    ("seed-float", {"seed": 0.5}, TypeError, "seed"),
+    ("callback-not-callable", {"callback": 3}, TypeError, "callback"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "error", "name"),
+                         [case[1:] for case in SOLVE_CASES], ids=[case[0] for case in SOLVE_CASES])
+def test_bad_solve_option_is_rejected_with_its_name(overrides, error, name):
+    with pytest.raises(error, match=word(name)):
+        solve(C0, B0, **overrides)
+
+
+def test_too_many_threads_is_rejected_with_its_name():
+    with pytest.raises(ValueError, match="n_threads"):
+        solve(C0, B0, n_threads=numba.config.NUMBA_NUM_THREADS + 1)
+
+
+def test_valid_options_are_accepted():
+    for options in ({"n_threads": 1}, {"n_threads": np.int64(1)}, {"seed": 3}, {"seed": np.int32(3)},
+                    {"seed": np.random.SeedSequence(3)}, {"eps": 0.1}, {"sketch_size": 100},
+                    {"hessian": "exact"}, {"hessian": "sketch"}, {"hessian": "pcg", "eps": 0.9}, {"tol": 1e-6}, {"max_iter": np.int64(50)}, {"l2": np.float32(0.5)},
+                    {"row_weights": 1e-3}, {"row_weights": np.float64(0)}, {"x0": list(np.zeros(D))}):
+        assert solve(C0, B0, **options).converged, options
+
+
+# ---------------------------------------------------------------------------------------------
+# make_problem
+# ---------------------------------------------------------------------------------------------
+MAKE_PROBLEM_CASES = [
+    ("n-zero", {"n": 0}, ValueError, "n"),
+    ("n-negative", {"n": -5}, ValueError, "n"),
+    ("n-float", {"n": 10.5}, TypeError, "n"),
+    ("d-zero", {"d": 0}, ValueError, "d"),
+    ("d-str", {"d": "3"}, TypeError, "d"),
+    ("nnz_per_row-zero", {"nnz_per_row": 0}, ValueError, "nnz_per_row"),
+    ("nnz_per_row-float", {"nnz_per_row": 2.5}, TypeError, "nnz_per_row"),
+    ("density-zero", {"density": 0.0}, ValueError, "density"),
+    ("density-large", {"density": 1.5}, ValueError, "density"),
+    ("density-and-nnz", {"density": 0.5, "nnz_per_row": 2}, ValueError, "density"),
+    ("model-unknown", {"model": "relu"}, ValueError, "model"),
+    ("m-zero", {"model": "softmax_relu", "m": 0}, ValueError, "m"),
+    ("m-float", {"model": "softmax_relu", "m": 2.5}, TypeError, "m"),
+    ("scale-negative", {"scale": -1.0}, ValueError, "scale"),
+    ("scale-nan", {"scale": np.nan}, ValueError, "scale"),
+    ("noise-negative", {"noise": -0.1}, ValueError, "noise"),
+    ("noise-inf", {"noise": np.inf}, ValueError, "noise"),
+]
+@pytest.mark.parametrize(("overrides", "error", "name"), [case[1:] for case in MAKE_PROBLEM_CASES] + [
+    pytest.param({"scale": None}, TypeError, "scale", id="scale-None"),
+    pytest.param({"scale": "1"}, TypeError, "scale", id="scale-str"),
+    pytest.param({"noise": None}, TypeError, "noise", id="noise-None"),
+    pytest.param({"seed": "0"}, TypeError, "seed", id="seed-str"),
+], ids=[case[0] for case in MAKE_PROBLEM_CASES] + ["scale-None", "scale-str", "noise-None", "seed-str"])
+def test_bad_make_problem_input_is_rejected_with_its_name(overrides, error, name):
+    kwargs = {"n": 10, "d": 5}
+    kwargs.update(overrides)
+    n, d = kwargs.pop("n"), kwargs.pop("d")
+    with pytest.raises(error, match=word(name)):
+        make_problem(n, d, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs are never modified
+# ---------------------------------------------------------------------------------------------
+def _messy_csr(seed=0, n=300, d=6, dtype=np.float64):
+    """CSR with unsorted indices, duplicate entries and explicit zeros (all legal in SciPy)."""
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(2, 6, n)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    indices = rng.integers(0, d, indptr[-1]).astype(np.int32)  # repeats within a row: duplicates
+    data = rng.standard_normal(indptr[-1])
+    data[::7] = 0.0
+    C = sp.csr_matrix((data.astype(dtype), indices, indptr), shape=(n, d))
+    assert not C.has_canonical_format
+    return C
+
+
+def _snapshot(value):
+    if sp.issparse(value):
+        return {name: getattr(value, name).copy() for name in ("data", "indices", "indptr", "row", "col")
+                if hasattr(value, name)}
+    return copy.deepcopy(value)
+
+
+def _assert_same(before, after):
+    if isinstance(before, dict):
+        for name, array in before.items():
+            now = getattr(after, name)
+            assert np.asarray(now).dtype == np.asarray(array).dtype, name
+            assert np.array_equal(now, array), name
+    else:
+        assert after.dtype == before.dtype and after.shape == before.shape
+        assert np.array_equal(after, before)
+
+
+@pytest.mark.filterwarnings("ignore::fastnewton.ConvergenceWarning")
+@pytest.mark.parametrize("model", ["softmax", "relu_softmax", "softmax_relu"])
+@pytest.mark.parametrize("layout", ["messy-csr", "coo", "dense", "dense-fortran", "csr-float32"])
+def test_inputs_are_never_modified(model, layout):
+    messy = _messy_csr()
+    n, d = messy.shape
+    C = {"messy-csr": messy, "coo": messy.tocoo(), "dense": messy.toarray(),
+         "dense-fortran": np.asfortranarray(messy.toarray()),
+         "csr-float32": _messy_csr(dtype=np.float32)}[layout]
+    rng = np.random.default_rng(1)
+    x_true = rng.standard_normal(d)
+    V = rng.uniform(-0.5, 1.0, (n, 4)) if model == "softmax_relu" else None
+    s = softmax(np.asarray(messy @ x_true))
+    b = np.maximum(V.T @ s, 0.0) if V is not None else s * (1 + 0.1 * rng.standard_normal(n))
+    x0 = 0.1 * rng.standard_normal(d)
+    row_weights = rng.uniform(0.0, 1e-6, n)
+    inputs = {"C": C, "b": b, "V": V, "x0": x0, "row_weights": row_weights}
+    before = {name: _snapshot(value) for name, value in inputs.items() if value is not None}
+    for start, hessian in ((x0, "exact"), ("auto", "auto"), ("zeros", "pcg")):
+        solve(C, b, model, V=V, x0=start, row_weights=row_weights, l2=1e-6, max_iter=5, hessian=hessian, seed=0)
+    problem = Problem(C, b, model, V=V, row_weights=row_weights)
+    problem.hessian(x0)
+    problem.hessp(x0, x0)
+    for name, snapshot in before.items():
+        _assert_same(snapshot, inputs[name])
+    if sp.issparse(C) and C.format == "csr":
+        assert not C.has_canonical_format  # not sorted or summed in place
+
+
+def _read_only(*arrays):
+    for array in arrays:
+        array.setflags(write=False)
+
+
+def test_read_only_inputs_are_accepted():
+    C, b, _ = make_problem(300, 6, seed=2, noise=0.05)
+    reference = solve(C, b, x0="zeros", row_weights=np.full(300, 1e-7))
+    dense = C.toarray()
+    frozen_csr = C.copy()
+    x0, w = np.zeros(6), np.full(300, 1e-7)
+    _read_only(dense, frozen_csr.data, frozen_csr.indices, frozen_csr.indptr, b, x0, w)
+    for matrix in (dense, frozen_csr):
+        res = solve(matrix, b, x0=x0, row_weights=w)
+        assert np.allclose(res.x, reference.x, rtol=1e-10, atol=1e-12 * np.abs(reference.x).max())
+
+
+# ---------------------------------------------------------------------------------------------
+# Every format, dtype and layout gives the canonical answer
+# ---------------------------------------------------------------------------------------------
+SPARSE_FORMATS = ["coo", "csc", "lil", "dia", "dok", "bsr"]
+
+
+def _as_format(C, fmt, kind):
+    """C (a SciPy CSR) in format ``fmt`` as a *_matrix or *_array."""
+    converted = C.asformat(fmt)
+    if kind == "array":
+        converted = getattr(sp, f"{fmt}_array")(converted)
+    else:
+        converted = getattr(sp, f"{fmt}_matrix")(converted)
+    assert converted.format == fmt
+    return converted
+
+
+def _canonical_problem(seed=3, n=400, d=8):
+    C, b, _ = make_problem(n, d, nnz_per_row=4, seed=seed, noise=0.05, scale=2.0)
+    return C, b
+
+
+def _assert_same_solution(res, reference):
+    # Different storage changes only the order of floating-point sums (~1e-16 relative per
+    # operation); both solves converge quadratically to the same minimiser, so x agrees far
+    # better than 1e-10 relative unless the input was misread.
+    assert res.converged, res.message
+    assert np.linalg.norm(res.x - reference.x) <= 1e-10 * np.linalg.norm(reference.x)
+
+
+SOLVE_OPTIONS = {"x0": "zeros", "l2": 1e-7}
+
+
+@pytest.mark.filterwarnings("ignore::scipy.sparse.SparseEfficiencyWarning")  # DIA of a random matrix
+@pytest.mark.parametrize("kind", ["matrix", "array"])
+@pytest.mark.parametrize("fmt", SPARSE_FORMATS)
+def test_every_sparse_format_gives_the_csr_solution(fmt, kind):
+    C, b = _canonical_problem()
+    reference = solve(C, b, **SOLVE_OPTIONS)
+    assert reference.converged
+    _assert_same_solution(solve(_as_format(C, fmt, kind), b, **SOLVE_OPTIONS), reference)
+
+
+def _duplicated(C):
+    """Same matrix, every entry stored twice as two halves, rows' entries reversed (unsorted)."""
+    coo = C.tocoo()
+    half = coo.data / 2
+    rows = np.concatenate([coo.row, coo.row])
+    cols = np.concatenate([coo.col, coo.col])
+    data = np.concatenate([half, coo.data - half])
+    order = np.lexsort((-cols, rows))
+    indptr = np.searchsorted(rows[order], np.arange(C.shape[0] + 1)).astype(np.int32)
+    return sp.csr_matrix((data[order], cols[order].astype(np.int32), indptr), shape=C.shape)
+
+
+def _with_explicit_zeros(C):
+    coo = C.tocoo()
+    extra_rows = np.arange(C.shape[0])
+    extra_cols = (extra_rows * 7) % C.shape[1]
+    rows = np.concatenate([coo.row, extra_rows])
+    cols = np.concatenate([coo.col, extra_cols])
+    data = np.concatenate([coo.data, np.zeros(extra_rows.size)])
+    result = sp.coo_matrix((data, (rows, cols)), shape=C.shape).tocsr()  # sums into duplicates
+    result = sp.csr_matrix((np.append(result.data, 0.0),
+                            np.append(result.indices, 0).astype(result.indices.dtype),
+                            np.append(result.indptr[:-1], result.indptr[-1] + 1).astype(result.indptr.dtype)),
+                           shape=C.shape)  # and one explicit zero at the end of the last row
+    return result
+
+
+def _int64_indices(C):
+    C = C.copy()
+    C.indices = C.indices.astype(np.int64)
+    C.indptr = C.indptr.astype(np.int64)
+    return C
+
+
+def _strided_dense(C):
+    big = np.zeros((2 * C.shape[0], 3 * C.shape[1]))
+    big[::2, ::3] = C.toarray()
+    view = big[::2, ::3]
+    assert not view.flags.c_contiguous and not view.flags.f_contiguous
+    return view
+
+
+VARIANTS = {
+    "unsorted-duplicates": _duplicated,
+    "explicit-zeros": _with_explicit_zeros,
+    "int64-indices": _int64_indices,
+    "mixed-index-dtypes": lambda C: sp.csr_matrix((C.data, C.indices.astype(np.int64), C.indptr),
+                                                  shape=C.shape),
+    "non-contiguous-data": lambda C: sp.csr_matrix((np.repeat(C.data, 2)[::2], C.indices, C.indptr),
+                                                   shape=C.shape),
+    "dense-C-order": lambda C: C.toarray(),
+    "dense-F-order": lambda C: np.asfortranarray(C.toarray()),
+    "dense-strided": _strided_dense,
+    "dense-list": lambda C: C.toarray().tolist(),
+    "dense-read-only": lambda C: _frozen(C.toarray()),
+    "csr-read-only": lambda C: _frozen_csr(C),
+}
+
+
+def _frozen(array):
+    array.setflags(write=False)
+    return array
+
+
+def _frozen_csr(C):
+    C = C.copy()
+    _read_only(C.data, C.indices, C.indptr)
+    return C
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_storage_variants_give_the_csr_solution(variant):
+    C, b = _canonical_problem()
+    reference = solve(C, b, **SOLVE_OPTIONS)
+    _assert_same_solution(solve(VARIANTS[variant](C), b, **SOLVE_OPTIONS), reference)
+
+
+@pytest.mark.parametrize("layout", ["csr", "csr-int64", "coo", "dense", "dense-F-order"])
+def test_float32_values_match_the_rounded_float64_matrix(layout):
+    C, b = _canonical_problem()
+    C32 = C.astype(np.float32)
+    reference = solve(C32.astype(np.float64), b, **SOLVE_OPTIONS)
+    C_in = {"csr": C32, "csr-int64": _int64_indices(C32), "coo": C32.tocoo(), "dense": C32.toarray(),
+            "dense-F-order": np.asfortranarray(C32.toarray())}[layout]
+    assert C_in.dtype == np.float32
+    _assert_same_solution(solve(C_in, b, **SOLVE_OPTIONS), reference)
+
+
+def test_vectors_in_any_dtype_and_layout_are_accepted():
+    C, b = _canonical_problem()
+    n, d = C.shape
+    w = np.linspace(0.0, 1e-7, n)
+    x0 = np.linspace(-0.1, 0.1, d)
+    reference = solve(C, b, x0=x0, row_weights=w)
+    strided_b = np.zeros(2 * n)
+    strided_b[::2] = b
+    strided_w = np.zeros(3 * n)
+    strided_w[::3] = w
+    res = solve(C, strided_b[::2], x0=list(x0), row_weights=strided_w[::3])
+    assert np.array_equal(res.x, reference.x)
+    res32 = solve(C, b.astype(np.float32), x0=x0.astype(np.float32))
+    reference32 = solve(C, b.astype(np.float32).astype(np.float64), x0=x0.astype(np.float32).astype(np.float64))
+    assert np.array_equal(res32.x, reference32.x)
+
+
+@pytest.mark.filterwarnings("ignore::scipy.sparse.SparseEfficiencyWarning")
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**16),
+    n=st.integers(30, 200),
+    d=st.integers(1, 6),
+    density=st.floats(0.2, 0.9),
+    fmt=st.sampled_from(SPARSE_FORMATS + ["csr", "dense"]),
+    kind=st.sampled_from(["matrix", "array"]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    index_dtype=st.sampled_from([np.int32, np.int64]),
+)
+def test_random_inputs_in_any_format_give_the_canonical_solution(seed, n, d, density, fmt, kind, dtype,
+                                                                 index_dtype):
+    rng = np.random.default_rng(seed)
+    C = sp.random(n, d, density=density, format="csr", random_state=rng, dtype=np.float64,
+                  data_rvs=rng.standard_normal).astype(dtype)
+    x_true = rng.standard_normal(d)
+    b = softmax(np.asarray(C.astype(np.float64) @ x_true))
+    options = {"x0": "zeros", "l2": 1e-6}
+    reference = solve(C.astype(np.float64), b, **options)
+    if fmt == "dense":
+        C_in = C.toarray()
+    else:
+        C_in = _as_format(C, fmt, kind) if fmt != "csr" else C
+        if fmt == "csr" and index_dtype == np.int64:
+            C_in = _int64_indices(C)
+    res = solve(C_in, b, **options)
+    assert res.status == reference.status
+    scale = max(np.linalg.norm(reference.x), 1e-300)
+    assert np.linalg.norm(res.x - reference.x) <= 1e-10 * scale
