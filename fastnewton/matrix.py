@@ -101,7 +101,9 @@ class CSRMatrix:
         self.nnz = int(indptr[-1])
         self.nbytes = indptr.nbytes + indices.nbytes + data.nbytes
         self._chunk_rows = chunk_rows(self.n)
-        self._sandwich_chunk_rows = sandwich_chunk_rows(self.n, self.d)
+        row_nnz = np.diff(indptr)
+        self._row_pairs = row_nnz * (row_nnz + 1) // 2
+        self._sandwich_chunk_rows = sandwich_chunk_rows(self.n, self.d, int(self._row_pairs.sum()))
 
     def matvec(self, x):
         out = np.empty(self.n)
@@ -127,7 +129,7 @@ class CSRMatrix:
     def sandwich_rows(self, rows, weights):
         """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich) in O(Σ_t nnz_{rows[t]}²)."""
         out = np.empty((self.d, self.d))
-        chunk = sandwich_chunk_rows(rows.shape[0], self.d)
+        chunk = sandwich_chunk_rows(rows.shape[0], self.d, int(self._row_pairs[rows].sum()))
         csr_sandwich_rows(self.indptr, self.indices, self.data, rows, weights, chunk, out)
         return out
 

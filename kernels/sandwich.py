@@ -4,54 +4,13 @@ from numba import njit, prange
 
 
 @njit(parallel=True, cache=True)
-def csr_sandwich(indptr, indices, data, beta, chunk_rows, out):
-    """out = Σ_i β_i C_iᵀ C_i = Cᵀ diag(β) C (d × d, symmetric, β of any sign).
-
-    Only the lower triangle is accumulated: for each row, every pair of stored
-    entries a ≤ b adds β_i·C_ia·C_ib to out[max(j_a, j_b), min(j_a, j_b)]
-    (twice when j_a = j_b for a ≠ b, i.e. duplicate entries). Fixed row chunks of
-    ``chunk_rows`` each own a d × d partial, summed in chunk order; then mirrored.
-    """
-    n = beta.shape[0]
-    d = out.shape[0]
-    n_chunks = (n + chunk_rows - 1) // chunk_rows
-    partial = np.zeros((n_chunks, d, d))
-    for c in prange(n_chunks):
-        acc = partial[c]
-        stop = min(n, (c + 1) * chunk_rows)
-        for i in range(c * chunk_rows, stop):
-            bi = beta[i]
-            if bi == 0.0:
-                continue
-            start = indptr[i]
-            end = indptr[i + 1]
-            for a in range(start, end):
-                ja = indices[a]
-                va = bi * data[a]
-                acc[ja, ja] += va * data[a]
-                for b in range(a + 1, end):
-                    jb = indices[b]
-                    vab = va * data[b]
-                    if ja > jb:
-                        acc[ja, jb] += vab
-                    elif jb > ja:
-                        acc[jb, ja] += vab
-                    else:
-                        acc[ja, ja] += 2.0 * vab
-    for j in prange(d):
-        for l in range(j + 1):
-            total = 0.0
-            for c in range(n_chunks):
-                total += partial[c, j, l]
-            out[j, l] = total
-            out[l, j] = total
-
-
-@njit(parallel=True, cache=True)
 def csr_sandwich_rows(indptr, indices, data, rows, weights, chunk_rows, out):
-    """out = Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]}: the sandwich restricted to listed rows (a sampled D̃).
+    """out = Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]}: the sandwich over listed rows (e.g. a sampled D̃).
 
-    Same pairwise lower-triangle scheme and fixed chunking (over the list) as ``csr_sandwich``.
+    Only the lower triangle is accumulated: for each listed row, every pair of stored
+    entries a ≤ b adds w·C_ia·C_ib to out[max(j_a, j_b), min(j_a, j_b)] (twice when
+    j_a = j_b for a ≠ b, i.e. duplicate entries): O(Σ_t nnz²) work. Fixed chunks of
+    ``chunk_rows`` list entries each own a d × d partial, summed in chunk order; then mirrored.
     """
     n = rows.shape[0]
     d = out.shape[0]
@@ -86,3 +45,9 @@ def csr_sandwich_rows(indptr, indices, data, rows, weights, chunk_rows, out):
                 total += partial[c, j, l]
             out[j, l] = total
             out[l, j] = total
+
+
+@njit(cache=True)
+def csr_sandwich(indptr, indices, data, beta, chunk_rows, out):
+    """out = Σ_i β_i C_iᵀ C_i = Cᵀ diag(β) C (d × d, symmetric, β of any sign): every row listed."""
+    csr_sandwich_rows(indptr, indices, data, np.arange(beta.shape[0]), beta, chunk_rows, out)

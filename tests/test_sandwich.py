@@ -41,7 +41,7 @@ def test_csr_sandwich_matches_numpy(dtype, index_dtype, chunk_rows, csr_case, ra
                                        max_per_row=per_row, **csr_case)
     beta = _beta(rng, n)
     out = np.full((d, d), np.nan)
-    csr_sandwich(indptr, indices, data, beta, sandwich_chunk_rows(n, d) if chunk_rows is None else chunk_rows,
+    csr_sandwich(indptr, indices, data, beta, sandwich_chunk_rows(n, d, n * d) if chunk_rows is None else chunk_rows,
                  out)
     A = naive.to_dense(indptr, indices, data, (n, d))
     A_abs = naive.to_dense(indptr, indices, np.abs(data), (n, d))
@@ -144,7 +144,7 @@ def test_csr_sandwich_bitwise_equal_with_1_and_2_threads(chunk_rows, run_with_th
                                        unsorted=True)
     # widely varying magnitudes so any change of summation order would change the low bits
     beta = _beta(rng, n) * np.exp(rng.uniform(-10, 10, size=n))
-    rows_per_chunk = sandwich_chunk_rows(n, d) if chunk_rows is None else chunk_rows
+    rows_per_chunk = sandwich_chunk_rows(n, d, n * d) if chunk_rows is None else chunk_rows
 
     def sandwich():
         out = np.empty((d, d))
@@ -180,7 +180,7 @@ def test_csr_sandwich_rows_matches_numpy(dtype, index_dtype, chunk_rows, csr_cas
     rows, weights = _sample(rng, n, size, index_dtype)
     out = np.full((d, d), np.nan)
     csr_sandwich_rows(indptr, indices, data, rows, weights,
-                      sandwich_chunk_rows(size, d) if chunk_rows is None else chunk_rows, out)
+                      sandwich_chunk_rows(size, d, size * d) if chunk_rows is None else chunk_rows, out)
     A = naive.to_dense(indptr, indices, data, (n, d))
     ref, scale = _sampled_reference(A, naive.to_dense(indptr, indices, np.abs(data), (n, d)), rows, weights)
     naive.assert_within_rounding(out, ref, scale, size * per_row ** 2 + size)
@@ -241,7 +241,7 @@ def test_csr_sandwich_rows_bitwise_equal_with_1_and_2_threads(run_with_threads, 
                                        unsorted=True)
     rows, weights = _sample(rng, n, size)
     weights *= np.exp(rng.uniform(-10, 10, size=size))
-    chunk = sandwich_chunk_rows(size, d)
+    chunk = sandwich_chunk_rows(size, d, size * d)
     assert chunk < size
 
     def sampled():
