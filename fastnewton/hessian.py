@@ -20,6 +20,9 @@ from .sketching import sample_size, sampled_sandwich
 STRATEGIES = ("auto", "exact", "sketch", "pcg")
 MAX_CG_ITERATIONS = 100
 MAX_FORCING = 0.5
+# pcg: when the sampled H̃ + μI has no Cholesky factor (β of mixed sign), only the
+# preconditioner is shifted, by ν = 10⁻⁸·scale, ×10 per failure, at most this many times.
+MAX_PRECONDITIONER_SHIFTS = 20
 
 
 @dataclass
@@ -35,15 +38,33 @@ class NewtonSystem:
     def scale(self):
         return float(np.max(np.abs(np.diag(self.matrix)))) or 1.0
 
-    def solve(self, g, mu):
-        """p with (H + μI) p ≈ −g, or None when H + μI is not positive definite (raise μ)."""
+    def _factor(self, shift):
         try:
-            factor = scipy.linalg.cho_factor(self.matrix + mu * np.eye(self.matrix.shape[0]),
-                                              lower=True, check_finite=False)
+            return scipy.linalg.cho_factor(self.matrix + shift * np.eye(self.matrix.shape[0]),
+                                           lower=True, check_finite=False)
         except (np.linalg.LinAlgError, ValueError):
             return None
+
+    def solve(self, g, mu):
+        """p with (H + μI) p ≈ −g, or None when H + μI is not positive definite (raise μ).
+
+        Cholesky strategies factor the matrix itself. pcg factors H̃ + μI only to precondition
+        CG on the exact H + μI: a sampled H̃ may be indefinite (β of mixed sign) where H is not,
+        so it is shifted further (the preconditioner alone) until it factors; whether H + μI
+        is positive definite is CG's to detect (negative curvature).
+        """
         if self.hessp is None:
-            return -scipy.linalg.cho_solve(factor, g, check_finite=False)
+            factor = self._factor(mu)
+            return None if factor is None else -scipy.linalg.cho_solve(factor, g, check_finite=False)
+        factor, shift = self._factor(mu), 0.0
+        for _ in range(MAX_PRECONDITIONER_SHIFTS):
+            if factor is not None:
+                break
+            shift = shift * 10.0 if shift else 1e-8 * self.scale
+            factor = self._factor(mu + shift)
+        if factor is None:
+            return None
+        self.info["preconditioner_shift"] = shift
         return self._pcg(factor, g, mu)
 
     def _pcg(self, factor, g, mu):
