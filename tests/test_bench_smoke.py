@@ -1,0 +1,166 @@
+"""Smoke tests of bench/: every script and the pytest-benchmark suite run in quick mode and write their outputs.
+
+Each runs as a subprocess from the repository root, as a user would, and must exit 0 and
+write its CSV / JSON / PNG with the expected columns. No timing is checked (timings on a
+shared machine are noise); the numbers only have to be positive and finite.
+"""
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Generous per-script limit: a hung script fails the test instead of the whole run.
+TIMEOUT_SECONDS = 300
+
+
+def run_script(args, env=None):
+    """Run ``python *args`` from the repository root; fail with its output when it exits non-zero."""
+    environment = dict(os.environ, MPLBACKEND="Agg", **(env or {}))
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=environment, capture_output=True, text=True,
+                          timeout=TIMEOUT_SECONDS)
+    assert proc.returncode == 0, (f"python {' '.join(args)} exited {proc.returncode}\n"
+                                  f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows, f"{path} has no rows"
+    return rows
+
+
+def assert_columns(rows, columns, path):
+    missing = set(columns) - set(rows[0])
+    assert not missing, f"{path} lacks columns {sorted(missing)}; has {sorted(rows[0])}"
+
+
+def assert_positive(value, what):
+    value = float(value)
+    assert math.isfinite(value) and value > 0, f"{what} = {value}"
+
+
+def has_module(name):
+    return importlib.util.find_spec(name) is not None
+
+
+# -- bench/scaling.py ----------------------------------------------------------------------------------
+SCALING_PLOTS = ("time_vs_nnz.png", "time_vs_d.png", "speedup_vs_threads.png", "roofline_vs_threads.png")
+PHASE_COLUMNS = [f"{phase}_{stat}" for phase in ("iteration", "forward", "gradient", "hessian", "solve")
+                 for stat in ("median_s", "min_s", "max_s", "q25_s", "q75_s")]
+
+
+@pytest.fixture(scope="module")
+def scaling_run(tmp_path_factory):
+    """One ``scaling.py --quick`` run shared by the checks below (plots only where matplotlib is installed)."""
+    output = tmp_path_factory.mktemp("scaling")
+    args = ["bench/scaling.py", "--quick", "--output-dir", str(output)]
+    if not has_module("matplotlib"):
+        args.append("--no-plots")
+    return output, run_script(args)
+
+
+def test_scaling_quick_writes_csv(scaling_run):
+    output, _ = scaling_run
+    rows = read_csv(output / "scaling.csv")
+    assert_columns(rows, ["sweep", "format", "model", "strategy", "n", "d", "nnz", "threads", "bandwidth_Bps",
+                          "gemm_flops", "forward_bytes", "gradient_bytes", "forward_roofline_fraction",
+                          "gradient_roofline_fraction", *PHASE_COLUMNS], "scaling.csv")
+    assert {row["sweep"] for row in rows} == {"nnz", "d", "threads"}
+    assert {row["format"] for row in rows} == {"csr", "dense"}
+    for row in rows:
+        for column in ("iteration_median_s", "forward_median_s", "gradient_median_s", "hessian_median_s",
+                       "solve_median_s", "bandwidth_Bps", "gemm_flops", "forward_roofline_fraction"):
+            assert_positive(row[column], f"{column} of {row['sweep']} {row['format']} d={row['d']}")
+        assert float(row["iteration_min_s"]) <= float(row["iteration_median_s"]) <= float(row["iteration_max_s"])
+    threads = sorted({int(row["threads"]) for row in rows if row["sweep"] == "threads"})
+    assert threads[0] == 1
+    probes = read_csv(output / "probes.csv")
+    assert_columns(probes, ["threads", "bandwidth_Bps", "gemm_flops"], "probes.csv")
+    assert sorted(int(row["threads"]) for row in probes) == threads
+
+
+def test_scaling_quick_writes_plots(scaling_run):
+    pytest.importorskip("matplotlib")
+    output, _ = scaling_run
+    for name in SCALING_PLOTS:
+        assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{name} is not a PNG"
+
+
+def test_scaling_quick_shows_progress(scaling_run):
+    pytest.importorskip("tqdm")
+    _, proc = scaling_run
+    assert "100%" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_scaling_help_documents_options():
+    text = run_script(["bench/scaling.py", "--help"]).stdout
+    for option in ("--quick", "--output-dir", "--strategies", "--threads", "--nnz", "--dims", "--no-plots"):
+        assert option in text
+
+
+# -- bench/passes.py and bench/sketch_vs_exact.py ----------------------------------------------------------
+def test_passes_quick_writes_json(tmp_path):
+    output = tmp_path / "p.json"
+    run_script(["bench/passes.py", "--quick", "--output", str(output)])
+    rows = json.loads(output.read_text())
+    assert rows, "passes.py wrote no rows"
+    for row in rows:
+        assert {"pass", "threads", "median_s", "bytes", "bandwidth_Bps", "roofline_ratio", "speedup"} <= set(row)
+        assert_positive(row["median_s"], f"median_s of {row['pass']}")
+        assert_positive(row["roofline_ratio"], f"roofline_ratio of {row['pass']}")
+
+
+def test_sketch_vs_exact_quick_writes_csv(tmp_path):
+    output = tmp_path / "s.csv"
+    run_script(["bench/sketch_vs_exact.py", "--quick", "--output", str(output)])
+    rows = read_csv(output)
+    assert_columns(rows, ["format", "n", "d", "nnz", "strategy", "per_iter_s", "hessian_s"], output.name)
+    assert {"exact", "sketch"} <= {row["strategy"] for row in rows}
+    for row in rows:
+        assert_positive(row["per_iter_s"], f"per_iter_s of {row['format']} d={row['d']} {row['strategy']}")
+
+
+# -- the pytest-benchmark suite ------------------------------------------------------------------------------
+EXTRA_INFO = {"n", "d", "nnz", "model", "strategy", "phase", "format", "threads"}
+
+
+def test_benchmark_suite_quick_writes_self_describing_json(tmp_path):
+    output = tmp_path / "bench.json"
+    # One Numba and BLAS thread: the suite's code does not depend on the thread count, and on
+    # a 2-core machine shared with other processes every parallel region otherwise waits a
+    # scheduler slice for its second thread (measured: 2 minutes instead of 15 s).
+    single_thread = {"FASTNEWTON_BENCH_QUICK": "1", "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+                     "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    run_script(["-m", "pytest", "bench/", "--benchmark-only", "--benchmark-disable-gc", "-q",
+                "-p", "no:cacheprovider", f"--benchmark-json={output}"], env=single_thread)
+    benchmarks = json.loads(output.read_text())["benchmarks"]
+    seen = set()
+    for bench in benchmarks:
+        info = bench["extra_info"]
+        assert EXTRA_INFO <= set(info), f"{bench['name']} extra_info lacks {sorted(EXTRA_INFO - set(info))}"
+        assert info["threads"] == 1
+        assert_positive(bench["stats"]["median"], bench["name"])
+        seen.add((info["phase"], info["format"], info["model"], info["strategy"]))
+    expected = {(phase, fmt, model, strategy)
+                for fmt in ("csr", "dense") for model in ("softmax", "relu_softmax", "softmax_relu")
+                for phase, strategies in (("forward", [None]), ("gradient", [None]),
+                                          ("hessian", ["exact", "sketch", "pcg"]),
+                                          ("solve", ["exact", "sketch", "pcg"]),
+                                          ("iteration", ["exact", "sketch", "pcg"]))
+                for strategy in strategies}
+    assert seen == expected, f"missing {sorted(expected - seen, key=str)}"
+
+
+def test_plain_pytest_does_not_collect_bench():
+    """``python -m pytest`` from the root runs tests/ only: bench/ is collected only when named."""
+    tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert config["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
