@@ -25,7 +25,7 @@ class Evaluation:
     vectors: ModelVectors
     loss: float
     grad: np.ndarray
-    P: np.ndarray
+    P: object  # d × k array, or None until a Hessian needs it
 
 
 class Problem:
@@ -52,6 +52,7 @@ class Problem:
         self.row_weights = as_row_weights(row_weights, n)
         self._model = build_model(self.model, self.b, self.row_weights, self.V)
         self._last = None
+        self._last_forward = None
 
     @property
     def n(self):
@@ -69,22 +70,37 @@ class Problem:
     def _as_point(self, x, name="x"):
         return as_vector(x, name, self.d, " (columns of C)")
 
-    def _evaluate(self, x, u=None, timer=None):
-        """Full evaluation at a validated float64 x; ``u`` may be passed when already known."""
-        if self._last is not None and np.array_equal(self._last.x, x):
-            return self._last
+    def _forward(self, x, timer):
+        """u = Cx, reused while x is the last point seen (scipy calls fun, then jac, at one x)."""
+        if self._last_forward is not None and np.array_equal(self._last_forward[0], x):
+            return self._last_forward[1]
+        with timer("forward"):
+            u = self.matrix.matvec(x)
+        self._last_forward = (x.copy(), u)
+        return u
+
+    def _evaluate(self, x, timer=None, with_P=True):
+        """Evaluation at a validated float64 x: the fused pass Cᵀ[q, U] when ``with_P``, else the
+        gradient pass alone (P = CᵀU is then formed by a second pass if a Hessian is asked for)."""
         timer = timer or _no_timer
-        if u is None:
-            with timer("forward"):
-                u = self.matrix.matvec(x)
-        with timer("model"):
-            vectors = self._model.vectors(u)
-        with timer("gradient"):
-            G = self.matrix.rmatmat(vectors.Q)
-        grad = G[:, 0] + self.l2 * x
-        loss = vectors.loss + 0.5 * self.l2 * dot(x, x)
-        self._last = Evaluation(x.copy(), u, vectors, loss, grad, np.ascontiguousarray(G[:, 1:]))
-        return self._last
+        ev = self._last
+        if ev is None or not np.array_equal(ev.x, x):
+            u = self._forward(x, timer)
+            with timer("model"):
+                vectors = self._model.vectors(u)
+            with timer("gradient"):
+                if with_P:
+                    G = self.matrix.rmatmat(vectors.Q)
+                    grad, P = G[:, 0], np.ascontiguousarray(G[:, 1:])
+                else:
+                    grad, P = self.matrix.rmatmat(vectors.Q[:, :1])[:, 0], None
+            grad = grad + self.l2 * x
+            loss = vectors.loss + 0.5 * self.l2 * dot(x, x)
+            ev = self._last = Evaluation(x.copy(), u, vectors, loss, grad, P)
+        if with_P and ev.P is None:
+            with timer("gradient"):
+                ev.P = self.matrix.rmatmat(ev.vectors.Q[:, 1:])
+        return ev
 
     def _loss_at(self, u, x):
         """L at a point whose u = Cx is already known (line-search trials)."""
@@ -105,15 +121,15 @@ class Problem:
         x = self._as_point(x)
         if self._last is not None and np.array_equal(self._last.x, x):
             return self._last.loss
-        return self._loss_at(self.matrix.matvec(x), x)
+        return self._loss_at(self._forward(x, _no_timer), x)
 
     def grad(self, x):
         """∇L(x) = Cᵀq + λx (a new array)."""
-        return self._evaluate(self._as_point(x)).grad.copy()
+        return self._evaluate(self._as_point(x), with_P=False).grad.copy()
 
     def loss_and_grad(self, x):
         """(L(x), ∇L(x)) from one forward and one fused transposed pass."""
-        ev = self._evaluate(self._as_point(x))
+        ev = self._evaluate(self._as_point(x), with_P=False)
         return ev.loss, ev.grad.copy()
 
     def hessian(self, x):
