@@ -15,7 +15,7 @@ import numpy as np
 import scipy.linalg
 
 from .reductions import dot, norm
-from .sketching import sample_size, sampled_sandwich
+from .sketching import PRECONDITIONER_SAMPLE_CONSTANT, SAMPLE_CONSTANT, sample_size, sampled_sandwich
 
 STRATEGIES = ("auto", "exact", "sketch", "pcg")
 MAX_CG_ITERATIONS = 100
@@ -100,8 +100,8 @@ def exact_system(problem, ev, rng, options, g_ref):
     return NewtonSystem(problem._hessian(ev))
 
 
-def _sketched_matrix(problem, ev, rng, options):
-    s = options.sketch_size or sample_size(problem.d, options.eps)
+def _sketched_matrix(problem, ev, rng, options, constant=SAMPLE_CONSTANT):
+    s = options.sketch_size or sample_size(problem.d, options.eps, constant)
     sandwich, kept = sampled_sandwich(problem.matrix, ev.vectors.beta, problem.l2, s, rng)
     return problem._hessian(ev, sandwich=sandwich), {"sampled_rows": kept}
 
@@ -112,7 +112,7 @@ def sketch_system(problem, ev, rng, options, g_ref):
 
 
 def pcg_system(problem, ev, rng, options, g_ref):
-    matrix, info = _sketched_matrix(problem, ev, rng, options)
+    matrix, info = _sketched_matrix(problem, ev, rng, options, PRECONDITIONER_SAMPLE_CONSTANT)
     forcing = min(MAX_FORCING, norm(ev.grad) / g_ref) if g_ref > 0 else MAX_FORCING
     return NewtonSystem(matrix, hessp=lambda p: problem._hessp(ev, p), forcing=forcing, info=info)
 
@@ -125,7 +125,7 @@ def choose_strategy(problem, eps, sketch_size):
 
     Flop model (multiply-adds): exact sandwich Σᵢ nnzᵢ²/2 for CSR (estimated as
     nnz²/(2n), exact for equal rows) and n·d² for dense; sketch ≈ nnz·(OSNAP_NNZ + JL_DIM)
-    + 4d·d² (QR) + s·(nnz/n)²/2 (sampled sandwich); pcg adds ~2 passes per CG
+    + 4d·d² (QR) + s·(nnz/n)²/2 (sampled sandwich, s the preconditioner's sample); pcg adds ~2 passes per CG
     iteration, a few per Newton step, and converges like exact Newton, so it is chosen
     whenever the sketched build is at least 4× cheaper than the exact sandwich.
     """
@@ -133,7 +133,7 @@ def choose_strategy(problem, eps, sketch_size):
     n, d, nnz = matrix.n, matrix.d, matrix.nnz
     per_row = nnz / n
     exact = n * d * d if matrix.format == "dense" else n * per_row**2 / 2
-    s = sketch_size or sample_size(d, eps)
+    s = sketch_size or sample_size(d, eps, PRECONDITIONER_SAMPLE_CONSTANT)
     sandwich = min(s, n) * (d * d if matrix.format == "dense" else per_row**2 / 2)
     sketched = nnz * 30 + 4 * d**3 + sandwich
     return "pcg" if 4 * sketched < exact else "exact"

@@ -33,6 +33,17 @@ SAMPLE_CONSTANT = 3.0
 SAMPLE_DELTA = 0.1
 # Relative ridge added when λ = 0, so R exists for a rank-deficient B.
 JITTER = 1e-10
+# The embedding visits each row OSNAP_NNZ times in random order; it runs over blocks of
+# rows holding about this many stored entries (~3 MiB of CSR), so revisits hit the cache.
+# Measured (n = 10⁶, 100 nnz/row, d = 512, 2 threads): unblocked 1.28 s, 2²⁰ entries 0.55 s,
+# 2¹⁸ entries 0.31 s, 2¹⁷ entries 0.46 s.
+EMBED_BLOCK_ENTRIES = 2**18
+
+
+# pcg only needs a preconditioner within constant factors (CG corrects the rest): a third of
+# the sample (eigenvalues of H̃⁻¹H measured within [0.69, 1.55], so κ ≈ 2.3) costs a few more
+# CG iterations but a third of the sampled sandwich.
+PRECONDITIONER_SAMPLE_CONSTANT = 1.0
 
 
 def sample_size(d, eps, constant=SAMPLE_CONSTANT, delta=SAMPLE_DELTA):
@@ -47,7 +58,8 @@ def leverage_scores(matrix, beta, l2, rng):
     m = EMBED_ROWS_PER_COLUMN * d
     buckets = rng.integers(0, m, size=(n, OSNAP_NNZ))
     signs = rng.choice(np.array([-1.0, 1.0]), size=(n, OSNAP_NNZ))
-    ptr, member = bucket_members(buckets, m)
+    rows_per_block = max(1, EMBED_BLOCK_ENTRIES * n // max(1, matrix.nnz))
+    ptr, member = bucket_members(buckets, m, rows_per_block)
     scaled_signs = (signs * (scale[:, None] / math.sqrt(OSNAP_NNZ))).ravel()
     SB = matrix.embed(scaled_signs, OSNAP_NNZ, ptr, member, m)
     ridge = l2 if l2 > 0 else JITTER * max(float(np.einsum("ij,ij->", SB, SB)) / d, np.finfo(float).tiny)

@@ -23,7 +23,8 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
         or a length-d array.
     hessian : ``"exact"``, ``"sketch"``, ``"pcg"`` or ``"auto"`` (see ``fastnewton.hessian``).
     eps : spectral accuracy ε ∈ (0, 1) of the sketched Hessian (``sketch``, ``pcg``).
-    sketch_size : rows sampled per iteration (default ⌈3·d·log(d/0.1)/ε²⌉).
+    sketch_size : rows sampled per iteration (default ⌈3·d·log(d/0.1)/ε²⌉ for ``sketch``, a third
+        of that for ``pcg``, whose preconditioner needs only constant-factor accuracy).
     tol : stop when ‖∇L(x)‖ ≤ tol · max(‖∇L(x0)‖, ‖∇L(0)‖).
     max_iter : at most this many Newton iterations.
     seed : fixes every random choice.  n_threads : Numba and BLAS threads for this solve.

@@ -11,22 +11,31 @@ from numba import njit, prange
 
 
 @njit(cache=True)
-def bucket_members(buckets, m):
-    """Counting sort of the n × s bucket table: (ptr, member) with member[ptr[b]:ptr[b+1]] = flat
-    indices t (row t // s, slot t % s) of every entry that lands in output row b, in increasing t."""
-    total = buckets.size
+def bucket_members(buckets, m, rows_per_block=0):
+    """Counting sort of the n × s bucket table by (row block, output row).
+
+    Returns (ptr, member): member[ptr[k·m + b] : ptr[k·m + b + 1]] are the flat indices
+    t (row t // s, slot t % s) of the entries of row block k (rows_per_block rows; 0 means
+    one block) that land in output row b, in increasing t. Over the blocks in order, each
+    output row therefore sees its rows in increasing order: the summation order, and so
+    the bits, do not depend on the blocking.
+    """
+    n, s = buckets.shape
+    block = max(1, n) if rows_per_block <= 0 else rows_per_block
+    n_blocks = max(1, (n + block - 1) // block)
+    total = n * s
     flat = buckets.ravel()
-    ptr = np.zeros(m + 1, dtype=np.int64)
+    ptr = np.zeros(n_blocks * m + 1, dtype=np.int64)
     for t in range(total):
-        ptr[flat[t] + 1] += 1
-    for b in range(m):
-        ptr[b + 1] += ptr[b]
+        ptr[(t // s) // block * m + flat[t] + 1] += 1
+    for key in range(n_blocks * m):
+        ptr[key + 1] += ptr[key]
     fill = ptr[:-1].copy()
     member = np.empty(total, dtype=np.int64)
     for t in range(total):
-        b = flat[t]
-        member[fill[b]] = t
-        fill[b] += 1
+        key = (t // s) // block * m + flat[t]
+        member[fill[key]] = t
+        fill[key] += 1
     return ptr, member
 
 
@@ -34,32 +43,37 @@ def bucket_members(buckets, m):
 def csr_embed(indptr, indices, data, scaled_signs, s, ptr, member, out):
     """out[b, :] = Σ_{t in bucket b} scaled_signs[t]·C[t // s, :] (out = S·diag(scale)·C, m × d dense).
 
-    ``scaled_signs`` (n·s) holds ±scale[i]/√s for each (row, slot); one read of each row per slot.
+    ``scaled_signs`` (n·s) holds ±scale[i]/√s for each (row, slot). Row blocks (see
+    ``bucket_members``) are processed one after the other, all output rows in parallel
+    within a block, so the rows a block revisits (s times, in random bucket order) come
+    from cache instead of memory.
     """
     m, d = out.shape
-    for b in prange(m):
-        acc = out[b]
-        for j in range(d):
-            acc[j] = 0.0
-        for q in range(ptr[b], ptr[b + 1]):
-            t = member[q]
-            i = t // s
-            w = scaled_signs[t]
-            for p in range(indptr[i], indptr[i + 1]):
-                acc[np.uintp(indices[p])] += w * data[p]
+    n_blocks = (ptr.shape[0] - 1) // m
+    out[:, :] = 0.0
+    for k in range(n_blocks):
+        for b in prange(m):
+            acc = out[b]
+            for q in range(ptr[k * m + b], ptr[k * m + b + 1]):
+                t = member[q]
+                i = t // s
+                w = scaled_signs[t]
+                for p in range(indptr[i], indptr[i + 1]):
+                    acc[np.uintp(indices[p])] += w * data[p]
 
 
 @njit(parallel=True, cache=True)
 def dense_embed(A, scaled_signs, s, ptr, member, out):
     """Dense-C twin of ``csr_embed``: out[b, :] = Σ_{t in bucket b} scaled_signs[t]·A[t // s, :]."""
     m, d = out.shape
-    for b in prange(m):
-        acc = out[b]
-        for j in range(d):
-            acc[j] = 0.0
-        for q in range(ptr[b], ptr[b + 1]):
-            t = member[q]
-            row = A[t // s]
-            w = scaled_signs[t]
-            for j in range(d):
-                acc[j] += w * row[j]
+    n_blocks = (ptr.shape[0] - 1) // m
+    out[:, :] = 0.0
+    for k in range(n_blocks):
+        for b in prange(m):
+            acc = out[b]
+            for q in range(ptr[k * m + b], ptr[k * m + b + 1]):
+                t = member[q]
+                row = A[t // s]
+                w = scaled_signs[t]
+                for j in range(d):
+                    acc[j] += w * row[j]

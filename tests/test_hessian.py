@@ -37,7 +37,7 @@ from fastnewton.hessian import (
     sketch_system,
 )
 from fastnewton.newton import SolveOptions
-from fastnewton.sketching import sample_size, sampled_sandwich
+from fastnewton.sketching import PRECONDITIONER_SAMPLE_CONSTANT, sample_size, sampled_sandwich
 
 # The stopping rule ‖∇L‖ ≤ TOL·g_ref. Near x*,
 # ‖x − x*‖ ≤ 2‖∇L(x)‖/λ_min(H*) ≤ 2·TOL·g_ref/λ_min(H*),
@@ -255,14 +255,16 @@ def test_auto_cost_model(problem, expected):
 
 
 def test_auto_uses_sketch_size_and_eps():
-    # Dense n = 200 000, d = 512: at ε = 0.5 the default sample (s ≈ 52 000 rows, a quarter of C)
-    # makes the sketched build only 3.0× cheaper than the exact sandwich, below the model's 4×
-    # threshold; a smaller sample tips it to pcg (sketch_size = 5000: 10.7×; ε = 0.9: 6.7×).
+    # Dense n = 200 000, d = 512: auto prices pcg with the preconditioner's sample
+    # (sample_size(d, ε, PRECONDITIONER_SAMPLE_CONSTANT) ≈ 17 400 rows at ε = 0.5): the sketched
+    # build (3.1e9 + 5.4e8 + 4.6e9 ≈ 8.2e9) is 6.3× cheaper than the exact n·d² = 5.2e10, so pcg.
+    # A forced large sample (sketch_size = 100 000: 2.6e10 + …, 1.8×) or ε = 0.2 (≈ 5× the sample)
+    # keeps exact.
     problem = stand_in(200_000, 512)
-    assert sample_size(512, 0.5) > 50_000
-    assert choose_strategy(problem, 0.5, None) == "exact"
-    assert choose_strategy(problem, 0.5, 5_000) == "pcg"
-    assert choose_strategy(problem, 0.9, None) == "pcg"
+    assert 15_000 < sample_size(512, 0.5, PRECONDITIONER_SAMPLE_CONSTANT) < 20_000
+    assert choose_strategy(problem, 0.5, None) == "pcg"
+    assert choose_strategy(problem, 0.5, 100_000) == "exact"
+    assert choose_strategy(problem, 0.2, None) == "exact"
 
 
 def test_auto_resolves_to_exact_on_a_small_problem_and_reports_it():

@@ -172,6 +172,24 @@ def test_dense_embed_matches_explicit_sketch(dtype):
     _check_embed(out, A64, np.abs(A64), buckets, signs, scale, m)
 
 
+@pytest.mark.parametrize("rows_per_block", [1, 7, 60, 1000])
+def test_blocked_bucket_order_gives_the_same_bits_as_one_block(rows_per_block, random_csr):
+    # Row blocks keep each output row's terms in increasing row order, so blocking is a pure
+    # cache optimisation: the embedding must not change by a single bit, dense or CSR.
+    rng = np.random.default_rng(33)
+    n, d, m = 60, 9, 7
+    indptr, indices, data = random_csr(rng, n, d, max_per_row=5)
+    buckets, signs, scale, ptr, member, scaled_signs = _embed_inputs(rng, n, m)
+    blocked_ptr, blocked_member = bucket_members(buckets, m, rows_per_block)
+    n_blocks = -(-n // rows_per_block)
+    assert blocked_ptr.shape[0] == n_blocks * m + 1
+    for matrix in (CSRMatrix(indptr, indices, data, (n, d)),
+                   DenseMatrix(naive.to_dense(indptr, indices, data, (n, d)))):
+        one = matrix.embed(scaled_signs, OSNAP_NNZ, ptr, member, m)
+        blocked = matrix.embed(scaled_signs, OSNAP_NNZ, blocked_ptr, blocked_member, m)
+        assert np.array_equal(one, blocked)
+
+
 def test_embed_with_one_slot_and_empty_buckets_is_a_signed_scatter():
     # s = 1: S has one ±1 per column; an empty bucket gives an exact zero row.
     A = np.arange(12.0).reshape(4, 3)
