@@ -212,7 +212,7 @@ def newton_iteration(case, setup, rng, timer):
     then the line search's one pass C·Δx and one loss trial.
     """
     problem = case.problem
-    problem._last = None  # Problem caches its last point; every iteration must pay its passes
+    problem._last = problem._last_forward = None  # Problem caches its last point; every iteration pays its passes
     ev = problem._evaluate(case.x, timer=timer)
     with timer("hessian"):
         system = setup.build(problem, ev, rng, setup.options, setup.g_ref)

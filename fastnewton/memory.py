@@ -14,13 +14,6 @@ allocated (d = 10⁵ needs 80 GB per d × d matrix).
 """
 import os
 
-from .chunking import SANDWICH_PARTIAL_BYTES
-
-
-def iteration_bytes(n, d, k):
-    """Upper estimate of the extra bytes one iteration allocates (the formula in the module docstring)."""
-    return 8 * n * (k + 8) + 8 * 64 * d * (k + 1) + SANDWICH_PARTIAL_BYTES + 8 * 9 * d * d + 2 * 8 * 8192 * d
-
 
 def available_bytes():
     """Physical memory available now (Linux sysconf), or None where it cannot be read."""

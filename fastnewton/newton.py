@@ -122,7 +122,7 @@ def newton_solve(problem, x0, start, build_system, options):
     g_ref_zero = _gradient_norm_at_zero(problem)
     ev = problem._evaluate(x0, timer=timer)
     if not _all_finite(ev.loss, ev.grad):
-        return _result(problem, ev, x0, start, options, Status.NON_FINITE, [], 0.0, g_ref_zero, clock,
+        return _result(ev, x0, start, options, Status.NON_FINITE, [], 0.0, clock,
                        detail="the loss or gradient at the starting point is not finite")
     g_ref = max(norm(ev.grad), g_ref_zero)
     history = []
@@ -180,7 +180,7 @@ def newton_solve(problem, x0, start, build_system, options):
         dead = problem._model.diagnose(ev.u, ev.vectors)
         if dead:
             status, detail = Status.DEAD_STATIONARY, dead
-    return _result(problem, ev, x0, start, options, status, history, g_ref, g_ref_zero, clock, detail, n_iter)
+    return _result(ev, x0, start, options, status, history, g_ref, clock, detail, n_iter)
 
 
 _TABLE_HEADER = f"{'iter':>5} {'loss':>14} {'|g|/g_ref':>10} {'step':>8} {'damping':>9} {'trials':>6} {'seconds':>8}"
@@ -210,10 +210,11 @@ def _record(history, n_iter, ev, g_ref, step, timer, clock, options, system_info
     return info
 
 
-def _result(problem, ev, x0, start, options, status, history, g_ref, g_ref_zero, clock, detail="", n_iter=0):
-    message = MESSAGES[status] + (f" {detail}" if detail and status != Status.DEAD_STATIONARY else detail)
-    if status == Status.CONVERGED:
-        message = MESSAGES[status]
+def _result(ev, x0, start, options, status, history, g_ref, clock, detail="", n_iter=0):
+    message = MESSAGES[status]
+    if detail:
+        # The dead-stationary message ends in ": " and the detail completes its sentence.
+        message += detail if status == Status.DEAD_STATIONARY else " " + detail
     grad_norm = norm(ev.grad) if _all_finite(ev.grad) else float("nan")
     x = ev.x.copy() if _all_finite(ev.x) else x0.copy()
     res = SolveResult(
