@@ -46,9 +46,10 @@ def main(argv=None):
     demo.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
     demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.command == "demo":
+    try:
         return _demo(args)
-    return 2
+    except (ValueError, TypeError, MemoryError) as error:
+        parser.error(f"{args.command}: {error}")
 
 
 if __name__ == "__main__":

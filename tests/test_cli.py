@@ -46,6 +46,19 @@ def test_demo_prints_the_iteration_table_and_a_summary():
     assert "converged = True" in summary[0]
 
 
+@pytest.mark.parametrize(("arguments", "name"), [
+    (["--n", "-5"], "n"),
+    (["--n", "2000", "--d", "10", "--hessian", "bogus"], "hessian"),
+    (["--n", "2000", "--d", "10", "--tol", "0"], "tol"),
+])
+def test_demo_reports_bad_values_as_a_usage_error_naming_the_argument(arguments, name):
+    # A clean argparse error (exit 2, one line naming the argument), never a traceback.
+    result = _run(["-m", "fastnewton", "demo", *arguments])
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert re.search(rf"error: demo: {name}\b", result.stderr), result.stderr
+
+
 def test_demo_rejects_unknown_model():
     result = _run(["-m", "fastnewton", "demo", "--model", "linear"])
     assert result.returncode != 0
