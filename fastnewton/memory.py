@@ -3,14 +3,17 @@
 Per iteration, beyond C itself (8-byte floats; k = 2 for the softmax models, m + 2 for
 ``softmax_relu``; c_t ≤ 64 chunks of the transposed pass, c_s ≤ 64 of the sandwich):
 
-    length-n work:      8·n·(k + 8)       u, Q = [q, U], β, softmax buffer, C·Δx, trial u
+    length-n work:      8·n·(k + 12)      two evaluations alive at once (current and new u, Q = [q, U], β),
+                                          softmax buffer, C·Δx, trial u; CSR also keeps 8·n of row pair counts
     transposed pass:    8·c_t·d·(k + 1)   per-chunk partials of Cᵀ[q, U]
     Hessian (exact):    8·d²·(c_s + 3)    sandwich partials (capped at 256 MiB), H, H + μI, factor
     dense sandwich:     2·8·8192·d        one block of rows and its weighted copy
     sketch / pcg:       8·n·(JL_DIM + 14) + 8·d²·(c_s + 9) leverage scores, OSNAP tables, SB and its QR
 
-The check counts the d²-terms, the one that can exceed memory before anything is
-allocated (d = 10⁵ needs 80 GB per d × d matrix).
+Measured by ``python bench/memory.py`` (n = 10⁷, nnz = 10⁸, d = 64, C itself 1.18 GiB): exact
+0.96 GiB peak RSS (formula 1.04 GiB), sketch 2.9 GiB (formula 3.0 GiB). The check below counts
+the d²-terms, the ones that can exceed memory before anything is allocated (d = 10⁵ needs
+80 GB per d × d matrix).
 """
 import os
 

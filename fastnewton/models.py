@@ -67,6 +67,12 @@ class SoftmaxRegression:
         if self.relu and not np.any(u > 0.0) and np.any(self.b != self.b[0]):
             return ("every ReLU is inactive (Cx ≤ 0 on all rows): x is a dead stationary point of "
                     "relu_softmax where the gradient is exactly zero, not the optimum")
+        # A softmax saturated to one-hot has a gradient that underflows to ~0 at any loss;
+        # a loss above L(0) (uniform softmax, no weight term) proves x is not the minimiser.
+        loss_at_zero = self.loss(np.zeros(self.n))
+        if vectors.loss > loss_at_zero + 1e-8 * (loss_at_zero + dot(self.b, self.b)):
+            return (f"the gradient vanished but the loss {vectors.loss:.6e} exceeds L(0) = {loss_at_zero:.6e}, "
+                    "so x is not the optimum (e.g. a softmax saturated to one-hot by huge logits |Cx|)")
         return None
 
 
