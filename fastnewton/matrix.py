@@ -47,8 +47,7 @@ class DenseMatrix:
 
     def _block(self, part, rows=None):
         """C's rows in ``part`` (of ``rows`` when given) as float64 (a view when C is float64 and rows is None)."""
-        source = self.array[part] if rows is None else self.array[rows[part]]
-        return np.asarray(source, dtype=np.float64)
+        return self.rows(part if rows is None else rows[part])
 
     def _gemm_sandwich(self, weights, rows=None):
         """Σ over fixed row blocks of blockᵀ(w ⊙ block), each GEMM single-threaded, summed in block order."""

@@ -124,9 +124,10 @@ def newton_solve(problem, x0, start, build_system, options):
     if not _all_finite(ev.loss, ev.grad):
         return _result(ev, x0, start, options, Status.NON_FINITE, [], 0.0, clock,
                        detail="the loss or gradient at the starting point is not finite")
-    g_ref = max(norm(ev.grad), g_ref_zero)
+    grad_norm = norm(ev.grad)
+    g_ref = max(grad_norm, g_ref_zero)
     history = []
-    _record(history, 0, ev, g_ref, None, timer, clock, options)
+    _record(history, 0, ev, grad_norm, g_ref, None, timer, clock, options)
     mu = 0.0
     status = None
     detail = ""
@@ -134,7 +135,6 @@ def newton_solve(problem, x0, start, build_system, options):
     flat_steps = 0
     try:
         while True:
-            grad_norm = norm(ev.grad)
             if grad_norm <= options.tol * g_ref:
                 status = Status.CONVERGED
                 break
@@ -156,13 +156,13 @@ def newton_solve(problem, x0, start, build_system, options):
                 status = Status.NON_FINITE
                 detail = f"the loss or gradient became non-finite at iteration {n_iter}"
                 break
-            flat_steps = flat_steps + 1 if step.below_rounding and (
-                norm(new_ev.grad) >= norm(ev.grad)) else 0
-            ev = new_ev
+            new_grad_norm = norm(new_ev.grad)
+            flat_steps = flat_steps + 1 if step.below_rounding and new_grad_norm >= grad_norm else 0
+            ev, grad_norm = new_ev, new_grad_norm
             mu = step.damping / DAMPING_DECREASE if step.length == 1.0 else step.damping
             if mu < FIRST_DAMPING * system.scale:
                 mu = 0.0
-            info = _record(history, n_iter, ev, g_ref, step, timer, clock, options, system.info)
+            info = _record(history, n_iter, ev, grad_norm, g_ref, step, timer, clock, options, system.info)
             if options.callback is not None and options.callback(dict(info, x=ev.x.copy())):
                 status = Status.CALLBACK
                 break
@@ -186,8 +186,7 @@ def newton_solve(problem, x0, start, build_system, options):
 _TABLE_HEADER = f"{'iter':>5} {'loss':>14} {'|g|/g_ref':>10} {'step':>8} {'damping':>9} {'trials':>6} {'seconds':>8}"
 
 
-def _record(history, n_iter, ev, g_ref, step, timer, clock, options, system_info=None):
-    grad_norm = norm(ev.grad)
+def _record(history, n_iter, ev, grad_norm, g_ref, step, timer, clock, options, system_info=None):
     info = {
         "iter": n_iter,
         "loss": ev.loss,
