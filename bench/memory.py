@@ -32,6 +32,11 @@ import fastnewton
 from fastnewton.chunking import MAX_CHUNKS, SANDWICH_PARTIAL_BYTES, chunk_rows, sandwich_chunk_rows
 from fastnewton.sketching import JL_DIM, SAMPLE_CONSTANT, sample_size
 
+try:
+    from _args import comma_list, nonnegative_int, positive_int, thread_count
+except ImportError:  # imported as bench.memory from the repository root
+    from bench._args import comma_list, nonnegative_int, positive_int, thread_count
+
 MiB = 2**20
 
 
@@ -128,16 +133,20 @@ def measure(C, b, x0, strategy, threads):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=10**7, help="rows (default 10^7)")
-    parser.add_argument("--nnz", type=int, default=10**8, help="non-zeros (default 10^8)")
-    parser.add_argument("--d", type=int, default=64, help="columns (default 64)")
+    parser.add_argument("--n", type=positive_int, default=10**7, help="rows (default 10^7)")
+    parser.add_argument("--nnz", type=positive_int, default=10**8, help="non-zeros, at least one per row (default 10^8)")
+    parser.add_argument("--d", type=positive_int, default=64, help="columns (default 64)")
     parser.add_argument("--quick", action="store_true", help="n = 10^5, nnz = 10^6 (a smoke run)")
-    parser.add_argument("--strategies", default="exact,sketch", help="comma-separated (default exact,sketch)")
-    parser.add_argument("--threads", type=int, default=None, help="Numba threads (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strategies", type=comma_list(("exact", "sketch", "pcg")), default=["exact", "sketch"],
+                        help="comma-separated, of exact, sketch, pcg (default exact,sketch)")
+    parser.add_argument("--threads", type=thread_count, default=None, help="Numba threads (default: all)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.nnz = 10**5, 10**6
+    if args.nnz < args.n:
+        # planted_csr stores nnz // n entries per row: fewer than n would silently become n.
+        parser.error(f"--nnz must be ≥ --n = {args.n} (at least one entry per row), got {args.nnz}")
     n, d = args.n, args.d
 
     t = time.perf_counter()
@@ -150,13 +159,13 @@ def main(argv=None):
     print(f"RSS high-water after building: {maxrss_bytes() / MiB:.1f} MiB")
     # Warm-up on a tiny problem so the JIT's memory is not charged to the first strategy.
     Cw, bw, xw = planted_csr(5000, 50000, d, 1)
-    for strategy in args.strategies.split(","):
+    for strategy in args.strategies:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", fastnewton.ConvergenceWarning)
             fastnewton.solve(Cw, bw, x0=xw, hessian=strategy, max_iter=1, tol=1e-300, seed=0)
     del Cw, bw, xw
 
-    for strategy in args.strategies.split(","):
+    for strategy in args.strategies:
         terms, c_t, c_s = formula(strategy, n, d, nnz)
         total = sum(terms.values())
         m = measure(C, b, x0, strategy, args.threads)

@@ -21,8 +21,10 @@ from fastnewton.matrix import CSRMatrix
 from fastnewton.validation import as_input_matrix
 
 try:
+    from _args import output_file, positive_int, thread_count
     from probes import median_seconds, read_bandwidth
 except ImportError:  # run as a module from the repository root
+    from bench._args import output_file, positive_int, thread_count
     from bench.probes import median_seconds, read_bandwidth
 
 
@@ -80,13 +82,15 @@ def run(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=1_000_000, help="rows of C (default 1e6)")
-    parser.add_argument("--d", type=int, default=256, help="columns of C (default 256)")
-    parser.add_argument("--nnz-per-row", type=int, default=10, help="non-zeros per row (default 10)")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default 1 2)")
-    parser.add_argument("--repeats", type=int, default=15, help="timed repeats per point (default 15)")
-    parser.add_argument("--probe-mb", type=int, default=512, help="bandwidth probe array size in MiB")
-    parser.add_argument("--output", default="bench/results/passes.json", help="JSON output ('' for none)")
+    parser.add_argument("--n", type=positive_int, default=1_000_000, help="rows of C (default 1e6)")
+    parser.add_argument("--d", type=positive_int, default=256, help="columns of C (default 256)")
+    parser.add_argument("--nnz-per-row", type=positive_int, default=10, help="non-zeros per row (default 10)")
+    parser.add_argument("--threads", type=thread_count, nargs="+", default=[1, 2],
+                        help="thread counts (default 1 2, those above NUMBA_NUM_THREADS skipped)")
+    parser.add_argument("--repeats", type=positive_int, default=15, help="timed repeats per point (default 15)")
+    parser.add_argument("--probe-mb", type=positive_int, default=512, help="bandwidth probe array size in MiB")
+    parser.add_argument("--output", type=output_file, default="bench/results/passes.json",
+                        help="JSON output ('' for none)")
     parser.add_argument("--quick", action="store_true", help="n = 1e5, 3 repeats, 64 MiB probe")
     args = parser.parse_args(argv)
     if args.quick:

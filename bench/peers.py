@@ -82,6 +82,14 @@ from threadpoolctl import threadpool_limits
 
 import fastnewton
 
+# The bench scripts' shared argument types live beside this file. Run as a script, bench/ is
+# sys.path[0]; imported, or loaded from its path by tests/test_bench_peers.py, it may be on
+# no path at all, so it is added (last, so it shadows nothing).
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+from _args import (  # noqa: E402
+    nonnegative_float, nonnegative_int, output_file, positive_float, positive_int, positive_seconds, thread_count)
+
 MODELS = ("softmax", "relu_softmax", "softmax_relu")
 FASTNEWTON_STRATEGIES = ("exact", "sketch", "pcg")
 # scipy method → which second-order derivative it is given (None: gradient only).
@@ -564,34 +572,34 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     size = parser.add_argument_group("problems")
     size.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="models to run (default: all)")
-    size.add_argument("--n", type=int, default=200_000, help="rows of C (default 200000)")
-    size.add_argument("--d", type=int, default=100, help="columns of C (default 100)")
-    size.add_argument("--nnz-per-row", type=int, default=10, help="non-zeros per row of CSR C (default 10)")
-    size.add_argument("--m", type=int, default=None, help="softmax_relu outputs (default: make_problem's min(d, 16))")
+    size.add_argument("--n", type=positive_int, default=200_000, help="rows of C (default 200000)")
+    size.add_argument("--d", type=positive_int, default=100, help="columns of C (default 100)")
+    size.add_argument("--nnz-per-row", type=positive_int, default=10, help="non-zeros per row of CSR C (default 10)")
+    size.add_argument("--m", type=positive_int, default=None, help="softmax_relu outputs (default: make_problem's min(d, 16))")
     size.add_argument("--dense", action="store_true", help="dense C instead of CSR")
-    size.add_argument("--noise", type=float, default=1e-2,
+    size.add_argument("--noise", type=nonnegative_float, default=1e-2,
                       help="relative noise on b, so the optimum is not the planted x (default 1e-2)")
-    size.add_argument("--l2-rel", type=float, default=1e-3,
+    size.add_argument("--l2-rel", type=nonnegative_float, default=1e-3,
                       help="ridge relative to the curvature scale: l2 = this × ‖C‖_F² / (d n²) (default 1e-3)")
-    size.add_argument("--l2", type=float, default=None, help="absolute ridge l2 (overrides --l2-rel)")
+    size.add_argument("--l2", type=nonnegative_float, default=None, help="absolute ridge l2 (overrides --l2-rel)")
     size.add_argument("--start", choices=("zeros", "auto"), default="zeros",
                       help="x0 for softmax and softmax_relu: zeros (default) or fastnewton's automatic "
                            "start (solve(..., max_iter=0).x0), handed to every method; relu_softmax "
                            "always starts from the perturbed automatic start")
-    size.add_argument("--relu-perturbation", type=float, default=0.1,
+    size.add_argument("--relu-perturbation", type=nonnegative_float, default=0.1,
                       help="relu_softmax: relative size of the seeded perturbation of fastnewton's "
                            "automatic start (default 0.1)")
-    size.add_argument("--seed", type=int, default=0, help="seed of the problems, the perturbation and sketches")
+    size.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the problems, the perturbation and sketches")
     run = parser.add_argument_group("runs")
-    run.add_argument("--tol", type=float, default=1e-8, help="relative gradient tolerance (default 1e-8)")
-    run.add_argument("--time-limit", type=float, default=120.0, help="wall-time cap per method in s (default 120)")
-    run.add_argument("--max-iter", type=int, default=10_000,
+    run.add_argument("--tol", type=positive_float, default=1e-8, help="relative gradient tolerance (default 1e-8)")
+    run.add_argument("--time-limit", type=positive_seconds, default=120.0, help="wall-time cap per method in s (default 120)")
+    run.add_argument("--max-iter", type=positive_int, default=10_000,
                      help="iteration cap per method (scipy maxiter; L-BFGS-B maxfun = 10×; default 10000)")
     run.add_argument("--no-scipy-scaling", action="store_true",
                      help="hand scipy the raw loss instead of L / g_ref (see 'Scaling' above)")
-    run.add_argument("--threads", type=int, default=None,
+    run.add_argument("--threads", type=thread_count, default=None,
                      help="Numba and BLAS threads for every method (default: all usable cores)")
-    run.add_argument("--output", default="bench/results/peers.csv",
+    run.add_argument("--output", type=output_file, default="bench/results/peers.csv",
                      help="CSV of results; traces go to <stem>_traces.csv and the plot to <stem>.png "
                           "(default bench/results/peers.csv)")
     run.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -599,12 +607,8 @@ def parse_args(argv=None):
                      help="small problems (overrides --n 4000 --d 20 --nnz-per-row 5; time limit ≤ 3 s): "
                           "a smoke test of the script, not a measurement")
     args = parser.parse_args(argv)
-    for name in ("n", "d", "nnz_per_row", "max_iter"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
-    for name in ("tol", "time_limit"):
-        if not getattr(args, name) > 0:
-            parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if not args.output:
+        parser.error("argument --output: expected a CSV path, got ''")
     if args.quick:
         args.n, args.d, args.nnz_per_row, args.time_limit = 4000, 20, 5, min(args.time_limit, 3.0)
     if args.threads is None:

@@ -58,15 +58,16 @@ from fastnewton.newton import (
     FIRST_DAMPING,
     MAX_DAMPING_TRIES,
     SolveOptions,
-    _gradient_norm_at_zero,
 )
 from fastnewton.sketching import sample_size
 from fastnewton.threads import thread_limits
 from fastnewton.timing import PhaseTimer
 
 try:
+    from _args import nonnegative_int, output_directory, positive_int, thread_count
     from probes import gemm_rate, read_bandwidth
 except ImportError:  # imported as bench.scaling from the repository root
+    from bench._args import nonnegative_int, output_directory, positive_int, thread_count
     from bench.probes import gemm_rate, read_bandwidth
 
 MODELS = ("softmax", "relu_softmax", "softmax_relu")
@@ -174,7 +175,7 @@ def smallest_damping(system, g):
 def setup_strategy(case, strategy, rng, eps=SKETCH_EPS, sketch_size=None):
     options = SolveOptions(hessian=strategy, tol=1e-8, max_iter=1, eps=eps, sketch_size=sketch_size,
                            seed=None, callback=None, verbose=False)
-    g_ref = max(float(np.linalg.norm(case.ev.grad)), _gradient_norm_at_zero(case.problem))
+    g_ref = max(float(np.linalg.norm(case.ev.grad)), case.problem._gradient_norm_at_zero())
     build = BUILDERS[strategy]
     system = build(case.problem, case.ev, rng, options, g_ref)
     return StrategySetup(strategy, build, options, g_ref, system, smallest_damping(system, case.ev.grad))
@@ -226,8 +227,7 @@ def newton_iteration(case, setup, rng, timer):
     else:
         raise RuntimeError("the Newton system did not factor at any damping")
     with timer("line_search"):
-        Cp = problem.matrix.matvec(p)
-        problem._loss_at(ev.u + Cp, ev.x + p)
+        problem._line(ev, p).loss(1.0)
     return system
 
 
@@ -516,36 +516,30 @@ def plot(rows, args):
 
 
 def parse_args(argv=None):
-    def count(text):
-        value = int(float(text))
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-        return value
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS),
                         help="storage formats of C (default: csr dense)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=["softmax"], help="models (default softmax)")
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=["exact"],
                         help="Hessian strategies (default exact)")
-    parser.add_argument("--threads", type=count, nargs="+", default=None,
+    parser.add_argument("--threads", type=thread_count, nargs="+", default=None,
                         help="thread counts of the thread sweep (default 1, 2, 4, … up to os.cpu_count())")
-    parser.add_argument("--size-threads", type=count, default=None,
+    parser.add_argument("--size-threads", type=thread_count, default=None,
                         help="threads for the nnz and d sweeps (default: the largest of --threads)")
-    parser.add_argument("--nnz", type=count, nargs="+", default=list(NNZ_SWEEP),
+    parser.add_argument("--nnz", type=positive_int, nargs="+", default=list(NNZ_SWEEP),
                         help="nnz(C) of the nnz sweep (default 1e5 1e6 1e7)")
-    parser.add_argument("--fixed-d", type=count, default=FIXED_D, help=f"d of the nnz sweep (default {FIXED_D})")
-    parser.add_argument("--dims", type=count, nargs="+", default=list(D_SWEEP),
+    parser.add_argument("--fixed-d", type=positive_int, default=FIXED_D, help=f"d of the nnz sweep (default {FIXED_D})")
+    parser.add_argument("--dims", type=positive_int, nargs="+", default=list(D_SWEEP),
                         help="d of the d sweep (default 32 64 128 256 512 1024)")
-    parser.add_argument("--fixed-nnz", type=count, default=FIXED_NNZ,
+    parser.add_argument("--fixed-nnz", type=positive_int, default=FIXED_NNZ,
                         help="nnz(C) of the d sweep and the thread sweep (default 1e6)")
-    parser.add_argument("--nnz-per-row", type=count, default=NNZ_PER_ROW,
+    parser.add_argument("--nnz-per-row", type=positive_int, default=NNZ_PER_ROW,
                         help=f"non-zeros per row of CSR C (default {NNZ_PER_ROW}); dense C has n = nnz / d")
-    parser.add_argument("--repeats", type=count, default=7, help="timed iterations per point (default 7)")
-    parser.add_argument("--probe-mb", type=count, default=512, help="bandwidth probe array in MiB (default 512)")
-    parser.add_argument("--gemm-d", type=count, default=1024, help="GEMM probe size d × d (default 1024)")
-    parser.add_argument("--seed", type=int, default=0, help="problem and sketch seed (default 0)")
-    parser.add_argument("--output-dir", default=os.path.join("bench", "results"),
+    parser.add_argument("--repeats", type=positive_int, default=7, help="timed iterations per point (default 7)")
+    parser.add_argument("--probe-mb", type=positive_int, default=512, help="bandwidth probe array in MiB (default 512)")
+    parser.add_argument("--gemm-d", type=positive_int, default=1024, help="GEMM probe size d × d (default 1024)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="problem and sketch seed (default 0)")
+    parser.add_argument("--output-dir", type=output_directory, default=os.path.join("bench", "results"),
                         help="where scaling.csv, probes.csv and the PNGs go (default bench/results/)")
     parser.add_argument("--no-plots", action="store_true", help="CSV only (no matplotlib needed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

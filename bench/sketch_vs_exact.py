@@ -20,6 +20,11 @@ import numpy as np
 
 import fastnewton
 
+try:
+    from _args import output_file, positive_int, thread_count
+except ImportError:  # imported as bench.sketch_vs_exact from the repository root
+    from bench._args import output_file, positive_int, thread_count
+
 
 def per_iteration_seconds(res):
     phases = [sum(h["seconds"].values()) for h in res.history[1:]]
@@ -54,21 +59,28 @@ def run_case(fmt, n, d, nnz_per_row, args, full_solve):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dims", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
-    parser.add_argument("--dense-n", type=int, default=200_000)
-    parser.add_argument("--csr-n", type=int, default=1_000_000)
-    parser.add_argument("--nnz-per-row", type=int, default=100)
+    parser.add_argument("--dims", type=positive_int, nargs="+", default=[64, 128, 256, 512, 1024])
+    parser.add_argument("--dense-n", type=positive_int, default=200_000)
+    parser.add_argument("--csr-n", type=positive_int, default=1_000_000)
+    parser.add_argument("--nnz-per-row", type=positive_int, default=100)
     parser.add_argument("--formats", nargs="+", default=["dense", "csr"], choices=["dense", "csr"])
-    parser.add_argument("--iters", type=int, default=3, help="Newton iterations timed per point")
-    parser.add_argument("--solve-dims", type=int, nargs="*", default=[1024],
-                        help="d values at which to also time full solves to tol for all strategies")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--output", default="bench/results/sketch_vs_exact.csv")
+    parser.add_argument("--iters", type=positive_int, default=3, help="Newton iterations timed per point")
+    parser.add_argument("--solve-dims", type=positive_int, nargs="*", default=None,
+                        help="d values (among --dims) at which to also time full solves to tol for all "
+                             "strategies (default 1024)")
+    parser.add_argument("--threads", type=thread_count, default=None)
+    parser.add_argument("--output", type=output_file, default="bench/results/sketch_vs_exact.csv")
     parser.add_argument("--plot", action="store_true", help="also write a PNG next to the CSV")
     parser.add_argument("--quick", action="store_true", help="d in {16, 32}, n = 5000, 20 nnz/row")
     args = parser.parse_args(argv)
     if args.quick:
         args.dims, args.dense_n, args.csr_n, args.nnz_per_row, args.solve_dims = [16, 32], 5000, 5000, 20, [32]
+    elif args.solve_dims is None:
+        args.solve_dims = [1024]
+    elif set(args.solve_dims) - set(args.dims):
+        # A d outside the sweep would be ignored silently.
+        parser.error(f"--solve-dims must be among --dims {args.dims}, "
+                     f"got {sorted(set(args.solve_dims) - set(args.dims))}")
     rows = []
     for fmt in args.formats:
         n = args.dense_n if fmt == "dense" else args.csr_n

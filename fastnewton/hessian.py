@@ -15,7 +15,7 @@ import numpy as np
 import scipy.linalg
 
 from .reductions import dot, norm
-from .sketching import PRECONDITIONER_SAMPLE_CONSTANT, SAMPLE_CONSTANT, sample_size, sampled_sandwich
+from .sketching import PRECONDITIONER_SAMPLE_CONSTANT, SAMPLE_CONSTANT, sample_size
 
 STRATEGIES = ("auto", "exact", "sketch", "pcg")
 MAX_CG_ITERATIONS = 100
@@ -102,7 +102,7 @@ def exact_system(problem, ev, rng, options, g_ref):
 
 def _sketched_matrix(problem, ev, rng, options, constant=SAMPLE_CONSTANT):
     s = options.sketch_size or sample_size(problem.d, options.eps, constant)
-    sandwich, kept = sampled_sandwich(problem.matrix, ev.vectors.beta, problem.l2, s, rng)
+    sandwich, kept = problem._sampled_sandwich(ev, s, rng)
     return problem._hessian(ev, sandwich=sandwich), {"sampled_rows": kept}
 
 

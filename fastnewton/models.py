@@ -64,16 +64,22 @@ class SoftmaxRegression:
 
     def diagnose(self, u, vectors):
         """A sentence when u is a stationary point that cannot be the optimum, else None."""
-        if self.relu and not np.any(u > 0.0) and np.any(self.b != self.b[0]):
-            return ("every ReLU is inactive (Cx ≤ 0 on all rows): x is a dead stationary point of "
-                    "relu_softmax where the gradient is exactly zero, not the optimum")
-        # A softmax saturated to one-hot has a gradient that underflows to ~0 at any loss;
-        # a loss above L(0) (uniform softmax, no weight term) proves x is not the minimiser.
-        loss_at_zero = self.loss(np.zeros(self.n))
-        if vectors.loss > loss_at_zero + 1e-8 * (loss_at_zero + dot(self.b, self.b)):
-            return (f"the gradient vanished but the loss {vectors.loss:.6e} exceeds L(0) = {loss_at_zero:.6e}, "
-                    "so x is not the optimum (e.g. a softmax saturated to one-hot by huge logits |Cx|)")
-        return None
+        return diagnose_softmax_regression(
+            self.relu, bool(np.any(u > 0.0)), bool(np.any(self.b != self.b[0])), vectors.loss,
+            self.loss(np.zeros(self.n)), dot(self.b, self.b))
+
+
+def diagnose_softmax_regression(relu, any_active, b_varies, loss, loss_at_zero, b_squared_norm):
+    """The dead-stationary sentence for ``softmax``/``relu_softmax`` from global facts about the point, or None."""
+    if relu and not any_active and b_varies:
+        return ("every ReLU is inactive (Cx ≤ 0 on all rows): x is a dead stationary point of "
+                "relu_softmax where the gradient is exactly zero, not the optimum")
+    # A softmax saturated to one-hot has a gradient that underflows to ~0 at any loss;
+    # a loss above L(0) (uniform softmax, no weight term) proves x is not the minimiser.
+    if loss > loss_at_zero + 1e-8 * (loss_at_zero + b_squared_norm):
+        return (f"the gradient vanished but the loss {loss:.6e} exceeds L(0) = {loss_at_zero:.6e}, "
+                "so x is not the optimum (e.g. a softmax saturated to one-hot by huge logits |Cx|)")
+    return None
 
 
 class SoftmaxRelu:
@@ -123,12 +129,16 @@ class SoftmaxRelu:
         return self
 
     def diagnose(self, u, vectors):
-        y = vectors.extras["y"]
-        dead = np.flatnonzero((y <= 0.0) & (self.b > 0.0))
-        if dead.size:
-            return (f"{dead.size} output ReLU(s) are dead (y_j = (Vᵀ softmax(Cx))_j ≤ 0 while b_j > 0, "
-                    f"e.g. j = {dead[0]}): they cannot recover, so this stationary point is not the optimum")
-        return None
+        return diagnose_softmax_relu(vectors.extras["y"], self.b)
+
+
+def diagnose_softmax_relu(y, b):
+    """The dead-output sentence for ``softmax_relu`` (y = Vᵀ softmax(Cx), b of length m), or None."""
+    dead = np.flatnonzero((y <= 0.0) & (b > 0.0))
+    if dead.size:
+        return (f"{dead.size} output ReLU(s) are dead (y_j = (Vᵀ softmax(Cx))_j ≤ 0 while b_j > 0, "
+                f"e.g. j = {dead[0]}): they cannot recover, so this stationary point is not the optimum")
+    return None
 
 
 def build_model(model, b, row_weights, V):

@@ -52,7 +52,6 @@ class SolveOptions:
 @dataclass
 class _Step:
     x: np.ndarray
-    u: np.ndarray
     length: float
     damping: float
     trials: int
@@ -85,41 +84,37 @@ def _damped_step(problem, ev, system, mu, options, timer, target_norm):
             mu = _next_damping(mu, scale)
             continue
         with timer("line_search"):
-            Cp = problem.matrix.matvec(p)
-            largest = float(np.max(np.abs(Cp)))
-            if largest > options.max_logit_step:
-                p *= options.max_logit_step / largest
-                Cp *= options.max_logit_step / largest
-            slope = dot(g, p)
+            line = problem._line(ev, p)
+            if line.largest > options.max_logit_step:
+                line.scale(options.max_logit_step / line.largest)
+            slope = dot(g, line.p)
             t = 1.0
             for trial in range(1, MAX_BACKTRACKS + 1):
-                x_t = ev.x + t * p
-                u_t = ev.u + t * Cp
-                L_t = problem._loss_at(u_t, x_t)
+                L_t = line.loss(t)
                 armijo = L_t <= L0 + ARMIJO_C1 * t * slope
                 # Near the optimum the predicted decrease can be below the rounding of L:
                 # accept the full step if L does not rise beyond rounding; the gradient test decides.
                 invisible = t == 1.0 and -slope <= noise and L_t <= L0 + noise
                 if np.isfinite(L_t) and (armijo or invisible):
-                    return _Step(x_t, u_t, t, mu, trial, t * norm(p), not armijo)
+                    return _Step(ev.x + t * line.p, t, mu, trial, t * norm(line.p), not armijo)
                 t *= BACKTRACK_FACTOR
         mu = _next_damping(mu, scale)
     return None
 
 
-def _gradient_norm_at_zero(problem):
-    """‖∇L(0)‖ (u = 0 needs no pass over C), using the model's reference derivative at 0."""
-    vectors = problem._model.reference_model().vectors(np.zeros(problem.n))
-    return norm(problem.matrix.rmatmat(np.ascontiguousarray(vectors.Q[:, :1]))[:, 0])
-
-
 def newton_solve(problem, x0, start, build_system, options):
-    """Run the Newton loop from x0; ``build_system(problem, ev, rng, options, g_ref)`` gives each step's system."""
+    """Run the Newton loop from x0; ``build_system(problem, ev, rng, options, g_ref)`` gives each step's system.
+
+    ``problem`` is a ``Problem`` or any object with the same driver interface (``_evaluate``,
+    ``_line``, ``_hessian``, ``_hessp``, ``_sampled_sandwich``, ``_target_norm``,
+    ``_gradient_norm_at_zero``, ``_diagnose``, ``_iteration_extras``): ``fastnewton.dask`` runs this same loop
+    with the passes over C done where C's blocks live.
+    """
     timer = PhaseTimer()
     rng = np.random.default_rng(options.seed)
     clock = time.perf_counter()
-    target_norm = norm(problem.b)
-    g_ref_zero = _gradient_norm_at_zero(problem)
+    target_norm = problem._target_norm()
+    g_ref_zero = problem._gradient_norm_at_zero()
     ev = problem._evaluate(x0, timer=timer)
     if not _all_finite(ev.loss, ev.grad):
         return _result(ev, x0, start, options, Status.NON_FINITE, [], 0.0, clock,
@@ -127,7 +122,7 @@ def newton_solve(problem, x0, start, build_system, options):
     grad_norm = norm(ev.grad)
     g_ref = max(grad_norm, g_ref_zero)
     history = []
-    _record(history, 0, ev, grad_norm, g_ref, None, timer, clock, options)
+    _record(history, 0, ev, grad_norm, g_ref, None, timer, clock, options, problem._iteration_extras())
     mu = 0.0
     status = None
     detail = ""
@@ -162,7 +157,8 @@ def newton_solve(problem, x0, start, build_system, options):
             mu = step.damping / DAMPING_DECREASE if step.length == 1.0 else step.damping
             if mu < FIRST_DAMPING * system.scale:
                 mu = 0.0
-            info = _record(history, n_iter, ev, grad_norm, g_ref, step, timer, clock, options, system.info)
+            info = _record(history, n_iter, ev, grad_norm, g_ref, step, timer, clock, options,
+                           {**system.info, **problem._iteration_extras()})
             if options.callback is not None and options.callback(dict(info, x=ev.x.copy())):
                 status = Status.CALLBACK
                 break
@@ -177,7 +173,7 @@ def newton_solve(problem, x0, start, build_system, options):
         warnings.warn(f"fastnewton.solve stopped at max_iter = {options.max_iter} before reaching tol = "
                       f"{options.tol:g}", ConvergenceWarning, stacklevel=3)
     if status == Status.CONVERGED:
-        dead = problem._model.diagnose(ev.u, ev.vectors)
+        dead = problem._diagnose(ev)
         if dead:
             status, detail = Status.DEAD_STATIONARY, dead
     return _result(ev, x0, start, options, status, history, g_ref, clock, detail, n_iter)

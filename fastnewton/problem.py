@@ -5,7 +5,8 @@ import numpy as np
 
 from .memory import check_hessian_fits
 from .models import ModelVectors, build_model
-from .reductions import dot
+from .reductions import dot, norm
+from .sketching import sampled_sandwich
 from .validation import (
     as_input_matrix,
     as_l2,
@@ -108,12 +109,36 @@ class Problem:
 
     def _hessian(self, ev, sandwich=None):
         """Cᵀ diag(β) C (or a given approximation of it) + P S Pᵀ + λI."""
-        vec = ev.vectors
-        H = self.matrix.sandwich(vec.beta) if sandwich is None else sandwich
-        low_rank = ev.P @ vec.S @ ev.P.T
-        H += 0.5 * (low_rank + low_rank.T)
-        H[np.diag_indices_from(H)] += self.l2
-        return H
+        H = self.matrix.sandwich(ev.vectors.beta) if sandwich is None else sandwich
+        return add_low_rank_and_ridge(H, ev.P, ev.vectors.S, self.l2)
+
+    def _sampled_sandwich(self, ev, s, rng):
+        """(CᵀD̃C from a leverage-score sample of about s rows, rows kept): ``fastnewton.sketching``."""
+        return sampled_sandwich(self.matrix, ev.vectors.beta, self.l2, s, rng)
+
+    def _line(self, ev, p):
+        return _LineSearch(self, ev, p)
+
+    def _target_norm(self):
+        return norm(self.b)
+
+    def _gradient_norm_at_zero(self):
+        """‖∇L(0)‖ (u = 0 needs no pass over C), using the model's reference derivative at 0."""
+        vectors = self._model.reference_model().vectors(np.zeros(self.n))
+        return norm(self.matrix.rmatmat(np.ascontiguousarray(vectors.Q[:, :1]))[:, 0])
+
+    def _diagnose(self, ev):
+        """A sentence when ev is a stationary point that cannot be the optimum, else None."""
+        return self._model.diagnose(ev.u, ev.vectors)
+
+    def _iteration_extras(self):
+        """Entries added to each history record (the distributed problem reports its rounds here)."""
+        return {}
+
+    def _auto_start(self):
+        from .start import auto_start
+
+        return auto_start(self)
 
     # -- public API --------------------------------------------------------------------------
     def loss(self, x):
@@ -148,6 +173,34 @@ class Problem:
         """∇²L(x)·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp without forming the Hessian (two passes over C)."""
         ev = self._evaluate(self._as_point(x))
         return self._hessp(ev, self._as_point(p, "p"))
+
+
+def add_low_rank_and_ridge(H, P, S, l2):
+    """H + P S Pᵀ + λI in place (symmetrised, so the Hessian is exactly symmetric)."""
+    low_rank = P @ S @ P.T
+    H += 0.5 * (low_rank + low_rank.T)
+    H[np.diag_indices_from(H)] += l2
+    return H
+
+
+class _LineSearch:
+    """The line x + t·p: one pass C·p, then each trial's loss from u + t·Cp with no pass over C.
+
+    ``largest`` = ‖Cp‖∞ (the logit cap); ``scale`` shrinks p and Cp together.
+    """
+
+    def __init__(self, problem, ev, p):
+        self.problem, self.ev, self.p = problem, ev, p
+        self.Cp = problem.matrix.matvec(p)
+        self.largest = float(np.max(np.abs(self.Cp)))
+
+    def scale(self, factor):
+        self.p *= factor
+        self.Cp *= factor
+        self.largest *= factor
+
+    def loss(self, t):
+        return self.problem._loss_at(self.ev.u + t * self.Cp, self.ev.x + t * self.p)
 
 
 class _NoTimer:

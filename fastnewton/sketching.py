@@ -53,6 +53,15 @@ def sample_size(d, eps, constant=SAMPLE_CONSTANT, delta=SAMPLE_DELTA):
 
 def leverage_scores(matrix, beta, l2, rng):
     """Approximate ridge leverage scores ℓᵢ of the rows of diag(√|β|) C (length n, ≥ 0)."""
+    R = embedding_factor(osnap_embed(matrix, beta, rng), l2)
+    return jl_scores(matrix, beta, jl_directions(R, rng))
+
+
+def osnap_embed(matrix, beta, rng):
+    """SB: the OSNAP embedding (EMBED_ROWS_PER_COLUMN·d rows) of B = diag(√|β|) C.
+
+    Each row of B is hashed independently, so the embeddings of disjoint row blocks sum
+    to an embedding of the whole B (``fastnewton.dask`` sums its blocks' SB)."""
     n, d = matrix.n, matrix.d
     scale = np.sqrt(np.abs(beta))
     m = EMBED_ROWS_PER_COLUMN * d
@@ -61,19 +70,34 @@ def leverage_scores(matrix, beta, l2, rng):
     rows_per_block = max(1, EMBED_BLOCK_ENTRIES * n // max(1, matrix.nnz))
     ptr, member = bucket_members(buckets, m, rows_per_block)
     scaled_signs = (signs * (scale[:, None] / math.sqrt(OSNAP_NNZ))).ravel()
-    SB = matrix.embed(scaled_signs, OSNAP_NNZ, ptr, member, m)
+    return matrix.embed(scaled_signs, OSNAP_NNZ, ptr, member, m)
+
+
+def embedding_factor(SB, l2):
+    """R (d × d, upper triangular) with RᵀR = (SB)ᵀSB + λI, by QR of [SB; √λ I] (a tiny ridge when λ = 0)."""
+    d = SB.shape[1]
     ridge = l2 if l2 > 0 else JITTER * max(float(np.einsum("ij,ij->", SB, SB)) / d, np.finfo(float).tiny)
-    R = scipy.linalg.qr(np.vstack([SB, math.sqrt(ridge) * np.eye(d)]), mode="r", check_finite=False)[0][:d]
-    G = rng.standard_normal((d, JL_DIM))
-    Z = scipy.linalg.solve_triangular(R, G, lower=False, check_finite=False)
+    return scipy.linalg.qr(np.vstack([SB, math.sqrt(ridge) * np.eye(d)]), mode="r", check_finite=False)[0][:d]
+
+
+def jl_directions(R, rng):
+    """Z = R⁻¹G for a Gaussian d × JL_DIM matrix G."""
+    G = rng.standard_normal((R.shape[0], JL_DIM))
+    return scipy.linalg.solve_triangular(R, G, lower=False, check_finite=False)
+
+
+def jl_scores(matrix, beta, Z):
+    """ℓᵢ ≈ ‖(diag(√|β|) C Z)ᵢ‖² / JL_DIM: one pass over C."""
     W = matrix.matmat(Z)
-    W *= scale[:, None]
+    W *= np.sqrt(np.abs(beta))[:, None]
     return np.einsum("ij,ij->i", W, W) / JL_DIM
 
 
-def sample_rows(scores, s, rng):
-    """Poisson sampling: (rows kept, their inclusion probabilities πᵢ = min(1, s·ℓᵢ/Σℓ))."""
-    total = scores.sum()
+def sample_rows(scores, s, rng, total=None):
+    """Poisson sampling: (rows kept, their inclusion probabilities πᵢ = min(1, s·ℓᵢ/Σℓ)).
+
+    ``total`` is Σℓ over all rows when ``scores`` holds one block's share of them."""
+    total = scores.sum() if total is None else total
     if not total > 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     pi = np.minimum(1.0, s * scores / total)

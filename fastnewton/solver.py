@@ -37,11 +37,19 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     SolveResult with ``x, loss, grad_norm, n_iter, converged, status, message, history``.
     """
     problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=row_weights)
+    n_threads = as_thread_count(n_threads)
+    build_system, options = solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose)
+    with thread_limits(n_threads):
+        start, description = starting_point(problem, x0)
+        return newton_solve(problem, start, description, build_system, options)
+
+
+def solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose):
+    """Validate the solver's keywords (shared by ``fastnewton.dask.solve``): (Hessian builder, SolveOptions)."""
     tol = as_positive_float(tol, "tol")
     max_iter = as_positive_int(max_iter, "max_iter", minimum=0)
     eps = as_positive_float(eps, "eps", upper=1.0)
     sketch_size = as_positive_int(sketch_size, "sketch_size", allow_none=True)
-    n_threads = as_thread_count(n_threads)
     seed = as_seed(seed)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
@@ -49,6 +57,4 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     strategy_name, build_system = resolve_strategy(hessian, problem, eps, sketch_size)
     options = SolveOptions(hessian=strategy_name, tol=tol, max_iter=max_iter, eps=eps,
                            sketch_size=sketch_size, seed=seed, callback=callback, verbose=bool(verbose))
-    with thread_limits(n_threads):
-        start, description = starting_point(problem, x0)
-        return newton_solve(problem, start, description, build_system, options)
+    return build_system, options

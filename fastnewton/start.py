@@ -37,27 +37,37 @@ def starting_point(problem, x0):
         if x0 == "zeros":
             return np.zeros(problem.d), "zeros"
         if x0 == "auto":
-            if problem.model == "softmax":
-                return _softmax_start(problem.matrix, problem.b)
-            if problem.model == "relu_softmax":
-                return _relu_softmax_start(problem.matrix, problem.b)
-            return _softmax_relu_start(problem.matrix, problem.b, problem.V)
+            return problem._auto_start()
         raise ValueError(f"x0 must be 'auto', 'zeros' or a length-{problem.d} array, got {x0!r}")
     return problem._as_point(x0, "x0").copy(), "given"
+
+
+def auto_start(problem):
+    """``x0="auto"`` for a (single-machine) ``Problem``: (x0, description)."""
+    if problem.model == "softmax":
+        return _softmax_start(problem.matrix, problem.b)
+    if problem.model == "relu_softmax":
+        return _relu_softmax_start(problem.matrix, problem.b)
+    return _softmax_relu_start(problem.matrix, problem.b, problem.V)
 
 
 def _normal_system(matrix, weights, target, intercept):
     """Normal equations of min Σ ω_i ((Cx)_i [+ θ] − t_i)²: one sandwich, one fused pass."""
     A = matrix.sandwich(weights)
     G = matrix.rmatmat(np.column_stack([weights, weights * target]))
+    return assemble_normal_system(A, G, weights.sum(), dot(weights, target), intercept)
+
+
+def assemble_normal_system(A, G, weight_sum, weighted_target, intercept):
+    """(M, rhs) from CᵀΩC, Cᵀ[ω, ω t], Σω and Σωt (with the intercept column 1 when asked)."""
     if not intercept:
         return A, G[:, 1]
-    d = matrix.d
+    d = A.shape[0]
     M = np.empty((d + 1, d + 1))
     M[:d, :d] = A
     M[:d, d] = M[d, :d] = G[:, 0]
-    M[d, d] = weights.sum()
-    return M, np.append(G[:, 1], dot(weights, target))
+    M[d, d] = weight_sum
+    return M, np.append(G[:, 1], weighted_target)
 
 
 def _solve_psd(M, rhs):
@@ -108,34 +118,49 @@ def _relu_softmax_start(matrix, b):
     x, null_space = _solve_psd(M, rhs)
     description = (f"auto: least-squares fit of log(b_i / min b) on the {int(active.sum())} active rows")
     if null_space.shape[1] and not np.all(active):
-        x, margin = _floor_margin(matrix, x, null_space, ~active)
+        x, margin = floor_margin(_FloorRows(matrix, ~active), x, null_space)
         description += f", floor rows pushed to Cx ≤ −{margin:.3g} in the active rows' null space (LP)"
     return x, description
 
 
-def _floor_margin(matrix, x, null_space, floor_rows):
+class _FloorRows:
+    """The floor rows of relu_softmax's start on one machine (``fastnewton.dask`` has a blockwise twin)."""
+
+    def __init__(self, matrix, floor_rows):
+        self.matrix, self.index = matrix, np.flatnonzero(floor_rows)
+
+    def worst(self, x, k):
+        """The k floor rows with the largest (Cx)_i: (values, descending; row indices)."""
+        u = self.matrix.matvec(x)[self.index]
+        order = np.argsort(-u, kind="stable")[:k]
+        return u[order], self.index[order]
+
+    def rows(self, index):
+        return self.matrix.rows(index)
+
+
+def floor_margin(floor, x, null_space):
     """Largest τ ≤ MARGIN with C_F (x + N δ) ≤ −τ, and among such δ the smallest ‖δ‖₁.
 
     Two LPs per round (HiGHS): maximise τ over free δ, then minimise ‖δ‖₁ at that τ, so
     x moves no further than the margin needs. Cutting planes: the LPs see a working set
     of floor rows; the worst CUTTING_PLANE_ROWS rows violated by the solution are added
-    and the LPs re-solved until none is violated.
+    and the LPs re-solved until none is violated. ``floor`` gives the worst floor rows at
+    a point and the rows themselves (``_FloorRows``).
     """
-    floor_index = np.flatnonzero(floor_rows)
     r = null_space.shape[1]
     working = np.zeros(0, dtype=np.int64)
     best_x, best_margin = x, -np.inf
     candidate, tau = x, MARGIN
     for _ in range(MAX_CUTTING_PLANE_ROUNDS):
-        u_floor = matrix.matvec(candidate)[floor_index]
-        if -u_floor.max() > best_margin:
-            best_x, best_margin = candidate, -u_floor.max()
-        worst = np.argsort(-u_floor)[:CUTTING_PLANE_ROWS]
-        new = np.setdiff1d(floor_index[worst[u_floor[worst] > -tau + 1e-12]], working)
+        values, index = floor.worst(candidate, CUTTING_PLANE_ROWS)
+        if -values[0] > best_margin:
+            best_x, best_margin = candidate, -values[0]
+        new = np.setdiff1d(index[values > -tau + 1e-12], working)
         if new.size == 0:
             break
         working = np.union1d(working, new)
-        C_working = matrix.rows(working)
+        C_working = floor.rows(working)
         CN, Cx = C_working @ null_space, C_working @ x
         # 1) variables (δ, τ): maximise τ subject to C_W N δ + τ ≤ −C_W x, τ ≤ MARGIN.
         first = linprog(np.append(np.zeros(r), -1.0), A_ub=np.column_stack([CN, np.ones(working.size)]),

@@ -21,6 +21,14 @@ def _real_dtype_or_raise(dtype, name):
         raise TypeError(f"{name} must have a numeric (real) dtype, got {dtype}")
 
 
+def _as_array(value, name):
+    """np.asarray with NumPy's own complaints (ragged nested lists, …) re-raised naming the argument."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} must be array-like with a regular (non-ragged) shape: {exc}") from exc
+
+
 def _finite_or_raise(values, name):
     if not np.all(np.isfinite(values)):
         raise ValueError(f"{name} must contain only finite values (found NaN or Inf)")
@@ -32,7 +40,7 @@ def as_input_matrix(C, name="C"):
         return _as_csr(C, name)
     if isinstance(C, (str, bytes)) or C is None:
         raise TypeError(f"{name} must be a 2-D NumPy array or a SciPy sparse matrix, got {type(C).__name__}")
-    array = np.asarray(C)
+    array = _as_array(C, name)
     _real_dtype_or_raise(array.dtype, name)
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n × d), got an array with {array.ndim} dimension(s)")
@@ -78,7 +86,7 @@ def as_vector(v, name, length, length_hint=""):
     """A finite real 1-D vector of the given length, as contiguous float64."""
     if v is None or sp.issparse(v):
         raise TypeError(f"{name} must be a 1-D NumPy array of length {length}{length_hint}")
-    array = np.asarray(v)
+    array = _as_array(v, name)
     _real_dtype_or_raise(array.dtype, name)
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got an array of shape {array.shape}")
@@ -115,7 +123,7 @@ def as_row_weights(row_weights, n):
     """None, a scalar ≥ 0 or a length-n vector ≥ 0 → length-n float64 vector w."""
     if row_weights is None:
         return np.zeros(n)
-    if np.ndim(row_weights) == 0 and not isinstance(row_weights, (str, bytes)):
+    if _as_array(row_weights, "row_weights").ndim == 0 and not isinstance(row_weights, (str, bytes)):
         if isinstance(row_weights, bool) or not isinstance(row_weights, numbers.Real):
             raise TypeError(f"row_weights must be a number or a 1-D array, got {type(row_weights).__name__}")
         value = float(row_weights)
@@ -139,7 +147,7 @@ def as_value_matrix(V, model, n):
     if sp.issparse(V):
         _real_dtype_or_raise(V.dtype, "V")
         V = V.toarray()
-    array = np.asarray(V)
+    array = _as_array(V, "V")
     _real_dtype_or_raise(array.dtype, "V")
     if array.ndim != 2:
         raise ValueError(f"V must be 2-D (n × m), got an array with {array.ndim} dimension(s)")
