@@ -64,8 +64,10 @@ import fastnewton
 
 try:
     from _args import nonnegative_float, nonnegative_int, output_directory, positive_int, thread_count
+    from _progress import make_progress
 except ImportError:  # imported as bench.dask_scaling from the repository root
     from bench._args import nonnegative_float, nonnegative_int, output_directory, positive_int, thread_count
+    from bench._progress import make_progress
 
 MODELS = ("softmax", "relu_softmax", "softmax_relu")
 STRATEGIES = ("exact", "sketch", "pcg")
@@ -277,33 +279,6 @@ def warm_up_single(args):
     run_solve(fastnewton.solve, planted[0], planted[1], V, 1, args, n_threads=args.threads)
 
 
-def make_progress(total, enabled):
-    """(update(description), close()) through tqdm, or plain lines on stderr where tqdm is missing."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-        if enabled:
-            print("tqdm not installed (pip install tqdm): progress as plain lines", file=sys.stderr)
-    if tqdm is None or not enabled:
-        count = [0]
-
-        def update(description):
-            count[0] += 1
-            if enabled:
-                print(f"[{count[0]}/{total}] {description}", file=sys.stderr, flush=True)
-        return update, lambda: None
-    bar = tqdm(total=total, unit="point", desc="dask_scaling", file=sys.stderr)
-    started = [False]
-
-    def update(description):
-        if started[0]:
-            bar.update(1)
-        started[0] = True
-        bar.set_postfix_str(description)
-    return update, lambda: (bar.update(1), bar.close())
-
-
 def size_fields(args, nnz):
     n = max(1, nnz // args.nnz_per_row)
     return {"nnz_target": nnz, "n": n, "d": args.d, "nnz": n * args.nnz_per_row, "nnz_per_row": args.nnz_per_row,
@@ -313,7 +288,7 @@ def size_fields(args, nnz):
 def run(args):
     import fastnewton.dask
 
-    progress, close = make_progress(len(args.workers) * len(args.nnz) + len(args.nnz), not args.no_progress)
+    progress, close = make_progress(len(args.workers) * len(args.nnz) + len(args.nnz), not args.no_progress, "dask_scaling")
     rows, gathered, dask_x = [], {}, {}
     for workers in args.workers:
         cluster, client = start_cluster(workers)

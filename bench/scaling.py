@@ -65,9 +65,11 @@ from fastnewton.timing import PhaseTimer
 
 try:
     from _args import nonnegative_int, output_directory, positive_int, thread_count
+    from _progress import make_progress
     from probes import gemm_rate, read_bandwidth
 except ImportError:  # imported as bench.scaling from the repository root
     from bench._args import nonnegative_int, output_directory, positive_int, thread_count
+    from bench._progress import make_progress
     from bench.probes import gemm_rate, read_bandwidth
 
 MODELS = ("softmax", "relu_softmax", "softmax_relu")
@@ -318,38 +320,11 @@ def probe_machine(threads, args, progress):
     return rows
 
 
-def make_progress(total, enabled):
-    """(update(description), close()) through tqdm, or plain lines on stderr where tqdm is missing."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-        if enabled:
-            print("tqdm not installed (pip install tqdm): progress as plain lines", file=sys.stderr)
-    if tqdm is None or not enabled:
-        count = [0]
-
-        def update(description):
-            count[0] += 1
-            if enabled:
-                print(f"[{count[0]}/{total}] {description}", file=sys.stderr, flush=True)
-        return update, lambda: None
-    bar = tqdm(total=total, unit="point", desc="scaling", file=sys.stderr)
-    started = [False]
-
-    def update(description):
-        if started[0]:
-            bar.update(1)
-        started[0] = True
-        bar.set_postfix_str(description)
-    return update, lambda: (bar.update(1), bar.close())
-
-
 def run(args):
     points = plan(args)
     threads_needed = sorted({t for per_threads in points.values() for t in per_threads})
     total = len(threads_needed) + sum(len(per_threads) * len(args.strategies) for per_threads in points.values())
-    progress, close = make_progress(total, not args.no_progress)
+    progress, close = make_progress(total, not args.no_progress, "scaling")
     probes = {row["threads"]: row for row in probe_machine(threads_needed, args, progress)}
     rows = []
     for (fmt, model, nnz, d), per_threads in points.items():
