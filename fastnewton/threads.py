@@ -1,8 +1,10 @@
 """Thread control: Numba's prange threads and the BLAS pool, set together and restored afterwards."""
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numba
+import threadpoolctl
 from threadpoolctl import ThreadpoolController
 
 _controller = None
@@ -14,6 +16,51 @@ def _blas():
     if _controller is None:
         _controller = ThreadpoolController()
     return _controller
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
+
+
+def _release_openblas_control():
+    """Let the calling thread set OpenBLAS limits.
+
+    threadpoolctl ≥ 3.6 hands OpenBLAS's process-wide pool (pthreads layer) to the first thread
+    that limits it and silently ignores every other thread's limits until that one lets go
+    (measured: a limit of 1 set from a worker thread after the main thread had limited and
+    restored outside a ``with`` block left 2 threads, and the GEMMs rounded differently).
+    """
+    release = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
+    if release is not None:
+        release(force=True)
+
+
+@contextmanager
+def single_threaded_blas():
+    """BLAS on one thread while any caller in the process is inside this block (reference-counted).
+
+    The limit is process-wide state: per-call set/restore pairs interleave when solves run
+    concurrently from several Python threads (one solve's exit restored 2 threads under another
+    solve's GEMM). Counting the users, the first entry sets the limit and the last exit restores
+    it, so concurrent solves give the same bits as solo runs.
+    """
+    global _blas_users, _blas_limiter
+    with _blas_lock:
+        if _blas_users == 0:
+            _release_openblas_control()
+            _blas_limiter = _blas().limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _release_openblas_control()
+                _blas_limiter.restore_original_limits()
+                _release_openblas_control()
+                _blas_limiter = None
 
 
 @contextmanager
@@ -31,7 +78,7 @@ def thread_limits(n_threads):
     if n_threads is not None:
         numba.set_num_threads(n_threads)
     try:
-        with _blas().limit(limits=1, user_api="blas"):
+        with single_threaded_blas():
             yield
     finally:
         numba.set_num_threads(previous)
@@ -46,7 +93,7 @@ def map_single_threaded_blas(function, items):
     thread count (BLAS releases the GIL, so the calls still run in parallel). Results
     are yielded as they complete in order, so only a few are held at once.
     """
-    with _blas().limit(limits=1, user_api="blas"):
+    with single_threaded_blas():
         workers = numba.get_num_threads()
         if workers == 1:
             for item in items:
