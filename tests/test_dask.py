@@ -287,3 +287,14 @@ def test_losing_the_cluster_raises_and_returns_nothing():
     finally:
         client.close()
         cluster.close()
+
+
+def test_softmax_relu_with_dask_V_and_b_auto_strategy_verbose(client, capsys):
+    C, b, V = _problem("softmax_relu", m=30)
+    reference = fastnewton.solve(C, b, "softmax_relu", V=V, tol=1e-12)
+    res = fastnewton.dask.solve(_dask(C, 2500), da.from_array(b, chunks=7), "softmax_relu", client=client,
+                                V=da.from_array(V, chunks=(1000, 10)), tol=1e-12, verbose=True)
+    assert res.hessian == reference.hessian  # "auto" resolves the same way from the blocks' nnz
+    assert _relative(res.x, reference.x) <= AGREEMENT
+    printed = capsys.readouterr().out
+    assert "iter" in printed and "Converged" in printed
