@@ -288,7 +288,8 @@ def size_fields(args, nnz):
 def run(args):
     import fastnewton.dask
 
-    progress, close = make_progress(len(args.workers) * len(args.nnz) + len(args.nnz), not args.no_progress, "dask_scaling")
+    points = len(args.workers) * len(args.nnz) + len(args.nnz)
+    progress, close = make_progress(points, not args.no_progress, "dask_scaling")
     rows, gathered, dask_x = [], {}, {}
     for workers in args.workers:
         cluster, client = start_cluster(workers)
