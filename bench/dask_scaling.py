@@ -48,7 +48,6 @@ Needs the ``dask`` extra (dask[array], distributed) and for the plots and progre
 one run.
 """
 import argparse
-import csv
 import logging
 import math
 import os
@@ -64,10 +63,10 @@ import fastnewton
 
 try:
     from _args import nonnegative_float, nonnegative_int, output_directory, positive_int, thread_count
-    from _progress import make_progress
+    from _report import make_progress, write_csv
 except ImportError:  # imported as bench.dask_scaling from the repository root
     from bench._args import nonnegative_float, nonnegative_int, output_directory, positive_int, thread_count
-    from bench._progress import make_progress
+    from bench._report import make_progress, write_csv
 
 MODELS = ("softmax", "relu_softmax", "softmax_relu")
 STRATEGIES = ("exact", "sketch", "pcg")
@@ -334,15 +333,6 @@ def run(args):
     if not args.no_plots:
         plot(rows, args)
     return rows
-
-
-def write_csv(path, rows):
-    keys = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {path}")
 
 
 def _format(row, key, spec, scale=1.0):

@@ -40,7 +40,6 @@ Plots need matplotlib and the progress bar tqdm (``pip install -e ".[bench]"``);
 matplotlib pass --no-plots. Timings on a shared machine are noisy: compare ratios within one run.
 """
 import argparse
-import csv
 import math
 import os
 import platform
@@ -65,11 +64,11 @@ from fastnewton.timing import PhaseTimer
 
 try:
     from _args import nonnegative_int, output_directory, positive_int, thread_count
-    from _progress import make_progress
+    from _report import make_progress, write_csv
     from probes import gemm_rate, read_bandwidth
 except ImportError:  # imported as bench.scaling from the repository root
     from bench._args import nonnegative_int, output_directory, positive_int, thread_count
-    from bench._progress import make_progress
+    from bench._report import make_progress, write_csv
     from bench.probes import gemm_rate, read_bandwidth
 
 MODELS = ("softmax", "relu_softmax", "softmax_relu")
@@ -354,15 +353,6 @@ def run(args):
     if not args.no_plots:
         plot(rows, args)
     return rows
-
-
-def write_csv(path, rows):
-    keys = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {path}")
 
 
 def series(rows, sweep):

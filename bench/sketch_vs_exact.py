@@ -11,7 +11,6 @@ Time to tol is the wall time of a full ``solve`` (tol = 1e-8, from x0 = 0) per s
 Writes a CSV; with ``--plot`` also a PNG of per-iteration time vs d.
 """
 import argparse
-import csv
 import os
 import time
 import warnings
@@ -22,8 +21,10 @@ import fastnewton
 
 try:
     from _args import output_file, positive_int, thread_count
+    from _report import write_csv
 except ImportError:  # imported as bench.sketch_vs_exact from the repository root
     from bench._args import output_file, positive_int, thread_count
+    from bench._report import write_csv
 
 
 def per_iteration_seconds(res):
@@ -99,13 +100,7 @@ def main(argv=None):
                     f"{s} {t[s]['solve_s']:.2f} s ({t[s]['solve_iters']} it, converged={t[s]['converged']})"
                     for s in ("exact", "sketch", "pcg")) + f"; exact / best = {t['exact']['solve_s'] / best:.2f}")
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        keys = sorted({k for r in rows for k in r})
-        with open(args.output, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-        print(f"wrote {args.output}")
+        write_csv(args.output, rows, sorted({k for r in rows for k in r}))
         if args.plot:
             import matplotlib
             matplotlib.use("Agg")

@@ -1,4 +1,6 @@
-"""Progress over a benchmark sweep: tqdm when installed (the bench extra), plain lines otherwise."""
+"""What the sweep scripts share: progress (tqdm when installed, plain lines otherwise) and CSV output."""
+import csv
+import os
 import sys
 
 
@@ -27,3 +29,14 @@ def make_progress(total, enabled, name):
         started[0] = True
         bar.set_postfix_str(description)
     return update, lambda: (bar.update(1), bar.close())
+
+
+def write_csv(path, rows, fields=None):
+    """rows (dicts) to a CSV at path (directories made); columns: ``fields``, or every key in first-seen order."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    keys = list(fields) if fields is not None else list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {path}")
