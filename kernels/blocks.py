@@ -105,20 +105,3 @@ def block_softmax_values(u, lse, s):
     """s = exp(u − lse): the block's entries of softmax(u) given the global log-partition."""
     for i in prange(u.shape[0]):
         s[i] = np.exp(u[i] - lse)
-
-
-@njit(parallel=True, cache=True)
-def block_weighted_square(u, w, chunk_rows):
-    """Σ_i w_i u_i² over the block, in fixed chunks."""
-    n = u.shape[0]
-    n_chunks = (n + chunk_rows - 1) // chunk_rows
-    part = np.zeros(n_chunks)
-    for ch in prange(n_chunks):
-        acc = 0.0
-        for i in range(ch * chunk_rows, min(n, (ch + 1) * chunk_rows)):
-            acc += w[i] * u[i] * u[i]
-        part[ch] = acc
-    total = 0.0
-    for ch in range(n_chunks):
-        total += part[ch]
-    return total

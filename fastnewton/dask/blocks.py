@@ -19,10 +19,10 @@ from ..kernels.blocks import (
     block_softmax_regression,
     block_softmax_regression_loss,
     block_softmax_values,
-    block_weighted_square,
 )
 from ..kernels.dense import dense_matvec, dense_rmatmat
-from ..kernels.softmax import chunked_dots, softmax_relu_vectors
+from ..kernels.softmax import softmax_relu_vectors
+from ..reductions import dot
 from ..sketching import jl_scores, osnap_embed, sample_rows
 from ..start import SIMPLEX_FLOOR
 from ..threads import thread_limits
@@ -58,9 +58,8 @@ def make_block(index, offset, rows, d, model, C_block, b_block, w_block, V_block
     if matrix.n != rows or matrix.d != d:
         raise ValueError(f"C block {index} has shape {(matrix.n, matrix.d)}, but C's chunks say {(rows, d)}")
     b = as_vector(b_block, "b", rows, where) if b_block is not None else None
-    w = (np.zeros(rows) if w_block is None else np.full(rows, float(w_block)) if np.ndim(w_block) == 0
-         else as_row_weights(np.asarray(w_block), rows))
-    V = as_value_matrix(V_block, model, rows) if model == "softmax_relu" else None
+    w = as_row_weights(w_block, rows)
+    V = as_value_matrix(V_block, model, rows)
     return Block(index, offset, matrix, b, w, V, n_threads)
 
 
@@ -161,7 +160,7 @@ def relu_outputs(block, held, lse):
         block_softmax_values(held.u, lse, s)
         y = np.empty((block.V.shape[1], 1))
         dense_rmatmat(block.V, s[:, None], block.chunk, y)
-        summary.update(y=y[:, 0], weighted_square=block_weighted_square(held.u, block.w, block.chunk))
+        summary.update(y=y[:, 0], weighted_square=dot(held.u, block.w * held.u))
     return Held(summary, u=held.u, s=s)
 
 
@@ -171,7 +170,7 @@ def relu_gradient(block, held, y, active_residual):
     with _timed(block, summary):
         rho = np.empty(block.rows)
         dense_matvec(block.V, active_residual, rho)
-        c = chunked_dots(held.s, rho, rho, block.chunk)[0]
+        c = dot(held.s, rho)
         Q = np.empty((block.rows, block.V.shape[1] + 3))
         # c = 0 here: the global c is not known yet; the driver subtracts c·Cᵀs (= c·G[:, 1]).
         softmax_relu_vectors(held.u, held.s, rho, block.V, y, 0.0, block.w, Q, np.empty(block.rows))

@@ -79,7 +79,7 @@ class DaskProblem:
         parts = [summary["parts"] for summary in self.rounds.gather(held)]
         return held, blocks.log_sum_exp(parts), max(zmax for zmax, _ in parts)
 
-    def _evaluate(self, x, timer=None, with_P=True, reference=False):
+    def _evaluate(self, x, timer=None, reference=False):
         """Evaluation at a validated x (``reference``: relu_softmax's g_ref model, the plain softmax)."""
         timer = timer or _no_timer
         relu = self.relu and not reference

@@ -100,10 +100,7 @@ class Rounds:
         """The blocks' summaries summed in a fixed order: in block order on the driver for a few blocks,
         else over a binary tree on the workers (by block index), so the driver receives one partial."""
         if len(futures) <= DRIVER_SUM_BLOCKS:
-            summaries = self._call(lambda: self.client.gather(self._summaries(futures)))
-            summary = functools.reduce(block_functions.add_summaries, summaries)
-            self._finish(len(futures), len(futures) * payload_bytes(summary), summary.get("max_seconds", 0.0))
-            return summary
+            return functools.reduce(block_functions.add_summaries, self.gather(futures))
         level = self._call(self._summaries, futures)
         tasks = len(level)
         while len(level) > 1:
