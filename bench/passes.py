@@ -43,7 +43,7 @@ def run(args):
     assert isinstance(C, CSRMatrix)
     problem = fastnewton.Problem(C_csr, b)
     x = np.random.default_rng(1).standard_normal(args.d) / np.sqrt(args.nnz_per_row)
-    Q = problem._model.vectors(C.matvec(x)).Q
+    Q = problem.row_vectors(C.matvec(x))[1]["Q"]
     passes = {
         "forward u = Cx": lambda: C.matvec(x),
         f"fused Cᵀ[q, U] (k+1 = {Q.shape[1]})": lambda: C.rmatmat(Q),

@@ -52,12 +52,7 @@ import numpy as np
 
 import fastnewton
 from fastnewton.hessian import BUILDERS
-from fastnewton.newton import (
-    DAMPING_INCREASE,
-    FIRST_DAMPING,
-    MAX_DAMPING_TRIES,
-    SolveOptions,
-)
+from fastnewton.newton import SolveOptions, newton_step
 from fastnewton.sketching import sample_size
 from fastnewton.threads import thread_limits
 from fastnewton.timing import PhaseTimer
@@ -113,7 +108,7 @@ class Case:
         matrix = self.matrix
         dtype = matrix.array.dtype if matrix.format == "dense" else matrix.data.dtype
         return {"format": self.format, "model": self.model, "n": matrix.n, "d": matrix.d,
-                "nnz": matrix.nnz, "nnz_target": self.nnz_target, "k": self.ev.vectors.S.shape[0],
+                "nnz": matrix.nnz, "nnz_target": self.nnz_target, "k": self.ev.S.shape[0],
                 "dtype": str(dtype)}
 
 
@@ -130,8 +125,8 @@ def make_case(fmt, model, nnz, d, nnz_per_row=NNZ_PER_ROW, seed=0):
     V = planted[3] if len(planted) == 4 else None
     problem = fastnewton.Problem(C, b, model=model, V=V)
     # Halfway to the planted optimum: at x_true the residual (and so half the Hessian) vanishes.
-    x = problem._as_point(x_true / 2)
-    return Case(fmt, model, nnz, problem, x, problem._evaluate(x))
+    x = problem.as_point(x_true / 2)
+    return Case(fmt, model, nnz, problem, x, problem.evaluate(x))
 
 
 def size_id(nnz, d):
@@ -162,36 +157,33 @@ class StrategySetup:
         return info
 
 
-def smallest_damping(system, g):
-    """The driver's first μ that factors: 1e-8·max|diag H|, raised ×10 until H + μI is positive definite."""
-    mu = FIRST_DAMPING * system.scale
-    for _ in range(MAX_DAMPING_TRIES):
-        p = system.solve(g, mu)
-        if p is not None and np.all(np.isfinite(p)):
-            return mu
-        mu *= DAMPING_INCREASE
-    raise RuntimeError(f"no damping up to {mu:.3e} makes the Newton system positive definite")
+def accepted_damping(problem, ev, system, mu=0.0):
+    """The damping μ of the driver's step from ev (``fastnewton.newton.newton_step``)."""
+    step = newton_step(problem, ev, system, mu)
+    if step is None:
+        raise RuntimeError("no damping gives an accepted Newton step")
+    return step.damping
 
 
 def setup_strategy(case, strategy, rng, eps=SKETCH_EPS, sketch_size=None):
     options = SolveOptions(hessian=strategy, tol=1e-8, max_iter=1, eps=eps, sketch_size=sketch_size,
                            seed=None, callback=None, verbose=False)
-    g_ref = max(float(np.linalg.norm(case.ev.grad)), case.problem._gradient_norm_at_zero())
+    g_ref = max(float(np.linalg.norm(case.ev.grad)), case.problem.gradient_norm_at_zero())
     build = BUILDERS[strategy]
     system = build(case.problem, case.ev, rng, options, g_ref)
-    return StrategySetup(strategy, build, options, g_ref, system, smallest_damping(system, case.ev.grad))
+    return StrategySetup(strategy, build, options, g_ref, system, accepted_damping(case.problem, case.ev, system))
 
 
 # -- the phases ------------------------------------------------------------------------------------
 def forward_phase(case):
-    """(a) forward pass u = Cx and the model vectors q, β, U, S."""
-    matrix, model, x = case.matrix, case.problem._model, case.x
-    return lambda: model.vectors(matrix.matvec(x))
+    """(a) forward pass u = Cx and the model's row vectors up to the columns Q (the kept arrays)."""
+    problem, matrix, x = case.problem, case.matrix, case.x
+    return lambda: problem.row_vectors(matrix.matvec(x))[1]
 
 
 def gradient_phase(case):
     """(b) the fused gradient pass Cᵀ[q, U]."""
-    matrix, Q = case.matrix, case.ev.vectors.Q
+    matrix, Q = case.matrix, case.ev.kept["Q"]
     return lambda: matrix.rmatmat(Q)
 
 
@@ -209,26 +201,16 @@ def solve_phase(case, setup):
 def newton_iteration(case, setup, rng, timer):
     """One driver iteration at case.x, each phase timed into ``timer``; returns the NewtonSystem built.
 
-    As fastnewton.newton: evaluate (forward, model, gradient), build the system, solve with μ
-    (raised ×10 while H + μI does not factor — a fresh sketch may need more than setup.mu),
-    then the line search's one pass C·Δx and one loss trial.
+    As fastnewton.newton: evaluate (forward, model, gradient), build the system, then the driver's
+    damped step from setup.mu (``newton_step``: solve, the line search's one pass C·Δx and its trials).
     """
     problem = case.problem
-    problem._last = problem._last_forward = None  # Problem caches its last point; every iteration pays its passes
-    ev = problem._evaluate(case.x, timer=timer)
+    problem.forget()  # Problem caches its last point; every iteration pays its passes
+    ev = problem.evaluate(case.x, timer=timer)
     with timer("hessian"):
         system = setup.build(problem, ev, rng, setup.options, setup.g_ref)
-    mu = setup.mu
-    for _ in range(MAX_DAMPING_TRIES):
-        with timer("solve"):
-            p = system.solve(ev.grad, mu)
-        if p is not None:
-            break
-        mu *= DAMPING_INCREASE
-    else:
-        raise RuntimeError("the Newton system did not factor at any damping")
-    with timer("line_search"):
-        problem._line(ev, p).loss(1.0)
+    if newton_step(problem, ev, system, setup.mu, timer=timer) is None:
+        raise RuntimeError("no damping gives an accepted Newton step")
     return system
 
 
@@ -244,7 +226,7 @@ def iteration_phase(case, setup, rng):
 
 def pass_bytes(case):
     """Bytes the two passes over C must move: C once plus their length-n and length-d operands."""
-    matrix, k1 = case.matrix, case.ev.vectors.Q.shape[1]
+    matrix, k1 = case.matrix, case.ev.kept["Q"].shape[1]
     return {"forward": matrix.nbytes + 8 * (matrix.n + matrix.d),
             "gradient": matrix.nbytes + 8 * k1 * (matrix.n + matrix.d)}
 

@@ -97,13 +97,13 @@ class NewtonSystem:
 
 
 def exact_system(problem, ev, rng, options, g_ref):
-    return NewtonSystem(problem._hessian(ev))
+    return NewtonSystem(problem.hessian_matrix(ev))
 
 
 def _sketched_matrix(problem, ev, rng, options, constant=SAMPLE_CONSTANT):
     s = options.sketch_size or sample_size(problem.d, options.eps, constant)
-    sandwich, kept = problem._sampled_sandwich(ev, s, rng)
-    return problem._hessian(ev, sandwich=sandwich), {"sampled_rows": kept}
+    sandwich, kept = problem.sampled_sandwich(ev, s, rng)
+    return problem.hessian_matrix(ev, sandwich=sandwich), {"sampled_rows": kept}
 
 
 def sketch_system(problem, ev, rng, options, g_ref):
@@ -114,7 +114,7 @@ def sketch_system(problem, ev, rng, options, g_ref):
 def pcg_system(problem, ev, rng, options, g_ref):
     matrix, info = _sketched_matrix(problem, ev, rng, options, PRECONDITIONER_SAMPLE_CONSTANT)
     forcing = min(MAX_FORCING, norm(ev.grad) / g_ref) if g_ref > 0 else MAX_FORCING
-    return NewtonSystem(matrix, hessp=lambda p: problem._hessp(ev, p), forcing=forcing, info=info)
+    return NewtonSystem(matrix, hessp=lambda p: problem.hessian_product(ev, p), forcing=forcing, info=info)
 
 
 BUILDERS = {"exact": exact_system, "sketch": sketch_system, "pcg": pcg_system}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .protocol import no_timer
 from .reductions import dot, norm
 from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
 from .timing import PhaseTimer
@@ -50,7 +51,9 @@ class SolveOptions:
 
 
 @dataclass
-class _Step:
+class Step:
+    """An accepted step: the new x, its length t, the damping μ used, trials, ‖t·p‖ and whether Armijo failed."""
+
     x: np.ndarray
     length: float
     damping: float
@@ -71,12 +74,19 @@ def _next_damping(mu, scale):
     return FIRST_DAMPING * scale if mu == 0.0 else mu * DAMPING_INCREASE
 
 
-def _damped_step(problem, ev, system, mu, options, timer, target_norm):
-    """Find an accepted step from ev.x, raising μ until the line search succeeds; None if it never does."""
+def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=None):
+    """One damped Newton step from ev.x: ``Step``, or None when no damping gives an accepted step.
+
+    Solves (H + μI) p = −g with ``system``, raising μ (×10 from 1e-8·scale) while the solve fails
+    or p is not a descent direction; caps the logit change ‖C p‖∞ ≤ ``max_logit_step`` (one pass
+    C·p, reused by every trial); backtracks (×½) until Armijo holds, or the full step keeps L
+    within rounding of L(x) when the predicted decrease is itself below rounding.
+    """
+    timer = timer or no_timer
     scale = system.scale
     g = ev.grad
     L0 = ev.loss
-    noise = _rounding_level(L0, target_norm)
+    noise = _rounding_level(L0, problem.target_norm())
     for _ in range(MAX_DAMPING_TRIES):
         with timer("solve"):
             p = system.solve(g, mu)
@@ -84,9 +94,9 @@ def _damped_step(problem, ev, system, mu, options, timer, target_norm):
             mu = _next_damping(mu, scale)
             continue
         with timer("line_search"):
-            line = problem._line(ev, p)
-            if line.largest > options.max_logit_step:
-                line.scale(options.max_logit_step / line.largest)
+            line = problem.line(ev, p)
+            if line.largest > max_logit_step:
+                line.scale(max_logit_step / line.largest)
             slope = dot(g, line.p)
             t = 1.0
             for trial in range(1, MAX_BACKTRACKS + 1):
@@ -96,7 +106,7 @@ def _damped_step(problem, ev, system, mu, options, timer, target_norm):
                 # accept the full step if L does not rise beyond rounding; the gradient test decides.
                 invisible = t == 1.0 and -slope <= noise and L_t <= L0 + noise
                 if np.isfinite(L_t) and (armijo or invisible):
-                    return _Step(ev.x + t * line.p, t, mu, trial, t * norm(line.p), not armijo)
+                    return Step(ev.x + t * line.p, t, mu, trial, t * norm(line.p), not armijo)
                 t *= BACKTRACK_FACTOR
         mu = _next_damping(mu, scale)
     return None
@@ -105,24 +115,21 @@ def _damped_step(problem, ev, system, mu, options, timer, target_norm):
 def newton_solve(problem, x0, start, build_system, options):
     """Run the Newton loop from x0; ``build_system(problem, ev, rng, options, g_ref)`` gives each step's system.
 
-    ``problem`` is a ``Problem`` or any object with the same driver interface (``_evaluate``,
-    ``_line``, ``_hessian``, ``_hessp``, ``_sampled_sandwich``, ``_target_norm``,
-    ``_gradient_norm_at_zero``, ``_diagnose``, ``_iteration_extras``): ``fastnewton.dask`` runs this same loop
-    with the passes over C done where C's blocks live.
+    ``problem`` is any ``fastnewton.protocol.Evaluator``: ``Problem`` on one machine, and
+    ``fastnewton.dask`` runs this same loop with the passes over C done where C's blocks live.
     """
     timer = PhaseTimer()
     rng = np.random.default_rng(options.seed)
     clock = time.perf_counter()
-    target_norm = problem._target_norm()
-    g_ref_zero = problem._gradient_norm_at_zero()
-    ev = problem._evaluate(x0, timer=timer)
+    g_ref_zero = problem.gradient_norm_at_zero()
+    ev = problem.evaluate(x0, timer=timer)
     if not _all_finite(ev.loss, ev.grad):
         return _result(ev, x0, start, options, Status.NON_FINITE, [], 0.0, clock,
                        detail="the loss or gradient at the starting point is not finite")
     grad_norm = norm(ev.grad)
     g_ref = max(grad_norm, g_ref_zero)
     history = []
-    _record(history, 0, ev, grad_norm, g_ref, None, timer, clock, options, problem._iteration_extras())
+    _record(history, 0, ev, grad_norm, g_ref, None, timer, clock, options, problem.iteration_extras())
     mu = 0.0
     status = None
     detail = ""
@@ -141,12 +148,12 @@ def newton_solve(problem, x0, start, build_system, options):
             with timer("hessian"):
                 system = build_system(problem, ev, rng, options, g_ref)
             # 4) damped Newton step with logit cap and Armijo line search
-            step = _damped_step(problem, ev, system, mu, options, timer, target_norm)
+            step = newton_step(problem, ev, system, mu, options.max_logit_step, timer)
             if step is None:
                 status = Status.STALLED
                 break
             # 1) forward pass and 2) gradient pass at the new iterate (u recomputed, not accumulated)
-            new_ev = problem._evaluate(step.x, timer=timer)
+            new_ev = problem.evaluate(step.x, timer=timer)
             if not _all_finite(new_ev.loss, new_ev.grad):
                 status = Status.NON_FINITE
                 detail = f"the loss or gradient became non-finite at iteration {n_iter}"
@@ -158,7 +165,7 @@ def newton_solve(problem, x0, start, build_system, options):
             if mu < FIRST_DAMPING * system.scale:
                 mu = 0.0
             info = _record(history, n_iter, ev, grad_norm, g_ref, step, timer, clock, options,
-                           {**system.info, **problem._iteration_extras()})
+                           {**system.info, **problem.iteration_extras()})
             if options.callback is not None and options.callback(dict(info, x=ev.x.copy())):
                 status = Status.CALLBACK
                 break
@@ -173,7 +180,7 @@ def newton_solve(problem, x0, start, build_system, options):
         warnings.warn(f"fastnewton.solve stopped at max_iter = {options.max_iter} before reaching tol = "
                       f"{options.tol:g}", ConvergenceWarning, stacklevel=3)
     if status == Status.CONVERGED:
-        dead = problem._diagnose(ev)
+        dead = problem.diagnose(ev)
         if dead:
             status, detail = Status.DEAD_STATIONARY, dead
     return _result(ev, x0, start, options, status, history, g_ref, clock, detail, n_iter)

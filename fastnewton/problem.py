@@ -1,36 +1,39 @@
-"""``Problem``: loss, gradient and Hessian of SPEC §1–2, usable directly by scipy.optimize.minimize."""
-from dataclasses import dataclass
+"""``Problem``: loss, gradient and Hessian of SPEC §1–2, usable directly by scipy.optimize.minimize.
 
+It is also the single-machine ``Evaluator`` of ``fastnewton.protocol``: the model's stages run on
+one block holding all of C (``fastnewton.dask`` runs the same stages block by block).
+"""
 import numpy as np
 
 from .memory import check_hessian_fits
-from .models import ModelVectors, build_model
+from .models import RowBlock, build_model, uses_values
+from .protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from .reductions import dot, norm
 from .sketching import sampled_sandwich
-from .validation import (
-    as_input_matrix,
-    as_l2,
-    as_row_weights,
-    as_value_matrix,
-    as_vector,
-    check_model,
-)
+from .validation import as_input_matrix, as_l2, as_row_weights, as_value_matrix, as_vector, check_model
 
 
-@dataclass
-class Evaluation:
-    """One point x with u = Cx, the model vectors, the gradient and P = CᵀU."""
+def run_stages(stages, block, kept, timer=no_timer, columns=None):
+    """A model's stages on one block (all of C): (the globals ``known``, the arrays ``kept``).
 
-    x: np.ndarray
-    u: np.ndarray
-    vectors: ModelVectors
-    loss: float
-    grad: np.ndarray
-    P: object  # d × k array, or None until a Hessian needs it
+    The stage that keeps Q gets G = CᵀQ (its first ``columns`` columns when given) in its summary.
+    """
+    known = {}
+    for stage in stages:
+        with timer("model"):
+            summary, new = stage.rows(block, kept, known)
+        kept = {**kept, **new}
+        if "Q" in new:
+            with timer("gradient"):
+                summary["G"] = block.matrix.rmatmat(new["Q"] if columns is None else new["Q"][:, :columns])
+        known = {**known, **stage.combine(summary, known)}
+        if "G" in summary:
+            known["G"] = summary["G"]
+    return known, kept
 
 
 class Problem:
-    """L(x) = ½‖h(Cx) − b‖² + ½ Σᵢ wᵢ (Cx)ᵢ² + ½ λ‖x‖² for one of the three models.
+    """L(x) = ½‖h(Cx) − b‖² + ½ Σᵢ wᵢ (Cx)ᵢ² + ½ λ‖x‖² for one of the registered models.
 
     C is a dense array or any SciPy sparse matrix (converted once to CSR; float32 or
     float64 values, int32 or int64 indices). ``b`` has length n (``softmax``,
@@ -44,16 +47,17 @@ class Problem:
         self.model = check_model(model)
         self.matrix = as_input_matrix(C)
         n = self.matrix.n
-        self.V = as_value_matrix(V, self.model, n)
+        self.V = as_value_matrix(V, self.model, n, uses_values(self.model))
         if self.V is None:
             self.b = as_vector(b, "b", n, " (rows of C)")
         else:
             self.b = as_vector(b, "b", self.V.shape[1], " (columns of V)")
         self.l2 = as_l2(l2)
         self.row_weights = as_row_weights(row_weights, n)
-        self._model = build_model(self.model, self.b, self.row_weights, self.V)
-        self._last = None
-        self._last_forward = None
+        self.row_model = build_model(self.model, self.b if self.V is not None else None)
+        self.block = RowBlock(self.matrix, None if self.V is not None else self.b, self.row_weights, self.V)
+        self.facts = self.row_model.facts(self.block)
+        self.forget()
 
     @property
     def n(self):
@@ -67,9 +71,14 @@ class Problem:
         return (f"Problem(model={self.model!r}, n={self.n}, d={self.d}, nnz={self.matrix.nnz}, "
                 f"format={self.matrix.format!r}, l2={self.l2})")
 
-    # -- internals shared with the solver -------------------------------------------------
-    def _as_point(self, x, name="x"):
+    # -- the Evaluator interface (fastnewton.protocol) -------------------------------------------
+    def as_point(self, x, name="x"):
         return as_vector(x, name, self.d, " (columns of C)")
+
+    def forget(self):
+        """Drop the cached last point (the next evaluation pays its passes over C again)."""
+        self._last = None
+        self._last_forward = None
 
     def _forward(self, x, timer):
         """u = Cx, reused while x is the last point seen (scipy calls fun, then jac, at one x)."""
@@ -80,110 +89,123 @@ class Problem:
         self._last_forward = (x.copy(), u)
         return u
 
-    def _evaluate(self, x, timer=None, with_P=True):
+    def row_vectors(self, u):
+        """The model's stages at u up to the columns Q of the transposed pass: (known, kept), no pass over C."""
+        *before, last = self.row_model.evaluation
+        known, kept = run_stages(before, self.block, {"u": u})
+        summary, new = last.rows(self.block, kept, known)
+        return known, {**kept, **new}
+
+    def evaluate(self, x, timer=None, with_P=True):
         """Evaluation at a validated float64 x: the fused pass Cᵀ[q, U] when ``with_P``, else the
-        gradient pass alone (P = CᵀU is then formed by a second pass if a Hessian is asked for)."""
-        timer = timer or _no_timer
+        gradient's columns alone (P = CᵀU is then formed by a second pass if a Hessian is asked for)."""
+        timer = timer or no_timer
         ev = self._last
         if ev is None or not np.array_equal(ev.x, x):
             u = self._forward(x, timer)
-            with timer("model"):
-                vectors = self._model.vectors(u)
+            columns = None if with_P else self.row_model.gradient_columns
+            known, kept = run_stages(self.row_model.evaluation, self.block, {"u": u}, timer, columns)
             with timer("gradient"):
-                if with_P:
-                    G = self.matrix.rmatmat(vectors.Q)
-                    grad, P = G[:, 0], np.ascontiguousarray(G[:, 1:])
-                else:
-                    grad, P = self.matrix.rmatmat(vectors.Q[:, :1])[:, 0], None
-            grad = grad + self.l2 * x
-            loss = vectors.loss + 0.5 * self.l2 * dot(x, x)
-            ev = self._last = Evaluation(x.copy(), u, vectors, loss, grad, P)
+                grad = known["gradient"] + self.l2 * x
+            loss = known["loss"] + 0.5 * self.l2 * dot(x, x)
+            ev = self._last = Evaluation(x.copy(), loss, grad, None, known["S"], known, kept)
+            if with_P:
+                ev.P = np.ascontiguousarray(known["G"][:, 1:]) if "G" in known else None
         if with_P and ev.P is None:
             with timer("gradient"):
-                ev.P = self.matrix.rmatmat(ev.vectors.Q[:, 1:])
+                ev.P = self.matrix.rmatmat(ev.kept["Q"][:, 1:])
         return ev
 
-    def _loss_at(self, u, x):
+    def loss_at(self, u, x):
         """L at a point whose u = Cx is already known (line-search trials)."""
-        return self._model.loss(u) + 0.5 * self.l2 * dot(x, x)
+        known, _ = run_stages(self.row_model.loss_stages, self.block, {"u": u})
+        return known["loss"] + 0.5 * self.l2 * dot(x, x)
 
-    def _hessian(self, ev, sandwich=None):
+    def beta(self, ev):
+        """β at ev (formed once, when a Hessian first needs it)."""
+        if ev.beta is None:
+            ev.beta = self.row_model.curvature(self.block, ev.kept, ev.known)
+        return ev.beta
+
+    def hessian_matrix(self, ev, sandwich=None):
         """Cᵀ diag(β) C (or a given approximation of it) + P S Pᵀ + λI."""
-        H = self.matrix.sandwich(ev.vectors.beta) if sandwich is None else sandwich
-        return add_low_rank_and_ridge(H, ev.P, ev.vectors.S, self.l2)
+        H = self.matrix.sandwich(self.beta(ev)) if sandwich is None else sandwich
+        return add_low_rank_and_ridge(H, ev.P, ev.S, self.l2)
 
-    def _sampled_sandwich(self, ev, s, rng):
+    def hessian_product(self, ev, p):
+        """∇²L·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp (two passes over C)."""
+        Cp = self.matrix.matvec(p)
+        Hp = self.matrix.rmatmat((self.beta(ev) * Cp)[:, None])[:, 0]
+        Hp += ev.P @ (ev.S @ (ev.P.T @ p))
+        Hp += self.l2 * p
+        return Hp
+
+    def sampled_sandwich(self, ev, s, rng):
         """(CᵀD̃C from a leverage-score sample of about s rows, rows kept): ``fastnewton.sketching``."""
-        return sampled_sandwich(self.matrix, ev.vectors.beta, self.l2, s, rng)
+        return sampled_sandwich(self.matrix, self.beta(ev), self.l2, s, rng)
 
-    def _line(self, ev, p):
-        return _LineSearch(self, ev, p)
+    def line(self, ev, p):
+        return LineSearch(self, ev, p)
 
-    def _target_norm(self):
-        return norm(self.b)
+    def target_norm(self):
+        return self.row_model.target_norm(self.facts)
 
-    def _gradient_norm_at_zero(self):
+    def gradient_norm_at_zero(self):
         """‖∇L(0)‖ (u = 0 needs no pass over C), using the model's reference derivative at 0."""
-        vectors = self._model.reference_model().vectors(np.zeros(self.n))
-        return norm(self.matrix.rmatmat(np.ascontiguousarray(vectors.Q[:, :1]))[:, 0])
+        reference = self.row_model.reference()
+        known, _ = run_stages(reference.evaluation, self.block, {"u": np.zeros(self.n)},
+                              columns=reference.gradient_columns)
+        return norm(known["gradient"])
 
-    def _diagnose(self, ev):
+    def diagnose(self, ev):
         """A sentence when ev is a stationary point that cannot be the optimum, else None."""
-        return self._model.diagnose(ev.u, ev.vectors)
+        return self.row_model.diagnose(ev.known, ev.known["loss"], self.facts,
+                                       lambda: self.loss_at(np.zeros(self.n), np.zeros(self.d)))
 
-    def _iteration_extras(self):
+    def iteration_extras(self):
         """Entries added to each history record (the distributed problem reports its rounds here)."""
         return {}
 
-    def _auto_start(self):
-        from .start import auto_start
+    def auto_start(self):
+        return self.row_model.auto_start(self)
 
-        return auto_start(self)
+    def map_blocks(self, function, *args):
+        """function(block, *args) on the one block: its summary is the total."""
+        return function(self.block, *args)
+
+    def gather_blocks(self, function, *args):
+        """[function(block, *args)] for the blocks in row order (here one)."""
+        return [function(self.block, *args)]
 
     # -- public API --------------------------------------------------------------------------
     def loss(self, x):
         """L(x)."""
-        x = self._as_point(x)
+        x = self.as_point(x)
         if self._last is not None and np.array_equal(self._last.x, x):
             return self._last.loss
-        return self._loss_at(self._forward(x, _no_timer), x)
+        return self.loss_at(self._forward(x, no_timer), x)
 
     def grad(self, x):
         """∇L(x) = Cᵀq + λx (a new array)."""
-        return self._evaluate(self._as_point(x), with_P=False).grad.copy()
+        return self.evaluate(self.as_point(x), with_P=False).grad.copy()
 
     def loss_and_grad(self, x):
         """(L(x), ∇L(x)) from one forward and one fused transposed pass."""
-        ev = self._evaluate(self._as_point(x), with_P=False)
+        ev = self.evaluate(self.as_point(x), with_P=False)
         return ev.loss, ev.grad.copy()
 
     def hessian(self, x):
         """∇²L(x) = Cᵀ(diag(β) + U S Uᵀ)C + λI as a dense d × d array."""
         check_hessian_fits(self.d)
-        return self._hessian(self._evaluate(self._as_point(x)))
-
-    def _hessp(self, ev, p):
-        Cp = self.matrix.matvec(p)
-        Hp = self.matrix.rmatmat((ev.vectors.beta * Cp)[:, None])[:, 0]
-        Hp += ev.P @ (ev.vectors.S @ (ev.P.T @ p))
-        Hp += self.l2 * p
-        return Hp
+        return self.hessian_matrix(self.evaluate(self.as_point(x)))
 
     def hessp(self, x, p):
         """∇²L(x)·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp without forming the Hessian (two passes over C)."""
-        ev = self._evaluate(self._as_point(x))
-        return self._hessp(ev, self._as_point(p, "p"))
+        ev = self.evaluate(self.as_point(x))
+        return self.hessian_product(ev, self.as_point(p, "p"))
 
 
-def add_low_rank_and_ridge(H, P, S, l2):
-    """H + P S Pᵀ + λI in place (symmetrised, so the Hessian is exactly symmetric)."""
-    low_rank = P @ S @ P.T
-    H += 0.5 * (low_rank + low_rank.T)
-    H[np.diag_indices_from(H)] += l2
-    return H
-
-
-class _LineSearch:
+class LineSearch:
     """The line x + t·p: one pass C·p, then each trial's loss from u + t·Cp with no pass over C.
 
     ``largest`` = ‖Cp‖∞ (the logit cap); ``scale`` shrinks p and Cp together.
@@ -200,18 +222,4 @@ class _LineSearch:
         self.largest *= factor
 
     def loss(self, t):
-        return self.problem._loss_at(self.ev.u + t * self.Cp, self.ev.x + t * self.p)
-
-
-class _NoTimer:
-    def __call__(self, phase):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-_no_timer = _NoTimer()
+        return self.problem.loss_at(self.ev.kept["u"] + t * self.Cp, self.ev.x + t * self.p)

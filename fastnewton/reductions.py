@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from .chunking import chunk_rows
-from .kernels.softmax import chunked_dots
+from .kernels.reduce import chunked_dot
 
 SMALL = 4096
 
@@ -21,7 +21,7 @@ def dot(a, b):
         return float(np.dot(a, b))
     a = np.ascontiguousarray(a, dtype=np.float64)
     b = np.ascontiguousarray(b, dtype=np.float64)
-    return chunked_dots(a, b, b, chunk_rows(a.shape[0]))[0]
+    return chunked_dot(a, b, chunk_rows(a.shape[0]))
 
 
 def norm(a):

@@ -1,34 +1,27 @@
-"""Starting points (SPEC §3, ``x0="auto"``): one sandwich and one small factorisation each.
+"""Starting points (SPEC §3): ``x0`` resolved, and the numerical helpers of the models' ``auto_start``.
 
-- ``softmax``: log b = Cx − logsumexp(Cx) at a zero-residual optimum, so a b-weighted
-  least-squares fit of log b on [C, 1] (rows with b_i ≤ 0 dropped) starts at or near x*.
-- ``relu_softmax``: rows with b_i > f·(1 + rtol), f = min b (the softmax floor of inactive
-  rows), are active; fit (Cx)_i = log(b_i / f) on them by least squares, then, when the
-  active rows leave a null space, move in it so that floor rows get Cx ≤ −τ with the
-  largest margin τ ≤ 1 (an LP solved by HiGHS over a cutting-plane working set).
-  This never returns x = 0, the dead stationary point, unless b is uniform (then 0 is optimal).
-- ``softmax_relu``: the simplex vector s closest to uniform with (Vᵀs)_j = b_j on active
-  outputs (b_j > 0) and (Vᵀs)_j = 0 on inactive outputs that would otherwise be positive
-  (a closed-form minimum-norm solution on an active set), floored and renormalised;
-  then the s-weighted log-linear fit of log s on [C, 1], as for ``softmax``.
+Each model states its own ``auto_start(problem)`` (``fastnewton.models``); the helpers here are
+written against the evaluator's ``map_blocks``/``gather_blocks``, so one start serves the
+single-machine ``Problem`` (one block) and ``fastnewton.dask`` (row blocks on the workers) alike:
+
+- ``normal_system``: the normal equations of a weighted least-squares fit of a per-row target
+  on [C, 1] (one sandwich, one fused pass; the driver sees d × d, d × 2 and scalars);
+- ``log_linear_fit``: x with softmax(Cx) ≈ p, the p-weighted fit of log p on [C, 1];
+- ``solve_psd``: the fit's solution, minimum norm with the null space when singular;
+- ``floor_margin``: the cutting-plane LP that moves x in a null space to push chosen rows
+  (``FloorRows``) to Cx ≤ −τ.
 """
 import numpy as np
 import scipy.linalg
 from scipy.optimize import linprog
 
-from .matrix import DenseMatrix
 from .reductions import dot
 
-# Relative gap above the floor f = min b for a row of relu_softmax to count as active
-# (above the relative noise of float64 softmax values, below any planted signal).
-ACTIVE_RTOL = 1e-6
 # Eigenvalues of CᵀC below this fraction of the largest span the null space.
 NULL_SPACE_RTOL = 1e-10
 MARGIN = 1.0
 MAX_CUTTING_PLANE_ROUNDS = 20
 CUTTING_PLANE_ROWS = 2000
-# softmax_relu: floor of the simplex vector, as a fraction of the uniform value 1/n.
-SIMPLEX_FLOOR = 1e-3
 
 
 def starting_point(problem, x0):
@@ -37,25 +30,28 @@ def starting_point(problem, x0):
         if x0 == "zeros":
             return np.zeros(problem.d), "zeros"
         if x0 == "auto":
-            return problem._auto_start()
+            return problem.auto_start()
         raise ValueError(f"x0 must be 'auto', 'zeros' or a length-{problem.d} array, got {x0!r}")
-    return problem._as_point(x0, "x0").copy(), "given"
+    return problem.as_point(x0, "x0").copy(), "given"
 
 
-def auto_start(problem):
-    """``x0="auto"`` for a (single-machine) ``Problem``: (x0, description)."""
-    if problem.model == "softmax":
-        return _softmax_start(problem.matrix, problem.b)
-    if problem.model == "relu_softmax":
-        return _relu_softmax_start(problem.matrix, problem.b)
-    return _softmax_relu_start(problem.matrix, problem.b, problem.V)
+def normal_system_partials(block, row_fit, parameters):
+    """A block's CᵀΩC, Cᵀ[ω, ω t], Σω and Σωt for (ω, t) = row_fit(block, parameters)."""
+    weights, target = row_fit(block, parameters)
+    return {"A": block.matrix.sandwich(weights),
+            "G": block.matrix.rmatmat(np.column_stack([weights, weights * target])),
+            "weight_sum": float(weights.sum()), "weighted_target": dot(weights, target)}
 
 
-def _normal_system(matrix, weights, target, intercept):
-    """Normal equations of min Σ ω_i ((Cx)_i [+ θ] − t_i)²: one sandwich, one fused pass."""
-    A = matrix.sandwich(weights)
-    G = matrix.rmatmat(np.column_stack([weights, weights * target]))
-    return assemble_normal_system(A, G, weights.sum(), dot(weights, target), intercept)
+def normal_system(problem, row_fit, parameters, intercept, normalise=False):
+    """(M, rhs) of min Σ ωᵢ((Cx)ᵢ [+ θ] − tᵢ)² with (ω, t) from ``row_fit`` on every block
+    (``normalise``: ω divided by Σω, the weights of a probability vector)."""
+    summary = problem.map_blocks(normal_system_partials, row_fit, parameters)
+    A, G, weight_sum, weighted_target = (summary["A"], summary["G"], summary["weight_sum"],
+                                         summary["weighted_target"])
+    if normalise:
+        A, G, weighted_target, weight_sum = A / weight_sum, G / weight_sum, weighted_target / weight_sum, 1.0
+    return assemble_normal_system(A, G, weight_sum, weighted_target, intercept)
 
 
 def assemble_normal_system(A, G, weight_sum, weighted_target, intercept):
@@ -70,8 +66,8 @@ def assemble_normal_system(A, G, weight_sum, weighted_target, intercept):
     return M, np.append(G[:, 1], weighted_target)
 
 
-def _solve_psd(M, rhs):
-    """Least-squares solution of the PSD system M z = rhs (minimum norm when M is singular)."""
+def solve_psd(M, rhs):
+    """Least-squares solution of the PSD system M z = rhs (minimum norm when M is singular), and the null space."""
     scale = float(np.max(np.diag(M))) if M.size else 0.0
     if scale <= 0.0:
         return np.zeros_like(rhs), np.eye(M.shape[0])
@@ -88,55 +84,53 @@ def _solve_psd(M, rhs):
     return z, evecs[:, ~keep]
 
 
-def _log_linear_fit(matrix, p):
-    """x with softmax(Cx) ≈ p: p-weighted least squares of log p on [C, 1], rows with p_i ≤ 0 dropped."""
+def _log_fit_rows(block, parameters):
+    row_probabilities, their_parameters = parameters
+    p = row_probabilities(block, their_parameters)
     positive = p > 0.0
-    weights = np.where(positive, p, 0.0) / p[positive].sum()
-    target = np.log(np.where(positive, p, 1.0))
-    M, rhs = _normal_system(matrix, weights, target, intercept=True)
-    z, _ = _solve_psd(M, rhs)
+    return np.where(positive, p, 0.0), np.log(np.where(positive, p, 1.0))
+
+
+def log_linear_fit(problem, row_probabilities, parameters=None):
+    """x with softmax(Cx) ≈ p: the p-weighted least-squares fit of log p on [C, 1], rows with pᵢ ≤ 0
+    dropped; ``row_probabilities(block, parameters)`` gives p on a block's rows (up to a common factor)."""
+    M, rhs = normal_system(problem, _log_fit_rows, (row_probabilities, parameters), intercept=True, normalise=True)
+    z, _ = solve_psd(M, rhs)
     return z[:-1]
 
 
-def _softmax_start(matrix, b):
-    if not np.any(b > 0.0):
-        return np.zeros(matrix.d), "zeros (auto: b has no positive entry to fit log b to)"
-    return _log_linear_fit(matrix, b), "auto: b-weighted least-squares fit of log b on [C, 1]"
+def worst_rows(block, x, is_floor, parameters, k):
+    """The block's k rows with is_floor(block, parameters) and the largest (Cx)ᵢ: (values, global rows)."""
+    u = block.matrix.matvec(x)
+    floor_index = np.flatnonzero(is_floor(block, parameters))
+    values = u[floor_index]
+    order = np.argsort(-values, kind="stable")[:k]
+    return values[order], floor_index[order] + block.offset
 
 
-def _relu_softmax_start(matrix, b):
-    positive = b[b > 0.0]
-    if positive.size == 0:
-        return np.zeros(matrix.d), "zeros (auto: b has no positive entry to fit log b to)"
-    floor = positive.min()
-    active = b > floor * (1.0 + ACTIVE_RTOL)
-    if not np.any(active):
-        return np.zeros(matrix.d), "zeros (auto: b is uniform, so every x with Cx ≤ 0 is optimal)"
-    weights = active.astype(np.float64)
-    target = np.where(active, np.log(np.maximum(b, floor) / floor), 0.0)
-    M, rhs = _normal_system(matrix, weights, target, intercept=False)
-    x, null_space = _solve_psd(M, rhs)
-    description = (f"auto: least-squares fit of log(b_i / min b) on the {int(active.sum())} active rows")
-    if null_space.shape[1] and not np.all(active):
-        x, margin = floor_margin(_FloorRows(matrix, ~active), x, null_space)
-        description += f", floor rows pushed to Cx ≤ −{margin:.3g} in the active rows' null space (LP)"
-    return x, description
+def rows_of(block, global_rows):
+    """The block's rows among ``global_rows`` as dense float64: (those rows, their global indices)."""
+    local = global_rows[(global_rows >= block.offset) & (global_rows < block.offset + block.rows)] - block.offset
+    return block.matrix.rows(local), local + block.offset
 
 
-class _FloorRows:
-    """The floor rows of relu_softmax's start on one machine (``fastnewton.dask`` has a blockwise twin)."""
+class FloorRows:
+    """The rows with is_floor(block, parameters), found block by block, for ``floor_margin``."""
 
-    def __init__(self, matrix, floor_rows):
-        self.matrix, self.index = matrix, np.flatnonzero(floor_rows)
+    def __init__(self, problem, is_floor, parameters):
+        self.problem, self.is_floor, self.parameters = problem, is_floor, parameters
 
     def worst(self, x, k):
         """The k floor rows with the largest (Cx)_i: (values, descending; row indices)."""
-        u = self.matrix.matvec(x)[self.index]
-        order = np.argsort(-u, kind="stable")[:k]
-        return u[order], self.index[order]
+        found = self.problem.gather_blocks(worst_rows, x, self.is_floor, self.parameters, k)
+        values = np.concatenate([v for v, _ in found])
+        index = np.concatenate([i for _, i in found])
+        order = np.argsort(-values, kind="stable")[:k]
+        return values[order], index[order]
 
     def rows(self, index):
-        return self.matrix.rows(index)
+        # Blocks hold increasing row ranges and ``index`` is sorted, so block order is index order.
+        return np.vstack([rows for rows, _ in self.problem.gather_blocks(rows_of, index)])
 
 
 def floor_margin(floor, x, null_space):
@@ -146,7 +140,7 @@ def floor_margin(floor, x, null_space):
     x moves no further than the margin needs. Cutting planes: the LPs see a working set
     of floor rows; the worst CUTTING_PLANE_ROWS rows violated by the solution are added
     and the LPs re-solved until none is violated. ``floor`` gives the worst floor rows at
-    a point and the rows themselves (``_FloorRows``).
+    a point and the rows themselves (``FloorRows``).
     """
     r = null_space.shape[1]
     working = np.zeros(0, dtype=np.int64)
@@ -174,27 +168,3 @@ def floor_margin(floor, x, null_space):
         delta = second.x[:r] - second.x[r:] if second.status == 0 else first.x[:r]
         candidate = x + null_space @ delta
     return best_x, best_margin
-
-
-def _softmax_relu_start(matrix, b, V):
-    n, m = V.shape
-    values = DenseMatrix(V)
-    uniform = np.full(n, 1.0 / n)
-    y_uniform = values.rmatmat(uniform[:, None])[:, 0]
-    equal = b > 0.0
-    targets = np.where(equal, b, 0.0)
-    s = uniform
-    for _ in range(m + 1):
-        # min ‖s − 1/n‖² s.t. V_Eᵀ s = b_E, 1ᵀs = 1: s = 1/n + [V_E, 1] λ, a (|E|+1)-square system.
-        A = np.column_stack([V[:, equal], np.ones(n)])
-        residual = np.append(targets[equal] - y_uniform[equal], 0.0)
-        lam = scipy.linalg.lstsq(DenseMatrix(A).sandwich(np.ones(n)), residual, check_finite=False)[0]
-        s = uniform + A @ lam
-        newly = (~equal) & (values.rmatmat(s[:, None])[:, 0] > 0.0)
-        if not newly.any():
-            break
-        equal |= newly
-    s = np.maximum(s, SIMPLEX_FLOOR / n)
-    s /= s.sum()
-    return _log_linear_fit(matrix, s), ("auto: simplex vector closest to uniform with Vᵀs = b on active "
-                                        "outputs, then an s-weighted least-squares fit of log s on [C, 1]")

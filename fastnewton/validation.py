@@ -10,18 +10,17 @@ import numpy as np
 import scipy.sparse as sp
 
 from .matrix import CSRMatrix, DenseMatrix
+from .models import check_model as _registered_model
 
-MODELS = ("softmax", "relu_softmax", "softmax_relu")
 
-
-def _real_dtype_or_raise(dtype, name):
+def check_real_dtype(dtype, name):
     if dtype.kind == "c":
         raise TypeError(f"{name} must be real-valued, got complex dtype {dtype}")
     if dtype.kind not in "biuf":
         raise TypeError(f"{name} must have a numeric (real) dtype, got {dtype}")
 
 
-def _as_array(value, name):
+def as_array(value, name):
     """np.asarray with NumPy's own complaints (ragged nested lists, …) re-raised naming the argument."""
     try:
         return np.asarray(value)
@@ -40,8 +39,8 @@ def as_input_matrix(C, name="C"):
         return _as_csr(C, name)
     if isinstance(C, (str, bytes)) or C is None:
         raise TypeError(f"{name} must be a 2-D NumPy array or a SciPy sparse matrix, got {type(C).__name__}")
-    array = _as_array(C, name)
-    _real_dtype_or_raise(array.dtype, name)
+    array = as_array(C, name)
+    check_real_dtype(array.dtype, name)
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n × d), got an array with {array.ndim} dimension(s)")
     _nonempty_or_raise(array.shape, name)
@@ -59,7 +58,7 @@ def _nonempty_or_raise(shape, name):
 
 
 def _as_csr(C, name):
-    _real_dtype_or_raise(C.dtype, name)
+    check_real_dtype(C.dtype, name)
     if C.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n × d), got {C.ndim} dimension(s)")
     _nonempty_or_raise(C.shape, name)
@@ -86,8 +85,8 @@ def as_vector(v, name, length, length_hint=""):
     """A finite real 1-D vector of the given length, as contiguous float64."""
     if v is None or sp.issparse(v):
         raise TypeError(f"{name} must be a 1-D NumPy array of length {length}{length_hint}")
-    array = _as_array(v, name)
-    _real_dtype_or_raise(array.dtype, name)
+    array = as_array(v, name)
+    check_real_dtype(array.dtype, name)
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got an array of shape {array.shape}")
     if array.shape[0] != length:
@@ -98,9 +97,8 @@ def as_vector(v, name, length, length_hint=""):
 
 
 def check_model(model):
-    if not isinstance(model, str) or model not in MODELS:
-        raise ValueError(f"model must be one of {', '.join(repr(m) for m in MODELS)}, got {model!r}")
-    return model
+    """A registered model name (``fastnewton.models.register_model``), else a ValueError listing them."""
+    return _registered_model(model)
 
 
 def as_real_scalar(value, name, minimum=0.0):
@@ -123,7 +121,7 @@ def as_row_weights(row_weights, n):
     """None, a scalar ≥ 0 or a length-n vector ≥ 0 → length-n float64 vector w."""
     if row_weights is None:
         return np.zeros(n)
-    if _as_array(row_weights, "row_weights").ndim == 0 and not isinstance(row_weights, (str, bytes)):
+    if as_array(row_weights, "row_weights").ndim == 0 and not isinstance(row_weights, (str, bytes)):
         if isinstance(row_weights, bool) or not isinstance(row_weights, numbers.Real):
             raise TypeError(f"row_weights must be a number or a 1-D array, got {type(row_weights).__name__}")
         value = float(row_weights)
@@ -136,19 +134,20 @@ def as_row_weights(row_weights, n):
     return w
 
 
-def as_value_matrix(V, model, n):
-    """V for softmax_relu: n × m, dense or sparse → C-contiguous float64 dense (U needs it dense anyway)."""
-    if model != "softmax_relu":
+def as_value_matrix(V, model, n, uses_values):
+    """V of a model that ``uses_values`` (softmax_relu): n × m, dense or sparse → C-contiguous float64 dense."""
+    if not uses_values:
         if V is not None:
-            raise ValueError(f"V is only used by model='softmax_relu'; got V with model={model!r}")
+            raise ValueError(f"V is only used by models with a value matrix (e.g. 'softmax_relu'); "
+                             f"got V with model={model!r}")
         return None
     if V is None:
-        raise ValueError("V (the n × m value matrix) is required for model='softmax_relu'")
+        raise ValueError(f"V (the n × m value matrix) is required for model={model!r}")
     if sp.issparse(V):
-        _real_dtype_or_raise(V.dtype, "V")
+        check_real_dtype(V.dtype, "V")
         V = V.toarray()
-    array = _as_array(V, "V")
-    _real_dtype_or_raise(array.dtype, "V")
+    array = as_array(V, "V")
+    check_real_dtype(array.dtype, "V")
     if array.ndim != 2:
         raise ValueError(f"V must be 2-D (n × m), got an array with {array.ndim} dimension(s)")
     if array.shape[0] != n:

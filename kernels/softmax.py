@@ -1,115 +1,59 @@
-"""Model vectors of SPEC §2: max-shifted softmax, the loss, q, β and U, in O(n) work.
+"""Row-block kernels of the softmax models (SPEC §2), shared by one machine and Dask alike.
 
-Length-n reductions (sums, dot products) use fixed chunks of ``chunk_rows``
-whose partials are summed in chunk order (bitwise independent of the thread
-count). The maximum is exact in any order.
+A block sees only its rows, so the softmax normaliser is split in two: ``log_partition_parts``
+returns the block's (max z, Σ exp(z − max z)) and keeps e = exp(z − max z); the driver combines
+the blocks' parts into the global log-partition and hands back the factor that turns e into
+s = softmax(z) (one machine is the one-block case: the factor is 1/Σ exp(z − max z)).
+The c-terms need global sums, so the columns written here omit them; the driver adds them
+linearly (Cᵀq = Cᵀq_a − c·Cᵀs, β = v − c·s + w). Length-n sums use fixed chunks of
+``chunk_rows`` whose partials are summed in chunk order (bitwise independent of the thread
+count); the maximum is exact in any order.
 """
 import numpy as np
 from numba import njit, prange
 
 
 @njit(parallel=True, cache=True)
-def _chunked_max(z, chunk_rows):
-    n = z.shape[0]
-    n_chunks = (n + chunk_rows - 1) // chunk_rows
-    part = np.full(n_chunks, -np.inf)
-    for c in prange(n_chunks):
-        m = -np.inf
-        for i in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
-            if z[i] > m:
-                m = z[i]
-        part[c] = m
-    return part.max()
-
-
-@njit(parallel=True, cache=True)
-def softmax_into(u, relu, chunk_rows, s):
-    """s = softmax(z), z = ReLU(u) if ``relu`` else u, max-shifted: s_i = exp(z_i − max z)/Σ exp(z − max z).
-
-    Returns log Σ exp(z) (the log-partition). Chunked sums, summed in chunk order.
-    """
+def log_partition_parts(u, relu, chunk_rows, e):
+    """e = exp(z − max z) with z = ReLU(u) if ``relu`` else u; returns (max z, Σ_i e_i) over the block."""
     n = u.shape[0]
     n_chunks = (n + chunk_rows - 1) // chunk_rows
-    if relu:
-        for i in prange(n):
-            s[i] = u[i] if u[i] > 0.0 else 0.0
-    else:
-        for i in prange(n):
-            s[i] = u[i]
-    zmax = _chunked_max(s, chunk_rows)
-    part = np.zeros(n_chunks)
-    for c in prange(n_chunks):
-        acc = 0.0
-        for i in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
-            e = np.exp(s[i] - zmax)
-            s[i] = e
-            acc += e
-        part[c] = acc
-    total = 0.0
-    for c in range(n_chunks):
-        total += part[c]
-    inv = 1.0 / total
-    for i in prange(n):
-        s[i] *= inv
-    return zmax + np.log(total)
-
-
-@njit(parallel=True, cache=True)
-def chunked_dots(a, b, c, chunk_rows):
-    """(Σ_i a_i·b_i, Σ_i a_i·c_i), each summed over fixed chunks in chunk order."""
-    n = a.shape[0]
-    n_chunks = (n + chunk_rows - 1) // chunk_rows
-    part = np.zeros((n_chunks, 2))
+    part_max = np.full(n_chunks, -np.inf)
     for ch in prange(n_chunks):
-        ab = 0.0
-        ac = 0.0
+        top = -np.inf
         for i in range(ch * chunk_rows, min(n, (ch + 1) * chunk_rows)):
-            ab += a[i] * b[i]
-            ac += a[i] * c[i]
-        part[ch, 0] = ab
-        part[ch, 1] = ac
-    ab = 0.0
-    ac = 0.0
+            z = u[i] if (not relu or u[i] > 0.0) else 0.0
+            if z > top:
+                top = z
+        part_max[ch] = top
+    zmax = -np.inf
     for ch in range(n_chunks):
-        ab += part[ch, 0]
-        ac += part[ch, 1]
-    return ab, ac
-
-
-@njit(parallel=True, cache=True)
-def softmax_regression_loss(u, b, w, relu, chunk_rows, s):
-    """½ Σ_i (s_i − b_i)² + ½ Σ_i w_i u_i² with s = softmax(m ⊙ u) (m = 1[u > 0] if ``relu``).
-
-    ``s`` is a length-n work buffer (overwritten with the softmax).
-    """
-    softmax_into(u, relu, chunk_rows, s)
-    n = u.shape[0]
-    n_chunks = (n + chunk_rows - 1) // chunk_rows
+        if part_max[ch] > zmax:
+            zmax = part_max[ch]
     part = np.zeros(n_chunks)
-    for c in prange(n_chunks):
+    for ch in prange(n_chunks):
         acc = 0.0
-        for i in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
-            r = s[i] - b[i]
-            acc += r * r + w[i] * u[i] * u[i]
-        part[c] = acc
+        for i in range(ch * chunk_rows, min(n, (ch + 1) * chunk_rows)):
+            z = u[i] if (not relu or u[i] > 0.0) else 0.0
+            ei = np.exp(z - zmax)
+            e[i] = ei
+            acc += ei
+        part[ch] = acc
     total = 0.0
-    for c in range(n_chunks):
-        total += part[c]
-    return 0.5 * total
+    for ch in range(n_chunks):
+        total += part[ch]
+    return zmax, total
 
 
 @njit(parallel=True, cache=True)
-def softmax_regression_vectors(u, b, w, relu, chunk_rows, Q, beta):
-    """q, β, U of SPEC §2 for ``softmax`` (relu=False) and ``relu_softmax`` (relu=True).
+def softmax_regression_columns(u, e, scale, b, w, relu, chunk_rows, Q):
+    """Columns of the transposed pass for ``softmax`` (relu=False) and ``relu_softmax`` (relu=True).
 
-    m = 1[u > 0] (or 1), s = softmax(m ⊙ u), r = s − b, v = s ⊙ (2s − b), c = ⟨s, r⟩,
-    γ = ⟨3s − 2b, s⟩;  q = m ⊙ (s ⊙ r − c s) + w ⊙ u,  β = m ⊙ (v − c s) + w,
-    U = [m ⊙ s, m ⊙ v].  Writes Q = [q, U] (n × 3, row-major) and β; returns
-    (loss, c, γ) with loss = ½‖s − b‖² + ½ Σ w u².
+    m = 1[u > 0] (or 1), s = scale·e, r = s − b, v = s ⊙ (2s − b).
+    Writes Q = [m ⊙ s ⊙ r + w ⊙ u, m ⊙ s, m ⊙ v] (n × 3, row-major) and returns the block's
+    (Σ s·r, Σ (3s − 2b)·s, Σ r² + w u²): partials of c, γ and twice the loss.
     """
     n = u.shape[0]
-    s = np.empty(n)
-    softmax_into(u, relu, chunk_rows, s)
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     part = np.zeros((n_chunks, 3))
     for ch in prange(n_chunks):
@@ -117,53 +61,70 @@ def softmax_regression_vectors(u, b, w, relu, chunk_rows, Q, beta):
         g_acc = 0.0
         l_acc = 0.0
         for i in range(ch * chunk_rows, min(n, (ch + 1) * chunk_rows)):
-            si = s[i]
+            si = scale * e[i]
             r = si - b[i]
             c_acc += si * r
             g_acc += (3.0 * si - 2.0 * b[i]) * si
             l_acc += r * r + w[i] * u[i] * u[i]
+            if (not relu) or u[i] > 0.0:
+                Q[i, 0] = si * r + w[i] * u[i]
+                Q[i, 1] = si
+                Q[i, 2] = si * (2.0 * si - b[i])
+            else:
+                Q[i, 0] = w[i] * u[i]
+                Q[i, 1] = 0.0
+                Q[i, 2] = 0.0
         part[ch, 0] = c_acc
         part[ch, 1] = g_acc
         part[ch, 2] = l_acc
     c = 0.0
     gamma = 0.0
-    loss = 0.0
+    loss2 = 0.0
     for ch in range(n_chunks):
         c += part[ch, 0]
         gamma += part[ch, 1]
-        loss += part[ch, 2]
-    for i in prange(n):
-        si = s[i]
-        active = (not relu) or u[i] > 0.0
-        if active:
-            vi = si * (2.0 * si - b[i])
-            Q[i, 0] = si * (si - b[i]) - c * si + w[i] * u[i]
-            Q[i, 1] = si
-            Q[i, 2] = vi
-            beta[i] = vi - c * si + w[i]
-        else:
-            Q[i, 0] = w[i] * u[i]
-            Q[i, 1] = 0.0
-            Q[i, 2] = 0.0
-            beta[i] = w[i]
-    return 0.5 * loss, c, gamma
+        loss2 += part[ch, 2]
+    return c, gamma, loss2
 
 
 @njit(parallel=True, cache=True)
-def softmax_relu_vectors(u, s, rho, V, y, c, w, Q, beta):
-    """q, β, U of SPEC §2 for ``softmax_relu``, given s = softmax(u), y = Vᵀs, ρ = V(a ⊙ r), c = ⟨s, ρ⟩.
+def softmax_regression_loss(u, e, scale, b, w, chunk_rows):
+    """Σ_i (s_i − b_i)² + w_i u_i² over the block (twice its share of the loss), s = scale·e."""
+    n = u.shape[0]
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    part = np.zeros(n_chunks)
+    for ch in prange(n_chunks):
+        acc = 0.0
+        for i in range(ch * chunk_rows, min(n, (ch + 1) * chunk_rows)):
+            r = scale * e[i] - b[i]
+            acc += r * r + w[i] * u[i] * u[i]
+        part[ch] = acc
+    total = 0.0
+    for ch in range(n_chunks):
+        total += part[ch]
+    return total
 
-    q = s ⊙ ρ − c s + w ⊙ u,  β = s ⊙ ρ − c s + w,
-    U = [s, s ⊙ ρ, J V diag(a)] with (J V diag(a))_ij = a_j·s_i·(V_ij − y_j), a = 1[y > 0].
-    Writes Q = [q, U] (n × (m + 3), row-major) and β.
+
+@njit(parallel=True, cache=True)
+def softmax_relu_columns(u, s, rho, V, y, w, Q):
+    """Columns of the transposed pass for ``softmax_relu``, given s = softmax(u), y = Vᵀs, ρ = V(a ⊙ r).
+
+    Q = [s ⊙ ρ + w ⊙ u, s, s ⊙ ρ, J V diag(a)] (n × (m + 3), row-major) with
+    (J V diag(a))_ij = a_j·s_i·(V_ij − y_j), a = 1[y > 0].
     """
     n, m = V.shape
     for i in prange(n):
         si = s[i]
         sr = si * rho[i]
-        Q[i, 0] = sr - c * si + w[i] * u[i]
+        Q[i, 0] = sr + w[i] * u[i]
         Q[i, 1] = si
         Q[i, 2] = sr
-        beta[i] = sr - c * si + w[i]
         for j in range(m):
             Q[i, 3 + j] = si * (V[i, j] - y[j]) if y[j] > 0.0 else 0.0
+
+
+@njit(parallel=True, cache=True)
+def curvature_weights(Q, c, w, beta):
+    """β = Q[:, 2] − c·Q[:, 1] + w: the diagonal Hessian weights, once the global c is known."""
+    for i in prange(Q.shape[0]):
+        beta[i] = Q[i, 2] - c * Q[i, 1] + w[i]

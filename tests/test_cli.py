@@ -80,8 +80,9 @@ for model in ("softmax", "relu_softmax", "softmax_relu"):
 print("solved")
 """
 EXPECTED_KERNELS = {"csr.csr_matvec", "sandwich.csr_sandwich", "dense.dense_matvec", "dense.dense_rmatmat",
-                    "softmax.softmax_regression_vectors", "softmax.softmax_regression_loss",
-                    "softmax.softmax_relu_vectors"}
+                    "softmax.softmax_regression_columns", "softmax.softmax_regression_loss",
+                    "softmax.softmax_relu_columns", "softmax.log_partition_parts",
+                    "softmax.curvature_weights"}
 
 
 @pytest.mark.filterwarnings("ignore")

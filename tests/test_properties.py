@@ -371,7 +371,7 @@ def test_make_problem_succeeds_or_names_the_bad_argument(drawn):
 
 # A nested list whose rows have different lengths made np.asarray raise NumPy's own ValueError
 # ("setting an array element with a sequence …"), which named no argument. Found by this file
-# (fixed in fastnewton.validation._as_array); kept out of the drawn forms above.
+# (fixed in fastnewton.validation.as_array); kept out of the drawn forms above.
 RAGGED = [[0.1, 0.2], [0.3]]
 # name → (function, keyword arguments) with that argument ragged; C, b: a valid problem (n = 10, d = 3).
 RAGGED_CASES = {

@@ -1,8 +1,9 @@
-"""kernels/softmax.py against the naive formulas of tests/naive.py.
+"""kernels/softmax.py (and the dot product of kernels/reduce.py) against the naive formulas of tests/naive.py.
 
-The model-vector kernels are checked by what q, β, U, S must *mean*, not by
-re-typing SPEC §2: q must be the u-gradient Jᵀr + w ⊙ u of the explicit Jacobian,
-and diag(β) + U S Uᵀ the u-Hessian JᵀJ + Σ_k r_k ∇²h_k + diag(w) of naive.py.
+The column kernels are checked by what q, β, U, S must *mean*, not by re-typing SPEC §2:
+q = Q[:, 0] − c·Q[:, 1] must be the u-gradient Jᵀr + w ⊙ u of the explicit Jacobian, and
+diag(β) + U S Uᵀ (β = Q[:, 2] − c·Q[:, 1] + w, U = Q[:, 1:]) the u-Hessian
+JᵀJ + Σ_k r_k ∇²h_k + diag(w) of naive.py.
 Tolerances are multiples of np.finfo(np.float64).eps (everything is float64), scaled
 by the size of the quantities involved; the multiples are stated where used.
 """
@@ -11,13 +12,15 @@ import pytest
 
 import naive
 from fastnewton.chunking import chunk_rows as real_chunk_rows
+from fastnewton.kernels.reduce import chunked_dot
 from fastnewton.kernels.softmax import (
-    chunked_dots,
-    softmax_into,
+    curvature_weights,
+    log_partition_parts,
+    softmax_regression_columns,
     softmax_regression_loss,
-    softmax_regression_vectors,
-    softmax_relu_vectors,
+    softmax_relu_columns,
 )
+from fastnewton.models import LogPartition
 
 EPS = np.finfo(np.float64).eps
 CHUNKS = [1, 3, None]
@@ -31,6 +34,26 @@ def _rows(n, chunk_rows):
 def _u_away_from_kink(rng, n, scale=2.0, gap=1e-3):
     u = rng.standard_normal(n) * scale
     return np.where(np.abs(u) < gap, gap * 2, u)
+
+
+def softmax_into(u, relu, chunk_rows, s):
+    """s = softmax(z) of one block from the kernel's parts; returns log Σ exp(z)."""
+    top, total = log_partition_parts(u, relu, chunk_rows, s)
+    s *= LogPartition(top, total).factor(top)
+    return top + np.log(total)
+
+
+def _parts(u, relu, chunk_rows):
+    """(e, the one-block factor e → s) as the evaluators pass them to the column kernels."""
+    e = np.empty(u.shape[0])
+    top, total = log_partition_parts(u, relu, chunk_rows, e)
+    return e, LogPartition(top, total).factor(top)
+
+
+def _beta(Q, c, w):
+    beta = np.full(Q.shape[0], np.nan)
+    curvature_weights(Q, c, w, beta)
+    return beta
 
 
 # -- softmax_into ---------------------------------------------------------------------------
@@ -91,15 +114,34 @@ def test_softmax_into_reads_u_only():
     np.testing.assert_allclose(s, naive.softmax(naive.relu(u)), rtol=100 * EPS)
 
 
-# -- chunked_dots ---------------------------------------------------------------------------
+# -- chunked_dot ----------------------------------------------------------------------------
 @pytest.mark.parametrize("chunk_rows", CHUNKS, ids=CHUNK_IDS)
 @pytest.mark.parametrize("n", [1, 7, 10_000])
-def test_chunked_dots_matches_numpy(n, chunk_rows):
+def test_chunked_dot_matches_numpy(n, chunk_rows):
     rng = np.random.default_rng(32)
-    a, b, c = (rng.standard_normal(n) for _ in range(3))
-    ab, ac = chunked_dots(a, b, c, _rows(n, chunk_rows))
-    naive.assert_within_rounding(ab, a @ b, np.abs(a) @ np.abs(b), 2 * n)
-    naive.assert_within_rounding(ac, a @ c, np.abs(a) @ np.abs(c), 2 * n)
+    a, b = (rng.standard_normal(n) for _ in range(2))
+    naive.assert_within_rounding(chunked_dot(a, b, _rows(n, chunk_rows)), a @ b, np.abs(a) @ np.abs(b), 2 * n)
+
+
+# -- the log-partition of row blocks ---------------------------------------------------------
+@pytest.mark.parametrize("relu", [False, True])
+def test_blocks_log_partitions_combine_to_the_whole(relu):
+    """Three blocks' parts added in order give the one-block softmax (each factor within a few eps)."""
+    rng = np.random.default_rng(37)
+    n = 300
+    u = rng.standard_normal(n) * 5
+    whole = np.empty(n)
+    lse = softmax_into(u, relu, 7, whole)
+    pieces = [slice(0, 100), slice(100, 101), slice(101, n)]
+    parts = []
+    for piece in pieces:
+        e = np.empty(piece.stop - piece.start)
+        top, total = log_partition_parts(u[piece], relu, 7, e)
+        parts.append((e, top, LogPartition(top, total)))
+    combined = parts[0][2] + parts[1][2] + parts[2][2]
+    s = np.concatenate([e * combined.factor(top) for e, top, _ in parts])
+    np.testing.assert_allclose(s, whole, rtol=8 * (n + 4) * EPS, atol=0)
+    np.testing.assert_allclose(combined.top + np.log(combined.total), lse, rtol=8 * (n + 4) * EPS)
 
 
 # -- softmax_regression_loss / softmax_regression_vectors -------------------------------------
@@ -120,7 +162,8 @@ def test_softmax_regression_loss_matches_naive(relu, weighted, chunk_rows):
     u, b, w = _regression_case(rng, n, weighted)
     model = "relu_softmax" if relu else "softmax"
     ref = 0.5 * np.sum((naive.outputs(u, model) - b) ** 2) + 0.5 * np.sum(w * u * u)
-    loss = softmax_regression_loss(u, b, w, relu, _rows(n, chunk_rows), np.empty(n))
+    e, scale = _parts(u, relu, _rows(n, chunk_rows))
+    loss = 0.5 * softmax_regression_loss(u, e, scale, b, w, _rows(n, chunk_rows))
     # n squared residuals of values ≤ 1 and the weight terms: ≤ ~4n·eps relative to the total
     np.testing.assert_allclose(loss, ref, rtol=8 * (n + 4) * EPS)
 
@@ -128,14 +171,16 @@ def test_softmax_regression_loss_matches_naive(relu, weighted, chunk_rows):
 @pytest.mark.parametrize("chunk_rows", CHUNKS, ids=CHUNK_IDS)
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
-def test_softmax_regression_vectors_are_the_u_derivatives(relu, weighted, chunk_rows):
+def test_softmax_regression_columns_are_the_u_derivatives(relu, weighted, chunk_rows):
     rng = np.random.default_rng(34)
     n = 25
     u, b, w = _regression_case(rng, n, weighted)
     model = "relu_softmax" if relu else "softmax"
     Q = np.full((n, 3), np.nan)
-    beta = np.full(n, np.nan)
-    loss, c, gamma = softmax_regression_vectors(u, b, w, relu, _rows(n, chunk_rows), Q, beta)
+    e, scale = _parts(u, relu, _rows(n, chunk_rows))
+    c, gamma, loss2 = softmax_regression_columns(u, e, scale, b, w, relu, _rows(n, chunk_rows), Q)
+    loss = 0.5 * loss2
+    beta = _beta(Q, c, w)
 
     h = naive.outputs(u, model)
     r = h - b
@@ -150,29 +195,32 @@ def test_softmax_regression_vectors_are_the_u_derivatives(relu, weighted, chunk_
     U = Q[:, 1:]
     # the references involve O(n) sums of products of quantities ≤ 1 (s, b, r): an absolute
     # error of a few hundred n·eps relative to the largest entry covers both routes' rounding
-    np.testing.assert_allclose(Q[:, 0], grad_u, rtol=0, atol=1e3 * n * EPS * max(np.abs(grad_u).max(), 1e-300))
+    q = Q[:, 0] - c * Q[:, 1]
+    np.testing.assert_allclose(q, grad_u, rtol=0, atol=1e3 * n * EPS * max(np.abs(grad_u).max(), 1e-300))
     H = np.diag(beta) + U @ S @ U.T
     np.testing.assert_allclose(H, hess_u, rtol=0, atol=1e3 * n * EPS * np.abs(hess_u).max())
     if relu:
         dead = u <= 0
         assert np.all(U[dead] == 0.0) and np.all(beta[dead] == w[dead])
-        np.testing.assert_array_equal(Q[dead, 0], w[dead] * u[dead])
+        np.testing.assert_array_equal(q[dead], w[dead] * u[dead])
 
 
-def test_softmax_regression_vectors_at_huge_logits_stay_finite():
+def test_softmax_regression_columns_at_huge_logits_stay_finite():
     u = np.array([1e4, 1e4 - 1.0, -1e4, 5.0])
     b = np.array([0.5, 0.3, 0.1, 0.1])
     w = np.zeros(4)
     Q = np.empty((4, 3))
-    beta = np.empty(4)
-    loss, c, gamma = softmax_regression_vectors(u, b, w, False, 2, Q, beta)
+    e, scale = _parts(u, False, 2)
+    c, gamma, loss2 = softmax_regression_columns(u, e, scale, b, w, False, 2, Q)
+    loss = 0.5 * loss2
+    beta = _beta(Q, c, w)
     assert np.all(np.isfinite(Q)) and np.all(np.isfinite(beta)) and np.isfinite(c) and np.isfinite(gamma)
-    np.testing.assert_allclose(Q[:, 0], naive.output_jacobian(u, "softmax").T @ (naive.softmax(u) - b),
+    np.testing.assert_allclose(Q[:, 0] - c * Q[:, 1], naive.output_jacobian(u, "softmax").T @ (naive.softmax(u) - b),
                                rtol=0, atol=64 * EPS)
     np.testing.assert_allclose(loss, 0.5 * np.sum((naive.softmax(u) - b) ** 2), rtol=64 * EPS)
 
 
-# -- softmax_relu_vectors --------------------------------------------------------------------
+# -- softmax_relu_columns --------------------------------------------------------------------
 def _softmax_relu_inputs(u, b, V):
     """s, y, ρ, c as the kernel expects them, from the naive softmax."""
     s = naive.softmax(u)
@@ -185,7 +233,7 @@ def _softmax_relu_inputs(u, b, V):
 
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("m", [1, 4])
-def test_softmax_relu_vectors_are_the_u_derivatives(m, weighted):
+def test_softmax_relu_columns_are_the_u_derivatives(m, weighted):
     rng = np.random.default_rng(35)
     n = 20
     u = rng.standard_normal(n) * 2
@@ -199,8 +247,8 @@ def test_softmax_relu_vectors_are_the_u_derivatives(m, weighted):
     s, y, rho, c = _softmax_relu_inputs(u, b, V)
     assert np.all(np.abs(y) > 1e-6), "outputs must be away from the ReLU kink"
     Q = np.full((n, m + 3), np.nan)
-    beta = np.full(n, np.nan)
-    softmax_relu_vectors(u, s, rho, V, y, c, w, Q, beta)
+    softmax_relu_columns(u, s, rho, V, y, w, Q)
+    beta = _beta(Q, c, w)
 
     r = naive.outputs(u, "softmax_relu", V) - b
     grad_u = naive.output_jacobian(u, "softmax_relu", V).T @ r + w * u
@@ -209,7 +257,8 @@ def test_softmax_relu_vectors_are_the_u_derivatives(m, weighted):
     S[:2, :2] = [[2 * c, -1.0], [-1.0, 0.0]]
     U = Q[:, 1:]
     # O(n + m) sums of products of O(1) quantities: a few hundred (n + m)·eps of the largest entry
-    np.testing.assert_allclose(Q[:, 0], grad_u, rtol=0, atol=1e3 * (n + m) * EPS * np.abs(grad_u).max())
+    np.testing.assert_allclose(Q[:, 0] - c * Q[:, 1], grad_u, rtol=0,
+                               atol=1e3 * (n + m) * EPS * np.abs(grad_u).max())
     np.testing.assert_allclose(np.diag(beta) + U @ S @ U.T, hess_u, rtol=0,
                                atol=1e3 * (n + m) * EPS * np.abs(hess_u).max())
     dead = y <= 0
@@ -230,12 +279,14 @@ def test_softmax_kernels_bitwise_equal_with_1_and_2_threads(chunk_rows, run_with
     def everything():
         s = np.empty(n)
         lse = softmax_into(u, True, rows, s)
-        loss = softmax_regression_loss(u, b, w, False, rows, np.empty(n))
+        e, scale = _parts(u, False, rows)
+        loss = softmax_regression_loss(u, e, scale, b, w, rows)
         Q = np.empty((n, 3))
-        beta = np.empty(n)
-        scalars = softmax_regression_vectors(u, b, w, True, rows, Q, beta)
-        dots = chunked_dots(a, c, a, rows)
-        return s, np.array([lse, loss, *scalars, *dots]), Q, beta
+        e, scale = _parts(u, True, rows)
+        scalars = softmax_regression_columns(u, e, scale, b, w, True, rows, Q)
+        beta = _beta(Q, scalars[0], w)
+        dots = chunked_dot(a, c, rows)
+        return s, np.array([lse, loss, *scalars, dots]), Q, beta
 
     one = run_with_threads(1, everything)
     two = run_with_threads(2, everything)

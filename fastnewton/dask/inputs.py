@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from ..validation import _as_array, _real_dtype_or_raise, as_row_weights, as_value_matrix, as_vector
+from ..validation import as_array, check_real_dtype, as_row_weights, as_value_matrix, as_vector
 
 
 def _dask_array():
@@ -31,7 +31,7 @@ def check_row_partitioned(C):
                         f"fastnewton.solve), got {type(C).__name__}")
     if C.ndim != 2:
         raise ValueError(f"C must be 2-D (n × d), got a Dask array with {C.ndim} dimension(s)")
-    _real_dtype_or_raise(np.dtype(C.dtype), "C")
+    check_real_dtype(np.dtype(C.dtype), "C")
     if _unknown(C.chunks):
         raise ValueError("C has unknown (nan) chunk sizes; call C.compute_chunk_sizes() (or build it with "
                          "known chunks) before fastnewton.dask.solve")
@@ -59,36 +59,36 @@ def row_vector_blocks(v, name, row_chunks, hint=" (rows of C)"):
             raise ValueError(f"{name} has unknown (nan) chunk sizes; call {name}.compute_chunk_sizes() first")
         if v.shape[0] != n:
             raise ValueError(f"{name} must have length {n}{hint}, got {v.shape[0]}")
-        _real_dtype_or_raise(np.dtype(v.dtype), name)
+        check_real_dtype(np.dtype(v.dtype), name)
         if tuple(v.chunks[0]) != row_chunks:
             v = v.rechunk((row_chunks,))
         return list(v.to_delayed())
     return _split(as_vector(v, name, n, hint), row_chunks)
 
 
-def value_matrix_blocks(V, model, row_chunks):
-    """softmax_relu's V (n × m) as row blocks following C's; None pieces for the other models."""
+def value_matrix_blocks(V, model, values, row_chunks):
+    """V (n × m) of a model that uses ``values`` as row blocks following C's; None pieces for the others."""
     n = sum(row_chunks)
     da = _dask_array()
     if not isinstance(V, da.Array):
-        V = as_value_matrix(V, model, n)
+        V = as_value_matrix(V, model, n, values)
         return [None] * len(row_chunks) if V is None else _split(V, row_chunks), (None if V is None else V.shape[1])
-    if model != "softmax_relu":
-        raise ValueError(f"V is only used by model='softmax_relu'; got V with model={model!r}")
+    if not values:
+        as_value_matrix(V, model, n, values)  # the error for a V that the model does not use
     if V.ndim != 2 or V.shape[0] != n:
         raise ValueError(f"V must be 2-D with n = {n} rows (rows of C), got shape {V.shape}")
     if _unknown(V.chunks):
         raise ValueError("V has unknown (nan) chunk sizes; call V.compute_chunk_sizes() first")
     if V.shape[1] == 0:
         raise ValueError("V must have at least one column (m ≥ 1)")
-    _real_dtype_or_raise(np.dtype(V.dtype), "V")
+    check_real_dtype(np.dtype(V.dtype), "V")
     if tuple(V.chunks[0]) != row_chunks or V.numblocks[1] != 1:
         V = V.rechunk((row_chunks, -1))
     return list(V.to_delayed()[:, 0]), int(V.shape[1])
 
 
 def target_vector(b, m):
-    """softmax_relu's b (length m, small): NumPy, or a Dask array computed once on the driver."""
+    """The length-m b of a model with a value matrix (small): NumPy, or a Dask array computed once on the driver."""
     da = _dask_array()
     if isinstance(b, da.Array):
         if _unknown(b.chunks):
@@ -103,6 +103,6 @@ def row_weight_blocks(row_weights, row_chunks):
         return [None] * len(row_chunks)
     if isinstance(row_weights, _dask_array().Array):
         return row_vector_blocks(row_weights, "row_weights", row_chunks)  # checked ≥ 0 on the workers
-    if _as_array(row_weights, "row_weights").ndim == 0:
+    if as_array(row_weights, "row_weights").ndim == 0:
         return [float(as_row_weights(row_weights, 1)[0])] * len(row_chunks)
     return _split(as_row_weights(row_weights, sum(row_chunks)), row_chunks)

@@ -1,49 +1,31 @@
-"""``DaskProblem``: the Newton driver's interface (the same as ``Problem``'s) over row blocks on a cluster.
+"""``DaskProblem``: the driver's ``Evaluator`` (``fastnewton.protocol``) over row blocks on a cluster.
 
-Rounds per evaluation (x moves out, partials come back; u, Q, β stay on the workers):
+Rounds per evaluation (x moves out, partials come back; u, Q, β stay on the workers): the
+model's stages (``fastnewton.models``), one round each. The first rides on the forward pass
+u_p = C_p x; the one that keeps Q rides on the transposed pass C_pᵀQ_p; after each round the
+driver sums the blocks' summaries and the stage's ``combine`` turns them into the globals the
+next stage needs (e.g. softmax: (1) the blocks' log-partition parts → the normaliser; (2) Q_p
+and the partials of c, γ, the loss and C_pᵀQ_p → L, ∇L = G₀ − c·G₁ + λx, P = [G₁, G₂]).
 
-- ``softmax``/``relu_softmax``: (1) u_p = C_p x, back (max z_p, Σ exp(z_p − max z_p)) → global lse;
-  (2) Q_p = [m s r + w u, m s, m v], back Σ s r, Σ (3s − 2b) s, Σ r² + w u², C_pᵀQ_p (d × 3);
-  the driver forms c, γ, L, ∇L = G₀ − c·G₁ + λx and P = [G₁, G₂].
-- ``softmax_relu``: (1) as above; (2a) s_p = exp(u_p − lse), back V_pᵀs_p (m) and Σ w u² → y, r, L;
-  (2b) ρ_p = V_p(a ⊙ r), Q_p = [s ρ + w u, s, s ρ, J V diag(a)], back Σ s ρ and C_pᵀQ_p (d × (m + 3)).
-- Hessian, ``exact``: one round, β_p = Q₂ − c Q₁ + w on the worker, back C_pᵀ diag(β_p) C_p (d × d).
+- Hessian, ``exact``: one round, β_p from the model on the worker, back C_pᵀ diag(β_p) C_p (d × d).
   ``sketch``/``pcg``: three rounds: back the block's OSNAP share S_pB_p (4d × d) → R on the driver;
   Z = R⁻¹G (d × 16) out, back Σℓ_p; s/Σℓ out, back the sampled sandwich (d × d).
   ``pcg``: one round per CG iteration, p out, C_pᵀ(β_p ⊙ C_p p) back (d).
-- Line search: one round for C_p p (back ‖C_p p‖∞ and the lse parts of u_p + C_p p), then per trial
-  the loss partials (softmax_relu: V_pᵀs_p and Σ w u²): one round for the full step t = 1, two for
-  any other t (first the lse parts of u_p + t·C_p p).
+- Line search: one round for C_p p (back ‖C_p p‖∞ and the first loss stage at u_p + C_p p), then per
+  trial the remaining loss stages: one round for the full step t = 1 of an uncapped direction (two
+  for softmax_relu), one more for any other t (the first loss stage at u_p + t·C_p p).
 """
-import math
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 
-from ..models import diagnose_softmax_regression, diagnose_softmax_relu
-from ..problem import _no_timer, add_low_rank_and_ridge
+from ..models import build_model, uses_values
+from ..protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from ..reductions import dot, norm
 from ..sketching import embedding_factor, jl_directions
 from ..validation import as_vector
 from . import blocks
 from .rounds import Rounds
-
-
-@dataclass
-class DaskEvaluation:
-    """One point x: what the driver holds (loss, gradient, P, S, c) and the futures of what stays on workers."""
-
-    x: np.ndarray
-    loss: float
-    grad: np.ndarray
-    P: np.ndarray
-    S: np.ndarray
-    c: float
-    held: list
-    top: float  # max over rows of z = m ⊙ u (> 0 iff some ReLU is active)
-    y: object = None  # softmax_relu: Vᵀ softmax(Cx)
-    beta: object = None  # futures of β_p, formed when a Hessian needs them
 
 
 class DaskProblem:
@@ -54,9 +36,9 @@ class DaskProblem:
         self.model = model
         self.n, self.d = n, d
         self.l2 = l2
-        self.b = b  # softmax_relu's length-m target; None for the others (their b lives in the blocks)
-        self.relu = model == "relu_softmax"
-        self.meta = self.rounds.reduce(self.rounds.run(blocks.block_meta))
+        self.b = b  # the length-m target of a model with a value matrix; None when b is per row (in the blocks)
+        self.row_model = build_model(model, b if uses_values(model) else None)
+        self.meta = self.facts = self.rounds.reduce(self.rounds.run(blocks.block_meta, args=(self.row_model,)))
         dense = self.meta["dense_rows"] == n
         self.matrix = SimpleNamespace(n=n, d=d, nnz=int(self.meta["nnz"]), format="dense" if dense else "csr",
                                       nbytes=int(self.meta["bytes"]))
@@ -66,75 +48,63 @@ class DaskProblem:
         return (f"DaskProblem(model={self.model!r}, n={self.n}, d={self.d}, nnz={self.matrix.nnz}, "
                 f"blocks={len(self.rounds.blocks)}, l2={self.l2})")
 
-    def _as_point(self, x, name="x"):
+    def as_point(self, x, name="x"):
         return as_vector(x, name, self.d, " (columns of C)")
 
     # -- evaluation ---------------------------------------------------------------------------------
-    def _forward(self, x, relu):
-        """Round 1 (no pass over C at x = 0): the futures of u_p, the global lse and max z."""
-        if not np.any(x):
-            held = self.rounds.run(blocks.zero_forward)
-        else:
-            held = self.rounds.run(blocks.forward, args=(x, relu))
-        parts = [summary["parts"] for summary in self.rounds.gather(held)]
-        return held, blocks.log_sum_exp(parts), max(zmax for zmax, _ in parts)
+    def run_stages(self, stages, held, timer=no_timer, first_summary=None):
+        """The model's stages after the first (whose round made ``held``; its reduced summary when
+        already known): (known, futures kept)."""
+        known = {}
+        for index, stage in enumerate(stages):
+            if index:
+                with timer("gradient" if index == len(stages) - 1 else "model"):
+                    held = self.rounds.run(blocks.stage, held, args=(stage.rows, known))
+                    summary = self.rounds.reduce(held)
+            elif first_summary is not None:
+                summary = first_summary
+            else:
+                with timer("forward"):
+                    summary = self.rounds.reduce(held)
+            known = {**known, **stage.combine(summary, known)}
+            if "G" in summary:
+                known["G"] = summary["G"]
+        return known, held
 
-    def _evaluate(self, x, timer=None, reference=False):
-        """Evaluation at a validated x (``reference``: relu_softmax's g_ref model, the plain softmax)."""
-        timer = timer or _no_timer
-        relu = self.relu and not reference
+    def _forward(self, x, model, timer=no_timer):
+        """Round 1 (no pass over C at x = 0): u_p = C_p x and the model's first stage."""
         with timer("forward"):
-            held, lse, top = self._forward(x, relu)
-        ridge = 0.5 * self.l2 * dot(x, x)
-        if self.model == "softmax_relu":
-            with timer("model"):
-                outputs = self.rounds.run(blocks.relu_outputs, held, args=(lse,))
-                y, loss = self._outputs_loss(outputs, ridge)
-                active_residual = np.where(y > 0.0, np.maximum(y, 0.0) - self.b, 0.0)
-            with timer("gradient"):
-                state = self.rounds.run(blocks.relu_gradient, outputs, args=(y, active_residual))
-                summary = self.rounds.reduce(state)
-            c = summary["c"]
-            S = np.eye(self.b.shape[0] + 2)
-            S[:2, :2] = [[2.0 * c, -1.0], [-1.0, 0.0]]
-        else:
-            with timer("gradient"):
-                state = self.rounds.run(blocks.regression_gradient, held, args=(lse, relu))
-                summary = self.rounds.reduce(state)
-            c, y = summary["c"], None
-            loss = 0.5 * summary["loss2"] + ridge
-            S = np.array([[summary["gamma"], -1.0], [-1.0, 0.0]])
-        G = summary["G"]
-        grad = G[:, 0] - c * G[:, 1] + self.l2 * x
-        return DaskEvaluation(x.copy(), loss, grad, np.ascontiguousarray(G[:, 1:]), S, c, state, top, y)
+            return self.rounds.run(blocks.forward, args=(x if np.any(x) else None, model.evaluation[0].rows))
 
-    def _outputs_loss(self, outputs, ridge):
-        """softmax_relu: y = Σ_p V_pᵀs_p and L = ½‖ReLU(y) − b‖² + ½ Σ w u² + ridge."""
-        summary = self.rounds.reduce(outputs)
-        y = summary["y"]
-        r = np.maximum(y, 0.0) - self.b
-        return y, 0.5 * dot(r, r) + 0.5 * summary["weighted_square"] + ridge
+    def evaluate(self, x, timer=None, reference=False):
+        """Evaluation at a validated x (``reference``: the model whose gradient at 0 sets g_ref)."""
+        timer = timer or no_timer
+        model = self.row_model.reference() if reference else self.row_model
+        known, held = self.run_stages(model.evaluation, self._forward(x, model, timer), timer)
+        G = known["G"]
+        grad = known["gradient"] + self.l2 * x
+        loss = known["loss"] + 0.5 * self.l2 * dot(x, x)
+        return Evaluation(x.copy(), loss, grad, np.ascontiguousarray(G[:, 1:]), known["S"], known, held)
 
-    def _loss_from_forward(self, held, lse, relu, ridge):
-        if self.model == "softmax_relu":
-            return self._outputs_loss(self.rounds.run(blocks.relu_outputs, held, args=(lse,)), ridge)[1]
-        partials = self.rounds.gather(self.rounds.run(blocks.regression_loss, held, args=(lse, relu)))
-        return 0.5 * math.fsum(summary["loss2"] for summary in partials) + ridge
+    def loss_from(self, held, x, first_summary=None):
+        """L at a trial whose first loss stage made ``held`` (later stages run here)."""
+        known, _ = self.run_stages(self.row_model.loss_stages, held, first_summary=first_summary)
+        return known["loss"] + 0.5 * self.l2 * dot(x, x)
 
-    def _beta(self, ev):
+    def beta(self, ev):
         if ev.beta is None:
-            ev.beta = self.rounds.run(blocks.curvature_weights, ev.held, args=(ev.c,))
+            ev.beta = self.rounds.run(blocks.curvature, ev.kept, args=(self.row_model, ev.known))
         return ev.beta
 
-    # -- the driver's interface (see fastnewton.newton) ---------------------------------------------
-    def _hessian(self, ev, sandwich=None):
+    # -- the rest of the Evaluator interface --------------------------------------------------------
+    def hessian_matrix(self, ev, sandwich=None):
         if sandwich is None:
-            sandwich = self.rounds.reduce(self.rounds.run(blocks.sandwich, self._beta(ev)))["H"]
+            sandwich = self.rounds.reduce(self.rounds.run(blocks.sandwich, self.beta(ev)))["H"]
         return add_low_rank_and_ridge(sandwich, ev.P, ev.S, self.l2)
 
-    def _sampled_sandwich(self, ev, s, rng):
+    def sampled_sandwich(self, ev, s, rng):
         """The leverage-score sample of ``fastnewton.sketching``, block by block (per-block seeded streams)."""
-        beta = self._beta(ev)
+        beta = self.beta(ev)
         seed = int(rng.integers(2**63))
         SB = self.rounds.reduce(self.rounds.run(blocks.embed, beta, args=(seed,)))["SB"]
         Z = jl_directions(embedding_factor(SB, self.l2), rng)
@@ -143,48 +113,53 @@ class DaskProblem:
         summary = self.rounds.reduce(self.rounds.run(blocks.sampled_sandwich, beta, scores, args=(s, total, seed)))
         return summary["H"], int(summary["kept"])
 
-    def _hessp(self, ev, p):
-        Hp = self.rounds.reduce(self.rounds.run(blocks.hessian_vector, self._beta(ev), args=(p,)))["Hp"]
+    def hessian_product(self, ev, p):
+        Hp = self.rounds.reduce(self.rounds.run(blocks.hessian_vector, self.beta(ev), args=(p,)))["Hp"]
         return Hp + ev.P @ (ev.S @ (ev.P.T @ p)) + self.l2 * p
 
-    def _line(self, ev, p):
-        return _DaskLine(self, ev, p)
+    def line(self, ev, p):
+        return DaskLine(self, ev, p)
 
-    def _target_norm(self):
-        return norm(self.b) if self.b is not None else math.sqrt(self.meta["b_squared"])
+    def target_norm(self):
+        return self.row_model.target_norm(self.facts)
 
-    def _gradient_norm_at_zero(self):
-        return norm(self._evaluate(np.zeros(self.d), reference=True).grad)
+    def gradient_norm_at_zero(self):
+        return norm(self.evaluate(np.zeros(self.d), reference=True).grad)
 
-    def _diagnose(self, ev):
-        if self.model == "softmax_relu":
-            return diagnose_softmax_relu(ev.y, self.b)
+    def _loss_at_zero_value(self):
         if self._loss_at_zero is None:
-            held, lse, _ = self._forward(np.zeros(self.d), self.relu)
-            self._loss_at_zero = self._loss_from_forward(held, lse, self.relu, 0.0)
-        b_varies = self.meta["max_b"] != -self.meta["max_negated_min_b"]
-        return diagnose_softmax_regression(self.relu, ev.top > 0.0, b_varies, ev.loss, self._loss_at_zero,
-                                           self.meta["b_squared"])
+            zero = self.rounds.run(blocks.forward, args=(None, self.row_model.loss_stages[0].rows))
+            self._loss_at_zero = self.loss_from(zero, np.zeros(self.d))
+        return self._loss_at_zero
 
-    def _iteration_extras(self):
+    def diagnose(self, ev):
+        return self.row_model.diagnose(ev.known, ev.known["loss"], self.facts, self._loss_at_zero_value)
+
+    def iteration_extras(self):
         return self.rounds.take_counts()
 
-    def _auto_start(self):
-        from .start import auto_start
+    def auto_start(self):
+        return self.row_model.auto_start(self)
 
-        return auto_start(self)
+    def map_blocks(self, function, *args):
+        """function(block, *args) on every block, the summaries summed (``max_`` keys: the maximum)."""
+        return self.rounds.reduce(self.rounds.run(blocks.apply, args=(function, args)))
+
+    def gather_blocks(self, function, *args):
+        """[function(block, *args)] for the blocks in row order."""
+        return self.rounds.gather(self.rounds.run(blocks.apply, args=(function, args)))
 
 
-class _DaskLine:
-    """The line x + t·p: C_p p stays on the workers; each trial costs two rounds and no pass over C,
-    except the full step t = 1 of an uncapped direction, whose first round rides on C_p p's."""
+class DaskLine:
+    """The line x + t·p: C_p p stays on the workers; a trial costs the model's loss stages and no pass
+    over C, and the full step t = 1 of an uncapped direction rides its first stage on C_p p's round."""
 
     def __init__(self, problem, ev, p):
         self.problem, self.ev, self.p = problem, ev, p
-        self.directions = problem.rounds.run(blocks.direction, ev.held, args=(p, problem.relu))
-        summaries = problem.rounds.gather(self.directions)
-        self.largest = max(summary["max_abs"] for summary in summaries)
-        self._full_step_parts = [summary["parts"] for summary in summaries]
+        self.first = problem.row_model.loss_stages[0].rows
+        self.directions = problem.rounds.run(blocks.direction, ev.kept, args=(p, self.first))
+        self.full_step = problem.rounds.reduce(self.directions)
+        self.largest = self.full_step["max_abs"]
         self.factor = 1.0
 
     def scale(self, factor):
@@ -194,13 +169,9 @@ class _DaskLine:
 
     def loss(self, t):
         problem = self.problem
-        x_t = self.ev.x + t * self.p
         step = t * self.factor
+        x_t = self.ev.x + t * self.p
         if step == 1.0:
-            held, parts = self.directions, self._full_step_parts
-        else:
-            held = problem.rounds.run(blocks.shifted_forward, self.ev.held, self.directions,
-                                      args=(step, problem.relu))
-            parts = [summary["parts"] for summary in problem.rounds.gather(held)]
-        return problem._loss_from_forward(held, blocks.log_sum_exp(parts), problem.relu,
-                                          0.5 * problem.l2 * dot(x_t, x_t))
+            return problem.loss_from(self.directions, x_t, self.full_step)
+        held = problem.rounds.run(blocks.shifted_forward, self.ev.kept, self.directions, args=(step, self.first))
+        return problem.loss_from(held, x_t)

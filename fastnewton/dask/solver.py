@@ -5,6 +5,7 @@ from ..newton import newton_solve
 from ..start import starting_point
 from ..solver import solve_options
 from ..threads import thread_limits
+from ..models import uses_values
 from ..validation import as_l2, as_positive_int, check_model
 from . import blocks
 from .inputs import check_row_partitioned, row_vector_blocks, row_weight_blocks, target_vector, value_matrix_blocks
@@ -30,14 +31,15 @@ def _default_client(client):
 def persist_blocks(client, C, b, model, V, row_weights, n_threads):
     """Validate the inputs and build one ``blocks.Block`` per row chunk on the workers (futures, in row order).
 
-    Returns (block futures, n, d, the length-m b of softmax_relu or None)."""
+    Returns (block futures, n, d, the length-m b of a model with a value matrix, or None)."""
     import dask
     import distributed
 
     row_chunks, d = check_row_partitioned(C)
     n = sum(row_chunks)
-    V_pieces, m = value_matrix_blocks(V, model, row_chunks)
-    if model == "softmax_relu":
+    values = uses_values(model)
+    V_pieces, m = value_matrix_blocks(V, model, values, row_chunks)
+    if values:
         small_b, b_pieces = target_vector(b, m), [None] * len(row_chunks)
     else:
         small_b, b_pieces = None, row_vector_blocks(b, "b", row_chunks)
@@ -45,7 +47,7 @@ def persist_blocks(client, C, b, model, V, row_weights, n_threads):
     C_pieces = list(C.to_delayed()[:, 0])
     offsets = np.cumsum((0,) + row_chunks)
     make = dask.delayed(blocks.make_block, pure=True)
-    delayed_blocks = [make(p, int(offsets[p]), rows, d, model, C_pieces[p], b_pieces[p], w_pieces[p], V_pieces[p],
+    delayed_blocks = [make(p, int(offsets[p]), rows, d, model, values, C_pieces[p], b_pieces[p], w_pieces[p], V_pieces[p],
                            n_threads) for p, rows in enumerate(row_chunks)]
     futures = client.compute(delayed_blocks)
     # Report a bad block deterministically: the first failing block in row order, whichever finished first.

@@ -1,0 +1,160 @@
+"""The model interface: what a model states about a block of rows, run alike by both evaluators.
+
+A model h (``fastnewton.models.softmax``, ``fastnewton.models.softmax_relu``) is one object that
+states, for a block of rows of C (a ``RowBlock``: the rows' matrix, their slices of b, w and V):
+
+- ``evaluation``: the stages of one evaluation at u = Cx. A ``Stage`` runs ``rows(block, kept,
+  known)`` on each block (→ a summary of partials and arrays kept with the block) and then
+  ``combine(summary, known)`` once on the driver, on the blocks' summaries summed (→ the globals
+  the next stage needs). The last stage keeps Q = [q_a, U], the columns of the one transposed
+  pass; the evaluator adds G = CᵀQ to its summary, and its ``combine`` returns ``loss``,
+  ``gradient`` (∇L without the ridge, the c-terms split linearly, e.g. G[:, 0] − c·G[:, 1]) and S.
+  P = CᵀU is G[:, 1:]; the first ``gradient_columns`` columns of Q give the gradient alone.
+- ``loss_stages``: the stages of the loss alone at a line-search trial u (the last ``combine``
+  returns ``loss``).
+- ``curvature(block, kept, known)``: β on the block's rows, for the sandwich Cᵀ diag(β) C.
+- ``facts(block)``: summable statistics of the block's targets, ``target_norm(facts)``,
+  ``diagnose(known, loss, facts, loss_at_zero)``, ``reference()`` (the model whose gradient at
+  x = 0 sets g_ref) and ``auto_start(problem)``.
+
+The single-machine ``Problem`` runs the stages on one block holding all of C; ``fastnewton.dask``
+runs each stage's ``rows`` on the workers and its ``combine`` on the driver. Summaries are dicts
+summed key by key (keys starting ``max_`` take the maximum), so any value with ``+`` works
+(``LogPartition`` for the softmax normaliser).
+"""
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from ..chunking import chunk_rows
+from ..kernels.softmax import log_partition_parts
+
+import numpy as np
+
+# Summary keys reduced by max instead of sum.
+MAX_PREFIX = "max_"
+
+
+class RowBlock:
+    """Rows [offset, offset + rows) of C with their slices of the per-row target b (or None), w and V."""
+
+    def __init__(self, matrix, b, w, V, offset=0):
+        self.matrix, self.b, self.w, self.V, self.offset = matrix, b, w, V, offset
+        self.rows = matrix.n
+        self.chunk = chunk_rows(self.rows)
+
+
+def add_summaries(first, second):
+    """Sum two summaries key by key (``max_`` keys take the maximum): one node of a reduction."""
+    return {key: max(value, second[key]) if key.startswith(MAX_PREFIX) else value + second[key]
+            for key, value in first.items()}
+
+
+class LogPartition:
+    """log Σ exp(z) held as (max z, Σ exp(z − max z)); ``+`` combines two blocks' parts (in a fixed order)."""
+
+    __slots__ = ("top", "total")
+
+    def __init__(self, top, total):
+        self.top, self.total = float(top), float(total)
+
+    def __add__(self, other):
+        top = max(self.top, other.top)
+        if top == -math.inf:
+            return LogPartition(top, 0.0)
+        return LogPartition(top, self.total * math.exp(self.top - top) + other.total * math.exp(other.top - top))
+
+    def factor(self, block_top):
+        """The factor turning a block's e = exp(z − block_top) into softmax(z) = e·factor."""
+        return math.exp(block_top - self.top) / self.total
+
+    def __reduce__(self):
+        return LogPartition, (self.top, self.total)
+
+
+def log_partition_rows(block, kept, relu):
+    """The first stage of the softmax models: e = exp(z − max z) kept, the block's LogPartition back."""
+    e = np.empty(block.rows)
+    top, total = log_partition_parts(kept["u"], relu, block.chunk, e)
+    return {"log_partition": LogPartition(top, total)}, {"e": e, "block_top": top}
+
+
+def keep_log_partition(summary, known):
+    return {"log_partition": summary["log_partition"]}
+
+
+def half_loss(summary, known):
+    """The loss from the blocks' partials of Σ r² + w u²."""
+    return {"loss": 0.5 * summary["loss2"]}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One round of a model's evaluation: ``rows`` on every block, then ``combine`` on the driver."""
+
+    rows: Callable  # rows(block, kept, known) -> (summary dict, dict of arrays kept with the block)
+    combine: Callable  # combine(summed summary, known) -> dict of new globals
+
+
+class Model:
+    """Base of the models: defaults for the optional parts of the interface (see the module docstring)."""
+
+    name = None
+    # Whether the model takes a value matrix V (n × m) and a length-m target b held by the model.
+    uses_values = False
+    # Leading columns of Q that the gradient alone needs ([q_a, q_b] for the c-term split).
+    gradient_columns = 2
+
+    def facts(self, block):
+        return {}
+
+    def reference(self):
+        return self
+
+    def diagnose(self, known, loss, facts, loss_at_zero):
+        return None
+
+    def auto_start(self, problem):
+        return np.zeros(problem.d), "zeros (auto: the model has no starting rule)"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    factory: Callable
+    uses_values: bool
+
+
+_REGISTRY = {}
+
+
+def register_model(name, factory, uses_values=False):
+    """Make ``model=name`` available to ``solve``, ``Problem`` and ``fastnewton.dask.solve``.
+
+    ``factory(target)`` returns the model object; ``target`` is the length-m b when ``uses_values``
+    (the model then needs V, n × m), else None (b is per row and reaches the model through the blocks).
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"factory must be callable, got {type(factory).__name__}")
+    _REGISTRY[name] = _Entry(factory, bool(uses_values))
+
+
+def model_names():
+    return tuple(_REGISTRY)
+
+
+def check_model(model):
+    """The model name, or a ValueError listing the registered ones."""
+    if not isinstance(model, str) or model not in _REGISTRY:
+        raise ValueError(f"model must be one of {', '.join(repr(m) for m in _REGISTRY)}, got {model!r}")
+    return model
+
+
+def uses_values(model):
+    return _REGISTRY[check_model(model)].uses_values
+
+
+def build_model(model, target=None):
+    """The model object for a registered name (``target``: the length-m b of a model with ``uses_values``)."""
+    return _REGISTRY[check_model(model)].factory(target)

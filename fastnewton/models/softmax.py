@@ -1,0 +1,126 @@
+"""``softmax``: h(u) = softmax(u), and ``relu_softmax``: h(u) = softmax(ReLU(u)) (arXiv 2308.08358).
+
+L = ½‖h(u) − b‖² + ½ Σ w u² with b per row. With m = 1[u > 0] (or 1), s = h(u), r = s − b,
+v = s ⊙ (2s − b), c = ⟨s, r⟩, γ = ⟨3s − 2b, s⟩ (sums over all rows):
+  q = m ⊙ (s ⊙ r − c s) + w ⊙ u,  β = m ⊙ (v − c s) + w,  U = [m ⊙ s, m ⊙ v],  S = [[γ, −1], [−1, 0]].
+Stages: (1) the blocks' log-partition parts → the global normaliser; (2) Q = [m s r + w u, m s, m v]
+and the partials of c, γ and the loss → ∇L = Cᵀ(m s r + w u) − c·Cᵀ(m s).
+"""
+import numpy as np
+
+from ..kernels.softmax import curvature_weights, softmax_regression_columns, softmax_regression_loss
+from ..reductions import dot
+from ..start import FloorRows, floor_margin, log_linear_fit, normal_system, solve_psd
+from .base import Model, Stage, half_loss, keep_log_partition, log_partition_rows
+
+# Relative gap above the floor f = min b for a row of relu_softmax to count as active
+# (above the relative noise of float64 softmax values, below any planted signal).
+ACTIVE_RTOL = 1e-6
+
+
+class Softmax(Model):
+    """h(u) = softmax(u) (``softmax``) or softmax(ReLU(u)) (``relu_softmax``); b has length n."""
+
+    k = 2
+
+    def __init__(self, relu=False):
+        self.relu = relu
+        self.name = "relu_softmax" if relu else "softmax"
+        first = Stage(self._log_partition, keep_log_partition)
+        self.evaluation = (first, Stage(self._columns, softmax_gradient))
+        self.loss_stages = (first, Stage(self._loss_rows, half_loss))
+
+    def _log_partition(self, block, kept, known):
+        return log_partition_rows(block, kept, self.relu)
+
+    def _columns(self, block, kept, known):
+        Q = np.empty((block.rows, 3))
+        scale = known["log_partition"].factor(kept["block_top"])
+        c, gamma, loss2 = softmax_regression_columns(kept["u"], kept["e"], scale, block.b, block.w, self.relu,
+                                                     block.chunk, Q)
+        return {"c": c, "gamma": gamma, "loss2": loss2}, {"Q": Q}
+
+    def _loss_rows(self, block, kept, known):
+        scale = known["log_partition"].factor(kept["block_top"])
+        return {"loss2": softmax_regression_loss(kept["u"], kept["e"], scale, block.b, block.w, block.chunk)}, {}
+
+    def curvature(self, block, kept, known):
+        beta = np.empty(block.rows)
+        curvature_weights(kept["Q"], known["c"], block.w, beta)
+        return beta
+
+    def facts(self, block):
+        b = block.b
+        positive = b[b > 0.0]
+        return {"b_squared": dot(b, b), "max_b": float(b.max()), "max_negated_min_b": float(-b.min()),
+                "max_negated_min_positive_b": float(-positive.min()) if positive.size else -np.inf}
+
+    def target_norm(self, facts):
+        return float(np.sqrt(facts["b_squared"]))
+
+    def reference(self):
+        """relu_softmax has ∇L(0) = 0 exactly (ReLU'(0) = 0 on every row), which would make the
+        scale-free criterion unreachable; its one-sided derivative at 0, the plain softmax
+        gradient, gives the scale instead."""
+        return Softmax(relu=False) if self.relu else self
+
+    def diagnose(self, known, loss, facts, loss_at_zero):
+        """A sentence when the stationary point cannot be the optimum, else None."""
+        b_varies = facts["max_b"] != -facts["max_negated_min_b"]
+        if self.relu and not known["log_partition"].top > 0.0 and b_varies:
+            return ("every ReLU is inactive (Cx ≤ 0 on all rows): x is a dead stationary point of "
+                    "relu_softmax where the gradient is exactly zero, not the optimum")
+        # A softmax saturated to one-hot has a gradient that underflows to ~0 at any loss;
+        # a loss above L(0) (uniform softmax, no weight term) proves x is not the minimiser.
+        at_zero = loss_at_zero()
+        if loss > at_zero + 1e-8 * (at_zero + facts["b_squared"]):
+            return (f"the gradient vanished but the loss {loss:.6e} exceeds L(0) = {at_zero:.6e}, "
+                    "so x is not the optimum (e.g. a softmax saturated to one-hot by huge logits |Cx|)")
+        return None
+
+    def auto_start(self, problem):
+        """softmax: log b = Cx − logsumexp(Cx) at a zero-residual optimum, so the b-weighted fit of
+        log b on [C, 1] starts at or near x*. relu_softmax: see ``_relu_start``."""
+        facts = problem.facts
+        if not facts["max_b"] > 0.0:
+            return np.zeros(problem.d), "zeros (auto: b has no positive entry to fit log b to)"
+        if self.relu:
+            return _relu_start(problem, -facts["max_negated_min_positive_b"])
+        return log_linear_fit(problem, _targets), "auto: b-weighted least-squares fit of log b on [C, 1]"
+
+
+def softmax_gradient(summary, known):
+    """L, ∇L = G[:, 0] − c·G[:, 1] and S = [[γ, −1], [−1, 0]] from the blocks' partials of c, γ, 2L and G = CᵀQ."""
+    G, c = summary["G"], summary["c"]
+    return {"c": c, "loss": 0.5 * summary["loss2"], "gradient": G[:, 0] - c * G[:, 1],
+            "S": np.array([[summary["gamma"], -1.0], [-1.0, 0.0]])}
+
+
+def _targets(block, parameters):
+    return block.b
+
+
+def _is_floor(block, floor):
+    return ~(block.b > floor * (1.0 + ACTIVE_RTOL))
+
+
+def _active_fit(block, floor):
+    active = block.b > floor * (1.0 + ACTIVE_RTOL)
+    return active.astype(np.float64), np.where(active, np.log(np.maximum(block.b, floor) / floor), 0.0)
+
+
+def _relu_start(problem, floor):
+    """Rows with bᵢ > f·(1 + rtol), f = min positive b (the softmax floor of inactive rows), are
+    active: fit (Cx)ᵢ = log(bᵢ / f) on them by least squares, then, when the active rows leave a
+    null space, move in it so that floor rows get Cx ≤ −τ with the largest margin τ ≤ 1 (an LP
+    over a cutting-plane working set). Never x = 0, the dead stationary point, unless b is uniform."""
+    facts = problem.facts
+    if not facts["max_b"] > floor * (1.0 + ACTIVE_RTOL):
+        return np.zeros(problem.d), "zeros (auto: b is uniform, so every x with Cx ≤ 0 is optimal)"
+    x, null_space = solve_psd(*normal_system(problem, _active_fit, floor, intercept=False))
+    description = "auto: least-squares fit of log(b_i / min b) on the active rows"
+    all_active = -facts["max_negated_min_b"] > floor * (1.0 + ACTIVE_RTOL)
+    if null_space.shape[1] and not all_active:
+        x, margin = floor_margin(FloorRows(problem, _is_floor, floor), x, null_space)
+        description += f", floor rows pushed to Cx ≤ −{margin:.3g} in the active rows' null space (LP)"
+    return x, description

@@ -1,0 +1,159 @@
+"""A fourth model added from outside the package: softmax with a temperature τ, h(u) = softmax(u/τ).
+
+Everything the solvers need is stated here, in this file, against ``fastnewton.models``' interface
+(plain NumPy, no kernels), and registered with ``register_model``; nothing in fastnewton/ knows it.
+Its derivatives are checked against central differences of its own loss and against a plain NumPy
+loss, and it is solved by ``fastnewton.solve`` and ``fastnewton.dask.solve`` alike.
+
+Derivation (z = u/τ, s = softmax(z), r = s − b, c = ⟨s, r⟩, v = s ⊙ (2s − b), γ = ⟨3s − 2b, s⟩):
+∂L/∂u = (s ⊙ r − c s)/τ + w ⊙ u and ∂²L/∂u² = diag((v − c s)/τ² + w) + U S Uᵀ with
+U = [s, v]/τ and S = [[γ, −1], [−1, 0]] (the softmax model's, scaled by the chain rule).
+"""
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import fastnewton
+from fastnewton.models import LogPartition, Model, Stage, register_model
+from fastnewton.models.base import half_loss, keep_log_partition
+from fastnewton.models.softmax import softmax_gradient
+from fastnewton.start import log_linear_fit
+
+TAU = 2.0
+NAME = "softmax_temperature"
+
+
+class TemperatureSoftmax(Model):
+    """h(u) = softmax(u/τ), b per row."""
+
+    name = NAME
+    k = 2
+
+    def __init__(self, tau):
+        self.tau = tau
+        first = Stage(self._log_partition, keep_log_partition)
+        # The driver-side combinations are the softmax model's: S and the c-term split do not
+        # depend on τ once U and q carry the 1/τ of the chain rule.
+        self.evaluation = (first, Stage(self._columns, softmax_gradient))
+        self.loss_stages = (first, Stage(self._loss_rows, half_loss))
+
+    def _log_partition(self, block, kept, known):
+        z = kept["u"] / self.tau
+        top = float(z.max())
+        e = np.exp(z - top)
+        return {"log_partition": LogPartition(top, e.sum())}, {"e": e, "block_top": top}
+
+    def _softmax(self, kept, known):
+        return kept["e"] * known["log_partition"].factor(kept["block_top"])
+
+    def _columns(self, block, kept, known):
+        s, u, w = self._softmax(kept, known), kept["u"], block.w
+        r = s - block.b
+        v = s * (2.0 * s - block.b)
+        Q = np.column_stack([s * r / self.tau + w * u, s / self.tau, v / self.tau])
+        return {"c": np.sum(s * r), "gamma": np.sum((3.0 * s - 2.0 * block.b) * s),
+                "loss2": np.sum(r * r + w * u * u)}, {"Q": Q}
+
+    def _loss_rows(self, block, kept, known):
+        r = self._softmax(kept, known) - block.b
+        u = kept["u"]
+        return {"loss2": np.sum(r * r + block.w * u * u)}, {}
+
+    def curvature(self, block, kept, known):
+        Q = kept["Q"]
+        return (Q[:, 2] - known["c"] * Q[:, 1]) / self.tau + block.w
+
+    def facts(self, block):
+        return {"b_squared": float(block.b @ block.b)}
+
+    def target_norm(self, facts):
+        return float(np.sqrt(facts["b_squared"]))
+
+    def auto_start(self, problem):
+        """softmax(Cx/τ) ≈ b: τ times the b-weighted fit of log b on [C, 1]."""
+        return self.tau * log_linear_fit(problem, _targets), "auto: τ·(b-weighted fit of log b on [C, 1])"
+
+
+def _targets(block, parameters):
+    return block.b
+
+
+register_model(NAME, lambda target: TemperatureSoftmax(TAU))
+
+
+def _planted(n=3000, d=6, seed=0, noise=1e-2):
+    rng = np.random.default_rng(seed)
+    C = sp.random(n, d, density=0.5, format="csr", random_state=seed, data_rvs=rng.standard_normal)
+    x_true = rng.standard_normal(d)
+    u = C @ x_true / TAU
+    s = np.exp(u - u.max())
+    b = s / s.sum() * (1.0 + noise * rng.standard_normal(n))
+    return C, b, x_true
+
+
+def _numpy_loss(C, b, x, w):
+    u = C @ x
+    z = u / TAU
+    s = np.exp(z - z.max())
+    s /= s.sum()
+    return 0.5 * np.sum((s - b) ** 2) + 0.5 * np.sum(w * u * u)
+
+
+def test_unknown_model_lists_the_registered_ones():
+    C, b, _ = _planted(n=50)
+    with pytest.raises(ValueError, match=f"'softmax'.*'{NAME}'.*got 'linear'"):
+        fastnewton.Problem(C, b, model="linear")
+
+
+def test_gradient_and_hessian_match_central_differences():
+    C, b, x_true = _planted(n=400)
+    w = np.random.default_rng(1).uniform(0.0, 1e-3, 400)
+    problem = fastnewton.Problem(C, b, NAME, l2=1e-3, row_weights=w)
+    x = x_true + 0.3 * np.random.default_rng(2).standard_normal(6)
+    # The loss against an independent NumPy formula: a few hundred eps of relative rounding.
+    ridge = 0.5e-3 * x @ x
+    assert problem.loss(x) == pytest.approx(_numpy_loss(C, b, x, w) + ridge, rel=1e-12)
+    # Central differences, h = 1e-5: truncation O(h²·|L'''|) ~ 1e-10 and rounding O(eps·L/h) ~ 1e-13
+    # relative to the O(1e-3) gradient entries, so 1e-6 of the largest entry has a wide margin.
+    h = 1e-5
+    eye = np.eye(6)
+    grad = problem.grad(x)
+    fd_grad = np.array([(problem.loss(x + h * e) - problem.loss(x - h * e)) / (2 * h) for e in eye])
+    np.testing.assert_allclose(grad, fd_grad, rtol=0, atol=1e-6 * np.abs(grad).max())
+    H = problem.hessian(x)
+    fd_hessian = np.column_stack([(problem.grad(x + h * e) - problem.grad(x - h * e)) / (2 * h) for e in eye])
+    np.testing.assert_allclose(H, fd_hessian, rtol=0, atol=1e-6 * np.abs(H).max())
+    p = np.random.default_rng(3).standard_normal(6)
+    np.testing.assert_allclose(problem.hessp(x, p), H @ p, rtol=1e-12, atol=1e-14 * np.abs(H).max())
+
+
+@pytest.mark.parametrize("hessian", ["exact", "pcg"])
+def test_solve_reaches_the_planted_optimum(hessian):
+    C, b, x_true = _planted(noise=0.0)
+    res = fastnewton.solve(C, b, NAME, hessian=hessian, seed=0, tol=1e-10)
+    assert res.converged, res.message
+    assert res.start.startswith("auto")
+    np.testing.assert_allclose(res.x, x_true, rtol=0, atol=1e-6)
+
+
+def test_dask_solve_agrees_with_solve():
+    distributed = pytest.importorskip("distributed")
+    da = pytest.importorskip("dask.array")
+    import cloudpickle
+
+    import fastnewton.dask
+
+    # The model lives in this test module, which the worker processes cannot import: ship it by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    C, b, _ = _planted()
+    kw = dict(hessian="exact", tol=1e-12, seed=0)
+    reference = fastnewton.solve(C, b, NAME, **kw)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  silence_logs=40) as cluster, distributed.Client(cluster) as client:
+        res = fastnewton.dask.solve(da.from_array(C, chunks=(1300, 6), asarray=False), b, NAME, client=client, **kw)
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert reference.converged and res.converged, (reference.message, res.message)
+    # As tests/test_dask.py: the blockwise sums round differently, ~1e-16 per operation.
+    assert np.max(np.abs(res.x - reference.x)) <= 1e-10 * np.max(np.abs(reference.x))
