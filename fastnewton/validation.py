@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .matrix import CSRMatrix, DenseMatrix
-from .models import check_model as _registered_model
+from . import models
 
 
 def check_real_dtype(dtype, name):
@@ -98,7 +98,7 @@ def as_vector(v, name, length, length_hint=""):
 
 def check_model(model):
     """A registered model name (``fastnewton.models.register_model``), else a ValueError listing them."""
-    return _registered_model(model)
+    return models.check_model(model)
 
 
 def as_real_scalar(value, name, minimum=0.0):
