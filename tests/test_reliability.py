@@ -266,23 +266,21 @@ def test_rank_deficient_relu_models_are_honest(model):
 
 # -- non-finite values during the iteration ----------------------------------------------------------
 
-def _poison_after(monkeypatch, calls, method="vectors"):
-    """Make SoftmaxRegression.<method> return NaN from call number ``calls`` + 1 on."""
-    original = getattr(models.SoftmaxRegression, method)
+def _poison_after(monkeypatch, calls, method="columns"):
+    """Make the softmax model's stage ``method`` NaN from call number ``calls`` + 1 on: ``columns``
+    (once per evaluation: Q and the loss), ``loss_rows`` (once per loss alone, e.g. a line-search trial)."""
+    original = getattr(models.Softmax, method)
     count = {"n": 0}
 
-    def poisoned(self, u):
+    def poisoned(self, block, kept, known):
         count["n"] += 1
-        out = original(self, u)
+        summary, new = original(self, block, kept, known)
         if count["n"] > calls:
-            if method == "vectors":
-                out.Q[:] = np.nan
-                out.loss = float("nan")
-            else:
-                out = float("nan")
-        return out
+            summary = {key: float("nan") for key in summary}
+            new = {key: np.full_like(value, np.nan) for key, value in new.items()}
+        return summary, new
 
-    monkeypatch.setattr(models.SoftmaxRegression, method, poisoned)
+    monkeypatch.setattr(models.Softmax, method, poisoned)
     return count
 
 
@@ -313,7 +311,7 @@ def test_non_finite_start_returns_the_start(monkeypatch):
 
 def test_non_finite_trial_losses_are_rejected_not_accepted(monkeypatch):
     C, b, _ = make_problem(200, 10, nnz_per_row=4, seed=19)
-    _poison_after(monkeypatch, 0, method="loss")  # every line-search trial is NaN
+    _poison_after(monkeypatch, 0, method="loss_rows")  # every line-search trial is NaN
     res = _solve(C, b, x0="zeros")
     _check_honest(res, 10)
     assert not res.converged

@@ -26,21 +26,21 @@ class Softmax(Model):
     def __init__(self, relu=False):
         self.relu = relu
         self.name = "relu_softmax" if relu else "softmax"
-        first = Stage(self._log_partition, keep_log_partition)
-        self.evaluation = (first, Stage(self._columns, softmax_gradient))
-        self.loss_stages = (first, Stage(self._loss_rows, half_loss))
+        first = Stage(self.log_partition, keep_log_partition)
+        self.evaluation = (first, Stage(self.columns, softmax_gradient))
+        self.loss_stages = (first, Stage(self.loss_rows, half_loss))
 
-    def _log_partition(self, block, kept, known):
+    def log_partition(self, block, kept, known):
         return log_partition_rows(block, kept, self.relu)
 
-    def _columns(self, block, kept, known):
+    def columns(self, block, kept, known):
         Q = np.empty((block.rows, 3))
         scale = known["log_partition"].factor(kept["block_top"])
         c, gamma, loss2 = softmax_regression_columns(kept["u"], kept["e"], scale, block.b, block.w, self.relu,
                                                      block.chunk, Q)
         return {"c": c, "gamma": gamma, "loss2": loss2}, {"Q": Q}
 
-    def _loss_rows(self, block, kept, known):
+    def loss_rows(self, block, kept, known):
         scale = known["log_partition"].factor(kept["block_top"])
         return {"loss2": softmax_regression_loss(kept["u"], kept["e"], scale, block.b, block.w, block.chunk)}, {}
 
