@@ -36,7 +36,7 @@ def _u_away_from_kink(rng, n, scale=2.0, gap=1e-3):
     return np.where(np.abs(u) < gap, gap * 2, u)
 
 
-def softmax_into(u, relu, chunk_rows, s):
+def one_block_softmax(u, relu, chunk_rows, s):
     """s = softmax(z) of one block from the kernel's parts; returns log Σ exp(z)."""
     top, total = log_partition_parts(u, relu, chunk_rows, s)
     s *= LogPartition(top, total).factor(top)
@@ -56,15 +56,15 @@ def _beta(Q, c, w):
     return beta
 
 
-# -- softmax_into ---------------------------------------------------------------------------
+# -- one_block_softmax ---------------------------------------------------------------------------
 @pytest.mark.parametrize("chunk_rows", CHUNKS, ids=CHUNK_IDS)
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("n", [1, 2, 50, 10_000])
-def test_softmax_into_matches_naive(n, relu, chunk_rows):
+def test_one_block_softmax_matches_naive(n, relu, chunk_rows):
     rng = np.random.default_rng(30)
     u = rng.standard_normal(n) * 3
     s = np.full(n, np.nan)
-    lse = softmax_into(u, relu, _rows(n, chunk_rows), s)
+    lse = one_block_softmax(u, relu, _rows(n, chunk_rows), s)
     z = naive.relu(u) if relu else u
     # each s_i is one exp (≤ 1 ulp-ish error, a few eps) over a sum of n terms (≤ n·eps relative)
     np.testing.assert_allclose(s, naive.softmax(z), rtol=4 * (n + 4) * EPS, atol=0)
@@ -72,10 +72,10 @@ def test_softmax_into_matches_naive(n, relu, chunk_rows):
     assert abs(s.sum() - 1.0) <= 2 * (n + 4) * EPS
 
 
-def test_softmax_into_huge_logits_do_not_overflow():
+def test_one_block_softmax_huge_logits_do_not_overflow():
     u = np.array([1e4, 1e4 - 1.0, -1e4, 0.0, 1e4 - 800.0])
     s = np.empty_like(u)
-    lse = softmax_into(u, False, 2, s)
+    lse = one_block_softmax(u, False, 2, s)
     top = 1.0 / (1.0 + np.exp(-1.0))
     # exp(−800) underflows to 0 after the max shift: exactly the right answer in float64
     expected = np.array([top, np.exp(-1.0) * top, 0.0, 0.0, 0.0])
@@ -84,33 +84,33 @@ def test_softmax_into_huge_logits_do_not_overflow():
     np.testing.assert_allclose(lse, 1e4 + np.log1p(np.exp(-1.0)), rtol=4 * EPS)
 
 
-def test_softmax_into_huge_negative_logits():
+def test_one_block_softmax_huge_negative_logits():
     """All logits hugely negative: the max shift keeps the largest at exp(0) = 1, never 0/0."""
     u = np.array([-1e4, -1e4 - 1.0, -2e4])
     s = np.empty_like(u)
-    lse = softmax_into(u, False, 1, s)
+    lse = one_block_softmax(u, False, 1, s)
     assert np.all(np.isfinite(s)) and abs(s.sum() - 1.0) <= 4 * EPS
     np.testing.assert_allclose(s, naive.softmax(u), rtol=8 * EPS)
     np.testing.assert_allclose(lse, -1e4 + np.log1p(np.exp(-1.0)), rtol=4 * EPS)
 
 
-def test_softmax_into_relu_huge_and_all_dead():
+def test_one_block_softmax_relu_huge_and_all_dead():
     s = np.empty(4)
-    lse = softmax_into(np.array([1e4, -1e4, 3.0, -0.0]), True, 3, s)
+    lse = one_block_softmax(np.array([1e4, -1e4, 3.0, -0.0]), True, 3, s)
     np.testing.assert_allclose(s, [1.0, 0.0, 0.0, 0.0], rtol=0, atol=0)
     np.testing.assert_allclose(lse, 1e4, rtol=4 * EPS)
     # every ReLU dead: z = 0 everywhere, the uniform distribution
-    lse = softmax_into(np.array([-1.0, -2.0, -1e4, -0.5]), True, 3, s)
+    lse = one_block_softmax(np.array([-1.0, -2.0, -1e4, -0.5]), True, 3, s)
     np.testing.assert_allclose(s, 0.25, rtol=4 * EPS)
     np.testing.assert_allclose(lse, np.log(4.0), rtol=4 * EPS)
 
 
-def test_softmax_into_reads_u_only():
+def test_one_block_softmax_reads_u_only():
     rng = np.random.default_rng(31)
     u = rng.standard_normal(20)
     u.flags.writeable = False
     s = np.empty(20)
-    softmax_into(u, True, 3, s)
+    one_block_softmax(u, True, 3, s)
     np.testing.assert_allclose(s, naive.softmax(naive.relu(u)), rtol=100 * EPS)
 
 
@@ -131,7 +131,7 @@ def test_blocks_log_partitions_combine_to_the_whole(relu):
     n = 300
     u = rng.standard_normal(n) * 5
     whole = np.empty(n)
-    lse = softmax_into(u, relu, 7, whole)
+    lse = one_block_softmax(u, relu, 7, whole)
     pieces = [slice(0, 100), slice(100, 101), slice(101, n)]
     parts = []
     for piece in pieces:
@@ -278,7 +278,7 @@ def test_softmax_kernels_bitwise_equal_with_1_and_2_threads(chunk_rows, run_with
 
     def everything():
         s = np.empty(n)
-        lse = softmax_into(u, True, rows, s)
+        lse = one_block_softmax(u, True, rows, s)
         e, scale = _parts(u, False, rows)
         loss = softmax_regression_loss(u, e, scale, b, w, rows)
         Q = np.empty((n, 3))

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..models import RowBlock, add_summaries  # noqa: F401  (add_summaries: Rounds' reduction tree)
+from ..models import RowBlock
 from ..models.base import MAX_PREFIX
 from ..sketching import jl_scores, osnap_embed, sample_rows
 from ..threads import thread_limits

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from ..models import add_summaries
 from . import blocks as block_functions
 
 
@@ -100,11 +101,11 @@ class Rounds:
         """The blocks' summaries summed in a fixed order: in block order on the driver for a few blocks,
         else over a binary tree on the workers (by block index), so the driver receives one partial."""
         if len(futures) <= DRIVER_SUM_BLOCKS:
-            return functools.reduce(block_functions.add_summaries, self.gather(futures))
+            return functools.reduce(add_summaries, self.gather(futures))
         level = self._call(self._summaries, futures)
         tasks = len(level)
         while len(level) > 1:
-            pairs = [self.client.submit(block_functions.add_summaries, level[i], level[i + 1], pure=False)
+            pairs = [self.client.submit(add_summaries, level[i], level[i + 1], pure=False)
                      for i in range(0, len(level) - 1, 2)]
             tasks += len(pairs)
             level = pairs + level[len(pairs) * 2:]

@@ -26,10 +26,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from ..chunking import chunk_rows
 from ..kernels.softmax import log_partition_parts
-
-import numpy as np
 
 # Summary keys reduced by max instead of sum.
 MAX_PREFIX = "max_"
