@@ -100,7 +100,8 @@ class CSRMatrix:
         self.nnz = int(indptr[-1])
         self.nbytes = indptr.nbytes + indices.nbytes + data.nbytes
         self._chunk_rows = chunk_rows(self.n)
-        row_nnz = np.diff(indptr)
+        # Pair counts in int64: nnzᵢ(nnzᵢ + 1)/2 overflows int32 from nnzᵢ = 46 341.
+        row_nnz = np.diff(indptr).astype(np.int64)
         self._row_pairs = row_nnz * (row_nnz + 1) // 2
         self._sandwich_chunk_rows = sandwich_chunk_rows(self.n, self.d, int(self._row_pairs.sum()))
 
