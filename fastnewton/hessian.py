@@ -1,11 +1,12 @@
-"""Hessian strategies (SPEC §3): each builds, per iteration, a ``NewtonSystem`` that solves (H + μI) p = −g.
+"""Hessian strategies (SPEC §3): each builds, per iteration, a ``NewtonSystem`` that solves (H + μD²) p = −g
+(D² = |diag H|: Jacobi-scaled, Marquardt-damped; see ``NewtonSystem``).
 
 - ``exact``: H = Cᵀ diag(β) C + P S Pᵀ + λI (sparse sandwich O(Σᵢ nnzᵢ²); dense: blocked GEMM,
   O(n d²)); Cholesky.
 - ``sketch``: H̃ = CᵀD̃C + P S Pᵀ + λI with D̃ a leverage-score sample of diag(β)
   (``fastnewton.sketching``), a fresh sample each iteration; Cholesky. Linear local convergence.
 - ``pcg``: conjugate gradients on the exact Hessian-vector product (two passes over C each),
-  preconditioned by the Cholesky factor of H̃ + μI; forcing term η = min(0.5, ‖g‖/g_ref) for
+  preconditioned by the Cholesky factor of H̃ + μD²; forcing term η = min(0.5, ‖g‖/g_ref) for
   quadratic local convergence at near-sketch cost.
 - ``auto``: the cost model in ``choose_strategy``.
 """
@@ -27,35 +28,53 @@ MAX_PRECONDITIONER_SHIFTS = 20
 
 @dataclass
 class NewtonSystem:
-    """The matrix the step factors (H or H̃), plus how to solve with it; ``info`` goes to the history."""
+    """The matrix the step factors (H or H̃), plus how to solve with it; ``info`` goes to the history.
+
+    Steps are solved in Jacobi-scaled columns: with D = √|diag(matrix)| (floored), the system is
+    (D⁻¹HD⁻¹ + μI) p̂ = −D⁻¹g, p = D⁻¹p̂, i.e. (H + μD²) p = −g: Marquardt's damping, proportional
+    to the diagonal. Rescaling a column of C by any factor rescales the step's entry by its inverse
+    and leaves everything else (μ included, ``scale`` = 1) unchanged, so columns scaled 1e-12..1e12
+    factor as well as unit columns (an unscaled H + μI would have condition ~1e48 and μ set by the
+    largest column alone).
+    """
 
     matrix: np.ndarray
     hessp: object = None
     forcing: float = 0.0
     info: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.column_scale = jacobi_scale(self.matrix)
+        self._scaled = self.matrix / np.outer(self.column_scale, self.column_scale)
+
     @property
     def scale(self):
-        return float(np.max(np.abs(np.diag(self.matrix)))) or 1.0
+        """The size of the scaled matrix's diagonal (1 unless it is zero): μ is relative to it."""
+        return float(np.max(np.abs(np.diag(self._scaled)))) or 1.0
 
     def _factor(self, shift):
         try:
-            return scipy.linalg.cho_factor(self.matrix + shift * np.eye(self.matrix.shape[0]),
+            return scipy.linalg.cho_factor(self._scaled + shift * np.eye(self._scaled.shape[0]),
                                            lower=True, check_finite=False)
         except (np.linalg.LinAlgError, ValueError):
             return None
 
     def solve(self, g, mu):
-        """p with (H + μI) p ≈ −g, or None when H + μI is not positive definite (raise μ).
+        """p with (H + μD²) p ≈ −g, or None when it is not positive definite (raise μ).
 
-        Cholesky strategies factor the matrix itself. pcg factors H̃ + μI only to precondition
-        CG on the exact H + μI: a sampled H̃ may be indefinite (β of mixed sign) where H is not,
-        so it is shifted further (the preconditioner alone) until it factors; whether H + μI
+        Cholesky strategies factor the matrix itself. pcg factors H̃ + μD² only to precondition
+        CG on the exact H + μD²: a sampled H̃ may be indefinite (β of mixed sign) where H is not,
+        so it is shifted further (the preconditioner alone) until it factors; whether H + μD²
         is positive definite is CG's to detect (negative curvature).
         """
+        if not np.all(np.isfinite(self._scaled)):
+            return None
+        scaled_g = g / self.column_scale
         if self.hessp is None:
             factor = self._factor(mu)
-            return None if factor is None else -scipy.linalg.cho_solve(factor, g, check_finite=False)
+            if factor is None:
+                return None
+            return -scipy.linalg.cho_solve(factor, scaled_g, check_finite=False) / self.column_scale
         factor, shift = self._factor(mu), 0.0
         for _ in range(MAX_PRECONDITIONER_SHIFTS):
             if factor is not None:
@@ -65,10 +84,14 @@ class NewtonSystem:
         if factor is None:
             return None
         self.info["preconditioner_shift"] = shift
-        return self._pcg(factor, g, mu)
+        p = self._pcg(factor, scaled_g, mu)
+        return None if p is None else p / self.column_scale
+
+    def _scaled_hessp(self, v):
+        return self.hessp(v / self.column_scale) / self.column_scale
 
     def _pcg(self, factor, g, mu):
-        """Preconditioned CG from p = 0 on (H + μI) p = −g until ‖residual‖ ≤ forcing·‖g‖."""
+        """Preconditioned CG from p = 0 on (D⁻¹HD⁻¹ + μI) p = −g (g scaled) until ‖residual‖ ≤ forcing·‖g‖."""
         p = np.zeros_like(g)
         residual = -g.copy()
         z = scipy.linalg.cho_solve(factor, residual, check_finite=False)
@@ -76,11 +99,11 @@ class NewtonSystem:
         rz = dot(residual, z)
         target = self.forcing * norm(g)
         for iteration in range(1, MAX_CG_ITERATIONS + 1):
-            Hd = self.hessp(direction) + mu * direction
+            Hd = self._scaled_hessp(direction) + mu * direction
             curvature = dot(direction, Hd)
             if not curvature > 0.0:
                 self.info["cg_iterations"] = iteration
-                # Negative curvature of H + μI: the damping must grow (the first direction is
+                # Negative curvature of H + μD²: the damping must grow (the first direction is
                 # the preconditioned gradient, so p = 0 here means no usable step yet).
                 return p if iteration > 1 else None
             alpha = rz / curvature
@@ -94,6 +117,16 @@ class NewtonSystem:
             rz = rz_next
         self.info["cg_iterations"] = iteration
         return p
+
+
+def jacobi_scale(matrix):
+    """D = √|diag(matrix)|, floored at √(eps·max|diag|) so that a zero column (zero diagonal) keeps a
+    finite scale; all ones when the diagonal is zero or not finite (the factorisation then decides)."""
+    diagonal = np.abs(np.diag(matrix))
+    top = float(diagonal.max()) if diagonal.size else 0.0
+    if not (np.isfinite(top) and top > 0.0):
+        return np.ones(matrix.shape[0])
+    return np.sqrt(np.maximum(diagonal, np.finfo(np.float64).eps * top))
 
 
 def exact_system(problem, ev, rng, options, g_ref):

@@ -88,6 +88,14 @@ class DenseMatrix:
         """C[index] as a dense float64 array."""
         return np.asarray(self.array[index], dtype=np.float64)
 
+    def column_squares(self):
+        """Σᵢ C[i, j]² for every column j (float64, row blocks summed in order)."""
+        out = np.zeros(self.d)
+        for part in self._block_slices(self.n):
+            block = self._block(part)
+            out += np.einsum("ij,ij->j", block, block)
+        return out
+
 
 class CSRMatrix:
     """CSR C with int32/int64 indices and float32/float64 values; every operation is a Numba kernel."""
@@ -151,3 +159,8 @@ class CSRMatrix:
     def rows(self, index):
         """C[index] as a dense float64 array."""
         return self.scipy()[index].toarray().astype(np.float64, copy=False)
+
+    def column_squares(self):
+        """Σᵢ C[i, j]² for every column j (one pass over the stored entries)."""
+        values = self.data.astype(np.float64)
+        return np.bincount(self.indices, weights=values * values, minlength=self.d)

@@ -27,11 +27,18 @@ DAMPING_INCREASE = 10.0
 DAMPING_DECREASE = 10.0
 # Beyond ~10 the softmax saturates to one-hot and every gradient underflows to 0 (SPEC §3).
 MAX_LOGIT_STEP = 10.0
-# Consecutive steps whose decrease is below rounding and that do not shrink the gradient
-# before the solve is declared stalled at the precision limit.
-MAX_FLAT_STEPS = 3
 # Rounding level of L: ~100·eps relative to L and to the residual cross term ‖r‖·‖b‖.
 ROUNDING_FACTOR = 100.0 * np.finfo(np.float64).eps
+# Stagnation ("no decrease of L beyond rounding", also the ReLU-kink test): an iteration makes
+# progress when it lowers the lowest loss so far by more than the rounding level, or brings the
+# gradient norm below GRADIENT_PROGRESS × the lowest gradient norm so far. The gradient half is
+# needed because near the optimum Newton's decrease of L (~‖g‖²/‖H‖) is below rounding while ‖g‖
+# still falls by orders of magnitude per step; at the rounding floor L only fluctuates and ‖g‖
+# wanders up and down around a level it no longer halves. STALL_WINDOW iterations in a row without
+# progress end the solve as STALLED: a linearly converging phase (sketch, rate ≤ ε = 0.5 per step)
+# or a slow phase that still lowers L always makes progress well within 10 steps.
+STALL_WINDOW = 10
+GRADIENT_PROGRESS = 0.5
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,30 @@ def _all_finite(*values):
 
 def _rounding_level(loss, target_norm):
     return ROUNDING_FACTOR * (abs(loss) + np.sqrt(2.0 * abs(loss)) * target_norm)
+
+
+def _callback_stops(value):
+    """Whether a callback's return value asks to stop: True/False/None (NumPy bools too); anything else is an error."""
+    if value is None:
+        return False
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"callback must return True (stop), False or None (continue), or raise StopIteration; "
+                    f"got {type(value).__name__} {value!r:.60}")
+
+
+def _non_finite_detail(loss, grad, grad_norm, where):
+    """Why a loss or gradient is not usable (a sentence), or "" when both are finite."""
+    if not np.isfinite(loss):
+        what = f"the loss is {loss}"
+    elif not _all_finite(grad):
+        what = "the gradient has non-finite entries"
+    elif not np.isfinite(grad_norm):
+        what = f"‖∇L‖ overflows float64 (gradient entries up to {float(np.max(np.abs(grad))):.3e})"
+    else:
+        return ""
+    return (f"{what} {where}: the scale of C, b, V, row_weights or l2 is too large for float64 arithmetic; "
+            f"rescale the problem (e.g. divide C by its largest entry) or reduce l2 / row_weights.")
 
 
 def _next_damping(mu, scale):
@@ -107,34 +138,58 @@ def newton_solve(problem, x0, start, build_system, options):
 
     ``problem`` is a ``Problem`` or any object with the same driver interface (``_evaluate``,
     ``_line``, ``_hessian``, ``_hessp``, ``_sampled_sandwich``, ``_target_norm``,
-    ``_gradient_norm_at_zero``, ``_diagnose``, ``_iteration_extras``): ``fastnewton.dask`` runs this same loop
-    with the passes over C done where C's blocks live.
+    ``_gradient_at_zero``, ``_column_norms``, ``_diagnose``, ``_kink``, ``_iteration_extras``):
+    ``fastnewton.dask`` runs this same loop with the passes over C done where C's blocks live.
+
+    Convergence needs both ‖∇L(x)‖ ≤ tol·g_ref (g_ref = max(‖∇L(x0)‖, ‖∇L(0)‖)) and the same test in
+    the column-scaled norm ‖∇L(x)/c‖ ≤ tol·max(‖∇L(x0)/c‖, ‖∇L(0)/c‖), c_j = ‖C_j‖: on well-scaled
+    columns the two agree; on columns scaled 1e-12..1e12 the first is dominated by the largest
+    column and the second keeps the small ones from being declared converged far from the optimum.
     """
     timer = PhaseTimer()
     rng = np.random.default_rng(options.seed)
     clock = time.perf_counter()
     target_norm = problem._target_norm()
-    g_ref_zero = problem._gradient_norm_at_zero()
+    with np.errstate(over="ignore"):
+        column_norms = problem._column_norms()
+    # A zero (or overflowing: the start then reports it) column leaves its gradient entry unscaled.
+    column_norms = np.where(np.isfinite(column_norms) & (column_norms > 0.0), column_norms, 1.0)
+
+    def scaled_norm(g):
+        return norm(g / column_norms)
+
+    grad_at_zero = problem._gradient_at_zero()
     ev = problem._evaluate(x0, timer=timer)
-    if not _all_finite(ev.loss, ev.grad):
-        return _result(ev, x0, start, options, Status.NON_FINITE, [], 0.0, clock,
-                       detail="the loss or gradient at the starting point is not finite")
-    grad_norm = norm(ev.grad)
-    g_ref = max(grad_norm, g_ref_zero)
+    grad_norm = norm(ev.grad) if _all_finite(ev.grad) else np.inf
+    detail = (_non_finite_detail(ev.loss, ev.grad, grad_norm, "at the starting point")
+              or _non_finite_detail(0.0, grad_at_zero, norm(grad_at_zero) if _all_finite(grad_at_zero) else np.inf,
+                                    "at x = 0 (the reference gradient g_ref)"))
+    if detail:
+        return _result(ev, x0, start, options, Status.NON_FINITE, [], 0.0, clock, detail=detail)
+    g_ref = max(grad_norm, norm(grad_at_zero))
+    scaled_g_ref = max(scaled_norm(ev.grad), scaled_norm(grad_at_zero))
     history = []
     _record(history, 0, ev, grad_norm, g_ref, None, timer, clock, options, problem._iteration_extras())
     mu = 0.0
     status = None
     detail = ""
     n_iter = 0
-    flat_steps = 0
+    lowest_loss, lowest_grad_norm, last_progress = ev.loss, grad_norm, 0
+    previous = ev
     try:
         while True:
-            if grad_norm <= options.tol * g_ref:
+            if grad_norm <= options.tol * g_ref and scaled_norm(ev.grad) <= options.tol * scaled_g_ref:
                 status = Status.CONVERGED
                 break
             if n_iter >= options.max_iter:
                 status = Status.MAX_ITER
+                break
+            if n_iter - last_progress >= STALL_WINDOW:
+                status = Status.STALLED
+                detail = (problem._kink(previous, ev) or "") + (
+                    f" The loss ({ev.loss:.6e}) has not decreased beyond rounding error and the gradient norm "
+                    f"has not halved in {STALL_WINDOW} iterations (‖∇L‖/g_ref = {grad_norm / g_ref:.3e}).")
+                detail = detail.strip()
                 break
             n_iter += 1
             # 3) Hessian
@@ -144,29 +199,34 @@ def newton_solve(problem, x0, start, build_system, options):
             step = _damped_step(problem, ev, system, mu, options, timer, target_norm)
             if step is None:
                 status = Status.STALLED
+                detail = "No step along the Newton direction decreases it at any damping."
                 break
             # 1) forward pass and 2) gradient pass at the new iterate (u recomputed, not accumulated)
             new_ev = problem._evaluate(step.x, timer=timer)
-            if not _all_finite(new_ev.loss, new_ev.grad):
+            new_grad_norm = norm(new_ev.grad) if _all_finite(new_ev.grad) else np.inf
+            detail = _non_finite_detail(new_ev.loss, new_ev.grad, new_grad_norm, f"at iteration {n_iter}")
+            if detail:
                 status = Status.NON_FINITE
-                detail = f"the loss or gradient became non-finite at iteration {n_iter}"
                 break
-            new_grad_norm = norm(new_ev.grad)
-            flat_steps = flat_steps + 1 if step.below_rounding and new_grad_norm >= grad_norm else 0
-            ev, grad_norm = new_ev, new_grad_norm
+            if (new_ev.loss < lowest_loss - _rounding_level(lowest_loss, target_norm)
+                    or new_grad_norm <= GRADIENT_PROGRESS * lowest_grad_norm):
+                last_progress = n_iter
+            lowest_loss, lowest_grad_norm = min(lowest_loss, new_ev.loss), min(lowest_grad_norm, new_grad_norm)
+            previous, ev, grad_norm = ev, new_ev, new_grad_norm
             mu = step.damping / DAMPING_DECREASE if step.length == 1.0 else step.damping
             if mu < FIRST_DAMPING * system.scale:
                 mu = 0.0
             info = _record(history, n_iter, ev, grad_norm, g_ref, step, timer, clock, options,
-                           {**system.info, **problem._iteration_extras()})
-            if options.callback is not None and options.callback(dict(info, x=ev.x.copy())):
-                status = Status.CALLBACK
-                break
-            if flat_steps >= MAX_FLAT_STEPS:
-                status = Status.STALLED
-                detail = (f"The loss ({ev.loss:.3e}) is flat to rounding error and the gradient stopped "
-                          f"decreasing at ‖∇L‖/g_ref = {info['rel_grad_norm']:.3e}.")
-                break
+                           {**system.info, **problem._iteration_extras(),
+                            "rel_scaled_grad_norm": scaled_norm(ev.grad) / scaled_g_ref if scaled_g_ref > 0 else 0.0})
+            if options.callback is not None:
+                try:
+                    stop = _callback_stops(options.callback(dict(info, x=ev.x.copy())))
+                except StopIteration:
+                    stop = True
+                if stop:
+                    status = Status.CALLBACK
+                    break
     except KeyboardInterrupt:
         status = Status.INTERRUPTED
     if status == Status.MAX_ITER:

@@ -1,5 +1,5 @@
 """``Problem``: loss, gradient and Hessian of SPEC §1–2, usable directly by scipy.optimize.minimize."""
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -122,14 +122,31 @@ class Problem:
     def _target_norm(self):
         return norm(self.b)
 
-    def _gradient_norm_at_zero(self):
-        """‖∇L(0)‖ (u = 0 needs no pass over C), using the model's reference derivative at 0."""
+    def _gradient_at_zero(self):
+        """∇L(0) (u = 0 needs no pass over C), using the model's reference derivative at 0."""
         vectors = self._model.reference_model().vectors(np.zeros(self.n))
-        return norm(self.matrix.rmatmat(np.ascontiguousarray(vectors.Q[:, :1]))[:, 0])
+        return self.matrix.rmatmat(np.ascontiguousarray(vectors.Q[:, :1]))[:, 0]
+
+    def _gradient_norm_at_zero(self):
+        return norm(self._gradient_at_zero())
+
+    def _column_norms(self):
+        """‖C_j‖ for every column j: the fixed scale of the column-scaled stopping test."""
+        return np.sqrt(self.matrix.column_squares())
 
     def _diagnose(self, ev):
         """A sentence when ev is a stationary point that cannot be the optimum, else None."""
-        return self._model.diagnose(ev.u, ev.vectors)
+        # The model compares the loss with L(0); it must be the loss with its ridge term, as reported.
+        return self._model.diagnose(ev.u, replace(ev.vectors, loss=ev.loss))
+
+    def _kink(self, before, after):
+        """A sentence when the iterate sits at a ReLU kink between evaluations ``before`` and ``after``, else None."""
+        if self.model == "relu_softmax":
+            return kink_sentence("row(s) with (Cx)ᵢ", before.u, after.u)
+        if self.model == "softmax_relu":
+            return kink_sentence("output(s) with yⱼ = (Vᵀ softmax(Cx))ⱼ", before.vectors.extras["y"],
+                                 after.vectors.extras["y"])
+        return None
 
     def _iteration_extras(self):
         """Entries added to each history record (the distributed problem reports its rounds here)."""
@@ -173,6 +190,25 @@ class Problem:
         """∇²L(x)·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp without forming the Hessian (two passes over C)."""
         ev = self._evaluate(self._as_point(x))
         return self._hessp(ev, self._as_point(p, "p"))
+
+
+# A ReLU input sits at its kink when its sign flipped in the last step, or when it is non-zero but
+# |value| ≤ KINK_RTOL · (largest |value|): steps that stall there move it by amounts of this order
+# (exact zeros are left out: an empty row of C has u = 0 whatever x is).
+KINK_RTOL = 1e-6
+
+
+def kink_sentence(what, before, after):
+    """The stop message's sentence when ReLU inputs ``after`` (rows or outputs) sit at the kink, or None."""
+    largest = float(np.max(np.abs(after))) if after.size else 0.0
+    flipped = (before > 0.0) != (after > 0.0)
+    near = (np.abs(after) <= KINK_RTOL * largest) & (after != 0.0)
+    at_kink = flipped | near
+    if not at_kink.any():
+        return None
+    return (f"x sits at a ReLU kink: {int(at_kink.sum())} {what} ≈ 0 or changing sign between steps (e.g. "
+            f"index {int(np.flatnonzero(at_kink)[0])}), where L is not differentiable and Newton steps no "
+            f"longer reduce it beyond rounding.")
 
 
 def add_low_rank_and_ridge(H, P, S, l2):

@@ -101,7 +101,7 @@ def add_summaries(first, second):
 def block_meta(block):
     """Shape facts and b statistics for the driver's setup."""
     summary = {"nnz": block.matrix.nnz, "dense_rows": block.rows if block.matrix.format == "dense" else 0,
-               "bytes": block.matrix.nbytes, "max_seconds": 0.0}
+               "bytes": block.matrix.nbytes, "column_squares": block.matrix.column_squares(), "max_seconds": 0.0}
     if block.b is not None:
         b = block.b
         positive = b[b > 0.0]

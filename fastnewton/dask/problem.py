@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..models import diagnose_softmax_regression, diagnose_softmax_relu
-from ..problem import _no_timer, add_low_rank_and_ridge
+from ..problem import _no_timer, add_low_rank_and_ridge, kink_sentence
 from ..reductions import dot, norm
 from ..sketching import embedding_factor, jl_directions
 from ..validation import as_vector
@@ -153,8 +153,19 @@ class DaskProblem:
     def _target_norm(self):
         return norm(self.b) if self.b is not None else math.sqrt(self.meta["b_squared"])
 
+    def _gradient_at_zero(self):
+        return self._evaluate(np.zeros(self.d), reference=True).grad
+
     def _gradient_norm_at_zero(self):
-        return norm(self._evaluate(np.zeros(self.d), reference=True).grad)
+        return norm(self._gradient_at_zero())
+
+    def _column_norms(self):
+        return np.sqrt(self.meta["column_squares"])
+
+    def _kink(self, before, after):
+        if self.model == "softmax_relu":
+            return kink_sentence("output(s) with yⱼ = (Vᵀ softmax(Cx))ⱼ", before.y, after.y)
+        return None  # relu_softmax's u stays on the workers; the stall message is the generic one
 
     def _diagnose(self, ev):
         if self.model == "softmax_relu":
