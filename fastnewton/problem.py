@@ -29,6 +29,13 @@ class Evaluation:
     P: object  # d × k array, or None until a Hessian needs it
 
 
+def _own(validated, given):
+    """``validated`` as an array this Problem alone holds (a copy when it shares memory with ``given``)."""
+    if isinstance(given, np.ndarray) and np.shares_memory(validated, given):
+        return validated.copy()
+    return validated
+
+
 class Problem:
     """L(x) = ½‖h(Cx) − b‖² + ½ Σᵢ wᵢ (Cx)ᵢ² + ½ λ‖x‖² for one of the three models.
 
@@ -38,19 +45,30 @@ class Problem:
     ``loss``, ``grad``, ``loss_and_grad``, ``hessian`` and ``hessp`` plug straight
     into ``scipy.optimize.minimize(fun, x0, jac=, hess=, hessp=)``. The last point
     evaluated is cached, so ``fun``/``jac``/``hessp`` at the same x share one pass.
+
+    ``b``, ``V`` and ``row_weights`` are copied: later edits of the caller's arrays do not affect
+    the Problem. ``C`` is not copied when it is already float32/float64 canonical CSR or a
+    C-contiguous array (it can be as large as memory), so do not modify it in place while the
+    Problem is in use; build a new Problem instead. (If you do: ``loss`` and ``grad`` at the last
+    point evaluated keep their cached values from the old C, every other point reads the new C,
+    and ``hessian``/``hessp`` at the cached point would combine the cached curvature weights with
+    the new C. ``clear_cache()`` drops the cache after such an edit.)
     """
 
     def __init__(self, C, b, model="softmax", V=None, l2=0.0, row_weights=None):
         self.model = check_model(model)
         self.matrix = as_input_matrix(C)
         n = self.matrix.n
+        # b, V and w are copied (validation may return the caller's own array): editing them later
+        # cannot change this Problem. C is not copied (it can be as large as memory).
         self.V = as_value_matrix(V, self.model, n)
+        self.V = None if self.V is None else _own(self.V, V)
         if self.V is None:
-            self.b = as_vector(b, "b", n, " (rows of C)")
+            self.b = _own(as_vector(b, "b", n, " (rows of C)"), b)
         else:
-            self.b = as_vector(b, "b", self.V.shape[1], " (columns of V)")
+            self.b = _own(as_vector(b, "b", self.V.shape[1], " (columns of V)"), b)
         self.l2 = as_l2(l2)
-        self.row_weights = as_row_weights(row_weights, n)
+        self.row_weights = _own(as_row_weights(row_weights, n), row_weights)
         self._model = build_model(self.model, self.b, self.row_weights, self.V)
         self._last = None
         self._last_forward = None
@@ -158,6 +176,11 @@ class Problem:
         return auto_start(self)
 
     # -- public API --------------------------------------------------------------------------
+    def clear_cache(self):
+        """Forget the last point evaluated (after modifying C in place, so no value mixes old and new C)."""
+        self._last = None
+        self._last_forward = None
+
     def loss(self, x):
         """L(x)."""
         x = self._as_point(x)

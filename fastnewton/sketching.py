@@ -46,9 +46,17 @@ EMBED_BLOCK_ENTRIES = 2**18
 PRECONDITIONER_SAMPLE_CONSTANT = 1.0
 
 
+# Past this many rows every row is kept anyway (πᵢ = 1); the cap keeps a tiny ε (1e-300: ε² underflows)
+# from dividing by zero or overflowing.
+MAX_SAMPLE_SIZE = 2**62
+
+
 def sample_size(d, eps, constant=SAMPLE_CONSTANT, delta=SAMPLE_DELTA):
-    """s = ⌈c·d·log(d/δ)/ε²⌉ sampled rows (at least d + 1, log argument at least e)."""
-    return max(d + 1, math.ceil(constant * d * max(1.0, math.log(d / delta)) / eps**2))
+    """s = ⌈c·d·log(d/δ)/ε²⌉ sampled rows (at least d + 1, log argument at least e, at most MAX_SAMPLE_SIZE)."""
+    rows = constant * d * max(1.0, math.log(d / delta))
+    if eps * eps <= rows / MAX_SAMPLE_SIZE:
+        return MAX_SAMPLE_SIZE
+    return max(d + 1, math.ceil(rows / eps**2))
 
 
 def leverage_scores(matrix, beta, l2, rng):

@@ -22,11 +22,27 @@ def _real_dtype_or_raise(dtype, name):
 
 
 def _as_array(value, name):
-    """np.asarray with NumPy's own complaints (ragged nested lists, …) re-raised naming the argument."""
+    """np.asarray with NumPy's own complaints (ragged nested lists, …) re-raised naming the argument.
+
+    Masked arrays are not honoured: one with masked entries is rejected (silently using the values
+    under the mask would be wrong), one without is used as its data. Extension arrays (e.g. pandas
+    ``Float64``) that NumPy sees as objects are converted through their ``to_numpy``, missing values
+    becoming NaN (then rejected as non-finite)."""
+    if isinstance(value, np.ma.MaskedArray):
+        if np.ma.is_masked(value):
+            raise ValueError(f"{name} is a masked array with masked entries; masks are not supported: fill them "
+                             f"(e.g. {name}.filled(0.0)) or drop the masked rows")
+        value = np.ma.getdata(value)
     try:
-        return np.asarray(value)
+        array = np.asarray(value)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{name} must be array-like with a regular (non-ragged) shape: {exc}") from exc
+    if array.dtype == object and hasattr(value, "to_numpy"):
+        try:
+            array = np.asarray(value.to_numpy(dtype=np.float64, na_value=np.nan))
+        except (ValueError, TypeError):
+            pass  # not numeric: the dtype check that follows names the argument
+    return array
 
 
 def _finite_or_raise(values, name):
@@ -256,6 +272,12 @@ def as_value_matrix(V, model, n):
         raise ValueError("V must have at least one column (m ≥ 1)")
     array = np.ascontiguousarray(array, dtype=np.float64)
     _finite_or_raise(array, "V")
+    # The start forms VᵀV (n·max|V|² per entry) and the loss ½‖ReLU(Vᵀs) − b‖² (m·max|V|²): beyond
+    # this V overflows float64 before any iteration (and LAPACK fails on the infinities).
+    largest = float(np.max(np.abs(array)))
+    if largest > 0.0 and largest * largest * max(array.shape) * array.shape[1] > np.finfo(np.float64).max / 16:
+        raise ValueError(f"V's entries are too large for float64 arithmetic (largest |V_ij| = {largest:.3e}): "
+                         f"VᵀV and the loss overflow; rescale V and b together (e.g. divide both by {largest:.3e})")
     return array
 
 
