@@ -63,7 +63,6 @@ class _Step:
     damping: float
     trials: int
     norm: float
-    below_rounding: bool
 
 
 def _all_finite(*values):
@@ -127,7 +126,7 @@ def _damped_step(problem, ev, system, mu, options, timer, target_norm):
                 # accept the full step if L does not rise beyond rounding; the gradient test decides.
                 invisible = t == 1.0 and -slope <= noise and L_t <= L0 + noise
                 if np.isfinite(L_t) and (armijo or invisible):
-                    return _Step(ev.x + t * line.p, t, mu, trial, t * norm(line.p), not armijo)
+                    return _Step(ev.x + t * line.p, t, mu, trial, t * norm(line.p))
                 t *= BACKTRACK_FACTOR
         mu = _next_damping(mu, scale)
     return None
