@@ -1,5 +1,5 @@
 """Hessian strategies (SPEC §3): each builds, per iteration, a ``NewtonSystem`` that solves (H + μD²) p = −g
-(D² = |diag H|: Jacobi-scaled, Marquardt-damped; see ``NewtonSystem``).
+(D: the fixed column scale, so that the steps do not depend on the scale of C's columns; see ``NewtonSystem``).
 
 - ``exact``: H = Cᵀ diag(β) C + P S Pᵀ + λI (sparse sandwich O(Σᵢ nnzᵢ²); dense: blocked GEMM,
   O(n d²)); Cholesky.
@@ -30,26 +30,30 @@ MAX_PRECONDITIONER_SHIFTS = 20
 class NewtonSystem:
     """The matrix the step factors (H or H̃), plus how to solve with it; ``info`` goes to the history.
 
-    Steps are solved in Jacobi-scaled columns: with D = √|diag(matrix)| (floored), the system is
-    (D⁻¹HD⁻¹ + μI) p̂ = −D⁻¹g, p = D⁻¹p̂, i.e. (H + μD²) p = −g: Marquardt's damping, proportional
-    to the diagonal. Rescaling a column of C by any factor rescales the step's entry by its inverse
-    and leaves everything else (μ included, ``scale`` = 1) unchanged, so columns scaled 1e-12..1e12
-    factor as well as unit columns (an unscaled H + μI would have condition ~1e48 and μ set by the
-    largest column alone).
+    Steps are solved in scaled columns: with the fixed column scale D (``column_scale``, the solver
+    passes D_j = ‖C_j‖), the system is (D⁻¹HD⁻¹ + μI) p̂ = −D⁻¹g, p = D⁻¹p̂, i.e. (H + μD²) p = −g.
+    Multiplying a column of C by any factor multiplies D_j by it too, so the scaled matrix, μ and
+    every step (up to that column's entry) are unchanged: columns scaled 1e-12..1e12 factor like unit
+    columns (an unscaled H + μI has condition ~1e48 there, and μ is set by the largest column alone).
+    D is fixed, not diag(H): near an indefinite point diag(H) has tiny or negative entries, and
+    Marquardt damping μ·|diag H| then needed μ ~ 1e-2 along a softmax_relu valley (2.5× the
+    iterations); with D = ‖C_j‖ unit-scale problems are damped exactly as with μI.
     """
 
     matrix: np.ndarray
     hessp: object = None
     forcing: float = 0.0
     info: dict = field(default_factory=dict)
+    column_scale: object = None
 
     def __post_init__(self):
-        self.column_scale = jacobi_scale(self.matrix)
+        if self.column_scale is None:
+            self.column_scale = np.ones(self.matrix.shape[0])
         self._scaled = self.matrix / np.outer(self.column_scale, self.column_scale)
 
     @property
     def scale(self):
-        """The size of the scaled matrix's diagonal (1 unless it is zero): μ is relative to it."""
+        """The largest |diagonal entry| of the scaled matrix (1 if all are zero): μ is relative to it."""
         return float(np.max(np.abs(np.diag(self._scaled)))) or 1.0
 
     def _factor(self, shift):
@@ -119,18 +123,8 @@ class NewtonSystem:
         return p
 
 
-def jacobi_scale(matrix):
-    """D = √|diag(matrix)|, floored at √(eps·max|diag|) so that a zero column (zero diagonal) keeps a
-    finite scale; all ones when the diagonal is zero or not finite (the factorisation then decides)."""
-    diagonal = np.abs(np.diag(matrix))
-    top = float(diagonal.max()) if diagonal.size else 0.0
-    if not (np.isfinite(top) and top > 0.0):
-        return np.ones(matrix.shape[0])
-    return np.sqrt(np.maximum(diagonal, np.finfo(np.float64).eps * top))
-
-
 def exact_system(problem, ev, rng, options, g_ref):
-    return NewtonSystem(problem._hessian(ev))
+    return NewtonSystem(problem._hessian(ev), column_scale=options.column_scale)
 
 
 def _sketched_matrix(problem, ev, rng, options, constant=SAMPLE_CONSTANT):
@@ -141,13 +135,14 @@ def _sketched_matrix(problem, ev, rng, options, constant=SAMPLE_CONSTANT):
 
 def sketch_system(problem, ev, rng, options, g_ref):
     matrix, info = _sketched_matrix(problem, ev, rng, options)
-    return NewtonSystem(matrix, info=info)
+    return NewtonSystem(matrix, info=info, column_scale=options.column_scale)
 
 
 def pcg_system(problem, ev, rng, options, g_ref):
     matrix, info = _sketched_matrix(problem, ev, rng, options, PRECONDITIONER_SAMPLE_CONSTANT)
     forcing = min(MAX_FORCING, norm(ev.grad) / g_ref) if g_ref > 0 else MAX_FORCING
-    return NewtonSystem(matrix, hessp=lambda p: problem._hessp(ev, p), forcing=forcing, info=info)
+    return NewtonSystem(matrix, hessp=lambda p: problem._hessp(ev, p), forcing=forcing, info=info,
+                        column_scale=options.column_scale)
 
 
 BUILDERS = {"exact": exact_system, "sketch": sketch_system, "pcg": pcg_system}

@@ -8,7 +8,7 @@ search trial as u + t·CΔx), and Armijo backtracking on L.
 """
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -54,6 +54,8 @@ class SolveOptions:
     callback: object
     verbose: bool
     max_logit_step: float = MAX_LOGIT_STEP
+    # D_j = ‖C_j‖ (zero columns 1): the steps' and the stopping test's column scale, set by newton_solve.
+    column_scale: object = None
 
 
 @dataclass
@@ -153,6 +155,7 @@ def newton_solve(problem, x0, start, build_system, options):
         column_norms = problem._column_norms()
     # A zero (or overflowing: the start then reports it) column leaves its gradient entry unscaled.
     column_norms = np.where(np.isfinite(column_norms) & (column_norms > 0.0), column_norms, 1.0)
+    options = replace(options, column_scale=column_norms)
 
     def scaled_norm(g):
         return norm(g / column_norms)
