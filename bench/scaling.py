@@ -52,7 +52,7 @@ import numpy as np
 
 import fastnewton
 from fastnewton.hessian import BUILDERS
-from fastnewton.newton import SolveOptions, newton_step
+from fastnewton.newton import SolveOptions, column_scale, newton_step
 from fastnewton.sketching import sample_size
 from fastnewton.threads import thread_limits
 from fastnewton.timing import PhaseTimer
@@ -167,8 +167,8 @@ def accepted_damping(problem, ev, system, mu=0.0):
 
 def setup_strategy(case, strategy, rng, eps=SKETCH_EPS, sketch_size=None):
     options = SolveOptions(hessian=strategy, tol=1e-8, max_iter=1, eps=eps, sketch_size=sketch_size,
-                           seed=None, callback=None, verbose=False)
-    g_ref = max(float(np.linalg.norm(case.ev.grad)), case.problem.gradient_norm_at_zero())
+                           seed=None, callback=None, verbose=False, column_scale=column_scale(case.problem))
+    g_ref = max(float(np.linalg.norm(case.ev.grad)), float(np.linalg.norm(case.problem.gradient_at_zero())))
     build = BUILDERS[strategy]
     system = build(case.problem, case.ev, rng, options, g_ref)
     return StrategySetup(strategy, build, options, g_ref, system, accepted_damping(case.problem, case.ev, system))
@@ -205,7 +205,7 @@ def newton_iteration(case, setup, rng, timer):
     damped step from setup.mu (``newton_step``: solve, the line search's one pass C·Δx and its trials).
     """
     problem = case.problem
-    problem.forget()  # Problem caches its last point; every iteration pays its passes
+    problem.clear_cache()  # Problem caches its last point; every iteration pays its passes
     ev = problem.evaluate(case.x, timer=timer)
     with timer("hessian"):
         system = setup.build(problem, ev, rng, setup.options, setup.g_ref)

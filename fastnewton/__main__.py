@@ -12,6 +12,7 @@ def _demo(args):
     print(f"fastnewton demo: planted {args.model} problem, n = {args.n:,}, d = {args.d}, "
           f"{args.nnz_per_row} non-zeros per row (CSR), seed = {args.seed}")
     clock = time.perf_counter()
+    _check_demo_fits(args)
     problem = make_problem(args.n, args.d, nnz_per_row=args.nnz_per_row, model=args.model,
                            noise=args.noise, seed=args.seed)
     C, b, x_true = problem[:3]
@@ -26,6 +27,22 @@ def _demo(args):
           f"|x - x_true|/|x_true| = {error:.2e}, converged = {res.converged}")
     print(f"start: {res.start}")
     return 0 if res.converged else 1
+
+
+def _check_demo_fits(args):
+    """MemoryError before building the problem when it and one iteration cannot fit (not Numba's
+    "Allocation failed" seconds later): C is built with about 3 copies of its entries alive (columns,
+    values, the CSR result), 12 bytes per entry, then the iteration's work of ``fastnewton.memory``."""
+    from .memory import available_bytes, iteration_bytes
+
+    m = min(args.d, 16) if args.model == "softmax_relu" else 0
+    nnz = args.n * min(args.d, args.nnz_per_row)
+    needed = 3 * 12 * nnz + 8 * args.n * m + iteration_bytes(args.n, args.d, m + 2)
+    available = available_bytes()
+    if available is not None and needed > available:
+        raise MemoryError(f"n = {args.n:,} rows with {args.nnz_per_row} non-zeros each need about "
+                          f"{needed / 2**30:.1f} GiB, but only {available / 2**30:.1f} GiB of memory is available; "
+                          f"use a smaller --n")
 
 
 def main(argv=None):

@@ -1,11 +1,12 @@
-"""Hessian strategies (SPEC §3): each builds, per iteration, a ``NewtonSystem`` that solves (H + μI) p = −g.
+"""Hessian strategies (SPEC §3): each builds, per iteration, a ``NewtonSystem`` that solves (H + μD²) p = −g
+(D: the fixed column scale, so that the steps do not depend on the scale of C's columns; see ``NewtonSystem``).
 
 - ``exact``: H = Cᵀ diag(β) C + P S Pᵀ + λI (sparse sandwich O(Σᵢ nnzᵢ²); dense: blocked GEMM,
   O(n d²)); Cholesky.
 - ``sketch``: H̃ = CᵀD̃C + P S Pᵀ + λI with D̃ a leverage-score sample of diag(β)
   (``fastnewton.sketching``), a fresh sample each iteration; Cholesky. Linear local convergence.
 - ``pcg``: conjugate gradients on the exact Hessian-vector product (two passes over C each),
-  preconditioned by the Cholesky factor of H̃ + μI; forcing term η = min(0.5, ‖g‖/g_ref) for
+  preconditioned by the Cholesky factor of H̃ + μD²; forcing term η = min(0.5, ‖g‖/g_ref) for
   quadratic local convergence at near-sketch cost.
 - ``auto``: the cost model in ``choose_strategy``.
 """
@@ -27,35 +28,57 @@ MAX_PRECONDITIONER_SHIFTS = 20
 
 @dataclass
 class NewtonSystem:
-    """The matrix the step factors (H or H̃), plus how to solve with it; ``info`` goes to the history."""
+    """The matrix the step factors (H or H̃), plus how to solve with it; ``info`` goes to the history.
+
+    Steps are solved in scaled columns: with the fixed column scale D (``column_scale``, the solver
+    passes D_j = ‖C_j‖), the system is (D⁻¹HD⁻¹ + μI) p̂ = −D⁻¹g, p = D⁻¹p̂, i.e. (H + μD²) p = −g.
+    Multiplying a column of C by any factor multiplies D_j by it too, so the scaled matrix, μ and
+    every step (up to that column's entry) are unchanged: columns scaled 1e-12..1e12 factor like unit
+    columns (an unscaled H + μI has condition ~1e48 there, and μ is set by the largest column alone).
+    D is fixed, not diag(H): near an indefinite point diag(H) has tiny or negative entries, and
+    Marquardt damping μ·|diag H| then needed μ ~ 1e-2 along a softmax_relu valley (2.5× the
+    iterations); with D = ‖C_j‖ unit-scale problems are damped exactly as with μI.
+    """
 
     matrix: np.ndarray
     hessp: object = None
     forcing: float = 0.0
     info: dict = field(default_factory=dict)
+    column_scale: object = None
+
+    def __post_init__(self):
+        if self.column_scale is None:
+            self.column_scale = np.ones(self.matrix.shape[0])
+        self._scaled = self.matrix / np.outer(self.column_scale, self.column_scale)
 
     @property
     def scale(self):
-        return float(np.max(np.abs(np.diag(self.matrix)))) or 1.0
+        """The largest |diagonal entry| of the scaled matrix (1 if all are zero): μ is relative to it."""
+        return float(np.max(np.abs(np.diag(self._scaled)))) or 1.0
 
     def _factor(self, shift):
         try:
-            return scipy.linalg.cho_factor(self.matrix + shift * np.eye(self.matrix.shape[0]),
+            return scipy.linalg.cho_factor(self._scaled + shift * np.eye(self._scaled.shape[0]),
                                            lower=True, check_finite=False)
         except (np.linalg.LinAlgError, ValueError):
             return None
 
     def solve(self, g, mu):
-        """p with (H + μI) p ≈ −g, or None when H + μI is not positive definite (raise μ).
+        """p with (H + μD²) p ≈ −g, or None when it is not positive definite (raise μ).
 
-        Cholesky strategies factor the matrix itself. pcg factors H̃ + μI only to precondition
-        CG on the exact H + μI: a sampled H̃ may be indefinite (β of mixed sign) where H is not,
-        so it is shifted further (the preconditioner alone) until it factors; whether H + μI
+        Cholesky strategies factor the matrix itself. pcg factors H̃ + μD² only to precondition
+        CG on the exact H + μD²: a sampled H̃ may be indefinite (β of mixed sign) where H is not,
+        so it is shifted further (the preconditioner alone) until it factors; whether H + μD²
         is positive definite is CG's to detect (negative curvature).
         """
+        if not np.all(np.isfinite(self._scaled)):
+            return None
+        scaled_g = g / self.column_scale
         if self.hessp is None:
             factor = self._factor(mu)
-            return None if factor is None else -scipy.linalg.cho_solve(factor, g, check_finite=False)
+            if factor is None:
+                return None
+            return -scipy.linalg.cho_solve(factor, scaled_g, check_finite=False) / self.column_scale
         factor, shift = self._factor(mu), 0.0
         for _ in range(MAX_PRECONDITIONER_SHIFTS):
             if factor is not None:
@@ -65,10 +88,14 @@ class NewtonSystem:
         if factor is None:
             return None
         self.info["preconditioner_shift"] = shift
-        return self._pcg(factor, g, mu)
+        p = self._pcg(factor, scaled_g, mu)
+        return None if p is None else p / self.column_scale
+
+    def _scaled_hessp(self, v):
+        return self.hessp(v / self.column_scale) / self.column_scale
 
     def _pcg(self, factor, g, mu):
-        """Preconditioned CG from p = 0 on (H + μI) p = −g until ‖residual‖ ≤ forcing·‖g‖."""
+        """Preconditioned CG from p = 0 on (D⁻¹HD⁻¹ + μI) p = −g (g scaled) until ‖residual‖ ≤ forcing·‖g‖."""
         p = np.zeros_like(g)
         residual = -g.copy()
         z = scipy.linalg.cho_solve(factor, residual, check_finite=False)
@@ -76,11 +103,11 @@ class NewtonSystem:
         rz = dot(residual, z)
         target = self.forcing * norm(g)
         for iteration in range(1, MAX_CG_ITERATIONS + 1):
-            Hd = self.hessp(direction) + mu * direction
+            Hd = self._scaled_hessp(direction) + mu * direction
             curvature = dot(direction, Hd)
             if not curvature > 0.0:
                 self.info["cg_iterations"] = iteration
-                # Negative curvature of H + μI: the damping must grow (the first direction is
+                # Negative curvature of H + μD²: the damping must grow (the first direction is
                 # the preconditioned gradient, so p = 0 here means no usable step yet).
                 return p if iteration > 1 else None
             alpha = rz / curvature
@@ -97,7 +124,7 @@ class NewtonSystem:
 
 
 def exact_system(problem, ev, rng, options, g_ref):
-    return NewtonSystem(problem.hessian_matrix(ev))
+    return NewtonSystem(problem.hessian_matrix(ev), column_scale=options.column_scale)
 
 
 def _sketched_matrix(problem, ev, rng, options, constant=SAMPLE_CONSTANT):
@@ -108,13 +135,14 @@ def _sketched_matrix(problem, ev, rng, options, constant=SAMPLE_CONSTANT):
 
 def sketch_system(problem, ev, rng, options, g_ref):
     matrix, info = _sketched_matrix(problem, ev, rng, options)
-    return NewtonSystem(matrix, info=info)
+    return NewtonSystem(matrix, info=info, column_scale=options.column_scale)
 
 
 def pcg_system(problem, ev, rng, options, g_ref):
     matrix, info = _sketched_matrix(problem, ev, rng, options, PRECONDITIONER_SAMPLE_CONSTANT)
     forcing = min(MAX_FORCING, norm(ev.grad) / g_ref) if g_ref > 0 else MAX_FORCING
-    return NewtonSystem(matrix, hessp=lambda p: problem.hessian_product(ev, p), forcing=forcing, info=info)
+    return NewtonSystem(matrix, hessp=lambda p: problem.hessian_product(ev, p), forcing=forcing, info=info,
+                        column_scale=options.column_scale)
 
 
 BUILDERS = {"exact": exact_system, "sketch": sketch_system, "pcg": pcg_system}

@@ -88,6 +88,14 @@ class DenseMatrix:
         """C[index] as a dense float64 array."""
         return np.asarray(self.array[index], dtype=np.float64)
 
+    def column_squares(self):
+        """Σᵢ C[i, j]² for every column j (float64, row blocks summed in order)."""
+        out = np.zeros(self.d)
+        for part in self._block_slices(self.n):
+            block = self._block(part)
+            out += np.einsum("ij,ij->j", block, block)
+        return out
+
 
 class CSRMatrix:
     """CSR C with int32/int64 indices and float32/float64 values; every operation is a Numba kernel."""
@@ -100,7 +108,8 @@ class CSRMatrix:
         self.nnz = int(indptr[-1])
         self.nbytes = indptr.nbytes + indices.nbytes + data.nbytes
         self._chunk_rows = chunk_rows(self.n)
-        row_nnz = np.diff(indptr)
+        # Pair counts in int64: nnzᵢ(nnzᵢ + 1)/2 overflows int32 from nnzᵢ = 46 341.
+        row_nnz = np.diff(indptr).astype(np.int64)
         self._row_pairs = row_nnz * (row_nnz + 1) // 2
         self._sandwich_chunk_rows = sandwich_chunk_rows(self.n, self.d, int(self._row_pairs.sum()))
 
@@ -150,3 +159,8 @@ class CSRMatrix:
     def rows(self, index):
         """C[index] as a dense float64 array."""
         return self.scipy()[index].toarray().astype(np.float64, copy=False)
+
+    def column_squares(self):
+        """Σᵢ C[i, j]² for every column j (one pass over the stored entries)."""
+        values = self.data.astype(np.float64)
+        return np.bincount(self.indices, weights=values * values, minlength=self.d)

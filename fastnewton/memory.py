@@ -18,12 +18,53 @@ the d²-terms, the ones that can exceed memory before anything is allocated (d =
 import os
 
 
-def available_bytes():
-    """Physical memory available now (Linux sysconf), or None where it cannot be read."""
+def _read_int(path):
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
+        with open(path) as handle:
+            text = handle.read().split()[0]
+        return None if text == "max" else int(text)
+    except (OSError, ValueError, IndexError):
         return None
+
+
+def available_bytes():
+    """Memory this process can still allocate (Linux): the least of the physical memory available,
+    the cgroup (v2) limit minus its usage, and the address-space limit (ulimit -v) minus this
+    process's virtual size; None where none can be read."""
+    candidates = []
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        candidates.append(os.sysconf("SC_AVPHYS_PAGES") * page)
+    except (ValueError, OSError, AttributeError):
+        page = None
+    limit, usage = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    if limit is not None and usage is not None:
+        candidates.append(max(0, limit - usage))
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        virtual_pages = _read_int("/proc/self/statm")
+        if soft != resource.RLIM_INFINITY and virtual_pages is not None and page:
+            candidates.append(max(0, soft - virtual_pages * page))
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(candidates) if candidates else None
+
+
+def iteration_bytes(n, d, k):
+    """The formula above for one exact Newton iteration: length-n work and the d × d matrices (bytes)."""
+    return 8 * n * (k + 13) + 8 * 9 * d * d
+
+
+def check_iteration_fits(n, d, k):
+    """Raise MemoryError before allocating when one Newton iteration's work arrays cannot fit in memory."""
+    needed, available = iteration_bytes(n, d, k), available_bytes()
+    if available is not None and needed > available:
+        raise MemoryError(
+            f"a Newton iteration with n = {n} rows and d = {d} columns needs about {needed / 2**30:.1f} GiB "
+            f"beyond C itself, but only {available / 2**30:.1f} GiB of memory is available; use fewer rows "
+            f"per machine (e.g. fastnewton.dask) or more memory")
 
 
 def check_hessian_fits(d):

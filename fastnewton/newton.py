@@ -8,7 +8,7 @@ search trial as u + t·CΔx), and Armijo backtracking on L.
 """
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,11 +28,18 @@ DAMPING_INCREASE = 10.0
 DAMPING_DECREASE = 10.0
 # Beyond ~10 the softmax saturates to one-hot and every gradient underflows to 0 (SPEC §3).
 MAX_LOGIT_STEP = 10.0
-# Consecutive steps whose decrease is below rounding and that do not shrink the gradient
-# before the solve is declared stalled at the precision limit.
-MAX_FLAT_STEPS = 3
 # Rounding level of L: ~100·eps relative to L and to the residual cross term ‖r‖·‖b‖.
 ROUNDING_FACTOR = 100.0 * np.finfo(np.float64).eps
+# Stagnation ("no decrease of L beyond rounding", also the ReLU-kink test): an iteration makes
+# progress when it lowers the lowest loss so far by more than the rounding level, or brings the
+# gradient norm below GRADIENT_PROGRESS × the lowest gradient norm so far. The gradient half is
+# needed because near the optimum Newton's decrease of L (~‖g‖²/‖H‖) is below rounding while ‖g‖
+# still falls by orders of magnitude per step; at the rounding floor L only fluctuates and ‖g‖
+# wanders up and down around a level it no longer halves. STALL_WINDOW iterations in a row without
+# progress end the solve as STALLED: a linearly converging phase (sketch, rate ≤ ε = 0.5 per step)
+# or a slow phase that still lowers L always makes progress well within 10 steps.
+STALL_WINDOW = 10
+GRADIENT_PROGRESS = 0.5
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class SolveOptions:
     callback: object
     verbose: bool
     max_logit_step: float = MAX_LOGIT_STEP
+    # D_j = ‖C_j‖ (zero columns 1): the steps' and the stopping test's column scale, set by newton_solve.
+    column_scale: object = None
 
 
 @dataclass
@@ -59,7 +68,6 @@ class Step:
     damping: float
     trials: int
     norm: float
-    below_rounding: bool
 
 
 def _all_finite(*values):
@@ -68,6 +76,65 @@ def _all_finite(*values):
 
 def _rounding_level(loss, target_norm):
     return ROUNDING_FACTOR * (abs(loss) + np.sqrt(2.0 * abs(loss)) * target_norm)
+
+
+def _callback_stops(value):
+    """Whether a callback's return value asks to stop: True/False/None (NumPy bools too); anything else is an error."""
+    if value is None:
+        return False
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"callback must return True (stop), False or None (continue), or raise StopIteration; "
+                    f"got {type(value).__name__} {value!r:.60}")
+
+
+def _non_finite_detail(loss, grad, grad_norm, where):
+    """Why a loss or gradient is not usable (a sentence), or "" when both are finite."""
+    if not np.isfinite(loss):
+        what = f"the loss is {loss}"
+    elif not _all_finite(grad):
+        what = "the gradient has non-finite entries"
+    elif not np.isfinite(grad_norm):
+        what = f"‖∇L‖ overflows float64 (gradient entries up to {float(np.max(np.abs(grad))):.3e})"
+    else:
+        return ""
+    return (f"{what} {where}: the scale of C, b, V, row_weights or l2 is too large for float64 arithmetic; "
+            f"rescale the problem (e.g. divide C by its largest entry) or reduce l2 / row_weights.")
+
+
+# A ReLU input sits at its kink when its sign flipped in the last step, or when it is non-zero but
+# |value| ≤ KINK_RTOL · (largest |value|): steps that stall there move it by amounts of this order
+# (exact zeros are left out: an empty row of C has u = 0 whatever x is).
+KINK_RTOL = 1e-6
+
+
+def kink_sentence(before, after):
+    """The stop message's sentence when the ReLU inputs sit at the kink, or None.
+
+    ``before`` and ``after`` are an evaluator's ``relu_inputs`` at two successive iterates:
+    (what they are, their values) or None for a model without ReLU inputs on the driver."""
+    if before is None or after is None:
+        return None
+    what, previous = before
+    _, values = after
+    largest = float(np.max(np.abs(values))) if values.size else 0.0
+    flipped = (previous > 0.0) != (values > 0.0)
+    near = (np.abs(values) <= KINK_RTOL * largest) & (values != 0.0)
+    at_kink = flipped | near
+    if not at_kink.any():
+        return None
+    return (f"x sits at a ReLU kink: {int(at_kink.sum())} {what} ≈ 0 or changing sign between steps (e.g. "
+            f"index {int(np.flatnonzero(at_kink)[0])}), where L is not differentiable and Newton steps no "
+            f"longer reduce it beyond rounding.")
+
+
+def column_scale(problem):
+    """D_j = ‖C_j‖, the fixed column scale of the steps and of the column-scaled stopping test.
+
+    A zero (or overflowing: the start then reports it) column leaves its gradient entry unscaled."""
+    with np.errstate(over="ignore"):
+        norms = problem.column_norms()
+    return np.where(np.isfinite(norms) & (norms > 0.0), norms, 1.0)
 
 
 def _next_damping(mu, scale):
@@ -106,7 +173,7 @@ def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=No
                 # accept the full step if L does not rise beyond rounding; the gradient test decides.
                 invisible = t == 1.0 and -slope <= noise and L_t <= L0 + noise
                 if np.isfinite(L_t) and (armijo or invisible):
-                    return Step(ev.x + t * line.p, t, mu, trial, t * norm(line.p), not armijo)
+                    return Step(ev.x + t * line.p, t, mu, trial, t * norm(line.p))
                 t *= BACKTRACK_FACTOR
         mu = _next_damping(mu, scale)
     return None
@@ -117,31 +184,54 @@ def newton_solve(problem, x0, start, build_system, options):
 
     ``problem`` is any ``fastnewton.protocol.Evaluator``: ``Problem`` on one machine, and
     ``fastnewton.dask`` runs this same loop with the passes over C done where C's blocks live.
+
+    Convergence needs both ‖∇L(x)‖ ≤ tol·g_ref (g_ref = max(‖∇L(x0)‖, ‖∇L(0)‖)) and the same test in
+    the column-scaled norm ‖∇L(x)/c‖ ≤ tol·max(‖∇L(x0)/c‖, ‖∇L(0)/c‖), c_j = ‖C_j‖: on well-scaled
+    columns the two agree; on columns scaled 1e-12..1e12 the first is dominated by the largest
+    column and the second keeps the small ones from being declared converged far from the optimum.
     """
     timer = PhaseTimer()
     rng = np.random.default_rng(options.seed)
     clock = time.perf_counter()
-    g_ref_zero = problem.gradient_norm_at_zero()
+    target_norm = problem.target_norm()
+    column_norms = column_scale(problem)
+    options = replace(options, column_scale=column_norms)
+
+    def scaled_norm(g):
+        return norm(g / column_norms)
+
+    grad_at_zero = problem.gradient_at_zero()
     ev = problem.evaluate(x0, timer=timer)
-    if not _all_finite(ev.loss, ev.grad):
-        return _result(ev, x0, start, options, Status.NON_FINITE, [], 0.0, clock,
-                       detail="the loss or gradient at the starting point is not finite")
-    grad_norm = norm(ev.grad)
-    g_ref = max(grad_norm, g_ref_zero)
+    grad_norm = norm(ev.grad) if _all_finite(ev.grad) else np.inf
+    detail = (_non_finite_detail(ev.loss, ev.grad, grad_norm, "at the starting point")
+              or _non_finite_detail(0.0, grad_at_zero, norm(grad_at_zero) if _all_finite(grad_at_zero) else np.inf,
+                                    "at x = 0 (the reference gradient g_ref)"))
+    if detail:
+        return _result(ev, x0, start, options, Status.NON_FINITE, [], 0.0, clock, detail=detail)
+    g_ref = max(grad_norm, norm(grad_at_zero))
+    scaled_g_ref = max(scaled_norm(ev.grad), scaled_norm(grad_at_zero))
     history = []
     _record(history, 0, ev, grad_norm, g_ref, None, timer, clock, options, problem.iteration_extras())
     mu = 0.0
     status = None
     detail = ""
     n_iter = 0
-    flat_steps = 0
+    lowest_loss, lowest_grad_norm, last_progress = ev.loss, grad_norm, 0
+    previous = ev
     try:
         while True:
-            if grad_norm <= options.tol * g_ref:
+            if grad_norm <= options.tol * g_ref and scaled_norm(ev.grad) <= options.tol * scaled_g_ref:
                 status = Status.CONVERGED
                 break
             if n_iter >= options.max_iter:
                 status = Status.MAX_ITER
+                break
+            if n_iter - last_progress >= STALL_WINDOW:
+                status = Status.STALLED
+                detail = (kink_sentence(problem.relu_inputs(previous), problem.relu_inputs(ev)) or "") + (
+                    f" The loss ({ev.loss:.6e}) has not decreased beyond rounding error and the gradient norm "
+                    f"has not halved in {STALL_WINDOW} iterations (‖∇L‖/g_ref = {grad_norm / g_ref:.3e}).")
+                detail = detail.strip()
                 break
             n_iter += 1
             # 3) Hessian
@@ -151,29 +241,34 @@ def newton_solve(problem, x0, start, build_system, options):
             step = newton_step(problem, ev, system, mu, options.max_logit_step, timer)
             if step is None:
                 status = Status.STALLED
+                detail = "No step along the Newton direction decreases it at any damping."
                 break
             # 1) forward pass and 2) gradient pass at the new iterate (u recomputed, not accumulated)
             new_ev = problem.evaluate(step.x, timer=timer)
-            if not _all_finite(new_ev.loss, new_ev.grad):
+            new_grad_norm = norm(new_ev.grad) if _all_finite(new_ev.grad) else np.inf
+            detail = _non_finite_detail(new_ev.loss, new_ev.grad, new_grad_norm, f"at iteration {n_iter}")
+            if detail:
                 status = Status.NON_FINITE
-                detail = f"the loss or gradient became non-finite at iteration {n_iter}"
                 break
-            new_grad_norm = norm(new_ev.grad)
-            flat_steps = flat_steps + 1 if step.below_rounding and new_grad_norm >= grad_norm else 0
-            ev, grad_norm = new_ev, new_grad_norm
+            if (new_ev.loss < lowest_loss - _rounding_level(lowest_loss, target_norm)
+                    or new_grad_norm <= GRADIENT_PROGRESS * lowest_grad_norm):
+                last_progress = n_iter
+            lowest_loss, lowest_grad_norm = min(lowest_loss, new_ev.loss), min(lowest_grad_norm, new_grad_norm)
+            previous, ev, grad_norm = ev, new_ev, new_grad_norm
             mu = step.damping / DAMPING_DECREASE if step.length == 1.0 else step.damping
             if mu < FIRST_DAMPING * system.scale:
                 mu = 0.0
             info = _record(history, n_iter, ev, grad_norm, g_ref, step, timer, clock, options,
-                           {**system.info, **problem.iteration_extras()})
-            if options.callback is not None and options.callback(dict(info, x=ev.x.copy())):
-                status = Status.CALLBACK
-                break
-            if flat_steps >= MAX_FLAT_STEPS:
-                status = Status.STALLED
-                detail = (f"The loss ({ev.loss:.3e}) is flat to rounding error and the gradient stopped "
-                          f"decreasing at ‖∇L‖/g_ref = {info['rel_grad_norm']:.3e}.")
-                break
+                           {**system.info, **problem.iteration_extras(),
+                            "rel_scaled_grad_norm": scaled_norm(ev.grad) / scaled_g_ref if scaled_g_ref > 0 else 0.0})
+            if options.callback is not None:
+                try:
+                    stop = _callback_stops(options.callback(dict(info, x=ev.x.copy())))
+                except StopIteration:
+                    stop = True
+                if stop:
+                    status = Status.CALLBACK
+                    break
     except KeyboardInterrupt:
         status = Status.INTERRUPTED
     if status == Status.MAX_ITER:

@@ -8,7 +8,7 @@ import numpy as np
 from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
 from .protocol import Evaluation, add_low_rank_and_ridge, no_timer
-from .reductions import dot, norm
+from .reductions import dot
 from .sketching import sampled_sandwich
 from .validation import as_input_matrix, as_l2, as_row_weights, as_value_matrix, as_vector, check_model
 
@@ -32,6 +32,13 @@ def run_stages(stages, block, kept, timer=no_timer, columns=None):
     return known, kept
 
 
+def _own(validated, given):
+    """``validated`` as an array this Problem alone holds (a copy when it shares memory with ``given``)."""
+    if isinstance(given, np.ndarray) and np.shares_memory(validated, given):
+        return validated.copy()
+    return validated
+
+
 class Problem:
     """L(x) = ½‖h(Cx) − b‖² + ½ Σᵢ wᵢ (Cx)ᵢ² + ½ λ‖x‖² for one of the registered models.
 
@@ -41,23 +48,34 @@ class Problem:
     ``loss``, ``grad``, ``loss_and_grad``, ``hessian`` and ``hessp`` plug straight
     into ``scipy.optimize.minimize(fun, x0, jac=, hess=, hessp=)``. The last point
     evaluated is cached, so ``fun``/``jac``/``hessp`` at the same x share one pass.
+
+    ``b``, ``V`` and ``row_weights`` are copied: later edits of the caller's arrays do not affect
+    the Problem. ``C`` is not copied when it is already float32/float64 canonical CSR or a
+    C-contiguous array (it can be as large as memory), so do not modify it in place while the
+    Problem is in use; build a new Problem instead. (If you do: ``loss`` and ``grad`` at the last
+    point evaluated keep their cached values from the old C, every other point reads the new C,
+    and ``hessian``/``hessp`` at the cached point would combine the cached curvature weights with
+    the new C. ``clear_cache()`` drops the cache after such an edit.)
     """
 
     def __init__(self, C, b, model="softmax", V=None, l2=0.0, row_weights=None):
         self.model = check_model(model)
         self.matrix = as_input_matrix(C)
         n = self.matrix.n
+        # b, V and w are copied (validation may return the caller's own array): editing them later
+        # cannot change this Problem. C is not copied (it can be as large as memory).
         self.V = as_value_matrix(V, self.model, n, uses_values(self.model))
+        self.V = None if self.V is None else _own(self.V, V)
         if self.V is None:
-            self.b = as_vector(b, "b", n, " (rows of C)")
+            self.b = _own(as_vector(b, "b", n, " (rows of C)"), b)
         else:
-            self.b = as_vector(b, "b", self.V.shape[1], " (columns of V)")
+            self.b = _own(as_vector(b, "b", self.V.shape[1], " (columns of V)"), b)
         self.l2 = as_l2(l2)
-        self.row_weights = as_row_weights(row_weights, n)
+        self.row_weights = _own(as_row_weights(row_weights, n), row_weights)
         self.row_model = build_model(self.model, self.b if self.V is not None else None)
         self.block = RowBlock(self.matrix, None if self.V is not None else self.b, self.row_weights, self.V)
         self.facts = self.row_model.facts(self.block)
-        self.forget()
+        self.clear_cache()
 
     @property
     def n(self):
@@ -74,11 +92,6 @@ class Problem:
     # -- the Evaluator interface (fastnewton.protocol) -------------------------------------------
     def as_point(self, x, name="x"):
         return as_vector(x, name, self.d, " (columns of C)")
-
-    def forget(self):
-        """Drop the cached last point (the next evaluation pays its passes over C again)."""
-        self._last = None
-        self._last_forward = None
 
     def _forward(self, x, timer):
         """u = Cx, reused while x is the last point seen (scipy calls fun, then jac, at one x)."""
@@ -150,17 +163,26 @@ class Problem:
     def target_norm(self):
         return self.row_model.target_norm(self.facts)
 
-    def gradient_norm_at_zero(self):
-        """‖∇L(0)‖ (u = 0 needs no pass over C), using the model's reference derivative at 0."""
+    def gradient_at_zero(self):
+        """∇L(0) (u = 0 needs no pass over C), using the model's reference derivative at 0."""
         reference = self.row_model.reference()
         known, _ = run_stages(reference.evaluation, self.block, {"u": np.zeros(self.n)},
                               columns=reference.gradient_columns)
-        return norm(known["gradient"])
+        return known["gradient"]
+
+    def column_norms(self):
+        """‖C_j‖ for every column j: the fixed scale of the steps and of the column-scaled stopping test."""
+        return np.sqrt(self.matrix.column_squares())
 
     def diagnose(self, ev):
         """A sentence when ev is a stationary point that cannot be the optimum, else None."""
-        return self.row_model.diagnose(ev.known, ev.known["loss"], self.facts,
+        # The loss with its ridge term, as reported, is compared with L(0) (whose ridge term is 0).
+        return self.row_model.diagnose(ev.known, ev.loss, self.facts,
                                        lambda: self.loss_at(np.zeros(self.n), np.zeros(self.d)))
+
+    def relu_inputs(self, ev):
+        """(what they are, values) of the model's ReLU inputs at ev, for the kink test; None without ReLUs."""
+        return self.row_model.relu_inputs(ev.known, ev.kept)
 
     def iteration_extras(self):
         """Entries added to each history record (the distributed problem reports its rounds here)."""
@@ -178,6 +200,12 @@ class Problem:
         return [function(self.block, *args)]
 
     # -- public API --------------------------------------------------------------------------
+    def clear_cache(self):
+        """Forget the last point evaluated: the next evaluation pays its passes over C again (after
+        modifying C in place, so no value mixes old and new C)."""
+        self._last = None
+        self._last_forward = None
+
     def loss(self, x):
         """L(x)."""
         x = self.as_point(x)

@@ -46,9 +46,17 @@ EMBED_BLOCK_ENTRIES = 2**18
 PRECONDITIONER_SAMPLE_CONSTANT = 1.0
 
 
+# Past this many rows every row is kept anyway (πᵢ = 1); the cap keeps a tiny ε (1e-300: ε² underflows)
+# from dividing by zero or overflowing.
+MAX_SAMPLE_SIZE = 2**62
+
+
 def sample_size(d, eps, constant=SAMPLE_CONSTANT, delta=SAMPLE_DELTA):
-    """s = ⌈c·d·log(d/δ)/ε²⌉ sampled rows (at least d + 1, log argument at least e)."""
-    return max(d + 1, math.ceil(constant * d * max(1.0, math.log(d / delta)) / eps**2))
+    """s = ⌈c·d·log(d/δ)/ε²⌉ sampled rows (at least d + 1, log argument at least e, at most MAX_SAMPLE_SIZE)."""
+    rows = constant * d * max(1.0, math.log(d / delta))
+    if eps * eps <= rows / MAX_SAMPLE_SIZE:
+        return MAX_SAMPLE_SIZE
+    return max(d + 1, math.ceil(rows / eps**2))
 
 
 def leverage_scores(matrix, beta, l2, rng):
@@ -74,10 +82,17 @@ def osnap_embed(matrix, beta, rng):
 
 
 def embedding_factor(SB, l2):
-    """R (d × d, upper triangular) with RᵀR = (SB)ᵀSB + λI, by QR of [SB; √λ I] (a tiny ridge when λ = 0)."""
+    """R (d × d, upper triangular) with RᵀR = (SB)ᵀSB + Λ, by QR of [SB; √Λ]: Λ = λI, or when λ = 0 a
+    tiny ridge per column, JITTER·‖(SB)_j‖², so that scaling a column of C leaves the scores unchanged
+    (one ridge for all columns would swamp columns scaled far below the largest)."""
     d = SB.shape[1]
-    ridge = l2 if l2 > 0 else JITTER * max(float(np.einsum("ij,ij->", SB, SB)) / d, np.finfo(float).tiny)
-    return scipy.linalg.qr(np.vstack([SB, math.sqrt(ridge) * np.eye(d)]), mode="r", check_finite=False)[0][:d]
+    if l2 > 0:
+        ridge = np.full(d, l2)
+    else:
+        columns = np.einsum("ij,ij->j", SB, SB)
+        floor = max(float(columns.max()) * np.finfo(float).eps, np.finfo(float).tiny)
+        ridge = JITTER * np.maximum(columns, floor)
+    return scipy.linalg.qr(np.vstack([SB, np.diag(np.sqrt(ridge))]), mode="r", check_finite=False)[0][:d]
 
 
 def jl_directions(R, rng):

@@ -1,6 +1,6 @@
 """``fastnewton.solve``: validate once, choose the start and the Hessian strategy, run the Newton loop."""
 from .hessian import resolve_strategy
-from .memory import check_hessian_fits
+from .memory import check_hessian_fits, check_iteration_fits
 from .newton import SolveOptions, newton_solve
 from .problem import Problem
 from .start import starting_point
@@ -37,6 +37,7 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     SolveResult with ``x, loss, grad_norm, n_iter, converged, status, message, history``.
     """
     problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=row_weights)
+    check_iteration_fits(problem.n, problem.d, 2 if problem.V is None else problem.V.shape[1] + 2)
     n_threads = as_thread_count(n_threads)
     build_system, options = solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose)
     with thread_limits(n_threads):

@@ -67,7 +67,19 @@ def assemble_normal_system(A, G, weight_sum, weighted_target, intercept):
 
 
 def solve_psd(M, rhs):
-    """Least-squares solution of the PSD system M z = rhs (minimum norm when M is singular), and the null space."""
+    """Least-squares solution of the PSD system M z = rhs (minimum norm in Jacobi-scaled coordinates
+    when M is singular), and a basis of M's null space. Scaled by D = √diag M first, so that the
+    null-space threshold is relative per column: a column of C scaled by 1e-12 is not "null"."""
+    diagonal = np.diag(M) if M.size else np.zeros(0)
+    top = float(diagonal.max()) if diagonal.size else 0.0
+    if not top > 0.0:
+        return np.zeros_like(rhs), np.eye(M.shape[0])
+    D = np.sqrt(np.maximum(diagonal, np.finfo(np.float64).eps * top))
+    z, null_space = _solve_scaled_psd(M / np.outer(D, D), rhs / D)
+    return z / D, null_space / D[:, None]
+
+
+def _solve_scaled_psd(M, rhs):
     scale = float(np.max(np.diag(M))) if M.size else 0.0
     if scale <= 0.0:
         return np.zeros_like(rhs), np.eye(M.shape[0])

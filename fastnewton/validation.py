@@ -21,11 +21,27 @@ def check_real_dtype(dtype, name):
 
 
 def as_array(value, name):
-    """np.asarray with NumPy's own complaints (ragged nested lists, …) re-raised naming the argument."""
+    """np.asarray with NumPy's own complaints (ragged nested lists, …) re-raised naming the argument.
+
+    Masked arrays are not honoured: one with masked entries is rejected (silently using the values
+    under the mask would be wrong), one without is used as its data. Extension arrays (e.g. pandas
+    ``Float64``) that NumPy sees as objects are converted through their ``to_numpy``, missing values
+    becoming NaN (then rejected as non-finite)."""
+    if isinstance(value, np.ma.MaskedArray):
+        if np.ma.is_masked(value):
+            raise ValueError(f"{name} is a masked array with masked entries; masks are not supported: fill them "
+                             f"(e.g. {name}.filled(0.0)) or drop the masked rows")
+        value = np.ma.getdata(value)
     try:
-        return np.asarray(value)
+        array = np.asarray(value)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{name} must be array-like with a regular (non-ragged) shape: {exc}") from exc
+    if array.dtype == object and hasattr(value, "to_numpy"):
+        try:
+            array = np.asarray(value.to_numpy(dtype=np.float64, na_value=np.nan))
+        except (ValueError, TypeError):
+            pass  # not numeric: the dtype check that follows names the argument
+    return array
 
 
 def _finite_or_raise(values, name):
@@ -57,13 +73,116 @@ def _nonempty_or_raise(shape, name):
         raise ValueError(f"{name} must have at least one row and one column, got shape {shape}")
 
 
+def _index_array(value, name, what):
+    """A 1-D integer index array of a sparse matrix (checked before anything reads it)."""
+    array = np.asarray(value)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise ValueError(f"{name} is a corrupt sparse matrix: its {what} must be a 1-D integer array, "
+                         f"got shape {array.shape} and dtype {array.dtype}")
+    return array
+
+
+def _data_array(value, name, ndim=1):
+    data = np.asarray(value)
+    if data.ndim != ndim:
+        raise ValueError(f"{name} is a corrupt sparse matrix: its data must be {ndim}-D, got shape {data.shape}")
+    check_real_dtype(data.dtype, name)
+    return data
+
+
+def _in_range_or_raise(index, bound, name, what):
+    if index.size and (index.min() < 0 or index.max() >= bound):
+        raise ValueError(f"{name} is a corrupt sparse matrix: its {what} must lie in [0, {bound}), "
+                         f"found {int(index.min())}..{int(index.max())}")
+
+
+def _check_compressed(indptr, indices, data_length, major, minor, name, fmt, minor_name):
+    """CSR/CSC/BSR arrays: indptr of length major + 1, from 0, non-decreasing, ending within
+    indices and data, and the indices it covers in [0, minor)."""
+    indptr = _index_array(indptr, name, f"{fmt} index pointer (indptr)")
+    indices = _index_array(indices, name, f"{fmt} indices")
+    if indptr.shape[0] != major + 1:
+        raise ValueError(f"{name} is a corrupt sparse matrix: its {fmt} indptr must have length {major + 1}, "
+                         f"got {indptr.shape[0]}")
+    stored = int(indptr[-1])
+    if indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+        raise ValueError(f"{name} is a corrupt sparse matrix: its {fmt} indptr must start at 0 and never decrease")
+    if stored > indices.shape[0] or stored > data_length:
+        raise ValueError(f"{name} is a corrupt sparse matrix: its {fmt} indptr[-1] = {stored} exceeds the "
+                         f"{indices.shape[0]} stored indices or the {data_length} stored values")
+    _in_range_or_raise(indices[:stored], minor, name, f"{fmt} {minor_name} indices")
+
+
+def _check_coordinates(coords, data, shape, name):
+    """COO arrays: one integer index array per axis, each as long as data and within the shape."""
+    for axis, (index, what) in enumerate(zip(coords, ("row", "column"))):
+        index = _index_array(index, name, f"COO {what} indices")
+        if index.shape[0] != data.shape[0]:
+            raise ValueError(f"{name} is a corrupt sparse matrix: its COO {what} indices have length "
+                             f"{index.shape[0]}, but data has length {data.shape[0]}")
+        _in_range_or_raise(index, shape[axis], name, f"COO {what} indices")
+
+
+def _check_sparse_arrays(C, name):
+    """Check a SciPy sparse matrix's raw arrays before SciPy converts them or a kernel reads them.
+
+    SciPy checks them when a matrix is built, but not after its attributes are reassigned or
+    edited in place, and its compiled conversions (tocsr) then read out of bounds. Returns C
+    in a form whose conversion to CSR is safe (LIL and DOK become COO first, then are checked)."""
+    n, d = C.shape
+    fmt = C.format
+    if fmt in ("csr", "csc"):
+        data = _data_array(C.data, name)
+        major, minor = (n, d) if fmt == "csr" else (d, n)
+        _check_compressed(C.indptr, C.indices, data.shape[0], major, minor, name, fmt.upper(),
+                          "column" if fmt == "csr" else "row")
+    elif fmt == "bsr":
+        data = _data_array(C.data, name, ndim=3)
+        R, K = data.shape[1:]
+        if R == 0 or K == 0 or n % R or d % K:
+            raise ValueError(f"{name} is a corrupt sparse matrix: its BSR blocks of shape {(R, K)} do not tile "
+                             f"its shape {(n, d)}")
+        _check_compressed(C.indptr, C.indices, data.shape[0], n // R, d // K, name, "BSR", "block column")
+    elif fmt == "dia":
+        data = _data_array(C.data, name, ndim=2)
+        offsets = _index_array(C.offsets, name, "DIA offsets")
+        if offsets.shape[0] != data.shape[0]:
+            raise ValueError(f"{name} is a corrupt sparse matrix: it has {offsets.shape[0]} DIA offsets for "
+                             f"{data.shape[0]} diagonals")
+        # SciPy converts offsets to its (possibly 32-bit) index type; outside (−n, d) they would wrap.
+        if offsets.size and (offsets.min() <= -n or offsets.max() >= d):
+            raise ValueError(f"{name} is a corrupt sparse matrix: its DIA offsets must lie in ({-n}, {d})")
+    elif fmt in ("lil", "dok"):
+        try:
+            coo = C.tocoo()
+        except (ValueError, TypeError, IndexError, OverflowError) as exc:
+            raise ValueError(f"{name} is a corrupt {fmt.upper()} sparse matrix: {exc}") from exc
+        return _check_sparse_arrays(coo, name)
+    elif fmt == "coo":
+        data = _data_array(C.data, name)
+        coords = C.coords if hasattr(C, "coords") else (C.row, C.col)
+        if len(coords) != 2:
+            raise ValueError(f"{name} is a corrupt sparse matrix: a 2-D COO matrix needs 2 index arrays, "
+                             f"got {len(coords)}")
+        _check_coordinates(coords, data, (n, d), name)
+    else:
+        raise TypeError(f"{name} has an unsupported sparse format {fmt!r}")
+    return C
+
+
 def _as_csr(C, name):
     check_real_dtype(C.dtype, name)
     if C.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n × d), got {C.ndim} dimension(s)")
     _nonempty_or_raise(C.shape, name)
+    C = _check_sparse_arrays(C, name)
     # tocsr converts every other format on a copy; a CSR input is used as is (read only).
     csr = C.tocsr()
+    if not csr.has_canonical_format:
+        # Duplicates would cost the sandwich O(nnzᵢ²) per row for entries that add up to one:
+        # sum them once, on a copy (the caller's matrix is never modified).
+        csr = csr.copy() if csr is C else csr
+        csr.sum_duplicates()
     data = csr.data
     if data.dtype not in (np.float32, np.float64):
         data = data.astype(np.float64)
@@ -71,11 +190,7 @@ def _as_csr(C, name):
     if indptr.dtype != indices.dtype or indices.dtype not in (np.int32, np.int64):
         indptr, indices = indptr.astype(np.int64), indices.astype(np.int64)
     n, d = csr.shape
-    if indptr.shape[0] != n + 1 or indptr[0] != 0 or indptr[-1] > indices.shape[0] or np.any(np.diff(indptr) < 0):
-        raise ValueError(f"{name} has an invalid CSR index pointer")
     nnz = int(indptr[-1])
-    if nnz and (indices[:nnz].min() < 0 or indices[:nnz].max() >= d):
-        raise ValueError(f"{name} has column indices outside [0, {d})")
     _finite_or_raise(data[:nnz], name)
     return CSRMatrix(np.ascontiguousarray(indptr), np.ascontiguousarray(indices[:nnz]),
                      np.ascontiguousarray(data[:nnz]), (n, d))
@@ -156,6 +271,12 @@ def as_value_matrix(V, model, n, uses_values):
         raise ValueError("V must have at least one column (m ≥ 1)")
     array = np.ascontiguousarray(array, dtype=np.float64)
     _finite_or_raise(array, "V")
+    # The start forms VᵀV (n·max|V|² per entry) and the loss ½‖ReLU(Vᵀs) − b‖² (m·max|V|²): beyond
+    # this V overflows float64 before any iteration (and LAPACK fails on the infinities).
+    largest = float(np.max(np.abs(array)))
+    if largest > 0.0 and largest * largest * max(array.shape) * array.shape[1] > np.finfo(np.float64).max / 16:
+        raise ValueError(f"V's entries are too large for float64 arithmetic (largest |V_ij| = {largest:.3e}): "
+                         f"VᵀV and the loss overflow; rescale V and b together (e.g. divide both by {largest:.3e})")
     return array
 
 

@@ -298,3 +298,84 @@ def test_softmax_relu_with_dask_V_and_b_auto_strategy_verbose(client, capsys):
     assert _relative(res.x, reference.x) <= AGREEMENT
     printed = capsys.readouterr().out
     assert "iter" in printed and "Converged" in printed
+
+
+# -- hostile inputs and cluster faults (each ends by itself with a clear error) -------------------
+def test_corrupt_sparse_block_is_named_not_a_lost_cluster(client):
+    """A block whose CSR data is shorter than indptr[-1] once crashed its worker four times and was
+    reported as a lost cluster; it is rejected on its worker before any kernel runs, by name."""
+    C, b, _ = _problem("softmax")
+
+    def corrupt_second(block, block_info=None):
+        if block_info[0]["chunk-location"][0] == 1:
+            block = block.copy()
+            block.data = block.data[:1].copy()
+        return block
+
+    Cd = _dask(C, 2000).map_blocks(corrupt_second, dtype=C.dtype)
+    with pytest.raises(ValueError, match="C block 1 is a corrupt sparse matrix"):
+        fastnewton.dask.solve(Cd, b, client=client)
+
+
+def test_too_many_threads_rejected_as_in_solve(client):
+    C, b, _ = _problem("softmax", n=200, d=3)
+    import numba
+
+    with pytest.raises(ValueError, match="n_threads"):
+        fastnewton.dask.solve(_dask(C, 100), b, client=client, n_threads=numba.config.NUMBA_NUM_THREADS + 1)
+    with pytest.raises(ValueError, match="n_threads"):
+        fastnewton.solve(C, b, n_threads=numba.config.NUMBA_NUM_THREADS + 1)
+
+
+def test_overflowing_ridge_gives_the_same_status_as_solve(client):
+    """l2 = 1e300: ‖∇L‖ overflows at the start; Dask said DEAD_STATIONARY where solve said CONVERGED."""
+    C, b, _ = _problem("softmax")
+    reference = fastnewton.solve(C, b, l2=1e300)
+    res = fastnewton.dask.solve(_dask(C, 2000), b, client=client, l2=1e300)
+    assert res.status == reference.status == fastnewton.Status.NON_FINITE
+    assert "float64" in res.message
+
+
+def test_closed_client_is_a_clear_error(client):
+    C, b, _ = _problem("softmax", n=200, d=3)
+    closed = distributed.Client(client.scheduler.address, set_as_default=False)
+    closed.close()
+    with pytest.raises(ValueError, match=r"\bclient\b.*closed"):
+        fastnewton.dask.solve(_dask(C, 100), b, client=closed)
+
+
+def test_scaling_the_cluster_to_zero_raises_within_the_worker_timeout():
+    """cluster.scale(0) mid-solve once hung forever: rounds wait for workers at most worker_timeout."""
+    import threading
+
+    C, b, _ = _problem("softmax", n=8000)
+    # Threads, not processes: scale(0) then retires the workers in a fraction of a second.
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                       dashboard_address=":0", silence_logs=40)
+    client = distributed.Client(cluster, set_as_default=False)
+    outcome = []
+    try:
+        def scale_to_zero(info):
+            if info["iter"] == 1:
+                cluster.scale(0)
+                while client.scheduler_info()["workers"]:
+                    time.sleep(0.1)
+            return False
+
+        def run():
+            try:
+                fastnewton.dask.solve(_dask(C, 2000), b, client=client, x0="zeros", hessian="exact", tol=1e-14,
+                                      callback=scale_to_zero, worker_timeout=2.0)
+                outcome.append("returned")
+            except Exception as error:  # noqa: BLE001 - the test inspects it below
+                outcome.append(error)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(timeout=120)  # a bound, not a timing assertion: without the fix it never ends
+        assert outcome, "the solve did not end after the cluster was scaled to zero"
+        assert isinstance(outcome[0], ClusterError), outcome[0]
+        assert "no workers" in str(outcome[0])
+    finally:
+        client.close()
+        cluster.close()

@@ -417,15 +417,18 @@ def test_softmax_relu_dead_output_is_not_reported_as_optimum(dense, x0):
 @pytest.mark.parametrize("model", MODELS)
 def test_newton_step_is_the_loops_step(model):
     """One iteration of solve is one ``newton_step`` from x0 with the exact system (bitwise)."""
+    from types import SimpleNamespace
+
     from fastnewton.hessian import exact_system
-    from fastnewton.newton import newton_step
+    from fastnewton.newton import column_scale, newton_step
 
     C, b, x_true, V = planted(model, dense=False, noise=0.05)
     x0 = x_true + 0.5
     res = solve(C, b, model, V=V, x0=x0, hessian="exact", max_iter=1)
     problem = Problem(C, b, model, V=V)
     ev = problem.evaluate(problem.as_point(x0))
-    step = newton_step(problem, ev, exact_system(problem, ev, None, None, 1.0), 0.0)
+    options = SimpleNamespace(column_scale=column_scale(problem))
+    step = newton_step(problem, ev, exact_system(problem, ev, None, options, 1.0), 0.0)
     assert np.array_equal(step.x, res.x)
     assert step.length == res.history[1]["step"] and step.damping == res.history[1]["damping"]
     assert problem.loss(step.x) < ev.loss
@@ -436,7 +439,7 @@ def test_both_evaluators_implement_the_protocol():
     from fastnewton.protocol import Evaluator
 
     methods = [name for name, value in vars(Evaluator).items() if callable(value) and not name.startswith("_")]
-    assert len(methods) == 13
+    assert len(methods) == 15
     for evaluator in (Problem, DaskProblem):
         missing = [name for name in methods if not callable(getattr(evaluator, name, None))]
         assert missing == [], (evaluator.__name__, missing)

@@ -500,3 +500,162 @@ def test_random_inputs_in_any_format_give_the_canonical_solution(seed, n, d, den
     assert res.status == reference.status
     scale = max(np.linalg.norm(reference.x), 1e-300)
     assert np.linalg.norm(res.x - reference.x) <= 1e-10 * scale
+
+
+# ---------------------------------------------------------------------------------------------
+# Masked arrays, extension arrays, copies, extreme option values, memory (hostile-user round 2)
+# ---------------------------------------------------------------------------------------------
+def _masked(array, masked=True):
+    mask = np.zeros(np.shape(array), dtype=bool)
+    if masked:
+        mask.flat[0] = True
+    return np.ma.MaskedArray(np.asarray(array, dtype=np.float64), mask=mask)
+
+
+MASKED_CASES = {
+    "C": lambda: dict(C=_masked(C0_DENSE)),
+    "b": lambda: dict(b=_masked(B0)),
+    "row_weights": lambda: dict(row_weights=_masked(np.ones(N))),
+    "V": lambda: dict(model="softmax_relu", V=_masked(V0), b=BV0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MASKED_CASES))
+def test_masked_entries_are_rejected_naming_the_argument(name):
+    """The mask was silently ignored (the values under it were used)."""
+    with pytest.raises(ValueError, match=word(name) + ".*masked"):
+        Problem(**_arguments(MASKED_CASES[name]()))
+
+
+def test_masked_x0_is_rejected_and_an_unmasked_masked_array_is_its_data():
+    with pytest.raises(ValueError, match=word("x0") + ".*masked"):
+        solve(C0, B0, x0=_masked(np.zeros(D)))
+    plain = Problem(C0, B0).loss(np.full(D, 0.2))
+    assert Problem(_masked(C0_DENSE, masked=False), _masked(B0, masked=False)).loss(np.full(D, 0.2)) == \
+        pytest.approx(plain, rel=1e-14)
+
+
+class _ExtensionArray:
+    """What NumPy sees of a pandas ``Float64`` Series: an object array, plus pandas' ``to_numpy``."""
+
+    def __init__(self, values, missing=()):
+        self.values = np.asarray(values, dtype=np.float64)
+        self.missing = set(missing)
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.array([None if i in self.missing else float(v) for i, v in enumerate(self.values)], dtype=object)
+        return out if dtype is None else out.astype(dtype)
+
+    def __len__(self):
+        return self.values.shape[0]
+
+    def to_numpy(self, dtype=None, na_value=None):
+        out = self.values.astype(dtype or np.float64, copy=True)
+        out[list(self.missing)] = na_value
+        return out
+
+
+def test_extension_float_arrays_are_converted():
+    """pandas Float64 (no NA) was rejected as "dtype object"; it is converted, and NA is named as non-finite."""
+    reference = Problem(C0, B0, row_weights=np.full(N, 0.1)).loss(np.full(D, 0.2))
+    problem = Problem(C0, _ExtensionArray(B0), row_weights=_ExtensionArray(np.full(N, 0.1)))
+    assert problem.loss(np.full(D, 0.2)) == reference
+    with pytest.raises(ValueError, match=word("b") + ".*finite"):
+        Problem(C0, _ExtensionArray(B0, missing=[3]))
+
+
+def test_pandas_float64_series_is_converted():
+    pd = pytest.importorskip("pandas")
+    reference = Problem(C0, B0).loss(np.full(D, 0.2))
+    assert Problem(C0, pd.Series(B0, dtype="Float64")).loss(np.full(D, 0.2)) == reference
+    with pytest.raises(ValueError, match=word("b")):
+        Problem(C0, pd.Series(np.where(np.arange(N) == 3, np.nan, B0), dtype="Float64").astype("Float64"))
+
+
+def test_problem_copies_b_v_and_row_weights():
+    """Editing b after p.grad(x) gave a stale p.loss(x); b, V and w are now the Problem's own copies."""
+    x = np.full(D, 0.3)
+    for model, arguments in (("softmax", dict(b=B0.copy(), row_weights=np.full(N, 0.2))),
+                             ("softmax_relu", dict(b=BV0.copy(), V=V0.copy(), row_weights=np.full(N, 0.2)))):
+        problem = Problem(C0, model=model, **arguments)
+        loss, grad = problem.loss(x), problem.grad(x)
+        for value in arguments.values():
+            value *= 3.0  # the caller edits every array in place
+        problem._last = problem._last_forward = None  # even without the cache the values are the old ones
+        assert problem.loss(x) == loss
+        np.testing.assert_array_equal(problem.grad(x), grad)
+
+
+def test_editing_c_in_place_has_the_documented_behaviour():
+    """C is not copied: the cached point keeps its old loss and gradient, any other point and
+    clear_cache() read the new C."""
+    C = C0.copy()
+    problem = Problem(C, B0)
+    x, other = np.full(D, 0.3), np.full(D, -0.2)
+    loss, grad = problem.loss(x), problem.grad(x)
+    C.data *= 2.0
+    assert problem.loss(x) == loss
+    np.testing.assert_array_equal(problem.grad(x), grad)
+    fresh = Problem(C.copy(), B0)
+    assert problem.loss(other) == fresh.loss(other)
+    problem.clear_cache()
+    assert problem.loss(x) == fresh.loss(x)
+    np.testing.assert_array_equal(problem.grad(x), fresh.grad(x))
+
+
+@pytest.mark.parametrize("eps", [1e-300, 1e-160, 1e-12])
+def test_tiny_eps_keeps_every_row_instead_of_overflowing(eps):
+    """eps = 1e-300 raised ZeroDivisionError/OverflowError in sample_size; a tiny ε now means "sample every row"."""
+    from fastnewton.sketching import MAX_SAMPLE_SIZE, sample_size
+
+    assert sample_size(D, eps) == MAX_SAMPLE_SIZE  # beyond every n: all rows kept (πᵢ = 1)
+    res = solve(C0, B0, hessian="sketch", eps=eps, seed=0)
+    exact = solve(C0, B0, hessian="exact", seed=0)
+    assert res.converged
+    np.testing.assert_allclose(res.x, exact.x, rtol=1e-6, atol=1e-8)
+
+
+def test_overflowing_v_is_rejected_naming_v(capfd):
+    """V·1e300 raised LinAlgError from the start (and LAPACK printed on stderr)."""
+    with pytest.raises(ValueError, match=word("V") + ".*too large"):
+        solve(C0, BV0, "softmax_relu", V=V0 * 1e300)
+    assert capfd.readouterr().err == ""
+    assert Problem(C0, BV0, "softmax_relu", V=V0 * 1e100).loss(np.zeros(D)) >= 0  # large but usable
+
+
+def test_make_problem_with_overflowing_scale_is_named():
+    with pytest.raises(ValueError, match=word("scale")):
+        make_problem(2000, 8, nnz_per_row=4, scale=1e308)
+    C, b, _ = make_problem(2000, 8, nnz_per_row=4, scale=1e150)
+    assert np.all(np.isfinite(b))
+
+
+def test_iteration_too_large_for_memory_raises_before_allocating(monkeypatch):
+    import fastnewton.memory
+
+    monkeypatch.setattr(fastnewton.memory, "available_bytes", lambda: 2000)  # bytes; the iteration needs ~6 kB
+    with pytest.raises(MemoryError, match=f"n = {N} rows"):
+        solve(C0, B0)
+
+
+def test_cli_too_large_for_memory_is_an_up_front_error(monkeypatch, capsys):
+    """The CLI at n = 10⁸ under a memory limit ended in Numba's "Allocation failed" seconds later."""
+    import fastnewton.memory
+    from fastnewton.__main__ import main
+
+    monkeypatch.setattr(fastnewton.memory, "available_bytes", lambda: 8 * 2**30)
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", "--n", "100000000"])
+    assert stop.value.code == 2
+    assert "memory" in capsys.readouterr().err
+
+
+def test_available_memory_honours_the_address_space_limit():
+    import subprocess
+    import sys
+
+    code = ("import resource; from fastnewton.memory import available_bytes; "
+            "resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, resource.RLIM_INFINITY)); "
+            "print(available_bytes() <= 6 * 2**30)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr

@@ -80,7 +80,7 @@ def summary_of(held):
 def block_meta(block, model):
     """Shape facts for the driver's setup, with the model's statistics of the block's targets."""
     summary = {"nnz": block.matrix.nnz, "dense_rows": block.rows if block.matrix.format == "dense" else 0,
-               "bytes": block.matrix.nbytes, "max_seconds": 0.0}
+               "bytes": block.matrix.nbytes, "column_squares": block.matrix.column_squares(), "max_seconds": 0.0}
     summary.update(model.facts(block))
     return Held(summary)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..models import build_model, uses_values
 from ..protocol import Evaluation, add_low_rank_and_ridge, no_timer
-from ..reductions import dot, norm
+from ..reductions import dot
 from ..sketching import embedding_factor, jl_directions
 from ..validation import as_vector
 from . import blocks
@@ -123,8 +123,15 @@ class DaskProblem:
     def target_norm(self):
         return self.row_model.target_norm(self.facts)
 
-    def gradient_norm_at_zero(self):
-        return norm(self.evaluate(np.zeros(self.d), reference=True).grad)
+    def gradient_at_zero(self):
+        return self.evaluate(np.zeros(self.d), reference=True).grad
+
+    def column_norms(self):
+        return np.sqrt(self.meta["column_squares"])
+
+    def relu_inputs(self, ev):
+        # n-long arrays (relu_softmax's u) stay on the workers: only driver-side globals are offered.
+        return self.row_model.relu_inputs(ev.known, None)
 
     def _loss_at_zero_value(self):
         if self._loss_at_zero is None:

@@ -24,8 +24,40 @@ from . import blocks as block_functions
 DRIVER_SUM_BLOCKS = 8
 
 
+# A round waits for its tasks however long they compute, but not while the cluster has no worker
+# at all (e.g. after cluster.scale(0), or every worker gone without a nanny to restart it): then
+# nothing can ever finish, so after this many seconds without any worker the solve raises
+# ClusterError (``fastnewton.dask.solve(worker_timeout=...)``). 60 s covers a nanny restarting a
+# killed worker (a few seconds) and an adaptive cluster scaling back up from zero.
+WORKER_TIMEOUT = 60.0
+# How often a waiting round checks that the cluster still has workers (a round is ~20 ms, so a
+# finished round never waits for the poll).
+WORKER_POLL_SECONDS = 0.25
+
+
 class ClusterError(RuntimeError):
     """The Dask cluster (or the connection to it) was lost; no result is returned."""
+
+
+def wait_for_workers(client, futures, timeout=WORKER_TIMEOUT):
+    """Wait until ``futures`` finish; ClusterError when the cluster has had no worker for ``timeout`` s."""
+    import distributed
+
+    without_workers_since = None
+    while True:
+        try:
+            distributed.wait(futures, timeout=WORKER_POLL_SECONDS)
+            return
+        except TimeoutError:
+            pass
+        if client.scheduler_info(n_workers=-1)["workers"]:
+            without_workers_since = None
+            continue
+        now = time.perf_counter()
+        without_workers_since = without_workers_since or now
+        if now - without_workers_since >= timeout:
+            raise ClusterError(f"the Dask cluster has had no workers for {timeout:g} s (e.g. after "
+                               f"cluster.scale(0)), so the solve cannot continue; no result is returned")
 
 
 def _lost_cluster_errors():
@@ -58,6 +90,7 @@ class Rounds:
         self.client = client
         self.blocks = block_futures
         self._lost = _lost_cluster_errors()
+        self.worker_timeout = WORKER_TIMEOUT
         self.totals = self._zero()
         self._since = self._zero()
 
@@ -109,13 +142,19 @@ class Rounds:
                      for i in range(0, len(level) - 1, 2)]
             tasks += len(pairs)
             level = pairs + level[len(pairs) * 2:]
+        self._call(wait_for_workers, self.client, level[:1], self.worker_timeout)
         summary = self._call(level[0].result)
         self._finish(tasks, len(futures) * payload_bytes(summary), summary.get("max_seconds", 0.0))
         return summary
 
     def gather(self, futures):
         """The blocks' summaries as a list in block order."""
-        summaries = self._call(lambda: self.client.gather(self._summaries(futures)))
+        def wait_and_gather():
+            pending = self._summaries(futures)
+            wait_for_workers(self.client, pending, self.worker_timeout)
+            return self.client.gather(pending)
+
+        summaries = self._call(wait_and_gather)
         slowest = max((s.get("max_seconds", 0.0) for s in summaries if isinstance(s, dict)), default=0.0)
         self._finish(len(futures), sum(payload_bytes(s) for s in summaries), slowest)
         return summaries

@@ -6,10 +6,11 @@ from ..start import starting_point
 from ..solver import solve_options
 from ..threads import thread_limits
 from ..models import uses_values
-from ..validation import as_l2, as_positive_int, check_model
+from ..validation import as_l2, as_positive_float, as_thread_count, check_model
 from . import blocks
 from .inputs import check_row_partitioned, row_vector_blocks, row_weight_blocks, target_vector, value_matrix_blocks
 from .problem import DaskProblem
+from .rounds import WORKER_TIMEOUT, wait_for_workers
 
 
 def _default_client(client):
@@ -18,6 +19,8 @@ def _default_client(client):
 
         if not isinstance(client, Client):
             raise TypeError(f"client must be a distributed.Client, got {type(client).__name__}")
+        if client.status in ("closing", "closed"):
+            raise ValueError(f"client is {client.status}; pass a running distributed.Client")
         return client
     from distributed import get_client
 
@@ -28,12 +31,11 @@ def _default_client(client):
                          "distributed.Client(distributed.LocalCluster())) or pass client=") from exc
 
 
-def persist_blocks(client, C, b, model, V, row_weights, n_threads):
+def persist_blocks(client, C, b, model, V, row_weights, n_threads, worker_timeout=WORKER_TIMEOUT):
     """Validate the inputs and build one ``blocks.Block`` per row chunk on the workers (futures, in row order).
 
     Returns (block futures, n, d, the length-m b of a model with a value matrix, or None)."""
     import dask
-    import distributed
 
     row_chunks, d = check_row_partitioned(C)
     n = sum(row_chunks)
@@ -51,7 +53,7 @@ def persist_blocks(client, C, b, model, V, row_weights, n_threads):
                            n_threads) for p, rows in enumerate(row_chunks)]
     futures = client.compute(delayed_blocks)
     # Report a bad block deterministically: the first failing block in row order, whichever finished first.
-    distributed.wait(futures)
+    wait_for_workers(client, futures, worker_timeout)
     for future in futures:
         if future.status == "error":
             future.result()
@@ -60,7 +62,7 @@ def persist_blocks(client, C, b, model, V, row_weights, n_threads):
 
 def solve(C, b, model="softmax", *, client=None, V=None, l2=0.0, row_weights=None, x0="auto", hessian="auto",
           eps=0.5, sketch_size=None, tol=1e-8, max_iter=100, seed=None, n_threads=None, callback=None,
-          verbose=False):
+          verbose=False, worker_timeout=WORKER_TIMEOUT):
     """``fastnewton.solve`` for a C that lives on a Dask cluster as row blocks; the same result object.
 
     C : dask.array.Array (n, d) chunked by rows only, blocks NumPy arrays or SciPy sparse matrices
@@ -68,7 +70,11 @@ def solve(C, b, model="softmax", *, client=None, V=None, l2=0.0, row_weights=Non
     b : NumPy or Dask, length n (``softmax``, ``relu_softmax``; a Dask b with other chunks is rechunked
         to C's rows) or length m (``softmax_relu``). V (n × m) and ``row_weights`` likewise follow C's rows.
     client : a ``distributed.Client`` (default: the current one).
-    n_threads : Numba threads per block task (default: the worker's thread count).
+    n_threads : Numba threads per block task (default: the worker's thread count), at most
+        ``NUMBA_NUM_THREADS`` as in ``fastnewton.solve``.
+    worker_timeout : seconds a round may wait while the cluster has no worker at all (e.g. after
+        ``cluster.scale(0)``) before ``ClusterError`` (default 60; rounds that are computing are
+        never timed out).
     Every other keyword is ``fastnewton.solve``'s. Each block is built once on a worker and stays
     there; only x, scalars, d-vectors and d × k / d × d partials move (see ``fastnewton.dask.problem``).
     The history adds, per iteration, ``rounds``, ``tasks``, ``bytes_moved``, ``round_seconds`` (wall
@@ -78,9 +84,11 @@ def solve(C, b, model="softmax", *, client=None, V=None, l2=0.0, row_weights=Non
     model = check_model(model)
     client = _default_client(client)
     l2 = as_l2(l2)
-    n_threads = as_positive_int(n_threads, "n_threads", allow_none=True)
-    block_futures, n, d, small_b = persist_blocks(client, C, b, model, V, row_weights, n_threads)
+    n_threads = as_thread_count(n_threads)
+    worker_timeout = as_positive_float(worker_timeout, "worker_timeout")
+    block_futures, n, d, small_b = persist_blocks(client, C, b, model, V, row_weights, n_threads, worker_timeout)
     problem = DaskProblem(client, block_futures, n, d, model, small_b, l2)
+    problem.rounds.worker_timeout = worker_timeout
     build_system, options = solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose)
     with thread_limits(None):
         start, description = starting_point(problem, x0)

@@ -114,6 +114,12 @@ class Model:
     def diagnose(self, known, loss, facts, loss_at_zero):
         return None
 
+    def relu_inputs(self, known, kept):
+        """(what they are, values) of the ReLU inputs whose kinks can stall Newton, or None.
+
+        ``kept`` holds the rows' arrays on one machine and is None where they stay on workers."""
+        return None
+
     def auto_start(self, problem):
         return np.zeros(problem.d), "zeros (auto: the model has no starting rule)"
 

@@ -78,6 +78,11 @@ class Softmax(Model):
                     "so x is not the optimum (e.g. a softmax saturated to one-hot by huge logits |Cx|)")
         return None
 
+    def relu_inputs(self, known, kept):
+        if not self.relu or kept is None:
+            return None
+        return "row(s) with (Cx)ᵢ", kept["u"]
+
     def auto_start(self, problem):
         """softmax: log b = Cx − logsumexp(Cx) at a zero-residual optimum, so the b-weighted fit of
         log b on [C, 1] starts at or near x*. relu_softmax: see ``_relu_start``."""

@@ -64,6 +64,9 @@ class SoftmaxRelu(Model):
                     f"e.g. j = {dead[0]}): they cannot recover, so this stationary point is not the optimum")
         return None
 
+    def relu_inputs(self, known, kept):
+        return "output(s) with yⱼ = (Vᵀ softmax(Cx))ⱼ", known["y"]
+
     def auto_start(self, problem):
         """The simplex vector s closest to uniform with (Vᵀs)_j = b_j on active outputs (b_j > 0) and
         (Vᵀs)_j = 0 on inactive outputs that would otherwise be positive (a closed-form minimum-norm
