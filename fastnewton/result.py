@@ -19,7 +19,8 @@ class Status(enum.IntEnum):
 MESSAGES = {
     Status.CONVERGED: "Converged: relative gradient norm ‖∇L(x)‖ / g_ref ≤ tol.",
     Status.MAX_ITER: "Stopped: the maximum number of iterations (max_iter) was reached before tol.",
-    Status.STALLED: "Stopped: the loss no longer decreases beyond rounding error; the gradient criterion tol was not met.",
+    Status.STALLED: ("Stopped: the loss no longer decreases beyond rounding error; the gradient criterion tol "
+                     "was not met."),
     Status.CALLBACK: "Stopped by the callback (it returned True); x is the current iterate.",
     Status.NON_FINITE: "Stopped: a non-finite value appeared; x is the last finite iterate.",
     Status.DEAD_STATIONARY: "Stopped at a stationary point with non-zero loss that is not the optimum: ",
