@@ -123,6 +123,18 @@ def _check_coordinates(coords, data, shape, name):
         _in_range_or_raise(index, shape[axis], name, f"COO {what} indices")
 
 
+def _check_lil_rows(C, name):
+    """LIL: one column list per row, each as long as its value list (SciPy's compiled tocoo reads
+    the values by the column lists' lengths, past the end of a shorter value list)."""
+    if len(C.rows) != C.shape[0] or len(C.data) != C.shape[0]:
+        raise ValueError(f"{name} is a corrupt LIL sparse matrix: it must hold {C.shape[0]} row lists, "
+                         f"got {len(C.rows)} column lists and {len(C.data)} value lists")
+    for i, (columns, values) in enumerate(zip(C.rows, C.data)):
+        if len(columns) != len(values):
+            raise ValueError(f"{name} is a corrupt LIL sparse matrix: row {i} has {len(columns)} column "
+                             f"indices but {len(values)} values")
+
+
 def _check_sparse_arrays(C, name):
     """Check a SciPy sparse matrix's raw arrays before SciPy converts them or a kernel reads them.
 
@@ -153,6 +165,8 @@ def _check_sparse_arrays(C, name):
         if offsets.size and (offsets.min() <= -n or offsets.max() >= d):
             raise ValueError(f"{name} is a corrupt sparse matrix: its DIA offsets must lie in ({-n}, {d})")
     elif fmt in ("lil", "dok"):
+        if fmt == "lil":
+            _check_lil_rows(C, name)
         try:
             coo = C.tocoo()
         except (ValueError, TypeError, IndexError, OverflowError) as exc:

@@ -202,3 +202,12 @@ def test_sandwich_pair_count_does_not_overflow_int32():
     matrix = Problem(C, np.ones(1)).matrix
     assert matrix.indptr.dtype == np.int32
     assert int(matrix._row_pairs.sum()) == d * (d + 1) // 2
+
+
+def test_lil_row_with_more_columns_than_values_is_named():
+    """SciPy's compiled LIL → COO conversion reads values by the column lists' lengths: a row whose
+    column list is longer than its value list read past the values (garbage, found by the
+    hypothesis test above as a flaky example). It is now rejected before any conversion."""
+    C = _corrupt("lil", "short_data", 7, 0)
+    with pytest.raises(ValueError, match=r"\bC\b is a corrupt LIL sparse matrix: row 7 has"):
+        Problem(C, B_BASE)
