@@ -120,7 +120,8 @@ def newton_solve(problem, x0, start, build_system, options):
         return _result(ev, x0, start, options, Status.NON_FINITE, [], 0.0, clock,
                        detail="the loss or gradient at the starting point is not finite")
     grad_norm = norm(ev.grad)
-    g_ref = max(grad_norm, g_ref_zero)
+    # Independent of the start, so runs from different starts (and peers) meet one criterion.
+    g_ref = g_ref_zero if g_ref_zero > 0 else grad_norm
     history = []
     _record(history, 0, ev, grad_norm, g_ref, None, timer, clock, options, problem._iteration_extras())
     mu = 0.0
@@ -188,6 +189,7 @@ def _record(history, n_iter, ev, grad_norm, g_ref, step, timer, clock, options, 
         "loss": ev.loss,
         "grad_norm": grad_norm,
         "rel_grad_norm": grad_norm / g_ref if g_ref > 0 else 0.0,
+        "g_ref": g_ref,
         "step": step.length if step else 0.0,
         "step_norm": step.norm if step else 0.0,
         "damping": step.damping if step else 0.0,
