@@ -3,23 +3,25 @@
 The driver never branches on the format again: it calls ``matvec`` (u = Cx),
 ``rmatmat`` (Cᵀ[q, U] in one pass) and ``sandwich`` (Cᵀ diag(β) C).
 """
+import numba
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg.blas import dsyrk
 
 from .chunking import chunk_rows, sandwich_chunk_rows
 from .kernels.csr import csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec
 from .kernels.dense import dense_matvec, dense_rmatmat
 from .kernels.sandwich import csr_sandwich, csr_sandwich_rows
 from .kernels.sketch import csr_embed, dense_embed
-from .threads import map_single_threaded_blas
+from .threads import blas_threads, map_single_threaded_blas
 
-# Rows per GEMM block of the dense sandwich: bounds the scaled copy to
-# DENSE_SANDWICH_BLOCK × d while keeping each GEMM large enough for full BLAS speed.
+# Rows per block of the dense sandwich (and of C Z): bounds the scaled copy to
+# DENSE_SANDWICH_BLOCK × d while keeping each SYRK large enough for full BLAS speed.
 DENSE_SANDWICH_BLOCK = 8192
 
 
 class DenseMatrix:
-    """Row-major dense C (float32 or float64); passes in Numba, the sandwich by blocked BLAS GEMM."""
+    """Row-major dense C (float32 or float64); passes in Numba, the sandwich by blocked BLAS SYRK."""
 
     format = "dense"
 
@@ -49,24 +51,39 @@ class DenseMatrix:
         """C's rows in ``part`` (of ``rows`` when given) as float64 (a view when C is float64 and rows is None)."""
         return self.rows(part if rows is None else rows[part])
 
-    def _gemm_sandwich(self, weights, rows=None):
-        """Σ over fixed row blocks of blockᵀ(w ⊙ block), each GEMM single-threaded, summed in block order."""
-        def block_sandwich(part):
-            block = self._block(part, rows)
-            return block.T @ (block * weights[part, None])
+    def _syrk_sandwich(self, weights, rows=None):
+        """Σᵢ wᵢ cᵢcᵢᵀ (over C's rows, or C[rows]) by SYRK: per fixed row block, B₊ᵀB₊ − B₋ᵀB₋ with
+        B± the block's rows of positive/negative weight scaled by √|w|, summed in block order.
 
-        out = np.zeros((self.d, self.d))
-        for partial in map_single_threaded_blas(block_sandwich, self._block_slices(weights.shape[0])):
-            out += partial
-        # GEMM rounds its two triangles independently; the Hessian must be exactly symmetric.
-        return 0.5 * (out + out.T)
+        SYRK forms one triangle, half the flops of a GEMM; splitting the rows by sign keeps every
+        product positive semidefinite without doubling the work. BLAS runs on the solve's Numba
+        threads for these calls only (``blas_threads``). OpenBLAS's threaded SYRK splits the d × d
+        output among its threads, each summing over all the block's rows in its own kernel order,
+        so the bits do not depend on the thread count on OpenBLAS (tests/test_dense.py checks);
+        a BLAS that split the row (reduction) dimension would round differently per thread count.
+        """
+        out = np.zeros((self.d, self.d), order="F")
+        with blas_threads(numba.get_num_threads()):
+            for part in self._block_slices(weights.shape[0]):
+                block = self.array[part] if rows is None else self.array[rows[part]]
+                w = weights[part]
+                root = np.sqrt(np.abs(w))
+                for sign, kept in ((1.0, w > 0.0), (-1.0, w < 0.0)):
+                    if not kept.any():
+                        continue
+                    scaled = np.asarray(block[kept], dtype=np.float64)
+                    scaled *= root[kept, None]
+                    # scaledᵀ is a Fortran-order d × rows view: SYRK reads it without a copy.
+                    out = dsyrk(sign, scaled.T, beta=1.0, c=out, trans=0, lower=0, overwrite_c=1)
+        upper = np.triu(out)
+        return upper + np.triu(upper, 1).T
 
     def sandwich(self, beta):
-        return self._gemm_sandwich(beta)
+        return self._syrk_sandwich(beta)
 
     def sandwich_rows(self, rows, weights):
-        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich) by GEMM on the gathered rows."""
-        return self._gemm_sandwich(weights, rows)
+        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich) by SYRK on the gathered rows."""
+        return self._syrk_sandwich(weights, rows)
 
     def matmat(self, Z):
         """C Z for a thin d × r Z (blocked single-threaded BLAS calls, so float32 C is never copied whole)."""
