@@ -63,13 +63,18 @@ def main(argv=None):
     parser.add_argument("--d", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--blas-threads", action="store_true",
+                        help="run each sandwich block as one multi-threaded SYRK instead of one block per thread")
     args = parser.parse_args(argv)
+    if args.blas_threads:
+        from fastnewton import matrix
+        matrix.DENSE_SANDWICH_BLAS_THREADS = True
     C, b, _ = fastnewton.make_problem(args.n, args.d, dense=True, noise=0.1, seed=args.seed)
     # Compile (or load the cached kernels) before timing.
     fastnewton.solve(C[:2000], b[:2000] / b[:2000].sum(), max_iter=1, hessian="sketch", seed=0)
     problem = Problem(C, b)
     rng = np.random.default_rng(args.seed)
-    print(f"# fastnewton from {fastnewton.__file__}; dense n = {args.n}, d = {args.d}; best of {args.repeat}, ms")
+    print(f"# fastnewton from {fastnewton.__file__}{' (--blas-threads)' if args.blas_threads else ''}; dense n = {args.n}, d = {args.d}; best of {args.repeat}, ms")
     for threads in (1, 2):
         row = phases(problem, threads, args.repeat, rng)
         print("  ".join(f"{key} {value:.1f}" if isinstance(value, float) else f"{key} {value}"

@@ -18,6 +18,16 @@ from .threads import blas_threads, map_single_threaded_blas
 # Rows per block of the dense sandwich (and of C Z): bounds the scaled copy to
 # DENSE_SANDWICH_BLOCK × d while keeping each SYRK large enough for full BLAS speed.
 DENSE_SANDWICH_BLOCK = 8192
+# False: the sandwich's SYRKs run one per thread on single-threaded BLAS; True: one after the
+# other on multi-threaded BLAS (measured slower on 2 cores; kept for bench/dense_phases.py).
+DENSE_SANDWICH_BLAS_THREADS = False
+
+
+def _sum_in_order(partials, d):
+    total = np.zeros((d, d), order="F")
+    for partial in partials:
+        total += partial
+    return total
 
 
 class DenseMatrix:
@@ -47,35 +57,44 @@ class DenseMatrix:
         return [slice(start, min(count, start + DENSE_SANDWICH_BLOCK))
                 for start in range(0, count, DENSE_SANDWICH_BLOCK)]
 
-    def _block(self, part, rows=None):
-        """C's rows in ``part`` (of ``rows`` when given) as float64 (a view when C is float64 and rows is None)."""
-        return self.rows(part if rows is None else rows[part])
+    def _block(self, part):
+        """C's rows in ``part`` as float64 (a view when C is float64)."""
+        return self.rows(part)
 
     def _syrk_sandwich(self, weights, rows=None):
         """Σᵢ wᵢ cᵢcᵢᵀ (over C's rows, or C[rows]) by SYRK: per fixed row block, B₊ᵀB₊ − B₋ᵀB₋ with
-        B± the block's rows of positive/negative weight scaled by √|w|, summed in block order.
+        B± the block's rows of positive/negative weight scaled by √|w|; block results summed in block order.
 
-        SYRK forms one triangle, half the flops of a GEMM; splitting the rows by sign keeps every
-        product positive semidefinite without doubling the work. BLAS runs on the solve's Numba
-        threads for these calls only (``blas_threads``). OpenBLAS's threaded SYRK splits the d × d
-        output among its threads, each summing over all the block's rows in its own kernel order,
-        so the bits do not depend on the thread count on OpenBLAS (tests/test_dense.py checks);
-        a BLAS that split the row (reduction) dimension would round differently per thread count.
+        SYRK forms one triangle, half the flops of a GEMM; splitting the rows by sign keeps each
+        product positive semidefinite without doubling the work. The blocks run on the solve's
+        threads, each SYRK on one BLAS thread (``map_single_threaded_blas``), so the sum, and its
+        bits, do not depend on the thread count. One multi-threaded SYRK per block
+        (``blas_threads``) was measured slower on 2 cores (bench/dense_phases.py --blas-threads):
+        OpenBLAS's spinning workers and Numba's OpenMP workers take each other's cores.
         """
-        out = np.zeros((self.d, self.d), order="F")
-        with blas_threads(numba.get_num_threads()):
-            for part in self._block_slices(weights.shape[0]):
-                block = self.array[part] if rows is None else self.array[rows[part]]
-                w = weights[part]
-                root = np.sqrt(np.abs(w))
-                for sign, kept in ((1.0, w > 0.0), (-1.0, w < 0.0)):
-                    if not kept.any():
-                        continue
+        d = self.d
+
+        def block_sandwich(part):
+            block = self.array[part] if rows is None else self.array[rows[part]]
+            w = weights[part]
+            root = np.sqrt(np.abs(w))
+            out = np.zeros((d, d), order="F")
+            for sign, kept in ((1.0, w > 0.0), (-1.0, w < 0.0)):
+                if kept.any():
                     scaled = np.asarray(block[kept], dtype=np.float64)
                     scaled *= root[kept, None]
                     # scaledᵀ is a Fortran-order d × rows view: SYRK reads it without a copy.
                     out = dsyrk(sign, scaled.T, beta=1.0, c=out, trans=0, lower=0, overwrite_c=1)
-        upper = np.triu(out)
+            return out
+
+        blocks = self._block_slices(weights.shape[0])
+        if DENSE_SANDWICH_BLAS_THREADS:
+            with blas_threads(numba.get_num_threads()):
+                partials = map(block_sandwich, blocks)
+                upper = _sum_in_order(partials, d)
+        else:
+            upper = _sum_in_order(map_single_threaded_blas(block_sandwich, blocks), d)
+        upper = np.triu(upper)
         return upper + np.triu(upper, 1).T
 
     def sandwich(self, beta):
