@@ -1,0 +1,31 @@
+"""Measured rates behind ``hessian="auto"``'s cost model (``fastnewton.hessian.strategy_seconds``).
+
+Written by ``python bench/calibrate.py --write`` on the machine named below; re-run that
+command (a few minutes, on a quiet machine) after the kernels change or on a new machine.
+Rates are per second with the default thread count; iteration figures are from noisy
+planted softmax solves from ``x0="auto"`` to tol = 1e-8.
+"""
+
+MACHINE = "placeholder"
+
+# Stored entries of C read per second by one pass (u = Cx, or the fused Cᵀ[q, U]).
+DENSE_PASS_ENTRIES = 1.0e10
+CSR_PASS_ENTRIES = 1.0e9
+# Dense sandwich (SYRK): multiply-adds n·d²/2 per second.
+DENSE_SANDWICH_FMA = 3.0e10
+# CSR sandwich: pair updates Σᵢ nnzᵢ(nnzᵢ + 1)/2 per second.
+CSR_SANDWICH_PAIRS = 5.0e8
+# OSNAP embedding: (stored entry, slot) updates per second.
+DENSE_EMBED_UPDATES = 2.0e9
+CSR_EMBED_UPDATES = 5.0e8
+# C Z for the JL directions: (stored entry, column) multiply-adds per second.
+DENSE_MATMAT_FMA = 1.0e10
+CSR_MATMAT_FMA = 1.0e9
+# QR of the m × d embedding (multiply-adds m·d²) and Cholesky of d × d (d³/3) per second.
+QR_FMA = 1.0e10
+CHOLESKY_FMA = 1.0e10
+# Newton iterations of sketch and of pcg per exact Newton iteration, CG iterations per pcg step.
+EXACT_ITERATIONS = 5.0
+SKETCH_ITERATIONS_PER_EXACT = 3.0
+PCG_ITERATIONS_PER_EXACT = 1.2
+CG_ITERATIONS_PER_STEP = 4.0
