@@ -88,6 +88,14 @@ def measure(quick, seed=0):
     matrix = Problem(C, np.full(csr_n, 1.0 / csr_n)).matrix
     pairs = float(np.sum(np.diff(C.indptr) * (np.diff(C.indptr) + 1) / 2))
     rates.update(matrix_rates("CSR", matrix, rng, pairs))
+    # The CSR sandwich again at d = 1024, where its d × d partial no longer fits in cache.
+    wide_n, wide_d, wide_per_row = 40_000 // scale, 1024, 100
+    C, _, _ = fastnewton.make_problem(wide_n, wide_d, nnz_per_row=wide_per_row, seed=seed)
+    matrix = Problem(C, np.full(wide_n, 1.0 / wide_n)).matrix
+    row_nnz = np.diff(C.indptr)
+    beta = rng.standard_normal(wide_n)
+    rates["CSR_SANDWICH_PAIRS_D1024"] = float(np.sum(row_nnz * (row_nnz + 1) / 2)) / best_seconds(
+        lambda: matrix.sandwich(beta), 2)
     rates.update(factorisation_rates(128 if quick else 512, rng))
     problems = [fastnewton.make_problem(30_000 // scale, 64, dense=True, noise=0.1, seed=seed)[:2],
                 fastnewton.make_problem(100_000 // scale, 128, nnz_per_row=40, noise=0.1, seed=seed)[:2]]

@@ -10,6 +10,7 @@
 - ``auto``: the least predicted time to tol, from work counts and measured rates
   (``strategy_seconds``, ``fastnewton.rates``).
 """
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,12 +136,18 @@ PASSES_PER_ITERATION = 3
 PASSES_PER_CG_ITERATION = 2
 
 
+def csr_sandwich_rate(d, rates=rates):
+    """Pair updates per second of the CSR sandwich at width d: measured at d = 256 and 1024, log-log between."""
+    position = min(1.0, max(0.0, math.log(d / 256) / math.log(4)))
+    return rates.CSR_SANDWICH_PAIRS ** (1 - position) * rates.CSR_SANDWICH_PAIRS_D1024 ** position
+
+
 def strategy_seconds(problem, eps, sketch_size, rates=rates):
     """Predicted seconds to tol of each strategy: {"exact": …, "sketch": …, "pcg": …}.
 
     Work counts × measured rates (``fastnewton.rates``, written by bench/calibrate.py): a pass
     costs nnz entries, the exact sandwich n·d²/2 SYRK multiply-adds (dense) or Σᵢ nnzᵢ²/2 pair
-    updates (CSR, estimated as for equal rows), the sketch an OSNAP embedding, a QR of the
+    updates (CSR, estimated as for equal rows, at the rate for width d), the sketch an OSNAP embedding, a QR of the
     4d × d embedding, a C·Z pass for the JL scores and the sandwich of its s sampled rows,
     and every strategy a d × d Cholesky. Iteration counts: EXACT_ITERATIONS for exact (and
     the common start: one sandwich, one pass), scaled by the measured ratios for sketch and
@@ -154,7 +161,7 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
     def sandwich(rows):
         if dense:
             return rows * d * d / 2 / rates.DENSE_SANDWICH_FMA
-        return rows * per_row * (per_row + 1) / 2 / rates.CSR_SANDWICH_PAIRS
+        return rows * per_row * (per_row + 1) / 2 / csr_sandwich_rate(d, rates)
 
     one_pass = nnz / (rates.DENSE_PASS_ENTRIES if dense else rates.CSR_PASS_ENTRIES)
     cholesky = d**3 / 3 / rates.CHOLESKY_FMA

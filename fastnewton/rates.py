@@ -13,8 +13,10 @@ DENSE_PASS_ENTRIES = 2.13e+09
 CSR_PASS_ENTRIES = 7.12e+08
 # Dense sandwich (SYRK): multiply-adds n·d²/2 per second.
 DENSE_SANDWICH_FMA = 1.13e+10
-# CSR sandwich: pair updates Σᵢ nnzᵢ(nnzᵢ + 1)/2 per second.
+# CSR sandwich: pair updates Σᵢ nnzᵢ(nnzᵢ + 1)/2 per second at d = 256 and at d = 1024 (the
+# updates scatter into a d × d partial: slower once it leaves the cache); log-log in d between.
 CSR_SANDWICH_PAIRS = 4.97e+08
+CSR_SANDWICH_PAIRS_D1024 = 1.0e+08
 # OSNAP embedding: (stored entry, slot) updates per second.
 DENSE_EMBED_UPDATES = 1.66e+09
 CSR_EMBED_UPDATES = 2.88e+08

@@ -563,3 +563,11 @@ def test_pcg_returns_a_step_near_a_softmax_relu_optimum_where_the_hessian_is_pos
     rejected = [seed for seed in range(20)
                 if pcg_system(problem, ev, np.random.default_rng(seed), options(), 1.0).solve(ev.grad, 0.0) is None]
     assert rejected == []
+
+
+def test_csr_sandwich_rate_interpolates_in_d():
+    rates = types.SimpleNamespace(CSR_SANDWICH_PAIRS=4e8, CSR_SANDWICH_PAIRS_D1024=1e8)
+    assert hessian_module.csr_sandwich_rate(64, rates) == 4e8
+    assert hessian_module.csr_sandwich_rate(256, rates) == pytest.approx(4e8)
+    assert hessian_module.csr_sandwich_rate(512, rates) == pytest.approx(2e8)
+    assert hessian_module.csr_sandwich_rate(4096, rates) == pytest.approx(1e8)
