@@ -168,7 +168,7 @@ def accepted_damping(problem, ev, system, mu=0.0):
 def setup_strategy(case, strategy, rng, eps=SKETCH_EPS, sketch_size=None):
     options = SolveOptions(hessian=strategy, tol=1e-8, max_iter=1, eps=eps, sketch_size=sketch_size,
                            seed=None, callback=None, verbose=False, column_scale=column_scale(case.problem))
-    g_ref = max(float(np.linalg.norm(case.ev.grad)), float(np.linalg.norm(case.problem.gradient_at_zero())))
+    g_ref = float(np.linalg.norm(case.problem.gradient_at_zero())) or float(np.linalg.norm(case.ev.grad))
     build = BUILDERS[strategy]
     system = build(case.problem, case.ev, rng, options, g_ref)
     return StrategySetup(strategy, build, options, g_ref, system, accepted_damping(case.problem, case.ev, system))

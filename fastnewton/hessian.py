@@ -1,22 +1,32 @@
 """Hessian strategies (SPEC §3): each builds, per iteration, a ``NewtonSystem`` that solves (H + μD²) p = −g
 (D: the fixed column scale, so that the steps do not depend on the scale of C's columns; see ``NewtonSystem``).
 
-- ``exact``: H = Cᵀ diag(β) C + P S Pᵀ + λI (sparse sandwich O(Σᵢ nnzᵢ²); dense: blocked GEMM,
-  O(n d²)); Cholesky.
+- ``exact``: H = Cᵀ diag(β) C + P S Pᵀ + λI (sparse sandwich O(Σᵢ nnzᵢ²); dense: blocked SYRK,
+  O(n d²/2)); Cholesky.
 - ``sketch``: H̃ = CᵀD̃C + P S Pᵀ + λI with D̃ a leverage-score sample of diag(β)
   (``fastnewton.sketching``), a fresh sample each iteration; Cholesky. Linear local convergence.
 - ``pcg``: conjugate gradients on the exact Hessian-vector product (two passes over C each),
   preconditioned by the Cholesky factor of H̃ + μD²; forcing term η = min(0.5, ‖g‖/g_ref) for
   quadratic local convergence at near-sketch cost.
-- ``auto``: the cost model in ``choose_strategy``.
+- ``auto``: the least predicted time to tol, from work counts and measured rates
+  (``strategy_seconds``, ``fastnewton.rates``).
 """
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg
 
+from . import rates
 from .reductions import dot, norm
-from .sketching import PRECONDITIONER_SAMPLE_CONSTANT, SAMPLE_CONSTANT, sample_size
+from .sketching import (
+    EMBED_ROWS_PER_COLUMN,
+    JL_DIM,
+    OSNAP_NNZ,
+    PRECONDITIONER_SAMPLE_CONSTANT,
+    SAMPLE_CONSTANT,
+    sample_size,
+)
 
 STRATEGIES = ("auto", "exact", "sketch", "pcg")
 MAX_CG_ITERATIONS = 100
@@ -148,23 +158,66 @@ def pcg_system(problem, ev, rng, options, g_ref):
 BUILDERS = {"exact": exact_system, "sketch": sketch_system, "pcg": pcg_system}
 
 
-def choose_strategy(problem, eps, sketch_size):
-    """``auto``: pcg when the sketched Hessian is much cheaper than the exact one, else exact.
+# Passes over C per Newton iteration shared by every strategy (forward, fused gradient, line
+# search C·Δx), and per CG iteration of pcg (Hessian-vector product: C·p and Cᵀ(·)).
+PASSES_PER_ITERATION = 3
+PASSES_PER_CG_ITERATION = 2
 
-    Flop model (multiply-adds): exact sandwich Σᵢ nnzᵢ²/2 for CSR (estimated as
-    nnz²/(2n), exact for equal rows) and n·d² for dense; sketch ≈ nnz·(OSNAP_NNZ + JL_DIM)
-    + 4d·d² (QR) + s·(nnz/n)²/2 (sampled sandwich, s the preconditioner's sample); pcg adds ~2 passes per CG
-    iteration, a few per Newton step, and converges like exact Newton, so it is chosen
-    whenever the sketched build is at least 4× cheaper than the exact sandwich.
+
+def csr_sandwich_rate(d, rates=rates):
+    """Pair updates per second of the CSR sandwich at width d: measured at d = 256 and 1024, log-log between."""
+    position = min(1.0, max(0.0, math.log(d / 256) / math.log(4)))
+    return rates.CSR_SANDWICH_PAIRS ** (1 - position) * rates.CSR_SANDWICH_PAIRS_D1024 ** position
+
+
+def strategy_seconds(problem, eps, sketch_size, rates=rates):
+    """Predicted seconds to tol of each strategy: {"exact": …, "sketch": …, "pcg": …}.
+
+    Work counts × measured rates (``fastnewton.rates``, written by bench/calibrate.py): a pass
+    costs nnz entries, the exact sandwich n·d²/2 SYRK multiply-adds (dense) or Σᵢ nnzᵢ²/2 pair
+    updates (CSR, estimated as for equal rows, at the rate for width d), the sketch an OSNAP embedding, a QR of the
+    4d × d embedding, a C·Z pass for the JL scores and the sandwich of its s sampled rows,
+    and every strategy a d × d Cholesky. Iteration counts: EXACT_ITERATIONS for exact (and
+    the common start: one sandwich, one pass), scaled by the measured ratios for sketch and
+    pcg, which also pays CG_ITERATIONS_PER_STEP Hessian-vector products per step.
     """
     matrix = problem.matrix
     n, d, nnz = matrix.n, matrix.d, matrix.nnz
+    dense = matrix.format == "dense"
     per_row = nnz / n
-    exact = n * d * d if matrix.format == "dense" else n * per_row**2 / 2
-    s = sketch_size or sample_size(d, eps, PRECONDITIONER_SAMPLE_CONSTANT)
-    sandwich = min(s, n) * (d * d if matrix.format == "dense" else per_row**2 / 2)
-    sketched = nnz * 30 + 4 * d**3 + sandwich
-    return "pcg" if 4 * sketched < exact else "exact"
+
+    def sandwich(rows):
+        if dense:
+            return rows * d * d / 2 / rates.DENSE_SANDWICH_FMA
+        return rows * per_row * (per_row + 1) / 2 / csr_sandwich_rate(d, rates)
+
+    one_pass = nnz / (rates.DENSE_PASS_ENTRIES if dense else rates.CSR_PASS_ENTRIES)
+    cholesky = d**3 / 3 / rates.CHOLESKY_FMA
+    sketch_common = (nnz * OSNAP_NNZ / (rates.DENSE_EMBED_UPDATES if dense else rates.CSR_EMBED_UPDATES)
+                     + EMBED_ROWS_PER_COLUMN * d * d * d / rates.QR_FMA
+                     + nnz * JL_DIM / (rates.DENSE_MATMAT_FMA if dense else rates.CSR_MATMAT_FMA))
+
+    def sampled(constant):
+        return sandwich(min(n, sketch_size or sample_size(d, eps, constant)))
+
+    per_iteration = {
+        "exact": sandwich(n) + cholesky,
+        "sketch": sketch_common + sampled(SAMPLE_CONSTANT) + cholesky,
+        "pcg": (sketch_common + sampled(PRECONDITIONER_SAMPLE_CONSTANT) + cholesky
+                + rates.CG_ITERATIONS_PER_STEP * (PASSES_PER_CG_ITERATION * one_pass + 2 * d * d / rates.CHOLESKY_FMA)),
+    }
+    iterations = {"exact": rates.EXACT_ITERATIONS,
+                  "sketch": rates.EXACT_ITERATIONS * rates.SKETCH_ITERATIONS_PER_EXACT,
+                  "pcg": rates.EXACT_ITERATIONS * rates.PCG_ITERATIONS_PER_EXACT}
+    start = sandwich(n) + cholesky + 3 * one_pass
+    return {name: start + iterations[name] * (per_iteration[name] + PASSES_PER_ITERATION * one_pass)
+            for name in per_iteration}
+
+
+def choose_strategy(problem, eps, sketch_size):
+    """``auto``: the strategy with the least predicted time to tol (``strategy_seconds``)."""
+    seconds = strategy_seconds(problem, eps, sketch_size)
+    return min(seconds, key=seconds.get)
 
 
 def resolve_strategy(name, problem, eps, sketch_size):

@@ -3,23 +3,35 @@
 The driver never branches on the format again: it calls ``matvec`` (u = Cx),
 ``rmatmat`` (Cᵀ[q, U] in one pass) and ``sandwich`` (Cᵀ diag(β) C).
 """
+import numba
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg.blas import dsyrk
 
 from .chunking import chunk_rows, sandwich_chunk_rows
 from .kernels.csr import csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec
 from .kernels.dense import dense_matvec, dense_rmatmat
 from .kernels.sandwich import csr_sandwich, csr_sandwich_rows
 from .kernels.sketch import csr_embed, dense_embed
-from .threads import map_single_threaded_blas
+from .threads import blas_threads, map_single_threaded_blas
 
-# Rows per GEMM block of the dense sandwich: bounds the scaled copy to
-# DENSE_SANDWICH_BLOCK × d while keeping each GEMM large enough for full BLAS speed.
+# Rows per block of the dense sandwich (and of C Z): bounds the scaled copy to
+# DENSE_SANDWICH_BLOCK × d while keeping each SYRK large enough for full BLAS speed.
 DENSE_SANDWICH_BLOCK = 8192
+# False: the sandwich's SYRKs run one per thread on single-threaded BLAS; True: one after the
+# other on multi-threaded BLAS (measured slower on 2 cores; kept for bench/dense_phases.py).
+DENSE_SANDWICH_BLAS_THREADS = False
+
+
+def _sum_in_order(partials, d):
+    total = np.zeros((d, d), order="F")
+    for partial in partials:
+        total += partial
+    return total
 
 
 class DenseMatrix:
-    """Row-major dense C (float32 or float64); passes in Numba, the sandwich by blocked BLAS GEMM."""
+    """Row-major dense C (float32 or float64); passes in Numba, the sandwich by blocked BLAS SYRK."""
 
     format = "dense"
 
@@ -45,28 +57,52 @@ class DenseMatrix:
         return [slice(start, min(count, start + DENSE_SANDWICH_BLOCK))
                 for start in range(0, count, DENSE_SANDWICH_BLOCK)]
 
-    def _block(self, part, rows=None):
-        """C's rows in ``part`` (of ``rows`` when given) as float64 (a view when C is float64 and rows is None)."""
-        return self.rows(part if rows is None else rows[part])
+    def _block(self, part):
+        """C's rows in ``part`` as float64 (a view when C is float64)."""
+        return self.rows(part)
 
-    def _gemm_sandwich(self, weights, rows=None):
-        """Σ over fixed row blocks of blockᵀ(w ⊙ block), each GEMM single-threaded, summed in block order."""
+    def _syrk_sandwich(self, weights, rows=None):
+        """Σᵢ wᵢ cᵢcᵢᵀ (over C's rows, or C[rows]) by SYRK: per fixed row block, B₊ᵀB₊ − B₋ᵀB₋ with
+        B± the block's rows of positive/negative weight scaled by √|w|; block results summed in block order.
+
+        SYRK forms one triangle, half the flops of a GEMM; splitting the rows by sign keeps each
+        product positive semidefinite without doubling the work. The blocks run on the solve's
+        threads, each SYRK on one BLAS thread (``map_single_threaded_blas``), so the sum, and its
+        bits, do not depend on the thread count. One multi-threaded SYRK per block
+        (``blas_threads``) was measured slower on 2 cores (bench/dense_phases.py --blas-threads):
+        OpenBLAS's spinning workers and Numba's OpenMP workers take each other's cores.
+        """
+        d = self.d
+
         def block_sandwich(part):
-            block = self._block(part, rows)
-            return block.T @ (block * weights[part, None])
+            block = self.array[part] if rows is None else self.array[rows[part]]
+            w = weights[part]
+            root = np.sqrt(np.abs(w))
+            out = np.zeros((d, d), order="F")
+            for sign, kept in ((1.0, w > 0.0), (-1.0, w < 0.0)):
+                if kept.any():
+                    scaled = np.asarray(block[kept], dtype=np.float64)
+                    scaled *= root[kept, None]
+                    # scaledᵀ is a Fortran-order d × rows view: SYRK reads it without a copy.
+                    out = dsyrk(sign, scaled.T, beta=1.0, c=out, trans=0, lower=0, overwrite_c=1)
+            return out
 
-        out = np.zeros((self.d, self.d))
-        for partial in map_single_threaded_blas(block_sandwich, self._block_slices(weights.shape[0])):
-            out += partial
-        # GEMM rounds its two triangles independently; the Hessian must be exactly symmetric.
-        return 0.5 * (out + out.T)
+        blocks = self._block_slices(weights.shape[0])
+        if DENSE_SANDWICH_BLAS_THREADS:
+            with blas_threads(numba.get_num_threads()):
+                partials = map(block_sandwich, blocks)
+                upper = _sum_in_order(partials, d)
+        else:
+            upper = _sum_in_order(map_single_threaded_blas(block_sandwich, blocks), d)
+        upper = np.triu(upper)
+        return upper + np.triu(upper, 1).T
 
     def sandwich(self, beta):
-        return self._gemm_sandwich(beta)
+        return self._syrk_sandwich(beta)
 
     def sandwich_rows(self, rows, weights):
-        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich) by GEMM on the gathered rows."""
-        return self._gemm_sandwich(weights, rows)
+        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich) by SYRK on the gathered rows."""
+        return self._syrk_sandwich(weights, rows)
 
     def matmat(self, Z):
         """C Z for a thin d × r Z (blocked single-threaded BLAS calls, so float32 C is never copied whole)."""

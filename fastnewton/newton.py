@@ -185,8 +185,8 @@ def newton_solve(problem, x0, start, build_system, options):
     ``problem`` is any ``fastnewton.protocol.Evaluator``: ``Problem`` on one machine, and
     ``fastnewton.dask`` runs this same loop with the passes over C done where C's blocks live.
 
-    Convergence needs both ‖∇L(x)‖ ≤ tol·g_ref (g_ref = max(‖∇L(x0)‖, ‖∇L(0)‖)) and the same test in
-    the column-scaled norm ‖∇L(x)/c‖ ≤ tol·max(‖∇L(x0)/c‖, ‖∇L(0)/c‖), c_j = ‖C_j‖: on well-scaled
+    Convergence needs both ‖∇L(x)‖ ≤ tol·g_ref (g_ref = ‖∇L(0)‖, or ‖∇L(x0)‖ only where that is 0)
+    and the same test in the column-scaled norm ‖∇L(x)/c‖ ≤ tol·‖∇L(0)/c‖, c_j = ‖C_j‖: on well-scaled
     columns the two agree; on columns scaled 1e-12..1e12 the first is dominated by the largest
     column and the second keeps the small ones from being declared converged far from the optimum.
     """
@@ -208,8 +208,11 @@ def newton_solve(problem, x0, start, build_system, options):
                                     "at x = 0 (the reference gradient g_ref)"))
     if detail:
         return _result(ev, x0, start, options, Status.NON_FINITE, [], 0.0, clock, detail=detail)
-    g_ref = max(grad_norm, norm(grad_at_zero))
-    scaled_g_ref = max(scaled_norm(ev.grad), scaled_norm(grad_at_zero))
+    # Independent of the start, so runs from different starts (and peers) meet one criterion;
+    # ‖∇L(x0)‖ only where ∇L(0) = 0.
+    g_ref_zero = norm(grad_at_zero)
+    g_ref = g_ref_zero if g_ref_zero > 0 else grad_norm
+    scaled_g_ref = scaled_norm(grad_at_zero) if g_ref_zero > 0 else scaled_norm(ev.grad)
     history = []
     _record(history, 0, ev, grad_norm, g_ref, None, timer, clock, options, problem.iteration_extras())
     mu = 0.0
@@ -290,6 +293,7 @@ def _record(history, n_iter, ev, grad_norm, g_ref, step, timer, clock, options, 
         "loss": ev.loss,
         "grad_norm": grad_norm,
         "rel_grad_norm": grad_norm / g_ref if g_ref > 0 else 0.0,
+        "g_ref": g_ref,
         "step": step.length if step else 0.0,
         "step_norm": step.norm if step else 0.0,
         "damping": step.damping if step else 0.0,

@@ -25,7 +25,9 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     eps : spectral accuracy ε ∈ (0, 1) of the sketched Hessian (``sketch``, ``pcg``).
     sketch_size : rows sampled per iteration (default ⌈3·d·log(d/0.1)/ε²⌉ for ``sketch``, a third
         of that for ``pcg``, whose preconditioner needs only constant-factor accuracy).
-    tol : stop when ‖∇L(x)‖ ≤ tol · max(‖∇L(x0)‖, ‖∇L(0)‖).
+    tol : stop when ‖∇L(x)‖ ≤ tol · g_ref with g_ref = ‖∇L(0)‖ (for ``relu_softmax``, whose gradient
+        at 0 is exactly zero, the one-sided derivative: the plain softmax gradient at 0), whatever
+        the start; ‖∇L(x0)‖ only if that is 0. ``res.g_ref`` and every history record report it.
     max_iter : at most this many Newton iterations.
     seed : fixes every random choice.  n_threads : Numba and BLAS threads for this solve.
     callback : called after every iteration with a dict (iter, loss, grad_norm, step, damping,

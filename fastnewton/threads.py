@@ -64,6 +64,31 @@ def single_threaded_blas():
 
 
 @contextmanager
+def blas_threads(n_threads):
+    """BLAS on ``n_threads`` threads for the calls inside this block, then back to what it was.
+
+    For the few large level-3 calls (the dense sandwich's SYRKs) that BLAS threads well,
+    inside a solve that otherwise keeps BLAS on one thread. Scoped this way the Numba pass
+    that follows is not slowed (measured with bench/dense_phases.py). Raised only when no
+    other solve in the process holds the single-thread limit: the lock is held for the
+    whole block, so a solve starting meanwhile waits for it, and concurrent solves keep
+    one BLAS thread each.
+    """
+    with _blas_lock:
+        if n_threads <= 1 or _blas_users > 1:
+            yield
+            return
+        _release_openblas_control()
+        limiter = _blas().limit(limits=n_threads, user_api="blas")
+        try:
+            yield
+        finally:
+            _release_openblas_control()
+            limiter.restore_original_limits()
+            _release_openblas_control()
+
+
+@contextmanager
 def thread_limits(n_threads):
     """Run a solve with ``n_threads`` Numba threads (None: as they are) and BLAS on one thread.
 

@@ -1,5 +1,5 @@
-"""kernels/dense.py (dense_matvec, dense_rmatmat) and DenseMatrix.matvec / rmatmat / matmat against NumPy
-one-liners.
+"""kernels/dense.py (dense_matvec, dense_rmatmat) and DenseMatrix.matvec / rmatmat / matmat / sandwich
+against NumPy one-liners, and the scoped BLAS threads of the sandwich.
 
 Tolerances: the kernels accumulate in float64 for float32 and float64 A alike
 (float32 → float64 is exact), so the bounds use np.finfo(np.float64).eps with the
@@ -7,11 +7,14 @@ summation bound of naive.assert_within_rounding (~ n_terms·eps·Σ|terms|).
 """
 import numpy as np
 import pytest
+import threadpoolctl
 
 import naive
+from fastnewton import matrix as matrix_module
 from fastnewton.chunking import chunk_rows as real_chunk_rows
 from fastnewton.kernels.dense import dense_matvec, dense_rmatmat
 from fastnewton.matrix import DENSE_SANDWICH_BLOCK, DenseMatrix
+from fastnewton.threads import blas_threads, single_threaded_blas, thread_limits
 
 DTYPES = [np.float32, np.float64]
 
@@ -146,3 +149,64 @@ def test_dense_kernels_bitwise_equal_with_1_and_2_threads(chunk_rows, run_with_t
     u2, G2 = run_with_threads(2, passes)
     np.testing.assert_array_equal(u1, u2)
     np.testing.assert_array_equal(G1, G2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dense sandwich by SYRK (DenseMatrix.sandwich / sandwich_rows) and its BLAS threads
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_syrk_sandwich_matches_outer_products(dtype):
+    """Mixed-sign and zero weights over several row blocks; gathered rows with repeats; exactly symmetric.
+    Each entry sums n products (√|w| scaling rounds once more per factor): the naive summation bound."""
+    rng = np.random.default_rng(16)
+    n, d = 2 * DENSE_SANDWICH_BLOCK + 17, 7
+    A = _random_dense(rng, n, d, dtype, zero_rows=True)
+    w = rng.standard_normal(n)
+    w[::5] = 0.0
+    A64 = A.astype(np.float64)
+    scale = np.abs(A64).T @ (np.abs(w)[:, None] * np.abs(A64))
+    H = DenseMatrix(A).sandwich(w)
+    naive.assert_within_rounding(H, A64.T @ (w[:, None] * A64), scale, n + 4)
+    assert np.array_equal(H, H.T)
+    rows = rng.integers(0, n, size=300)
+    weights = rng.standard_normal(300)
+    H_rows = DenseMatrix(A).sandwich_rows(rows, weights)
+    naive.assert_within_rounding(H_rows, naive.sandwich(A64[rows], weights),
+                                 np.abs(A64[rows]).T @ (np.abs(weights)[:, None] * np.abs(A64[rows])), 300 + 4)
+    assert np.array_equal(H_rows, H_rows.T)
+
+
+def _blas_threads_now():
+    return max(info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas")
+
+
+def test_blas_threads_is_scoped_and_yields_to_concurrent_solves():
+    """Inside a solve (BLAS limited to 1) the scoped context raises BLAS to n threads for its block only;
+    with a second solve in the process holding the limit it leaves BLAS at 1."""
+    with thread_limits(None):
+        assert _blas_threads_now() == 1
+        with blas_threads(2):
+            assert _blas_threads_now() == 2
+        assert _blas_threads_now() == 1
+        with single_threaded_blas():  # a concurrent solve's hold
+            with blas_threads(2):
+                assert _blas_threads_now() == 1
+
+
+def test_dense_sandwich_with_multithreaded_blas_matches_the_default():
+    """The bench-only mode (one multi-threaded SYRK per block) sums the same blocks in the same order;
+    OpenBLAS splits each SYRK's d × d output among threads (each entry summed whole by one thread), so
+    it agrees to rounding (asserted: the summation bound), not necessarily bit for bit on another BLAS."""
+    rng = np.random.default_rng(17)
+    n, d = DENSE_SANDWICH_BLOCK + 100, 40
+    A = rng.standard_normal((n, d))
+    w = rng.standard_normal(n)
+    C = DenseMatrix(A)
+    with thread_limits(2):
+        default = C.sandwich(w)
+        try:
+            matrix_module.DENSE_SANDWICH_BLAS_THREADS = True
+            threaded = C.sandwich(w)
+        finally:
+            matrix_module.DENSE_SANDWICH_BLAS_THREADS = False
+    naive.assert_within_rounding(threaded, default, np.abs(A).T @ (np.abs(w)[:, None] * np.abs(A)), n + 4)

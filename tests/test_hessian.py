@@ -26,6 +26,7 @@ import scipy.linalg
 import threadpoolctl
 
 import fastnewton.hessian as hessian_module
+import fastnewton.rates as rates_module
 from fastnewton import ConvergenceWarning, Problem, make_problem, solve
 from fastnewton.hessian import (
     MAX_FORCING,
@@ -35,6 +36,7 @@ from fastnewton.hessian import (
     pcg_system,
     resolve_strategy,
     sketch_system,
+    strategy_seconds,
 )
 from fastnewton.newton import SolveOptions
 from fastnewton.sketching import PRECONDITIONER_SAMPLE_CONSTANT, sample_size, sampled_sandwich
@@ -236,35 +238,64 @@ def stand_in(n, d, nnz=None, fmt="dense"):
     return types.SimpleNamespace(matrix=types.SimpleNamespace(n=n, d=d, nnz=nnz, format=fmt))
 
 
-@pytest.mark.parametrize("problem, expected", [
-    # Multiply-adds of the cost model in the comments (exact sandwich vs sketched build); pcg needs ≥ 4×.
-    # Small dense: exact n·d² = 4e5 against 1e6 for the sketch's passes and QR.
-    (stand_in(1000, 20), "exact"),
-    # n ≲ s: s ≈ 52 000 > n = 20 000 rows, the "sample" is all of C (5.2e9 against 6.1e9).
-    (stand_in(20_000, 512), "exact"),
-    # Short rows: the sparse sandwich costs Σᵢ nnzᵢ²/2 = 50 per row (5e7), the sketch's passes 4e9.
-    (stand_in(10**6, 1000, nnz=10**7, fmt="csr"), "exact"),
-    # Long dense rows, n ≫ s: n·d² = 2.6e11, 8.8× the sketched build (3.0e10).
-    (stand_in(10**6, 512), "pcg"),
-    # 500 non-zeros per row, n ≫ s: 1.25e12, 5.9× the sketched build (2.1e11).
-    (stand_in(10**7, 2000, nnz=5 * 10**9, fmt="csr"), "pcg"),
-], ids=["small-dense", "n-below-s", "short-csr-rows", "long-dense-rows", "long-csr-rows"])
-def test_auto_cost_model(problem, expected):
-    assert choose_strategy(problem, 0.5, None) == expected
-    assert resolve_strategy("auto", problem, 0.5, None)[0] == expected
+def uniform_rates(**changes):
+    """Rates with every operation at 1e9 per second and 5 / 2 / 1 / 3 iteration figures, then ``changes``."""
+    values = {name: 1e9 for name in dir(rates_module) if name.isupper() and name not in (
+        "MACHINE", "EXACT_ITERATIONS", "SKETCH_ITERATIONS_PER_EXACT", "PCG_ITERATIONS_PER_EXACT",
+        "CG_ITERATIONS_PER_STEP")}
+    values.update(EXACT_ITERATIONS=5.0, SKETCH_ITERATIONS_PER_EXACT=2.0, PCG_ITERATIONS_PER_EXACT=1.0,
+                  CG_ITERATIONS_PER_STEP=3.0)
+    values.update(changes)
+    return types.SimpleNamespace(**values)
+
+
+def test_auto_picks_the_least_predicted_time():
+    for problem in (stand_in(1000, 20), stand_in(10**6, 512), stand_in(10**6, 1000, nnz=10**7, fmt="csr")):
+        seconds = strategy_seconds(problem, 0.5, None)
+        assert set(seconds) == {"exact", "sketch", "pcg"} and all(t > 0 for t in seconds.values())
+        assert choose_strategy(problem, 0.5, None) == min(seconds, key=seconds.get)
+
+
+def test_cost_model_work_counts():
+    """With every rate 1e9/s the predictions are the work counts of the docstring, checked by hand here."""
+    rates = uniform_rates()
+    n, d = 100_000, 100
+    seconds = strategy_seconds(stand_in(n, d), 0.5, None, rates)
+    passes = 3 * n * d / 1e9
+    sandwich, cholesky = n * d * d / 2 / 1e9, d**3 / 3 / 1e9
+    start = sandwich + cholesky + passes
+    assert seconds["exact"] == pytest.approx(start + 5 * (sandwich + cholesky + passes), rel=1e-12)
+    s = sample_size(d, 0.5)
+    sketch_common = (4 * n * d + 4 * d**3 + 16 * n * d) / 1e9
+    assert seconds["sketch"] == pytest.approx(
+        start + 10 * (sketch_common + s * d * d / 2 / 1e9 + cholesky + passes), rel=1e-12)
+
+
+def test_auto_follows_the_measured_rates():
+    """The same shape changes strategy when the rates change: a slow sandwich makes pcg pay on long rows,
+    a slow embedding keeps exact; short CSR rows and small problems stay exact at equal rates."""
+    long_rows = stand_in(10**6, 512)
+    assert choose_strategy_with(long_rows, uniform_rates(DENSE_SANDWICH_FMA=1e8)) == "pcg"
+    assert choose_strategy_with(long_rows, uniform_rates(DENSE_SANDWICH_FMA=1e11, DENSE_EMBED_UPDATES=1e8)) == "exact"
+    assert choose_strategy_with(stand_in(10**6, 1000, nnz=10**7, fmt="csr"), uniform_rates()) == "exact"
+    assert choose_strategy_with(stand_in(1000, 20), uniform_rates()) == "exact"
+    # A sketch that converges in as few iterations as exact beats pcg when CG needs many iterations.
+    assert choose_strategy_with(long_rows, uniform_rates(DENSE_SANDWICH_FMA=1e8, SKETCH_ITERATIONS_PER_EXACT=1.0,
+                                                         CG_ITERATIONS_PER_STEP=50.0)) == "sketch"
+
+
+def choose_strategy_with(problem, rates, eps=0.5, sketch_size=None):
+    seconds = strategy_seconds(problem, eps, sketch_size, rates)
+    return min(seconds, key=seconds.get)
 
 
 def test_auto_uses_sketch_size_and_eps():
-    # Dense n = 200 000, d = 512: auto prices pcg with the preconditioner's sample
-    # (sample_size(d, ε, PRECONDITIONER_SAMPLE_CONSTANT) ≈ 17 400 rows at ε = 0.5): the sketched
-    # build (3.1e9 + 5.4e8 + 4.6e9 ≈ 8.2e9) is 6.3× cheaper than the exact n·d² = 5.2e10, so pcg.
-    # A forced large sample (sketch_size = 100 000: 2.6e10 + …, 1.8×) or ε = 0.2 (≈ 5× the sample)
-    # keeps exact.
+    """A forced sample of all rows, or a small ε (≈ 5× the sample), prices the sketched build up to the exact one."""
     problem = stand_in(200_000, 512)
-    assert 15_000 < sample_size(512, 0.5, PRECONDITIONER_SAMPLE_CONSTANT) < 20_000
-    assert choose_strategy(problem, 0.5, None) == "pcg"
-    assert choose_strategy(problem, 0.5, 100_000) == "exact"
-    assert choose_strategy(problem, 0.2, None) == "exact"
+    rates = uniform_rates(DENSE_SANDWICH_FMA=1e8)
+    assert choose_strategy_with(problem, rates) == "pcg"
+    assert choose_strategy_with(problem, rates, sketch_size=200_000) == "exact"
+    assert strategy_seconds(problem, 0.2, None, rates)["pcg"] > strategy_seconds(problem, 0.5, None, rates)["pcg"]
 
 
 def test_auto_resolves_to_exact_on_a_small_problem_and_reports_it():
@@ -532,3 +563,11 @@ def test_pcg_returns_a_step_near_a_softmax_relu_optimum_where_the_hessian_is_pos
     rejected = [seed for seed in range(20)
                 if pcg_system(problem, ev, np.random.default_rng(seed), options(), 1.0).solve(ev.grad, 0.0) is None]
     assert rejected == []
+
+
+def test_csr_sandwich_rate_interpolates_in_d():
+    rates = types.SimpleNamespace(CSR_SANDWICH_PAIRS=4e8, CSR_SANDWICH_PAIRS_D1024=1e8)
+    assert hessian_module.csr_sandwich_rate(64, rates) == 4e8
+    assert hessian_module.csr_sandwich_rate(256, rates) == pytest.approx(4e8)
+    assert hessian_module.csr_sandwich_rate(512, rates) == pytest.approx(2e8)
+    assert hessian_module.csr_sandwich_rate(4096, rates) == pytest.approx(1e8)

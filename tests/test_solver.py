@@ -355,6 +355,30 @@ def test_result_is_consistent_with_problem(model):
     assert res.hessian in ("exact", "sketch", "pcg")  # "auto" resolves to a named strategy
 
 
+@pytest.mark.filterwarnings("ignore::fastnewton.ConvergenceWarning")
+@pytest.mark.parametrize("model", MODELS)
+def test_g_ref_is_the_gradient_norm_at_zero_whatever_the_start(model):
+    """The stopping scale does not depend on x0: g_ref = ‖∇L(0)‖ from "auto", "zeros" and a far start
+    (relu_softmax: the one-sided derivative at 0, i.e. the plain softmax gradient there)."""
+    C, b, x_true, V = planted(model, False, seed=12, noise=0.05)
+    reference_model = "softmax" if model == "relu_softmax" else model
+    at_zero = np.linalg.norm(Problem(C, b, reference_model, V=V).grad(np.zeros(C.shape[1])))
+    assert at_zero > 0
+    for x0 in ("auto", "zeros", 3.0 * x_true):
+        res = solve(C, b, model, V=V, x0=x0, max_iter=2, tol=1e-30)
+        assert res.g_ref == pytest.approx(at_zero, rel=1e-12)
+        assert all(record["g_ref"] == res.g_ref for record in res.history)
+
+
+@pytest.mark.filterwarnings("ignore::fastnewton.ConvergenceWarning")
+def test_g_ref_falls_back_to_the_start_when_the_gradient_at_zero_vanishes():
+    """A uniform target is the softmax at x = 0: ∇L(0) = 0, so g_ref = ‖∇L(x0)‖."""
+    C, _, x_true = fastnewton.make_problem(300, 5, seed=13)
+    b = np.full(300, 1.0 / 300)
+    res = solve(C, b, x0=x_true, max_iter=0)
+    assert res.g_ref == pytest.approx(np.linalg.norm(Problem(C, b).grad(x_true)), rel=1e-12) and res.g_ref > 0
+
+
 # ---------------------------------------------------------------------------------------------
 # max_iter
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,141 @@
+"""Measure the rates behind ``hessian="auto"`` and (with --write) store them in fastnewton/rates.py.
+
+    python bench/calibrate.py            # print the measured rates
+    python bench/calibrate.py --write    # ... and rewrite fastnewton/rates.py with them
+    python bench/calibrate.py --quick    # tiny sizes (a smoke run; never --write its figures)
+
+Run it on a quiet machine (about two minutes on 2 cores) after the kernels change: every
+figure is the best of a few calls of the package's own operations (a pass over C, the
+sandwich, the OSNAP embedding, C·Z, the QR and Cholesky factorisations) at sizes where they
+run at full speed, and the iteration ratios come from solving planted noisy softmax problems
+(one dense, one CSR) from ``x0="auto"`` to tol = 1e-8 with each strategy.
+"""
+import argparse
+import pathlib
+import platform
+import time
+
+import numpy as np
+import scipy.linalg
+
+import fastnewton
+from fastnewton import sketching
+from fastnewton.problem import Problem
+from fastnewton.sketching import JL_DIM, OSNAP_NNZ
+
+RATES_FILE = pathlib.Path(fastnewton.__file__).with_name("rates.py")
+
+
+def best_seconds(function, repeat=3):
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matrix_rates(prefix, matrix, rng, sandwich_work):
+    """Rates of one matrix's operations: {name: per second}."""
+    x = rng.standard_normal(matrix.d)
+    Q = rng.standard_normal((matrix.n, 3))
+    beta = rng.standard_normal(matrix.n)
+    Z = rng.standard_normal((matrix.d, JL_DIM))
+    one_pass = 0.5 * (best_seconds(lambda: matrix.matvec(x)) + best_seconds(lambda: matrix.rmatmat(Q)))
+    return {
+        f"{prefix}_PASS_ENTRIES": matrix.nnz / one_pass,
+        f"{prefix}_EMBED_UPDATES": matrix.nnz * OSNAP_NNZ / best_seconds(
+            lambda: sketching.osnap_embed(matrix, beta, rng)),
+        f"{prefix}_MATMAT_FMA": matrix.nnz * JL_DIM / best_seconds(lambda: matrix.matmat(Z)),
+        f"{prefix}_SANDWICH_{'FMA' if prefix == 'DENSE' else 'PAIRS'}": sandwich_work / best_seconds(
+            lambda: matrix.sandwich(beta)),
+    }
+
+
+def factorisation_rates(d, rng):
+    m = sketching.EMBED_ROWS_PER_COLUMN * d
+    SB = rng.standard_normal((m, d))
+    A = SB.T @ SB + np.eye(d)
+    return {
+        "QR_FMA": m * d * d / best_seconds(lambda: sketching.embedding_factor(SB, 0.0)),
+        "CHOLESKY_FMA": d**3 / 3 / best_seconds(lambda: scipy.linalg.cho_factor(A, check_finite=False)),
+    }
+
+
+def iteration_ratios(problems):
+    """Mean ratios of Newton iterations (sketch, pcg per exact) and CG iterations per pcg step."""
+    exact, sketch, pcg, cg = [], [], [], []
+    for C, b in problems:
+        runs = {name: fastnewton.solve(C, b, hessian=name, seed=0) for name in ("exact", "sketch", "pcg")}
+        exact.append(max(1, runs["exact"].n_iter))
+        sketch.append(runs["sketch"].n_iter / exact[-1])
+        pcg.append(runs["pcg"].n_iter / exact[-1])
+        steps = runs["pcg"].history[1:]
+        cg.append(np.mean([record.get("cg_iterations", 1) for record in steps]) if steps else 1.0)
+    return {"EXACT_ITERATIONS": float(np.mean(exact)), "SKETCH_ITERATIONS_PER_EXACT": float(np.mean(sketch)),
+            "PCG_ITERATIONS_PER_EXACT": float(np.mean(pcg)), "CG_ITERATIONS_PER_STEP": float(np.mean(cg))}
+
+
+def measure(quick, seed=0):
+    rng = np.random.default_rng(seed)
+    scale = 10 if quick else 1
+    dense_n, dense_d = 60_000 // scale, 256
+    C, _, _ = fastnewton.make_problem(dense_n, dense_d, dense=True, seed=seed)
+    rates = matrix_rates("DENSE", Problem(C, np.full(dense_n, 1.0 / dense_n)).matrix, rng,
+                         dense_n * dense_d**2 / 2)
+    csr_n, csr_d, per_row = 400_000 // scale, 256, 30
+    C, _, _ = fastnewton.make_problem(csr_n, csr_d, nnz_per_row=per_row, seed=seed)
+    matrix = Problem(C, np.full(csr_n, 1.0 / csr_n)).matrix
+    pairs = float(np.sum(np.diff(C.indptr) * (np.diff(C.indptr) + 1) / 2))
+    rates.update(matrix_rates("CSR", matrix, rng, pairs))
+    # The CSR sandwich again at d = 1024, where its d × d partial no longer fits in cache.
+    wide_n, wide_d, wide_per_row = 40_000 // scale, 1024, 100
+    C, _, _ = fastnewton.make_problem(wide_n, wide_d, nnz_per_row=wide_per_row, seed=seed)
+    matrix = Problem(C, np.full(wide_n, 1.0 / wide_n)).matrix
+    row_nnz = np.diff(C.indptr)
+    beta = rng.standard_normal(wide_n)
+    rates["CSR_SANDWICH_PAIRS_D1024"] = float(np.sum(row_nnz * (row_nnz + 1) / 2)) / best_seconds(
+        lambda: matrix.sandwich(beta), 2)
+    rates.update(factorisation_rates(128 if quick else 512, rng))
+    problems = [fastnewton.make_problem(30_000 // scale, 64, dense=True, noise=0.1, seed=seed)[:2],
+                fastnewton.make_problem(100_000 // scale, 128, nnz_per_row=40, noise=0.1, seed=seed)[:2]]
+    rates.update(iteration_ratios(problems))
+    return rates
+
+
+def module_text(rates, machine):
+    template = RATES_FILE.read_text().splitlines()
+    lines = []
+    for line in template:
+        name = line.split(" = ")[0]
+        if name == "MACHINE":
+            line = f"MACHINE = {machine!r}"
+        elif name in rates:
+            line = f"{name} = {rates[name]:.3g}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument("--write", action="store_true", help="rewrite fastnewton/rates.py with the figures")
+    args = parser.parse_args(argv)
+    if args.quick and args.write:
+        parser.error("--quick figures are not rates to ship: drop --write")
+    # Compile (or load the cached kernels) before timing.
+    C, b, _ = fastnewton.make_problem(2000, 16, nnz_per_row=4, noise=0.1, seed=0)
+    for name in ("exact", "sketch", "pcg"):
+        fastnewton.solve(C, b, hessian=name, seed=0)
+        fastnewton.solve(C.toarray(), b, hessian=name, seed=0)
+    rates = measure(args.quick)
+    for name, value in rates.items():
+        print(f"{name} = {value:.3g}")
+    if args.write:
+        machine = f"{platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores"
+        RATES_FILE.write_text(module_text(rates, machine))
+        print(f"wrote {RATES_FILE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Per-phase milliseconds of one dense iteration, with 1 and 2 threads: passes, sandwich, sketch pieces.
+
+    python bench/dense_phases.py                       # n = 100 000, d = 256
+    python bench/dense_phases.py --n 20000 --d 64 --repeat 2
+    PYTHONPATH=/path/to/other/checkout python bench/dense_phases.py   # the same table for other code
+
+Each figure is the best of --repeat calls at the point x = 0 of a planted noisy softmax
+problem (β of mixed sign), inside ``thread_limits`` exactly as in a solve. ``pass after
+sandwich`` times u = Cx immediately after a sandwich (BLAS threads raised for the sandwich
+only) against ``matvec`` after an idle pause: equal figures mean the threaded BLAS left no
+spinning workers behind to slow the Numba pass.
+"""
+import argparse
+import time
+
+import numpy as np
+
+import fastnewton
+from fastnewton import sketching
+from fastnewton.problem import Problem
+from fastnewton.threads import thread_limits
+
+
+def best_ms(function, repeat):
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return 1e3 * best
+
+
+def phases(problem, threads, repeat, rng):
+    matrix = problem.matrix
+    x = np.zeros(problem.d)
+    row = {"threads": threads}
+    with thread_limits(threads):
+        ev = problem.evaluate(x)
+        beta = ev.vectors.beta
+        row["matvec"] = best_ms(lambda: matrix.matvec(x), repeat)
+        row["rmatmat"] = best_ms(lambda: matrix.rmatmat(ev.vectors.Q), repeat)
+        row["sandwich"] = best_ms(lambda: matrix.sandwich(beta), repeat)
+
+        def pass_after_sandwich():
+            matrix.sandwich(beta)
+            start = time.perf_counter()
+            matrix.matvec(x)
+            return time.perf_counter() - start
+
+        row["pass after sandwich"] = 1e3 * min(pass_after_sandwich() for _ in range(repeat))
+        row["cholesky"] = best_ms(lambda: np.linalg.cholesky(problem.hessian_matrix(ev) + np.eye(problem.d)), 1) \
+            - row["sandwich"]
+        s = sketching.sample_size(problem.d, 0.5)
+        row["sketch Hessian (sampled sandwich, s rows)"] = best_ms(
+            lambda: sketching.sampled_sandwich(matrix, beta, 0.0, s, rng), repeat)
+        row["s"] = s
+    return row
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--d", type=int, default=256)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--blas-threads", action="store_true",
+                        help="run each sandwich block as one multi-threaded SYRK instead of one block per thread")
+    args = parser.parse_args(argv)
+    if args.blas_threads:
+        from fastnewton import matrix
+        matrix.DENSE_SANDWICH_BLAS_THREADS = True
+    C, b, _ = fastnewton.make_problem(args.n, args.d, dense=True, noise=0.1, seed=args.seed)
+    # Compile (or load the cached kernels) before timing.
+    fastnewton.solve(C[:2000], b[:2000] / b[:2000].sum(), max_iter=1, hessian="sketch", seed=0)
+    problem = Problem(C, b)
+    rng = np.random.default_rng(args.seed)
+    print(f"# fastnewton from {fastnewton.__file__}{' (--blas-threads)' if args.blas_threads else ''}; dense n = {args.n}, d = {args.d}; best of {args.repeat}, ms")
+    for threads in (1, 2):
+        row = phases(problem, threads, args.repeat, rng)
+        print("  ".join(f"{key} {value:.1f}" if isinstance(value, float) else f"{key} {value}"
+                        for key, value in row.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Smoke tests of the scripts behind ``hessian="auto"`` and the dense phases: bench/calibrate.py,
+bench/auto_grid.py and bench/dense_phases.py in their quick modes (no timing is checked)."""
+import csv
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import fastnewton.rates as rates_module
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT_SECONDS = 300
+RATE_NAMES = [name for name in dir(rates_module) if name.isupper() and name != "MACHINE"]
+
+
+def run_script(*args):
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=TIMEOUT_SECONDS, env=dict(os.environ, MPLBACKEND="Agg"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def load_calibrate():
+    spec = importlib.util.spec_from_file_location("bench_calibrate", REPO / "bench" / "calibrate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_calibrate_quick_measures_every_shipped_rate():
+    out = run_script("bench/calibrate.py", "--quick")
+    measured = dict(re.findall(r"^([A-Z0-9_]+) = (\S+)$", out, flags=re.M))
+    assert set(measured) == set(RATE_NAMES)
+    assert all(float(value) > 0 for value in measured.values())
+
+
+def test_calibrate_rewrites_only_the_values():
+    calibrate = load_calibrate()
+    text = calibrate.module_text({name: 2.5 for name in RATE_NAMES}, "test machine")
+    namespace = {}
+    exec(text, namespace)
+    assert namespace["MACHINE"] == "test machine"
+    assert all(namespace[name] == 2.5 for name in RATE_NAMES)
+    # the comments saying how to re-calibrate stay
+    assert "python bench/calibrate.py --write" in text
+
+
+def test_calibrate_refuses_to_write_quick_figures():
+    proc = subprocess.run([sys.executable, "bench/calibrate.py", "--quick", "--write"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--write" in proc.stderr
+
+
+def test_auto_grid_quick_prints_and_writes_the_grid(tmp_path):
+    output = tmp_path / "grid.csv"
+    out = run_script("bench/auto_grid.py", "--quick", "--output", str(output))
+    assert "worst ratio auto / fastest" in out
+    with open(output, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3
+    for row in rows:
+        assert row["auto"] in ("exact", "sketch", "pcg")
+        assert float(row["ratio"]) >= 1.0
+        assert all(float(row[f"{name}_s"]) > 0 for name in ("exact", "sketch", "pcg"))
+
+
+def test_dense_phases_runs_small():
+    out = run_script("bench/dense_phases.py", "--n", "3000", "--d", "16", "--repeat", "1")
+    assert out.count("sandwich") >= 2 and "threads 1" in out
