@@ -36,9 +36,9 @@ def phases(problem, threads, repeat, rng):
     row = {"threads": threads}
     with thread_limits(threads):
         ev = problem.evaluate(x)
-        beta = ev.vectors.beta
+        beta = problem.beta(ev)
         row["matvec"] = best_ms(lambda: matrix.matvec(x), repeat)
-        row["rmatmat"] = best_ms(lambda: matrix.rmatmat(ev.vectors.Q), repeat)
+        row["rmatmat"] = best_ms(lambda: matrix.rmatmat(ev.kept["Q"]), repeat)
         row["sandwich"] = best_ms(lambda: matrix.sandwich(beta), repeat)
 
         def pass_after_sandwich():
