@@ -274,7 +274,7 @@ def warm_up_single(args):
     rows = WARMUP_ROWS_PER_BLOCK
     planted = fastnewton.make_problem(rows, args.d, nnz_per_row=args.nnz_per_row, model=args.model,
                                       noise=args.noise, seed=args.seed)
-    V = planted[3] if len(planted) == 4 else None
+    V = planted.V
     run_solve(fastnewton.solve, planted[0], planted[1], V, 1, args, n_threads=args.threads)
 
 

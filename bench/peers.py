@@ -230,7 +230,7 @@ def build_case(model, args):
     out = fastnewton.make_problem(args.n, args.d, nnz_per_row=args.nnz_per_row, model=model, m=args.m,
                                   noise=args.noise, seed=args.seed, dense=args.dense)
     C, b = out[0], out[1]
-    V = out[3] if model == "softmax_relu" else None
+    V = out.V
     n, d = C.shape
     frobenius2 = float(np.sum(C * C)) if args.dense else float(C.multiply(C).sum())
     l2 = args.l2 if args.l2 is not None else args.l2_rel * frobenius2 / (d * float(n) ** 2)
@@ -410,7 +410,7 @@ def check_derivatives(models=MODELS, n=60, d=7, seed=0):
         for dense in (False, True):
             out = fastnewton.make_problem(n, d, nnz_per_row=3, model=model, m=4, noise=1e-2, seed=seed, dense=dense)
             C, b = out[0], out[1]
-            V = out[3] if model == "softmax_relu" else None
+            V = out.V
             mine = NumpyDerivatives(C, b, model, V=V, l2=1e-3)
             theirs = fastnewton.Problem(C, b, model, V=V, l2=1e-3)
             x, p = rng.standard_normal(d), rng.standard_normal(d)
@@ -440,7 +440,7 @@ def warm_up(models, args):
     for model in models:
         out = fastnewton.make_problem(400, 8, nnz_per_row=3, model=model, m=4, noise=1e-2, seed=0, dense=args.dense)
         C, b = out[0], out[1]
-        V = out[3] if model == "softmax_relu" else None
+        V = out.V
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for strategy in FASTNEWTON_STRATEGIES:

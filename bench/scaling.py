@@ -126,8 +126,8 @@ def make_case(fmt, model, nnz, d, nnz_per_row=NNZ_PER_ROW, seed=0):
         planted = fastnewton.make_problem(max(1, nnz // per_row), d, nnz_per_row=per_row, model=model, seed=seed)
     else:
         raise ValueError(f"format must be 'csr' or 'dense', got {fmt!r}")
-    C, b, x_true = planted[:3]
-    V = planted[3] if len(planted) == 4 else None
+    C, b, x_true = planted
+    V = planted.V
     problem = fastnewton.Problem(C, b, model=model, V=V)
     # Halfway to the planted optimum: at x_true the residual (and so half the Hessian) vanishes.
     x = problem._as_point(x_true / 2)

@@ -71,8 +71,11 @@ def _next_damping(mu, scale):
     return FIRST_DAMPING * scale if mu == 0.0 else mu * DAMPING_INCREASE
 
 
-def _damped_step(problem, ev, system, mu, options, timer, target_norm):
-    """Find an accepted step from ev.x, raising μ until the line search succeeds; None if it never does."""
+def _damped_step(problem, ev, system, mu, options, timer, target_norm, counts=None):
+    """Find an accepted step from ev.x, raising μ until the line search succeeds; None if it never does.
+
+    ``counts["nfev"]`` (if given) counts the line search's loss evaluations.
+    """
     scale = system.scale
     g = ev.grad
     L0 = ev.loss
@@ -91,6 +94,8 @@ def _damped_step(problem, ev, system, mu, options, timer, target_norm):
             t = 1.0
             for trial in range(1, MAX_BACKTRACKS + 1):
                 L_t = line.loss(t)
+                if counts is not None:
+                    counts["nfev"] += 1
                 armijo = L_t <= L0 + ARMIJO_C1 * t * slope
                 # Near the optimum the predicted decrease can be below the rounding of L:
                 # accept the full step if L does not rise beyond rounding; the gradient test decides.
@@ -102,23 +107,29 @@ def _damped_step(problem, ev, system, mu, options, timer, target_norm):
     return None
 
 
-def newton_solve(problem, x0, start, build_system, options):
+def newton_solve(problem, x0, start, build_system, options, timer=None, clock=None):
     """Run the Newton loop from x0; ``build_system(problem, ev, rng, options, g_ref)`` gives each step's system.
+
+    ``timer`` and ``clock`` (a ``time.perf_counter()`` reading) come from the caller when work
+    before the loop (validation, the start) belongs in iteration 0's record and in ``res.time``.
 
     ``problem`` is a ``Problem`` or any object with the same driver interface (``_evaluate``,
     ``_line``, ``_hessian``, ``_hessp``, ``_sampled_sandwich``, ``_target_norm``,
     ``_gradient_norm_at_zero``, ``_diagnose``, ``_iteration_extras``): ``fastnewton.dask`` runs this same loop
     with the passes over C done where C's blocks live.
     """
-    timer = PhaseTimer()
+    timer = timer if timer is not None else PhaseTimer()
+    # scipy's nfev / njev / nhev: loss evaluations (line-search trials too), gradients, Hessians built.
+    counts = {"nfev": 1, "njev": 1, "nhev": 0}
     rng = np.random.default_rng(options.seed)
-    clock = time.perf_counter()
-    target_norm = problem._target_norm()
-    g_ref_zero = problem._gradient_norm_at_zero()
+    clock = clock if clock is not None else time.perf_counter()
+    with timer("reference"):  # ‖b‖ and ‖∇L(0)‖, the scale of the stopping test
+        target_norm = problem._target_norm()
+        g_ref_zero = problem._gradient_norm_at_zero()
     ev = problem._evaluate(x0, timer=timer)
     if not _all_finite(ev.loss, ev.grad):
         return _result(ev, x0, start, options, Status.NON_FINITE, [], 0.0, clock,
-                       detail="the loss or gradient at the starting point is not finite")
+                       detail="the loss or gradient at the starting point is not finite", counts=counts)
     grad_norm = norm(ev.grad)
     g_ref = max(grad_norm, g_ref_zero)
     history = []
@@ -140,13 +151,16 @@ def newton_solve(problem, x0, start, build_system, options):
             # 3) Hessian
             with timer("hessian"):
                 system = build_system(problem, ev, rng, options, g_ref)
+            counts["nhev"] += 1
             # 4) damped Newton step with logit cap and Armijo line search
-            step = _damped_step(problem, ev, system, mu, options, timer, target_norm)
+            step = _damped_step(problem, ev, system, mu, options, timer, target_norm, counts)
             if step is None:
                 status = Status.STALLED
                 break
             # 1) forward pass and 2) gradient pass at the new iterate (u recomputed, not accumulated)
             new_ev = problem._evaluate(step.x, timer=timer)
+            counts["nfev"] += 1
+            counts["njev"] += 1
             if not _all_finite(new_ev.loss, new_ev.grad):
                 status = Status.NON_FINITE
                 detail = f"the loss or gradient became non-finite at iteration {n_iter}"
@@ -176,7 +190,7 @@ def newton_solve(problem, x0, start, build_system, options):
         dead = problem._diagnose(ev)
         if dead:
             status, detail = Status.DEAD_STATIONARY, dead
-    return _result(ev, x0, start, options, status, history, g_ref, clock, detail, n_iter)
+    return _result(ev, x0, start, options, status, history, g_ref, clock, detail, n_iter, counts)
 
 
 _TABLE_HEADER = f"{'iter':>5} {'loss':>14} {'|g|/g_ref':>10} {'step':>8} {'damping':>9} {'trials':>6} {'seconds':>8}"
@@ -205,7 +219,7 @@ def _record(history, n_iter, ev, grad_norm, g_ref, step, timer, clock, options, 
     return info
 
 
-def _result(ev, x0, start, options, status, history, g_ref, clock, detail="", n_iter=0):
+def _result(ev, x0, start, options, status, history, g_ref, clock, detail="", n_iter=0, counts=None):
     message = MESSAGES[status]
     if detail:
         # The dead-stationary message ends in ": " and the detail completes its sentence.
@@ -228,7 +242,7 @@ def _result(ev, x0, start, options, status, history, g_ref, clock, detail="", n_
         hessian=options.hessian,
         time=time.perf_counter() - clock,
     )
-    res.update(fun=res["loss"], jac=ev.grad.copy(), nit=n_iter, success=res["converged"])
+    res.update(fun=res["loss"], jac=ev.grad.copy(), nit=n_iter, success=res["converged"], **(counts or {}))
     if options.verbose:
         print(f"{message} iterations={n_iter} loss={res['loss']:.6e} |g|/g_ref={res['rel_grad_norm']:.3e} "
               f"time={res['time']:.3f}s")

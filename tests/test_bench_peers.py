@@ -40,7 +40,7 @@ def _relative(a, e):
 
 def _tiny(model, dense, seed=3):
     out = fastnewton.make_problem(80, 6, nnz_per_row=3, model=model, m=5, noise=1e-2, seed=seed, dense=dense)
-    return out[0], out[1], (out[3] if model == "softmax_relu" else None)
+    return out.C, out.b, out.V
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
