@@ -174,6 +174,12 @@ class Problem:
         ev = self._evaluate(self._as_point(x))
         return self._hessp(ev, self._as_point(p, "p"))
 
+    def scaled(self, scale=None):
+        """This loss divided by g_ref = ‖∇L(0)‖ for scipy.optimize, whose tolerances are absolute (``fastnewton.scaled``)."""
+        from .scaled import ScaledProblem
+
+        return ScaledProblem(self, scale)
+
 
 def add_low_rank_and_ridge(H, P, S, l2):
     """H + P S Pᵀ + λI in place (symmetrised, so the Hessian is exactly symmetric)."""

@@ -160,11 +160,12 @@ class _ProgressBar:
     """A tqdm bar ticking once per Newton iteration, showing the loss and ‖∇L‖/g_ref."""
 
     def __init__(self, tqdm, max_iter):
-        self.bar = tqdm(total=max_iter, unit="it", desc="fastnewton", leave=False)
+        # An iteration takes milliseconds or more: redraw on every one (tqdm skips updates by default).
+        self.bar = tqdm(total=max_iter, unit="it", desc="fastnewton", leave=False, miniters=1, mininterval=0)
 
     def update(self, info):
-        self.bar.update(1)
         self.bar.set_postfix(loss=f"{info['loss']:.3e}", rel_grad=f"{info['rel_grad_norm']:.2e}", refresh=False)
+        self.bar.update(1)
 
     def close(self):
         self.bar.close()
