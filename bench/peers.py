@@ -11,7 +11,7 @@ Methods, all started from the SAME x0 and all stopped by the SAME criterion:
   L-BFGS-B (jac), each given two sets of derivatives:
     numpy       the loss, gradient, Hessian and Hessian-vector product written in this file
                 with vectorised NumPy/SciPy the way a user would (``NumpyDerivatives``: the
-                SPEC §2 formulas, Cᵀq by ``C.T @ q``, Cᵀ diag(β) C by a sparse/dense product,
+                model's formulas (README, "Derivatives"), Cᵀq by ``C.T @ q``, Cᵀ diag(β) C by a sparse/dense product,
                 Hessian-vector products by two products with C);
     fastnewton  ``fastnewton.Problem``'s loss, grad, hessian, hessp (the Numba kernels).
   The two columns separate "a better algorithm" from "faster kernels".
@@ -55,11 +55,11 @@ and to Numba and BLAS for every method (threadpoolctl), so the comparison is fai
 
 Output: a table per problem on stdout (method, derivatives, reached tol, time to tol,
 iterations and evaluations, final loss, final relative gradient norm, time / best fastnewton
-time), then the headline ratio best scipy-with-NumPy-derivatives / best fastnewton (SPEC §6
-target ≥ 20); a CSV (--output), a CSV of the traces (<output stem>_traces.csv: wall time and
-relative gradient norm at every gradient evaluation) and a PNG (<output stem>.png: the best
-relative gradient norm so far against wall time, log-log, one panel per problem, one line per
-method).
+time), then the headline ratio best scipy-with-NumPy-derivatives / best fastnewton (the
+project's target is ≥ 20); in --out (default bench/results/): peers.csv, peers_traces.csv (wall
+time and relative gradient norm at every gradient evaluation) and peers.png (not with
+--no-plot: the best relative gradient norm so far against wall time, log-log, one panel per
+problem, one line per method). Every CSV row carries the versions, git commit, CPU and threads.
 """
 import argparse
 import contextlib
@@ -88,14 +88,16 @@ import fastnewton
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
     sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 from _args import (  # noqa: E402
-    nonnegative_float, nonnegative_int, output_file, positive_float, positive_int, positive_seconds, thread_count)
+    add_output_arguments, nonnegative_float, nonnegative_int, positive_float, positive_int, positive_seconds,
+    thread_count)
+from _report import caption, command_line, run_metadata, write_csv as write_stamped_csv  # noqa: E402
 
 MODELS = ("softmax", "relu_softmax", "softmax_relu")
 FASTNEWTON_STRATEGIES = ("exact", "sketch", "pcg")
 # scipy method → which second-order derivative it is given (None: gradient only).
 SCIPY_METHODS = {"trust-exact": "hess", "Newton-CG": "hessp", "L-BFGS-B": None}
 DERIVATIVES = ("numpy", "fastnewton")
-# The SPEC §6 target for best scipy (NumPy derivatives) / best fastnewton.
+# The project's target for best scipy (NumPy derivatives) / best fastnewton.
 TARGET_RATIO = 20.0
 
 CSV_FIELDS = ("model", "format", "n", "d", "nnz", "m", "l2", "start", "tol", "g_ref", "threads", "method", "solver",
@@ -104,7 +106,7 @@ CSV_FIELDS = ("model", "format", "n", "d", "nnz", "m", "l2", "start", "tol", "g_
 
 
 # ---------------------------------------------------------------------------------------------
-# The derivatives a user would write with NumPy/SciPy (SPEC §2)
+# The derivatives a user would write with NumPy/SciPy (the README's formulas)
 # ---------------------------------------------------------------------------------------------
 def softmax(z):
     """Max-shifted softmax of a vector."""
@@ -115,7 +117,7 @@ def softmax(z):
 class NumpyDerivatives:
     """L(x) = ½‖h(Cx) − b‖² + ½ Σᵢ wᵢ (Cx)ᵢ² + ½ λ‖x‖² and its derivatives in plain NumPy/SciPy.
 
-    With u = Cx: ∇L = Cᵀq + λx and ∇²L = Cᵀ(diag(β) + U S Uᵀ)C + λI, where (SPEC §2)
+    With u = Cx: ∇L = Cᵀq + λx and ∇²L = Cᵀ(diag(β) + U S Uᵀ)C + λI, where (README, "Derivatives")
 
     softmax / relu_softmax: mask m = 1 or 1[u > 0], s = softmax(m ⊙ u), r = s − b,
         v = s ⊙ (2s − b), c = ⟨s, r⟩, γ = ⟨3s − 2b, s⟩;
@@ -505,23 +507,20 @@ def format_table(case, rows, args):
 
 
 def write_csv(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_stamped_csv(path, rows, CSV_FIELDS)
 
 
 def write_traces(path, rows):
+    meta = run_metadata()
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["model", "method", "derivatives", "time_s", "rel_grad_norm"])
+        writer.writerow(["model", "method", "derivatives", "time_s", "rel_grad_norm", *meta])
         for r in rows:
             for t, rel in r["trace"]:
-                writer.writerow([r["model"], r["method"], r["derivatives"], f"{t:.6g}", f"{rel:.6e}"])
+                writer.writerow([r["model"], r["method"], r["derivatives"], f"{t:.6g}", f"{rel:.6e}", *meta.values()])
 
 
-def plot(path, rows, models, tol):
+def plot(path, rows, models, tol, describe=""):
     """Best relative gradient norm so far against wall time, log-log, one panel per problem."""
     import matplotlib
     matplotlib.use("Agg")
@@ -552,7 +551,10 @@ def plot(path, rows, models, tol):
         ax.set_xlabel("wall time [s]")
         ax.set_ylabel("best ‖∇L(x)‖ / g_ref so far")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    fig.suptitle(f"Time to a relative gradient of {tol:g}: fastnewton vs scipy.optimize (same start, same "
+                 f"criterion)\n{describe}", fontsize=9)
+    caption(fig, command_line())
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -599,16 +601,11 @@ def parse_args(argv=None):
                      help="hand scipy the raw loss instead of L / g_ref (see 'Scaling' above)")
     run.add_argument("--threads", type=thread_count, default=None,
                      help="Numba and BLAS threads for every method (default: all usable cores)")
-    run.add_argument("--output", type=output_file, default="bench/results/peers.csv",
-                     help="CSV of results; traces go to <stem>_traces.csv and the plot to <stem>.png "
-                          "(default bench/results/peers.csv)")
-    run.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    add_output_arguments(run)
     run.add_argument("--quick", action="store_true",
                      help="small problems (overrides --n 4000 --d 20 --nnz-per-row 5; time limit ≤ 3 s): "
                           "a smoke test of the script, not a measurement")
     args = parser.parse_args(argv)
-    if not args.output:
-        parser.error("argument --output: expected a CSV path, got ''")
     if args.quick:
         args.n, args.d, args.nnz_per_row, args.time_limit = 4000, 20, 5, min(args.time_limit, 3.0)
     if args.threads is None:
@@ -626,7 +623,7 @@ def main(argv=None):
     print(f"NumPy derivatives vs fastnewton.Problem on tiny problems: max relative difference {worst:.1e}")
     if worst > 1e-10:
         raise SystemExit(f"the NumPy derivatives disagree with fastnewton.Problem ({worst:.1e} > 1e-10)")
-    output = pathlib.Path(args.output)
+    output = pathlib.Path(args.out) / "peers.csv"
     all_rows = []
     headlines = []
     with thread_limits(args.threads):
@@ -654,7 +651,7 @@ def main(argv=None):
                     ratio, lower, method = headline(rows, deriv, best)
                     verdict = ("meets" if ratio >= TARGET_RATIO else
                                "cannot tell (a lower bound) whether it meets" if lower else "misses")
-                    target = f" — {verdict} the SPEC target ≥ {TARGET_RATIO:g}×" if deriv == "numpy" else ""
+                    target = f" — {verdict} the target ≥ {TARGET_RATIO:g}×" if deriv == "numpy" else ""
                     lines.append(f"  best scipy with {deriv} derivatives / best fastnewton: "
                                  f"{format_ratio(ratio, lower)}"
                                  + (f" ({method}{', none reached tol' if lower else ''})" if np.isfinite(ratio) else "")
@@ -673,7 +670,11 @@ def main(argv=None):
     written = [str(output), str(traces)]
     if not args.no_plot:
         png = output.with_suffix(".png")
-        plot(png, all_rows, args.models, args.tol)
+        fmt = "dense" if args.dense else f"CSR with {args.nnz_per_row} non-zeros per row"
+        plot(png, all_rows, args.models, args.tol,
+             f"planted problems, {fmt}, n = {args.n:,}, d = {args.d}, noise {args.noise:g}, start {args.start}, "
+             f"{args.threads} threads; fastnewton solid, scipy with NumPy derivatives dashed, with "
+             f"fastnewton.Problem dotted")
         written.append(str(png))
     print("\nheadline (best scipy / best fastnewton, time to tol):")
     for model, deriv, ratio, lower in headlines:

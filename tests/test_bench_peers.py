@@ -82,7 +82,7 @@ def test_check_derivatives_reports_agreement(peers):
 def test_quick_run_writes_csv_traces_and_plot(tmp_path):
     output = tmp_path / "peers.csv"
     # One thread: on a loaded 2-core machine Numba's parallel regions stall waiting for a core.
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--output", str(output)],
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "best scipy with numpy derivatives / best fastnewton" in proc.stdout
