@@ -100,7 +100,7 @@ SUBPROCESS_CASES = [
     "passes-n-negative", "passes-threads-too-many", "passes-threads-empty",
     "sketch-formats-unknown", "sketch-csr-n-overflow", "sketch-solve-dims-outside-dims",
     "scaling-strategies-unknown", "scaling-nnz-zero", "scaling-threads-too-many",
-    "peers-models-unknown", "peers-tol-zero", "peers-output-empty",
+    "peers-models-unknown", "peers-tol-zero", "peers-out-empty",
     "memory-strategies-unknown", "memory-threads-too-many", "memory-nnz-below-n",
 ]
 

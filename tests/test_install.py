@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 STEP_TIMEOUT = 600
 
 SOLVE = ("import fastnewton, numpy as np; "
-         "problem = fastnewton.make_problem(2000, 8, noise=1e-2, seed=0); "
-         "res = fastnewton.solve(problem.C, problem.b, x0='zeros', hessian='exact'); "
+         "C, b, x_true = fastnewton.make_problem(2000, 8, noise=1e-2, seed=0); "
+         "res = fastnewton.solve(C, b, x0='zeros', hessian='exact'); "
          "assert res.converged, res.message; "
          "print('FILE', fastnewton.__file__); print('SOLVED', res.n_iter)")
 
