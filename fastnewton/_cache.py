@@ -123,8 +123,9 @@ class _FirstCompileListener(event.Listener):
             if _noticed:
                 return
             _noticed = True
-        message = (f"compiling fastnewton's Numba kernels for this kind of input (first use only: about "
-                   f"10-30 s, then cached in {cache_dir()}; `python -m fastnewton warmup` does it ahead)")
+        message = (f"compiling fastnewton's Numba kernels for this kind of input: first use only, up to a "
+                   f"minute; later runs load them from {cache_dir()} (`python -m fastnewton warmup` "
+                   f"compiles them ahead)")
         logger.info(message)
         if self.verbose:
             print(message, flush=True)
