@@ -60,13 +60,18 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
         warn_if_not_a_distribution(problem.b, problem.model)
         n_threads = as_thread_count(n_threads)
         bar = progress_bar(progress, max_iter)
+        observer = chain_observers(bar.update if bar else None,
+                                   log_iteration if logger.isEnabledFor(logging.DEBUG) else None)
         build_system, options = solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback,
-                                              verbose, observer=bar.update if bar else None)
+                                              verbose, observer=observer)
     try:
         with thread_limits(n_threads), _cache.compile_notice(options.verbose):
             with timer("start"):
                 start, description = starting_point(problem, x0)
-            return newton_solve(problem, start, description, build_system, options, timer=timer, clock=clock)
+            res = newton_solve(problem, start, description, build_system, options, timer=timer, clock=clock)
+        logger.info("%s iterations=%d loss=%.6e |g|/g_ref=%.3e time=%.3fs", res.message, res.n_iter, res.loss,
+                    res.rel_grad_norm, res.time)
+        return res
     finally:
         if bar is not None:
             bar.close()
@@ -141,6 +146,27 @@ def as_record_callback(callback):
             return True
 
     return record_callback
+
+
+def log_iteration(info):
+    """One DEBUG record per iteration on the ``fastnewton`` logger (the verbose table's row)."""
+    logger.debug("iter %d loss %.6e |g|/g_ref %.3e step %.2e damping %.2e trials %d seconds %.3f", info["iter"],
+                 info["loss"], info["rel_grad_norm"], info["step"], info["damping"], info["line_search_trials"],
+                 sum(info["seconds"].values()))
+
+
+def chain_observers(*observers):
+    """One observer calling each given (non-None) observer in turn; None when there are none."""
+    observers = [observer for observer in observers if observer is not None]
+    if not observers:
+        return None
+    if len(observers) == 1:
+        return observers[0]
+
+    def each(info):
+        for observer in observers:
+            observer(info)
+    return each
 
 
 def chain_callbacks(observer, callback):

@@ -231,3 +231,13 @@ def test_plot_history_without_matplotlib_says_how_to_install(monkeypatch, plante
     res = solve(*planted[:2], hessian="exact")
     with pytest.raises(ImportError, match="pip install matplotlib"):
         fastnewton.plot_history(res)
+
+
+def test_progress_goes_to_the_fastnewton_logger(planted, caplog):
+    C, b, _ = planted
+    with caplog.at_level(logging.DEBUG, logger="fastnewton"):
+        res = solve(C, b, x0="zeros", hessian="exact")
+    rows = [r for r in caplog.records if r.levelno == logging.DEBUG and r.getMessage().startswith("iter ")]
+    assert len(rows) == res.n_iter
+    summary = [r for r in caplog.records if r.levelno == logging.INFO and "iterations=" in r.getMessage()]
+    assert len(summary) == 1 and res.message in summary[0].getMessage()
