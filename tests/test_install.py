@@ -87,3 +87,51 @@ def test_readme_install_commands_in_sequence_leave_a_working_editable_install(tm
     source = tmp_path / "fastnewton-clone"
     _fresh_clone(source)
     readme_install_walk_through(source, tmp_path)
+
+
+INSTALLED_COMPILE = """
+import numpy as np
+import fastnewton
+from fastnewton import _cache
+from fastnewton.kernels.csr import csr_matvec
+indptr = np.array([0, 1], dtype=np.int32); indices = np.array([0], dtype=np.int32)
+out = np.empty(1)
+csr_matvec(indptr, indices, np.ones(1), np.ones(1), out)
+print("CACHE", _cache.cache_dir())
+"""
+
+
+def _installed_copy(site):
+    """fastnewton laid out as pip installs it: site/fastnewton/ with kernels/ inside (no kernel cache)."""
+    shutil.copytree(REPO / "fastnewton", site / "fastnewton", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "kernels", site / "fastnewton" / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def _cache_files(folder):
+    return [path for path in Path(folder).rglob("*") if path.suffix in (".nbi", ".nbc")]
+
+
+def test_installed_kernels_cache_per_user_and_numba_cache_dir_wins(tmp_path):
+    site = tmp_path / "site"
+    _installed_copy(site)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("NUMBA_", "PYTHON"))}
+    env.update(PYTHONPATH=str(site), XDG_CACHE_HOME=str(tmp_path / "user-cache"))
+    # Installed layout, no NUMBA_CACHE_DIR: the per-user folder, nothing beside the package.
+    out = _run([sys.executable, "-c", INSTALLED_COMPILE], tmp_path, env)
+    assert f"CACHE {tmp_path / 'user-cache' / 'fastnewton'}" in out, out
+    assert _cache_files(tmp_path / "user-cache" / "fastnewton")
+    assert not _cache_files(site)
+    # A user's NUMBA_CACHE_DIR wins, as Numba documents; the per-user folder is left alone.
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba-cache")
+    out = _run([sys.executable, "-c", INSTALLED_COMPILE], tmp_path, env)
+    assert f"CACHE {tmp_path / 'numba-cache'}" in out, out
+    assert _cache_files(tmp_path / "numba-cache") and not _cache_files(site)
+
+
+def test_a_source_checkout_keeps_numbas_in_tree_cache():
+    from fastnewton import _cache
+
+    assert _cache.installed_layout(REPO / "fastnewton" / "kernels") is True  # where pip puts them
+    assert _cache.installed_layout(REPO / "kernels") is False
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        assert _cache.cache_dir(REPO / "kernels") == REPO / "kernels" / "__pycache__"
