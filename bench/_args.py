@@ -8,6 +8,10 @@ prints a traceback before rejecting its arguments. Cross-argument checks stay in
 import argparse
 import math
 import os
+from pathlib import Path
+
+# Every script writes under bench/results/ of the repository it belongs to, wherever it is run from.
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _number(text, kind):
@@ -117,3 +121,12 @@ def output_directory(text):
     if os.path.exists(text) and not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"expected a directory, got the file {text!r}")
     return text
+
+
+def add_output_arguments(parser, plots=True):
+    """The output options every bench script shares: ``--out DIR`` and (for scripts that plot) ``--no-plot``."""
+    parser.add_argument("--out", type=output_directory, default=str(RESULTS), metavar="DIR",
+                        help="folder for the CSV/JSON (and PNG) files (default: bench/results/ of this "
+                             "repository, wherever the script is run from)")
+    if plots:
+        parser.add_argument("--no-plot", action="store_true", help="write the data files only (no matplotlib needed)")

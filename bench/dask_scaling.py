@@ -62,11 +62,11 @@ import scipy.sparse as sp
 import fastnewton
 
 try:
-    from _args import nonnegative_float, nonnegative_int, output_directory, positive_int, thread_count
-    from _report import make_progress, write_csv
+    from _args import add_output_arguments, nonnegative_float, nonnegative_int, positive_int, thread_count
+    from _report import caption, command_line, make_progress, write_csv
 except ImportError:  # imported as bench.dask_scaling from the repository root
-    from bench._args import nonnegative_float, nonnegative_int, output_directory, positive_int, thread_count
-    from bench._report import make_progress, write_csv
+    from bench._args import add_output_arguments, nonnegative_float, nonnegative_int, positive_int, thread_count
+    from bench._report import caption, command_line, make_progress, write_csv
 
 MODELS = ("softmax", "relu_softmax", "softmax_relu")
 STRATEGIES = ("exact", "sketch", "pcg")
@@ -274,7 +274,7 @@ def warm_up_single(args):
     rows = WARMUP_ROWS_PER_BLOCK
     planted = fastnewton.make_problem(rows, args.d, nnz_per_row=args.nnz_per_row, model=args.model,
                                       noise=args.noise, seed=args.seed)
-    V = planted[3] if len(planted) == 4 else None
+    V = planted.V
     run_solve(fastnewton.solve, planted[0], planted[1], V, 1, args, n_threads=args.threads)
 
 
@@ -330,7 +330,7 @@ def run(args):
     os.makedirs(args.out, exist_ok=True)
     write_csv(os.path.join(args.out, CSV_NAME), rows)
     report(rows, args)
-    if not args.no_plots:
+    if not args.no_plot:
         plot(rows, args)
     return rows
 
@@ -388,7 +388,7 @@ def plot(rows, args):
         ratios = [(r["nnz"], r["ratio_vs_single"]) for r in points if "ratio_vs_single" in r]
         if ratios:
             ratio_ax.plot(*zip(*ratios), marker="o", label=label)
-    ratio_ax.axhline(1.5, color="gray", linestyle=":", label="issue 7 target 1.5×")
+    ratio_ax.axhline(1.5, color="gray", linestyle=":", label="target 1.5×")
     ratio_ax.axhline(1.0, color="k", linestyle="--", linewidth=0.8)
     titles = ("per-iteration time (median)", "bytes moved per iteration (Dask)", "Dask / single per-iteration time")
     ylabels = ("seconds", "bytes", "ratio")
@@ -403,7 +403,11 @@ def plot(rows, args):
     moved = [r["bytes_moved_per_iter"] for r in rows if "bytes_moved_per_iter" in r]
     if moved:  # the traffic hardly depends on nnz: show it against a decade either side, not a 0.1% band
         bytes_ax.set_ylim(min(moved) / 10, max(moved) * 10)
-    fig.tight_layout()
+    fig.suptitle(f"Dask LocalCluster (single-threaded workers) vs solve with {args.threads} threads on the same "
+                 f"data: planted {args.model}, CSR with {args.nnz_per_row} non-zeros per row, d = {args.d}, "
+                 f"{args.blocks} row blocks", fontsize=9)
+    caption(fig, command_line())
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     path = os.path.join(args.out, PNG_NAME)
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -437,9 +441,7 @@ def parse_args(argv=None):
     parser.add_argument("--noise", type=nonnegative_float, default=1e-2,
                         help="relative noise on the planted target (default 1e-2)")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="problem and solver seed (default 0)")
-    parser.add_argument("--out", type=output_directory, default=os.path.join("bench", "results"),
-                        help=f"where {CSV_NAME} and {PNG_NAME} go (default bench/results/)")
-    parser.add_argument("--no-plots", action="store_true", help="CSV only (no matplotlib needed)")
+    add_output_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quick", action="store_true",
                         help=f"nnz {' '.join(f'{v:.0e}' for v in QUICK_NNZ_SWEEP)} at d = {QUICK_D}, "

@@ -14,8 +14,12 @@ reports:
 - the formula of ``fastnewton/memory.py`` evaluated for this shape, and the bytes of C.
 
     python bench/memory.py --quick
-    python bench/memory.py --n 10000000 --nnz 100000000 --d 64
+    python bench/memory.py --n 1e7 --nnz 1e8 --d 64
+
+Writes memory.json (per strategy: the formula's terms and the measurements, with the run's
+versions, git commit, CPU and threads) to --out (default bench/results/).
 """
+import os
 import argparse
 import gc
 import math
@@ -33,9 +37,11 @@ from fastnewton.chunking import MAX_CHUNKS, SANDWICH_PARTIAL_BYTES, chunk_rows, 
 from fastnewton.sketching import JL_DIM, SAMPLE_CONSTANT, sample_size
 
 try:
-    from _args import comma_list, nonnegative_int, positive_int, thread_count
+    from _args import add_output_arguments, comma_list, nonnegative_int, positive_int, thread_count
+    from _report import write_json
 except ImportError:  # imported as bench.memory from the repository root
-    from bench._args import comma_list, nonnegative_int, positive_int, thread_count
+    from bench._args import add_output_arguments, comma_list, nonnegative_int, positive_int, thread_count
+    from bench._report import write_json
 
 MiB = 2**20
 
@@ -141,6 +147,7 @@ def main(argv=None):
                         help="comma-separated, of exact, sketch, pcg (default exact,sketch)")
     parser.add_argument("--threads", type=thread_count, default=None, help="Numba threads (default: all)")
     parser.add_argument("--seed", type=nonnegative_int, default=0)
+    add_output_arguments(parser, plots=False)
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.nnz = 10**5, 10**6
@@ -165,10 +172,13 @@ def main(argv=None):
             fastnewton.solve(Cw, bw, x0=xw, hessian=strategy, max_iter=1, tol=1e-300, seed=0)
     del Cw, bw, xw
 
+    rows = []
     for strategy in args.strategies:
         terms, c_t, c_s = formula(strategy, n, d, nnz)
         total = sum(terms.values())
         m = measure(C, b, x0, strategy, args.threads)
+        rows.append(dict(strategy=strategy, n=n, d=d, nnz=nnz, threads=args.threads, c_bytes=csr_bytes(C),
+                         formula_bytes=total, formula_terms=terms, **m))
         print(f"\n[{strategy}] one iteration via solve(max_iter=1): {m['seconds']:.2f} s, status {m['status']}")
         print(f"  formula (fastnewton/memory.py, c_t = {c_t}, c_s = {c_s}, MAX_CHUNKS = {MAX_CHUNKS}):")
         for name, value in terms.items():
@@ -182,6 +192,7 @@ def main(argv=None):
         print(f"  ru_maxrss before / after:          {m['maxrss_before'] / MiB:.1f} / "
               f"{m['maxrss_after'] / MiB:.1f} MiB (+{(m['maxrss_after'] - m['maxrss_before']) / MiB:.1f})")
         print(f"  C itself:                          {csr_bytes(C) / MiB:10.1f} MiB")
+    write_json(os.path.join(args.out, "memory.json"), {"rows": rows})
     return 0
 
 

@@ -6,10 +6,10 @@
 For each thread count: the measured read bandwidth (same run), then per pass the
 median time, the bytes it must move, the roofline time (bytes / bandwidth) and
 the ratio time / roofline (target ≤ 1.5), and the speed-up over 1 thread
-(target ≥ 1.7 at 2 threads). Results also go to a JSON file.
+(target ≥ 1.7 at 2 threads). Results also go to passes.json in --out (default bench/results/),
+with the run's versions, git commit, CPU model and thread counts.
 """
 import argparse
-import json
 import os
 import platform
 
@@ -21,10 +21,12 @@ from fastnewton.matrix import CSRMatrix
 from fastnewton.validation import as_input_matrix
 
 try:
-    from _args import output_file, positive_int, thread_count
+    from _args import add_output_arguments, positive_int, thread_count
+    from _report import write_json
     from probes import median_seconds, read_bandwidth
 except ImportError:  # run as a module from the repository root
-    from bench._args import output_file, positive_int, thread_count
+    from bench._args import add_output_arguments, positive_int, thread_count
+    from bench._report import write_json
     from bench.probes import median_seconds, read_bandwidth
 
 
@@ -72,11 +74,7 @@ def run(args):
             print(f"  {name:<28} {median:>9.4f} {sizes[name] / 1e9:>9.3f} {roofline:>11.4f} "
                   f"{row['roofline_ratio']:>6.2f} {row['speedup']:>9.2f}")
     numba.set_num_threads(max_threads)
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as fh:
-            json.dump(rows, fh, indent=1)
-        print(f"\nwrote {args.output}")
+    write_json(os.path.join(args.out, "passes.json"), {"rows": rows})
     return rows
 
 
@@ -89,8 +87,7 @@ def main(argv=None):
                         help="thread counts (default 1 2, those above NUMBA_NUM_THREADS skipped)")
     parser.add_argument("--repeats", type=positive_int, default=15, help="timed repeats per point (default 15)")
     parser.add_argument("--probe-mb", type=positive_int, default=512, help="bandwidth probe array size in MiB")
-    parser.add_argument("--output", type=output_file, default="bench/results/passes.json",
-                        help="JSON output ('' for none)")
+    add_output_arguments(parser, plots=False)
     parser.add_argument("--quick", action="store_true", help="n = 1e5, 3 repeats, 64 MiB probe")
     args = parser.parse_args(argv)
     if args.quick:

@@ -18,7 +18,7 @@ Methods:
   h(Cx) − b with its Jacobian as a LinearOperator), given two sets of derivatives:
     numpy       the loss, gradient, Hessian and Hessian-vector product written in this file
                 with vectorised NumPy/SciPy the way a user would (``NumpyDerivatives``: the
-                SPEC §2 formulas, Cᵀq by ``C.T @ q``, Cᵀ diag(β) C by a sparse/dense product,
+                model's formulas (README, "Derivatives"), Cᵀq by ``C.T @ q``, Cᵀ diag(β) C by a sparse/dense product,
                 Hessian-vector products by two products with C);
     fastnewton  ``fastnewton.Problem``'s loss, grad, hessian, hessp (the Numba kernels; not
                 for least_squares, which needs the residual's Jacobian).
@@ -76,10 +76,10 @@ Output: two tables per problem on stdout (method, derivatives, reached tol, time
 iterations and evaluations, final loss, final relative gradient norm, time / the default
 fastnewton solve's time), then the headline ratio best peer with NumPy derivatives / default
 fastnewton solve (targets: ≥ 40× CSR and ≥ 15× dense in the default table, ≥ 5× in the same
-table); a CSV (--output), a CSV of the traces (<output stem>_traces.csv: wall time and
-relative gradient norm at every gradient evaluation) and a PNG (<output stem>.png: the best
-relative gradient norm so far against wall time, log-log, one panel per problem, one line per
-method).
+table); in --out (default bench/results/): peers.csv, peers_traces.csv (wall time and relative
+gradient norm at every gradient evaluation) and peers.png (not with --no-plot: the best relative
+gradient norm so far against wall time, log-log, one panel per problem, one line per method).
+Every CSV row carries the versions, git commit, CPU and threads.
 """
 import argparse
 import contextlib
@@ -109,7 +109,9 @@ import fastnewton
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
     sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 from _args import (  # noqa: E402
-    nonnegative_float, nonnegative_int, output_file, positive_float, positive_int, positive_seconds, thread_count)
+    add_output_arguments, nonnegative_float, nonnegative_int, positive_float, positive_int, positive_seconds,
+    thread_count)
+from _report import caption, command_line, run_metadata, write_csv as write_stamped_csv  # noqa: E402
 
 MODELS = ("softmax", "relu_softmax", "softmax_relu")
 # "auto" is the default solve, the one the headline ratios are taken against.
@@ -130,7 +132,7 @@ CSV_FIELDS = ("table", "model", "format", "n", "d", "nnz", "m", "l2", "start", "
 
 
 # ---------------------------------------------------------------------------------------------
-# The derivatives a user would write with NumPy/SciPy (SPEC §2)
+# The derivatives a user would write with NumPy/SciPy (the README's formulas)
 # ---------------------------------------------------------------------------------------------
 def softmax(z):
     """Max-shifted softmax of a vector."""
@@ -141,7 +143,7 @@ def softmax(z):
 class NumpyDerivatives:
     """L(x) = ½‖h(Cx) − b‖² + ½ Σᵢ wᵢ (Cx)ᵢ² + ½ λ‖x‖² and its derivatives in plain NumPy/SciPy.
 
-    With u = Cx: ∇L = Cᵀq + λx and ∇²L = Cᵀ(diag(β) + U S Uᵀ)C + λI, where (SPEC §2)
+    With u = Cx: ∇L = Cᵀq + λx and ∇²L = Cᵀ(diag(β) + U S Uᵀ)C + λI, where (README, "Derivatives")
 
     softmax / relu_softmax: mask m = 1 or 1[u > 0], s = softmax(m ⊙ u), r = s − b,
         v = s ⊙ (2s − b), c = ⟨s, r⟩, γ = ⟨3s − 2b, s⟩;
@@ -308,7 +310,7 @@ def build_case(model, args):
     out = fastnewton.make_problem(args.n, args.d, nnz_per_row=args.nnz_per_row, model=model, m=args.m,
                                   noise=args.noise, seed=args.seed, dense=args.dense)
     C, b = out[0], out[1]
-    V = out[3] if model == "softmax_relu" else None
+    V = out.V
     n, d = C.shape
     frobenius2 = float(np.sum(C * C)) if args.dense else float(C.multiply(C).sum())
     l2 = args.l2 if args.l2 is not None else args.l2_rel * frobenius2 / (d * float(n) ** 2)
@@ -516,7 +518,7 @@ def torch_applies(case):
 
 
 class TorchDerivatives:
-    """L, ∇L and the closed-form Hessian Cᵀ diag(β) C + P S Pᵀ + λI in float64 PyTorch (SPEC §2)."""
+    """L, ∇L and the closed-form Hessian Cᵀ diag(β) C + P S Pᵀ + λI in float64 PyTorch (the README's formulas)."""
 
     def __init__(self, case):
         import torch
@@ -659,7 +661,7 @@ def check_derivatives(models=MODELS, n=60, d=7, seed=0):
         for dense in (False, True):
             out = fastnewton.make_problem(n, d, nnz_per_row=3, model=model, m=4, noise=1e-2, seed=seed, dense=dense)
             C, b = out[0], out[1]
-            V = out[3] if model == "softmax_relu" else None
+            V = out.V
             mine = NumpyDerivatives(C, b, model, V=V, l2=1e-3)
             theirs = fastnewton.Problem(C, b, model, V=V, l2=1e-3)
             x, p = rng.standard_normal(d), rng.standard_normal(d)
@@ -689,7 +691,7 @@ def warm_up(models, args):
     for model in models:
         out = fastnewton.make_problem(400, 8, nnz_per_row=3, model=model, m=4, noise=1e-2, seed=0, dense=args.dense)
         C, b = out[0], out[1]
-        V = out[3] if model == "softmax_relu" else None
+        V = out.V
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for strategy in FASTNEWTON_STRATEGIES:
@@ -788,23 +790,20 @@ def format_table(case, table, rows, args):
 
 
 def write_csv(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_stamped_csv(path, rows, CSV_FIELDS)
 
 
 def write_traces(path, rows):
+    meta = run_metadata()
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["model", "method", "derivatives", "time_s", "rel_grad_norm"])
+        writer.writerow(["model", "method", "derivatives", "time_s", "rel_grad_norm", *meta])
         for r in rows:
             for t, rel in r["trace"]:
-                writer.writerow([r["model"], r["method"], r["derivatives"], f"{t:.6g}", f"{rel:.6e}"])
+                writer.writerow([r["model"], r["method"], r["derivatives"], f"{t:.6g}", f"{rel:.6e}", *meta.values()])
 
 
-def plot(path, rows, models, tol):
+def plot(path, rows, models, tol, describe=""):
     """Best relative gradient norm so far against wall time, log-log, one panel per problem."""
     import matplotlib
     matplotlib.use("Agg")
@@ -838,7 +837,10 @@ def plot(path, rows, models, tol):
         ax.set_xlabel("wall time [s]")
         ax.set_ylabel("best ‖∇L(x)‖ / g_ref so far")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    fig.suptitle(f"Time to a relative gradient of {tol:g}: fastnewton vs scipy.optimize (same start, same "
+                 f"criterion)\n{describe}", fontsize=9)
+    caption(fig, command_line())
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -891,16 +893,11 @@ def parse_args(argv=None):
                      help="hand scipy the raw loss instead of L / g_ref (see 'Scaling' above)")
     run.add_argument("--threads", type=thread_count, default=None,
                      help="Numba and BLAS threads for every method (default: all usable cores)")
-    run.add_argument("--output", type=output_file, default="bench/results/peers.csv",
-                     help="CSV of results; traces go to <stem>_traces.csv and the plot to <stem>.png "
-                          "(default bench/results/peers.csv)")
-    run.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    add_output_arguments(run)
     run.add_argument("--quick", action="store_true",
                      help="small problems (overrides --n 4000 --d 20 --nnz-per-row 5; time limit ≤ 3 s): "
                           "a smoke test of the script, not a measurement")
     args = parser.parse_args(argv)
-    if not args.output:
-        parser.error("argument --output: expected a CSV path, got ''")
     if args.quick:
         args.n, args.d, args.nnz_per_row, args.time_limit = 4000, 20, 5, min(args.time_limit, 3.0)
     if args.threads is None:
@@ -919,7 +916,7 @@ def main(argv=None):
     print(f"NumPy derivatives vs fastnewton.Problem on tiny problems: max relative difference {worst:.1e}")
     if worst > 1e-10:
         raise SystemExit(f"the NumPy derivatives disagree with fastnewton.Problem ({worst:.1e} > 1e-10)")
-    output = pathlib.Path(args.output)
+    output = pathlib.Path(args.out) / "peers.csv"
     all_rows = []
     headlines = []
     with thread_limits(args.threads):
@@ -972,7 +969,11 @@ def main(argv=None):
     written = [str(output), str(traces)]
     if not args.no_plot:
         png = output.with_suffix(".png")
-        plot(png, all_rows, args.models, args.tol)
+        fmt = "dense" if args.dense else f"CSR with {args.nnz_per_row} non-zeros per row"
+        plot(png, all_rows, args.models, args.tol,
+             f"planted problems, {fmt}, n = {args.n:,}, d = {args.d}, noise {args.noise:g}, start {args.start}, "
+             f"{args.threads} threads; fastnewton solid, scipy with NumPy derivatives dashed, with "
+             f"fastnewton.Problem dotted")
         written.append(str(png))
     print("\nheadline (best peer / default fastnewton solve, time to tol):")
     for model, table, deriv, ratio, lower in headlines:

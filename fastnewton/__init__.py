@@ -38,10 +38,18 @@ def _map_source_kernels():
 
 _map_source_kernels()
 
+from . import _cache  # noqa: E402
+
+# Before any kernel module is imported: Numba picks each kernel's cache folder when it is decorated.
+_cache.install_locator()
+
+from .plotting import plot_history  # noqa: E402
+from .prediction import predict  # noqa: E402
 from .problem import Problem  # noqa: E402
-from .problems import make_problem  # noqa: E402
+from .problems import PlantedProblem, make_problem  # noqa: E402
 from .result import ConvergenceWarning, SolveResult, Status  # noqa: E402
 from .solver import solve  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ConvergenceWarning", "Problem", "SolveResult", "Status", "make_problem", "solve", "__version__"]
+__all__ = ["ConvergenceWarning", "PlantedProblem", "Problem", "SolveResult", "Status", "make_problem",
+           "plot_history", "predict", "solve", "__version__"]

@@ -141,13 +141,14 @@ def _next_damping(mu, scale):
     return FIRST_DAMPING * scale if mu == 0.0 else mu * DAMPING_INCREASE
 
 
-def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=None):
+def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=None, counts=None):
     """One damped Newton step from ev.x: ``Step``, or None when no damping gives an accepted step.
 
     Solves (H + μI) p = −g with ``system``, raising μ (×10 from 1e-8·scale) while the solve fails
     or p is not a descent direction; caps the logit change ‖C p‖∞ ≤ ``max_logit_step`` (one pass
     C·p, reused by every trial); backtracks (×½) until Armijo holds, or the full step keeps L
     within rounding of L(x) when the predicted decrease is itself below rounding.
+    ``counts["nfev"]`` (if given) counts the line search's loss evaluations.
     """
     timer = timer or no_timer
     scale = system.scale
@@ -168,6 +169,8 @@ def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=No
             t = 1.0
             for trial in range(1, MAX_BACKTRACKS + 1):
                 L_t = line.loss(t)
+                if counts is not None:
+                    counts["nfev"] += 1
                 armijo = L_t <= L0 + ARMIJO_C1 * t * slope
                 # Near the optimum the predicted decrease can be below the rounding of L:
                 # accept the full step if L does not rise beyond rounding; the gradient test decides.
@@ -179,35 +182,40 @@ def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=No
     return None
 
 
-def newton_solve(problem, x0, start, build_system, options):
+def newton_solve(problem, x0, start, build_system, options, timer=None, clock=None):
     """Run the Newton loop from x0; ``build_system(problem, ev, rng, options, g_ref)`` gives each step's system.
 
     ``problem`` is any ``fastnewton.protocol.Evaluator``: ``Problem`` on one machine, and
     ``fastnewton.dask`` runs this same loop with the passes over C done where C's blocks live.
+    ``timer`` and ``clock`` (a ``time.perf_counter()`` reading) come from the caller when work
+    before the loop (validation, the start) belongs in iteration 0's record and in ``res.time``.
 
     Convergence needs both ‖∇L(x)‖ ≤ tol·g_ref (g_ref = ‖∇L(0)‖, or ‖∇L(x0)‖ only where that is 0)
     and the same test in the column-scaled norm ‖∇L(x)/c‖ ≤ tol·‖∇L(0)/c‖, c_j = ‖C_j‖: on well-scaled
     columns the two agree; on columns scaled 1e-12..1e12 the first is dominated by the largest
     column and the second keeps the small ones from being declared converged far from the optimum.
     """
-    timer = PhaseTimer()
+    timer = timer if timer is not None else PhaseTimer()
+    # scipy's nfev / njev / nhev: loss evaluations (line-search trials too), gradients, Hessians built.
+    counts = {"nfev": 1, "njev": 1, "nhev": 0}
     rng = np.random.default_rng(options.seed)
-    clock = time.perf_counter()
-    target_norm = problem.target_norm()
-    column_norms = column_scale(problem)
+    clock = clock if clock is not None else time.perf_counter()
+    with timer("reference"):  # ‖b‖, the column norms and ∇L(0): the scales of the stopping test
+        target_norm = problem.target_norm()
+        column_norms = column_scale(problem)
+        grad_at_zero = problem.gradient_at_zero()
     options = replace(options, column_scale=column_norms)
 
     def scaled_norm(g):
         return norm(g / column_norms)
 
-    grad_at_zero = problem.gradient_at_zero()
     ev = problem.evaluate(x0, timer=timer)
     grad_norm = norm(ev.grad) if _all_finite(ev.grad) else np.inf
     detail = (_non_finite_detail(ev.loss, ev.grad, grad_norm, "at the starting point")
               or _non_finite_detail(0.0, grad_at_zero, norm(grad_at_zero) if _all_finite(grad_at_zero) else np.inf,
                                     "at x = 0 (the reference gradient g_ref)"))
     if detail:
-        return _result(ev, x0, start, options, Status.NON_FINITE, [], 0.0, clock, detail=detail)
+        return _result(ev, x0, start, options, Status.NON_FINITE, [], 0.0, clock, detail=detail, counts=counts)
     # Independent of the start, so runs from different starts (and peers) meet one criterion;
     # ‖∇L(x0)‖ only where ∇L(0) = 0.
     g_ref_zero = norm(grad_at_zero)
@@ -240,14 +248,17 @@ def newton_solve(problem, x0, start, build_system, options):
             # 3) Hessian
             with timer("hessian"):
                 system = build_system(problem, ev, rng, options, g_ref)
+            counts["nhev"] += 1
             # 4) damped Newton step with logit cap and Armijo line search
-            step = newton_step(problem, ev, system, mu, options.max_logit_step, timer)
+            step = newton_step(problem, ev, system, mu, options.max_logit_step, timer, counts)
             if step is None:
                 status = Status.STALLED
                 detail = "No step along the Newton direction decreases it at any damping."
                 break
             # 1) forward pass and 2) gradient pass at the new iterate (u recomputed, not accumulated)
             new_ev = problem.evaluate(step.x, timer=timer)
+            counts["nfev"] += 1
+            counts["njev"] += 1
             new_grad_norm = norm(new_ev.grad) if _all_finite(new_ev.grad) else np.inf
             detail = _non_finite_detail(new_ev.loss, new_ev.grad, new_grad_norm, f"at iteration {n_iter}")
             if detail:
@@ -281,7 +292,7 @@ def newton_solve(problem, x0, start, build_system, options):
         dead = problem.diagnose(ev)
         if dead:
             status, detail = Status.DEAD_STATIONARY, dead
-    return _result(ev, x0, start, options, status, history, g_ref, clock, detail, n_iter)
+    return _result(ev, x0, start, options, status, history, g_ref, clock, detail, n_iter, counts)
 
 
 _TABLE_HEADER = f"{'iter':>5} {'loss':>14} {'|g|/g_ref':>10} {'step':>8} {'damping':>9} {'trials':>6} {'seconds':>8}"
@@ -311,7 +322,7 @@ def _record(history, n_iter, ev, grad_norm, g_ref, step, timer, clock, options, 
     return info
 
 
-def _result(ev, x0, start, options, status, history, g_ref, clock, detail="", n_iter=0):
+def _result(ev, x0, start, options, status, history, g_ref, clock, detail="", n_iter=0, counts=None):
     message = MESSAGES[status]
     if detail:
         # The dead-stationary message ends in ": " and the detail completes its sentence.
@@ -334,7 +345,7 @@ def _result(ev, x0, start, options, status, history, g_ref, clock, detail="", n_
         hessian=options.hessian,
         time=time.perf_counter() - clock,
     )
-    res.update(fun=res["loss"], jac=ev.grad.copy(), nit=n_iter, success=res["converged"])
+    res.update(fun=res["loss"], jac=ev.grad.copy(), nit=n_iter, success=res["converged"], **(counts or {}))
     if options.verbose:
         print(f"{message} iterations={n_iter} loss={res['loss']:.6e} |g|/g_ref={res['rel_grad_norm']:.3e} "
               f"time={res['time']:.3f}s")

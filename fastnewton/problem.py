@@ -232,6 +232,12 @@ class Problem:
         ev = self.evaluate(self.as_point(x))
         return self.hessian_product(ev, self.as_point(p, "p"))
 
+    def scaled(self, scale=None):
+        """This loss divided by g_ref = ‖∇L(0)‖ for scipy.optimize, whose tolerances are absolute (``fastnewton.scaled``)."""
+        from .scaled import ScaledProblem
+
+        return ScaledProblem(self, scale)
+
 
 class LineSearch:
     """The line x + t·p: one pass C·p, then each trial's loss from u + t·Cp with no pass over C.

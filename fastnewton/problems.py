@@ -1,4 +1,6 @@
 """Planted problems for demos, tests and benchmarks."""
+from collections import namedtuple
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -10,9 +12,30 @@ def _softmax(z):
     return e / e.sum()
 
 
+class PlantedProblem(namedtuple("PlantedProblem", ["C", "b", "x_true"])):
+    """What ``make_problem`` returns: a named tuple ``(C, b, x_true)`` plus the attributes ``V``
+    (the n × m value matrix of ``softmax_relu``, None for the other models) and ``model``.
+
+    ``C, b, x_true = make_problem(...)`` unpacks every model the same way; pass
+    ``V=problem.V`` to ``solve``/``Problem`` (None is their default).
+    """
+
+    def __new__(cls, C, b, x_true, V=None, model="softmax"):
+        self = super().__new__(cls, C, b, x_true)
+        self.V = V
+        self.model = model
+        return self
+
+    def __repr__(self):
+        shape = "×".join(map(str, self.C.shape))
+        kind = "CSR" if sp.issparse(self.C) else "dense"
+        extra = f", V {self.V.shape[0]}×{self.V.shape[1]}" if self.V is not None else ""
+        return f"PlantedProblem(model={self.model!r}, C {kind} {shape}, b length {self.b.shape[0]}{extra})"
+
+
 def make_problem(n, d, *, nnz_per_row=None, density=None, model="softmax", m=None, scale=1.0,
                  noise=0.0, seed=None, dense=False):
-    """A planted problem: ``(C, b, x_true)``, or ``(C, b, x_true, V)`` for ``softmax_relu``.
+    """A planted problem: the named tuple ``(C, b, x_true)``, with ``.V`` for ``softmax_relu``.
 
     C is CSR (``nnz_per_row`` entries per row at uniformly random columns, duplicates
     summed; or ``density`` × d per row; default min(d, 10)) or, with ``dense=True``, a
@@ -66,6 +89,4 @@ def make_problem(n, d, *, nnz_per_row=None, density=None, model="softmax", m=Non
         b = np.maximum(V.T @ _softmax(u), 0.0)
     if noise > 0:
         b = np.maximum(b * (1.0 + noise * rng.standard_normal(b.shape[0])), 0.0)
-    if V is not None:
-        return C, b, x_true, V
-    return C, b, x_true
+    return PlantedProblem(C, b, x_true, V=V, model=model)

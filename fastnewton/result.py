@@ -1,5 +1,7 @@
-"""The solve result (a dict with attribute access, like scipy's OptimizeResult) and the status table."""
+"""The solve result (a scipy.optimize.OptimizeResult) and the status table."""
 import enum
+
+from scipy.optimize import OptimizeResult
 
 
 class ConvergenceWarning(UserWarning):
@@ -21,29 +23,24 @@ MESSAGES = {
     Status.MAX_ITER: "Stopped: the maximum number of iterations (max_iter) was reached before tol.",
     Status.STALLED: ("Stopped: the loss no longer decreases beyond rounding error; the gradient criterion tol "
                      "was not met."),
-    Status.CALLBACK: "Stopped by the callback (it returned True); x is the current iterate.",
+    Status.CALLBACK: "Stopped by the callback (it returned True or raised StopIteration); x is the current iterate.",
     Status.NON_FINITE: "Stopped: a non-finite value appeared; x is the last finite iterate.",
     Status.DEAD_STATIONARY: "Stopped at a stationary point with non-zero loss that is not the optimum: ",
     Status.INTERRUPTED: "Stopped by KeyboardInterrupt; x is the current iterate.",
 }
 
 
-class SolveResult(dict):
-    """Result of ``fastnewton.solve``.
+class SolveResult(OptimizeResult):
+    """Result of ``fastnewton.solve``: a ``scipy.optimize.OptimizeResult`` (a dict with attribute access).
 
     Attributes: ``x``, ``loss``, ``grad_norm`` (‖∇L(x)‖), ``rel_grad_norm`` (‖∇L(x)‖ / g_ref),
     ``n_iter``, ``converged`` (True only when the gradient criterion is met at a point
     that is not a known dead stationary point), ``status`` (a ``Status``), ``message``,
     ``history`` (one dict per iteration), ``x0`` and ``start`` (how x0 was chosen),
-    ``hessian`` (strategy used) and ``time`` (seconds). scipy-style aliases: ``fun``,
-    ``jac``, ``nit``, ``success``.
+    ``hessian`` (strategy used) and ``time`` (seconds, the whole call). scipy's names:
+    ``fun``, ``jac``, ``nit``, ``success``, ``nfev`` (loss evaluations, line-search trials
+    included), ``njev`` (gradient evaluations) and ``nhev`` (Hessians built).
     """
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError as exc:
-            raise AttributeError(name) from exc
 
     def __dir__(self):
         return list(self.keys())

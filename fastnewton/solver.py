@@ -1,16 +1,26 @@
 """``fastnewton.solve``: validate once, choose the start and the Hessian strategy, run the Newton loop."""
+import inspect
+import logging
+import time
+import warnings
+
+import numpy as np
+
+from . import _cache
 from .hessian import resolve_strategy
 from .memory import check_hessian_fits, check_iteration_fits
 from .newton import SolveOptions, newton_solve
 from .problem import Problem
+from .result import SolveResult
 from .start import starting_point
 from .threads import thread_limits
+from .timing import PhaseTimer
 from .validation import as_positive_float, as_positive_int, as_seed, as_thread_count
 
 
 def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto", hessian="auto",
           eps=0.5, sketch_size=None, tol=1e-8, max_iter=100, seed=None, n_threads=None,
-          callback=None, verbose=False):
+          callback=None, verbose=False, progress=False):
     """Minimise L(x) = ½‖h(Cx) − b‖² + ½ Σᵢ wᵢ (Cx)ᵢ² + ½ λ‖x‖² by a globalised Newton method.
 
     Parameters
@@ -30,25 +40,51 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
         the start; ‖∇L(x0)‖ only if that is 0. ``res.g_ref`` and every history record report it.
     max_iter : at most this many Newton iterations.
     seed : fixes every random choice.  n_threads : Numba and BLAS threads for this solve.
-    callback : called after every iteration with a dict (iter, loss, grad_norm, step, damping,
-        seconds per phase, x); returning True stops the solve cleanly.
-    verbose : print one row per iteration.
+    callback : called after every iteration, in one of scipy's two forms: ``callback(info)``
+        gets a dict (iter, loss, grad_norm, step, damping, seconds per phase, x) and stops the
+        solve cleanly by returning True; ``callback(intermediate_result)`` (a parameter of
+        exactly that name, as in scipy ≥ 1.11) gets a ``SolveResult`` with ``x``, ``fun``,
+        ``nit`` and the same record. Either form may raise ``StopIteration`` to stop.
+    verbose : print one row per iteration (and a line when the kernels compile on first use).
+    progress : show a tqdm progress bar (``pip install tqdm``), one tick per iteration.
 
     Returns
     -------
-    SolveResult with ``x, loss, grad_norm, n_iter, converged, status, message, history``.
+    SolveResult (a ``scipy.optimize.OptimizeResult``) with ``x, loss, grad_norm, n_iter,
+    converged, status, message, history`` and scipy's ``fun, jac, nit, success, nfev, njev,
+    nhev``. ``time`` covers the whole call; iteration 0's ``seconds`` include ``setup``
+    (input checks and conversion) and ``start`` (the starting point).
     """
-    problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=row_weights)
-    check_iteration_fits(problem.n, problem.d, 2 if problem.V is None else problem.V.shape[1] + 2)
-    n_threads = as_thread_count(n_threads)
-    build_system, options = solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose)
-    with thread_limits(n_threads):
-        start, description = starting_point(problem, x0)
-        return newton_solve(problem, start, description, build_system, options)
+    clock = time.perf_counter()
+    timer = PhaseTimer()
+    with timer("setup"):
+        problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=row_weights)
+        check_iteration_fits(problem.n, problem.d, 2 if problem.V is None else problem.V.shape[1] + 2)
+        warn_if_not_a_distribution(problem.b, problem.model)
+        n_threads = as_thread_count(n_threads)
+        bar = progress_bar(progress, max_iter)
+        observer = chain_observers(bar.update if bar else None,
+                                   log_iteration if logger.isEnabledFor(logging.DEBUG) else None)
+        build_system, options = solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback,
+                                              verbose, observer=observer)
+    try:
+        with thread_limits(n_threads), _cache.compile_notice(options.verbose):
+            with timer("start"):
+                start, description = starting_point(problem, x0)
+            res = newton_solve(problem, start, description, build_system, options, timer=timer, clock=clock)
+        logger.info("%s iterations=%d loss=%.6e |g|/g_ref=%.3e time=%.3fs", res.message, res.n_iter, res.loss,
+                    res.rel_grad_norm, res.time)
+        return res
+    finally:
+        if bar is not None:
+            bar.close()
 
 
-def solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose):
-    """Validate the solver's keywords (shared by ``fastnewton.dask.solve``): (Hessian builder, SolveOptions)."""
+def solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose, observer=None):
+    """Validate the solver's keywords (shared by ``fastnewton.dask.solve``): (Hessian builder, SolveOptions).
+
+    ``observer(info)``, if given, sees every iteration's record before the callback (the progress bar).
+    """
     tol = as_positive_float(tol, "tol")
     max_iter = as_positive_int(max_iter, "max_iter", minimum=0)
     eps = as_positive_float(eps, "eps", upper=1.0)
@@ -56,8 +92,119 @@ def solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callb
     seed = as_seed(seed)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    callback = chain_callbacks(observer, as_record_callback(callback))
     check_hessian_fits(problem.d)
     strategy_name, build_system = resolve_strategy(hessian, problem, eps, sketch_size)
     options = SolveOptions(hessian=strategy_name, tol=tol, max_iter=max_iter, eps=eps,
                            sketch_size=sketch_size, seed=seed, callback=callback, verbose=bool(verbose))
     return build_system, options
+
+
+logger = logging.getLogger("fastnewton")
+
+# A target further than this from Σb = 1 cannot be (close to) a softmax output; noisy planted
+# targets (1 ± noise per entry) stay within a few percent.
+SUM_TOLERANCE = 0.1
+
+
+def warn_if_not_a_distribution(b, model):
+    """A warning (not an error: the loss is defined for any b) when b cannot be a softmax output."""
+    if model == "softmax_relu":
+        return
+    problems = []
+    if np.any(b < 0):
+        problems.append(f"{int(np.count_nonzero(b < 0))} negative entries")
+    total = float(np.sum(b))
+    if abs(total - 1.0) > SUM_TOLERANCE:
+        problems.append(f"Σb = {total:.4g}")
+    if problems:
+        warnings.warn(f"b is not a probability vector ({', '.join(problems)}), so h(Cx) = {model}(…), which is "
+                      "≥ 0 and sums to 1, can never match it: the fit minimises the distance to the closest "
+                      "distribution. Normalise b (b / b.sum()) if it holds scores or counts.",
+                      UserWarning, stacklevel=3)
+
+
+def as_record_callback(callback):
+    """The user's callback as ``f(info) -> stop?``, for either of scipy's forms; StopIteration means stop.
+
+    Like scipy, a callback whose only parameter is named ``intermediate_result`` gets a
+    ``SolveResult`` of the iterate (its return value is ignored); any other callback gets the
+    history record with ``x`` and its return value decides.
+    """
+    if callback is None:
+        return None
+    try:
+        parameters = set(inspect.signature(callback).parameters)
+    except (TypeError, ValueError):  # builtins without a signature: the dict form
+        parameters = set()
+    scipy_form = parameters == {"intermediate_result"}
+
+    def record_callback(info):
+        try:
+            if scipy_form:
+                callback(intermediate_result=SolveResult(info, fun=info["loss"], nit=info["iter"]))
+                return None
+            return callback(info)
+        except StopIteration:
+            return True
+
+    return record_callback
+
+
+def log_iteration(info):
+    """One DEBUG record per iteration on the ``fastnewton`` logger (the verbose table's row)."""
+    logger.debug("iter %d loss %.6e |g|/g_ref %.3e step %.2e damping %.2e trials %d seconds %.3f", info["iter"],
+                 info["loss"], info["rel_grad_norm"], info["step"], info["damping"], info["line_search_trials"],
+                 sum(info["seconds"].values()))
+
+
+def chain_observers(*observers):
+    """One observer calling each given (non-None) observer in turn; None when there are none."""
+    observers = [observer for observer in observers if observer is not None]
+    if not observers:
+        return None
+    if len(observers) == 1:
+        return observers[0]
+
+    def each(info):
+        for observer in observers:
+            observer(info)
+    return each
+
+
+def chain_callbacks(observer, callback):
+    """Call ``observer(info)`` (progress; never stops the solve), then the callback; None when both are."""
+    if observer is None:
+        return callback
+    if callback is None:
+        return lambda info: observer(info)
+
+    def both(info):
+        observer(info)
+        return callback(info)
+    return both
+
+
+class _ProgressBar:
+    """A tqdm bar ticking once per Newton iteration, showing the loss and ‖∇L‖/g_ref."""
+
+    def __init__(self, tqdm, max_iter):
+        # An iteration takes milliseconds or more: redraw on every one (tqdm skips updates by default).
+        self.bar = tqdm(total=max_iter, unit="it", desc="fastnewton", leave=False, miniters=1, mininterval=0)
+
+    def update(self, info):
+        self.bar.set_postfix(loss=f"{info['loss']:.3e}", rel_grad=f"{info['rel_grad_norm']:.2e}", refresh=False)
+        self.bar.update(1)
+
+    def close(self):
+        self.bar.close()
+
+
+def progress_bar(progress, max_iter):
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError("progress=True needs tqdm: pip install tqdm") from None
+    return _ProgressBar(tqdm, max_iter if isinstance(max_iter, int) and max_iter > 0 else None)

@@ -316,11 +316,12 @@ def as_thread_count(n_threads):
 
 
 def as_seed(seed):
-    """None, an integer ≥ 0 or a numpy SeedSequence."""
-    if seed is None or isinstance(seed, np.random.SeedSequence):
+    """None, an integer ≥ 0, a numpy SeedSequence or a numpy Generator (used as is, and advanced)."""
+    if seed is None or isinstance(seed, (np.random.SeedSequence, np.random.Generator)):
         return seed
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be None, an integer ≥ 0 or a numpy SeedSequence, got {type(seed).__name__}")
+        raise TypeError(f"seed must be None, an integer ≥ 0, a numpy SeedSequence or a numpy Generator, "
+                        f"got {type(seed).__name__}")
     if seed < 0:
         raise ValueError(f"seed must be an integer ≥ 0, got {seed}")
     return int(seed)

@@ -41,7 +41,7 @@ CASES = {
     "passes-threads-empty": ("passes.py", ["--threads"], "--threads"),
     "passes-repeats-zero": ("passes.py", ["--repeats", "0"], "--repeats"),
     "passes-probe-mb-nan": ("passes.py", ["--probe-mb", "nan"], "--probe-mb"),
-    "passes-output-directory": ("passes.py", ["--output", A_DIRECTORY], "--output"),
+    "passes-out-file": ("passes.py", ["--out", A_FILE], "--out"),
     # bench/sketch_vs_exact.py
     "sketch-dims-zero": ("sketch_vs_exact.py", ["--dims", "64", "0"], "--dims"),
     "sketch-dims-empty": ("sketch_vs_exact.py", ["--dims"], "--dims"),
@@ -53,7 +53,7 @@ CASES = {
     "sketch-solve-dims-outside-dims": ("sketch_vs_exact.py", ["--dims", "64", "--solve-dims", "48"],
                                        "--solve-dims"),
     "sketch-threads-too-many": ("sketch_vs_exact.py", ["--threads", TOO_MANY_THREADS], "--threads"),
-    "sketch-output-directory": ("sketch_vs_exact.py", ["--output", A_DIRECTORY], "--output"),
+    "sketch-out-file": ("sketch_vs_exact.py", ["--out", A_FILE], "--out"),
     # bench/scaling.py
     "scaling-formats-unknown": ("scaling.py", ["--formats", "coo"], "--formats"),
     "scaling-models-unknown": ("scaling.py", ["--models", "linear"], "--models"),
@@ -65,7 +65,7 @@ CASES = {
     "scaling-dims-fraction": ("scaling.py", ["--dims", "2.5"], "--dims"),
     "scaling-repeats-zero": ("scaling.py", ["--repeats", "0"], "--repeats"),
     "scaling-seed-negative": ("scaling.py", ["--seed", "-1"], "--seed"),
-    "scaling-output-dir-file": ("scaling.py", ["--output-dir", A_FILE], "--output-dir"),
+    "scaling-out-file": ("scaling.py", ["--out", A_FILE], "--out"),
     # bench/peers.py
     "peers-models-unknown": ("peers.py", ["--models", "linear"], "--models"),
     "peers-n-zero": ("peers.py", ["--n", "0"], "--n"),
@@ -80,7 +80,7 @@ CASES = {
     "peers-time-limit-zero": ("peers.py", ["--time-limit", "0"], "--time-limit"),
     "peers-max-iter-zero": ("peers.py", ["--max-iter", "0"], "--max-iter"),
     "peers-threads-too-many": ("peers.py", ["--threads", TOO_MANY_THREADS], "--threads"),
-    "peers-output-empty": ("peers.py", ["--output", ""], "--output"),
+    "peers-out-empty": ("peers.py", ["--out", ""], "--out"),
     # bench/memory.py
     "memory-n-zero": ("memory.py", ["--n", "0"], "--n"),
     "memory-d-text": ("memory.py", ["--d", "x"], "--d"),
@@ -90,6 +90,7 @@ CASES = {
     "memory-threads-too-many": ("memory.py", ["--threads", TOO_MANY_THREADS], "--threads"),
     "memory-seed-negative": ("memory.py", ["--seed", "-2"], "--seed"),
     "memory-nnz-below-n": ("memory.py", ["--n", "1000", "--nnz", "10"], "--nnz"),
+    "memory-out-file": ("memory.py", ["--out", A_FILE], "--out"),
 }
 
 
@@ -99,7 +100,7 @@ SUBPROCESS_CASES = [
     "passes-n-negative", "passes-threads-too-many", "passes-threads-empty",
     "sketch-formats-unknown", "sketch-csr-n-overflow", "sketch-solve-dims-outside-dims",
     "scaling-strategies-unknown", "scaling-nnz-zero", "scaling-threads-too-many",
-    "peers-models-unknown", "peers-tol-zero", "peers-output-empty",
+    "peers-models-unknown", "peers-tol-zero", "peers-out-empty",
     "memory-strategies-unknown", "memory-threads-too-many", "memory-nnz-below-n",
 ]
 
@@ -238,7 +239,52 @@ def test_valid_peers_command_lines_still_parse(monkeypatch):
 def test_valid_scaling_command_lines_still_parse(monkeypatch):
     monkeypatch.chdir(REPO)
     scaling = entry_point("scaling.py")(["--nnz", "1e5", "3e4", "--dims", "16", "--threads", "1",
-                                         "--no-plots", "--no-progress"])
+                                         "--no-plot", "--no-progress"])
     assert (scaling.nnz, scaling.dims, scaling.threads, scaling.size_threads) == ([100_000, 30_000], [16], [1], 1)
     defaults = entry_point("scaling.py")([])
     assert defaults.threads and max(defaults.threads) <= numba.config.NUMBA_NUM_THREADS
+
+
+# -- one output vocabulary: --out DIR (default bench/results/ of the repository), --no-plot, --quick ------
+SCRIPTS = ("passes.py", "peers.py", "scaling.py", "sketch_vs_exact.py", "memory.py", "dask_scaling.py")
+PLOTTING = ("peers.py", "scaling.py", "sketch_vs_exact.py", "dask_scaling.py")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_uses_the_shared_output_options(script):
+    source = (REPO / "bench" / script).read_text()
+    assert "add_output_arguments(" in source
+    assert "--quick" in source
+    for old in ("--output-dir", '"--output"', "--no-plots", '"--plot"'):
+        assert old not in source, f"bench/{script} still defines {old}"
+    if script not in PLOTTING:
+        assert "add_output_arguments(parser, plots=False)" in source
+
+
+@pytest.mark.parametrize("script", ["scaling.py", "peers.py", "dask_scaling.py"])
+def test_default_output_folder_is_the_repositorys_whatever_the_cwd(script, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = entry_point(script)(["--threads", "1"] if script != "dask_scaling.py" else [])
+    assert args.out == str(REPO / "bench" / "results")
+    assert args.no_plot is False
+
+
+def test_help_of_every_script_lists_out_and_no_plot():
+    # One subprocess per script would cost seconds each: the parser's own help, via --help in-process
+    # where the script has parse_args; the others through their source (checked above).
+    for script in ("scaling.py", "peers.py", "dask_scaling.py"):
+        with pytest.raises(SystemExit):
+            entry_point(script)(["--help"])
+
+
+USER_FACING = [REPO / "README.md", *sorted((REPO / "bench").glob("*.py")),
+               *sorted((REPO / "docs").rglob("*.md")), REPO / "fastnewton" / "cli.py"]
+
+
+@pytest.mark.parametrize("path", USER_FACING, ids=lambda p: str(p.relative_to(REPO)))
+def test_no_internal_references_in_what_users_read(path):
+    import re
+
+    text = path.read_text()
+    hits = [m.group(0) for m in re.finditer(r"\bSPEC\b|§\s?\d|\b[Ii]ssue\s+#?\d+", text)]
+    assert not hits, f"{path.relative_to(REPO)} refers to internal documents: {hits}"

@@ -31,7 +31,7 @@ def test_dask_scaling_quick(tmp_path):
     args = [sys.executable, "bench/dask_scaling.py", "--quick", "--no-progress", "--out", str(tmp_path)]
     plots = importlib.util.find_spec("matplotlib") is not None
     if not plots:
-        args.append("--no-plots")
+        args.append("--no-plot")
     proc = subprocess.run(args, cwd=REPO, env=dict(os.environ, MPLBACKEND="Agg"), capture_output=True, text=True,
                           timeout=TIMEOUT_SECONDS)
     assert proc.returncode == 0, (f"{' '.join(args)} exited {proc.returncode}\n--- stdout ---\n"

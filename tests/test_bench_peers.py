@@ -40,7 +40,7 @@ def _relative(a, e):
 
 def _tiny(model, dense, seed=3):
     out = fastnewton.make_problem(80, 6, nnz_per_row=3, model=model, m=5, noise=1e-2, seed=seed, dense=dense)
-    return out[0], out[1], (out[3] if model == "softmax_relu" else None)
+    return out.C, out.b, out.V
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
@@ -110,7 +110,7 @@ def test_check_derivatives_reports_agreement(peers):
 def test_quick_run_writes_csv_traces_and_plot(tmp_path):
     output = tmp_path / "peers.csv"
     # One thread: on a loaded 2-core machine Numba's parallel regions stall waiting for a core.
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--output", str(output)],
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "best peer with numpy derivatives / default fastnewton solve" in proc.stdout

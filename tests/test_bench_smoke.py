@@ -51,6 +51,17 @@ def has_module(name):
     return importlib.util.find_spec(name) is not None
 
 
+METADATA = ("fastnewton_version", "numpy_version", "scipy_version", "numba_version", "git_commit", "cpu_model",
+            "cpu_count", "numba_num_threads")
+
+
+def assert_metadata(record):
+    """Every data file says which code, which versions and which machine produced it."""
+    missing = [key for key in METADATA if key not in record]
+    assert not missing, f"missing provenance {missing}"
+    assert record["git_commit"] and record["cpu_model"] and int(record["cpu_count"]) >= 1
+
+
 # -- bench/scaling.py ----------------------------------------------------------------------------------
 SCALING_PLOTS = ("time_vs_nnz.png", "time_vs_d.png", "speedup_vs_threads.png", "roofline_vs_threads.png")
 PHASE_COLUMNS = [f"{phase}_{stat}" for phase in ("iteration", "forward", "gradient", "hessian", "solve")
@@ -61,9 +72,9 @@ PHASE_COLUMNS = [f"{phase}_{stat}" for phase in ("iteration", "forward", "gradie
 def scaling_run(tmp_path_factory):
     """One ``scaling.py --quick`` run shared by the checks below (plots only where matplotlib is installed)."""
     output = tmp_path_factory.mktemp("scaling")
-    args = ["bench/scaling.py", "--quick", "--output-dir", str(output)]
+    args = ["bench/scaling.py", "--quick", "--out", str(output)]
     if not has_module("matplotlib"):
-        args.append("--no-plots")
+        args.append("--no-plot")
     return output, run_script(args)
 
 
@@ -75,6 +86,7 @@ def test_scaling_quick_writes_csv(scaling_run):
                           "gradient_roofline_fraction", *PHASE_COLUMNS], "scaling.csv")
     assert {row["sweep"] for row in rows} == {"nnz", "d", "threads"}
     assert {row["format"] for row in rows} == {"csr", "dense"}
+    assert_metadata(rows[0])
     for row in rows:
         for column in ("iteration_median_s", "forward_median_s", "gradient_median_s", "hessian_median_s",
                        "solve_median_s", "bandwidth_Bps", "gemm_flops", "forward_roofline_fraction"):
@@ -102,15 +114,16 @@ def test_scaling_quick_shows_progress(scaling_run):
 
 def test_scaling_help_documents_options():
     text = run_script(["bench/scaling.py", "--help"]).stdout
-    for option in ("--quick", "--output-dir", "--strategies", "--threads", "--nnz", "--dims", "--no-plots"):
+    for option in ("--quick", "--out", "--strategies", "--threads", "--nnz", "--dims", "--no-plot"):
         assert option in text
 
 
 # -- bench/passes.py and bench/sketch_vs_exact.py ----------------------------------------------------------
 def test_passes_quick_writes_json(tmp_path):
-    output = tmp_path / "p.json"
-    run_script(["bench/passes.py", "--quick", "--output", str(output)])
-    rows = json.loads(output.read_text())
+    run_script(["bench/passes.py", "--quick", "--out", str(tmp_path)])
+    payload = json.loads((tmp_path / "passes.json").read_text())
+    assert_metadata(payload["metadata"])
+    rows = payload["rows"]
     assert rows, "passes.py wrote no rows"
     for row in rows:
         assert {"pass", "threads", "median_s", "bytes", "bandwidth_Bps", "roofline_ratio", "speedup"} <= set(row)
@@ -119,9 +132,10 @@ def test_passes_quick_writes_json(tmp_path):
 
 
 def test_sketch_vs_exact_quick_writes_csv(tmp_path):
-    output = tmp_path / "s.csv"
-    run_script(["bench/sketch_vs_exact.py", "--quick", "--output", str(output)])
+    output = tmp_path / "sketch_vs_exact.csv"
+    run_script(["bench/sketch_vs_exact.py", "--quick", "--no-plot", "--out", str(tmp_path)])
     rows = read_csv(output)
+    assert_metadata(rows[0])
     assert_columns(rows, ["format", "n", "d", "nnz", "strategy", "per_iter_s", "hessian_s"], output.name)
     assert {"exact", "sketch"} <= {row["strategy"] for row in rows}
     for row in rows:

@@ -56,7 +56,8 @@ def test_demo_reports_bad_values_as_a_usage_error_naming_the_argument(arguments,
     result = _run(["-m", "fastnewton", "demo", *arguments])
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert re.search(rf"error: demo: {name}\b", result.stderr), result.stderr
+    # The solver names the argument ("error: demo: tol …"); argparse names the option ("--hessian").
+    assert re.search(rf"error: (demo: {name}\b|argument --{name}\b)", result.stderr), result.stderr
 
 
 def test_demo_rejects_unknown_model():
@@ -73,7 +74,7 @@ import fastnewton
 for model in ("softmax", "relu_softmax", "softmax_relu"):
     problem = fastnewton.make_problem(300, 5, model=model, seed=0)
     C, b = problem[:2]
-    V = problem[3] if len(problem) > 3 else None
+    V = problem.V
     for matrix in (C, C.toarray()):
         fastnewton.solve(matrix, b, model, V=V, x0="zeros", max_iter=3)
         fastnewton.solve(matrix, b, model, V=V, max_iter=3)
@@ -102,3 +103,107 @@ def test_second_process_loads_every_kernel_from_the_disk_cache():
     assert EXPECTED_KERNELS <= loaded, sorted(loaded)
     assert loaded <= indexed
     assert "saved" not in output, [line for line in output.splitlines() if "saved" in line]
+
+
+# -- the fastnewton command in-process: --version, sizes like 1e6, fit, warmup ---------------------
+def _main(arguments, capsys):
+    from fastnewton.cli import main
+
+    try:
+        code = main(arguments)
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_version_names_the_package_and_its_dependencies(capsys):
+    import fastnewton
+
+    code, out, _ = _main(["--version"], capsys)
+    assert code == 0
+    assert out.startswith(f"fastnewton {fastnewton.__version__} ") and "NumPy" in out and "Numba" in out
+
+
+def test_sizes_may_be_written_like_1e6(capsys):
+    code, out, _ = _main(["demo", "--n", "3e3", "--d", "1e1", "--nnz-per-row", "4e0", "--max-iter", "1e2"], capsys)
+    assert code == 0, out
+    assert "n = 3,000, d = 10, 4 non-zeros per row" in out
+
+
+@pytest.mark.parametrize("text", ["2.5", "1e400", "ten", "-1e3"])
+def test_sizes_that_are_not_whole_numbers_are_usage_errors(text, capsys):
+    code, _, err = _main(["demo", "--n", text], capsys)
+    assert code == 2 and "argument --n" in err and "Traceback" not in err
+
+
+def _planted_files(tmp_path, model):
+    import numpy as np
+    import scipy.io
+    import scipy.sparse as sp
+
+    import fastnewton
+
+    planted = fastnewton.make_problem(400, 6, nnz_per_row=3, model=model, m=3, noise=1e-2, seed=2)
+    files = {}
+    files["npz"] = tmp_path / "problem.npz"
+    arrays = dict(C=planted.C.toarray(), b=planted.b)
+    if planted.V is not None:
+        arrays["V"] = planted.V
+    np.savez(files["npz"], **arrays)
+    files["mtx"] = tmp_path / "C.mtx"
+    scipy.io.mmwrite(files["mtx"], planted.C)
+    files["sparse_npz"] = tmp_path / "C_sparse.npz"
+    sp.save_npz(files["sparse_npz"], planted.C)
+    files["b_txt"] = tmp_path / "b.txt"
+    np.savetxt(files["b_txt"], planted.b)
+    files["b_mtx"] = tmp_path / "b.mtx"
+    scipy.io.mmwrite(files["b_mtx"], planted.b[:, None])
+    if planted.V is not None:
+        files["V_npy"] = tmp_path / "V.npy"
+        np.save(files["V_npy"], planted.V)
+    return planted, files
+
+
+@pytest.mark.parametrize("model", ["softmax", "softmax_relu"])
+def test_fit_reads_npz_and_matrix_market_files_solves_and_writes_x(tmp_path, capsys, model):
+    import numpy as np
+
+    import fastnewton
+
+    planted, files = _planted_files(tmp_path, model)
+    reference = fastnewton.solve(planted.C, planted.b, model, V=planted.V)
+    extra = ["--V", str(files["V_npy"])] if model == "softmax_relu" else []
+    runs = {
+        "npz": [str(files["npz"])],
+        "mtx": [str(files["mtx"]), "--b", str(files["b_txt"]), *extra],
+        "sparse_npz": [str(files["sparse_npz"]), "--b", str(files["b_mtx"]), *extra],
+    }
+    for name, arguments in runs.items():
+        out_file = tmp_path / f"x_{name}.{'csv' if name == 'mtx' else 'npy'}"
+        code, out, err = _main(["fit", *arguments, "--model", model, "--out", str(out_file)], capsys)
+        assert code == 0, out + err
+        assert "iter" in out and "summary:" in out and f"wrote x (length 6) to {out_file}" in out
+        x = np.loadtxt(out_file, delimiter=",") if out_file.suffix == ".csv" else np.load(out_file)
+        # The same problem read back from a file (the text files hold 17 significant digits).
+        np.testing.assert_allclose(x, reference.x, rtol=1e-8, atol=1e-10)
+
+
+def test_fit_names_what_is_missing_or_unreadable(tmp_path, capsys):
+    _, files = _planted_files(tmp_path, "softmax")
+    cases = [
+        ([str(files["mtx"])], "b: give --b"),
+        ([str(tmp_path / "missing.mtx"), "--b", str(files["b_txt"])], "no such file"),
+        ([str(files["mtx"]), "--b", str(files["b_txt"]), "--out", str(tmp_path / "x.bin")], "out: use a .npy"),
+        ([str(files["mtx"]), "--b", str(files["b_txt"]), "--model", "softmax_relu"], "V: model softmax_relu needs"),
+        ([str(files["mtx"]), "--b", str(files["mtx"])], "b must"),
+    ]
+    for arguments, message in cases:
+        code, _, err = _main(["fit", *arguments], capsys)
+        assert code == 2 and message in err and "Traceback" not in err, (arguments, err)
+
+
+def test_warmup_compiles_and_reports(capsys):
+    code, out, _ = _main(["warmup", "--models", "softmax"], capsys)
+    assert code == 0
+    assert "softmax   csr" in out and "softmax dense" in out and "cache:" in out

@@ -42,7 +42,7 @@ def _problem(model, n=6000, d=12, dense=False, noise=1e-2, seed=0, m=None):
     out = fastnewton.make_problem(n, d, nnz_per_row=None if dense else 6, density=None, model=model,
                                   m=m, noise=noise, seed=seed, dense=dense)
     C, b = out[0], out[1]
-    V = out[3] if model == "softmax_relu" else None
+    V = out.V
     return C, b, V
 
 

@@ -72,7 +72,9 @@ def planted(model, fmt, seed=0):
     """(C, b, V, x0, x_true) of the planted problem used for this (model, format)."""
     kwargs = {} if fmt == "dense" else {"nnz_per_row": 20}
     if model == "softmax_relu":
-        C, b, x_true, V = make_problem(20_000, 30, model=model, m=40, seed=seed, dense=fmt == "dense", **kwargs)
+        planted = make_problem(20_000, 30, model=model, m=40, seed=seed, dense=fmt == "dense", **kwargs)
+        C, b, x_true = planted
+        V = planted.V
         return C, b, V, moved(C, x_true, 0.1, seed + 1), x_true
     C, b, x_true = make_problem(20_000, 30, model=model, noise=0.1, seed=seed, dense=fmt == "dense", **kwargs)
     return C, b, None, "auto", x_true

@@ -498,7 +498,7 @@ def test_scipy_minimize_solves_a_tiny_planted_problem(model, fmt, method):
     n, d = 60, 5
     out = fastnewton.make_problem(n, d, nnz_per_row=3, model=model, m=3, seed=1, dense=(fmt == "dense"))
     C, b, x_true = out[:3]
-    V = out[3] if model == "softmax_relu" else None
+    V = out.V
     prob = fastnewton.Problem(C, b, model=model, V=V)
     rng = np.random.default_rng(1)
     x0 = np.zeros(d) if model == "softmax" else x_true + 0.1 * np.abs(x_true).max() * rng.standard_normal(d)
@@ -522,7 +522,7 @@ def test_problem_results_bitwise_equal_with_1_and_2_threads(model, fmt, run_with
     n, d = 12_000, 6
     out = fastnewton.make_problem(n, d, nnz_per_row=4, model=model, m=4, seed=5, noise=0.1, dense=(fmt == "dense"))
     C, b = out[:2]
-    V = out[3] if model == "softmax_relu" else None
+    V = out.V
     rng = np.random.default_rng(5)
     w = rng.uniform(0.0, 1.0, n)
     x = out[2] + 0.3 * rng.standard_normal(d)

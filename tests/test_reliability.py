@@ -257,7 +257,7 @@ def test_singular_or_badly_scaled_c_is_handled(case, x0, hessian):
 def test_rank_deficient_relu_models_are_honest(model):
     out = make_problem(200, 8, nnz_per_row=4, model=model, seed=16)
     C, b = out[0], out[1]
-    V = out[3] if model == "softmax_relu" else None
+    V = out.V
     C = sp.hstack([C, C]).tocsr()
     res = _solve(C, b, model, V=V, l2=0.0, max_iter=60)
     _check_honest(res, 16)
@@ -328,7 +328,7 @@ def _concurrent_jobs():
             ("softmax", "exact", 2), ("softmax", "pcg", None)]):
         dense = i % 3 == 2
         out = make_problem(3000, 40, nnz_per_row=8, model=model, noise=0.01, seed=100 + i, dense=dense)
-        V = out[3] if model == "softmax_relu" else None
+        V = out.V
         jobs.append(dict(C=out[0], b=out[1], model=model, V=V, hessian=hessian, n_threads=threads,
                          seed=i, tol=1e-10, max_iter=30))
     return jobs

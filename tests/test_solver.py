@@ -23,7 +23,7 @@ def planted(model, dense, n=2000, d=20, seed=0, **kwargs):
     """(C, b, x_true, V) of a planted problem; V is None except for softmax_relu."""
     out = make_problem(n, d, model=model, seed=seed, dense=dense, **kwargs)
     C, b, x_true = out[:3]
-    return C, b, x_true, (out[3] if len(out) > 3 else None)
+    return C, b, x_true, out.V
 
 
 def softmax(z):

@@ -12,7 +12,7 @@ from fastnewton.start import starting_point
 def planted(model, dense, n=2000, d=20, seed=0, **kwargs):
     out = make_problem(n, d, model=model, seed=seed, dense=dense, **kwargs)
     C, b, x_true = out[:3]
-    return C, b, x_true, (out[3] if len(out) > 3 else None)
+    return C, b, x_true, out.V
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,6 +79,13 @@ def log_partition_rows(block, kept, relu):
     return {"log_partition": LogPartition(top, total)}, {"e": e, "block_top": top}
 
 
+def softmax_rows(block, u, relu):
+    """softmax(z) over the rows of a block that holds them all, z = ReLU(u) if ``relu`` else u."""
+    e = np.empty(block.rows)
+    _, total = log_partition_parts(u, relu, block.chunk, e)
+    return e / total
+
+
 def keep_log_partition(summary, known):
     return {"log_partition": summary["log_partition"]}
 
@@ -113,6 +120,10 @@ class Model:
 
     def diagnose(self, known, loss, facts, loss_at_zero):
         return None
+
+    def predict(self, block, u):
+        """h(u) on the block's rows (``fastnewton.predict``)."""
+        raise NotImplementedError(f"model {self.name!r} does not define predict(block, u)")
 
     def relu_inputs(self, known, kept):
         """(what they are, values) of the ReLU inputs whose kinks can stall Newton, or None.

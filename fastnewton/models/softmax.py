@@ -11,7 +11,7 @@ import numpy as np
 from ..kernels.softmax import curvature_weights, softmax_regression_columns, softmax_regression_loss
 from ..reductions import dot
 from ..start import FloorRows, floor_margin, log_linear_fit, normal_system, solve_psd
-from .base import Model, Stage, half_loss, keep_log_partition, log_partition_rows
+from .base import Model, Stage, softmax_rows, half_loss, keep_log_partition, log_partition_rows
 
 # Relative gap above the floor f = min b for a row of relu_softmax to count as active
 # (above the relative noise of float64 softmax values, below any planted signal).
@@ -77,6 +77,10 @@ class Softmax(Model):
             return (f"the gradient vanished but the loss {loss:.6e} exceeds L(0) = {at_zero:.6e}, "
                     "so x is not the optimum (e.g. a softmax saturated to one-hot by huge logits |Cx|)")
         return None
+
+    def predict(self, block, u):
+        """softmax(m ⊙ u) (one block holding every row: the normaliser is its own)."""
+        return softmax_rows(block, u, self.relu)
 
     def relu_inputs(self, known, kept):
         if not self.relu or kept is None:

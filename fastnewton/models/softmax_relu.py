@@ -14,7 +14,7 @@ from ..kernels.dense import dense_matvec, dense_rmatmat
 from ..kernels.softmax import curvature_weights, softmax_relu_columns
 from ..reductions import dot, norm
 from ..start import log_linear_fit
-from .base import Model, Stage, keep_log_partition, log_partition_rows
+from .base import Model, Stage, softmax_rows, keep_log_partition, log_partition_rows
 
 # Floor of the start's simplex vector, as a fraction of the uniform value 1/n.
 SIMPLEX_FLOOR = 1e-3
@@ -63,6 +63,13 @@ class SoftmaxRelu(Model):
             return (f"{dead.size} output ReLU(s) are dead (y_j = (Vᵀ softmax(Cx))_j ≤ 0 while b_j > 0, "
                     f"e.g. j = {dead[0]}): they cannot recover, so this stationary point is not the optimum")
         return None
+
+    def predict(self, block, u):
+        """ReLU(Vᵀ softmax(u)) (one block holding every row: the normaliser is its own)."""
+        s = softmax_rows(block, u, False)
+        y = np.empty((block.V.shape[1], 1))
+        dense_rmatmat(block.V, s[:, None], block.chunk, y)
+        return np.maximum(y[:, 0], 0.0)
 
     def relu_inputs(self, known, kept):
         return "output(s) with yⱼ = (Vᵀ softmax(Cx))ⱼ", known["y"]
