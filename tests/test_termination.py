@@ -118,7 +118,8 @@ def _kink_case(case):
     if case == "softmax_relu-negative-target":
         # An output with a negative target: the rest of the fit wants yⱼ > 0, its own residual wants
         # yⱼ < 0, so the optimum sits at yⱼ = 0 (m = 8 outputs > d = 6: yⱼ cannot move on its own).
-        Cm, b, _, V = make_problem(400, 6, nnz_per_row=3, model="softmax_relu", m=8, seed=2)
+        planted = make_problem(400, 6, nnz_per_row=3, model="softmax_relu", m=8, seed=2)
+        Cm, b, V = planted.C, planted.b, planted.V
         b = b.copy()
         b[1] = -0.05
         return Cm, b, dict(model="softmax_relu", V=V)
