@@ -67,9 +67,10 @@ class DenseMatrix:
         SYRK forms one triangle, half the flops of a GEMM; splitting the rows by sign keeps each
         product positive semidefinite without doubling the work. The blocks run on the solve's
         threads, each SYRK on one BLAS thread (``map_single_threaded_blas``), so the sum, and its
-        bits, do not depend on the thread count. One multi-threaded SYRK per block
-        (``blas_threads``) was measured slower on 2 cores (bench/dense_phases.py --blas-threads):
-        OpenBLAS's spinning workers and Numba's OpenMP workers take each other's cores.
+        bits, do not depend on the thread count. One multi-threaded SYRK per block instead
+        (``blas_threads``; bench/dense_phases.py --blas-threads) leaves OpenBLAS's workers spinning
+        into the Numba pass that follows (measured, 2 threads, n = 10⁵, d = 256: u = Cx right after
+        the sandwich 18.3 ms against 10.0 ms), so it stays a bench toggle.
         """
         d = self.d
 
