@@ -6,7 +6,6 @@ The driver never branches on the format again: it calls ``matvec`` (u = Cx),
 import numba
 import numpy as np
 import scipy.sparse as sp
-from scipy.linalg.blas import dsyrk
 
 from .chunking import chunk_rows, sandwich_chunk_rows
 from .kernels.csr import csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec
@@ -24,7 +23,7 @@ DENSE_SANDWICH_BLAS_THREADS = False
 
 
 def _sum_in_order(partials, d):
-    total = np.zeros((d, d), order="F")
+    total = np.zeros((d, d))
     for partial in partials:
         total += partial
     return total
@@ -68,9 +67,10 @@ class DenseMatrix:
         SYRK forms one triangle, half the flops of a GEMM; splitting the rows by sign keeps each
         product positive semidefinite without doubling the work. The blocks run on the solve's
         threads, each SYRK on one BLAS thread (``map_single_threaded_blas``), so the sum, and its
-        bits, do not depend on the thread count. One multi-threaded SYRK per block
-        (``blas_threads``) was measured slower on 2 cores (bench/dense_phases.py --blas-threads):
-        OpenBLAS's spinning workers and Numba's OpenMP workers take each other's cores.
+        bits, do not depend on the thread count. One multi-threaded SYRK per block instead
+        (``blas_threads``; bench/dense_phases.py --blas-threads) leaves OpenBLAS's workers spinning
+        into the Numba pass that follows (measured, 2 threads, n = 10⁵, d = 256: u = Cx right after
+        the sandwich 18.3 ms against 10.0 ms), so it stays a bench toggle.
         """
         d = self.d
 
@@ -78,24 +78,25 @@ class DenseMatrix:
             block = self.array[part] if rows is None else self.array[rows[part]]
             w = weights[part]
             root = np.sqrt(np.abs(w))
-            out = np.zeros((d, d), order="F")
+            out = np.zeros((d, d))
             for sign, kept in ((1.0, w > 0.0), (-1.0, w < 0.0)):
                 if kept.any():
                     scaled = np.asarray(block[kept], dtype=np.float64)
                     scaled *= root[kept, None]
-                    # scaledᵀ is a Fortran-order d × rows view: SYRK reads it without a copy.
-                    out = dsyrk(sign, scaled.T, beta=1.0, c=out, trans=0, lower=0, overwrite_c=1)
+                    # NumPy runs scaledᵀ·scaled as a SYRK (one triangle, mirrored: exactly symmetric)
+                    # and releases the GIL, so the blocks run in parallel; SciPy's dsyrk wrapper
+                    # holds the GIL (measured: 2 threads no faster than 1).
+                    if sign > 0:
+                        out += scaled.T @ scaled
+                    else:
+                        out -= scaled.T @ scaled
             return out
 
         blocks = self._block_slices(weights.shape[0])
         if DENSE_SANDWICH_BLAS_THREADS:
             with blas_threads(numba.get_num_threads()):
-                partials = map(block_sandwich, blocks)
-                upper = _sum_in_order(partials, d)
-        else:
-            upper = _sum_in_order(map_single_threaded_blas(block_sandwich, blocks), d)
-        upper = np.triu(upper)
-        return upper + np.triu(upper, 1).T
+                return _sum_in_order(map(block_sandwich, blocks), d)
+        return _sum_in_order(map_single_threaded_blas(block_sandwich, blocks), d)
 
     def sandwich(self, beta):
         return self._syrk_sandwich(beta)

@@ -9,25 +9,25 @@ planted softmax solves from ``x0="auto"`` to tol = 1e-8.
 MACHINE = 'x86_64, 2 cores'
 
 # Stored entries of C read per second by one pass (u = Cx, or the fused Cᵀ[q, U]).
-DENSE_PASS_ENTRIES = 2.13e+09
-CSR_PASS_ENTRIES = 7.12e+08
+DENSE_PASS_ENTRIES = 1.97e+09
+CSR_PASS_ENTRIES = 1.04e+09
 # Dense sandwich (SYRK): multiply-adds n·d²/2 per second.
-DENSE_SANDWICH_FMA = 1.13e+10
+DENSE_SANDWICH_FMA = 1.45e+10
 # CSR sandwich: pair updates Σᵢ nnzᵢ(nnzᵢ + 1)/2 per second at d = 256 and at d = 1024 (the
 # updates scatter into a d × d partial: slower once it leaves the cache); log-log in d between.
-CSR_SANDWICH_PAIRS = 4.97e+08
-CSR_SANDWICH_PAIRS_D1024 = 1.0e+08
+CSR_SANDWICH_PAIRS = 6.93e+08
+CSR_SANDWICH_PAIRS_D1024 = 3.64e+08
 # OSNAP embedding: (stored entry, slot) updates per second.
-DENSE_EMBED_UPDATES = 1.66e+09
-CSR_EMBED_UPDATES = 2.88e+08
+DENSE_EMBED_UPDATES = 2.64e+09
+CSR_EMBED_UPDATES = 3.46e+08
 # C Z for the JL directions: (stored entry, column) multiply-adds per second.
-DENSE_MATMAT_FMA = 1.05e+10
-CSR_MATMAT_FMA = 3.38e+09
+DENSE_MATMAT_FMA = 1.26e+10
+CSR_MATMAT_FMA = 4.82e+09
 # QR of the m × d embedding (multiply-adds m·d²) and Cholesky of d × d (d³/3) per second.
-QR_FMA = 2.79e+09
-CHOLESKY_FMA = 1.22e+10
+QR_FMA = 2.68e+10
+CHOLESKY_FMA = 1.71e+10
 # Newton iterations of sketch and of pcg per exact Newton iteration, CG iterations per pcg step.
 EXACT_ITERATIONS = 3
 SKETCH_ITERATIONS_PER_EXACT = 2
 PCG_ITERATIONS_PER_EXACT = 1.17
-CG_ITERATIONS_PER_STEP = 4.08
+CG_ITERATIONS_PER_STEP = 4.12
