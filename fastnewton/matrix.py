@@ -7,7 +7,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .chunking import chunk_rows, sandwich_chunk_rows
-from .kernels.csr import csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec
+from .kernels.csr import csr_dense_rows, csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec
 from .kernels.dense import dense_matvec, dense_rmatmat
 from .kernels.sandwich import csr_sandwich, csr_sandwich_rows
 from .kernels.sketch import csr_embed, dense_embed
@@ -16,6 +16,46 @@ from .threads import map_single_threaded_blas
 # Rows per GEMM block of the dense sandwich: bounds the scaled copy to
 # DENSE_SANDWICH_BLOCK × d while keeping each GEMM large enough for full BLAS speed.
 DENSE_SANDWICH_BLOCK = 8192
+# A CSR row with nnz ≥ max(DENSE_ROW_MIN_NNZ, DENSE_ROW_FRACTION·d) stored entries is sandwiched
+# densely (gathered with other long rows into row blocks, one GEMM per block): its
+# nnz(nnz+1)/2 sparse pair updates then cost more than its d² GEMM multiply-adds. The
+# fraction is √(2·t_mac/t_pair) from rates measured on a 2-core AMD EPYC (bench/passes.py:
+# ~1 ns per sparse pair update, ~0.05 ns per single-threaded float64 GEMM multiply-add);
+# the floor keeps short rows of narrow matrices sparse, where a GEMM call's overhead dominates.
+DENSE_ROW_FRACTION = 0.3
+DENSE_ROW_MIN_NNZ = 64
+# The long rows of a CSR matrix are few (hundreds to thousands): split them into up to
+# DENSE_ROW_BLOCKS near-equal GEMM blocks (so 2+ threads share them), of at least
+# DENSE_ROW_MIN_BLOCK rows (a thinner GEMM runs below BLAS speed, and each block's d × d
+# partial costs a pass over d² entries to add). A function of the row count only.
+DENSE_ROW_BLOCKS = 8
+DENSE_ROW_MIN_BLOCK = 256
+
+
+def dense_row_block(count):
+    """Rows per GEMM block for ``count`` long CSR rows."""
+    return min(DENSE_SANDWICH_BLOCK, max(DENSE_ROW_MIN_BLOCK, -(-count // DENSE_ROW_BLOCKS)))
+
+
+def blocked_gemm_sandwich(block_rows, weights, d, block_size=DENSE_SANDWICH_BLOCK):
+    """Σ_t weights[t]·r_t r_tᵀ over rows handed out in fixed blocks: block_rows(part) is the float64
+    block of rows ``part`` (a slice of ``block_size`` positions in weights' order).
+
+    One single-threaded GEMM blockᵀ(w ⊙ block) per block, blocks summed in block order (bits
+    independent of the thread count), then symmetrised: GEMM rounds its two triangles
+    independently and the Hessian must be exactly symmetric.
+    """
+    count = weights.shape[0]
+
+    def block_sandwich(part):
+        block = block_rows(part)
+        return block.T @ (block * weights[part, None])
+
+    parts = [slice(start, min(count, start + block_size)) for start in range(0, count, block_size)]
+    out = np.zeros((d, d))
+    for partial in map_single_threaded_blas(block_sandwich, parts):
+        out += partial
+    return 0.5 * (out + out.T)
 
 
 class DenseMatrix:
@@ -50,16 +90,7 @@ class DenseMatrix:
         return self.rows(part if rows is None else rows[part])
 
     def _gemm_sandwich(self, weights, rows=None):
-        """Σ over fixed row blocks of blockᵀ(w ⊙ block), each GEMM single-threaded, summed in block order."""
-        def block_sandwich(part):
-            block = self._block(part, rows)
-            return block.T @ (block * weights[part, None])
-
-        out = np.zeros((self.d, self.d))
-        for partial in map_single_threaded_blas(block_sandwich, self._block_slices(weights.shape[0])):
-            out += partial
-        # GEMM rounds its two triangles independently; the Hessian must be exactly symmetric.
-        return 0.5 * (out + out.T)
+        return blocked_gemm_sandwich(lambda part: self._block(part, rows), weights, self.d)
 
     def sandwich(self, beta):
         return self._gemm_sandwich(beta)
@@ -103,6 +134,9 @@ class CSRMatrix:
         row_nnz = np.diff(indptr)
         self._row_pairs = row_nnz * (row_nnz + 1) // 2
         self._sandwich_chunk_rows = sandwich_chunk_rows(self.n, self.d, int(self._row_pairs.sum()))
+        self._dense_row = row_nnz >= max(DENSE_ROW_MIN_NNZ, DENSE_ROW_FRACTION * self.d)
+        self._dense_rows = np.flatnonzero(self._dense_row)
+        self._sparse_rows = np.flatnonzero(~self._dense_row)
 
     def matvec(self, x):
         out = np.empty(self.n)
@@ -121,15 +155,36 @@ class CSRMatrix:
         return out
 
     def sandwich(self, beta):
-        out = np.empty((self.d, self.d))
-        csr_sandwich(self.indptr, self.indices, self.data, beta, self._sandwich_chunk_rows, out)
-        return out
+        """Cᵀ diag(β) C: short rows by sparse pair updates, long rows (if any) by GEMM."""
+        if self._dense_rows.size == 0:
+            out = np.empty((self.d, self.d))
+            csr_sandwich(self.indptr, self.indices, self.data, beta, self._sandwich_chunk_rows, out)
+            return out
+        return self._split_sandwich(self._sparse_rows, beta[self._sparse_rows],
+                                    self._dense_rows, beta[self._dense_rows])
 
     def sandwich_rows(self, rows, weights):
-        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich) in O(Σ_t nnz_{rows[t]}²)."""
+        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich), split like ``sandwich``."""
+        dense = self._dense_row[rows]
+        if not dense.any():
+            return self._sparse_sandwich(rows, weights)
+        return self._split_sandwich(rows[~dense], weights[~dense], rows[dense], weights[dense])
+
+    def _sparse_sandwich(self, rows, weights):
+        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} by sparse pair updates, O(Σ_t nnz_{rows[t]}²)."""
         out = np.empty((self.d, self.d))
         chunk = sandwich_chunk_rows(rows.shape[0], self.d, int(self._row_pairs[rows].sum()))
         csr_sandwich_rows(self.indptr, self.indices, self.data, rows, weights, chunk, out)
+        return out
+
+    def _split_sandwich(self, sparse_rows, sparse_weights, dense_rows, dense_weights):
+        """The sparse sandwich of the short rows plus the blocked GEMM sandwich of the long ones.
+
+        Both parts are exactly symmetric, so their sum is; both are summed in a fixed order.
+        """
+        out = self._sparse_sandwich(sparse_rows, sparse_weights)
+        out += blocked_gemm_sandwich(lambda part: self._dense_rows_block(dense_rows[part]), dense_weights,
+                                     self.d, dense_row_block(dense_rows.shape[0]))
         return out
 
     def matmat(self, Z):
@@ -150,3 +205,9 @@ class CSRMatrix:
     def rows(self, index):
         """C[index] as a dense float64 array."""
         return self.scipy()[index].toarray().astype(np.float64, copy=False)
+
+    def _dense_rows_block(self, rows):
+        """C[rows] (an array of row positions) as dense float64, duplicates summed in float64."""
+        out = np.empty((rows.shape[0], self.d))
+        csr_dense_rows(self.indptr, self.indices, self.data, rows, out)
+        return out

@@ -124,11 +124,14 @@ def csr_matmat(indptr, indices, data, Z, out):
                 acc[t] += v * z[t]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def csr_dense_rows(indptr, indices, data, rows, out):
-    """out[t, :] = C[rows[t], :] as dense float64 (duplicate entries of a row add up, in float64)."""
+    """out[t, :] = C[rows[t], :] as dense float64 (duplicate entries of a row add up, in float64).
+
+    Serial: it runs inside the blocked GEMM sandwich's worker threads, one block each.
+    """
     d = out.shape[1]
-    for t in prange(rows.shape[0]):
+    for t in range(rows.shape[0]):
         dense = out[t]
         for j in range(d):
             dense[j] = 0.0

@@ -3,6 +3,15 @@ import numpy as np
 from numba import njit, prange
 
 ONE = np.uintp(1)
+TWO = np.uintp(2)
+
+
+@njit(inline="always")
+def _add_pair(acc, width, ja, jb, value):
+    """acc[min, max] += value for the pair of columns (ja, jb); twice on the diagonal (a pair of
+    duplicate entries stands for both (ja, jb) and (jb, ja)). Selects, not branches: unsorted rows
+    and duplicates would mispredict them."""
+    acc[min(ja, jb) * width + max(ja, jb)] += value + value if ja == jb else value
 
 
 @njit(parallel=True, cache=True)
@@ -14,11 +23,11 @@ def csr_sandwich_rows(indptr, indices, data, rows, weights, chunk_rows, out):
     j_a = j_b for a ≠ b, i.e. duplicate entries): O(Σ_t nnz²) work. Fixed chunks of
     ``chunk_rows`` list entries each own a d × d partial, summed in chunk order; then mirrored.
 
-    Why this shape (measured, bench/passes.py): the row min(j_a, j_b) of the partial is
-    fixed while b runs along a sorted row, so the updates walk one 8·d-byte row of the
-    partial instead of striding down a column; min/max and the ×2 are selects, not
-    branches (unsorted rows and duplicates would mispredict them); positions are
-    unsigned, which drops Numba's negative-index test from every load and store.
+    Entries are taken two at a time (a register tile): each b after the pair updates both
+    a's, which halves the loads of (j_b, C_ib) and the inner loops whose data-dependent exit
+    the branch predictor misses — the main cost on short rows (measured: 1.5 → 1.0 ns per
+    pair update on 10-entry rows, bench/passes.py). Positions are unsigned (no wraparound
+    tests). Each accumulator slot still receives its updates in a fixed order.
     """
     n = rows.shape[0]
     d = out.shape[0]
@@ -32,15 +41,28 @@ def csr_sandwich_rows(indptr, indices, data, rows, weights, chunk_rows, out):
             bi = weights[t]
             if bi == 0.0:
                 continue
+            a = np.uintp(indptr[i])
             end = np.uintp(indptr[i + 1])
-            for a in range(np.uintp(indptr[i]), end):
-                ja = np.uintp(indices[a])
-                va = bi * data[a]
-                acc[ja * width + ja] += va * data[a]
-                for b in range(a + ONE, end):
+            while a + TWO <= end:
+                a1 = a + ONE
+                j0 = np.uintp(indices[a])
+                j1 = np.uintp(indices[a1])
+                d0 = data[a]
+                d1 = data[a1]
+                v0 = bi * d0
+                v1 = bi * d1
+                acc[j0 * width + j0] += v0 * d0
+                _add_pair(acc, width, j0, j1, v0 * d1)
+                acc[j1 * width + j1] += v1 * d1
+                for b in range(a1 + ONE, end):
                     jb = np.uintp(indices[b])
-                    vab = va * data[b]
-                    acc[min(ja, jb) * width + max(ja, jb)] += vab + vab if ja == jb else vab
+                    db = data[b]
+                    _add_pair(acc, width, j0, jb, v0 * db)
+                    _add_pair(acc, width, j1, jb, v1 * db)
+                a += TWO
+            if a < end:
+                ja = np.uintp(indices[a])
+                acc[ja * width + ja] += bi * data[a] * data[a]
     for j in prange(d):
         for l in range(j, d):
             total = 0.0
