@@ -40,11 +40,11 @@ from fastnewton.matrix import CSRMatrix
 from fastnewton.validation import as_input_matrix
 
 try:
-    from _args import output_file, positive_int, thread_count
+    from _args import nonnegative_int, output_file, positive_int, thread_count
     from matrices import bag_of_words, pair_count
     from probes import bandwidth_probes
 except ImportError:  # run as a module from the repository root
-    from bench._args import output_file, positive_int, thread_count
+    from bench._args import nonnegative_int, output_file, positive_int, thread_count
     from bench.matrices import bag_of_words, pair_count
     from bench.probes import bandwidth_probes
 
@@ -205,7 +205,7 @@ def main(argv=None):
                         help="timed repeats per sandwich (default 5)")
     parser.add_argument("--wide-k", type=positive_int, default=10,
                         help="k of the generic transposed pass Cᵀ Q (default 10, softmax_relu's m + 3 at m = 7)")
-    parser.add_argument("--zipf-n", type=int, default=2_000_000,
+    parser.add_argument("--zipf-n", type=nonnegative_int, default=2_000_000,
                         help="rows of the Zipf-skewed bag-of-words matrix for the sandwich (0: skip; default 2e6)")
     parser.add_argument("--zipf-d", type=positive_int, default=1024, help="its columns (default 1024)")
     parser.add_argument("--probe-mb", type=positive_int, default=512, help="bandwidth probe array size in MiB")
@@ -214,14 +214,13 @@ def main(argv=None):
     parser.add_argument("--output", type=output_file, default="bench/results/passes.json",
                         help="JSON output ('' for none)")
     parser.add_argument("--quick", action="store_true",
-                        help="n = 1e5, Zipf n = 2e4, 3 repeats, 64 MiB probe")
+                        help="n = 1e5, Zipf n = 1e4 (unless 0), 3 repeats, 64 MiB probe")
     args = parser.parse_args(argv)
-    if args.zipf_n < 0:
-        parser.error(f"argument --zipf-n: expected an integer ≥ 0, got {args.zipf_n}")
     if args.base is not None and not os.path.isfile(os.path.join(args.base, "kernels", "csr.py")):
         parser.error(f"argument --base: {args.base!r} has no kernels/csr.py (expected a source checkout)")
     if args.quick:
-        args.n, args.zipf_n, args.repeats, args.sandwich_repeats, args.probe_mb = 100_000, 20_000, 3, 2, 64
+        args.n, args.repeats, args.sandwich_repeats, args.probe_mb = 100_000, 3, 2, 64
+        args.zipf_n = min(args.zipf_n, 10_000)
     return run(args)
 
 
