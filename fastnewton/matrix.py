@@ -18,10 +18,12 @@ from .threads import map_single_threaded_blas
 DENSE_SANDWICH_BLOCK = 8192
 # A CSR row with nnz ≥ max(DENSE_ROW_MIN_NNZ, DENSE_ROW_FRACTION·d) stored entries is sandwiched
 # densely (gathered with other long rows into row blocks, one GEMM per block): its
-# nnz(nnz+1)/2 sparse pair updates then cost more than its d² GEMM multiply-adds. The
-# fraction is √(2·t_mac/t_pair) from rates measured on a 2-core AMD EPYC (bench/passes.py:
-# ~1 ns per sparse pair update, ~0.05 ns per single-threaded float64 GEMM multiply-add);
-# the floor keeps short rows of narrow matrices sparse, where a GEMM call's overhead dominates.
+# nnz(nnz+1)/2 sparse pair updates then cost more than its d² GEMM multiply-adds. Break-even
+# is nnz ≈ d·√(2·t_mac/t_pair); on a 2-core AMD EPYC (one-thread GEMM ~12 GFLOP/s, so
+# t_mac ≈ 0.17 ns; t_pair ≈ 1–2 ns at d = 1024) that is 0.3–0.5·d, and the whole sandwich of
+# bench/matrices.bag_of_words(2·10⁵, 1024) took 213 / 109 / 108 / 168 ms at fractions
+# 0.1 / 0.2 / 0.3 / 0.5. The floor keeps rows of narrow matrices sparse, where a GEMM call's
+# overhead dominates.
 DENSE_ROW_FRACTION = 0.3
 DENSE_ROW_MIN_NNZ = 64
 # The long rows of a CSR matrix are few (hundreds to thousands): split them into up to
