@@ -3,7 +3,11 @@
     python bench/phases.py                          # CSR n = 1e6, d = 256, 10/row, softmax, hessian="exact"
     python bench/phases.py --zipf                   # bag-of-words-like C (bench/matrices.py), n = 2e6, d = 1024
     python bench/phases.py --quick
-    PYTHONPATH=/path/to/checkout python bench/phases.py   # the same with that checkout's fastnewton
+    PYTHONPATH=/path/to/copy python bench/phases.py # the same with another copy's fastnewton
+
+The other copy needs its kernels inside its package (copy/fastnewton/kernels, the installed
+layout): in a source layout an editable install resolves ``fastnewton.kernels`` to its own
+checkout's kernels/. The first lines printed name where fastnewton and its kernels came from.
 
 Runs ``fastnewton.solve(C, b, hessian=..., x0="zeros", max_iter=--iterations)`` after an untimed
 one-iteration solve (JIT compilation is never timed), and prints, per phase, the median over
@@ -20,6 +24,7 @@ import warnings
 import numpy as np
 
 import fastnewton
+import fastnewton.kernels
 
 try:
     from _args import output_file, positive_int, thread_count
@@ -53,7 +58,8 @@ def run(args):
     phases = sorted({phase for seconds in iterations for phase in seconds})
     summary = {phase: float(np.median([seconds.get(phase, 0.0) for seconds in iterations])) for phase in phases}
     summary["total"] = float(np.median([sum(seconds.values()) for seconds in iterations]))
-    print(f"fastnewton from {os.path.dirname(fastnewton.__file__)}")
+    print(f"fastnewton from {os.path.dirname(fastnewton.__file__)}, "
+          f"kernels from {os.path.dirname(fastnewton.kernels.__file__)}")
     print(f"CSR n = {C.shape[0]:,}, d = {C.shape[1]}, nnz = {C.nnz:,}{' (Zipf rows)' if args.zipf else ''}; "
           f"hessian = {args.hessian!r}, {len(iterations)} iterations, threads = {args.threads or 'all'}")
     for phase, seconds in summary.items():
