@@ -1,78 +1,192 @@
-"""The passes over C against the memory-bandwidth roofline, and their thread speed-up.
+"""The passes over C and the exact sandwich against the memory-bandwidth roofline, their thread
+speed-up, and (optionally) another checkout's kernels timed in the same run.
 
-    python bench/passes.py                 # n = 1e6, d = 256, nnz = 1e7 (CSR), threads 1 and 2
-    python bench/passes.py --quick         # small problem, seconds
+    python bench/passes.py                          # n = 1e6, d = 256, nnz = 1e7 (CSR), threads 1 and 2
+    python bench/passes.py --quick                  # small problem, seconds
+    python bench/passes.py --base /tmp/main-copy    # also time that source checkout's kernels (before/after)
 
-For each thread count: the measured read bandwidth (same run), then per pass the
-median time, the bytes it must move, the roofline time (bytes / bandwidth) and
-the ratio time / roofline (target ≤ 1.5), and the speed-up over 1 thread
-(target ≥ 1.7 at 2 threads). Results also go to passes.json in --out (default bench/results/),
-with the run's versions, git commit, CPU model and thread counts.
+For each thread count: the streaming probes and the roofline bandwidth (the best of them,
+bench/probes.py, same run); then per pass the median time (and min), the bytes it must move
+(C once — indptr, indices, data — plus its length-n operand or result: 8·n·k bytes for the
+n × k matrix Q of Cᵀ Q, 8·n for u = Cx), the achieved GB/s, the ratio time / roofline (target
+≤ 1.5) and the speed-up over 1 thread (target ≥ 1.7 at 2 threads).
+
+The exact sandwich Cᵀ diag(β) C is compute-bound (Σᵢ nnzᵢ(nnzᵢ+1)/2 pair updates): its rows
+report ns per pair update, on C above (short uniform rows) and on a bag-of-words-like matrix
+with Zipf-skewed row lengths (bench/matrices.py: --zipf-n rows, d = --zipf-d, 5 entries per
+row on average, rows up to 1000 entries), through CSRMatrix.sandwich (long rows by SYRK) and
+through the sparse kernel alone. Their ``roofline_ratio`` compares with one stream of C.
+
+With --base, the same operations run on the kernels of another source checkout (its
+kernels/ folder, loaded under another name) in the same rounds: timings alternate between
+the two, so a busy machine slows both alike; ``base_median_s`` and ``base_ratio`` (base / ours)
+go beside ours. Results also go to passes.json in --out (default bench/results/), with the
+run's versions, git commit, CPU model and thread counts.
 """
 import argparse
+import importlib.util
 import os
 import platform
+import sys
+import time
 
 import numba
 import numpy as np
 
 import fastnewton
+from fastnewton.chunking import sandwich_chunk_rows
+from fastnewton.kernels.sandwich import csr_sandwich
 from fastnewton.matrix import CSRMatrix
 from fastnewton.validation import as_input_matrix
 
 try:
-    from _args import add_output_arguments, positive_int, thread_count
+    from _args import add_output_arguments, nonnegative_int, positive_int, thread_count
     from _report import write_json
-    from probes import median_seconds, read_bandwidth
+    from matrices import bag_of_words, pair_count
+    from probes import bandwidth_probes
 except ImportError:  # run as a module from the repository root
-    from bench._args import add_output_arguments, positive_int, thread_count
+    from bench._args import add_output_arguments, nonnegative_int, positive_int, thread_count
     from bench._report import write_json
-    from bench.probes import median_seconds, read_bandwidth
+    from bench.matrices import bag_of_words, pair_count
+    from bench.probes import bandwidth_probes
+
+ZIPF_NNZ_PER_ROW = 5
+ZIPF_MAX_ROW_NNZ = 1000
 
 
-def pass_bytes(C, k):
-    """Bytes a pass must move: C once (indptr, indices, data) plus its length-n operand/result."""
-    matrix_bytes = C.nbytes
-    return {
-        "forward u = Cx": matrix_bytes + 8 * C.n,
-        f"fused Cᵀ[q, U] (k+1 = {k})": matrix_bytes + 8 * C.n * k,
-    }
+def load_base_kernels(checkout):
+    """The kernels/ package of another source checkout, imported as ``_base_kernels`` (csr, sandwich)."""
+    folder = os.path.join(os.path.abspath(checkout), "kernels")
+    spec = importlib.util.spec_from_file_location("_base_kernels", os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["_base_kernels"] = package
+    spec.loader.exec_module(package)
+    return (importlib.import_module("_base_kernels.csr"), importlib.import_module("_base_kernels.sandwich"))
+
+
+def alternate(functions, repeats):
+    """Time each callable ``repeats`` times, round-robin (after one warm-up call each): name → seconds."""
+    for fn in functions.values():
+        fn()
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+class Operation:
+    """One timed operation: ours, optionally the base checkout's, the bytes it moves and its pair count."""
+
+    def __init__(self, name, ours, base, moved, pairs=None):
+        self.name, self.ours, self.base, self.moved, self.pairs = name, ours, base, moved, pairs
+
+
+def pass_operations(C, x, Qs, base_csr):
+    """The forward pass and the transposed passes Cᵀ Q for each Q in Qs (k = 1, 3 and a generic k)."""
+    ops = []
+    base_out = np.empty(C.n)
+    ops.append(Operation("forward u = Cx", lambda: C.matvec(x),
+                         base_csr and (lambda: base_csr.csr_matvec(C.indptr, C.indices, C.data, x, base_out)),
+                         C.nbytes + 8 * C.n))
+    for Q in Qs:
+        k = Q.shape[1]
+        name = {1: "Cᵀq (k = 1)", 3: "fused Cᵀ[q, U] (k = 3)"}.get(k, f"Cᵀ Q (k = {k})")
+        base_fn = None
+        if base_csr is not None:
+            kernel = {1: base_csr.csr_rmatvec, 3: base_csr.csr_rmatmat3}.get(k, base_csr.csr_rmatmat)
+            operand = Q[:, 0].copy() if k == 1 else Q
+            out = np.empty((C.d, k))
+            base_fn = (lambda kernel=kernel, operand=operand, out=out:
+                       kernel(C.indptr, C.indices, C.data, operand, C._chunk_rows, out))
+        ops.append(Operation(name, lambda Q=Q: C.rmatmat(Q), base_fn, C.nbytes + 8 * C.n * k))
+    return ops
+
+
+def sandwich_operations(label, C, beta, base_sandwich):
+    """CSRMatrix.sandwich (and, when it has long rows, the sparse kernel over every row); the base kernel beside."""
+    pairs = pair_count(C.indptr)
+    chunk = sandwich_chunk_rows(C.n, C.d, pairs)
+    out, base_out = np.empty((C.d, C.d)), np.empty((C.d, C.d))
+    base_fn = base_sandwich and (lambda: base_sandwich.csr_sandwich(C.indptr, C.indices, C.data, beta, chunk,
+                                                                       base_out))
+    ops = [Operation(f"sandwich {label}", lambda: C.sandwich(beta), base_fn, C.nbytes, pairs)]
+    if C._dense_rows.size:
+        # the base's time is the row above's (the same call), so it is not timed twice
+        ops.append(Operation(f"sandwich {label}, sparse kernel only",
+                             lambda: csr_sandwich(C.indptr, C.indices, C.data, beta, chunk, out), None,
+                             C.nbytes, pairs))
+    return ops
+
+
+def describe(C, name):
+    row_nnz = np.diff(C.indptr)
+    return (f"{name}: n = {C.n:,}, d = {C.d}, nnz = {C.nnz:,} (row nnz mean {row_nnz.mean():.1f}, "
+            f"max {row_nnz.max()}), {pair_count(C.indptr):.3g} sandwich pairs, {C._dense_rows.size:,} rows "
+            f"sandwiched by GEMM, index {C.indices.dtype}, values {C.data.dtype}")
 
 
 def run(args):
-    C_csr, b, _ = fastnewton.make_problem(args.n, args.d, nnz_per_row=args.nnz_per_row, seed=0)
+    C_csr, _, x_true = fastnewton.make_problem(args.n, args.d, nnz_per_row=args.nnz_per_row, seed=0)
     C = as_input_matrix(C_csr)
     assert isinstance(C, CSRMatrix)
-    problem = fastnewton.Problem(C_csr, b)
-    x = np.random.default_rng(1).standard_normal(args.d) / np.sqrt(args.nnz_per_row)
-    Q = problem.row_vectors(C.matvec(x))[1]["Q"]
-    passes = {
-        "forward u = Cx": lambda: C.matvec(x),
-        f"fused Cᵀ[q, U] (k+1 = {Q.shape[1]})": lambda: C.rmatmat(Q),
-    }
-    sizes = pass_bytes(C, Q.shape[1])
+    rng = np.random.default_rng(1)
+    x = x_true / 2
+    Qs = [rng.standard_normal((C.n, k)) for k in (3, 1, args.wide_k)]
+    base_csr, base_sandwich = load_base_kernels(args.base) if args.base else (None, None)
+    operations = pass_operations(C, x, Qs, base_csr)
+    operations += sandwich_operations(f"uniform ({args.nnz_per_row}/row)", C, rng.standard_normal(C.n),
+                                      base_sandwich)
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, numba {numba.__version__}"
+          + (f"; base kernels from {args.base}" if args.base else ""))
+    print(describe(C, "uniform C"))
+    if args.zipf_n:
+        Z = as_input_matrix(bag_of_words(args.zipf_n, args.zipf_d, nnz=ZIPF_NNZ_PER_ROW * args.zipf_n,
+                                         max_row_nnz=ZIPF_MAX_ROW_NNZ, seed=0))
+        print(describe(Z, "Zipf C"))
+        operations += sandwich_operations("Zipf rows", Z, rng.standard_normal(Z.n), base_sandwich)
+
     rows = []
     max_threads = numba.config.NUMBA_NUM_THREADS
     threads = [t for t in args.threads if t <= max_threads]
-    print(f"CSR n = {C.n:,}, d = {C.d}, nnz = {C.nnz:,}, index {C.indices.dtype}, values {C.data.dtype}; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, numba {numba.__version__}")
-    baseline = {}
+    one_thread = {}
     for n_threads in threads:
-        bandwidth = read_bandwidth(n_threads, megabytes=args.probe_mb)
-        print(f"\n{n_threads} thread(s): read bandwidth {bandwidth / 1e9:.2f} GB/s")
-        print(f"  {'pass':<28} {'median s':>9} {'GB moved':>9} {'roofline s':>11} {'ratio':>6} {'speed-up':>9}")
+        probes = bandwidth_probes(n_threads, megabytes=args.probe_mb)
+        bandwidth = max(probes.values())
+        print(f"\n{n_threads} thread(s): roofline {bandwidth / 1e9:.2f} GB/s = best of "
+              + ", ".join(f"{name} {rate / 1e9:.2f}" for name, rate in probes.items()))
+        print(f"  {'operation':<44} {'median s':>9} {'min s':>8} {'GB/s':>6} {'ratio':>6} {'speed-up':>8}"
+              f" {'ns/pair':>7}" + (f" {'base s':>8} {'base/ours':>9}" if args.base else ""))
         numba.set_num_threads(n_threads)
-        for name, fn in passes.items():
-            median, low, high = median_seconds(fn, args.repeats)
-            roofline = sizes[name] / bandwidth
-            baseline.setdefault(name, median)
-            row = {"pass": name, "threads": n_threads, "median_s": median, "min_s": low, "max_s": high,
-                   "bytes": sizes[name], "bandwidth_Bps": bandwidth, "roofline_s": roofline,
-                   "roofline_ratio": median / roofline, "speedup": baseline[name] / median,
-                   "n": C.n, "d": C.d, "nnz": C.nnz}
+        for op in operations:
+            repeats = args.repeats if op.pairs is None else args.sandwich_repeats
+            functions = {"ours": op.ours}
+            if op.base is not None:
+                functions["base"] = op.base
+            times = alternate(functions, repeats)
+            median, low = float(np.median(times["ours"])), float(np.min(times["ours"]))
+            one_thread.setdefault(op.name, median)
+            row = {"pass": op.name, "threads": n_threads, "median_s": median, "min_s": low,
+                   "max_s": float(np.max(times["ours"])), "bytes": op.moved, "bandwidth_Bps": bandwidth,
+                   "probes_Bps": probes, "achieved_Bps": op.moved / median,
+                   "roofline_s": op.moved / bandwidth, "roofline_ratio": median * bandwidth / op.moved,
+                   "speedup": one_thread[op.name] / median, "n": C.n, "d": C.d, "nnz": C.nnz}
+            if op.pairs is not None:
+                row.update(pairs=op.pairs, ns_per_pair=1e9 * median / op.pairs)
+            if "base" in times:
+                base_median = float(np.median(times["base"]))
+                row.update(base_median_s=base_median, base_ratio=base_median / median)
+                if op.pairs is not None:
+                    row["base_ns_per_pair"] = 1e9 * base_median / op.pairs
             rows.append(row)
-            print(f"  {name:<28} {median:>9.4f} {sizes[name] / 1e9:>9.3f} {roofline:>11.4f} "
-                  f"{row['roofline_ratio']:>6.2f} {row['speedup']:>9.2f}")
+            pairs_text = f"{row['ns_per_pair']:>7.2f}" if op.pairs is not None else f"{'':>7}"
+            base_text = (f" {row['base_median_s']:>8.4f} {row['base_ratio']:>9.2f}" if "base" in times
+                         else (f" {'':>8} {'':>9}" if args.base else ""))
+            print(f"  {op.name:<44} {median:>9.4f} {low:>8.4f} {row['achieved_Bps'] / 1e9:>6.1f} "
+                  f"{row['roofline_ratio']:>6.2f} {row['speedup']:>8.2f} {pairs_text}{base_text}", flush=True)
     numba.set_num_threads(max_threads)
     write_json(os.path.join(args.out, "passes.json"), {"rows": rows})
     return rows
@@ -85,13 +199,26 @@ def main(argv=None):
     parser.add_argument("--nnz-per-row", type=positive_int, default=10, help="non-zeros per row (default 10)")
     parser.add_argument("--threads", type=thread_count, nargs="+", default=[1, 2],
                         help="thread counts (default 1 2, those above NUMBA_NUM_THREADS skipped)")
-    parser.add_argument("--repeats", type=positive_int, default=15, help="timed repeats per point (default 15)")
+    parser.add_argument("--repeats", type=positive_int, default=15, help="timed repeats per pass (default 15)")
+    parser.add_argument("--sandwich-repeats", type=positive_int, default=5,
+                        help="timed repeats per sandwich (default 5)")
+    parser.add_argument("--wide-k", type=positive_int, default=10,
+                        help="k of the generic transposed pass Cᵀ Q (default 10, softmax_relu's m + 3 at m = 7)")
+    parser.add_argument("--zipf-n", type=nonnegative_int, default=2_000_000,
+                        help="rows of the Zipf-skewed bag-of-words matrix for the sandwich (0: skip; default 2e6)")
+    parser.add_argument("--zipf-d", type=positive_int, default=1024, help="its columns (default 1024)")
     parser.add_argument("--probe-mb", type=positive_int, default=512, help="bandwidth probe array size in MiB")
+    parser.add_argument("--base", default=None,
+                        help="a source checkout whose kernels/ are timed beside ours in the same rounds")
     add_output_arguments(parser, plots=False)
-    parser.add_argument("--quick", action="store_true", help="n = 1e5, 3 repeats, 64 MiB probe")
+    parser.add_argument("--quick", action="store_true",
+                        help="n = 1e5, Zipf n = 1e4 (unless 0), 3 repeats, 64 MiB probe")
     args = parser.parse_args(argv)
+    if args.base is not None and not os.path.isfile(os.path.join(args.base, "kernels", "csr.py")):
+        parser.error(f"argument --base: {args.base!r} has no kernels/csr.py (expected a source checkout)")
     if args.quick:
-        args.n, args.repeats, args.probe_mb = 100_000, 3, 64
+        args.n, args.repeats, args.sandwich_repeats, args.probe_mb = 100_000, 3, 2, 64
+        args.zipf_n = min(args.zipf_n, 10_000)
     return run(args)
 
 

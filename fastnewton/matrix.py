@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .chunking import chunk_rows, sandwich_chunk_rows
-from .kernels.csr import csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec
+from .kernels.csr import csr_dense_rows, csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec
 from .kernels.dense import dense_matvec, dense_rmatmat
 from .kernels.sandwich import csr_sandwich, csr_sandwich_rows
 from .kernels.sketch import csr_embed, dense_embed
@@ -27,6 +27,67 @@ def _sum_in_order(partials, d):
     for partial in partials:
         total += partial
     return total
+
+# A CSR row with nnz ≥ max(DENSE_ROW_MIN_NNZ, DENSE_ROW_FRACTION·d) stored entries is sandwiched
+# densely (gathered with other long rows into row blocks, one SYRK per block): its
+# nnz(nnz+1)/2 sparse pair updates then cost more than its d² dense multiply-adds (measured with GEMM). Break-even
+# is nnz ≈ d·√(2·t_mac/t_pair); on a 2-core AMD EPYC (one-thread GEMM ~12 GFLOP/s, so
+# t_mac ≈ 0.17 ns; t_pair ≈ 1–2 ns at d = 1024) that is 0.3–0.5·d, and the whole sandwich of
+# bench/matrices.bag_of_words(2·10⁵, 1024) took 213 / 109 / 108 / 168 ms at fractions
+# 0.1 / 0.2 / 0.3 / 0.5. The floor keeps rows of narrow matrices sparse, where a GEMM call's
+# overhead dominates.
+DENSE_ROW_FRACTION = 0.3
+DENSE_ROW_MIN_NNZ = 64
+# The long rows of a CSR matrix are few (hundreds to thousands): split them into up to
+# DENSE_ROW_BLOCKS near-equal SYRK blocks (so 2+ threads share them), of at least
+# DENSE_ROW_MIN_BLOCK rows (a thinner product runs below BLAS speed, and each block's d × d
+# partial costs a pass over d² entries to add). A function of the row count only.
+DENSE_ROW_BLOCKS = 8
+DENSE_ROW_MIN_BLOCK = 256
+
+
+def dense_row_block(count):
+    """Rows per SYRK block for ``count`` long CSR rows."""
+    return min(DENSE_SANDWICH_BLOCK, max(DENSE_ROW_MIN_BLOCK, -(-count // DENSE_ROW_BLOCKS)))
+
+
+def blocked_syrk_sandwich(block_rows, weights, d, block_size=DENSE_SANDWICH_BLOCK):
+    """Σ_t weights[t]·r_t r_tᵀ over rows handed out in fixed blocks: ``block_rows(part)`` gives the
+    rows at positions ``part`` (a slice of ``block_size`` positions in weights' order).
+
+    Per block B₊ᵀB₊ − B₋ᵀB₋, with B± the block's rows of positive/negative weight scaled by √|w|:
+    SYRK forms one triangle, half the flops of a GEMM, and splitting the rows by sign keeps each
+    product positive semidefinite without doubling the work. The blocks run on the solve's
+    threads, each SYRK on one BLAS thread (``map_single_threaded_blas``), summed in block order,
+    so the sum, and its bits, do not depend on the thread count. One multi-threaded SYRK per block
+    instead (``blas_threads``; bench/dense_phases.py --blas-threads) leaves OpenBLAS's workers
+    spinning into the Numba pass that follows (measured, 2 threads, n = 10⁵, d = 256: u = Cx right
+    after the sandwich 18.3 ms against 10.0 ms), so it stays a bench toggle.
+    """
+    def block_sandwich(part):
+        block = block_rows(part)
+        w = weights[part]
+        root = np.sqrt(np.abs(w))
+        out = np.zeros((d, d))
+        for sign, kept in ((1.0, w > 0.0), (-1.0, w < 0.0)):
+            if kept.any():
+                scaled = np.asarray(block[kept], dtype=np.float64)
+                scaled *= root[kept, None]
+                # NumPy runs scaledᵀ·scaled as a SYRK (one triangle, mirrored: exactly symmetric)
+                # and releases the GIL, so the blocks run in parallel; SciPy's dsyrk wrapper
+                # holds the GIL (measured: 2 threads no faster than 1).
+                if sign > 0:
+                    out += scaled.T @ scaled
+                else:
+                    out -= scaled.T @ scaled
+        return out
+
+    count = weights.shape[0]
+    parts = [slice(start, min(count, start + block_size)) for start in range(0, count, block_size)]
+    if DENSE_SANDWICH_BLAS_THREADS:
+        with blas_threads(numba.get_num_threads()):
+            return _sum_in_order(map(block_sandwich, parts), d)
+    return _sum_in_order(map_single_threaded_blas(block_sandwich, parts), d)
 
 
 class DenseMatrix:
@@ -61,42 +122,9 @@ class DenseMatrix:
         return self.rows(part)
 
     def _syrk_sandwich(self, weights, rows=None):
-        """Σᵢ wᵢ cᵢcᵢᵀ (over C's rows, or C[rows]) by SYRK: per fixed row block, B₊ᵀB₊ − B₋ᵀB₋ with
-        B± the block's rows of positive/negative weight scaled by √|w|; block results summed in block order.
-
-        SYRK forms one triangle, half the flops of a GEMM; splitting the rows by sign keeps each
-        product positive semidefinite without doubling the work. The blocks run on the solve's
-        threads, each SYRK on one BLAS thread (``map_single_threaded_blas``), so the sum, and its
-        bits, do not depend on the thread count. One multi-threaded SYRK per block instead
-        (``blas_threads``; bench/dense_phases.py --blas-threads) leaves OpenBLAS's workers spinning
-        into the Numba pass that follows (measured, 2 threads, n = 10⁵, d = 256: u = Cx right after
-        the sandwich 18.3 ms against 10.0 ms), so it stays a bench toggle.
-        """
-        d = self.d
-
-        def block_sandwich(part):
-            block = self.array[part] if rows is None else self.array[rows[part]]
-            w = weights[part]
-            root = np.sqrt(np.abs(w))
-            out = np.zeros((d, d))
-            for sign, kept in ((1.0, w > 0.0), (-1.0, w < 0.0)):
-                if kept.any():
-                    scaled = np.asarray(block[kept], dtype=np.float64)
-                    scaled *= root[kept, None]
-                    # NumPy runs scaledᵀ·scaled as a SYRK (one triangle, mirrored: exactly symmetric)
-                    # and releases the GIL, so the blocks run in parallel; SciPy's dsyrk wrapper
-                    # holds the GIL (measured: 2 threads no faster than 1).
-                    if sign > 0:
-                        out += scaled.T @ scaled
-                    else:
-                        out -= scaled.T @ scaled
-            return out
-
-        blocks = self._block_slices(weights.shape[0])
-        if DENSE_SANDWICH_BLAS_THREADS:
-            with blas_threads(numba.get_num_threads()):
-                return _sum_in_order(map(block_sandwich, blocks), d)
-        return _sum_in_order(map_single_threaded_blas(block_sandwich, blocks), d)
+        """Σᵢ wᵢ cᵢcᵢᵀ over C's rows, or C[rows], by ``blocked_syrk_sandwich``."""
+        return blocked_syrk_sandwich(lambda part: self.array[part] if rows is None else self.array[rows[part]],
+                                     weights, self.d)
 
     def sandwich(self, beta):
         return self._syrk_sandwich(beta)
@@ -149,6 +177,9 @@ class CSRMatrix:
         row_nnz = np.diff(indptr).astype(np.int64)
         self._row_pairs = row_nnz * (row_nnz + 1) // 2
         self._sandwich_chunk_rows = sandwich_chunk_rows(self.n, self.d, int(self._row_pairs.sum()))
+        self._dense_row = row_nnz >= max(DENSE_ROW_MIN_NNZ, DENSE_ROW_FRACTION * self.d)
+        self._dense_rows = np.flatnonzero(self._dense_row)
+        self._sparse_rows = np.flatnonzero(~self._dense_row)
 
     def matvec(self, x):
         out = np.empty(self.n)
@@ -167,15 +198,36 @@ class CSRMatrix:
         return out
 
     def sandwich(self, beta):
-        out = np.empty((self.d, self.d))
-        csr_sandwich(self.indptr, self.indices, self.data, beta, self._sandwich_chunk_rows, out)
-        return out
+        """Cᵀ diag(β) C: short rows by sparse pair updates, long rows (if any) by SYRK."""
+        if self._dense_rows.size == 0:
+            out = np.empty((self.d, self.d))
+            csr_sandwich(self.indptr, self.indices, self.data, beta, self._sandwich_chunk_rows, out)
+            return out
+        return self._split_sandwich(self._sparse_rows, beta[self._sparse_rows],
+                                    self._dense_rows, beta[self._dense_rows])
 
     def sandwich_rows(self, rows, weights):
-        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich) in O(Σ_t nnz_{rows[t]}²)."""
+        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich), split like ``sandwich``."""
+        dense = self._dense_row[rows]
+        if not dense.any():
+            return self._sparse_sandwich(rows, weights)
+        return self._split_sandwich(rows[~dense], weights[~dense], rows[dense], weights[dense])
+
+    def _sparse_sandwich(self, rows, weights):
+        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} by sparse pair updates, O(Σ_t nnz_{rows[t]}²)."""
         out = np.empty((self.d, self.d))
         chunk = sandwich_chunk_rows(rows.shape[0], self.d, int(self._row_pairs[rows].sum()))
         csr_sandwich_rows(self.indptr, self.indices, self.data, rows, weights, chunk, out)
+        return out
+
+    def _split_sandwich(self, sparse_rows, sparse_weights, dense_rows, dense_weights):
+        """The sparse sandwich of the short rows plus the blocked SYRK sandwich of the long ones.
+
+        Both parts are exactly symmetric, so their sum is; both are summed in a fixed order.
+        """
+        out = self._sparse_sandwich(sparse_rows, sparse_weights)
+        out += blocked_syrk_sandwich(lambda part: self._dense_rows_block(dense_rows[part]), dense_weights,
+                                     self.d, dense_row_block(dense_rows.shape[0]))
         return out
 
     def matmat(self, Z):
@@ -201,3 +253,9 @@ class CSRMatrix:
         """Σᵢ C[i, j]² for every column j (one pass over the stored entries)."""
         values = self.data.astype(np.float64)
         return np.bincount(self.indices, weights=values * values, minlength=self.d)
+
+    def _dense_rows_block(self, rows):
+        """C[rows] (an array of row positions) as dense float64, duplicates summed in float64."""
+        out = np.empty((rows.shape[0], self.d))
+        csr_dense_rows(self.indptr, self.indices, self.data, rows, out)
+        return out

@@ -42,6 +42,11 @@ CASES = {
     "passes-repeats-zero": ("passes.py", ["--repeats", "0"], "--repeats"),
     "passes-probe-mb-nan": ("passes.py", ["--probe-mb", "nan"], "--probe-mb"),
     "passes-out-file": ("passes.py", ["--out", A_FILE], "--out"),
+    "passes-zipf-n-negative": ("passes.py", ["--zipf-n", "-1"], "--zipf-n"),
+    "passes-base-not-a-checkout": ("passes.py", ["--base", A_DIRECTORY], "--base"),
+    # bench/phases.py
+    "phases-n-zero": ("phases.py", ["--n", "0"], "--n"),
+    "phases-iterations-text": ("phases.py", ["--iterations", "few"], "--iterations"),
     # bench/sketch_vs_exact.py
     "sketch-dims-zero": ("sketch_vs_exact.py", ["--dims", "64", "0"], "--dims"),
     "sketch-dims-empty": ("sketch_vs_exact.py", ["--dims"], "--dims"),

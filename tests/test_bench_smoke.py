@@ -9,6 +9,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,30 @@ def test_passes_quick_writes_json(tmp_path):
         assert {"pass", "threads", "median_s", "bytes", "bandwidth_Bps", "roofline_ratio", "speedup"} <= set(row)
         assert_positive(row["median_s"], f"median_s of {row['pass']}")
         assert_positive(row["roofline_ratio"], f"roofline_ratio of {row['pass']}")
+        assert row["bandwidth_Bps"] == max(row["probes_Bps"].values())
+    sandwiches = [row for row in rows if row["pass"].startswith("sandwich")]
+    assert {"sandwich uniform (10/row)", "sandwich Zipf rows"} <= {row["pass"] for row in sandwiches}
+    for row in sandwiches:
+        assert_positive(row["ns_per_pair"], f"ns_per_pair of {row['pass']}")
+
+
+def test_passes_quick_times_a_base_checkout_beside_ours(tmp_path):
+    """--base: another checkout's kernels (here a copy of ours, so the ratios are about 1) in the same rounds."""
+    shutil.copytree(REPO / "kernels", tmp_path / "base" / "kernels",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    run_script(["bench/passes.py", "--quick", "--threads", "1", "--zipf-n", "0", "--base", str(tmp_path / "base"),
+                "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "passes.json").read_text())["rows"]
+    for row in rows:
+        assert_positive(row["base_median_s"], f"base_median_s of {row['pass']}")
+        assert_positive(row["base_ratio"], f"base_ratio of {row['pass']}")
+
+
+def test_phases_quick_reports_every_phase(tmp_path):
+    run_script(["bench/phases.py", "--quick", "--zipf", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "phases.json").read_text())
+    assert {"forward", "gradient", "hessian", "solve", "line_search", "total"} <= set(result["median_seconds"])
+    assert len(result["history_seconds"]) == 2
 
 
 def test_sketch_vs_exact_quick_writes_csv(tmp_path):

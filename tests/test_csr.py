@@ -11,7 +11,7 @@ import pytest
 
 import naive
 from fastnewton.chunking import chunk_rows as real_chunk_rows
-from fastnewton.kernels.csr import csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec
+from fastnewton.kernels.csr import csr_dense_rows, csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec
 from fastnewton.matrix import CSRMatrix
 
 DTYPES = [np.float32, np.float64]
@@ -244,3 +244,43 @@ def test_csr_kernels_bitwise_equal_with_1_and_2_threads(chunk_rows, run_with_thr
     two = run_with_threads(2, passes)
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_dense_rows_matches_numpy(dtype, index_dtype, csr_case, random_csr):
+    """Listed rows (repeats, any order) as dense float64; duplicate entries add up in float64."""
+    rng = np.random.default_rng(13)
+    n, d = 57, 9
+    indptr, indices, data = random_csr(rng, n, d, dtype=dtype, index_dtype=index_dtype, **csr_case)
+    rows = rng.integers(0, n, size=40).astype(index_dtype)
+    rows[:2] = rows[2]
+    out = np.full((rows.shape[0], d), np.nan)
+    csr_dense_rows(indptr, indices, data, rows, out)
+    A, A_abs = _dense(indptr, indices, data, d), _abs_dense(indptr, indices, data, d)
+    naive.assert_within_rounding(out, A[rows], A_abs[rows], _max_row_nnz(indptr))
+
+
+@pytest.mark.parametrize("n_per_row", [1, 2, 3, 7, 10, 11])
+def test_csr_matvec_every_row_length(n_per_row, run_with_threads, random_csr):
+    """Rows of odd and even length, empty rows, wide magnitudes: 1 and 2 threads give the same bits."""
+    rng = np.random.default_rng(14)
+    n, d = 5_000, 13
+    counts = np.full(n, n_per_row)
+    counts[::7] = 0
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    indices = rng.integers(0, d, size=indptr[-1])
+    data = rng.standard_normal(indptr[-1]) * np.exp(rng.uniform(-10, 10, size=indptr[-1]))
+    x = rng.standard_normal(d)
+
+    def forward():
+        out = np.full(n, np.nan)
+        csr_matvec(indptr, indices, data, x, out)
+        return out
+
+    one = run_with_threads(1, forward)
+    np.testing.assert_array_equal(one, run_with_threads(2, forward))
+    A, A_abs = _dense(indptr, indices, data, d), _abs_dense(indptr, indices, data, d)
+    naive.assert_within_rounding(one, A @ x, A_abs @ np.abs(x), n_per_row)
+    assert np.all(one[::7] == 0.0)

@@ -14,7 +14,14 @@ import pytest
 import naive
 from fastnewton.chunking import sandwich_chunk_rows
 from fastnewton.kernels.sandwich import csr_sandwich, csr_sandwich_rows
-from fastnewton.matrix import DENSE_SANDWICH_BLOCK, CSRMatrix, DenseMatrix
+from fastnewton.matrix import (
+    DENSE_ROW_FRACTION,
+    DENSE_ROW_MIN_NNZ,
+    DENSE_SANDWICH_BLOCK,
+    CSRMatrix,
+    DenseMatrix,
+    dense_row_block,
+)
 
 DTYPES = [np.float32, np.float64]
 INDEX_DTYPES = [np.int32, np.int64]
@@ -250,3 +257,79 @@ def test_csr_sandwich_rows_bitwise_equal_with_1_and_2_threads(run_with_threads, 
         return out
 
     np.testing.assert_array_equal(run_with_threads(1, sampled), run_with_threads(2, sampled))
+
+
+# -- long rows: gathered into dense blocks and sandwiched by GEMM ------------------------------------
+def _with_long_rows(random_csr, rng, n_short, n_long, d, long_nnz, dtype=np.float64, index_dtype=np.int32):
+    """Short awkward rows (empty, duplicate, unsorted) interleaved with rows of ``long_nnz`` entries
+    (columns drawn with replacement: duplicates too), so CSRMatrix splits its sandwich."""
+    indptr, indices, data = random_csr(rng, n_short, d, dtype=dtype, index_dtype=index_dtype, max_per_row=6,
+                                       empty_rows=True, duplicates=True, unsorted=True)
+    rows = [(indices[indptr[i]:indptr[i + 1]], data[indptr[i]:indptr[i + 1]]) for i in range(n_short)]
+    for position in np.sort(rng.choice(n_short + n_long, size=n_long, replace=False)):
+        columns = rng.integers(0, d, size=long_nnz).astype(index_dtype)
+        rows.insert(int(position), (columns, rng.standard_normal(long_nnz).astype(dtype)))
+    counts = np.array([row[0].size for row in rows])
+    indptr = np.zeros(len(rows) + 1, dtype=index_dtype)
+    np.cumsum(counts, out=indptr[1:])
+    return indptr, np.concatenate([row[0] for row in rows]), np.concatenate([row[1] for row in rows])
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_matrix_sandwich_with_dense_long_rows_matches_numpy(dtype, index_dtype, random_csr):
+    rng = np.random.default_rng(32)
+    n_short, n_long, d, long_nnz = 300, 12, 80, 90
+    indptr, indices, data = _with_long_rows(random_csr, rng, n_short, n_long, d, long_nnz, dtype, index_dtype)
+    n = indptr.shape[0] - 1
+    C = CSRMatrix(indptr, indices, data, (n, d))
+    assert long_nnz >= max(DENSE_ROW_MIN_NNZ, DENSE_ROW_FRACTION * d), "the long rows must take the GEMM path"
+    assert C._dense_rows.size == n_long and C._sparse_rows.size == n_short
+    beta = _beta(rng, n)
+    H = C.sandwich(beta)
+    A = naive.to_dense(indptr, indices, data, (n, d))
+    ref, scale = _reference(A, naive.to_dense(indptr, indices, np.abs(data), (n, d)), beta)
+    # each entry: the sparse rows' pair products plus the GEMM's n-term dot products, then the sum of the two
+    naive.assert_within_rounding(H, ref, scale, n * long_nnz ** 2 + n)
+    np.testing.assert_array_equal(H, H.T)
+    # the sampled sandwich splits the same way (repeated rows, long and short, weights of both signs)
+    rows, weights = _sample(rng, n, 200, index_dtype)
+    rows[:3] = C._dense_rows[0]
+    H_rows = C.sandwich_rows(rows, weights)
+    ref_rows, scale_rows = _sampled_reference(A, naive.to_dense(indptr, indices, np.abs(data), (n, d)), rows,
+                                              weights)
+    naive.assert_within_rounding(H_rows, ref_rows, scale_rows, 200 * long_nnz ** 2 + 200)
+    np.testing.assert_array_equal(H_rows, H_rows.T)
+
+
+def test_csr_matrix_sandwich_with_dense_long_rows_bitwise_equal_with_1_and_2_threads(run_with_threads,
+                                                                                      random_csr):
+    """Several GEMM blocks (single-threaded BLAS each, summed in block order) plus the sparse part."""
+    rng = np.random.default_rng(33)
+    n_short, d, long_nnz = 6_000, 70, 66
+    n_long = 600
+    indptr, indices, data = _with_long_rows(random_csr, rng, n_short, n_long, d, long_nnz)
+    n = indptr.shape[0] - 1
+    C = CSRMatrix(indptr, indices, data, (n, d))
+    assert C._dense_rows.size == n_long > dense_row_block(n_long), "the long rows must fill several GEMM blocks"
+    beta = _beta(rng, n) * np.exp(rng.uniform(-10, 10, size=n))
+    H1 = run_with_threads(1, lambda: C.sandwich(beta))
+    H2 = run_with_threads(2, lambda: C.sandwich(beta))
+    np.testing.assert_array_equal(H1, H2)
+    np.testing.assert_array_equal(H1, H1.T)
+    A = naive.to_dense(indptr, indices, data, (n, d))
+    ref, scale = _reference(A, naive.to_dense(indptr, indices, np.abs(data), (n, d)), beta)
+    naive.assert_within_rounding(H1, ref, scale, n * long_nnz ** 2 + n)
+
+
+def test_csr_matrix_without_long_rows_uses_the_sparse_kernel_alone(random_csr):
+    """No row reaches the GEMM threshold: the sandwich is exactly csr_sandwich's bits."""
+    rng = np.random.default_rng(34)
+    n, d = 2_000, 300
+    indptr, indices, data = random_csr(rng, n, d, max_per_row=60, duplicates=True, unsorted=True, empty_rows=True)
+    C = CSRMatrix(indptr, indices, data, (n, d))
+    assert C._dense_rows.size == 0
+    beta = _beta(rng, n)
+    expected = np.empty((d, d))
+    csr_sandwich(indptr, indices, data, beta, C._sandwich_chunk_rows, expected)
+    np.testing.assert_array_equal(C.sandwich(beta), expected)
