@@ -40,8 +40,16 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     n_threads = as_thread_count(n_threads)
     build_system, options = solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose)
     with thread_limits(n_threads):
-        start, description = starting_point(problem, x0)
-        return newton_solve(problem, start, description, build_system, options)
+        return run_from(problem, x0, build_system, options)
+
+
+def run_from(problem, x0, build_system, options):
+    """The Newton solve from ``x0`` (shared by ``fastnewton.dask.solve``): "auto" is the model's
+    ``auto_solve`` (its start, and any stages of its own), anything else ``starting_point``."""
+    if isinstance(x0, str) and x0 == "auto":
+        return problem.auto_solve(build_system, options)
+    start, description = starting_point(problem, x0)
+    return newton_solve(problem, start, description, build_system, options)
 
 
 def solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose):
