@@ -198,3 +198,13 @@ def test_thread_count_does_not_change_the_bits(run_with_threads):
     one = run_with_threads(1, lambda: solve(C, b, "softmax_relu", V=V, n_threads=1))
     two = run_with_threads(2, lambda: solve(C, b, "softmax_relu", V=V, n_threads=2))
     assert np.array_equal(one.x, two.x) and one.n_iter == two.n_iter
+
+
+def test_one_max_iter_warning_for_all_stages_at_the_callers_line():
+    C, b, _, V = fastnewton.make_problem(2000, 12, model="softmax_relu", m=6, seed=4)
+    with pytest.warns(fastnewton.ConvergenceWarning, match="max_iter") as record:
+        res = solve(C, b, "softmax_relu", V=V, max_iter=2)
+    assert res.status == fastnewton.Status.MAX_ITER and res.n_iter == 2
+    assert len(record) == 1
+    # However deep the stages run, the warning points at the caller of solve.
+    assert record[0].filename == __file__
