@@ -19,8 +19,9 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     b : target, length n (``softmax``, ``relu_softmax``) or m (``softmax_relu``).
     model : ``"softmax"``, ``"relu_softmax"`` or ``"softmax_relu"`` (needs ``V``, n × m).
     l2 : ridge λ ≥ 0.  row_weights : w ≥ 0, a scalar or a length-n vector.
-    x0 : ``"auto"`` (a least-squares fit in log space, see ``fastnewton.start``), ``"zeros"``
-        or a length-d array.
+    x0 : ``"auto"`` (a least-squares fit in log space, see ``fastnewton.start``; for
+        ``softmax_relu`` then Newton on a lifted surrogate first, see ``fastnewton.lifted_start``),
+        ``"zeros"`` or a length-d array.
     hessian : ``"exact"``, ``"sketch"``, ``"pcg"`` or ``"auto"`` (see ``fastnewton.hessian``).
     eps : spectral accuracy ε ∈ (0, 1) of the sketched Hessian (``sketch``, ``pcg``).
     sketch_size : rows sampled per iteration (default ⌈3·d·log(d/0.1)/ε²⌉ for ``sketch``, a third
@@ -29,7 +30,8 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     max_iter : at most this many Newton iterations.
     seed : fixes every random choice.  n_threads : Numba and BLAS threads for this solve.
     callback : called after every iteration with a dict (iter, loss, grad_norm, step, damping,
-        seconds per phase, x); returning True stops the solve cleanly.
+        seconds per phase, x; and the start's ``phase`` when it runs stages); returning True stops
+        the solve cleanly.
     verbose : print one row per iteration.
 
     Returns
