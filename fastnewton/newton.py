@@ -6,6 +6,8 @@ H + μI (Levenberg–Marquardt μ raised when Cholesky fails or the line search
 rejects the step), a logit cap ‖CΔx‖∞ ≤ 10 (one pass C·Δx, reused by every line
 search trial as u + t·CΔx), and Armijo backtracking on L.
 """
+import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -57,6 +59,8 @@ class SolveOptions:
     max_logit_step: float = MAX_LOGIT_STEP
     # D_j = ‖C_j‖ (zero columns 1): the steps' and the stopping test's column scale, set by newton_solve.
     column_scale: object = None
+    # False for the stages of a staged start (``fastnewton.lifted_start``), which warns once for all of them.
+    warn_at_max_iter: bool = True
 
 
 @dataclass
@@ -139,6 +143,19 @@ def column_scale(problem):
 
 def _next_damping(mu, scale):
     return FIRST_DAMPING * scale if mu == 0.0 else mu * DAMPING_INCREASE
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_max_iter(options):
+    """The ConvergenceWarning of a solve that stopped at max_iter, attributed to the first caller
+    outside the package (the user's call of ``solve``, however deep the package's own frames are)."""
+    level, frame = 1, sys._getframe(0)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(f"fastnewton.solve stopped at max_iter = {options.max_iter} before reaching tol = "
+                  f"{options.tol:g}", ConvergenceWarning, stacklevel=level)
 
 
 def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=None, counts=None):
@@ -285,9 +302,8 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
                     break
     except KeyboardInterrupt:
         status = Status.INTERRUPTED
-    if status == Status.MAX_ITER:
-        warnings.warn(f"fastnewton.solve stopped at max_iter = {options.max_iter} before reaching tol = "
-                      f"{options.tol:g}", ConvergenceWarning, stacklevel=3)
+    if status == Status.MAX_ITER and options.warn_at_max_iter:
+        warn_max_iter(options)
     if status == Status.CONVERGED:
         dead = problem.diagnose(ev)
         if dead:

@@ -3,6 +3,8 @@
 It is also the single-machine ``Evaluator`` of ``fastnewton.protocol``: the model's stages run on
 one block holding all of C (``fastnewton.dask`` runs the same stages block by block).
 """
+import copy
+
 import numpy as np
 
 from .memory import check_hessian_fits
@@ -190,6 +192,19 @@ class Problem:
 
     def auto_start(self):
         return self.row_model.auto_start(self)
+
+    def auto_solve(self, build_system, options, timer=None, clock=None):
+        """The solve from ``x0="auto"`` (the model's ``auto_solve``: its start and the Newton loop)."""
+        return self.row_model.auto_solve(self, build_system, options, timer=timer, clock=clock)
+
+    def with_model(self, row_model, l2):
+        """This problem for another model of the same targets (its ``facts`` are these) and ridge ``l2``:
+        C, b, w and V are shared, not copied; the cached u = Cx stays valid, the cached evaluation does not."""
+        other = copy.copy(self)
+        other.row_model = row_model
+        other.l2 = as_l2(l2)
+        other._last = None
+        return other
 
     def map_blocks(self, function, *args):
         """function(block, *args) on the one block: its summary is the total."""

@@ -2,7 +2,10 @@
 
 ``fastnewton.Problem`` (one machine, C in memory) and ``fastnewton.dask.problem.DaskProblem``
 (C as row blocks on a cluster) both implement ``Evaluator``; ``fastnewton.newton``,
-``fastnewton.hessian``, ``fastnewton.start`` and the models' ``auto_start`` use nothing else.
+``fastnewton.hessian``, ``fastnewton.start`` and the models' ``auto_start``/``auto_solve`` use
+nothing else. ``with_model(row_model, l2)`` is a copy of the evaluator (the same C, blocks and
+targets, no pass over C) for another model of the same targets and another ridge: a staged start
+(``fastnewton.lifted_start``) runs Newton on it.
 """
 from dataclasses import dataclass
 from typing import Protocol
@@ -70,6 +73,10 @@ class Evaluator(Protocol):
     def iteration_extras(self) -> dict: ...
 
     def auto_start(self): ...
+
+    def auto_solve(self, build_system, options, timer=None, clock=None): ...
+
+    def with_model(self, row_model, l2): ...
 
     def map_blocks(self, function, *args) -> dict: ...
 

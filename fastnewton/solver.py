@@ -29,8 +29,9 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     b : target, length n (``softmax``, ``relu_softmax``) or m (``softmax_relu``).
     model : ``"softmax"``, ``"relu_softmax"`` or ``"softmax_relu"`` (needs ``V``, n × m).
     l2 : ridge λ ≥ 0.  row_weights : w ≥ 0, a scalar or a length-n vector.
-    x0 : ``"auto"`` (a least-squares fit in log space, see ``fastnewton.start``), ``"zeros"``
-        or a length-d array.
+    x0 : ``"auto"`` (a least-squares fit in log space, see ``fastnewton.start``; for
+        ``softmax_relu`` then Newton on a lifted surrogate first, see ``fastnewton.lifted_start``),
+        ``"zeros"`` or a length-d array.
     hessian : ``"exact"``, ``"sketch"``, ``"pcg"`` or ``"auto"`` (see ``fastnewton.hessian``).
     eps : spectral accuracy ε ∈ (0, 1) of the sketched Hessian (``sketch``, ``pcg``).
     sketch_size : rows sampled per iteration (default ⌈3·d·log(d/0.1)/ε²⌉ for ``sketch``, a third
@@ -44,7 +45,8 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
         gets a dict (iter, loss, grad_norm, step, damping, seconds per phase, x) and stops the
         solve cleanly by returning True; ``callback(intermediate_result)`` (a parameter of
         exactly that name, as in scipy ≥ 1.11) gets a ``SolveResult`` with ``x``, ``fun``,
-        ``nit`` and the same record. Either form may raise ``StopIteration`` to stop.
+        ``nit`` and the same record (and the start's ``phase`` when it runs stages). Either form may
+        raise ``StopIteration`` to stop.
     verbose : print one row per iteration (and a line when the kernels compile on first use).
     progress : show a tqdm progress bar (``pip install tqdm``), one tick per iteration.
 
@@ -69,15 +71,25 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
                                               verbose, observer=observer)
     try:
         with thread_limits(n_threads), _cache.compile_notice(options.verbose):
-            with timer("start"):
-                start, description = starting_point(problem, x0)
-            res = newton_solve(problem, start, description, build_system, options, timer=timer, clock=clock)
+            res = run_from(problem, x0, build_system, options, timer=timer, clock=clock)
         logger.info("%s iterations=%d loss=%.6e |g|/g_ref=%.3e time=%.3fs", res.message, res.n_iter, res.loss,
                     res.rel_grad_norm, res.time)
         return res
     finally:
         if bar is not None:
             bar.close()
+
+
+def run_from(problem, x0, build_system, options, timer=None, clock=None):
+    """The Newton solve from ``x0`` (shared by ``fastnewton.dask.solve``): "auto" is the model's
+    ``auto_solve`` (its start, and any stages of its own), anything else ``starting_point``.
+    ``timer`` and ``clock`` as for ``newton_solve`` (the start is timed as the phase "start")."""
+    if isinstance(x0, str) and x0 == "auto":
+        return problem.auto_solve(build_system, options, timer=timer, clock=clock)
+    timer = timer if timer is not None else PhaseTimer()
+    with timer("start"):
+        start, description = starting_point(problem, x0)
+    return newton_solve(problem, start, description, build_system, options, timer=timer, clock=clock)
 
 
 def solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose, observer=None):

@@ -171,6 +171,15 @@ def test_sketch_vs_exact_quick_writes_csv(tmp_path):
 EXTRA_INFO = {"n", "d", "nnz", "model", "strategy", "phase", "format", "threads"}
 
 
+def test_families_solve_quick_prints_solved_counts():
+    out = run_script(["bench/families_solve.py", "--quick", "--models", "softmax_relu", "--count", "3"]).stdout
+    rows = [line.split() for line in out.splitlines() if line.startswith("softmax_relu")]
+    assert [row[1] for row in rows] == ["default", "zeros", "trust-exact"], out
+    for row in rows:
+        solved, total = row[2].split("/")
+        assert 0 <= int(solved) <= int(total), out
+
+
 def test_benchmark_suite_quick_writes_self_describing_json(tmp_path):
     output = tmp_path / "bench.json"
     # One Numba and BLAS thread: the suite's code does not depend on the thread count, and on

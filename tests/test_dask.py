@@ -90,6 +90,9 @@ def test_same_answer_as_single_machine(client, model, dense, hessian):
     assert _relative(res.x, reference.x) <= AGREEMENT
     assert res.loss == pytest.approx(reference.loss, rel=1e-9, abs=1e-15)
     assert res.start == reference.start or res.start.startswith("auto")
+    # The same stages (softmax_relu's lifted start: surrogate phases, then the real loss) in the same order.
+    assert (list(dict.fromkeys(h.get("phase") for h in res.history))
+            == list(dict.fromkeys(h.get("phase") for h in reference.history)))
 
 
 @pytest.mark.filterwarnings("ignore::fastnewton.ConvergenceWarning")

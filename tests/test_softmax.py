@@ -247,7 +247,7 @@ def test_softmax_relu_columns_are_the_u_derivatives(m, weighted):
     s, y, rho, c = _softmax_relu_inputs(u, b, V)
     assert np.all(np.abs(y) > 1e-6), "outputs must be away from the ReLU kink"
     Q = np.full((n, m + 3), np.nan)
-    softmax_relu_columns(u, s, rho, V, y, w, Q)
+    softmax_relu_columns(u, s, rho, V, y, y > 0.0, w, Q)
     beta = _beta(Q, c, w)
 
     r = naive.outputs(u, "softmax_relu", V) - b

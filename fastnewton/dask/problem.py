@@ -15,6 +15,7 @@ and the partials of c, γ, the loss and C_pᵀQ_p → L, ∇L = G₀ − c·G₁
   trial the remaining loss stages: one round for the full step t = 1 of an uncapped direction (two
   for softmax_relu), one more for any other t (the first loss stage at u_p + t·C_p p).
 """
+import copy
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,7 +24,7 @@ from ..models import build_model, uses_values
 from ..protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from ..reductions import dot
 from ..sketching import embedding_factor, jl_directions
-from ..validation import as_vector
+from ..validation import as_l2, as_vector
 from . import blocks
 from .rounds import Rounds
 
@@ -147,6 +148,18 @@ class DaskProblem:
 
     def auto_start(self):
         return self.row_model.auto_start(self)
+
+    def auto_solve(self, build_system, options, timer=None, clock=None):
+        return self.row_model.auto_solve(self, build_system, options, timer=timer, clock=clock)
+
+    def with_model(self, row_model, l2):
+        """This problem for another model of the same targets (its ``facts`` are these) and ridge ``l2``:
+        the same blocks on the workers and the same round counters; no round is run."""
+        other = copy.copy(self)
+        other.row_model = row_model
+        other.l2 = as_l2(l2)
+        other._loss_at_zero = None
+        return other
 
     def map_blocks(self, function, *args):
         """function(block, *args) on every block, the summaries summed (``max_`` keys: the maximum)."""

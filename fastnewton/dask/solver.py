@@ -1,9 +1,7 @@
 """``fastnewton.dask.solve``: the Newton driver of ``fastnewton.solve`` over a row-partitioned Dask array."""
 import numpy as np
 
-from ..newton import newton_solve
-from ..start import starting_point
-from ..solver import solve_options
+from ..solver import run_from, solve_options
 from ..threads import thread_limits
 from ..models import uses_values
 from ..validation import as_l2, as_positive_float, as_thread_count, check_model
@@ -91,7 +89,6 @@ def solve(C, b, model="softmax", *, client=None, V=None, l2=0.0, row_weights=Non
     problem.rounds.worker_timeout = worker_timeout
     build_system, options = solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose)
     with thread_limits(None):
-        start, description = starting_point(problem, x0)
-        res = newton_solve(problem, start, description, build_system, options)
+        res = run_from(problem, x0, build_system, options)
     res["cluster"] = dict(problem.rounds.totals, blocks=len(block_futures))
     return res

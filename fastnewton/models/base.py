@@ -15,7 +15,11 @@ states, for a block of rows of C (a ``RowBlock``: the rows' matrix, their slices
 - ``curvature(block, kept, known)``: β on the block's rows, for the sandwich Cᵀ diag(β) C.
 - ``facts(block)``: summable statistics of the block's targets, ``target_norm(facts)``,
   ``diagnose(known, loss, facts, loss_at_zero)``, ``reference()`` (the model whose gradient at
-  x = 0 sets g_ref) and ``auto_start(problem)``.
+  x = 0 sets g_ref) and ``auto_start(problem)``;
+- ``auto_solve(problem, build_system, options)``: the whole solve from ``x0="auto"``. By default
+  the Newton loop from ``auto_start``; a model whose start has Newton stages of its own
+  (``softmax_relu``: Newton on a surrogate model first, ``fastnewton.lifted_start``) runs them
+  here, on ``problem.with_model(surrogate, l2)`` copies of the evaluator.
 
 The single-machine ``Problem`` runs the stages on one block holding all of C; ``fastnewton.dask``
 runs each stage's ``rows`` on the workers and its ``combine`` on the driver. Summaries are dicts
@@ -30,6 +34,8 @@ import numpy as np
 
 from ..chunking import chunk_rows
 from ..kernels.softmax import log_partition_parts
+from ..newton import newton_solve
+from ..timing import PhaseTimer
 
 # Summary keys reduced by max instead of sum.
 MAX_PREFIX = "max_"
@@ -133,6 +139,14 @@ class Model:
 
     def auto_start(self, problem):
         return np.zeros(problem.d), "zeros (auto: the model has no starting rule)"
+
+    def auto_solve(self, problem, build_system, options, timer=None, clock=None):
+        """The solve from ``x0="auto"``: the Newton loop from ``auto_start`` (``timer``, ``clock``: as for
+        ``newton_solve``; the start is timed as the phase "start")."""
+        timer = timer if timer is not None else PhaseTimer()
+        with timer("start"):
+            x0, description = self.auto_start(problem)
+        return newton_solve(problem, x0, description, build_system, options, timer=timer, clock=clock)
 
 
 @dataclass(frozen=True)

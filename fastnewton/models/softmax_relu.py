@@ -4,42 +4,46 @@ With s = softmax(u), y = Vᵀs, a = 1[y > 0], r = ReLU(y) − b, ρ = V(a ⊙ r)
   q = s ⊙ ρ − c s + w ⊙ u,  β = s ⊙ ρ − c s + w,  U = [s, s ⊙ ρ, J V diag(a)],
   S = [[2c, −1], [−1, 0]] ⊕ I_m, with (J V diag(a))_ij = a_j·s_i·(V_ij − y_j).
 Stages: (1) the blocks' log-partition parts; (2) s kept, the partials of y = Vᵀs and Σ w u² back
-→ y, r and the loss; (3) ρ, Q = [s ρ + w u, s, s ρ, J V diag(a)] and the partial of c back
+→ y, a, r and the loss; (3) ρ, Q = [s ρ + w u, s, s ρ, J V diag(a)] and the partial of c back
 → ∇L = Cᵀ(s ρ + w u) − c·Cᵀs.
+
+With output offsets o (the lifted surrogate of ``fastnewton.lifted_start``; o = 0 for the real
+loss) the outputs are ReLU(y + o) − (b + o): a = 1[y + o > 0] and r = a ⊙ (y − b) − (1 − a) ⊙ (b + o),
+all on the driver; the row stages are unchanged (J·1 = 0 makes J V diag(a) offset-free).
 """
 import numpy as np
-import scipy.linalg
 
 from ..kernels.dense import dense_matvec, dense_rmatmat
 from ..kernels.softmax import curvature_weights, softmax_relu_columns
+from ..lifted_start import lifted_solve, output_offsets, simplex_start
 from ..reductions import dot, norm
-from ..start import log_linear_fit
 from .base import Model, Stage, softmax_rows, keep_log_partition, log_partition_rows
-
-# Floor of the start's simplex vector, as a fraction of the uniform value 1/n.
-SIMPLEX_FLOOR = 1e-3
 
 
 class SoftmaxRelu(Model):
-    """h(u) = ReLU(Vᵀ softmax(u)); ``b`` is the length-m target."""
+    """h(u) = ReLU(Vᵀ softmax(u)); ``b`` is the length-m target; ``output_offset`` o lifts the
+    outputs to ReLU(y + o) − (b + o) (default 0: the model itself)."""
 
     name = "softmax_relu"
     uses_values = True
 
-    def __init__(self, b):
+    def __init__(self, b, output_offset=None):
         self.b = b
         self.m = b.shape[0]
         self.k = self.m + 2
+        self.output_offset = np.zeros(self.m) if output_offset is None else output_offset
         first = Stage(_log_partition, keep_log_partition)
         outputs = Stage(_outputs, self._residual)
         self.evaluation = (first, outputs, Stage(_columns, self._gradient))
         self.loss_stages = (first, outputs)
 
     def _residual(self, summary, known):
-        """y = Σ_blocks V_pᵀs_p, r = ReLU(y) − b, L = ½‖r‖² + ½ Σ w u²."""
+        """y = Σ_blocks V_pᵀs_p, a = 1[y + o > 0], r = ReLU(y + o) − (b + o), L = ½‖r‖² + ½ Σ w u²."""
         y = summary["y"]
-        r = np.maximum(y, 0.0) - self.b
-        return {"y": y, "active_residual": np.where(y > 0.0, r, 0.0),
+        active = y + self.output_offset > 0.0
+        # Written so that o cancels exactly on active outputs (o = 0 gives ReLU(y) − b bit for bit).
+        r = np.where(active, y - self.b, -(self.b + self.output_offset))
+        return {"y": y, "active": active, "active_residual": np.where(active, r, 0.0),
                 "loss": 0.5 * dot(r, r) + 0.5 * summary["weighted_square"]}
 
     def _gradient(self, summary, known):
@@ -57,8 +61,8 @@ class SoftmaxRelu(Model):
         return norm(self.b)
 
     def diagnose(self, known, loss, facts, loss_at_zero):
-        """Dead outputs: y_j ≤ 0 while b_j > 0 cannot recover (ReLU'(y_j) = 0)."""
-        dead = np.flatnonzero((known["y"] <= 0.0) & (self.b > 0.0))
+        """Dead outputs: y_j + o_j ≤ 0 while b_j + o_j > 0 cannot recover (ReLU'(y_j + o_j) = 0)."""
+        dead = np.flatnonzero((known["y"] + self.output_offset <= 0.0) & (self.b + self.output_offset > 0.0))
         if dead.size:
             return (f"{dead.size} output ReLU(s) are dead (y_j = (Vᵀ softmax(Cx))_j ≤ 0 while b_j > 0, "
                     f"e.g. j = {dead[0]}): they cannot recover, so this stationary point is not the optimum")
@@ -75,27 +79,16 @@ class SoftmaxRelu(Model):
         return "output(s) with yⱼ = (Vᵀ softmax(Cx))ⱼ", known["y"]
 
     def auto_start(self, problem):
-        """The simplex vector s closest to uniform with (Vᵀs)_j = b_j on active outputs (b_j > 0) and
-        (Vᵀs)_j = 0 on inactive outputs that would otherwise be positive (a closed-form minimum-norm
-        solution on an active set), floored and renormalised; then the s-weighted fit of log s on [C, 1]."""
-        b, n = self.b, problem.n
-        equal = b > 0.0
-        targets = np.where(equal, b, 0.0)
-        for _ in range(b.shape[0] + 1):
-            active_outputs = np.flatnonzero(equal)
-            columns = problem.map_blocks(_simplex_columns, active_outputs)
-            y_uniform = columns["column_sums"] / n
-            # min ‖s − 1/n‖² s.t. V_Eᵀ s = b_E, 1ᵀs = 1: s = 1/n + [V_E, 1] λ, a (|E|+1)-square system.
-            residual = np.append(targets[active_outputs] - y_uniform[active_outputs], 0.0)
-            lam = scipy.linalg.lstsq(columns["AtA"], residual, check_finite=False)[0]
-            outputs = problem.map_blocks(_simplex_outputs, n, active_outputs, lam)
-            newly = (~equal) & (outputs["y"] > 0.0)
-            if not newly.any():
-                break
-            equal |= newly
-        x = log_linear_fit(problem, _simplex_vector, (n, active_outputs, lam, outputs["floored_sum"]))
-        return x, ("auto: simplex vector closest to uniform with Vᵀs = b on active outputs, then an "
-                   "s-weighted least-squares fit of log s on [C, 1]")
+        """Stage 1 of ``fastnewton.lifted_start``: the simplex vector s ≥ floor closest to uniform with
+        Vᵀs = b on active outputs (and 0 on inactive ones that would otherwise be positive), then the
+        s-weighted fit of log s on [C, 1]."""
+        return simplex_start(problem, self.b)
+
+    def auto_solve(self, problem, build_system, options, timer=None, clock=None):
+        """``fastnewton.lifted_start.lifted_solve``: stage 1, Newton on this model with the outputs
+        lifted by offsets (ridge continuation), then on the real loss."""
+        lifted = SoftmaxRelu(self.b, output_offsets(problem, self.b))
+        return lifted_solve(problem, lifted, build_system, options, timer=timer, clock=clock)
 
 
 def _log_partition(block, kept, known):
@@ -114,27 +107,5 @@ def _columns(block, kept, known):
     rho = np.empty(block.rows)
     dense_matvec(block.V, known["active_residual"], rho)
     Q = np.empty((block.rows, block.V.shape[1] + 3))
-    softmax_relu_columns(kept["u"], kept["s"], rho, block.V, known["y"], block.w, Q)
+    softmax_relu_columns(kept["u"], kept["s"], rho, block.V, known["y"], known["active"], block.w, Q)
     return {"c": dot(kept["s"], rho)}, {"Q": Q}
-
-
-def _simplex_matrix(block, active_outputs):
-    return np.column_stack([block.V[:, active_outputs], np.ones(block.rows)])
-
-
-def _simplex_columns(block, active_outputs):
-    """Partials of AᵀA for A = [V_E, 1] and of Vᵀ1."""
-    A = _simplex_matrix(block, active_outputs)
-    return {"AtA": A.T @ A, "column_sums": block.V.sum(axis=0)}
-
-
-def _simplex_outputs(block, n, active_outputs, lam):
-    """Partials of Vᵀs for s = 1/n + A λ, and of Σ max(s, floor/n)."""
-    s = 1.0 / n + _simplex_matrix(block, active_outputs) @ lam
-    return {"y": block.V.T @ s, "floored_sum": float(np.maximum(s, SIMPLEX_FLOOR / n).sum())}
-
-
-def _simplex_vector(block, parameters):
-    """s = max(1/n + A λ, floor/n) / Σ max(·) on the block's rows."""
-    n, active_outputs, lam, total = parameters
-    return np.maximum(1.0 / n + _simplex_matrix(block, active_outputs) @ lam, SIMPLEX_FLOOR / n) / total

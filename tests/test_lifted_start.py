@@ -1,0 +1,218 @@
+"""softmax_relu's automatic start (``fastnewton.lifted_start``): the simplex vector, the lifted
+surrogate's derivatives, the staged solve, and the random attention-like families of bench/families.py.
+"""
+import importlib.util
+import pathlib
+import warnings
+
+import numpy as np
+import pytest
+
+import fastnewton
+from fastnewton import Problem, solve
+from fastnewton.lifted_start import SIMPLEX_FLOOR, output_offsets, simplex_vector, simplex_weights
+from fastnewton.models import SoftmaxRelu
+
+import naive
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _families():
+    spec = importlib.util.spec_from_file_location("bench_families", REPO / "bench" / "families.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+families = _families()
+
+
+def _dead_prone(seed=0, n=60, d=5, m=4):
+    """A small problem whose column 0 of V is negative everywhere while b_0 > 0 (dead in the real model)."""
+    rng = np.random.default_rng(seed)
+    C = rng.standard_normal((n, d))
+    V = rng.uniform(-1.0, 1.0, (n, m))
+    V[:, 0] = -np.abs(V[:, 0]) - 0.1
+    b = rng.uniform(0.1, 0.5, m)
+    return C, b, V
+
+
+def _lifted(problem, offsets, ridge):
+    """The evaluator of the lifted surrogate, as ``fastnewton.lifted_start.lifted_solve`` builds it."""
+    return problem.with_model(SoftmaxRelu(problem.b, offsets), problem.l2 + ridge)
+
+
+# -- the lifted surrogate ------------------------------------------------------------------------------
+def test_zero_offset_surrogate_is_the_real_problem():
+    C, b, V = _dead_prone()
+    problem = Problem(C, b, "softmax_relu", V=V, l2=0.3)
+    surrogate = _lifted(problem, np.zeros(V.shape[1]), 0.0)
+    x = np.random.default_rng(1).standard_normal(C.shape[1])
+    assert surrogate.loss(x) == problem.loss(x)
+    assert np.array_equal(surrogate.grad(x), problem.grad(x))
+    assert np.array_equal(surrogate.hessian(x), problem.hessian(x))
+
+
+def test_surrogate_loss_replaces_the_relu_of_active_outputs_by_the_identity():
+    C, b, V = _dead_prone()
+    b[1] = 0.0  # an inactive output keeps its ReLU
+    problem = Problem(C, b, "softmax_relu", V=V)
+    offsets = output_offsets(problem, b)
+    assert offsets[1] == 0.0 and np.all(offsets[b > 0] > -V[:, b > 0].min(axis=0))
+    ridge = 0.25
+    surrogate = _lifted(problem, offsets, ridge)
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        x = rng.standard_normal(C.shape[1]) * 2
+        y = V.T @ naive.softmax(C @ x)
+        assert y[0] < 0.0  # dead in the real model, alive in the surrogate
+        expected = 0.5 * np.sum(np.where(b > 0, y - b, np.maximum(y, 0.0)) ** 2) + 0.5 * ridge * x @ x
+        assert surrogate.loss(x) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_surrogate_derivatives_match_central_differences(weighted):
+    C, b, V = _dead_prone(seed=3)
+    row_weights = np.random.default_rng(4).uniform(0, 0.1, C.shape[0]) if weighted else None
+    problem = Problem(C, b, "softmax_relu", V=V, l2=1e-3, row_weights=row_weights)
+    surrogate = _lifted(problem, output_offsets(problem, b), 0.05)
+    x = np.random.default_rng(5).standard_normal(C.shape[1])
+    d = x.size
+    h = 1e-5
+    fd_grad = np.array([(surrogate.loss(x + h * e) - surrogate.loss(x - h * e)) / (2 * h) for e in np.eye(d)])
+    fd_hess = np.array([(surrogate.grad(x + h * e) - surrogate.grad(x - h * e)) / (2 * h) for e in np.eye(d)])
+    grad, hess = surrogate.grad(x), surrogate.hessian(x)
+    # Central differences: O(h²) truncation (~1e-10 here) plus rounding eps·|L|/h ~ 1e-11.
+    np.testing.assert_allclose(grad, fd_grad, rtol=0, atol=1e-7 * np.abs(grad).max())
+    np.testing.assert_allclose(hess, fd_hess, rtol=0, atol=1e-7 * np.abs(hess).max())
+    p = np.random.default_rng(6).standard_normal(d)
+    np.testing.assert_allclose(surrogate.hessp(x, p), hess @ p, rtol=1e-10, atol=1e-14)
+    # The real model's output 0 is dead here: its derivative vanishes, the surrogate's does not.
+    assert not np.allclose(grad - 0.05 * x, problem.grad(x) - 1e-3 * x)
+
+
+# -- stage 1: the simplex vector ------------------------------------------------------------------------
+@pytest.mark.parametrize("index", range(6))
+def test_simplex_vector_meets_its_constraints_on_reachable_targets(index):
+    case = families.make_case("softmax_relu", 7, index, n_range=(50, 600), d_range=(8, 24), sparse=False)
+    problem = Problem(case.C, case.b, "softmax_relu", V=case.V)
+    active_outputs, lam, total, _ = simplex_vector(problem, case.b)
+    s = simplex_weights(problem.block, (problem.n, active_outputs, lam, total))
+    assert s.min() >= SIMPLEX_FLOOR / problem.n * (1 - 1e-12) / total
+    assert s.sum() == pytest.approx(1.0, rel=1e-12)
+    y = case.V.T @ s
+    positive = case.b > 0
+    scale = np.abs(case.V).max()
+    # b is reachable (b = ReLU(Vᵀ softmax(C x_true))), so the penalised problem's constraints
+    # hold to its ε (1e-12 of AᵀA's diagonal) times |λ|: far below 1e-8 of V's scale.
+    np.testing.assert_allclose(y[positive], case.b[positive], rtol=0, atol=1e-8 * scale)
+    assert np.all(y[~positive] <= 1e-8 * scale)
+
+
+def _planted(*args, **kwargs):
+    """(C, b, V) of a planted softmax_relu problem."""
+    planted = fastnewton.make_problem(*args, **kwargs)
+    return planted.C, planted.b, planted.V
+
+
+# -- the staged solve --------------------------------------------------------------------------------------
+def test_history_marks_every_phase_and_counts_every_iteration():
+    C, b, V = _planted(2000, 12, model="softmax_relu", m=6, seed=4)
+    seen = []
+    res = solve(C, b, "softmax_relu", V=V, callback=lambda info: seen.append((info["iter"], info["phase"])))
+    assert res.converged, res.message
+    assert len(res.history) == res.n_iter + 1
+    assert [record["iter"] for record in res.history] == list(range(res.n_iter + 1))
+    phases = [record["phase"] for record in res.history]
+    # The real stage often needs no iteration: the surrogate's minimiser is the real one here.
+    assert phases[0].startswith("surrogate") and phases[-1] in ("surrogate", "real")
+    assert set(phases) <= {"surrogate l2+0.01·λmax", "surrogate l2+0.0001·λmax", "surrogate", "real"}
+    assert [record["phase"] for record in res.history[1:]] == [phase for _, phase in seen]
+    assert [i for i, _ in seen] == list(range(1, res.n_iter + 1))
+    assert "lifted surrogate" in res.start
+    times = [record["time"] for record in res.history]
+    assert times == sorted(times)
+
+
+@pytest.mark.filterwarnings("ignore::fastnewton.ConvergenceWarning")
+def test_max_iter_bounds_all_phases_together():
+    C, b, V = _planted(2000, 12, model="softmax_relu", m=6, seed=4)
+    for max_iter in (0, 1, 5):
+        res = solve(C, b, "softmax_relu", V=V, max_iter=max_iter)
+        assert res.n_iter <= max_iter
+    assert np.array_equal(solve(C, b, "softmax_relu", V=V, max_iter=0).x0,
+                          solve(C, b, "softmax_relu", V=V, max_iter=3).x0)
+
+
+def test_dead_output_problem_is_solved_from_the_auto_start():
+    # Found by bench/families.py: from zeros Newton kills an output (b_j > 0, y_j ≤ 0) and stops
+    # at a dead stationary point; the lifted surrogate cannot kill it.
+    case = families.make_case("softmax_relu", 0, 6)  # n = 333, d = 14, m = 28
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zeros = solve(case.C, case.b, "softmax_relu", V=case.V, x0="zeros")
+    assert zeros.status == fastnewton.Status.DEAD_STATIONARY
+    res = solve(case.C, case.b, "softmax_relu", V=case.V)
+    assert res.converged, res.message
+    assert families.relative_residual(case, res.x) <= 1e-6
+
+
+# -- the families -------------------------------------------------------------------------------------------
+def _solved_fraction(model, count, seed, **kwargs):
+    solved = 0
+    for case in families.family(model, count, seed, n_range=(50, 400), d_range=(8, 24), **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = solve(case.C, case.b, model, V=case.V)
+        solved += families.relative_residual(case, res.x) <= 1e-6
+    return solved / count
+
+
+def test_small_softmax_relu_family_is_solved():
+    # bench/families_solve.py measures 98 % on the full family; 24 small problems: at least 22.
+    assert _solved_fraction("softmax_relu", 24, seed=11) >= 22 / 24
+
+
+@pytest.mark.parametrize("model", ["softmax", "relu_softmax"])
+def test_small_softmax_families_are_solved(model):
+    assert _solved_fraction(model, 8, seed=12) == 1.0
+
+
+def test_noisy_targets_reach_the_best_loss_found():
+    # b perturbed by 5 % noise: the default solve is compared with x0="zeros" and three random
+    # starts. Measured: it reaches the best loss on 6 of these 8 with the unscaled damping and 5 of 8
+    # with the column-scaled steps (on the others the iteration budget, max_iter = 100, ends its
+    # restart from zeros early: noisy softmax_relu targets are a known weak spot of the staged
+    # start); at most 3 may fall short.
+    worse = 0
+    cases = list(families.family("softmax_relu", 8, seed=13, noisy_fraction=1.0, n_range=(50, 400),
+                                 d_range=(8, 24)))
+    for case in cases:
+        problem = Problem(case.C, case.b, "softmax_relu", V=case.V)
+        rng = np.random.default_rng(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = solve(case.C, case.b, "softmax_relu", V=case.V)
+            others = [solve(case.C, case.b, "softmax_relu", V=case.V, x0=x0).loss
+                      for x0 in ["zeros"] + [rng.standard_normal(case.x_true.size) / 3 for _ in range(3)]]
+        best = min(others)
+        worse += problem.loss(res.x) > best * (1 + 1e-6) + 1e-12 * float(case.b @ case.b)
+    assert worse <= 3, worse
+
+
+def test_thread_count_does_not_change_the_bits(run_with_threads):
+    C, b, V = _planted(3000, 12, model="softmax_relu", m=6, seed=8, dense=True)
+    one = run_with_threads(1, lambda: solve(C, b, "softmax_relu", V=V, n_threads=1))
+    two = run_with_threads(2, lambda: solve(C, b, "softmax_relu", V=V, n_threads=2))
+    assert np.array_equal(one.x, two.x) and one.n_iter == two.n_iter
+
+
+def test_one_max_iter_warning_for_all_stages_at_the_callers_line():
+    C, b, V = _planted(2000, 12, model="softmax_relu", m=6, seed=4)
+    with pytest.warns(fastnewton.ConvergenceWarning, match="max_iter") as record:
+        res = solve(C, b, "softmax_relu", V=V, max_iter=2)
+    assert res.status == fastnewton.Status.MAX_ITER and res.n_iter == 2
+    assert len(record) == 1
+    # However deep the stages run, the warning points at the caller of solve.
+    assert record[0].filename == __file__
