@@ -330,7 +330,8 @@ def test_history_records_each_iteration(dense):
             assert np.isfinite(record[key]) and record[key] >= 0.0
         assert all(seconds >= 0.0 for seconds in record["seconds"].values())
     for record in history[1:]:
-        assert {"forward", "gradient", "hessian", "solve"} <= set(record["seconds"])
+        # The forward pass is carried from the line search (u + t·CΔx) on most iterations.
+        assert {"model", "gradient", "hessian", "solve", "line_search"} <= set(record["seconds"])
         assert 0.0 < record["step"] <= 1.0
     losses = [record["loss"] for record in history]
     # Armijo backtracking: every accepted step decreases L (beyond rounding, ~1e-16·L).
@@ -351,7 +352,9 @@ def test_result_is_consistent_with_problem(model):
     assert res.rel_grad_norm == pytest.approx(res.grad_norm / res.g_ref)
     # scipy.optimize.OptimizeResult names
     assert res.fun == res.loss and res.nit == res.n_iter and res.success == res.converged
-    assert np.allclose(res.jac, problem.grad(res.x), rtol=1e-9, atol=0)
+    # res.jac is ∇L at u carried as u + t·CΔx, within rounding of a fresh Cx: at the optimum ∇L is
+    # all cancellation, so its rounding is relative to the gradient's scale g_ref, not to |∇L|.
+    assert np.allclose(res.jac, problem.grad(res.x), rtol=1e-9, atol=1e-12 * res.g_ref)
     assert res.hessian in ("exact", "sketch", "pcg")  # "auto" resolves to a named strategy
 
 
