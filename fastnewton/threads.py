@@ -64,6 +64,20 @@ def single_threaded_blas():
 
 
 @contextmanager
+def blas_threads(n_threads):
+    """BLAS on ``n_threads`` for the calls inside the block only, the previous limit restored after
+    (inside a solve: back to one thread, so OpenBLAS's workers do not spin into the next Numba pass)."""
+    _release_openblas_control()
+    limiter = _blas().limit(limits=n_threads, user_api="blas")
+    try:
+        yield
+    finally:
+        _release_openblas_control()
+        limiter.restore_original_limits()
+        _release_openblas_control()
+
+
+@contextmanager
 def thread_limits(n_threads):
     """Run a solve with ``n_threads`` Numba threads (None: as they are) and BLAS on one thread.
 

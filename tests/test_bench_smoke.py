@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,6 +127,29 @@ def test_sketch_vs_exact_quick_writes_csv(tmp_path):
     assert {"exact", "sketch"} <= {row["strategy"] for row in rows}
     for row in rows:
         assert_positive(row["per_iter_s"], f"per_iter_s of {row['format']} d={row['d']} {row['strategy']}")
+
+
+def test_iteration_phases_quick_reports_every_phase():
+    for matrix in ("uniform", "zipf"):
+        out = run_script(["bench/iteration_phases.py", "--quick", "--matrix", matrix, "--iterations", "3"]).stdout
+        header, values = out.splitlines()[1:3]
+        assert header.split()[:6] == ["forward", "model", "gradient", "hessian", "solve", "line_search"]
+        assert_positive(values.split()[7], f"total ms of {matrix}")
+
+
+def test_zipf_rows_matrix_has_skewed_rows():
+    sys.path.insert(0, str(REPO / "bench"))
+    from iteration_phases import zipf_rows_matrix
+
+    C = zipf_rows_matrix(50_000, 256, seed=1)
+    lengths = np.diff(C.indptr)
+    assert C.shape == (50_000, 256) and lengths.min() >= 1 and lengths.max() <= 256
+    assert 2.0 < lengths.mean() < 8.0 and lengths.max() >= 100  # most rows short, a few near d
+
+
+def test_blas_threads_quick_runs():
+    out = run_script(["bench/blas_threads.py", "--quick"]).stdout
+    assert "Cholesky factor bitwise equal" in out
 
 
 # -- the pytest-benchmark suite ------------------------------------------------------------------------------
