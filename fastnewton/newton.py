@@ -1,6 +1,7 @@
 """The globalised Newton loop of SPEC §3, written against ``Problem`` and a Hessian strategy.
 
-Per iteration: 1) forward pass u = Cx, 2) model vectors and the fused gradient pass
+Per iteration: 1) u = Cx (carried from the line search as u + t·CΔx, a forward pass only
+every ``REFRESH_EVERY`` iterations or when the steps since the last one were long), 2) model vectors and the fused gradient pass
 Cᵀ[q, U], 3) the Hessian from the strategy, 4) a damped Newton step: Cholesky of
 H + μI (Levenberg–Marquardt μ raised when Cholesky fails or the line search
 rejects the step), a logit cap ‖CΔx‖∞ ≤ 10 (one pass C·Δx, reused by every line
@@ -30,6 +31,14 @@ DAMPING_INCREASE = 10.0
 DAMPING_DECREASE = 10.0
 # Beyond ~10 the softmax saturates to one-hot and every gradient underflows to 0 (SPEC §3).
 MAX_LOGIT_STEP = 10.0
+# u = Cx is carried from the line search as u + t·Cp. A fresh pass has |uᵢ − (Cx)ᵢ| ≤ γ_nnzᵢ·|Cᵢ|·|x|;
+# the carried u adds, per step since the last fresh pass, one such bound with |t·p| for |x| (the pass
+# C·p) and an eps·|uᵢ| (the addition). So it is formed afresh after REFRESH_EVERY carried steps (the
+# additions then stay ≤ 8·eps·|uᵢ|, within a fresh pass's own bound for rows of ≥ 8 non-zeros, while
+# the refresh costs 1/8 of a pass per iteration) or once ‖x_fresh‖ + Σ‖t·p‖ exceeds
+# MAX_CARRIED_PATH·‖x‖ (then the pass errors could exceed 4× a fresh pass's: long or zig-zag steps).
+REFRESH_EVERY = 8
+MAX_CARRIED_PATH = 4.0
 # Rounding level of L: ~100·eps relative to L and to the residual cross term ‖r‖·‖b‖.
 ROUNDING_FACTOR = 100.0 * np.finfo(np.float64).eps
 # Stagnation ("no decrease of L beyond rounding", also the ReLU-kink test): an iteration makes
@@ -65,13 +74,33 @@ class SolveOptions:
 
 @dataclass
 class Step:
-    """An accepted step: the new x, its length t, the damping μ used, trials, ‖t·p‖ and whether Armijo failed."""
+    """An accepted step: the new x, its length t, the damping μ used, trials, ‖t·p‖, and the line it
+    was taken on (whose ``evaluate(t)`` carries u)."""
 
     x: np.ndarray
     length: float
     damping: float
     trials: int
     norm: float
+    line: object = None
+
+
+@dataclass
+class CarriedForward:
+    """How far u = Cx has been carried as u + t·Cp since a forward pass formed it (the rule above)."""
+
+    steps: int = 0
+    path: float = 0.0  # ‖x‖ at the last forward pass + Σ ‖t·p‖ since
+
+    def evaluate(self, problem, step, timer):
+        """The evaluation at step.x: u carried along the step's line, or a forward pass when due."""
+        self.steps += 1
+        self.path += step.norm
+        x_norm = norm(step.x)
+        if step.line is None or self.steps >= REFRESH_EVERY or self.path > MAX_CARRIED_PATH * x_norm:
+            self.steps, self.path = 0, x_norm
+            return problem.evaluate(step.x, timer=timer)
+        return step.line.evaluate(step.length, timer=timer)
 
 
 def _all_finite(*values):
@@ -193,7 +222,7 @@ def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=No
                 # accept the full step if L does not rise beyond rounding; the gradient test decides.
                 invisible = t == 1.0 and -slope <= noise and L_t <= L0 + noise
                 if np.isfinite(L_t) and (armijo or invisible):
-                    return Step(ev.x + t * line.p, t, mu, trial, t * norm(line.p))
+                    return Step(ev.x + t * line.p, t, mu, trial, t * norm(line.p), line)
                 t *= BACKTRACK_FACTOR
         mu = _next_damping(mu, scale)
     return None
@@ -238,6 +267,7 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
     g_ref_zero = norm(grad_at_zero)
     g_ref = g_ref_zero if g_ref_zero > 0 else grad_norm
     scaled_g_ref = scaled_norm(grad_at_zero) if g_ref_zero > 0 else scaled_norm(ev.grad)
+    carried = CarriedForward(path=norm(x0))
     history = []
     _record(history, 0, ev, grad_norm, g_ref, None, timer, clock, options, problem.iteration_extras())
     mu = 0.0
@@ -272,8 +302,8 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
                 status = Status.STALLED
                 detail = "No step along the Newton direction decreases it at any damping."
                 break
-            # 1) forward pass and 2) gradient pass at the new iterate (u recomputed, not accumulated)
-            new_ev = problem.evaluate(step.x, timer=timer)
+            # 1) u at the new iterate (carried along the line, or a forward pass when due) and 2) gradient pass
+            new_ev = carried.evaluate(problem, step, timer)
             counts["nfev"] += 1
             counts["njev"] += 1
             new_grad_norm = norm(new_ev.grad) if _all_finite(new_ev.grad) else np.inf

@@ -15,12 +15,13 @@ from .sketching import sampled_sandwich
 from .validation import as_input_matrix, as_l2, as_row_weights, as_value_matrix, as_vector, check_model
 
 
-def run_stages(stages, block, kept, timer=no_timer, columns=None):
+def run_stages(stages, block, kept, timer=no_timer, columns=None, known=None):
     """A model's stages on one block (all of C): (the globals ``known``, the arrays ``kept``).
 
     The stage that keeps Q gets G = CᵀQ (its first ``columns`` columns when given) in its summary.
+    ``known``: the globals of stages already run (when resuming after them).
     """
-    known = {}
+    known = dict(known or {})
     for stage in stages:
         with timer("model"):
             summary, new = stage.rows(block, kept, known)
@@ -117,23 +118,38 @@ class Problem:
         timer = timer or no_timer
         ev = self._last
         if ev is None or not np.array_equal(ev.x, x):
-            u = self._forward(x, timer)
-            columns = None if with_P else self.row_model.gradient_columns
-            known, kept = run_stages(self.row_model.evaluation, self.block, {"u": u}, timer, columns)
-            with timer("gradient"):
-                grad = known["gradient"] + self.l2 * x
-            loss = known["loss"] + 0.5 * self.l2 * dot(x, x)
-            ev = self._last = Evaluation(x.copy(), loss, grad, None, known["S"], known, kept)
-            if with_P:
-                ev.P = np.ascontiguousarray(known["G"][:, 1:]) if "G" in known else None
+            ev = self.evaluate_from(x, {"u": self._forward(x, timer)}, timer, with_P)
         if with_P and ev.P is None:
             with timer("gradient"):
                 ev.P = self.matrix.rmatmat(ev.kept["Q"][:, 1:])
         return ev
 
-    def loss_at(self, u, x):
-        """L at a point whose u = Cx is already known (line-search trials)."""
-        known, _ = run_stages(self.row_model.loss_stages, self.block, {"u": u})
+    def evaluate_from(self, x, kept, timer=no_timer, with_P=True, first=None):
+        """The evaluation at x from its u = Cx in ``kept``; ``first``: the (known, kept) of the model's
+        first stage already run at that u (a line-search trial's), which is then not run again."""
+        stages = self.row_model.evaluation
+        known = None
+        if first is not None:
+            known, kept = first
+            stages = stages[1:]
+        columns = None if with_P else self.row_model.gradient_columns
+        known, kept = run_stages(stages, self.block, kept, timer, columns, known)
+        with timer("gradient"):
+            grad = known["gradient"] + self.l2 * x
+        loss = known["loss"] + 0.5 * self.l2 * dot(x, x)
+        ev = self._last = Evaluation(x.copy(), loss, grad, None, known["S"], known, kept)
+        if with_P:
+            ev.P = np.ascontiguousarray(known["G"][:, 1:]) if "G" in known else None
+        return ev
+
+    def loss_at(self, u, x, first=None):
+        """L at a point whose u = Cx is already known (line-search trials); ``first``, when given, a
+        list that receives the (known, kept) of the first loss stage."""
+        head, *rest = self.row_model.loss_stages
+        known, kept = run_stages((head,), self.block, {"u": u})
+        if first is not None:
+            first[:] = known, kept
+        known, _ = run_stages(rest, self.block, kept, known=known)
         return known["loss"] + 0.5 * self.l2 * dot(x, x)
 
     def beta(self, ev):
@@ -257,18 +273,38 @@ class Problem:
 class LineSearch:
     """The line x + t·p: one pass C·p, then each trial's loss from u + t·Cp with no pass over C.
 
-    ``largest`` = ‖Cp‖∞ (the logit cap); ``scale`` shrinks p and Cp together.
+    ``largest`` = ‖Cp‖∞ (the logit cap); ``scale`` shrinks p (Cp stays, times the factor, as the
+    workers of ``fastnewton.dask`` keep it, so both carry the same u). ``evaluate(t)`` reuses the
+    last trial's u and first loss stage when t is that trial's.
     """
 
     def __init__(self, problem, ev, p):
         self.problem, self.ev, self.p = problem, ev, p
         self.Cp = problem.matrix.matvec(p)
         self.largest = float(np.max(np.abs(self.Cp)))
+        self.factor = 1.0
+        self.trial = None
 
     def scale(self, factor):
         self.p *= factor
-        self.Cp *= factor
+        self.factor *= factor
         self.largest *= factor
 
+    def _u(self, t):
+        return self.ev.kept["u"] + (t * self.factor) * self.Cp
+
     def loss(self, t):
-        return self.problem.loss_at(self.ev.kept["u"] + t * self.Cp, self.ev.x + t * self.p)
+        u, first = self._u(t), []
+        loss = self.problem.loss_at(u, self.ev.x + t * self.p, first)
+        self.trial = t, u, first
+        return loss
+
+    def evaluate(self, t, timer=None):
+        model = self.problem.row_model
+        if self.trial is not None and self.trial[0] == t:
+            _, u, first = self.trial
+        else:
+            u, first = self._u(t), None
+        if model.loss_stages[0] != model.evaluation[0]:
+            first = None
+        return self.problem.evaluate_from(self.ev.x + t * self.p, {"u": u}, timer or no_timer, first=first)

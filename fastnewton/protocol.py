@@ -29,7 +29,11 @@ class Evaluation:
 
 
 class Line(Protocol):
-    """The line x + t·p from an evaluation; ``largest`` = ‖Cp‖∞ (the logit cap)."""
+    """The line x + t·p from an evaluation; ``largest`` = ‖Cp‖∞ (the logit cap).
+
+    ``evaluate(t)`` is the evaluation at x + t·p with u carried as u + t·Cp (no forward pass);
+    the first stage that the trial at t ran (e.g. the softmax log-partition) is reused.
+    """
 
     p: np.ndarray
     largest: float
@@ -37,6 +41,8 @@ class Line(Protocol):
     def scale(self, factor): ...
 
     def loss(self, t): ...
+
+    def evaluate(self, t, timer=None) -> Evaluation: ...
 
 
 class Evaluator(Protocol):

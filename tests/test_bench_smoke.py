@@ -167,6 +167,11 @@ def test_sketch_vs_exact_quick_writes_csv(tmp_path):
         assert_positive(row["per_iter_s"], f"per_iter_s of {row['format']} d={row['d']} {row['strategy']}")
 
 
+def test_blas_threads_quick_runs():
+    out = run_script(["bench/blas_threads.py", "--quick"]).stdout
+    assert "Cholesky factor bitwise equal" in out
+
+
 # -- the pytest-benchmark suite ------------------------------------------------------------------------------
 EXTRA_INFO = {"n", "d", "nnz", "model", "strategy", "phase", "format", "threads"}
 

@@ -131,6 +131,34 @@ def test_repeated_runs_are_bitwise_identical(client):
     assert [h["loss"] for h in runs[0].history] == [h["loss"] for h in runs[1].history]
 
 
+@pytest.mark.parametrize("model", ["softmax", "softmax_relu"])
+def test_carried_u_on_the_workers_is_the_single_machine_u(client, model):
+    """The line's evaluate(t) carries u_p + t·C_p p on the workers: bitwise the u that ``Problem``
+    carries (same C_p p rows, same t·factor), for a full, a backtracked and a capped step."""
+    from fastnewton.dask.problem import DaskProblem
+    from fastnewton.dask.solver import persist_blocks
+
+    C, b, V = _problem(model, n=3000, d=8)
+    futures, n, d, small_b = persist_blocks(client, _dask(C, 700), b, model, V, None, None)
+    remote = DaskProblem(client, futures, n, d, model, small_b, 0.0)
+    local = fastnewton.Problem(C, b, model, V=V)
+    rng = np.random.default_rng(1)
+    evs = [problem.evaluate(np.zeros(d)) for problem in (local, remote)]
+    for t, factor in [(1.0, 1.0), (0.5, 1.0), (1.0, 0.3), (0.25, 0.3)]:
+        p = rng.standard_normal(d)
+        lines = [problem.line(ev, p.copy()) for problem, ev in zip((local, remote), evs)]
+        for line in lines:
+            if factor != 1.0:
+                line.scale(factor)
+            line.loss(t)
+        evs = [line.evaluate(t) for line in lines]
+        u_remote = np.concatenate([held.kept["u"] for held in client.gather(evs[1].kept)])
+        assert np.array_equal(u_remote, evs[0].kept["u"])
+        assert np.array_equal(evs[0].x, evs[1].x)
+        assert np.allclose(evs[1].grad, evs[0].grad, rtol=0, atol=1e-12 * np.max(np.abs(evs[0].grad)))
+        assert evs[1].loss == pytest.approx(evs[0].loss, rel=1e-12)
+
+
 def test_any_chunking_agrees(client):
     C, b, _ = _problem("relu_softmax")
     reference = fastnewton.solve(C, b, "relu_softmax", hessian="exact", tol=1e-12)

@@ -393,3 +393,18 @@ def test_bench_memory_quick_smoke():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "exact" in out and "sketch" in out and "formula" in out
+
+
+def test_blas_threads_are_scoped_to_the_block():
+    """``blas_threads(n)`` inside a solve's single-threaded BLAS: n threads in the block, one after it."""
+    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS too)
+
+    from fastnewton.threads import blas_threads, single_threaded_blas
+
+    before = _blas_threads()
+    with single_threaded_blas():
+        with blas_threads(2):
+            inside = _blas_threads()
+        assert set(_blas_threads()) == {1}
+    assert _blas_threads() == before
+    assert set(inside) <= {2} or max(before) < 2  # a BLAS built for one thread stays at one

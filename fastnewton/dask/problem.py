@@ -13,7 +13,9 @@ and the partials of c, γ, the loss and C_pᵀQ_p → L, ∇L = G₀ − c·G₁
   ``pcg``: one round per CG iteration, p out, C_pᵀ(β_p ⊙ C_p p) back (d).
 - Line search: one round for C_p p (back ‖C_p p‖∞ and the first loss stage at u_p + C_p p), then per
   trial the remaining loss stages: one round for the full step t = 1 of an uncapped direction (two
-  for softmax_relu), one more for any other t (the first loss stage at u_p + t·C_p p).
+  for softmax_relu), one more for any other t (the first loss stage at u_p + t·C_p p). The accepted
+  trial's u_p + t·C_p p and first stage start the next evaluation (no forward round; see
+  ``fastnewton.newton.CarriedForward`` for when u is formed afresh).
 """
 import copy
 from types import SimpleNamespace
@@ -81,7 +83,12 @@ class DaskProblem:
         """Evaluation at a validated x (``reference``: the model whose gradient at 0 sets g_ref)."""
         timer = timer or no_timer
         model = self.row_model.reference() if reference else self.row_model
-        known, held = self.run_stages(model.evaluation, self._forward(x, model, timer), timer)
+        return self.evaluate_from(x, self._forward(x, model, timer), timer, model=model)
+
+    def evaluate_from(self, x, held, timer=no_timer, first_summary=None, model=None):
+        """The evaluation at x from the round of its first stage (``held``; its reduced summary when known)."""
+        model = model or self.row_model
+        known, held = self.run_stages(model.evaluation, held, timer, first_summary)
         G = known["G"]
         grad = known["gradient"] + self.l2 * x
         loss = known["loss"] + 0.5 * self.l2 * dot(x, x)
@@ -181,6 +188,7 @@ class DaskLine:
         self.full_step = problem.rounds.reduce(self.directions)
         self.largest = self.full_step["max_abs"]
         self.factor = 1.0
+        self.trial = None
 
     def scale(self, factor):
         self.p *= factor
@@ -192,6 +200,20 @@ class DaskLine:
         step = t * self.factor
         x_t = self.ev.x + t * self.p
         if step == 1.0:
+            self.trial = t, self.directions, self.full_step
             return problem.loss_from(self.directions, x_t, self.full_step)
         held = problem.rounds.run(blocks.shifted_forward, self.ev.kept, self.directions, args=(step, self.first))
+        self.trial = t, held, None
         return problem.loss_from(held, x_t)
+
+    def evaluate(self, t, timer=None):
+        """The evaluation at x + t·p from u_p + t·C_p p on the workers: the trial's round when t was the
+        last trial and the model's first loss stage is its first evaluation stage, else one round."""
+        problem = self.problem
+        first = problem.row_model.evaluation[0].rows
+        if self.trial is not None and self.trial[0] == t and first == self.first:
+            _, held, summary = self.trial
+        else:
+            held, summary = problem.rounds.run(blocks.shifted_forward, self.ev.kept, self.directions,
+                                               args=(t * self.factor, first)), None
+        return problem.evaluate_from(self.ev.x + t * self.p, held, timer or no_timer, summary)
