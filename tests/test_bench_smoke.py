@@ -152,7 +152,8 @@ def test_passes_quick_times_a_base_checkout_beside_ours(tmp_path):
 def test_phases_quick_reports_every_phase(tmp_path):
     run_script(["bench/phases.py", "--quick", "--zipf", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "phases.json").read_text())
-    assert {"forward", "gradient", "hessian", "solve", "line_search", "total"} <= set(result["median_seconds"])
+    # "forward" appears only on the iterations that re-form u = Cx (it is carried from the line search otherwise).
+    assert {"gradient", "hessian", "solve", "line_search", "total"} <= set(result["median_seconds"])
     assert len(result["history_seconds"]) == 2
 
 
