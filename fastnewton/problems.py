@@ -4,12 +4,9 @@ from collections import namedtuple
 import numpy as np
 import scipy.sparse as sp
 
+from .models import uses_values
+from .prediction import predict
 from .validation import as_positive_int, as_real_scalar, as_seed, check_model
-
-
-def _softmax(z):
-    e = np.exp(z - z.max())
-    return e / e.sum()
 
 
 class PlantedProblem(namedtuple("PlantedProblem", ["C", "b", "x_true"])):
@@ -79,14 +76,10 @@ def make_problem(n, d, *, nnz_per_row=None, density=None, model="softmax", m=Non
     if not np.all(np.isfinite(x_true)) or not np.all(np.isfinite(u)):
         raise ValueError(f"scale = {scale:g} is too large: the planted logits C·x_true overflow float64")
     V = None
-    if model == "softmax":
-        b = _softmax(u)
-    elif model == "relu_softmax":
-        b = _softmax(np.maximum(u, 0.0))
-    else:
+    if uses_values(model):
         m = as_positive_int(m, "m") if m is not None else min(d, 16)
         V = rng.uniform(-0.5, 1.0, size=(n, m))
-        b = np.maximum(V.T @ _softmax(u), 0.0)
+    b = predict(C, x_true, model, V)
     if noise > 0:
         b = np.maximum(b * (1.0 + noise * rng.standard_normal(b.shape[0])), 0.0)
     return PlantedProblem(C, b, x_true, V=V, model=model)
