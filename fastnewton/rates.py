@@ -9,23 +9,23 @@ planted softmax solves from ``x0="auto"`` to tol = 1e-8.
 MACHINE = 'x86_64, 2 cores'
 
 # Stored entries of C read per second by one pass (u = Cx, or the fused Cᵀ[q, U]).
-DENSE_PASS_ENTRIES = 1.97e+09
-CSR_PASS_ENTRIES = 1.04e+09
+DENSE_PASS_ENTRIES = 1.82e+09
+CSR_PASS_ENTRIES = 1.62e+09
 # Dense sandwich (SYRK): multiply-adds n·d²/2 per second.
-DENSE_SANDWICH_FMA = 1.45e+10
+DENSE_SANDWICH_FMA = 1.91e+10
 # CSR sandwich: pair updates Σᵢ nnzᵢ(nnzᵢ + 1)/2 per second at d = 256 and at d = 1024 (the
 # updates scatter into a d × d partial: slower once it leaves the cache); log-log in d between.
-CSR_SANDWICH_PAIRS = 6.93e+08
-CSR_SANDWICH_PAIRS_D1024 = 3.64e+08
+CSR_SANDWICH_PAIRS = 1.59e+09
+CSR_SANDWICH_PAIRS_D1024 = 8.1e+08
 # OSNAP embedding: (stored entry, slot) updates per second.
-DENSE_EMBED_UPDATES = 2.64e+09
-CSR_EMBED_UPDATES = 3.46e+08
+DENSE_EMBED_UPDATES = 2.62e+09
+CSR_EMBED_UPDATES = 3.82e+08
 # C Z for the JL directions: (stored entry, column) multiply-adds per second.
-DENSE_MATMAT_FMA = 1.26e+10
-CSR_MATMAT_FMA = 4.82e+09
+DENSE_MATMAT_FMA = 1.33e+10
+CSR_MATMAT_FMA = 5.47e+09
 # QR of the m × d embedding (multiply-adds m·d²) and Cholesky of d × d (d³/3) per second.
-QR_FMA = 2.68e+10
-CHOLESKY_FMA = 1.71e+10
+QR_FMA = 2.97e+10
+CHOLESKY_FMA = 1.74e+10
 # Newton iterations of sketch and of pcg per exact Newton iteration, CG iterations per pcg step.
 EXACT_ITERATIONS = 3
 SKETCH_ITERATIONS_PER_EXACT = 2
