@@ -276,7 +276,7 @@ def lifted_solve(problem, surrogate_model, build_system, options, timer=None, cl
         if again.loss < res.loss:
             res = again
     description += "; Newton on the lifted surrogate (ridge continuation), then on the real loss"
-    if stages.history[-1]["phase"] == "real restart from zeros":
+    if stages.history and stages.history[-1]["phase"] == "real restart from zeros":
         description += ", restarted from zeros after it stopped unconverged"
     if res.status == Status.MAX_ITER:
         warn_max_iter(options)

@@ -216,3 +216,15 @@ def test_one_max_iter_warning_for_all_stages_at_the_callers_line():
     assert len(record) == 1
     # However deep the stages run, the warning points at the caller of solve.
     assert record[0].filename == __file__
+
+
+@pytest.mark.parametrize("max_iter", [0, 100])
+def test_non_finite_start_ends_every_stage_cleanly(max_iter):
+    """A target that overflows the loss at the start (found by the hypothesis error-path test): the
+    staged solve reports NON_FINITE with the reason, whatever the budget, and never crashes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = solve(np.array([[1.2573e-4]]), np.array([1e300]), "softmax_relu", V=np.array([[-0.4752]]),
+                    row_weights=np.array([0.9128]), max_iter=max_iter)
+    assert res.status == fastnewton.Status.NON_FINITE and not res.converged
+    assert "too large for float64" in res.message
