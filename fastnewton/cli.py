@@ -13,7 +13,9 @@ import time
 
 import numpy as np
 
-MODELS = ("softmax", "relu_softmax", "softmax_relu")
+from .models import model_names, uses_values
+
+MODELS = model_names()
 STRATEGIES = ("auto", "exact", "sketch", "pcg")
 
 
@@ -112,7 +114,7 @@ def _check_demo_fits(args):
     values, the CSR result), 12 bytes per entry, then the iteration's work of ``fastnewton.memory``."""
     from .memory import available_bytes, iteration_bytes
 
-    m = min(args.d, 16) if args.model == "softmax_relu" else 0
+    m = min(args.d, 16) if uses_values(args.model) else 0
     nnz = args.n * min(args.d, args.nnz_per_row)
     needed = 3 * 12 * nnz + 8 * args.n * m + iteration_bytes(args.n, args.d, m + 2)
     available = available_bytes()
@@ -186,10 +188,10 @@ def _fit_inputs(args):
     if b is None:
         raise ValueError("b: give --b FILE (or store an array named 'b' in DATA.npz)")
     b = _as_vector(b)
-    if args.model != "softmax_relu":
+    if not uses_values(args.model):
         V = None
     elif V is None:
-        raise ValueError("V: model softmax_relu needs --V FILE (or an array named 'V' in DATA.npz)")
+        raise ValueError(f"V: model {args.model} needs --V FILE (or an array named 'V' in DATA.npz)")
     return C, b, V
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from . import _cache
 from .hessian import resolve_strategy
 from .memory import check_hessian_fits, check_iteration_fits
+from .models import uses_values
 from .newton import SolveOptions, newton_solve
 from .problem import Problem
 from .result import SolveResult
@@ -121,7 +122,7 @@ SUM_TOLERANCE = 0.1
 
 def warn_if_not_a_distribution(b, model):
     """A warning (not an error: the loss is defined for any b) when b cannot be a softmax output."""
-    if model == "softmax_relu":
+    if uses_values(model):  # targets read out through V need not be distributions
         return
     problems = []
     if np.any(b < 0):
