@@ -62,7 +62,7 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     timer = PhaseTimer()
     with timer("setup"):
         problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=row_weights)
-        check_iteration_fits(problem.n, problem.d, 2 if problem.V is None else problem.V.shape[1] + 2)
+        check_iteration_fits(problem.n, problem.d, problem.row_model.k)
         warn_if_not_a_distribution(problem.b, problem.model)
         n_threads = as_thread_count(n_threads)
         bar = progress_bar(progress, max_iter)

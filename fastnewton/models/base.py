@@ -115,6 +115,8 @@ class Model:
     name = None
     # Whether the model takes a value matrix V (n × m) and a length-m target b held by the model.
     uses_values = False
+    # k, the columns of U (the rank of the low-rank part U S Uᵀ), is set by every model: memory
+    # checks size the n × (k + 1) work by it.
     # Leading columns of Q that the gradient alone needs ([q_a, q_b] for the c-term split).
     gradient_columns = 2
 
