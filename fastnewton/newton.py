@@ -121,6 +121,11 @@ def _callback_stops(value):
                     f"got {type(value).__name__} {value!r:.60}")
 
 
+def _norm_or_inf(g):
+    """‖g‖, or inf when g has a non-finite entry (so no test against it can pass)."""
+    return norm(g) if _all_finite(g) else np.inf
+
+
 def _non_finite_detail(loss, grad, grad_norm, where):
     """Why a loss or gradient is not usable (a sentence), or "" when both are finite."""
     if not np.isfinite(loss):
@@ -256,15 +261,14 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
         return norm(g / column_norms)
 
     ev = problem.evaluate(x0, timer=timer)
-    grad_norm = norm(ev.grad) if _all_finite(ev.grad) else np.inf
+    grad_norm = _norm_or_inf(ev.grad)
+    g_ref_zero = _norm_or_inf(grad_at_zero)
     detail = (_non_finite_detail(ev.loss, ev.grad, grad_norm, "at the starting point")
-              or _non_finite_detail(0.0, grad_at_zero, norm(grad_at_zero) if _all_finite(grad_at_zero) else np.inf,
-                                    "at x = 0 (the reference gradient g_ref)"))
+              or _non_finite_detail(0.0, grad_at_zero, g_ref_zero, "at x = 0 (the reference gradient g_ref)"))
     if detail:
         return _result(ev, x0, start, options, Status.NON_FINITE, [], 0.0, clock, detail=detail, counts=counts)
     # Independent of the start, so runs from different starts (and peers) meet one criterion;
     # ‖∇L(x0)‖ only where ∇L(0) = 0.
-    g_ref_zero = norm(grad_at_zero)
     g_ref = g_ref_zero if g_ref_zero > 0 else grad_norm
     scaled_g_ref = scaled_norm(grad_at_zero) if g_ref_zero > 0 else scaled_norm(ev.grad)
     carried = CarriedForward(path=norm(x0))
@@ -306,7 +310,7 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
             new_ev = carried.evaluate(problem, step, timer)
             counts["nfev"] += 1
             counts["njev"] += 1
-            new_grad_norm = norm(new_ev.grad) if _all_finite(new_ev.grad) else np.inf
+            new_grad_norm = _norm_or_inf(new_ev.grad)
             detail = _non_finite_detail(new_ev.loss, new_ev.grad, new_grad_norm, f"at iteration {n_iter}")
             if detail:
                 status = Status.NON_FINITE
