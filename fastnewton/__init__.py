@@ -43,6 +43,7 @@ from . import _cache  # noqa: E402
 # Before any kernel module is imported: Numba picks each kernel's cache folder when it is decorated.
 _cache.install_locator()
 
+from .batch import BatchResult, solve_many  # noqa: E402
 from .plotting import plot_history  # noqa: E402
 from .prediction import predict  # noqa: E402
 from .problem import Problem  # noqa: E402
@@ -51,5 +52,5 @@ from .result import ConvergenceWarning, SolveResult, Status  # noqa: E402
 from .solver import solve  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ConvergenceWarning", "PlantedProblem", "Problem", "SolveResult", "Status", "make_problem",
-           "plot_history", "predict", "solve", "__version__"]
+__all__ = ["BatchResult", "ConvergenceWarning", "PlantedProblem", "Problem", "SolveResult", "Status", "make_problem",
+           "plot_history", "predict", "solve", "solve_many", "__version__"]
