@@ -46,7 +46,7 @@ import numpy as np
 import scipy.linalg
 
 from .matrix import DenseMatrix
-from .newton import newton_solve, warn_max_iter
+from .newton import NewtonRequest, run_requests, warn_max_iter
 from .timing import PhaseTimer
 from .reductions import dot, norm
 from .result import Status
@@ -197,7 +197,7 @@ def largest_eigenvalue(problem, x):
 
 
 class _Stages:
-    """Runs ``newton_solve`` stage after stage and joins their histories, iteration counts and callbacks."""
+    """Runs Newton stage after stage and joins their histories, iteration counts and callbacks."""
 
     def __init__(self, options, timer=None, clock=None):
         self.options = options
@@ -210,6 +210,7 @@ class _Stages:
         self.counts = {"nfev": 0, "njev": 0, "nhev": 0}
 
     def run(self, problem, x, phase, build_system, tol, max_iter):
+        """One stage (a generator: yields its ``NewtonRequest``, is sent the result, returns it)."""
         done, clock_offset = self.n_iter, time.perf_counter() - self.clock
         callback = self.options.callback
         wrapped = None if callback is None else (
@@ -218,7 +219,7 @@ class _Stages:
                                       warn_at_max_iter=False)
         if self.options.verbose:
             print(f"phase: {phase}")
-        res = newton_solve(problem, x, "", build_system, options, timer=self.timer)
+        res = yield NewtonRequest(problem, x, "", build_system, options, timer=self.timer)
         self.timer = None
         for key in self.counts:
             self.counts[key] += res.get(key, 0)
@@ -243,6 +244,11 @@ def lifted_solve(problem, surrogate_model, build_system, options, timer=None, cl
     """Stages 1–3 above, one ``SolveResult`` for all of them: stage 1 is ``problem.auto_start()``,
     the surrogate is ``problem.with_model(surrogate_model, l2 + ridge)``. ``timer`` and ``clock``
     as for ``newton_solve`` (stage 1 is timed as the phase "start")."""
+    return run_requests(lifted_solve_rounds(problem, surrogate_model, build_system, options, timer, clock))
+
+
+def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=None, clock=None):
+    """``lifted_solve`` as a generator of its Newton loops (``NewtonRequest``s), for ``solve_many``."""
     timer = timer if timer is not None else PhaseTimer()
     stages = _Stages(options, timer, clock)
     with timer("start"):
@@ -257,21 +263,21 @@ def lifted_solve(problem, surrogate_model, build_system, options, timer=None, cl
         budget = min(RIDGE_STAGE_MAX_ITER, stages.left())
         if budget <= 0:
             break
-        res = stages.run(surrogate(fraction * lam_max), x, f"surrogate l2+{fraction:g}·λmax",
+        res = yield from stages.run(surrogate(fraction * lam_max), x, f"surrogate l2+{fraction:g}·λmax",
                          build_system, max(options.tol, RIDGE_STAGE_TOL), budget)
         x = res.x
         if stages.stopped:
             return stages.finish(res, x0, description)
     surrogate_converged = False
     if stages.left() > 0:
-        res = stages.run(surrogate(0.0), x, "surrogate", build_system, options.tol,
+        res = yield from stages.run(surrogate(0.0), x, "surrogate", build_system, options.tol,
                          min(SURROGATE_MAX_ITER, stages.left()))
         x, surrogate_converged = res.x, res.converged
         if stages.stopped:
             return stages.finish(res, x0, description)
-    res = stages.run(problem, x, "real", build_system, options.tol, max(stages.left(), 0))
+    res = yield from stages.run(problem, x, "real", build_system, options.tol, max(stages.left(), 0))
     if not (res.converged and surrogate_converged) and stages.left() > 0:
-        again = stages.run(problem, np.zeros_like(x), "real restart from zeros", build_system, options.tol,
+        again = yield from stages.run(problem, np.zeros_like(x), "real restart from zeros", build_system, options.tol,
                            stages.left())
         if again.loss < res.loss:
             res = again

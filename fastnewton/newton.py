@@ -192,15 +192,21 @@ def warn_max_iter(options):
                   f"{options.tol:g}", ConvergenceWarning, stacklevel=level)
 
 
-def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=None, counts=None):
-    """One damped Newton step from ev.x: ``Step``, or None when no damping gives an accepted step.
+def run_rounds(rounds, answer):
+    """Drive a generator that yields requests for passes over C: each request gets ``answer(request)``
+    at once; returns the generator's return value (the single-problem path of ``solve_many``'s rounds)."""
+    try:
+        request = next(rounds)
+        while True:
+            request = rounds.send(answer(request))
+    except StopIteration as stop:
+        return stop.value
 
-    Solves (H + μI) p = −g with ``system``, raising μ (×10 from 1e-8·scale) while the solve fails
-    or p is not a descent direction; caps the logit change ‖C p‖∞ ≤ ``max_logit_step`` (one pass
-    C·p, reused by every trial); backtracks (×½) until Armijo holds, or the full step keeps L
-    within rounding of L(x) when the predicted decrease is itself below rounding.
-    ``counts["nfev"]`` (if given) counts the line search's loss evaluations.
-    """
+
+def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=None, counts=None):
+    """``newton_step`` as a generator: yields each direction p whose line x + t·p it needs (the pass
+    C·p), is sent that ``Line``, and returns the ``Step`` (or None). ``solve_many`` answers the
+    directions of many problems with one pass; ``newton_step`` answers each at once."""
     timer = timer or no_timer
     scale = system.scale
     g = ev.grad
@@ -212,8 +218,8 @@ def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=No
         if p is None or not _all_finite(p) or not dot(g, p) < 0.0:
             mu = _next_damping(mu, scale)
             continue
+        line = yield p
         with timer("line_search"):
-            line = problem.line(ev, p)
             if line.largest > max_logit_step:
                 line.scale(max_logit_step / line.largest)
             slope = dot(g, line.p)
@@ -233,6 +239,177 @@ def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=No
     return None
 
 
+def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=None, counts=None):
+    """One damped Newton step from ev.x: ``Step``, or None when no damping gives an accepted step.
+
+    Solves (H + μI) p = −g with ``system``, raising μ (×10 from 1e-8·scale) while the solve fails
+    or p is not a descent direction; caps the logit change ‖C p‖∞ ≤ ``max_logit_step`` (one pass
+    C·p, reused by every trial); backtracks (×½) until Armijo holds, or the full step keeps L
+    within rounding of L(x) when the predicted decrease is itself below rounding.
+    ``counts["nfev"]`` (if given) counts the line search's loss evaluations.
+    """
+    timer = timer or no_timer
+
+    def line(p):
+        with timer("line_search"):
+            return problem.line(ev, p)
+
+    return run_rounds(newton_step_rounds(problem, ev, system, mu, max_logit_step, timer, counts), line)
+
+
+@dataclass
+class References:
+    """The scales of the stopping test, fixed for a solve: ‖b‖, D_j = ‖C_j‖ and ∇L(0)."""
+
+    target_norm: float
+    column_scale: np.ndarray
+    grad_at_zero: np.ndarray
+
+    @classmethod
+    def of(cls, problem):
+        return cls(problem.target_norm(), column_scale(problem), problem.gradient_at_zero())
+
+
+class NewtonRun:
+    """One Newton solve's state and its per-iteration decisions (start checks, stopping tests,
+    progress, damping, records, callback, final status), apart from the passes over C.
+
+    ``newton_solve`` runs one; ``fastnewton.many_targets`` runs many in lock-step, doing the passes
+    over C of all unfinished ones together. Use: ``begin(ev)`` at x0; then while ``not stopping()``:
+    a system, a step (``newton_step_rounds``), ``no_step()`` when there is none, else the new
+    evaluation (``carried``) and ``accept(step, new_ev, system)``; finally ``result()``.
+    ``finished`` is True once a status is set.
+    """
+
+    def __init__(self, problem, x0, start, options, references, timer=None, clock=None):
+        self.problem, self.x0, self.start = problem, x0, start
+        self.timer = timer if timer is not None else PhaseTimer()
+        self.clock = clock if clock is not None else time.perf_counter()
+        # scipy's nfev / njev / nhev: loss evaluations (line-search trials too), gradients, Hessians built.
+        self.counts = {"nfev": 1, "njev": 1, "nhev": 0}
+        self.rng = np.random.default_rng(options.seed)
+        self.target_norm = references.target_norm
+        self.grad_at_zero = references.grad_at_zero
+        self.options = replace(options, column_scale=references.column_scale)
+        self.status = None
+        self.detail = ""
+        self.n_iter = 0
+        self.history = []
+        self.g_ref = 0.0
+
+    def scaled_norm(self, g):
+        return norm(g / self.options.column_scale)
+
+    def begin(self, ev):
+        """Set up from the evaluation at x0; False when the solve ends there (non-finite values)."""
+        self.ev = ev
+        self.grad_norm = _norm_or_inf(ev.grad)
+        g_ref_zero = _norm_or_inf(self.grad_at_zero)
+        detail = (_non_finite_detail(ev.loss, ev.grad, self.grad_norm, "at the starting point")
+                  or _non_finite_detail(0.0, self.grad_at_zero, g_ref_zero, "at x = 0 (the reference gradient g_ref)"))
+        if detail:
+            self.status, self.detail = Status.NON_FINITE, detail
+            return False
+        # Independent of the start, so runs from different starts (and peers) meet one criterion;
+        # ‖∇L(x0)‖ only where ∇L(0) = 0.
+        self.g_ref = g_ref_zero if g_ref_zero > 0 else self.grad_norm
+        self.scaled_g_ref = self.scaled_norm(self.grad_at_zero) if g_ref_zero > 0 else self.scaled_norm(ev.grad)
+        self.carried = CarriedForward(path=norm(self.x0))
+        _record(self.history, 0, ev, self.grad_norm, self.g_ref, None, self.timer, self.clock, self.options,
+                self.problem.iteration_extras())
+        self.mu = 0.0
+        self.lowest_loss, self.lowest_grad_norm, self.last_progress = ev.loss, self.grad_norm, 0
+        self.previous = ev
+        return True
+
+    @property
+    def finished(self):
+        return self.status is not None
+
+    def stopping(self):
+        """The stopping tests before an iteration: True (status set) to stop, else count the iteration."""
+        options, ev = self.options, self.ev
+        if (self.grad_norm <= options.tol * self.g_ref
+                and self.scaled_norm(ev.grad) <= options.tol * self.scaled_g_ref):
+            self.status = Status.CONVERGED
+        elif self.n_iter >= options.max_iter:
+            self.status = Status.MAX_ITER
+        elif self.n_iter - self.last_progress >= STALL_WINDOW:
+            self.status = Status.STALLED
+            problem = self.problem
+            detail = (kink_sentence(problem.relu_inputs(self.previous), problem.relu_inputs(ev)) or "") + (
+                f" The loss ({ev.loss:.6e}) has not decreased beyond rounding error and the gradient norm "
+                f"has not halved in {STALL_WINDOW} iterations (‖∇L‖/g_ref = {self.grad_norm / self.g_ref:.3e}).")
+            self.detail = detail.strip()
+        else:
+            self.n_iter += 1
+            return False
+        return True
+
+    def build_system(self, build_system, **kwargs):
+        """This iteration's Newton system (``kwargs`` go to the strategy, e.g. a sandwich formed already)."""
+        with self.timer("hessian"):
+            system = build_system(self.problem, self.ev, self.rng, self.options, self.g_ref, **kwargs)
+        self.counts["nhev"] += 1
+        return system
+
+    def step_rounds(self, system):
+        """This iteration's ``newton_step_rounds`` (a generator yielding directions p)."""
+        return newton_step_rounds(self.problem, self.ev, system, self.mu, self.options.max_logit_step, self.timer,
+                                  self.counts)
+
+    def no_step(self):
+        self.status = Status.STALLED
+        self.detail = "No step along the Newton direction decreases it at any damping."
+
+    def accept(self, step, new_ev, system):
+        """Move to the evaluation after ``step``; may set a status (non-finite values, the callback)."""
+        self.counts["nfev"] += 1
+        self.counts["njev"] += 1
+        n_iter = self.n_iter
+        new_grad_norm = _norm_or_inf(new_ev.grad)
+        detail = _non_finite_detail(new_ev.loss, new_ev.grad, new_grad_norm, f"at iteration {n_iter}")
+        if detail:
+            self.status, self.detail = Status.NON_FINITE, detail
+            return
+        if (new_ev.loss < self.lowest_loss - _rounding_level(self.lowest_loss, self.target_norm)
+                or new_grad_norm <= GRADIENT_PROGRESS * self.lowest_grad_norm):
+            self.last_progress = n_iter
+        self.lowest_loss = min(self.lowest_loss, new_ev.loss)
+        self.lowest_grad_norm = min(self.lowest_grad_norm, new_grad_norm)
+        self.previous, self.ev, self.grad_norm = self.ev, new_ev, new_grad_norm
+        mu = step.damping / DAMPING_DECREASE if step.length == 1.0 else step.damping
+        self.mu = 0.0 if mu < FIRST_DAMPING * system.scale else mu
+        scaled_g_ref = self.scaled_g_ref
+        info = _record(self.history, n_iter, new_ev, new_grad_norm, self.g_ref, step, self.timer, self.clock,
+                       self.options,
+                       {**system.info, **self.problem.iteration_extras(),
+                        "rel_scaled_grad_norm": self.scaled_norm(new_ev.grad) / scaled_g_ref if scaled_g_ref > 0
+                        else 0.0})
+        if self.options.callback is not None:
+            try:
+                stop = _callback_stops(self.options.callback(dict(info, x=new_ev.x.copy())))
+            except StopIteration:
+                stop = True
+            if stop:
+                self.status = Status.CALLBACK
+
+    def result(self):
+        """The ``SolveResult`` (a finished run; warns at max_iter, diagnoses dead stationary points)."""
+        options = self.options
+        if self.status == Status.NON_FINITE and not self.history:
+            return _result(self.ev, self.x0, self.start, options, self.status, [], 0.0, self.clock,
+                           detail=self.detail, counts=self.counts)
+        if self.status == Status.MAX_ITER and options.warn_at_max_iter:
+            warn_max_iter(options)
+        if self.status == Status.CONVERGED:
+            dead = self.problem.diagnose(self.ev)
+            if dead:
+                self.status, self.detail = Status.DEAD_STATIONARY, dead
+        return _result(self.ev, self.x0, self.start, options, self.status, self.history, self.g_ref, self.clock,
+                       self.detail, self.n_iter, self.counts)
+
+
 def newton_solve(problem, x0, start, build_system, options, timer=None, clock=None):
     """Run the Newton loop from x0; ``build_system(problem, ev, rng, options, g_ref)`` gives each step's system.
 
@@ -245,104 +422,55 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
     and the same test in the column-scaled norm ‖∇L(x)/c‖ ≤ tol·‖∇L(0)/c‖, c_j = ‖C_j‖: on well-scaled
     columns the two agree; on columns scaled 1e-12..1e12 the first is dominated by the largest
     column and the second keeps the small ones from being declared converged far from the optimum.
+    The decisions are ``NewtonRun``'s, shared with ``solve_many``.
     """
     timer = timer if timer is not None else PhaseTimer()
-    # scipy's nfev / njev / nhev: loss evaluations (line-search trials too), gradients, Hessians built.
-    counts = {"nfev": 1, "njev": 1, "nhev": 0}
-    rng = np.random.default_rng(options.seed)
     clock = clock if clock is not None else time.perf_counter()
     with timer("reference"):  # ‖b‖, the column norms and ∇L(0): the scales of the stopping test
-        target_norm = problem.target_norm()
-        column_norms = column_scale(problem)
-        grad_at_zero = problem.gradient_at_zero()
-    options = replace(options, column_scale=column_norms)
-
-    def scaled_norm(g):
-        return norm(g / column_norms)
-
-    ev = problem.evaluate(x0, timer=timer)
-    grad_norm = _norm_or_inf(ev.grad)
-    g_ref_zero = _norm_or_inf(grad_at_zero)
-    detail = (_non_finite_detail(ev.loss, ev.grad, grad_norm, "at the starting point")
-              or _non_finite_detail(0.0, grad_at_zero, g_ref_zero, "at x = 0 (the reference gradient g_ref)"))
-    if detail:
-        return _result(ev, x0, start, options, Status.NON_FINITE, [], 0.0, clock, detail=detail, counts=counts)
-    # Independent of the start, so runs from different starts (and peers) meet one criterion;
-    # ‖∇L(x0)‖ only where ∇L(0) = 0.
-    g_ref = g_ref_zero if g_ref_zero > 0 else grad_norm
-    scaled_g_ref = scaled_norm(grad_at_zero) if g_ref_zero > 0 else scaled_norm(ev.grad)
-    carried = CarriedForward(path=norm(x0))
-    history = []
-    _record(history, 0, ev, grad_norm, g_ref, None, timer, clock, options, problem.iteration_extras())
-    mu = 0.0
-    status = None
-    detail = ""
-    n_iter = 0
-    lowest_loss, lowest_grad_norm, last_progress = ev.loss, grad_norm, 0
-    previous = ev
+        references = References.of(problem)
+    run = NewtonRun(problem, x0, start, options, references, timer, clock)
+    if not run.begin(problem.evaluate(x0, timer=timer)):
+        return run.result()
     try:
-        while True:
-            if grad_norm <= options.tol * g_ref and scaled_norm(ev.grad) <= options.tol * scaled_g_ref:
-                status = Status.CONVERGED
-                break
-            if n_iter >= options.max_iter:
-                status = Status.MAX_ITER
-                break
-            if n_iter - last_progress >= STALL_WINDOW:
-                status = Status.STALLED
-                detail = (kink_sentence(problem.relu_inputs(previous), problem.relu_inputs(ev)) or "") + (
-                    f" The loss ({ev.loss:.6e}) has not decreased beyond rounding error and the gradient norm "
-                    f"has not halved in {STALL_WINDOW} iterations (‖∇L‖/g_ref = {grad_norm / g_ref:.3e}).")
-                detail = detail.strip()
-                break
-            n_iter += 1
+        while not run.stopping():
             # 3) Hessian
-            with timer("hessian"):
-                system = build_system(problem, ev, rng, options, g_ref)
-            counts["nhev"] += 1
+            system = run.build_system(build_system)
             # 4) damped Newton step with logit cap and Armijo line search
-            step = newton_step(problem, ev, system, mu, options.max_logit_step, timer, counts)
+            step = newton_step(problem, run.ev, system, run.mu, options.max_logit_step, timer, run.counts)
             if step is None:
-                status = Status.STALLED
-                detail = "No step along the Newton direction decreases it at any damping."
+                run.no_step()
                 break
             # 1) u at the new iterate (carried along the line, or a forward pass when due) and 2) gradient pass
-            new_ev = carried.evaluate(problem, step, timer)
-            counts["nfev"] += 1
-            counts["njev"] += 1
-            new_grad_norm = _norm_or_inf(new_ev.grad)
-            detail = _non_finite_detail(new_ev.loss, new_ev.grad, new_grad_norm, f"at iteration {n_iter}")
-            if detail:
-                status = Status.NON_FINITE
+            run.accept(step, run.carried.evaluate(problem, step, timer), system)
+            if run.finished:
                 break
-            if (new_ev.loss < lowest_loss - _rounding_level(lowest_loss, target_norm)
-                    or new_grad_norm <= GRADIENT_PROGRESS * lowest_grad_norm):
-                last_progress = n_iter
-            lowest_loss, lowest_grad_norm = min(lowest_loss, new_ev.loss), min(lowest_grad_norm, new_grad_norm)
-            previous, ev, grad_norm = ev, new_ev, new_grad_norm
-            mu = step.damping / DAMPING_DECREASE if step.length == 1.0 else step.damping
-            if mu < FIRST_DAMPING * system.scale:
-                mu = 0.0
-            info = _record(history, n_iter, ev, grad_norm, g_ref, step, timer, clock, options,
-                           {**system.info, **problem.iteration_extras(),
-                            "rel_scaled_grad_norm": scaled_norm(ev.grad) / scaled_g_ref if scaled_g_ref > 0 else 0.0})
-            if options.callback is not None:
-                try:
-                    stop = _callback_stops(options.callback(dict(info, x=ev.x.copy())))
-                except StopIteration:
-                    stop = True
-                if stop:
-                    status = Status.CALLBACK
-                    break
     except KeyboardInterrupt:
-        status = Status.INTERRUPTED
-    if status == Status.MAX_ITER and options.warn_at_max_iter:
-        warn_max_iter(options)
-    if status == Status.CONVERGED:
-        dead = problem.diagnose(ev)
-        if dead:
-            status, detail = Status.DEAD_STATIONARY, dead
-    return _result(ev, x0, start, options, status, history, g_ref, clock, detail, n_iter, counts)
+        run.status = Status.INTERRUPTED
+    return run.result()
+
+
+@dataclass
+class NewtonRequest:
+    """A Newton loop asked for by a start with stages of its own (``Model.auto_solve_rounds``): the
+    arguments of ``newton_solve``. ``solve`` runs each at once; ``solve_many`` runs those of many
+    problems in lock-step."""
+
+    problem: object
+    x0: np.ndarray
+    start: str
+    build_system: object
+    options: SolveOptions
+    timer: object = None
+    clock: object = None
+
+    def run(self):
+        return newton_solve(self.problem, self.x0, self.start, self.build_system, self.options, self.timer,
+                            self.clock)
+
+
+def run_requests(rounds):
+    """Drive a generator of ``NewtonRequest``s, answering each with its ``newton_solve``; its return value."""
+    return run_rounds(rounds, NewtonRequest.run)
 
 
 _TABLE_HEADER = f"{'iter':>5} {'loss':>14} {'|g|/g_ref':>10} {'step':>8} {'damping':>9} {'trials':>6} {'seconds':>8}"

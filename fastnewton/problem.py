@@ -9,6 +9,7 @@ import numpy as np
 
 from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
+from .newton import run_rounds
 from .protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from .reductions import dot
 from .sketching import sampled_sandwich
@@ -21,14 +22,26 @@ def run_stages(stages, block, kept, timer=no_timer, columns=None, known=None):
     The stage that keeps Q gets G = CᵀQ (its first ``columns`` columns when given) in its summary.
     ``known``: the globals of stages already run (when resuming after them).
     """
+    return run_rounds(stage_rounds(stages, block, kept, timer, columns, known), _transposed_pass(block.matrix, timer))
+
+
+def _transposed_pass(matrix, timer):
+    def transposed_pass(Q):
+        with timer("gradient"):
+            return matrix.rmatmat(Q)
+    return transposed_pass
+
+
+def stage_rounds(stages, block, kept, timer=no_timer, columns=None, known=None):
+    """``run_stages`` as a generator: yields the columns Q of the transposed pass and is sent G = CᵀQ
+    (``solve_many`` forms the G of many problems sharing C in one pass)."""
     known = dict(known or {})
     for stage in stages:
         with timer("model"):
             summary, new = stage.rows(block, kept, known)
         kept = {**kept, **new}
         if "Q" in new:
-            with timer("gradient"):
-                summary["G"] = block.matrix.rmatmat(new["Q"] if columns is None else new["Q"][:, :columns])
+            summary["G"] = yield new["Q"] if columns is None else new["Q"][:, :columns]
         known = {**known, **stage.combine(summary, known)}
         if "G" in summary:
             known["G"] = summary["G"]
@@ -127,13 +140,17 @@ class Problem:
     def evaluate_from(self, x, kept, timer=no_timer, with_P=True, first=None):
         """The evaluation at x from its u = Cx in ``kept``; ``first``: the (known, kept) of the model's
         first stage already run at that u (a line-search trial's), which is then not run again."""
+        return run_rounds(self.evaluation_rounds(x, kept, timer, with_P, first), _transposed_pass(self.matrix, timer))
+
+    def evaluation_rounds(self, x, kept, timer=no_timer, with_P=True, first=None):
+        """``evaluate_from`` as a generator (yields Q, is sent CᵀQ: ``stage_rounds``); returns the Evaluation."""
         stages = self.row_model.evaluation
         known = None
         if first is not None:
             known, kept = first
             stages = stages[1:]
         columns = None if with_P else self.row_model.gradient_columns
-        known, kept = run_stages(stages, self.block, kept, timer, columns, known)
+        known, kept = yield from stage_rounds(stages, self.block, kept, timer, columns, known)
         with timer("gradient"):
             grad = known["gradient"] + self.l2 * x
         loss = known["loss"] + 0.5 * self.l2 * dot(x, x)
@@ -175,17 +192,22 @@ class Problem:
         """(CᵀD̃C from a leverage-score sample of about s rows, rows kept): ``fastnewton.sketching``."""
         return sampled_sandwich(self.matrix, self.beta(ev), self.l2, s, rng)
 
-    def line(self, ev, p):
-        return LineSearch(self, ev, p)
+    def line(self, ev, p, Cp=None):
+        """The line x + t·p from ev (``Cp``: C·p when already formed, e.g. with other problems' directions)."""
+        return LineSearch(self, ev, p, Cp)
 
     def target_norm(self):
         return self.row_model.target_norm(self.facts)
 
     def gradient_at_zero(self):
-        """∇L(0) (u = 0 needs no pass over C), using the model's reference derivative at 0."""
+        """∇L(0) (u = 0 needs no forward pass), using the model's reference derivative at 0."""
+        return run_rounds(self.gradient_at_zero_rounds(), _transposed_pass(self.matrix, no_timer))
+
+    def gradient_at_zero_rounds(self):
+        """``gradient_at_zero`` as a generator (yields Q, is sent CᵀQ: ``stage_rounds``)."""
         reference = self.row_model.reference()
-        known, _ = run_stages(reference.evaluation, self.block, {"u": np.zeros(self.n)},
-                              columns=reference.gradient_columns)
+        known, _ = yield from stage_rounds(reference.evaluation, self.block, {"u": np.zeros(self.n)},
+                                           columns=reference.gradient_columns)
         return known["gradient"]
 
     def column_norms(self):
@@ -278,9 +300,9 @@ class LineSearch:
     last trial's u and first loss stage when t is that trial's.
     """
 
-    def __init__(self, problem, ev, p):
+    def __init__(self, problem, ev, p, Cp=None):
         self.problem, self.ev, self.p = problem, ev, p
-        self.Cp = problem.matrix.matvec(p)
+        self.Cp = problem.matrix.matvec(p) if Cp is None else Cp
         self.largest = float(np.max(np.abs(self.Cp)))
         self.factor = 1.0
         self.trial = None

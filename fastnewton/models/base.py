@@ -16,7 +16,8 @@ states, for a block of rows of C (a ``RowBlock``: the rows' matrix, their slices
 - ``facts(block)``: summable statistics of the block's targets, ``target_norm(facts)``,
   ``diagnose(known, loss, facts, loss_at_zero)``, ``reference()`` (the model whose gradient at
   x = 0 sets g_ref) and ``auto_start(problem)``;
-- ``auto_solve(problem, build_system, options)``: the whole solve from ``x0="auto"``. By default
+- ``auto_solve(problem, build_system, options)``: the whole solve from ``x0="auto"``, written as
+  ``auto_solve_rounds``, a generator yielding each Newton loop it needs (``NewtonRequest``). By default
   the Newton loop from ``auto_start``; a model whose start has Newton stages of its own
   (``softmax_relu``: Newton on a surrogate model first, ``fastnewton.lifted_start``) runs them
   here, on ``problem.with_model(surrogate, l2)`` copies of the evaluator.
@@ -34,7 +35,7 @@ import numpy as np
 
 from ..chunking import chunk_rows
 from ..kernels.softmax import log_partition_parts
-from ..newton import newton_solve
+from ..newton import NewtonRequest, run_requests
 from ..timing import PhaseTimer
 
 # Summary keys reduced by max instead of sum.
@@ -143,12 +144,18 @@ class Model:
         return np.zeros(problem.d), "zeros (auto: the model has no starting rule)"
 
     def auto_solve(self, problem, build_system, options, timer=None, clock=None):
-        """The solve from ``x0="auto"``: the Newton loop from ``auto_start`` (``timer``, ``clock``: as for
-        ``newton_solve``; the start is timed as the phase "start")."""
+        """The solve from ``x0="auto"`` (``timer``, ``clock``: as for ``newton_solve``; the start is timed
+        as the phase "start"): ``auto_solve_rounds`` with each Newton loop run at once."""
+        return run_requests(self.auto_solve_rounds(problem, build_system, options, timer, clock))
+
+    def auto_solve_rounds(self, problem, build_system, options, timer=None, clock=None):
+        """The solve from ``x0="auto"`` as a generator: yields each Newton loop it needs as a
+        ``NewtonRequest``, is sent its ``SolveResult``, returns the final one. By default one loop,
+        from ``auto_start``; ``solve_many`` runs the loops of many problems in lock-step."""
         timer = timer if timer is not None else PhaseTimer()
         with timer("start"):
             x0, description = self.auto_start(problem)
-        return newton_solve(problem, x0, description, build_system, options, timer=timer, clock=clock)
+        return (yield NewtonRequest(problem, x0, description, build_system, options, timer, clock))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..kernels.dense import dense_matvec, dense_rmatmat
 from ..kernels.softmax import curvature_weights, softmax_relu_columns
-from ..lifted_start import lifted_solve, output_offsets, simplex_start
+from ..lifted_start import lifted_solve_rounds, output_offsets, simplex_start
 from ..reductions import dot, norm
 from .base import Model, Stage, softmax_rows, keep_log_partition, log_partition_rows
 
@@ -84,11 +84,11 @@ class SoftmaxRelu(Model):
         s-weighted fit of log s on [C, 1]."""
         return simplex_start(problem, self.b)
 
-    def auto_solve(self, problem, build_system, options, timer=None, clock=None):
-        """``fastnewton.lifted_start.lifted_solve``: stage 1, Newton on this model with the outputs
+    def auto_solve_rounds(self, problem, build_system, options, timer=None, clock=None):
+        """``fastnewton.lifted_start.lifted_solve_rounds``: stage 1, Newton on this model with the outputs
         lifted by offsets (ridge continuation), then on the real loss."""
         lifted = SoftmaxRelu(self.b, output_offsets(problem, self.b))
-        return lifted_solve(problem, lifted, build_system, options, timer=timer, clock=clock)
+        return (yield from lifted_solve_rounds(problem, lifted, build_system, options, timer=timer, clock=clock))
 
 
 def _log_partition(block, kept, known):
