@@ -133,8 +133,10 @@ class NewtonSystem:
         return p
 
 
-def exact_system(problem, ev, rng, options, g_ref):
-    return NewtonSystem(problem.hessian_matrix(ev), column_scale=options.column_scale)
+def exact_system(problem, ev, rng, options, g_ref, sandwich=None):
+    """H = Cᵀ diag(β) C + P S Pᵀ + λI (``sandwich``: Cᵀ diag(β) C when formed already, e.g. with other
+    problems' in one read of C; it is then added to in place)."""
+    return NewtonSystem(problem.hessian_matrix(ev, sandwich), column_scale=options.column_scale)
 
 
 def _sketched_matrix(problem, ev, rng, options, constant=SAMPLE_CONSTANT):

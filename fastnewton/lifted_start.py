@@ -284,6 +284,6 @@ def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=N
     description += "; Newton on the lifted surrogate (ridge continuation), then on the real loss"
     if stages.history and stages.history[-1]["phase"] == "real restart from zeros":
         description += ", restarted from zeros after it stopped unconverged"
-    if res.status == Status.MAX_ITER:
+    if res.status == Status.MAX_ITER and options.warn_at_max_iter:
         warn_max_iter(options)
     return stages.finish(res, x0, description)

@@ -1,5 +1,279 @@
-"""One C, many targets: the passes over C run once for all unfinished problems (SpMM / GEMM)."""
+"""One C, many targets: ``solve_many(C, B)`` solves one problem per column of B, in lock-step.
+
+Every problem is ``solve``'s: the same start, the same ``NewtonRun`` decisions (damping, Armijo line
+search, logit cap, stagnation window, stopping tests, statuses and messages) and the same model code.
+What changes is who does the passes over C. The single solve's code yields them as requests
+(``fastnewton.newton.run_rounds``): a direction p whose line needs C·p, columns Q whose transposed
+pass Cᵀ Q the gradient needs, a Newton loop a staged start asks for. Here the requests of all
+unfinished problems are answered together, each round by one pass over C:
+
+- u = C X and the lines' C·P: ``matrix.matvecs`` (SpMM / dense, one read of C);
+- the gradients' Cᵀ[Q₁, Q₂, …]: one ``matrix.rmatmat`` over the problems' columns side by side;
+- the exact Hessians' Cᵀ diag(β_j) C: ``matrix.sandwiches`` (CSR: one read of C per group of
+  problems; dense: all problems' SYRKs on one thread pool).
+
+Each of these gives every column the bits of the single-problem pass (same sums in the same order),
+so each problem's iterates, statuses and iteration counts are those of ``solve`` on its column.
+Problems that stop drop out of the passes. Per-problem work that needs no pass (the model's O(n)
+vectors, the d × d Cholesky solves, line-search trials) runs problem by problem, as do the
+``sketch``/``pcg`` Hessians and the starts (``x0="auto"``: the b-weighted fit of each column, and
+``softmax_relu``'s simplex vector and λmax), whose passes are each problem's own.
+
+Problems are solved in groups whose work arrays fit ``GROUP_BYTES`` (the answers do not depend on
+the grouping).
+"""
+import time
+import warnings
+from dataclasses import replace
+
+import numpy as np
+
+from . import _cache
+from .batch import BatchResult
+from .hessian import exact_system
+from .memory import iteration_bytes
+from .newton import NewtonRun, References
+from .problem import Problem
+from .result import ConvergenceWarning, MESSAGES, Status
+from .solver import solve_options, solve_rounds, warn_if_not_a_distribution
+from .threads import thread_limits
+from .validation import as_array, as_thread_count, check_model, check_real_dtype
+
+# The problems solved together hold their work arrays (``iteration_bytes`` each: evaluations, Q, β,
+# line-search vectors) at once; groups are sized to fit this, so memory stays bounded for any q.
+GROUP_BYTES = 2**30
 
 
-def solve_targets(C, B, model="softmax", *, V=None, **kwargs):
-    raise NotImplementedError("solve_many(C, B): not built yet")
+def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto", hessian="auto",
+                  eps=0.5, sketch_size=None, tol=1e-8, max_iter=100, seed=None, n_threads=None, callback=None,
+                  verbose=False):
+    """``solve(C, B[:, j], ...)`` for every column j of B, with the passes over C shared (module docstring).
+
+    B is n × q (``softmax``, ``relu_softmax``) or m × q (``softmax_relu``, with one V of shape n × m).
+    ``x0``: ``"auto"``, ``"zeros"``, one length-d start for all columns or a d × q array of starts.
+    ``seed``: each problem's random draws (``sketch``, ``pcg``) come from ``default_rng(seed)``, as in a
+    ``solve`` call with that seed. ``callback(info)``: called after every iteration of every problem,
+    ``info["problem"]`` its column; stopping it stops that problem only. ``verbose``: one line per problem.
+
+    A column with NaN or Inf is not solved: its status is ``NON_FINITE``, its message names the
+    column, its x is NaN, and the other columns are solved as usual.
+    """
+    clock = time.perf_counter()
+    model = check_model(model)
+    targets = _as_targets(B)
+    finite = np.all(np.isfinite(targets), axis=0)
+    first = int(np.argmax(finite)) if finite.any() else 0
+    template = Problem(C, targets[:, first] if finite.any() else np.zeros(targets.shape[0]), model=model, V=V,
+                       l2=l2, row_weights=row_weights)
+    n_targets = template.V.shape[1] if template.V is not None else template.n
+    if targets.shape[0] != n_targets:
+        raise ValueError(f"B must have {n_targets} rows ({'columns of V' if template.V is not None else 'rows of C'}),"
+                         f" one target per column, got shape {targets.shape}")
+    q = targets.shape[1]
+    starts = _as_starts(x0, template.d, q)
+    n_threads = as_thread_count(n_threads)
+    build_system, options = solve_options(template, hessian, eps, sketch_size, tol, max_iter, seed, callback,
+                                          False)
+    options = replace(options, warn_at_max_iter=False)
+    problems = [template.with_target(targets[:, j], f"B[:, {j}]") if finite[j] else None for j in range(q)]
+    for j, problem in enumerate(problems):
+        if problem is not None:
+            warn_if_not_a_distribution(problem.b, model, f"B[:, {j}]", stacklevel=4)
+    with thread_limits(n_threads), _cache.compile_notice(bool(verbose)):
+        passes = SharedPasses(template.matrix)
+        results = [None] * q
+        solvable = [j for j in range(q) if problems[j] is not None]
+        group = max(1, GROUP_BYTES // iteration_bytes(template.n, template.d, template.row_model.k))
+        for begin in range(0, len(solvable), group):
+            members = solvable[begin:begin + group]
+            rounds = [solve_rounds(problems[j], starts[j], build_system, _for_problem(options, j), clock=clock)
+                      for j in members]
+            for j, res in zip(members, answer_together(rounds, passes.newton_loops)):
+                results[j] = res
+    return _batch_result(results, finite, template.d, options, verbose, clock)
+
+
+def _as_targets(B):
+    """B as a 2-D float64 array (a copy only where conversion needs one; never modified)."""
+    if B is None:
+        raise TypeError("B must be a 2-D array of targets, one per column")
+    array = as_array(B, "B")
+    check_real_dtype(array.dtype, "B")
+    if array.ndim != 2:
+        raise ValueError(f"B must be 2-D (one target per column), got an array with {array.ndim} dimension(s)")
+    if array.shape[1] == 0:
+        raise ValueError("B must have at least one column (one target per column)")
+    return np.asarray(array, dtype=np.float64)
+
+
+def _as_starts(x0, d, q):
+    """One start per column: "auto"/"zeros", a length-d array (for all), or a d × q array."""
+    if isinstance(x0, str):
+        if x0 not in ("auto", "zeros"):
+            raise ValueError(f"x0 must be 'auto', 'zeros', a length-{d} array or a {d} × {q} array, got {x0!r}")
+        return [x0] * q
+    array = as_array(x0, "x0")
+    if array.ndim == 1:
+        return [array] * q
+    if array.ndim != 2 or array.shape != (d, q):
+        raise ValueError(f"x0 must be a length-{d} array (one start for every column of B) or a {d} × {q} "
+                         f"array (one per column), got shape {array.shape}")
+    return [array[:, j] for j in range(q)]
+
+
+def _for_problem(options, j):
+    """The options of column j: its callback sees ``info["problem"] = j``."""
+    callback = options.callback
+    if callback is None:
+        return options
+    return replace(options, callback=lambda info: callback(dict(info, problem=j)))
+
+
+def answer_together(generators, answer):
+    """Run generators that yield requests, answering each round's requests together.
+
+    ``answer(requests, indices)`` (the pending requests of the unfinished generators and their positions,
+    in generator order) returns the answers in that order; each is sent back to its generator. Returns the
+    generators' return values.
+    """
+    results = [None] * len(generators)
+    pending = {}
+    for index, generator in enumerate(generators):
+        try:
+            pending[index] = next(generator)
+        except StopIteration as stop:
+            results[index] = stop.value
+    while pending:
+        answers = answer(list(pending.values()), list(pending))
+        following = {}
+        for (index, _), reply in zip(pending.items(), answers):
+            try:
+                following[index] = generators[index].send(reply)
+            except StopIteration as stop:
+                results[index] = stop.value
+        pending = following
+    return results
+
+
+class SharedPasses:
+    """The passes over one C for many problems at once, each answer bit for bit the single problem's."""
+
+    def __init__(self, matrix):
+        self.matrix = matrix
+        with np.errstate(over="ignore"):
+            norms = np.sqrt(matrix.column_squares())
+        # ``column_scale``'s rule on the one C (every problem's columns are C's).
+        self.column_scale = np.where(np.isfinite(norms) & (norms > 0.0), norms, 1.0)
+        self.interrupted = False
+
+    def forward(self, points):
+        """[C x for x in points] from one pass (contiguous columns)."""
+        U = self.matrix.matvecs(np.column_stack(points))
+        return [np.ascontiguousarray(U[:, t]) for t in range(U.shape[1])]
+
+    def transposed(self, columns, indices=None):
+        """[Cᵀ Q for Q in columns] from one pass over the columns side by side."""
+        widths = np.cumsum([0] + [Q.shape[1] for Q in columns])
+        G = self.matrix.rmatmat(np.hstack(columns))
+        return [G[:, widths[t]:widths[t + 1]].copy() for t in range(len(columns))]
+
+    def evaluations(self, rounds):
+        """The evaluations of ``evaluation_rounds`` generators (their transposed passes shared)."""
+        return answer_together(rounds, self.transposed)
+
+    def newton_loops(self, requests, indices=None):
+        """The ``SolveResult`` of each ``NewtonRequest``: ``newton_solve``'s loop for all of them in lock-step."""
+        problems = [request.problem for request in requests]
+        gradients_at_zero = self.evaluations([problem.gradient_at_zero_rounds() for problem in problems])
+        runs = [NewtonRun(request.problem, request.x0, request.start, request.options,
+                          References(request.problem.target_norm(), self.column_scale, gradient),
+                          request.timer, request.clock)
+                for request, gradient in zip(requests, gradients_at_zero)]
+        points = [run.x0 for run in runs]
+        evaluations = self.evaluations([problem.evaluation_rounds(x, {"u": u})
+                                        for problem, x, u in zip(problems, points, self.forward(points))])
+        live = [run for run, ev in zip(runs, evaluations) if run.begin(ev)]
+        try:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            while live:
+                live = [run for run in live if not run.stopping()]
+                if not live:
+                    break
+                systems = self.systems(live, requests[0].build_system)
+                steps = answer_together([run.step_rounds(system) for run, system in zip(live, systems)],
+                                        lambda directions, indices, live=live: self.lines(live, directions,
+                                                                                          indices))
+                moved = []
+                for run, system, step in zip(live, systems, steps):
+                    if step is None:
+                        run.no_step()
+                    else:
+                        moved.append((run, system, step))
+                for (run, system, step), ev in zip(moved, self.next_evaluations(moved)):
+                    run.accept(step, ev, system)
+                live = [run for run, _, _ in moved if not run.finished]
+        except KeyboardInterrupt:
+            self.interrupted = True
+            for run in runs:
+                if not run.finished:
+                    run.status = Status.INTERRUPTED
+        return [run.result() for run in runs]
+
+    def systems(self, runs, build_system):
+        """Each run's Newton system; the exact strategy's sandwiches formed together."""
+        if build_system is not exact_system:
+            return [run.build_system(build_system) for run in runs]
+        betas = np.column_stack([run.problem.beta(run.ev) for run in runs])
+        sandwiches = self.matrix.sandwiches(betas)
+        return [run.build_system(exact_system, sandwich=sandwich) for run, sandwich in zip(runs, sandwiches)]
+
+    def lines(self, runs, directions, indices):
+        """The lines x + t·p of ``runs[i]`` for i in ``indices`` (``directions``: their p), from one pass C·P."""
+        CP = self.matrix.matvecs(np.column_stack(directions))
+        return [runs[i].problem.line(runs[i].ev, p, np.ascontiguousarray(CP[:, t]))
+                for t, (i, p) in enumerate(zip(indices, directions))]
+
+    def next_evaluations(self, moved):
+        """The evaluations after the accepted steps: u carried along the line, or formed by one shared
+        forward pass where ``CarriedForward`` says it is due; then one shared transposed pass."""
+        fresh = [run.carried.fresh(step) for run, _, step in moved]
+        points = [step.x for (_, _, step), due in zip(moved, fresh) if due]
+        forwarded = iter(self.forward(points)) if points else iter(())
+        rounds = [run.problem.evaluation_rounds(step.x, {"u": next(forwarded)}) if due
+                  else step.line.evaluation_rounds(step.length)
+                  for (run, _, step), due in zip(moved, fresh)]
+        return self.evaluations(rounds)
+
+
+def _batch_result(results, finite, d, options, verbose, clock):
+    q = len(results)
+    x = np.full((d, q), np.nan)
+    status = np.full(q, int(Status.NON_FINITE), dtype=np.int64)
+    converged = np.zeros(q, dtype=bool)
+    n_iter = np.zeros(q, dtype=np.int64)
+    loss = np.full(q, np.nan)
+    grad_norm = np.full(q, np.nan)
+    rel_grad_norm = np.full(q, np.nan)
+    message = []
+    for j, res in enumerate(results):
+        if res is None:
+            message.append(f"{MESSAGES[Status.NON_FINITE]} Not solved: column {j} of B (B[:, {j}]) has NaN or "
+                           "Inf entries.")
+            continue
+        x[:, j] = res.x
+        status[j], converged[j], n_iter[j] = int(res.status), res.converged, res.n_iter
+        loss[j], grad_norm[j], rel_grad_norm[j] = res.loss, res.grad_norm, res.rel_grad_norm
+        message.append(res.message)
+    at_max_iter = np.flatnonzero(status == Status.MAX_ITER)
+    if at_max_iter.size:
+        warnings.warn(f"fastnewton.solve_many: {at_max_iter.size} of {q} problems stopped at max_iter = "
+                      f"{options.max_iter} before reaching tol = {options.tol:g} (e.g. column {at_max_iter[0]})",
+                      ConvergenceWarning, stacklevel=3)
+    result = BatchResult(x=x, status=status, converged=converged, n_iter=n_iter, loss=loss, grad_norm=grad_norm,
+                         rel_grad_norm=rel_grad_norm, message=message, time=time.perf_counter() - clock)
+    if verbose:
+        for j in range(q):
+            print(f"problem {j}: {message[j]} iterations={n_iter[j]} loss={loss[j]:.6e} "
+                  f"|g|/g_ref={rel_grad_norm[j]:.3e}")
+    return result

@@ -3,14 +3,16 @@
 The driver never branches on the format again: it calls ``matvec`` (u = Cx),
 ``rmatmat`` (Cᵀ[q, U] in one pass) and ``sandwich`` (Cᵀ diag(β) C).
 """
+from itertools import islice
+
 import numba
 import numpy as np
 import scipy.sparse as sp
 
 from .chunking import chunk_rows, sandwich_chunk_rows
 from .kernels.csr import csr_dense_rows, csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec
-from .kernels.dense import dense_matvec, dense_rmatmat
-from .kernels.sandwich import csr_sandwich, csr_sandwich_rows
+from .kernels.dense import dense_matvec, dense_matvecs, dense_rmatmat
+from .kernels.sandwich import csr_sandwich, csr_sandwich_many, csr_sandwich_rows
 from .kernels.sketch import csr_embed, dense_embed
 from .threads import blas_threads, map_single_threaded_blas
 
@@ -44,6 +46,9 @@ DENSE_ROW_MIN_NNZ = 64
 # partial costs a pass over d² entries to add). A function of the row count only.
 DENSE_ROW_BLOCKS = 8
 DENSE_ROW_MIN_BLOCK = 256
+# ``CSRMatrix.sandwiches`` gives each problem chunk-partials as ``sandwich`` does (the same bits),
+# so it sandwiches as many problems per read of C as fit their partials in this many bytes.
+SANDWICH_MANY_BYTES = 64 * 2**20
 
 
 def dense_row_block(count):
@@ -64,7 +69,15 @@ def blocked_syrk_sandwich(block_rows, weights, d, block_size=DENSE_SANDWICH_BLOC
     spinning into the Numba pass that follows (measured, 2 threads, n = 10⁵, d = 256: u = Cx right
     after the sandwich 18.3 ms against 10.0 ms), so it stays a bench toggle.
     """
-    def block_sandwich(part):
+    return blocked_syrk_sandwiches(block_rows, [weights], d, block_size)[0]
+
+
+def blocked_syrk_sandwiches(block_rows, weight_vectors, d, block_size=DENSE_SANDWICH_BLOCK):
+    """``blocked_syrk_sandwich`` for several weight vectors over the same rows: one list of (vector, block)
+    SYRKs on one pool of threads (starting a pool costs ~3 ms, as much as a 4096 × 64 SYRK), each
+    vector's blocks summed in block order, so each sum has ``blocked_syrk_sandwich``'s bits."""
+    def block_sandwich(item):
+        weights, part = item
         block = block_rows(part)
         w = weights[part]
         root = np.sqrt(np.abs(w))
@@ -82,12 +95,15 @@ def blocked_syrk_sandwich(block_rows, weights, d, block_size=DENSE_SANDWICH_BLOC
                     out -= scaled.T @ scaled
         return out
 
-    count = weights.shape[0]
+    count = weight_vectors[0].shape[0] if weight_vectors else 0
     parts = [slice(start, min(count, start + block_size)) for start in range(0, count, block_size)]
+    items = [(weights, part) for weights in weight_vectors for part in parts]
     if DENSE_SANDWICH_BLAS_THREADS:
         with blas_threads(numba.get_num_threads()):
-            return _sum_in_order(map(block_sandwich, parts), d)
-    return _sum_in_order(map_single_threaded_blas(block_sandwich, parts), d)
+            partials = map(block_sandwich, items)
+            return [_sum_in_order(islice(partials, len(parts)), d) for _ in weight_vectors]
+    partials = map_single_threaded_blas(block_sandwich, items)
+    return [_sum_in_order(islice(partials, len(parts)), d) for _ in weight_vectors]
 
 
 class DenseMatrix:
@@ -113,6 +129,12 @@ class DenseMatrix:
         dense_rmatmat(self.array, Q, self._chunk_rows, out)
         return out
 
+    def matvecs(self, X):
+        """C X for a d × r X, column t with ``matvec(X[:, t])``'s bits (one read of C for r problems)."""
+        out = np.empty((self.n, X.shape[1]))
+        dense_matvecs(self.array, np.ascontiguousarray(X), out)
+        return out
+
     def _block_slices(self, count):
         return [slice(start, min(count, start + DENSE_SANDWICH_BLOCK))
                 for start in range(0, count, DENSE_SANDWICH_BLOCK)]
@@ -128,6 +150,12 @@ class DenseMatrix:
 
     def sandwich(self, beta):
         return self._syrk_sandwich(beta)
+
+    def sandwiches(self, weights):
+        """[Cᵀ diag(weights[:, t]) C for each column t], each with ``sandwich``'s bits (one pool of SYRKs)."""
+        return blocked_syrk_sandwiches(lambda part: self.array[part],
+                                       [np.ascontiguousarray(weights[:, t]) for t in range(weights.shape[1])],
+                                       self.d)
 
     def sandwich_rows(self, rows, weights):
         """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich) by SYRK on the gathered rows."""
@@ -186,6 +214,11 @@ class CSRMatrix:
         csr_matvec(self.indptr, self.indices, self.data, x, out)
         return out
 
+    def matvecs(self, X):
+        """C X for a d × r X, column t with ``matvec(X[:, t])``'s bits (``csr_matmat`` sums each row in
+        storage order too): one read of C for r problems."""
+        return self.matmat(X)
+
     def rmatmat(self, Q):
         Q = np.ascontiguousarray(Q)
         k = Q.shape[1]
@@ -205,6 +238,22 @@ class CSRMatrix:
             return out
         return self._split_sandwich(self._sparse_rows, beta[self._sparse_rows],
                                     self._dense_rows, beta[self._dense_rows])
+
+    def sandwiches(self, weights):
+        """[Cᵀ diag(weights[:, t]) C for each column t], each with ``sandwich``'s bits: one read of C for
+        groups of problems (``csr_sandwich_many``) when every row is short, else one at a time."""
+        q = weights.shape[1]
+        if self._dense_rows.size:
+            return [self.sandwich(np.ascontiguousarray(weights[:, t])) for t in range(q)]
+        n_chunks = -(-self.n // self._sandwich_chunk_rows)
+        group = max(1, SANDWICH_MANY_BYTES // (8 * n_chunks * self.d * self.d))
+        out = []
+        for start in range(0, q, group):
+            part = np.ascontiguousarray(weights[:, start:start + group])
+            sums = np.empty((part.shape[1], self.d, self.d))
+            csr_sandwich_many(self.indptr, self.indices, self.data, part, self._sandwich_chunk_rows, sums)
+            out.extend(sums)
+        return out
 
     def sandwich_rows(self, rows, weights):
         """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich), split like ``sandwich``."""

@@ -92,13 +92,19 @@ class CarriedForward:
     steps: int = 0
     path: float = 0.0  # ‖x‖ at the last forward pass + Σ ‖t·p‖ since
 
-    def evaluate(self, problem, step, timer):
-        """The evaluation at step.x: u carried along the step's line, or a forward pass when due."""
+    def fresh(self, step):
+        """Whether u at step.x is formed by a forward pass (the rule above) rather than carried; counts the step."""
         self.steps += 1
         self.path += step.norm
         x_norm = norm(step.x)
         if step.line is None or self.steps >= REFRESH_EVERY or self.path > MAX_CARRIED_PATH * x_norm:
             self.steps, self.path = 0, x_norm
+            return True
+        return False
+
+    def evaluate(self, problem, step, timer):
+        """The evaluation at step.x: u carried along the step's line, or a forward pass when due."""
+        if self.fresh(step):
             return problem.evaluate(step.x, timer=timer)
         return step.line.evaluate(step.length, timer=timer)
 

@@ -82,16 +82,27 @@ class Problem:
         # cannot change this Problem. C is not copied (it can be as large as memory).
         self.V = as_value_matrix(V, self.model, n, uses_values(self.model))
         self.V = None if self.V is None else _own(self.V, V)
-        if self.V is None:
-            self.b = _own(as_vector(b, "b", n, " (rows of C)"), b)
-        else:
-            self.b = _own(as_vector(b, "b", self.V.shape[1], " (columns of V)"), b)
         self.l2 = as_l2(l2)
         self.row_weights = _own(as_row_weights(row_weights, n), row_weights)
+        self._set_target(b, "b")
+
+    def _set_target(self, b, name):
+        """Validate and hold the target b (a copy), and build what depends on it: the model, the block, the facts."""
+        if self.V is None:
+            self.b = _own(as_vector(b, name, self.n, " (rows of C)"), b)
+        else:
+            self.b = _own(as_vector(b, name, self.V.shape[1], " (columns of V)"), b)
         self.row_model = build_model(self.model, self.b if self.V is not None else None)
         self.block = RowBlock(self.matrix, None if self.V is not None else self.b, self.row_weights, self.V)
         self.facts = self.row_model.facts(self.block)
         self.clear_cache()
+
+    def with_target(self, b, name="b"):
+        """This problem for another target b (validated as ``name``): C, V, w and l2 are shared, not
+        checked or converted again (``solve_many``'s problems, one per column of B)."""
+        other = copy.copy(self)
+        other._set_target(b, name)
+        return other
 
     @property
     def n(self):
@@ -235,6 +246,10 @@ class Problem:
         """The solve from ``x0="auto"`` (the model's ``auto_solve``: its start and the Newton loop)."""
         return self.row_model.auto_solve(self, build_system, options, timer=timer, clock=clock)
 
+    def auto_solve_rounds(self, build_system, options, timer=None, clock=None):
+        """``auto_solve`` as a generator of its Newton loops (the model's ``auto_solve_rounds``)."""
+        return self.row_model.auto_solve_rounds(self, build_system, options, timer, clock)
+
     def with_model(self, row_model, l2):
         """This problem for another model of the same targets (its ``facts`` are these) and ridge ``l2``:
         C, b, w and V are shared, not copied; the cached u = Cx stays valid, the cached evaluation does not."""
@@ -322,6 +337,11 @@ class LineSearch:
         return loss
 
     def evaluate(self, t, timer=None):
+        timer = timer or no_timer
+        return run_rounds(self.evaluation_rounds(t, timer), _transposed_pass(self.problem.matrix, timer))
+
+    def evaluation_rounds(self, t, timer=no_timer):
+        """``evaluate`` as a generator (yields Q, is sent CᵀQ: ``stage_rounds``)."""
         model = self.problem.row_model
         if self.trial is not None and self.trial[0] == t:
             _, u, first = self.trial
@@ -329,4 +349,4 @@ class LineSearch:
             u, first = self._u(t), None
         if model.loss_stages[0] != model.evaluation[0]:
             first = None
-        return self.problem.evaluate_from(self.ev.x + t * self.p, {"u": u}, timer or no_timer, first=first)
+        return self.problem.evaluation_rounds(self.ev.x + t * self.p, {"u": u}, timer, first=first)

@@ -10,7 +10,7 @@ from . import _cache
 from .hessian import resolve_strategy
 from .memory import check_hessian_fits, check_iteration_fits
 from .models import uses_values
-from .newton import SolveOptions, newton_solve
+from .newton import NewtonRequest, SolveOptions, run_requests
 from .problem import Problem
 from .result import SolveResult
 from .start import starting_point
@@ -87,10 +87,17 @@ def run_from(problem, x0, build_system, options, timer=None, clock=None):
     ``timer`` and ``clock`` as for ``newton_solve`` (the start is timed as the phase "start")."""
     if isinstance(x0, str) and x0 == "auto":
         return problem.auto_solve(build_system, options, timer=timer, clock=clock)
+    return run_requests(solve_rounds(problem, x0, build_system, options, timer, clock))
+
+
+def solve_rounds(problem, x0, build_system, options, timer=None, clock=None):
+    """``run_from`` as a generator of its Newton loops (``NewtonRequest``s), for ``solve_many``."""
+    if isinstance(x0, str) and x0 == "auto":
+        return (yield from problem.auto_solve_rounds(build_system, options, timer, clock))
     timer = timer if timer is not None else PhaseTimer()
     with timer("start"):
         start, description = starting_point(problem, x0)
-    return newton_solve(problem, start, description, build_system, options, timer=timer, clock=clock)
+    return (yield NewtonRequest(problem, start, description, build_system, options, timer, clock))
 
 
 def solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose, observer=None):
@@ -120,7 +127,7 @@ logger = logging.getLogger("fastnewton")
 SUM_TOLERANCE = 0.1
 
 
-def warn_if_not_a_distribution(b, model):
+def warn_if_not_a_distribution(b, model, name="b", stacklevel=3):
     """A warning (not an error: the loss is defined for any b) when b cannot be a softmax output."""
     if uses_values(model):  # targets read out through V need not be distributions
         return
@@ -131,10 +138,10 @@ def warn_if_not_a_distribution(b, model):
     if abs(total - 1.0) > SUM_TOLERANCE:
         problems.append(f"Σb = {total:.4g}")
     if problems:
-        warnings.warn(f"b is not a probability vector ({', '.join(problems)}), so h(Cx) = {model}(…), which is "
-                      "≥ 0 and sums to 1, can never match it: the fit minimises the distance to the closest "
-                      "distribution. Normalise b (b / b.sum()) if it holds scores or counts.",
-                      UserWarning, stacklevel=3)
+        warnings.warn(f"{name} is not a probability vector ({', '.join(problems)}), so h(Cx) = {model}(…), which "
+                      "is ≥ 0 and sums to 1, can never match it: the fit minimises the distance to the closest "
+                      f"distribution. Normalise it ({name} / {name}.sum()) if it holds scores or counts.",
+                      UserWarning, stacklevel=stacklevel)
 
 
 def as_record_callback(callback):

@@ -46,3 +46,21 @@ def dense_rmatmat(A, Q, chunk_rows, out):
             for t in range(k):
                 flat[j * k + t] = acc[t, j]
     sum_chunk_partials(partial, out)
+
+
+@njit(parallel=True, cache=True)
+def dense_matvecs(A, X, out):
+    """out[:, t] = A X[:, t] for every column t: out[i, t] = Σ_j A[i, j]·X[j, t], summed over j in
+    dense_matvec's order (so each column has dense_matvec's bits); one read of A, one thread per row."""
+    n, d = A.shape
+    r = X.shape[1]
+    for i in prange(n):
+        acc = out[i]
+        for t in range(r):
+            acc[t] = 0.0
+        row = A[i]
+        for j in range(d):
+            a = row[j]
+            x = X[j]
+            for t in range(r):
+                acc[t] += a * x[t]

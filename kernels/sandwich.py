@@ -78,3 +78,81 @@ def csr_sandwich_rows(indptr, indices, data, rows, weights, chunk_rows, out):
 def csr_sandwich(indptr, indices, data, beta, chunk_rows, out):
     """out = Σ_i β_i C_iᵀ C_i = Cᵀ diag(β) C (d × d, symmetric, β of any sign): every row listed."""
     csr_sandwich_rows(indptr, indices, data, np.arange(beta.shape[0]), beta, chunk_rows, out)
+
+
+@njit(parallel=True, cache=True)
+def csr_sandwich_many(indptr, indices, data, weights, chunk_rows, out):
+    """out[t] = Cᵀ diag(weights[:, t]) C for every column t of the n × q ``weights``, in one read of C.
+
+    csr_sandwich_rows over all rows, for q weight vectors at once: the same chunks, pairs and
+    register tile, with each update applied to the q problems' accumulators side by side (slot-major
+    partials, chunk × d·d × q, the q problems contiguous). Every slot of problem t receives the
+    updates of csr_sandwich(weights[:, t]) in the same order, so each out[t] has its bits (a row
+    with weight 0 adds ±0 to a slot that is never −0, which changes nothing).
+    """
+    n, q = weights.shape
+    d = out.shape[1]
+    width = np.uintp(d)
+    wq = np.uintp(q)
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    partial = np.zeros((n_chunks, d * d * q))
+    for c in prange(n_chunks):
+        acc = partial[c]
+        v0 = np.empty(q)
+        v1 = np.empty(q)
+        for i in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
+            bi = weights[i]
+            weighted = False
+            for t in range(q):
+                weighted |= bi[t] != 0.0
+            if not weighted:
+                continue
+            a = np.uintp(indptr[i])
+            end = np.uintp(indptr[i + 1])
+            while a + TWO <= end:
+                a1 = a + ONE
+                j0 = np.uintp(indices[a])
+                j1 = np.uintp(indices[a1])
+                d0 = data[a]
+                d1 = data[a1]
+                for t in range(q):
+                    v0[t] = bi[t] * d0
+                    v1[t] = bi[t] * d1
+                _add_pair_many(acc, width, wq, j0, j0, v0, d0, False)
+                _add_pair_many(acc, width, wq, j0, j1, v0, d1, True)
+                _add_pair_many(acc, width, wq, j1, j1, v1, d1, False)
+                for b in range(a1 + ONE, end):
+                    jb = np.uintp(indices[b])
+                    db = data[b]
+                    _add_pair_many(acc, width, wq, j0, jb, v0, db, True)
+                    _add_pair_many(acc, width, wq, j1, jb, v1, db, True)
+                a += TWO
+            if a < end:
+                ja = np.uintp(indices[a])
+                da = data[a]
+                base = (ja * width + ja) * wq
+                for t in range(q):
+                    acc[base + np.uintp(t)] += bi[t] * da * da
+    for j in prange(d):
+        for l in range(j, d):
+            base = np.uintp(j * d + l) * wq
+            for t in range(q):
+                total = 0.0
+                for c in range(n_chunks):
+                    total += partial[c, base + np.uintp(t)]
+                out[t, j, l] = total
+                out[t, l, j] = total
+
+
+@njit(inline="always")
+def _add_pair_many(acc, width, wq, ja, jb, v, db, pair):
+    """_add_pair for q problems: acc[slot·q + t] += v[t]·db, twice when ``pair`` joins two duplicate
+    entries of one column (a diagonal term, ``pair`` False, adds once)."""
+    base = (min(ja, jb) * width + max(ja, jb)) * wq
+    if pair and ja == jb:
+        for t in range(v.shape[0]):
+            value = v[t] * db
+            acc[base + np.uintp(t)] += value + value
+    else:
+        for t in range(v.shape[0]):
+            acc[base + np.uintp(t)] += v[t] * db
