@@ -167,15 +167,18 @@ class SharedPasses:
         self.interrupted = False
 
     def forward(self, points):
-        """[C x for x in points] from one pass (contiguous columns)."""
-        U = self.matrix.matvecs(np.column_stack(points))
-        return [np.ascontiguousarray(U[:, t]) for t in range(U.shape[1])]
+        """[C x for x in points] from one pass."""
+        return list(self.matrix.matvecs(np.column_stack(points)))
 
     def transposed(self, columns, indices=None):
-        """[Cᵀ Q for Q in columns] from one pass over the columns side by side."""
-        widths = np.cumsum([0] + [Q.shape[1] for Q in columns])
-        G = self.matrix.rmatmat(np.hstack(columns))
-        return [G[:, widths[t]:widths[t + 1]].copy() for t in range(len(columns))]
+        """[Cᵀ Q for Q in columns] from one pass over the stacked columns (one pass per width, should
+        the problems' widths differ)."""
+        out = [None] * len(columns)
+        for width in sorted({Q.shape[1] for Q in columns}):
+            members = [t for t, Q in enumerate(columns) if Q.shape[1] == width]
+            for t, G in zip(members, self.matrix.rmatmats([columns[t] for t in members])):
+                out[t] = G
+        return out
 
     def evaluations(self, rounds):
         """The evaluations of ``evaluation_rounds`` generators (their transposed passes shared)."""
@@ -231,8 +234,7 @@ class SharedPasses:
     def lines(self, runs, directions, indices):
         """The lines x + t·p of ``runs[i]`` for i in ``indices`` (``directions``: their p), from one pass C·P."""
         CP = self.matrix.matvecs(np.column_stack(directions))
-        return [runs[i].problem.line(runs[i].ev, p, np.ascontiguousarray(CP[:, t]))
-                for t, (i, p) in enumerate(zip(indices, directions))]
+        return [runs[i].problem.line(runs[i].ev, p, Cp) for i, p, Cp in zip(indices, directions, CP)]
 
     def next_evaluations(self, moved):
         """The evaluations after the accepted steps: u carried along the line, or formed by one shared

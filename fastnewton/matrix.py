@@ -10,8 +10,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .chunking import chunk_rows, sandwich_chunk_rows
-from .kernels.csr import csr_dense_rows, csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec
-from .kernels.dense import dense_matvec, dense_matvecs, dense_rmatmat
+from .kernels.csr import csr_dense_rows, csr_matmat, csr_matvec, csr_matvecs, csr_rmatmat, csr_rmatmat3, csr_rmatvec
+from .kernels.dense import dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats
 from .kernels.sandwich import csr_sandwich, csr_sandwich_many, csr_sandwich_rows
 from .kernels.sketch import csr_embed, dense_embed
 from .threads import blas_threads, map_single_threaded_blas
@@ -22,6 +22,14 @@ DENSE_SANDWICH_BLOCK = 8192
 # False: the sandwich's SYRKs run one per thread on single-threaded BLAS; True: one after the
 # other on multi-threaded BLAS (measured slower on 2 cores; kept for bench/dense_phases.py).
 DENSE_SANDWICH_BLAS_THREADS = False
+
+
+def _array_list(arrays):
+    """A Numba typed list of C-contiguous float64 arrays (a kernel reads the problems' arrays in place, no stacked copy)."""
+    typed = numba.typed.List()
+    for array in arrays:
+        typed.append(np.ascontiguousarray(array, dtype=np.float64))
+    return typed
 
 
 def _sum_in_order(partials, d):
@@ -46,6 +54,9 @@ DENSE_ROW_MIN_NNZ = 64
 # partial costs a pass over d² entries to add). A function of the row count only.
 DENSE_ROW_BLOCKS = 8
 DENSE_ROW_MIN_BLOCK = 256
+# ``matvecs``: rows per parallel task (each task keeps r accumulators; rows are independent, so this
+# sets only the work per task, never the bits).
+MATVECS_ROWS_PER_TASK = 256
 # ``CSRMatrix.sandwiches`` gives each problem chunk-partials as ``sandwich`` does (the same bits),
 # so it sandwiches as many problems per read of C as fit their partials in this many bytes.
 SANDWICH_MANY_BYTES = 64 * 2**20
@@ -130,9 +141,15 @@ class DenseMatrix:
         return out
 
     def matvecs(self, X):
-        """C X for a d × r X, column t with ``matvec(X[:, t])``'s bits (one read of C for r problems)."""
-        out = np.empty((self.n, X.shape[1]))
-        dense_matvecs(self.array, np.ascontiguousarray(X), out)
+        """(C X)ᵀ (r × n) for a d × r X: row t is ``matvec(X[:, t])``, bit for bit (one read of C for r vectors)."""
+        out = np.empty((X.shape[1], self.n))
+        dense_matvecs(self.array, np.ascontiguousarray(X), MATVECS_ROWS_PER_TASK, out)
+        return out
+
+    def rmatmats(self, Qs):
+        """[Cᵀ Q for Q in Qs] (s × d × k) for n × k arrays Qs: each ``rmatmat(Q)``, bit for bit, in one read of C."""
+        out = np.empty((len(Qs), self.d, Qs[0].shape[1]))
+        dense_rmatmats(self.array, _array_list(Qs), self._chunk_rows, out)
         return out
 
     def _block_slices(self, count):
@@ -215,9 +232,17 @@ class CSRMatrix:
         return out
 
     def matvecs(self, X):
-        """C X for a d × r X, column t with ``matvec(X[:, t])``'s bits (``csr_matmat`` sums each row in
-        storage order too): one read of C for r problems."""
-        return self.matmat(X)
+        """(C X)ᵀ (r × n) for a d × r X: row t is ``matvec(X[:, t])``, bit for bit (one read of C for r vectors)."""
+        out = np.empty((X.shape[1], self.n))
+        csr_matvecs(self.indptr, self.indices, self.data, np.ascontiguousarray(X), MATVECS_ROWS_PER_TASK, out)
+        return out
+
+    def rmatmats(self, Qs):
+        """[Cᵀ Q for Q in Qs] for n × k arrays Qs, one ``rmatmat`` each. Unlike the forward pass, this pass
+        does k multiply-adds per stored entry and is bound by them, not by reading C: a kernel reading C
+        once for 16 problems (chunk by chunk, each problem's accumulator apart) measured no faster
+        (k = 19) or 1.7× slower (k = 3, where ``csr_rmatmat3`` unrolls) than 16 calls, n = 10⁵, d = 64."""
+        return [self.rmatmat(Q) for Q in Qs]
 
     def rmatmat(self, Q):
         Q = np.ascontiguousarray(Q)

@@ -133,3 +133,25 @@ def csr_dense_rows(indptr, indices, data, rows, out):
         i = rows[t]
         for p in range(np.uintp(indptr[i]), np.uintp(indptr[i + 1])):
             dense[np.uintp(indices[p])] += data[p]
+
+
+@njit(parallel=True, cache=True)
+def csr_matvecs(indptr, indices, data, X, rows_per_task, out):
+    """out[t, :] = C X[:, t] for every column t of X (d × r; out is r × n), each row summed in storage
+    order as csr_matvec does, so each out[t] has csr_matvec(X[:, t])'s bits; one read of C for r vectors."""
+    n = out.shape[1]
+    r = X.shape[1]
+    n_tasks = (n + rows_per_task - 1) // rows_per_task
+    for task in prange(n_tasks):
+        acc = np.empty(r)
+        for i in range(task * rows_per_task, min(n, (task + 1) * rows_per_task)):
+            for t in range(r):
+                acc[t] = 0.0
+            for p in range(np.uintp(indptr[i]), np.uintp(indptr[i + 1])):
+                v = data[p]
+                z = X[np.uintp(indices[p])]
+                for t in range(r):
+                    acc[t] += v * z[t]
+            for t in range(r):
+                out[t, i] = acc[t]
+

@@ -49,18 +49,58 @@ def dense_rmatmat(A, Q, chunk_rows, out):
 
 
 @njit(parallel=True, cache=True)
-def dense_matvecs(A, X, out):
-    """out[:, t] = A X[:, t] for every column t: out[i, t] = Σ_j A[i, j]·X[j, t], summed over j in
-    dense_matvec's order (so each column has dense_matvec's bits); one read of A, one thread per row."""
+def dense_matvecs(A, X, rows_per_task, out):
+    """out[t, :] = A X[:, t] for every column t of X (d × r; out is r × n): out[t, i] = Σ_j A[i, j]·X[j, t]
+    summed over j in dense_matvec's order, so each out[t] has dense_matvec(A, X[:, t])'s bits; one read
+    of A for r vectors, rows in tasks of ``rows_per_task``."""
     n, d = A.shape
     r = X.shape[1]
-    for i in prange(n):
-        acc = out[i]
-        for t in range(r):
-            acc[t] = 0.0
-        row = A[i]
-        for j in range(d):
-            a = row[j]
-            x = X[j]
+    n_tasks = (n + rows_per_task - 1) // rows_per_task
+    for task in prange(n_tasks):
+        acc = np.empty(r)
+        for i in range(task * rows_per_task, min(n, (task + 1) * rows_per_task)):
             for t in range(r):
-                acc[t] += a * x[t]
+                acc[t] = 0.0
+            row = A[i]
+            for j in range(d):
+                a = row[j]
+                x = X[j]
+                for t in range(r):
+                    acc[t] += a * x[t]
+            for t in range(r):
+                out[t, i] = acc[t]
+
+
+@njit(parallel=True, cache=True)
+def dense_rmatmats(A, Qs, chunk_rows, out):
+    """out[s] = Aᵀ Qs[s] for every s (Qs a typed list of n × k arrays, out s × d × k): dense_rmatmat's sums
+    in its order (the same chunks, summed in chunk order), so each out[s] has dense_rmatmat(A, Qs[s])'s
+    bits. Each chunk of A is read once from memory and then from cache per s."""
+    n, d = A.shape
+    n_sets = len(Qs)
+    k = out.shape[2]
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    partial = np.zeros((n_chunks, n_sets, d * k))
+    for c in prange(n_chunks):
+        acc = np.empty((k, d))
+        for s in range(n_sets):
+            Q = Qs[s]
+            acc[:] = 0.0
+            for i in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
+                row = A[i]
+                for t in range(k):
+                    qt = Q[i, t]
+                    acc_t = acc[t]
+                    for j in range(d):
+                        acc_t[j] += row[j] * qt
+            flat = partial[c, s]
+            for j in range(d):
+                for t in range(k):
+                    flat[j * k + t] = acc[t, j]
+    for s in prange(n_sets):
+        for j in range(d):
+            for t in range(k):
+                total = 0.0
+                for c in range(n_chunks):
+                    total += partial[c, s, j * k + t]
+                out[s, j, t] = total
