@@ -31,8 +31,8 @@ import numpy as np
 from . import _cache
 from .batch import BatchResult
 from .hessian import exact_system
-from .memory import iteration_bytes
-from .newton import NewtonRun, References
+from .memory import check_iteration_fits, iteration_bytes
+from .newton import NewtonRun, References, user_stacklevel
 from .problem import Problem
 from .result import ConvergenceWarning, MESSAGES, Status
 from .solver import solve_options, solve_rounds, warn_if_not_a_distribution
@@ -61,36 +61,35 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
     clock = time.perf_counter()
     model = check_model(model)
     targets = _as_targets(B)
-    finite = np.all(np.isfinite(targets), axis=0)
-    first = int(np.argmax(finite)) if finite.any() else 0
-    template = Problem(C, targets[:, first] if finite.any() else np.zeros(targets.shape[0]), model=model, V=V,
-                       l2=l2, row_weights=row_weights)
-    n_targets = template.V.shape[1] if template.V is not None else template.n
+    inputs = Problem.inputs_only(C, model=model, V=V, l2=l2, row_weights=row_weights)
+    n_targets = inputs.V.shape[1] if inputs.V is not None else inputs.n
     if targets.shape[0] != n_targets:
-        raise ValueError(f"B must have {n_targets} rows ({'columns of V' if template.V is not None else 'rows of C'}),"
-                         f" one target per column, got shape {targets.shape}")
+        raise ValueError(f"B must have {n_targets} rows ({'columns of V' if inputs.V is not None else 'rows of C'}), "
+                         f"one target per column, got shape {targets.shape}")
+    finite = np.all(np.isfinite(targets), axis=0)
     q = targets.shape[1]
-    starts = _as_starts(x0, template.d, q)
+    starts = _as_starts(x0, inputs.d, q)
     n_threads = as_thread_count(n_threads)
-    build_system, options = solve_options(template, hessian, eps, sketch_size, tol, max_iter, seed, callback,
+    build_system, options = solve_options(inputs, hessian, eps, sketch_size, tol, max_iter, seed, callback,
                                           False)
     options = replace(options, warn_at_max_iter=False)
-    problems = [template.with_target(targets[:, j], f"B[:, {j}]") if finite[j] else None for j in range(q)]
-    for j, problem in enumerate(problems):
-        if problem is not None:
-            warn_if_not_a_distribution(problem.b, model, f"B[:, {j}]", stacklevel=4)
+    problems = [inputs.with_target(targets[:, j], f"B[:, {j}]") if finite[j] else None for j in range(q)]
+    solvable = [j for j in range(q) if problems[j] is not None]
+    k = problems[solvable[0]].row_model.k if solvable else 0
+    check_iteration_fits(inputs.n, inputs.d, k)
+    for j in solvable:
+        warn_if_not_a_distribution(problems[j].b, model, f"B[:, {j}]", stacklevel=user_stacklevel())
+    results = [None] * q
     with thread_limits(n_threads), _cache.compile_notice(bool(verbose)):
-        passes = SharedPasses(template.matrix)
-        results = [None] * q
-        solvable = [j for j in range(q) if problems[j] is not None]
-        group = max(1, GROUP_BYTES // iteration_bytes(template.n, template.d, template.row_model.k))
+        passes = SharedPasses(inputs.matrix)
+        group = max(1, GROUP_BYTES // iteration_bytes(inputs.n, inputs.d, k))
         for begin in range(0, len(solvable), group):
             members = solvable[begin:begin + group]
             rounds = [solve_rounds(problems[j], starts[j], build_system, _for_problem(options, j), clock=clock)
                       for j in members]
             for j, res in zip(members, answer_together(rounds, passes.newton_loops)):
                 results[j] = res
-    return _batch_result(results, finite, template.d, options, verbose, clock)
+    return _batch_result(results, finite, inputs.d, options, verbose, clock)
 
 
 def _as_targets(B):
@@ -271,7 +270,7 @@ def _batch_result(results, finite, d, options, verbose, clock):
     if at_max_iter.size:
         warnings.warn(f"fastnewton.solve_many: {at_max_iter.size} of {q} problems stopped at max_iter = "
                       f"{options.max_iter} before reaching tol = {options.tol:g} (e.g. column {at_max_iter[0]})",
-                      ConvergenceWarning, stacklevel=3)
+                      ConvergenceWarning, stacklevel=user_stacklevel())
     result = BatchResult(x=x, status=status, converged=converged, n_iter=n_iter, loss=loss, grad_norm=grad_norm,
                          rel_grad_norm=rel_grad_norm, message=message, time=time.perf_counter() - clock)
     if verbose:

@@ -188,14 +188,19 @@ def _next_damping(mu, scale):
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-def warn_max_iter(options):
-    """The ConvergenceWarning of a solve that stopped at max_iter, attributed to the first caller
-    outside the package (the user's call of ``solve``, however deep the package's own frames are)."""
-    level, frame = 1, sys._getframe(0)
+def user_stacklevel():
+    """The ``stacklevel`` that attributes a warning issued by the caller of this function to the first
+    frame outside the package (the user's call, however deep the package's own frames are)."""
+    level, frame = 1, sys._getframe(1)
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
         level, frame = level + 1, frame.f_back
+    return level
+
+
+def warn_max_iter(options):
+    """The ConvergenceWarning of a solve that stopped at max_iter, attributed to the user's call of ``solve``."""
     warnings.warn(f"fastnewton.solve stopped at max_iter = {options.max_iter} before reaching tol = "
-                  f"{options.tol:g}", ConvergenceWarning, stacklevel=level)
+                  f"{options.tol:g}", ConvergenceWarning, stacklevel=user_stacklevel())
 
 
 def run_rounds(rounds, answer):

@@ -75,6 +75,18 @@ class Problem:
     """
 
     def __init__(self, C, b, model="softmax", V=None, l2=0.0, row_weights=None):
+        self._set_inputs(C, model, V, l2, row_weights)
+        self._set_target(b, "b")
+
+    @classmethod
+    def inputs_only(cls, C, model="softmax", V=None, l2=0.0, row_weights=None):
+        """C, V, l2 and row_weights validated, no target yet: ``with_target(b, name)`` gives the problems
+        (``solve_many``'s, one per column of B, whose errors name the column)."""
+        problem = cls.__new__(cls)
+        problem._set_inputs(C, model, V, l2, row_weights)
+        return problem
+
+    def _set_inputs(self, C, model, V, l2, row_weights):
         self.model = check_model(model)
         self.matrix = as_input_matrix(C)
         n = self.matrix.n
@@ -84,7 +96,6 @@ class Problem:
         self.V = None if self.V is None else _own(self.V, V)
         self.l2 = as_l2(l2)
         self.row_weights = _own(as_row_weights(row_weights, n), row_weights)
-        self._set_target(b, "b")
 
     def _set_target(self, b, name):
         """Validate and hold the target b (a copy), and build what depends on it: the model, the block, the facts."""

@@ -1,0 +1,204 @@
+"""Many problems at once: ``solve_many`` against a Python loop of ``solve``, in one run.
+
+    python bench/many.py                     # one C, q = 1, 4, 16, 64, 256 targets (CSR and dense), softmax
+    python bench/many.py --models softmax relu_softmax --targets 16 64
+    python bench/many.py --quick             # small sizes, seconds
+    python bench/many.py --small             # also 1000 small independent problems as one list
+
+One C, many targets: C is CSR (n = 10⁵, d = 64, 10 non-zeros per row) or dense (n = 4096, d = 64),
+from ``make_problem`` (seed 0); target j is h(C x_j) for x_j ~ N(0, 1/k) (k non-zeros per row),
+times (1 + 0.1·N(0, 1)) entrywise and clipped at 0, so no start is the optimum (``softmax_relu``:
+read out through ``make_problem``'s V). Each q is timed as ``solve_many(C, B)`` and as
+``[solve(C, B[:, j]) for j in range(q)]`` (default keywords, one warm-up call of each first), and
+the answers are checked to agree: x within 1e-10 relative (‖x_many − x_solve‖ ≤ 1e-10‖x_solve‖)
+and the same status for every column. Writes many.csv (and many.png, the speed-up against q; not
+with --no-plot) to --out (default bench/results/).
+"""
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import fastnewton
+
+try:
+    from _args import add_output_arguments, comma_list, positive_int, thread_count
+    from _report import caption, command_line, run_metadata, write_csv
+except ImportError:  # imported as bench.many from the repository root
+    from bench._args import add_output_arguments, comma_list, positive_int, thread_count
+    from bench._report import caption, command_line, run_metadata, write_csv
+
+MODELS = ("softmax", "relu_softmax", "softmax_relu")
+FORMATS = ("csr", "dense")
+X_RTOL = 1e-10
+NOISE = 0.1
+
+
+def targets(problem, model, q, nnz_per_row, rng):
+    """q noisy targets on one C (module docstring): an n × q (m × q for softmax_relu) array."""
+    C, V = problem.C, problem.V
+    columns = []
+    for _ in range(q):
+        x = rng.standard_normal(C.shape[1]) / np.sqrt(nnz_per_row)
+        b = fastnewton.predict(C, x, model, V)
+        columns.append(np.maximum(b * (1.0 + NOISE * rng.standard_normal(b.shape[0])), 0.0))
+    return np.column_stack(columns)
+
+
+def agreement(batch, singles):
+    """(largest ‖x_many − x_solve‖ / ‖x_solve‖, whether every status is the same)."""
+    worst = 0.0
+    for j, res in enumerate(singles):
+        scale = max(float(np.linalg.norm(res.x)), np.finfo(float).tiny)
+        worst = max(worst, float(np.linalg.norm(batch.x[:, j] - res.x)) / scale)
+    same_status = all(int(batch.status[j]) == int(res.status) for j, res in enumerate(singles))
+    return worst, same_status
+
+
+def one_c_many_targets(args):
+    """The one-C table: time of solve_many vs a loop of solve for every (format, model, q)."""
+    rows = []
+    print(f"{'format':>6} {'model':>13} {'q':>5} {'solve_many s':>13} {'loop of solve s':>16} {'ratio':>7} "
+          f"{'iterations':>10} {'max rel dx':>11} {'agree':>6}", flush=True)
+    for fmt in args.formats:
+        n = args.dense_n if fmt == "dense" else args.csr_n
+        for model in args.models:
+            problem = fastnewton.make_problem(n, args.d, nnz_per_row=args.nnz_per_row, model=model, seed=0,
+                                              dense=fmt == "dense")
+            per_row = args.d if fmt == "dense" else args.nnz_per_row
+            rng = np.random.default_rng(1)
+            all_targets = targets(problem, model, max(args.targets), per_row, rng)
+            keywords = dict(model=model, V=problem.V, n_threads=args.threads)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # Warm-up (kernels loaded from the disk cache, BLAS and thread pools started).
+                fastnewton.solve_many(problem.C, all_targets[:, :2], **keywords)
+                fastnewton.solve(problem.C, all_targets[:, 0], **keywords)
+                for q in args.targets:
+                    B = all_targets[:, :q]
+                    start = time.perf_counter()
+                    batch = fastnewton.solve_many(problem.C, B, **keywords)
+                    many_s = time.perf_counter() - start
+                    start = time.perf_counter()
+                    singles = [fastnewton.solve(problem.C, B[:, j], **keywords) for j in range(q)]
+                    loop_s = time.perf_counter() - start
+                    worst, same_status = agreement(batch, singles)
+                    agree = worst <= X_RTOL and same_status
+                    row = dict(format=fmt, model=model, n=n, d=args.d, q=q, many_s=many_s, loop_s=loop_s,
+                               ratio=loop_s / many_s, iterations=int(batch.n_iter.sum()),
+                               converged=int(batch.converged.sum()), max_rel_dx=worst, same_status=same_status,
+                               agree=agree)
+                    rows.append(row)
+                    print(f"{fmt:>6} {model:>13} {q:5d} {many_s:13.3f} {loop_s:16.3f} {row['ratio']:7.2f} "
+                          f"{row['iterations']:10d} {worst:11.1e} {str(agree):>6}", flush=True)
+    return rows
+
+
+# -- many small independent problems: solve_many([(C, b), ...]) ----------------------------------------
+def small_problems(model, count, rng):
+    """``count`` independent dense attention-sized problems, n in [64, 512], d in [32, 64], noisy targets."""
+    problems = []
+    for index in range(count):
+        n, d = int(rng.integers(64, 513)), int(rng.integers(32, 65))
+        problem = fastnewton.make_problem(n, d, model=model, dense=True, noise=NOISE, seed=index)
+        problems.append((problem.C, problem.b) if problem.V is None else (problem.C, problem.b, problem.V))
+    return problems
+
+
+def many_small_problems(args):
+    """The small-problems table (``--small``): solve_many(list of problems) vs a loop of solve, per model;
+    [] when this build has no sequence form of solve_many."""
+    rows = []
+    for model in args.models:
+        problems = small_problems(model, args.small_count, np.random.default_rng(2))
+        keywords = dict(model=model, n_threads=args.threads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                fastnewton.solve_many(problems[:2], **keywords)
+            except NotImplementedError as exc:
+                print(f"many small problems: skipped ({exc})", flush=True)
+                return []
+            start = time.perf_counter()
+            batch = fastnewton.solve_many(problems, **keywords)
+            many_s = time.perf_counter() - start
+            start = time.perf_counter()
+            singles = [fastnewton.solve(*problem[:2], V=problem[2] if len(problem) > 2 else None, **keywords)
+                       for problem in problems]
+            loop_s = time.perf_counter() - start
+        worst = max(float(np.linalg.norm(batch.problem(i)["x"] - res.x)) / max(float(np.linalg.norm(res.x)), 1e-300)
+                    for i, res in enumerate(singles))
+        same_status = all(int(batch.status[i]) == int(res.status) for i, res in enumerate(singles))
+        rows.append(dict(model=model, problems=len(problems), many_s=many_s, loop_s=loop_s, ratio=loop_s / many_s,
+                         max_rel_dx=worst, same_status=same_status, agree=worst <= X_RTOL and same_status))
+        print(f"{len(problems)} small {model} problems: solve_many {many_s:.3f} s, loop of solve {loop_s:.3f} s, "
+              f"ratio {loop_s / many_s:.2f}, max rel dx {worst:.1e}, same status {same_status}", flush=True)
+    return rows
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.4))
+    for fmt in sorted({r["format"] for r in rows}):
+        for model in sorted({r["model"] for r in rows}):
+            points = [(r["q"], r["ratio"]) for r in rows if r["format"] == fmt and r["model"] == model]
+            if points:
+                ax.semilogx(*zip(*points), "-o", label=f"{fmt} {model}")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xlabel("q, targets solved on one C")
+    ax.set_ylabel("time of q solve calls / time of solve_many")
+    ax.set_title("solve_many(C, B) against a loop of solve", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    caption(fig, command_line())
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=comma_list(MODELS), default=["softmax"],
+                        help="comma-separated models (default softmax)")
+    parser.add_argument("--formats", type=comma_list(FORMATS), default=list(FORMATS),
+                        help="comma-separated formats of C (default csr,dense)")
+    parser.add_argument("--targets", type=positive_int, nargs="+", default=[1, 4, 16, 64, 256],
+                        help="numbers of targets q (default 1 4 16 64 256)")
+    parser.add_argument("--csr-n", type=positive_int, default=100_000)
+    parser.add_argument("--dense-n", type=positive_int, default=4096)
+    parser.add_argument("--d", type=positive_int, default=64)
+    parser.add_argument("--nnz-per-row", type=positive_int, default=10)
+    parser.add_argument("--threads", type=thread_count, default=None, help="n_threads of every solve (default all)")
+    parser.add_argument("--small", action="store_true",
+                        help="also solve many small independent problems (n 64-512, d 32-64) as one list")
+    parser.add_argument("--small-count", type=positive_int, default=1000, help="problems in the --small table")
+    add_output_arguments(parser)
+    parser.add_argument("--quick", action="store_true", help="CSR n = 5000, dense n = 512, d = 16, q = 1, 4")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.csr_n, args.dense_n, args.d, args.targets, args.small_count = 5000, 512, 16, [1, 4], 10
+    meta = run_metadata()
+    print(f"{meta['cpu_model']}, {meta['cpu_count']} CPUs, Numba threads {meta['numba_num_threads']}; "
+          f"fastnewton {meta['fastnewton_version']} ({meta['git_commit'][:12]}) from "
+          f"{Path(fastnewton.__file__).resolve().parent}", flush=True)
+    rows = one_c_many_targets(args)
+    small_rows = many_small_problems(args) if args.small else []
+    write_csv(os.path.join(args.out, "many.csv"), rows)
+    if small_rows:
+        write_csv(os.path.join(args.out, "many_small.csv"), small_rows)
+    if not args.no_plot:
+        plot(rows, os.path.join(args.out, "many.png"))
+    if not all(row["agree"] for row in rows + small_rows):
+        print("solve_many and solve disagree on some problems (see max_rel_dx, same_status)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""``solve_many(C, B)``: one C, one problem per column of B, against ``solve`` on each column.
+
+The batched driver shares every pass over C, and each shared pass gives every column the bits of
+the single-problem pass; the Newton decisions are ``solve``'s own (``NewtonRun``). So the answers
+are compared bit for bit (x, loss, status, message, n_iter): stricter than the 1e-10 relative
+agreement promised to users, and any divergence of the two paths shows at once.
+"""
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import warnings
+
+import numba
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import fastnewton
+from fastnewton import ConvergenceWarning, Status, make_problem, predict, solve, solve_many
+from fastnewton import many_targets
+
+MODELS = ("softmax", "relu_softmax", "softmax_relu")
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _families():
+    spec = importlib.util.spec_from_file_location("bench_families", REPO / "bench" / "families.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def targets(C, model, V, q, seed, noise=0.1):
+    """q noisy targets on one C: h(C x_j)·(1 + noise·N(0, 1)), clipped at 0, x_j ~ N(0, 1/d)."""
+    rng = np.random.default_rng(seed)
+    d = C.shape[1]
+    columns = [predict(C, rng.standard_normal(d) / np.sqrt(d), model, V) for _ in range(q)]
+    return np.column_stack([np.maximum(b * (1.0 + noise * rng.standard_normal(b.shape[0])), 0.0) for b in columns])
+
+
+def case(model, dense, n=300, d=6, q=4, seed=0):
+    problem = make_problem(n, d, nnz_per_row=3, model=model, m=4, seed=seed, dense=dense)
+    return problem.C, targets(problem.C, model, problem.V, q, seed + 1), problem.V
+
+
+def quietly(function, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return function(*args, **kwargs)
+
+
+def assert_same_as_solve(batch, C, B, model, V=None, **kwargs):
+    """Every column: solve's x, loss, status, message and n_iter, bit for bit."""
+    assert len(batch) == B.shape[1]
+    for j in range(B.shape[1]):
+        single = quietly(solve, C, B[:, j], model, V=V, **kwargs)
+        entry = batch.problem(j)
+        assert np.array_equal(entry["x"], single.x), (j, np.max(np.abs(entry["x"] - single.x)))
+        assert entry["status"] == single.status and entry["message"] == single.message, (j, entry["message"])
+        assert entry["n_iter"] == single.n_iter and entry["loss"] == single.loss, j
+        assert entry["converged"] == single.converged and entry["grad_norm"] == single.grad_norm
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
+@pytest.mark.parametrize("model", MODELS)
+def test_each_column_is_solve_on_that_column(model, dense):
+    C, B, V = case(model, dense)
+    batch = quietly(solve_many, C, B, model=model, V=V)
+    assert batch.x.shape == (C.shape[1], B.shape[1])
+    assert_same_as_solve(batch, C, B, model, V)
+    # Problems that need different numbers of iterations drop out of the passes at different rounds.
+    assert batch.converged.any()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_long_problem_several_chunks_and_zeros_start(model):
+    # n > 4096 rows per chunk: every chunked reduction has several chunks.
+    C, B, V = case(model, False, n=9000, d=8, q=3, seed=3)
+    assert_same_as_solve(quietly(solve_many, C, B, model=model, V=V, x0="zeros"), C, B, model, V, x0="zeros")
+
+
+def test_a_problem_that_ends_at_a_dead_point_and_others_that_converge():
+    # softmax_relu from zeros on this family problem kills an output and stops at a dead stationary
+    # point after iterations (tests/test_lifted_start.py); the other targets on the same C and V converge.
+    families = _families()
+    dead = families.make_case("softmax_relu", 0, 6)
+    C, V = dead.C, dead.V
+    B = np.column_stack([dead.b, targets(C, "softmax_relu", V, 2, seed=5, noise=0.0)])
+    batch = quietly(solve_many, C, B, model="softmax_relu", V=V, x0="zeros")
+    assert batch.status[0] == Status.DEAD_STATIONARY and batch.n_iter[0] > 0
+    assert "dead" in batch.message[0]
+    assert_same_as_solve(batch, C, B, "softmax_relu", V, x0="zeros")
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
+def test_relu_softmax_dead_start_beside_live_ones(dense):
+    # Column 0 starts where every ReLU is inactive (C ≥ 0, x0 = −1): dead at once; the others move.
+    C, B, _ = case("relu_softmax", dense, q=3)
+    C = abs(C)
+    x0 = np.column_stack([-np.ones(C.shape[1]), np.zeros(C.shape[1]) + 0.1, np.full(C.shape[1], 0.2)])
+    batch = quietly(solve_many, C, B, model="relu_softmax", x0=x0)
+    assert batch.status[0] == Status.DEAD_STATIONARY and not batch.converged[0]
+    for j in range(3):
+        single = quietly(solve, C, B[:, j], "relu_softmax", x0=x0[:, j])
+        assert np.array_equal(batch.x[:, j], single.x) and batch.status[j] == single.status
+        assert batch.n_iter[j] == single.n_iter
+
+
+def test_max_iter_stops_every_problem_with_one_warning():
+    C, B, V = case("softmax_relu", True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batch = solve_many(C, B, model="softmax_relu", V=V, max_iter=3)
+    assert np.all(batch.status == Status.MAX_ITER) and np.all(batch.n_iter == 3)
+    convergence = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert len(convergence) == 1 and f"{B.shape[1]} of {B.shape[1]} problems" in str(convergence[0].message)
+    assert convergence[0].filename == __file__
+    assert_same_as_solve(batch, C, B, "softmax_relu", V, max_iter=3)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_one_target(model):
+    C, B, V = case(model, False, q=1)
+    batch = quietly(solve_many, C, B, model=model, V=V)
+    assert batch.x.shape == (C.shape[1], 1) and len(batch) == 1
+    assert_same_as_solve(batch, C, B, model, V)
+
+
+def test_grouping_does_not_change_the_answers(monkeypatch):
+    C, B, V = case("relu_softmax", False, q=5)
+    together = quietly(solve_many, C, B, model="relu_softmax")
+    monkeypatch.setattr(many_targets, "GROUP_BYTES", 1)  # one problem per group
+    apart = quietly(solve_many, C, B, model="relu_softmax")
+    assert np.array_equal(together.x, apart.x) and np.array_equal(together.n_iter, apart.n_iter)
+
+
+@pytest.mark.parametrize("hessian", ["sketch", "pcg"])
+def test_seed_fixes_the_sketched_strategies(hessian):
+    C, B, _ = case("softmax", False, n=3000, d=10, q=3, seed=2)
+    first = quietly(solve_many, C, B, hessian=hessian, seed=7, x0="zeros")
+    second = quietly(solve_many, C, B, hessian=hessian, seed=7, x0="zeros")
+    assert np.array_equal(first.x, second.x)
+    # Each problem draws from default_rng(seed), as a solve call with that seed does.
+    assert_same_as_solve(first, C, B, "softmax", hessian=hessian, seed=7, x0="zeros")
+
+
+def test_starts_as_one_vector_or_one_per_column():
+    C, B, _ = case("softmax", True, q=3)
+    d = C.shape[1]
+    common = np.full(d, 0.05)
+    assert_same_as_solve(solve_many(C, B, x0=common), C, B, "softmax", x0=common)
+    each = np.random.default_rng(0).standard_normal((d, 3)) * 0.1
+    batch = solve_many(C, B, x0=each)
+    for j in range(3):
+        assert np.array_equal(batch.x[:, j], solve(C, B[:, j], x0=each[:, j]).x)
+
+
+def test_inputs_are_not_modified():
+    C, B, V = case("softmax_relu", False)
+    x0 = np.zeros((C.shape[1], B.shape[1]))
+    copies = [C.data.copy(), C.indices.copy(), C.indptr.copy(), B.copy(), V.copy(), x0.copy()]
+    quietly(solve_many, C, B, model="softmax_relu", V=V, x0=x0)
+    for before, after in zip(copies, [C.data, C.indices, C.indptr, B, V, x0]):
+        assert np.array_equal(before, after)
+    D, B2, _ = case("relu_softmax", True)
+    D.setflags(write=False)
+    B2.setflags(write=False)
+    kept = D.copy(), B2.copy()
+    quietly(solve_many, D, B2, model="relu_softmax")
+    assert np.array_equal(kept[0], D) and np.array_equal(kept[1], B2)
+
+
+def test_a_column_with_nan_is_reported_and_the_others_solved():
+    C, B, _ = case("softmax", False, q=4)
+    B = B.copy()
+    B[5, 2] = np.nan
+    batch = quietly(solve_many, C, B)
+    assert batch.status[2] == Status.NON_FINITE and not batch.converged[2]
+    assert "column 2" in batch.message[2] and np.all(np.isnan(batch.x[:, 2]))
+    keep = [0, 1, 3]
+    for j in keep:
+        single = quietly(solve, C, B[:, j])
+        assert np.array_equal(batch.x[:, j], single.x) and batch.status[j] == single.status
+
+
+def test_callback_sees_the_problem_and_stops_only_it():
+    C, B, _ = case("relu_softmax", False, q=3)
+    seen = []
+
+    def callback(info):
+        seen.append((info["problem"], info["iter"]))
+        return info["problem"] == 1
+
+    batch = quietly(solve_many, C, B, model="relu_softmax", callback=callback)
+    assert batch.status[1] == Status.CALLBACK and batch.n_iter[1] == 1
+    assert {problem for problem, _ in seen} == {0, 1, 2}
+    for j in (0, 2):
+        assert batch.status[j] != Status.CALLBACK
+
+
+@pytest.mark.parametrize("B, error, words", [
+    (np.ones(300) / 300, ValueError, "B must be 2-D"),
+    (np.ones((299, 2)) / 299, ValueError, "B must have 300 rows"),
+    (np.ones((300, 0)), ValueError, "at least one column"),
+    (np.ones((300, 2), dtype=complex), TypeError, "B must be real"),
+    (np.array([["a"] * 2] * 300), TypeError, "B must have a numeric"),
+])
+def test_bad_targets_are_named(B, error, words):
+    C, _, _ = case("softmax", False)
+    with pytest.raises(error, match=words):
+        solve_many(C, B)
+
+
+def test_bad_arguments_are_named():
+    C, B, V = case("softmax_relu", False)
+    with pytest.raises(TypeError, match="needs B"):
+        solve_many(C)
+    with pytest.raises(ValueError, match="B must have 4 rows .columns of V."):
+        solve_many(C, np.ones((300, 2)), model="softmax_relu", V=V)
+    with pytest.raises(ValueError, match="V .the n × m value matrix. is required"):
+        solve_many(C, B, model="softmax_relu")
+    with pytest.raises(ValueError, match="model must be one of"):
+        solve_many(C, B, model="softmin")
+    with pytest.raises(ValueError, match="x0 must be a length-6 array"):
+        solve_many(C, B, model="softmax_relu", V=V, x0=np.zeros((6, 3)))
+    with pytest.raises(ValueError, match="x0 must be 'auto', 'zeros'"):
+        solve_many(C, B, model="softmax_relu", V=V, x0="random")
+    with pytest.raises(ValueError, match="x0 must have length 6"):
+        solve_many(C, B, model="softmax_relu", V=V, x0=np.zeros(5))
+    with pytest.raises(ValueError, match="tol must be a positive number"):
+        solve_many(C, B, model="softmax_relu", V=V, tol=-1.0)
+    with pytest.raises(ValueError, match="C must contain only finite values"):
+        solve_many(np.full((300, 6), np.inf), B[:, :2].copy() * 0 + 1 / 300)
+    with pytest.raises(TypeError, match="progress"):
+        solve_many(C, B, model="softmax_relu", V=V, progress=True)
+
+
+def test_targets_that_are_not_distributions_warn_once_per_column():
+    C, B, _ = case("softmax", False, q=3)
+    B = B.copy()
+    B[:, 1] *= 5.0
+    with pytest.warns(UserWarning, match=r"B\[:, 1\] is not a probability vector"):
+        solve_many(C, B)
+
+
+def test_result_fields():
+    C, B, _ = case("softmax", True)
+    batch = solve_many(C, B)
+    for key in ("x", "status", "converged", "n_iter", "loss", "grad_norm", "rel_grad_norm", "message", "time"):
+        assert key in batch
+    assert batch.status.dtype.kind == "i" and batch.converged.dtype == bool and len(batch.message) == B.shape[1]
+    assert "problems" in repr(batch) and batch.time > 0
+
+
+_CHILD = """
+import json, sys, warnings
+import numpy as np, scipy.sparse as sp
+warnings.simplefilter("ignore")
+sys.path.insert(0, {tests!r})
+from test_solve_many_targets import case
+import fastnewton
+out = {{}}
+for model in {models!r}:
+    for dense in (False, True):
+        C, B, V = case(model, dense, n=9000, d=8, q=3, seed=4)
+        res = fastnewton.solve_many(C, B, model=model, V=V)
+        out[f"{{model}} {{dense}}"] = [res.x.tobytes().hex(), res.n_iter.tolist()]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="one CPU")
+def test_thread_count_does_not_change_the_bits():
+    script = _CHILD.format(tests=str(REPO / "tests"), models=MODELS)
+    outputs = []
+    for threads in ("1", "2"):
+        env = dict(os.environ, NUMBA_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
+        proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert outputs[0] == outputs[1]
