@@ -50,7 +50,7 @@ from .newton import NewtonRequest, run_requests, warn_max_iter
 from .timing import PhaseTimer
 from .reductions import dot, norm
 from .result import Status
-from .start import log_linear_fit
+from .start import log_linear_fit_rounds
 
 # softmax_relu: floor of the simplex vector, as a fraction of the uniform value 1/n.
 SIMPLEX_FLOOR = 1e-3
@@ -158,8 +158,13 @@ def simplex_vector(problem, b):
 
 def simplex_start(problem, b):
     """Stage 1: (x₀, description) from the simplex vector s and the s-weighted fit of log s on [C, 1]."""
+    return run_requests(simplex_start_rounds(problem, b))
+
+
+def simplex_start_rounds(problem, b):
+    """``simplex_start`` as a generator of the fit's request (the simplex vector's passes are over V)."""
     active_outputs, lam, total, iterations = simplex_vector(problem, b)
-    x0 = log_linear_fit(problem, simplex_weights, (problem.n, active_outputs, lam, total))
+    x0 = yield from log_linear_fit_rounds(problem, simplex_weights, (problem.n, active_outputs, lam, total))
     return x0, (f"auto: simplex vector closest to uniform with Vᵀs = b on active outputs ({iterations} "
                 "dual Newton steps), then an s-weighted least-squares fit of log s on [C, 1]")
 
@@ -252,7 +257,7 @@ def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=N
     timer = timer if timer is not None else PhaseTimer()
     stages = _Stages(options, timer, clock)
     with timer("start"):
-        x0, description = problem.auto_start()
+        x0, description = yield from problem.row_model.auto_start_rounds(problem)
 
     def surrogate(ridge):
         return problem.with_model(surrogate_model, problem.l2 + ridge)

@@ -32,9 +32,10 @@ from . import _cache
 from .batch import BatchResult
 from .hessian import exact_system
 from .memory import check_iteration_fits, iteration_bytes
-from .newton import NewtonRun, References, user_stacklevel
+from .newton import NewtonRequest, NewtonRun, References, user_stacklevel
 from .problem import Problem
 from .result import ConvergenceWarning, MESSAGES, Status
+from .start import NormalSystemRequest, fit_columns, fit_partials
 from .solver import solve_options, solve_rounds, warn_if_not_a_distribution
 from .threads import thread_limits
 from .validation import as_array, as_thread_count, check_model, check_real_dtype
@@ -87,7 +88,7 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
             members = solvable[begin:begin + group]
             rounds = [solve_rounds(problems[j], starts[j], build_system, _for_problem(options, j), clock=clock)
                       for j in members]
-            for j, res in zip(members, answer_together(rounds, passes.newton_loops)):
+            for j, res in zip(members, answer_together(rounds, passes.requests)):
                 results[j] = res
     return _batch_result(results, finite, inputs.d, options, verbose, clock)
 
@@ -182,6 +183,25 @@ class SharedPasses:
     def evaluations(self, rounds):
         """The evaluations of ``evaluation_rounds`` generators (their transposed passes shared)."""
         return answer_together(rounds, self.transposed)
+
+    def requests(self, requests, indices=None):
+        """Answer a round of the problems' requests, each kind together (``NewtonRequest``: the Newton
+        loops in lock-step; ``NormalSystemRequest``: the starts' least-squares partials)."""
+        answers = [None] * len(requests)
+        for kind, answer in ((NormalSystemRequest, self.normal_systems), (NewtonRequest, self.newton_loops)):
+            members = [t for t, request in enumerate(requests) if isinstance(request, kind)]
+            if members:
+                for t, reply in zip(members, answer([requests[t] for t in members])):
+                    answers[t] = reply
+        return answers
+
+    def normal_systems(self, requests):
+        """``NormalSystemRequest.run()`` for each request, the sandwiches and transposed passes shared."""
+        fits = [request.row_fit(request.problem.block, request.parameters) for request in requests]
+        sandwiches = self.matrix.sandwiches(np.column_stack([weights for weights, _ in fits]))
+        transposed = self.transposed([fit_columns(weights, target) for weights, target in fits])
+        return [fit_partials(weights, target, sandwich, G)
+                for (weights, target), sandwich, G in zip(fits, sandwiches, transposed)]
 
     def newton_loops(self, requests, indices=None):
         """The ``SolveResult`` of each ``NewtonRequest``: ``newton_solve``'s loop for all of them in lock-step."""

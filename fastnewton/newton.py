@@ -480,8 +480,9 @@ class NewtonRequest:
 
 
 def run_requests(rounds):
-    """Drive a generator of ``NewtonRequest``s, answering each with its ``newton_solve``; its return value."""
-    return run_rounds(rounds, NewtonRequest.run)
+    """Drive a generator of requests (``NewtonRequest``, ``fastnewton.start.NormalSystemRequest``), answering
+    each with its own ``run()`` at once; its return value."""
+    return run_rounds(rounds, lambda request: request.run())
 
 
 _TABLE_HEADER = f"{'iter':>5} {'loss':>14} {'|g|/g_ref':>10} {'step':>8} {'damping':>9} {'trials':>6} {'seconds':>8}"

@@ -11,10 +11,13 @@ single-machine ``Problem`` (one block) and ``fastnewton.dask`` (row blocks on th
 - ``floor_margin``: the cutting-plane LP that moves x in a null space to push chosen rows
   (``FloorRows``) to Cx ≤ −τ.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.linalg
 from scipy.optimize import linprog
 
+from .newton import run_requests
 from .reductions import dot
 
 # Eigenvalues of CᵀC below this fraction of the largest span the null space.
@@ -38,15 +41,42 @@ def starting_point(problem, x0):
 def normal_system_partials(block, row_fit, parameters):
     """A block's CᵀΩC, Cᵀ[ω, ω t], Σω and Σωt for (ω, t) = row_fit(block, parameters)."""
     weights, target = row_fit(block, parameters)
-    return {"A": block.matrix.sandwich(weights),
-            "G": block.matrix.rmatmat(np.column_stack([weights, weights * target])),
-            "weight_sum": float(weights.sum()), "weighted_target": dot(weights, target)}
+    return fit_partials(weights, target, block.matrix.sandwich(weights), block.matrix.rmatmat(fit_columns(weights, target)))
+
+
+def fit_columns(weights, target):
+    """[ω, ω t]: the columns whose transposed pass gives Cᵀ[ω, ω t]."""
+    return np.column_stack([weights, weights * target])
+
+
+def fit_partials(weights, target, sandwich, transposed):
+    """The partials of ``normal_system_partials`` from CᵀΩC and Cᵀ[ω, ω t] (however they were formed)."""
+    return {"A": sandwich, "G": transposed, "weight_sum": float(weights.sum()), "weighted_target": dot(weights, target)}
+
+
+@dataclass
+class NormalSystemRequest:
+    """The partials of a weighted least-squares fit that a start asks for (``normal_system_rounds``):
+    ``run()`` sums ``normal_system_partials`` over the problem's blocks; ``solve_many`` forms those of
+    many problems sharing C together (their sandwiches in one read of C)."""
+
+    problem: object
+    row_fit: object
+    parameters: object
+
+    def run(self):
+        return self.problem.map_blocks(normal_system_partials, self.row_fit, self.parameters)
 
 
 def normal_system(problem, row_fit, parameters, intercept, normalise=False):
     """(M, rhs) of min Σ ωᵢ((Cx)ᵢ [+ θ] − tᵢ)² with (ω, t) from ``row_fit`` on every block
     (``normalise``: ω divided by Σω, the weights of a probability vector)."""
-    summary = problem.map_blocks(normal_system_partials, row_fit, parameters)
+    return run_requests(normal_system_rounds(problem, row_fit, parameters, intercept, normalise))
+
+
+def normal_system_rounds(problem, row_fit, parameters, intercept, normalise=False):
+    """``normal_system`` as a generator: yields its ``NormalSystemRequest``, is sent the partials."""
+    summary = yield NormalSystemRequest(problem, row_fit, parameters)
     A, G, weight_sum, weighted_target = (summary["A"], summary["G"], summary["weight_sum"],
                                          summary["weighted_target"])
     if normalise:
@@ -106,7 +136,13 @@ def _log_fit_rows(block, parameters):
 def log_linear_fit(problem, row_probabilities, parameters=None):
     """x with softmax(Cx) ≈ p: the p-weighted least-squares fit of log p on [C, 1], rows with pᵢ ≤ 0
     dropped; ``row_probabilities(block, parameters)`` gives p on a block's rows (up to a common factor)."""
-    M, rhs = normal_system(problem, _log_fit_rows, (row_probabilities, parameters), intercept=True, normalise=True)
+    return run_requests(log_linear_fit_rounds(problem, row_probabilities, parameters))
+
+
+def log_linear_fit_rounds(problem, row_probabilities, parameters=None):
+    """``log_linear_fit`` as a generator of its ``NormalSystemRequest``."""
+    M, rhs = yield from normal_system_rounds(problem, _log_fit_rows, (row_probabilities, parameters),
+                                             intercept=True, normalise=True)
     z, _ = solve_psd(M, rhs)
     return z[:-1]
 

@@ -218,3 +218,24 @@ def test_plain_pytest_does_not_collect_bench():
     tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert config["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
+
+
+# -- bench/many.py ---------------------------------------------------------------------------------------
+def test_many_quick_writes_csv_and_answers_agree(tmp_path):
+    output = tmp_path / "many.csv"
+    args = ["bench/many.py", "--quick", "--models", "softmax,relu_softmax,softmax_relu", "--out", str(tmp_path)]
+    if not has_module("matplotlib"):
+        args.append("--no-plot")
+    out = run_script(args).stdout
+    assert "ratio" in out
+    rows = read_csv(output)
+    assert_metadata(rows[0])
+    assert_columns(rows, ["format", "model", "q", "many_s", "loop_s", "ratio", "max_rel_dx", "agree"], output.name)
+    assert {(row["format"], row["model"]) for row in rows} == {(f, m) for f in ("csr", "dense")
+                                                              for m in ("softmax", "relu_softmax", "softmax_relu")}
+    for row in rows:
+        assert_positive(row["many_s"], "many_s")
+        assert_positive(row["loop_s"], "loop_s")
+        assert row["agree"] == "True", row
+    if has_module("matplotlib"):
+        assert (tmp_path / "many.png").stat().st_size > 0

@@ -143,6 +143,14 @@ class Model:
     def auto_start(self, problem):
         return np.zeros(problem.d), "zeros (auto: the model has no starting rule)"
 
+    def auto_start_rounds(self, problem):
+        """``auto_start`` as a generator of the requests for passes over C that ``solve_many`` can share
+        between problems (``fastnewton.start.NormalSystemRequest``); returns (x0, description). By
+        default ``auto_start`` itself, with no request; a model writing its start this way defines
+        ``auto_start`` as ``run_requests(self.auto_start_rounds(problem))``."""
+        return self.auto_start(problem)
+        yield  # a generator with no request
+
     def auto_solve(self, problem, build_system, options, timer=None, clock=None):
         """The solve from ``x0="auto"`` (``timer``, ``clock``: as for ``newton_solve``; the start is timed
         as the phase "start"): ``auto_solve_rounds`` with each Newton loop run at once."""
@@ -154,7 +162,7 @@ class Model:
         from ``auto_start``; ``solve_many`` runs the loops of many problems in lock-step."""
         timer = timer if timer is not None else PhaseTimer()
         with timer("start"):
-            x0, description = self.auto_start(problem)
+            x0, description = yield from self.auto_start_rounds(problem)
         return (yield NewtonRequest(problem, x0, description, build_system, options, timer, clock))
 
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from ..kernels.softmax import curvature_weights, softmax_regression_columns, softmax_regression_loss
 from ..reductions import dot
-from ..start import FloorRows, floor_margin, log_linear_fit, normal_system, solve_psd
+from ..start import FloorRows, floor_margin, log_linear_fit_rounds, normal_system, solve_psd
+from ..newton import run_requests
 from .base import Model, Stage, softmax_rows, half_loss, keep_log_partition, log_partition_rows
 
 # Relative gap above the floor f = min b for a row of relu_softmax to count as active
@@ -88,14 +89,18 @@ class Softmax(Model):
         return "row(s) with (Cx)ᵢ", kept["u"]
 
     def auto_start(self, problem):
+        return run_requests(self.auto_start_rounds(problem))
+
+    def auto_start_rounds(self, problem):
         """softmax: log b = Cx − logsumexp(Cx) at a zero-residual optimum, so the b-weighted fit of
-        log b on [C, 1] starts at or near x*. relu_softmax: see ``_relu_start``."""
+        log b on [C, 1] starts at or near x*. relu_softmax: see ``_relu_start`` (no shared requests)."""
         facts = problem.facts
         if not facts["max_b"] > 0.0:
             return np.zeros(problem.d), "zeros (auto: b has no positive entry to fit log b to)"
         if self.relu:
             return _relu_start(problem, -facts["max_negated_min_positive_b"])
-        return log_linear_fit(problem, _targets), "auto: b-weighted least-squares fit of log b on [C, 1]"
+        x0 = yield from log_linear_fit_rounds(problem, _targets)
+        return x0, "auto: b-weighted least-squares fit of log b on [C, 1]"
 
 
 def softmax_gradient(summary, known):

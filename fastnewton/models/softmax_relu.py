@@ -15,8 +15,9 @@ import numpy as np
 
 from ..kernels.dense import dense_matvec, dense_rmatmat
 from ..kernels.softmax import curvature_weights, softmax_relu_columns
-from ..lifted_start import lifted_solve_rounds, output_offsets, simplex_start
+from ..lifted_start import lifted_solve_rounds, output_offsets, simplex_start_rounds
 from ..reductions import dot, norm
+from ..newton import run_requests
 from .base import Model, Stage, softmax_rows, keep_log_partition, log_partition_rows
 
 
@@ -79,10 +80,13 @@ class SoftmaxRelu(Model):
         return "output(s) with yⱼ = (Vᵀ softmax(Cx))ⱼ", known["y"]
 
     def auto_start(self, problem):
+        return run_requests(self.auto_start_rounds(problem))
+
+    def auto_start_rounds(self, problem):
         """Stage 1 of ``fastnewton.lifted_start``: the simplex vector s ≥ floor closest to uniform with
         Vᵀs = b on active outputs (and 0 on inactive ones that would otherwise be positive), then the
         s-weighted fit of log s on [C, 1]."""
-        return simplex_start(problem, self.b)
+        return (yield from simplex_start_rounds(problem, self.b))
 
     def auto_solve_rounds(self, problem, build_system, options, timer=None, clock=None):
         """``fastnewton.lifted_start.lifted_solve_rounds``: stage 1, Newton on this model with the outputs
