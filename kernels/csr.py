@@ -66,7 +66,9 @@ def csr_rmatmat(indptr, indices, data, Q, chunk_rows, out):
 def csr_rmatmat3(indptr, indices, data, Q, chunk_rows, out):
     """csr_rmatmat for k = 3 (the softmax models' [q, U]): same sums, same order, unrolled.
 
-    The generic loop's trip count of 3 costs ~1.8× in loop overhead (measured).
+    The generic loop's trip count of 3 costs ~1.8× in loop overhead (measured). Entries go two
+    at a time (their six updates in storage order, so a column repeated within a row still adds
+    in order): one loop test per two entries, ~9% faster on 10-entry rows (bench/passes.py).
     """
     n = Q.shape[0]
     d = out.shape[0]
@@ -74,11 +76,25 @@ def csr_rmatmat3(indptr, indices, data, Q, chunk_rows, out):
     partial = np.zeros((n_chunks, d * 3))
     for c in prange(n_chunks):
         acc = partial[c]
-        for i in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
+        for i in range(np.uintp(c * chunk_rows), np.uintp(min(n, (c + 1) * chunk_rows))):
             q0 = Q[i, 0]
             q1 = Q[i, 1]
             q2 = Q[i, 2]
-            for p in range(np.uintp(indptr[i]), np.uintp(indptr[i + 1])):
+            p = np.uintp(indptr[i])
+            end = np.uintp(indptr[i + ONE])
+            while p + ONE < end:
+                base = np.uintp(indices[p]) * THREE
+                after = np.uintp(indices[p + ONE]) * THREE
+                v = data[p]
+                w = data[p + ONE]
+                acc[base] += v * q0
+                acc[base + ONE] += v * q1
+                acc[base + TWO] += v * q2
+                acc[after] += w * q0
+                acc[after + ONE] += w * q1
+                acc[after + TWO] += w * q2
+                p += TWO
+            if p < end:
                 base = np.uintp(indices[p]) * THREE
                 v = data[p]
                 acc[base] += v * q0
@@ -89,16 +105,25 @@ def csr_rmatmat3(indptr, indices, data, Q, chunk_rows, out):
 
 @njit(parallel=True, cache=True)
 def csr_rmatvec(indptr, indices, data, q, chunk_rows, out):
-    """out[j] = Σ_i C[i, j]·q[i] (Cᵀq, the Hessian-vector product's pass); out is d × 1."""
+    """out[j] = Σ_i C[i, j]·q[i] (Cᵀq, the Hessian-vector product's pass); out is d × 1.
+
+    Entries two at a time in storage order, as in csr_rmatmat3.
+    """
     n = q.shape[0]
     d = out.shape[0]
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     partial = np.zeros((n_chunks, d))
     for c in prange(n_chunks):
         acc = partial[c]
-        for i in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
+        for i in range(np.uintp(c * chunk_rows), np.uintp(min(n, (c + 1) * chunk_rows))):
             qi = q[i]
-            for p in range(np.uintp(indptr[i]), np.uintp(indptr[i + 1])):
+            p = np.uintp(indptr[i])
+            end = np.uintp(indptr[i + ONE])
+            while p + ONE < end:
+                acc[np.uintp(indices[p])] += data[p] * qi
+                acc[np.uintp(indices[p + ONE])] += data[p + ONE] * qi
+                p += TWO
+            if p < end:
                 acc[np.uintp(indices[p])] += data[p] * qi
     sum_chunk_partials(partial, out)
 
