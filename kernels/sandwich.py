@@ -99,13 +99,19 @@ def csr_sandwich_rows(indptr, indices, data, rows, weights, chunk_rows, out):
             if a < m:
                 ja = columns[a]
                 acc[ja * stride + ja] += bi * values[a] * values[a]
+    # Row j of the upper triangle: the chunks' partial rows added in chunk order (contiguous
+    # reads; each entry's sum runs over c = 0, 1, … as a loop over c per entry would), then mirrored.
     for j in prange(d):
         for l in range(j, d):
-            total = 0.0
-            for c in range(n_chunks):
-                total += partial[c, j * (d + ROW_PAD) + l]
-            out[j, l] = total
-            out[l, j] = total
+            out[j, l] = 0.0
+        for c in range(n_chunks):
+            part = partial[c]
+            base = j * (d + ROW_PAD)
+            for l in range(j, d):
+                out[j, l] += part[base + l]
+    for j in prange(d):
+        for l in range(j + 1, d):
+            out[l, j] = out[j, l]
 
 
 @njit(cache=True)
