@@ -234,15 +234,17 @@ def csr_sandwich_rate(d, rates=rates):
 
 
 def strategy_seconds(problem, eps, sketch_size, rates=rates):
-    """Predicted seconds to tol of each strategy: {"exact": …, "sketch": …, "pcg": …}.
+    """Predicted seconds to tol of each strategy: {"exact": …, "sketch": …, "pcg": …, "lagged": …}.
 
     Work counts × measured rates (``fastnewton.rates``, written by bench/calibrate.py): a pass
     costs nnz entries, the exact sandwich n·d²/2 SYRK multiply-adds (dense) or Σᵢ nnzᵢ²/2 pair
     updates (CSR, estimated as for equal rows, at the rate for width d), the sketch an OSNAP embedding, a QR of the
     4d × d embedding, a C·Z pass for the JL scores and the sandwich of its s sampled rows,
     and every strategy a d × d Cholesky. Iteration counts: EXACT_ITERATIONS for exact (and
-    the common start: one sandwich, one pass), scaled by the measured ratios for sketch and
-    pcg, which also pays CG_ITERATIONS_PER_STEP Hessian-vector products per step.
+    the common start: one sandwich, one pass), scaled by the measured ratios for sketch,
+    pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products (two passes
+    and a triangular solve pair each) per step, lagged an exact iteration in every
+    LAGGED_STEPS + 1 and LAGGED_CG_ITERATIONS_PER_STEP of them on the others.
     """
     matrix = problem.matrix
     n, d, nnz = matrix.n, matrix.d, matrix.nnz
@@ -263,15 +265,21 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
     def sampled(constant):
         return sandwich(min(n, sketch_size or sample_size(d, eps, constant)))
 
+    def cg(iterations):
+        return iterations * (PASSES_PER_CG_ITERATION * one_pass + 2 * d * d / rates.CHOLESKY_FMA)
+
     per_iteration = {
         "exact": sandwich(n) + cholesky,
         "sketch": sketch_common + sampled(SAMPLE_CONSTANT) + cholesky,
-        "pcg": (sketch_common + sampled(PRECONDITIONER_SAMPLE_CONSTANT) + cholesky
-                + rates.CG_ITERATIONS_PER_STEP * (PASSES_PER_CG_ITERATION * one_pass + 2 * d * d / rates.CHOLESKY_FMA)),
+        "pcg": sketch_common + sampled(PRECONDITIONER_SAMPLE_CONSTANT) + cholesky + cg(rates.CG_ITERATIONS_PER_STEP),
     }
     iterations = {"exact": rates.EXACT_ITERATIONS,
                   "sketch": rates.EXACT_ITERATIONS * rates.SKETCH_ITERATIONS_PER_EXACT,
                   "pcg": rates.EXACT_ITERATIONS * rates.PCG_ITERATIONS_PER_EXACT}
+    # lagged: one exact iteration in every LAGGED_STEPS + 1, CG on the others.
+    per_iteration["lagged"] = ((per_iteration["exact"] + LAGGED_STEPS * cg(rates.LAGGED_CG_ITERATIONS_PER_STEP))
+                               / (LAGGED_STEPS + 1))
+    iterations["lagged"] = rates.EXACT_ITERATIONS * rates.LAGGED_ITERATIONS_PER_EXACT
     start = sandwich(n) + cholesky + 3 * one_pass
     return {name: start + iterations[name] * (per_iteration[name] + PASSES_PER_ITERATION * one_pass)
             for name in per_iteration}

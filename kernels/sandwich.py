@@ -8,7 +8,7 @@ TWO = np.uintp(2)
 # rows j and j + 2 of the partial lie 4 KiB apart, and the register tile's two updates
 # (j0, jb), (j1, jb) then share their low 12 address bits whenever j1 − j0 is even: the CPU
 # takes the load of one for a possible alias of the other's pending store and waits. Padding
-# by one cache line measured 10% fewer ns per pair update at d = 256 (bench/sandwich.py).
+# by one cache line measured 10% fewer ns per pair update at d = 256 (one thread, 2·10⁵ rows of 10).
 ROW_PAD = 8
 
 
@@ -55,12 +55,12 @@ def csr_sandwich_rows(indptr, indices, data, rows, weights, chunk_rows, out):
     which halves the loads of (j_b, C_ib) and the inner loops with a data-dependent exit.
     Positions are unsigned (no wraparound tests). Each accumulator slot receives its updates
     in a fixed order. The local sorted buffer (instead of reading C in the pair loop and
-    ordering each pair by min/max) and the padding took the pair update from 1.16 to 0.98 ns
-    on 10-entry rows at d = 256 and from 1.41 to 0.80 ns on the short rows of a Zipf matrix
-    at d = 1024 (one thread, bench/sandwich.py). The partial's cache level hardly matters: at
-    d = 32 (an 8 KiB partial, in L1) the same kernel ran 0.83 ns per pair against 0.97 ns at
-    d = 256, so splitting the columns into L1-sized ranges (which re-reads C once per range)
-    cannot pay.
+    ordering each pair by min/max) and the padding took the pair update from 1.32 to 1.18 ns
+    on 10-entry rows at d = 256 and from 1.50 to 1.06 ns on the short rows of a Zipf matrix at
+    d = 1024 (one thread, bench/sandwich.py against the previous kernel, same run). The
+    partial's cache level hardly matters: at d = 32 (an 8 KiB partial, in L1) the same loop
+    ran 0.83 ns per pair against 0.97 ns at d = 256 (one thread, 2·10⁵ rows of 10), so
+    splitting the columns into L1-sized ranges (which re-reads C once per range) cannot pay.
     """
     n = rows.shape[0]
     d = out.shape[0]

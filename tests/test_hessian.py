@@ -241,12 +241,14 @@ def stand_in(n, d, nnz=None, fmt="dense"):
 
 
 def uniform_rates(**changes):
-    """Rates with every operation at 1e9 per second and 5 / 2 / 1 / 3 iteration figures, then ``changes``."""
+    """Rates with every operation at 1e9 per second and 5 / 2 / 1 / 3 iteration figures, then ``changes``.
+
+    lagged is priced out (3× exact's iterations) unless a test sets LAGGED_ITERATIONS_PER_EXACT."""
     values = {name: 1e9 for name in dir(rates_module) if name.isupper() and name not in (
         "MACHINE", "EXACT_ITERATIONS", "SKETCH_ITERATIONS_PER_EXACT", "PCG_ITERATIONS_PER_EXACT",
-        "CG_ITERATIONS_PER_STEP")}
+        "CG_ITERATIONS_PER_STEP", "LAGGED_ITERATIONS_PER_EXACT", "LAGGED_CG_ITERATIONS_PER_STEP")}
     values.update(EXACT_ITERATIONS=5.0, SKETCH_ITERATIONS_PER_EXACT=2.0, PCG_ITERATIONS_PER_EXACT=1.0,
-                  CG_ITERATIONS_PER_STEP=3.0)
+                  CG_ITERATIONS_PER_STEP=3.0, LAGGED_ITERATIONS_PER_EXACT=3.0, LAGGED_CG_ITERATIONS_PER_STEP=3.0)
     values.update(changes)
     return types.SimpleNamespace(**values)
 
@@ -254,7 +256,7 @@ def uniform_rates(**changes):
 def test_auto_picks_the_least_predicted_time():
     for problem in (stand_in(1000, 20), stand_in(10**6, 512), stand_in(10**6, 1000, nnz=10**7, fmt="csr")):
         seconds = strategy_seconds(problem, 0.5, None)
-        assert set(seconds) == {"exact", "sketch", "pcg"} and all(t > 0 for t in seconds.values())
+        assert set(seconds) == {"exact", "sketch", "pcg", "lagged"} and all(t > 0 for t in seconds.values())
         assert choose_strategy(problem, 0.5, None) == min(seconds, key=seconds.get)
 
 
@@ -271,6 +273,23 @@ def test_cost_model_work_counts():
     sketch_common = (4 * n * d + 4 * d**3 + 16 * n * d) / 1e9
     assert seconds["sketch"] == pytest.approx(
         start + 10 * (sketch_common + s * d * d / 2 / 1e9 + cholesky + passes), rel=1e-12)
+    # lagged: 15 iterations, one in three exact, the others 3 CG iterations of two passes and two
+    # triangular solves each.
+    cg_step = 3 * (2 * n * d + 2 * d * d) / 1e9
+    assert seconds["lagged"] == pytest.approx(
+        start + 15 * ((sandwich + cholesky + 2 * cg_step) / 3 + passes), rel=1e-12)
+
+
+def test_auto_picks_lagged_when_its_cg_steps_cost_less_than_a_sandwich():
+    """Short CSR rows at d = 1000: the Cholesky and the sandwich cost more than three CG iterations of
+    two passes, so lagged (as many iterations as exact) wins; with 20 CG iterations per step it does not."""
+    csr = stand_in(10**6, 1000, nnz=10**7, fmt="csr")
+    assert choose_strategy_with(csr, uniform_rates(LAGGED_ITERATIONS_PER_EXACT=1.0)) == "lagged"
+    assert choose_strategy_with(csr, uniform_rates(LAGGED_ITERATIONS_PER_EXACT=1.0,
+                                                   LAGGED_CG_ITERATIONS_PER_STEP=20.0)) == "exact"
+    # A dense sandwich at BLAS speed against passes at the same rate: exact stays.
+    assert choose_strategy_with(stand_in(10**6, 512), uniform_rates(
+        DENSE_SANDWICH_FMA=1e11, DENSE_EMBED_UPDATES=1e8, LAGGED_ITERATIONS_PER_EXACT=1.0)) == "exact"
 
 
 def test_auto_follows_the_measured_rates():
