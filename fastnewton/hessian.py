@@ -198,8 +198,8 @@ def pcg_system(problem, ev, rng, options, g_ref):
 class LaggedSystems:
     """``lagged``'s builder, one per solve: every (LAGGED_STEPS + 1)-th iteration is ``exact`` (the
     sandwich, the Cholesky factor); the LAGGED_STEPS after it solve with CG on the exact Hessian,
-    preconditioned by that factor (of H one or two iterates back, reused at the same damping μ),
-    to the forcing term of ``pcg``. So their steps are Newton steps to CG's tolerance, for two passes
+    preconditioned by that factor (of H one or two iterates back, at a damping within
+    LAGGED_SHIFT_RATIO of μ, else factored anew), to the forcing term of ``pcg``. So their steps are Newton steps to CG's tolerance, for two passes
     over C per CG iteration instead of a sandwich. A new problem (a stage of a staged start) starts
     with an exact iteration.
     """
