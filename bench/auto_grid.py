@@ -5,7 +5,7 @@
     python bench/auto_grid.py --quick         # three tiny shapes (a smoke run)
 
 For each shape: a planted softmax problem with noisy targets (noise 0.1, so the optimum is not
-the planted x), solved from ``x0="auto"`` to tol = 1e-8 with hessian = exact, sketch and pcg
+the planted x), solved from ``x0="auto"`` to tol = 1e-8 with hessian = exact, sketch, pcg and lagged
 (seed 0); the wall time of each ``fastnewton.solve`` call (best of 3 for solves under 2 s), and
 its Newton iterations; auto's pick (``choose_strategy``,
 a deterministic function of the shape, so its time is the picked strategy's); and the ratio of
@@ -27,7 +27,7 @@ import fastnewton
 from fastnewton.hessian import choose_strategy, strategy_seconds
 from fastnewton.problem import Problem
 
-STRATEGIES = ("exact", "sketch", "pcg")
+STRATEGIES = ("exact", "sketch", "pcg", "lagged")
 # (format, n, d, non-zeros per row; None for dense)
 GRID = {
     "dense": [("dense", 10_000, 32, None), ("dense", 10_000, 256, None), ("dense", 10_000, 1024, None),
@@ -85,7 +85,7 @@ def main(argv=None):
     run_point("dense", 500, 8, None, args.seed)
     run_point("csr", 500, 8, 3, args.seed)
     print(f"{'format':>6} {'n':>8} {'d':>5} {'nnz/row':>7} {'exact s (it)':>13} {'sketch s (it)':>13} "
-          f"{'pcg s (it)':>13} {'auto':>6} {'ratio':>6}")
+          f"{'pcg s (it)':>13} {'lagged s (it)':>13} {'auto':>6} {'ratio':>6}")
     rows = []
     for fmt, n, d, per_row in grid:
         row = run_point(fmt, n, d, per_row, args.seed)

@@ -3,12 +3,13 @@
 Chunk sizes depend only on the problem's shape, never on the thread count, so every
 chunked reduction in kernels/ returns the same bits with 1 or 64 threads.
 """
+from .kernels.sandwich import ROW_PAD
 
 # At most this many chunks: enough to balance 16+ threads, few enough that the
 # per-chunk d × k partials of the transposed pass stay small.
 MAX_CHUNKS = 64
 MIN_CHUNK_ROWS = 4096
-# The sandwich keeps a d × d partial per chunk; cap their total at 256 MiB.
+# The sandwich keeps a d × d partial per chunk (rows padded by ROW_PAD); cap their total at 256 MiB.
 SANDWICH_PARTIAL_BYTES = 256 * 2**20
 # ... and gives each chunk at least this many pair updates per partial entry, so zeroing and
 # summing the d × d partials costs at most a few percent of the pairs' work (without this
@@ -31,6 +32,6 @@ def sandwich_chunk_rows(n, d, pair_work):
     As many chunks (up to MAX_CHUNKS) as memory for the d × d partials and enough work
     per partial allow; a function of (n, d, pair_work) only, never of the thread count.
     """
-    by_memory = SANDWICH_PARTIAL_BYTES // (8 * d * d)
+    by_memory = SANDWICH_PARTIAL_BYTES // (8 * d * (d + ROW_PAD))
     by_work = pair_work // (MIN_PAIRS_PER_PARTIAL_ENTRY * d * d)
     return max(1, _ceil_div(n, max(1, min(MAX_CHUNKS, by_memory, by_work))))

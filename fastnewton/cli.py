@@ -16,7 +16,7 @@ import numpy as np
 from .models import model_names, uses_values
 
 MODELS = model_names()
-STRATEGIES = ("auto", "exact", "sketch", "pcg")
+STRATEGIES = ("auto", "exact", "sketch", "pcg", "lagged")
 
 
 # -- argument types: sizes may be written 1e6 --------------------------------------------------

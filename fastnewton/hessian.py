@@ -8,9 +8,13 @@
 - ``pcg``: conjugate gradients on the exact Hessian-vector product (two passes over C each),
   preconditioned by the Cholesky factor of H̃ + μD²; forcing term η = min(0.5, ‖g‖/g_ref) for
   quadratic local convergence at near-sketch cost.
+- ``lagged``: an ``exact`` iteration, then up to LAGGED_STEPS iterations that form no sandwich: CG
+  on the exact Hessian-vector product (two passes over C each), preconditioned by the exact
+  iteration's Cholesky factor (of the Hessian one or two iterates back), forcing term as ``pcg``'s.
 - ``auto``: the least predicted time to tol, from work counts and measured rates
   (``strategy_seconds``, ``fastnewton.rates``).
 """
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -28,12 +32,17 @@ from .sketching import (
     sample_size,
 )
 
-STRATEGIES = ("auto", "exact", "sketch", "pcg")
+STRATEGIES = ("auto", "exact", "sketch", "pcg", "lagged")
 MAX_CG_ITERATIONS = 100
 MAX_FORCING = 0.5
 # pcg: when the sampled H̃ + μI has no Cholesky factor (β of mixed sign), only the
 # preconditioner is shifted, by ν = 10⁻⁸·scale, ×10 per failure, at most this many times.
 MAX_PRECONDITIONER_SHIFTS = 20
+# lagged: sandwich-free iterations after each exact one (their preconditioner ages by one per iteration).
+LAGGED_STEPS = 2
+# ... whose CG reuses the exact iteration's factor at any damping within this factor of it: a
+# new Cholesky per ×10 move of μ cost as much as the CG iterations it saved (d = 1024).
+LAGGED_SHIFT_RATIO = 100.0
 
 
 @dataclass
@@ -55,6 +64,10 @@ class NewtonSystem:
     forcing: float = 0.0
     info: dict = field(default_factory=dict)
     column_scale: object = None
+    # Cholesky factors of the scaled matrix + shift·I by shift: a lagged system reuses its exact system's.
+    factors: dict = field(default_factory=dict)
+    # > 1: the preconditioner may be a factor at a shift within this factor of μ (``_reused_factor``).
+    reuse_shift_ratio: float = 1.0
 
     def __post_init__(self):
         if self.column_scale is None:
@@ -67,11 +80,21 @@ class NewtonSystem:
         return float(np.max(np.abs(np.diag(self._scaled)))) or 1.0
 
     def _factor(self, shift):
-        try:
-            return scipy.linalg.cho_factor(self._scaled + shift * np.eye(self._scaled.shape[0]),
-                                           lower=True, check_finite=False)
-        except (np.linalg.LinAlgError, ValueError):
-            return None
+        if shift not in self.factors:
+            try:
+                self.factors[shift] = scipy.linalg.cho_factor(self._scaled + shift * np.eye(self._scaled.shape[0]),
+                                                              lower=True, check_finite=False)
+            except (np.linalg.LinAlgError, ValueError):
+                self.factors[shift] = None
+        return self.factors[shift]
+
+    def preconditioning(self, hessp, forcing, info):
+        """This system's matrix (and the factors it has computed) as the preconditioner of CG on the
+        exact Hessian-vector product ``hessp``: a lagged system, whose steps need no new sandwich."""
+        system = copy.copy(self)
+        system.hessp, system.forcing, system.info = hessp, forcing, info
+        system.reuse_shift_ratio = LAGGED_SHIFT_RATIO
+        return system
 
     def solve(self, g, mu):
         """p with (H + μD²) p ≈ −g, or None when it is not positive definite (raise μ).
@@ -89,7 +112,7 @@ class NewtonSystem:
             if factor is None:
                 return None
             return -scipy.linalg.cho_solve(factor, scaled_g, check_finite=False) / self.column_scale
-        factor, shift = self._factor(mu), 0.0
+        factor, shift = self._reused_factor(mu), 0.0
         for _ in range(MAX_PRECONDITIONER_SHIFTS):
             if factor is not None:
                 break
@@ -100,6 +123,19 @@ class NewtonSystem:
         self.info["preconditioner_shift"] = shift
         p = self._pcg(factor, scaled_g, mu)
         return None if p is None else p / self.column_scale
+
+    def _reused_factor(self, mu):
+        """The preconditioner's factor at damping μ: a lagged system first takes a factor it already
+        has whose shift is within ×``reuse_shift_ratio`` of μ (shifts below 1e-8·scale count as that),
+        so the Levenberg–Marquardt μ moving by ×10 costs no new Cholesky factorisation."""
+        if self.reuse_shift_ratio > 1.0:
+            floor = 1e-8 * self.scale
+            target = max(mu, floor)
+            for shift, factor in self.factors.items():
+                if factor is not None and max(target, max(shift, floor)) <= self.reuse_shift_ratio * min(
+                        target, max(shift, floor)):
+                    return factor
+        return self._factor(mu)
 
     def _scaled_hessp(self, v):
         return self.hessp(v / self.column_scale) / self.column_scale
@@ -150,14 +186,41 @@ def sketch_system(problem, ev, rng, options, g_ref):
     return NewtonSystem(matrix, info=info, column_scale=options.column_scale)
 
 
+def _forcing(ev, g_ref):
+    """CG's relative residual target η = min(0.5, ‖g‖/g_ref): quadratic local convergence."""
+    return min(MAX_FORCING, norm(ev.grad) / g_ref) if g_ref > 0 else MAX_FORCING
+
+
 def pcg_system(problem, ev, rng, options, g_ref):
     matrix, info = _sketched_matrix(problem, ev, rng, options, PRECONDITIONER_SAMPLE_CONSTANT)
-    forcing = min(MAX_FORCING, norm(ev.grad) / g_ref) if g_ref > 0 else MAX_FORCING
-    return NewtonSystem(matrix, hessp=lambda p: problem.hessian_product(ev, p), forcing=forcing, info=info,
-                        column_scale=options.column_scale)
+    return NewtonSystem(matrix, hessp=lambda p: problem.hessian_product(ev, p), forcing=_forcing(ev, g_ref),
+                        info=info, column_scale=options.column_scale)
 
 
-BUILDERS = {"exact": exact_system, "sketch": sketch_system, "pcg": pcg_system}
+class LaggedSystems:
+    """``lagged``'s builder, one per solve: every (LAGGED_STEPS + 1)-th iteration is ``exact`` (the
+    sandwich, the Cholesky factor); the LAGGED_STEPS after it solve with CG on the exact Hessian,
+    preconditioned by that factor (of H one or two iterates back, at a damping within
+    LAGGED_SHIFT_RATIO of μ, else factored anew), to the forcing term of ``pcg``. So their steps are Newton steps to CG's tolerance, for two passes
+    over C per CG iteration instead of a sandwich. A new problem (a stage of a staged start) starts
+    with an exact iteration.
+    """
+
+    def __init__(self, lagged_steps=LAGGED_STEPS):
+        self.lagged_steps = lagged_steps
+        self.exact, self.problem, self.age = None, None, 0
+
+    def __call__(self, problem, ev, rng, options, g_ref):
+        if self.exact is None or problem is not self.problem or self.age >= self.lagged_steps:
+            self.exact = exact_system(problem, ev, rng, options, g_ref)
+            self.problem, self.age = problem, 0
+            return self.exact
+        self.age += 1
+        return self.exact.preconditioning(lambda p: problem.hessian_product(ev, p), _forcing(ev, g_ref),
+                                          {"preconditioner_age": self.age})
+
+
+BUILDERS = {"exact": exact_system, "sketch": sketch_system, "pcg": pcg_system, "lagged": LaggedSystems}
 
 
 # Passes over C per Newton iteration shared by every strategy (forward, fused gradient, line
@@ -173,15 +236,17 @@ def csr_sandwich_rate(d, rates=rates):
 
 
 def strategy_seconds(problem, eps, sketch_size, rates=rates):
-    """Predicted seconds to tol of each strategy: {"exact": …, "sketch": …, "pcg": …}.
+    """Predicted seconds to tol of each strategy: {"exact": …, "sketch": …, "pcg": …, "lagged": …}.
 
     Work counts × measured rates (``fastnewton.rates``, written by bench/calibrate.py): a pass
     costs nnz entries, the exact sandwich n·d²/2 SYRK multiply-adds (dense) or Σᵢ nnzᵢ²/2 pair
     updates (CSR, estimated as for equal rows, at the rate for width d), the sketch an OSNAP embedding, a QR of the
     4d × d embedding, a C·Z pass for the JL scores and the sandwich of its s sampled rows,
     and every strategy a d × d Cholesky. Iteration counts: EXACT_ITERATIONS for exact (and
-    the common start: one sandwich, one pass), scaled by the measured ratios for sketch and
-    pcg, which also pays CG_ITERATIONS_PER_STEP Hessian-vector products per step.
+    the common start: one sandwich, one pass), scaled by the measured ratios for sketch,
+    pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products (two passes
+    and a triangular solve pair each) per step, lagged an exact iteration in every
+    LAGGED_STEPS + 1 and LAGGED_CG_ITERATIONS_PER_STEP of them on the others.
     """
     matrix = problem.matrix
     n, d, nnz = matrix.n, matrix.d, matrix.nnz
@@ -202,15 +267,21 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
     def sampled(constant):
         return sandwich(min(n, sketch_size or sample_size(d, eps, constant)))
 
+    def cg(iterations):
+        return iterations * (PASSES_PER_CG_ITERATION * one_pass + 2 * d * d / rates.CHOLESKY_FMA)
+
     per_iteration = {
         "exact": sandwich(n) + cholesky,
         "sketch": sketch_common + sampled(SAMPLE_CONSTANT) + cholesky,
-        "pcg": (sketch_common + sampled(PRECONDITIONER_SAMPLE_CONSTANT) + cholesky
-                + rates.CG_ITERATIONS_PER_STEP * (PASSES_PER_CG_ITERATION * one_pass + 2 * d * d / rates.CHOLESKY_FMA)),
+        "pcg": sketch_common + sampled(PRECONDITIONER_SAMPLE_CONSTANT) + cholesky + cg(rates.CG_ITERATIONS_PER_STEP),
     }
     iterations = {"exact": rates.EXACT_ITERATIONS,
                   "sketch": rates.EXACT_ITERATIONS * rates.SKETCH_ITERATIONS_PER_EXACT,
                   "pcg": rates.EXACT_ITERATIONS * rates.PCG_ITERATIONS_PER_EXACT}
+    # lagged: one exact iteration in every LAGGED_STEPS + 1, CG on the others.
+    per_iteration["lagged"] = ((per_iteration["exact"] + LAGGED_STEPS * cg(rates.LAGGED_CG_ITERATIONS_PER_STEP))
+                               / (LAGGED_STEPS + 1))
+    iterations["lagged"] = rates.EXACT_ITERATIONS * rates.LAGGED_ITERATIONS_PER_EXACT
     start = sandwich(n) + cholesky + 3 * one_pass
     return {name: start + iterations[name] * (per_iteration[name] + PASSES_PER_ITERATION * one_pass)
             for name in per_iteration}
@@ -223,11 +294,12 @@ def choose_strategy(problem, eps, sketch_size):
 
 
 def resolve_strategy(name, problem, eps, sketch_size):
-    """(resolved strategy name, builder)."""
+    """(resolved strategy name, builder); a stateful builder (a class: ``lagged``) is made afresh per call."""
     if not isinstance(name, str):
         raise TypeError(f"hessian must be a string, got {type(name).__name__}")
     if name not in STRATEGIES:
         raise ValueError(f"hessian must be one of {', '.join(repr(s) for s in STRATEGIES)}, got {name!r}")
     if name == "auto":
         name = choose_strategy(problem, eps, sketch_size)
-    return name, BUILDERS[name]
+    builder = BUILDERS[name]
+    return name, builder() if isinstance(builder, type) else builder

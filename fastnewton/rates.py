@@ -15,8 +15,8 @@ CSR_PASS_ENTRIES = 1.62e+09
 DENSE_SANDWICH_FMA = 1.91e+10
 # CSR sandwich: pair updates Σᵢ nnzᵢ(nnzᵢ + 1)/2 per second at d = 256 and at d = 1024 (the
 # updates scatter into a d × d partial: slower once it leaves the cache); log-log in d between.
-CSR_SANDWICH_PAIRS = 1.59e+09
-CSR_SANDWICH_PAIRS_D1024 = 8.1e+08
+CSR_SANDWICH_PAIRS = 2.4e+09
+CSR_SANDWICH_PAIRS_D1024 = 1.59e+09
 # OSNAP embedding: (stored entry, slot) updates per second.
 DENSE_EMBED_UPDATES = 2.62e+09
 CSR_EMBED_UPDATES = 3.82e+08
@@ -31,3 +31,6 @@ EXACT_ITERATIONS = 3
 SKETCH_ITERATIONS_PER_EXACT = 2
 PCG_ITERATIONS_PER_EXACT = 1.17
 CG_ITERATIONS_PER_STEP = 4.12
+# Newton iterations of lagged per exact Newton iteration, CG iterations per lagged step.
+LAGGED_ITERATIONS_PER_EXACT = 1
+LAGGED_CG_ITERATIONS_PER_STEP = 2.75

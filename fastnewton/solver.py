@@ -33,7 +33,7 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     x0 : ``"auto"`` (a least-squares fit in log space, see ``fastnewton.start``; for
         ``softmax_relu`` then Newton on a lifted surrogate first, see ``fastnewton.lifted_start``),
         ``"zeros"`` or a length-d array.
-    hessian : ``"exact"``, ``"sketch"``, ``"pcg"`` or ``"auto"`` (see ``fastnewton.hessian``).
+    hessian : ``"exact"``, ``"sketch"``, ``"pcg"``, ``"lagged"`` or ``"auto"`` (see ``fastnewton.hessian``).
     eps : spectral accuracy ε ∈ (0, 1) of the sketched Hessian (``sketch``, ``pcg``).
     sketch_size : rows sampled per iteration (default ⌈3·d·log(d/0.1)/ε²⌉ for ``sketch``, a third
         of that for ``pcg``, whose preconditioner needs only constant-factor accuracy).

@@ -61,9 +61,9 @@ def test_auto_grid_quick_prints_and_writes_the_grid(tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 3
     for row in rows:
-        assert row["auto"] in ("exact", "sketch", "pcg")
+        assert row["auto"] in ("exact", "sketch", "pcg", "lagged")
         assert float(row["ratio"]) >= 1.0
-        assert all(float(row[f"{name}_s"]) > 0 for name in ("exact", "sketch", "pcg"))
+        assert all(float(row[f"{name}_s"]) > 0 for name in ("exact", "sketch", "pcg", "lagged"))
 
 
 def test_dense_phases_runs_small():

@@ -239,3 +239,18 @@ def test_many_quick_writes_csv_and_answers_agree(tmp_path):
         assert row["agree"] == "True", row
     if has_module("matplotlib"):
         assert (tmp_path / "many.png").stat().st_size > 0
+
+
+def test_sandwich_quick_times_a_base_checkout_beside_ours(tmp_path):
+    """bench/sandwich.py --base: ns per pair of ours and of another checkout's kernels (here a copy of ours)."""
+    shutil.copytree(REPO / "kernels", tmp_path / "base" / "kernels",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    run_script(["bench/sandwich.py", "--quick", "--threads", "1", "--base", str(tmp_path / "base"),
+                "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "sandwich.json").read_text())["rows"]
+    assert any(row["operation"].startswith("uniform") for row in rows)
+    assert any("short rows" in row["operation"] for row in rows), "the Zipf matrix must have rows sandwiched by SYRK"
+    for row in rows:
+        assert_positive(row["ns_per_pair"], f"ns_per_pair of {row['operation']}")
+        if "SYRK" not in row["operation"]:
+            assert_positive(row["base_ratio"], f"base_ratio of {row['operation']}")

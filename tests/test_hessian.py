@@ -241,12 +241,14 @@ def stand_in(n, d, nnz=None, fmt="dense"):
 
 
 def uniform_rates(**changes):
-    """Rates with every operation at 1e9 per second and 5 / 2 / 1 / 3 iteration figures, then ``changes``."""
+    """Rates with every operation at 1e9 per second and 5 / 2 / 1 / 3 iteration figures, then ``changes``.
+
+    lagged is priced out (3× exact's iterations) unless a test sets LAGGED_ITERATIONS_PER_EXACT."""
     values = {name: 1e9 for name in dir(rates_module) if name.isupper() and name not in (
         "MACHINE", "EXACT_ITERATIONS", "SKETCH_ITERATIONS_PER_EXACT", "PCG_ITERATIONS_PER_EXACT",
-        "CG_ITERATIONS_PER_STEP")}
+        "CG_ITERATIONS_PER_STEP", "LAGGED_ITERATIONS_PER_EXACT", "LAGGED_CG_ITERATIONS_PER_STEP")}
     values.update(EXACT_ITERATIONS=5.0, SKETCH_ITERATIONS_PER_EXACT=2.0, PCG_ITERATIONS_PER_EXACT=1.0,
-                  CG_ITERATIONS_PER_STEP=3.0)
+                  CG_ITERATIONS_PER_STEP=3.0, LAGGED_ITERATIONS_PER_EXACT=3.0, LAGGED_CG_ITERATIONS_PER_STEP=3.0)
     values.update(changes)
     return types.SimpleNamespace(**values)
 
@@ -254,7 +256,7 @@ def uniform_rates(**changes):
 def test_auto_picks_the_least_predicted_time():
     for problem in (stand_in(1000, 20), stand_in(10**6, 512), stand_in(10**6, 1000, nnz=10**7, fmt="csr")):
         seconds = strategy_seconds(problem, 0.5, None)
-        assert set(seconds) == {"exact", "sketch", "pcg"} and all(t > 0 for t in seconds.values())
+        assert set(seconds) == {"exact", "sketch", "pcg", "lagged"} and all(t > 0 for t in seconds.values())
         assert choose_strategy(problem, 0.5, None) == min(seconds, key=seconds.get)
 
 
@@ -271,6 +273,23 @@ def test_cost_model_work_counts():
     sketch_common = (4 * n * d + 4 * d**3 + 16 * n * d) / 1e9
     assert seconds["sketch"] == pytest.approx(
         start + 10 * (sketch_common + s * d * d / 2 / 1e9 + cholesky + passes), rel=1e-12)
+    # lagged: 15 iterations, one in three exact, the others 3 CG iterations of two passes and two
+    # triangular solves each.
+    cg_step = 3 * (2 * n * d + 2 * d * d) / 1e9
+    assert seconds["lagged"] == pytest.approx(
+        start + 15 * ((sandwich + cholesky + 2 * cg_step) / 3 + passes), rel=1e-12)
+
+
+def test_auto_picks_lagged_when_its_cg_steps_cost_less_than_a_sandwich():
+    """Short CSR rows at d = 1000: the Cholesky and the sandwich cost more than three CG iterations of
+    two passes, so lagged (as many iterations as exact) wins; with 20 CG iterations per step it does not."""
+    csr = stand_in(10**6, 1000, nnz=10**7, fmt="csr")
+    assert choose_strategy_with(csr, uniform_rates(LAGGED_ITERATIONS_PER_EXACT=1.0)) == "lagged"
+    assert choose_strategy_with(csr, uniform_rates(LAGGED_ITERATIONS_PER_EXACT=1.0,
+                                                   LAGGED_CG_ITERATIONS_PER_STEP=20.0)) == "exact"
+    # A dense sandwich at BLAS speed against passes at the same rate: exact stays.
+    assert choose_strategy_with(stand_in(10**6, 512), uniform_rates(
+        DENSE_SANDWICH_FMA=1e11, DENSE_EMBED_UPDATES=1e8, LAGGED_ITERATIONS_PER_EXACT=1.0)) == "exact"
 
 
 def test_auto_follows_the_measured_rates():
@@ -573,3 +592,81 @@ def test_csr_sandwich_rate_interpolates_in_d():
     assert hessian_module.csr_sandwich_rate(256, rates) == pytest.approx(4e8)
     assert hessian_module.csr_sandwich_rate(512, rates) == pytest.approx(2e8)
     assert hessian_module.csr_sandwich_rate(4096, rates) == pytest.approx(1e8)
+
+
+# ---------------------------------------------------------------------------------------------
+# lagged: CG on the exact Hessian, preconditioned by the last exact iteration's factor
+# ---------------------------------------------------------------------------------------------
+def test_lagged_step_is_the_exact_newton_step_to_cg_tolerance(softmax_point, monkeypatch):
+    """The lagged system at a new point: no sandwich is formed, and its step solves the exact Newton system
+    at that point (H from Problem.hessian: dense, independent of CG) to the forcing term; with the forcing
+    term made tiny it is the exact Newton step −H⁻¹g."""
+    problem, ev, g_ref = softmax_point
+    scale = problem.column_norms()
+    opts = options(hessian="lagged", column_scale=scale)
+    builders = {"loose": hessian_module.LaggedSystems(), "tight": hessian_module.LaggedSystems()}
+    # A g_ref 1e12× larger makes η = min(0.5, ‖g‖/g_ref) ~1e-12 for the tight builder.
+    g_refs = {"loose": g_ref, "tight": g_ref * 1e12}
+    first = {name: builder(problem, ev, None, opts, g_refs[name]) for name, builder in builders.items()}
+    moved_ev = problem.evaluate(ev.x + 0.5 * first["loose"].solve(ev.grad, 0.0))
+    H = problem.hessian(moved_ev.x)
+    g = moved_ev.grad
+
+    def no_sandwich(*args):
+        raise AssertionError("a lagged iteration formed a sandwich")
+
+    monkeypatch.setattr(problem.matrix, "sandwich", no_sandwich)
+    lagged = {name: builder(problem, moved_ev, None, opts, g_refs[name]) for name, builder in builders.items()}
+    steps = {name: system.solve(g, 0.0) for name, system in lagged.items()}
+    assert lagged["loose"].info["preconditioner_age"] == 1 and lagged["loose"].info["cg_iterations"] >= 1
+    # CG stops at ‖D⁻¹(Hp + g)‖ ≤ η‖D⁻¹g‖; 1e-9 of slack for the rounding of the products.
+    eta = min(MAX_FORCING, np.linalg.norm(g) / g_ref)
+    residual = np.linalg.norm((H @ steps["loose"] + g) / scale) / np.linalg.norm(g / scale)
+    assert residual <= eta + 1e-9
+    # The tight step is the Newton step to ~cond(H)·η (cond ~1e3 here).
+    newton = -np.linalg.solve(H, g)
+    assert np.linalg.norm(steps["tight"] - newton) <= 1e-8 * np.linalg.norm(newton)
+
+
+def test_lagged_forms_a_sandwich_every_third_iteration(monkeypatch):
+    """Iterations 1, 4, 7, … are exact (a sandwich each, no CG); the two after each reuse its factor."""
+    import fastnewton.matrix as matrix_module
+
+    calls = []
+    original = matrix_module.CSRMatrix.sandwich
+    monkeypatch.setattr(matrix_module.CSRMatrix, "sandwich", lambda self, beta: calls.append(1) or original(self, beta))
+    C, b, _ = make_problem(4000, 12, seed=8, noise=0.05)
+    res = solve(C, b, x0="zeros", hessian="lagged", tol=1e-10)
+    assert res.converged and res.hessian == "lagged"
+    ages = [record.get("preconditioner_age", 0) for record in res.history[1:]]
+    assert ages == [k % 3 for k in range(res.n_iter)]
+    assert all(("cg_iterations" in record) == (age > 0) for record, age in zip(res.history[1:], ages))
+    assert len(calls) == sum(age == 0 for age in ages)
+    # x = 0 is far from x*: the damped phase and the quadratic end both run on lagged steps.
+    assert res.n_iter >= 6
+
+
+@pytest.mark.parametrize("model, fmt", CASES)
+def test_lagged_converges_quadratically_to_the_exact_solution(model, fmt):
+    res = run(model, fmt, "lagged")
+    exact = run(model, fmt, "exact")
+    assert res.converged, res.message
+    assert res.hessian == "lagged"
+    assert len(local_pairs(res)) >= 2, relative_gradient_norms(res)
+    for before, after in local_pairs(res):
+        assert after <= max(QUADRATIC * before**2, FLOOR), (before, after, relative_gradient_norms(res))
+    assert res.n_iter <= exact.n_iter + 1
+    # Same minimum as exact (see test_sketch_and_pcg_reach_the_exact_solution for the bound).
+    assert np.linalg.norm(res.x - exact.x) <= X_RTOL * np.linalg.norm(exact.x)
+
+
+@needs_two_threads
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_lagged_thread_count_does_not_change_the_bits(fmt):
+    if fmt == "dense" and not _blas_can_use_two_threads():
+        pytest.skip("BLAS limited to one thread")
+    two = run("softmax", fmt, "lagged")
+    one = run("softmax", fmt, "lagged", n_threads=1)
+    for key in ("loss", "grad_norm", "step_norm", "cg_iterations"):
+        assert [r.get(key) for r in one.history] == [r.get(key) for r in two.history], key
+    assert np.array_equal(one.x, two.x)
