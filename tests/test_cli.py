@@ -80,7 +80,7 @@ for model in ("softmax", "relu_softmax", "softmax_relu"):
         fastnewton.solve(matrix, b, model, V=V, max_iter=3)
 print("solved")
 """
-EXPECTED_KERNELS = {"csr.csr_matvec", "sandwich.csr_sandwich", "dense.dense_matvec", "dense.dense_rmatmat",
+EXPECTED_KERNELS = {"csr.csr_matvec", "sandwich.csr_sandwich_rows", "dense.dense_matvec", "dense.dense_rmatmat",
                     "softmax.softmax_regression_columns", "softmax.softmax_regression_loss",
                     "softmax.softmax_relu_columns", "softmax.log_partition_parts",
                     "softmax.curvature_weights"}
