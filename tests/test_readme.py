@@ -94,3 +94,22 @@ def test_readme_command_line_section_runs_as_written(tmp_path, monkeypatch):
         assert proc.returncode == 0, (line, proc.stdout[-2000:], proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr, (line, proc.stderr[-2000:])
     assert (tmp_path / "x.npy").exists() and (tmp_path / "x.csv").exists()
+
+
+def test_readme_dask_example_runs_as_a_script_without_warnings(tmp_path):
+    # Pasted into a file and run, as the example is written (it guards its cluster with __main__).
+    pytest.importorskip("distributed")
+    import os
+    import subprocess
+    import sys
+
+    (block,) = [block for block in python_blocks(section(README.read_text(), "Scale out with Dask"))
+                if "LocalCluster" in block]
+    script = tmp_path / "example.py"
+    script.write_text(block)
+    env = {key: value for key, value in os.environ.items() if key != "NUMBA_DISABLE_JIT"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("Converged"), proc.stdout
+    assert "Warning" not in proc.stderr, proc.stderr[-3000:]
