@@ -44,17 +44,23 @@ def _bench(script, *arguments):
     return ["bench/" + script, *arguments]
 
 
+# The full sizes are chosen so that each step runs in under 5 minutes on a 2-core machine while
+# still showing what its figure is about (sketching pays at large d and long rows; the Dask ratio
+# falls with the work per block; memory is measured where C is far above the interpreter's own).
 STEPS = {
     "demo": dict(full=["-m", "fastnewton", "demo"], quick=["-m", "fastnewton", "demo", "--n", "2e4", "--d", "20"]),
     "passes": dict(full=_bench("passes.py"), quick=_bench("passes.py", "--quick")),
-    "sketch_vs_exact": dict(full=_bench("sketch_vs_exact.py"), quick=_bench("sketch_vs_exact.py", "--quick")),
+    "sketch_vs_exact": dict(full=_bench("sketch_vs_exact.py", "--dims", "64", "128", "256", "512", "--dense-n", "1e5",
+                                        "--csr-n", "2e5", "--solve-dims", "512"),
+                            quick=_bench("sketch_vs_exact.py", "--quick")),
     "scaling": dict(full=_bench("scaling.py", "--formats", "csr", "dense", "--models", "softmax", "--strategies",
-                                "exact", "sketch", "--nnz", "1e5", "3e5", "1e6", "3e6", "1e7", "--dims", "32", "64",
-                                "128", "256", "512", "1024", "--threads", "1", "2", "--no-progress"),
+                                "exact", "sketch", "--nnz", "1e5", "1e6", "1e7", "--dims", "64", "256", "--threads",
+                                "1", "2", "--repeats", "3", "--no-progress"),
                     quick=_bench("scaling.py", "--quick", "--strategies", "exact", "sketch", "--no-progress")),
-    "peers": dict(full=_bench("peers.py", "--time-limit", "60"), quick=_bench("peers.py", "--quick", "--threads", "1")),
-    "memory": dict(full=_bench("memory.py"), quick=_bench("memory.py", "--quick")),
-    "dask_scaling": dict(full=_bench("dask_scaling.py", "--no-progress"),
+    "peers": dict(full=_bench("peers.py", "--n", "1e5", "--tables", "same", "--time-limit", "20"),
+                  quick=_bench("peers.py", "--quick", "--threads", "1")),
+    "memory": dict(full=_bench("memory.py", "--n", "2e6", "--nnz", "2e7"), quick=_bench("memory.py", "--quick")),
+    "dask_scaling": dict(full=_bench("dask_scaling.py", "--nnz", "1e6", "1e7", "3e7", "--no-progress"),
                          quick=_bench("dask_scaling.py", "--quick", "--no-progress")),
 }
 

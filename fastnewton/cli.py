@@ -132,7 +132,16 @@ def _load_npz(path):
         keys = set(archive.files)
         if {"format", "shape", "data"} <= keys:  # written by scipy.sparse.save_npz
             return {"C": sp.load_npz(path)}
-        return {key: archive[key] for key in archive.files}
+        try:
+            return {key: archive[key] for key in archive.files}
+        except ValueError as error:
+            if "allow_pickle" not in str(error):
+                raise
+            # numpy.savez of a SciPy sparse matrix stores a pickled object, which is never loaded
+            # (unpickling runs code from the file).
+            raise ValueError(f"{path} holds a Python object, not an array (numpy.savez of a SciPy sparse "
+                             f"matrix?): save a sparse C with scipy.sparse.save_npz('C.npz', C) and pass b "
+                             f"with --b, or store C dense") from None
 
 
 def _load_array(path, name):

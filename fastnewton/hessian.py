@@ -1,4 +1,4 @@
-"""Hessian strategies (SPEC §3): each builds, per iteration, a ``NewtonSystem`` that solves (H + μD²) p = −g
+"""Hessian strategies (``solve``'s ``hessian=``): each builds, per iteration, a ``NewtonSystem`` that solves (H + μD²) p = −g
 (D: the fixed column scale, so that the steps do not depend on the scale of C's columns; see ``NewtonSystem``).
 
 - ``exact``: H = Cᵀ diag(β) C + P S Pᵀ + λI (sparse sandwich O(Σᵢ nnzᵢ²); dense: blocked SYRK,

@@ -60,7 +60,7 @@ SIMPLEX_FLOOR = 1e-3
 DUAL_RIDGE = 1e-12
 MAX_DUAL_ITER = 60
 DUAL_RTOL = 1e-12
-# Ridge continuation of the surrogate, as fractions of λmax(H) at x₀ (SPEC: 1e-2, 1e-4, 0).
+# Ridge continuation of the surrogate, as fractions of λmax(H) at x₀: 1e-2, then 1e-4, then 0 (the real loss).
 RIDGE_FRACTIONS = (1e-2, 1e-4)
 # Each ridge stage is solved to 1e-4 relative gradient: on underdetermined problems (m < d, the
 # optimum held by a small l2) the walk along the valley happens here, where the larger ridge

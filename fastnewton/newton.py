@@ -1,4 +1,4 @@
-"""The globalised Newton loop of SPEC §3, written against ``Problem`` and a Hessian strategy.
+"""The globalised (damped, line-searched) Newton loop, written against ``Problem`` and a Hessian strategy.
 
 Per iteration: 1) u = Cx (carried from the line search as u + t·CΔx, a forward pass only
 every ``REFRESH_EVERY`` iterations or when the steps since the last one were long), 2) model vectors and the fused gradient pass
@@ -29,7 +29,7 @@ MAX_DAMPING_TRIES = 20
 FIRST_DAMPING = 1e-8
 DAMPING_INCREASE = 10.0
 DAMPING_DECREASE = 10.0
-# Beyond ~10 the softmax saturates to one-hot and every gradient underflows to 0 (SPEC §3).
+# Beyond ~10 the softmax saturates to one-hot and every gradient underflows to 0.
 MAX_LOGIT_STEP = 10.0
 # u = Cx is carried from the line search as u + t·Cp. A fresh pass has |uᵢ − (Cx)ᵢ| ≤ γ_nnzᵢ·|Cᵢ|·|x|;
 # the carried u adds, per step since the last fresh pass, one such bound with |t·p| for |x| (the pass

@@ -1,4 +1,4 @@
-"""``Problem``: loss, gradient and Hessian of SPEC §1–2, usable directly by scipy.optimize.minimize.
+"""``Problem``: the loss, gradient and Hessian of a model, usable directly by scipy.optimize.minimize.
 
 It is also the single-machine ``Evaluator`` of ``fastnewton.protocol``: the model's stages run on
 one block holding all of C (``fastnewton.dask`` runs the same stages block by block).

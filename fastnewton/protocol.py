@@ -46,7 +46,7 @@ class Line(Protocol):
 
 
 class Evaluator(Protocol):
-    """L(x) of SPEC §1 for one model, with the passes over C done wherever C lives."""
+    """L(x) = ½‖h(Cx) − b‖² + ½ Σᵢ wᵢ (Cx)ᵢ² + ½ λ‖x‖² for one model, with the passes over C done wherever C lives."""
 
     n: int
     d: int

@@ -1,4 +1,4 @@
-"""Leverage-score sampling of the diagonal part Cᵀ diag(β) C (SPEC §3, the papers' approximate Newton).
+"""Leverage-score sampling of the diagonal part Cᵀ diag(β) C (the approximate Newton of ``hessian="sketch"`` and the ``pcg`` preconditioner).
 
 With B = diag(√|β|) C, row i's (ridge) leverage score is ℓᵢ = bᵢᵀ (BᵀB + λI)⁻¹ bᵢ. We
 approximate all of them without forming anything n × d dense:

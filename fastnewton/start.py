@@ -1,4 +1,4 @@
-"""Starting points (SPEC §3): ``x0`` resolved, and the numerical helpers of the models' ``auto_start``.
+"""Starting points: ``x0`` resolved, and the numerical helpers of the models' ``auto_start``.
 
 Each model states its own ``auto_start(problem)`` (``fastnewton.models``); the helpers here are
 written against the evaluator's ``map_blocks``/``gather_blocks``, so one start serves the

@@ -1,4 +1,4 @@
-"""Row-block kernels of the softmax models (SPEC §2), shared by one machine and Dask alike.
+"""Row-block kernels of the softmax models (``softmax``, ``relu_softmax``, ``softmax_relu``), shared by one machine and Dask alike.
 
 A block sees only its rows, so the softmax normaliser is split in two: ``log_partition_parts``
 returns the block's (max z, Σ exp(z − max z)) and keeps e = exp(z − max z); the driver combines

@@ -80,7 +80,7 @@ for model in ("softmax", "relu_softmax", "softmax_relu"):
         fastnewton.solve(matrix, b, model, V=V, max_iter=3)
 print("solved")
 """
-EXPECTED_KERNELS = {"csr.csr_matvec", "sandwich.csr_sandwich", "dense.dense_matvec", "dense.dense_rmatmat",
+EXPECTED_KERNELS = {"csr.csr_matvec", "sandwich.csr_sandwich_rows", "dense.dense_matvec", "dense.dense_rmatmat",
                     "softmax.softmax_regression_columns", "softmax.softmax_regression_loss",
                     "softmax.softmax_relu_columns", "softmax.log_partition_parts",
                     "softmax.curvature_weights"}
@@ -191,12 +191,20 @@ def test_fit_reads_npz_and_matrix_market_files_solves_and_writes_x(tmp_path, cap
 
 def test_fit_names_what_is_missing_or_unreadable(tmp_path, capsys):
     _, files = _planted_files(tmp_path, "softmax")
+    import numpy as np
+    import scipy.io
+    import scipy.sparse
+
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, C=scipy.sparse.csr_matrix(scipy.io.mmread(files["mtx"])), b=np.loadtxt(files["b_txt"]))
     cases = [
         ([str(files["mtx"])], "b: give --b"),
         ([str(tmp_path / "missing.mtx"), "--b", str(files["b_txt"])], "no such file"),
         ([str(files["mtx"]), "--b", str(files["b_txt"]), "--out", str(tmp_path / "x.bin")], "out: use a .npy"),
         ([str(files["mtx"]), "--b", str(files["b_txt"]), "--model", "softmax_relu"], "V: model softmax_relu needs"),
         ([str(files["mtx"]), "--b", str(files["mtx"])], "b must"),
+        # numpy.savez of a sparse C pickles it: never loaded, and the message says what to do instead
+        ([str(pickled)], "scipy.sparse.save_npz"),
     ]
     for arguments, message in cases:
         code, _, err = _main(["fit", *arguments], capsys)

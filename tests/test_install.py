@@ -135,3 +135,15 @@ def test_a_source_checkout_keeps_numbas_in_tree_cache():
     assert _cache.installed_layout(REPO / "kernels") is False
     if not os.environ.get("NUMBA_CACHE_DIR"):
         assert _cache.cache_dir(REPO / "kernels") == REPO / "kernels" / "__pycache__"
+
+
+def test_every_subpackage_is_installed():
+    # A subpackage missing from pyproject's list imports from a source checkout (the folder is
+    # on sys.path) but not from an install: ``pip install .`` then ``import fastnewton`` elsewhere
+    # raised ModuleNotFoundError for fastnewton.models.
+    tomllib = pytest.importorskip("tomllib")  # Python ≥ 3.11
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(path.parent.relative_to(REPO).parts) for path in (REPO / "fastnewton").rglob("__init__.py")
+             if "__pycache__" not in path.parts}
+    assert found | {"fastnewton.kernels"} == listed, (found, listed)

@@ -32,7 +32,7 @@ from .rounds import Rounds
 
 
 class DaskProblem:
-    """L(x) of SPEC §1 for C held as row blocks (futures of ``blocks.Block``) on a Dask cluster."""
+    """L(x) = ½‖h(Cx) − b‖² + ½ Σᵢ wᵢ (Cx)ᵢ² + ½ λ‖x‖² for C held as row blocks (futures of ``blocks.Block``) on a Dask cluster."""
 
     def __init__(self, client, block_futures, n, d, model, b, l2):
         self.rounds = Rounds(client, block_futures)
