@@ -3,13 +3,15 @@
 The driver never branches on the format again: it calls ``matvec`` (u = Cx),
 ``rmatmat`` (Cᵀ[q, U] in one pass) and ``sandwich`` (Cᵀ diag(β) C).
 """
+import threading
+
 import numba
 import numpy as np
 import scipy.sparse as sp
 
 from .chunking import chunk_rows, sandwich_chunk_rows
 from .kernels.csr import csr_dense_rows, csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec
-from .kernels.dense import dense_matvec, dense_rmatmat
+from .kernels.dense import dense_matvec, dense_rmatmat, signed_scaled_rows
 from .kernels.sandwich import csr_sandwich, csr_sandwich_rows
 from .kernels.sketch import csr_embed, dense_embed
 from .threads import blas_threads, map_single_threaded_blas
@@ -51,35 +53,41 @@ def dense_row_block(count):
     return min(DENSE_SANDWICH_BLOCK, max(DENSE_ROW_MIN_BLOCK, -(-count // DENSE_ROW_BLOCKS)))
 
 
-def blocked_syrk_sandwich(block_rows, weights, d, block_size=DENSE_SANDWICH_BLOCK):
-    """Σ_t weights[t]·r_t r_tᵀ over rows handed out in fixed blocks: ``block_rows(part)`` gives the
-    rows at positions ``part`` (a slice of ``block_size`` positions in weights' order).
+def blocked_syrk_sandwich(block_source, weights, d, block_size=DENSE_SANDWICH_BLOCK):
+    """Σ_t weights[t]·r_t r_tᵀ over rows handed out in fixed blocks: ``block_source(part)`` gives
+    (A, rows) with the rows at positions ``part`` (a slice of ``block_size`` positions in weights'
+    order) being A[rows].
 
-    Per block B₊ᵀB₊ − B₋ᵀB₋, with B± the block's rows of positive/negative weight scaled by √|w|:
-    SYRK forms one triangle, half the flops of a GEMM, and splitting the rows by sign keeps each
-    product positive semidefinite without doubling the work. The blocks run on the solve's
-    threads, each SYRK on one BLAS thread (``map_single_threaded_blas``), summed in block order,
-    so the sum, and its bits, do not depend on the thread count. One multi-threaded SYRK per block
-    instead (``blas_threads``; bench/dense_phases.py --blas-threads) leaves OpenBLAS's workers
-    spinning into the Numba pass that follows (measured, 2 threads, n = 10⁵, d = 256: u = Cx right
-    after the sandwich 18.3 ms against 10.0 ms), so it stays a bench toggle.
+    Per block B₊ᵀB₊ − B₋ᵀB₋, with B± the block's rows of positive/negative weight scaled by √|w|
+    (gathered by ``signed_scaled_rows`` into one reused buffer per thread): SYRK forms one
+    triangle, half the flops of a GEMM, and splitting the rows by sign keeps each product
+    positive semidefinite without doubling the work. The blocks run on the solve's threads,
+    each SYRK on one BLAS thread (``map_single_threaded_blas``), summed in block order, so the
+    sum, and its bits, do not depend on the thread count. One multi-threaded SYRK per block
+    instead (``blas_threads``; bench/dense_phases.py --blas-threads) is no faster on 2 cores and
+    leaves OpenBLAS's workers spinning into the Numba pass that follows (measured, 2 threads,
+    n = 10⁵, d = 256: u = Cx right after the sandwich 18.3 ms against 10.0 ms), so it stays a
+    bench toggle.
     """
+    buffers = threading.local()
+
     def block_sandwich(part):
-        block = block_rows(part)
-        w = weights[part]
-        root = np.sqrt(np.abs(w))
+        A, rows = block_source(part)
+        w = np.ascontiguousarray(weights[part], dtype=np.float64)
+        scaled = getattr(buffers, "scaled", None)
+        if scaled is None or scaled.shape[0] < rows.shape[0]:
+            scaled = buffers.scaled = np.empty((block_size, d))
+        positive, negative = signed_scaled_rows(A, rows, w, scaled)
         out = np.zeros((d, d))
-        for sign, kept in ((1.0, w > 0.0), (-1.0, w < 0.0)):
-            if kept.any():
-                scaled = np.asarray(block[kept], dtype=np.float64)
-                scaled *= root[kept, None]
-                # NumPy runs scaledᵀ·scaled as a SYRK (one triangle, mirrored: exactly symmetric)
-                # and releases the GIL, so the blocks run in parallel; SciPy's dsyrk wrapper
-                # holds the GIL (measured: 2 threads no faster than 1).
-                if sign > 0:
-                    out += scaled.T @ scaled
-                else:
-                    out -= scaled.T @ scaled
+        # NumPy runs Bᵀ·B of a C-ordered B as a SYRK (one triangle, mirrored: exactly symmetric)
+        # and releases the GIL, so the blocks run in parallel; SciPy's dsyrk wrapper holds the
+        # GIL (measured: 2 threads no faster than 1).
+        if positive:
+            block = scaled[:positive]
+            out += block.T @ block
+        if negative:
+            block = scaled[positive:positive + negative]
+            out -= block.T @ block
         return out
 
     count = weights.shape[0]
@@ -123,8 +131,12 @@ class DenseMatrix:
 
     def _syrk_sandwich(self, weights, rows=None):
         """Σᵢ wᵢ cᵢcᵢᵀ over C's rows, or C[rows], by ``blocked_syrk_sandwich``."""
-        return blocked_syrk_sandwich(lambda part: self.array[part] if rows is None else self.array[rows[part]],
-                                     weights, self.d)
+        def block_source(part):
+            if rows is None:
+                return self.array, np.arange(part.start, part.stop)
+            return self.array, rows[part]
+
+        return blocked_syrk_sandwich(block_source, weights, self.d)
 
     def sandwich(self, beta):
         return self._syrk_sandwich(beta)
@@ -226,8 +238,11 @@ class CSRMatrix:
         Both parts are exactly symmetric, so their sum is; both are summed in a fixed order.
         """
         out = self._sparse_sandwich(sparse_rows, sparse_weights)
-        out += blocked_syrk_sandwich(lambda part: self._dense_rows_block(dense_rows[part]), dense_weights,
-                                     self.d, dense_row_block(dense_rows.shape[0]))
+        def block_source(part):
+            block = self._dense_rows_block(dense_rows[part])
+            return block, np.arange(block.shape[0])
+
+        out += blocked_syrk_sandwich(block_source, dense_weights, self.d, dense_row_block(dense_rows.shape[0]))
         return out
 
     def matmat(self, Z):
