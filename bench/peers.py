@@ -709,6 +709,8 @@ def methods(case, args):
              if deriv == "numpy" or SCIPY_METHODS[method] != "jacobian"]
     if args.torch and torch_applies(case):
         runs += [("torch", method, "torch") for method in TORCH_METHODS]
+    if args.methods is not None:
+        runs = [run for run in runs if (f"fastnewton {run[1]}" if run[0] == "fastnewton" else run[1]) in args.methods]
     return runs
 
 
@@ -889,6 +891,10 @@ def parse_args(argv=None):
     run.add_argument("--derivatives", nargs="+", choices=DERIVATIVES, default=list(DERIVATIVES),
                      help="which derivatives scipy is given (default: both)")
     run.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers even when torch is installed")
+    run.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                     help="run only these methods (names as in the tables, e.g. 'fastnewton auto' trust-exact "
+                          "'torch Newton'; default: all) — to split a long benchmark into shorter runs; the "
+                          "ratios need 'fastnewton auto' in each run")
     run.add_argument("--no-scipy-scaling", action="store_true",
                      help="hand scipy the raw loss instead of L / g_ref (see 'Scaling' above)")
     run.add_argument("--threads", type=thread_count, default=None,

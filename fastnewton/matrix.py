@@ -48,6 +48,19 @@ DENSE_ROW_BLOCKS = 8
 DENSE_ROW_MIN_BLOCK = 256
 
 
+def sandwiched_densely(row_nnz, d):
+    """Whether a CSR row of ``row_nnz`` stored entries is sandwiched by SYRK (True) or by pair updates."""
+    return row_nnz >= max(DENSE_ROW_MIN_NNZ, DENSE_ROW_FRACTION * d)
+
+
+def estimated_sandwich_work(n, d, nnz, dense):
+    """``sandwich_work`` of a matrix known only by its shape and nnz (e.g. held by Dask), as if its rows were equal."""
+    per_row = nnz / n
+    if dense or sandwiched_densely(per_row, d):
+        return 0.0, n * d * d / 2
+    return n * per_row * (per_row + 1) / 2, 0.0
+
+
 def dense_row_block(count):
     """Rows per SYRK block for ``count`` long CSR rows."""
     return min(DENSE_SANDWICH_BLOCK, max(DENSE_ROW_MIN_BLOCK, -(-count // DENSE_ROW_BLOCKS)))
@@ -141,6 +154,10 @@ class DenseMatrix:
     def sandwich(self, beta):
         return self._syrk_sandwich(beta)
 
+    def sandwich_work(self):
+        """(sparse pair updates, dense SYRK multiply-adds) of the full sandwich: every row by SYRK."""
+        return 0.0, self.n * self.d * self.d / 2
+
     def sandwich_rows(self, rows, weights):
         """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich) by SYRK on the gathered rows."""
         return self._syrk_sandwich(weights, rows)
@@ -189,7 +206,7 @@ class CSRMatrix:
         row_nnz = np.diff(indptr).astype(np.int64)
         self._row_pairs = row_nnz * (row_nnz + 1) // 2
         self._sandwich_chunk_rows = sandwich_chunk_rows(self.n, self.d, int(self._row_pairs.sum()))
-        self._dense_row = row_nnz >= max(DENSE_ROW_MIN_NNZ, DENSE_ROW_FRACTION * self.d)
+        self._dense_row = sandwiched_densely(row_nnz, self.d)
         self._dense_rows = np.flatnonzero(self._dense_row)
         self._sparse_rows = np.flatnonzero(~self._dense_row)
 
@@ -217,6 +234,10 @@ class CSRMatrix:
             return out
         return self._split_sandwich(self._sparse_rows, beta[self._sparse_rows],
                                     self._dense_rows, beta[self._dense_rows])
+
+    def sandwich_work(self):
+        """(sparse pair updates, dense SYRK multiply-adds) of the full sandwich, split like ``sandwich``."""
+        return float(self._row_pairs[self._sparse_rows].sum()), self._dense_rows.size * self.d * self.d / 2
 
     def sandwich_rows(self, rows, weights):
         """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich), split like ``sandwich``."""
