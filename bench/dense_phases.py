@@ -18,7 +18,7 @@ import numpy as np
 import fastnewton
 from fastnewton import sketching
 from fastnewton.problem import Problem
-from fastnewton.threads import thread_limits
+from fastnewton.threads import blas_threads, thread_limits
 
 
 def best_ms(function, repeat):
@@ -39,6 +39,13 @@ def phases(problem, threads, repeat, rng):
         beta = problem.beta(ev)
         row["matvec"] = best_ms(lambda: matrix.matvec(x), repeat)
         row["rmatmat"] = best_ms(lambda: matrix.rmatmat(ev.kept["Q"]), repeat)
+        # The same passes by BLAS GEMV/GEMM, for the Numba-or-BLAS decision: on one BLAS thread (as in a
+        # solve) and on the solve's thread count (scoped by blas_threads).
+        row["matvec BLAS"] = best_ms(lambda: matrix.array @ x, repeat)
+        row["rmatmat BLAS"] = best_ms(lambda: matrix.array.T @ ev.kept["Q"], repeat)
+        with blas_threads(threads):
+            row["matvec BLAS threaded"] = best_ms(lambda: matrix.array @ x, repeat)
+            row["rmatmat BLAS threaded"] = best_ms(lambda: matrix.array.T @ ev.kept["Q"], repeat)
         row["sandwich"] = best_ms(lambda: matrix.sandwich(beta), repeat)
 
         def pass_after_sandwich():

@@ -59,7 +59,7 @@ perturbation of relative size --relu-perturbation (‖δ‖ ≈ that × ‖x_aut
 has work to do. The same x0 array is handed to every method. (In the "default" table scipy
 and PyTorch start relu_softmax from zeros too, the dead point, where they cannot move.)
 
-Problems: ``fastnewton.make_problem(n, d, nnz_per_row, model, noise, seed)`` (CSR, or dense
+Problems: ``fastnewton.make_problem(n, d, nnz_per_row, model, noise, scale, seed)`` (CSR, or dense
 with --dense), with ridge l2. The default l2 is relative to the curvature scale of the data,
 l2 = --l2-rel × ‖C‖_F² / (d n²) (about the mean diagonal of Cᵀ diag(β) C, since softmax
 weights are ~1/n), because an absolute l2 such as 1e-6 dominates the whole Hessian once n is
@@ -308,7 +308,7 @@ class NumpyDerivatives:
 def build_case(model, args):
     """One planted problem with its x0 and g_ref: a dict (C, b, V, l2, x0, g_ref, reference Problem)."""
     out = fastnewton.make_problem(args.n, args.d, nnz_per_row=args.nnz_per_row, model=model, m=args.m,
-                                  noise=args.noise, seed=args.seed, dense=args.dense)
+                                  noise=args.noise, scale=args.scale, seed=args.seed, dense=args.dense)
     C, b = out[0], out[1]
     V = out.V
     n, d = C.shape
@@ -869,6 +869,9 @@ def parse_args(argv=None):
     size.add_argument("--dense", action="store_true", help="dense C instead of CSR")
     size.add_argument("--noise", type=nonnegative_float, default=1e-2,
                       help="relative noise on b, so the optimum is not the planted x (default 1e-2)")
+    size.add_argument("--scale", type=positive_float, default=1.0,
+                      help="spread of the planted logits C·x_true ≈ N(0, scale²) (default 1); larger is harder: "
+                           "a peakier softmax, more Newton iterations from x = 0")
     size.add_argument("--l2-rel", type=nonnegative_float, default=1e-3,
                       help="ridge relative to the curvature scale: l2 = this × ‖C‖_F² / (d n²) (default 1e-3)")
     size.add_argument("--l2", type=nonnegative_float, default=None, help="absolute ridge l2 (overrides --l2-rel)")
@@ -977,7 +980,7 @@ def main(argv=None):
         png = output.with_suffix(".png")
         fmt = "dense" if args.dense else f"CSR with {args.nnz_per_row} non-zeros per row"
         plot(png, all_rows, args.models, args.tol,
-             f"planted problems, {fmt}, n = {args.n:,}, d = {args.d}, noise {args.noise:g}, start {args.start}, "
+             f"planted problems, {fmt}, n = {args.n:,}, d = {args.d}, noise {args.noise:g}, scale {args.scale:g}, start {args.start}, "
              f"{args.threads} threads; fastnewton solid, scipy with NumPy derivatives dashed, with "
              f"fastnewton.Problem dotted")
         written.append(str(png))

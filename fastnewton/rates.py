@@ -11,23 +11,23 @@ to tol = 1e-8.
 MACHINE = 'x86_64, 2 cores'
 
 # Stored entries of C read per second by one pass (u = Cx, or the fused Cᵀ[q, U]).
-DENSE_PASS_ENTRIES = 3.06e+09
-CSR_PASS_ENTRIES = 1.11e+09
+DENSE_PASS_ENTRIES = 3.18e+09
+CSR_PASS_ENTRIES = 2.02e+09
 # Dense sandwich (SYRK): multiply-adds n·d²/2 per second.
-DENSE_SANDWICH_FMA = 2.74e+10
+DENSE_SANDWICH_FMA = 3.17e+10
 # CSR sandwich: pair updates Σᵢ nnzᵢ(nnzᵢ + 1)/2 per second at d = 256 and at d = 1024 (the
 # updates scatter into a d × d partial: slower once it leaves the cache); log-log in d between.
-CSR_SANDWICH_PAIRS = 1.12e+09
-CSR_SANDWICH_PAIRS_D1024 = 4.83e+08
+CSR_SANDWICH_PAIRS = 1.57e+09
+CSR_SANDWICH_PAIRS_D1024 = 1.24e+09
 # OSNAP embedding: (stored entry, slot) updates per second.
-DENSE_EMBED_UPDATES = 2.45e+09
-CSR_EMBED_UPDATES = 3.81e+08
+DENSE_EMBED_UPDATES = 3.29e+09
+CSR_EMBED_UPDATES = 4.68e+08
 # C Z for the JL directions: (stored entry, column) multiply-adds per second.
-DENSE_MATMAT_FMA = 1.47e+10
-CSR_MATMAT_FMA = 3.42e+09
+DENSE_MATMAT_FMA = 1.51e+10
+CSR_MATMAT_FMA = 6.96e+09
 # QR of the m × d embedding (multiply-adds m·d²) and Cholesky of d × d (d³/3) per second.
-QR_FMA = 3.75e+10
-CHOLESKY_FMA = 1.76e+10
+QR_FMA = 3.9e+10
+CHOLESKY_FMA = 1.79e+10
 # Newton iterations of sketch and of pcg per exact Newton iteration, CG iterations per pcg step.
 EXACT_ITERATIONS = 3
 SKETCH_ITERATIONS_PER_EXACT = 2
