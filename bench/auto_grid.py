@@ -76,11 +76,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="three tiny shapes")
     parser.add_argument("--only", choices=sorted(GRID), help="one half of the grid")
+    parser.add_argument("--points", type=int, nargs="+", metavar="INDEX",
+                        help="only these points of the selected grid (0-based), to split it into shorter runs")
     parser.add_argument("--output", help="also write the rows to this CSV file")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     grid = QUICK_GRID if args.quick else [p for fmt in (args.only,) if fmt for p in GRID[fmt]] or \
         GRID["dense"] + GRID["csr"]
+    if args.points is not None:
+        grid = [grid[index] for index in args.points]
     # Compile (or load the cached kernels) before timing.
     run_point("dense", 500, 8, None, args.seed)
     run_point("csr", 500, 8, 3, args.seed)

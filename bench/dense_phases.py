@@ -8,7 +8,8 @@ Each figure is the best of --repeat calls at the point x = 0 of a planted noisy 
 problem (β of mixed sign), inside ``thread_limits`` exactly as in a solve. ``pass after
 sandwich`` times u = Cx immediately after a sandwich (BLAS threads raised for the sandwich
 only) against ``matvec`` after an idle pause: equal figures mean the threaded BLAS left no
-spinning workers behind to slow the Numba pass.
+spinning workers behind to slow the Numba pass. The sketched Hessian is broken into its
+pieces (embedding, factor, JL pass, sampled SYRK) below its total.
 """
 import argparse
 import time
@@ -18,7 +19,7 @@ import numpy as np
 import fastnewton
 from fastnewton import sketching
 from fastnewton.problem import Problem
-from fastnewton.threads import thread_limits
+from fastnewton.threads import blas_threads, thread_limits
 
 
 def best_ms(function, repeat):
@@ -39,6 +40,13 @@ def phases(problem, threads, repeat, rng):
         beta = problem.beta(ev)
         row["matvec"] = best_ms(lambda: matrix.matvec(x), repeat)
         row["rmatmat"] = best_ms(lambda: matrix.rmatmat(ev.kept["Q"]), repeat)
+        # The same passes by BLAS GEMV/GEMM, for the Numba-or-BLAS decision: on one BLAS thread (as in a
+        # solve) and on the solve's thread count (scoped by blas_threads).
+        row["matvec BLAS"] = best_ms(lambda: matrix.array @ x, repeat)
+        row["rmatmat BLAS"] = best_ms(lambda: matrix.array.T @ ev.kept["Q"], repeat)
+        with blas_threads(threads):
+            row["matvec BLAS threaded"] = best_ms(lambda: matrix.array @ x, repeat)
+            row["rmatmat BLAS threaded"] = best_ms(lambda: matrix.array.T @ ev.kept["Q"], repeat)
         row["sandwich"] = best_ms(lambda: matrix.sandwich(beta), repeat)
 
         def pass_after_sandwich():
@@ -54,6 +62,16 @@ def phases(problem, threads, repeat, rng):
         row["sketch Hessian (sampled sandwich, s rows)"] = best_ms(
             lambda: sketching.sampled_sandwich(matrix, beta, 0.0, s, rng), repeat)
         row["s"] = s
+        # Its pieces: the OSNAP embedding SB, the factor R of (SB)ᵀSB, the JL pass C·R⁻¹G, the SYRK of the sample.
+        SB = sketching.osnap_embed(matrix, beta, rng)
+        row["  embed"] = best_ms(lambda: sketching.osnap_embed(matrix, beta, rng), repeat)
+        R = sketching.embedding_factor(SB, 0.0)
+        row["  factor"] = best_ms(lambda: sketching.embedding_factor(SB, 0.0), repeat)
+        Z = sketching.jl_directions(R, rng)
+        scores = sketching.jl_scores(matrix, beta, Z)
+        row["  JL pass"] = best_ms(lambda: sketching.jl_scores(matrix, beta, Z), repeat)
+        rows, pi = sketching.sample_rows(scores, s, rng)
+        row["  sampled SYRK"] = best_ms(lambda: matrix.sandwich_rows(rows, beta[rows] / pi), repeat)
     return row
 
 

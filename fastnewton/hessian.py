@@ -22,6 +22,7 @@ import numpy as np
 import scipy.linalg
 
 from . import rates
+from .matrix import estimated_sandwich_work
 from .reductions import dot, norm
 from .sketching import (
     EMBED_ROWS_PER_COLUMN,
@@ -239,8 +240,9 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
     """Predicted seconds to tol of each strategy: {"exact": …, "sketch": …, "pcg": …, "lagged": …}.
 
     Work counts × measured rates (``fastnewton.rates``, written by bench/calibrate.py): a pass
-    costs nnz entries, the exact sandwich n·d²/2 SYRK multiply-adds (dense) or Σᵢ nnzᵢ²/2 pair
-    updates (CSR, estimated as for equal rows, at the rate for width d), the sketch an OSNAP embedding, a QR of the
+    costs nnz entries, the exact sandwich d²/2 SYRK multiply-adds per dense row (every row of
+    dense C, the long rows of CSR C) and nnzᵢ(nnzᵢ + 1)/2 pair updates per other row (at the rate
+    for width d; ``sandwich_work``), a sample of s rows s/n of that, the sketch an OSNAP embedding, a QR of the
     4d × d embedding, a C·Z pass for the JL scores and the sandwich of its s sampled rows,
     and every strategy a d × d Cholesky. Iteration counts: EXACT_ITERATIONS for exact (and
     the common start: one sandwich, one pass), scaled by the measured ratios for sketch,
@@ -251,12 +253,13 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
     matrix = problem.matrix
     n, d, nnz = matrix.n, matrix.d, matrix.nnz
     dense = matrix.format == "dense"
-    per_row = nnz / n
+
+    work = getattr(matrix, "sandwich_work", None)
+    pairs, dense_fma = work() if work is not None else estimated_sandwich_work(n, d, nnz, dense)
+    full_sandwich = pairs / csr_sandwich_rate(d, rates) + dense_fma / rates.DENSE_SANDWICH_FMA
 
     def sandwich(rows):
-        if dense:
-            return rows * d * d / 2 / rates.DENSE_SANDWICH_FMA
-        return rows * per_row * (per_row + 1) / 2 / csr_sandwich_rate(d, rates)
+        return full_sandwich * rows / n
 
     one_pass = nnz / (rates.DENSE_PASS_ENTRIES if dense else rates.CSR_PASS_ENTRIES)
     cholesky = d**3 / 3 / rates.CHOLESKY_FMA

@@ -3,6 +3,7 @@
 The driver never branches on the format again: it calls ``matvec`` (u = Cx),
 ``rmatmat`` (Cᵀ[q, U] in one pass) and ``sandwich`` (Cᵀ diag(β) C).
 """
+import threading
 from itertools import islice
 
 import numba
@@ -11,7 +12,7 @@ import scipy.sparse as sp
 
 from .chunking import chunk_rows, sandwich_chunk_rows
 from .kernels.csr import csr_dense_rows, csr_matmat, csr_matvec, csr_matvecs, csr_rmatmat, csr_rmatmat3, csr_rmatvec
-from .kernels.dense import dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats
+from .kernels.dense import dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats, signed_scaled_rows
 from .kernels.sandwich import csr_sandwich_many, csr_sandwich_rows
 from .kernels.sketch import csr_embed, dense_embed
 from .threads import blas_threads, map_single_threaded_blas
@@ -62,48 +63,67 @@ MATVECS_ROWS_PER_TASK = 256
 SANDWICH_MANY_BYTES = 64 * 2**20
 
 
+def sandwiched_densely(row_nnz, d):
+    """Whether a CSR row of ``row_nnz`` stored entries is sandwiched by SYRK (True) or by pair updates."""
+    return row_nnz >= max(DENSE_ROW_MIN_NNZ, DENSE_ROW_FRACTION * d)
+
+
+def estimated_sandwich_work(n, d, nnz, dense):
+    """``sandwich_work`` of a matrix known only by its shape and nnz (e.g. held by Dask), as if its rows were equal."""
+    per_row = nnz / n
+    if dense or sandwiched_densely(per_row, d):
+        return 0.0, n * d * d / 2
+    return n * per_row * (per_row + 1) / 2, 0.0
+
+
 def dense_row_block(count):
     """Rows per SYRK block for ``count`` long CSR rows."""
     return min(DENSE_SANDWICH_BLOCK, max(DENSE_ROW_MIN_BLOCK, -(-count // DENSE_ROW_BLOCKS)))
 
 
-def blocked_syrk_sandwich(block_rows, weights, d, block_size=DENSE_SANDWICH_BLOCK):
-    """Σ_t weights[t]·r_t r_tᵀ over rows handed out in fixed blocks: ``block_rows(part)`` gives the
-    rows at positions ``part`` (a slice of ``block_size`` positions in weights' order).
+def blocked_syrk_sandwich(block_source, weights, d, block_size=DENSE_SANDWICH_BLOCK):
+    """Σ_t weights[t]·r_t r_tᵀ over rows handed out in fixed blocks: ``block_source(part)`` gives
+    (A, rows) with the rows at positions ``part`` (a slice of ``block_size`` positions in weights'
+    order) being A[rows].
 
-    Per block B₊ᵀB₊ − B₋ᵀB₋, with B± the block's rows of positive/negative weight scaled by √|w|:
-    SYRK forms one triangle, half the flops of a GEMM, and splitting the rows by sign keeps each
-    product positive semidefinite without doubling the work. The blocks run on the solve's
-    threads, each SYRK on one BLAS thread (``map_single_threaded_blas``), summed in block order,
-    so the sum, and its bits, do not depend on the thread count. One multi-threaded SYRK per block
-    instead (``blas_threads``; bench/dense_phases.py --blas-threads) leaves OpenBLAS's workers
-    spinning into the Numba pass that follows (measured, 2 threads, n = 10⁵, d = 256: u = Cx right
-    after the sandwich 18.3 ms against 10.0 ms), so it stays a bench toggle.
+    Per block B₊ᵀB₊ − B₋ᵀB₋, with B± the block's rows of positive/negative weight scaled by √|w|
+    (gathered by ``signed_scaled_rows`` into one reused buffer per thread): SYRK forms one
+    triangle, half the flops of a GEMM, and splitting the rows by sign keeps each product
+    positive semidefinite without doubling the work. The blocks run on the solve's threads,
+    each SYRK on one BLAS thread (``map_single_threaded_blas``), summed in block order, so the
+    sum, and its bits, do not depend on the thread count. One multi-threaded SYRK per block
+    instead (``blas_threads``; bench/dense_phases.py --blas-threads) is no faster on 2 cores and
+    leaves OpenBLAS's workers spinning into the Numba pass that follows (measured, 2 threads,
+    n = 10⁵, d = 256: u = Cx right after the sandwich 18.3 ms against 10.0 ms), so it stays a
+    bench toggle.
     """
-    return blocked_syrk_sandwiches(block_rows, [weights], d, block_size)[0]
+    return blocked_syrk_sandwiches(block_source, [weights], d, block_size)[0]
 
 
-def blocked_syrk_sandwiches(block_rows, weight_vectors, d, block_size=DENSE_SANDWICH_BLOCK):
+def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SANDWICH_BLOCK):
     """``blocked_syrk_sandwich`` for several weight vectors over the same rows: one list of (vector, block)
     SYRKs on one pool of threads (starting a pool costs ~3 ms, as much as a 4096 × 64 SYRK), each
     vector's blocks summed in block order, so each sum has ``blocked_syrk_sandwich``'s bits."""
+    buffers = threading.local()
+
     def block_sandwich(item):
         weights, part = item
-        block = block_rows(part)
-        w = weights[part]
-        root = np.sqrt(np.abs(w))
+        A, rows = block_source(part)
+        w = np.ascontiguousarray(weights[part], dtype=np.float64)
+        scaled = getattr(buffers, "scaled", None)
+        if scaled is None or scaled.shape[0] < rows.shape[0]:
+            scaled = buffers.scaled = np.empty((block_size, d))
+        positive, negative = signed_scaled_rows(A, rows, w, scaled)
         out = np.zeros((d, d))
-        for sign, kept in ((1.0, w > 0.0), (-1.0, w < 0.0)):
-            if kept.any():
-                scaled = np.asarray(block[kept], dtype=np.float64)
-                scaled *= root[kept, None]
-                # NumPy runs scaledᵀ·scaled as a SYRK (one triangle, mirrored: exactly symmetric)
-                # and releases the GIL, so the blocks run in parallel; SciPy's dsyrk wrapper
-                # holds the GIL (measured: 2 threads no faster than 1).
-                if sign > 0:
-                    out += scaled.T @ scaled
-                else:
-                    out -= scaled.T @ scaled
+        # NumPy runs Bᵀ·B of a C-ordered B as a SYRK (one triangle, mirrored: exactly symmetric)
+        # and releases the GIL, so the blocks run in parallel; SciPy's dsyrk wrapper holds the
+        # GIL (measured: 2 threads no faster than 1).
+        if positive:
+            block = scaled[:positive]
+            out += block.T @ block
+        if negative:
+            block = scaled[positive:positive + negative]
+            out -= block.T @ block
         return out
 
     count = weight_vectors[0].shape[0] if weight_vectors else 0
@@ -164,17 +184,25 @@ class DenseMatrix:
 
     def _syrk_sandwich(self, weights, rows=None):
         """Σᵢ wᵢ cᵢcᵢᵀ over C's rows, or C[rows], by ``blocked_syrk_sandwich``."""
-        return blocked_syrk_sandwich(lambda part: self.array[part] if rows is None else self.array[rows[part]],
-                                     weights, self.d)
+        def block_source(part):
+            if rows is None:
+                return self.array, np.arange(part.start, part.stop)
+            return self.array, rows[part]
+
+        return blocked_syrk_sandwich(block_source, weights, self.d)
 
     def sandwich(self, beta):
         return self._syrk_sandwich(beta)
 
     def sandwiches(self, weights):
         """[Cᵀ diag(weights[:, t]) C for each column t], each with ``sandwich``'s bits (one pool of SYRKs)."""
-        return blocked_syrk_sandwiches(lambda part: self.array[part],
+        return blocked_syrk_sandwiches(lambda part: (self.array, np.arange(part.start, part.stop)),
                                        [np.ascontiguousarray(weights[:, t]) for t in range(weights.shape[1])],
                                        self.d)
+
+    def sandwich_work(self):
+        """(sparse pair updates, dense SYRK multiply-adds) of the full sandwich: every row by SYRK."""
+        return 0.0, self.n * self.d * self.d / 2
 
     def sandwich_rows(self, rows, weights):
         """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich) by SYRK on the gathered rows."""
@@ -224,7 +252,7 @@ class CSRMatrix:
         row_nnz = np.diff(indptr).astype(np.int64)
         self._row_pairs = row_nnz * (row_nnz + 1) // 2
         self._sandwich_chunk_rows = sandwich_chunk_rows(self.n, self.d, int(self._row_pairs.sum()))
-        self._dense_row = row_nnz >= max(DENSE_ROW_MIN_NNZ, DENSE_ROW_FRACTION * self.d)
+        self._dense_row = sandwiched_densely(row_nnz, self.d)
         self._dense_rows = np.flatnonzero(self._dense_row)
         self._sparse_rows = np.flatnonzero(~self._dense_row)
 
@@ -296,6 +324,10 @@ class CSRMatrix:
             out.extend(sums)
         return out
 
+    def sandwich_work(self):
+        """(sparse pair updates, dense SYRK multiply-adds) of the full sandwich, split like ``sandwich``."""
+        return float(self._row_pairs[self._sparse_rows].sum()), self._dense_rows.size * self.d * self.d / 2
+
     def sandwich_rows(self, rows, weights):
         """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich), split like ``sandwich``."""
         dense = self._dense_row[rows]
@@ -316,8 +348,11 @@ class CSRMatrix:
         Both parts are exactly symmetric, so their sum is; both are summed in a fixed order.
         """
         out = self._sparse_sandwich(sparse_rows, sparse_weights)
-        out += blocked_syrk_sandwich(lambda part: self._dense_rows_block(dense_rows[part]), dense_weights,
-                                     self.d, dense_row_block(dense_rows.shape[0]))
+        def block_source(part):
+            block = self._dense_rows_block(dense_rows[part])
+            return block, np.arange(block.shape[0])
+
+        out += blocked_syrk_sandwich(block_source, dense_weights, self.d, dense_row_block(dense_rows.shape[0]))
         return out
 
     def matmat(self, Z):

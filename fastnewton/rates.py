@@ -1,31 +1,33 @@
 """Measured rates behind ``hessian="auto"``'s cost model (``fastnewton.hessian.strategy_seconds``).
 
 Written by ``python bench/calibrate.py --write`` on the machine named below; re-run that
-command (a few minutes, on a quiet machine) after the kernels change or on a new machine.
-Rates are per second with the default thread count; iteration figures are from noisy
-planted softmax solves from ``x0="auto"`` to tol = 1e-8.
+command (a few minutes, on a quiet machine) after the kernels change or on a new machine; on a
+shared machine repeat ``--write --merge``, which keeps each rate's best figure (these are the
+best of three runs). Rates are per second with the default thread count and BLAS on one thread
+(as inside a solve); iteration figures are from noisy planted softmax solves from ``x0="auto"``
+to tol = 1e-8.
 """
 
 MACHINE = 'x86_64, 2 cores'
 
 # Stored entries of C read per second by one pass (u = Cx, or the fused Cᵀ[q, U]).
-DENSE_PASS_ENTRIES = 1.82e+09
-CSR_PASS_ENTRIES = 1.62e+09
+DENSE_PASS_ENTRIES = 3.18e+09
+CSR_PASS_ENTRIES = 2.02e+09
 # Dense sandwich (SYRK): multiply-adds n·d²/2 per second.
-DENSE_SANDWICH_FMA = 1.91e+10
+DENSE_SANDWICH_FMA = 3.17e+10
 # CSR sandwich: pair updates Σᵢ nnzᵢ(nnzᵢ + 1)/2 per second at d = 256 and at d = 1024 (the
 # updates scatter into a d × d partial: slower once it leaves the cache); log-log in d between.
 CSR_SANDWICH_PAIRS = 2.4e+09
 CSR_SANDWICH_PAIRS_D1024 = 1.59e+09
 # OSNAP embedding: (stored entry, slot) updates per second.
-DENSE_EMBED_UPDATES = 2.62e+09
-CSR_EMBED_UPDATES = 3.82e+08
+DENSE_EMBED_UPDATES = 3.29e+09
+CSR_EMBED_UPDATES = 4.68e+08
 # C Z for the JL directions: (stored entry, column) multiply-adds per second.
-DENSE_MATMAT_FMA = 1.33e+10
-CSR_MATMAT_FMA = 5.47e+09
+DENSE_MATMAT_FMA = 1.51e+10
+CSR_MATMAT_FMA = 6.96e+09
 # QR of the m × d embedding (multiply-adds m·d²) and Cholesky of d × d (d³/3) per second.
-QR_FMA = 2.97e+10
-CHOLESKY_FMA = 1.74e+10
+QR_FMA = 3.9e+10
+CHOLESKY_FMA = 1.79e+10
 # Newton iterations of sketch and of pcg per exact Newton iteration, CG iterations per pcg step.
 EXACT_ITERATIONS = 3
 SKETCH_ITERATIONS_PER_EXACT = 2

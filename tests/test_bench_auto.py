@@ -69,3 +69,21 @@ def test_auto_grid_quick_prints_and_writes_the_grid(tmp_path):
 def test_dense_phases_runs_small():
     out = run_script("bench/dense_phases.py", "--n", "3000", "--d", "16", "--repeat", "1")
     assert out.count("sandwich") >= 2 and "threads 1" in out
+
+
+def test_calibrate_merge_keeps_the_faster_rate_and_the_measured_iterations():
+    calibrate = load_calibrate()
+    stored = rates_module
+    measured = {name: 2 * getattr(stored, name) if name.startswith("DENSE") else 0.5 * getattr(stored, name)
+                for name in RATE_NAMES}
+    out = calibrate.merged(measured, stored)
+    for name in RATE_NAMES:
+        if name in calibrate.ITERATION_FIGURES:
+            assert out[name] == measured[name]
+        else:
+            assert out[name] == max(measured[name], getattr(stored, name))
+
+
+def test_auto_grid_points_selects_grid_entries():
+    out = run_script("bench/auto_grid.py", "--quick", "--points", "1")
+    assert out.count("   csr ") == 1 and " dense " not in out.split("\n", 1)[1]

@@ -670,3 +670,27 @@ def test_lagged_thread_count_does_not_change_the_bits(fmt):
     for key in ("loss", "grad_norm", "step_norm", "cg_iterations"):
         assert [r.get(key) for r in one.history] == [r.get(key) for r in two.history], key
     assert np.array_equal(one.x, two.x)
+
+
+@pytest.mark.parametrize("per_row", [5, 700], ids=["short_rows", "long_rows"])
+def test_cost_model_prices_each_row_as_the_sandwich_computes_it(per_row):
+    """Equal CSR rows: the matrix's own work count (long rows by SYRK, short by pair updates) equals the
+    shape-only estimate used for matrices known by shape alone (Dask), and a long-row CSR matrix is
+    priced like the dense matrix of the same shape."""
+    from fastnewton.matrix import estimated_sandwich_work
+
+    n, d = 300, 1024
+    C, b, _ = make_problem(n, d, nnz_per_row=per_row, seed=3)
+    C = C.tocsr()
+    equal_rows = np.all(np.diff(C.indptr) == C.nnz // n)
+    matrix = Problem(C, b).matrix
+    pairs, dense_fma = matrix.sandwich_work()
+    if per_row == 700:
+        assert (pairs, dense_fma) == (0.0, n * d * d / 2)
+        dense = Problem(C.toarray(), b)
+        assert strategy_seconds(dense, 0.5, None)["exact"] > 0
+    else:
+        row_nnz = np.diff(C.indptr)
+        assert dense_fma == 0.0 and pairs == float(np.sum(row_nnz * (row_nnz + 1) // 2))
+    if equal_rows:
+        assert estimated_sandwich_work(n, d, C.nnz, False) == (pairs, dense_fma)

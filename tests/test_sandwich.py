@@ -131,6 +131,25 @@ def test_dense_matrix_sandwich(dtype, n):
     assert np.all(H[3] == 0.0) and np.all(H[:, 3] == 0.0)
 
 
+@pytest.mark.parametrize("signs", ["mixed", "all_negative", "all_zero"])
+def test_dense_matrix_sandwich_by_sign_bitwise_equal_with_1_and_2_threads(signs, run_with_threads):
+    """The rows are split by the sign of β into one buffer per thread: each sign alone, and no rows at all."""
+    rng = np.random.default_rng(25)
+    n, d = DENSE_SANDWICH_BLOCK + 77, 6
+    A = rng.standard_normal((n, d)).astype(np.float32)
+    beta = {"mixed": _beta(rng, n), "all_negative": -np.abs(_beta(rng, n)), "all_zero": np.zeros(n)}[signs]
+    beta_before = beta.copy()
+    H1 = run_with_threads(1, lambda: DenseMatrix(A).sandwich(beta))
+    H2 = run_with_threads(2, lambda: DenseMatrix(A).sandwich(beta))
+    np.testing.assert_array_equal(H1, H2)
+    np.testing.assert_array_equal(beta, beta_before)
+    A64 = A.astype(np.float64)
+    ref, scale = _reference(A64, np.abs(A64), beta)
+    naive.assert_within_rounding(H1, ref, scale, n + 2)
+    if signs == "all_zero":
+        assert np.all(H1 == 0.0)
+
+
 def test_sandwich_same_matrix_dense_and_csr(random_csr):
     """The two formats agree on one matrix (the driver must not care which it holds)."""
     rng = np.random.default_rng(25)
