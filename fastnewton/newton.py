@@ -126,7 +126,7 @@ def _norm_or_inf(g):
     return norm(g) if _all_finite(g) else np.inf
 
 
-def _non_finite_detail(loss, grad, grad_norm, where):
+def non_finite_detail(loss, grad, grad_norm, where):
     """Why a loss or gradient is not usable (a sentence), or "" when both are finite."""
     if not np.isfinite(loss):
         what = f"the loss is {loss}"
@@ -161,9 +161,34 @@ def kink_sentence(before, after):
     at_kink = flipped | near
     if not at_kink.any():
         return None
-    return (f"x sits at a ReLU kink: {int(at_kink.sum())} {what} ≈ 0 or changing sign between steps (e.g. "
-            f"index {int(np.flatnonzero(at_kink)[0])}), where L is not differentiable and Newton steps no "
+    return kink_text(what, int(at_kink.sum()), int(np.flatnonzero(at_kink)[0]))
+
+
+def kink_text(what, count, first):
+    """The kink sentence for ``count`` ReLU inputs at the kink, the first at index ``first``."""
+    return (f"x sits at a ReLU kink: {count} {what} ≈ 0 or changing sign between steps (e.g. "
+            f"index {first}), where L is not differentiable and Newton steps no "
             f"longer reduce it beyond rounding.")
+
+
+NO_STEP_DETAIL = "No step along the Newton direction decreases it at any damping."
+
+
+def stall_detail(kink, loss, grad_norm, g_ref):
+    """The STALLED message's detail: the kink sentence (or None) and the stagnation sentence."""
+    detail = (kink or "") + (
+        f" The loss ({loss:.6e}) has not decreased beyond rounding error and the gradient norm "
+        f"has not halved in {STALL_WINDOW} iterations (‖∇L‖/g_ref = {grad_norm / g_ref:.3e}).")
+    return detail.strip()
+
+
+def status_message(status, detail=""):
+    """The stop message: the status's sentence, completed or followed by ``detail``."""
+    message = MESSAGES[status]
+    if detail:
+        # The dead-stationary message ends in ": " and the detail completes its sentence.
+        message += detail if status == Status.DEAD_STATIONARY else " " + detail
+    return message
 
 
 def column_scale(problem):
@@ -263,8 +288,8 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
     ev = problem.evaluate(x0, timer=timer)
     grad_norm = _norm_or_inf(ev.grad)
     g_ref_zero = _norm_or_inf(grad_at_zero)
-    detail = (_non_finite_detail(ev.loss, ev.grad, grad_norm, "at the starting point")
-              or _non_finite_detail(0.0, grad_at_zero, g_ref_zero, "at x = 0 (the reference gradient g_ref)"))
+    detail = (non_finite_detail(ev.loss, ev.grad, grad_norm, "at the starting point")
+              or non_finite_detail(0.0, grad_at_zero, g_ref_zero, "at x = 0 (the reference gradient g_ref)"))
     if detail:
         return _result(ev, x0, start, options, Status.NON_FINITE, [], 0.0, clock, detail=detail, counts=counts)
     # Independent of the start, so runs from different starts (and peers) meet one criterion;
@@ -290,10 +315,8 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
                 break
             if n_iter - last_progress >= STALL_WINDOW:
                 status = Status.STALLED
-                detail = (kink_sentence(problem.relu_inputs(previous), problem.relu_inputs(ev)) or "") + (
-                    f" The loss ({ev.loss:.6e}) has not decreased beyond rounding error and the gradient norm "
-                    f"has not halved in {STALL_WINDOW} iterations (‖∇L‖/g_ref = {grad_norm / g_ref:.3e}).")
-                detail = detail.strip()
+                detail = stall_detail(kink_sentence(problem.relu_inputs(previous), problem.relu_inputs(ev)),
+                                      ev.loss, grad_norm, g_ref)
                 break
             n_iter += 1
             # 3) Hessian
@@ -304,14 +327,14 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
             step = newton_step(problem, ev, system, mu, options.max_logit_step, timer, counts)
             if step is None:
                 status = Status.STALLED
-                detail = "No step along the Newton direction decreases it at any damping."
+                detail = NO_STEP_DETAIL
                 break
             # 1) u at the new iterate (carried along the line, or a forward pass when due) and 2) gradient pass
             new_ev = carried.evaluate(problem, step, timer)
             counts["nfev"] += 1
             counts["njev"] += 1
             new_grad_norm = _norm_or_inf(new_ev.grad)
-            detail = _non_finite_detail(new_ev.loss, new_ev.grad, new_grad_norm, f"at iteration {n_iter}")
+            detail = non_finite_detail(new_ev.loss, new_ev.grad, new_grad_norm, f"at iteration {n_iter}")
             if detail:
                 status = Status.NON_FINITE
                 break
@@ -373,10 +396,7 @@ def _record(history, n_iter, ev, grad_norm, g_ref, step, timer, clock, options, 
 
 
 def _result(ev, x0, start, options, status, history, g_ref, clock, detail="", n_iter=0, counts=None):
-    message = MESSAGES[status]
-    if detail:
-        # The dead-stationary message ends in ": " and the detail completes its sentence.
-        message += detail if status == Status.DEAD_STATIONARY else " " + detail
+    message = status_message(status, detail)
     grad_norm = norm(ev.grad) if _all_finite(ev.grad) else float("nan")
     x = ev.x.copy() if _all_finite(ev.x) else x0.copy()
     res = SolveResult(

@@ -13,6 +13,29 @@ import numpy as np
 from numba import njit, prange
 
 
+@njit(cache=True)
+def chunk_max_z(u, relu, start, stop):
+    """max z over rows [start, stop), z = ReLU(u) if ``relu`` else u (−inf for no rows)."""
+    top = -np.inf
+    for i in range(start, stop):
+        z = u[i] if (not relu or u[i] > 0.0) else 0.0
+        if z > top:
+            top = z
+    return top
+
+
+@njit(cache=True)
+def chunk_exp_sum(u, relu, zmax, start, stop, e):
+    """e_i = exp(z_i − zmax) on rows [start, stop); returns their sum (in row order)."""
+    acc = 0.0
+    for i in range(start, stop):
+        z = u[i] if (not relu or u[i] > 0.0) else 0.0
+        ei = np.exp(z - zmax)
+        e[i] = ei
+        acc += ei
+    return acc
+
+
 @njit(parallel=True, cache=True)
 def log_partition_parts(u, relu, chunk_rows, e):
     """e = exp(z − max z) with z = ReLU(u) if ``relu`` else u; returns (max z, Σ_i e_i) over the block."""
@@ -20,29 +43,59 @@ def log_partition_parts(u, relu, chunk_rows, e):
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     part_max = np.full(n_chunks, -np.inf)
     for ch in prange(n_chunks):
-        top = -np.inf
-        for i in range(ch * chunk_rows, min(n, (ch + 1) * chunk_rows)):
-            z = u[i] if (not relu or u[i] > 0.0) else 0.0
-            if z > top:
-                top = z
-        part_max[ch] = top
+        part_max[ch] = chunk_max_z(u, relu, ch * chunk_rows, min(n, (ch + 1) * chunk_rows))
     zmax = -np.inf
     for ch in range(n_chunks):
         if part_max[ch] > zmax:
             zmax = part_max[ch]
     part = np.zeros(n_chunks)
     for ch in prange(n_chunks):
-        acc = 0.0
-        for i in range(ch * chunk_rows, min(n, (ch + 1) * chunk_rows)):
-            z = u[i] if (not relu or u[i] > 0.0) else 0.0
-            ei = np.exp(z - zmax)
-            e[i] = ei
-            acc += ei
-        part[ch] = acc
+        part[ch] = chunk_exp_sum(u, relu, zmax, ch * chunk_rows, min(n, (ch + 1) * chunk_rows), e)
     total = 0.0
     for ch in range(n_chunks):
         total += part[ch]
     return zmax, total
+
+
+@njit(cache=True)
+def log_partition_serial(u, relu, chunk_rows, e):
+    """``log_partition_parts`` on one thread (for callers that are themselves one task of a parallel
+    loop): the same chunks, maximum and sums in the same order, so the same bits."""
+    n = u.shape[0]
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    zmax = -np.inf
+    for ch in range(n_chunks):
+        top = chunk_max_z(u, relu, ch * chunk_rows, min(n, (ch + 1) * chunk_rows))
+        if top > zmax:
+            zmax = top
+    total = 0.0
+    for ch in range(n_chunks):
+        total += chunk_exp_sum(u, relu, zmax, ch * chunk_rows, min(n, (ch + 1) * chunk_rows), e)
+    return zmax, total
+
+
+@njit(cache=True)
+def chunk_regression_columns(u, e, scale, b, w, relu, start, stop, Q):
+    """Rows [start, stop) of ``softmax_regression_columns``: writes their Q rows and returns their
+    (Σ s·r, Σ (3s − 2b)·s, Σ r² + w u²), summed in row order."""
+    c_acc = 0.0
+    g_acc = 0.0
+    l_acc = 0.0
+    for i in range(start, stop):
+        si = scale * e[i]
+        r = si - b[i]
+        c_acc += si * r
+        g_acc += (3.0 * si - 2.0 * b[i]) * si
+        l_acc += r * r + w[i] * u[i] * u[i]
+        if (not relu) or u[i] > 0.0:
+            Q[i, 0] = si * r + w[i] * u[i]
+            Q[i, 1] = si
+            Q[i, 2] = si * (2.0 * si - b[i])
+        else:
+            Q[i, 0] = w[i] * u[i]
+            Q[i, 1] = 0.0
+            Q[i, 2] = 0.0
+    return c_acc, g_acc, l_acc
 
 
 @njit(parallel=True, cache=True)
@@ -57,23 +110,8 @@ def softmax_regression_columns(u, e, scale, b, w, relu, chunk_rows, Q):
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     part = np.zeros((n_chunks, 3))
     for ch in prange(n_chunks):
-        c_acc = 0.0
-        g_acc = 0.0
-        l_acc = 0.0
-        for i in range(ch * chunk_rows, min(n, (ch + 1) * chunk_rows)):
-            si = scale * e[i]
-            r = si - b[i]
-            c_acc += si * r
-            g_acc += (3.0 * si - 2.0 * b[i]) * si
-            l_acc += r * r + w[i] * u[i] * u[i]
-            if (not relu) or u[i] > 0.0:
-                Q[i, 0] = si * r + w[i] * u[i]
-                Q[i, 1] = si
-                Q[i, 2] = si * (2.0 * si - b[i])
-            else:
-                Q[i, 0] = w[i] * u[i]
-                Q[i, 1] = 0.0
-                Q[i, 2] = 0.0
+        c_acc, g_acc, l_acc = chunk_regression_columns(u, e, scale, b, w, relu, ch * chunk_rows,
+                                                       min(n, (ch + 1) * chunk_rows), Q)
         part[ch, 0] = c_acc
         part[ch, 1] = g_acc
         part[ch, 2] = l_acc
@@ -87,6 +125,33 @@ def softmax_regression_columns(u, e, scale, b, w, relu, chunk_rows, Q):
     return c, gamma, loss2
 
 
+@njit(cache=True)
+def softmax_regression_columns_serial(u, e, scale, b, w, relu, chunk_rows, Q):
+    """``softmax_regression_columns`` on one thread: the same chunks summed in the same order (same bits)."""
+    n = u.shape[0]
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    c = 0.0
+    gamma = 0.0
+    loss2 = 0.0
+    for ch in range(n_chunks):
+        c_acc, g_acc, l_acc = chunk_regression_columns(u, e, scale, b, w, relu, ch * chunk_rows,
+                                                       min(n, (ch + 1) * chunk_rows), Q)
+        c += c_acc
+        gamma += g_acc
+        loss2 += l_acc
+    return c, gamma, loss2
+
+
+@njit(cache=True)
+def chunk_regression_loss(u, e, scale, b, w, start, stop):
+    """Σ (s_i − b_i)² + w_i u_i² over rows [start, stop), in row order, s = scale·e."""
+    acc = 0.0
+    for i in range(start, stop):
+        r = scale * e[i] - b[i]
+        acc += r * r + w[i] * u[i] * u[i]
+    return acc
+
+
 @njit(parallel=True, cache=True)
 def softmax_regression_loss(u, e, scale, b, w, chunk_rows):
     """Σ_i (s_i − b_i)² + w_i u_i² over the block (twice its share of the loss), s = scale·e."""
@@ -94,14 +159,21 @@ def softmax_regression_loss(u, e, scale, b, w, chunk_rows):
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     part = np.zeros(n_chunks)
     for ch in prange(n_chunks):
-        acc = 0.0
-        for i in range(ch * chunk_rows, min(n, (ch + 1) * chunk_rows)):
-            r = scale * e[i] - b[i]
-            acc += r * r + w[i] * u[i] * u[i]
-        part[ch] = acc
+        part[ch] = chunk_regression_loss(u, e, scale, b, w, ch * chunk_rows, min(n, (ch + 1) * chunk_rows))
     total = 0.0
     for ch in range(n_chunks):
         total += part[ch]
+    return total
+
+
+@njit(cache=True)
+def softmax_regression_loss_serial(u, e, scale, b, w, chunk_rows):
+    """``softmax_regression_loss`` on one thread: the same chunks summed in the same order (same bits)."""
+    n = u.shape[0]
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    total = 0.0
+    for ch in range(n_chunks):
+        total += chunk_regression_loss(u, e, scale, b, w, ch * chunk_rows, min(n, (ch + 1) * chunk_rows))
     return total
 
 
@@ -128,4 +200,10 @@ def softmax_relu_columns(u, s, rho, V, y, active, w, Q):
 def curvature_weights(Q, c, w, beta):
     """β = Q[:, 2] − c·Q[:, 1] + w: the diagonal Hessian weights, once the global c is known."""
     for i in prange(Q.shape[0]):
-        beta[i] = Q[i, 2] - c * Q[i, 1] + w[i]
+        beta[i] = curvature_weight(Q, c, w, i)
+
+
+@njit(cache=True)
+def curvature_weight(Q, c, w, i):
+    """β_i = Q[i, 2] − c·Q[i, 1] + w_i (one row of ``curvature_weights``)."""
+    return Q[i, 2] - c * Q[i, 1] + w[i]
