@@ -22,6 +22,7 @@ stopping tests and statuses; tests/test_solve_many_small.py compares them proble
 import time
 import warnings
 
+import numba
 import numpy as np
 
 from . import newton
@@ -152,9 +153,13 @@ class _Packed:
         """Solve the problems ``selected`` (positions in this pack), the costliest first."""
         n, d = self.layout[selected, kernel.L_N], self.layout[selected, kernel.L_D]
         order = np.asarray(selected, dtype=np.int64)[np.argsort(-(n * d * d), kind="stable")]
-        kernel.solve_small_problems(order, self.layout, self.parameters, settings, self.values, self.indptr,
-                                    self.indices, self.b, self.w, self.x, self.grad, self.fault_grad,
-                                    self.out_int, self.out_float)
+        # One problem per chunk, handed out as threads free up: a static split of the costliest-first
+        # order would give one thread all the large problems. (Which thread solves a problem never
+        # changes its bits: each is solved start to finish by one thread.)
+        with numba.parallel_chunksize(1):
+            kernel.solve_small_problems(order, self.layout, self.parameters, settings, self.values, self.indptr,
+                                        self.indices, self.b, self.w, self.x, self.grad, self.fault_grad,
+                                        self.out_int, self.out_float)
 
 
 def _compiled_message(problem, pack, p, status):

@@ -94,7 +94,8 @@ def _rmatmat(matrix, Q, chunk_rows, out):
     n, k = Q.shape
     d = out.shape[0]
     out[:] = 0.0
-    acc = np.empty((d, k))
+    # CSR accumulates d × k (its rows scatter), dense k × d (the inner loop runs along a row of A)
+    acc = np.empty((d, k)) if csr else np.empty((k, d))
     for start in range(0, n, chunk_rows):
         acc[:] = 0.0
         for i in range(start, min(n, start + chunk_rows)):
@@ -105,13 +106,15 @@ def _rmatmat(matrix, Q, chunk_rows, out):
                     for t in range(k):
                         acc[j, t] += v * Q[i, t]
             else:
+                row = A[i]
                 for t in range(k):
                     q = Q[i, t]
+                    acc_t = acc[t]
                     for j in range(d):
-                        acc[j, t] += A[i, j] * q
+                        acc_t[j] += row[j] * q
         for j in range(d):
             for t in range(k):
-                out[j, t] += acc[j, t]
+                out[j, t] += acc[j, t] if csr else acc[t, j]
 
 
 @njit(cache=True)
