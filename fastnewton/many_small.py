@@ -34,7 +34,7 @@ from .models import LogPartition, check_model
 from .models.softmax import ACTIVE_RTOL, Softmax
 from .problem import Problem
 from .result import MESSAGES, ConvergenceWarning, Status
-from .solver import solve
+from .solver import solve, warn_if_not_a_distribution
 from .start import NULL_SPACE_RTOL
 from .threads import thread_limits
 from .validation import as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count
@@ -247,6 +247,7 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
             results[i] = (np.full(d, np.nan), Status.INVALID_INPUT, 0, np.nan, np.nan, np.nan,
                           f"{MESSAGES[Status.INVALID_INPUT]} problem {i}: {error}")
 
+    _warn_if_not_distributions(compiled, compiled_index)
     max_iter_hit = []
     if compiled:
         pack = _Packed(compiled, starts)
@@ -283,6 +284,21 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
                       f"{max_iter} before reaching tol = {tol:g} (e.g. problem {min(max_iter_hit)})",
                       ConvergenceWarning, stacklevel=3)
     return _batch_result(results, clock)
+
+
+def _warn_if_not_distributions(problems, indices):
+    """``solve``'s warning for targets that cannot be softmax outputs, once for the batch (naming the problems)."""
+    flagged, first = [], None
+    for problem, i in zip(problems, indices):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warn_if_not_a_distribution(problem.b, problem.model)
+        if caught:
+            flagged.append(i)
+            first = first or str(caught[0].message)
+    if flagged:
+        shown = ", ".join(str(i) for i in flagged[:10]) + (", …" if len(flagged) > 10 else "")
+        warnings.warn(f"problem(s) {shown}: {first}", UserWarning, stacklevel=4)
 
 
 def _batch_result(results, clock):

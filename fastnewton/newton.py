@@ -270,6 +270,11 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
     and the same test in the column-scaled norm ‖∇L(x)/c‖ ≤ tol·‖∇L(0)/c‖, c_j = ‖C_j‖: on well-scaled
     columns the two agree; on columns scaled 1e-12..1e12 the first is dominated by the largest
     column and the second keeps the small ones from being declared converged far from the optimum.
+
+    The same control logic exists a second time, compiled, in kernels/small_newton.py (``solve_many``
+    of many small softmax / relu_softmax problems, where no Python may run per iteration): a change
+    to the decisions here (damping, line search, carried u, stopping and stagnation tests) must be
+    made there too; tests/test_solve_many_small.py compares the two problem by problem.
     """
     timer = timer if timer is not None else PhaseTimer()
     # scipy's nfev / njev / nhev: loss evaluations (line-search trials too), gradients, Hessians built.

@@ -248,3 +248,29 @@ def test_batch_warns_once_at_max_iter():
     with pytest.warns(fastnewton.ConvergenceWarning, match="problems stopped at max_iter"):
         result = solve_many(problems, max_iter=0)
     assert np.all(result.status == Status.MAX_ITER)
+
+
+def test_targets_that_are_not_distributions_warn_once_naming_the_problems():
+    C, b, _ = make_problem(50, 4, nnz_per_row=2, seed=8)
+    with pytest.warns(UserWarning, match=r"problem\(s\) 1: b is not a probability vector") as caught:
+        solve_many([(C, b), (C, 3 * b), (C, b)])
+    assert len([w for w in caught if "probability vector" in str(w.message)]) == 1
+
+
+def test_bench_quick_smoke(tmp_path):
+    """bench/many_small.py --quick: every case runs, answers agree, CSV/JSON written (no timing checked)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "bench/many_small.py", "--quick", "--no-plot", "--out", str(tmp_path)],
+                         cwd=repo, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    import csv
+
+    with open(tmp_path / "many_small.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(row["model"], row["format"]) for row in rows} == {
+        (model, fmt) for model in ("softmax", "relu_softmax", "softmax_relu") for fmt in ("dense", "csr")}
+    for row in rows:
+        assert int(row["answers_differ"]) == 0 and float(row["max_rel_x_difference"]) <= X_RTOL, row
+        assert float(row["solve_many_s"]) > 0 and float(row["loop_of_solve_s"]) > 0
+        assert row["git_commit"] and row["cpu_model"]
+    assert (tmp_path / "many_small.json").exists()
