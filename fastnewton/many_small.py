@@ -5,8 +5,8 @@
 1. Each problem is validated as ``fastnewton.Problem`` validates it; a problem whose input is invalid
    gets the status ``INVALID_INPUT`` and the reason in its message, and the others still solve.
 2. ``softmax`` and ``relu_softmax`` problems whose Hessian strategy is exact (``hessian="exact"``, or
-   ``"auto"`` where ``solve``'s cost model picks exact, as it does for every n ≤ 10⁴, d ≤ 128
-   tried) are packed into concatenated arrays (dense rows or CSR, per problem as given) and solved
+   ``"auto"`` where ``solve``'s cost model picks exact, as it did at every shape tried from
+   n = 64, d = 32 to n = 10⁴, d = 128, dense and CSR) are packed into concatenated arrays (dense rows or CSR, per problem as given) and solved
    by ``kernels/small_newton.py``: start and Newton loop compiled, one problem per task of a
    parallel loop, so no Python runs per iteration and the thread count does not change the bits.
    The starts' rare singular cases (a rank-deficient least-squares fit, and relu_softmax's margin
