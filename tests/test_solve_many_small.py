@@ -37,8 +37,8 @@ def _mixed(model, count=8, seed=0):
     rng = np.random.default_rng(seed)
     problems = []
     for i in range(count):
-        n, d = int(rng.integers(30, 200)), int(rng.integers(3, 16))
-        made = make_problem(n, d, nnz_per_row=min(d, 4), model=model, m=4, noise=0.05, seed=seed * 100 + i)
+        n, d = int(rng.integers(30, 200)), int(rng.integers(3, 30))
+        made = make_problem(n, d, nnz_per_row=min(d, 3), model=model, m=4, noise=0.05, seed=seed * 100 + i)
         C, b = made[0], made[1]
         if i % 4 == 1:
             C = C.toarray()
@@ -83,6 +83,18 @@ def test_same_answers_as_a_loop_of_solve(model):
     assert len(result) == len(problems)
     assert isinstance(result.x, list)  # the d differ
     _check_same_as_solve(problems, model, result)
+
+
+def test_mixed_problems_exercise_both_packed_formats():
+    """The compiled loop runs CSR problems with few entries per row as CSR and the others as dense rows."""
+    from fastnewton.many_small import _Packed, _start_kind
+    from fastnewton.problem import Problem
+
+    problems = [Problem(C, b) for C, b in _mixed("softmax")]
+    pack = _Packed(problems, [_start_kind(problem, "auto") for problem in problems])
+    from fastnewton.kernels.small_newton import L_CSR
+
+    assert set(pack.layout[:, L_CSR]) == {0, 1}
 
 
 @pytest.mark.parametrize("model", ["softmax", "relu_softmax"])
