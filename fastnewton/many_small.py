@@ -235,6 +235,8 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
     count = len(problems)
     items = [_unpack(item, i) for i, item in enumerate(problems)]
     weights_each = _per_problem(row_weights, count, "row_weights")
+    if isinstance(x0, str) and x0 not in ("auto", "zeros"):
+        raise ValueError(f"x0 must be 'auto', 'zeros', or a list of one length-d array per problem, got {x0!r}")
     x0_each = [x0] * count if isinstance(x0, str) else _per_problem(x0, count, "x0")
 
     results = [None] * count  # per problem: (x, status, n_iter, loss, grad_norm, g_ref, message)

@@ -183,6 +183,8 @@ def test_malformed_problems_argument_raises():
         solve_many([(C, b)], V=np.ones((50, 2)))
     with pytest.raises(ValueError, match="one entry per problem"):
         solve_many([(C, b)], row_weights=[None, None])
+    with pytest.raises(ValueError, match="x0"):
+        solve_many([(C, b)], x0="ones")
     with pytest.raises(ValueError, match="tol"):
         solve_many([(C, b)], tol=-1.0)
 
