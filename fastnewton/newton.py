@@ -132,7 +132,7 @@ def _norm_or_inf(g):
     return norm(g) if _all_finite(g) else np.inf
 
 
-def _non_finite_detail(loss, grad, grad_norm, where):
+def non_finite_detail(loss, grad, grad_norm, where):
     """Why a loss or gradient is not usable (a sentence), or "" when both are finite."""
     if not np.isfinite(loss):
         what = f"the loss is {loss}"
@@ -167,9 +167,34 @@ def kink_sentence(before, after):
     at_kink = flipped | near
     if not at_kink.any():
         return None
-    return (f"x sits at a ReLU kink: {int(at_kink.sum())} {what} ≈ 0 or changing sign between steps (e.g. "
-            f"index {int(np.flatnonzero(at_kink)[0])}), where L is not differentiable and Newton steps no "
+    return kink_text(what, int(at_kink.sum()), int(np.flatnonzero(at_kink)[0]))
+
+
+def kink_text(what, count, first):
+    """The kink sentence for ``count`` ReLU inputs at the kink, the first at index ``first``."""
+    return (f"x sits at a ReLU kink: {count} {what} ≈ 0 or changing sign between steps (e.g. "
+            f"index {first}), where L is not differentiable and Newton steps no "
             f"longer reduce it beyond rounding.")
+
+
+NO_STEP_DETAIL = "No step along the Newton direction decreases it at any damping."
+
+
+def stall_detail(kink, loss, grad_norm, g_ref):
+    """The STALLED message's detail: the kink sentence (or None) and the stagnation sentence."""
+    detail = (kink or "") + (
+        f" The loss ({loss:.6e}) has not decreased beyond rounding error and the gradient norm "
+        f"has not halved in {STALL_WINDOW} iterations (‖∇L‖/g_ref = {grad_norm / g_ref:.3e}).")
+    return detail.strip()
+
+
+def status_message(status, detail=""):
+    """The stop message: the status's sentence, completed or followed by ``detail``."""
+    message = MESSAGES[status]
+    if detail:
+        # The dead-stationary message ends in ": " and the detail completes its sentence.
+        message += detail if status == Status.DEAD_STATIONARY else " " + detail
+    return message
 
 
 def column_scale(problem):
@@ -316,8 +341,8 @@ class NewtonRun:
         self.ev = ev
         self.grad_norm = _norm_or_inf(ev.grad)
         g_ref_zero = _norm_or_inf(self.grad_at_zero)
-        detail = (_non_finite_detail(ev.loss, ev.grad, self.grad_norm, "at the starting point")
-                  or _non_finite_detail(0.0, self.grad_at_zero, g_ref_zero, "at x = 0 (the reference gradient g_ref)"))
+        detail = (non_finite_detail(ev.loss, ev.grad, self.grad_norm, "at the starting point")
+                  or non_finite_detail(0.0, self.grad_at_zero, g_ref_zero, "at x = 0 (the reference gradient g_ref)"))
         if detail:
             self.status, self.detail = Status.NON_FINITE, detail
             return False
@@ -348,10 +373,8 @@ class NewtonRun:
         elif self.n_iter - self.last_progress >= STALL_WINDOW:
             self.status = Status.STALLED
             problem = self.problem
-            detail = (kink_sentence(problem.relu_inputs(self.previous), problem.relu_inputs(ev)) or "") + (
-                f" The loss ({ev.loss:.6e}) has not decreased beyond rounding error and the gradient norm "
-                f"has not halved in {STALL_WINDOW} iterations (‖∇L‖/g_ref = {self.grad_norm / self.g_ref:.3e}).")
-            self.detail = detail.strip()
+            self.detail = stall_detail(kink_sentence(problem.relu_inputs(self.previous), problem.relu_inputs(ev)),
+                                       ev.loss, self.grad_norm, self.g_ref)
         else:
             self.n_iter += 1
             return False
@@ -371,7 +394,7 @@ class NewtonRun:
 
     def no_step(self):
         self.status = Status.STALLED
-        self.detail = "No step along the Newton direction decreases it at any damping."
+        self.detail = NO_STEP_DETAIL
 
     def accept(self, step, new_ev, system):
         """Move to the evaluation after ``step``; may set a status (non-finite values, the callback)."""
@@ -379,7 +402,7 @@ class NewtonRun:
         self.counts["njev"] += 1
         n_iter = self.n_iter
         new_grad_norm = _norm_or_inf(new_ev.grad)
-        detail = _non_finite_detail(new_ev.loss, new_ev.grad, new_grad_norm, f"at iteration {n_iter}")
+        detail = non_finite_detail(new_ev.loss, new_ev.grad, new_grad_norm, f"at iteration {n_iter}")
         if detail:
             self.status, self.detail = Status.NON_FINITE, detail
             return
@@ -433,7 +456,12 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
     and the same test in the column-scaled norm ‖∇L(x)/c‖ ≤ tol·‖∇L(0)/c‖, c_j = ‖C_j‖: on well-scaled
     columns the two agree; on columns scaled 1e-12..1e12 the first is dominated by the largest
     column and the second keeps the small ones from being declared converged far from the optimum.
-    The decisions are ``NewtonRun``'s, shared with ``solve_many``.
+    The decisions are ``NewtonRun``'s, shared with ``solve_many(C, B)``.
+
+    The same control logic exists a second time, compiled, in kernels/small_newton.py (``solve_many``
+    of many small softmax / relu_softmax problems, where no Python may run per iteration): a change
+    to the decisions here (damping, line search, carried u, stopping and stagnation tests) must be
+    made there too; tests/test_solve_many_small.py compares the two problem by problem.
     """
     timer = timer if timer is not None else PhaseTimer()
     clock = clock if clock is not None else time.perf_counter()
@@ -513,10 +541,7 @@ def _record(history, n_iter, ev, grad_norm, g_ref, step, timer, clock, options, 
 
 
 def _result(ev, x0, start, options, status, history, g_ref, clock, detail="", n_iter=0, counts=None):
-    message = MESSAGES[status]
-    if detail:
-        # The dead-stationary message ends in ": " and the detail completes its sentence.
-        message += detail if status == Status.DEAD_STATIONARY else " " + detail
+    message = status_message(status, detail)
     grad_norm = norm(ev.grad) if _all_finite(ev.grad) else float("nan")
     x = ev.x.copy() if _all_finite(ev.x) else x0.copy()
     res = SolveResult(

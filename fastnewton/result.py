@@ -16,6 +16,7 @@ class Status(enum.IntEnum):
     NON_FINITE = 4
     DEAD_STATIONARY = 5
     INTERRUPTED = 6
+    INVALID_INPUT = 7  # fastnewton.solve_many: one problem of many failed validation (the others solve)
 
 
 MESSAGES = {
@@ -27,6 +28,7 @@ MESSAGES = {
     Status.NON_FINITE: "Stopped: a non-finite value appeared; x is the last finite iterate.",
     Status.DEAD_STATIONARY: "Stopped at a stationary point with non-zero loss that is not the optimum: ",
     Status.INTERRUPTED: "Stopped by KeyboardInterrupt; x is the current iterate.",
+    Status.INVALID_INPUT: "Not solved: this problem's input is invalid:",
 }
 
 

@@ -16,26 +16,43 @@ from .exp import simd_exp
 from .reduce import lanes_sum
 
 
+@njit(cache=True)
+def chunk_max_z(chunk_u, relu):
+    """max z over a chunk's u (a view), z = ReLU(u) if ``relu`` else u (−inf for no rows)."""
+    top = -np.inf
+    for i in range(chunk_u.shape[0]):
+        z = chunk_u[i] if (not relu or chunk_u[i] > 0.0) else 0.0
+        if z > top:
+            top = z
+    return top
+
+
+@njit(cache=True)
+def chunk_exp_sum(chunk_u, relu, zmax, chunk_e):
+    """chunk_e = exp(z − zmax) over a chunk's u (views); returns Σ chunk_e in ``lanes_sum``'s fixed order.
+
+    Views indexed from 0, which Numba knows are not negative: with ``range(start, stop)`` each
+    index got a wraparound select and the loop ran scalar, 3× slower. The loop holds no reduction,
+    so ``simd_exp`` runs in SIMD lanes; the sum then reads e still in cache.
+    """
+    for i in range(chunk_u.shape[0]):
+        z = chunk_u[i] if (not relu or chunk_u[i] > 0.0) else 0.0
+        chunk_e[i] = simd_exp(z - zmax)
+    return lanes_sum(chunk_e)
+
+
 @njit(parallel=True, cache=True)
 def log_partition_parts(u, relu, chunk_rows, e):
     """e = exp(z − max z) with z = ReLU(u) if ``relu`` else u; returns (max z, Σ_i e_i) over the block.
 
-    Each chunk writes its e with ``simd_exp`` in a loop free of reductions, over views of the
-    chunk (indices from 0, which Numba knows are not negative: with ``range(start, stop)`` each
-    index got a wraparound select and the loop ran scalar, 3× slower), so it runs in SIMD lanes;
-    then it sums that e, still in cache, in ``lanes_sum``'s fixed order.
+    Chunk by chunk (``chunk_max_z``, then ``chunk_exp_sum``: ``simd_exp`` in SIMD lanes, each
+    chunk's sum in ``lanes_sum``'s fixed order), the chunk sums added in chunk order.
     """
     n = u.shape[0]
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     part_max = np.full(n_chunks, -np.inf)
     for ch in prange(n_chunks):
-        chunk_u = u[ch * chunk_rows:min(n, (ch + 1) * chunk_rows)]
-        top = -np.inf
-        for i in range(chunk_u.shape[0]):
-            z = chunk_u[i] if (not relu or chunk_u[i] > 0.0) else 0.0
-            if z > top:
-                top = z
-        part_max[ch] = top
+        part_max[ch] = chunk_max_z(u[ch * chunk_rows:min(n, (ch + 1) * chunk_rows)], relu)
     zmax = -np.inf
     for ch in range(n_chunks):
         if part_max[ch] > zmax:
@@ -44,16 +61,54 @@ def log_partition_parts(u, relu, chunk_rows, e):
     for ch in prange(n_chunks):
         start = ch * chunk_rows
         stop = min(n, start + chunk_rows)
-        chunk_u = u[start:stop]
-        chunk_e = e[start:stop]
-        for i in range(chunk_u.shape[0]):
-            z = chunk_u[i] if (not relu or chunk_u[i] > 0.0) else 0.0
-            chunk_e[i] = simd_exp(z - zmax)
-        part[ch] = lanes_sum(chunk_e)
+        part[ch] = chunk_exp_sum(u[start:stop], relu, zmax, e[start:stop])
     total = 0.0
     for ch in range(n_chunks):
         total += part[ch]
     return zmax, total
+
+
+@njit(cache=True)
+def log_partition_serial(u, relu, chunk_rows, e):
+    """``log_partition_parts`` on one thread (for callers that are themselves one task of a parallel
+    loop): the same chunks, maximum and sums in the same order, so the same bits."""
+    n = u.shape[0]
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    zmax = -np.inf
+    for ch in range(n_chunks):
+        top = chunk_max_z(u[ch * chunk_rows:min(n, (ch + 1) * chunk_rows)], relu)
+        if top > zmax:
+            zmax = top
+    total = 0.0
+    for ch in range(n_chunks):
+        start = ch * chunk_rows
+        stop = min(n, start + chunk_rows)
+        total += chunk_exp_sum(u[start:stop], relu, zmax, e[start:stop])
+    return zmax, total
+
+
+@njit(cache=True)
+def chunk_regression_columns(u, e, scale, b, w, relu, start, stop, Q):
+    """Rows [start, stop) of ``softmax_regression_columns``: writes their Q rows and returns their
+    (Σ s·r, Σ (3s − 2b)·s, Σ r² + w u²), summed in row order."""
+    c_acc = 0.0
+    g_acc = 0.0
+    l_acc = 0.0
+    for i in range(start, stop):
+        si = scale * e[i]
+        r = si - b[i]
+        c_acc += si * r
+        g_acc += (3.0 * si - 2.0 * b[i]) * si
+        l_acc += r * r + w[i] * u[i] * u[i]
+        if (not relu) or u[i] > 0.0:
+            Q[i, 0] = si * r + w[i] * u[i]
+            Q[i, 1] = si
+            Q[i, 2] = si * (2.0 * si - b[i])
+        else:
+            Q[i, 0] = w[i] * u[i]
+            Q[i, 1] = 0.0
+            Q[i, 2] = 0.0
+    return c_acc, g_acc, l_acc
 
 
 @njit(parallel=True, cache=True)
@@ -68,23 +123,8 @@ def softmax_regression_columns(u, e, scale, b, w, relu, chunk_rows, Q):
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     part = np.zeros((n_chunks, 3))
     for ch in prange(n_chunks):
-        c_acc = 0.0
-        g_acc = 0.0
-        l_acc = 0.0
-        for i in range(ch * chunk_rows, min(n, (ch + 1) * chunk_rows)):
-            si = scale * e[i]
-            r = si - b[i]
-            c_acc += si * r
-            g_acc += (3.0 * si - 2.0 * b[i]) * si
-            l_acc += r * r + w[i] * u[i] * u[i]
-            if (not relu) or u[i] > 0.0:
-                Q[i, 0] = si * r + w[i] * u[i]
-                Q[i, 1] = si
-                Q[i, 2] = si * (2.0 * si - b[i])
-            else:
-                Q[i, 0] = w[i] * u[i]
-                Q[i, 1] = 0.0
-                Q[i, 2] = 0.0
+        c_acc, g_acc, l_acc = chunk_regression_columns(u, e, scale, b, w, relu, ch * chunk_rows,
+                                                       min(n, (ch + 1) * chunk_rows), Q)
         part[ch, 0] = c_acc
         part[ch, 1] = g_acc
         part[ch, 2] = l_acc
@@ -98,6 +138,33 @@ def softmax_regression_columns(u, e, scale, b, w, relu, chunk_rows, Q):
     return c, gamma, loss2
 
 
+@njit(cache=True)
+def softmax_regression_columns_serial(u, e, scale, b, w, relu, chunk_rows, Q):
+    """``softmax_regression_columns`` on one thread: the same chunks summed in the same order (same bits)."""
+    n = u.shape[0]
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    c = 0.0
+    gamma = 0.0
+    loss2 = 0.0
+    for ch in range(n_chunks):
+        c_acc, g_acc, l_acc = chunk_regression_columns(u, e, scale, b, w, relu, ch * chunk_rows,
+                                                       min(n, (ch + 1) * chunk_rows), Q)
+        c += c_acc
+        gamma += g_acc
+        loss2 += l_acc
+    return c, gamma, loss2
+
+
+@njit(cache=True)
+def chunk_regression_loss(u, e, scale, b, w, start, stop):
+    """Σ (s_i − b_i)² + w_i u_i² over rows [start, stop), in row order, s = scale·e."""
+    acc = 0.0
+    for i in range(start, stop):
+        r = scale * e[i] - b[i]
+        acc += r * r + w[i] * u[i] * u[i]
+    return acc
+
+
 @njit(parallel=True, cache=True)
 def softmax_regression_loss(u, e, scale, b, w, chunk_rows):
     """Σ_i (s_i − b_i)² + w_i u_i² over the block (twice its share of the loss), s = scale·e."""
@@ -105,14 +172,21 @@ def softmax_regression_loss(u, e, scale, b, w, chunk_rows):
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     part = np.zeros(n_chunks)
     for ch in prange(n_chunks):
-        acc = 0.0
-        for i in range(ch * chunk_rows, min(n, (ch + 1) * chunk_rows)):
-            r = scale * e[i] - b[i]
-            acc += r * r + w[i] * u[i] * u[i]
-        part[ch] = acc
+        part[ch] = chunk_regression_loss(u, e, scale, b, w, ch * chunk_rows, min(n, (ch + 1) * chunk_rows))
     total = 0.0
     for ch in range(n_chunks):
         total += part[ch]
+    return total
+
+
+@njit(cache=True)
+def softmax_regression_loss_serial(u, e, scale, b, w, chunk_rows):
+    """``softmax_regression_loss`` on one thread: the same chunks summed in the same order (same bits)."""
+    n = u.shape[0]
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    total = 0.0
+    for ch in range(n_chunks):
+        total += chunk_regression_loss(u, e, scale, b, w, ch * chunk_rows, min(n, (ch + 1) * chunk_rows))
     return total
 
 
@@ -139,4 +213,10 @@ def softmax_relu_columns(u, s, rho, V, y, active, w, Q):
 def curvature_weights(Q, c, w, beta):
     """β = Q[:, 2] − c·Q[:, 1] + w: the diagonal Hessian weights, once the global c is known."""
     for i in prange(Q.shape[0]):
-        beta[i] = Q[i, 2] - c * Q[i, 1] + w[i]
+        beta[i] = curvature_weight(Q, c, w, i)
+
+
+@njit(cache=True)
+def curvature_weight(Q, c, w, i):
+    """β_i = Q[i, 2] − c·Q[i, 1] + w_i (one row of ``curvature_weights``)."""
+    return Q[i, 2] - c * Q[i, 1] + w[i]

@@ -1,0 +1,621 @@
+"""Many small ``softmax`` / ``relu_softmax`` problems at once: the start and the whole Newton loop,
+compiled, one problem per task of a parallel loop over problems.
+
+Each problem is solved serially by one thread, start to finish, from its own slices of packed
+arrays, so its bits do not depend on the thread count or on which thread took it. The model's row
+math is ``kernels/softmax.py``'s (its ``*_serial`` twins: the same chunks summed in the same
+order as the parallel kernels that ``fastnewton.solve`` runs); the passes over C below are the
+one-thread counterparts of ``kernels/dense.py`` and ``kernels/csr.py`` (same per-row order, same
+chunk partials), needed because a parallel kernel cannot run inside a task of another one.
+
+The control logic is ``fastnewton/newton.py``'s (``newton_solve``, ``newton_step``,
+``CarriedForward``) and ``fastnewton/hessian.py``'s exact ``NewtonSystem``, written a second time
+here because a compiled loop cannot call Python: the two must make the same decisions, which
+``tests/test_solve_many_small.py`` checks problem by problem against ``fastnewton.solve``. Its
+constants come from newton.py through ``settings`` (an argument, not a global: Numba's disk cache
+would keep a stale copy of a global imported from another file).
+
+Packed layout: problem p's row ``layout[p]`` gives its shape and where its data start (the
+``L_*`` columns); dense C is row-major float64 in ``values``, CSR C is ``indptr`` (local to the
+problem: 0 … nnz), ``indices`` and its data in ``values``. Per-row vectors (b, w) are packed by
+``L_ROW``, per-column ones (x, ∇L) by ``L_COL``.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .sandwich import _add_pair
+from .softmax import (
+    curvature_weight,
+    log_partition_serial,
+    softmax_regression_columns_serial,
+    softmax_regression_loss_serial,
+)
+
+# Columns of ``layout`` (int64, one row per problem).
+L_N, L_D, L_CSR, L_ROW, L_COL, L_VALUES, L_INDPTR, L_INDICES, L_CHUNK, L_START, L_RELU = range(11)
+LAYOUT_FIELDS = 11
+# Columns of ``parameters`` (float64, one row per problem).
+P_L2, P_TARGET_NORM, P_FLOOR = range(3)
+PARAMETER_FIELDS = 3
+# Starts (``layout[:, L_START]``): given (x holds it), zeros, the softmax fit of log b on [C, 1],
+# the relu_softmax fit of log(b/f) on the active rows.
+START_GIVEN, START_ZEROS, START_LOG_FIT, START_ACTIVE_FIT = range(4)
+# Entries of ``settings`` (float64): newton.py's constants, tol and max_iter.
+(S_TOL, S_MAX_ITER, S_ARMIJO_C1, S_BACKTRACK_FACTOR, S_MAX_BACKTRACKS, S_MAX_DAMPING_TRIES, S_FIRST_DAMPING,
+ S_DAMPING_INCREASE, S_DAMPING_DECREASE, S_MAX_LOGIT_STEP, S_REFRESH_EVERY, S_MAX_CARRIED_PATH,
+ S_ROUNDING_FACTOR, S_STALL_WINDOW, S_GRADIENT_PROGRESS, S_KINK_RTOL, S_NULL_SPACE_RTOL,
+ S_ACTIVE_RTOL) = range(18)
+SETTINGS_FIELDS = 18
+# Columns of ``out_int``: the status (``fastnewton.result.Status``, or START_FAILED), iterations,
+# where a non-finite value appeared (FAULT_*, or an iteration ≥ 1), and the ReLU-kink count and first row.
+O_STATUS, O_N_ITER, O_FAULT_WHERE, O_KINK_COUNT, O_KINK_INDEX = range(5)
+OUT_INT_FIELDS = 5
+# Columns of ``out_float``: loss, ‖∇L‖ (nan when not finite), g_ref, the final max z (the softmax
+# normaliser's shift), L(0), and the non-finite loss of a fault.
+O_LOSS, O_GRAD_NORM, O_G_REF, O_TOP, O_LOSS_AT_ZERO, O_FAULT_LOSS = range(6)
+OUT_FLOAT_FIELDS = 6
+# Statuses written here (the values of fastnewton.result.Status), and the start's own failure:
+# its least-squares system was singular (the null-space and LP parts of the start run in Python).
+CONVERGED, MAX_ITER, STALLED, NON_FINITE = 0, 1, 2, 4
+START_FAILED = -1
+FAULT_NONE, FAULT_AT_START, FAULT_AT_ZERO = -2, -1, 0
+# A stall because no damping gave an accepted step (O_KINK_COUNT is then −1: no kink sentence).
+NO_STEP = -1
+
+
+# -- passes over one problem's C ---------------------------------------------------------------------
+@njit(cache=True)
+def _matvec(matrix, x, out):
+    """out = C x (one thread; each row summed in storage order, as csr_matvec / dense_matvec)."""
+    A, indptr, indices, data, csr = matrix
+    n = out.shape[0]
+    if csr:
+        for i in range(n):
+            acc = 0.0
+            for k in range(indptr[i], indptr[i + 1]):
+                acc += data[k] * x[indices[k]]
+            out[i] = acc
+    else:
+        d = A.shape[1]
+        for i in range(n):
+            acc = 0.0
+            for j in range(d):
+                acc += A[i, j] * x[j]
+            out[i] = acc
+
+
+@njit(cache=True)
+def _rmatmat(matrix, Q, chunk_rows, out):
+    """out = Cᵀ Q (d × k): per fixed row chunk a partial, partials added in chunk order (as the
+    parallel passes do, so the same bits for the same chunks)."""
+    A, indptr, indices, data, csr = matrix
+    n, k = Q.shape
+    d = out.shape[0]
+    out[:] = 0.0
+    # CSR accumulates d × k (its rows scatter), dense k × d (the inner loop runs along a row of A)
+    acc = np.empty((d, k)) if csr else np.empty((k, d))
+    for start in range(0, n, chunk_rows):
+        acc[:] = 0.0
+        for i in range(start, min(n, start + chunk_rows)):
+            if csr:
+                for p in range(indptr[i], indptr[i + 1]):
+                    j = indices[p]
+                    v = data[p]
+                    for t in range(k):
+                        acc[j, t] += v * Q[i, t]
+            else:
+                row = A[i]
+                for t in range(k):
+                    q = Q[i, t]
+                    acc_t = acc[t]
+                    for j in range(d):
+                        acc_t[j] += row[j] * q
+        for j in range(d):
+            for t in range(k):
+                out[j, t] += acc[j, t] if csr else acc[t, j]
+
+
+@njit(cache=True)
+def _sandwich(matrix, beta, out):
+    """out = Cᵀ diag(β) C (d × d, β of any sign). Dense: B₊ᵀB₊ − B₋ᵀB₋ by BLAS with B± the rows of
+    positive / negative β scaled by √|β| (as the blocked SYRK of fastnewton.matrix); CSR: pair
+    updates of the upper triangle (kernels/sandwich.py's ``_add_pair``), then mirrored."""
+    A, indptr, indices, data, csr = matrix
+    d = out.shape[0]
+    n = beta.shape[0]
+    out[:] = 0.0
+    if csr:
+        width = d
+        flat = out.reshape(d * d)
+        for i in range(n):
+            bi = beta[i]
+            if bi == 0.0:
+                continue
+            for a in range(indptr[i], indptr[i + 1]):
+                ja = indices[a]
+                va = bi * data[a]
+                flat[ja * width + ja] += va * data[a]
+                for c in range(a + 1, indptr[i + 1]):
+                    _add_pair(flat, width, ja, indices[c], va * data[c])
+        for j in range(d):
+            for l in range(j + 1, d):
+                out[l, j] = out[j, l]
+        return
+    for sign in (1.0, -1.0):
+        rows = 0
+        for i in range(n):
+            if beta[i] * sign > 0.0:
+                rows += 1
+        if rows == 0:
+            continue
+        B = np.empty((rows, d))
+        r = 0
+        for i in range(n):
+            if beta[i] * sign > 0.0:
+                root = math.sqrt(abs(beta[i]))
+                for j in range(d):
+                    B[r, j] = A[i, j] * root
+                r += 1
+        product = np.dot(B.T, B)
+        for j in range(d):
+            for l in range(d):
+                out[j, l] += sign * product[j, l]
+    for j in range(d):  # exactly symmetric, as SYRK's mirrored triangle
+        for l in range(j + 1, d):
+            out[l, j] = out[j, l]
+
+
+@njit(cache=True)
+def _column_scale(matrix, d, out):
+    """D_j = ‖C_j‖, or 1 where that is 0 or not finite (fastnewton.newton.column_scale)."""
+    A, indptr, indices, data, csr = matrix
+    out[:] = 0.0
+    if csr:
+        for p in range(indptr[indptr.shape[0] - 1]):
+            out[indices[p]] += data[p] * data[p]
+    else:
+        for i in range(A.shape[0]):
+            for j in range(d):
+                out[j] += A[i, j] * A[i, j]
+    for j in range(d):
+        norm = math.sqrt(out[j])
+        out[j] = norm if (np.isfinite(norm) and norm > 0.0) else 1.0
+
+
+# -- small dense linear algebra -----------------------------------------------------------------------
+@njit(cache=True)
+def _cholesky(A, shift, L):
+    """L Lᵀ = A + shift·I (lower triangle of A); False when a pivot is not positive (or not finite),
+    as LAPACK's potrf fails."""
+    d = A.shape[0]
+    for j in range(d):
+        s = A[j, j] + shift
+        for k in range(j):
+            s -= L[j, k] * L[j, k]
+        if not s > 0.0 or not np.isfinite(s):
+            return False
+        root = math.sqrt(s)
+        L[j, j] = root
+        for i in range(j + 1, d):
+            t = A[i, j]
+            for k in range(j):
+                t -= L[i, k] * L[j, k]
+            L[i, j] = t / root
+    return True
+
+
+@njit(cache=True)
+def _cholesky_solve(L, rhs, out):
+    """out = (L Lᵀ)⁻¹ rhs."""
+    d = rhs.shape[0]
+    for i in range(d):
+        t = rhs[i]
+        for k in range(i):
+            t -= L[i, k] * out[k]
+        out[i] = t / L[i, i]
+    for i in range(d - 1, -1, -1):
+        t = out[i]
+        for k in range(i + 1, d):
+            t -= L[k, i] * out[k]
+        out[i] = t / L[i, i]
+
+
+@njit(cache=True)
+def _dot(a, b):
+    acc = 0.0
+    for i in range(a.shape[0]):
+        acc += a[i] * b[i]
+    return acc
+
+
+@njit(cache=True)
+def _all_finite(a):
+    for i in range(a.shape[0]):
+        if not np.isfinite(a[i]):
+            return False
+    return True
+
+
+@njit(cache=True)
+def _norm_or_inf(g):
+    """‖g‖, or inf when g has a non-finite entry (newton.py's ``_norm_or_inf``)."""
+    return math.sqrt(_dot(g, g)) if _all_finite(g) else np.inf
+
+
+@njit(cache=True)
+def _scaled_norm(g, scale):
+    acc = 0.0
+    for j in range(g.shape[0]):
+        v = g[j] / scale[j]
+        acc += v * v
+    return math.sqrt(acc)
+
+
+@njit(cache=True)
+def _rounding_level(loss, target_norm, factor):
+    return factor * (abs(loss) + math.sqrt(2.0 * abs(loss)) * target_norm)
+
+
+# -- the start ----------------------------------------------------------------------------------------
+@njit(cache=True)
+def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x):
+    """x from the weighted least-squares fit of the models' ``auto_start`` (fastnewton.start):
+    softmax: weights bᵢ/Σb on rows with bᵢ > 0, target log bᵢ, on [C, 1]; relu_softmax: weight 1
+    on the active rows bᵢ > f(1 + rtol), target log(bᵢ/f), on C. Solved as ``solve_psd``: Jacobi
+    scaled, Cholesky; False (x untouched) when a pivot is below NULL_SPACE_RTOL·scale (the
+    singular case, whose null space and LP the caller handles)."""
+    n = b.shape[0]
+    d = x.shape[0]
+    weights = np.zeros(n)
+    WT = np.zeros((n, 2))
+    rtol = settings[S_ACTIVE_RTOL]
+    for i in range(n):
+        if relu:
+            if b[i] > floor * (1.0 + rtol):
+                weights[i] = 1.0
+                WT[i, 1] = math.log(max(b[i], floor) / floor)
+        elif b[i] > 0.0:
+            weights[i] = b[i]
+            WT[i, 1] = b[i] * math.log(b[i])
+        WT[i, 0] = weights[i]
+    A = np.empty((d, d))
+    _sandwich(matrix, weights, A)
+    G = np.empty((d, 2))
+    _rmatmat(matrix, WT, chunk_rows, G)
+    size = d if relu else d + 1
+    M = np.empty((size, size))
+    rhs = np.empty(size)
+    if relu:
+        M[:, :] = A
+        rhs[:] = G[:, 1]
+    else:
+        weight_sum = 0.0
+        weighted_target = 0.0
+        for i in range(n):
+            weight_sum += weights[i]
+            weighted_target += WT[i, 1]
+        M[:d, :d] = A / weight_sum
+        for j in range(d):
+            M[j, d] = M[d, j] = G[j, 0] / weight_sum
+            rhs[j] = G[j, 1] / weight_sum
+        M[d, d] = 1.0
+        rhs[d] = weighted_target / weight_sum
+    top = 0.0
+    for j in range(size):
+        top = max(top, M[j, j])
+    if not top > 0.0:
+        return False
+    D = np.empty(size)
+    for j in range(size):
+        D[j] = math.sqrt(max(M[j, j], np.finfo(np.float64).eps * top))
+    for j in range(size):
+        for l in range(size):
+            M[j, l] /= D[j] * D[l]
+        rhs[j] /= D[j]
+    scale = 0.0
+    for j in range(size):
+        scale = max(scale, M[j, j])
+    L = np.zeros((size, size))
+    if not scale > 0.0 or not _cholesky(M, 0.0, L):
+        return False
+    for j in range(size):
+        if not L[j, j] * L[j, j] > settings[S_NULL_SPACE_RTOL] * scale:
+            return False
+    z = np.empty(size)
+    _cholesky_solve(L, rhs, z)
+    for j in range(d):
+        x[j] = z[j] / D[j]
+    return True
+
+
+# -- one evaluation -----------------------------------------------------------------------------------
+@njit(cache=True)
+def _evaluate(matrix, u, x, b, w, relu, l2, chunk_rows, e, Q, G, grad):
+    """The softmax model at u = Cx: fills e, Q = [q_a, U], G = CᵀQ, ∇L; returns (L, c, γ, max z).
+
+    As ``Problem.evaluate_from`` with the stages of ``fastnewton.models.softmax``."""
+    top, total = log_partition_serial(u, relu, chunk_rows, e)
+    scale = math.exp(top - top) / total  # LogPartition.factor on the one block
+    c, gamma, loss2 = softmax_regression_columns_serial(u, e, scale, b, w, relu, chunk_rows, Q)
+    _rmatmat(matrix, Q, chunk_rows, G)
+    for j in range(grad.shape[0]):
+        grad[j] = (G[j, 0] - c * G[j, 1]) + l2 * x[j]
+    return 0.5 * loss2 + 0.5 * l2 * _dot(x, x), c, gamma, top
+
+
+@njit(cache=True)
+def _loss_at(u, x, b, w, relu, l2, chunk_rows, e):
+    """L at a point whose u = Cx is known (``Problem.loss_at``): the loss stages only."""
+    top, total = log_partition_serial(u, relu, chunk_rows, e)
+    scale = math.exp(top - top) / total
+    return 0.5 * softmax_regression_loss_serial(u, e, scale, b, w, chunk_rows) + 0.5 * l2 * _dot(x, x)
+
+
+@njit(cache=True)
+def _hessian(matrix, Q, c, gamma, G, w, l2, beta, H):
+    """H = Cᵀ diag(β) C + P S Pᵀ (symmetrised) + λI, P = G[:, 1:], S = [[γ, −1], [−1, 0]]
+    (``Problem.hessian_matrix``)."""
+    n = Q.shape[0]
+    d = H.shape[0]
+    for i in range(n):
+        beta[i] = curvature_weight(Q, c, w, i)
+    _sandwich(matrix, beta, H)
+    for j in range(d):
+        for l in range(d):
+            # (P S Pᵀ)_jl = (γ P_j0 − P_j1) P_l0 − P_j0 P_l1, averaged with its transpose
+            low_rank = (gamma * G[j, 1] - G[j, 2]) * G[l, 1] - G[j, 1] * G[l, 2]
+            mirrored = (gamma * G[l, 1] - G[l, 2]) * G[j, 1] - G[l, 1] * G[j, 2]
+            H[j, l] += 0.5 * (low_rank + mirrored)
+        H[j, j] += l2
+
+
+@njit(cache=True)
+def _kink(previous, values, rtol):
+    """(rows at a ReLU kink, the first of them) as ``fastnewton.newton.kink_sentence`` counts them."""
+    largest = 0.0
+    for i in range(values.shape[0]):
+        largest = max(largest, abs(values[i]))
+    count = 0
+    first = -1
+    for i in range(values.shape[0]):
+        flipped = (previous[i] > 0.0) != (values[i] > 0.0)
+        near = abs(values[i]) <= rtol * largest and values[i] != 0.0
+        if flipped or near:
+            if count == 0:
+                first = i
+            count += 1
+    return count, first
+
+
+# -- the solve of one problem -------------------------------------------------------------------------
+@njit(cache=True)
+def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, settings, x, grad_out,
+               fault_grad, out_int, out_float):
+    """Start and Newton loop of one problem; x holds the given start (START_GIVEN) and gets the answer."""
+    n = b.shape[0]
+    d = x.shape[0]
+    out_int[O_FAULT_WHERE] = FAULT_NONE
+    out_int[O_KINK_COUNT] = 0
+    out_int[O_KINK_INDEX] = -1
+    out_int[O_N_ITER] = 0
+    if start == START_ZEROS:
+        x[:] = 0.0
+    elif start == START_LOG_FIT or start == START_ACTIVE_FIT:
+        if not _fit_start(matrix, b, start == START_ACTIVE_FIT, floor, settings, chunk_rows, x):
+            out_int[O_STATUS] = START_FAILED
+            return
+    x0 = x.copy()
+    tol = settings[S_TOL]
+    max_iter = int(settings[S_MAX_ITER])
+    rounding = settings[S_ROUNDING_FACTOR]
+    column_scale = np.empty(d)
+    _column_scale(matrix, d, column_scale)
+    e = np.empty(n)
+    Q = np.empty((n, 3))
+    G = np.empty((d, 3))
+    # ∇L(0) with the reference model (plain softmax: relu_softmax's one-sided derivative at 0).
+    u = np.zeros(n)
+    zero = np.zeros(d)
+    grad_at_zero = np.empty(d)
+    _evaluate(matrix, u, zero, b, w, False, 0.0, chunk_rows, e, Q, G, grad_at_zero)
+    out_float[O_LOSS_AT_ZERO] = _loss_at(u, zero, b, w, relu, l2, chunk_rows, e)
+    # the evaluation at x0
+    _matvec(matrix, x, u)
+    grad = np.empty(d)
+    loss, c, gamma, top = _evaluate(matrix, u, x, b, w, relu, l2, chunk_rows, e, Q, G, grad)
+    grad_norm = _norm_or_inf(grad)
+    g_ref_zero = _norm_or_inf(grad_at_zero)
+    out_float[O_G_REF] = 0.0
+    if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+        out_int[O_FAULT_WHERE] = FAULT_AT_START
+        out_float[O_FAULT_LOSS] = loss
+        fault_grad[:] = grad
+        status = NON_FINITE
+    elif not np.isfinite(g_ref_zero):
+        out_int[O_FAULT_WHERE] = FAULT_AT_ZERO
+        out_float[O_FAULT_LOSS] = 0.0
+        fault_grad[:] = grad_at_zero
+        status = NON_FINITE
+    else:
+        status = -100  # running
+    n_iter = 0
+    if status == -100:
+        g_ref = g_ref_zero if g_ref_zero > 0 else grad_norm
+        scaled_g_ref = _scaled_norm(grad_at_zero, column_scale) if g_ref_zero > 0 else _scaled_norm(grad, column_scale)
+        out_float[O_G_REF] = g_ref
+        # CarriedForward
+        carried_steps = 0
+        carried_path = math.sqrt(_dot(x, x))
+        mu = 0.0
+        lowest_loss = loss
+        lowest_grad_norm = grad_norm
+        last_progress = 0
+        beta = np.empty(n)
+        H = np.empty((d, d))
+        scaled = np.empty((d, d))
+        L = np.empty((d, d))
+        scaled_g = np.empty(d)
+        p = np.empty(d)
+        Cp = np.empty(n)
+        u_trial = np.empty(n)
+        x_trial = np.empty(d)
+        new_u = np.empty(n)
+        new_e = np.empty(n)
+        new_Q = np.empty((n, 3))
+        new_G = np.empty((d, 3))
+        new_grad = np.empty(d)
+        previous_u = u.copy()
+        while True:
+            if grad_norm <= tol * g_ref and _scaled_norm(grad, column_scale) <= tol * scaled_g_ref:
+                status = CONVERGED
+                break
+            if n_iter >= max_iter:
+                status = MAX_ITER
+                break
+            if n_iter - last_progress >= settings[S_STALL_WINDOW]:
+                status = STALLED
+                if relu:
+                    count, first = _kink(previous_u, u, settings[S_KINK_RTOL])
+                    out_int[O_KINK_COUNT] = count
+                    out_int[O_KINK_INDEX] = first
+                break
+            n_iter += 1
+            # 3) Hessian: the exact NewtonSystem in scaled columns, (D⁻¹HD⁻¹ + μI) p̂ = −D⁻¹g
+            _hessian(matrix, Q, c, gamma, G, w, l2, beta, H)
+            finite = True
+            system_scale = 0.0
+            for j in range(d):
+                for l in range(d):
+                    scaled[j, l] = H[j, l] / (column_scale[j] * column_scale[l])
+                    if not np.isfinite(scaled[j, l]):
+                        finite = False
+                system_scale = max(system_scale, abs(scaled[j, j]))
+            if system_scale == 0.0 or not np.isfinite(system_scale):
+                # NewtonSystem.scale: max|diag| "or 1.0" (nan stays nan there: max over nan is nan)
+                system_scale = 1.0 if system_scale == 0.0 else system_scale
+            for j in range(d):
+                scaled_g[j] = grad[j] / column_scale[j]
+            # 4) damped Newton step with logit cap and Armijo line search (newton_step)
+            noise = _rounding_level(loss, target_norm, rounding)
+            accepted = False
+            t = 1.0
+            factor = 1.0
+            step_mu = mu
+            for _ in range(int(settings[S_MAX_DAMPING_TRIES])):
+                solved = finite and _cholesky(scaled, mu, L)
+                if solved:
+                    _cholesky_solve(L, scaled_g, p)
+                    for j in range(d):
+                        p[j] = -p[j] / column_scale[j]
+                if not solved or not _all_finite(p) or not _dot(grad, p) < 0.0:
+                    mu = settings[S_FIRST_DAMPING] * system_scale if mu == 0.0 else mu * settings[S_DAMPING_INCREASE]
+                    continue
+                _matvec(matrix, p, Cp)
+                largest = 0.0
+                for i in range(n):
+                    largest = max(largest, abs(Cp[i]))
+                factor = 1.0
+                if largest > settings[S_MAX_LOGIT_STEP]:
+                    factor = settings[S_MAX_LOGIT_STEP] / largest
+                    for j in range(d):
+                        p[j] *= factor
+                slope = _dot(grad, p)
+                t = 1.0
+                for trial in range(int(settings[S_MAX_BACKTRACKS])):
+                    for i in range(n):
+                        u_trial[i] = u[i] + (t * factor) * Cp[i]
+                    for j in range(d):
+                        x_trial[j] = x[j] + t * p[j]
+                    L_t = _loss_at(u_trial, x_trial, b, w, relu, l2, chunk_rows, new_e)
+                    armijo = L_t <= loss + settings[S_ARMIJO_C1] * t * slope
+                    invisible = t == 1.0 and -slope <= noise and L_t <= loss + noise
+                    if np.isfinite(L_t) and (armijo or invisible):
+                        accepted = True
+                        break
+                    t *= settings[S_BACKTRACK_FACTOR]
+                if accepted:
+                    step_mu = mu
+                    break
+                mu = settings[S_FIRST_DAMPING] * system_scale if mu == 0.0 else mu * settings[S_DAMPING_INCREASE]
+            if not accepted:
+                status = STALLED
+                out_int[O_KINK_COUNT] = NO_STEP
+                break
+            # 1) u at the new iterate, carried along the line or by a forward pass when due; 2) gradient pass
+            step_norm = t * math.sqrt(_dot(p, p))
+            carried_steps += 1
+            carried_path += step_norm
+            x_norm = math.sqrt(_dot(x_trial, x_trial))
+            if carried_steps >= settings[S_REFRESH_EVERY] or carried_path > settings[S_MAX_CARRIED_PATH] * x_norm:
+                carried_steps = 0
+                carried_path = x_norm
+                _matvec(matrix, x_trial, new_u)
+            else:
+                new_u[:] = u_trial
+            new_loss, new_c, new_gamma, new_top = _evaluate(matrix, new_u, x_trial, b, w, relu, l2, chunk_rows,
+                                                            new_e, new_Q, new_G, new_grad)
+            new_grad_norm = _norm_or_inf(new_grad)
+            if not (np.isfinite(new_loss) and np.isfinite(new_grad_norm)):
+                status = NON_FINITE
+                out_int[O_FAULT_WHERE] = n_iter
+                out_float[O_FAULT_LOSS] = new_loss
+                fault_grad[:] = new_grad
+                break
+            if (new_loss < lowest_loss - _rounding_level(lowest_loss, target_norm, rounding)
+                    or new_grad_norm <= settings[S_GRADIENT_PROGRESS] * lowest_grad_norm):
+                last_progress = n_iter
+            lowest_loss = min(lowest_loss, new_loss)
+            lowest_grad_norm = min(lowest_grad_norm, new_grad_norm)
+            previous_u[:] = u
+            x[:] = x_trial
+            u, new_u = new_u, u
+            e, new_e = new_e, e
+            Q, new_Q = new_Q, Q
+            G, new_G = new_G, G
+            grad, new_grad = new_grad, grad
+            loss, c, gamma, top, grad_norm = new_loss, new_c, new_gamma, new_top, new_grad_norm
+            mu = step_mu / settings[S_DAMPING_DECREASE] if t == 1.0 else step_mu
+            if mu < settings[S_FIRST_DAMPING] * system_scale:
+                mu = 0.0
+    out_int[O_STATUS] = status
+    out_int[O_N_ITER] = n_iter
+    out_float[O_LOSS] = loss
+    out_float[O_TOP] = top
+    finite_grad = _all_finite(grad)
+    out_float[O_GRAD_NORM] = math.sqrt(_dot(grad, grad)) if finite_grad else np.nan
+    grad_out[:] = grad
+    if not _all_finite(x):
+        x[:] = x0
+
+
+@njit(parallel=True, cache=True)
+def solve_small_problems(order, layout, parameters, settings, values, indptr, indices, b, w, x, grad_out,
+                         fault_grad, out_int, out_float):
+    """Solve the problems listed in ``order`` (each one task, start to finish, on one thread).
+
+    Writes each problem's answer into its slice of x (which holds its start when it is given),
+    ∇L into grad_out, and out_int / out_float (the O_* columns); a non-finite gradient that
+    stopped a solve goes to fault_grad.
+    """
+    for position in prange(order.shape[0]):
+        p = order[position]
+        n = layout[p, L_N]
+        d = layout[p, L_D]
+        row = layout[p, L_ROW]
+        col = layout[p, L_COL]
+        csr = layout[p, L_CSR] == 1
+        start_values = layout[p, L_VALUES]
+        if csr:
+            local_indptr = indptr[layout[p, L_INDPTR]:layout[p, L_INDPTR] + n + 1]
+            nnz = local_indptr[n]
+            matrix = (np.empty((0, d)), local_indptr, indices[layout[p, L_INDICES]:layout[p, L_INDICES] + nnz],
+                      values[start_values:start_values + nnz], True)
+        else:
+            matrix = (values[start_values:start_values + n * d].reshape((n, d)), indptr[:0], indices[:0],
+                      values[:0], False)
+        _solve_one(matrix, b[row:row + n], w[row:row + n], layout[p, L_RELU] == 1, parameters[p, P_L2],
+                   parameters[p, P_TARGET_NORM], parameters[p, P_FLOOR], layout[p, L_START], layout[p, L_CHUNK],
+                   settings, x[col:col + d], grad_out[col:col + d], fault_grad[col:col + d], out_int[p],
+                   out_float[p])

@@ -1,0 +1,290 @@
+"""``solve_many(problems)``: many independent small problems in one call.
+
+Independent reference: ``fastnewton.solve`` on each problem alone (its own tests check it against
+finite differences and scipy). The compiled loop must give each problem solve's answer: x within
+1e-10 relative (the two differ only in rounding — BLAS vs loop order in the sandwich and the
+Cholesky, ~1e-16 relative per iteration, which Newton's contraction does not amplify), the same
+status, iteration count and message (except where a solve stalls at the rounding floor: there the
+stagnation window counts steps whose progress is rounding noise, so it may end a few steps apart,
+and its message's ‖∇L‖/g_ref, itself rounding noise, differs).
+"""
+import os
+import re
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import fastnewton
+from fastnewton import Status, make_problem, solve, solve_many
+from fastnewton.newton import STALL_WINDOW
+
+X_RTOL = 1e-10
+
+
+def _quiet(function, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastnewton.ConvergenceWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return function(*args, **kwargs)
+
+
+def _mixed(model, count=8, seed=0):
+    """Problems of differing shapes, alternately dense and CSR (with float32 and int64-index variants)."""
+    rng = np.random.default_rng(seed)
+    problems = []
+    for i in range(count):
+        n, d = int(rng.integers(30, 200)), int(rng.integers(3, 30))
+        made = make_problem(n, d, nnz_per_row=min(d, 3), model=model, m=4, noise=0.05, seed=seed * 100 + i)
+        C, b = made[0], made[1]
+        if i % 4 == 1:
+            C = C.toarray()
+        elif i % 4 == 2:
+            C = C.toarray().astype(np.float32)
+        elif i % 4 == 3:
+            C = sp.csr_matrix((C.data, C.indices.astype(np.int64), C.indptr.astype(np.int64)), shape=C.shape)
+        problems.append((C, b, made.V) if model == "softmax_relu" else (C, b))
+    return problems
+
+
+def _masked(message):
+    """The message with ‖∇L‖/g_ref masked: at the rounding floor (a stall) that ratio is rounding noise."""
+    return re.sub(r"g_ref = [0-9.e+-]+", "g_ref = …", message)
+
+
+def _check_same_as_solve(problems, model, result, **kwargs):
+    x0_each = kwargs.pop("x0_each", None)
+    for i, problem in enumerate(problems):
+        C, b, V = (*problem, None)[:3]
+        x0 = kwargs.get("x0", "auto") if x0_each is None else x0_each[i]
+        reference = _quiet(solve, C, b, model, V=V, **{**kwargs, "x0": x0})
+        mine = result.problem(i)
+        assert mine["status"] == reference.status, (i, mine["message"], reference.message)
+        assert _masked(mine["message"]) == _masked(reference.message), i
+        if reference.status == Status.STALLED:
+            # At the rounding floor the stagnation window counts steps whose progress is rounding
+            # noise, which differs in the last bits between the two loops: it ends within one window.
+            assert abs(mine["n_iter"] - reference.n_iter) <= STALL_WINDOW, i
+        else:
+            assert mine["n_iter"] == reference.n_iter, i
+        scale = max(np.linalg.norm(reference.x), 1e-300)
+        assert np.linalg.norm(mine["x"] - reference.x) <= X_RTOL * scale, i
+        assert mine["loss"] == pytest.approx(reference.loss, rel=1e-10, abs=1e-300)
+        assert mine["converged"] == reference.converged
+
+
+@pytest.mark.parametrize("model", ["softmax", "relu_softmax", "softmax_relu"])
+def test_same_answers_as_a_loop_of_solve(model):
+    problems = _mixed(model)
+    result = _quiet(solve_many, problems, model=model)
+    assert len(result) == len(problems)
+    assert isinstance(result.x, list)  # the d differ
+    _check_same_as_solve(problems, model, result)
+
+
+def test_mixed_problems_exercise_both_packed_formats():
+    """The compiled loop runs CSR problems with few entries per row as CSR and the others as dense rows."""
+    from fastnewton.many_small import _Packed, _start_kind
+    from fastnewton.problem import Problem
+
+    problems = [Problem(C, b) for C, b in _mixed("softmax")]
+    pack = _Packed(problems, [_start_kind(problem, "auto") for problem in problems])
+    from fastnewton.kernels.small_newton import L_CSR
+
+    assert set(pack.layout[:, L_CSR]) == {0, 1}
+
+
+@pytest.mark.parametrize("model", ["softmax", "relu_softmax"])
+def test_same_answers_with_ridge_row_weights_and_zeros_start(model):
+    problems = _mixed(model, count=6, seed=1)
+    weights = [0.5 if i % 2 else None for i in range(len(problems))]
+    result = _quiet(solve_many, problems, model=model, l2=1e-3, row_weights=weights, x0="zeros")
+    for i, (C, b) in enumerate(problems):
+        reference = _quiet(solve, C, b, model, l2=1e-3, row_weights=weights[i], x0="zeros")
+        mine = result.problem(i)
+        assert (mine["status"], mine["n_iter"], mine["message"]) == (reference.status, reference.n_iter,
+                                                                     reference.message)
+        assert np.linalg.norm(mine["x"] - reference.x) <= X_RTOL * max(np.linalg.norm(reference.x), 1e-300)
+
+
+def test_dead_max_iter_stalled_and_non_finite_problems_match_solve():
+    C, b, _ = make_problem(150, 6, nnz_per_row=3, noise=0.05, seed=3)
+    big = C * 1e160
+    cases = [
+        ("relu_softmax", (C, b), dict(x0="zeros")),  # x = 0: the dead stationary point
+        ("softmax", (C, b), dict(max_iter=1)),
+        ("softmax", (C.toarray(), b), dict(tol=1e-300)),  # unreachable tol: the stagnation window
+        ("softmax", (big, b), dict(x0="zeros")),  # overflow: NON_FINITE with the reason
+        ("softmax", (C, b), dict(l2=1e300)),
+        ("relu_softmax", (C, b), dict(row_weights=1e300)),
+    ]
+    seen = set()
+    for model, problem, kwargs in cases:
+        result = _quiet(solve_many, [problem, (C, b)], model=model, **kwargs)
+        _check_same_as_solve([problem, (C, b)], model, result, **kwargs)
+        seen.add(Status(result.status[0]))
+    assert {Status.DEAD_STATIONARY, Status.MAX_ITER, Status.STALLED, Status.NON_FINITE} <= seen
+
+
+def test_relu_kink_stall_message_matches_solve():
+    # Noisy relu_softmax targets with row weights and a ridge: the optimum puts a row at (Cx)ᵢ = 0,
+    # and the stagnation window ends the solve there with the kink sentence.
+    problems = [make_problem(300, 8, nnz_per_row=4, model="relu_softmax", noise=0.1, seed=s)[:2] for s in range(3)]
+    kwargs = dict(row_weights=1e-3, l2=1e-4)
+    result = _quiet(solve_many, problems, model="relu_softmax", **kwargs)
+    _check_same_as_solve(problems, "relu_softmax", result, **kwargs)
+    assert any("ReLU kink" in message for message in result.message)
+
+
+def test_singular_starts_fall_back_to_the_python_start():
+    """A rank-deficient fit (duplicate columns) and relu_softmax's margin LP (n < d) are finished in
+    Python, one call per such problem, and still give solve's answers."""
+    C, b, _ = make_problem(80, 6, nnz_per_row=6, noise=0.05, seed=4, dense=True)
+    duplicate = np.column_stack([C, C[:, :2]])
+    wide, wide_b, _ = make_problem(12, 20, nnz_per_row=5, model="relu_softmax", seed=5)
+    for model, problems in (("softmax", [(duplicate, b), (C, b)]), ("relu_softmax", [(wide, wide_b), (C, b)])):
+        result = _quiet(solve_many, problems, model=model)
+        _check_same_as_solve(problems, model, result)
+
+
+def test_bad_problem_is_reported_by_index_and_the_others_solve():
+    C, b, _ = make_problem(100, 5, nnz_per_row=3, seed=6)
+    nan_C = C.toarray()
+    nan_C[3, 2] = np.nan
+    problems = [(C, b), (nan_C, b), (C, b[:-1]), ("not a matrix", b), (C, b, np.ones((100, 2))), (C, b)]
+    result = _quiet(solve_many, problems, model="softmax")
+    reference = solve(C, b)
+    for i in (0, 5):
+        assert result.status[i] == Status.CONVERGED
+        np.testing.assert_allclose(result.x[i], reference.x, rtol=1e-10)
+    for i in (1, 2, 3, 4):
+        assert result.status[i] == Status.INVALID_INPUT and not result.converged[i]
+        assert f"problem {i}" in result.message[i]
+        assert np.all(np.isnan(result.x[i]))
+    assert "finite" in result.message[1] and "b" in result.message[2]
+
+
+def test_malformed_problems_argument_raises():
+    C, b, _ = make_problem(50, 4, nnz_per_row=2, seed=7)
+    with pytest.raises(ValueError, match="empty"):
+        solve_many([])
+    with pytest.raises(TypeError, match=r"problems\[1\]"):
+        solve_many([(C, b), (C,)])
+    with pytest.raises(TypeError, match=r"problems\[0\]"):
+        solve_many([C])
+    with pytest.raises(ValueError, match="exact Hessian"):
+        solve_many([(C, b)], hessian="sketch")
+    with pytest.raises(TypeError, match="callback"):
+        solve_many([(C, b)], callback=lambda info: None)
+    with pytest.raises(TypeError, match="per problem"):
+        solve_many([(C, b)], V=np.ones((50, 2)))
+    with pytest.raises(ValueError, match="one entry per problem"):
+        solve_many([(C, b)], row_weights=[None, None])
+    with pytest.raises(ValueError, match="x0"):
+        solve_many([(C, b)], x0="ones")
+    with pytest.raises(ValueError, match="tol"):
+        solve_many([(C, b)], tol=-1.0)
+
+
+def test_same_d_gives_a_d_by_q_array_and_per_problem_x0():
+    problems = [make_problem(60 + 10 * i, 5, nnz_per_row=3, noise=0.05, seed=10 + i)[:2] for i in range(4)]
+    x0 = [np.full(5, 0.1 * i) for i in range(4)]
+    result = _quiet(solve_many, problems, x0=x0)
+    assert result.x.shape == (5, 4)
+    _check_same_as_solve(problems, "softmax", result, x0_each=x0)
+
+
+def test_inputs_are_not_mutated_and_read_only_inputs_work():
+    problems = _mixed("relu_softmax", count=4, seed=2)
+    copies = []
+    for C, b in problems:
+        if sp.issparse(C):
+            C.data.flags.writeable = False
+        else:
+            C.flags.writeable = False
+        b.flags.writeable = False
+        copies.append((C.copy(), b.copy()))
+    x0 = [np.zeros(C.shape[1]) for C, _ in problems]
+    x0_copies = [x.copy() for x in x0]
+    _quiet(solve_many, problems, model="relu_softmax", x0=x0)
+    for (C, b), (C0, b0) in zip(problems, copies):
+        np.testing.assert_array_equal(C.toarray() if sp.issparse(C) else C, C0.toarray() if sp.issparse(C0) else C0)
+        np.testing.assert_array_equal(b, b0)
+    for x, x_copy in zip(x0, x0_copies):
+        np.testing.assert_array_equal(x, x_copy)
+
+
+def test_repeated_calls_are_bitwise_reproducible():
+    problems = _mixed("softmax", count=6, seed=3)
+    first = _quiet(solve_many, problems, seed=5)
+    second = _quiet(solve_many, problems, seed=5)
+    for a, b in zip(first.x, second.x):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(first.loss, second.loss)
+
+
+THREADS_SCRIPT = """
+import hashlib, warnings
+import numpy as np
+warnings.simplefilter("ignore")
+import fastnewton
+digest = hashlib.sha256()
+for model in ("softmax", "relu_softmax"):
+    problems = []
+    for i in range(12):
+        C, b, _ = fastnewton.make_problem(40 + 17 * i, 4 + i % 5, nnz_per_row=3, model=model, noise=0.05, seed=i)
+        problems.append((C if i % 2 else C.toarray(), b))
+    result = fastnewton.solve_many(problems, model=model)
+    for x in result.x:
+        digest.update(np.ascontiguousarray(x).tobytes())
+    digest.update(result.loss.tobytes())
+    digest.update(result.n_iter.tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_thread_count_does_not_change_the_bits():
+    digests = []
+    for threads in ("1", "2"):
+        env = dict(os.environ, NUMBA_NUM_THREADS=threads, OMP_NUM_THREADS="1")
+        run = subprocess.run([sys.executable, "-c", THREADS_SCRIPT], env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, run.stderr
+        digests.append(run.stdout.strip())
+    assert digests[0] == digests[1]
+
+
+def test_batch_warns_once_at_max_iter():
+    problems = _mixed("softmax", count=4, seed=4)
+    with pytest.warns(fastnewton.ConvergenceWarning, match="problems stopped at max_iter"):
+        result = solve_many(problems, max_iter=0)
+    assert np.all(result.status == Status.MAX_ITER)
+
+
+def test_targets_that_are_not_distributions_warn_once_naming_the_problems():
+    C, b, _ = make_problem(50, 4, nnz_per_row=2, seed=8)
+    with pytest.warns(UserWarning, match=r"problem\(s\) 1: b is not a probability vector") as caught:
+        solve_many([(C, b), (C, 3 * b), (C, b)])
+    assert len([w for w in caught if "probability vector" in str(w.message)]) == 1
+
+
+def test_bench_quick_smoke(tmp_path):
+    """bench/many_small.py --quick: every case runs, answers agree, CSV/JSON written (no timing checked)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "bench/many_small.py", "--quick", "--no-plot", "--out", str(tmp_path)],
+                         cwd=repo, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    import csv
+
+    with open(tmp_path / "many_small.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(row["model"], row["format"]) for row in rows} == {
+        (model, fmt) for model in ("softmax", "relu_softmax", "softmax_relu") for fmt in ("dense", "csr")}
+    for row in rows:
+        assert int(row["answers_differ"]) == 0 and float(row["max_rel_x_difference"]) <= X_RTOL, row
+        assert float(row["solve_many_s"]) > 0 and float(row["loop_of_solve_s"]) > 0
+        assert row["git_commit"] and row["cpu_model"]
+    assert (tmp_path / "many_small.json").exists()
