@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .sandwich import _add_pair
+from .sandwich import _gather_sorted_row
 from .softmax import (
     curvature_weight,
     log_partition_serial,
@@ -121,24 +121,26 @@ def _rmatmat(matrix, Q, chunk_rows, out):
 def _sandwich(matrix, beta, out):
     """out = Cᵀ diag(β) C (d × d, β of any sign). Dense: B₊ᵀB₊ − B₋ᵀB₋ by BLAS with B± the rows of
     positive / negative β scaled by √|β| (as the blocked SYRK of fastnewton.matrix); CSR: pair
-    updates of the upper triangle (kernels/sandwich.py's ``_add_pair``), then mirrored."""
+    updates of the upper triangle over rows gathered sorted (kernels/sandwich.py's ``_gather_sorted_row``), then mirrored."""
     A, indptr, indices, data, csr = matrix
     d = out.shape[0]
     n = beta.shape[0]
     out[:] = 0.0
     if csr:
-        width = d
-        flat = out.reshape(d * d)
+        columns = np.empty(d, dtype=np.uintp)
+        values = np.empty(d)
         for i in range(n):
             bi = beta[i]
             if bi == 0.0:
                 continue
-            for a in range(indptr[i], indptr[i + 1]):
-                ja = indices[a]
-                va = bi * data[a]
-                flat[ja * width + ja] += va * data[a]
-                for c in range(a + 1, indptr[i + 1]):
-                    _add_pair(flat, width, ja, indices[c], va * data[c])
+            # The row sorted by column, duplicates summed (as csr_sandwich_rows gathers it): every
+            # pair a ≤ b then falls in the upper triangle at (j_a, j_b).
+            m = _gather_sorted_row(indptr, indices, data, i, columns, values)
+            for a in range(m):
+                ja = columns[a]
+                va = bi * values[a]
+                for c in range(a, m):
+                    out[ja, columns[c]] += va * values[c]
         for j in range(d):
             for l in range(j + 1, d):
                 out[l, j] = out[j, l]
