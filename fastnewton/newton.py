@@ -280,6 +280,7 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
     n_iter = 0
     lowest_loss, lowest_grad_norm, last_progress = ev.loss, grad_norm, 0
     previous = ev
+    at_kink = False
     try:
         while True:
             if grad_norm <= options.tol * g_ref and scaled_norm(ev.grad) <= options.tol * scaled_g_ref:
@@ -290,7 +291,9 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
                 break
             if n_iter - last_progress >= STALL_WINDOW:
                 status = Status.STALLED
-                detail = (kink_sentence(problem.relu_inputs(previous), problem.relu_inputs(ev)) or "") + (
+                kink = kink_sentence(problem.relu_inputs(previous), problem.relu_inputs(ev))
+                at_kink = kink is not None
+                detail = (kink or "") + (
                     f" The loss ({ev.loss:.6e}) has not decreased beyond rounding error and the gradient norm "
                     f"has not halved in {STALL_WINDOW} iterations (‖∇L‖/g_ref = {grad_norm / g_ref:.3e}).")
                 detail = detail.strip()
@@ -342,7 +345,10 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
         dead = problem.diagnose(ev)
         if dead:
             status, detail = Status.DEAD_STATIONARY, dead
-    return _result(ev, x0, start, options, status, history, g_ref, clock, detail, n_iter, counts)
+    res = _result(ev, x0, start, options, status, history, g_ref, clock, detail, n_iter, counts)
+    # Whether a STALLED stop found x at a ReLU kink (the staged start of softmax_relu ends there).
+    res["at_kink"] = at_kink
+    return res
 
 
 _TABLE_HEADER = f"{'iter':>5} {'loss':>14} {'|g|/g_ref':>10} {'step':>8} {'damping':>9} {'trials':>6} {'seconds':>8}"
