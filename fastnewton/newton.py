@@ -329,6 +329,8 @@ class NewtonRun:
         self.options = replace(options, column_scale=references.column_scale)
         self.status = None
         self.detail = ""
+        # Whether a STALLED stop found x at a ReLU kink (the staged start of softmax_relu ends there).
+        self.at_kink = False
         self.n_iter = 0
         self.history = []
         self.g_ref = 0.0
@@ -373,8 +375,9 @@ class NewtonRun:
         elif self.n_iter - self.last_progress >= STALL_WINDOW:
             self.status = Status.STALLED
             problem = self.problem
-            self.detail = stall_detail(kink_sentence(problem.relu_inputs(self.previous), problem.relu_inputs(ev)),
-                                       ev.loss, self.grad_norm, self.g_ref)
+            kink = kink_sentence(problem.relu_inputs(self.previous), problem.relu_inputs(ev))
+            self.at_kink = kink is not None
+            self.detail = stall_detail(kink, ev.loss, self.grad_norm, self.g_ref)
         else:
             self.n_iter += 1
             return False
@@ -440,8 +443,10 @@ class NewtonRun:
             dead = self.problem.diagnose(self.ev)
             if dead:
                 self.status, self.detail = Status.DEAD_STATIONARY, dead
-        return _result(self.ev, self.x0, self.start, options, self.status, self.history, self.g_ref, self.clock,
-                       self.detail, self.n_iter, self.counts)
+        res = _result(self.ev, self.x0, self.start, options, self.status, self.history, self.g_ref, self.clock,
+                      self.detail, self.n_iter, self.counts)
+        res["at_kink"] = self.at_kink
+        return res
 
 
 def newton_solve(problem, x0, start, build_system, options, timer=None, clock=None):

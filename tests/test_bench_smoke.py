@@ -173,6 +173,21 @@ def test_blas_threads_quick_runs():
     assert "Cholesky factor bitwise equal" in out
 
 
+def test_families_solve_split_run_gives_the_whole_runs_table(tmp_path):
+    """--range slices written with --out and joined by --table count the same problems as one run."""
+    common = ["bench/families_solve.py", "--quick", "--models", "softmax_relu", "--count", "3", "--no-scipy"]
+    whole = run_script(common + ["--out", str(tmp_path / "whole.json")]).stdout
+    for first, stop in ((0, 2), (2, 3)):
+        run_script(common + ["--range", str(first), str(stop), "--out", str(tmp_path / f"{first}.json")])
+    joined = run_script(["bench/families_solve.py", "--table", str(tmp_path / "0.json"), str(tmp_path / "2.json")]).stdout
+    assert joined.startswith("3 problems from 2 file(s)")
+
+    def counts(out):  # method, solved counts, median and max iterations (not the seconds)
+        return [line.split()[1:6] for line in out.splitlines() if line.startswith("softmax_relu")]
+
+    assert counts(joined) == counts(whole) and len(counts(whole)) == 2
+
+
 # -- the pytest-benchmark suite ------------------------------------------------------------------------------
 EXTRA_INFO = {"n", "d", "nnz", "model", "strategy", "phase", "format", "threads"}
 

@@ -410,3 +410,43 @@ def test_scaling_the_cluster_to_zero_raises_within_the_worker_timeout():
     finally:
         client.close()
         cluster.close()
+
+
+def _family_case(noisy):
+    """A random attention-like softmax_relu problem of bench/families.py (5 % noise when ``noisy``)."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "families.py"
+    spec = importlib.util.spec_from_file_location("bench_families", path)
+    families = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(families)
+    return families.make_case("softmax_relu", 13, 0, n_range=(50, 400), d_range=(8, 24), noise=0.05 if noisy else 0.0)
+
+
+@pytest.mark.filterwarnings("ignore::fastnewton.ConvergenceWarning")
+@pytest.mark.parametrize("noisy", [False, True])
+def test_softmax_relu_staged_start_same_phases_and_answer(client, noisy):
+    """softmax_relu's staged start through fastnewton.dask.solve: reachable b (the surrogate at l2, then
+    the real loss) and noisy b (not reachable: the real loss from the surrogate's end, then from zeros)
+    take the same phases, the same number of iterations each, and end at the same point: x to 1e-10
+    where the minimiser is unique (reachable b), the loss and h(Cx) to 1e-10 where the noisy solve
+    ends at a dead stationary point (a dead output leaves directions of x on which L is flat, so x
+    there is fixed only to rounding times the inverse of a vanishing curvature: 2e-5 measured)."""
+    case = _family_case(noisy)
+    C = case.C.toarray() if sp.issparse(case.C) else case.C
+    # tol = 1e-12 as in the other comparisons, and max_iter = 300 so that every phase ends by its own test
+    # (a phase cut by max_iter mid-path compares two paths of rounding, not two answers).
+    kw = dict(V=case.V, hessian="exact", seed=3, tol=1e-12, max_iter=300)
+    reference = fastnewton.solve(C, case.b, "softmax_relu", **kw)
+    res = fastnewton.dask.solve(_dask(C, (C.shape[0] + 1) // 2), case.b, "softmax_relu", client=client, **kw)
+    phases = [h.get("phase") for h in reference.history]
+    assert [h.get("phase") for h in res.history] == phases
+    assert ("real from zeros" in phases) == noisy and ("surrogate" in phases) == (not noisy)
+    assert res.status == reference.status and res.n_iter == reference.n_iter
+    assert res.loss == pytest.approx(reference.loss, rel=AGREEMENT, abs=1e-15)
+    prediction = fastnewton.predict(C, res.x, "softmax_relu", case.V)
+    reference_prediction = fastnewton.predict(C, reference.x, "softmax_relu", case.V)
+    assert _relative(prediction, reference_prediction) <= AGREEMENT
+    if not noisy:
+        assert reference.converged
+        assert _relative(res.x, reference.x) <= AGREEMENT
