@@ -32,7 +32,7 @@ from . import _cache
 from .batch import BatchResult
 from .hessian import exact_system
 from .memory import check_iteration_fits, iteration_bytes
-from .newton import NewtonRequest, NewtonRun, References, user_stacklevel
+from .newton import NewtonRequest, NewtonRun, References, column_scale, user_stacklevel
 from .problem import Problem
 from .result import ConvergenceWarning, MESSAGES, Status
 from .start import NormalSystemRequest, fit_columns, fit_partials
@@ -82,7 +82,7 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
         warn_if_not_a_distribution(problems[j].b, model, f"B[:, {j}]", stacklevel=user_stacklevel())
     results = [None] * q
     with thread_limits(n_threads), _cache.compile_notice(bool(verbose)):
-        passes = SharedPasses(inputs.matrix)
+        passes = SharedPasses(inputs.matrix, column_scale(inputs))
         group = max(1, GROUP_BYTES // iteration_bytes(inputs.n, inputs.d, k))
         for begin in range(0, len(solvable), group):
             members = solvable[begin:begin + group]
@@ -158,12 +158,10 @@ def answer_together(generators, answer):
 class SharedPasses:
     """The passes over one C for many problems at once, each answer bit for bit the single problem's."""
 
-    def __init__(self, matrix):
+    def __init__(self, matrix, column_scale):
         self.matrix = matrix
-        with np.errstate(over="ignore"):
-            norms = np.sqrt(matrix.column_squares())
-        # ``column_scale``'s rule on the one C (every problem's columns are C's).
-        self.column_scale = np.where(np.isfinite(norms) & (norms > 0.0), norms, 1.0)
+        # D_j = ‖C_j‖ (``fastnewton.newton.column_scale``): the same for every problem on this C.
+        self.column_scale = column_scale
         self.interrupted = False
 
     def forward(self, points):

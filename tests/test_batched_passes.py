@@ -1,0 +1,82 @@
+"""The passes over C for many problems at once (``matvecs``, ``rmatmats``, ``sandwiches``; used by
+``solve_many``): each column bit for bit the single-problem pass, and equal to plain NumPy to rounding."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from fastnewton import matrix as matrix_module
+from fastnewton.validation import as_input_matrix
+
+# Sums of ≤ 10⁴ products of O(1) values: a few hundred eps relative to the sum of |terms|.
+RTOL = 1e-11
+
+
+def matrices(rng, n=5000, d=80):
+    """CSR with empty rows and a long row, the same as float32 values with int64 indices, and dense."""
+    rows = rng.integers(0, n // 2, size=6 * n)  # the second half of the rows stays empty
+    rows[: n // 3] = 0  # a long first row (all d columns: sandwiched densely)
+    columns = rng.integers(0, d, size=rows.shape[0])
+    csr = sp.csr_matrix((rng.standard_normal(rows.shape[0]), (rows, columns)), shape=(n, d))
+    float32 = csr.astype(np.float32)
+    float32.indices = float32.indices.astype(np.int64)
+    float32.indptr = float32.indptr.astype(np.int64)
+    # Rows of ≤ 9 entries (none sandwiched densely: the kernel for many problems at once), unsorted.
+    counts = rng.integers(0, 10, size=n)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    indices = np.concatenate([rng.permutation(d)[:c] for c in counts])
+    short = sp.csr_matrix((rng.standard_normal(indptr[-1]), indices, indptr), shape=(n, d))
+    return {"csr": csr, "csr float32 int64": float32, "csr short rows": short, "dense": rng.standard_normal((n, d))}
+
+
+def assert_close(value, reference, magnitude):
+    """|value − reference| ≤ RTOL·(the same sum of |terms|), entrywise."""
+    assert np.all(np.abs(value - reference) <= RTOL * magnitude), np.max(np.abs(value - reference) / magnitude)
+
+
+@pytest.fixture(params=["csr", "csr float32 int64", "csr short rows", "dense"])
+def case(request):
+    rng = np.random.default_rng(0)
+    C = matrices(rng)[request.param]
+    return as_input_matrix(C), (C.toarray() if sp.issparse(C) else C).astype(np.float64), rng
+
+
+def test_matvecs_is_matvec_per_column(case):
+    matrix, dense, rng = case
+    X = rng.standard_normal((dense.shape[1], 7))
+    U = matrix.matvecs(X)
+    assert U.shape == (7, dense.shape[0])
+    for t in range(7):
+        assert np.array_equal(U[t], matrix.matvec(np.ascontiguousarray(X[:, t])))
+    assert_close(U.T, dense @ X, np.abs(dense) @ np.abs(X))
+
+
+def test_rmatmats_is_rmatmat_per_set(case):
+    matrix, dense, rng = case
+    Qs = [rng.standard_normal((dense.shape[0], 3)) for _ in range(4)]
+    for Q, G in zip(Qs, matrix.rmatmats(Qs)):
+        assert np.array_equal(G, matrix.rmatmat(Q))
+        assert_close(G, dense.T @ Q, np.abs(dense.T) @ np.abs(Q))
+
+
+@pytest.mark.parametrize("group_bytes", [None, 1])
+def test_sandwiches_are_sandwich_per_column(case, group_bytes, monkeypatch):
+    matrix, dense, rng = case
+    if group_bytes is not None:  # one problem per read of C
+        monkeypatch.setattr(matrix_module, "SANDWICH_MANY_BYTES", group_bytes)
+    W = rng.standard_normal((dense.shape[0], 5))
+    W[::3, 1] = 0.0  # rows skipped by one problem only
+    W[::7] = 0.0  # rows skipped by all
+    sandwiches = matrix.sandwiches(W)
+    assert len(sandwiches) == 5
+    for t, H in enumerate(sandwiches):
+        assert np.array_equal(H, matrix.sandwich(np.ascontiguousarray(W[:, t])))
+        reference = dense.T @ (W[:, t, None] * dense)
+        assert_close(H, reference, np.abs(dense.T) @ (np.abs(W[:, t, None]) * np.abs(dense)))
+        assert np.array_equal(H, H.T)
+
+
+def test_the_short_row_case_takes_the_kernel_for_many_problems():
+    # Long rows are sandwiched densely, one problem at a time; only short rows reach csr_sandwich_many.
+    short = as_input_matrix(matrices(np.random.default_rng(0))["csr short rows"])
+    assert short._dense_rows.size == 0
+    assert as_input_matrix(matrices(np.random.default_rng(0))["csr"])._dense_rows.size > 0
