@@ -76,18 +76,20 @@ def run(args):
     rows = []
     for label, strategy, start in FASTNEWTON_RUNS:
         row = run_fastnewton(case, strategy, options, start if start == "auto" else np.zeros(args.d))
+        if strategy == "auto":  # name what auto resolved to: run_fastnewton reports "fastnewton auto (<name>)"
+            label = label.replace("hessian auto", f"hessian auto → {row['method'].split('(')[-1].rstrip(')')}")
         rows.append(dict(row, method=label))
     rows.append(dict(run_scipy(case, "L-BFGS-B", "numpy", options, np.zeros(args.d)),
                      method="scipy L-BFGS-B from 0 (NumPy derivatives)"))
     scipy_row = rows[-1]
-    print(f"\n  {'method':<46} {'reached':>7} {'time s':>8} {'iters':>6} {'final |g|/g_ref':>15} {'L-BFGS-B / this':>15}")
+    print(f"\n  {'method':<54} {'reached':>7} {'time s':>8} {'iters':>6} {'final |g|/g_ref':>15} {'L-BFGS-B / this':>15}")
     for row in rows:
         ratio = scipy_row["time_s"] / row["time_s"]
         bound = ">" if row is not scipy_row and row["reached_tol"] and not scipy_row["reached_tol"] else ""
         row["lbfgsb_ratio"] = ratio
         row["lbfgsb_ratio_is_lower_bound"] = bool(bound)
         row.pop("trace", None)
-        print(f"  {row['method']:<46} {str(row['reached_tol']):>7} {row['time_s']:>8.2f} {row['n_iter']:>6} "
+        print(f"  {row['method']:<54} {str(row['reached_tol']):>7} {row['time_s']:>8.2f} {row['n_iter']:>6} "
               f"{row['final_rel_grad_norm']:>15.2e} {bound + format(ratio, '.1f'):>15}", flush=True)
     write_json(os.path.join(args.out, "zipf_peers.json"),
                {"n": C.shape[0], "d": C.shape[1], "nnz": int(C.nnz), "noise": args.noise, "l2": case["l2"],

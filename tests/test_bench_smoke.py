@@ -269,3 +269,17 @@ def test_sandwich_quick_times_a_base_checkout_beside_ours(tmp_path):
         assert_positive(row["ns_per_pair"], f"ns_per_pair of {row['operation']}")
         if "SYRK" not in row["operation"]:
             assert_positive(row["base_ratio"], f"base_ratio of {row['operation']}")
+
+
+def test_zipf_peers_quick_reports_every_method(tmp_path):
+    """bench/zipf_peers.py --quick: the three fastnewton runs and L-BFGS-B, each re-checked with NumPy."""
+    run_script(["bench/zipf_peers.py", "--quick", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "zipf_peers.json").read_text())["rows"]
+    assert [row["method"].split(" (")[0].split(" from")[0] for row in rows] == [
+        "fastnewton default", "fastnewton exact", "fastnewton lagged", "scipy L-BFGS-B"]
+    assert "hessian auto → " in rows[0]["method"]
+    for row in rows[:3]:
+        assert row["reached_tol"], row
+        assert row["final_rel_grad_norm"] <= 1e-8 * (1 + 1e-6)
+    for row in rows:
+        assert_positive(row["lbfgsb_ratio"], f"lbfgsb_ratio of {row['method']}")
