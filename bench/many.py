@@ -1,9 +1,8 @@
 """Many problems at once: ``solve_many`` against a Python loop of ``solve``, in one run.
 
     python bench/many.py                     # one C, q = 1, 4, 16, 64, 256 targets (CSR and dense), softmax
-    python bench/many.py --models softmax relu_softmax --targets 16 64
+    python bench/many.py --models softmax,relu_softmax --targets 16 64
     python bench/many.py --quick             # small sizes, seconds
-    python bench/many.py --small             # also 1000 small independent problems as one list
 
 One C, many targets: C is CSR (n = 10⁵, d = 64, 10 non-zeros per row) or dense (n = 4096, d = 64),
 from ``make_problem`` (seed 0); target j is h(C x_j) for x_j ~ N(0, 1/k) (k non-zeros per row),
@@ -98,48 +97,6 @@ def one_c_many_targets(args):
     return rows
 
 
-# -- many small independent problems: solve_many([(C, b), ...]) ----------------------------------------
-def small_problems(model, count, rng):
-    """``count`` independent dense attention-sized problems, n in [64, 512], d in [32, 64], noisy targets."""
-    problems = []
-    for index in range(count):
-        n, d = int(rng.integers(64, 513)), int(rng.integers(32, 65))
-        problem = fastnewton.make_problem(n, d, model=model, dense=True, noise=NOISE, seed=index)
-        problems.append((problem.C, problem.b) if problem.V is None else (problem.C, problem.b, problem.V))
-    return problems
-
-
-def many_small_problems(args):
-    """The small-problems table (``--small``): solve_many(list of problems) vs a loop of solve, per model;
-    [] when this build has no sequence form of solve_many."""
-    rows = []
-    for model in args.models:
-        problems = small_problems(model, args.small_count, np.random.default_rng(2))
-        keywords = dict(model=model, n_threads=args.threads)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                fastnewton.solve_many(problems[:2], **keywords)
-            except NotImplementedError as exc:
-                print(f"many small problems: skipped ({exc})", flush=True)
-                return []
-            start = time.perf_counter()
-            batch = fastnewton.solve_many(problems, **keywords)
-            many_s = time.perf_counter() - start
-            start = time.perf_counter()
-            singles = [fastnewton.solve(*problem[:2], V=problem[2] if len(problem) > 2 else None, **keywords)
-                       for problem in problems]
-            loop_s = time.perf_counter() - start
-        worst = max(float(np.linalg.norm(batch.problem(i)["x"] - res.x)) / max(float(np.linalg.norm(res.x)), 1e-300)
-                    for i, res in enumerate(singles))
-        same_status = all(int(batch.status[i]) == int(res.status) for i, res in enumerate(singles))
-        rows.append(dict(model=model, problems=len(problems), many_s=many_s, loop_s=loop_s, ratio=loop_s / many_s,
-                         max_rel_dx=worst, same_status=same_status, agree=worst <= X_RTOL and same_status))
-        print(f"{len(problems)} small {model} problems: solve_many {many_s:.3f} s, loop of solve {loop_s:.3f} s, "
-              f"ratio {loop_s / many_s:.2f}, max rel dx {worst:.1e}, same status {same_status}", flush=True)
-    return rows
-
-
 def plot(rows, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -175,26 +132,20 @@ def main(argv=None):
     parser.add_argument("--d", type=positive_int, default=64)
     parser.add_argument("--nnz-per-row", type=positive_int, default=10)
     parser.add_argument("--threads", type=thread_count, default=None, help="n_threads of every solve (default all)")
-    parser.add_argument("--small", action="store_true",
-                        help="also solve many small independent problems (n 64-512, d 32-64) as one list")
-    parser.add_argument("--small-count", type=positive_int, default=1000, help="problems in the --small table")
     add_output_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="CSR n = 5000, dense n = 512, d = 16, q = 1, 4")
     args = parser.parse_args(argv)
     if args.quick:
-        args.csr_n, args.dense_n, args.d, args.targets, args.small_count = 5000, 512, 16, [1, 4], 10
+        args.csr_n, args.dense_n, args.d, args.targets = 5000, 512, 16, [1, 4]
     meta = run_metadata()
     print(f"{meta['cpu_model']}, {meta['cpu_count']} CPUs, Numba threads {meta['numba_num_threads']}; "
           f"fastnewton {meta['fastnewton_version']} ({meta['git_commit'][:12]}) from "
           f"{Path(fastnewton.__file__).resolve().parent}", flush=True)
     rows = one_c_many_targets(args)
-    small_rows = many_small_problems(args) if args.small else []
     write_csv(os.path.join(args.out, "many.csv"), rows)
-    if small_rows:
-        write_csv(os.path.join(args.out, "many_small.csv"), small_rows)
     if not args.no_plot:
         plot(rows, os.path.join(args.out, "many.png"))
-    if not all(row["agree"] for row in rows + small_rows):
+    if not all(row["agree"] for row in rows):
         print("solve_many and solve disagree on some problems (see max_rel_dx, same_status)", file=sys.stderr)
         return 1
     return 0
