@@ -17,6 +17,17 @@ INTERNAL = re.compile(r"\bSPEC\b|§|\bissues? #?\d|\bSTYLE\.md\b|\bCOMMON\.md\b"
 
 
 def _files():
+    # What a clone holds (git's tracked files), so that generated outputs lying around do not count.
+    import subprocess
+
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", *USER_FACING], cwd=REPO, capture_output=True,
+                                check=True).stdout.decode().split("\0")
+        yield from (REPO / name for name in sorted(filter(None, listed))
+                    if (REPO / name).suffix in TEXT_SUFFIXES or name in USER_FACING)
+        return
+    except (OSError, subprocess.CalledProcessError):
+        pass  # not a git checkout: every file under the folders
     for entry in USER_FACING:
         path = REPO / entry
         if path.is_file():
