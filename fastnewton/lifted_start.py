@@ -66,7 +66,7 @@ SIMPLEX_FLOOR = 1e-3
 DUAL_RIDGE = 1e-12
 MAX_DUAL_ITER = 60
 DUAL_RTOL = 1e-12
-# Ridge continuation of the surrogate, as fractions of λmax(H) at x₀: the SPEC's 1e-2, 1e-4 (then 0)
+# Ridge continuation of the surrogate, as fractions of λmax(H) at x₀: the original 1e-2, 1e-4 (then 0)
 # with 1e-1 before and 1e-3 between. On underdetermined problems (m < d, the optimum held by a small
 # l2) the stages follow the path x(λ) down the valley; measured on n = 10⁵, d = 100, m = 16,
 # l2 = 1e-8 (seeds 0–5, make_problem's V and Gaussian V), the three stages took 24–100 iterations
