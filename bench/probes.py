@@ -15,6 +15,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from fastnewton.kernels.reduce import lanes_sum
+
 PROBE_CHUNKS = 64
 
 
@@ -29,29 +31,14 @@ def _vector_sum(a):
 
 @njit(parallel=True, cache=True)
 def _scalar_lanes_sum(a, n_chunks):
-    """Σ a over fixed chunks, eight independent scalar accumulators per chunk (kept in registers)."""
+    """Σ a over fixed chunks, each by ``lanes_sum`` (eight independent scalar accumulators, kept in registers)."""
     n = a.shape[0]
     size = (n + n_chunks - 1) // n_chunks
     part = np.zeros(n_chunks)
     for c in prange(n_chunks):
         start = c * size
         stop = min(n, start + size)
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-        i = start
-        while i + 8 <= stop:
-            s0 += a[i]
-            s1 += a[i + 1]
-            s2 += a[i + 2]
-            s3 += a[i + 3]
-            s4 += a[i + 4]
-            s5 += a[i + 5]
-            s6 += a[i + 6]
-            s7 += a[i + 7]
-            i += 8
-        total = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-        for j in range(i, stop):
-            total += a[j]
-        part[c] = total
+        part[c] = lanes_sum(a[start:stop])
     return part.sum()
 
 
