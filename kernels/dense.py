@@ -21,30 +21,37 @@ def dense_matvec(A, x, out):
         out[i] = acc
 
 
+@njit(cache=True)
+def chunk_rmatmat(A, Q, start, stop, acc, flat):
+    """flat[j·k + t] = Σ_{i ∈ [start, stop)} A[i, j]·Q[i, t]: one row chunk's partial of Aᵀ Q.
+
+    Accumulates in ``acc`` (k × d, overwritten) so the inner loop runs along a row of A
+    (contiguous, vectorised), then transposes it into ``flat`` (d·k) once.
+    """
+    k, d = acc.shape
+    acc[:] = 0.0
+    for i in range(start, stop):
+        row = A[i]
+        for t in range(k):
+            qt = Q[i, t]
+            acc_t = acc[t]
+            for j in range(d):
+                acc_t[j] += row[j] * qt
+    for j in range(d):
+        for t in range(k):
+            flat[j * k + t] = acc[t, j]
+
+
 @njit(parallel=True, cache=True)
 def dense_rmatmat(A, Q, chunk_rows, out):
-    """out[j, :] = Σ_i A[i, j]·Q[i, :] (out = Aᵀ Q); fixed row chunks, partials summed in chunk order.
-
-    Each chunk accumulates in a k × d layout so the inner loop runs along a row of A
-    (contiguous, vectorised); the partial is transposed to d × k once per chunk.
-    """
+    """out[j, :] = Σ_i A[i, j]·Q[i, :] (out = Aᵀ Q); fixed row chunks (``chunk_rmatmat``), partials
+    summed in chunk order."""
     n, k = Q.shape
     d = out.shape[0]
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     partial = np.zeros((n_chunks, d * k))
     for c in prange(n_chunks):
-        acc = np.zeros((k, d))
-        for i in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
-            row = A[i]
-            for t in range(k):
-                qt = Q[i, t]
-                acc_t = acc[t]
-                for j in range(d):
-                    acc_t[j] += row[j] * qt
-        flat = partial[c]
-        for j in range(d):
-            for t in range(k):
-                flat[j * k + t] = acc[t, j]
+        chunk_rmatmat(A, Q, c * chunk_rows, min(n, (c + 1) * chunk_rows), np.empty((k, d)), partial[c])
     sum_chunk_partials(partial, out)
 
 
@@ -84,19 +91,7 @@ def dense_rmatmats(A, Qs, chunk_rows, out):
     for c in prange(n_chunks):
         acc = np.empty((k, d))
         for s in range(n_sets):
-            Q = Qs[s]
-            acc[:] = 0.0
-            for i in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
-                row = A[i]
-                for t in range(k):
-                    qt = Q[i, t]
-                    acc_t = acc[t]
-                    for j in range(d):
-                        acc_t[j] += row[j] * qt
-            flat = partial[c, s]
-            for j in range(d):
-                for t in range(k):
-                    flat[j * k + t] = acc[t, j]
+            chunk_rmatmat(A, Qs[s], c * chunk_rows, min(n, (c + 1) * chunk_rows), acc, partial[c, s])
     for s in prange(n_sets):
         for j in range(d):
             for t in range(k):

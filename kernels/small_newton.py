@@ -25,6 +25,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .dense import chunk_rmatmat
 from .sandwich import _gather_sorted_row
 from .softmax import (
     curvature_weight,
@@ -94,27 +95,28 @@ def _rmatmat(matrix, Q, chunk_rows, out):
     n, k = Q.shape
     d = out.shape[0]
     out[:] = 0.0
-    # CSR accumulates d × k (its rows scatter), dense k × d (the inner loop runs along a row of A)
-    acc = np.empty((d, k)) if csr else np.empty((k, d))
+    if not csr:
+        # dense_rmatmat's chunk partial (kernels/dense.py), added in chunk order
+        acc = np.empty((k, d))
+        flat = np.empty(d * k)
+        for start in range(0, n, chunk_rows):
+            chunk_rmatmat(A, Q, start, min(n, start + chunk_rows), acc, flat)
+            for j in range(d):
+                for t in range(k):
+                    out[j, t] += flat[j * k + t]
+        return
+    acc = np.empty((d, k))  # CSR rows scatter into a d × k partial
     for start in range(0, n, chunk_rows):
         acc[:] = 0.0
         for i in range(start, min(n, start + chunk_rows)):
-            if csr:
-                for p in range(indptr[i], indptr[i + 1]):
-                    j = indices[p]
-                    v = data[p]
-                    for t in range(k):
-                        acc[j, t] += v * Q[i, t]
-            else:
-                row = A[i]
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                v = data[p]
                 for t in range(k):
-                    q = Q[i, t]
-                    acc_t = acc[t]
-                    for j in range(d):
-                        acc_t[j] += row[j] * q
+                    acc[j, t] += v * Q[i, t]
         for j in range(d):
             for t in range(k):
-                out[j, t] += acc[j, t] if csr else acc[t, j]
+                out[j, t] += acc[j, t]
 
 
 @njit(cache=True)
