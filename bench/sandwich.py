@@ -5,7 +5,7 @@
 
 Two matrices: C of ``make_problem`` (short uniform rows, 10 per row, d = 256) and the bag-of-words
 matrix of bench/matrices.py (Zipf row lengths, 5 per row on average, rows up to 1000 entries,
-d = 1024). Per thread count: on the uniform matrix the sparse kernel over every row (``csr_sandwich``); on
+d = 1024). Per thread count: on the uniform matrix the sparse kernel over every row (``csr_sandwich_rows`` with every row listed); on
 the Zipf matrix, which has long rows, the sparse kernel over its short rows (``csr_sandwich_rows``,
 what ``CSRMatrix.sandwich`` runs beside the SYRK of the long rows) and ``CSRMatrix.sandwich``. With --base, the
 base checkout's kernels/ run the same sparse calls in the same rounds (alternating, so a busy
@@ -21,7 +21,7 @@ import numpy as np
 
 import fastnewton
 from fastnewton.chunking import sandwich_chunk_rows
-from fastnewton.kernels.sandwich import csr_sandwich, csr_sandwich_rows
+from fastnewton.kernels.sandwich import csr_sandwich_rows
 from fastnewton.validation import as_input_matrix
 
 try:
@@ -42,10 +42,11 @@ def operations(label, C, beta, base):
     pairs = pair_count(C.indptr)
     chunk = sandwich_chunk_rows(C.n, d, pairs)
     out, base_out = np.empty((d, d)), np.empty((d, d))
+    every_row = np.arange(C.n, dtype=np.int64)
     if not C._dense_rows.size:
         return {f"{label}: sparse kernel, every row": (
-            lambda: csr_sandwich(C.indptr, C.indices, C.data, beta, chunk, out),
-            base and (lambda: base.csr_sandwich(C.indptr, C.indices, C.data, beta, chunk, base_out)), pairs)}
+            lambda: csr_sandwich_rows(C.indptr, C.indices, C.data, every_row, beta, chunk, out),
+            base and (lambda: base.csr_sandwich_rows(C.indptr, C.indices, C.data, every_row, beta, chunk, base_out)), pairs)}
     # With long rows, the sparse kernel over every row is not what runs (and takes seconds): its short rows are.
     rows = C._sparse_rows
     weights = beta[rows]

@@ -13,10 +13,10 @@ import time
 
 import numpy as np
 
+from .hessian import STRATEGIES
 from .models import model_names, uses_values
 
 MODELS = model_names()
-STRATEGIES = ("auto", "exact", "sketch", "pcg", "lagged")
 
 
 # -- argument types: sizes may be written 1e6 --------------------------------------------------

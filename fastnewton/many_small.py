@@ -261,7 +261,8 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
     if compiled:
         pack = _Packed(compiled, starts)
         settings = _settings(tol, max_iter)
-        with thread_limits(n_threads):
+        # Overflowing scales end in Status.NON_FINITE with its message, as in solve (no NumPy warnings).
+        with thread_limits(n_threads), np.errstate(over="ignore", invalid="ignore"):
             pack.run(np.arange(len(compiled)), settings)
             failed = np.flatnonzero(pack.out_int[:, kernel.O_STATUS] == kernel.START_FAILED)
             for p in failed:

@@ -56,8 +56,9 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
     ``solve`` call with that seed. ``callback(info)``: called after every iteration of every problem,
     ``info["problem"]`` its column; stopping it stops that problem only. ``verbose``: one line per problem.
 
-    A column with NaN or Inf is not solved: its status is ``NON_FINITE``, its message names the
-    column, its x is NaN, and the other columns are solved as usual.
+    A column with NaN or Inf is invalid input and is not solved: its status is ``INVALID_INPUT`` (as
+    for a bad problem of the list form), its message names the column, its x is NaN, and the other
+    columns are solved as usual.
     """
     clock = time.perf_counter()
     model = check_model(model)
@@ -81,7 +82,8 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
     for j in solvable:
         warn_if_not_a_distribution(problems[j].b, model, f"B[:, {j}]", stacklevel=user_stacklevel())
     results = [None] * q
-    with thread_limits(n_threads), _cache.compile_notice(bool(verbose)):
+    # Overflowing scales end in Status.NON_FINITE with its message, as in solve (no NumPy warnings).
+    with thread_limits(n_threads), _cache.compile_notice(bool(verbose)), np.errstate(over="ignore", invalid="ignore"):
         passes = SharedPasses(inputs.matrix, column_scale(inputs))
         group = max(1, GROUP_BYTES // iteration_bytes(inputs.n, inputs.d, k))
         for begin in range(0, len(solvable), group):
@@ -268,7 +270,7 @@ class SharedPasses:
 def _batch_result(results, finite, d, options, verbose, clock):
     q = len(results)
     x = np.full((d, q), np.nan)
-    status = np.full(q, int(Status.NON_FINITE), dtype=np.int64)
+    status = np.full(q, int(Status.INVALID_INPUT), dtype=np.int64)
     converged = np.zeros(q, dtype=bool)
     n_iter = np.zeros(q, dtype=np.int64)
     loss = np.full(q, np.nan)
@@ -277,8 +279,8 @@ def _batch_result(results, finite, d, options, verbose, clock):
     message = []
     for j, res in enumerate(results):
         if res is None:
-            message.append(f"{MESSAGES[Status.NON_FINITE]} Not solved: column {j} of B (B[:, {j}]) has NaN or "
-                           "Inf entries.")
+            message.append(f"{MESSAGES[Status.INVALID_INPUT]} column {j} of B: B[:, {j}] must contain only "
+                           "finite values (found NaN or Inf)")
             continue
         x[:, j] = res.x
         status[j], converged[j], n_iter[j] = int(res.status), res.converged, res.n_iter

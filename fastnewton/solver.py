@@ -71,7 +71,10 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
         build_system, options = solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback,
                                               verbose, observer=observer)
     try:
-        with thread_limits(n_threads), _cache.compile_notice(options.verbose):
+        # Inputs whose scale overflows float64 (C·1e160, l2 = 1e300) end in Status.NON_FINITE, whose
+        # message says so; NumPy's overflow warnings on the way there would only repeat it.
+        with thread_limits(n_threads), _cache.compile_notice(options.verbose), \
+                np.errstate(over="ignore", invalid="ignore"):
             res = run_from(problem, x0, build_system, options, timer=timer, clock=clock)
         logger.info("%s iterations=%d loss=%.6e |g|/g_ref=%.3e time=%.3fs", res.message, res.n_iter, res.loss,
                     res.rel_grad_norm, res.time)

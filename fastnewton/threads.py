@@ -4,6 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numba
+import numpy as np
 import threadpoolctl
 from threadpoolctl import ThreadpoolController
 
@@ -124,5 +125,12 @@ def map_single_threaded_blas(function, items):
             for item in items:
                 yield function(item)
             return
+        # NumPy's floating-point error handling is per thread: the workers follow the caller's.
+        caller_errors = np.geterr()
+
+        def call(item):
+            with np.errstate(**caller_errors):
+                return function(item)
+
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            yield from pool.map(function, items)
+            yield from pool.map(call, items)

@@ -114,12 +114,6 @@ def csr_sandwich_rows(indptr, indices, data, rows, weights, chunk_rows, out):
             out[l, j] = out[j, l]
 
 
-@njit(cache=True)
-def csr_sandwich(indptr, indices, data, beta, chunk_rows, out):
-    """out = Σ_i β_i C_iᵀ C_i = Cᵀ diag(β) C (d × d, symmetric, β of any sign): every row listed."""
-    csr_sandwich_rows(indptr, indices, data, np.arange(beta.shape[0]), beta, chunk_rows, out)
-
-
 @njit(parallel=True, cache=True)
 def csr_sandwich_many(indptr, indices, data, weights, chunk_rows, out):
     """out[t] = Cᵀ diag(weights[:, t]) C for every column t of the n × q ``weights``, in one read of C.
@@ -127,7 +121,7 @@ def csr_sandwich_many(indptr, indices, data, weights, chunk_rows, out):
     csr_sandwich_rows over all rows, for q weight vectors at once: the same chunks, pairs and
     register tile, with each update applied to the q problems' accumulators side by side (slot-major
     partials, chunk × d·d × q, the q problems contiguous). Every slot of problem t receives the
-    updates of csr_sandwich(weights[:, t]) in the same order, so each out[t] has its bits (a row
+    updates of csr_sandwich_rows(every row, weights[:, t]) in the same order, so each out[t] has its bits (a row
     with weight 0 adds ±0 to a slot that is never −0, which changes nothing).
     """
     n, q = weights.shape

@@ -215,3 +215,14 @@ def test_warmup_compiles_and_reports(capsys):
     code, out, _ = _main(["warmup", "--models", "softmax"], capsys)
     assert code == 0
     assert "softmax   csr" in out and "softmax dense" in out and "cache:" in out
+
+
+def test_hessian_choices_are_the_solvers_strategies():
+    # One list of strategies (fastnewton.hessian.STRATEGIES): each parses, and nothing else does.
+    from fastnewton.cli import build_parser
+    from fastnewton.hessian import STRATEGIES
+
+    parser = build_parser()
+    for strategy in STRATEGIES:
+        assert parser.parse_args(["demo", "--hessian", strategy]).hessian == strategy
+        assert parser.parse_args(["fit", "data.npz", "--hessian", strategy]).hessian == strategy

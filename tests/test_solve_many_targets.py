@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 import fastnewton
 from fastnewton import ConvergenceWarning, Status, make_problem, predict, solve, solve_many
+from fastnewton.result import MESSAGES
 from fastnewton import many_targets
 
 MODELS = ("softmax", "relu_softmax", "softmax_relu")
@@ -173,13 +174,18 @@ def test_inputs_are_not_modified():
     assert np.array_equal(kept[0], D) and np.array_equal(kept[1], B2)
 
 
-def test_a_column_with_nan_is_reported_and_the_others_solved():
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_column_with_nan_or_inf_is_invalid_input_and_the_others_solved(bad):
+    # Bad input is INVALID_INPUT in both forms of solve_many (the list form names the problem).
     C, B, _ = case("softmax", False, q=4)
     B = B.copy()
-    B[5, 2] = np.nan
+    B[5, 2] = bad
     batch = quietly(solve_many, C, B)
-    assert batch.status[2] == Status.NON_FINITE and not batch.converged[2]
-    assert "column 2" in batch.message[2] and np.all(np.isnan(batch.x[:, 2]))
+    assert batch.status[2] == Status.INVALID_INPUT and not batch.converged[2]
+    assert batch.message[2].startswith(MESSAGES[Status.INVALID_INPUT])
+    assert "column 2" in batch.message[2] and "finite" in batch.message[2] and np.all(np.isnan(batch.x[:, 2]))
+    listed = quietly(solve_many, [(C, B[:, j]) for j in range(4)])
+    assert listed.status[2] == Status.INVALID_INPUT and "problem 2" in listed.message[2]
     keep = [0, 1, 3]
     for j in keep:
         single = quietly(solve, C, B[:, j])

@@ -42,7 +42,11 @@ OVERFLOW_CASES = {
 def test_overflow_is_never_converged_and_says_why(case, hessian):
     kwargs = dict(C=C, b=B, hessian=hessian, seed=0)
     kwargs.update(OVERFLOW_CASES[case]())
-    res = _quiet_solve(kwargs.pop("C"), kwargs.pop("b"), **kwargs)
+    with warnings.catch_warnings():
+        # The status and message say it; NumPy's overflow warnings (also from the dense sandwich's
+        # worker threads) would only repeat it.
+        warnings.simplefilter("error", RuntimeWarning)
+        res = _quiet_solve(kwargs.pop("C"), kwargs.pop("b"), **kwargs)
     if res.converged:  # allowed only where the criterion really holds at a finite point
         assert np.isfinite(res.grad_norm) and np.isfinite(res.g_ref) and np.isfinite(res.loss)
         assert res.grad_norm <= 1e-8 * res.g_ref
@@ -50,6 +54,20 @@ def test_overflow_is_never_converged_and_says_why(case, hessian):
     assert res.status == Status.NON_FINITE, res.message
     assert "float64" in res.message and ("scale" in res.message)
     assert np.all(np.isfinite(res.x))
+
+
+@pytest.mark.parametrize("case", ["C*1e160-auto", "dense-C*1e200", "l2=1e300"])
+def test_overflow_in_solve_many_is_a_status_without_numpy_warnings(case):
+    kwargs = OVERFLOW_CASES[case]()
+    matrix = kwargs.pop("C", C)
+    targets = np.column_stack([B, B])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastnewton.ConvergenceWarning)
+        warnings.simplefilter("error", RuntimeWarning)
+        shared = fastnewton.solve_many(matrix, targets, **kwargs)
+        listed = fastnewton.solve_many([(matrix, B), (matrix, B)], **kwargs)
+    for batch in (shared, listed):
+        assert not batch.converged.any() and np.all(batch.status == Status.NON_FINITE), batch.message
 
 
 def test_non_finite_grad_norm_is_never_dead_stationary():
