@@ -62,8 +62,8 @@ STEPS = {
     # is `python bench/peers.py --models softmax --noise 0.1 --scale 2 --derivatives numpy --time-limit 60`.
     "peers": dict(full=_bench("peers.py", "--n", "1e5", "--tables", "same", "--time-limit", "20"),
                   quick=_bench("peers.py", "--quick", "--threads", "1")),
-    # Full size: at n = 2·10⁶ the problem's construction, not the iteration, set both peaks (measured).
-    "memory": dict(full=_bench("memory.py"), quick=_bench("memory.py", "--quick")),
+    "memory": dict(full=_bench("memory.py", "--n", "1e7", "1e6", "--nnz", "1e8", "1e7", "--d", "64", "2048"),
+                   quick=_bench("memory.py", "--quick")),
     "dask_scaling": dict(full=_bench("dask_scaling.py", "--nnz", "1e6", "1e7", "3e7", "--no-progress"),
                          quick=_bench("dask_scaling.py", "--quick", "--no-progress")),
 }
@@ -243,15 +243,18 @@ def render_peers(out, command):
 
 def render_memory(out, command):
     rows = json.loads((out / "memory.json").read_text())["rows"]
-    first = rows[0]
     mib = 2**20
-    body = [[r["strategy"], f"{r['formula_bytes'] / mib:.0f} MiB", f"{r['traced'] / mib:.0f} MiB",
+    body = [[f"{r['n']:,}", r["d"], r["nnz"] // r["n"], f"{r['c_bytes'] / mib:.0f} MiB", r["strategy"],
+             f"{r['formula_bytes'] / mib:.0f} MiB", f"{r['traced'] / mib:.0f} MiB",
              f"{r['rss_peak'] / mib:.0f} MiB" if r.get("rss_peak") is not None else "–"] for r in rows]
     return "\n".join([provenance(command), "",
-                      f"CSR n = {first['n']:,}, nnz = {first['nnz']:,}, d = {first['d']}; C itself "
-                      f"{first['c_bytes'] / mib:.0f} MiB.", "",
-                      table(["strategy", "formula (fastnewton/memory.py)", "measured peak (tracemalloc)",
-                             "measured peak RSS"], body)])
+                      f"Planted CSR `softmax` problems, {rows[0]['threads']} threads. Memory of one iteration, "
+                      "`solve(C, b, x0=x0, hessian=..., max_iter=1)`, beyond C, b and x0, each in a fresh "
+                      "process: the count of `fastnewton/memory.py`, the tracemalloc peak (NumPy's "
+                      "allocations; not the arrays Numba kernels allocate, such as the sandwich's partials) "
+                      "and the resident-set high-water mark (everything, pages touched).", "",
+                      table(["n", "d", "per row", "C", "strategy", "count", "measured: NumPy peak",
+                             "measured: peak RSS"], body)])
 
 
 def render_dask_scaling(out, command):

@@ -11,7 +11,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .chunking import chunk_rows, sandwich_chunk_rows
-from .kernels.csr import csr_dense_rows, csr_matmat, csr_matvec, csr_matvecs, csr_rmatmat, csr_rmatmat3, csr_rmatvec
+from .kernels.csr import (csr_column_squares, csr_dense_rows, csr_matmat, csr_matvec, csr_matvecs, csr_rmatmat,
+                          csr_rmatmat3, csr_rmatvec)
 from .kernels.dense import dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats, signed_scaled_rows
 from .kernels.sandwich import csr_sandwich_many, csr_sandwich_rows
 from .kernels.sketch import csr_embed, dense_embed
@@ -375,9 +376,10 @@ class CSRMatrix:
         return self.scipy()[index].toarray().astype(np.float64, copy=False)
 
     def column_squares(self):
-        """Σᵢ C[i, j]² for every column j (one pass over the stored entries)."""
-        values = self.data.astype(np.float64)
-        return np.bincount(self.indices, weights=values * values, minlength=self.d)
+        """Σᵢ C[i, j]² for every column j (one pass over the stored entries, no copy of them)."""
+        out = np.zeros(self.d)
+        csr_column_squares(self.indices, self.data, out)
+        return out
 
     def _dense_rows_block(self, rows):
         """C[rows] (an array of row positions) as dense float64, duplicates summed in float64."""

@@ -1,19 +1,27 @@
 """Peak extra memory of one Newton iteration, and the up-front check that it fits.
 
-Per iteration, beyond C itself (8-byte floats; k = 2 for the softmax models, m + 2 for
-``softmax_relu``; c_t ≤ 64 chunks of the transposed pass, c_s ≤ 64 of the sandwich):
+Beyond C itself, counted from the arrays the solver allocates (8-byte floats; n rows, d columns;
+k = 2 for the softmax models, m + 2 for ``softmax_relu``). The problem holds 8·n·4 (b's own copy,
+the row weights — zeros when none are given — and, for CSR, the row pair counts and the list of
+rows). On top of that the peak is the larger of two moments:
 
-    length-n work:      8·n·(k + 12)      two evaluations alive at once (current and new u, Q = [q, U], β),
-                                          softmax buffer, C·Δx, trial u; CSR also keeps 8·n of row pair counts
-    transposed pass:    8·c_t·d·(k + 1)   per-chunk partials of Cᵀ[q, U]
-    Hessian (exact):    8·d²·(c_s + 3)    sandwich partials (capped at 256 MiB), H, H + μI, factor
-    dense sandwich:     2·8·8192·d        one block of rows and its weighted copy
-    sketch / pcg:       8·n·(JL_DIM + 14) + 8·d²·(c_s + 9) leverage scores, OSNAP tables, SB and its QR
+    forming the Hessian:   one evaluation, 8·n·(k + 3) (u, the softmax vector, Q = [q, U], β), and
+        exact:             8·d²·11 + partials   H, its column-scaled copy, the Cholesky factor and
+                                                short-lived P S Pᵀ, D Dᵀ, H + μD² and the factor's
+                                                input; the CSR sandwich's per-chunk d × (d + 8)
+                                                partials (as many as ``sandwich_chunk_rows`` makes:
+                                                at most 64, at most 256 MiB)
+        sketch / pcg:      8·n·(JL_DIM + 3) + 8·(4d)·d   the JL projection of every row and the
+                                                leverage scores, the 4d × d embedding; or, if larger,
+                                                the d × d work above for the sampled sandwich (the
+                                                length-n arrays are freed by then)
+    the new iterate:       8·n·(2k + 8) + 8·d²·3   two evaluations alive (current and new) with the
+                                                line search's C·Δx and trial u; H, its scaled copy
+                                                and the factor kept
 
-Measured by ``python bench/memory.py`` (n = 10⁷, nnz = 10⁸, d = 64, C itself 1.18 GiB): exact
-0.96 GiB peak RSS (formula 1.04 GiB), sketch 2.9 GiB (formula 3.0 GiB). The check below counts
-the d²-terms, the ones that can exceed memory before anything is allocated (d = 10⁵ needs
-80 GB per d × d matrix).
+``python bench/memory.py`` measures one iteration per strategy in a fresh process and prints this
+count beside it (the README's Memory table). The check below counts the exact iteration (without
+the partials, which are capped) before anything is allocated (d = 10⁵ needs 80 GB per d × d matrix).
 """
 import os
 
@@ -52,9 +60,31 @@ def available_bytes():
     return min(candidates) if candidates else None
 
 
+def iteration_terms(n, d, nnz, k=2, strategy="exact", eps=0.5, sketch_size=None, partials=True):
+    """The count above (bytes), term by term, of the larger moment, for CSR C with ``nnz`` stored
+    entries (dense: nnz = n·d); ``partials=False`` leaves out the sandwich's partials."""
+    from .chunking import sandwich_chunk_rows
+    from .kernels.sandwich import ROW_PAD
+    from .sketching import JL_DIM, SAMPLE_CONSTANT, sample_size
+
+    rows = n if strategy == "exact" else min(n, sketch_size or sample_size(d, eps, SAMPLE_CONSTANT))
+    per_row = nnz / n
+    chunks = -(-rows // sandwich_chunk_rows(rows, d, int(rows * per_row * (per_row + 1) / 2)))
+    hessian = {"the problem 8n·4": 8 * n * 4, "one evaluation 8n(k+3)": 8 * n * (k + 3)}
+    square = {"d × d work 8d²·11": 8 * d * d * 11}
+    if partials:
+        square["sandwich partials 8d(d+8)·chunks"] = chunks * 8 * d * (d + ROW_PAD)
+    # The sketch's length-n arrays are freed before the sampled sandwich forms its d × d work.
+    scores = {"sketch 8n(JL+3) + 8·4d·d": 8 * n * (JL_DIM + 3) + 8 * 4 * d * d} if strategy != "exact" else {}
+    hessian.update(max(square, scores, key=lambda terms: sum(terms.values())))
+    new_iterate = {"the problem 8n·4": 8 * n * 4, "two evaluations, line search 8n(2k+8)": 8 * n * (2 * k + 8),
+                   "H, scaled H, factor 8d²·3": 8 * d * d * 3}
+    return max(hessian, new_iterate, key=lambda terms: sum(terms.values()))
+
+
 def iteration_bytes(n, d, k):
-    """The formula above for one exact Newton iteration: length-n work and the d × d matrices (bytes)."""
-    return 8 * n * (k + 13) + 8 * 9 * d * d
+    """The count above for one exact Newton iteration, without the sandwich's partials (bytes)."""
+    return sum(iteration_terms(n, d, n, k, partials=False).values())
 
 
 def check_iteration_fits(n, d, k):
@@ -69,7 +99,7 @@ def check_iteration_fits(n, d, k):
 
 def check_hessian_fits(d):
     """Raise MemoryError before allocating when a few d × d float64 matrices cannot fit in memory."""
-    needed = 8 * 9 * d * d
+    needed = 8 * 11 * d * d
     available = available_bytes()
     if available is not None and needed > available:
         raise MemoryError(

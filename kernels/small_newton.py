@@ -25,6 +25,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .csr import csr_column_squares
 from .dense import chunk_rmatmat
 from .sandwich import _gather_sorted_row
 from .softmax import (
@@ -177,8 +178,7 @@ def _column_scale(matrix, d, out):
     A, indptr, indices, data, csr = matrix
     out[:] = 0.0
     if csr:
-        for p in range(indptr[indptr.shape[0] - 1]):
-            out[indices[p]] += data[p] * data[p]
+        csr_column_squares(indices[:indptr[indptr.shape[0] - 1]], data, out)
     else:
         for i in range(A.shape[0]):
             for j in range(d):
