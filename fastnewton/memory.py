@@ -3,21 +3,21 @@
 Beyond C itself, counted from the arrays the solver allocates (8-byte floats; n rows, d columns;
 k = 2 for the softmax models, m + 2 for ``softmax_relu``). The problem holds 8·n·4 (b's own copy,
 the row weights — zeros when none are given — and, for CSR, the row pair counts and the list of
-rows). On top of that the peak is the larger of two moments:
+rows). On top of that the peak is the largest of three moments:
 
-    forming the Hessian:   one evaluation, 8·n·(k + 3) (u, the softmax vector, Q = [q, U], β), and
-        exact:             8·d²·11 + partials   H, its column-scaled copy, the Cholesky factor and
-                                                short-lived P S Pᵀ, D Dᵀ, H + μD² and the factor's
-                                                input; the CSR sandwich's per-chunk d × (d + 8)
-                                                partials (as many as ``sandwich_chunk_rows`` makes:
-                                                at most 64, at most 256 MiB)
-        sketch / pcg:      8·n·(JL_DIM + 3) + 8·(4d)·d   the JL projection of every row and the
-                                                leverage scores, the 4d × d embedding; or, if larger,
-                                                the d × d work above for the sampled sandwich (the
-                                                length-n arrays are freed by then)
-    the new iterate:       8·n·(2k + 8) + 8·d²·3   two evaluations alive (current and new) with the
-                                                line search's C·Δx and trial u; H, its scaled copy
-                                                and the factor kept
+    forming the Hessian:  one evaluation, 8·n·(k + 3) (u, the softmax vector, Q = [q, U], β), and
+        exact:            8·d²·3 + partials      the sandwich, P S Pᵀ and their sum; the CSR
+                                                 sandwich's per-chunk d × (d + 8) partials (as many
+                                                 as ``sandwich_chunk_rows`` makes: at most 64, at
+                                                 most 256 MiB; allocated inside the kernel)
+        sketch / pcg:     8·n·(JL_DIM + 3) + 8·d²·6   the JL projection of every row and the
+                                                 leverage scores; the 4d × d embedding, its QR
+                                                 factor and the sampled sandwich
+    the step:             one evaluation and 8·d²·4   H, its column-scaled copy, H + μD² and the
+                                                 Cholesky factor
+    the new iterate:      8·n·(2k + 8) + 8·d²·3   two evaluations alive (current and new) with the
+                                                 line search's C·Δx and trial u; H, its scaled copy
+                                                 and the factor kept
 
 ``python bench/memory.py`` measures one iteration per strategy in a fresh process and prints this
 count beside it (the README's Memory table). The check below counts the exact iteration (without
@@ -61,25 +61,26 @@ def available_bytes():
 
 
 def iteration_terms(n, d, nnz, k=2, strategy="exact", eps=0.5, sketch_size=None, partials=True):
-    """The count above (bytes), term by term, of the larger moment, for CSR C with ``nnz`` stored
+    """The count above (bytes), term by term, of the largest moment, for CSR C with ``nnz`` stored
     entries (dense: nnz = n·d); ``partials=False`` leaves out the sandwich's partials."""
     from .chunking import sandwich_chunk_rows
     from .kernels.sandwich import ROW_PAD
     from .sketching import JL_DIM, SAMPLE_CONSTANT, sample_size
 
-    rows = n if strategy == "exact" else min(n, sketch_size or sample_size(d, eps, SAMPLE_CONSTANT))
-    per_row = nnz / n
-    chunks = -(-rows // sandwich_chunk_rows(rows, d, int(rows * per_row * (per_row + 1) / 2)))
-    hessian = {"the problem 8n·4": 8 * n * 4, "one evaluation 8n(k+3)": 8 * n * (k + 3)}
-    square = {"d × d work 8d²·11": 8 * d * d * 11}
-    if partials:
-        square["sandwich partials 8d(d+8)·chunks"] = chunks * 8 * d * (d + ROW_PAD)
-    # The sketch's length-n arrays are freed before the sampled sandwich forms its d × d work.
-    scores = {"sketch 8n(JL+3) + 8·4d·d": 8 * n * (JL_DIM + 3) + 8 * 4 * d * d} if strategy != "exact" else {}
-    hessian.update(max(square, scores, key=lambda terms: sum(terms.values())))
-    new_iterate = {"the problem 8n·4": 8 * n * 4, "two evaluations, line search 8n(2k+8)": 8 * n * (2 * k + 8),
+    problem = {"the problem 8n·4": 8 * n * 4}
+    one = {**problem, "one evaluation 8n(k+3)": 8 * n * (k + 3)}
+    if strategy == "exact":
+        hessian = {**one, "Hessian 8d²·3": 8 * d * d * 3}
+        if partials:
+            per_row = nnz / n
+            chunks = -(-n // sandwich_chunk_rows(n, d, int(n * per_row * (per_row + 1) / 2)))
+            hessian["sandwich partials 8d(d+8)·chunks"] = chunks * 8 * d * (d + ROW_PAD)
+    else:
+        hessian = {**one, "sketch 8n(JL+3) + 8d²·6": 8 * n * (JL_DIM + 3) + 8 * d * d * 6}
+    step = {**one, "step 8d²·4": 8 * d * d * 4}
+    new_iterate = {**problem, "two evaluations, line search 8n(2k+8)": 8 * n * (2 * k + 8),
                    "H, scaled H, factor 8d²·3": 8 * d * d * 3}
-    return max(hessian, new_iterate, key=lambda terms: sum(terms.values()))
+    return max(hessian, step, new_iterate, key=lambda terms: sum(terms.values()))
 
 
 def iteration_bytes(n, d, k):
@@ -99,7 +100,7 @@ def check_iteration_fits(n, d, k):
 
 def check_hessian_fits(d):
     """Raise MemoryError before allocating when a few d × d float64 matrices cannot fit in memory."""
-    needed = 8 * 11 * d * d
+    needed = 8 * 4 * d * d
     available = available_bytes()
     if available is not None and needed > available:
         raise MemoryError(

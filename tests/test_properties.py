@@ -33,7 +33,7 @@ from fastnewton import Problem, SolveResult, make_problem, solve
 
 MODELS = ("softmax", "relu_softmax", "softmax_relu")
 MAX_THREADS = numba.config.NUMBA_NUM_THREADS
-# A d whose Hessian matrices (11 · 8 · d² bytes, fastnewton/memory.py) need petabytes.
+# A d whose Hessian matrices (4 · 8 · d² bytes, fastnewton/memory.py) need petabytes.
 HUGE_D = 10**7
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
