@@ -55,7 +55,7 @@ STEPS = {
                                         "--csr-n", "2e5", "--solve-dims", "512"),
                             quick=_bench("sketch_vs_exact.py", "--quick")),
     "scaling": dict(full=_bench("scaling.py", "--formats", "csr", "dense", "--models", "softmax", "--strategies",
-                                "exact", "sketch", "--nnz", "1e5", "1e6", "1e7", "--dims", "64", "256", "--threads",
+                                "exact", "sketch", "--nnz", "1e5", "1e6", "1e7", "--dims", "64", "256", "--fixed-nnz", "1e7", "--threads",
                                 "1", "2", "--repeats", "3", "--no-progress"),
                     quick=_bench("scaling.py", "--quick", "--strategies", "exact", "sketch", "--no-progress")),
     # Sized for a 5-minute step; the harder noisy problem with logits ≈ N(0, 4) (dense n = 10⁵, d = 256)
@@ -197,10 +197,11 @@ def render_scaling(out, command):
         threads.sort(key=lambda r: int(r["threads"]))
         speedup = (float(threads[0]["iteration_median_s"]) / float(threads[-1]["iteration_median_s"])
                    if len(threads) > 1 else float("nan"))
+        at = (f" at n = {int(threads[0]['n']):,}, d = {threads[0]['d']}" if threads else "")
         body.append([fmt, strategy, f"{xs[0]:.0e} … {xs[-1]:.0e}",
                      f"{growth_exponent(xs, [float(r['iteration_min_s']) for r in points]):.2f}",
                      f"{growth_exponent(xs, [float(r['hessian_min_s']) for r in points]):.2f}",
-                     f"{speedup:.2f}× ({threads[0]['threads']} → {threads[-1]['threads']} threads)"
+                     f"{speedup:.2f}× ({threads[0]['threads']} → {threads[-1]['threads']} threads{at})"
                      if len(threads) > 1 else "–"])
     lines.append(table(["format", "strategy", "nnz sweep", "iteration ∝ nnz^", "Hessian ∝ nnz^",
                         "iteration speed-up"], body))
