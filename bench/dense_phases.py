@@ -2,6 +2,7 @@
 
     python bench/dense_phases.py                       # n = 100 000, d = 256
     python bench/dense_phases.py --n 20000 --d 64 --repeat 2
+    python bench/dense_phases.py --quick                 # n = 20 000, d = 64, best of 2
     PYTHONPATH=/path/to/other/checkout python bench/dense_phases.py   # the same table for other code
 
 Each figure is the best of --repeat calls at the point x = 0 of a planted noisy softmax
@@ -9,9 +10,12 @@ problem (β of mixed sign), inside ``thread_limits`` exactly as in a solve. ``pa
 sandwich`` times u = Cx immediately after a sandwich (BLAS threads raised for the sandwich
 only) against ``matvec`` after an idle pause: equal figures mean the threaded BLAS left no
 spinning workers behind to slow the Numba pass. The sketched Hessian is broken into its
-pieces (embedding, factor, JL pass, sampled SYRK) below its total.
+pieces (embedding, factor, JL pass, sampled SYRK) below its total. Writes dense_phases.json (the
+rows, with the run's versions, git commit, CPU and threads) to --out (default bench/results/).
 """
 import argparse
+import os
+import sys
 import time
 
 import numpy as np
@@ -20,6 +24,13 @@ import fastnewton
 from fastnewton import sketching
 from fastnewton.problem import Problem
 from fastnewton.threads import blas_threads, thread_limits
+
+try:
+    from _args import add_output_arguments, nonnegative_int, positive_int
+    from _report import write_json
+except ImportError:  # imported as bench.dense_phases from the repository root
+    from bench._args import add_output_arguments, nonnegative_int, positive_int
+    from bench._report import write_json
 
 
 def best_ms(function, repeat):
@@ -57,8 +68,8 @@ def phases(problem, threads, repeat, rng):
         with blas_threads(threads):
             row["matvec BLAS threaded"] = best_ms(lambda: matrix.array @ x, repeat)
             row["rmatmat BLAS threaded"] = best_ms(lambda: matrix.array.T @ ev.kept["Q"], repeat)
-        row["cholesky"] = best_ms(lambda: np.linalg.cholesky(problem.hessian_matrix(ev) + np.eye(problem.d)), 1) \
-            - row["sandwich"]
+        shifted = problem.hessian_matrix(ev) + np.eye(problem.d)
+        row["cholesky"] = best_ms(lambda: np.linalg.cholesky(shifted), repeat)
         s = sketching.sample_size(problem.d, 0.5)
         row["sketch Hessian (sampled sandwich, s rows)"] = best_ms(
             lambda: sketching.sampled_sandwich(matrix, beta, 0.0, s, rng), repeat)
@@ -78,13 +89,17 @@ def phases(problem, threads, repeat, rng):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--d", type=int, default=256)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=positive_int, default=100_000, help="rows (default 1e5)")
+    parser.add_argument("--d", type=positive_int, default=256, help="columns (default 256)")
+    parser.add_argument("--repeat", type=positive_int, default=3, help="best of this many calls (default 3)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--quick", action="store_true", help="n = 2e4, d = 64, best of 2 (a smoke run)")
     parser.add_argument("--blas-threads", action="store_true",
                         help="run each sandwich block as one multi-threaded SYRK instead of one block per thread")
+    add_output_arguments(parser, plots=False)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.d, args.repeat = 20_000, 64, 2
     if args.blas_threads:
         from fastnewton import matrix
         matrix.DENSE_SANDWICH_BLAS_THREADS = True
@@ -94,11 +109,16 @@ def main(argv=None):
     problem = Problem(C, b)
     rng = np.random.default_rng(args.seed)
     print(f"# fastnewton from {fastnewton.__file__}{' (--blas-threads)' if args.blas_threads else ''}; dense n = {args.n}, d = {args.d}; best of {args.repeat}, ms")
+    rows = []
     for threads in (1, 2):
         row = phases(problem, threads, args.repeat, rng)
+        rows.append(row)
         print("  ".join(f"{key} {value:.1f}" if isinstance(value, float) else f"{key} {value}"
                         for key, value in row.items()))
+    write_json(os.path.join(args.out, "dense_phases.json"),
+               {"n": args.n, "d": args.d, "repeat": args.repeat, "blas_threads": args.blas_threads, "rows": rows})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -66,6 +66,21 @@ STEPS = {
                    quick=_bench("memory.py", "--quick")),
     "dask_scaling": dict(full=_bench("dask_scaling.py", "--nnz", "1e6", "1e7", "3e7", "--no-progress"),
                          quick=_bench("dask_scaling.py", "--quick", "--no-progress")),
+    # Each method from its natural default start (fastnewton x0="auto", scipy from zeros), CSR and dense;
+    # ``folder``: a step whose script writes the same file names as another step writes into its own folder.
+    "peers_default": dict(full=_bench("peers.py", "--models", "softmax", "--derivatives", "numpy", "--tables",
+                                      "default", "--time-limit", "40"),
+                          quick=_bench("peers.py", "--quick", "--models", "softmax", "--derivatives", "numpy",
+                                       "--tables", "default", "--threads", "1"),
+                          folder="peers_default"),
+    "peers_dense": dict(full=_bench("peers.py", "--models", "softmax", "--derivatives", "numpy", "--tables",
+                                    "default", "--time-limit", "40", "--dense", "--n", "1e5", "--d", "256"),
+                        quick=_bench("peers.py", "--quick", "--models", "softmax", "--derivatives", "numpy",
+                                     "--tables", "default", "--threads", "1", "--dense"),
+                        folder="peers_dense"),
+    "dense_phases": dict(full=_bench("dense_phases.py", "--repeat", "5"), quick=_bench("dense_phases.py", "--quick")),
+    "many": dict(full=_bench("many.py", "--models", "softmax,relu_softmax"), quick=_bench("many.py", "--quick")),
+    "many_small": dict(full=_bench("many_small.py"), quick=_bench("many_small.py", "--quick")),
 }
 
 
@@ -278,9 +293,74 @@ def render_dask_scaling(out, command):
     return "\n".join([provenance(command), "", "Per-iteration time (median):", "", table(header, body)])
 
 
+def render_peers_methods(out, command):
+    """One row per method of the default table: each from its natural start, to the same criterion."""
+    rows = [r for r in read_csv(out / "peers.csv") if r["table"] == "default"]
+    default = next((r for r in rows if r["method"].startswith("fastnewton auto") and r["reached_tol"] == "True"), None)
+    body = []
+    for r in rows:
+        reached = r["reached_tol"] == "True"
+        ratio = (f"{float(r['time_s']) / float(default['time_s']):.2g}×" if default and reached else "–")
+        body.append([r["method"], r["derivatives"], r["start"], fmt_seconds(r["time_s"]) if reached else
+                     f"stopped at {float(r['final_rel_grad_norm']):.1e} after {fmt_seconds(r['time_s'])}",
+                     r["n_iter"], ratio])
+    first = rows[0]
+    return "\n".join([provenance(command), "",
+                      f"{first['model']}, {first['format']} n = {int(first['n']):,}, d = {first['d']}, "
+                      f"nnz = {int(first['nnz']):,}, noisy targets; every method held to ‖∇L‖ ≤ "
+                      f"{float(first['tol']):g}·‖∇L(0)‖, checked with NumPy after the run; {first['threads']} threads. "
+                      "Ratio: the method's time over the default `solve`'s.", "",
+                      table(["method", "derivatives", "start", "time to tol", "iterations", "ratio"], body)])
+
+
+def render_dense_phases(out, command):
+    data = json.loads((out / "dense_phases.json").read_text())
+    one, two = data["rows"]
+    shown_phases = [key for key in one if key not in ("threads", "s")]
+    body = [[key.strip(), f"{one[key]:.1f} ms", f"{two[key]:.1f} ms", f"{one[key] / two[key]:.2f}×" if two[key] else "–"]
+            for key in shown_phases]
+    return "\n".join([provenance(command), "",
+                      f"Dense n = {data['n']:,}, d = {data['d']}, at x = 0 of a noisy planted `softmax` problem; best "
+                      f"of {data['repeat']} calls per phase; the sketched Hessian samples s = {one['s']:,} rows "
+                      "(its pieces indented below it in the script's output). `BLAS` rows: the same pass by NumPy "
+                      "(GEMV/GEMM) on one BLAS thread, and on the solve's thread count (`threaded`).", "",
+                      table(["phase", "1 thread", "2 threads", "speed-up"], body)])
+
+
+def render_many(out, command):
+    rows = read_csv(out / "many.csv")
+    qs = sorted({int(r["q"]) for r in rows})
+    body = []
+    for fmt, model in dict.fromkeys((r["format"], r["model"]) for r in rows):
+        mine = {int(r["q"]): r for r in rows if r["format"] == fmt and r["model"] == model}
+        first = next(iter(mine.values()))
+        shape = (f"CSR n = {int(first['n']):,}, d = {first['d']}" if fmt == "csr"
+                 else f"dense n = {int(first['n']):,}, d = {first['d']}")
+        body.append([shape, model] + [f"{float(mine[q]['ratio']):.2f}×" if q in mine else "–" for q in qs])
+    agree = all(r["agree"] == "True" for r in rows)
+    return "\n".join([provenance(command), "",
+                      "Time of q `solve` calls / time of one `solve_many` call (noisy targets, default keywords); "
+                      + ("every column's answer agreed with its `solve`." if agree else
+                         "**some columns disagreed with their `solve`** (see many.csv)."), "",
+                      table(["C", "model", *[f"q = {q}" for q in qs]], body)])
+
+
+def render_many_small(out, command):
+    rows = read_csv(out / "many_small.csv")
+    body = [[r["model"], r["format"], r["problems"], fmt_seconds(r["solve_many_s"]), fmt_seconds(r["loop_of_solve_s"]),
+             f"{float(r['speedup']):.3g}×", "yes" if r["answers_agree"] == "True" else "**no**"] for r in rows]
+    first = rows[0]
+    return "\n".join([provenance(command), "",
+                      f"Independent problems with n {first['n_range']}, d {first['d_range']}, noisy targets, default "
+                      f"keywords, {first['threads']} threads; answers checked problem by problem.", "",
+                      table(["model", "C", "problems", "solve_many", "loop of solve", "ratio", "same answers"], body)])
+
+
 RENDER = {"demo": render_demo, "passes": render_passes, "sketch_vs_exact": render_sketch_vs_exact,
           "scaling": render_scaling, "peers": render_peers, "memory": render_memory,
-          "dask_scaling": render_dask_scaling}
+          "dask_scaling": render_dask_scaling, "peers_default": render_peers_methods,
+          "peers_dense": render_peers_methods, "dense_phases": render_dense_phases, "many": render_many,
+          "many_small": render_many_small}
 
 
 # -- the README's generated blocks --------------------------------------------------------------------
@@ -314,15 +394,17 @@ def main(argv=None):
     readme = README.read_text()
     for name in args.only:
         command = STEPS[name]["full" if args.full else "quick"]
+        folder = out / STEPS[name].get("folder", "")
+        folder.mkdir(parents=True, exist_ok=True)
         if not args.render_only:
             print(f"[{name}] {shown(command)}", flush=True)
             started = time.perf_counter()
             if name == "demo":
-                run_demo(command, out)
+                run_demo(command, folder)
             else:
-                run(command, out, extra=["--out", str(out)])
+                run(command, folder, extra=["--out", str(folder)])
             print(f"[{name}] done in {time.perf_counter() - started:.0f} s", flush=True)
-        markdown = RENDER[name](out, command)
+        markdown = RENDER[name](folder, command)
         (out / f"{name}.md").write_text(markdown + "\n")
         print(f"wrote {out / (name + '.md')}")
         if args.full:
