@@ -64,6 +64,11 @@ def readme_install_walk_through(source, work):
     elsewhere.mkdir()
 
     _run([python, "-m", "pip", "install", "--quiet", "."], source, env)
+    # The README's first command runs the installed console script in the clone: the installed copy
+    # (not the source folder beside it) compiles, into the per-user cache that later scripts share.
+    _run([str(work / "venv" / "bin" / "fastnewton"), "demo", "--n", "2000", "--d", "8"], source, env)
+    assert not _cache_files(source / "kernels"), "the demo compiled the clone's source, not the installed copy"
+    assert _cache_files(work / "user-cache" / "fastnewton")
     first = _run([python, "-c", SOLVE], elsewhere, env)
     assert f"FILE {site_packages}" in first, first
     stranded = [path for path in (site_packages / "fastnewton").rglob("*") if path.suffix in (".nbi", ".nbc")]
