@@ -90,3 +90,16 @@ def test_every_performance_table_of_the_readme_is_generated(figures):
     measured = re.compile(r"\d\s*(ms|s|×)\s*(\(|\|)")
     rows = [line for line in outside.splitlines() if line.startswith("|") and measured.search(line)]
     assert not rows, rows
+
+
+def test_quick_run_of_the_tables_that_were_hand_written(tmp_path):
+    # The steps that replaced the README's hand-written tables run and render (peers_dense into its own folder).
+    steps = ["peers_dense", "dense_phases", "many", "many_small"]
+    proc = subprocess.run([sys.executable, "bench/figures.py", "--quick", "--only", *steps, "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in steps:
+        markdown = (tmp_path / f"{name}.md").read_text()
+        assert "Measured on" in markdown and "--quick" in markdown and "|---|" in markdown, markdown
+    assert (tmp_path / "peers_dense" / "peers.csv").exists() and not (tmp_path / "peers.csv").exists()
+    assert "| fastnewton auto" in (tmp_path / "peers_dense.md").read_text()
