@@ -17,7 +17,7 @@ LANES = 4
 def add_scaled4(acc, base, v, q0, q1, q2, q3):
     """acc[base + t] += v·q_t for t = 0 … 3 (the pure-Python form, run under NUMBA_DISABLE_JIT)."""
     for t, q in enumerate((q0, q1, q2, q3)):
-        acc[base + t] += v * q
+        acc[base + t] += np.float64(v) * np.float64(q)
 
 
 @intrinsic
