@@ -5,17 +5,19 @@ from numba import njit, prange
 
 @njit(parallel=True, cache=True)
 def sum_chunk_partials(partial, out):
-    """out[j, t] = Σ_c partial[c, j·k + t] in chunk order c = 0, 1, … (deterministic in the thread count).
+    """out[j, t] = Σ_c partial[c, j·w + t] in chunk order c = 0, 1, … (deterministic in the thread count).
 
-    ``partial`` is n_chunks × (d·k), each row a row-major d × k partial result.
+    ``partial`` is n_chunks × (d·w), each row a row-major d × w partial result with w ≥ k
+    (w = partial.shape[1] / d; columns t ≥ k are padding and are not read).
     """
     d, k = out.shape
     n_chunks = partial.shape[0]
+    width = partial.shape[1] // d if d > 0 else k
     for j in prange(d):
         for t in range(k):
             total = 0.0
             for c in range(n_chunks):
-                total += partial[c, j * k + t]
+                total += partial[c, j * width + t]
             out[j, t] = total
 
 

@@ -301,3 +301,69 @@ def test_csr_matvec_every_row_length(n_per_row, run_with_threads, random_csr):
     A, A_abs = _dense(indptr, indices, data, d), _abs_dense(indptr, indices, data, d)
     naive.assert_within_rounding(one, A @ x, A_abs @ np.abs(x), n_per_row)
     assert np.all(one[::7] == 0.0)
+
+
+def _storage_order_rows(indptr, indices, data, x):
+    """Σ_k data[k]·x[indices[k]] per row, one Python float add at a time in storage order."""
+    out = np.empty(indptr.shape[0] - 1)
+    for i in range(out.shape[0]):
+        acc = 0.0
+        for k in range(indptr[i], indptr[i + 1]):
+            acc += float(data[k]) * float(x[indices[k]])
+        out[i] = acc
+    return out
+
+
+def _storage_order_transposed(indptr, indices, data, Q, chunk_rows, d):
+    """Cᵀ Q as the kernels promise to sum it: each chunk's entries in storage order into its own
+    d × k partial, then the partials added in chunk order (plain Python floats)."""
+    n, k = Q.shape
+    partials = []
+    for start in range(0, n, chunk_rows):
+        acc = [[0.0] * k for _ in range(d)]
+        for i in range(start, min(n, start + chunk_rows)):
+            for p in range(indptr[i], indptr[i + 1]):
+                for t in range(k):
+                    acc[indices[p]][t] += float(data[p]) * float(Q[i, t])
+        partials.append(acc)
+    out = np.zeros((d, k))
+    for j in range(d):
+        for t in range(k):
+            total = 0.0
+            for acc in partials:
+                total += acc[j][t]
+            out[j, t] = total
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 57, 58])
+def test_csr_matvec_sums_each_row_in_storage_order(n, random_csr):
+    """Two rows in flight, each with its own sum: the bits of a one-row-at-a-time sum in storage order
+    (rows of unequal lengths side by side, empty rows, an odd last row), whatever the magnitudes."""
+    rng = np.random.default_rng(15)
+    d = 9
+    indptr, indices, data = random_csr(rng, n, d, empty_rows=True, duplicates=True, unsorted=True)
+    data = data * np.exp(rng.uniform(-20, 20, size=data.shape))
+    x = rng.standard_normal(d) * np.exp(rng.uniform(-20, 20, size=d))
+    out = np.full(n, np.nan)
+    csr_matvec(indptr, indices, data, x, out)
+    np.testing.assert_array_equal(out, _storage_order_rows(indptr, indices, data, x))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 8, 10])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transposed_kernels_sum_in_chunk_and_storage_order(k, dtype, random_csr):
+    """The four-lane updates (partials padded to whole groups of four columns) keep the scalar sums:
+    the bits of the plain chunked loop, for widths below, at and past one group of four lanes."""
+    rng = np.random.default_rng(16)
+    n, d, chunk_rows = 45, 7, 8
+    indptr, indices, data = random_csr(rng, n, d, dtype=dtype, empty_rows=True, duplicates=True,
+                                       unsorted=True)
+    Q = rng.standard_normal((n, k)) * np.exp(rng.uniform(-20, 20, size=(n, 1)))
+    expected = _storage_order_transposed(indptr, indices, data, Q, chunk_rows, d)
+    out = np.full((d, k), np.nan)
+    csr_rmatmat(indptr, indices, data, Q, chunk_rows, out)
+    np.testing.assert_array_equal(out, expected)
+    if k == 3:
+        np.testing.assert_array_equal(_run_transposed(csr_rmatmat3, indptr, indices, data, Q, chunk_rows, d),
+                                      expected)
