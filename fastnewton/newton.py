@@ -4,8 +4,9 @@ Per iteration: 1) u = Cx (carried from the line search as u + t·CΔx, a forward
 every ``REFRESH_EVERY`` iterations or when the steps since the last one were long), 2) model vectors and the fused gradient pass
 Cᵀ[q, U], 3) the Hessian from the strategy, 4) a damped Newton step: Cholesky of
 H + μD² (Levenberg–Marquardt μ raised when Cholesky fails or the line search
-rejects the step, and set after each step by its gain ratio: kernels/damping.py), a logit cap ‖CΔx‖∞ ≤ 10 (one pass C·Δx, reused by every line
-search trial as u + t·CΔx), and Armijo backtracking on L.
+rejects the step, and set after each step by its gain ratio: kernels/damping.py), a logit cap
+‖CΔx‖∞ ≤ 10 (one pass C·Δx, reused by every line search trial as u + t·CΔx), and Armijo
+backtracking on L (a well-predicted damped step also tries one longer step).
 """
 import os
 import sys
@@ -15,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .kernels.damping import FIRST_INCREASE, damping_after, gain_ratio, raised_damping
+from .kernels.damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, raised_damping
 from .protocol import no_timer
 from .reductions import dot, norm
 from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
@@ -269,7 +270,21 @@ def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, t
                 invisible = t == 1.0 and -slope <= noise and L_t <= L0 + noise
                 if np.isfinite(L_t) and (armijo or invisible):
                     scaled = line.p * system.column_scale
-                    ratio = gain_ratio(L0 - L_t, t * slope, t * t * dot(scaled, scaled), mu, t * cap, noise)
+                    scaled2 = dot(scaled, scaled)
+                    ratio = gain_ratio(L0 - L_t, t * slope, t * t * scaled2, mu, t * cap, noise)
+                    if trial == 1 and armijo and ratio > GOOD_GAIN:
+                        # A damped step that the model predicted well: one more O(n) trial at the
+                        # undamped model's minimiser along the line (kernels/damping.py).
+                        longer = extended_length(slope, scaled2, mu, cap, line.largest, max_logit_step)
+                        if longer > 1.0:
+                            trial += 1
+                            L_longer = line.loss(longer)
+                            if counts is not None:
+                                counts["nfev"] += 1
+                            if (np.isfinite(L_longer) and L_longer < L_t
+                                    and L_longer <= L0 + ARMIJO_C1 * longer * slope):
+                                t, L_t = longer, L_longer
+                                ratio = gain_ratio(L0 - L_t, t * slope, t * t * scaled2, mu, t * cap, noise)
                     return Step(ev.x + t * line.p, t, mu, trial, t * norm(line.p), line, ratio)
                 t *= BACKTRACK_FACTOR
         mu, increase = raised_damping(mu, increase, scale)
@@ -283,8 +298,10 @@ def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=No
     ``kernels.damping.raised_damping``) while the solve fails or p is not a descent direction;
     caps the logit change ‖C p‖∞ ≤ ``max_logit_step`` (one pass C·p, reused by every trial);
     backtracks (×½) until Armijo holds, or the full step keeps L within rounding of L(x) when the
-    predicted decrease is itself below rounding; records the accepted step's gain ratio (which sets
-    the next iteration's μ: ``NewtonRun.accept``).
+    predicted decrease is itself below rounding. A full damped step with gain ratio > GOOD_GAIN
+    gets one more trial, longer (t ≤ MAX_EXTENSION, within the logit cap), at the minimiser of the
+    undamped model along the line (``kernels.damping.extended_length``), kept if L is lower there.
+    Records the accepted step's gain ratio (which sets the next iteration's μ: ``NewtonRun.accept``).
     ``counts["nfev"]`` (if given) counts the line search's loss evaluations.
     """
     timer = timer or no_timer
@@ -418,7 +435,7 @@ class NewtonRun:
         self.lowest_loss = min(self.lowest_loss, new_ev.loss)
         self.lowest_grad_norm = min(self.lowest_grad_norm, new_grad_norm)
         self.previous, self.ev, self.grad_norm = self.ev, new_ev, new_grad_norm
-        self.mu = damping_after(step.damping, step.length == 1.0, step.gain_ratio, system.scale)
+        self.mu = damping_after(step.damping, step.length >= 1.0, step.gain_ratio, system.scale)
         scaled_g_ref = self.scaled_g_ref
         info = _record(self.history, n_iter, new_ev, new_grad_norm, self.g_ref, step, self.timer, self.clock,
                        self.options,

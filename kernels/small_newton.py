@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .damping import FIRST_INCREASE, damping_after, gain_ratio, raised_damping
+from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, raised_damping
 from .dense import chunk_rmatmat
 from .sandwich import _gather_sorted_row
 from .softmax import (
@@ -466,6 +466,8 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
         Cp = np.empty(n)
         u_trial = np.empty(n)
         x_trial = np.empty(d)
+        u_longer = np.empty(n)
+        x_longer = np.empty(d)
         new_u = np.empty(n)
         new_e = np.empty(n)
         new_Q = np.empty((n, 3))
@@ -544,6 +546,23 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
                         for j in range(d):
                             scaled_norm2 += (p[j] * column_scale[j]) ** 2
                         ratio = gain_ratio(loss - L_t, t * slope, t * t * scaled_norm2, mu, t * factor, noise)
+                        if trial == 0 and armijo and ratio > GOOD_GAIN:
+                            longer = extended_length(slope, scaled_norm2, mu, factor, factor * largest,
+                                                     settings[S_MAX_LOGIT_STEP])
+                            if longer > 1.0:
+                                for i in range(n):
+                                    u_longer[i] = u[i] + (longer * factor) * Cp[i]
+                                for j in range(d):
+                                    x_longer[j] = x[j] + longer * p[j]
+                                L_longer = _loss_at(u_longer, x_longer, b, w, relu, l2, chunk_rows, new_e)
+                                if (np.isfinite(L_longer) and L_longer < L_t
+                                        and L_longer <= loss + settings[S_ARMIJO_C1] * longer * slope):
+                                    t = longer
+                                    L_t = L_longer
+                                    u_trial[:] = u_longer
+                                    x_trial[:] = x_longer
+                                    ratio = gain_ratio(loss - L_t, t * slope, t * t * scaled_norm2, mu, t * factor,
+                                                       noise)
                         break
                     t *= settings[S_BACKTRACK_FACTOR]
                 if accepted:
@@ -587,7 +606,7 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
             G, new_G = new_G, G
             grad, new_grad = new_grad, grad
             loss, c, gamma, top, grad_norm = new_loss, new_c, new_gamma, new_top, new_grad_norm
-            mu = damping_after(step_mu, t == 1.0, ratio, system_scale)
+            mu = damping_after(step_mu, t >= 1.0, ratio, system_scale)
     out_int[O_STATUS] = status
     out_int[O_N_ITER] = n_iter
     out_float[O_LOSS] = loss
