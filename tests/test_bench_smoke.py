@@ -283,3 +283,11 @@ def test_zipf_peers_quick_reports_every_method(tmp_path):
         assert row["final_rel_grad_norm"] <= 1e-8 * (1 + 1e-6)
     for row in rows:
         assert_positive(row["lbfgsb_ratio"], f"lbfgsb_ratio of {row['method']}")
+
+
+def test_zipf_peers_methods_runs_a_subset(tmp_path):
+    """--methods exact: only that run, and no L-BFGS-B ratio (there is no L-BFGS-B row to divide by)."""
+    run_script(["bench/zipf_peers.py", "--quick", "--methods", "exact", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "zipf_peers.json").read_text())["rows"]
+    assert [row["method"] for row in rows] == ["fastnewton exact from 0"]
+    assert rows[0]["reached_tol"] and "lbfgsb_ratio" not in rows[0]
