@@ -54,9 +54,7 @@ def _settings(tol, max_iter):
     values = {
         kernel.S_TOL: tol, kernel.S_MAX_ITER: max_iter, kernel.S_ARMIJO_C1: newton.ARMIJO_C1,
         kernel.S_BACKTRACK_FACTOR: newton.BACKTRACK_FACTOR, kernel.S_MAX_BACKTRACKS: newton.MAX_BACKTRACKS,
-        kernel.S_MAX_DAMPING_TRIES: newton.MAX_DAMPING_TRIES, kernel.S_FIRST_DAMPING: newton.FIRST_DAMPING,
-        kernel.S_DAMPING_INCREASE: newton.DAMPING_INCREASE, kernel.S_DAMPING_DECREASE: newton.DAMPING_DECREASE,
-        kernel.S_MAX_LOGIT_STEP: newton.MAX_LOGIT_STEP, kernel.S_REFRESH_EVERY: newton.REFRESH_EVERY,
+        kernel.S_MAX_DAMPING_TRIES: newton.MAX_DAMPING_TRIES, kernel.S_MAX_LOGIT_STEP: newton.MAX_LOGIT_STEP, kernel.S_REFRESH_EVERY: newton.REFRESH_EVERY,
         kernel.S_MAX_CARRIED_PATH: newton.MAX_CARRIED_PATH, kernel.S_ROUNDING_FACTOR: newton.ROUNDING_FACTOR,
         kernel.S_STALL_WINDOW: newton.STALL_WINDOW, kernel.S_GRADIENT_PROGRESS: newton.GRADIENT_PROGRESS,
         kernel.S_KINK_RTOL: newton.KINK_RTOL, kernel.S_NULL_SPACE_RTOL: NULL_SPACE_RTOL,

@@ -3,9 +3,10 @@
 Per iteration: 1) u = Cx (carried from the line search as u + t·CΔx, a forward pass only
 every ``REFRESH_EVERY`` iterations or when the steps since the last one were long), 2) model vectors and the fused gradient pass
 Cᵀ[q, U], 3) the Hessian from the strategy, 4) a damped Newton step: Cholesky of
-H + μI (Levenberg–Marquardt μ raised when Cholesky fails or the line search
-rejects the step), a logit cap ‖CΔx‖∞ ≤ 10 (one pass C·Δx, reused by every line
-search trial as u + t·CΔx), and Armijo backtracking on L.
+H + μD² (Levenberg–Marquardt μ raised when Cholesky fails or the line search
+rejects the step, and set after each step by its gain ratio: kernels/damping.py), a logit cap
+‖CΔx‖∞ ≤ 10 (one pass C·Δx, reused by every line search trial as u + t·CΔx), and Armijo
+backtracking on L (a well-predicted damped step also tries one longer step).
 """
 import os
 import sys
@@ -15,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .kernels.damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, raised_damping
 from .protocol import no_timer
 from .reductions import dot, norm
 from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
@@ -23,12 +25,10 @@ from .timing import PhaseTimer
 ARMIJO_C1 = 1e-4
 BACKTRACK_FACTOR = 0.5
 MAX_BACKTRACKS = 40
-# μ runs from 1e-8·scale up by ×10 per failure: 20 tries reach 1e12·scale, where the
-# step is a tiny gradient step that must decrease L unless L is flat to rounding.
+# μ runs from 0 to 1e-8·scale, then up by ×2, ×4, ×8, … per failure (kernels/damping.py): the 13th
+# try is past 1e12·scale, where the step is a tiny gradient step that must decrease L unless L is
+# flat to rounding; 20 leave room for an iteration that starts from a μ far below the one it needs.
 MAX_DAMPING_TRIES = 20
-FIRST_DAMPING = 1e-8
-DAMPING_INCREASE = 10.0
-DAMPING_DECREASE = 10.0
 # Beyond ~10 the softmax saturates to one-hot and every gradient underflows to 0.
 MAX_LOGIT_STEP = 10.0
 # u = Cx is carried from the line search as u + t·Cp. A fresh pass has |uᵢ − (Cx)ᵢ| ≤ γ_nnzᵢ·|Cᵢ|·|x|;
@@ -74,8 +74,8 @@ class SolveOptions:
 
 @dataclass
 class Step:
-    """An accepted step: the new x, its length t, the damping μ used, trials, ‖t·p‖, and the line it
-    was taken on (whose ``evaluate(t)`` carries u)."""
+    """An accepted step: the new x, its length t, the damping μ used, trials, ‖t·p‖, the line it
+    was taken on (whose ``evaluate(t)`` carries u), and its gain ratio (``kernels.damping.gain_ratio``)."""
 
     x: np.ndarray
     length: float
@@ -83,6 +83,7 @@ class Step:
     trials: int
     norm: float
     line: object = None
+    gain_ratio: float = 1.0
 
 
 @dataclass
@@ -206,10 +207,6 @@ def column_scale(problem):
     return np.where(np.isfinite(norms) & (norms > 0.0), norms, 1.0)
 
 
-def _next_damping(mu, scale):
-    return FIRST_DAMPING * scale if mu == 0.0 else mu * DAMPING_INCREASE
-
-
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
@@ -248,16 +245,19 @@ def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, t
     g = ev.grad
     L0 = ev.loss
     noise = _rounding_level(L0, problem.target_norm())
+    increase = FIRST_INCREASE  # ν of the next raise (kernels/damping.py)
     for _ in range(MAX_DAMPING_TRIES):
         with timer("solve"):
             p = system.solve(g, mu)
         if p is None or not _all_finite(p) or not dot(g, p) < 0.0:
-            mu = _next_damping(mu, scale)
+            mu, increase = raised_damping(mu, increase, scale)
             continue
         line = yield p
         with timer("line_search"):
+            cap = 1.0
             if line.largest > max_logit_step:
-                line.scale(max_logit_step / line.largest)
+                cap = max_logit_step / line.largest
+                line.scale(cap)
             slope = dot(g, line.p)
             t = 1.0
             for trial in range(1, MAX_BACKTRACKS + 1):
@@ -269,19 +269,39 @@ def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, t
                 # accept the full step if L does not rise beyond rounding; the gradient test decides.
                 invisible = t == 1.0 and -slope <= noise and L_t <= L0 + noise
                 if np.isfinite(L_t) and (armijo or invisible):
-                    return Step(ev.x + t * line.p, t, mu, trial, t * norm(line.p), line)
+                    scaled = line.p * system.column_scale
+                    scaled2 = dot(scaled, scaled)
+                    ratio = gain_ratio(L0 - L_t, t * slope, t * t * scaled2, mu, t * cap, noise)
+                    if trial == 1 and armijo and ratio > GOOD_GAIN:
+                        # A damped step that the model predicted well: one more O(n) trial at the
+                        # undamped model's minimiser along the line (kernels/damping.py).
+                        longer = extended_length(slope, scaled2, mu, cap, line.largest, max_logit_step)
+                        if longer > 1.0:
+                            trial += 1
+                            L_longer = line.loss(longer)
+                            if counts is not None:
+                                counts["nfev"] += 1
+                            if (np.isfinite(L_longer) and L_longer < L_t
+                                    and L_longer <= L0 + ARMIJO_C1 * longer * slope):
+                                t, L_t = longer, L_longer
+                                ratio = gain_ratio(L0 - L_t, t * slope, t * t * scaled2, mu, t * cap, noise)
+                    return Step(ev.x + t * line.p, t, mu, trial, t * norm(line.p), line, ratio)
                 t *= BACKTRACK_FACTOR
-        mu = _next_damping(mu, scale)
+        mu, increase = raised_damping(mu, increase, scale)
     return None
 
 
 def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=None, counts=None):
     """One damped Newton step from ev.x: ``Step``, or None when no damping gives an accepted step.
 
-    Solves (H + μI) p = −g with ``system``, raising μ (×10 from 1e-8·scale) while the solve fails
-    or p is not a descent direction; caps the logit change ‖C p‖∞ ≤ ``max_logit_step`` (one pass
-    C·p, reused by every trial); backtracks (×½) until Armijo holds, or the full step keeps L
-    within rounding of L(x) when the predicted decrease is itself below rounding.
+    Solves (H + μD²) p = −g with ``system``, raising μ (from 1e-8·scale by ×2, ×4, ×8, …:
+    ``kernels.damping.raised_damping``) while the solve fails or p is not a descent direction;
+    caps the logit change ‖C p‖∞ ≤ ``max_logit_step`` (one pass C·p, reused by every trial);
+    backtracks (×½) until Armijo holds, or the full step keeps L within rounding of L(x) when the
+    predicted decrease is itself below rounding. A full damped step with gain ratio > GOOD_GAIN
+    gets one more trial, longer (t ≤ MAX_EXTENSION, within the logit cap), at the minimiser of the
+    undamped model along the line (``kernels.damping.extended_length``), kept if L is lower there.
+    Records the accepted step's gain ratio (which sets the next iteration's μ: ``NewtonRun.accept``).
     ``counts["nfev"]`` (if given) counts the line search's loss evaluations.
     """
     timer = timer or no_timer
@@ -415,8 +435,7 @@ class NewtonRun:
         self.lowest_loss = min(self.lowest_loss, new_ev.loss)
         self.lowest_grad_norm = min(self.lowest_grad_norm, new_grad_norm)
         self.previous, self.ev, self.grad_norm = self.ev, new_ev, new_grad_norm
-        mu = step.damping / DAMPING_DECREASE if step.length == 1.0 else step.damping
-        self.mu = 0.0 if mu < FIRST_DAMPING * system.scale else mu
+        self.mu = damping_after(step.damping, step.length >= 1.0, step.gain_ratio, system.scale)
         scaled_g_ref = self.scaled_g_ref
         info = _record(self.history, n_iter, new_ev, new_grad_norm, self.g_ref, step, self.timer, self.clock,
                        self.options,
@@ -532,6 +551,8 @@ def _record(history, n_iter, ev, grad_norm, g_ref, step, timer, clock, options, 
         "step_norm": step.norm if step else 0.0,
         "damping": step.damping if step else 0.0,
         "line_search_trials": step.trials if step else 0,
+        # actual / predicted decrease of L: near 1 where the quadratic model holds; sets the next damping
+        "gain_ratio": step.gain_ratio if step else 0.0,
         "seconds": timer.pop(),
         "time": time.perf_counter() - clock,
     }

@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .csr import csr_column_squares
+from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, raised_damping
 from .dense import chunk_rmatmat
 from .sandwich import _gather_sorted_row
 from .softmax import (
@@ -45,11 +46,11 @@ PARAMETER_FIELDS = 3
 # the relu_softmax fit of log(b/f) on the active rows.
 START_GIVEN, START_ZEROS, START_LOG_FIT, START_ACTIVE_FIT = range(4)
 # Entries of ``settings`` (float64): newton.py's constants, tol and max_iter.
-(S_TOL, S_MAX_ITER, S_ARMIJO_C1, S_BACKTRACK_FACTOR, S_MAX_BACKTRACKS, S_MAX_DAMPING_TRIES, S_FIRST_DAMPING,
- S_DAMPING_INCREASE, S_DAMPING_DECREASE, S_MAX_LOGIT_STEP, S_REFRESH_EVERY, S_MAX_CARRIED_PATH,
- S_ROUNDING_FACTOR, S_STALL_WINDOW, S_GRADIENT_PROGRESS, S_KINK_RTOL, S_NULL_SPACE_RTOL,
- S_ACTIVE_RTOL) = range(18)
-SETTINGS_FIELDS = 18
+# (The damping rule is kernels/damping.py's functions, called here and by newton.py.)
+(S_TOL, S_MAX_ITER, S_ARMIJO_C1, S_BACKTRACK_FACTOR, S_MAX_BACKTRACKS, S_MAX_DAMPING_TRIES, S_MAX_LOGIT_STEP,
+ S_REFRESH_EVERY, S_MAX_CARRIED_PATH, S_ROUNDING_FACTOR, S_STALL_WINDOW, S_GRADIENT_PROGRESS, S_KINK_RTOL,
+ S_NULL_SPACE_RTOL, S_ACTIVE_RTOL) = range(15)
+SETTINGS_FIELDS = 15
 # Columns of ``out_int``: the status (``fastnewton.result.Status``, or START_FAILED), iterations,
 # where a non-finite value appeared (FAULT_*, or an iteration ≥ 1), and the ReLU-kink count and first row.
 O_STATUS, O_N_ITER, O_FAULT_WHERE, O_KINK_COUNT, O_KINK_INDEX = range(5)
@@ -465,6 +466,8 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
         Cp = np.empty(n)
         u_trial = np.empty(n)
         x_trial = np.empty(d)
+        u_longer = np.empty(n)
+        x_longer = np.empty(d)
         new_u = np.empty(n)
         new_e = np.empty(n)
         new_Q = np.empty((n, 3))
@@ -507,6 +510,8 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
             t = 1.0
             factor = 1.0
             step_mu = mu
+            ratio = 1.0
+            increase = FIRST_INCREASE
             for _ in range(int(settings[S_MAX_DAMPING_TRIES])):
                 solved = finite and _cholesky(scaled, mu, L)
                 if solved:
@@ -514,7 +519,7 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
                     for j in range(d):
                         p[j] = -p[j] / column_scale[j]
                 if not solved or not _all_finite(p) or not _dot(grad, p) < 0.0:
-                    mu = settings[S_FIRST_DAMPING] * system_scale if mu == 0.0 else mu * settings[S_DAMPING_INCREASE]
+                    mu, increase = raised_damping(mu, increase, system_scale)
                     continue
                 _matvec(matrix, p, Cp)
                 largest = 0.0
@@ -537,12 +542,33 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
                     invisible = t == 1.0 and -slope <= noise and L_t <= loss + noise
                     if np.isfinite(L_t) and (armijo or invisible):
                         accepted = True
+                        scaled_norm2 = 0.0
+                        for j in range(d):
+                            scaled_norm2 += (p[j] * column_scale[j]) ** 2
+                        ratio = gain_ratio(loss - L_t, t * slope, t * t * scaled_norm2, mu, t * factor, noise)
+                        if trial == 0 and armijo and ratio > GOOD_GAIN:
+                            longer = extended_length(slope, scaled_norm2, mu, factor, factor * largest,
+                                                     settings[S_MAX_LOGIT_STEP])
+                            if longer > 1.0:
+                                for i in range(n):
+                                    u_longer[i] = u[i] + (longer * factor) * Cp[i]
+                                for j in range(d):
+                                    x_longer[j] = x[j] + longer * p[j]
+                                L_longer = _loss_at(u_longer, x_longer, b, w, relu, l2, chunk_rows, new_e)
+                                if (np.isfinite(L_longer) and L_longer < L_t
+                                        and L_longer <= loss + settings[S_ARMIJO_C1] * longer * slope):
+                                    t = longer
+                                    L_t = L_longer
+                                    u_trial[:] = u_longer
+                                    x_trial[:] = x_longer
+                                    ratio = gain_ratio(loss - L_t, t * slope, t * t * scaled_norm2, mu, t * factor,
+                                                       noise)
                         break
                     t *= settings[S_BACKTRACK_FACTOR]
                 if accepted:
                     step_mu = mu
                     break
-                mu = settings[S_FIRST_DAMPING] * system_scale if mu == 0.0 else mu * settings[S_DAMPING_INCREASE]
+                mu, increase = raised_damping(mu, increase, system_scale)
             if not accepted:
                 status = STALLED
                 out_int[O_KINK_COUNT] = NO_STEP
@@ -580,9 +606,7 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
             G, new_G = new_G, G
             grad, new_grad = new_grad, grad
             loss, c, gamma, top, grad_norm = new_loss, new_c, new_gamma, new_top, new_grad_norm
-            mu = step_mu / settings[S_DAMPING_DECREASE] if t == 1.0 else step_mu
-            if mu < settings[S_FIRST_DAMPING] * system_scale:
-                mu = 0.0
+            mu = damping_after(step_mu, t >= 1.0, ratio, system_scale)
     out_int[O_STATUS] = status
     out_int[O_N_ITER] = n_iter
     out_float[O_LOSS] = loss

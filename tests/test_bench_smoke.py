@@ -298,3 +298,11 @@ def test_memory_counts_the_iteration_not_the_problem(tmp_path):
         assert r["formula_bytes"] < r["c_bytes"] * 3
     exact, sketch = rows[0], rows[1]
     assert sketch["traced"] > 1.5 * exact["traced"] and sketch["formula_bytes"] > 1.5 * exact["formula_bytes"]
+
+
+def test_zipf_peers_methods_runs_a_subset(tmp_path):
+    """--methods exact: only that run, and no L-BFGS-B ratio (there is no L-BFGS-B row to divide by)."""
+    run_script(["bench/zipf_peers.py", "--quick", "--methods", "exact", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "zipf_peers.json").read_text())["rows"]
+    assert [row["method"] for row in rows] == ["fastnewton exact from 0"]
+    assert rows[0]["reached_tol"] and "lbfgsb_ratio" not in rows[0]
