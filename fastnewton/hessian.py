@@ -230,6 +230,12 @@ BUILDERS = {"exact": exact_system, "sketch": sketch_system, "pcg": pcg_system, "
 # search C·Δx), and per CG iteration of pcg (Hessian-vector product: C·p and Cᵀ(·)).
 PASSES_PER_ITERATION = 3
 PASSES_PER_CG_ITERATION = 2
+# A CG iteration's fixed cost beyond its passes and triangular solves: its Python control, two kernel
+# launches and two SciPy triangular solves. Measured 85–104 µs per CG iteration (``lagged``, 2 threads,
+# 50 softmax CSR problems n 64–512, d 32–64, 8 entries per row, whose passes take ~2 µs); priced at
+# less than that so it only decides where the passes are that small. Without it ``auto`` chose lagged
+# for 42% of such problems, which then solved in 6.8–7.0 ms against exact's 3.9–5.5 ms.
+CG_ITERATION_SECONDS = 5e-5
 
 
 def csr_sandwich_rate(d, rates=rates):
@@ -249,7 +255,7 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
     and every strategy a d × d Cholesky. Iteration counts: EXACT_ITERATIONS for exact (and
     the common start: one sandwich, one pass), scaled by the measured ratios for sketch,
     pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products (two passes
-    and a triangular solve pair each) per step, lagged an exact iteration in every
+    and a triangular solve pair each, plus CG_ITERATION_SECONDS) per step, lagged an exact iteration in every
     LAGGED_STEPS + 1 and LAGGED_CG_ITERATIONS_PER_STEP of them on the others.
     """
     matrix = problem.matrix
@@ -273,7 +279,7 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
         return sandwich(min(n, sketch_size or sample_size(d, eps, constant)))
 
     def cg(iterations):
-        return iterations * (PASSES_PER_CG_ITERATION * one_pass + 2 * d * d / rates.CHOLESKY_FMA)
+        return iterations * (PASSES_PER_CG_ITERATION * one_pass + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
 
     per_iteration = {
         "exact": sandwich(n) + cholesky,

@@ -35,7 +35,7 @@ from .models import LogPartition, check_model
 from .models.softmax import ACTIVE_RTOL, Softmax
 from .problem import Problem
 from .result import MESSAGES, ConvergenceWarning, Status
-from .solver import solve, warn_if_not_a_distribution
+from .solver import not_a_distribution, solve
 from .start import NULL_SPACE_RTOL
 from .threads import thread_limits
 from .validation import as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count
@@ -298,12 +298,10 @@ def _warn_if_not_distributions(problems, indices):
     """``solve``'s warning for targets that cannot be softmax outputs, once for the batch (naming the problems)."""
     flagged, first = [], None
     for problem, i in zip(problems, indices):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            warn_if_not_a_distribution(problem.b, problem.model)
-        if caught:
+        message = not_a_distribution(problem.b, problem.model)
+        if message:
             flagged.append(i)
-            first = first or str(caught[0].message)
+            first = first or message
     if flagged:
         shown = ", ".join(str(i) for i in flagged[:10]) + (", …" if len(flagged) > 10 else "")
         warnings.warn(f"problem(s) {shown}: {first}", UserWarning, stacklevel=4)

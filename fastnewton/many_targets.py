@@ -8,12 +8,18 @@ pass Cᵀ Q the gradient needs, a Newton loop a staged start asks for. Here the 
 unfinished problems are answered together, each round by one pass over C:
 
 - u = C X and the lines' C·P: ``matrix.matvecs`` (SpMM / dense, one read of C);
-- the gradients' Cᵀ[Q₁, Q₂, …]: one ``matrix.rmatmat`` over the problems' columns side by side;
-- the exact Hessians' Cᵀ diag(β_j) C: ``matrix.sandwiches`` (CSR: one read of C per group of
-  problems; dense: all problems' SYRKs on one thread pool).
+- the gradients' Cᵀ[Q₁, Q₂, …]: ``matrix.rmatmats`` (CSR: the problems' columns side by side in one
+  read of C, SIMD across problems; dense: one read of C for all problems);
+- the exact Hessians' Cᵀ diag(β_j) C: ``matrix.sandwiches`` (CSR: one read of C per block of problems,
+  each row's pair products C_ia·C_ib formed once for all of them; dense: all problems' SYRKs on one
+  thread pool).
 
-Each of these gives every column the bits of the single-problem pass (same sums in the same order),
-so each problem's iterates, statuses and iteration counts are those of ``solve`` on its column.
+The forward and transposed passes and the dense sandwiches give every column the bits of the
+single-problem pass (same sums in the same order); the shared CSR sandwich rounds differently from
+one problem's (β·C_ia·C_ib grouped otherwise, fewer row chunks), by ~1e-16 relative. So each problem
+runs ``solve``'s decisions on its column, follows its iterates to rounding and ends with its status (tested with
+the iteration count) and x within 1e-10 relative (bit for bit on dense C); its bits depend neither on the thread
+count nor on which other columns are solved with it.
 Problems that stop drop out of the passes. Per-problem work that needs no pass (the model's O(n)
 vectors, the d × d Cholesky solves, line-search trials) runs problem by problem, as do the
 ``sketch``/``pcg`` Hessians and the starts (``x0="auto"``: the b-weighted fit of each column, and
@@ -158,7 +164,7 @@ def answer_together(generators, answer):
 
 
 class SharedPasses:
-    """The passes over one C for many problems at once, each answer bit for bit the single problem's."""
+    """The passes over one C for many problems at once (module docstring: which are bit for bit the single problem's)."""
 
     def __init__(self, matrix, column_scale):
         self.matrix = matrix
@@ -198,7 +204,7 @@ class SharedPasses:
     def normal_systems(self, requests):
         """``NormalSystemRequest.run()`` for each request, the sandwiches and transposed passes shared."""
         fits = [request.row_fit(request.problem.block, request.parameters) for request in requests]
-        sandwiches = self.matrix.sandwiches(np.column_stack([weights for weights, _ in fits]))
+        sandwiches = self.matrix.sandwiches([weights for weights, _ in fits])
         transposed = self.transposed([fit_columns(weights, target) for weights, target in fits])
         return [fit_partials(weights, target, sandwich, G)
                 for (weights, target), sandwich, G in zip(fits, sandwiches, transposed)]
@@ -246,8 +252,7 @@ class SharedPasses:
         """Each run's Newton system; the exact strategy's sandwiches formed together."""
         if build_system is not exact_system:
             return [run.build_system(build_system) for run in runs]
-        betas = np.column_stack([run.problem.beta(run.ev) for run in runs])
-        sandwiches = self.matrix.sandwiches(betas)
+        sandwiches = self.matrix.sandwiches([run.problem.beta(run.ev) for run in runs])
         return [run.build_system(exact_system, sandwich=sandwich) for run, sandwich in zip(runs, sandwiches)]
 
     def lines(self, runs, directions, indices):

@@ -10,9 +10,9 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from .chunking import chunk_rows, sandwich_chunk_rows
+from .chunking import chunk_rows, sandwich_chunk_rows, sandwich_many_chunks
 from .kernels.csr import (csr_column_squares, csr_dense_rows, csr_matmat, csr_matvec, csr_matvecs, csr_rmatmat,
-                          csr_rmatmat3, csr_rmatvec)
+                          csr_rmatmat3, csr_rmatmats, csr_rmatvec)
 from .kernels.dense import dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats, signed_scaled_rows
 from .kernels.sandwich import csr_sandwich_many, csr_sandwich_rows
 from .kernels.sketch import csr_embed, dense_embed
@@ -59,9 +59,10 @@ DENSE_ROW_MIN_BLOCK = 256
 # ``matvecs``: rows per parallel task (each task keeps r accumulators; rows are independent, so this
 # sets only the work per task, never the bits).
 MATVECS_ROWS_PER_TASK = 256
-# ``CSRMatrix.sandwiches`` gives each problem chunk-partials as ``sandwich`` does (the same bits),
-# so it sandwiches as many problems per read of C as fit their partials in this many bytes.
+# ``CSRMatrix.sandwiches`` sandwiches as many problems per read of C as fit their packed chunk partials
+# (``csr_sandwich_many``) in this many bytes; ``rmatmats`` likewise for its d × k chunk partials.
 SANDWICH_MANY_BYTES = 64 * 2**20
+RMATMATS_BYTES = 64 * 2**20
 
 
 def sandwiched_densely(row_nnz, d):
@@ -196,10 +197,9 @@ class DenseMatrix:
         return self._syrk_sandwich(beta)
 
     def sandwiches(self, weights):
-        """[Cᵀ diag(weights[:, t]) C for each column t], each with ``sandwich``'s bits (one pool of SYRKs)."""
+        """[Cᵀ diag(w) C for w in weights] (length-n vectors), each with ``sandwich``'s bits (one pool of SYRKs)."""
         return blocked_syrk_sandwiches(lambda part: (self.array, np.arange(part.start, part.stop)),
-                                       [np.ascontiguousarray(weights[:, t]) for t in range(weights.shape[1])],
-                                       self.d)
+                                       [np.ascontiguousarray(w, dtype=np.float64) for w in weights], self.d)
 
     def sandwich_work(self):
         """(sparse pair updates, dense SYRK multiply-adds) of the full sandwich: every row by SYRK."""
@@ -269,11 +269,18 @@ class CSRMatrix:
         return out
 
     def rmatmats(self, Qs):
-        """[Cᵀ Q for Q in Qs] for n × k arrays Qs, one ``rmatmat`` each. Unlike the forward pass, this pass
-        does k multiply-adds per stored entry and is bound by them, not by reading C: a kernel reading C
-        once for 16 problems (chunk by chunk, each problem's accumulator apart) measured no faster
-        (k = 19) or 1.7× slower (k = 3, where ``csr_rmatmat3`` unrolls) than 16 calls, n = 10⁵, d = 64."""
-        return [self.rmatmat(Q) for Q in Qs]
+        """[Cᵀ Q for Q in Qs] for n × k arrays Qs (the same k): each ``rmatmat(Q)``, bit for bit, with one read of C
+        per group of problems (``csr_rmatmats``: the problems' columns side by side, SIMD across problems)."""
+        k = Qs[0].shape[1]
+        n_chunks = -(-self.n // self._chunk_rows)
+        group = max(1, RMATMATS_BYTES // (8 * n_chunks * self.d * k))
+        out = []
+        for start in range(0, len(Qs), group):
+            part = Qs[start:start + group]
+            G = np.empty((len(part), self.d, k))
+            csr_rmatmats(self.indptr, self.indices, self.data, _array_list(part), self._chunk_rows, G)
+            out.extend(G)
+        return out
 
     def rmatmat(self, Q):
         k = Q.shape[1]
@@ -310,18 +317,18 @@ class CSRMatrix:
                                     self._dense_rows, beta[self._dense_rows])
 
     def sandwiches(self, weights):
-        """[Cᵀ diag(weights[:, t]) C for each column t], each with ``sandwich``'s bits: one read of C for
-        groups of problems (``csr_sandwich_many``) when every row is short, else one at a time."""
-        q = weights.shape[1]
+        """[Cᵀ diag(w) C for w in weights] (length-n vectors): when every row is short, one read of C per
+        group of problems with the pair products shared (``csr_sandwich_many``; each equal to ``sandwich(w)``
+        up to rounding, and its bits independent of the group and the thread count), else one at a time."""
         if self._dense_rows.size:
-            return [self.sandwich(np.ascontiguousarray(weights[:, t])) for t in range(q)]
-        n_chunks = -(-self.n // self._sandwich_chunk_rows)
-        group = max(1, SANDWICH_MANY_BYTES // (8 * n_chunks * self.d * self.d))
+            return [self.sandwich(np.ascontiguousarray(w, dtype=np.float64)) for w in weights]
+        n_chunks = sandwich_many_chunks(self.n)
+        group = max(1, SANDWICH_MANY_BYTES // (8 * n_chunks * (self.d * (self.d + 1) // 2)))
         out = []
-        for start in range(0, q, group):
-            part = np.ascontiguousarray(weights[:, start:start + group])
-            sums = np.empty((part.shape[1], self.d, self.d))
-            csr_sandwich_many(self.indptr, self.indices, self.data, part, self._sandwich_chunk_rows, sums)
+        for start in range(0, len(weights), group):
+            part = weights[start:start + group]
+            sums = np.empty((len(part), self.d, self.d))
+            csr_sandwich_many(self.indptr, self.indices, self.data, _array_list(part), n_chunks, sums)
             out.extend(sums)
         return out
 

@@ -130,21 +130,28 @@ logger = logging.getLogger("fastnewton")
 SUM_TOLERANCE = 0.1
 
 
-def warn_if_not_a_distribution(b, model, name="b", stacklevel=3):
-    """A warning (not an error: the loss is defined for any b) when b cannot be a softmax output."""
+def not_a_distribution(b, model, name="b"):
+    """The warning's text when b cannot be a softmax output of ``model``, or "" when it can."""
     if uses_values(model):  # targets read out through V need not be distributions
-        return
+        return ""
     problems = []
     if np.any(b < 0):
         problems.append(f"{int(np.count_nonzero(b < 0))} negative entries")
     total = float(np.sum(b))
     if abs(total - 1.0) > SUM_TOLERANCE:
         problems.append(f"Σb = {total:.4g}")
-    if problems:
-        warnings.warn(f"{name} is not a probability vector ({', '.join(problems)}), so h(Cx) = {model}(…), which "
-                      "is ≥ 0 and sums to 1, can never match it: the fit minimises the distance to the closest "
-                      f"distribution. Normalise it ({name} / {name}.sum()) if it holds scores or counts.",
-                      UserWarning, stacklevel=stacklevel)
+    if not problems:
+        return ""
+    return (f"{name} is not a probability vector ({', '.join(problems)}), so h(Cx) = {model}(…), which "
+            "is ≥ 0 and sums to 1, can never match it: the fit minimises the distance to the closest "
+            f"distribution. Normalise it ({name} / {name}.sum()) if it holds scores or counts.")
+
+
+def warn_if_not_a_distribution(b, model, name="b", stacklevel=3):
+    """A warning (not an error: the loss is defined for any b) when b cannot be a softmax output."""
+    message = not_a_distribution(b, model, name)
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=stacklevel)
 
 
 def as_record_callback(callback):

@@ -1,5 +1,7 @@
 """The passes over C for many problems at once (``matvecs``, ``rmatmats``, ``sandwiches``; used by
-``solve_many``): each column bit for bit the single-problem pass, and equal to plain NumPy to rounding."""
+``solve_many``): equal to plain NumPy to rounding; ``matvecs``, ``rmatmats`` and the dense sandwiches
+bit for bit the single-problem pass; the CSR sandwich of many problems (shared pair products) with bits
+that do not depend on which problems are sandwiched together."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -66,13 +68,48 @@ def test_sandwiches_are_sandwich_per_column(case, group_bytes, monkeypatch):
     W = rng.standard_normal((dense.shape[0], 5))
     W[::3, 1] = 0.0  # rows skipped by one problem only
     W[::7] = 0.0  # rows skipped by all
-    sandwiches = matrix.sandwiches(W)
+    sandwiches = matrix.sandwiches([W[:, t] for t in range(5)])
     assert len(sandwiches) == 5
     for t, H in enumerate(sandwiches):
-        assert np.array_equal(H, matrix.sandwich(np.ascontiguousarray(W[:, t])))
-        reference = dense.T @ (W[:, t, None] * dense)
-        assert_close(H, reference, np.abs(dense.T) @ (np.abs(W[:, t, None]) * np.abs(dense)))
+        single = matrix.sandwich(np.ascontiguousarray(W[:, t]))
+        magnitude = np.abs(dense.T) @ (np.abs(W[:, t, None]) * np.abs(dense))
+        if matrix.format == "dense" or matrix._dense_rows.size:
+            assert np.array_equal(H, single)  # one SYRK pool / one problem at a time: sandwich's own sums
+        else:
+            assert_close(H, single, magnitude)
+        assert_close(H, dense.T @ (W[:, t, None] * dense), magnitude)
         assert np.array_equal(H, H.T)
+
+
+def test_the_csr_sandwich_of_a_problem_has_the_same_bits_whatever_is_sandwiched_with_it(monkeypatch):
+    # More problems than one block of csr_sandwich_many, and n spanning several of its row chunks.
+    rng = np.random.default_rng(1)
+    n, d = 9000, 12
+    counts = rng.integers(0, 6, size=n)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    indices = np.concatenate([rng.permutation(d)[:c] for c in counts])
+    C = sp.csr_matrix((rng.standard_normal(indptr[-1]), indices, indptr), shape=(n, d))
+    matrix = as_input_matrix(C)
+    weights = [rng.standard_normal(n) for _ in range(70)]
+    together = matrix.sandwiches(weights)
+    assert all(np.array_equal(H, matrix.sandwiches([w])[0]) for H, w in zip(together[::23], weights[::23]))
+    monkeypatch.setattr(matrix_module, "SANDWICH_MANY_BYTES", 1)
+    assert all(np.array_equal(H, G) for H, G in zip(together, matrix.sandwiches(weights)))
+    dense = C.toarray()
+    for H, w in zip(together[::10], weights[::10]):
+        magnitude = np.abs(dense.T) @ (np.abs(w[:, None]) * np.abs(dense))
+        assert_close(H, dense.T @ (w[:, None] * dense), magnitude)
+
+
+@pytest.mark.parametrize("group_bytes", [None, 1])
+def test_rmatmats_groups_give_the_same_bits(case, group_bytes, monkeypatch):
+    matrix, dense, rng = case
+    if group_bytes is not None:
+        monkeypatch.setattr(matrix_module, "RMATMATS_BYTES", group_bytes)
+    for k in (1, 2, 5):
+        Qs = [rng.standard_normal((dense.shape[0], k)) for _ in range(3)]
+        for Q, G in zip(Qs, matrix.rmatmats(Qs)):
+            assert G.shape == (dense.shape[1], k) and np.array_equal(G, matrix.rmatmat(Q))
 
 
 def test_the_short_row_case_takes_the_kernel_for_many_problems():

@@ -29,6 +29,7 @@ import fastnewton.hessian as hessian_module
 import fastnewton.rates as rates_module
 from fastnewton import ConvergenceWarning, Problem, make_problem, solve
 from fastnewton.hessian import (
+    CG_ITERATION_SECONDS,
     MAX_FORCING,
     NewtonSystem,
     choose_strategy,
@@ -273,9 +274,9 @@ def test_cost_model_work_counts():
     sketch_common = (4 * n * d + 4 * d**3 + 16 * n * d) / 1e9
     assert seconds["sketch"] == pytest.approx(
         start + 10 * (sketch_common + s * d * d / 2 / 1e9 + cholesky + passes), rel=1e-12)
-    # lagged: 15 iterations, one in three exact, the others 3 CG iterations of two passes and two
-    # triangular solves each.
-    cg_step = 3 * (2 * n * d + 2 * d * d) / 1e9
+    # lagged: 15 iterations, one in three exact, the others 3 CG iterations of two passes, two
+    # triangular solves and the fixed cost of a CG iteration each.
+    cg_step = 3 * ((2 * n * d + 2 * d * d) / 1e9 + CG_ITERATION_SECONDS)
     assert seconds["lagged"] == pytest.approx(
         start + 15 * ((sandwich + cholesky + 2 * cg_step) / 3 + passes), rel=1e-12)
 
@@ -290,6 +291,12 @@ def test_auto_picks_lagged_when_its_cg_steps_cost_less_than_a_sandwich():
     # A dense sandwich at BLAS speed against passes at the same rate: exact stays.
     assert choose_strategy_with(stand_in(10**6, 512), uniform_rates(
         DENSE_SANDWICH_FMA=1e11, DENSE_EMBED_UPDATES=1e8, LAGGED_ITERATIONS_PER_EXACT=1.0)) == "exact"
+
+
+def test_auto_keeps_small_csr_problems_exact():
+    # 500 rows of 8 entries at d = 64 (lagged without CG_ITERATION_SECONDS): a CG iteration's passes take
+    # ~2 µs, its Python ~85 µs (measured), so CG steps cannot beat one small sandwich.
+    assert choose_strategy(stand_in(500, 64, nnz=4000, fmt="csr"), 0.5, None) == "exact"
 
 
 def test_auto_follows_the_measured_rates():

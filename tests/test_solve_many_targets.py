@@ -1,9 +1,11 @@
 """``solve_many(C, B)``: one C, one problem per column of B, against ``solve`` on each column.
 
-The batched driver shares every pass over C, and each shared pass gives every column the bits of
-the single-problem pass; the Newton decisions are ``solve``'s own (``NewtonRun``). So the answers
-are compared bit for bit (x, loss, status, message, n_iter): stricter than the 1e-10 relative
-agreement promised to users, and any divergence of the two paths shows at once.
+The batched driver shares every pass over C and runs ``solve``'s own Newton decisions (``NewtonRun``)
+per column. The shared passes give each column the single-problem pass's bits, except the CSR
+sandwich, whose shared pair products round differently (``csr_sandwich_many``). So each column is
+compared with ``solve`` on it as users are promised: the same status (and stop sentence), the same
+iteration count, x within 1e-10 relative and the loss within 1e-10 relative (or its rounding level); where no CSR sandwich is
+shared (dense C, sketched Hessians) the answers are still bit for bit, and that is checked too.
 """
 import importlib.util
 import json
@@ -53,16 +55,34 @@ def quietly(function, *args, **kwargs):
         return function(*args, **kwargs)
 
 
+# Promised to users: x within 1e-10 relative of solve's. The two runs differ by the sandwich's rounding
+# (~1e-16 relative per iteration), which Newton's contraction does not amplify on these well-posed problems.
+X_RTOL = 1e-10
+
+
+def assert_close_x(x, reference):
+    """‖x − reference‖ ≤ X_RTOL·‖reference‖."""
+    scale = max(float(np.linalg.norm(reference)), np.finfo(float).tiny)
+    assert float(np.linalg.norm(x - reference)) <= X_RTOL * scale, float(np.linalg.norm(x - reference)) / scale
+
+
 def assert_same_as_solve(batch, C, B, model, V=None, **kwargs):
-    """Every column: solve's x, loss, status, message and n_iter, bit for bit."""
+    """Every column: solve's status, stop sentence, n_iter and converged; x and the loss within 1e-10
+    relative; bit for bit where C is dense (no shared CSR sandwich)."""
     assert len(batch) == B.shape[1]
     for j in range(B.shape[1]):
         single = quietly(solve, C, B[:, j], model, V=V, **kwargs)
         entry = batch.problem(j)
-        assert np.array_equal(entry["x"], single.x), (j, np.max(np.abs(entry["x"] - single.x)))
-        assert entry["status"] == single.status and entry["message"] == single.message, (j, entry["message"])
-        assert entry["n_iter"] == single.n_iter and entry["loss"] == single.loss, j
-        assert entry["converged"] == single.converged and entry["grad_norm"] == single.grad_norm
+        assert entry["status"] == single.status, (j, entry["message"], single.message)
+        assert entry["message"].split(":")[0] == single.message.split(":")[0], (j, entry["message"])
+        assert entry["n_iter"] == single.n_iter and entry["converged"] == single.converged, j
+        assert_close_x(entry["x"], single.x)
+        # L's own rounding level (the solver's: 100·eps·(|L| + √(2|L|)·‖b‖)) decides at a zero-residual optimum.
+        loss = abs(single.loss)
+        rounding = 100 * np.finfo(float).eps * (loss + np.sqrt(2 * loss) * np.linalg.norm(B[:, j]))
+        assert abs(entry["loss"] - single.loss) <= X_RTOL * loss + rounding, j
+        if not sp.issparse(C):
+            assert np.array_equal(entry["x"], single.x) and entry["message"] == single.message, j
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
@@ -106,8 +126,8 @@ def test_relu_softmax_dead_start_beside_live_ones(dense):
     assert batch.status[0] == Status.DEAD_STATIONARY and not batch.converged[0]
     for j in range(3):
         single = quietly(solve, C, B[:, j], "relu_softmax", x0=x0[:, j])
-        assert np.array_equal(batch.x[:, j], single.x) and batch.status[j] == single.status
-        assert batch.n_iter[j] == single.n_iter
+        assert_close_x(batch.x[:, j], single.x)
+        assert batch.status[j] == single.status and batch.n_iter[j] == single.n_iter
 
 
 def test_max_iter_stops_every_problem_with_one_warning():
@@ -130,7 +150,7 @@ def test_one_target(model):
     assert_same_as_solve(batch, C, B, model, V)
 
 
-def test_grouping_does_not_change_the_answers(monkeypatch):
+def test_grouping_does_not_change_the_bits(monkeypatch):
     C, B, V = case("relu_softmax", False, q=5)
     together = quietly(solve_many, C, B, model="relu_softmax")
     monkeypatch.setattr(many_targets, "GROUP_BYTES", 1)  # one problem per group
@@ -156,7 +176,7 @@ def test_starts_as_one_vector_or_one_per_column():
     each = np.random.default_rng(0).standard_normal((d, 3)) * 0.1
     batch = solve_many(C, B, x0=each)
     for j in range(3):
-        assert np.array_equal(batch.x[:, j], solve(C, B[:, j], x0=each[:, j]).x)
+        assert_close_x(batch.x[:, j], solve(C, B[:, j], x0=each[:, j]).x)
 
 
 def test_inputs_are_not_modified():
@@ -189,7 +209,8 @@ def test_a_column_with_nan_or_inf_is_invalid_input_and_the_others_solved(bad):
     keep = [0, 1, 3]
     for j in keep:
         single = quietly(solve, C, B[:, j])
-        assert np.array_equal(batch.x[:, j], single.x) and batch.status[j] == single.status
+        assert_close_x(batch.x[:, j], single.x)
+        assert batch.status[j] == single.status
 
 
 def test_callback_sees_the_problem_and_stops_only_it():
