@@ -4,7 +4,8 @@
 - ``exact``: H = Cᵀ diag(β) C + P S Pᵀ + λI (sparse sandwich O(Σᵢ nnzᵢ²); dense: blocked SYRK,
   O(n d²/2)); Cholesky.
 - ``sketch``: H̃ = CᵀD̃C + P S Pᵀ + λI with D̃ a leverage-score sample of diag(β)
-  (``fastnewton.sketching``), a fresh sample each iteration; Cholesky. Linear local convergence.
+  (``fastnewton.sketching``), a fresh sample each iteration, its scores from a reference Gram
+  matrix kept while the samples certify it (``LeverageReference``); Cholesky. Linear local convergence.
 - ``pcg``: conjugate gradients on the exact Hessian-vector product (two passes over C each),
   preconditioned by the Cholesky factor of H̃ + μD²; forcing term η = min(0.5, ‖g‖/g_ref) for
   quadratic local convergence at near-sketch cost.
@@ -30,6 +31,7 @@ from .sketching import (
     OSNAP_NNZ,
     PRECONDITIONER_SAMPLE_CONSTANT,
     SAMPLE_CONSTANT,
+    LeverageReference,
     sample_size,
 )
 
@@ -178,14 +180,15 @@ def exact_system(problem, ev, rng, options, g_ref, sandwich=None):
     return NewtonSystem(problem.hessian_matrix(ev, sandwich), column_scale=options.column_scale)
 
 
-def _sketched_matrix(problem, ev, rng, options, constant=SAMPLE_CONSTANT):
+def _sketched_matrix(problem, ev, rng, options, constant=SAMPLE_CONSTANT, reference=None):
     s = options.sketch_size or sample_size(problem.d, options.eps, constant)
-    sandwich, kept = problem.sampled_sandwich(ev, s, rng)
+    sandwich, kept = problem.sampled_sandwich(ev, s, rng, reference)
     return problem.hessian_matrix(ev, sandwich=sandwich), {"sampled_rows": kept}
 
 
-def sketch_system(problem, ev, rng, options, g_ref):
-    matrix, info = _sketched_matrix(problem, ev, rng, options)
+def sketch_system(problem, ev, rng, options, g_ref, reference=None):
+    """H̃ from a fresh leverage-score sample (``reference``: the solve's ``LeverageReference``, else scores afresh)."""
+    matrix, info = _sketched_matrix(problem, ev, rng, options, reference=reference)
     return NewtonSystem(matrix, info=info, column_scale=options.column_scale)
 
 
@@ -194,10 +197,35 @@ def _forcing(ev, g_ref):
     return min(MAX_FORCING, norm(ev.grad) / g_ref) if g_ref > 0 else MAX_FORCING
 
 
-def pcg_system(problem, ev, rng, options, g_ref):
-    matrix, info = _sketched_matrix(problem, ev, rng, options, PRECONDITIONER_SAMPLE_CONSTANT)
+def pcg_system(problem, ev, rng, options, g_ref, reference=None):
+    """CG on the exact H, preconditioned by the sampled H̃ (``reference`` as for ``sketch_system``)."""
+    matrix, info = _sketched_matrix(problem, ev, rng, options, PRECONDITIONER_SAMPLE_CONSTANT, reference)
     return NewtonSystem(matrix, hessp=lambda p: problem.hessian_product(ev, p), forcing=_forcing(ev, g_ref),
                         info=info, column_scale=options.column_scale)
+
+
+class SketchedSystems:
+    """``sketch``'s (or, with ``build=pcg_system``, ``pcg``'s) builder, one per solve: one
+    ``LeverageReference`` per problem (a stage of a staged start starts a new one), so the leverage
+    scores of most iterations cost O(n) instead of an embedding and a JL pass over C."""
+
+    def __init__(self, build=sketch_system):
+        self.build = build
+        self.problem, self.reference = None, None
+
+    def __call__(self, problem, ev, rng, options, g_ref):
+        if problem is not self.problem:
+            self.problem, self.reference = problem, LeverageReference(options.column_scale)
+        system = self.build(problem, ev, rng, options, g_ref, self.reference)
+        system.info["leverage_refreshes"] = self.reference.refreshes
+        return system
+
+
+class PreconditionerSystems(SketchedSystems):
+    """``pcg``'s builder: ``SketchedSystems`` of ``pcg_system``."""
+
+    def __init__(self):
+        super().__init__(pcg_system)
 
 
 class LaggedSystems:
@@ -223,7 +251,7 @@ class LaggedSystems:
                                           {"preconditioner_age": self.age})
 
 
-BUILDERS = {"exact": exact_system, "sketch": sketch_system, "pcg": pcg_system, "lagged": LaggedSystems}
+BUILDERS = {"exact": exact_system, "sketch": SketchedSystems, "pcg": PreconditionerSystems, "lagged": LaggedSystems}
 
 
 # Passes over C per Newton iteration shared by every strategy (forward, fused gradient, line
