@@ -87,7 +87,8 @@ def dense_row_squares(A, column_weights, out):
         row = A[i]
         total = 0.0
         for j in range(d):
-            total += row[j] * row[j] * column_weights[j]
+            value = np.float64(row[j])
+            total += value * value * column_weights[j]
         out[i] = total
 
 
