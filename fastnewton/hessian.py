@@ -272,12 +272,16 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
     Work counts × measured rates (``fastnewton.rates``, written by bench/calibrate.py): a pass
     costs nnz entries, the exact sandwich d²/2 SYRK multiply-adds per dense row (every row of
     dense C, the long rows of CSR C) and nnzᵢ(nnzᵢ + 1)/2 pair updates per other row (at the rate
-    for width d; ``sandwich_work``), a sample of s rows s/n of that, the sketch an OSNAP embedding, a QR of the
-    4d × d embedding, a C·Z pass for the JL scores and the sandwich of its s sampled rows,
-    and every strategy a d × d Cholesky. Iteration counts: EXACT_ITERATIONS for exact (and
-    the common start: one sandwich, one pass), scaled by the measured ratios for sketch,
-    pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products (two passes
-    and a triangular solve pair each) per step, lagged an exact iteration in every
+    for width d; ``sandwich_work``), and every strategy a d × d Cholesky. A sketched iteration
+    (``fastnewton.sketching.LeverageReference``) samples s rows: on dense C one SYRK pair over them
+    (at the sampled rate: the rows are gathered) gives the signed and the |β| sums, on CSR C two
+    sampled sandwiches (s/n of the full one each); then the reference's certificate (two
+    triangular solves and a Cholesky, ~4/3 d³); in REFERENCE_REFRESHES_PER_ITERATION of the
+    iterations also fresh scores (an OSNAP embedding, a QR of the 4d × d embedding, a C·Z pass)
+    and a second draw. The first reference costs one pass. Iteration counts: EXACT_ITERATIONS for
+    exact (and the common start: one sandwich, one pass), scaled by the measured ratios for
+    sketch, pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products (two
+    passes and a triangular solve pair each) per step, lagged an exact iteration in every
     LAGGED_STEPS + 1 and LAGGED_CG_ITERATIONS_PER_STEP of them on the others.
     """
     matrix = problem.matrix
@@ -293,20 +297,28 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
 
     one_pass = nnz / (rates.DENSE_PASS_ENTRIES if dense else rates.CSR_PASS_ENTRIES)
     cholesky = d**3 / 3 / rates.CHOLESKY_FMA
-    sketch_common = (nnz * OSNAP_NNZ / (rates.DENSE_EMBED_UPDATES if dense else rates.CSR_EMBED_UPDATES)
-                     + EMBED_ROWS_PER_COLUMN * d * d * d / rates.QR_FMA
-                     + nnz * JL_DIM / (rates.DENSE_MATMAT_FMA if dense else rates.CSR_MATMAT_FMA))
+    fresh_scores = (nnz * OSNAP_NNZ / (rates.DENSE_EMBED_UPDATES if dense else rates.CSR_EMBED_UPDATES)
+                    + EMBED_ROWS_PER_COLUMN * d * d * d / rates.QR_FMA
+                    + nnz * JL_DIM / (rates.DENSE_MATMAT_FMA if dense else rates.CSR_MATMAT_FMA))
+    certificate = 4 * cholesky
 
     def sampled(constant):
-        return sandwich(min(n, sketch_size or sample_size(d, eps, constant)))
+        rows = min(n, sketch_size or sample_size(d, eps, constant))
+        if dense:
+            return rows * d * d / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA
+        return 2 * sandwich(rows)
+
+    def sketched(constant):
+        refresh = rates.REFERENCE_REFRESHES_PER_ITERATION
+        return (1 + refresh) * sampled(constant) + refresh * fresh_scores + certificate
 
     def cg(iterations):
         return iterations * (PASSES_PER_CG_ITERATION * one_pass + 2 * d * d / rates.CHOLESKY_FMA)
 
     per_iteration = {
         "exact": sandwich(n) + cholesky,
-        "sketch": sketch_common + sampled(SAMPLE_CONSTANT) + cholesky,
-        "pcg": sketch_common + sampled(PRECONDITIONER_SAMPLE_CONSTANT) + cholesky + cg(rates.CG_ITERATIONS_PER_STEP),
+        "sketch": sketched(SAMPLE_CONSTANT) + cholesky,
+        "pcg": sketched(PRECONDITIONER_SAMPLE_CONSTANT) + cholesky + cg(rates.CG_ITERATIONS_PER_STEP),
     }
     iterations = {"exact": rates.EXACT_ITERATIONS,
                   "sketch": rates.EXACT_ITERATIONS * rates.SKETCH_ITERATIONS_PER_EXACT,
@@ -316,7 +328,9 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
                                / (LAGGED_STEPS + 1))
     iterations["lagged"] = rates.EXACT_ITERATIONS * rates.LAGGED_ITERATIONS_PER_EXACT
     start = sandwich(n) + cholesky + 3 * one_pass
-    return {name: start + iterations[name] * (per_iteration[name] + PASSES_PER_ITERATION * one_pass)
+    first_reference = {"exact": 0.0, "sketch": one_pass, "pcg": one_pass, "lagged": 0.0}
+    return {name: start + first_reference[name] + iterations[name] * (per_iteration[name]
+                                                                      + PASSES_PER_ITERATION * one_pass)
             for name in per_iteration}
 
 
