@@ -7,9 +7,10 @@
 
 Run it on a quiet machine (about two minutes on 2 cores) after the kernels change: every
 figure is the best of a few calls of the package's own operations (a pass over C, the
-sandwich, the OSNAP embedding, C·Z, the QR and Cholesky factorisations) at sizes where they
-run at full speed, and the iteration ratios come from solving planted noisy softmax problems
-(one dense, one CSR) from ``x0="auto"`` to tol = 1e-8 with each strategy.
+sandwich, the sampled dense sandwich, the OSNAP embedding, C·Z, the QR and Cholesky
+factorisations) at sizes where they run at full speed, and the iteration ratios (and the
+leverage references refused per sketched iteration) come from solving planted noisy softmax
+problems (one dense, one CSR) from ``x0="auto"`` to tol = 1e-8 with each strategy.
 """
 import argparse
 import pathlib
@@ -44,7 +45,14 @@ def matrix_rates(prefix, matrix, rng, sandwich_work):
     beta = rng.standard_normal(matrix.n)
     Z = rng.standard_normal((matrix.d, JL_DIM))
     one_pass = 0.5 * (best_seconds(lambda: matrix.matvec(x)) + best_seconds(lambda: matrix.rmatmat(Q)))
+    sampled = {}
+    if prefix == "DENSE":
+        s = min(matrix.n, sketching.sample_size(matrix.d, 0.5))
+        rows = np.sort(rng.choice(matrix.n, size=s, replace=False))
+        sampled["DENSE_SAMPLED_SANDWICH_FMA"] = s * matrix.d**2 / 2 / best_seconds(
+            lambda: matrix.sandwich_rows_and_absolute(rows, beta[rows]))
     return {
+        **sampled,
         f"{prefix}_PASS_ENTRIES": matrix.nnz / one_pass,
         f"{prefix}_EMBED_UPDATES": matrix.nnz * OSNAP_NNZ / best_seconds(
             lambda: sketching.osnap_embed(matrix, beta, rng)),
@@ -66,7 +74,7 @@ def factorisation_rates(d, rng):
 
 def iteration_ratios(problems):
     """Mean ratios of Newton iterations (sketch, pcg, lagged per exact) and CG iterations per pcg / lagged step."""
-    exact, sketch, pcg, cg, lagged, lagged_cg = [], [], [], [], [], []
+    exact, sketch, pcg, cg, lagged, lagged_cg, refreshes, sketched = [], [], [], [], [], [], 0, 0
     for C, b in problems:
         runs = {name: fastnewton.solve(C, b, hessian=name, seed=0) for name in ("exact", "sketch", "pcg", "lagged")}
         exact.append(max(1, runs["exact"].n_iter))
@@ -78,7 +86,11 @@ def iteration_ratios(problems):
         # the lagged steps only (every third iteration is exact and runs no CG)
         counts = [record["cg_iterations"] for record in runs["lagged"].history[1:] if "cg_iterations" in record]
         lagged_cg.append(np.mean(counts) if counts else 1.0)
-    return {"EXACT_ITERATIONS": float(np.mean(exact)), "SKETCH_ITERATIONS_PER_EXACT": float(np.mean(sketch)),
+        for name in ("sketch", "pcg"):
+            if runs[name].n_iter:
+                refreshes += runs[name].history[-1]["leverage_refreshes"]
+                sketched += runs[name].n_iter
+    return {"REFERENCE_REFRESHES_PER_ITERATION": refreshes / max(1, sketched),"EXACT_ITERATIONS": float(np.mean(exact)), "SKETCH_ITERATIONS_PER_EXACT": float(np.mean(sketch)),
             "PCG_ITERATIONS_PER_EXACT": float(np.mean(pcg)), "CG_ITERATIONS_PER_STEP": float(np.mean(cg)),
             "LAGGED_ITERATIONS_PER_EXACT": float(np.mean(lagged)),
             "LAGGED_CG_ITERATIONS_PER_STEP": float(np.mean(lagged_cg))}
@@ -112,7 +124,8 @@ def measure(quick, seed=0):
 
 
 ITERATION_FIGURES = ("EXACT_ITERATIONS", "SKETCH_ITERATIONS_PER_EXACT", "PCG_ITERATIONS_PER_EXACT",
-                     "CG_ITERATIONS_PER_STEP")
+                     "CG_ITERATIONS_PER_STEP", "LAGGED_ITERATIONS_PER_EXACT", "LAGGED_CG_ITERATIONS_PER_STEP",
+                     "REFERENCE_REFRESHES_PER_ITERATION")
 
 
 def merged(measured, stored):

@@ -10,7 +10,10 @@ problem (β of mixed sign), inside ``thread_limits`` exactly as in a solve. ``pa
 sandwich`` times u = Cx immediately after a sandwich (BLAS threads raised for the sandwich
 only) against ``matvec`` after an idle pause: equal figures mean the threaded BLAS left no
 spinning workers behind to slow the Numba pass. The sketched Hessian is broken into its
-pieces (embedding, factor, JL pass, sampled SYRK) below its total. Writes dense_phases.json (the
+pieces (embedding, factor, JL pass, sampled SYRK) below its total; then the sketched Hessian of
+an iteration that reuses the solve's leverage reference (scores |β|·g in O(n), the sampled SYRK
+with its |β| Gram, the certificate), and whole iterations (3 passes + Hessian + Cholesky) of
+exact and of the reused-reference sketch, with their ratio. Writes dense_phases.json (the
 rows, with the run's versions, git commit, CPU and threads) to --out (default bench/results/).
 """
 import argparse
@@ -84,6 +87,26 @@ def phases(problem, threads, repeat, rng):
         row["  JL pass"] = best_ms(lambda: sketching.jl_scores(matrix, beta, Z), repeat)
         rows, pi = sketching.sample_rows(scores, s, rng)
         row["  sampled SYRK"] = best_ms(lambda: matrix.sandwich_rows(rows, beta[rows] / pi), repeat)
+        passes = 2 * row["matvec"] + row["rmatmat"]
+        row["iteration exact"] = passes + row["sandwich"] + row["cholesky"]
+        if hasattr(sketching, "LeverageReference"):
+            reference = sketching.LeverageReference()
+            row["reference: first (row lengths)"] = best_ms(
+                lambda: sketching.sampled_sandwich(matrix, beta, 0.0, s, rng, reference), 1)
+            row["sketch Hessian, reused reference"] = best_ms(
+                lambda: sketching.sampled_sandwich(matrix, beta, 0.0, s, rng, reference), repeat)
+            row["  refreshes"] = reference.refreshes
+            row["  scores |β|·g + draw"] = best_ms(
+                lambda: sketching.sample_rows(np.abs(beta) * reference.row_norms, s, rng), repeat)
+            pair = matrix.sandwich_rows_and_absolute(rows, beta[rows] / pi)
+            row["  sampled SYRK + |β| Gram"] = best_ms(
+                lambda: matrix.sandwich_rows_and_absolute(rows, beta[rows] / pi), repeat)
+            row["  certificate"] = best_ms(lambda: reference.certified(pair[1], 0.0), repeat)
+            sketched = row["sketch Hessian, reused reference"]
+        else:
+            sketched = row["sketch Hessian (sampled sandwich, s rows)"]
+        row["iteration sketch"] = passes + sketched + row["cholesky"]
+        row["sketch / exact"] = row["iteration sketch"] / row["iteration exact"]
     return row
 
 
@@ -113,7 +136,8 @@ def main(argv=None):
     for threads in (1, 2):
         row = phases(problem, threads, args.repeat, rng)
         rows.append(row)
-        print("  ".join(f"{key} {value:.1f}" if isinstance(value, float) else f"{key} {value}"
+        print("  ".join(f"{key} {value:.2f}" if key == "sketch / exact" else
+                        f"{key} {value:.1f}" if isinstance(value, float) else f"{key} {value}"
                         for key, value in row.items()))
     write_json(os.path.join(args.out, "dense_phases.json"),
                {"n": args.n, "d": args.d, "repeat": args.repeat, "blas_threads": args.blas_threads, "rows": rows})

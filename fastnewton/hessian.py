@@ -4,7 +4,8 @@
 - ``exact``: H = Cᵀ diag(β) C + P S Pᵀ + λI (sparse sandwich O(Σᵢ nnzᵢ²); dense: blocked SYRK,
   O(n d²/2)); Cholesky.
 - ``sketch``: H̃ = CᵀD̃C + P S Pᵀ + λI with D̃ a leverage-score sample of diag(β)
-  (``fastnewton.sketching``), a fresh sample each iteration; Cholesky. Linear local convergence.
+  (``fastnewton.sketching``), a fresh sample each iteration, its scores from a reference Gram
+  matrix kept while the samples certify it (``LeverageReference``); Cholesky. Linear local convergence.
 - ``pcg``: conjugate gradients on the exact Hessian-vector product (two passes over C each),
   preconditioned by the Cholesky factor of H̃ + μD²; forcing term η = min(0.5, ‖g‖/g_ref) for
   quadratic local convergence at near-sketch cost.
@@ -30,6 +31,7 @@ from .sketching import (
     OSNAP_NNZ,
     PRECONDITIONER_SAMPLE_CONSTANT,
     SAMPLE_CONSTANT,
+    LeverageReference,
     sample_size,
 )
 
@@ -178,14 +180,15 @@ def exact_system(problem, ev, rng, options, g_ref, sandwich=None):
     return NewtonSystem(problem.hessian_matrix(ev, sandwich), column_scale=options.column_scale)
 
 
-def _sketched_matrix(problem, ev, rng, options, constant=SAMPLE_CONSTANT):
+def _sketched_matrix(problem, ev, rng, options, constant=SAMPLE_CONSTANT, reference=None):
     s = options.sketch_size or sample_size(problem.d, options.eps, constant)
-    sandwich, kept = problem.sampled_sandwich(ev, s, rng)
+    sandwich, kept = problem.sampled_sandwich(ev, s, rng, reference)
     return problem.hessian_matrix(ev, sandwich=sandwich), {"sampled_rows": kept}
 
 
-def sketch_system(problem, ev, rng, options, g_ref):
-    matrix, info = _sketched_matrix(problem, ev, rng, options)
+def sketch_system(problem, ev, rng, options, g_ref, reference=None):
+    """H̃ from a fresh leverage-score sample (``reference``: the solve's ``LeverageReference``, else scores afresh)."""
+    matrix, info = _sketched_matrix(problem, ev, rng, options, reference=reference)
     return NewtonSystem(matrix, info=info, column_scale=options.column_scale)
 
 
@@ -194,10 +197,35 @@ def _forcing(ev, g_ref):
     return min(MAX_FORCING, norm(ev.grad) / g_ref) if g_ref > 0 else MAX_FORCING
 
 
-def pcg_system(problem, ev, rng, options, g_ref):
-    matrix, info = _sketched_matrix(problem, ev, rng, options, PRECONDITIONER_SAMPLE_CONSTANT)
+def pcg_system(problem, ev, rng, options, g_ref, reference=None):
+    """CG on the exact H, preconditioned by the sampled H̃ (``reference`` as for ``sketch_system``)."""
+    matrix, info = _sketched_matrix(problem, ev, rng, options, PRECONDITIONER_SAMPLE_CONSTANT, reference)
     return NewtonSystem(matrix, hessp=lambda p: problem.hessian_product(ev, p), forcing=_forcing(ev, g_ref),
                         info=info, column_scale=options.column_scale)
+
+
+class SketchedSystems:
+    """``sketch``'s (or, with ``build=pcg_system``, ``pcg``'s) builder, one per solve: one
+    ``LeverageReference`` per problem (a stage of a staged start starts a new one), so the leverage
+    scores of most iterations cost O(n) instead of an embedding and a JL pass over C."""
+
+    def __init__(self, build=sketch_system):
+        self.build = build
+        self.problem, self.reference = None, None
+
+    def __call__(self, problem, ev, rng, options, g_ref):
+        if problem is not self.problem:
+            self.problem, self.reference = problem, LeverageReference(options.column_scale)
+        system = self.build(problem, ev, rng, options, g_ref, self.reference)
+        system.info["leverage_refreshes"] = self.reference.refreshes
+        return system
+
+
+class PreconditionerSystems(SketchedSystems):
+    """``pcg``'s builder: ``SketchedSystems`` of ``pcg_system``."""
+
+    def __init__(self):
+        super().__init__(pcg_system)
 
 
 class LaggedSystems:
@@ -223,7 +251,7 @@ class LaggedSystems:
                                           {"preconditioner_age": self.age})
 
 
-BUILDERS = {"exact": exact_system, "sketch": sketch_system, "pcg": pcg_system, "lagged": LaggedSystems}
+BUILDERS = {"exact": exact_system, "sketch": SketchedSystems, "pcg": PreconditionerSystems, "lagged": LaggedSystems}
 
 
 # Passes over C per Newton iteration shared by every strategy (forward, fused gradient, line
@@ -250,12 +278,16 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
     Work counts × measured rates (``fastnewton.rates``, written by bench/calibrate.py): a pass
     costs nnz entries, the exact sandwich d²/2 SYRK multiply-adds per dense row (every row of
     dense C, the long rows of CSR C) and nnzᵢ(nnzᵢ + 1)/2 pair updates per other row (at the rate
-    for width d; ``sandwich_work``), a sample of s rows s/n of that, the sketch an OSNAP embedding, a QR of the
-    4d × d embedding, a C·Z pass for the JL scores and the sandwich of its s sampled rows,
-    and every strategy a d × d Cholesky. Iteration counts: EXACT_ITERATIONS for exact (and
-    the common start: one sandwich, one pass), scaled by the measured ratios for sketch,
-    pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products (two passes
-    and a triangular solve pair each, plus CG_ITERATION_SECONDS) per step, lagged an exact iteration in every
+    for width d; ``sandwich_work``), and every strategy a d × d Cholesky. A sketched iteration
+    (``fastnewton.sketching.LeverageReference``) samples s rows: on dense C one SYRK pair over them
+    (at the sampled rate: the rows are gathered) gives the signed and the |β| sums, on CSR C two
+    sampled sandwiches (s/n of the full one each); then the reference's certificate (two
+    triangular solves and a Cholesky, ~4/3 d³); in REFERENCE_REFRESHES_PER_ITERATION of the
+    iterations also fresh scores (an OSNAP embedding, a QR of the 4d × d embedding, a C·Z pass)
+    and a second draw. The first reference costs one pass. Iteration counts: EXACT_ITERATIONS for
+    exact (and the common start: one sandwich, one pass), scaled by the measured ratios for
+    sketch, pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products (two
+    passes and a triangular solve pair each, plus CG_ITERATION_SECONDS) per step, lagged an exact iteration in every
     LAGGED_STEPS + 1 and LAGGED_CG_ITERATIONS_PER_STEP of them on the others.
     """
     matrix = problem.matrix
@@ -271,20 +303,28 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
 
     one_pass = nnz / (rates.DENSE_PASS_ENTRIES if dense else rates.CSR_PASS_ENTRIES)
     cholesky = d**3 / 3 / rates.CHOLESKY_FMA
-    sketch_common = (nnz * OSNAP_NNZ / (rates.DENSE_EMBED_UPDATES if dense else rates.CSR_EMBED_UPDATES)
-                     + EMBED_ROWS_PER_COLUMN * d * d * d / rates.QR_FMA
-                     + nnz * JL_DIM / (rates.DENSE_MATMAT_FMA if dense else rates.CSR_MATMAT_FMA))
+    fresh_scores = (nnz * OSNAP_NNZ / (rates.DENSE_EMBED_UPDATES if dense else rates.CSR_EMBED_UPDATES)
+                    + EMBED_ROWS_PER_COLUMN * d * d * d / rates.QR_FMA
+                    + nnz * JL_DIM / (rates.DENSE_MATMAT_FMA if dense else rates.CSR_MATMAT_FMA))
+    certificate = 4 * cholesky
 
     def sampled(constant):
-        return sandwich(min(n, sketch_size or sample_size(d, eps, constant)))
+        rows = min(n, sketch_size or sample_size(d, eps, constant))
+        if dense:
+            return rows * d * d / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA
+        return 2 * sandwich(rows)
+
+    def sketched(constant):
+        refresh = rates.REFERENCE_REFRESHES_PER_ITERATION
+        return (1 + refresh) * sampled(constant) + refresh * fresh_scores + certificate
 
     def cg(iterations):
         return iterations * (PASSES_PER_CG_ITERATION * one_pass + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
 
     per_iteration = {
         "exact": sandwich(n) + cholesky,
-        "sketch": sketch_common + sampled(SAMPLE_CONSTANT) + cholesky,
-        "pcg": sketch_common + sampled(PRECONDITIONER_SAMPLE_CONSTANT) + cholesky + cg(rates.CG_ITERATIONS_PER_STEP),
+        "sketch": sketched(SAMPLE_CONSTANT) + cholesky,
+        "pcg": sketched(PRECONDITIONER_SAMPLE_CONSTANT) + cholesky + cg(rates.CG_ITERATIONS_PER_STEP),
     }
     iterations = {"exact": rates.EXACT_ITERATIONS,
                   "sketch": rates.EXACT_ITERATIONS * rates.SKETCH_ITERATIONS_PER_EXACT,
@@ -294,7 +334,9 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
                                / (LAGGED_STEPS + 1))
     iterations["lagged"] = rates.EXACT_ITERATIONS * rates.LAGGED_ITERATIONS_PER_EXACT
     start = sandwich(n) + cholesky + 3 * one_pass
-    return {name: start + iterations[name] * (per_iteration[name] + PASSES_PER_ITERATION * one_pass)
+    first_reference = {"exact": 0.0, "sketch": one_pass, "pcg": one_pass, "lagged": 0.0}
+    return {name: start + first_reference[name] + iterations[name] * (per_iteration[name]
+                                                                      + PASSES_PER_ITERATION * one_pass)
             for name in per_iteration}
 
 

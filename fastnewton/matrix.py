@@ -15,7 +15,7 @@ from .kernels.csr import (csr_column_squares, csr_dense_rows, csr_matmat, csr_ma
                           csr_rmatmat3, csr_rmatmats, csr_rmatvec)
 from .kernels.dense import dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats, signed_scaled_rows
 from .kernels.sandwich import csr_sandwich_many, csr_sandwich_rows
-from .kernels.sketch import csr_embed, dense_embed
+from .kernels.sketch import csr_embed, csr_row_squares, dense_embed, dense_row_squares
 from .threads import blas_threads, map_single_threaded_blas
 
 # Rows per block of the dense sandwich (and of C Z): bounds the scaled copy to
@@ -83,7 +83,7 @@ def dense_row_block(count):
     return min(DENSE_SANDWICH_BLOCK, max(DENSE_ROW_MIN_BLOCK, -(-count // DENSE_ROW_BLOCKS)))
 
 
-def blocked_syrk_sandwich(block_source, weights, d, block_size=DENSE_SANDWICH_BLOCK):
+def blocked_syrk_sandwich(block_source, weights, d, block_size=DENSE_SANDWICH_BLOCK, with_absolute=False):
     """Σ_t weights[t]·r_t r_tᵀ over rows handed out in fixed blocks: ``block_source(part)`` gives
     (A, rows) with the rows at positions ``part`` (a slice of ``block_size`` positions in weights'
     order) being A[rows].
@@ -98,14 +98,18 @@ def blocked_syrk_sandwich(block_source, weights, d, block_size=DENSE_SANDWICH_BL
     leaves OpenBLAS's workers spinning into the Numba pass that follows (measured, 2 threads,
     n = 10⁵, d = 256: u = Cx right after the sandwich 18.3 ms against 10.0 ms), so it stays a
     bench toggle.
+
+    ``with_absolute``: returns (Σ_t w_t r_t r_tᵀ, Σ_t |w_t| r_t r_tᵀ), the second as B₊ᵀB₊ + B₋ᵀB₋ from
+    the same two SYRKs (the first with the bits it has alone).
     """
-    return blocked_syrk_sandwiches(block_source, [weights], d, block_size)[0]
+    return blocked_syrk_sandwiches(block_source, [weights], d, block_size, with_absolute)[0]
 
 
-def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SANDWICH_BLOCK):
+def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SANDWICH_BLOCK, with_absolute=False):
     """``blocked_syrk_sandwich`` for several weight vectors over the same rows: one list of (vector, block)
     SYRKs on one pool of threads (starting a pool costs ~3 ms, as much as a 4096 × 64 SYRK), each
-    vector's blocks summed in block order, so each sum has ``blocked_syrk_sandwich``'s bits."""
+    vector's blocks summed in block order, so each sum has ``blocked_syrk_sandwich``'s bits (with
+    ``with_absolute``, each sum is a pair (signed, absolute))."""
     buffers = threading.local()
 
     def block_sandwich(item):
@@ -117,26 +121,41 @@ def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SA
             scaled = buffers.scaled = np.empty((block_size, d))
         positive, negative = signed_scaled_rows(A, rows, w, scaled)
         out = np.zeros((d, d))
+        absolute = np.zeros((d, d)) if with_absolute else None
         # NumPy runs Bᵀ·B of a C-ordered B as a SYRK (one triangle, mirrored: exactly symmetric)
         # and releases the GIL, so the blocks run in parallel; SciPy's dsyrk wrapper holds the
         # GIL (measured: 2 threads no faster than 1).
         if positive:
             block = scaled[:positive]
-            out += block.T @ block
+            gram = block.T @ block
+            out += gram
+            if with_absolute:
+                absolute += gram
         if negative:
             block = scaled[positive:positive + negative]
-            out -= block.T @ block
-        return out
+            gram = block.T @ block
+            out -= gram
+            if with_absolute:
+                absolute += gram
+        return (out, absolute) if with_absolute else out
 
     count = weight_vectors[0].shape[0] if weight_vectors else 0
     parts = [slice(start, min(count, start + block_size)) for start in range(0, count, block_size)]
     items = [(weights, part) for weights in weight_vectors for part in parts]
+
+    def sums(partials):
+        if not with_absolute:
+            return [_sum_in_order(islice(partials, len(parts)), d) for _ in weight_vectors]
+        out = []
+        for _ in weight_vectors:
+            pairs = list(islice(partials, len(parts)))
+            out.append((_sum_in_order((pair[0] for pair in pairs), d), _sum_in_order((pair[1] for pair in pairs), d)))
+        return out
+
     if DENSE_SANDWICH_BLAS_THREADS:
         with blas_threads(numba.get_num_threads()):
-            partials = map(block_sandwich, items)
-            return [_sum_in_order(islice(partials, len(parts)), d) for _ in weight_vectors]
-    partials = map_single_threaded_blas(block_sandwich, items)
-    return [_sum_in_order(islice(partials, len(parts)), d) for _ in weight_vectors]
+            return sums(map(block_sandwich, items))
+    return sums(map_single_threaded_blas(block_sandwich, items))
 
 
 class DenseMatrix:
@@ -184,14 +203,14 @@ class DenseMatrix:
         """C's rows in ``part`` as float64 (a view when C is float64)."""
         return self.rows(part)
 
-    def _syrk_sandwich(self, weights, rows=None):
+    def _syrk_sandwich(self, weights, rows=None, with_absolute=False):
         """Σᵢ wᵢ cᵢcᵢᵀ over C's rows, or C[rows], by ``blocked_syrk_sandwich``."""
         def block_source(part):
             if rows is None:
                 return self.array, np.arange(part.start, part.stop)
             return self.array, rows[part]
 
-        return blocked_syrk_sandwich(block_source, weights, self.d)
+        return blocked_syrk_sandwich(block_source, weights, self.d, with_absolute=with_absolute)
 
     def sandwich(self, beta):
         return self._syrk_sandwich(beta)
@@ -208,6 +227,17 @@ class DenseMatrix:
     def sandwich_rows(self, rows, weights):
         """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich) by SYRK on the gathered rows."""
         return self._syrk_sandwich(weights, rows)
+
+    def sandwich_rows_and_absolute(self, rows, weights):
+        """(``sandwich_rows(rows, weights)``, the same with |weights|): one gather and two SYRKs per block,
+        the rows of each sign summed apart already."""
+        return self._syrk_sandwich(weights, rows, with_absolute=True)
+
+    def row_squares(self, column_weights):
+        """Σⱼ C[i, j]²·column_weights[j] for every row i (one pass)."""
+        out = np.empty(self.n)
+        dense_row_squares(self.array, np.ascontiguousarray(column_weights, dtype=np.float64), out)
+        return out
 
     def matmat(self, Z):
         """C Z for a thin d × r Z (blocked single-threaded BLAS calls, so float32 C is never copied whole)."""
@@ -342,6 +372,18 @@ class CSRMatrix:
         if not dense.any():
             return self._sparse_sandwich(rows, weights)
         return self._split_sandwich(rows[~dense], weights[~dense], rows[dense], weights[dense])
+
+    def sandwich_rows_and_absolute(self, rows, weights):
+        """(``sandwich_rows(rows, weights)``, the same with |weights|): two sampled sandwiches (the pair
+        updates take each weight as it comes, so the second costs as much as the first)."""
+        return self.sandwich_rows(rows, weights), self.sandwich_rows(rows, np.abs(weights))
+
+    def row_squares(self, column_weights):
+        """Σⱼ C[i, j]²·column_weights[j] for every row i (one pass over the stored entries)."""
+        out = np.empty(self.n)
+        csr_row_squares(self.indptr, self.indices, self.data, np.ascontiguousarray(column_weights, dtype=np.float64),
+                        out)
+        return out
 
     def _sparse_sandwich(self, rows, weights):
         """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} by sparse pair updates, O(Σ_t nnz_{rows[t]}²)."""

@@ -210,9 +210,10 @@ class Problem:
         Hp += self.l2 * p
         return Hp
 
-    def sampled_sandwich(self, ev, s, rng):
-        """(CᵀD̃C from a leverage-score sample of about s rows, rows kept): ``fastnewton.sketching``."""
-        return sampled_sandwich(self.matrix, self.beta(ev), self.l2, s, rng)
+    def sampled_sandwich(self, ev, s, rng, reference=None):
+        """(CᵀD̃C from a leverage-score sample of about s rows, rows kept): ``fastnewton.sketching``
+        (``reference``: a ``LeverageReference`` kept across the solve's iterations)."""
+        return sampled_sandwich(self.matrix, self.beta(ev), self.l2, s, rng, reference)
 
     def line(self, ev, p, Cp=None):
         """The line x + t·p from ev (``Cp``: C·p when already formed, e.g. with other problems' directions)."""

@@ -11,17 +11,19 @@ to tol = 1e-8.
 MACHINE = 'x86_64, 2 cores'
 
 # Stored entries of C read per second by one pass (u = Cx, or the fused Cᵀ[q, U]).
-DENSE_PASS_ENTRIES = 3.18e+09
+DENSE_PASS_ENTRIES = 3.34e+09
 CSR_PASS_ENTRIES = 2.02e+09
 # Dense sandwich (SYRK): multiply-adds n·d²/2 per second.
 DENSE_SANDWICH_FMA = 3.17e+10
 # CSR sandwich: pair updates Σᵢ nnzᵢ(nnzᵢ + 1)/2 per second at d = 256 and at d = 1024 (the
 # updates scatter into a d × d partial: slower once it leaves the cache); log-log in d between.
 CSR_SANDWICH_PAIRS = 2.4e+09
-CSR_SANDWICH_PAIRS_D1024 = 1.59e+09
+CSR_SANDWICH_PAIRS_D1024 = 1.62e+09
 # OSNAP embedding: (stored entry, slot) updates per second.
 DENSE_EMBED_UPDATES = 3.29e+09
 CSR_EMBED_UPDATES = 4.68e+08
+# Sampled dense sandwich (its signed and |β| sums, ``sandwich_rows_and_absolute``): s·d²/2 per second.
+DENSE_SAMPLED_SANDWICH_FMA = 2.38e+10
 # C Z for the JL directions: (stored entry, column) multiply-adds per second.
 DENSE_MATMAT_FMA = 1.51e+10
 CSR_MATMAT_FMA = 6.96e+09
@@ -30,9 +32,11 @@ QR_FMA = 3.9e+10
 CHOLESKY_FMA = 1.79e+10
 # Newton iterations of sketch and of pcg per exact Newton iteration, CG iterations per pcg step.
 EXACT_ITERATIONS = 3
-SKETCH_ITERATIONS_PER_EXACT = 2
+SKETCH_ITERATIONS_PER_EXACT = 2.17
 PCG_ITERATIONS_PER_EXACT = 1.17
-CG_ITERATIONS_PER_STEP = 4.12
+CG_ITERATIONS_PER_STEP = 4
+# Leverage references refused (fresh scores drawn) per sketch / pcg iteration.
+REFERENCE_REFRESHES_PER_ITERATION = 0
 # Newton iterations of lagged per exact Newton iteration, CG iterations per lagged step.
 LAGGED_ITERATIONS_PER_EXACT = 1
 LAGGED_CG_ITERATIONS_PER_STEP = 2.75

@@ -13,6 +13,16 @@ approximate all of them without forming anything n × d dense:
    CᵀD̃C = Σ_kept (βᵢ/πᵢ) cᵢcᵢᵀ ≈ Cᵀ diag(β) C.
 
 Total O(nnz(C)·(OSNAP_NNZ + JL_DIM) + m·d² + sampled sandwich): never Σᵢ nnzᵢ² over all rows.
+
+Within a solve (``LeverageReference``) steps 1–2 are not repeated every iteration: ℓᵢ = |βᵢ|·gᵢ
+with gᵢ = cᵢᵀ M cᵢ for a reference M ≈ (Cᵀ|D|C + Λ)⁻¹ kept from an earlier iteration (at first
+the column scale, M = diag(1/‖C_j‖²): squared row lengths of the column-equilibrated C), so an
+iteration's scores cost O(n) and its sandwich the s sampled rows only. The sample is kept only
+if it certifies the reference: with Ã = Σ_kept |βᵢ|/πᵢ cᵢcᵢᵀ (the same SYRKs give it, the rows of
+each sign being summed apart) and W = M^{1/2}(Ã + Λ)M^{1/2}, λ_min(W) ≥ tr(W)/(REFERENCE_SPREAD·d)
+means every score is at least 1/REFERENCE_SPREAD of its share of the true ones (see
+``LeverageReference``); otherwise steps 1–2 run on the current β, their M becomes the reference,
+and the rows are drawn again.
 """
 import math
 
@@ -82,6 +92,15 @@ def osnap_embed(matrix, beta, rng):
     return matrix.embed(scaled_signs, OSNAP_NNZ, ptr, member, m)
 
 
+def ridge(column_squares, l2):
+    """Λ's diagonal: λ for every column, or when λ = 0 JITTER·(that column's squared norm) with a floor
+    (``embedding_factor``)."""
+    if l2 > 0:
+        return np.full(column_squares.shape[0], l2)
+    floor = max(float(column_squares.max()) * np.finfo(float).eps, np.finfo(float).tiny)
+    return JITTER * np.maximum(column_squares, floor)
+
+
 def embedding_factor(SB, l2):
     """R (d × d, upper triangular) with RᵀR = (SB)ᵀSB + Λ: Λ = λI, or when λ = 0 a tiny ridge per
     column, JITTER·‖(SB)_j‖², so that scaling a column of C leaves the scores unchanged (one ridge
@@ -94,18 +113,13 @@ def embedding_factor(SB, l2):
     the factorisation, a QR of [SB; √Λ] gives R instead.
     """
     d = SB.shape[1]
-    if l2 > 0:
-        ridge = np.full(d, l2)
-    else:
-        columns = np.einsum("ij,ij->j", SB, SB)
-        floor = max(float(columns.max()) * np.finfo(float).eps, np.finfo(float).tiny)
-        ridge = JITTER * np.maximum(columns, floor)
+    diagonal = ridge(np.einsum("ij,ij->j", SB, SB), l2)
     gram = dsyrk(1.0, np.asfortranarray(SB.T), trans=0, lower=0)
-    gram[np.diag_indices(d)] += ridge
+    gram[np.diag_indices(d)] += diagonal
     try:
         return scipy.linalg.cholesky(gram, lower=False, check_finite=False)
     except np.linalg.LinAlgError:
-        return scipy.linalg.qr(np.vstack([SB, np.diag(np.sqrt(ridge))]), mode="r", check_finite=False)[0][:d]
+        return scipy.linalg.qr(np.vstack([SB, np.diag(np.sqrt(diagonal))]), mode="r", check_finite=False)[0][:d]
 
 
 def jl_directions(R, rng):
@@ -114,11 +128,15 @@ def jl_directions(R, rng):
     return scipy.linalg.solve_triangular(R, G, lower=False, check_finite=False)
 
 
-def jl_scores(matrix, beta, Z):
-    """ℓᵢ ≈ ‖(diag(√|β|) C Z)ᵢ‖² / JL_DIM: one pass over C."""
+def jl_row_norms(matrix, Z):
+    """gᵢ = ‖(C Z)ᵢ‖² / JL_DIM ≈ cᵢᵀ R⁻¹R⁻ᵀ cᵢ for Z = R⁻¹G: one pass over C."""
     W = matrix.matmat(Z)
-    W *= np.sqrt(np.abs(beta))[:, None]
     return np.einsum("ij,ij->i", W, W) / JL_DIM
+
+
+def jl_scores(matrix, beta, Z):
+    """ℓᵢ ≈ |βᵢ|·‖(C Z)ᵢ‖² / JL_DIM = ‖(diag(√|β|) C Z)ᵢ‖² / JL_DIM: one pass over C."""
+    return np.abs(beta) * jl_row_norms(matrix, Z)
 
 
 def sample_rows(scores, s, rng, total=None):
@@ -133,8 +151,80 @@ def sample_rows(scores, s, rng, total=None):
     return kept, pi[kept]
 
 
-def sampled_sandwich(matrix, beta, l2, s, rng):
-    """CᵀD̃C ≈ Cᵀ diag(β) C from s leverage-score samples; returns (d × d matrix, rows kept)."""
+def sampled_sandwich(matrix, beta, l2, s, rng, reference=None):
+    """CᵀD̃C ≈ Cᵀ diag(β) C from s leverage-score samples; returns (d × d matrix, rows kept).
+
+    ``reference``: a ``LeverageReference`` kept across a solve's iterations (scores in O(n) while it
+    holds), else the scores are estimated afresh (embedding, factor, JL pass)."""
+    if reference is not None:
+        return reference.sampled_sandwich(matrix, beta, l2, s, rng)
     scores = leverage_scores(matrix, beta, l2, rng)
     rows, pi = sample_rows(scores, s, rng)
     return matrix.sandwich_rows(rows, beta[rows] / pi), rows.shape[0]
+
+
+# A reused reference M is kept while the sample it drew certifies λ_min(W) ≥ tr(W)/(REFERENCE_SPREAD·d)
+# (``LeverageReference``). The sample's own error moves the eigenvalues of W by up to ±ε = 0.5, i.e. a
+# spread min/mean down to ~1/2 with a perfect reference, so 4 leaves room for that; a score then
+# under-states its row's share of the true scores by at most 4×.
+REFERENCE_SPREAD = 4.0
+
+
+class LeverageReference:
+    """Leverage scores ℓ̃ᵢ = |βᵢ|·gᵢ, gᵢ = cᵢᵀ M cᵢ, with M kept across the iterations of one solve.
+
+    Why it is enough: let A = Cᵀ|D|C + Λ (the true scores are ℓᵢ = |βᵢ| cᵢᵀA⁻¹cᵢ) and
+    W = M^{1/2} A M^{1/2}. If λ_min(W) ≥ tr(W)/(Γd) then M ⪰ (tr(W)/(Γd))·A⁻¹, so ℓ̃ᵢ ≥ (tr W/(Γd))·ℓᵢ,
+    while Σℓ̃ ≤ tr(W); the sampling probabilities ℓ̃ᵢ/Σℓ̃ are then ≥ ℓᵢ/(Γd): at least 1/Γ of those of
+    exact scores. A is not formed: its unbiased sample Ã (same rows, weights |βᵢ|/πᵢ) stands in,
+    and Γ = REFERENCE_SPREAD leaves room for the sample's own error. So each iteration pays O(n) for its
+    scores and the sampled sandwich, and only an iteration whose β has moved the Gram matrix off
+    the reference pays the embedding and the JL pass (and draws its rows again).
+
+    The first reference is the column scale D (M = D⁻²): squared lengths of the rows of C D⁻¹,
+    one pass; exact up to β on i.i.d. rows, and refused by the check on C whose scaled columns are
+    far from orthogonal. Afterwards M = R⁻¹R⁻ᵀ from ``embedding_factor`` and gᵢ by ``jl_row_norms``.
+    """
+
+    def __init__(self, column_scale=None):
+        self.column_scale = column_scale
+        self.factor = None  # R (upper triangular), once the embedding has run
+        self.row_norms = None  # gᵢ
+        self.refreshes = 0
+
+    def sampled_sandwich(self, matrix, beta, l2, s, rng):
+        if self.row_norms is None:
+            if self.column_scale is None:
+                self.column_scale = np.sqrt(matrix.column_squares())
+            self.column_scale = np.where(self.column_scale > 0, self.column_scale, 1.0)
+            self.row_norms = matrix.row_squares(1.0 / self.column_scale**2)
+        rows, pi = sample_rows(np.abs(beta) * self.row_norms, s, rng)
+        signed, absolute = matrix.sandwich_rows_and_absolute(rows, beta[rows] / pi)
+        if self.certified(absolute, l2):
+            return signed, rows.shape[0]
+        self.refreshes += 1
+        self.factor = embedding_factor(osnap_embed(matrix, beta, rng), l2)
+        self.row_norms = jl_row_norms(matrix, jl_directions(self.factor, rng))
+        rows, pi = sample_rows(np.abs(beta) * self.row_norms, s, rng)
+        return matrix.sandwich_rows(rows, beta[rows] / pi), rows.shape[0]
+
+    def certified(self, absolute, l2):
+        """Whether λ_min(W) ≥ tr(W)/(REFERENCE_SPREAD·d) for W = M^{1/2}(Ã + Λ)M^{1/2} (one Cholesky)."""
+        d = absolute.shape[0]
+        gram = absolute + np.diag(ridge(np.diag(absolute).copy(), l2))
+        if self.factor is None:
+            whitened = gram / np.outer(self.column_scale, self.column_scale)
+        else:
+            half = scipy.linalg.solve_triangular(self.factor, gram, trans="T", check_finite=False)
+            whitened = scipy.linalg.solve_triangular(self.factor, half.T, trans="T", check_finite=False)
+            whitened = 0.5 * (whitened + whitened.T)
+        if not np.all(np.isfinite(whitened)):
+            return False
+        floor = np.trace(whitened) / (REFERENCE_SPREAD * d)
+        if not floor > 0:
+            return False
+        try:
+            scipy.linalg.cholesky(whitened - floor * np.eye(d), lower=False, check_finite=False)
+        except np.linalg.LinAlgError:
+            return False
+        return True

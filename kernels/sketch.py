@@ -77,3 +77,29 @@ def dense_embed(A, scaled_signs, s, ptr, member, out):
                 w = scaled_signs[t]
                 for j in range(d):
                     acc[j] += w * row[j]
+
+
+@njit(parallel=True, cache=True)
+def dense_row_squares(A, column_weights, out):
+    """out[i] = Σⱼ A[i, j]²·column_weights[j] for every row i: one read of A, each row summed in column order."""
+    n, d = A.shape
+    for i in prange(n):
+        row = A[i]
+        total = 0.0
+        for j in range(d):
+            value = np.float64(row[j])
+            total += value * value * column_weights[j]
+        out[i] = total
+
+
+@njit(parallel=True, cache=True)
+def csr_row_squares(indptr, indices, data, column_weights, out):
+    """out[i] = Σ_p data[p]²·column_weights[indices[p]] over row i's stored entries: Σⱼ C[i, j]²·w[j]
+    when no column is stored twice in a row (validated input has its duplicates summed)."""
+    n = indptr.shape[0] - 1
+    for i in prange(n):
+        total = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            value = np.float64(data[p])
+            total += value * value * column_weights[np.uintp(indices[p])]
+        out[i] = total

@@ -110,8 +110,11 @@ class DaskProblem:
             sandwich = self.rounds.reduce(self.rounds.run(blocks.sandwich, self.beta(ev)))["H"]
         return add_low_rank_and_ridge(sandwich, ev.P, ev.S, self.l2)
 
-    def sampled_sandwich(self, ev, s, rng):
-        """The leverage-score sample of ``fastnewton.sketching``, block by block (per-block seeded streams)."""
+    def sampled_sandwich(self, ev, s, rng, reference=None):
+        """The leverage-score sample of ``fastnewton.sketching``, block by block (per-block seeded streams).
+
+        The scores are estimated afresh every iteration (embedding, factor, JL pass): ``reference`` is
+        not used, since the blocks keep no per-row state between rounds."""
         beta = self.beta(ev)
         seed = int(rng.integers(2**63))
         SB = self.rounds.reduce(self.rounds.run(blocks.embed, beta, args=(seed,)))["SB"]
