@@ -387,14 +387,6 @@ def test_hessian_too_large_raises_memory_error_before_allocating():
     assert time.perf_counter() - t < 5.0
 
 
-def test_bench_memory_quick_smoke():
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "memory.py"), "--quick"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
-    assert "exact" in out and "sketch" in out and "formula" in out
-
-
 def test_blas_threads_are_scoped_to_the_block():
     """``blas_threads(n)`` inside a solve's single-threaded BLAS: n threads in the block, one after it."""
     import scipy.linalg  # noqa: F401  (loads SciPy's BLAS too)
