@@ -44,7 +44,8 @@ MAX_PRECONDITIONER_SHIFTS = 20
 # lagged: sandwich-free iterations after each exact one (their preconditioner ages by one per iteration).
 LAGGED_STEPS = 2
 # ... whose CG reuses the exact iteration's factor at any damping within this factor of it: a
-# new Cholesky per ×10 move of μ cost as much as the CG iterations it saved (d = 1024).
+# new Cholesky per move of μ (÷10 after a good step, ×2, ×4, … on failures) cost as much as the
+# CG iterations it saved (d = 1024).
 LAGGED_SHIFT_RATIO = 100.0
 
 
@@ -132,7 +133,7 @@ class NewtonSystem:
     def _reused_factor(self, mu):
         """The preconditioner's factor at damping μ: a lagged system first takes a factor it already
         has whose shift is within ×``reuse_shift_ratio`` of μ (shifts below 1e-8·scale count as that),
-        so the Levenberg–Marquardt μ moving by ×10 costs no new Cholesky factorisation."""
+        so the Levenberg–Marquardt μ moving by a factor up to that costs no new Cholesky factorisation."""
         if self.reuse_shift_ratio > 1.0:
             floor = 1e-8 * self.scale
             target = max(mu, floor)

@@ -107,7 +107,7 @@ def test_a_problem_that_ends_at_a_dead_point_and_others_that_converge():
     # softmax_relu from zeros on this family problem kills an output and stops at a dead stationary
     # point after iterations (tests/test_lifted_start.py); the other targets on the same C and V converge.
     families = _families()
-    dead = families.make_case("softmax_relu", 0, 6)
+    dead = families.make_case("softmax_relu", 0, 10)
     C, V = dead.C, dead.V
     B = np.column_stack([dead.b, targets(C, "softmax_relu", V, 2, seed=5, noise=0.0)])
     batch = quietly(solve_many, C, B, model="softmax_relu", V=V, x0="zeros")

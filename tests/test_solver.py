@@ -538,13 +538,15 @@ def test_long_solve_carries_u_and_refreshes_it_by_the_rule(model):
         return line
 
     problem.line = recording_line
-    options = SolveOptions(hessian="sketch", tol=1e-13, max_iter=40, eps=0.9, sketch_size=120, seed=0,
+    # A sample of 40 rows (d = 30): a rough Hessian, so softmax_relu too takes ≥ 2·REFRESH_EVERY
+    # iterations (measured: 23; with 120 rows it converged in 15 once damped steps could be extended).
+    options = SolveOptions(hessian="sketch", tol=1e-13, max_iter=40, eps=0.9, sketch_size=40, seed=0,
                            callback=None, verbose=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         res = newton_solve(problem, 0.5 * x_true, "x_true / 2", sketch_system, options)
     forward = [("forward" in record["seconds"]) for record in res.history[1:]]
-    assert res.n_iter >= 2 * REFRESH_EVERY
+    assert res.n_iter >= 2 * REFRESH_EVERY, res.n_iter
     assert len(carried) == forward.count(False) and len(carried) >= res.n_iter // 2
     run = 0
     for fresh in forward:  # never more than REFRESH_EVERY − 1 carried steps in a row
