@@ -217,6 +217,7 @@ class SketchedSystems:
         if problem is not self.problem:
             self.problem, self.reference = problem, LeverageReference(options.column_scale)
         system = self.build(problem, ev, rng, options, g_ref, self.reference)
+        # Iterations so far whose scores were estimated afresh (embedding, factor, JL pass).
         system.info["leverage_refreshes"] = self.reference.refreshes
         return system
 
@@ -309,7 +310,8 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
         return 2 * sandwich(rows)
 
     def sketched(constant):
-        refresh = rates.REFERENCE_REFRESHES_PER_ITERATION
+        # Dask's blocks keep no leverage reference: fresh scores every iteration there.
+        refresh = rates.REFERENCE_REFRESHES_PER_ITERATION if getattr(problem, "reuses_leverage_scores", True) else 1.0
         return (1 + refresh) * sampled(constant) + refresh * fresh_scores + certificate
 
     def cg(iterations):
