@@ -206,19 +206,23 @@ def pcg_system(problem, ev, rng, options, g_ref, reference=None):
 
 class SketchedSystems:
     """``sketch``'s (or, with ``build=pcg_system``, ``pcg``'s) builder, one per solve: one
-    ``LeverageReference`` per problem (a stage of a staged start starts a new one), so the leverage
-    scores of most iterations cost O(n) instead of an embedding and a JL pass over C."""
+    ``LeverageReference`` per problem (a stage of a staged start, or each problem of ``solve_many``,
+    has its own), so the leverage scores of most iterations cost O(n) instead of an embedding and a
+    JL pass over C."""
 
     def __init__(self, build=sketch_system):
         self.build = build
-        self.problem, self.reference = None, None
+        # id(problem) → (problem, its reference); holding the problem keeps its id from being reused.
+        self.references = {}
 
     def __call__(self, problem, ev, rng, options, g_ref):
-        if problem is not self.problem:
-            self.problem, self.reference = problem, LeverageReference(options.column_scale)
-        system = self.build(problem, ev, rng, options, g_ref, self.reference)
+        held = self.references.get(id(problem))
+        if held is None or held[0] is not problem:
+            held = self.references[id(problem)] = (problem, LeverageReference(options.column_scale))
+        reference = held[1]
+        system = self.build(problem, ev, rng, options, g_ref, reference)
         # Iterations so far whose scores were estimated afresh (embedding, factor, JL pass).
-        system.info["leverage_refreshes"] = self.reference.refreshes
+        system.info["leverage_refreshes"] = reference.refreshes
         return system
 
 
