@@ -171,6 +171,9 @@ def setup_strategy(case, strategy, rng, eps=SKETCH_EPS, sketch_size=None):
                            seed=None, callback=None, verbose=False, column_scale=column_scale(case.problem))
     g_ref = float(np.linalg.norm(case.problem.gradient_at_zero())) or float(np.linalg.norm(case.ev.grad))
     build = BUILDERS[strategy]
+    # A stateful builder (a class: sketch's and pcg's keep a leverage reference) is made once per
+    # setup, so repeated builds time an iteration of a running solve.
+    build = build() if isinstance(build, type) else build
     system = build(case.problem, case.ev, rng, options, g_ref)
     return StrategySetup(strategy, build, options, g_ref, system, accepted_damping(case.problem, case.ev, system))
 

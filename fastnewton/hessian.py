@@ -207,18 +207,23 @@ def pcg_system(problem, ev, rng, options, g_ref, reference=None):
 
 class SketchedSystems:
     """``sketch``'s (or, with ``build=pcg_system``, ``pcg``'s) builder, one per solve: one
-    ``LeverageReference`` per problem (a stage of a staged start starts a new one), so the leverage
-    scores of most iterations cost O(n) instead of an embedding and a JL pass over C."""
+    ``LeverageReference`` per problem (a stage of a staged start, or each problem of ``solve_many``,
+    has its own), so the leverage scores of most iterations cost O(n) instead of an embedding and a
+    JL pass over C."""
 
     def __init__(self, build=sketch_system):
         self.build = build
-        self.problem, self.reference = None, None
+        # id(problem) → (problem, its reference); holding the problem keeps its id from being reused.
+        self.references = {}
 
     def __call__(self, problem, ev, rng, options, g_ref):
-        if problem is not self.problem:
-            self.problem, self.reference = problem, LeverageReference(options.column_scale)
-        system = self.build(problem, ev, rng, options, g_ref, self.reference)
-        system.info["leverage_refreshes"] = self.reference.refreshes
+        held = self.references.get(id(problem))
+        if held is None or held[0] is not problem:
+            held = self.references[id(problem)] = (problem, LeverageReference(options.column_scale))
+        reference = held[1]
+        system = self.build(problem, ev, rng, options, g_ref, reference)
+        # Iterations so far whose scores were estimated afresh (embedding, factor, JL pass).
+        system.info["leverage_refreshes"] = reference.refreshes
         return system
 
 
@@ -316,7 +321,8 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
         return 2 * sandwich(rows)
 
     def sketched(constant):
-        refresh = rates.REFERENCE_REFRESHES_PER_ITERATION
+        # Dask's blocks keep no leverage reference: fresh scores every iteration there.
+        refresh = rates.REFERENCE_REFRESHES_PER_ITERATION if getattr(problem, "reuses_leverage_scores", True) else 1.0
         return (1 + refresh) * sampled(constant) + refresh * fresh_scores + certificate
 
     def cg(iterations):

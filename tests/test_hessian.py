@@ -244,12 +244,15 @@ def stand_in(n, d, nnz=None, fmt="dense"):
 def uniform_rates(**changes):
     """Rates with every operation at 1e9 per second and 5 / 2 / 1 / 3 iteration figures, then ``changes``.
 
-    lagged is priced out (3× exact's iterations) unless a test sets LAGGED_ITERATIONS_PER_EXACT."""
+    lagged is priced out (3× exact's iterations) unless a test sets LAGGED_ITERATIONS_PER_EXACT; every
+    sketched iteration estimates fresh scores (REFERENCE_REFRESHES_PER_ITERATION = 1) unless a test sets it."""
     values = {name: 1e9 for name in dir(rates_module) if name.isupper() and name not in (
         "MACHINE", "EXACT_ITERATIONS", "SKETCH_ITERATIONS_PER_EXACT", "PCG_ITERATIONS_PER_EXACT",
-        "CG_ITERATIONS_PER_STEP", "LAGGED_ITERATIONS_PER_EXACT", "LAGGED_CG_ITERATIONS_PER_STEP")}
+        "CG_ITERATIONS_PER_STEP", "LAGGED_ITERATIONS_PER_EXACT", "LAGGED_CG_ITERATIONS_PER_STEP",
+        "REFERENCE_REFRESHES_PER_ITERATION")}
     values.update(EXACT_ITERATIONS=5.0, SKETCH_ITERATIONS_PER_EXACT=2.0, PCG_ITERATIONS_PER_EXACT=1.0,
-                  CG_ITERATIONS_PER_STEP=3.0, LAGGED_ITERATIONS_PER_EXACT=3.0, LAGGED_CG_ITERATIONS_PER_STEP=3.0)
+                  CG_ITERATIONS_PER_STEP=3.0, LAGGED_ITERATIONS_PER_EXACT=3.0, LAGGED_CG_ITERATIONS_PER_STEP=3.0,
+                  REFERENCE_REFRESHES_PER_ITERATION=1.0)
     values.update(changes)
     return types.SimpleNamespace(**values)
 
@@ -271,9 +274,14 @@ def test_cost_model_work_counts():
     start = sandwich + cholesky + passes
     assert seconds["exact"] == pytest.approx(start + 5 * (sandwich + cholesky + passes), rel=1e-12)
     s = sample_size(d, 0.5)
-    sketch_common = (4 * n * d + 4 * d**3 + 16 * n * d) / 1e9
+    # Every iteration refreshes (uniform_rates): fresh scores, two draws, the certificate (4/3 d³).
+    fresh_scores = (4 * n * d + 4 * d**3 + 16 * n * d) / 1e9
+    sampled, certificate, first_reference = s * d * d / 2 / 1e9, 4 * cholesky, n * d / 1e9
     assert seconds["sketch"] == pytest.approx(
-        start + 10 * (sketch_common + s * d * d / 2 / 1e9 + cholesky + passes), rel=1e-12)
+        start + first_reference + 10 * (fresh_scores + 2 * sampled + certificate + cholesky + passes), rel=1e-12)
+    kept = strategy_seconds(stand_in(n, d), 0.5, None, uniform_rates(REFERENCE_REFRESHES_PER_ITERATION=0.0))
+    assert kept["sketch"] == pytest.approx(
+        start + first_reference + 10 * (sampled + certificate + cholesky + passes), rel=1e-12)
     # lagged: 15 iterations, one in three exact, the others 3 CG iterations of two passes, two
     # triangular solves and the fixed cost of a CG iteration each.
     cg_step = 3 * ((2 * n * d + 2 * d * d) / 1e9 + CG_ITERATION_SECONDS)
@@ -312,6 +320,19 @@ def test_auto_follows_the_measured_rates():
                                                          CG_ITERATIONS_PER_STEP=50.0)) == "sketch"
 
 
+def test_auto_prices_the_kept_leverage_reference():
+    """With the reference kept (no refreshes) a slow embedding no longer holds the sketch back on long
+    dense rows; Dask's evaluator, which estimates scores afresh every iteration, is priced with them."""
+    long_rows = stand_in(10**6, 512)
+    slow_embedding = dict(DENSE_SANDWICH_FMA=1e10, DENSE_EMBED_UPDATES=1e7)
+    assert choose_strategy_with(long_rows, uniform_rates(**slow_embedding)) == "exact"
+    assert choose_strategy_with(long_rows, uniform_rates(REFERENCE_REFRESHES_PER_ITERATION=0.0,
+                                                         **slow_embedding)) in ("sketch", "pcg")
+    dask_like = types.SimpleNamespace(matrix=long_rows.matrix, reuses_leverage_scores=False)
+    assert choose_strategy_with(dask_like, uniform_rates(REFERENCE_REFRESHES_PER_ITERATION=0.0,
+                                                         **slow_embedding)) == "exact"
+
+
 def choose_strategy_with(problem, rates, eps=0.5, sketch_size=None):
     seconds = strategy_seconds(problem, eps, sketch_size, rates)
     return min(seconds, key=seconds.get)
@@ -320,7 +341,7 @@ def choose_strategy_with(problem, rates, eps=0.5, sketch_size=None):
 def test_auto_uses_sketch_size_and_eps():
     """A forced sample of all rows, or a small ε (≈ 5× the sample), prices the sketched build up to the exact one."""
     problem = stand_in(200_000, 512)
-    rates = uniform_rates(DENSE_SANDWICH_FMA=1e8)
+    rates = uniform_rates(DENSE_SANDWICH_FMA=1e8, DENSE_SAMPLED_SANDWICH_FMA=1e8)
     assert choose_strategy_with(problem, rates) == "pcg"
     assert choose_strategy_with(problem, rates, sketch_size=200_000) == "exact"
     assert strategy_seconds(problem, 0.2, None, rates)["pcg"] > strategy_seconds(problem, 0.5, None, rates)["pcg"]

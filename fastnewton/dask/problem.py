@@ -34,6 +34,9 @@ from .rounds import Rounds
 class DaskProblem:
     """L(x) = ½‖h(Cx) − b‖² + ½ Σᵢ wᵢ (Cx)ᵢ² + ½ λ‖x‖² for C held as row blocks (futures of ``blocks.Block``) on a Dask cluster."""
 
+    # Leverage scores are estimated afresh each iteration (``sampled_sandwich``): ``auto`` prices that.
+    reuses_leverage_scores = False
+
     def __init__(self, client, block_futures, n, d, model, b, l2):
         self.rounds = Rounds(client, block_futures)
         self.model = model
@@ -113,8 +116,10 @@ class DaskProblem:
     def sampled_sandwich(self, ev, s, rng, reference=None):
         """The leverage-score sample of ``fastnewton.sketching``, block by block (per-block seeded streams).
 
-        The scores are estimated afresh every iteration (embedding, factor, JL pass): ``reference`` is
-        not used, since the blocks keep no per-row state between rounds."""
+        The scores are estimated afresh every iteration (embedding, factor, JL pass), since the blocks
+        keep no per-row state between rounds: ``reference`` only counts it as a refresh."""
+        if reference is not None:
+            reference.refreshes += 1
         beta = self.beta(ev)
         seed = int(rng.integers(2**63))
         SB = self.rounds.reduce(self.rounds.run(blocks.embed, beta, args=(seed,)))["SB"]
