@@ -659,3 +659,16 @@ def test_available_memory_honours_the_address_space_limit():
             "print(available_bytes() <= 6 * 2**30)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True", out.stderr
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "csr"])
+def test_finite_entries_whose_sum_overflows_are_accepted_and_a_nan_among_them_is_not(dense):
+    # The finiteness check clears an array by its sum; finite entries near the float64 maximum
+    # overflow that sum and must fall through to the entrywise test, which accepts them.
+    big = np.full((4, 3), 1.5e308)
+    Problem(big if dense else sp.csr_matrix(big), np.full(4, 0.25))
+    big[2, 1] = np.nan
+    with pytest.raises(ValueError, match="C must contain only finite values"):
+        Problem(big if dense else sp.csr_matrix(big), np.full(4, 0.25))
+    with pytest.raises(ValueError, match="b must contain only finite values"):
+        Problem(np.ones((2, 2)), np.array([np.inf, -np.inf]))
