@@ -18,6 +18,12 @@ one damped step with its line search and the evaluation at the new iterate. It r
   cannot hide a later allocation by being reused;
 - the count of ``fastnewton/memory.py`` for the same shape, term by term, and C's own bytes.
 
+sketch and pcg are measured on their largest iteration: one whose leverage reference is refused,
+so it runs the embedding and the JL pass over every row (most iterations keep the reference and
+need only O(n) for their scores). The child forces that path by setting
+``fastnewton.sketching.REFERENCE_SPREAD`` below 1, a spread no Gram matrix can pass (its smallest
+eigenvalue would have to exceed its mean); the row's ``leverage_refreshes`` confirms it.
+
     python bench/memory.py --quick
     python bench/memory.py --n 1e7 1e6 --nnz 1e8 1e7 --d 64 2048     # the default: tall, and wide
 
@@ -112,6 +118,9 @@ def child(n, nnz, d, strategy, threads, seed):
     import numba
 
     threads = threads or numba.get_num_threads()
+    if strategy in ("sketch", "pcg"):
+        import fastnewton.sketching
+        fastnewton.sketching.REFERENCE_SPREAD = 0.5  # every reference refused: the refresh iteration
     started = time.perf_counter()
     C, b, x0 = planted_csr(n, nnz, d, seed)
     built_s = time.perf_counter() - started
@@ -134,7 +143,8 @@ def child(n, nnz, d, strategy, threads, seed):
     return dict(strategy=strategy, n=n, d=d, nnz=C.nnz, threads=threads, c_bytes=csr_bytes(C),
                 resident_before=rss_before, traced=traced_peak - traced_before,
                 rss_peak=(hwm - rss_before) if hwm is not None else None, seconds=seconds, built_s=built_s,
-                n_iter=res.n_iter, status=res.status.name, hessian_used=res.get("hessian", strategy))
+                n_iter=res.n_iter, status=res.status.name, hessian_used=res.get("hessian", strategy),
+                leverage_refreshes=max(int(h.get("leverage_refreshes") or 0) for h in res.history))
 
 
 def measure_in_child(n, nnz, d, strategy, threads, seed):

@@ -287,7 +287,8 @@ def test_zipf_peers_quick_reports_every_method(tmp_path):
 
 def test_memory_counts_the_iteration_not_the_problem(tmp_path):
     """bench/memory.py --quick: each strategy in its own process; the NumPy peak of one iteration agrees
-    with fastnewton/memory.py's count (both count the same arrays: within 25%), and the sketch's
+    with fastnewton/memory.py's count (both count the same arrays: within 25%; sketch and pcg on their
+    largest iteration, the one that refreshes its leverage reference), and the sketch's
     length-n JL projection makes its peak larger than the exact iteration's at d = 64 (the old script
     reported the problem's construction, the same peak for every strategy)."""
     run_script(["bench/memory.py", "--quick", "--d", "64", "--out", str(tmp_path)])
@@ -296,6 +297,7 @@ def test_memory_counts_the_iteration_not_the_problem(tmp_path):
     for r in rows:
         assert r["n_iter"] == 1 and 0.8 <= r["traced"] / r["formula_bytes"] <= 1.25, r
         assert r["formula_bytes"] < r["c_bytes"] * 3
+        assert r["leverage_refreshes"] == (0 if r["strategy"] == "exact" else 1), r
     exact, sketch = rows[0], rows[1]
     assert sketch["traced"] > 1.5 * exact["traced"] and sketch["formula_bytes"] > 1.5 * exact["formula_bytes"]
 
