@@ -317,7 +317,10 @@ def render_dense_phases(out, command):
     data = json.loads((out / "dense_phases.json").read_text())
     one, two = data["rows"]
     shown_phases = [key for key in one if key not in ("threads", "s")]
-    body = [[key.strip(), f"{one[key]:.1f} ms", f"{two[key]:.1f} ms", f"{one[key] / two[key]:.2f}×" if two[key] else "–"]
+    # Two rows are not times: the ratio of the two iterations, and the count of leverage refreshes.
+    plain = {"sketch / exact": "{:.2f}", "refreshes": "{:.0f}"}
+    body = [[key.strip(), plain[key.strip()].format(one[key]), plain[key.strip()].format(two[key]), "–"] if key.strip() in plain else
+            [key.strip(), f"{one[key]:.1f} ms", f"{two[key]:.1f} ms", f"{one[key] / two[key]:.2f}×" if two[key] else "–"]
             for key in shown_phases]
     return "\n".join([provenance(command), "",
                       f"Dense n = {data['n']:,}, d = {data['d']}, at x = 0 of a noisy planted `softmax` problem; best "

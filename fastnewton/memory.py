@@ -12,7 +12,9 @@ rows). On top of that the peak is the largest of three moments:
                                                  most 256 MiB; allocated inside the kernel)
         sketch / pcg:     8·n·(JL_DIM + 3) + 8·d²·6   the JL projection of every row and the
                                                  leverage scores; the 4d × d embedding, its QR
-                                                 factor and the sampled sandwich
+                                                 factor and the sampled sandwich (an iteration
+                                                 that refreshes its leverage reference, the
+                                                 largest; the others skip the projection)
     the step:             one evaluation and 8·d²·4   H, its column-scaled copy, H + μD² and the
                                                  Cholesky factor
     the new iterate:      8·n·(2k + 8) + 8·d²·3   two evaluations alive (current and new) with the
