@@ -278,7 +278,7 @@ def csr_sandwich_rate(d, rates=rates):
     return rates.CSR_SANDWICH_PAIRS ** (1 - position) * rates.CSR_SANDWICH_PAIRS_D1024 ** position
 
 
-def strategy_seconds(problem, eps, sketch_size, rates=rates):
+def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True):
     """Predicted seconds to tol of each strategy: {"exact": …, "sketch": …, "pcg": …, "lagged": …}.
 
     Work counts × measured rates (``fastnewton.rates``, written by bench/calibrate.py): a pass
@@ -322,7 +322,12 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
 
     def sketched(constant):
         # Dask's blocks keep no leverage reference: fresh scores every iteration there.
-        refresh = rates.REFERENCE_REFRESHES_PER_ITERATION if getattr(problem, "reuses_leverage_scores", True) else 1.0
+        # From the default start β moves little and the reference holds; from zeros (or a user's x0) it
+        # moves far in the first iterations and the reference is refused more often.
+        refresh = (rates.REFERENCE_REFRESHES_PER_ITERATION if default_start
+                   else rates.REFERENCE_REFRESHES_FROM_OTHER_STARTS)
+        if not getattr(problem, "reuses_leverage_scores", True):
+            refresh = 1.0
         return (1 + refresh) * sampled(constant) + refresh * fresh_scores + certificate
 
     def cg(iterations):
@@ -347,19 +352,20 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates):
             for name in per_iteration}
 
 
-def choose_strategy(problem, eps, sketch_size):
-    """``auto``: the strategy with the least predicted time to tol (``strategy_seconds``)."""
-    seconds = strategy_seconds(problem, eps, sketch_size)
+def choose_strategy(problem, eps, sketch_size, default_start=True):
+    """``auto``: the strategy with the least predicted time to tol (``strategy_seconds``);
+    ``default_start``: whether the solve starts from x0 = "auto"."""
+    seconds = strategy_seconds(problem, eps, sketch_size, default_start=default_start)
     return min(seconds, key=seconds.get)
 
 
-def resolve_strategy(name, problem, eps, sketch_size):
+def resolve_strategy(name, problem, eps, sketch_size, default_start=True):
     """(resolved strategy name, builder); a stateful builder (a class: ``lagged``) is made afresh per call."""
     if not isinstance(name, str):
         raise TypeError(f"hessian must be a string, got {type(name).__name__}")
     if name not in STRATEGIES:
         raise ValueError(f"hessian must be one of {', '.join(repr(s) for s in STRATEGIES)}, got {name!r}")
     if name == "auto":
-        name = choose_strategy(problem, eps, sketch_size)
+        name = choose_strategy(problem, eps, sketch_size, default_start)
     builder = BUILDERS[name]
     return name, builder() if isinstance(builder, type) else builder

@@ -35,7 +35,7 @@ from .models import LogPartition, check_model
 from .models.softmax import ACTIVE_RTOL, Softmax
 from .problem import Problem
 from .result import MESSAGES, ConvergenceWarning, Status
-from .solver import not_a_distribution, solve
+from .solver import is_default_start, not_a_distribution, solve
 from .start import NULL_SPACE_RTOL
 from .threads import thread_limits
 from .validation import as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count
@@ -242,7 +242,8 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
     for i, (C, b, V) in enumerate(items):
         try:
             problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=weights_each[i])
-            exact = hessian == "exact" or choose_strategy(problem, eps, sketch_size) == "exact"
+            exact = hessian == "exact" or choose_strategy(problem, eps, sketch_size,
+                                                          is_default_start(x0_each[i])) == "exact"
             if isinstance(problem.row_model, Softmax) and exact:
                 starts.append(_start_kind(problem, x0_each[i]))
                 compiled.append(problem)

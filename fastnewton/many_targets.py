@@ -42,7 +42,7 @@ from .newton import NewtonRequest, NewtonRun, References, column_scale, user_sta
 from .problem import Problem
 from .result import ConvergenceWarning, MESSAGES, Status
 from .start import NormalSystemRequest, fit_columns, fit_partials
-from .solver import solve_options, solve_rounds, warn_if_not_a_distribution
+from .solver import is_default_start, solve_options, solve_rounds, warn_if_not_a_distribution
 from .threads import thread_limits
 from .validation import as_array, as_thread_count, check_model, check_real_dtype
 
@@ -79,7 +79,7 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
     starts = _as_starts(x0, inputs.d, q)
     n_threads = as_thread_count(n_threads)
     build_system, options = solve_options(inputs, hessian, eps, sketch_size, tol, max_iter, seed, callback,
-                                          False)
+                                          False, default_start=is_default_start(x0))
     options = replace(options, warn_at_max_iter=False)
     problems = [inputs.with_target(targets[:, j], f"B[:, {j}]") if finite[j] else None for j in range(q)]
     solvable = [j for j in range(q) if problems[j] is not None]

@@ -69,7 +69,7 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
         observer = chain_observers(bar.update if bar else None,
                                    log_iteration if logger.isEnabledFor(logging.DEBUG) else None)
         build_system, options = solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback,
-                                              verbose, observer=observer)
+                                              verbose, observer=observer, default_start=is_default_start(x0))
     try:
         # Inputs whose scale overflows float64 (C·1e160, l2 = 1e300) end in Status.NON_FINITE, whose
         # message says so; NumPy's overflow warnings on the way there would only repeat it.
@@ -88,14 +88,14 @@ def run_from(problem, x0, build_system, options, timer=None, clock=None):
     """The Newton solve from ``x0`` (shared by ``fastnewton.dask.solve``): "auto" is the model's
     ``auto_solve`` (its start, and any stages of its own), anything else ``starting_point``.
     ``timer`` and ``clock`` as for ``newton_solve`` (the start is timed as the phase "start")."""
-    if isinstance(x0, str) and x0 == "auto":
+    if is_default_start(x0):
         return problem.auto_solve(build_system, options, timer=timer, clock=clock)
     return run_requests(solve_rounds(problem, x0, build_system, options, timer, clock))
 
 
 def solve_rounds(problem, x0, build_system, options, timer=None, clock=None):
     """``run_from`` as a generator of its Newton loops (``NewtonRequest``s), for ``solve_many``."""
-    if isinstance(x0, str) and x0 == "auto":
+    if is_default_start(x0):
         return (yield from problem.auto_solve_rounds(build_system, options, timer, clock))
     timer = timer if timer is not None else PhaseTimer()
     with timer("start"):
@@ -103,10 +103,17 @@ def solve_rounds(problem, x0, build_system, options, timer=None, clock=None):
     return (yield NewtonRequest(problem, start, description, build_system, options, timer, clock))
 
 
-def solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose, observer=None):
+def is_default_start(x0):
+    """Whether ``x0`` asks for the default start ("auto")."""
+    return isinstance(x0, str) and x0 == "auto"
+
+
+def solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose, observer=None,
+                  default_start=True):
     """Validate the solver's keywords (shared by ``fastnewton.dask.solve``): (Hessian builder, SolveOptions).
 
     ``observer(info)``, if given, sees every iteration's record before the callback (the progress bar).
+    ``default_start``: whether x0 is "auto" (``auto`` prices the sketch's leverage refreshes by it).
     """
     tol = as_positive_float(tol, "tol")
     max_iter = as_positive_int(max_iter, "max_iter", minimum=0)
@@ -117,7 +124,7 @@ def solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callb
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     callback = chain_callbacks(observer, as_record_callback(callback))
     check_hessian_fits(problem.d)
-    strategy_name, build_system = resolve_strategy(hessian, problem, eps, sketch_size)
+    strategy_name, build_system = resolve_strategy(hessian, problem, eps, sketch_size, default_start)
     options = SolveOptions(hessian=strategy_name, tol=tol, max_iter=max_iter, eps=eps,
                            sketch_size=sketch_size, seed=seed, callback=callback, verbose=bool(verbose))
     return build_system, options

@@ -249,10 +249,10 @@ def uniform_rates(**changes):
     values = {name: 1e9 for name in dir(rates_module) if name.isupper() and name not in (
         "MACHINE", "EXACT_ITERATIONS", "SKETCH_ITERATIONS_PER_EXACT", "PCG_ITERATIONS_PER_EXACT",
         "CG_ITERATIONS_PER_STEP", "LAGGED_ITERATIONS_PER_EXACT", "LAGGED_CG_ITERATIONS_PER_STEP",
-        "REFERENCE_REFRESHES_PER_ITERATION")}
+        "REFERENCE_REFRESHES_PER_ITERATION", "REFERENCE_REFRESHES_FROM_OTHER_STARTS")}
     values.update(EXACT_ITERATIONS=5.0, SKETCH_ITERATIONS_PER_EXACT=2.0, PCG_ITERATIONS_PER_EXACT=1.0,
                   CG_ITERATIONS_PER_STEP=3.0, LAGGED_ITERATIONS_PER_EXACT=3.0, LAGGED_CG_ITERATIONS_PER_STEP=3.0,
-                  REFERENCE_REFRESHES_PER_ITERATION=1.0)
+                  REFERENCE_REFRESHES_PER_ITERATION=1.0, REFERENCE_REFRESHES_FROM_OTHER_STARTS=1.0)
     values.update(changes)
     return types.SimpleNamespace(**values)
 
@@ -357,7 +357,7 @@ def test_auto_resolves_to_exact_on_a_small_problem_and_reports_it():
 
 def test_auto_reports_pcg_when_the_cost_model_picks_it(monkeypatch):
     # A problem big enough for the model to choose pcg is too big for a unit test: swap the model.
-    monkeypatch.setattr(hessian_module, "choose_strategy", lambda problem, eps, sketch_size: "pcg")
+    monkeypatch.setattr(hessian_module, "choose_strategy", lambda problem, eps, sketch_size, default_start=True: "pcg")
     C, b, _ = make_problem(3000, 8, seed=4, noise=0.05)
     res = solve(C, b, hessian="auto", seed=0)
     assert res.hessian == "pcg"
@@ -722,3 +722,30 @@ def test_cost_model_prices_each_row_as_the_sandwich_computes_it(per_row):
         assert dense_fma == 0.0 and pairs == float(np.sum(row_nnz * (row_nnz + 1) // 2))
     if equal_rows:
         assert estimated_sandwich_work(n, d, C.nnz, False) == (pairs, dense_fma)
+
+
+def test_auto_prices_the_sketch_refreshes_of_the_start_it_is_given():
+    """From x0 = "auto" the reference is kept (no refresh priced), from zeros it is refused in a share of
+    the iterations: the same problem costs the sketch more, and the other strategies the same."""
+    problem = stand_in(10**6, 200, nnz=10**7, fmt="csr")
+    rates = uniform_rates(REFERENCE_REFRESHES_PER_ITERATION=0.0, REFERENCE_REFRESHES_FROM_OTHER_STARTS=0.5)
+    default = strategy_seconds(problem, 0.5, None, rates)
+    other = strategy_seconds(problem, 0.5, None, rates, default_start=False)
+    assert other["sketch"] > default["sketch"] and other["pcg"] > default["pcg"]
+    assert other["exact"] == default["exact"] and other["lagged"] == default["lagged"]
+
+
+def test_solve_passes_its_start_to_auto(monkeypatch):
+    """``solve``'s x0 reaches the cost model: "auto" as the default start, zeros and arrays as others."""
+    seen = []
+    original = hessian_module.choose_strategy
+
+    def spy(problem, eps, sketch_size, default_start=True):
+        seen.append(default_start)
+        return original(problem, eps, sketch_size, default_start)
+
+    monkeypatch.setattr(hessian_module, "choose_strategy", spy)
+    C, b, _ = make_problem(200, 5, nnz_per_row=3, noise=0.1, seed=0)
+    for x0 in ("auto", "zeros", np.zeros(5)):
+        solve(C, b, x0=x0, max_iter=2)
+    assert seen == [True, False, False]
