@@ -168,13 +168,11 @@ def csr_rmatmats(indptr, indices, data, Qs, chunk_rows, out):
                     v = data[p]
                     for t in range(width):
                         row[t] += v * qi[t]
-    for j in prange(d):
-        for s in range(n_sets):
-            for t in range(k):
-                total = 0.0
-                for c in range(n_chunks):
-                    total += partial[c, j, s * k + t]
-                out[s, j, t] = total
+    # every problem's d × k sums at once (chunk order, as for rmatmat), then each problem's columns apart
+    sums = np.empty((d, width))
+    sum_chunk_partials(partial.reshape((n_chunks, d * width)), sums)
+    for s in range(n_sets):
+        out[s] = sums[:, s * k:(s + 1) * k]
 
 
 @njit(parallel=True, cache=True)

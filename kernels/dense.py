@@ -87,18 +87,13 @@ def dense_rmatmats(A, Qs, chunk_rows, out):
     n_sets = len(Qs)
     k = out.shape[2]
     n_chunks = (n + chunk_rows - 1) // chunk_rows
-    partial = np.zeros((n_chunks, n_sets, d * k))
+    partial = np.zeros((n_sets, n_chunks, d * k))
     for c in prange(n_chunks):
         acc = np.empty((k, d))
         for s in range(n_sets):
-            chunk_rmatmat(A, Qs[s], c * chunk_rows, min(n, (c + 1) * chunk_rows), acc, partial[c, s])
-    for s in prange(n_sets):
-        for j in range(d):
-            for t in range(k):
-                total = 0.0
-                for c in range(n_chunks):
-                    total += partial[c, s, j * k + t]
-                out[s, j, t] = total
+            chunk_rmatmat(A, Qs[s], c * chunk_rows, min(n, (c + 1) * chunk_rows), acc, partial[s, c])
+    for s in range(n_sets):
+        sum_chunk_partials(partial[s], out[s])
 
 
 @njit(nogil=True, cache=True)
