@@ -22,7 +22,7 @@ the iteration count) and x within 1e-10 relative (bit for bit on dense C); its b
 count nor on which other columns are solved with it.
 Problems that stop drop out of the passes. Per-problem work that needs no pass (the model's O(n)
 vectors, the d × d Cholesky solves, line-search trials) runs problem by problem, as do the
-``sketch``/``pcg`` Hessians and the starts (``x0="auto"``: the b-weighted fit of each column, and
+``sketch``/``pcg`` Hessians and the starts (``x0="auto"``: the b²-weighted fit of each column, and
 ``softmax_relu``'s simplex vector and λmax), whose passes are each problem's own.
 
 Problems are solved in groups whose work arrays fit ``GROUP_BYTES`` (the answers do not depend on

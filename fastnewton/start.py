@@ -6,7 +6,7 @@ single-machine ``Problem`` (one block) and ``fastnewton.dask`` (row blocks on th
 
 - ``normal_system``: the normal equations of a weighted least-squares fit of a per-row target
   on [C, 1] (one sandwich, one fused pass; the driver sees d × d, d × 2 and scalars);
-- ``log_linear_fit``: x with softmax(Cx) ≈ p, the p-weighted fit of log p on [C, 1];
+- ``log_linear_fit``: x with softmax(Cx) ≈ p, the p- (or p²-) weighted fit of log p on [C, 1];
 - ``solve_psd``: the fit's solution, minimum norm with the null space when singular;
 - ``floor_margin``: the cutting-plane LP that moves x in a null space to push chosen rows
   (``FloorRows``) to Cx ≤ −τ.
@@ -127,21 +127,27 @@ def _solve_scaled_psd(M, rhs):
 
 
 def _log_fit_rows(block, parameters):
-    row_probabilities, their_parameters = parameters
+    row_probabilities, their_parameters, squared = parameters
     p = row_probabilities(block, their_parameters)
     positive = p > 0.0
-    return np.where(positive, p, 0.0), np.log(np.where(positive, p, 1.0))
+    weights = np.where(positive, p, 0.0)
+    return weights * weights if squared else weights, np.log(np.where(positive, p, 1.0))
 
 
-def log_linear_fit(problem, row_probabilities, parameters=None):
+def log_linear_fit(problem, row_probabilities, parameters=None, squared=False):
     """x with softmax(Cx) ≈ p: the p-weighted least-squares fit of log p on [C, 1], rows with pᵢ ≤ 0
-    dropped; ``row_probabilities(block, parameters)`` gives p on a block's rows (up to a common factor)."""
-    return run_requests(log_linear_fit_rounds(problem, row_probabilities, parameters))
+    dropped; ``row_probabilities(block, parameters)`` gives p on a block's rows (up to a common factor).
+
+    ``squared``: weights p² instead, the fit that matches ½‖softmax(Cx) − p‖² to second order:
+    softmax(u)ᵢ − pᵢ ≈ pᵢ·(log softmax(u)ᵢ − log pᵢ) near the fit, so that loss is ≈ ½ Σ pᵢ² (residual in
+    log space)², and its Hessian's sandwich weights β ≈ s ⊙ s ≈ p² there (the p weights match the
+    cross-entropy instead)."""
+    return run_requests(log_linear_fit_rounds(problem, row_probabilities, parameters, squared))
 
 
-def log_linear_fit_rounds(problem, row_probabilities, parameters=None):
+def log_linear_fit_rounds(problem, row_probabilities, parameters=None, squared=False):
     """``log_linear_fit`` as a generator of its ``NormalSystemRequest``."""
-    M, rhs = yield from normal_system_rounds(problem, _log_fit_rows, (row_probabilities, parameters),
+    M, rhs = yield from normal_system_rounds(problem, _log_fit_rows, (row_probabilities, parameters, squared),
                                              intercept=True, normalise=True)
     z, _ = solve_psd(M, rhs)
     return z[:-1]

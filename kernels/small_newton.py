@@ -267,7 +267,7 @@ def _rounding_level(loss, target_norm, factor):
 @njit(cache=True)
 def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x):
     """x from the weighted least-squares fit of the models' ``auto_start`` (fastnewton.start):
-    softmax: weights bᵢ/Σb on rows with bᵢ > 0, target log bᵢ, on [C, 1]; relu_softmax: weight 1
+    softmax: weights bᵢ²/Σb² on rows with bᵢ > 0, target log bᵢ, on [C, 1]; relu_softmax: weight 1
     on the active rows bᵢ > f(1 + rtol), target log(bᵢ/f), on C. Solved as ``solve_psd``: Jacobi
     scaled, Cholesky; False (x untouched) when a pivot is below NULL_SPACE_RTOL·scale (the
     singular case, whose null space and LP the caller handles)."""
@@ -282,8 +282,8 @@ def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x):
                 weights[i] = 1.0
                 WT[i, 1] = math.log(max(b[i], floor) / floor)
         elif b[i] > 0.0:
-            weights[i] = b[i]
-            WT[i, 1] = b[i] * math.log(b[i])
+            weights[i] = b[i] * b[i]
+            WT[i, 1] = weights[i] * math.log(b[i])
         WT[i, 0] = weights[i]
     A = np.empty((d, d))
     _sandwich(matrix, weights, A)

@@ -45,6 +45,33 @@ def test_softmax_start_ignores_zero_targets():
     assert res.converged, res.message
 
 
+def _weighted_log_fit(C, b, weights):
+    """argmin over (x, θ) of Σ wᵢ ((Cx)ᵢ + θ − log bᵢ)², by NumPy's lstsq on the √w-scaled rows of [C, 1]: x."""
+    design = np.column_stack([C if isinstance(C, np.ndarray) else C.toarray(), np.ones(len(b))])
+    root = np.sqrt(weights)
+    return np.linalg.lstsq(design * root[:, None], np.log(b) * root, rcond=None)[0][:-1]
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
+def test_softmax_start_is_the_b_squared_weighted_fit_and_beats_b_weights_on_noisy_targets(dense):
+    # The start solves min Σ bᵢ² ((Cx)ᵢ + θ − log bᵢ)² (the loss ½‖softmax(Cx) − b‖² to second order
+    # in log space). Independent check: NumPy's lstsq; both solve the same well-conditioned d + 1
+    # system (n = 3000 ≫ d = 15), measured to agree to ~1e-13.
+    ratios = []
+    for seed in range(10):
+        C, b, _, _ = planted("softmax", dense, n=3000, d=15, seed=seed, noise=0.05)
+        problem = Problem(C, b)
+        x0, description = starting_point(problem, "auto")
+        assert "b²" in description
+        expected = _weighted_log_fit(C, b, b * b)
+        assert np.linalg.norm(x0 - expected) <= 1e-9 * np.linalg.norm(expected)
+        ratios.append(np.linalg.norm(problem.grad(x0)) / np.linalg.norm(problem.grad(_weighted_log_fit(C, b, b))))
+    # The b-weighted fit (the cross-entropy's weights) usually starts further from this loss's optimum:
+    # measured median ratio of gradient norms 0.15 (CSR) and 0.24 (dense) over these seeds; not on
+    # every problem (one CSR seed: 2.6), so the median is what is asserted.
+    assert np.median(ratios) < 0.5, ratios
+
+
 def test_softmax_start_without_positive_target_is_zeros():
     C, _, _, _ = planted("softmax", False, n=200, d=5, seed=3)
     x0, description = starting_point(Problem(C, np.zeros(200)), "auto")

@@ -92,15 +92,16 @@ class Softmax(Model):
         return run_requests(self.auto_start_rounds(problem))
 
     def auto_start_rounds(self, problem):
-        """softmax: log b = Cx − logsumexp(Cx) at a zero-residual optimum, so the b-weighted fit of
-        log b on [C, 1] starts at or near x*. relu_softmax: see ``_relu_start`` (no shared requests)."""
+        """softmax: log b = Cx − logsumexp(Cx) at a zero-residual optimum, so the b²-weighted fit of
+        log b on [C, 1] (the loss to second order there: ``fastnewton.start.log_linear_fit``) starts at
+        or near x*. relu_softmax: see ``_relu_start`` (no shared requests)."""
         facts = problem.facts
         if not facts["max_b"] > 0.0:
             return np.zeros(problem.d), "zeros (auto: b has no positive entry to fit log b to)"
         if self.relu:
             return _relu_start(problem, -facts["max_negated_min_positive_b"])
-        x0 = yield from log_linear_fit_rounds(problem, _targets)
-        return x0, "auto: b-weighted least-squares fit of log b on [C, 1]"
+        x0 = yield from log_linear_fit_rounds(problem, _targets, squared=True)
+        return x0, "auto: b²-weighted least-squares fit of log b on [C, 1]"
 
 
 def softmax_gradient(summary, known):
