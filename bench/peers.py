@@ -68,15 +68,24 @@ absolutely instead. Problem generation is not timed.
 
 Timing: wall time of the whole user call (``fastnewton.solve``; ``Problem(...)`` construction
 plus ``scipy.optimize.minimize`` for the fastnewton-derivative runs; ``minimize`` alone for
-the NumPy runs). Numba kernels are compiled (or loaded from the disk cache) by a warm-up on a
-tiny problem before any timing. --threads (default: all cores) goes to fastnewton (n_threads)
+the NumPy runs). Numba kernels are compiled (or loaded from the disk cache), and PyTorch
+initialised, by a warm-up on a tiny problem before any timing. Then, per problem, one untimed
+default solve and one NumPy gradient on the full problem: the first large allocations of a
+process take fresh pages from the OS (glibc then keeps freed blocks of that size), which cost
+the first timed run alone ~15 ms on the CSR problem (fastnewton's default solve, which runs
+first, measured 76 ms against 59 ms for the identical exact solve right after it), and the
+first PyTorch call seconds; after the warm-up every method runs in the same warmed process,
+C as hot in cache as after any other method's run. --threads (default: all cores) goes to fastnewton (n_threads)
 and to Numba and BLAS for every method (threadpoolctl), so the comparison is fair.
 
 Output: two tables per problem on stdout (method, derivatives, reached tol, time to tol,
 iterations and evaluations, final loss, final relative gradient norm, time / the default
 fastnewton solve's time), then the headline ratio best peer with NumPy derivatives / default
 fastnewton solve (targets: ≥ 40× CSR and ≥ 15× dense in the default table, ≥ 5× in the same
-table); in --out (default bench/results/): peers.csv, peers_traces.csv (wall time and relative
+table), and, when a peer that stopped on its own short of tol came within NEAR_MISS × tol of it
+(Newton-CG ends where its CG curvature test pᵀHp ≤ 3·eps fires, ‖∇L‖ ~ 1.3·tol on the CSR
+problem) sooner than the best peer reached tol, the ratio counting that peer as if it had
+reached tol: a conservative bound on the headline; in --out (default bench/results/): peers.csv, peers_traces.csv (wall time and relative
 gradient norm at every gradient evaluation) and peers.png (not with --no-plot: the best relative
 gradient norm so far against wall time, log-log, one panel per problem, one line per method).
 Every CSV row carries the versions, git commit, CPU and threads.
@@ -125,6 +134,8 @@ TABLES = ("default", "same")
 TARGET_RATIOS = {("default", "csr"): 40.0, ("default", "dense"): 15.0, ("same", "csr"): 5.0, ("same", "dense"): 5.0}
 # reached_tol allows the last bits by which NumPy's gradient and the method's own may differ.
 RECHECK_SLACK = 1e-6
+# A peer that stopped on its own at ‖∇L‖ ≤ NEAR_MISS·tol·g_ref counts in the conservative headline.
+NEAR_MISS = 10.0
 
 CSV_FIELDS = ("table", "model", "format", "n", "d", "nnz", "m", "l2", "start", "tol", "g_ref", "threads", "method",
               "solver", "derivatives", "reached_tol", "time_s", "n_iter", "n_fun", "n_grad", "n_hess", "final_loss",
@@ -629,7 +640,10 @@ def run_torch(case, method, args, x0):
                 param.grad = g / case["g_ref"]
                 return torch.tensor(loss / case["g_ref"], dtype=torch.float64)
 
-            optimizer.step(closure)
+            try:
+                optimizer.step(closure)
+            finally:
+                monitor.counts["iter"] = int(optimizer.state[param].get("n_iter", 0))
             x = param.detach()
             status = "LBFGS stopped"
     except ReachedTol:
@@ -700,6 +714,22 @@ def warm_up(models, args):
         prob = fastnewton.Problem(C, b, model, V=V, l2=1e-6)
         x = np.full(8, 0.1)
         prob.loss(x), prob.grad(x), prob.hessian(x), prob.hessp(x, x)
+        if args.torch and args.dense and model in ("softmax", "relu_softmax"):
+            # PyTorch's first call initialises its thread pool and kernels (seconds).
+            tiny = {"C": C, "b": b, "l2": 1e-6, "model": model, "g_ref": 1.0, "format": "dense"}
+            derivatives = TorchDerivatives(tiny)
+            import torch
+            point = torch.from_numpy(x)
+            derivatives.loss_and_grad(point), derivatives.hessian(point)
+
+
+def warm_up_case(case, args):
+    """One untimed default solve and one NumPy gradient on the full problem (see "Timing" above)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fastnewton.solve(case["C"], case["b"], case["model"], V=case["V"], l2=case["l2"], tol=args.tol,
+                         max_iter=args.max_iter, seed=args.seed, n_threads=args.threads)
+    NumpyDerivatives(case["C"], case["b"], case["model"], V=case["V"], l2=case["l2"]).grad(np.zeros(case["d"]))
 
 
 def methods(case, args):
@@ -764,6 +794,21 @@ def headline(rows, derivatives, best_fastnewton):
         return float("inf"), True, "none"
     best = min(cut, key=lambda r: r["time_s"])
     return best["time_s"] / best_fastnewton, True, best["method"]
+
+
+def near_miss(rows, derivatives, best_fastnewton, tol):
+    """(ratio, method, ‖∇L‖/g_ref) of the fastest peer with these derivatives that stopped on its own short
+    of tol but within NEAR_MISS × tol, when it stopped sooner than every peer that reached tol; else None."""
+    runs = [r for r in rows if r["solver"] != "fastnewton" and r["derivatives"] == derivatives]
+    close = [r for r in runs if not r["reached_tol"] and r["final_rel_grad_norm"] <= NEAR_MISS * tol
+             and not r["status"].startswith("time limit")]
+    if not close:
+        return None
+    nearest = min(close, key=lambda r: r["time_s"])
+    reached = [r["time_s"] for r in runs if r["reached_tol"]]
+    if reached and min(reached) <= nearest["time_s"]:
+        return None
+    return nearest["time_s"] / best_fastnewton, nearest["method"], nearest["final_rel_grad_norm"]
 
 
 def format_ratio(ratio, lower_bound):
@@ -934,6 +979,8 @@ def main(argv=None):
         for model in args.models:
             progress.set_postfix_str(f"{model}: building problem")
             case = build_case(model, args)
+            progress.set_postfix_str(f"{model}: untimed warm-up solve")
+            warm_up_case(case, args)
             for table in args.tables:
                 rows = []
                 for solver, method, deriv in methods(case, args):
@@ -966,6 +1013,12 @@ def main(argv=None):
                                      + (f" ({method}{', none reached tol' if lower else ''})"
                                         if np.isfinite(ratio) else "") + aim)
                         headlines.append((model, table, deriv, ratio, lower))
+                        close = near_miss(rows, deriv, reference, args.tol)
+                        if close is not None and deriv != "fastnewton":
+                            lines.append(f"    counting {close[1]}, which stopped on its own at ‖∇L‖/g_ref = "
+                                         f"{close[2]:.2g} (within {NEAR_MISS:g}× tol), as if it had reached tol: "
+                                         f"{close[0]:.1f}×")
+                            headlines.append((model, table, f"{deriv} (near miss: {close[1]})", close[0], False))
                 else:
                     lines.append("  the default fastnewton solve did not reach tol: no ratio")
                 for line in lines:
