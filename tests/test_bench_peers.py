@@ -146,3 +146,20 @@ def test_quick_run_writes_csv_traces_and_plot(tmp_path):
     assert dead and all(r["reached_tol"] == "False" for r in dead)
     assert (tmp_path / "peers_traces.csv").stat().st_size > 0
     assert (tmp_path / "peers.png").stat().st_size > 0
+
+
+def test_near_miss_counts_a_peer_that_stopped_just_short_of_tol_and_sooner(peers):
+    def row(method, seconds, reached, rel, status):
+        return {"solver": "scipy", "derivatives": "numpy", "method": method, "time_s": seconds,
+                "reached_tol": reached, "final_rel_grad_norm": rel, "status": status}
+
+    tol = 1e-8
+    newton_cg = row("Newton-CG", 0.25, False, 1.3e-8, "scipy stopped: Optimization terminated successfully.")
+    lbfgs = row("L-BFGS-B", 0.35, True, 9e-9, "reached tol")
+    ratio, method, rel = peers.near_miss([newton_cg, lbfgs], "numpy", 0.05, tol)
+    assert (method, rel) == ("Newton-CG", 1.3e-8) and ratio == pytest.approx(5.0)
+    # Not counted: later than a peer that reached tol, beyond NEAR_MISS × tol, or cut by the time limit.
+    assert peers.near_miss([dict(newton_cg, time_s=0.4), lbfgs], "numpy", 0.05, tol) is None
+    assert peers.near_miss([dict(newton_cg, final_rel_grad_norm=1e-6), lbfgs], "numpy", 0.05, tol) is None
+    assert peers.near_miss([dict(newton_cg, status="time limit 40 s"), lbfgs], "numpy", 0.05, tol) is None
+    assert peers.near_miss([lbfgs], "numpy", 0.05, tol) is None
