@@ -8,7 +8,8 @@
 A planted softmax problem (``make_problem``, dense, noise 0.1: the optimum is not the planted x),
 solved from ``x0="auto"`` to tol = 1e-8 with each strategy (seed 0); the wall time of the
 ``solve`` call (best of --repeat), its Newton iterations, the seconds of the start (setup, start,
-reference, first evaluation) and of the iterations' phases summed, and ‖∇L(x)‖/‖∇L(0)‖ recomputed
+reference, first evaluation; each on the line below, with how the start was fitted) and of the
+iterations' phases summed, and ‖∇L(x)‖/‖∇L(0)‖ recomputed
 independently (``Problem.grad``) after the run.
 """
 import argparse
@@ -49,7 +50,8 @@ def main(argv=None):
             res = fastnewton.solve(C, b, hessian=name, seed=0)
             best = min(best, time.perf_counter() - start)
         times[name] = best
-        start_phases = sum(res.history[0]["seconds"].values())
+        first = res.history[0]["seconds"]
+        start_phases = sum(first.values())
         phases = {}
         for record in res.history[1:]:
             for key, value in record["seconds"].items():
@@ -62,6 +64,8 @@ def main(argv=None):
             extra += f" cg {sum(r['cg_iterations'] for r in res.history[1:])}"
         print(f"{name:>7} {best:7.2f} s  it {res.n_iter:>2}  converged {res.converged}  ‖∇L‖/‖∇L(0)‖ {rel:.1e}  "
               f"start {start_phases:.2f} s  " + "  ".join(f"{k} {v:.2f}" for k, v in phases.items()) + extra,
+              flush=True)
+        print(f"{'':>9}iteration 0: " + "  ".join(f"{k} {v:.3f}" for k, v in first.items()) + f"  ({res.start})",
               flush=True)
     if "exact" in times:
         print("exact / strategy: " + "  ".join(f"{name} {times['exact'] / t:.2f}" for name, t in times.items()))

@@ -234,8 +234,12 @@ class Problem:
         return known["gradient"]
 
     def column_norms(self):
-        """‖C_j‖ for every column j: the fixed scale of the steps and of the column-scaled stopping test."""
-        return np.sqrt(self.matrix.column_squares())
+        """‖C_j‖ for every column j: the fixed scale of the steps and of the column-scaled stopping test
+        (one pass, kept until ``clear_cache``: a sampled start and the stopping test both need it; read-only)."""
+        if self._column_norms is None:
+            self._column_norms = np.sqrt(self.matrix.column_squares())
+            self._column_norms.flags.writeable = False
+        return self._column_norms
 
     def diagnose(self, ev):
         """A sentence when ev is a stationary point that cannot be the optimum, else None."""
@@ -285,6 +289,7 @@ class Problem:
         modifying C in place, so no value mixes old and new C)."""
         self._last = None
         self._last_forward = None
+        self._column_norms = None
 
     def loss(self, x):
         """L(x)."""
