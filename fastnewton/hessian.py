@@ -6,6 +6,7 @@
 - ``sketch``: H̃ = CᵀD̃C + P S Pᵀ + λI with D̃ a leverage-score sample of diag(β)
   (``fastnewton.sketching``), a fresh sample each iteration, its scores from a reference Gram
   matrix kept while the samples certify it (``LeverageReference``); Cholesky. Linear local convergence.
+  From x0="auto" it offers the start a fit on a sample by the same reference (``start_sample``), as pcg does.
 - ``pcg``: conjugate gradients on the exact Hessian-vector product (two passes over C each),
   preconditioned by the Cholesky factor of H̃ + μD²; forcing term η = min(0.5, ‖g‖/g_ref) for
   quadratic local convergence at near-sketch cost.
@@ -353,8 +354,10 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     sampled sandwiches (s/n of the full one each); then the reference's certificate (two
     triangular solves and a Cholesky, ~4/3 d³); in REFERENCE_REFRESHES_PER_ITERATION of the
     iterations also fresh scores (an OSNAP embedding, a QR of the 4d × d embedding, a C·Z pass)
-    and a second draw. The first reference costs one pass. Iteration counts: EXACT_ITERATIONS for
-    exact (and the common start: one sandwich, one pass), scaled by the measured ratios for
+    and a second draw. The first reference costs one pass. The start (``start_seconds``): the exact
+    fit, or from x0="auto" for sketch and pcg the sampled fit where cheaper (its pass is their first
+    reference), then two passes for the stopping test's references. Iteration counts: EXACT_ITERATIONS for
+    exact, scaled by the measured ratios for
     sketch, pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products (two
     passes and a triangular solve pair each, plus CG_ITERATION_SECONDS) per step, lagged an exact iteration in every
     LAGGED_STEPS + 1 and LAGGED_CG_ITERATIONS_PER_STEP of them on the others.
