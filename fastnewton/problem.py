@@ -89,6 +89,7 @@ class Problem:
     def _set_inputs(self, C, model, V, l2, row_weights):
         self.model = check_model(model)
         self.matrix = as_input_matrix(C)
+        self._column_norms = None
         n = self.matrix.n
         # b, V and w are copied (validation may return the caller's own array): editing them later
         # cannot change this Problem. C is not copied (it can be as large as memory).
