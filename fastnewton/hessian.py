@@ -6,6 +6,7 @@
 - ``sketch``: H̃ = CᵀD̃C + P S Pᵀ + λI with D̃ a leverage-score sample of diag(β)
   (``fastnewton.sketching``), a fresh sample each iteration, its scores from a reference Gram
   matrix kept while the samples certify it (``LeverageReference``); Cholesky. Linear local convergence.
+  From x0="auto" it offers the start a fit on a sample by the same reference (``start_sample``), as pcg does.
 - ``pcg``: conjugate gradients on the exact Hessian-vector product (two passes over C each),
   preconditioned by the Cholesky factor of H̃ + μD²; forcing term η = min(0.5, ‖g‖/g_ref) for
   quadratic local convergence at near-sketch cost.
@@ -24,7 +25,9 @@ import scipy.linalg
 
 from . import rates
 from .matrix import estimated_sandwich_work
+from .newton import column_scale
 from .reductions import dot, norm
+from .start import FitSample
 from .sketching import (
     EMBED_ROWS_PER_COLUMN,
     JL_DIM,
@@ -36,6 +39,8 @@ from .sketching import (
 )
 
 STRATEGIES = ("auto", "exact", "sketch", "pcg", "lagged")
+# The start's stream is child START_STREAM of the seed's SeedSequence (``start_rng``).
+START_STREAM = 1
 MAX_CG_ITERATIONS = 100
 MAX_FORCING = 0.5
 # pcg: when the sampled H̃ + μI has no Cholesky factor (β of mixed sign), only the
@@ -216,11 +221,26 @@ class SketchedSystems:
         # id(problem) → (problem, its reference); holding the problem keeps its id from being reused.
         self.references = {}
 
-    def __call__(self, problem, ev, rng, options, g_ref):
+    def reference(self, problem, column_scale):
+        """The ``LeverageReference`` of ``problem`` (made on first use, with the column scale D)."""
         held = self.references.get(id(problem))
         if held is None or held[0] is not problem:
-            held = self.references[id(problem)] = (problem, LeverageReference(options.column_scale))
-        reference = held[1]
+            held = self.references[id(problem)] = (problem, LeverageReference(column_scale))
+        return held[1]
+
+    def start_sample(self, problem, options):
+        """The ``FitSample`` offered to the start of a solve from ``x0="auto"`` (``Model.auto_start_rounds``),
+        or None when the exact fit is predicted cheaper (``start_seconds``) or the evaluator keeps no
+        leverage reference (Dask). The sample draws from the start's own stream of ``options.seed``
+        (``start_rng``) and its rows' factors are the reference the iterations then sample by."""
+        seconds = start_seconds(problem, options.eps, options.sketch_size)
+        if not seconds["sampled"] < seconds["exact"]:
+            return None
+        size = options.sketch_size or sample_size(problem.d + 1, options.eps)
+        return FitSample(self.reference(problem, column_scale(problem)), size, start_rng(options.seed))
+
+    def __call__(self, problem, ev, rng, options, g_ref):
+        reference = self.reference(problem, options.column_scale)
         system = self.build(problem, ev, rng, options, g_ref, reference)
         # Iterations so far whose scores were estimated afresh (embedding, factor, JL pass).
         system.info["leverage_refreshes"] = reference.refreshes
@@ -278,6 +298,50 @@ def csr_sandwich_rate(d, rates=rates):
     return rates.CSR_SANDWICH_PAIRS ** (1 - position) * rates.CSR_SANDWICH_PAIRS_D1024 ** position
 
 
+def start_rng(seed):
+    """The start's random stream for ``seed`` (``as_seed``'s forms): a Generator is used as is (and
+    advanced); otherwise a child of seed's SeedSequence, so the start's draws are independent of the
+    Newton loop's ``default_rng(seed)``."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    return np.random.default_rng(np.random.SeedSequence(sequence.entropy,
+                                                        spawn_key=sequence.spawn_key + (START_STREAM,)))
+
+
+def _unit_seconds(problem, rates):
+    """(a full sandwich, one pass over C, a d × d Cholesky) in seconds for ``problem``'s matrix."""
+    matrix = problem.matrix
+    n, d, nnz = matrix.n, matrix.d, matrix.nnz
+    dense = matrix.format == "dense"
+    work = getattr(matrix, "sandwich_work", None)
+    pairs, dense_fma = work() if work is not None else estimated_sandwich_work(n, d, nnz, dense)
+    full_sandwich = pairs / csr_sandwich_rate(d, rates) + dense_fma / rates.DENSE_SANDWICH_FMA
+    one_pass = nnz / (rates.DENSE_PASS_ENTRIES if dense else rates.CSR_PASS_ENTRIES)
+    return full_sandwich, one_pass, d**3 / 3 / rates.CHOLESKY_FMA
+
+
+def start_seconds(problem, eps, sketch_size, rates=rates):
+    """Predicted seconds of the default start's least-squares fit: {"exact": …, "sampled": …}.
+
+    exact: the full sandwich, the pass Cᵀ[ω, ωt] and a Cholesky. sampled
+    (``fastnewton.start.sampled_normal_system``): the rows' reference factors (one pass, which the
+    sketched iterations then need not pay), one SYRK over s gathered rows of width d + 2 (at the
+    sampled sandwich's rate) and two Cholesky factorisations (the certificate, the solve). inf where
+    the start cannot sample: a model whose start does not use the sample (``samples_start``), an
+    evaluator that keeps no leverage reference (Dask) or one without C's rows at hand."""
+    full_sandwich, one_pass, cholesky = _unit_seconds(problem, rates)
+    exact = full_sandwich + one_pass + cholesky
+    model = getattr(problem, "row_model", None)
+    if (not getattr(model, "samples_start", False) or not getattr(problem, "reuses_leverage_scores", True)
+            or getattr(problem, "block", None) is None):
+        return {"exact": exact, "sampled": math.inf}
+    d = problem.matrix.d
+    rows = min(problem.matrix.n, sketch_size or sample_size(d + 1, eps))
+    sampled = one_pass + rows * (d + 2) ** 2 / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA + 2 * cholesky
+    return {"exact": exact, "sampled": sampled}
+
+
 def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True):
     """Predicted seconds to tol of each strategy: {"exact": …, "sketch": …, "pcg": …, "lagged": …}.
 
@@ -290,8 +354,10 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     sampled sandwiches (s/n of the full one each); then the reference's certificate (two
     triangular solves and a Cholesky, ~4/3 d³); in REFERENCE_REFRESHES_PER_ITERATION of the
     iterations also fresh scores (an OSNAP embedding, a QR of the 4d × d embedding, a C·Z pass)
-    and a second draw. The first reference costs one pass. Iteration counts: EXACT_ITERATIONS for
-    exact (and the common start: one sandwich, one pass), scaled by the measured ratios for
+    and a second draw. The first reference costs one pass. The start (``start_seconds``): the exact
+    fit, or from x0="auto" for sketch and pcg the sampled fit where cheaper (its pass is their first
+    reference), then two passes for the stopping test's references. Iteration counts: EXACT_ITERATIONS for
+    exact, scaled by the measured ratios for
     sketch, pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products (two
     passes and a triangular solve pair each, plus CG_ITERATION_SECONDS) per step, lagged an exact iteration in every
     LAGGED_STEPS + 1 and LAGGED_CG_ITERATIONS_PER_STEP of them on the others.
@@ -299,16 +365,10 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     matrix = problem.matrix
     n, d, nnz = matrix.n, matrix.d, matrix.nnz
     dense = matrix.format == "dense"
-
-    work = getattr(matrix, "sandwich_work", None)
-    pairs, dense_fma = work() if work is not None else estimated_sandwich_work(n, d, nnz, dense)
-    full_sandwich = pairs / csr_sandwich_rate(d, rates) + dense_fma / rates.DENSE_SANDWICH_FMA
+    full_sandwich, one_pass, cholesky = _unit_seconds(problem, rates)
 
     def sandwich(rows):
         return full_sandwich * rows / n
-
-    one_pass = nnz / (rates.DENSE_PASS_ENTRIES if dense else rates.CSR_PASS_ENTRIES)
-    cholesky = d**3 / 3 / rates.CHOLESKY_FMA
     fresh_scores = (nnz * OSNAP_NNZ / (rates.DENSE_EMBED_UPDATES if dense else rates.CSR_EMBED_UPDATES)
                     + EMBED_ROWS_PER_COLUMN * d * d * d / rates.QR_FMA
                     + nnz * JL_DIM / (rates.DENSE_MATMAT_FMA if dense else rates.CSR_MATMAT_FMA))
@@ -345,10 +405,14 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     per_iteration["lagged"] = ((per_iteration["exact"] + LAGGED_STEPS * cg(rates.LAGGED_CG_ITERATIONS_PER_STEP))
                                / (LAGGED_STEPS + 1))
     iterations["lagged"] = rates.EXACT_ITERATIONS * rates.LAGGED_ITERATIONS_PER_EXACT
-    start = sandwich(n) + cholesky + 3 * one_pass
-    first_reference = {"exact": 0.0, "sketch": one_pass, "pcg": one_pass, "lagged": 0.0}
-    return {name: start + first_reference[name] + iterations[name] * (per_iteration[name]
-                                                                      + PASSES_PER_ITERATION * one_pass)
+    # The start's fit, then the stopping test's references (column norms, ∇L(0)). From x0="auto" the
+    # sketched strategies fit on a sample when that is cheaper, and its pass is their first reference.
+    fit = start_seconds(problem, eps, sketch_size, rates)
+    exact_start = fit["exact"] + 2 * one_pass
+    sketched_start = (fit["sampled"] if default_start and fit["sampled"] < fit["exact"]
+                      else fit["exact"] + one_pass) + 2 * one_pass
+    start = {"exact": exact_start, "sketch": sketched_start, "pcg": sketched_start, "lagged": exact_start}
+    return {name: start[name] + iterations[name] * (per_iteration[name] + PASSES_PER_ITERATION * one_pass)
             for name in per_iteration}
 
 

@@ -89,6 +89,7 @@ class Problem:
     def _set_inputs(self, C, model, V, l2, row_weights):
         self.model = check_model(model)
         self.matrix = as_input_matrix(C)
+        self._column_norms = None
         n = self.matrix.n
         # b, V and w are copied (validation may return the caller's own array): editing them later
         # cannot change this Problem. C is not copied (it can be as large as memory).
@@ -238,8 +239,12 @@ class Problem:
         return known["gradient"]
 
     def column_norms(self):
-        """‖C_j‖ for every column j: the fixed scale of the steps and of the column-scaled stopping test."""
-        return np.sqrt(self.matrix.column_squares())
+        """‖C_j‖ for every column j: the fixed scale of the steps and of the column-scaled stopping test
+        (one pass, kept until ``clear_cache``: a sampled start and the stopping test both need it; read-only)."""
+        if self._column_norms is None:
+            self._column_norms = np.sqrt(self.matrix.column_squares())
+            self._column_norms.flags.writeable = False
+        return self._column_norms
 
     def diagnose(self, ev):
         """A sentence when ev is a stationary point that cannot be the optimum, else None."""
@@ -289,6 +294,7 @@ class Problem:
         modifying C in place, so no value mixes old and new C)."""
         self._last = None
         self._last_forward = None
+        self._column_norms = None
 
     def loss(self, x):
         """L(x)."""

@@ -192,13 +192,18 @@ class LeverageReference:
         self.row_norms = None  # gᵢ
         self.refreshes = 0
 
-    def sampled_sandwich(self, matrix, beta, l2, s, rng):
+    def row_factors(self, matrix):
+        """gᵢ for every row (the first time: the squared row lengths of C D⁻¹, one pass; the solve's
+        start samples its fit by them too, ``fastnewton.start.sampled_normal_system``)."""
         if self.row_norms is None:
             if self.column_scale is None:
                 self.column_scale = np.sqrt(matrix.column_squares())
             self.column_scale = np.where(self.column_scale > 0, self.column_scale, 1.0)
             self.row_norms = matrix.row_squares(1.0 / self.column_scale**2)
-        rows, pi = sample_rows(np.abs(beta) * self.row_norms, s, rng)
+        return self.row_norms
+
+    def sampled_sandwich(self, matrix, beta, l2, s, rng):
+        rows, pi = sample_rows(np.abs(beta) * self.row_factors(matrix), s, rng)
         signed, absolute = matrix.sandwich_rows_and_absolute(rows, beta[rows] / pi)
         if self.certified(absolute, l2):
             return signed, rows.shape[0]
@@ -210,7 +215,6 @@ class LeverageReference:
 
     def certified(self, absolute, l2):
         """Whether λ_min(W) ≥ tr(W)/(REFERENCE_SPREAD·d) for W = M^{1/2}(Ã + Λ)M^{1/2} (one Cholesky)."""
-        d = absolute.shape[0]
         gram = absolute + np.diag(ridge(np.diag(absolute).copy(), l2))
         if self.factor is None:
             whitened = gram / np.outer(self.column_scale, self.column_scale)
@@ -218,13 +222,21 @@ class LeverageReference:
             half = scipy.linalg.solve_triangular(self.factor, gram, trans="T", check_finite=False)
             whitened = scipy.linalg.solve_triangular(self.factor, half.T, trans="T", check_finite=False)
             whitened = 0.5 * (whitened + whitened.T)
-        if not np.all(np.isfinite(whitened)):
-            return False
-        floor = np.trace(whitened) / (REFERENCE_SPREAD * d)
-        if not floor > 0:
-            return False
-        try:
-            scipy.linalg.cholesky(whitened - floor * np.eye(d), lower=False, check_finite=False)
-        except np.linalg.LinAlgError:
-            return False
-        return True
+        return spread_certified(whitened)
+
+
+def spread_certified(whitened):
+    """Whether λ_min(W) ≥ tr(W)/(REFERENCE_SPREAD·d) for a whitened symmetric W (d × d; one Cholesky):
+    then every reference score is at least 1/REFERENCE_SPREAD of its share of the true ones
+    (``LeverageReference``)."""
+    d = whitened.shape[0]
+    if not np.all(np.isfinite(whitened)):
+        return False
+    floor = np.trace(whitened) / (REFERENCE_SPREAD * d)
+    if not floor > 0:
+        return False
+    try:
+        scipy.linalg.cholesky(whitened - floor * np.eye(d), lower=False, check_finite=False)
+    except np.linalg.LinAlgError:
+        return False
+    return True

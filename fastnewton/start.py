@@ -7,18 +7,23 @@ single-machine ``Problem`` (one block) and ``fastnewton.dask`` (row blocks on th
 - ``normal_system``: the normal equations of a weighted least-squares fit of a per-row target
   on [C, 1] (one sandwich, one fused pass; the driver sees d × d, d × 2 and scalars);
 - ``log_linear_fit``: x with softmax(Cx) ≈ p, the p- (or p²-) weighted fit of log p on [C, 1];
+- ``sampled_normal_system``: that fit's normal equations from a leverage-score sample of the rows
+  (a sketched strategy's start: ``FitSample``), when the sample certifies its scores;
 - ``solve_psd``: the fit's solution, minimum norm with the null space when singular;
 - ``floor_margin``: the cutting-plane LP that moves x in a null space to push chosen rows
   (``FloorRows``) to Cx ≤ −τ.
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
 from scipy.optimize import linprog
 
+from .matrix import blocked_syrk_sandwich
 from .newton import run_requests
 from .reductions import dot
+from .sketching import sample_rows, spread_certified
 
 # Eigenvalues of CᵀC below this fraction of the largest span the null space.
 NULL_SPACE_RTOL = 1e-10
@@ -134,23 +139,93 @@ def _log_fit_rows(block, parameters):
     return weights * weights if squared else weights, np.log(np.where(positive, p, 1.0))
 
 
-def log_linear_fit(problem, row_probabilities, parameters=None, squared=False):
+def log_linear_fit(problem, row_probabilities, parameters=None, squared=False, sample=None):
     """x with softmax(Cx) ≈ p: the p-weighted least-squares fit of log p on [C, 1], rows with pᵢ ≤ 0
     dropped; ``row_probabilities(block, parameters)`` gives p on a block's rows (up to a common factor).
 
     ``squared``: weights p² instead, the fit that matches ½‖softmax(Cx) − p‖² to second order:
     softmax(u)ᵢ − pᵢ ≈ pᵢ·(log softmax(u)ᵢ − log pᵢ) near the fit, so that loss is ≈ ½ Σ pᵢ² (residual in
     log space)², and its Hessian's sandwich weights β ≈ s ⊙ s ≈ p² there (the p weights match the
-    cross-entropy instead)."""
-    return run_requests(log_linear_fit_rounds(problem, row_probabilities, parameters, squared))
+    cross-entropy instead).
+    ``sample``: a ``FitSample`` to fit on a leverage-score sample of the rows (``sampled_normal_system``;
+    the exact fit when its sample does not certify its scores)."""
+    return run_requests(log_linear_fit_rounds(problem, row_probabilities, parameters, squared, sample))
 
 
-def log_linear_fit_rounds(problem, row_probabilities, parameters=None, squared=False):
-    """``log_linear_fit`` as a generator of its ``NormalSystemRequest``."""
-    M, rhs = yield from normal_system_rounds(problem, _log_fit_rows, (row_probabilities, parameters, squared),
-                                             intercept=True, normalise=True)
-    z, _ = solve_psd(M, rhs)
+def log_linear_fit_rounds(problem, row_probabilities, parameters=None, squared=False, sample=None):
+    """``log_linear_fit`` as a generator of its ``NormalSystemRequest`` (none when the sample serves)."""
+    fit = (row_probabilities, parameters, squared)
+    system = None if sample is None else sampled_normal_system(problem, _log_fit_rows, fit, sample)
+    if system is None:
+        system = yield from normal_system_rounds(problem, _log_fit_rows, fit, intercept=True, normalise=True)
+    z, _ = solve_psd(*system)
     return z[:-1]
+
+
+@dataclass
+class FitSample:
+    """How a start fits from a sample of rows (``sampled_normal_system``): the solve's
+    ``LeverageReference`` (whose row factors gᵢ the Newton iterations then reuse), about ``size`` rows,
+    the start's own random stream. ``kept`` is set to the rows the fit used, or 0 when it refused the
+    sample (the exact fit then ran)."""
+
+    reference: object
+    size: int
+    rng: object
+    kept: int = 0
+
+
+def sampled_normal_system(problem, row_fit, parameters, sample):
+    """(M̃, r̃) for min Σ ωᵢ((Cx)ᵢ + θ − tᵢ)² (ω normalised to Σω = 1, as ``normal_system(...,
+    intercept=True, normalise=True)``) from a Poisson sample of about s = ``sample.size`` rows, or None
+    when the sample does not certify its scores.
+
+    The rows aᵢ = [cᵢ, 1] are kept with πᵢ = min(1, s·ℓᵢ/Σℓ), ℓᵢ = ωᵢ·(gᵢ + d/n): gᵢ the reference's
+    row factor (at first cᵢᵀD⁻²cᵢ) and d/n the intercept's, i.e. the reference diag(D⁻², d/n) on [C, 1].
+    The intercept counts as much as all d columns together (1/n would be one unit column's, ‖1‖² = n)
+    because under ω the rows have a mean μ = Σωᵢcᵢ that the diagonal reference ignores: with the
+    whitened Gram [[Σ + μμᵀ, κμ], [κμᵀ, κ²]] (Σ the ω-covariance, κ² the intercept's weight) the
+    smallest eigenvalue falls to ~0 at κ² = 1, ‖μ‖ = 1 (a planted softmax's b-weighted rows), while at
+    κ² = d it stays near λ_min(Σ) and the certificate below holds; the true scores ωᵢ(‖cᵢ − μ‖²_Σ⁻¹ + 1)
+    are then within a small factor of ωᵢ(‖cᵢ‖² + d) on every row. One blocked SYRK of the
+    kept rows [cᵢ, 1, tᵢ] with weights ωᵢ/πᵢ gives M̃ = Σ (ωᵢ/πᵢ) aᵢaᵢᵀ and r̃ = Σ (ωᵢ/πᵢ) tᵢaᵢ together:
+    the normal equations of the sampled fit (sketch-and-solve). With ℓ within a constant of the
+    leverage scores of Ω^{1/2}[C, 1] and s = O(d log d/ε²) rows, M̃ is an ε-spectral approximation of M
+    and the fit's weighted residual is within a factor (1 + ε)/(1 − ε) of the exact fit's
+    (tests/test_start.py). The certificate is the reference's (``fastnewton.sketching.spread_certified``
+    on M̃ whitened by diag(D, √(n/d))): without it, e.g. on strongly correlated columns, the exact fit runs.
+    Costs s·(d + 2)²/2 multiply-adds and no pass over C beyond the reference's row factors.
+    """
+    block = problem.block
+    matrix = block.matrix
+    n, d = matrix.n, matrix.d
+    weights, target = row_fit(block, parameters)
+    total = float(weights.sum())
+    if not total > 0.0:
+        return None
+    weights = weights / total
+    row_factors = sample.reference.row_factors(matrix)
+    rows, pi = sample_rows(weights * (row_factors + d / n), sample.size, sample.rng)
+    sample.kept = 0
+    if rows.shape[0] <= d:
+        return None
+    sampled_target = target[rows]
+
+    def augmented_rows(part):
+        index = rows[part]
+        block_rows = np.empty((index.shape[0], d + 2))
+        block_rows[:, :d] = matrix.rows(index)
+        block_rows[:, d] = 1.0
+        block_rows[:, d + 1] = sampled_target[part]
+        return block_rows, np.arange(index.shape[0])
+
+    gram = blocked_syrk_sandwich(augmented_rows, weights[rows] / pi, d + 2)
+    M, rhs = gram[:d + 1, :d + 1], gram[:d + 1, d + 1].copy()
+    scale = np.append(sample.reference.column_scale, math.sqrt(n / d))
+    if not spread_certified(M / np.outer(scale, scale)):
+        return None
+    sample.kept = int(rows.shape[0])
+    return np.ascontiguousarray(M), rhs
 
 
 def worst_rows(block, x, is_floor, parameters, k):

@@ -749,3 +749,49 @@ def test_solve_passes_its_start_to_auto(monkeypatch):
     for x0 in ("auto", "zeros", np.zeros(5)):
         solve(C, b, x0=x0, max_iter=2)
     assert seen == [True, False, False]
+
+
+def test_auto_prices_the_sampled_start_of_the_sketched_strategies():
+    """From x0="auto", sketch and pcg fit the start on s = sample_size(d + 1, ε) rows: their start costs
+    one pass (the reference's row factors, their first reference anyway), a SYRK of s rows of width
+    d + 2 and two Cholesky factorisations instead of the full sandwich, a pass and a Cholesky. exact and
+    lagged keep the exact fit; from zeros, on Dask (no kept reference) or for a model whose start does not
+    sample (``samples_start``) nothing changes."""
+    rates = uniform_rates(REFERENCE_REFRESHES_PER_ITERATION=0.0)
+    n, d = 100_000, 100
+    plain = stand_in(n, d)
+    sampling = stand_in(n, d)
+    sampling.row_model, sampling.block = types.SimpleNamespace(samples_start=True), object()
+    before, after = strategy_seconds(plain, 0.5, None, rates), strategy_seconds(sampling, 0.5, None, rates)
+    sandwich, one_pass, cholesky = n * d * d / 2 / 1e9, n * d / 1e9, d**3 / 3 / 1e9
+    s = sample_size(d + 1, 0.5)
+    saved = (sandwich + one_pass + cholesky + one_pass) - (one_pass + s * (d + 2) ** 2 / 2 / 1e9 + 2 * cholesky)
+    for name in ("sketch", "pcg"):
+        assert before[name] - after[name] == pytest.approx(saved, rel=1e-9)
+    for name in ("exact", "lagged"):
+        assert after[name] == before[name]
+    assert strategy_seconds(sampling, 0.5, None, rates, default_start=False) == strategy_seconds(
+        plain, 0.5, None, rates, default_start=False)
+    dask_like = stand_in(n, d)
+    dask_like.row_model, dask_like.block, dask_like.reuses_leverage_scores = sampling.row_model, object(), False
+    assert hessian_module.start_seconds(dask_like, 0.5, None, rates)["sampled"] == np.inf
+    relu = stand_in(n, d)
+    relu.row_model, relu.block = types.SimpleNamespace(samples_start=False), object()
+    assert hessian_module.start_seconds(relu, 0.5, None, rates)["sampled"] == np.inf
+
+
+def test_sketched_strategies_offer_a_sampled_start_only_where_it_is_predicted_cheaper():
+    options = SolveOptions(hessian="sketch", tol=1e-8, max_iter=10, eps=0.5, sketch_size=None, seed=0,
+                           callback=None, verbose=False)
+    # n = 500 < s = 621: the "sample" would be every row, gathered, at more than the exact fit's cost.
+    small = Problem(*make_problem(500, 10, dense=True, noise=0.1, seed=0)[:2])
+    large = Problem(*make_problem(20_000, 10, dense=True, noise=0.1, seed=0)[:2])
+    for problem in (small, large):
+        seconds = hessian_module.start_seconds(problem, 0.5, None)
+        assert (seconds["sampled"] < seconds["exact"]) == (problem is large)
+    for builder in (hessian_module.SketchedSystems(), hessian_module.PreconditionerSystems()):
+        assert builder.start_sample(small, options) is None
+        sample = builder.start_sample(large, options)
+        assert sample.size == sample_size(11, 0.5)
+        # The sample's reference is the one the iterations of this problem then use.
+        assert builder.reference(large, None) is sample.reference

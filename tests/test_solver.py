@@ -208,11 +208,12 @@ def test_thread_count_does_not_change_the_bits_of_a_long_problem(model):
 @needs_two_threads
 @pytest.mark.parametrize("model", ["softmax", "softmax_relu"])
 def test_auto_start_does_not_depend_on_the_thread_count_for_long_problems(model):
+    # seed fixed: auto picks sketch for softmax here, whose start fits on a seeded sample of the rows.
     C, b, _, V = planted(model, False, n=20_000, d=20, seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        one = solve(C, b, model, V=V, n_threads=1, max_iter=0)
-        two = solve(C, b, model, V=V, n_threads=2, max_iter=0)
+        one = solve(C, b, model, V=V, n_threads=1, max_iter=0, seed=0)
+        two = solve(C, b, model, V=V, n_threads=2, max_iter=0, seed=0)
     assert np.array_equal(one.x0, two.x0)
 
 

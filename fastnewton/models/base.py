@@ -120,6 +120,8 @@ class Model:
     # checks size the n × (k + 1) work by it.
     # Leading columns of Q that the gradient alone needs ([q_a, q_b] for the c-term split).
     gradient_columns = 2
+    # Whether ``auto_start_rounds`` fits on a ``FitSample`` when offered one (``auto`` prices the start by it).
+    samples_start = False
 
     def facts(self, block):
         return {}
@@ -143,11 +145,13 @@ class Model:
     def auto_start(self, problem):
         return np.zeros(problem.d), "zeros (auto: the model has no starting rule)"
 
-    def auto_start_rounds(self, problem):
+    def auto_start_rounds(self, problem, sample=None):
         """``auto_start`` as a generator of the requests for passes over C that ``solve_many`` can share
         between problems (``fastnewton.start.NormalSystemRequest``); returns (x0, description). By
         default ``auto_start`` itself, with no request; a model writing its start this way defines
-        ``auto_start`` as ``run_requests(self.auto_start_rounds(problem))``."""
+        ``auto_start`` as ``run_requests(self.auto_start_rounds(problem))``. ``sample``: a
+        ``fastnewton.start.FitSample`` when the solve's strategy offers its start a sampled fit (a
+        model may use it, e.g. ``fastnewton.start.log_linear_fit``, or ignore it)."""
         return self.auto_start(problem)
         yield  # a generator with no request
 
@@ -161,8 +165,13 @@ class Model:
         ``NewtonRequest``, is sent its ``SolveResult``, returns the final one. By default one loop,
         from ``auto_start``; ``solve_many`` runs the loops of many problems in lock-step."""
         timer = timer if timer is not None else PhaseTimer()
+        offer = getattr(build_system, "start_sample", None)
+        sample = offer(problem, options) if offer is not None else None
         with timer("start"):
-            x0, description = yield from self.auto_start_rounds(problem)
+            if sample is None:
+                x0, description = yield from self.auto_start_rounds(problem)
+            else:
+                x0, description = yield from self.auto_start_rounds(problem, sample=sample)
         return (yield NewtonRequest(problem, x0, description, build_system, options, timer, clock))
 
 

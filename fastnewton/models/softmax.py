@@ -27,6 +27,7 @@ class Softmax(Model):
     def __init__(self, relu=False):
         self.relu = relu
         self.name = "relu_softmax" if relu else "softmax"
+        self.samples_start = not relu
         first = Stage(self.log_partition, keep_log_partition)
         self.evaluation = (first, Stage(self.columns, softmax_gradient))
         self.loss_stages = (first, Stage(self.loss_rows, half_loss))
@@ -91,17 +92,22 @@ class Softmax(Model):
     def auto_start(self, problem):
         return run_requests(self.auto_start_rounds(problem))
 
-    def auto_start_rounds(self, problem):
+    def auto_start_rounds(self, problem, sample=None):
         """softmax: log b = Cx − logsumexp(Cx) at a zero-residual optimum, so the b²-weighted fit of
         log b on [C, 1] (the loss to second order there: ``fastnewton.start.log_linear_fit``) starts at
-        or near x*. relu_softmax: see ``_relu_start`` (no shared requests)."""
+        or near x* (on a leverage-score ``sample`` of the rows when the strategy offers one and it
+        certifies its scores). relu_softmax: see ``_relu_start`` (no shared requests, no sample: its
+        null-space step needs the exact fit)."""
         facts = problem.facts
         if not facts["max_b"] > 0.0:
             return np.zeros(problem.d), "zeros (auto: b has no positive entry to fit log b to)"
         if self.relu:
             return _relu_start(problem, -facts["max_negated_min_positive_b"])
-        x0 = yield from log_linear_fit_rounds(problem, _targets, squared=True)
-        return x0, "auto: b²-weighted least-squares fit of log b on [C, 1]"
+        x0 = yield from log_linear_fit_rounds(problem, _targets, squared=True, sample=sample)
+        description = "auto: b²-weighted least-squares fit of log b on [C, 1]"
+        if sample is not None and sample.kept:
+            description += f" (on {sample.kept} leverage-sampled rows of {problem.n})"
+        return x0, description
 
 
 def softmax_gradient(summary, known):
