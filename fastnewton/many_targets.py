@@ -221,6 +221,7 @@ class SharedPasses:
         evaluations = self.evaluations([problem.evaluation_rounds(x, {"u": u})
                                         for problem, x, u in zip(problems, points, self.forward(points))])
         live = [run for run, ev in zip(runs, evaluations) if run.begin(ev)]
+        del evaluations  # each run holds its own (the rest are recycled: ``fastnewton.buffers``)
         try:
             if self.interrupted:
                 raise KeyboardInterrupt
@@ -241,6 +242,9 @@ class SharedPasses:
                 for (run, system, step), ev in zip(moved, self.next_evaluations(moved)):
                     run.accept(step, ev, system)
                 live = [run for run, _, _ in moved if not run.finished]
+                # The steps hold their lines, trials and the old evaluations: let their work arrays go
+                # back to the recycler before the next round asks for new ones (``fastnewton.buffers``).
+                del systems, steps, moved, step, system
         except KeyboardInterrupt:
             self.interrupted = True
             for run in runs:

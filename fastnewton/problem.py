@@ -7,6 +7,7 @@ import copy
 
 import numpy as np
 
+from .buffers import Recycler
 from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
 from .newton import run_rounds
@@ -96,6 +97,9 @@ class Problem:
         self.V = None if self.V is None else _own(self.V, V)
         self.l2 = as_l2(l2)
         self.row_weights = _own(as_row_weights(row_weights, n), row_weights)
+        # The work arrays of evaluations (``fastnewton.buffers``), shared by the problems ``with_target``
+        # makes: solve_many's problems reuse each other's freed arrays, not only their own.
+        self.buffers = Recycler()
 
     def _set_target(self, b, name):
         """Validate and hold the target b (a copy), and build what depends on it: the model, the block, the facts."""
@@ -104,7 +108,8 @@ class Problem:
         else:
             self.b = _own(as_vector(b, name, self.V.shape[1], " (columns of V)"), b)
         self.row_model = build_model(self.model, self.b if self.V is not None else None)
-        self.block = RowBlock(self.matrix, None if self.V is not None else self.b, self.row_weights, self.V)
+        self.block = RowBlock(self.matrix, None if self.V is not None else self.b, self.row_weights, self.V,
+                              buffers=self.buffers)
         self.facts = self.row_model.facts(self.block)
         self.clear_cache()
 
@@ -340,7 +345,10 @@ class LineSearch:
         self.largest *= factor
 
     def _u(self, t):
-        return self.ev.kept["u"] + (t * self.factor) * self.Cp
+        """u + (t·factor)·Cp, written into a recycled array (a trial per call: ``fastnewton.buffers``)."""
+        u = self.problem.block.buffers.empty(self.Cp.shape[0])
+        np.multiply(self.Cp, t * self.factor, out=u)
+        return np.add(self.ev.kept["u"], u, out=u)
 
     def loss(self, t):
         u, first = self._u(t), []
