@@ -202,6 +202,14 @@ class Problem:
             ev.beta = self.row_model.curvature(self.block, ev.kept, ev.known)
         return ev.beta
 
+    def release_curvature(self, ev):
+        """Let go of ev's arrays that only its Hessian needed (β and the columns Q, whose transposed pass
+        is done) once the Hessian is formed: ``solve_many`` then holds per problem only what the line
+        search and the next evaluation read, and the next evaluation's Q and β reuse this memory
+        (``fastnewton.buffers``)."""
+        ev.beta = None
+        ev.kept = {key: value for key, value in ev.kept.items() if key != "Q"}
+
     def hessian_matrix(self, ev, sandwich=None):
         """Cᵀ diag(β) C (or a given approximation of it) + P S Pᵀ + λI."""
         H = self.matrix.sandwich(self.beta(ev)) if sandwich is None else sandwich
