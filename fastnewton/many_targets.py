@@ -26,7 +26,10 @@ vectors, the d × d Cholesky solves, line-search trials) runs problem by problem
 ``softmax_relu``'s simplex vector and λmax), whose passes are each problem's own.
 
 Problems are solved in groups whose work arrays fit ``GROUP_BYTES`` (the answers do not depend on
-the grouping).
+the grouping). In lock-step every problem's evaluations are alive at once: their work arrays come
+from one ``fastnewton.buffers.Recycler`` that the problems share, each round lets go of the last
+round's steps, and an exact Hessian's β and Q are released once its system is formed, so freed
+memory is written again rather than fresh memory faulted in.
 """
 import time
 import warnings

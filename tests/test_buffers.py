@@ -43,3 +43,18 @@ def test_a_copy_or_a_pickle_holds_no_arrays():
     recycler.empty(3)
     for other in (copy.copy(recycler), copy.deepcopy(recycler), pickle.loads(pickle.dumps(recycler))):
         assert isinstance(other, Recycler) and other._arrays == {}
+
+
+def test_an_evaluation_released_after_its_hessian_gives_its_columns_to_the_next():
+    from fastnewton import Problem, make_problem
+
+    made = make_problem(3000, 5, nnz_per_row=3, seed=1)
+    problem = Problem(made.C, made.b)
+    ev = problem.evaluate(np.zeros(5))
+    problem.hessian_matrix(ev)
+    address = ev.kept["Q"].ctypes.data
+    problem.release_curvature(ev)
+    assert ev.beta is None and "Q" not in ev.kept and "u" in ev.kept
+    following = problem.evaluate(np.full(5, 0.1))
+    assert following.kept["Q"].ctypes.data == address
+    assert np.array_equal(following.grad, Problem(made.C, made.b).grad(np.full(5, 0.1)))
