@@ -377,7 +377,9 @@ class NewtonRun:
                 self.problem.iteration_extras())
         self.mu = 0.0
         self.lowest_loss, self.lowest_grad_norm, self.last_progress = ev.loss, self.grad_norm, 0
-        self.previous = ev
+        # The previous iterate's ReLU inputs (the kink test), not its evaluation: its work arrays are
+        # reused as soon as the next one replaces it (``fastnewton.buffers``).
+        self.previous_relu_inputs = self.problem.relu_inputs(ev)
         return True
 
     @property
@@ -395,7 +397,7 @@ class NewtonRun:
         elif self.n_iter - self.last_progress >= STALL_WINDOW:
             self.status = Status.STALLED
             problem = self.problem
-            kink = kink_sentence(problem.relu_inputs(self.previous), problem.relu_inputs(ev))
+            kink = kink_sentence(self.previous_relu_inputs, problem.relu_inputs(ev))
             self.at_kink = kink is not None
             self.detail = stall_detail(kink, ev.loss, self.grad_norm, self.g_ref)
         else:
@@ -434,7 +436,8 @@ class NewtonRun:
             self.last_progress = n_iter
         self.lowest_loss = min(self.lowest_loss, new_ev.loss)
         self.lowest_grad_norm = min(self.lowest_grad_norm, new_grad_norm)
-        self.previous, self.ev, self.grad_norm = self.ev, new_ev, new_grad_norm
+        self.previous_relu_inputs = self.problem.relu_inputs(self.ev)
+        self.ev, self.grad_norm = new_ev, new_grad_norm
         self.mu = damping_after(step.damping, step.length >= 1.0, step.gain_ratio, system.scale)
         scaled_g_ref = self.scaled_g_ref
         info = _record(self.history, n_iter, new_ev, new_grad_norm, self.g_ref, step, self.timer, self.clock,

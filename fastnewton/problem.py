@@ -7,6 +7,7 @@ import copy
 
 import numpy as np
 
+from .buffers import Recycler
 from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
 from .newton import run_rounds
@@ -97,6 +98,9 @@ class Problem:
         self.V = None if self.V is None else _own(self.V, V)
         self.l2 = as_l2(l2)
         self.row_weights = _own(as_row_weights(row_weights, n), row_weights)
+        # The work arrays of evaluations (``fastnewton.buffers``), shared by the problems ``with_target``
+        # makes: solve_many's problems reuse each other's freed arrays, not only their own.
+        self.buffers = Recycler()
 
     def _set_target(self, b, name):
         """Validate and hold the target b (a copy), and build what depends on it: the model, the block, the facts."""
@@ -105,7 +109,8 @@ class Problem:
         else:
             self.b = _own(as_vector(b, name, self.V.shape[1], " (columns of V)"), b)
         self.row_model = build_model(self.model, self.b if self.V is not None else None)
-        self.block = RowBlock(self.matrix, None if self.V is not None else self.b, self.row_weights, self.V)
+        self.block = RowBlock(self.matrix, None if self.V is not None else self.b, self.row_weights, self.V,
+                              buffers=self.buffers)
         self.facts = self.row_model.facts(self.block)
         self.clear_cache()
 
@@ -197,6 +202,14 @@ class Problem:
         if ev.beta is None:
             ev.beta = self.row_model.curvature(self.block, ev.kept, ev.known)
         return ev.beta
+
+    def release_curvature(self, ev):
+        """Let go of ev's arrays that only its Hessian needed (β and the columns Q, whose transposed pass
+        is done) once the Hessian is formed: ``solve_many`` then holds per problem only what the line
+        search and the next evaluation read, and the next evaluation's Q and β reuse this memory
+        (``fastnewton.buffers``)."""
+        ev.beta = None
+        ev.kept = {key: value for key, value in ev.kept.items() if key != "Q"}
 
     def hessian_matrix(self, ev, sandwich=None):
         """Cᵀ diag(β) C (or a given approximation of it) + P S Pᵀ + λI."""
@@ -350,7 +363,10 @@ class LineSearch:
         self.largest *= factor
 
     def _u(self, t):
-        return self.ev.kept["u"] + (t * self.factor) * self.Cp
+        """u + (t·factor)·Cp, written into a recycled array (a trial per call: ``fastnewton.buffers``)."""
+        u = self.problem.block.buffers.empty(self.Cp.shape[0])
+        np.multiply(self.Cp, t * self.factor, out=u)
+        return np.add(self.ev.kept["u"], u, out=u)
 
     def loss(self, t):
         u, first = self._u(t), []

@@ -309,3 +309,18 @@ def test_thread_count_does_not_change_the_bits():
         assert proc.returncode == 0, proc.stderr[-3000:]
         outputs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
+def test_shared_transposed_pass_of_leading_columns_has_rmatmat_bits(dense):
+    # The gradient's columns Q[:, :2] go through the shared pass whole (no n × 2 copy) and G is cut to
+    # them; each is still rmatmat's of those columns, bit for bit, beside problems of other widths.
+    problem = make_problem(5000, 7, nnz_per_row=3, seed=4, dense=dense)
+    inputs = fastnewton.Problem(problem.C, problem.b)
+    rng = np.random.default_rng(0)
+    wide = [rng.standard_normal((5000, 3)) for _ in range(3)]
+    columns = [wide[0][:, :2], wide[1], wide[2][:, :2], rng.standard_normal((5000, 2))]
+    passes = many_targets.SharedPasses(inputs.matrix, None)
+    for Q, G in zip(columns, passes.transposed(columns)):
+        assert G.shape == (7, Q.shape[1]) and G.flags.c_contiguous
+        assert np.array_equal(G, inputs.matrix.rmatmat(Q))

@@ -33,6 +33,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..buffers import Recycler
 from ..chunking import chunk_rows
 from ..kernels.softmax import log_partition_parts
 from ..newton import NewtonRequest, run_requests
@@ -43,12 +44,16 @@ MAX_PREFIX = "max_"
 
 
 class RowBlock:
-    """Rows [offset, offset + rows) of C with their slices of the per-row target b (or None), w and V."""
+    """Rows [offset, offset + rows) of C with their slices of the per-row target b (or None), w and V.
 
-    def __init__(self, matrix, b, w, V, offset=0):
+    ``buffers.empty(shape)`` gives the models' per-evaluation work arrays (``fastnewton.buffers``; a
+    ``Recycler`` of its own, or ``buffers``, one that the blocks of problems solved together share)."""
+
+    def __init__(self, matrix, b, w, V, offset=0, buffers=None):
         self.matrix, self.b, self.w, self.V, self.offset = matrix, b, w, V, offset
         self.rows = matrix.n
         self.chunk = chunk_rows(self.rows)
+        self.buffers = Recycler() if buffers is None else buffers
 
 
 def add_summaries(first, second):
@@ -81,7 +86,7 @@ class LogPartition:
 
 def log_partition_rows(block, kept, relu):
     """The first stage of the softmax models: e = exp(z − max z) kept, the block's LogPartition back."""
-    e = np.empty(block.rows)
+    e = block.buffers.empty(block.rows)
     top, total = log_partition_parts(kept["u"], relu, block.chunk, e)
     return {"log_partition": LogPartition(top, total)}, {"e": e, "block_top": top}
 

@@ -36,7 +36,7 @@ class Softmax(Model):
         return log_partition_rows(block, kept, self.relu)
 
     def columns(self, block, kept, known):
-        Q = np.empty((block.rows, 3))
+        Q = block.buffers.empty((block.rows, 3))
         scale = known["log_partition"].factor(kept["block_top"])
         c, gamma, loss2 = softmax_regression_columns(kept["u"], kept["e"], scale, block.b, block.w, self.relu,
                                                      block.chunk, Q)
@@ -47,7 +47,7 @@ class Softmax(Model):
         return {"loss2": softmax_regression_loss(kept["u"], kept["e"], scale, block.b, block.w, block.chunk)}, {}
 
     def curvature(self, block, kept, known):
-        beta = np.empty(block.rows)
+        beta = block.buffers.empty(block.rows)
         curvature_weights(kept["Q"], known["c"], block.w, beta)
         return beta
 

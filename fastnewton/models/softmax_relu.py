@@ -54,7 +54,7 @@ class SoftmaxRelu(Model):
         return {"c": c, "gradient": G[:, 0] - c * G[:, 1], "S": S}
 
     def curvature(self, block, kept, known):
-        beta = np.empty(block.rows)
+        beta = block.buffers.empty(block.rows)
         curvature_weights(kept["Q"], known["c"], block.w, beta)
         return beta
 
@@ -108,8 +108,8 @@ def _outputs(block, kept, known):
 
 
 def _columns(block, kept, known):
-    rho = np.empty(block.rows)
+    rho = block.buffers.empty(block.rows)
     dense_matvec(block.V, known["active_residual"], rho)
-    Q = np.empty((block.rows, block.V.shape[1] + 3))
+    Q = block.buffers.empty((block.rows, block.V.shape[1] + 3))
     softmax_relu_columns(kept["u"], kept["s"], rho, block.V, known["y"], known["active"], block.w, Q)
     return {"c": dot(kept["s"], rho)}, {"Q": Q}
