@@ -6,8 +6,8 @@
    gets the status ``INVALID_INPUT`` and the reason in its message, and the others still solve.
 2. ``softmax`` and ``relu_softmax`` problems whose Hessian strategy is exact (``hessian="exact"``, or
    ``"auto"`` where ``solve``'s cost model picks exact, as it did at every shape tried from
-   n = 64, d = 32 to n = 10⁴, d = 128, dense and CSR) are packed into concatenated arrays (dense rows,
-   or CSR for sparse C with few entries per row: ``DENSIFY_ROW_FRACTION``) and solved
+   n = 64, d = 32 to n = 10⁴, d = 128, dense and CSR) are solved, each C read where it lies (dense
+   rows, or CSR for sparse C with few entries per row: ``DENSIFY_ROW_FRACTION``),
    by ``kernels/small_newton.py``: start and Newton loop compiled, one problem per task of a
    parallel loop, so no Python runs per iteration and the thread count does not change the bits.
    The starts' rare singular cases (a rank-deficient least-squares fit, and relu_softmax's margin
@@ -103,48 +103,45 @@ def _start_kind(problem, x0):
 
 
 class _Packed:
-    """The compiled problems' data in concatenated arrays (the layout of kernels/small_newton.py)."""
+    """The compiled problems' data in the layout of kernels/small_newton.py: each C read in place
+    (its address; a float64 / int64 copy only where the problem holds another dtype, or a CSR
+    problem is run as dense rows), b, w and x packed (vectors of length n or d: small)."""
 
     def __init__(self, problems, starts):
         count = len(problems)
         layout = np.zeros((count, kernel.LAYOUT_FIELDS), dtype=np.int64)
+        addresses = np.zeros((count, kernel.ADDRESS_FIELDS), dtype=np.int64)
         parameters = np.zeros((count, kernel.PARAMETER_FIELDS))
-        values, indptrs, indices, bs, ws, xs = [], [], [], [], [], []
-        offsets = {"values": 0, "indptr": 0, "indices": 0, "row": 0, "col": 0}
+        # The arrays ``addresses`` points into: kept alive (and unchanged) as long as this pack.
+        self._held = []
+        bs, ws, xs = [], [], []
+        row = col = 0
         for p, (problem, (start, x0, floor)) in enumerate(zip(problems, starts)):
             matrix = problem.matrix
             n, d = matrix.n, matrix.d
             csr = matrix.format == "csr" and matrix.nnz < DENSIFY_ROW_FRACTION * d * n
-            layout[p, [kernel.L_N, kernel.L_D, kernel.L_CSR, kernel.L_CHUNK, kernel.L_START, kernel.L_RELU]] = (
-                n, d, int(csr), chunk_rows(n), start, int(problem.row_model.relu))
-            layout[p, [kernel.L_ROW, kernel.L_COL, kernel.L_VALUES, kernel.L_INDPTR, kernel.L_INDICES]] = (
-                offsets["row"], offsets["col"], offsets["values"], offsets["indptr"], offsets["indices"])
+            layout[p, [kernel.L_N, kernel.L_D, kernel.L_CSR, kernel.L_CHUNK, kernel.L_START, kernel.L_RELU,
+                       kernel.L_ROW, kernel.L_COL]] = (n, d, int(csr), chunk_rows(n), start,
+                                                       int(problem.row_model.relu), row, col)
             if csr:
-                values.append(matrix.data)
-                indptrs.append(matrix.indptr)
-                indices.append(matrix.indices)
-                offsets["values"] += matrix.data.shape[0]
-                offsets["indptr"] += n + 1
-                offsets["indices"] += matrix.indices.shape[0]
+                arrays = {kernel.A_VALUES: np.ascontiguousarray(matrix.data, dtype=np.float64),
+                          kernel.A_INDPTR: np.ascontiguousarray(matrix.indptr, dtype=np.int64),
+                          kernel.A_INDICES: np.ascontiguousarray(matrix.indices, dtype=np.int64)}
             else:
                 dense = matrix.array if matrix.format == "dense" else matrix.rows(np.arange(n))
-                values.append(dense.reshape(-1))
-                offsets["values"] += n * d
+                arrays = {kernel.A_VALUES: np.ascontiguousarray(dense, dtype=np.float64)}
+            for field, array in arrays.items():
+                addresses[p, field] = array.ctypes.data
+                self._held.append(array)
             bs.append(problem.b)
             ws.append(problem.row_weights)
             xs.append(x0 if x0 is not None else np.zeros(d))
-            offsets["row"] += n
-            offsets["col"] += d
+            row += n
+            col += d
             parameters[p] = (problem.l2, problem.target_norm(), floor)
 
-        def joined(parts, dtype):
-            return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
-
-        self.layout, self.parameters = layout, parameters
-        self.values = joined(values, np.float64)
-        self.indptr = joined(indptrs, np.int64)
-        self.indices = joined(indices, np.int64)
-        self.b, self.w, self.x = joined(bs, np.float64), joined(ws, np.float64), joined(xs, np.float64)
+        self.layout, self.addresses, self.parameters = layout, addresses, parameters
+        self.b, self.w, self.x = (np.concatenate(parts).astype(np.float64, copy=False) for parts in (bs, ws, xs))
         self.grad = np.zeros_like(self.x)
         self.fault_grad = np.zeros_like(self.x)
         self.out_int = np.zeros((count, kernel.OUT_INT_FIELDS), dtype=np.int64)
@@ -162,9 +159,8 @@ class _Packed:
         # order would give one thread all the large problems. (Which thread solves a problem never
         # changes its bits: each is solved start to finish by one thread.)
         with numba.parallel_chunksize(1):
-            kernel.solve_small_problems(order, self.layout, self.parameters, settings, self.values, self.indptr,
-                                        self.indices, self.b, self.w, self.x, self.grad, self.fault_grad,
-                                        self.out_int, self.out_float)
+            kernel.solve_small_problems(order, self.layout, self.addresses, self.parameters, settings, self.b,
+                                        self.w, self.x, self.grad, self.fault_grad, self.out_int, self.out_float)
 
 
 def _compiled_message(problem, pack, p, status):

@@ -15,10 +15,11 @@ here because a compiled loop cannot call Python: the two must make the same deci
 constants come from newton.py through ``settings`` (an argument, not a global: Numba's disk cache
 would keep a stale copy of a global imported from another file).
 
-Packed layout: problem p's row ``layout[p]`` gives its shape and where its data start (the
-``L_*`` columns); dense C is row-major float64 in ``values``, CSR C is ``indptr`` (local to the
-problem: 0 … nnz), ``indices`` and its data in ``values``. Per-row vectors (b, w) are packed by
-``L_ROW``, per-column ones (x, ∇L) by ``L_COL``.
+Layout: problem p's row ``layout[p]`` gives its shape and where its packed vectors start (the
+``L_*`` columns); its C is read in place (``kernels/in_place.py``) at ``addresses[p]`` (the ``A_*``
+columns): dense C row-major float64 at ``A_VALUES``, or CSR C as int64 ``indptr`` (0 … nnz) at
+``A_INDPTR``, int64 ``indices`` at ``A_INDICES`` and float64 data at ``A_VALUES``. Per-row vectors
+(b, w) are packed by ``L_ROW``, per-column ones (x, ∇L) by ``L_COL``.
 """
 import math
 
@@ -28,6 +29,7 @@ from numba import njit, prange
 from .csr import csr_column_squares
 from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, raised_damping
 from .dense import chunk_rmatmat
+from .in_place import array_at
 from .sandwich import _gather_sorted_row
 from .softmax import (
     curvature_weight,
@@ -37,8 +39,11 @@ from .softmax import (
 )
 
 # Columns of ``layout`` (int64, one row per problem).
-L_N, L_D, L_CSR, L_ROW, L_COL, L_VALUES, L_INDPTR, L_INDICES, L_CHUNK, L_START, L_RELU = range(11)
-LAYOUT_FIELDS = 11
+L_N, L_D, L_CSR, L_ROW, L_COL, L_CHUNK, L_START, L_RELU = range(8)
+LAYOUT_FIELDS = 8
+# Columns of ``addresses`` (int64, one row per problem): where its C's arrays lie.
+A_VALUES, A_INDPTR, A_INDICES = range(3)
+ADDRESS_FIELDS = 3
 # Columns of ``parameters`` (float64, one row per problem).
 P_L2, P_TARGET_NORM, P_FLOOR = range(3)
 PARAMETER_FIELDS = 3
@@ -619,13 +624,13 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
 
 
 @njit(parallel=True, cache=True)
-def solve_small_problems(order, layout, parameters, settings, values, indptr, indices, b, w, x, grad_out,
-                         fault_grad, out_int, out_float):
+def solve_small_problems(order, layout, addresses, parameters, settings, b, w, x, grad_out, fault_grad, out_int,
+                         out_float):
     """Solve the problems listed in ``order`` (each one task, start to finish, on one thread).
 
-    Writes each problem's answer into its slice of x (which holds its start when it is given),
-    ∇L into grad_out, and out_int / out_float (the O_* columns); a non-finite gradient that
-    stopped a solve goes to fault_grad.
+    Reads each problem's C in place at ``addresses[p]``; writes its answer into its slice of x
+    (which holds its start when it is given), ∇L into grad_out, and out_int / out_float (the
+    O_* columns); a non-finite gradient that stopped a solve goes to fault_grad.
     """
     for position in prange(order.shape[0]):
         p = order[position]
@@ -633,16 +638,15 @@ def solve_small_problems(order, layout, parameters, settings, values, indptr, in
         d = layout[p, L_D]
         row = layout[p, L_ROW]
         col = layout[p, L_COL]
-        csr = layout[p, L_CSR] == 1
-        start_values = layout[p, L_VALUES]
-        if csr:
-            local_indptr = indptr[layout[p, L_INDPTR]:layout[p, L_INDPTR] + n + 1]
-            nnz = local_indptr[n]
-            matrix = (np.empty((0, d)), local_indptr, indices[layout[p, L_INDICES]:layout[p, L_INDICES] + nnz],
-                      values[start_values:start_values + nnz], True)
+        no_indices = np.empty(0, dtype=np.int64)
+        if layout[p, L_CSR] == 1:
+            indptr = array_at(addresses[p, A_INDPTR], (n + 1,), np.int64)
+            nnz = indptr[n]
+            matrix = (np.empty((0, d)), indptr, array_at(addresses[p, A_INDICES], (nnz,), np.int64),
+                      array_at(addresses[p, A_VALUES], (nnz,), np.float64), True)
         else:
-            matrix = (values[start_values:start_values + n * d].reshape((n, d)), indptr[:0], indices[:0],
-                      values[:0], False)
+            matrix = (array_at(addresses[p, A_VALUES], (n, d), np.float64), no_indices, no_indices,
+                      np.empty(0), False)
         _solve_one(matrix, b[row:row + n], w[row:row + n], layout[p, L_RELU] == 1, parameters[p, P_L2],
                    parameters[p, P_TARGET_NORM], parameters[p, P_FLOOR], layout[p, L_START], layout[p, L_CHUNK],
                    settings, x[col:col + d], grad_out[col:col + d], fault_grad[col:col + d], out_int[p],
