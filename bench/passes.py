@@ -5,11 +5,15 @@ speed-up, and (optionally) another checkout's kernels timed in the same run.
     python bench/passes.py --quick                  # small problem, seconds
     python bench/passes.py --base /tmp/main-copy    # also time that source checkout's kernels (before/after)
 
-For each thread count: the streaming probes and the roofline bandwidth (the best of them,
-bench/probes.py, same run); then per pass the median time (and min), the bytes it must move
-(C once — indptr, indices, data — plus its length-n operand or result: 8·n·k bytes for the
-n × k matrix Q of Cᵀ Q, 8·n for u = Cx), the achieved GB/s, the ratio time / roofline (target
-≤ 1.5) and the speed-up over 1 thread (target ≥ 1.7 at 2 threads).
+For each thread count, the streaming probes (bench/probes.py) and the passes take turns in
+every round (--repeats rounds after a warm-up call each), so load from other processes slows
+both alike. The roofline bandwidth is the best probe at its best round. Per pass: the best and
+the median time, the bytes it must move (C once — indptr, indices, data — plus its length-n
+operand or result: 8·n·k bytes for the n × k matrix Q of Cᵀ Q, 8·n for u = Cx), the achieved
+GB/s, ``ratio`` = best time / (bytes / roofline) (target ≤ 1.5), ``med.ratio`` the same with
+medians on both sides, and the speed-up of the best time over 1 thread (target ≥ 1.7 at 2
+threads). The probe line prints each probe's best, median and slowest round, the spread within
+the run; run the script several times for the spread across runs.
 
 The exact sandwich Cᵀ diag(β) C is compute-bound (Σᵢ nnzᵢ(nnzᵢ+1)/2 pair updates): its rows
 report ns per pair update, on C above (short uniform rows) and on a bag-of-words-like matrix
@@ -24,10 +28,13 @@ go beside ours. Results also go to passes.json in --out (default bench/results/)
 run's versions, git commit, CPU model and thread counts.
 """
 import argparse
+import atexit
 import importlib.util
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 
 import numba
@@ -43,22 +50,32 @@ try:
     from _args import add_output_arguments, nonnegative_int, positive_int, thread_count
     from _report import write_json
     from matrices import bag_of_words, pair_count
-    from probes import bandwidth_probes
+    from probes import probe_functions
 except ImportError:  # run as a module from the repository root
     from bench._args import add_output_arguments, nonnegative_int, positive_int, thread_count
     from bench._report import write_json
     from bench.matrices import bag_of_words, pair_count
-    from bench.probes import bandwidth_probes
+    from bench.probes import probe_functions
 
 ZIPF_NNZ_PER_ROW = 5
 ZIPF_MAX_ROW_NNZ = 1000
 
 
 def load_base_kernels(checkout):
-    """The kernels/ package of another source checkout, imported as ``_base_kernels`` (csr, sandwich)."""
-    folder = os.path.join(os.path.abspath(checkout), "kernels")
-    spec = importlib.util.spec_from_file_location("_base_kernels", os.path.join(folder, "__init__.py"),
-                                                  submodule_search_locations=[folder])
+    """The kernels/ package of another source checkout, imported as ``_base_kernels`` (csr, sandwich).
+
+    It is imported from a temporary copy: Numba caches a compiled function beside its source file,
+    under the name of the module that compiled it, so compiling the checkout's own files as
+    ``_base_kernels`` would leave cache entries there that fail to load (ModuleNotFoundError)
+    in any later process importing that checkout as ``fastnewton.kernels``.
+    """
+    folder = tempfile.mkdtemp(prefix="passes-base-")
+    atexit.register(shutil.rmtree, folder, True)
+    copy = os.path.join(folder, "_base_kernels")
+    shutil.copytree(os.path.join(os.path.abspath(checkout), "kernels"), copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    spec = importlib.util.spec_from_file_location("_base_kernels", os.path.join(copy, "__init__.py"),
+                                                  submodule_search_locations=[copy])
     package = importlib.util.module_from_spec(spec)
     sys.modules["_base_kernels"] = package
     spec.loader.exec_module(package)
@@ -154,40 +171,60 @@ def run(args):
     max_threads = numba.config.NUMBA_NUM_THREADS
     threads = [t for t in args.threads if t <= max_threads]
     one_thread = {}
+    probes = probe_functions(args.probe_mb)
     for n_threads in threads:
-        probes = bandwidth_probes(n_threads, megabytes=args.probe_mb)
-        bandwidth = max(probes.values())
-        print(f"\n{n_threads} thread(s): roofline {bandwidth / 1e9:.2f} GB/s = best of "
-              + ", ".join(f"{name} {rate / 1e9:.2f}" for name, rate in probes.items()))
-        print(f"  {'operation':<44} {'median s':>9} {'min s':>8} {'GB/s':>6} {'ratio':>6} {'speed-up':>8}"
-              f" {'ns/pair':>7}" + (f" {'base s':>8} {'base/ours':>9}" if args.base else ""))
         numba.set_num_threads(n_threads)
+        # the probes and the passes take turns in every round: a burst of load slows both alike
+        functions = {("probe", name): fn for name, (fn, _) in probes.items()}
         for op in operations:
-            repeats = args.repeats if op.pairs is None else args.sandwich_repeats
-            functions = {"ours": op.ours}
-            if op.base is not None:
-                functions["base"] = op.base
-            times = alternate(functions, repeats)
-            median, low = float(np.median(times["ours"])), float(np.min(times["ours"]))
-            one_thread.setdefault(op.name, median)
-            row = {"pass": op.name, "threads": n_threads, "median_s": median, "min_s": low,
-                   "max_s": float(np.max(times["ours"])), "bytes": op.moved, "bandwidth_Bps": bandwidth,
-                   "probes_Bps": probes, "achieved_Bps": op.moved / median,
-                   "roofline_s": op.moved / bandwidth, "roofline_ratio": median * bandwidth / op.moved,
-                   "speedup": one_thread[op.name] / median, "n": C.n, "d": C.d, "nnz": C.nnz}
+            if op.pairs is None:
+                functions[(op.name, "ours")] = op.ours
+                if op.base is not None:
+                    functions[(op.name, "base")] = op.base
+        times = alternate(functions, args.repeats)
+        best = {name: moved / min(times[("probe", name)]) for name, (_, moved) in probes.items()}
+        median = {name: moved / float(np.median(times[("probe", name)])) for name, (_, moved) in probes.items()}
+        bandwidth, median_bandwidth = max(best.values()), max(median.values())
+        print(f"\n{n_threads} thread(s): roofline {bandwidth / 1e9:.2f} GB/s = best of (GB/s, best / median / "
+              f"slowest of {args.repeats} rounds) "
+              + ", ".join(f"{name} {best[name] / 1e9:.1f}/{median[name] / 1e9:.1f}/"
+                          f"{moved / max(times[('probe', name)]) / 1e9:.1f}" for name, (_, moved) in probes.items()))
+        print(f"  {'operation':<44} {'best s':>8} {'median s':>9} {'GB/s':>6} {'ratio':>6} {'med.ratio':>9} "
+              f"{'speed-up':>8} {'ns/pair':>7}" + (f" {'base s':>8} {'base/ours':>9}" if args.base else ""))
+        for op in operations:
+            if op.pairs is None:
+                op_times = {"ours": times[(op.name, "ours")]}
+                if (op.name, "base") in times:
+                    op_times["base"] = times[(op.name, "base")]
+            else:
+                functions = {"ours": op.ours}
+                if op.base is not None:
+                    functions["base"] = op.base
+                op_times = alternate(functions, args.sandwich_repeats)
+            low, middle = float(np.min(op_times["ours"])), float(np.median(op_times["ours"]))
+            one_thread.setdefault(op.name, low)
+            row = {"pass": op.name, "threads": n_threads, "median_s": middle, "min_s": low,
+                   "max_s": float(np.max(op_times["ours"])), "bytes": op.moved, "bandwidth_Bps": bandwidth,
+                   "probes_Bps": best, "median_bandwidth_Bps": median_bandwidth, "probes_median_Bps": median,
+                   "achieved_Bps": op.moved / low, "roofline_s": op.moved / bandwidth,
+                   "roofline_ratio": low * bandwidth / op.moved,
+                   "median_roofline_ratio": middle * median_bandwidth / op.moved,
+                   "speedup": one_thread[op.name] / low, "n": C.n, "d": C.d, "nnz": C.nnz}
             if op.pairs is not None:
-                row.update(pairs=op.pairs, ns_per_pair=1e9 * median / op.pairs)
-            if "base" in times:
-                base_median = float(np.median(times["base"]))
-                row.update(base_median_s=base_median, base_ratio=base_median / median)
+                row.update(pairs=op.pairs, ns_per_pair=1e9 * middle / op.pairs)
+            if "base" in op_times:
+                base_median = float(np.median(op_times["base"]))
+                row.update(base_median_s=base_median, base_min_s=float(np.min(op_times["base"])),
+                           base_ratio=base_median / middle)
                 if op.pairs is not None:
                     row["base_ns_per_pair"] = 1e9 * base_median / op.pairs
             rows.append(row)
             pairs_text = f"{row['ns_per_pair']:>7.2f}" if op.pairs is not None else f"{'':>7}"
-            base_text = (f" {row['base_median_s']:>8.4f} {row['base_ratio']:>9.2f}" if "base" in times
+            base_text = (f" {row['base_median_s']:>8.4f} {row['base_ratio']:>9.2f}" if "base" in op_times
                          else (f" {'':>8} {'':>9}" if args.base else ""))
-            print(f"  {op.name:<44} {median:>9.4f} {low:>8.4f} {row['achieved_Bps'] / 1e9:>6.1f} "
-                  f"{row['roofline_ratio']:>6.2f} {row['speedup']:>8.2f} {pairs_text}{base_text}", flush=True)
+            print(f"  {op.name:<44} {low:>8.4f} {middle:>9.4f} {row['achieved_Bps'] / 1e9:>6.1f} "
+                  f"{row['roofline_ratio']:>6.2f} {row['median_roofline_ratio']:>9.2f} {row['speedup']:>8.2f} "
+                  f"{pairs_text}{base_text}", flush=True)
     numba.set_num_threads(max_threads)
     write_json(os.path.join(args.out, "passes.json"), {"rows": rows})
     return rows

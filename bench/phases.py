@@ -18,12 +18,13 @@ Two runs (two checkouts) in one shell command compare before/after on the same m
 """
 import argparse
 import os
+import sys
 import warnings
 
 import numpy as np
 
 import fastnewton
-import fastnewton.kernels
+import fastnewton.kernels  # noqa: F401 (its location is printed)
 
 try:
     from _args import add_output_arguments, positive_int, thread_count
@@ -60,7 +61,7 @@ def run(args):
     summary = {phase: float(np.median([seconds.get(phase, 0.0) for seconds in iterations])) for phase in phases}
     summary["total"] = float(np.median([sum(seconds.values()) for seconds in iterations]))
     print(f"fastnewton from {os.path.dirname(fastnewton.__file__)}, "
-          f"kernels from {os.path.dirname(fastnewton.kernels.__file__)}")
+          f"kernels from {os.path.dirname(sys.modules['fastnewton.kernels'].__file__)}")
     print(f"CSR n = {C.shape[0]:,}, d = {C.shape[1]}, nnz = {C.nnz:,}{' (Zipf rows)' if args.zipf else ''}; "
           f"hessian = {args.hessian!r}, {len(iterations)} iterations, threads = {args.threads or 'all'}")
     for phase, seconds in summary.items():

@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from matrices import bag_of_words, exponent_for_mean, pair_count, row_length_pmf  # noqa: E402
-from probes import bandwidth_probes, read_bandwidth  # noqa: E402
+from probes import bandwidth_probes, probe_functions, read_bandwidth  # noqa: E402
 
 
 def test_bag_of_words_has_skewed_rows_and_hot_columns():
@@ -43,6 +43,7 @@ def test_pair_count_is_the_sandwich_work():
 
 def test_bandwidth_probes_and_the_roofline():
     probes = bandwidth_probes(1, megabytes=8, repeats=2)
-    assert set(probes) == {"numba_vector_sum", "numba_scalar_lanes_sum", "numpy_sum", "numpy_copy"}
+    assert set(probes) == {"numba_vector_sum", "numba_scalar_lanes_sum", "numba_copy", "numpy_sum", "numpy_copy"}
+    assert set(probe_functions(8)) == set(probes)
     assert all(np.isfinite(rate) and rate > 0 for rate in probes.values())
     assert read_bandwidth(1, megabytes=8, repeats=2) > 0

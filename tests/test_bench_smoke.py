@@ -127,7 +127,8 @@ def test_passes_quick_writes_json(tmp_path):
     rows = payload["rows"]
     assert rows, "passes.py wrote no rows"
     for row in rows:
-        assert {"pass", "threads", "median_s", "bytes", "bandwidth_Bps", "roofline_ratio", "speedup"} <= set(row)
+        assert {"pass", "threads", "median_s", "min_s", "bytes", "bandwidth_Bps", "roofline_ratio",
+                "median_roofline_ratio", "speedup"} <= set(row)
         assert_positive(row["median_s"], f"median_s of {row['pass']}")
         assert_positive(row["roofline_ratio"], f"roofline_ratio of {row['pass']}")
         assert row["bandwidth_Bps"] == max(row["probes_Bps"].values())
@@ -283,6 +284,19 @@ def test_zipf_peers_quick_reports_every_method(tmp_path):
         assert row["final_rel_grad_norm"] <= 1e-8 * (1 + 1e-6)
     for row in rows:
         assert_positive(row["lbfgsb_ratio"], f"lbfgsb_ratio of {row['method']}")
+        # progress: (seconds, smallest ‖∇L‖/g_ref so far), times increasing up to the run's time, norms not rising
+        times, norms = zip(*row["progress"])
+        assert list(times) == sorted(times) and times[-1] <= row["time_s"], row["progress"]
+        assert list(norms) == sorted(norms, reverse=True), row["progress"]
+
+
+def test_zipf_peers_progress_takes_the_smallest_norm_by_each_checkpoint():
+    sys.path.insert(0, str(REPO / "bench"))
+    from zipf_peers import progress
+    trace = [(0.5, 1.0), (2.0, 0.1), (2.5, 0.3), (12.0, 0.01)]
+    assert progress(trace, 12.0) == [(1.0, 1.0), (3.0, 0.1), (10.0, 0.1), (12.0, 0.01)]
+    assert progress(trace, 2.0) == [(1.0, 1.0), (2.0, 0.1)]
+    assert progress([], 5.0) == []
 
 
 def test_memory_counts_the_iteration_not_the_problem(tmp_path):
