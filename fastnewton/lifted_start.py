@@ -74,6 +74,8 @@ DUAL_RTOL = 1e-12
 # seed 4: 29 iterations there at 1e-1). Gaussian V seed 0 still walks a long curved valley floor: its
 # minimiser has ‖x‖ = 1.3 against ‖x₀‖ = 0.002 and an inactive output at its kink. bench/families_solve.py
 # --models softmax_relu: reachable 189 → 190 of 192, noisy best 36 → 37 of 48, median 22 → 24 iterations.
+# With the one-sided step of fastnewton.active_set (kinks of the inactive outputs kept in the step's model)
+# the same valley problems take 22–39 and 49 (sum 374).
 RIDGE_FRACTIONS = (3e-1, 3e-2, 3e-3, 3e-4)
 # With l2 > 0 each ridge stage is solved to min(RIDGE_STAGE_TOL, RIDGE_PATH_TOL·fraction) relative
 # gradient. Along a valley ∇L is ~ the ridge's own λ‖x‖, so a fixed 1e-4·g_ref is met anywhere on the

@@ -4,7 +4,8 @@ Per iteration: 1) u = Cx (carried from the line search as u + t·CΔx, a forward
 every ``REFRESH_EVERY`` iterations or when the steps since the last one were long), 2) model vectors and the fused gradient pass
 Cᵀ[q, U], 3) the Hessian from the strategy, 4) a damped Newton step: Cholesky of
 H + μD² (Levenberg–Marquardt μ raised when Cholesky fails or the line search
-rejects the step, and set after each step by its gain ratio: kernels/damping.py), a logit cap
+rejects the step, and set after each step by its gain ratio: kernels/damping.py; loss terms
+½ max(y_j, 0)² keep their kinks in the step's model: fastnewton.active_set), a logit cap
 ‖CΔx‖∞ ≤ 10 (one pass C·Δx, reused by every line search trial as u + t·CΔx), and Armijo
 backtracking on L (a well-predicted damped step also tries one longer step).
 """
@@ -16,7 +17,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .kernels.damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, raised_damping
+from .active_set import one_sided_gain_ratio, one_sided_step
+from .kernels.damping import (FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, longer_trial,
+                              raised_damping)
 from .protocol import no_timer
 from .reductions import dot, norm
 from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
@@ -246,9 +249,15 @@ def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, t
     L0 = ev.loss
     noise = _rounding_level(L0, problem.target_norm())
     increase = FIRST_INCREASE  # ν of the next raise (kernels/damping.py)
+    # Loss terms ½ max(y_j, 0)² (softmax_relu's outputs with b_j = 0) keep their kinks in the step's model
+    # (fastnewton.active_set); only where the system has a factor (with CG each solve costs passes over C).
+    one_sided = problem.one_sided_outputs(ev) if system.hessp is None else None
     for _ in range(MAX_DAMPING_TRIES):
+        refined = False
         with timer("solve"):
             p = system.solve(g, mu)
+            if one_sided is not None and p is not None and _all_finite(p) and dot(g, p) < 0.0:
+                p, refined = one_sided_step(system, g, mu, p, *one_sided)
         if p is None or not _all_finite(p) or not dot(g, p) < 0.0:
             mu, increase = raised_damping(mu, increase, scale)
             continue
@@ -259,6 +268,14 @@ def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, t
                 cap = max_logit_step / line.largest
                 line.scale(cap)
             slope = dot(g, line.p)
+            scaled = line.p * system.column_scale
+            scaled2 = dot(scaled, scaled)
+
+            def ratio_of(t, L_t):
+                if refined:
+                    return one_sided_gain_ratio(system, g, *one_sided, t * line.p, L0 - L_t, noise)
+                return gain_ratio(L0 - L_t, t * slope, t * t * scaled2, mu, t * cap, noise)
+
             t = 1.0
             for trial in range(1, MAX_BACKTRACKS + 1):
                 L_t = line.loss(t)
@@ -269,13 +286,16 @@ def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, t
                 # accept the full step if L does not rise beyond rounding; the gradient test decides.
                 invisible = t == 1.0 and -slope <= noise and L_t <= L0 + noise
                 if np.isfinite(L_t) and (armijo or invisible):
-                    scaled = line.p * system.column_scale
-                    scaled2 = dot(scaled, scaled)
-                    ratio = gain_ratio(L0 - L_t, t * slope, t * t * scaled2, mu, t * cap, noise)
+                    ratio = ratio_of(t, L_t)
                     if trial == 1 and armijo and ratio > GOOD_GAIN:
                         # A damped step that the model predicted well: one more O(n) trial at the
-                        # undamped model's minimiser along the line (kernels/damping.py).
-                        longer = extended_length(slope, scaled2, mu, cap, line.largest, max_logit_step)
+                        # undamped model's minimiser along the line (kernels/damping.py); for a refined
+                        # step qᵀHq comes from the system's matrix (its damped identity does not hold).
+                        if refined and mu > 0.0:
+                            longer = longer_trial(slope, dot(line.p, system.matrix @ line.p), line.largest,
+                                                  max_logit_step)
+                        else:
+                            longer = extended_length(slope, scaled2, mu, cap, line.largest, max_logit_step)
                         if longer > 1.0:
                             trial += 1
                             L_longer = line.loss(longer)
@@ -284,7 +304,7 @@ def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, t
                             if (np.isfinite(L_longer) and L_longer < L_t
                                     and L_longer <= L0 + ARMIJO_C1 * longer * slope):
                                 t, L_t = longer, L_longer
-                                ratio = gain_ratio(L0 - L_t, t * slope, t * t * scaled2, mu, t * cap, noise)
+                                ratio = ratio_of(t, L_t)
                     return Step(ev.x + t * line.p, t, mu, trial, t * norm(line.p), line, ratio)
                 t *= BACKTRACK_FACTOR
         mu, increase = raised_damping(mu, increase, scale)
@@ -295,7 +315,9 @@ def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=No
     """One damped Newton step from ev.x: ``Step``, or None when no damping gives an accepted step.
 
     Solves (H + μD²) p = −g with ``system``, raising μ (from 1e-8·scale by ×2, ×4, ×8, …:
-    ``kernels.damping.raised_damping``) while the solve fails or p is not a descent direction;
+    ``kernels.damping.raised_damping``) while the solve fails or p is not a descent direction
+    (with one-sided loss terms ½ max(y_j, 0)², p minimises the model that keeps their kinks:
+    ``fastnewton.active_set``, with that model's gain ratio);
     caps the logit change ‖C p‖∞ ≤ ``max_logit_step`` (one pass C·p, reused by every trial);
     backtracks (×½) until Armijo holds, or the full step keeps L within rounding of L(x) when the
     predicted decrease is itself below rounding. A full damped step with gain ratio > GOOD_GAIN

@@ -269,6 +269,10 @@ class Problem:
         """(what they are, values) of the model's ReLU inputs at ev, for the kink test; None without ReLUs."""
         return self.row_model.relu_inputs(ev.known, ev.kept)
 
+    def one_sided_outputs(self, ev):
+        """(J, y) of the outputs whose loss is ½ max(y_j, 0)² at ev, or None (``fastnewton.active_set``)."""
+        return self.row_model.one_sided_outputs(ev.known, ev.P)
+
     def iteration_extras(self):
         """Entries added to each history record (the distributed problem reports its rounds here)."""
         return {}

@@ -61,6 +61,12 @@ def gain_ratio(actual, step_slope, scaled_step_norm2, mu, fraction, noise):
     ‖Ds‖²); no Hessian product needed. A predicted decrease at or below ``noise`` (the rounding
     level of L) carries no information: ρ = 1 (the gradient test judges such steps)."""
     predicted = -(1.0 - 0.5 * fraction) * step_slope + 0.5 * mu * scaled_step_norm2
+    return predicted_ratio(actual, predicted, noise)
+
+
+@njit(cache=True)
+def predicted_ratio(actual, predicted, noise):
+    """ρ = actual / predicted decrease; 1 when the predicted decrease is at or below ``noise``."""
     if not predicted > noise:
         return 1.0
     return actual / predicted
@@ -85,11 +91,17 @@ def extended_length(slope, scaled_norm2, mu, fraction, largest_logit, max_logit_
     """The longer trial t > 1 along the line x + t·q, q = fraction·p with (H + μD²) p = −g, or 1.0 for none.
 
     ``slope`` = gᵀq, ``scaled_norm2`` = ‖Dq‖², ``largest_logit`` = ‖Cq‖∞:
-    qᵀHq = −fraction·gᵀq − μ‖Dq‖², t* = −gᵀq / qᵀHq (MAX_EXTENSION when qᵀHq ≤ 0), capped by
-    MAX_EXTENSION and by the logit cap t·‖Cq‖∞ ≤ ``max_logit_step``."""
+    qᵀHq = −fraction·gᵀq − μ‖Dq‖², then ``longer_trial``."""
     if not mu > 0.0:
         return 1.0
-    curvature = -fraction * slope - mu * scaled_norm2
+    return longer_trial(slope, -fraction * slope - mu * scaled_norm2, largest_logit, max_logit_step)
+
+
+@njit(cache=True)
+def longer_trial(slope, curvature, largest_logit, max_logit_step):
+    """t* = −gᵀq / qᵀHq along the line x + t·q (``slope`` = gᵀq, ``curvature`` = qᵀHq; MAX_EXTENSION when
+    qᵀHq ≤ 0), capped by MAX_EXTENSION and by the logit cap t·‖Cq‖∞ ≤ ``max_logit_step``; 1.0 (no trial)
+    below MIN_EXTENSION."""
     longer = MAX_EXTENSION
     if curvature > 0.0:
         longer = min(longer, -slope / curvature)

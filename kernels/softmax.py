@@ -191,12 +191,11 @@ def softmax_regression_loss_serial(u, e, scale, b, w, chunk_rows):
 
 
 @njit(parallel=True, cache=True)
-def softmax_relu_columns(u, s, rho, V, y, active, w, Q):
+def softmax_relu_columns(u, s, rho, V, y, w, Q):
     """Columns of the transposed pass for ``softmax_relu``, given s = softmax(u), y = Vᵀs, ρ = V(a ⊙ r).
 
-    Q = [s ⊙ ρ + w ⊙ u, s, s ⊙ ρ, J V diag(a)] (n × (m + 3), row-major) with
-    (J V diag(a))_ij = a_j·s_i·(V_ij − y_j), a = ``active`` (1[y > 0], or 1[y + o > 0] for
-    outputs offset by o: J·1 = 0 makes J V_j offset-free).
+    Q = [s ⊙ ρ + w ⊙ u, s, s ⊙ ρ, J V] (n × (m + 3), row-major) with (J V)_ij = s_i·(V_ij − y_j) = ∂y_j/∂u_i
+    for every output j (the model's S weighs them by a = 1[y + o > 0]; J·1 = 0 makes J V_j offset-free).
     """
     n, m = V.shape
     for i in prange(n):
@@ -206,7 +205,7 @@ def softmax_relu_columns(u, s, rho, V, y, active, w, Q):
         Q[i, 1] = si
         Q[i, 2] = sr
         for j in range(m):
-            Q[i, 3 + j] = si * (V[i, j] - y[j]) if active[j] else 0.0
+            Q[i, 3 + j] = si * (V[i, j] - y[j])
 
 
 @njit(parallel=True, cache=True)

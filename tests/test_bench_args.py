@@ -96,6 +96,12 @@ CASES = {
     "memory-seed-negative": ("memory.py", ["--seed", "-2"], "--seed"),
     "memory-nnz-below-n": ("memory.py", ["--n", "1000", "--nnz", "10"], "--nnz"),
     "memory-out-file": ("memory.py", ["--out", A_FILE], "--out"),
+    # bench/valley.py
+    "valley-n-zero": ("valley.py", ["--n", "0"], "--n"),
+    "valley-seeds-negative": ("valley.py", ["--seeds", "0", "-1"], "--seeds"),
+    "valley-kinds-unknown": ("valley.py", ["--kinds", "uniform"], "--kinds"),
+    "valley-l2-nan": ("valley.py", ["--l2", "nan"], "--l2"),
+    "valley-out-directory": ("valley.py", ["--out", A_DIRECTORY], "--out"),
 }
 
 

@@ -202,6 +202,17 @@ def test_families_solve_quick_prints_solved_counts():
         assert 0 <= int(solved) <= int(total), out
 
 
+def test_valley_quick_prints_iterations_per_problem_and_phase(tmp_path):
+    out = run_script(["bench/valley.py", "--quick", "--phases", "--out", str(tmp_path / "valley.json")]).stdout
+    assert "largest" in out and "surrogate l2+" in out
+    rows = json.loads((tmp_path / "valley.json").read_text())["rows"]
+    assert [(row["kind"], row["seed"]) for row in rows] == [("planted", 0), ("planted", 1), ("gaussian", 0),
+                                                          ("gaussian", 1)]
+    for row in rows:
+        assert row["status"] == "CONVERGED" and row["residual"] < 1e-4
+        assert sum(count for _, count in row["phases"]) == row["n_iter"]
+
+
 def test_benchmark_suite_quick_writes_self_describing_json(tmp_path):
     output = tmp_path / "bench.json"
     # One Numba and BLAS thread: the suite's code does not depend on the thread count, and on

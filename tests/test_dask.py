@@ -450,3 +450,34 @@ def test_softmax_relu_staged_start_same_phases_and_answer(client, noisy):
     if not noisy:
         assert reference.converged
         assert _relative(res.x, reference.x) <= AGREEMENT
+
+
+def test_one_sided_steps_are_the_same_on_dask(client, monkeypatch):
+    """softmax_relu with Gaussian V (outputs with b_j = 0, loss ½ max(y_j, 0)²): the steps that keep their
+    kinks (fastnewton.active_set) run on the driver from P and y, so Dask takes them at the same iterations
+    and ends at the same x."""
+    import fastnewton.newton
+
+    rng = np.random.default_rng(5)
+    planted = fastnewton.make_problem(4000, 30, nnz_per_row=6, model="softmax_relu", m=12, seed=5)
+    C = planted.C.toarray()
+    V = rng.standard_normal(planted.V.shape)
+    b = fastnewton.predict(C, planted.x_true, "softmax_relu", V)
+    assert (b == 0.0).sum() >= 3
+    refined = []
+    original = fastnewton.newton.one_sided_step
+
+    def counting(*args):
+        step, changed = original(*args)
+        refined.append(changed)
+        return step, changed
+
+    monkeypatch.setattr(fastnewton.newton, "one_sided_step", counting)
+    kw = dict(V=V, hessian="exact", l2=1e-8, tol=1e-12, max_iter=300)
+    reference = fastnewton.solve(C, b, "softmax_relu", **kw)
+    local = list(refined)
+    refined.clear()
+    res = fastnewton.dask.solve(_dask(C, 1500), b, "softmax_relu", client=client, **kw)
+    assert any(local) and refined == local
+    assert res.status == reference.status and res.n_iter == reference.n_iter
+    assert _relative(res.x, reference.x) <= AGREEMENT

@@ -247,13 +247,14 @@ def test_softmax_relu_columns_are_the_u_derivatives(m, weighted):
     s, y, rho, c = _softmax_relu_inputs(u, b, V)
     assert np.all(np.abs(y) > 1e-6), "outputs must be away from the ReLU kink"
     Q = np.full((n, m + 3), np.nan)
-    softmax_relu_columns(u, s, rho, V, y, y > 0.0, w, Q)
+    softmax_relu_columns(u, s, rho, V, y, w, Q)
     beta = _beta(Q, c, w)
 
     r = naive.outputs(u, "softmax_relu", V) - b
     grad_u = naive.output_jacobian(u, "softmax_relu", V).T @ r + w * u
     hess_u = naive.hessian_u(u, b, "softmax_relu", V, row_weights=w)
-    S = np.eye(m + 2)
+    # The model weighs the output columns by a = 1[y > 0] (``SoftmaxRelu._gradient``): S = [[2c, −1], [−1, 0]] ⊕ diag(a).
+    S = np.diag(np.append([0.0, 0.0], y > 0.0))
     S[:2, :2] = [[2 * c, -1.0], [-1.0, 0.0]]
     U = Q[:, 1:]
     # O(n + m) sums of products of O(1) quantities: a few hundred (n + m)·eps of the largest entry
@@ -261,8 +262,9 @@ def test_softmax_relu_columns_are_the_u_derivatives(m, weighted):
                                atol=1e3 * (n + m) * EPS * np.abs(grad_u).max())
     np.testing.assert_allclose(np.diag(beta) + U @ S @ U.T, hess_u, rtol=0,
                                atol=1e3 * (n + m) * EPS * np.abs(hess_u).max())
-    dead = y <= 0
-    assert np.all(Q[:, 3:][:, dead] == 0.0)
+    # Every output's column is ∂y_j/∂u, dead ones too (the one-sided step of ``fastnewton.active_set`` needs them).
+    np.testing.assert_allclose(Q[:, 3:], naive.softmax_jacobian(naive.softmax(u)) @ V, rtol=0,
+                               atol=1e3 * EPS * np.abs(V).max())
 
 
 # -- determinism ----------------------------------------------------------------------------

@@ -149,6 +149,9 @@ class DaskProblem:
         # n-long arrays (relu_softmax's u) stay on the workers: only driver-side globals are offered.
         return self.row_model.relu_inputs(ev.known, None)
 
+    def one_sided_outputs(self, ev):
+        return self.row_model.one_sided_outputs(ev.known, ev.P)
+
     def _loss_at_zero_value(self):
         if self._loss_at_zero is None:
             zero = self.rounds.run(blocks.forward, args=(None, self.row_model.loss_stages[0].rows))

@@ -1,10 +1,12 @@
 """``softmax_relu``: h(u) = ReLU(Vᵀ softmax(u)) (arXiv 2311.15390); V is n × m, b has length m.
 
 With s = softmax(u), y = Vᵀs, a = 1[y > 0], r = ReLU(y) − b, ρ = V(a ⊙ r), c = ⟨s, ρ⟩:
-  q = s ⊙ ρ − c s + w ⊙ u,  β = s ⊙ ρ − c s + w,  U = [s, s ⊙ ρ, J V diag(a)],
-  S = [[2c, −1], [−1, 0]] ⊕ I_m, with (J V diag(a))_ij = a_j·s_i·(V_ij − y_j).
+  q = s ⊙ ρ − c s + w ⊙ u,  β = s ⊙ ρ − c s + w,  U = [s, s ⊙ ρ, J V],
+  S = [[2c, −1], [−1, 0]] ⊕ diag(a), with (J V)_ij = s_i·(V_ij − y_j) = ∂y_j/∂u_i. Every output's
+column is kept (S drops the inactive ones from the Hessian): P = CᵀU then holds ∇y_j for all j, which
+the one-sided step of ``fastnewton.active_set`` needs for outputs at their kink.
 Stages: (1) the blocks' log-partition parts; (2) s kept, the partials of y = Vᵀs and Σ w u² back
-→ y, a, r and the loss; (3) ρ, Q = [s ρ + w u, s, s ρ, J V diag(a)] and the partial of c back
+→ y, a, r and the loss; (3) ρ, Q = [s ρ + w u, s, s ρ, J V] and the partial of c back
 → ∇L = Cᵀ(s ρ + w u) − c·Cᵀs.
 
 With output offsets o (the lifted surrogate of ``fastnewton.lifted_start``; o = 0 for the real
@@ -49,7 +51,7 @@ class SoftmaxRelu(Model):
 
     def _gradient(self, summary, known):
         G, c = summary["G"], summary["c"]
-        S = np.eye(self.k)
+        S = np.diag(np.append([0.0, 0.0], known["active"].astype(np.float64)))
         S[:2, :2] = [[2.0 * c, -1.0], [-1.0, 0.0]]
         return {"c": c, "gradient": G[:, 0] - c * G[:, 1], "S": S}
 
@@ -78,6 +80,14 @@ class SoftmaxRelu(Model):
 
     def relu_inputs(self, known, kept):
         return "output(s) with yⱼ = (Vᵀ softmax(Cx))ⱼ", known["y"]
+
+    def one_sided_outputs(self, known, P):
+        """(∇y_j as the columns of a d × k array, y_j) for the outputs whose loss is ½ max(y_j, 0)² (b_j = 0,
+        no offset), or None: see ``fastnewton.active_set``."""
+        one_sided = np.flatnonzero((self.b == 0.0) & (self.output_offset == 0.0))
+        if one_sided.size == 0 or P is None:
+            return None
+        return P[:, 2 + one_sided], known["y"][one_sided]
 
     def auto_start(self, problem):
         return run_requests(self.auto_start_rounds(problem))
@@ -111,5 +121,5 @@ def _columns(block, kept, known):
     rho = block.buffers.empty(block.rows)
     dense_matvec(block.V, known["active_residual"], rho)
     Q = block.buffers.empty((block.rows, block.V.shape[1] + 3))
-    softmax_relu_columns(kept["u"], kept["s"], rho, block.V, known["y"], known["active"], block.w, Q)
+    softmax_relu_columns(kept["u"], kept["s"], rho, block.V, known["y"], block.w, Q)
     return {"c": dot(kept["s"], rho)}, {"Q": Q}
