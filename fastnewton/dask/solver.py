@@ -88,7 +88,9 @@ def solve(C, b, model="softmax", *, client=None, V=None, l2=0.0, row_weights=Non
     problem = DaskProblem(client, block_futures, n, d, model, small_b, l2)
     problem.rounds.worker_timeout = worker_timeout
     build_system, options = solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose)
-    with thread_limits(None):
+    # As ``fastnewton.solve``: overflowing inputs end in Status.NON_FINITE, which says so; NumPy's
+    # overflow warnings on the way there would only repeat it.
+    with thread_limits(None), np.errstate(over="ignore", invalid="ignore"):
         res = run_from(problem, x0, build_system, options)
     res["cluster"] = dict(problem.rounds.totals, blocks=len(block_futures))
     return res
