@@ -333,3 +333,13 @@ def test_zipf_peers_methods_runs_a_subset(tmp_path):
     rows = json.loads((tmp_path / "zipf_peers.json").read_text())["rows"]
     assert [row["method"] for row in rows] == ["fastnewton exact from 0"]
     assert rows[0]["reached_tol"] and "lbfgsb_ratio" not in rows[0]
+
+
+def test_sketch_to_tol_and_sampled_start_quick_run():
+    """bench/sketch_to_tol.py --quick (dense and CSR) reaches tol with every strategy and says how the start
+    was fitted; bench/sampled_start.py --quick compares the sampled and the exact start."""
+    for extra in ([], ["--nnz-per-row", "4"]):
+        out = run_script(["bench/sketch_to_tol.py", "--quick", *extra]).stdout
+        assert out.count("converged True") == 3 and out.count("iteration 0:") == 3, out
+    out = run_script(["bench/sampled_start.py", "--quick"]).stdout
+    assert "sampled start against exact start: " in out and "!" not in out and "E" not in out.split("\n")[0], out

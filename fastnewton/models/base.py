@@ -175,9 +175,11 @@ class Model:
         ``NewtonRequest``, is sent its ``SolveResult``, returns the final one. By default one loop,
         from ``auto_start``; ``solve_many`` runs the loops of many problems in lock-step."""
         timer = timer if timer is not None else PhaseTimer()
-        offer = getattr(build_system, "start_sample", None)
-        sample = offer(problem, options) if offer is not None else None
         with timer("start"):
+            # A sketched strategy offers a sampled fit (``fastnewton.hessian.SketchedSystems.start_sample``),
+            # only to models with ``samples_start``: others keep the one-argument call.
+            offer = getattr(build_system, "start_sample", None)
+            sample = offer(problem, options) if offer is not None else None
             if sample is None:
                 x0, description = yield from self.auto_start_rounds(problem)
             else:
