@@ -325,9 +325,11 @@ def start_seconds(problem, eps, sketch_size, rates=rates):
     """Predicted seconds of the default start's least-squares fit: {"exact": …, "sampled": …}.
 
     exact: the full sandwich, the pass Cᵀ[ω, ωt] and a Cholesky. sampled
-    (``fastnewton.start.sampled_normal_system``): the rows' reference factors (one pass, which the
-    sketched iterations then need not pay), one SYRK over s gathered rows of width d + 2 (at the
-    sampled sandwich's rate) and two Cholesky factorisations (the certificate, the solve). inf where
+    (``fastnewton.start.sampled_normal_system``): two passes (the fit's ω-mean μ = Cᵀω; the rows'
+    cᵢᵀD⁻²μ), one SYRK over s gathered rows of width d + 2 (at the sampled sandwich's rate) and two
+    Cholesky factorisations (the certificate, the solve). Neither counts the pass for the rows' reference
+    factors, which the sampled fit also reads: the sketched strategies pay it either way (their first
+    reference), so the two figures compare as they are. inf where
     the start cannot sample: a model whose start does not use the sample (``samples_start``), an
     evaluator that keeps no leverage reference (Dask) or one without C's rows at hand."""
     full_sandwich, one_pass, cholesky = _unit_seconds(problem, rates)
@@ -338,7 +340,7 @@ def start_seconds(problem, eps, sketch_size, rates=rates):
         return {"exact": exact, "sampled": math.inf}
     d = problem.matrix.d
     rows = min(problem.matrix.n, sketch_size or sample_size(d + 1, eps))
-    sampled = one_pass + rows * (d + 2) ** 2 / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA + 2 * cholesky
+    sampled = 2 * one_pass + rows * (d + 2) ** 2 / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA + 2 * cholesky
     return {"exact": exact, "sampled": sampled}
 
 
@@ -355,8 +357,8 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     triangular solves and a Cholesky, ~4/3 d³); in REFERENCE_REFRESHES_PER_ITERATION of the
     iterations also fresh scores (an OSNAP embedding, a QR of the 4d × d embedding, a C·Z pass)
     and a second draw. The first reference costs one pass. The start (``start_seconds``): the exact
-    fit, or from x0="auto" for sketch and pcg the sampled fit where cheaper (its pass is their first
-    reference), then two passes for the stopping test's references. Iteration counts: EXACT_ITERATIONS for
+    fit, or from x0="auto" for sketch and pcg the sampled fit where cheaper (either way they also pay
+    their first reference's pass), then two passes for the stopping test's references. Iteration counts: EXACT_ITERATIONS for
     exact, scaled by the measured ratios for
     sketch, pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products (two
     passes and a triangular solve pair each, plus CG_ITERATION_SECONDS) per step, lagged an exact iteration in every
@@ -410,7 +412,7 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     fit = start_seconds(problem, eps, sketch_size, rates)
     exact_start = fit["exact"] + 2 * one_pass
     sketched_start = (fit["sampled"] if default_start and fit["sampled"] < fit["exact"]
-                      else fit["exact"] + one_pass) + 2 * one_pass
+                      else fit["exact"]) + one_pass + 2 * one_pass
     start = {"exact": exact_start, "sketch": sketched_start, "pcg": sketched_start, "lagged": exact_start}
     return {name: start[name] + iterations[name] * (per_iteration[name] + PASSES_PER_ITERATION * one_pass)
             for name in per_iteration}

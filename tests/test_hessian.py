@@ -753,7 +753,8 @@ def test_solve_passes_its_start_to_auto(monkeypatch):
 
 def test_auto_prices_the_sampled_start_of_the_sketched_strategies():
     """From x0="auto", sketch and pcg fit the start on s = sample_size(d + 1, ε) rows: their start costs
-    one pass (the reference's row factors, their first reference anyway), a SYRK of s rows of width
+    the reference's row factors (their first reference anyway), two passes (the fit's mean, the rows'
+    distance to it), a SYRK of s rows of width
     d + 2 and two Cholesky factorisations instead of the full sandwich, a pass and a Cholesky. exact and
     lagged keep the exact fit; from zeros, on Dask (no kept reference) or for a model whose start does not
     sample (``samples_start``) nothing changes."""
@@ -765,7 +766,7 @@ def test_auto_prices_the_sampled_start_of_the_sketched_strategies():
     before, after = strategy_seconds(plain, 0.5, None, rates), strategy_seconds(sampling, 0.5, None, rates)
     sandwich, one_pass, cholesky = n * d * d / 2 / 1e9, n * d / 1e9, d**3 / 3 / 1e9
     s = sample_size(d + 1, 0.5)
-    saved = (sandwich + one_pass + cholesky + one_pass) - (one_pass + s * (d + 2) ** 2 / 2 / 1e9 + 2 * cholesky)
+    saved = (sandwich + one_pass + cholesky) - (2 * one_pass + s * (d + 2) ** 2 / 2 / 1e9 + 2 * cholesky)
     for name in ("sketch", "pcg"):
         assert before[name] - after[name] == pytest.approx(saved, rel=1e-9)
     for name in ("exact", "lagged"):
@@ -785,13 +786,13 @@ def test_sketched_strategies_offer_a_sampled_start_only_where_it_is_predicted_ch
                            callback=None, verbose=False)
     # n = 500 < s = 621: the "sample" would be every row, gathered, at more than the exact fit's cost.
     small = Problem(*make_problem(500, 10, dense=True, noise=0.1, seed=0)[:2])
-    large = Problem(*make_problem(20_000, 10, dense=True, noise=0.1, seed=0)[:2])
+    large = Problem(*make_problem(20_000, 30, dense=True, noise=0.1, seed=0)[:2])
     for problem in (small, large):
         seconds = hessian_module.start_seconds(problem, 0.5, None)
         assert (seconds["sampled"] < seconds["exact"]) == (problem is large)
     for builder in (hessian_module.SketchedSystems(), hessian_module.PreconditionerSystems()):
         assert builder.start_sample(small, options) is None
         sample = builder.start_sample(large, options)
-        assert sample.size == sample_size(11, 0.5)
+        assert sample.size == sample_size(large.d + 1, 0.5)
         # The sample's reference is the one the iterations of this problem then use.
         assert builder.reference(large, None) is sample.reference
