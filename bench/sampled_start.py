@@ -22,11 +22,11 @@ from _args import positive_int
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=positive_int, default=6)
-    parser.add_argument("--quick", action="store_true", help="one shape (dense n = 20,000, d = 10), 2 seeds")
+    parser.add_argument("--quick", action="store_true", help="one shape (dense n = 20,000, d = 30), 2 seeds")
     args = parser.parse_args(argv)
     shapes = [(fmt, n, d) for fmt in ("dense", 10, 40) for n, d in ((50_000, 50), (100_000, 100))]
     if args.quick:
-        shapes, args.seeds = [("dense", 20_000, 10)], 2
+        shapes, args.seeds = [("dense", 20_000, 30)], 2
     warnings.simplefilter("ignore", fastnewton.ConvergenceWarning)
     totals = {"equal": 0, "more": 0, "fewer": 0}
     for fmt, n, d in shapes:
