@@ -22,14 +22,16 @@ import numpy as np
 import fastnewton
 from fastnewton.problem import Problem
 
+from _args import positive_int
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=300_000)
-    parser.add_argument("--d", type=int, default=256)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--n", type=positive_int, default=300_000)
+    parser.add_argument("--d", type=positive_int, default=256)
+    parser.add_argument("--repeat", type=positive_int, default=2)
     parser.add_argument("--strategies", nargs="+", default=["exact", "sketch", "pcg"])
-    parser.add_argument("--nnz-per-row", type=int, default=None,
+    parser.add_argument("--nnz-per-row", type=positive_int, default=None,
                         help="CSR C with this many entries per row (default: dense C)")
     parser.add_argument("--quick", action="store_true", help="n = 5000, d = 16")
     args = parser.parse_args(argv)

@@ -336,7 +336,7 @@ def start_seconds(problem, eps, sketch_size, rates=rates):
     exact = full_sandwich + one_pass + cholesky
     model = getattr(problem, "row_model", None)
     if (not getattr(model, "samples_start", False) or not getattr(problem, "reuses_leverage_scores", True)
-            or getattr(problem, "block", None) is None):
+            or getattr(problem, "block", None) is None or problem.matrix.format != "dense"):
         return {"exact": exact, "sampled": math.inf}
     d = problem.matrix.d
     rows = min(problem.matrix.n, sketch_size or sample_size(d + 1, eps))

@@ -81,15 +81,17 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
     q = targets.shape[1]
     starts = _as_starts(x0, inputs.d, q)
     n_threads = as_thread_count(n_threads)
-    build_system, options = solve_options(inputs, hessian, eps, sketch_size, tol, max_iter, seed, callback,
-                                          False, default_start=is_default_start(x0))
-    options = replace(options, warn_at_max_iter=False)
     # One transposed copy: each column a contiguous row (64 strided column reads of an n × 64 B cost
     # 64 sweeps over B: ~90 ms at n = 10⁵, against ~15 ms for the copy).
     columns = np.ascontiguousarray(targets.T)
     problems = [inputs.with_target(columns[j], f"B[:, {j}]") if finite[j] else None for j in range(q)]
     del columns
     solvable = [j for j in range(q) if problems[j] is not None]
+    # The strategy is chosen on a problem with its target, as solve chooses it (``auto`` prices the
+    # start by the model the target builds).
+    build_system, options = solve_options(problems[solvable[0]] if solvable else inputs, hessian, eps, sketch_size,
+                                          tol, max_iter, seed, callback, False, default_start=is_default_start(x0))
+    options = replace(options, warn_at_max_iter=False)
     k = problems[solvable[0]].row_model.k if solvable else 0
     check_iteration_fits(inputs.n, inputs.d, k)
     for j in solvable:

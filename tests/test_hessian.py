@@ -796,3 +796,10 @@ def test_sketched_strategies_offer_a_sampled_start_only_where_it_is_predicted_ch
         assert sample.size == sample_size(large.d + 1, 0.5)
         # The sample's reference is the one the iterations of this problem then use.
         assert builder.reference(large, None) is sample.reference
+
+
+def test_csr_starts_are_not_sampled():
+    # On CSR the sampled fit measured no gain and, priced cheaper, sent auto to a slower sketch.
+    C, b = make_problem(100_000, 64, nnz_per_row=10, noise=0.1, seed=0)[:2]
+    seconds = hessian_module.start_seconds(Problem(C, b), 0.5, None)
+    assert seconds["sampled"] == np.inf and np.isfinite(seconds["exact"])

@@ -168,6 +168,22 @@ def test_seed_fixes_the_sketched_strategies(hessian):
     assert_same_as_solve(first, C, B, "softmax", hessian=hessian, seed=7, x0="zeros")
 
 
+def test_auto_prices_each_column_as_solve_prices_it(monkeypatch):
+    # auto prices the sketched strategies with their sampled start (dense C, softmax), which needs the
+    # model a target builds; solve_many once priced C without a target, so on a large dense C its pick
+    # could differ from solve's on the same column (and then its answers too).
+    from fastnewton.hessian import start_seconds
+    C, B, _ = case("softmax", True, n=20_000, d=30, q=2, seed=4)
+    priced = []
+    original = many_targets.solve_options
+    monkeypatch.setattr(many_targets, "solve_options",
+                        lambda problem, *args, **kwargs: priced.append(problem) or original(problem, *args, **kwargs))
+    quietly(solve_many, C, B, max_iter=1)
+    single = start_seconds(fastnewton.Problem(C, B[:, 0]), 0.5, None)
+    assert single["sampled"] < single["exact"]
+    assert start_seconds(priced[0], 0.5, None) == single
+
+
 def test_starts_as_one_vector_or_one_per_column():
     C, B, _ = case("softmax", True, q=3)
     d = C.shape[1]
