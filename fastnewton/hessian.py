@@ -329,9 +329,11 @@ def start_seconds(problem, eps, sketch_size, rates=rates):
     cᵢᵀD⁻²μ), one SYRK over s gathered rows of width d + 2 (at the sampled sandwich's rate) and two
     Cholesky factorisations (the certificate, the solve). Neither counts the pass for the rows' reference
     factors, which the sampled fit also reads: the sketched strategies pay it either way (their first
-    reference), so the two figures compare as they are. inf where
-    the start cannot sample: a model whose start does not use the sample (``samples_start``), an
-    evaluator that keeps no leverage reference (Dask) or one without C's rows at hand."""
+    reference), so the two figures compare as they are. inf where the start cannot or should not
+    sample: a model whose start does not use the sample (``samples_start``), an evaluator that keeps
+    no leverage reference (Dask) or one without C's rows at hand, and CSR C, where the sampled fit
+    measured no gain (10⁶×200, 10 per row: sketch 0.66 → 0.70 s) and, priced cheaper, sent auto to a
+    slower sketch (10⁵×64: 7 sketched iterations against 3 exact)."""
     full_sandwich, one_pass, cholesky = _unit_seconds(problem, rates)
     exact = full_sandwich + one_pass + cholesky
     model = getattr(problem, "row_model", None)
