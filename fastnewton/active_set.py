@@ -84,7 +84,7 @@ def one_sided_gain_ratio(system, g, J, y, s, actual, noise):
     Js = J.T @ s
     g_hat = g - J[:, in_system] @ y[in_system]
     curvature = dot(s, system.matrix @ s) - dot(Js[in_system], Js[in_system])
-    kinks = 0.5 * dot(np.maximum(y + Js, 0.0), np.maximum(y + Js, 0.0)) - 0.5 * dot(np.maximum(y, 0.0),
-                                                                                     np.maximum(y, 0.0))
+    after, before = np.maximum(y + Js, 0.0), np.maximum(y, 0.0)
+    kinks = 0.5 * dot(after, after) - 0.5 * dot(before, before)
     predicted = -(dot(g_hat, s) + 0.5 * curvature + kinks)
     return predicted_ratio(actual, predicted, noise)

@@ -208,9 +208,9 @@ def sampled_normal_system(problem, row_fit, parameters, sample):
     weights = weights / total
     reference = sample.reference
     row_factors = reference.row_factors(matrix)
-    inverse_squares = 1.0 / reference.column_scale**2
     mean = matrix.rmatmat(weights[:, None])[:, 0]
-    centred = row_factors - 2.0 * matrix.matvec(inverse_squares * mean) + float(np.dot(inverse_squares * mean, mean))
+    scaled_mean = (1.0 / reference.column_scale**2) * mean  # D⁻²μ
+    centred = row_factors - 2.0 * matrix.matvec(scaled_mean) + float(np.dot(scaled_mean, mean))
     # The expansion can round a row at the mean slightly below 0; a score only needs a constant factor.
     rows, pi = sample_rows(weights * (np.maximum(centred, 0.0) + 1.0 / n), sample.size, sample.rng)
     sample.kept = 0
