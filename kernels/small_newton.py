@@ -272,7 +272,7 @@ def _rounding_level(loss, target_norm, factor):
 @njit(cache=True)
 def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x):
     """x from the weighted least-squares fit of the models' ``auto_start`` (fastnewton.start):
-    softmax: weights bᵢ²/Σb² on rows with bᵢ > 0, target log bᵢ, on [C, 1]; relu_softmax: weight 1
+    softmax: weights pᵢ²/Σp² on rows with pᵢ = bᵢ/max b > 0, target log pᵢ, on [C, 1]; relu_softmax: weight 1
     on the active rows bᵢ > f(1 + rtol), target log(bᵢ/f), on C. Solved as ``solve_psd``: Jacobi
     scaled, Cholesky; False (x untouched) when a pivot is below NULL_SPACE_RTOL·scale (the
     singular case, whose null space and LP the caller handles)."""
@@ -281,14 +281,18 @@ def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x):
     weights = np.zeros(n)
     WT = np.zeros((n, 2))
     rtol = settings[S_ACTIVE_RTOL]
+    max_b = 0.0
+    for i in range(n):
+        max_b = max(max_b, b[i])
     for i in range(n):
         if relu:
             if b[i] > floor * (1.0 + rtol):
                 weights[i] = 1.0
                 WT[i, 1] = math.log(max(b[i], floor) / floor)
         elif b[i] > 0.0:
-            weights[i] = b[i] * b[i]
-            WT[i, 1] = weights[i] * math.log(b[i])
+            p = b[i] / max_b  # as the softmax start's targets: b²/Σb² must not underflow to 0/0
+            weights[i] = p * p
+            WT[i, 1] = weights[i] * math.log(p)
         WT[i, 0] = weights[i]
     A = np.empty((d, d))
     _sandwich(matrix, weights, A)

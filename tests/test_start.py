@@ -5,6 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
+import fastnewton
 from fastnewton import Problem, Status, make_problem, solve
 from fastnewton.start import starting_point
 
@@ -70,6 +71,28 @@ def test_softmax_start_is_the_b_squared_weighted_fit_and_beats_b_weights_on_nois
     # measured median ratio of gradient norms 0.15 (CSR) and 0.24 (dense) over these seeds; not on
     # every problem (one CSR seed: 2.6), so the median is what is asserted.
     assert np.median(ratios) < 0.5, ratios
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
+@pytest.mark.parametrize("scale", [1e-300, 1e300])
+@pytest.mark.filterwarnings("ignore:.*probability vector")
+def test_softmax_start_does_not_depend_on_the_scale_of_b(dense, scale):
+    # The fit's weights are (bᵢ/max b)²: for b ~ 1e-300, bᵢ² underflowed to 0 and the normalised
+    # system divided 0 by 0 (a ZeroDivisionError out of solve; hypothesis found it with n = d = 1).
+    # Scaling b changes log b by a constant that the intercept absorbs, so the start is the same x
+    # up to the fit's rounding (measured ~1e-15 relative; 1e-10 allows the system's conditioning).
+    C, b, _, _ = planted("softmax", dense, n=500, d=8, seed=3, noise=0.05)
+    x0, _ = starting_point(Problem(C, b), "auto")
+    x_scaled, _ = starting_point(Problem(C, b * scale), "auto")
+    assert np.linalg.norm(x_scaled - x0) <= 1e-10 * np.linalg.norm(x0)
+    batch = fastnewton.solve_many([(C, b * scale)], max_iter=0)
+    assert np.linalg.norm(batch.x[:, 0] - x0) <= 1e-10 * np.linalg.norm(x0)
+
+
+def test_softmax_start_on_a_one_by_one_problem_with_a_subnormal_target():
+    with pytest.warns(UserWarning, match="probability vector"):
+        res = solve(np.array([[1.2573e-4]]), np.array([1e-300]), row_weights=np.array([0.91]), max_iter=0)
+    assert np.all(np.isfinite(res.x))
 
 
 def test_softmax_start_without_positive_target_is_zeros():
@@ -285,7 +308,7 @@ def _sampled_fit(C, b, eps, seed):
 
     problem = Problem(C, b)
     sample = FitSample(LeverageReference(), sample_size(C.shape[1] + 1, eps), np.random.default_rng(seed))
-    return log_linear_fit(problem, _targets, squared=True, sample=sample), sample
+    return log_linear_fit(problem, _targets, problem.facts["max_b"], squared=True, sample=sample), sample
 
 
 @pytest.mark.parametrize("eps", [0.5, 0.2])

@@ -103,7 +103,7 @@ class Softmax(Model):
             return np.zeros(problem.d), "zeros (auto: b has no positive entry to fit log b to)"
         if self.relu:
             return _relu_start(problem, -facts["max_negated_min_positive_b"])
-        x0 = yield from log_linear_fit_rounds(problem, _targets, squared=True, sample=sample)
+        x0 = yield from log_linear_fit_rounds(problem, _targets, facts["max_b"], squared=True, sample=sample)
         description = "auto: b²-weighted least-squares fit of log b on [C, 1]"
         if sample is not None and sample.kept:
             description += f" (on {sample.kept} leverage-sampled rows of {problem.n})"
@@ -117,8 +117,10 @@ def softmax_gradient(summary, known):
             "S": np.array([[summary["gamma"], -1.0], [-1.0, 0.0]])}
 
 
-def _targets(block, parameters):
-    return block.b
+def _targets(block, max_b):
+    """b / max b: the fit's weights p² then cannot underflow to an all-zero system (b = 1e-300 made
+    Σ bᵢ² = 0); the common factor only shifts log p by a constant that the intercept absorbs."""
+    return block.b / max_b
 
 
 def _is_floor(block, floor):
