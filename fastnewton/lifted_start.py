@@ -26,6 +26,19 @@ its ReLU has zero derivative, so no Newton step can revive it. Three stages avoi
    tolerance proportional to its ridge (RIDGE_PATH_TOL), so that the stages follow the path x(λ)
    along the valley of an underdetermined problem; the last to ``tol`` (at most SURROGATE_MAX_ITER).
    λmax(H) by POWER_ITERATIONS Hessian-vector products at x₀ from the gradient (deterministic).
+   **Branch probe** (l2 > 0 only: with l2 = 0 every point of the valley floor is a minimiser, and which
+   branch the path takes does not change the answer). Inactive outputs (b_j = 0) keep their one-sided
+   terms ½ max(y_j, 0)², so the path x(λ) can have several branches: one on which a one-sided output
+   sits at its kink (y_j ≈ 0⁺, held there by the rest of the loss) and another on which it lies well
+   inside y_j < 0. Following the first until it vanishes and then walking to the second took 30 of 49
+   iterations on bench/valley.py's Gaussian-V seed 0. So after a ridge stage (not the first) at whose end
+   one-sided outputs sit at their kink (y_j > 0) that did not at the previous stage's end, a probe: the
+   same stage with those outputs' terms moved to ½ max(y_j + BRANCH_MARGIN·‖b‖∞, 0)²
+   (``SoftmaxRelu.with_kinks_moved``), from the stage's end, at most BRANCH_PROBE_MAX_ITER iterations.
+   Its end is kept when the stage's own loss is lower there than at the stage's end (a point below a
+   minimiser cannot descend back to it: it lies on another branch), else the stage's end is. Once per
+   solve: a probe that finds no lower branch costs its iterations (3–7 measured) and later stages'
+   kinks carry y_j ∝ λ, too small to tell a new branch from the old one.
 3. **Real loss**. Whether b is reachable is read off the continuation's end: a reachable b is fitted
    there almost exactly (surrogate misfit ≤ REACHABLE_MISFIT of the larger of its misfit at x₀ and
    the real loss at 0), a noisy one is not.
@@ -43,7 +56,8 @@ its ReLU has zero derivative, so no Newton step can revive it. Three stages avoi
 
 Every iteration of every stage counts in ``n_iter`` and appears in the history with its
 ``phase`` ("surrogate l2+0.3·λmax", …, "surrogate l2+0.0003·λmax", "surrogate", "real",
-"real restart from zeros", "real from zeros"); each record's ``loss`` is that phase's loss.
+"real restart from zeros", "real from zeros", and "branch probe l2+0.03·λmax" …); each record's
+``loss`` is that phase's loss.
 """
 import dataclasses
 import time
@@ -75,7 +89,7 @@ DUAL_RTOL = 1e-12
 # minimiser has ‖x‖ = 1.3 against ‖x₀‖ = 0.002 and an inactive output at its kink. bench/families_solve.py
 # --models softmax_relu: reachable 189 → 190 of 192, noisy best 36 → 37 of 48, median 22 → 24 iterations.
 # With the one-sided step of fastnewton.active_set (kinks of the inactive outputs kept in the step's model)
-# the same valley problems take 22–39 and 49 (sum 374).
+# the same valley problems take 22–39 and 49 (sum 374); with the branch probe (below) 22–39.
 RIDGE_FRACTIONS = (3e-1, 3e-2, 3e-3, 3e-4)
 # With l2 > 0 each ridge stage is solved to min(RIDGE_STAGE_TOL, RIDGE_PATH_TOL·fraction) relative
 # gradient. Along a valley ∇L is ~ the ridge's own λ‖x‖, so a fixed 1e-4·g_ref is met anywhere on the
@@ -83,6 +97,12 @@ RIDGE_FRACTIONS = (3e-1, 3e-2, 3e-3, 3e-4)
 # a tolerance proportional to the ridge makes each stage reach its own point of the path. With l2 = 0
 # every point of the valley floor is a minimiser, no walk is needed, and RIDGE_STAGE_TOL alone is used
 # (the proportional one cost 4 iterations, median, on bench/families_solve.py).
+# Branch probe (module docstring, l2 > 0): the moved kinks sit at y_j = −BRANCH_MARGIN·‖b‖∞. Measured on
+# bench/valley.py's Gaussian-V seed 0 (the lower branch has y_j = −0.38·‖b‖∞ on the kinked output): margins
+# 0.05, 0.1, 0.2, 0.3 all find it; 0.3 takes 13 probe iterations, 0.1 16; on three small valleys (n = 5000–
+# 20000) 0.1 cost the least. BRANCH_PROBE_MAX_ITER bounds the probe (the longest found branch took 20 at n = 5000).
+BRANCH_MARGIN = 0.1
+BRANCH_PROBE_MAX_ITER = 20
 RIDGE_STAGE_TOL = 1e-4
 RIDGE_PATH_TOL = 1e-3
 RIDGE_STAGE_MAX_ITER = 30
@@ -301,18 +321,28 @@ def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=N
     x = x0
     lam_max = largest_eigenvalue(surrogate(0.0), x0) if options.max_iter else 0.0
     res = None
+    kinked = None  # the one-sided outputs at their kink at the previous ridge stage's end (l2 > 0 only)
+    probed = False
     for fraction in RIDGE_FRACTIONS:
         budget = min(RIDGE_STAGE_MAX_ITER, stages.left())
         if budget <= 0:
             break
         stage_tol = min(RIDGE_STAGE_TOL, RIDGE_PATH_TOL * fraction) if problem.l2 > 0 else RIDGE_STAGE_TOL
-        res = yield from stages.run(surrogate(fraction * lam_max), x, f"surrogate l2+{fraction:g}·λmax",
-                         build_system, max(options.tol, stage_tol), budget)
+        stage = surrogate(fraction * lam_max)
+        phase = f"l2+{fraction:g}·λmax"
+        res = yield from stages.run(stage, x, f"surrogate {phase}", build_system, max(options.tol, stage_tol),
+                                    budget)
         x = res.x
         if stages.stopped:
             return stages.finish(res, x0, description)
         if res.get("at_kink"):
             break
+        if problem.l2 > 0 and not probed:
+            x, kinked, probe = yield from _branch_choice(stages, stage, surrogate_model, res, kinked, phase,
+                                                         build_system, max(options.tol, stage_tol))
+            probed = probe is not None
+            if stages.stopped:
+                return stages.finish(probe, x0, description)
     if res is not None and res.get("at_kink"):
         # The continuation stopped at a ReLU kink: only the real loss from there (no restart: the kink
         # is where the landscape puts the iterate, and every later phase would stop at it again).
@@ -325,6 +355,35 @@ def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=N
             _misfit(surrogate(0.0), x0), _misfit(problem, np.zeros_like(x))):
         return (yield from _reachable_stages(problem, stages, surrogate, x, build_system, options, finish))
     return (yield from _unreachable_stages(problem, stages, x, build_system, options, finish))
+
+
+def _kinked_outputs(stage, model, ev):
+    """The one-sided outputs (loss ½ max(y_j, 0)²) with y_j > 0 at ``ev``: those whose kink binds."""
+    y = stage.relu_inputs(ev)[1]
+    one_sided = model.one_sided_indices()
+    return frozenset(one_sided[y[one_sided] > 0.0].tolist())
+
+
+def _branch_choice(stages, stage, model, res, previous, phase, build_system, tol):
+    """The branch probe after a ridge stage (module docstring): (x to continue from, the kinked outputs there,
+    the probe's result or None). ``previous``: the kinked outputs at the previous stage's end (None after
+    the first stage, which only records them)."""
+    x = res.x
+    kinked = _kinked_outputs(stage, model, stage.evaluate(x))
+    arrived = sorted(kinked - previous) if previous is not None else []
+    budget = min(BRANCH_PROBE_MAX_ITER, stages.left())
+    if not arrived or budget <= 0:
+        return x, kinked, None
+    margin = BRANCH_MARGIN * float(np.max(np.abs(model.b)))
+    moved = stage.with_model(model.with_kinks_moved(arrived, margin), stage.l2)
+    probe = yield from stages.run(moved, x, f"branch probe {phase}", build_system, tol, budget)
+    if stages.stopped:
+        return x, kinked, probe
+    ev = stage.evaluate(probe.x)
+    # A point below the stage's minimiser on the stage's own loss cannot descend back to it: another branch.
+    if ev.loss < res.loss:
+        return probe.x, _kinked_outputs(stage, model, ev), probe
+    return x, kinked, probe
 
 
 def _reachable_stages(problem, stages, surrogate, x, build_system, options, finish):

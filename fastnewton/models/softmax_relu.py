@@ -84,10 +84,22 @@ class SoftmaxRelu(Model):
     def one_sided_outputs(self, known, P):
         """(∇y_j as the columns of a d × k array, y_j) for the outputs whose loss is ½ max(y_j, 0)² (b_j = 0,
         no offset), or None: see ``fastnewton.active_set``."""
-        one_sided = np.flatnonzero((self.b == 0.0) & (self.output_offset == 0.0))
+        one_sided = self.one_sided_indices()
         if one_sided.size == 0 or P is None:
             return None
         return P[:, 2 + one_sided], known["y"][one_sided]
+
+    def one_sided_indices(self):
+        """The outputs whose loss term is ½ max(y_j, 0)²: b_j = 0 and no offset."""
+        return np.flatnonzero((self.b == 0.0) & (self.output_offset == 0.0))
+
+    def with_kinks_moved(self, outputs, margin):
+        """This model with the one-sided terms ½ max(y_j, 0)² of ``outputs`` replaced by ½ max(y_j + margin, 0)²
+        (target −margin lifted by the offset margin: r_j = ReLU(y_j + margin) − 0), whose minimisers keep
+        y_j ≤ −margin unless the rest of the loss pulls y_j up (``fastnewton.lifted_start``'s branch probe)."""
+        b, offset = self.b.copy(), self.output_offset.copy()
+        b[outputs], offset[outputs] = -margin, margin
+        return SoftmaxRelu(b, offset)
 
     def auto_start(self, problem):
         return run_requests(self.auto_start_rounds(problem))
