@@ -483,3 +483,27 @@ def test_one_sided_steps_are_the_same_on_dask(client, monkeypatch):
     assert any(local) and refined == local
     assert res.status == reference.status and res.n_iter == reference.n_iter
     assert _relative(res.x, reference.x) <= AGREEMENT
+
+
+def test_branch_probe_is_the_same_on_dask(client):
+    """The ridge continuation's branch probe (fastnewton.lifted_start, l2 > 0) decides on the driver from y and
+    the stage's loss, through the evaluator's methods: Dask probes at the same stage, keeps the same branch, and
+    ends at the same x (a small copy of bench/valley.py's Gaussian-V problem on which the probe finds the lower
+    branch: tests/test_lifted_start.py::test_branch_probe_continues_from_the_lower_minimiser_of_the_stage)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "bench" / "valley.py"
+    spec = importlib.util.spec_from_file_location("bench_valley_dask", path)
+    valley = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(valley)
+    C, b, V = valley.valley_problem(5000, 100, 10, 16, 9, "gaussian")
+    C = C.toarray()
+    kw = dict(V=V, hessian="exact", l2=1e-8)
+    reference = fastnewton.solve(C, b, "softmax_relu", **kw)
+    res = fastnewton.dask.solve(_dask(C, 2500), b, "softmax_relu", client=client, **kw)
+    phases = [record["phase"] for record in reference.history[1:]]
+    assert "branch probe l2+0.03·λmax" in phases
+    assert [record["phase"] for record in res.history[1:]] == phases
+    assert res.status == reference.status and res.n_iter == reference.n_iter
+    assert _relative(res.x, reference.x) <= AGREEMENT

@@ -7,10 +7,12 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.optimize
 
 import fastnewton
 from fastnewton import Problem, solve
-from fastnewton.lifted_start import RIDGE_FRACTIONS, SIMPLEX_FLOOR, output_offsets, simplex_vector, simplex_weights
+from fastnewton.lifted_start import (RIDGE_FRACTIONS, SIMPLEX_FLOOR, largest_eigenvalue, output_offsets, simplex_vector,
+                                     simplex_weights)
 from fastnewton.models import SoftmaxRelu
 
 import naive
@@ -235,6 +237,95 @@ def test_unreachable_target_runs_the_real_loss_from_the_surrogate_end_and_from_z
     assert res.loss == min(seen["real"][0], seen["real from zeros"][0])
 
 
+# -- the branch probe of the ridge continuation (l2 > 0) ------------------------------------------------------
+# bench/valley.py's Gaussian-V problem at n = 5000, seed 9: at the end of the 3e-2·λmax stage one inactive output
+# (b_j = 0) has just reached its kink; the stage's loss has another, lower minimiser with that output well inside
+# y_j < 0, which the probe finds (measured: stage losses 6.785e-5 and 6.413e-5; the final loss 6.80e-9 without the
+# probe, 6.37e-9 with it, 35 iterations against 32). Seed 6 is a probe that finds no lower branch.
+BRANCH_CASE = dict(n=5000, kind="gaussian", seed=9)
+NO_BRANCH_CASE = dict(n=5000, kind="gaussian", seed=6)
+
+
+def _valley_solve(n, kind, seed, l2=1e-8):
+    """(solve's result, the last x of each phase, the problem's C, b, V) on a small copy of bench/valley.py."""
+    C, b, V = valley.valley_problem(n, 100, 10, 16, seed, kind)
+    last = {}
+    res = solve(C, b, "softmax_relu", V=V, l2=l2, callback=lambda info: last.__setitem__(info["phase"], info["x"]))
+    return res, last, (C, b, V)
+
+
+def _trust_exact(evaluator, x):
+    """scipy's trust-exact on ``evaluator``'s loss from x, with its derivatives."""
+    return scipy.optimize.minimize(evaluator.loss, x, jac=evaluator.grad, hess=evaluator.hessian,
+                                   method="trust-exact", options=dict(gtol=1e-12))
+
+
+def test_kinks_moved_model_is_the_one_sided_term_shifted_by_the_margin():
+    C, b, V = _dead_prone(seed=6)
+    b[[1, 2]] = 0.0
+    problem = Problem(C, b, "softmax_relu", V=V)
+    model = SoftmaxRelu(b, output_offsets(problem, b))
+    assert model.one_sided_indices().tolist() == [1, 2]
+    margin = 0.05
+    moved = problem.with_model(model.with_kinks_moved([2], margin), 0.0)
+    assert moved.row_model.one_sided_indices().tolist() == [1]  # the moved term is no longer ½ max(y, 0)²
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        x = rng.standard_normal(C.shape[1]) * 2
+        y = V.T @ naive.softmax(C @ x)
+        terms = np.where(b > 0, y - b, np.maximum(y, 0.0))
+        terms[2] = max(y[2] + margin, 0.0)
+        assert moved.loss(x) == pytest.approx(0.5 * np.sum(terms ** 2), rel=1e-12)
+
+
+def test_branch_probe_continues_from_the_lower_minimiser_of_the_stage():
+    res, last, (C, b, V) = _valley_solve(**BRANCH_CASE)
+    probe_phase = "branch probe l2+0.03·λmax"
+    phases = [record["phase"] for record in res.history[1:]]
+    assert probe_phase in phases and sum(p.startswith("branch probe") for p in phases) == phases.count(probe_phase)
+    assert res.converged and len(res.history) == res.n_iter + 1
+    stage_end, probe_end = last["surrogate l2+0.03·λmax"], last[probe_phase]
+    # The stage's own loss, rebuilt independently of the solve: its ridge from the same power iteration at x₀.
+    problem = Problem(C, b, "softmax_relu", V=V, l2=1e-8)
+    model = SoftmaxRelu(b, output_offsets(problem, b))
+    lam_max = largest_eigenvalue(problem.with_model(model, 1e-8), res.x0)
+    stage = problem.with_model(model, 1e-8 + 0.03 * lam_max)
+    # scipy from each point: both are (near) minimisers of the stage (scipy moves them by ≤ 1e-3 while they are
+    # ~1 apart: two branches), and the probe's is the lower. Measured moves 4e-6 and 9e-5.
+    from_stage, from_probe = _trust_exact(stage, stage_end), _trust_exact(stage, probe_end)
+    assert np.linalg.norm(from_stage.x - stage_end) <= 1e-3 and np.linalg.norm(from_probe.x - probe_end) <= 1e-3
+    assert np.linalg.norm(stage_end - probe_end) >= 0.1
+    assert from_probe.fun < from_stage.fun * (1 - 1e-3)
+    # The continuation from the lower branch ends lower on the real loss than the one without a probe, and scipy
+    # from each end confirms both are minimisers (it lowers neither beyond rounding: 1e-9 relative).
+    import fastnewton.lifted_start as lifted_start
+    try:
+        lifted_start.BRANCH_PROBE_MAX_ITER, kept = 0, lifted_start.BRANCH_PROBE_MAX_ITER
+        without = solve(C, b, "softmax_relu", V=V, l2=1e-8)
+    finally:
+        lifted_start.BRANCH_PROBE_MAX_ITER = kept
+    assert without.converged and not any(r["phase"].startswith("branch") for r in without.history[1:])
+    for end in (res, without):
+        assert _trust_exact(problem, end.x).fun >= end.loss * (1 - 1e-9)
+    assert res.loss < without.loss * (1 - 1e-2)
+
+
+def test_branch_probe_without_a_lower_branch_changes_only_the_count(monkeypatch):
+    res, last, _ = _valley_solve(**NO_BRANCH_CASE)
+    import fastnewton.lifted_start as lifted_start
+    monkeypatch.setattr(lifted_start, "BRANCH_PROBE_MAX_ITER", 0)
+    without, _, _ = _valley_solve(**NO_BRANCH_CASE)
+    probed = sum(record["phase"].startswith("branch probe") for record in res.history[1:])
+    assert probed > 0 and res.n_iter == without.n_iter + probed
+    assert np.array_equal(res.x, without.x)
+
+
+def test_no_branch_probe_without_l2():
+    """With l2 = 0 every point of the valley floor is a minimiser: which branch the path follows does not matter."""
+    res, _, _ = _valley_solve(**BRANCH_CASE, l2=0.0)
+    assert res.converged and not any(record["phase"].startswith("branch") for record in res.history[1:])
+
+
 # Small copies of bench/valley.py's underdetermined problems (d = 100, 10 nnz/row, m = 16 outputs, l2 = 1e-8: the
 # optimum is held only by l2), each with a long ridge-continuation walk: n = 20000 planted seed 10 walks a
 # distance of 1.0 along the curved valley floor at 3e-3·λmax (25 of its 46 iterations: the branch of stage
@@ -242,7 +333,10 @@ def test_unreachable_target_runs_the_real_loss_from_the_surrogate_end_and_from_z
 # planted seed 37 and Gaussian-V seed 6 take 50 and 40. The bound guards convergence along that path (no dead
 # output, no stop at a kink, no walk to max_iter); it is not the target of ≤ 40 iterations, which these miss
 # (the stage lists (1e-2, 1e-4) and (1e-1, …, 1e-4) take 35, 43, 34 and 35, 40, 27 here, but up to 100 on the
-# n = 10⁵ problems of bench/valley.py).
+# n = 10⁵ problems of bench/valley.py). With the branch probe they take 46, 50 and 46: the planted ones have no
+# inactive output (their two branches are not a kink's, so no probe runs), and Gaussian-V seed 6's probe finds no
+# lower branch (6 more iterations, same x: test_branch_probe_without_a_lower_branch_changes_only_the_count).
+# The largest, 50, plus 10% for rounding-level changes of the path, is the bound.
 VALLEY_MAX_ITER = 55
 
 
