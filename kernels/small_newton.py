@@ -314,7 +314,8 @@ def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x):
     n = b.shape[0]
     d = x.shape[0]
     weights = np.zeros(n)
-    WT = np.zeros((n, 2))
+    # A zero third column: Cᵀ[ω, ωt] then runs on the unrolled three-column pass (the same sums, the same bits).
+    WT = np.zeros((n, 3))
     rtol = settings[S_ACTIVE_RTOL]
     max_b = 0.0
     for i in range(n):
@@ -331,7 +332,7 @@ def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x):
         WT[i, 0] = weights[i]
     A = np.empty((d, d))
     _sandwich(matrix, weights, A)
-    G = np.empty((d, 2))
+    G = np.empty((d, 3))
     _rmatmat(matrix, WT, chunk_rows, G)
     size = d if relu else d + 1
     M = np.empty((size, size))
