@@ -109,38 +109,44 @@ class _Packed:
 
     def __init__(self, problems, starts):
         count = len(problems)
-        layout = np.zeros((count, kernel.LAYOUT_FIELDS), dtype=np.int64)
-        addresses = np.zeros((count, kernel.ADDRESS_FIELDS), dtype=np.int64)
-        parameters = np.zeros((count, kernel.PARAMETER_FIELDS))
+        # Rows collected as tuples and converted once: per-problem NumPy item assignments cost ~10 µs each.
+        layout_rows, address_rows, parameter_rows = [], [], []
         # The arrays ``addresses`` points into: kept alive (and unchanged) as long as this pack.
         self._held = []
         bs, ws, xs = [], [], []
         row = col = 0
-        for p, (problem, (start, x0, floor)) in enumerate(zip(problems, starts)):
+        for problem, (start, x0, floor) in zip(problems, starts):
             matrix = problem.matrix
             n, d = matrix.n, matrix.d
             csr = matrix.format == "csr" and matrix.nnz < DENSIFY_ROW_FRACTION * d * n
-            layout[p, [kernel.L_N, kernel.L_D, kernel.L_CSR, kernel.L_CHUNK, kernel.L_START, kernel.L_RELU,
-                       kernel.L_ROW, kernel.L_COL]] = (n, d, int(csr), chunk_rows(n), start,
-                                                       int(problem.row_model.relu), row, col)
+            fields = [0] * kernel.LAYOUT_FIELDS
+            for field, value in ((kernel.L_N, n), (kernel.L_D, d), (kernel.L_CSR, int(csr)),
+                                 (kernel.L_CHUNK, chunk_rows(n)), (kernel.L_START, start),
+                                 (kernel.L_RELU, int(problem.row_model.relu)), (kernel.L_ROW, row), (kernel.L_COL, col)):
+                fields[field] = value
+            layout_rows.append(fields)
             if csr:
-                arrays = {kernel.A_VALUES: np.ascontiguousarray(matrix.data, dtype=np.float64),
-                          kernel.A_INDPTR: np.ascontiguousarray(matrix.indptr, dtype=np.int64),
-                          kernel.A_INDICES: np.ascontiguousarray(matrix.indices, dtype=np.int64)}
+                arrays = ((kernel.A_VALUES, np.ascontiguousarray(matrix.data, dtype=np.float64)),
+                          (kernel.A_INDPTR, np.ascontiguousarray(matrix.indptr, dtype=np.int64)),
+                          (kernel.A_INDICES, np.ascontiguousarray(matrix.indices, dtype=np.int64)))
             else:
                 dense = matrix.array if matrix.format == "dense" else matrix.rows(np.arange(n))
-                arrays = {kernel.A_VALUES: np.ascontiguousarray(dense, dtype=np.float64)}
-            for field, array in arrays.items():
-                addresses[p, field] = array.ctypes.data
+                arrays = ((kernel.A_VALUES, np.ascontiguousarray(dense, dtype=np.float64)),)
+            where = [0] * kernel.ADDRESS_FIELDS
+            for field, array in arrays:
+                where[field] = array.ctypes.data
                 self._held.append(array)
+            address_rows.append(where)
             bs.append(problem.b)
             ws.append(problem.row_weights)
             xs.append(x0 if x0 is not None else np.zeros(d))
             row += n
             col += d
-            parameters[p] = (problem.l2, problem.target_norm(), floor)
+            parameter_rows.append((problem.l2, problem.target_norm(), floor))
 
-        self.layout, self.addresses, self.parameters = layout, addresses, parameters
+        self.layout = np.array(layout_rows, dtype=np.int64).reshape(count, kernel.LAYOUT_FIELDS)
+        self.addresses = np.array(address_rows, dtype=np.int64).reshape(count, kernel.ADDRESS_FIELDS)
+        self.parameters = np.array(parameter_rows, dtype=np.float64).reshape(count, kernel.PARAMETER_FIELDS)
         self.b, self.w, self.x = (np.concatenate(parts).astype(np.float64, copy=False) for parts in (bs, ws, xs))
         self.grad = np.zeros_like(self.x)
         self.fault_grad = np.zeros_like(self.x)

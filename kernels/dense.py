@@ -30,6 +30,22 @@ def chunk_rmatmat(A, Q, start, stop, acc, flat):
     """
     k, d = acc.shape
     acc[:] = 0.0
+    if k == 3:
+        # The model's three columns updated from one load of each row entry (288 × 48: 14 → 7 µs); each
+        # acc[t, j] still gets the rows' terms in row order, so the bits are the general loop's.
+        acc0, acc1, acc2 = acc[0], acc[1], acc[2]
+        for i in range(start, stop):
+            row = A[i]
+            q0, q1, q2 = Q[i, 0], Q[i, 1], Q[i, 2]
+            for j in range(d):
+                r = row[j]
+                acc0[j] += r * q0
+                acc1[j] += r * q1
+                acc2[j] += r * q2
+        for j in range(d):
+            for t in range(k):
+                flat[j * k + t] = acc[t, j]
+        return
     for i in range(start, stop):
         row = A[i]
         for t in range(k):

@@ -97,6 +97,19 @@ def test_dense_rmatmat_any_width(k):
     naive.assert_within_rounding(out, A.T @ Q, np.abs(A).T @ np.abs(Q), 2 * n)
 
 
+def test_dense_rmatmat_three_columns_have_the_general_loops_bits():
+    """k = 3 (the model's columns) runs its own loop; each column's sum keeps the general loop's
+    order, so the bits equal those of the same columns inside a k = 4 product."""
+    rng = np.random.default_rng(17)
+    n, d = 53, 11
+    A = rng.standard_normal((n, d))
+    Q = rng.standard_normal((n, 4))
+    three, four = np.empty((d, 3)), np.empty((d, 4))
+    dense_rmatmat(A, np.ascontiguousarray(Q[:, :3]), 7, three)
+    dense_rmatmat(A, Q, 7, four)
+    np.testing.assert_array_equal(three, four[:, :3])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_matrix_with_real_chunking(dtype):
     """DenseMatrix with n large enough that its own chunk_rows gives several chunks."""

@@ -1,0 +1,43 @@
+"""kernels/small_newton.py's one-thread linear algebra against kernels/dense.py and NumPy.
+
+The compiled loop must make solve's decisions, so its pass u = Cx must have dense_matvec's bits (every
+row summed in storage order; the kernel sums four rows side by side), and its Cholesky must agree with
+LAPACK's to rounding: ‖L − L_np‖ ≤ 64·d·eps·‖L_np‖ for the well-conditioned matrices here (the
+factor's backward error is O(d·eps); cond ≤ ~10 keeps the forward error within a small multiple).
+"""
+import numpy as np
+import pytest
+
+from fastnewton.kernels import small_newton as kernel
+from fastnewton.kernels.dense import dense_matvec
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 9, 64])
+def test_matvec_has_dense_matvecs_bits(n):
+    rng = np.random.default_rng(n)
+    A = rng.standard_normal((n, 13))
+    x = rng.standard_normal(13)
+    empty = np.empty(0, dtype=np.int64)
+    mine, reference = np.empty(n), np.empty(n)
+    kernel._matvec((A, empty, empty, np.empty(0), False), x, mine)
+    dense_matvec(A, x, reference)
+    np.testing.assert_array_equal(mine, reference)
+
+
+@pytest.mark.parametrize("d", [1, 2, 5, 8, 11])
+def test_cholesky_matches_numpy_and_fails_on_an_indefinite_matrix(d):
+    rng = np.random.default_rng(d)
+    X = rng.standard_normal((4 * d, d))
+    A = X.T @ X + d * np.eye(d)
+    L = np.zeros((d, d))
+    assert kernel._cholesky(A, 0.5, L)
+    expected = np.linalg.cholesky(A + 0.5 * np.eye(d))
+    eps = np.finfo(np.float64).eps
+    assert np.linalg.norm(np.tril(L) - expected) <= 64 * d * eps * np.linalg.norm(expected)
+    rhs = rng.standard_normal(d)
+    out = np.empty(d)
+    kernel._cholesky_solve(L, rhs, out)
+    np.testing.assert_allclose(out, np.linalg.solve(A + 0.5 * np.eye(d), rhs), rtol=1e-10, atol=1e-12)
+    indefinite = A.copy()
+    indefinite[d - 1, d - 1] = -1.0
+    assert not kernel._cholesky(indefinite, 0.0, L)
