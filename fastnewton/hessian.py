@@ -321,13 +321,37 @@ def _unit_seconds(problem, rates):
     return full_sandwich, one_pass, d**3 / 3 / rates.CHOLESKY_FMA
 
 
+def expected_sample_rows(problem, sizes):
+    """Rows a leverage-score sample of size s keeps, for each s in ``sizes``: Σᵢ min(1, s·ℓᵢ/Σℓ).
+
+    Poisson sampling (``fastnewton.sketching.sample_rows``) caps each row's probability at 1, so
+    where a few rows carry most of the scores the sample holds fewer than s rows (and never more
+    than n). The scores ℓᵢ = |βᵢ|·gᵢ are not known before the solve; ℓᵢ ∝ bᵢ² stands in (the
+    target b; row_weights' wᵢ are left out): near the fit the softmax curvature weights βᵢ scale like bᵢ², the row
+    factors gᵢ of i.i.d. rows are about equal, and the start's sample is drawn by the same b²
+    weights. Measured rows kept per sampled iteration against this estimate (noisy planted softmax,
+    x0="auto"): dense 10⁵×512 sketch 21.7k–22.0k of s = 52.5k (estimate 21.9k), dense 10⁵×32 sketch
+    1.8k–1.9k of 2.2k (2.0k), CSR 3·10⁴×1024 (200 per row) sketch 16.3k–16.7k of 113k (16.6k), CSR
+    10⁶×200 (10 per row) pcg 4.8k of 6.1k (4.3k). Without a target at hand (a stand-in, Dask) min(n, s)."""
+    n = problem.matrix.n
+    block = getattr(problem, "block", None)
+    b = getattr(block, "b", None)
+    if not isinstance(b, np.ndarray) or b.shape != (n,):
+        return [min(n, s) for s in sizes]
+    weights = b * b
+    total = float(weights.sum())
+    if not 0.0 < total < math.inf:
+        return [min(n, s) for s in sizes]
+    return [min(n, s, float(np.minimum(1.0, weights * (s / total)).sum())) for s in sizes]
+
+
 def start_seconds(problem, eps, sketch_size, rates=rates):
     """Predicted seconds of the default start's least-squares fit: {"exact": …, "sampled": …}.
 
     exact: the full sandwich, the pass Cᵀ[ω, ωt] and a Cholesky. sampled
     (``fastnewton.start.sampled_normal_system``): two passes (the fit's ω-mean μ = Cᵀω; the rows'
-    cᵢᵀD⁻²μ), one SYRK over s gathered rows of width d + 2 (at the sampled sandwich's rate) and two
-    Cholesky factorisations (the certificate, the solve). Neither counts the pass for the rows' reference
+    cᵢᵀD⁻²μ), the Poisson draw over the n rows, one SYRK over the ``expected_sample_rows`` of s
+    gathered rows of width d + 2 (at the sampled sandwich's rate) and two Cholesky factorisations (the certificate, the solve). Neither counts the pass for the rows' reference
     factors, which the sampled fit also reads: the sketched strategies pay it either way (their first
     reference), so the two figures compare as they are. inf where the start cannot or should not
     sample: a model whose start does not use the sample (``samples_start``), an evaluator that keeps
@@ -341,8 +365,9 @@ def start_seconds(problem, eps, sketch_size, rates=rates):
             or getattr(problem, "block", None) is None or problem.matrix.format != "dense"):
         return {"exact": exact, "sampled": math.inf}
     d = problem.matrix.d
-    rows = min(problem.matrix.n, sketch_size or sample_size(d + 1, eps))
-    sampled = 2 * one_pass + rows * (d + 2) ** 2 / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA + 2 * cholesky
+    rows, = expected_sample_rows(problem, [sketch_size or sample_size(d + 1, eps)])
+    sampled = (2 * one_pass + problem.matrix.n / rates.SAMPLING_ROWS
+               + rows * (d + 2) ** 2 / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA + 2 * cholesky)
     return {"exact": exact, "sampled": sampled}
 
 
@@ -352,24 +377,32 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     Work counts × measured rates (``fastnewton.rates``, written by bench/calibrate.py): a pass
     costs nnz entries, the exact sandwich d²/2 SYRK multiply-adds per dense row (every row of
     dense C, the long rows of CSR C) and nnzᵢ(nnzᵢ + 1)/2 pair updates per other row (at the rate
-    for width d; ``sandwich_work``), and every strategy a d × d Cholesky. A sketched iteration
-    (``fastnewton.sketching.LeverageReference``) samples s rows: on dense C one SYRK pair over them
-    (at the sampled rate: the rows are gathered) gives the signed and the |β| sums, on CSR C two
-    sampled sandwiches (s/n of the full one each); then the reference's certificate (two
-    triangular solves and a Cholesky, ~4/3 d³); in REFERENCE_REFRESHES_PER_ITERATION of the
-    iterations also fresh scores (an OSNAP embedding, a QR of the 4d × d embedding, a C·Z pass)
-    and a second draw. The first reference costs one pass. The start (``start_seconds``): the exact
-    fit, or from x0="auto" for sketch and pcg the sampled fit where cheaper (either way they also pay
-    their first reference's pass), then two passes for the stopping test's references. Iteration counts: EXACT_ITERATIONS for
-    exact, scaled by the measured ratios for
-    sketch, pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products (two
-    passes and a triangular solve pair each, plus CG_ITERATION_SECONDS) per step, lagged an exact iteration in every
-    LAGGED_STEPS + 1 and LAGGED_CG_ITERATIONS_PER_STEP of them on the others.
+    for width d; ``sandwich_work``), and every strategy a d × d Cholesky. Every iteration also pays
+    work per row beyond its passes (the model's row stages at the line search's trial and the new
+    point: ITERATION_ROWS per second) and a fixed 1/TINY_ITERATIONS seconds (its Python control and
+    small kernels); on short CSR rows (n = 10⁶, 5 per row) the row work costs more than the passes, so a
+    strategy that takes more iterations pays it each time. A sketched iteration
+    (``fastnewton.sketching.LeverageReference``) draws its sample over all n rows (scores |βᵢ|gᵢ and a
+    Poisson draw: SAMPLING_ROWS per second) and keeps ``expected_sample_rows`` of them (fewer than s
+    where a few rows carry most of the scores): on dense C one SYRK pair over them (at the sampled
+    rate: the rows are gathered) gives the signed and the |β| sums, on CSR C two sampled sandwiches
+    (their share of the full one each); then the reference's certificate (two triangular solves and
+    a Cholesky, ~4/3 d³); in REFERENCE_REFRESHES_PER_ITERATION of the iterations also fresh scores
+    (an OSNAP embedding, a QR of the 4d × d embedding, a C·Z pass) and a second draw. The first
+    reference costs one pass. The start (``start_seconds``): the exact fit, or from x0="auto" for
+    sketch and pcg the sampled fit where cheaper (either way they also pay their first reference's
+    pass), then two passes for the stopping test's references and the first evaluation (a pass
+    pair and its row work). Iteration counts: EXACT_ITERATIONS for exact, scaled by the measured
+    ratios for sketch, pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products
+    (two passes and a triangular solve pair each, plus CG_ITERATION_SECONDS) per step, lagged an
+    exact iteration in every LAGGED_STEPS + 1 and LAGGED_CG_ITERATIONS_PER_STEP of them on the others.
     """
     matrix = problem.matrix
     n, d, nnz = matrix.n, matrix.d, matrix.nnz
     dense = matrix.format == "dense"
     full_sandwich, one_pass, cholesky = _unit_seconds(problem, rates)
+    row_work = n / rates.ITERATION_ROWS
+    draw = n / rates.SAMPLING_ROWS
 
     def sandwich(rows):
         return full_sandwich * rows / n
@@ -377,12 +410,14 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
                     + EMBED_ROWS_PER_COLUMN * d * d * d / rates.QR_FMA
                     + nnz * JL_DIM / (rates.DENSE_MATMAT_FMA if dense else rates.CSR_MATMAT_FMA))
     certificate = 4 * cholesky
+    constants = (SAMPLE_CONSTANT, PRECONDITIONER_SAMPLE_CONSTANT)
+    kept = dict(zip(constants, expected_sample_rows(
+        problem, [sketch_size or sample_size(d, eps, constant) for constant in constants])))
 
     def sampled(constant):
-        rows = min(n, sketch_size or sample_size(d, eps, constant))
         if dense:
-            return rows * d * d / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA
-        return 2 * sandwich(rows)
+            return kept[constant] * d * d / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA
+        return 2 * sandwich(kept[constant])
 
     def sketched(constant):
         # Dask's blocks keep no leverage reference: fresh scores every iteration there.
@@ -392,7 +427,7 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
                    else rates.REFERENCE_REFRESHES_FROM_OTHER_STARTS)
         if not getattr(problem, "reuses_leverage_scores", True):
             refresh = 1.0
-        return (1 + refresh) * sampled(constant) + refresh * fresh_scores + certificate
+        return (1 + refresh) * (sampled(constant) + draw) + refresh * fresh_scores + certificate
 
     def cg(iterations):
         return iterations * (PASSES_PER_CG_ITERATION * one_pass + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
@@ -409,15 +444,17 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     per_iteration["lagged"] = ((per_iteration["exact"] + LAGGED_STEPS * cg(rates.LAGGED_CG_ITERATIONS_PER_STEP))
                                / (LAGGED_STEPS + 1))
     iterations["lagged"] = rates.EXACT_ITERATIONS * rates.LAGGED_ITERATIONS_PER_EXACT
-    # The start's fit, then the stopping test's references (column norms, ∇L(0)). From x0="auto" the
-    # sketched strategies fit on a sample when that is cheaper, and its pass is their first reference.
+    # The start's fit, then the stopping test's references (column norms, ∇L(0)) and the first
+    # evaluation. From x0="auto" the sketched strategies fit on a sample when that is cheaper, and
+    # its pass is their first reference.
     fit = start_seconds(problem, eps, sketch_size, rates)
-    exact_start = fit["exact"] + 2 * one_pass
+    first_evaluation = 2 * one_pass + row_work
+    exact_start = fit["exact"] + 2 * one_pass + first_evaluation
     sketched_start = (fit["sampled"] if default_start and fit["sampled"] < fit["exact"]
-                      else fit["exact"]) + one_pass + 2 * one_pass
+                      else fit["exact"]) + one_pass + 2 * one_pass + first_evaluation
     start = {"exact": exact_start, "sketch": sketched_start, "pcg": sketched_start, "lagged": exact_start}
-    return {name: start[name] + iterations[name] * (per_iteration[name] + PASSES_PER_ITERATION * one_pass)
-            for name in per_iteration}
+    shared = PASSES_PER_ITERATION * one_pass + row_work + 1.0 / rates.TINY_ITERATIONS
+    return {name: start[name] + iterations[name] * (per_iteration[name] + shared) for name in per_iteration}
 
 
 def choose_strategy(problem, eps, sketch_size, default_start=True):

@@ -30,6 +30,13 @@ CSR_MATMAT_FMA = 6.96e+09
 # QR of the m × d embedding (multiply-adds m·d²) and Cholesky of d × d (d³/3) per second.
 QR_FMA = 3.9e+10
 CHOLESKY_FMA = 1.79e+10
+# Rows per second of an iteration's work per row beyond its passes (the model's row stages at the
+# line search's trial and at the new point, β), from exact solves of a short-row CSR problem, and
+# iterations per second of a tiny problem (an iteration's fixed cost: Python control, small kernels).
+ITERATION_ROWS = 1e8
+TINY_ITERATIONS = 1e4
+# Rows per second of a sketched iteration's draw (scores |βᵢ|gᵢ and the Poisson sample over every row).
+SAMPLING_ROWS = 2e8
 # Newton iterations of sketch and of pcg per exact Newton iteration, CG iterations per pcg step.
 EXACT_ITERATIONS = 3
 SKETCH_ITERATIONS_PER_EXACT = 2.17
