@@ -269,24 +269,29 @@ def test_cost_model_work_counts():
     rates = uniform_rates()
     n, d = 100_000, 100
     seconds = strategy_seconds(stand_in(n, d), 0.5, None, rates)
-    passes = 3 * n * d / 1e9
+    one_pass, row_work, fixed = n * d / 1e9, n / 1e9, 1 / 1e9
+    # Every iteration: three passes, the row work beyond them, the fixed cost.
+    shared = 3 * one_pass + row_work + fixed
     sandwich, cholesky = n * d * d / 2 / 1e9, d**3 / 3 / 1e9
-    start = sandwich + cholesky + passes
-    assert seconds["exact"] == pytest.approx(start + 5 * (sandwich + cholesky + passes), rel=1e-12)
+    # The exact fit (sandwich, pass, Cholesky), the stopping test's two passes, the first evaluation.
+    start = sandwich + cholesky + one_pass + 2 * one_pass + (2 * one_pass + row_work)
+    assert seconds["exact"] == pytest.approx(start + 5 * (sandwich + cholesky + shared), rel=1e-12)
     s = sample_size(d, 0.5)
-    # Every iteration refreshes (uniform_rates): fresh scores, two draws, the certificate (4/3 d³).
+    # Every iteration refreshes (uniform_rates): fresh scores, two draws over the n rows (a stand-in has no
+    # target: the sample keeps s rows), the certificate (4/3 d³).
     fresh_scores = (4 * n * d + 4 * d**3 + 16 * n * d) / 1e9
-    sampled, certificate, first_reference = s * d * d / 2 / 1e9, 4 * cholesky, n * d / 1e9
+    sampled, draw, certificate, first_reference = s * d * d / 2 / 1e9, n / 1e9, 4 * cholesky, one_pass
     assert seconds["sketch"] == pytest.approx(
-        start + first_reference + 10 * (fresh_scores + 2 * sampled + certificate + cholesky + passes), rel=1e-12)
+        start + first_reference + 10 * (fresh_scores + 2 * (sampled + draw) + certificate + cholesky + shared),
+        rel=1e-12)
     kept = strategy_seconds(stand_in(n, d), 0.5, None, uniform_rates(REFERENCE_REFRESHES_PER_ITERATION=0.0))
     assert kept["sketch"] == pytest.approx(
-        start + first_reference + 10 * (sampled + certificate + cholesky + passes), rel=1e-12)
+        start + first_reference + 10 * (sampled + draw + certificate + cholesky + shared), rel=1e-12)
     # lagged: 15 iterations, one in three exact, the others 3 CG iterations of two passes, two
     # triangular solves and the fixed cost of a CG iteration each.
     cg_step = 3 * ((2 * n * d + 2 * d * d) / 1e9 + CG_ITERATION_SECONDS)
     assert seconds["lagged"] == pytest.approx(
-        start + 15 * ((sandwich + cholesky + 2 * cg_step) / 3 + passes), rel=1e-12)
+        start + 15 * ((sandwich + cholesky + 2 * cg_step) / 3 + shared), rel=1e-12)
 
 
 def test_auto_picks_lagged_when_its_cg_steps_cost_less_than_a_sandwich():
@@ -766,7 +771,8 @@ def test_auto_prices_the_sampled_start_of_the_sketched_strategies():
     before, after = strategy_seconds(plain, 0.5, None, rates), strategy_seconds(sampling, 0.5, None, rates)
     sandwich, one_pass, cholesky = n * d * d / 2 / 1e9, n * d / 1e9, d**3 / 3 / 1e9
     s = sample_size(d + 1, 0.5)
-    saved = (sandwich + one_pass + cholesky) - (2 * one_pass + s * (d + 2) ** 2 / 2 / 1e9 + 2 * cholesky)
+    draw = n / 1e9  # the Poisson draw over the n rows
+    saved = (sandwich + one_pass + cholesky) - (2 * one_pass + draw + s * (d + 2) ** 2 / 2 / 1e9 + 2 * cholesky)
     for name in ("sketch", "pcg"):
         assert before[name] - after[name] == pytest.approx(saved, rel=1e-9)
     for name in ("exact", "lagged"):
@@ -784,9 +790,10 @@ def test_auto_prices_the_sampled_start_of_the_sketched_strategies():
 def test_sketched_strategies_offer_a_sampled_start_only_where_it_is_predicted_cheaper():
     options = SolveOptions(hessian="sketch", tol=1e-8, max_iter=10, eps=0.5, sketch_size=None, seed=0,
                            callback=None, verbose=False)
-    # n = 500 < s = 621: the "sample" would be every row, gathered, at more than the exact fit's cost.
+    # n = 500 < s = 621: the "sample" would hold most rows, gathered, at more than the exact fit's cost.
     small = Problem(*make_problem(500, 10, dense=True, noise=0.1, seed=0)[:2])
-    large = Problem(*make_problem(20_000, 30, dense=True, noise=0.1, seed=0)[:2])
+    # d = 128: the SYRK of the sample saves more than its passes and its draw over the rows cost.
+    large = Problem(*make_problem(20_000, 128, dense=True, noise=0.1, seed=0)[:2])
     for problem in (small, large):
         seconds = hessian_module.start_seconds(problem, 0.5, None)
         assert (seconds["sampled"] < seconds["exact"]) == (problem is large)
