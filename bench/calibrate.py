@@ -12,8 +12,8 @@ factorisations, a sketched iteration's draw over the rows) at sizes where they r
 an iteration's row work beyond its passes from the phase timers of exact solves of a short-row
 CSR problem (n = 10⁶, 3 per row) and its fixed cost from a tiny one; and the iteration ratios (and
 the leverage references refused per sketched iteration) from solving planted noisy softmax
-problems (one dense, one CSR with long rows, one with short rows) from ``x0="auto"`` to tol = 1e-8
-with each strategy.
+problems (dense at d = 64 and 256, CSR with long rows and with short rows) from ``x0="auto"`` to
+tol = 1e-8 with each strategy.
 """
 import argparse
 import pathlib
@@ -173,8 +173,10 @@ def measure(quick, seed=0):
         lambda: matrix.sandwich(beta), 2)
     rates.update(factorisation_rates(128 if quick else 512, rng))
     rates.update(row_rates(rates, quick, rng, seed))
-    # Dense, CSR with long rows and CSR with short rows (where the sketch's reference is refused more).
+    # Dense narrow and wide (where lagged's CG steps take more iterations and the sketch's fewer), CSR with
+    # long rows and CSR with short rows (where the sketch's reference is refused more).
     problems = [fastnewton.make_problem(30_000 // scale, 64, dense=True, noise=0.1, seed=seed)[:2],
+                fastnewton.make_problem(60_000 // scale, 256, dense=True, noise=0.1, seed=seed)[:2],
                 fastnewton.make_problem(100_000 // scale, 128, nnz_per_row=40, noise=0.1, seed=seed)[:2],
                 fastnewton.make_problem(300_000 // scale, 64, nnz_per_row=5, noise=0.1, seed=seed)[:2]]
     rates.update(iteration_ratios(problems))

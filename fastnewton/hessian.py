@@ -25,7 +25,7 @@ import scipy.linalg
 
 from . import rates
 from .matrix import estimated_sandwich_work
-from .newton import column_scale
+from .newton import REFRESH_EVERY, column_scale
 from .reductions import dot, norm
 from .start import FitSample
 from .sketching import (
@@ -280,9 +280,10 @@ class LaggedSystems:
 BUILDERS = {"exact": exact_system, "sketch": SketchedSystems, "pcg": PreconditionerSystems, "lagged": LaggedSystems}
 
 
-# Passes over C per Newton iteration shared by every strategy (forward, fused gradient, line
-# search C·Δx), and per CG iteration of pcg (Hessian-vector product: C·p and Cᵀ(·)).
-PASSES_PER_ITERATION = 3
+# Passes over C per Newton iteration shared by every strategy (the line search's C·p, the fused
+# gradient pass, and a forward pass u = Cx once in REFRESH_EVERY iterations: u is carried along the
+# line in between), and per CG iteration of pcg (Hessian-vector product: C·p and Cᵀ(·)).
+PASSES_PER_ITERATION = 2 + 1 / REFRESH_EVERY
 PASSES_PER_CG_ITERATION = 2
 # A CG iteration's fixed cost beyond its passes and triangular solves: its Python control, two kernel
 # launches and two SciPy triangular solves. Measured 85–104 µs per CG iteration (``lagged``, 2 threads,
@@ -338,10 +339,12 @@ def expected_sample_rows(problem, sizes):
     b = getattr(block, "b", None)
     if not isinstance(b, np.ndarray) or b.shape != (n,):
         return [min(n, s) for s in sizes]
-    weights = b * b
-    total = float(weights.sum())
-    if not 0.0 < total < math.inf:
+    largest = float(np.max(np.abs(b))) if n else 0.0
+    if not 0.0 < largest < math.inf:
         return [min(n, s) for s in sizes]
+    # (bᵢ/max|b|)²: b² itself underflows to 0 at b ~ 1e-300 and overflows at 1e300 (as the start's weights).
+    weights = np.square(b / largest)
+    total = float(weights.sum())
     return [min(n, s, float(np.minimum(1.0, weights * (s / total)).sum())) for s in sizes]
 
 

@@ -20,7 +20,7 @@ DENSE_SANDWICH_FMA = 3.32e+10
 CSR_SANDWICH_PAIRS = 2.45e+09
 CSR_SANDWICH_PAIRS_D1024 = 1.65e+09
 # OSNAP embedding: (stored entry, slot) updates per second.
-DENSE_EMBED_UPDATES = 3.32e+09
+DENSE_EMBED_UPDATES = 3.33e+09
 CSR_EMBED_UPDATES = 4.63e+08
 # Sampled dense sandwich (its signed and |β| sums, ``sandwich_rows_and_absolute``): s·d²/2 per second.
 DENSE_SAMPLED_SANDWICH_FMA = 2.53e+10
@@ -33,18 +33,18 @@ CHOLESKY_FMA = 1.81e+10
 # Rows per second of an iteration's work per row beyond its passes (the model's row stages at the
 # line search's trial and at the new point, β), from exact solves of a short-row CSR problem, and
 # iterations per second of a tiny problem (an iteration's fixed cost: Python control, small kernels).
-ITERATION_ROWS = 1.04e+08
+ITERATION_ROWS = 8.87e+07
 TINY_ITERATIONS = 3.42e+03
 # Rows per second of a sketched iteration's draw (scores |βᵢ|gᵢ and the Poisson sample over every row).
 SAMPLING_ROWS = 2.03e+08
-# Newton iterations of sketch and of pcg per exact Newton iteration, CG iterations per pcg step.
+# Newton iterations of exact, of sketch and of pcg per exact Newton iteration, CG iterations per pcg step.
 EXACT_ITERATIONS = 2.67
 SKETCH_ITERATIONS_PER_EXACT = 2.44
 PCG_ITERATIONS_PER_EXACT = 1.11
 CG_ITERATIONS_PER_STEP = 3.92
 # Leverage references refused (fresh scores drawn) per sketch / pcg iteration, from the default start
-# and from any other (zeros, a user's x0: β moves far in the first iterations). Measured on the demo's
-# problem (CSR 10⁶ × 200, 10 per row) from zeros: 6 refreshes in 17 sketch iterations.
+# and from any other (zeros, a user's x0: β moves far in the first iterations); the iteration figures
+# are means over calibrate.py's four problems (dense at d = 64 and 256, CSR with long and with short rows).
 REFERENCE_REFRESHES_PER_ITERATION = 0.0714
 REFERENCE_REFRESHES_FROM_OTHER_STARTS = 0.179
 # Newton iterations of lagged per exact Newton iteration, CG iterations per lagged step.
