@@ -24,6 +24,7 @@ import numpy as np
 import scipy.linalg
 
 from . import rates
+from .kernels.sketch import expected_poisson_sizes
 from .matrix import estimated_sandwich_work
 from .newton import REFRESH_EVERY, column_scale
 from .reductions import dot, norm
@@ -328,24 +329,24 @@ def expected_sample_rows(problem, sizes):
     Poisson sampling (``fastnewton.sketching.sample_rows``) caps each row's probability at 1, so
     where a few rows carry most of the scores the sample holds fewer than s rows (and never more
     than n). The scores ℓᵢ = |βᵢ|·gᵢ are not known before the solve; ℓᵢ ∝ bᵢ² stands in (the
-    target b; row_weights' wᵢ are left out): near the fit the softmax curvature weights βᵢ scale like bᵢ², the row
-    factors gᵢ of i.i.d. rows are about equal, and the start's sample is drawn by the same b²
-    weights. Measured rows kept per sampled iteration against this estimate (noisy planted softmax,
+    target b; row_weights' wᵢ are left out): near the fit the softmax curvature weights βᵢ scale
+    like bᵢ², the row factors gᵢ of i.i.d. rows are about equal, and the start's sample is drawn by
+    the same b² weights (``kernels/sketch.py``: two serial reads of b, ~2 ms at n = 10⁶). Measured rows kept per sampled iteration against this estimate (noisy planted softmax,
     x0="auto"): dense 10⁵×512 sketch 21.7k–22.0k of s = 52.5k (estimate 21.9k), dense 10⁵×32 sketch
     1.8k–1.9k of 2.2k (2.0k), CSR 3·10⁴×1024 (200 per row) sketch 16.3k–16.7k of 113k (16.6k), CSR
     10⁶×200 (10 per row) pcg 4.8k of 6.1k (4.3k). Without a target at hand (a stand-in, Dask) min(n, s)."""
     n = problem.matrix.n
-    block = getattr(problem, "block", None)
-    b = getattr(block, "b", None)
-    if not isinstance(b, np.ndarray) or b.shape != (n,):
+    b = getattr(getattr(problem, "block", None), "b", None)
+    if not isinstance(b, np.ndarray) or b.shape != (n,) or b.dtype != np.float64:
         return [min(n, s) for s in sizes]
-    largest = float(np.max(np.abs(b))) if n else 0.0
+    largest = max(float(b.max()), -float(b.min())) if n else 0.0
     if not 0.0 < largest < math.inf:
         return [min(n, s) for s in sizes]
-    # (bᵢ/max|b|)²: b² itself underflows to 0 at b ~ 1e-300 and overflows at 1e300 (as the start's weights).
-    weights = np.square(b / largest)
-    total = float(weights.sum())
-    return [min(n, s, float(np.minimum(1.0, weights * (s / total)).sum())) for s in sizes]
+    if not 1e-100 < largest < 1e100:
+        b = b / largest  # b² would under- or overflow (b ~ 1e±300): the same sums on b/max|b|
+    kept = np.empty(len(sizes))
+    expected_poisson_sizes(b, np.asarray(sizes, dtype=np.float64), kept)
+    return [min(n, s, float(k)) for s, k in zip(sizes, kept)]
 
 
 def start_seconds(problem, eps, sketch_size, rates=rates):

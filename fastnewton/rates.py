@@ -38,15 +38,15 @@ TINY_ITERATIONS = 3.42e+03
 # Rows per second of a sketched iteration's draw (scores |βᵢ|gᵢ and the Poisson sample over every row).
 SAMPLING_ROWS = 2.03e+08
 # Newton iterations of exact, of sketch and of pcg per exact Newton iteration, CG iterations per pcg step.
-EXACT_ITERATIONS = 2.67
-SKETCH_ITERATIONS_PER_EXACT = 2.44
-PCG_ITERATIONS_PER_EXACT = 1.11
-CG_ITERATIONS_PER_STEP = 3.92
+EXACT_ITERATIONS = 2.75
+SKETCH_ITERATIONS_PER_EXACT = 2.25
+PCG_ITERATIONS_PER_EXACT = 1.08
+CG_ITERATIONS_PER_STEP = 4.02
 # Leverage references refused (fresh scores drawn) per sketch / pcg iteration, from the default start
 # and from any other (zeros, a user's x0: β moves far in the first iterations); the iteration figures
 # are means over calibrate.py's four problems (dense at d = 64 and 256, CSR with long and with short rows).
-REFERENCE_REFRESHES_PER_ITERATION = 0.0714
-REFERENCE_REFRESHES_FROM_OTHER_STARTS = 0.179
+REFERENCE_REFRESHES_PER_ITERATION = 0.0556
+REFERENCE_REFRESHES_FROM_OTHER_STARTS = 0.143
 # Newton iterations of lagged per exact Newton iteration, CG iterations per lagged step.
 LAGGED_ITERATIONS_PER_EXACT = 1
-LAGGED_CG_ITERATIONS_PER_STEP = 2
+LAGGED_CG_ITERATIONS_PER_STEP = 2.25
