@@ -163,6 +163,13 @@ def measure(quick, seed=0):
     matrix = Problem(C, np.full(csr_n, 1.0 / csr_n)).matrix
     pairs = float(np.sum(np.diff(C.indptr) * (np.diff(C.indptr) + 1) / 2))
     rates.update(matrix_rates("CSR", matrix, rng, pairs))
+    # The dense sandwich again at d = 32, where a SYRK does few multiply-adds per entry it reads.
+    narrow_n, narrow_d = 400_000 // scale, 32
+    C, _, _ = fastnewton.make_problem(narrow_n, narrow_d, dense=True, seed=seed)
+    matrix = Problem(C, np.full(narrow_n, 1.0 / narrow_n)).matrix
+    beta = rng.standard_normal(narrow_n)
+    rates["DENSE_SANDWICH_FMA_D32"] = narrow_n * narrow_d**2 / 2 / best_seconds(lambda: matrix.sandwich(beta))
+    del C, matrix
     # The CSR sandwich again at d = 1024, where its d × d partial no longer fits in cache.
     wide_n, wide_d, wide_per_row = 40_000 // scale, 1024, 100
     C, _, _ = fastnewton.make_problem(wide_n, wide_d, nnz_per_row=wide_per_row, seed=seed)

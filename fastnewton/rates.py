@@ -11,29 +11,31 @@ to tol = 1e-8.
 MACHINE = 'x86_64, 2 cores'
 
 # Stored entries of C read per second by one pass (u = Cx, or the fused Cᵀ[q, U]).
-DENSE_PASS_ENTRIES = 3.45e+09
-CSR_PASS_ENTRIES = 2.76e+09
-# Dense sandwich (SYRK): multiply-adds n·d²/2 per second.
+DENSE_PASS_ENTRIES = 3.49e+09
+CSR_PASS_ENTRIES = 2.83e+09
+# Dense sandwich (SYRK): multiply-adds n·d²/2 per second at d = 256 and at d = 32 (few multiply-adds
+# per entry read: slower); log-log in d between.
 DENSE_SANDWICH_FMA = 3.32e+10
+DENSE_SANDWICH_FMA_D32 = 1.21e+10
 # CSR sandwich: pair updates Σᵢ nnzᵢ(nnzᵢ + 1)/2 per second at d = 256 and at d = 1024 (the
 # updates scatter into a d × d partial: slower once it leaves the cache); log-log in d between.
 CSR_SANDWICH_PAIRS = 2.45e+09
 CSR_SANDWICH_PAIRS_D1024 = 1.65e+09
 # OSNAP embedding: (stored entry, slot) updates per second.
 DENSE_EMBED_UPDATES = 3.33e+09
-CSR_EMBED_UPDATES = 4.63e+08
+CSR_EMBED_UPDATES = 4.68e+08
 # Sampled dense sandwich (its signed and |β| sums, ``sandwich_rows_and_absolute``): s·d²/2 per second.
 DENSE_SAMPLED_SANDWICH_FMA = 2.53e+10
 # C Z for the JL directions: (stored entry, column) multiply-adds per second.
 DENSE_MATMAT_FMA = 1.65e+10
-CSR_MATMAT_FMA = 7.07e+09
+CSR_MATMAT_FMA = 7.08e+09
 # QR of the m × d embedding (multiply-adds m·d²) and Cholesky of d × d (d³/3) per second.
 QR_FMA = 4.09e+10
 CHOLESKY_FMA = 1.81e+10
 # Rows per second of an iteration's work per row beyond its passes (the model's row stages at the
 # line search's trial and at the new point, β), from exact solves of a short-row CSR problem, and
 # iterations per second of a tiny problem (an iteration's fixed cost: Python control, small kernels).
-ITERATION_ROWS = 8.87e+07
+ITERATION_ROWS = 9.35e+07
 TINY_ITERATIONS = 3.42e+03
 # Rows per second of a sketched iteration's draw (scores |βᵢ|gᵢ and the Poisson sample over every row).
 SAMPLING_ROWS = 2.03e+08

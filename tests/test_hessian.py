@@ -628,6 +628,24 @@ def test_csr_sandwich_rate_interpolates_in_d():
     assert hessian_module.csr_sandwich_rate(4096, rates) == pytest.approx(1e8)
 
 
+def test_dense_sandwich_rate_interpolates_in_d_and_prices_narrow_sandwiches_slower():
+    """Measured at d = 32 and 256, log-log between; a slower narrow SYRK makes exact's sandwich at d = 32
+    cost more, and lagged (a sandwich in three iterations) gains on it."""
+    rates = types.SimpleNamespace(DENSE_SANDWICH_FMA=8e9, DENSE_SANDWICH_FMA_D32=1e9)
+    assert hessian_module.dense_sandwich_rate(16, rates) == 1e9
+    assert hessian_module.dense_sandwich_rate(32, rates) == pytest.approx(1e9)
+    assert hessian_module.dense_sandwich_rate(64, rates) == pytest.approx(2e9)
+    assert hessian_module.dense_sandwich_rate(1024, rates) == pytest.approx(8e9)
+    narrow = stand_in(10**6, 32)
+    fast = strategy_seconds(narrow, 0.5, None, uniform_rates(LAGGED_ITERATIONS_PER_EXACT=1.0))
+    slow = strategy_seconds(narrow, 0.5, None, uniform_rates(LAGGED_ITERATIONS_PER_EXACT=1.0,
+                                                             DENSE_SANDWICH_FMA_D32=1e8))
+    # 5 iterations + the start's fit: 6 sandwiches for exact, 5/3 + 1 for lagged, of n·d²/2 multiply-adds.
+    sandwich = 10**6 * 32 * 32 / 2 * (1 / 1e8 - 1 / 1e9)
+    assert slow["exact"] - fast["exact"] == pytest.approx(6 * sandwich)
+    assert slow["lagged"] - fast["lagged"] == pytest.approx((5 / 3 + 1) * sandwich)
+
+
 # ---------------------------------------------------------------------------------------------
 # lagged: CG on the exact Hessian, preconditioned by the last exact iteration's factor
 # ---------------------------------------------------------------------------------------------
@@ -831,9 +849,11 @@ def test_auto_prices_the_row_work_of_every_iteration_and_the_draw_of_every_sketc
 
 
 # The rates this machine measured (bench/calibrate.py --write, then --write --merge five times) when
-# the row terms were added, as fixed figures: the test below must not move with a re-calibration.
+# the row terms were added (the narrow dense SYRK's rate a little later), as fixed figures: the test
+# below must not move with a re-calibration.
 MEASURED_RATES = dict(
-    DENSE_PASS_ENTRIES=3.45e9, CSR_PASS_ENTRIES=2.76e9, DENSE_SANDWICH_FMA=3.32e10, CSR_SANDWICH_PAIRS=2.45e9,
+    DENSE_PASS_ENTRIES=3.45e9, CSR_PASS_ENTRIES=2.76e9, DENSE_SANDWICH_FMA=3.32e10, DENSE_SANDWICH_FMA_D32=1.21e10,
+    CSR_SANDWICH_PAIRS=2.45e9,
     CSR_SANDWICH_PAIRS_D1024=1.65e9, DENSE_EMBED_UPDATES=3.32e9, CSR_EMBED_UPDATES=4.63e8,
     DENSE_SAMPLED_SANDWICH_FMA=2.53e10, DENSE_MATMAT_FMA=1.65e10, CSR_MATMAT_FMA=7.07e9, QR_FMA=4.09e10,
     CHOLESKY_FMA=1.81e10, ITERATION_ROWS=1.04e8, TINY_ITERATIONS=3.42e3, SAMPLING_ROWS=2.03e8,
