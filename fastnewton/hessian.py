@@ -346,7 +346,8 @@ def expected_sample_rows(problem, sizes):
     than n). The scores ℓᵢ = |βᵢ|·gᵢ are not known before the solve; ℓᵢ ∝ bᵢ² stands in (the
     target b; row_weights' wᵢ are left out): near the fit the softmax curvature weights βᵢ scale
     like bᵢ², the row factors gᵢ of i.i.d. rows are about equal, and the start's sample is drawn by
-    the same b² weights (``kernels/sketch.py``: two serial reads of b, ~2 ms at n = 10⁶). Measured rows kept per sampled iteration against this estimate (noisy planted softmax,
+    the same b² weights (``expected_poisson_sizes``: two serial reads of b, ~1.3 ms at n = 10⁶).
+    Measured rows kept per sampled iteration against this estimate (noisy planted softmax,
     x0="auto"): dense 10⁵×512 sketch 21.7k–22.0k of s = 52.5k (estimate 21.9k), dense 10⁵×32 sketch
     1.8k–1.9k of 2.2k (2.0k), CSR 3·10⁴×1024 (200 per row) sketch 16.3k–16.7k of 113k (16.6k), CSR
     10⁶×200 (10 per row) pcg 4.8k of 6.1k (4.3k). Without a target at hand (a stand-in, Dask) min(n, s)."""
@@ -370,9 +371,10 @@ def start_seconds(problem, eps, sketch_size, rates=rates):
     exact: the full sandwich, the pass Cᵀ[ω, ωt] and a Cholesky. sampled
     (``fastnewton.start.sampled_normal_system``): two passes (the fit's ω-mean μ = Cᵀω; the rows'
     cᵢᵀD⁻²μ), the Poisson draw over the n rows, one SYRK over the ``expected_sample_rows`` of s
-    gathered rows of width d + 2 (at the sampled sandwich's rate) and two Cholesky factorisations (the certificate, the solve). Neither counts the pass for the rows' reference
-    factors, which the sampled fit also reads: the sketched strategies pay it either way (their first
-    reference), so the two figures compare as they are. inf where the start cannot or should not
+    gathered rows of width d + 2 (at the sampled sandwich's rate) and two Cholesky factorisations
+    (the certificate, the solve). Neither counts the pass for the rows' reference factors, which
+    the sampled fit also reads: the sketched strategies pay it either way (their first reference),
+    so the two figures compare as they are. inf where the start cannot or should not
     sample: a model whose start does not use the sample (``samples_start``), an evaluator that keeps
     no leverage reference (Dask) or one without C's rows at hand, and CSR C, where the sampled fit
     measured no gain (10⁶×200, 10 per row: sketch 0.66 → 0.70 s) and, priced cheaper, sent auto to a
