@@ -19,11 +19,11 @@ DENSE_SANDWICH_FMA = 3.32e+10
 DENSE_SANDWICH_FMA_D32 = 1.21e+10
 # CSR sandwich: pair updates Σᵢ nnzᵢ(nnzᵢ + 1)/2 per second at d = 256 and at d = 1024 (the
 # updates scatter into a d × d partial: slower once it leaves the cache); log-log in d between.
-CSR_SANDWICH_PAIRS = 2.45e+09
-CSR_SANDWICH_PAIRS_D1024 = 1.65e+09
+CSR_SANDWICH_PAIRS = 2.46e+09
+CSR_SANDWICH_PAIRS_D1024 = 1.66e+09
 # OSNAP embedding: (stored entry, slot) updates per second.
 DENSE_EMBED_UPDATES = 3.33e+09
-CSR_EMBED_UPDATES = 4.68e+08
+CSR_EMBED_UPDATES = 4.72e+08
 # Sampled dense sandwich (its signed and |β| sums, ``sandwich_rows_and_absolute``): s·d²/2 per second.
 DENSE_SAMPLED_SANDWICH_FMA = 2.53e+10
 # C Z for the JL directions: (stored entry, column) multiply-adds per second.
