@@ -1,18 +1,18 @@
 """Does ``hessian="auto"`` pick the fastest strategy? Time to tol of every strategy on a grid of shapes.
 
-    python bench/auto_grid.py                 # the full grid (dense and CSR), ~10 minutes on 2 cores
+    python bench/auto_grid.py                 # the full grid (dense and CSR), ~3 minutes on 2 cores
     python bench/auto_grid.py --only dense    # one half of it
     python bench/auto_grid.py --quick         # three tiny shapes (a smoke run)
 
 For each shape: a planted softmax problem with noisy targets (noise 0.1, so the optimum is not
 the planted x), solved from ``x0="auto"`` to tol = 1e-8 with hessian = exact, sketch, pcg and lagged
 (seed 0); the wall time of each ``fastnewton.solve`` call (best of 3 for solves under 2 s), and
-its Newton iterations; auto's pick (``choose_strategy``,
-a deterministic function of the shape, so its time is the picked strategy's); and the ratio of
+its Newton iterations; auto's pick (``choose_strategy``, a deterministic function of the shape
+and the target b, so its time is the picked strategy's); and the ratio of
 that time to the fastest strategy's. The rates auto uses come from bench/calibrate.py.
 
 Dropped from the issue's ranges (n 10⁴–10⁶, d 32–1024, 5–500 non-zeros per row), for memory
-and the ~10-minute budget: dense n = 10⁶ with d > 32 (≥ 2 GB, minutes per strategy), CSR with
+and a budget of minutes: dense n = 10⁶ with d > 32 (≥ 2 GB, minutes per strategy), CSR with
 500 non-zeros per row beyond n = 10⁴, 200 per row beyond n = 3·10⁴ and ≥ 50 per row at n = 10⁶
 at d = 1024 (the exact sandwich alone takes minutes per solve there).
 """
@@ -35,7 +35,8 @@ GRID = {
               ("dense", 300_000, 256, None), ("dense", 1_000_000, 32, None)],
     "csr": [("csr", 10_000, 32, 5), ("csr", 10_000, 256, 50), ("csr", 10_000, 1024, 500),
             ("csr", 100_000, 32, 5), ("csr", 100_000, 256, 50), ("csr", 100_000, 1024, 50),
-            ("csr", 30_000, 1024, 200), ("csr", 1_000_000, 32, 5), ("csr", 1_000_000, 256, 10),
+            ("csr", 30_000, 1024, 200), ("csr", 1_000_000, 32, 5), ("csr", 1_000_000, 200, 10),
+            ("csr", 1_000_000, 256, 10),
             ("csr", 1_000_000, 1024, 5)],
 }
 QUICK_GRID = [("dense", 3000, 16, None), ("csr", 5000, 32, 5), ("csr", 3000, 64, 40)]

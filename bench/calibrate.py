@@ -8,9 +8,12 @@
 Run it on a quiet machine (about two minutes on 2 cores) after the kernels change: every
 figure is the best of a few calls of the package's own operations (a pass over C, the
 sandwich, the sampled dense sandwich, the OSNAP embedding, C·Z, the QR and Cholesky
-factorisations) at sizes where they run at full speed, and the iteration ratios (and the
-leverage references refused per sketched iteration) come from solving planted noisy softmax
-problems (one dense, one CSR) from ``x0="auto"`` to tol = 1e-8 with each strategy.
+factorisations, a sketched iteration's draw over the rows) at sizes where they run at full speed;
+an iteration's row work beyond its passes from the phase timers of exact solves of a short-row
+CSR problem (n = 10⁶, 3 per row) and its fixed cost from a tiny one; and the iteration ratios (and
+the leverage references refused per sketched iteration) from solving planted noisy softmax
+problems (dense at d = 64 and 256, CSR with long rows and with short rows) from ``x0="auto"`` to
+tol = 1e-8 with each strategy.
 """
 import argparse
 import pathlib
@@ -72,6 +75,50 @@ def factorisation_rates(d, rng):
     }
 
 
+def per_iteration_phases(C, b, hessian, repeat=3):
+    """(iterations, seconds per iteration outside the Hessian and the step's solve, of the fastest of
+    ``repeat`` solves from x0="auto"), read from the solve's own phase timers."""
+    best = (1, float("inf"))
+    for _ in range(repeat):
+        res = fastnewton.solve(C, b, hessian=hessian, seed=0)
+        iterations = max(1, res.n_iter)
+        shared = sum(seconds for record in res.history[1:] for phase, seconds in record["seconds"].items()
+                     if phase not in ("hessian", "solve")) / iterations
+        best = min(best, (iterations, shared), key=lambda pair: pair[1])
+    return best
+
+
+def row_rates(rates, quick, rng, seed=0):
+    """ITERATION_ROWS, SAMPLING_ROWS and TINY_ITERATIONS (with the pass rate measured already).
+
+    The row work is what an exact iteration spends outside its Hessian and step beyond the
+    PASSES_PER_ITERATION passes the model prices (on short CSR rows, where it dominates), plus
+    forming β (in the Hessian phase of every strategy); the draw is ``sample_rows`` over all rows by
+    the reference's scores; the fixed cost is a tiny problem's whole iteration."""
+    from fastnewton.hessian import PASSES_PER_ITERATION
+    from fastnewton.sketching import LeverageReference, sample_rows
+
+    n, d, per_row = 1_000_000 // (10 if quick else 1), 32, 3
+    C, b, _ = fastnewton.make_problem(n, d, nnz_per_row=per_row, noise=0.1, seed=seed)
+    problem = Problem(C, b)
+    iterations, shared = per_iteration_phases(C, b, "exact")
+    passes = PASSES_PER_ITERATION * problem.matrix.nnz / rates["CSR_PASS_ENTRIES"]
+    ev = problem.evaluate(np.zeros(d))
+
+    def curvature():
+        ev.beta = None
+        problem.beta(ev)
+    row_seconds = max(shared - passes, 0.0) + best_seconds(curvature)
+    reference = LeverageReference()
+    factors = reference.row_factors(problem.matrix)
+    beta = problem.beta(ev)
+    draw = best_seconds(lambda: sample_rows(np.abs(beta) * factors, d + 1, rng))
+    C, b, _ = fastnewton.make_problem(200, 4, dense=True, noise=0.1, seed=seed)
+    tiny = min(sum(sum(record["seconds"].values()) for record in res.history[1:]) / max(1, res.n_iter)
+               for res in (fastnewton.solve(C, b, hessian="exact", seed=0) for _ in range(5)))
+    return {"ITERATION_ROWS": n / row_seconds, "SAMPLING_ROWS": n / draw, "TINY_ITERATIONS": 1.0 / tiny}
+
+
 def iteration_ratios(problems):
     """Mean ratios of Newton iterations (sketch, pcg, lagged per exact) and CG iterations per pcg / lagged step."""
     exact, sketch, pcg, cg, lagged, lagged_cg, refreshes, sketched = [], [], [], [], [], [], 0, 0
@@ -116,6 +163,13 @@ def measure(quick, seed=0):
     matrix = Problem(C, np.full(csr_n, 1.0 / csr_n)).matrix
     pairs = float(np.sum(np.diff(C.indptr) * (np.diff(C.indptr) + 1) / 2))
     rates.update(matrix_rates("CSR", matrix, rng, pairs))
+    # The dense sandwich again at d = 32, where a SYRK does few multiply-adds per entry it reads.
+    narrow_n, narrow_d = 400_000 // scale, 32
+    C, _, _ = fastnewton.make_problem(narrow_n, narrow_d, dense=True, seed=seed)
+    matrix = Problem(C, np.full(narrow_n, 1.0 / narrow_n)).matrix
+    beta = rng.standard_normal(narrow_n)
+    rates["DENSE_SANDWICH_FMA_D32"] = narrow_n * narrow_d**2 / 2 / best_seconds(lambda: matrix.sandwich(beta))
+    del C, matrix
     # The CSR sandwich again at d = 1024, where its d × d partial no longer fits in cache.
     wide_n, wide_d, wide_per_row = 40_000 // scale, 1024, 100
     C, _, _ = fastnewton.make_problem(wide_n, wide_d, nnz_per_row=wide_per_row, seed=seed)
@@ -125,8 +179,13 @@ def measure(quick, seed=0):
     rates["CSR_SANDWICH_PAIRS_D1024"] = float(np.sum(row_nnz * (row_nnz + 1) / 2)) / best_seconds(
         lambda: matrix.sandwich(beta), 2)
     rates.update(factorisation_rates(128 if quick else 512, rng))
+    rates.update(row_rates(rates, quick, rng, seed))
+    # Dense narrow and wide (where lagged's CG steps take more iterations and the sketch's fewer), CSR with
+    # long rows and CSR with short rows (where the sketch's reference is refused more).
     problems = [fastnewton.make_problem(30_000 // scale, 64, dense=True, noise=0.1, seed=seed)[:2],
-                fastnewton.make_problem(100_000 // scale, 128, nnz_per_row=40, noise=0.1, seed=seed)[:2]]
+                fastnewton.make_problem(60_000 // scale, 256, dense=True, noise=0.1, seed=seed)[:2],
+                fastnewton.make_problem(100_000 // scale, 128, nnz_per_row=40, noise=0.1, seed=seed)[:2],
+                fastnewton.make_problem(300_000 // scale, 64, nnz_per_row=5, noise=0.1, seed=seed)[:2]]
     rates.update(iteration_ratios(problems))
     return rates
 

@@ -24,8 +24,9 @@ import numpy as np
 import scipy.linalg
 
 from . import rates
+from .kernels.sketch import expected_poisson_sizes
 from .matrix import estimated_sandwich_work
-from .newton import column_scale
+from .newton import REFRESH_EVERY, column_scale
 from .reductions import dot, norm
 from .start import FitSample
 from .sketching import (
@@ -280,9 +281,10 @@ class LaggedSystems:
 BUILDERS = {"exact": exact_system, "sketch": SketchedSystems, "pcg": PreconditionerSystems, "lagged": LaggedSystems}
 
 
-# Passes over C per Newton iteration shared by every strategy (forward, fused gradient, line
-# search C·Δx), and per CG iteration of pcg (Hessian-vector product: C·p and Cᵀ(·)).
-PASSES_PER_ITERATION = 3
+# Passes over C per Newton iteration shared by every strategy (the line search's C·p, the fused
+# gradient pass, and a forward pass u = Cx once in REFRESH_EVERY iterations: u is carried along the
+# line in between), and per CG iteration of pcg (Hessian-vector product: C·p and Cᵀ(·)).
+PASSES_PER_ITERATION = 2 + 1 / REFRESH_EVERY
 PASSES_PER_CG_ITERATION = 2
 # A CG iteration's fixed cost beyond its passes and triangular solves: its Python control, two kernel
 # launches and two SciPy triangular solves. Measured 85–104 µs per CG iteration (``lagged``, 2 threads,
@@ -292,10 +294,25 @@ PASSES_PER_CG_ITERATION = 2
 CG_ITERATION_SECONDS = 5e-5
 
 
+def _log_log_between(d, low, high):
+    """The rate at width d from rates measured at two widths, low = (d₀, r₀) and high = (d₁, r₁): log-log
+    between them, the nearer one's rate outside."""
+    (d0, r0), (d1, r1) = low, high
+    position = min(1.0, max(0.0, math.log(d / d0) / math.log(d1 / d0)))
+    return r0 ** (1 - position) * r1 ** position
+
+
 def csr_sandwich_rate(d, rates=rates):
     """Pair updates per second of the CSR sandwich at width d: measured at d = 256 and 1024, log-log between."""
-    position = min(1.0, max(0.0, math.log(d / 256) / math.log(4)))
-    return rates.CSR_SANDWICH_PAIRS ** (1 - position) * rates.CSR_SANDWICH_PAIRS_D1024 ** position
+    return _log_log_between(d, (256, rates.CSR_SANDWICH_PAIRS), (1024, rates.CSR_SANDWICH_PAIRS_D1024))
+
+
+def dense_sandwich_rate(d, rates=rates):
+    """Multiply-adds per second of the dense (SYRK) sandwich at width d: measured at d = 32 and 256, log-log
+    between. At small d a SYRK of an n × d block does few multiply-adds per entry it reads (n = 10⁶,
+    d = 32: about 2.5× slower per multiply-add than at d = 256), so one rate would price exact there
+    below lagged, which forms a third as many sandwiches."""
+    return _log_log_between(d, (32, rates.DENSE_SANDWICH_FMA_D32), (256, rates.DENSE_SANDWICH_FMA))
 
 
 def start_rng(seed):
@@ -316,9 +333,36 @@ def _unit_seconds(problem, rates):
     dense = matrix.format == "dense"
     work = getattr(matrix, "sandwich_work", None)
     pairs, dense_fma = work() if work is not None else estimated_sandwich_work(n, d, nnz, dense)
-    full_sandwich = pairs / csr_sandwich_rate(d, rates) + dense_fma / rates.DENSE_SANDWICH_FMA
+    full_sandwich = pairs / csr_sandwich_rate(d, rates) + dense_fma / dense_sandwich_rate(d, rates)
     one_pass = nnz / (rates.DENSE_PASS_ENTRIES if dense else rates.CSR_PASS_ENTRIES)
     return full_sandwich, one_pass, d**3 / 3 / rates.CHOLESKY_FMA
+
+
+def expected_sample_rows(problem, sizes):
+    """Rows a leverage-score sample of size s keeps, for each s in ``sizes``: Σᵢ min(1, s·ℓᵢ/Σℓ).
+
+    Poisson sampling (``fastnewton.sketching.sample_rows``) caps each row's probability at 1, so
+    where a few rows carry most of the scores the sample holds fewer than s rows (and never more
+    than n). The scores ℓᵢ = |βᵢ|·gᵢ are not known before the solve; ℓᵢ ∝ bᵢ² stands in (the
+    target b; row_weights' wᵢ are left out): near the fit the softmax curvature weights βᵢ scale
+    like bᵢ², the row factors gᵢ of i.i.d. rows are about equal, and the start's sample is drawn by
+    the same b² weights (``expected_poisson_sizes``: two serial reads of b, ~1.3 ms at n = 10⁶).
+    Measured rows kept per sampled iteration against this estimate (noisy planted softmax,
+    x0="auto"): dense 10⁵×512 sketch 21.7k–22.0k of s = 52.5k (estimate 21.9k), dense 10⁵×32 sketch
+    1.8k–1.9k of 2.2k (2.0k), CSR 3·10⁴×1024 (200 per row) sketch 16.3k–16.7k of 113k (16.6k), CSR
+    10⁶×200 (10 per row) pcg 4.8k of 6.1k (4.3k). Without a target at hand (a stand-in, Dask) min(n, s)."""
+    n = problem.matrix.n
+    b = getattr(getattr(problem, "block", None), "b", None)
+    if not isinstance(b, np.ndarray) or b.shape != (n,) or b.dtype != np.float64:
+        return [min(n, s) for s in sizes]
+    largest = max(float(b.max()), -float(b.min())) if n else 0.0
+    if not 0.0 < largest < math.inf:
+        return [min(n, s) for s in sizes]
+    if not 1e-100 < largest < 1e100:
+        b = b / largest  # b² would under- or overflow (b ~ 1e±300): the same sums on b/max|b|
+    kept = np.empty(len(sizes))
+    expected_poisson_sizes(b, np.asarray(sizes, dtype=np.float64), kept)
+    return [min(n, s, float(k)) for s, k in zip(sizes, kept)]
 
 
 def start_seconds(problem, eps, sketch_size, rates=rates):
@@ -326,10 +370,11 @@ def start_seconds(problem, eps, sketch_size, rates=rates):
 
     exact: the full sandwich, the pass Cᵀ[ω, ωt] and a Cholesky. sampled
     (``fastnewton.start.sampled_normal_system``): two passes (the fit's ω-mean μ = Cᵀω; the rows'
-    cᵢᵀD⁻²μ), one SYRK over s gathered rows of width d + 2 (at the sampled sandwich's rate) and two
-    Cholesky factorisations (the certificate, the solve). Neither counts the pass for the rows' reference
-    factors, which the sampled fit also reads: the sketched strategies pay it either way (their first
-    reference), so the two figures compare as they are. inf where the start cannot or should not
+    cᵢᵀD⁻²μ), the Poisson draw over the n rows, one SYRK over the ``expected_sample_rows`` of s
+    gathered rows of width d + 2 (at the sampled sandwich's rate) and two Cholesky factorisations
+    (the certificate, the solve). Neither counts the pass for the rows' reference factors, which
+    the sampled fit also reads: the sketched strategies pay it either way (their first reference),
+    so the two figures compare as they are. inf where the start cannot or should not
     sample: a model whose start does not use the sample (``samples_start``), an evaluator that keeps
     no leverage reference (Dask) or one without C's rows at hand, and CSR C, where the sampled fit
     measured no gain (10⁶×200, 10 per row: sketch 0.66 → 0.70 s) and, priced cheaper, sent auto to a
@@ -341,8 +386,9 @@ def start_seconds(problem, eps, sketch_size, rates=rates):
             or getattr(problem, "block", None) is None or problem.matrix.format != "dense"):
         return {"exact": exact, "sampled": math.inf}
     d = problem.matrix.d
-    rows = min(problem.matrix.n, sketch_size or sample_size(d + 1, eps))
-    sampled = 2 * one_pass + rows * (d + 2) ** 2 / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA + 2 * cholesky
+    rows, = expected_sample_rows(problem, [sketch_size or sample_size(d + 1, eps)])
+    sampled = (2 * one_pass + problem.matrix.n / rates.SAMPLING_ROWS
+               + rows * (d + 2) ** 2 / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA + 2 * cholesky)
     return {"exact": exact, "sampled": sampled}
 
 
@@ -352,24 +398,32 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     Work counts × measured rates (``fastnewton.rates``, written by bench/calibrate.py): a pass
     costs nnz entries, the exact sandwich d²/2 SYRK multiply-adds per dense row (every row of
     dense C, the long rows of CSR C) and nnzᵢ(nnzᵢ + 1)/2 pair updates per other row (at the rate
-    for width d; ``sandwich_work``), and every strategy a d × d Cholesky. A sketched iteration
-    (``fastnewton.sketching.LeverageReference``) samples s rows: on dense C one SYRK pair over them
-    (at the sampled rate: the rows are gathered) gives the signed and the |β| sums, on CSR C two
-    sampled sandwiches (s/n of the full one each); then the reference's certificate (two
-    triangular solves and a Cholesky, ~4/3 d³); in REFERENCE_REFRESHES_PER_ITERATION of the
-    iterations also fresh scores (an OSNAP embedding, a QR of the 4d × d embedding, a C·Z pass)
-    and a second draw. The first reference costs one pass. The start (``start_seconds``): the exact
-    fit, or from x0="auto" for sketch and pcg the sampled fit where cheaper (either way they also pay
-    their first reference's pass), then two passes for the stopping test's references. Iteration counts: EXACT_ITERATIONS for
-    exact, scaled by the measured ratios for
-    sketch, pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products (two
-    passes and a triangular solve pair each, plus CG_ITERATION_SECONDS) per step, lagged an exact iteration in every
-    LAGGED_STEPS + 1 and LAGGED_CG_ITERATIONS_PER_STEP of them on the others.
+    for width d; ``sandwich_work``), and every strategy a d × d Cholesky. Every iteration also pays
+    work per row beyond its passes (the model's row stages at the line search's trial and the new
+    point: ITERATION_ROWS per second) and a fixed 1/TINY_ITERATIONS seconds (its Python control and
+    small kernels); on short CSR rows (n = 10⁶, 5 per row) the row work costs more than the passes, so a
+    strategy that takes more iterations pays it each time. A sketched iteration
+    (``fastnewton.sketching.LeverageReference``) draws its sample over all n rows (scores |βᵢ|gᵢ and a
+    Poisson draw: SAMPLING_ROWS per second) and keeps ``expected_sample_rows`` of them (fewer than s
+    where a few rows carry most of the scores): on dense C one SYRK pair over them (at the sampled
+    rate: the rows are gathered) gives the signed and the |β| sums, on CSR C two sampled sandwiches
+    (their share of the full one each); then the reference's certificate (two triangular solves and
+    a Cholesky, ~4/3 d³); in REFERENCE_REFRESHES_PER_ITERATION of the iterations also fresh scores
+    (an OSNAP embedding, a QR of the 4d × d embedding, a C·Z pass) and a second draw. The first
+    reference costs one pass. The start (``start_seconds``): the exact fit, or from x0="auto" for
+    sketch and pcg the sampled fit where cheaper (either way they also pay their first reference's
+    pass), then two passes for the stopping test's references and the first evaluation (a pass
+    pair and its row work). Iteration counts: EXACT_ITERATIONS for exact, scaled by the measured
+    ratios for sketch, pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products
+    (two passes and a triangular solve pair each, plus CG_ITERATION_SECONDS) per step, lagged an
+    exact iteration in every LAGGED_STEPS + 1 and LAGGED_CG_ITERATIONS_PER_STEP of them on the others.
     """
     matrix = problem.matrix
     n, d, nnz = matrix.n, matrix.d, matrix.nnz
     dense = matrix.format == "dense"
     full_sandwich, one_pass, cholesky = _unit_seconds(problem, rates)
+    row_work = n / rates.ITERATION_ROWS
+    draw = n / rates.SAMPLING_ROWS
 
     def sandwich(rows):
         return full_sandwich * rows / n
@@ -377,12 +431,14 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
                     + EMBED_ROWS_PER_COLUMN * d * d * d / rates.QR_FMA
                     + nnz * JL_DIM / (rates.DENSE_MATMAT_FMA if dense else rates.CSR_MATMAT_FMA))
     certificate = 4 * cholesky
+    constants = (SAMPLE_CONSTANT, PRECONDITIONER_SAMPLE_CONSTANT)
+    kept = dict(zip(constants, expected_sample_rows(
+        problem, [sketch_size or sample_size(d, eps, constant) for constant in constants])))
 
     def sampled(constant):
-        rows = min(n, sketch_size or sample_size(d, eps, constant))
         if dense:
-            return rows * d * d / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA
-        return 2 * sandwich(rows)
+            return kept[constant] * d * d / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA
+        return 2 * sandwich(kept[constant])
 
     def sketched(constant):
         # Dask's blocks keep no leverage reference: fresh scores every iteration there.
@@ -392,7 +448,7 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
                    else rates.REFERENCE_REFRESHES_FROM_OTHER_STARTS)
         if not getattr(problem, "reuses_leverage_scores", True):
             refresh = 1.0
-        return (1 + refresh) * sampled(constant) + refresh * fresh_scores + certificate
+        return (1 + refresh) * (sampled(constant) + draw) + refresh * fresh_scores + certificate
 
     def cg(iterations):
         return iterations * (PASSES_PER_CG_ITERATION * one_pass + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
@@ -409,15 +465,17 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     per_iteration["lagged"] = ((per_iteration["exact"] + LAGGED_STEPS * cg(rates.LAGGED_CG_ITERATIONS_PER_STEP))
                                / (LAGGED_STEPS + 1))
     iterations["lagged"] = rates.EXACT_ITERATIONS * rates.LAGGED_ITERATIONS_PER_EXACT
-    # The start's fit, then the stopping test's references (column norms, ∇L(0)). From x0="auto" the
-    # sketched strategies fit on a sample when that is cheaper, and its pass is their first reference.
+    # The start's fit, then the stopping test's references (column norms, ∇L(0)) and the first
+    # evaluation. From x0="auto" the sketched strategies fit on a sample when that is cheaper, and
+    # its pass is their first reference.
     fit = start_seconds(problem, eps, sketch_size, rates)
-    exact_start = fit["exact"] + 2 * one_pass
+    first_evaluation = 2 * one_pass + row_work
+    exact_start = fit["exact"] + 2 * one_pass + first_evaluation
     sketched_start = (fit["sampled"] if default_start and fit["sampled"] < fit["exact"]
-                      else fit["exact"]) + one_pass + 2 * one_pass
+                      else fit["exact"]) + one_pass + 2 * one_pass + first_evaluation
     start = {"exact": exact_start, "sketch": sketched_start, "pcg": sketched_start, "lagged": exact_start}
-    return {name: start[name] + iterations[name] * (per_iteration[name] + PASSES_PER_ITERATION * one_pass)
-            for name in per_iteration}
+    shared = PASSES_PER_ITERATION * one_pass + row_work + 1.0 / rates.TINY_ITERATIONS
+    return {name: start[name] + iterations[name] * (per_iteration[name] + shared) for name in per_iteration}
 
 
 def choose_strategy(problem, eps, sketch_size, default_start=True):

@@ -103,3 +103,27 @@ def csr_row_squares(indptr, indices, data, column_weights, out):
             value = np.float64(data[p])
             total += value * value * column_weights[np.uintp(indices[p])]
         out[i] = total
+
+
+@njit(cache=True)
+def expected_poisson_sizes(b, sizes, out):
+    """out[k] = Σᵢ min(1, sizes[k]·bᵢ²/Σb²): the expected number of rows a Poisson sample keeps when row i
+    is drawn with probability πᵢ = min(1, sizes[k]·bᵢ²/Σb²).
+
+    Written as sizes[k] − Σ over the capped rows of (sizes[k]·bᵢ²/Σb² − 1) (the uncapped πᵢ sum to
+    sizes[k] over all rows), so the read of b after Σb² only compares most entries with a threshold.
+    Serial, so the bits do not depend on the thread count. Σb² must be positive and finite."""
+    n = b.shape[0]
+    total = 0.0
+    for i in range(n):
+        total += b[i] * b[i]
+    factors = sizes / total
+    threshold = 1.0 / factors.max()
+    out[:] = sizes
+    for i in range(n):
+        square = b[i] * b[i]
+        if square > threshold:
+            for k in range(sizes.shape[0]):
+                excess = factors[k] * square - 1.0
+                if excess > 0.0:
+                    out[k] -= excess

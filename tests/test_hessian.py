@@ -269,24 +269,30 @@ def test_cost_model_work_counts():
     rates = uniform_rates()
     n, d = 100_000, 100
     seconds = strategy_seconds(stand_in(n, d), 0.5, None, rates)
-    passes = 3 * n * d / 1e9
+    one_pass, row_work, fixed = n * d / 1e9, n / 1e9, 1 / 1e9
+    # Every iteration: the line's C·p, the gradient pass and a forward pass in eight (REFRESH_EVERY), the
+    # row work beyond them, the fixed cost.
+    shared = (2 + 1 / 8) * one_pass + row_work + fixed
     sandwich, cholesky = n * d * d / 2 / 1e9, d**3 / 3 / 1e9
-    start = sandwich + cholesky + passes
-    assert seconds["exact"] == pytest.approx(start + 5 * (sandwich + cholesky + passes), rel=1e-12)
+    # The exact fit (sandwich, pass, Cholesky), the stopping test's two passes, the first evaluation.
+    start = sandwich + cholesky + one_pass + 2 * one_pass + (2 * one_pass + row_work)
+    assert seconds["exact"] == pytest.approx(start + 5 * (sandwich + cholesky + shared), rel=1e-12)
     s = sample_size(d, 0.5)
-    # Every iteration refreshes (uniform_rates): fresh scores, two draws, the certificate (4/3 d³).
+    # Every iteration refreshes (uniform_rates): fresh scores, two draws over the n rows (a stand-in has no
+    # target: the sample keeps s rows), the certificate (4/3 d³).
     fresh_scores = (4 * n * d + 4 * d**3 + 16 * n * d) / 1e9
-    sampled, certificate, first_reference = s * d * d / 2 / 1e9, 4 * cholesky, n * d / 1e9
+    sampled, draw, certificate, first_reference = s * d * d / 2 / 1e9, n / 1e9, 4 * cholesky, one_pass
     assert seconds["sketch"] == pytest.approx(
-        start + first_reference + 10 * (fresh_scores + 2 * sampled + certificate + cholesky + passes), rel=1e-12)
+        start + first_reference + 10 * (fresh_scores + 2 * (sampled + draw) + certificate + cholesky + shared),
+        rel=1e-12)
     kept = strategy_seconds(stand_in(n, d), 0.5, None, uniform_rates(REFERENCE_REFRESHES_PER_ITERATION=0.0))
     assert kept["sketch"] == pytest.approx(
-        start + first_reference + 10 * (sampled + certificate + cholesky + passes), rel=1e-12)
+        start + first_reference + 10 * (sampled + draw + certificate + cholesky + shared), rel=1e-12)
     # lagged: 15 iterations, one in three exact, the others 3 CG iterations of two passes, two
     # triangular solves and the fixed cost of a CG iteration each.
     cg_step = 3 * ((2 * n * d + 2 * d * d) / 1e9 + CG_ITERATION_SECONDS)
     assert seconds["lagged"] == pytest.approx(
-        start + 15 * ((sandwich + cholesky + 2 * cg_step) / 3 + passes), rel=1e-12)
+        start + 15 * ((sandwich + cholesky + 2 * cg_step) / 3 + shared), rel=1e-12)
 
 
 def test_auto_picks_lagged_when_its_cg_steps_cost_less_than_a_sandwich():
@@ -622,6 +628,24 @@ def test_csr_sandwich_rate_interpolates_in_d():
     assert hessian_module.csr_sandwich_rate(4096, rates) == pytest.approx(1e8)
 
 
+def test_dense_sandwich_rate_interpolates_in_d_and_prices_narrow_sandwiches_slower():
+    """Measured at d = 32 and 256, log-log between; a slower narrow SYRK makes exact's sandwich at d = 32
+    cost more, and lagged (a sandwich in three iterations) gains on it."""
+    rates = types.SimpleNamespace(DENSE_SANDWICH_FMA=8e9, DENSE_SANDWICH_FMA_D32=1e9)
+    assert hessian_module.dense_sandwich_rate(16, rates) == 1e9
+    assert hessian_module.dense_sandwich_rate(32, rates) == pytest.approx(1e9)
+    assert hessian_module.dense_sandwich_rate(64, rates) == pytest.approx(2e9)
+    assert hessian_module.dense_sandwich_rate(1024, rates) == pytest.approx(8e9)
+    narrow = stand_in(10**6, 32)
+    fast = strategy_seconds(narrow, 0.5, None, uniform_rates(LAGGED_ITERATIONS_PER_EXACT=1.0))
+    slow = strategy_seconds(narrow, 0.5, None, uniform_rates(LAGGED_ITERATIONS_PER_EXACT=1.0,
+                                                             DENSE_SANDWICH_FMA_D32=1e8))
+    # 5 iterations + the start's fit: 6 sandwiches for exact, 5/3 + 1 for lagged, of n·d²/2 multiply-adds.
+    sandwich = 10**6 * 32 * 32 / 2 * (1 / 1e8 - 1 / 1e9)
+    assert slow["exact"] - fast["exact"] == pytest.approx(6 * sandwich)
+    assert slow["lagged"] - fast["lagged"] == pytest.approx((5 / 3 + 1) * sandwich)
+
+
 # ---------------------------------------------------------------------------------------------
 # lagged: CG on the exact Hessian, preconditioned by the last exact iteration's factor
 # ---------------------------------------------------------------------------------------------
@@ -766,7 +790,8 @@ def test_auto_prices_the_sampled_start_of_the_sketched_strategies():
     before, after = strategy_seconds(plain, 0.5, None, rates), strategy_seconds(sampling, 0.5, None, rates)
     sandwich, one_pass, cholesky = n * d * d / 2 / 1e9, n * d / 1e9, d**3 / 3 / 1e9
     s = sample_size(d + 1, 0.5)
-    saved = (sandwich + one_pass + cholesky) - (2 * one_pass + s * (d + 2) ** 2 / 2 / 1e9 + 2 * cholesky)
+    draw = n / 1e9  # the Poisson draw over the n rows
+    saved = (sandwich + one_pass + cholesky) - (2 * one_pass + draw + s * (d + 2) ** 2 / 2 / 1e9 + 2 * cholesky)
     for name in ("sketch", "pcg"):
         assert before[name] - after[name] == pytest.approx(saved, rel=1e-9)
     for name in ("exact", "lagged"):
@@ -781,12 +806,86 @@ def test_auto_prices_the_sampled_start_of_the_sketched_strategies():
     assert hessian_module.start_seconds(relu, 0.5, None, rates)["sampled"] == np.inf
 
 
+def test_expected_sample_rows_is_the_poisson_samples_expected_size():
+    """Σᵢ min(1, s·bᵢ²/Σb²): s for equal targets, fewer where a few rows carry most of b², never more than
+    n; min(n, s) without a target (a stand-in). On dense planted problems within 10% of the rows the
+    sketched iterations keep (their scores |βᵢ|gᵢ scale like bᵢ² near the fit, gᵢ about equal on i.i.d.
+    rows): the dense sampled sandwich costs the rows kept, not s (10⁵×512: 21.9k of s = 52.5k)."""
+    from fastnewton.hessian import expected_sample_rows
+
+    n, d = 2000, 8
+    C = np.random.default_rng(0).standard_normal((n, d))
+    assert expected_sample_rows(Problem(C, np.full(n, 1.0 / n)), [500, 5000]) == pytest.approx([500, n])
+    b = np.full(n, 0.5 / (n - 1))
+    b[0] = 0.5  # one row carries 1/(1 + 1/(n − 1)) of Σb²
+    squares = b * b
+    by_hand = [sum(min(1.0, s * value / squares.sum()) for value in squares) for s in (10, 500)]
+    # rel 1e-9: the kernel sums s minus the capped rows' excess (another rounding order than by hand).
+    assert expected_sample_rows(Problem(C, b), [10, 500]) == pytest.approx(by_hand, rel=1e-9)
+    assert expected_sample_rows(Problem(C, b * 1e-300), [10, 500]) == pytest.approx(by_hand, rel=1e-9)
+    assert by_hand[1] < 15
+    assert expected_sample_rows(stand_in(n, d), [10, 5000]) == [10, n]
+    for n, d in ((20_000, 64), (5000, 48)):
+        C, b, _ = make_problem(n, d, dense=True, noise=0.1, seed=0)
+        for name, constant in (("sketch", 3.0), ("pcg", PRECONDITIONER_SAMPLE_CONSTANT)):
+            res = solve(C, b, hessian=name, seed=0)
+            kept = np.mean([record["sampled_rows"] for record in res.history[1:]])
+            estimate, = expected_sample_rows(Problem(C, b), [sample_size(d, 0.5, constant)])
+            assert kept == pytest.approx(estimate, rel=0.1) and estimate < 0.8 * sample_size(d, 0.5, constant)
+
+
+def test_auto_prices_the_row_work_of_every_iteration_and_the_draw_of_every_sketched_one():
+    """Each iteration (and the first evaluation) pays n/ITERATION_ROWS beyond its passes, each sketched
+    iteration's draw n/SAMPLING_ROWS: a strategy predicted to take more iterations pays them more often."""
+    n = 10**6
+    csr = stand_in(n, 200, nnz=10 * n, fmt="csr")
+    free = strategy_seconds(csr, 0.5, None, uniform_rates(REFERENCE_REFRESHES_PER_ITERATION=0.0))
+    paid = strategy_seconds(csr, 0.5, None, uniform_rates(REFERENCE_REFRESHES_PER_ITERATION=0.0,
+                                                          ITERATION_ROWS=1e8, SAMPLING_ROWS=2e8))
+    iterations = {"exact": 5, "sketch": 10, "pcg": 5, "lagged": 15}  # uniform_rates' figures
+    for name, count in iterations.items():
+        draws = count * n * (1 / 2e8 - 1 / 1e9) if name in ("sketch", "pcg") else 0.0
+        assert paid[name] - free[name] == pytest.approx((count + 1) * n * (1 / 1e8 - 1 / 1e9) + draws, rel=1e-9)
+
+
+# The rates this machine measured (bench/calibrate.py --write, then --write --merge five times) when
+# the row terms were added (the narrow dense SYRK's rate a little later), as fixed figures: the test
+# below must not move with a re-calibration.
+MEASURED_RATES = dict(
+    DENSE_PASS_ENTRIES=3.45e9, CSR_PASS_ENTRIES=2.76e9, DENSE_SANDWICH_FMA=3.32e10, DENSE_SANDWICH_FMA_D32=1.21e10,
+    CSR_SANDWICH_PAIRS=2.45e9,
+    CSR_SANDWICH_PAIRS_D1024=1.65e9, DENSE_EMBED_UPDATES=3.32e9, CSR_EMBED_UPDATES=4.63e8,
+    DENSE_SAMPLED_SANDWICH_FMA=2.53e10, DENSE_MATMAT_FMA=1.65e10, CSR_MATMAT_FMA=7.07e9, QR_FMA=4.09e10,
+    CHOLESKY_FMA=1.81e10, ITERATION_ROWS=1.04e8, TINY_ITERATIONS=3.42e3, SAMPLING_ROWS=2.03e8,
+    EXACT_ITERATIONS=2.67, SKETCH_ITERATIONS_PER_EXACT=2.44, PCG_ITERATIONS_PER_EXACT=1.11,
+    CG_ITERATIONS_PER_STEP=3.92, REFERENCE_REFRESHES_PER_ITERATION=0.0714,
+    REFERENCE_REFRESHES_FROM_OTHER_STARTS=0.179, LAGGED_ITERATIONS_PER_EXACT=1.0, LAGGED_CG_ITERATIONS_PER_STEP=2.0)
+
+
+def test_auto_keeps_exact_on_short_csr_rows_once_the_row_work_is_priced():
+    """CSR 10⁶×200, 10 per row, from x0="auto" (measured: exact 0.37–0.40 s, sketch 0.66–0.70 s, 1.7–1.9×):
+    the sketch's extra iterations each pay the row work (≈ 10 ms at n = 10⁶, more than the three passes)
+    and a draw over every row. Priced, and with the iteration figures of today's starts, the sketch is
+    predicted ≥ 1.5× exact; without the row terms and with the figures measured before (2.17 sketched
+    iterations per exact one, no refused reference) auto had picked the sketch."""
+    csr = stand_in(10**6, 200, nnz=10**7, fmt="csr")
+    assert set(MEASURED_RATES) == {name for name in dir(rates_module) if name.isupper() and name != "MACHINE"}
+    seconds = strategy_seconds(csr, 0.5, None, types.SimpleNamespace(**MEASURED_RATES))
+    assert seconds["sketch"] >= 1.5 * seconds["exact"] and min(seconds, key=seconds.get) in ("exact", "lagged")
+    before = types.SimpleNamespace(**{**MEASURED_RATES, "ITERATION_ROWS": np.inf, "SAMPLING_ROWS": np.inf,
+                                      "TINY_ITERATIONS": np.inf, "EXACT_ITERATIONS": 3.0,
+                                      "SKETCH_ITERATIONS_PER_EXACT": 2.17, "REFERENCE_REFRESHES_PER_ITERATION": 0.0})
+    seconds = strategy_seconds(csr, 0.5, None, before)
+    assert seconds["sketch"] < seconds["exact"]
+
+
 def test_sketched_strategies_offer_a_sampled_start_only_where_it_is_predicted_cheaper():
     options = SolveOptions(hessian="sketch", tol=1e-8, max_iter=10, eps=0.5, sketch_size=None, seed=0,
                            callback=None, verbose=False)
-    # n = 500 < s = 621: the "sample" would be every row, gathered, at more than the exact fit's cost.
+    # n = 500 < s = 621: the "sample" would hold most rows, gathered, at more than the exact fit's cost.
     small = Problem(*make_problem(500, 10, dense=True, noise=0.1, seed=0)[:2])
-    large = Problem(*make_problem(20_000, 30, dense=True, noise=0.1, seed=0)[:2])
+    # d = 128: the SYRK of the sample saves more than its passes and its draw over the rows cost.
+    large = Problem(*make_problem(20_000, 128, dense=True, noise=0.1, seed=0)[:2])
     for problem in (small, large):
         seconds = hessian_module.start_seconds(problem, 0.5, None)
         assert (seconds["sampled"] < seconds["exact"]) == (problem is large)

@@ -276,9 +276,10 @@ def test_unknown_start_name_is_rejected():
 # ---------------------------------------------------------------------------------------------
 # softmax: the sampled fit of the sketched strategies (fastnewton.start.sampled_normal_system)
 # ---------------------------------------------------------------------------------------------
-def _sampled_case(seed=0, n=20_000, d=30):
-    """Dense noisy softmax, n ≫ s = sample_size(d + 1, 0.5) ≈ 2100: the sketched strategies sample their start
-    (at d = 10 the two passes of the sampled fit cost about what the sandwich of all rows does)."""
+def _sampled_case(seed=0, n=20_000, d=64):
+    """Dense noisy softmax, n ≫ s = sample_size(d + 1, 0.5) ≈ 5100 (about 3000 rows kept): the sketched
+    strategies sample their start (at d = 30 the sampled fit's two passes and its draw over all rows cost
+    about what the sandwich of all rows does)."""
     C, b, _, _ = planted("softmax", True, n=n, d=d, seed=seed, noise=0.1)
     return C, b
 
