@@ -28,7 +28,7 @@ from numba import njit, prange
 
 from .csr import csr_column_squares
 from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, raised_damping
-from .dense import chunk_rmatmat
+from .dense import chunk_rmatmat, row_dot
 from .in_place import array_at
 from .sandwich import _gather_sorted_row
 from .softmax import (
@@ -76,7 +76,7 @@ NO_STEP = -1
 # -- passes over one problem's C ---------------------------------------------------------------------
 @njit(cache=True)
 def _matvec(matrix, x, out):
-    """out = C x (one thread; each row summed in storage order, as csr_matvec / dense_matvec)."""
+    """out = C x (one thread; each row summed as csr_matvec (storage order) / dense_matvec (``row_dot``) do)."""
     A, indptr, indices, data, csr = matrix
     n = out.shape[0]
     if csr:
@@ -86,12 +86,8 @@ def _matvec(matrix, x, out):
                 acc += data[k] * x[indices[k]]
             out[i] = acc
     else:
-        d = A.shape[1]
         for i in range(n):
-            acc = 0.0
-            for j in range(d):
-                acc += A[i, j] * x[j]
-            out[i] = acc
+            out[i] = row_dot(A[i], x)
 
 
 @njit(cache=True)
