@@ -9,7 +9,8 @@
   From x0="auto" it offers the start a fit on a sample by the same reference (``start_sample``), as pcg does.
 - ``pcg``: conjugate gradients on the exact Hessian-vector product (two passes over C each),
   preconditioned by the Cholesky factor of H̃ + μD²; forcing term η = min(0.5, ‖g‖/g_ref) for
-  quadratic local convergence at near-sketch cost.
+  quadratic local convergence at near-sketch cost (``_forcing``). From x0="auto" (softmax, dense C)
+  H̃'s sandwich is first the start's own fit matrix, with no sample at all (``PreconditionerSystems``).
 - ``lagged``: an ``exact`` iteration, then up to LAGGED_STEPS iterations that form no sandwich: CG
   on the exact Hessian-vector product (two passes over C each), preconditioned by the exact
   iteration's Cholesky factor (of the Hessian one or two iterates back), forcing term as ``pcg``'s.
@@ -43,6 +44,15 @@ STRATEGIES = ("auto", "exact", "sketch", "pcg", "lagged")
 START_STREAM = 1
 MAX_CG_ITERATIONS = 100
 MAX_FORCING = 0.5
+# CG need not make the step's linear residual (its predicted gradient) smaller than this fraction of
+# the stopping test's tol·g_ref: the forcing term min(0.5, ‖g‖/g_ref) alone asked the last step for a
+# residual ‖g‖/g_ref times ‖g‖, e.g. 1e-13·g_ref where 1e-8·g_ref ends the solve (``_forcing``).
+OVERSOLVE_MARGIN = 0.1
+# pcg from x0="auto": the start's fit matrix preconditions CG as long as each step's CG meets its
+# forcing term within this many iterations; a step that does not (the truncated CG's iterate is still
+# a descent direction) retires it for the rest of the solve (``PreconditionerSystems``). Measured with
+# it: 1–4 CG iterations per step on noisy dense softmax (1% and 10% noise); a sampled H̃ needs 4–7.
+START_PRECONDITIONER_MAX_CG = 8
 # pcg: when the sampled H̃ + μI has no Cholesky factor (β of mixed sign), only the
 # preconditioner is shifted, by ν = 10⁻⁸·scale, ×10 per failure, at most this many times.
 MAX_PRECONDITIONER_SHIFTS = 20
@@ -79,6 +89,8 @@ class NewtonSystem:
     factors: dict = field(default_factory=dict)
     # > 1: the preconditioner may be a factor at a shift within this factor of μ (``_reused_factor``).
     reuse_shift_ratio: float = 1.0
+    # CG stops here even short of the forcing term (info["cg_truncated"]); its iterate is the step.
+    max_cg_iterations: int = MAX_CG_ITERATIONS
 
     def __post_init__(self):
         if self.column_scale is None:
@@ -159,7 +171,8 @@ class NewtonSystem:
         direction = z.copy()
         rz = dot(residual, z)
         target = self.forcing * norm(g)
-        for iteration in range(1, MAX_CG_ITERATIONS + 1):
+        self.info.pop("cg_truncated", None)
+        for iteration in range(1, self.max_cg_iterations + 1):
             Hd = self._scaled_hessp(direction) + mu * direction
             curvature = dot(direction, Hd)
             if not curvature > 0.0:
@@ -176,6 +189,8 @@ class NewtonSystem:
             rz_next = dot(residual, z)
             direction = z + (rz_next / rz) * direction
             rz = rz_next
+        else:
+            self.info["cg_truncated"] = True
         self.info["cg_iterations"] = iteration
         return p
 
@@ -198,16 +213,32 @@ def sketch_system(problem, ev, rng, options, g_ref, reference=None):
     return NewtonSystem(matrix, info=info, column_scale=options.column_scale)
 
 
-def _forcing(ev, g_ref):
-    """CG's relative residual target η = min(0.5, ‖g‖/g_ref): quadratic local convergence."""
-    return min(MAX_FORCING, norm(ev.grad) / g_ref) if g_ref > 0 else MAX_FORCING
+def _forcing(ev, g_ref, tol):
+    """CG's relative residual target η = min(0.5, max(‖g‖/g_ref, OVERSOLVE_MARGIN·tol·g_ref/‖g‖)).
+
+    ‖g‖/g_ref gives quadratic local convergence; the floor stops CG once the step's residual, which is
+    the gradient the step predicts, would be OVERSOLVE_MARGIN below the stopping test's tol·g_ref
+    (measured in ‖·‖ of the column-scaled residual relative to the scaled gradient, like η: where the
+    columns' scales differ the prediction can miss by their spread, and the next step, whose floor is
+    then ≥ ‖g‖/g_ref, finishes). Dense 10⁵ × 256, 1% noise, lagged: the last step's 2 CG iterations
+    (residual 5e-14·g_ref) become 1."""
+    if not g_ref > 0:
+        return MAX_FORCING
+    relative = norm(ev.grad) / g_ref
+    floor = OVERSOLVE_MARGIN * tol / relative if relative > 0 else MAX_FORCING
+    return min(MAX_FORCING, max(relative, floor))
 
 
-def pcg_system(problem, ev, rng, options, g_ref, reference=None):
-    """CG on the exact H, preconditioned by the sampled H̃ (``reference`` as for ``sketch_system``)."""
-    matrix, info = _sketched_matrix(problem, ev, rng, options, PRECONDITIONER_SAMPLE_CONSTANT, reference)
-    return NewtonSystem(matrix, hessp=lambda p: problem.hessian_product(ev, p), forcing=_forcing(ev, g_ref),
-                        info=info, column_scale=options.column_scale)
+def pcg_system(problem, ev, rng, options, g_ref, reference=None, sandwich=None):
+    """CG on the exact H, preconditioned by H̃: with ``sandwich`` (an approximation of Cᵀ diag(β) C, e.g.
+    the start's fit matrix: ``PreconditionerSystems``) H̃ = sandwich + P S Pᵀ + λI, else the sampled H̃
+    (``reference`` as for ``sketch_system``)."""
+    if sandwich is None:
+        matrix, info = _sketched_matrix(problem, ev, rng, options, PRECONDITIONER_SAMPLE_CONSTANT, reference)
+    else:
+        matrix, info = problem.hessian_matrix(ev, sandwich=sandwich), {"preconditioner": "start fit"}
+    return NewtonSystem(matrix, hessp=lambda p: problem.hessian_product(ev, p),
+                        forcing=_forcing(ev, g_ref, options.tol), info=info, column_scale=options.column_scale)
 
 
 class SketchedSystems:
@@ -248,10 +279,54 @@ class SketchedSystems:
 
 
 class PreconditionerSystems(SketchedSystems):
-    """``pcg``'s builder: ``SketchedSystems`` of ``pcg_system``."""
+    """``pcg``'s builder: ``SketchedSystems`` of ``pcg_system``, whose preconditioner is first the start's
+    own fit matrix where the start was offered a ``FitSample`` (from x0="auto"; softmax on dense C).
+
+    The softmax start fits log b with weights ωᵢ ∝ bᵢ² (``fastnewton.start.log_linear_fit``), and near the
+    optimum the Hessian's sandwich weights are βᵢ = sᵢ(2sᵢ − bᵢ) − c·sᵢ ≈ bᵢ² (s ≈ b, c = ⟨s, s − b⟩ ≈ 0). So
+    the fit's normal matrix M (Σω = 1; on a leverage sample an ε-spectral approximation of the exact
+    one, or exact when the sample was refused) scaled to β's mass, (Σβ)·M[:d, :d], approximates
+    Cᵀ diag(β) C, and H̃ = (Σβ)·M[:d, :d] + P S Pᵀ + λI (the current P, S, λ) preconditions CG on the
+    exact Hessian with no sandwich and no sample in the Newton loop: its Cholesky (d³/3) is an
+    iteration's only work beyond the passes. The rule: it serves while every step's CG meets its
+    forcing term within START_PRECONDITIONER_MAX_CG iterations (and Σβ > 0); the first step that
+    does not (β has moved away from b², e.g. a target far from any softmax) ends its use for that
+    problem, and the sampled H̃ of the current β preconditions from the next iteration on.
+    """
 
     def __init__(self):
         super().__init__(pcg_system)
+        # id(problem) → [problem, its start's FitSample, the last system it preconditioned (or None)].
+        self.start_fits = {}
+
+    def start_sample(self, problem, options):
+        sample = super().start_sample(problem, options)
+        if sample is not None:
+            self.start_fits[id(problem)] = [problem, sample, None]
+        return sample
+
+    def start_sandwich(self, problem, ev):
+        """(Σβ)·M[:d, :d] from ``problem``'s start fit, or None when it has none or the rule retired it."""
+        held = self.start_fits.get(id(problem))
+        if held is None or held[0] is not problem:
+            return None
+        held_problem, sample, last = held
+        M = sample.normal_matrix
+        mass = float(np.sum(problem.beta(ev))) if M is not None else 0.0
+        if M is None or (last is not None and last.info.get("cg_truncated")) or not 0.0 < mass < math.inf:
+            del self.start_fits[id(problem)]
+            return None
+        d = problem.d
+        return mass * M[:d, :d]
+
+    def __call__(self, problem, ev, rng, options, g_ref):
+        sandwich = self.start_sandwich(problem, ev)
+        if sandwich is None:
+            return super().__call__(problem, ev, rng, options, g_ref)
+        system = pcg_system(problem, ev, rng, options, g_ref, sandwich=sandwich)
+        system.max_cg_iterations = START_PRECONDITIONER_MAX_CG
+        self.start_fits[id(problem)][2] = system
+        return system
 
 
 class LaggedSystems:
@@ -273,7 +348,7 @@ class LaggedSystems:
             self.problem, self.age = problem, 0
             return self.exact
         self.age += 1
-        return self.exact.preconditioning(lambda p: problem.hessian_product(ev, p), _forcing(ev, g_ref),
+        return self.exact.preconditioning(lambda p: problem.hessian_product(ev, p), _forcing(ev, g_ref, options.tol),
                                           {"preconditioner_age": self.age})
 
 
@@ -364,7 +439,10 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     exact, scaled by the measured ratios for
     sketch, pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products (two
     passes and a triangular solve pair each, plus CG_ITERATION_SECONDS) per step, lagged an exact iteration in every
-    LAGGED_STEPS + 1 and LAGGED_CG_ITERATIONS_PER_STEP of them on the others.
+    LAGGED_STEPS + 1 and LAGGED_CG_ITERATIONS_PER_STEP of them on the others. Where the start fits on a
+    sample (from x0="auto"), pcg's preconditioner is the start's fit matrix (``PreconditionerSystems``):
+    its iterations sample nothing, pay one Cholesky and START_PRECONDITIONED_CG_ITERATIONS_PER_STEP
+    Hessian-vector products.
     """
     matrix = problem.matrix
     n, d, nnz = matrix.n, matrix.d, matrix.nnz
@@ -397,10 +475,13 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     def cg(iterations):
         return iterations * (PASSES_PER_CG_ITERATION * one_pass + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
 
+    fit = start_seconds(problem, eps, sketch_size, rates)
+    samples_start = default_start and fit["sampled"] < fit["exact"]
     per_iteration = {
         "exact": sandwich(n) + cholesky,
         "sketch": sketched(SAMPLE_CONSTANT) + cholesky,
-        "pcg": sketched(PRECONDITIONER_SAMPLE_CONSTANT) + cholesky + cg(rates.CG_ITERATIONS_PER_STEP),
+        "pcg": (cholesky + cg(rates.START_PRECONDITIONED_CG_ITERATIONS_PER_STEP) if samples_start
+                else sketched(PRECONDITIONER_SAMPLE_CONSTANT) + cholesky + cg(rates.CG_ITERATIONS_PER_STEP)),
     }
     iterations = {"exact": rates.EXACT_ITERATIONS,
                   "sketch": rates.EXACT_ITERATIONS * rates.SKETCH_ITERATIONS_PER_EXACT,
@@ -411,10 +492,8 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     iterations["lagged"] = rates.EXACT_ITERATIONS * rates.LAGGED_ITERATIONS_PER_EXACT
     # The start's fit, then the stopping test's references (column norms, ∇L(0)). From x0="auto" the
     # sketched strategies fit on a sample when that is cheaper, and its pass is their first reference.
-    fit = start_seconds(problem, eps, sketch_size, rates)
     exact_start = fit["exact"] + 2 * one_pass
-    sketched_start = (fit["sampled"] if default_start and fit["sampled"] < fit["exact"]
-                      else fit["exact"]) + one_pass + 2 * one_pass
+    sketched_start = (fit["sampled"] if samples_start else fit["exact"]) + one_pass + 2 * one_pass
     start = {"exact": exact_start, "sketch": sketched_start, "pcg": sketched_start, "lagged": exact_start}
     return {name: start[name] + iterations[name] * (per_iteration[name] + PASSES_PER_ITERATION * one_pass)
             for name in per_iteration}
