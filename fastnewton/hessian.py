@@ -44,9 +44,11 @@ STRATEGIES = ("auto", "exact", "sketch", "pcg", "lagged")
 START_STREAM = 1
 MAX_CG_ITERATIONS = 100
 MAX_FORCING = 0.5
-# CG need not make the step's linear residual (its predicted gradient) smaller than this fraction of
-# the stopping test's tol·g_ref: the forcing term min(0.5, ‖g‖/g_ref) alone asked the last step for a
-# residual ‖g‖/g_ref times ‖g‖, e.g. 1e-13·g_ref where 1e-8·g_ref ends the solve (``_forcing``).
+# CG need not make the step's linear residual (the gradient the step predicts) smaller than this
+# fraction of the stopping test's tol·g_ref: the forcing term min(0.5, ‖g‖/g_ref) alone asked the last
+# step for a residual of 1e-13·g_ref where 1e-8·g_ref ends the solve (``_forcing``). (Aiming CG at it
+# from further away does not save the next Newton iteration: measured on dense 10⁶ × 512, 10% noise,
+# the quadratic term alone left 3e-8·g_ref after 3 more CG iterations.)
 OVERSOLVE_MARGIN = 0.1
 # pcg from x0="auto": the start's fit matrix preconditions CG as long as each step's CG meets its
 # forcing term within this many iterations; a step that does not (the truncated CG's iterate is still
@@ -91,6 +93,8 @@ class NewtonSystem:
     reuse_shift_ratio: float = 1.0
     # CG stops here even short of the forcing term (info["cg_truncated"]); its iterate is the step.
     max_cg_iterations: int = MAX_CG_ITERATIONS
+    # (the last step solve returned, its C·step summed by CG) when hessp keeps its passes (``forward_of``).
+    step_forward: tuple = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.column_scale is None:
@@ -117,6 +121,7 @@ class NewtonSystem:
         system = copy.copy(self)
         system.hessp, system.forcing, system.info = hessp, forcing, info
         system.reuse_shift_ratio = LAGGED_SHIFT_RATIO
+        system.step_forward = None
         return system
 
     def solve(self, g, mu):
@@ -144,8 +149,20 @@ class NewtonSystem:
         if factor is None:
             return None
         self.info["preconditioner_shift"] = shift
-        p = self._pcg(factor, scaled_g, mu)
-        return None if p is None else p / self.column_scale
+        p, forward = self._pcg(factor, scaled_g, mu)
+        if p is None:
+            return None
+        step = p / self.column_scale
+        self.step_forward = (step, forward)
+        return step
+
+    def forward_of(self, step):
+        """C·step when ``step`` is what the last ``solve`` returned and CG summed it from the passes of
+        its Hessian-vector products (``ForwardKeepingProduct``), else None (the line search makes the pass).
+        Rounding: C·p = Σₖ αₖ·C dₖ adds one rounding of each term per CG iteration to a pass's own bound
+        (the carried u's bound, fastnewton.newton, holds a fresh pass's with room to spare)."""
+        held = self.step_forward
+        return held[1] if held is not None and held[0] is step else None
 
     def _reused_factor(self, mu):
         """The preconditioner's factor at damping μ: a lagged system first takes a factor it already
@@ -164,7 +181,10 @@ class NewtonSystem:
         return self.hessp(v / self.column_scale) / self.column_scale
 
     def _pcg(self, factor, g, mu):
-        """Preconditioned CG from p = 0 on (D⁻¹HD⁻¹ + μI) p = −g (g scaled) until ‖residual‖ ≤ forcing·‖g‖."""
+        """Preconditioned CG from p = 0 on (D⁻¹HD⁻¹ + μI) p = −g (g scaled) until ‖residual‖ ≤ forcing·‖g‖:
+        (p, C·(p/D) summed from the products' passes, or None when ``hessp`` does not keep them)."""
+        keeps_forward = isinstance(self.hessp, ForwardKeepingProduct)
+        forward = None
         p = np.zeros_like(g)
         residual = -g.copy()
         z = scipy.linalg.cho_solve(factor, residual, check_finite=False)
@@ -179,9 +199,14 @@ class NewtonSystem:
                 self.info["cg_iterations"] = iteration
                 # Negative curvature of H + μD²: the damping must grow (the first direction is
                 # the preconditioned gradient, so p = 0 here means no usable step yet).
-                return p if iteration > 1 else None
+                return (p, forward) if iteration > 1 else (None, None)
             alpha = rz / curvature
             p += alpha * direction
+            if keeps_forward:
+                if forward is None:
+                    forward = alpha * self.hessp.forward
+                else:
+                    forward += alpha * self.hessp.forward
             residual -= alpha * Hd
             if norm(residual) <= target:
                 break
@@ -192,7 +217,28 @@ class NewtonSystem:
         else:
             self.info["cg_truncated"] = True
         self.info["cg_iterations"] = iteration
-        return p
+        return p, forward
+
+
+class ForwardKeepingProduct:
+    """CG's v ↦ ∇²L·v at ev (``Problem.hessian_product_and_forward``), keeping C·v, the pass it made,
+    as ``forward``: CG sums its step's C·p from them (``NewtonSystem.forward_of``), and the line search
+    along the step needs no pass C·p (dense 10⁶ × 512: one pass of ~0.11 s per Newton iteration)."""
+
+    def __init__(self, problem, ev):
+        self.problem, self.ev, self.forward = problem, ev, None
+
+    def __call__(self, v):
+        Hv, self.forward = self.problem.hessian_product_and_forward(self.ev, v)
+        return Hv
+
+
+def hessian_product(problem, ev):
+    """CG's Hessian-vector product at ev: a ``ForwardKeepingProduct`` where the evaluator returns its
+    pass C·v (one machine), else ``problem.hessian_product`` (Dask keeps C·v on the workers)."""
+    if hasattr(problem, "hessian_product_and_forward"):
+        return ForwardKeepingProduct(problem, ev)
+    return lambda p: problem.hessian_product(ev, p)
 
 
 def exact_system(problem, ev, rng, options, g_ref, sandwich=None):
@@ -216,17 +262,17 @@ def sketch_system(problem, ev, rng, options, g_ref, reference=None):
 def _forcing(ev, g_ref, tol):
     """CG's relative residual target η = min(0.5, max(‖g‖/g_ref, OVERSOLVE_MARGIN·tol·g_ref/‖g‖)).
 
-    ‖g‖/g_ref gives quadratic local convergence; the floor stops CG once the step's residual, which is
-    the gradient the step predicts, would be OVERSOLVE_MARGIN below the stopping test's tol·g_ref
-    (measured in ‖·‖ of the column-scaled residual relative to the scaled gradient, like η: where the
-    columns' scales differ the prediction can miss by their spread, and the next step, whose floor is
-    then ≥ ‖g‖/g_ref, finishes). Dense 10⁵ × 256, 1% noise, lagged: the last step's 2 CG iterations
-    (residual 5e-14·g_ref) become 1."""
+    ‖g‖/g_ref gives quadratic local convergence; the floor stops CG once the step's residual, the
+    gradient it predicts, would be OVERSOLVE_MARGIN below the stopping test's tol·g_ref (dense
+    10⁵ × 256, 1% noise, lagged: the last step's 2 CG iterations became 1). It is measured like η, the
+    column-scaled residual relative to the scaled gradient: where the columns' scales differ the
+    prediction can miss by their spread, and the next step, whose floor is then higher, finishes."""
     if not g_ref > 0:
         return MAX_FORCING
     relative = norm(ev.grad) / g_ref
-    floor = OVERSOLVE_MARGIN * tol / relative if relative > 0 else MAX_FORCING
-    return min(MAX_FORCING, max(relative, floor))
+    if not relative > 0:
+        return MAX_FORCING
+    return min(MAX_FORCING, max(relative, OVERSOLVE_MARGIN * tol / relative))
 
 
 def pcg_system(problem, ev, rng, options, g_ref, reference=None, sandwich=None):
@@ -237,8 +283,8 @@ def pcg_system(problem, ev, rng, options, g_ref, reference=None, sandwich=None):
         matrix, info = _sketched_matrix(problem, ev, rng, options, PRECONDITIONER_SAMPLE_CONSTANT, reference)
     else:
         matrix, info = problem.hessian_matrix(ev, sandwich=sandwich), {"preconditioner": "start fit"}
-    return NewtonSystem(matrix, hessp=lambda p: problem.hessian_product(ev, p),
-                        forcing=_forcing(ev, g_ref, options.tol), info=info, column_scale=options.column_scale)
+    return NewtonSystem(matrix, hessp=hessian_product(problem, ev), forcing=_forcing(ev, g_ref, options.tol),
+                        info=info, column_scale=options.column_scale)
 
 
 class SketchedSystems:
@@ -348,7 +394,7 @@ class LaggedSystems:
             self.problem, self.age = problem, 0
             return self.exact
         self.age += 1
-        return self.exact.preconditioning(lambda p: problem.hessian_product(ev, p), _forcing(ev, g_ref, options.tol),
+        return self.exact.preconditioning(hessian_product(problem, ev), _forcing(ev, g_ref, options.tol),
                                           {"preconditioner_age": self.age})
 
 

@@ -25,6 +25,7 @@ import pytest
 import scipy.linalg
 import threadpoolctl
 
+import naive
 import fastnewton.hessian as hessian_module
 import fastnewton.rates as rates_module
 from fastnewton import ConvergenceWarning, Problem, make_problem, solve
@@ -823,6 +824,7 @@ def test_csr_starts_are_not_sampled():
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("relative, tol, expected", [
     (1e-2, 1e-8, 1e-2),     # far from tol: ‖g‖/g_ref (quadratic local convergence)
+    (2e-4, 1e-8, 2e-4),
     (1e-6, 1e-8, 1e-3),     # near tol: the residual need only reach OVERSOLVE_MARGIN·tol·g_ref
     (3e-8, 1e-8, 1 / 30),
     (0.9, 1e-8, MAX_FORCING),
@@ -941,3 +943,21 @@ def test_pcg_from_the_auto_start_matches_exact_and_is_reproducible():
     for again in runs[1:]:
         assert np.array_equal(again.x, first.x)
         assert [r["loss"] for r in again.history] == [r["loss"] for r in first.history]
+
+
+def test_cg_sums_the_forward_pass_of_its_step(dense_start):
+    """C·p of a CG step, summed from its Hessian-vector products' passes, equals C @ p (NumPy) to the
+    rounding of a pass plus one term per CG iteration; the line search takes it instead of a pass. Other
+    arrays, and steps of a Cholesky system, get None (the line search makes the pass)."""
+    problem, builder, _, ev, g_ref, opts = dense_start
+    C = problem.block.matrix.array
+    system = pcg_system(problem, ev, np.random.default_rng(0), opts, g_ref)
+    step = system.solve(ev.grad, 0.0)
+    forward = system.forward_of(step)
+    iterations = system.info["cg_iterations"]
+    naive.assert_within_rounding(forward, C @ step, np.abs(C) @ np.abs(step), problem.d + 4 * iterations)
+    assert system.forward_of(step.copy()) is None
+    line = problem.line(ev, step, forward)
+    assert line.Cp is forward and line.largest == np.max(np.abs(forward))
+    exact = exact_system(problem, ev, None, opts, g_ref)
+    assert exact.forward_of(exact.solve(ev.grad, 0.0)) is None
