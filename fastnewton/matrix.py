@@ -13,7 +13,8 @@ import scipy.sparse as sp
 from .chunking import chunk_rows, sandwich_chunk_rows, sandwich_many_chunks
 from .kernels.csr import (csr_column_squares, csr_dense_rows, csr_matmat, csr_matvec, csr_matvecs, csr_rmatmat,
                           csr_rmatmat3, csr_rmatmats, csr_rmatvec)
-from .kernels.dense import dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats, signed_scaled_rows
+from .kernels.dense import (dense_column_squares, dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats,
+                             signed_scaled_rows)
 from .kernels.sandwich import csr_sandwich_many, csr_sandwich_rows
 from .kernels.sketch import csr_embed, csr_row_squares, dense_embed, dense_row_squares
 from .threads import blas_threads, map_single_threaded_blas
@@ -260,11 +261,10 @@ class DenseMatrix:
         return np.asarray(self.array[index], dtype=np.float64)
 
     def column_squares(self):
-        """Σᵢ C[i, j]² for every column j (float64, row blocks summed in order)."""
-        out = np.zeros(self.d)
-        for part in self._block_slices(self.n):
-            block = self._block(part)
-            out += np.einsum("ij,ij->j", block, block)
+        """Σᵢ C[i, j]² for every column j (float64; fixed row chunks summed in order, in parallel: the
+        blocked single-threaded einsum took 0.15 s on 10⁶ × 512, two passes' worth)."""
+        out = np.empty(self.d)
+        dense_column_squares(self.array, self._chunk_rows, out)
         return out
 
 

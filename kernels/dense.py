@@ -79,6 +79,23 @@ def dense_rmatmat(A, Q, chunk_rows, out):
 
 
 @njit(parallel=True, cache=True)
+def dense_column_squares(A, chunk_rows, out):
+    """out[j] = Σ_i A[i, j]² (float64): per fixed row chunk a partial (the inner loop along a row,
+    vectorised), partials summed in chunk order (``sum_chunk_partials``): deterministic in the thread count."""
+    n, d = A.shape
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    partial = np.zeros((n_chunks, d))
+    for c in prange(n_chunks):
+        acc = partial[c]
+        for i in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
+            row = A[i]
+            for j in range(d):
+                value = np.float64(row[j])
+                acc[j] += value * value
+    sum_chunk_partials(partial, out.reshape((d, 1)))
+
+
+@njit(parallel=True, cache=True)
 def dense_matvecs(A, X, rows_per_task, out):
     """out[t, :] = A X[:, t] for every column t of X (d × r; out is r × n): out[t, i] = Σ_j A[i, j]·X[j, t]
     summed in ``row_dot``'s order (lane j mod 4, then (c₀ + c₁) + (c₂ + c₃)), so each out[t] has

@@ -115,6 +115,19 @@ def local_pairs(res):
     return [(rel[k], rel[k + 1]) for k in range(rel.shape[0] - 1) if rel[k] <= LOCAL]
 
 
+def assert_quadratic(res):
+    """rel_{k+1} ≤ max(QUADRATIC·rel_k², FLOOR) for every local step but a CG strategy's last, whose CG
+    stops once its predicted gradient is OVERSOLVE_MARGIN·tol·g_ref (``hessian._forcing``): that one
+    need only end the solve (rel ≤ TOL)."""
+    pairs = local_pairs(res)
+    assert len(pairs) >= 2, relative_gradient_norms(res)
+    uses_cg = any("cg_iterations" in record for record in res.history)
+    for index, (before, after) in enumerate(pairs):
+        if uses_cg and index == len(pairs) - 1 and after <= TOL:
+            continue
+        assert after <= max(QUADRATIC * before**2, FLOOR), (before, after, relative_gradient_norms(res))
+
+
 CASES = [pytest.param(model, fmt, id=f"{model}-{fmt}") for model in MODELS for fmt in FORMATS]
 
 
@@ -146,10 +159,7 @@ def test_exact_and_pcg_converge_quadratically(model, fmt, hessian):
     res = run(model, fmt, hessian)
     assert res.converged, res.message
     assert res.hessian == hessian
-    pairs = local_pairs(res)
-    assert len(pairs) >= 2, relative_gradient_norms(res)
-    for before, after in pairs:
-        assert after <= max(QUADRATIC * before**2, FLOOR), (before, after, relative_gradient_norms(res))
+    assert_quadratic(res)
     if hessian == "pcg":
         assert res.n_iter <= run(model, fmt, "exact").n_iter + 1
         # The forcing term min(0.5, ‖g‖/g_ref) tightens as g shrinks: CG works harder at the end.
@@ -687,9 +697,7 @@ def test_lagged_converges_quadratically_to_the_exact_solution(model, fmt):
     exact = run(model, fmt, "exact")
     assert res.converged, res.message
     assert res.hessian == "lagged"
-    assert len(local_pairs(res)) >= 2, relative_gradient_norms(res)
-    for before, after in local_pairs(res):
-        assert after <= max(QUADRATIC * before**2, FLOOR), (before, after, relative_gradient_norms(res))
+    assert_quadratic(res)
     assert res.n_iter <= exact.n_iter + 1
     # Same minimum as exact (see test_sketch_and_pcg_reach_the_exact_solution for the bound).
     assert np.linalg.norm(res.x - exact.x) <= X_RTOL * np.linalg.norm(exact.x)
@@ -825,8 +833,9 @@ def test_csr_starts_are_not_sampled():
 @pytest.mark.parametrize("relative, tol, expected", [
     (1e-2, 1e-8, 1e-2),     # far from tol: ‖g‖/g_ref (quadratic local convergence)
     (2e-4, 1e-8, 2e-4),
-    (1e-6, 1e-8, 1e-3),     # near tol: the residual need only reach OVERSOLVE_MARGIN·tol·g_ref
-    (3e-8, 1e-8, 1 / 30),
+    # near tol: the residual need only reach OVERSOLVE_MARGIN·tol·g_ref
+    (1e-6, 1e-8, hessian_module.OVERSOLVE_MARGIN * 1e-2),
+    (3e-8, 1e-8, hessian_module.OVERSOLVE_MARGIN / 3),
     (0.9, 1e-8, MAX_FORCING),
 ])
 def test_forcing_term_stops_cg_once_the_predicted_gradient_meets_the_stopping_test(relative, tol, expected):
