@@ -223,8 +223,7 @@ class Problem:
     def hessian_product_and_forward(self, ev, p):
         """(∇²L·p, C·p): the product and its first pass, which CG sums into C·(its step) so that the
         line search along the step needs no pass of its own (``fastnewton.hessian.ForwardKeepingProduct``)."""
-        Cp = self.matrix.matvec(p)
-        Hp = self.matrix.rmatmat((self.beta(ev) * Cp)[:, None])[:, 0]
+        Hp, Cp = self.matrix.sandwich_vector(self.beta(ev), p)
         Hp += ev.P @ (ev.S @ (ev.P.T @ p))
         Hp += self.l2 * p
         return Hp, Cp

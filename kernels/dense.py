@@ -79,6 +79,27 @@ def dense_rmatmat(A, Q, chunk_rows, out):
 
 
 @njit(parallel=True, cache=True)
+def dense_sandwich_vector(A, beta, v, chunk_rows, forward, out):
+    """forward = A v and out = Aᵀ(β ⊙ forward) in one read of A: each row is read for its dot
+    (``row_dot``) and then, from cache, for its update; per fixed row chunk a partial, summed in chunk
+    order. The sums and their order are dense_matvec's and dense_rmatmat's (k = 1), so the bits are
+    those of the two passes (a Hessian-vector product of CG at half their memory traffic)."""
+    n, d = A.shape
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    partial = np.zeros((n_chunks, d))
+    for c in prange(n_chunks):
+        acc = partial[c]
+        for i in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
+            row = A[i]
+            t = row_dot(row, v)
+            forward[i] = t
+            w = beta[i] * t
+            for j in range(d):
+                acc[j] += row[j] * w
+    sum_chunk_partials(partial, out.reshape((d, 1)))
+
+
+@njit(parallel=True, cache=True)
 def dense_column_squares(A, chunk_rows, out):
     """out[j] = Σ_i A[i, j]² (float64): per fixed row chunk a partial (the inner loop along a row,
     vectorised), partials summed in chunk order (``sum_chunk_partials``): deterministic in the thread count."""
