@@ -7,7 +7,7 @@
   (``fastnewton.sketching``), a fresh sample each iteration, its scores from a reference Gram
   matrix kept while the samples certify it (``LeverageReference``); Cholesky. Linear local convergence.
   From x0="auto" it offers the start a fit on a sample by the same reference (``start_sample``), as pcg does.
-- ``pcg``: conjugate gradients on the exact Hessian-vector product (two passes over C each),
+- ``pcg``: conjugate gradients on the exact Hessian-vector product (two passes over C each, one on dense C),
   preconditioned by the Cholesky factor of H̃ + μD²; forcing term η = min(0.5, ‖g‖/g_ref) for
   quadratic local convergence at near-sketch cost (``_forcing``). From x0="auto" (softmax, dense C)
   H̃'s sandwich is first the start's own fit matrix, with no sample at all (``PreconditionerSystems``).
@@ -406,6 +406,8 @@ BUILDERS = {"exact": exact_system, "sketch": SketchedSystems, "pcg": Preconditio
 # search C·Δx), and per CG iteration of pcg (Hessian-vector product: C·p and Cᵀ(·)).
 PASSES_PER_ITERATION = 3
 PASSES_PER_CG_ITERATION = 2
+# ... except on dense C, whose product reads each row once for both (``DenseMatrix.sandwich_vector``).
+DENSE_PASSES_PER_CG_ITERATION = 1
 # A CG iteration's fixed cost beyond its passes and triangular solves: its Python control, two kernel
 # launches and two SciPy triangular solves. Measured 85–104 µs per CG iteration (``lagged``, 2 threads,
 # 50 softmax CSR problems n 64–512, d 32–64, 8 entries per row, whose passes take ~2 µs); priced at
@@ -520,7 +522,8 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
         return (1 + refresh) * sampled(constant) + refresh * fresh_scores + certificate
 
     def cg(iterations):
-        return iterations * (PASSES_PER_CG_ITERATION * one_pass + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
+        passes = DENSE_PASSES_PER_CG_ITERATION if dense else PASSES_PER_CG_ITERATION
+        return iterations * (passes * one_pass + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
 
     fit = start_seconds(problem, eps, sketch_size, rates)
     samples_start = default_start and fit["sampled"] < fit["exact"]
