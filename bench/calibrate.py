@@ -122,6 +122,7 @@ def row_rates(rates, quick, rng, seed=0):
 def iteration_ratios(problems):
     """Mean ratios of Newton iterations (sketch, pcg, lagged per exact) and CG iterations per pcg / lagged step."""
     exact, sketch, pcg, cg, lagged, lagged_cg, refreshes, sketched = [], [], [], [], [], [], 0, 0
+    start_preconditioned_cg = []
     other_refreshes, other_sketched = 0, 0
     for C, b in problems:
         runs = {name: fastnewton.solve(C, b, hessian=name, seed=0) for name in ("exact", "sketch", "pcg", "lagged")}
@@ -129,15 +130,22 @@ def iteration_ratios(problems):
         sketch.append(runs["sketch"].n_iter / exact[-1])
         pcg.append(runs["pcg"].n_iter / exact[-1])
         lagged.append(runs["lagged"].n_iter / exact[-1])
-        steps = runs["pcg"].history[1:]
-        cg.append(np.mean([record.get("cg_iterations", 1) for record in steps]) if steps else 1.0)
+        # pcg's steps preconditioned by a sample, and those by the start's fit matrix (dense C from x0="auto")
+        steps = [record for record in runs["pcg"].history[1:] if record.get("preconditioner") != "start fit"]
+        if steps or not runs["pcg"].n_iter:
+            cg.append(np.mean([record.get("cg_iterations", 1) for record in steps]) if steps else 1.0)
+        steps = [record for record in runs["pcg"].history[1:] if record.get("preconditioner") == "start fit"]
+        if steps:
+            start_preconditioned_cg.append(np.mean([record["cg_iterations"] for record in steps]))
         # the lagged steps only (every third iteration is exact and runs no CG)
         counts = [record["cg_iterations"] for record in runs["lagged"].history[1:] if "cg_iterations" in record]
         lagged_cg.append(np.mean(counts) if counts else 1.0)
         for name in ("sketch", "pcg"):
-            if runs[name].n_iter:
-                refreshes += runs[name].history[-1]["leverage_refreshes"]
-                sketched += runs[name].n_iter
+            # the iterations that sampled (pcg's preconditioned by the start's fit matrix sample nothing)
+            sampling = [record for record in runs[name].history[1:] if "sampled_rows" in record]
+            if sampling:
+                refreshes += sampling[-1]["leverage_refreshes"]
+                sketched += len(sampling)
         # From zeros β moves far in the first iterations: the reference is refused more often there.
         from_zeros = fastnewton.solve(C, b, hessian="sketch", x0="zeros", seed=0)
         if from_zeros.n_iter:
@@ -148,7 +156,9 @@ def iteration_ratios(problems):
             "EXACT_ITERATIONS": float(np.mean(exact)), "SKETCH_ITERATIONS_PER_EXACT": float(np.mean(sketch)),
             "PCG_ITERATIONS_PER_EXACT": float(np.mean(pcg)), "CG_ITERATIONS_PER_STEP": float(np.mean(cg)),
             "LAGGED_ITERATIONS_PER_EXACT": float(np.mean(lagged)),
-            "LAGGED_CG_ITERATIONS_PER_STEP": float(np.mean(lagged_cg))}
+            "LAGGED_CG_ITERATIONS_PER_STEP": float(np.mean(lagged_cg)),
+            "START_PRECONDITIONED_CG_ITERATIONS_PER_STEP": float(np.mean(start_preconditioned_cg))
+            if start_preconditioned_cg else 1.0}
 
 
 def measure(quick, seed=0):
@@ -192,6 +202,7 @@ def measure(quick, seed=0):
 
 ITERATION_FIGURES = ("EXACT_ITERATIONS", "SKETCH_ITERATIONS_PER_EXACT", "PCG_ITERATIONS_PER_EXACT",
                      "CG_ITERATIONS_PER_STEP", "LAGGED_ITERATIONS_PER_EXACT", "LAGGED_CG_ITERATIONS_PER_STEP",
+                     "START_PRECONDITIONED_CG_ITERATIONS_PER_STEP",
                      "REFERENCE_REFRESHES_PER_ITERATION", "REFERENCE_REFRESHES_FROM_OTHER_STARTS")
 
 

@@ -7,9 +7,10 @@
   (``fastnewton.sketching``), a fresh sample each iteration, its scores from a reference Gram
   matrix kept while the samples certify it (``LeverageReference``); Cholesky. Linear local convergence.
   From x0="auto" it offers the start a fit on a sample by the same reference (``start_sample``), as pcg does.
-- ``pcg``: conjugate gradients on the exact Hessian-vector product (two passes over C each),
+- ``pcg``: conjugate gradients on the exact Hessian-vector product (two passes over C each, one on dense C),
   preconditioned by the Cholesky factor of H̃ + μD²; forcing term η = min(0.5, ‖g‖/g_ref) for
-  quadratic local convergence at near-sketch cost.
+  quadratic local convergence at near-sketch cost (``_forcing``). From x0="auto" (softmax, dense C)
+  H̃'s sandwich is first the start's own fit matrix, with no sample at all (``PreconditionerSystems``).
 - ``lagged``: an ``exact`` iteration, then up to LAGGED_STEPS iterations that form no sandwich: CG
   on the exact Hessian-vector product (two passes over C each), preconditioned by the exact
   iteration's Cholesky factor (of the Hessian one or two iterates back), forcing term as ``pcg``'s.
@@ -44,6 +45,18 @@ STRATEGIES = ("auto", "exact", "sketch", "pcg", "lagged")
 START_STREAM = 1
 MAX_CG_ITERATIONS = 100
 MAX_FORCING = 0.5
+# CG need not make the step's linear residual (the gradient the step predicts) smaller than this
+# fraction of the stopping test's tol·g_ref (``_forcing``): the forcing term min(0.5, ‖g‖/g_ref) alone
+# asked the last step for a residual of 1e-13·g_ref where 1e-8·g_ref ends the solve. Measured, dense
+# 10⁶ × 512, 10% noise, pcg: the last step from 3e-8·g_ref took 2 CG iterations to 1.6e-10 (with 0.1)
+# and 1 to 1.4e-9 (with 0.25). (Aiming CG at it from further away does not save the next Newton
+# iteration there: the quadratic term alone left 3e-8·g_ref after 3 more CG iterations.)
+OVERSOLVE_MARGIN = 0.25
+# pcg from x0="auto": the start's fit matrix preconditions CG as long as each step's CG meets its
+# forcing term within this many iterations; a step that does not (the truncated CG's iterate is still
+# a descent direction) retires it for the rest of the solve (``PreconditionerSystems``). Measured with
+# it: 1–4 CG iterations per step on noisy dense softmax (1% and 10% noise); a sampled H̃ needs 4–7.
+START_PRECONDITIONER_MAX_CG = 8
 # pcg: when the sampled H̃ + μI has no Cholesky factor (β of mixed sign), only the
 # preconditioner is shifted, by ν = 10⁻⁸·scale, ×10 per failure, at most this many times.
 MAX_PRECONDITIONER_SHIFTS = 20
@@ -80,6 +93,10 @@ class NewtonSystem:
     factors: dict = field(default_factory=dict)
     # > 1: the preconditioner may be a factor at a shift within this factor of μ (``_reused_factor``).
     reuse_shift_ratio: float = 1.0
+    # CG stops here even short of the forcing term (info["cg_truncated"]); its iterate is the step.
+    max_cg_iterations: int = MAX_CG_ITERATIONS
+    # (the last step solve returned, its C·step summed by CG) when hessp keeps its passes (``forward_of``).
+    step_forward: tuple = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.column_scale is None:
@@ -106,6 +123,7 @@ class NewtonSystem:
         system = copy.copy(self)
         system.hessp, system.forcing, system.info = hessp, forcing, info
         system.reuse_shift_ratio = LAGGED_SHIFT_RATIO
+        system.step_forward = None
         return system
 
     def solve(self, g, mu):
@@ -133,8 +151,20 @@ class NewtonSystem:
         if factor is None:
             return None
         self.info["preconditioner_shift"] = shift
-        p = self._pcg(factor, scaled_g, mu)
-        return None if p is None else p / self.column_scale
+        p, forward = self._pcg(factor, scaled_g, mu)
+        if p is None:
+            return None
+        step = p / self.column_scale
+        self.step_forward = (step, forward)
+        return step
+
+    def forward_of(self, step):
+        """C·step when ``step`` is what the last ``solve`` returned and CG summed it from the passes of
+        its Hessian-vector products (``ForwardKeepingProduct``), else None (the line search makes the pass).
+        Rounding: C·p = Σₖ αₖ·C dₖ adds one rounding of each term per CG iteration to a pass's own bound
+        (the carried u's bound, fastnewton.newton, holds a fresh pass's with room to spare)."""
+        held = self.step_forward
+        return held[1] if held is not None and held[0] is step else None
 
     def _reused_factor(self, mu):
         """The preconditioner's factor at damping μ: a lagged system first takes a factor it already
@@ -153,23 +183,32 @@ class NewtonSystem:
         return self.hessp(v / self.column_scale) / self.column_scale
 
     def _pcg(self, factor, g, mu):
-        """Preconditioned CG from p = 0 on (D⁻¹HD⁻¹ + μI) p = −g (g scaled) until ‖residual‖ ≤ forcing·‖g‖."""
+        """Preconditioned CG from p = 0 on (D⁻¹HD⁻¹ + μI) p = −g (g scaled) until ‖residual‖ ≤ forcing·‖g‖:
+        (p, C·(p/D) summed from the products' passes, or None when ``hessp`` does not keep them)."""
+        keeps_forward = isinstance(self.hessp, ForwardKeepingProduct)
+        forward = None
         p = np.zeros_like(g)
         residual = -g.copy()
         z = scipy.linalg.cho_solve(factor, residual, check_finite=False)
         direction = z.copy()
         rz = dot(residual, z)
         target = self.forcing * norm(g)
-        for iteration in range(1, MAX_CG_ITERATIONS + 1):
+        self.info.pop("cg_truncated", None)
+        for iteration in range(1, self.max_cg_iterations + 1):
             Hd = self._scaled_hessp(direction) + mu * direction
             curvature = dot(direction, Hd)
             if not curvature > 0.0:
                 self.info["cg_iterations"] = iteration
                 # Negative curvature of H + μD²: the damping must grow (the first direction is
                 # the preconditioned gradient, so p = 0 here means no usable step yet).
-                return p if iteration > 1 else None
+                return (p, forward) if iteration > 1 else (None, None)
             alpha = rz / curvature
             p += alpha * direction
+            if keeps_forward:
+                if forward is None:
+                    forward = alpha * self.hessp.forward
+                else:
+                    forward += alpha * self.hessp.forward
             residual -= alpha * Hd
             if norm(residual) <= target:
                 break
@@ -177,8 +216,31 @@ class NewtonSystem:
             rz_next = dot(residual, z)
             direction = z + (rz_next / rz) * direction
             rz = rz_next
+        else:
+            self.info["cg_truncated"] = True
         self.info["cg_iterations"] = iteration
-        return p
+        return p, forward
+
+
+class ForwardKeepingProduct:
+    """CG's v ↦ ∇²L·v at ev (``Problem.hessian_product_and_forward``), keeping C·v, the pass it made,
+    as ``forward``: CG sums its step's C·p from them (``NewtonSystem.forward_of``), and the line search
+    along the step needs no pass C·p (dense 10⁶ × 512: one pass of ~0.11 s per Newton iteration)."""
+
+    def __init__(self, problem, ev):
+        self.problem, self.ev, self.forward = problem, ev, None
+
+    def __call__(self, v):
+        Hv, self.forward = self.problem.hessian_product_and_forward(self.ev, v)
+        return Hv
+
+
+def hessian_product(problem, ev):
+    """CG's Hessian-vector product at ev: a ``ForwardKeepingProduct`` where the evaluator returns its
+    pass C·v (one machine), else ``problem.hessian_product`` (Dask keeps C·v on the workers)."""
+    if hasattr(problem, "hessian_product_and_forward"):
+        return ForwardKeepingProduct(problem, ev)
+    return lambda p: problem.hessian_product(ev, p)
 
 
 def exact_system(problem, ev, rng, options, g_ref, sandwich=None):
@@ -199,15 +261,31 @@ def sketch_system(problem, ev, rng, options, g_ref, reference=None):
     return NewtonSystem(matrix, info=info, column_scale=options.column_scale)
 
 
-def _forcing(ev, g_ref):
-    """CG's relative residual target η = min(0.5, ‖g‖/g_ref): quadratic local convergence."""
-    return min(MAX_FORCING, norm(ev.grad) / g_ref) if g_ref > 0 else MAX_FORCING
+def _forcing(ev, g_ref, tol):
+    """CG's relative residual target η = min(0.5, max(‖g‖/g_ref, OVERSOLVE_MARGIN·tol·g_ref/‖g‖)).
+
+    ‖g‖/g_ref gives quadratic local convergence; the floor stops CG once the step's residual, the
+    gradient it predicts, would be OVERSOLVE_MARGIN below the stopping test's tol·g_ref (dense
+    10⁵ × 256, 1% noise, lagged: the last step's 2 CG iterations became 1). It is measured like η, the
+    column-scaled residual relative to the scaled gradient: where the columns' scales differ the
+    prediction can miss by their spread, and the next step, whose floor is then higher, finishes."""
+    if not g_ref > 0:
+        return MAX_FORCING
+    relative = norm(ev.grad) / g_ref
+    if not relative > 0:
+        return MAX_FORCING
+    return min(MAX_FORCING, max(relative, OVERSOLVE_MARGIN * tol / relative))
 
 
-def pcg_system(problem, ev, rng, options, g_ref, reference=None):
-    """CG on the exact H, preconditioned by the sampled H̃ (``reference`` as for ``sketch_system``)."""
-    matrix, info = _sketched_matrix(problem, ev, rng, options, PRECONDITIONER_SAMPLE_CONSTANT, reference)
-    return NewtonSystem(matrix, hessp=lambda p: problem.hessian_product(ev, p), forcing=_forcing(ev, g_ref),
+def pcg_system(problem, ev, rng, options, g_ref, reference=None, sandwich=None):
+    """CG on the exact H, preconditioned by H̃: with ``sandwich`` (an approximation of Cᵀ diag(β) C, e.g.
+    the start's fit matrix: ``PreconditionerSystems``) H̃ = sandwich + P S Pᵀ + λI, else the sampled H̃
+    (``reference`` as for ``sketch_system``)."""
+    if sandwich is None:
+        matrix, info = _sketched_matrix(problem, ev, rng, options, PRECONDITIONER_SAMPLE_CONSTANT, reference)
+    else:
+        matrix, info = problem.hessian_matrix(ev, sandwich=sandwich), {"preconditioner": "start fit"}
+    return NewtonSystem(matrix, hessp=hessian_product(problem, ev), forcing=_forcing(ev, g_ref, options.tol),
                         info=info, column_scale=options.column_scale)
 
 
@@ -249,10 +327,54 @@ class SketchedSystems:
 
 
 class PreconditionerSystems(SketchedSystems):
-    """``pcg``'s builder: ``SketchedSystems`` of ``pcg_system``."""
+    """``pcg``'s builder: ``SketchedSystems`` of ``pcg_system``, whose preconditioner is first the start's
+    own fit matrix where the start was offered a ``FitSample`` (from x0="auto"; softmax on dense C).
+
+    The softmax start fits log b with weights ωᵢ ∝ bᵢ² (``fastnewton.start.log_linear_fit``), and near the
+    optimum the Hessian's sandwich weights are βᵢ = sᵢ(2sᵢ − bᵢ) − c·sᵢ ≈ bᵢ² (s ≈ b, c = ⟨s, s − b⟩ ≈ 0). So
+    the fit's normal matrix M (Σω = 1; on a leverage sample an ε-spectral approximation of the exact
+    one, or exact when the sample was refused) scaled to β's mass, (Σβ)·M[:d, :d], approximates
+    Cᵀ diag(β) C, and H̃ = (Σβ)·M[:d, :d] + P S Pᵀ + λI (the current P, S, λ) preconditions CG on the
+    exact Hessian with no sandwich and no sample in the Newton loop: its Cholesky (d³/3) is an
+    iteration's only work beyond the passes. The rule: it serves while every step's CG meets its
+    forcing term within START_PRECONDITIONER_MAX_CG iterations (and Σβ > 0); the first step that
+    does not (β has moved away from b², e.g. a target far from any softmax) ends its use for that
+    problem, and the sampled H̃ of the current β preconditions from the next iteration on.
+    """
 
     def __init__(self):
         super().__init__(pcg_system)
+        # id(problem) → [problem, its start's FitSample, the last system it preconditioned (or None)].
+        self.start_fits = {}
+
+    def start_sample(self, problem, options):
+        sample = super().start_sample(problem, options)
+        if sample is not None:
+            self.start_fits[id(problem)] = [problem, sample, None]
+        return sample
+
+    def start_sandwich(self, problem, ev):
+        """(Σβ)·M[:d, :d] from ``problem``'s start fit, or None when it has none or the rule retired it."""
+        held = self.start_fits.get(id(problem))
+        if held is None or held[0] is not problem:
+            return None
+        held_problem, sample, last = held
+        M = sample.normal_matrix
+        mass = float(np.sum(problem.beta(ev))) if M is not None else 0.0
+        if M is None or (last is not None and last.info.get("cg_truncated")) or not 0.0 < mass < math.inf:
+            del self.start_fits[id(problem)]
+            return None
+        d = problem.d
+        return mass * M[:d, :d]
+
+    def __call__(self, problem, ev, rng, options, g_ref):
+        sandwich = self.start_sandwich(problem, ev)
+        if sandwich is None:
+            return super().__call__(problem, ev, rng, options, g_ref)
+        system = pcg_system(problem, ev, rng, options, g_ref, sandwich=sandwich)
+        system.max_cg_iterations = START_PRECONDITIONER_MAX_CG
+        self.start_fits[id(problem)][2] = system
+        return system
 
 
 class LaggedSystems:
@@ -274,7 +396,7 @@ class LaggedSystems:
             self.problem, self.age = problem, 0
             return self.exact
         self.age += 1
-        return self.exact.preconditioning(lambda p: problem.hessian_product(ev, p), _forcing(ev, g_ref),
+        return self.exact.preconditioning(hessian_product(problem, ev), _forcing(ev, g_ref, options.tol),
                                           {"preconditioner_age": self.age})
 
 
@@ -286,6 +408,8 @@ BUILDERS = {"exact": exact_system, "sketch": SketchedSystems, "pcg": Preconditio
 # line in between), and per CG iteration of pcg (Hessian-vector product: C·p and Cᵀ(·)).
 PASSES_PER_ITERATION = 2 + 1 / REFRESH_EVERY
 PASSES_PER_CG_ITERATION = 2
+# ... except on dense C, whose product reads each row once for both (``DenseMatrix.sandwich_vector``).
+DENSE_PASSES_PER_CG_ITERATION = 1
 # A CG iteration's fixed cost beyond its passes and triangular solves: its Python control, two kernel
 # launches and two SciPy triangular solves. Measured 85–104 µs per CG iteration (``lagged``, 2 threads,
 # 50 softmax CSR problems n 64–512, d 32–64, 8 entries per row, whose passes take ~2 µs); priced at
@@ -417,6 +541,10 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     ratios for sketch, pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products
     (two passes and a triangular solve pair each, plus CG_ITERATION_SECONDS) per step, lagged an
     exact iteration in every LAGGED_STEPS + 1 and LAGGED_CG_ITERATIONS_PER_STEP of them on the others.
+    Where the start fits on a sample (from x0="auto"), pcg's preconditioner is the start's fit matrix
+    (``PreconditionerSystems``): its iterations sample nothing, pay one Cholesky and
+    START_PRECONDITIONED_CG_ITERATIONS_PER_STEP Hessian-vector products (one pass each on dense C:
+    ``DenseMatrix.sandwich_vector`` reads a row once for C·p and Cᵀ(β ⊙ ·)).
     """
     matrix = problem.matrix
     n, d, nnz = matrix.n, matrix.d, matrix.nnz
@@ -451,12 +579,16 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
         return (1 + refresh) * (sampled(constant) + draw) + refresh * fresh_scores + certificate
 
     def cg(iterations):
-        return iterations * (PASSES_PER_CG_ITERATION * one_pass + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
+        passes = DENSE_PASSES_PER_CG_ITERATION if dense else PASSES_PER_CG_ITERATION
+        return iterations * (passes * one_pass + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
 
+    fit = start_seconds(problem, eps, sketch_size, rates)
+    samples_start = default_start and fit["sampled"] < fit["exact"]
     per_iteration = {
         "exact": sandwich(n) + cholesky,
         "sketch": sketched(SAMPLE_CONSTANT) + cholesky,
-        "pcg": sketched(PRECONDITIONER_SAMPLE_CONSTANT) + cholesky + cg(rates.CG_ITERATIONS_PER_STEP),
+        "pcg": (cholesky + cg(rates.START_PRECONDITIONED_CG_ITERATIONS_PER_STEP) if samples_start
+                else sketched(PRECONDITIONER_SAMPLE_CONSTANT) + cholesky + cg(rates.CG_ITERATIONS_PER_STEP)),
     }
     iterations = {"exact": rates.EXACT_ITERATIONS,
                   "sketch": rates.EXACT_ITERATIONS * rates.SKETCH_ITERATIONS_PER_EXACT,
@@ -468,11 +600,9 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     # The start's fit, then the stopping test's references (column norms, ∇L(0)) and the first
     # evaluation. From x0="auto" the sketched strategies fit on a sample when that is cheaper, and
     # its pass is their first reference.
-    fit = start_seconds(problem, eps, sketch_size, rates)
     first_evaluation = 2 * one_pass + row_work
     exact_start = fit["exact"] + 2 * one_pass + first_evaluation
-    sketched_start = (fit["sampled"] if default_start and fit["sampled"] < fit["exact"]
-                      else fit["exact"]) + one_pass + 2 * one_pass + first_evaluation
+    sketched_start = (fit["sampled"] if samples_start else fit["exact"]) + one_pass + 2 * one_pass + first_evaluation
     start = {"exact": exact_start, "sketch": sketched_start, "pcg": sketched_start, "lagged": exact_start}
     shared = PASSES_PER_ITERATION * one_pass + row_work + 1.0 / rates.TINY_ITERATIONS
     return {name: start[name] + iterations[name] * (per_iteration[name] + shared) for name in per_iteration}

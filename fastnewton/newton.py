@@ -330,7 +330,9 @@ def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=No
 
     def line(p):
         with timer("line_search"):
-            return problem.line(ev, p)
+            # C·p summed by CG from its products' passes, when it kept them (NewtonSystem.forward_of)
+            Cp = system.forward_of(p)
+            return problem.line(ev, p) if Cp is None else problem.line(ev, p, Cp)
 
     return run_rounds(newton_step_rounds(problem, ev, system, mu, max_logit_step, timer, counts), line)
 

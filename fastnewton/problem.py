@@ -218,11 +218,15 @@ class Problem:
 
     def hessian_product(self, ev, p):
         """∇²L·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp (two passes over C)."""
-        Cp = self.matrix.matvec(p)
-        Hp = self.matrix.rmatmat((self.beta(ev) * Cp)[:, None])[:, 0]
+        return self.hessian_product_and_forward(ev, p)[0]
+
+    def hessian_product_and_forward(self, ev, p):
+        """(∇²L·p, C·p): the product and its first pass, which CG sums into C·(its step) so that the
+        line search along the step needs no pass of its own (``fastnewton.hessian.ForwardKeepingProduct``)."""
+        Hp, Cp = self.matrix.sandwich_vector(self.beta(ev), p)
         Hp += ev.P @ (ev.S @ (ev.P.T @ p))
         Hp += self.l2 * p
-        return Hp
+        return Hp, Cp
 
     def sampled_sandwich(self, ev, s, rng, reference=None):
         """(CᵀD̃C from a leverage-score sample of about s rows, rows kept): ``fastnewton.sketching``

@@ -52,3 +52,5 @@ REFERENCE_REFRESHES_FROM_OTHER_STARTS = 0.143
 # Newton iterations of lagged per exact Newton iteration, CG iterations per lagged step.
 LAGGED_ITERATIONS_PER_EXACT = 1
 LAGGED_CG_ITERATIONS_PER_STEP = 2.25
+# CG iterations per pcg step preconditioned by the start's fit matrix (dense C from x0="auto").
+START_PRECONDITIONED_CG_ITERATIONS_PER_STEP = 3

@@ -158,6 +158,8 @@ def log_linear_fit_rounds(problem, row_probabilities, parameters=None, squared=F
     system = None if sample is None else sampled_normal_system(problem, _log_fit_rows, fit, sample)
     if system is None:
         system = yield from normal_system_rounds(problem, _log_fit_rows, fit, intercept=True, normalise=True)
+    if sample is not None:
+        sample.normal_matrix = system[0]
     z, _ = solve_psd(*system)
     return z[:-1]
 
@@ -167,12 +169,15 @@ class FitSample:
     """How a start fits from a sample of rows (``sampled_normal_system``): the solve's
     ``LeverageReference`` (whose row factors gᵢ the Newton iterations then reuse), about ``size`` rows,
     the start's own random stream. ``kept`` is set to the rows the fit used, or 0 when it refused the
-    sample (the exact fit then ran)."""
+    sample (the exact fit then ran); ``normal_matrix`` to the fit's M over [C, 1] (ω normalised to
+    Σω = 1; sampled, or exact when refused), which ``pcg`` reuses as its preconditioner
+    (``fastnewton.hessian.PreconditionerSystems``)."""
 
     reference: object
     size: int
     rng: object
     kept: int = 0
+    normal_matrix: object = None
 
 
 def sampled_normal_system(problem, row_fit, parameters, sample):

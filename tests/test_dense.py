@@ -223,3 +223,43 @@ def test_dense_sandwich_with_multithreaded_blas_matches_the_default():
         finally:
             matrix_module.DENSE_SANDWICH_BLAS_THREADS = False
     naive.assert_within_rounding(threaded, default, np.abs(A).T @ (np.abs(w)[:, None] * np.abs(A)), n + 4)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, None], ids=["chunk1", "chunk3", "real"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_column_squares_match_numpy_and_not_the_thread_count(dtype, chunk_rows, monkeypatch, run_with_threads):
+    """DenseMatrix.column_squares (kernels/dense.dense_column_squares): Σᵢ C[i, j]² to the summation
+    bound, zero columns exactly 0, and the same bits with one thread as with all (fixed chunks)."""
+    if chunk_rows is not None:
+        monkeypatch.setattr(matrix_module, "chunk_rows", lambda n: chunk_rows)
+    rng = np.random.default_rng(14)
+    A = _random_dense(rng, 37, 11, dtype, zero_rows=True, zero_columns=True)
+    matrix = DenseMatrix(A)
+    squares = matrix.column_squares()
+    A64 = A.astype(np.float64)
+    naive.assert_within_rounding(squares, (A64 * A64).sum(axis=0), (A64 * A64).sum(axis=0), A.shape[0])
+    assert np.all(squares[1::3] == 0.0)
+    one = run_with_threads(1, lambda: DenseMatrix(A).column_squares())
+    assert np.array_equal(one, run_with_threads(2, lambda: DenseMatrix(A).column_squares()))
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, None], ids=["chunk1", "chunk3", "real"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sandwich_vector_is_the_two_passes_bit_for_bit(dtype, chunk_rows, monkeypatch, run_with_threads):
+    """DenseMatrix.sandwich_vector (one read of C): (Cᵀ(β ⊙ Cv), Cv) with the bits of matvec then rmatmat,
+    NumPy's to the summation bound, and the same bits with one thread as with two."""
+    if chunk_rows is not None:
+        monkeypatch.setattr(matrix_module, "chunk_rows", lambda n: chunk_rows)
+    rng = np.random.default_rng(16)
+    n, d = 37, 11
+    A = _random_dense(rng, n, d, dtype, zero_rows=True, zero_columns=True)
+    beta, v = rng.standard_normal(n) * np.exp(rng.uniform(-5, 5, n)), rng.standard_normal(d)
+    matrix = DenseMatrix(A)
+    product, forward = run_with_threads(2, lambda: matrix.sandwich_vector(beta, v))
+    assert np.array_equal(forward, matrix.matvec(v))
+    assert np.array_equal(product, matrix.rmatmat((beta * matrix.matvec(v))[:, None])[:, 0])
+    one = run_with_threads(1, lambda: matrix.sandwich_vector(beta, v))
+    assert np.array_equal(one[0], product) and np.array_equal(one[1], forward)
+    A64 = A.astype(np.float64)
+    weighted = (A64.T * beta) @ A64
+    naive.assert_within_rounding(product, weighted @ v, np.abs(A64.T * beta) @ np.abs(A64) @ np.abs(v), n + d)

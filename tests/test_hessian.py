@@ -25,6 +25,7 @@ import pytest
 import scipy.linalg
 import threadpoolctl
 
+import naive
 import fastnewton.hessian as hessian_module
 import fastnewton.rates as rates_module
 from fastnewton import ConvergenceWarning, Problem, make_problem, solve
@@ -39,7 +40,7 @@ from fastnewton.hessian import (
     sketch_system,
     strategy_seconds,
 )
-from fastnewton.newton import SolveOptions
+from fastnewton.newton import SolveOptions, run_requests
 from fastnewton.sketching import PRECONDITIONER_SAMPLE_CONSTANT, sample_size, sampled_sandwich
 
 # The stopping rule ‖∇L‖ ≤ TOL·g_ref. Near x*,
@@ -114,6 +115,19 @@ def local_pairs(res):
     return [(rel[k], rel[k + 1]) for k in range(rel.shape[0] - 1) if rel[k] <= LOCAL]
 
 
+def assert_quadratic(res):
+    """rel_{k+1} ≤ max(QUADRATIC·rel_k², FLOOR) for every local step but a CG strategy's last, whose CG
+    stops once its predicted gradient is OVERSOLVE_MARGIN·tol·g_ref (``hessian._forcing``): that one
+    need only end the solve (rel ≤ TOL)."""
+    pairs = local_pairs(res)
+    assert len(pairs) >= 2, relative_gradient_norms(res)
+    uses_cg = any("cg_iterations" in record for record in res.history)
+    for index, (before, after) in enumerate(pairs):
+        if uses_cg and index == len(pairs) - 1 and after <= TOL:
+            continue
+        assert after <= max(QUADRATIC * before**2, FLOOR), (before, after, relative_gradient_norms(res))
+
+
 CASES = [pytest.param(model, fmt, id=f"{model}-{fmt}") for model in MODELS for fmt in FORMATS]
 
 
@@ -145,10 +159,7 @@ def test_exact_and_pcg_converge_quadratically(model, fmt, hessian):
     res = run(model, fmt, hessian)
     assert res.converged, res.message
     assert res.hessian == hessian
-    pairs = local_pairs(res)
-    assert len(pairs) >= 2, relative_gradient_norms(res)
-    for before, after in pairs:
-        assert after <= max(QUADRATIC * before**2, FLOOR), (before, after, relative_gradient_norms(res))
+    assert_quadratic(res)
     if hessian == "pcg":
         assert res.n_iter <= run(model, fmt, "exact").n_iter + 1
         # The forcing term min(0.5, ‖g‖/g_ref) tightens as g shrinks: CG works harder at the end.
@@ -249,9 +260,11 @@ def uniform_rates(**changes):
     values = {name: 1e9 for name in dir(rates_module) if name.isupper() and name not in (
         "MACHINE", "EXACT_ITERATIONS", "SKETCH_ITERATIONS_PER_EXACT", "PCG_ITERATIONS_PER_EXACT",
         "CG_ITERATIONS_PER_STEP", "LAGGED_ITERATIONS_PER_EXACT", "LAGGED_CG_ITERATIONS_PER_STEP",
+        "START_PRECONDITIONED_CG_ITERATIONS_PER_STEP",
         "REFERENCE_REFRESHES_PER_ITERATION", "REFERENCE_REFRESHES_FROM_OTHER_STARTS")}
     values.update(EXACT_ITERATIONS=5.0, SKETCH_ITERATIONS_PER_EXACT=2.0, PCG_ITERATIONS_PER_EXACT=1.0,
                   CG_ITERATIONS_PER_STEP=3.0, LAGGED_ITERATIONS_PER_EXACT=3.0, LAGGED_CG_ITERATIONS_PER_STEP=3.0,
+                  START_PRECONDITIONED_CG_ITERATIONS_PER_STEP=2.0,
                   REFERENCE_REFRESHES_PER_ITERATION=1.0, REFERENCE_REFRESHES_FROM_OTHER_STARTS=1.0)
     values.update(changes)
     return types.SimpleNamespace(**values)
@@ -288,9 +301,9 @@ def test_cost_model_work_counts():
     kept = strategy_seconds(stand_in(n, d), 0.5, None, uniform_rates(REFERENCE_REFRESHES_PER_ITERATION=0.0))
     assert kept["sketch"] == pytest.approx(
         start + first_reference + 10 * (sampled + draw + certificate + cholesky + shared), rel=1e-12)
-    # lagged: 15 iterations, one in three exact, the others 3 CG iterations of two passes, two
-    # triangular solves and the fixed cost of a CG iteration each.
-    cg_step = 3 * ((2 * n * d + 2 * d * d) / 1e9 + CG_ITERATION_SECONDS)
+    # lagged: 15 iterations, one in three exact, the others 3 CG iterations of a pass (dense C: the
+    # product reads each row once), two triangular solves and the fixed cost of a CG iteration each.
+    cg_step = 3 * ((n * d + 2 * d * d) / 1e9 + CG_ITERATION_SECONDS)
     assert seconds["lagged"] == pytest.approx(
         start + 15 * ((sandwich + cholesky + 2 * cg_step) / 3 + shared), rel=1e-12)
 
@@ -479,7 +492,9 @@ def test_pcg_system_uses_the_exact_hessian_and_the_forcing_term(softmax_point):
     p = np.random.default_rng(10).standard_normal(problem.d)
     scale = np.abs(H).sum(axis=1).max() * np.abs(p).max()
     np.testing.assert_allclose(system.hessp(p), H @ p, rtol=0, atol=1e-10 * scale)
-    assert system.forcing == min(MAX_FORCING, np.linalg.norm(ev.grad) / g_ref)
+    relative = np.linalg.norm(ev.grad) / g_ref
+    assert system.forcing == min(MAX_FORCING, max(relative, hessian_module.OVERSOLVE_MARGIN * TOL / relative))
+    assert system.forcing == min(MAX_FORCING, relative)  # far from tol here: the floor does not bind
     assert 0 < system.forcing < MAX_FORCING
     step = system.solve(ev.grad, 0.0)
     residual = np.linalg.norm(H @ step + ev.grad)
@@ -655,11 +670,13 @@ def test_lagged_step_is_the_exact_newton_step_to_cg_tolerance(softmax_point, mon
     term made tiny it is the exact Newton step −H⁻¹g."""
     problem, ev, g_ref = softmax_point
     scale = problem.column_norms()
-    opts = options(hessian="lagged", column_scale=scale)
+    opts = {"loose": options(hessian="lagged", column_scale=scale),
+            "tight": options(hessian="lagged", column_scale=scale, tol=1e-30)}
     builders = {"loose": hessian_module.LaggedSystems(), "tight": hessian_module.LaggedSystems()}
-    # A g_ref 1e12× larger makes η = min(0.5, ‖g‖/g_ref) ~1e-12 for the tight builder.
+    # A g_ref 1e12× larger (and a tol that keeps the oversolving floor below it) makes
+    # η = min(0.5, ‖g‖/g_ref) ~1e-12 for the tight builder.
     g_refs = {"loose": g_ref, "tight": g_ref * 1e12}
-    first = {name: builder(problem, ev, None, opts, g_refs[name]) for name, builder in builders.items()}
+    first = {name: builder(problem, ev, None, opts[name], g_refs[name]) for name, builder in builders.items()}
     moved_ev = problem.evaluate(ev.x + 0.5 * first["loose"].solve(ev.grad, 0.0))
     H = problem.hessian(moved_ev.x)
     g = moved_ev.grad
@@ -668,7 +685,7 @@ def test_lagged_step_is_the_exact_newton_step_to_cg_tolerance(softmax_point, mon
         raise AssertionError("a lagged iteration formed a sandwich")
 
     monkeypatch.setattr(problem.matrix, "sandwich", no_sandwich)
-    lagged = {name: builder(problem, moved_ev, None, opts, g_refs[name]) for name, builder in builders.items()}
+    lagged = {name: builder(problem, moved_ev, None, opts[name], g_refs[name]) for name, builder in builders.items()}
     steps = {name: system.solve(g, 0.0) for name, system in lagged.items()}
     assert lagged["loose"].info["preconditioner_age"] == 1 and lagged["loose"].info["cg_iterations"] >= 1
     # CG stops at ‖D⁻¹(Hp + g)‖ ≤ η‖D⁻¹g‖; 1e-9 of slack for the rounding of the products.
@@ -704,9 +721,7 @@ def test_lagged_converges_quadratically_to_the_exact_solution(model, fmt):
     exact = run(model, fmt, "exact")
     assert res.converged, res.message
     assert res.hessian == "lagged"
-    assert len(local_pairs(res)) >= 2, relative_gradient_norms(res)
-    for before, after in local_pairs(res):
-        assert after <= max(QUADRATIC * before**2, FLOOR), (before, after, relative_gradient_norms(res))
+    assert_quadratic(res)
     assert res.n_iter <= exact.n_iter + 1
     # Same minimum as exact (see test_sketch_and_pcg_reach_the_exact_solution for the bound).
     assert np.linalg.norm(res.x - exact.x) <= X_RTOL * np.linalg.norm(exact.x)
@@ -792,8 +807,15 @@ def test_auto_prices_the_sampled_start_of_the_sketched_strategies():
     s = sample_size(d + 1, 0.5)
     draw = n / 1e9  # the Poisson draw over the n rows
     saved = (sandwich + one_pass + cholesky) - (2 * one_pass + draw + s * (d + 2) ** 2 / 2 / 1e9 + 2 * cholesky)
-    for name in ("sketch", "pcg"):
-        assert before[name] - after[name] == pytest.approx(saved, rel=1e-9)
+    assert before["sketch"] - after["sketch"] == pytest.approx(saved, rel=1e-9)
+    # pcg's iterations are then preconditioned by the start's fit matrix: no sample (its rows, its draw,
+    # the certificate's 4/3 d³), START_PRECONDITIONED_CG_ITERATIONS_PER_STEP instead of CG_ITERATIONS_PER_STEP.
+    rows = sample_size(d, 0.5, PRECONDITIONER_SAMPLE_CONSTANT)
+    cg_step = (n * d + 2 * d * d) / 1e9 + CG_ITERATION_SECONDS
+    per_iteration = (rows * d * d / 2 / 1e9 + draw + 4 * cholesky
+                     + (rates.CG_ITERATIONS_PER_STEP - rates.START_PRECONDITIONED_CG_ITERATIONS_PER_STEP) * cg_step)
+    iterations = rates.EXACT_ITERATIONS * rates.PCG_ITERATIONS_PER_EXACT
+    assert before["pcg"] - after["pcg"] == pytest.approx(saved + iterations * per_iteration, rel=1e-9)
     for name in ("exact", "lagged"):
         assert after[name] == before[name]
     assert strategy_seconds(sampling, 0.5, None, rates, default_start=False) == strategy_seconds(
@@ -812,6 +834,7 @@ def test_expected_sample_rows_is_the_poisson_samples_expected_size():
     sketched iterations keep (their scores |βᵢ|gᵢ scale like bᵢ² near the fit, gᵢ about equal on i.i.d.
     rows): the dense sampled sandwich costs the rows kept, not s (10⁵×512: 21.9k of s = 52.5k)."""
     from fastnewton.hessian import expected_sample_rows
+    from fastnewton.start import starting_point
 
     n, d = 2000, 8
     C = np.random.default_rng(0).standard_normal((n, d))
@@ -827,8 +850,11 @@ def test_expected_sample_rows_is_the_poisson_samples_expected_size():
     assert expected_sample_rows(stand_in(n, d), [10, 5000]) == [10, n]
     for n, d in ((20_000, 64), (5000, 48)):
         C, b, _ = make_problem(n, d, dense=True, noise=0.1, seed=0)
-        for name, constant in (("sketch", 3.0), ("pcg", PRECONDITIONER_SAMPLE_CONSTANT)):
-            res = solve(C, b, hessian=name, seed=0)
+        # pcg is given the exact fit as an array: from x0="auto" its iterations are preconditioned by the
+        # start's sampled fit and draw no sample of their own.
+        x0, _ = starting_point(Problem(C, b), "auto")
+        for name, constant, start in (("sketch", 3.0, "auto"), ("pcg", PRECONDITIONER_SAMPLE_CONSTANT, x0)):
+            res = solve(C, b, hessian=name, seed=0, x0=start)
             kept = np.mean([record["sampled_rows"] for record in res.history[1:]])
             estimate, = expected_sample_rows(Problem(C, b), [sample_size(d, 0.5, constant)])
             assert kept == pytest.approx(estimate, rel=0.1) and estimate < 0.8 * sample_size(d, 0.5, constant)
@@ -859,7 +885,8 @@ MEASURED_RATES = dict(
     CHOLESKY_FMA=1.81e10, ITERATION_ROWS=1.04e8, TINY_ITERATIONS=3.42e3, SAMPLING_ROWS=2.03e8,
     EXACT_ITERATIONS=2.67, SKETCH_ITERATIONS_PER_EXACT=2.44, PCG_ITERATIONS_PER_EXACT=1.11,
     CG_ITERATIONS_PER_STEP=3.92, REFERENCE_REFRESHES_PER_ITERATION=0.0714,
-    REFERENCE_REFRESHES_FROM_OTHER_STARTS=0.179, LAGGED_ITERATIONS_PER_EXACT=1.0, LAGGED_CG_ITERATIONS_PER_STEP=2.0)
+    REFERENCE_REFRESHES_FROM_OTHER_STARTS=0.179, LAGGED_ITERATIONS_PER_EXACT=1.0, LAGGED_CG_ITERATIONS_PER_STEP=2.0,
+    START_PRECONDITIONED_CG_ITERATIONS_PER_STEP=3.0)
 
 
 def test_auto_keeps_exact_on_short_csr_rows_once_the_row_work_is_priced():
@@ -902,3 +929,148 @@ def test_csr_starts_are_not_sampled():
     C, b = make_problem(100_000, 64, nnz_per_row=10, noise=0.1, seed=0)[:2]
     seconds = hessian_module.start_seconds(Problem(C, b), 0.5, None)
     assert seconds["sampled"] == np.inf and np.isfinite(seconds["exact"])
+
+
+# ---------------------------------------------------------------------------------------------
+# CG's forcing term, and pcg preconditioned by the start's own fit matrix
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("relative, tol, expected", [
+    (1e-2, 1e-8, 1e-2),     # far from tol: ‖g‖/g_ref (quadratic local convergence)
+    (2e-4, 1e-8, 2e-4),
+    # near tol: the residual need only reach OVERSOLVE_MARGIN·tol·g_ref
+    (1e-6, 1e-8, hessian_module.OVERSOLVE_MARGIN * 1e-2),
+    (3e-8, 1e-8, hessian_module.OVERSOLVE_MARGIN / 3),
+    (0.9, 1e-8, MAX_FORCING),
+])
+def test_forcing_term_stops_cg_once_the_predicted_gradient_meets_the_stopping_test(relative, tol, expected):
+    ev = types.SimpleNamespace(grad=np.array([relative, 0.0]))
+    assert hessian_module._forcing(ev, 1.0, tol) == pytest.approx(expected, rel=1e-12)
+    assert hessian_module._forcing(ev, 0.0, tol) == MAX_FORCING
+
+
+@pytest.fixture(scope="module")
+def dense_start():
+    """The planted dense softmax problem after its start from x0="auto" with pcg's builder: (problem,
+    builder, its FitSample, the evaluation at x0, g_ref, options)."""
+    C, b, _, _, _ = planted("softmax", "dense")
+    problem = Problem(C, b)
+    opts = options(column_scale=problem.column_norms())
+    builder = hessian_module.PreconditionerSystems()
+    sample = builder.start_sample(problem, opts)
+    assert sample is not None
+    x0, _ = run_start(problem, sample)
+    g_ref = float(np.linalg.norm(problem.gradient_at_zero()))
+    return problem, builder, sample, problem.evaluate(x0), g_ref, opts
+
+
+def run_start(problem, sample):
+    return run_requests(problem.row_model.auto_start_rounds(problem, sample=sample))
+
+
+def softmax_hessian(C, b, x):
+    """The softmax loss's dense Hessian in plain NumPy from the closed form (README, "Derivatives"):
+    Cᵀ diag(β) C + (CᵀU) S (CᵀU)ᵀ, β = v − c·s, U = [s, v], v = s ⊙ (2s − b), c = ⟨s, s − b⟩,
+    S = [[γ, −1], [−1, 0]], γ = ⟨3s − 2b, s⟩ (tests/naive.hessian forms the n × n Hessian in u instead:
+    3 GB at n = 20 000)."""
+    u = C @ x
+    s = np.exp(u - u.max())
+    s /= s.sum()
+    v = s * (2 * s - b)
+    c, gamma = s @ (s - b), (3 * s - 2 * b) @ s
+    P = C.T @ np.column_stack([s, v])
+    return (C.T * (v - c * s)) @ C + P @ np.array([[gamma, -1.0], [-1.0, 0.0]]) @ P.T
+
+
+def test_start_fit_matrix_is_recorded_and_preconditions_pcg(dense_start):
+    """The FitSample holds the fit's normal matrix M (Σω = 1), within ε of the exact b²-weighted one on
+    [C, 1]; pcg's first system is (Σβ)·M[:d, :d] + P S Pᵀ (no sample), and its step is the Newton step
+    −H⁻¹g of the dense Hessian (``softmax_hessian``, plain NumPy) to CG's forcing term."""
+    problem, builder, sample, ev, g_ref, opts = dense_start
+    C, b = problem.block.matrix.array, problem.block.b
+    d = problem.d
+    assert sample.kept > 0
+    weights = (b / b.max()) ** 2
+    A = np.column_stack([C, np.ones(C.shape[0])])
+    exact_M = (A.T * weights) @ A / weights.sum()
+    # ε-spectral: the whitened difference has eigenvalues within ±ε = 0.5 (measured ±0.2 here).
+    root = np.linalg.cholesky(exact_M)
+    whitened = np.linalg.solve(root, np.linalg.solve(root, sample.normal_matrix - exact_M).T)
+    assert np.abs(np.linalg.eigvalsh((whitened + whitened.T) / 2)).max() < 0.5
+    system = builder(problem, ev, np.random.default_rng(0), opts, g_ref)
+    assert system.info == {"preconditioner": "start fit"}
+    beta = problem.beta(ev)
+    expected = beta.sum() * sample.normal_matrix[:d, :d] + ev.P @ ev.S @ ev.P.T
+    np.testing.assert_allclose(system.matrix, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+    g = ev.grad
+    H = softmax_hessian(C, b, ev.x)
+    step = system.solve(g, 0.0)
+    scale = opts.column_scale
+    residual = np.linalg.norm((H @ step + g) / scale) / np.linalg.norm(g / scale)
+    assert residual <= system.forcing + 1e-9
+    assert 1 <= system.info["cg_iterations"] <= hessian_module.START_PRECONDITIONER_MAX_CG
+    assert not system.info.get("cg_truncated")
+    # With a tiny forcing term the step is the Newton step (cond(H) ~1e3: 1e-12·1e3 of slack).
+    system.forcing = 1e-12
+    system.max_cg_iterations = hessian_module.MAX_CG_ITERATIONS
+    newton = np.linalg.solve(H, -g)
+    assert np.linalg.norm(system.solve(g, 0.0) - newton) <= 1e-8 * np.linalg.norm(newton)
+
+
+def test_a_truncated_cg_retires_the_start_preconditioner(dense_start):
+    """The rule: a step whose CG misses its forcing term within START_PRECONDITIONER_MAX_CG iterations
+    (here: the fit matrix replaced by a poor one) still returns its descent iterate, and
+    the next system of that problem is the sampled H̃; so is the first where Σβ ≤ 0."""
+    problem, _, sample, ev, g_ref, opts = dense_start
+    builder = hessian_module.PreconditionerSystems()
+    # M with its columns rescaled by 1/30 … 30: condition ×1e6 against the Hessian.
+    spread = np.geomspace(1 / 30, 30, problem.d + 1)
+    poor = hessian_module.FitSample(sample.reference, sample.size, None,
+                                    normal_matrix=sample.normal_matrix * np.outer(spread, spread))
+    builder.start_fits[id(problem)] = [problem, poor, None]
+    first = builder(problem, ev, np.random.default_rng(0), opts, g_ref)
+    assert first.info["preconditioner"] == "start fit"
+    step = first.solve(ev.grad, 0.0)
+    assert first.info["cg_truncated"] and first.info["cg_iterations"] == hessian_module.START_PRECONDITIONER_MAX_CG
+    assert float(ev.grad @ step) < 0
+    second = builder(problem, ev, np.random.default_rng(0), opts, g_ref)
+    assert "sampled_rows" in second.info and "preconditioner" not in second.info
+    assert id(problem) not in builder.start_fits
+    # Σβ ≤ 0 (β of mixed sign far from the optimum): no fit-matrix preconditioner at all.
+    builder.start_fits[id(problem)] = [problem, sample, None]
+    negative = types.SimpleNamespace(**vars(ev))
+    negative.beta = -problem.beta(ev)
+    assert "sampled_rows" in builder(problem, negative, np.random.default_rng(0), opts, g_ref).info
+
+
+def test_pcg_from_the_auto_start_matches_exact_and_is_reproducible():
+    """Dense softmax from x0="auto": every pcg step is preconditioned by the start's fit matrix, the
+    answer is exact's to the stopping rule's accuracy (see TOL), and the bits depend on the seed alone."""
+    C, b, _, _, _ = planted("softmax", "dense")
+    exact = solve(C, b, hessian="exact", tol=TOL, seed=SEED)
+    runs = [solve(C, b, hessian="pcg", tol=TOL, seed=SEED, n_threads=threads) for threads in (THREADS, 1, THREADS)]
+    first = runs[0]
+    assert first.converged and "leverage-sampled rows" in first.start
+    assert all(record["preconditioner"] == "start fit" for record in first.history[1:])
+    assert all(record["cg_iterations"] <= hessian_module.START_PRECONDITIONER_MAX_CG for record in first.history[1:])
+    assert np.linalg.norm(first.x - exact.x) <= X_RTOL * np.linalg.norm(exact.x)
+    for again in runs[1:]:
+        assert np.array_equal(again.x, first.x)
+        assert [r["loss"] for r in again.history] == [r["loss"] for r in first.history]
+
+
+def test_cg_sums_the_forward_pass_of_its_step(dense_start):
+    """C·p of a CG step, summed from its Hessian-vector products' passes, equals C @ p (NumPy) to the
+    rounding of a pass plus one term per CG iteration; the line search takes it instead of a pass. Other
+    arrays, and steps of a Cholesky system, get None (the line search makes the pass)."""
+    problem, builder, _, ev, g_ref, opts = dense_start
+    C = problem.block.matrix.array
+    system = pcg_system(problem, ev, np.random.default_rng(0), opts, g_ref)
+    step = system.solve(ev.grad, 0.0)
+    forward = system.forward_of(step)
+    iterations = system.info["cg_iterations"]
+    naive.assert_within_rounding(forward, C @ step, np.abs(C) @ np.abs(step), problem.d + 4 * iterations)
+    assert system.forward_of(step.copy()) is None
+    line = problem.line(ev, step, forward)
+    assert line.Cp is forward and line.largest == np.max(np.abs(forward))
+    exact = exact_system(problem, ev, None, opts, g_ref)
+    assert exact.forward_of(exact.solve(ev.grad, 0.0)) is None

@@ -151,11 +151,10 @@ def sandwich(block, beta):
 
 
 def hessian_vector(block, beta, p):
-    """C_pᵀ(β ⊙ C_p p): two passes over the block, the d-vector goes back."""
+    """C_pᵀ(β ⊙ C_p p) (``sandwich_vector``: one read of a dense block), the d-vector goes back."""
     summary = {}
     with _timed(block, summary):
-        Cp = block.matrix.matvec(p)
-        summary["Hp"] = block.matrix.rmatmat((beta * Cp)[:, None])[:, 0]
+        summary["Hp"] = block.matrix.sandwich_vector(beta, p)[0]
     return Held(summary)
 
 
