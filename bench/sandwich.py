@@ -38,11 +38,16 @@ except ImportError:  # run as a module from the repository root
 
 def load_base_chunking(checkout):
     """The other checkout's ``sandwich_chunk_rows`` (its chunk count is part of what its sandwich costs),
-    its one relative import pointed at the base kernels that ``load_base_kernels`` imported."""
-    with open(os.path.join(checkout, "fastnewton", "chunking.py"), encoding="utf-8") as file:
+    its one relative import pointed at the base kernels that ``load_base_kernels`` imported; ours when
+    the checkout has no fastnewton/chunking.py (a copy of kernels/ alone)."""
+    path = os.path.join(checkout, "fastnewton", "chunking.py")
+    if not os.path.isfile(path):
+        print(f"{checkout} has no fastnewton/chunking.py: its kernels run with our chunks")
+        return sandwich_chunk_rows
+    with open(path, encoding="utf-8") as file:
         source = file.read().replace("from .kernels.", "from _base_kernels.")
     namespace = {"__name__": "_base_chunking"}
-    exec(compile(source, os.path.join(checkout, "fastnewton", "chunking.py"), "exec"), namespace)
+    exec(compile(source, path, "exec"), namespace)
     return namespace["sandwich_chunk_rows"]
 
 
