@@ -12,7 +12,6 @@ from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
 from .newton import run_rounds
 from .protocol import Evaluation, add_low_rank_and_ridge, no_timer
-from .kernels.reduce import add_scaled, max_abs
 from .reductions import dot
 from .sketching import sampled_sandwich
 from .validation import as_input_matrix, as_l2, as_row_weights, as_value_matrix, as_vector, check_model
@@ -358,7 +357,7 @@ class LineSearch:
     def __init__(self, problem, ev, p, Cp=None):
         self.problem, self.ev, self.p = problem, ev, p
         self.Cp = problem.matrix.matvec(p) if Cp is None else Cp
-        self.largest = float(max_abs(self.Cp, problem.block.chunk))
+        self.largest = float(np.max(np.abs(self.Cp)))
         self.factor = 1.0
         self.trial = None
 
@@ -370,8 +369,8 @@ class LineSearch:
     def _u(self, t):
         """u + (t·factor)·Cp, written into a recycled array (a trial per call: ``fastnewton.buffers``)."""
         u = self.problem.block.buffers.empty(self.Cp.shape[0])
-        add_scaled(self.ev.kept["u"], t * self.factor, self.Cp, u)
-        return u
+        np.multiply(self.Cp, t * self.factor, out=u)
+        return np.add(self.ev.kept["u"], u, out=u)
 
     def loss(self, t):
         u, first = self._u(t), []

@@ -63,32 +63,3 @@ def chunked_dot(a, b, chunk_rows):
     for ch in range(n_chunks):
         total += part[ch]
     return total
-
-
-@njit(parallel=True, cache=True)
-def max_abs(a, chunk_rows):
-    """max_i |a_i| over fixed chunks of ``chunk_rows`` (NaN when any a_i is NaN, as np.max(np.abs(a)));
-    0 for an empty a. A maximum has one value whatever the order, so only the chunking is fixed
-    (one parallel read, where NumPy's |a| then max wrote and read a temporary on one thread)."""
-    n = a.shape[0]
-    n_chunks = (n + chunk_rows - 1) // chunk_rows
-    part = np.zeros(n_chunks)
-    for ch in prange(n_chunks):
-        top = 0.0
-        for i in range(ch * chunk_rows, min(n, (ch + 1) * chunk_rows)):
-            value = abs(a[i])
-            if value > top or value != value:  # a NaN, once taken, is never replaced
-                top = value
-        part[ch] = top
-    top = 0.0
-    for ch in range(n_chunks):
-        if part[ch] > top or part[ch] != part[ch]:
-            top = part[ch]
-    return top
-
-
-@njit(parallel=True, cache=True)
-def add_scaled(a, s, v, out):
-    """out = a + s·v elementwise (the product rounded, then the sum: NumPy's bits), in parallel."""
-    for i in prange(a.shape[0]):
-        out[i] = a[i] + v[i] * s

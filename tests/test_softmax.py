@@ -12,7 +12,7 @@ import pytest
 
 import naive
 from fastnewton.chunking import chunk_rows as real_chunk_rows
-from fastnewton.kernels.reduce import add_scaled, chunked_dot, max_abs
+from fastnewton.kernels.reduce import chunked_dot
 from fastnewton.kernels.softmax import (
     curvature_weights,
     log_partition_parts,
@@ -112,34 +112,6 @@ def test_one_block_softmax_reads_u_only():
     s = np.empty(20)
     one_block_softmax(u, True, 3, s)
     np.testing.assert_allclose(s, naive.softmax(naive.relu(u)), rtol=100 * EPS)
-
-
-# -- the line search's O(n) passes: max |a| and a + s·v ---------------------------------------
-@pytest.mark.parametrize("n, chunk_rows", [(0, 4), (1, 4), (37, 4), (37, 100), (1000, 7)])
-def test_max_abs_is_numpys_max_of_abs(n, chunk_rows, run_with_threads):
-    rng = np.random.default_rng(n)
-    a = rng.standard_normal(n) * np.exp(rng.uniform(-20, 20, size=n))
-    expected = float(np.max(np.abs(a))) if n else 0.0
-    for threads in (1, 2):
-        assert run_with_threads(threads, lambda: max_abs(a, chunk_rows)) == expected
-    if n:
-        a[n // 2] = -np.inf
-        assert max_abs(a, chunk_rows) == np.inf
-        for position in (0, n // 2, n - 1):  # a NaN anywhere (first, middle, last of a chunk) wins, as in NumPy
-            b = a.copy()
-            b[position] = np.nan
-            assert np.isnan(max_abs(b, chunk_rows)) and np.isnan(np.max(np.abs(b)))
-
-
-def test_add_scaled_has_numpys_bits(run_with_threads):
-    rng = np.random.default_rng(5)
-    a, v = rng.standard_normal(10_001) * 1e3, rng.standard_normal(10_001)
-    for s in (0.5, 1.0 / 3.0, -7.25e-3, 1e300):
-        expected = a + np.multiply(v, s)
-        for threads in (1, 2):
-            out = np.empty_like(a)
-            run_with_threads(threads, lambda: add_scaled(a, s, v, out))
-            np.testing.assert_array_equal(out, expected)
 
 
 # -- chunked_dot ----------------------------------------------------------------------------
