@@ -8,7 +8,7 @@ matrix of bench/matrices.py (Zipf row lengths, 5 per row on average, rows up to 
 d = 1024). Per thread count: on the uniform matrix the sparse kernel over every row (``csr_sandwich_rows`` with every row listed); on
 the Zipf matrix, which has long rows, the sparse kernel over its short rows (``csr_sandwich_rows``,
 what ``CSRMatrix.sandwich`` runs beside the SYRK of the long rows) and ``CSRMatrix.sandwich``. With --base, the
-base checkout's kernels/ run the same sparse calls in the same rounds (alternating, so a busy
+base checkout's kernels/ run the same sparse calls, chunked as that checkout chunks them, in the same rounds (alternating, so a busy
 machine slows both alike). ns per pair = seconds / Σ nnzᵢ(nnzᵢ + 1)/2 over the rows it covers.
 Results go to sandwich.json in --out.
 """
@@ -36,26 +36,43 @@ except ImportError:  # run as a module from the repository root
     from bench.passes import ZIPF_MAX_ROW_NNZ, ZIPF_NNZ_PER_ROW, alternate, load_base_kernels
 
 
-def operations(label, C, beta, base):
-    """name → (ours, base or None, pair updates covered)."""
+def load_base_chunking(checkout):
+    """The other checkout's ``sandwich_chunk_rows`` (its chunk count is part of what its sandwich costs),
+    its one relative import pointed at the base kernels that ``load_base_kernels`` imported; ours when
+    the checkout has no fastnewton/chunking.py (a copy of kernels/ alone)."""
+    path = os.path.join(checkout, "fastnewton", "chunking.py")
+    if not os.path.isfile(path):
+        print(f"{checkout} has no fastnewton/chunking.py: its kernels run with our chunks")
+        return sandwich_chunk_rows
+    with open(path, encoding="utf-8") as file:
+        source = file.read().replace("from .kernels.", "from _base_kernels.")
+    namespace = {"__name__": "_base_chunking"}
+    exec(compile(source, path, "exec"), namespace)
+    return namespace["sandwich_chunk_rows"]
+
+
+def operations(label, C, beta, base, base_chunk_rows):
+    """name → (ours, base or None, pair updates covered); each kernel runs with its own checkout's chunks."""
     d = C.d
     pairs = pair_count(C.indptr)
     chunk = sandwich_chunk_rows(C.n, d, pairs)
+    base_chunk = base and base_chunk_rows(C.n, d, pairs)
     out, base_out = np.empty((d, d)), np.empty((d, d))
     every_row = np.arange(C.n, dtype=np.int64)
     if not C._dense_rows.size:
         return {f"{label}: sparse kernel, every row": (
             lambda: csr_sandwich_rows(C.indptr, C.indices, C.data, every_row, beta, chunk, out),
-            base and (lambda: base.csr_sandwich_rows(C.indptr, C.indices, C.data, every_row, beta, chunk, base_out)), pairs)}
+            base and (lambda: base.csr_sandwich_rows(C.indptr, C.indices, C.data, every_row, beta, base_chunk, base_out)), pairs)}
     # With long rows, the sparse kernel over every row is not what runs (and takes seconds): its short rows are.
     rows = C._sparse_rows
     weights = beta[rows]
     short_pairs = int(C._row_pairs[rows].sum())
     short_chunk = sandwich_chunk_rows(rows.size, d, short_pairs)
+    base_short_chunk = base and base_chunk_rows(rows.size, d, short_pairs)
     return {f"{label}: sparse kernel, short rows": (
                 lambda: csr_sandwich_rows(C.indptr, C.indices, C.data, rows, weights, short_chunk, out),
-                base and (lambda: base.csr_sandwich_rows(C.indptr, C.indices, C.data, rows, weights, short_chunk,
-                                                         base_out)), short_pairs),
+                base and (lambda: base.csr_sandwich_rows(C.indptr, C.indices, C.data, rows, weights,
+                                                         base_short_chunk, base_out)), short_pairs),
             f"{label}: CSRMatrix.sandwich (long rows by SYRK)": (lambda: C.sandwich(beta), None, pairs)}
 
 
@@ -67,11 +84,12 @@ def run(args):
         matrices[f"Zipf rows, d = {args.zipf_d}"] = as_input_matrix(bag_of_words(
             args.zipf_n, args.zipf_d, nnz=ZIPF_NNZ_PER_ROW * args.zipf_n, max_row_nnz=ZIPF_MAX_ROW_NNZ, seed=0))
     base = load_base_kernels(args.base)[1] if args.base else None
+    base_chunk_rows = load_base_chunking(args.base) if args.base else None
     ops = {}
     for label, C in matrices.items():
         print(f"{label}: n = {C.n:,}, nnz = {C.nnz:,}, {pair_count(C.indptr):.3g} pairs, "
               f"{C._dense_rows.size:,} rows by SYRK")
-        ops.update(operations(label, C, rng.standard_normal(C.n), base))
+        ops.update(operations(label, C, rng.standard_normal(C.n), base, base_chunk_rows))
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, numba {numba.__version__}"
           + (f"; base kernels from {args.base}" if args.base else ""))
     rows = []

@@ -12,9 +12,11 @@ MIN_CHUNK_ROWS = 4096
 # The sandwich keeps a d × d partial per chunk (rows padded by ROW_PAD); cap their total at 256 MiB.
 SANDWICH_PARTIAL_BYTES = 256 * 2**20
 # ... and gives each chunk at least this many pair updates per partial entry, so zeroing and
-# summing the d × d partials costs at most a few percent of the pairs' work (without this
-# bound a d = 1024 sandwich spent 0.3 s on partials for 5·10⁶ pair updates).
-MIN_PAIRS_PER_PARTIAL_ENTRY = 16
+# summing the d × d partials costs a few percent of the pairs' work (without this bound a
+# d = 1024 sandwich spent 0.3 s on partials for 5·10⁶ pair updates). A partial costs about two
+# pair updates per entry (zeroed, brought into cache, summed): CSR 10⁶ × 256, 10 per row, took
+# 53.2 ms with 50 chunks (16 pairs per entry) against 48.6 ms with 16 (one thread, same run).
+MIN_PAIRS_PER_PARTIAL_ENTRY = 32
 
 
 def _ceil_div(a, b):
@@ -30,11 +32,14 @@ def sandwich_chunk_rows(n, d, pair_work):
     """Rows per chunk for the sparse sandwich of n rows holding ``pair_work`` = Σᵢ nnzᵢ(nnzᵢ+1)/2 pair updates.
 
     As many chunks (up to MAX_CHUNKS) as memory for the d × d partials and enough work
-    per partial allow; a function of (n, d, pair_work) only, never of the thread count.
+    per partial allow, rounded down to a power of two: the equal chunks then split evenly over
+    1, 2, 4, … threads (3 chunks on 2 threads would take as long as 4). A function of
+    (n, d, pair_work) only, never of the thread count.
     """
     by_memory = SANDWICH_PARTIAL_BYTES // (8 * d * (d + ROW_PAD))
     by_work = pair_work // (MIN_PAIRS_PER_PARTIAL_ENTRY * d * d)
-    return max(1, _ceil_div(n, max(1, min(MAX_CHUNKS, by_memory, by_work))))
+    chunks = max(1, min(MAX_CHUNKS, by_memory, by_work))
+    return max(1, _ceil_div(n, 1 << (chunks.bit_length() - 1)))
 
 
 # The sandwich of many problems at once keeps a packed d(d+1)/2 × (problems) partial per chunk, so it

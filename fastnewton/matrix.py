@@ -350,9 +350,10 @@ class CSRMatrix:
         """Cᵀ diag(β) C: short rows by sparse pair updates, long rows (if any) by SYRK."""
         if self._dense_rows.size == 0:
             # Every row listed, on the kernel the sampled sandwich uses (int64 row positions, as
-            # ``sampled_sandwich`` passes): one compiled specialisation serves both.
+            # ``sampled_sandwich`` passes): one compiled specialisation serves both. With no long rows
+            # the kept list of short rows is every row (not a new np.arange(n) per call).
             out = np.empty((self.d, self.d))
-            csr_sandwich_rows(self.indptr, self.indices, self.data, np.arange(self.n, dtype=np.int64), beta,
+            csr_sandwich_rows(self.indptr, self.indices, self.data, self._sparse_rows, beta,
                               self._sandwich_chunk_rows, out)
             return out
         return self._split_sandwich(self._sparse_rows, beta[self._sparse_rows],

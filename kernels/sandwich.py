@@ -41,64 +41,98 @@ def _gather_sorted_row(indptr, indices, data, i, columns, values):
     return m
 
 
+@njit(inline="always")
+def _strictly_increasing(indices, start, stop):
+    """Whether the stored columns indices[start:stop] increase strictly (a sorted row without duplicates)."""
+    for k in range(start + ONE, stop):
+        if indices[k] <= indices[k - ONE]:
+            return False
+    return True
+
+
+@njit(inline="always")
+def _add_row_pairs(columns, values, start, m, bi, acc, stride):
+    """acc[j_a·stride + j_b] += bi·v_a·v_b for every pair a ≤ b of the m entries (columns[start + a],
+    values[start + a]), whose columns increase strictly: the row's pairs in the upper triangle.
+
+    Entries are taken two at a time (a register tile): each b after the pair updates both a's,
+    which halves the loads of (j_b, v_b) and the inner loops with a data-dependent exit.
+    Positions are unsigned (no wraparound tests); values are widened to float64 as read."""
+    a = np.uintp(0)
+    while a + TWO <= m:
+        a1 = a + ONE
+        j0 = np.uintp(columns[start + a])
+        j1 = np.uintp(columns[start + a1])
+        d0 = np.float64(values[start + a])
+        d1 = np.float64(values[start + a1])
+        v0 = bi * d0
+        v1 = bi * d1
+        row0 = j0 * stride
+        row1 = j1 * stride
+        acc[row0 + j0] += v0 * d0
+        acc[row0 + j1] += v0 * d1
+        acc[row1 + j1] += v1 * d1
+        for b in range(a1 + ONE, m):
+            jb = np.uintp(columns[start + b])
+            db = np.float64(values[start + b])
+            acc[row0 + jb] += v0 * db
+            acc[row1 + jb] += v1 * db
+        a += TWO
+    if a < m:
+        ja = np.uintp(columns[start + a])
+        da = np.float64(values[start + a])
+        acc[ja * stride + ja] += bi * da * da
+
+
 @njit(parallel=True, cache=True)
 def csr_sandwich_rows(indptr, indices, data, rows, weights, chunk_rows, out):
     """out = Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]}: the sandwich over listed rows (e.g. a sampled D̃).
 
-    Only the upper triangle is accumulated: each listed row is gathered into a small local
-    buffer sorted by column with duplicates summed (``_gather_sorted_row``); then every pair
-    of its entries a ≤ b adds w·C_ia·C_ib to out[j_a, j_b]: O(Σ_t nnz²) work. Fixed chunks of
-    ``chunk_rows`` list entries each own a d × d partial (rows padded by ROW_PAD), summed in
-    chunk order; then mirrored.
+    Only the upper triangle is accumulated: every pair of a row's entries a ≤ b, taken by
+    increasing column with duplicates summed, adds w·C_ia·C_ib to out[j_a, j_b]
+    (``_add_row_pairs``): O(Σ_t nnz²) work. A row whose stored columns already increase strictly
+    (canonical CSR) is read in place; any other is first gathered into a small local buffer,
+    sorted, duplicates summed (``_gather_sorted_row``): the same entries in the same order, so
+    the same bits either way. Fixed chunks of ``chunk_rows`` list entries each own a d × d
+    partial (rows padded by ROW_PAD), summed in chunk order; then mirrored. Each accumulator
+    slot receives its updates in a fixed order.
 
-    Entries are taken two at a time (a register tile): each b after the pair updates both a's,
-    which halves the loads of (j_b, C_ib) and the inner loops with a data-dependent exit.
-    Positions are unsigned (no wraparound tests). Each accumulator slot receives its updates
-    in a fixed order. The local sorted buffer (instead of reading C in the pair loop and
-    ordering each pair by min/max) and the padding took the pair update from 1.32 to 1.18 ns
-    on 10-entry rows at d = 256 and from 1.50 to 1.06 ns on the short rows of a Zipf matrix at
-    d = 1024 (one thread, bench/sandwich.py against the previous kernel, same run). The
-    partial's cache level hardly matters: at d = 32 (an 8 KiB partial, in L1) the same loop
-    ran 0.83 ns per pair against 0.97 ns at d = 256 (one thread, 2·10⁵ rows of 10), so
+    Measured (one thread, same run): sorted entries and the padding took the pair update from
+    1.32 to 1.18 ns on 10-entry rows at d = 256 and from 1.50 to 1.06 ns on the short rows of a
+    Zipf matrix at d = 1024, against reading C in the pair loop with each pair ordered by
+    min/max. Copying a sorted row into the buffer cost a third of the time: 2·10⁵ canonical rows
+    of 10 took 9.3 ms with the copy against 7.6 ms read in place at d = 256 (14.4 against 11.1
+    at d = 1024); the copy alone, 3.5 ms. The partial's cache level hardly matters: at d = 32
+    (an 8 KiB partial, in L1) the pair loop ran 0.83 ns per pair against 0.97 ns at d = 256, so
     splitting the columns into L1-sized ranges (which re-reads C once per range) cannot pay.
+    What each partial costs does matter: zeroing it in its own task, not all of them up front,
+    took 10⁶ rows of 10 at d = 256 from 1.11 to 1.00 ns per pair with 50 chunks; the chunk count
+    is ``fastnewton.chunking.sandwich_chunk_rows``'s.
     """
     n = rows.shape[0]
     d = out.shape[0]
     stride = np.uintp(d + ROW_PAD)
     n_chunks = (n + chunk_rows - 1) // chunk_rows
-    partial = np.zeros((n_chunks, d * (d + ROW_PAD)))
+    # Each task zeroes its own partial: a streaming write that leaves it in that core's cache for the
+    # pair updates (np.zeros here zeroed every partial on one thread and left them cold for the rest).
+    partial = np.empty((n_chunks, d * (d + ROW_PAD)))
     for c in prange(n_chunks):
         acc = partial[c]
+        acc[:] = 0.0
         columns = np.empty(d, dtype=np.uintp)
         values = np.empty(d)
         for t in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
             bi = weights[t]
             if bi == 0.0:
                 continue
-            m = _gather_sorted_row(indptr, indices, data, rows[t], columns, values)
-            a = np.uintp(0)
-            while a + TWO <= m:
-                a1 = a + ONE
-                j0 = columns[a]
-                j1 = columns[a1]
-                d0 = values[a]
-                d1 = values[a1]
-                v0 = bi * d0
-                v1 = bi * d1
-                row0 = j0 * stride
-                row1 = j1 * stride
-                acc[row0 + j0] += v0 * d0
-                acc[row0 + j1] += v0 * d1
-                acc[row1 + j1] += v1 * d1
-                for b in range(a1 + ONE, m):
-                    jb = columns[b]
-                    db = values[b]
-                    acc[row0 + jb] += v0 * db
-                    acc[row1 + jb] += v1 * db
-                a += TWO
-            if a < m:
-                ja = columns[a]
-                acc[ja * stride + ja] += bi * values[a] * values[a]
+            i = rows[t]
+            start = np.uintp(indptr[i])
+            stop = np.uintp(indptr[i + 1])
+            if _strictly_increasing(indices, start, stop):
+                _add_row_pairs(indices, data, start, stop - start, bi, acc, stride)
+            else:
+                m = _gather_sorted_row(indptr, indices, data, i, columns, values)
+                _add_row_pairs(columns, values, np.uintp(0), m, bi, acc, stride)
     # Row j of the upper triangle: the chunks' partial rows added in chunk order (contiguous
     # reads; each entry's sum runs over c = 0, 1, … as a loop over c per entry would), then mirrored.
     for j in prange(d):

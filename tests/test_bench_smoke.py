@@ -272,6 +272,8 @@ def test_sandwich_quick_times_a_base_checkout_beside_ours(tmp_path):
     """bench/sandwich.py --base: ns per pair of ours and of another checkout's kernels (here a copy of ours)."""
     shutil.copytree(REPO / "kernels", tmp_path / "base" / "kernels",
                     ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "base" / "fastnewton").mkdir()
+    shutil.copy(REPO / "fastnewton" / "chunking.py", tmp_path / "base" / "fastnewton")  # the base's own chunks
     run_script(["bench/sandwich.py", "--quick", "--threads", "1", "--base", str(tmp_path / "base"),
                 "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "sandwich.json").read_text())["rows"]

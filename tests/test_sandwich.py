@@ -342,3 +342,40 @@ def test_csr_matrix_without_long_rows_uses_the_sparse_kernel_alone(random_csr):
     expected = np.empty((d, d))
     csr_sandwich(indptr, indices, data, beta, C._sandwich_chunk_rows, expected)
     np.testing.assert_array_equal(C.sandwich(beta), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_sandwich_reads_sorted_rows_in_place_with_the_bits_of_the_gathered_rows(dtype, random_csr):
+    """A row whose columns increase strictly is read in place, any other is gathered (sorted, duplicates
+    summed) first: the same entries in the same order, so shuffling a canonical matrix's rows (every
+    row then gathered) changes no bit, and a matrix mixing both kinds (sorted rows, shuffled rows,
+    duplicates, empty rows, rows of up to 40 entries at d = 48) matches the dense NumPy sandwich."""
+    rng = np.random.default_rng(41)
+    n, d = 3_000, 48
+    indptr, indices, data = random_csr(rng, n, d, dtype=dtype, max_per_row=40, empty_rows=True)
+    beta = _beta(rng, n) * np.exp(rng.uniform(-5, 5, size=n))
+    chunk = sandwich_chunk_rows(n, d, n * d)
+    in_place, gathered = np.empty((d, d)), np.empty((d, d))
+    csr_sandwich(indptr, indices, data, beta, chunk, in_place)
+    shuffled_indices, shuffled_data = indices.copy(), data.copy()
+    for i in range(n):
+        order = indptr[i] + rng.permutation(indptr[i + 1] - indptr[i])[::-1]
+        shuffled_indices[indptr[i]:indptr[i + 1]] = indices[order]
+        shuffled_data[indptr[i]:indptr[i + 1]] = data[order]
+    assert np.mean(np.diff(indptr) > 1) > 0.5, "most rows must need the gather once shuffled"
+    csr_sandwich(indptr, shuffled_indices, shuffled_data, beta, chunk, gathered)
+    np.testing.assert_array_equal(in_place, gathered)
+
+    mixed_indices, mixed_data = indices.copy(), data.copy()
+    shuffled_rows = rng.random(n) < 0.5
+    for i in np.flatnonzero(shuffled_rows):
+        mixed_indices[indptr[i]:indptr[i + 1]] = shuffled_indices[indptr[i]:indptr[i + 1]]
+        mixed_data[indptr[i]:indptr[i + 1]] = shuffled_data[indptr[i]:indptr[i + 1]]
+    duplicated = np.flatnonzero(np.diff(indptr) >= 2)[::7]
+    mixed_indices[indptr[duplicated] + 1] = mixed_indices[indptr[duplicated]]  # a repeated column
+    mixed = np.empty((d, d))
+    csr_sandwich(indptr, mixed_indices, mixed_data, beta, chunk, mixed)
+    A = naive.to_dense(indptr, mixed_indices, mixed_data, (n, d))
+    ref, scale = _reference(A, naive.to_dense(indptr, mixed_indices, np.abs(mixed_data), (n, d)), beta)
+    naive.assert_within_rounding(mixed, ref, scale, n * 40 ** 2 + n)
+    np.testing.assert_array_equal(mixed, mixed.T)
