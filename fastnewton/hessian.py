@@ -321,7 +321,7 @@ def _unit_seconds(problem, rates):
     return full_sandwich, one_pass, d**3 / 3 / rates.CHOLESKY_FMA
 
 
-def start_seconds(problem, eps, sketch_size, rates=rates):
+def start_seconds(problem, eps, sketch_size, rates=rates, unit_seconds=None):
     """Predicted seconds of the default start's least-squares fit: {"exact": …, "sampled": …}.
 
     exact: the full sandwich, the pass Cᵀ[ω, ωt] and a Cholesky. sampled
@@ -333,8 +333,9 @@ def start_seconds(problem, eps, sketch_size, rates=rates):
     sample: a model whose start does not use the sample (``samples_start``), an evaluator that keeps
     no leverage reference (Dask) or one without C's rows at hand, and CSR C, where the sampled fit
     measured no gain (10⁶×200, 10 per row: sketch 0.66 → 0.70 s) and, priced cheaper, sent auto to a
-    slower sketch (10⁵×64: 7 sketched iterations against 3 exact)."""
-    full_sandwich, one_pass, cholesky = _unit_seconds(problem, rates)
+    slower sketch (10⁵×64: 7 sketched iterations against 3 exact). ``unit_seconds``: ``_unit_seconds(problem,
+    rates)`` when the caller has it already (``strategy_seconds``)."""
+    full_sandwich, one_pass, cholesky = unit_seconds or _unit_seconds(problem, rates)
     exact = full_sandwich + one_pass + cholesky
     model = getattr(problem, "row_model", None)
     if (not getattr(model, "samples_start", False) or not getattr(problem, "reuses_leverage_scores", True)
@@ -369,7 +370,8 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     matrix = problem.matrix
     n, d, nnz = matrix.n, matrix.d, matrix.nnz
     dense = matrix.format == "dense"
-    full_sandwich, one_pass, cholesky = _unit_seconds(problem, rates)
+    units = _unit_seconds(problem, rates)
+    full_sandwich, one_pass, cholesky = units
 
     def sandwich(rows):
         return full_sandwich * rows / n
@@ -411,7 +413,7 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     iterations["lagged"] = rates.EXACT_ITERATIONS * rates.LAGGED_ITERATIONS_PER_EXACT
     # The start's fit, then the stopping test's references (column norms, ∇L(0)). From x0="auto" the
     # sketched strategies fit on a sample when that is cheaper, and its pass is their first reference.
-    fit = start_seconds(problem, eps, sketch_size, rates)
+    fit = start_seconds(problem, eps, sketch_size, rates, units)
     exact_start = fit["exact"] + 2 * one_pass
     sketched_start = (fit["sampled"] if default_start and fit["sampled"] < fit["exact"]
                       else fit["exact"]) + one_pass + 2 * one_pass
