@@ -489,7 +489,7 @@ def expected_sample_rows(problem, sizes):
     return [min(n, s, float(k)) for s, k in zip(sizes, kept)]
 
 
-def start_seconds(problem, eps, sketch_size, rates=rates):
+def start_seconds(problem, eps, sketch_size, rates=rates, unit_seconds=None):
     """Predicted seconds of the default start's least-squares fit: {"exact": …, "sampled": …}.
 
     exact: the full sandwich, the pass Cᵀ[ω, ωt] and a Cholesky. sampled
@@ -502,8 +502,9 @@ def start_seconds(problem, eps, sketch_size, rates=rates):
     sample: a model whose start does not use the sample (``samples_start``), an evaluator that keeps
     no leverage reference (Dask) or one without C's rows at hand, and CSR C, where the sampled fit
     measured no gain (10⁶×200, 10 per row: sketch 0.66 → 0.70 s) and, priced cheaper, sent auto to a
-    slower sketch (10⁵×64: 7 sketched iterations against 3 exact)."""
-    full_sandwich, one_pass, cholesky = _unit_seconds(problem, rates)
+    slower sketch (10⁵×64: 7 sketched iterations against 3 exact). ``unit_seconds``: ``_unit_seconds(problem,
+    rates)`` when the caller has it already (``strategy_seconds``)."""
+    full_sandwich, one_pass, cholesky = unit_seconds or _unit_seconds(problem, rates)
     exact = full_sandwich + one_pass + cholesky
     model = getattr(problem, "row_model", None)
     if (not getattr(model, "samples_start", False) or not getattr(problem, "reuses_leverage_scores", True)
@@ -549,7 +550,8 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     matrix = problem.matrix
     n, d, nnz = matrix.n, matrix.d, matrix.nnz
     dense = matrix.format == "dense"
-    full_sandwich, one_pass, cholesky = _unit_seconds(problem, rates)
+    units = _unit_seconds(problem, rates)
+    full_sandwich, one_pass, cholesky = units
     row_work = n / rates.ITERATION_ROWS
     draw = n / rates.SAMPLING_ROWS
 
@@ -582,7 +584,7 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
         passes = DENSE_PASSES_PER_CG_ITERATION if dense else PASSES_PER_CG_ITERATION
         return iterations * (passes * one_pass + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
 
-    fit = start_seconds(problem, eps, sketch_size, rates)
+    fit = start_seconds(problem, eps, sketch_size, rates, units)
     samples_start = default_start and fit["sampled"] < fit["exact"]
     per_iteration = {
         "exact": sandwich(n) + cholesky,

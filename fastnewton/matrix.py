@@ -287,12 +287,14 @@ class CSRMatrix:
         self.nbytes = indptr.nbytes + indices.nbytes + data.nbytes
         self._chunk_rows = chunk_rows(self.n)
         # Pair counts in int64: nnzᵢ(nnzᵢ + 1)/2 overflows int32 from nnzᵢ = 46 341.
-        row_nnz = np.diff(indptr).astype(np.int64)
+        # (Slices and ndarray methods rather than np.diff / np.flatnonzero: the same arrays, ~5 µs less per
+        # matrix, which counts for solve_many's thousands of small problems.)
+        row_nnz = (indptr[1:] - indptr[:-1]).astype(np.int64)
         self._row_pairs = row_nnz * (row_nnz + 1) // 2
         self._sandwich_chunk_rows = sandwich_chunk_rows(self.n, self.d, int(self._row_pairs.sum()))
         self._dense_row = sandwiched_densely(row_nnz, self.d)
-        self._dense_rows = np.flatnonzero(self._dense_row)
-        self._sparse_rows = np.flatnonzero(~self._dense_row)
+        self._dense_rows = self._dense_row.nonzero()[0]
+        self._sparse_rows = (~self._dense_row).nonzero()[0]
 
     def matvec(self, x):
         out = np.empty(self.n)

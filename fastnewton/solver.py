@@ -142,9 +142,10 @@ def not_a_distribution(b, model, name="b"):
     if uses_values(model):  # targets read out through V need not be distributions
         return ""
     problems = []
-    if np.any(b < 0):
-        problems.append(f"{int(np.count_nonzero(b < 0))} negative entries")
-    total = float(np.sum(b))
+    negative = b < 0
+    if negative.any():
+        problems.append(f"{int(np.count_nonzero(negative))} negative entries")
+    total = float(b.sum())
     if abs(total - 1.0) > SUM_TOLERANCE:
         problems.append(f"Σb = {total:.4g}")
     if not problems:

@@ -48,10 +48,11 @@ def _finite_or_raise(values, name):
     # A NaN or Inf entry makes the sum non-finite, so a finite sum clears every entry without the
     # boolean temporary of np.isfinite (3× faster on the small arrays of solve_many's problems); only a
     # non-finite sum (a NaN/Inf entry, or finite entries whose sum overflows) needs the entrywise test.
+    # (The ndarray methods: np.sum / np.any dispatch to them at ~1 µs more per call.)
     with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.sum(values)):
+        if np.isfinite(values.sum()):
             return
-    if not np.all(np.isfinite(values)):
+    if not np.isfinite(values).all():
         raise ValueError(f"{name} must contain only finite values (found NaN or Inf)")
 
 
@@ -111,7 +112,7 @@ def _check_compressed(indptr, indices, data_length, major, minor, name, fmt, min
         raise ValueError(f"{name} is a corrupt sparse matrix: its {fmt} indptr must have length {major + 1}, "
                          f"got {indptr.shape[0]}")
     stored = int(indptr[-1])
-    if indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+    if indptr[0] != 0 or (indptr[1:] < indptr[:-1]).any():
         raise ValueError(f"{name} is a corrupt sparse matrix: its {fmt} indptr must start at 0 and never decrease")
     if stored > indices.shape[0] or stored > data_length:
         raise ValueError(f"{name} is a corrupt sparse matrix: its {fmt} indptr[-1] = {stored} exceeds the "

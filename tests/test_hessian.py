@@ -1074,3 +1074,33 @@ def test_cg_sums_the_forward_pass_of_its_step(dense_start):
     assert line.Cp is forward and line.largest == np.max(np.abs(forward))
     exact = exact_system(problem, ev, None, opts, g_ref)
     assert exact.forward_of(exact.solve(ev.grad, 0.0)) is None
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_strategy_seconds_prices_unit_costs_once_with_the_same_figures(monkeypatch, dense):
+    """strategy_seconds hands its C's unit costs to start_seconds: the figures (and so the choice) are
+    those of start_seconds pricing them itself, on a grid of shapes, eps, sketch sizes and starts."""
+    calls = []
+    unit_seconds = hessian_module._unit_seconds
+    start_seconds = hessian_module.start_seconds
+
+    def counted(problem, rates):
+        calls.append(1)
+        return unit_seconds(problem, rates)
+
+    def pricing_itself(problem, eps, sketch_size, rates=rates_module, unit_seconds=None):
+        return start_seconds(problem, eps, sketch_size, rates)
+
+    for n, d in [(64, 32), (512, 64), (2000, 8), (300, 120), (5000, 200)]:
+        problem = Problem(*make_problem(n, d, nnz_per_row=min(d, 6), seed=n + d, dense=dense)[:2])
+        for eps, sketch_size, default_start in [(0.5, None, True), (0.5, None, False), (0.2, None, True),
+                                                (0.5, 3 * d, True)]:
+            monkeypatch.setattr(hessian_module, "_unit_seconds", counted)
+            calls.clear()
+            seconds = strategy_seconds(problem, eps, sketch_size, default_start=default_start)
+            assert len(calls) == 1
+            assert start_seconds(problem, eps, sketch_size, rates_module, unit_seconds(problem, rates_module)) == \
+                start_seconds(problem, eps, sketch_size, rates_module)
+            monkeypatch.setattr(hessian_module, "start_seconds", pricing_itself)
+            assert strategy_seconds(problem, eps, sketch_size, default_start=default_start) == seconds
+            monkeypatch.setattr(hessian_module, "start_seconds", start_seconds)

@@ -271,6 +271,46 @@ def test_targets_that_are_not_distributions_warn_once_naming_the_problems():
     assert len([w for w in caught if "probability vector" in str(w.message)]) == 1
 
 
+def test_distribution_warning_points_at_the_caller():
+    C, b, _ = make_problem(50, 4, nnz_per_row=2, seed=8)
+    with pytest.warns(UserWarning, match="probability vector") as caught:
+        solve_many([(C, 3 * b)])
+    assert [w.filename for w in caught if "probability vector" in str(w.message)] == [__file__]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_garbage_collection_is_paused_during_the_compiled_part_and_restored(monkeypatch, enabled):
+    """The cyclic GC is off while the compiled problems are built, solved and read back, and returns to
+    the caller's state afterwards, also when the call ends in an exception."""
+    import gc
+
+    from fastnewton import many_small
+
+    seen = []
+    run = many_small._Packed.run
+
+    def recording_run(self, *args):
+        seen.append(gc.isenabled())
+        return run(self, *args)
+
+    monkeypatch.setattr(many_small._Packed, "run", recording_run)
+    C, b, _ = make_problem(60, 5, seed=3)
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        result = solve_many([(C, b), (C, b)])
+        assert gc.isenabled() is enabled
+        assert seen == [False] and np.all(result.converged)
+        # An exception inside the paused part: the distribution warning turned into an error.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            with pytest.raises(UserWarning, match="probability vector"):
+                solve_many([(C, 3 * b)])
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
+
+
 def test_bench_quick_smoke(tmp_path):
     """bench/many_small.py --quick: every case runs, answers agree, CSV/JSON written (no timing checked)."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
