@@ -11,46 +11,46 @@ to tol = 1e-8.
 MACHINE = 'x86_64, 2 cores'
 
 # Stored entries of C read per second by one pass (u = Cx, or the fused Cᵀ[q, U]).
-DENSE_PASS_ENTRIES = 3.49e+09
-CSR_PASS_ENTRIES = 2.83e+09
+DENSE_PASS_ENTRIES = 4.4e+09
+CSR_PASS_ENTRIES = 2.7e+09
 # Dense sandwich (SYRK): multiply-adds n·d²/2 per second at d = 256 and at d = 32 (few multiply-adds
 # per entry read: slower); log-log in d between.
-DENSE_SANDWICH_FMA = 3.32e+10
-DENSE_SANDWICH_FMA_D32 = 1.21e+10
+DENSE_SANDWICH_FMA = 3.25e+10
+DENSE_SANDWICH_FMA_D32 = 1.29e+10
 # CSR sandwich: pair updates Σᵢ nnzᵢ(nnzᵢ + 1)/2 per second at d = 256 and at d = 1024 (the
 # updates scatter into a d × d partial: slower once it leaves the cache); log-log in d between.
-CSR_SANDWICH_PAIRS = 2.46e+09
-CSR_SANDWICH_PAIRS_D1024 = 1.66e+09
+CSR_SANDWICH_PAIRS = 2.54e+09
+CSR_SANDWICH_PAIRS_D1024 = 2.14e+09
 # OSNAP embedding: (stored entry, slot) updates per second.
-DENSE_EMBED_UPDATES = 3.33e+09
-CSR_EMBED_UPDATES = 4.72e+08
+DENSE_EMBED_UPDATES = 3.38e+09
+CSR_EMBED_UPDATES = 4.77e+08
 # Sampled dense sandwich (its signed and |β| sums, ``sandwich_rows_and_absolute``): s·d²/2 per second.
-DENSE_SAMPLED_SANDWICH_FMA = 2.53e+10
+DENSE_SAMPLED_SANDWICH_FMA = 2.45e+10
 # C Z for the JL directions: (stored entry, column) multiply-adds per second.
 DENSE_MATMAT_FMA = 1.65e+10
-CSR_MATMAT_FMA = 7.08e+09
+CSR_MATMAT_FMA = 6.85e+09
 # QR of the m × d embedding (multiply-adds m·d²) and Cholesky of d × d (d³/3) per second.
-QR_FMA = 4.09e+10
+QR_FMA = 4.04e+10
 CHOLESKY_FMA = 1.81e+10
 # Rows per second of an iteration's work per row beyond its passes (the model's row stages at the
 # line search's trial and at the new point, β), from exact solves of a short-row CSR problem, and
 # iterations per second of a tiny problem (an iteration's fixed cost: Python control, small kernels).
-ITERATION_ROWS = 9.35e+07
-TINY_ITERATIONS = 3.42e+03
+ITERATION_ROWS = 8.7e+07
+TINY_ITERATIONS = 1.58e+03
 # Rows per second of a sketched iteration's draw (scores |βᵢ|gᵢ and the Poisson sample over every row).
-SAMPLING_ROWS = 2.03e+08
+SAMPLING_ROWS = 1.94e+08
 # Newton iterations of exact, of sketch and of pcg per exact Newton iteration, CG iterations per pcg step.
 EXACT_ITERATIONS = 2.75
 SKETCH_ITERATIONS_PER_EXACT = 2.25
 PCG_ITERATIONS_PER_EXACT = 1.08
-CG_ITERATIONS_PER_STEP = 4.02
+CG_ITERATIONS_PER_STEP = 2.92
 # Leverage references refused (fresh scores drawn) per sketch / pcg iteration, from the default start
 # and from any other (zeros, a user's x0: β moves far in the first iterations); the iteration figures
 # are means over calibrate.py's four problems (dense at d = 64 and 256, CSR with long and with short rows).
-REFERENCE_REFRESHES_PER_ITERATION = 0.0556
+REFERENCE_REFRESHES_PER_ITERATION = 0.0645
 REFERENCE_REFRESHES_FROM_OTHER_STARTS = 0.143
 # Newton iterations of lagged per exact Newton iteration, CG iterations per lagged step.
 LAGGED_ITERATIONS_PER_EXACT = 1
-LAGGED_CG_ITERATIONS_PER_STEP = 2.25
+LAGGED_CG_ITERATIONS_PER_STEP = 1.88
 # CG iterations per pcg step preconditioned by the start's fit matrix (dense C from x0="auto").
 START_PRECONDITIONED_CG_ITERATIONS_PER_STEP = 3
