@@ -7,8 +7,9 @@
 
 Run it on a quiet machine (about two minutes on 2 cores) after the kernels change: every
 figure is the best of a few calls of the package's own operations (a pass over C, the
-sandwich, the sampled dense sandwich, the OSNAP embedding, C·Z, the QR and Cholesky
-factorisations, a sketched iteration's draw over the rows) at sizes where they run at full speed;
+sandwich, the dense Hessian-vector product, the sampled dense sandwich, the OSNAP embedding,
+C·Z, the QR and Cholesky factorisations, a sketched iteration's draw over the rows) at sizes
+where they run at full speed;
 an iteration's row work beyond its passes from the phase timers of exact solves of a short-row
 CSR problem (n = 10⁶, 3 per row) and its fixed cost from a tiny one; and the iteration ratios (and
 the leverage references refused per sketched iteration) from solving planted noisy softmax
@@ -161,13 +162,20 @@ def iteration_ratios(problems):
             if start_preconditioned_cg else 1.0}
 
 
+def hessian_vector_entries(matrix, rng):
+    """Entries per second of a dense matrix's one-read Hessian-vector product (``sandwich_vector``: CG's step)."""
+    beta, v = rng.standard_normal(matrix.n), rng.standard_normal(matrix.d)
+    return matrix.n * matrix.d / best_seconds(lambda: matrix.sandwich_vector(beta, v))
+
+
 def measure(quick, seed=0):
     rng = np.random.default_rng(seed)
     scale = 10 if quick else 1
     dense_n, dense_d = 60_000 // scale, 256
     C, _, _ = fastnewton.make_problem(dense_n, dense_d, dense=True, seed=seed)
-    rates = matrix_rates("DENSE", Problem(C, np.full(dense_n, 1.0 / dense_n)).matrix, rng,
-                         dense_n * dense_d**2 / 2)
+    matrix = Problem(C, np.full(dense_n, 1.0 / dense_n)).matrix
+    rates = matrix_rates("DENSE", matrix, rng, dense_n * dense_d**2 / 2)
+    rates["DENSE_HESSIAN_VECTOR_ENTRIES"] = hessian_vector_entries(matrix, rng)
     csr_n, csr_d, per_row = 400_000 // scale, 256, 30
     C, _, _ = fastnewton.make_problem(csr_n, csr_d, nnz_per_row=per_row, seed=seed)
     matrix = Problem(C, np.full(csr_n, 1.0 / csr_n)).matrix
@@ -179,6 +187,7 @@ def measure(quick, seed=0):
     matrix = Problem(C, np.full(narrow_n, 1.0 / narrow_n)).matrix
     beta = rng.standard_normal(narrow_n)
     rates["DENSE_SANDWICH_FMA_D32"] = narrow_n * narrow_d**2 / 2 / best_seconds(lambda: matrix.sandwich(beta))
+    rates["DENSE_HESSIAN_VECTOR_ENTRIES_D32"] = hessian_vector_entries(matrix, rng)
     del C, matrix
     # The CSR sandwich again at d = 1024, where its d × d partial no longer fits in cache.
     wide_n, wide_d, wide_per_row = 40_000 // scale, 1024, 100

@@ -408,8 +408,6 @@ BUILDERS = {"exact": exact_system, "sketch": SketchedSystems, "pcg": Preconditio
 # line in between), and per CG iteration of pcg (Hessian-vector product: C·p and Cᵀ(·)).
 PASSES_PER_ITERATION = 2 + 1 / REFRESH_EVERY
 PASSES_PER_CG_ITERATION = 2
-# ... except on dense C, whose product reads each row once for both (``DenseMatrix.sandwich_vector``).
-DENSE_PASSES_PER_CG_ITERATION = 1
 # A CG iteration's fixed cost beyond its passes and triangular solves: its Python control, two kernel
 # launches and two SciPy triangular solves. Measured 85–104 µs per CG iteration (``lagged``, 2 threads,
 # 50 softmax CSR problems n 64–512, d 32–64, 8 entries per row, whose passes take ~2 µs); priced at
@@ -437,6 +435,15 @@ def dense_sandwich_rate(d, rates=rates):
     d = 32: about 2.5× slower per multiply-add than at d = 256), so one rate would price exact there
     below lagged, which forms a third as many sandwiches."""
     return _log_log_between(d, (32, rates.DENSE_SANDWICH_FMA_D32), (256, rates.DENSE_SANDWICH_FMA))
+
+
+def dense_hessian_vector_rate(d, rates=rates):
+    """Entries of C per second of the dense Hessian-vector product (``DenseMatrix.sandwich_vector``: C·v and
+    Cᵀ(β ⊙ Cv) from one read of each row) at width d: measured at d = 32 and 256, log-log between. One read,
+    but not one pass's time: the update's multiply-adds follow the dot's, and short rows cost more per entry
+    (measured 1.2–1.5 forward passes at d = 32–512; at d = 32 a forward pass itself costs 1.6× per entry what
+    it costs at d = 256). Priced as one pass, pcg at dense 10⁶ × 32 was predicted 0.215 s and took 0.27 s."""
+    return _log_log_between(d, (32, rates.DENSE_HESSIAN_VECTOR_ENTRIES_D32), (256, rates.DENSE_HESSIAN_VECTOR_ENTRIES))
 
 
 def start_rng(seed):
@@ -581,8 +588,8 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
         return (1 + refresh) * (sampled(constant) + draw) + refresh * fresh_scores + certificate
 
     def cg(iterations):
-        passes = DENSE_PASSES_PER_CG_ITERATION if dense else PASSES_PER_CG_ITERATION
-        return iterations * (passes * one_pass + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
+        product = nnz / dense_hessian_vector_rate(d, rates) if dense else PASSES_PER_CG_ITERATION * one_pass
+        return iterations * (product + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
 
     fit = start_seconds(problem, eps, sketch_size, rates, units)
     samples_start = default_start and fit["sampled"] < fit["exact"]

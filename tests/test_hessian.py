@@ -661,6 +661,28 @@ def test_dense_sandwich_rate_interpolates_in_d_and_prices_narrow_sandwiches_slow
     assert slow["lagged"] - fast["lagged"] == pytest.approx((5 / 3 + 1) * sandwich)
 
 
+def test_dense_cg_products_are_priced_at_their_measured_rate_in_d():
+    """A dense CG step's product (one read of C for C·v and Cᵀ(β ⊙ Cv)) costs nnz / its rate, measured at
+    d = 32 and 256 and log-log between: a slower product at d = 32 makes pcg's and lagged's CG steps cost
+    more, by exactly their predicted CG iterations' entries, and leaves exact and sketch alone."""
+    rates = types.SimpleNamespace(DENSE_HESSIAN_VECTOR_ENTRIES=8e9, DENSE_HESSIAN_VECTOR_ENTRIES_D32=1e9)
+    assert hessian_module.dense_hessian_vector_rate(16, rates) == 1e9
+    assert hessian_module.dense_hessian_vector_rate(64, rates) == pytest.approx(2e9)
+    assert hessian_module.dense_hessian_vector_rate(512, rates) == pytest.approx(8e9)
+    n, d = 10**6, 32
+    narrow = stand_in(n, d)
+    fast = strategy_seconds(narrow, 0.5, None, uniform_rates(LAGGED_ITERATIONS_PER_EXACT=1.0))
+    slow = strategy_seconds(narrow, 0.5, None, uniform_rates(LAGGED_ITERATIONS_PER_EXACT=1.0,
+                                                             DENSE_HESSIAN_VECTOR_ENTRIES_D32=1e8))
+    product = n * d * (1 / 1e8 - 1 / 1e9)
+    # uniform_rates: 5 exact iterations; pcg 5 × 3 CG iterations; lagged 5 iterations, two in three of
+    # them 3 CG iterations each.
+    assert slow["pcg"] - fast["pcg"] == pytest.approx(5 * 3 * product)
+    assert slow["lagged"] - fast["lagged"] == pytest.approx(5 * 2 / 3 * 3 * product)
+    for name in ("exact", "sketch"):
+        assert slow[name] == fast[name]
+
+
 # ---------------------------------------------------------------------------------------------
 # lagged: CG on the exact Hessian, preconditioned by the last exact iteration's factor
 # ---------------------------------------------------------------------------------------------
@@ -886,7 +908,8 @@ MEASURED_RATES = dict(
     EXACT_ITERATIONS=2.67, SKETCH_ITERATIONS_PER_EXACT=2.44, PCG_ITERATIONS_PER_EXACT=1.11,
     CG_ITERATIONS_PER_STEP=3.92, REFERENCE_REFRESHES_PER_ITERATION=0.0714,
     REFERENCE_REFRESHES_FROM_OTHER_STARTS=0.179, LAGGED_ITERATIONS_PER_EXACT=1.0, LAGGED_CG_ITERATIONS_PER_STEP=2.0,
-    START_PRECONDITIONED_CG_ITERATIONS_PER_STEP=3.0)
+    START_PRECONDITIONED_CG_ITERATIONS_PER_STEP=3.0, DENSE_HESSIAN_VECTOR_ENTRIES=3.0e9,
+    DENSE_HESSIAN_VECTOR_ENTRIES_D32=1.5e9)
 
 
 def test_auto_keeps_exact_on_short_csr_rows_once_the_row_work_is_priced():
