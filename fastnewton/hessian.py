@@ -27,7 +27,7 @@ import scipy.linalg
 from . import rates
 from .kernels.sketch import expected_poisson_sizes
 from .matrix import estimated_sandwich_work
-from .newton import REFRESH_EVERY, column_scale
+from .newton import REFRESH_EVERY, column_scale, run_rounds
 from .reductions import dot, norm
 from .start import FitSample
 from .sketching import (
@@ -134,6 +134,12 @@ class NewtonSystem:
         so it is shifted further (the preconditioner alone) until it factors; whether H + μD²
         is positive definite is CG's to detect (negative curvature).
         """
+        return run_rounds(self.solve_rounds(g, mu), HessianProduct.run)
+
+    def solve_rounds(self, g, mu):
+        """``solve`` as a generator: yields each Hessian-vector product CG needs as a ``HessianProduct``
+        and is sent ∇²L·v (``solve_many`` forms the products of many problems with shared passes over C);
+        returns the step (or None)."""
         if not np.all(np.isfinite(self._scaled)):
             return None
         scaled_g = g / self.column_scale
@@ -151,7 +157,7 @@ class NewtonSystem:
         if factor is None:
             return None
         self.info["preconditioner_shift"] = shift
-        p, forward = self._pcg(factor, scaled_g, mu)
+        p, forward = yield from self._pcg(factor, scaled_g, mu)
         if p is None:
             return None
         step = p / self.column_scale
@@ -180,11 +186,14 @@ class NewtonSystem:
         return self._factor(mu)
 
     def _scaled_hessp(self, v):
-        return self.hessp(v / self.column_scale) / self.column_scale
+        """D⁻¹HD⁻¹·v, the product asked for as a ``HessianProduct`` (a generator step of ``_pcg``)."""
+        Hv = yield HessianProduct(self.hessp, v / self.column_scale)
+        return Hv / self.column_scale
 
     def _pcg(self, factor, g, mu):
         """Preconditioned CG from p = 0 on (D⁻¹HD⁻¹ + μI) p = −g (g scaled) until ‖residual‖ ≤ forcing·‖g‖:
-        (p, C·(p/D) summed from the products' passes, or None when ``hessp`` does not keep them)."""
+        (p, C·(p/D) summed from the products' passes, or None when ``hessp`` does not keep them).
+        A generator (``solve_rounds``): yields each product."""
         keeps_forward = isinstance(self.hessp, ForwardKeepingProduct)
         forward = None
         p = np.zeros_like(g)
@@ -195,7 +204,7 @@ class NewtonSystem:
         target = self.forcing * norm(g)
         self.info.pop("cg_truncated", None)
         for iteration in range(1, self.max_cg_iterations + 1):
-            Hd = self._scaled_hessp(direction) + mu * direction
+            Hd = (yield from self._scaled_hessp(direction)) + mu * direction
             curvature = dot(direction, Hd)
             if not curvature > 0.0:
                 self.info["cg_iterations"] = iteration
@@ -222,6 +231,18 @@ class NewtonSystem:
         return p, forward
 
 
+@dataclass
+class HessianProduct:
+    """CG's request for ``product(v)`` = ∇²L·v (``NewtonSystem.solve_rounds``): ``run()`` forms it at once;
+    ``solve_many`` forms those of many problems together (``ForwardKeepingProduct.finish``)."""
+
+    product: object
+    v: np.ndarray
+
+    def run(self):
+        return self.product(self.v)
+
+
 class ForwardKeepingProduct:
     """CG's v ↦ ∇²L·v at ev (``Problem.hessian_product_and_forward``), keeping C·v, the pass it made,
     as ``forward``: CG sums its step's C·p from them (``NewtonSystem.forward_of``), and the line search
@@ -233,6 +254,16 @@ class ForwardKeepingProduct:
     def __call__(self, v):
         Hv, self.forward = self.problem.hessian_product_and_forward(self.ev, v)
         return Hv
+
+    def weights(self):
+        """β, the weights of the product's pass Cᵀ(β ⊙ Cv)."""
+        return self.problem.beta(self.ev)
+
+    def finish(self, v, forward, transposed):
+        """∇²L·v from its passes formed elsewhere, C·v (``forward``) and Cᵀ(β ⊙ C·v) (``transposed``), with the
+        bits of ``__call__`` when they have those of ``matrix.sandwich_vector``; keeps ``forward`` as it does."""
+        self.forward = forward
+        return self.problem.hessian_product_from(self.ev, v, transposed)
 
 
 def hessian_product(problem, ev):
@@ -382,22 +413,41 @@ class LaggedSystems:
     sandwich, the Cholesky factor); the LAGGED_STEPS after it solve with CG on the exact Hessian,
     preconditioned by that factor (of H one or two iterates back, at a damping within
     LAGGED_SHIFT_RATIO of μ, else factored anew), to the forcing term of ``pcg``. So their steps are Newton steps to CG's tolerance, for two passes
-    over C per CG iteration instead of a sandwich. A new problem (a stage of a staged start) starts
-    with an exact iteration.
+    over C per CG iteration instead of a sandwich. The cycle is kept per problem (as ``SketchedSystems``
+    keeps its references): a new problem (a stage of a staged start, or each problem of ``solve_many``,
+    whose problems share the builder) starts with an exact iteration.
     """
 
     def __init__(self, lagged_steps=LAGGED_STEPS):
         self.lagged_steps = lagged_steps
-        self.exact, self.problem, self.age = None, None, 0
+        # id(problem) → [problem, its last exact system, iterations since]; holding the problem keeps its id.
+        self.cycles = {}
 
-    def __call__(self, problem, ev, rng, options, g_ref):
-        if self.exact is None or problem is not self.problem or self.age >= self.lagged_steps:
-            self.exact = exact_system(problem, ev, rng, options, g_ref)
-            self.problem, self.age = problem, 0
-            return self.exact
-        self.age += 1
-        return self.exact.preconditioning(hessian_product(problem, ev), _forcing(ev, g_ref, options.tol),
-                                          {"preconditioner_age": self.age})
+    def _cycle(self, problem):
+        held = self.cycles.get(id(problem))
+        return held if held is not None and held[0] is problem else None
+
+    def next_is_exact(self, problem):
+        """Whether ``problem``'s next system is an exact one (its sandwich then formed by the caller may be given)."""
+        held = self._cycle(problem)
+        return held is None or held[2] >= self.lagged_steps
+
+    def __call__(self, problem, ev, rng, options, g_ref, sandwich=None):
+        if self.next_is_exact(problem):
+            exact = exact_system(problem, ev, rng, options, g_ref, sandwich)
+            self.cycles[id(problem)] = [problem, exact, 0]
+            return exact
+        held = self._cycle(problem)
+        held[2] += 1
+        return held[1].preconditioning(hessian_product(problem, ev), _forcing(ev, g_ref, options.tol),
+                                       {"preconditioner_age": held[2]})
+
+
+def forms_exact_sandwich(build_system, problem):
+    """Whether ``build_system``'s next system for ``problem`` is exact, taking its sandwich Cᵀ diag(β) C as the
+    keyword ``sandwich`` (``solve_many`` forms those of many problems in one read of C)."""
+    return build_system is exact_system or (isinstance(build_system, LaggedSystems)
+                                            and build_system.next_is_exact(problem))
 
 
 BUILDERS = {"exact": exact_system, "sketch": SketchedSystems, "pcg": PreconditionerSystems, "lagged": LaggedSystems}

@@ -10,9 +10,12 @@ unfinished problems are answered together, each round by one pass over C:
 - u = C X and the lines' C·P: ``matrix.matvecs`` (SpMM / dense, one read of C);
 - the gradients' Cᵀ[Q₁, Q₂, …]: ``matrix.rmatmats`` (CSR: the problems' columns side by side in one
   read of C, SIMD across problems; dense: one read of C for all problems);
-- the exact Hessians' Cᵀ diag(β_j) C: ``matrix.sandwiches`` (CSR: one read of C per block of problems,
-  each row's pair products C_ia·C_ib formed once for all of them; dense: all problems' SYRKs on one
-  thread pool).
+- the exact Hessians' Cᵀ diag(β_j) C (``exact``, and ``lagged``'s exact iterations): ``matrix.sandwiches``
+  (CSR: one read of C per block of problems, each row's pair products C_ia·C_ib formed once for all of
+  them; dense: all problems' SYRKs on one thread pool);
+- CG's Hessian-vector products (``pcg``, ``lagged``): C·v with the lines' C·p, then Cᵀ(β_j ⊙ C v_j) of
+  all problems in one transposed pass; a step's C·p that CG summed from its products is taken as ``solve``
+  takes it (``NewtonSystem.forward_of``).
 
 The forward and transposed passes and the dense sandwiches give every column the bits of the
 single-problem pass (same sums in the same order); the shared CSR sandwich rounds differently from
@@ -22,7 +25,7 @@ the iteration count) and x within 1e-10 relative (bit for bit on dense C); its b
 count nor on which other columns are solved with it.
 Problems that stop drop out of the passes. Per-problem work that needs no pass (the model's O(n)
 vectors, the d × d Cholesky solves, line-search trials) runs problem by problem, as do the
-``sketch``/``pcg`` Hessians and the starts (``x0="auto"``: the b²-weighted fit of each column, and
+sampled sandwiches of ``sketch``/``pcg`` and the starts (``x0="auto"``: the b²-weighted fit of each column, and
 ``softmax_relu``'s simplex vector and λmax), whose passes are each problem's own.
 
 Problems are solved in groups whose work arrays fit ``GROUP_BYTES`` (the answers do not depend on
@@ -39,7 +42,7 @@ import numpy as np
 
 from . import _cache
 from .batch import BatchResult
-from .hessian import exact_system
+from .hessian import ForwardKeepingProduct, forms_exact_sandwich
 from .memory import check_iteration_fits, iteration_bytes
 from .newton import NewtonRequest, NewtonRun, References, column_scale, user_stacklevel
 from .problem import Problem
@@ -232,6 +235,7 @@ class SharedPasses:
                           References(request.problem.target_norm(), self.column_scale, gradient),
                           request.timer, request.clock)
                 for request, gradient in zip(requests, gradients_at_zero)]
+        builders = {id(run): request.build_system for run, request in zip(runs, requests)}
         points = [run.x0 for run in runs]
         evaluations = self.evaluations([problem.evaluation_rounds(x, {"u": u})
                                         for problem, x, u in zip(problems, points, self.forward(points))])
@@ -244,10 +248,10 @@ class SharedPasses:
                 live = [run for run in live if not run.stopping()]
                 if not live:
                     break
-                systems = self.systems(live, requests[0].build_system)
+                systems = self.systems(live, [builders[id(run)] for run in live])
                 steps = answer_together([run.step_rounds(system) for run, system in zip(live, systems)],
-                                        lambda directions, indices, live=live: self.lines(live, directions,
-                                                                                          indices))
+                                        lambda asked, indices, live=live, systems=systems: self.lines(
+                                            live, systems, asked, indices))
                 moved = []
                 for run, system, step in zip(live, systems, steps):
                     if step is None:
@@ -267,23 +271,58 @@ class SharedPasses:
                     run.status = Status.INTERRUPTED
         return [run.result() for run in runs]
 
-    def systems(self, runs, build_system):
-        """Each run's Newton system; the exact strategy's sandwiches formed together."""
-        if build_system is not exact_system:
-            return [run.build_system(build_system) for run in runs]
-        sandwiches = self.matrix.sandwiches([run.problem.beta(run.ev) for run in runs])
-        systems = [run.build_system(exact_system, sandwich=sandwich) for run, sandwich in zip(runs, sandwiches)]
+    def systems(self, runs, builders):
+        """Each run's Newton system (``builders``: each run's strategy); the exact ones' sandwiches (``exact``,
+        and ``lagged``'s exact iterations) formed together."""
+        exact = [forms_exact_sandwich(builder, run.problem) for run, builder in zip(runs, builders)]
+        sandwiches = iter(self.matrix.sandwiches([run.problem.beta(run.ev) for run, due in zip(runs, exact) if due])
+                          if any(exact) else ())
+        systems = [run.build_system(builder, sandwich=next(sandwiches)) if due else run.build_system(builder)
+                   for run, builder, due in zip(runs, builders, exact)]
         # The exact system holds the Hessian itself: β and Q are not read again. Released, the peak
         # memory of all problems in lock-step drops by ~4 n-vectors each, and so do the page faults of
         # the fresh memory it costs (CSR n = 10⁵, d = 64, q = 64: see ``fastnewton.buffers``).
-        for run in runs:
-            run.problem.release_curvature(run.ev)
+        for run, due in zip(runs, exact):
+            if due:
+                run.problem.release_curvature(run.ev)
         return systems
 
-    def lines(self, runs, directions, indices):
-        """The lines x + t·p of ``runs[i]`` for i in ``indices`` (``directions``: their p), from one pass C·P."""
-        CP = self.matrix.matvecs(np.column_stack(directions))
-        return [runs[i].problem.line(runs[i].ev, p, Cp) for i, p, Cp in zip(indices, directions, CP)]
+    def lines(self, runs, systems, asked, indices):
+        """The answers to ``runs[i]``'s step requests for i in ``indices`` (``asked``), from one forward pass C·[P, V]
+        and one transposed pass: a direction p gets its line x + t·p (C·p summed by CG where its system kept it,
+        as ``newton_step`` takes it); a ``HessianProduct`` gets ∇²L·v (``products``)."""
+        forward = []
+        for i, request in zip(indices, asked):
+            if isinstance(request, np.ndarray):
+                if systems[i].forward_of(request) is None:
+                    forward.append(request)
+            elif isinstance(request.product, ForwardKeepingProduct):
+                forward.append(request.v)
+        passes = iter(self.matrix.matvecs(np.column_stack(forward)) if forward else ())
+        answers, products = [], []
+        for i, request in zip(indices, asked):
+            if isinstance(request, np.ndarray):
+                Cp = systems[i].forward_of(request)
+                answers.append(runs[i].problem.line(runs[i].ev, request, next(passes) if Cp is None else Cp))
+            elif isinstance(request.product, ForwardKeepingProduct):
+                answers.append(None)
+                products.append((len(answers) - 1, request, next(passes)))
+            else:
+                answers.append(request.run())
+        for t, Hv in self.products(products):
+            answers[t] = Hv
+        return answers
+
+    def products(self, products):
+        """(t, ∇²L·v) for each (t, ``HessianProduct`` of a ``ForwardKeepingProduct``, its C·v): the passes
+        Cᵀ(β ⊙ Cv) of all in one read of C, with ``matrix.sandwich_vector``'s bits (that of ``rmatmat`` after
+        ``matvec``: ``matvecs`` and ``rmatmats`` give each column those)."""
+        if not products:
+            return []
+        weighted = [(request.product.weights() * Cv)[:, None] for _, request, Cv in products]
+        transposed = self.matrix.rmatmats(weighted)
+        return [(t, request.product.finish(request.v, Cv, np.ascontiguousarray(G[:, 0])))
+                for (t, request, Cv), G in zip(products, transposed)]
 
     def next_evaluations(self, moved):
         """The evaluations after the accepted steps: u carried along the line, or formed by one shared

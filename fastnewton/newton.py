@@ -240,9 +240,10 @@ def run_rounds(rounds, answer):
 
 
 def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=None, counts=None):
-    """``newton_step`` as a generator: yields each direction p whose line x + t·p it needs (the pass
-    C·p), is sent that ``Line``, and returns the ``Step`` (or None). ``solve_many`` answers the
-    directions of many problems with one pass; ``newton_step`` answers each at once."""
+    """``newton_step`` as a generator: yields each direction p (an array) whose line x + t·p it needs (the
+    pass C·p) and is sent that ``Line``, and each Hessian-vector product a CG step asks for (a request
+    with ``run()``: ``fastnewton.hessian.HessianProduct``) and is sent ∇²L·v; returns the ``Step`` (or
+    None). ``solve_many`` answers those of many problems with shared passes; ``newton_step`` each at once."""
     timer = timer or no_timer
     scale = system.scale
     g = ev.grad
@@ -255,7 +256,7 @@ def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, t
     for _ in range(MAX_DAMPING_TRIES):
         refined = False
         with timer("solve"):
-            p = system.solve(g, mu)
+            p = yield from system.solve_rounds(g, mu)
             if one_sided is not None and p is not None and _all_finite(p) and dot(g, p) < 0.0:
                 p, refined = one_sided_step(system, g, mu, p, *one_sided)
         if p is None or not _all_finite(p) or not dot(g, p) < 0.0:
@@ -329,6 +330,8 @@ def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=No
     timer = timer or no_timer
 
     def line(p):
+        if not isinstance(p, np.ndarray):  # a Hessian-vector product of CG (``newton_step_rounds``)
+            return p.run()
         with timer("line_search"):
             # C·p summed by CG from its products' passes, when it kept them (NewtonSystem.forward_of)
             Cp = system.forward_of(p)

@@ -224,9 +224,13 @@ class Problem:
         """(∇²L·p, C·p): the product and its first pass, which CG sums into C·(its step) so that the
         line search along the step needs no pass of its own (``fastnewton.hessian.ForwardKeepingProduct``)."""
         Hp, Cp = self.matrix.sandwich_vector(self.beta(ev), p)
-        Hp += ev.P @ (ev.S @ (ev.P.T @ p))
-        Hp += self.l2 * p
-        return Hp, Cp
+        return self.hessian_product_from(ev, p, Hp), Cp
+
+    def hessian_product_from(self, ev, p, sandwiched):
+        """∇²L·p from its pass ``sandwiched`` = Cᵀ(β ⊙ Cp) (added to in place): + P S Pᵀp + λp."""
+        sandwiched += ev.P @ (ev.S @ (ev.P.T @ p))
+        sandwiched += self.l2 * p
+        return sandwiched
 
     def sampled_sandwich(self, ev, s, rng, reference=None):
         """(CᵀD̃C from a leverage-score sample of about s rows, rows kept): ``fastnewton.sketching``

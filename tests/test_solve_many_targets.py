@@ -168,6 +168,26 @@ def test_seed_fixes_the_sketched_strategies(hessian):
     assert_same_as_solve(first, C, B, "softmax", hessian=hessian, seed=7, x0="zeros")
 
 
+@pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
+@pytest.mark.parametrize("hessian", ["lagged", "pcg"])
+# (relu_softmax from zeros is its dead stationary point: no iteration, no CG)
+@pytest.mark.parametrize("model, x0", [("softmax", "auto"), ("softmax", "zeros"), ("relu_softmax", "auto")])
+def test_cg_strategies_take_solves_steps_with_their_products_shared(model, hessian, x0, dense, monkeypatch):
+    # lagged keeps its exact-then-CG cycle per problem (one shared builder once made every iteration of
+    # every problem exact: other iterates, n_iter and x off by 1e-10..1e-9), and CG's Hessian-vector products
+    # and its summed C·p are those of solve: bit for bit on dense C. No product is formed problem by problem.
+    C, B, _ = case(model, dense)
+    matrix_class = fastnewton.matrix.DenseMatrix if dense else fastnewton.matrix.CSRMatrix
+    solve_product = matrix_class.sandwich_vector
+    monkeypatch.setattr(matrix_class, "sandwich_vector", lambda *args: pytest.fail("a product of its own"))
+    batch = quietly(solve_many, C, B, model=model, hessian=hessian, x0=x0, seed=3)
+    monkeypatch.setattr(matrix_class, "sandwich_vector", solve_product)
+    assert_same_as_solve(batch, C, B, model, hessian=hessian, x0=x0, seed=3)
+    cg_iterations = [record.get("cg_iterations", 0) for j in range(B.shape[1])
+                     for record in quietly(solve, C, B[:, j], model, hessian=hessian, x0=x0, seed=3).history]
+    assert sum(cg_iterations) > 0
+
+
 def test_auto_prices_each_column_as_solve_prices_it(monkeypatch):
     # auto prices the sketched strategies with their sampled start (dense C, softmax), which needs the
     # model a target builds; solve_many once priced C without a target, so on a large dense C its pick
