@@ -40,14 +40,3 @@ def sandwich_chunk_rows(n, d, pair_work):
     by_work = pair_work // (MIN_PAIRS_PER_PARTIAL_ENTRY * d * d)
     chunks = max(1, min(MAX_CHUNKS, by_memory, by_work))
     return max(1, _ceil_div(n, 1 << (chunks.bit_length() - 1)))
-
-
-# The sandwich of many problems at once keeps a packed d(d+1)/2 × (problems) partial per chunk, so it
-# uses fewer chunks than one problem's sandwich (up to SANDWICH_MANY_CHUNKS: enough tasks for 8 threads
-# with one block of problems, more with several blocks).
-SANDWICH_MANY_CHUNKS = 8
-
-
-def sandwich_many_chunks(n):
-    """Row chunks of ``csr_sandwich_many`` for n rows: a function of n only (at least MIN_CHUNK_ROWS rows each)."""
-    return max(1, min(SANDWICH_MANY_CHUNKS, _ceil_div(n, MIN_CHUNK_ROWS)))

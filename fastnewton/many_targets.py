@@ -11,18 +11,16 @@ unfinished problems are answered together, each round by one pass over C:
 - the gradients' Cᵀ[Q₁, Q₂, …]: ``matrix.rmatmats`` (CSR: the problems' columns side by side in one
   read of C, SIMD across problems; dense: one read of C for all problems);
 - the exact Hessians' Cᵀ diag(β_j) C (``exact``, and ``lagged``'s exact iterations): ``matrix.sandwiches``
-  (CSR: one read of C per block of problems, each row's pair products C_ia·C_ib formed once for all of
-  them; dense: all problems' SYRKs on one thread pool);
+  (CSR: one read of C per block of problems, each pair's update q-wide across them; dense: all problems'
+  SYRKs on one thread pool);
 - CG's Hessian-vector products (``pcg``, ``lagged``): C·v with the lines' C·p, then Cᵀ(β_j ⊙ C v_j) of
   all problems in one transposed pass; a step's C·p that CG summed from its products is taken as ``solve``
   takes it (``NewtonSystem.forward_of``).
 
-The forward and transposed passes and the dense sandwiches give every column the bits of the
-single-problem pass (same sums in the same order); the shared CSR sandwich rounds differently from
-one problem's (β·C_ia·C_ib grouped otherwise, fewer row chunks), by ~1e-16 relative. So each problem
-runs ``solve``'s decisions on its column, follows its iterates to rounding and ends with its status (tested with
-the iteration count) and x within 1e-10 relative (bit for bit on dense C); its bits depend neither on the thread
-count nor on which other columns are solved with it.
+Every shared pass gives each column the bits of the single-problem pass (same sums in the same
+order). So each problem runs ``solve``'s decisions on its column and follows its iterates bit for bit
+(its status, iteration count and x are ``solve``'s; promised: x within 1e-10 relative); its bits depend
+neither on the thread count nor on which other columns are solved with it.
 Problems that stop drop out of the passes. Per-problem work that needs no pass (the model's O(n)
 vectors, the d × d Cholesky solves, line-search trials) runs problem by problem, as do the
 sampled sandwiches of ``sketch``/``pcg`` and the starts (``x0="auto"``: the b²-weighted fit of each column, and

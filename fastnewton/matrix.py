@@ -10,7 +10,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from .chunking import chunk_rows, sandwich_chunk_rows, sandwich_many_chunks
+from .chunking import chunk_rows, sandwich_chunk_rows
 from .kernels.csr import (csr_column_squares, csr_dense_rows, csr_matmat, csr_matvec, csr_matvecs, csr_rmatmat,
                           csr_rmatmat3, csr_rmatmats, csr_rmatvec)
 from .kernels.dense import (dense_column_squares, dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats,
@@ -363,17 +363,18 @@ class CSRMatrix:
 
     def sandwiches(self, weights):
         """[Cᵀ diag(w) C for w in weights] (length-n vectors): when every row is short, one read of C per
-        group of problems with the pair products shared (``csr_sandwich_many``; each equal to ``sandwich(w)``
-        up to rounding, and its bits independent of the group and the thread count), else one at a time."""
+        group of problems, q-wide updates (``csr_sandwich_many``: each with ``sandwich(w)``'s bits, on its row
+        chunks), else one at a time."""
         if self._dense_rows.size:
             return [self.sandwich(np.ascontiguousarray(w, dtype=np.float64)) for w in weights]
-        n_chunks = sandwich_many_chunks(self.n)
+        n_chunks = -(-self.n // self._sandwich_chunk_rows)
         group = max(1, SANDWICH_MANY_BYTES // (8 * n_chunks * (self.d * (self.d + 1) // 2)))
         out = []
         for start in range(0, len(weights), group):
             part = weights[start:start + group]
             sums = np.empty((len(part), self.d, self.d))
-            csr_sandwich_many(self.indptr, self.indices, self.data, _array_list(part), n_chunks, sums)
+            csr_sandwich_many(self.indptr, self.indices, self.data, _array_list(part), self._sandwich_chunk_rows,
+                              sums)
             out.extend(sums)
         return out
 

@@ -1,7 +1,7 @@
 """The passes over C for many problems at once (``matvecs``, ``rmatmats``, ``sandwiches``; used by
-``solve_many``): equal to plain NumPy to rounding; ``matvecs``, ``rmatmats`` and the dense sandwiches
-bit for bit the single-problem pass; the CSR sandwich of many problems (shared pair products) with bits
-that do not depend on which problems are sandwiched together."""
+``solve_many``): equal to plain NumPy to rounding, and each bit for bit the single-problem pass, whichever
+problems are passed together (the CSR sandwich of many problems too: its products and chunks are
+``csr_sandwich_rows``')."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -73,10 +73,7 @@ def test_sandwiches_are_sandwich_per_column(case, group_bytes, monkeypatch):
     for t, H in enumerate(sandwiches):
         single = matrix.sandwich(np.ascontiguousarray(W[:, t]))
         magnitude = np.abs(dense.T) @ (np.abs(W[:, t, None]) * np.abs(dense))
-        if matrix.format == "dense" or matrix._dense_rows.size:
-            assert np.array_equal(H, single)  # one SYRK pool / one problem at a time: sandwich's own sums
-        else:
-            assert_close(H, single, magnitude)
+        assert np.array_equal(H, single)
         assert_close(H, dense.T @ (W[:, t, None] * dense), magnitude)
         assert np.array_equal(H, H.T)
 
@@ -92,6 +89,7 @@ def test_the_csr_sandwich_of_a_problem_has_the_same_bits_whatever_is_sandwiched_
     matrix = as_input_matrix(C)
     weights = [rng.standard_normal(n) for _ in range(70)]
     together = matrix.sandwiches(weights)
+    assert all(np.array_equal(H, matrix.sandwich(w)) for H, w in zip(together, weights))
     assert all(np.array_equal(H, matrix.sandwiches([w])[0]) for H, w in zip(together[::23], weights[::23]))
     monkeypatch.setattr(matrix_module, "SANDWICH_MANY_BYTES", 1)
     assert all(np.array_equal(H, G) for H, G in zip(together, matrix.sandwiches(weights)))

@@ -1,11 +1,10 @@
 """``solve_many(C, B)``: one C, one problem per column of B, against ``solve`` on each column.
 
 The batched driver shares every pass over C and runs ``solve``'s own Newton decisions (``NewtonRun``)
-per column. The shared passes give each column the single-problem pass's bits, except the CSR
-sandwich, whose shared pair products round differently (``csr_sandwich_many``). So each column is
+per column. The shared passes give each column the single-problem pass's bits. So each column is
 compared with ``solve`` on it as users are promised: the same status (and stop sentence), the same
-iteration count, x within 1e-10 relative and the loss within 1e-10 relative (or its rounding level); where no CSR sandwich is
-shared (dense C, sketched Hessians) the answers are still bit for bit, and that is checked too.
+iteration count, x within 1e-10 relative and the loss within 1e-10 relative (or its rounding level), and
+beyond the promise bit for bit (x and the message), which is checked too.
 """
 import importlib.util
 import json
@@ -18,7 +17,6 @@ import warnings
 import numba
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 import fastnewton
 from fastnewton import ConvergenceWarning, Status, make_problem, predict, solve, solve_many
@@ -55,8 +53,7 @@ def quietly(function, *args, **kwargs):
         return function(*args, **kwargs)
 
 
-# Promised to users: x within 1e-10 relative of solve's. The two runs differ by the sandwich's rounding
-# (~1e-16 relative per iteration), which Newton's contraction does not amplify on these well-posed problems.
+# Promised to users: x within 1e-10 relative of solve's.
 X_RTOL = 1e-10
 
 
@@ -68,7 +65,7 @@ def assert_close_x(x, reference):
 
 def assert_same_as_solve(batch, C, B, model, V=None, **kwargs):
     """Every column: solve's status, stop sentence, n_iter and converged; x and the loss within 1e-10
-    relative; bit for bit where C is dense (no shared CSR sandwich)."""
+    relative; and bit for bit."""
     assert len(batch) == B.shape[1]
     for j in range(B.shape[1]):
         single = quietly(solve, C, B[:, j], model, V=V, **kwargs)
@@ -81,8 +78,7 @@ def assert_same_as_solve(batch, C, B, model, V=None, **kwargs):
         loss = abs(single.loss)
         rounding = 100 * np.finfo(float).eps * (loss + np.sqrt(2 * loss) * np.linalg.norm(B[:, j]))
         assert abs(entry["loss"] - single.loss) <= X_RTOL * loss + rounding, j
-        if not sp.issparse(C):
-            assert np.array_equal(entry["x"], single.x) and entry["message"] == single.message, j
+        assert np.array_equal(entry["x"], single.x) and entry["message"] == single.message, j
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
@@ -175,7 +171,7 @@ def test_seed_fixes_the_sketched_strategies(hessian):
 def test_cg_strategies_take_solves_steps_with_their_products_shared(model, hessian, x0, dense, monkeypatch):
     # lagged keeps its exact-then-CG cycle per problem (one shared builder once made every iteration of
     # every problem exact: other iterates, n_iter and x off by 1e-10..1e-9), and CG's Hessian-vector products
-    # and its summed C·p are those of solve: bit for bit on dense C. No product is formed problem by problem.
+    # and its summed C·p are those of solve: bit for bit. No product is formed problem by problem.
     C, B, _ = case(model, dense)
     matrix_class = fastnewton.matrix.DenseMatrix if dense else fastnewton.matrix.CSRMatrix
     solve_product = matrix_class.sandwich_vector
