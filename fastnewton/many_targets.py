@@ -277,12 +277,11 @@ class SharedPasses:
                           if any(exact) else ())
         systems = [run.build_system(builder, sandwich=next(sandwiches)) if due else run.build_system(builder)
                    for run, builder, due in zip(runs, builders, exact)]
-        # The exact system holds the Hessian itself: β and Q are not read again. Released, the peak
-        # memory of all problems in lock-step drops by ~4 n-vectors each, and so do the page faults of
-        # the fresh memory it costs (CSR n = 10⁵, d = 64, q = 64: see ``fastnewton.buffers``).
+        # The exact system holds the Hessian itself: β and Q are not read again (a CG step reads β, not Q).
+        # Released, the peak memory of all problems in lock-step drops by ~4 n-vectors each, and so do the
+        # page faults of the fresh memory it costs (CSR n = 10⁵, d = 64, q = 64: see ``fastnewton.buffers``).
         for run, due in zip(runs, exact):
-            if due:
-                run.problem.release_curvature(run.ev)
+            run.problem.release_curvature(run.ev, keep_beta=not due)
         return systems
 
     def lines(self, runs, systems, asked, indices):
@@ -317,7 +316,9 @@ class SharedPasses:
         ``matvec``: ``matvecs`` and ``rmatmats`` give each column those)."""
         if not products:
             return []
-        weighted = [(request.product.weights() * Cv)[:, None] for _, request, Cv in products]
+        # β ⊙ Cv written into recycled arrays (``fastnewton.buffers``), let go after the pass
+        weighted = [np.multiply(request.product.weights(), Cv, out=request.product.problem.block.buffers.empty(
+            Cv.shape[0]))[:, None] for _, request, Cv in products]
         transposed = self.matrix.rmatmats(weighted)
         return [(t, request.product.finish(request.v, Cv, np.ascontiguousarray(G[:, 0])))
                 for (t, request, Cv), G in zip(products, transposed)]

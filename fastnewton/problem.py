@@ -203,12 +203,16 @@ class Problem:
             ev.beta = self.row_model.curvature(self.block, ev.kept, ev.known)
         return ev.beta
 
-    def release_curvature(self, ev):
+    def release_curvature(self, ev, keep_beta=False):
         """Let go of ev's arrays that only its Hessian needed (β and the columns Q, whose transposed pass
         is done) once the Hessian is formed: ``solve_many`` then holds per problem only what the line
         search and the next evaluation read, and the next evaluation's Q and β reuse this memory
-        (``fastnewton.buffers``)."""
-        ev.beta = None
+        (``fastnewton.buffers``). ``keep_beta``: β stays (formed, as ``beta`` forms it), for the
+        Hessian-vector products of a CG step; Q, which β was formed from, goes."""
+        if keep_beta:
+            self.beta(ev)
+        else:
+            ev.beta = None
         ev.kept = {key: value for key, value in ev.kept.items() if key != "Q"}
 
     def hessian_matrix(self, ev, sandwich=None):
@@ -365,7 +369,9 @@ class LineSearch:
     def __init__(self, problem, ev, p, Cp=None):
         self.problem, self.ev, self.p = problem, ev, p
         self.Cp = problem.matrix.matvec(p) if Cp is None else Cp
-        self.largest = float(np.max(np.abs(self.Cp)))
+        # max(max Cp, −min Cp) = max |Cp| exactly, with no n-vector of |Cp| (a fresh one per line in
+        # solve_many's lock-step: page faults)
+        self.largest = float(max(np.max(self.Cp), -np.min(self.Cp)))
         self.factor = 1.0
         self.trial = None
 

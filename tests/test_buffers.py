@@ -58,3 +58,17 @@ def test_an_evaluation_released_after_its_hessian_gives_its_columns_to_the_next(
     following = problem.evaluate(np.full(5, 0.1))
     assert following.kept["Q"].ctypes.data == address
     assert np.array_equal(following.grad, Problem(made.C, made.b).grad(np.full(5, 0.1)))
+
+
+def test_a_cg_steps_release_keeps_beta_and_gives_its_columns_to_the_next():
+    # solve_many releases Q of every problem once its system is built; a CG step (lagged, pcg) still reads β.
+    from fastnewton import Problem, make_problem
+
+    made = make_problem(3000, 5, nnz_per_row=3, seed=1)
+    problem = Problem(made.C, made.b)
+    ev = problem.evaluate(np.zeros(5))
+    address = ev.kept["Q"].ctypes.data
+    beta = problem.row_model.curvature(problem.block, ev.kept, ev.known).copy()
+    problem.release_curvature(ev, keep_beta=True)
+    assert "Q" not in ev.kept and np.array_equal(ev.beta, beta)
+    assert problem.evaluate(np.full(5, 0.1)).kept["Q"].ctypes.data == address
