@@ -40,6 +40,7 @@ import numpy as np
 
 from . import _cache
 from .batch import BatchResult
+from .buffers import Recycler
 from .hessian import ForwardKeepingProduct, forms_exact_sandwich
 from .memory import check_iteration_fits, iteration_bytes
 from .newton import NewtonRequest, NewtonRun, References, column_scale, user_stacklevel
@@ -178,13 +179,23 @@ class SharedPasses:
 
     def __init__(self, matrix, column_scale):
         self.matrix = matrix
+        # The forward passes' r × n outputs (n × 64 doubles is 51 MB at n = 10⁵: past malloc's mmap threshold,
+        # so a fresh one cost 12.5k page faults per round), rows of one recycled array (``forward_pass``).
+        self.buffers = Recycler()
+        self.widest = 0
         # D_j = ‖C_j‖ (``fastnewton.newton.column_scale``): the same for every problem on this C.
         self.column_scale = column_scale
         self.interrupted = False
 
     def forward(self, points):
         """[C x for x in points] from one pass."""
-        return list(self.matrix.matvecs(np.column_stack(points)))
+        return list(self.forward_pass(np.column_stack(points)))
+
+    def forward_pass(self, X):
+        """(C X)ᵀ, r × n for a d × r X (``matrix.matvecs``), written into the leading rows of a recycled array
+        as wide as the widest pass so far: let go once no row of it is held, it serves the next round."""
+        self.widest = max(self.widest, X.shape[1])
+        return self.matrix.matvecs(X, out=self.buffers.empty((self.widest, self.matrix.n))[:X.shape[1]])
 
     def transposed(self, columns, indices=None):
         """[Cᵀ Q for Q in columns] from one pass over the stacked columns (one pass per width, should
@@ -295,7 +306,7 @@ class SharedPasses:
                     forward.append(request)
             elif isinstance(request.product, ForwardKeepingProduct):
                 forward.append(request.v)
-        passes = iter(self.matrix.matvecs(np.column_stack(forward)) if forward else ())
+        passes = iter(self.forward_pass(np.column_stack(forward)) if forward else ())
         answers, products = [], []
         for i, request in zip(indices, asked):
             if isinstance(request, np.ndarray):

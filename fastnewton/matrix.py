@@ -191,9 +191,10 @@ class DenseMatrix:
         dense_sandwich_vector(self.array, beta, v, self._chunk_rows, forward, out)
         return out, forward
 
-    def matvecs(self, X):
-        """(C X)ᵀ (r × n) for a d × r X: row t is ``matvec(X[:, t])``, bit for bit (one read of C for r vectors)."""
-        out = np.empty((X.shape[1], self.n))
+    def matvecs(self, X, out=None):
+        """(C X)ᵀ (r × n) for a d × r X: row t is ``matvec(X[:, t])``, bit for bit (one read of C for r vectors);
+        written into ``out`` (C-contiguous r × n) when given."""
+        out = np.empty((X.shape[1], self.n)) if out is None else out
         dense_matvecs(self.array, np.ascontiguousarray(X), MATVECS_ROWS_PER_TASK, out)
         return out
 
@@ -306,9 +307,10 @@ class CSRMatrix:
         forward = self.matvec(v)
         return self.rmatmat((beta * forward)[:, None])[:, 0], forward
 
-    def matvecs(self, X):
-        """(C X)ᵀ (r × n) for a d × r X: row t is ``matvec(X[:, t])``, bit for bit (one read of C for r vectors)."""
-        out = np.empty((X.shape[1], self.n))
+    def matvecs(self, X, out=None):
+        """(C X)ᵀ (r × n) for a d × r X: row t is ``matvec(X[:, t])``, bit for bit (one read of C for r vectors);
+        written into ``out`` (C-contiguous r × n) when given."""
+        out = np.empty((X.shape[1], self.n)) if out is None else out
         csr_matvecs(self.indptr, self.indices, self.data, np.ascontiguousarray(X), MATVECS_ROWS_PER_TASK, out)
         return out
 
