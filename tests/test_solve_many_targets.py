@@ -325,8 +325,9 @@ out = {{}}
 for model in {models!r}:
     for dense in (False, True):
         C, B, V = case(model, dense, n=9000, d=8, q=3, seed=4)
-        res = fastnewton.solve_many(C, B, model=model, V=V)
-        out[f"{{model}} {{dense}}"] = [res.x.tobytes().hex(), res.n_iter.tolist()]
+        for hessian in ("auto", "lagged"):  # lagged: CG's products shared
+            res = fastnewton.solve_many(C, B, model=model, V=V, hessian=hessian)
+            out[f"{{model}} {{dense}} {{hessian}}"] = [res.x.tobytes().hex(), res.n_iter.tolist()]
 print(json.dumps(out))
 """
 
