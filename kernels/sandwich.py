@@ -168,8 +168,8 @@ def csr_sandwich_many(indptr, indices, data, weights, chunk_rows, out):
     ·C_ib) in row order over the same chunks of ``chunk_rows`` rows, summed in chunk order from 0, so each
     problem's result has ``csr_sandwich_rows``' bits (a row a problem weights 0 adds ±0, which leaves every
     partial sum, never −0, as it is), whatever the thread count, the block or the problems solved with it.
-    Measured, 2 threads, n = 10⁵, d = 64, 10 entries per row, q = 64: 71–84 ms against 64 calls of
-    ``csr_sandwich_rows`` 316–377 ms (best of 2–5, same run; with 8 chunks and the pair product shared).
+    Measured, 2 threads, n = 10⁵, d = 64, 10 entries per row, q = 64: 66–75 ms against 64 calls of
+    ``csr_sandwich_rows`` 158–164 ms (3 runs, same process).
     """
     q = len(weights)
     n = indptr.shape[0] - 1
