@@ -184,6 +184,19 @@ def test_cg_strategies_take_solves_steps_with_their_products_shared(model, hessi
     assert sum(cg_iterations) > 0
 
 
+@pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
+def test_relu_softmax_starts_share_their_fits_sandwiches(dense, monkeypatch):
+    # relu_softmax's start (the fit on the active rows) asks for its normal system like softmax's: every
+    # sandwich of the call, the starts' and the exact iterations', is one of the shared ones.
+    C, B, _ = case("relu_softmax", dense)
+    matrix_class = fastnewton.matrix.DenseMatrix if dense else fastnewton.matrix.CSRMatrix
+    single = matrix_class.sandwich
+    monkeypatch.setattr(matrix_class, "sandwich", lambda *args: pytest.fail("a sandwich of its own"))
+    batch = quietly(solve_many, C, B, model="relu_softmax", hessian="exact")
+    monkeypatch.setattr(matrix_class, "sandwich", single)
+    assert_same_as_solve(batch, C, B, "relu_softmax", hessian="exact")
+
+
 def test_auto_prices_each_column_as_solve_prices_it(monkeypatch):
     # auto prices the sketched strategies with their sampled start (dense C, softmax), which needs the
     # model a target builds; solve_many once priced C without a target, so on a large dense C its pick

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..kernels.softmax import curvature_weights, softmax_regression_columns, softmax_regression_loss
 from ..reductions import dot
-from ..start import FloorRows, floor_margin, log_linear_fit_rounds, normal_system, solve_psd
+from ..start import FloorRows, floor_margin, log_linear_fit_rounds, normal_system_rounds, solve_psd
 from ..newton import run_requests
 from .base import Model, Stage, softmax_rows, half_loss, keep_log_partition, log_partition_rows
 
@@ -96,13 +96,13 @@ class Softmax(Model):
         """softmax: log b = Cx − logsumexp(Cx) at a zero-residual optimum, so the b²-weighted fit of
         log b on [C, 1] (the loss to second order there: ``fastnewton.start.log_linear_fit``) starts at
         or near x* (on a leverage-score ``sample`` of the rows when the strategy offers one and it
-        certifies its scores). relu_softmax: see ``_relu_start`` (no shared requests, no sample: its
+        certifies its scores). relu_softmax: see ``_relu_start`` (its fit's request shared, no sample: its
         null-space step needs the exact fit)."""
         facts = problem.facts
         if not facts["max_b"] > 0.0:
             return np.zeros(problem.d), "zeros (auto: b has no positive entry to fit log b to)"
         if self.relu:
-            return _relu_start(problem, -facts["max_negated_min_positive_b"])
+            return (yield from _relu_start(problem, -facts["max_negated_min_positive_b"]))
         x0 = yield from log_linear_fit_rounds(problem, _targets, facts["max_b"], squared=True, sample=sample)
         description = "auto: b²-weighted least-squares fit of log b on [C, 1]"
         if sample is not None and sample.kept:
@@ -136,11 +136,13 @@ def _relu_start(problem, floor):
     """Rows with bᵢ > f·(1 + rtol), f = min positive b (the softmax floor of inactive rows), are
     active: fit (Cx)ᵢ = log(bᵢ / f) on them by least squares, then, when the active rows leave a
     null space, move in it so that floor rows get Cx ≤ −τ with the largest margin τ ≤ 1 (an LP
-    over a cutting-plane working set). Never x = 0, the dead stationary point, unless b is uniform."""
+    over a cutting-plane working set). Never x = 0, the dead stationary point, unless b is uniform.
+    A generator: yields the fit's ``NormalSystemRequest`` (``solve_many`` forms those of many targets on
+    one C together)."""
     facts = problem.facts
     if not facts["max_b"] > floor * (1.0 + ACTIVE_RTOL):
         return np.zeros(problem.d), "zeros (auto: b is uniform, so every x with Cx ≤ 0 is optimal)"
-    x, null_space = solve_psd(*normal_system(problem, _active_fit, floor, intercept=False))
+    x, null_space = solve_psd(*(yield from normal_system_rounds(problem, _active_fit, floor, intercept=False)))
     description = "auto: least-squares fit of log(b_i / min b) on the active rows"
     all_active = -facts["max_negated_min_b"] > floor * (1.0 + ACTIVE_RTOL)
     if null_space.shape[1] and not all_active:
