@@ -23,8 +23,10 @@ order). So each problem runs ``solve``'s decisions on its column and follows its
 neither on the thread count nor on which other columns are solved with it.
 Problems that stop drop out of the passes. Per-problem work that needs no pass (the model's O(n)
 vectors, the d × d Cholesky solves, line-search trials) runs problem by problem, as do the
-sampled sandwiches of ``sketch``/``pcg`` and the starts (``x0="auto"``: the b²-weighted fit of each column, and
-``softmax_relu``'s simplex vector and λmax), whose passes are each problem's own.
+sampled sandwiches of ``sketch``/``pcg`` and the parts of a start that make passes of their own
+(``softmax_relu``'s simplex vector and λmax, ``relu_softmax``'s floor LP); the starts' least-squares
+fits (``NormalSystemRequest``: the softmax models' fits of log b) share their sandwiches and
+transposed passes.
 
 Problems are solved in groups whose work arrays fit ``GROUP_BYTES`` (the answers do not depend on
 the grouping). In lock-step every problem's evaluations are alive at once: their work arrays come
