@@ -99,13 +99,26 @@ def dense_sandwich_vector(A, beta, v, chunk_rows, forward, out):
     """forward = A v and out = Aᵀ(β ⊙ forward) in one read of A: each row is read for its dot
     (``row_dot``) and then, from cache, for its update; per fixed row chunk a partial, summed in chunk
     order. The sums and their order are dense_matvec's and dense_rmatmat's (k = 1), so the bits are
-    those of the two passes (a Hessian-vector product of CG at half their memory traffic)."""
+    those of the two passes (a Hessian-vector product of CG at half their memory traffic). Rows go in
+    pairs, acc[j] = (acc[j] + a_ij·w_i) + a_i+1,j·w_i+1: the same additions in the same order, with one
+    load and store of acc[j] per two rows (median of 15, 2 threads: dense 10⁵ × 256 6.5 → 6.3 ms, 10⁶ × 32
+    11.4 → 10.9 ms, 2·10⁵ × 512 25.6 → 25.3 ms)."""
     n, d = A.shape
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     partial = np.zeros((n_chunks, d))
     for c in prange(n_chunks):
         acc = partial[c]
-        for i in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
+        i = c * chunk_rows
+        stop = min(n, (c + 1) * chunk_rows)
+        while i + 1 < stop:
+            first, second = A[i], A[i + 1]
+            t0, t1 = row_dot(first, v), row_dot(second, v)
+            forward[i], forward[i + 1] = t0, t1
+            w0, w1 = beta[i] * t0, beta[i + 1] * t1
+            for j in range(d):
+                acc[j] = (acc[j] + first[j] * w0) + second[j] * w1
+            i += 2
+        if i < stop:
             row = A[i]
             t = row_dot(row, v)
             forward[i] = t
