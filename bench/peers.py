@@ -75,7 +75,11 @@ process take fresh pages from the OS (glibc then keeps freed blocks of that size
 the first timed run alone ~15 ms on the CSR problem (fastnewton's default solve, which runs
 first, measured 76 ms against 59 ms for the identical exact solve right after it), and the
 first PyTorch call seconds; after the warm-up every method runs in the same warmed process,
-C as hot in cache as after any other method's run. --threads (default: all cores) goes to fastnewton (n_threads)
+C as hot in cache as after any other method's run. Each timed run starts after IDLE_BEFORE_RUN = 0.3 s
+of idle (not with --quick), so that the BLAS threads of the run or warm-up before it have stopped
+spinning on the cores (OpenBLAS spins its workers ~0.1 s after a call: fastnewton's default solve, dense
+10⁵ × 256, took 143–158 ms right after a NumPy Cᵀb, 122–128 ms after the idle).
+--threads (default: all cores) goes to fastnewton (n_threads)
 and to Numba and BLAS for every method (threadpoolctl), so the comparison is fair.
 
 Output: two tables per problem on stdout (method, derivatives, reached tol, time to tol,
@@ -137,6 +141,12 @@ TARGETS = {("default", "csr"): ((None, "numpy", 40.0),), ("same", "csr"): ((None
            ("default", "dense"): (("trust-exact", "numpy", 15.0), ("torch Newton", "torch", 5.0))}
 # reached_tol allows the last bits by which NumPy's gradient and the method's own may differ.
 RECHECK_SLACK = 1e-6
+# Seconds of idle before every timed run (not with --quick): OpenBLAS keeps its worker threads spinning
+# for ~0.1 s after a multi-threaded call (its THREAD_TIMEOUT, 2²⁸ cycles), on the cores the next run needs.
+# Measured (dense 10⁵ × 256, 2 cores): fastnewton's default solve right after a NumPy Cᵀb took
+# 143–158 ms, after 0.3 s idle 122–128 ms; in this script the first timed run follows the warm-up's
+# NumPy gradient, and every run follows another method's.
+IDLE_BEFORE_RUN = 0.3
 # A peer that stopped on its own at ‖∇L‖ ≤ NEAR_MISS·tol·g_ref counts in the conservative headline.
 NEAR_MISS = 10.0
 
@@ -996,6 +1006,8 @@ def main(argv=None):
                 for solver, method, deriv in methods(case, args):
                     progress.set_postfix_str(f"{model}, {table}: {method} ({deriv})")
                     x0 = start_of(solver, table, case)
+                    if not args.quick:
+                        time.sleep(IDLE_BEFORE_RUN)
                     if solver == "fastnewton":
                         row = run_fastnewton(case, method, args, x0)
                     elif solver == "torch":

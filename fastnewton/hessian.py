@@ -464,6 +464,11 @@ PASSES_PER_CG_ITERATION = 2
 # less than that so it only decides where the passes are that small. Without it ``auto`` chose lagged
 # for 42% of such problems, which then solved in 6.8–7.0 ms against exact's 3.9–5.5 ms.
 CG_ITERATION_SECONDS = 5e-5
+# The sampled start's reads of C beyond the two passes they stand in for (``start_seconds``): its second
+# read sums cᵢᵀD⁻²μ beside the row factors (``kernels.sketch.dense_row_squares_and_matvec``: 7.9 ms against
+# 5.5 ms for the row factors alone, dense 10⁵ × 256), about half a pass more. It also keeps a tiny
+# problem's start exact, as the two passes the sampled fit was priced at before did (n = 500–2000, d = 10).
+SAMPLED_START_EXTRA_PASSES = 0.5
 
 
 def _log_log_between(d, low, high):
@@ -550,12 +555,13 @@ def start_seconds(problem, eps, sketch_size, rates=rates, unit_seconds=None):
     """Predicted seconds of the default start's least-squares fit: {"exact": …, "sampled": …}.
 
     exact: the full sandwich, the pass Cᵀ[ω, ωt] and a Cholesky. sampled
-    (``fastnewton.start.sampled_normal_system``): two passes (the fit's ω-mean μ = Cᵀω; the rows'
-    cᵢᵀD⁻²μ), the Poisson draw over the n rows, one SYRK over the ``expected_sample_rows`` of s
-    gathered rows of width d + 2 (at the sampled sandwich's rate) and two Cholesky factorisations
-    (the certificate, the solve). Neither counts the pass for the rows' reference factors, which
-    the sampled fit also reads: the sketched strategies pay it either way (their first reference),
-    so the two figures compare as they are. inf where the start cannot or should not
+    (``fastnewton.start.sampled_normal_system``): the Poisson draw over the n rows, one SYRK over the
+    ``expected_sample_rows`` of s gathered rows of width d + 2 (at the sampled sandwich's rate) and two
+    Cholesky factorisations (the certificate, the solve) and SAMPLED_START_EXTRA_PASSES: its two reads of C
+    (the fit's ω-mean μ = Cᵀω; the rows' cᵢᵀD⁻²μ) also give the stopping test's ∇L(0) and the rows'
+    reference factors, two passes that the sketched strategies pay either way (their first reference;
+    ``strategy_seconds``), so only what the reads cost beyond those is counted and the two figures
+    compare as they are. inf where the start cannot or should not
     sample: a model whose start does not use the sample (``samples_start``), an evaluator that keeps
     no leverage reference (Dask) or one without C's rows at hand, and CSR C, where the sampled fit
     measured no gain (10⁶×200, 10 per row: sketch 0.66 → 0.70 s) and, priced cheaper, sent auto to a
@@ -569,7 +575,7 @@ def start_seconds(problem, eps, sketch_size, rates=rates, unit_seconds=None):
         return {"exact": exact, "sampled": math.inf}
     d = problem.matrix.d
     rows, = expected_sample_rows(problem, [sketch_size or sample_size(d + 1, eps)])
-    sampled = (2 * one_pass + problem.matrix.n / rates.SAMPLING_ROWS
+    sampled = (SAMPLED_START_EXTRA_PASSES * one_pass + problem.matrix.n / rates.SAMPLING_ROWS
                + rows * (d + 2) ** 2 / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA + 2 * cholesky)
     return {"exact": exact, "sampled": sampled}
 
@@ -657,8 +663,8 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
                                / (LAGGED_STEPS + 1))
     iterations["lagged"] = rates.EXACT_ITERATIONS * rates.LAGGED_ITERATIONS_PER_EXACT
     # The start's fit, then the stopping test's references (column norms, ∇L(0)) and the first
-    # evaluation. From x0="auto" the sketched strategies fit on a sample when that is cheaper, and
-    # its pass is their first reference.
+    # evaluation. From x0="auto" the sketched strategies fit on a sample when that is cheaper, whose two
+    # reads of C are their first reference's pass and the ∇L(0) pass (``start_seconds``).
     first_evaluation = 2 * one_pass + row_work
     exact_start = fit["exact"] + 2 * one_pass + first_evaluation
     sketched_start = (fit["sampled"] if samples_start else fit["exact"]) + one_pass + 2 * one_pass + first_evaluation

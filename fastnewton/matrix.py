@@ -16,7 +16,7 @@ from .kernels.csr import (csr_column_squares, csr_dense_rows, csr_matmat, csr_ma
 from .kernels.dense import (dense_column_squares, dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats,
                              dense_sandwich_vector, signed_scaled_rows)
 from .kernels.sandwich import csr_sandwich_many, csr_sandwich_rows
-from .kernels.sketch import csr_embed, csr_row_squares, dense_embed, dense_row_squares
+from .kernels.sketch import csr_embed, csr_row_squares, dense_embed, dense_row_squares, dense_row_squares_and_matvec
 from .threads import blas_threads, map_single_threaded_blas
 
 # Rows per block of the dense sandwich (and of C Z): bounds the scaled copy to
@@ -84,10 +84,12 @@ def dense_row_block(count):
     return min(DENSE_SANDWICH_BLOCK, max(DENSE_ROW_MIN_BLOCK, -(-count // DENSE_ROW_BLOCKS)))
 
 
-def blocked_syrk_sandwich(block_source, weights, d, block_size=DENSE_SANDWICH_BLOCK, with_absolute=False):
+def blocked_syrk_sandwich(block_source, weights, d, block_size=DENSE_SANDWICH_BLOCK, with_absolute=False,
+                          extra_columns=None):
     """Σ_t weights[t]·r_t r_tᵀ over rows handed out in fixed blocks: ``block_source(part)`` gives
-    (A, rows) with the rows at positions ``part`` (a slice of ``block_size`` positions in weights'
-    order) being A[rows].
+    (A, rows) with the rows at positions ``part`` (a slice of at most ``block_size`` positions in
+    weights' order: ``syrk_parts``) being A[rows]. ``extra_columns`` (len(weights) × e): r_t is
+    A's row with extra_columns[t] appended, and the sum is (d + e) × (d + e).
 
     Per block B₊ᵀB₊ − B₋ᵀB₋, with B± the block's rows of positive/negative weight scaled by √|w|
     (gathered by ``signed_scaled_rows`` into one reused buffer per thread): SYRK forms one
@@ -103,15 +105,35 @@ def blocked_syrk_sandwich(block_source, weights, d, block_size=DENSE_SANDWICH_BL
     ``with_absolute``: returns (Σ_t w_t r_t r_tᵀ, Σ_t |w_t| r_t r_tᵀ), the second as B₊ᵀB₊ + B₋ᵀB₋ from
     the same two SYRKs (the first with the bits it has alone).
     """
-    return blocked_syrk_sandwiches(block_source, [weights], d, block_size, with_absolute)[0]
+    return blocked_syrk_sandwiches(block_source, [weights], d, block_size, with_absolute, extra_columns)[0]
 
 
-def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SANDWICH_BLOCK, with_absolute=False):
+def syrk_parts(count, block_size=DENSE_SANDWICH_BLOCK):
+    """The SYRK blocks of ``blocked_syrk_sandwich`` over ``count`` rows: a power of two of near-equal
+    slices of at most ``block_size`` rows. A function of ``count`` only (so the sum's bits are the
+    same for any thread count) that splits evenly over 1, 2, 4, … threads: in blocks of exactly
+    ``block_size`` the start's sampled fit (13.1k rows, dense 10⁵ × 256) ran one SYRK of 8192 rows on
+    one thread while the other finished its 4935."""
+    if count <= 0:
+        return []
+    blocks = 1
+    while blocks * block_size < count:
+        blocks *= 2
+    size = -(-count // blocks)
+    return [slice(start, min(count, start + size)) for start in range(0, count, size)]
+
+
+def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SANDWICH_BLOCK, with_absolute=False,
+                            extra_columns=None):
     """``blocked_syrk_sandwich`` for several weight vectors over the same rows: one list of (vector, block)
     SYRKs on one pool of threads (starting a pool costs ~3 ms, as much as a 4096 × 64 SYRK), each
     vector's blocks summed in block order, so each sum has ``blocked_syrk_sandwich``'s bits (with
     ``with_absolute``, each sum is a pair (signed, absolute))."""
     buffers = threading.local()
+    count = weight_vectors[0].shape[0] if weight_vectors else 0
+    extra_columns = np.empty((count, 0)) if extra_columns is None else np.ascontiguousarray(extra_columns,
+                                                                                             dtype=np.float64)
+    width = d + extra_columns.shape[1]
 
     def block_sandwich(item):
         weights, part = item
@@ -119,10 +141,10 @@ def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SA
         w = np.ascontiguousarray(weights[part], dtype=np.float64)
         scaled = getattr(buffers, "scaled", None)
         if scaled is None or scaled.shape[0] < rows.shape[0]:
-            scaled = buffers.scaled = np.empty((block_size, d))
-        positive, negative = signed_scaled_rows(A, rows, w, scaled)
-        out = np.zeros((d, d))
-        absolute = np.zeros((d, d)) if with_absolute else None
+            scaled = buffers.scaled = np.empty((block_size, width))
+        positive, negative = signed_scaled_rows(A, rows, extra_columns[part], w, scaled)
+        out = np.zeros((width, width))
+        absolute = np.zeros((width, width)) if with_absolute else None
         # NumPy runs Bᵀ·B of a C-ordered B as a SYRK (one triangle, mirrored: exactly symmetric)
         # and releases the GIL, so the blocks run in parallel; SciPy's dsyrk wrapper holds the
         # GIL (measured: 2 threads no faster than 1).
@@ -140,17 +162,17 @@ def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SA
                 absolute += gram
         return (out, absolute) if with_absolute else out
 
-    count = weight_vectors[0].shape[0] if weight_vectors else 0
-    parts = [slice(start, min(count, start + block_size)) for start in range(0, count, block_size)]
+    parts = syrk_parts(count, block_size)
     items = [(weights, part) for weights in weight_vectors for part in parts]
 
     def sums(partials):
         if not with_absolute:
-            return [_sum_in_order(islice(partials, len(parts)), d) for _ in weight_vectors]
+            return [_sum_in_order(islice(partials, len(parts)), width) for _ in weight_vectors]
         out = []
         for _ in weight_vectors:
             pairs = list(islice(partials, len(parts)))
-            out.append((_sum_in_order((pair[0] for pair in pairs), d), _sum_in_order((pair[1] for pair in pairs), d)))
+            out.append((_sum_in_order((pair[0] for pair in pairs), width),
+                        _sum_in_order((pair[1] for pair in pairs), width)))
         return out
 
     if DENSE_SANDWICH_BLAS_THREADS:
@@ -172,6 +194,7 @@ class DenseMatrix:
         self.nnz = self.n * self.d
         self.nbytes = array.nbytes
         self._chunk_rows = chunk_rows(self.n)
+        self._column_squares = None
 
     def matvec(self, x):
         out = np.empty(self.n)
@@ -248,6 +271,18 @@ class DenseMatrix:
         dense_row_squares(self.array, np.ascontiguousarray(column_weights, dtype=np.float64), out)
         return out
 
+    def row_squares_and_matvec(self, column_weights, x):
+        """(``row_squares(column_weights)``, ``matvec(x)``), bit for bit, in one read of C."""
+        squares, product = np.empty(self.n), np.empty(self.n)
+        dense_row_squares_and_matvec(self.array, np.ascontiguousarray(column_weights, dtype=np.float64), x,
+                                     squares, product)
+        return squares, product
+
+    def gathered(self, index):
+        """(A, positions) with A[positions] = C[index]: C's own array and ``index`` (the SYRK gathers the
+        rows itself, ``blocked_syrk_sandwich``)."""
+        return self.array, index
+
     def matmat(self, Z):
         """C Z for a thin d × r Z (blocked single-threaded BLAS calls, so float32 C is never copied whole)."""
         out = np.empty((self.n, Z.shape[1]))
@@ -269,11 +304,20 @@ class DenseMatrix:
         return np.asarray(self.array[index], dtype=np.float64)
 
     def column_squares(self):
-        """Σᵢ C[i, j]² for every column j (float64; fixed row chunks summed in order, in parallel: the
-        blocked single-threaded einsum took 0.15 s on 10⁶ × 512, two passes' worth)."""
-        out = np.empty(self.d)
-        dense_column_squares(self.array, self._chunk_rows, out)
-        return out
+        """Σᵢ C[i, j]² for every column j (float64, read-only; fixed row chunks summed in order, in parallel:
+        the blocked single-threaded einsum took 0.15 s on 10⁶ × 512, two passes' worth). Formed once and
+        kept: validation checks C's entries by them (``fastnewton.validation.as_input_matrix``) and the
+        solve's column scale is their square root; ``clear_cache`` forgets them (after C is edited in place)."""
+        if self._column_squares is None:
+            out = np.empty(self.d)
+            dense_column_squares(self.array, self._chunk_rows, out)
+            out.flags.writeable = False
+            self._column_squares = out
+        return self._column_squares
+
+    def clear_cache(self):
+        """Forget the column squares (C was edited in place)."""
+        self._column_squares = None
 
 
 class CSRMatrix:
@@ -403,6 +447,14 @@ class CSRMatrix:
                         out)
         return out
 
+    def row_squares_and_matvec(self, column_weights, x):
+        """(``row_squares(column_weights)``, ``matvec(x)``): two passes (no fused CSR kernel is written)."""
+        return self.row_squares(column_weights), self.matvec(x)
+
+    def gathered(self, index):
+        """(A, positions) with A[positions] = C[index]: the rows densified (``rows``)."""
+        return self.rows(index), np.arange(index.shape[0])
+
     def _sparse_sandwich(self, rows, weights):
         """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} by sparse pair updates, O(Σ_t nnz_{rows[t]}²)."""
         out = np.empty((self.d, self.d))
@@ -447,6 +499,9 @@ class CSRMatrix:
         out = np.zeros(self.d)
         csr_column_squares(self.indices, self.data, out)
         return out
+
+    def clear_cache(self):
+        """Nothing is kept from C's entries (``DenseMatrix.clear_cache``)."""
 
     def _dense_rows_block(self, rows):
         """C[rows] (an array of row positions) as dense float64, duplicates summed in float64."""

@@ -192,15 +192,28 @@ class LeverageReference:
         self.row_norms = None  # gᵢ
         self.refreshes = 0
 
-    def row_factors(self, matrix):
-        """gᵢ for every row (the first time: the squared row lengths of C D⁻¹, one pass; the solve's
-        start samples its fit by them too, ``fastnewton.start.sampled_normal_system``)."""
+    def first_scale(self, matrix):
+        """D, the first reference's column scale (from C's column squares when none was given; zero columns 1)."""
         if self.row_norms is None:
             if self.column_scale is None:
                 self.column_scale = np.sqrt(matrix.column_squares())
             self.column_scale = np.where(self.column_scale > 0, self.column_scale, 1.0)
-            self.row_norms = matrix.row_squares(1.0 / self.column_scale**2)
+        return self.column_scale
+
+    def row_factors(self, matrix):
+        """gᵢ for every row (the first time: the squared row lengths of C D⁻¹, one pass; the solve's
+        start samples its fit by them too, ``fastnewton.start.sampled_normal_system``)."""
+        if self.row_norms is None:
+            self.row_norms = matrix.row_squares(1.0 / self.first_scale(matrix)**2)
         return self.row_norms
+
+    def row_factors_and_matvec(self, matrix, x):
+        """(``row_factors(matrix)``, C·x): the first time in one read of C (the start's sampled fit needs
+        C·D⁻²μ next to them: one pass less, ~5 ms at dense 10⁵ × 256)."""
+        if self.row_norms is not None:
+            return self.row_norms, matrix.matvec(x)
+        self.row_norms, product = matrix.row_squares_and_matvec(1.0 / self.first_scale(matrix)**2, x)
+        return self.row_norms, product
 
     def sampled_sandwich(self, matrix, beta, l2, s, rng):
         rows, pi = sample_rows(np.abs(beta) * self.row_factors(matrix), s, rng)

@@ -200,8 +200,9 @@ def sampled_normal_system(problem, row_fit, parameters, sample):
     and the fit's weighted residual is within a factor (1 + ε)/(1 − ε) of the exact fit's
     (tests/test_start.py). The certificate is the reference's (``fastnewton.sketching.spread_certified``
     on T M̃ Tᵀ whitened by diag(D, √n)): without it, e.g. on strongly correlated columns, the exact fit
-    runs. Costs s·(d + 2)²/2 multiply-adds and two passes over C (μ and cᵢᵀD⁻²μ) beyond the reference's
-    row factors.
+    runs. Costs s·(d + 2)²/2 multiply-adds and two reads of C: μ (whose pass also gives the stopping
+    test's ∇L(0): ``Problem.rmatmat_with_gradient_at_zero``), then cᵢᵀD⁻²μ with the reference's row
+    factors gᵢ (``LeverageReference.row_factors_and_matvec``).
     """
     block = problem.block
     matrix = block.matrix
@@ -212,26 +213,24 @@ def sampled_normal_system(problem, row_fit, parameters, sample):
         return None
     weights = weights / total
     reference = sample.reference
-    row_factors = reference.row_factors(matrix)
-    mean = matrix.rmatmat(weights[:, None])[:, 0]
-    scaled_mean = (1.0 / reference.column_scale**2) * mean  # D⁻²μ
-    centred = row_factors - 2.0 * matrix.matvec(scaled_mean) + float(np.dot(scaled_mean, mean))
+    column_scale = reference.first_scale(matrix)
+    # μ's pass also forms the stopping test's ∇L(0), and C·D⁻²μ's the reference's row factors gᵢ.
+    mean = problem.rmatmat_with_gradient_at_zero(weights[:, None])[:, 0]
+    scaled_mean = (1.0 / column_scale**2) * mean  # D⁻²μ
+    row_factors, product = reference.row_factors_and_matvec(matrix, scaled_mean)
+    centred = row_factors - 2.0 * product + float(np.dot(scaled_mean, mean))
     # The expansion can round a row at the mean slightly below 0; a score only needs a constant factor.
     rows, pi = sample_rows(weights * (np.maximum(centred, 0.0) + 1.0 / n), sample.size, sample.rng)
     sample.kept = 0
     if rows.shape[0] <= d:
         return None
-    sampled_target = target[rows]
+    # The kept rows [cᵢ, 1, tᵢ], gathered by the SYRK itself.
+    ones_and_target = np.column_stack([np.ones(rows.shape[0]), target[rows]])
 
-    def augmented_rows(part):
-        index = rows[part]
-        block_rows = np.empty((index.shape[0], d + 2))
-        block_rows[:, :d] = matrix.rows(index)
-        block_rows[:, d] = 1.0
-        block_rows[:, d + 1] = sampled_target[part]
-        return block_rows, np.arange(index.shape[0])
+    def sampled_rows(part):
+        return matrix.gathered(rows[part])
 
-    gram = blocked_syrk_sandwich(augmented_rows, weights[rows] / pi, d + 2)
+    gram = blocked_syrk_sandwich(sampled_rows, weights[rows] / pi, d, extra_columns=ones_and_target)
     M, rhs = gram[:d + 1, :d + 1], gram[:d + 1, d + 1].copy()
     centring = np.eye(d + 1)
     centring[:d, d] = -mean

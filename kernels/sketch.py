@@ -9,6 +9,8 @@ do not depend on the thread count.
 import numpy as np
 from numba import njit, prange
 
+from .dense import row_dot
+
 
 @njit(cache=True)
 def bucket_members(buckets, m, rows_per_block=0):
@@ -79,31 +81,47 @@ def dense_embed(A, scaled_signs, s, ptr, member, out):
                     acc[j] += w * row[j]
 
 
+@njit(cache=True)
+def row_square_sum(row, column_weights):
+    """Σⱼ row[j]²·column_weights[j] (float64) in four partial sums over j ≡ k (mod 4), then
+    (c₀ + c₁) + (c₂ + c₃) (one running sum waited out the add latency at every term, as in
+    ``kernels.dense.row_dot``: dense 10⁶ × 512, 0.21 s, twice a pass)."""
+    d = row.shape[0]
+    full = d - d % 4
+    c0 = c1 = c2 = c3 = 0.0
+    for j in range(0, full, 4):
+        v0, v1, v2, v3 = np.float64(row[j]), np.float64(row[j + 1]), np.float64(row[j + 2]), np.float64(row[j + 3])
+        c0 += v0 * v0 * column_weights[j]
+        c1 += v1 * v1 * column_weights[j + 1]
+        c2 += v2 * v2 * column_weights[j + 2]
+        c3 += v3 * v3 * column_weights[j + 3]
+    for j in range(full, d):
+        value = np.float64(row[j])
+        if j - full == 0:
+            c0 += value * value * column_weights[j]
+        elif j - full == 1:
+            c1 += value * value * column_weights[j]
+        else:
+            c2 += value * value * column_weights[j]
+    return (c0 + c1) + (c2 + c3)
+
+
 @njit(parallel=True, cache=True)
 def dense_row_squares(A, column_weights, out):
-    """out[i] = Σⱼ A[i, j]²·column_weights[j] for every row i: one read of A, each row in four partial
-    sums over j ≡ k (mod 4), then (c₀ + c₁) + (c₂ + c₃) (one running sum waited out the add latency at
-    every term, as in ``kernels.dense.row_dot``: dense 10⁶ × 512, 0.21 s, twice a pass)."""
-    n, d = A.shape
-    full = d - d % 4
-    for i in prange(n):
+    """out[i] = Σⱼ A[i, j]²·column_weights[j] for every row i (``row_square_sum``): one read of A."""
+    for i in prange(A.shape[0]):
+        out[i] = row_square_sum(A[i], column_weights)
+
+
+@njit(parallel=True, cache=True)
+def dense_row_squares_and_matvec(A, column_weights, x, squares, product):
+    """squares[i] = Σⱼ A[i, j]²·column_weights[j] (``row_square_sum``) and product[i] = Σⱼ A[i, j]·x[j]
+    (``row_dot``) in one read of A (each row's second sum reads it from cache), with the bits of
+    ``dense_row_squares`` and ``dense_matvec``."""
+    for i in prange(A.shape[0]):
         row = A[i]
-        c0 = c1 = c2 = c3 = 0.0
-        for j in range(0, full, 4):
-            v0, v1, v2, v3 = np.float64(row[j]), np.float64(row[j + 1]), np.float64(row[j + 2]), np.float64(row[j + 3])
-            c0 += v0 * v0 * column_weights[j]
-            c1 += v1 * v1 * column_weights[j + 1]
-            c2 += v2 * v2 * column_weights[j + 2]
-            c3 += v3 * v3 * column_weights[j + 3]
-        for j in range(full, d):
-            value = np.float64(row[j])
-            if j - full == 0:
-                c0 += value * value * column_weights[j]
-            elif j - full == 1:
-                c1 += value * value * column_weights[j]
-            else:
-                c2 += value * value * column_weights[j]
-        out[i] = (c0 + c1) + (c2 + c3)
+        squares[i] = row_square_sum(row, column_weights)
+        product[i] = row_dot(row, x)
 
 
 @njit(parallel=True, cache=True)

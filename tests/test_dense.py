@@ -189,6 +189,52 @@ def test_dense_syrk_sandwich_matches_outer_products(dtype):
     assert np.array_equal(H_rows, H_rows.T)
 
 
+@pytest.mark.parametrize("count", [0, 1, 5, 8192, 8193, 13127, 100_000, 10**6])
+def test_syrk_blocks_are_a_power_of_two_of_near_equal_slices(count):
+    """``syrk_parts``: the positions 0..count−1 once each, in order, in 2ᵏ slices of at most the block size
+    whose lengths differ by at most one block's rounding (so 2, 4, … threads share them evenly)."""
+    parts = matrix_module.syrk_parts(count)
+    assert [i for part in parts for i in range(part.start, part.stop)] == list(range(count))
+    if count:
+        sizes = [part.stop - part.start for part in parts]
+        assert len(parts) & (len(parts) - 1) == 0 and max(sizes) <= DENSE_SANDWICH_BLOCK
+        assert max(sizes) - min(sizes) <= len(parts)
+        assert len(parts) == 1 or max(sizes) > DENSE_SANDWICH_BLOCK // 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_syrk_sandwich_with_extra_columns_is_the_augmented_rows_sandwich(dtype, run_with_threads):
+    """``blocked_syrk_sandwich(..., extra_columns=E)`` (the sampled start's [cᵢ, 1, tᵢ] rows, gathered by
+    the kernel from C itself): Σ_t w_t [c_t, e_t][c_t, e_t]ᵀ, bit for bit the sandwich of the augmented rows
+    copied out first (what the start did before), the same bits with one thread as with two, and NumPy's
+    to the summation bound. Signed and zero weights, repeated rows, several blocks."""
+    rng = np.random.default_rng(18)
+    n, d, count = 3000, 9, 2 * 1024 + 37
+    A = _random_dense(rng, n, d, dtype, zero_rows=True)
+    rows = rng.integers(0, n, size=count)
+    weights = rng.standard_normal(count)
+    weights[::7] = 0.0
+    extra = np.column_stack([np.ones(count), rng.standard_normal(count)])
+    matrix = DenseMatrix(A)
+
+    def gathered(part):
+        return matrix.gathered(rows[part])
+
+    def sandwich():
+        return matrix_module.blocked_syrk_sandwich(gathered, weights, d, block_size=1024, extra_columns=extra)
+
+    augmented = np.column_stack([A[rows].astype(np.float64), extra])
+    copied = matrix_module.blocked_syrk_sandwich(lambda part: (augmented, np.arange(part.start, part.stop)),
+                                                 weights, d + 2, block_size=1024)
+    with thread_limits(2):
+        two = run_with_threads(2, sandwich)
+    with thread_limits(1):
+        one = run_with_threads(1, sandwich)
+    assert two.shape == (d + 2, d + 2) and np.array_equal(two, copied) and np.array_equal(one, two)
+    naive.assert_within_rounding(two, naive.sandwich(augmented, weights),
+                                 np.abs(augmented).T @ (np.abs(weights)[:, None] * np.abs(augmented)), count + 4)
+
+
 def _blas_threads_now():
     return max(info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas")
 

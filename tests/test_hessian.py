@@ -814,9 +814,11 @@ def test_solve_passes_its_start_to_auto(monkeypatch):
 
 def test_auto_prices_the_sampled_start_of_the_sketched_strategies():
     """From x0="auto", sketch and pcg fit the start on s = sample_size(d + 1, ε) rows: their start costs
-    the reference's row factors (their first reference anyway), two passes (the fit's mean, the rows'
-    distance to it), a SYRK of s rows of width
-    d + 2 and two Cholesky factorisations instead of the full sandwich, a pass and a Cholesky. exact and
+    a draw over the rows, a SYRK of s rows of width d + 2 and two Cholesky factorisations instead of the
+    full sandwich, a pass and a Cholesky; its two reads of C (the fit's mean, with ∇L(0) in the same pass;
+    the rows' distance to it, with the reference's row factors in the same read) are the two passes the
+    sketched strategies pay either way (their first reference, the stopping test's ∇L(0)), plus what the
+    second read costs beyond a pass (SAMPLED_START_EXTRA_PASSES). exact and
     lagged keep the exact fit; from zeros, on Dask (no kept reference) or for a model whose start does not
     sample (``samples_start``) nothing changes."""
     rates = uniform_rates(REFERENCE_REFRESHES_PER_ITERATION=0.0)
@@ -828,7 +830,8 @@ def test_auto_prices_the_sampled_start_of_the_sketched_strategies():
     sandwich, one_pass, cholesky = n * d * d / 2 / 1e9, n * d / 1e9, d**3 / 3 / 1e9
     s = sample_size(d + 1, 0.5)
     draw = n / 1e9  # the Poisson draw over the n rows
-    saved = (sandwich + one_pass + cholesky) - (2 * one_pass + draw + s * (d + 2) ** 2 / 2 / 1e9 + 2 * cholesky)
+    saved = (sandwich + one_pass + cholesky) - (hessian_module.SAMPLED_START_EXTRA_PASSES * one_pass + draw
+                                                + s * (d + 2) ** 2 / 2 / 1e9 + 2 * cholesky)
     assert before["sketch"] - after["sketch"] == pytest.approx(saved, rel=1e-9)
     # pcg's iterations are then preconditioned by the start's fit matrix: no sample (its rows, its draw,
     # the certificate's 4/3 d³), START_PRECONDITIONED_CG_ITERATIONS_PER_STEP instead of CG_ITERATIONS_PER_STEP.

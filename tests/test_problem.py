@@ -537,3 +537,28 @@ def test_problem_results_bitwise_equal_with_1_and_2_threads(model, fmt, run_with
     two = run_with_threads(2, evaluate)
     for a, b_ in zip(one, two):
         np.testing.assert_array_equal(a, b_)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gradient_at_zero_rides_along_another_transposed_pass_with_its_own_bits(model, fmt):
+    """``rmatmat_with_gradient_at_zero(Q)`` (the sampled start's mean pass): CᵀQ with the bits of
+    ``matrix.rmatmat(Q)``, and ∇L(0) from the same read with the bits of its own pass (a transposed pass's
+    column sums do not depend on the other columns), kept for ``gradient_at_zero`` (read-only) until
+    ``clear_cache``; a new target (``with_target``) forms its own."""
+    out = fastnewton.make_problem(300, 7, nnz_per_row=3, model=model, noise=0.1, seed=4, dense=fmt == "dense")
+    C, b, V = out[0], out[1], out.V
+    own_pass = fastnewton.Problem(C, b, model, V=V).gradient_at_zero()
+    problem = fastnewton.Problem(C, b, model, V=V)
+    Q = np.random.default_rng(5).standard_normal((300, 2))
+    G = problem.rmatmat_with_gradient_at_zero(Q)
+    assert np.array_equal(G, problem.matrix.rmatmat(Q))
+    kept = problem.gradient_at_zero()
+    assert np.array_equal(kept, own_pass) and kept is problem.gradient_at_zero() and not kept.flags.writeable
+    assert np.array_equal(problem.rmatmat_with_gradient_at_zero(Q), G)  # known: Q's pass alone
+    problem.clear_cache()
+    again = problem.gradient_at_zero()
+    assert again is not kept and np.array_equal(again, own_pass)
+    other_b = b[::-1].copy()
+    assert np.array_equal(problem.with_target(other_b).gradient_at_zero(),
+                          fastnewton.Problem(C, other_b, model, V=V).gradient_at_zero())

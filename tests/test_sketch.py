@@ -605,6 +605,24 @@ def test_uniform_sampling_is_fine_on_incoherent_rows():
 # A leverage reference kept across iterations (LeverageReference)
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_row_squares_and_matvec_are_the_two_passes_bit_for_bit(dtype, random_csr, run_with_threads):
+    """``row_squares_and_matvec`` (the sampled start's second read of C: the first reference's row factors
+    and C·D⁻²μ together): the bits of ``row_squares`` and ``matvec``, with one thread as with two; widths
+    with every remainder mod 4 (the four partial sums' tails)."""
+    rng = np.random.default_rng(71)
+    for d in (8, 9, 10, 11):
+        A = rng.standard_normal((301, d)).astype(dtype)
+        A[::7] = 0.0
+        w, x = rng.exponential(size=d), rng.standard_normal(d)
+        indptr, indices, data = random_csr(rng, 300, d, dtype=dtype, empty_rows=True, zero_columns=True)
+        for matrix in (DenseMatrix(A), CSRMatrix(indptr, indices, data, (300, d))):
+            squares, product = run_with_threads(2, lambda: matrix.row_squares_and_matvec(w, x))
+            assert np.array_equal(squares, matrix.row_squares(w)) and np.array_equal(product, matrix.matvec(x))
+            one = run_with_threads(1, lambda: matrix.row_squares_and_matvec(w, x))
+            assert np.array_equal(one[0], squares) and np.array_equal(one[1], product)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_row_squares_match_numpy(dtype, random_csr):
     rng = np.random.default_rng(70)
     A = rng.standard_normal((DENSE_SANDWICH_BLOCK + 7, 9)).astype(dtype)

@@ -672,3 +672,36 @@ def test_finite_entries_whose_sum_overflows_are_accepted_and_a_nan_among_them_is
         Problem(big if dense else sp.csr_matrix(big), np.full(4, 0.25))
     with pytest.raises(ValueError, match="b must contain only finite values"):
         Problem(np.ones((2, 2)), np.array([np.inf, -np.inf]))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e200], ids=["nan", "inf", "-inf", "square-overflows"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_large_dense_c_is_checked_by_its_kept_column_squares(bad, dtype):
+    """From COLUMN_SQUARES_CHECK_ENTRIES entries a dense C is checked by its column squares (the solve's column
+    scale needs them; one parallel pass kept by the matrix): a NaN or Inf entry still raises a ValueError
+    naming C, finite entries whose squares overflow (1e200² = inf) still pass, and the squares the check
+    formed are the ones the Problem's column norms use (no second pass)."""
+    from fastnewton.validation import COLUMN_SQUARES_CHECK_ENTRIES
+
+    if dtype == np.float32 and np.isfinite(bad):
+        pytest.skip("float32 has no finite value whose float64 square overflows")
+    d = 64
+    n = COLUMN_SQUARES_CHECK_ENTRIES // d
+    C = np.random.default_rng(3).standard_normal((n, d)).astype(dtype)
+    b = np.full(n, 1.0 / n)
+    problem = Problem(C, b)
+    squares = problem.matrix.column_squares()
+    assert squares is problem.matrix.column_squares() and not squares.flags.writeable
+    np.testing.assert_allclose(squares, (C.astype(np.float64) ** 2).sum(axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(problem.column_norms(), np.sqrt(squares))
+    C[n // 2, d // 3] = bad
+    if np.isfinite(bad):
+        with np.errstate(over="ignore"):
+            assert not np.isfinite(Problem(C, b).matrix.column_squares()).all()
+    else:
+        with pytest.raises(ValueError, match="C must contain only finite values"):
+            Problem(C, b)
+    # clear_cache (after C is edited in place) forms the squares again.
+    problem.clear_cache()
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert not np.isfinite(problem.matrix.column_squares()[d // 3])
