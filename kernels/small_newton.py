@@ -28,7 +28,7 @@ from numba import njit, prange
 
 from .csr import csr_column_squares
 from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, raised_damping
-from .dense import chunk_rmatmat, row_dot
+from .dense import chunk_rmatmat, four_row_dots, row_dot
 from .in_place import array_at
 from .sandwich import _gather_sorted_row
 from .softmax import (
@@ -86,7 +86,11 @@ def _matvec(matrix, x, out):
                 acc += data[k] * x[indices[k]]
             out[i] = acc
     else:
-        for i in range(n):
+        i = 0
+        while i + 4 <= n:
+            out[i], out[i + 1], out[i + 2], out[i + 3] = four_row_dots(A, i, x)
+            i += 4
+        for i in range(i, n):
             out[i] = row_dot(A[i], x)
 
 
@@ -204,7 +208,26 @@ def _cholesky(A, shift, L):
             return False
         root = math.sqrt(s)
         L[j, j] = root
-        for i in range(j + 1, d):
+        # Four rows at a time (independent sums, each in the order k = 0 … j−1: the same bits as one row
+        # at a time), so the loop is not bound by one sum's add latency.
+        i = j + 1
+        while i + 4 <= d:
+            t0 = A[i, j]
+            t1 = A[i + 1, j]
+            t2 = A[i + 2, j]
+            t3 = A[i + 3, j]
+            for k in range(j):
+                ljk = L[j, k]
+                t0 -= L[i, k] * ljk
+                t1 -= L[i + 1, k] * ljk
+                t2 -= L[i + 2, k] * ljk
+                t3 -= L[i + 3, k] * ljk
+            L[i, j] = t0 / root
+            L[i + 1, j] = t1 / root
+            L[i + 2, j] = t2 / root
+            L[i + 3, j] = t3 / root
+            i += 4
+        for i in range(i, d):
             t = A[i, j]
             for k in range(j):
                 t -= L[i, k] * L[j, k]
@@ -275,7 +298,8 @@ def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x):
     n = b.shape[0]
     d = x.shape[0]
     weights = np.zeros(n)
-    WT = np.zeros((n, 2))
+    # A zero third column: Cᵀ[ω, ωt] then runs on the unrolled three-column pass (the same sums, the same bits).
+    WT = np.zeros((n, 3))
     rtol = settings[S_ACTIVE_RTOL]
     max_b = 0.0
     for i in range(n):
@@ -292,7 +316,7 @@ def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x):
         WT[i, 0] = weights[i]
     A = np.empty((d, d))
     _sandwich(matrix, weights, A)
-    G = np.empty((d, 2))
+    G = np.empty((d, 3))
     _rmatmat(matrix, WT, chunk_rows, G)
     size = d if relu else d + 1
     M = np.empty((size, size))
