@@ -648,6 +648,20 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
 
 
 @njit(parallel=True, cache=True)
+def finite_at(addresses, sizes, out):
+    """out[p] = whether the ``sizes[p]`` float64 values at ``addresses[p]`` are all finite (NaN and ±Inf are
+    not): many problems' C checked in place, one problem per task, without a temporary per array."""
+    for p in prange(addresses.shape[0]):
+        values = array_at(addresses[p], (sizes[p],), np.float64)
+        non_finite = False
+        for k in range(values.shape[0]):
+            # x − x is 0 for a finite x and NaN for NaN or ±Inf; an or over the entries, no early exit,
+            # vectorises (the pass runs at memory speed).
+            non_finite |= (values[k] - values[k]) != 0.0
+        out[p] = not non_finite
+
+
+@njit(parallel=True, cache=True)
 def solve_small_problems(order, layout, addresses, parameters, settings, b, w, x, grad_out, fault_grad, out_int,
                          out_float):
     """Solve the problems listed in ``order`` (each one task, start to finish, on one thread).

@@ -537,3 +537,22 @@ def test_problem_results_bitwise_equal_with_1_and_2_threads(model, fmt, run_with
     two = run_with_threads(2, evaluate)
     for a, b_ in zip(one, two):
         np.testing.assert_array_equal(a, b_)
+
+
+@pytest.mark.parametrize("model", ["softmax", "relu_softmax"])
+def test_from_checked_dense_is_the_problem_that_problem_builds(model):
+    """solve_many's problems whose checks ran in bulk: the same inputs held (C in place, b copied, zero
+    row weights), the same facts, and the same loss, gradient and Hessian as Problem's own."""
+    made = fastnewton.make_problem(40, 6, model=model, noise=0.1, seed=3, dense=True)
+    C, b = made.C, made.b
+    mine = fastnewton.Problem.from_checked_dense(C, b, model, 0.25)
+    reference = fastnewton.Problem(C, b, model, l2=0.25)
+    assert mine.matrix.array is C and mine.matrix.format == "dense" and mine.V is None
+    assert not np.shares_memory(mine.b, b)
+    np.testing.assert_array_equal(mine.b, reference.b)
+    np.testing.assert_array_equal(mine.row_weights, reference.row_weights)
+    assert (mine.model, mine.l2, mine.facts) == (reference.model, reference.l2, reference.facts)
+    x = np.random.default_rng(0).standard_normal(6)
+    assert mine.loss(x) == reference.loss(x)
+    np.testing.assert_array_equal(mine.grad(x), reference.grad(x))
+    np.testing.assert_array_equal(mine.hessian(x), reference.hessian(x))
