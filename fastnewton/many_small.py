@@ -179,12 +179,14 @@ class _Packed:
         """Solve the problems ``selected`` (positions in this pack), the costliest first."""
         n, d = self.layout[selected, kernel.L_N], self.layout[selected, kernel.L_D]
         order = np.asarray(selected, dtype=np.int64)[np.argsort(-(n * d * d), kind="stable")]
-        # One problem per chunk, handed out as threads free up: a static split of the costliest-first
-        # order would give one thread all the large problems. (Which thread solves a problem never
+        # One lane per thread, the costliest-first order dealt out in turn, so the lanes' work is about
+        # equal. Measured (1000 dense problems, 2 threads): 117 ms, against 160 ms handing the problems
+        # out one at a time as threads free up (numba.parallel_chunksize(1); 8 at a time: the same),
+        # and two processes solving half each take 117 ms. (Which thread solves a problem never
         # changes its bits: each is solved start to finish by one thread.)
-        with numba.parallel_chunksize(1):
-            kernel.solve_small_problems(order, self.layout, self.addresses, self.parameters, settings, self.b,
-                                        self.w, self.x, self.grad, self.fault_grad, self.out_int, self.out_float)
+        lanes = max(1, min(numba.get_num_threads(), order.shape[0]))
+        kernel.solve_small_problems(order, lanes, self.layout, self.addresses, self.parameters, settings, self.b,
+                                    self.w, self.x, self.grad, self.fault_grad, self.out_int, self.out_float)
 
 
 def _compiled_message(problem, pack, p, status):

@@ -662,30 +662,39 @@ def finite_at(addresses, sizes, out):
 
 
 @njit(parallel=True, cache=True)
-def solve_small_problems(order, layout, addresses, parameters, settings, b, w, x, grad_out, fault_grad, out_int,
-                         out_float):
-    """Solve the problems listed in ``order`` (each one task, start to finish, on one thread).
+def solve_small_problems(order, lanes, layout, addresses, parameters, settings, b, w, x, grad_out, fault_grad,
+                         out_int, out_float):
+    """Solve the problems listed in ``order``, split into ``lanes`` interleaved lanes (lane t solves
+    order[t], order[t + lanes], … in turn), one lane per task: each problem start to finish on one
+    thread, so its bits do not depend on the lanes.
 
     Reads each problem's C in place at ``addresses[p]``; writes its answer into its slice of x
     (which holds its start when it is given), ∇L into grad_out, and out_int / out_float (the
     O_* columns); a non-finite gradient that stopped a solve goes to fault_grad.
     """
-    for position in prange(order.shape[0]):
-        p = order[position]
-        n = layout[p, L_N]
-        d = layout[p, L_D]
-        row = layout[p, L_ROW]
-        col = layout[p, L_COL]
-        no_indices = np.empty(0, dtype=np.int64)
-        if layout[p, L_CSR] == 1:
-            indptr = array_at(addresses[p, A_INDPTR], (n + 1,), np.int64)
-            nnz = indptr[n]
-            matrix = (np.empty((0, d)), indptr, array_at(addresses[p, A_INDICES], (nnz,), np.int64),
-                      array_at(addresses[p, A_VALUES], (nnz,), np.float64), True)
-        else:
-            matrix = (array_at(addresses[p, A_VALUES], (n, d), np.float64), no_indices, no_indices,
-                      np.empty(0), False)
-        _solve_one(matrix, b[row:row + n], w[row:row + n], layout[p, L_RELU] == 1, parameters[p, P_L2],
-                   parameters[p, P_TARGET_NORM], parameters[p, P_FLOOR], layout[p, L_START], layout[p, L_CHUNK],
-                   settings, x[col:col + d], grad_out[col:col + d], fault_grad[col:col + d], out_int[p],
-                   out_float[p])
+    for lane in prange(lanes):
+        for position in range(lane, order.shape[0], lanes):
+            _solve_packed(order[position], layout, addresses, parameters, settings, b, w, x, grad_out, fault_grad,
+                          out_int, out_float)
+
+
+@njit(cache=True)
+def _solve_packed(p, layout, addresses, parameters, settings, b, w, x, grad_out, fault_grad, out_int, out_float):
+    """``_solve_one`` on packed problem p: its C read in place, its slices of the packed vectors."""
+    n = layout[p, L_N]
+    d = layout[p, L_D]
+    row = layout[p, L_ROW]
+    col = layout[p, L_COL]
+    no_indices = np.empty(0, dtype=np.int64)
+    if layout[p, L_CSR] == 1:
+        indptr = array_at(addresses[p, A_INDPTR], (n + 1,), np.int64)
+        nnz = indptr[n]
+        matrix = (np.empty((0, d)), indptr, array_at(addresses[p, A_INDICES], (nnz,), np.int64),
+                  array_at(addresses[p, A_VALUES], (nnz,), np.float64), True)
+    else:
+        matrix = (array_at(addresses[p, A_VALUES], (n, d), np.float64), no_indices, no_indices,
+                  np.empty(0), False)
+    _solve_one(matrix, b[row:row + n], w[row:row + n], layout[p, L_RELU] == 1, parameters[p, P_L2],
+               parameters[p, P_TARGET_NORM], parameters[p, P_FLOOR], layout[p, L_START], layout[p, L_CHUNK],
+               settings, x[col:col + d], grad_out[col:col + d], fault_grad[col:col + d], out_int[p],
+               out_float[p])
