@@ -661,11 +661,27 @@ def finite_at(addresses, sizes, out):
         out[p] = not non_finite
 
 
+@njit(cache=True)
+def lanes_by_cost(costs, lanes):
+    """The lane of each problem, dealt out in the given order (costliest first) each to the lane with the
+    least estimated work so far (longest-processing-time-first; the first of equally loaded lanes)."""
+    lane_of = np.empty(costs.shape[0], dtype=np.int64)
+    work = np.zeros(lanes)
+    for position in range(costs.shape[0]):
+        lane = 0
+        for other in range(1, lanes):
+            if work[other] < work[lane]:
+                lane = other
+        lane_of[position] = lane
+        work[lane] += costs[position]
+    return lane_of
+
+
 @njit(parallel=True, cache=True)
-def solve_small_problems(order, lanes, layout, addresses, parameters, settings, b, w, x, grad_out, fault_grad,
-                         out_int, out_float):
-    """Solve the problems listed in ``order``, split into ``lanes`` interleaved lanes (lane t solves
-    order[t], order[t + lanes], … in turn), one lane per task: each problem start to finish on one
+def solve_small_problems(order, lane_of, lanes, layout, addresses, parameters, settings, b, w, x, grad_out,
+                         fault_grad, out_int, out_float):
+    """Solve the problems listed in ``order`` in ``lanes`` lanes (``lane_of``, e.g. from ``lanes_by_cost``),
+    one lane per task, each lane its problems in order. A problem is solved start to finish on one
     thread, so its bits do not depend on the lanes.
 
     Reads each problem's C in place at ``addresses[p]``; writes its answer into its slice of x
@@ -673,9 +689,10 @@ def solve_small_problems(order, lanes, layout, addresses, parameters, settings, 
     O_* columns); a non-finite gradient that stopped a solve goes to fault_grad.
     """
     for lane in prange(lanes):
-        for position in range(lane, order.shape[0], lanes):
-            _solve_packed(order[position], layout, addresses, parameters, settings, b, w, x, grad_out, fault_grad,
-                          out_int, out_float)
+        for position in range(order.shape[0]):
+            if lane_of[position] == lane:
+                _solve_packed(order[position], layout, addresses, parameters, settings, b, w, x, grad_out,
+                              fault_grad, out_int, out_float)
 
 
 @njit(cache=True)
