@@ -30,7 +30,6 @@ import numpy as np
 
 from . import newton
 from .batch import BatchResult
-from .chunking import chunk_rows
 from .hessian import STRATEGIES, choose_strategy
 from .kernels import small_newton as kernel
 from .models import LogPartition, check_model, uses_values
@@ -127,45 +126,48 @@ class _Packed:
 
     def __init__(self, problems, starts):
         count = len(problems)
-        # Rows collected as tuples and converted once: per-problem NumPy item assignments cost ~10 µs each.
-        layout_rows, address_rows, parameter_rows = [], [], []
+        matrices = [problem.matrix for problem in problems]
+        n = np.fromiter((matrix.n for matrix in matrices), np.int64, count)
+        d = np.fromiter((matrix.d for matrix in matrices), np.int64, count)
+        csr = [matrix.format == "csr" and matrix.nnz < DENSIFY_ROW_FRACTION * matrix.d * matrix.n
+               for matrix in matrices]
+        # Built a column at a time (per-problem NumPy item assignments cost ~10 µs each).
+        self.layout = layout = np.empty((count, kernel.LAYOUT_FIELDS), dtype=np.int64)
+        layout[:, kernel.L_N] = n
+        layout[:, kernel.L_D] = d
+        layout[:, kernel.L_CSR] = csr
+        layout[:, kernel.L_CHUNK] = [problem.block.chunk for problem in problems]  # chunk_rows(n)
+        layout[:, kernel.L_START] = [start for start, _, _ in starts]
+        layout[:, kernel.L_RELU] = [problem.row_model.relu for problem in problems]
+        layout[:, kernel.L_ROW] = np.cumsum(n) - n
+        layout[:, kernel.L_COL] = np.cumsum(d) - d
         # The arrays ``addresses`` points into: kept alive (and unchanged) as long as this pack.
         self._held = []
-        bs, ws, xs = [], [], []
-        row = col = 0
-        for problem, (start, x0, floor) in zip(problems, starts):
-            matrix = problem.matrix
-            n, d = matrix.n, matrix.d
-            csr = matrix.format == "csr" and matrix.nnz < DENSIFY_ROW_FRACTION * d * n
-            fields = [0] * kernel.LAYOUT_FIELDS
-            for field, value in ((kernel.L_N, n), (kernel.L_D, d), (kernel.L_CSR, int(csr)),
-                                 (kernel.L_CHUNK, chunk_rows(n)), (kernel.L_START, start),
-                                 (kernel.L_RELU, int(problem.row_model.relu)), (kernel.L_ROW, row), (kernel.L_COL, col)):
-                fields[field] = value
-            layout_rows.append(fields)
-            if csr:
+        address_rows = []
+        for matrix, sparse in zip(matrices, csr):
+            if sparse:
                 arrays = ((kernel.A_VALUES, np.ascontiguousarray(matrix.data, dtype=np.float64)),
                           (kernel.A_INDPTR, np.ascontiguousarray(matrix.indptr, dtype=np.int64)),
                           (kernel.A_INDICES, np.ascontiguousarray(matrix.indices, dtype=np.int64)))
             else:
-                dense = matrix.array if matrix.format == "dense" else matrix.rows(np.arange(n))
+                dense = matrix.array if matrix.format == "dense" else matrix.rows(np.arange(matrix.n))
                 arrays = ((kernel.A_VALUES, np.ascontiguousarray(dense, dtype=np.float64)),)
             where = [0] * kernel.ADDRESS_FIELDS
             for field, array in arrays:
                 where[field] = array.ctypes.data
                 self._held.append(array)
             address_rows.append(where)
-            bs.append(problem.b)
-            ws.append(problem.row_weights)
-            xs.append(x0 if x0 is not None else np.zeros(d))
-            row += n
-            col += d
-            parameter_rows.append((problem.l2, problem.target_norm(), floor))
-
-        self.layout = np.array(layout_rows, dtype=np.int64).reshape(count, kernel.LAYOUT_FIELDS)
         self.addresses = np.array(address_rows, dtype=np.int64).reshape(count, kernel.ADDRESS_FIELDS)
-        self.parameters = np.array(parameter_rows, dtype=np.float64).reshape(count, kernel.PARAMETER_FIELDS)
-        self.b, self.w, self.x = (np.concatenate(parts).astype(np.float64, copy=False) for parts in (bs, ws, xs))
+        self.parameters = np.empty((count, kernel.PARAMETER_FIELDS))
+        self.parameters[:, kernel.P_L2] = [problem.l2 for problem in problems]
+        self.parameters[:, kernel.P_TARGET_NORM] = [problem.target_norm() for problem in problems]
+        self.parameters[:, kernel.P_FLOOR] = [floor for _, _, floor in starts]
+        self.b = np.concatenate([problem.b for problem in problems]).astype(np.float64, copy=False)
+        self.w = np.concatenate([problem.row_weights for problem in problems]).astype(np.float64, copy=False)
+        self.x = np.zeros(int(d.sum()))
+        for p, (_, x0, _) in enumerate(starts):
+            if x0 is not None:
+                self.x[self.columns(p)] = x0
         self.grad = np.zeros_like(self.x)
         self.fault_grad = np.zeros_like(self.x)
         self.out_int = np.zeros((count, kernel.OUT_INT_FIELDS), dtype=np.int64)
