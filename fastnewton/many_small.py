@@ -27,11 +27,13 @@ import warnings
 
 import numba
 import numpy as np
+import scipy.sparse as sp
 
 from . import newton
 from .batch import BatchResult
 from .hessian import STRATEGIES, choose_strategy
 from .kernels import small_newton as kernel
+from .matrix import DenseMatrix
 from .models import LogPartition, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
 from .problem import Problem
@@ -39,7 +41,7 @@ from .result import MESSAGES, ConvergenceWarning, Status
 from .solver import is_default_start, not_a_distribution, solve
 from .start import NULL_SPACE_RTOL
 from .threads import thread_limits
-from .validation import as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count
+from .validation import as_input_matrix, as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count
 
 _SOLVE_ONLY = ("callback", "verbose", "progress")
 # A CSR problem with at least this fraction of d stored entries per row is packed as dense rows: its
@@ -297,7 +299,9 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
     for i, (C, b, V) in enumerate(items):
         try:
             if i in checked:
-                problem = Problem.from_checked_dense(C, b, model, l2)
+                # b checked in bulk; C too where dense (else as_input_matrix checks it, with Problem's message)
+                matrix = DenseMatrix(C) if isinstance(C, np.ndarray) else as_input_matrix(C)
+                problem = Problem.from_checked(matrix, b, model, l2)
             else:
                 problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=weights_each[i])
             exact = hessian == "exact" or choose_strategy(problem, eps, sketch_size,
@@ -340,33 +344,42 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
     return max_iter_hit, by_solve
 
 
-def _plain_dense(C, b):
-    """Whether (C, b) are already in the form Problem converts them to: C a C-contiguous float64 ndarray
-    with at least one row and column, b a float64 vector of length n (finiteness aside)."""
+def _plain_target(C, b):
+    """Whether b is already a float64 vector of length n (finiteness aside) for a 2-D C."""
+    return (type(b) is np.ndarray and b.dtype == np.float64 and b.ndim == 1
+            and len(getattr(C, "shape", ())) == 2 and b.shape[0] == C.shape[0])
+
+
+def _plain_dense(C):
+    """Whether C is already in the form Problem converts a dense C to: a C-contiguous float64 ndarray
+    with at least one row and column (finiteness aside)."""
     return (type(C) is np.ndarray and C.dtype == np.float64 and C.ndim == 2 and C.flags.c_contiguous
-            and C.shape[0] > 0 and C.shape[1] > 0 and type(b) is np.ndarray and b.dtype == np.float64
-            and b.ndim == 1 and b.shape[0] == C.shape[0])
+            and C.shape[0] > 0 and C.shape[1] > 0)
 
 
 def _checked_in_bulk(items, model, weights_each):
-    """The indices of the problems whose checks run here, for all of them at once: ``_plain_dense`` inputs
-    without V or row_weights, C and b finite (C read in place by one parallel kernel, b's in one NumPy
-    pass; Problem's own checks cost ~15 µs per problem, a third of a small problem's Python side).
-    ``Problem.from_checked_dense`` builds these; Problem checks every other one, and so gives the
-    error message of a problem with a non-finite entry."""
+    """The indices of the problems whose checks run here, for all of them at once: no V or row_weights,
+    a ``_plain_target`` b, finite (one NumPy pass over all of them), and a ``_plain_dense`` C, finite
+    (read in place by one parallel kernel), or a sparse C (which as_input_matrix checks, with
+    Problem's message). Problem's own checks of b and a dense C cost ~15 µs per problem, a third of a
+    small problem's Python side. ``Problem.from_checked`` builds these; Problem checks every other
+    one, and so gives the error message of a problem with a non-finite entry."""
     if uses_values(model):
         return set()
     plain = [i for i, (C, b, V) in enumerate(items)
-             if V is None and weights_each[i] is None and _plain_dense(C, b)]
+             if V is None and weights_each[i] is None and _plain_target(C, b) and (sp.issparse(C) or _plain_dense(C))]
     if not plain:
         return set()
-    matrices = [items[i][0] for i in plain]
-    finite = np.empty(len(plain), dtype=np.bool_)
-    kernel.finite_at(np.array([C.ctypes.data for C in matrices], dtype=np.int64),
-                     np.array([C.size for C in matrices], dtype=np.int64), finite)
     targets = [items[i][1] for i in plain]
     starts = np.cumsum([0] + [b.shape[0] for b in targets[:-1]])
-    finite &= np.logical_and.reduceat(np.isfinite(np.concatenate(targets)), starts)
+    finite = np.logical_and.reduceat(np.isfinite(np.concatenate(targets)), starts)
+    dense = [position for position, i in enumerate(plain) if not sp.issparse(items[i][0])]
+    if dense:
+        matrices = [items[plain[position]][0] for position in dense]
+        finite_C = np.empty(len(dense), dtype=np.bool_)
+        kernel.finite_at(np.array([C.ctypes.data for C in matrices], dtype=np.int64),
+                         np.array([C.size for C in matrices], dtype=np.int64), finite_C)
+        finite[dense] &= finite_C
     return {i for i, ok in zip(plain, finite.tolist()) if ok}
 
 

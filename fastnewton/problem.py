@@ -8,7 +8,6 @@ import copy
 import numpy as np
 
 from .buffers import Recycler
-from .matrix import DenseMatrix
 from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
 from .newton import run_rounds
@@ -89,14 +88,13 @@ class Problem:
         return problem
 
     @classmethod
-    def from_checked_dense(cls, C, b, model, l2):
+    def from_checked(cls, matrix, b, model, l2):
         """``Problem(C, b, model, l2=l2)`` for inputs whose checks were already made (in bulk, by
-        ``fastnewton.many_small`` for solve_many's problems): C a finite, C-contiguous float64 ndarray
-        with at least one row and column, b a finite float64 vector of length n, ``model`` a checked
-        name of a model without V, ``l2`` a checked float. The same Problem, without its checks."""
+        ``fastnewton.many_small`` for solve_many's problems): ``matrix`` C as ``as_input_matrix`` gives it
+        (a DenseMatrix or CSRMatrix), b a finite float64 vector of length n, ``model`` a checked name of
+        a model without V, ``l2`` a checked float. The same Problem, without its checks."""
         problem = cls.__new__(cls)
-        n = C.shape[0]
-        problem._hold_inputs(model, DenseMatrix(C), None, l2, np.zeros(n))
+        problem._hold_inputs(model, matrix, None, l2, np.zeros(matrix.n))
         problem._hold_target(b.copy())
         return problem
 

@@ -539,15 +539,19 @@ def test_problem_results_bitwise_equal_with_1_and_2_threads(model, fmt, run_with
         np.testing.assert_array_equal(a, b_)
 
 
+@pytest.mark.parametrize("dense", [True, False])
 @pytest.mark.parametrize("model", ["softmax", "relu_softmax"])
-def test_from_checked_dense_is_the_problem_that_problem_builds(model):
-    """solve_many's problems whose checks ran in bulk: the same inputs held (C in place, b copied, zero
-    row weights), the same facts, and the same loss, gradient and Hessian as Problem's own."""
-    made = fastnewton.make_problem(40, 6, model=model, noise=0.1, seed=3, dense=True)
+def test_from_checked_is_the_problem_that_problem_builds(model, dense):
+    """solve_many's problems whose checks ran in bulk: the same inputs held (C's matrix as given, b
+    copied, zero row weights), the same facts, and the same loss, gradient and Hessian as Problem's own."""
+    from fastnewton.validation import as_input_matrix
+
+    made = fastnewton.make_problem(40, 6, model=model, noise=0.1, seed=3, dense=dense)
     C, b = made.C, made.b
-    mine = fastnewton.Problem.from_checked_dense(C, b, model, 0.25)
+    matrix = as_input_matrix(C)
+    mine = fastnewton.Problem.from_checked(matrix, b, model, 0.25)
     reference = fastnewton.Problem(C, b, model, l2=0.25)
-    assert mine.matrix.array is C and mine.matrix.format == "dense" and mine.V is None
+    assert mine.matrix is matrix and mine.matrix.format == reference.matrix.format and mine.V is None
     assert not np.shares_memory(mine.b, b)
     np.testing.assert_array_equal(mine.b, reference.b)
     np.testing.assert_array_equal(mine.row_weights, reference.row_weights)

@@ -168,8 +168,9 @@ def test_bad_problem_is_reported_by_index_and_the_others_solve():
 
 
 def test_non_finite_entries_of_plain_dense_problems_get_problems_messages():
-    """Dense float64 problems are checked in bulk (one compiled pass over every C, one over every b): a
-    NaN or ±Inf anywhere gives Problem's own message, with the problem's index, and the others solve."""
+    """Problems with a float64 b and a dense float64 or sparse C are checked in bulk (one NumPy pass over
+    every b, one compiled pass over every dense C; as_input_matrix checks a sparse C): a NaN or ±Inf
+    anywhere gives Problem's own message, with the problem's index, and the others solve."""
     made = make_problem(60, 4, seed=8, dense=True)
     C, b = np.ascontiguousarray(made.C, dtype=np.float64), made.b
     broken = []
@@ -181,6 +182,10 @@ def test_non_finite_entries_of_plain_dense_problems_get_problems_messages():
         bad = b.copy()
         bad[where] = value
         broken.append((C, bad))
+        broken.append((sp.csr_matrix(C), bad))
+    sparse = sp.csr_matrix(C)
+    sparse.data[5] = np.nan
+    broken.append((sparse, b))
     problems = [(C, b), *broken, (C, b)]
     result = _quiet(solve_many, problems, model="softmax")
     for i, (bad_C, bad_b) in enumerate(broken, start=1):
