@@ -2,14 +2,16 @@
 
 ``solve_many([(C, b), (C, b, V), ...], model=..., **kw)`` (through ``fastnewton.solve_many``):
 
-1. Each problem is validated as ``fastnewton.Problem`` validates it; a problem whose input is invalid
-   gets the status ``INVALID_INPUT`` and the reason in its message, and the others still solve.
+1. Each problem is validated as ``fastnewton.Problem`` validates it (float64 targets and dense float64
+   C of all problems checked in bulk: ``_checked_in_bulk``); a problem whose input is invalid gets the
+   status ``INVALID_INPUT`` and Problem's reason in its message, and the others still solve.
 2. ``softmax`` and ``relu_softmax`` problems whose Hessian strategy is exact (``hessian="exact"``, or
    ``"auto"`` where ``solve``'s cost model picks exact, as it did at every shape tried from
    n = 64, d = 32 to n = 10⁴, d = 128, dense and CSR) are solved, each C read where it lies (dense
    rows, or CSR for sparse C with few entries per row: ``DENSIFY_ROW_FRACTION``),
-   by ``kernels/small_newton.py``: start and Newton loop compiled, one problem per task of a
-   parallel loop, so no Python runs per iteration and the thread count does not change the bits.
+   by ``kernels/small_newton.py``: start and Newton loop compiled, one lane of problems per thread
+   (each problem start to finish on one thread), so no Python runs per iteration and the thread
+   count does not change the bits.
    The starts' rare singular cases (a rank-deficient least-squares fit, and relu_softmax's margin
    LP in its null space) run ``Problem.auto_start`` in Python, one call per such problem.
 3. Every other problem — ``softmax_relu`` (its staged start: simplex vector, lifted surrogate with
@@ -345,8 +347,9 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
 
 
 def _plain_target(C, b):
-    """Whether b is already a float64 vector of length n (finiteness aside) for a 2-D C."""
-    return (type(b) is np.ndarray and b.dtype == np.float64 and b.ndim == 1
+    """Whether b is already a float64 vector of length n ≥ 1 (finiteness aside) for a 2-D C (a C without
+    rows is Problem's to reject; the bulk pass over b needs every b non-empty)."""
+    return (type(b) is np.ndarray and b.dtype == np.float64 and b.ndim == 1 and b.shape[0] > 0
             and len(getattr(C, "shape", ())) == 2 and b.shape[0] == C.shape[0])
 
 

@@ -1,5 +1,5 @@
 """Many small ``softmax`` / ``relu_softmax`` problems at once: the start and the whole Newton loop,
-compiled, one problem per task of a parallel loop over problems.
+compiled, one lane of problems per task of a parallel loop (``lanes_by_cost``).
 
 Each problem is solved serially by one thread, start to finish, from its own slices of packed
 arrays, so its bits do not depend on the thread count or on which thread took it. The model's row

@@ -186,6 +186,7 @@ def test_non_finite_entries_of_plain_dense_problems_get_problems_messages():
     sparse = sp.csr_matrix(C)
     sparse.data[5] = np.nan
     broken.append((sparse, b))
+    broken.append((sp.csr_matrix((0, 4)), np.empty(0)))  # no rows
     problems = [(C, b), *broken, (C, b)]
     result = _quiet(solve_many, problems, model="softmax")
     for i, (bad_C, bad_b) in enumerate(broken, start=1):
@@ -197,6 +198,9 @@ def test_non_finite_entries_of_plain_dense_problems_get_problems_messages():
     for i in (0, len(problems) - 1):
         assert result.status[i] == Status.CONVERGED
         np.testing.assert_allclose(result.x[:, i], reference.x, rtol=X_RTOL)
+    last_empty = _quiet(solve_many, [(C, b), broken[-1]], model="softmax")  # the bulk pass ends at an empty b
+    assert list(last_empty.status) == [Status.CONVERGED, Status.INVALID_INPUT]
+    assert last_empty.message[1] == result.message[len(broken)].replace(f"problem {len(broken)}", "problem 1")
 
 
 def test_malformed_problems_argument_raises():
