@@ -346,7 +346,7 @@ class SketchedSystems:
         seconds = start_seconds(problem, options.eps, options.sketch_size)
         if not seconds["sampled"] < seconds["exact"]:
             return None
-        size = options.sketch_size or sample_size(problem.d + 1, options.eps)
+        size = start_sample_size(problem.d, options.eps, options.sketch_size)
         return FitSample(self.reference(problem, column_scale(problem)), size, start_rng(options.seed))
 
     def __call__(self, problem, ev, rng, options, g_ref):
@@ -551,7 +551,7 @@ def expected_sample_rows(problem, sizes):
     return [min(n, s, float(k)) for s, k in zip(sizes, kept)]
 
 
-def start_seconds(problem, eps, sketch_size, rates=rates, unit_seconds=None):
+def start_seconds(problem, eps, sketch_size, rates=rates, unit_seconds=None, sample_rows=None):
     """Predicted seconds of the default start's least-squares fit: {"exact": …, "sampled": …}.
 
     exact: the full sandwich, the pass Cᵀ[ω, ωt] and a Cholesky. sampled
@@ -566,7 +566,8 @@ def start_seconds(problem, eps, sketch_size, rates=rates, unit_seconds=None):
     no leverage reference (Dask) or one without C's rows at hand, and CSR C, where the sampled fit
     measured no gain (10⁶×200, 10 per row: sketch 0.66 → 0.70 s) and, priced cheaper, sent auto to a
     slower sketch (10⁵×64: 7 sketched iterations against 3 exact). ``unit_seconds``: ``_unit_seconds(problem,
-    rates)`` when the caller has it already (``strategy_seconds``)."""
+    rates)`` when the caller has it already, ``sample_rows`` the ``expected_sample_rows`` of the fit's
+    sample size (``start_sample_size``) likewise (``strategy_seconds``, which estimates its sizes in one read of b)."""
     full_sandwich, one_pass, cholesky = unit_seconds or _unit_seconds(problem, rates)
     exact = full_sandwich + one_pass + cholesky
     model = getattr(problem, "row_model", None)
@@ -574,10 +575,17 @@ def start_seconds(problem, eps, sketch_size, rates=rates, unit_seconds=None):
             or getattr(problem, "block", None) is None or problem.matrix.format != "dense"):
         return {"exact": exact, "sampled": math.inf}
     d = problem.matrix.d
-    rows, = expected_sample_rows(problem, [sketch_size or sample_size(d + 1, eps)])
+    rows = sample_rows
+    if rows is None:
+        rows, = expected_sample_rows(problem, [start_sample_size(d, eps, sketch_size)])
     sampled = (SAMPLED_START_EXTRA_PASSES * one_pass + problem.matrix.n / rates.SAMPLING_ROWS
                + rows * (d + 2) ** 2 / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA + 2 * cholesky)
     return {"exact": exact, "sampled": sampled}
+
+
+def start_sample_size(d, eps, sketch_size):
+    """s of the default start's sampled fit (its rows have d + 1 columns: C and the intercept)."""
+    return sketch_size or sample_size(d + 1, eps)
 
 
 def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True):
@@ -625,8 +633,12 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
                     + nnz * JL_DIM / (rates.DENSE_MATMAT_FMA if dense else rates.CSR_MATMAT_FMA))
     certificate = 4 * cholesky
     constants = (SAMPLE_CONSTANT, PRECONDITIONER_SAMPLE_CONSTANT)
-    kept = dict(zip(constants, expected_sample_rows(
-        problem, [sketch_size or sample_size(d, eps, constant) for constant in constants])))
+    # The iterations' two sample sizes and the start's, estimated in one read of b (each size's estimate
+    # is its own sum: the same figures as three calls).
+    *iteration_rows, start_rows = expected_sample_rows(
+        problem, [sketch_size or sample_size(d, eps, constant) for constant in constants]
+        + [start_sample_size(d, eps, sketch_size)])
+    kept = dict(zip(constants, iteration_rows))
 
     def sampled(constant):
         if dense:
@@ -647,7 +659,7 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
         product = nnz / dense_hessian_vector_rate(d, rates) if dense else PASSES_PER_CG_ITERATION * one_pass
         return iterations * (product + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
 
-    fit = start_seconds(problem, eps, sketch_size, rates, units)
+    fit = start_seconds(problem, eps, sketch_size, rates, units, start_rows)
     samples_start = default_start and fit["sampled"] < fit["exact"]
     per_iteration = {
         "exact": sandwich(n) + cholesky,

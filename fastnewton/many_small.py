@@ -2,14 +2,16 @@
 
 ``solve_many([(C, b), (C, b, V), ...], model=..., **kw)`` (through ``fastnewton.solve_many``):
 
-1. Each problem is validated as ``fastnewton.Problem`` validates it; a problem whose input is invalid
-   gets the status ``INVALID_INPUT`` and the reason in its message, and the others still solve.
+1. Each problem is validated as ``fastnewton.Problem`` validates it (float64 targets and dense float64
+   C of all problems checked in bulk: ``_checked_in_bulk``); a problem whose input is invalid gets the
+   status ``INVALID_INPUT`` and Problem's reason in its message, and the others still solve.
 2. ``softmax`` and ``relu_softmax`` problems whose Hessian strategy is exact (``hessian="exact"``, or
    ``"auto"`` where ``solve``'s cost model picks exact, as it did at every shape tried from
    n = 64, d = 32 to n = 10⁴, d = 128, dense and CSR) are solved, each C read where it lies (dense
    rows, or CSR for sparse C with few entries per row: ``DENSIFY_ROW_FRACTION``),
-   by ``kernels/small_newton.py``: start and Newton loop compiled, one problem per task of a
-   parallel loop, so no Python runs per iteration and the thread count does not change the bits.
+   by ``kernels/small_newton.py``: start and Newton loop compiled, one lane of problems per thread
+   (each problem start to finish on one thread), so no Python runs per iteration and the thread
+   count does not change the bits.
    The starts' rare singular cases (a rank-deficient least-squares fit, and relu_softmax's margin
    LP in its null space) run ``Problem.auto_start`` in Python, one call per such problem.
 3. Every other problem — ``softmax_relu`` (its staged start: simplex vector, lifted surrogate with
@@ -27,20 +29,21 @@ import warnings
 
 import numba
 import numpy as np
+import scipy.sparse as sp
 
 from . import newton
 from .batch import BatchResult
-from .chunking import chunk_rows
 from .hessian import STRATEGIES, choose_strategy
 from .kernels import small_newton as kernel
-from .models import LogPartition, check_model
+from .matrix import DenseMatrix
+from .models import LogPartition, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
 from .problem import Problem
 from .result import MESSAGES, ConvergenceWarning, Status
 from .solver import is_default_start, not_a_distribution, solve
 from .start import NULL_SPACE_RTOL
 from .threads import thread_limits
-from .validation import as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count
+from .validation import as_input_matrix, as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count
 
 _SOLVE_ONLY = ("callback", "verbose", "progress")
 # A CSR problem with at least this fraction of d stored entries per row is packed as dense rows: its
@@ -127,45 +130,48 @@ class _Packed:
 
     def __init__(self, problems, starts):
         count = len(problems)
-        # Rows collected as tuples and converted once: per-problem NumPy item assignments cost ~10 µs each.
-        layout_rows, address_rows, parameter_rows = [], [], []
+        matrices = [problem.matrix for problem in problems]
+        n = np.fromiter((matrix.n for matrix in matrices), np.int64, count)
+        d = np.fromiter((matrix.d for matrix in matrices), np.int64, count)
+        csr = [matrix.format == "csr" and matrix.nnz < DENSIFY_ROW_FRACTION * matrix.d * matrix.n
+               for matrix in matrices]
+        # Built a column at a time (per-problem NumPy item assignments cost ~10 µs each).
+        self.layout = layout = np.empty((count, kernel.LAYOUT_FIELDS), dtype=np.int64)
+        layout[:, kernel.L_N] = n
+        layout[:, kernel.L_D] = d
+        layout[:, kernel.L_CSR] = csr
+        layout[:, kernel.L_CHUNK] = [problem.block.chunk for problem in problems]  # chunk_rows(n)
+        layout[:, kernel.L_START] = [start for start, _, _ in starts]
+        layout[:, kernel.L_RELU] = [problem.row_model.relu for problem in problems]
+        layout[:, kernel.L_ROW] = np.cumsum(n) - n
+        layout[:, kernel.L_COL] = np.cumsum(d) - d
         # The arrays ``addresses`` points into: kept alive (and unchanged) as long as this pack.
         self._held = []
-        bs, ws, xs = [], [], []
-        row = col = 0
-        for problem, (start, x0, floor) in zip(problems, starts):
-            matrix = problem.matrix
-            n, d = matrix.n, matrix.d
-            csr = matrix.format == "csr" and matrix.nnz < DENSIFY_ROW_FRACTION * d * n
-            fields = [0] * kernel.LAYOUT_FIELDS
-            for field, value in ((kernel.L_N, n), (kernel.L_D, d), (kernel.L_CSR, int(csr)),
-                                 (kernel.L_CHUNK, chunk_rows(n)), (kernel.L_START, start),
-                                 (kernel.L_RELU, int(problem.row_model.relu)), (kernel.L_ROW, row), (kernel.L_COL, col)):
-                fields[field] = value
-            layout_rows.append(fields)
-            if csr:
+        address_rows = []
+        for matrix, sparse in zip(matrices, csr):
+            if sparse:
                 arrays = ((kernel.A_VALUES, np.ascontiguousarray(matrix.data, dtype=np.float64)),
                           (kernel.A_INDPTR, np.ascontiguousarray(matrix.indptr, dtype=np.int64)),
                           (kernel.A_INDICES, np.ascontiguousarray(matrix.indices, dtype=np.int64)))
             else:
-                dense = matrix.array if matrix.format == "dense" else matrix.rows(np.arange(n))
+                dense = matrix.array if matrix.format == "dense" else matrix.rows(np.arange(matrix.n))
                 arrays = ((kernel.A_VALUES, np.ascontiguousarray(dense, dtype=np.float64)),)
             where = [0] * kernel.ADDRESS_FIELDS
             for field, array in arrays:
                 where[field] = array.ctypes.data
                 self._held.append(array)
             address_rows.append(where)
-            bs.append(problem.b)
-            ws.append(problem.row_weights)
-            xs.append(x0 if x0 is not None else np.zeros(d))
-            row += n
-            col += d
-            parameter_rows.append((problem.l2, problem.target_norm(), floor))
-
-        self.layout = np.array(layout_rows, dtype=np.int64).reshape(count, kernel.LAYOUT_FIELDS)
         self.addresses = np.array(address_rows, dtype=np.int64).reshape(count, kernel.ADDRESS_FIELDS)
-        self.parameters = np.array(parameter_rows, dtype=np.float64).reshape(count, kernel.PARAMETER_FIELDS)
-        self.b, self.w, self.x = (np.concatenate(parts).astype(np.float64, copy=False) for parts in (bs, ws, xs))
+        self.parameters = np.empty((count, kernel.PARAMETER_FIELDS))
+        self.parameters[:, kernel.P_L2] = [problem.l2 for problem in problems]
+        self.parameters[:, kernel.P_TARGET_NORM] = [problem.target_norm() for problem in problems]
+        self.parameters[:, kernel.P_FLOOR] = [floor for _, _, floor in starts]
+        self.b = np.concatenate([problem.b for problem in problems]).astype(np.float64, copy=False)
+        self.w = np.concatenate([problem.row_weights for problem in problems]).astype(np.float64, copy=False)
+        self.x = np.zeros(int(d.sum()))
+        for p, (_, x0, _) in enumerate(starts):
+            if x0 is not None:
+                self.x[self.columns(p)] = x0
         self.grad = np.zeros_like(self.x)
         self.fault_grad = np.zeros_like(self.x)
         self.out_int = np.zeros((count, kernel.OUT_INT_FIELDS), dtype=np.int64)
@@ -178,13 +184,22 @@ class _Packed:
     def run(self, selected, settings):
         """Solve the problems ``selected`` (positions in this pack), the costliest first."""
         n, d = self.layout[selected, kernel.L_N], self.layout[selected, kernel.L_D]
-        order = np.asarray(selected, dtype=np.int64)[np.argsort(-(n * d * d), kind="stable")]
-        # One problem per chunk, handed out as threads free up: a static split of the costliest-first
-        # order would give one thread all the large problems. (Which thread solves a problem never
-        # changes its bits: each is solved start to finish by one thread.)
-        with numba.parallel_chunksize(1):
-            kernel.solve_small_problems(order, self.layout, self.addresses, self.parameters, settings, self.b,
-                                        self.w, self.x, self.grad, self.fault_grad, self.out_int, self.out_float)
+        # A problem's cost estimated by its sandwich's n·d² multiply-adds.
+        costs = (n * d * d).astype(np.float64)
+        by_cost = np.argsort(-costs, kind="stable")
+        # One lane per thread, the problems dealt out costliest first, each to the lane with the least
+        # estimated work. Measured (1000 dense problems, 2 threads, the problems' assignment to 2 lanes):
+        # LPT 117 ms, alternating 120 ms, the costlier half to one lane 160 ms, which is what
+        # numba.parallel_chunksize(1) over the costliest-first order took (its hand-out as threads free
+        # up did not happen here, OpenMP layer); two processes solving half each 117 ms. The lanes are
+        # assigned by a kernel of their own: done before the loop inside the parallel kernel, it took
+        # 160 ms again. (Which thread solves a problem never changes its bits: each is solved start to
+        # finish by one thread.)
+        lanes = max(1, min(numba.get_num_threads(), len(selected)))
+        kernel.solve_small_problems(np.asarray(selected, dtype=np.int64)[by_cost],
+                                    kernel.lanes_by_cost(costs[by_cost], lanes), lanes, self.layout, self.addresses,
+                                    self.parameters, settings, self.b, self.w, self.x, self.grad, self.fault_grad,
+                                    self.out_int, self.out_float)
 
 
 def _compiled_message(problem, pack, p, status):
@@ -282,9 +297,15 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
     """Validate every problem, solve the compiled ones and write their entries of ``results``:
     (the indices of compiled problems that stopped at max_iter, the indices left to ``solve``)."""
     compiled, compiled_index, starts, by_solve = [], [], [], []
+    checked = _checked_in_bulk(items, model, weights_each)
     for i, (C, b, V) in enumerate(items):
         try:
-            problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=weights_each[i])
+            if i in checked:
+                # b checked in bulk; C too where dense (else as_input_matrix checks it, with Problem's message)
+                matrix = DenseMatrix(C) if isinstance(C, np.ndarray) else as_input_matrix(C)
+                problem = Problem.from_checked(matrix, b, model, l2)
+            else:
+                problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=weights_each[i])
             exact = hessian == "exact" or choose_strategy(problem, eps, sketch_size,
                                                           is_default_start(x0_each[i])) == "exact"
             if isinstance(problem.row_model, Softmax) and exact:
@@ -323,6 +344,46 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
             if status == Status.MAX_ITER:
                 max_iter_hit.append(i)
     return max_iter_hit, by_solve
+
+
+def _plain_target(C, b):
+    """Whether b is already a float64 vector of length n ≥ 1 (finiteness aside) for a 2-D C (a C without
+    rows is Problem's to reject; the bulk pass over b needs every b non-empty)."""
+    return (type(b) is np.ndarray and b.dtype == np.float64 and b.ndim == 1 and b.shape[0] > 0
+            and len(getattr(C, "shape", ())) == 2 and b.shape[0] == C.shape[0])
+
+
+def _plain_dense(C):
+    """Whether C is already in the form Problem converts a dense C to: a C-contiguous float64 ndarray
+    with at least one row and column (finiteness aside)."""
+    return (type(C) is np.ndarray and C.dtype == np.float64 and C.ndim == 2 and C.flags.c_contiguous
+            and C.shape[0] > 0 and C.shape[1] > 0)
+
+
+def _checked_in_bulk(items, model, weights_each):
+    """The indices of the problems whose checks run here, for all of them at once: no V or row_weights,
+    a ``_plain_target`` b, finite (one NumPy pass over all of them), and a ``_plain_dense`` C, finite
+    (read in place by one parallel kernel), or a sparse C (which as_input_matrix checks, with
+    Problem's message). Problem's own checks of b and a dense C cost ~15 µs per problem, a third of a
+    small problem's Python side. ``Problem.from_checked`` builds these; Problem checks every other
+    one, and so gives the error message of a problem with a non-finite entry."""
+    if uses_values(model):
+        return set()
+    plain = [i for i, (C, b, V) in enumerate(items)
+             if V is None and weights_each[i] is None and _plain_target(C, b) and (sp.issparse(C) or _plain_dense(C))]
+    if not plain:
+        return set()
+    targets = [items[i][1] for i in plain]
+    starts = np.cumsum([0] + [b.shape[0] for b in targets[:-1]])
+    finite = np.logical_and.reduceat(np.isfinite(np.concatenate(targets)), starts)
+    dense = [position for position, i in enumerate(plain) if not sp.issparse(items[i][0])]
+    if dense:
+        matrices = [items[plain[position]][0] for position in dense]
+        finite_C = np.empty(len(dense), dtype=np.bool_)
+        kernel.finite_at(np.array([C.ctypes.data for C in matrices], dtype=np.int64),
+                         np.array([C.size for C in matrices], dtype=np.int64), finite_C)
+        finite[dense] &= finite_C
+    return {i for i, ok in zip(plain, finite.tolist()) if ok}
 
 
 def _warn_if_not_distributions(problems, indices):

@@ -87,27 +87,46 @@ class Problem:
         problem._set_inputs(C, model, V, l2, row_weights)
         return problem
 
+    @classmethod
+    def from_checked(cls, matrix, b, model, l2):
+        """``Problem(C, b, model, l2=l2)`` for inputs whose checks were already made (in bulk, by
+        ``fastnewton.many_small`` for solve_many's problems): ``matrix`` C as ``as_input_matrix`` gives it
+        (a DenseMatrix or CSRMatrix), b a finite float64 vector of length n, ``model`` a checked name of
+        a model without V, ``l2`` a checked float. The same Problem, without its checks."""
+        problem = cls.__new__(cls)
+        problem._hold_inputs(model, matrix, None, l2, np.zeros(matrix.n))
+        problem._hold_target(b.copy())
+        return problem
+
     def _set_inputs(self, C, model, V, l2, row_weights):
-        self.model = check_model(model)
-        self.matrix = as_input_matrix(C)
-        self._column_norms = None
-        n = self.matrix.n
+        model = check_model(model)
+        matrix = as_input_matrix(C)
+        n = matrix.n
         # b, V and w are copied (validation may return the caller's own array): editing them later
         # cannot change this Problem. C is not copied (it can be as large as memory).
-        self.V = as_value_matrix(V, self.model, n, uses_values(self.model))
-        self.V = None if self.V is None else _own(self.V, V)
-        self.l2 = as_l2(l2)
-        self.row_weights = _own(as_row_weights(row_weights, n), row_weights)
+        values = as_value_matrix(V, model, n, uses_values(model))
+        values = None if values is None else _own(values, V)
+        self._hold_inputs(model, matrix, values, as_l2(l2), _own(as_row_weights(row_weights, n), row_weights))
+
+    def _hold_inputs(self, model, matrix, V, l2, row_weights):
+        """Hold the validated inputs."""
+        self.model, self.matrix, self.V, self.l2, self.row_weights = model, matrix, V, l2, row_weights
+        self._column_norms = None
         # The work arrays of evaluations (``fastnewton.buffers``), shared by the problems ``with_target``
         # makes: solve_many's problems reuse each other's freed arrays, not only their own.
         self.buffers = Recycler()
 
     def _set_target(self, b, name):
-        """Validate and hold the target b (a copy), and build what depends on it: the model, the block, the facts."""
+        """Validate and hold the target b (a copy)."""
         if self.V is None:
-            self.b = _own(as_vector(b, name, self.n, " (rows of C)"), b)
+            self._hold_target(_own(as_vector(b, name, self.n, " (rows of C)"), b))
         else:
-            self.b = _own(as_vector(b, name, self.V.shape[1], " (columns of V)"), b)
+            self._hold_target(_own(as_vector(b, name, self.V.shape[1], " (columns of V)"), b))
+
+    def _hold_target(self, b):
+        """Hold the validated target b (this Problem's own array), and build what depends on it: the
+        model, the block, the facts."""
+        self.b = b
         self.row_model = build_model(self.model, self.b if self.V is not None else None)
         self.block = RowBlock(self.matrix, None if self.V is not None else self.b, self.row_weights, self.V,
                               buffers=self.buffers)

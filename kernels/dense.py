@@ -36,6 +36,53 @@ def row_dot(row, x):
     return (c0 + c1) + (c2 + c3)
 
 
+@njit(cache=True)
+def four_row_dots(A, i, x):
+    """``row_dot`` of rows i … i + 3 of A with x, summed side by side: sixteen independent sums hide the
+    add latency that bounds one row's four (the small-problem pass, 288 × 48: 7.8 → 3.5 µs); each row's
+    sums run in ``row_dot``'s order, so the bits are its."""
+    d = x.shape[0]
+    a0, a1, a2, a3 = A[i], A[i + 1], A[i + 2], A[i + 3]
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = 0.0
+    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = 0.0
+    full = d - d % ROW_DOT_LANES
+    for j in range(0, full, ROW_DOT_LANES):
+        x0, x1, x2, x3 = x[j], x[j + 1], x[j + 2], x[j + 3]
+        c00 += a0[j] * x0
+        c01 += a0[j + 1] * x1
+        c02 += a0[j + 2] * x2
+        c03 += a0[j + 3] * x3
+        c10 += a1[j] * x0
+        c11 += a1[j + 1] * x1
+        c12 += a1[j + 2] * x2
+        c13 += a1[j + 3] * x3
+        c20 += a2[j] * x0
+        c21 += a2[j + 1] * x1
+        c22 += a2[j + 2] * x2
+        c23 += a2[j + 3] * x3
+        c30 += a3[j] * x0
+        c31 += a3[j + 1] * x1
+        c32 += a3[j + 2] * x2
+        c33 += a3[j + 3] * x3
+    if full < d:
+        c00 += a0[full] * x[full]
+        c10 += a1[full] * x[full]
+        c20 += a2[full] * x[full]
+        c30 += a3[full] * x[full]
+    if full + 1 < d:
+        c01 += a0[full + 1] * x[full + 1]
+        c11 += a1[full + 1] * x[full + 1]
+        c21 += a2[full + 1] * x[full + 1]
+        c31 += a3[full + 1] * x[full + 1]
+    if full + 2 < d:
+        c02 += a0[full + 2] * x[full + 2]
+        c12 += a1[full + 2] * x[full + 2]
+        c22 += a2[full + 2] * x[full + 2]
+        c32 += a3[full + 2] * x[full + 2]
+    return ((c00 + c01) + (c02 + c03), (c10 + c11) + (c12 + c13), (c20 + c21) + (c22 + c23),
+            (c30 + c31) + (c32 + c33))
+
+
 @njit(parallel=True, cache=True)
 def dense_matvec(A, x, out):
     """out[i] = Σ_j A[i, j]·x[j] (u = Ax) summed by ``row_dot``; one read of A, one thread per row."""

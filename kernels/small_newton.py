@@ -1,5 +1,5 @@
 """Many small ``softmax`` / ``relu_softmax`` problems at once: the start and the whole Newton loop,
-compiled, one problem per task of a parallel loop over problems.
+compiled, one lane of problems per task of a parallel loop (``lanes_by_cost``).
 
 Each problem is solved serially by one thread, start to finish, from its own slices of packed
 arrays, so its bits do not depend on the thread count or on which thread took it. The model's row
@@ -28,7 +28,7 @@ from numba import njit, prange
 
 from .csr import csr_column_squares
 from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, raised_damping
-from .dense import chunk_rmatmat, row_dot
+from .dense import chunk_rmatmat, four_row_dots, row_dot
 from .in_place import array_at
 from .sandwich import _gather_sorted_row
 from .softmax import (
@@ -86,7 +86,11 @@ def _matvec(matrix, x, out):
                 acc += data[k] * x[indices[k]]
             out[i] = acc
     else:
-        for i in range(n):
+        i = 0
+        while i + 4 <= n:
+            out[i], out[i + 1], out[i + 2], out[i + 3] = four_row_dots(A, i, x)
+            i += 4
+        for i in range(i, n):
             out[i] = row_dot(A[i], x)
 
 
@@ -204,7 +208,26 @@ def _cholesky(A, shift, L):
             return False
         root = math.sqrt(s)
         L[j, j] = root
-        for i in range(j + 1, d):
+        # Four rows at a time (independent sums, each in the order k = 0 … j−1: the same bits as one row
+        # at a time), so the loop is not bound by one sum's add latency.
+        i = j + 1
+        while i + 4 <= d:
+            t0 = A[i, j]
+            t1 = A[i + 1, j]
+            t2 = A[i + 2, j]
+            t3 = A[i + 3, j]
+            for k in range(j):
+                ljk = L[j, k]
+                t0 -= L[i, k] * ljk
+                t1 -= L[i + 1, k] * ljk
+                t2 -= L[i + 2, k] * ljk
+                t3 -= L[i + 3, k] * ljk
+            L[i, j] = t0 / root
+            L[i + 1, j] = t1 / root
+            L[i + 2, j] = t2 / root
+            L[i + 3, j] = t3 / root
+            i += 4
+        for i in range(i, d):
             t = A[i, j]
             for k in range(j):
                 t -= L[i, k] * L[j, k]
@@ -275,7 +298,8 @@ def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x):
     n = b.shape[0]
     d = x.shape[0]
     weights = np.zeros(n)
-    WT = np.zeros((n, 2))
+    # A zero third column: Cᵀ[ω, ωt] then runs on the unrolled three-column pass (the same sums, the same bits).
+    WT = np.zeros((n, 3))
     rtol = settings[S_ACTIVE_RTOL]
     max_b = 0.0
     for i in range(n):
@@ -292,7 +316,7 @@ def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x):
         WT[i, 0] = weights[i]
     A = np.empty((d, d))
     _sandwich(matrix, weights, A)
-    G = np.empty((d, 2))
+    G = np.empty((d, 3))
     _rmatmat(matrix, WT, chunk_rows, G)
     size = d if relu else d + 1
     M = np.empty((size, size))
@@ -624,30 +648,70 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
 
 
 @njit(parallel=True, cache=True)
-def solve_small_problems(order, layout, addresses, parameters, settings, b, w, x, grad_out, fault_grad, out_int,
-                         out_float):
-    """Solve the problems listed in ``order`` (each one task, start to finish, on one thread).
+def finite_at(addresses, sizes, out):
+    """out[p] = whether the ``sizes[p]`` float64 values at ``addresses[p]`` are all finite (NaN and ±Inf are
+    not): many problems' C checked in place, one problem per task, without a temporary per array."""
+    for p in prange(addresses.shape[0]):
+        values = array_at(addresses[p], (sizes[p],), np.float64)
+        non_finite = False
+        for k in range(values.shape[0]):
+            # x − x is 0 for a finite x and NaN for NaN or ±Inf; an or over the entries, no early exit,
+            # vectorises (the pass runs at memory speed).
+            non_finite |= (values[k] - values[k]) != 0.0
+        out[p] = not non_finite
+
+
+@njit(cache=True)
+def lanes_by_cost(costs, lanes):
+    """The lane of each problem, dealt out in the given order (costliest first) each to the lane with the
+    least estimated work so far (longest-processing-time-first; the first of equally loaded lanes)."""
+    lane_of = np.empty(costs.shape[0], dtype=np.int64)
+    work = np.zeros(lanes)
+    for position in range(costs.shape[0]):
+        lane = 0
+        for other in range(1, lanes):
+            if work[other] < work[lane]:
+                lane = other
+        lane_of[position] = lane
+        work[lane] += costs[position]
+    return lane_of
+
+
+@njit(parallel=True, cache=True)
+def solve_small_problems(order, lane_of, lanes, layout, addresses, parameters, settings, b, w, x, grad_out,
+                         fault_grad, out_int, out_float):
+    """Solve the problems listed in ``order`` in ``lanes`` lanes (``lane_of``, e.g. from ``lanes_by_cost``),
+    one lane per task, each lane its problems in order. A problem is solved start to finish on one
+    thread, so its bits do not depend on the lanes.
 
     Reads each problem's C in place at ``addresses[p]``; writes its answer into its slice of x
     (which holds its start when it is given), ∇L into grad_out, and out_int / out_float (the
     O_* columns); a non-finite gradient that stopped a solve goes to fault_grad.
     """
-    for position in prange(order.shape[0]):
-        p = order[position]
-        n = layout[p, L_N]
-        d = layout[p, L_D]
-        row = layout[p, L_ROW]
-        col = layout[p, L_COL]
-        no_indices = np.empty(0, dtype=np.int64)
-        if layout[p, L_CSR] == 1:
-            indptr = array_at(addresses[p, A_INDPTR], (n + 1,), np.int64)
-            nnz = indptr[n]
-            matrix = (np.empty((0, d)), indptr, array_at(addresses[p, A_INDICES], (nnz,), np.int64),
-                      array_at(addresses[p, A_VALUES], (nnz,), np.float64), True)
-        else:
-            matrix = (array_at(addresses[p, A_VALUES], (n, d), np.float64), no_indices, no_indices,
-                      np.empty(0), False)
-        _solve_one(matrix, b[row:row + n], w[row:row + n], layout[p, L_RELU] == 1, parameters[p, P_L2],
-                   parameters[p, P_TARGET_NORM], parameters[p, P_FLOOR], layout[p, L_START], layout[p, L_CHUNK],
-                   settings, x[col:col + d], grad_out[col:col + d], fault_grad[col:col + d], out_int[p],
-                   out_float[p])
+    for lane in prange(lanes):
+        for position in range(order.shape[0]):
+            if lane_of[position] == lane:
+                _solve_packed(order[position], layout, addresses, parameters, settings, b, w, x, grad_out,
+                              fault_grad, out_int, out_float)
+
+
+@njit(cache=True)
+def _solve_packed(p, layout, addresses, parameters, settings, b, w, x, grad_out, fault_grad, out_int, out_float):
+    """``_solve_one`` on packed problem p: its C read in place, its slices of the packed vectors."""
+    n = layout[p, L_N]
+    d = layout[p, L_D]
+    row = layout[p, L_ROW]
+    col = layout[p, L_COL]
+    no_indices = np.empty(0, dtype=np.int64)
+    if layout[p, L_CSR] == 1:
+        indptr = array_at(addresses[p, A_INDPTR], (n + 1,), np.int64)
+        nnz = indptr[n]
+        matrix = (np.empty((0, d)), indptr, array_at(addresses[p, A_INDICES], (nnz,), np.int64),
+                  array_at(addresses[p, A_VALUES], (nnz,), np.float64), True)
+    else:
+        matrix = (array_at(addresses[p, A_VALUES], (n, d), np.float64), no_indices, no_indices,
+                  np.empty(0), False)
+    _solve_one(matrix, b[row:row + n], w[row:row + n], layout[p, L_RELU] == 1, parameters[p, P_L2],
+               parameters[p, P_TARGET_NORM], parameters[p, P_FLOOR], layout[p, L_START], layout[p, L_CHUNK],
+               settings, x[col:col + d], grad_out[col:col + d], fault_grad[col:col + d], out_int[p],
+               out_float[p])

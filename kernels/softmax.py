@@ -17,6 +17,22 @@ from .reduce import lanes_sum
 
 
 @njit(cache=True)
+def target_extremes(b):
+    """(max b, min b, the least positive entry of b, or inf when none is positive) in one read of b
+    (the models' facts; serial: a maximum or minimum is exact in any order)."""
+    top = -np.inf
+    bottom = np.inf
+    least_positive = np.inf
+    for i in range(b.shape[0]):
+        value = b[i]
+        top = max(top, value)
+        bottom = min(bottom, value)
+        if value > 0.0:
+            least_positive = min(least_positive, value)
+    return top, bottom, least_positive
+
+
+@njit(cache=True)
 def chunk_max_z(chunk_u, relu):
     """max z over a chunk's u (a view), z = ReLU(u) if ``relu`` else u (−inf for no rows)."""
     top = -np.inf

@@ -1103,18 +1103,24 @@ def test_cg_sums_the_forward_pass_of_its_step(dense_start):
 
 
 @pytest.mark.parametrize("dense", [True, False])
-def test_strategy_seconds_prices_unit_costs_once_with_the_same_figures(monkeypatch, dense):
-    """strategy_seconds hands its C's unit costs to start_seconds: the figures (and so the choice) are
-    those of start_seconds pricing them itself, on a grid of shapes, eps, sketch sizes and starts."""
-    calls = []
+def test_strategy_seconds_prices_unit_costs_and_sample_rows_once_with_the_same_figures(monkeypatch, dense):
+    """strategy_seconds hands its C's unit costs and the start's expected sample rows (estimated with the
+    iterations' in one read of b) to start_seconds: the figures (and so the choice) are those of
+    start_seconds pricing them itself, on a grid of shapes, eps, sketch sizes and starts."""
+    calls, reads = [], []
     unit_seconds = hessian_module._unit_seconds
     start_seconds = hessian_module.start_seconds
+    expected_sample_rows = hessian_module.expected_sample_rows
 
     def counted(problem, rates):
         calls.append(1)
         return unit_seconds(problem, rates)
 
-    def pricing_itself(problem, eps, sketch_size, rates=rates_module, unit_seconds=None):
+    def counted_rows(problem, sizes):
+        reads.append(1)
+        return expected_sample_rows(problem, sizes)
+
+    def pricing_itself(problem, eps, sketch_size, rates=rates_module, unit_seconds=None, sample_rows=None):
         return start_seconds(problem, eps, sketch_size, rates)
 
     for n, d in [(64, 32), (512, 64), (2000, 8), (300, 120), (5000, 200)]:
@@ -1122,9 +1128,12 @@ def test_strategy_seconds_prices_unit_costs_once_with_the_same_figures(monkeypat
         for eps, sketch_size, default_start in [(0.5, None, True), (0.5, None, False), (0.2, None, True),
                                                 (0.5, 3 * d, True)]:
             monkeypatch.setattr(hessian_module, "_unit_seconds", counted)
+            monkeypatch.setattr(hessian_module, "expected_sample_rows", counted_rows)
             calls.clear()
+            reads.clear()
             seconds = strategy_seconds(problem, eps, sketch_size, default_start=default_start)
-            assert len(calls) == 1
+            assert len(calls) == 1 and len(reads) == 1
+            monkeypatch.setattr(hessian_module, "expected_sample_rows", expected_sample_rows)
             assert start_seconds(problem, eps, sketch_size, rates_module, unit_seconds(problem, rates_module)) == \
                 start_seconds(problem, eps, sketch_size, rates_module)
             monkeypatch.setattr(hessian_module, "start_seconds", pricing_itself)

@@ -562,3 +562,26 @@ def test_gradient_at_zero_rides_along_another_transposed_pass_with_its_own_bits(
     other_b = b[::-1].copy()
     assert np.array_equal(problem.with_target(other_b).gradient_at_zero(),
                           fastnewton.Problem(C, other_b, model, V=V).gradient_at_zero())
+
+
+@pytest.mark.parametrize("dense", [True, False])
+@pytest.mark.parametrize("model", ["softmax", "relu_softmax"])
+def test_from_checked_is_the_problem_that_problem_builds(model, dense):
+    """solve_many's problems whose checks ran in bulk: the same inputs held (C's matrix as given, b
+    copied, zero row weights), the same facts, and the same loss, gradient and Hessian as Problem's own."""
+    from fastnewton.validation import as_input_matrix
+
+    made = fastnewton.make_problem(40, 6, model=model, noise=0.1, seed=3, dense=dense)
+    C, b = made.C, made.b
+    matrix = as_input_matrix(C)
+    mine = fastnewton.Problem.from_checked(matrix, b, model, 0.25)
+    reference = fastnewton.Problem(C, b, model, l2=0.25)
+    assert mine.matrix is matrix and mine.matrix.format == reference.matrix.format and mine.V is None
+    assert not np.shares_memory(mine.b, b)
+    np.testing.assert_array_equal(mine.b, reference.b)
+    np.testing.assert_array_equal(mine.row_weights, reference.row_weights)
+    assert (mine.model, mine.l2, mine.facts) == (reference.model, reference.l2, reference.facts)
+    x = np.random.default_rng(0).standard_normal(6)
+    assert mine.loss(x) == reference.loss(x)
+    np.testing.assert_array_equal(mine.grad(x), reference.grad(x))
+    np.testing.assert_array_equal(mine.hessian(x), reference.hessian(x))

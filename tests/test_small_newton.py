@@ -12,11 +12,13 @@ from fastnewton.kernels import small_newton as kernel
 from fastnewton.kernels.dense import dense_matvec
 
 
+@pytest.mark.parametrize("d", [3, 13, 14, 15, 16])
 @pytest.mark.parametrize("n", [1, 3, 4, 9, 64])
-def test_matvec_has_dense_matvecs_bits(n):
+def test_matvec_has_dense_matvecs_bits(n, d):
+    # d mod 4 = 0 … 3: every tail of row_dot's four lanes, in the four-row sums and in the single rows after them
     rng = np.random.default_rng(n)
-    A = rng.standard_normal((n, 13))
-    x = rng.standard_normal(13)
+    A = rng.standard_normal((n, d))
+    x = rng.standard_normal(d)
     empty = np.empty(0, dtype=np.int64)
     mine, reference = np.empty(n), np.empty(n)
     kernel._matvec((A, empty, empty, np.empty(0), False), x, mine)
@@ -41,3 +43,11 @@ def test_cholesky_matches_numpy_and_fails_on_an_indefinite_matrix(d):
     indefinite = A.copy()
     indefinite[d - 1, d - 1] = -1.0
     assert not kernel._cholesky(indefinite, 0.0, L)
+
+
+def test_lanes_by_cost_deals_the_costliest_first_to_the_least_loaded_lane():
+    costs = np.array([9.0, 7.0, 4.0, 3.0, 3.0, 1.0])
+    # lane work after each: [9, 0] → [9, 7] → [9, 11] → [12, 11] → [12, 14] → [13, 14]
+    np.testing.assert_array_equal(kernel.lanes_by_cost(costs, 2), [0, 1, 1, 0, 1, 0])
+    np.testing.assert_array_equal(kernel.lanes_by_cost(costs, 1), np.zeros(6))
+    np.testing.assert_array_equal(kernel.lanes_by_cost(costs, 3), [0, 1, 2, 2, 1, 2])

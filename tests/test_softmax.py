@@ -19,6 +19,7 @@ from fastnewton.kernels.softmax import (
     softmax_regression_columns,
     softmax_regression_loss,
     softmax_relu_columns,
+    target_extremes,
 )
 from fastnewton.models import LogPartition
 
@@ -294,3 +295,11 @@ def test_softmax_kernels_bitwise_equal_with_1_and_2_threads(chunk_rows, run_with
     two = run_with_threads(2, everything)
     for x1, x2 in zip(one, two):
         np.testing.assert_array_equal(x1, x2)
+
+
+@pytest.mark.parametrize("values", [[0.3, -0.2, 0.0, 0.9, 0.1], [-1.0, -0.5, 0.0], [2.5], [0.0, 0.0], [-3.0]])
+def test_target_extremes_match_numpy(values):
+    """max, min and least positive entry (inf when none is positive) in one read, as NumPy's reductions."""
+    b = np.array(values)
+    positive = b[b > 0.0]
+    assert target_extremes(b) == (b.max(), b.min(), positive.min() if positive.size else np.inf)

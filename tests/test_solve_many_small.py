@@ -167,6 +167,42 @@ def test_bad_problem_is_reported_by_index_and_the_others_solve():
     assert "finite" in result.message[1] and "b" in result.message[2]
 
 
+def test_non_finite_entries_of_plain_dense_problems_get_problems_messages():
+    """Problems with a float64 b and a dense float64 or sparse C are checked in bulk (one NumPy pass over
+    every b, one compiled pass over every dense C; as_input_matrix checks a sparse C): a NaN or ±Inf
+    anywhere gives Problem's own message, with the problem's index, and the others solve."""
+    made = make_problem(60, 4, seed=8, dense=True)
+    C, b = np.ascontiguousarray(made.C, dtype=np.float64), made.b
+    broken = []
+    for where, value in [((0, 0), np.nan), ((59, 3), np.inf), ((17, 2), -np.inf)]:
+        bad = C.copy()
+        bad[where] = value
+        broken.append((bad, b))
+    for where, value in [(0, np.nan), (59, np.inf)]:
+        bad = b.copy()
+        bad[where] = value
+        broken.append((C, bad))
+        broken.append((sp.csr_matrix(C), bad))
+    sparse = sp.csr_matrix(C)
+    sparse.data[5] = np.nan
+    broken.append((sparse, b))
+    broken.append((sp.csr_matrix((0, 4)), np.empty(0)))  # no rows
+    problems = [(C, b), *broken, (C, b)]
+    result = _quiet(solve_many, problems, model="softmax")
+    for i, (bad_C, bad_b) in enumerate(broken, start=1):
+        with pytest.raises(ValueError) as error:
+            fastnewton.Problem(bad_C, bad_b)
+        assert result.status[i] == Status.INVALID_INPUT
+        assert result.message[i].endswith(f"problem {i}: {error.value}")
+    reference = solve(C, b)
+    for i in (0, len(problems) - 1):
+        assert result.status[i] == Status.CONVERGED
+        np.testing.assert_allclose(result.x[:, i], reference.x, rtol=X_RTOL)
+    last_empty = _quiet(solve_many, [(C, b), broken[-1]], model="softmax")  # the bulk pass ends at an empty b
+    assert list(last_empty.status) == [Status.CONVERGED, Status.INVALID_INPUT]
+    assert last_empty.message[1] == result.message[len(broken)].replace(f"problem {len(broken)}", "problem 1")
+
+
 def test_malformed_problems_argument_raises():
     C, b, _ = make_problem(50, 4, nnz_per_row=2, seed=7)
     with pytest.raises(ValueError, match="empty"):
