@@ -42,7 +42,7 @@ import numpy as np
 
 import fastnewton
 from fastnewton.chunking import sandwich_chunk_rows
-from fastnewton.kernels.sandwich import csr_sandwich_rows
+from fastnewton.kernels.sandwich import csr_sandwich_rows, partials_shape
 from fastnewton.matrix import CSRMatrix
 from fastnewton.validation import as_input_matrix
 
@@ -129,13 +129,14 @@ def sandwich_operations(label, C, beta, base_sandwich):
     chunk = sandwich_chunk_rows(C.n, C.d, pairs)
     out, base_out = np.empty((C.d, C.d)), np.empty((C.d, C.d))
     every_row = np.arange(C.n, dtype=np.int64)
+    partial = np.empty(partials_shape(C.n, chunk, C.d))
     base_fn = base_sandwich and (lambda: base_sandwich.csr_sandwich_rows(C.indptr, C.indices, C.data, every_row, beta, chunk,
                                                                        base_out))
     ops = [Operation(f"sandwich {label}", lambda: C.sandwich(beta), base_fn, C.nbytes, pairs)]
     if C._dense_rows.size:
         # the base's time is the row above's (the same call), so it is not timed twice
         ops.append(Operation(f"sandwich {label}, sparse kernel only",
-                             lambda: csr_sandwich_rows(C.indptr, C.indices, C.data, every_row, beta, chunk, out), None,
+                             lambda: csr_sandwich_rows(C.indptr, C.indices, C.data, every_row, beta, chunk, partial, out), None,
                              C.nbytes, pairs))
     return ops
 

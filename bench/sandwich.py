@@ -21,7 +21,7 @@ import numpy as np
 
 import fastnewton
 from fastnewton.chunking import sandwich_chunk_rows
-from fastnewton.kernels.sandwich import csr_sandwich_rows
+from fastnewton.kernels.sandwich import csr_sandwich_rows, partials_shape
 from fastnewton.validation import as_input_matrix
 
 try:
@@ -59,9 +59,10 @@ def operations(label, C, beta, base, base_chunk_rows):
     base_chunk = base and base_chunk_rows(C.n, d, pairs)
     out, base_out = np.empty((d, d)), np.empty((d, d))
     every_row = np.arange(C.n, dtype=np.int64)
+    partial = np.empty(partials_shape(C.n, chunk, d))
     if not C._dense_rows.size:
         return {f"{label}: sparse kernel, every row": (
-            lambda: csr_sandwich_rows(C.indptr, C.indices, C.data, every_row, beta, chunk, out),
+            lambda: csr_sandwich_rows(C.indptr, C.indices, C.data, every_row, beta, chunk, partial, out),
             base and (lambda: base.csr_sandwich_rows(C.indptr, C.indices, C.data, every_row, beta, base_chunk, base_out)), pairs)}
     # With long rows, the sparse kernel over every row is not what runs (and takes seconds): its short rows are.
     rows = C._sparse_rows
@@ -69,8 +70,9 @@ def operations(label, C, beta, base, base_chunk_rows):
     short_pairs = int(C._row_pairs[rows].sum())
     short_chunk = sandwich_chunk_rows(rows.size, d, short_pairs)
     base_short_chunk = base and base_chunk_rows(rows.size, d, short_pairs)
+    short_partial = np.empty(partials_shape(rows.size, short_chunk, d))
     return {f"{label}: sparse kernel, short rows": (
-                lambda: csr_sandwich_rows(C.indptr, C.indices, C.data, rows, weights, short_chunk, out),
+                lambda: csr_sandwich_rows(C.indptr, C.indices, C.data, rows, weights, short_chunk, short_partial, out),
                 base and (lambda: base.csr_sandwich_rows(C.indptr, C.indices, C.data, rows, weights,
                                                          base_short_chunk, base_out)), short_pairs),
             f"{label}: CSRMatrix.sandwich (long rows by SYRK)": (lambda: C.sandwich(beta), None, pairs)}

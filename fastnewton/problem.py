@@ -8,6 +8,7 @@ import copy
 import numpy as np
 
 from .buffers import Recycler
+from .kernels.reduce import add_scaled
 from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
 from .newton import run_rounds
@@ -355,15 +356,22 @@ class LineSearch:
 
     ``largest`` = ‖Cp‖∞ (the logit cap); ``scale`` shrinks p (Cp stays, times the factor, as the
     workers of ``fastnewton.dask`` keep it, so both carry the same u). ``evaluate(t)`` reuses the
-    last trial's u and first loss stage when t is that trial's.
+    u and first loss stage of the last trial, or of the one before when the last was longer (a
+    rejected longer trial after an accepted one: ``fastnewton.newton``), when t is that trial's.
+    C·p goes into a recycled array and ‖Cp‖∞ is read without a |Cp| temporary: a fresh length-n
+    array costs its page faults on first touch (``fastnewton.buffers``).
     """
 
     def __init__(self, problem, ev, p, Cp=None):
         self.problem, self.ev, self.p = problem, ev, p
-        self.Cp = problem.matrix.matvec(p) if Cp is None else Cp
-        self.largest = float(np.max(np.abs(self.Cp)))
+        if Cp is None:
+            Cp = problem.matrix.matvec(p, out=problem.block.buffers.empty(problem.n))
+        self.Cp = Cp
+        # max and −min (both NaN when any entry is): ‖Cp‖∞ with no |Cp| array
+        self.largest = max(float(Cp.max()), -float(Cp.min())) if Cp.size else 0.0
         self.factor = 1.0
         self.trial = None
+        self.previous = None
 
     def scale(self, factor):
         self.p *= factor
@@ -372,13 +380,18 @@ class LineSearch:
 
     def _u(self, t):
         """u + (t·factor)·Cp, written into a recycled array (a trial per call: ``fastnewton.buffers``)."""
-        u = self.problem.block.buffers.empty(self.Cp.shape[0])
-        np.multiply(self.Cp, t * self.factor, out=u)
-        return np.add(self.ev.kept["u"], u, out=u)
+        block = self.problem.block
+        u = block.buffers.empty(self.Cp.shape[0])
+        add_scaled(self.ev.kept["u"], t * self.factor, self.Cp, block.chunk, u)
+        return u
 
     def loss(self, t):
         u, first = self._u(t), []
         loss = self.problem.loss_at(u, self.ev.x + t * self.p, first)
+        # A longer trial keeps the one before (the accepted step if the longer is rejected); a
+        # shorter one (backtracking) lets it go: at most two trials' arrays are held, as while a
+        # trial is computed.
+        self.previous = self.trial if self.trial is not None and t > self.trial[0] else None
         self.trial = t, u, first
         return loss
 
@@ -389,8 +402,9 @@ class LineSearch:
     def evaluation_rounds(self, t, timer=no_timer):
         """``evaluate`` as a generator (yields Q, is sent CᵀQ: ``stage_rounds``)."""
         model = self.problem.row_model
-        if self.trial is not None and self.trial[0] == t:
-            _, u, first = self.trial
+        held = [trial for trial in (self.trial, self.previous) if trial is not None and trial[0] == t]
+        if held:
+            _, u, first = held[0]
         else:
             u, first = self._u(t), None
         if model.loss_stages[0] != model.evaluation[0]:

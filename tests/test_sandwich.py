@@ -13,7 +13,7 @@ import pytest
 
 import naive
 from fastnewton.chunking import sandwich_chunk_rows
-from fastnewton.kernels.sandwich import csr_sandwich_rows
+from fastnewton.kernels.sandwich import csr_sandwich_rows, partials_shape
 from fastnewton.matrix import (
     DENSE_ROW_FRACTION,
     DENSE_ROW_MIN_NNZ,
@@ -36,7 +36,9 @@ def _beta(rng, n):
 
 def csr_sandwich(indptr, indices, data, beta, chunk_rows, out):
     """Cᵀ diag(β) C over every row, as CSRMatrix.sandwich calls the kernel (int64 row positions)."""
-    csr_sandwich_rows(indptr, indices, data, np.arange(beta.shape[0], dtype=np.int64), beta, chunk_rows, out)
+    n, d = beta.shape[0], out.shape[0]
+    csr_sandwich_rows(indptr, indices, data, np.arange(n, dtype=np.int64), beta, chunk_rows,
+                      np.empty(partials_shape(n, chunk_rows, d)), out)
 
 
 def _reference(A, A_abs, beta):
@@ -210,8 +212,8 @@ def test_csr_sandwich_rows_matches_numpy(dtype, index_dtype, chunk_rows, csr_cas
                                        max_per_row=per_row, **csr_case)
     rows, weights = _sample(rng, n, size, index_dtype)
     out = np.full((d, d), np.nan)
-    csr_sandwich_rows(indptr, indices, data, rows, weights,
-                      sandwich_chunk_rows(size, d, size * d) if chunk_rows is None else chunk_rows, out)
+    chunk = sandwich_chunk_rows(size, d, size * d) if chunk_rows is None else chunk_rows
+    csr_sandwich_rows(indptr, indices, data, rows, weights, chunk, np.empty(partials_shape(size, chunk, d)), out)
     A = naive.to_dense(indptr, indices, data, (n, d))
     ref, scale = _sampled_reference(A, naive.to_dense(indptr, indices, np.abs(data), (n, d)), rows, weights)
     naive.assert_within_rounding(out, ref, scale, size * per_row ** 2 + size)
@@ -262,7 +264,7 @@ def test_csr_sandwich_rows_bitwise_equal_with_1_and_2_threads(run_with_threads, 
 
     def sampled():
         out = np.empty((d, d))
-        csr_sandwich_rows(indptr, indices, data, rows, weights, chunk, out)
+        csr_sandwich_rows(indptr, indices, data, rows, weights, chunk, np.empty(partials_shape(size, chunk, d)), out)
         return out
 
     np.testing.assert_array_equal(run_with_threads(1, sampled), run_with_threads(2, sampled))
