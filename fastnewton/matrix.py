@@ -16,7 +16,8 @@ from .kernels.csr import (csr_column_squares, csr_dense_rows, csr_matmat, csr_ma
                           csr_rmatmat3, csr_rmatmats, csr_rmatvec)
 from .kernels.dense import (dense_column_squares, dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats,
                              dense_sandwich_vector, signed_scaled_rows)
-from .kernels.sandwich import csr_sandwich_many, csr_sandwich_rows, partials_shape
+from .kernels.sandwich import csr_curvature_sandwich, csr_sandwich_many, csr_sandwich_rows, partials_shape
+from .kernels.softmax import curvature_weights
 from .kernels.sketch import csr_embed, csr_row_squares, dense_embed, dense_row_squares
 from .threads import blas_threads, map_single_threaded_blas
 
@@ -225,6 +226,12 @@ class DenseMatrix:
     def sandwich(self, beta):
         return self._syrk_sandwich(beta)
 
+    def curvature_sandwich(self, Q, c, w, beta):
+        """``sandwich(β)`` for β = Q[:, 2] − c·Q[:, 1] + w (``curvature_weights``), formed first in ``beta``
+        (a length-n work array)."""
+        curvature_weights(Q, c, w, beta)
+        return self.sandwich(beta)
+
     def sandwiches(self, weights):
         """[Cᵀ diag(w) C for w in weights] (length-n vectors), each with ``sandwich``'s bits (one pool of SYRKs)."""
         return blocked_syrk_sandwiches(lambda part: (self.array, np.arange(part.start, part.stop)),
@@ -362,6 +369,18 @@ class CSRMatrix:
             return self._sparse_sandwich(self._sparse_rows, beta, self._sandwich_chunk_rows, keep_partials=True)
         return self._split_sandwich(self._sparse_rows, beta[self._sparse_rows],
                                     self._dense_rows, beta[self._dense_rows], keep_partials=True)
+
+    def curvature_sandwich(self, Q, c, w, beta):
+        """``sandwich(β)`` for β = Q[:, 2] − c·Q[:, 1] + w (``curvature_weights``), bit for bit: when every
+        row is short, each βᵢ is formed inside the pair loop (``csr_curvature_sandwich``: no pass writes
+        β, and ``beta``, a length-n work array, is not touched); else β is formed first in ``beta``."""
+        if self._dense_rows.size:
+            curvature_weights(Q, c, w, beta)
+            return self.sandwich(beta)
+        out = np.empty((self.d, self.d))
+        partial = self._partials.empty(partials_shape(self.n, self._sandwich_chunk_rows, self.d))
+        csr_curvature_sandwich(self.indptr, self.indices, self.data, Q, c, w, self._sandwich_chunk_rows, partial, out)
+        return out
 
     def sandwiches(self, weights):
         """[Cᵀ diag(w) C for w in weights] (length-n vectors): when every row is short, one read of C per

@@ -213,9 +213,12 @@ class Problem:
         ev.kept = {key: value for key, value in ev.kept.items() if key != "Q"}
 
     def hessian_matrix(self, ev, sandwich=None):
-        """Cᵀ diag(β) C (or a given approximation of it) + P S Pᵀ + λI."""
-        H = self.matrix.sandwich(self.beta(ev)) if sandwich is None else sandwich
-        return add_low_rank_and_ridge(H, ev.P, ev.S, self.l2)
+        """Cᵀ diag(β) C (or a given approximation of it) + P S Pᵀ + λI; β itself is formed only if
+        something formed it already (the model's ``curvature_sandwich`` may do without)."""
+        if sandwich is None:
+            sandwich = (self.matrix.sandwich(ev.beta) if ev.beta is not None
+                        else self.row_model.curvature_sandwich(self.block, ev.kept, ev.known))
+        return add_low_rank_and_ridge(sandwich, ev.P, ev.S, self.l2)
 
     def hessian_product(self, ev, p):
         """∇²L·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp (two passes over C)."""

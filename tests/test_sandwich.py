@@ -381,3 +381,49 @@ def test_csr_sandwich_reads_sorted_rows_in_place_with_the_bits_of_the_gathered_r
     ref, scale = _reference(A, naive.to_dense(indptr, mixed_indices, np.abs(mixed_data), (n, d)), beta)
     naive.assert_within_rounding(mixed, ref, scale, n * 40 ** 2 + n)
     np.testing.assert_array_equal(mixed, mixed.T)
+
+
+
+@pytest.mark.parametrize("long_rows", [False, True], ids=["short_rows", "with_long_rows"])
+@pytest.mark.parametrize("awkward", [False, True], ids=["canonical", "empty_duplicate_unsorted"])
+def test_curvature_sandwich_has_the_bits_of_the_sandwich_of_its_weights(awkward, long_rows, run_with_threads,
+                                                                          random_csr):
+    """CSRMatrix.curvature_sandwich(Q, c, w, β) with β = Q[:, 2] − c·Q[:, 1] + w formed inside the pair loop
+    (kernels/sandwich.py csr_curvature_sandwich; with long rows, in β first, which is then returned
+    filled): the bits of sandwich(curvature_weights(Q, c, w)), alike with 1 and 2 threads, exactly
+    symmetric, and within rounding of the dense NumPy Aᵀ diag(β) A. Q has 4 columns (softmax_relu's Q is
+    wider than 3); a fifth of the βᵢ are exactly 0 (rows skipped)."""
+    from fastnewton.kernels.softmax import curvature_weights
+
+    rng = np.random.default_rng(41)
+    d = 80 if long_rows else 9
+    if long_rows:
+        indptr, indices, data = _with_long_rows(random_csr, rng, 3_000, 12, d, 90)
+    else:
+        indptr, indices, data = random_csr(rng, 5_000, d, max_per_row=6, empty_rows=awkward, duplicates=awkward,
+                                           unsorted=awkward)
+    n = indptr.shape[0] - 1
+    C = CSRMatrix(indptr, indices, data, (n, d))
+    assert bool(C._dense_rows.size) == long_rows
+    assert long_rows or C._sandwich_chunk_rows < n, "the fused kernel must run several chunks"
+    Q = rng.standard_normal((n, 4))
+    w = np.abs(rng.standard_normal(n))
+    c = 0.37
+    zero = rng.random(n) < 0.2
+    Q[zero, 1], Q[zero, 2] = 0.0, -w[zero]  # β = −w − c·0 + w = 0 exactly
+    beta = np.empty(n)
+    curvature_weights(Q, c, w, beta)
+    assert np.count_nonzero(beta == 0.0) > 0.1 * n
+    expected = C.sandwich(beta)
+
+    def fused():
+        return C.curvature_sandwich(Q, c, w, np.empty(n))
+
+    one, two = run_with_threads(1, fused), run_with_threads(2, fused)
+    np.testing.assert_array_equal(one, expected)
+    np.testing.assert_array_equal(two, expected)
+    np.testing.assert_array_equal(one, one.T)
+    A = naive.to_dense(indptr, indices, data, (n, d))
+    np.testing.assert_array_equal(beta, Q[:, 2] - c * Q[:, 1] + w)
+    ref, scale = _reference(A, np.abs(A), beta)
+    naive.assert_within_rounding(one, ref, scale, n * 90 ** 2 if long_rows else n * 36 + n)
