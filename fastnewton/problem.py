@@ -139,11 +139,12 @@ class Problem:
         return as_vector(x, name, self.d, " (columns of C)")
 
     def _forward(self, x, timer):
-        """u = Cx, reused while x is the last point seen (scipy calls fun, then jac, at one x)."""
+        """u = Cx, reused while x is the last point seen (scipy calls fun, then jac, at one x); u is a
+        recycled array, like every trial's u after it (``fastnewton.buffers``)."""
         if self._last_forward is not None and np.array_equal(self._last_forward[0], x):
             return self._last_forward[1]
         with timer("forward"):
-            u = self.matrix.matvec(x)
+            u = self.matrix.matvec(x, out=self.block.buffers.empty(self.n))
         self._last_forward = (x.copy(), u)
         return u
 
@@ -184,6 +185,10 @@ class Problem:
             grad = known["gradient"] + self.l2 * x
         loss = known["loss"] + 0.5 * self.l2 * dot(x, x)
         ev = self._last = Evaluation(x.copy(), loss, grad, None, known["S"], known, kept)
+        if self._last_forward is not None and self._last_forward[1] is not kept["u"]:
+            # An evaluation from a carried u (a line search's): the cached forward pass is of an
+            # older point; let its u go back to the recycler (``fastnewton.buffers``).
+            self._last_forward = None
         if with_P:
             ev.P = np.ascontiguousarray(known["G"][:, 1:]) if "G" in known else None
         return ev
