@@ -9,8 +9,9 @@ checks, the reference scales (‖b‖, column norms, ∇L(0)), the evaluation at
 one damped step with its line search and the evaluation at the new iterate. It reports:
 
 - **traced**: the tracemalloc peak above what was traced before the call — every NumPy
-  array (and Python object) the solve allocates, including short-lived temporaries, but not
-  the arrays Numba kernels allocate inside compiled code (their per-chunk partials);
+  array (and Python object) the solve allocates, including short-lived temporaries (the CSR
+  sandwich's per-chunk partials among them), but not arrays Numba kernels allocate inside
+  compiled code;
 - **RSS**: the resident-set high-water mark (Linux VmHWM, reset just before the call through
   /proc/self/clear_refs) above the RSS before the call: everything, Numba's arrays and the
   BLAS and thread-pool buffers included. glibc's mmap threshold is fixed at 128 KiB in the

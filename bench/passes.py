@@ -42,7 +42,7 @@ import numpy as np
 
 import fastnewton
 from fastnewton.chunking import sandwich_chunk_rows
-from fastnewton.kernels.sandwich import csr_sandwich_rows
+from fastnewton.kernels import sandwich as sandwich_kernels
 from fastnewton.matrix import CSRMatrix
 from fastnewton.validation import as_input_matrix
 
@@ -80,6 +80,17 @@ def load_base_kernels(checkout):
     sys.modules["_base_kernels"] = package
     spec.loader.exec_module(package)
     return (importlib.import_module("_base_kernels.csr"), importlib.import_module("_base_kernels.sandwich"))
+
+
+def sandwich_rows_call(sandwich_module, C, rows, weights, chunk, out):
+    """A call of ``sandwich_module.csr_sandwich_rows`` over ``rows`` of C into ``out``: with a partial made once
+    beforehand when the kernel takes one (as the solver recycles it), else (older checkouts) the kernel
+    allocates its own inside."""
+    if hasattr(sandwich_module, "partials_shape"):
+        partial = np.empty(sandwich_module.partials_shape(rows.shape[0], chunk, C.d))
+        return lambda: sandwich_module.csr_sandwich_rows(C.indptr, C.indices, C.data, rows, weights, chunk, partial,
+                                                         out)
+    return lambda: sandwich_module.csr_sandwich_rows(C.indptr, C.indices, C.data, rows, weights, chunk, out)
 
 
 def alternate(functions, repeats):
@@ -129,13 +140,13 @@ def sandwich_operations(label, C, beta, base_sandwich):
     chunk = sandwich_chunk_rows(C.n, C.d, pairs)
     out, base_out = np.empty((C.d, C.d)), np.empty((C.d, C.d))
     every_row = np.arange(C.n, dtype=np.int64)
-    base_fn = base_sandwich and (lambda: base_sandwich.csr_sandwich_rows(C.indptr, C.indices, C.data, every_row, beta, chunk,
-                                                                       base_out))
+    base_fn = base_sandwich and sandwich_rows_call(base_sandwich, C, every_row, beta, chunk, base_out)
     ops = [Operation(f"sandwich {label}", lambda: C.sandwich(beta), base_fn, C.nbytes, pairs)]
     if C._dense_rows.size:
         # the base's time is the row above's (the same call), so it is not timed twice
         ops.append(Operation(f"sandwich {label}, sparse kernel only",
-                             lambda: csr_sandwich_rows(C.indptr, C.indices, C.data, every_row, beta, chunk, out), None,
+                             sandwich_rows_call(sandwich_kernels, C, every_row, beta, chunk, out),
+                             None,
                              C.nbytes, pairs))
     return ops
 

@@ -21,19 +21,19 @@ import numpy as np
 
 import fastnewton
 from fastnewton.chunking import sandwich_chunk_rows
-from fastnewton.kernels.sandwich import csr_sandwich_rows
+from fastnewton.kernels import sandwich as sandwich_kernels
 from fastnewton.validation import as_input_matrix
 
 try:
     from _args import add_output_arguments, nonnegative_int, positive_int, thread_count
     from _report import write_json
     from matrices import bag_of_words, pair_count
-    from passes import ZIPF_MAX_ROW_NNZ, ZIPF_NNZ_PER_ROW, alternate, load_base_kernels
+    from passes import ZIPF_MAX_ROW_NNZ, ZIPF_NNZ_PER_ROW, alternate, load_base_kernels, sandwich_rows_call
 except ImportError:  # run as a module from the repository root
     from bench._args import add_output_arguments, nonnegative_int, positive_int, thread_count
     from bench._report import write_json
     from bench.matrices import bag_of_words, pair_count
-    from bench.passes import ZIPF_MAX_ROW_NNZ, ZIPF_NNZ_PER_ROW, alternate, load_base_kernels
+    from bench.passes import ZIPF_MAX_ROW_NNZ, ZIPF_NNZ_PER_ROW, alternate, load_base_kernels, sandwich_rows_call
 
 
 def load_base_chunking(checkout):
@@ -61,8 +61,8 @@ def operations(label, C, beta, base, base_chunk_rows):
     every_row = np.arange(C.n, dtype=np.int64)
     if not C._dense_rows.size:
         return {f"{label}: sparse kernel, every row": (
-            lambda: csr_sandwich_rows(C.indptr, C.indices, C.data, every_row, beta, chunk, out),
-            base and (lambda: base.csr_sandwich_rows(C.indptr, C.indices, C.data, every_row, beta, base_chunk, base_out)), pairs)}
+            sandwich_rows_call(sandwich_kernels, C, every_row, beta, chunk, out),
+            base and sandwich_rows_call(base, C, every_row, beta, base_chunk, base_out), pairs)}
     # With long rows, the sparse kernel over every row is not what runs (and takes seconds): its short rows are.
     rows = C._sparse_rows
     weights = beta[rows]
@@ -70,9 +70,8 @@ def operations(label, C, beta, base, base_chunk_rows):
     short_chunk = sandwich_chunk_rows(rows.size, d, short_pairs)
     base_short_chunk = base and base_chunk_rows(rows.size, d, short_pairs)
     return {f"{label}: sparse kernel, short rows": (
-                lambda: csr_sandwich_rows(C.indptr, C.indices, C.data, rows, weights, short_chunk, out),
-                base and (lambda: base.csr_sandwich_rows(C.indptr, C.indices, C.data, rows, weights,
-                                                         base_short_chunk, base_out)), short_pairs),
+                sandwich_rows_call(sandwich_kernels, C, rows, weights, short_chunk, out),
+                base and sandwich_rows_call(base, C, rows, weights, base_short_chunk, base_out), short_pairs),
             f"{label}: CSRMatrix.sandwich (long rows by SYRK)": (lambda: C.sandwich(beta), None, pairs)}
 
 

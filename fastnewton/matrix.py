@@ -10,12 +10,14 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from .buffers import Recycler
 from .chunking import chunk_rows, sandwich_chunk_rows
 from .kernels.csr import (csr_column_squares, csr_dense_rows, csr_matmat, csr_matvec, csr_matvecs, csr_rmatmat,
                           csr_rmatmat3, csr_rmatmats, csr_rmatvec)
 from .kernels.dense import (dense_column_squares, dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats,
                              dense_sandwich_vector, signed_scaled_rows)
-from .kernels.sandwich import csr_sandwich_many, csr_sandwich_rows
+from .kernels.sandwich import csr_curvature_sandwich, csr_sandwich_many, csr_sandwich_rows, partials_shape
+from .kernels.softmax import curvature_weights
 from .kernels.sketch import csr_embed, csr_row_squares, dense_embed, dense_row_squares, dense_row_squares_and_matvec
 from .threads import blas_threads, map_single_threaded_blas
 
@@ -196,8 +198,9 @@ class DenseMatrix:
         self._chunk_rows = chunk_rows(self.n)
         self._column_squares = None
 
-    def matvec(self, x):
-        out = np.empty(self.n)
+    def matvec(self, x, out=None):
+        """u = Cx (into ``out``, a length-n float64 array, when given)."""
+        out = np.empty(self.n) if out is None else out
         dense_matvec(self.array, x, out)
         return out
 
@@ -246,6 +249,12 @@ class DenseMatrix:
 
     def sandwich(self, beta):
         return self._syrk_sandwich(beta)
+
+    def curvature_sandwich(self, Q, c, w, beta):
+        """``sandwich(β)`` for β = Q[:, 2] − c·Q[:, 1] + w (``curvature_weights``), formed first in ``beta``
+        (a length-n work array)."""
+        curvature_weights(Q, c, w, beta)
+        return self.sandwich(beta)
 
     def sandwiches(self, weights):
         """[Cᵀ diag(w) C for w in weights] (length-n vectors), each with ``sandwich``'s bits (one pool of SYRKs)."""
@@ -340,9 +349,12 @@ class CSRMatrix:
         self._dense_row = sandwiched_densely(row_nnz, self.d)
         self._dense_rows = self._dense_row.nonzero()[0]
         self._sparse_rows = (~self._dense_row).nonzero()[0]
+        # The full sandwich's per-chunk partials, kept from one Hessian to the next.
+        self._partials = Recycler()
 
-    def matvec(self, x):
-        out = np.empty(self.n)
+    def matvec(self, x, out=None):
+        """u = Cx (into ``out``, a length-n float64 array, when given)."""
+        out = np.empty(self.n) if out is None else out
         csr_matvec(self.indptr, self.indices, self.data, x, out)
         return out
 
@@ -400,12 +412,21 @@ class CSRMatrix:
             # Every row listed, on the kernel the sampled sandwich uses (int64 row positions, as
             # ``sampled_sandwich`` passes): one compiled specialisation serves both. With no long rows
             # the kept list of short rows is every row (not a new np.arange(n) per call).
-            out = np.empty((self.d, self.d))
-            csr_sandwich_rows(self.indptr, self.indices, self.data, self._sparse_rows, beta,
-                              self._sandwich_chunk_rows, out)
-            return out
+            return self._sparse_sandwich(self._sparse_rows, beta, self._sandwich_chunk_rows, keep_partials=True)
         return self._split_sandwich(self._sparse_rows, beta[self._sparse_rows],
-                                    self._dense_rows, beta[self._dense_rows])
+                                    self._dense_rows, beta[self._dense_rows], keep_partials=True)
+
+    def curvature_sandwich(self, Q, c, w, beta):
+        """``sandwich(β)`` for β = Q[:, 2] − c·Q[:, 1] + w (``curvature_weights``), bit for bit: when every
+        row is short, each βᵢ is formed inside the pair loop (``csr_curvature_sandwich``: no pass writes
+        β, and ``beta``, a length-n work array, is not touched); else β is formed first in ``beta``."""
+        if self._dense_rows.size:
+            curvature_weights(Q, c, w, beta)
+            return self.sandwich(beta)
+        out = np.empty((self.d, self.d))
+        partial = self._partials.empty(partials_shape(self.n, self._sandwich_chunk_rows, self.d))
+        csr_curvature_sandwich(self.indptr, self.indices, self.data, Q, c, w, self._sandwich_chunk_rows, partial, out)
+        return out
 
     def sandwiches(self, weights):
         """[Cᵀ diag(w) C for w in weights] (length-n vectors): when every row is short, one read of C per
@@ -455,19 +476,28 @@ class CSRMatrix:
         """(A, positions) with A[positions] = C[index]: the rows densified (``rows``)."""
         return self.rows(index), np.arange(index.shape[0])
 
-    def _sparse_sandwich(self, rows, weights):
-        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} by sparse pair updates, O(Σ_t nnz_{rows[t]}²)."""
+    def _sparse_sandwich(self, rows, weights, chunk=None, keep_partials=False):
+        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} by sparse pair updates, O(Σ_t nnz_{rows[t]}²), in chunks
+        of ``chunk`` rows (default: ``sandwich_chunk_rows`` of these rows).
+
+        ``keep_partials``: the full sandwich (the same rows every Hessian) keeps its per-chunk partials
+        from one Hessian to the next (``fastnewton.buffers``: fresh ones cost their page faults again);
+        a sampled one allocates its own."""
         out = np.empty((self.d, self.d))
-        chunk = sandwich_chunk_rows(rows.shape[0], self.d, int(self._row_pairs[rows].sum()))
-        csr_sandwich_rows(self.indptr, self.indices, self.data, rows, weights, chunk, out)
+        if chunk is None:
+            chunk = sandwich_chunk_rows(rows.shape[0], self.d, int(self._row_pairs[rows].sum()))
+        shape = partials_shape(rows.shape[0], chunk, self.d)
+        partial = self._partials.empty(shape) if keep_partials else np.empty(shape)
+        csr_sandwich_rows(self.indptr, self.indices, self.data, rows, weights, chunk, partial, out)
         return out
 
-    def _split_sandwich(self, sparse_rows, sparse_weights, dense_rows, dense_weights):
-        """The sparse sandwich of the short rows plus the blocked SYRK sandwich of the long ones.
+    def _split_sandwich(self, sparse_rows, sparse_weights, dense_rows, dense_weights, keep_partials=False):
+        """The sparse sandwich of the short rows plus the blocked SYRK sandwich of the long ones
+        (``keep_partials``: as ``_sparse_sandwich``'s).
 
         Both parts are exactly symmetric, so their sum is; both are summed in a fixed order.
         """
-        out = self._sparse_sandwich(sparse_rows, sparse_weights)
+        out = self._sparse_sandwich(sparse_rows, sparse_weights, keep_partials=keep_partials)
         def block_source(part):
             block = self._dense_rows_block(dense_rows[part])
             return block, np.arange(block.shape[0])

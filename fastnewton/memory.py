@@ -9,7 +9,8 @@ rows). On top of that the peak is the largest of three moments:
         exact:            8·d²·3 + partials      the sandwich, P S Pᵀ and their sum; the CSR
                                                  sandwich's per-chunk d × (d + 8) partials (as many
                                                  as ``sandwich_chunk_rows`` makes: at most 64, at
-                                                 most 256 MiB; allocated inside the kernel)
+                                                 most 256 MiB; kept by the matrix from one Hessian
+                                                 to the next, so counted in every moment below)
         sketch / pcg:     8·n·(JL_DIM + 3) + 8·d²·6   the JL projection of every row and the
                                                  leverage scores; the 4d × d embedding, its QR
                                                  factor and the sampled sandwich (an iteration
@@ -76,7 +77,10 @@ def iteration_terms(n, d, nnz, k=2, strategy="exact", eps=0.5, sketch_size=None,
         if partials:
             per_row = nnz / n
             chunks = -(-n // sandwich_chunk_rows(n, d, int(n * per_row * (per_row + 1) / 2)))
-            hessian["sandwich partials 8d(d+8)·chunks"] = chunks * 8 * d * (d + ROW_PAD)
+            # kept by the matrix between Hessians (CSRMatrix._sparse_sandwich): part of every moment
+            problem = {**problem, "sandwich partials 8d(d+8)·chunks": chunks * 8 * d * (d + ROW_PAD)}
+            one = {**problem, **one}
+            hessian = {**problem, **hessian}
     else:
         hessian = {**one, "sketch 8n(JL+3) + 8d²·6": 8 * n * (JL_DIM + 3) + 8 * d * d * 6}
     step = {**one, "step 8d²·4": 8 * d * d * 4}

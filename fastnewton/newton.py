@@ -535,6 +535,10 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
                 break
             # 1) u at the new iterate (carried along the line, or a forward pass when due) and 2) gradient pass
             run.accept(step, run.carried.evaluate(problem, step, timer), system)
+            # The step holds its line: the old evaluation, C·p and the trials' arrays. Let them go
+            # now, not when the next step replaces it, so that the next Hessian and line search reuse
+            # this memory (``fastnewton.buffers``): fresh arrays cost their page faults again.
+            del step
             if run.finished:
                 break
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ import copy
 import numpy as np
 
 from .buffers import Recycler
+from .kernels.reduce import add_scaled
 from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
 from .newton import run_rounds
@@ -157,11 +158,12 @@ class Problem:
         return as_vector(x, name, self.d, " (columns of C)")
 
     def _forward(self, x, timer):
-        """u = Cx, reused while x is the last point seen (scipy calls fun, then jac, at one x)."""
+        """u = Cx, reused while x is the last point seen (scipy calls fun, then jac, at one x); u is a
+        recycled array, like every trial's u after it (``fastnewton.buffers``)."""
         if self._last_forward is not None and np.array_equal(self._last_forward[0], x):
             return self._last_forward[1]
         with timer("forward"):
-            u = self.matrix.matvec(x)
+            u = self.matrix.matvec(x, out=self.block.buffers.empty(self.n))
         self._last_forward = (x.copy(), u)
         return u
 
@@ -202,6 +204,10 @@ class Problem:
             grad = known["gradient"] + self.l2 * x
         loss = known["loss"] + 0.5 * self.l2 * dot(x, x)
         ev = self._last = Evaluation(x.copy(), loss, grad, None, known["S"], known, kept)
+        if self._last_forward is not None and self._last_forward[1] is not kept["u"]:
+            # An evaluation from a carried u (a line search's): the cached forward pass is of an
+            # older point; let its u go back to the recycler (``fastnewton.buffers``).
+            self._last_forward = None
         if with_P:
             ev.P = np.ascontiguousarray(known["G"][:, 1:]) if "G" in known else None
         return ev
@@ -235,9 +241,12 @@ class Problem:
         ev.kept = {key: value for key, value in ev.kept.items() if key != "Q"}
 
     def hessian_matrix(self, ev, sandwich=None):
-        """Cᵀ diag(β) C (or a given approximation of it) + P S Pᵀ + λI."""
-        H = self.matrix.sandwich(self.beta(ev)) if sandwich is None else sandwich
-        return add_low_rank_and_ridge(H, ev.P, ev.S, self.l2)
+        """Cᵀ diag(β) C (or a given approximation of it) + P S Pᵀ + λI; β itself is formed only if
+        something formed it already (the model's ``curvature_sandwich`` may do without)."""
+        if sandwich is None:
+            sandwich = (self.matrix.sandwich(ev.beta) if ev.beta is not None
+                        else self.row_model.curvature_sandwich(self.block, ev.kept, ev.known))
+        return add_low_rank_and_ridge(sandwich, ev.P, ev.S, self.l2)
 
     def hessian_product(self, ev, p):
         """∇²L·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp (two passes over C)."""
@@ -419,17 +428,22 @@ class LineSearch:
 
     ``largest`` = ‖Cp‖∞ (the logit cap); ``scale`` shrinks p (Cp stays, times the factor, as the
     workers of ``fastnewton.dask`` keep it, so both carry the same u). ``evaluate(t)`` reuses the
-    last trial's u and first loss stage when t is that trial's.
+    u and first loss stage of the last trial, or of the one before when the last was longer (a
+    rejected longer trial after an accepted one: ``fastnewton.newton``), when t is that trial's.
+    C·p goes into a recycled array and ‖Cp‖∞ is read without a |Cp| temporary: a fresh length-n
+    array costs its page faults on first touch (``fastnewton.buffers``).
     """
 
     def __init__(self, problem, ev, p, Cp=None):
         self.problem, self.ev, self.p = problem, ev, p
-        self.Cp = problem.matrix.matvec(p) if Cp is None else Cp
-        # max(max Cp, −min Cp) = max |Cp| exactly, with no n-vector of |Cp| (a fresh one per line in
-        # solve_many's lock-step: page faults)
-        self.largest = float(max(np.max(self.Cp), -np.min(self.Cp)))
+        if Cp is None:
+            Cp = problem.matrix.matvec(p, out=problem.block.buffers.empty(problem.n))
+        self.Cp = Cp
+        # max and −min (both NaN when any entry is): ‖Cp‖∞ with no |Cp| array
+        self.largest = max(float(Cp.max()), -float(Cp.min())) if Cp.size else 0.0
         self.factor = 1.0
         self.trial = None
+        self.previous = None
 
     def scale(self, factor):
         self.p *= factor
@@ -438,13 +452,18 @@ class LineSearch:
 
     def _u(self, t):
         """u + (t·factor)·Cp, written into a recycled array (a trial per call: ``fastnewton.buffers``)."""
-        u = self.problem.block.buffers.empty(self.Cp.shape[0])
-        np.multiply(self.Cp, t * self.factor, out=u)
-        return np.add(self.ev.kept["u"], u, out=u)
+        block = self.problem.block
+        u = block.buffers.empty(self.Cp.shape[0])
+        add_scaled(self.ev.kept["u"], t * self.factor, self.Cp, block.chunk, u)
+        return u
 
     def loss(self, t):
         u, first = self._u(t), []
         loss = self.problem.loss_at(u, self.ev.x + t * self.p, first)
+        # A longer trial keeps the one before (the accepted step if the longer is rejected); a
+        # shorter one (backtracking) lets it go: at most two trials' arrays are held, as while a
+        # trial is computed.
+        self.previous = self.trial if self.trial is not None and t > self.trial[0] else None
         self.trial = t, u, first
         return loss
 
@@ -455,8 +474,9 @@ class LineSearch:
     def evaluation_rounds(self, t, timer=no_timer):
         """``evaluate`` as a generator (yields Q, is sent CᵀQ: ``stage_rounds``)."""
         model = self.problem.row_model
-        if self.trial is not None and self.trial[0] == t:
-            _, u, first = self.trial
+        held = [trial for trial in (self.trial, self.previous) if trial is not None and trial[0] == t]
+        if held:
+            _, u, first = held[0]
         else:
             u, first = self._u(t), None
         if model.loss_stages[0] != model.evaluation[0]:

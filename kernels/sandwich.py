@@ -2,6 +2,8 @@
 import numpy as np
 from numba import njit, prange
 
+from .softmax import curvature_weight
+
 ONE = np.uintp(1)
 TWO = np.uintp(2)
 # Each chunk's d × d partial has rows ROW_PAD entries longer than d. Unpadded, at d = 256 the
@@ -84,8 +86,13 @@ def _add_row_pairs(columns, values, start, m, bi, acc, stride):
         acc[ja * stride + ja] += bi * da * da
 
 
+def partials_shape(n_rows, chunk_rows, d):
+    """The shape of ``csr_sandwich_rows``'s ``partial``: one padded d × d partial per chunk of rows."""
+    return (n_rows + chunk_rows - 1) // chunk_rows, d * (d + ROW_PAD)
+
+
 @njit(parallel=True, cache=True)
-def csr_sandwich_rows(indptr, indices, data, rows, weights, chunk_rows, out):
+def csr_sandwich_rows(indptr, indices, data, rows, weights, chunk_rows, partial, out):
     """out = Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]}: the sandwich over listed rows (e.g. a sampled D̃).
 
     Only the upper triangle is accumulated: every pair of a row's entries a ≤ b, taken by
@@ -108,14 +115,17 @@ def csr_sandwich_rows(indptr, indices, data, rows, weights, chunk_rows, out):
     What each partial costs does matter: zeroing it in its own task, not all of them up front,
     took 10⁶ rows of 10 at d = 256 from 1.11 to 1.00 ns per pair with 50 chunks; the chunk count
     is ``fastnewton.chunking.sandwich_chunk_rows``'s.
+
+    ``partial`` (``partials_shape``; any values, each task zeroes its own) is the caller's: a
+    recycled one costs no page faults, where one allocated here was fresh memory on the Hessians
+    that followed a growth of the solver's other arrays (CSR 10⁶ × 256: 2·10³ faults, ~2–3 ms).
     """
     n = rows.shape[0]
     d = out.shape[0]
     stride = np.uintp(d + ROW_PAD)
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     # Each task zeroes its own partial: a streaming write that leaves it in that core's cache for the
-    # pair updates (np.zeros here zeroed every partial on one thread and left them cold for the rest).
-    partial = np.empty((n_chunks, d * (d + ROW_PAD)))
+    # pair updates (np.zeros of all of them zeroed every partial on one thread, cold for the rest).
     for c in prange(n_chunks):
         acc = partial[c]
         acc[:] = 0.0
@@ -123,18 +133,54 @@ def csr_sandwich_rows(indptr, indices, data, rows, weights, chunk_rows, out):
         values = np.empty(d)
         for t in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
             bi = weights[t]
-            if bi == 0.0:
-                continue
-            i = rows[t]
-            start = np.uintp(indptr[i])
-            stop = np.uintp(indptr[i + 1])
-            if _strictly_increasing(indices, start, stop):
-                _add_row_pairs(indices, data, start, stop - start, bi, acc, stride)
-            else:
-                m = _gather_sorted_row(indptr, indices, data, i, columns, values)
-                _add_row_pairs(columns, values, np.uintp(0), m, bi, acc, stride)
-    # Row j of the upper triangle: the chunks' partial rows added in chunk order (contiguous
-    # reads; each entry's sum runs over c = 0, 1, … as a loop over c per entry would), then mirrored.
+            if bi != 0.0:
+                _add_row(indptr, indices, data, rows[t], bi, acc, stride, columns, values)
+    sum_partials(partial, n_chunks, out)
+
+
+@njit(inline="always")
+def _add_row(indptr, indices, data, i, bi, acc, stride, columns, values):
+    """Row i's pairs times bi into acc: read in place when its columns increase strictly, else
+    gathered sorted (duplicates summed) into ``columns``, ``values`` first (``csr_sandwich_rows``)."""
+    start = np.uintp(indptr[i])
+    stop = np.uintp(indptr[i + 1])
+    if _strictly_increasing(indices, start, stop):
+        _add_row_pairs(indices, data, start, stop - start, bi, acc, stride)
+    else:
+        m = _gather_sorted_row(indptr, indices, data, i, columns, values)
+        _add_row_pairs(columns, values, np.uintp(0), m, bi, acc, stride)
+
+
+@njit(parallel=True, cache=True)
+def csr_curvature_sandwich(indptr, indices, data, Q, c, w, chunk_rows, partial, out):
+    """out = Cᵀ diag(β) C over every row, β = Q[:, 2] − c·Q[:, 1] + w (``curvature_weights``), each βᵢ
+    formed as its row's pairs need it: ``csr_sandwich_rows`` over rows 0, 1, …, n − 1 with the same
+    chunks, so the same bits, without the pass that writes β (CSR 10⁶ × 256: ~1.9 ms of ~30 per
+    Hessian on 2 threads; reading Q and w here instead of β costs the compute-bound pair loop little).
+    """
+    n = Q.shape[0]
+    d = out.shape[0]
+    stride = np.uintp(d + ROW_PAD)
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    for chunk in prange(n_chunks):
+        acc = partial[chunk]
+        acc[:] = 0.0
+        columns = np.empty(d, dtype=np.uintp)
+        values = np.empty(d)
+        for i in range(chunk * chunk_rows, min(n, (chunk + 1) * chunk_rows)):
+            bi = curvature_weight(Q, c, w, i)
+            if bi != 0.0:
+                _add_row(indptr, indices, data, i, bi, acc, stride, columns, values)
+    sum_partials(partial, n_chunks, out)
+
+
+@njit(parallel=True, cache=True)
+def sum_partials(partial, n_chunks, out):
+    """out = the sum of the first ``n_chunks`` padded partials' upper triangles, mirrored.
+
+    Row j of the upper triangle: the chunks' partial rows added in chunk order (contiguous
+    reads; each entry's sum runs over c = 0, 1, … as a loop over c per entry would), then mirrored."""
+    d = out.shape[0]
     for j in prange(d):
         for l in range(j, d):
             out[j, l] = 0.0

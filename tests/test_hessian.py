@@ -707,6 +707,7 @@ def test_lagged_step_is_the_exact_newton_step_to_cg_tolerance(softmax_point, mon
         raise AssertionError("a lagged iteration formed a sandwich")
 
     monkeypatch.setattr(problem.matrix, "sandwich", no_sandwich)
+    monkeypatch.setattr(problem.matrix, "curvature_sandwich", no_sandwich)
     lagged = {name: builder(problem, moved_ev, None, opts[name], g_refs[name]) for name, builder in builders.items()}
     steps = {name: system.solve(g, 0.0) for name, system in lagged.items()}
     assert lagged["loose"].info["preconditioner_age"] == 1 and lagged["loose"].info["cg_iterations"] >= 1
@@ -726,6 +727,9 @@ def test_lagged_forms_a_sandwich_every_third_iteration(monkeypatch):
     calls = []
     original = matrix_module.CSRMatrix.sandwich
     monkeypatch.setattr(matrix_module.CSRMatrix, "sandwich", lambda self, beta: calls.append(1) or original(self, beta))
+    # the exact Hessian's sandwich, with β formed inside it
+    fused = matrix_module.CSRMatrix.curvature_sandwich
+    monkeypatch.setattr(matrix_module.CSRMatrix, "curvature_sandwich", lambda self, *args: calls.append(1) or fused(self, *args))
     C, b, _ = make_problem(4000, 12, seed=8, noise=0.05)
     res = solve(C, b, x0="zeros", hessian="lagged", tol=1e-10)
     assert res.converged and res.hessian == "lagged"

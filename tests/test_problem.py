@@ -585,3 +585,39 @@ def test_from_checked_is_the_problem_that_problem_builds(model, dense):
     assert mine.loss(x) == reference.loss(x)
     np.testing.assert_array_equal(mine.grad(x), reference.grad(x))
     np.testing.assert_array_equal(mine.hessian(x), reference.hessian(x))
+
+
+def test_line_search_evaluates_a_kept_trial_without_forming_it_again(monkeypatch):
+    """LineSearch.evaluate(t) reuses the trial at t (its u and log-partition) when t was the last trial, or the
+    one before a longer trial (a rejected longer step after an accepted one), and forms u again after
+    backtracking past it; every route gives the bits of a fresh line's evaluation at t. ‖Cp‖∞ is ``largest``."""
+    from fastnewton.problem import LineSearch
+
+    C, b, _ = fastnewton.make_problem(3_000, 20, nnz_per_row=5, seed=3)
+    problem = fastnewton.Problem(C, b)
+    rng = np.random.default_rng(4)
+    ev = problem.evaluate(0.3 * rng.standard_normal(20))
+    p = 0.2 * rng.standard_normal(20)
+    formed = []
+    original = LineSearch._u
+    monkeypatch.setattr(LineSearch, "_u", lambda self, t: formed.append(t) or original(self, t))
+
+    def fresh(t):
+        line = problem.line(ev, p.copy())
+        return line.loss(t), line.evaluate(t)
+
+    L1, reference = fresh(1.0)
+    np.testing.assert_array_equal(reference.x, ev.x + p)
+    assert reference.loss == L1
+    assert problem.line(ev, p.copy()).largest == np.max(np.abs(C @ p))
+    for trials, t, forms_again in [((1.0, 2.5), 1.0, False), ((1.0, 2.5), 2.5, False), ((1.0, 0.5), 1.0, True),
+                                   ((1.0, 0.5, 0.25), 0.5, True)]:
+        line = problem.line(ev, p.copy())
+        for trial in trials:
+            line.loss(trial)
+        formed.clear()
+        evaluation = line.evaluate(t)
+        assert formed == ([t] if forms_again else []), (trials, t)
+        expected = reference if t == 1.0 else fresh(t)[1]
+        np.testing.assert_array_equal(evaluation.grad, expected.grad)
+        assert evaluation.loss == expected.loss

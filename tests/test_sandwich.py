@@ -13,7 +13,7 @@ import pytest
 
 import naive
 from fastnewton.chunking import sandwich_chunk_rows
-from fastnewton.kernels.sandwich import csr_sandwich_rows
+from fastnewton.kernels.sandwich import csr_sandwich_rows, partials_shape
 from fastnewton.matrix import (
     DENSE_ROW_FRACTION,
     DENSE_ROW_MIN_NNZ,
@@ -36,7 +36,9 @@ def _beta(rng, n):
 
 def csr_sandwich(indptr, indices, data, beta, chunk_rows, out):
     """Cᵀ diag(β) C over every row, as CSRMatrix.sandwich calls the kernel (int64 row positions)."""
-    csr_sandwich_rows(indptr, indices, data, np.arange(beta.shape[0], dtype=np.int64), beta, chunk_rows, out)
+    n, d = beta.shape[0], out.shape[0]
+    csr_sandwich_rows(indptr, indices, data, np.arange(n, dtype=np.int64), beta, chunk_rows,
+                      np.empty(partials_shape(n, chunk_rows, d)), out)
 
 
 def _reference(A, A_abs, beta):
@@ -210,8 +212,8 @@ def test_csr_sandwich_rows_matches_numpy(dtype, index_dtype, chunk_rows, csr_cas
                                        max_per_row=per_row, **csr_case)
     rows, weights = _sample(rng, n, size, index_dtype)
     out = np.full((d, d), np.nan)
-    csr_sandwich_rows(indptr, indices, data, rows, weights,
-                      sandwich_chunk_rows(size, d, size * d) if chunk_rows is None else chunk_rows, out)
+    chunk = sandwich_chunk_rows(size, d, size * d) if chunk_rows is None else chunk_rows
+    csr_sandwich_rows(indptr, indices, data, rows, weights, chunk, np.empty(partials_shape(size, chunk, d)), out)
     A = naive.to_dense(indptr, indices, data, (n, d))
     ref, scale = _sampled_reference(A, naive.to_dense(indptr, indices, np.abs(data), (n, d)), rows, weights)
     naive.assert_within_rounding(out, ref, scale, size * per_row ** 2 + size)
@@ -262,7 +264,7 @@ def test_csr_sandwich_rows_bitwise_equal_with_1_and_2_threads(run_with_threads, 
 
     def sampled():
         out = np.empty((d, d))
-        csr_sandwich_rows(indptr, indices, data, rows, weights, chunk, out)
+        csr_sandwich_rows(indptr, indices, data, rows, weights, chunk, np.empty(partials_shape(size, chunk, d)), out)
         return out
 
     np.testing.assert_array_equal(run_with_threads(1, sampled), run_with_threads(2, sampled))
@@ -379,3 +381,49 @@ def test_csr_sandwich_reads_sorted_rows_in_place_with_the_bits_of_the_gathered_r
     ref, scale = _reference(A, naive.to_dense(indptr, mixed_indices, np.abs(mixed_data), (n, d)), beta)
     naive.assert_within_rounding(mixed, ref, scale, n * 40 ** 2 + n)
     np.testing.assert_array_equal(mixed, mixed.T)
+
+
+
+@pytest.mark.parametrize("long_rows", [False, True], ids=["short_rows", "with_long_rows"])
+@pytest.mark.parametrize("awkward", [False, True], ids=["canonical", "empty_duplicate_unsorted"])
+def test_curvature_sandwich_has_the_bits_of_the_sandwich_of_its_weights(awkward, long_rows, run_with_threads,
+                                                                          random_csr):
+    """CSRMatrix.curvature_sandwich(Q, c, w, β) with β = Q[:, 2] − c·Q[:, 1] + w formed inside the pair loop
+    (kernels/sandwich.py csr_curvature_sandwich; with long rows, in β first, which is then returned
+    filled): the bits of sandwich(curvature_weights(Q, c, w)), alike with 1 and 2 threads, exactly
+    symmetric, and within rounding of the dense NumPy Aᵀ diag(β) A. Q has 4 columns (softmax_relu's Q is
+    wider than 3); a fifth of the βᵢ are exactly 0 (rows skipped)."""
+    from fastnewton.kernels.softmax import curvature_weights
+
+    rng = np.random.default_rng(41)
+    d = 80 if long_rows else 9
+    if long_rows:
+        indptr, indices, data = _with_long_rows(random_csr, rng, 3_000, 12, d, 90)
+    else:
+        indptr, indices, data = random_csr(rng, 5_000, d, max_per_row=6, empty_rows=awkward, duplicates=awkward,
+                                           unsorted=awkward)
+    n = indptr.shape[0] - 1
+    C = CSRMatrix(indptr, indices, data, (n, d))
+    assert bool(C._dense_rows.size) == long_rows
+    assert long_rows or C._sandwich_chunk_rows < n, "the fused kernel must run several chunks"
+    Q = rng.standard_normal((n, 4))
+    w = np.abs(rng.standard_normal(n))
+    c = 0.37
+    zero = rng.random(n) < 0.2
+    Q[zero, 1], Q[zero, 2] = 0.0, -w[zero]  # β = −w − c·0 + w = 0 exactly
+    beta = np.empty(n)
+    curvature_weights(Q, c, w, beta)
+    assert np.count_nonzero(beta == 0.0) > 0.1 * n
+    expected = C.sandwich(beta)
+
+    def fused():
+        return C.curvature_sandwich(Q, c, w, np.empty(n))
+
+    one, two = run_with_threads(1, fused), run_with_threads(2, fused)
+    np.testing.assert_array_equal(one, expected)
+    np.testing.assert_array_equal(two, expected)
+    np.testing.assert_array_equal(one, one.T)
+    A = naive.to_dense(indptr, indices, data, (n, d))
+    np.testing.assert_array_equal(beta, Q[:, 2] - c * Q[:, 1] + w)
+    ref, scale = _reference(A, np.abs(A), beta)
+    naive.assert_within_rounding(one, ref, scale, n * 90 ** 2 if long_rows else n * 36 + n)

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import naive
 from fastnewton.kernels.csr import csr_matmat
-from fastnewton.kernels.sandwich import csr_sandwich_rows
+from fastnewton.kernels.sandwich import csr_sandwich_rows, partials_shape
 from fastnewton.kernels.sketch import bucket_members
 from fastnewton.matrix import DENSE_SANDWICH_BLOCK, CSRMatrix, DenseMatrix
 from fastnewton.sketching import (
@@ -237,7 +237,8 @@ def test_csr_sandwich_rows_matches_outer_products(dtype, index_dtype, chunk_rows
         out = CSRMatrix(indptr, indices, data, (n, d)).sandwich_rows(rows, weights)
     else:
         out = np.full((d, d), np.nan)
-        csr_sandwich_rows(indptr, indices, data, rows, weights, chunk_rows, out)
+        csr_sandwich_rows(indptr, indices, data, rows, weights, chunk_rows,
+                          np.empty(partials_shape(rows.shape[0], chunk_rows, d)), out)
     _check_sandwich_rows(out, A, A_abs, rows, weights, per_row)
 
 
@@ -341,7 +342,8 @@ def _sketch_outputs(seed=40):
         out[name + ".reference"] = np.stack([sampled_sandwich(C, w, 0.0, 500, reference_rng, reference)[0]
                                              for w in (beta, moved)])
     chunked = np.empty((d, d))
-    csr_sandwich_rows(csr.indptr, csr.indices, csr.data, rows, weights, 7, chunked)
+    csr_sandwich_rows(csr.indptr, csr.indices, csr.data, rows, weights, 7, np.empty(partials_shape(rows.shape[0], 7, d)),
+                      chunked)
     out["csr_sandwich_rows.chunk7"] = chunked
     return out
 

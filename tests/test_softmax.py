@@ -12,7 +12,7 @@ import pytest
 
 import naive
 from fastnewton.chunking import chunk_rows as real_chunk_rows
-from fastnewton.kernels.reduce import chunked_dot
+from fastnewton.kernels.reduce import add_scaled, chunked_dot
 from fastnewton.kernels.softmax import (
     curvature_weights,
     log_partition_parts,
@@ -122,6 +122,27 @@ def test_chunked_dot_matches_numpy(n, chunk_rows):
     rng = np.random.default_rng(32)
     a, b = (rng.standard_normal(n) for _ in range(2))
     naive.assert_within_rounding(chunked_dot(a, b, _rows(n, chunk_rows)), a @ b, np.abs(a) @ np.abs(b), 2 * n)
+
+
+# -- add_scaled (a line-search trial's u + t·Cp) ----------------------------------------------
+@pytest.mark.parametrize("chunk_rows", CHUNKS, ids=CHUNK_IDS)
+@pytest.mark.parametrize("n", [0, 1, 7, 10_000])
+def test_add_scaled_has_the_bits_of_numpy_multiply_then_add(n, chunk_rows, run_with_threads):
+    """a + f·b rounded twice (product, then sum; no fused multiply-add), exactly NumPy's
+    np.add(a, np.multiply(b, f)), with 1 and 2 threads; the inputs are only read."""
+    rng = np.random.default_rng(33)
+    a, b = (rng.standard_normal(n) * 10.0 ** rng.uniform(-8, 8, n) for _ in range(2))
+    a.flags.writeable = b.flags.writeable = False
+    factor = 0.1 + 1e-9
+    expected = np.add(a, np.multiply(b, factor))
+
+    def run():
+        out = np.full(n, np.nan)
+        add_scaled(a, factor, b, _rows(n, chunk_rows), out)
+        return out
+
+    np.testing.assert_array_equal(run_with_threads(1, run), expected)
+    np.testing.assert_array_equal(run_with_threads(2, run), expected)
 
 
 # -- the log-partition of row blocks ---------------------------------------------------------

@@ -12,7 +12,9 @@ states, for a block of rows of C (a ``RowBlock``: the rows' matrix, their slices
   P = CᵀU is G[:, 1:]; the first ``gradient_columns`` columns of Q give the gradient alone.
 - ``loss_stages``: the stages of the loss alone at a line-search trial u (the last ``combine``
   returns ``loss``).
-- ``curvature(block, kept, known)``: β on the block's rows, for the sandwich Cᵀ diag(β) C.
+- ``curvature(block, kept, known)``: β on the block's rows, for the sandwich Cᵀ diag(β) C;
+  ``curvature_sandwich(block, kept, known)``: that sandwich over the block (by default
+  ``block.matrix.sandwich(curvature(...))``; a model may form it without writing β).
 - ``facts(block)``: summable statistics of the block's targets, ``target_norm(facts)``,
   ``diagnose(known, loss, facts, loss_at_zero)``, ``reference()`` (the model whose gradient at
   x = 0 sets g_ref) and ``auto_start(problem)``;
@@ -130,6 +132,10 @@ class Model:
 
     def facts(self, block):
         return {}
+
+    def curvature_sandwich(self, block, kept, known):
+        """Cᵀ diag(β) C over the block's rows, β = ``curvature(block, kept, known)``."""
+        return block.matrix.sandwich(self.curvature(block, kept, known))
 
     def reference(self):
         return self

@@ -51,6 +51,10 @@ class Softmax(Model):
         curvature_weights(kept["Q"], known["c"], block.w, beta)
         return beta
 
+    def curvature_sandwich(self, block, kept, known):
+        """Cᵀ diag(β) C, β as ``curvature``'s, formed by the matrix (CSR: without writing β)."""
+        return block.matrix.curvature_sandwich(kept["Q"], known["c"], block.w, block.buffers.empty(block.rows))
+
     def facts(self, block):
         b = block.b
         # One compiled read for the extremes (four NumPy reductions and a masked copy cost ~5 µs on
