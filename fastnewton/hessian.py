@@ -469,6 +469,10 @@ CG_ITERATION_SECONDS = 5e-5
 # 5.5 ms for the row factors alone, dense 10⁵ × 256), about half a pass more. It also keeps a tiny
 # problem's start exact, as the two passes the sampled fit was priced at before did (n = 500–2000, d = 10).
 SAMPLED_START_EXTRA_PASSES = 0.5
+# A sample expected to keep more than this fraction of the rows is not drawn: it saves little of the
+# exact fit's SYRK, and its certificate then often fails, so the exact fit runs after it (dense 10⁴ × 1024,
+# 7303 of 10⁴ rows: the sampled start 0.40–0.56 s, uncertified, against the exact fit's 0.15 s).
+SAMPLED_START_MAX_FRACTION = 0.5
 
 
 def _log_log_between(d, low, high):
@@ -562,7 +566,8 @@ def start_seconds(problem, eps, sketch_size, rates=rates, unit_seconds=None, sam
     reference factors, two passes that the sketched strategies pay either way (their first reference;
     ``strategy_seconds``), so only what the reads cost beyond those is counted and the two figures
     compare as they are. inf where the start cannot or should not
-    sample: a model whose start does not use the sample (``samples_start``), an evaluator that keeps
+    sample: a sample of more than SAMPLED_START_MAX_FRACTION of the rows, a model whose start does not
+    use the sample (``samples_start``), an evaluator that keeps
     no leverage reference (Dask) or one without C's rows at hand, and CSR C, where the sampled fit
     measured no gain (10⁶×200, 10 per row: sketch 0.66 → 0.70 s) and, priced cheaper, sent auto to a
     slower sketch (10⁵×64: 7 sketched iterations against 3 exact). ``unit_seconds``: ``_unit_seconds(problem,
@@ -578,6 +583,8 @@ def start_seconds(problem, eps, sketch_size, rates=rates, unit_seconds=None, sam
     rows = sample_rows
     if rows is None:
         rows, = expected_sample_rows(problem, [start_sample_size(d, eps, sketch_size)])
+    if rows > SAMPLED_START_MAX_FRACTION * problem.matrix.n:
+        return {"exact": exact, "sampled": math.inf}
     sampled = (SAMPLED_START_EXTRA_PASSES * one_pass + problem.matrix.n / rates.SAMPLING_ROWS
                + rows * (d + 2) ** 2 / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA + 2 * cholesky)
     return {"exact": exact, "sampled": sampled}

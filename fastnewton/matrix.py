@@ -27,6 +27,9 @@ DENSE_SANDWICH_BLOCK = 8192
 # False: the sandwich's SYRKs run one per thread on single-threaded BLAS; True: one after the
 # other on multi-threaded BLAS (measured slower on 2 cores; kept for bench/dense_phases.py).
 DENSE_SANDWICH_BLAS_THREADS = False
+# A SYRK of at least this many multiply-adds is split in two (one per thread): on one thread it takes
+# ≥ ~10 ms here, past the ~3 ms a pool of threads costs to start (a 4096 × 64 block, 8·10⁶, stays whole).
+SYRK_SPLIT_FMA = 6e7
 
 
 def _array_list(arrays):
@@ -110,15 +113,17 @@ def blocked_syrk_sandwich(block_source, weights, d, block_size=DENSE_SANDWICH_BL
     return blocked_syrk_sandwiches(block_source, [weights], d, block_size, with_absolute, extra_columns)[0]
 
 
-def syrk_parts(count, block_size=DENSE_SANDWICH_BLOCK):
-    """The SYRK blocks of ``blocked_syrk_sandwich`` over ``count`` rows: a power of two of near-equal
-    slices of at most ``block_size`` rows. A function of ``count`` only (so the sum's bits are the
+def syrk_parts(count, block_size=DENSE_SANDWICH_BLOCK, width=0):
+    """The SYRK blocks of ``blocked_syrk_sandwich`` over ``count`` rows of ``width`` columns: a power of two
+    of near-equal slices of at most ``block_size`` rows, and at least two when one SYRK would be at least
+    SYRK_SPLIT_FMA multiply-adds. A function of ``count`` and ``width`` only (so the sum's bits are the
     same for any thread count) that splits evenly over 1, 2, 4, … threads: in blocks of exactly
     ``block_size`` the start's sampled fit (13.1k rows, dense 10⁵ × 256) ran one SYRK of 8192 rows on
-    one thread while the other finished its 4935."""
+    one thread while the other finished its 4935, and a sample of 7303 rows of dense 10⁴ × 1024 ran as
+    one SYRK on one thread (0.19 s; two halves on two threads 0.09 s)."""
     if count <= 0:
         return []
-    blocks = 1
+    blocks = 2 if count * width * width / 2 >= SYRK_SPLIT_FMA else 1
     while blocks * block_size < count:
         blocks *= 2
     size = -(-count // blocks)
@@ -164,7 +169,7 @@ def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SA
                 absolute += gram
         return (out, absolute) if with_absolute else out
 
-    parts = syrk_parts(count, block_size)
+    parts = syrk_parts(count, block_size, width)
     items = [(weights, part) for weights in weight_vectors for part in parts]
 
     def sums(partials):

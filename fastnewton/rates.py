@@ -11,38 +11,38 @@ to tol = 1e-8.
 MACHINE = 'x86_64, 2 cores'
 
 # Stored entries of C read per second by one pass (u = Cx, or the fused Cᵀ[q, U]).
-DENSE_PASS_ENTRIES = 3.93e+09
-CSR_PASS_ENTRIES = 2.74e+09
+DENSE_PASS_ENTRIES = 4.05e+09
+CSR_PASS_ENTRIES = 2.54e+09
 # Dense Hessian-vector product (C·v and Cᵀ(β ⊙ Cv) in one read of C): entries of C per second at d = 256
 # and at d = 32; log-log in d between.
-DENSE_HESSIAN_VECTOR_ENTRIES = 3.81e+09
-DENSE_HESSIAN_VECTOR_ENTRIES_D32 = 2.85e+09
+DENSE_HESSIAN_VECTOR_ENTRIES = 3.63e+09
+DENSE_HESSIAN_VECTOR_ENTRIES_D32 = 1.93e+09
 # Dense sandwich (SYRK): multiply-adds n·d²/2 per second at d = 256 and at d = 32 (few multiply-adds
 # per entry read: slower); log-log in d between.
-DENSE_SANDWICH_FMA = 3.23e+10
-DENSE_SANDWICH_FMA_D32 = 1.28e+10
+DENSE_SANDWICH_FMA = 3.3e+10
+DENSE_SANDWICH_FMA_D32 = 1.22e+10
 # CSR sandwich: pair updates Σᵢ nnzᵢ(nnzᵢ + 1)/2 per second at d = 256 and at d = 1024 (the
 # updates scatter into a d × d partial: slower once it leaves the cache); log-log in d between.
-CSR_SANDWICH_PAIRS = 2.54e+09
-CSR_SANDWICH_PAIRS_D1024 = 2.2e+09
+CSR_SANDWICH_PAIRS = 3.05e+09
+CSR_SANDWICH_PAIRS_D1024 = 2.34e+09
 # OSNAP embedding: (stored entry, slot) updates per second.
-DENSE_EMBED_UPDATES = 3.34e+09
-CSR_EMBED_UPDATES = 4.69e+08
+DENSE_EMBED_UPDATES = 3.17e+09
+CSR_EMBED_UPDATES = 4.65e+08
 # Sampled dense sandwich (its signed and |β| sums, ``sandwich_rows_and_absolute``): s·d²/2 per second.
-DENSE_SAMPLED_SANDWICH_FMA = 2.5e+10
+DENSE_SAMPLED_SANDWICH_FMA = 3.01e+10
 # C Z for the JL directions: (stored entry, column) multiply-adds per second.
-DENSE_MATMAT_FMA = 1.64e+10
-CSR_MATMAT_FMA = 7.05e+09
+DENSE_MATMAT_FMA = 1.6e+10
+CSR_MATMAT_FMA = 6.7e+09
 # QR of the m × d embedding (multiply-adds m·d²) and Cholesky of d × d (d³/3) per second.
-QR_FMA = 3.97e+10
+QR_FMA = 3.9e+10
 CHOLESKY_FMA = 1.82e+10
 # Rows per second of an iteration's work per row beyond its passes (the model's row stages at the
 # line search's trial and at the new point, β), from exact solves of a short-row CSR problem, and
 # iterations per second of a tiny problem (an iteration's fixed cost: Python control, small kernels).
-ITERATION_ROWS = 8.77e+07
-TINY_ITERATIONS = 1.56e+03
+ITERATION_ROWS = 1.06e+08
+TINY_ITERATIONS = 1.36e+03
 # Rows per second of a sketched iteration's draw (scores |βᵢ|gᵢ and the Poisson sample over every row).
-SAMPLING_ROWS = 1.97e+08
+SAMPLING_ROWS = 1.89e+08
 # Newton iterations of exact, of sketch and of pcg per exact Newton iteration, CG iterations per pcg step.
 EXACT_ITERATIONS = 2.75
 SKETCH_ITERATIONS_PER_EXACT = 2.25

@@ -202,6 +202,18 @@ def test_syrk_blocks_are_a_power_of_two_of_near_equal_slices(count):
         assert len(parts) == 1 or max(sizes) > DENSE_SANDWICH_BLOCK // 2
 
 
+@pytest.mark.parametrize("count, width, blocks", [(4096, 64, 1), (7303, 1026, 2), (100, 1026, 1), (13127, 258, 2),
+                                                  (100_000, 1026, 16)])
+def test_a_large_syrk_is_split_in_two_for_two_threads(count, width, blocks):
+    """A SYRK of at least SYRK_SPLIT_FMA multiply-adds is split in (at least) two near-equal halves even
+    within one block (the start's 7303-row sample of dense 10⁴ × 1024 ran on one thread); a small one
+    stays whole (a pool of threads costs more than it saves)."""
+    parts = matrix_module.syrk_parts(count, width=width)
+    assert len(parts) == blocks
+    assert (count * width * width / 2 >= matrix_module.SYRK_SPLIT_FMA) == (len(parts) > 1)
+    assert [i for part in parts for i in range(part.start, part.stop)] == list(range(count))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_syrk_sandwich_with_extra_columns_is_the_augmented_rows_sandwich(dtype, run_with_threads):
     """``blocked_syrk_sandwich(..., extra_columns=E)`` (the sampled start's [cᵢ, 1, tᵢ] rows, gathered by

@@ -855,6 +855,10 @@ def test_auto_prices_the_sampled_start_of_the_sketched_strategies():
     relu = stand_in(n, d)
     relu.row_model, relu.block = types.SimpleNamespace(samples_start=False), object()
     assert hessian_module.start_seconds(relu, 0.5, None, rates)["sampled"] == np.inf
+    # A sample expected to keep more than SAMPLED_START_MAX_FRACTION of the rows is not drawn.
+    most = hessian_module.SAMPLED_START_MAX_FRACTION * n
+    assert hessian_module.start_seconds(sampling, 0.5, None, rates, sample_rows=most)["sampled"] < np.inf
+    assert hessian_module.start_seconds(sampling, 0.5, None, rates, sample_rows=most + 1)["sampled"] == np.inf
 
 
 def test_expected_sample_rows_is_the_poisson_samples_expected_size():
