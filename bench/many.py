@@ -74,8 +74,9 @@ def one_c_many_targets(args):
             keywords = dict(model=model, V=problem.V, n_threads=args.threads)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                # Warm-up (kernels loaded from the disk cache, BLAS and thread pools started).
-                fastnewton.solve_many(problem.C, all_targets[:, :2], **keywords)
+                # Warm-up (kernels loaded from the disk cache, BLAS and thread pools started): 16 columns, so
+                # that both kinds of passes are loaded (a small batch makes one single pass per column).
+                fastnewton.solve_many(problem.C, all_targets[:, :16], **keywords)
                 fastnewton.solve(problem.C, all_targets[:, 0], **keywords)
                 for q in args.targets:
                     B = all_targets[:, :q]

@@ -40,6 +40,21 @@ def _array_list(arrays):
     return typed
 
 
+def _batched(table, operation, count):
+    """Whether ``count`` vectors / problems go to the batched kernel of ``operation`` (``*_BATCHED_FROM``)."""
+    return count >= table[operation]
+
+
+def _matvecs_one_at_a_time(matrix, X, out):
+    for t in range(X.shape[1]):
+        matrix.matvec(np.ascontiguousarray(X[:, t]), out=out[t])
+    return out
+
+
+def _sandwiches_one_at_a_time(matrix, weights):
+    return [matrix.sandwich(np.ascontiguousarray(w, dtype=np.float64)) for w in weights]
+
+
 def _sum_in_order(partials, d):
     total = np.zeros((d, d))
     for partial in partials:
@@ -69,6 +84,19 @@ MATVECS_ROWS_PER_TASK = 256
 # (``csr_sandwich_many``) in this many bytes; ``rmatmats`` likewise for its d × k chunk partials.
 SANDWICH_MANY_BYTES = 64 * 2**20
 RMATMATS_BYTES = 64 * 2**20
+# The smallest batch that the kernels for many vectors / problems at once take; a smaller batch runs one
+# single pass per vector / problem, which gives the same bits (every batched kernel reproduces its single
+# kernel's sums). Measured, 2 threads, d = 64, time batched / one at a time (best of 9, one run):
+#   CSR n = 10⁵, 10 per row     r = 2     3     4     5     6     8     12    16
+#     matvecs                       2.3   1.7   1.35  1.1   0.90  0.49  0.37  0.32
+#     rmatmats, k = 1 (CG)          1.4   1.3   0.94  1.0   0.94  0.64  0.58  0.50
+#     rmatmats, k = 3 (gradient)    2.2   1.8   1.35  1.5   1.4   1.6   1.04  0.97
+#     sandwiches                    1.6   1.3   0.95  1.0   0.94  0.65  0.48  0.41
+#   dense n = 4096: at r = 1 and 2 the batched passes took 1.1–3.3× as long, from r = 3 0.5–1.0× (noisy).
+# The thin CSR passes lose at small r: r accumulators per row in a loop of unknown length cost more than
+# the single kernels' unrolled sums, which the r = 1 CSR batch ran 2.7–4.7× as long as.
+CSR_BATCHED_FROM = {"matvecs": 6, "rmatvecs": 4, "rmatmats": 12, "sandwiches": 4}
+DENSE_BATCHED_FROM = {"matvecs": 3, "rmatvecs": 3, "rmatmats": 3, "sandwiches": 3}
 
 
 def sandwiched_densely(row_nnz, d):
@@ -226,11 +254,15 @@ class DenseMatrix:
         """(C X)ᵀ (r × n) for a d × r X: row t is ``matvec(X[:, t])``, bit for bit (one read of C for r vectors);
         written into ``out`` (C-contiguous r × n) when given."""
         out = np.empty((X.shape[1], self.n)) if out is None else out
+        if not _batched(DENSE_BATCHED_FROM, "matvecs", X.shape[1]):
+            return _matvecs_one_at_a_time(self, X, out)
         dense_matvecs(self.array, np.ascontiguousarray(X), MATVECS_ROWS_PER_TASK, out)
         return out
 
     def rmatmats(self, Qs):
         """[Cᵀ Q for Q in Qs] (s × d × k) for n × k arrays Qs: each ``rmatmat(Q)``, bit for bit, in one read of C."""
+        if not _batched(DENSE_BATCHED_FROM, "rmatvecs" if Qs[0].shape[1] == 1 else "rmatmats", len(Qs)):
+            return [self.rmatmat(Q) for Q in Qs]
         out = np.empty((len(Qs), self.d, Qs[0].shape[1]))
         dense_rmatmats(self.array, _array_list(Qs), self._chunk_rows, out)
         return out
@@ -263,6 +295,8 @@ class DenseMatrix:
 
     def sandwiches(self, weights):
         """[Cᵀ diag(w) C for w in weights] (length-n vectors), each with ``sandwich``'s bits (one pool of SYRKs)."""
+        if not _batched(DENSE_BATCHED_FROM, "sandwiches", len(weights)):
+            return _sandwiches_one_at_a_time(self, weights)
         return blocked_syrk_sandwiches(lambda part: (self.array, np.arange(part.start, part.stop)),
                                        [np.ascontiguousarray(w, dtype=np.float64) for w in weights], self.d)
 
@@ -372,6 +406,8 @@ class CSRMatrix:
         """(C X)ᵀ (r × n) for a d × r X: row t is ``matvec(X[:, t])``, bit for bit (one read of C for r vectors);
         written into ``out`` (C-contiguous r × n) when given."""
         out = np.empty((X.shape[1], self.n)) if out is None else out
+        if not _batched(CSR_BATCHED_FROM, "matvecs", X.shape[1]):
+            return _matvecs_one_at_a_time(self, X, out)
         csr_matvecs(self.indptr, self.indices, self.data, np.ascontiguousarray(X), MATVECS_ROWS_PER_TASK, out)
         return out
 
@@ -379,6 +415,8 @@ class CSRMatrix:
         """[Cᵀ Q for Q in Qs] for n × k arrays Qs (the same k): each ``rmatmat(Q)``, bit for bit, with one read of C
         per group of problems (``csr_rmatmats``: the problems' columns side by side, SIMD across problems)."""
         k = Qs[0].shape[1]
+        if not _batched(CSR_BATCHED_FROM, "rmatvecs" if k == 1 else "rmatmats", len(Qs)):
+            return [self.rmatmat(Q) for Q in Qs]
         n_chunks = -(-self.n // self._chunk_rows)
         group = max(1, RMATMATS_BYTES // (8 * n_chunks * self.d * k))
         out = []
@@ -437,8 +475,8 @@ class CSRMatrix:
         """[Cᵀ diag(w) C for w in weights] (length-n vectors): when every row is short, one read of C per
         group of problems, q-wide updates (``csr_sandwich_many``: each with ``sandwich(w)``'s bits, on its row
         chunks), else one at a time."""
-        if self._dense_rows.size:
-            return [self.sandwich(np.ascontiguousarray(w, dtype=np.float64)) for w in weights]
+        if self._dense_rows.size or not _batched(CSR_BATCHED_FROM, "sandwiches", len(weights)):
+            return _sandwiches_one_at_a_time(self, weights)
         n_chunks = -(-self.n // self._sandwich_chunk_rows)
         group = max(1, SANDWICH_MANY_BYTES // (8 * n_chunks * (self.d * (self.d + 1) // 2)))
         out = []

@@ -36,10 +36,20 @@ def assert_close(value, reference, magnitude):
 
 
 @pytest.fixture(params=["csr", "csr float32 int64", "csr short rows", "dense"])
-def case(request):
+def case(request, batched_from):
     rng = np.random.default_rng(0)
     C = matrices(rng)[request.param]
     return as_input_matrix(C), (C.toarray() if sp.issparse(C) else C).astype(np.float64), rng
+
+
+@pytest.fixture(params=["always", "as shipped"], autouse=True)
+def batched_from(request, monkeypatch):
+    """Every batch on the batched kernels (their bits are what these tests check), then with the shipped
+    thresholds (below them one single pass per vector / problem: the same bits by construction)."""
+    if request.param == "always":
+        for table in ("CSR_BATCHED_FROM", "DENSE_BATCHED_FROM"):
+            monkeypatch.setattr(matrix_module, table, dict.fromkeys(getattr(matrix_module, table), 1))
+    return request.param
 
 
 def test_matvecs_is_matvec_per_column(case):
@@ -115,3 +125,47 @@ def test_the_short_row_case_takes_the_kernel_for_many_problems():
     short = as_input_matrix(matrices(np.random.default_rng(0))["csr short rows"])
     assert short._dense_rows.size == 0
     assert as_input_matrix(matrices(np.random.default_rng(0))["csr"])._dense_rows.size > 0
+
+
+
+@pytest.mark.parametrize("name", ["csr short rows", "dense"])
+def test_small_batches_make_single_passes_and_large_ones_the_batched_kernel(name, batched_from, monkeypatch):
+    """Below ``*_BATCHED_FROM`` (measured: the batched kernels lose there) one single pass per vector /
+    problem, from it on the batched kernel, once; each answer is the single pass's bits either way."""
+    if batched_from == "always":
+        pytest.skip("the shipped thresholds only")
+    rng = np.random.default_rng(3)
+    matrix = as_input_matrix(matrices(rng)[name])
+    table = matrix_module.DENSE_BATCHED_FROM if name == "dense" else matrix_module.CSR_BATCHED_FROM
+    batched = {"matvecs": "dense_matvecs", "rmatvecs": "dense_rmatmats", "rmatmats": "dense_rmatmats",
+               "sandwiches": "blocked_syrk_sandwiches"} if name == "dense" else {
+        "matvecs": "csr_matvecs", "rmatvecs": "csr_rmatmats", "rmatmats": "csr_rmatmats",
+        "sandwiches": "csr_sandwich_many"}
+    calls = []
+    for kernel in set(batched.values()):
+        original = getattr(matrix_module, kernel)
+
+        def spy(*args, _original=original, _kernel=kernel):
+            # a single dense sandwich is blocked_syrk_sandwiches of one weight vector: not a batch
+            if _kernel != "blocked_syrk_sandwiches" or len(args[1]) > 1:
+                calls.append(_kernel)
+            return _original(*args)
+        monkeypatch.setattr(matrix_module, kernel, spy)
+    n, d = matrix.n, matrix.d
+    for operation, kernel in batched.items():
+        for count in (table[operation] - 1, table[operation]):
+            calls.clear()
+            if operation == "matvecs":
+                X = rng.standard_normal((d, count))
+                got = list(matrix.matvecs(X))
+                singles = [matrix.matvec(np.ascontiguousarray(X[:, t])) for t in range(count)]
+            elif operation == "sandwiches":
+                weights = [rng.standard_normal(n) for _ in range(count)]
+                got = matrix.sandwiches(weights)
+                singles = [matrix.sandwich(w) for w in weights]
+            else:
+                Qs = [rng.standard_normal((n, 1 if operation == "rmatvecs" else 3)) for _ in range(count)]
+                got = list(matrix.rmatmats(Qs))
+                singles = [matrix.rmatmat(Q) for Q in Qs]
+            assert calls == ([kernel] if count == table[operation] else []), (operation, count)
+            assert len(got) == count and all(np.array_equal(a, b) for a, b in zip(got, singles))
