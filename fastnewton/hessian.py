@@ -528,6 +528,18 @@ def _unit_seconds(problem, rates):
     return full_sandwich, one_pass, d**3 / 3 / rates.CHOLESKY_FMA
 
 
+def _iteration_passes_and_rows(one_pass, n, rates):
+    """Seconds of the passes and row work every Newton iteration pays, whatever its strategy."""
+    return PASSES_PER_ITERATION * one_pass + n / rates.ITERATION_ROWS
+
+
+def exact_iteration_seconds(problem, rates=rates):
+    """Predicted work of one exact Newton iteration on ``problem`` (its sandwich, Cholesky, passes and row
+    work; not the fixed cost of its Python control), from ``strategy_seconds``' units."""
+    full_sandwich, one_pass, cholesky = _unit_seconds(problem, rates)
+    return full_sandwich + cholesky + _iteration_passes_and_rows(one_pass, problem.matrix.n, rates)
+
+
 def expected_sample_rows(problem, sizes):
     """Rows a leverage-score sample of size s keeps, for each s in ``sizes``: Σᵢ min(1, s·ℓᵢ/Σℓ).
 
@@ -688,7 +700,7 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     exact_start = fit["exact"] + 2 * one_pass + first_evaluation
     sketched_start = (fit["sampled"] if samples_start else fit["exact"]) + one_pass + 2 * one_pass + first_evaluation
     start = {"exact": exact_start, "sketch": sketched_start, "pcg": sketched_start, "lagged": exact_start}
-    shared = PASSES_PER_ITERATION * one_pass + row_work + 1.0 / rates.TINY_ITERATIONS
+    shared = _iteration_passes_and_rows(one_pass, n, rates) + 1.0 / rates.TINY_ITERATIONS
     return {name: start[name] + iterations[name] * (per_iteration[name] + shared) for name in per_iteration}
 
 

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 
 from . import _cache
-from .hessian import resolve_strategy
+from .hessian import exact_iteration_seconds, resolve_strategy
 from .memory import check_hessian_fits, check_iteration_fits
 from .models import uses_values
 from .newton import NewtonRequest, SolveOptions, run_requests
@@ -17,6 +17,24 @@ from .start import starting_point
 from .threads import thread_limits
 from .timing import PhaseTimer
 from .validation import as_positive_float, as_positive_int, as_seed, as_thread_count
+
+# ``solve`` runs a problem whose exact Newton iteration is predicted to cost less than this (its work,
+# ``exact_iteration_seconds``) on one Numba thread when n_threads is not given: each parallel pass then
+# wakes the other threads (OMP_WAIT_POLICY=PASSIVE: 40–130 µs per parallel region on this 2-core VM
+# against 5–9 µs for the pass itself on a few hundred rows), more than they save. Measured, 2-core AMD
+# EPYC, noisy softmax solves from x0="auto", 1 thread / 2 threads (the prediction in brackets):
+# dense n = 256, d = 48 0.39–0.41 (0.03 ms), 1024 × 64 0.48–0.58 (0.19 ms), 4096 × 64 0.65–0.67 (0.73 ms),
+# 16384 × 64 0.91–1.03 (2.9 ms), 65536 × 64 1.35–1.44; CSR 10 per row, d = 64: n = 2000 0.41–0.46
+# (0.08 ms), 10⁴ 0.78–0.79 (0.37 ms), 3·10⁴ 1.01–1.13 (1.1 ms), 10⁵ 1.25–1.27; softmax_relu (25–54
+# iterations) alike, 0.30 at dense 256 × 48 to 1.55 at 65536 × 64. The thread count never changes the bits.
+SINGLE_THREAD_BELOW_SECONDS = 7.5e-4
+
+
+def default_thread_count(problem, n_threads):
+    """``n_threads`` if given, else 1 for a problem under SINGLE_THREAD_BELOW_SECONDS, else None (as they are)."""
+    if n_threads is not None:
+        return n_threads
+    return 1 if exact_iteration_seconds(problem) < SINGLE_THREAD_BELOW_SECONDS else None
 
 
 def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto", hessian="auto",
@@ -41,7 +59,8 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
         at 0 is exactly zero, the one-sided derivative: the plain softmax gradient at 0), whatever
         the start; ‖∇L(x0)‖ only if that is 0. ``res.g_ref`` and every history record report it.
     max_iter : at most this many Newton iterations.
-    seed : fixes every random choice.  n_threads : Numba and BLAS threads for this solve.
+    seed : fixes every random choice.  n_threads : Numba and BLAS threads for this solve (default: as
+        Numba has them, all cores unless set otherwise; one for a small problem, ``default_thread_count``).
     callback : called after every iteration, in one of scipy's two forms: ``callback(info)``
         gets a dict (iter, loss, grad_norm, step, damping, seconds per phase, x) and stops the
         solve cleanly by returning True; ``callback(intermediate_result)`` (a parameter of
@@ -64,7 +83,7 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
         problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=row_weights)
         check_iteration_fits(problem.n, problem.d, problem.row_model.k)
         warn_if_not_a_distribution(problem.b, problem.model)
-        n_threads = as_thread_count(n_threads)
+        n_threads = default_thread_count(problem, as_thread_count(n_threads))
         bar = progress_bar(progress, max_iter)
         observer = chain_observers(bar.update if bar else None,
                                    log_iteration if logger.isEnabledFor(logging.DEBUG) else None)

@@ -54,6 +54,15 @@ def _random_csr(rng, n, d, *, dtype=np.float64, index_dtype=np.int32, max_per_ro
     return indptr, flat, data
 
 
+@pytest.fixture(autouse=True)
+def all_threads_for_small_problems(monkeypatch):
+    """``solve`` without n_threads runs a small problem on one thread (``default_thread_count``); the tests'
+    problems are small, and the many that compare thread counts (or check the parallel paths) must see
+    Numba's threads as the caller set them. The rule itself: tests/test_solver.py."""
+    import fastnewton.solver
+    monkeypatch.setattr(fastnewton.solver, "SINGLE_THREAD_BELOW_SECONDS", 0.0)
+
+
 @pytest.fixture
 def random_csr():
     return _random_csr

@@ -345,3 +345,20 @@ def test_sketch_to_tol_and_sampled_start_quick_run():
         assert out.count("converged True") == 3 and out.count("iteration 0:") == 3, out
     out = run_script(["bench/sampled_start.py", "--quick"]).stdout
     assert "sampled start against exact start: " in out and "!" not in out and "E" not in out.split("\n")[0], out
+
+
+# -- bench/small_threads.py ------------------------------------------------------------------------------
+def test_small_threads_quick_writes_csv(tmp_path):
+    output = tmp_path / "small_threads.csv"
+    out = run_script(["bench/small_threads.py", "--quick", "--models", "softmax", "--out", str(tmp_path)]).stdout
+    assert "ratio" in out
+    rows = read_csv(output)
+    assert_metadata(rows[0])
+    assert_columns(rows, ["model", "format", "n", "predicted_ms", "one_thread_ms", "all_threads_ms", "ratio",
+                          "default_threads"], output.name)
+    assert {row["format"] for row in rows} == {"csr", "dense"}
+    for row in rows:
+        assert_positive(row["one_thread_ms"], "one_thread_ms")
+        assert_positive(row["all_threads_ms"], "all_threads_ms")
+    # the smallest of each format is under the line: one thread by default
+    assert all(row["default_threads"] == "1" for row in rows if row["n"] in ("256", "2000"))

@@ -174,6 +174,29 @@ def test_thread_count_does_not_change_the_bits_csr(model):
 
 
 @needs_two_threads
+@pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
+def test_a_small_problem_runs_on_one_thread_unless_n_threads_is_given(dense, monkeypatch):
+    import fastnewton.solver as solver_module
+    from fastnewton.hessian import exact_iteration_seconds
+    monkeypatch.setattr(solver_module, "SINGLE_THREAD_BELOW_SECONDS", 7.5e-4)  # as shipped (conftest sets 0)
+    C, b, _, _ = planted("softmax", dense, n=2000, d=20, seed=4, noise=0.05)
+    assert exact_iteration_seconds(fastnewton.Problem(C, b)) < 7.5e-4
+    caller = numba.get_num_threads()
+    threads = {}
+    for given in (None, 2):
+        seen = []
+        threads[given] = solve(C, b, n_threads=given, callback=lambda info: seen.append(numba.get_num_threads()))
+        assert set(seen) == {1 if given is None else 2}
+    assert numba.get_num_threads() == caller  # restored
+    assert np.array_equal(threads[None].x, threads[2].x)  # the thread count never changes the bits
+    # a problem above the line keeps the caller's threads
+    monkeypatch.setattr(solver_module, "SINGLE_THREAD_BELOW_SECONDS", 1e-12)
+    seen = []
+    solve(C, b, callback=lambda info: seen.append(numba.get_num_threads()))
+    assert set(seen) == {caller}
+
+
+@needs_two_threads
 def test_thread_count_does_not_change_the_bits_dense():
     C, b, _, _ = planted("softmax", True, n=10_000, d=30, seed=4, noise=0.05)
     for x0 in ("auto", "zeros"):
