@@ -365,7 +365,9 @@ def render_many_small(out, command):
     first = rows[0]
     return "\n".join([provenance(command), "",
                       f"Independent problems with n {first['n_range']}, d {first['d_range']}, noisy targets, default "
-                      f"keywords, {first['threads']} threads; answers checked problem by problem.", "",
+                      f"keywords" + (" (solve_many on all threads; solve runs problems this small on one)"
+                                     if first["threads"] == "default" else f", {first['threads']} threads")
+                      + "; answers checked problem by problem.", "",
                       table(["model", "C", "problems", "solve_many", "loop of solve", "ratio", "same answers"], body)])
 
 

@@ -6,8 +6,10 @@
 
 Problems: n uniform in [--n-min, --n-max] (64–512), d uniform in [--d-min, --d-max] (32–64), planted
 targets with multiplicative noise --noise (so the solves take their usual 5–30 iterations), dense
-or CSR with --nnz-per-row stored entries per row. Both sides run on --threads threads (Numba and
-BLAS), in one process, on the same problems: ``solve_many`` once, then ``solve`` per problem.
+or CSR with --nnz-per-row stored entries per row. Both sides run with default keywords, in one process,
+on the same problems: ``solve_many`` once (on all of Numba's threads), then ``solve`` per problem as a
+user writes the loop (``solve`` runs a problem this small on one thread: waking a second thread for each
+pass costs more than it saves); --threads N gives both sides n_threads = N instead.
 Answers agree when a problem has the same status and x within 1e-10 relative (x is not compared for
 a stall at the rounding floor, whose last steps are rounding noise). Where they differ the script
 also solves the other format's copy of C (dense ↔ CSR, the same problem up to rounding) with
@@ -100,7 +102,8 @@ def run_case(model, fmt, count, args, seed):
             fastnewton.Problem(C, b, model, V=rest[0] if rest else None)
         validation_seconds = time.perf_counter() - start
         differ, unstable, worst, stalled = agreement(problems, model, batch, loop)
-    return {"model": model, "format": fmt, "problems": count, "threads": args.threads,
+    return {"model": model, "format": fmt, "problems": count,
+            "threads": "default" if args.threads is None else args.threads,
             "solve_many_s": batch_seconds, "loop_of_solve_s": loop_seconds, "speedup": loop_seconds / batch_seconds,
             "validation_s": validation_seconds, "answers_differ": differ, "solve_differs_on_format_copy": unstable,
             "stalled": stalled, "max_rel_x_difference": worst, "answers_agree": differ == 0,
@@ -127,7 +130,7 @@ def plot(rows, path):
     ax.set_yscale("log")
     ax.set_ylabel("ms per problem")
     ax.set_title(f"Many small problems (n {rows[0]['n_range']}, d {rows[0]['d_range']}), "
-                 f"{rows[0]['threads']} thread(s)", fontsize=9)
+                 f"threads: {rows[0]['threads']}", fontsize=9)
     ax.legend(fontsize=8)
     fig.subplots_adjust(bottom=0.28)
     caption(fig, command_line())
@@ -144,7 +147,8 @@ def main(argv=None):
     parser.add_argument("--d-max", type=positive_int, default=64)
     parser.add_argument("--nnz-per-row", type=positive_int, default=8)
     parser.add_argument("--noise", type=nonnegative_float, default=0.05)
-    parser.add_argument("--threads", type=thread_count, default=min(2, __import__("numba").config.NUMBA_NUM_THREADS))
+    parser.add_argument("--threads", type=thread_count, default=None,
+                        help="n_threads of both sides (default: not given, each call's own default)")
     parser.add_argument("--models", nargs="+", default=["softmax", "relu_softmax", "softmax_relu"],
                         choices=["softmax", "relu_softmax", "softmax_relu"])
     parser.add_argument("--seed", type=nonnegative_int, default=0)
@@ -157,7 +161,8 @@ def main(argv=None):
         args.count, args.n_max, args.d_max = 10, min(args.n_max, 128), min(args.d_max, 40)
         args.n_min, args.d_min = min(args.n_min, args.n_max), min(args.d_min, args.d_max)
     meta = run_metadata()
-    print(f"machine: {meta['cpu_model']}, {meta['cpu_count']} CPUs; {args.threads} thread(s); "
+    threads = "default threads" if args.threads is None else f"n_threads = {args.threads}"
+    print(f"machine: {meta['cpu_model']}, {meta['cpu_count']} CPUs; {threads}; "
           f"fastnewton {meta['git_commit'][:12]}")
     print(f"{'model':<13} {'format':<6} {'problems':>8} {'solve_many s':>12} {'loop s':>8} {'speedup':>8} "
           f"{'valid. s':>8} {'median it':>9} {'differ':>6} {'(solve too)':>11} {'max Δx':>9}")
