@@ -49,7 +49,7 @@ from .newton import NewtonRequest, NewtonRun, References, column_scale, user_sta
 from .problem import Problem
 from .result import ConvergenceWarning, MESSAGES, Status
 from .start import NormalSystemRequest, fit_columns, fit_partials
-from .solver import is_default_start, solve_options, solve_rounds, warn_if_not_a_distribution
+from .solver import default_thread_count, is_default_start, solve_options, solve_rounds, warn_if_not_a_distribution
 from .threads import thread_limits
 from .validation import as_array, as_thread_count, check_model, check_real_dtype
 
@@ -95,6 +95,8 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
                                           tol, max_iter, seed, callback, False, default_start=is_default_start(x0))
     options = replace(options, warn_at_max_iter=False)
     k = problems[solvable[0]].row_model.k if solvable else 0
+    # a C small enough that solve runs each column on one thread: solve_many too (``default_thread_count``)
+    n_threads = default_thread_count(problems[solvable[0]] if solvable else inputs, n_threads)
     check_iteration_fits(inputs.n, inputs.d, k)
     for j in solvable:
         warn_if_not_a_distribution(problems[j].b, model, f"B[:, {j}]", stacklevel=user_stacklevel())

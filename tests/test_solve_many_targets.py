@@ -372,3 +372,17 @@ def test_shared_transposed_pass_of_leading_columns_has_rmatmat_bits(dense):
     for Q, G in zip(columns, passes.transposed(columns)):
         assert G.shape == (7, Q.shape[1]) and G.flags.c_contiguous
         assert np.array_equal(G, inputs.matrix.rmatmat(Q))
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="Numba was started with fewer than 2 threads")
+def test_a_small_c_runs_on_one_thread_as_solve_runs_its_columns(monkeypatch):
+    import fastnewton.solver as solver_module
+    monkeypatch.setattr(solver_module, "SINGLE_THREAD_BELOW_SECONDS", 7.5e-4)  # as shipped (conftest sets 0)
+    C, B, _ = case("softmax", True)
+    caller = numba.get_num_threads()
+    seen = {}
+    for given in (None, 2):
+        seen[given] = []
+        quietly(solve_many, C, B, n_threads=given, callback=lambda info, s=seen[given]: s.append(numba.get_num_threads()))
+    assert set(seen[None]) == {1} and set(seen[2]) == {2} and numba.get_num_threads() == caller
+    assert_same_as_solve(quietly(solve_many, C, B), C, B, "softmax")
