@@ -94,10 +94,25 @@ def iteration_bytes(n, d, k):
     return sum(iteration_terms(n, d, n, k, partials=False).values())
 
 
+# A need under this many bytes is not checked against ``available_bytes`` (its three file reads took
+# ~37 µs, twice per solve: ~5% of a solve of a few hundred rows); a machine that cannot spare it fails
+# at the allocation itself, also with a MemoryError.
+CHECKED_FROM_BYTES = 2**26
+
+
+def _available_short_of(needed):
+    """The bytes available when ``needed`` is more than that (and at least CHECKED_FROM_BYTES), else None."""
+    if needed < CHECKED_FROM_BYTES:
+        return None
+    available = available_bytes()
+    return available if available is not None and needed > available else None
+
+
 def check_iteration_fits(n, d, k):
     """Raise MemoryError before allocating when one Newton iteration's work arrays cannot fit in memory."""
-    needed, available = iteration_bytes(n, d, k), available_bytes()
-    if available is not None and needed > available:
+    needed = iteration_bytes(n, d, k)
+    available = _available_short_of(needed)
+    if available is not None:
         raise MemoryError(
             f"a Newton iteration with n = {n} rows and d = {d} columns needs about {needed / 2**30:.1f} GiB "
             f"beyond C itself, but only {available / 2**30:.1f} GiB of memory is available; use fewer rows "
@@ -107,8 +122,8 @@ def check_iteration_fits(n, d, k):
 def check_hessian_fits(d):
     """Raise MemoryError before allocating when a few d × d float64 matrices cannot fit in memory."""
     needed = 8 * 4 * d * d
-    available = available_bytes()
-    if available is not None and needed > available:
+    available = _available_short_of(needed)
+    if available is not None:
         raise MemoryError(
             f"a Newton iteration with d = {d} columns needs about {needed / 2**30:.1f} GiB for its d × d "
             f"Hessian matrices, but only {available / 2**30:.1f} GiB of memory is available; reduce d "

@@ -634,6 +634,8 @@ def test_iteration_too_large_for_memory_raises_before_allocating(monkeypatch):
     import fastnewton.memory
 
     monkeypatch.setattr(fastnewton.memory, "available_bytes", lambda: 2000)  # bytes; the iteration needs ~6 kB
+    solve(C0, B0)  # a need this small is not checked (CHECKED_FROM_BYTES)
+    monkeypatch.setattr(fastnewton.memory, "CHECKED_FROM_BYTES", 0)
     with pytest.raises(MemoryError, match=f"n = {N} rows"):
         solve(C0, B0)
 
