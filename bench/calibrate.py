@@ -21,6 +21,7 @@ import pathlib
 import platform
 import time
 
+import numba
 import numpy as np
 import scipy.linalg
 
@@ -115,8 +116,11 @@ def row_rates(rates, quick, rng, seed=0):
     beta = problem.beta(ev)
     draw = best_seconds(lambda: sample_rows(np.abs(beta) * factors, d + 1, rng))
     C, b, _ = fastnewton.make_problem(200, 4, dense=True, noise=0.1, seed=seed)
+    # On all threads, as the problems auto chooses for run (solve would run this one on one thread: the
+    # fixed cost of an iteration includes waking the other threads for each of its parallel passes).
+    threads = numba.get_num_threads()
     tiny = min(sum(sum(record["seconds"].values()) for record in res.history[1:]) / max(1, res.n_iter)
-               for res in (fastnewton.solve(C, b, hessian="exact", seed=0) for _ in range(5)))
+               for res in (fastnewton.solve(C, b, hessian="exact", seed=0, n_threads=threads) for _ in range(5)))
     return {"ITERATION_ROWS": n / row_seconds, "SAMPLING_ROWS": n / draw, "TINY_ITERATIONS": 1.0 / tiny}
 
 
