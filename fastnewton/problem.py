@@ -163,7 +163,13 @@ class Problem:
         if self._last_forward is not None and np.array_equal(self._last_forward[0], x):
             return self._last_forward[1]
         with timer("forward"):
-            u = self.matrix.matvec(x, out=self.block.buffers.empty(self.n))
+            u = self.block.buffers.empty(self.n)
+            if x.any():
+                self.matrix.matvec(x, out=u)
+            else:
+                # C·0 with finite C (validated): every row's sum is 0.0 + (±0.0) + … = +0.0, so zeros
+                # are the pass's bits, without its read of C (a solve from x0 = 0).
+                u.fill(0.0)
         self._last_forward = (x.copy(), u)
         return u
 
@@ -281,8 +287,16 @@ class Problem:
         kept until ``clear_cache``, and formed in another pass's read of C when one came first:
         ``rmatmat_with_gradient_at_zero``)."""
         if self._gradient_at_zero is None:
-            self._keep_gradient_at_zero(run_rounds(self.gradient_at_zero_rounds(),
-                                                   _transposed_pass(self.matrix, no_timer)))
+            at_zero = self._last
+            if (at_zero is not None and not at_zero.x.any() and self.row_model.reference() is self.row_model
+                    and "gradient" in at_zero.known):
+                # The last evaluation was at 0 (a solve from x0 = 0) of this same model: its stages and
+                # pass are the reference's (a transposed pass's sums do not depend on the other columns
+                # of Q), so its gradient before the ridge term (λ·0) has the bits of a pass of its own.
+                self._keep_gradient_at_zero(np.array(at_zero.known["gradient"], dtype=np.float64))
+            else:
+                self._keep_gradient_at_zero(run_rounds(self.gradient_at_zero_rounds(),
+                                                       _transposed_pass(self.matrix, no_timer)))
         return self._gradient_at_zero
 
     def _keep_gradient_at_zero(self, gradient):
