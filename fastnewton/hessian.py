@@ -25,6 +25,8 @@ import numpy as np
 import scipy.linalg
 
 from . import rates
+from .chunking import chunk_rows
+from .kernels.reduce import add_scaled
 from .kernels.sketch import expected_poisson_sizes
 from .matrix import estimated_sandwich_work
 from .newton import REFRESH_EVERY, column_scale, run_rounds
@@ -217,7 +219,9 @@ class NewtonSystem:
                 if forward is None:
                     forward = alpha * self.hessp.forward
                 else:
-                    forward += alpha * self.hessp.forward
+                    # forward + α·(C·d) in place, one parallel pass: NumPy's bits (product, then sum),
+                    # without its temporary and second single-threaded pass
+                    add_scaled(forward, alpha, self.hessp.forward, chunk_rows(forward.shape[0]), forward)
             residual -= alpha * Hd
             if norm(residual) <= target:
                 break

@@ -1110,6 +1110,28 @@ def test_cg_sums_the_forward_pass_of_its_step(dense_start):
     assert exact.forward_of(exact.solve(ev.grad, 0.0)) is None
 
 
+def test_cg_adds_its_products_passes_in_place_with_numpys_bits(dense_start, monkeypatch, run_with_threads):
+    """CG's C·p adds α·C·d of each further iteration into its sum in place (``add_scaled``, one parallel
+    pass): the bits of NumPy's ``forward + α·(C·d)`` (the product rounded, then the sum), with one thread as
+    with two, and the same step."""
+    problem, builder, _, ev, g_ref, opts = dense_start
+
+    def forward_and_step():
+        system = pcg_system(problem, ev, np.random.default_rng(0), opts, g_ref)
+        system.forcing = 1e-12  # several CG iterations, so that the in-place sum runs
+        step = system.solve(ev.grad, 0.0)
+        return system.forward_of(step), step, system.info["cg_iterations"]
+
+    forward, step, iterations = run_with_threads(2, forward_and_step)
+    assert iterations >= 3 and forward is not None
+    one = run_with_threads(1, forward_and_step)
+    assert np.array_equal(one[0], forward) and np.array_equal(one[1], step)
+    monkeypatch.setattr(hessian_module, "add_scaled",
+                        lambda a, factor, b, chunk_rows, out: np.add(a, factor * b, out=out))
+    numpy_forward, numpy_step, _ = forward_and_step()
+    assert np.array_equal(numpy_forward, forward) and np.array_equal(numpy_step, step)
+
+
 @pytest.mark.parametrize("dense", [True, False])
 def test_strategy_seconds_prices_unit_costs_and_sample_rows_once_with_the_same_figures(monkeypatch, dense):
     """strategy_seconds hands its C's unit costs and the start's expected sample rows (estimated with the
