@@ -70,7 +70,15 @@ class NormalSystemRequest:
     parameters: object
 
     def run(self):
-        return self.problem.map_blocks(normal_system_partials, self.row_fit, self.parameters)
+        problem = self.problem
+        ride_along = getattr(problem, "rmatmat_with_gradient_at_zero", None)
+        if ride_along is None:  # an evaluator of many blocks (Dask): each block's partials, summed
+            return problem.map_blocks(normal_system_partials, self.row_fit, self.parameters)
+        # One machine: the fit's transposed pass also gives the stopping test's ∇L(0), when not known yet,
+        # with the bits of its own pass (CSR 2·10⁵ × 100: the reference's pass and model rows at 0 saved).
+        block = problem.block
+        weights, target = self.row_fit(block, self.parameters)
+        return fit_partials(weights, target, block.matrix.sandwich(weights), ride_along(fit_columns(weights, target)))
 
 
 def normal_system(problem, row_fit, parameters, intercept, normalise=False):
