@@ -250,13 +250,23 @@ class HessianProduct:
 class ForwardKeepingProduct:
     """CG's v ↦ ∇²L·v at ev (``Problem.hessian_product_and_forward``), keeping C·v, the pass it made,
     as ``forward``: CG sums its step's C·p from them (``NewtonSystem.forward_of``), and the line search
-    along the step needs no pass C·p (dense 10⁶ × 512: one pass of ~0.11 s per Newton iteration)."""
+    along the step needs no pass C·p (dense 10⁶ × 512: one pass of ~0.11 s per Newton iteration).
+
+    The last product is kept: asked again for the same v, it is returned without its pass (the same bits).
+    That happens when CG's first direction meets negative curvature and the damping is raised: the product
+    ∇²L·d does not depend on μ, and a ``lagged`` system's preconditioner, reused across such moves of μ,
+    gives the same first direction d (CSR 2·10⁵ × 100 from zeros: two of the 13 products of the solve)."""
 
     def __init__(self, problem, ev):
         self.problem, self.ev, self.forward = problem, ev, None
+        self._last = None  # (v, ∇²L·v) of the last product
 
     def __call__(self, v):
+        last = self._last
+        if last is not None and np.array_equal(last[0], v):
+            return last[1].copy()  # CG adds μ·v to what it gets; self.forward is still that product's C·v
         Hv, self.forward = self.problem.hessian_product_and_forward(self.ev, v)
+        self._last = (v.copy(), Hv.copy())
         return Hv
 
     def weights(self):
@@ -267,6 +277,7 @@ class ForwardKeepingProduct:
         """∇²L·v from its passes formed elsewhere, C·v (``forward``) and Cᵀ(β ⊙ C·v) (``transposed``), with the
         bits of ``__call__`` when they have those of ``matrix.sandwich_vector``; keeps ``forward`` as it does."""
         self.forward = forward
+        self._last = None
         return self.problem.hessian_product_from(self.ev, v, transposed)
 
 
