@@ -15,6 +15,7 @@ from fastnewton.chunking import chunk_rows as real_chunk_rows
 from fastnewton import matrix as matrix_module
 from fastnewton.kernels.csr import (csr_column_squares, csr_dense_rows, csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3,
                                    csr_rmatvec)
+from fastnewton.kernels.reduce import SERIAL_PARTIAL_ENTRIES, sum_chunk_partials, sum_chunk_partials_serial
 from fastnewton.matrix import CSRMatrix
 
 DTYPES = [np.float32, np.float64]
@@ -398,3 +399,25 @@ def test_sandwich_vector_is_the_two_passes_bit_for_bit(dtype, index_dtype, chunk
     naive.assert_within_rounding(forward, A @ v, A_abs @ np.abs(v), _max_row_nnz(indptr))
     naive.assert_within_rounding(product, A.T @ (beta * (A @ v)), A_abs.T @ (np.abs(beta) * (A_abs @ np.abs(v))),
                                  n * _max_row_nnz(indptr) + n + _max_row_nnz(indptr) + 1)
+
+
+@pytest.mark.parametrize("n_chunks, d, k, width", [(49, 100, 3, 4), (64, 256, 3, 4), (7, 5, 1, 1), (64, 1024, 1, 1)])
+def test_chunk_partials_sum_in_chunk_order_serially_or_over_the_threads(n_chunks, d, k, width, run_with_threads):
+    """sum_chunk_partials adds up to SERIAL_PARTIAL_ENTRIES entries on the calling thread (no parallel region
+    to wake for a transposed pass's d × k sums), more over the threads: either way each out[j, t] is
+    Σ_c partial[c, j·w + t] in chunk order (a plain loop's bits), padding lanes unread, whatever the thread count."""
+    rng = np.random.default_rng(n_chunks + d)
+    partial = rng.standard_normal((n_chunks, d * width)) * np.exp(rng.uniform(-20, 20, (n_chunks, d * width)))
+    if width > k:
+        partial.reshape(n_chunks, d, width)[:, :, k:] = np.nan  # padding: never read
+    expected = np.zeros((d, k))
+    for c in range(n_chunks):
+        expected += partial.reshape(n_chunks, d, width)[c, :, :k]
+    serial = np.full((d, k), np.nan)
+    sum_chunk_partials_serial(partial, serial)
+    assert np.array_equal(serial, expected)
+    for threads in (1, 2):
+        out = np.full((d, k), np.nan)
+        run_with_threads(threads, lambda: sum_chunk_partials(partial, out))
+        assert np.array_equal(out, expected)
+    assert (n_chunks * d * k <= SERIAL_PARTIAL_ENTRIES) == (d <= 100)  # both branches are exercised
