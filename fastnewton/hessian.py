@@ -7,12 +7,12 @@
   (``fastnewton.sketching``), a fresh sample each iteration, its scores from a reference Gram
   matrix kept while the samples certify it (``LeverageReference``); Cholesky. Linear local convergence.
   From x0="auto" it offers the start a fit on a sample by the same reference (``start_sample``), as pcg does.
-- ``pcg``: conjugate gradients on the exact Hessian-vector product (two passes over C each, one on dense C),
+- ``pcg``: conjugate gradients on the exact Hessian-vector product (one read of C each: ``sandwich_vector``),
   preconditioned by the Cholesky factor of H̃ + μD²; forcing term η = min(0.5, ‖g‖/g_ref) for
   quadratic local convergence at near-sketch cost (``_forcing``). From x0="auto" (softmax, dense C)
   H̃'s sandwich is first the start's own fit matrix, with no sample at all (``PreconditionerSystems``).
 - ``lagged``: an ``exact`` iteration, then up to LAGGED_STEPS iterations that form no sandwich: CG
-  on the exact Hessian-vector product (two passes over C each), preconditioned by the exact
+  on the exact Hessian-vector product (one read of C each), preconditioned by the exact
   iteration's Cholesky factor (of the Hessian one or two iterates back), forcing term as ``pcg``'s.
 - ``auto``: the least predicted time to tol, from work counts and measured rates
   (``strategy_seconds``, ``fastnewton.rates``).
@@ -427,8 +427,8 @@ class LaggedSystems:
     """``lagged``'s builder, one per solve: every (LAGGED_STEPS + 1)-th iteration is ``exact`` (the
     sandwich, the Cholesky factor); the LAGGED_STEPS after it solve with CG on the exact Hessian,
     preconditioned by that factor (of H one or two iterates back, at a damping within
-    LAGGED_SHIFT_RATIO of μ, else factored anew), to the forcing term of ``pcg``. So their steps are Newton steps to CG's tolerance, for two passes
-    over C per CG iteration instead of a sandwich. The cycle is kept per problem (as ``SketchedSystems``
+    LAGGED_SHIFT_RATIO of μ, else factored anew), to the forcing term of ``pcg``. So their steps are Newton steps to CG's tolerance, for one read
+    of C per CG iteration instead of a sandwich. The cycle is kept per problem (as ``SketchedSystems``
     keeps its references): a new problem (a stage of a staged start, or each problem of ``solve_many``,
     whose problems share the builder) starts with an exact iteration.
     """
@@ -470,7 +470,10 @@ BUILDERS = {"exact": exact_system, "sketch": SketchedSystems, "pcg": Preconditio
 
 # Passes over C per Newton iteration shared by every strategy (the line search's C·p, the fused
 # gradient pass, and a forward pass u = Cx once in REFRESH_EVERY iterations: u is carried along the
-# line in between), and per CG iteration of pcg (Hessian-vector product: C·p and Cᵀ(·)).
+# line in between), and the price of a CSR CG iteration's Hessian-vector product in forward passes.
+# The product reads C once (``csr_sandwich_vector``), but its scatter into Cᵀ(β ⊙ Cv) costs more than a
+# forward pass: measured 1.23 ms against 0.73 ms for C·v (2·10⁵ × 100, 10 per row, 2 threads), i.e.
+# ~1.7 passes; it keeps the price of the two passes it replaced until bench/calibrate.py measures it.
 PASSES_PER_ITERATION = 2 + 1 / REFRESH_EVERY
 PASSES_PER_CG_ITERATION = 2
 # A CG iteration's fixed cost beyond its passes and triangular solves: its Python control, two kernel

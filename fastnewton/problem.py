@@ -255,7 +255,7 @@ class Problem:
         return add_low_rank_and_ridge(sandwich, ev.P, ev.S, self.l2)
 
     def hessian_product(self, ev, p):
-        """∇²L·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp (two passes over C)."""
+        """∇²L·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp (one read of C: ``matrix.sandwich_vector``)."""
         return self.hessian_product_and_forward(ev, p)[0]
 
     def hessian_product_and_forward(self, ev, p):
@@ -426,7 +426,7 @@ class Problem:
         return self.hessian_matrix(self.evaluate(self.as_point(x)))
 
     def hessp(self, x, p):
-        """∇²L(x)·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp without forming the Hessian (two passes over C)."""
+        """∇²L(x)·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp without forming the Hessian (one read of C for the product)."""
         ev = self.evaluate(self.as_point(x))
         return self.hessian_product(ev, self.as_point(p, "p"))
 
