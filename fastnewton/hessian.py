@@ -7,12 +7,12 @@
   (``fastnewton.sketching``), a fresh sample each iteration, its scores from a reference Gram
   matrix kept while the samples certify it (``LeverageReference``); Cholesky. Linear local convergence.
   From x0="auto" it offers the start a fit on a sample by the same reference (``start_sample``), as pcg does.
-- ``pcg``: conjugate gradients on the exact Hessian-vector product (two passes over C each, one on dense C),
+- ``pcg``: conjugate gradients on the exact Hessian-vector product (one read of C each: ``sandwich_vector``),
   preconditioned by the Cholesky factor of H̃ + μD²; forcing term η = min(0.5, ‖g‖/g_ref) for
   quadratic local convergence at near-sketch cost (``_forcing``). From x0="auto" (softmax, dense C)
   H̃'s sandwich is first the start's own fit matrix, with no sample at all (``PreconditionerSystems``).
 - ``lagged``: an ``exact`` iteration, then up to LAGGED_STEPS iterations that form no sandwich: CG
-  on the exact Hessian-vector product (two passes over C each), preconditioned by the exact
+  on the exact Hessian-vector product (one read of C each), preconditioned by the exact
   iteration's Cholesky factor (of the Hessian one or two iterates back), forcing term as ``pcg``'s.
 - ``auto``: the least predicted time to tol, from work counts and measured rates
   (``strategy_seconds``, ``fastnewton.rates``).
@@ -25,6 +25,8 @@ import numpy as np
 import scipy.linalg
 
 from . import rates
+from .chunking import chunk_rows
+from .kernels.reduce import add_scaled
 from .kernels.sketch import expected_poisson_sizes
 from .matrix import estimated_sandwich_work
 from .newton import REFRESH_EVERY, column_scale, run_rounds
@@ -217,7 +219,9 @@ class NewtonSystem:
                 if forward is None:
                     forward = alpha * self.hessp.forward
                 else:
-                    forward += alpha * self.hessp.forward
+                    # forward + α·(C·d) in place, one parallel pass: NumPy's bits (product, then sum),
+                    # without its temporary and second single-threaded pass
+                    add_scaled(forward, alpha, self.hessp.forward, chunk_rows(forward.shape[0]), forward)
             residual -= alpha * Hd
             if norm(residual) <= target:
                 break
@@ -246,13 +250,23 @@ class HessianProduct:
 class ForwardKeepingProduct:
     """CG's v ↦ ∇²L·v at ev (``Problem.hessian_product_and_forward``), keeping C·v, the pass it made,
     as ``forward``: CG sums its step's C·p from them (``NewtonSystem.forward_of``), and the line search
-    along the step needs no pass C·p (dense 10⁶ × 512: one pass of ~0.11 s per Newton iteration)."""
+    along the step needs no pass C·p (dense 10⁶ × 512: one pass of ~0.11 s per Newton iteration).
+
+    The last product is kept: asked again for the same v, it is returned without its pass (the same bits).
+    That happens when CG's first direction meets negative curvature and the damping is raised: the product
+    ∇²L·d does not depend on μ, and a ``lagged`` system's preconditioner, reused across such moves of μ,
+    gives the same first direction d (CSR 2·10⁵ × 100 from zeros: two of the 13 products of the solve)."""
 
     def __init__(self, problem, ev):
         self.problem, self.ev, self.forward = problem, ev, None
+        self._last = None  # (v, ∇²L·v) of the last product
 
     def __call__(self, v):
+        last = self._last
+        if last is not None and np.array_equal(last[0], v):
+            return last[1].copy()  # CG adds μ·v to what it gets; self.forward is still that product's C·v
         Hv, self.forward = self.problem.hessian_product_and_forward(self.ev, v)
+        self._last = (v.copy(), Hv.copy())
         return Hv
 
     def weights(self):
@@ -263,6 +277,7 @@ class ForwardKeepingProduct:
         """∇²L·v from its passes formed elsewhere, C·v (``forward``) and Cᵀ(β ⊙ C·v) (``transposed``), with the
         bits of ``__call__`` when they have those of ``matrix.sandwich_vector``; keeps ``forward`` as it does."""
         self.forward = forward
+        self._last = None
         return self.problem.hessian_product_from(self.ev, v, transposed)
 
 
@@ -412,8 +427,8 @@ class LaggedSystems:
     """``lagged``'s builder, one per solve: every (LAGGED_STEPS + 1)-th iteration is ``exact`` (the
     sandwich, the Cholesky factor); the LAGGED_STEPS after it solve with CG on the exact Hessian,
     preconditioned by that factor (of H one or two iterates back, at a damping within
-    LAGGED_SHIFT_RATIO of μ, else factored anew), to the forcing term of ``pcg``. So their steps are Newton steps to CG's tolerance, for two passes
-    over C per CG iteration instead of a sandwich. The cycle is kept per problem (as ``SketchedSystems``
+    LAGGED_SHIFT_RATIO of μ, else factored anew), to the forcing term of ``pcg``. So their steps are Newton steps to CG's tolerance, for one read
+    of C per CG iteration instead of a sandwich. The cycle is kept per problem (as ``SketchedSystems``
     keeps its references): a new problem (a stage of a staged start, or each problem of ``solve_many``,
     whose problems share the builder) starts with an exact iteration.
     """
@@ -455,7 +470,10 @@ BUILDERS = {"exact": exact_system, "sketch": SketchedSystems, "pcg": Preconditio
 
 # Passes over C per Newton iteration shared by every strategy (the line search's C·p, the fused
 # gradient pass, and a forward pass u = Cx once in REFRESH_EVERY iterations: u is carried along the
-# line in between), and per CG iteration of pcg (Hessian-vector product: C·p and Cᵀ(·)).
+# line in between), and the price of a CSR CG iteration's Hessian-vector product in forward passes.
+# The product reads C once (``csr_sandwich_vector``), but its scatter into Cᵀ(β ⊙ Cv) costs more than a
+# forward pass: measured 1.23 ms against 0.73 ms for C·v (2·10⁵ × 100, 10 per row, 2 threads), i.e.
+# ~1.7 passes; it keeps the price of the two passes it replaced until bench/calibrate.py measures it.
 PASSES_PER_ITERATION = 2 + 1 / REFRESH_EVERY
 PASSES_PER_CG_ITERATION = 2
 # A CG iteration's fixed cost beyond its passes and triangular solves: its Python control, two kernel

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from .buffers import Recycler
 from .chunking import chunk_rows, sandwich_chunk_rows
 from .kernels.csr import (csr_column_squares, csr_dense_rows, csr_matmat, csr_matvec, csr_matvecs, csr_rmatmat,
-                          csr_rmatmat3, csr_rmatmats, csr_rmatvec)
+                          csr_rmatmat3, csr_rmatmats, csr_rmatvec, csr_sandwich_vector)
 from .kernels.dense import (dense_column_squares, dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats,
                              dense_sandwich_vector, signed_scaled_rows)
 from .kernels.sandwich import csr_curvature_sandwich, csr_sandwich_many, csr_sandwich_rows, partials_shape
@@ -398,9 +398,11 @@ class CSRMatrix:
         return out
 
     def sandwich_vector(self, beta, v):
-        """(Cᵀ(β ⊙ Cv), Cv): two passes (a fused CSR kernel is not written: its rows are short)."""
-        forward = self.matvec(v)
-        return self.rmatmat((beta * forward)[:, None])[:, 0], forward
+        """(Cᵀ(β ⊙ Cv), Cv) in one read of C (``csr_sandwich_vector``), with the bits of ``rmatmat`` after ``matvec``."""
+        forward = np.empty(self.n)
+        out = np.empty((self.d, 1))
+        csr_sandwich_vector(self.indptr, self.indices, self.data, beta, v, self._chunk_rows, forward, out)
+        return out[:, 0], forward
 
     def matvecs(self, X, out=None):
         """(C X)ᵀ (r × n) for a d × r X: row t is ``matvec(X[:, t])``, bit for bit (one read of C for r vectors);

@@ -519,10 +519,12 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
     """
     timer = timer if timer is not None else PhaseTimer()
     clock = clock if clock is not None else time.perf_counter()
+    ev = problem.evaluate(x0, timer=timer)
+    # After the evaluation at x0: from x0 = 0 that evaluation is ∇L(0) (``Problem.gradient_at_zero``).
     with timer("reference"):  # ‖b‖, the column norms and ∇L(0): the scales of the stopping test
         references = References.of(problem)
     run = NewtonRun(problem, x0, start, options, references, timer, clock)
-    if not run.begin(problem.evaluate(x0, timer=timer)):
+    if not run.begin(ev):
         return run.result()
     try:
         while not run.stopping():

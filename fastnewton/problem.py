@@ -163,7 +163,13 @@ class Problem:
         if self._last_forward is not None and np.array_equal(self._last_forward[0], x):
             return self._last_forward[1]
         with timer("forward"):
-            u = self.matrix.matvec(x, out=self.block.buffers.empty(self.n))
+            u = self.block.buffers.empty(self.n)
+            if x.any():
+                self.matrix.matvec(x, out=u)
+            else:
+                # C·0 with finite C (validated): every row's sum is 0.0 + (±0.0) + … = +0.0, so zeros
+                # are the pass's bits, without its read of C (a solve from x0 = 0).
+                u.fill(0.0)
         self._last_forward = (x.copy(), u)
         return u
 
@@ -249,7 +255,7 @@ class Problem:
         return add_low_rank_and_ridge(sandwich, ev.P, ev.S, self.l2)
 
     def hessian_product(self, ev, p):
-        """∇²L·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp (two passes over C)."""
+        """∇²L·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp (one read of C: ``matrix.sandwich_vector``)."""
         return self.hessian_product_and_forward(ev, p)[0]
 
     def hessian_product_and_forward(self, ev, p):
@@ -281,8 +287,16 @@ class Problem:
         kept until ``clear_cache``, and formed in another pass's read of C when one came first:
         ``rmatmat_with_gradient_at_zero``)."""
         if self._gradient_at_zero is None:
-            self._keep_gradient_at_zero(run_rounds(self.gradient_at_zero_rounds(),
-                                                   _transposed_pass(self.matrix, no_timer)))
+            at_zero = self._last
+            if (at_zero is not None and not at_zero.x.any() and self.row_model.reference() is self.row_model
+                    and "gradient" in at_zero.known):
+                # The last evaluation was at 0 (a solve from x0 = 0) of this same model: its stages and
+                # pass are the reference's (a transposed pass's sums do not depend on the other columns
+                # of Q), so its gradient before the ridge term (λ·0) has the bits of a pass of its own.
+                self._keep_gradient_at_zero(np.array(at_zero.known["gradient"], dtype=np.float64))
+            else:
+                self._keep_gradient_at_zero(run_rounds(self.gradient_at_zero_rounds(),
+                                                       _transposed_pass(self.matrix, no_timer)))
         return self._gradient_at_zero
 
     def _keep_gradient_at_zero(self, gradient):
@@ -412,7 +426,7 @@ class Problem:
         return self.hessian_matrix(self.evaluate(self.as_point(x)))
 
     def hessp(self, x, p):
-        """∇²L(x)·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp without forming the Hessian (two passes over C)."""
+        """∇²L(x)·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp without forming the Hessian (one read of C for the product)."""
         ev = self.evaluate(self.as_point(x))
         return self.hessian_product(ev, self.as_point(p, "p"))
 

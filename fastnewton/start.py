@@ -70,7 +70,18 @@ class NormalSystemRequest:
     parameters: object
 
     def run(self):
-        return self.problem.map_blocks(normal_system_partials, self.row_fit, self.parameters)
+        problem = self.problem
+        ride_along = getattr(problem, "rmatmat_with_gradient_at_zero", None)
+        # One machine, dense C: the fit's transposed pass also gives the stopping test's ∇L(0), when not
+        # known yet, with the bits of its own pass (one read of C less: ~6 ms at 10⁵ × 256). Not on CSR C,
+        # whose softmax passes (2 or 3 columns) all run on the unrolled 3-column kernel: 2 + 3 columns would
+        # compile the generic one on a first solve for the ~1 ms of a pass at 2·10⁵ × 100. Not on Dask
+        # (an evaluator of many blocks: each block's partials, summed).
+        if ride_along is None or problem.matrix.format != "dense":
+            return problem.map_blocks(normal_system_partials, self.row_fit, self.parameters)
+        block = problem.block
+        weights, target = self.row_fit(block, self.parameters)
+        return fit_partials(weights, target, block.matrix.sandwich(weights), ride_along(fit_columns(weights, target)))
 
 
 def normal_system(problem, row_fit, parameters, intercept, normalise=False):

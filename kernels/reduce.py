@@ -3,17 +3,43 @@ import numpy as np
 from numba import njit, prange
 
 
+# ``sum_chunk_partials`` adds up to this many partial entries on the calling thread: a parallel region
+# wakes the sleeping OpenMP worker (OMP_WAIT_POLICY=PASSIVE, fastnewton/__init__.py), 25–60 µs on this
+# 2-core VM, while 2¹⁵ adds take ~15 µs on one thread (a CSR transposed pass at d = 100, k = 3 over 49
+# chunks adds 1.5·10⁴: its second region cost more than its work).
+SERIAL_PARTIAL_ENTRIES = 2**15
+
+
 @njit(parallel=True, cache=True)
 def sum_chunk_partials(partial, out):
     """out[j, t] = Σ_c partial[c, j·w + t] in chunk order c = 0, 1, … (deterministic in the thread count).
 
     ``partial`` is n_chunks × (d·w), each row a row-major d × w partial result with w ≥ k
-    (w = partial.shape[1] / d; columns t ≥ k are padding and are not read).
+    (w = partial.shape[1] / d; columns t ≥ k are padding and are not read). Up to
+    SERIAL_PARTIAL_ENTRIES entries on the calling thread (``sum_chunk_partials_serial``: the same sums
+    in the same order, so the same bits), more over the threads by j.
     """
     d, k = out.shape
     n_chunks = partial.shape[0]
+    if n_chunks * d * k <= SERIAL_PARTIAL_ENTRIES:
+        sum_chunk_partials_serial(partial, out)
+        return
     width = partial.shape[1] // d if d > 0 else k
     for j in prange(d):
+        for t in range(k):
+            total = 0.0
+            for c in range(n_chunks):
+                total += partial[c, j * width + t]
+            out[j, t] = total
+
+
+@njit(cache=True)
+def sum_chunk_partials_serial(partial, out):
+    """``sum_chunk_partials`` on the calling thread: each out[j, t] summed over c = 0, 1, … in order."""
+    d, k = out.shape
+    n_chunks = partial.shape[0]
+    width = partial.shape[1] // d if d > 0 else k
+    for j in range(d):
         for t in range(k):
             total = 0.0
             for c in range(n_chunks):

@@ -179,7 +179,9 @@ def sum_partials(partial, n_chunks, out):
     """out = the sum of the first ``n_chunks`` padded partials' upper triangles, mirrored.
 
     Row j of the upper triangle: the chunks' partial rows added in chunk order (contiguous
-    reads; each entry's sum runs over c = 0, 1, … as a loop over c per entry would), then mirrored."""
+    reads; each entry's sum runs over c = 0, 1, … as a loop over c per entry would), then mirrored
+    into column j by the same task (the lower triangle, which no task sums into: one parallel region,
+    not two, each of which wakes the sleeping OpenMP worker)."""
     d = out.shape[0]
     for j in prange(d):
         for l in range(j, d):
@@ -189,7 +191,6 @@ def sum_partials(partial, n_chunks, out):
             base = j * (d + ROW_PAD)
             for l in range(j, d):
                 out[j, l] += part[base + l]
-    for j in prange(d):
         for l in range(j + 1, d):
             out[l, j] = out[j, l]
 

@@ -1,5 +1,6 @@
-"""kernels/csr.py (csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec, csr_matmat, csr_column_squares) and
-CSRMatrix.matvec / rmatmat / matmat / column_squares against NumPy one-liners.
+"""kernels/csr.py (csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec, csr_matmat, csr_column_squares,
+csr_sandwich_vector) and CSRMatrix.matvec / rmatmat / matmat / column_squares / sandwich_vector against NumPy
+one-liners.
 
 Tolerances: the kernels accumulate in float64 whatever the storage dtype (float32
 values convert to float64 exactly), so every bound uses np.finfo(np.float64).eps
@@ -11,8 +12,10 @@ import pytest
 
 import naive
 from fastnewton.chunking import chunk_rows as real_chunk_rows
+from fastnewton import matrix as matrix_module
 from fastnewton.kernels.csr import (csr_column_squares, csr_dense_rows, csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3,
                                    csr_rmatvec)
+from fastnewton.kernels.reduce import SERIAL_PARTIAL_ENTRIES, sum_chunk_partials, sum_chunk_partials_serial
 from fastnewton.matrix import CSRMatrix
 
 DTYPES = [np.float32, np.float64]
@@ -367,3 +370,54 @@ def test_transposed_kernels_sum_in_chunk_and_storage_order(k, dtype, random_csr)
     if k == 3:
         np.testing.assert_array_equal(_run_transposed(csr_rmatmat3, indptr, indices, data, Q, chunk_rows, d),
                                       expected)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, None], ids=["chunk1", "chunk3", "real"])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sandwich_vector_is_the_two_passes_bit_for_bit(dtype, index_dtype, chunk_rows, csr_case, monkeypatch,
+                                                       run_with_threads, random_csr):
+    """CSRMatrix.sandwich_vector (``csr_sandwich_vector``, one read of C): (Cᵀ(β ⊙ Cv), Cv) with the bits of
+    matvec then rmatmat (chunks of 1 and 3 rows: odd chunks, rows paired across no chunk boundary), the same
+    bits with one thread as with two, and NumPy's to the summation bound (each entry sums at most n·(entries
+    per row) products plus one add per chunk; the forward pass, a row's entries)."""
+    if chunk_rows is not None:
+        monkeypatch.setattr(matrix_module, "chunk_rows", lambda n: chunk_rows)
+    rng = np.random.default_rng(17)
+    n, d = 57, 9
+    indptr, indices, data = random_csr(rng, n, d, dtype=dtype, index_dtype=index_dtype, **csr_case)
+    # large-magnitude, mixed-sign β so a change of summation order would change the low bits
+    beta, v = rng.standard_normal(n) * np.exp(rng.uniform(-10, 10, n)), rng.standard_normal(d)
+    matrix = CSRMatrix(indptr, indices, data, (n, d))
+    product, forward = run_with_threads(2, lambda: matrix.sandwich_vector(beta, v))
+    assert product.shape == (d,) and forward.shape == (n,)
+    assert np.array_equal(forward, matrix.matvec(v))
+    assert np.array_equal(product, matrix.rmatmat((beta * matrix.matvec(v))[:, None])[:, 0])
+    one = run_with_threads(1, lambda: matrix.sandwich_vector(beta, v))
+    assert np.array_equal(one[0], product) and np.array_equal(one[1], forward)
+    A, A_abs = _dense(indptr, indices, data, d), _abs_dense(indptr, indices, data, d)
+    naive.assert_within_rounding(forward, A @ v, A_abs @ np.abs(v), _max_row_nnz(indptr))
+    naive.assert_within_rounding(product, A.T @ (beta * (A @ v)), A_abs.T @ (np.abs(beta) * (A_abs @ np.abs(v))),
+                                 n * _max_row_nnz(indptr) + n + _max_row_nnz(indptr) + 1)
+
+
+@pytest.mark.parametrize("n_chunks, d, k, width", [(49, 100, 3, 4), (64, 256, 3, 4), (7, 5, 1, 1), (64, 1024, 1, 1)])
+def test_chunk_partials_sum_in_chunk_order_serially_or_over_the_threads(n_chunks, d, k, width, run_with_threads):
+    """sum_chunk_partials adds up to SERIAL_PARTIAL_ENTRIES entries on the calling thread (no parallel region
+    to wake for a transposed pass's d × k sums), more over the threads: either way each out[j, t] is
+    Σ_c partial[c, j·w + t] in chunk order (a plain loop's bits), padding lanes unread, whatever the thread count."""
+    rng = np.random.default_rng(n_chunks + d)
+    partial = rng.standard_normal((n_chunks, d * width)) * np.exp(rng.uniform(-20, 20, (n_chunks, d * width)))
+    if width > k:
+        partial.reshape(n_chunks, d, width)[:, :, k:] = np.nan  # padding: never read
+    expected = np.zeros((d, k))
+    for c in range(n_chunks):
+        expected += partial.reshape(n_chunks, d, width)[c, :, :k]
+    serial = np.full((d, k), np.nan)
+    sum_chunk_partials_serial(partial, serial)
+    assert np.array_equal(serial, expected)
+    for threads in (1, 2):
+        out = np.full((d, k), np.nan)
+        run_with_threads(threads, lambda: sum_chunk_partials(partial, out))
+        assert np.array_equal(out, expected)
+    assert (n_chunks * d * k <= SERIAL_PARTIAL_ENTRIES) == (d <= 100)  # both branches are exercised

@@ -1110,6 +1110,28 @@ def test_cg_sums_the_forward_pass_of_its_step(dense_start):
     assert exact.forward_of(exact.solve(ev.grad, 0.0)) is None
 
 
+def test_cg_adds_its_products_passes_in_place_with_numpys_bits(dense_start, monkeypatch, run_with_threads):
+    """CG's C·p adds α·C·d of each further iteration into its sum in place (``add_scaled``, one parallel
+    pass): the bits of NumPy's ``forward + α·(C·d)`` (the product rounded, then the sum), with one thread as
+    with two, and the same step."""
+    problem, builder, _, ev, g_ref, opts = dense_start
+
+    def forward_and_step():
+        system = pcg_system(problem, ev, np.random.default_rng(0), opts, g_ref)
+        system.forcing = 1e-12  # several CG iterations, so that the in-place sum runs
+        step = system.solve(ev.grad, 0.0)
+        return system.forward_of(step), step, system.info["cg_iterations"]
+
+    forward, step, iterations = run_with_threads(2, forward_and_step)
+    assert iterations >= 3 and forward is not None
+    one = run_with_threads(1, forward_and_step)
+    assert np.array_equal(one[0], forward) and np.array_equal(one[1], step)
+    monkeypatch.setattr(hessian_module, "add_scaled",
+                        lambda a, factor, b, chunk_rows, out: np.add(a, factor * b, out=out))
+    numpy_forward, numpy_step, _ = forward_and_step()
+    assert np.array_equal(numpy_forward, forward) and np.array_equal(numpy_step, step)
+
+
 @pytest.mark.parametrize("dense", [True, False])
 def test_strategy_seconds_prices_unit_costs_and_sample_rows_once_with_the_same_figures(monkeypatch, dense):
     """strategy_seconds hands its C's unit costs and the start's expected sample rows (estimated with the
@@ -1147,3 +1169,45 @@ def test_strategy_seconds_prices_unit_costs_and_sample_rows_once_with_the_same_f
             monkeypatch.setattr(hessian_module, "start_seconds", pricing_itself)
             assert strategy_seconds(problem, eps, sketch_size, default_start=default_start) == seconds
             monkeypatch.setattr(hessian_module, "start_seconds", start_seconds)
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
+def test_a_damping_retry_of_lagged_cg_reuses_its_first_product(dense, monkeypatch):
+    """lagged from zeros (CSR n = 5000, d = 20: CG's first direction meets negative curvature, and μ is raised):
+    the preconditioner, reused across those moves of μ, gives the same first direction, whose product
+    ∇²L·d (independent of μ) is taken from the last one instead of a new pass over C. Asked for the same v,
+    the product returns ∇²L·v with its bits and keeps its C·v; the solve has the bits of one whose every
+    product makes its passes, with fewer passes."""
+    C, b = make_problem(5000, 20, nnz_per_row=5, noise=1e-2, seed=0, dense=dense)[:2]
+    problem = Problem(C, b)
+    ev = problem.evaluate(np.full(20, 0.1))
+    product = hessian_module.ForwardKeepingProduct(problem, ev)
+    v = np.random.default_rng(0).standard_normal(20)
+    first = product(v)
+    forward = product.forward
+    passes = []
+    made = Problem.hessian_product_and_forward
+    monkeypatch.setattr(Problem, "hessian_product_and_forward", lambda self, e, p: passes.append(1) or made(self, e, p))
+    again = product(v.copy())
+    assert passes == [] and np.array_equal(again, first) and again is not first and product.forward is forward
+    first += 1.0  # the caller's array: the kept product is not changed by it
+    assert np.array_equal(product(v), again) and passes == []
+    product(2.0 * v)
+    assert passes == [1] and not np.array_equal(product.forward, forward)
+    if dense:  # this dense problem's lagged solve meets no negative curvature: the solve below is CSR's
+        return
+    passes.clear()
+    res = solve(C, b, x0="zeros", hessian="lagged")
+    cached = len(passes)
+    passes.clear()
+    uncached = hessian_module.ForwardKeepingProduct.__call__
+
+    def every_product_a_pass(self, v):
+        self._last = None
+        return uncached(self, v)
+    monkeypatch.setattr(hessian_module.ForwardKeepingProduct, "__call__", every_product_a_pass)
+    again = solve(C, b, x0="zeros", hessian="lagged")
+    assert res.converged and np.array_equal(res.x, again.x) and res.n_iter == again.n_iter
+    assert [h["cg_iterations"] for h in res.history[1:] if "cg_iterations" in h] == [
+        h["cg_iterations"] for h in again.history[1:] if "cg_iterations" in h]
+    assert cached < len(passes)

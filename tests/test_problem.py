@@ -21,6 +21,7 @@ with scale = |L| for the gradient and the gradient's term sum for the Hessian. R
 are kept ≥ 1e-3 away (far beyond the 1e-5 perturbation) so both sides of each difference see
 the same smooth branch.
 """
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -621,3 +622,45 @@ def test_line_search_evaluates_a_kept_trial_without_forming_it_again(monkeypatch
         expected = reference if t == 1.0 else fresh(t)[1]
         np.testing.assert_array_equal(evaluation.grad, expected.grad)
         assert evaluation.loss == expected.loss
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_solve_from_zeros_reads_c_neither_for_u_at_zero_nor_for_a_separate_reference(model, fmt, monkeypatch):
+    """At x = 0, u = C·0 is +0.0 on every row (finite C: 0.0 + (±0.0) + … = +0.0), so the evaluation writes
+    zeros, the pass's bits, without the pass; and from x0 = 0, ∇L(0) (g_ref) is the gradient of that
+    evaluation, with the bits of its own pass, where the reference model is the model itself (relu_softmax's
+    reference is the plain softmax: it keeps its own pass). Same solve, same bits, either way."""
+    out = fastnewton.make_problem(300, 7, nnz_per_row=3, model=model, noise=0.1, seed=4, dense=fmt == "dense")
+    C, b, V = out[0], out[1], out.V
+    problem = fastnewton.Problem(C, b, model, V=V, l2=0.01)
+    u = problem.matrix.matvec(np.zeros(7))
+    assert np.array_equal(u, np.zeros(300)) and not np.signbit(u).any()
+    own_pass = fastnewton.Problem(C, b, model, V=V, l2=0.01).gradient_at_zero()
+    reads = []
+    matrix_class = type(problem.matrix)
+    matvec = matrix_class.matvec
+    monkeypatch.setattr(matrix_class, "matvec", lambda self, x, out=None: reads.append(x.copy()) or matvec(self, x, out))
+    at_zero = problem.evaluate(np.zeros(7))
+    assert reads == []
+    assert np.array_equal(at_zero.kept["u"], u)
+    assert np.array_equal(problem.gradient_at_zero(), own_pass)
+    if model != "relu_softmax":
+        assert np.array_equal(at_zero.grad, own_pass)
+    # The solve from zeros: g_ref has the bits of the separate pass; the iterates those of a solve whose
+    # evaluation at 0 and reference made their passes (the monkeypatched matvec at x = 0, then a new Problem).
+    monkeypatch.setattr(matrix_class, "matvec", matvec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastnewton.ConvergenceWarning)
+        res = fastnewton.solve(C, b, model, V=V, l2=0.01, x0="zeros", hessian="exact", max_iter=3, tol=1e-300)
+    assert res.g_ref == float(np.linalg.norm(own_pass))
+    forced = fastnewton.Problem(C, b, model, V=V, l2=0.01)
+    forced._forward = lambda x, timer: forced.matrix.matvec(x)  # the pass even at x = 0
+    forced._gradient_at_zero = own_pass
+    from fastnewton.hessian import exact_system
+    from fastnewton.newton import SolveOptions, newton_solve
+    options = SolveOptions(hessian="exact", tol=1e-300, max_iter=3, eps=0.5, sketch_size=None, seed=None,
+                           callback=None, verbose=False, warn_at_max_iter=False)
+    again = newton_solve(forced, np.zeros(7), "zeros", exact_system, options)
+    assert res.n_iter == again.n_iter and res.status == again.status
+    assert np.array_equal(res.x, again.x) and res.loss == again.loss
