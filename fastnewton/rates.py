@@ -42,7 +42,7 @@ CHOLESKY_FMA = 1.82e+10
 ITERATION_ROWS = 1.06e+08
 TINY_ITERATIONS = 1.36e+03
 # Rows per second of a sketched iteration's draw (scores |βᵢ|gᵢ and the Poisson sample over every row).
-SAMPLING_ROWS = 1.89e+08
+SAMPLING_ROWS = 1.91e+08
 # Newton iterations of exact, of sketch and of pcg per exact Newton iteration, CG iterations per pcg step.
 EXACT_ITERATIONS = 2.75
 SKETCH_ITERATIONS_PER_EXACT = 2.25
