@@ -29,6 +29,28 @@ def row_dot(indptr, indices, data, x, i):
     return acc
 
 
+@njit(cache=True, inline="always")
+def row_pair_dots(indptr, indices, data, x, i):
+    """(row_dot of row i, row_dot of row i + 1), the two rows' sums interleaved (two chains of adds in
+    flight), each in storage order: the bits of ``row_dot``. Inlined into its callers' IR: as an ordinary
+    call (LLVM left it a call returning a tuple) csr_matvec ran 1.09 ms against 0.73 ms written out
+    (2·10⁵ × 100, 10 per row, 2 threads)."""
+    start = np.uintp(indptr[i])
+    middle = np.uintp(indptr[i + ONE])
+    end = np.uintp(indptr[i + TWO])
+    common = min(middle - start, end - middle)
+    first = 0.0
+    second = 0.0
+    for t in range(common):
+        first += data[start + t] * x[np.uintp(indices[start + t])]
+        second += data[middle + t] * x[np.uintp(indices[middle + t])]
+    for k in range(start + common, middle):
+        first += data[k] * x[np.uintp(indices[k])]
+    for k in range(middle + common, end):
+        second += data[k] * x[np.uintp(indices[k])]
+    return first, second
+
+
 @njit(parallel=True, cache=True)
 def csr_matvec(indptr, indices, data, x, out):
     """out[i] = Σ_k data[k]·x[indices[k]] over row i's entries (u = Cx).
@@ -44,19 +66,7 @@ def csr_matvec(indptr, indices, data, x, out):
     n = out.shape[0]
     for pair in prange(n // 2):
         i = np.uintp(2 * pair)
-        start = np.uintp(indptr[i])
-        middle = np.uintp(indptr[i + ONE])
-        end = np.uintp(indptr[i + TWO])
-        common = min(middle - start, end - middle)
-        first = 0.0
-        second = 0.0
-        for t in range(common):
-            first += data[start + t] * x[np.uintp(indices[start + t])]
-            second += data[middle + t] * x[np.uintp(indices[middle + t])]
-        for k in range(start + common, middle):
-            first += data[k] * x[np.uintp(indices[k])]
-        for k in range(middle + common, end):
-            second += data[k] * x[np.uintp(indices[k])]
+        first, second = row_pair_dots(indptr, indices, data, x, i)
         out[i] = first
         out[i + ONE] = second
     if n % 2:
@@ -188,21 +198,14 @@ def csr_rmatvec(indptr, indices, data, q, chunk_rows, out):
     for c in prange(n_chunks):
         acc = partial[c]
         for i in range(np.uintp(c * chunk_rows), np.uintp(min(n, (c + 1) * chunk_rows))):
-            qi = q[i]
-            p = np.uintp(indptr[i])
-            end = np.uintp(indptr[i + ONE])
-            while p + ONE < end:
-                acc[np.uintp(indices[p])] += data[p] * qi
-                acc[np.uintp(indices[p + ONE])] += data[p + ONE] * qi
-                p += TWO
-            if p < end:
-                acc[np.uintp(indices[p])] += data[p] * qi
+            add_row_scaled(indptr, indices, data, i, q[i], acc)
     sum_chunk_partials(partial, out)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def add_row_scaled(indptr, indices, data, i, scale, acc):
-    """acc[j] += C[i, j]·scale over row i's entries, two at a time in storage order (csr_rmatvec's updates)."""
+    """acc[j] += C[i, j]·scale over row i's entries, two at a time in storage order (csr_rmatvec's and
+    csr_sandwich_vector's updates; inlined into their loops)."""
     p = np.uintp(indptr[i])
     end = np.uintp(indptr[i + ONE])
     while p + ONE < end:
@@ -230,19 +233,7 @@ def csr_sandwich_vector(indptr, indices, data, beta, v, chunk_rows, forward, out
         i = np.uintp(c * chunk_rows)
         stop = np.uintp(min(n, (c + 1) * chunk_rows))
         while i + ONE < stop:
-            start = np.uintp(indptr[i])
-            middle = np.uintp(indptr[i + ONE])
-            end = np.uintp(indptr[i + TWO])
-            common = min(middle - start, end - middle)
-            first = 0.0
-            second = 0.0
-            for t in range(common):
-                first += data[start + t] * v[np.uintp(indices[start + t])]
-                second += data[middle + t] * v[np.uintp(indices[middle + t])]
-            for k in range(start + common, middle):
-                first += data[k] * v[np.uintp(indices[k])]
-            for k in range(middle + common, end):
-                second += data[k] * v[np.uintp(indices[k])]
+            first, second = row_pair_dots(indptr, indices, data, v, i)
             forward[i] = first
             forward[i + ONE] = second
             add_row_scaled(indptr, indices, data, i, beta[i] * first, acc)

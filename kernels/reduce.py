@@ -24,27 +24,27 @@ def sum_chunk_partials(partial, out):
     if n_chunks * d * k <= SERIAL_PARTIAL_ENTRIES:
         sum_chunk_partials_serial(partial, out)
         return
-    width = partial.shape[1] // d if d > 0 else k
     for j in prange(d):
-        for t in range(k):
-            total = 0.0
-            for c in range(n_chunks):
-                total += partial[c, j * width + t]
-            out[j, t] = total
+        _sum_partials_of_row(partial, j, out)
 
 
 @njit(cache=True)
 def sum_chunk_partials_serial(partial, out):
     """``sum_chunk_partials`` on the calling thread: each out[j, t] summed over c = 0, 1, … in order."""
+    for j in range(out.shape[0]):
+        _sum_partials_of_row(partial, j, out)
+
+
+@njit(cache=True, inline="always")
+def _sum_partials_of_row(partial, j, out):
+    """out[j, t] = Σ_c partial[c, j·w + t] over c = 0, 1, … in order, for every t < k."""
     d, k = out.shape
-    n_chunks = partial.shape[0]
-    width = partial.shape[1] // d if d > 0 else k
-    for j in range(d):
-        for t in range(k):
-            total = 0.0
-            for c in range(n_chunks):
-                total += partial[c, j * width + t]
-            out[j, t] = total
+    width = partial.shape[1] // d
+    for t in range(k):
+        total = 0.0
+        for c in range(partial.shape[0]):
+            total += partial[c, j * width + t]
+        out[j, t] = total
 
 
 # Independent accumulators of ``lanes_sum``.
