@@ -52,8 +52,12 @@ MAX_FORCING = 0.5
 # asked the last step for a residual of 1e-13·g_ref where 1e-8·g_ref ends the solve. Measured, dense
 # 10⁶ × 512, 10% noise, pcg: the last step from 3e-8·g_ref took 2 CG iterations to 1.6e-10 (with 0.1)
 # and 1 to 1.4e-9 (with 0.25). (Aiming CG at it from further away does not save the next Newton
-# iteration there: the quadratic term alone left 3e-8·g_ref after 3 more CG iterations.)
-OVERSOLVE_MARGIN = 0.25
+# iteration there: the quadratic term alone left 3e-8·g_ref after 3 more CG iterations.) 0.5, not 0.25:
+# dense 10⁵ × 256, ridge 10⁻³ of the curvature scale, 1% noise, pcg from x0="auto", seeds 0–3: the last
+# step from ~1e-6·g_ref took 3 CG iterations to 1.4–1.8e-10 with 0.25 and 2 to 2.8–3.3e-9 with 0.5 (10%
+# noise: 2 → 1, to 4.9e-9), Newton iterations unchanged; 1.0 ended dense 3·10⁵ × 256 at 9.3e-9, too
+# close to tol for the column-scaled residual's spread (tests/test_hessian.py's forcing cases).
+OVERSOLVE_MARGIN = 0.5
 # pcg from x0="auto": the start's fit matrix preconditions CG as long as each step's CG meets its
 # forcing term within this many iterations; a step that does not (the truncated CG's iterate is still
 # a descent direction) retires it for the rest of the solve (``PreconditionerSystems``). Measured with

@@ -243,13 +243,25 @@ def sampled_normal_system(problem, row_fit, parameters, sample):
 
     gram = blocked_syrk_sandwich(sampled_rows, weights[rows] / pi, d, extra_columns=ones_and_target)
     M, rhs = gram[:d + 1, :d + 1], gram[:d + 1, d + 1].copy()
-    centring = np.eye(d + 1)
-    centring[:d, d] = -mean
     scale = np.append(reference.column_scale, math.sqrt(n))
-    if not spread_certified(centring @ M @ centring.T / np.outer(scale, scale)):
+    if not spread_certified(centred_gram(M, mean) / np.outer(scale, scale)):
         return None
     sample.kept = int(rows.shape[0])
     return np.ascontiguousarray(M), rhs
+
+
+def centred_gram(M, mean):
+    """T M Tᵀ for the Gram M = [[A, g], [gᵀ, s]] of rows [cᵢ, 1] and T aᵢ = [cᵢ − μ, 1] (the rows centred on
+    μ): [[A − μgᵀ − gμᵀ + s·μμᵀ, g − sμ], [(g − sμ)ᵀ, s]], in O(d²) (the two (d + 1)³ products with T
+    took ~2 ms of the dense 10⁵ × 256 start)."""
+    d = mean.shape[0]
+    g, s = M[:d, d], M[d, d]
+    shifted = g - s * mean
+    out = np.empty_like(M)
+    out[:d, :d] = M[:d, :d] - np.outer(mean, g) - np.outer(shifted, mean)
+    out[:d, d] = out[d, :d] = shifted
+    out[d, d] = s
+    return out
 
 
 def worst_rows(block, x, is_floor, parameters, k):

@@ -91,18 +91,28 @@ def dense_matvec(A, x, out):
         out[i] = row_dot(A[i], x)
 
 
+# The one-load three-column loop of ``chunk_rmatmat`` pays where the rows are in cache (solve_many's small
+# problems, 288 × 48: 14 → 7 µs). Streaming wide rows from memory, the general loop (one column at a time
+# over the row, which stays in L1) is faster: dense 10⁵ × 256, k = 3, best of 11, same process: 6.65 → 5.86 ms
+# on two threads, 11.45 → 9.62 ms on one; 10⁵·256/d × d at d = 128: 12.6 → 11.1 ms on one thread; at d ≤ 64
+# the one-load loop is as fast or faster. So the passes over all of C (``dense_rmatmat``, ``dense_rmatmats``)
+# take the one-load loop only up to this width.
+ONE_LOAD_MAX_WIDTH = 64
+
+
 @njit(cache=True)
-def chunk_rmatmat(A, Q, start, stop, acc, flat):
+def chunk_rmatmat(A, Q, start, stop, acc, flat, one_load):
     """flat[j·k + t] = Σ_{i ∈ [start, stop)} A[i, j]·Q[i, t]: one row chunk's partial of Aᵀ Q.
 
     Accumulates in ``acc`` (k × d, overwritten) so the inner loop runs along a row of A
-    (contiguous, vectorised), then transposes it into ``flat`` (d·k) once.
+    (contiguous, vectorised), then transposes it into ``flat`` (d·k) once. ``one_load`` (k = 3 only):
+    the three columns updated from one load of each row entry (``ONE_LOAD_MAX_WIDTH``); either way each
+    acc[t, j] gets the rows' terms in row order, so the bits are the same.
     """
     k, d = acc.shape
     acc[:] = 0.0
-    if k == 3:
-        # The model's three columns updated from one load of each row entry (288 × 48: 14 → 7 µs); each
-        # acc[t, j] still gets the rows' terms in row order, so the bits are the general loop's.
+    if k == 3 and one_load:
+        # The model's three columns updated from one load of each row entry (288 × 48: 14 → 7 µs).
         acc0, acc1, acc2 = acc[0], acc[1], acc[2]
         for i in range(start, stop):
             row = A[i]
@@ -135,9 +145,10 @@ def dense_rmatmat(A, Q, chunk_rows, out):
     n, k = Q.shape
     d = out.shape[0]
     n_chunks = (n + chunk_rows - 1) // chunk_rows
+    one_load = d <= ONE_LOAD_MAX_WIDTH
     partial = np.zeros((n_chunks, d * k))
     for c in prange(n_chunks):
-        chunk_rmatmat(A, Q, c * chunk_rows, min(n, (c + 1) * chunk_rows), np.empty((k, d)), partial[c])
+        chunk_rmatmat(A, Q, c * chunk_rows, min(n, (c + 1) * chunk_rows), np.empty((k, d)), partial[c], one_load)
     sum_chunk_partials(partial, out)
 
 
@@ -224,11 +235,12 @@ def dense_rmatmats(A, Qs, chunk_rows, out):
     n_sets = len(Qs)
     k = out.shape[2]
     n_chunks = (n + chunk_rows - 1) // chunk_rows
+    one_load = d <= ONE_LOAD_MAX_WIDTH
     partial = np.zeros((n_sets, n_chunks, d * k))
     for c in prange(n_chunks):
         acc = np.empty((k, d))
         for s in range(n_sets):
-            chunk_rmatmat(A, Qs[s], c * chunk_rows, min(n, (c + 1) * chunk_rows), acc, partial[s, c])
+            chunk_rmatmat(A, Qs[s], c * chunk_rows, min(n, (c + 1) * chunk_rows), acc, partial[s, c], one_load)
     for s in range(n_sets):
         sum_chunk_partials(partial[s], out[s])
 

@@ -107,7 +107,8 @@ def _rmatmat(matrix, Q, chunk_rows, out):
         acc = np.empty((k, d))
         flat = np.empty(d * k)
         for start in range(0, n, chunk_rows):
-            chunk_rmatmat(A, Q, start, min(n, start + chunk_rows), acc, flat)
+            # one small problem's rows stay in cache: the one-load three-column loop (kernels/dense.py)
+            chunk_rmatmat(A, Q, start, min(n, start + chunk_rows), acc, flat, True)
             for j in range(d):
                 for t in range(k):
                     out[j, t] += flat[j * k + t]

@@ -9,6 +9,8 @@ import fastnewton
 from fastnewton import Problem, Status, make_problem, solve
 from fastnewton.start import starting_point
 
+import naive
+
 
 def planted(model, dense, n=2000, d=20, seed=0, **kwargs):
     out = make_problem(n, d, model=model, seed=seed, dense=dense, **kwargs)
@@ -453,6 +455,25 @@ def test_sampled_start_bits_do_not_depend_on_the_thread_count():
     assert "leverage-sampled rows" in one.start
     np.testing.assert_array_equal(one.x0, two.x0)
     np.testing.assert_array_equal(one.x, two.x)
+
+
+def test_centred_gram_is_the_product_with_the_centring_matrix():
+    """``centred_gram(M, μ)`` (the certificate's Gram of the rows centred on μ, in O(d²)) against T M Tᵀ with
+    T = [[I, −μ], [0, 1]] formed explicitly: each entry within the rounding of its sum of up to four
+    products of |entries| (the explicit product sums d + 1 of them per entry, most against zeros of T)."""
+    from fastnewton.start import centred_gram
+
+    rng = np.random.default_rng(5)
+    for d in (1, 6, 33):
+        rows = np.column_stack([rng.standard_normal((80, d)) * np.exp(rng.uniform(-3, 3, d)) + 2.0, np.ones(80)])
+        M = rows.T @ (rng.exponential(size=80)[:, None] * rows)
+        mean = rng.standard_normal(d) * 3.0
+        centring = np.eye(d + 1)
+        centring[:d, d] = -mean
+        got = centred_gram(M, mean)
+        magnitude = np.abs(centring) @ np.abs(M) @ np.abs(centring).T
+        naive.assert_within_rounding(got, centring @ M @ centring.T, magnitude, 4)
+        assert got[d, d] == M[d, d]
 
 
 @pytest.mark.filterwarnings("ignore::fastnewton.ConvergenceWarning")
