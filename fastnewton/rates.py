@@ -11,20 +11,20 @@ to tol = 1e-8.
 MACHINE = 'x86_64, 2 cores'
 
 # Stored entries of C read per second by one pass (u = Cx, or the fused Cᵀ[q, U]).
-DENSE_PASS_ENTRIES = 4.05e+09
+DENSE_PASS_ENTRIES = 4.27e+09
 CSR_PASS_ENTRIES = 2.54e+09
 # Dense Hessian-vector product (C·v and Cᵀ(β ⊙ Cv) in one read of C): entries of C per second at d = 256
 # and at d = 32; log-log in d between.
-DENSE_HESSIAN_VECTOR_ENTRIES = 3.63e+09
-DENSE_HESSIAN_VECTOR_ENTRIES_D32 = 1.93e+09
+DENSE_HESSIAN_VECTOR_ENTRIES = 4.13e+09
+DENSE_HESSIAN_VECTOR_ENTRIES_D32 = 3.07e+09
 # Dense sandwich (SYRK): multiply-adds n·d²/2 per second at d = 256 and at d = 32 (few multiply-adds
 # per entry read: slower); log-log in d between.
-DENSE_SANDWICH_FMA = 3.3e+10
-DENSE_SANDWICH_FMA_D32 = 1.22e+10
+DENSE_SANDWICH_FMA = 3.32e+10
+DENSE_SANDWICH_FMA_D32 = 1.25e+10
 # CSR sandwich: pair updates Σᵢ nnzᵢ(nnzᵢ + 1)/2 per second at d = 256 and at d = 1024 (the
 # updates scatter into a d × d partial: slower once it leaves the cache); log-log in d between.
 CSR_SANDWICH_PAIRS = 3.05e+09
-CSR_SANDWICH_PAIRS_D1024 = 2.34e+09
+CSR_SANDWICH_PAIRS_D1024 = 2.49e+09
 # OSNAP embedding: (stored entry, slot) updates per second.
 DENSE_EMBED_UPDATES = 3.17e+09
 CSR_EMBED_UPDATES = 4.65e+08
@@ -32,7 +32,7 @@ CSR_EMBED_UPDATES = 4.65e+08
 DENSE_SAMPLED_SANDWICH_FMA = 3.01e+10
 # C Z for the JL directions: (stored entry, column) multiply-adds per second.
 DENSE_MATMAT_FMA = 1.6e+10
-CSR_MATMAT_FMA = 6.7e+09
+CSR_MATMAT_FMA = 6.86e+09
 # QR of the m × d embedding (multiply-adds m·d²) and Cholesky of d × d (d³/3) per second.
 QR_FMA = 3.9e+10
 CHOLESKY_FMA = 1.82e+10
@@ -47,7 +47,7 @@ SAMPLING_ROWS = 1.91e+08
 EXACT_ITERATIONS = 2.75
 SKETCH_ITERATIONS_PER_EXACT = 2.25
 PCG_ITERATIONS_PER_EXACT = 1.08
-CG_ITERATIONS_PER_STEP = 2.92
+CG_ITERATIONS_PER_STEP = 2.75
 # Leverage references refused (fresh scores drawn) per sketch / pcg iteration, from the default start
 # and from any other (zeros, a user's x0: β moves far in the first iterations); the iteration figures
 # are means over calibrate.py's four problems (dense at d = 64 and 256, CSR with long and with short rows).
@@ -57,4 +57,4 @@ REFERENCE_REFRESHES_FROM_OTHER_STARTS = 0.143
 LAGGED_ITERATIONS_PER_EXACT = 1
 LAGGED_CG_ITERATIONS_PER_STEP = 1.88
 # CG iterations per pcg step preconditioned by the start's fit matrix (dense C from x0="auto").
-START_PRECONDITIONED_CG_ITERATIONS_PER_STEP = 3
+START_PRECONDITIONED_CG_ITERATIONS_PER_STEP = 2.83
