@@ -43,10 +43,12 @@ def starting_point(problem, x0):
     return problem.as_point(x0, "x0").copy(), "given"
 
 
-def normal_system_partials(block, row_fit, parameters):
-    """A block's CᵀΩC, Cᵀ[ω, ω t], Σω and Σωt for (ω, t) = row_fit(block, parameters)."""
+def normal_system_partials(block, row_fit, parameters, transposed_pass=None):
+    """A block's CᵀΩC, Cᵀ[ω, ω t], Σω and Σωt for (ω, t) = row_fit(block, parameters); ``transposed_pass``
+    forms Cᵀ[ω, ω t] (default: the block matrix's ``rmatmat``)."""
     weights, target = row_fit(block, parameters)
-    return fit_partials(weights, target, block.matrix.sandwich(weights), block.matrix.rmatmat(fit_columns(weights, target)))
+    transposed_pass = transposed_pass or block.matrix.rmatmat
+    return fit_partials(weights, target, block.matrix.sandwich(weights), transposed_pass(fit_columns(weights, target)))
 
 
 def fit_columns(weights, target):
@@ -79,9 +81,7 @@ class NormalSystemRequest:
         # (an evaluator of many blocks: each block's partials, summed).
         if ride_along is None or problem.matrix.format != "dense":
             return problem.map_blocks(normal_system_partials, self.row_fit, self.parameters)
-        block = problem.block
-        weights, target = self.row_fit(block, self.parameters)
-        return fit_partials(weights, target, block.matrix.sandwich(weights), ride_along(fit_columns(weights, target)))
+        return normal_system_partials(problem.block, self.row_fit, self.parameters, transposed_pass=ride_along)
 
 
 def normal_system(problem, row_fit, parameters, intercept, normalise=False):
