@@ -262,10 +262,13 @@ def _dot(a, b):
 
 @njit(cache=True)
 def _all_finite(a):
-    for i in range(a.shape[0]):
-        if not np.isfinite(a[i]):
-            return False
-    return True
+    """Whether every entry of a is finite (NaN and ±Inf are not)."""
+    non_finite = False
+    for k in range(a.shape[0]):
+        # x − x is 0 for a finite x and NaN for NaN or ±Inf; an or over the entries, no early exit,
+        # vectorises (``finite_at`` runs it over whole matrices at memory speed).
+        non_finite |= (a[k] - a[k]) != 0.0
+    return not non_finite
 
 
 @njit(cache=True)
@@ -653,13 +656,7 @@ def finite_at(addresses, sizes, out):
     """out[p] = whether the ``sizes[p]`` float64 values at ``addresses[p]`` are all finite (NaN and ±Inf are
     not): many problems' C checked in place, one problem per task, without a temporary per array."""
     for p in prange(addresses.shape[0]):
-        values = array_at(addresses[p], (sizes[p],), np.float64)
-        non_finite = False
-        for k in range(values.shape[0]):
-            # x − x is 0 for a finite x and NaN for NaN or ±Inf; an or over the entries, no early exit,
-            # vectorises (the pass runs at memory speed).
-            non_finite |= (values[k] - values[k]) != 0.0
-        out[p] = not non_finite
+        out[p] = _all_finite(array_at(addresses[p], (sizes[p],), np.float64))
 
 
 @njit(cache=True)
