@@ -16,7 +16,6 @@ alternating in one process. Writes small_threads.csv under --out.
 """
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numba
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _args import add_output_arguments, comma_list, positive_int  # noqa: E402
 from _report import write_csv  # noqa: E402
+from calibrate import best_seconds  # noqa: E402
 
 import fastnewton  # noqa: E402
 from fastnewton.hessian import exact_iteration_seconds  # noqa: E402
@@ -33,15 +33,6 @@ from fastnewton.solver import SINGLE_THREAD_BELOW_SECONDS  # noqa: E402
 MODELS = ("softmax", "relu_softmax", "softmax_relu")
 SIZES = {"dense": (256, 1024, 4096, 16384, 65536), "csr": (2000, 10_000, 30_000, 100_000)}
 QUICK_SIZES = {"dense": (256, 4096), "csr": (2000, 30_000)}
-
-
-def best_seconds(function, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main(argv=None):
