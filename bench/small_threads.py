@@ -6,7 +6,7 @@ threads, against the predicted work of one exact iteration that decides the defa
     python bench/small_threads.py --quick               # two sizes, seconds
 
 Without ``n_threads`` ``solve`` runs a problem whose exact iteration is predicted under
-``fastnewton.solver.SINGLE_THREAD_BELOW_SECONDS`` of work on one thread (``default_thread_count``):
+``fastnewton.threads.SINGLE_THREAD_BELOW_SECONDS`` of work on one thread (``default_thread_count``):
 each parallel pass wakes the other threads, which costs tens of µs per pass where the workers sleep
 between passes (OMP_WAIT_POLICY=PASSIVE), more than a pass over a few thousand rows. This script shows
 where the line falls on this machine: ratio = time on 1 thread / time on all; the predicted work
@@ -28,7 +28,7 @@ from calibrate import best_seconds  # noqa: E402
 
 import fastnewton  # noqa: E402
 from fastnewton.hessian import exact_iteration_seconds  # noqa: E402
-from fastnewton.solver import SINGLE_THREAD_BELOW_SECONDS  # noqa: E402
+from fastnewton.threads import SINGLE_THREAD_BELOW_SECONDS  # noqa: E402
 
 MODELS = ("softmax", "relu_softmax", "softmax_relu")
 SIZES = {"dense": (256, 1024, 4096, 16384, 65536), "csr": (2000, 10_000, 30_000, 100_000)}

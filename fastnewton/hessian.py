@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 
-from . import rates
+from . import rates, threads
 from .chunking import chunk_rows
 from .kernels.reduce import add_scaled
 from .kernels.sketch import expected_poisson_sizes
@@ -560,6 +560,14 @@ def exact_iteration_seconds(problem, rates=rates):
     work; not the fixed cost of its Python control), from ``strategy_seconds``' units."""
     full_sandwich, one_pass, cholesky = _unit_seconds(problem, rates)
     return full_sandwich + cholesky + _iteration_passes_and_rows(one_pass, problem.matrix.n, rates)
+
+
+def default_thread_count(problem, n_threads):
+    """``n_threads`` if given, else 1 for a problem whose exact iteration is predicted under
+    ``fastnewton.threads.SINGLE_THREAD_BELOW_SECONDS`` of work, else None (Numba's threads as they are)."""
+    if n_threads is not None:
+        return n_threads
+    return 1 if exact_iteration_seconds(problem) < threads.SINGLE_THREAD_BELOW_SECONDS else None
 
 
 def expected_sample_rows(problem, sizes):

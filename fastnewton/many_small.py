@@ -33,14 +33,14 @@ import scipy.sparse as sp
 
 from . import newton
 from .batch import BatchResult
-from .hessian import STRATEGIES, choose_strategy
+from .hessian import STRATEGIES, choose_strategy, default_thread_count
 from .kernels import small_newton as kernel
 from .matrix import DenseMatrix
 from .models import LogPartition, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
 from .problem import Problem
 from .result import MESSAGES, ConvergenceWarning, Status
-from .solver import default_thread_count, is_default_start, not_a_distribution, solve
+from .solver import is_default_start, not_a_distribution, solve
 from .start import NULL_SPACE_RTOL
 from .threads import thread_limits
 from .validation import as_input_matrix, as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count

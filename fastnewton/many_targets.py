@@ -43,13 +43,13 @@ import numpy as np
 from . import _cache
 from .batch import BatchResult
 from .buffers import Recycler
-from .hessian import ForwardKeepingProduct, forms_exact_sandwich
+from .hessian import ForwardKeepingProduct, default_thread_count, forms_exact_sandwich
 from .memory import check_iteration_fits, iteration_bytes
 from .newton import NewtonRequest, NewtonRun, References, column_scale, user_stacklevel
 from .problem import Problem
 from .result import ConvergenceWarning, MESSAGES, Status
 from .start import NormalSystemRequest, fit_columns, fit_partials
-from .solver import default_thread_count, is_default_start, solve_options, solve_rounds, warn_if_not_a_distribution
+from .solver import is_default_start, solve_options, solve_rounds, warn_if_not_a_distribution
 from .threads import thread_limits
 from .validation import as_array, as_thread_count, check_model, check_real_dtype
 

@@ -8,6 +8,7 @@ import copy
 import numpy as np
 
 from .buffers import Recycler
+from .hessian import default_thread_count
 from .kernels.reduce import add_scaled
 from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
@@ -15,6 +16,7 @@ from .newton import run_rounds
 from .protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from .reductions import dot
 from .sketching import sampled_sandwich
+from .threads import numba_threads
 from .validation import as_input_matrix, as_l2, as_row_weights, as_value_matrix, as_vector, check_model
 
 
@@ -57,6 +59,9 @@ def _own(validated, given):
     return validated
 
 
+_UNDECIDED = object()
+
+
 class Problem:
     """L(x) = ½‖h(Cx) − b‖² + ½ Σᵢ wᵢ (Cx)ᵢ² + ½ λ‖x‖² for one of the registered models.
 
@@ -66,6 +71,9 @@ class Problem:
     ``loss``, ``grad``, ``loss_and_grad``, ``hessian`` and ``hessp`` plug straight
     into ``scipy.optimize.minimize(fun, x0, jac=, hess=, hessp=)``. The last point
     evaluated is cached, so ``fun``/``jac``/``hessp`` at the same x share one pass.
+    They run on Numba's threads as the caller set them, except on a problem so small that ``solve``
+    runs it on one thread (``fastnewton.hessian.default_thread_count``): there they run on one thread too
+    (same bits; waking the other threads would cost more than the pass).
 
     ``b``, ``V`` and ``row_weights`` are copied: later edits of the caller's arrays do not affect
     the Problem. ``C`` is not copied when it is already float32/float64 canonical CSR or a
@@ -113,6 +121,7 @@ class Problem:
         """Hold the validated inputs."""
         self.model, self.matrix, self.V, self.l2, self.row_weights = model, matrix, V, l2, row_weights
         self._column_norms = None
+        self._thread_count = _UNDECIDED
         # The work arrays of evaluations (``fastnewton.buffers``), shared by the problems ``with_target``
         # makes: solve_many's problems reuse each other's freed arrays, not only their own.
         self.buffers = Recycler()
@@ -408,31 +417,46 @@ class Problem:
         self._last_forward = None
         self._gradient_at_zero = None
 
+    def _threads(self):
+        """Numba's threads for a public method's call: one on a problem that ``solve`` runs on one thread
+        (``default_thread_count``, decided once: it depends on C only), else the caller's."""
+        if self._thread_count is _UNDECIDED:
+            self._thread_count = default_thread_count(self, None)
+        return numba_threads(self._thread_count)
+
     def loss(self, x):
         """L(x)."""
         x = self.as_point(x)
         if self._last is not None and np.array_equal(self._last.x, x):
             return self._last.loss
-        return self.loss_at(self._forward(x, no_timer), x)
+        with self._threads():
+            return self.loss_at(self._forward(x, no_timer), x)
 
     def grad(self, x):
         """∇L(x) = Cᵀq + λx (a new array)."""
-        return self.evaluate(self.as_point(x), with_P=False).grad.copy()
+        x = self.as_point(x)
+        with self._threads():
+            return self.evaluate(x, with_P=False).grad.copy()
 
     def loss_and_grad(self, x):
         """(L(x), ∇L(x)) from one forward and one fused transposed pass."""
-        ev = self.evaluate(self.as_point(x), with_P=False)
+        x = self.as_point(x)
+        with self._threads():
+            ev = self.evaluate(x, with_P=False)
         return ev.loss, ev.grad.copy()
 
     def hessian(self, x):
         """∇²L(x) = Cᵀ(diag(β) + U S Uᵀ)C + λI as a dense d × d array."""
         check_hessian_fits(self.d)
-        return self.hessian_matrix(self.evaluate(self.as_point(x)))
+        x = self.as_point(x)
+        with self._threads():
+            return self.hessian_matrix(self.evaluate(x))
 
     def hessp(self, x, p):
         """∇²L(x)·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp without forming the Hessian (one read of C for the product)."""
-        ev = self.evaluate(self.as_point(x))
-        return self.hessian_product(ev, self.as_point(p, "p"))
+        x, p = self.as_point(x), self.as_point(p, "p")
+        with self._threads():
+            return self.hessian_product(self.evaluate(x), p)
 
     def scaled(self, scale=None):
         """This loss divided by g_ref = ‖∇L(0)‖ for scipy.optimize, whose tolerances are absolute (``fastnewton.scaled``)."""

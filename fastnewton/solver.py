@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 
 from . import _cache
-from .hessian import exact_iteration_seconds, resolve_strategy
+from .hessian import default_thread_count, resolve_strategy
 from .memory import check_hessian_fits, check_iteration_fits
 from .models import uses_values
 from .newton import NewtonRequest, SolveOptions, run_requests
@@ -17,25 +17,6 @@ from .start import starting_point
 from .threads import thread_limits
 from .timing import PhaseTimer
 from .validation import as_positive_float, as_positive_int, as_seed, as_thread_count
-
-# ``solve`` runs a problem whose exact Newton iteration is predicted to cost less than this (its work,
-# ``exact_iteration_seconds``) on one Numba thread when n_threads is not given: each parallel pass then
-# wakes the other threads (OMP_WAIT_POLICY=PASSIVE: 40–130 µs per parallel region on this 2-core VM
-# against 5–9 µs for the pass itself on a few hundred rows), more than they save. Measured, 2-core AMD
-# EPYC, noisy softmax solves from x0="auto", 1 thread / 2 threads (the prediction in brackets):
-# dense n = 256, d = 48 0.39–0.41 (0.03 ms), 1024 × 64 0.48–0.58 (0.19 ms), 4096 × 64 0.65–0.67 (0.73 ms),
-# 16384 × 64 0.91–1.03 (2.9 ms), 65536 × 64 1.35–1.44; CSR 10 per row, d = 64: n = 2000 0.41–0.46
-# (0.08 ms), 10⁴ 0.78–0.79 (0.37 ms), 3·10⁴ 1.01–1.13 (1.1 ms), 10⁵ 1.25–1.27; softmax_relu (25–54
-# iterations) alike, 0.30 at dense 256 × 48 to 1.55 at 65536 × 64. The thread count never changes the bits.
-SINGLE_THREAD_BELOW_SECONDS = 7.5e-4
-
-
-def default_thread_count(problem, n_threads):
-    """``n_threads`` if given, else 1 for a problem under SINGLE_THREAD_BELOW_SECONDS, else None (as they are)."""
-    if n_threads is not None:
-        return n_threads
-    return 1 if exact_iteration_seconds(problem) < SINGLE_THREAD_BELOW_SECONDS else None
-
 
 def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto", hessian="auto",
           eps=0.5, sketch_size=None, tol=1e-8, max_iter=100, seed=None, n_threads=None,

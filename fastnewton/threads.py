@@ -89,6 +89,31 @@ def blas_threads(n_threads):
             _release_openblas_control()
 
 
+# A problem whose exact Newton iteration is predicted to cost less than this (its work,
+# ``fastnewton.hessian.exact_iteration_seconds``) runs on one Numba thread unless the caller gives a thread
+# count (``fastnewton.hessian.default_thread_count``: ``solve``, ``solve_many`` and ``Problem``'s methods):
+# each parallel pass then wakes the other threads (OMP_WAIT_POLICY=PASSIVE: 40–130 µs per parallel region on
+# this 2-core VM against 5–9 µs for the pass itself on a few hundred rows), more than they save. Measured,
+# 2-core AMD EPYC, noisy softmax solves from x0="auto", 1 thread / 2 threads (the prediction in brackets):
+# dense n = 256, d = 48 0.39–0.41 (0.03 ms), 1024 × 64 0.48–0.58 (0.19 ms), 4096 × 64 0.65–0.67 (0.73 ms),
+# 16384 × 64 0.91–1.03 (2.9 ms), 65536 × 64 1.35–1.44; CSR 10 per row, d = 64: n = 2000 0.41–0.46
+# (0.08 ms), 10⁴ 0.78–0.79 (0.37 ms), 3·10⁴ 1.01–1.13 (1.1 ms), 10⁵ 1.25–1.27; softmax_relu (25–54
+# iterations) alike, 0.30 at dense 256 × 48 to 1.55 at 65536 × 64. The thread count never changes the bits.
+SINGLE_THREAD_BELOW_SECONDS = 7.5e-4
+
+
+@contextmanager
+def numba_threads(n_threads):
+    """Numba's prange threads set to ``n_threads`` inside this block (None: as they are), then restored."""
+    previous = numba.get_num_threads()
+    if n_threads is not None:
+        numba.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
 @contextmanager
 def thread_limits(n_threads):
     """Run a solve with ``n_threads`` Numba threads (None: as they are) and BLAS on one thread.
@@ -100,14 +125,8 @@ def thread_limits(n_threads):
     (``map_single_threaded_blas``). The previous ``numba.get_num_threads()`` and BLAS
     limits are restored on exit, so a solve never changes the caller's configuration.
     """
-    previous = numba.get_num_threads()
-    if n_threads is not None:
-        numba.set_num_threads(n_threads)
-    try:
-        with single_threaded_blas():
-            yield
-    finally:
-        numba.set_num_threads(previous)
+    with numba_threads(n_threads), single_threaded_blas():
+        yield
 
 
 def map_single_threaded_blas(function, items):

@@ -59,8 +59,8 @@ def all_threads_for_small_problems(monkeypatch):
     """``solve`` without n_threads runs a small problem on one thread (``default_thread_count``); the tests'
     problems are small, and the many that compare thread counts (or check the parallel paths) must see
     Numba's threads as the caller set them. The rule itself: tests/test_solver.py."""
-    import fastnewton.solver
-    monkeypatch.setattr(fastnewton.solver, "SINGLE_THREAD_BELOW_SECONDS", 0.0)
+    import fastnewton.threads
+    monkeypatch.setattr(fastnewton.threads, "SINGLE_THREAD_BELOW_SECONDS", 0.0)
 
 
 @pytest.fixture

@@ -370,8 +370,8 @@ def test_problems_left_to_solve_follow_solves_threads_rule(monkeypatch):
     # softmax_relu problems go to solve one by one: a small one on one thread even when the batch's
     # n_threads is 2 (solve's own rule, ``default_thread_count``), a larger one on the batch's threads.
     import fastnewton.many_small as many_small_module
-    import fastnewton.solver as solver_module
-    monkeypatch.setattr(solver_module, "SINGLE_THREAD_BELOW_SECONDS", 7.5e-4)  # as shipped (conftest sets 0)
+    import fastnewton.threads as threads_module
+    monkeypatch.setattr(threads_module, "SINGLE_THREAD_BELOW_SECONDS", 7.5e-4)  # as shipped (conftest sets 0)
     problems = _mixed("softmax_relu", count=3)
     threads = []
     monkeypatch.setattr(many_small_module, "solve",
@@ -380,7 +380,7 @@ def test_problems_left_to_solve_follow_solves_threads_rule(monkeypatch):
     result = _quiet(solve_many, problems, model="softmax_relu", n_threads=2)
     assert threads == [1, 1, 1]
     _check_same_as_solve(problems, "softmax_relu", result)
-    monkeypatch.setattr(solver_module, "SINGLE_THREAD_BELOW_SECONDS", 0.0)
+    monkeypatch.setattr(threads_module, "SINGLE_THREAD_BELOW_SECONDS", 0.0)
     threads.clear()
     _quiet(solve_many, problems, model="softmax_relu", n_threads=2)
     assert threads == [2, 2, 2]

@@ -376,8 +376,8 @@ def test_shared_transposed_pass_of_leading_columns_has_rmatmat_bits(dense):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="Numba was started with fewer than 2 threads")
 def test_a_small_c_runs_on_one_thread_as_solve_runs_its_columns(monkeypatch):
-    import fastnewton.solver as solver_module
-    monkeypatch.setattr(solver_module, "SINGLE_THREAD_BELOW_SECONDS", 7.5e-4)  # as shipped (conftest sets 0)
+    import fastnewton.threads as threads_module
+    monkeypatch.setattr(threads_module, "SINGLE_THREAD_BELOW_SECONDS", 7.5e-4)  # as shipped (conftest sets 0)
     C, B, _ = case("softmax", True)
     caller = numba.get_num_threads()
     seen = {}

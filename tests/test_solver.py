@@ -176,9 +176,9 @@ def test_thread_count_does_not_change_the_bits_csr(model):
 @needs_two_threads
 @pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
 def test_a_small_problem_runs_on_one_thread_unless_n_threads_is_given(dense, monkeypatch):
-    import fastnewton.solver as solver_module
+    import fastnewton.threads as threads_module
     from fastnewton.hessian import exact_iteration_seconds
-    monkeypatch.setattr(solver_module, "SINGLE_THREAD_BELOW_SECONDS", 7.5e-4)  # as shipped (conftest sets 0)
+    monkeypatch.setattr(threads_module, "SINGLE_THREAD_BELOW_SECONDS", 7.5e-4)  # as shipped (conftest sets 0)
     C, b, _, _ = planted("softmax", dense, n=2000, d=20, seed=4, noise=0.05)
     assert exact_iteration_seconds(fastnewton.Problem(C, b)) < 7.5e-4
     caller = numba.get_num_threads()
@@ -190,10 +190,35 @@ def test_a_small_problem_runs_on_one_thread_unless_n_threads_is_given(dense, mon
     assert numba.get_num_threads() == caller  # restored
     assert np.array_equal(threads[None].x, threads[2].x)  # the thread count never changes the bits
     # a problem above the line keeps the caller's threads
-    monkeypatch.setattr(solver_module, "SINGLE_THREAD_BELOW_SECONDS", 1e-12)
+    monkeypatch.setattr(threads_module, "SINGLE_THREAD_BELOW_SECONDS", 1e-12)
     seen = []
     solve(C, b, callback=lambda info: seen.append(numba.get_num_threads()))
     assert set(seen) == {caller}
+
+
+@needs_two_threads
+@pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
+def test_problems_methods_run_a_small_problem_on_one_thread_as_solve_does(dense, monkeypatch):
+    # scipy users call loss/grad/hessp thousands of times: on a small problem each parallel pass would
+    # wake the other threads for more than the pass costs (``default_thread_count``); same bits either way.
+    import fastnewton.threads as threads_module
+    C, b, _, _ = planted("softmax", dense, n=2000, d=20, seed=4, noise=0.05)
+    x, p = np.linspace(-0.2, 0.3, 20), np.linspace(1.0, -1.0, 20)
+    caller = numba.get_num_threads()
+    answers = {}
+    for below, expected in ((7.5e-4, 1), (1e-12, caller)):  # as shipped; then a line under every problem
+        monkeypatch.setattr(threads_module, "SINGLE_THREAD_BELOW_SECONDS", below)
+        problem = fastnewton.Problem(C, b)
+        seen = []
+        for name in ("_forward", "hessian_product", "hessian_matrix"):
+            method = getattr(problem, name)
+            setattr(problem, name, lambda *args, method=method: seen.append(numba.get_num_threads()) or method(*args))
+        answers[expected] = (problem.loss(x), problem.grad(x + 1e-3), *problem.loss_and_grad(x - 1e-3),
+                             problem.hessp(x, p), problem.hessian(x))
+        assert len(seen) == 6 and set(seen) == {expected}
+        assert numba.get_num_threads() == caller  # restored
+    for one, every in zip(answers[1], answers[caller]):
+        assert np.array_equal(one, every)
 
 
 @needs_two_threads
