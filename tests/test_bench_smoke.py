@@ -174,6 +174,13 @@ def test_blas_threads_quick_runs():
     assert "Cholesky factor bitwise equal" in out
 
 
+def test_blas_spin_quick_times_both_timeouts_in_every_mode():
+    lines = run_script(["bench/blas_spin.py", "--quick"]).stdout.splitlines()
+    rows = [line for line in lines if "idle" in line]
+    assert len(rows) == 2 and "OPENBLAS_THREAD_TIMEOUT=4" in rows[1]
+    assert all(row.count("/") == 3 and "after matmul + idle" in row for row in rows)
+
+
 def test_families_solve_split_run_gives_the_whole_runs_table(tmp_path):
     """--range slices written with --out and joined by --table count the same problems as one run."""
     common = ["bench/families_solve.py", "--quick", "--models", "softmax_relu", "--count", "3", "--no-scipy"]
