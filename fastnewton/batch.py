@@ -4,9 +4,11 @@ Two forms share one entry point:
 
 - ``solve_many(C, B, model=..., V=None, **kw)``: one C (n × d) and q targets, the columns of B
   (n × q, or m × q for models read out through V). Implemented in ``fastnewton.many_targets``.
-- ``solve_many(problems, model=..., **kw)``: a sequence of independent ``(C, b)`` or ``(C, b, V)``
-  tuples whose shapes may differ. Implemented in ``fastnewton.many_small``.
+- ``solve_many(problems, model=..., **kw)``: a list or tuple of independent ``(C, b)`` or ``(C, b, V)``
+  tuples whose shapes may differ, or an iterator of them (a generator, ``zip(Cs, bs)``), read once. Implemented in ``fastnewton.many_small``.
 """
+from collections.abc import Iterator
+
 import numpy as np
 from scipy.optimize import OptimizeResult
 
@@ -48,6 +50,8 @@ def solve_many(problems_or_C, B=None, model="softmax", *, V=None, **kwargs):
     Keywords are ``fastnewton.solve``'s (l2, row_weights, x0, hessian, tol, max_iter, seed, ...),
     applied to every problem. Returns a ``BatchResult``.
     """
+    if B is None and isinstance(problems_or_C, Iterator):  # a generator, zip(Cs, bs), map(...): taken once
+        problems_or_C = list(problems_or_C)
     if B is None and isinstance(problems_or_C, (list, tuple)):
         if V is not None:
             raise TypeError("V is given per problem in the sequence form: pass (C, b, V) tuples")
@@ -55,6 +59,6 @@ def solve_many(problems_or_C, B=None, model="softmax", *, V=None, **kwargs):
         return solve_problems(problems_or_C, model=model, **kwargs)
     if B is None:
         raise TypeError("solve_many needs B (the targets, one per column) when given one C, "
-                        "or a list of (C, b) / (C, b, V) tuples")
+                        "or a list (or an iterator) of (C, b) / (C, b, V) tuples")
     from .many_targets import solve_targets
     return solve_targets(problems_or_C, B, model=model, V=V, **kwargs)

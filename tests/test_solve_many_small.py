@@ -225,6 +225,17 @@ def test_malformed_problems_argument_raises():
         solve_many([(C, b)], tol=-1.0)
 
 
+def test_an_iterator_of_problems_is_read_once_like_a_list():
+    problems = _mixed("softmax", count=4)
+    listed = _quiet(solve_many, problems)
+    for iterator in ((problem for problem in problems), zip(*zip(*problems)), iter(problems)):
+        result = _quiet(solve_many, iterator)
+        assert np.array_equal(result.status, listed.status)
+        assert all(np.array_equal(a, b) for a, b in zip(result.x, listed.x))
+    with pytest.raises(TypeError, match="iterator"):
+        solve_many(make_problem(50, 4, nnz_per_row=2, seed=7)[0])  # one C without B
+
+
 def test_same_d_gives_a_d_by_q_array_and_per_problem_x0():
     problems = [make_problem(60 + 10 * i, 5, nnz_per_row=3, noise=0.05, seed=10 + i)[:2] for i in range(4)]
     x0 = [np.full(5, 0.1 * i) for i in range(4)]
