@@ -5,7 +5,8 @@ Two forms share one entry point:
 - ``solve_many(C, B, model=..., V=None, **kw)``: one C (n × d) and q targets, the columns of B
   (n × q, or m × q for models read out through V). Implemented in ``fastnewton.many_targets``.
 - ``solve_many(problems, model=..., **kw)``: a list or tuple of independent ``(C, b)`` or ``(C, b, V)``
-  tuples whose shapes may differ, or an iterator of them (a generator, ``zip(Cs, bs)``), read once. Implemented in ``fastnewton.many_small``.
+  tuples whose shapes may differ, or an iterator of them (a generator, ``zip(Cs, bs)``), read once.
+  Implemented in ``fastnewton.many_small``.
 """
 from collections.abc import Iterator
 
