@@ -305,12 +305,16 @@ def lifted_solve(problem, surrogate_model, build_system, options, timer=None, cl
     return run_requests(lifted_solve_rounds(problem, surrogate_model, build_system, options, timer, clock))
 
 
-def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=None, clock=None):
-    """``lifted_solve`` as a generator of its Newton loops (``NewtonRequest``s), for ``solve_many``."""
+def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=None, clock=None, start=None):
+    """``lifted_solve`` as a generator of its Newton loops (``NewtonRequest``s), for ``solve_many``.
+    ``start``: (x0, description) of a user's start, which takes stage 1's place."""
     timer = timer if timer is not None else PhaseTimer()
     stages = _Stages(options, timer, clock)
-    with timer("start"):
-        x0, description = yield from problem.row_model.auto_start_rounds(problem)
+    if start is None:
+        with timer("start"):
+            x0, description = yield from problem.row_model.auto_start_rounds(problem)
+    else:
+        x0, description = start
 
     def surrogate(ridge):
         return problem.with_model(surrogate_model, problem.l2 + ridge)

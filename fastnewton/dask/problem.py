@@ -170,6 +170,9 @@ class DaskProblem:
     def auto_solve(self, build_system, options, timer=None, clock=None):
         return self.row_model.auto_solve(self, build_system, options, timer=timer, clock=clock)
 
+    def solve_from_rounds(self, x0, description, build_system, options, timer=None, clock=None):
+        return self.row_model.solve_from_rounds(self, x0, description, build_system, options, timer, clock)
+
     def with_model(self, row_model, l2):
         """This problem for another model of the same targets (its ``facts`` are these) and ridge ``l2``:
         the same blocks on the workers and the same round counters; no round is run."""
