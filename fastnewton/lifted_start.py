@@ -56,6 +56,19 @@ its ReLU has zero derivative, so no Newton step can revive it. Three stages avoi
    phase only the real loss follows (the answer must be the real loss's), after a real phase nothing
    (every later phase would stop at the same kink). No random draw anywhere: deterministic.
 
+**From a caller's start** (x0 = "zeros" or an array; ``SoftmaxRelu.solve_from_rounds``): stages 2 and 3
+from x0 in stage 1's place — λmax(H) at x0, the same ridge fractions (the ridge pulls toward x = 0, not x0),
+the same reachability test (the misfit at x0 in place of the simplex start's) and real-loss phases, the
+restart from x = 0 included. So the iterations start at x0 and the answer is a point of the real loss,
+reached as reliably as from stage 1: plain Newton from zeros crawls along the valley of nearly-dead outputs
+or kills one. Measured (bench/user_start.py): on bench/peers.py's softmax_relu problem (CSR 10⁵ × 100,
+m = 16, 1 % noise) from zeros 37 iterations at the default start's loss (plain Newton: max_iter = 100
+reached, loss 40 % higher; 226 iterations to tol, 30 % higher), from a random small x0 36; on 40 problems of
+bench/families.py from zeros 34 reach tol and 38 end at the default start's loss (plain Newton 25 and 28),
+with the median iterations 10 → 24 (plain Newton's cheap successes cost the ridge stages now). With
+``continuation=False`` (``solve``'s keyword) a caller's x0, and "auto" after stage 1, get one plain Newton
+loop on the real loss instead.
+
 Every iteration of every stage counts in ``n_iter`` and appears in the history with its
 ``phase`` ("surrogate l2+0.3·λmax", …, "surrogate l2+0.0003·λmax", "surrogate", "real",
 "real restart from zeros", "real from zeros", and "branch probe l2+0.03·λmax" …); each record's

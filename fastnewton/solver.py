@@ -76,8 +76,7 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
         real loss (``fastnewton.lifted_start``). Every phase's iterations count in ``n_iter`` and
         ``max_iter``, and each history record names its ``phase``. False: one plain Newton loop on the
         real loss from x0 (from ``"zeros"`` or a random x0 it often stops at a dead output or crawls along
-        the ReLU valley: measured, it reached tol on 26 of 41 problems where the staged solve from zeros
-        reached it on 35).
+        the valley of nearly-dead outputs; ``fastnewton.lifted_start`` has the measurements).
 
     Returns
     -------
