@@ -6,16 +6,16 @@
 
 Per problem, ``fastnewton.solve(C, b, "softmax_relu", V=V, l2=l2, x0=...)`` with the default max_iter
 from three starts: ``auto`` (the default), ``zeros`` and a seeded random small x0 (x ~ N(0, 0.1²/d),
-logits of order 0.1 or less), with the status, ``n_iter``, wall time and the final loss relative to the
-default start's ((loss − loss_auto) / max(loss_auto, 1e-12·‖b‖²); for a reachable family problem, whose optimal loss is 0, the
-relative residual ‖h(Cx) − b‖/‖b‖ instead). The last lines count, per start, the problems where it
-reached tol and where it ended no worse than the default start (loss ≤ loss_auto·(1 + 1e-6) +
-1e-12·‖b‖², or residual ≤ 1e-6 when b is reachable).
+logits of order 0.1 or less), with the status, ``n_iter``, wall time and the final loss relative to
+the default start's, (loss − loss_auto) / max(loss_auto, 1e-12·‖b‖²), or for a reachable family
+problem, whose optimal loss is 0, the relative residual ‖h(Cx) − b‖/‖b‖. The last lines count, per
+start, the family problems where it reached tol and where it ended no worse than the default start
+(loss ≤ loss_auto·(1 + 1e-6) + 1e-12·‖b‖², or residual ≤ 1e-6 when b is reachable).
 
 Problems: bench/peers.py's softmax_relu problem (``make_problem(n, d, 10 nnz/row, m = 16, noise 1e-2,
-seed 0)``, l2 = 1e-3·‖C‖_F²/(d n²)) and problems --first.. of ``bench/families.py``'s softmax_relu family
-(seed 0; the last 20 % of each family of --count noisy). The machine and the fastnewton that was
-imported are printed first (run it against another checkout with /work/wt/base_run.py-style loaders).
+seed 0)``, l2 = 1e-3·‖C‖_F²/(d n²)) and problems --first.. of ``bench/families.py``'s softmax_relu
+family (seed 0; the last 20 % of the family of --count noisy). The machine and the fastnewton that
+was imported are printed first; to compare two versions, run the script with each.
 """
 import argparse
 import platform
@@ -77,7 +77,7 @@ def run_problem(name, C, b, V, l2, reachable, seed, residual):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=positive_int, default=100_000, help="rows of the peers problem (0: none)")
+    parser.add_argument("--n", type=positive_int, default=100_000, help="rows of the peers problem")
     parser.add_argument("--no-peers", action="store_true", help="skip the peers problem")
     parser.add_argument("--families", type=nonnegative_int, default=40, help="family problems to run")
     parser.add_argument("--first", type=nonnegative_int, default=0, help="index of the first family problem")
@@ -88,8 +88,10 @@ def main(argv=None):
           f"fastnewton from {Path(fastnewton.__file__).parent}")
     print(f"{'problem':<22} " + " | ".join(f"{start:<14} {'it':>4} {'time':>8} {'loss/auto-1':>12}"
                                           for start in STARTS))
-    warm = fastnewton.make_problem(300, 8, nnz_per_row=3, model="softmax_relu", m=4, noise=1e-2, seed=0)
-    run_problem("(warm-up, compiles)", warm.C, warm.b, warm.V, 0.0, False, 0, lambda x: 0.0)
+    for dense in (False, True):
+        warm = fastnewton.make_problem(300, 8, nnz_per_row=3, model="softmax_relu", m=4, noise=1e-2, seed=0,
+                                       dense=dense)
+        run_problem("(warm-up, compiles)", warm.C, warm.b, warm.V, 0.0, False, 0, lambda x: 0.0)
     results = []
     if not args.no_peers:
         n = 5000 if args.quick else args.n
@@ -104,8 +106,12 @@ def main(argv=None):
         if args.first <= index < last:
             results.append(run_problem(case.name + ("" if case.reachable else " noisy"), case.C, case.b, case.V, 0.0,
                                        case.reachable, index, lambda x, case=case: families.relative_residual(case, x)))
+    family_results = results[0 if args.no_peers else 1:]
+    if not family_results:
+        return
+    print(f"the {len(family_results)} family problems:")
     for start in STARTS:
-        rows = [result[start] for result in results]
+        rows = [result[start] for result in family_results]
         print(f"{start:<7} reached tol {sum(r['converged'] for r in rows):>3}/{len(rows)}, "
               f"as good as auto {sum(r['as_good'] for r in rows):>3}/{len(rows)}, "
               f"iterations median {np.median([r['n_iter'] for r in rows]):.0f} max {max(r['n_iter'] for r in rows)}, "
