@@ -60,14 +60,18 @@ its ReLU has zero derivative, so no Newton step can revive it. Three stages avoi
 from x0 in stage 1's place — λmax(H) at x0, the same ridge fractions (the ridge pulls toward x = 0, not x0),
 the same reachability test (the misfit at x0 in place of the simplex start's) and real-loss phases, the
 restart from x = 0 included. So the iterations start at x0 and the answer is a point of the real loss,
-reached as reliably as from stage 1: plain Newton from zeros crawls along the valley of nearly-dead outputs
-or kills one. Measured (bench/user_start.py): on bench/peers.py's softmax_relu problem (CSR 10⁵ × 100,
-m = 16, 1 % noise) from zeros 37 iterations at the default start's loss (plain Newton: max_iter = 100
-reached, loss 40 % higher; 226 iterations to tol, 30 % higher), from a random small x0 36; on 40 problems of
-bench/families.py from zeros 34 reach tol and 38 end at the default start's loss (plain Newton 25 and 28),
-with the median iterations 10 → 24 (plain Newton's cheap successes cost the ridge stages now). With
-``continuation=False`` (``solve``'s keyword) a caller's x0, and "auto" after stage 1, get one plain Newton
-loop on the real loss instead.
+reached nearly as reliably as from stage 1: plain Newton from zeros crawls along the valley of nearly-dead outputs
+or kills one. Measured (bench/user_start.py --count 240 --families 240): on bench/peers.py's softmax_relu
+problem (CSR 10⁵ × 100, m = 16, 1 % noise) from zeros 37 iterations to tol at the default start's loss (plain
+Newton: max_iter = 100 reached, loss 40 % higher; with max_iter = 400, 220–226 iterations to a loss 30 % higher),
+from a random small x0 36; on the 240 problems of bench/families.py (48 noisy) from zeros 201 reach tol and
+219 end at the default start's loss or lower (plain Newton 156 and 174; the default start 203 reach tol),
+from a random small x0 201 and 220 (plain 156 and 174); median iterations 10 → 24, as from the default start
+(plain Newton's quick successes now pay for the ridge stages). Still short, of the reachable: softmax_relu-0-28
+(its ridge stages from zeros take 100 iterations; 106 to tol), -0-97 (a dead output), -0-103 (a local
+minimiser with a 1.5 % residual) and -0-133 (short of tol from the default start too); and 17 noisy targets
+end above the default start's loss (non-convex: 4 others end lower). With ``continuation=False``
+(``solve``'s keyword) a caller's x0, and "auto" after stage 1, get one plain Newton loop on the real loss.
 
 Every iteration of every stage counts in ``n_iter`` and appears in the history with its
 ``phase`` ("surrogate l2+0.3·λmax", …, "surrogate l2+0.0003·λmax", "surrogate", "real",
