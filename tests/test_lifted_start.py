@@ -151,8 +151,9 @@ def test_history_marks_every_phase_and_counts_every_iteration():
 def test_max_iter_bounds_all_phases_together():
     C, b, V = _planted(2000, 12, model="softmax_relu", m=6, seed=4)
     for max_iter in (0, 1, 5):
-        res = solve(C, b, "softmax_relu", V=V, max_iter=max_iter)
-        assert res.n_iter <= max_iter
+        for x0 in ("auto", "zeros"):
+            res = solve(C, b, "softmax_relu", V=V, max_iter=max_iter, x0=x0)
+            assert res.n_iter <= max_iter
     assert np.array_equal(solve(C, b, "softmax_relu", V=V, max_iter=0).x0,
                           solve(C, b, "softmax_relu", V=V, max_iter=3).x0)
 
