@@ -73,7 +73,8 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
         default): from x0 (``"auto"``, ``"zeros"`` or an array alike), Newton on a lifted surrogate in which
         no output's ReLU can die, along a ridge path l2 + (3e-1 … 3e-4)·λmax → l2, then Newton on the real
         loss, with a restart from x = 0 when that stops unconverged (``fastnewton.lifted_start``): the
-        iterations start at x0, and the result's loss, gradient and status are the real loss's. Every
+        iterations start at x0, and the result's loss, gradient and status are the real loss's (except
+        after a stop by the callback within a surrogate phase: then that phase's). Every
         phase's iterations count in ``n_iter`` and ``max_iter``, each history record names its ``phase``,
         and ``res.start`` says which phases ran. False: one plain Newton loop on the
         real loss from x0 (from ``"zeros"`` or a random x0 it often stops at a dead output or crawls along
