@@ -59,7 +59,11 @@ its ReLU has zero derivative, so no Newton step can revive it. Three stages avoi
 **From a caller's start** (x0 = "zeros" or an array; ``SoftmaxRelu.solve_from_rounds``): stages 2 and 3
 from x0 in stage 1's place — λmax(H) at x0, the same ridge fractions (the ridge pulls toward x = 0, not x0),
 the same reachability test (the misfit at x0 in place of the simplex start's) and real-loss phases, the
-restart from x = 0 included. So the iterations start at x0 and the answer is a point of the real loss,
+restart from x = 0 included. A warm start — real loss at x0 at most WARM_START_LOSS of the loss at x = 0 —
+first gets Newton on the real loss (phase "real from x0", at most WARM_START_MAX_ITER iterations): near a
+minimiser it converges there in a few iterations, and the result is that minimiser; if it does not
+converge, stages 2 and 3 run from x0 with the iterations left. So the iterations start at x0 and the
+answer is a point of the real loss,
 reached nearly as reliably as from stage 1: plain Newton from zeros crawls along the valley of nearly-dead outputs
 or kills one. Measured (bench/user_start.py --count 240 --families 240): on bench/peers.py's softmax_relu
 problem (CSR 10⁵ × 100, m = 16, 1 % noise) from zeros 37 iterations to tol at the default start's loss (plain
@@ -75,7 +79,7 @@ end above the default start's loss (non-convex: 4 others end lower). With ``cont
 
 Every iteration of every stage counts in ``n_iter`` and appears in the history with its
 ``phase`` ("surrogate l2+0.3·λmax", …, "surrogate l2+0.0003·λmax", "surrogate", "real",
-"real restart from zeros", "real from zeros", and "branch probe l2+0.03·λmax" …); each record's
+"real restart from zeros", "real from zeros", "real from x0", and "branch probe l2+0.03·λmax" …); each record's
 ``loss`` is that phase's loss.
 """
 import dataclasses
@@ -139,6 +143,17 @@ REACHABLE_MISFIT = 5e-3
 # With b not reachable, the real loss from the continuation's end gets this share of the iterations
 # left and the restart from zeros the rest (on noisy targets the restart needs ~20, at most ~70).
 UNREACHABLE_REAL_SHARE = 0.5
+# A caller's x0 is a warm start when its real loss is at most WARM_START_LOSS of the loss at x = 0; Newton
+# on the real loss then runs first, for at most WARM_START_MAX_ITER iterations. Measured L(x0)/L(0): random
+# small starts (x ~ N(0, 0.1²/d)) 0.87–1.0 on bench/families.py's problems and 1.0 on bench/peers.py's;
+# the minimiser moved by 0.1 in the logits (‖CΔx‖∞) 4e-4–0.5, the larger on noisy targets whose minimiser
+# itself leaves up to 0.49. From such a start (tests/test_hessian.py's softmax_relu problems) Newton converges
+# in 4 iterations, the continuation in 20–48; from the minimiser scaled by 0.5–0.9 (L(x0)/L(0) ≤ 0.5) on 8
+# family problems Newton converged in 4–14 iterations or stopped at a dead output in 1–10. A probe on every
+# start (no loss test, at most 10 iterations) cost the families' cold starts 9 iterations, median (24 → 33
+# from zeros), and solved none more.
+WARM_START_LOSS = 0.5
+WARM_START_MAX_ITER = 20
 # The offset o_j = −min_i V_ij + OFFSET_MARGIN·(max_i V_ij − min_i V_ij) (+1 if V_j is constant).
 OFFSET_MARGIN = 1.0
 
@@ -341,6 +356,15 @@ def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=N
             warn_max_iter(options)
         return stages.finish(res, x0, description + how)
 
+    if start is not None and stages.left() > 0 and x0.any() and (
+            _misfit(problem, x0) <= WARM_START_LOSS * _misfit(problem, np.zeros_like(x0))):
+        # A warm start: Newton on the real loss converges from it in a few iterations, which the
+        # continuation (whose ridge pulls toward 0) would spend many more on. If it does not, the
+        # continuation runs from x0 with the iterations left.
+        warm = yield from stages.run(problem, x0, "real from x0", build_system, options.tol,
+                                     min(WARM_START_MAX_ITER, stages.left()))
+        if warm.converged or stages.stopped or stages.left() <= 0:
+            return finish(warm, "; Newton on the real loss from this warm start" if warm.converged else "")
     x = x0
     lam_max = largest_eigenvalue(surrogate(0.0), x0) if options.max_iter else 0.0
     res = None

@@ -72,7 +72,9 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     continuation : ``softmax_relu`` only (the other models have no stages and ignore it). True (the
         default): from x0 (``"auto"``, ``"zeros"`` or an array alike), Newton on a lifted surrogate in which
         no output's ReLU can die, along a ridge path l2 + (3e-1 … 3e-4)·λmax → l2, then Newton on the real
-        loss, with a restart from x = 0 when that stops unconverged (``fastnewton.lifted_start``): the
+        loss, with a restart from x = 0 when that stops unconverged (``fastnewton.lifted_start``). A warm
+        start (an array whose real loss is at most half the loss at x = 0) first gets up to 20 Newton
+        iterations on the real loss, and the continuation runs from x0 only if they do not converge. The
         iterations start at x0, and the result's loss, gradient and status are the real loss's (except
         after a stop by the callback within a surrogate phase: then that phase's). Every
         phase's iterations count in ``n_iter`` and ``max_iter``, each history record names its ``phase``,

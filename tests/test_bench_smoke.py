@@ -204,8 +204,8 @@ def test_families_solve_quick_prints_solved_counts():
 
 def test_user_start_quick_counts_each_start_against_the_default():
     out = run_script(["bench/user_start.py", "--quick"]).stdout
-    counts = [line.split() for line in out.splitlines() if line.startswith(("auto ", "zeros ", "random "))]
-    assert [row[0] for row in counts] == ["auto", "zeros", "random"], out
+    counts = [line.split() for line in out.splitlines() if line.startswith(("auto ", "zeros ", "random ", "warm "))]
+    assert [row[0] for row in counts] == ["auto", "zeros", "random", "warm"], out
     for row in counts:
         reached, total = row[3].rstrip(",").split("/")
         assert 0 <= int(reached) <= int(total) == 6, out

@@ -11,8 +11,8 @@ import scipy.optimize
 
 import fastnewton
 from fastnewton import Problem, solve
-from fastnewton.lifted_start import (RIDGE_FRACTIONS, SIMPLEX_FLOOR, largest_eigenvalue, output_offsets, simplex_vector,
-                                     simplex_weights)
+from fastnewton.lifted_start import (RIDGE_FRACTIONS, SIMPLEX_FLOOR, WARM_START_LOSS, WARM_START_MAX_ITER,
+                                     largest_eigenvalue, output_offsets, simplex_vector, simplex_weights)
 from fastnewton.models import SoftmaxRelu
 
 import naive
@@ -290,6 +290,48 @@ def test_from_a_random_start_the_iterations_start_there_and_reach_the_auto_start
     first = Problem(C, b, "softmax_relu", V=V, l2=l2).with_model(lifted, l2 + RIDGE_FRACTIONS[0] * largest_eigenvalue(
         Problem(C, b, "softmax_relu", V=V, l2=l2).with_model(lifted, l2), x0))
     assert res.history[0]["loss"] == pytest.approx(first.evaluate(x0).loss, rel=1e-12)
+
+
+def test_a_warm_start_gets_newton_on_the_real_loss_first():
+    # The minimiser moved by 0.1 in the logits (a re-solve after a small change): its loss is ≤ WARM_START_LOSS
+    # of the loss at 0, so Newton on the real loss runs first and converges in a few iterations (4 measured,
+    # against 20–48 through the continuation, whose ridge pulls toward 0): the same iterates as plain Newton.
+    C, b, V, l2 = _peers_problem()
+    minimiser = solve(C, b, "softmax_relu", V=V, l2=l2).x
+    direction = np.random.default_rng(1).standard_normal(100)
+    x0 = minimiser + 0.1 * direction / np.max(np.abs(C @ direction))
+    problem = Problem(C, b, "softmax_relu", V=V, l2=l2)
+    assert problem.loss(x0) <= WARM_START_LOSS * problem.loss(np.zeros(100))
+    res = solve(C, b, "softmax_relu", V=V, l2=l2, x0=x0)
+    plain = solve(C, b, "softmax_relu", V=V, l2=l2, x0=x0, continuation=False)
+    assert res.converged and res.n_iter <= WARM_START_MAX_ITER, res.message
+    assert {record["phase"] for record in res.history[1:]} == {"real from x0"}
+    assert np.array_equal(res.x, plain.x) and res.n_iter == plain.n_iter
+    assert res.loss == pytest.approx(problem.loss(minimiser), rel=1e-8)
+    assert res.start == "given; Newton on the real loss from this warm start"
+
+
+def test_a_warm_start_where_newton_kills_an_output_runs_the_continuation_from_it():
+    # Family problem 10: from 0.8 × its minimiser (loss 0.10 of the loss at 0: a warm start) Newton on the real
+    # loss kills an output within 8 iterations; the continuation then runs from x0 (not from that dead end),
+    # with the iterations left, and solves it.
+    case = families.make_case("softmax_relu", 0, 10)
+    minimiser = solve(case.C, case.b, "softmax_relu", V=case.V).x
+    problem = Problem(case.C, case.b, "softmax_relu", V=case.V)
+    x0 = 0.8 * minimiser
+    assert problem.loss(x0) <= WARM_START_LOSS * problem.loss(np.zeros_like(x0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = solve(case.C, case.b, "softmax_relu", V=case.V, x0=x0, continuation=False)
+    assert plain.status == fastnewton.Status.DEAD_STATIONARY and plain.n_iter < WARM_START_MAX_ITER
+    res = solve(case.C, case.b, "softmax_relu", V=case.V, x0=x0)
+    assert res.converged and families.relative_residual(case, res.x) <= 1e-6, res.message
+    probe = res.history[1:plain.n_iter + 1]
+    assert [record["phase"] for record in probe] == ["real from x0"] * plain.n_iter
+    assert [record["loss"] for record in probe] == [record["loss"] for record in plain.history[1:]]
+    first = res.history[plain.n_iter + 1]
+    assert first["phase"] == f"surrogate l2+{RIDGE_FRACTIONS[0]:g}·λmax"
+    assert res.n_iter <= 100
 
 
 @pytest.mark.filterwarnings("ignore::fastnewton.ConvergenceWarning")
