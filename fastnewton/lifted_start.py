@@ -351,7 +351,11 @@ def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=N
     def surrogate(ridge):
         return problem.with_model(surrogate_model, problem.l2 + ridge)
 
+    warm = None  # Newton's end from a warm start that did not converge, kept if the continuation ends higher
+
     def finish(res, how):
+        if warm is not None and warm.loss < res.loss:
+            res, how = warm, how + "; Newton's end from the warm start kept (lower loss)"
         if res.status == Status.MAX_ITER and options.warn_at_max_iter:
             warn_max_iter(options)
         return stages.finish(res, x0, description + how)
@@ -359,12 +363,13 @@ def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=N
     if start is not None and stages.left() > 0 and x0.any() and (
             _misfit(problem, x0) <= WARM_START_LOSS * _misfit(problem, np.zeros_like(x0))):
         # A warm start: Newton on the real loss converges from it in a few iterations, which the
-        # continuation (whose ridge pulls toward 0) would spend many more on. If it does not, the
-        # continuation runs from x0 with the iterations left.
-        warm = yield from stages.run(problem, x0, "real from x0", build_system, options.tol,
-                                     min(WARM_START_MAX_ITER, stages.left()))
-        if warm.converged or stages.stopped or stages.left() <= 0:
-            return finish(warm, "; Newton on the real loss from this warm start" if warm.converged else "")
+        # continuation (whose ridge pulls toward 0) would spend many more on. If it does not (e.g. it stops
+        # at a dead output), the continuation runs from x0 with the iterations left, and the lower loss is kept.
+        from_x0 = yield from stages.run(problem, x0, "real from x0", build_system, options.tol,
+                                        min(WARM_START_MAX_ITER, stages.left()))
+        if from_x0.converged or stages.stopped or stages.left() <= 0:
+            return finish(from_x0, "; Newton on the real loss from this warm start" if from_x0.converged else "")
+        warm = from_x0
     x = x0
     lam_max = largest_eigenvalue(surrogate(0.0), x0) if options.max_iter else 0.0
     res = None
