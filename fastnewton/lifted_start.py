@@ -326,6 +326,13 @@ class _Stages:
         return res
 
 
+def _is_warm(problem, x0):
+    """Whether L(x0) ≤ WARM_START_LOSS·L(0): loss stages only (no transposed pass), L(0) first so that the
+    single-machine Problem still holds x0's forward pass for the Newton loop from x0."""
+    at_zero = problem.loss(np.zeros_like(x0))
+    return problem.loss(x0) <= WARM_START_LOSS * at_zero
+
+
 def _misfit(evaluator, x):
     return evaluator.evaluate(x).loss
 
@@ -360,8 +367,7 @@ def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=N
             warn_max_iter(options)
         return stages.finish(res, x0, description + how)
 
-    if start is not None and stages.left() > 0 and x0.any() and (
-            _misfit(problem, x0) <= WARM_START_LOSS * _misfit(problem, np.zeros_like(x0))):
+    if start is not None and stages.left() > 0 and x0.any() and _is_warm(problem, x0):
         # A warm start: Newton on the real loss converges from it in a few iterations, which the
         # continuation (whose ridge pulls toward 0) would spend many more on. If it does not (e.g. it stops
         # at a dead output), the continuation runs from x0 with the iterations left, and the lower loss is kept.
