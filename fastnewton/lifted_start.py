@@ -326,12 +326,6 @@ class _Stages:
         return res
 
 
-def _alive_outputs(problem, x):
-    """The outputs with b_j > 0 whose ReLU is alive (y_j > 0) at x."""
-    y = problem.relu_inputs(problem.evaluate(x))[1]
-    return frozenset(np.flatnonzero((y > 0.0) & (problem.row_model.b > 0.0)).tolist())
-
-
 def _is_warm(problem, x0):
     """Whether L(x0) ≤ WARM_START_LOSS·L(0): loss stages only (no transposed pass), L(0) first so that the
     single-machine Problem still holds x0's forward pass for the Newton loop from x0."""
@@ -377,15 +371,10 @@ def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=N
         # A warm start: Newton on the real loss converges from it in a few iterations, which the
         # continuation (whose ridge pulls toward 0) would spend many more on. If it does not (e.g. it stops
         # at a dead output), the continuation runs from x0 with the iterations left, and the lower loss is kept.
-        alive_at_x0 = _alive_outputs(problem, x0)
         from_x0 = yield from stages.run(problem, x0, "real from x0", build_system, options.tol,
                                         min(WARM_START_MAX_ITER, stages.left()))
         if from_x0.converged or stages.stopped or stages.left() <= 0:
             return finish(from_x0, "; Newton on the real loss from this warm start" if from_x0.converged else "")
-        if from_x0.status == Status.DEAD_STATIONARY and not (alive_at_x0 - _alive_outputs(problem, from_x0.x)):
-            # Its dead outputs were dead at x0 already (a start at a dead stationary point, e.g. the previous
-            # solve's): Newton killed none, which is what the continuation guards against.
-            return finish(from_x0, "; Newton on the real loss from this warm start")
         warm = from_x0
     x = x0
     lam_max = largest_eigenvalue(surrogate(0.0), x0) if options.max_iter else 0.0
