@@ -62,20 +62,27 @@ the same reachability test (the misfit at x0 in place of the simplex start's) an
 restart from x = 0 included. A warm start — real loss at x0 at most WARM_START_LOSS of the loss at x = 0 —
 first gets Newton on the real loss (phase "real from x0", at most WARM_START_MAX_ITER iterations): near a
 minimiser it converges there in a few iterations, and the result is that minimiser; if it does not
-converge, stages 2 and 3 run from x0 with the iterations left. So the iterations start at x0 and the
-answer is a point of the real loss,
-reached nearly as reliably as from stage 1: plain Newton from zeros crawls along the valley of nearly-dead outputs
-or kills one. Measured (bench/user_start.py --count 240 --families 240): on bench/peers.py's softmax_relu
-problem (CSR 10⁵ × 100, m = 16, 1 % noise) from zeros 37 iterations to tol at the default start's loss (plain
-Newton: max_iter = 100 reached, loss 40 % higher; with max_iter = 400, 220–226 iterations to a loss 30 % higher),
-from a random small x0 36; on the 240 problems of bench/families.py (48 noisy) from zeros 201 reach tol and
-219 end at the default start's loss or lower (plain Newton 156 and 174; the default start 203 reach tol),
-from a random small x0 201 and 220 (plain 156 and 174); median iterations 10 → 24, as from the default start
-(plain Newton's quick successes now pay for the ridge stages). Still short, of the reachable: softmax_relu-0-28
-(its ridge stages from zeros take 100 iterations; 106 to tol), -0-97 (a dead output), -0-103 (a local
-minimiser with a 1.5 % residual) and -0-133 (short of tol from the default start too); and 17 noisy targets
-end above the default start's loss (non-convex: 4 others end lower). With ``continuation=False``
-(``solve``'s keyword) a caller's x0, and "auto" after stage 1, get one plain Newton loop on the real loss.
+converge (e.g. it stops at a dead output, which the lifted surrogate can revive), stages 2 and 3 run from
+x0 with the iterations left, and the lower of the two losses is kept. So the iterations start at x0 and
+the answer is a point of the real loss, reached nearly as reliably as from stage 1, where plain Newton from
+zeros crawls along the valley of nearly-dead outputs or kills one.
+
+Measured (bench/user_start.py --count 240 --families 240, against plain Newton, i.e. the solve from a
+caller's x0 before): on bench/peers.py's softmax_relu problem (CSR 10⁵ × 100, m = 16, 1 % noise) from
+zeros 37 iterations to tol at the default start's loss (plain Newton: max_iter = 100 reached, loss 40 %
+higher; with max_iter = 400, 220–226 iterations to a loss 30 % higher), from a random small x0 36, from
+a warm start 12 (as plain Newton). On the 240 problems of bench/families.py (48 noisy): from zeros 201
+reach tol and 219 end at the default start's loss or lower (plain Newton 156 and 174; the default start
+203), from a random small x0 201 and 220 (plain 156 and 174), median iterations 10 → 24 as from the
+default start (plain Newton's quick successes now pay for the ridge stages); from a warm start (the
+default solve's x moved by 0.1 in the logits) 203 and 236 (plain 202 and 237), median 5 iterations, but
+on the 48 noisy targets, whose default solve mostly ends at a dead output, Newton stops there again and
+the continuation runs after it for nothing: 81 iterations, median, where plain Newton took 5. Still short from
+zeros, of the reachable: softmax_relu-0-28 (its ridge stages take 100 iterations; 106 to tol), -0-97 (a
+dead output), -0-103 (a local minimiser with a 1.5 % residual) and -0-133 (short of tol from the default
+start too); 17 noisy targets end above the default start's loss (non-convex: 4 others end lower). With
+``continuation=False`` (``solve``'s keyword) a caller's x0, and "auto" after stage 1, get one plain Newton
+loop on the real loss.
 
 Every iteration of every stage counts in ``n_iter`` and appears in the history with its
 ``phase`` ("surrogate l2+0.3·λmax", …, "surrogate l2+0.0003·λmax", "surrogate", "real",
