@@ -10,7 +10,8 @@
 ones are still the last --noisy-fraction of --count), so a long run can be split into short ones;
 ``--out`` writes the per-problem results as JSON and ``--table`` prints the table of several such files.
 
-Methods, per problem: ``solve`` (default: x0="auto"), ``solve(x0="zeros")``, and
+Methods, per problem: ``solve`` (default: x0="auto"), ``solve(x0="zeros")`` (softmax_relu: the staged
+continuation from zeros), ``solve(x0="zeros", continuation=False)`` (one plain Newton loop), and
 ``scipy.optimize.minimize(method="trust-exact")`` from zeros with ``fastnewton.Problem``'s loss,
 gradient and Hessian, all divided by g₀ = ‖∇L(0)‖ (scipy's thresholds are absolute; unscaled it
 stops at nit = 0 on these losses of ~1e-6), gtol = 1e-8 (the same relative criterion as solve),
@@ -18,7 +19,8 @@ at most --max-iter iterations (default 200; solve keeps its default max_iter = 1
 
 Solved: reachable b (noise-free): ‖h(Cx) − b‖ ≤ 1e-6‖b‖. Noisy b (not reachable, the last
 --noisy-fraction of each family): L(x) ≤ L_best + 1e-6·(L_best + ‖b‖²·1e-12), L_best the lowest loss
-found by any method or by solve from three extra seeded random starts (x ~ N(0, 1/d)).
+found by any method or by plain Newton (continuation=False) from three extra seeded random starts
+(x ~ N(0, 1/d)).
 Iterations: ``n_iter`` of solve (all phases of the start counted), ``nit`` of scipy.
 The machine and the fastnewton that was imported are printed first.
 """
@@ -61,8 +63,10 @@ def run_case(case, max_iter, with_scipy):
     rows = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for method, x0 in (("default", "auto"), ("zeros", "zeros")):
-            res = fastnewton.solve(case.C, case.b, case.model, V=case.V, x0=x0, **solve_limit)
+        for method, x0, continuation in (("default", "auto", True), ("zeros", "zeros", True),
+                                         ("zeros-plain", "zeros", False)):
+            res = fastnewton.solve(case.C, case.b, case.model, V=case.V, x0=x0, continuation=continuation,
+                                   **solve_limit)
             rows[method] = (res.x, res.n_iter, res.status.name)
         if with_scipy:
             x, nit = scipy_trust_exact(case, max_iter or SCIPY_MAX_ITER)
@@ -72,7 +76,8 @@ def run_case(case, max_iter, with_scipy):
             rng = np.random.default_rng(0)
             for _ in range(EXTRA_STARTS):
                 x0 = rng.standard_normal(case.x_true.size) / np.sqrt(case.x_true.size)
-                extra.append(fastnewton.solve(case.C, case.b, case.model, V=case.V, x0=x0, **solve_limit).x)
+                extra.append(fastnewton.solve(case.C, case.b, case.model, V=case.V, x0=x0, continuation=False,
+                                              **solve_limit).x)
     problem = fastnewton.Problem(case.C, case.b, case.model, V=case.V)
     losses = {method: problem.loss(x) for method, (x, _, _) in rows.items()}
     if case.reachable:

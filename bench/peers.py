@@ -57,7 +57,9 @@ stationary point (every ReLU inactive, ∇L = 0 exactly), so x0 is fastnewton's 
 (``solve(..., max_iter=0).x0``: a least-squares fit in log space) plus a seeded Gaussian
 perturbation of relative size --relu-perturbation (‖δ‖ ≈ that × ‖x_auto‖), so that every method
 has work to do. The same x0 array is handed to every method. (In the "default" table scipy
-and PyTorch start relu_softmax from zeros too, the dead point, where they cannot move.)
+and PyTorch start relu_softmax from zeros too, the dead point, where they cannot move.) For
+softmax_relu, fastnewton.solve runs its staged continuation (lifted surrogate along a ridge path,
+then the real loss) from that x0, as it does for any x0 a user gives; every iteration counts.
 
 Problems: ``fastnewton.make_problem(n, d, nnz_per_row, model, noise, scale, seed)`` (CSR, or dense
 with --dense), with ridge l2. The default l2 is relative to the curvature scale of the data,

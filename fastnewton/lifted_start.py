@@ -56,9 +56,37 @@ its ReLU has zero derivative, so no Newton step can revive it. Three stages avoi
    phase only the real loss follows (the answer must be the real loss's), after a real phase nothing
    (every later phase would stop at the same kink). No random draw anywhere: deterministic.
 
+**From a caller's start** (x0 = "zeros" or an array; ``SoftmaxRelu.solve_from_rounds``): stages 2 and 3
+from x0 in stage 1's place — λmax(H) at x0, the same ridge fractions (the ridge pulls toward x = 0, not x0),
+the same reachability test (the misfit at x0 in place of the simplex start's) and real-loss phases, the
+restart from x = 0 included. A warm start — real loss at x0 at most WARM_START_LOSS of the loss at x = 0 —
+first gets Newton on the real loss (phase "real from x0", at most WARM_START_MAX_ITER iterations): near a
+minimiser it converges there in a few iterations, and the result is that minimiser; if it does not
+converge (e.g. it stops at a dead output, which the lifted surrogate can revive), stages 2 and 3 run from
+x0 with the iterations left, and the lower of the two losses is kept. So the iterations start at x0 and
+the answer is a point of the real loss, reached nearly as reliably as from stage 1, where plain Newton from
+zeros crawls along the valley of nearly-dead outputs or kills one.
+
+Measured (bench/user_start.py --count 240 --families 240, against plain Newton, i.e. the solve from a
+caller's x0 before): on bench/peers.py's softmax_relu problem (CSR 10⁵ × 100, m = 16, 1 % noise) from
+zeros 37 iterations to tol at the default start's loss (plain Newton: max_iter = 100 reached, loss 40 %
+higher; with max_iter = 400, 220–226 iterations to a loss 30 % higher), from a random small x0 36, from
+a warm start 12 (as plain Newton). On the 240 problems of bench/families.py (48 noisy): from zeros 201
+reach tol and 219 end at the default start's loss or lower (plain Newton 156 and 174; the default start
+203), from a random small x0 201 and 220 (plain 156 and 174), median iterations 10 → 24 as from the
+default start (plain Newton's quick successes now pay for the ridge stages); from a warm start (the
+default solve's x moved by 0.1 in the logits) 203 and 236 (plain 202 and 237), median 5 iterations, but
+on the 48 noisy targets, whose default solve mostly ends at a dead output, Newton stops there again and
+the continuation runs after it for nothing: 81 iterations, median, where plain Newton took 5. Still short from
+zeros, of the reachable: softmax_relu-0-28 (its ridge stages take 100 iterations; 106 to tol), -0-97 (a
+dead output), -0-103 (a local minimiser with a 1.5 % residual) and -0-133 (short of tol from the default
+start too); 17 noisy targets end above the default start's loss (non-convex: 4 others end lower). With
+``continuation=False`` (``solve``'s keyword) a caller's x0, and "auto" after stage 1, get one plain Newton
+loop on the real loss.
+
 Every iteration of every stage counts in ``n_iter`` and appears in the history with its
 ``phase`` ("surrogate l2+0.3·λmax", …, "surrogate l2+0.0003·λmax", "surrogate", "real",
-"real restart from zeros", "real from zeros", and "branch probe l2+0.03·λmax" …); each record's
+"real restart from zeros", "real from zeros", "real from x0", and "branch probe l2+0.03·λmax" …); each record's
 ``loss`` is that phase's loss.
 """
 import dataclasses
@@ -122,6 +150,17 @@ REACHABLE_MISFIT = 5e-3
 # With b not reachable, the real loss from the continuation's end gets this share of the iterations
 # left and the restart from zeros the rest (on noisy targets the restart needs ~20, at most ~70).
 UNREACHABLE_REAL_SHARE = 0.5
+# A caller's x0 is a warm start when its real loss is at most WARM_START_LOSS of the loss at x = 0; Newton
+# on the real loss then runs first, for at most WARM_START_MAX_ITER iterations. Measured L(x0)/L(0): random
+# small starts (x ~ N(0, 0.1²/d)) 0.87–1.0 on bench/families.py's problems and 1.0 on bench/peers.py's;
+# the minimiser moved by 0.1 in the logits (‖CΔx‖∞) 4e-4–0.5, the larger on noisy targets whose minimiser
+# itself leaves up to 0.49. From such a start (tests/test_hessian.py's softmax_relu problems) Newton converges
+# in 4 iterations, the continuation in 20–48; from the minimiser scaled by 0.5–0.9 (L(x0)/L(0) ≤ 0.5) on 8
+# family problems Newton converged in 4–14 iterations or stopped at a dead output in 1–10. A probe on every
+# start (no loss test, at most 10 iterations) cost the families' cold starts 9 iterations, median (24 → 33
+# from zeros), and solved none more.
+WARM_START_LOSS = 0.5
+WARM_START_MAX_ITER = 20
 # The offset o_j = −min_i V_ij + OFFSET_MARGIN·(max_i V_ij − min_i V_ij) (+1 if V_j is constant).
 OFFSET_MARGIN = 1.0
 
@@ -294,6 +333,13 @@ class _Stages:
         return res
 
 
+def _is_warm(problem, x0):
+    """Whether L(x0) ≤ WARM_START_LOSS·L(0): loss stages only (no transposed pass), L(0) first so that the
+    single-machine Problem still holds x0's forward pass for the Newton loop from x0."""
+    at_zero = problem.loss(np.zeros_like(x0))
+    return problem.loss(x0) <= WARM_START_LOSS * at_zero
+
+
 def _misfit(evaluator, x):
     return evaluator.evaluate(x).loss
 
@@ -305,21 +351,38 @@ def lifted_solve(problem, surrogate_model, build_system, options, timer=None, cl
     return run_requests(lifted_solve_rounds(problem, surrogate_model, build_system, options, timer, clock))
 
 
-def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=None, clock=None):
-    """``lifted_solve`` as a generator of its Newton loops (``NewtonRequest``s), for ``solve_many``."""
+def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=None, clock=None, start=None):
+    """``lifted_solve`` as a generator of its Newton loops (``NewtonRequest``s), for ``solve_many``.
+    ``start``: (x0, description) of a user's start, which takes stage 1's place."""
     timer = timer if timer is not None else PhaseTimer()
     stages = _Stages(options, timer, clock)
-    with timer("start"):
-        x0, description = yield from problem.row_model.auto_start_rounds(problem)
+    if start is None:
+        with timer("start"):
+            x0, description = yield from problem.row_model.auto_start_rounds(problem)
+    else:
+        x0, description = start
 
     def surrogate(ridge):
         return problem.with_model(surrogate_model, problem.l2 + ridge)
 
+    warm = None  # Newton's end from a warm start that did not converge, kept if the continuation ends higher
+
     def finish(res, how):
+        if warm is not None and warm.loss < res.loss:
+            res, how = warm, how + "; Newton's end from the warm start kept (lower loss)"
         if res.status == Status.MAX_ITER and options.warn_at_max_iter:
             warn_max_iter(options)
         return stages.finish(res, x0, description + how)
 
+    if start is not None and stages.left() > 0 and x0.any() and _is_warm(problem, x0):
+        # A warm start: Newton on the real loss converges from it in a few iterations, which the
+        # continuation (whose ridge pulls toward 0) would spend many more on. If it does not (e.g. it stops
+        # at a dead output), the continuation runs from x0 with the iterations left, and the lower loss is kept.
+        from_x0 = yield from stages.run(problem, x0, "real from x0", build_system, options.tol,
+                                        min(WARM_START_MAX_ITER, stages.left()))
+        if from_x0.converged or stages.stopped or stages.left() <= 0:
+            return finish(from_x0, "; Newton on the real loss from this warm start" if from_x0.converged else "")
+        warm = from_x0
     x = x0
     lam_max = largest_eigenvalue(surrogate(0.0), x0) if options.max_iter else 0.0
     res = None

@@ -43,7 +43,7 @@ from .result import MESSAGES, ConvergenceWarning, Status
 from .solver import is_default_start, not_a_distribution, solve
 from .start import NULL_SPACE_RTOL
 from .threads import thread_limits
-from .validation import as_input_matrix, as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count
+from .validation import as_flag, as_input_matrix, as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count
 
 _SOLVE_ONLY = ("callback", "verbose", "progress")
 # A CSR problem with at least this fraction of d stored entries per row is packed as dense rows: its
@@ -232,7 +232,7 @@ def _compiled_message(problem, pack, p, status):
 
 
 def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="auto", hessian="auto", eps=0.5,
-                   sketch_size=None, tol=1e-8, max_iter=100, seed=None, n_threads=None, **solve_only):
+                   sketch_size=None, tol=1e-8, max_iter=100, seed=None, n_threads=None, continuation=True, **solve_only):
     """``solve_many`` for a sequence of independent ``(C, b)`` / ``(C, b, V)`` problems (see the module docstring).
 
     ``row_weights`` and ``x0`` may be given once for all problems or as a list with one entry per
@@ -264,6 +264,7 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
     sketch_size = as_positive_int(sketch_size, "sketch_size", allow_none=True)
     seed = as_seed(seed)
     n_threads = as_thread_count(n_threads)
+    continuation = as_flag(continuation, "continuation")
     l2 = as_l2(l2)
     count = len(problems)
     items = [_unpack(item, i) for i, item in enumerate(problems)]
@@ -281,7 +282,8 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
         for i, threads in by_solve:
             C, b, V = items[i]
             res = solve(C, b, model, V=V, l2=l2, row_weights=weights_each[i], x0=x0_each[i], hessian=hessian,
-                        eps=eps, sketch_size=sketch_size, tol=tol, max_iter=max_iter, seed=seed, n_threads=threads)
+                        eps=eps, sketch_size=sketch_size, tol=tol, max_iter=max_iter, seed=seed, n_threads=threads,
+                        continuation=continuation)
             results[i] = (res.x, Status(res.status), res.n_iter, res.loss, res.grad_norm, res.g_ref, res.message)
             if res.status == Status.MAX_ITER:
                 max_iter_hit.append(i)

@@ -60,7 +60,7 @@ GROUP_BYTES = 2**30
 
 def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto", hessian="auto",
                   eps=0.5, sketch_size=None, tol=1e-8, max_iter=100, seed=None, n_threads=None, callback=None,
-                  verbose=False):
+                  verbose=False, continuation=True):
     """``solve(C, B[:, j], ...)`` for every column j of B, with the passes over C shared (module docstring).
 
     B is n × q (``softmax``, ``relu_softmax``) or m × q (``softmax_relu``, with one V of shape n × m).
@@ -92,7 +92,8 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
     # The strategy is chosen on a problem with its target, as solve chooses it (``auto`` prices the
     # start by the model the target builds).
     build_system, options = solve_options(problems[solvable[0]] if solvable else inputs, hessian, eps, sketch_size,
-                                          tol, max_iter, seed, callback, False, default_start=is_default_start(x0))
+                                          tol, max_iter, seed, callback, False, default_start=is_default_start(x0),
+                                          continuation=continuation)
     options = replace(options, warn_at_max_iter=False)
     k = problems[solvable[0]].row_model.k if solvable else 0
     # a C small enough that solve runs each column on one thread: solve_many too (``default_thread_count``)

@@ -73,6 +73,9 @@ class SolveOptions:
     column_scale: object = None
     # False for the stages of a staged start (``fastnewton.lifted_start``), which warns once for all of them.
     warn_at_max_iter: bool = True
+    # Whether a model with a staged solve (``softmax_relu``) runs its stages from the start (``solve``'s
+    # ``continuation``); False: one Newton loop on the real loss from it.
+    continuation: bool = True
 
 
 @dataclass

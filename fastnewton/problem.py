@@ -384,6 +384,10 @@ class Problem:
         """``auto_solve`` as a generator of its Newton loops (the model's ``auto_solve_rounds``)."""
         return self.row_model.auto_solve_rounds(self, build_system, options, timer, clock)
 
+    def solve_from_rounds(self, x0, description, build_system, options, timer=None, clock=None):
+        """The solve from a caller's x0 as a generator of its Newton loops (the model's ``solve_from_rounds``)."""
+        return self.row_model.solve_from_rounds(self, x0, description, build_system, options, timer, clock)
+
     def with_model(self, row_model, l2):
         """This problem for another model of the same targets (its ``facts`` are these) and ridge ``l2``:
         C, b, w and V are shared, not copied; the cached u = Cx stays valid, the cached evaluation and

@@ -16,11 +16,11 @@ from .result import SolveResult
 from .start import starting_point
 from .threads import thread_limits
 from .timing import PhaseTimer
-from .validation import as_positive_float, as_positive_int, as_seed, as_thread_count
+from .validation import as_flag, as_positive_float, as_positive_int, as_seed, as_thread_count
 
 def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto", hessian="auto",
           eps=0.5, sketch_size=None, tol=1e-8, max_iter=100, seed=None, n_threads=None,
-          callback=None, verbose=False, progress=False):
+          callback=None, verbose=False, progress=False, continuation=True):
     """Minimise L(x) = ½‖h(Cx) − b‖² + ½ Σᵢ wᵢ (Cx)ᵢ² + ½ λ‖x‖² by a globalised Newton method.
 
     Parameters
@@ -29,9 +29,9 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     b : target, length n (``softmax``, ``relu_softmax``) or m (``softmax_relu``).
     model : ``"softmax"``, ``"relu_softmax"`` or ``"softmax_relu"`` (needs ``V``, n × m).
     l2 : ridge λ ≥ 0.  row_weights : w ≥ 0, a scalar or a length-n vector.
-    x0 : ``"auto"`` (a least-squares fit in log space, see ``fastnewton.start``; for
-        ``softmax_relu`` then Newton on a lifted surrogate first, see ``fastnewton.lifted_start``),
-        ``"zeros"`` or a length-d array.
+    x0 : where the iterations start: ``"auto"`` (a least-squares fit in log space, see
+        ``fastnewton.start``; for ``softmax_relu`` the fit to a simplex vector), ``"zeros"`` or a
+        length-d array. For ``softmax_relu`` the solve from any of them is staged (``continuation``).
     hessian : ``"exact"``, ``"sketch"``, ``"pcg"``, ``"lagged"`` or ``"auto"`` (see ``fastnewton.hessian``).
     eps : spectral accuracy ε ∈ (0, 1) of the sketched Hessian (``sketch``, ``pcg``).
     sketch_size : rows sampled per iteration (default ⌈3·d·log(d/0.1)/ε²⌉ for ``sketch``, a third
@@ -50,6 +50,18 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
         raise ``StopIteration`` to stop.
     verbose : print one row per iteration (and a line when the kernels compile on first use).
     progress : show a tqdm progress bar (``pip install tqdm``), one tick per iteration.
+    continuation : ``softmax_relu`` only (the other models have no stages and ignore it). True (the
+        default): from x0 (``"auto"``, ``"zeros"`` or an array alike), Newton on a lifted surrogate in which
+        no output's ReLU can die, along a ridge path l2 + (3e-1 … 3e-4)·λmax → l2, then Newton on the real
+        loss, with a restart from x = 0 when that stops unconverged (``fastnewton.lifted_start``). A warm
+        start (an array whose real loss is at most half the loss at x = 0) first gets up to 20 Newton
+        iterations on the real loss, and the continuation runs from x0 only if they do not converge. The
+        iterations start at x0, and the result's loss, gradient and status are the real loss's (except
+        after a stop by the callback within a surrogate phase: then that phase's). Every
+        phase's iterations count in ``n_iter`` and ``max_iter``, each history record names its ``phase``,
+        and ``res.start`` says which phases ran. False: one plain Newton loop on the
+        real loss from x0 (from ``"zeros"`` or a random x0 it often stops at a dead output or crawls along
+        the valley of nearly-dead outputs; ``fastnewton.lifted_start`` has the measurements).
 
     Returns
     -------
@@ -69,7 +81,8 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
         observer = chain_observers(bar.update if bar else None,
                                    log_iteration if logger.isEnabledFor(logging.DEBUG) else None)
         build_system, options = solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback,
-                                              verbose, observer=observer, default_start=is_default_start(x0))
+                                              verbose, observer=observer, default_start=is_default_start(x0),
+                                              continuation=continuation)
     try:
         # Inputs whose scale overflows float64 (C·1e160, l2 = 1e300) end in Status.NON_FINITE, whose
         # message says so; NumPy's overflow warnings on the way there would only repeat it.
@@ -86,7 +99,8 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
 
 def run_from(problem, x0, build_system, options, timer=None, clock=None):
     """The Newton solve from ``x0`` (shared by ``fastnewton.dask.solve``): "auto" is the model's
-    ``auto_solve`` (its start, and any stages of its own), anything else ``starting_point``.
+    ``auto_solve`` (its start, and any stages of its own), anything else the model's ``solve_from``
+    from ``starting_point`` (one Newton loop, or the model's stages from there).
     ``timer`` and ``clock`` as for ``newton_solve`` (the start is timed as the phase "start")."""
     if is_default_start(x0):
         return problem.auto_solve(build_system, options, timer=timer, clock=clock)
@@ -100,7 +114,7 @@ def solve_rounds(problem, x0, build_system, options, timer=None, clock=None):
     timer = timer if timer is not None else PhaseTimer()
     with timer("start"):
         start, description = starting_point(problem, x0)
-    return (yield NewtonRequest(problem, start, description, build_system, options, timer, clock))
+    return (yield from problem.solve_from_rounds(start, description, build_system, options, timer, clock))
 
 
 def is_default_start(x0):
@@ -109,12 +123,13 @@ def is_default_start(x0):
 
 
 def solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose, observer=None,
-                  default_start=True):
+                  default_start=True, continuation=True):
     """Validate the solver's keywords (shared by ``fastnewton.dask.solve``): (Hessian builder, SolveOptions).
 
     ``observer(info)``, if given, sees every iteration's record before the callback (the progress bar).
     ``default_start``: whether x0 is "auto" (``auto`` prices the sketch's leverage refreshes by it).
     """
+    continuation = as_flag(continuation, "continuation")
     tol = as_positive_float(tol, "tol")
     max_iter = as_positive_int(max_iter, "max_iter", minimum=0)
     eps = as_positive_float(eps, "eps", upper=1.0)
@@ -126,7 +141,8 @@ def solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callb
     check_hessian_fits(problem.d)
     strategy_name, build_system = resolve_strategy(hessian, problem, eps, sketch_size, default_start)
     options = SolveOptions(hessian=strategy_name, tol=tol, max_iter=max_iter, eps=eps,
-                           sketch_size=sketch_size, seed=seed, callback=callback, verbose=bool(verbose))
+                           sketch_size=sketch_size, seed=seed, callback=callback, verbose=bool(verbose),
+                           continuation=continuation)
     return build_system, options
 
 

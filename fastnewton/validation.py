@@ -327,6 +327,13 @@ def as_positive_int(value, name, minimum=1, allow_none=False):
     return int(value)
 
 
+def as_flag(value, name):
+    """A True/False option as a bool (NumPy's bool too); anything else is a TypeError naming it."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def as_thread_count(n_threads):
     """None or an integer in [1, numba.config.NUMBA_NUM_THREADS] (Numba cannot start more)."""
     import numba

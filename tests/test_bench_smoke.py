@@ -193,7 +193,7 @@ def test_families_solve_split_run_gives_the_whole_runs_table(tmp_path):
     def counts(out):  # method, solved counts, median and max iterations (not the seconds)
         return [line.split()[1:6] for line in out.splitlines() if line.startswith("softmax_relu")]
 
-    assert counts(joined) == counts(whole) and len(counts(whole)) == 2
+    assert counts(joined) == counts(whole) and len(counts(whole)) == 3
 
 
 # -- the pytest-benchmark suite ------------------------------------------------------------------------------
@@ -203,10 +203,19 @@ EXTRA_INFO = {"n", "d", "nnz", "model", "strategy", "phase", "format", "threads"
 def test_families_solve_quick_prints_solved_counts():
     out = run_script(["bench/families_solve.py", "--quick", "--models", "softmax_relu", "--count", "3"]).stdout
     rows = [line.split() for line in out.splitlines() if line.startswith("softmax_relu")]
-    assert [row[1] for row in rows] == ["default", "zeros", "trust-exact"], out
+    assert [row[1] for row in rows] == ["default", "zeros", "zeros-plain", "trust-exact"], out
     for row in rows:
         solved, total = row[2].split("/")
         assert 0 <= int(solved) <= int(total), out
+
+
+def test_user_start_quick_counts_each_start_against_the_default():
+    out = run_script(["bench/user_start.py", "--quick"]).stdout
+    counts = [line.split() for line in out.splitlines() if line.startswith(("auto ", "zeros ", "random ", "warm "))]
+    assert [row[0] for row in counts] == ["auto", "zeros", "random", "warm"], out
+    for row in counts:
+        reached, total = row[3].rstrip(",").split("/")
+        assert 0 <= int(reached) <= int(total) == 6, out
 
 
 def test_valley_quick_prints_iterations_per_problem_and_phase(tmp_path):

@@ -95,6 +95,27 @@ def test_same_answer_as_single_machine(client, model, dense, hessian):
             == list(dict.fromkeys(h.get("phase") for h in reference.history)))
 
 
+@pytest.mark.parametrize("continuation", [True, False])
+@pytest.mark.parametrize("start", ["zeros", "warm"])
+def test_softmax_relu_from_a_callers_start_same_answer_as_single_machine(client, start, continuation):
+    # A caller's x0 runs the same staged continuation (or, continuation=False, the one Newton loop) blockwise;
+    # a warm start (the minimiser moved by 0.1 in the logits) the same warm-start test and Newton first.
+    C, b, V = _problem("softmax_relu", m=30)
+    x0 = "zeros"
+    if start == "warm":
+        direction = np.random.default_rng(2).standard_normal(C.shape[1])
+        x0 = fastnewton.solve(C, b, "softmax_relu", V=V).x + 0.1 * direction / np.max(np.abs(C @ direction))
+    kw = dict(V=V, x0=x0, hessian="exact", tol=1e-12, max_iter=200, continuation=continuation)
+    reference = fastnewton.solve(C, b, "softmax_relu", **kw)
+    res = fastnewton.dask.solve(_dask(C, 2500), b, "softmax_relu", client=client, **kw)
+    assert reference.converged and res.converged, (reference.message, res.message)
+    assert _relative(res.x, reference.x) <= AGREEMENT
+    assert res.start == reference.start and res.n_iter == reference.n_iter
+    assert [h.get("phase") for h in res.history] == [h.get("phase") for h in reference.history]
+    assert ("surrogate" in res.start) == (continuation and start == "zeros")
+    assert ("warm start" in res.start) == (continuation and start == "warm")
+
+
 @pytest.mark.filterwarnings("ignore::fastnewton.ConvergenceWarning")
 def test_auto_start_matches_single_machine_start(client):
     for model in ("softmax", "relu_softmax", "softmax_relu"):

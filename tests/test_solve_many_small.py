@@ -395,3 +395,14 @@ def test_problems_left_to_solve_follow_solves_threads_rule(monkeypatch):
     threads.clear()
     _quiet(solve_many, problems, model="softmax_relu", n_threads=2)
     assert threads == [2, 2, 2]
+
+
+@pytest.mark.parametrize("continuation", [True, False])
+def test_softmax_relu_from_zeros_passes_continuation_to_solve(continuation):
+    # The staged solve from a caller's x0 (continuation=True, the default) or one Newton loop from it:
+    # each problem gets what solve gives it with the same keyword.
+    problems = _mixed("softmax_relu", count=3)
+    result = _quiet(solve_many, problems, model="softmax_relu", x0="zeros", continuation=continuation)
+    _check_same_as_solve(problems, "softmax_relu", result, x0="zeros", continuation=continuation)
+    with pytest.raises(TypeError, match="continuation"):
+        solve_many(problems, model="softmax_relu", continuation="yes")

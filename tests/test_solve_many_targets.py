@@ -100,16 +100,20 @@ def test_long_problem_several_chunks_and_zeros_start(model):
 
 
 def test_a_problem_that_ends_at_a_dead_point_and_others_that_converge():
-    # softmax_relu from zeros on this family problem kills an output and stops at a dead stationary
-    # point after iterations (tests/test_lifted_start.py); the other targets on the same C and V converge.
+    # softmax_relu from zeros with plain Newton (continuation=False) on this family problem kills an output
+    # and stops at a dead stationary point after iterations (tests/test_lifted_start.py); the other targets
+    # on the same C and V converge. The staged solve from zeros (the default) converges on all three.
     families = _families()
     dead = families.make_case("softmax_relu", 0, 10)
     C, V = dead.C, dead.V
     B = np.column_stack([dead.b, targets(C, "softmax_relu", V, 2, seed=5, noise=0.0)])
-    batch = quietly(solve_many, C, B, model="softmax_relu", V=V, x0="zeros")
+    batch = quietly(solve_many, C, B, model="softmax_relu", V=V, x0="zeros", continuation=False)
     assert batch.status[0] == Status.DEAD_STATIONARY and batch.n_iter[0] > 0
     assert "dead" in batch.message[0]
-    assert_same_as_solve(batch, C, B, "softmax_relu", V, x0="zeros")
+    assert_same_as_solve(batch, C, B, "softmax_relu", V, x0="zeros", continuation=False)
+    staged = quietly(solve_many, C, B, model="softmax_relu", V=V, x0="zeros")
+    assert np.all(staged.converged), staged.message
+    assert_same_as_solve(staged, C, B, "softmax_relu", V, x0="zeros")
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])

@@ -97,6 +97,11 @@ class DaskProblem:
         loss = known["loss"] + 0.5 * self.l2 * dot(x, x)
         return Evaluation(x.copy(), loss, grad, np.ascontiguousarray(G[:, 1:]), known["S"], known, held)
 
+    def loss(self, x):
+        """L(x): round 1 and the model's loss stages, no transposed pass (no pass over C at all at x = 0)."""
+        held = self.rounds.run(blocks.forward, args=(x if np.any(x) else None, self.row_model.loss_stages[0].rows))
+        return self.loss_from(held, x)
+
     def loss_from(self, held, x, first_summary=None):
         """L at a trial whose first loss stage made ``held`` (later stages run here)."""
         known, _ = self.run_stages(self.row_model.loss_stages, held, first_summary=first_summary)
@@ -154,8 +159,7 @@ class DaskProblem:
 
     def _loss_at_zero_value(self):
         if self._loss_at_zero is None:
-            zero = self.rounds.run(blocks.forward, args=(None, self.row_model.loss_stages[0].rows))
-            self._loss_at_zero = self.loss_from(zero, np.zeros(self.d))
+            self._loss_at_zero = self.loss(np.zeros(self.d))
         return self._loss_at_zero
 
     def diagnose(self, ev):
@@ -169,6 +173,9 @@ class DaskProblem:
 
     def auto_solve(self, build_system, options, timer=None, clock=None):
         return self.row_model.auto_solve(self, build_system, options, timer=timer, clock=clock)
+
+    def solve_from_rounds(self, x0, description, build_system, options, timer=None, clock=None):
+        return self.row_model.solve_from_rounds(self, x0, description, build_system, options, timer, clock)
 
     def with_model(self, row_model, l2):
         """This problem for another model of the same targets (its ``facts`` are these) and ridge ``l2``:

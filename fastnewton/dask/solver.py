@@ -60,7 +60,7 @@ def persist_blocks(client, C, b, model, V, row_weights, n_threads, worker_timeou
 
 def solve(C, b, model="softmax", *, client=None, V=None, l2=0.0, row_weights=None, x0="auto", hessian="auto",
           eps=0.5, sketch_size=None, tol=1e-8, max_iter=100, seed=None, n_threads=None, callback=None,
-          verbose=False, worker_timeout=WORKER_TIMEOUT):
+          verbose=False, worker_timeout=WORKER_TIMEOUT, continuation=True):
     """``fastnewton.solve`` for a C that lives on a Dask cluster as row blocks; the same result object.
 
     C : dask.array.Array (n, d) chunked by rows only, blocks NumPy arrays or SciPy sparse matrices
@@ -87,7 +87,8 @@ def solve(C, b, model="softmax", *, client=None, V=None, l2=0.0, row_weights=Non
     block_futures, n, d, small_b = persist_blocks(client, C, b, model, V, row_weights, n_threads, worker_timeout)
     problem = DaskProblem(client, block_futures, n, d, model, small_b, l2)
     problem.rounds.worker_timeout = worker_timeout
-    build_system, options = solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose)
+    build_system, options = solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback, verbose,
+                                          continuation=continuation)
     # As ``fastnewton.solve``: overflowing inputs end in Status.NON_FINITE, which says so; NumPy's
     # overflow warnings on the way there would only repeat it.
     with thread_limits(None), np.errstate(over="ignore", invalid="ignore"):

@@ -23,6 +23,8 @@ states, for a block of rows of C (a ``RowBlock``: the rows' matrix, their slices
   the Newton loop from ``auto_start``; a model whose start has Newton stages of its own
   (``softmax_relu``: Newton on a surrogate model first, ``fastnewton.lifted_start``) runs them
   here, on ``problem.with_model(surrogate, l2)`` copies of the evaluator.
+  ``solve_from_rounds(problem, x0, description, build_system, options)``: the same from a caller's x0
+  (by default one Newton loop from it; ``softmax_relu`` runs its stages from x0).
 
 The single-machine ``Problem`` runs the stages on one block holding all of C; ``fastnewton.dask``
 runs each stage's ``rows`` on the workers and its ``combine`` on the driver. Summaries are dicts
@@ -190,6 +192,12 @@ class Model:
                 x0, description = yield from self.auto_start_rounds(problem)
             else:
                 x0, description = yield from self.auto_start_rounds(problem, sample=sample)
+        return (yield NewtonRequest(problem, x0, description, build_system, options, timer, clock))
+
+    def solve_from_rounds(self, problem, x0, description, build_system, options, timer=None, clock=None):
+        """The solve from a caller's start x0 (``"zeros"`` or an array, resolved by ``starting_point``; its
+        ``description``), as a generator like ``auto_solve_rounds``. By default one Newton loop from x0; a
+        model with stages of its own may run them from x0 (``softmax_relu``, when ``options.continuation``)."""
         return (yield NewtonRequest(problem, x0, description, build_system, options, timer, clock))
 
 

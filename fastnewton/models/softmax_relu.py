@@ -116,9 +116,25 @@ class SoftmaxRelu(Model):
 
     def auto_solve_rounds(self, problem, build_system, options, timer=None, clock=None):
         """``fastnewton.lifted_start.lifted_solve_rounds``: stage 1, Newton on this model with the outputs
-        lifted by offsets (ridge continuation), then on the real loss."""
-        lifted = SoftmaxRelu(self.b, output_offsets(problem, self.b))
-        return (yield from lifted_solve_rounds(problem, lifted, build_system, options, timer=timer, clock=clock))
+        lifted by offsets (ridge continuation), then on the real loss. Without ``options.continuation``:
+        stage 1, then one Newton loop on the real loss."""
+        if not options.continuation:
+            return (yield from super().auto_solve_rounds(problem, build_system, options, timer, clock))
+        return (yield from lifted_solve_rounds(problem, self.lifted(problem), build_system, options, timer=timer,
+                                               clock=clock))
+
+    def solve_from_rounds(self, problem, x0, description, build_system, options, timer=None, clock=None):
+        """From a caller's x0: stages 2 and 3 of ``fastnewton.lifted_start`` from x0 in stage 1's place
+        (``options.continuation``, the default), else one Newton loop on the real loss."""
+        if not options.continuation:
+            return (yield from super().solve_from_rounds(problem, x0, description, build_system, options, timer,
+                                                         clock))
+        return (yield from lifted_solve_rounds(problem, self.lifted(problem), build_system, options, timer=timer,
+                                               clock=clock, start=(x0, description)))
+
+    def lifted(self, problem):
+        """This model with every active output lifted by ``output_offsets``: the surrogate of the staged solve."""
+        return SoftmaxRelu(self.b, output_offsets(problem, self.b))
 
 
 def _log_partition(block, kept, known):
