@@ -215,6 +215,11 @@ class Problem:
             grad = known["gradient"] + self.l2 * x
         loss = known["loss"] + 0.5 * self.l2 * dot(x, x)
         ev = self._last = Evaluation(x.copy(), loss, grad, None, known["S"], known, kept)
+        if self.row_model.trial_columns and not x.any() and not kept["u"].any():
+            # At x = 0 with u = +0.0 (u carried along a line could hold rounding where x + t·p is 0): the
+            # loss stages at 0 would give these bits (``trial_columns``), so L(0) for ``diagnose`` needs
+            # no kernels of its own at the end of a solve from zeros.
+            self._loss_at_zero = loss
         if self._last_forward is not None and self._last_forward[1] is not kept["u"]:
             # An evaluation from a carried u (a line search's): the cached forward pass is of an
             # older point; let its u go back to the recycler (``fastnewton.buffers``).
@@ -372,8 +377,14 @@ class Problem:
     def diagnose(self, ev):
         """A sentence when ev is a stationary point that cannot be the optimum, else None."""
         # The loss with its ridge term, as reported, is compared with L(0) (whose ridge term is 0).
-        return self.row_model.diagnose(ev.known, ev.loss, self.facts,
-                                       lambda: self.loss_at(np.zeros(self.n), np.zeros(self.d)))
+        return self.row_model.diagnose(ev.known, ev.loss, self.facts, self.loss_at_zero)
+
+    def loss_at_zero(self):
+        """L(0), kept until the points are forgotten; from an evaluation at x = 0 when one was made (a solve
+        from x0 = 0: its loss stages' sums, with the bits of the loss stages' own: ``trial_columns``)."""
+        if self._loss_at_zero is None:
+            self._loss_at_zero = self.loss_at(np.zeros(self.n), np.zeros(self.d))
+        return self._loss_at_zero
 
     def relu_inputs(self, ev):
         """(what they are, values) of the model's ReLU inputs at ev, for the kink test; None without ReLUs."""
@@ -407,6 +418,7 @@ class Problem:
         other.l2 = as_l2(l2)
         other._last = None
         other._gradient_at_zero = None
+        other._loss_at_zero = None
         return other
 
     def map_blocks(self, function, *args):
@@ -430,6 +442,7 @@ class Problem:
         self._last = None
         self._last_forward = None
         self._gradient_at_zero = None
+        self._loss_at_zero = None
 
     def loss(self, x):
         """L(x)."""

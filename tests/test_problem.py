@@ -703,3 +703,15 @@ def test_a_trial_forms_the_evaluation_of_its_point_with_the_bits_of_a_fresh_one(
             np.testing.assert_array_equal(evaluation.P, reference.P)
             np.testing.assert_array_equal(evaluation.S, reference.S)
             np.testing.assert_array_equal(evaluation.kept["Q"], reference.kept["Q"])
+
+
+@pytest.mark.parametrize("model", ["softmax", "relu_softmax"])
+def test_the_loss_at_zero_is_kept_from_an_evaluation_at_zero_with_the_bits_of_the_loss_stages(model, monkeypatch):
+    """Problem.loss_at_zero (diagnose's L(0)): after an evaluation at x = 0 (a solve from zeros), that
+    evaluation's loss, equal bit for bit to the loss stages at u = 0, with no kernel run again."""
+    out = fastnewton.make_problem(2_000, 9, nnz_per_row=3, model=model, noise=0.05, seed=12)
+    fresh = fastnewton.Problem(out[0], out[1], model, l2=0.01).loss_at(np.zeros(2_000), np.zeros(9))
+    problem = fastnewton.Problem(out[0], out[1], model, l2=0.01)
+    problem.evaluate(np.zeros(9))
+    monkeypatch.setattr(problem, "loss_at", lambda u, x: pytest.fail("L(0) formed again"))
+    assert problem.loss_at_zero() == fresh
