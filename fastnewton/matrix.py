@@ -390,6 +390,8 @@ class CSRMatrix:
         self._sparse_rows = (~self._dense_row).nonzero()[0]
         # The full sandwich's per-chunk partials, kept from one Hessian to the next.
         self._partials = Recycler()
+        self._column_squares = None
+        self._sandwich_work = None
 
     def matvec(self, x, out=None):
         """u = Cx (into ``out``, a length-n float64 array, when given)."""
@@ -491,8 +493,12 @@ class CSRMatrix:
         return out
 
     def sandwich_work(self):
-        """(sparse pair updates, dense SYRK multiply-adds) of the full sandwich, split like ``sandwich``."""
-        return float(self._row_pairs[self._sparse_rows].sum()), self._dense_rows.size * self.d * self.d / 2
+        """(sparse pair updates, dense SYRK multiply-adds) of the full sandwich, split like ``sandwich``
+        (formed once: ``solve`` prices its thread count and its strategy by it, ~0.2 ms each at n = 2·10⁵)."""
+        if self._sandwich_work is None:
+            pairs = self._row_pairs.sum() if self._dense_rows.size == 0 else self._row_pairs[self._sparse_rows].sum()
+            self._sandwich_work = float(pairs), self._dense_rows.size * self.d * self.d / 2
+        return self._sandwich_work
 
     def sandwich_rows(self, rows, weights):
         """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich), split like ``sandwich``."""
@@ -570,13 +576,19 @@ class CSRMatrix:
         return self.scipy()[index].toarray().astype(np.float64, copy=False)
 
     def column_squares(self):
-        """Σᵢ C[i, j]² for every column j (one pass over the stored entries, no copy of them)."""
-        out = np.zeros(self.d)
-        csr_column_squares(self.indices, self.data, out)
-        return out
+        """Σᵢ C[i, j]² for every column j (one pass over the stored entries, no copy of them; read-only).
+        Formed once and kept, as ``DenseMatrix.column_squares``: validation checks C's entries by them and
+        the solve's column scale is their square root; ``clear_cache`` forgets them."""
+        if self._column_squares is None:
+            out = np.zeros(self.d)
+            csr_column_squares(self.indices, self.data, out)
+            out.flags.writeable = False
+            self._column_squares = out
+        return self._column_squares
 
     def clear_cache(self):
-        """Nothing is kept from C's entries (``DenseMatrix.clear_cache``)."""
+        """Forget the column squares (C was edited in place; ``DenseMatrix.clear_cache``)."""
+        self._column_squares = None
 
     def _dense_rows_block(self, rows):
         """C[rows] (an array of row positions) as dense float64, duplicates summed in float64."""

@@ -4,12 +4,13 @@ It is also the single-machine ``Evaluator`` of ``fastnewton.protocol``: the mode
 one block holding all of C (``fastnewton.dask`` runs the same stages block by block).
 """
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 
 from .buffers import Recycler
 from .hessian import default_thread_count
-from .kernels.reduce import add_scaled
+from .kernels.softmax import line_point
 from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
 from .newton import run_rounds
@@ -36,13 +37,17 @@ def _transposed_pass(matrix, timer):
     return transposed_pass
 
 
-def stage_rounds(stages, block, kept, timer=no_timer, columns=None, known=None):
+def stage_rounds(stages, block, kept, timer=no_timer, columns=None, known=None, done=None):
     """``run_stages`` as a generator: yields the columns Q of the transposed pass and is sent G = CᵀQ
-    (``solve_many`` forms the G of many problems sharing C in one pass)."""
+    (``solve_many`` forms the G of many problems sharing C in one pass). ``done``: the (summary, new
+    arrays) of the first stage's ``rows``, already run (a line-search trial's), which then only combines."""
     known = dict(known or {})
-    for stage in stages:
-        with timer("model"):
-            summary, new = stage.rows(block, kept, known)
+    for index, stage in enumerate(stages):
+        if index == 0 and done is not None:
+            summary, new = dict(done[0]), done[1]
+        else:
+            with timer("model"):
+                summary, new = stage.rows(block, kept, known)
         kept = {**kept, **new}
         if "Q" in new:
             summary["G"] = yield new["Q"] if columns is None else new["Q"][:, :columns]
@@ -202,23 +207,28 @@ class Problem:
         return ev
 
     def evaluate_from(self, x, kept, timer=no_timer, with_P=True, first=None):
-        """The evaluation at x from its u = Cx in ``kept``; ``first``: the (known, kept) of the model's
-        first stage already run at that u (a line-search trial's), which is then not run again."""
+        """The evaluation at x from its u = Cx in ``kept``; ``first``: the ``TrialRows`` of a line-search
+        trial at that u, whose stages are then not run again."""
         return run_rounds(self.evaluation_rounds(x, kept, timer, with_P, first), _transposed_pass(self.matrix, timer))
 
     def evaluation_rounds(self, x, kept, timer=no_timer, with_P=True, first=None):
         """``evaluate_from`` as a generator (yields Q, is sent CᵀQ: ``stage_rounds``); returns the Evaluation."""
         stages = self.row_model.evaluation
-        known = None
+        known, done = None, None
         if first is not None:
-            known, kept = first
-            stages = stages[1:]
+            known, kept, done = first.known, first.kept, first.rows
+            stages = stages[first.stages:]
         columns = None if with_P else self.row_model.gradient_columns
-        known, kept = yield from stage_rounds(stages, self.block, kept, timer, columns, known)
+        known, kept = yield from stage_rounds(stages, self.block, kept, timer, columns, known, done)
         with timer("gradient"):
             grad = known["gradient"] + self.l2 * x
         loss = known["loss"] + 0.5 * self.l2 * dot(x, x)
         ev = self._last = Evaluation(x.copy(), loss, grad, None, known["S"], known, kept)
+        if self.row_model.trial_columns and not x.any() and not kept["u"].any():
+            # At x = 0 with u = +0.0 (u carried along a line could hold rounding where x + t·p is 0): the
+            # loss stages at 0 would give these bits (``trial_columns``), so L(0) for ``diagnose`` needs
+            # no kernels of its own at the end of a solve from zeros.
+            self._loss_at_zero = loss
         if self._last_forward is not None and self._last_forward[1] is not kept["u"]:
             # An evaluation from a carried u (a line search's): the cached forward pass is of an
             # older point; let its u go back to the recycler (``fastnewton.buffers``).
@@ -227,15 +237,33 @@ class Problem:
             ev.P = np.ascontiguousarray(known["G"][:, 1:]) if "G" in known else None
         return ev
 
-    def loss_at(self, u, x, first=None):
-        """L at a point whose u = Cx is already known (line-search trials); ``first``, when given, a
-        list that receives the (known, kept) of the first loss stage."""
-        head, *rest = self.row_model.loss_stages
-        known, kept = run_stages((head,), self.block, {"u": u})
-        if first is not None:
-            first[:] = known, kept
-        known, _ = run_stages(rest, self.block, kept, known=known)
-        return known["loss"] + 0.5 * self.l2 * dot(x, x)
+    def loss_at(self, u, x):
+        """L at a point whose u = Cx is already known (the model's loss stages)."""
+        return self.trial_at({"u": u}, x)[0]
+
+    def trial_at(self, kept, x, with_columns=False):
+        """(L, ``TrialRows``) at a line-search trial whose u = Cx is in ``kept`` (with its maximum, when
+        known: ``kernels.softmax.line_point``): the loss, and the stages run that the evaluation at the
+        trial reuses (None when none is one of its stages).
+
+        ``with_columns``, for a model whose ``trial_columns`` says so: the evaluation's stages up to the
+        columns Q of the transposed pass instead of the loss stages (its loss from the same row sums), so
+        an accepted trial's evaluation makes only that pass (softmax, CSR 2·10⁵ × 100: a kernel over the n
+        rows less per accepted step, at the price of writing Q on a trial that is rejected)."""
+        model = self.row_model
+        if with_columns and model.trial_columns:
+            *before, last = model.evaluation
+            known, kept = run_stages(before, self.block, kept)
+            summary, new = last.rows(self.block, kept, known)
+            loss = model.loss_stages[-1].combine(summary, known)["loss"]
+            rows = TrialRows(known, kept, len(before), (summary, new))
+        else:
+            head, *rest = model.loss_stages
+            known, kept = run_stages((head,), self.block, kept)
+            rows = TrialRows(known, kept, 1) if head == model.evaluation[0] else None
+            known, _ = run_stages(rest, self.block, kept, known=known)
+            loss = known["loss"]
+        return loss + 0.5 * self.l2 * dot(x, x), rows
 
     def beta(self, ev):
         """β at ev (formed once, when a Hessian first needs it)."""
@@ -358,8 +386,14 @@ class Problem:
     def diagnose(self, ev):
         """A sentence when ev is a stationary point that cannot be the optimum, else None."""
         # The loss with its ridge term, as reported, is compared with L(0) (whose ridge term is 0).
-        return self.row_model.diagnose(ev.known, ev.loss, self.facts,
-                                       lambda: self.loss_at(np.zeros(self.n), np.zeros(self.d)))
+        return self.row_model.diagnose(ev.known, ev.loss, self.facts, self.loss_at_zero)
+
+    def loss_at_zero(self):
+        """L(0), kept until the points are forgotten; from an evaluation at x = 0 when one was made (a solve
+        from x0 = 0: its loss stages' sums, with the bits of the loss stages' own: ``trial_columns``)."""
+        if self._loss_at_zero is None:
+            self._loss_at_zero = self.loss_at(np.zeros(self.n), np.zeros(self.d))
+        return self._loss_at_zero
 
     def relu_inputs(self, ev):
         """(what they are, values) of the model's ReLU inputs at ev, for the kink test; None without ReLUs."""
@@ -397,6 +431,7 @@ class Problem:
         other.l2 = as_l2(l2)
         other._last = None
         other._gradient_at_zero = None
+        other._loss_at_zero = None
         return other
 
     def map_blocks(self, function, *args):
@@ -420,6 +455,7 @@ class Problem:
         self._last = None
         self._last_forward = None
         self._gradient_at_zero = None
+        self._loss_at_zero = None
 
     def _threads(self):
         """Numba's threads for a public method's call: one on a problem that ``solve`` runs on one thread
@@ -469,6 +505,18 @@ class Problem:
         return ScaledProblem(self, scale)
 
 
+@dataclass
+class TrialRows:
+    """What a line-search trial ran of the evaluation's stages at its u (``Problem.trial_at``): the globals
+    ``known`` and arrays ``kept`` after its first ``stages`` stages, and ``rows``, the (summary, new arrays)
+    of the next stage's ``rows`` when that ran too (it then only combines, once G = CᵀQ is formed)."""
+
+    known: dict
+    kept: dict
+    stages: int
+    rows: tuple = None
+
+
 class LineSearch:
     """The line x + t·p: one pass C·p, then each trial's loss from u + t·Cp with no pass over C.
 
@@ -497,20 +545,24 @@ class LineSearch:
         self.largest *= factor
 
     def _u(self, t):
-        """u + (t·factor)·Cp, written into a recycled array (a trial per call: ``fastnewton.buffers``)."""
+        """{"u": u + (t·factor)·Cp, "u_max": its maximum}, u written into a recycled array (a trial per call:
+        ``fastnewton.buffers``) in the same parallel region as its maximum (``line_point``)."""
         block = self.problem.block
         u = block.buffers.empty(self.Cp.shape[0])
-        add_scaled(self.ev.kept["u"], t * self.factor, self.Cp, block.chunk, u)
-        return u
+        return {"u": u, "u_max": line_point(self.ev.kept["u"], t * self.factor, self.Cp, block.chunk, u)}
 
     def loss(self, t):
-        u, first = self._u(t), []
-        loss = self.problem.loss_at(u, self.ev.x + t * self.p, first)
+        # The line's first trial, the one usually accepted, also forms the columns of the transposed pass
+        # (``Problem.trial_at``); later ones (backtracking, or a longer step after it) the loss alone, so
+        # the arrays held stay those of one evaluation beside a trial's u and softmax.
+        first_trial = self.trial is None
+        kept = self._u(t)
+        loss, rows = self.problem.trial_at(kept, self.ev.x + t * self.p, with_columns=first_trial)
         # A longer trial keeps the one before (the accepted step if the longer is rejected); a
         # shorter one (backtracking) lets it go: at most two trials' arrays are held, as while a
         # trial is computed.
         self.previous = self.trial if self.trial is not None and t > self.trial[0] else None
-        self.trial = t, u, first
+        self.trial = t, kept, rows
         return loss
 
     def evaluate(self, t, timer=None):
@@ -519,12 +571,9 @@ class LineSearch:
 
     def evaluation_rounds(self, t, timer=no_timer):
         """``evaluate`` as a generator (yields Q, is sent CᵀQ: ``stage_rounds``)."""
-        model = self.problem.row_model
         held = [trial for trial in (self.trial, self.previous) if trial is not None and trial[0] == t]
         if held:
-            _, u, first = held[0]
+            _, kept, first = held[0]
         else:
-            u, first = self._u(t), None
-        if model.loss_stages[0] != model.evaluation[0]:
-            first = None
-        return self.problem.evaluation_rounds(self.ev.x + t * self.p, {"u": u}, timer, first=first)
+            kept, first = self._u(t), None
+        return self.problem.evaluation_rounds(self.ev.x + t * self.p, kept, timer, first=first)

@@ -63,13 +63,15 @@ def _finite_or_raise(values, name):
 COLUMN_SQUARES_CHECK_ENTRIES = 2**18
 
 
-def _dense_finite_or_raise(matrix, name):
-    """ValueError naming C when a dense C has a NaN or Inf entry (as ``_finite_or_raise``)."""
+def _matrix_finite_or_raise(matrix, values, name):
+    """ValueError naming C when C (``values``: its dense array or its stored CSR entries) has a NaN or Inf
+    entry (as ``_finite_or_raise``)."""
     # A NaN or Inf entry makes its column's sum of squares NaN or Inf; finite squares clear every entry.
     # Non-finite squares from finite entries (|C_ij| ≳ 1e154 overflows its square) go to the plain check.
+    # CSR: the serial squares (1.0 ms at 2·10⁶ entries) against data.sum() (~0.4 ms), which they spare.
     if matrix.nnz >= COLUMN_SQUARES_CHECK_ENTRIES and np.isfinite(matrix.column_squares()).all():
         return
-    _finite_or_raise(matrix.array, name)
+    _finite_or_raise(values, name)
 
 
 def as_input_matrix(C, name="C"):
@@ -87,7 +89,7 @@ def as_input_matrix(C, name="C"):
         array = array.astype(np.float64)
     # Numba reads rows contiguously; an F-ordered or strided C is copied once here.
     matrix = DenseMatrix(np.ascontiguousarray(array))
-    _dense_finite_or_raise(matrix, name)
+    _matrix_finite_or_raise(matrix, matrix.array, name)
     return matrix
 
 
@@ -228,9 +230,10 @@ def _as_csr(C, name):
         indptr, indices = indptr.astype(np.int64), indices.astype(np.int64)
     n, d = csr.shape
     nnz = int(indptr[-1])
-    _finite_or_raise(data[:nnz], name)
-    return CSRMatrix(np.ascontiguousarray(indptr), np.ascontiguousarray(indices[:nnz]),
-                     np.ascontiguousarray(data[:nnz]), (n, d))
+    matrix = CSRMatrix(np.ascontiguousarray(indptr), np.ascontiguousarray(indices[:nnz]),
+                       np.ascontiguousarray(data[:nnz]), (n, d))
+    _matrix_finite_or_raise(matrix, matrix.data, name)
+    return matrix
 
 
 def as_vector(v, name, length, length_hint=""):

@@ -666,3 +666,54 @@ def test_a_solve_from_zeros_reads_c_neither_for_u_at_zero_nor_for_a_separate_ref
     again = newton_solve(forced, np.zeros(7), "zeros", exact_system, options)
     assert res.n_iter == again.n_iter and res.status == again.status
     assert np.array_equal(res.x, again.x) and res.loss == again.loss
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_trial_forms_the_evaluation_of_its_point_with_the_bits_of_a_fresh_one(model, run_with_threads):
+    """Problem.trial_at: a line's first trial (softmax, relu_softmax: with the columns Q of the transposed
+    pass, ``trial_columns``) gives the loss of the loss stages bit for bit, and LineSearch.evaluate(t) at it
+    the evaluation (loss, ∇L, P, S, Q) that ``evaluate_from`` forms at the same u = u0 + t·Cp (NumPy's
+    multiply, then add), with 1 and 2 threads; a later trial (backtracking: the loss stages alone) likewise."""
+    out = fastnewton.make_problem(6_000, 12, nnz_per_row=4, model=model, noise=0.05, seed=8)
+    C, b, V = out[0], out[1], out.V
+    problem = fastnewton.Problem(C, b, model, V=V, l2=1e-3)
+    rng = np.random.default_rng(9)
+    x = 0.3 * rng.standard_normal(12)
+    p = 0.2 * rng.standard_normal(12)
+
+    def routes():
+        ev = problem.evaluate(x)
+        line = problem.line(ev, p.copy())
+        trials = [line.loss(1.0), line.loss(0.5)]  # the second backtracks past the first
+        evaluations = [line.evaluate(0.5)]
+        line = problem.line(ev, p.copy())
+        trials.append(line.loss(1.0))
+        evaluations.append(line.evaluate(1.0))
+        references = []
+        for t in (0.5, 1.0):
+            u = np.add(ev.kept["u"], np.multiply(line.Cp, t))
+            point = x + t * p
+            references.append((problem.loss_at(u, point), problem.evaluate_from(point, {"u": u})))
+        return trials, evaluations, references
+
+    for threads in (1, 2):
+        (first, backtracked, accepted), evaluations, references = run_with_threads(threads, routes)
+        assert first == accepted and backtracked == references[0][0] and accepted == references[1][0]
+        for evaluation, (loss, reference) in zip(evaluations, references):
+            assert evaluation.loss == reference.loss == loss
+            np.testing.assert_array_equal(evaluation.grad, reference.grad)
+            np.testing.assert_array_equal(evaluation.P, reference.P)
+            np.testing.assert_array_equal(evaluation.S, reference.S)
+            np.testing.assert_array_equal(evaluation.kept["Q"], reference.kept["Q"])
+
+
+@pytest.mark.parametrize("model", ["softmax", "relu_softmax"])
+def test_the_loss_at_zero_is_kept_from_an_evaluation_at_zero_with_the_bits_of_the_loss_stages(model, monkeypatch):
+    """Problem.loss_at_zero (diagnose's L(0)): after an evaluation at x = 0 (a solve from zeros), that
+    evaluation's loss, equal bit for bit to the loss stages at u = 0, with no kernel run again."""
+    out = fastnewton.make_problem(2_000, 9, nnz_per_row=3, model=model, noise=0.05, seed=12)
+    fresh = fastnewton.Problem(out[0], out[1], model, l2=0.01).loss_at(np.zeros(2_000), np.zeros(9))
+    problem = fastnewton.Problem(out[0], out[1], model, l2=0.01)
+    problem.evaluate(np.zeros(9))
+    monkeypatch.setattr(problem, "loss_at", lambda u, x: pytest.fail("L(0) formed again"))
+    assert problem.loss_at_zero() == fresh

@@ -310,8 +310,13 @@ def test_non_finite_start_returns_the_start(monkeypatch):
 
 
 def test_non_finite_trial_losses_are_rejected_not_accepted(monkeypatch):
+    from fastnewton.problem import LineSearch
+
     C, b, _ = make_problem(200, 10, nnz_per_row=4, seed=19)
-    _poison_after(monkeypatch, 0, method="loss_rows")  # every line-search trial is NaN
+    # every line-search trial is NaN (a line's first trial forms the columns Q too, the others the loss alone)
+    _poison_after(monkeypatch, 0, method="loss_rows")
+    trial_loss = LineSearch.loss
+    monkeypatch.setattr(LineSearch, "loss", lambda self, t: trial_loss(self, t) * float("nan"))
     res = _solve(C, b, x0="zeros")
     _check_honest(res, 10)
     assert not res.converged

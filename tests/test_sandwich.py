@@ -427,3 +427,35 @@ def test_curvature_sandwich_has_the_bits_of_the_sandwich_of_its_weights(awkward,
     np.testing.assert_array_equal(beta, Q[:, 2] - c * Q[:, 1] + w)
     ref, scale = _reference(A, np.abs(A), beta)
     naive.assert_within_rounding(one, ref, scale, n * 90 ** 2 if long_rows else n * 36 + n)
+
+
+def test_a_chunk_is_read_in_place_exactly_when_all_its_rows_increase_strictly(random_csr):
+    """kernels/sandwich.py ``_sorted_rows`` (the chunk-wide test that lets the full sandwich read rows in
+    place) against the NumPy statement "np.diff of each row's columns > 0", over every range of rows of
+    matrices with empty rows, a repeated column, one row out of order, and rows whose first column is
+    below or above the previous row's last (a fall at a row's first entry is no fault); and
+    ``_listed_rows_sorted``: only consecutive listed rows are tested at once."""
+    from numba import njit
+
+    from fastnewton.kernels.sandwich import _listed_rows_sorted, _sorted_rows
+
+    sorted_rows = njit(lambda indptr, indices, first, stop: _sorted_rows(indptr, indices, first, stop))
+    listed = njit(lambda indptr, indices, rows, first, stop: _listed_rows_sorted(indptr, indices, rows, first, stop))
+    rng = np.random.default_rng(5)
+    indptr, indices, _ = random_csr(rng, 40, 12, max_per_row=6, empty_rows=True)
+    ascending = np.concatenate([np.arange(indptr[i + 1] - indptr[i]) + 2 * i for i in range(40)])
+    cases = {"canonical": indices, "ascending_across_rows": ascending.astype(indices.dtype)}
+    long_rows = np.flatnonzero(np.diff(indptr) >= 3)
+    repeated, swapped = indices.copy(), indices.copy()
+    repeated[indptr[long_rows[2]] + 2] = repeated[indptr[long_rows[2]] + 1]
+    first = indptr[long_rows[5]]
+    swapped[first], swapped[first + 1] = swapped[first + 1], swapped[first]
+    cases.update(repeated=repeated, swapped=swapped)
+    for name, columns in cases.items():
+        row_ok = np.array([np.all(np.diff(columns[indptr[i]:indptr[i + 1]]) > 0) for i in range(40)])
+        for start in range(41):
+            for stop in range(start, 41):
+                assert sorted_rows(indptr, columns, start, stop) == row_ok[start:stop].all(), (name, start, stop)
+        every_row = np.arange(40, dtype=np.int64)
+        assert listed(indptr, columns, every_row, 3, 29) == row_ok[3:29].all()
+        assert not listed(indptr, columns, every_row[::2].copy(), 0, 10)

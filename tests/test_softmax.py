@@ -15,6 +15,7 @@ from fastnewton.chunking import chunk_rows as real_chunk_rows
 from fastnewton.kernels.reduce import add_scaled, chunked_dot
 from fastnewton.kernels.softmax import (
     curvature_weights,
+    line_point,
     log_partition_parts,
     softmax_regression_columns,
     softmax_regression_loss,
@@ -143,6 +144,57 @@ def test_add_scaled_has_the_bits_of_numpy_multiply_then_add(n, chunk_rows, run_w
 
     np.testing.assert_array_equal(run_with_threads(1, run), expected)
     np.testing.assert_array_equal(run_with_threads(2, run), expected)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("chunk_rows", CHUNKS, ids=CHUNK_IDS)
+@pytest.mark.parametrize("case", ["mixed", "nonpositive", "signed_zeros_nan", "all_nan"])
+def test_a_trials_u_with_its_maximum_gives_the_log_partition_of_the_two_pass_kernel(case, chunk_rows, relu,
+                                                                                      run_with_threads):
+    """line_point: u = u0 + f·Cp with add_scaled's bits (NumPy's multiply, then add) and max u in one region;
+    the softmax stage given that maximum (models.base.log_partition_rows with kept["u_max"], relu_max for
+    ReLU(u)) runs only exp_sum_parts and gets log_partition_parts' max z, e and Σe bit for bit (1 and 2
+    threads), also where no u is positive, with ±0.0 (the first of equal maxima is kept) and NaN entries."""
+    from fastnewton.models import RowBlock
+    from fastnewton.models.base import log_partition_rows
+
+    rng = np.random.default_rng(34)
+    n = 9_000
+    u0, Cp = rng.standard_normal(n), rng.standard_normal(n)
+    factor = 0.7 + 1e-9
+    if case == "nonpositive":
+        u0 = -np.abs(u0) - 3.0
+    if case in ("signed_zeros_nan", "all_nan"):
+        u0, Cp = np.where(rng.random(n) < 0.5, -0.0, 0.0), np.full(n, -0.0)  # u keeps u0's signed zeros
+        u0[rng.random(n) < 0.1] = np.nan
+    if case == "all_nan":
+        u0[:] = np.nan
+    rows = _rows(n, chunk_rows)
+    expected_u = np.add(u0, np.multiply(Cp, factor))
+    block = RowBlock(CSRMatrixStub(n), None, np.zeros(n), None)
+    block.chunk = rows
+
+    def run():
+        u = np.empty(n)
+        top = line_point(u0, factor, Cp, rows, u)
+        stage, kept = log_partition_rows(block, {"u": u, "u_max": top}, relu)
+        e = np.empty(n)
+        expected = log_partition_parts(u, relu, rows, e)
+        return u, top, stage["log_partition"], kept, expected, e
+
+    for threads in (1, 2):
+        u, top, part, kept, (zmax, total), e = run_with_threads(threads, run)
+        np.testing.assert_array_equal(u, expected_u)
+        assert kept["block_top"] == zmax and np.signbit(kept["block_top"]) == np.signbit(zmax)
+        assert part.top == zmax and (part.total == total or (np.isnan(part.total) and np.isnan(total)))
+        np.testing.assert_array_equal(kept["e"], e)
+
+
+class CSRMatrixStub:
+    """A matrix of n rows for a RowBlock whose stages read no C."""
+
+    def __init__(self, n):
+        self.n = n
 
 
 # -- the log-partition of row blocks ---------------------------------------------------------

@@ -676,11 +676,12 @@ def test_finite_entries_whose_sum_overflows_are_accepted_and_a_nan_among_them_is
         Problem(np.ones((2, 2)), np.array([np.inf, -np.inf]))
 
 
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "csr"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e200], ids=["nan", "inf", "-inf", "square-overflows"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_a_large_dense_c_is_checked_by_its_kept_column_squares(bad, dtype):
-    """From COLUMN_SQUARES_CHECK_ENTRIES entries a dense C is checked by its column squares (the solve's column
-    scale needs them; one parallel pass kept by the matrix): a NaN or Inf entry still raises a ValueError
+def test_a_large_c_is_checked_by_its_kept_column_squares(bad, dtype, dense):
+    """From COLUMN_SQUARES_CHECK_ENTRIES entries C (dense or CSR) is checked by its column squares (the solve's
+    column scale needs them; one pass kept by the matrix): a NaN or Inf entry still raises a ValueError
     naming C, finite entries whose squares overflow (1e200² = inf) still pass, and the squares the check
     formed are the ones the Problem's column norms use (no second pass)."""
     from fastnewton.validation import COLUMN_SQUARES_CHECK_ENTRIES
@@ -690,11 +691,15 @@ def test_a_large_dense_c_is_checked_by_its_kept_column_squares(bad, dtype):
     d = 64
     n = COLUMN_SQUARES_CHECK_ENTRIES // d
     C = np.random.default_rng(3).standard_normal((n, d)).astype(dtype)
+    if not dense:
+        C = sp.csr_matrix(C)  # every entry stored: nnz = n·d
+        assert C.nnz >= COLUMN_SQUARES_CHECK_ENTRIES
     b = np.full(n, 1.0 / n)
     problem = Problem(C, b)
     squares = problem.matrix.column_squares()
     assert squares is problem.matrix.column_squares() and not squares.flags.writeable
-    np.testing.assert_allclose(squares, (C.astype(np.float64) ** 2).sum(axis=0), rtol=1e-12)
+    dense_c = C if dense else C.toarray()
+    np.testing.assert_allclose(squares, (dense_c.astype(np.float64) ** 2).sum(axis=0), rtol=1e-12)
     np.testing.assert_array_equal(problem.column_norms(), np.sqrt(squares))
     C[n // 2, d // 3] = bad
     if np.isfinite(bad):

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..buffers import Recycler
 from ..chunking import chunk_rows
-from ..kernels.softmax import log_partition_parts
+from ..kernels.softmax import exp_sum_parts, log_partition_parts
 from ..newton import NewtonRequest, run_requests
 from ..timing import PhaseTimer
 
@@ -89,10 +89,26 @@ class LogPartition:
 
 
 def log_partition_rows(block, kept, relu):
-    """The first stage of the softmax models: e = exp(z − max z) kept, the block's LogPartition back."""
+    """The first stage of the softmax models: e = exp(z − max z) kept, the block's LogPartition back.
+
+    When u came with its maximum (``kept["u_max"]``: a line-search trial's u, ``kernels.softmax.line_point``),
+    max z follows from it and only the exponentials remain (one parallel region, not two; the same bits)."""
     e = block.buffers.empty(block.rows)
-    top, total = log_partition_parts(kept["u"], relu, block.chunk, e)
+    u_max = kept.get("u_max")
+    if u_max is None:
+        top, total = log_partition_parts(kept["u"], relu, block.chunk, e)
+    else:
+        top = relu_max(u_max, block.rows) if relu else u_max
+        total = exp_sum_parts(kept["u"], relu, top, block.chunk, e)
     return {"log_partition": LogPartition(top, total)}, {"e": e, "block_top": top}
+
+
+def relu_max(u_max, rows):
+    """max ReLU(u) over ``rows`` entries from max u (NaN entries ignored): the value that
+    ``kernels.softmax.chunk_max_z(u, True)`` finds (+0.0 when no entry is positive; −inf for no rows)."""
+    if u_max > 0.0:
+        return u_max
+    return 0.0 if rows else -math.inf
 
 
 def softmax_rows(block, u, relu):
@@ -131,6 +147,10 @@ class Model:
     gradient_columns = 2
     # Whether ``auto_start_rounds`` fits on a ``FitSample`` when offered one (``auto`` prices the start by it).
     samples_start = False
+    # Whether a line-search trial may run the evaluation's stages up to the columns Q of the transposed pass
+    # in place of ``loss_stages`` (``Problem.trial_at``): the last loss stage's ``combine`` then reads the
+    # last evaluation stage's summary, which must hold the loss's row sums with the same bits.
+    trial_columns = False
 
     def facts(self, block):
         return {}

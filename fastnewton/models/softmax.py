@@ -23,6 +23,9 @@ class Softmax(Model):
     """h(u) = softmax(u) (``softmax``) or softmax(ReLU(u)) (``relu_softmax``); b has length n."""
 
     k = 2
+    # ``columns``' summary holds Σ r² + w u² with the bits of ``loss_rows``' (the same sum, row by row and
+    # chunk by chunk), which ``half_loss`` turns into the loss: a trial may form Q (``Problem.trial_at``).
+    trial_columns = True
 
     def __init__(self, relu=False):
         self.relu = relu
