@@ -572,6 +572,9 @@ class LineSearch:
     def evaluation_rounds(self, t, timer=no_timer):
         """``evaluate`` as a generator (yields Q, is sent CᵀQ: ``stage_rounds``)."""
         held = [trial for trial in (self.trial, self.previous) if trial is not None and trial[0] == t]
+        # The line ends here: the other trial's arrays go before the evaluation forms its own (an accepted
+        # step after a rejected longer one would otherwise hold a third set of trial arrays at the peak).
+        self.trial = self.previous = None
         if held:
             _, kept, first = held[0]
         else:

@@ -717,3 +717,27 @@ def test_the_loss_at_zero_is_kept_from_an_evaluation_at_zero_with_the_bits_of_th
     problem.evaluate(np.zeros(9))
     monkeypatch.setattr(problem, "loss_at", lambda u, x: pytest.fail("L(0) formed again"))
     assert problem.loss_at_zero() == fresh
+
+
+@pytest.mark.parametrize("model", ["softmax", "relu_softmax"])
+def test_an_accepted_longer_trial_is_evaluated_in_the_arrays_the_first_trial_let_go(model):
+    """A line's first trial (with the columns Q) is kept while a longer one is tried (it is the step if the
+    longer one is rejected); once the longer one is accepted, the evaluation lets the first go before it
+    forms its own arrays, so it reuses them (``fastnewton.buffers``) and the peak stays two trials' arrays."""
+    out = fastnewton.make_problem(3_000, 8, nnz_per_row=3, model=model, noise=0.05, seed=5)
+    problem = fastnewton.Problem(out[0], out[1], model, l2=1e-3)
+    rng = np.random.default_rng(6)
+    ev = problem.evaluate(0.3 * rng.standard_normal(8))
+    line = problem.line(ev, 0.05 * rng.standard_normal(8))
+
+    def held_arrays():
+        return sorted((shape, len(arrays)) for shape, arrays in problem.buffers._arrays.items())
+
+    line.loss(1.0)
+    line.loss(2.0)  # longer: the first trial stays held
+    before = held_arrays()
+    evaluation = line.evaluate(2.0)
+    assert held_arrays() == before
+    fresh = problem.evaluate_from(ev.x + 2.0 * line.p, {"u": np.add(ev.kept["u"], np.multiply(line.Cp, 2.0))})
+    assert evaluation.loss == fresh.loss
+    np.testing.assert_array_equal(evaluation.grad, fresh.grad)
