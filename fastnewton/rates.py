@@ -11,19 +11,19 @@ to tol = 1e-8.
 MACHINE = 'x86_64, 2 cores'
 
 # Stored entries of C read per second by one pass (u = Cx, or the fused Cᵀ[q, U]).
-DENSE_PASS_ENTRIES = 4.39e+09
+DENSE_PASS_ENTRIES = 4.27e+09
 CSR_PASS_ENTRIES = 2.54e+09
 # Dense Hessian-vector product (C·v and Cᵀ(β ⊙ Cv) in one read of C): entries of C per second at d = 256
 # and at d = 32; log-log in d between.
 DENSE_HESSIAN_VECTOR_ENTRIES = 4.13e+09
-DENSE_HESSIAN_VECTOR_ENTRIES_D32 = 3.1e+09
+DENSE_HESSIAN_VECTOR_ENTRIES_D32 = 3.07e+09
 # Dense sandwich (SYRK): multiply-adds n·d²/2 per second at d = 256 and at d = 32 (few multiply-adds
 # per entry read: slower); log-log in d between.
 DENSE_SANDWICH_FMA = 3.32e+10
 DENSE_SANDWICH_FMA_D32 = 1.25e+10
 # CSR sandwich: pair updates Σᵢ nnzᵢ(nnzᵢ + 1)/2 per second at d = 256 and at d = 1024 (the
 # updates scatter into a d × d partial: slower once it leaves the cache); log-log in d between.
-CSR_SANDWICH_PAIRS = 3.58e+09
+CSR_SANDWICH_PAIRS = 3.05e+09
 CSR_SANDWICH_PAIRS_D1024 = 2.49e+09
 # OSNAP embedding: (stored entry, slot) updates per second.
 DENSE_EMBED_UPDATES = 3.17e+09
@@ -32,15 +32,15 @@ CSR_EMBED_UPDATES = 4.65e+08
 DENSE_SAMPLED_SANDWICH_FMA = 3.01e+10
 # C Z for the JL directions: (stored entry, column) multiply-adds per second.
 DENSE_MATMAT_FMA = 1.6e+10
-CSR_MATMAT_FMA = 7.03e+09
+CSR_MATMAT_FMA = 6.86e+09
 # QR of the m × d embedding (multiply-adds m·d²) and Cholesky of d × d (d³/3) per second.
-QR_FMA = 4.01e+10
+QR_FMA = 3.9e+10
 CHOLESKY_FMA = 1.82e+10
 # Rows per second of an iteration's work per row beyond its passes (the model's row stages at the
 # line search's trial and at the new point, β), from exact solves of a short-row CSR problem, and
 # iterations per second of a tiny problem (an iteration's fixed cost: Python control, small kernels).
-ITERATION_ROWS = 1.12e+08
-TINY_ITERATIONS = 1.46e+03
+ITERATION_ROWS = 1.06e+08
+TINY_ITERATIONS = 1.36e+03
 # Rows per second of a sketched iteration's draw (scores |βᵢ|gᵢ and the Poisson sample over every row).
 SAMPLING_ROWS = 1.91e+08
 # Newton iterations of exact, of sketch and of pcg per exact Newton iteration, CG iterations per pcg step.
