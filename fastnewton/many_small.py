@@ -233,7 +233,8 @@ def _compiled_message(problem, pack, p, status):
 
 def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="auto", hessian="auto", eps=0.5,
                    sketch_size=None, tol=1e-8, max_iter=100, seed=None, n_threads=None, continuation=True, **solve_only):
-    """``solve_many`` for a sequence of independent ``(C, b)`` / ``(C, b, V)`` problems (see the module docstring).
+    """``solve_many`` for a list or tuple of independent ``(C, b)`` / ``(C, b, V)`` problems (``fastnewton.batch``
+    dispatches here, an iterator already listed; see the module docstring).
 
     ``row_weights`` and ``x0`` may be given once for all problems or as a list with one entry per
     problem (``x0``: "auto", "zeros", or the problems' length-dᵢ arrays).
@@ -245,8 +246,6 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
                             f"call fastnewton.solve per problem for it")
     if solve_only:
         raise TypeError(f"solve_many got unexpected keyword argument(s) {', '.join(sorted(solve_only))}")
-    if not isinstance(problems, (list, tuple)):
-        raise TypeError(f"problems must be a list or tuple of (C, b) / (C, b, V) tuples, got {type(problems).__name__}")
     if len(problems) == 0:
         raise ValueError("problems is empty: give at least one (C, b) / (C, b, V) tuple")
     model = check_model(model)
