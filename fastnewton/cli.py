@@ -70,11 +70,19 @@ def _version():
 
 
 # -- shared solver options -------------------------------------------------------------------------
-def _add_solver_options(parser, x0_default):
+def _add_solver_options(parser, x0_default, takes_file_x0=False):
     parser.add_argument("--model", default="softmax", choices=MODELS, help="the model h (default softmax)")
     parser.add_argument("--hessian", default="auto", choices=STRATEGIES, help="Hessian strategy (default auto)")
-    parser.add_argument("--x0", default=x0_default, choices=["auto", "zeros"],
-                        help=f"starting point (default {x0_default})")
+    if takes_file_x0:
+        parser.add_argument("--x0", default=x0_default, metavar="{auto,zeros,FILE}",
+                            help=f"starting point: auto, zeros, or a file holding a length-d x (.npy, .txt, .csv, "
+                                 f"e.g. a previous fit's --out) (default {x0_default})")
+    else:
+        parser.add_argument("--x0", default=x0_default, choices=["auto", "zeros"],
+                            help=f"starting point (default {x0_default})")
+    parser.add_argument("--no-continuation", dest="continuation", action="store_false",
+                        help="softmax_relu: one plain Newton loop on the real loss from the start, without the "
+                             "staged continuation (lifted surrogate, ridge path, restart from zeros)")
     parser.add_argument("--tol", type=real, default=1e-8, help="relative gradient tolerance (default 1e-8)")
     parser.add_argument("--max-iter", type=nonnegative_int, default=100, help="at most this many iterations (default 100)")
     parser.add_argument("--l2", type=real, default=0.0, help="ridge weight λ ≥ 0 (default 0)")
@@ -101,7 +109,8 @@ def _demo(args):
     print(f"built C with nnz = {C.nnz:,} ({C.data.nbytes + C.indices.nbytes + C.indptr.nbytes:,} bytes) "
           f"in {time.perf_counter() - clock:.2f} s; solving with hessian={args.hessian!r}, tol={args.tol:g}")
     res = solve(C, b, args.model, V=problem.V, l2=args.l2, hessian=args.hessian, tol=args.tol,
-                max_iter=args.max_iter, n_threads=args.threads, x0=args.x0, seed=args.seed, verbose=True)
+                max_iter=args.max_iter, n_threads=args.threads, x0=args.x0, seed=args.seed, verbose=True,
+                continuation=args.continuation)
     error = np.linalg.norm(res.x - x_true) / np.linalg.norm(x_true)
     print(_summary(res, f", |x - x_true|/|x_true| = {error:.2e}"))
     print(f"start: {res.start}")
@@ -226,8 +235,9 @@ def _fit(args):
     shape = "×".join(map(str, np.shape(C))) if not hasattr(C, "nnz") else f"{C.shape[0]}×{C.shape[1]}, nnz = {C.nnz:,}"
     print(f"fastnewton fit: {args.model}, C {shape} from {args.data}, b of length {b.shape[0]}"
           f"{', V %d×%d' % V.shape if V is not None else ''} (read in {time.perf_counter() - clock:.2f} s)")
+    x0 = args.x0 if args.x0 in ("auto", "zeros") else _as_vector(_load_array(args.x0, "x0"))
     res = solve(C, b, args.model, V=V, l2=args.l2, hessian=args.hessian, tol=args.tol, max_iter=args.max_iter,
-                n_threads=args.threads, x0=args.x0, seed=args.seed, verbose=True)
+                n_threads=args.threads, x0=x0, seed=args.seed, verbose=True, continuation=args.continuation)
     _write_vector(args.out, res.x)
     print(_summary(res))
     print(f"wrote x (length {res.x.shape[0]}) to {args.out}")
@@ -288,7 +298,7 @@ def build_parser():
     fit.add_argument("--b", default=None, metavar="FILE", help="the target b (if not in DATA)")
     fit.add_argument("--V", default=None, metavar="FILE", help="V, n × m, for softmax_relu (if not in DATA)")
     fit.add_argument("--out", default="x.npy", metavar="FILE", help="where to write x: .npy, .txt or .csv (default x.npy)")
-    _add_solver_options(fit, x0_default="auto")
+    _add_solver_options(fit, x0_default="auto", takes_file_x0=True)
     fit.set_defaults(run=_fit)
 
     warmup = sub.add_parser("warmup", help="compile and cache the kernels now (once per install)",

@@ -189,6 +189,52 @@ def test_fit_reads_npz_and_matrix_market_files_solves_and_writes_x(tmp_path, cap
         np.testing.assert_allclose(x, reference.x, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.filterwarnings("ignore::fastnewton.ConvergenceWarning")  # 8 iterations on purpose
+def test_fit_starts_from_an_x0_file_and_takes_no_continuation_as_solve_does(tmp_path, capsys):
+    import numpy as np
+
+    import fastnewton
+
+    planted, files = _planted_files(tmp_path, "softmax_relu")
+    common = [str(files["npz"]), "--model", "softmax_relu", "--max-iter", "8"]
+    # A warm start written as a previous fit's --out (.npy) and as text (17 significant digits: the same x).
+    x0 = fastnewton.solve(planted.C, planted.b, "softmax_relu", V=planted.V, max_iter=3).x + 0.05
+    np.save(tmp_path / "x0.npy", x0)
+    np.savetxt(tmp_path / "x0.txt", x0, fmt="%.17g")
+    for start in ("x0.npy", "x0.txt"):
+        for plain in (False, True):
+            out_file = tmp_path / f"x_{start}_{plain}.npy"
+            arguments = ["fit", *common, "--x0", str(tmp_path / start), "--out", str(out_file)]
+            code, out, err = _main(arguments + (["--no-continuation"] if plain else []), capsys)
+            assert code in (0, 1), out + err  # 1: not converged in 8 iterations, still written
+            reference = fastnewton.solve(planted.C, planted.b, "softmax_relu", V=planted.V, x0=x0, max_iter=8,
+                                         continuation=not plain)
+            # The same solve as the API's: bit for bit from the .npy, to the text's rounding from the .txt.
+            np.testing.assert_allclose(np.load(out_file), reference.x, rtol=1e-10, atol=1e-12)
+    # Without the continuation the solve differs (a plain Newton loop), so the flag reached solve.
+    stages = fastnewton.solve(planted.C, planted.b, "softmax_relu", V=planted.V, x0="zeros", max_iter=8)
+    plain = fastnewton.solve(planted.C, planted.b, "softmax_relu", V=planted.V, x0="zeros", max_iter=8,
+                             continuation=False)
+    assert {record.get("phase") for record in stages.history} != {record.get("phase") for record in plain.history}
+    code, _, err = _main(["fit", *common, "--x0", str(tmp_path / "missing.npy")], capsys)
+    assert code == 2 and "x0: no such file" in err and "Traceback" not in err
+    np.save(tmp_path / "short.npy", x0[:-1])
+    code, _, err = _main(["fit", *common, "--x0", str(tmp_path / "short.npy")], capsys)
+    assert code == 2 and "x0" in err and "Traceback" not in err
+
+
+@pytest.mark.filterwarnings("ignore::fastnewton.ConvergenceWarning")
+def test_demo_takes_no_continuation(capsys):
+    from fastnewton.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["demo"]).continuation is True
+    assert parser.parse_args(["demo", "--no-continuation"]).continuation is False
+    code, out, err = _main(["demo", "--n", "2000", "--d", "8", "--model", "softmax_relu", "--no-continuation",
+                            "--max-iter", "5"], capsys)
+    assert code in (0, 1) and "summary:" in out, out + err
+
+
 def test_fit_names_what_is_missing_or_unreadable(tmp_path, capsys):
     _, files = _planted_files(tmp_path, "softmax")
     import numpy as np
