@@ -474,12 +474,9 @@ BUILDERS = {"exact": exact_system, "sketch": SketchedSystems, "pcg": Preconditio
 
 # Passes over C per Newton iteration shared by every strategy (the line search's C·p, the fused
 # gradient pass, and a forward pass u = Cx once in REFRESH_EVERY iterations: u is carried along the
-# line in between), and the price of a CSR CG iteration's Hessian-vector product in forward passes.
-# The product reads C once (``csr_sandwich_vector``), but its scatter into Cᵀ(β ⊙ Cv) costs more than a
-# forward pass: measured 1.23 ms against 0.73 ms for C·v (2·10⁵ × 100, 10 per row, 2 threads), i.e.
-# ~1.7 passes; it keeps the price of the two passes it replaced until bench/calibrate.py measures it.
+# line in between). (A CSR CG iteration's Hessian-vector product reads C once, ``csr_sandwich_vector``,
+# and has rates of its own: CSR_HESSIAN_VECTOR_ENTRIES and _ROWS.)
 PASSES_PER_ITERATION = 2 + 1 / REFRESH_EVERY
-PASSES_PER_CG_ITERATION = 2
 # A CG iteration's fixed cost beyond its passes and triangular solves: its Python control, two kernel
 # launches and two SciPy triangular solves. Measured 85–104 µs per CG iteration (``lagged``, 2 threads,
 # 50 softmax CSR problems n 64–512, d 32–64, 8 entries per row, whose passes take ~2 µs); priced at
@@ -545,7 +542,10 @@ def _unit_seconds(problem, rates):
     dense = matrix.format == "dense"
     work = getattr(matrix, "sandwich_work", None)
     pairs, dense_fma = work() if work is not None else estimated_sandwich_work(n, d, nnz, dense)
-    full_sandwich = pairs / csr_sandwich_rate(d, rates) + dense_fma / dense_sandwich_rate(d, rates)
+    # The rows of the pair updates (those not run by SYRK) each cost a fixed amount beyond their pairs.
+    pair_rows = 0.0 if dense else max(n - dense_fma / (d * d / 2), 0.0)
+    full_sandwich = (pairs / csr_sandwich_rate(d, rates) + pair_rows / rates.CSR_SANDWICH_ROWS
+                     + dense_fma / dense_sandwich_rate(d, rates))
     one_pass = nnz / (rates.DENSE_PASS_ENTRIES if dense else rates.CSR_PASS_ENTRIES)
     return full_sandwich, one_pass, d**3 / 3 / rates.CHOLESKY_FMA
 
@@ -643,7 +643,8 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     Work counts × measured rates (``fastnewton.rates``, written by bench/calibrate.py): a pass
     costs nnz entries, the exact sandwich d²/2 SYRK multiply-adds per dense row (every row of
     dense C, the long rows of CSR C) and nnzᵢ(nnzᵢ + 1)/2 pair updates per other row (at the rate
-    for width d; ``sandwich_work``), and every strategy a d × d Cholesky. Every iteration also pays
+    for width d; ``sandwich_work``) plus a fixed cost per such row (CSR_SANDWICH_ROWS: on short rows it
+    outweighs the pairs), and every strategy a d × d Cholesky. Every iteration also pays
     work per row beyond its passes (the model's row stages at the line search's trial and the new
     point: ITERATION_ROWS per second) and a fixed 1/TINY_ITERATIONS seconds (its Python control and
     small kernels); on short CSR rows (n = 10⁶, 5 per row) the row work costs more than the passes, so a
@@ -660,7 +661,8 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     pass), then two passes for the stopping test's references and the first evaluation (a pass
     pair and its row work). Iteration counts: EXACT_ITERATIONS for exact, scaled by the measured
     ratios for sketch, pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products
-    (two passes and a triangular solve pair each, plus CG_ITERATION_SECONDS) per step, lagged an
+    (one read of C each, priced on CSR C by its entries and its rows, CSR_HESSIAN_VECTOR_ENTRIES and _ROWS;
+    a triangular solve pair; CG_ITERATION_SECONDS) per step, lagged an
     exact iteration in every LAGGED_STEPS + 1 and LAGGED_CG_ITERATIONS_PER_STEP of them on the others.
     Where the start fits on a sample (from x0="auto"), pcg's preconditioner is the start's fit matrix
     (``PreconditionerSystems``): its iterations sample nothing, pay one Cholesky and
@@ -705,7 +707,8 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
         return (1 + refresh) * (sampled(constant) + draw) + refresh * fresh_scores + certificate
 
     def cg(iterations):
-        product = nnz / dense_hessian_vector_rate(d, rates) if dense else PASSES_PER_CG_ITERATION * one_pass
+        product = (nnz / dense_hessian_vector_rate(d, rates) if dense
+                   else nnz / rates.CSR_HESSIAN_VECTOR_ENTRIES + n / rates.CSR_HESSIAN_VECTOR_ROWS)
         return iterations * (product + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
 
     fit = start_seconds(problem, eps, sketch_size, rates, units, start_rows)

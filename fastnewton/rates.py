@@ -23,13 +23,20 @@ DENSE_SANDWICH_FMA = 3.32e+10
 DENSE_SANDWICH_FMA_D32 = 1.25e+10
 # CSR sandwich: pair updates Σᵢ nnzᵢ(nnzᵢ + 1)/2 per second at d = 256 and at d = 1024 (the
 # updates scatter into a d × d partial: slower once it leaves the cache); log-log in d between.
-CSR_SANDWICH_PAIRS = 3.05e+09
+CSR_SANDWICH_PAIRS = 3.47e+09
 CSR_SANDWICH_PAIRS_D1024 = 2.49e+09
+# CSR sandwich: rows per second of each row's fixed work beyond its pairs (with the pair rate, from a long-row
+# and a short-row matrix at d = 256).
+CSR_SANDWICH_ROWS = 1.78e+08
+# CSR Hessian-vector product (C·v and Cᵀ(β ⊙ Cv) in one read of C): stored entries per second, and rows per
+# second of each row's fixed work beyond its entries (the same two matrices).
+CSR_HESSIAN_VECTOR_ENTRIES = 1.87e+09
+CSR_HESSIAN_VECTOR_ROWS = 1.73e+09
 # OSNAP embedding: (stored entry, slot) updates per second.
 DENSE_EMBED_UPDATES = 3.17e+09
 CSR_EMBED_UPDATES = 4.65e+08
 # Sampled dense sandwich (its signed and |β| sums, ``sandwich_rows_and_absolute``): s·d²/2 per second.
-DENSE_SAMPLED_SANDWICH_FMA = 3.01e+10
+DENSE_SAMPLED_SANDWICH_FMA = 3.14e+10
 # C Z for the JL directions: (stored entry, column) multiply-adds per second.
 DENSE_MATMAT_FMA = 1.6e+10
 CSR_MATMAT_FMA = 6.86e+09
@@ -40,7 +47,7 @@ CHOLESKY_FMA = 1.82e+10
 # line search's trial and at the new point, β), from exact solves of a short-row CSR problem, and
 # iterations per second of a tiny problem (an iteration's fixed cost: Python control, small kernels).
 ITERATION_ROWS = 1.06e+08
-TINY_ITERATIONS = 1.36e+03
+TINY_ITERATIONS = 1.66e+03
 # Rows per second of a sketched iteration's draw (scores |βᵢ|gᵢ and the Poisson sample over every row).
 SAMPLING_ROWS = 1.91e+08
 # Newton iterations of exact, of sketch and of pcg per exact Newton iteration, CG iterations per pcg step.

@@ -310,11 +310,12 @@ def test_cost_model_work_counts():
 
 def test_auto_picks_lagged_when_its_cg_steps_cost_less_than_a_sandwich():
     """Short CSR rows at d = 1000: the Cholesky and the sandwich cost more than three CG iterations of
-    two passes, so lagged (as many iterations as exact) wins; with 20 CG iterations per step it does not."""
+    one read of C each, so lagged (as many iterations as exact) wins; with 40 CG iterations per step
+    (0.52 s per step against 0.39 s for an exact iteration) it does not."""
     csr = stand_in(10**6, 1000, nnz=10**7, fmt="csr")
     assert choose_strategy_with(csr, uniform_rates(LAGGED_ITERATIONS_PER_EXACT=1.0)) == "lagged"
     assert choose_strategy_with(csr, uniform_rates(LAGGED_ITERATIONS_PER_EXACT=1.0,
-                                                   LAGGED_CG_ITERATIONS_PER_STEP=20.0)) == "exact"
+                                                   LAGGED_CG_ITERATIONS_PER_STEP=40.0)) == "exact"
     # A dense sandwich at BLAS speed against passes at the same rate: exact stays.
     assert choose_strategy_with(stand_in(10**6, 512), uniform_rates(
         DENSE_SANDWICH_FMA=1e11, DENSE_EMBED_UPDATES=1e8, LAGGED_ITERATIONS_PER_EXACT=1.0)) == "exact"
@@ -920,7 +921,10 @@ MEASURED_RATES = dict(
     CG_ITERATIONS_PER_STEP=3.92, REFERENCE_REFRESHES_PER_ITERATION=0.0714,
     REFERENCE_REFRESHES_FROM_OTHER_STARTS=0.179, LAGGED_ITERATIONS_PER_EXACT=1.0, LAGGED_CG_ITERATIONS_PER_STEP=2.0,
     START_PRECONDITIONED_CG_ITERATIONS_PER_STEP=3.0, DENSE_HESSIAN_VECTOR_ENTRIES=3.0e9,
-    DENSE_HESSIAN_VECTOR_ENTRIES_D32=1.5e9)
+    DENSE_HESSIAN_VECTOR_ENTRIES_D32=1.5e9,
+    # priced later; here as the model then priced them: no per-row sandwich cost, a CSR Hessian-vector
+    # product at two passes
+    CSR_SANDWICH_ROWS=np.inf, CSR_HESSIAN_VECTOR_ENTRIES=2.76e9 / 2, CSR_HESSIAN_VECTOR_ROWS=np.inf)
 
 
 def test_auto_keeps_exact_on_short_csr_rows_once_the_row_work_is_priced():
@@ -938,6 +942,21 @@ def test_auto_keeps_exact_on_short_csr_rows_once_the_row_work_is_priced():
                                       "SKETCH_ITERATIONS_PER_EXACT": 2.17, "REFERENCE_REFRESHES_PER_ITERATION": 0.0})
     seconds = strategy_seconds(csr, 0.5, None, before)
     assert seconds["sketch"] < seconds["exact"]
+
+
+def test_auto_prices_the_rows_of_a_short_row_csr_sandwich_and_picks_lagged_there():
+    """CSR 10⁶ × 32, 5 per row (bench/auto_grid.py's point; measured exact 0.179–0.181 s, lagged 0.150–0.160 s):
+    a row of the sandwich costs more than its 15 pairs (its loop set-up; the pairs alone priced 4.4 ms of a
+    measured 9.7 ms), and a CG product reads C once (priced as two passes before). With both priced (this
+    machine's calibration of them) lagged is predicted cheaper; with the sandwich's rows free and the product
+    at two passes, as before, exact was."""
+    csr = stand_in(10**6, 32, nnz=5 * 10**6, fmt="csr")
+    priced = types.SimpleNamespace(**{**MEASURED_RATES, "CSR_SANDWICH_PAIRS": 3.47e9, "CSR_SANDWICH_ROWS": 1.78e8,
+                                      "CSR_HESSIAN_VECTOR_ENTRIES": 1.87e9, "CSR_HESSIAN_VECTOR_ROWS": 1.73e9})
+    seconds = strategy_seconds(csr, 0.5, None, priced)
+    assert min(seconds, key=seconds.get) == "lagged" and seconds["exact"] > 1.05 * seconds["lagged"]
+    seconds = strategy_seconds(csr, 0.5, None, types.SimpleNamespace(**MEASURED_RATES))
+    assert min(seconds, key=seconds.get) == "exact"
 
 
 def test_sketched_strategies_offer_a_sampled_start_only_where_it_is_predicted_cheaper():
