@@ -122,6 +122,25 @@ def test_simplex_vector_meets_its_constraints_on_reachable_targets(index):
     assert np.all(y[~positive] <= 1e-8 * scale)
 
 
+def test_a_dual_trial_reads_the_figures_of_the_full_partials_and_the_kept_matrix_is_dropped():
+    # The line search's trials form Aᵀs and ‖s − 1/n‖² only, with the bits of the full partials (the
+    # accepted point's, which add AᵀDA and Vᵀs); A = [V_E, 1] is kept on the block while the dual runs, then
+    # dropped (its n × (|E| + 1) copy of V's columns would otherwise outlive the start).
+    from fastnewton.lifted_start import simplex_objective_partials, simplex_partials
+
+    case = families.make_case("softmax_relu", 0, 204, noise=0.05, n_range=(300, 900), d_range=(16, 40))
+    problem = Problem(case.C, case.b, "softmax_relu", V=case.V)
+    E = np.flatnonzero(case.b > 0)
+    lam = np.random.default_rng(3).standard_normal(E.size + 1) * 1e-3
+    full = simplex_partials(problem.block, problem.n, E, lam)
+    trial = simplex_objective_partials(problem.block, problem.n, E, lam)
+    assert set(trial) == {"Ats", "distance"}
+    assert np.array_equal(trial["Ats"], full["Ats"]) and trial["distance"] == full["distance"]
+    assert problem.block.simplex_matrix is not None  # kept between the dual's calls
+    simplex_vector(problem, case.b)
+    assert problem.block.simplex_matrix is None
+
+
 def _planted(*args, **kwargs):
     """(C, b, V) of a planted softmax_relu problem."""
     planted = fastnewton.make_problem(*args, **kwargs)
