@@ -16,7 +16,8 @@
    LP in its null space) run ``Problem.auto_start`` in Python, one call per such problem.
 3. Every other problem — ``softmax_relu`` (its staged start: simplex vector, lifted surrogate with
    ridge continuation, restart; not compiled) and problems where ``"auto"`` picks a sketched
-   Hessian — is solved by ``fastnewton.solve``, one call per problem.
+   Hessian — is solved by ``solve``'s own path (``fastnewton.solver.solve_problem``), one call per problem,
+   on the Problem built and priced here (not validated or priced a second time).
 
 Every problem gets the answer ``fastnewton.solve`` gives it (the same start, damping, line search,
 stopping tests and statuses; tests/test_solve_many_small.py compares them problem by problem).
@@ -40,7 +41,7 @@ from .models import LogPartition, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
 from .problem import Problem
 from .result import MESSAGES, ConvergenceWarning, Status
-from .solver import is_default_start, not_a_distribution, solve
+from .solver import is_default_start, not_a_distribution, solve_problem
 from .start import NULL_SPACE_RTOL
 from .threads import thread_limits
 from .validation import as_flag, as_input_matrix, as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count
@@ -278,11 +279,10 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
                                                  tol, max_iter, n_threads, results)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # one warning for the batch, below
-        for i, threads in by_solve:
-            C, b, V = items[i]
-            res = solve(C, b, model, V=V, l2=l2, row_weights=weights_each[i], x0=x0_each[i], hessian=hessian,
-                        eps=eps, sketch_size=sketch_size, tol=tol, max_iter=max_iter, seed=seed, n_threads=threads,
-                        continuation=continuation)
+        for i, problem, strategy, threads in by_solve:
+            # The Problem built (validated) and priced above: solve's loop without doing either again.
+            res = solve_problem(problem, x0=x0_each[i], hessian=strategy, eps=eps, sketch_size=sketch_size, tol=tol,
+                                max_iter=max_iter, seed=seed, n_threads=threads, continuation=continuation)
             results[i] = (res.x, Status(res.status), res.n_iter, res.loss, res.grad_norm, res.g_ref, res.message)
             if res.status == Status.MAX_ITER:
                 max_iter_hit.append(i)
@@ -296,7 +296,8 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
 def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketch_size, tol, max_iter, n_threads,
                     results):
     """Validate every problem, solve the compiled ones and write their entries of ``results``:
-    (the indices of compiled problems that stopped at max_iter, (index, n_threads) of those left to ``solve``)."""
+    (the indices of compiled problems that stopped at max_iter, (index, Problem, strategy, n_threads) of those
+    left to ``solve``'s loop)."""
     compiled, compiled_index, starts, by_solve = [], [], [], []
     checked = _checked_in_bulk(items, model, weights_each)
     for i, (C, b, V) in enumerate(items):
@@ -307,9 +308,9 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
                 problem = Problem.from_checked(matrix, b, model, l2)
             else:
                 problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=weights_each[i])
-            exact = hessian == "exact" or choose_strategy(problem, eps, sketch_size,
-                                                          is_default_start(x0_each[i])) == "exact"
-            if isinstance(problem.row_model, Softmax) and exact:
+            strategy = hessian if hessian != "auto" else choose_strategy(problem, eps, sketch_size,
+                                                                          is_default_start(x0_each[i]))
+            if isinstance(problem.row_model, Softmax) and strategy == "exact":
                 starts.append(_start_kind(problem, x0_each[i]))
                 compiled.append(problem)
                 compiled_index.append(i)
@@ -317,7 +318,7 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
                 # solve's own threads rule: a small problem on one thread, whatever the batch's n_threads
                 # (one thread per such problem ran the 40 softmax_relu problems of bench/many_small.py in
                 # 0.64 s, two in 2.35 s)
-                by_solve.append((i, 1 if default_thread_count(problem, None) == 1 else n_threads))
+                by_solve.append((i, problem, strategy, 1 if default_thread_count(problem, None) == 1 else n_threads))
         except (TypeError, ValueError) as error:
             d = getattr(C, "shape", (0, 0))[1] if len(getattr(C, "shape", ())) == 2 else 0
             results[i] = (np.full(d, np.nan), Status.INVALID_INPUT, 0, np.nan, np.nan, np.nan,

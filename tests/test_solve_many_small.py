@@ -385,8 +385,9 @@ def test_problems_left_to_solve_follow_solves_threads_rule(monkeypatch):
     monkeypatch.setattr(threads_module, "SINGLE_THREAD_BELOW_SECONDS", 7.5e-4)  # as shipped (conftest sets 0)
     problems = _mixed("softmax_relu", count=3)
     threads = []
-    monkeypatch.setattr(many_small_module, "solve",
-                        lambda *args, n_threads=None, **kwargs: threads.append(n_threads) or solve(
+    solve_problem = many_small_module.solve_problem
+    monkeypatch.setattr(many_small_module, "solve_problem",
+                        lambda *args, n_threads=None, **kwargs: threads.append(n_threads) or solve_problem(
                             *args, n_threads=n_threads, **kwargs))
     result = _quiet(solve_many, problems, model="softmax_relu", n_threads=2)
     assert threads == [1, 1, 1]
@@ -395,6 +396,32 @@ def test_problems_left_to_solve_follow_solves_threads_rule(monkeypatch):
     threads.clear()
     _quiet(solve_many, problems, model="softmax_relu", n_threads=2)
     assert threads == [2, 2, 2]
+
+
+def test_problems_left_to_solve_are_validated_and_priced_once(monkeypatch):
+    # softmax_relu problems go to solve's loop as the Problem solve_many built and priced: one Problem and
+    # one pricing per problem (not a second of each inside solve), and solve's answers.
+    import fastnewton.hessian as hessian_module
+    import fastnewton.many_small as many_small_module
+    import fastnewton.problem as problem_module
+    problems = _mixed("softmax_relu", count=3)
+    built, priced = [], []
+    original_init, original_choose = problem_module.Problem.__init__, hessian_module.choose_strategy
+
+    def counted_init(self, *args, **kwargs):
+        built.append(1)
+        original_init(self, *args, **kwargs)
+
+    def counted_choose(*args, **kwargs):
+        priced.append(1)
+        return original_choose(*args, **kwargs)
+    monkeypatch.setattr(problem_module.Problem, "__init__", counted_init)
+    monkeypatch.setattr(hessian_module, "choose_strategy", counted_choose)
+    monkeypatch.setattr(many_small_module, "choose_strategy", counted_choose)
+    result = _quiet(solve_many, problems, model="softmax_relu")
+    assert len(built) == len(priced) == len(problems)
+    monkeypatch.undo()
+    _check_same_as_solve(problems, "softmax_relu", result)
 
 
 @pytest.mark.parametrize("continuation", [True, False])
