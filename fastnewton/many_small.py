@@ -34,7 +34,7 @@ import scipy.sparse as sp
 
 from . import newton
 from .batch import BatchResult
-from .hessian import STRATEGIES, choose_strategy, default_thread_count
+from .hessian import STRATEGIES, PricedShapes, choose_strategies, default_thread_count
 from .kernels import small_newton as kernel
 from .matrix import DenseMatrix
 from .models import LogPartition, check_model, uses_values
@@ -298,18 +298,25 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
     """Validate every problem, solve the compiled ones and write their entries of ``results``:
     (the indices of compiled problems that stopped at max_iter, (index, Problem, strategy, n_threads) of those
     left to ``solve``'s loop)."""
-    compiled, compiled_index, starts, by_solve = [], [], [], []
     checked = _checked_in_bulk(items, model, weights_each)
+    valid, valid_index = [], []
     for i, (C, b, V) in enumerate(items):
         try:
             if i in checked:
                 # b checked in bulk; C too where dense (else as_input_matrix checks it, with Problem's message)
                 matrix = DenseMatrix(C) if isinstance(C, np.ndarray) else as_input_matrix(C)
-                problem = Problem.from_checked(matrix, b, model, l2)
+                valid.append(Problem.from_checked(matrix, b, model, l2))
             else:
-                problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=weights_each[i])
-            strategy = hessian if hessian != "auto" else choose_strategy(problem, eps, sketch_size,
-                                                                          is_default_start(x0_each[i]))
+                valid.append(Problem(C, b, model=model, V=V, l2=l2, row_weights=weights_each[i]))
+            valid_index.append(i)
+        except (TypeError, ValueError) as error:
+            results[i] = _invalid(C, i, error)
+    # auto's choice for all problems at once: solve's formula (``many_strategy_seconds``), element-wise.
+    strategies = [hessian] * len(valid) if hessian != "auto" or not valid else choose_strategies(
+        PricedShapes.of_problems(valid), eps, sketch_size, [is_default_start(x0_each[i]) for i in valid_index])
+    compiled, compiled_index, starts, by_solve = [], [], [], []
+    for problem, i, strategy in zip(valid, valid_index, strategies):
+        try:
             if isinstance(problem.row_model, Softmax) and strategy == "exact":
                 starts.append(_start_kind(problem, x0_each[i]))
                 compiled.append(problem)
@@ -320,9 +327,7 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
                 # 0.64 s, two in 2.35 s)
                 by_solve.append((i, problem, strategy, 1 if default_thread_count(problem, None) == 1 else n_threads))
         except (TypeError, ValueError) as error:
-            d = getattr(C, "shape", (0, 0))[1] if len(getattr(C, "shape", ())) == 2 else 0
-            results[i] = (np.full(d, np.nan), Status.INVALID_INPUT, 0, np.nan, np.nan, np.nan,
-                          f"{MESSAGES[Status.INVALID_INPUT]} problem {i}: {error}")
+            results[i] = _invalid(items[i][0], i, error)
 
     _warn_if_not_distributions(compiled, compiled_index)
     max_iter_hit = []
@@ -349,6 +354,13 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
             if status == Status.MAX_ITER:
                 max_iter_hit.append(i)
     return max_iter_hit, by_solve
+
+
+def _invalid(C, i, error):
+    """Problem i's entry of ``results`` when its input is invalid: x of NaNs (length d where C has a shape)."""
+    d = getattr(C, "shape", (0, 0))[1] if len(getattr(C, "shape", ())) == 2 else 0
+    return (np.full(d, np.nan), Status.INVALID_INPUT, 0, np.nan, np.nan, np.nan,
+            f"{MESSAGES[Status.INVALID_INPUT]} problem {i}: {error}")
 
 
 def _plain_target(C, b):
