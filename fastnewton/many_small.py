@@ -37,7 +37,7 @@ from .batch import BatchResult
 from .hessian import STRATEGIES, PricedShapes, choose_strategies, default_thread_count
 from .kernels import small_newton as kernel
 from .matrix import DenseMatrix
-from .models import LogPartition, check_model, uses_values
+from .models import LogPartition, build_model, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
 from .problem import Problem
 from .result import MESSAGES, ConvergenceWarning, Status
@@ -299,13 +299,16 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
     (the indices of compiled problems that stopped at max_iter, (index, Problem, strategy, n_threads) of those
     left to ``solve``'s loop)."""
     checked = _checked_in_bulk(items, model, weights_each)
+    # The softmax models hold no state: one object for every bulk-checked problem.
+    shared_model = build_model(model) if checked else None
+    shared_model = shared_model if isinstance(shared_model, Softmax) else None
     valid, valid_index = [], []
     for i, (C, b, V) in enumerate(items):
         try:
             if i in checked:
                 # b checked in bulk; C too where dense (else as_input_matrix checks it, with Problem's message)
                 matrix = DenseMatrix(C) if isinstance(C, np.ndarray) else as_input_matrix(C)
-                valid.append(Problem.from_checked(matrix, b, model, l2))
+                valid.append(Problem.from_checked(matrix, b, model, l2, shared_model))
             else:
                 valid.append(Problem(C, b, model=model, V=V, l2=l2, row_weights=weights_each[i]))
             valid_index.append(i)
