@@ -180,17 +180,17 @@ def expected_poisson_sizes(b, starts, stops, divisors, sizes, out):
     The divisor rescales a target whose squares would under- or overflow (1.0: t is b, to the bit).
     Serial, so the bits do not depend on the thread count. Every Σt² must be positive and finite."""
     for p in range(starts.shape[0]):
-        start, stop, divisor = starts[p], stops[p], divisors[p]
+        t = b[starts[p]:stops[p]]
+        if divisors[p] != 1.0:
+            t = t / divisors[p]  # rare (b ~ 1e±300): the division stays out of the common case's loops
         total = 0.0
-        for i in range(start, stop):
-            value = b[i] / divisor
-            total += value * value
+        for i in range(t.shape[0]):
+            total += t[i] * t[i]
         factors = sizes[p] / total
         threshold = 1.0 / factors.max()
         out[p] = sizes[p]
-        for i in range(start, stop):
-            value = b[i] / divisor
-            square = value * value
+        for i in range(t.shape[0]):
+            square = t[i] * t[i]
             if square > threshold:
                 for k in range(sizes.shape[1]):
                     excess = factors[k] * square - 1.0
