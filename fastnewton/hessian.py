@@ -501,7 +501,7 @@ def _log_log_between(d, low, high):
     """The rate at width d from rates measured at two widths, low = (d₀, r₀) and high = (d₁, r₁): log-log
     between them, the nearer one's rate outside."""
     (d0, r0), (d1, r1) = low, high
-    position = np.clip(np.log(d / d0) / np.log(d1 / d0), 0.0, 1.0)  # d: a width or an array of them
+    position = min(1.0, max(0.0, math.log(d / d0) / math.log(d1 / d0)))
     return r0 ** (1 - position) * r1 ** position
 
 
@@ -538,45 +538,68 @@ def start_rng(seed):
                                                         spawn_key=sequence.spawn_key + (START_STREAM,)))
 
 
+def _where(condition, if_true, if_false):
+    """``np.where`` over arrays (many problems); a conditional over one problem's Python scalars, where a NumPy
+    call would cost ~1 µs per use. The values are the same either way (a choice, no arithmetic)."""
+    if isinstance(condition, np.ndarray):
+        return np.where(condition, if_true, if_false)
+    return if_true if condition else if_false
+
+
+def _minimum(a, b):
+    """``np.minimum`` over arrays, ``min`` over Python scalars (the same value: no NaN is priced)."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.minimum(a, b)
+    return min(a, b)
+
+
+def _per_width(function, d):
+    """function(w) for the width d of one problem (a number), or of every problem (an array: called once per
+    distinct width). The rates' log-log interpolation and the sample sizes are scalar code (``math``), run
+    as such for one problem and for many: their bits do not depend on how many are priced."""
+    if not isinstance(d, np.ndarray):
+        return function(int(d))
+    widths, where = np.unique(d, return_inverse=True)
+    return np.array([function(int(width)) for width in widths], dtype=np.float64)[where.reshape(-1)]
+
+
 @dataclass
 class PricedShapes:
-    """What ``auto``'s cost model reads of problems, one entry per problem (float64 / bool arrays): rows ``n``,
-    columns ``d``, stored entries ``nnz``, whether C is ``dense``, the full sandwich's work
-    (``sandwich_pairs``, ``sandwich_fma``: the matrix's ``sandwich_work``), and ``targets``: (the targets b
-    concatenated, their start and stop offsets, whether each problem has one) for ``expected_sample_rows``, or
-    None (no target at hand: a stand-in, Dask). For the whole batch: ``samples_start``, whether the start may fit on a sample (a model
-    whose start uses it, an evaluator that keeps leverage references and holds C's rows), and
-    ``reuses_leverage_scores``. ``of(problem)`` describes one problem (arrays of length 1), ``of_many`` the
-    problems of ``solve_many``: ``strategy_seconds`` prices both with one formula."""
+    """What ``auto``'s cost model reads of problems: rows ``n``, columns ``d``, stored entries ``nnz``, whether C
+    is ``dense``, the full sandwich's work (``sandwich_pairs``, ``sandwich_fma``: the matrix's
+    ``sandwich_work``), and ``targets`` for ``expected_sample_rows`` (None: no target at hand, a stand-in or
+    Dask); and, for all the problems, ``samples_start`` (whether the start may fit on a sample: a model whose
+    start uses it, an evaluator that keeps leverage references and holds C's rows) and
+    ``reuses_leverage_scores``. ``of(problem)``: one problem, its figures Python numbers (floats) and its target
+    b; ``of_many`` / ``of_problems``: many (``solve_many``), float64 / bool arrays and ``targets`` = (their b
+    concatenated, start and stop offsets, whether each has one). ``strategy_seconds`` prices either with one
+    formula: + − × ÷ give the same bits on float64 scalars and arrays, and ``_where``, ``_minimum`` and
+    ``_per_width`` keep the rest element-wise alike."""
 
-    n: np.ndarray
-    d: np.ndarray
-    nnz: np.ndarray
-    dense: np.ndarray
-    sandwich_pairs: np.ndarray
-    sandwich_fma: np.ndarray
-    targets: tuple = None
+    n: object
+    d: object
+    nnz: object
+    dense: object
+    sandwich_pairs: object
+    sandwich_fma: object
+    targets: object = None
     samples_start: bool = False
     reuses_leverage_scores: bool = True
 
     @classmethod
     def of(cls, problem):
-        return cls.of_problems([problem])
+        matrix = problem.matrix
+        dense = matrix.format == "dense"
+        work = getattr(matrix, "sandwich_work", None)
+        pairs, fma = work() if work is not None else estimated_sandwich_work(matrix.n, matrix.d, matrix.nnz, dense)
+        return cls(float(matrix.n), float(matrix.d), float(matrix.nnz), dense, float(pairs), float(fma),
+                   _target(problem), *_batch_flags(problem))
 
     @classmethod
     def of_problems(cls, problems):
         """Problems of one model and one kind of evaluator (``Problem``s, or stand-ins with what is read of them)."""
-        first = problems[0]
-        reuses = getattr(first, "reuses_leverage_scores", True)
-        samples_start = (getattr(getattr(first, "row_model", None), "samples_start", False) and reuses
-                         and getattr(first, "block", None) is not None)
-
-        def target(problem):
-            b = getattr(getattr(problem, "block", None), "b", None)
-            plain = isinstance(b, np.ndarray) and b.shape == (problem.matrix.n,) and b.dtype == np.float64
-            return b if plain else None
-        return cls.of_many([problem.matrix for problem in problems], [target(problem) for problem in problems],
-                           samples_start, reuses)
+        return cls.of_many([problem.matrix for problem in problems], [_target(problem) for problem in problems],
+                           *_batch_flags(problems[0]))
 
     @classmethod
     def of_many(cls, matrices, targets, samples_start, reuses_leverage_scores=True):
@@ -601,12 +624,28 @@ class PricedShapes:
                    bool(reuses_leverage_scores))
 
 
+def _target(problem):
+    """The problem's target b when it is a float64 vector of length n (the sample-size estimate's weights), else None."""
+    b = getattr(getattr(problem, "block", None), "b", None)
+    plain = isinstance(b, np.ndarray) and b.shape == (problem.matrix.n,) and b.dtype == np.float64
+    return b if plain else None
+
+
+def _batch_flags(problem):
+    """(samples_start, reuses_leverage_scores) of ``PricedShapes`` for ``problem``'s model and evaluator."""
+    reuses = getattr(problem, "reuses_leverage_scores", True)
+    samples_start = (getattr(getattr(problem, "row_model", None), "samples_start", False) and reuses
+                     and getattr(problem, "block", None) is not None)
+    return bool(samples_start), bool(reuses)
+
+
 def _unit_seconds(shapes, rates):
     """(a full sandwich, one pass over C, a d × d Cholesky) in seconds, per problem of ``shapes``."""
     d = shapes.d
-    full_sandwich = shapes.sandwich_pairs / csr_sandwich_rate(d, rates) + shapes.sandwich_fma / dense_sandwich_rate(d, rates)
-    one_pass = shapes.nnz / np.where(shapes.dense, rates.DENSE_PASS_ENTRIES, rates.CSR_PASS_ENTRIES)
-    return full_sandwich, one_pass, d**3 / 3 / rates.CHOLESKY_FMA
+    full_sandwich = (shapes.sandwich_pairs / _per_width(lambda width: csr_sandwich_rate(width, rates), d)
+                     + shapes.sandwich_fma / _per_width(lambda width: dense_sandwich_rate(width, rates), d))
+    one_pass = shapes.nnz / _where(shapes.dense, rates.DENSE_PASS_ENTRIES, rates.CSR_PASS_ENTRIES)
+    return full_sandwich, one_pass, d * d * d / 3 / rates.CHOLESKY_FMA
 
 
 def _iteration_passes_and_rows(one_pass, n, rates):
@@ -619,7 +658,7 @@ def exact_iteration_seconds(problem, rates=rates):
     work; not the fixed cost of its Python control), from ``strategy_seconds``' units."""
     shapes = PricedShapes.of(problem)
     full_sandwich, one_pass, cholesky = _unit_seconds(shapes, rates)
-    return float((full_sandwich + cholesky + _iteration_passes_and_rows(one_pass, shapes.n, rates))[0])
+    return full_sandwich + cholesky + _iteration_passes_and_rows(one_pass, shapes.n, rates)
 
 
 def default_thread_count(problem, n_threads):
@@ -643,33 +682,41 @@ def expected_sample_rows(problem, sizes):
     x0="auto"): dense 10⁵×512 sketch 21.7k–22.0k of s = 52.5k (estimate 21.9k), dense 10⁵×32 sketch
     1.8k–1.9k of 2.2k (2.0k), CSR 3·10⁴×1024 (200 per row) sketch 16.3k–16.7k of 113k (16.6k), CSR
     10⁶×200 (10 per row) pcg 4.8k of 6.1k (4.3k). Without a target at hand (a stand-in, Dask) min(n, s)."""
-    return _sample_rows(PricedShapes.of(problem), np.array([sizes], dtype=np.float64))[0].tolist()
+    return _sample_rows(PricedShapes.of(problem), [float(size) for size in sizes])
 
 
 def _sample_rows(shapes, sizes):
-    """``expected_sample_rows`` of every problem of ``shapes``: sizes and the result count × k (a row per problem)."""
-    limit = np.minimum(shapes.n[:, None], sizes)
+    """``expected_sample_rows`` of the problems of ``shapes``: one problem's list for its list of sizes, or
+    many problems' (count × k) array for a (count × k) array of sizes."""
+    one = not isinstance(shapes.n, np.ndarray)
+    limit = [min(shapes.n, size) for size in sizes] if one else np.minimum(shapes.n[:, None], sizes)
     if shapes.targets is None:
         return limit
-    b, starts, stops, present = shapes.targets
-    largest = np.full(present.shape[0], np.nan)  # NaN: no target, min(n, s)
-    with_target = np.flatnonzero(present)
-    if with_target.size:
-        first = starts[with_target]
-        largest[with_target] = np.maximum(np.maximum.reduceat(b, first), -np.minimum.reduceat(b, first))
-    usable = np.flatnonzero((largest > 0.0) & (largest < math.inf))
+    if one:
+        b = shapes.targets
+        largest = max(float(b.max()), -float(b.min()))
+    else:
+        b, starts, stops, present = shapes.targets
+        largest = np.full(present.shape[0], np.nan)  # NaN: no target, min(n, s)
+        with_target = np.flatnonzero(present)
+        if with_target.size:
+            first = starts[with_target]
+            largest[with_target] = np.maximum(np.maximum.reduceat(b, first), -np.minimum.reduceat(b, first))
+    usable = (largest > 0.0) & (largest < math.inf)
     # b² would under- or overflow (b ~ 1e±300): the same sums on b/max|b|
-    divisors = np.where((largest > 1e-100) & (largest < 1e100), 1.0, largest)
+    divisors = _where((largest > 1e-100) & (largest < 1e100), 1.0, largest)
+    if one:
+        if not usable:
+            return limit
+        kept = np.empty((1, len(sizes)))
+        expected_poisson_sizes(b, np.zeros(1, np.int64), np.array([b.shape[0]]), np.array([divisors]),
+                               np.array([sizes]), kept)
+        return [min(bound, rows) for bound, rows in zip(limit, kept[0].tolist())]
+    usable = np.flatnonzero(usable)
     kept = np.empty((usable.size, sizes.shape[1]))
     expected_poisson_sizes(b, starts[usable], stops[usable], divisors[usable], sizes[usable], kept)
     limit[usable] = np.minimum(limit[usable], kept)
     return limit
-
-
-def _per_width(function, d):
-    """function(w) of every problem's width w in the array d, called once per distinct width."""
-    widths, where = np.unique(d, return_inverse=True)
-    return np.array([function(int(width)) for width in widths], dtype=np.float64)[where.reshape(-1)]
 
 
 def start_seconds(problem, eps, sketch_size, rates=rates, sample_rows=None):
@@ -691,23 +738,21 @@ def start_seconds(problem, eps, sketch_size, rates=rates, sample_rows=None):
     sample keeps, when not ``expected_sample_rows`` of its size (``start_sample_size``)."""
     shapes = PricedShapes.of(problem)
     if sample_rows is None:
-        rows = _sample_rows(shapes, np.array([[start_sample_size(problem.matrix.d, eps, sketch_size)]], dtype=np.float64))
-    else:
-        rows = np.array([[sample_rows]], dtype=np.float64)
-    exact, sampled = _start_seconds(shapes, _unit_seconds(shapes, rates), rows[:, 0], rates)
-    return {"exact": float(exact[0]), "sampled": float(sampled[0])}
+        sample_rows, = _sample_rows(shapes, [float(start_sample_size(problem.matrix.d, eps, sketch_size))])
+    exact, sampled = _start_seconds(shapes, _unit_seconds(shapes, rates), float(sample_rows), rates)
+    return {"exact": exact, "sampled": sampled}
 
 
 def _start_seconds(shapes, units, rows, rates):
-    """``start_seconds`` of every problem of ``shapes``: (exact, sampled), given their ``_unit_seconds`` and
+    """``start_seconds`` of the problems of ``shapes``: (exact, sampled), given their ``_unit_seconds`` and
     the rows their fit's sample keeps."""
     full_sandwich, one_pass, cholesky = units
     exact = full_sandwich + one_pass + cholesky
     d = shapes.d
     sampled = (SAMPLED_START_EXTRA_PASSES * one_pass + shapes.n / rates.SAMPLING_ROWS
-               + rows * (d + 2) ** 2 / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA + 2 * cholesky)
-    possible = shapes.samples_start & shapes.dense & ~(rows > SAMPLED_START_MAX_FRACTION * shapes.n)
-    return exact, np.where(possible, sampled, math.inf)
+               + rows * ((d + 2) * (d + 2)) / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA + 2 * cholesky)
+    possible = _where(rows > SAMPLED_START_MAX_FRACTION * shapes.n, False, True) & shapes.dense & shapes.samples_start
+    return exact, _where(possible, sampled, math.inf)
 
 
 def start_sample_size(d, eps, sketch_size):
@@ -746,16 +791,16 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     ``DenseMatrix.sandwich_vector`` reads a row once for C·p and Cᵀ(β ⊙ ·)).
     The formula is ``many_strategy_seconds``', on one problem.
     """
-    seconds = many_strategy_seconds(PricedShapes.of(problem), eps, sketch_size, rates, default_start)
-    return {name: float(value[0]) for name, value in seconds.items()}
+    return many_strategy_seconds(PricedShapes.of(problem), eps, sketch_size, rates, bool(default_start))
 
 
 def many_strategy_seconds(shapes, eps, sketch_size, rates=rates, default_start=True):
-    """``strategy_seconds`` of every problem of ``shapes`` (``PricedShapes``) at once: {strategy: an array}.
-    ``default_start``: one flag, or one per problem. Written with NumPy's element-wise operations, so
-    one problem (``strategy_seconds``) and many (``solve_many``) are priced by the same formula."""
+    """``strategy_seconds`` of the problems of ``shapes`` (``PricedShapes``): floats for one problem
+    (``PricedShapes.of``), arrays for many (``solve_many`` prices all of its problems in one call).
+    ``default_start``: one flag, or (many) one per problem. One formula for both: see ``PricedShapes``."""
     n, d, nnz, dense = shapes.n, shapes.d, shapes.nnz, shapes.dense
-    default_start = np.asarray(default_start, dtype=np.bool_)
+    if not isinstance(default_start, bool):
+        default_start = np.asarray(default_start, dtype=np.bool_)
     units = _unit_seconds(shapes, rates)
     full_sandwich, one_pass, cholesky = units
     row_work = n / rates.ITERATION_ROWS
@@ -763,25 +808,28 @@ def many_strategy_seconds(shapes, eps, sketch_size, rates=rates, default_start=T
 
     def sandwich(rows):
         return full_sandwich * rows / n
-    fresh_scores = (nnz * OSNAP_NNZ / np.where(dense, rates.DENSE_EMBED_UPDATES, rates.CSR_EMBED_UPDATES)
+    fresh_scores = (nnz * OSNAP_NNZ / _where(dense, rates.DENSE_EMBED_UPDATES, rates.CSR_EMBED_UPDATES)
                     + EMBED_ROWS_PER_COLUMN * d * d * d / rates.QR_FMA
-                    + nnz * JL_DIM / np.where(dense, rates.DENSE_MATMAT_FMA, rates.CSR_MATMAT_FMA))
+                    + nnz * JL_DIM / _where(dense, rates.DENSE_MATMAT_FMA, rates.CSR_MATMAT_FMA))
     certificate = 4 * cholesky
     # The iterations' two sample sizes and the start's, estimated in one read of each b (each size's
     # estimate is its own sum: the same figures as three calls).
-    sizes = np.column_stack([_per_width(lambda width: sketch_size or sample_size(width, eps, constant), d)
-                             for constant in (SAMPLE_CONSTANT, PRECONDITIONER_SAMPLE_CONSTANT)]
-                            + [_per_width(lambda width: start_sample_size(width, eps, sketch_size), d)])
-    sketch_rows, preconditioner_rows, start_rows = _sample_rows(shapes, sizes).T
+    sizes = [_per_width(lambda width: sketch_size or sample_size(width, eps, constant), d)
+             for constant in (SAMPLE_CONSTANT, PRECONDITIONER_SAMPLE_CONSTANT)]
+    sizes.append(_per_width(lambda width: start_sample_size(width, eps, sketch_size), d))
+    if isinstance(d, np.ndarray):
+        sketch_rows, preconditioner_rows, start_rows = _sample_rows(shapes, np.column_stack(sizes)).T
+    else:
+        sketch_rows, preconditioner_rows, start_rows = _sample_rows(shapes, [float(size) for size in sizes])
 
     def sampled(rows):
-        return np.where(dense, rows * d * d / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA, 2 * sandwich(rows))
+        return _where(dense, rows * d * d / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA, 2 * sandwich(rows))
 
     # Dask's blocks keep no leverage reference: fresh scores every iteration there.
     # From the default start β moves little and the reference holds; from zeros (or a user's x0) it
     # moves far in the first iterations and the reference is refused more often.
-    refresh = np.where(default_start, rates.REFERENCE_REFRESHES_PER_ITERATION,
-                       rates.REFERENCE_REFRESHES_FROM_OTHER_STARTS)
+    refresh = _where(default_start, rates.REFERENCE_REFRESHES_PER_ITERATION,
+                     rates.REFERENCE_REFRESHES_FROM_OTHER_STARTS)
     if not shapes.reuses_leverage_scores:
         refresh = 1.0
 
@@ -789,7 +837,8 @@ def many_strategy_seconds(shapes, eps, sketch_size, rates=rates, default_start=T
         return (1 + refresh) * (sampled(rows) + draw) + refresh * fresh_scores + certificate
 
     def cg(iterations):
-        product = np.where(dense, nnz / dense_hessian_vector_rate(d, rates), PASSES_PER_CG_ITERATION * one_pass)
+        product = _where(dense, nnz / _per_width(lambda width: dense_hessian_vector_rate(width, rates), d),
+                         PASSES_PER_CG_ITERATION * one_pass)
         return iterations * (product + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
 
     fit_exact, fit_sampled = _start_seconds(shapes, units, start_rows, rates)
@@ -797,8 +846,8 @@ def many_strategy_seconds(shapes, eps, sketch_size, rates=rates, default_start=T
     per_iteration = {
         "exact": sandwich(n) + cholesky,
         "sketch": sketched(sketch_rows) + cholesky,
-        "pcg": np.where(samples_start, cholesky + cg(rates.START_PRECONDITIONED_CG_ITERATIONS_PER_STEP),
-                        sketched(preconditioner_rows) + cholesky + cg(rates.CG_ITERATIONS_PER_STEP)),
+        "pcg": _where(samples_start, cholesky + cg(rates.START_PRECONDITIONED_CG_ITERATIONS_PER_STEP),
+                      sketched(preconditioner_rows) + cholesky + cg(rates.CG_ITERATIONS_PER_STEP)),
     }
     iterations = {"exact": rates.EXACT_ITERATIONS,
                   "sketch": rates.EXACT_ITERATIONS * rates.SKETCH_ITERATIONS_PER_EXACT,
@@ -812,7 +861,7 @@ def many_strategy_seconds(shapes, eps, sketch_size, rates=rates, default_start=T
     # reads of C are their first reference's pass and the ∇L(0) pass (``start_seconds``).
     first_evaluation = 2 * one_pass + row_work
     exact_start = fit_exact + 2 * one_pass + first_evaluation
-    sketched_start = np.where(samples_start, fit_sampled, fit_exact) + one_pass + 2 * one_pass + first_evaluation
+    sketched_start = _where(samples_start, fit_sampled, fit_exact) + one_pass + 2 * one_pass + first_evaluation
     start = {"exact": exact_start, "sketch": sketched_start, "pcg": sketched_start, "lagged": exact_start}
     shared = _iteration_passes_and_rows(one_pass, n, rates) + 1.0 / rates.TINY_ITERATIONS
     return {name: start[name] + iterations[name] * (per_iteration[name] + shared) for name in per_iteration}
@@ -826,7 +875,7 @@ def choose_strategy(problem, eps, sketch_size, default_start=True):
 
 
 def choose_strategies(shapes, eps, sketch_size, default_start=True):
-    """``choose_strategy`` of every problem of ``shapes`` at once (``many_strategy_seconds``): a list of names
+    """``choose_strategy`` of every problem of ``shapes`` (``PricedShapes.of_many``) at once: a list of names
     (the first of the least, in ``strategy_seconds``' order, as ``min`` picks)."""
     seconds = many_strategy_seconds(shapes, eps, sketch_size, default_start=default_start)
     names = list(seconds)
