@@ -287,10 +287,13 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
                                                  tol, max_iter, n_threads, results)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # one warning for the batch, below
-        for i, problem, strategy, threads in by_solve:
-            # The Problem built (validated) and priced above: solve's loop without doing either again.
+        for k, (i, problem, strategy, threads) in enumerate(by_solve):
+            # The Problem built (validated) and priced above: solve's loop without doing either again. Let go
+            # of it once solved (its work arrays are a few n-vectors: not thousands of problems' at once).
+            by_solve[k] = None
             res = solve_problem(problem, x0=x0_each[i], hessian=strategy, eps=eps, sketch_size=sketch_size, tol=tol,
                                 max_iter=max_iter, seed=seed, n_threads=threads, continuation=continuation)
+            del problem
             results[i] = (res.x, Status(res.status), res.n_iter, res.loss, res.grad_norm, res.g_ref, res.message)
             if res.status == Status.MAX_ITER:
                 max_iter_hit.append(i)
