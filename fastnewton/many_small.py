@@ -160,17 +160,20 @@ class _Packed:
             values.append(array.ctypes.data)
             self._held.append(array)
         self.addresses[:, kernel.A_VALUES] = values
-        sparse = [matrix for matrix, flag in zip(matrices, csr) if flag]
-        if sparse:
-            # The CSR problems' index arrays as int64, all in one array per field: one conversion, where a
-            # copy per problem and field (SciPy holds int32) cost ~8 µs a problem.
-            at = np.flatnonzero(csr)
-            for field, name in ((kernel.A_INDPTR, "indptr"), (kernel.A_INDICES, "indices")):
-                arrays = [getattr(matrix, name) for matrix in sparse]
-                joined = np.concatenate(arrays, dtype=np.int64)
+        at = np.flatnonzero(csr)
+        for field, name in ((kernel.A_INDPTR, "indptr"), (kernel.A_INDICES, "indices")):
+            arrays = [getattr(matrices[p], name) for p in at]
+            # int64 index arrays are read in place; the others (SciPy holds int32) converted all in one int64
+            # array per field, where an int64 copy per problem and field cost ~8 µs a problem.
+            in_place = [k for k, array in enumerate(arrays) if array.dtype == np.int64 and array.flags.c_contiguous]
+            self.addresses[at[in_place], field] = [arrays[k].ctypes.data for k in in_place]
+            converted = np.setdiff1d(np.arange(len(arrays)), in_place)
+            if converted.size:
+                joined = np.concatenate([arrays[k] for k in converted], dtype=np.int64)
                 self._held.append(joined)
-                lengths = np.fromiter((array.shape[0] for array in arrays), np.int64, len(arrays))
-                self.addresses[at, field] = joined.ctypes.data + joined.itemsize * (np.cumsum(lengths) - lengths)
+                lengths = np.fromiter((arrays[k].shape[0] for k in converted), np.int64, converted.size)
+                self.addresses[at[converted], field] = joined.ctypes.data + joined.itemsize * (np.cumsum(lengths)
+                                                                                               - lengths)
         self.parameters = np.empty((count, kernel.PARAMETER_FIELDS))
         self.parameters[:, kernel.P_L2] = [problem.l2 for problem in problems]
         self.parameters[:, kernel.P_TARGET_NORM] = [problem.target_norm() for problem in problems]
