@@ -535,19 +535,124 @@ def start_rng(seed):
                                                         spawn_key=sequence.spawn_key + (START_STREAM,)))
 
 
-def _unit_seconds(problem, rates):
-    """(a full sandwich, one pass over C, a d × d Cholesky) in seconds for ``problem``'s matrix."""
-    matrix = problem.matrix
-    n, d, nnz = matrix.n, matrix.d, matrix.nnz
-    dense = matrix.format == "dense"
-    work = getattr(matrix, "sandwich_work", None)
-    pairs, dense_fma = work() if work is not None else estimated_sandwich_work(n, d, nnz, dense)
+def _where(condition, if_true, if_false):
+    """``np.where`` over arrays (many problems); a conditional over one problem's Python scalars, where a NumPy
+    call would cost ~1 µs per use. The values are the same either way (a choice, no arithmetic)."""
+    if isinstance(condition, np.ndarray):
+        return np.where(condition, if_true, if_false)
+    return if_true if condition else if_false
+
+
+def _minimum(a, b):
+    """``np.minimum`` over arrays, ``min`` over Python scalars (the same value: no NaN is priced)."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.minimum(a, b)
+    return min(a, b)
+
+
+def _maximum(a, b):
+    """``np.maximum`` over arrays, ``max`` over Python scalars (the same value: no NaN is priced)."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.maximum(a, b)
+    return max(a, b)
+
+
+def _per_width(function, d):
+    """function(w) for the width d of one problem (a number), or of every problem (an array: called once per
+    distinct width). The rates' log-log interpolation and the sample sizes are scalar code (``math``), run
+    as such for one problem and for many: their bits do not depend on how many are priced."""
+    if not isinstance(d, np.ndarray):
+        return function(int(d))
+    widths, where = np.unique(d, return_inverse=True)
+    return np.array([function(int(width)) for width in widths], dtype=np.float64)[where.reshape(-1)]
+
+
+@dataclass
+class PricedShapes:
+    """What ``auto``'s cost model reads of problems: rows ``n``, columns ``d``, stored entries ``nnz``, whether C
+    is ``dense``, the full sandwich's work (``sandwich_pairs``, ``sandwich_fma``: the matrix's
+    ``sandwich_work``), and ``targets`` for ``expected_sample_rows`` (None: no target at hand, a stand-in or
+    Dask); and, for all the problems, ``samples_start`` (whether the start may fit on a sample: a model whose
+    start uses it, an evaluator that keeps leverage references and holds C's rows) and
+    ``reuses_leverage_scores``. ``of(problem)``: one problem, its figures Python numbers (floats) and its target
+    b; ``of_many`` / ``of_problems``: many (``solve_many``), float64 / bool arrays and ``targets`` = (their b
+    concatenated, start and stop offsets, whether each has one). ``strategy_seconds`` prices either with one
+    formula: + − × ÷ give the same bits on float64 scalars and arrays, and ``_where``, ``_minimum`` and
+    ``_per_width`` keep the rest element-wise alike."""
+
+    n: object
+    d: object
+    nnz: object
+    dense: object
+    sandwich_pairs: object
+    sandwich_fma: object
+    targets: object = None
+    samples_start: bool = False
+    reuses_leverage_scores: bool = True
+
+    @classmethod
+    def of(cls, problem):
+        matrix = problem.matrix
+        dense = matrix.format == "dense"
+        work = getattr(matrix, "sandwich_work", None)
+        pairs, fma = work() if work is not None else estimated_sandwich_work(matrix.n, matrix.d, matrix.nnz, dense)
+        return cls(float(matrix.n), float(matrix.d), float(matrix.nnz), dense, float(pairs), float(fma),
+                   _target(problem), *_batch_flags(problem))
+
+    @classmethod
+    def of_problems(cls, problems):
+        """Problems of one model and one kind of evaluator (``Problem``s, or stand-ins with what is read of them)."""
+        return cls.of_many([problem.matrix for problem in problems], [_target(problem) for problem in problems],
+                           *_batch_flags(problems[0]))
+
+    @classmethod
+    def of_many(cls, matrices, targets, samples_start, reuses_leverage_scores=True):
+        """``matrices``: DenseMatrix / CSRMatrix (or anything with n, d, nnz and format); ``targets``: their
+        float64 length-n targets (an entry None, or None for all: no target at hand)."""
+        count = len(matrices)
+        n = np.fromiter((matrix.n for matrix in matrices), np.float64, count)
+        d = np.fromiter((matrix.d for matrix in matrices), np.float64, count)
+        nnz = np.fromiter((matrix.nnz for matrix in matrices), np.float64, count)
+        dense = np.fromiter((matrix.format == "dense" for matrix in matrices), np.bool_, count)
+        work = np.array([matrix.sandwich_work() if hasattr(matrix, "sandwich_work")
+                         else estimated_sandwich_work(matrix.n, matrix.d, matrix.nnz, matrix.format == "dense")
+                         for matrix in matrices], dtype=np.float64).reshape(count, 2)
+        if targets is not None:
+            present = np.fromiter((b is not None for b in targets), np.bool_, count)
+            lengths = np.where(present, n, 0.0).astype(np.int64)
+            stops = np.cumsum(lengths)
+            held = [b for b in targets if b is not None]
+            b = (held[0] if len(held) == 1 else np.concatenate(held)) if held else np.empty(0)
+            targets = (b, stops - lengths, stops, present)
+        return cls(n, d, nnz, dense, work[:, 0], work[:, 1], targets, bool(samples_start),
+                   bool(reuses_leverage_scores))
+
+
+def _target(problem):
+    """The problem's target b when it is a float64 vector of length n (the sample-size estimate's weights), else None."""
+    b = getattr(getattr(problem, "block", None), "b", None)
+    plain = isinstance(b, np.ndarray) and b.shape == (problem.matrix.n,) and b.dtype == np.float64
+    return b if plain else None
+
+
+def _batch_flags(problem):
+    """(samples_start, reuses_leverage_scores) of ``PricedShapes`` for ``problem``'s model and evaluator."""
+    reuses = getattr(problem, "reuses_leverage_scores", True)
+    samples_start = (getattr(getattr(problem, "row_model", None), "samples_start", False) and reuses
+                     and getattr(problem, "block", None) is not None)
+    return bool(samples_start), bool(reuses)
+
+
+def _unit_seconds(shapes, rates):
+    """(a full sandwich, one pass over C, a d × d Cholesky) in seconds, per problem of ``shapes``."""
+    d = shapes.d
     # The rows of the pair updates (those not run by SYRK) each cost a fixed amount beyond their pairs.
-    pair_rows = 0.0 if dense else max(n - dense_fma / (d * d / 2), 0.0)
-    full_sandwich = (pairs / csr_sandwich_rate(d, rates) + pair_rows / rates.CSR_SANDWICH_ROWS
-                     + dense_fma / dense_sandwich_rate(d, rates))
-    one_pass = nnz / (rates.DENSE_PASS_ENTRIES if dense else rates.CSR_PASS_ENTRIES)
-    return full_sandwich, one_pass, d**3 / 3 / rates.CHOLESKY_FMA
+    pair_rows = _where(shapes.dense, 0.0, _maximum(shapes.n - shapes.sandwich_fma / (d * d / 2), 0.0))
+    full_sandwich = (shapes.sandwich_pairs / _per_width(lambda width: csr_sandwich_rate(width, rates), d)
+                     + pair_rows / rates.CSR_SANDWICH_ROWS
+                     + shapes.sandwich_fma / _per_width(lambda width: dense_sandwich_rate(width, rates), d))
+    one_pass = shapes.nnz / _where(shapes.dense, rates.DENSE_PASS_ENTRIES, rates.CSR_PASS_ENTRIES)
+    return full_sandwich, one_pass, d * d * d / 3 / rates.CHOLESKY_FMA
 
 
 def _iteration_passes_and_rows(one_pass, n, rates):
@@ -558,8 +663,9 @@ def _iteration_passes_and_rows(one_pass, n, rates):
 def exact_iteration_seconds(problem, rates=rates):
     """Predicted work of one exact Newton iteration on ``problem`` (its sandwich, Cholesky, passes and row
     work; not the fixed cost of its Python control), from ``strategy_seconds``' units."""
-    full_sandwich, one_pass, cholesky = _unit_seconds(problem, rates)
-    return full_sandwich + cholesky + _iteration_passes_and_rows(one_pass, problem.matrix.n, rates)
+    shapes = PricedShapes.of(problem)
+    full_sandwich, one_pass, cholesky = _unit_seconds(shapes, rates)
+    return full_sandwich + cholesky + _iteration_passes_and_rows(one_pass, shapes.n, rates)
 
 
 def default_thread_count(problem, n_threads):
@@ -583,21 +689,44 @@ def expected_sample_rows(problem, sizes):
     x0="auto"): dense 10⁵×512 sketch 21.7k–22.0k of s = 52.5k (estimate 21.9k), dense 10⁵×32 sketch
     1.8k–1.9k of 2.2k (2.0k), CSR 3·10⁴×1024 (200 per row) sketch 16.3k–16.7k of 113k (16.6k), CSR
     10⁶×200 (10 per row) pcg 4.8k of 6.1k (4.3k). Without a target at hand (a stand-in, Dask) min(n, s)."""
-    n = problem.matrix.n
-    b = getattr(getattr(problem, "block", None), "b", None)
-    if not isinstance(b, np.ndarray) or b.shape != (n,) or b.dtype != np.float64:
-        return [min(n, s) for s in sizes]
-    largest = max(float(b.max()), -float(b.min())) if n else 0.0
-    if not 0.0 < largest < math.inf:
-        return [min(n, s) for s in sizes]
-    if not 1e-100 < largest < 1e100:
-        b = b / largest  # b² would under- or overflow (b ~ 1e±300): the same sums on b/max|b|
-    kept = np.empty(len(sizes))
-    expected_poisson_sizes(b, np.asarray(sizes, dtype=np.float64), kept)
-    return [min(n, s, float(k)) for s, k in zip(sizes, kept)]
+    return _sample_rows(PricedShapes.of(problem), [float(size) for size in sizes])
 
 
-def start_seconds(problem, eps, sketch_size, rates=rates, unit_seconds=None, sample_rows=None):
+def _sample_rows(shapes, sizes):
+    """``expected_sample_rows`` of the problems of ``shapes``: one problem's list for its list of sizes, or
+    many problems' (count × k) array for a (count × k) array of sizes."""
+    one = not isinstance(shapes.n, np.ndarray)
+    limit = [min(shapes.n, size) for size in sizes] if one else np.minimum(shapes.n[:, None], sizes)
+    if shapes.targets is None:
+        return limit
+    if one:
+        b = shapes.targets
+        largest = max(float(b.max()), -float(b.min()))
+    else:
+        b, starts, stops, present = shapes.targets
+        largest = np.full(present.shape[0], np.nan)  # NaN: no target, min(n, s)
+        with_target = np.flatnonzero(present)
+        if with_target.size:
+            first = starts[with_target]
+            largest[with_target] = np.maximum(np.maximum.reduceat(b, first), -np.minimum.reduceat(b, first))
+    usable = (largest > 0.0) & (largest < math.inf)
+    # b² would under- or overflow (b ~ 1e±300): the same sums on b/max|b|
+    divisors = _where((largest > 1e-100) & (largest < 1e100), 1.0, largest)
+    if one:
+        if not usable:
+            return limit
+        kept = np.empty((1, len(sizes)))
+        expected_poisson_sizes(b, np.zeros(1, np.int64), np.array([b.shape[0]]), np.array([divisors]),
+                               np.array([sizes]), kept)
+        return [min(bound, rows) for bound, rows in zip(limit, kept[0].tolist())]
+    usable = np.flatnonzero(usable)
+    kept = np.empty((usable.size, sizes.shape[1]))
+    expected_poisson_sizes(b, starts[usable], stops[usable], divisors[usable], sizes[usable], kept)
+    limit[usable] = np.minimum(limit[usable], kept)
+    return limit
+
+
+def start_seconds(problem, eps, sketch_size, rates=rates, sample_rows=None):
     """Predicted seconds of the default start's least-squares fit: {"exact": …, "sampled": …}.
 
     exact: the full sandwich, the pass Cᵀ[ω, ωt] and a Cholesky. sampled
@@ -612,24 +741,25 @@ def start_seconds(problem, eps, sketch_size, rates=rates, unit_seconds=None, sam
     use the sample (``samples_start``), an evaluator that keeps
     no leverage reference (Dask) or one without C's rows at hand, and CSR C, where the sampled fit
     measured no gain (10⁶×200, 10 per row: sketch 0.66 → 0.70 s) and, priced cheaper, sent auto to a
-    slower sketch (10⁵×64: 7 sketched iterations against 3 exact). ``unit_seconds``: ``_unit_seconds(problem,
-    rates)`` when the caller has it already, ``sample_rows`` the ``expected_sample_rows`` of the fit's
-    sample size (``start_sample_size``) likewise (``strategy_seconds``, which estimates its sizes in one read of b)."""
-    full_sandwich, one_pass, cholesky = unit_seconds or _unit_seconds(problem, rates)
-    exact = full_sandwich + one_pass + cholesky
-    model = getattr(problem, "row_model", None)
-    if (not getattr(model, "samples_start", False) or not getattr(problem, "reuses_leverage_scores", True)
-            or getattr(problem, "block", None) is None or problem.matrix.format != "dense"):
-        return {"exact": exact, "sampled": math.inf}
-    d = problem.matrix.d
-    rows = sample_rows
-    if rows is None:
-        rows, = expected_sample_rows(problem, [start_sample_size(d, eps, sketch_size)])
-    if rows > SAMPLED_START_MAX_FRACTION * problem.matrix.n:
-        return {"exact": exact, "sampled": math.inf}
-    sampled = (SAMPLED_START_EXTRA_PASSES * one_pass + problem.matrix.n / rates.SAMPLING_ROWS
-               + rows * (d + 2) ** 2 / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA + 2 * cholesky)
+    slower sketch (10⁵×64: 7 sketched iterations against 3 exact). ``sample_rows``: the rows the fit's
+    sample keeps, when not ``expected_sample_rows`` of its size (``start_sample_size``)."""
+    shapes = PricedShapes.of(problem)
+    if sample_rows is None:
+        sample_rows, = _sample_rows(shapes, [float(start_sample_size(problem.matrix.d, eps, sketch_size))])
+    exact, sampled = _start_seconds(shapes, _unit_seconds(shapes, rates), float(sample_rows), rates)
     return {"exact": exact, "sampled": sampled}
+
+
+def _start_seconds(shapes, units, rows, rates):
+    """``start_seconds`` of the problems of ``shapes``: (exact, sampled), given their ``_unit_seconds`` and
+    the rows their fit's sample keeps."""
+    full_sandwich, one_pass, cholesky = units
+    exact = full_sandwich + one_pass + cholesky
+    d = shapes.d
+    sampled = (SAMPLED_START_EXTRA_PASSES * one_pass + shapes.n / rates.SAMPLING_ROWS
+               + rows * ((d + 2) * (d + 2)) / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA + 2 * cholesky)
+    possible = _where(rows > SAMPLED_START_MAX_FRACTION * shapes.n, False, True) & shapes.dense & shapes.samples_start
+    return exact, _where(possible, sampled, math.inf)
 
 
 def start_sample_size(d, eps, sketch_size):
@@ -668,56 +798,65 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     (``PreconditionerSystems``): its iterations sample nothing, pay one Cholesky and
     START_PRECONDITIONED_CG_ITERATIONS_PER_STEP Hessian-vector products (one pass each on dense C:
     ``DenseMatrix.sandwich_vector`` reads a row once for C·p and Cᵀ(β ⊙ ·)).
+    The formula is ``many_strategy_seconds``', on one problem.
     """
-    matrix = problem.matrix
-    n, d, nnz = matrix.n, matrix.d, matrix.nnz
-    dense = matrix.format == "dense"
-    units = _unit_seconds(problem, rates)
+    return many_strategy_seconds(PricedShapes.of(problem), eps, sketch_size, rates, bool(default_start))
+
+
+def many_strategy_seconds(shapes, eps, sketch_size, rates=rates, default_start=True):
+    """``strategy_seconds`` of the problems of ``shapes`` (``PricedShapes``): floats for one problem
+    (``PricedShapes.of``), arrays for many (``solve_many`` prices all of its problems in one call).
+    ``default_start``: one flag, or (many) one per problem. One formula for both: see ``PricedShapes``."""
+    n, d, nnz, dense = shapes.n, shapes.d, shapes.nnz, shapes.dense
+    if not isinstance(default_start, bool):
+        default_start = np.asarray(default_start, dtype=np.bool_)
+    units = _unit_seconds(shapes, rates)
     full_sandwich, one_pass, cholesky = units
     row_work = n / rates.ITERATION_ROWS
     draw = n / rates.SAMPLING_ROWS
 
     def sandwich(rows):
         return full_sandwich * rows / n
-    fresh_scores = (nnz * OSNAP_NNZ / (rates.DENSE_EMBED_UPDATES if dense else rates.CSR_EMBED_UPDATES)
+    fresh_scores = (nnz * OSNAP_NNZ / _where(dense, rates.DENSE_EMBED_UPDATES, rates.CSR_EMBED_UPDATES)
                     + EMBED_ROWS_PER_COLUMN * d * d * d / rates.QR_FMA
-                    + nnz * JL_DIM / (rates.DENSE_MATMAT_FMA if dense else rates.CSR_MATMAT_FMA))
+                    + nnz * JL_DIM / _where(dense, rates.DENSE_MATMAT_FMA, rates.CSR_MATMAT_FMA))
     certificate = 4 * cholesky
-    constants = (SAMPLE_CONSTANT, PRECONDITIONER_SAMPLE_CONSTANT)
-    # The iterations' two sample sizes and the start's, estimated in one read of b (each size's estimate
-    # is its own sum: the same figures as three calls).
-    *iteration_rows, start_rows = expected_sample_rows(
-        problem, [sketch_size or sample_size(d, eps, constant) for constant in constants]
-        + [start_sample_size(d, eps, sketch_size)])
-    kept = dict(zip(constants, iteration_rows))
+    # The iterations' two sample sizes and the start's, estimated in one read of each b (each size's
+    # estimate is its own sum: the same figures as three calls).
+    sizes = [_per_width(lambda width: sketch_size or sample_size(width, eps, constant), d)
+             for constant in (SAMPLE_CONSTANT, PRECONDITIONER_SAMPLE_CONSTANT)]
+    sizes.append(_per_width(lambda width: start_sample_size(width, eps, sketch_size), d))
+    if isinstance(d, np.ndarray):
+        sketch_rows, preconditioner_rows, start_rows = _sample_rows(shapes, np.column_stack(sizes)).T
+    else:
+        sketch_rows, preconditioner_rows, start_rows = _sample_rows(shapes, [float(size) for size in sizes])
 
-    def sampled(constant):
-        if dense:
-            return kept[constant] * d * d / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA
-        return 2 * sandwich(kept[constant])
+    def sampled(rows):
+        return _where(dense, rows * d * d / 2 / rates.DENSE_SAMPLED_SANDWICH_FMA, 2 * sandwich(rows))
 
-    def sketched(constant):
-        # Dask's blocks keep no leverage reference: fresh scores every iteration there.
-        # From the default start β moves little and the reference holds; from zeros (or a user's x0) it
-        # moves far in the first iterations and the reference is refused more often.
-        refresh = (rates.REFERENCE_REFRESHES_PER_ITERATION if default_start
-                   else rates.REFERENCE_REFRESHES_FROM_OTHER_STARTS)
-        if not getattr(problem, "reuses_leverage_scores", True):
-            refresh = 1.0
-        return (1 + refresh) * (sampled(constant) + draw) + refresh * fresh_scores + certificate
+    # Dask's blocks keep no leverage reference: fresh scores every iteration there.
+    # From the default start β moves little and the reference holds; from zeros (or a user's x0) it
+    # moves far in the first iterations and the reference is refused more often.
+    refresh = _where(default_start, rates.REFERENCE_REFRESHES_PER_ITERATION,
+                     rates.REFERENCE_REFRESHES_FROM_OTHER_STARTS)
+    if not shapes.reuses_leverage_scores:
+        refresh = 1.0
+
+    def sketched(rows):
+        return (1 + refresh) * (sampled(rows) + draw) + refresh * fresh_scores + certificate
 
     def cg(iterations):
-        product = (nnz / dense_hessian_vector_rate(d, rates) if dense
-                   else nnz / rates.CSR_HESSIAN_VECTOR_ENTRIES + n / rates.CSR_HESSIAN_VECTOR_ROWS)
+        product = _where(dense, nnz / _per_width(lambda width: dense_hessian_vector_rate(width, rates), d),
+                         nnz / rates.CSR_HESSIAN_VECTOR_ENTRIES + n / rates.CSR_HESSIAN_VECTOR_ROWS)
         return iterations * (product + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
 
-    fit = start_seconds(problem, eps, sketch_size, rates, units, start_rows)
-    samples_start = default_start and fit["sampled"] < fit["exact"]
+    fit_exact, fit_sampled = _start_seconds(shapes, units, start_rows, rates)
+    samples_start = default_start & (fit_sampled < fit_exact)
     per_iteration = {
         "exact": sandwich(n) + cholesky,
-        "sketch": sketched(SAMPLE_CONSTANT) + cholesky,
-        "pcg": (cholesky + cg(rates.START_PRECONDITIONED_CG_ITERATIONS_PER_STEP) if samples_start
-                else sketched(PRECONDITIONER_SAMPLE_CONSTANT) + cholesky + cg(rates.CG_ITERATIONS_PER_STEP)),
+        "sketch": sketched(sketch_rows) + cholesky,
+        "pcg": _where(samples_start, cholesky + cg(rates.START_PRECONDITIONED_CG_ITERATIONS_PER_STEP),
+                      sketched(preconditioner_rows) + cholesky + cg(rates.CG_ITERATIONS_PER_STEP)),
     }
     iterations = {"exact": rates.EXACT_ITERATIONS,
                   "sketch": rates.EXACT_ITERATIONS * rates.SKETCH_ITERATIONS_PER_EXACT,
@@ -730,8 +869,8 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     # evaluation. From x0="auto" the sketched strategies fit on a sample when that is cheaper, whose two
     # reads of C are their first reference's pass and the ∇L(0) pass (``start_seconds``).
     first_evaluation = 2 * one_pass + row_work
-    exact_start = fit["exact"] + 2 * one_pass + first_evaluation
-    sketched_start = (fit["sampled"] if samples_start else fit["exact"]) + one_pass + 2 * one_pass + first_evaluation
+    exact_start = fit_exact + 2 * one_pass + first_evaluation
+    sketched_start = _where(samples_start, fit_sampled, fit_exact) + one_pass + 2 * one_pass + first_evaluation
     start = {"exact": exact_start, "sketch": sketched_start, "pcg": sketched_start, "lagged": exact_start}
     shared = _iteration_passes_and_rows(one_pass, n, rates) + 1.0 / rates.TINY_ITERATIONS
     return {name: start[name] + iterations[name] * (per_iteration[name] + shared) for name in per_iteration}
@@ -742,6 +881,14 @@ def choose_strategy(problem, eps, sketch_size, default_start=True):
     ``default_start``: whether the solve starts from x0 = "auto"."""
     seconds = strategy_seconds(problem, eps, sketch_size, default_start=default_start)
     return min(seconds, key=seconds.get)
+
+
+def choose_strategies(shapes, eps, sketch_size, default_start=True):
+    """``choose_strategy`` of every problem of ``shapes`` (``PricedShapes.of_many``) at once: a list of names
+    (the first of the least, in ``strategy_seconds``' order, as ``min`` picks)."""
+    seconds = many_strategy_seconds(shapes, eps, sketch_size, default_start=default_start)
+    names = list(seconds)
+    return [names[k] for k in np.argmin(np.stack([seconds[name] for name in names]), axis=0).tolist()]
 
 
 def resolve_strategy(name, problem, eps, sketch_size, default_start=True):

@@ -7,7 +7,8 @@
    status ``INVALID_INPUT`` and Problem's reason in its message, and the others still solve.
 2. ``softmax`` and ``relu_softmax`` problems whose Hessian strategy is exact (``hessian="exact"``, or
    ``"auto"`` where ``solve``'s cost model picks exact, as it did at every shape tried from
-   n = 64, d = 32 to n = 10⁴, d = 128, dense and CSR) are solved, each C read where it lies (dense
+   n = 64, d = 32 to n = 10⁴, d = 128, dense and CSR; all problems priced in one call of that model's
+   formula, ``hessian.many_strategy_seconds``) are solved, each C read where it lies (dense
    rows, or CSR for sparse C with few entries per row: ``DENSIFY_ROW_FRACTION``),
    by ``kernels/small_newton.py``: start and Newton loop compiled, one lane of problems per thread
    (each problem start to finish on one thread), so no Python runs per iteration and the thread
@@ -16,7 +17,8 @@
    LP in its null space) run ``Problem.auto_start`` in Python, one call per such problem.
 3. Every other problem — ``softmax_relu`` (its staged start: simplex vector, lifted surrogate with
    ridge continuation, restart; not compiled) and problems where ``"auto"`` picks a sketched
-   Hessian — is solved by ``fastnewton.solve``, one call per problem.
+   Hessian — is solved by ``solve``'s own path (``fastnewton.solver.solve_problem``), one call per problem,
+   on the Problem built and priced here (not validated or priced a second time).
 
 Every problem gets the answer ``fastnewton.solve`` gives it (the same start, damping, line search,
 stopping tests and statuses; tests/test_solve_many_small.py compares them problem by problem).
@@ -33,14 +35,14 @@ import scipy.sparse as sp
 
 from . import newton
 from .batch import BatchResult
-from .hessian import STRATEGIES, choose_strategy, default_thread_count
+from .hessian import STRATEGIES, PricedShapes, choose_strategies, default_thread_count
 from .kernels import small_newton as kernel
 from .matrix import DenseMatrix
-from .models import LogPartition, check_model, uses_values
+from .models import LogPartition, build_model, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
 from .problem import Problem
 from .result import MESSAGES, ConvergenceWarning, Status
-from .solver import is_default_start, not_a_distribution, solve
+from .solver import is_default_start, not_a_distribution, solve_problem
 from .start import NULL_SPACE_RTOL
 from .threads import thread_limits
 from .validation import as_flag, as_input_matrix, as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count
@@ -147,21 +149,31 @@ class _Packed:
         layout[:, kernel.L_COL] = np.cumsum(d) - d
         # The arrays ``addresses`` points into: kept alive (and unchanged) as long as this pack.
         self._held = []
-        address_rows = []
+        self.addresses = np.zeros((count, kernel.ADDRESS_FIELDS), dtype=np.int64)
+        values = []
         for matrix, sparse in zip(matrices, csr):
             if sparse:
-                arrays = ((kernel.A_VALUES, np.ascontiguousarray(matrix.data, dtype=np.float64)),
-                          (kernel.A_INDPTR, np.ascontiguousarray(matrix.indptr, dtype=np.int64)),
-                          (kernel.A_INDICES, np.ascontiguousarray(matrix.indices, dtype=np.int64)))
+                array = np.ascontiguousarray(matrix.data, dtype=np.float64)
             else:
                 dense = matrix.array if matrix.format == "dense" else matrix.rows(np.arange(matrix.n))
-                arrays = ((kernel.A_VALUES, np.ascontiguousarray(dense, dtype=np.float64)),)
-            where = [0] * kernel.ADDRESS_FIELDS
-            for field, array in arrays:
-                where[field] = array.ctypes.data
-                self._held.append(array)
-            address_rows.append(where)
-        self.addresses = np.array(address_rows, dtype=np.int64).reshape(count, kernel.ADDRESS_FIELDS)
+                array = np.ascontiguousarray(dense, dtype=np.float64)
+            values.append(array.ctypes.data)
+            self._held.append(array)
+        self.addresses[:, kernel.A_VALUES] = values
+        at = np.flatnonzero(csr)
+        for field, name in ((kernel.A_INDPTR, "indptr"), (kernel.A_INDICES, "indices")):
+            arrays = [getattr(matrices[p], name) for p in at]
+            # int64 index arrays are read in place; the others (SciPy holds int32) converted all in one int64
+            # array per field, where an int64 copy per problem and field cost ~8 µs a problem.
+            in_place = [k for k, array in enumerate(arrays) if array.dtype == np.int64 and array.flags.c_contiguous]
+            self.addresses[at[in_place], field] = [arrays[k].ctypes.data for k in in_place]
+            converted = np.setdiff1d(np.arange(len(arrays)), in_place)
+            if converted.size:
+                joined = np.concatenate([arrays[k] for k in converted], dtype=np.int64)
+                self._held.append(joined)
+                lengths = np.fromiter((arrays[k].shape[0] for k in converted), np.int64, converted.size)
+                self.addresses[at[converted], field] = joined.ctypes.data + joined.itemsize * (np.cumsum(lengths)
+                                                                                               - lengths)
         self.parameters = np.empty((count, kernel.PARAMETER_FIELDS))
         self.parameters[:, kernel.P_L2] = [problem.l2 for problem in problems]
         self.parameters[:, kernel.P_TARGET_NORM] = [problem.target_norm() for problem in problems]
@@ -278,11 +290,13 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
                                                  tol, max_iter, n_threads, results)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # one warning for the batch, below
-        for i, threads in by_solve:
-            C, b, V = items[i]
-            res = solve(C, b, model, V=V, l2=l2, row_weights=weights_each[i], x0=x0_each[i], hessian=hessian,
-                        eps=eps, sketch_size=sketch_size, tol=tol, max_iter=max_iter, seed=seed, n_threads=threads,
-                        continuation=continuation)
+        for k, (i, problem, strategy, threads) in enumerate(by_solve):
+            # The Problem built (validated) and priced above: solve's loop without doing either again. Let go
+            # of it once solved (its work arrays are a few n-vectors: not thousands of problems' at once).
+            by_solve[k] = None
+            res = solve_problem(problem, x0=x0_each[i], hessian=strategy, eps=eps, sketch_size=sketch_size, tol=tol,
+                                max_iter=max_iter, seed=seed, n_threads=threads, continuation=continuation)
+            del problem
             results[i] = (res.x, Status(res.status), res.n_iter, res.loss, res.grad_norm, res.g_ref, res.message)
             if res.status == Status.MAX_ITER:
                 max_iter_hit.append(i)
@@ -296,20 +310,31 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
 def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketch_size, tol, max_iter, n_threads,
                     results):
     """Validate every problem, solve the compiled ones and write their entries of ``results``:
-    (the indices of compiled problems that stopped at max_iter, (index, n_threads) of those left to ``solve``)."""
-    compiled, compiled_index, starts, by_solve = [], [], [], []
+    (the indices of compiled problems that stopped at max_iter, (index, Problem, strategy, n_threads) of those
+    left to ``solve``'s loop)."""
     checked = _checked_in_bulk(items, model, weights_each)
+    # The softmax models hold no state: one object for every bulk-checked problem.
+    shared_model = build_model(model) if checked else None
+    shared_model = shared_model if isinstance(shared_model, Softmax) else None
+    valid, valid_index = [], []
     for i, (C, b, V) in enumerate(items):
         try:
             if i in checked:
                 # b checked in bulk; C too where dense (else as_input_matrix checks it, with Problem's message)
                 matrix = DenseMatrix(C) if isinstance(C, np.ndarray) else as_input_matrix(C)
-                problem = Problem.from_checked(matrix, b, model, l2)
+                valid.append(Problem.from_checked(matrix, b, model, l2, shared_model))
             else:
-                problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=weights_each[i])
-            exact = hessian == "exact" or choose_strategy(problem, eps, sketch_size,
-                                                          is_default_start(x0_each[i])) == "exact"
-            if isinstance(problem.row_model, Softmax) and exact:
+                valid.append(Problem(C, b, model=model, V=V, l2=l2, row_weights=weights_each[i]))
+            valid_index.append(i)
+        except (TypeError, ValueError) as error:
+            results[i] = _invalid(C, i, error)
+    # auto's choice for all problems at once: solve's formula (``many_strategy_seconds``), element-wise.
+    strategies = [hessian] * len(valid) if hessian != "auto" or not valid else choose_strategies(
+        PricedShapes.of_problems(valid), eps, sketch_size, [is_default_start(x0_each[i]) for i in valid_index])
+    compiled, compiled_index, starts, by_solve = [], [], [], []
+    for problem, i, strategy in zip(valid, valid_index, strategies):
+        try:
+            if isinstance(problem.row_model, Softmax) and strategy == "exact":
                 starts.append(_start_kind(problem, x0_each[i]))
                 compiled.append(problem)
                 compiled_index.append(i)
@@ -317,11 +342,9 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
                 # solve's own threads rule: a small problem on one thread, whatever the batch's n_threads
                 # (one thread per such problem ran the 40 softmax_relu problems of bench/many_small.py in
                 # 0.64 s, two in 2.35 s)
-                by_solve.append((i, 1 if default_thread_count(problem, None) == 1 else n_threads))
+                by_solve.append((i, problem, strategy, 1 if default_thread_count(problem, None) == 1 else n_threads))
         except (TypeError, ValueError) as error:
-            d = getattr(C, "shape", (0, 0))[1] if len(getattr(C, "shape", ())) == 2 else 0
-            results[i] = (np.full(d, np.nan), Status.INVALID_INPUT, 0, np.nan, np.nan, np.nan,
-                          f"{MESSAGES[Status.INVALID_INPUT]} problem {i}: {error}")
+            results[i] = _invalid(items[i][0], i, error)
 
     _warn_if_not_distributions(compiled, compiled_index)
     max_iter_hit = []
@@ -339,15 +362,24 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
                 pack.layout[p, kernel.L_START] = kernel.START_GIVEN
             if failed.size:
                 pack.run(failed, settings)
+        # Read back in bulk (per-problem NumPy indexing costs ~1 µs a value): the x's are views of one copy
+        # of the packed x (not of the pack's array), the outputs Python numbers.
+        xs = np.split(pack.x.copy(), np.cumsum(pack.layout[:-1, kernel.L_D]))
+        statuses, n_iters = pack.out_int[:, kernel.O_STATUS].tolist(), pack.out_int[:, kernel.O_N_ITER].tolist()
+        outputs = pack.out_float[:, [kernel.O_LOSS, kernel.O_GRAD_NORM, kernel.O_G_REF]].tolist()
         for p, (problem, i) in enumerate(zip(compiled, compiled_index)):
-            status = Status(int(pack.out_int[p, kernel.O_STATUS]))
-            status, message = _compiled_message(problem, pack, p, status)
-            out = pack.out_float[p]
-            results[i] = (pack.x[pack.columns(p)].copy(), status, int(pack.out_int[p, kernel.O_N_ITER]),
-                          out[kernel.O_LOSS], out[kernel.O_GRAD_NORM], out[kernel.O_G_REF], message)
+            status, message = _compiled_message(problem, pack, p, Status(statuses[p]))
+            results[i] = (xs[p], status, n_iters[p], *outputs[p], message)
             if status == Status.MAX_ITER:
                 max_iter_hit.append(i)
     return max_iter_hit, by_solve
+
+
+def _invalid(C, i, error):
+    """Problem i's entry of ``results`` when its input is invalid: x of NaNs (length d where C has a shape)."""
+    d = getattr(C, "shape", (0, 0))[1] if len(getattr(C, "shape", ())) == 2 else 0
+    return (np.full(d, np.nan), Status.INVALID_INPUT, 0, np.nan, np.nan, np.nan,
+            f"{MESSAGES[Status.INVALID_INPUT]} problem {i}: {error}")
 
 
 def _plain_target(C, b):

@@ -74,8 +74,23 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     timer = PhaseTimer()
     with timer("setup"):
         problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=row_weights)
+    return solve_problem(problem, x0=x0, hessian=hessian, eps=eps, sketch_size=sketch_size, tol=tol,
+                         max_iter=max_iter, seed=seed, n_threads=n_threads, callback=callback, verbose=verbose,
+                         progress=progress, continuation=continuation, timer=timer, clock=clock)
+
+
+def solve_problem(problem, *, x0="auto", hessian="auto", eps=0.5, sketch_size=None, tol=1e-8, max_iter=100,
+                  seed=None, n_threads=None, callback=None, verbose=False, progress=False, continuation=True,
+                  timer=None, clock=None):
+    """``solve`` of a built ``Problem`` (its inputs validated): ``solve`` after its ``Problem(C, b, ...)``, and
+    ``solve_many(problems)`` for the problems it hands to ``solve``'s loop, built and priced already (it
+    passes the strategy ``auto`` chose as ``hessian``: the same builder, without pricing twice).
+    ``timer`` and ``clock``: the caller's, when its setup ran already (``solve``'s)."""
+    clock = time.perf_counter() if clock is None else clock
+    timer = PhaseTimer() if timer is None else timer
+    with timer("setup"):
         check_iteration_fits(problem.n, problem.d, problem.row_model.k)
-        warn_if_not_a_distribution(problem.b, problem.model)
+        warn_if_not_a_distribution(problem.b, problem.model, stacklevel=4)
         n_threads = default_thread_count(problem, as_thread_count(n_threads))
         bar = progress_bar(progress, max_iter)
         observer = chain_observers(bar.update if bar else None,

@@ -1152,42 +1152,34 @@ def test_cg_adds_its_products_passes_in_place_with_numpys_bits(dense_start, monk
 
 
 @pytest.mark.parametrize("dense", [True, False])
-def test_strategy_seconds_prices_unit_costs_and_sample_rows_once_with_the_same_figures(monkeypatch, dense):
-    """strategy_seconds hands its C's unit costs and the start's expected sample rows (estimated with the
-    iterations' in one read of b) to start_seconds: the figures (and so the choice) are those of
-    start_seconds pricing them itself, on a grid of shapes, eps, sketch sizes and starts."""
-    calls, reads = [], []
-    unit_seconds = hessian_module._unit_seconds
-    start_seconds = hessian_module.start_seconds
-    expected_sample_rows = hessian_module.expected_sample_rows
-
-    def counted(problem, rates):
-        calls.append(1)
-        return unit_seconds(problem, rates)
-
-    def counted_rows(problem, sizes):
-        reads.append(1)
-        return expected_sample_rows(problem, sizes)
-
-    def pricing_itself(problem, eps, sketch_size, rates=rates_module, unit_seconds=None, sample_rows=None):
-        return start_seconds(problem, eps, sketch_size, rates)
-
-    for n, d in [(64, 32), (512, 64), (2000, 8), (300, 120), (5000, 200)]:
-        problem = Problem(*make_problem(n, d, nnz_per_row=min(d, 6), seed=n + d, dense=dense)[:2])
-        for eps, sketch_size, default_start in [(0.5, None, True), (0.5, None, False), (0.2, None, True),
-                                                (0.5, 3 * d, True)]:
-            monkeypatch.setattr(hessian_module, "_unit_seconds", counted)
-            monkeypatch.setattr(hessian_module, "expected_sample_rows", counted_rows)
-            calls.clear()
-            reads.clear()
-            seconds = strategy_seconds(problem, eps, sketch_size, default_start=default_start)
-            assert len(calls) == 1 and len(reads) == 1
-            monkeypatch.setattr(hessian_module, "expected_sample_rows", expected_sample_rows)
-            assert start_seconds(problem, eps, sketch_size, rates_module, unit_seconds(problem, rates_module)) == \
-                start_seconds(problem, eps, sketch_size, rates_module)
-            monkeypatch.setattr(hessian_module, "start_seconds", pricing_itself)
-            assert strategy_seconds(problem, eps, sketch_size, default_start=default_start) == seconds
-            monkeypatch.setattr(hessian_module, "start_seconds", start_seconds)
+def test_pricing_many_problems_at_once_gives_each_its_own_figures(dense):
+    """many_strategy_seconds (solve_many prices all its problems at once) gives every problem the figures
+    strategy_seconds gives it alone, to the bit, and choose_strategies its choose_strategy: on a grid of
+    shapes (a one-row problem, targets at 1e-300 and all zero among them), eps, sketch sizes and starts (one
+    flag for all, or one per problem); and on stand-ins (no target, no sandwich_work) where auto's choice differs."""
+    shapes = [(64, 32), (512, 64), (2000, 8), (300, 120), (5000, 200), (1, 3)]
+    problems = [Problem(*make_problem(n, d, nnz_per_row=min(d, 6), seed=n + d, dense=dense)[:2]) for n, d in shapes]
+    C, b = make_problem(400, 16, nnz_per_row=6, seed=3, dense=dense)[:2]
+    problems += [Problem(C, b * 1e-300), Problem(C, np.zeros_like(b)), Problem(C, -b)]
+    batch = hessian_module.PricedShapes.of_many([problem.matrix for problem in problems],
+                                                [problem.block.b for problem in problems], samples_start=True)
+    stand_ins = [stand_in(1000, 20), stand_in(10**6, 512), stand_in(10**6, 1000, nnz=10**7, fmt="csr"),
+                 stand_in(10**5, 64, nnz=10**6, fmt="csr"), stand_in(10**5, 256)]
+    stand_in_batch = hessian_module.PricedShapes.of_many([problem.matrix for problem in stand_ins], None, False)
+    chosen_names = set()
+    for group, priced in ((problems, batch), (stand_ins, stand_in_batch)):
+        for eps, sketch_size in [(0.5, None), (0.2, None), (0.5, 100)]:
+            per_problem = [i % 3 != 1 for i in range(len(group))]
+            for default_start in (True, False, per_problem):
+                many = hessian_module.many_strategy_seconds(priced, eps, sketch_size, default_start=default_start)
+                chosen = hessian_module.choose_strategies(priced, eps, sketch_size, default_start)
+                for i, problem in enumerate(group):
+                    flag = default_start[i] if isinstance(default_start, list) else default_start
+                    alone = strategy_seconds(problem, eps, sketch_size, default_start=flag)
+                    assert {name: float(seconds[i]) for name, seconds in many.items()} == alone, (i, eps, flag)
+                    assert chosen[i] == choose_strategy(problem, eps, sketch_size, flag)
+                chosen_names.update(chosen)
+    assert len(chosen_names) > 1  # the choices compared are not all one strategy
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])

@@ -385,8 +385,9 @@ def test_problems_left_to_solve_follow_solves_threads_rule(monkeypatch):
     monkeypatch.setattr(threads_module, "SINGLE_THREAD_BELOW_SECONDS", 7.5e-4)  # as shipped (conftest sets 0)
     problems = _mixed("softmax_relu", count=3)
     threads = []
-    monkeypatch.setattr(many_small_module, "solve",
-                        lambda *args, n_threads=None, **kwargs: threads.append(n_threads) or solve(
+    solve_problem = many_small_module.solve_problem
+    monkeypatch.setattr(many_small_module, "solve_problem",
+                        lambda *args, n_threads=None, **kwargs: threads.append(n_threads) or solve_problem(
                             *args, n_threads=n_threads, **kwargs))
     result = _quiet(solve_many, problems, model="softmax_relu", n_threads=2)
     assert threads == [1, 1, 1]
@@ -395,6 +396,30 @@ def test_problems_left_to_solve_follow_solves_threads_rule(monkeypatch):
     threads.clear()
     _quiet(solve_many, problems, model="softmax_relu", n_threads=2)
     assert threads == [2, 2, 2]
+
+
+def test_problems_left_to_solve_are_validated_and_priced_once(monkeypatch):
+    # softmax_relu problems go to solve's loop as the Problem solve_many built and priced: one Problem and
+    # one pricing per problem (not a second of each inside solve), and solve's answers.
+    import fastnewton.hessian as hessian_module
+    import fastnewton.problem as problem_module
+    problems = _mixed("softmax_relu", count=3)
+    built, priced = [], []
+    original_init, original_pricing = problem_module.Problem.__init__, hessian_module.many_strategy_seconds
+
+    def counted_init(self, *args, **kwargs):
+        built.append(1)
+        original_init(self, *args, **kwargs)
+
+    def counted_pricing(shapes, *args, **kwargs):  # strategy_seconds (solve's auto) prices through it too
+        priced.append(len(shapes.n))
+        return original_pricing(shapes, *args, **kwargs)
+    monkeypatch.setattr(problem_module.Problem, "__init__", counted_init)
+    monkeypatch.setattr(hessian_module, "many_strategy_seconds", counted_pricing)
+    result = _quiet(solve_many, problems, model="softmax_relu")
+    assert len(built) == sum(priced) == len(problems)
+    monkeypatch.undo()
+    _check_same_as_solve(problems, "softmax_relu", result)
 
 
 @pytest.mark.parametrize("continuation", [True, False])
@@ -406,3 +431,20 @@ def test_softmax_relu_from_zeros_passes_continuation_to_solve(continuation):
     _check_same_as_solve(problems, "softmax_relu", result, x0="zeros", continuation=continuation)
     with pytest.raises(TypeError, match="continuation"):
         solve_many(problems, model="softmax_relu", continuation="yes")
+
+
+def test_auto_chooses_per_problem_as_solve_does(monkeypatch):
+    # auto prices all problems at once (many_strategy_seconds), each with its own start: with the dense
+    # sandwich priced slow, dense problems go to solve's loop on a sketched or lagged Hessian and the CSR
+    # ones stay compiled; every problem gets solve's strategy and answer.
+    import fastnewton.hessian as hessian_module
+    import fastnewton.rates as rates_module
+    monkeypatch.setattr(rates_module, "DENSE_SANDWICH_FMA_D32", 1e5)
+    monkeypatch.setattr(rates_module, "DENSE_SANDWICH_FMA", 1e5)
+    problems = _mixed("softmax", count=8, seed=3)
+    x0 = ["auto" if i % 3 else "zeros" for i in range(len(problems))]
+    chosen = [hessian_module.choose_strategy(fastnewton.Problem(C, b), 0.5, None, x0[i] == "auto")
+              for i, (C, b) in enumerate(problems)]
+    assert "exact" in chosen and set(chosen) - {"exact"}
+    result = _quiet(solve_many, problems, model="softmax", x0=x0, seed=0)  # seeded: the sketches' draws
+    _check_same_as_solve(problems, "softmax", result, x0_each=x0, seed=0)
