@@ -41,22 +41,24 @@ class Softmax(Model):
     def columns(self, block, kept, known):
         Q = block.buffers.empty((block.rows, 3))
         scale = known["log_partition"].factor(kept["block_top"])
-        c, gamma, loss2 = softmax_regression_columns(kept["u"], kept["e"], scale, block.b, block.w, self.relu,
-                                                     block.chunk, Q)
+        c, gamma, loss2 = softmax_regression_columns(kept["u"], kept["e"], scale, block.b, block.kernel_w,
+                                                     self.relu, block.chunk, Q)
         return {"c": c, "gamma": gamma, "loss2": loss2}, {"Q": Q}
 
     def loss_rows(self, block, kept, known):
         scale = known["log_partition"].factor(kept["block_top"])
-        return {"loss2": softmax_regression_loss(kept["u"], kept["e"], scale, block.b, block.w, block.chunk)}, {}
+        loss2 = softmax_regression_loss(kept["u"], kept["e"], scale, block.b, block.kernel_w, block.chunk)
+        return {"loss2": loss2}, {}
 
     def curvature(self, block, kept, known):
         beta = block.buffers.empty(block.rows)
-        curvature_weights(kept["Q"], known["c"], block.w, beta)
+        curvature_weights(kept["Q"], known["c"], block.kernel_w, beta)
         return beta
 
     def curvature_sandwich(self, block, kept, known):
         """Cᵀ diag(β) C, β as ``curvature``'s, formed by the matrix (CSR: without writing β)."""
-        return block.matrix.curvature_sandwich(kept["Q"], known["c"], block.w, block.buffers.empty(block.rows))
+        return block.matrix.curvature_sandwich(kept["Q"], known["c"], block.kernel_w,
+                                               block.buffers.empty(block.rows))
 
     def facts(self, block):
         b = block.b

@@ -57,12 +57,13 @@ class SoftmaxRelu(Model):
 
     def curvature(self, block, kept, known):
         beta = block.buffers.empty(block.rows)
-        curvature_weights(kept["Q"], known["c"], block.w, beta)
+        curvature_weights(kept["Q"], known["c"], block.kernel_w, beta)
         return beta
 
     def curvature_sandwich(self, block, kept, known):
         """Cᵀ diag(β) C, β as ``curvature``'s, formed by the matrix (CSR: without writing β)."""
-        return block.matrix.curvature_sandwich(kept["Q"], known["c"], block.w, block.buffers.empty(block.rows))
+        return block.matrix.curvature_sandwich(kept["Q"], known["c"], block.kernel_w,
+                                               block.buffers.empty(block.rows))
 
     def target_norm(self, facts):
         return norm(self.b)
