@@ -368,6 +368,11 @@ class DenseMatrix:
         self._column_squares = None
 
 
+# ``csr_sandwich_vector``'s unused inputs: its β given (no columns Q), or its β formed from Q (no β).
+_NO_COLUMNS = np.zeros((0, 3))
+_NO_WEIGHTS = np.zeros(0)
+
+
 class CSRMatrix:
     """CSR C with int32/int64 indices and float32/float64 values; every operation is a Numba kernel."""
 
@@ -401,9 +406,17 @@ class CSRMatrix:
 
     def sandwich_vector(self, beta, v):
         """(Cᵀ(β ⊙ Cv), Cv) in one read of C (``csr_sandwich_vector``), with the bits of ``rmatmat`` after ``matvec``."""
+        return self._sandwich_vector(beta, _NO_COLUMNS, 0.0, _NO_WEIGHTS, v)
+
+    def curvature_sandwich_vector(self, Q, c, w, v):
+        """``sandwich_vector(β, v)`` for β = Q[:, 2] − c·Q[:, 1] + w (``curvature_weights``), bit for bit, each βᵢ
+        formed as its row is read: no pass writes β (a ``lagged`` iteration's first CG product needs no β first)."""
+        return self._sandwich_vector(_NO_WEIGHTS, Q, c, w, v)
+
+    def _sandwich_vector(self, beta, Q, c, w, v):
         forward = np.empty(self.n)
         out = np.empty((self.d, 1))
-        csr_sandwich_vector(self.indptr, self.indices, self.data, beta, v, self._chunk_rows, forward, out)
+        csr_sandwich_vector(self.indptr, self.indices, self.data, beta, Q, c, w, v, self._chunk_rows, forward, out)
         return out[:, 0], forward
 
     def matvecs(self, X, out=None):

@@ -14,7 +14,8 @@ states, for a block of rows of C (a ``RowBlock``: the rows' matrix, their slices
   returns ``loss``).
 - ``curvature(block, kept, known)``: β on the block's rows, for the sandwich Cᵀ diag(β) C;
   ``curvature_sandwich(block, kept, known)``: that sandwich over the block (by default
-  ``block.matrix.sandwich(curvature(...))``; a model may form it without writing β).
+  ``block.matrix.sandwich(curvature(...))``; a model may form it without writing β), and
+  ``curvature_sandwich_vector(block, kept, known, v)``: (Cᵀ(β ⊙ Cv), Cv) without writing β, or None.
 - ``facts(block)``: summable statistics of the block's targets, ``target_norm(facts)``,
   ``diagnose(known, loss, facts, loss_at_zero)``, ``reference()`` (the model whose gradient at
   x = 0 sets g_ref) and ``auto_start(problem)``;
@@ -170,6 +171,11 @@ class Model:
     def curvature_sandwich(self, block, kept, known):
         """Cᵀ diag(β) C over the block's rows, β = ``curvature(block, kept, known)``."""
         return block.matrix.sandwich(self.curvature(block, kept, known))
+
+    def curvature_sandwich_vector(self, block, kept, known, v):
+        """(Cᵀ(β ⊙ Cv), Cv) over the block's rows, β = ``curvature(block, kept, known)``, from a pass that forms
+        each βᵢ as its row needs it; None when the model or the block's matrix has none (β is then formed first)."""
+        return None
 
     def reference(self):
         return self

@@ -60,6 +60,11 @@ class Softmax(Model):
         return block.matrix.curvature_sandwich(kept["Q"], known["c"], block.kernel_w,
                                                block.buffers.empty(block.rows))
 
+    def curvature_sandwich_vector(self, block, kept, known, v):
+        """(Cᵀ(β ⊙ Cv), Cv), β as ``curvature``'s, each βᵢ formed as its row is read (CSR; None for dense C)."""
+        product = getattr(block.matrix, "curvature_sandwich_vector", None)
+        return None if product is None else product(kept["Q"], known["c"], block.kernel_w, v)
+
     def facts(self, block):
         b = block.b
         # One compiled read for the extremes (four NumPy reductions and a masked copy cost ~5 µs on

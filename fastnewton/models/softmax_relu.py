@@ -65,6 +65,11 @@ class SoftmaxRelu(Model):
         return block.matrix.curvature_sandwich(kept["Q"], known["c"], block.kernel_w,
                                                block.buffers.empty(block.rows))
 
+    def curvature_sandwich_vector(self, block, kept, known, v):
+        """(Cᵀ(β ⊙ Cv), Cv), β as ``curvature``'s, each βᵢ formed as its row is read (CSR; None for dense C)."""
+        product = getattr(block.matrix, "curvature_sandwich_vector", None)
+        return None if product is None else product(kept["Q"], known["c"], block.kernel_w, v)
+
     def target_norm(self, facts):
         return norm(self.b)
 
