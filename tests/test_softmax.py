@@ -12,7 +12,7 @@ import pytest
 
 import naive
 from fastnewton.chunking import chunk_rows as real_chunk_rows
-from fastnewton.kernels.reduce import add_scaled, chunked_dot
+from fastnewton.kernels.reduce import add_scaled, chunked_dot, scale_into
 from fastnewton.kernels.softmax import (
     curvature_weights,
     line_point,
@@ -125,7 +125,7 @@ def test_chunked_dot_matches_numpy(n, chunk_rows):
     naive.assert_within_rounding(chunked_dot(a, b, _rows(n, chunk_rows)), a @ b, np.abs(a) @ np.abs(b), 2 * n)
 
 
-# -- add_scaled (a line-search trial's u + t·Cp) ----------------------------------------------
+# -- add_scaled (a line-search trial's u + t·Cp), scale_into (CG's first α·C·d) --------------
 @pytest.mark.parametrize("chunk_rows", CHUNKS, ids=CHUNK_IDS)
 @pytest.mark.parametrize("n", [0, 1, 7, 10_000])
 def test_add_scaled_has_the_bits_of_numpy_multiply_then_add(n, chunk_rows, run_with_threads):
@@ -144,6 +144,15 @@ def test_add_scaled_has_the_bits_of_numpy_multiply_then_add(n, chunk_rows, run_w
 
     np.testing.assert_array_equal(run_with_threads(1, run), expected)
     np.testing.assert_array_equal(run_with_threads(2, run), expected)
+
+    def run_scale():
+        out = np.full(n, np.nan)
+        scale_into(factor, b, _rows(n, chunk_rows), out)
+        return out
+
+    # scale_into (CG's first α·C·d): f·b rounded once, exactly NumPy's f * b
+    np.testing.assert_array_equal(run_with_threads(1, run_scale), factor * b)
+    np.testing.assert_array_equal(run_with_threads(2, run_scale), factor * b)
 
 
 @pytest.mark.parametrize("relu", [False, True])
