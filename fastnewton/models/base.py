@@ -40,7 +40,7 @@ import numpy as np
 
 from ..buffers import Recycler
 from ..chunking import chunk_rows
-from ..kernels.softmax import exp_sum_parts, log_partition_parts
+from ..kernels.softmax import curvature_weights, exp_sum_parts, log_partition_parts
 from ..newton import NewtonRequest, run_requests
 from ..timing import PhaseTimer
 
@@ -237,6 +237,27 @@ class Model:
         ``description``), as a generator like ``auto_solve_rounds``. By default one Newton loop from x0; a
         model with stages of its own may run them from x0 (``softmax_relu``, when ``options.continuation``)."""
         return (yield NewtonRequest(problem, x0, description, build_system, options, timer, clock))
+
+
+class ColumnCurvature:
+    """β of a model whose columns Q hold it as β = Q[:, 2] − c·Q[:, 1] + w (``softmax``, ``relu_softmax``,
+    ``softmax_relu``: ``kernels.softmax.curvature_weights``), with its sandwich and Hessian-vector pass formed
+    without writing β where the matrix can (CSR)."""
+
+    def curvature(self, block, kept, known):
+        beta = block.buffers.empty(block.rows)
+        curvature_weights(kept["Q"], known["c"], block.kernel_w, beta)
+        return beta
+
+    def curvature_sandwich(self, block, kept, known):
+        """Cᵀ diag(β) C, β as ``curvature``'s, formed by the matrix (CSR: without writing β)."""
+        return block.matrix.curvature_sandwich(kept["Q"], known["c"], block.kernel_w,
+                                               block.buffers.empty(block.rows))
+
+    def curvature_sandwich_vector(self, block, kept, known, v):
+        """(Cᵀ(β ⊙ Cv), Cv), β as ``curvature``'s, each βᵢ formed as its row is read (CSR; None for dense C)."""
+        product = getattr(block.matrix, "curvature_sandwich_vector", None)
+        return None if product is None else product(kept["Q"], known["c"], block.kernel_w, v)
 
 
 @dataclass(frozen=True)
