@@ -26,7 +26,7 @@ import scipy.linalg
 
 from . import rates, threads
 from .chunking import chunk_rows
-from .kernels.reduce import add_scaled
+from .kernels.reduce import add_scaled, scale_into
 from .kernels.sketch import expected_poisson_sizes
 from .matrix import estimated_sandwich_work
 from .newton import REFRESH_EVERY, column_scale, run_rounds
@@ -221,7 +221,10 @@ class NewtonSystem:
             p += alpha * direction
             if keeps_forward:
                 if forward is None:
-                    forward = alpha * self.hessp.forward
+                    # α·(C·d) in an array of its own (the product keeps C·d: ``ForwardKeepingProduct``), on all
+                    # threads: NumPy's bits (one rounding each)
+                    forward = np.empty_like(self.hessp.forward)
+                    scale_into(alpha, self.hessp.forward, chunk_rows(forward.shape[0]), forward)
                 else:
                     # forward + α·(C·d) in place, one parallel pass: NumPy's bits (product, then sum),
                     # without its temporary and second single-threaded pass

@@ -65,6 +65,10 @@ def _own(validated, given):
 
 
 _UNDECIDED = object()
+# Hessian-vector products at one x that form β in their own pass before β is formed once for the rest. CSR
+# 2·10⁵ × 100 (caches flushed): the pass writing β ~0.9 ms, a product reading Q[:, 1:3] instead of β ~0.15 ms
+# more, so a few products pay; Q wider than 3 columns (softmax_relu) costs a product more.
+FUSED_PRODUCTS = 3
 
 
 class Problem:
@@ -299,8 +303,15 @@ class Problem:
 
     def hessian_product_and_forward(self, ev, p):
         """(∇²L·p, C·p): the product and its first pass, which CG sums into C·(its step) so that the
-        line search along the step needs no pass of its own (``fastnewton.hessian.ForwardKeepingProduct``)."""
-        Hp, Cp = self.matrix.sandwich_vector(self.beta(ev), p)
+        line search along the step needs no pass of its own (``fastnewton.hessian.ForwardKeepingProduct``).
+        While β is not formed, the first FUSED_PRODUCTS products at ev (a ``lagged`` iteration's CG: 1–3) may form
+        each βᵢ from the columns Q as its row is read (the model's ``curvature_sandwich_vector``, the same bits); a
+        later one forms β first (many products at one x, e.g. scipy's Newton-CG through ``hessp``)."""
+        fused = None
+        if ev.beta is None and ev.products < FUSED_PRODUCTS and "Q" in ev.kept:
+            fused = self.row_model.curvature_sandwich_vector(self.block, ev.kept, ev.known, p)
+        ev.products += 1
+        Hp, Cp = fused if fused is not None else self.matrix.sandwich_vector(self.beta(ev), p)
         return self.hessian_product_from(ev, p, Hp), Cp
 
     def hessian_product_from(self, ev, p, sandwiched):

@@ -26,6 +26,8 @@ class Evaluation:
     known: dict
     kept: object
     beta: object = None
+    # Hessian-vector products formed at x (``Problem.hessian_product_and_forward``: the first few form β in their pass).
+    products: int = 0
 
 
 class Line(Protocol):

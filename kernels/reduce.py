@@ -107,6 +107,25 @@ def add_scaled(a, factor, b, chunk_rows, out):
         _add_scaled_chunk(a[start:stop], factor, b[start:stop], out[start:stop])
 
 
+@njit(parallel=True, cache=True)
+def scale_into(factor, b, chunk_rows, out):
+    """out = factor·b elementwise (one rounding each: NumPy's ``factor * b`` bits) in fixed chunks on all
+    threads: NumPy's product runs on one (CG's first α·C·d, CSR 2·10⁵: a length-n array per lagged step)."""
+    n = out.shape[0]
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    for ch in prange(n_chunks):
+        start = ch * chunk_rows
+        stop = min(n, start + chunk_rows)
+        _scale_chunk(factor, b[start:stop], out[start:stop])
+
+
+@njit(cache=True)
+def _scale_chunk(factor, b, out):
+    """out = factor·b on views indexed from 0 (SIMD lanes, as ``_add_scaled_chunk``)."""
+    for i in range(out.shape[0]):
+        out[i] = b[i] * factor
+
+
 @njit(cache=True)
 def _add_scaled_chunk(a, factor, b, out):
     """out = a + factor·b on views indexed from 0 (which Numba knows are not negative: the loop

@@ -236,6 +236,9 @@ def csr_curvature_sandwich(indptr, indices, data, Q, c, w, chunk_rows, partial, 
     formed as its row's pairs need it: ``csr_sandwich_rows`` over rows 0, 1, …, n − 1 with the same
     chunks, so the same bits, without the pass that writes β (CSR 10⁶ × 256: ~1.9 ms of ~30 per
     Hessian on 2 threads; reading Q and w here instead of β costs the compute-bound pair loop little).
+    w may be empty (no row weights: ``curvature_weight``). (Numba's disk cache keys this kernel on this
+    file alone: a change to ``curvature_weight``'s contract must touch this file too, or a stale cached
+    copy keeps the old one.)
     """
     n = Q.shape[0]
     d = out.shape[0]

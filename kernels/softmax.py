@@ -140,7 +140,10 @@ def log_partition_serial(u, relu, chunk_rows, e):
 @njit(cache=True)
 def chunk_regression_columns(u, e, scale, b, w, relu, start, stop, Q):
     """Rows [start, stop) of ``softmax_regression_columns``: writes their Q rows and returns their
-    (Σ s·r, Σ (3s − 2b)·s, Σ r² + w u²), summed in row order."""
+    (Σ s·r, Σ (3s − 2b)·s, Σ r² + w u²), summed in row order. An empty w (``no_row_weights``) leaves the
+    w terms out: the bits of an all-zero w (Q[i, 0] up to the sign of a zero), without reading w or, for
+    softmax, u."""
+    weighted = w.shape[0] != 0
     c_acc = 0.0
     g_acc = 0.0
     l_acc = 0.0
@@ -149,13 +152,18 @@ def chunk_regression_columns(u, e, scale, b, w, relu, start, stop, Q):
         r = si - b[i]
         c_acc += si * r
         g_acc += (3.0 * si - 2.0 * b[i]) * si
-        l_acc += r * r + w[i] * u[i] * u[i]
+        if weighted:
+            wu = w[i] * u[i]
+            l_acc += r * r + wu * u[i]
+        else:
+            wu = 0.0
+            l_acc += r * r
         if (not relu) or u[i] > 0.0:
-            Q[i, 0] = si * r + w[i] * u[i]
+            Q[i, 0] = si * r + wu
             Q[i, 1] = si
             Q[i, 2] = si * (2.0 * si - b[i])
         else:
-            Q[i, 0] = w[i] * u[i]
+            Q[i, 0] = wu
             Q[i, 1] = 0.0
             Q[i, 2] = 0.0
     return c_acc, g_acc, l_acc
@@ -207,8 +215,14 @@ def softmax_regression_columns_serial(u, e, scale, b, w, relu, chunk_rows, Q):
 
 @njit(cache=True)
 def chunk_regression_loss(u, e, scale, b, w, start, stop):
-    """Σ (s_i − b_i)² + w_i u_i² over rows [start, stop), in row order, s = scale·e."""
+    """Σ (s_i − b_i)² + w_i u_i² over rows [start, stop), in row order, s = scale·e (an empty w: Σ (s_i − b_i)²,
+    the bits of an all-zero w, without reading w or u)."""
     acc = 0.0
+    if w.shape[0] == 0:
+        for i in range(start, stop):
+            r = scale * e[i] - b[i]
+            acc += r * r
+        return acc
     for i in range(start, stop):
         r = scale * e[i] - b[i]
         acc += r * r + w[i] * u[i] * u[i]
@@ -267,5 +281,7 @@ def curvature_weights(Q, c, w, beta):
 
 @njit(cache=True)
 def curvature_weight(Q, c, w, i):
-    """β_i = Q[i, 2] − c·Q[i, 1] + w_i (one row of ``curvature_weights``)."""
-    return Q[i, 2] - c * Q[i, 1] + w[i]
+    """β_i = Q[i, 2] − c·Q[i, 1] + w_i (one row of ``curvature_weights``); an empty w adds +0.0 for w_i,
+    the bits of an all-zero w, without reading it."""
+    return Q[i, 2] - c * Q[i, 1] + (w[i] if w.shape[0] != 0 else 0.0)
+

@@ -401,6 +401,34 @@ def test_sandwich_vector_is_the_two_passes_bit_for_bit(dtype, index_dtype, chunk
                                  n * _max_row_nnz(indptr) + n + _max_row_nnz(indptr) + 1)
 
 
+@pytest.mark.parametrize("weighted", [False, True], ids=["no_row_weights", "row_weights"])
+@pytest.mark.parametrize("chunk_rows", [1, 3, None], ids=["chunk1", "chunk3", "real"])
+def test_curvature_sandwich_vector_has_the_bits_of_the_product_with_its_weights(chunk_rows, weighted, csr_case,
+                                                                                 monkeypatch, run_with_threads,
+                                                                                 random_csr):
+    """CSRMatrix.curvature_sandwich_vector(Q, c, w, v), each βᵢ = Q[i, 2] − c·Q[i, 1] + wᵢ formed as its row is
+    read: the bits of sandwich_vector(curvature_weights(Q, c, w), v), the product and C·v, alike with 1 and 2
+    threads; Q as wide as softmax_relu's (5 columns), w empty (no row weights) or not, a fifth of the βᵢ 0."""
+    from fastnewton.kernels.softmax import curvature_weights
+
+    if chunk_rows is not None:
+        monkeypatch.setattr(matrix_module, "chunk_rows", lambda n: chunk_rows)
+    rng = np.random.default_rng(18)
+    n, d = 57, 9
+    indptr, indices, data = random_csr(rng, n, d, **csr_case)
+    matrix = CSRMatrix(indptr, indices, data, (n, d))
+    Q = rng.standard_normal((n, 5)) * np.exp(rng.uniform(-10, 10, (n, 1)))
+    w = np.abs(rng.standard_normal(n)) if weighted else np.zeros(0)
+    c, v = 0.37, rng.standard_normal(d)
+    Q[rng.random(n) < 0.2, 1:3] = 0.0
+    beta = np.empty(n)
+    curvature_weights(Q, c, w, beta)
+    product, forward = matrix.sandwich_vector(beta, v)
+    for threads in (1, 2):
+        fused = run_with_threads(threads, lambda: matrix.curvature_sandwich_vector(Q, c, w, v))
+        assert np.array_equal(fused[0], product) and np.array_equal(fused[1], forward)
+
+
 @pytest.mark.parametrize("n_chunks, d, k, width", [(49, 100, 3, 4), (64, 256, 3, 4), (7, 5, 1, 1), (64, 1024, 1, 1)])
 def test_chunk_partials_sum_in_chunk_order_serially_or_over_the_threads(n_chunks, d, k, width, run_with_threads):
     """sum_chunk_partials adds up to SERIAL_PARTIAL_ENTRIES entries on the calling thread (no parallel region

@@ -1131,8 +1131,8 @@ def test_cg_sums_the_forward_pass_of_its_step(dense_start):
 
 def test_cg_adds_its_products_passes_in_place_with_numpys_bits(dense_start, monkeypatch, run_with_threads):
     """CG's C·p adds α·C·d of each further iteration into its sum in place (``add_scaled``, one parallel
-    pass): the bits of NumPy's ``forward + α·(C·d)`` (the product rounded, then the sum), with one thread as
-    with two, and the same step."""
+    pass; the first α·C·d by ``scale_into``): the bits of NumPy's ``forward + α·(C·d)`` (the product rounded,
+    then the sum), with one thread as with two, and the same step."""
     problem, builder, _, ev, g_ref, opts = dense_start
 
     def forward_and_step():
@@ -1147,6 +1147,7 @@ def test_cg_adds_its_products_passes_in_place_with_numpys_bits(dense_start, monk
     assert np.array_equal(one[0], forward) and np.array_equal(one[1], step)
     monkeypatch.setattr(hessian_module, "add_scaled",
                         lambda a, factor, b, chunk_rows, out: np.add(a, factor * b, out=out))
+    monkeypatch.setattr(hessian_module, "scale_into", lambda factor, b, chunk_rows, out: np.multiply(factor, b, out=out))
     numpy_forward, numpy_step, _ = forward_and_step()
     assert np.array_equal(numpy_forward, forward) and np.array_equal(numpy_step, step)
 

@@ -741,3 +741,30 @@ def test_an_accepted_longer_trial_is_evaluated_in_the_arrays_the_first_trial_let
     fresh = problem.evaluate_from(ev.x + 2.0 * line.p, {"u": np.add(ev.kept["u"], np.multiply(line.Cp, 2.0))})
     assert evaluation.loss == fresh.loss
     np.testing.assert_array_equal(evaluation.grad, fresh.grad)
+
+
+@pytest.mark.parametrize("model", ["softmax", "relu_softmax", "softmax_relu"])
+def test_a_cg_product_before_beta_is_formed_writes_no_beta_and_has_its_bits(model):
+    """Problem.hessian_product_and_forward before β is formed (a ``lagged`` iteration's CG) on CSR C: the first
+    FUSED_PRODUCTS products at a point form each βᵢ from the columns Q in their pass (the model's
+    ``curvature_sandwich_vector``): ev.beta stays unformed; the next one forms β (many products at one x); every
+    product and C·p have the bits of the product with β formed first."""
+    from fastnewton.problem import FUSED_PRODUCTS
+
+    made = fastnewton.make_problem(3000, 12, nnz_per_row=5, model=model, m=3, noise=0.1, seed=5)
+    problem = fastnewton.Problem(made[0], made[1], model=model, V=made.V, l2=1e-6)
+    rng = np.random.default_rng(3)
+    x, p = rng.standard_normal(12) * 0.3, rng.standard_normal(12)
+    ev = problem.evaluate(x)
+    products = []
+    for _ in range(FUSED_PRODUCTS):
+        products.append(problem.hessian_product_and_forward(ev, p))
+        assert ev.beta is None
+    products.append(problem.hessian_product_and_forward(ev, p))
+    assert ev.beta is not None
+    with_beta = fastnewton.Problem(made[0], made[1], model=model, V=made.V, l2=1e-6)
+    ev_beta = with_beta.evaluate(x)
+    with_beta.beta(ev_beta)
+    product, forward = with_beta.hessian_product_and_forward(ev_beta, p)
+    for fused, fused_forward in products:
+        assert np.array_equal(fused, product) and np.array_equal(fused_forward, forward)

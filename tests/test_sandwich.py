@@ -423,6 +423,15 @@ def test_curvature_sandwich_has_the_bits_of_the_sandwich_of_its_weights(awkward,
     np.testing.assert_array_equal(one, expected)
     np.testing.assert_array_equal(two, expected)
     np.testing.assert_array_equal(one, one.T)
+    # No row weights (an empty w, ``models.base.kernel_row_weights``): the bits of an all-zero w.
+    unweighted = Q.copy()
+    unweighted[zero, 2] = 0.0
+    zero_w_beta = np.empty(n)
+    curvature_weights(unweighted, c, np.zeros(n), zero_w_beta)
+    for threads in (1, 2):
+        np.testing.assert_array_equal(
+            run_with_threads(threads, lambda: C.curvature_sandwich(unweighted, c, np.zeros(0), np.empty(n))),
+            C.sandwich(zero_w_beta))
     A = naive.to_dense(indptr, indices, data, (n, d))
     np.testing.assert_array_equal(beta, Q[:, 2] - c * Q[:, 1] + w)
     ref, scale = _reference(A, np.abs(A), beta)

@@ -12,7 +12,7 @@ import pytest
 
 import naive
 from fastnewton.chunking import chunk_rows as real_chunk_rows
-from fastnewton.kernels.reduce import add_scaled, chunked_dot
+from fastnewton.kernels.reduce import add_scaled, chunked_dot, scale_into
 from fastnewton.kernels.softmax import (
     curvature_weights,
     line_point,
@@ -125,7 +125,7 @@ def test_chunked_dot_matches_numpy(n, chunk_rows):
     naive.assert_within_rounding(chunked_dot(a, b, _rows(n, chunk_rows)), a @ b, np.abs(a) @ np.abs(b), 2 * n)
 
 
-# -- add_scaled (a line-search trial's u + t·Cp) ----------------------------------------------
+# -- add_scaled (a line-search trial's u + t·Cp), scale_into (CG's first α·C·d) --------------
 @pytest.mark.parametrize("chunk_rows", CHUNKS, ids=CHUNK_IDS)
 @pytest.mark.parametrize("n", [0, 1, 7, 10_000])
 def test_add_scaled_has_the_bits_of_numpy_multiply_then_add(n, chunk_rows, run_with_threads):
@@ -144,6 +144,15 @@ def test_add_scaled_has_the_bits_of_numpy_multiply_then_add(n, chunk_rows, run_w
 
     np.testing.assert_array_equal(run_with_threads(1, run), expected)
     np.testing.assert_array_equal(run_with_threads(2, run), expected)
+
+    def run_scale():
+        out = np.full(n, np.nan)
+        scale_into(factor, b, _rows(n, chunk_rows), out)
+        return out
+
+    # scale_into (CG's first α·C·d): f·b rounded once, exactly NumPy's f * b
+    np.testing.assert_array_equal(run_with_threads(1, run_scale), factor * b)
+    np.testing.assert_array_equal(run_with_threads(2, run_scale), factor * b)
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -292,6 +301,44 @@ def test_softmax_regression_columns_at_huge_logits_stay_finite():
     np.testing.assert_allclose(Q[:, 0] - c * Q[:, 1], naive.output_jacobian(u, "softmax").T @ (naive.softmax(u) - b),
                                rtol=0, atol=64 * EPS)
     np.testing.assert_allclose(loss, 0.5 * np.sum((naive.softmax(u) - b) ** 2), rtol=64 * EPS)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_an_empty_w_gives_the_bits_of_an_all_zero_w_without_reading_u(relu, run_with_threads):
+    """The kernels' empty w (``models.base.kernel_row_weights``: no row weights) leaves the w terms out: the
+    loss, c, γ and β have the bits of an all-zero w, and Q too (its first column up to the sign of a zero,
+    which no sum over it can show), alike with 1 and 2 threads; for softmax, u is not read at all (NaN u
+    here changes nothing)."""
+    rng = np.random.default_rng(35)
+    n = 20_000
+    u, b, _ = _regression_case(rng, n, weighted=False)
+    b[rng.random(n) < 0.3] = 0.0  # rows whose q is s·(s − 0)
+    chunk = _rows(n, None)
+    e, scale = _parts(u, relu, chunk)
+    empty = np.zeros(0)
+    read_u = u if relu else np.full(n, np.nan)
+
+    def kernels(u, w):
+        Q = np.full((n, 3), np.nan)
+        scalars = softmax_regression_columns(u, e, scale, b, w, relu, chunk, Q)
+        loss2 = softmax_regression_loss(u, e, scale, b, w, chunk)
+        return Q, scalars, loss2, _beta(Q, scalars[0], w)
+
+    for threads in (1, 2):
+        Q, scalars, loss2, beta = run_with_threads(threads, lambda: kernels(u, np.zeros(n)))
+        Q_e, scalars_e, loss2_e, beta_e = run_with_threads(threads, lambda: kernels(read_u, empty))
+        assert scalars_e == scalars and loss2_e == loss2
+        np.testing.assert_array_equal(Q_e, Q)  # −0.0 == +0.0
+        np.testing.assert_array_equal(beta_e.view(np.int64), beta.view(np.int64))  # every bit, zeros' signs too
+
+
+def test_the_kernels_get_an_empty_w_exactly_when_every_row_weight_is_zero():
+    from fastnewton.models.base import kernel_row_weights
+
+    assert kernel_row_weights(np.zeros(5)).shape == (0,)
+    w = np.array([0.0, 0.0, 1e-300])
+    assert kernel_row_weights(w) is w
+    assert kernel_row_weights(np.zeros(0)).shape == (0,)
 
 
 # -- softmax_relu_columns --------------------------------------------------------------------

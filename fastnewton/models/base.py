@@ -14,7 +14,8 @@ states, for a block of rows of C (a ``RowBlock``: the rows' matrix, their slices
   returns ``loss``).
 - ``curvature(block, kept, known)``: β on the block's rows, for the sandwich Cᵀ diag(β) C;
   ``curvature_sandwich(block, kept, known)``: that sandwich over the block (by default
-  ``block.matrix.sandwich(curvature(...))``; a model may form it without writing β).
+  ``block.matrix.sandwich(curvature(...))``; a model may form it without writing β), and
+  ``curvature_sandwich_vector(block, kept, known, v)``: (Cᵀ(β ⊙ Cv), Cv) without writing β, or None.
 - ``facts(block)``: summable statistics of the block's targets, ``target_norm(facts)``,
   ``diagnose(known, loss, facts, loss_at_zero)``, ``reference()`` (the model whose gradient at
   x = 0 sets g_ref) and ``auto_start(problem)``;
@@ -39,7 +40,7 @@ import numpy as np
 
 from ..buffers import Recycler
 from ..chunking import chunk_rows
-from ..kernels.softmax import exp_sum_parts, log_partition_parts
+from ..kernels.softmax import curvature_weights, exp_sum_parts, log_partition_parts
 from ..newton import NewtonRequest, run_requests
 from ..timing import PhaseTimer
 
@@ -55,9 +56,21 @@ class RowBlock:
 
     def __init__(self, matrix, b, w, V, offset=0, buffers=None):
         self.matrix, self.b, self.w, self.V, self.offset = matrix, b, w, V, offset
+        self.kernel_w = None if w is None else kernel_row_weights(w)
         self.rows = matrix.n
         self.chunk = chunk_rows(self.rows)
         self.buffers = Recycler() if buffers is None else buffers
+
+
+def kernel_row_weights(w):
+    """w as the softmax kernels take it: an empty array when every wᵢ is 0 (no row weights given), whose w
+    terms they then leave out with their reads of w and, in the columns of the transposed pass, of u
+    (``kernels.softmax.chunk_regression_columns``; CSR 2·10⁵ × 100 from zeros: ~26 passes over the n rows per
+    solve read an all-zero w). Else w itself."""
+    return w if w.shape[0] == 0 or w.any() else _NO_ROW_WEIGHTS
+
+
+_NO_ROW_WEIGHTS = np.zeros(0)
 
 
 def add_summaries(first, second):
@@ -159,6 +172,11 @@ class Model:
         """Cᵀ diag(β) C over the block's rows, β = ``curvature(block, kept, known)``."""
         return block.matrix.sandwich(self.curvature(block, kept, known))
 
+    def curvature_sandwich_vector(self, block, kept, known, v):
+        """(Cᵀ(β ⊙ Cv), Cv) over the block's rows, β = ``curvature(block, kept, known)``, from a pass that forms
+        each βᵢ as its row needs it; None when the model or the block's matrix has none (β is then formed first)."""
+        return None
+
     def reference(self):
         return self
 
@@ -219,6 +237,27 @@ class Model:
         ``description``), as a generator like ``auto_solve_rounds``. By default one Newton loop from x0; a
         model with stages of its own may run them from x0 (``softmax_relu``, when ``options.continuation``)."""
         return (yield NewtonRequest(problem, x0, description, build_system, options, timer, clock))
+
+
+class ColumnCurvature:
+    """β of a model whose columns Q hold it as β = Q[:, 2] − c·Q[:, 1] + w (``softmax``, ``relu_softmax``,
+    ``softmax_relu``: ``kernels.softmax.curvature_weights``), with its sandwich and Hessian-vector pass formed
+    without writing β where the matrix can (CSR)."""
+
+    def curvature(self, block, kept, known):
+        beta = block.buffers.empty(block.rows)
+        curvature_weights(kept["Q"], known["c"], block.kernel_w, beta)
+        return beta
+
+    def curvature_sandwich(self, block, kept, known):
+        """Cᵀ diag(β) C, β as ``curvature``'s, formed by the matrix (CSR: without writing β)."""
+        return block.matrix.curvature_sandwich(kept["Q"], known["c"], block.kernel_w,
+                                               block.buffers.empty(block.rows))
+
+    def curvature_sandwich_vector(self, block, kept, known, v):
+        """(Cᵀ(β ⊙ Cv), Cv), β as ``curvature``'s, each βᵢ formed as its row is read (CSR; None for dense C)."""
+        product = getattr(block.matrix, "curvature_sandwich_vector", None)
+        return None if product is None else product(kept["Q"], known["c"], block.kernel_w, v)
 
 
 @dataclass(frozen=True)

@@ -8,18 +8,18 @@ and the partials of c, γ and the loss → ∇L = Cᵀ(m s r + w u) − c·Cᵀ(
 """
 import numpy as np
 
-from ..kernels.softmax import curvature_weights, softmax_regression_columns, softmax_regression_loss, target_extremes
+from ..kernels.softmax import softmax_regression_columns, softmax_regression_loss, target_extremes
 from ..reductions import dot
 from ..start import FloorRows, floor_margin, log_linear_fit_rounds, normal_system_rounds, solve_psd
 from ..newton import run_requests
-from .base import Model, Stage, softmax_rows, half_loss, keep_log_partition, log_partition_rows
+from .base import ColumnCurvature, Model, Stage, softmax_rows, half_loss, keep_log_partition, log_partition_rows
 
 # Relative gap above the floor f = min b for a row of relu_softmax to count as active
 # (above the relative noise of float64 softmax values, below any planted signal).
 ACTIVE_RTOL = 1e-6
 
 
-class Softmax(Model):
+class Softmax(ColumnCurvature, Model):
     """h(u) = softmax(u) (``softmax``) or softmax(ReLU(u)) (``relu_softmax``); b has length n."""
 
     k = 2
@@ -41,22 +41,14 @@ class Softmax(Model):
     def columns(self, block, kept, known):
         Q = block.buffers.empty((block.rows, 3))
         scale = known["log_partition"].factor(kept["block_top"])
-        c, gamma, loss2 = softmax_regression_columns(kept["u"], kept["e"], scale, block.b, block.w, self.relu,
-                                                     block.chunk, Q)
+        c, gamma, loss2 = softmax_regression_columns(kept["u"], kept["e"], scale, block.b, block.kernel_w,
+                                                     self.relu, block.chunk, Q)
         return {"c": c, "gamma": gamma, "loss2": loss2}, {"Q": Q}
 
     def loss_rows(self, block, kept, known):
         scale = known["log_partition"].factor(kept["block_top"])
-        return {"loss2": softmax_regression_loss(kept["u"], kept["e"], scale, block.b, block.w, block.chunk)}, {}
-
-    def curvature(self, block, kept, known):
-        beta = block.buffers.empty(block.rows)
-        curvature_weights(kept["Q"], known["c"], block.w, beta)
-        return beta
-
-    def curvature_sandwich(self, block, kept, known):
-        """Cᵀ diag(β) C, β as ``curvature``'s, formed by the matrix (CSR: without writing β)."""
-        return block.matrix.curvature_sandwich(kept["Q"], known["c"], block.w, block.buffers.empty(block.rows))
+        loss2 = softmax_regression_loss(kept["u"], kept["e"], scale, block.b, block.kernel_w, block.chunk)
+        return {"loss2": loss2}, {}
 
     def facts(self, block):
         b = block.b

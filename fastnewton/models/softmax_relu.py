@@ -16,14 +16,14 @@ all on the driver; the row stages are unchanged (J·1 = 0 makes J V diag(a) offs
 import numpy as np
 
 from ..kernels.dense import dense_matvec, dense_rmatmat
-from ..kernels.softmax import curvature_weights, softmax_relu_columns
+from ..kernels.softmax import softmax_relu_columns
 from ..lifted_start import lifted_solve_rounds, output_offsets, simplex_start_rounds
 from ..reductions import dot, norm
 from ..newton import run_requests
-from .base import Model, Stage, softmax_rows, keep_log_partition, log_partition_rows
+from .base import ColumnCurvature, Model, Stage, softmax_rows, keep_log_partition, log_partition_rows
 
 
-class SoftmaxRelu(Model):
+class SoftmaxRelu(ColumnCurvature, Model):
     """h(u) = ReLU(Vᵀ softmax(u)); ``b`` is the length-m target; ``output_offset`` o lifts the
     outputs to ReLU(y + o) − (b + o) (default 0: the model itself)."""
 
@@ -54,15 +54,6 @@ class SoftmaxRelu(Model):
         S = np.diag(np.append([0.0, 0.0], known["active"].astype(np.float64)))
         S[:2, :2] = [[2.0 * c, -1.0], [-1.0, 0.0]]
         return {"c": c, "gradient": G[:, 0] - c * G[:, 1], "S": S}
-
-    def curvature(self, block, kept, known):
-        beta = block.buffers.empty(block.rows)
-        curvature_weights(kept["Q"], known["c"], block.w, beta)
-        return beta
-
-    def curvature_sandwich(self, block, kept, known):
-        """Cᵀ diag(β) C, β as ``curvature``'s, formed by the matrix (CSR: without writing β)."""
-        return block.matrix.curvature_sandwich(kept["Q"], known["c"], block.w, block.buffers.empty(block.rows))
 
     def target_norm(self, facts):
         return norm(self.b)
