@@ -73,7 +73,7 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     clock = time.perf_counter()
     timer = PhaseTimer()
     with timer("setup"):
-        problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=row_weights)
+        problem = Problem.checking_c_on_first_pass(C, b, model=model, V=V, l2=l2, row_weights=row_weights)
         check_iteration_fits(problem.n, problem.d, problem.row_model.k)
         warn_if_not_a_distribution(problem.b, problem.model)
         n_threads = default_thread_count(problem, as_thread_count(n_threads))

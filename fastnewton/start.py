@@ -224,9 +224,10 @@ def sampled_normal_system(problem, row_fit, parameters, sample):
         return None
     weights = weights / total
     reference = sample.reference
-    column_scale = reference.first_scale(matrix)
-    # μ's pass also forms the stopping test's ∇L(0), and C·D⁻²μ's the reference's row factors gᵢ.
+    # μ's pass also forms the stopping test's ∇L(0) (and, in ``solve``, C's column squares, which check its
+    # entries: ``DenseMatrix.check_on_first_pass``), and C·D⁻²μ's the reference's row factors gᵢ.
     mean = problem.rmatmat_with_gradient_at_zero(weights[:, None])[:, 0]
+    column_scale = reference.first_scale(matrix)
     scaled_mean = (1.0 / column_scale**2) * mean  # D⁻²μ
     row_factors, product = reference.row_factors_and_matvec(matrix, scaled_mean)
     centred = row_factors - 2.0 * product + float(np.dot(scaled_mean, mean))

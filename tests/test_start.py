@@ -352,9 +352,9 @@ def test_sketched_strategies_start_from_a_sample_and_take_no_more_iterations(hes
 
 
 def test_the_default_dense_solve_reads_c_only_for_the_passes_it_needs(monkeypatch):
-    """pcg from x0="auto" on dense C, counted per kernel call (each one read of C): the column squares once
-    (validation's finiteness check, kept for the column scale), the sampled fit's mean once with ∇L(0) in
-    the same pass (no pass of its own for the stopping test's g_ref), the reference's row factors with
+    """pcg from x0="auto" on dense C, counted per kernel call (each one read of C): the sampled fit's mean
+    once, with ∇L(0) (no pass of its own for the stopping test's g_ref) and C's column squares (the check of
+    its entries, kept for the column scale: no pass of their own) in the same pass, the reference's row factors with
     C·D⁻²μ in one read, the first evaluation's forward and gradient passes, then per iteration one read
     per CG step (C·p summed from them: no line-search pass) and the new point's gradient pass (u carried).
     g_ref has the bits of a separate ∇L(0) pass."""
@@ -362,7 +362,7 @@ def test_the_default_dense_solve_reads_c_only_for_the_passes_it_needs(monkeypatc
 
     C, b = _sampled_case()
     calls = {}
-    for name in ("dense_column_squares", "dense_rmatmat", "dense_matvec", "dense_row_squares",
+    for name in ("dense_column_squares", "dense_column_squares_and_rmatmat", "dense_rmatmat", "dense_matvec", "dense_row_squares",
                  "dense_row_squares_and_matvec", "dense_sandwich_vector"):
         kernel = getattr(matrix_module, name)
 
@@ -375,8 +375,8 @@ def test_the_default_dense_solve_reads_c_only_for_the_passes_it_needs(monkeypatc
     assert res.converged and "leverage-sampled rows" in res.start
     assert all(record["preconditioner"] == "start fit" for record in res.history[1:])
     cg_steps = sum(record["cg_iterations"] for record in res.history[1:])
-    assert calls == {"dense_column_squares": 1, "dense_rmatmat": 2 + res.n_iter, "dense_row_squares_and_matvec": 1,
-                     "dense_matvec": 1, "dense_sandwich_vector": cg_steps}
+    assert calls == {"dense_column_squares_and_rmatmat": 1, "dense_rmatmat": 1 + res.n_iter,
+                     "dense_row_squares_and_matvec": 1, "dense_matvec": 1, "dense_sandwich_vector": cg_steps}
     assert res.g_ref == np.linalg.norm(Problem(C, b).gradient_at_zero())
 
 
