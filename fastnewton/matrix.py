@@ -118,7 +118,7 @@ def dense_row_block(count):
 
 
 def blocked_syrk_sandwich(block_source, weights, d, block_size=DENSE_SANDWICH_BLOCK, with_absolute=False,
-                          extra_columns=None):
+                          extra_columns=None, shift=None, column_factors=None, dtype=np.float64):
     """Σ_t weights[t]·r_t r_tᵀ over rows handed out in fixed blocks: ``block_source(part)`` gives
     (A, rows) with the rows at positions ``part`` (a slice of at most ``block_size`` positions in
     weights' order: ``syrk_parts``) being A[rows]. ``extra_columns`` (len(weights) × e): r_t is
@@ -137,8 +137,13 @@ def blocked_syrk_sandwich(block_source, weights, d, block_size=DENSE_SANDWICH_BL
 
     ``with_absolute``: returns (Σ_t w_t r_t r_tᵀ, Σ_t |w_t| r_t r_tᵀ), the second as B₊ᵀB₊ + B₋ᵀB₋ from
     the same two SYRKs (the first with the bits it has alone).
+
+    ``shift`` and ``column_factors`` (length d; default zeros and ones): the rows' first d entries are
+    (A[i] − shift) ⊙ column_factors (``signed_scaled_rows``). ``dtype``: of the scaled rows and so of the
+    SYRKs (float32: twice the speed; each block's product is summed in float64).
     """
-    return blocked_syrk_sandwiches(block_source, [weights], d, block_size, with_absolute, extra_columns)[0]
+    return blocked_syrk_sandwiches(block_source, [weights], d, block_size, with_absolute, extra_columns, shift,
+                                   column_factors, dtype)[0]
 
 
 def syrk_parts(count, block_size=DENSE_SANDWICH_BLOCK, width=0):
@@ -159,7 +164,7 @@ def syrk_parts(count, block_size=DENSE_SANDWICH_BLOCK, width=0):
 
 
 def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SANDWICH_BLOCK, with_absolute=False,
-                            extra_columns=None):
+                            extra_columns=None, shift=None, column_factors=None, dtype=np.float64):
     """``blocked_syrk_sandwich`` for several weight vectors over the same rows: one list of (vector, block)
     SYRKs on one pool of threads (starting a pool costs ~3 ms, as much as a 4096 × 64 SYRK), each
     vector's blocks summed in block order, so each sum has ``blocked_syrk_sandwich``'s bits (with
@@ -169,6 +174,8 @@ def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SA
     extra_columns = np.empty((count, 0)) if extra_columns is None else np.ascontiguousarray(extra_columns,
                                                                                              dtype=np.float64)
     width = d + extra_columns.shape[1]
+    shift = np.zeros(d) if shift is None else np.ascontiguousarray(shift, dtype=np.float64)
+    column_factors = np.ones(d) if column_factors is None else np.ascontiguousarray(column_factors, dtype=np.float64)
 
     def block_sandwich(item):
         weights, part = item
@@ -176,8 +183,8 @@ def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SA
         w = np.ascontiguousarray(weights[part], dtype=np.float64)
         scaled = getattr(buffers, "scaled", None)
         if scaled is None or scaled.shape[0] < rows.shape[0]:
-            scaled = buffers.scaled = np.empty((block_size, width))
-        positive, negative = signed_scaled_rows(A, rows, extra_columns[part], w, scaled)
+            scaled = buffers.scaled = np.empty((block_size, width), dtype=dtype)
+        positive, negative = signed_scaled_rows(A, rows, extra_columns[part], w, shift, column_factors, scaled)
         out = np.zeros((width, width))
         absolute = np.zeros((width, width)) if with_absolute else None
         # NumPy runs Bᵀ·B of a C-ordered B as a SYRK (one triangle, mirrored: exactly symmetric)

@@ -284,14 +284,16 @@ def dense_rmatmats(A, Qs, chunk_rows, out):
 
 
 @njit(nogil=True, cache=True)
-def signed_scaled_rows(A, rows, extra, weights, out):
-    """Gather [A[rows[t]], extra[t]]·√|weights[t]| into out split by sign: returns (p, q), the counts of
-    positive and negative weights.
+def signed_scaled_rows(A, rows, extra, weights, shift, column_factors, out):
+    """Gather [(A[rows[t]] − shift) ⊙ column_factors, extra[t]]·√|weights[t]| into out split by sign: returns
+    (p, q), the counts of positive and negative weights.
 
     ``extra`` (len(rows) × e, e ≥ 0) appends e columns to each gathered row (a fit's intercept and
     target: its normal equations in the same SYRK, without first copying the rows into an augmented
-    array). out[:p] holds the rows of positive weight, out[p:p + q] those of negative weight, each
-    part in the order of ``rows``; zero weights are dropped. Then
+    array). ``shift`` and ``column_factors`` (length d) centre and scale the rows (a fit's sampled rows,
+    gathered into float32 ``out`` for a SYRK at twice the speed: ``fastnewton.start``); with zeros and ones
+    each entry is A[i, j]·√|w| exactly. out[:p] holds the rows of positive weight, out[p:p + q] those of
+    negative weight, each part in the order of ``rows``; zero weights are dropped. Then
     Σ_t weights[t]·a_t a_tᵀ = out[:p]ᵀ out[:p] − out[p:p+q]ᵀ out[p:p+q]: two SYRKs on
     contiguous blocks, no masked copies (measured, one thread, n = 10⁵, d = 256: 72 ms
     with NumPy boolean masks, about the cost of one plain scaled copy with this kernel).
@@ -318,7 +320,7 @@ def signed_scaled_rows(A, rows, extra, weights, out):
         root = np.sqrt(abs(w))
         row = A[rows[t]]
         for j in range(d):
-            target[j] = row[j] * root
+            target[j] = ((row[j] - shift[j]) * column_factors[j]) * root
         for j in range(e):
             target[d + j] = extra[t, j] * root
     return p, negative - p

@@ -457,23 +457,29 @@ def test_sampled_start_bits_do_not_depend_on_the_thread_count():
     np.testing.assert_array_equal(one.x, two.x)
 
 
-def test_centred_gram_is_the_product_with_the_centring_matrix():
-    """``centred_gram(M, μ)`` (the certificate's Gram of the rows centred on μ, in O(d²)) against T M Tᵀ with
-    T = [[I, −μ], [0, 1]] formed explicitly: each entry within the rounding of its sum of up to four
-    products of |entries| (the explicit product sums d + 1 of them per entry, most against zeros of T)."""
-    from fastnewton.start import centred_gram
+def test_uncentred_gram_is_the_product_with_the_uncentring_matrix():
+    """``uncentred_gram(G, μ)`` (the fit's Gram of rows [cᵢ, 1, tᵢ] from that of the centred rows [cᵢ − μ, 1, tᵢ],
+    in O(d²)) against P G Pᵀ with P = [[I, μ, 0], [0, 1, 0], [0, 0, 1]] formed explicitly: each entry within the
+    rounding of its sum of up to four products of |entries| (the explicit product sums d + 2 of them per entry,
+    most against zeros of P), exactly symmetric, and the Gram of the uncentred rows to rounding."""
+    from fastnewton.start import uncentred_gram
 
     rng = np.random.default_rng(5)
     for d in (1, 6, 33):
-        rows = np.column_stack([rng.standard_normal((80, d)) * np.exp(rng.uniform(-3, 3, d)) + 2.0, np.ones(80)])
-        M = rows.T @ (rng.exponential(size=80)[:, None] * rows)
+        raw = rng.standard_normal((80, d)) * np.exp(rng.uniform(-3, 3, d)) + 2.0
+        weights = rng.exponential(size=80)
         mean = rng.standard_normal(d) * 3.0
-        centring = np.eye(d + 1)
-        centring[:d, d] = -mean
-        got = centred_gram(M, mean)
-        magnitude = np.abs(centring) @ np.abs(M) @ np.abs(centring).T
-        naive.assert_within_rounding(got, centring @ M @ centring.T, magnitude, 4)
-        assert got[d, d] == M[d, d]
+        centred = np.column_stack([raw - mean, np.ones(80), rng.standard_normal(80)])
+        G = centred.T @ (weights[:, None] * centred)
+        P = np.eye(d + 2)
+        P[:d, d] = mean
+        got = uncentred_gram(G, mean)
+        magnitude = np.abs(P) @ np.abs(G) @ np.abs(P).T
+        naive.assert_within_rounding(got, P @ G @ P.T, magnitude, 4)
+        assert np.array_equal(got, got.T)
+        uncentred = np.column_stack([raw, centred[:, d:]])
+        direct = uncentred.T @ (weights[:, None] * uncentred)
+        naive.assert_within_rounding(got, direct, np.abs(uncentred).T @ (weights[:, None] * np.abs(uncentred)), 80 + 8)
 
 
 @pytest.mark.filterwarnings("ignore::fastnewton.ConvergenceWarning")
