@@ -517,3 +517,43 @@ def test_relu_softmax_start_is_not_sampled():
     C, b, _, _ = planted("relu_softmax", True, n=20_000, d=10, seed=0)
     res = solve(C, b, "relu_softmax", hessian="sketch", seed=0, max_iter=0)
     assert "sampled" not in res.start
+
+
+@pytest.mark.parametrize("mean, spread", [(0.0, 0.0), (0.3, 5.0)], ids=["plain", "offset_and_scaled_columns"])
+def test_sampled_fit_normal_equations_are_the_float64_ones_to_float32_rounding(mean, spread, monkeypatch):
+    """The sampled fit's SYRK runs on centred, column-scaled rows in float32 and is uncentred in float64
+    (``uncentred_gram``): its (M̃, r̃), centred on μ and whitened by the column scale, are the float64 sums over
+    the same kept rows [cᵢ, 1, tᵢ] with weights ωᵢ/πᵢ within float32 rounding of the centred scaled terms,
+    also on columns with offset means and scales e^±5 (the bound is relative to the centred, scaled rows)."""
+    import fastnewton.start as start_module
+
+    C, b = _sampled_case(seed=2, d=32)
+    rng = np.random.default_rng(3)
+    C = (C + mean * rng.standard_normal(C.shape[1])) * np.exp(spread * rng.uniform(-1, 1, C.shape[1]))
+    seen = {}
+    syrk = start_module.blocked_syrk_sandwich
+
+    def captured(block_source, weights, d, **options):
+        seen.update(rows=block_source(slice(0, weights.shape[0]))[1].copy(),
+                    weights=weights.copy(), extra=options["extra_columns"].copy(), mean=options["shift"].copy(),
+                    scale=1.0 / options["column_factors"])
+        return syrk(block_source, weights, d, **options)
+
+    monkeypatch.setattr(start_module, "blocked_syrk_sandwich", captured)
+    _, sample = _sampled_fit(C, b, 0.5, seed=0)
+    assert sample.kept > 0
+    M = sample.normal_matrix
+    d = C.shape[1]
+    rows = np.column_stack([C[seen["rows"]], seen["extra"]])  # [cᵢ, 1, tᵢ]
+    exact = rows.T @ (seen["weights"][:, None] * rows)
+    centring = np.eye(d + 2)
+    centring[:d, d] = -seen["mean"]
+    whiten = np.append(1.0 / seen["scale"], [1.0, 1.0])
+    centred_rows = (rows @ centring.T) * whiten
+    magnitude = np.abs(centred_rows).T @ (seen["weights"][:, None] * np.abs(centred_rows))
+    got = centring[:d + 1, :d + 1] @ M @ centring[:d + 1, :d + 1].T * np.outer(whiten[:d + 1], whiten[:d + 1])
+    want = (centring @ exact @ centring.T * np.outer(whiten, whiten))[:d + 1, :d + 1]
+    # float32 rounding of each scaled entry (2 per product) and of the sums of the two SYRK blocks, plus
+    # float64 rounding of the uncentring and of the check's own centring (|μ|-sized terms, float64 eps).
+    naive.assert_within_rounding(got, want, magnitude[:d + 1, :d + 1], rows.shape[0] + 4,
+                                 eps=np.finfo(np.float32).eps)
