@@ -369,7 +369,8 @@ class SketchedSystems:
         if not seconds["sampled"] < seconds["exact"]:
             return None
         size = start_sample_size(problem.d, options.eps, options.sketch_size)
-        return FitSample(self.reference(problem, column_scale(problem)), size, start_rng(options.seed))
+        # D when the fit first needs it, after its mean's pass (which forms C's column squares too).
+        return FitSample(self.reference(problem, lambda: column_scale(problem)), size, start_rng(options.seed))
 
     def __call__(self, problem, ev, rng, options, g_ref):
         reference = self.reference(problem, options.column_scale)

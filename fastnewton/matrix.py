@@ -14,7 +14,7 @@ from .buffers import Recycler
 from .chunking import chunk_rows, sandwich_chunk_rows
 from .kernels.csr import (csr_column_squares, csr_dense_rows, csr_matmat, csr_matvec, csr_matvecs, csr_rmatmat,
                           csr_rmatmat3, csr_rmatmats, csr_rmatvec, csr_sandwich_vector)
-from .kernels.dense import (dense_column_squares, dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats,
+from .kernels.dense import (dense_column_squares, dense_column_squares_and_rmatmat, dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats,
                              dense_sandwich_vector, signed_scaled_rows)
 from .kernels.sandwich import csr_curvature_sandwich, csr_sandwich_many, csr_sandwich_rows, partials_shape
 from .kernels.softmax import curvature_weights
@@ -118,7 +118,7 @@ def dense_row_block(count):
 
 
 def blocked_syrk_sandwich(block_source, weights, d, block_size=DENSE_SANDWICH_BLOCK, with_absolute=False,
-                          extra_columns=None):
+                          extra_columns=None, shift=None, column_factors=None, dtype=np.float64):
     """Σ_t weights[t]·r_t r_tᵀ over rows handed out in fixed blocks: ``block_source(part)`` gives
     (A, rows) with the rows at positions ``part`` (a slice of at most ``block_size`` positions in
     weights' order: ``syrk_parts``) being A[rows]. ``extra_columns`` (len(weights) × e): r_t is
@@ -137,8 +137,13 @@ def blocked_syrk_sandwich(block_source, weights, d, block_size=DENSE_SANDWICH_BL
 
     ``with_absolute``: returns (Σ_t w_t r_t r_tᵀ, Σ_t |w_t| r_t r_tᵀ), the second as B₊ᵀB₊ + B₋ᵀB₋ from
     the same two SYRKs (the first with the bits it has alone).
+
+    ``shift`` and ``column_factors`` (length d; default zeros and ones): the rows' first d entries are
+    (A[i] − shift) ⊙ column_factors (``signed_scaled_rows``). ``dtype``: of the scaled rows and so of the
+    SYRKs (float32: twice the speed; each block's product is summed in float64).
     """
-    return blocked_syrk_sandwiches(block_source, [weights], d, block_size, with_absolute, extra_columns)[0]
+    return blocked_syrk_sandwiches(block_source, [weights], d, block_size, with_absolute, extra_columns, shift,
+                                   column_factors, dtype)[0]
 
 
 def syrk_parts(count, block_size=DENSE_SANDWICH_BLOCK, width=0):
@@ -159,7 +164,7 @@ def syrk_parts(count, block_size=DENSE_SANDWICH_BLOCK, width=0):
 
 
 def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SANDWICH_BLOCK, with_absolute=False,
-                            extra_columns=None):
+                            extra_columns=None, shift=None, column_factors=None, dtype=np.float64):
     """``blocked_syrk_sandwich`` for several weight vectors over the same rows: one list of (vector, block)
     SYRKs on one pool of threads (starting a pool costs ~3 ms, as much as a 4096 × 64 SYRK), each
     vector's blocks summed in block order, so each sum has ``blocked_syrk_sandwich``'s bits (with
@@ -169,6 +174,8 @@ def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SA
     extra_columns = np.empty((count, 0)) if extra_columns is None else np.ascontiguousarray(extra_columns,
                                                                                              dtype=np.float64)
     width = d + extra_columns.shape[1]
+    shift = np.zeros(d) if shift is None else np.ascontiguousarray(shift, dtype=np.float64)
+    column_factors = np.ones(d) if column_factors is None else np.ascontiguousarray(column_factors, dtype=np.float64)
 
     def block_sandwich(item):
         weights, part = item
@@ -176,8 +183,8 @@ def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SA
         w = np.ascontiguousarray(weights[part], dtype=np.float64)
         scaled = getattr(buffers, "scaled", None)
         if scaled is None or scaled.shape[0] < rows.shape[0]:
-            scaled = buffers.scaled = np.empty((block_size, width))
-        positive, negative = signed_scaled_rows(A, rows, extra_columns[part], w, scaled)
+            scaled = buffers.scaled = np.empty((block_size, width), dtype=dtype)
+        positive, negative = signed_scaled_rows(A, rows, extra_columns[part], w, shift, column_factors, scaled)
         out = np.zeros((width, width))
         absolute = np.zeros((width, width)) if with_absolute else None
         # NumPy runs Bᵀ·B of a C-ordered B as a SYRK (one triangle, mirrored: exactly symmetric)
@@ -230,9 +237,29 @@ class DenseMatrix:
         self.nbytes = array.nbytes
         self._chunk_rows = chunk_rows(self.n)
         self._column_squares = None
+        self._pending_check = None
+
+    def check_on_first_pass(self, check):
+        """Run ``check(column squares)`` (which raises on bad entries) before any result read from C is
+        returned, with the squares formed by C's first transposed pass when that comes first
+        (``rmatmat``: one read of C less than a pass of their own, ~6 ms at 10⁵ × 256), else by their own
+        pass. ``fastnewton.solve`` checks C so (``fastnewton.validation.as_input_matrix``)."""
+        self._pending_check = check
+
+    def _checked(self):
+        """The pending check of C's entries, run now (by the column squares) if it is still pending."""
+        if self._pending_check is not None:
+            self.column_squares()
+
+    def _run_pending_check(self):
+        check = self._pending_check
+        if check is not None:
+            check(self._column_squares)  # raises on a NaN or Inf entry: the check stays pending
+            self._pending_check = None
 
     def matvec(self, x, out=None):
         """u = Cx (into ``out``, a length-n float64 array, when given)."""
+        self._checked()
         out = np.empty(self.n) if out is None else out
         dense_matvec(self.array, x, out)
         return out
@@ -240,11 +267,19 @@ class DenseMatrix:
     def rmatmat(self, Q):
         Q = np.ascontiguousarray(Q)
         out = np.empty((self.d, Q.shape[1]))
+        if self._pending_check is not None and self._column_squares is None:
+            squares = np.empty(self.d)
+            dense_column_squares_and_rmatmat(self.array, Q, self._chunk_rows, squares, out)
+            self._keep_column_squares(squares)
+            self._run_pending_check()
+            return out
+        self._checked()
         dense_rmatmat(self.array, Q, self._chunk_rows, out)
         return out
 
     def sandwich_vector(self, beta, v):
         """(Cᵀ(β ⊙ Cv), Cv) in one read of C, with the bits of ``rmatmat`` after ``matvec``."""
+        self._checked()
         forward = np.empty(self.n)
         out = np.empty(self.d)
         dense_sandwich_vector(self.array, beta, v, self._chunk_rows, forward, out)
@@ -253,6 +288,7 @@ class DenseMatrix:
     def matvecs(self, X, out=None):
         """(C X)ᵀ (r × n) for a d × r X: row t is ``matvec(X[:, t])``, bit for bit (one read of C for r vectors);
         written into ``out`` (C-contiguous r × n) when given."""
+        self._checked()
         out = np.empty((X.shape[1], self.n)) if out is None else out
         if not _batched(DENSE_BATCHED_FROM, "matvecs", X.shape[1]):
             return _matvecs_one_at_a_time(self, X, out)
@@ -261,6 +297,7 @@ class DenseMatrix:
 
     def rmatmats(self, Qs):
         """[Cᵀ Q for Q in Qs] (s × d × k) for n × k arrays Qs: each ``rmatmat(Q)``, bit for bit, in one read of C."""
+        self._checked()
         if not _batched(DENSE_BATCHED_FROM, "rmatvecs" if Qs[0].shape[1] == 1 else "rmatmats", len(Qs)):
             return [self.rmatmat(Q) for Q in Qs]
         out = np.empty((len(Qs), self.d, Qs[0].shape[1]))
@@ -277,6 +314,7 @@ class DenseMatrix:
 
     def _syrk_sandwich(self, weights, rows=None, with_absolute=False):
         """Σᵢ wᵢ cᵢcᵢᵀ over C's rows, or C[rows], by ``blocked_syrk_sandwich``."""
+        self._checked()
         def block_source(part):
             if rows is None:
                 return self.array, np.arange(part.start, part.stop)
@@ -297,6 +335,7 @@ class DenseMatrix:
         """[Cᵀ diag(w) C for w in weights] (length-n vectors), each with ``sandwich``'s bits (one pool of SYRKs)."""
         if not _batched(DENSE_BATCHED_FROM, "sandwiches", len(weights)):
             return _sandwiches_one_at_a_time(self, weights)
+        self._checked()
         return blocked_syrk_sandwiches(lambda part: (self.array, np.arange(part.start, part.stop)),
                                        [np.ascontiguousarray(w, dtype=np.float64) for w in weights], self.d)
 
@@ -315,12 +354,14 @@ class DenseMatrix:
 
     def row_squares(self, column_weights):
         """Σⱼ C[i, j]²·column_weights[j] for every row i (one pass)."""
+        self._checked()
         out = np.empty(self.n)
         dense_row_squares(self.array, np.ascontiguousarray(column_weights, dtype=np.float64), out)
         return out
 
     def row_squares_and_matvec(self, column_weights, x):
         """(``row_squares(column_weights)``, ``matvec(x)``), bit for bit, in one read of C."""
+        self._checked()
         squares, product = np.empty(self.n), np.empty(self.n)
         dense_row_squares_and_matvec(self.array, np.ascontiguousarray(column_weights, dtype=np.float64), x,
                                      squares, product)
@@ -329,10 +370,12 @@ class DenseMatrix:
     def gathered(self, index):
         """(A, positions) with A[positions] = C[index]: C's own array and ``index`` (the SYRK gathers the
         rows itself, ``blocked_syrk_sandwich``)."""
+        self._checked()
         return self.array, index
 
     def matmat(self, Z):
         """C Z for a thin d × r Z (blocked single-threaded BLAS calls, so float32 C is never copied whole)."""
+        self._checked()
         out = np.empty((self.n, Z.shape[1]))
 
         def block_product(part):
@@ -343,12 +386,14 @@ class DenseMatrix:
         return out
 
     def embed(self, scaled_signs, s, ptr, member, m):
+        self._checked()
         out = np.empty((m, self.d))
         dense_embed(self.array, scaled_signs, s, ptr, member, out)
         return out
 
     def rows(self, index):
         """C[index] as a dense float64 array."""
+        self._checked()
         return np.asarray(self.array[index], dtype=np.float64)
 
     def column_squares(self):
@@ -359,9 +404,13 @@ class DenseMatrix:
         if self._column_squares is None:
             out = np.empty(self.d)
             dense_column_squares(self.array, self._chunk_rows, out)
-            out.flags.writeable = False
-            self._column_squares = out
+            self._keep_column_squares(out)
+        self._run_pending_check()
         return self._column_squares
+
+    def _keep_column_squares(self, squares):
+        squares.flags.writeable = False
+        self._column_squares = squares
 
     def clear_cache(self):
         """Forget the column squares (C was edited in place)."""

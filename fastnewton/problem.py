@@ -106,6 +106,16 @@ class Problem:
         return problem
 
     @classmethod
+    def checking_c_on_first_pass(cls, C, b, model="softmax", V=None, l2=0.0, row_weights=None):
+        """``Problem(C, b, ...)`` whose large dense C has its entries checked by its first transposed pass,
+        before any result read from C is returned, instead of by a pass of its own at construction
+        (``fastnewton.validation.as_input_matrix``; ``solve``: one read of C less when that pass comes first)."""
+        problem = cls.__new__(cls)
+        problem._set_inputs(C, model, V, l2, row_weights, check_on_first_pass=True)
+        problem._set_target(b, "b")
+        return problem
+
+    @classmethod
     def from_checked(cls, matrix, b, model, l2, row_model=None):
         """``Problem(C, b, model, l2=l2)`` for inputs whose checks were already made (in bulk, by
         ``fastnewton.many_small`` for solve_many's problems): ``matrix`` C as ``as_input_matrix`` gives it
@@ -118,9 +128,9 @@ class Problem:
         problem._hold_target(b.copy(), row_model)
         return problem
 
-    def _set_inputs(self, C, model, V, l2, row_weights):
+    def _set_inputs(self, C, model, V, l2, row_weights, check_on_first_pass=False):
         model = check_model(model)
-        matrix = as_input_matrix(C)
+        matrix = as_input_matrix(C, check_on_first_pass=check_on_first_pass)
         n = matrix.n
         # b, V and w are copied (validation may return the caller's own array): editing them later
         # cannot change this Problem. C is not copied (it can be as large as memory).

@@ -193,10 +193,14 @@ class LeverageReference:
         self.refreshes = 0
 
     def first_scale(self, matrix):
-        """D, the first reference's column scale (from C's column squares when none was given; zero columns 1)."""
+        """D, the first reference's column scale (from C's column squares when none was given, or from the
+        function given instead, called here: a solve's start first reads C for its fit's mean, whose pass
+        also forms the squares that D needs; zero columns 1)."""
         if self.row_norms is None:
             if self.column_scale is None:
                 self.column_scale = np.sqrt(matrix.column_squares())
+            elif callable(self.column_scale):
+                self.column_scale = self.column_scale()
             self.column_scale = np.where(self.column_scale > 0, self.column_scale, 1.0)
         return self.column_scale
 

@@ -73,7 +73,7 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     clock = time.perf_counter()
     timer = PhaseTimer()
     with timer("setup"):
-        problem = Problem(C, b, model=model, V=V, l2=l2, row_weights=row_weights)
+        problem = Problem.checking_c_on_first_pass(C, b, model=model, V=V, l2=l2, row_weights=row_weights)
     return solve_problem(problem, x0=x0, hessian=hessian, eps=eps, sketch_size=sketch_size, tol=tol,
                          max_iter=max_iter, seed=seed, n_threads=n_threads, callback=callback, verbose=verbose,
                          progress=progress, continuation=continuation, timer=timer, clock=clock)

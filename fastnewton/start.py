@@ -204,9 +204,10 @@ def sampled_normal_system(problem, row_fit, parameters, sample):
     coordinates the fit's Gram is block-diagonal, [[Σ, 0], [0, 1]] with Σ the ω-covariance, so the true
     scores are ωᵢ(‖cᵢ − μ‖²_Σ⁻¹ + 1). Without centring a concentrated ω (the softmax start's b² weights)
     leaves a mean that the diagonal reference cannot see, and no intercept weight certifies (measured on
-    dense planted problems: 0 of 15 samples, against 15 of 15 centred). One blocked SYRK of the
-    kept rows [cᵢ, 1, tᵢ] with weights ωᵢ/πᵢ gives M̃ = Σ (ωᵢ/πᵢ) aᵢaᵢᵀ and r̃ = Σ (ωᵢ/πᵢ) tᵢaᵢ together:
-    the normal equations of the sampled fit (sketch-and-solve). With ℓ within a constant of the
+    dense planted problems: 0 of 15 samples, against 15 of 15 centred). One blocked float32 SYRK of
+    the kept rows [(cᵢ − μ)D⁻¹, 1, tᵢ] (centred and scaled, so that float32 rounds relative to the
+    ω-covariance) with weights ωᵢ/πᵢ gives T M̃ Tᵀ, and with it (``uncentred_gram``) M̃ = Σ (ωᵢ/πᵢ) aᵢaᵢᵀ and
+    r̃ = Σ (ωᵢ/πᵢ) tᵢaᵢ: the normal equations of the sampled fit (sketch-and-solve). With ℓ within a constant of the
     leverage scores of Ω^{1/2}[C, 1] and s = O(d log d/ε²) rows, M̃ is an ε-spectral approximation of M
     and the fit's weighted residual is within a factor (1 + ε)/(1 − ε) of the exact fit's
     (tests/test_start.py). The certificate is the reference's (``fastnewton.sketching.spread_certified``
@@ -224,9 +225,10 @@ def sampled_normal_system(problem, row_fit, parameters, sample):
         return None
     weights = weights / total
     reference = sample.reference
-    column_scale = reference.first_scale(matrix)
-    # μ's pass also forms the stopping test's ∇L(0), and C·D⁻²μ's the reference's row factors gᵢ.
+    # μ's pass also forms the stopping test's ∇L(0) (and, in ``solve``, C's column squares, which check its
+    # entries: ``DenseMatrix.check_on_first_pass``), and C·D⁻²μ's the reference's row factors gᵢ.
     mean = problem.rmatmat_with_gradient_at_zero(weights[:, None])[:, 0]
+    column_scale = reference.first_scale(matrix)
     scaled_mean = (1.0 / column_scale**2) * mean  # D⁻²μ
     row_factors, product = reference.row_factors_and_matvec(matrix, scaled_mean)
     centred = row_factors - 2.0 * product + float(np.dot(scaled_mean, mean))
@@ -235,33 +237,40 @@ def sampled_normal_system(problem, row_fit, parameters, sample):
     sample.kept = 0
     if rows.shape[0] <= d:
         return None
-    # The kept rows [cᵢ, 1, tᵢ], gathered by the SYRK itself.
+    # The kept rows [(cᵢ − μ)D⁻¹, 1, tᵢ], gathered, centred and scaled by the SYRK itself, in float32 (the SYRK
+    # at twice the speed: 13.1k × 258 at dense 10⁵ × 256, ~16 → ~8 ms). Centred and scaled, the float32 rounding
+    # (~1e-7 per entry, ~1e-5 in each sum) is relative to the ω-covariance that the fit and the certificate use,
+    # whatever the columns' means and scales; the sample's own error is ε ≈ 0.5.
     ones_and_target = np.column_stack([np.ones(rows.shape[0]), target[rows]])
 
     def sampled_rows(part):
         return matrix.gathered(rows[part])
 
-    gram = blocked_syrk_sandwich(sampled_rows, weights[rows] / pi, d, extra_columns=ones_and_target)
-    M, rhs = gram[:d + 1, :d + 1], gram[:d + 1, d + 1].copy()
-    scale = np.append(reference.column_scale, math.sqrt(n))
-    if not spread_certified(centred_gram(M, mean) / np.outer(scale, scale)):
+    gram = blocked_syrk_sandwich(sampled_rows, weights[rows] / pi, d, extra_columns=ones_and_target, shift=mean,
+                                 column_factors=1.0 / column_scale, dtype=np.float32)
+    # The certificate's matrix: the centred Gram whitened by diag(D, √n) (the rows are scaled by D⁻¹ already).
+    whitened = gram[:d + 1, :d + 1].copy()
+    whitened[d, :] /= math.sqrt(n)
+    whitened[:, d] /= math.sqrt(n)
+    if not spread_certified(whitened):
         return None
+    scale = np.append(column_scale, [1.0, 1.0])
+    full = uncentred_gram(gram * np.outer(scale, scale), mean)
     sample.kept = int(rows.shape[0])
-    return np.ascontiguousarray(M), rhs
+    return np.ascontiguousarray(full[:d + 1, :d + 1]), full[:d + 1, d + 1].copy()
 
 
-def centred_gram(M, mean):
-    """T M Tᵀ for the Gram M = [[A, g], [gᵀ, s]] of rows [cᵢ, 1] and T aᵢ = [cᵢ − μ, 1] (the rows centred on
-    μ): [[A − μgᵀ − gμᵀ + s·μμᵀ, g − sμ], [(g − sμ)ᵀ, s]], in O(d²) (the two (d + 1)³ products with T
-    took ~2 ms of the dense 10⁵ × 256 start)."""
+def uncentred_gram(G, mean):
+    """The Gram of rows [cᵢ, 1, eᵢ] from G, that of the centred rows [cᵢ − μ, 1, eᵢ] (d = len(μ) columns, then
+    the unit column, then any others): P G Pᵀ with cᵢ = (cᵢ − μ) + μ·1, i.e. P = I + μ e_dᵀ on the first d
+    rows, as two rank-one updates in O(d²) (two (d + 2)³ products took ~2 ms of the dense 10⁵ × 256 start); the
+    lower triangle mirrored, so the result is exactly symmetric as a SYRK's."""
     d = mean.shape[0]
-    g, s = M[:d, d], M[d, d]
-    shifted = g - s * mean
-    out = np.empty_like(M)
-    out[:d, :d] = M[:d, :d] - np.outer(mean, g) - np.outer(shifted, mean)
-    out[:d, d] = out[d, :d] = shifted
-    out[d, d] = s
-    return out
+    out = G.copy()
+    out[:d, :] += np.outer(mean, G[d, :])
+    out[:, :d] += np.outer(out[:, d], mean)
+    lower = np.tril(out)
+    return lower + np.tril(lower, -1).T
 
 
 def worst_rows(block, x, is_floor, parameters, k):

@@ -66,16 +66,26 @@ COLUMN_SQUARES_CHECK_ENTRIES = 2**18
 def _matrix_finite_or_raise(matrix, values, name):
     """ValueError naming C when C (``values``: its dense array or its stored CSR entries) has a NaN or Inf
     entry (as ``_finite_or_raise``)."""
+    # CSR: the serial squares (1.0 ms at 2·10⁶ entries) against data.sum() (~0.4 ms), which they spare.
+    if matrix.nnz >= COLUMN_SQUARES_CHECK_ENTRIES:
+        _squares_finite_or_raise(matrix.column_squares(), values, name)
+    else:
+        _finite_or_raise(values, name)
+
+
+def _squares_finite_or_raise(column_squares, values, name):
     # A NaN or Inf entry makes its column's sum of squares NaN or Inf; finite squares clear every entry.
     # Non-finite squares from finite entries (|C_ij| ≳ 1e154 overflows its square) go to the plain check.
-    # CSR: the serial squares (1.0 ms at 2·10⁶ entries) against data.sum() (~0.4 ms), which they spare.
-    if matrix.nnz >= COLUMN_SQUARES_CHECK_ENTRIES and np.isfinite(matrix.column_squares()).all():
-        return
-    _finite_or_raise(values, name)
+    if not np.isfinite(column_squares).all():
+        _finite_or_raise(values, name)
 
 
-def as_input_matrix(C, name="C"):
-    """C (dense array-like or any SciPy sparse format) → DenseMatrix or CSRMatrix."""
+def as_input_matrix(C, name="C", check_on_first_pass=False):
+    """C (dense array-like or any SciPy sparse format) → DenseMatrix or CSRMatrix.
+
+    ``check_on_first_pass`` (``fastnewton.solve``): a dense C of at least COLUMN_SQUARES_CHECK_ENTRIES
+    entries has them checked by the column squares that its first transposed pass forms too, before any
+    result read from C is returned (``DenseMatrix.check_on_first_pass``), instead of by a pass now."""
     if sp.issparse(C):
         return _as_csr(C, name)
     if isinstance(C, (str, bytes)) or C is None:
@@ -89,7 +99,10 @@ def as_input_matrix(C, name="C"):
         array = array.astype(np.float64)
     # Numba reads rows contiguously; an F-ordered or strided C is copied once here.
     matrix = DenseMatrix(np.ascontiguousarray(array))
-    _matrix_finite_or_raise(matrix, matrix.array, name)
+    if check_on_first_pass and matrix.nnz >= COLUMN_SQUARES_CHECK_ENTRIES:
+        matrix.check_on_first_pass(lambda column_squares: _squares_finite_or_raise(column_squares, matrix.array, name))
+    else:
+        _matrix_finite_or_raise(matrix, matrix.array, name)
     return matrix
 
 

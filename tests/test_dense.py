@@ -349,3 +349,57 @@ def test_sandwich_vector_is_the_two_passes_bit_for_bit(dtype, chunk_rows, monkey
     A64 = A.astype(np.float64)
     weighted = (A64.T * beta) @ A64
     naive.assert_within_rounding(product, weighted @ v, np.abs(A64.T * beta) @ np.abs(A64) @ np.abs(v), n + d)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("chunk_rows", [1, 3, None], ids=["chunk1", "chunk3", "real"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_column_squares_ride_a_transposed_pass_bit_for_bit(dtype, chunk_rows, k, monkeypatch, run_with_threads):
+    """DenseMatrix.rmatmat of a C whose entries are checked on its first pass (``check_on_first_pass``: the
+    fused kernel ``dense_column_squares_and_rmatmat``) gives CᵀQ with the bits of ``dense_rmatmat`` and keeps
+    column squares with those of ``dense_column_squares`` (the same chunk partials, summed in chunk order),
+    with one thread as with two (d = 70 > ONE_LOAD_MAX_WIDTH takes the three-column loops' path too)."""
+    if chunk_rows is not None:
+        monkeypatch.setattr(matrix_module, "chunk_rows", lambda n: chunk_rows)
+    rng = np.random.default_rng(31)
+    for n, d in ((37, 11), (29, 70)):
+        A = _random_dense(rng, n, d, dtype, zero_rows=True, zero_columns=True)
+        Q = rng.standard_normal((n, k))
+        alone = DenseMatrix(A)
+        expected_squares, expected = alone.column_squares(), alone.rmatmat(Q)
+        for threads in (1, 2):
+            fused = DenseMatrix(A)
+            seen = []
+            fused.check_on_first_pass(seen.append)
+            G = run_with_threads(threads, lambda: fused.rmatmat(Q))
+            assert np.array_equal(G, expected)
+            assert len(seen) == 1 and np.array_equal(seen[0], expected_squares)
+            assert np.array_equal(fused.column_squares(), expected_squares)
+            run_with_threads(threads, lambda: fused.rmatmat(Q))
+            assert len(seen) == 1  # the check ran once
+
+
+def test_a_pending_check_runs_before_any_read_of_c_returns():
+    """Every DenseMatrix operation that reads C runs a pending entry check first (by the column squares of
+    their own pass when no transposed pass formed them), and a failed check stays pending."""
+    rng = np.random.default_rng(32)
+    A = rng.standard_normal((40, 6))
+    x, Q, w = rng.standard_normal(6), rng.standard_normal((40, 2)), rng.standard_normal(40)
+    operations = {
+        "matvec": lambda m: m.matvec(x), "rmatmat": lambda m: m.rmatmat(Q), "sandwich": lambda m: m.sandwich(w),
+        "sandwich_vector": lambda m: m.sandwich_vector(w, x), "matvecs": lambda m: m.matvecs(Q[:6]),
+        "rmatmats": lambda m: m.rmatmats([Q, Q, Q]), "sandwiches": lambda m: m.sandwiches([w, w, w]),
+        "sandwich_rows": lambda m: m.sandwich_rows(np.arange(5), w[:5]), "row_squares": lambda m: m.row_squares(x * x),
+        "row_squares_and_matvec": lambda m: m.row_squares_and_matvec(x * x, x), "rows": lambda m: m.rows(np.arange(3)),
+        "gathered": lambda m: m.gathered(np.arange(3)), "matmat": lambda m: m.matmat(Q[:6]),
+        "column_squares": lambda m: m.column_squares()}
+
+    def refuse(squares):
+        raise ValueError("C must contain only finite values (found NaN or Inf)")
+
+    for name, operation in operations.items():
+        matrix = DenseMatrix(A)
+        matrix.check_on_first_pass(refuse)
+        for _ in range(2):  # a failed check stays pending
+            with pytest.raises(ValueError, match="finite"):
+                operation(matrix)

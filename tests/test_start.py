@@ -352,9 +352,9 @@ def test_sketched_strategies_start_from_a_sample_and_take_no_more_iterations(hes
 
 
 def test_the_default_dense_solve_reads_c_only_for_the_passes_it_needs(monkeypatch):
-    """pcg from x0="auto" on dense C, counted per kernel call (each one read of C): the column squares once
-    (validation's finiteness check, kept for the column scale), the sampled fit's mean once with ∇L(0) in
-    the same pass (no pass of its own for the stopping test's g_ref), the reference's row factors with
+    """pcg from x0="auto" on dense C, counted per kernel call (each one read of C): the sampled fit's mean
+    once, with ∇L(0) (no pass of its own for the stopping test's g_ref) and C's column squares (the check of
+    its entries, kept for the column scale: no pass of their own) in the same pass, the reference's row factors with
     C·D⁻²μ in one read, the first evaluation's forward and gradient passes, then per iteration one read
     per CG step (C·p summed from them: no line-search pass) and the new point's gradient pass (u carried).
     g_ref has the bits of a separate ∇L(0) pass."""
@@ -362,7 +362,7 @@ def test_the_default_dense_solve_reads_c_only_for_the_passes_it_needs(monkeypatc
 
     C, b = _sampled_case()
     calls = {}
-    for name in ("dense_column_squares", "dense_rmatmat", "dense_matvec", "dense_row_squares",
+    for name in ("dense_column_squares", "dense_column_squares_and_rmatmat", "dense_rmatmat", "dense_matvec", "dense_row_squares",
                  "dense_row_squares_and_matvec", "dense_sandwich_vector"):
         kernel = getattr(matrix_module, name)
 
@@ -375,8 +375,8 @@ def test_the_default_dense_solve_reads_c_only_for_the_passes_it_needs(monkeypatc
     assert res.converged and "leverage-sampled rows" in res.start
     assert all(record["preconditioner"] == "start fit" for record in res.history[1:])
     cg_steps = sum(record["cg_iterations"] for record in res.history[1:])
-    assert calls == {"dense_column_squares": 1, "dense_rmatmat": 2 + res.n_iter, "dense_row_squares_and_matvec": 1,
-                     "dense_matvec": 1, "dense_sandwich_vector": cg_steps}
+    assert calls == {"dense_column_squares_and_rmatmat": 1, "dense_rmatmat": 1 + res.n_iter,
+                     "dense_row_squares_and_matvec": 1, "dense_matvec": 1, "dense_sandwich_vector": cg_steps}
     assert res.g_ref == np.linalg.norm(Problem(C, b).gradient_at_zero())
 
 
@@ -457,23 +457,29 @@ def test_sampled_start_bits_do_not_depend_on_the_thread_count():
     np.testing.assert_array_equal(one.x, two.x)
 
 
-def test_centred_gram_is_the_product_with_the_centring_matrix():
-    """``centred_gram(M, μ)`` (the certificate's Gram of the rows centred on μ, in O(d²)) against T M Tᵀ with
-    T = [[I, −μ], [0, 1]] formed explicitly: each entry within the rounding of its sum of up to four
-    products of |entries| (the explicit product sums d + 1 of them per entry, most against zeros of T)."""
-    from fastnewton.start import centred_gram
+def test_uncentred_gram_is_the_product_with_the_uncentring_matrix():
+    """``uncentred_gram(G, μ)`` (the fit's Gram of rows [cᵢ, 1, tᵢ] from that of the centred rows [cᵢ − μ, 1, tᵢ],
+    in O(d²)) against P G Pᵀ with P = [[I, μ, 0], [0, 1, 0], [0, 0, 1]] formed explicitly: each entry within the
+    rounding of its sum of up to four products of |entries| (the explicit product sums d + 2 of them per entry,
+    most against zeros of P), exactly symmetric, and the Gram of the uncentred rows to rounding."""
+    from fastnewton.start import uncentred_gram
 
     rng = np.random.default_rng(5)
     for d in (1, 6, 33):
-        rows = np.column_stack([rng.standard_normal((80, d)) * np.exp(rng.uniform(-3, 3, d)) + 2.0, np.ones(80)])
-        M = rows.T @ (rng.exponential(size=80)[:, None] * rows)
+        raw = rng.standard_normal((80, d)) * np.exp(rng.uniform(-3, 3, d)) + 2.0
+        weights = rng.exponential(size=80)
         mean = rng.standard_normal(d) * 3.0
-        centring = np.eye(d + 1)
-        centring[:d, d] = -mean
-        got = centred_gram(M, mean)
-        magnitude = np.abs(centring) @ np.abs(M) @ np.abs(centring).T
-        naive.assert_within_rounding(got, centring @ M @ centring.T, magnitude, 4)
-        assert got[d, d] == M[d, d]
+        centred = np.column_stack([raw - mean, np.ones(80), rng.standard_normal(80)])
+        G = centred.T @ (weights[:, None] * centred)
+        P = np.eye(d + 2)
+        P[:d, d] = mean
+        got = uncentred_gram(G, mean)
+        magnitude = np.abs(P) @ np.abs(G) @ np.abs(P).T
+        naive.assert_within_rounding(got, P @ G @ P.T, magnitude, 4)
+        assert np.array_equal(got, got.T)
+        uncentred = np.column_stack([raw, centred[:, d:]])
+        direct = uncentred.T @ (weights[:, None] * uncentred)
+        naive.assert_within_rounding(got, direct, np.abs(uncentred).T @ (weights[:, None] * np.abs(uncentred)), 80 + 8)
 
 
 @pytest.mark.filterwarnings("ignore::fastnewton.ConvergenceWarning")
@@ -511,3 +517,43 @@ def test_relu_softmax_start_is_not_sampled():
     C, b, _, _ = planted("relu_softmax", True, n=20_000, d=10, seed=0)
     res = solve(C, b, "relu_softmax", hessian="sketch", seed=0, max_iter=0)
     assert "sampled" not in res.start
+
+
+@pytest.mark.parametrize("mean, spread", [(0.0, 0.0), (0.3, 5.0)], ids=["plain", "offset_and_scaled_columns"])
+def test_sampled_fit_normal_equations_are_the_float64_ones_to_float32_rounding(mean, spread, monkeypatch):
+    """The sampled fit's SYRK runs on centred, column-scaled rows in float32 and is uncentred in float64
+    (``uncentred_gram``): its (M̃, r̃), centred on μ and whitened by the column scale, are the float64 sums over
+    the same kept rows [cᵢ, 1, tᵢ] with weights ωᵢ/πᵢ within float32 rounding of the centred scaled terms,
+    also on columns with offset means and scales e^±5 (the bound is relative to the centred, scaled rows)."""
+    import fastnewton.start as start_module
+
+    C, b = _sampled_case(seed=2, d=32)
+    rng = np.random.default_rng(3)
+    C = (C + mean * rng.standard_normal(C.shape[1])) * np.exp(spread * rng.uniform(-1, 1, C.shape[1]))
+    seen = {}
+    syrk = start_module.blocked_syrk_sandwich
+
+    def captured(block_source, weights, d, **options):
+        seen.update(rows=block_source(slice(0, weights.shape[0]))[1].copy(),
+                    weights=weights.copy(), extra=options["extra_columns"].copy(), mean=options["shift"].copy(),
+                    scale=1.0 / options["column_factors"])
+        return syrk(block_source, weights, d, **options)
+
+    monkeypatch.setattr(start_module, "blocked_syrk_sandwich", captured)
+    _, sample = _sampled_fit(C, b, 0.5, seed=0)
+    assert sample.kept > 0
+    M = sample.normal_matrix
+    d = C.shape[1]
+    rows = np.column_stack([C[seen["rows"]], seen["extra"]])  # [cᵢ, 1, tᵢ]
+    exact = rows.T @ (seen["weights"][:, None] * rows)
+    centring = np.eye(d + 2)
+    centring[:d, d] = -seen["mean"]
+    whiten = np.append(1.0 / seen["scale"], [1.0, 1.0])
+    centred_rows = (rows @ centring.T) * whiten
+    magnitude = np.abs(centred_rows).T @ (seen["weights"][:, None] * np.abs(centred_rows))
+    got = centring[:d + 1, :d + 1] @ M @ centring[:d + 1, :d + 1].T * np.outer(whiten[:d + 1], whiten[:d + 1])
+    want = (centring @ exact @ centring.T * np.outer(whiten, whiten))[:d + 1, :d + 1]
+    # float32 rounding of each scaled entry (2 per product) and of the sums of the two SYRK blocks, plus
+    # float64 rounding of the uncentring and of the check's own centring (|μ|-sized terms, float64 eps).
+    naive.assert_within_rounding(got, want, magnitude[:d + 1, :d + 1], rows.shape[0] + 4,
+                                 eps=np.finfo(np.float32).eps)

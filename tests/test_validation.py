@@ -712,3 +712,21 @@ def test_a_large_c_is_checked_by_its_kept_column_squares(bad, dtype, dense):
     problem.clear_cache()
     with np.errstate(over="ignore", invalid="ignore"):
         assert not np.isfinite(problem.matrix.column_squares()[d // 3])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_solve_checks_a_large_dense_c_on_its_first_pass(bad):
+    """``solve`` checks a large dense C's entries by the column squares of its first pass over C (no pass of
+    their own), with Problem's message, whatever the start and strategy; finite entries whose squares
+    overflow still pass (the entrywise check)."""
+    rng = np.random.default_rng(5)
+    n, d = 2**13, 40  # ≥ COLUMN_SQUARES_CHECK_ENTRIES entries
+    C = rng.standard_normal((n, d))
+    b = np.full(n, 1.0 / n)
+    C[n // 2, 7] = bad
+    for x0, hessian in (("auto", "pcg"), ("auto", "exact"), ("zeros", "auto"), (np.zeros(d), "lagged")):
+        with pytest.raises(ValueError, match="C must contain only finite values"):
+            solve(C, b, x0=x0, hessian=hessian, max_iter=3)
+    C[n // 2, 7] = 1e200
+    res = solve(C, b, max_iter=1)
+    assert res.n_iter <= 1
