@@ -12,7 +12,7 @@ MACHINE = 'x86_64, 2 cores'
 
 # Stored entries of C read per second by one pass (u = Cx, or the fused Cᵀ[q, U]).
 DENSE_PASS_ENTRIES = 4.27e+09
-CSR_PASS_ENTRIES = 2.54e+09
+CSR_PASS_ENTRIES = 2.58e+09
 # Dense Hessian-vector product (C·v and Cᵀ(β ⊙ Cv) in one read of C): entries of C per second at d = 256
 # and at d = 32; log-log in d between.
 DENSE_HESSIAN_VECTOR_ENTRIES = 4.13e+09
