@@ -140,9 +140,9 @@ def log_partition_serial(u, relu, chunk_rows, e):
 @njit(cache=True)
 def chunk_regression_columns(u, e, scale, b, w, relu, start, stop, Q):
     """Rows [start, stop) of ``softmax_regression_columns``: writes their Q rows and returns their
-    (Σ s·r, Σ (3s − 2b)·s, Σ r² + w u²), summed in row order. An empty w (``no_row_weights``) leaves the
-    w terms out: the bits of an all-zero w (Q[i, 0] up to the sign of a zero), without reading w or, for
-    softmax, u."""
+    (Σ s·r, Σ (3s − 2b)·s, Σ r² + w u²), summed in row order. An empty w (no row weights:
+    ``fastnewton.models.base.kernel_row_weights``) leaves the w terms out: the bits of an all-zero w
+    (Q[i, 0] up to the sign of a zero), without reading w or, for softmax, u."""
     weighted = w.shape[0] != 0
     c_acc = 0.0
     g_acc = 0.0
