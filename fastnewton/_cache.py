@@ -13,8 +13,17 @@ So an installed fastnewton caches its kernels in a per-user cache folder instead
 after its path). A source checkout keeps Numba's default (``kernels/__pycache__``, ignored by
 git). ``NUMBA_CACHE_DIR``, when set, wins everywhere, as Numba documents. Only fastnewton's own
 kernels are affected: every other function keeps Numba's usual locations.
+
+Wherever they are cached, a kernel's cached code is fresh only while **every** kernel source file is
+unchanged (``kernels_stamp``), not only its own file as Numba checks: a kernel compiles the helpers it
+calls from other kernel files into its own code, so after ``git pull`` (or a branch switch) under an
+editable install changed a helper's file alone, Numba loaded the callers' stale code (seen: a stale
+caller read an array the new helper no longer filled, out of bounds). Any kernel file changing makes
+every kernel compile again, once.
 """
 import contextlib
+import functools
+import hashlib
 import logging
 import os
 import pathlib
@@ -63,36 +72,55 @@ def _locator_base():
     return getattr(caching, "UserProvidedCacheLocator", None) or getattr(caching, "_UserProvidedCacheLocator")
 
 
+def kernels_stamp(kernels_dir):
+    """The freshness stamp of every kernel: a SHA-256 of all ``*.py`` files of ``kernels_dir`` (names and
+    contents, in name order), re-hashed only when a file's size or modification time moves."""
+    files = sorted(pathlib.Path(kernels_dir).glob("*.py"))
+    listing = tuple((path.name, status.st_mtime_ns, status.st_size) for path in files for status in [path.stat()])
+    return _hash_kernel_sources(str(kernels_dir), listing)
+
+
+@functools.lru_cache(maxsize=None)
+def _hash_kernel_sources(kernels_dir, listing):
+    digest = hashlib.sha256()
+    for name, _, _ in listing:
+        digest.update(name.encode() + b"\0")
+        digest.update((pathlib.Path(kernels_dir) / name).read_bytes())
+    return digest.digest()
+
+
 def _make_locator():
     base = _locator_base()
 
-    class InstalledKernelsLocator(base):
-        """Caches the kernels of an installed fastnewton in the per-user folder (see the module docstring)."""
+    class KernelsLocator(base):
+        """Locates the cache of fastnewton's kernels (``cache_dir``) and stamps it with every kernel file
+        (``kernels_stamp``); see the module docstring."""
 
         def __init__(self, py_func, py_file):
             super().__init__(py_func, py_file)
-            self._cache_path = str(user_cache_root() / self.get_suitable_cache_subpath(py_file))
+            self._cache_path = str(cache_dir(pathlib.Path(py_file).parent))
+
+        def get_source_stamp(self):
+            return kernels_stamp(pathlib.Path(self._py_file).parent)
 
         @classmethod
         def from_function(cls, py_func, py_file):
-            if numba.config.CACHE_DIR or os.environ.get("NUMBA_CACHE_DIR"):
-                return None  # the user chose a folder: Numba's own locator uses it
-            directory = pathlib.Path(py_file).resolve().parent
-            if not installed_layout(directory):
-                return None
+            if pathlib.Path(py_file).resolve().parent != _kernels_dir():
+                return None  # not one of our kernels: Numba's own locators
             # The mixin's from_function builds the locator and checks the folder is writable;
             # None (not writable) falls through to Numba's usual locators.
             return super(base, cls).from_function(py_func, py_file)
 
-    return InstalledKernelsLocator
+    return KernelsLocator
 
 
 def install_locator():
     """Put the fastnewton locator first in Numba's list (idempotent); must run before the kernels import.
 
-    The locator answers only for files inside an installed ``fastnewton/kernels`` folder and
-    returns None (Numba's next locator) for everything else, so other packages' caches and a
-    user's ``NUMBA_CACHE_DIR`` are untouched.
+    The locator answers only for the files of the ``fastnewton.kernels`` folder in use and returns None
+    (Numba's next locator) for everything else, so other packages' caches are untouched; for our kernels it
+    uses the folder Numba would (``NUMBA_CACHE_DIR``, else beside the source in a checkout) or, for an
+    install, the per-user one.
     """
     impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")
     if any(getattr(cls, "_fastnewton", False) for cls in impl._locator_classes):

@@ -152,3 +152,31 @@ def test_every_subpackage_is_installed():
     found = {".".join(path.parent.relative_to(REPO).parts) for path in (REPO / "fastnewton").rglob("__init__.py")
              if "__pycache__" not in path.parts}
     assert found | {"fastnewton.kernels"} == listed, (found, listed)
+
+
+STAMPED_COMPILE = """
+import fastnewton
+from fastnewton.kernels.damping import gain_ratio
+gain_ratio(1.0, 1.0, 1.0, 1.0, 0.5, 0.0)
+print("HITS", sum(gain_ratio.stats.cache_hits.values()), "MISSES", sum(gain_ratio.stats.cache_misses.values()))
+"""
+
+
+def test_a_kernel_is_compiled_again_when_another_kernel_file_changes(tmp_path):
+    # Kernels compile the helpers they call from other kernel files into their own code, so a cache
+    # that is fresh by the kernel's own file alone kept stale callers after a helper changed (an
+    # editable install after `git pull`). Here exp.py changes and damping.py's kernel must recompile.
+    site = tmp_path / "site"
+    _installed_copy(site)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("NUMBA_", "PYTHON"))}
+    env.update(PYTHONPATH=str(site), XDG_CACHE_HOME=str(tmp_path / "user-cache"))
+
+    def run():
+        return _run([sys.executable, "-c", STAMPED_COMPILE], tmp_path, env)
+
+    assert "HITS 0 MISSES 1" in run()  # a fresh copy compiles
+    assert "HITS 1 MISSES 0" in run()  # and loads its cache the next time
+    helper = site / "fastnewton" / "kernels" / "exp.py"
+    helper.write_text(helper.read_text() + "\n# an edit in another kernel file\n")
+    assert "HITS 0 MISSES 1" in run()
+    assert "HITS 1 MISSES 0" in run()
