@@ -55,7 +55,10 @@ def _masked(message):
     return re.sub(r"g_ref = [0-9.e+-]+", "g_ref = …", message)
 
 
-def _check_same_as_solve(problems, model, result, **kwargs):
+def _check_same_as_solve(problems, model, result, non_unique=(), **kwargs):
+    """Each problem's answer is solve's: status, message, iterations, loss and x within X_RTOL; for the
+    problems listed in ``non_unique`` (a minimiser that is not unique, e.g. duplicate columns) Cx instead of
+    x: any rounding difference moves x along the valley, which the README states as the exception."""
     x0_each = kwargs.pop("x0_each", None)
     for i, problem in enumerate(problems):
         C, b, V = (*problem, None)[:3]
@@ -70,8 +73,12 @@ def _check_same_as_solve(problems, model, result, **kwargs):
             assert abs(mine["n_iter"] - reference.n_iter) <= STALL_WINDOW, i
         else:
             assert mine["n_iter"] == reference.n_iter, i
-        scale = max(np.linalg.norm(reference.x), 1e-300)
-        assert np.linalg.norm(mine["x"] - reference.x) <= X_RTOL * scale, i
+        if i in non_unique:
+            mine_u, reference_u = C @ mine["x"], C @ reference.x
+            assert np.linalg.norm(mine_u - reference_u) <= X_RTOL * max(np.linalg.norm(reference_u), 1e-300), i
+        else:
+            scale = max(np.linalg.norm(reference.x), 1e-300)
+            assert np.linalg.norm(mine["x"] - reference.x) <= X_RTOL * scale, i
         assert mine["loss"] == pytest.approx(reference.loss, rel=1e-10, abs=1e-300)
         assert mine["converged"] == reference.converged
 
@@ -141,13 +148,14 @@ def test_relu_kink_stall_message_matches_solve():
 
 def test_singular_starts_fall_back_to_the_python_start():
     """A rank-deficient fit (duplicate columns) and relu_softmax's margin LP (n < d) are finished in
-    Python, one call per such problem, and still give solve's answers."""
+    Python, one call per such problem, and still give solve's answers (Cx for the duplicate columns, whose
+    minimiser is a valley: on an AVX2 EPYC solve_many's x sat 8.7e-7 along it from solve's, with Cx equal)."""
     C, b, _ = make_problem(80, 6, nnz_per_row=6, noise=0.05, seed=4, dense=True)
     duplicate = np.column_stack([C, C[:, :2]])
     wide, wide_b, _ = make_problem(12, 20, nnz_per_row=5, model="relu_softmax", seed=5)
     for model, problems in (("softmax", [(duplicate, b), (C, b)]), ("relu_softmax", [(wide, wide_b), (C, b)])):
         result = _quiet(solve_many, problems, model=model)
-        _check_same_as_solve(problems, model, result)
+        _check_same_as_solve(problems, model, result, non_unique=(0,))
 
 
 def test_bad_problem_is_reported_by_index_and_the_others_solve():
