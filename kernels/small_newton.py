@@ -26,9 +26,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .blas import syrk_upper
 from .csr import csr_column_squares
 from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, raised_damping
-from .dense import chunk_rmatmat, four_row_dots, row_dot
+from .dense import chunk_rmatmat, four_row_dots, row_dot, signed_scaled_rows
 from .in_place import array_at
 from .sandwich import _gather_sorted_row
 from .softmax import (
@@ -129,14 +130,15 @@ def _rmatmat(matrix, Q, chunk_rows, out):
 
 @njit(cache=True)
 def _sandwich(matrix, beta, out):
-    """out = Cᵀ diag(β) C (d × d, β of any sign). Dense: B₊ᵀB₊ − B₋ᵀB₋ by BLAS with B± the rows of
-    positive / negative β scaled by √|β| (as the blocked SYRK of fastnewton.matrix); CSR: pair
-    updates of the upper triangle over rows gathered sorted (kernels/sandwich.py's ``_gather_sorted_row``), then mirrored."""
+    """out = Cᵀ diag(β) C (d × d, β of any sign). Dense: B₊ᵀB₊ − B₋ᵀB₋ by BLAS SYRKs (``kernels/blas.py``)
+    with B± the rows of positive / negative β scaled by √|β|, as fastnewton.matrix's blocked SYRK
+    forms it for ``solve``; CSR: pair updates of the upper triangle over rows gathered sorted
+    (kernels/sandwich.py's ``_gather_sorted_row``), then mirrored."""
     A, indptr, indices, data, csr = matrix
     d = out.shape[0]
     n = beta.shape[0]
-    out[:] = 0.0
     if csr:
+        out[:] = 0.0
         columns = np.empty(d, dtype=np.uintp)
         values = np.empty(d)
         for i in range(n):
@@ -151,29 +153,21 @@ def _sandwich(matrix, beta, out):
                 va = bi * values[a]
                 for c in range(a, m):
                     out[ja, columns[c]] += va * values[c]
-        for j in range(d):
-            for l in range(j + 1, d):
-                out[l, j] = out[j, l]
-        return
-    for sign in (1.0, -1.0):
-        rows = 0
-        for i in range(n):
-            if beta[i] * sign > 0.0:
-                rows += 1
-        if rows == 0:
-            continue
-        B = np.empty((rows, d))
-        r = 0
-        for i in range(n):
-            if beta[i] * sign > 0.0:
-                root = math.sqrt(abs(beta[i]))
-                for j in range(d):
-                    B[r, j] = A[i, j] * root
-                r += 1
-        product = np.dot(B.T, B)
-        for j in range(d):
-            for l in range(d):
-                out[j, l] += sign * product[j, l]
+    else:
+        B = np.empty((n, d))
+        positive, negative = signed_scaled_rows(A, np.arange(n), np.empty((n, 0)), beta, np.zeros(d), np.ones(d), B)
+        # Each Gram matrix formed on its own and the negative one subtracted, as ``blocked_syrk_sandwich``
+        # does for ``solve`` in one block (n ≤ 8192 rows; NumPy runs its Bᵀ·B as a dsyrk too): the same sums.
+        if positive:
+            syrk_upper(B[:positive], 1.0, 0.0, out)
+        else:
+            out[:] = 0.0
+        if negative:
+            gram = np.empty((d, d))
+            syrk_upper(B[positive:positive + negative], 1.0, 0.0, gram)
+            for j in range(d):
+                for l in range(j, d):
+                    out[j, l] -= gram[j, l]
     for j in range(d):  # exactly symmetric, as SYRK's mirrored triangle
         for l in range(j + 1, d):
             out[l, j] = out[j, l]
