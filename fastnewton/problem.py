@@ -13,10 +13,11 @@ from .hessian import default_thread_count
 from .kernels.softmax import line_point
 from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
+from .models.base import has_row_weights
 from .newton import run_rounds
 from .protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from .reductions import dot
-from .sketching import sampled_sandwich
+from .sketching import sampled_sandwich, uncentred_sandwich
 from .threads import numba_threads
 from .validation import as_input_matrix, as_l2, as_row_weights, as_value_matrix, as_vector, check_model
 
@@ -142,6 +143,7 @@ class Problem:
         """Hold the validated inputs."""
         self.model, self.matrix, self.V, self.l2, self.row_weights = model, matrix, V, l2, row_weights
         self._column_norms = None
+        self._column_mean = None
         self._thread_count = _UNDECIDED
         # The work arrays of evaluations (``fastnewton.buffers``), shared by the problems ``with_target``
         # makes: solve_many's problems reuse each other's freed arrays, not only their own.
@@ -332,8 +334,25 @@ class Problem:
 
     def sampled_sandwich(self, ev, s, rng, reference=None):
         """(CᵀD̃C from a leverage-score sample of about s rows, rows kept): ``fastnewton.sketching``
-        (``reference``: a ``LeverageReference`` kept across the solve's iterations)."""
-        return sampled_sandwich(self.matrix, self.beta(ev), self.l2, s, rng, reference)
+        (``reference``: a ``LeverageReference`` kept across the solve's iterations). Of the centred rows
+        cᵢ − μ where the model allows it (``sampling_mean``), turned back by ``uncentred_sandwich``."""
+        mean = self.sampling_mean()
+        sandwich, kept = sampled_sandwich(self.matrix, self.beta(ev), self.l2, s, rng, reference, mean)
+        if mean is not None:
+            sandwich = uncentred_sandwich(sandwich, mean, ev.P, ev.S, self.row_model.ones_columns(ev.known))
+        return sandwich, kept
+
+    def sampling_mean(self):
+        """μ, C's column mean, when the sketch samples the centred rows cᵢ − μ: the model's u-Hessian
+        annihilates 1 (``Model.shift_invariant``) and no row weight is non-zero (½ Σ wᵢuᵢ² is not
+        shift-invariant); else None. One transposed pass, kept until ``clear_cache``."""
+        if not self.row_model.shift_invariant or has_row_weights(self.block):
+            return None
+        if self._column_mean is None:
+            n = self.matrix.n
+            self._column_mean = self.matrix.rmatmat(np.full((n, 1), 1.0 / max(n, 1)))[:, 0]
+            self._column_mean.flags.writeable = False
+        return self._column_mean
 
     def line(self, ev, p, Cp=None):
         """The line x + t·p from ev (``Cp``: C·p when already formed, e.g. with other problems' directions)."""
@@ -471,6 +490,7 @@ class Problem:
         evaluation pays its passes over C again (after modifying C in place, so no value mixes old and new C)."""
         self._forget_points()
         self._column_norms = None
+        self._column_mean = None
         self.matrix.clear_cache()
 
     def _forget_points(self):
