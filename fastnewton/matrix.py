@@ -579,8 +579,8 @@ class CSRMatrix:
         if shift is None:
             return out
         weighted = np.asarray(self.scipy()[rows].T @ weights, dtype=np.float64)
-        out -= np.outer(shift, weighted)
-        out -= np.outer(weighted, shift)
+        cross = np.outer(shift, weighted)
+        out -= cross + cross.T  # summed first: exactly symmetric, as the sandwich is
         out += float(np.sum(weights)) * np.outer(shift, shift)
         return out
 

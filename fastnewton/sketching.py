@@ -137,9 +137,8 @@ def uncentred_sandwich(centred, mean, P, S, ones_columns):
     (β = −U S t row by row, since (diag(β) + U S Uᵀ)1 = 0). So the Hessian it gives, + P S Pᵀ + λI, is
     C̃ᵀ D̃ C̃ + P̃ S P̃ᵀ + λI with P̃ = P − μtᵀ: its error is the centred sample's alone. O(d·k + d²), no pass."""
     St = S @ ones_columns
-    a = -(P @ St)
-    out = centred + np.outer(mean, a)
-    out += np.outer(a, mean)
+    cross = np.outer(mean, P @ St)
+    out = centred - (cross + cross.T)  # summed first: exactly symmetric, as the sandwich is
     out += float(ones_columns @ St) * np.outer(mean, mean)
     return out
 
@@ -354,7 +353,7 @@ def spread_certified(whitened):
     then every reference score is at least 1/REFERENCE_SPREAD of its share of the true ones
     (``LeverageReference``)."""
     d = whitened.shape[0]
-    if not np.all(np.isfinite(whitened)):
+    if d == 0 or not np.all(np.isfinite(whitened)):
         return False
     floor = np.trace(whitened) / (REFERENCE_SPREAD * d)
     if not floor > 0:
