@@ -223,6 +223,16 @@ def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SA
     return sums(map_single_threaded_blas(block_sandwich, items))
 
 
+def column_means(matrix):
+    """C's column mean Cᵀ1/n (one transposed pass, kept on the matrix until its ``clear_cache``: the problems
+    ``solve_many`` makes for the targets of one C share it; read-only)."""
+    if matrix._column_means is None:
+        means = matrix.rmatmat(np.full((matrix.n, 1), 1.0 / max(matrix.n, 1)))[:, 0]
+        means.flags.writeable = False
+        matrix._column_means = means
+    return matrix._column_means
+
+
 class DenseMatrix:
     """Row-major dense C (float32 or float64); passes in Numba, the sandwich by blocked BLAS SYRK."""
 
@@ -237,6 +247,7 @@ class DenseMatrix:
         self.nbytes = array.nbytes
         self._chunk_rows = chunk_rows(self.n)
         self._column_squares = None
+        self._column_means = None
         self._pending_check = None
 
     def check_on_first_pass(self, check):
@@ -416,6 +427,7 @@ class DenseMatrix:
     def clear_cache(self):
         """Forget the column squares (C was edited in place)."""
         self._column_squares = None
+        self._column_means = None
 
 
 # ``csr_sandwich_vector``'s unused inputs: its β given (no columns Q), or its β formed from Q (no β).
@@ -449,6 +461,7 @@ class CSRMatrix:
         # The full sandwich's per-chunk partials, kept from one Hessian to the next.
         self._partials = Recycler()
         self._column_squares = None
+        self._column_means = None
         self._sandwich_work = None
 
     def matvec(self, x, out=None):
@@ -666,6 +679,7 @@ class CSRMatrix:
     def clear_cache(self):
         """Forget the column squares (C was edited in place; ``DenseMatrix.clear_cache``)."""
         self._column_squares = None
+        self._column_means = None
 
     def _dense_rows_block(self, rows):
         """C[rows] (an array of row positions) as dense float64, duplicates summed in float64."""

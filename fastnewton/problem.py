@@ -11,6 +11,7 @@ import numpy as np
 from .buffers import Recycler
 from .hessian import default_thread_count
 from .kernels.softmax import line_point
+from .matrix import column_means
 from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
 from .models.base import has_row_weights
@@ -143,7 +144,6 @@ class Problem:
         """Hold the validated inputs."""
         self.model, self.matrix, self.V, self.l2, self.row_weights = model, matrix, V, l2, row_weights
         self._column_norms = None
-        self._column_mean = None
         self._thread_count = _UNDECIDED
         # The work arrays of evaluations (``fastnewton.buffers``), shared by the problems ``with_target``
         # makes: solve_many's problems reuse each other's freed arrays, not only their own.
@@ -345,14 +345,10 @@ class Problem:
     def sampling_mean(self):
         """μ, C's column mean, when the sketch samples the centred rows cᵢ − μ: the model's u-Hessian
         annihilates 1 (``Model.shift_invariant``) and no row weight is non-zero (½ Σ wᵢuᵢ² is not
-        shift-invariant); else None. One transposed pass, kept until ``clear_cache``."""
-        if not self.row_model.shift_invariant or has_row_weights(self.block):
+        shift-invariant); else None. One transposed pass, kept by the matrix (``fastnewton.matrix.column_means``)."""
+        if not getattr(self.row_model, "shift_invariant", False) or has_row_weights(self.block):
             return None
-        if self._column_mean is None:
-            n = self.matrix.n
-            self._column_mean = self.matrix.rmatmat(np.full((n, 1), 1.0 / max(n, 1)))[:, 0]
-            self._column_mean.flags.writeable = False
-        return self._column_mean
+        return column_means(self.matrix)
 
     def line(self, ev, p, Cp=None):
         """The line x + t·p from ev (``Cp``: C·p when already formed, e.g. with other problems' directions)."""
@@ -490,7 +486,6 @@ class Problem:
         evaluation pays its passes over C again (after modifying C in place, so no value mixes old and new C)."""
         self._forget_points()
         self._column_norms = None
-        self._column_mean = None
         self.matrix.clear_cache()
 
     def _forget_points(self):

@@ -82,7 +82,7 @@ def block_meta(block, model):
     summary = {"nnz": block.matrix.nnz, "dense_rows": block.rows if block.matrix.format == "dense" else 0,
                "bytes": block.matrix.nbytes, "column_squares": block.matrix.column_squares(), "max_seconds": 0.0,
                "weighted_blocks": int(has_row_weights(block))}
-    if model.shift_invariant:
+    if getattr(model, "shift_invariant", False):
         # C's column sums: the sketch's centre μ (``DaskProblem.sampling_mean``).
         summary["column_sums"] = block.matrix.rmatmat(np.ones((block.rows, 1)))[:, 0]
     summary.update(model.facts(block))

@@ -143,7 +143,8 @@ class DaskProblem:
     def sampling_mean(self):
         """μ = C's column mean (from the blocks' column sums) when the sketch samples centred rows: a
         ``shift_invariant`` model and no non-zero row weight (``Problem.sampling_mean``); else None."""
-        if not self.row_model.shift_invariant or self.meta["weighted_blocks"] or "column_sums" not in self.meta:
+        if (not getattr(self.row_model, "shift_invariant", False) or "column_sums" not in self.meta
+                or self.meta["weighted_blocks"]):
             return None
         return self.meta["column_sums"] / self.n
 
