@@ -342,13 +342,15 @@ class Problem:
             sandwich = uncentred_sandwich(sandwich, mean, ev.P, ev.S, self.row_model.ones_columns(ev.known))
         return sandwich, kept
 
+    def centres_samples(self):
+        """Whether the sketch samples centred rows cᵢ − μ: the model's u-Hessian annihilates 1
+        (``Model.shift_invariant``) and no row weight is non-zero (½ Σ wᵢuᵢ² is not shift-invariant)."""
+        return getattr(self.row_model, "shift_invariant", False) and not has_row_weights(self.block)
+
     def sampling_mean(self):
-        """μ, C's column mean, when the sketch samples the centred rows cᵢ − μ: the model's u-Hessian
-        annihilates 1 (``Model.shift_invariant``) and no row weight is non-zero (½ Σ wᵢuᵢ² is not
-        shift-invariant); else None. One transposed pass, kept by the matrix (``fastnewton.matrix.column_means``)."""
-        if not getattr(self.row_model, "shift_invariant", False) or has_row_weights(self.block):
-            return None
-        return column_means(self.matrix)
+        """μ, C's column mean, when the sketch samples the centred rows cᵢ − μ (``centres_samples``), else None.
+        One transposed pass, kept by the matrix (``fastnewton.matrix.column_means``)."""
+        return column_means(self.matrix) if self.centres_samples() else None
 
     def line(self, ev, p, Cp=None):
         """The line x + t·p from ev (``Cp``: C·p when already formed, e.g. with other problems' directions)."""

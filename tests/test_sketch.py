@@ -946,12 +946,20 @@ def test_sketched_solve_on_offset_c_takes_the_iterations_of_centred_c(hessian, c
     same centred rows, so the sketch must take about as many iterations: at most offset 0's + 2 per seed (the
     start's sample, drawn on uncentred rows, and rounding make the two solves differ a little). Measured, dense
     20000 × 16, seeds 0–2: sketch 7, 6, 7 on C and 6, 6, 7 on C + 10; before centring C + 10 hit max_iter = 40
-    in all three; pcg 2 everywhere (CG on the exact Hessian corrects its preconditioner)."""
+    in all three; pcg 2 everywhere (CG on the exact Hessian corrects its preconditioner), and its CG iterations,
+    preconditioned by the start's fit matrix on dense C (centred on the fit's mean, then turned back), also at
+    most offset 0's + 2 per solve (dense 10⁵ × 128, + 10: 15 before centring, 6 after, 6 on C itself; at this
+    size 6 on C and 3 on C + 10, 4 before centring)."""
     base = _offset_solves(0.0, hessian, csr)
     shifted = _offset_solves(10.0, hessian, csr)
+
+    def cg(res):
+        return sum(record.get("cg_iterations", 0) for record in res.history)
+
     for plain, offset in zip(base, shifted):
         assert plain.converged and offset.converged, offset.message
         assert offset.n_iter <= plain.n_iter + 2, (plain.n_iter, offset.n_iter)
+        assert cg(offset) <= cg(plain) + 2, (cg(plain), cg(offset))
 
 
 def test_centred_sketch_solve_is_fixed_by_the_seed_and_not_by_the_thread_count(run_with_threads):
