@@ -184,7 +184,8 @@ def scores(block, beta, Z, mean=None):
 
 
 def sampled_sandwich(block, beta, held_scores, s, total, seed, mean=None):
-    """The block's share of CᵀD̃C (C̃ᵀD̃C̃ with ``mean``): Poisson-sampled rows with weights β/π (and how many were kept)."""
+    """The block's share of CᵀD̃C (C̃ᵀD̃C̃ with ``mean``): Poisson-sampled rows with weights β/π (and how many
+    were kept)."""
     summary = {}
     with _timed(block, summary):
         rows, pi = sample_rows(held_scores.kept["scores"], s, _block_rng(block, seed, 1), total)
