@@ -18,7 +18,7 @@ from .models.base import has_row_weights
 from .newton import run_rounds
 from .protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from .reductions import dot
-from .sketching import sampled_sandwich, uncentred_sandwich
+from .sketching import sampled_sandwich, uncentred_sandwich, worth_centring
 from .threads import numba_threads
 from .validation import as_input_matrix, as_l2, as_row_weights, as_value_matrix, as_vector, check_model
 
@@ -348,9 +348,13 @@ class Problem:
         return getattr(self.row_model, "shift_invariant", False) and not has_row_weights(self.block)
 
     def sampling_mean(self):
-        """μ, C's column mean, when the sketch samples the centred rows cᵢ − μ (``centres_samples``), else None.
+        """μ, C's column mean, when the sketch samples the centred rows cᵢ − μ (``centres_samples``, and some
+        column's mean is not small against its spread: ``fastnewton.sketching.worth_centring``), else None.
         One transposed pass, kept by the matrix (``fastnewton.matrix.column_means``)."""
-        return column_means(self.matrix) if self.centres_samples() else None
+        if not self.centres_samples():
+            return None
+        mean = column_means(self.matrix)
+        return mean if worth_centring(self.matrix.column_squares(), mean, self.matrix.n) else None
 
     def line(self, ev, p, Cp=None):
         """The line x + t·p from ev (``Cp``: C·p when already formed, e.g. with other problems' directions)."""

@@ -125,6 +125,21 @@ class CentredRows:
         return self.matrix.sandwich_rows_and_absolute(rows, weights, shift=self.mean)
 
 
+# Centring is skipped on C whose column means are all small against their spread: nμⱼ² ≤ CENTRING_MIN_RATIO·‖C_j − μ_j‖²
+# for every column j. The offset's share of the sample, ~|μ|²/σ² of the curvature along it, adds at most ε times
+# that ratio to the sample's error (0.05 at ε = 0.5), while centring costs a read of C more for the first row
+# factors (the start's, on dense softmax, are uncentred); planted C (make_problem: ratio ~1e-5) keeps its
+# uncentred sample and its bits, C + 1 (ratio 1: 17 sketched iterations instead of 5) is centred.
+CENTRING_MIN_RATIO = 0.1
+
+
+def worth_centring(column_squares, mean, n):
+    """Whether some column's mean is not small against its spread (``CENTRING_MIN_RATIO``; a constant non-zero
+    column, e.g. a bias, always is): μ = C's column mean, ``column_squares`` ‖C_j‖²."""
+    offsets = n * mean * mean
+    return bool(np.any(offsets > CENTRING_MIN_RATIO * (np.asarray(column_squares) - offsets)))
+
+
 def sampled_rows_of(matrix, mean):
     """The rows the sample is drawn from: C's own, or C̃ = C − 1μᵀ (``CentredRows``) when ``mean`` μ is given."""
     return matrix if mean is None else CentredRows(matrix, mean)

@@ -28,6 +28,7 @@ from fastnewton.kernels.sandwich import csr_sandwich_rows, partials_shape
 from fastnewton.kernels.sketch import bucket_members
 from fastnewton.matrix import DENSE_SANDWICH_BLOCK, DENSE_ROW_MIN_NNZ, CSRMatrix, DenseMatrix
 from fastnewton.sketching import (
+    CENTRING_MIN_RATIO,
     CentredRows,
     JL_DIM,
     OSNAP_NNZ,
@@ -38,6 +39,7 @@ from fastnewton.sketching import (
     sample_rows,
     sample_size,
     sampled_sandwich,
+    worth_centring,
 )
 from fastnewton.threads import thread_limits
 from fastnewton.validation import as_input_matrix
@@ -973,3 +975,22 @@ def test_centred_sketch_solve_is_fixed_by_the_seed_and_not_by_the_thread_count(r
         two = run_with_threads(2, solve_once)
         np.testing.assert_array_equal(one, again)
         np.testing.assert_array_equal(one, two)
+
+
+def test_centring_is_skipped_where_every_column_mean_is_small_against_its_spread():
+    """``worth_centring``: nμⱼ² > CENTRING_MIN_RATIO·‖C_j − μ_j‖² for some column j, on both sides of the bound;
+    a constant non-zero column always, a zero column never. Planted C (means ~1e-2 of the spread) keeps the
+    uncentred sample; C + 1 and a bias column are centred."""
+    n = 1000
+    spread = np.ones(n)
+    spread[::2] = -1.0  # mean 0, ‖C_j − μ_j‖² = n
+    for ratio, expected in ((0.9 * CENTRING_MIN_RATIO, False), (1.1 * CENTRING_MIN_RATIO, True)):
+        column = spread + math.sqrt(ratio)  # nμ² = ratio·n
+        assert worth_centring(np.array([column @ column, n]), np.array([column.mean(), 0.0]), n) is expected
+    assert worth_centring(np.array([4.0 * n]), np.array([2.0]), n)
+    assert not worth_centring(np.array([0.0]), np.array([0.0]), n)
+    problem, _ = _offset_problem("softmax", offset=0.0)
+    assert problem.sampling_mean() is None
+    for offset, csr in ((1.0, False), (0.0, True)):
+        problem, _ = _offset_problem("softmax", offset=offset, csr=csr)
+        assert problem.sampling_mean() is not None

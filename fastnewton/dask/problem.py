@@ -25,7 +25,7 @@ import numpy as np
 from ..models import build_model, uses_values
 from ..protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from ..reductions import dot
-from ..sketching import embedding_factor, jl_directions, uncentred_sandwich
+from ..sketching import embedding_factor, jl_directions, uncentred_sandwich, worth_centring
 from ..validation import as_l2, as_vector
 from . import blocks
 from .rounds import Rounds
@@ -146,7 +146,8 @@ class DaskProblem:
         if (not getattr(self.row_model, "shift_invariant", False) or "column_sums" not in self.meta
                 or self.meta["weighted_blocks"]):
             return None
-        return self.meta["column_sums"] / self.n
+        mean = self.meta["column_sums"] / self.n
+        return mean if worth_centring(self.meta["column_squares"], mean, self.n) else None
 
     def hessian_product(self, ev, p):
         Hp = self.rounds.reduce(self.rounds.run(blocks.hessian_vector, self.beta(ev), args=(p,)))["Hp"]
