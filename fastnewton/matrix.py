@@ -223,6 +223,16 @@ def blocked_syrk_sandwiches(block_source, weight_vectors, d, block_size=DENSE_SA
     return sums(map_single_threaded_blas(block_sandwich, items))
 
 
+def column_means(matrix):
+    """C's column mean Cᵀ1/n (one transposed pass, kept on the matrix until its ``clear_cache``: the problems
+    ``solve_many`` makes for the targets of one C share it; read-only)."""
+    if matrix._column_means is None:
+        means = matrix.rmatmat(np.full((matrix.n, 1), 1.0 / max(matrix.n, 1)))[:, 0]
+        means.flags.writeable = False
+        matrix._column_means = means
+    return matrix._column_means
+
+
 class DenseMatrix:
     """Row-major dense C (float32 or float64); passes in Numba, the sandwich by blocked BLAS SYRK."""
 
@@ -237,6 +247,7 @@ class DenseMatrix:
         self.nbytes = array.nbytes
         self._chunk_rows = chunk_rows(self.n)
         self._column_squares = None
+        self._column_means = None
         self._pending_check = None
 
     def check_on_first_pass(self, check):
@@ -312,15 +323,15 @@ class DenseMatrix:
         """C's rows in ``part`` as float64 (a view when C is float64)."""
         return self.rows(part)
 
-    def _syrk_sandwich(self, weights, rows=None, with_absolute=False):
-        """Σᵢ wᵢ cᵢcᵢᵀ over C's rows, or C[rows], by ``blocked_syrk_sandwich``."""
+    def _syrk_sandwich(self, weights, rows=None, with_absolute=False, shift=None):
+        """Σᵢ wᵢ cᵢcᵢᵀ over C's rows, or C[rows], by ``blocked_syrk_sandwich`` (``shift`` μ: of the rows cᵢ − μ)."""
         self._checked()
         def block_source(part):
             if rows is None:
                 return self.array, np.arange(part.start, part.stop)
             return self.array, rows[part]
 
-        return blocked_syrk_sandwich(block_source, weights, self.d, with_absolute=with_absolute)
+        return blocked_syrk_sandwich(block_source, weights, self.d, with_absolute=with_absolute, shift=shift)
 
     def sandwich(self, beta):
         return self._syrk_sandwich(beta)
@@ -343,14 +354,15 @@ class DenseMatrix:
         """(sparse pair updates, dense SYRK multiply-adds) of the full sandwich: every row by SYRK."""
         return 0.0, self.n * self.d * self.d / 2
 
-    def sandwich_rows(self, rows, weights):
-        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich) by SYRK on the gathered rows."""
-        return self._syrk_sandwich(weights, rows)
+    def sandwich_rows(self, rows, weights, shift=None):
+        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich) by SYRK on the gathered rows
+        (``shift`` μ: of the rows C_{rows[t]} − μ, centred by the SYRK's gather, ``signed_scaled_rows``)."""
+        return self._syrk_sandwich(weights, rows, shift=shift)
 
-    def sandwich_rows_and_absolute(self, rows, weights):
-        """(``sandwich_rows(rows, weights)``, the same with |weights|): one gather and two SYRKs per block,
+    def sandwich_rows_and_absolute(self, rows, weights, shift=None):
+        """(``sandwich_rows(rows, weights, shift)``, the same with |weights|): one gather and two SYRKs per block,
         the rows of each sign summed apart already."""
-        return self._syrk_sandwich(weights, rows, with_absolute=True)
+        return self._syrk_sandwich(weights, rows, with_absolute=True, shift=shift)
 
     def row_squares(self, column_weights):
         """Σⱼ C[i, j]²·column_weights[j] for every row i (one pass)."""
@@ -415,6 +427,7 @@ class DenseMatrix:
     def clear_cache(self):
         """Forget the column squares (C was edited in place)."""
         self._column_squares = None
+        self._column_means = None
 
 
 # ``csr_sandwich_vector``'s unused inputs: its β given (no columns Q), or its β formed from Q (no β).
@@ -448,6 +461,7 @@ class CSRMatrix:
         # The full sandwich's per-chunk partials, kept from one Hessian to the next.
         self._partials = Recycler()
         self._column_squares = None
+        self._column_means = None
         self._sandwich_work = None
 
     def matvec(self, x, out=None):
@@ -565,17 +579,28 @@ class CSRMatrix:
             self._sandwich_work = float(pairs), self._dense_rows.size * self.d * self.d / 2
         return self._sandwich_work
 
-    def sandwich_rows(self, rows, weights):
-        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich), split like ``sandwich``."""
+    def sandwich_rows(self, rows, weights, shift=None):
+        """Σ_t weights[t]·C_{rows[t]}ᵀ C_{rows[t]} (the sampled sandwich), split like ``sandwich``.
+
+        ``shift`` μ: of the rows C_{rows[t]} − μ, as Σ w c cᵀ − μaᵀ − aμᵀ + (Σw)μμᵀ with a = Σ_t w_t C_{rows[t]}
+        (a sparse product over the kept rows: centring them would densify them)."""
         dense = self._dense_row[rows]
         if not dense.any():
-            return self._sparse_sandwich(rows, weights)
-        return self._split_sandwich(rows[~dense], weights[~dense], rows[dense], weights[dense])
+            out = self._sparse_sandwich(rows, weights)
+        else:
+            out = self._split_sandwich(rows[~dense], weights[~dense], rows[dense], weights[dense])
+        if shift is None:
+            return out
+        weighted = np.asarray(self.scipy()[rows].T @ weights, dtype=np.float64)
+        cross = np.outer(shift, weighted)
+        out -= cross + cross.T  # summed first: exactly symmetric, as the sandwich is
+        out += float(np.sum(weights)) * np.outer(shift, shift)
+        return out
 
-    def sandwich_rows_and_absolute(self, rows, weights):
-        """(``sandwich_rows(rows, weights)``, the same with |weights|): two sampled sandwiches (the pair
+    def sandwich_rows_and_absolute(self, rows, weights, shift=None):
+        """(``sandwich_rows(rows, weights, shift)``, the same with |weights|): two sampled sandwiches (the pair
         updates take each weight as it comes, so the second costs as much as the first)."""
-        return self.sandwich_rows(rows, weights), self.sandwich_rows(rows, np.abs(weights))
+        return self.sandwich_rows(rows, weights, shift), self.sandwich_rows(rows, np.abs(weights), shift)
 
     def row_squares(self, column_weights):
         """Σⱼ C[i, j]²·column_weights[j] for every row i (one pass over the stored entries)."""
@@ -654,6 +679,7 @@ class CSRMatrix:
     def clear_cache(self):
         """Forget the column squares (C was edited in place; ``DenseMatrix.clear_cache``)."""
         self._column_squares = None
+        self._column_means = None
 
     def _dense_rows_block(self, rows):
         """C[rows] (an array of row positions) as dense float64, duplicates summed in float64."""

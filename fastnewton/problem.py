@@ -11,12 +11,14 @@ import numpy as np
 from .buffers import Recycler
 from .hessian import default_thread_count
 from .kernels.softmax import line_point
+from .matrix import column_means
 from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
+from .models.base import has_row_weights
 from .newton import run_rounds
 from .protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from .reductions import dot
-from .sketching import sampled_sandwich
+from .sketching import sampled_sandwich, uncentred_sandwich, worth_centring
 from .threads import numba_threads
 from .validation import as_input_matrix, as_l2, as_row_weights, as_value_matrix, as_vector, check_model
 
@@ -332,8 +334,27 @@ class Problem:
 
     def sampled_sandwich(self, ev, s, rng, reference=None):
         """(CᵀD̃C from a leverage-score sample of about s rows, rows kept): ``fastnewton.sketching``
-        (``reference``: a ``LeverageReference`` kept across the solve's iterations)."""
-        return sampled_sandwich(self.matrix, self.beta(ev), self.l2, s, rng, reference)
+        (``reference``: a ``LeverageReference`` kept across the solve's iterations). Of the centred rows
+        cᵢ − μ where the model allows it (``sampling_mean``), turned back by ``uncentred_sandwich``."""
+        mean = self.sampling_mean()
+        sandwich, kept = sampled_sandwich(self.matrix, self.beta(ev), self.l2, s, rng, reference, mean)
+        if mean is not None:
+            sandwich = uncentred_sandwich(sandwich, mean, ev.P, ev.S, self.row_model.ones_columns(ev.known))
+        return sandwich, kept
+
+    def centres_samples(self):
+        """Whether the sketch samples centred rows cᵢ − μ: the model's u-Hessian annihilates 1
+        (``Model.shift_invariant``) and no row weight is non-zero (½ Σ wᵢuᵢ² is not shift-invariant)."""
+        return getattr(self.row_model, "shift_invariant", False) and not has_row_weights(self.block)
+
+    def sampling_mean(self):
+        """μ, C's column mean, when the sketch samples the centred rows cᵢ − μ (``centres_samples``, and some
+        column's mean is not small against its spread: ``fastnewton.sketching.worth_centring``), else None.
+        One transposed pass, kept by the matrix (``fastnewton.matrix.column_means``)."""
+        if not self.centres_samples():
+            return None
+        mean = column_means(self.matrix)
+        return mean if worth_centring(self.matrix.column_squares(), mean, self.matrix.n) else None
 
     def line(self, ev, p, Cp=None):
         """The line x + t·p from ev (``Cp``: C·p when already formed, e.g. with other problems' directions)."""

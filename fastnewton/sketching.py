@@ -23,6 +23,15 @@ each sign being summed apart) and W = M^{1/2}(Ã + Λ)M^{1/2}, λ_min(W) ≥ tr(
 means every score is at least 1/REFERENCE_SPREAD of its share of the true ones (see
 ``LeverageReference``); otherwise steps 1–2 run on the current β, their M becomes the reference,
 and the rows are drawn again.
+
+Centred rows (``mean`` μ given: the model's u-Hessian annihilates 1, ``Model.shift_invariant``): then
+Cᵀ H_u C = C̃ᵀ H_u C̃ for C̃ = C − 1μᵀ, and everything above runs on the rows cᵢ − μ (``CentredRows``,
+without forming C̃: CSR stays sparse), so a common offset of the rows (a bias column, uncentred
+features) is not sampled: sampled, its huge share of Cᵀ diag(β) C, which P S Pᵀ cancels almost
+exactly, left an error of ε times it along the offset, far above the true curvature there (dense
+10⁵ × 128 softmax, every entry + 10: 5 sketched iterations became 60 without convergence).
+``uncentred_sandwich`` turns the sample of C̃ᵀ diag(β) C̃ back into one of Cᵀ diag(β) C whose error is ε
+times the centred sandwich only.
 """
 import math
 
@@ -68,6 +77,87 @@ def sample_size(d, eps, constant=SAMPLE_CONSTANT, delta=SAMPLE_DELTA):
     if eps * eps <= rows / MAX_SAMPLE_SIZE:
         return MAX_SAMPLE_SIZE
     return max(d + 1, math.ceil(rows / eps**2))
+
+
+# A column whose centred squares ‖C_j − μ_j‖² are at most this fraction of ‖C_j‖² is constant (a bias column):
+# centring leaves it zero up to rounding, so it carries no leverage and is left out of the reference's
+# certificate (with it, its ridge-sized whitened eigenvalue refused every first reference).
+CONSTANT_COLUMN_RTOL = 1e-12
+
+
+class CentredRows:
+    """C̃ = C − 1μᵀ as the leverage sampling reads it, without forming it (a CSR C stays sparse):
+    C̃Z = CZ − 1(μᵀZ); Σⱼ (cᵢⱼ − μⱼ)²aⱼ = Σⱼ cᵢⱼ²aⱼ − 2cᵢᵀ(a ⊙ μ) + Σⱼ aⱼμⱼ² (one read of C with its matvec);
+    the OSNAP embedding S·diag(σ)·C̃ = S·diag(σ)·C − (Sσ)μᵀ; the sampled sandwich by the matrix itself
+    (``sandwich_rows(..., shift=μ)``: the dense SYRK centres the gathered rows, CSR corrects by rank two)."""
+
+    def __init__(self, matrix, mean):
+        self.matrix, self.mean = matrix, np.ascontiguousarray(mean, dtype=np.float64)
+        self.n, self.d, self.nnz, self.format = matrix.n, matrix.d, matrix.nnz, matrix.format
+
+    def matmat(self, Z):
+        out = self.matrix.matmat(Z)
+        out -= self.mean @ Z
+        return out
+
+    def row_squares(self, column_weights):
+        """Σⱼ (cᵢⱼ − μⱼ)²·column_weights[j] for every row i (expanded; rounding below 0 clipped: a score
+        only needs a constant factor, and a row at the mean carries no curvature)."""
+        weighted_mean = column_weights * self.mean
+        squares, product = self.matrix.row_squares_and_matvec(column_weights, weighted_mean)
+        squares -= 2.0 * product
+        squares += float(np.dot(weighted_mean, self.mean))
+        return np.maximum(squares, 0.0, out=squares)
+
+    def embed(self, scaled_signs, s, ptr, member, m):
+        out = self.matrix.embed(scaled_signs, s, ptr, member, m)
+        # Sσ: each output row's sum of its entries' scaled signs, summed per (row block, output row) key in the
+        # embedding's order, then over the blocks in order (one n·s gather, less than the JL projection's n × 16).
+        keys = np.flatnonzero(np.diff(ptr) > 0)
+        per_key = np.add.reduceat(scaled_signs[member], ptr[keys]) if keys.size else np.zeros(0)
+        out -= np.outer(np.bincount(keys % m, weights=per_key, minlength=m), self.mean)
+        return out
+
+    def sandwich_rows(self, rows, weights):
+        return self.matrix.sandwich_rows(rows, weights, shift=self.mean)
+
+    def sandwich_rows_and_absolute(self, rows, weights):
+        return self.matrix.sandwich_rows_and_absolute(rows, weights, shift=self.mean)
+
+
+# Centring is skipped on C whose column means are all small against their spread: nμⱼ² ≤ CENTRING_MIN_RATIO·‖C_j − μ_j‖²
+# for every column j. The offset's share of the sample, ~|μ|²/σ² of the curvature along it, adds at most ε times
+# that ratio to the sample's error (0.05 at ε = 0.5), while centring costs a read of C more for the first row
+# factors (the start's, on dense softmax, are uncentred); planted C (make_problem: ratio ~1e-5) keeps its
+# uncentred sample and its bits, C + 1 (ratio 1: 17 sketched iterations instead of 5) is centred.
+CENTRING_MIN_RATIO = 0.1
+
+
+def worth_centring(column_squares, mean, n):
+    """Whether some column's mean is not small against its spread (``CENTRING_MIN_RATIO``; a constant non-zero
+    column, e.g. a bias, always is): μ = C's column mean, ``column_squares`` ‖C_j‖²."""
+    offsets = n * mean * mean
+    return bool(np.any(offsets > CENTRING_MIN_RATIO * (np.asarray(column_squares) - offsets)))
+
+
+def sampled_rows_of(matrix, mean):
+    """The rows the sample is drawn from: C's own, or C̃ = C − 1μᵀ (``CentredRows``) when ``mean`` μ is given."""
+    return matrix if mean is None else CentredRows(matrix, mean)
+
+
+def uncentred_sandwich(centred, mean, P, S, ones_columns):
+    """An approximation of Cᵀ diag(β) C from one, ``centred``, of C̃ᵀ diag(β) C̃ (C̃ = C − 1μᵀ), for a u-Hessian
+    diag(β) + U S Uᵀ that annihilates 1, with P = CᵀU and t = Uᵀ1 (``ones_columns``):
+
+        Cᵀ diag(β) C = C̃ᵀ diag(β) C̃ + μaᵀ + aμᵀ − (Σβ)μμᵀ,  a = Cᵀβ = −P S t,  Σβ = −tᵀS t
+
+    (β = −U S t row by row, since (diag(β) + U S Uᵀ)1 = 0). So the Hessian it gives, + P S Pᵀ + λI, is
+    C̃ᵀ D̃ C̃ + P̃ S P̃ᵀ + λI with P̃ = P − μtᵀ: its error is the centred sample's alone. O(d·k + d²), no pass."""
+    St = S @ ones_columns
+    cross = np.outer(mean, P @ St)
+    out = centred - (cross + cross.T)  # summed first: exactly symmetric, as the sandwich is
+    out += float(ones_columns @ St) * np.outer(mean, mean)
+    return out
 
 
 def leverage_scores(matrix, beta, l2, rng):
@@ -151,16 +241,18 @@ def sample_rows(scores, s, rng, total=None):
     return kept, pi[kept]
 
 
-def sampled_sandwich(matrix, beta, l2, s, rng, reference=None):
+def sampled_sandwich(matrix, beta, l2, s, rng, reference=None, mean=None):
     """CᵀD̃C ≈ Cᵀ diag(β) C from s leverage-score samples; returns (d × d matrix, rows kept).
 
     ``reference``: a ``LeverageReference`` kept across a solve's iterations (scores in O(n) while it
-    holds), else the scores are estimated afresh (embedding, factor, JL pass)."""
+    holds), else the scores are estimated afresh (embedding, factor, JL pass). ``mean`` μ: sample the
+    centred rows cᵢ − μ instead, returning C̃ᵀD̃C̃ (``uncentred_sandwich`` turns it into the above)."""
     if reference is not None:
-        return reference.sampled_sandwich(matrix, beta, l2, s, rng)
-    scores = leverage_scores(matrix, beta, l2, rng)
+        return reference.sampled_sandwich(matrix, beta, l2, s, rng, mean)
+    rows_of = sampled_rows_of(matrix, mean)
+    scores = leverage_scores(rows_of, beta, l2, rng)
     rows, pi = sample_rows(scores, s, rng)
-    return matrix.sandwich_rows(rows, beta[rows] / pi), rows.shape[0]
+    return rows_of.sandwich_rows(rows, beta[rows] / pi), rows.shape[0]
 
 
 # A reused reference M is kept while the sample it drew certifies λ_min(W) ≥ tr(W)/(REFERENCE_SPREAD·d)
@@ -191,54 +283,85 @@ class LeverageReference:
         self.factor = None  # R (upper triangular), once the embedding has run
         self.row_norms = None  # gᵢ
         self.refreshes = 0
+        # Centred (``centre``): μ, the rows' scale D̃ (norms of the centred columns) and the constant columns.
+        self.mean = None
+        self.centred_scale = None
+        self.constant_columns = None
 
     def first_scale(self, matrix):
         """D, the first reference's column scale (from C's column squares when none was given, or from the
         function given instead, called here: a solve's start first reads C for its fit's mean, whose pass
         also forms the squares that D needs; zero columns 1)."""
-        if self.row_norms is None:
-            if self.column_scale is None:
-                self.column_scale = np.sqrt(matrix.column_squares())
-            elif callable(self.column_scale):
-                self.column_scale = self.column_scale()
-            self.column_scale = np.where(self.column_scale > 0, self.column_scale, 1.0)
+        if self.column_scale is None:
+            self.column_scale = np.sqrt(matrix.column_squares())
+        elif callable(self.column_scale):
+            self.column_scale = self.column_scale()
+        self.column_scale = np.where(self.column_scale > 0, self.column_scale, 1.0)
         return self.column_scale
 
+    def centre(self, matrix, mean):
+        """Draw from the centred rows cᵢ − μ from now on (μ: C's column mean). The first reference's scale
+        becomes D̃ⱼ = ‖C_j − μ_j‖ = (‖C_j‖² − nμⱼ²)^{1/2} (column squares kept by the matrix: no pass), constant
+        columns (CONSTANT_COLUMN_RTOL) 1 and left out of the certificate; row factors formed for the uncentred
+        rows (by the start's pass) are formed again, centred, when first needed."""
+        self.mean = mean
+        self.row_norms = None
+        self.factor = None
+        squares = np.asarray(matrix.column_squares(), dtype=np.float64)
+        centred = squares - matrix.n * mean * mean
+        self.constant_columns = ~(centred > CONSTANT_COLUMN_RTOL * squares)
+        self.centred_scale = np.sqrt(np.where(self.constant_columns, 1.0, centred))
+
+    def score_scale(self, matrix):
+        """The scale whose reference M = scale⁻² gives the first row factors: D, or D̃ once centred."""
+        return self.first_scale(matrix) if self.mean is None else self.centred_scale
+
     def row_factors(self, matrix):
-        """gᵢ for every row (the first time: the squared row lengths of C D⁻¹, one pass; the solve's
-        start samples its fit by them too, ``fastnewton.start.sampled_normal_system``)."""
+        """gᵢ for every row (the first time: the squared row lengths of C D⁻¹, one pass, or of the centred
+        rows (cᵢ − μ)D̃⁻¹, one read with its matvec; the solve's start samples its fit by the uncentred
+        ones too, ``fastnewton.start.sampled_normal_system``)."""
         if self.row_norms is None:
-            self.row_norms = matrix.row_squares(1.0 / self.first_scale(matrix)**2)
+            self.row_norms = sampled_rows_of(matrix, self.mean).row_squares(1.0 / self.score_scale(matrix)**2)
         return self.row_norms
 
     def row_factors_and_matvec(self, matrix, x):
-        """(``row_factors(matrix)``, C·x): the first time in one read of C (the start's sampled fit needs
-        C·D⁻²μ next to them: one pass less, ~5 ms at dense 10⁵ × 256)."""
-        if self.row_norms is not None:
+        """(the uncentred ``row_factors(matrix)``, C·x): the first time in one read of C (the start's sampled fit
+        needs C·D⁻²μ next to them: one pass less, ~5 ms at dense 10⁵ × 256)."""
+        if self.row_norms is not None and self.mean is None:
             return self.row_norms, matrix.matvec(x)
-        self.row_norms, product = matrix.row_squares_and_matvec(1.0 / self.first_scale(matrix)**2, x)
-        return self.row_norms, product
+        row_norms, product = matrix.row_squares_and_matvec(1.0 / self.first_scale(matrix)**2, x)
+        if self.mean is None:
+            self.row_norms = row_norms
+        return row_norms, product
 
-    def sampled_sandwich(self, matrix, beta, l2, s, rng):
+    def sampled_sandwich(self, matrix, beta, l2, s, rng, mean=None):
+        if mean is not None and self.mean is None:
+            self.centre(matrix, mean)
+        rows_of = sampled_rows_of(matrix, self.mean)
         rows, pi = sample_rows(np.abs(beta) * self.row_factors(matrix), s, rng)
-        signed, absolute = matrix.sandwich_rows_and_absolute(rows, beta[rows] / pi)
+        signed, absolute = rows_of.sandwich_rows_and_absolute(rows, beta[rows] / pi)
         if self.certified(absolute, l2):
             return signed, rows.shape[0]
         self.refreshes += 1
-        self.factor = embedding_factor(osnap_embed(matrix, beta, rng), l2)
-        self.row_norms = jl_row_norms(matrix, jl_directions(self.factor, rng))
+        self.factor = embedding_factor(osnap_embed(rows_of, beta, rng), l2)
+        self.row_norms = jl_row_norms(rows_of, jl_directions(self.factor, rng))
         rows, pi = sample_rows(np.abs(beta) * self.row_norms, s, rng)
-        return matrix.sandwich_rows(rows, beta[rows] / pi), rows.shape[0]
+        return rows_of.sandwich_rows(rows, beta[rows] / pi), rows.shape[0]
 
     def certified(self, absolute, l2):
-        """Whether λ_min(W) ≥ tr(W)/(REFERENCE_SPREAD·d) for W = M^{1/2}(Ã + Λ)M^{1/2} (one Cholesky)."""
+        """Whether λ_min(W) ≥ tr(W)/(REFERENCE_SPREAD·d) for W = M^{1/2}(Ã + Λ)M^{1/2} (one Cholesky), over the
+        columns that are not constant once centred."""
         gram = absolute + np.diag(ridge(np.diag(absolute).copy(), l2))
         if self.factor is None:
-            whitened = gram / np.outer(self.column_scale, self.column_scale)
+            scale = self.column_scale if self.mean is None else self.centred_scale
+            whitened = gram / np.outer(scale, scale)
         else:
             half = scipy.linalg.solve_triangular(self.factor, gram, trans="T", check_finite=False)
             whitened = scipy.linalg.solve_triangular(self.factor, half.T, trans="T", check_finite=False)
             whitened = 0.5 * (whitened + whitened.T)
+        if self.constant_columns is not None and self.constant_columns.any():
+            kept = np.flatnonzero(~self.constant_columns)
+            whitened = whitened[np.ix_(kept, kept)]
         return spread_certified(whitened)
 
 
@@ -247,7 +370,7 @@ def spread_certified(whitened):
     then every reference score is at least 1/REFERENCE_SPREAD of its share of the true ones
     (``LeverageReference``)."""
     d = whitened.shape[0]
-    if not np.all(np.isfinite(whitened)):
+    if d == 0 or not np.all(np.isfinite(whitened)):
         return False
     floor = np.trace(whitened) / (REFERENCE_SPREAD * d)
     if not floor > 0:

@@ -95,6 +95,21 @@ def test_same_answer_as_single_machine(client, model, dense, hessian):
             == list(dict.fromkeys(h.get("phase") for h in reference.history)))
 
 
+@pytest.mark.parametrize("hessian", ["sketch", "pcg"])
+def test_offset_c_samples_centred_rows_as_on_one_machine(client, hessian):
+    """Every entry of dense C + 10: the blocks sample the centred rows cᵢ − μ (μ from their column sums), as one
+    machine does, so the sketch converges in a few iterations (before centring: max_iter on one machine, dense
+    20000 × 16) and to the single machine's answer."""
+    C, b, _ = _problem("softmax", dense=True)
+    C = C + 10.0
+    kw = dict(hessian=hessian, tol=1e-12, seed=3, max_iter=40)
+    reference = fastnewton.solve(C, b, "softmax", **kw)
+    res = fastnewton.dask.solve(_dask(C, 2500), b, "softmax", client=client, **kw)
+    assert reference.converged and res.converged, (reference.message, res.message)
+    assert res.n_iter <= 10, res.n_iter
+    assert _relative(res.x, reference.x) <= AGREEMENT
+
+
 @pytest.mark.parametrize("continuation", [True, False])
 @pytest.mark.parametrize("start", ["zeros", "warm"])
 def test_softmax_relu_from_a_callers_start_same_answer_as_single_machine(client, start, continuation):

@@ -460,15 +460,21 @@ def softmax_point():
 
 
 def test_sketch_system_samples_only_the_diagonal_part(softmax_point):
-    """H̃ − H = CᵀD̃C − Cᵀdiag(β)C: the low-rank P S Pᵀ and the ridge are kept exact."""
+    """H̃ − H = C̃ᵀD̃C̃ − C̃ᵀdiag(β)C̃: the low-rank P S Pᵀ and the ridge are kept exact. softmax samples the
+    centred rows C̃ = C − 1μᵀ where centring pays (μ: C's column mean; its Hessian is unchanged by the shift), so
+    the error is that of the centred sample alone, against C̃ᵀdiag(β)C̃ formed densely in NumPy. Here C's column
+    means are ~1e-2 of their spread: centring is skipped, C̃ = C (tests/test_sketch.py: the centred cases)."""
     problem, ev, g_ref = softmax_point
+    assert problem.sampling_mean() is None
     H = exact_system(problem, ev, np.random.default_rng(0), options(), g_ref).matrix
     np.testing.assert_array_equal(H, problem.hessian(ev.x))
     sketched = sketch_system(problem, ev, np.random.default_rng(7), options(), g_ref)
+    mean = problem.sampling_mean()
     sampled, kept = sampled_sandwich(problem.matrix, problem.beta(ev), problem.l2, sample_size(problem.d, 0.5),
-                                     np.random.default_rng(7))
+                                     np.random.default_rng(7), mean=mean)
     assert sketched.info == {"sampled_rows": kept}
-    difference = sampled - problem.matrix.sandwich(problem.beta(ev))
+    centred = problem.matrix.rows(np.arange(problem.n)) - (0.0 if mean is None else mean)
+    difference = sampled - centred.T @ (problem.beta(ev)[:, None] * centred)
     np.testing.assert_allclose(sketched.matrix - H, difference, rtol=0, atol=1e-12 * np.abs(H).max())
     assert np.abs(difference).max() > 1e-6 * np.abs(H).max()
 
@@ -1034,10 +1040,20 @@ def softmax_hessian(C, b, x):
     return (C.T * (v - c * s)) @ C + P @ np.array([[gamma, -1.0], [-1.0, 0.0]]) @ P.T
 
 
+def softmax_u_columns(C, b, x):
+    """U = [s, v] of ``softmax_hessian`` (n × 2), in plain NumPy."""
+    u = C @ x
+    s = np.exp(u - u.max())
+    s /= s.sum()
+    return np.column_stack([s, s * (2 * s - b)])
+
+
 def test_start_fit_matrix_is_recorded_and_preconditions_pcg(dense_start):
     """The FitSample holds the fit's normal matrix M (Σω = 1), within ε of the exact b²-weighted one on
-    [C, 1]; pcg's first system is (Σβ)·M[:d, :d] + P S Pᵀ (no sample), and its step is the Newton step
-    −H⁻¹g of the dense Hessian (``softmax_hessian``, plain NumPy) to CG's forcing term."""
+    [C, 1]; pcg's first system is (Σβ)·Σ_ω + P̃ S P̃ᵀ (no sample), Σ_ω = M[:d, :d] − μμᵀ the ω-covariance of the
+    rows about their ω-mean μ = M[:d, d] and P̃ = P − μ(Uᵀ1)ᵀ (softmax's Hessian is unchanged by centring C on any
+    μ: the fit's rows, centred, approximate C̃ᵀ diag(β) C̃), and its step is the Newton step −H⁻¹g of the dense
+    Hessian (``softmax_hessian``, plain NumPy) to CG's forcing term."""
     problem, builder, sample, ev, g_ref, opts = dense_start
     C, b = problem.block.matrix.array, problem.block.b
     d = problem.d
@@ -1052,8 +1068,13 @@ def test_start_fit_matrix_is_recorded_and_preconditions_pcg(dense_start):
     system = builder(problem, ev, np.random.default_rng(0), opts, g_ref)
     assert system.info == {"preconditioner": "start fit"}
     beta = problem.beta(ev)
-    expected = beta.sum() * sample.normal_matrix[:d, :d] + ev.P @ ev.S @ ev.P.T
-    np.testing.assert_allclose(system.matrix, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+    M = sample.normal_matrix
+    mean = M[:d, d] / M[d, d]
+    centred_P = ev.P - np.outer(mean, softmax_u_columns(C, b, ev.x).sum(axis=0))
+    covariance_part = beta.sum() * (M[:d, :d] - M[d, d] * np.outer(mean, mean))
+    expected = covariance_part + centred_P @ ev.S @ centred_P.T
+    scale = (np.abs(covariance_part) + np.abs(ev.P @ ev.S @ ev.P.T)).max()
+    np.testing.assert_allclose(system.matrix, expected, rtol=0, atol=1e-12 * scale)
     g = ev.grad
     H = softmax_hessian(C, b, ev.x)
     step = system.solve(g, 0.0)

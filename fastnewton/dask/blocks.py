@@ -13,8 +13,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..models import RowBlock
-from ..models.base import MAX_PREFIX
-from ..sketching import jl_scores, osnap_embed, sample_rows
+from ..models.base import MAX_PREFIX, has_row_weights
+from ..sketching import jl_scores, osnap_embed, sample_rows, sampled_rows_of
 from ..threads import thread_limits
 from ..validation import as_input_matrix, as_row_weights, as_value_matrix, as_vector
 
@@ -80,7 +80,11 @@ def summary_of(held):
 def block_meta(block, model):
     """Shape facts for the driver's setup, with the model's statistics of the block's targets."""
     summary = {"nnz": block.matrix.nnz, "dense_rows": block.rows if block.matrix.format == "dense" else 0,
-               "bytes": block.matrix.nbytes, "column_squares": block.matrix.column_squares(), "max_seconds": 0.0}
+               "bytes": block.matrix.nbytes, "column_squares": block.matrix.column_squares(), "max_seconds": 0.0,
+               "weighted_blocks": int(has_row_weights(block))}
+    if getattr(model, "shift_invariant", False):
+        # C's column sums: the sketch's centre μ (``DaskProblem.sampling_mean``).
+        summary["column_sums"] = block.matrix.rmatmat(np.ones((block.rows, 1)))[:, 0]
     summary.update(model.facts(block))
     return Held(summary)
 
@@ -162,27 +166,28 @@ def _block_rng(block, seed, phase):
     return np.random.default_rng([seed, block.index, phase])
 
 
-def embed(block, beta, seed):
-    """The block's share Σ_{i in block} of the OSNAP embedding of diag(√|β|) C (m × d)."""
+def embed(block, beta, seed, mean=None):
+    """The block's share Σ_{i in block} of the OSNAP embedding of diag(√|β|) C (m × d; of C − 1μᵀ with ``mean``)."""
     summary = {}
     with _timed(block, summary):
-        summary["SB"] = osnap_embed(block.matrix, beta, _block_rng(block, seed, 0))
+        summary["SB"] = osnap_embed(sampled_rows_of(block.matrix, mean), beta, _block_rng(block, seed, 0))
     return Held(summary)
 
 
-def scores(block, beta, Z):
-    """Leverage-score estimates of the block's rows stay; their sum goes back."""
+def scores(block, beta, Z, mean=None):
+    """Leverage-score estimates of the block's rows (centred on ``mean``) stay; their sum goes back."""
     summary = {}
     with _timed(block, summary):
-        ell = jl_scores(block.matrix, beta, Z)
+        ell = jl_scores(sampled_rows_of(block.matrix, mean), beta, Z)
         summary["total"] = float(ell.sum())
     return Held(summary, {"scores": ell})
 
 
-def sampled_sandwich(block, beta, held_scores, s, total, seed):
-    """The block's share of CᵀD̃C: Poisson-sampled rows with weights β/π (and how many were kept)."""
+def sampled_sandwich(block, beta, held_scores, s, total, seed, mean=None):
+    """The block's share of CᵀD̃C (C̃ᵀD̃C̃ with ``mean``): Poisson-sampled rows with weights β/π (and how many
+    were kept)."""
     summary = {}
     with _timed(block, summary):
         rows, pi = sample_rows(held_scores.kept["scores"], s, _block_rng(block, seed, 1), total)
-        summary.update(H=block.matrix.sandwich_rows(rows, beta[rows] / pi), kept=rows.shape[0])
+        summary.update(H=sampled_rows_of(block.matrix, mean).sandwich_rows(rows, beta[rows] / pi), kept=rows.shape[0])
     return Held(summary)

@@ -25,7 +25,7 @@ import numpy as np
 from ..models import build_model, uses_values
 from ..protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from ..reductions import dot
-from ..sketching import embedding_factor, jl_directions
+from ..sketching import embedding_factor, jl_directions, uncentred_sandwich, worth_centring
 from ..validation import as_l2, as_vector
 from . import blocks
 from .rounds import Rounds
@@ -122,17 +122,32 @@ class DaskProblem:
         """The leverage-score sample of ``fastnewton.sketching``, block by block (per-block seeded streams).
 
         The scores are estimated afresh every iteration (embedding, factor, JL pass), since the blocks
-        keep no per-row state between rounds: ``reference`` only counts it as a refresh."""
+        keep no per-row state between rounds: ``reference`` only counts it as a refresh. Of the centred
+        rows where the model allows it, as on one machine (``Problem.sampled_sandwich``)."""
         if reference is not None:
             reference.refreshes += 1
         beta = self.beta(ev)
+        mean = self.sampling_mean()
         seed = int(rng.integers(2**63))
-        SB = self.rounds.reduce(self.rounds.run(blocks.embed, beta, args=(seed,)))["SB"]
+        SB = self.rounds.reduce(self.rounds.run(blocks.embed, beta, args=(seed, mean)))["SB"]
         Z = jl_directions(embedding_factor(SB, self.l2), rng)
-        scores = self.rounds.run(blocks.scores, beta, args=(Z,))
+        scores = self.rounds.run(blocks.scores, beta, args=(Z, mean))
         total = self.rounds.reduce(scores)["total"]
-        summary = self.rounds.reduce(self.rounds.run(blocks.sampled_sandwich, beta, scores, args=(s, total, seed)))
-        return summary["H"], int(summary["kept"])
+        summary = self.rounds.reduce(self.rounds.run(blocks.sampled_sandwich, beta, scores,
+                                                     args=(s, total, seed, mean)))
+        sandwich = summary["H"]
+        if mean is not None:
+            sandwich = uncentred_sandwich(sandwich, mean, ev.P, ev.S, self.row_model.ones_columns(ev.known))
+        return sandwich, int(summary["kept"])
+
+    def sampling_mean(self):
+        """μ = C's column mean (from the blocks' column sums) when the sketch samples centred rows: a
+        ``shift_invariant`` model and no non-zero row weight (``Problem.sampling_mean``); else None."""
+        if (not getattr(self.row_model, "shift_invariant", False) or "column_sums" not in self.meta
+                or self.meta["weighted_blocks"]):
+            return None
+        mean = self.meta["column_sums"] / self.n
+        return mean if worth_centring(self.meta["column_squares"], mean, self.n) else None
 
     def hessian_product(self, ev, p):
         Hp = self.rounds.reduce(self.rounds.run(blocks.hessian_vector, self.beta(ev), args=(p,)))["Hp"]

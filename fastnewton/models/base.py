@@ -73,6 +73,13 @@ def kernel_row_weights(w):
 _NO_ROW_WEIGHTS = np.zeros(0)
 
 
+def has_row_weights(block):
+    """Whether some row weight wᵢ of the block is non-zero (then ½ Σ wᵢuᵢ² makes no model shift-invariant:
+    ``Model.shift_invariant``)."""
+    w = block.kernel_w
+    return w is not None and w.shape[0] > 0
+
+
 def add_summaries(first, second):
     """Sum two summaries key by key (``max_`` keys take the maximum): one node of a reduction."""
     return {key: max(value, second[key]) if key.startswith(MAX_PREFIX) else value + second[key]
@@ -164,6 +171,10 @@ class Model:
     # in place of ``loss_stages`` (``Problem.trial_at``): the last loss stage's ``combine`` then reads the
     # last evaluation stage's summary, which must hold the loss's row sums with the same bits.
     trial_columns = False
+    # Whether the loss without row weights depends on u = Cx only through softmax(u), so L(u + t·1) = L(u)
+    # and its u-Hessian diag(β) + U S Uᵀ annihilates 1: then Cᵀ H_u C = C̃ᵀ H_u C̃ for C̃ = C − 1μᵀ, and the
+    # sketch samples centred rows (``fastnewton.sketching.CentredRows``; ``ones_columns`` gives Uᵀ1).
+    shift_invariant = False
 
     def facts(self, block):
         return {}
@@ -179,6 +190,11 @@ class Model:
 
     def reference(self):
         return self
+
+    def ones_columns(self, known):
+        """t = Uᵀ1 (length k) at an evaluation, for a ``shift_invariant`` model
+        (``fastnewton.sketching.uncentred_sandwich``)."""
+        raise NotImplementedError(f"model {self.name!r} is not shift-invariant")
 
     def diagnose(self, known, loss, facts, loss_at_zero):
         return None

@@ -31,6 +31,8 @@ class Softmax(ColumnCurvature, Model):
         self.relu = relu
         self.name = "relu_softmax" if relu else "softmax"
         self.samples_start = not relu
+        # softmax(u) is; softmax(ReLU(u)) is not: its u-Hessian is diag(m) H_z diag(m), H_z 1 = 0 but H_z m ≠ 0.
+        self.shift_invariant = not relu
         first = Stage(self.log_partition, keep_log_partition)
         self.evaluation = (first, Stage(self.columns, softmax_gradient))
         self.loss_stages = (first, Stage(self.loss_rows, half_loss))
@@ -60,6 +62,10 @@ class Softmax(ColumnCurvature, Model):
 
     def target_norm(self, facts):
         return float(np.sqrt(facts["b_squared"]))
+
+    def ones_columns(self, known):
+        """Uᵀ1 = [Σs, Σv] = [1, γ − c] (softmax: Σs = 1, Σv = 2Σs² − ⟨s, b⟩, γ − c = 2Σs² − ⟨s, b⟩)."""
+        return np.array([1.0, known["S"][0, 0] - known["c"]])
 
     def reference(self):
         """relu_softmax has ∇L(0) = 0 exactly (ReLU'(0) = 0 on every row), which would make the

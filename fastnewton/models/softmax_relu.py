@@ -29,6 +29,8 @@ class SoftmaxRelu(ColumnCurvature, Model):
 
     name = "softmax_relu"
     uses_values = True
+    # The loss depends on u only through s = softmax(u) (with or without output offsets).
+    shift_invariant = True
 
     def __init__(self, b, output_offset=None):
         self.b = b
@@ -57,6 +59,12 @@ class SoftmaxRelu(ColumnCurvature, Model):
 
     def target_norm(self, facts):
         return norm(self.b)
+
+    def ones_columns(self, known):
+        """Uᵀ1 = [Σs, ⟨s, ρ⟩, (J V)ᵀ1] = [1, c, 0, …, 0] (J1 = s − s·Σs = 0)."""
+        t = np.zeros(self.k)
+        t[0], t[1] = 1.0, known["c"]
+        return t
 
     def diagnose(self, known, loss, facts, loss_at_zero):
         """Dead outputs: y_j + o_j ≤ 0 while b_j + o_j > 0 cannot recover (ReLU'(y_j + o_j) = 0)."""
