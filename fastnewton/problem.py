@@ -391,8 +391,7 @@ class Problem:
         Q's gradient columns alone (P = CᵀU is not needed at 0) whatever k is."""
         reference = self.row_model.reference()
         # Q = [q, U] has k + 1 columns. Up to 3, the whole Q costs no more than its gradient columns: the
-        # pass over C runs the unrolled 3-column kernel either way, and the 2-column slice would be
-        # copied and padded first (1.1 ms of 2.9 on CSR n = 2·10⁵, d = 100; the same bits).
+        # pass over C runs the unrolled 4-lane kernel either way (the same bits).
         columns = (reference.gradient_columns if gradient_columns_only or reference.k + 1 > 3 else None)
         known, _ = yield from stage_rounds(reference.evaluation, self.block, {"u": np.zeros(self.n)},
                                            columns=columns)
