@@ -11,6 +11,7 @@ import numpy as np
 from .buffers import Recycler
 from .hessian import default_thread_count
 from .kernels.softmax import line_point
+from .matrix import side_by_side
 from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
 from .newton import run_rounds
@@ -376,7 +377,7 @@ class Problem:
         def transposed_pass(columns):
             if asked:  # a model asking for more than one pass: the others on their own
                 return self.matrix.rmatmat(columns)
-            G = self.matrix.rmatmat(np.column_stack([Q, columns]))
+            G = self.matrix.rmatmat(side_by_side(Q, columns))
             asked.append(G[:, :k])
             return G[:, k:]
 

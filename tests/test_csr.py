@@ -188,6 +188,24 @@ def test_csr_matrix_rmatmat_two_leading_columns_of_three_give_their_own_bits(ran
     naive.assert_within_rounding(G, A.T @ Q[:, :2], A_abs.T @ np.abs(Q[:, :2]), 2 * n * 6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_side_by_side_is_column_stack(dtype):
+    """``side_by_side`` (the transposed passes' Q, copied a column at a time): np.column_stack's values, dtype and
+    shape, C-contiguous, from views of any layout; a C-contiguous array alone comes back as it is."""
+    from fastnewton.matrix import side_by_side
+
+    rng = np.random.default_rng(11)
+    wide = rng.standard_normal((31, 5)).astype(dtype)
+    blocks = (wide[:, :2], np.asfortranarray(wide[:, 1:4]), wide[:, ::4])
+    got = side_by_side(*blocks)
+    expected = np.column_stack(blocks)
+    assert got.flags.c_contiguous and got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(side_by_side(wide[:, :2]), wide[:, :2])
+    alone = np.ascontiguousarray(wide[:, :3])
+    assert side_by_side(alone) is alone
+
+
 @pytest.mark.parametrize("k", [1, 10])
 def test_csr_rmatmat_any_width(k, random_csr):
     """k = 1 (hessp's Cᵀ(β ⊙ Cp)) and k = m + 3 = 10 (softmax_relu's Cᵀ[q, U])."""
