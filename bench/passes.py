@@ -125,7 +125,8 @@ def pass_operations(C, x, Qs, base_csr):
         name = {1: "Cᵀq (k = 1)", 3: "fused Cᵀ[q, U] (k = 3)"}.get(k, f"Cᵀ Q (k = {k})")
         base_fn = None
         if base_csr is not None:
-            kernel = {1: base_csr.csr_rmatvec, 3: base_csr.csr_rmatmat3}.get(k, base_csr.csr_rmatmat)
+            unrolled = getattr(base_csr, "csr_rmatmat3", None) or base_csr.csr_rmatmat4  # renamed: k = 3 or 4
+            kernel = {1: base_csr.csr_rmatvec, 3: unrolled}.get(k, base_csr.csr_rmatmat)
             operand = Q[:, 0].copy() if k == 1 else Q
             out = np.empty((C.d, k))
             base_fn = (lambda kernel=kernel, operand=operand, out=out:

@@ -74,12 +74,12 @@ class NormalSystemRequest:
     def run(self):
         problem = self.problem
         ride_along = getattr(problem, "rmatmat_with_gradient_at_zero", None)
-        # One machine, dense C: the fit's transposed pass also gives the stopping test's ∇L(0), when not
-        # known yet, with the bits of its own pass (one read of C less: ~6 ms at 10⁵ × 256). Not on CSR C,
-        # whose softmax passes (2 or 3 columns) all run on the unrolled 3-column kernel: 2 + 3 columns would
-        # compile the generic one on a first solve for the ~1 ms of a pass at 2·10⁵ × 100. Not on Dask
-        # (an evaluator of many blocks: each block's partials, summed).
-        if ride_along is None or problem.matrix.format != "dense":
+        # One machine: the fit's transposed pass also gives the stopping test's ∇L(0), when not known yet,
+        # with the bits of its own pass (one read of C less: ~6 ms on dense 10⁵ × 256; on CSR 2·10⁵ × 100,
+        # 10 per row, ~2 ms: the pass, and the copy that padded the fit's 2 columns for the unrolled kernel,
+        # whose 4 lanes take the 2 + 2 columns).
+        # Not on Dask (an evaluator of many blocks: each block's partials, summed).
+        if ride_along is None:
             return problem.map_blocks(normal_system_partials, self.row_fit, self.parameters)
         return normal_system_partials(problem.block, self.row_fit, self.parameters, transposed_pass=ride_along)
 

@@ -106,16 +106,18 @@ def csr_rmatmat(indptr, indices, data, Q, chunk_rows, out):
 
 
 @njit(parallel=True, cache=True)
-def csr_rmatmat3(indptr, indices, data, Q, chunk_rows, out):
-    """csr_rmatmat for k = 3 (the softmax models' [q, U]): same sums, same order, unrolled.
+def csr_rmatmat4(indptr, indices, data, Q, chunk_rows, out):
+    """csr_rmatmat for k = 3 or 4 (the softmax models' [q, U]; a start's fit columns beside ∇L(0)'s): same
+    sums, same order, unrolled.
 
-    Each entry's three updates are one 4-wide ``add_scaled4`` on a d × 4 partial (the fourth
-    lane adds v·0 and is never read): one load, multiply, add and store instead of three
+    Each entry's updates are one 4-wide ``add_scaled4`` on a d × 4 partial (at k = 3 the fourth
+    lane adds v·0 and is never read): one load, multiply, add and store instead of three or four
     each, ~20% faster on 10-entry rows (bench/passes.py). Entries go two at a time (their
     updates in storage order, so a column repeated within a row still adds in order): one
     loop test per two entries, ~9% faster.
     """
     n = Q.shape[0]
+    four = Q.shape[1] == 4
     d = out.shape[0]
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     partial = np.zeros((n_chunks, d * LANES))
@@ -125,14 +127,15 @@ def csr_rmatmat3(indptr, indices, data, Q, chunk_rows, out):
             q0 = Q[i, 0]
             q1 = Q[i, 1]
             q2 = Q[i, 2]
+            q3 = Q[i, 3] if four else 0.0
             p = np.uintp(indptr[i])
             end = np.uintp(indptr[i + ONE])
             while p + ONE < end:
-                add_scaled4(acc, np.uintp(indices[p]) * FOUR, data[p], q0, q1, q2, 0.0)
-                add_scaled4(acc, np.uintp(indices[p + ONE]) * FOUR, data[p + ONE], q0, q1, q2, 0.0)
+                add_scaled4(acc, np.uintp(indices[p]) * FOUR, data[p], q0, q1, q2, q3)
+                add_scaled4(acc, np.uintp(indices[p + ONE]) * FOUR, data[p + ONE], q0, q1, q2, q3)
                 p += TWO
             if p < end:
-                add_scaled4(acc, np.uintp(indices[p]) * FOUR, data[p], q0, q1, q2, 0.0)
+                add_scaled4(acc, np.uintp(indices[p]) * FOUR, data[p], q0, q1, q2, q3)
     sum_chunk_partials(partial, out)
 
 
@@ -147,10 +150,10 @@ def csr_rmatmats(indptr, indices, data, Qs, chunk_rows, out):
     The problems' columns side by side: row i's Q rows are gathered into one row of s·k values, and
     each stored entry C_ij adds C_ij·(that row) to accumulator row j, contiguous s·k-wide multiply-adds
     (SIMD across problems, where one problem at a time does k scalar updates per entry). Every slot gets
-    csr_rmatmat's / csr_rmatmat3's / csr_rmatvec's updates in storage order over the same chunks, summed
+    csr_rmatmat's / csr_rmatmat4's / csr_rmatvec's updates in storage order over the same chunks, summed
     in chunk order, so each out[s] has ``rmatmat(Qs[s])``'s bits. Measured, 2 threads, n = 10⁵, d = 64,
     10 entries per row, 64 problems of k = 3 (best of 5, same run): 29 ms against 64 calls of
-    csr_rmatmat3 44–46 ms; taking the columns in L1-sized strips of 32 (one read of C per strip) ran
+    csr_rmatmat3 (now csr_rmatmat4) 44–46 ms; taking the columns in L1-sized strips of 32 (one read of C per strip) ran
     50 ms: the strip's gather and the re-reads of C cost more than the cache misses they save.
     """
     n_sets = len(Qs)
@@ -190,7 +193,7 @@ def csr_rmatmats(indptr, indices, data, Qs, chunk_rows, out):
 def csr_rmatvec(indptr, indices, data, q, chunk_rows, out):
     """out[j] = Σ_i C[i, j]·q[i] (Cᵀq, the Hessian-vector product's pass); out is d × 1.
 
-    Entries two at a time in storage order, as in csr_rmatmat3.
+    Entries two at a time in storage order, as in csr_rmatmat4.
     """
     n = q.shape[0]
     d = out.shape[0]

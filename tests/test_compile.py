@@ -67,15 +67,15 @@ def test_a_solve_compiles_one_specialisation_per_kernel(model, fmt):
         # The softmax models' transposed passes have 2 or 3 columns: all on the unrolled kernel;
         # the full sandwich and the sampled one share csr_sandwich_rows.
         assert "csr.csr_rmatmat" not in signatures, signatures
-        assert {"csr.csr_rmatmat3", "sandwich.csr_sandwich_rows"} <= set(signatures)
+        assert {"csr.csr_rmatmat4", "sandwich.csr_sandwich_rows"} <= set(signatures)
     if fmt == "dense":
         assert not any("csr." in name or "sandwich." in name for name in signatures), signatures
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 5])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
 def test_csr_transposed_pass_of_any_width_matches_the_generic_kernel_bit_for_bit(k, index_dtype):
-    # k = 2 runs on the unrolled k = 3 kernel with a zero column: the same sums in the same order.
+    # k = 2 to 4 run on the unrolled 4-lane kernel (k = 2 with a third column): the same sums in the same order.
     from fastnewton.kernels.csr import csr_rmatmat
     from fastnewton.validation import as_input_matrix
 

@@ -1,4 +1,4 @@
-"""kernels/csr.py (csr_matvec, csr_rmatmat, csr_rmatmat3, csr_rmatvec, csr_matmat, csr_column_squares,
+"""kernels/csr.py (csr_matvec, csr_rmatmat, csr_rmatmat4, csr_rmatvec, csr_matmat, csr_column_squares,
 csr_sandwich_vector) and CSRMatrix.matvec / rmatmat / matmat / column_squares / sandwich_vector against NumPy
 one-liners.
 
@@ -13,7 +13,7 @@ import pytest
 import naive
 from fastnewton.chunking import chunk_rows as real_chunk_rows
 from fastnewton import matrix as matrix_module
-from fastnewton.kernels.csr import (csr_column_squares, csr_dense_rows, csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat3,
+from fastnewton.kernels.csr import (csr_column_squares, csr_dense_rows, csr_matmat, csr_matvec, csr_rmatmat, csr_rmatmat4,
                                    csr_rmatvec)
 from fastnewton.kernels.reduce import SERIAL_PARTIAL_ENTRIES, sum_chunk_partials, sum_chunk_partials_serial
 from fastnewton.matrix import CSRMatrix
@@ -117,7 +117,7 @@ def _run_transposed(kernel, indptr, indices, data, Q, chunk_rows, d):
     return out
 
 
-SPECIALISED = [pytest.param(csr_rmatmat3, 3, id="rmatmat3"), pytest.param(csr_rmatvec, 1, id="rmatvec")]
+SPECIALISED = [pytest.param(csr_rmatmat4, 3, id="rmatmat4-k3"), pytest.param(csr_rmatmat4, 4, id="rmatmat4-k4"), pytest.param(csr_rmatvec, 1, id="rmatvec")]
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 3, None], ids=["chunk1", "chunk3", "real"])
@@ -139,7 +139,7 @@ def test_specialised_transposed_kernels_match_numpy(kernel, k, dtype, index_dtyp
 @pytest.mark.parametrize("chunk_rows", [3, 4096])
 @pytest.mark.parametrize("kernel, k", SPECIALISED)
 def test_specialised_kernels_give_the_generic_bits(kernel, k, chunk_rows, random_csr):
-    """csr_rmatmat3 / csr_rmatvec promise the same sums in the same order as csr_rmatmat: equal bits."""
+    """csr_rmatmat4 / csr_rmatvec promise the same sums in the same order as csr_rmatmat: equal bits."""
     rng = np.random.default_rng(8)
     n, d = 9_000, 13
     indptr, indices, data = random_csr(rng, n, d, dtype=np.float32, max_per_row=5, empty_rows=True,
@@ -150,15 +150,17 @@ def test_specialised_kernels_give_the_generic_bits(kernel, k, chunk_rows, random
     np.testing.assert_array_equal(special, generic)
 
 
-@pytest.mark.parametrize("layout", ["C", "F", "strided"])
-@pytest.mark.parametrize("k", [1, 2, 3, 5])
+@pytest.mark.parametrize("layout", ["C", "F", "strided", "leading"])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
 def test_csr_matrix_rmatmat_every_width_and_layout(k, layout, random_csr):
-    """CSRMatrix.rmatmat dispatches k = 1 / 3 / other to different kernels and accepts any layout of Q."""
+    """CSRMatrix.rmatmat dispatches k = 1 / 2–4 / other to different kernels and accepts any layout of Q
+    ("leading": the first k columns of a wider array, as an evaluation's Q[:, :2])."""
     rng = np.random.default_rng(9)
     n, d = 45, 7
     indptr, indices, data = random_csr(rng, n, d, empty_rows=True, duplicates=True, unsorted=True)
     Q = rng.standard_normal((n, 2 * k))
-    Q = {"C": np.ascontiguousarray(Q[:, :k]), "F": np.asfortranarray(Q[:, :k]), "strided": Q[:, ::2]}[layout]
+    Q = {"C": np.ascontiguousarray(Q[:, :k]), "F": np.asfortranarray(Q[:, :k]), "strided": Q[:, ::2],
+         "leading": np.ascontiguousarray(Q[:, :k + 1])[:, :k]}[layout]
     assert Q.shape == (n, k)
     Q_before = Q.copy()
     out = CSRMatrix(indptr, indices, data, (n, d)).rmatmat(Q)
@@ -166,6 +168,42 @@ def test_csr_matrix_rmatmat_every_width_and_layout(k, layout, random_csr):
     assert out.shape == (d, k)
     naive.assert_within_rounding(out, A.T @ Q, A_abs.T @ np.abs(Q), 2 * n * 6)
     np.testing.assert_array_equal(Q, Q_before)
+
+
+def test_csr_matrix_rmatmat_two_leading_columns_of_three_give_their_own_bits(random_csr):
+    """Q[:, :2] of an n × 3 Q (an evaluation's gradient columns) runs on Q itself, its third column summed in a
+    lane of its own and dropped: the bits of the 2 columns' own pass (a zero-padded copy), whatever the third
+    column holds, and Q is not modified."""
+    rng = np.random.default_rng(10)
+    n, d = 5_000, 11
+    indptr, indices, data = random_csr(rng, n, d, max_per_row=6, empty_rows=True, duplicates=True, unsorted=True)
+    matrix = CSRMatrix(indptr, indices, data, (n, d))
+    Q = rng.standard_normal((n, 3)) * np.exp(rng.uniform(-10, 10, size=(n, 1)))
+    Q[::7, 2] = np.inf
+    Q_before = Q.copy()
+    G = matrix.rmatmat(Q[:, :2])
+    np.testing.assert_array_equal(G, matrix.rmatmat(np.array(Q[:, :2])))
+    np.testing.assert_array_equal(Q, Q_before)
+    A, A_abs = _dense(indptr, indices, data, d), _abs_dense(indptr, indices, data, d)
+    naive.assert_within_rounding(G, A.T @ Q[:, :2], A_abs.T @ np.abs(Q[:, :2]), 2 * n * 6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_side_by_side_is_column_stack(dtype):
+    """``side_by_side`` (the transposed passes' Q, copied a column at a time): np.column_stack's values, dtype and
+    shape, C-contiguous, from views of any layout; a C-contiguous array alone comes back as it is."""
+    from fastnewton.matrix import side_by_side
+
+    rng = np.random.default_rng(11)
+    wide = rng.standard_normal((31, 5)).astype(dtype)
+    blocks = (wide[:, :2], np.asfortranarray(wide[:, 1:4]), wide[:, ::4])
+    got = side_by_side(*blocks)
+    expected = np.column_stack(blocks)
+    assert got.flags.c_contiguous and got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(side_by_side(wide[:, :2]), wide[:, :2])
+    alone = np.ascontiguousarray(wide[:, :3])
+    assert side_by_side(alone) is alone
 
 
 @pytest.mark.parametrize("k", [1, 10])
@@ -238,7 +276,7 @@ def test_csr_kernels_bitwise_equal_with_1_and_2_threads(chunk_rows, run_with_thr
         csr_matvec(indptr, indices, data, x, u)
         G = np.empty((d, k))
         csr_rmatmat(indptr, indices, data, Q, rows_per_chunk, G)
-        G3 = _run_transposed(csr_rmatmat3, indptr, indices, data, Q, rows_per_chunk, d)
+        G3 = _run_transposed(csr_rmatmat4, indptr, indices, data, Q, rows_per_chunk, d)
         g1 = _run_transposed(csr_rmatvec, indptr, indices, data, Q[:, :1], rows_per_chunk, d)
         CZ = np.empty((n, k))
         csr_matmat(indptr, indices, data, Q[:d], CZ)
@@ -368,7 +406,7 @@ def test_transposed_kernels_sum_in_chunk_and_storage_order(k, dtype, random_csr)
     csr_rmatmat(indptr, indices, data, Q, chunk_rows, out)
     np.testing.assert_array_equal(out, expected)
     if k == 3:
-        np.testing.assert_array_equal(_run_transposed(csr_rmatmat3, indptr, indices, data, Q, chunk_rows, d),
+        np.testing.assert_array_equal(_run_transposed(csr_rmatmat4, indptr, indices, data, Q, chunk_rows, d),
                                       expected)
 
 

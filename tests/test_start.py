@@ -383,11 +383,10 @@ def test_the_default_dense_solve_reads_c_only_for_the_passes_it_needs(monkeypatc
 @pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
 @pytest.mark.parametrize("model", ["softmax", "relu_softmax"])
 def test_the_exact_fit_of_the_start_gives_g_ref_in_its_own_transposed_pass(model, dense, monkeypatch):
-    """x0="auto" with the exact fit (hessian="exact"), dense C: the fit's transposed pass Cᵀ[ω, ωt] carries
+    """x0="auto" with the exact fit (hessian="exact"), dense or CSR C: the fit's transposed pass Cᵀ[ω, ωt] carries
     ∇L(0)'s columns (relu_softmax: the plain softmax's, its reference), so the stopping test's g_ref needs no
-    pass of its own: the transposed passes are the fit's, the first evaluation's and one per iteration. CSR C
-    keeps the two passes (its softmax passes stay on the unrolled 3-column kernel). Either way g_ref has the
-    bits of a separate ∇L(0) pass, and the start and the iterates those of a solve whose fit made its pass
+    pass of its own: the transposed passes are the fit's, the first evaluation's and one per iteration. g_ref
+    has the bits of a separate ∇L(0) pass, and the start and the iterates those of a solve whose fit made its pass
     alone (the fit's sums do not depend on the other columns)."""
     from fastnewton import matrix as matrix_module
     from fastnewton import problem as problem_module
@@ -400,10 +399,8 @@ def test_the_exact_fit_of_the_start_gives_g_ref_in_its_own_transposed_pass(model
                         lambda self, Q: passes.append(Q.shape[1]) or rmatmat(self, Q))
     res = solve(C, b, model, hessian="exact", seed=0)
     assert res.converged and "sampled" not in res.start
-    if dense:
-        assert len(passes) == 2 + res.n_iter and passes[0] == 2 + 2  # [ω, ωt] and the reference's gradient columns
-    else:
-        assert len(passes) == 3 + res.n_iter and passes[:2] == [2, 3]
+    # [ω, ωt] and the reference's gradient columns in one pass (CSR: the unrolled 4-lane kernel)
+    assert len(passes) == 2 + res.n_iter and passes[0] == 2 + 2
     assert res.g_ref == np.linalg.norm(Problem(C, b, model).gradient_at_zero())
     # The fit's pass alone, then ∇L(0) by its own pass: the same start, iterates and g_ref.
     monkeypatch.setattr(problem_module.Problem, "rmatmat_with_gradient_at_zero", lambda self, Q: self.matrix.rmatmat(Q))
