@@ -259,7 +259,8 @@ def csr_sandwich_vector(indptr, indices, data, beta, Q, c, w, v, chunk_rows, for
 @njit(cache=True, inline="always")
 def _weight(beta, Q, c, w, from_columns, i):
     """βᵢ of ``csr_sandwich_vector``: beta[i], or ``curvature_weight(Q, c, w, i)`` when ``from_columns``."""
-    return curvature_weight(Q, c, w, i) if from_columns else beta[i]
+    # i is unsigned here: int64 as every caller passes it (one specialisation of curvature_weight to compile)
+    return curvature_weight(Q, c, w, np.int64(i)) if from_columns else beta[i]
 
 
 @njit(parallel=True, cache=True)

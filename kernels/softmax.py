@@ -114,7 +114,8 @@ def line_point(u0, factor, Cp, chunk_rows, u):
         start = ch * chunk_rows
         stop = min(n, start + chunk_rows)
         _add_scaled_chunk(u0[start:stop], factor, Cp[start:stop], u[start:stop])
-        part_max[ch] = chunk_max_z(u[start:stop], False)
+        # np.bool_: a bool, as chunk_max_z's other callers pass, not a literal False (a second specialisation)
+        part_max[ch] = chunk_max_z(u[start:stop], np.bool_(False))
     return _max_in_chunk_order(part_max)
 
 
@@ -276,7 +277,8 @@ def softmax_relu_columns(u, s, rho, V, y, w, Q):
 def curvature_weights(Q, c, w, beta):
     """β = Q[:, 2] − c·Q[:, 1] + w: the diagonal Hessian weights, once the global c is known."""
     for i in prange(Q.shape[0]):
-        beta[i] = curvature_weight(Q, c, w, i)
+        # a prange index may be unsigned: int64 as every caller passes it (one specialisation to compile)
+        beta[i] = curvature_weight(Q, c, w, np.int64(i))
 
 
 @njit(cache=True)
