@@ -25,7 +25,6 @@ import contextlib
 import functools
 import hashlib
 import logging
-import os
 import pathlib
 import threading
 
