@@ -463,6 +463,16 @@ def _with_third_column(Q):
     return side_by_side(Q, np.zeros((Q.shape[0], 1)))
 
 
+def _shifted_sandwich(out, kept, weights, shift):
+    """Σ_t w_t (c_t − μ)(c_t − μ)ᵀ from ``out`` = Σ_t w_t c_t c_tᵀ (changed in place) and the kept rows c_t (sparse):
+    out − μaᵀ − aμᵀ + (Σw)μμᵀ with a = Σ_t w_t c_t."""
+    weighted = np.asarray(kept.T @ weights, dtype=np.float64)
+    cross = np.outer(shift, weighted)
+    out -= cross + cross.T  # summed first: exactly symmetric, as the sandwich is
+    out += float(np.sum(weights)) * np.outer(shift, shift)
+    return out
+
+
 class CSRMatrix:
     """CSR C with int32/int64 indices and float32/float64 values; every operation is a Numba kernel."""
 
@@ -610,23 +620,27 @@ class CSRMatrix:
 
         ``shift`` μ: of the rows C_{rows[t]} − μ, as Σ w c cᵀ − μaᵀ − aμᵀ + (Σw)μμᵀ with a = Σ_t w_t C_{rows[t]}
         (a sparse product over the kept rows: centring them would densify them)."""
-        dense = self._dense_row[rows]
-        if not dense.any():
-            out = self._sparse_sandwich(rows, weights)
-        else:
-            out = self._split_sandwich(rows[~dense], weights[~dense], rows[dense], weights[dense])
-        if shift is None:
-            return out
-        weighted = np.asarray(self.scipy()[rows].T @ weights, dtype=np.float64)
-        cross = np.outer(shift, weighted)
-        out -= cross + cross.T  # summed first: exactly symmetric, as the sandwich is
-        out += float(np.sum(weights)) * np.outer(shift, shift)
-        return out
+        out = self._uncentred_sandwich_rows(rows, weights)
+        return out if shift is None else _shifted_sandwich(out, self.scipy()[rows], weights, shift)
 
     def sandwich_rows_and_absolute(self, rows, weights, shift=None):
         """(``sandwich_rows(rows, weights, shift)``, the same with |weights|): two sampled sandwiches (the pair
-        updates take each weight as it comes, so the second costs as much as the first)."""
-        return self.sandwich_rows(rows, weights, shift), self.sandwich_rows(rows, np.abs(weights), shift)
+        updates take each weight as it comes, so the second costs as much as the first), the kept rows gathered
+        once for both shifts."""
+        absolute_weights = np.abs(weights)
+        signed = self._uncentred_sandwich_rows(rows, weights)
+        absolute = self._uncentred_sandwich_rows(rows, absolute_weights)
+        if shift is None:
+            return signed, absolute
+        kept = self.scipy()[rows]
+        return (_shifted_sandwich(signed, kept, weights, shift),
+                _shifted_sandwich(absolute, kept, absolute_weights, shift))
+
+    def _uncentred_sandwich_rows(self, rows, weights):
+        dense = self._dense_row[rows]
+        if not dense.any():
+            return self._sparse_sandwich(rows, weights)
+        return self._split_sandwich(rows[~dense], weights[~dense], rows[dense], weights[dense])
 
     def row_squares(self, column_weights):
         """Σⱼ C[i, j]²·column_weights[j] for every row i (one pass over the stored entries)."""
