@@ -23,7 +23,10 @@ TIMEOUT_SECONDS = 300
 
 def run_script(args, env=None):
     """Run ``python *args`` from the repository root; fail with its output when it exits non-zero."""
-    environment = dict(os.environ, MPLBACKEND="Agg", **(env or {}))
+    # The child is a process of its own, not a pytest-xdist worker (pytest-benchmark reads PYTEST_XDIST_WORKER
+    # and would disable a child benchmark run as if it were one).
+    inherited = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_XDIST_")}
+    environment = dict(inherited, MPLBACKEND="Agg", **(env or {}))
     proc = subprocess.run([sys.executable, *args], cwd=REPO, env=environment, capture_output=True, text=True,
                           timeout=TIMEOUT_SECONDS)
     assert proc.returncode == 0, (f"python {' '.join(args)} exited {proc.returncode}\n"
