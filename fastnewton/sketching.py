@@ -122,6 +122,8 @@ class CentredRows:
         return self.matrix.sandwich_rows(rows, weights, shift=self.mean)
 
     def sandwich_rows_and_absolute(self, rows, weights, column_scale=None):
+        if column_scale is None:  # (a CSR matrix takes no column scale: ``LeverageReference.sandwich_of_sample``)
+            return self.matrix.sandwich_rows_and_absolute(rows, weights, shift=self.mean)
         return self.matrix.sandwich_rows_and_absolute(rows, weights, shift=self.mean, column_scale=column_scale)
 
 
