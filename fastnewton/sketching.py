@@ -121,8 +121,10 @@ class CentredRows:
     def sandwich_rows(self, rows, weights):
         return self.matrix.sandwich_rows(rows, weights, shift=self.mean)
 
-    def sandwich_rows_and_absolute(self, rows, weights):
-        return self.matrix.sandwich_rows_and_absolute(rows, weights, shift=self.mean)
+    def sandwich_rows_and_absolute(self, rows, weights, column_scale=None):
+        if column_scale is None:  # (a CSR matrix takes no column scale: ``LeverageReference.sandwich_of_sample``)
+            return self.matrix.sandwich_rows_and_absolute(rows, weights, shift=self.mean)
+        return self.matrix.sandwich_rows_and_absolute(rows, weights, shift=self.mean, column_scale=column_scale)
 
 
 # Centring is skipped on C whose column means are all small against their spread: nμⱼ² ≤ CENTRING_MIN_RATIO·‖C_j − μ_j‖²
@@ -339,7 +341,7 @@ class LeverageReference:
             self.centre(matrix, mean)
         rows_of = sampled_rows_of(matrix, self.mean)
         rows, pi = sample_rows(np.abs(beta) * self.row_factors(matrix), s, rng)
-        signed, absolute = rows_of.sandwich_rows_and_absolute(rows, beta[rows] / pi)
+        signed, absolute = self.sandwich_of_sample(matrix, rows, beta[rows] / pi)
         if self.certified(absolute, l2):
             return signed, rows.shape[0]
         self.refreshes += 1
@@ -347,6 +349,24 @@ class LeverageReference:
         self.row_norms = jl_row_norms(rows_of, jl_directions(self.factor, rng))
         rows, pi = sample_rows(np.abs(beta) * self.row_norms, s, rng)
         return rows_of.sandwich_rows(rows, beta[rows] / pi), rows.shape[0]
+
+    def sandwich_of_sample(self, matrix, rows, weights):
+        """(signed, absolute) sampled sandwich of the rows drawn by this reference (``sandwich_rows_and_absolute``
+        of C's rows, or of the centred ones once ``centre``d).
+
+        While the reference is the column scale (before any refresh), dense C's SYRKs run in float32 on the rows
+        scaled by it (``DenseMatrix.sandwich_rows_and_absolute``; dense 10⁵ × 256, 24k sampled rows: the
+        sketched Hessian ~1.5× faster). Safe there because the sample is kept only when it certifies that
+        scale (``certified``): the whitened W then has λ_min(W) ≥ tr(W)/(REFERENCE_SPREAD·d), so the float32
+        rounding, ~1e-7 of W's entries, moves its eigenvalues by ~1e-7·d·REFERENCE_SPREAD of λ_min at most
+        (~1e-4 at d = 256), against the sample's own ε. After a refresh the reference is an embedding's
+        factor, whose whitening the column scale does not give (strongly correlated columns: D⁻¹-scaled rows
+        can span a Gram of condition far beyond float32's 1e7), so its samples stay in float64. A CSR C's
+        pair updates have no float32 kernel: float64."""
+        rows_of = sampled_rows_of(matrix, self.mean)
+        if self.factor is None and matrix.format == "dense":
+            return rows_of.sandwich_rows_and_absolute(rows, weights, column_scale=self.score_scale(matrix))
+        return rows_of.sandwich_rows_and_absolute(rows, weights)
 
     def certified(self, absolute, l2):
         """Whether λ_min(W) ≥ tr(W)/(REFERENCE_SPREAD·d) for W = M^{1/2}(Ã + Λ)M^{1/2} (one Cholesky), over the

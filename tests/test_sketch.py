@@ -668,6 +668,54 @@ def test_sandwich_rows_and_absolute_is_the_signed_and_the_absolute_sandwich(fmt,
     _check_sandwich_rows(absolute, A, np.abs(A), rows, np.abs(weights), d)
 
 
+@pytest.mark.parametrize("centred", [False, True], ids=["rows", "centred"])
+def test_dense_sandwich_rows_and_absolute_in_float32_is_within_float32_rounding(centred):
+    """With a column scale D the dense sampled SYRKs run in float32 on the rows scaled by D⁻¹: each sum within
+    float32's rounding bound of the float64 NumPy one, Σ|terms| times γ (Higham §3.1, with float32's ε; a few
+    more terms for rounding each entry to float32), on columns 1e-30 … 1e30 apart and weights ~1e-200, whose
+    unscaled entries and products float32 cannot hold; exactly symmetric, as the float64 SYRK's."""
+    rng = np.random.default_rng(74)
+    n, d = DENSE_SANDWICH_BLOCK + 50, 6
+    A = rng.standard_normal((n, d)) * 10.0 ** np.linspace(-30, 30, d) + 3.0 * 10.0 ** np.linspace(-30, 30, d)
+    matrix = DenseMatrix(A)
+    rows, weights = _rows_and_weights(rng, n, DENSE_SANDWICH_BLOCK + 100)  # two SYRK blocks
+    weights *= 1e-200
+    shift = A.mean(axis=0) if centred else None
+    rows_of = A - shift if centred else A
+    D = np.sqrt(np.sum(rows_of**2, axis=0))
+    signed, absolute = matrix.sandwich_rows_and_absolute(rows, weights, shift=shift, column_scale=D)
+    for got, w in ((signed, weights), (absolute, np.abs(weights))):
+        bound_scale = np.abs(rows_of[rows]).T @ (np.abs(w)[:, None] * np.abs(rows_of[rows]))
+        naive.assert_within_rounding(got, naive.sandwich(rows_of[rows], w), bound_scale, rows.shape[0] + 4,
+                                     eps=np.finfo(np.float32).eps)
+        np.testing.assert_array_equal(got, got.T)
+    # The float64 sums are far closer: the float32 path is a different computation, not the same one.
+    assert not np.array_equal(signed, matrix.sandwich_rows(rows, weights, shift=shift))
+
+
+def test_reference_samples_in_float32_until_it_is_refreshed():
+    """The column-scale reference's samples of dense C run in float32 (``sandwich_of_sample``), a refreshed
+    reference's (an embedding's factor) and a CSR C's in float64, bit for bit the ``sandwich_rows_and_absolute``
+    they stand for."""
+    rng = np.random.default_rng(75)
+    n, d = 3000, 8
+    A = rng.standard_normal((n, d))
+    rows, weights = _rows_and_weights(rng, n, 500)
+    dense, csr = DenseMatrix(A), as_input_matrix(sp.csr_matrix(A))
+    reference = LeverageReference()
+    D = reference.first_scale(dense)
+    for got, expected in zip(reference.sandwich_of_sample(dense, rows, weights),
+                             dense.sandwich_rows_and_absolute(rows, weights, column_scale=D)):
+        np.testing.assert_array_equal(got, expected)
+    for got, expected in zip(reference.sandwich_of_sample(csr, rows, weights),
+                             csr.sandwich_rows_and_absolute(rows, weights)):
+        np.testing.assert_array_equal(got, expected)
+    reference.factor = embedding_factor(rng.standard_normal((4 * d, d)), 0.0)
+    for got, expected in zip(reference.sandwich_of_sample(dense, rows, weights),
+                             dense.sandwich_rows_and_absolute(rows, weights)):
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_certified_is_the_eigenvalue_test_it_states():
     """λ_min(R⁻ᵀ(Ã + Λ)R⁻¹) ≥ tr/(Γd), by an independent eigenvalue computation, on both sides of the bound."""
     rng = np.random.default_rng(72)
