@@ -199,19 +199,18 @@ class _Packed:
         # A problem's cost estimated by its sandwich's n·d² multiply-adds.
         costs = (n * d * d).astype(np.float64)
         by_cost = np.argsort(-costs, kind="stable")
-        # One lane per thread, the problems dealt out costliest first, each to the lane with the least
-        # estimated work. Measured (1000 dense problems, 2 threads, the problems' assignment to 2 lanes):
-        # LPT 117 ms, alternating 120 ms, the costlier half to one lane 160 ms, which is what
-        # numba.parallel_chunksize(1) over the costliest-first order took (its hand-out as threads free
-        # up did not happen here, OpenMP layer); two processes solving half each 117 ms. The lanes are
-        # assigned by a kernel of their own: done before the loop inside the parallel kernel, it took
-        # 160 ms again. (Which thread solves a problem never changes its bits: each is solved start to
-        # finish by one thread.)
+        # One lane per thread, each taking the next problem, costliest first, as it finishes one: greedy
+        # list scheduling on the real costs (LPT when the estimates are right). Measured (1000 dense problems,
+        # 2 threads): the costs dealt out beforehand to 2 fixed lanes (LPT) 117 ms, alternating 120 ms, the
+        # costlier half to one lane 160 ms, which is what numba.parallel_chunksize(1) over the costliest-first
+        # order took (OpenMP's static hand-out); two processes solving half each 117 ms. Fixed lanes wait for
+        # their slowest: with another process on one core (this machine's 2 cores shared), 403 ms fixed
+        # against 338 ms taken from the counter (best of 6, same run). (Which thread solves a problem never
+        # changes its bits: each is solved start to finish by one thread.)
         lanes = max(1, min(numba.get_num_threads(), len(selected)))
-        kernel.solve_small_problems(np.asarray(selected, dtype=np.int64)[by_cost],
-                                    kernel.lanes_by_cost(costs[by_cost], lanes), lanes, self.layout, self.addresses,
-                                    self.parameters, settings, self.b, self.w, self.x, self.grad, self.fault_grad,
-                                    self.out_int, self.out_float)
+        kernel.solve_small_problems(np.asarray(selected, dtype=np.int64)[by_cost], lanes, self.layout,
+                                    self.addresses, self.parameters, settings, self.b, self.w, self.x, self.grad,
+                                    self.fault_grad, self.out_int, self.out_float)
 
 
 def _compiled_message(problem, pack, p, status):

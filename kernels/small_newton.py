@@ -1,5 +1,5 @@
 """Many small ``softmax`` / ``relu_softmax`` problems at once: the start and the whole Newton loop,
-compiled, one lane of problems per task of a parallel loop (``lanes_by_cost``).
+compiled, the problems handed out one at a time to the tasks of a parallel loop (``solve_small_problems``).
 
 Each problem is solved serially by one thread, start to finish, from its own slices of packed
 arrays, so its bits do not depend on the thread count or on which thread took it. The model's row
@@ -26,6 +26,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .atomic import fetch_add
 from .blas import syrk_upper
 from .csr import csr_column_squares
 from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, raised_damping
@@ -653,38 +654,26 @@ def finite_at(addresses, sizes, out):
         out[p] = _all_finite(array_at(addresses[p], (sizes[p],), np.float64))
 
 
-@njit(cache=True)
-def lanes_by_cost(costs, lanes):
-    """The lane of each problem, dealt out in the given order (costliest first) each to the lane with the
-    least estimated work so far (longest-processing-time-first; the first of equally loaded lanes)."""
-    lane_of = np.empty(costs.shape[0], dtype=np.int64)
-    work = np.zeros(lanes)
-    for position in range(costs.shape[0]):
-        lane = 0
-        for other in range(1, lanes):
-            if work[other] < work[lane]:
-                lane = other
-        lane_of[position] = lane
-        work[lane] += costs[position]
-    return lane_of
-
-
 @njit(parallel=True, cache=True)
-def solve_small_problems(order, lane_of, lanes, layout, addresses, parameters, settings, b, w, x, grad_out,
-                         fault_grad, out_int, out_float):
-    """Solve the problems listed in ``order`` in ``lanes`` lanes (``lane_of``, e.g. from ``lanes_by_cost``),
-    one lane per task, each lane its problems in order. A problem is solved start to finish on one
-    thread, so its bits do not depend on the lanes.
+def solve_small_problems(order, lanes, layout, addresses, parameters, settings, b, w, x, grad_out, fault_grad,
+                         out_int, out_float):
+    """Solve the problems listed in ``order`` (costliest first, say) in ``lanes`` tasks, each taking the next
+    problem of ``order`` from a shared atomic counter (``kernels/atomic.py``) when it finishes one. A
+    problem is solved start to finish on one thread, so its bits do not depend on the lanes or on
+    which lane took it.
 
     Reads each problem's C in place at ``addresses[p]``; writes its answer into its slice of x
     (which holds its start when it is given), ∇L into grad_out, and out_int / out_float (the
     O_* columns); a non-finite gradient that stopped a solve goes to fault_grad.
     """
+    taken = np.zeros(1, dtype=np.int64)
     for lane in prange(lanes):
-        for position in range(order.shape[0]):
-            if lane_of[position] == lane:
-                _solve_packed(order[position], layout, addresses, parameters, settings, b, w, x, grad_out,
-                              fault_grad, out_int, out_float)
+        while True:
+            position = fetch_add(taken, 1)
+            if position >= order.shape[0]:
+                break
+            _solve_packed(order[position], layout, addresses, parameters, settings, b, w, x, grad_out,
+                          fault_grad, out_int, out_float)
 
 
 @njit(cache=True)
