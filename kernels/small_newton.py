@@ -119,6 +119,17 @@ def _rmatmat(matrix, Q, chunk_rows, out):
     for start in range(0, n, chunk_rows):
         acc[:] = 0.0
         for i in range(start, min(n, start + chunk_rows)):
+            if k == 3:
+                # The model's three columns written out: a loop of unknown length 3 per stored entry ran the
+                # pass at twice the time (288 rows, 8 per row, d = 48: 13 → 6 µs); the same terms in the same order.
+                q0, q1, q2 = Q[i, 0], Q[i, 1], Q[i, 2]
+                for p in range(indptr[i], indptr[i + 1]):
+                    j = indices[p]
+                    v = data[p]
+                    acc[j, 0] += v * q0
+                    acc[j, 1] += v * q1
+                    acc[j, 2] += v * q2
+                continue
             for p in range(indptr[i], indptr[i + 1]):
                 j = indices[p]
                 v = data[p]
