@@ -141,7 +141,15 @@ def _rmatmat(matrix, Q, chunk_rows, out):
 
 
 @njit(cache=True)
-def _sandwich(matrix, beta, out):
+def _sandwich_work(matrix, n, d):
+    """The work arrays of ``_sandwich``, made once per problem: the row numbers and the rows scaled by
+    √|β| (dense C; none for CSR)."""
+    rows = n if not matrix[4] else 0
+    return np.arange(rows), np.empty((rows, d))
+
+
+@njit(cache=True)
+def _sandwich(matrix, beta, out, work):
     """out = Cᵀ diag(β) C (d × d, β of any sign). Dense: B₊ᵀB₊ − B₋ᵀB₋ by BLAS SYRKs (``kernels/blas.py``)
     with B± the rows of positive / negative β scaled by √|β|, as fastnewton.matrix's blocked SYRK
     forms it for ``solve``; CSR: pair updates of the upper triangle over rows gathered sorted
@@ -166,8 +174,8 @@ def _sandwich(matrix, beta, out):
                 for c in range(a, m):
                     out[ja, columns[c]] += va * values[c]
     else:
-        B = np.empty((n, d))
-        positive, negative = signed_scaled_rows(A, np.arange(n), np.empty((n, 0)), beta, np.zeros(d), np.ones(d), B)
+        rows, B = work
+        positive, negative = signed_scaled_rows(A, rows, np.empty((n, 0)), beta, np.zeros(d), np.ones(d), B)
         # Each Gram matrix formed on its own and the negative one subtracted, as ``blocked_syrk_sandwich``
         # does for ``solve`` in one block (n ≤ 8192 rows; NumPy runs its Bᵀ·B as a dsyrk too): the same sums.
         if positive:
@@ -299,7 +307,7 @@ def _rounding_level(loss, target_norm, factor):
 
 # -- the start ----------------------------------------------------------------------------------------
 @njit(cache=True)
-def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x):
+def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x, work):
     """x from the weighted least-squares fit of the models' ``auto_start`` (fastnewton.start):
     softmax: weights pᵢ²/Σp² on rows with pᵢ = bᵢ/max b > 0, target log pᵢ, on [C, 1]; relu_softmax: weight 1
     on the active rows bᵢ > f(1 + rtol), target log(bᵢ/f), on C. Solved as ``solve_psd``: Jacobi
@@ -325,7 +333,7 @@ def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x):
             WT[i, 1] = weights[i] * math.log(p)
         WT[i, 0] = weights[i]
     A = np.empty((d, d))
-    _sandwich(matrix, weights, A)
+    _sandwich(matrix, weights, A, work)
     G = np.empty((d, 3))
     _rmatmat(matrix, WT, chunk_rows, G)
     size = d if relu else d + 1
@@ -398,14 +406,14 @@ def _loss_at(u, x, b, w, relu, l2, chunk_rows, e):
 
 
 @njit(cache=True)
-def _hessian(matrix, Q, c, gamma, G, w, l2, beta, H):
+def _hessian(matrix, Q, c, gamma, G, w, l2, beta, H, work):
     """H = Cᵀ diag(β) C + P S Pᵀ (symmetrised) + λI, P = G[:, 1:], S = [[γ, −1], [−1, 0]]
     (``Problem.hessian_matrix``)."""
     n = Q.shape[0]
     d = H.shape[0]
     for i in range(n):
         beta[i] = curvature_weight(Q, c, w, i)
-    _sandwich(matrix, beta, H)
+    _sandwich(matrix, beta, H, work)
     for j in range(d):
         for l in range(d):
             # (P S Pᵀ)_jl = (γ P_j0 − P_j1) P_l0 − P_j0 P_l1, averaged with its transpose
@@ -444,10 +452,13 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
     out_int[O_KINK_COUNT] = 0
     out_int[O_KINK_INDEX] = -1
     out_int[O_N_ITER] = 0
+    # Made once for the start's fit and every iteration: fresh n × d scaled rows per sandwich cost ~10 µs each
+    # at 288 × 48 (malloc hands the freed block back to the system and faults it in again).
+    work = _sandwich_work(matrix, n, d)
     if start == START_ZEROS:
         x[:] = 0.0
     elif start == START_LOG_FIT or start == START_ACTIVE_FIT:
-        if not _fit_start(matrix, b, start == START_ACTIVE_FIT, floor, settings, chunk_rows, x):
+        if not _fit_start(matrix, b, start == START_ACTIVE_FIT, floor, settings, chunk_rows, x, work):
             out_int[O_STATUS] = START_FAILED
             return
     x0 = x.copy()
@@ -529,7 +540,7 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
                 break
             n_iter += 1
             # 3) Hessian: the exact NewtonSystem in scaled columns, (D⁻¹HD⁻¹ + μI) p̂ = −D⁻¹g
-            _hessian(matrix, Q, c, gamma, G, w, l2, beta, H)
+            _hessian(matrix, Q, c, gamma, G, w, l2, beta, H, work)
             finite = True
             system_scale = 0.0
             for j in range(d):
