@@ -677,6 +677,41 @@ def finite_at(addresses, sizes, out):
 
 
 @njit(parallel=True, cache=True)
+def csr_valid_at(addresses, shapes, stored, wide, out):
+    """out[p] = whether problem p's CSR arrays, read in place (``addresses[p]``: the ``A_*`` columns), are what
+    ``fastnewton.validation`` accepts of a CSR C of shape ``shapes[p]`` (n × d) holding ``stored[p]`` =
+    (len(indices), len(data)): indptr (n + 1 entries, int64 if ``wide[p]`` else int32) from 0 and never
+    decreasing, ending within indices and data; the indices it covers in [0, d); those values finite. One
+    problem per task: many problems' C checked without a Python call each."""
+    for p in prange(addresses.shape[0]):
+        n, d = shapes[p, 0], shapes[p, 1]
+        data = array_at(addresses[p, A_VALUES], (stored[p, 1],), np.float64)
+        if wide[p]:
+            out[p] = _csr_valid(array_at(addresses[p, A_INDPTR], (n + 1,), np.int64),
+                                array_at(addresses[p, A_INDICES], (stored[p, 0],), np.int64), data, d)
+        else:
+            out[p] = _csr_valid(array_at(addresses[p, A_INDPTR], (n + 1,), np.int32),
+                                array_at(addresses[p, A_INDICES], (stored[p, 0],), np.int32), data, d)
+
+
+@njit(cache=True)
+def _csr_valid(indptr, indices, data, d):
+    n = indptr.shape[0] - 1
+    if indptr[0] != 0:
+        return False
+    for i in range(n):
+        if indptr[i + 1] < indptr[i]:
+            return False
+    nnz = indptr[n]
+    if nnz > indices.shape[0] or nnz > data.shape[0]:
+        return False
+    outside = False
+    for k in range(nnz):
+        outside |= (indices[k] < 0) | (indices[k] >= d)  # no early exit: the loop vectorises
+    return not outside and _all_finite(data[:nnz])
+
+
+@njit(parallel=True, cache=True)
 def solve_small_problems(order, lanes, layout, addresses, parameters, settings, b, w, x, grad_out, fault_grad,
                          out_int, out_float):
     """Solve the problems listed in ``order`` (costliest first, say) in ``lanes`` tasks, each taking the next
