@@ -42,7 +42,7 @@ from .models import LogPartition, build_model, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
 from .problem import Problem
 from .result import MESSAGES, ConvergenceWarning, Status
-from .solver import is_default_start, not_a_distribution, solve_problem
+from .solver import SUM_TOLERANCE, is_default_start, not_a_distribution, solve_problem
 from .start import NULL_SPACE_RTOL
 from .threads import thread_limits
 from .validation import as_flag, as_input_matrix, as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count
@@ -346,10 +346,10 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
         except (TypeError, ValueError) as error:
             results[i] = _invalid(items[i][0], i, error)
 
-    _warn_if_not_distributions(compiled, compiled_index)
     max_iter_hit = []
     if compiled:
         pack = _Packed(compiled, starts)
+        _warn_if_not_distributions(compiled, compiled_index, pack.b)
         settings = _settings(tol, max_iter)
         # Overflowing scales end in Status.NON_FINITE with its message, as in solve (no NumPy warnings).
         with thread_limits(n_threads), np.errstate(over="ignore", invalid="ignore"):
@@ -460,13 +460,22 @@ def _checked_in_bulk(items, model, weights_each):
     return {i: matrix for i, matrix, ok in zip(plain, matrices, finite.tolist()) if ok}
 
 
-def _warn_if_not_distributions(problems, indices):
-    """``solve``'s warning for targets that cannot be softmax outputs, once for the batch (naming the problems)."""
+def _warn_if_not_distributions(problems, indices, targets):
+    """``solve``'s warning for targets that cannot be softmax outputs, once for the batch (naming the problems).
+
+    ``targets``: the problems' b side by side (the pack's), screened all at once: only a problem with a
+    negative entry or a sum off 1 by more than half of solve's tolerance (``SUM_TOLERANCE``; a sum in
+    another order differs by ~n·eps, far less) is asked ``not_a_distribution``, whose test and text are the
+    warning's (~6 µs a problem asked)."""
+    lengths = np.fromiter((problem.n for problem in problems), np.int64, len(problems))
+    starts = np.cumsum(lengths) - lengths
+    negative = np.logical_or.reduceat(targets < 0, starts)
+    off = np.abs(np.add.reduceat(targets, starts) - 1.0) > 0.5 * SUM_TOLERANCE
     flagged, first = [], None
-    for problem, i in zip(problems, indices):
-        message = not_a_distribution(problem.b, problem.model)
+    for k in np.flatnonzero(negative | off).tolist():
+        message = not_a_distribution(problems[k].b, problems[k].model)
         if message:
-            flagged.append(i)
+            flagged.append(indices[k])
             first = first or message
     if flagged:
         shown = ", ".join(str(i) for i in flagged[:10]) + (", …" if len(flagged) > 10 else "")

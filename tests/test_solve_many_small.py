@@ -391,6 +391,26 @@ def test_targets_that_are_not_distributions_warn_once_naming_the_problems():
     assert len([w for w in caught if "probability vector" in str(w.message)]) == 1
 
 
+def test_distribution_warning_names_exactly_the_problems_off_the_simplex():
+    # Reference: Σb outside 1 ± 0.1 (solve's tolerance) or a negative entry, decided per problem here; the
+    # batch screens all targets at once and must name the same problems (sums just inside and just outside).
+    C, b, _ = make_problem(60, 4, nnz_per_row=2, seed=11)
+    b = b / b.sum()
+    negative = b.copy()
+    negative[3] = -1e-9
+    targets = [b, 1.099 * b, 1.101 * b, 0.901 * b, 0.899 * b, negative, 1.06 * b]
+    expected = [i for i, t in enumerate(targets) if abs(t.sum() - 1.0) > 0.1 or (t < 0).any()]
+    assert expected == [2, 4, 5]
+    with pytest.warns(UserWarning, match=r"problem\(s\) 2, 4, 5: b is not a probability vector"):
+        _quiet_convergence(solve_many, [(C, t) for t in targets])
+
+
+def _quiet_convergence(function, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastnewton.ConvergenceWarning)
+        return function(*args, **kwargs)
+
+
 def test_distribution_warning_points_at_the_caller():
     C, b, _ = make_problem(50, 4, nnz_per_row=2, seed=8)
     with pytest.warns(UserWarning, match="probability vector") as caught:
