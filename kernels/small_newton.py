@@ -408,14 +408,15 @@ def _loss_at(u, x, b, w, relu, l2, chunk_rows, e):
 @njit(cache=True)
 def _hessian(matrix, Q, c, gamma, G, w, l2, beta, H, work):
     """H = Cᵀ diag(β) C + P S Pᵀ (symmetrised) + λI, P = G[:, 1:], S = [[γ, −1], [−1, 0]]
-    (``Problem.hessian_matrix``)."""
+    (``Problem.hessian_matrix``): its lower triangle and diagonal, all that the step's scaled system
+    and Cholesky read (the strict upper triangle holds the sandwich alone)."""
     n = Q.shape[0]
     d = H.shape[0]
     for i in range(n):
         beta[i] = curvature_weight(Q, c, w, i)
     _sandwich(matrix, beta, H, work)
     for j in range(d):
-        for l in range(d):
+        for l in range(j + 1):
             # (P S Pᵀ)_jl = (γ P_j0 − P_j1) P_l0 − P_j0 P_l1, averaged with its transpose
             low_rank = (gamma * G[j, 1] - G[j, 2]) * G[l, 1] - G[j, 1] * G[l, 2]
             mirrored = (gamma * G[l, 1] - G[l, 2]) * G[j, 1] - G[l, 1] * G[j, 2]
@@ -543,8 +544,10 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
             _hessian(matrix, Q, c, gamma, G, w, l2, beta, H, work)
             finite = True
             system_scale = 0.0
+            # The lower triangle and diagonal of the symmetric scaled matrix: what _cholesky reads (and the
+            # entries of the full matrix that NewtonSystem checks for finiteness, each twice).
             for j in range(d):
-                for l in range(d):
+                for l in range(j + 1):
                     scaled[j, l] = H[j, l] / (column_scale[j] * column_scale[l])
                     if not np.isfinite(scaled[j, l]):
                         finite = False
