@@ -2,8 +2,8 @@
 
 ``solve_many([(C, b), (C, b, V), ...], model=..., **kw)`` (through ``fastnewton.solve_many``):
 
-1. Each problem is validated as ``fastnewton.Problem`` validates it (float64 targets and dense float64
-   C of all problems checked in bulk: ``_checked_in_bulk``); a problem whose input is invalid gets the
+1. Each problem is validated as ``fastnewton.Problem`` validates it (float64 targets, dense float64 C and
+   float64 CSR C of all problems checked in bulk: ``_checked_in_bulk``); a problem whose input is invalid gets the
    status ``INVALID_INPUT`` and Problem's reason in its message, and the others still solve.
 2. ``softmax`` and ``relu_softmax`` problems whose Hessian strategy is exact (``hessian="exact"``, or
    ``"auto"`` where ``solve``'s cost model picks exact, as it did at every shape tried from
