@@ -2,8 +2,8 @@
 
 ``solve_many([(C, b), (C, b, V), ...], model=..., **kw)`` (through ``fastnewton.solve_many``):
 
-1. Each problem is validated as ``fastnewton.Problem`` validates it (float64 targets and dense float64
-   C of all problems checked in bulk: ``_checked_in_bulk``); a problem whose input is invalid gets the
+1. Each problem is validated as ``fastnewton.Problem`` validates it (float64 targets, dense float64 C and
+   float64 CSR C of all problems checked in bulk: ``_checked_in_bulk``); a problem whose input is invalid gets the
    status ``INVALID_INPUT`` and Problem's reason in its message, and the others still solve.
 2. ``softmax`` and ``relu_softmax`` problems whose Hessian strategy is exact (``hessian="exact"``, or
    ``"auto"`` where ``solve``'s cost model picks exact, as it did at every shape tried from
@@ -37,12 +37,12 @@ from . import newton
 from .batch import BatchResult
 from .hessian import STRATEGIES, PricedShapes, choose_strategies, default_thread_count
 from .kernels import small_newton as kernel
-from .matrix import DenseMatrix
+from .matrix import CSRMatrix, DenseMatrix
 from .models import LogPartition, build_model, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
 from .problem import Problem
 from .result import MESSAGES, ConvergenceWarning, Status
-from .solver import is_default_start, not_a_distribution, solve_problem
+from .solver import SUM_TOLERANCE, is_default_start, not_a_distribution, solve_problem
 from .start import NULL_SPACE_RTOL
 from .threads import thread_limits
 from .validation import as_flag, as_input_matrix, as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count
@@ -199,19 +199,18 @@ class _Packed:
         # A problem's cost estimated by its sandwich's n·d² multiply-adds.
         costs = (n * d * d).astype(np.float64)
         by_cost = np.argsort(-costs, kind="stable")
-        # One lane per thread, the problems dealt out costliest first, each to the lane with the least
-        # estimated work. Measured (1000 dense problems, 2 threads, the problems' assignment to 2 lanes):
-        # LPT 117 ms, alternating 120 ms, the costlier half to one lane 160 ms, which is what
-        # numba.parallel_chunksize(1) over the costliest-first order took (its hand-out as threads free
-        # up did not happen here, OpenMP layer); two processes solving half each 117 ms. The lanes are
-        # assigned by a kernel of their own: done before the loop inside the parallel kernel, it took
-        # 160 ms again. (Which thread solves a problem never changes its bits: each is solved start to
-        # finish by one thread.)
+        # One lane per thread, each taking the next problem, costliest first, as it finishes one: greedy
+        # list scheduling on the real costs (LPT when the estimates are right). Measured (1000 dense problems,
+        # 2 threads): the costs dealt out beforehand to 2 fixed lanes (LPT) 117 ms, alternating 120 ms, the
+        # costlier half to one lane 160 ms, which is what numba.parallel_chunksize(1) over the costliest-first
+        # order took (OpenMP's static hand-out); two processes solving half each 117 ms. Fixed lanes wait for
+        # their slowest: with another process on one core (this machine's 2 cores shared), 403 ms fixed
+        # against 338 ms taken from the counter (best of 6, same run). (Which thread solves a problem never
+        # changes its bits: each is solved start to finish by one thread.)
         lanes = max(1, min(numba.get_num_threads(), len(selected)))
-        kernel.solve_small_problems(np.asarray(selected, dtype=np.int64)[by_cost],
-                                    kernel.lanes_by_cost(costs[by_cost], lanes), lanes, self.layout, self.addresses,
-                                    self.parameters, settings, self.b, self.w, self.x, self.grad, self.fault_grad,
-                                    self.out_int, self.out_float)
+        kernel.solve_small_problems(np.asarray(selected, dtype=np.int64)[by_cost], lanes, self.layout,
+                                    self.addresses, self.parameters, settings, self.b, self.w, self.x, self.grad,
+                                    self.fault_grad, self.out_int, self.out_float)
 
 
 def _compiled_message(problem, pack, p, status):
@@ -320,8 +319,9 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
     for i, (C, b, V) in enumerate(items):
         try:
             if i in checked:
-                # b checked in bulk; C too where dense (else as_input_matrix checks it, with Problem's message)
-                matrix = DenseMatrix(C) if isinstance(C, np.ndarray) else as_input_matrix(C)
+                # b checked in bulk; C too where the bulk check gave its matrix (else as_input_matrix checks it,
+                # with Problem's message)
+                matrix = as_input_matrix(C) if checked[i] is None else checked[i]
                 valid.append(Problem.from_checked(matrix, b, model, l2, shared_model))
             else:
                 valid.append(Problem(C, b, model=model, V=V, l2=l2, row_weights=weights_each[i]))
@@ -346,10 +346,10 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
         except (TypeError, ValueError) as error:
             results[i] = _invalid(items[i][0], i, error)
 
-    _warn_if_not_distributions(compiled, compiled_index)
     max_iter_hit = []
     if compiled:
         pack = _Packed(compiled, starts)
+        _warn_if_not_distributions(compiled, compiled_index, pack.b)
         settings = _settings(tol, max_iter)
         # Overflowing scales end in Status.NON_FINITE with its message, as in solve (no NumPy warnings).
         with thread_limits(n_threads), np.errstate(over="ignore", invalid="ignore"):
@@ -396,39 +396,86 @@ def _plain_dense(C):
             and C.shape[0] > 0 and C.shape[1] > 0)
 
 
+def _plain_csr(C):
+    """Whether C is a SciPy CSR matrix that ``as_input_matrix`` would use as it is: float64 values, int32 or
+    int64 indices (both the same), contiguous 1-D arrays, at least one row and column, indptr of length n + 1,
+    canonical (sorted, no duplicates: SciPy's own flag, kept on the matrix); its entries are checked in bulk
+    (``kernels/small_newton.py``'s ``csr_valid_at``)."""
+    if not (sp.issparse(C) and C.format == "csr" and C.ndim == 2 and C.shape[0] > 0 and C.shape[1] > 0):
+        return False
+    data, indptr, indices = C.data, C.indptr, C.indices
+    return (type(data) is np.ndarray and type(indptr) is np.ndarray and type(indices) is np.ndarray
+            and data.dtype == np.float64 and indptr.dtype == indices.dtype
+            and (indices.dtype == np.int32 or indices.dtype == np.int64)
+            and data.ndim == 1 and indptr.ndim == 1 and indices.ndim == 1
+            and data.flags.c_contiguous and indptr.flags.c_contiguous and indices.flags.c_contiguous
+            and indptr.shape[0] == C.shape[0] + 1 and C.has_canonical_format)
+
+
 def _checked_in_bulk(items, model, weights_each):
-    """The indices of the problems whose checks run here, for all of them at once: no V or row_weights,
-    a ``_plain_target`` b, finite (one NumPy pass over all of them), and a ``_plain_dense`` C, finite
-    (read in place by one parallel kernel), or a sparse C (which as_input_matrix checks, with
-    Problem's message). Problem's own checks of b and a dense C cost ~15 µs per problem, a third of a
-    small problem's Python side. ``Problem.from_checked`` builds these; Problem checks every other
-    one, and so gives the error message of a problem with a non-finite entry."""
+    """The problems whose checks run here, for all of them at once, as {index: its C as ``as_input_matrix``
+    gives it, or None where C is still to be checked by as_input_matrix}: no V or row_weights, a
+    ``_plain_target`` b, finite (one NumPy pass over all of them), and a ``_plain_dense`` C, finite, or a
+    ``_plain_csr`` C whose arrays are valid (each read in place by one parallel kernel), or another sparse
+    C (None: as_input_matrix checks it, with Problem's message). Problem's own checks of b and a dense C
+    cost ~15 µs per problem, a third of a small problem's Python side; as_input_matrix's of a CSR C of
+    288 × 48 with 8 entries per row ~50 µs of its ~75. ``Problem.from_checked`` builds these; Problem
+    checks every other one, and so gives the error message of a problem with a non-finite entry or a
+    corrupt sparse C."""
     if uses_values(model):
-        return set()
+        return {}
     plain = [i for i, (C, b, V) in enumerate(items)
              if V is None and weights_each[i] is None and _plain_target(C, b) and (sp.issparse(C) or _plain_dense(C))]
     if not plain:
-        return set()
+        return {}
     targets = [items[i][1] for i in plain]
     starts = np.cumsum([0] + [b.shape[0] for b in targets[:-1]])
     finite = np.logical_and.reduceat(np.isfinite(np.concatenate(targets)), starts)
+    matrices = [None] * len(plain)
     dense = [position for position, i in enumerate(plain) if not sp.issparse(items[i][0])]
     if dense:
-        matrices = [items[plain[position]][0] for position in dense]
+        arrays = [items[plain[position]][0] for position in dense]
         finite_C = np.empty(len(dense), dtype=np.bool_)
-        kernel.finite_at(np.array([C.ctypes.data for C in matrices], dtype=np.int64),
-                         np.array([C.size for C in matrices], dtype=np.int64), finite_C)
+        kernel.finite_at(np.array([C.ctypes.data for C in arrays], dtype=np.int64),
+                         np.array([C.size for C in arrays], dtype=np.int64), finite_C)
         finite[dense] &= finite_C
-    return {i for i, ok in zip(plain, finite.tolist()) if ok}
+        for position, C in zip(dense, arrays):
+            matrices[position] = DenseMatrix(C)
+    csr = [position for position, i in enumerate(plain) if _plain_csr(items[i][0])]
+    if csr:
+        arrays = [items[plain[position]][0] for position in csr]
+        addresses = np.zeros((len(csr), kernel.ADDRESS_FIELDS), dtype=np.int64)
+        addresses[:, kernel.A_VALUES] = [C.data.ctypes.data for C in arrays]
+        addresses[:, kernel.A_INDPTR] = [C.indptr.ctypes.data for C in arrays]
+        addresses[:, kernel.A_INDICES] = [C.indices.ctypes.data for C in arrays]
+        valid = np.empty(len(csr), dtype=np.bool_)
+        kernel.csr_valid_at(addresses, np.array([C.shape for C in arrays], dtype=np.int64),
+                            np.array([(C.indices.shape[0], C.data.shape[0]) for C in arrays], dtype=np.int64),
+                            np.array([C.indices.dtype == np.int64 for C in arrays]), valid)
+        for position, C, ok in zip(csr, arrays, valid.tolist()):
+            if ok:
+                # as _as_csr holds it: the arrays themselves, indices and data cut to the stored entries
+                nnz = int(C.indptr[-1])
+                matrices[position] = CSRMatrix(C.indptr, C.indices[:nnz], C.data[:nnz], C.shape)
+    return {i: matrix for i, matrix, ok in zip(plain, matrices, finite.tolist()) if ok}
 
 
-def _warn_if_not_distributions(problems, indices):
-    """``solve``'s warning for targets that cannot be softmax outputs, once for the batch (naming the problems)."""
+def _warn_if_not_distributions(problems, indices, targets):
+    """``solve``'s warning for targets that cannot be softmax outputs, once for the batch (naming the problems).
+
+    ``targets``: the problems' b side by side (the pack's), screened all at once: only a problem with a
+    negative entry or a sum off 1 by more than half of solve's tolerance (``SUM_TOLERANCE``; a sum in
+    another order differs by ~n·eps, far less) is asked ``not_a_distribution``, whose test and text are the
+    warning's (~6 µs a problem asked)."""
+    lengths = np.fromiter((problem.n for problem in problems), np.int64, len(problems))
+    starts = np.cumsum(lengths) - lengths
+    negative = np.logical_or.reduceat(targets < 0, starts)
+    off = np.abs(np.add.reduceat(targets, starts) - 1.0) > 0.5 * SUM_TOLERANCE
     flagged, first = [], None
-    for problem, i in zip(problems, indices):
-        message = not_a_distribution(problem.b, problem.model)
+    for k in np.flatnonzero(negative | off).tolist():
+        message = not_a_distribution(problems[k].b, problems[k].model)
         if message:
-            flagged.append(i)
+            flagged.append(indices[k])
             first = first or message
     if flagged:
         shown = ", ".join(str(i) for i in flagged[:10]) + (", …" if len(flagged) > 10 else "")

@@ -58,7 +58,7 @@ def test_syrk_upper_reads_row_blocks_of_a_larger_array():
 
 
 def test_small_newton_sandwich_matches_numpy():
-    from fastnewton.kernels.small_newton import _sandwich
+    from fastnewton.kernels.small_newton import _sandwich, _sandwich_work
 
     rng = np.random.default_rng(4)
     for n, d, signs in [(200, 40, "both"), (64, 80, "both"), (90, 12, "positive"), (90, 12, "negative"),
@@ -68,7 +68,7 @@ def test_small_newton_sandwich_matches_numpy():
                 "zero": np.zeros(n)}[signs]
         matrix = (C, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0), False)
         out = np.full((d, d), np.nan)
-        _sandwich(matrix, beta, out)
+        _sandwich(matrix, beta, out, _sandwich_work(matrix, n, d))
         expected = C.T @ (beta[:, None] * C)
         bound = (n + 2) * np.finfo(np.float64).eps * (abs(C).T @ (abs(beta)[:, None] * abs(C)))
         assert np.all(abs(out - expected) <= bound)
@@ -80,12 +80,13 @@ def test_small_newton_sandwich_matches_numpy():
 CACHED_SANDWICH = """
 import numpy as np
 import llvmlite.binding
-from fastnewton.kernels.small_newton import _sandwich
+from fastnewton.kernels.small_newton import _sandwich, _sandwich_work
 rng = np.random.default_rng(7)
 C = rng.standard_normal((120, 33))
 beta = rng.standard_normal(120)
 out = np.empty((33, 33))
-_sandwich((C, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0), False), beta, out)
+matrix = (C, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0), False)
+_sandwich(matrix, beta, out, _sandwich_work(matrix, 120, 33))
 error = np.max(abs(out - C.T @ (beta[:, None] * C))) / np.max(abs(C).T @ (abs(beta)[:, None] * abs(C)))
 print("error", error, "hits", len(_sandwich.stats.cache_hits), "misses", len(_sandwich.stats.cache_misses),
       "address", llvmlite.binding.address_of_symbol("fastnewton_dsyrk"))

@@ -7,8 +7,10 @@ factor's backward error is O(d·eps); cond ≤ ~10 keeps the forward error withi
 """
 import numpy as np
 import pytest
+from numba import njit, prange
 
 from fastnewton.kernels import small_newton as kernel
+from fastnewton.kernels.atomic import fetch_add
 from fastnewton.kernels.dense import dense_matvec
 
 
@@ -45,9 +47,22 @@ def test_cholesky_matches_numpy_and_fails_on_an_indefinite_matrix(d):
     assert not kernel._cholesky(indefinite, 0.0, L)
 
 
-def test_lanes_by_cost_deals_the_costliest_first_to_the_least_loaded_lane():
-    costs = np.array([9.0, 7.0, 4.0, 3.0, 3.0, 1.0])
-    # lane work after each: [9, 0] → [9, 7] → [9, 11] → [12, 11] → [12, 14] → [13, 14]
-    np.testing.assert_array_equal(kernel.lanes_by_cost(costs, 2), [0, 1, 1, 0, 1, 0])
-    np.testing.assert_array_equal(kernel.lanes_by_cost(costs, 1), np.zeros(6))
-    np.testing.assert_array_equal(kernel.lanes_by_cost(costs, 3), [0, 1, 2, 2, 1, 2])
+def test_atomic_counter_hands_out_every_number_once_across_threads():
+    # Reference: the numbers 0 … count − 1, each taken by exactly one task (a lost update would hand one
+    # out twice, to two tasks), however many tasks race for them.
+    count = 20_000
+    by_lane = _take_all(count, 4)
+    np.testing.assert_array_equal(by_lane.sum(axis=0), np.ones(count))
+
+
+@njit(parallel=True)
+def _take_all(count, lanes):
+    counter = np.zeros(1, dtype=np.int64)
+    by_lane = np.zeros((lanes, count), dtype=np.int64)
+    for lane in prange(lanes):
+        while True:
+            position = fetch_add(counter, 1)
+            if position >= count:
+                break
+            by_lane[lane, position] += 1
+    return by_lane

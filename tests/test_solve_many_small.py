@@ -211,6 +211,71 @@ def test_non_finite_entries_of_plain_dense_problems_get_problems_messages():
     assert last_empty.message[1] == result.message[len(broken)].replace(f"problem {len(broken)}", "problem 1")
 
 
+def _csr_variants(C):
+    """CSR copies of C with int32 and with int64 indices, each also edited in place into a corrupt or unusual
+    form (``(matrix, corrupt)``): what the bulk check of plain CSR problems must accept or reject as
+    ``as_input_matrix`` does."""
+    n, d = C.shape
+    variants = []
+    for index_type in (np.int32, np.int64):
+        def fresh():
+            A = sp.csr_matrix(C)
+            return sp.csr_matrix((A.data.copy(), A.indices.astype(index_type), A.indptr.astype(index_type)),
+                                 shape=A.shape)
+        variants.append((fresh(), False))
+        for edit in ("nan", "inf", "column d", "column -1", "indptr start", "indptr decreasing", "indptr past end"):
+            A = fresh()
+            # SciPy's canonical flag formed before the edit and kept (as on a matrix edited after use): the
+            # bulk check, not the flag, must catch each edit
+            assert A.has_canonical_format
+            if edit == "nan":
+                A.data[7] = np.nan
+            elif edit == "inf":
+                A.data[-1] = -np.inf
+            elif edit == "column d":
+                A.indices[-1] = d
+            elif edit == "column -1":
+                A.indices[0] = -1
+            elif edit == "indptr start":
+                A.indptr[0] = 1
+            elif edit == "indptr decreasing":
+                A.indptr[n // 2] = A.indptr[n // 2 + 1] + 1
+            else:
+                A.indptr[-1] = A.indices.shape[0] + 1
+            variants.append((A, True))
+        # A non-finite value stored beyond indptr[-1] is not an entry; duplicates are summed (on a copy).
+        A = fresh()
+        A.data = np.append(A.data, np.nan)
+        A.indices = np.append(A.indices, index_type(0)).astype(index_type)
+        variants.append((A, False))
+        duplicated = fresh()
+        duplicated.indices[1] = duplicated.indices[0]  # row 0's first column twice: not canonical
+        variants.append((duplicated, False))
+    return variants
+
+
+def test_plain_csr_problems_checked_in_bulk_match_problems_checks():
+    """A float64 CSR C with int32 or int64 indices is checked by one compiled pass over all such problems: a
+    corrupt one (a non-finite stored value, a column outside [0, d), an indptr that does not start at 0,
+    decreases or runs past the stored entries) gets Problem's own message with its index; the others
+    (values past indptr[-1] that are not entries, duplicates summed) get solve's answer."""
+    made = make_problem(80, 6, nnz_per_row=3, seed=9)
+    b = made.b
+    variants = _csr_variants(made.C)
+    problems = [(C, b) for C, _ in variants]
+    result = _quiet(solve_many, problems, model="softmax")
+    for i, (C, corrupt) in enumerate(variants):
+        if corrupt:
+            with pytest.raises(ValueError) as error:
+                fastnewton.Problem(C, b)
+            assert result.status[i] == Status.INVALID_INPUT, i
+            assert result.message[i].endswith(f"problem {i}: {error.value}"), i
+        else:
+            reference = _quiet(solve, C, b)
+            assert result.status[i] == reference.status == Status.CONVERGED, i
+            np.testing.assert_allclose(result.x[:, i], reference.x, rtol=X_RTOL)
+
+
 def test_malformed_problems_argument_raises():
     C, b, _ = make_problem(50, 4, nnz_per_row=2, seed=7)
     with pytest.raises(ValueError, match="empty"):
@@ -324,6 +389,26 @@ def test_targets_that_are_not_distributions_warn_once_naming_the_problems():
     with pytest.warns(UserWarning, match=r"problem\(s\) 1: b is not a probability vector") as caught:
         solve_many([(C, b), (C, 3 * b), (C, b)])
     assert len([w for w in caught if "probability vector" in str(w.message)]) == 1
+
+
+def test_distribution_warning_names_exactly_the_problems_off_the_simplex():
+    # Reference: Σb outside 1 ± 0.1 (solve's tolerance) or a negative entry, decided per problem here; the
+    # batch screens all targets at once and must name the same problems (sums just inside and just outside).
+    C, b, _ = make_problem(60, 4, nnz_per_row=2, seed=11)
+    b = b / b.sum()
+    negative = b.copy()
+    negative[3] = -1e-9
+    targets = [b, 1.099 * b, 1.101 * b, 0.901 * b, 0.899 * b, negative, 1.06 * b]
+    expected = [i for i, t in enumerate(targets) if abs(t.sum() - 1.0) > 0.1 or (t < 0).any()]
+    assert expected == [2, 4, 5]
+    with pytest.warns(UserWarning, match=r"problem\(s\) 2, 4, 5: b is not a probability vector"):
+        _quiet_convergence(solve_many, [(C, t) for t in targets])
+
+
+def _quiet_convergence(function, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastnewton.ConvergenceWarning)
+        return function(*args, **kwargs)
 
 
 def test_distribution_warning_points_at_the_caller():
