@@ -13,6 +13,12 @@ LONGEST_FILES = ("test_dask.py", "test_install.py", "test_bench_smoke.py", "test
                  "test_readme.py", "test_bench_peers.py", "test_bench_dask_smoke.py", "test_bench_args.py")
 
 
+def pytest_configure(config):
+    # pytest-xdist (≥ 3.6) would reorder loadfile's files by their number of tests (test_install.py's 5 tests last).
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(items):
     rank = {name: position for position, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))
