@@ -1,27 +1,7 @@
-"""Shared fixtures: a thread-count runner and a random CSR builder with the awkward cases switched on;
-the longest test files collected first."""
+"""Shared fixtures: a thread-count runner and a random CSR builder with the awkward cases switched on."""
 import numba
 import numpy as np
 import pytest
-
-# The files that take longest (minutes on 2 cores: installs into fresh venvs, Dask clusters, bench scripts in
-# subprocesses), longest first. Collected before the others so that with ``-n auto --dist loadfile`` (the README's
-# test command: whole files handed to the workers in collection order) they start first and the many short
-# files fill in around them; collected last, two of them ran alone at the end for minutes. Order within a file
-# is kept. (Measured with ``--durations``: which files these are changes slowly; a stale list costs time only.)
-LONGEST_FILES = ("test_dask.py", "test_install.py", "test_bench_smoke.py", "test_sandwich.py", "test_bench_figures.py",
-                 "test_readme.py", "test_bench_peers.py", "test_bench_dask_smoke.py", "test_bench_args.py")
-
-
-def pytest_configure(config):
-    # pytest-xdist (≥ 3.6) would reorder loadfile's files by their number of tests (test_install.py's 5 tests last).
-    if hasattr(config.option, "loadscopereorder"):
-        config.option.loadscopereorder = False
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: position for position, name in enumerate(LONGEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))
 
 
 @pytest.fixture
