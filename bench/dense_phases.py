@@ -98,13 +98,10 @@ def phases(problem, threads, repeat, rng):
             row["  refreshes"] = reference.refreshes
             row["  scores |β|·g + draw"] = best_ms(
                 lambda: sketching.sample_rows(np.abs(beta) * reference.row_norms, s, rng), repeat)
-            # As the solve forms it (float32 SYRKs while the reference is the column scale), where this code does.
-            if hasattr(reference, "sandwich_of_sample"):
-                def sampled_pair():
-                    return reference.sandwich_of_sample(matrix, rows, beta[rows] / pi)
-            else:
-                def sampled_pair():
-                    return matrix.sandwich_rows_and_absolute(rows, beta[rows] / pi)
+            # As the solve forms it (float32 SYRKs while the reference is the column scale).
+            def sampled_pair():
+                return reference.sandwich_of_sample(matrix, rows, beta[rows] / pi)
+
             pair = sampled_pair()
             row["  sampled SYRK + |β| Gram"] = best_ms(sampled_pair, repeat)
             row["  certificate"] = best_ms(lambda: reference.certified(pair[1], 0.0), repeat)

@@ -37,7 +37,7 @@ from . import newton
 from .batch import BatchResult
 from .hessian import STRATEGIES, PricedShapes, choose_strategies, default_thread_count
 from .kernels import small_newton as kernel
-from .matrix import CSRMatrix, DenseMatrix
+from .matrix import DenseMatrix
 from .models import LogPartition, build_model, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
 from .problem import Problem
@@ -45,7 +45,8 @@ from .result import MESSAGES, ConvergenceWarning, Status
 from .solver import SUM_TOLERANCE, is_default_start, not_a_distribution, solve_problem
 from .start import NULL_SPACE_RTOL
 from .threads import thread_limits
-from .validation import as_flag, as_input_matrix, as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count
+from .validation import (as_flag, as_input_matrix, as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count,
+                         csr_matrix_of)
 
 _SOLVE_ONLY = ("callback", "verbose", "progress")
 # A CSR problem with at least this fraction of d stored entries per row is packed as dense rows: its
@@ -454,9 +455,7 @@ def _checked_in_bulk(items, model, weights_each):
                             np.array([C.indices.dtype == np.int64 for C in arrays]), valid)
         for position, C, ok in zip(csr, arrays, valid.tolist()):
             if ok:
-                # as _as_csr holds it: the arrays themselves, indices and data cut to the stored entries
-                nnz = int(C.indptr[-1])
-                matrices[position] = CSRMatrix(C.indptr, C.indices[:nnz], C.data[:nnz], C.shape)
+                matrices[position] = csr_matrix_of(C.indptr, C.indices, C.data, C.shape)  # as as_input_matrix holds it
     return {i: matrix for i, matrix, ok in zip(plain, matrices, finite.tolist()) if ok}
 
 

@@ -241,12 +241,17 @@ def _as_csr(C, name):
     indptr, indices = csr.indptr, csr.indices
     if indptr.dtype != indices.dtype or indices.dtype not in (np.int32, np.int64):
         indptr, indices = indptr.astype(np.int64), indices.astype(np.int64)
-    n, d = csr.shape
-    nnz = int(indptr[-1])
-    matrix = CSRMatrix(np.ascontiguousarray(indptr), np.ascontiguousarray(indices[:nnz]),
-                       np.ascontiguousarray(data[:nnz]), (n, d))
+    matrix = csr_matrix_of(indptr, indices, data, csr.shape)
     _matrix_finite_or_raise(matrix, matrix.data, name)
     return matrix
+
+
+def csr_matrix_of(indptr, indices, data, shape):
+    """The ``CSRMatrix`` of checked CSR arrays (int32/int64 indices of one type, float32/float64 data): indices
+    and data cut to the indptr[-1] stored entries, contiguous (a view where they already are)."""
+    nnz = int(indptr[-1])
+    return CSRMatrix(np.ascontiguousarray(indptr), np.ascontiguousarray(indices[:nnz]),
+                     np.ascontiguousarray(data[:nnz]), shape)
 
 
 def as_vector(v, name, length, length_hint=""):
