@@ -2,6 +2,7 @@
 stamped with the run's provenance (package versions, git commit, CPU model, threads), and plot captions."""
 import csv
 import functools
+import importlib.metadata
 import json
 import os
 import platform
@@ -70,6 +71,14 @@ def git_commit():
         return "unknown"
 
 
+def _installed_version(distribution):
+    """The installed version of a distribution, or "" when it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
 @functools.lru_cache(maxsize=None)
 def _static_metadata():
     import numba
@@ -92,6 +101,8 @@ def _static_metadata():
         "numpy_version": numpy.__version__,
         "scipy_version": scipy.__version__,
         "numba_version": numba.__version__,
+        # The optional peer of bench/peers.py, by its installed metadata (importing torch takes seconds).
+        "torch_version": _installed_version("torch"),
         "blas": blas,
         "git_commit": git_commit(),
         "cpu_model": cpu_model(),

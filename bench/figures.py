@@ -93,7 +93,7 @@ def machine_line():
     meta = run_metadata()
     return (f"{meta['cpu_model']}, {meta['cpu_count']} CPUs; Python {meta['python_version']}, NumPy "
             f"{meta['numpy_version']} ({meta['blas'] or 'BLAS unknown'}), SciPy {meta['scipy_version']}, "
-            f"Numba {meta['numba_version']}; fastnewton {meta['fastnewton_version']} at commit "
+            f"Numba {meta['numba_version']}{', PyTorch ' + meta['torch_version'] if meta['torch_version'] else ''}; fastnewton {meta['fastnewton_version']} at commit "
             f"{meta['git_commit'][:12]}")
 
 
