@@ -130,14 +130,21 @@ def _data_array(value, name, ndim=1):
 
 
 def _in_range_or_raise(index, bound, name, what):
-    if index.size and (index.min() < 0 or index.max() >= bound):
+    if index.size:
+        _extremes_in_range_or_raise(index.min(), index.max(), bound, name, what)
+
+
+def _extremes_in_range_or_raise(least, largest, bound, name, what):
+    """ValueError naming the argument when the least or largest index lies outside [0, bound)."""
+    if least < 0 or largest >= bound:
         raise ValueError(f"{name} is a corrupt sparse matrix: its {what} must lie in [0, {bound}), "
-                         f"found {int(index.min())}..{int(index.max())}")
+                         f"found {int(least)}..{int(largest)}")
 
 
 def _check_compressed(indptr, indices, data_length, major, minor, name, fmt, minor_name):
     """CSR/CSC/BSR arrays: indptr of length major + 1, from 0, non-decreasing, ending within
-    indices and data, and the indices it covers in [0, minor)."""
+    indices and data, and the indices it covers in [0, minor). Returns whether every major slice's indices
+    were found strictly increasing (checked from INDEX_FACTS_ENTRIES stored entries on; False below, unchecked)."""
     indptr = _index_array(indptr, name, f"{fmt} index pointer (indptr)")
     indices = _index_array(indices, name, f"{fmt} indices")
     if indptr.shape[0] != major + 1:
@@ -153,9 +160,7 @@ def _check_compressed(indptr, indices, data_length, major, minor, name, fmt, min
         _in_range_or_raise(indices[:stored], minor, name, f"{fmt} {minor_name} indices")
         return False
     least, largest, strictly_increasing = index_facts(indptr, indices)
-    if least < 0 or largest >= minor:
-        raise ValueError(f"{name} is a corrupt sparse matrix: its {fmt} {minor_name} indices must lie in [0, {minor}), "
-                         f"found {least}..{largest}")
+    _extremes_in_range_or_raise(least, largest, minor, name, f"{fmt} {minor_name} indices")
     return strictly_increasing
 
 
