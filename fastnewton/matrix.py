@@ -12,10 +12,11 @@ import scipy.sparse as sp
 
 from .buffers import Recycler
 from .chunking import chunk_rows, sandwich_chunk_rows
-from .kernels.csr import (csr_column_squares, csr_dense_rows, csr_matmat, csr_matvec, csr_matvecs, csr_rmatmat,
+from .kernels.csr import (csr_column_squares, csr_dense_rows, csr_row_pairs, csr_matmat, csr_matvec, csr_matvecs, csr_rmatmat,
                           csr_rmatmat4, csr_rmatmats, csr_rmatvec, csr_sandwich_vector)
 from .kernels.dense import (dense_column_squares, dense_column_squares_and_rmatmat, dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats,
                              dense_sandwich_vector, signed_scaled_rows)
+from .kernels.reduce import copy_columns
 from .kernels.sandwich import csr_curvature_sandwich, csr_sandwich_many, csr_sandwich_rows, partials_shape
 from .kernels.softmax import curvature_weights
 from .kernels.sketch import csr_embed, csr_row_squares, dense_embed, dense_row_squares, dense_row_squares_and_matvec
@@ -101,7 +102,13 @@ DENSE_BATCHED_FROM = {"matvecs": 3, "rmatvecs": 3, "rmatmats": 3, "sandwiches": 
 
 def sandwiched_densely(row_nnz, d):
     """Whether a CSR row of ``row_nnz`` stored entries is sandwiched by SYRK (True) or by pair updates."""
-    return row_nnz >= max(DENSE_ROW_MIN_NNZ, DENSE_ROW_FRACTION * d)
+    return row_nnz >= dense_row_threshold(d)
+
+
+def dense_row_threshold(d):
+    """The stored entries from which a CSR row of d columns is sandwiched by SYRK (``sandwiched_densely``), as a
+    float (one compiled type for ``csr_row_pairs``)."""
+    return float(max(DENSE_ROW_MIN_NNZ, DENSE_ROW_FRACTION * d))
 
 
 def estimated_sandwich_work(n, d, nnz, dense):
@@ -461,13 +468,24 @@ def side_by_side(*blocks):
     n × 2 arrays by np.column_stack 4.5 ms, column by column 1.3 ms)."""
     if len(blocks) == 1 and blocks[0].flags.c_contiguous:
         return blocks[0]
-    out = np.empty((blocks[0].shape[0], sum(block.shape[1] for block in blocks)), dtype=np.result_type(*blocks))
+    n = blocks[0].shape[0]
+    out = np.empty((n, sum(block.shape[1] for block in blocks)), dtype=np.result_type(*blocks))
     t = 0
     for block in blocks:
+        if n >= COPY_COLUMNS_ROWS and block.dtype == out.dtype == np.float64:
+            # the start's fit columns beside ∇L(0)'s, n = 2·10⁵ × 4: ~1.6 ms column by column, ~0.3 ms here
+            copy_columns(block, t, chunk_rows(n), out)
+            t += block.shape[1]
+            continue
         for j in range(block.shape[1]):
             out[:, t] = block[:, j]
             t += 1
     return out
+
+
+# From this many rows ``side_by_side`` copies float64 blocks by ``copy_columns`` (all threads, row by row); below
+# it a kernel's launch costs more than NumPy's column copies (solve_many's small problems).
+COPY_COLUMNS_ROWS = 2**14
 
 
 def _with_third_column(Q):
@@ -497,24 +515,25 @@ class CSRMatrix:
 
     format = "csr"
 
-    def __init__(self, indptr, indices, data, shape):
+    def __init__(self, indptr, indices, data, shape, rows_increasing=False):
+        """``rows_increasing``: every row's columns are known to increase strictly (checked by validation:
+        ``fastnewton.validation.index_facts``); the sandwich kernels then read every row in place without
+        testing it (else they test each chunk's rows, and sort the rows that are not)."""
         self.indptr, self.indices, self.data = indptr, indices, data
+        self.rows_increasing = bool(rows_increasing)
         self.n, self.d = shape
         self.nnz = int(indptr[-1])
         self.nbytes = indptr.nbytes + indices.nbytes + data.nbytes
         self._chunk_rows = chunk_rows(self.n)
         # Pair counts in int64: nnzᵢ(nnzᵢ + 1)/2 overflows int32 from nnzᵢ = 46 341.
-        # (Slices and ndarray methods rather than np.diff / np.flatnonzero: the same arrays, ~5 µs less per
-        # matrix, which counts for solve_many's thousands of small problems.)
-        # (A shift for the exact halving of the even, non-negative products: NumPy's // took 0.2 ms at n = 2·10⁵,
-        # as much as the rest of this set-up; with no long row, the short rows are all rows, an arange.)
-        row_nnz = (indptr[1:] - indptr[:-1]).astype(np.int64)
-        self._row_pairs = (row_nnz * (row_nnz + 1)) >> 1
-        self._sandwich_chunk_rows = sandwich_chunk_rows(self.n, self.d, int(self._row_pairs.sum()))
-        self._dense_row = sandwiched_densely(row_nnz, self.d)
-        self._dense_rows = self._dense_row.nonzero()[0]
-        self._sparse_rows = (np.arange(self.n) if self._dense_rows.size == 0
-                             else (~self._dense_row).nonzero()[0])
+        self._row_pairs = np.empty(self.n, dtype=np.int64)
+        pairs, short_pairs, long_rows = csr_row_pairs(indptr, dense_row_threshold(self.d), self._row_pairs)
+        self._sandwich_chunk_rows = sandwich_chunk_rows(self.n, self.d, int(pairs))
+        self._sparse_pairs = int(short_pairs)
+        # With no long row (the usual case) the short rows are all rows, an arange, and no row is marked long.
+        self._dense_row = None if long_rows == 0 else sandwiched_densely(np.diff(indptr), self.d)
+        self._dense_rows = np.zeros(0, dtype=np.int64) if long_rows == 0 else self._dense_row.nonzero()[0]
+        self._sparse_rows = np.arange(self.n) if long_rows == 0 else (~self._dense_row).nonzero()[0]
         # The full sandwich's per-chunk partials, kept from one Hessian to the next.
         self._partials = Recycler()
         self._column_squares = None
@@ -606,7 +625,8 @@ class CSRMatrix:
             return self.sandwich(beta)
         out = np.empty((self.d, self.d))
         partial = self._partials.empty(partials_shape(self.n, self._sandwich_chunk_rows, self.d))
-        csr_curvature_sandwich(self.indptr, self.indices, self.data, Q, c, w, self._sandwich_chunk_rows, partial, out)
+        csr_curvature_sandwich(self.indptr, self.indices, self.data, Q, c, w, self._sandwich_chunk_rows, partial, out,
+                               self.rows_increasing)
         return out
 
     def sandwiches(self, weights):
@@ -630,8 +650,7 @@ class CSRMatrix:
         """(sparse pair updates, dense SYRK multiply-adds) of the full sandwich, split like ``sandwich``
         (formed once: ``solve`` prices its thread count and its strategy by it, ~0.2 ms each at n = 2·10⁵)."""
         if self._sandwich_work is None:
-            pairs = self._row_pairs.sum() if self._dense_rows.size == 0 else self._row_pairs[self._sparse_rows].sum()
-            self._sandwich_work = float(pairs), self._dense_rows.size * self.d * self.d / 2
+            self._sandwich_work = float(self._sparse_pairs), self._dense_rows.size * self.d * self.d / 2
         return self._sandwich_work
 
     def sandwich_rows(self, rows, weights, shift=None):
@@ -656,6 +675,8 @@ class CSRMatrix:
                 _shifted_sandwich(absolute, kept, absolute_weights, shift))
 
     def _uncentred_sandwich_rows(self, rows, weights):
+        if self._dense_row is None:
+            return self._sparse_sandwich(rows, weights)
         dense = self._dense_row[rows]
         if not dense.any():
             return self._sparse_sandwich(rows, weights)
@@ -688,7 +709,7 @@ class CSRMatrix:
             chunk = sandwich_chunk_rows(rows.shape[0], self.d, int(self._row_pairs[rows].sum()))
         shape = partials_shape(rows.shape[0], chunk, self.d)
         partial = self._partials.empty(shape) if keep_partials else np.empty(shape)
-        csr_sandwich_rows(self.indptr, self.indices, self.data, rows, weights, chunk, partial, out)
+        csr_sandwich_rows(self.indptr, self.indices, self.data, rows, weights, chunk, partial, out, self.rows_increasing)
         return out
 
     def _split_sandwich(self, sparse_rows, sparse_weights, dense_rows, dense_weights, keep_partials=False):

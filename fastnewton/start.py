@@ -20,6 +20,7 @@ import numpy as np
 import scipy.linalg
 from scipy.optimize import linprog
 
+from .kernels.softmax import log_fit_rows
 from .matrix import blocked_syrk_sandwich
 from .newton import run_requests
 from .reductions import dot
@@ -142,9 +143,18 @@ def _solve_scaled_psd(M, rhs):
     return z, evecs[:, ~keep]
 
 
+# From this many rows ``_log_fit_rows`` runs the fit's rows as one parallel pass (``log_fit_rows``); below it
+# NumPy's few calls cost less than waking the threads (solve_many's small problems).
+LOG_FIT_KERNEL_ROWS = 2**14
+
+
 def _log_fit_rows(block, parameters):
     row_probabilities, their_parameters, squared = parameters
-    p = row_probabilities(block, their_parameters)
+    p = np.ascontiguousarray(row_probabilities(block, their_parameters), dtype=np.float64)
+    if p.shape[0] >= LOG_FIT_KERNEL_ROWS:
+        weights, target = np.empty(p.shape[0]), np.empty(p.shape[0])
+        log_fit_rows(p, bool(squared), block.chunk, weights, target)
+        return weights, target
     positive = p > 0.0
     weights = np.where(positive, p, 0.0)
     return weights * weights if squared else weights, np.log(np.where(positive, p, 1.0))

@@ -328,3 +328,64 @@ def csr_matvecs(indptr, indices, data, X, rows_per_task, out):
             for t in range(r):
                 out[t, i] = acc[t]
 
+
+
+@njit(parallel=True, cache=True)
+def compressed_index_facts(indptr, indices, slices_per_chunk, out):
+    """The checks of a compressed sparse matrix's indices (CSR: slice s is row s) in one parallel read:
+    out[c] = (least index, largest index, falls) over the entries of chunk c, the slices
+    [c·slices_per_chunk, (c + 1)·slices_per_chunk), where falls counts the entries k with
+    indices[k] ≤ indices[k − 1] in the same slice (0 for all chunks: every slice strictly increasing, i.e.
+    sorted without duplicates, SciPy's canonical format). An empty chunk gives (2⁶³ − 1, −1, 0).
+
+    indptr must be checked first (from 0, non-decreasing, within indices): entries are read by it.
+    Falls are counted over all of a chunk's entries, then those at a slice's first entry (which compare
+    with the slice before) taken off: one compare per entry and no exit per slice (``_sorted_rows`` of
+    kernels/sandwich.py). Chunks are fixed and min/max/count are exact: the same result on any thread count.
+    """
+    n = indptr.shape[0] - 1
+    n_chunks = out.shape[0]
+    for c in prange(n_chunks):
+        first = min(n, c * slices_per_chunk)
+        stop = min(n, first + slices_per_chunk)
+        low = np.uintp(indptr[first])
+        high = np.uintp(indptr[stop])
+        least = np.int64(9223372036854775807)
+        largest = np.int64(-1)
+        falls = np.int64(0)
+        if low < high:
+            least = np.int64(indices[low])
+            largest = least
+            for k in range(low + ONE, high):
+                value = np.int64(indices[k])
+                least = min(least, value)
+                largest = max(largest, value)
+                falls += indices[k] <= indices[k - ONE]
+            for i in range(first, stop):
+                start = np.uintp(indptr[i])
+                if low < start < np.uintp(indptr[i + 1]):
+                    falls -= indices[start] <= indices[start - ONE]
+        out[c, 0] = least
+        out[c, 1] = largest
+        out[c, 2] = falls
+
+
+@njit(cache=True)
+def csr_row_pairs(indptr, dense_from, row_pairs):
+    """row_pairs[i] = nnzᵢ(nnzᵢ + 1)/2, nnzᵢ = indptr[i + 1] − indptr[i] (the pair updates of row i's
+    sandwich, int64); returns (Σᵢ row_pairs[i], the same over the rows with nnzᵢ < dense_from, the count of
+    rows with nnzᵢ ≥ dense_from): the sandwich's work, that of its sparse part, and its long rows (sandwiched
+    by SYRK), in one serial read of indptr (NumPy's passes and their temporaries took ~1 ms at n = 2·10⁵)."""
+    short_pairs = np.int64(0)
+    long_pairs = np.int64(0)
+    long_rows = np.int64(0)
+    for i in range(row_pairs.shape[0]):
+        count = np.int64(indptr[i + 1]) - np.int64(indptr[i])
+        pairs = (count * (count + 1)) >> 1
+        row_pairs[i] = pairs
+        if count >= dense_from:
+            long_rows += 1
+            long_pairs += pairs
+        else:
+            short_pairs += pairs
+    return short_pairs + long_pairs, short_pairs, long_rows

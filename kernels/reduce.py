@@ -132,3 +132,16 @@ def _add_scaled_chunk(a, factor, b, out):
     then runs in SIMD lanes, where ``range(start, stop)`` over the whole arrays ran scalar)."""
     for i in range(out.shape[0]):
         out[i] = a[i] + b[i] * factor
+
+
+@njit(parallel=True, cache=True)
+def copy_columns(block, first, chunk_rows, out):
+    """out[i, first + j] = block[i, j] for every row i and column j of ``block`` (n × k, any strides): a copy,
+    row by row in fixed chunks on all threads (``fastnewton.matrix.side_by_side``: NumPy's strided column
+    copies ran ~3 ns per entry, n = 2·10⁵ × 4 columns ~1.6 ms)."""
+    n, k = block.shape
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    for ch in prange(n_chunks):
+        for i in range(ch * chunk_rows, min(n, (ch + 1) * chunk_rows)):
+            for j in range(k):
+                out[i, first + j] = block[i, j]

@@ -211,3 +211,46 @@ def test_lil_row_with_more_columns_than_values_is_named():
     C = _corrupt("lil", "short_data", 7, 0)
     with pytest.raises(ValueError, match=r"\bC\b is a corrupt LIL sparse matrix: row 7 has"):
         Problem(C, B_BASE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Large compressed matrices: their indices are checked by one compiled parallel read
+# ---------------------------------------------------------------------------------------------
+def _large_csr(fmt="csr"):
+    C, b, _ = make_problem(8000, 40, nnz_per_row=10, seed=1)
+    return C.asformat(fmt, copy=True), b
+
+
+@pytest.mark.parametrize("fmt", ("csr", "csc"))
+@pytest.mark.parametrize("value", (-2**31, -1, "bound", 2**31 - 1))
+def test_large_matrix_bad_index_gets_numpys_message(fmt, value, monkeypatch):
+    """From validation.INDEX_FACTS_ENTRIES stored entries the range check is ``index_facts`` (one parallel
+    read, which never indexes by a value it checks): the same ValueError, with the same found range, as
+    NumPy's min and max give below it."""
+    from fastnewton import validation
+    C, b = _large_csr(fmt)
+    assert C.nnz >= validation.INDEX_FACTS_ENTRIES
+    C.indices[C.nnz // 3] = C.shape[1 if fmt == "csr" else 0] if value == "bound" else value
+    with pytest.raises(ValueError, match="is a corrupt sparse matrix") as compiled:
+        Problem(C, b)
+    monkeypatch.setattr(validation, "INDEX_FACTS_ENTRIES", 2**62)
+    with pytest.raises(ValueError) as numpys:
+        Problem(C, b)
+    assert str(compiled.value) == str(numpys.value)
+
+
+def test_large_csr_rows_are_trusted_only_when_found_increasing():
+    """A canonical CSR is marked ``rows_increasing`` (its sandwiches then skip their own test of the rows); one
+    with a row out of order is not, even when SciPy's flag claims the canonical format, and its Hessian is
+    the sorted matrix's."""
+    C, b = _large_csr()
+    assert Problem(C, b).matrix.rows_increasing
+    shuffled = C.copy()
+    row = shuffled.indices[shuffled.indptr[5]:shuffled.indptr[6]]
+    row[:] = row[::-1].copy()
+    shuffled.data[shuffled.indptr[5]:shuffled.indptr[6]] = shuffled.data[shuffled.indptr[5]:shuffled.indptr[6]][::-1].copy()
+    shuffled.has_canonical_format = True  # a stale flag: SciPy trusts it, the index check does not
+    problem = Problem(shuffled, b)
+    assert not problem.matrix.rows_increasing
+    x = np.random.default_rng(0).standard_normal(C.shape[1]) * 0.1
+    np.testing.assert_array_equal(problem.hessian(x), Problem(C, b).hessian(x))

@@ -487,3 +487,61 @@ def test_chunk_partials_sum_in_chunk_order_serially_or_over_the_threads(n_chunks
         run_with_threads(threads, lambda: sum_chunk_partials(partial, out))
         assert np.array_equal(out, expected)
     assert (n_chunks * d * k <= SERIAL_PARTIAL_ENTRIES) == (d <= 100)  # both branches are exercised
+
+
+def _index_facts_reference(indptr, indices, per_chunk):
+    """compressed_index_facts by Python loops: per chunk of slices, (min, max, falls within a slice)."""
+    slices = indptr.shape[0] - 1
+    rows = []
+    for first in range(0, max(slices, 1), per_chunk):
+        stop = min(slices, first + per_chunk)
+        entries = indices[indptr[first]:indptr[stop]].astype(np.int64)
+        falls = sum(int(indices[k] <= indices[k - 1]) for i in range(first, stop)
+                    for k in range(indptr[i] + 1, indptr[i + 1]))
+        rows.append((entries.min() if entries.size else np.iinfo(np.int64).max,
+                     entries.max() if entries.size else -1, falls))
+    return np.array(rows, dtype=np.int64)
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("per_chunk", [1, 7, 1000])
+def test_compressed_index_facts_match_python_loops(index_dtype, per_chunk, csr_case, random_csr):
+    """Per chunk of rows: the least and largest column and the count of entries not above the one before in
+    their row (0 exactly when every row's columns increase strictly), for sorted, unsorted, duplicated and
+    empty rows; a negative column is its least."""
+    from fastnewton.kernels.csr import compressed_index_facts
+    rng = np.random.default_rng(3)
+    indptr, indices, _ = random_csr(rng, 40, 12, index_dtype=index_dtype, **csr_case)
+    if indices.size:
+        indices[rng.integers(indices.size)] = -5
+    chunks = -(-(indptr.shape[0] - 1) // per_chunk)
+    out = np.empty((chunks, 3), dtype=np.int64)
+    compressed_index_facts(indptr, indices, per_chunk, out)
+    np.testing.assert_array_equal(out, _index_facts_reference(indptr, indices, per_chunk))
+
+
+def test_index_facts_tell_increasing_rows(random_csr, csr_case):
+    """validation.index_facts: (min, max) as NumPy's, and rows strictly increasing exactly when every row's
+    np.diff is positive, which is SciPy's canonical format (sorted, no duplicates)."""
+    import scipy.sparse as sp
+    from fastnewton.validation import index_facts
+    indptr, indices, data = random_csr(np.random.default_rng(4), 300, 20, **csr_case)
+    least, largest, increasing = index_facts(indptr, indices)
+    assert (least, largest) == (int(indices.min()), int(indices.max()))
+    assert increasing == all((np.diff(indices[indptr[i]:indptr[i + 1]]) > 0).all() for i in range(300))
+    assert increasing == sp.csr_matrix((data, indices, indptr), shape=(300, 20)).has_canonical_format
+    assert increasing == (not csr_case.get("unsorted") and not csr_case.get("duplicates"))
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+def test_csr_row_pairs_match_numpy(index_dtype, random_csr):
+    """csr_row_pairs: nnzᵢ(nnzᵢ + 1)/2 per row, their sum, their sum over rows below the threshold, and the
+    count of rows at or above it."""
+    from fastnewton.kernels.csr import csr_row_pairs
+    rng = np.random.default_rng(5)
+    indptr, _, _ = random_csr(rng, 50, 30, max_per_row=20, index_dtype=index_dtype, empty_rows=True)
+    counts = np.diff(indptr).astype(np.int64)
+    pairs = np.empty(50, dtype=np.int64)
+    total, short, long_rows = csr_row_pairs(indptr, 10.0, pairs)
+    np.testing.assert_array_equal(pairs, counts * (counts + 1) // 2)
+    assert (total, short, long_rows) == (pairs.sum(), pairs[counts < 10].sum(), np.count_nonzero(counts >= 10))

@@ -554,3 +554,24 @@ def test_sampled_fit_normal_equations_are_the_float64_ones_to_float32_rounding(m
     # float64 rounding of the uncentring and of the check's own centring (|μ|-sized terms, float64 eps).
     naive.assert_within_rounding(got, want, magnitude[:d + 1, :d + 1], rows.shape[0] + 4,
                                  eps=np.finfo(np.float32).eps)
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_log_fit_rows_kernel_is_numpys_where_and_log(squared):
+    """kernels.softmax.log_fit_rows (the fit's rows from LOG_FIT_KERNEL_ROWS rows on): weights p or p² and
+    target log p where p > 0, 0 and 0 elsewhere (NaN and negative p dropped, inf kept), as NumPy's where and
+    log give them (to the last bit where NumPy's log is the C library's, as on CPUs without AVX-512; within an
+    ulp elsewhere)."""
+    from fastnewton.kernels.softmax import log_fit_rows
+    rng = np.random.default_rng(0)
+    p = np.exp(rng.uniform(-700, 5, size=5000))
+    p[::7] = 0.0
+    p[3::11] = -rng.random(p[3::11].shape)
+    p[5], p[9], p[13] = np.nan, np.inf, 5e-324
+    weights, target = np.empty(p.size), np.empty(p.size)
+    log_fit_rows(p, squared, 128, weights, target)
+    positive = p > 0.0
+    expected_weights = np.where(positive, p, 0.0)
+    expected_weights = expected_weights * expected_weights if squared else expected_weights
+    np.testing.assert_array_equal(weights, expected_weights)
+    np.testing.assert_allclose(target, np.log(np.where(positive, p, 1.0)), rtol=np.finfo(float).eps, atol=0.0)
