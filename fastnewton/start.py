@@ -20,7 +20,7 @@ import numpy as np
 import scipy.linalg
 from scipy.optimize import linprog
 
-from .kernels.softmax import log_fit_rows
+from .kernels.softmax import log_fit_rows, log_fit_rows_serial
 from .matrix import blocked_syrk_sandwich
 from .newton import run_requests
 from .reductions import dot
@@ -144,20 +144,19 @@ def _solve_scaled_psd(M, rhs):
 
 
 # From this many rows ``_log_fit_rows`` runs the fit's rows as one parallel pass (``log_fit_rows``); below it
-# NumPy's few calls cost less than waking the threads (solve_many's small problems).
-LOG_FIT_KERNEL_ROWS = 2**14
+# on one thread, where waking the threads costs more than the pass (small problems, Dask's blocks).
+LOG_FIT_PARALLEL_ROWS = 2**14
 
 
 def _log_fit_rows(block, parameters):
     row_probabilities, their_parameters, squared = parameters
     p = np.ascontiguousarray(row_probabilities(block, their_parameters), dtype=np.float64)
-    if p.shape[0] >= LOG_FIT_KERNEL_ROWS:
-        weights, target = np.empty(p.shape[0]), np.empty(p.shape[0])
+    weights, target = np.empty(p.shape[0]), np.empty(p.shape[0])
+    if p.shape[0] >= LOG_FIT_PARALLEL_ROWS:
         log_fit_rows(p, bool(squared), block.chunk, weights, target)
-        return weights, target
-    positive = p > 0.0
-    weights = np.where(positive, p, 0.0)
-    return weights * weights if squared else weights, np.log(np.where(positive, p, 1.0))
+    else:
+        log_fit_rows_serial(p, bool(squared), weights, target)
+    return weights, target
 
 
 def log_linear_fit(problem, row_probabilities, parameters=None, squared=False, sample=None):

@@ -557,12 +557,12 @@ def test_sampled_fit_normal_equations_are_the_float64_ones_to_float32_rounding(m
 
 
 @pytest.mark.parametrize("squared", [False, True])
-def test_log_fit_rows_kernel_is_numpys_where_and_log(squared):
-    """kernels.softmax.log_fit_rows (the fit's rows from LOG_FIT_KERNEL_ROWS rows on): weights p or p² and
-    target log p where p > 0, 0 and 0 elsewhere (NaN and negative p dropped, inf kept), as NumPy's where and
-    log give them (to the last bit where NumPy's log is the C library's, as on CPUs without AVX-512; within an
-    ulp elsewhere)."""
-    from fastnewton.kernels.softmax import log_fit_rows
+def test_log_fit_rows_kernels_are_numpys_where_and_log(squared):
+    """kernels.softmax.log_fit_rows (parallel, from LOG_FIT_PARALLEL_ROWS rows on) and log_fit_rows_serial:
+    weights p or p² and target log p where p > 0, 0 and 0 elsewhere (NaN and negative p dropped, inf kept), as
+    NumPy's where and log give them (to the last bit where NumPy's log is the C library's, as on CPUs without
+    AVX-512; within an ulp elsewhere), and the two kernels bit for bit the same (the same log per entry)."""
+    from fastnewton.kernels.softmax import log_fit_rows, log_fit_rows_serial
     rng = np.random.default_rng(0)
     p = np.exp(rng.uniform(-700, 5, size=5000))
     p[::7] = 0.0
@@ -570,6 +570,10 @@ def test_log_fit_rows_kernel_is_numpys_where_and_log(squared):
     p[5], p[9], p[13] = np.nan, np.inf, 5e-324
     weights, target = np.empty(p.size), np.empty(p.size)
     log_fit_rows(p, squared, 128, weights, target)
+    serial_weights, serial_target = np.empty(p.size), np.empty(p.size)
+    log_fit_rows_serial(p, squared, serial_weights, serial_target)
+    np.testing.assert_array_equal(serial_weights, weights)
+    np.testing.assert_array_equal(serial_target, target)
     positive = p > 0.0
     expected_weights = np.where(positive, p, 0.0)
     expected_weights = expected_weights * expected_weights if squared else expected_weights
