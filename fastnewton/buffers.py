@@ -31,17 +31,30 @@ class Recycler:
 
     def __init__(self):
         self._arrays = {}
+        # Per shape, where the next search for a free array starts: just past the last one handed out. The
+        # problems of ``solve_many(C, B)`` share one recycler holding hundreds of arrays of a shape, freed
+        # roughly in the order they were handed out; a search from the front tested every held one first
+        # (O(q) per call, O(q²) per round: 4.6% of solve_many's time, dense 4096 × 64, q = 64, relu_softmax).
+        self._cursors = {}
         self._lock = threading.Lock()
 
     def empty(self, shape):
         shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
         with self._lock:
             kept = self._arrays.setdefault(shape, [])
-            for array in kept:
+            count = len(kept)
+            start = self._cursors.get(shape, 0)
+            for offset in range(count):
+                position = start + offset
+                if position >= count:
+                    position -= count
+                array = kept[position]
                 if sys.getrefcount(array) == _UNREFERENCED:
+                    self._cursors[shape] = position + 1
                     return array
             array = np.empty(shape)
             kept.append(array)
+            self._cursors[shape] = count + 1
             return array
 
     def __copy__(self):

@@ -38,24 +38,28 @@ import time
 import warnings
 from dataclasses import replace
 
+import numba
 import numpy as np
 
-from . import _cache
+from . import _cache, rates, threads
 from .batch import BatchResult
 from .buffers import Recycler
-from .hessian import ForwardKeepingProduct, default_thread_count, forms_exact_sandwich
+from .hessian import ForwardKeepingProduct, default_thread_count, exact_iteration_seconds, forms_exact_sandwich
 from .memory import check_iteration_fits, iteration_bytes
 from .newton import NewtonRequest, NewtonRun, References, column_scale, user_stacklevel
 from .problem import Problem
 from .result import ConvergenceWarning, MESSAGES, Status
 from .start import NormalSystemRequest, fit_columns, fit_partials
 from .solver import is_default_start, solve_options, solve_rounds, warn_if_not_a_distribution
-from .threads import thread_limits
+from .threads import numba_threads, thread_limits
 from .validation import as_array, as_thread_count, check_model, check_real_dtype
 
 # The problems solved together hold their work arrays (``iteration_bytes`` each: evaluations, Q, β,
 # line-search vectors) at once; groups are sized to fit this, so memory stays bounded for any q.
 GROUP_BYTES = 2**30
+# The strategies whose every pass over C and sandwich is shared by the problems (``SharedPasses``); ``sketch``
+# and ``pcg`` form their sampled sandwiches problem by problem.
+SHARED_STRATEGIES = ("exact", "lagged")
 
 
 def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto", hessian="auto",
@@ -96,15 +100,27 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
                                           continuation=continuation)
     options = replace(options, warn_at_max_iter=False)
     k = problems[solvable[0]].row_model.k if solvable else 0
-    # a C small enough that solve runs each column on one thread: solve_many too (``default_thread_count``)
-    n_threads = default_thread_count(problems[solvable[0]] if solvable else inputs, n_threads)
+    # Threads. The shared passes, whose work is that of all the problems in them, run on the caller's threads
+    # (or ``n_threads``) once that work is past the bound by which solve runs a small problem on one thread
+    # (``SharedPasses.threads``). The per-problem work runs on one thread where solve runs a column on one
+    # (``default_thread_count``), and also where that work, with every sandwich and pass shared (``exact``,
+    # ``lagged``), is the model's row stages alone and below that bound: each of its small parallel kernels
+    # would wake the threads for less work than waking costs (dense 4096 × 64, 4096 rows: ~66 µs of row work
+    # per iteration against 40–130 µs per parallel region; ``fastnewton.threads``).
+    first = problems[solvable[0]] if solvable else inputs
+    pass_threads = n_threads if n_threads is not None else numba.get_num_threads()
+    problem_seconds = exact_iteration_seconds(first)
+    if (n_threads is None and options.hessian in SHARED_STRATEGIES
+            and inputs.n / rates.ITERATION_ROWS < threads.SINGLE_THREAD_BELOW_SECONDS):
+        n_threads = 1
+    n_threads = default_thread_count(first, n_threads)
     check_iteration_fits(inputs.n, inputs.d, k)
     for j in solvable:
         warn_if_not_a_distribution(problems[j].b, model, f"B[:, {j}]", stacklevel=user_stacklevel())
     results = [None] * q
     # Overflowing scales end in Status.NON_FINITE with its message, as in solve (no NumPy warnings).
     with thread_limits(n_threads), _cache.compile_notice(bool(verbose)), np.errstate(over="ignore", invalid="ignore"):
-        passes = SharedPasses(inputs.matrix, column_scale(inputs))
+        passes = SharedPasses(inputs.matrix, column_scale(inputs), pass_threads, problem_seconds)
         group = max(1, GROUP_BYTES // iteration_bytes(inputs.n, inputs.d, k))
         for begin in range(0, len(solvable), group):
             members = solvable[begin:begin + group]
@@ -196,8 +212,10 @@ def answer_together(generators, answer):
 class SharedPasses:
     """The passes over one C for many problems at once (module docstring: which are bit for bit the single problem's)."""
 
-    def __init__(self, matrix, column_scale):
+    def __init__(self, matrix, column_scale, pass_threads=None, problem_seconds=0.0):
         self.matrix = matrix
+        # Threads of a pass shared by ``count`` problems (``threads``): the thread count never changes the bits.
+        self.pass_threads, self.problem_seconds = pass_threads, problem_seconds
         # The forward passes' r × n outputs (n × 64 doubles is 51 MB at n = 10⁵: past malloc's mmap threshold,
         # so a fresh one cost 12.5k page faults per round), rows of one recycled array (``forward_pass``).
         self.buffers = Recycler()
@@ -205,6 +223,16 @@ class SharedPasses:
         # D_j = ‖C_j‖ (``fastnewton.newton.column_scale``): the same for every problem on this C.
         self.column_scale = column_scale
         self.interrupted = False
+
+    def threads(self, count):
+        """The Numba threads (and SYRK workers) of a pass shared by ``count`` problems: ``pass_threads`` once
+        their exact iterations together are predicted past ``SINGLE_THREAD_BELOW_SECONDS`` of work (the bound by
+        which ``solve`` runs a small problem on one thread: below it waking the threads costs more than they
+        save), else the per-problem count that is set. Dense 4096 × 64 runs a column on one thread; 64 columns'
+        passes are 64× that work (``dense_rmatmats`` of 64 problems on one thread: 5.5 ms)."""
+        if self.pass_threads is None or count * self.problem_seconds < threads.SINGLE_THREAD_BELOW_SECONDS:
+            return numba_threads(None)
+        return numba_threads(self.pass_threads)
 
     def forward(self, points):
         """[C x for x in points] from one pass."""
@@ -214,7 +242,8 @@ class SharedPasses:
         """(C X)ᵀ, r × n for a d × r X (``matrix.matvecs``), written into the leading rows of a recycled array
         as wide as the widest pass so far: let go once no row of it is held, it serves the next round."""
         self.widest = max(self.widest, X.shape[1])
-        return self.matrix.matvecs(X, out=self.buffers.empty((self.widest, self.matrix.n))[:X.shape[1]])
+        with self.threads(X.shape[1]):
+            return self.matrix.matvecs(X, out=self.buffers.empty((self.widest, self.matrix.n))[:X.shape[1]])
 
     def transposed(self, columns, indices=None):
         """[Cᵀ Q for Q in columns] from one pass over the stacked columns (one pass per width, should
@@ -228,7 +257,9 @@ class SharedPasses:
         out = [None] * len(columns)
         for width in sorted({Q.shape[1] for Q in whole}):
             members = [t for t, Q in enumerate(whole) if Q.shape[1] == width]
-            for t, G in zip(members, self.matrix.rmatmats([whole[t] for t in members])):
+            with self.threads(len(members)):
+                transposed = self.matrix.rmatmats([whole[t] for t in members])
+            for t, G in zip(members, transposed):
                 out[t] = G if width == columns[t].shape[1] else np.ascontiguousarray(G[:, :columns[t].shape[1]])
         return out
 
@@ -250,7 +281,8 @@ class SharedPasses:
     def normal_systems(self, requests):
         """``NormalSystemRequest.run()`` for each request, the sandwiches and transposed passes shared."""
         fits = [request.row_fit(request.problem.block, request.parameters) for request in requests]
-        sandwiches = self.matrix.sandwiches([weights for weights, _ in fits])
+        with self.threads(len(fits)):
+            sandwiches = self.matrix.sandwiches([weights for weights, _ in fits])
         transposed = self.transposed([fit_columns(weights, target) for weights, target in fits])
         return [fit_partials(weights, target, sandwich, G)
                 for (weights, target), sandwich, G in zip(fits, sandwiches, transposed)]
@@ -303,8 +335,12 @@ class SharedPasses:
         """Each run's Newton system (``builders``: each run's strategy); the exact ones' sandwiches (``exact``,
         and ``lagged``'s exact iterations) formed together."""
         exact = [forms_exact_sandwich(builder, run.problem) for run, builder in zip(runs, builders)]
-        sandwiches = iter(self.matrix.sandwiches([run.problem.beta(run.ev) for run, due in zip(runs, exact) if due])
-                          if any(exact) else ())
+        sandwiches = iter(())
+        if any(exact):
+            weights = [run.problem.beta(run.ev) for run, due in zip(runs, exact) if due]
+            with self.threads(len(weights)):
+                sandwiches = iter(self.matrix.sandwiches(weights))
+            del weights
         systems = [run.build_system(builder, sandwich=next(sandwiches)) if due else run.build_system(builder)
                    for run, builder, due in zip(runs, builders, exact)]
         # The exact system holds the Hessian itself: β and Q are not read again (a CG step reads β, not Q).
@@ -349,7 +385,8 @@ class SharedPasses:
         # β ⊙ Cv written into recycled arrays (``fastnewton.buffers``), let go after the pass
         weighted = [np.multiply(request.product.weights(), Cv, out=request.product.problem.block.buffers.empty(
             Cv.shape[0]))[:, None] for _, request, Cv in products]
-        transposed = self.matrix.rmatmats(weighted)
+        with self.threads(len(weighted)):
+            transposed = self.matrix.rmatmats(weighted)
         return [(t, request.product.finish(request.v, Cv, np.ascontiguousarray(G[:, 0])))
                 for (t, request, Cv), G in zip(products, transposed)]
 

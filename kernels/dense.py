@@ -268,17 +268,18 @@ def dense_matvecs(A, X, rows_per_task, out):
 def dense_rmatmats(A, Qs, chunk_rows, out):
     """out[s] = Aᵀ Qs[s] for every s (Qs a typed list of n × k arrays, out s × d × k): dense_rmatmat's sums
     in its order (the same chunks, summed in chunk order), so each out[s] has dense_rmatmat(A, Qs[s])'s
-    bits. Each chunk of A is read once from memory and then from cache per s."""
+    bits. Each chunk of A is read once from memory and then from cache per s: the threads take runs of
+    consecutive sets of one chunk (a C of one chunk, n ≤ 4096, still splits over the threads by set)."""
     n, d = A.shape
     n_sets = len(Qs)
     k = out.shape[2]
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     one_load = d <= ONE_LOAD_MAX_WIDTH
     partial = np.zeros((n_sets, n_chunks, d * k))
-    for c in prange(n_chunks):
-        acc = np.empty((k, d))
-        for s in range(n_sets):
-            chunk_rmatmat(A, Qs[s], c * chunk_rows, min(n, (c + 1) * chunk_rows), acc, partial[s, c], one_load)
+    for task in prange(n_chunks * n_sets):
+        c, s = task // n_sets, task % n_sets
+        chunk_rmatmat(A, Qs[s], c * chunk_rows, min(n, (c + 1) * chunk_rows), np.empty((k, d)), partial[s, c],
+                      one_load)
     for s in range(n_sets):
         sum_chunk_partials(partial[s], out[s])
 

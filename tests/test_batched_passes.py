@@ -169,3 +169,25 @@ def test_small_batches_make_single_passes_and_large_ones_the_batched_kernel(name
                 singles = [matrix.rmatmat(Q) for Q in Qs]
             assert calls == ([kernel] if count == table[operation] else []), (operation, count)
             assert len(got) == count and all(np.array_equal(a, b) for a, b in zip(got, singles))
+
+
+def test_dense_rmatmats_of_a_one_chunk_c_splits_by_set_with_rmatmats_bits(batched_from):
+    # n ≤ 4096: one row chunk, so the threads take the sets (``dense_rmatmats``); any thread count, the same bits.
+    import numba
+    rng = np.random.default_rng(3)
+    dense = rng.standard_normal((1000, 13))
+    matrix = as_input_matrix(dense)
+    Qs = [rng.standard_normal((1000, k)) for k in (1, 1, 1, 1, 1)] if batched_from == "always" else \
+        [rng.standard_normal((1000, 3)) for _ in range(5)]
+    caller = numba.get_num_threads()
+    outputs = []
+    try:
+        for threads in sorted({1, caller}):
+            numba.set_num_threads(threads)
+            outputs.append([np.array(G) for G in matrix.rmatmats(Qs)])
+    finally:
+        numba.set_num_threads(caller)
+    for G in outputs:
+        for Q, G_s in zip(Qs, G):
+            assert np.array_equal(G_s, matrix.rmatmat(Q))
+            assert_close(G_s, dense.T @ Q, np.abs(dense.T) @ np.abs(Q))

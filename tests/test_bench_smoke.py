@@ -287,6 +287,24 @@ def test_many_quick_writes_csv_and_answers_agree(tmp_path):
         assert (tmp_path / "many.png").stat().st_size > 0
 
 
+def test_many_phases_quick_writes_each_phase_and_the_rest(tmp_path):
+    output = tmp_path / "many_phases.csv"
+    run_script(["bench/many_phases.py", "--quick", "--models", "softmax,relu_softmax", "--out", str(tmp_path)])
+    rows = read_csv(output)
+    assert_metadata(rows[0])
+    phases = ["forward_passes_s", "transposed_passes_s", "sandwiches_s", "cholesky_and_solves_s",
+              "line_search_trials_s", "rest_s"]
+    assert_columns(rows, ["format", "model", "q", "unwrapped_s", "wrapped_s", *phases], output.name)
+    assert {(row["format"], row["model"]) for row in rows} == {(f, m) for f in ("csr", "dense")
+                                                              for m in ("softmax", "relu_softmax")}
+    for row in rows:
+        assert_positive(row["wrapped_s"], "wrapped_s")
+        # the phases are parts of the wrapped call (exclusive times): they add up to it
+        parts = sum(float(row[phase]) for phase in phases)
+        assert abs(parts - float(row["wrapped_s"])) <= 1e-9 * float(row["wrapped_s"]) + 1e-12
+        assert all(float(row[phase]) >= 0.0 for phase in phases[:-1]), row
+
+
 def test_sandwich_quick_times_a_base_checkout_beside_ours(tmp_path):
     """bench/sandwich.py --base: ns per pair of ours and of another checkout's kernels (here a copy of ours)."""
     shutil.copytree(REPO / "kernels", tmp_path / "base" / "kernels",

@@ -72,3 +72,19 @@ def test_a_cg_steps_release_keeps_beta_and_gives_its_columns_to_the_next():
     problem.release_curvature(ev, keep_beta=True)
     assert "Q" not in ev.kept and np.array_equal(ev.beta, beta)
     assert problem.evaluate(np.full(5, 0.1)).kept["Q"].ctypes.data == address
+
+
+def test_of_many_arrays_a_free_one_anywhere_is_found_and_no_held_one_handed_out():
+    # The search starts past the last array handed out (``Recycler.empty``) and wraps around.
+    recycler = Recycler()
+    held = [recycler.empty(3) for _ in range(20)]
+    addresses = [array.ctypes.data for array in held]
+    for position in (15, 2, 19, 0):
+        released = held[position]
+        held[position] = None
+        del released
+        again = recycler.empty(3)
+        assert again.ctypes.data == addresses[position]
+        held[position] = again
+    fresh = recycler.empty(3)
+    assert fresh.ctypes.data not in addresses and len(recycler._arrays[(3,)]) == 21

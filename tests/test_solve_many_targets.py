@@ -390,3 +390,30 @@ def test_a_small_c_runs_on_one_thread_as_solve_runs_its_columns(monkeypatch):
         quietly(solve_many, C, B, n_threads=given, callback=lambda info, s=seen[given]: s.append(numba.get_num_threads()))
     assert set(seen[None]) == {1} and set(seen[2]) == {2} and numba.get_num_threads() == caller
     assert_same_as_solve(quietly(solve_many, C, B), C, B, "softmax")
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="Numba was started with fewer than 2 threads")
+def test_per_problem_work_of_a_c_with_few_rows_on_one_thread_and_the_shared_passes_on_all(monkeypatch):
+    # Dense 4096 × 64: solve runs a column on the caller's threads (its sandwich and passes are worth them), but
+    # with those shared, each problem's own work is its row stages on 4096 rows: one thread. The passes shared
+    # by the problems run on the caller's threads; the bits are solve's either way.
+    import fastnewton.threads as threads_module
+    from fastnewton import matrix as matrix_module
+    monkeypatch.setattr(threads_module, "SINGLE_THREAD_BELOW_SECONDS", 7.5e-4)  # as shipped (conftest sets 0)
+    problem = make_problem(4096, 64, model="softmax", seed=5, dense=True)
+    B = targets(problem.C, "softmax", None, 4, seed=6)
+    caller = numba.get_num_threads()
+    passes, steps = [], []
+    rmatmats = matrix_module.DenseMatrix.rmatmats
+
+    def counting(self, Qs):
+        passes.append((len(Qs), numba.get_num_threads()))
+        return rmatmats(self, Qs)
+
+    monkeypatch.setattr(matrix_module.DenseMatrix, "rmatmats", counting)
+    batch = quietly(solve_many, problem.C, B, callback=lambda info: steps.append(numba.get_num_threads()))
+    assert steps and set(steps) == {1}
+    assert passes and {threads for _, threads in passes} == {caller}
+    assert numba.get_num_threads() == caller
+    monkeypatch.setattr(matrix_module.DenseMatrix, "rmatmats", rmatmats)
+    assert_same_as_solve(batch, problem.C, B, "softmax")

@@ -1,0 +1,147 @@
+"""Where one ``solve_many(C, B)`` call spends its wall time: the shared passes, the sandwiches, the line-search
+trials and the rest (Python control and the per-problem row kernels), without cProfile's per-call distortion.
+
+    python bench/many_phases.py                              # dense 4096 × 64 and CSR 10⁵ × 64, softmax, q = 64
+    python bench/many_phases.py --formats dense --models softmax,relu_softmax --targets 64
+    python bench/many_phases.py --quick                      # small sizes, seconds
+
+The targets are bench/many.py's (one C from ``make_problem``, seed 0; noisy targets, seed 1). Each phase is
+timed by a wrapper around the method that does it (``DenseMatrix`` / ``CSRMatrix`` ``matvecs``, ``rmatmats``,
+``sandwiches`` …, ``scipy.linalg`` ``cho_factor``/``cho_solve`` of the Newton systems, ``LineSearch.loss``)
+and counted exclusive of the wrapped calls inside it; "rest" is the call's wall time less all of them. The
+wrappers add a few µs per call: the fastest of --repeat wrapped calls is reported, beside the fastest
+unwrapped call. Writes many_phases.csv to --out (default bench/results/).
+"""
+import argparse
+import math
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import scipy.linalg
+
+import fastnewton
+from fastnewton import hessian, many_targets, matrix, problem
+
+try:
+    from _args import add_output_arguments, comma_list, positive_int
+    from _report import write_csv
+    from many import FORMATS, MODELS, targets
+except ImportError:  # imported as bench.many_phases from the repository root
+    from bench._args import add_output_arguments, comma_list, positive_int
+    from bench._report import write_csv
+    from bench.many import FORMATS, MODELS, targets
+
+# (owner, method, phase): the methods timed, each counted in its phase exclusive of timed calls inside it.
+TIMED = [(cls, name, phase) for cls in (matrix.DenseMatrix, matrix.CSRMatrix) for name, phase in (
+    ("matvecs", "forward passes"), ("matvec", "forward passes"), ("rmatmats", "transposed passes"),
+    ("rmatmat", "transposed passes"), ("sandwich_vector", "transposed passes"), ("sandwiches", "sandwiches"),
+    ("sandwich", "sandwiches"))] + [
+    (hessian.NewtonSystem, "_factor", "cholesky and solves"), (problem.LineSearch, "loss", "line-search trials")]
+PHASES = ["forward passes", "transposed passes", "sandwiches", "cholesky and solves", "line-search trials"]
+
+
+class PhaseClock:
+    """Exclusive wall time per phase of the wrapped methods (a stack of open calls: a call's time less its
+    wrapped children's)."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.stack = [0.0]
+        self.originals = []
+
+    def wrap(self, owner, name, phase):
+        function = getattr(owner, name)
+        self.originals.append((owner, name, function))
+
+        def timed(*args, **kwargs):
+            self.stack.append(0.0)
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                self.seconds[phase] += elapsed - self.stack.pop()
+                self.stack[-1] += elapsed
+
+        setattr(owner, name, timed)
+
+    def __enter__(self):
+        for owner, name, phase in TIMED:
+            self.wrap(owner, name, phase)
+        # The Newton systems' triangular solves (``cho_solve`` as fastnewton.hessian calls it)
+        self.wrap(hessian.scipy.linalg, "cho_solve", "cholesky and solves")
+        return self
+
+    def __exit__(self, *exc):
+        for owner, name, function in reversed(self.originals):
+            setattr(owner, name, function)
+        assert hessian.scipy.linalg.cho_solve is scipy.linalg.cho_solve
+
+
+def phase_row(C, B, model, V, repeat):
+    """The fastest unwrapped and wrapped solve_many(C, B) and the wrapped one's seconds by phase."""
+    keywords = dict(model=model, V=V)
+    fastnewton.solve_many(C, B[:, :min(16, B.shape[1])], **keywords)  # warm-up: kernels loaded, pools started
+    plain = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fastnewton.solve_many(C, B, **keywords)
+        plain = min(plain, time.perf_counter() - start)
+    best = None
+    for _ in range(repeat):
+        with PhaseClock() as clock:
+            start = time.perf_counter()
+            result = many_targets.solve_targets(C, B, **keywords)
+            total = time.perf_counter() - start
+        if best is None or total < best[0]:
+            best = total, dict(clock.seconds), int(result.n_iter.sum())
+    total, seconds, iterations = best
+    row = {"unwrapped_s": plain, "wrapped_s": total, **{phase.replace(" ", "_").replace("-", "_") + "_s": seconds[phase]
+                                                        for phase in PHASES}}
+    row["rest_s"] = total - sum(seconds.values())
+    row["iterations"] = iterations
+    return row
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=comma_list(MODELS), default=["softmax"], help="comma-separated models")
+    parser.add_argument("--formats", type=comma_list(FORMATS), default=list(FORMATS), help="comma-separated formats")
+    parser.add_argument("--targets", type=positive_int, nargs="+", default=[64], help="numbers of targets q")
+    parser.add_argument("--csr-n", type=positive_int, default=100_000)
+    parser.add_argument("--dense-n", type=positive_int, default=4096)
+    parser.add_argument("--d", type=positive_int, default=64)
+    parser.add_argument("--nnz-per-row", type=positive_int, default=10)
+    parser.add_argument("--repeat", type=positive_int, default=3, help="calls of each kind, the fastest counted")
+    add_output_arguments(parser, plots=False)
+    parser.add_argument("--quick", action="store_true", help="CSR n = 5000, dense n = 512, d = 16, q = 4, one call")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.csr_n, args.dense_n, args.d, args.targets, args.repeat = 5000, 512, 16, [4], 1
+    rows = []
+    columns = ["unwrapped_s", "wrapped_s"] + [phase.replace(" ", "_").replace("-", "_") + "_s" for phase in PHASES] + ["rest_s"]
+    print(f"{'format':>6} {'model':>13} {'q':>4} " + " ".join(f"{c[:-2]:>13}" for c in columns) + " (ms)   iterations")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for fmt in args.formats:
+            n = args.dense_n if fmt == "dense" else args.csr_n
+            for model in args.models:
+                made = fastnewton.make_problem(n, args.d, nnz_per_row=args.nnz_per_row, model=model, seed=0,
+                                               dense=fmt == "dense")
+                per_row = args.d if fmt == "dense" else args.nnz_per_row
+                all_targets = targets(made, model, max(args.targets), per_row, np.random.default_rng(1))
+                for q in args.targets:
+                    row = dict(format=fmt, model=model, n=n, d=args.d, q=q,
+                               **phase_row(made.C, all_targets[:, :q], model, made.V, args.repeat))
+                    rows.append(row)
+                    print(f"{fmt:>6} {model:>13} {q:4d} " + " ".join(f"{1e3 * row[c]:13.1f}" for c in columns)
+                          + f"   {row['iterations']:10d}", flush=True)
+    write_csv(os.path.join(args.out, "many_phases.csv"), rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
