@@ -4,7 +4,8 @@ Numba leaves LLVM's SLP vectoriser off (``NUMBA_SLP_VECTORIZE=0``, a process-wid
 package must not change), so four adjacent scalar updates ``acc[b + t] += v·q_t`` stay four
 loads, four multiplies, four adds and four stores. ``add_scaled4`` emits them as one 4-wide
 load, multiply, add and store; ``lane_sums4`` runs the four partial sums of a row's dot product
-(``kernels.dense.row_dot``) as one 4-wide accumulator. Each lane still rounds each product and then
+(``kernels.dense.row_dot``) as one 4-wide accumulator, and ``add_scaled_and_lane_sums4`` the same sums beside
+another row's update (a Hessian-vector product's pass). Each lane still rounds each product and then
 the sum, exactly as the scalar statements do (no fused multiply-add), so the results keep the
 scalar code's bits.
 """
@@ -211,5 +212,56 @@ def _lane_square_sums4_and_sums4_overload(row, weights, x, full):
             c2 += row[j + 2] * x[j + 2]
             c3 += row[j + 3] * x[j + 3]
         return s0, s1, s2, s3, c0, c1, c2, c3
+
+    return scalar
+
+
+def add_scaled_and_lane_sums4(acc, previous, w, row, x, full):
+    """acc[j] += previous[j]·w for j < full, and ``lane_sums4(row, x, full)``, in one loop (the pure-Python form)."""
+    for j in range(full):
+        acc[j] += np.float64(previous[j]) * np.float64(w)
+    return lane_sums4(row, x, full)
+
+
+@intrinsic
+def _add_scaled_and_lane_sums4(typingctx, acc, previous, w, row, x, full):
+    """Per step of 4: a 4-wide load, fmul, fadd and store of acc from ``previous``, and ``lane_sums4``'s step on row."""
+    if not (_contiguous_vectors(row, x) and _contiguous_vectors(previous, x) and _contiguous_vectors(acc, x)
+            and acc.dtype == types.float64 and w == types.float64 and isinstance(full, types.Integer)):
+        return None
+    signature = types.UniTuple(types.float64, LANES)(acc, previous, w, row, x, full)
+
+    def codegen(context, builder, sig, args):
+        acc_array, previous_array, row_array, x_array = _arrays(context, builder, sig, args)
+        vector = ir.VectorType(ir.DoubleType(), LANES)
+        scale = builder.insert_element(ir.Constant(vector, ir.Undefined), args[2], ir.Constant(ir.IntType(32), 0))
+        scale = builder.shuffle_vector(scale, ir.Constant(vector, ir.Undefined),
+                                       ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+
+        def step(j, accumulators):
+            (sums,) = accumulators
+            pointer = builder.bitcast(builder.gep(acc_array[0], [j]), vector.as_pointer())
+            updated = builder.fadd(builder.load(pointer, align=8), builder.fmul(_load4(builder, previous_array, j), scale))
+            builder.store(updated, pointer, align=8)
+            return (builder.fadd(sums, builder.fmul(_load4(builder, row_array, j), _load4(builder, x_array, j))),)
+
+        return _lane_loop(context, builder, sig, args[-1], 1, step)
+
+    return signature, codegen
+
+
+@overload(add_scaled_and_lane_sums4)
+def _add_scaled_and_lane_sums4_overload(acc, previous, w, row, x, full):
+    if (_contiguous_vectors(row, x) and _contiguous_vectors(previous, x) and _contiguous_vectors(acc, x)
+            and acc.dtype == types.float64):
+        def implementation(acc, previous, w, row, x, full):
+            return _add_scaled_and_lane_sums4(acc, previous, np.float64(w), row, x, full)
+
+        return implementation
+
+    def scalar(acc, previous, w, row, x, full):
+        for j in range(full):
+            acc[j] += previous[j] * w
+        return lane_sums4(row, x, full)
 
     return scalar

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastnewton.kernels.simd import add_scaled4, lane_square_sums4_and_sums4, lane_sums4
+from fastnewton.kernels.simd import add_scaled4, add_scaled_and_lane_sums4, lane_square_sums4_and_sums4, lane_sums4
 
 
 @njit
@@ -79,3 +79,32 @@ def test_lane_sums_give_the_scalar_lanes_bits(dtype, contiguous):
         if d >= 8:
             squares, sums = _lane_reference(row, weights, x, d - 4)
             assert _compiled_lanes(row, weights, x, d - 4)[1] == tuple(squares) + tuple(sums)
+
+
+@njit
+def _compiled_update_and_lanes(acc, previous, w, row, x, full):
+    return add_scaled_and_lane_sums4(acc, previous, w, row, x, full)
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_update_beside_lane_sums_gives_the_scalar_bits(dtype, contiguous):
+    """``add_scaled_and_lane_sums4``: acc[j] += previous[j]·w (each entry rounded as the scalar statement, j < full
+    only) and row·x's four lane sums, bit for bit against scalar loops, compiled (vector code on contiguous rows,
+    the scalar loop on strided ones) and in its pure-Python form."""
+    rng = np.random.default_rng(5)
+    for d in (0, 4, 12, 256):
+        full = d - 4 if d >= 8 else d
+        rows = (rng.standard_normal((2, 2 * d)) * np.exp(rng.uniform(-30, 30, (2, 2 * d)))).astype(dtype)
+        previous, row = (rows[:, ::2] if not contiguous else np.ascontiguousarray(rows[:, :d]))
+        x = rng.standard_normal(d) * np.exp(rng.uniform(-30, 30, d))
+        w = float(rng.standard_normal() * 1e3)
+        start = rng.standard_normal(d) * 1e5
+        expected = start.copy()
+        for j in range(full):
+            expected[j] += np.float64(previous[j]) * w
+        _, sums = _lane_reference(row, np.ones(d), x, full)
+        for run in (_compiled_update_and_lanes, add_scaled_and_lane_sums4):
+            acc = start.copy()
+            assert run(acc, previous, w, row, x, full) == tuple(sums)
+            np.testing.assert_array_equal(acc, expected)
