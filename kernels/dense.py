@@ -143,36 +143,11 @@ def chunk_rmatmat(A, Q, start, stop, acc, flat, one_load):
             for t in range(k):
                 flat[j * k + t] = acc[t, j]
         return
-    i = start
-    while i + ROWS_PER_SWEEP <= stop:
-        add_eight_rows_terms(A, Q, i, acc)
-        i += ROWS_PER_SWEEP
-    for row_index in range(i, stop):
-        add_row_terms(A[row_index], Q, row_index, acc)
+    for i in range(start, stop):
+        add_row_terms(A[i], Q, i, acc)
     for j in range(d):
         for t in range(k):
             flat[j * k + t] = acc[t, j]
-
-
-# Rows per sweep of ``add_eight_rows_terms``: one load and store of each acc[t, j] per eight rows instead of per
-# row. Dense 10⁵ × 256, k = 3, 2 threads, best of 15–25 (a loaded machine): 18.4 → 16.3, 28.2 → 26.3 ms; four rows
-# per sweep measured no gain.
-ROWS_PER_SWEEP = 8
-
-
-@njit(cache=True)
-def add_eight_rows_terms(A, Q, i, acc):
-    """``add_row_terms`` of rows i … i + 7 in one sweep per column of Q: acc[t, j] gets the eight terms in row
-    order, (((acc + a_i,j·q_i) + a_i+1,j·q_i+1) + …), the additions of eight calls in their order, so the bits
-    are theirs."""
-    r0, r1, r2, r3, r4, r5, r6, r7 = A[i], A[i + 1], A[i + 2], A[i + 3], A[i + 4], A[i + 5], A[i + 6], A[i + 7]
-    for t in range(acc.shape[0]):
-        q0, q1, q2, q3 = Q[i, t], Q[i + 1, t], Q[i + 2, t], Q[i + 3, t]
-        q4, q5, q6, q7 = Q[i + 4, t], Q[i + 5, t], Q[i + 6, t], Q[i + 7, t]
-        acc_t = acc[t]
-        for j in range(r0.shape[0]):
-            acc_t[j] = (((((((acc_t[j] + r0[j] * q0) + r1[j] * q1) + r2[j] * q2) + r3[j] * q3) + r4[j] * q4)
-                         + r5[j] * q5) + r6[j] * q6) + r7[j] * q7
 
 
 @njit(cache=True)
@@ -268,17 +243,10 @@ def dense_column_squares_and_rmatmat(A, Q, chunk_rows, squares, out):
     for c in prange(n_chunks):
         acc = np.zeros((k, d))
         square_acc = square_partial[c]
-        i = c * chunk_rows
-        stop = min(n, (c + 1) * chunk_rows)
-        while i + ROWS_PER_SWEEP <= stop:
-            for row_index in range(i, i + ROWS_PER_SWEEP):
-                add_row_squares(A[row_index], square_acc)
-            add_eight_rows_terms(A, Q, i, acc)
-            i += ROWS_PER_SWEEP
-        for row_index in range(i, stop):
-            row = A[row_index]
+        for i in range(c * chunk_rows, min(n, (c + 1) * chunk_rows)):
+            row = A[i]
             add_row_squares(row, square_acc)
-            add_row_terms(row, Q, row_index, acc)
+            add_row_terms(row, Q, i, acc)
         flat = partial[c]
         for j in range(d):
             for t in range(k):

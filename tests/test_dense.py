@@ -426,10 +426,9 @@ def _row_order_reference(A, Q, chunk_rows):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_transposed_passes_sum_each_chunk_in_row_order(dtype, run_with_threads):
-    """``dense_rmatmat`` and ``dense_column_squares_and_rmatmat`` take rows eight per sweep (``add_eight_rows_terms``)
-    and the chunk's last rows one at a time: every partial entry still gets its terms in row order, so both equal
-    a scalar row-by-row reference bit for bit, at widths on both sides of ONE_LOAD_MAX_WIDTH, for k = 1 … 5, with
-    chunk lengths that are and are not multiples of eight, on one thread and on two."""
+    """``dense_rmatmat`` and ``dense_column_squares_and_rmatmat``: every partial entry gets its terms in row order,
+    so both equal a scalar row-by-row reference bit for bit, at widths on both sides of ONE_LOAD_MAX_WIDTH, for
+    k = 1 … 5, with several chunk lengths, on one thread and on two."""
     from fastnewton.kernels.dense import ONE_LOAD_MAX_WIDTH, dense_column_squares_and_rmatmat
 
     rng = np.random.default_rng(31)
