@@ -7,6 +7,7 @@ import numpy as np
 from numba import njit, prange
 
 from .reduce import sum_chunk_partials
+from .simd import add_scaled_and_lane_sums4, lane_sums4
 
 
 # Independent partial sums per row: one running sum waits out the add latency at every term
@@ -18,15 +19,19 @@ ROW_DOT_LANES = 4
 @njit(cache=True)
 def row_dot(row, x):
     """Σ_j row[j]·x[j] as four partial sums c_k over j ≡ k (mod 4), each in increasing j, then
-    (c₀ + c₁) + (c₂ + c₃): a fixed order, so every pass that sums a row with it has the same bits."""
+    (c₀ + c₁) + (c₂ + c₃): a fixed order, so every pass that sums a row with it has the same bits.
+    The four sums run as one 4-wide vector (``lane_sums4``: the scalar loop stayed scalar, as Numba
+    leaves the SLP vectoriser off)."""
+    full = x.shape[0] - x.shape[0] % ROW_DOT_LANES
+    c0, c1, c2, c3 = lane_sums4(row, x, full)
+    return row_dot_total(row, x, full, c0, c1, c2, c3)
+
+
+@njit(cache=True, inline="always")
+def row_dot_total(row, x, full, c0, c1, c2, c3):
+    """``row_dot`` from its four lane sums over j < full: the last d − full terms added to c₀, c₁, c₂, then
+    (c₀ + c₁) + (c₂ + c₃)."""
     d = x.shape[0]
-    c0 = c1 = c2 = c3 = 0.0
-    full = d - d % ROW_DOT_LANES
-    for j in range(0, full, ROW_DOT_LANES):
-        c0 += row[j] * x[j]
-        c1 += row[j + 1] * x[j + 1]
-        c2 += row[j + 2] * x[j + 2]
-        c3 += row[j + 3] * x[j + 3]
     if full < d:
         c0 += row[full] * x[full]
     if full + 1 < d:
@@ -34,6 +39,18 @@ def row_dot(row, x):
     if full + 2 < d:
         c2 += row[full + 2] * x[full + 2]
     return (c0 + c1) + (c2 + c3)
+
+
+@njit(cache=True, inline="always")
+def add_row_and_row_dot(acc, previous, w, row, x):
+    """acc[j] += previous[j]·w for every j, and returns ``row_dot(row, x)``, from one loop along both rows
+    (``add_scaled_and_lane_sums4``): the dot's chain of adds runs beside the update's independent ones."""
+    d = x.shape[0]
+    full = d - d % ROW_DOT_LANES
+    c0, c1, c2, c3 = add_scaled_and_lane_sums4(acc, previous, w, row, x, full)
+    for j in range(full, d):
+        acc[j] += previous[j] * w
+    return row_dot_total(row, x, full, c0, c1, c2, c3)
 
 
 @njit(cache=True)
@@ -171,32 +188,29 @@ def dense_sandwich_vector(A, beta, v, chunk_rows, forward, out):
     """forward = A v and out = Aᵀ(β ⊙ forward) in one read of A: each row is read for its dot
     (``row_dot``) and then, from cache, for its update; per fixed row chunk a partial, summed in chunk
     order. The sums and their order are dense_matvec's and dense_rmatmat's (k = 1), so the bits are
-    those of the two passes (a Hessian-vector product of CG at half their memory traffic). Rows go in
-    pairs, acc[j] = (acc[j] + a_ij·w_i) + a_i+1,j·w_i+1: the same additions in the same order, with one
-    load and store of acc[j] per two rows (median of 15, 2 threads: dense 10⁵ × 256 6.5 → 6.3 ms, 10⁶ × 32
-    11.4 → 10.9 ms, 2·10⁵ × 512 25.6 → 25.3 ms)."""
+    those of the two passes (a Hessian-vector product of CG at half their memory traffic). Row i's dot
+    runs in one loop with row i − 1's update (``add_row_and_row_dot``), the partial still getting its terms
+    in row order (dense 10⁵ × 256, 2 threads, best of 25 on a loaded machine: 16.0 → 14.5 ms, median
+    19.5 → 17.6 ms, against the rows in pairs, a dot and then the pair's update)."""
     n, d = A.shape
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     partial = np.zeros((n_chunks, d))
     for c in prange(n_chunks):
         acc = partial[c]
-        i = c * chunk_rows
-        stop = min(n, (c + 1) * chunk_rows)
-        while i + 1 < stop:
-            first, second = A[i], A[i + 1]
-            t0, t1 = row_dot(first, v), row_dot(second, v)
-            forward[i], forward[i + 1] = t0, t1
-            w0, w1 = beta[i] * t0, beta[i + 1] * t1
-            for j in range(d):
-                acc[j] = (acc[j] + first[j] * w0) + second[j] * w1
-            i += 2
-        if i < stop:
+        start = c * chunk_rows
+        stop = min(n, start + chunk_rows)
+        previous = A[start]
+        t = row_dot(previous, v)
+        forward[start] = t
+        w = beta[start] * t
+        for i in range(start + 1, stop):
             row = A[i]
-            t = row_dot(row, v)
+            t = add_row_and_row_dot(acc, previous, w, row, v)
             forward[i] = t
             w = beta[i] * t
-            for j in range(d):
-                acc[j] += row[j] * w
+            previous = row
+        for j in range(d):
+            acc[j] += previous[j] * w
     sum_chunk_partials(partial, out.reshape((d, 1)))
 
 

@@ -1,14 +1,18 @@
-"""Four-lane float64 updates written as LLVM vector operations.
+"""Four-lane float64 updates and sums written as LLVM vector operations.
 
 Numba leaves LLVM's SLP vectoriser off (``NUMBA_SLP_VECTORIZE=0``, a process-wide setting the
 package must not change), so four adjacent scalar updates ``acc[b + t] += v·q_t`` stay four
 loads, four multiplies, four adds and four stores. ``add_scaled4`` emits them as one 4-wide
-load, multiply, add and store. Each lane still rounds ``v·q_t`` and then the sum, exactly as the
-scalar statement does (no fused multiply-add), so the results keep the scalar code's bits.
+load, multiply, add and store; ``lane_sums4`` runs the four partial sums of a row's dot product
+(``kernels.dense.row_dot``) as one 4-wide accumulator, and ``add_scaled_and_lane_sums4`` the same sums beside
+another row's update (a Hessian-vector product's pass). Each lane still rounds each product and then
+the sum, exactly as the scalar statements do (no fused multiply-add), so the results keep the
+scalar code's bits.
 """
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 LANES = 4
@@ -58,3 +62,206 @@ def _add_scaled4_overload(acc, base, v, q0, q1, q2, q3):
 
     return implementation
 
+
+
+def lane_sums4(row, x, full):
+    """(c₀, c₁, c₂, c₃) with c_k = Σ_{j < full, j ≡ k (mod 4)} row[j]·x[j], each lane summed in increasing j
+    (``full`` a multiple of 4; the pure-Python form, run under NUMBA_DISABLE_JIT)."""
+    c = [0.0] * LANES
+    for j in range(0, full, LANES):
+        for t in range(LANES):
+            c[t] += np.float64(row[j + t]) * np.float64(x[j + t])
+    return c[0], c[1], c[2], c[3]
+
+
+def _contiguous_vectors(row, x):
+    """Whether ``lane_sums4`` of these types runs as vector code: 1-d C-contiguous row (float64 or float32) and x
+    (float64); others take the scalar loop (the same sums in the same order)."""
+    return (isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C"
+            and row.dtype in (types.float64, types.float32)
+            and isinstance(x, types.Array) and x.ndim == 1 and x.layout == "C" and x.dtype == types.float64)
+
+
+@intrinsic
+def _lane_sums4(typingctx, row, x, full):
+    """The loop of ``lane_sums4`` on one <4 x double> accumulator: per step a 4-wide load of row (widened
+    from float32 exactly, as the scalar product widens it) and of x, one fmul and one fadd."""
+    if not (_contiguous_vectors(row, x) and isinstance(full, types.Integer)):
+        return None
+    signature = types.UniTuple(types.float64, LANES)(row, x, full)
+
+    def codegen(context, builder, sig, args):
+        row, x = _arrays(context, builder, sig, args)
+
+        def step(j, accumulators):
+            (sums,) = accumulators
+            return (builder.fadd(sums, builder.fmul(_load4(builder, row, j), _load4(builder, x, j))),)
+
+        return _lane_loop(context, builder, sig, args[-1], 1, step)
+
+    return signature, codegen
+
+
+def _arrays(context, builder, sig, args):
+    """The (data pointer, element type) of each array argument of an intrinsic."""
+    return [(context.make_array(kind)(context, builder, value).data, kind.dtype)
+            for kind, value in zip(sig.args, args) if isinstance(kind, types.Array)]
+
+
+def _load4(builder, array, j):
+    """array[j:j + 4] as <4 x double> (float32 widened exactly); element alignment only: a row of C
+    starts wherever its row index puts it."""
+    data, dtype = array
+    element = data.type.pointee
+    pointer = builder.bitcast(builder.gep(data, [j]), ir.VectorType(element, LANES).as_pointer())
+    values = builder.load(pointer, align=dtype.bitwidth // 8)
+    if dtype != types.float64:
+        values = builder.fpext(values, ir.VectorType(ir.DoubleType(), LANES))
+    return values
+
+
+def _lane_loop(context, builder, sig, full_value, count, step):
+    """for j = 0, 4, … < full: accumulators = step(j, accumulators), ``count`` <4 x double> accumulators
+    from zero; returns their lanes as the intrinsic's tuple (accumulator by accumulator)."""
+    vector = ir.VectorType(ir.DoubleType(), LANES)
+    intp = context.get_value_type(types.intp)
+    stop = context.cast(builder, full_value, sig.args[-1], types.intp)
+    slots = [cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * LANES)) for _ in range(count)]
+    with cgutils.for_range_slice(builder, ir.Constant(intp, 0), stop, ir.Constant(intp, LANES), intp) as (j, _):
+        for slot, value in zip(slots, step(j, [builder.load(slot) for slot in slots])):
+            builder.store(value, slot)
+    lanes = [builder.extract_element(builder.load(slot), ir.Constant(ir.IntType(32), t))
+             for slot in slots for t in range(LANES)]
+    return context.make_tuple(builder, sig.return_type, lanes)
+
+
+@overload(lane_sums4)
+def _lane_sums4_overload(row, x, full):
+    if _contiguous_vectors(row, x):
+        def implementation(row, x, full):
+            return _lane_sums4(row, x, full)
+
+        return implementation
+
+    def scalar(row, x, full):
+        c0 = c1 = c2 = c3 = 0.0
+        for j in range(0, full, LANES):
+            c0 += row[j] * x[j]
+            c1 += row[j + 1] * x[j + 1]
+            c2 += row[j + 2] * x[j + 2]
+            c3 += row[j + 3] * x[j + 3]
+        return c0, c1, c2, c3
+
+    return scalar
+
+
+def lane_square_sums4_and_sums4(row, weights, x, full):
+    """(s₀, …, s₃, c₀, …, c₃): s_k = Σ (row[j]·row[j])·weights[j] and c_k = Σ row[j]·x[j] over j < full,
+    j ≡ k (mod 4), each lane in increasing j, from one sweep along the row (the pure-Python form)."""
+    s = [0.0] * LANES
+    c = [0.0] * LANES
+    for j in range(0, full, LANES):
+        for t in range(LANES):
+            value = np.float64(row[j + t])
+            s[t] += value * value * np.float64(weights[j + t])
+            c[t] += value * np.float64(x[j + t])
+    return s[0], s[1], s[2], s[3], c[0], c[1], c[2], c[3]
+
+
+@intrinsic
+def _lane_square_sums4_and_sums4(typingctx, row, weights, x, full):
+    """The loop of ``lane_square_sums4_and_sums4`` on two <4 x double> accumulators."""
+    if not (_contiguous_vectors(row, x) and _contiguous_vectors(weights, x) and weights.dtype == types.float64
+            and isinstance(full, types.Integer)):
+        return None
+    signature = types.UniTuple(types.float64, 2 * LANES)(row, weights, x, full)
+
+    def codegen(context, builder, sig, args):
+        row, weights, x = _arrays(context, builder, sig, args)
+
+        def step(j, accumulators):
+            squares, sums = accumulators
+            values = _load4(builder, row, j)
+            weighted = builder.fmul(builder.fmul(values, values), _load4(builder, weights, j))
+            return (builder.fadd(squares, weighted), builder.fadd(sums, builder.fmul(values, _load4(builder, x, j))))
+
+        return _lane_loop(context, builder, sig, args[-1], 2, step)
+
+    return signature, codegen
+
+
+@overload(lane_square_sums4_and_sums4)
+def _lane_square_sums4_and_sums4_overload(row, weights, x, full):
+    if _contiguous_vectors(row, x) and _contiguous_vectors(weights, x) and weights.dtype == types.float64:
+        def implementation(row, weights, x, full):
+            return _lane_square_sums4_and_sums4(row, weights, x, full)
+
+        return implementation
+
+    def scalar(row, weights, x, full):
+        s0 = s1 = s2 = s3 = 0.0
+        c0 = c1 = c2 = c3 = 0.0
+        for j in range(0, full, LANES):
+            v0, v1, v2, v3 = np.float64(row[j]), np.float64(row[j + 1]), np.float64(row[j + 2]), np.float64(row[j + 3])
+            s0 += v0 * v0 * weights[j]
+            s1 += v1 * v1 * weights[j + 1]
+            s2 += v2 * v2 * weights[j + 2]
+            s3 += v3 * v3 * weights[j + 3]
+            c0 += row[j] * x[j]
+            c1 += row[j + 1] * x[j + 1]
+            c2 += row[j + 2] * x[j + 2]
+            c3 += row[j + 3] * x[j + 3]
+        return s0, s1, s2, s3, c0, c1, c2, c3
+
+    return scalar
+
+
+def add_scaled_and_lane_sums4(acc, previous, w, row, x, full):
+    """acc[j] += previous[j]·w for j < full, and ``lane_sums4(row, x, full)``, in one loop (the pure-Python form)."""
+    for j in range(full):
+        acc[j] += np.float64(previous[j]) * np.float64(w)
+    return lane_sums4(row, x, full)
+
+
+@intrinsic
+def _add_scaled_and_lane_sums4(typingctx, acc, previous, w, row, x, full):
+    """Per step of 4: a 4-wide load, fmul, fadd and store of acc from ``previous``, and ``lane_sums4``'s step on row."""
+    if not (_contiguous_vectors(row, x) and _contiguous_vectors(previous, x) and _contiguous_vectors(acc, x)
+            and acc.dtype == types.float64 and w == types.float64 and isinstance(full, types.Integer)):
+        return None
+    signature = types.UniTuple(types.float64, LANES)(acc, previous, w, row, x, full)
+
+    def codegen(context, builder, sig, args):
+        acc_array, previous_array, row_array, x_array = _arrays(context, builder, sig, args)
+        vector = ir.VectorType(ir.DoubleType(), LANES)
+        scale = builder.insert_element(ir.Constant(vector, ir.Undefined), args[2], ir.Constant(ir.IntType(32), 0))
+        scale = builder.shuffle_vector(scale, ir.Constant(vector, ir.Undefined),
+                                       ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+
+        def step(j, accumulators):
+            (sums,) = accumulators
+            pointer = builder.bitcast(builder.gep(acc_array[0], [j]), vector.as_pointer())
+            updated = builder.fadd(builder.load(pointer, align=8), builder.fmul(_load4(builder, previous_array, j), scale))
+            builder.store(updated, pointer, align=8)
+            return (builder.fadd(sums, builder.fmul(_load4(builder, row_array, j), _load4(builder, x_array, j))),)
+
+        return _lane_loop(context, builder, sig, args[-1], 1, step)
+
+    return signature, codegen
+
+
+@overload(add_scaled_and_lane_sums4)
+def _add_scaled_and_lane_sums4_overload(acc, previous, w, row, x, full):
+    if (_contiguous_vectors(row, x) and _contiguous_vectors(previous, x) and _contiguous_vectors(acc, x)
+            and acc.dtype == types.float64):
+        def implementation(acc, previous, w, row, x, full):
+            return _add_scaled_and_lane_sums4(acc, previous, np.float64(w), row, x, full)
+
+        return implementation
+
+    def scalar(acc, previous, w, row, x, full):
+        for j in range(full):
+            acc[j] += previous[j] * w
+        return lane_sums4(row, x, full)
+
+    return scalar

@@ -9,6 +9,8 @@ do not depend on the thread count.
 import numpy as np
 from numba import njit, prange
 
+from .simd import lane_square_sums4_and_sums4
+
 
 @njit(cache=True)
 def bucket_members(buckets, m, rows_per_block=0):
@@ -114,25 +116,14 @@ def dense_row_squares(A, column_weights, out):
 @njit(cache=True, inline="always")
 def row_square_sum_and_dot(row, column_weights, x):
     """(``row_square_sum(row, column_weights)``, ``row_dot(row, x)``) from one sweep along the row: each
-    sum's four partial sums in its function's order, so each has that function's bits (tested), with the
-    eight sums side by side. One after the other, each waited out its own adds' latency (dense 10⁵ × 256:
+    sum's four partial sums in its function's order, so each has that function's bits (tested), as two
+    4-wide vectors side by side (``lane_square_sums4_and_sums4``). One after the other, each waited out its own adds' latency (dense 10⁵ × 256:
     16.1 → 11.3 ms on one thread, 8.4 → 6.0 ms on two). Inlined into the pass (``inline="always"``): the
     function's share of a row is a few hundred cycles, and a call per row would count each row view's
     references in and out."""
     d = x.shape[0]
     full = d - d % 4
-    s0 = s1 = s2 = s3 = 0.0
-    c0 = c1 = c2 = c3 = 0.0
-    for j in range(0, full, 4):
-        v0, v1, v2, v3 = np.float64(row[j]), np.float64(row[j + 1]), np.float64(row[j + 2]), np.float64(row[j + 3])
-        s0 += v0 * v0 * column_weights[j]
-        s1 += v1 * v1 * column_weights[j + 1]
-        s2 += v2 * v2 * column_weights[j + 2]
-        s3 += v3 * v3 * column_weights[j + 3]
-        c0 += row[j] * x[j]
-        c1 += row[j + 1] * x[j + 1]
-        c2 += row[j + 2] * x[j + 2]
-        c3 += row[j + 3] * x[j + 3]
+    s0, s1, s2, s3, c0, c1, c2, c3 = lane_square_sums4_and_sums4(row, column_weights, x, full)
     for j in range(full, d):
         value = np.float64(row[j])
         if j - full == 0:

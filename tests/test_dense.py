@@ -403,3 +403,70 @@ def test_a_pending_check_runs_before_any_read_of_c_returns():
         for _ in range(2):  # a failed check stays pending
             with pytest.raises(ValueError, match="finite"):
                 operation(matrix)
+
+
+def _row_order_reference(A, Q, chunk_rows):
+    """Aᵀ Q and the column squares as the dense passes sum them: within each chunk every entry gets its rows'
+    terms in row order, one scalar at a time; the chunk partials then added in chunk order."""
+    n, d = A.shape
+    k = Q.shape[1]
+    out, squares = np.zeros((d, k)), np.zeros(d)
+    for start in range(0, n, chunk_rows):
+        acc, square_acc = np.zeros((d, k)), np.zeros(d)
+        for i in range(start, min(n, start + chunk_rows)):
+            for j in range(d):
+                value = np.float64(A[i, j])
+                square_acc[j] += value * value
+                for t in range(k):
+                    acc[j, t] += value * Q[i, t]
+        out += acc
+        squares += square_acc
+    return out, squares
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transposed_passes_sum_each_chunk_in_row_order(dtype, run_with_threads):
+    """``dense_rmatmat`` and ``dense_column_squares_and_rmatmat``: every partial entry gets its terms in row order,
+    so both equal a scalar row-by-row reference bit for bit, at widths on both sides of ONE_LOAD_MAX_WIDTH, for
+    k = 1 … 5, with several chunk lengths, on one thread and on two."""
+    from fastnewton.kernels.dense import ONE_LOAD_MAX_WIDTH, dense_column_squares_and_rmatmat
+
+    rng = np.random.default_rng(31)
+    n = 45
+    for d in (3, ONE_LOAD_MAX_WIDTH + 1):
+        A = rng.standard_normal((n, d)).astype(dtype)
+        A[::7] = 0.0
+        for k in (1, 2, 3, 5):
+            Q = rng.standard_normal((n, k)) * np.exp(rng.uniform(-20, 20, (n, k)))
+            for chunk_rows in (5, 8, 19, 64):
+                expected, expected_squares = _row_order_reference(A, Q, chunk_rows)
+                for threads in (1, 2):
+                    out, squares, riding = np.empty((d, k)), np.empty(d), np.empty((d, k))
+                    run_with_threads(threads, lambda: dense_rmatmat(A, Q, chunk_rows, out))
+                    run_with_threads(threads, lambda: dense_column_squares_and_rmatmat(A, Q, chunk_rows, squares,
+                                                                                       riding))
+                    np.testing.assert_array_equal(out, expected)
+                    np.testing.assert_array_equal(riding, expected)
+                    np.testing.assert_array_equal(squares, expected_squares)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_matvec_sums_each_row_in_four_lanes(dtype):
+    """u = Ax with each row summed as ``row_dot`` states (lane k over j ≡ k mod 4 in increasing j, then
+    (c₀ + c₁) + (c₂ + c₃)), bit for bit, at every tail length d mod 4, for contiguous rows (4-wide vector code)
+    and rows of a strided view (the scalar loop)."""
+    rng = np.random.default_rng(37)
+    n = 6
+    for d in (1, 2, 3, 4, 5, 6, 7, 256, 259):
+        A = (rng.standard_normal((n, 2 * d)) * np.exp(rng.uniform(-30, 30, (n, 2 * d)))).astype(dtype)
+        x = rng.standard_normal(d) * np.exp(rng.uniform(-30, 30, d))
+        for matrix in (np.ascontiguousarray(A[:, :d]), A[:, ::2]):
+            expected = np.empty(n)
+            for i in range(n):
+                lanes = [0.0] * 4
+                for j in range(d):
+                    lanes[j % 4] += np.float64(matrix[i, j]) * x[j]
+                expected[i] = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+            out = np.empty(n)
+            dense_matvec(matrix, x, out)
+            np.testing.assert_array_equal(out, expected)

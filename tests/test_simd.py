@@ -1,9 +1,10 @@
-"""kernels/simd.py: the four-lane update against its pure-Python form (which NUMBA_DISABLE_JIT runs)."""
+"""kernels/simd.py: the four-lane update and the lane sums against scalar references and their pure-Python forms
+(which NUMBA_DISABLE_JIT runs), bit for bit."""
 import numpy as np
 import pytest
 from numba import njit
 
-from fastnewton.kernels.simd import add_scaled4
+from fastnewton.kernels.simd import add_scaled4, add_scaled_and_lane_sums4, lane_square_sums4_and_sums4, lane_sums4
 
 
 @njit
@@ -38,3 +39,72 @@ def test_add_scaled4_gives_the_scalar_bits_and_touches_four_slots(dtype):
     for base in bases:
         touched[base:base + 4] = True
     np.testing.assert_array_equal(compiled[~touched], start[~touched])
+
+
+def _lane_reference(row, weights, x, full):
+    """The four lane sums of squares (v·v)·w and of products v·x, each lane in increasing j, one scalar at a time."""
+    squares, sums = [0.0] * 4, [0.0] * 4
+    for j in range(full):
+        value = np.float64(row[j])
+        squares[j % 4] += value * value * np.float64(weights[j])
+        sums[j % 4] += value * np.float64(x[j])
+    return squares, sums
+
+
+@njit
+def _compiled_lanes(row, weights, x, full):
+    return lane_sums4(row, x, full), lane_square_sums4_and_sums4(row, weights, x, full)
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lane_sums_give_the_scalar_lanes_bits(dtype, contiguous):
+    """The 4-wide accumulators of ``lane_sums4`` and ``lane_square_sums4_and_sums4`` (contiguous rows: vector
+    code; strided: the scalar loop) round each product and then each sum as the scalar lanes do (no fused
+    multiply-add: values spread over 60 orders of magnitude would show one), float32 rows widening exactly;
+    and the pure-Python forms (NUMBA_DISABLE_JIT) agree."""
+    rng = np.random.default_rng(3)
+    for d in (0, 4, 8, 12, 256, 1024):
+        row = (rng.standard_normal(2 * d) * np.exp(rng.uniform(-30, 30, 2 * d))).astype(dtype)
+        row = row[::2] if not contiguous else np.ascontiguousarray(row[:d])
+        weights = np.abs(rng.standard_normal(d)) * np.exp(rng.uniform(-10, 10, d))
+        x = rng.standard_normal(d) * np.exp(rng.uniform(-30, 30, d))
+        squares, sums = _lane_reference(row, weights, x, d)
+        compiled_sums, compiled_both = _compiled_lanes(row, weights, x, d)
+        assert compiled_sums == tuple(sums)
+        assert compiled_both == tuple(squares) + tuple(sums)
+        assert lane_sums4(row, x, d) == tuple(sums)
+        assert lane_square_sums4_and_sums4(row, weights, x, d) == tuple(squares) + tuple(sums)
+        # A prefix only (the kernels' callers sum the last d mod 4 entries themselves).
+        if d >= 8:
+            squares, sums = _lane_reference(row, weights, x, d - 4)
+            assert _compiled_lanes(row, weights, x, d - 4)[1] == tuple(squares) + tuple(sums)
+
+
+@njit
+def _compiled_update_and_lanes(acc, previous, w, row, x, full):
+    return add_scaled_and_lane_sums4(acc, previous, w, row, x, full)
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_update_beside_lane_sums_gives_the_scalar_bits(dtype, contiguous):
+    """``add_scaled_and_lane_sums4``: acc[j] += previous[j]·w (each entry rounded as the scalar statement, j < full
+    only) and row·x's four lane sums, bit for bit against scalar loops, compiled (vector code on contiguous rows,
+    the scalar loop on strided ones) and in its pure-Python form."""
+    rng = np.random.default_rng(5)
+    for d in (0, 4, 12, 256):
+        full = d - 4 if d >= 8 else d
+        rows = (rng.standard_normal((2, 2 * d)) * np.exp(rng.uniform(-30, 30, (2, 2 * d)))).astype(dtype)
+        previous, row = (rows[:, ::2] if not contiguous else np.ascontiguousarray(rows[:, :d]))
+        x = rng.standard_normal(d) * np.exp(rng.uniform(-30, 30, d))
+        w = float(rng.standard_normal() * 1e3)
+        start = rng.standard_normal(d) * 1e5
+        expected = start.copy()
+        for j in range(full):
+            expected[j] += np.float64(previous[j]) * w
+        _, sums = _lane_reference(row, np.ones(d), x, full)
+        for run in (_compiled_update_and_lanes, add_scaled_and_lane_sums4):
+            acc = start.copy()
+            assert run(acc, previous, w, row, x, full) == tuple(sums)
+            np.testing.assert_array_equal(acc, expected)
