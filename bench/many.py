@@ -76,7 +76,9 @@ def one_c_many_targets(args):
             per_row = args.d if fmt == "dense" else args.nnz_per_row
             rng = np.random.default_rng(1)
             all_targets = targets(problem, model, max(args.targets), per_row, rng)
-            keywords = dict(model=model, V=problem.V, n_threads=args.threads)
+            # A fixed seed: auto may pick a sketched strategy (pcg) for some columns, whose draws must be the
+            # same in both calls for their answers to be compared.
+            keywords = dict(model=model, V=problem.V, n_threads=args.threads, seed=0)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 # Warm-up (kernels loaded from the disk cache, BLAS and thread pools started): 16 columns, so

@@ -44,7 +44,8 @@ import numpy as np
 from . import _cache, rates, threads
 from .batch import BatchResult
 from .buffers import Recycler
-from .hessian import ForwardKeepingProduct, default_thread_count, exact_iteration_seconds, forms_exact_sandwich
+from .hessian import (ForwardKeepingProduct, choose_strategy, default_thread_count, exact_iteration_seconds,
+                      forms_exact_sandwich, resolve_strategy)
 from .memory import check_iteration_fits, iteration_bytes
 from .newton import NewtonRequest, NewtonRun, References, column_scale, user_stacklevel
 from .problem import Problem
@@ -93,12 +94,22 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
     problems = [inputs.with_target(columns[j], f"B[:, {j}]") if finite[j] else None for j in range(q)]
     del columns
     solvable = [j for j in range(q) if problems[j] is not None]
-    # The strategy is chosen on a problem with its target, as solve chooses it (``auto`` prices the
-    # start by the model the target builds).
+    # The keywords checked, and each column's strategy chosen on its own problem, as solve chooses it: ``auto``
+    # prices a problem by its target (the start's model, the sketch's refreshes), so the columns of one C can
+    # take different strategies (dense 4096 × 64, noisy targets: pcg for some, lagged for others). One builder
+    # per strategy: a stateful builder keeps its state per problem.
+    default_start = is_default_start(x0)
     build_system, options = solve_options(problems[solvable[0]] if solvable else inputs, hessian, eps, sketch_size,
-                                          tol, max_iter, seed, callback, False, default_start=is_default_start(x0),
+                                          tol, max_iter, seed, callback, False, default_start=default_start,
                                           continuation=continuation)
     options = replace(options, warn_at_max_iter=False)
+    strategies = {options.hessian: (build_system, options)}
+    column_strategy = {j: options.hessian for j in solvable}
+    for j in solvable[1:] if hessian == "auto" else ():
+        name = column_strategy[j] = choose_strategy(problems[j], options.eps, options.sketch_size, default_start)
+        if name not in strategies:
+            strategies[name] = (resolve_strategy(name, problems[j], options.eps, options.sketch_size)[1],
+                                replace(options, hessian=name))
     k = problems[solvable[0]].row_model.k if solvable else 0
     # Threads. The shared passes, whose work is that of all the problems in them, run on the caller's threads
     # (or ``n_threads``) once that work is past the bound by which solve runs a small problem on one thread
@@ -110,7 +121,7 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
     first = problems[solvable[0]] if solvable else inputs
     pass_threads = n_threads if n_threads is not None else numba.get_num_threads()
     problem_seconds = exact_iteration_seconds(first)
-    if (n_threads is None and options.hessian in SHARED_STRATEGIES
+    if (n_threads is None and all(name in SHARED_STRATEGIES for name in strategies)
             and inputs.n / rates.ITERATION_ROWS < threads.SINGLE_THREAD_BELOW_SECONDS):
         n_threads = 1
     n_threads = default_thread_count(first, n_threads)
@@ -124,7 +135,7 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
         group = max(1, GROUP_BYTES // iteration_bytes(inputs.n, inputs.d, k))
         for begin in range(0, len(solvable), group):
             members = solvable[begin:begin + group]
-            rounds = [solve_rounds(problems[j], starts[j], build_system, _for_problem(options, j), clock=clock)
+            rounds = [solve_rounds(problems[j], starts[j], *_for_problem(strategies[column_strategy[j]], j), clock=clock)
                       for j in members]
             for j, res in zip(members, answer_together(rounds, passes.requests)):
                 results[j] = res
@@ -175,12 +186,13 @@ def _as_starts(x0, d, q):
     return [array[:, j] for j in range(q)]
 
 
-def _for_problem(options, j):
-    """The options of column j: its callback sees ``info["problem"] = j``."""
+def _for_problem(strategy, j):
+    """(builder, options) of column j from its strategy's: its callback sees ``info["problem"] = j``."""
+    build_system, options = strategy
     callback = options.callback
     if callback is None:
-        return options
-    return replace(options, callback=lambda info: callback(dict(info, problem=j)))
+        return build_system, options
+    return build_system, replace(options, callback=lambda info: callback(dict(info, problem=j)))
 
 
 def answer_together(generators, answer):

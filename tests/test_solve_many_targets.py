@@ -219,6 +219,26 @@ def test_auto_prices_each_column_as_solve_prices_it(monkeypatch):
     assert start_seconds(priced[0], 0.5, None) == single
 
 
+def test_auto_may_pick_a_different_strategy_for_each_column(monkeypatch):
+    # auto prices each problem by its target, so the columns of one C can take different strategies (the
+    # shipped rates picked pcg for 68 and lagged for 188 of bench/many.py's 256 dense 4096 × 64 targets);
+    # solve_many once ran every column with the first column's pick (x off solve's by up to 1.5e-9). The
+    # chooser here picks by a rule of the target, the same in solve and solve_many, not by the shipped rates.
+    import fastnewton.hessian as hessian_module
+    C, B, _ = case("softmax", True, n=3000, d=10, q=6, seed=5)
+    rule = {j: name for j, name in enumerate(["pcg", "lagged", "exact", "lagged", "sketch", "pcg"])}
+    columns = {B[:, j].tobytes(): j for j in range(B.shape[1])}
+
+    def by_column(problem, *args, **kwargs):
+        return rule[columns[problem.b.tobytes()]]
+
+    monkeypatch.setattr(hessian_module, "choose_strategy", by_column)
+    monkeypatch.setattr(many_targets, "choose_strategy", by_column)
+    batch = quietly(solve_many, C, B, seed=11)
+    assert [quietly(solve, C, B[:, j], seed=11).hessian for j in range(B.shape[1])] == list(rule.values())
+    assert_same_as_solve(batch, C, B, "softmax", seed=11)
+
+
 def test_starts_as_one_vector_or_one_per_column():
     C, B, _ = case("softmax", True, q=3)
     d = C.shape[1]
