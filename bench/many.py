@@ -63,52 +63,57 @@ def agreement(batch, singles):
     return worst, same_status
 
 
-def one_c_many_targets(args):
-    """The one-C table: time of solve_many vs a loop of solve for every (format, model, q)."""
-    rows = []
-    print(f"{'format':>6} {'model':>13} {'q':>5} {'runs':>4} {'solve_many s':>13} {'loop of solve s':>16} {'ratio':>7} "
-          f"{'iterations':>10} {'max rel dx':>11} {'agree':>6}", flush=True)
+def cases(args):
+    """(format, model, n, problem, targets) for every --formats × --models: C from ``make_problem`` (seed 0) and
+    max(--targets) noisy targets on it (``targets``, seed 1), the first q of which make a case of q targets."""
     for fmt in args.formats:
         n = args.dense_n if fmt == "dense" else args.csr_n
         for model in args.models:
             problem = fastnewton.make_problem(n, args.d, nnz_per_row=args.nnz_per_row, model=model, seed=0,
                                               dense=fmt == "dense")
             per_row = args.d if fmt == "dense" else args.nnz_per_row
-            rng = np.random.default_rng(1)
-            all_targets = targets(problem, model, max(args.targets), per_row, rng)
-            # A fixed seed: auto may pick a sketched strategy (pcg) for some columns, whose draws must be the
-            # same in both calls for their answers to be compared.
-            keywords = dict(model=model, V=problem.V, n_threads=args.threads, seed=0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                # Warm-up (kernels loaded from the disk cache, BLAS and thread pools started): 16 columns, so
-                # that both kinds of passes are loaded (a small batch makes one single pass per column).
-                fastnewton.solve_many(problem.C, all_targets[:, :16], **keywords)
-                fastnewton.solve(problem.C, all_targets[:, 0], **keywords)
-                for q in args.targets:
-                    B = all_targets[:, :q]
-                    many_s = loop_s = math.inf
-                    spent, repeats = 0.0, 0
-                    # Short calls are timed again (the two alternating) until they have taken MIN_SECONDS, at most
-                    # --repeat times; each side's fastest counts (a 5 ms solve of q = 1 is otherwise one noisy sample).
-                    while repeats < args.repeat and (repeats == 0 or spent < MIN_SECONDS):
-                        start = time.perf_counter()
-                        batch = fastnewton.solve_many(problem.C, B, **keywords)
-                        middle = time.perf_counter()
-                        singles = [fastnewton.solve(problem.C, B[:, j], **keywords) for j in range(q)]
-                        stop = time.perf_counter()
-                        many_s, loop_s = min(many_s, middle - start), min(loop_s, stop - middle)
-                        spent += stop - start
-                        repeats += 1
-                    worst, same_status = agreement(batch, singles)
-                    agree = worst <= X_RTOL and same_status
-                    row = dict(format=fmt, model=model, n=n, d=args.d, q=q, repeats=repeats, many_s=many_s, loop_s=loop_s,
-                               ratio=loop_s / many_s, iterations=int(batch.n_iter.sum()),
-                               converged=int(batch.converged.sum()), max_rel_dx=worst, same_status=same_status,
-                               agree=agree)
-                    rows.append(row)
-                    print(f"{fmt:>6} {model:>13} {q:5d} {repeats:4d} {many_s:13.3f} {loop_s:16.3f} {row['ratio']:7.2f} "
-                          f"{row['iterations']:10d} {worst:11.1e} {str(agree):>6}", flush=True)
+            yield fmt, model, n, problem, targets(problem, model, max(args.targets), per_row, np.random.default_rng(1))
+
+
+def one_c_many_targets(args):
+    """The one-C table: time of solve_many vs a loop of solve for every (format, model, q)."""
+    rows = []
+    print(f"{'format':>6} {'model':>13} {'q':>5} {'runs':>4} {'solve_many s':>13} {'loop of solve s':>16} {'ratio':>7} "
+          f"{'iterations':>10} {'max rel dx':>11} {'agree':>6}", flush=True)
+    for fmt, model, n, problem, all_targets in cases(args):
+        # A fixed seed: auto may pick a sketched strategy (pcg) for some columns, whose draws must be the
+        # same in both calls for their answers to be compared.
+        keywords = dict(model=model, V=problem.V, n_threads=args.threads, seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # Warm-up (kernels loaded from the disk cache, BLAS and thread pools started): 16 columns, so
+            # that both kinds of passes are loaded (a small batch makes one single pass per column).
+            fastnewton.solve_many(problem.C, all_targets[:, :16], **keywords)
+            fastnewton.solve(problem.C, all_targets[:, 0], **keywords)
+            for q in args.targets:
+                B = all_targets[:, :q]
+                many_s = loop_s = math.inf
+                spent, repeats = 0.0, 0
+                # Short calls are timed again (the two alternating) until they have taken MIN_SECONDS, at most
+                # --repeat times; each side's fastest counts (a 5 ms solve of q = 1 is otherwise one noisy sample).
+                while repeats < args.repeat and (repeats == 0 or spent < MIN_SECONDS):
+                    start = time.perf_counter()
+                    batch = fastnewton.solve_many(problem.C, B, **keywords)
+                    middle = time.perf_counter()
+                    singles = [fastnewton.solve(problem.C, B[:, j], **keywords) for j in range(q)]
+                    stop = time.perf_counter()
+                    many_s, loop_s = min(many_s, middle - start), min(loop_s, stop - middle)
+                    spent += stop - start
+                    repeats += 1
+                worst, same_status = agreement(batch, singles)
+                agree = worst <= X_RTOL and same_status
+                row = dict(format=fmt, model=model, n=n, d=args.d, q=q, repeats=repeats, many_s=many_s, loop_s=loop_s,
+                           ratio=loop_s / many_s, iterations=int(batch.n_iter.sum()),
+                           converged=int(batch.converged.sum()), max_rel_dx=worst, same_status=same_status,
+                           agree=agree)
+                rows.append(row)
+                print(f"{fmt:>6} {model:>13} {q:5d} {repeats:4d} {many_s:13.3f} {loop_s:16.3f} {row['ratio']:7.2f} "
+                      f"{row['iterations']:10d} {worst:11.1e} {str(agree):>6}", flush=True)
     return rows
 
 

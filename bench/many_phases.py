@@ -19,7 +19,6 @@ import sys
 import time
 import warnings
 
-import numpy as np
 import scipy.linalg
 
 import fastnewton
@@ -28,11 +27,11 @@ from fastnewton import hessian, many_targets, matrix, problem
 try:
     from _args import add_output_arguments, comma_list, positive_int
     from _report import write_csv
-    from many import FORMATS, MODELS, targets
+    from many import FORMATS, MODELS, cases
 except ImportError:  # imported as bench.many_phases from the repository root
     from bench._args import add_output_arguments, comma_list, positive_int
     from bench._report import write_csv
-    from bench.many import FORMATS, MODELS, targets
+    from bench.many import FORMATS, MODELS, cases
 
 # (owner, method, phase): the methods timed, each counted in its phase exclusive of timed calls inside it.
 TIMED = [(cls, name, phase) for cls in (matrix.DenseMatrix, matrix.CSRMatrix) for name, phase in (
@@ -126,19 +125,13 @@ def main(argv=None):
     print(f"{'format':>6} {'model':>13} {'q':>4} " + " ".join(f"{c[:-2]:>13}" for c in columns) + " (ms)   iterations")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for fmt in args.formats:
-            n = args.dense_n if fmt == "dense" else args.csr_n
-            for model in args.models:
-                made = fastnewton.make_problem(n, args.d, nnz_per_row=args.nnz_per_row, model=model, seed=0,
-                                               dense=fmt == "dense")
-                per_row = args.d if fmt == "dense" else args.nnz_per_row
-                all_targets = targets(made, model, max(args.targets), per_row, np.random.default_rng(1))
-                for q in args.targets:
-                    row = dict(format=fmt, model=model, n=n, d=args.d, q=q,
-                               **phase_row(made.C, all_targets[:, :q], model, made.V, args.repeat))
-                    rows.append(row)
-                    print(f"{fmt:>6} {model:>13} {q:4d} " + " ".join(f"{1e3 * row[c]:13.1f}" for c in columns)
-                          + f"   {row['iterations']:10d}", flush=True)
+        for fmt, model, n, made, all_targets in cases(args):
+            for q in args.targets:
+                row = dict(format=fmt, model=model, n=n, d=args.d, q=q,
+                           **phase_row(made.C, all_targets[:, :q], model, made.V, args.repeat))
+                rows.append(row)
+                print(f"{fmt:>6} {model:>13} {q:4d} " + " ".join(f"{1e3 * row[c]:13.1f}" for c in columns)
+                      + f"   {row['iterations']:10d}", flush=True)
     write_csv(os.path.join(args.out, "many_phases.csv"), rows)
     return 0
 
