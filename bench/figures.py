@@ -91,9 +91,10 @@ def shown(arguments):
 
 def machine_line():
     meta = run_metadata()
+    torch = f", PyTorch {meta['torch_version']}" if meta["torch_version"] else ""
     return (f"{meta['cpu_model']}, {meta['cpu_count']} CPUs; Python {meta['python_version']}, NumPy "
             f"{meta['numpy_version']} ({meta['blas'] or 'BLAS unknown'}), SciPy {meta['scipy_version']}, "
-            f"Numba {meta['numba_version']}{', PyTorch ' + meta['torch_version'] if meta['torch_version'] else ''}; fastnewton {meta['fastnewton_version']} at commit "
+            f"Numba {meta['numba_version']}{torch}; fastnewton {meta['fastnewton_version']} at commit "
             f"{meta['git_commit'][:12]}")
 
 
@@ -345,7 +346,8 @@ def render_many(out, command):
         body.append([shape, model] + [f"{float(mine[q]['ratio']):.2f}×" if q in mine else "–" for q in qs])
     agree = all(r["agree"] == "True" for r in rows)
     return "\n".join([provenance(command), "",
-                      "Time of q `solve` calls / time of one `solve_many` call (noisy targets, default keywords); "
+                      "Time of q `solve` calls / time of one `solve_many` call (noisy targets, default keywords and "
+                      "seed = 0 on both sides: auto may pick pcg for some targets); "
                       + ("every column's answer agreed with its `solve`." if agree else
                          "**some columns disagreed with their `solve`** (see many.csv)."), "",
                       table(["C", "model", *[f"q = {q}" for q in qs]], body)])
