@@ -117,8 +117,8 @@ def dense_row_squares(A, column_weights, out):
 def row_square_sum_and_dot(row, column_weights, x):
     """(``row_square_sum(row, column_weights)``, ``row_dot(row, x)``) from one sweep along the row: each
     sum's four partial sums in its function's order, so each has that function's bits (tested), as two
-    4-wide vectors side by side (``lane_square_sums4_and_sums4``). One after the other, each waited out its own adds' latency (dense 10⁵ × 256:
-    16.1 → 11.3 ms on one thread, 8.4 → 6.0 ms on two). Inlined into the pass (``inline="always"``): the
+    4-wide vectors side by side (``lane_square_sums4_and_sums4``). One after the other, each waited out its
+    own adds' latency (dense 10⁵ × 256: 16.1 → 11.3 ms on one thread, 8.4 → 6.0 ms on two). Inlined into the pass (``inline="always"``): the
     function's share of a row is a few hundred cycles, and a call per row would count each row view's
     references in and out."""
     d = x.shape[0]

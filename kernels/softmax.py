@@ -290,9 +290,11 @@ def curvature_weight(Q, c, w, i):
 
 
 @njit(cache=True)
-def _log_fit_chunk(p, squared, weights, target):
-    """weights[i] = pᵢ (pᵢ² when ``squared``) and target[i] = log pᵢ where pᵢ > 0, else 0 and 0 (the row
-    dropped; log 1 = 0 exactly), over the given rows."""
+def log_fit_rows_serial(p, squared, weights, target):
+    """The rows of the log-linear fit of log p on one thread: weights[i] = pᵢ (pᵢ² when ``squared``) and
+    target[i] = log pᵢ where pᵢ > 0, else 0 and 0 (the row dropped; log 1 = 0 exactly). For small blocks,
+    where waking the threads costs more than the pass; ``log_fit_rows`` runs it chunk by chunk on all threads
+    (the values do not depend on the chunks)."""
     for i in range(p.shape[0]):
         value = p[i]
         if value > 0.0:
@@ -305,20 +307,13 @@ def _log_fit_chunk(p, squared, weights, target):
 
 @njit(parallel=True, cache=True)
 def log_fit_rows(p, squared, chunk_rows, weights, target):
-    """The rows of the log-linear fit of log p (``_log_fit_chunk``) in one pass in fixed chunks on all threads:
-    NumPy's np.where, square and log ran one after another on one thread (n = 2·10⁵: ~2 ms, the log ~1.4).
-    ``np.log`` here is the C library's log, as in ``log_fit_rows_serial`` and kernels/small_newton.py's fit
-    (NumPy's own float64 log is that one on a CPU without AVX-512; with AVX-512 it is a SIMD log of NumPy's
-    whose last bit can differ), so every size of problem takes the same logarithm."""
+    """``log_fit_rows_serial`` in one pass in fixed chunks on all threads: NumPy's np.where, square and log ran
+    one after another on one thread (n = 2·10⁵: ~2 ms, the log ~1.4). ``np.log`` here is the C library's log,
+    as in kernels/small_newton.py's fit (NumPy's own float64 log is that one on a CPU without AVX-512; with
+    AVX-512 it is a SIMD log of NumPy's whose last bit can differ), so every size of problem takes the same
+    logarithm."""
     n = p.shape[0]
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     for ch in prange(n_chunks):
         start, stop = ch * chunk_rows, min(n, (ch + 1) * chunk_rows)
-        _log_fit_chunk(p[start:stop], squared, weights[start:stop], target[start:stop])
-
-
-@njit(cache=True)
-def log_fit_rows_serial(p, squared, weights, target):
-    """``log_fit_rows`` on one thread (the values do not depend on the chunks): for small blocks, where
-    waking the threads costs more than the pass."""
-    _log_fit_chunk(p, squared, weights, target)
+        log_fit_rows_serial(p[start:stop], squared, weights[start:stop], target[start:stop])
