@@ -330,6 +330,20 @@ def csr_matvecs(indptr, indices, data, X, rows_per_task, out):
 
 
 
+@njit(inline="always")
+def slice_start_falls(indptr, indices, first, stop):
+    """The falls indices[k] ≤ indices[k − 1] at the first entry k of each non-empty slice of [first, stop),
+    except at the range's first stored entry: comparisons with the slice before, which a count of falls over
+    all of the range's entries includes and a test of each slice's order must take off."""
+    low = np.uintp(indptr[first])
+    falls = 0
+    for i in range(first, stop):
+        start = np.uintp(indptr[i])
+        if low < start < np.uintp(indptr[i + 1]):
+            falls += indices[start] <= indices[start - ONE]
+    return falls
+
+
 @njit(parallel=True, cache=True)
 def compressed_index_facts(indptr, indices, slices_per_chunk, out):
     """The checks of a compressed sparse matrix's indices (CSR: slice s is row s) in one parallel read:
@@ -340,8 +354,9 @@ def compressed_index_facts(indptr, indices, slices_per_chunk, out):
 
     indptr must be checked first (from 0, non-decreasing, within indices): entries are read by it.
     Falls are counted over all of a chunk's entries, then those at a slice's first entry (which compare
-    with the slice before) taken off: one compare per entry and no exit per slice (``_sorted_rows`` of
-    kernels/sandwich.py). Chunks are fixed and min/max/count are exact: the same result on any thread count.
+    with the slice before) taken off (``slice_start_falls``): one compare per entry and no exit per slice
+    (as ``_sorted_rows`` of kernels/sandwich.py). Chunks are fixed and min/max/count are exact: the same
+    result on any thread count.
     """
     n = indptr.shape[0] - 1
     n_chunks = out.shape[0]
@@ -361,10 +376,7 @@ def compressed_index_facts(indptr, indices, slices_per_chunk, out):
                 least = min(least, value)
                 largest = max(largest, value)
                 falls += indices[k] <= indices[k - ONE]
-            for i in range(first, stop):
-                start = np.uintp(indptr[i])
-                if low < start < np.uintp(indptr[i + 1]):
-                    falls -= indices[start] <= indices[start - ONE]
+            falls -= slice_start_falls(indptr, indices, first, stop)
         out[c, 0] = least
         out[c, 1] = largest
         out[c, 2] = falls
