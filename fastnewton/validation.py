@@ -9,7 +9,7 @@ import numbers
 import numpy as np
 import scipy.sparse as sp
 
-from .kernels.csr import compressed_index_facts
+from .kernels.csr import INDPTR_OVERRUNS, INDPTR_UNORDERED, compressed_index_facts, indptr_fault
 from .matrix import CSRMatrix, DenseMatrix
 from . import models
 
@@ -150,10 +150,13 @@ def _check_compressed(indptr, indices, data_length, major, minor, name, fmt, min
     if indptr.shape[0] != major + 1:
         raise ValueError(f"{name} is a corrupt sparse matrix: its {fmt} indptr must have length {major + 1}, "
                          f"got {indptr.shape[0]}")
-    stored = int(indptr[-1])
-    if indptr[0] != 0 or (indptr[1:] < indptr[:-1]).any():
+    # The compiled rule reads int32 or int64 (an index pointer of another integer type is checked as int64).
+    fault = indptr_fault(indptr if indptr.dtype in (np.int32, np.int64) else indptr.astype(np.int64),
+                         indices.shape[0], data_length)
+    if fault == INDPTR_UNORDERED:
         raise ValueError(f"{name} is a corrupt sparse matrix: its {fmt} indptr must start at 0 and never decrease")
-    if stored > indices.shape[0] or stored > data_length:
+    stored = int(indptr[-1])
+    if fault == INDPTR_OVERRUNS:
         raise ValueError(f"{name} is a corrupt sparse matrix: its {fmt} indptr[-1] = {stored} exceeds the "
                          f"{indices.shape[0]} stored indices or the {data_length} stored values")
     if stored < INDEX_FACTS_ENTRIES or indptr.dtype != indices.dtype or indices.dtype not in (np.int32, np.int64):

@@ -330,6 +330,31 @@ def csr_matvecs(indptr, indices, data, X, rows_per_task, out):
 
 
 
+# ``indptr_fault``'s answers: the first rule of a compressed matrix's index pointer that fails, or none.
+INDPTR_SOUND = 0
+INDPTR_UNORDERED = 1
+INDPTR_OVERRUNS = 2
+
+
+@njit(cache=True)
+def indptr_fault(indptr, indices_length, data_length):
+    """Which rule a compressed sparse matrix's index pointer breaks, the first that fails of: it starts at 0
+    and never decreases (else INDPTR_UNORDERED), and its last entry, the stored count, lies within both the
+    indices (``indices_length``) and the values (``data_length``; else INDPTR_OVERRUNS); INDPTR_SOUND when
+    none. The entries indptr covers are then safe to read. (Its length, major + 1, is the caller's to check.)"""
+    if indptr[0] != 0:
+        return INDPTR_UNORDERED
+    falls = 0
+    for i in range(indptr.shape[0] - 1):
+        falls += indptr[i + 1] < indptr[i]  # no early exit: the loop vectorises
+    if falls:
+        return INDPTR_UNORDERED
+    stored = indptr[indptr.shape[0] - 1]
+    if stored > indices_length or stored > data_length:
+        return INDPTR_OVERRUNS
+    return INDPTR_SOUND
+
+
 @njit(inline="always")
 def slice_start_falls(indptr, indices, first, stop):
     """The falls indices[k] ≤ indices[k − 1] at the first entry k of each non-empty slice of [first, stop),

@@ -28,7 +28,7 @@ from numba import njit, prange
 
 from .atomic import fetch_add
 from .blas import syrk_upper
-from .csr import csr_column_squares
+from .csr import INDPTR_SOUND, csr_column_squares, indptr_fault
 from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, raised_damping
 from .dense import chunk_rmatmat, four_row_dots, row_dot, signed_scaled_rows
 from .in_place import array_at
@@ -700,15 +700,9 @@ def csr_valid_at(addresses, shapes, stored, wide, out):
 
 @njit(cache=True)
 def _csr_valid(indptr, indices, data, d):
-    n = indptr.shape[0] - 1
-    if indptr[0] != 0:
+    if indptr_fault(indptr, indices.shape[0], data.shape[0]) != INDPTR_SOUND:
         return False
-    for i in range(n):
-        if indptr[i + 1] < indptr[i]:
-            return False
-    nnz = indptr[n]
-    if nnz > indices.shape[0] or nnz > data.shape[0]:
-        return False
+    nnz = indptr[indptr.shape[0] - 1]
     outside = False
     for k in range(nnz):
         outside |= (indices[k] < 0) | (indices[k] >= d)  # no early exit: the loop vectorises

@@ -403,8 +403,15 @@ def _strided_dense(C):
     return view
 
 
+def _uint32_indptr(C):
+    C = C.copy()
+    C.indptr = C.indptr.astype(np.uint32)  # assigned after construction: SciPy keeps it as it is
+    return C
+
+
 VARIANTS = {
     "unsorted-duplicates": _duplicated,
+    "uint32-indptr": _uint32_indptr,
     "explicit-zeros": _with_explicit_zeros,
     "int64-indices": _int64_indices,
     "mixed-index-dtypes": lambda C: sp.csr_matrix((C.data, C.indices.astype(np.int64), C.indptr),
@@ -436,6 +443,23 @@ def test_storage_variants_give_the_csr_solution(variant):
     C, b = _canonical_problem()
     reference = solve(C, b, **SOLVE_OPTIONS)
     _assert_same_solution(solve(VARIANTS[variant](C), b, **SOLVE_OPTIONS), reference)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint64])
+@pytest.mark.parametrize("fault, message", [("decreasing", "start at 0 and never decrease"),
+                                            ("overrunning", "exceeds")])
+def test_a_corrupt_indptr_of_any_integer_type_is_rejected_naming_c(dtype, fault, message):
+    """The index pointer's rule (kernels/csr.py ``indptr_fault``, which reads int32 and int64) holds for the
+    other integer types too: they are checked as int64."""
+    C = sp.csr_matrix(np.array([[1.0, 0.0, 2.0], [0.0, 3.0, 0.0], [4.0, 0.0, 5.0]]))
+    indptr = C.indptr.astype(dtype)
+    if fault == "decreasing":
+        indptr[2] = indptr[1] - 1
+    else:
+        indptr[-1] = indptr[-1] + 1
+    C.indptr = indptr
+    with pytest.raises(ValueError, match=f"C is a corrupt sparse matrix.*{message}"):
+        solve(C, np.full(3, 1.0 / 3.0))
 
 
 @pytest.mark.parametrize("layout", ["csr", "csr-int64", "coo", "dense", "dense-F-order"])
