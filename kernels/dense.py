@@ -6,6 +6,7 @@ dependent way; these kernels use the same fixed row chunks as kernels/csr.py.
 import numpy as np
 from numba import njit, prange
 
+from .prefetch import prefetch_row
 from .reduce import sum_chunk_partials
 from .simd import add_scaled_and_lane_sums4, lane_sums4
 
@@ -323,6 +324,10 @@ def signed_scaled_rows(A, rows, extra, weights, shift, column_factors, out):
     positive = 0
     negative = p
     for t in range(rows.shape[0]):
+        # Scattered rows (a sample) wait on memory row after row; the next one is fetched while this one is
+        # copied (``kernels.prefetch``). Adjacent rows (the full sandwich's) stream without help.
+        if t + 1 < rows.shape[0] and rows[t + 1] != rows[t] + 1:
+            prefetch_row(A, rows[t + 1])
         w = weights[t]
         if w == 0.0:
             continue
