@@ -120,6 +120,39 @@ def test_csr_matrix_sandwich_with_real_chunking(dtype, index_dtype, random_csr):
     np.testing.assert_array_equal(H, H.T)
 
 
+def test_a_sandwich_with_little_work_per_partial_entry_still_runs_as_two_chunks():
+    """Below MIN_PAIRS_PER_PARTIAL_ENTRY pairs per entry of a partial, a sandwich with enough rows and at least
+    MIN_PAIRS_PER_PARALLEL_PARTIAL_ENTRY gets two chunks (two threads), not one; one chunk below that or on
+    few rows; and the rule reads only (n, d, pair work)."""
+    from fastnewton.chunking import MIN_CHUNK_ROWS, MIN_PAIRS_PER_PARALLEL_PARTIAL_ENTRY, MIN_PAIRS_PER_PARTIAL_ENTRY
+
+    n, d = 10**6, 1024
+    pairs = 15 * n  # 5 per row: ~14 pairs per partial entry, below MIN_PAIRS_PER_PARTIAL_ENTRY
+    assert MIN_PAIRS_PER_PARALLEL_PARTIAL_ENTRY * d * d <= pairs < MIN_PAIRS_PER_PARTIAL_ENTRY * d * d
+    assert -(-n // sandwich_chunk_rows(n, d, pairs)) == 2
+    assert sandwich_chunk_rows(n, d, MIN_PAIRS_PER_PARALLEL_PARTIAL_ENTRY * d * d - 1) == n
+    few = 2 * MIN_CHUNK_ROWS - 1
+    assert sandwich_chunk_rows(few, d, pairs) == few
+
+
+def test_two_chunk_csr_sandwich_matches_numpy_and_is_bitwise_equal_with_1_and_2_threads(run_with_threads,
+                                                                                        random_csr):
+    """CSRMatrix's own chunking at a shape the two-chunk floor splits (fewer pairs per partial entry than
+    MIN_PAIRS_PER_PARTIAL_ENTRY)."""
+    rng = np.random.default_rng(29)
+    n, d = 20_000, 100
+    indptr, indices, data = random_csr(rng, n, d, max_per_row=6, empty_rows=True)
+    C = CSRMatrix(indptr, indices, data, (n, d))
+    assert -(-n // C._sandwich_chunk_rows) == 2, "the shape must fall under the two-chunk floor"
+    beta = _beta(rng, n) * np.exp(rng.uniform(-10, 10, size=n))
+    H1 = run_with_threads(1, lambda: C.sandwich(beta))
+    H2 = run_with_threads(2, lambda: C.sandwich(beta))
+    np.testing.assert_array_equal(H1, H2)
+    A = naive.to_dense(indptr, indices, data, (n, d))
+    ref, scale = _reference(A, naive.to_dense(indptr, indices, np.abs(data), (n, d)), beta)
+    naive.assert_within_rounding(H1, ref, scale, n * 6 ** 2 + n)
+
+
 @pytest.mark.parametrize("n", [37, 2 * DENSE_SANDWICH_BLOCK + 123], ids=["one_block", "three_blocks"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_matrix_sandwich(dtype, n):
