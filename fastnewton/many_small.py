@@ -37,6 +37,13 @@ from . import newton
 from .batch import BatchResult
 from .hessian import STRATEGIES, PricedShapes, choose_strategies, default_thread_count
 from .kernels import small_newton as kernel
+from .kernels import small_softmax_relu as relu_kernel
+from .active_set import MAX_UPDATES
+from .hessian import exact_system
+from .models.softmax_relu import SoftmaxRelu
+from .newton import MAX_LOGIT_STEP, NewtonRequest, kink_sentence, stall_detail, status_message, warn_max_iter
+from .result import SolveResult
+from .solver import solve_options, solve_rounds
 from .matrix import DenseMatrix
 from .models import LogPartition, build_model, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
@@ -126,6 +133,40 @@ def _start_kind(problem, x0):
     return kernel.START_GIVEN, problem.as_point(x0, "x0").copy(), 0.0
 
 
+def _matrix_addresses(matrices):
+    """(which are read as CSR, their arrays' addresses in the ``A_*`` columns of kernels/small_newton.py, the
+    arrays those point into, to be kept alive and unchanged while the addresses are used): each C read in
+    place (a float64 / int64 copy only where the matrix holds another dtype, or a CSR matrix with at least
+    ``DENSIFY_ROW_FRACTION``·d entries per row is run as dense rows)."""
+    csr = [matrix.format == "csr" and matrix.nnz < DENSIFY_ROW_FRACTION * matrix.d * matrix.n for matrix in matrices]
+    held = []
+    addresses = np.zeros((len(matrices), kernel.ADDRESS_FIELDS), dtype=np.int64)
+    values = []
+    for matrix, sparse in zip(matrices, csr):
+        if sparse:
+            array = np.ascontiguousarray(matrix.data, dtype=np.float64)
+        else:
+            dense = matrix.array if matrix.format == "dense" else matrix.rows(np.arange(matrix.n))
+            array = np.ascontiguousarray(dense, dtype=np.float64)
+        values.append(array.ctypes.data)
+        held.append(array)
+    addresses[:, kernel.A_VALUES] = values
+    at = np.flatnonzero(csr)
+    for field, name in ((kernel.A_INDPTR, "indptr"), (kernel.A_INDICES, "indices")):
+        arrays = [getattr(matrices[p], name) for p in at]
+        # int64 index arrays are read in place; the others (SciPy holds int32) converted all in one int64
+        # array per field, where an int64 copy per problem and field cost ~8 µs a problem.
+        in_place = [k for k, array in enumerate(arrays) if array.dtype == np.int64 and array.flags.c_contiguous]
+        addresses[at[in_place], field] = [arrays[k].ctypes.data for k in in_place]
+        converted = np.setdiff1d(np.arange(len(arrays)), in_place)
+        if converted.size:
+            joined = np.concatenate([arrays[k] for k in converted], dtype=np.int64)
+            held.append(joined)
+            lengths = np.fromiter((arrays[k].shape[0] for k in converted), np.int64, converted.size)
+            addresses[at[converted], field] = joined.ctypes.data + joined.itemsize * (np.cumsum(lengths) - lengths)
+    return csr, addresses, held
+
+
 class _Packed:
     """The compiled problems' data in the layout of kernels/small_newton.py: each C read in place
     (its address; a float64 / int64 copy only where the problem holds another dtype, or a CSR
@@ -136,8 +177,8 @@ class _Packed:
         matrices = [problem.matrix for problem in problems]
         n = np.fromiter((matrix.n for matrix in matrices), np.int64, count)
         d = np.fromiter((matrix.d for matrix in matrices), np.int64, count)
-        csr = [matrix.format == "csr" and matrix.nnz < DENSIFY_ROW_FRACTION * matrix.d * matrix.n
-               for matrix in matrices]
+        # The arrays ``addresses`` points into: kept alive (and unchanged) as long as this pack.
+        csr, self.addresses, self._held = _matrix_addresses(matrices)
         # Built a column at a time (per-problem NumPy item assignments cost ~10 µs each).
         self.layout = layout = np.empty((count, kernel.LAYOUT_FIELDS), dtype=np.int64)
         layout[:, kernel.L_N] = n
@@ -148,33 +189,6 @@ class _Packed:
         layout[:, kernel.L_RELU] = [problem.row_model.relu for problem in problems]
         layout[:, kernel.L_ROW] = np.cumsum(n) - n
         layout[:, kernel.L_COL] = np.cumsum(d) - d
-        # The arrays ``addresses`` points into: kept alive (and unchanged) as long as this pack.
-        self._held = []
-        self.addresses = np.zeros((count, kernel.ADDRESS_FIELDS), dtype=np.int64)
-        values = []
-        for matrix, sparse in zip(matrices, csr):
-            if sparse:
-                array = np.ascontiguousarray(matrix.data, dtype=np.float64)
-            else:
-                dense = matrix.array if matrix.format == "dense" else matrix.rows(np.arange(matrix.n))
-                array = np.ascontiguousarray(dense, dtype=np.float64)
-            values.append(array.ctypes.data)
-            self._held.append(array)
-        self.addresses[:, kernel.A_VALUES] = values
-        at = np.flatnonzero(csr)
-        for field, name in ((kernel.A_INDPTR, "indptr"), (kernel.A_INDICES, "indices")):
-            arrays = [getattr(matrices[p], name) for p in at]
-            # int64 index arrays are read in place; the others (SciPy holds int32) converted all in one int64
-            # array per field, where an int64 copy per problem and field cost ~8 µs a problem.
-            in_place = [k for k, array in enumerate(arrays) if array.dtype == np.int64 and array.flags.c_contiguous]
-            self.addresses[at[in_place], field] = [arrays[k].ctypes.data for k in in_place]
-            converted = np.setdiff1d(np.arange(len(arrays)), in_place)
-            if converted.size:
-                joined = np.concatenate([arrays[k] for k in converted], dtype=np.int64)
-                self._held.append(joined)
-                lengths = np.fromiter((arrays[k].shape[0] for k in converted), np.int64, converted.size)
-                self.addresses[at[converted], field] = joined.ctypes.data + joined.itemsize * (np.cumsum(lengths)
-                                                                                               - lengths)
         self.parameters = np.empty((count, kernel.PARAMETER_FIELDS))
         self.parameters[:, kernel.P_L2] = [problem.l2 for problem in problems]
         self.parameters[:, kernel.P_TARGET_NORM] = [problem.target_norm() for problem in problems]
@@ -287,7 +301,7 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
     results = [None] * count  # per problem: (x, status, n_iter, loss, grad_norm, g_ref, message)
     with _collection_paused():
         max_iter_hit, by_solve = _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketch_size,
-                                                 tol, max_iter, n_threads, results)
+                                                 tol, max_iter, seed, n_threads, continuation, results)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # one warning for the batch, below
         for k, (i, problem, strategy, threads) in enumerate(by_solve):
@@ -307,8 +321,8 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
     return _batch_result(results, clock)
 
 
-def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketch_size, tol, max_iter, n_threads,
-                    results):
+def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketch_size, tol, max_iter, seed, n_threads,
+                    continuation, results):
     """Validate every problem, solve the compiled ones and write their entries of ``results``:
     (the indices of compiled problems that stopped at max_iter, (index, Problem, strategy, n_threads) of those
     left to ``solve``'s loop)."""
@@ -332,13 +346,15 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
     # auto's choice for all problems at once: solve's formula (``many_strategy_seconds``), element-wise.
     strategies = [hessian] * len(valid) if hessian != "auto" or not valid else choose_strategies(
         PricedShapes.of_problems(valid), eps, sketch_size, [is_default_start(x0_each[i]) for i in valid_index])
-    compiled, compiled_index, starts, by_solve = [], [], [], []
+    compiled, compiled_index, starts, by_solve, staged = [], [], [], [], []
     for problem, i, strategy in zip(valid, valid_index, strategies):
         try:
             if isinstance(problem.row_model, Softmax) and strategy == "exact":
                 starts.append(_start_kind(problem, x0_each[i]))
                 compiled.append(problem)
                 compiled_index.append(i)
+            elif isinstance(problem.row_model, SoftmaxRelu) and strategy == "exact":
+                staged.append((i, problem))
             else:
                 # solve's own threads rule: a small problem on one thread, whatever the batch's n_threads
                 # (one thread per such problem ran the 40 softmax_relu problems of bench/many_small.py in
@@ -348,6 +364,9 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
             results[i] = _invalid(items[i][0], i, error)
 
     max_iter_hit = []
+    if staged:
+        _solve_staged(staged, x0_each, eps, sketch_size, tol, max_iter, seed, n_threads, continuation, results,
+                      max_iter_hit)
     if compiled:
         pack = _Packed(compiled, starts)
         _warn_if_not_distributions(compiled, compiled_index, pack.b)
@@ -374,6 +393,156 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
             if status == Status.MAX_ITER:
                 max_iter_hit.append(i)
     return max_iter_hit, by_solve
+
+
+def _solve_staged(staged, x0_each, eps, sketch_size, tol, max_iter, seed, n_threads, continuation, results,
+                  max_iter_hit):
+    """The ``softmax_relu`` problems (index, Problem) with the exact Hessian: each runs ``solve``'s own staged
+    solve (``fastnewton.solver.solve_rounds``: the simplex start, the lifted surrogate's ridge stages, branch
+    probe, real loss, restarts; ``fastnewton.lifted_start``) as a generator, all of them side by side; the
+    Newton loops they ask for in a round (one per problem) run together in one call of
+    ``kernels/small_softmax_relu.py`` (``_run_loops``), the rest of each stage in Python. Writes their entries
+    of ``results``."""
+    rounds, pending = {}, {}
+    with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", ConvergenceWarning)  # one warning for the batch (solve_problems)
+        # The stages' own work (starts, power iterations, misfits) runs one problem at a time on one thread, as
+        # ``solve`` runs a problem this small; the Newton loops on the batch's threads, one problem per thread.
+        with thread_limits(1):
+            for i, problem in staged:
+                build_system, options = solve_options(problem, "exact", eps, sketch_size, tol, max_iter, seed, None,
+                                                      False, default_start=is_default_start(x0_each[i]),
+                                                      continuation=continuation)
+                rounds[i] = solve_rounds(problem, x0_each[i], build_system, options)
+                _advance(i, rounds, pending, None, results, max_iter_hit)
+        settings = _settings(tol, max_iter)
+        while pending:
+            batch = list(pending.items())
+            pending.clear()
+            with thread_limits(n_threads):
+                answers = _run_loops([request for _, request in batch], settings)
+            with thread_limits(1):
+                for (i, request), answer in zip(batch, answers):
+                    _advance(i, rounds, pending, request.run() if answer is None else answer, results, max_iter_hit)
+
+
+def _advance(i, rounds, pending, answer, results, max_iter_hit):
+    """Run problem i's staged solve on to its next Newton loop that the compiled kernel runs (into ``pending``),
+    answering every other request (a start's least-squares fit, a loop the kernel does not run) at once; at its
+    end, its entry of ``results``."""
+    generator = rounds[i]
+    try:
+        request = next(generator) if answer is None else generator.send(answer)
+        while not _compiles(request):
+            request = generator.send(request.run())
+        pending[i] = request
+    except StopIteration as stop:
+        res = stop.value
+        del rounds[i]
+        results[i] = (res.x, Status(res.status), res.n_iter, res.loss, res.grad_norm, res.g_ref, res.message)
+        if res.status == Status.MAX_ITER:
+            max_iter_hit.append(i)
+
+
+def _compiles(request):
+    """Whether kernels/small_softmax_relu.py runs this request: a Newton loop of ``softmax_relu`` (any offsets,
+    targets and ridge) with the exact Hessian, no callback, the default logit cap."""
+    return (isinstance(request, NewtonRequest) and isinstance(request.problem.row_model, SoftmaxRelu)
+            and request.build_system is exact_system and request.options.callback is None
+            and request.options.max_logit_step == MAX_LOGIT_STEP)
+
+
+def _run_loops(requests, settings):
+    """The ``SolveResult`` of each Newton loop (``NewtonRequest``) run by ``solve_relu_loops``, or None for one that
+    met a non-finite value (the caller runs it in Python: its message names where, from the arrays there)."""
+    count = len(requests)
+    problems = [request.problem for request in requests]
+    models = [problem.row_model for problem in problems]
+    # One pack of C per distinct matrix (a problem's stages share it).
+    distinct = {}
+    for problem in problems:
+        distinct.setdefault(id(problem.matrix), problem.matrix)
+    csr, addresses, held = _matrix_addresses(list(distinct.values()))
+    row_of = {key: k for k, key in enumerate(distinct)}
+    rows = np.array([row_of[id(problem.matrix)] for problem in problems], dtype=np.int64)
+    values = [np.ascontiguousarray(problem.block.V, dtype=np.float64) for problem in problems]
+    weights = [np.ascontiguousarray(problem.block.w, dtype=np.float64) for problem in problems]
+    held += values + weights
+    n = np.array([problem.n for problem in problems], dtype=np.int64)
+    d = np.array([problem.d for problem in problems], dtype=np.int64)
+    m = np.array([model.m for model in models], dtype=np.int64)
+    table = np.empty((count, relu_kernel.TABLE_FIELDS), dtype=np.int64)
+    table[:, relu_kernel.T_N] = n
+    table[:, relu_kernel.T_D] = d
+    table[:, relu_kernel.T_M] = m
+    table[:, relu_kernel.T_CSR] = np.asarray(csr, dtype=np.int64)[rows]
+    table[:, relu_kernel.T_CHUNK] = [problem.block.chunk for problem in problems]
+    table[:, relu_kernel.T_VALUES] = addresses[rows, kernel.A_VALUES]
+    table[:, relu_kernel.T_INDPTR] = addresses[rows, kernel.A_INDPTR]
+    table[:, relu_kernel.T_INDICES] = addresses[rows, kernel.A_INDICES]
+    table[:, relu_kernel.T_V] = [V.ctypes.data for V in values]
+    table[:, relu_kernel.T_W] = [w.ctypes.data for w in weights]
+    table[:, relu_kernel.T_COL] = np.cumsum(d) - d
+    table[:, relu_kernel.T_OUT] = np.cumsum(m) - m
+    table[:, relu_kernel.T_MAX_ITER] = [request.options.max_iter for request in requests]
+    numbers = np.empty((count, relu_kernel.NUMBER_FIELDS))
+    numbers[:, relu_kernel.N_L2] = [problem.l2 for problem in problems]
+    numbers[:, relu_kernel.N_TOL] = [request.options.tol for request in requests]
+    numbers[:, relu_kernel.N_TARGET_NORM] = [problem.target_norm() for problem in problems]
+    b = np.concatenate([model.b for model in models]).astype(np.float64, copy=False)
+    offset = np.concatenate([model.output_offset for model in models]).astype(np.float64, copy=False)
+    x = np.concatenate([request.x0 for request in requests]).astype(np.float64)
+    y, y_previous = np.empty_like(b), np.empty_like(b)
+    out_int = np.zeros((count, relu_kernel.OUT_INT_FIELDS), dtype=np.int64)
+    out_float = np.zeros((count, relu_kernel.OUT_FLOAT_FIELDS))
+    # The costliest first (the sandwich's n·d² and the low-rank part's d²·m per iteration), each lane taking the
+    # next as it finishes one (``_Packed.run``).
+    order = np.argsort(-(n * d * (d + m)).astype(np.float64), kind="stable").astype(np.int64)
+    lanes = max(1, min(numba.get_num_threads(), count))
+    relu_kernel.solve_relu_loops(order, lanes, table, numbers, settings, MAX_UPDATES, b, offset, x, y, y_previous,
+                                 out_int, out_float)
+    del held
+    xs = np.split(x, np.cumsum(d)[:-1])
+    ys = np.split(y, np.cumsum(m)[:-1])
+    previous = np.split(y_previous, np.cumsum(m)[:-1])
+    return [_loop_result(request, xs[r], ys[r], previous[r], out_int[r], out_float[r])
+            for r, request in enumerate(requests)]
+
+
+def _loop_result(request, x, y, y_previous, out_int, out_float):
+    """The ``SolveResult`` of one compiled Newton loop, as ``NewtonRun.result`` makes it (its status, message,
+    the dead-output diagnosis and the kink flag); None for a loop that met a non-finite value."""
+    code = int(out_int[relu_kernel.O_STATUS])
+    if code == relu_kernel.NON_FINITE:
+        return None
+    problem, options = request.problem, request.options
+    model = problem.row_model
+    n_iter = int(out_int[relu_kernel.O_N_ITER])
+    loss, grad_norm, g_ref = (float(v) for v in out_float[[relu_kernel.O_LOSS, relu_kernel.O_GRAD_NORM,
+                                                           relu_kernel.O_G_REF]])
+    detail, at_kink = "", False
+    if code == relu_kernel.NO_STEP_STALL:
+        status, detail = Status.STALLED, newton.NO_STEP_DETAIL
+    else:
+        status = Status(code)
+    if status == Status.STALLED and code != relu_kernel.NO_STEP_STALL:
+        kink = kink_sentence(model.relu_inputs({"y": y_previous}, None), model.relu_inputs({"y": y}, None))
+        at_kink = kink is not None
+        detail = stall_detail(kink, loss, grad_norm, g_ref)
+    elif status == Status.CONVERGED:
+        dead = model.diagnose({"y": y}, loss, problem.facts, problem.loss_at_zero)
+        if dead:
+            status, detail = Status.DEAD_STATIONARY, dead
+    if status == Status.MAX_ITER and options.warn_at_max_iter:
+        warn_max_iter(options)
+    # The stages join the loops' records (``lifted_start._Stages``): one per iteration, without the figures.
+    history = [{"iter": k, "time": 0.0} for k in range(n_iter + 1)]
+    res = SolveResult(x=x, loss=loss, grad_norm=grad_norm, rel_grad_norm=grad_norm / g_ref if g_ref > 0 else 0.0,
+                      g_ref=g_ref, n_iter=n_iter, converged=status == Status.CONVERGED, status=status,
+                      message=status_message(status, detail), history=history, x0=request.x0.copy(),
+                      start=request.start, hessian=options.hessian, time=0.0)
+    res.update(fun=loss, nit=n_iter, success=res["converged"], at_kink=at_kink)
+    return res
 
 
 def _invalid(C, i, error):
