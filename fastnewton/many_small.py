@@ -15,13 +15,19 @@
    count does not change the bits.
    The starts' rare singular cases (a rank-deficient least-squares fit, and relu_softmax's margin
    LP in its null space) run ``Problem.auto_start`` in Python, one call per such problem.
-3. Every other problem — ``softmax_relu`` (its staged start: simplex vector, lifted surrogate with
-   ridge continuation, restart; not compiled) and problems where ``"auto"`` picks a sketched
-   Hessian — is solved by ``solve``'s own path (``fastnewton.solver.solve_problem``), one call per problem,
-   on the Problem built and priced here (not validated or priced a second time).
+3. ``softmax_relu`` problems with the exact Hessian run ``solve``'s own staged solve (``fastnewton.lifted_start``:
+   simplex start, lifted surrogate with ridge continuation, branch probe, real loss, restarts), each problem's
+   as a generator (``_solve_staged``): the stage logic runs in Python once per stage and problem, and the
+   Newton loops that a round of stages asks for (one per problem) run together in one call of
+   ``kernels/small_softmax_relu.py``, one loop per thread (no Python per iteration). A loop that meets a
+   non-finite value is run again by ``newton_solve`` for its message.
+4. Every other problem — where ``"auto"`` picks a sketched Hessian — is solved by ``solve``'s own path
+   (``fastnewton.solver.solve_problem``), one call per problem, on the Problem built and priced here (not
+   validated or priced a second time).
 
 Every problem gets the answer ``fastnewton.solve`` gives it (the same start, damping, line search,
-stopping tests and statuses; tests/test_solve_many_small.py compares them problem by problem).
+stopping tests and statuses; tests/test_solve_many_small.py compares them problem by problem; softmax_relu's
+up to the rounding of its small dense products, summed in loops where solve calls BLAS).
 ``hessian="sketch"`` / ``"pcg"`` are rejected: their random sketches belong to one solve each.
 """
 import contextlib
@@ -34,22 +40,20 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import newton
+from .active_set import MAX_UPDATES
 from .batch import BatchResult
-from .hessian import STRATEGIES, PricedShapes, choose_strategies, default_thread_count
+from .hessian import STRATEGIES, PricedShapes, choose_strategies, default_thread_count, exact_system
 from .kernels import small_newton as kernel
 from .kernels import small_softmax_relu as relu_kernel
-from .active_set import MAX_UPDATES
-from .hessian import exact_system
-from .models.softmax_relu import SoftmaxRelu
-from .newton import MAX_LOGIT_STEP, NewtonRequest, kink_sentence, stall_detail, status_message, warn_max_iter
-from .result import SolveResult
-from .solver import solve_options, solve_rounds
 from .matrix import DenseMatrix
 from .models import LogPartition, build_model, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
+from .models.softmax_relu import SoftmaxRelu
+from .newton import MAX_LOGIT_STEP, NewtonRequest, kink_sentence, stall_detail, status_message, warn_max_iter
 from .problem import Problem
-from .result import MESSAGES, ConvergenceWarning, Status
-from .solver import SUM_TOLERANCE, is_default_start, not_a_distribution, solve_problem
+from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
+from .solver import (SUM_TOLERANCE, is_default_start, not_a_distribution, solve_options, solve_problem,
+                     solve_rounds)
 from .start import NULL_SPACE_RTOL
 from .threads import thread_limits
 from .validation import (as_flag, as_input_matrix, as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count,
@@ -357,8 +361,8 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
                 staged.append((i, problem))
             else:
                 # solve's own threads rule: a small problem on one thread, whatever the batch's n_threads
-                # (one thread per such problem ran the 40 softmax_relu problems of bench/many_small.py in
-                # 0.64 s, two in 2.35 s)
+                # (one thread per such problem ran the 40 softmax_relu problems of bench/many_small.py, when
+                # they went this way, in 0.64 s, two in 2.35 s)
                 by_solve.append((i, problem, strategy, 1 if default_thread_count(problem, None) == 1 else n_threads))
         except (TypeError, ValueError) as error:
             results[i] = _invalid(items[i][0], i, error)
