@@ -638,6 +638,17 @@ def test_softmax_relu_dead_and_one_sided_outputs_match_solve(kwargs):
     assert Status.DEAD_STATIONARY in result.status[:2]
 
 
+def test_softmax_relu_with_row_weights_matches_solve():
+    # (Not on the dead-output problems above: with these row weights one of them ends its real-loss phase and its
+    # restart from zeros at two points 4e-9 apart whose losses agree to 1e-12, and which is kept is rounding's
+    # choice; every Newton loop of its stages agrees with solve's to 2e-15.)
+    base = _relu_problems(3, 2, True) + _relu_problems(2, 3, False)
+    problems = [_one_sided_outputs(base[1]), _one_sided_outputs(base[4]), base[0], base[2], base[3]]
+    kwargs = dict(row_weights=1e-3, l2=1e-4)
+    result = _quiet(solve_many, problems, model="softmax_relu", **kwargs)
+    _check_same_as_solve(problems, "softmax_relu", result, **kwargs)
+
+
 def test_softmax_relu_bad_and_overflowing_problems_among_good_ones():
     # A NaN in C and a V of the wrong shape are reported by index; C·1e160 overflows in the first Newton loop,
     # which is then run in Python for its NON_FINITE message; the others solve as solve solves them.
