@@ -381,6 +381,29 @@ def _misfit(evaluator, x):
     return evaluator.evaluate(x).loss
 
 
+@dataclasses.dataclass
+class EigenvalueRequest:
+    """``largest_eigenvalue(problem, x)``, asked for as a request (``run()`` gives it) so that ``solve_many`` can
+    form those of many problems at once (``fastnewton.many_small``)."""
+
+    problem: object
+    x: np.ndarray
+
+    def run(self):
+        return largest_eigenvalue(self.problem, self.x)
+
+
+@dataclasses.dataclass
+class LossesRequest:
+    """The losses L(x) (``evaluate(x).loss``) of ``points``, (evaluator, x) pairs, asked for as a request
+    (``run()`` gives the list, in order) so that ``solve_many`` can form those of many problems at once."""
+
+    points: list
+
+    def run(self):
+        return [_misfit(evaluator, x) for evaluator, x in self.points]
+
+
 def lifted_solve(problem, surrogate_model, build_system, options, timer=None, clock=None):
     """Stages 1–3 above, one ``SolveResult`` for all of them: stage 1 is ``problem.auto_start()``,
     the surrogate is ``problem.with_model(surrogate_model, l2 + ridge)``. ``timer`` and ``clock``
@@ -389,7 +412,8 @@ def lifted_solve(problem, surrogate_model, build_system, options, timer=None, cl
 
 
 def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=None, clock=None, start=None):
-    """``lifted_solve`` as a generator of its Newton loops (``NewtonRequest``s), for ``solve_many``.
+    """``lifted_solve`` as a generator of its Newton loops (``NewtonRequest``s) and of the figures between them
+    (``EigenvalueRequest``, ``LossesRequest``), for ``solve_many``.
     ``start``: (x0, description) of a user's start, which takes stage 1's place."""
     timer = timer if timer is not None else PhaseTimer()
     stages = _Stages(options, timer, clock)
@@ -421,7 +445,7 @@ def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=N
             return finish(from_x0, "; Newton on the real loss from this warm start" if from_x0.converged else "")
         warm = from_x0
     x = x0
-    lam_max = largest_eigenvalue(surrogate(0.0), x0) if options.max_iter else 0.0
+    lam_max = (yield EigenvalueRequest(surrogate(0.0), x0)) if options.max_iter else 0.0
     res = None
     kinked = None  # the one-sided outputs at their kink at the previous ridge stage's end (l2 > 0 only)
     probed = False
@@ -453,8 +477,12 @@ def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=N
                            "then on the real loss")
     # Reachable b: the continuation's end fits b almost exactly (surrogate misfit ≤ 2e-3 of the larger of
     # its misfit at x₀ and the real loss at 0, measured on bench/families.py); noisy b leaves ≥ 1e-2.
-    if stages.left() <= 0 or _misfit(surrogate(0.0), x) <= REACHABLE_MISFIT * max(
-            _misfit(surrogate(0.0), x0), _misfit(problem, np.zeros_like(x))):
+    reachable = stages.left() <= 0
+    if not reachable:
+        misfit, at_start, at_zero = yield LossesRequest([(surrogate(0.0), x), (surrogate(0.0), x0),
+                                                         (problem, np.zeros_like(x))])
+        reachable = misfit <= REACHABLE_MISFIT * max(at_start, at_zero)
+    if reachable:
         return (yield from _reachable_stages(problem, stages, surrogate, x, build_system, options, finish))
     return (yield from _unreachable_stages(problem, stages, x, build_system, options, finish))
 

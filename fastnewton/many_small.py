@@ -19,7 +19,8 @@
    simplex start, lifted surrogate with ridge continuation, branch probe, real loss, restarts), each problem's
    as a generator (``_solve_staged``): the stage logic runs in Python once per stage and problem, and the
    Newton loops that a round of stages asks for (one per problem) run together in one call of
-   ``kernels/small_softmax_relu.py``, one loop per thread (no Python per iteration). A loop that meets a
+   ``kernels/small_softmax_relu.py``, one loop per thread (no Python per iteration), and so do the figures
+   between stages (λmax of the ridge continuation, the reachability test's losses). A loop that meets a
    non-finite value is run again by ``newton_solve`` for its message.
 4. Every other problem — where ``"auto"`` picks a sketched Hessian — is solved by ``solve``'s own path
    (``fastnewton.solver.solve_problem``), one call per problem, on the Problem built and priced here (not
@@ -45,6 +46,7 @@ from .batch import BatchResult
 from .hessian import STRATEGIES, PricedShapes, choose_strategies, default_thread_count, exact_system
 from .kernels import small_newton as kernel
 from .kernels import small_softmax_relu as relu_kernel
+from .lifted_start import POWER_ITERATIONS, EigenvalueRequest, LossesRequest
 from .matrix import DenseMatrix
 from .models import LogPartition, build_model, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
@@ -424,10 +426,32 @@ def _solve_staged(staged, x0_each, eps, sketch_size, tol, max_iter, seed, n_thre
             batch = list(pending.items())
             pending.clear()
             with thread_limits(n_threads):
-                answers = _run_loops([request for _, request in batch], settings)
+                answers = _answer_round([request for _, request in batch], settings)
             with thread_limits(1):
                 for (i, request), answer in zip(batch, answers):
                     _advance(i, rounds, pending, request.run() if answer is None else answer, results, max_iter_hit)
+
+
+def _answer_round(requests, settings):
+    """The answers to a round of the staged solves' requests, each kind in one kernel call: Newton loops
+    (``_run_loops``; None for one to run in Python), λmax and the reachability test's losses (``_stage_figures``)."""
+    answers = [None] * len(requests)
+    loops = [k for k, request in enumerate(requests) if isinstance(request, NewtonRequest)]
+    for k, answer in zip(loops, _run_loops([requests[k] for k in loops], settings) if loops else []):
+        answers[k] = answer
+    eigenvalues = [k for k, request in enumerate(requests) if isinstance(request, EigenvalueRequest)]
+    if eigenvalues:
+        for k, value in zip(eigenvalues, _stage_figures([(requests[k].problem, requests[k].x) for k in eigenvalues],
+                                                        True)):
+            answers[k] = value
+    losses = [k for k, request in enumerate(requests) if isinstance(request, LossesRequest)]
+    if losses:
+        values = _stage_figures([point for k in losses for point in requests[k].points], False)
+        at = 0
+        for k in losses:
+            answers[k] = values[at:at + len(requests[k].points)]
+            at += len(requests[k].points)
+    return answers
 
 
 def _advance(i, rounds, pending, answer, results, max_iter_hit):
@@ -450,10 +474,59 @@ def _advance(i, rounds, pending, answer, results, max_iter_hit):
 
 def _compiles(request):
     """Whether kernels/small_softmax_relu.py runs this request: a Newton loop of ``softmax_relu`` (any offsets,
-    targets and ridge) with the exact Hessian, no callback, the default logit cap."""
-    return (isinstance(request, NewtonRequest) and isinstance(request.problem.row_model, SoftmaxRelu)
-            and request.build_system is exact_system and request.options.callback is None
-            and request.options.max_logit_step == MAX_LOGIT_STEP)
+    targets and ridge) with the exact Hessian, no callback, the default logit cap; λmax or losses of ``softmax_relu``
+    evaluators (``fastnewton.lifted_start``'s figures between stages)."""
+    if isinstance(request, NewtonRequest):
+        return (isinstance(request.problem.row_model, SoftmaxRelu) and request.build_system is exact_system
+                and request.options.callback is None and request.options.max_logit_step == MAX_LOGIT_STEP)
+    if isinstance(request, EigenvalueRequest):
+        return isinstance(request.problem.row_model, SoftmaxRelu)
+    return isinstance(request, LossesRequest) and all(isinstance(problem.row_model, SoftmaxRelu)
+                                                      for problem, _ in request.points)
+
+
+class _RequestPack:
+    """Requests on ``softmax_relu`` problems (evaluator, x) in the layout of kernels/small_softmax_relu.py: C, V
+    and w read in place (one pack of C per distinct matrix: a problem's stages share it), the models' b and
+    offsets and the points x packed; ``order`` the costliest first (the sandwich's n·d² and the low-rank part's
+    d²·m), for lanes that each take the next as they finish one (``_Packed.run``)."""
+
+    def __init__(self, problems, points):
+        count = len(problems)
+        models = [problem.row_model for problem in problems]
+        distinct = {}
+        for problem in problems:
+            distinct.setdefault(id(problem.matrix), problem.matrix)
+        csr, addresses, self._held = _matrix_addresses(list(distinct.values()))
+        row_of = {key: k for k, key in enumerate(distinct)}
+        rows = np.array([row_of[id(problem.matrix)] for problem in problems], dtype=np.int64)
+        values = [np.ascontiguousarray(problem.block.V, dtype=np.float64) for problem in problems]
+        weights = [np.ascontiguousarray(problem.block.w, dtype=np.float64) for problem in problems]
+        self._held += values + weights
+        n = np.array([problem.n for problem in problems], dtype=np.int64)
+        self.d = d = np.array([problem.d for problem in problems], dtype=np.int64)
+        self.m = m = np.array([model.m for model in models], dtype=np.int64)
+        self.table = table = np.empty((count, relu_kernel.TABLE_FIELDS), dtype=np.int64)
+        table[:, relu_kernel.T_N] = n
+        table[:, relu_kernel.T_D] = d
+        table[:, relu_kernel.T_M] = m
+        table[:, relu_kernel.T_CSR] = np.asarray(csr, dtype=np.int64)[rows]
+        table[:, relu_kernel.T_CHUNK] = [problem.block.chunk for problem in problems]
+        table[:, relu_kernel.T_VALUES] = addresses[rows, kernel.A_VALUES]
+        table[:, relu_kernel.T_INDPTR] = addresses[rows, kernel.A_INDPTR]
+        table[:, relu_kernel.T_INDICES] = addresses[rows, kernel.A_INDICES]
+        table[:, relu_kernel.T_V] = [V.ctypes.data for V in values]
+        table[:, relu_kernel.T_W] = [w.ctypes.data for w in weights]
+        table[:, relu_kernel.T_COL] = np.cumsum(d) - d
+        table[:, relu_kernel.T_OUT] = np.cumsum(m) - m
+        table[:, relu_kernel.T_MAX_ITER] = 0
+        self.numbers = np.zeros((count, relu_kernel.NUMBER_FIELDS))
+        self.numbers[:, relu_kernel.N_L2] = [problem.l2 for problem in problems]
+        self.b = np.concatenate([model.b for model in models]).astype(np.float64, copy=False)
+        self.offset = np.concatenate([model.output_offset for model in models]).astype(np.float64, copy=False)
+        self.x = np.concatenate(points).astype(np.float64)
+        self.order = np.argsort(-(n * d * (d + m)).astype(np.float64), kind="stable").astype(np.int64)
+        self.lanes = max(1, min(numba.get_num_threads(), count))
 
 
 def _run_loops(requests, settings):
@@ -461,56 +534,30 @@ def _run_loops(requests, settings):
     met a non-finite value (the caller runs it in Python: its message names where, from the arrays there)."""
     count = len(requests)
     problems = [request.problem for request in requests]
-    models = [problem.row_model for problem in problems]
-    # One pack of C per distinct matrix (a problem's stages share it).
-    distinct = {}
-    for problem in problems:
-        distinct.setdefault(id(problem.matrix), problem.matrix)
-    csr, addresses, held = _matrix_addresses(list(distinct.values()))
-    row_of = {key: k for k, key in enumerate(distinct)}
-    rows = np.array([row_of[id(problem.matrix)] for problem in problems], dtype=np.int64)
-    values = [np.ascontiguousarray(problem.block.V, dtype=np.float64) for problem in problems]
-    weights = [np.ascontiguousarray(problem.block.w, dtype=np.float64) for problem in problems]
-    held += values + weights
-    n = np.array([problem.n for problem in problems], dtype=np.int64)
-    d = np.array([problem.d for problem in problems], dtype=np.int64)
-    m = np.array([model.m for model in models], dtype=np.int64)
-    table = np.empty((count, relu_kernel.TABLE_FIELDS), dtype=np.int64)
-    table[:, relu_kernel.T_N] = n
-    table[:, relu_kernel.T_D] = d
-    table[:, relu_kernel.T_M] = m
-    table[:, relu_kernel.T_CSR] = np.asarray(csr, dtype=np.int64)[rows]
-    table[:, relu_kernel.T_CHUNK] = [problem.block.chunk for problem in problems]
-    table[:, relu_kernel.T_VALUES] = addresses[rows, kernel.A_VALUES]
-    table[:, relu_kernel.T_INDPTR] = addresses[rows, kernel.A_INDPTR]
-    table[:, relu_kernel.T_INDICES] = addresses[rows, kernel.A_INDICES]
-    table[:, relu_kernel.T_V] = [V.ctypes.data for V in values]
-    table[:, relu_kernel.T_W] = [w.ctypes.data for w in weights]
-    table[:, relu_kernel.T_COL] = np.cumsum(d) - d
-    table[:, relu_kernel.T_OUT] = np.cumsum(m) - m
-    table[:, relu_kernel.T_MAX_ITER] = [request.options.max_iter for request in requests]
-    numbers = np.empty((count, relu_kernel.NUMBER_FIELDS))
-    numbers[:, relu_kernel.N_L2] = [problem.l2 for problem in problems]
-    numbers[:, relu_kernel.N_TOL] = [request.options.tol for request in requests]
-    numbers[:, relu_kernel.N_TARGET_NORM] = [problem.target_norm() for problem in problems]
-    b = np.concatenate([model.b for model in models]).astype(np.float64, copy=False)
-    offset = np.concatenate([model.output_offset for model in models]).astype(np.float64, copy=False)
-    x = np.concatenate([request.x0 for request in requests]).astype(np.float64)
-    y, y_previous = np.empty_like(b), np.empty_like(b)
+    pack = _RequestPack(problems, [request.x0 for request in requests])
+    pack.table[:, relu_kernel.T_MAX_ITER] = [request.options.max_iter for request in requests]
+    pack.numbers[:, relu_kernel.N_TOL] = [request.options.tol for request in requests]
+    pack.numbers[:, relu_kernel.N_TARGET_NORM] = [problem.target_norm() for problem in problems]
+    y, y_previous = np.empty_like(pack.b), np.empty_like(pack.b)
     out_int = np.zeros((count, relu_kernel.OUT_INT_FIELDS), dtype=np.int64)
     out_float = np.zeros((count, relu_kernel.OUT_FLOAT_FIELDS))
-    # The costliest first (the sandwich's n·d² and the low-rank part's d²·m per iteration), each lane taking the
-    # next as it finishes one (``_Packed.run``).
-    order = np.argsort(-(n * d * (d + m)).astype(np.float64), kind="stable").astype(np.int64)
-    lanes = max(1, min(numba.get_num_threads(), count))
-    relu_kernel.solve_relu_loops(order, lanes, table, numbers, settings, MAX_UPDATES, b, offset, x, y, y_previous,
-                                 out_int, out_float)
-    del held
-    xs = np.split(x, np.cumsum(d)[:-1])
-    ys = np.split(y, np.cumsum(m)[:-1])
-    previous = np.split(y_previous, np.cumsum(m)[:-1])
+    relu_kernel.solve_relu_loops(pack.order, pack.lanes, pack.table, pack.numbers, settings, MAX_UPDATES, pack.b,
+                                 pack.offset, pack.x, y, y_previous, out_int, out_float)
+    xs = np.split(pack.x, np.cumsum(pack.d)[:-1])
+    ys = np.split(y, np.cumsum(pack.m)[:-1])
+    previous = np.split(y_previous, np.cumsum(pack.m)[:-1])
     return [_loop_result(request, xs[r], ys[r], previous[r], out_int[r], out_float[r])
             for r, request in enumerate(requests)]
+
+
+def _stage_figures(points, eigenvalue):
+    """The losses L(x) (or, ``eigenvalue``, |λmax| of ∇²L(x): ``lifted_start.largest_eigenvalue``) at the
+    (evaluator, x) ``points``, formed by ``stage_figures``."""
+    pack = _RequestPack([problem for problem, _ in points], [x for _, x in points])
+    out = np.empty(len(points))
+    relu_kernel.stage_figures(pack.order, pack.lanes, pack.table, pack.numbers, eigenvalue, POWER_ITERATIONS, pack.b,
+                              pack.offset, pack.x, out)
+    return out.tolist()
 
 
 def _loop_result(request, x, y, y_previous, out_int, out_float):

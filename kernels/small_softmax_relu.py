@@ -2,7 +2,8 @@
 exact Hessian) per request, compiled, the requests handed out one at a time to the tasks of a parallel loop
 (``solve_relu_loops``). ``fastnewton.many_small`` drives the staged solve of ``fastnewton.lifted_start`` (start,
 ridge stages, branch probe, real loss, restarts) in Python once per stage for all problems, and each round's
-Newton loops (one per problem) run here: no Python per iteration.
+Newton loops (one per problem) run here: no Python per iteration. So do the figures between the stages
+(``stage_figures``: the losses of the reachability test, λmax of the ridge continuation).
 
 A request is the loop of one stage: the model h(u) = ReLU(Vᵀ softmax(u)) with output offsets o and targets
 b (the real loss: o = 0; the lifted surrogate; a branch probe's moved kinks), ridge l2, tol, max_iter, from x0.
@@ -539,6 +540,65 @@ def _newton_loop(matrix, Vm, b, offset, w, l2, tol, max_iter, target_norm, chunk
         x[:] = x0
 
 
+@njit(cache=True)
+def _stage_figure(matrix, Vm, b, offset, w, l2, chunk_rows, eigenvalue, power_iterations, x):
+    """L(x) (``eigenvalue`` False), or |λmax| of ∇²L(x) by ``power_iterations`` steps of the power iteration
+    from ∇L(x) (ones where that is 0), ∇²L formed once (``fastnewton.lifted_start.largest_eigenvalue``; 0 for
+    a non-finite estimate)."""
+    n = w.shape[0]
+    d = x.shape[0]
+    m = b.shape[0]
+    u = np.empty(n)
+    _matvec(matrix, x, u)
+    e, s, rho = np.empty(n), np.empty(n), np.empty(n)
+    y, active_residual = np.empty(m), np.empty(m)
+    if not eigenvalue:
+        return _outputs(Vm, u, x, b, offset, w, l2, chunk_rows, e, s, y, active_residual)
+    Q = np.empty((n, m + 3))
+    G = np.empty((d, m + 3))
+    p = np.empty(d)
+    _, c = _evaluate(matrix, Vm, u, x, b, offset, w, l2, chunk_rows, e, s, y, active_residual, rho, Q, G, p)
+    H = np.empty((d, d))
+    _hessian(matrix, Q, c, G, y, offset, w, l2, np.empty(n), H, _sandwich_work(matrix, n, d))
+    if not math.sqrt(_dot(p, p)) > 0.0:
+        p[:] = 1.0
+    estimate = 0.0
+    Hp = np.empty(d)
+    for _ in range(power_iterations):
+        size = math.sqrt(_dot(p, p))
+        for j in range(d):
+            p[j] /= size
+        for j in range(d):
+            acc = 0.0
+            for l in range(d):
+                acc += H[j, l] * p[l]
+            Hp[j] = acc
+        estimate = abs(_dot(p, Hp))
+        if not _all_finite(Hp) or not math.sqrt(_dot(Hp, Hp)) > 0.0:
+            break
+        p[:] = Hp
+    return estimate if np.isfinite(estimate) else 0.0
+
+
+@njit(parallel=True, cache=True)
+def stage_figures(order, lanes, table, numbers, eigenvalue, power_iterations, b, offset, x, out):
+    """out[r] = ``_stage_figure`` of request r at its slice of x (L(x), or |λmax| of ∇²L(x) when
+    ``eigenvalue``), the requests of ``order`` handed out to ``lanes`` tasks as ``solve_relu_loops`` does."""
+    taken = np.zeros(1, dtype=np.int64)
+    for lane in prange(lanes):
+        while True:
+            position = fetch_add(taken, 1)
+            if position >= order.shape[0]:
+                break
+            r = order[position]
+            matrix, Vm, w = _request_arrays(r, table)
+            at = table[r, T_OUT]
+            m = table[r, T_M]
+            col = table[r, T_COL]
+            out[r] = _stage_figure(matrix, Vm, b[at:at + m], offset[at:at + m], w, numbers[r, N_L2], table[r, T_CHUNK],
+                                   eigenvalue, power_iterations, x[col:col + table[r, T_D]])
+
+
 @njit(parallel=True, cache=True)
 def solve_relu_loops(order, lanes, table, numbers, settings, max_updates, b, offset, x, y, y_previous, out_int, out_float):
     """Run the requests listed in ``order`` in ``lanes`` tasks, each taking the next request from a shared
@@ -559,11 +619,22 @@ def solve_relu_loops(order, lanes, table, numbers, settings, max_updates, b, off
 @njit(cache=True)
 def _run_request(r, table, numbers, settings, max_updates, b, offset, x, y, y_previous, out_int, out_float):
     """``_newton_loop`` on request r: C, V and w read in place, its slices of the packed vectors."""
-    n = table[r, T_N]
     d = table[r, T_D]
     m = table[r, T_M]
     col = table[r, T_COL]
     at = table[r, T_OUT]
+    matrix, Vm, w = _request_arrays(r, table)
+    _newton_loop(matrix, Vm, b[at:at + m], offset[at:at + m], w, numbers[r, N_L2], numbers[r, N_TOL],
+                 table[r, T_MAX_ITER], numbers[r, N_TARGET_NORM], table[r, T_CHUNK], max_updates,
+                 settings, x[col:col + d], y[at:at + m], y_previous[at:at + m], out_int[r], out_float[r])
+
+
+@njit(cache=True)
+def _request_arrays(r, table):
+    """Request r's C (small_newton's matrix tuple), V (the same, dense) and w, read in place."""
+    n = table[r, T_N]
+    d = table[r, T_D]
+    m = table[r, T_M]
     no_indices = np.empty(0, dtype=np.int64)
     if table[r, T_CSR] == 1:
         indptr = array_at(table[r, T_INDPTR], (n + 1,), np.int64)
@@ -573,7 +644,4 @@ def _run_request(r, table, numbers, settings, max_updates, b, offset, x, y, y_pr
     else:
         matrix = (array_at(table[r, T_VALUES], (n, d), np.float64), no_indices, no_indices, np.empty(0), False)
     Vm = (array_at(table[r, T_V], (n, m), np.float64), no_indices, no_indices, np.empty(0), False)
-    w = array_at(table[r, T_W], (n,), np.float64)
-    _newton_loop(matrix, Vm, b[at:at + m], offset[at:at + m], w, numbers[r, N_L2], numbers[r, N_TOL],
-                 table[r, T_MAX_ITER], numbers[r, N_TARGET_NORM], table[r, T_CHUNK], max_updates,
-                 settings, x[col:col + d], y[at:at + m], y_previous[at:at + m], out_int[r], out_float[r])
+    return matrix, Vm, array_at(table[r, T_W], (n,), np.float64)
