@@ -124,16 +124,28 @@ def _hessian(matrix, Q, c, G, y, offset, w, l2, beta, H, work):
     for i in range(n):
         beta[i] = curvature_weight(Q, c, w, i)
     _sandwich(matrix, beta, H, work)
+    # The active outputs' columns of P side by side (rows contiguous: the pair sums below vectorise).
+    active = 0
+    for t in range(m):
+        if y[t] + offset[t] > 0.0:
+            active += 1
+    Pa = np.empty((d, active))
+    at = 0
+    for t in range(m):
+        if y[t] + offset[t] > 0.0:
+            for j in range(d):
+                Pa[j, at] = G[j, 3 + t]
+            at += 1
     for j in range(d):
         for l in range(j + 1):
-            # (P S Pᵀ)_jl = 2c P_j0 P_l0 − P_j0 P_l1 − P_j1 P_l0 + Σ_t a_t P_j(2+t) P_l(2+t)
+            # (P S Pᵀ)_jl = 2c P_j0 P_l0 − P_j0 P_l1 − P_j1 P_l0 + Σ_t a_t P_j(2+t) P_l(2+t); the active sum is its
+            # own mirror (the same products in the same order), the first part is averaged with its transpose's.
             low = (2.0 * c * G[j, 1] - G[j, 2]) * G[l, 1] - G[j, 1] * G[l, 2]
             mirrored = (2.0 * c * G[l, 1] - G[l, 2]) * G[j, 1] - G[l, 1] * G[j, 2]
-            for t in range(m):
-                if y[t] + offset[t] > 0.0:
-                    low += G[j, 3 + t] * G[l, 3 + t]
-                    mirrored += G[l, 3 + t] * G[j, 3 + t]
-            H[j, l] += 0.5 * (low + mirrored)
+            outputs = 0.0
+            for t in range(active):
+                outputs += Pa[j, t] * Pa[l, t]
+            H[j, l] += 0.5 * (low + mirrored) + outputs
             if l != j:
                 H[l, j] = H[j, l]
         H[j, j] += l2
@@ -336,11 +348,23 @@ def _newton_loop(matrix, Vm, b, offset, w, l2, tol, max_iter, target_norm, chunk
     active_residual = np.empty(m)
     Q = np.empty((n, m + 3))
     G = np.empty((d, m + 3))
-    # ∇L(0) of this request's model (its ridge term l2·0 left out: Problem.gradient_at_zero)
+    # ∇L(0) of this request's model (its ridge term l2·0 left out), from the gradient's two columns of Q alone, as
+    # Problem.gradient_at_zero forms it (a transposed pass's sums do not depend on the other columns)
     u = np.zeros(n)
     zero = np.zeros(d)
     grad_at_zero = np.empty(d)
-    _evaluate(matrix, Vm, u, zero, b, offset, w, 0.0, chunk_rows, e, s, y, active_residual, rho, Q, G, grad_at_zero)
+    _outputs(Vm, u, zero, b, offset, w, 0.0, chunk_rows, e, s, y, active_residual)
+    _matvec(Vm, active_residual, rho)
+    gradient_columns = np.empty((n, 2))
+    c_zero = 0.0
+    for i in range(n):
+        gradient_columns[i, 0] = s[i] * rho[i] + w[i] * u[i]
+        gradient_columns[i, 1] = s[i]
+        c_zero += s[i] * rho[i]
+    G_zero = np.empty((d, 2))
+    _rmatmat(matrix, gradient_columns, chunk_rows, G_zero)
+    for j in range(d):
+        grad_at_zero[j] = G_zero[j, 0] - c_zero * G_zero[j, 1]
     # the evaluation at x0
     _matvec(matrix, x, u)
     grad = np.empty(d)
