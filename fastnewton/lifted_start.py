@@ -286,9 +286,22 @@ def simplex_start(problem, b):
     return run_requests(simplex_start_rounds(problem, b))
 
 
+@dataclasses.dataclass
+class SimplexRequest:
+    """``simplex_vector(problem, b)``, asked for as a request (``run()`` gives it) so that ``solve_many`` can form
+    those of many problems at once (``fastnewton.many_small``)."""
+
+    problem: object
+    b: np.ndarray
+
+    def run(self):
+        return simplex_vector(self.problem, self.b)
+
+
 def simplex_start_rounds(problem, b):
-    """``simplex_start`` as a generator of the fit's request (the simplex vector's passes are over V)."""
-    active_outputs, lam, total, iterations = simplex_vector(problem, b)
+    """``simplex_start`` as a generator of the simplex vector's request and the fit's (the simplex vector's
+    passes are over V)."""
+    active_outputs, lam, total, iterations = yield SimplexRequest(problem, b)
     x0 = yield from log_linear_fit_rounds(problem, simplex_weights, (problem.n, active_outputs, lam, total))
     return x0, (f"auto: simplex vector closest to uniform with Vᵀs = b on active outputs ({iterations} "
                 "dual Newton steps), then an s-weighted least-squares fit of log s on [C, 1]")

@@ -46,7 +46,8 @@ from .batch import BatchResult
 from .hessian import STRATEGIES, PricedShapes, choose_strategies, default_thread_count, exact_system
 from .kernels import small_newton as kernel
 from .kernels import small_softmax_relu as relu_kernel
-from .lifted_start import POWER_ITERATIONS, EigenvalueRequest, LossesRequest
+from . import lifted_start
+from .lifted_start import POWER_ITERATIONS, EigenvalueRequest, LossesRequest, SimplexRequest
 from .matrix import DenseMatrix
 from .models import LogPartition, build_model, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
@@ -434,7 +435,8 @@ def _solve_staged(staged, x0_each, eps, sketch_size, tol, max_iter, seed, n_thre
 
 def _answer_round(requests, settings):
     """The answers to a round of the staged solves' requests, each kind in one kernel call: Newton loops
-    (``_run_loops``; None for one to run in Python), λmax and the reachability test's losses (``_stage_figures``)."""
+    (``_run_loops``; None for one to run in Python), the starts' simplex vectors (``_simplex_vectors``; None
+    likewise), λmax and the reachability test's losses (``_stage_figures``)."""
     answers = [None] * len(requests)
     loops = [k for k, request in enumerate(requests) if isinstance(request, NewtonRequest)]
     for k, answer in zip(loops, _run_loops([requests[k] for k in loops], settings) if loops else []):
@@ -444,6 +446,10 @@ def _answer_round(requests, settings):
         for k, value in zip(eigenvalues, _stage_figures([(requests[k].problem, requests[k].x) for k in eigenvalues],
                                                         True)):
             answers[k] = value
+    simplex = [k for k, request in enumerate(requests) if isinstance(request, SimplexRequest)]
+    if simplex:
+        for k, vector in zip(simplex, _simplex_vectors([requests[k].problem for k in simplex])):
+            answers[k] = vector
     losses = [k for k, request in enumerate(requests) if isinstance(request, LossesRequest)]
     if losses:
         values = _stage_figures([point for k in losses for point in requests[k].points], False)
@@ -479,7 +485,7 @@ def _compiles(request):
     if isinstance(request, NewtonRequest):
         return (isinstance(request.problem.row_model, SoftmaxRelu) and request.build_system is exact_system
                 and request.options.callback is None and request.options.max_logit_step == MAX_LOGIT_STEP)
-    if isinstance(request, EigenvalueRequest):
+    if isinstance(request, (EigenvalueRequest, SimplexRequest)):
         return isinstance(request.problem.row_model, SoftmaxRelu)
     return isinstance(request, LossesRequest) and all(isinstance(problem.row_model, SoftmaxRelu)
                                                       for problem, _ in request.points)
@@ -548,6 +554,33 @@ def _run_loops(requests, settings):
     previous = np.split(y_previous, np.cumsum(pack.m)[:-1])
     return [_loop_result(request, xs[r], ys[r], previous[r], out_int[r], out_float[r])
             for r, request in enumerate(requests)]
+
+
+def _simplex_vectors(problems):
+    """``lifted_start.simplex_vector`` of each problem (E, λ, Σ max(·), dual Newton steps) by ``simplex_vectors``,
+    or None where a dual Newton matrix had no Cholesky factor or a dual solve stopped short of its tolerance (the
+    caller runs it in Python: ``SIMPLEX_UNCONVERGED``)."""
+    count = len(problems)
+    pack = _RequestPack(problems, [np.zeros(problem.d) for problem in problems])
+    settings = np.empty(relu_kernel.SIMPLEX_SETTINGS_FIELDS)
+    settings[relu_kernel.SIMPLEX_FLOOR_AT] = lifted_start.SIMPLEX_FLOOR
+    settings[relu_kernel.DUAL_RIDGE_AT] = lifted_start.DUAL_RIDGE
+    settings[relu_kernel.MAX_DUAL_ITER_AT] = lifted_start.MAX_DUAL_ITER
+    settings[relu_kernel.DUAL_RTOL_AT] = lifted_start.DUAL_RTOL
+    equal = np.empty_like(pack.b)
+    lam = np.empty(pack.b.shape[0] + count)
+    out_int = np.zeros((count, 3), dtype=np.int64)
+    out_float = np.zeros(count)
+    relu_kernel.simplex_vectors(pack.order, pack.lanes, pack.table, settings, pack.b, equal, lam, out_int, out_float)
+    vectors = []
+    for r, (at, m) in enumerate(zip(pack.table[:, relu_kernel.T_OUT].tolist(), pack.m.tolist())):
+        status, steps, size = out_int[r].tolist()
+        if status != relu_kernel.SIMPLEX_DONE:
+            vectors.append(None)
+            continue
+        vectors.append((np.flatnonzero(equal[at:at + m] == 1.0), lam[at + r:at + r + size + 1].copy(),
+                        float(out_float[r]), steps))
+    return vectors
 
 
 def _stage_figures(points, eigenvalue):

@@ -669,3 +669,158 @@ def _request_arrays(r, table):
         matrix = (array_at(table[r, T_VALUES], (n, d), np.float64), no_indices, no_indices, np.empty(0), False)
     Vm = (array_at(table[r, T_V], (n, m), np.float64), no_indices, no_indices, np.empty(0), False)
     return matrix, Vm, array_at(table[r, T_W], (n,), np.float64)
+
+
+# -- stage 1: the simplex vector (fastnewton.lifted_start.simplex_vector) -----------------------------------
+# Entries of ``simplex_settings``: lifted_start's SIMPLEX_FLOOR, DUAL_RIDGE, MAX_DUAL_ITER, DUAL_RTOL.
+SIMPLEX_FLOOR_AT, DUAL_RIDGE_AT, MAX_DUAL_ITER_AT, DUAL_RTOL_AT = range(4)
+SIMPLEX_SETTINGS_FIELDS = 4
+# Statuses of ``simplex_vectors``: done; a dual Newton matrix without a Cholesky factor (the caller runs that
+# problem's simplex vector in Python, whose least-squares fallback it is); a dual solve that stopped short of its
+# tolerance (line search or MAX_DUAL_ITER: unreachable targets, e.g. a dead output, whose ridge ε = 1e-12 leaves
+# the dual so ill-conditioned that rounding moves λ and the start far: the caller runs it in Python too).
+SIMPLEX_DONE, SIMPLEX_NOT_FACTORED, SIMPLEX_UNCONVERGED = 0, 1, 2
+
+
+@njit(cache=True)
+def _simplex_point(Am, lam, n, floor, chunk_rows, z, s, free, Ats):
+    """s = max(f, 1/n + Aλ) (f = ``floor``), free = 1[1/n + Aλ > f], Aᵀs; returns ‖s − 1/n‖²."""
+    _matvec(Am, lam, z)
+    distance = 0.0
+    for i in range(n):
+        value = 1.0 / n + z[i]
+        free[i] = 1.0 if value > floor else 0.0
+        s[i] = value if value > floor else floor
+        gap = s[i] - 1.0 / n
+        distance += gap * gap
+    _rmatmat(Am, s.reshape((n, 1)), chunk_rows, Ats.reshape((Ats.shape[0], 1)))
+    return distance
+
+
+@njit(cache=True)
+def _dual_objective(lam, Ats, t, distance, ridge):
+    """ψ(λ) = λᵀ(Aᵀs(λ) − t) − ½‖s(λ) − 1/n‖² + ½ε‖λ‖²."""
+    total = 0.0
+    for k in range(lam.shape[0]):
+        total += lam[k] * (Ats[k] - t[k])
+    return total - 0.5 * distance + 0.5 * ridge * _dot(lam, lam)
+
+
+@njit(cache=True)
+def _simplex_vector(Vm, b, chunk_rows, simplex_settings, equal, lam_out):
+    """``lifted_start.simplex_vector`` on one problem: the equation outputs E (``equal``, 1 on E), λ (its first
+    |E| + 1 entries of ``lam_out``); returns (status, dual Newton steps, |E|, Σ max(·))."""
+    V = Vm[0]
+    n, m = V.shape
+    floor = simplex_settings[SIMPLEX_FLOOR_AT] / n
+    no_indices = np.empty(0, dtype=np.int64)
+    for j in range(m):
+        equal[j] = 1.0 if b[j] > 0.0 else 0.0
+    z, s, free = np.empty(n), np.empty(n), np.empty(n)
+    y = np.empty(m)
+    total_iterations = 0
+    size = 0
+    total = 0.0
+    for _ in range(m + 1):
+        size = 0
+        for j in range(m):
+            if equal[j] == 1.0:
+                size += 1
+        k = size + 1
+        A = np.empty((n, k))
+        t = np.empty(k)
+        at = 0
+        for j in range(m):
+            if equal[j] == 1.0:
+                for i in range(n):
+                    A[i, at] = V[i, j]
+                t[at] = b[j] if b[j] > 0.0 else 0.0
+                at += 1
+        A[:, size] = 1.0
+        t[size] = 1.0
+        Am = (A, no_indices, no_indices, np.empty(0), False)
+        work = _sandwich_work(Am, n, k)
+        lam = np.zeros(k)
+        Ats = np.empty(k)
+        AtDA = np.empty((k, k))
+        distance = _simplex_point(Am, lam, n, floor, chunk_rows, z, s, free, Ats)
+        _sandwich(Am, free, AtDA, work)
+        trace = 0.0
+        for a in range(k):
+            trace += AtDA[a, a]
+        ridge = simplex_settings[DUAL_RIDGE_AT] * trace / k
+        psi = _dual_objective(lam, Ats, t, distance, ridge)
+        F = np.empty(k)
+        L = np.empty((k, k))
+        direction = np.empty(k)
+        trial = np.empty(k)
+        trial_Ats = np.empty(k)
+        iterations = 0
+        t_norm = math.sqrt(_dot(t, t))
+        for iteration in range(1, int(simplex_settings[MAX_DUAL_ITER_AT]) + 1):
+            for a in range(k):
+                F[a] = Ats[a] - t[a] + ridge * lam[a]
+            if math.sqrt(_dot(F, F)) <= simplex_settings[DUAL_RTOL_AT] * t_norm:
+                iterations = iteration - 1
+                break
+            if not _cholesky(AtDA, ridge, L):
+                return SIMPLEX_NOT_FACTORED, 0, 0, 0.0
+            _cholesky_solve(L, F, direction)
+            for a in range(k):
+                direction[a] = -direction[a]
+            slope = _dot(F, direction)
+            step = 1.0
+            accepted = False
+            trial_psi = 0.0
+            for _ in range(40):
+                for a in range(k):
+                    trial[a] = lam[a] + step * direction[a]
+                trial_distance = _simplex_point(Am, trial, n, floor, chunk_rows, z, s, free, trial_Ats)
+                trial_psi = _dual_objective(trial, trial_Ats, t, trial_distance, ridge)
+                if trial_psi <= psi + 1e-4 * step * slope:
+                    accepted = True
+                    break
+                step *= 0.5
+            if not accepted:
+                return SIMPLEX_UNCONVERGED, 0, 0, 0.0
+            lam[:] = trial
+            psi = trial_psi
+            distance = _simplex_point(Am, lam, n, floor, chunk_rows, z, s, free, Ats)
+            _sandwich(Am, free, AtDA, work)
+        else:
+            return SIMPLEX_UNCONVERGED, 0, 0, 0.0
+        total_iterations += iterations
+        _rmatmat(Vm, s.reshape((n, 1)), chunk_rows, y.reshape((m, 1)))
+        lam_out[:k] = lam
+        total = Ats[size]
+        newly = False
+        for j in range(m):
+            if equal[j] == 0.0 and y[j] > 0.0:
+                equal[j] = 1.0
+                newly = True
+        if not newly:
+            break
+    return SIMPLEX_DONE, total_iterations, size, total
+
+
+@njit(parallel=True, cache=True)
+def simplex_vectors(order, lanes, table, simplex_settings, b, equal, lam, out_int, out_float):
+    """``_simplex_vector`` of request r (V read in place, its b by T_OUT): ``equal`` (length m, by T_OUT) and
+    ``lam`` (length m + 1 per request, at T_OUT + r), out_int[r] = (status, steps, |E|), out_float[r] = Σ max(·);
+    the requests handed out as ``solve_relu_loops`` does."""
+    taken = np.zeros(1, dtype=np.int64)
+    for lane in prange(lanes):
+        while True:
+            position = fetch_add(taken, 1)
+            if position >= order.shape[0]:
+                break
+            r = order[position]
+            _, Vm, _ = _request_arrays(r, table)
+            at = table[r, T_OUT]
+            m = table[r, T_M]
+            status, steps, size, total = _simplex_vector(Vm, b[at:at + m], table[r, T_CHUNK], simplex_settings,
+                                                         equal[at:at + m], lam[at + r:at + r + m + 1])
+            out_int[r, 0] = status
+            out_int[r, 1] = steps
+            out_int[r, 2] = size
+            out_float[r] = total
