@@ -19,9 +19,11 @@
    simplex start, lifted surrogate with ridge continuation, branch probe, real loss, restarts), each problem's
    as a generator (``_solve_staged``): the stage logic runs in Python once per stage and problem, and the
    Newton loops that a round of stages asks for (one per problem) run together in one call of
-   ``kernels/small_softmax_relu.py``, one loop per thread (no Python per iteration), and so do the figures
-   between stages (λmax of the ridge continuation, the reachability test's losses). A loop that meets a
-   non-finite value is run again by ``newton_solve`` for its message.
+   ``kernels/small_softmax_relu.py``, one loop per thread (no Python per iteration), and so do the start's
+   simplex vectors (the dual Newton; the least-squares fit of log s stays in Python) and the figures between
+   stages (λmax of the ridge continuation, the reachability test's losses). A loop that meets a non-finite
+   value, and a simplex vector whose dual is singular or stops short of its tolerance, are run again in
+   Python (``newton_solve``, ``simplex_vector``).
 4. Every other problem — where ``"auto"`` picks a sketched Hessian — is solved by ``solve``'s own path
    (``fastnewton.solver.solve_problem``), one call per problem, on the Problem built and priced here (not
    validated or priced a second time).
