@@ -624,7 +624,8 @@ def stage_figures(order, lanes, table, numbers, eigenvalue, power_iterations, b,
 
 
 @njit(parallel=True, cache=True)
-def solve_relu_loops(order, lanes, table, numbers, settings, max_updates, b, offset, x, y, y_previous, out_int, out_float):
+def solve_relu_loops(order, lanes, table, numbers, settings, max_updates, b, offset, x, y, y_previous, out_int,
+                     out_float):
     """Run the requests listed in ``order`` in ``lanes`` tasks, each taking the next request from a shared
     atomic counter (``kernels/atomic.py``) when it finishes one; a request runs start to finish on one
     thread, so its bits do not depend on the lanes or on which lane took it. Reads each request's C, V and

@@ -503,7 +503,8 @@ def test_problems_left_to_solve_follow_solves_threads_rule(monkeypatch):
     import fastnewton.many_small as many_small_module
     import fastnewton.threads as threads_module
     _priced_off_exact(monkeypatch)
-    problems = [(C.toarray() if sp.issparse(C) else np.asarray(C, dtype=np.float64), b) for C, b in _mixed("softmax", count=3)]
+    problems = [(C.toarray() if sp.issparse(C) else np.asarray(C, dtype=np.float64), b)
+                for C, b in _mixed("softmax", count=3)]
     threads = []
     solve_problem = many_small_module.solve_problem
     monkeypatch.setattr(many_small_module, "solve_problem",
