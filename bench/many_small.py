@@ -37,7 +37,7 @@ import fastnewton  # noqa: E402
 from fastnewton import Status  # noqa: E402
 
 X_RTOL = 1e-10
-# (model, format, fraction of --count): softmax_relu's staged start runs per problem in Python (fewer problems).
+# (model, format, fraction of --count): softmax_relu's stage logic runs per problem in Python (fewer problems).
 CASES = (("softmax", "dense", 1.0), ("softmax", "csr", 1.0), ("relu_softmax", "dense", 0.2),
          ("relu_softmax", "csr", 0.2), ("softmax_relu", "dense", 0.04), ("softmax_relu", "csr", 0.04))
 

@@ -22,6 +22,9 @@ changed enter, as a low-rank update of M's factor (Woodbury): with U = [J_j] of 
 kept when a solve fails or the result is not a descent direction of L. Only for systems with a
 factor (``exact``, ``sketch``): with CG each solve would cost passes over C.
 
+Written a second time, compiled, in kernels/small_softmax_relu.py (``solve_many`` of small softmax_relu
+problems); the two must make the same decisions (tests/test_solve_many_small.py).
+
 Measured on bench/valley.py (n = 10⁵, d = 100, m = 16, l2 = 1e-8, 12 problems): iterations
 55 → 49 on the longest, 389 → 374 in all, none more.
 """

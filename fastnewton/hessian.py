@@ -87,8 +87,9 @@ class NewtonSystem:
     D is fixed, not diag(H): near an indefinite point diag(H) has tiny or negative entries, and
     Marquardt damping μ·|diag H| then needed μ ~ 1e-2 along a softmax_relu valley (2.5× the
     iterations); with D = ‖C_j‖ unit-scale problems are damped exactly as with μI.
-    The exact case is written a second time, compiled, in kernels/small_newton.py (``solve_many`` of
-    many small problems); the two must stay the same (tests/test_solve_many_small.py).
+    The exact case is written a second time, compiled, in kernels/small_newton.py and
+    kernels/small_softmax_relu.py (``solve_many`` of many small problems); they must stay the same
+    (tests/test_solve_many_small.py).
     """
 
     matrix: np.ndarray

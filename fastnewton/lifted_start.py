@@ -286,9 +286,22 @@ def simplex_start(problem, b):
     return run_requests(simplex_start_rounds(problem, b))
 
 
+@dataclasses.dataclass
+class SimplexRequest:
+    """``simplex_vector(problem, b)``, asked for as a request (``run()`` gives it) so that ``solve_many`` can form
+    those of many problems at once (``fastnewton.many_small``)."""
+
+    problem: object
+    b: np.ndarray
+
+    def run(self):
+        return simplex_vector(self.problem, self.b)
+
+
 def simplex_start_rounds(problem, b):
-    """``simplex_start`` as a generator of the fit's request (the simplex vector's passes are over V)."""
-    active_outputs, lam, total, iterations = simplex_vector(problem, b)
+    """``simplex_start`` as a generator of the simplex vector's request and the fit's (the simplex vector's
+    passes are over V)."""
+    active_outputs, lam, total, iterations = yield SimplexRequest(problem, b)
     x0 = yield from log_linear_fit_rounds(problem, simplex_weights, (problem.n, active_outputs, lam, total))
     return x0, (f"auto: simplex vector closest to uniform with Vᵀs = b on active outputs ({iterations} "
                 "dual Newton steps), then an s-weighted least-squares fit of log s on [C, 1]")
@@ -381,6 +394,29 @@ def _misfit(evaluator, x):
     return evaluator.evaluate(x).loss
 
 
+@dataclasses.dataclass
+class EigenvalueRequest:
+    """``largest_eigenvalue(problem, x)``, asked for as a request (``run()`` gives it) so that ``solve_many`` can
+    form those of many problems at once (``fastnewton.many_small``)."""
+
+    problem: object
+    x: np.ndarray
+
+    def run(self):
+        return largest_eigenvalue(self.problem, self.x)
+
+
+@dataclasses.dataclass
+class LossesRequest:
+    """The losses L(x) (``evaluate(x).loss``) of ``points``, (evaluator, x) pairs, asked for as a request
+    (``run()`` gives the list, in order) so that ``solve_many`` can form those of many problems at once."""
+
+    points: list
+
+    def run(self):
+        return [_misfit(evaluator, x) for evaluator, x in self.points]
+
+
 def lifted_solve(problem, surrogate_model, build_system, options, timer=None, clock=None):
     """Stages 1–3 above, one ``SolveResult`` for all of them: stage 1 is ``problem.auto_start()``,
     the surrogate is ``problem.with_model(surrogate_model, l2 + ridge)``. ``timer`` and ``clock``
@@ -389,7 +425,8 @@ def lifted_solve(problem, surrogate_model, build_system, options, timer=None, cl
 
 
 def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=None, clock=None, start=None):
-    """``lifted_solve`` as a generator of its Newton loops (``NewtonRequest``s), for ``solve_many``.
+    """``lifted_solve`` as a generator of its Newton loops (``NewtonRequest``s) and of the figures between them
+    (``EigenvalueRequest``, ``LossesRequest``), for ``solve_many``.
     ``start``: (x0, description) of a user's start, which takes stage 1's place."""
     timer = timer if timer is not None else PhaseTimer()
     stages = _Stages(options, timer, clock)
@@ -421,7 +458,7 @@ def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=N
             return finish(from_x0, "; Newton on the real loss from this warm start" if from_x0.converged else "")
         warm = from_x0
     x = x0
-    lam_max = largest_eigenvalue(surrogate(0.0), x0) if options.max_iter else 0.0
+    lam_max = (yield EigenvalueRequest(surrogate(0.0), x0)) if options.max_iter else 0.0
     res = None
     kinked = None  # the one-sided outputs at their kink at the previous ridge stage's end (l2 > 0 only)
     probed = False
@@ -453,8 +490,12 @@ def lifted_solve_rounds(problem, surrogate_model, build_system, options, timer=N
                            "then on the real loss")
     # Reachable b: the continuation's end fits b almost exactly (surrogate misfit ≤ 2e-3 of the larger of
     # its misfit at x₀ and the real loss at 0, measured on bench/families.py); noisy b leaves ≥ 1e-2.
-    if stages.left() <= 0 or _misfit(surrogate(0.0), x) <= REACHABLE_MISFIT * max(
-            _misfit(surrogate(0.0), x0), _misfit(problem, np.zeros_like(x))):
+    reachable = stages.left() <= 0
+    if not reachable:
+        misfit, at_start, at_zero = yield LossesRequest([(surrogate(0.0), x), (surrogate(0.0), x0),
+                                                         (problem, np.zeros_like(x))])
+        reachable = misfit <= REACHABLE_MISFIT * max(at_start, at_zero)
+    if reachable:
         return (yield from _reachable_stages(problem, stages, surrogate, x, build_system, options, finish))
     return (yield from _unreachable_stages(problem, stages, x, build_system, options, finish))
 

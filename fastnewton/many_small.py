@@ -15,13 +15,22 @@
    count does not change the bits.
    The starts' rare singular cases (a rank-deficient least-squares fit, and relu_softmax's margin
    LP in its null space) run ``Problem.auto_start`` in Python, one call per such problem.
-3. Every other problem — ``softmax_relu`` (its staged start: simplex vector, lifted surrogate with
-   ridge continuation, restart; not compiled) and problems where ``"auto"`` picks a sketched
-   Hessian — is solved by ``solve``'s own path (``fastnewton.solver.solve_problem``), one call per problem,
-   on the Problem built and priced here (not validated or priced a second time).
+3. ``softmax_relu`` problems with the exact Hessian run ``solve``'s own staged solve (``fastnewton.lifted_start``:
+   simplex start, lifted surrogate with ridge continuation, branch probe, real loss, restarts), each problem's
+   as a generator (``_solve_staged``): the stage logic runs in Python once per stage and problem, and the
+   Newton loops that a round of stages asks for (one per problem) run together in one call of
+   ``kernels/small_softmax_relu.py``, one loop per thread (no Python per iteration), and so do the start's
+   simplex vectors (the dual Newton; the least-squares fit of log s stays in Python) and the figures between
+   stages (λmax of the ridge continuation, the reachability test's losses). A loop that meets a non-finite
+   value, and a simplex vector whose dual is singular or stops short of its tolerance, are run again in
+   Python (``newton_solve``, ``simplex_vector``).
+4. Every other problem — where ``"auto"`` picks a sketched Hessian — is solved by ``solve``'s own path
+   (``fastnewton.solver.solve_problem``), one call per problem, on the Problem built and priced here (not
+   validated or priced a second time).
 
 Every problem gets the answer ``fastnewton.solve`` gives it (the same start, damping, line search,
-stopping tests and statuses; tests/test_solve_many_small.py compares them problem by problem).
+stopping tests and statuses; tests/test_solve_many_small.py compares them problem by problem; softmax_relu's
+up to the rounding of its small dense products, summed in loops where solve calls BLAS).
 ``hessian="sketch"`` / ``"pcg"`` are rejected: their random sketches belong to one solve each.
 """
 import contextlib
@@ -34,15 +43,22 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import newton
+from .active_set import MAX_UPDATES
 from .batch import BatchResult
-from .hessian import STRATEGIES, PricedShapes, choose_strategies, default_thread_count
+from .hessian import STRATEGIES, PricedShapes, choose_strategies, default_thread_count, exact_system
 from .kernels import small_newton as kernel
+from .kernels import small_softmax_relu as relu_kernel
+from . import lifted_start
+from .lifted_start import POWER_ITERATIONS, EigenvalueRequest, LossesRequest, SimplexRequest
 from .matrix import DenseMatrix
 from .models import LogPartition, build_model, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
+from .models.softmax_relu import SoftmaxRelu
+from .newton import MAX_LOGIT_STEP, NewtonRequest, kink_sentence, stall_detail, status_message, warn_max_iter
 from .problem import Problem
-from .result import MESSAGES, ConvergenceWarning, Status
-from .solver import SUM_TOLERANCE, is_default_start, not_a_distribution, solve_problem
+from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
+from .solver import (SUM_TOLERANCE, is_default_start, not_a_distribution, solve_options, solve_problem,
+                     solve_rounds)
 from .start import NULL_SPACE_RTOL
 from .threads import thread_limits
 from .validation import (as_flag, as_input_matrix, as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count,
@@ -126,6 +142,40 @@ def _start_kind(problem, x0):
     return kernel.START_GIVEN, problem.as_point(x0, "x0").copy(), 0.0
 
 
+def _matrix_addresses(matrices):
+    """(which are read as CSR, their arrays' addresses in the ``A_*`` columns of kernels/small_newton.py, the
+    arrays those point into, to be kept alive and unchanged while the addresses are used): each C read in
+    place (a float64 / int64 copy only where the matrix holds another dtype, or a CSR matrix with at least
+    ``DENSIFY_ROW_FRACTION``·d entries per row is run as dense rows)."""
+    csr = [matrix.format == "csr" and matrix.nnz < DENSIFY_ROW_FRACTION * matrix.d * matrix.n for matrix in matrices]
+    held = []
+    addresses = np.zeros((len(matrices), kernel.ADDRESS_FIELDS), dtype=np.int64)
+    values = []
+    for matrix, sparse in zip(matrices, csr):
+        if sparse:
+            array = np.ascontiguousarray(matrix.data, dtype=np.float64)
+        else:
+            dense = matrix.array if matrix.format == "dense" else matrix.rows(np.arange(matrix.n))
+            array = np.ascontiguousarray(dense, dtype=np.float64)
+        values.append(array.ctypes.data)
+        held.append(array)
+    addresses[:, kernel.A_VALUES] = values
+    at = np.flatnonzero(csr)
+    for field, name in ((kernel.A_INDPTR, "indptr"), (kernel.A_INDICES, "indices")):
+        arrays = [getattr(matrices[p], name) for p in at]
+        # int64 index arrays are read in place; the others (SciPy holds int32) converted all in one int64
+        # array per field, where an int64 copy per problem and field cost ~8 µs a problem.
+        in_place = [k for k, array in enumerate(arrays) if array.dtype == np.int64 and array.flags.c_contiguous]
+        addresses[at[in_place], field] = [arrays[k].ctypes.data for k in in_place]
+        converted = np.setdiff1d(np.arange(len(arrays)), in_place)
+        if converted.size:
+            joined = np.concatenate([arrays[k] for k in converted], dtype=np.int64)
+            held.append(joined)
+            lengths = np.fromiter((arrays[k].shape[0] for k in converted), np.int64, converted.size)
+            addresses[at[converted], field] = joined.ctypes.data + joined.itemsize * (np.cumsum(lengths) - lengths)
+    return csr, addresses, held
+
+
 class _Packed:
     """The compiled problems' data in the layout of kernels/small_newton.py: each C read in place
     (its address; a float64 / int64 copy only where the problem holds another dtype, or a CSR
@@ -136,8 +186,8 @@ class _Packed:
         matrices = [problem.matrix for problem in problems]
         n = np.fromiter((matrix.n for matrix in matrices), np.int64, count)
         d = np.fromiter((matrix.d for matrix in matrices), np.int64, count)
-        csr = [matrix.format == "csr" and matrix.nnz < DENSIFY_ROW_FRACTION * matrix.d * matrix.n
-               for matrix in matrices]
+        # The arrays ``addresses`` points into: kept alive (and unchanged) as long as this pack.
+        csr, self.addresses, self._held = _matrix_addresses(matrices)
         # Built a column at a time (per-problem NumPy item assignments cost ~10 µs each).
         self.layout = layout = np.empty((count, kernel.LAYOUT_FIELDS), dtype=np.int64)
         layout[:, kernel.L_N] = n
@@ -148,33 +198,6 @@ class _Packed:
         layout[:, kernel.L_RELU] = [problem.row_model.relu for problem in problems]
         layout[:, kernel.L_ROW] = np.cumsum(n) - n
         layout[:, kernel.L_COL] = np.cumsum(d) - d
-        # The arrays ``addresses`` points into: kept alive (and unchanged) as long as this pack.
-        self._held = []
-        self.addresses = np.zeros((count, kernel.ADDRESS_FIELDS), dtype=np.int64)
-        values = []
-        for matrix, sparse in zip(matrices, csr):
-            if sparse:
-                array = np.ascontiguousarray(matrix.data, dtype=np.float64)
-            else:
-                dense = matrix.array if matrix.format == "dense" else matrix.rows(np.arange(matrix.n))
-                array = np.ascontiguousarray(dense, dtype=np.float64)
-            values.append(array.ctypes.data)
-            self._held.append(array)
-        self.addresses[:, kernel.A_VALUES] = values
-        at = np.flatnonzero(csr)
-        for field, name in ((kernel.A_INDPTR, "indptr"), (kernel.A_INDICES, "indices")):
-            arrays = [getattr(matrices[p], name) for p in at]
-            # int64 index arrays are read in place; the others (SciPy holds int32) converted all in one int64
-            # array per field, where an int64 copy per problem and field cost ~8 µs a problem.
-            in_place = [k for k, array in enumerate(arrays) if array.dtype == np.int64 and array.flags.c_contiguous]
-            self.addresses[at[in_place], field] = [arrays[k].ctypes.data for k in in_place]
-            converted = np.setdiff1d(np.arange(len(arrays)), in_place)
-            if converted.size:
-                joined = np.concatenate([arrays[k] for k in converted], dtype=np.int64)
-                self._held.append(joined)
-                lengths = np.fromiter((arrays[k].shape[0] for k in converted), np.int64, converted.size)
-                self.addresses[at[converted], field] = joined.ctypes.data + joined.itemsize * (np.cumsum(lengths)
-                                                                                               - lengths)
         self.parameters = np.empty((count, kernel.PARAMETER_FIELDS))
         self.parameters[:, kernel.P_L2] = [problem.l2 for problem in problems]
         self.parameters[:, kernel.P_TARGET_NORM] = [problem.target_norm() for problem in problems]
@@ -287,7 +310,7 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
     results = [None] * count  # per problem: (x, status, n_iter, loss, grad_norm, g_ref, message)
     with _collection_paused():
         max_iter_hit, by_solve = _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketch_size,
-                                                 tol, max_iter, n_threads, results)
+                                                 tol, max_iter, seed, n_threads, continuation, results)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # one warning for the batch, below
         for k, (i, problem, strategy, threads) in enumerate(by_solve):
@@ -307,8 +330,8 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
     return _batch_result(results, clock)
 
 
-def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketch_size, tol, max_iter, n_threads,
-                    results):
+def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketch_size, tol, max_iter, seed, n_threads,
+                    continuation, results):
     """Validate every problem, solve the compiled ones and write their entries of ``results``:
     (the indices of compiled problems that stopped at max_iter, (index, Problem, strategy, n_threads) of those
     left to ``solve``'s loop)."""
@@ -332,22 +355,27 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
     # auto's choice for all problems at once: solve's formula (``many_strategy_seconds``), element-wise.
     strategies = [hessian] * len(valid) if hessian != "auto" or not valid else choose_strategies(
         PricedShapes.of_problems(valid), eps, sketch_size, [is_default_start(x0_each[i]) for i in valid_index])
-    compiled, compiled_index, starts, by_solve = [], [], [], []
+    compiled, compiled_index, starts, by_solve, staged = [], [], [], [], []
     for problem, i, strategy in zip(valid, valid_index, strategies):
         try:
             if isinstance(problem.row_model, Softmax) and strategy == "exact":
                 starts.append(_start_kind(problem, x0_each[i]))
                 compiled.append(problem)
                 compiled_index.append(i)
+            elif isinstance(problem.row_model, SoftmaxRelu) and strategy == "exact":
+                staged.append((i, problem))
             else:
                 # solve's own threads rule: a small problem on one thread, whatever the batch's n_threads
-                # (one thread per such problem ran the 40 softmax_relu problems of bench/many_small.py in
-                # 0.64 s, two in 2.35 s)
+                # (one thread per such problem ran the 40 softmax_relu problems of bench/many_small.py, when
+                # they went this way, in 0.64 s, two in 2.35 s)
                 by_solve.append((i, problem, strategy, 1 if default_thread_count(problem, None) == 1 else n_threads))
         except (TypeError, ValueError) as error:
             results[i] = _invalid(items[i][0], i, error)
 
     max_iter_hit = []
+    if staged:
+        _solve_staged(staged, x0_each, eps, sketch_size, tol, max_iter, seed, n_threads, continuation, results,
+                      max_iter_hit)
     if compiled:
         pack = _Packed(compiled, starts)
         _warn_if_not_distributions(compiled, compiled_index, pack.b)
@@ -374,6 +402,233 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
             if status == Status.MAX_ITER:
                 max_iter_hit.append(i)
     return max_iter_hit, by_solve
+
+
+def _solve_staged(staged, x0_each, eps, sketch_size, tol, max_iter, seed, n_threads, continuation, results,
+                  max_iter_hit):
+    """The ``softmax_relu`` problems (index, Problem) with the exact Hessian: each runs ``solve``'s own staged
+    solve (``fastnewton.solver.solve_rounds``: the simplex start, the lifted surrogate's ridge stages, branch
+    probe, real loss, restarts; ``fastnewton.lifted_start``) as a generator, all of them side by side; the
+    Newton loops they ask for in a round (one per problem) run together in one call of
+    ``kernels/small_softmax_relu.py`` (``_run_loops``), the rest of each stage in Python. Writes their entries
+    of ``results``."""
+    rounds, pending = {}, {}
+    with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", ConvergenceWarning)  # one warning for the batch (solve_problems)
+        # The stages' own work (starts, power iterations, misfits) runs one problem at a time on one thread, as
+        # ``solve`` runs a problem this small; the Newton loops on the batch's threads, one problem per thread.
+        with thread_limits(1):
+            for i, problem in staged:
+                build_system, options = solve_options(problem, "exact", eps, sketch_size, tol, max_iter, seed, None,
+                                                      False, default_start=is_default_start(x0_each[i]),
+                                                      continuation=continuation)
+                rounds[i] = solve_rounds(problem, x0_each[i], build_system, options)
+                _advance(i, rounds, pending, None, results, max_iter_hit)
+        settings = _settings(tol, max_iter)
+        while pending:
+            batch = list(pending.items())
+            pending.clear()
+            with thread_limits(n_threads):
+                answers = _answer_round([request for _, request in batch], settings)
+            with thread_limits(1):
+                for (i, request), answer in zip(batch, answers):
+                    _advance(i, rounds, pending, request.run() if answer is None else answer, results, max_iter_hit)
+
+
+def _answer_round(requests, settings):
+    """The answers to a round of the staged solves' requests, each kind in one kernel call: Newton loops
+    (``_run_loops``; None for one to run in Python), the starts' simplex vectors (``_simplex_vectors``; None
+    likewise), λmax and the reachability test's losses (``_stage_figures``)."""
+    answers = [None] * len(requests)
+    loops = [k for k, request in enumerate(requests) if isinstance(request, NewtonRequest)]
+    for k, answer in zip(loops, _run_loops([requests[k] for k in loops], settings) if loops else []):
+        answers[k] = answer
+    eigenvalues = [k for k, request in enumerate(requests) if isinstance(request, EigenvalueRequest)]
+    if eigenvalues:
+        for k, value in zip(eigenvalues, _stage_figures([(requests[k].problem, requests[k].x) for k in eigenvalues],
+                                                        True)):
+            answers[k] = value
+    simplex = [k for k, request in enumerate(requests) if isinstance(request, SimplexRequest)]
+    if simplex:
+        for k, vector in zip(simplex, _simplex_vectors([requests[k].problem for k in simplex])):
+            answers[k] = vector
+    losses = [k for k, request in enumerate(requests) if isinstance(request, LossesRequest)]
+    if losses:
+        values = _stage_figures([point for k in losses for point in requests[k].points], False)
+        at = 0
+        for k in losses:
+            answers[k] = values[at:at + len(requests[k].points)]
+            at += len(requests[k].points)
+    return answers
+
+
+def _advance(i, rounds, pending, answer, results, max_iter_hit):
+    """Run problem i's staged solve on to its next Newton loop that the compiled kernel runs (into ``pending``),
+    answering every other request (a start's least-squares fit, a loop the kernel does not run) at once; at its
+    end, its entry of ``results``."""
+    generator = rounds[i]
+    try:
+        request = next(generator) if answer is None else generator.send(answer)
+        while not _compiles(request):
+            request = generator.send(request.run())
+        pending[i] = request
+    except StopIteration as stop:
+        res = stop.value
+        del rounds[i]
+        results[i] = (res.x, Status(res.status), res.n_iter, res.loss, res.grad_norm, res.g_ref, res.message)
+        if res.status == Status.MAX_ITER:
+            max_iter_hit.append(i)
+
+
+def _compiles(request):
+    """Whether kernels/small_softmax_relu.py runs this request: a Newton loop of ``softmax_relu`` (any offsets,
+    targets and ridge) with the exact Hessian, no callback, the default logit cap; λmax or losses of ``softmax_relu``
+    evaluators (``fastnewton.lifted_start``'s figures between stages)."""
+    if isinstance(request, NewtonRequest):
+        return (isinstance(request.problem.row_model, SoftmaxRelu) and request.build_system is exact_system
+                and request.options.callback is None and request.options.max_logit_step == MAX_LOGIT_STEP)
+    if isinstance(request, (EigenvalueRequest, SimplexRequest)):
+        return isinstance(request.problem.row_model, SoftmaxRelu)
+    return isinstance(request, LossesRequest) and all(isinstance(problem.row_model, SoftmaxRelu)
+                                                      for problem, _ in request.points)
+
+
+class _RequestPack:
+    """Requests on ``softmax_relu`` problems (evaluator, x) in the layout of kernels/small_softmax_relu.py: C, V
+    and w read in place (one pack of C per distinct matrix: a problem's stages share it), the models' b and
+    offsets and the points x packed; ``order`` the costliest first (the sandwich's n·d² and the low-rank part's
+    d²·m), for lanes that each take the next as they finish one (``_Packed.run``)."""
+
+    def __init__(self, problems, points):
+        count = len(problems)
+        models = [problem.row_model for problem in problems]
+        distinct = {}
+        for problem in problems:
+            distinct.setdefault(id(problem.matrix), problem.matrix)
+        csr, addresses, self._held = _matrix_addresses(list(distinct.values()))
+        row_of = {key: k for k, key in enumerate(distinct)}
+        rows = np.array([row_of[id(problem.matrix)] for problem in problems], dtype=np.int64)
+        values = [np.ascontiguousarray(problem.block.V, dtype=np.float64) for problem in problems]
+        weights = [np.ascontiguousarray(problem.block.w, dtype=np.float64) for problem in problems]
+        self._held += values + weights
+        n = np.array([problem.n for problem in problems], dtype=np.int64)
+        self.d = d = np.array([problem.d for problem in problems], dtype=np.int64)
+        self.m = m = np.array([model.m for model in models], dtype=np.int64)
+        self.table = table = np.empty((count, relu_kernel.TABLE_FIELDS), dtype=np.int64)
+        table[:, relu_kernel.T_N] = n
+        table[:, relu_kernel.T_D] = d
+        table[:, relu_kernel.T_M] = m
+        table[:, relu_kernel.T_CSR] = np.asarray(csr, dtype=np.int64)[rows]
+        table[:, relu_kernel.T_CHUNK] = [problem.block.chunk for problem in problems]
+        table[:, relu_kernel.T_VALUES] = addresses[rows, kernel.A_VALUES]
+        table[:, relu_kernel.T_INDPTR] = addresses[rows, kernel.A_INDPTR]
+        table[:, relu_kernel.T_INDICES] = addresses[rows, kernel.A_INDICES]
+        table[:, relu_kernel.T_V] = [V.ctypes.data for V in values]
+        table[:, relu_kernel.T_W] = [w.ctypes.data for w in weights]
+        table[:, relu_kernel.T_COL] = np.cumsum(d) - d
+        table[:, relu_kernel.T_OUT] = np.cumsum(m) - m
+        table[:, relu_kernel.T_MAX_ITER] = 0
+        self.numbers = np.zeros((count, relu_kernel.NUMBER_FIELDS))
+        self.numbers[:, relu_kernel.N_L2] = [problem.l2 for problem in problems]
+        self.b = np.concatenate([model.b for model in models]).astype(np.float64, copy=False)
+        self.offset = np.concatenate([model.output_offset for model in models]).astype(np.float64, copy=False)
+        self.x = np.concatenate(points).astype(np.float64)
+        self.order = np.argsort(-(n * d * (d + m)).astype(np.float64), kind="stable").astype(np.int64)
+        self.lanes = max(1, min(numba.get_num_threads(), count))
+
+
+def _run_loops(requests, settings):
+    """The ``SolveResult`` of each Newton loop (``NewtonRequest``) run by ``solve_relu_loops``, or None for one that
+    met a non-finite value (the caller runs it in Python: its message names where, from the arrays there)."""
+    count = len(requests)
+    problems = [request.problem for request in requests]
+    pack = _RequestPack(problems, [request.x0 for request in requests])
+    pack.table[:, relu_kernel.T_MAX_ITER] = [request.options.max_iter for request in requests]
+    pack.numbers[:, relu_kernel.N_TOL] = [request.options.tol for request in requests]
+    pack.numbers[:, relu_kernel.N_TARGET_NORM] = [problem.target_norm() for problem in problems]
+    y, y_previous = np.empty_like(pack.b), np.empty_like(pack.b)
+    out_int = np.zeros((count, relu_kernel.OUT_INT_FIELDS), dtype=np.int64)
+    out_float = np.zeros((count, relu_kernel.OUT_FLOAT_FIELDS))
+    relu_kernel.solve_relu_loops(pack.order, pack.lanes, pack.table, pack.numbers, settings, MAX_UPDATES, pack.b,
+                                 pack.offset, pack.x, y, y_previous, out_int, out_float)
+    xs = np.split(pack.x, np.cumsum(pack.d)[:-1])
+    ys = np.split(y, np.cumsum(pack.m)[:-1])
+    previous = np.split(y_previous, np.cumsum(pack.m)[:-1])
+    return [_loop_result(request, xs[r], ys[r], previous[r], out_int[r], out_float[r])
+            for r, request in enumerate(requests)]
+
+
+def _simplex_vectors(problems):
+    """``lifted_start.simplex_vector`` of each problem (E, λ, Σ max(·), dual Newton steps) by ``simplex_vectors``,
+    or None where a dual Newton matrix had no Cholesky factor or a dual solve stopped short of its tolerance (the
+    caller runs it in Python: ``SIMPLEX_UNCONVERGED``)."""
+    count = len(problems)
+    pack = _RequestPack(problems, [np.zeros(problem.d) for problem in problems])
+    settings = np.empty(relu_kernel.SIMPLEX_SETTINGS_FIELDS)
+    settings[relu_kernel.SIMPLEX_FLOOR_AT] = lifted_start.SIMPLEX_FLOOR
+    settings[relu_kernel.DUAL_RIDGE_AT] = lifted_start.DUAL_RIDGE
+    settings[relu_kernel.MAX_DUAL_ITER_AT] = lifted_start.MAX_DUAL_ITER
+    settings[relu_kernel.DUAL_RTOL_AT] = lifted_start.DUAL_RTOL
+    equal = np.empty_like(pack.b)
+    lam = np.empty(pack.b.shape[0] + count)
+    out_int = np.zeros((count, 3), dtype=np.int64)
+    out_float = np.zeros(count)
+    relu_kernel.simplex_vectors(pack.order, pack.lanes, pack.table, settings, pack.b, equal, lam, out_int, out_float)
+    vectors = []
+    for r, (at, m) in enumerate(zip(pack.table[:, relu_kernel.T_OUT].tolist(), pack.m.tolist())):
+        status, steps, size = out_int[r].tolist()
+        if status != relu_kernel.SIMPLEX_DONE:
+            vectors.append(None)
+            continue
+        vectors.append((np.flatnonzero(equal[at:at + m] == 1.0), lam[at + r:at + r + size + 1].copy(),
+                        float(out_float[r]), steps))
+    return vectors
+
+
+def _stage_figures(points, eigenvalue):
+    """The losses L(x) (or, ``eigenvalue``, |λmax| of ∇²L(x): ``lifted_start.largest_eigenvalue``) at the
+    (evaluator, x) ``points``, formed by ``stage_figures``."""
+    pack = _RequestPack([problem for problem, _ in points], [x for _, x in points])
+    out = np.empty(len(points))
+    relu_kernel.stage_figures(pack.order, pack.lanes, pack.table, pack.numbers, eigenvalue, POWER_ITERATIONS, pack.b,
+                              pack.offset, pack.x, out)
+    return out.tolist()
+
+
+def _loop_result(request, x, y, y_previous, out_int, out_float):
+    """The ``SolveResult`` of one compiled Newton loop, as ``NewtonRun.result`` makes it (its status, message,
+    the dead-output diagnosis and the kink flag); None for a loop that met a non-finite value."""
+    code = int(out_int[relu_kernel.O_STATUS])
+    if code == relu_kernel.NON_FINITE:
+        return None
+    problem, options = request.problem, request.options
+    model = problem.row_model
+    n_iter = int(out_int[relu_kernel.O_N_ITER])
+    loss, grad_norm, g_ref = (float(v) for v in out_float[[relu_kernel.O_LOSS, relu_kernel.O_GRAD_NORM,
+                                                           relu_kernel.O_G_REF]])
+    detail, at_kink = "", False
+    if code == relu_kernel.NO_STEP_STALL:
+        status, detail = Status.STALLED, newton.NO_STEP_DETAIL
+    else:
+        status = Status(code)
+    if status == Status.STALLED and code != relu_kernel.NO_STEP_STALL:
+        kink = kink_sentence(model.relu_inputs({"y": y_previous}, None), model.relu_inputs({"y": y}, None))
+        at_kink = kink is not None
+        detail = stall_detail(kink, loss, grad_norm, g_ref)
+    elif status == Status.CONVERGED:
+        dead = model.diagnose({"y": y}, loss, problem.facts, problem.loss_at_zero)
+        if dead:
+            status, detail = Status.DEAD_STATIONARY, dead
+    if status == Status.MAX_ITER and options.warn_at_max_iter:
+        warn_max_iter(options)
+    # The stages join the loops' records (``lifted_start._Stages``): one per iteration, without the figures.
+    history = [{"iter": k, "time": 0.0} for k in range(n_iter + 1)]
+    res = SolveResult(x=x, loss=loss, grad_norm=grad_norm, rel_grad_norm=grad_norm / g_ref if g_ref > 0 else 0.0,
+                      g_ref=g_ref, n_iter=n_iter, converged=status == Status.CONVERGED, status=status,
+                      message=status_message(status, detail), history=history, x0=request.x0.copy(),
+                      start=request.start, hessian=options.hessian, time=0.0)
+    res.update(fun=loss, nit=n_iter, success=res["converged"], at_kink=at_kink)
+    return res
 
 
 def _invalid(C, i, error):

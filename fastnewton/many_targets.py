@@ -288,6 +288,10 @@ class SharedPasses:
             if members:
                 for t, reply in zip(members, answer([requests[t] for t in members])):
                     answers[t] = reply
+        for t, request in enumerate(requests):
+            # Any other request (softmax_relu's figures between its stages: ``fastnewton.lifted_start``) on its own.
+            if not isinstance(request, (NormalSystemRequest, NewtonRequest)):
+                answers[t] = request.run()
         return answers
 
     def normal_systems(self, requests):

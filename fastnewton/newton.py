@@ -516,9 +516,11 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
     The decisions are ``NewtonRun``'s, shared with ``solve_many(C, B)``.
 
     The same control logic exists a second time, compiled, in kernels/small_newton.py (``solve_many``
-    of many small softmax / relu_softmax problems, where no Python may run per iteration): a change
-    to the decisions here (damping, line search, carried u, stopping and stagnation tests) must be
-    made there too; tests/test_solve_many_small.py compares the two problem by problem.
+    of many small softmax / relu_softmax problems, where no Python may run per iteration) and a third
+    time in kernels/small_softmax_relu.py (the Newton loops of softmax_relu's stages, with the one-sided
+    step of ``fastnewton.active_set``): a change to the decisions here (damping, line search, carried u,
+    stopping and stagnation tests) must be made there too; tests/test_solve_many_small.py compares them
+    with this loop problem by problem.
     """
     timer = timer if timer is not None else PhaseTimer()
     clock = clock if clock is not None else time.perf_counter()
