@@ -41,27 +41,27 @@ DENSE_SAMPLED_SANDWICH_FMA = 2.41e+10
 DENSE_MATMAT_FMA = 9.34e+09
 CSR_MATMAT_FMA = 3.85e+09
 # QR of the m × d embedding (multiply-adds m·d²) and Cholesky of d × d (d³/3) per second.
-QR_FMA = 2.51e+10
-CHOLESKY_FMA = 1.4e+10
+QR_FMA = 2.21e+10
+CHOLESKY_FMA = 1.07e+10
 # Rows per second of an iteration's work per row beyond its passes (the model's row stages at the
 # line search's trial and at the new point, β), from exact solves of a short-row CSR problem, and
 # iterations per second of a tiny problem (an iteration's fixed cost: Python control, small kernels).
 ITERATION_ROWS = 7.03e+07
-TINY_ITERATIONS = 1.19e+03
+TINY_ITERATIONS = 1.05e+03
 # Rows per second of a sketched iteration's draw (scores |βᵢ|gᵢ and the Poisson sample over every row).
-SAMPLING_ROWS = 8.14e+07
+SAMPLING_ROWS = 7.6e+07
 # Newton iterations of exact, of sketch and of pcg per exact Newton iteration, CG iterations per pcg step.
-EXACT_ITERATIONS = 2.92
-SKETCH_ITERATIONS_PER_EXACT = 2.08
-PCG_ITERATIONS_PER_EXACT = 1.03
-CG_ITERATIONS_PER_STEP = 2.97
+EXACT_ITERATIONS = 2.75
+SKETCH_ITERATIONS_PER_EXACT = 2.25
+PCG_ITERATIONS_PER_EXACT = 1.08
+CG_ITERATIONS_PER_STEP = 2.75
 # Leverage references refused (fresh scores drawn) per sketch / pcg iteration, from the default start
 # and from any other (zeros, a user's x0: β moves far in the first iterations); the iteration figures
 # are means over calibrate.py's four problems (dense at d = 64 and 256, CSR with long and with short rows).
-REFERENCE_REFRESHES_PER_ITERATION = 0.0659
-REFERENCE_REFRESHES_FROM_OTHER_STARTS = 0.109
+REFERENCE_REFRESHES_PER_ITERATION = 0.0645
+REFERENCE_REFRESHES_FROM_OTHER_STARTS = 0.143
 # Newton iterations of lagged per exact Newton iteration, CG iterations per lagged step.
 LAGGED_ITERATIONS_PER_EXACT = 1
-LAGGED_CG_ITERATIONS_PER_STEP = 1.62
+LAGGED_CG_ITERATIONS_PER_STEP = 1.88
 # CG iterations per pcg step preconditioned by the start's fit matrix (dense C from x0="auto").
-START_PRECONDITIONED_CG_ITERATIONS_PER_STEP = 2.67
+START_PRECONDITIONED_CG_ITERATIONS_PER_STEP = 2.83
