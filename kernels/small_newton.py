@@ -32,7 +32,7 @@ from .csr import csr_column_squares
 from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, raised_damping
 from .dense import chunk_rmatmat, four_row_dots, row_dot, signed_scaled_rows
 from .in_place import array_at
-from .sandwich import _gather_sorted_row
+from .sandwich import ROW_PAD, _add_row, _sorted_rows
 from .softmax import (
     curvature_weight,
     log_partition_serial,
@@ -142,39 +142,41 @@ def _rmatmat(matrix, Q, chunk_rows, out):
 
 @njit(cache=True)
 def _sandwich_work(matrix, n, d):
-    """The work arrays of ``_sandwich``, made once per problem: the row numbers and the rows scaled by
-    √|β| (dense C; none for CSR)."""
-    rows = n if not matrix[4] else 0
-    return np.arange(rows), np.empty((rows, d))
+    """The work arrays of ``_sandwich``, made once per problem: dense C, the row numbers and the rows scaled
+    by √|β|; CSR C, the padded d × (d + ROW_PAD) accumulator of the pair updates, a row's sorted columns and
+    values (for a row stored unsorted), and whether every row's columns already increase strictly (canonical
+    CSR: its rows are then read in place; tested once here, not per sandwich)."""
+    A, indptr, indices, data, csr = matrix
+    rows = n if not csr else 0
+    pairs = d * (d + ROW_PAD) if csr else 0
+    in_place = csr and _sorted_rows(indptr, indices, 0, n)
+    return (np.arange(rows), np.empty((rows, d)), np.empty(pairs), np.empty(d, dtype=np.uintp), np.empty(d),
+            in_place)
 
 
 @njit(cache=True)
 def _sandwich(matrix, beta, out, work):
     """out = Cᵀ diag(β) C (d × d, β of any sign). Dense: B₊ᵀB₊ − B₋ᵀB₋ by BLAS SYRKs (``kernels/blas.py``)
     with B± the rows of positive / negative β scaled by √|β|, as fastnewton.matrix's blocked SYRK
-    forms it for ``solve``; CSR: pair updates of the upper triangle over rows gathered sorted
-    (kernels/sandwich.py's ``_gather_sorted_row``), then mirrored."""
+    forms it for ``solve``; CSR: the pair updates of ``csr_sandwich_rows`` (kernels/sandwich.py's
+    ``_add_row``: each row's pairs a ≤ b by increasing column, register-tiled, into the upper triangle of
+    one padded partial), copied out and mirrored: the one-chunk sum of ``solve``'s sandwich, the same bits."""
     A, indptr, indices, data, csr = matrix
     d = out.shape[0]
     n = beta.shape[0]
+    rows, B, acc, columns, values, in_place = work
     if csr:
-        out[:] = 0.0
-        columns = np.empty(d, dtype=np.uintp)
-        values = np.empty(d)
+        stride = np.uintp(d + ROW_PAD)
+        acc[:] = 0.0
         for i in range(n):
             bi = beta[i]
-            if bi == 0.0:
-                continue
-            # The row sorted by column, duplicates summed (as csr_sandwich_rows gathers it): every
-            # pair a ≤ b then falls in the upper triangle at (j_a, j_b).
-            m = _gather_sorted_row(indptr, indices, data, i, columns, values)
-            for a in range(m):
-                ja = columns[a]
-                va = bi * values[a]
-                for c in range(a, m):
-                    out[ja, columns[c]] += va * values[c]
+            if bi != 0.0:
+                _add_row(indptr, indices, data, i, bi, acc, stride, columns, values, in_place)
+        for j in range(d):
+            base = j * (d + ROW_PAD)
+            for l in range(j, d):
+                out[j, l] = acc[base + l]
     else:
-        rows, B = work
         positive, negative = signed_scaled_rows(A, rows, np.empty((n, 0)), beta, np.zeros(d), np.ones(d), B)
         # Each Gram matrix formed on its own and the negative one subtracted, as ``blocked_syrk_sandwich``
         # does for ``solve`` in one block (n ≤ 8192 rows; NumPy runs its Bᵀ·B as a dsyrk too): the same sums.
