@@ -265,3 +265,48 @@ def _add_scaled_and_lane_sums4_overload(acc, previous, w, row, x, full):
         return lane_sums4(row, x, full)
 
     return scalar
+
+
+def four_lane_sums4(row0, row1, row2, row3, x, full):
+    """``lane_sums4`` of four rows with one x: (c₀₀, …, c₀₃, c₁₀, …, c₃₃), row by row (the pure-Python form)."""
+    return (*lane_sums4(row0, x, full), *lane_sums4(row1, x, full), *lane_sums4(row2, x, full),
+            *lane_sums4(row3, x, full))
+
+
+@intrinsic
+def _four_lane_sums4(typingctx, row0, row1, row2, row3, x, full):
+    """The loop of ``four_lane_sums4`` on four <4 x double> accumulators, one per row, from one load of x per step:
+    four independent chains of adds, so the loop is not bound by one chain's add latency."""
+    if not (all(_contiguous_vectors(row, x) for row in (row0, row1, row2, row3)) and isinstance(full, types.Integer)):
+        return None
+    signature = types.UniTuple(types.float64, 4 * LANES)(row0, row1, row2, row3, x, full)
+
+    def codegen(context, builder, sig, args):
+        *rows, x = _arrays(context, builder, sig, args)
+
+        def step(j, accumulators):
+            values = _load4(builder, x, j)
+            return tuple(builder.fadd(sums, builder.fmul(_load4(builder, row, j), values))
+                         for sums, row in zip(accumulators, rows))
+
+        return _lane_loop(context, builder, sig, args[-1], 4, step)
+
+    return signature, codegen
+
+
+@overload(four_lane_sums4)
+def _four_lane_sums4_overload(row0, row1, row2, row3, x, full):
+    if all(_contiguous_vectors(row, x) for row in (row0, row1, row2, row3)):
+        def implementation(row0, row1, row2, row3, x, full):
+            return _four_lane_sums4(row0, row1, row2, row3, x, full)
+
+        return implementation
+
+    def scalar(row0, row1, row2, row3, x, full):
+        c00, c01, c02, c03 = lane_sums4(row0, x, full)
+        c10, c11, c12, c13 = lane_sums4(row1, x, full)
+        c20, c21, c22, c23 = lane_sums4(row2, x, full)
+        c30, c31, c32, c33 = lane_sums4(row3, x, full)
+        return c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33
+
+    return scalar

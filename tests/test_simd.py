@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastnewton.kernels.simd import add_scaled4, add_scaled_and_lane_sums4, lane_square_sums4_and_sums4, lane_sums4
+from fastnewton.kernels.simd import (add_scaled4, add_scaled_and_lane_sums4, four_lane_sums4, lane_square_sums4_and_sums4,
+                                     lane_sums4)
 
 
 @njit
@@ -108,3 +109,24 @@ def test_update_beside_lane_sums_gives_the_scalar_bits(dtype, contiguous):
             acc = start.copy()
             assert run(acc, previous, w, row, x, full) == tuple(sums)
             np.testing.assert_array_equal(acc, expected)
+
+
+@njit
+def _compiled_four_lanes(rows, x, full):
+    return four_lane_sums4(rows[0], rows[1], rows[2], rows[3], x, full)
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_four_rows_lane_sums_give_the_scalar_lanes_bits(dtype, contiguous):
+    """``four_lane_sums4``: each of four rows' four lane sums with one x, bit for bit against the scalar lanes,
+    compiled (vector code on contiguous rows, the scalar loop on strided ones) and in its pure-Python form."""
+    rng = np.random.default_rng(7)
+    for d in (0, 4, 12, 48, 256):
+        rows = (rng.standard_normal((4, 2 * d)) * np.exp(rng.uniform(-30, 30, (4, 2 * d)))).astype(dtype)
+        rows = rows[:, ::2] if not contiguous else np.ascontiguousarray(rows[:, :d])
+        x = rng.standard_normal(d) * np.exp(rng.uniform(-30, 30, d))
+        for full in sorted({d, max(0, d - 4)}):
+            expected = sum((tuple(_lane_reference(row, np.ones(d), x, full)[1]) for row in rows), ())
+            assert _compiled_four_lanes(rows, x, full) == expected
+            assert four_lane_sums4(rows[0], rows[1], rows[2], rows[3], x, full) == expected
