@@ -33,6 +33,7 @@ from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, 
 from .dense import chunk_rmatmat, four_row_dots, row_dot, signed_scaled_rows
 from .in_place import array_at
 from .sandwich import ROW_PAD, _add_row, _sorted_rows
+from .simd import subtract_column_products4, subtract_column_products16
 from .softmax import (
     curvature_weight,
     log_partition_serial,
@@ -213,59 +214,67 @@ def _column_scale(matrix, d, out):
 
 # -- small dense linear algebra -----------------------------------------------------------------------
 @njit(cache=True)
-def _cholesky(A, shift, L):
-    """L Lᵀ = A + shift·I (lower triangle of A); False when a pivot is not positive (or not finite),
-    as LAPACK's potrf fails."""
+def _cholesky(A, shift, U):
+    """Uᵀ U = A + shift·I (lower triangle of A read), U upper triangular: U[k, i] = L[i, k] of the lower
+    factor L, whose entries are L[i, j] = (A[i, j] − Σ_{k<j} L[i, k]·L[j, k]) / L[j, j] with each sum in the
+    order k = 0 … j − 1 (and L[j, j]² = A[j, j] + shift − Σ_{k<j} L[j, k]², in the same order); False when a
+    pivot is not positive (or not finite), as LAPACK's potrf fails.
+
+    Column j of L is formed all at once, sixteen (then four) entries at a time held in 4-wide vectors through
+    the loop over k (``subtract_column_products16``: t[i] −= L[i, k]·L[j, k] from row k of U, contiguous),
+    instead of one sum per entry, each bound by its add latency; every t[i] still gets its terms in the order
+    k = 0, 1, …, so the bits are those of the entry-by-entry sums (d = 48, one thread: 7.4 → 5.3 µs)."""
     d = A.shape[0]
+    t = np.empty(d)
     for j in range(d):
-        s = A[j, j] + shift
-        for k in range(j):
-            s -= L[j, k] * L[j, k]
+        t[j] = A[j, j] + shift
+        for i in range(j + 1, d):
+            t[i] = A[i, j]
+        # Blocks laid from the end of the column down to row j; the last may reach above row j into entries
+        # of t that this column does not read (their values are never used), so no row needs the scalar loop
+        # once d ≥ 4 (a leftover row's lone sum is latency-bound: it cost as much as all the blocks).
+        stop = d
+        while stop - j > 4 and stop >= 16:
+            subtract_column_products16(t, stop - 16, U, j, j)
+            stop -= 16
+        while stop > j and stop >= 4:
+            subtract_column_products4(t, stop - 4, U, j, j)
+            stop -= 4
+        for i in range(j, stop):
+            value = t[i]
+            for k in range(j):
+                value -= U[k, i] * U[k, j]
+            t[i] = value
+        s = t[j]
         if not s > 0.0 or not np.isfinite(s):
             return False
         root = math.sqrt(s)
-        L[j, j] = root
-        # Four rows at a time (independent sums, each in the order k = 0 … j−1: the same bits as one row
-        # at a time), so the loop is not bound by one sum's add latency.
-        i = j + 1
-        while i + 4 <= d:
-            t0 = A[i, j]
-            t1 = A[i + 1, j]
-            t2 = A[i + 2, j]
-            t3 = A[i + 3, j]
-            for k in range(j):
-                ljk = L[j, k]
-                t0 -= L[i, k] * ljk
-                t1 -= L[i + 1, k] * ljk
-                t2 -= L[i + 2, k] * ljk
-                t3 -= L[i + 3, k] * ljk
-            L[i, j] = t0 / root
-            L[i + 1, j] = t1 / root
-            L[i + 2, j] = t2 / root
-            L[i + 3, j] = t3 / root
-            i += 4
-        for i in range(i, d):
-            t = A[i, j]
-            for k in range(j):
-                t -= L[i, k] * L[j, k]
-            L[i, j] = t / root
+        U[j, j] = root
+        for i in range(j + 1, d):
+            U[j, i] = t[i] / root
     return True
 
 
 @njit(cache=True)
-def _cholesky_solve(L, rhs, out):
-    """out = (L Lᵀ)⁻¹ rhs."""
+def _cholesky_solve(U, rhs, out):
+    """out = (Uᵀ U)⁻¹ rhs (U from ``_cholesky``): Uᵀy = rhs, then U out = y, every entry's sum in increasing
+    k. The forward sweep runs by columns of L (rows of U, contiguous): y[k] is final once every earlier
+    column has been subtracted, then subtracted from the entries below it, each getting its terms in k order."""
     d = rhs.shape[0]
     for i in range(d):
-        t = rhs[i]
-        for k in range(i):
-            t -= L[i, k] * out[k]
-        out[i] = t / L[i, i]
+        out[i] = rhs[i]
+    for k in range(d):
+        out[k] = out[k] / U[k, k]
+        yk = out[k]
+        row = U[k]
+        for i in range(k + 1, d):
+            out[i] -= row[i] * yk
     for i in range(d - 1, -1, -1):
         t = out[i]
+        row = U[i]
         for k in range(i + 1, d):
-            t -= L[k, i] * out[k]
-        out[i] = t / L[i, i]
+            t -= row[k] * out[k]
+        out[i] = t / U[i, i]
 
 
 @njit(cache=True)
@@ -371,14 +380,14 @@ def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x, work):
     scale = 0.0
     for j in range(size):
         scale = max(scale, M[j, j])
-    L = np.zeros((size, size))
-    if not scale > 0.0 or not _cholesky(M, 0.0, L):
+    U = np.zeros((size, size))
+    if not scale > 0.0 or not _cholesky(M, 0.0, U):
         return False
     for j in range(size):
-        if not L[j, j] * L[j, j] > settings[S_NULL_SPACE_RTOL] * scale:
+        if not U[j, j] * U[j, j] > settings[S_NULL_SPACE_RTOL] * scale:
             return False
     z = np.empty(size)
-    _cholesky_solve(L, rhs, z)
+    _cholesky_solve(U, rhs, z)
     for j in range(d):
         x[j] = z[j] / D[j]
     return True
@@ -514,7 +523,7 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
         beta = np.empty(n)
         H = np.empty((d, d))
         scaled = np.empty((d, d))
-        L = np.empty((d, d))
+        U = np.empty((d, d))
         scaled_g = np.empty(d)
         p = np.empty(d)
         Cp = np.empty(n)
@@ -569,9 +578,9 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
             ratio = 1.0
             increase = FIRST_INCREASE
             for _ in range(int(settings[S_MAX_DAMPING_TRIES])):
-                solved = finite and _cholesky(scaled, mu, L)
+                solved = finite and _cholesky(scaled, mu, U)
                 if solved:
-                    _cholesky_solve(L, scaled_g, p)
+                    _cholesky_solve(U, scaled_g, p)
                     for j in range(d):
                         p[j] = -p[j] / column_scale[j]
                 if not solved or not _all_finite(p) or not _dot(grad, p) < 0.0:

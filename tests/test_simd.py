@@ -5,7 +5,7 @@ import pytest
 from numba import njit
 
 from fastnewton.kernels.simd import (add_scaled4, add_scaled_and_lane_sums4, four_lane_sums4, lane_square_sums4_and_sums4,
-                                     lane_sums4)
+                                     lane_sums4, subtract_column_products4, subtract_column_products16)
 
 
 @njit
@@ -130,3 +130,34 @@ def test_four_rows_lane_sums_give_the_scalar_lanes_bits(dtype, contiguous):
             expected = sum((tuple(_lane_reference(row, np.ones(d), x, full)[1]) for row in rows), ())
             assert _compiled_four_lanes(rows, x, full) == expected
             assert four_lane_sums4(rows[0], rows[1], rows[2], rows[3], x, full) == expected
+
+
+@njit
+def _compiled_column_products(t, U, column, rows, wide):
+    for start in range(0, t.shape[0] - (16 if wide else 4) + 1, 16 if wide else 4):
+        if wide:
+            subtract_column_products16(t, start, U, column, rows)
+        else:
+            subtract_column_products4(t, start, U, column, rows)
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["4", "16"])
+def test_column_products_give_the_scalar_bits(wide):
+    """``subtract_column_products4`` / ``16``: t[start + r] −= U[k, start + r]·U[k, column] in k order, bit for bit
+    against the scalar statements, compiled and in the pure-Python form."""
+    rng = np.random.default_rng(11)
+    d = 32
+    U = rng.standard_normal((d, d)) * np.exp(rng.uniform(-30, 30, (d, d)))
+    start_values = rng.standard_normal(d) * 1e5
+    for rows in (0, 1, 7, 32):
+        expected = start_values.copy()
+        for i in range(d):
+            for k in range(rows):
+                expected[i] -= U[k, i] * U[k, 5]
+        t = start_values.copy()
+        _compiled_column_products(t, U, 5, rows, wide)
+        np.testing.assert_array_equal(t, expected)
+        t = start_values.copy()
+        for start in range(0, d, 16 if wide else 4):
+            (subtract_column_products16 if wide else subtract_column_products4)(t, start, U, 5, rows)
+        np.testing.assert_array_equal(t, expected)
