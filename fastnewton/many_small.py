@@ -2,9 +2,10 @@
 
 ``solve_many([(C, b), (C, b, V), ...], model=..., **kw)`` (through ``fastnewton.solve_many``):
 
-1. Each problem is validated as ``fastnewton.Problem`` validates it (float64 targets, dense float64 C and
-   float64 CSR C of all problems checked in bulk: ``_checked_in_bulk``); a problem whose input is invalid gets the
-   status ``INVALID_INPUT`` and Problem's reason in its message, and the others still solve.
+1. Each problem is validated as ``fastnewton.Problem`` validates it (float64 targets and float64 CSR C of all
+   problems checked in bulk: ``_checked_in_bulk``; a dense float64 C's entries where the compiled solve first
+   reads them); a problem whose input is invalid gets the status ``INVALID_INPUT`` and Problem's reason in its
+   message, and the others still solve.
 2. ``softmax`` and ``relu_softmax`` problems whose Hessian strategy is exact (``hessian="exact"``, or
    ``"auto"`` where ``solve``'s cost model picks exact, as it did at every shape tried from
    n = 64, d = 32 to n = 10⁴, d = 128, dense and CSR; all problems priced in one call of that model's
@@ -365,6 +366,9 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
             elif isinstance(problem.row_model, SoftmaxRelu) and strategy == "exact":
                 staged.append((i, problem))
             else:
+                if problem.matrix.format == "dense" and not np.all(np.isfinite(problem.matrix.array)):
+                    results[i] = _invalid_as_problem(items[i], i, model, l2, weights_each[i])
+                    continue
                 # solve's own threads rule: a small problem on one thread, whatever the batch's n_threads
                 # (one thread per such problem ran the 40 softmax_relu problems of bench/many_small.py, when
                 # they went this way, in 0.64 s, two in 2.35 s)
@@ -378,11 +382,14 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
                       max_iter_hit)
     if compiled:
         pack = _Packed(compiled, starts)
-        _warn_if_not_distributions(compiled, compiled_index, pack.b)
         settings = _settings(tol, max_iter)
         # Overflowing scales end in Status.NON_FINITE with its message, as in solve (no NumPy warnings).
         with thread_limits(n_threads), np.errstate(over="ignore", invalid="ignore"):
             pack.run(np.arange(len(compiled)), settings)
+            invalid = np.flatnonzero(pack.out_int[:, kernel.O_STATUS] == kernel.C_NOT_FINITE).tolist()
+            for p in invalid:
+                i = compiled_index[p]
+                results[i] = _invalid_as_problem(items[i], i, model, l2, weights_each[i])
             failed = np.flatnonzero(pack.out_int[:, kernel.O_STATUS] == kernel.START_FAILED)
             for p in failed:
                 # The fit was singular: its null-space step (and relu_softmax's LP) in Python.
@@ -396,7 +403,10 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
         xs = np.split(pack.x.copy(), np.cumsum(pack.layout[:-1, kernel.L_D]))
         statuses, n_iters = pack.out_int[:, kernel.O_STATUS].tolist(), pack.out_int[:, kernel.O_N_ITER].tolist()
         outputs = pack.out_float[:, [kernel.O_LOSS, kernel.O_GRAD_NORM, kernel.O_G_REF]].tolist()
+        _warn_if_not_distributions(compiled, compiled_index, pack.b, set(invalid))
         for p, (problem, i) in enumerate(zip(compiled, compiled_index)):
+            if statuses[p] == kernel.C_NOT_FINITE:
+                continue
             status, message = _compiled_message(problem, pack, p, Status(statuses[p]))
             results[i] = (xs[p], status, n_iters[p], *outputs[p], message)
             if status == Status.MAX_ITER:
@@ -631,6 +641,17 @@ def _loop_result(request, x, y, y_previous, out_int, out_float):
     return res
 
 
+def _invalid_as_problem(item, i, model, l2, row_weights):
+    """Problem i's entry of ``results`` for an input found invalid after its bulk check (a dense C with a
+    NaN or ±Inf entry): ``Problem`` rejects it, and its error is the message."""
+    C, b, V = item
+    try:
+        Problem(C, b, model=model, V=V, l2=l2, row_weights=row_weights)
+    except (TypeError, ValueError) as error:
+        return _invalid(C, i, error)
+    raise AssertionError(f"problem {i}: its input was found invalid, but Problem accepts it")
+
+
 def _invalid(C, i, error):
     """Problem i's entry of ``results`` when its input is invalid: x of NaNs (length d where C has a shape)."""
     d = getattr(C, "shape", (0, 0))[1] if len(getattr(C, "shape", ())) == 2 else 0
@@ -671,13 +692,15 @@ def _plain_csr(C):
 def _checked_in_bulk(items, model, weights_each):
     """The problems whose checks run here, for all of them at once, as {index: its C as ``as_input_matrix``
     gives it, or None where C is still to be checked by as_input_matrix}: no V or row_weights, a
-    ``_plain_target`` b, finite (one NumPy pass over all of them), and a ``_plain_dense`` C, finite, or a
+    ``_plain_target`` b, finite (one NumPy pass over all of them), and a ``_plain_dense`` C, or a
     ``_plain_csr`` C whose arrays are valid (each read in place by one parallel kernel), or another sparse
-    C (None: as_input_matrix checks it, with Problem's message). Problem's own checks of b and a dense C
-    cost ~15 µs per problem, a third of a small problem's Python side; as_input_matrix's of a CSR C of
-    288 × 48 with 8 entries per row ~50 µs of its ~75. ``Problem.from_checked`` builds these; Problem
-    checks every other one, and so gives the error message of a problem with a non-finite entry or a
-    corrupt sparse C."""
+    C (None: as_input_matrix checks it, with Problem's message). A ``_plain_dense`` C's entries are not read
+    here: the compiled solve checks them for NaN and ±Inf on its first read of C (``C_NOT_FINITE``), and a
+    problem left to ``solve`` is checked before it runs (``_invalid_as_problem`` gives the message). Problem's
+    own checks of b and a dense C cost ~15 µs per problem, a third of a small problem's Python side;
+    as_input_matrix's of a CSR C of 288 × 48 with 8 entries per row ~50 µs of its ~75. ``Problem.from_checked`` builds these;
+    Problem checks every other one, and so gives the error message of a problem with a non-finite entry or
+    a corrupt sparse C."""
     if uses_values(model):
         return {}
     plain = [i for i, (C, b, V) in enumerate(items)
@@ -688,15 +711,9 @@ def _checked_in_bulk(items, model, weights_each):
     starts = np.cumsum([0] + [b.shape[0] for b in targets[:-1]])
     finite = np.logical_and.reduceat(np.isfinite(np.concatenate(targets)), starts)
     matrices = [None] * len(plain)
-    dense = [position for position, i in enumerate(plain) if not sp.issparse(items[i][0])]
-    if dense:
-        arrays = [items[plain[position]][0] for position in dense]
-        finite_C = np.empty(len(dense), dtype=np.bool_)
-        kernel.finite_at(np.array([C.ctypes.data for C in arrays], dtype=np.int64),
-                         np.array([C.size for C in arrays], dtype=np.int64), finite_C)
-        finite[dense] &= finite_C
-        for position, C in zip(dense, arrays):
-            matrices[position] = DenseMatrix(C)
+    for position, i in enumerate(plain):
+        if not sp.issparse(items[i][0]):
+            matrices[position] = DenseMatrix(items[i][0])  # its entries: checked where the solve first reads them
     csr = [position for position, i in enumerate(plain) if _plain_csr(items[i][0])]
     if csr:
         arrays = [items[plain[position]][0] for position in csr]
@@ -714,19 +731,22 @@ def _checked_in_bulk(items, model, weights_each):
     return {i: matrix for i, matrix, ok in zip(plain, matrices, finite.tolist()) if ok}
 
 
-def _warn_if_not_distributions(problems, indices, targets):
+def _warn_if_not_distributions(problems, indices, targets, invalid=()):
     """``solve``'s warning for targets that cannot be softmax outputs, once for the batch (naming the problems).
 
     ``targets``: the problems' b side by side (the pack's), screened all at once: only a problem with a
     negative entry or a sum off 1 by more than half of solve's tolerance (``SUM_TOLERANCE``; a sum in
     another order differs by ~n·eps, far less) is asked ``not_a_distribution``, whose test and text are the
-    warning's (~6 µs a problem asked)."""
+    warning's (~6 µs a problem asked). ``invalid``: positions of problems whose input turned out invalid
+    (not warned about: they are not solved)."""
     lengths = np.fromiter((problem.n for problem in problems), np.int64, len(problems))
     starts = np.cumsum(lengths) - lengths
     negative = np.logical_or.reduceat(targets < 0, starts)
     off = np.abs(np.add.reduceat(targets, starts) - 1.0) > 0.5 * SUM_TOLERANCE
     flagged, first = [], None
     for k in np.flatnonzero(negative | off).tolist():
+        if k in invalid:
+            continue
         message = not_a_distribution(problems[k].b, problems[k].model)
         if message:
             flagged.append(indices[k])

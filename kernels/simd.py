@@ -265,3 +265,137 @@ def _add_scaled_and_lane_sums4_overload(acc, previous, w, row, x, full):
         return lane_sums4(row, x, full)
 
     return scalar
+
+
+def four_lane_sums4(row0, row1, row2, row3, x, full):
+    """``lane_sums4`` of four rows with one x: (c₀₀, …, c₀₃, c₁₀, …, c₃₃), row by row (the pure-Python form)."""
+    return (*lane_sums4(row0, x, full), *lane_sums4(row1, x, full), *lane_sums4(row2, x, full),
+            *lane_sums4(row3, x, full))
+
+
+@intrinsic
+def _four_lane_sums4(typingctx, row0, row1, row2, row3, x, full):
+    """The loop of ``four_lane_sums4`` on four <4 x double> accumulators, one per row, from one load of x per step:
+    four independent chains of adds, so the loop is not bound by one chain's add latency."""
+    if not (all(_contiguous_vectors(row, x) for row in (row0, row1, row2, row3)) and isinstance(full, types.Integer)):
+        return None
+    signature = types.UniTuple(types.float64, 4 * LANES)(row0, row1, row2, row3, x, full)
+
+    def codegen(context, builder, sig, args):
+        *rows, x = _arrays(context, builder, sig, args)
+
+        def step(j, accumulators):
+            values = _load4(builder, x, j)
+            return tuple(builder.fadd(sums, builder.fmul(_load4(builder, row, j), values))
+                         for sums, row in zip(accumulators, rows))
+
+        return _lane_loop(context, builder, sig, args[-1], 4, step)
+
+    return signature, codegen
+
+
+@overload(four_lane_sums4)
+def _four_lane_sums4_overload(row0, row1, row2, row3, x, full):
+    if all(_contiguous_vectors(row, x) for row in (row0, row1, row2, row3)):
+        def implementation(row0, row1, row2, row3, x, full):
+            return _four_lane_sums4(row0, row1, row2, row3, x, full)
+
+        return implementation
+
+    def scalar(row0, row1, row2, row3, x, full):
+        c00, c01, c02, c03 = lane_sums4(row0, x, full)
+        c10, c11, c12, c13 = lane_sums4(row1, x, full)
+        c20, c21, c22, c23 = lane_sums4(row2, x, full)
+        c30, c31, c32, c33 = lane_sums4(row3, x, full)
+        return c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33
+
+    return scalar
+
+
+
+def subtract_column_products4(t, start, U, column, rows):
+    """t[start + r] −= U[k, start + r]·U[k, column] for k = 0 … rows − 1 in that order, r = 0 … 3: four entries of
+    a Cholesky factor's pending column sums, from rows of U (the pure-Python form)."""
+    _subtract_column_products_python(t, start, LANES, U, column, rows)
+
+
+def subtract_column_products16(t, start, U, column, rows):
+    """``subtract_column_products4`` for sixteen entries, r = 0 … 15 (the pure-Python form)."""
+    _subtract_column_products_python(t, start, 4 * LANES, U, column, rows)
+
+
+def _subtract_column_products_python(t, start, count, U, column, rows):
+    for r in range(count):
+        value = t[start + r]
+        for k in range(rows):
+            value -= U[k, start + r] * U[k, column]
+        t[start + r] = value
+
+
+def _column_products_intrinsic(vectors):
+    """The intrinsic of ``subtract_column_products{4·vectors}``: ``vectors`` <4 x double> accumulators held
+    through the loop over k; per k one broadcast of U[k, column] and per accumulator a 4-wide load, fmul and
+    fsub (each lane rounds the product, then the difference, in k order: the scalar statements' bits).
+    t: contiguous float64 (1-d), U: C-contiguous float64 (2-d)."""
+
+    def typer(typingctx, t, start, U, column, rows):
+        if not (isinstance(t, types.Array) and t.dtype == types.float64 and t.ndim == 1 and t.layout == "C"
+                and isinstance(U, types.Array) and U.dtype == types.float64 and U.ndim == 2 and U.layout == "C"
+                and all(isinstance(a, types.Integer) for a in (start, column, rows))):
+            return None
+        signature = types.void(t, start, U, column, rows)
+
+        def codegen(context, builder, sig, args):
+            t_value, start_value, U_value, column_value, rows_value = args
+            intp = context.get_value_type(types.intp)
+            t_array = context.make_array(sig.args[0])(context, builder, t_value)
+            U_array = context.make_array(sig.args[2])(context, builder, U_value)
+            stride = cgutils.unpack_tuple(builder, U_array.shape, 2)[1]
+            start_i = context.cast(builder, start_value, sig.args[1], types.intp)
+            column_i = context.cast(builder, column_value, sig.args[3], types.intp)
+            stop = context.cast(builder, rows_value, sig.args[4], types.intp)
+            vector = ir.VectorType(ir.DoubleType(), LANES)
+
+            def pointer(data, offset):
+                # element alignment only: a row of U starts wherever its row index puts it
+                return builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
+
+            offsets = [builder.add(start_i, ir.Constant(intp, LANES * v)) for v in range(vectors)]
+            slots = [cgutils.alloca_once_value(builder, builder.load(pointer(t_array.data, offset), align=8))
+                     for offset in offsets]
+            with cgutils.for_range(builder, stop, intp=intp) as loop:
+                row = builder.mul(loop.index, stride)
+                factor = builder.load(builder.gep(U_array.data, [builder.add(row, column_i)]))
+                broadcast = builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(vector, ir.Undefined), factor, ir.Constant(ir.IntType(32), 0)),
+                    ir.Constant(vector, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+                for slot, offset in zip(slots, offsets):
+                    values = builder.load(pointer(U_array.data, builder.add(row, offset)), align=8)
+                    builder.store(builder.fsub(builder.load(slot), builder.fmul(values, broadcast)), slot)
+            for slot, offset in zip(slots, offsets):
+                builder.store(builder.load(slot), pointer(t_array.data, offset), align=8)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return intrinsic(typer)
+
+
+_subtract_column_products4 = _column_products_intrinsic(1)
+_subtract_column_products16 = _column_products_intrinsic(4)
+
+
+@overload(subtract_column_products4)
+def _subtract_column_products4_overload(t, start, U, column, rows):
+    def implementation(t, start, U, column, rows):
+        _subtract_column_products4(t, start, U, column, rows)
+
+    return implementation
+
+
+@overload(subtract_column_products16)
+def _subtract_column_products16_overload(t, start, U, column, rows):
+    def implementation(t, start, U, column, rows):
+        _subtract_column_products16(t, start, U, column, rows)
+
+    return implementation

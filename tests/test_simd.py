@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastnewton.kernels.simd import add_scaled4, add_scaled_and_lane_sums4, lane_square_sums4_and_sums4, lane_sums4
+from fastnewton.kernels.simd import (add_scaled4, add_scaled_and_lane_sums4, four_lane_sums4, lane_square_sums4_and_sums4,
+                                     lane_sums4, subtract_column_products4, subtract_column_products16)
 
 
 @njit
@@ -108,3 +109,55 @@ def test_update_beside_lane_sums_gives_the_scalar_bits(dtype, contiguous):
             acc = start.copy()
             assert run(acc, previous, w, row, x, full) == tuple(sums)
             np.testing.assert_array_equal(acc, expected)
+
+
+@njit
+def _compiled_four_lanes(rows, x, full):
+    return four_lane_sums4(rows[0], rows[1], rows[2], rows[3], x, full)
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_four_rows_lane_sums_give_the_scalar_lanes_bits(dtype, contiguous):
+    """``four_lane_sums4``: each of four rows' four lane sums with one x, bit for bit against the scalar lanes,
+    compiled (vector code on contiguous rows, the scalar loop on strided ones) and in its pure-Python form."""
+    rng = np.random.default_rng(7)
+    for d in (0, 4, 12, 48, 256):
+        rows = (rng.standard_normal((4, 2 * d)) * np.exp(rng.uniform(-30, 30, (4, 2 * d)))).astype(dtype)
+        rows = rows[:, ::2] if not contiguous else np.ascontiguousarray(rows[:, :d])
+        x = rng.standard_normal(d) * np.exp(rng.uniform(-30, 30, d))
+        for full in sorted({d, max(0, d - 4)}):
+            expected = sum((tuple(_lane_reference(row, np.ones(d), x, full)[1]) for row in rows), ())
+            assert _compiled_four_lanes(rows, x, full) == expected
+            assert four_lane_sums4(rows[0], rows[1], rows[2], rows[3], x, full) == expected
+
+
+@njit
+def _compiled_column_products(t, U, column, rows, wide):
+    for start in range(0, t.shape[0] - (16 if wide else 4) + 1, 16 if wide else 4):
+        if wide:
+            subtract_column_products16(t, start, U, column, rows)
+        else:
+            subtract_column_products4(t, start, U, column, rows)
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["4", "16"])
+def test_column_products_give_the_scalar_bits(wide):
+    """``subtract_column_products4`` / ``16``: t[start + r] −= U[k, start + r]·U[k, column] in k order, bit for bit
+    against the scalar statements, compiled and in the pure-Python form."""
+    rng = np.random.default_rng(11)
+    d = 32
+    U = rng.standard_normal((d, d)) * np.exp(rng.uniform(-30, 30, (d, d)))
+    start_values = rng.standard_normal(d) * 1e5
+    for rows in (0, 1, 7, 32):
+        expected = start_values.copy()
+        for i in range(d):
+            for k in range(rows):
+                expected[i] -= U[k, i] * U[k, 5]
+        t = start_values.copy()
+        _compiled_column_products(t, U, 5, rows, wide)
+        np.testing.assert_array_equal(t, expected)
+        t = start_values.copy()
+        for start in range(0, d, 16 if wide else 4):
+            (subtract_column_products16 if wide else subtract_column_products4)(t, start, U, 5, rows)
+        np.testing.assert_array_equal(t, expected)

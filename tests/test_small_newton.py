@@ -33,18 +33,59 @@ def test_cholesky_matches_numpy_and_fails_on_an_indefinite_matrix(d):
     rng = np.random.default_rng(d)
     X = rng.standard_normal((4 * d, d))
     A = X.T @ X + d * np.eye(d)
-    L = np.zeros((d, d))
-    assert kernel._cholesky(A, 0.5, L)
+    U = np.zeros((d, d))
+    assert kernel._cholesky(A, 0.5, U)
     expected = np.linalg.cholesky(A + 0.5 * np.eye(d))
     eps = np.finfo(np.float64).eps
-    assert np.linalg.norm(np.tril(L) - expected) <= 64 * d * eps * np.linalg.norm(expected)
+    assert np.linalg.norm(np.triu(U).T - expected) <= 64 * d * eps * np.linalg.norm(expected)
     rhs = rng.standard_normal(d)
     out = np.empty(d)
-    kernel._cholesky_solve(L, rhs, out)
+    kernel._cholesky_solve(U, rhs, out)
     np.testing.assert_allclose(out, np.linalg.solve(A + 0.5 * np.eye(d), rhs), rtol=1e-10, atol=1e-12)
     indefinite = A.copy()
     indefinite[d - 1, d - 1] = -1.0
-    assert not kernel._cholesky(indefinite, 0.0, L)
+    assert not kernel._cholesky(indefinite, 0.0, U)
+
+
+@pytest.mark.parametrize("d", [1, 2, 7, 48, 61])
+def test_cholesky_has_the_bits_of_entry_by_entry_sums(d):
+    # Reference: the textbook Cholesky–Crout loops in plain Python, each entry's sum over k in increasing
+    # order, then the two triangular sweeps row by row; the kernel forms a column at a time: the same bits.
+    rng = np.random.default_rng(d)
+    X = rng.standard_normal((2 * d, d))
+    A = X.T @ X
+    A[np.triu_indices(d, 1)] = np.nan  # only the lower triangle is read
+    shift = 0.25
+    L = np.zeros((d, d))
+    for j in range(d):
+        s = A[j, j] + shift
+        for k in range(j):
+            s -= L[j, k] * L[j, k]
+        L[j, j] = np.sqrt(s)
+        for i in range(j + 1, d):
+            t = A[i, j]
+            for k in range(j):
+                t -= L[i, k] * L[j, k]
+            L[i, j] = t / L[j, j]
+    U = np.zeros((d, d))
+    assert kernel._cholesky(A, shift, U)
+    np.testing.assert_array_equal(np.triu(U), L.T)
+    rhs = rng.standard_normal(d)
+    y = np.empty(d)
+    for i in range(d):
+        t = rhs[i]
+        for k in range(i):
+            t -= L[i, k] * y[k]
+        y[i] = t / L[i, i]
+    expected = np.empty(d)
+    for i in range(d - 1, -1, -1):
+        t = y[i]
+        for k in range(i + 1, d):
+            t -= L[k, i] * expected[k]
+        expected[i] = t / L[i, i]
+    out = np.empty(d)
+    kernel._cholesky_solve(U, rhs, out)
+    np.testing.assert_array_equal(out, expected)
 
 
 def test_atomic_counter_hands_out_every_number_once_across_threads():
