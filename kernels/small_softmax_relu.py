@@ -43,7 +43,7 @@ from .small_newton import (S_ARMIJO_C1, S_BACKTRACK_FACTOR, S_GRADIENT_PROGRESS,
                            S_ROUNDING_FACTOR, S_STALL_WINDOW, _all_finite, _cholesky, _cholesky_solve, _column_scale,
                            _dot, _matvec, _norm_or_inf, _rmatmat, _rounding_level, _sandwich, _sandwich_work,
                            _scaled_norm)
-from .softmax import curvature_weight, log_partition_serial
+from .softmax import curvature_weight, log_partition_serial, softmax_relu_columns_row
 
 # Columns of ``table`` (int64, one row per request).
 T_N, T_D, T_M, T_CSR, T_CHUNK, T_VALUES, T_INDPTR, T_INDICES, T_V, T_W, T_COL, T_OUT, T_MAX_ITER = range(13)
@@ -94,20 +94,12 @@ def _evaluate(matrix, Vm, u, x, b, offset, w, l2, chunk_rows, e, s, y, active_re
     """The evaluation at u = Cx: the loss stages, then ρ, Q = [s ρ + w u, s, s ρ, J V], G = CᵀQ and ∇L;
     returns (L, c)."""
     n = u.shape[0]
-    m = y.shape[0]
     V = Vm[0]
     loss = _outputs(Vm, u, x, b, offset, w, l2, chunk_rows, e, s, y, active_residual)
     _matvec(Vm, active_residual, rho)
     c = 0.0
     for i in range(n):
-        si = s[i]
-        sr = si * rho[i]
-        Q[i, 0] = sr + w[i] * u[i]
-        Q[i, 1] = si
-        Q[i, 2] = sr
-        for j in range(m):
-            Q[i, 3 + j] = si * (V[i, j] - y[j])
-        c += si * rho[i]
+        c += softmax_relu_columns_row(u, s, rho, V, y, w, Q, i)
     _rmatmat(matrix, Q, chunk_rows, G)
     for j in range(grad.shape[0]):
         grad[j] = (G[j, 0] - c * G[j, 1]) + l2 * x[j]

@@ -262,15 +262,21 @@ def softmax_relu_columns(u, s, rho, V, y, w, Q):
     Q = [s ⊙ ρ + w ⊙ u, s, s ⊙ ρ, J V] (n × (m + 3), row-major) with (J V)_ij = s_i·(V_ij − y_j) = ∂y_j/∂u_i
     for every output j (the model's S weighs them by a = 1[y + o > 0]; J·1 = 0 makes J V_j offset-free).
     """
-    n, m = V.shape
-    for i in prange(n):
-        si = s[i]
-        sr = si * rho[i]
-        Q[i, 0] = sr + w[i] * u[i]
-        Q[i, 1] = si
-        Q[i, 2] = sr
-        for j in range(m):
-            Q[i, 3 + j] = si * (V[i, j] - y[j])
+    for i in prange(V.shape[0]):
+        softmax_relu_columns_row(u, s, rho, V, y, w, Q, i)
+
+
+@njit(inline="always")
+def softmax_relu_columns_row(u, s, rho, V, y, w, Q, i):
+    """Row i of ``softmax_relu_columns``' Q; returns s_i·ρ_i (its term of c = ⟨s, ρ⟩)."""
+    si = s[i]
+    sr = si * rho[i]
+    Q[i, 0] = sr + w[i] * u[i]
+    Q[i, 1] = si
+    Q[i, 2] = sr
+    for j in range(V.shape[1]):
+        Q[i, 3 + j] = si * (V[i, j] - y[j])
+    return sr
 
 
 @njit(parallel=True, cache=True)
