@@ -57,7 +57,10 @@ class Softmax(ColumnCurvature, Model):
         # One compiled read for the extremes (four NumPy reductions and a masked copy cost ~5 µs on
         # the small targets of solve_many's problems).
         top, bottom, least_positive = target_extremes(b)
-        return {"b_squared": dot(b, b), "max_b": top, "max_negated_min_b": -bottom,
+        # ‖b‖² of a target near the largest floats is inf, the scale the rounding tests then use (no warning).
+        with np.errstate(over="ignore"):
+            b_squared = dot(b, b)
+        return {"b_squared": b_squared, "max_b": top, "max_negated_min_b": -bottom,
                 "max_negated_min_positive_b": -least_positive}
 
     def target_norm(self, facts):
