@@ -57,7 +57,8 @@ PCG_ITERATIONS_PER_EXACT = 1.08
 CG_ITERATIONS_PER_STEP = 2.75
 # Leverage references refused (fresh scores drawn) per sketch / pcg iteration, from the default start
 # and from any other (zeros, a user's x0: β moves far in the first iterations); the iteration figures
-# are means over calibrate.py's four problems (dense at d = 64 and 256, CSR with long and with short rows).
+# are means over calibrate.py's four shapes (dense at d = 64 and 256, CSR with long and with short rows),
+# ITERATION_SEEDS targets each.
 REFERENCE_REFRESHES_PER_ITERATION = 0.0645
 REFERENCE_REFRESHES_FROM_OTHER_STARTS = 0.143
 # Newton iterations of lagged per exact Newton iteration, CG iterations per lagged step.
