@@ -366,7 +366,10 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
             elif isinstance(problem.row_model, SoftmaxRelu) and strategy == "exact":
                 staged.append((i, problem))
             else:
-                if problem.matrix.format == "dense" and not np.all(np.isfinite(problem.matrix.array)):
+                # A bulk-checked dense C's entries are checked where the compiled solve reads them; this one is
+                # not solved there (a C that Problem built was checked by it).
+                if (i in checked and problem.matrix.format == "dense"
+                        and not np.all(np.isfinite(problem.matrix.array))):
                     results[i] = _invalid_as_problem(items[i], i, model, l2, weights_each[i])
                     continue
                 # solve's own threads rule: a small problem on one thread, whatever the batch's n_threads
