@@ -371,6 +371,7 @@ def render_many_small(out, command):
                       f"Independent problems with n {first['n_range']}, d {first['d_range']}, noisy targets, default "
                       f"keywords" + (" (solve_many on all threads; solve runs problems this small on one)"
                                      if first["threads"] == "default" else f", {first['threads']} threads")
+                      + f"; each side's fastest of {first.get('repeat', '1')} runs, alternating"
                       + "; answers checked problem by problem.", "",
                       table(["model", "C", "problems", "solve_many", "loop of solve", "ratio", "same answers"], body)])
 

@@ -7,8 +7,8 @@
 Problems: n uniform in [--n-min, --n-max] (64–512), d uniform in [--d-min, --d-max] (32–64), planted
 targets with multiplicative noise --noise (so the solves take their usual 5–30 iterations), dense
 or CSR with --nnz-per-row stored entries per row. Both sides run with default keywords, in one process,
-on the same problems: ``solve_many`` once (on all of Numba's threads), then ``solve`` per problem as a
-user writes the loop (``solve`` runs a problem this small on one thread: waking a second thread for each
+on the same problems, alternating --repeat times (each side's fastest run counts): ``solve_many`` (on all
+of Numba's threads), then ``solve`` per problem as a user writes the loop (``solve`` runs a problem this small on one thread: waking a second thread for each
 pass costs more than it saves); --threads N gives both sides n_threads = N instead.
 Answers agree when a problem has the same status and x within 1e-10 relative (x is not compared for
 a stall at the rounding floor, whose last steps are rounding noise). Where they differ the script
@@ -90,19 +90,23 @@ def run_case(model, fmt, count, args, seed):
         fastnewton.solve_many(problems[:2], model=model, n_threads=args.threads)
         fastnewton.solve(*problems[0][:2], model, V=problems[0][2] if len(problems[0]) == 3 else None,
                          n_threads=args.threads)
-        start = time.perf_counter()
-        batch = fastnewton.solve_many(problems, model=model, n_threads=args.threads)
-        batch_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        loop = [fastnewton.solve(C, b, model, V=rest[0] if rest else None, n_threads=args.threads)
-                for C, b, *rest in problems]
-        loop_seconds = time.perf_counter() - start
+        # The two sides alternate, --repeat runs each, and each side's fastest run counts (the answers are the
+        # same every run: they are checked on the last).
+        batch_seconds = loop_seconds = np.inf
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            batch = fastnewton.solve_many(problems, model=model, n_threads=args.threads)
+            batch_seconds = min(batch_seconds, time.perf_counter() - start)
+            start = time.perf_counter()
+            loop = [fastnewton.solve(C, b, model, V=rest[0] if rest else None, n_threads=args.threads)
+                    for C, b, *rest in problems]
+            loop_seconds = min(loop_seconds, time.perf_counter() - start)
         start = time.perf_counter()
         for C, b, *rest in problems:  # the per-problem validation that both sides pay, for scale
             fastnewton.Problem(C, b, model, V=rest[0] if rest else None)
         validation_seconds = time.perf_counter() - start
         differ, unstable, worst, stalled = agreement(problems, model, batch, loop)
-    return {"model": model, "format": fmt, "problems": count,
+    return {"model": model, "format": fmt, "problems": count, "repeat": args.repeat,
             "threads": "default" if args.threads is None else args.threads,
             "solve_many_s": batch_seconds, "loop_of_solve_s": loop_seconds, "speedup": loop_seconds / batch_seconds,
             "validation_s": validation_seconds, "answers_differ": differ, "solve_differs_on_format_copy": unstable,
@@ -152,13 +156,15 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=["softmax", "relu_softmax", "softmax_relu"],
                         choices=["softmax", "relu_softmax", "softmax_relu"])
     parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--repeat", type=positive_int, default=3,
+                        help="runs of each side, alternating; each side's fastest counts (--quick: 1)")
     parser.add_argument("--quick", action="store_true", help="a few small problems per case (a smoke run)")
     add_output_arguments(parser)
     args = parser.parse_args(argv)
     if args.n_min > args.n_max or args.d_min > args.d_max:
         parser.error("--n-min/--d-min must not exceed --n-max/--d-max")
     if args.quick:
-        args.count, args.n_max, args.d_max = 10, min(args.n_max, 128), min(args.d_max, 40)
+        args.count, args.n_max, args.d_max, args.repeat = 10, min(args.n_max, 128), min(args.d_max, 40), 1
         args.n_min, args.d_min = min(args.n_min, args.n_max), min(args.d_min, args.d_max)
     meta = run_metadata()
     threads = "default threads" if args.threads is None else f"n_threads = {args.threads}"
