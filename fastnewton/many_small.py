@@ -612,7 +612,7 @@ def _loop_result(request, x, y, y_previous, out_int, out_float):
     """The ``SolveResult`` of one compiled Newton loop, as ``NewtonRun.result`` makes it (its status, message,
     the dead-output diagnosis and the kink flag); None for a loop that met a non-finite value."""
     code = int(out_int[relu_kernel.O_STATUS])
-    if code == relu_kernel.NON_FINITE:
+    if code == kernel.NON_FINITE:
         return None
     problem, options = request.problem, request.options
     model = problem.row_model
@@ -620,11 +620,11 @@ def _loop_result(request, x, y, y_previous, out_int, out_float):
     loss, grad_norm, g_ref = (float(v) for v in out_float[[relu_kernel.O_LOSS, relu_kernel.O_GRAD_NORM,
                                                            relu_kernel.O_G_REF]])
     detail, at_kink = "", False
-    if code == relu_kernel.NO_STEP_STALL:
+    if code == kernel.NO_STEP_STALL:
         status, detail = Status.STALLED, newton.NO_STEP_DETAIL
     else:
         status = Status(code)
-    if status == Status.STALLED and code != relu_kernel.NO_STEP_STALL:
+    if status == Status.STALLED and code != kernel.NO_STEP_STALL:
         kink = kink_sentence(model.relu_inputs({"y": y_previous}, None), model.relu_inputs({"y": y}, None))
         at_kink = kink is not None
         detail = stall_detail(kink, loss, grad_norm, g_ref)
