@@ -438,36 +438,37 @@ def _solve_staged(staged, x0_each, eps, sketch_size, tol, max_iter, seed, n_thre
                 rounds[i] = solve_rounds(problem, x0_each[i], build_system, options)
                 _advance(i, rounds, pending, None, results, max_iter_hit)
         settings = _settings(tol, max_iter)
+        book = _MatrixBook()
         while pending:
             batch = list(pending.items())
             pending.clear()
             with thread_limits(n_threads):
-                answers = _answer_round([request for _, request in batch], settings)
+                answers = _answer_round([request for _, request in batch], settings, book)
             with thread_limits(1):
                 for (i, request), answer in zip(batch, answers):
                     _advance(i, rounds, pending, request.run() if answer is None else answer, results, max_iter_hit)
 
 
-def _answer_round(requests, settings):
+def _answer_round(requests, settings, book):
     """The answers to a round of the staged solves' requests, each kind in one kernel call: Newton loops
     (``_run_loops``; None for one to run in Python), the starts' simplex vectors (``_simplex_vectors``; None
-    likewise), λmax and the reachability test's losses (``_stage_figures``)."""
+    likewise), λmax and the reachability test's losses (``_stage_figures``); their C's addresses from ``book``."""
     answers = [None] * len(requests)
     loops = [k for k, request in enumerate(requests) if isinstance(request, NewtonRequest)]
-    for k, answer in zip(loops, _run_loops([requests[k] for k in loops], settings) if loops else []):
+    for k, answer in zip(loops, _run_loops([requests[k] for k in loops], settings, book) if loops else []):
         answers[k] = answer
     eigenvalues = [k for k, request in enumerate(requests) if isinstance(request, EigenvalueRequest)]
     if eigenvalues:
         for k, value in zip(eigenvalues, _stage_figures([(requests[k].problem, requests[k].x) for k in eigenvalues],
-                                                        True)):
+                                                        True, book)):
             answers[k] = value
     simplex = [k for k, request in enumerate(requests) if isinstance(request, SimplexRequest)]
     if simplex:
-        for k, vector in zip(simplex, _simplex_vectors([requests[k].problem for k in simplex])):
+        for k, vector in zip(simplex, _simplex_vectors([requests[k].problem for k in simplex], book)):
             answers[k] = vector
     losses = [k for k, request in enumerate(requests) if isinstance(request, LossesRequest)]
     if losses:
-        values = _stage_figures([point for k in losses for point in requests[k].points], False)
+        values = _stage_figures([point for k in losses for point in requests[k].points], False, book)
         at = 0
         for k in losses:
             answers[k] = values[at:at + len(requests[k].points)]
@@ -506,24 +507,48 @@ def _compiles(request):
                                                       for problem, _ in request.points)
 
 
+class _MatrixBook:
+    """The addresses of the staged solves' C (``_matrix_addresses``), formed once for all their rounds: a
+    problem's stages share its C (``Problem.with_model``), and forming them each round cost ~10 ms of a ~200 ms
+    solve_many of 40 CSR problems (their int32 indices converted again in each of ~9 rounds). Holds the
+    matrices (their ids are the keys) and the arrays the addresses point into."""
+
+    def __init__(self):
+        self._row_of, self._matrices, self._held = {}, [], []
+        self.csr = np.zeros(0, dtype=np.int64)
+        self.addresses = np.zeros((0, kernel.ADDRESS_FIELDS), dtype=np.int64)
+
+    def rows(self, matrices):
+        """The rows of ``csr`` and ``addresses`` for these matrices (those not seen yet formed now)."""
+        new = {}
+        for matrix in matrices:
+            if id(matrix) not in self._row_of:
+                new.setdefault(id(matrix), matrix)
+        if new:
+            csr, addresses, held = _matrix_addresses(list(new.values()))
+            for key in new:
+                self._row_of[key] = len(self._row_of)
+            self._matrices += list(new.values())
+            self._held += held
+            self.csr = np.concatenate([self.csr, np.asarray(csr, dtype=np.int64)])
+            self.addresses = np.concatenate([self.addresses, addresses])
+        return np.array([self._row_of[id(matrix)] for matrix in matrices], dtype=np.int64)
+
+
 class _RequestPack:
     """Requests on ``softmax_relu`` problems (evaluator, x) in the layout of kernels/small_softmax_relu.py: C, V
-    and w read in place (one pack of C per distinct matrix: a problem's stages share it), the models' b and
-    offsets and the points x packed; ``order`` the costliest first (the sandwich's n·d² and the low-rank part's
-    d²·m), for lanes that each take the next as they finish one (``_Packed.run``)."""
+    and w read in place (C's addresses from ``book``, a ``_MatrixBook``), the models' b and offsets and the points
+    x packed; ``order`` the costliest first (the sandwich's n·d² and the low-rank part's d²·m), for lanes that
+    each take the next as they finish one (``_Packed.run``)."""
 
-    def __init__(self, problems, points):
+    def __init__(self, problems, points, book):
         count = len(problems)
         models = [problem.row_model for problem in problems]
-        distinct = {}
-        for problem in problems:
-            distinct.setdefault(id(problem.matrix), problem.matrix)
-        csr, addresses, self._held = _matrix_addresses(list(distinct.values()))
-        row_of = {key: k for k, key in enumerate(distinct)}
-        rows = np.array([row_of[id(problem.matrix)] for problem in problems], dtype=np.int64)
+        rows = book.rows([problem.matrix for problem in problems])
+        csr, addresses = book.csr, book.addresses
         values = [np.ascontiguousarray(problem.block.V, dtype=np.float64) for problem in problems]
         weights = [np.ascontiguousarray(problem.block.w, dtype=np.float64) for problem in problems]
-        self._held += values + weights
+        self._held = values + weights
         n = np.array([problem.n for problem in problems], dtype=np.int64)
         self.d = d = np.array([problem.d for problem in problems], dtype=np.int64)
         self.m = m = np.array([model.m for model in models], dtype=np.int64)
@@ -531,7 +556,7 @@ class _RequestPack:
         table[:, relu_kernel.T_N] = n
         table[:, relu_kernel.T_D] = d
         table[:, relu_kernel.T_M] = m
-        table[:, relu_kernel.T_CSR] = np.asarray(csr, dtype=np.int64)[rows]
+        table[:, relu_kernel.T_CSR] = csr[rows]
         table[:, relu_kernel.T_CHUNK] = [problem.block.chunk for problem in problems]
         table[:, relu_kernel.T_VALUES] = addresses[rows, kernel.A_VALUES]
         table[:, relu_kernel.T_INDPTR] = addresses[rows, kernel.A_INDPTR]
@@ -550,12 +575,12 @@ class _RequestPack:
         self.lanes = max(1, min(numba.get_num_threads(), count))
 
 
-def _run_loops(requests, settings):
+def _run_loops(requests, settings, book):
     """The ``SolveResult`` of each Newton loop (``NewtonRequest``) run by ``solve_relu_loops``, or None for one that
     met a non-finite value (the caller runs it in Python: its message names where, from the arrays there)."""
     count = len(requests)
     problems = [request.problem for request in requests]
-    pack = _RequestPack(problems, [request.x0 for request in requests])
+    pack = _RequestPack(problems, [request.x0 for request in requests], book)
     pack.table[:, relu_kernel.T_MAX_ITER] = [request.options.max_iter for request in requests]
     pack.numbers[:, relu_kernel.N_TOL] = [request.options.tol for request in requests]
     pack.numbers[:, relu_kernel.N_TARGET_NORM] = [problem.target_norm() for problem in problems]
@@ -571,12 +596,12 @@ def _run_loops(requests, settings):
             for r, request in enumerate(requests)]
 
 
-def _simplex_vectors(problems):
+def _simplex_vectors(problems, book):
     """``lifted_start.simplex_vector`` of each problem (E, λ, Σ max(·), dual Newton steps) by ``simplex_vectors``,
     or None where a dual Newton matrix had no Cholesky factor or a dual solve stopped short of its tolerance (the
     caller runs it in Python: ``SIMPLEX_UNCONVERGED``)."""
     count = len(problems)
-    pack = _RequestPack(problems, [np.zeros(problem.d) for problem in problems])
+    pack = _RequestPack(problems, [np.zeros(problem.d) for problem in problems], book)
     settings = np.empty(relu_kernel.SIMPLEX_SETTINGS_FIELDS)
     settings[relu_kernel.SIMPLEX_FLOOR_AT] = lifted_start.SIMPLEX_FLOOR
     settings[relu_kernel.DUAL_RIDGE_AT] = lifted_start.DUAL_RIDGE
@@ -598,10 +623,10 @@ def _simplex_vectors(problems):
     return vectors
 
 
-def _stage_figures(points, eigenvalue):
+def _stage_figures(points, eigenvalue, book):
     """The losses L(x) (or, ``eigenvalue``, |λmax| of ∇²L(x): ``lifted_start.largest_eigenvalue``) at the
     (evaluator, x) ``points``, formed by ``stage_figures``."""
-    pack = _RequestPack([problem for problem, _ in points], [x for _, x in points])
+    pack = _RequestPack([problem for problem, _ in points], [x for _, x in points], book)
     out = np.empty(len(points))
     relu_kernel.stage_figures(pack.order, pack.lanes, pack.table, pack.numbers, eigenvalue, POWER_ITERATIONS, pack.b,
                               pack.offset, pack.x, out)
@@ -612,7 +637,7 @@ def _loop_result(request, x, y, y_previous, out_int, out_float):
     """The ``SolveResult`` of one compiled Newton loop, as ``NewtonRun.result`` makes it (its status, message,
     the dead-output diagnosis and the kink flag); None for a loop that met a non-finite value."""
     code = int(out_int[relu_kernel.O_STATUS])
-    if code == relu_kernel.NON_FINITE:
+    if code == kernel.NON_FINITE:
         return None
     problem, options = request.problem, request.options
     model = problem.row_model
@@ -620,11 +645,11 @@ def _loop_result(request, x, y, y_previous, out_int, out_float):
     loss, grad_norm, g_ref = (float(v) for v in out_float[[relu_kernel.O_LOSS, relu_kernel.O_GRAD_NORM,
                                                            relu_kernel.O_G_REF]])
     detail, at_kink = "", False
-    if code == relu_kernel.NO_STEP_STALL:
+    if code == kernel.NO_STEP_STALL:
         status, detail = Status.STALLED, newton.NO_STEP_DETAIL
     else:
         status = Status(code)
-    if status == Status.STALLED and code != relu_kernel.NO_STEP_STALL:
+    if status == Status.STALLED and code != kernel.NO_STEP_STALL:
         kink = kink_sentence(model.relu_inputs({"y": y_previous}, None), model.relu_inputs({"y": y}, None))
         at_kink = kink is not None
         detail = stall_detail(kink, loss, grad_norm, g_ref)

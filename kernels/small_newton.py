@@ -11,7 +11,9 @@ chunk partials), needed because a parallel kernel cannot run inside a task of an
 The control logic is ``fastnewton/newton.py``'s (``newton_solve``, ``newton_step``,
 ``CarriedForward``) and ``fastnewton/hessian.py``'s exact ``NewtonSystem``, written a second time
 here because a compiled loop cannot call Python: the two must make the same decisions, which
-``tests/test_solve_many_small.py`` checks problem by problem against ``fastnewton.solve``. Its
+``tests/test_solve_many_small.py`` checks problem by problem against ``fastnewton.solve``. It is
+written once, ``newton_loop``, for every compiled model: each passes its evaluation, Hessian and step
+refinement in (softmax and relu_softmax below, softmax_relu in ``kernels/small_softmax_relu.py``). Its
 constants come from newton.py through ``settings`` (an argument, not a global: Numba's disk cache
 would keep a stale copy of a global imported from another file).
 
@@ -29,7 +31,8 @@ from numba import njit, prange
 from .atomic import fetch_add
 from .blas import syrk_upper
 from .csr import INDPTR_SOUND, csr_column_squares, indptr_fault
-from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, raised_damping
+from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, longer_trial, \
+    raised_damping
 from .dense import chunk_rmatmat, four_row_dots, row_dot, signed_scaled_rows
 from .in_place import array_at
 from .sandwich import ROW_PAD, _add_row, _sorted_rows
@@ -80,6 +83,19 @@ NO_STEP = -1
 
 
 # -- passes over one problem's C ---------------------------------------------------------------------
+@njit(cache=True)
+def matrix_at(csr, n, d, values, indptr, indices):
+    """One problem's n × d C as the passes below take it (A, indptr, indices, data, csr), read in place at the
+    addresses of its arrays: CSR C as int64 indptr and indices and float64 data, or dense C row-major float64."""
+    no_indices = np.empty(0, dtype=np.int64)
+    if csr:
+        starts = array_at(indptr, (n + 1,), np.int64)
+        nnz = starts[n]
+        return (np.empty((0, d)), starts, array_at(indices, (nnz,), np.int64), array_at(values, (nnz,), np.float64),
+                True)
+    return array_at(values, (n, d), np.float64), no_indices, no_indices, np.empty(0), False
+
+
 @njit(cache=True)
 def _matvec(matrix, x, out):
     """out = C x (one thread; each row summed as csr_matvec (storage order) / dense_matvec (``row_dot``) do)."""
@@ -289,6 +305,19 @@ def _dot(a, b):
 
 
 @njit(cache=True)
+def _quadratic(H, v):
+    """vᵀHv."""
+    d = v.shape[0]
+    total = 0.0
+    for j in range(d):
+        row = 0.0
+        for l in range(d):
+            row += H[j, l] * v[l]
+        total += v[j] * row
+    return total
+
+
+@njit(cache=True)
 def _all_finite(a):
     """Whether every entry of a is finite (NaN and ±Inf are not)."""
     non_finite = False
@@ -456,6 +485,253 @@ def _kink(previous, values, rtol):
     return count, first
 
 
+# -- the Newton loop, written once for every model --------------------------------------------------------
+# A status of the loop alone: stalled because no damping gave an accepted step (its callers say so each their
+# own way); and the loop's state while it runs.
+NO_STEP_STALL = -2
+RUNNING = -100
+
+
+@njit(cache=True, inline="always")
+def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix, settings, tol, max_iter,
+                target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, fault_grad):
+    """``newton_solve`` (``fastnewton/newton.py``) from x (the answer written back, x itself again if that is not
+    finite) on one problem: the stopping, stagnation and damping rules of ``NewtonRun``, the exact
+    ``NewtonSystem`` in scaled columns, ``newton_step``'s logit cap, Armijo backtracking and longer trial, and
+    ``CarriedForward``'s u. The model comes as its functions, each called with ``model`` (the model's own arrays
+    and numbers, a tuple) first; a point is a tuple of arrays (u = Cx, ∇L, then the model's own):
+
+    - ``evaluate(model, matrix, x, point)`` → (L, scalars): the evaluation at x from point's u, ∇L and the rest
+      of point filled (scalars: the model's numbers there, a tuple);
+    - ``loss_at(model, u, x, point)`` → L at x from its u (point's arrays the scratch);
+    - ``hessian(model, matrix, point, scalars, H)``: ∇²L's lower triangle and diagonal, all the step reads (the
+      whole matrix for a model whose ``refine`` can refine);
+    - ``refine(model, point, U, column_scale, p, refined)`` → whether the Newton step p (Uᵀ U the damped scaled
+      matrix) was replaced in place by a refined step (``refined``: a length-d work array);
+    - ``refined_gain(model, point, H, p, t, actual, noise)`` → the gain ratio of the refined step t·p.
+
+    Called with the evaluation at x in (loss, scalars, point) and, in ``previous``, what its caller reads of the
+    point before the last step (a copy of the same); ``trial`` is the third point of the rotation. Inlined into
+    each caller: the model's functions are then known at compile time, so calling them costs what a direct call
+    does (a function passed as a value is not cached by Numba). Returns (status, iterations, L, scalars, ‖∇L‖,
+    g_ref, point, previous, where a non-finite value appeared (FAULT_*, or the iteration), its L); its ∇L goes to
+    fault_grad. Statuses: CONVERGED, MAX_ITER, STALLED, NON_FINITE, NO_STEP_STALL."""
+    n = point[0].shape[0]
+    d = x.shape[0]
+    x0 = x.copy()
+    rounding = settings[S_ROUNDING_FACTOR]
+    column_scale = np.empty(d)
+    _column_scale(matrix, d, column_scale)
+    grad_norm = _norm_or_inf(point[1])
+    g_ref_zero = _norm_or_inf(grad_at_zero)
+    g_ref = 0.0
+    fault_where = FAULT_NONE
+    fault_loss = 0.0
+    status = RUNNING
+    n_iter = 0
+    if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+        status, fault_where, fault_loss = NON_FINITE, FAULT_AT_START, loss
+        fault_grad[:] = point[1]
+    elif not np.isfinite(g_ref_zero):
+        status, fault_where, fault_loss = NON_FINITE, FAULT_AT_ZERO, 0.0
+        fault_grad[:] = grad_at_zero
+    if status == RUNNING:
+        g_ref = g_ref_zero if g_ref_zero > 0 else grad_norm
+        scaled_g_ref = (_scaled_norm(grad_at_zero, column_scale) if g_ref_zero > 0
+                        else _scaled_norm(point[1], column_scale))
+        # CarriedForward
+        carried_steps = 0
+        carried_path = math.sqrt(_dot(x, x))
+        mu = 0.0
+        lowest_loss = loss
+        lowest_grad_norm = grad_norm
+        last_progress = 0
+        H = np.empty((d, d))
+        scaled = np.empty((d, d))
+        U = np.empty((d, d))
+        scaled_g = np.empty(d)
+        p = np.empty(d)
+        refined_p = np.empty(d)
+        Cp = np.empty(n)
+        u_trial = np.empty(n)
+        x_trial = np.empty(d)
+        u_longer = np.empty(n)
+        x_longer = np.empty(d)
+        while True:
+            u, grad = point[0], point[1]
+            if grad_norm <= tol * g_ref and _scaled_norm(grad, column_scale) <= tol * scaled_g_ref:
+                status = CONVERGED
+                break
+            if n_iter >= max_iter:
+                status = MAX_ITER
+                break
+            if n_iter - last_progress >= settings[S_STALL_WINDOW]:
+                status = STALLED
+                break
+            n_iter += 1
+            # 3) Hessian: the exact NewtonSystem in scaled columns, (D⁻¹HD⁻¹ + μI) p̂ = −D⁻¹g
+            hessian(model, matrix, point, scalars, H)
+            finite = True
+            system_scale = 0.0
+            # The lower triangle and diagonal of the symmetric scaled matrix: what _cholesky reads (and the
+            # entries of the full matrix that NewtonSystem checks for finiteness, each twice).
+            for j in range(d):
+                for l in range(j + 1):
+                    scaled[j, l] = H[j, l] / (column_scale[j] * column_scale[l])
+                    if not np.isfinite(scaled[j, l]):
+                        finite = False
+                system_scale = max(system_scale, abs(scaled[j, j]))
+            if system_scale == 0.0:
+                system_scale = 1.0  # NewtonSystem.scale: max|diag| "or 1.0"
+            for j in range(d):
+                scaled_g[j] = grad[j] / column_scale[j]
+            # 4) damped Newton step with logit cap and Armijo line search (newton_step)
+            noise = _rounding_level(loss, target_norm, rounding)
+            accepted = False
+            t = 1.0
+            factor = 1.0
+            step_mu = mu
+            ratio = 1.0
+            increase = FIRST_INCREASE
+            for _ in range(int(settings[S_MAX_DAMPING_TRIES])):
+                solved = finite and _cholesky(scaled, mu, U)
+                refined = False
+                if solved:
+                    _cholesky_solve(U, scaled_g, p)
+                    for j in range(d):
+                        p[j] = -p[j] / column_scale[j]
+                    refined = refine(model, point, U, column_scale, p, refined_p)
+                if not solved or not _all_finite(p) or not _dot(grad, p) < 0.0:
+                    mu, increase = raised_damping(mu, increase, system_scale)
+                    continue
+                _matvec(matrix, p, Cp)
+                largest = 0.0
+                for i in range(n):
+                    largest = max(largest, abs(Cp[i]))
+                factor = 1.0
+                if largest > settings[S_MAX_LOGIT_STEP]:
+                    factor = settings[S_MAX_LOGIT_STEP] / largest
+                    for j in range(d):
+                        p[j] *= factor
+                slope = _dot(grad, p)
+                scaled_norm2 = 0.0
+                for j in range(d):
+                    scaled_norm2 += (p[j] * column_scale[j]) ** 2
+                t = 1.0
+                for backtrack in range(int(settings[S_MAX_BACKTRACKS])):
+                    for i in range(n):
+                        u_trial[i] = u[i] + (t * factor) * Cp[i]
+                    for j in range(d):
+                        x_trial[j] = x[j] + t * p[j]
+                    L_t = loss_at(model, u_trial, x_trial, trial)
+                    armijo = L_t <= loss + settings[S_ARMIJO_C1] * t * slope
+                    invisible = t == 1.0 and -slope <= noise and L_t <= loss + noise
+                    if np.isfinite(L_t) and (armijo or invisible):
+                        accepted = True
+                        ratio = (refined_gain(model, point, H, p, t, loss - L_t, noise) if refined
+                                 else gain_ratio(loss - L_t, t * slope, t * t * scaled_norm2, mu, t * factor, noise))
+                        if backtrack == 0 and armijo and ratio > GOOD_GAIN:
+                            if refined and mu > 0.0:
+                                longer = longer_trial(slope, _quadratic(H, p), factor * largest,
+                                                      settings[S_MAX_LOGIT_STEP])
+                            else:
+                                longer = extended_length(slope, scaled_norm2, mu, factor, factor * largest,
+                                                         settings[S_MAX_LOGIT_STEP])
+                            if longer > 1.0:
+                                for i in range(n):
+                                    u_longer[i] = u[i] + (longer * factor) * Cp[i]
+                                for j in range(d):
+                                    x_longer[j] = x[j] + longer * p[j]
+                                L_longer = loss_at(model, u_longer, x_longer, trial)
+                                if (np.isfinite(L_longer) and L_longer < L_t
+                                        and L_longer <= loss + settings[S_ARMIJO_C1] * longer * slope):
+                                    t = longer
+                                    L_t = L_longer
+                                    u_trial[:] = u_longer
+                                    x_trial[:] = x_longer
+                                    ratio = (refined_gain(model, point, H, p, t, loss - L_t, noise) if refined
+                                             else gain_ratio(loss - L_t, t * slope, t * t * scaled_norm2, mu,
+                                                             t * factor, noise))
+                        break
+                    t *= settings[S_BACKTRACK_FACTOR]
+                if accepted:
+                    step_mu = mu
+                    break
+                mu, increase = raised_damping(mu, increase, system_scale)
+            if not accepted:
+                status = NO_STEP_STALL
+                break
+            # 1) u at the new iterate, carried along the line or by a forward pass when due; 2) gradient pass
+            step_norm = t * math.sqrt(_dot(p, p))
+            carried_steps += 1
+            carried_path += step_norm
+            x_norm = math.sqrt(_dot(x_trial, x_trial))
+            if carried_steps >= settings[S_REFRESH_EVERY] or carried_path > settings[S_MAX_CARRIED_PATH] * x_norm:
+                carried_steps = 0
+                carried_path = x_norm
+                _matvec(matrix, x_trial, trial[0])
+            else:
+                trial[0][:] = u_trial
+            new_loss, new_scalars = evaluate(model, matrix, x_trial, trial)
+            new_grad_norm = _norm_or_inf(trial[1])
+            if not (np.isfinite(new_loss) and np.isfinite(new_grad_norm)):
+                status, fault_where, fault_loss = NON_FINITE, n_iter, new_loss
+                fault_grad[:] = trial[1]
+                break
+            if (new_loss < lowest_loss - _rounding_level(lowest_loss, target_norm, rounding)
+                    or new_grad_norm <= settings[S_GRADIENT_PROGRESS] * lowest_grad_norm):
+                last_progress = n_iter
+            lowest_loss = min(lowest_loss, new_loss)
+            lowest_grad_norm = min(lowest_grad_norm, new_grad_norm)
+            x[:] = x_trial
+            # the iterate before becomes the scratch of the next trials
+            previous, point, trial = point, trial, previous
+            loss, scalars, grad_norm = new_loss, new_scalars, new_grad_norm
+            mu = damping_after(step_mu, t >= 1.0, ratio, system_scale)
+    if not _all_finite(x):
+        x[:] = x0
+    return status, n_iter, loss, scalars, grad_norm, g_ref, point, previous, fault_where, fault_loss
+
+
+# -- the model's functions for the Newton loop ------------------------------------------------------------
+@njit(cache=True)
+def _new_point(n, d):
+    """A point's arrays: u, ∇L, e, Q, G."""
+    return np.empty(n), np.empty(d), np.empty(n), np.empty((n, 3)), np.empty((d, 3))
+
+
+@njit(cache=True)
+def _evaluate_point(model, matrix, x, point):
+    """``_evaluate`` from point's u; scalars (c, γ, max z)."""
+    b, w, relu, l2, chunk_rows, work, beta = model
+    u, grad, e, Q, G = point
+    loss, c, gamma, top = _evaluate(matrix, u, x, b, w, relu, l2, chunk_rows, e, Q, G, grad)
+    return loss, (c, gamma, top)
+
+
+@njit(cache=True)
+def _loss_at_point(model, u, x, point):
+    b, w, relu, l2, chunk_rows, work, beta = model
+    return _loss_at(u, x, b, w, relu, l2, chunk_rows, point[2])
+
+
+@njit(cache=True)
+def _hessian_at_point(model, matrix, point, scalars, H):
+    b, w, relu, l2, chunk_rows, work, beta = model
+    _hessian(matrix, point[3], scalars[0], scalars[1], point[4], w, l2, beta, H, work)
+
+
+@njit(cache=True)
+def _unrefined(model, point, U, column_scale, p, refined):
+    """The Newton step as it is (``newton_loop``'s ``refine`` of a model without one-sided outputs)."""
+    return False
+
+
+@njit(cache=True)
+def _unrefined_gain(model, point, H, p, t, actual, noise):
+    return np.nan  # never called: _unrefined refines no step
+
+
 # -- the solve of one problem -------------------------------------------------------------------------
 @njit(cache=True)
 def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, settings, x, grad_out,
@@ -477,213 +753,41 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
         if not _fit_start(matrix, b, start == START_ACTIVE_FIT, floor, settings, chunk_rows, x, work):
             out_int[O_STATUS] = START_FAILED
             return
-    x0 = x.copy()
-    tol = settings[S_TOL]
-    max_iter = int(settings[S_MAX_ITER])
-    rounding = settings[S_ROUNDING_FACTOR]
-    column_scale = np.empty(d)
-    _column_scale(matrix, d, column_scale)
-    e = np.empty(n)
-    Q = np.empty((n, 3))
-    G = np.empty((d, 3))
+    model = (b, w, relu, l2, chunk_rows, work, np.empty(n))
+    point, previous, trial = _new_point(n, d), _new_point(n, d), _new_point(n, d)
+    u, grad, e, Q, G = point
     # ∇L(0) with the reference model (plain softmax: relu_softmax's one-sided derivative at 0).
-    u = np.zeros(n)
+    u[:] = 0.0
     zero = np.zeros(d)
     grad_at_zero = np.empty(d)
     _evaluate(matrix, u, zero, b, w, False, 0.0, chunk_rows, e, Q, G, grad_at_zero)
     out_float[O_LOSS_AT_ZERO] = _loss_at(u, zero, b, w, relu, l2, chunk_rows, e)
     # the evaluation at x0
     _matvec(matrix, x, u)
-    grad = np.empty(d)
-    loss, c, gamma, top = _evaluate(matrix, u, x, b, w, relu, l2, chunk_rows, e, Q, G, grad)
-    grad_norm = _norm_or_inf(grad)
-    g_ref_zero = _norm_or_inf(grad_at_zero)
-    out_float[O_G_REF] = 0.0
-    if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-        out_int[O_FAULT_WHERE] = FAULT_AT_START
-        out_float[O_FAULT_LOSS] = loss
-        fault_grad[:] = grad
-        status = NON_FINITE
-    elif not np.isfinite(g_ref_zero):
-        out_int[O_FAULT_WHERE] = FAULT_AT_ZERO
-        out_float[O_FAULT_LOSS] = 0.0
-        fault_grad[:] = grad_at_zero
-        status = NON_FINITE
-    else:
-        status = -100  # running
-    n_iter = 0
-    if status == -100:
-        g_ref = g_ref_zero if g_ref_zero > 0 else grad_norm
-        scaled_g_ref = _scaled_norm(grad_at_zero, column_scale) if g_ref_zero > 0 else _scaled_norm(grad, column_scale)
-        out_float[O_G_REF] = g_ref
-        # CarriedForward
-        carried_steps = 0
-        carried_path = math.sqrt(_dot(x, x))
-        mu = 0.0
-        lowest_loss = loss
-        lowest_grad_norm = grad_norm
-        last_progress = 0
-        beta = np.empty(n)
-        H = np.empty((d, d))
-        scaled = np.empty((d, d))
-        U = np.empty((d, d))
-        scaled_g = np.empty(d)
-        p = np.empty(d)
-        Cp = np.empty(n)
-        u_trial = np.empty(n)
-        x_trial = np.empty(d)
-        u_longer = np.empty(n)
-        x_longer = np.empty(d)
-        new_u = np.empty(n)
-        new_e = np.empty(n)
-        new_Q = np.empty((n, 3))
-        new_G = np.empty((d, 3))
-        new_grad = np.empty(d)
-        previous_u = u.copy()
-        while True:
-            if grad_norm <= tol * g_ref and _scaled_norm(grad, column_scale) <= tol * scaled_g_ref:
-                status = CONVERGED
-                break
-            if n_iter >= max_iter:
-                status = MAX_ITER
-                break
-            if n_iter - last_progress >= settings[S_STALL_WINDOW]:
-                status = STALLED
-                if relu:
-                    count, first = _kink(previous_u, u, settings[S_KINK_RTOL])
-                    out_int[O_KINK_COUNT] = count
-                    out_int[O_KINK_INDEX] = first
-                break
-            n_iter += 1
-            # 3) Hessian: the exact NewtonSystem in scaled columns, (D⁻¹HD⁻¹ + μI) p̂ = −D⁻¹g
-            _hessian(matrix, Q, c, gamma, G, w, l2, beta, H, work)
-            finite = True
-            system_scale = 0.0
-            # The lower triangle and diagonal of the symmetric scaled matrix: what _cholesky reads (and the
-            # entries of the full matrix that NewtonSystem checks for finiteness, each twice).
-            for j in range(d):
-                for l in range(j + 1):
-                    scaled[j, l] = H[j, l] / (column_scale[j] * column_scale[l])
-                    if not np.isfinite(scaled[j, l]):
-                        finite = False
-                system_scale = max(system_scale, abs(scaled[j, j]))
-            if system_scale == 0.0 or not np.isfinite(system_scale):
-                # NewtonSystem.scale: max|diag| "or 1.0" (nan stays nan there: max over nan is nan)
-                system_scale = 1.0 if system_scale == 0.0 else system_scale
-            for j in range(d):
-                scaled_g[j] = grad[j] / column_scale[j]
-            # 4) damped Newton step with logit cap and Armijo line search (newton_step)
-            noise = _rounding_level(loss, target_norm, rounding)
-            accepted = False
-            t = 1.0
-            factor = 1.0
-            step_mu = mu
-            ratio = 1.0
-            increase = FIRST_INCREASE
-            for _ in range(int(settings[S_MAX_DAMPING_TRIES])):
-                solved = finite and _cholesky(scaled, mu, U)
-                if solved:
-                    _cholesky_solve(U, scaled_g, p)
-                    for j in range(d):
-                        p[j] = -p[j] / column_scale[j]
-                if not solved or not _all_finite(p) or not _dot(grad, p) < 0.0:
-                    mu, increase = raised_damping(mu, increase, system_scale)
-                    continue
-                _matvec(matrix, p, Cp)
-                largest = 0.0
-                for i in range(n):
-                    largest = max(largest, abs(Cp[i]))
-                factor = 1.0
-                if largest > settings[S_MAX_LOGIT_STEP]:
-                    factor = settings[S_MAX_LOGIT_STEP] / largest
-                    for j in range(d):
-                        p[j] *= factor
-                slope = _dot(grad, p)
-                t = 1.0
-                for trial in range(int(settings[S_MAX_BACKTRACKS])):
-                    for i in range(n):
-                        u_trial[i] = u[i] + (t * factor) * Cp[i]
-                    for j in range(d):
-                        x_trial[j] = x[j] + t * p[j]
-                    L_t = _loss_at(u_trial, x_trial, b, w, relu, l2, chunk_rows, new_e)
-                    armijo = L_t <= loss + settings[S_ARMIJO_C1] * t * slope
-                    invisible = t == 1.0 and -slope <= noise and L_t <= loss + noise
-                    if np.isfinite(L_t) and (armijo or invisible):
-                        accepted = True
-                        scaled_norm2 = 0.0
-                        for j in range(d):
-                            scaled_norm2 += (p[j] * column_scale[j]) ** 2
-                        ratio = gain_ratio(loss - L_t, t * slope, t * t * scaled_norm2, mu, t * factor, noise)
-                        if trial == 0 and armijo and ratio > GOOD_GAIN:
-                            longer = extended_length(slope, scaled_norm2, mu, factor, factor * largest,
-                                                     settings[S_MAX_LOGIT_STEP])
-                            if longer > 1.0:
-                                for i in range(n):
-                                    u_longer[i] = u[i] + (longer * factor) * Cp[i]
-                                for j in range(d):
-                                    x_longer[j] = x[j] + longer * p[j]
-                                L_longer = _loss_at(u_longer, x_longer, b, w, relu, l2, chunk_rows, new_e)
-                                if (np.isfinite(L_longer) and L_longer < L_t
-                                        and L_longer <= loss + settings[S_ARMIJO_C1] * longer * slope):
-                                    t = longer
-                                    L_t = L_longer
-                                    u_trial[:] = u_longer
-                                    x_trial[:] = x_longer
-                                    ratio = gain_ratio(loss - L_t, t * slope, t * t * scaled_norm2, mu, t * factor,
-                                                       noise)
-                        break
-                    t *= settings[S_BACKTRACK_FACTOR]
-                if accepted:
-                    step_mu = mu
-                    break
-                mu, increase = raised_damping(mu, increase, system_scale)
-            if not accepted:
-                status = STALLED
-                out_int[O_KINK_COUNT] = NO_STEP
-                break
-            # 1) u at the new iterate, carried along the line or by a forward pass when due; 2) gradient pass
-            step_norm = t * math.sqrt(_dot(p, p))
-            carried_steps += 1
-            carried_path += step_norm
-            x_norm = math.sqrt(_dot(x_trial, x_trial))
-            if carried_steps >= settings[S_REFRESH_EVERY] or carried_path > settings[S_MAX_CARRIED_PATH] * x_norm:
-                carried_steps = 0
-                carried_path = x_norm
-                _matvec(matrix, x_trial, new_u)
-            else:
-                new_u[:] = u_trial
-            new_loss, new_c, new_gamma, new_top = _evaluate(matrix, new_u, x_trial, b, w, relu, l2, chunk_rows,
-                                                            new_e, new_Q, new_G, new_grad)
-            new_grad_norm = _norm_or_inf(new_grad)
-            if not (np.isfinite(new_loss) and np.isfinite(new_grad_norm)):
-                status = NON_FINITE
-                out_int[O_FAULT_WHERE] = n_iter
-                out_float[O_FAULT_LOSS] = new_loss
-                fault_grad[:] = new_grad
-                break
-            if (new_loss < lowest_loss - _rounding_level(lowest_loss, target_norm, rounding)
-                    or new_grad_norm <= settings[S_GRADIENT_PROGRESS] * lowest_grad_norm):
-                last_progress = n_iter
-            lowest_loss = min(lowest_loss, new_loss)
-            lowest_grad_norm = min(lowest_grad_norm, new_grad_norm)
-            previous_u[:] = u
-            x[:] = x_trial
-            u, new_u = new_u, u
-            e, new_e = new_e, e
-            Q, new_Q = new_Q, Q
-            G, new_G = new_G, G
-            grad, new_grad = new_grad, grad
-            loss, c, gamma, top, grad_norm = new_loss, new_c, new_gamma, new_top, new_grad_norm
-            mu = damping_after(step_mu, t >= 1.0, ratio, system_scale)
+    loss, scalars = _evaluate_point(model, matrix, x, point)
+    previous[0][:] = u  # the kink count's u before the last step
+    status, n_iter, loss, scalars, _, g_ref, point, previous, fault_where, fault_loss = newton_loop(
+        _evaluate_point, _loss_at_point, _hessian_at_point, _unrefined, _unrefined_gain, model, matrix, settings,
+        settings[S_TOL], int(settings[S_MAX_ITER]), target_norm, x, loss, scalars, point, previous, trial,
+        grad_at_zero, fault_grad)
+    if status == NO_STEP_STALL:
+        status = STALLED
+        out_int[O_KINK_COUNT] = NO_STEP
+    elif status == STALLED and relu:
+        count, first = _kink(previous[0], point[0], settings[S_KINK_RTOL])
+        out_int[O_KINK_COUNT] = count
+        out_int[O_KINK_INDEX] = first
+    if fault_where != FAULT_NONE:
+        out_int[O_FAULT_WHERE] = fault_where
+        out_float[O_FAULT_LOSS] = fault_loss
+    grad = point[1]
     out_int[O_STATUS] = status
     out_int[O_N_ITER] = n_iter
     out_float[O_LOSS] = loss
-    out_float[O_TOP] = top
-    finite_grad = _all_finite(grad)
-    out_float[O_GRAD_NORM] = math.sqrt(_dot(grad, grad)) if finite_grad else np.nan
+    out_float[O_G_REF] = g_ref
+    out_float[O_TOP] = scalars[2]
+    out_float[O_GRAD_NORM] = math.sqrt(_dot(grad, grad)) if _all_finite(grad) else np.nan
     grad_out[:] = grad
-    if not _all_finite(x):
-        x[:] = x0
 
 
 @njit(parallel=True, cache=True)
@@ -745,22 +849,15 @@ def _solve_packed(p, layout, addresses, parameters, settings, b, w, x, grad_out,
     d = layout[p, L_D]
     row = layout[p, L_ROW]
     col = layout[p, L_COL]
-    no_indices = np.empty(0, dtype=np.int64)
-    if layout[p, L_CSR] == 1:
-        indptr = array_at(addresses[p, A_INDPTR], (n + 1,), np.int64)
-        nnz = indptr[n]
-        matrix = (np.empty((0, d)), indptr, array_at(addresses[p, A_INDICES], (nnz,), np.int64),
-                  array_at(addresses[p, A_VALUES], (nnz,), np.float64), True)
-    else:
-        # The dense C's check for NaN and ±Inf (Problem's), here rather than in a pass over every C before the
-        # solves: this first read brings C from memory for the start's sandwich that follows (1000 problems,
-        # 288 × 48 on average: a separate pass over their 115 MB took ~8 ms on 2 threads).
-        if not _all_finite(array_at(addresses[p, A_VALUES], (n * d,), np.float64)):
-            out_int[p, O_STATUS] = C_NOT_FINITE
-            out_int[p, O_N_ITER] = 0
-            return
-        matrix = (array_at(addresses[p, A_VALUES], (n, d), np.float64), no_indices, no_indices,
-                  np.empty(0), False)
+    csr = layout[p, L_CSR] == 1
+    # The dense C's check for NaN and ±Inf (Problem's), here rather than in a pass over every C before the solves:
+    # this first read brings C from memory for the start's sandwich that follows (1000 problems, 288 × 48 on
+    # average: a separate pass over their 115 MB took ~8 ms on 2 threads).
+    if not csr and not _all_finite(array_at(addresses[p, A_VALUES], (n * d,), np.float64)):
+        out_int[p, O_STATUS] = C_NOT_FINITE
+        out_int[p, O_N_ITER] = 0
+        return
+    matrix = matrix_at(csr, n, d, addresses[p, A_VALUES], addresses[p, A_INDPTR], addresses[p, A_INDICES])
     _solve_one(matrix, b[row:row + n], w[row:row + n], layout[p, L_RELU] == 1, parameters[p, P_L2],
                parameters[p, P_TARGET_NORM], parameters[p, P_FLOOR], layout[p, L_START], layout[p, L_CHUNK],
                settings, x[col:col + d], grad_out[col:col + d], fault_grad[col:col + d], out_int[p],

@@ -12,16 +12,15 @@ With s = softmax(u), y = Vᵀs, a = 1[y + o > 0], r = a ⊙ (y − b) − (1 −
     L = ½‖r‖² + ½ Σ wᵢuᵢ² + ½ l2‖x‖²,   ∇L = Cᵀ(s ⊙ ρ + w ⊙ u) − c·Cᵀs + l2·x,
     ∇²L = Cᵀ diag(s ⊙ ρ − c s + w) C + P S Pᵀ + l2·I,  P = Cᵀ[s, s ⊙ ρ, J V],  S = [[2c, −1], [−1, 0]] ⊕ diag(a),
 
-(J V)_ij = s_i (V_ij − y_j) (``fastnewton.models.softmax_relu``). The step is the damped Newton step of
-``fastnewton.hessian.NewtonSystem`` in scaled columns, refined by the one-sided active-set step of
-``fastnewton.active_set`` where outputs with b_j = 0, o_j = 0 exist (Woodbury updates of the factor, at most
-MAX_UPDATES), then the logit cap, Armijo backtracking and the longer trial of ``fastnewton.newton.newton_step``,
-the carried u, and ``NewtonRun``'s stopping, stagnation and damping rules. The control logic is written a
-second time here (a compiled loop cannot call Python): the two must make the same decisions, which
-``tests/test_solve_many_small.py`` checks problem by problem against ``fastnewton.solve``. The passes over C
-and V are ``kernels/small_newton.py``'s one-thread ones (the parallel kernels' chunks and orders); the small
-dense algebra (P S Pᵀ, the Woodbury solves, dot products) is summed in loops here where ``solve`` calls BLAS,
-so the bits can differ from ``solve``'s by rounding (answers agree to ~1e-12 relative, not bit for bit).
+(J V)_ij = s_i (V_ij − y_j) (``fastnewton.models.softmax_relu``). The loop is ``kernels/small_newton.py``'s
+``newton_loop`` (``NewtonRun``'s rules, the damped Newton step of ``fastnewton.hessian.NewtonSystem`` in scaled
+columns, the logit cap, Armijo backtracking, the longer trial and the carried u), given this model's evaluation,
+its Hessian and the one-sided active-set step of ``fastnewton.active_set`` that refines the step where outputs with
+b_j = 0, o_j = 0 exist (Woodbury updates of the factor, at most MAX_UPDATES). ``tests/test_solve_many_small.py``
+checks the decisions problem by problem against ``fastnewton.solve``. The passes over C and V are
+``kernels/small_newton.py``'s one-thread ones (the parallel kernels' chunks and orders); the small dense algebra
+(P S Pᵀ, the Woodbury solves, dot products) is summed in loops here where ``solve`` calls BLAS, so the bits can
+differ from ``solve``'s by rounding (answers agree to ~1e-12 relative, not bit for bit).
 
 A request's row ``table[r]`` (the ``T_*`` columns) gives its shapes, where C (as in small_newton's
 ``addresses``), V (n × m float64, row-major) and w lie, and where its packed vectors start: x (length d, by
@@ -35,14 +34,10 @@ import numpy as np
 from numba import njit, prange
 
 from .atomic import fetch_add
-from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, longer_trial, \
-    predicted_ratio, raised_damping
+from .damping import predicted_ratio
 from .in_place import array_at
-from .small_newton import (S_ARMIJO_C1, S_BACKTRACK_FACTOR, S_GRADIENT_PROGRESS, S_MAX_BACKTRACKS,
-                           S_MAX_CARRIED_PATH, S_MAX_DAMPING_TRIES, S_MAX_LOGIT_STEP, S_REFRESH_EVERY,
-                           S_ROUNDING_FACTOR, S_STALL_WINDOW, _all_finite, _cholesky, _cholesky_solve, _column_scale,
-                           _dot, _matvec, _norm_or_inf, _rmatmat, _rounding_level, _sandwich, _sandwich_work,
-                           _scaled_norm)
+from .small_newton import (_all_finite, _cholesky, _cholesky_solve, _dot, _matvec, _quadratic, _rmatmat, _sandwich,
+                           _sandwich_work, matrix_at, newton_loop)
 from .softmax import curvature_weight, log_partition_serial, softmax_relu_columns_row
 
 # Columns of ``table`` (int64, one row per request).
@@ -51,15 +46,13 @@ TABLE_FIELDS = 13
 # Columns of ``numbers`` (float64, one row per request).
 N_L2, N_TOL, N_TARGET_NORM = range(3)
 NUMBER_FIELDS = 3
-# Columns of ``out_int``: status (CONVERGED, MAX_ITER, STALLED, NON_FINITE, or NO_STEP_STALL: stalled because no
-# damping gave a step), iterations.
+# Columns of ``out_int``: status (small_newton's CONVERGED, MAX_ITER, STALLED, NON_FINITE, or NO_STEP_STALL:
+# stalled because no damping gave a step), iterations.
 O_STATUS, O_N_ITER = range(2)
 OUT_INT_FIELDS = 2
 # Columns of ``out_float``: loss, ‖∇L‖, g_ref.
 O_LOSS, O_GRAD_NORM, O_G_REF = range(3)
 OUT_FLOAT_FIELDS = 3
-CONVERGED, MAX_ITER, STALLED, NON_FINITE = 0, 1, 2, 4
-NO_STEP_STALL = -2
 
 
 # -- one evaluation -----------------------------------------------------------------------------------
@@ -296,24 +289,62 @@ def _one_sided_gain_ratio(H, g, G, one_sided, y, step, actual, noise):
     return predicted_ratio(actual, predicted, noise)
 
 
+# -- the model's functions for the Newton loop (kernels/small_newton.py's newton_loop) ----------------------
 @njit(cache=True)
-def _quadratic(H, v):
-    """vᵀHv."""
-    d = v.shape[0]
-    total = 0.0
+def _new_point(n, d, m):
+    """A point's arrays: u, ∇L, e, s, y, a ⊙ r, Q, G."""
+    return (np.empty(n), np.empty(d), np.empty(n), np.empty(n), np.empty(m), np.empty(m), np.empty((n, m + 3)),
+            np.empty((d, m + 3)))
+
+
+@njit(cache=True)
+def _evaluate_point(model, matrix, x, point):
+    """``_evaluate`` from point's u; scalars (c,)."""
+    Vm, b, offset, w, l2, chunk_rows, work, beta, rho, one_sided, max_updates = model
+    u, grad, e, s, y, active_residual, Q, G = point
+    loss, c = _evaluate(matrix, Vm, u, x, b, offset, w, l2, chunk_rows, e, s, y, active_residual, rho, Q, G, grad)
+    return loss, (c,)
+
+
+@njit(cache=True)
+def _loss_at_point(model, u, x, point):
+    Vm, b, offset, w, l2, chunk_rows, work, beta, rho, one_sided, max_updates = model
+    _, _, e, s, y, active_residual, _, _ = point
+    return _outputs(Vm, u, x, b, offset, w, l2, chunk_rows, e, s, y, active_residual)
+
+
+@njit(cache=True)
+def _hessian_at_point(model, matrix, point, scalars, H):
+    Vm, b, offset, w, l2, chunk_rows, work, beta, rho, one_sided, max_updates = model
+    _hessian(matrix, point[6], scalars[0], point[7], point[4], offset, w, l2, beta, H, work)
+
+
+@njit(cache=True)
+def _refine_step(model, point, L, column_scale, p, refined):
+    """The one-sided step in place of a descent step p where outputs with b_j = 0, o_j = 0 exist."""
+    one_sided, max_updates = model[9], model[10]
+    grad, y, G = point[1], point[4], point[7]
+    if one_sided.shape[0] and _all_finite(p) and _dot(grad, p) < 0.0:
+        if _one_sided_step(L, column_scale, grad, p, G, one_sided, y, max_updates, refined):
+            p[:] = refined
+            return True
+    return False
+
+
+@njit(cache=True)
+def _refined_gain(model, point, H, p, t, actual, noise):
+    d = p.shape[0]
+    step = np.empty(d)
     for j in range(d):
-        row = 0.0
-        for l in range(d):
-            row += H[j, l] * v[l]
-        total += v[j] * row
-    return total
+        step[j] = t * p[j]
+    return _one_sided_gain_ratio(H, point[1], point[7], model[9], point[4], step, actual, noise)
 
 
 # -- one Newton loop ----------------------------------------------------------------------------------
 @njit(cache=True)
 def _newton_loop(matrix, Vm, b, offset, w, l2, tol, max_iter, target_norm, chunk_rows, max_updates, settings,
                  x, y_out, y_previous_out, out_int, out_float):
-    """``newton_solve`` from x (the answer written back) on one request; y at the end and at the iterate
+    """``newton_loop`` from x (the answer written back) on one request; y at the end and at the iterate
     before it (the kink test's) into y_out and y_previous_out."""
     n = w.shape[0]
     d = x.shape[0]
@@ -328,21 +359,14 @@ def _newton_loop(matrix, Vm, b, offset, w, l2, tol, max_iter, target_norm, chunk
         if b[j] == 0.0 and offset[j] == 0.0:
             one_sided[count] = j
             count += 1
-    work = _sandwich_work(matrix, n, d)
-    x0 = x.copy()
-    rounding = settings[S_ROUNDING_FACTOR]
-    column_scale = np.empty(d)
-    _column_scale(matrix, d, column_scale)
-    e = np.empty(n)
-    s = np.empty(n)
     rho = np.empty(n)
-    y = np.empty(m)
-    active_residual = np.empty(m)
-    Q = np.empty((n, m + 3))
-    G = np.empty((d, m + 3))
+    model = (Vm, b, offset, w, l2, chunk_rows, _sandwich_work(matrix, n, d), np.empty(n), rho, one_sided,
+             max_updates)
+    point, previous, trial = _new_point(n, d, m), _new_point(n, d, m), _new_point(n, d, m)
+    u, grad, e, s, y, active_residual, Q, G = point
     # ∇L(0) of this request's model (its ridge term l2·0 left out), from the gradient's two columns of Q alone, as
     # Problem.gradient_at_zero forms it (a transposed pass's sums do not depend on the other columns)
-    u = np.zeros(n)
+    u[:] = 0.0
     zero = np.zeros(d)
     grad_at_zero = np.empty(d)
     _outputs(Vm, u, zero, b, offset, w, 0.0, chunk_rows, e, s, y, active_residual)
@@ -359,201 +383,18 @@ def _newton_loop(matrix, Vm, b, offset, w, l2, tol, max_iter, target_norm, chunk
         grad_at_zero[j] = G_zero[j, 0] - c_zero * G_zero[j, 1]
     # the evaluation at x0
     _matvec(matrix, x, u)
-    grad = np.empty(d)
-    loss, c = _evaluate(matrix, Vm, u, x, b, offset, w, l2, chunk_rows, e, s, y, active_residual, rho, Q, G, grad)
-    grad_norm = _norm_or_inf(grad)
-    g_ref_zero = _norm_or_inf(grad_at_zero)
-    y_previous_out[:] = y
-    out_float[O_G_REF] = 0.0
-    n_iter = 0
-    status = -100  # running
-    if not (np.isfinite(loss) and np.isfinite(grad_norm) and np.isfinite(g_ref_zero)):
-        status = NON_FINITE
-    if status == -100:
-        g_ref = g_ref_zero if g_ref_zero > 0 else grad_norm
-        scaled_g_ref = _scaled_norm(grad_at_zero, column_scale) if g_ref_zero > 0 else _scaled_norm(grad, column_scale)
-        out_float[O_G_REF] = g_ref
-        carried_steps = 0
-        carried_path = math.sqrt(_dot(x, x))
-        mu = 0.0
-        lowest_loss = loss
-        lowest_grad_norm = grad_norm
-        last_progress = 0
-        beta = np.empty(n)
-        H = np.empty((d, d))
-        scaled = np.empty((d, d))
-        L = np.empty((d, d))
-        scaled_g = np.empty(d)
-        p = np.empty(d)
-        refined_p = np.empty(d)
-        Cp = np.empty(n)
-        u_trial = np.empty(n)
-        x_trial = np.empty(d)
-        u_longer = np.empty(n)
-        x_longer = np.empty(d)
-        step_vector = np.empty(d)
-        new_u = np.empty(n)
-        new_e = np.empty(n)
-        new_s = np.empty(n)
-        new_y = np.empty(m)
-        new_active_residual = np.empty(m)
-        new_Q = np.empty((n, m + 3))
-        new_G = np.empty((d, m + 3))
-        new_grad = np.empty(d)
-        while True:
-            if grad_norm <= tol * g_ref and _scaled_norm(grad, column_scale) <= tol * scaled_g_ref:
-                status = CONVERGED
-                break
-            if n_iter >= max_iter:
-                status = MAX_ITER
-                break
-            if n_iter - last_progress >= settings[S_STALL_WINDOW]:
-                status = STALLED
-                break
-            n_iter += 1
-            _hessian(matrix, Q, c, G, y, offset, w, l2, beta, H, work)
-            finite = True
-            system_scale = 0.0
-            for j in range(d):
-                for l in range(d):
-                    scaled[j, l] = H[j, l] / (column_scale[j] * column_scale[l])
-                    if not np.isfinite(scaled[j, l]):
-                        finite = False
-                system_scale = max(system_scale, abs(scaled[j, j]))
-            if system_scale == 0.0:
-                system_scale = 1.0
-            for j in range(d):
-                scaled_g[j] = grad[j] / column_scale[j]
-            noise = _rounding_level(loss, target_norm, rounding)
-            accepted = False
-            t = 1.0
-            factor = 1.0
-            step_mu = mu
-            ratio = 1.0
-            increase = FIRST_INCREASE
-            for _ in range(int(settings[S_MAX_DAMPING_TRIES])):
-                solved = finite and _cholesky(scaled, mu, L)
-                refined = False
-                if solved:
-                    _cholesky_solve(L, scaled_g, p)
-                    for j in range(d):
-                        p[j] = -p[j] / column_scale[j]
-                    if one_sided.shape[0] and _all_finite(p) and _dot(grad, p) < 0.0:
-                        refined = _one_sided_step(L, column_scale, grad, p, G, one_sided, y, max_updates, refined_p)
-                        if refined:
-                            p[:] = refined_p
-                if not solved or not _all_finite(p) or not _dot(grad, p) < 0.0:
-                    mu, increase = raised_damping(mu, increase, system_scale)
-                    continue
-                _matvec(matrix, p, Cp)
-                largest = 0.0
-                for i in range(n):
-                    largest = max(largest, abs(Cp[i]))
-                factor = 1.0
-                if largest > settings[S_MAX_LOGIT_STEP]:
-                    factor = settings[S_MAX_LOGIT_STEP] / largest
-                    for j in range(d):
-                        p[j] *= factor
-                slope = _dot(grad, p)
-                scaled_norm2 = 0.0
-                for j in range(d):
-                    scaled_norm2 += (p[j] * column_scale[j]) ** 2
-                t = 1.0
-                for trial in range(int(settings[S_MAX_BACKTRACKS])):
-                    for i in range(n):
-                        u_trial[i] = u[i] + (t * factor) * Cp[i]
-                    for j in range(d):
-                        x_trial[j] = x[j] + t * p[j]
-                    L_t = _outputs(Vm, u_trial, x_trial, b, offset, w, l2, chunk_rows, new_e, new_s, new_y,
-                                   new_active_residual)
-                    armijo = L_t <= loss + settings[S_ARMIJO_C1] * t * slope
-                    invisible = t == 1.0 and -slope <= noise and L_t <= loss + noise
-                    if np.isfinite(L_t) and (armijo or invisible):
-                        accepted = True
-                        if refined:
-                            for j in range(d):
-                                step_vector[j] = t * p[j]
-                            ratio = _one_sided_gain_ratio(H, grad, G, one_sided, y, step_vector, loss - L_t, noise)
-                        else:
-                            ratio = gain_ratio(loss - L_t, t * slope, t * t * scaled_norm2, mu, t * factor, noise)
-                        if trial == 0 and armijo and ratio > GOOD_GAIN:
-                            if refined and mu > 0.0:
-                                longer = longer_trial(slope, _quadratic(H, p), factor * largest,
-                                                      settings[S_MAX_LOGIT_STEP])
-                            else:
-                                longer = extended_length(slope, scaled_norm2, mu, factor, factor * largest,
-                                                         settings[S_MAX_LOGIT_STEP])
-                            if longer > 1.0:
-                                for i in range(n):
-                                    u_longer[i] = u[i] + (longer * factor) * Cp[i]
-                                for j in range(d):
-                                    x_longer[j] = x[j] + longer * p[j]
-                                L_longer = _outputs(Vm, u_longer, x_longer, b, offset, w, l2, chunk_rows, new_e,
-                                                    new_s, new_y, new_active_residual)
-                                if (np.isfinite(L_longer) and L_longer < L_t
-                                        and L_longer <= loss + settings[S_ARMIJO_C1] * longer * slope):
-                                    t = longer
-                                    L_t = L_longer
-                                    u_trial[:] = u_longer
-                                    x_trial[:] = x_longer
-                                    if refined:
-                                        for j in range(d):
-                                            step_vector[j] = t * p[j]
-                                        ratio = _one_sided_gain_ratio(H, grad, G, one_sided, y, step_vector,
-                                                                      loss - L_t, noise)
-                                    else:
-                                        ratio = gain_ratio(loss - L_t, t * slope, t * t * scaled_norm2, mu,
-                                                           t * factor, noise)
-                        break
-                    t *= settings[S_BACKTRACK_FACTOR]
-                if accepted:
-                    step_mu = mu
-                    break
-                mu, increase = raised_damping(mu, increase, system_scale)
-            if not accepted:
-                status = NO_STEP_STALL
-                break
-            # u at the new iterate: carried along the line, or a forward pass when due (CarriedForward)
-            step_norm = t * math.sqrt(_dot(p, p))
-            carried_steps += 1
-            carried_path += step_norm
-            x_norm = math.sqrt(_dot(x_trial, x_trial))
-            if carried_steps >= settings[S_REFRESH_EVERY] or carried_path > settings[S_MAX_CARRIED_PATH] * x_norm:
-                carried_steps = 0
-                carried_path = x_norm
-                _matvec(matrix, x_trial, new_u)
-            else:
-                new_u[:] = u_trial
-            new_loss, new_c = _evaluate(matrix, Vm, new_u, x_trial, b, offset, w, l2, chunk_rows, new_e, new_s,
-                                        new_y, new_active_residual, rho, new_Q, new_G, new_grad)
-            new_grad_norm = _norm_or_inf(new_grad)
-            if not (np.isfinite(new_loss) and np.isfinite(new_grad_norm)):
-                status = NON_FINITE
-                break
-            if (new_loss < lowest_loss - _rounding_level(lowest_loss, target_norm, rounding)
-                    or new_grad_norm <= settings[S_GRADIENT_PROGRESS] * lowest_grad_norm):
-                last_progress = n_iter
-            lowest_loss = min(lowest_loss, new_loss)
-            lowest_grad_norm = min(lowest_grad_norm, new_grad_norm)
-            y_previous_out[:] = y
-            x[:] = x_trial
-            u, new_u = new_u, u
-            e, new_e = new_e, e
-            s, new_s = new_s, s
-            y, new_y = new_y, y
-            active_residual, new_active_residual = new_active_residual, active_residual
-            Q, new_Q = new_Q, Q
-            G, new_G = new_G, G
-            grad, new_grad = new_grad, grad
-            loss, c, grad_norm = new_loss, new_c, new_grad_norm
-            mu = damping_after(step_mu, t >= 1.0, ratio, system_scale)
+    loss, scalars = _evaluate_point(model, matrix, x, point)
+    previous[4][:] = y  # the kink test's y before the last step
+    status, n_iter, loss, _, grad_norm, g_ref, point, previous, _, _ = newton_loop(
+        _evaluate_point, _loss_at_point, _hessian_at_point, _refine_step, _refined_gain, model, matrix, settings,
+        tol, max_iter, target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, np.empty(d))
     out_int[O_STATUS] = status
     out_int[O_N_ITER] = n_iter
     out_float[O_LOSS] = loss
     out_float[O_GRAD_NORM] = grad_norm
-    y_out[:] = y
-    if not _all_finite(x):
-        x[:] = x0
+    out_float[O_G_REF] = g_ref
+    y_out[:] = point[4]
+    y_previous_out[:] = previous[4]
 
 
 @njit(cache=True)
@@ -652,15 +493,8 @@ def _request_arrays(r, table):
     n = table[r, T_N]
     d = table[r, T_D]
     m = table[r, T_M]
-    no_indices = np.empty(0, dtype=np.int64)
-    if table[r, T_CSR] == 1:
-        indptr = array_at(table[r, T_INDPTR], (n + 1,), np.int64)
-        nnz = indptr[n]
-        matrix = (np.empty((0, d)), indptr, array_at(table[r, T_INDICES], (nnz,), np.int64),
-                  array_at(table[r, T_VALUES], (nnz,), np.float64), True)
-    else:
-        matrix = (array_at(table[r, T_VALUES], (n, d), np.float64), no_indices, no_indices, np.empty(0), False)
-    Vm = (array_at(table[r, T_V], (n, m), np.float64), no_indices, no_indices, np.empty(0), False)
+    matrix = matrix_at(table[r, T_CSR] == 1, n, d, table[r, T_VALUES], table[r, T_INDPTR], table[r, T_INDICES])
+    Vm = matrix_at(False, n, m, table[r, T_V], 0, 0)
     return matrix, Vm, array_at(table[r, T_W], (n,), np.float64)
 
 

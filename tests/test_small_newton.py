@@ -5,6 +5,10 @@ row summed in storage order; the kernel sums four rows side by side), and its Ch
 LAPACK's to rounding: ‖L − L_np‖ ≤ 64·d·eps·‖L_np‖ for the well-conditioned matrices here (the
 factor's backward error is O(d·eps); cond ≤ ~10 keeps the forward error within a small multiple).
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from numba import njit, prange
@@ -107,3 +111,29 @@ def _take_all(count, lanes):
                 break
             by_lane[lane, position] += 1
     return by_lane
+
+
+CACHED_SCRIPT = """
+import warnings
+from numba.core.errors import NumbaWarning
+import fastnewton
+from fastnewton.kernels import small_newton, small_softmax_relu
+warnings.filterwarnings("error", category=NumbaWarning)  # as "Cannot cache compiled function ..."
+for model in ("softmax", "relu_softmax", "softmax_relu"):
+    made = [fastnewton.make_problem(80, 6, model=model, noise=0.05, seed=seed) for seed in range(2)]
+    fastnewton.solve_many([(p.C, p.b, p.V) if model == "softmax_relu" else (p.C, p.b) for p in made], model=model)
+for loops in (small_newton.solve_small_problems, small_softmax_relu.solve_relu_loops):
+    print(sum(loops.stats.cache_hits.values()), sum(loops.stats.cache_misses.values()))
+"""
+
+
+def test_the_compiled_newton_loops_load_from_the_disk_cache():
+    # newton_loop is inlined into each model's loop with the model's functions: passed to a compiled (not
+    # inlined) function as values, they would make Numba refuse to cache its callers ("dynamic globals").
+    env = dict(os.environ)
+    env.pop("NUMBA_DISABLE_JIT", None)  # a coverage run disables the JIT: there would be no cache to read
+    for _ in range(2):  # the first run may compile (and write the cache), the second must only load
+        run = subprocess.run([sys.executable, "-c", CACHED_SCRIPT], env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["1", "0", "1", "0"], run.stdout

@@ -119,14 +119,14 @@ def test_simplex_vectors_match_lifted_starts_and_leave_unreachable_duals_to_it()
     # rounding (its solves are Cholesky in loops where scipy calls LAPACK); a dead output (V_j < 0, b_j > 0: the
     # dual stops short of its tolerance) is left to simplex_vector itself (None).
     from fastnewton.lifted_start import simplex_vector
-    from fastnewton.many_small import _simplex_vectors
+    from fastnewton.many_small import _MatrixBook, _simplex_vectors
 
     problems = [_problem(seed % 2 == 0, one_sided=(1,) if seed == 2 else (), seed=seed) for seed in range(4)]
     made = make_problem(150, 9, nnz_per_row=4, model="softmax_relu", m=6, noise=0.05, seed=9)
     V, b = made.V.copy(), made.b.copy()
     V[:, 2] = -np.abs(V[:, 2]) - 0.1
     problems.append(Problem(made.C, b, model="softmax_relu", V=V))
-    vectors = _simplex_vectors(problems)
+    vectors = _simplex_vectors(problems, _MatrixBook())
     assert vectors[-1] is None
     for problem, vector in zip(problems[:-1], vectors):
         outputs, lam, total, steps = simplex_vector(problem, problem.b)
