@@ -33,11 +33,12 @@ except ImportError:  # imported as bench.many_phases from the repository root
     from bench._report import write_csv
     from bench.many import FORMATS, MODELS, cases
 
-# (owner, method, phase): the methods timed, each counted in its phase exclusive of timed calls inside it.
+# (owner, method, phase): the methods timed, each counted in its phase exclusive of timed calls inside it (the
+# Hessian-vector products, ``sandwich_vector(s)``, with the transposed passes; only dense C has ``sandwich_vectors``).
 TIMED = [(cls, name, phase) for cls in (matrix.DenseMatrix, matrix.CSRMatrix) for name, phase in (
     ("matvecs", "forward passes"), ("matvec", "forward passes"), ("rmatmats", "transposed passes"),
-    ("rmatmat", "transposed passes"), ("sandwich_vector", "transposed passes"), ("sandwiches", "sandwiches"),
-    ("sandwich", "sandwiches"))] + [
+    ("rmatmat", "transposed passes"), ("sandwich_vector", "transposed passes"), ("sandwich_vectors", "transposed passes"),
+    ("sandwiches", "sandwiches"), ("sandwich", "sandwiches")) if hasattr(cls, name)] + [
     (hessian.NewtonSystem, "_factor", "cholesky and solves"), (problem.LineSearch, "loss", "line-search trials")]
 PHASES = ["forward passes", "transposed passes", "sandwiches", "cholesky and solves", "line-search trials"]
 
