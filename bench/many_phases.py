@@ -1,5 +1,6 @@
 """Where one ``solve_many(C, B)`` call spends its wall time: the shared passes, the sandwiches, the line-search
-trials and the rest (Python control and the per-problem row kernels), without cProfile's per-call distortion.
+trials, the softmax models' row stages and the rest (Python control and other per-problem kernels), without
+cProfile's per-call distortion.
 
     python bench/many_phases.py                              # dense 4096 × 64 and CSR 10⁵ × 64, softmax, q = 64
     python bench/many_phases.py --formats dense --models softmax,relu_softmax --targets 64
@@ -7,8 +8,8 @@ trials and the rest (Python control and the per-problem row kernels), without cP
 
 The targets are bench/many.py's (one C from ``make_problem``, seed 0; noisy targets, seed 1). Each phase is
 timed by a wrapper around the method that does it (``DenseMatrix`` / ``CSRMatrix`` ``matvecs``, ``rmatmats``,
-``sandwiches`` …, ``scipy.linalg`` ``cho_factor``/``cho_solve`` of the Newton systems, ``LineSearch.loss``)
-and counted exclusive of the wrapped calls inside it; "rest" is the call's wall time less all of them. The
+``sandwiches`` …, ``scipy.linalg`` ``cho_factor``/``cho_solve`` of the Newton systems, ``LineSearch.loss``,
+the softmax models' stages ``log_partition``, ``columns``, ``loss_rows`` and their curvature weights β) and counted exclusive of the wrapped calls inside it; "rest" is the call's wall time less all of them. The
 wrappers add a few µs per call: the fastest of --repeat wrapped calls is reported, beside the fastest
 unwrapped call. Writes many_phases.csv to --out (default bench/results/).
 """
@@ -23,6 +24,7 @@ import scipy.linalg
 
 import fastnewton
 from fastnewton import hessian, many_targets, matrix, problem
+from fastnewton.models import base as model_base, softmax as softmax_model
 
 try:
     from _args import add_output_arguments, comma_list, positive_int
@@ -33,13 +35,19 @@ except ImportError:  # imported as bench.many_phases from the repository root
     from bench._report import write_csv
     from bench.many import FORMATS, MODELS, cases
 
-# (owner, method, phase): the methods timed, each counted in its phase exclusive of timed calls inside it.
+# (owner, method, phase): the methods timed, each counted in its phase exclusive of timed calls inside it (the
+# Hessian-vector products, ``sandwich_vector(s)``, with the transposed passes; only dense C has ``sandwich_vectors``).
 TIMED = [(cls, name, phase) for cls in (matrix.DenseMatrix, matrix.CSRMatrix) for name, phase in (
     ("matvecs", "forward passes"), ("matvec", "forward passes"), ("rmatmats", "transposed passes"),
-    ("rmatmat", "transposed passes"), ("sandwich_vector", "transposed passes"), ("sandwiches", "sandwiches"),
-    ("sandwich", "sandwiches"))] + [
-    (hessian.NewtonSystem, "_factor", "cholesky and solves"), (problem.LineSearch, "loss", "line-search trials")]
-PHASES = ["forward passes", "transposed passes", "sandwiches", "cholesky and solves", "line-search trials"]
+    ("rmatmat", "transposed passes"), ("sandwich_vector", "transposed passes"), ("sandwich_vectors", "transposed passes"),
+    ("sandwiches", "sandwiches"), ("sandwich", "sandwiches")) if hasattr(cls, name)] + [
+    (hessian.NewtonSystem, "_factor", "cholesky and solves"), (problem.LineSearch, "loss", "line-search trials")] + [
+    # The O(n) row work of softmax / relu_softmax per problem (exp, the columns Q, a trial's loss, β): the part of a
+    # solve that sharing C leaves as it is (a trial's counted here, its u = u₀ + t·Cp with the trial).
+    (softmax_model.Softmax, name, "model vectors") for name in ("log_partition", "columns", "loss_rows")] + [
+    (model_base.ColumnCurvature, "curvature", "model vectors")]
+PHASES = ["forward passes", "transposed passes", "sandwiches", "cholesky and solves", "line-search trials",
+          "model vectors"]
 
 
 class PhaseClock:

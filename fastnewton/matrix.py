@@ -15,7 +15,7 @@ from .chunking import chunk_rows, sandwich_chunk_rows
 from .kernels.csr import (csr_column_squares, csr_dense_rows, csr_row_pairs, csr_matmat, csr_matvec, csr_matvecs, csr_rmatmat,
                           csr_rmatmat4, csr_rmatmats, csr_rmatvec, csr_sandwich_vector)
 from .kernels.dense import (dense_column_squares, dense_column_squares_and_rmatmat, dense_matvec, dense_matvecs, dense_rmatmat, dense_rmatmats,
-                             dense_sandwich_vector, signed_scaled_rows)
+                             dense_sandwich_vector, dense_sandwich_vectors, signed_scaled_rows)
 from .kernels.reduce import copy_columns
 from .kernels.sandwich import csr_curvature_sandwich, csr_sandwich_many, csr_sandwich_rows, partials_shape
 from .kernels.softmax import curvature_weights
@@ -302,6 +302,14 @@ class DenseMatrix:
         out = np.empty(self.d)
         dense_sandwich_vector(self.array, beta, v, self._chunk_rows, forward, out)
         return out, forward
+
+    def sandwich_vectors(self, weights, V, forward):
+        """[Cᵀ(βₛ ⊙ C vₛ)] (r × d) for the r weight vectors ``weights`` and the rows vₛ of V (r × d), C vₛ written
+        into forward[s] (r × n): each s ``sandwich_vector(βₛ, vₛ)``, bit for bit, in one parallel region."""
+        self._checked()
+        out = np.empty((V.shape[0], self.d))
+        dense_sandwich_vectors(self.array, _array_list(weights), np.ascontiguousarray(V), self._chunk_rows, forward, out)
+        return out
 
     def matvecs(self, X, out=None):
         """(C X)ᵀ (r × n) for a d × r X: row t is ``matvec(X[:, t])``, bit for bit (one read of C for r vectors);

@@ -167,6 +167,25 @@ def dense_rmatmat(A, Q, chunk_rows, out):
     sum_chunk_partials(partial, out)
 
 
+@njit(cache=True)
+def sandwich_vector_chunk(A, beta, v, start, stop, forward, acc):
+    """forward[i] = row_dot(A[i], v) and acc += Σ_i A[i]·(β_i·forward[i]) over the rows i ∈ [start, stop), in row
+    order: one row chunk of ``dense_sandwich_vector`` (and of ``dense_sandwich_vectors``, whose bits are its).
+    Row i's dot runs in one loop with row i − 1's update (``add_row_and_row_dot``)."""
+    previous = A[start]
+    t = row_dot(previous, v)
+    forward[start] = t
+    w = beta[start] * t
+    for i in range(start + 1, stop):
+        row = A[i]
+        t = add_row_and_row_dot(acc, previous, w, row, v)
+        forward[i] = t
+        w = beta[i] * t
+        previous = row
+    for j in range(A.shape[1]):
+        acc[j] += previous[j] * w
+
+
 @njit(parallel=True, cache=True)
 def dense_sandwich_vector(A, beta, v, chunk_rows, forward, out):
     """forward = A v and out = Aᵀ(β ⊙ forward) in one read of A: each row is read for its dot
@@ -180,22 +199,29 @@ def dense_sandwich_vector(A, beta, v, chunk_rows, forward, out):
     n_chunks = (n + chunk_rows - 1) // chunk_rows
     partial = np.zeros((n_chunks, d))
     for c in prange(n_chunks):
-        acc = partial[c]
         start = c * chunk_rows
-        stop = min(n, start + chunk_rows)
-        previous = A[start]
-        t = row_dot(previous, v)
-        forward[start] = t
-        w = beta[start] * t
-        for i in range(start + 1, stop):
-            row = A[i]
-            t = add_row_and_row_dot(acc, previous, w, row, v)
-            forward[i] = t
-            w = beta[i] * t
-            previous = row
-        for j in range(d):
-            acc[j] += previous[j] * w
+        sandwich_vector_chunk(A, beta, v, start, min(n, start + chunk_rows), forward, partial[c])
     sum_chunk_partials(partial, out.reshape((d, 1)))
+
+
+@njit(parallel=True, cache=True)
+def dense_sandwich_vectors(A, betas, V, chunk_rows, forward, out):
+    """forward[s] = A V[s] and out[s] = Aᵀ(βₛ ⊙ forward[s]) for every s (betas a typed list of length-n arrays,
+    V r × d, forward r × n, out r × d): ``dense_sandwich_vector``'s sums in its order (the same chunks, summed in
+    chunk order), so each s has its bits. Many problems' Hessian-vector products in one parallel region; the
+    threads take runs of consecutive problems of one chunk, so a chunk of A is read from memory once and then
+    from cache (at 4096 × 64, one chunk, the problems split over the threads). Against a forward pass for all,
+    βₛ ⊙ C vₛ and a transposed pass for all: half the reads of A and no n-vector βₛ ⊙ C vₛ written and read."""
+    n, d = A.shape
+    r = V.shape[0]
+    n_chunks = (n + chunk_rows - 1) // chunk_rows
+    partial = np.zeros((r, n_chunks, d))
+    for task in prange(n_chunks * r):
+        c, s = task // r, task % r
+        start = c * chunk_rows
+        sandwich_vector_chunk(A, betas[s], V[s], start, min(n, start + chunk_rows), forward[s], partial[s, c])
+    for s in range(r):
+        sum_chunk_partials(partial[s], out[s].reshape((d, 1)))
 
 
 @njit(parallel=True, cache=True)

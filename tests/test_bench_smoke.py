@@ -293,7 +293,7 @@ def test_many_phases_quick_writes_each_phase_and_the_rest(tmp_path):
     rows = read_csv(output)
     assert_metadata(rows[0])
     phases = ["forward_passes_s", "transposed_passes_s", "sandwiches_s", "cholesky_and_solves_s",
-              "line_search_trials_s", "rest_s"]
+              "line_search_trials_s", "model_vectors_s", "rest_s"]
     assert_columns(rows, ["format", "model", "q", "unwrapped_s", "wrapped_s", *phases], output.name)
     assert {(row["format"], row["model"]) for row in rows} == {(f, m) for f in ("csr", "dense")
                                                               for m in ("softmax", "relu_softmax")}

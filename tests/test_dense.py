@@ -1,4 +1,4 @@
-"""kernels/dense.py (dense_matvec, dense_rmatmat) and DenseMatrix.matvec / rmatmat / matmat / sandwich
+"""kernels/dense.py (dense_matvec, dense_rmatmat, dense_sandwich_vector(s)) and DenseMatrix.matvec / rmatmat / matmat / sandwich
 against NumPy one-liners, and the scoped BLAS threads of the sandwich.
 
 Tolerances: the kernels accumulate in float64 for float32 and float64 A alike
@@ -349,6 +349,38 @@ def test_sandwich_vector_is_the_two_passes_bit_for_bit(dtype, chunk_rows, monkey
     A64 = A.astype(np.float64)
     weighted = (A64.T * beta) @ A64
     naive.assert_within_rounding(product, weighted @ v, np.abs(A64.T * beta) @ np.abs(A64) @ np.abs(v), n + d)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, None], ids=["chunk1", "chunk3", "real"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sandwich_vectors_are_each_problems_sandwich_vector_bit_for_bit(dtype, chunk_rows, monkeypatch,
+                                                                        run_with_threads):
+    """DenseMatrix.sandwich_vectors (``dense_sandwich_vectors``: many problems' products in one parallel region):
+    row s is (Cᵀ(βₛ ⊙ C vₛ), C vₛ) with the bits of ``sandwich_vector(βₛ, vₛ)``, NumPy's to the summation bound,
+    and the same bits with one thread as with two."""
+    if chunk_rows is not None:
+        monkeypatch.setattr(matrix_module, "chunk_rows", lambda n: chunk_rows)
+    rng = np.random.default_rng(17)
+    n, d, r = 37, 11, 5
+    A = _random_dense(rng, n, d, dtype, zero_rows=True, zero_columns=True)
+    betas = [rng.standard_normal(n) * np.exp(rng.uniform(-5, 5, n)) for _ in range(r)]
+    V = rng.standard_normal((r, d))
+    matrix = DenseMatrix(A)
+
+    def products():
+        forward = np.empty((r, n))
+        return matrix.sandwich_vectors(betas, V, forward), forward
+
+    product, forward = run_with_threads(2, products)
+    one_product, one_forward = run_with_threads(1, products)
+    assert np.array_equal(one_product, product) and np.array_equal(one_forward, forward)
+    A64 = A.astype(np.float64)
+    for s in range(r):
+        single, single_forward = matrix.sandwich_vector(betas[s], V[s])
+        assert np.array_equal(product[s], single) and np.array_equal(forward[s], single_forward)
+        naive.assert_within_rounding(forward[s], A64 @ V[s], np.abs(A64) @ np.abs(V[s]), d)
+        naive.assert_within_rounding(product[s], (A64.T * betas[s]) @ (A64 @ V[s]),
+                                     np.abs(A64.T * betas[s]) @ np.abs(A64) @ np.abs(V[s]), n + d)
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
