@@ -1,6 +1,6 @@
 """Where one ``solve_many(C, B)`` call spends its wall time: the shared passes, the sandwiches, the line-search
 trials, the softmax models' row stages and the rest (Python control and other per-problem kernels), without
-cProfile's per-call distortion.
+cProfile's per-call distortion; and the same for the loop of ``solve`` over B's columns that it replaces.
 
     python bench/many_phases.py                              # dense 4096 × 64 and CSR 10⁵ × 64, softmax, q = 64
     python bench/many_phases.py --formats dense --models softmax,relu_softmax --targets 64
@@ -11,7 +11,10 @@ timed by a wrapper around the method that does it (``DenseMatrix`` / ``CSRMatrix
 ``sandwiches`` …, ``scipy.linalg`` ``cho_factor``/``cho_solve`` of the Newton systems, ``LineSearch.loss``,
 the softmax models' stages ``log_partition``, ``columns``, ``loss_rows`` and their curvature weights β) and counted exclusive of the wrapped calls inside it; "rest" is the call's wall time less all of them. The
 wrappers add a few µs per call: the fastest of --repeat wrapped calls is reported, beside the fastest
-unwrapped call. Writes many_phases.csv to --out (default bench/results/).
+unwrapped call. Each case gives two rows, ``solve_many`` and ``loop`` (``[solve(C, B[:, j]) for j]``); the
+``solve_many`` row's "bound" is the loop's unwrapped time over solve_many's timed phases (all but the rest):
+the most solve_many could gain on the loop with its Python control and other per-problem kernels taking no
+time at all. Writes many_phases.csv to --out (default bench/results/).
 """
 import argparse
 import math
@@ -36,11 +39,14 @@ except ImportError:  # imported as bench.many_phases from the repository root
     from bench.many import FORMATS, MODELS, cases
 
 # (owner, method, phase): the methods timed, each counted in its phase exclusive of timed calls inside it (the
-# Hessian-vector products, ``sandwich_vector(s)``, with the transposed passes; only dense C has ``sandwich_vectors``).
+# Hessian-vector products, ``sandwich_vector(s)``, with the transposed passes; only dense C has ``sandwich_vectors``,
+# only CSR ``curvature_sandwich_vector``; ``curvature_sandwich``, solve's Hessian with β formed in the pass, with
+# the sandwiches).
 TIMED = [(cls, name, phase) for cls in (matrix.DenseMatrix, matrix.CSRMatrix) for name, phase in (
     ("matvecs", "forward passes"), ("matvec", "forward passes"), ("rmatmats", "transposed passes"),
     ("rmatmat", "transposed passes"), ("sandwich_vector", "transposed passes"), ("sandwich_vectors", "transposed passes"),
-    ("sandwiches", "sandwiches"), ("sandwich", "sandwiches")) if hasattr(cls, name)] + [
+    ("curvature_sandwich_vector", "transposed passes"), ("sandwiches", "sandwiches"), ("sandwich", "sandwiches"),
+    ("curvature_sandwich", "sandwiches")) if hasattr(cls, name)] + [
     (hessian.NewtonSystem, "_factor", "cholesky and solves"), (problem.LineSearch, "loss", "line-search trials")] + [
     # The O(n) row work of softmax / relu_softmax per problem (exp, the columns Q, a trial's loss, β): the part of a
     # solve that sharing C leaves as it is (a trial's counted here, its u = u₀ + t·Cp with the trial).
@@ -88,23 +94,32 @@ class PhaseClock:
         assert hessian.scipy.linalg.cho_solve is scipy.linalg.cho_solve
 
 
-def phase_row(C, B, model, V, repeat):
-    """The fastest unwrapped and wrapped solve_many(C, B) and the wrapped one's seconds by phase."""
-    keywords = dict(model=model, V=V)
-    fastnewton.solve_many(C, B[:, :min(16, B.shape[1])], **keywords)  # warm-up: kernels loaded, pools started
+def solve_loop(C, B, model, V):
+    """``solve`` on each column of B, as a user writes the loop: (the results' total iterations)."""
+    return sum(fastnewton.solve(C, B[:, j], model, V=V).n_iter for j in range(B.shape[1]))
+
+
+def solve_together(C, B, model, V):
+    """``solve_many(C, B)``'s loop (``many_targets.solve_targets``): (the problems' total iterations)."""
+    return int(many_targets.solve_targets(C, B, model=model, V=V).n_iter.sum())
+
+
+def phase_row(C, B, model, V, repeat, run=solve_together):
+    """The fastest unwrapped and wrapped run(C, B, model, V) and the wrapped one's seconds by phase."""
+    run(C, B[:, :min(16, B.shape[1])], model, V)  # warm-up: kernels loaded, pools started
     plain = math.inf
     for _ in range(repeat):
         start = time.perf_counter()
-        fastnewton.solve_many(C, B, **keywords)
+        run(C, B, model, V)
         plain = min(plain, time.perf_counter() - start)
     best = None
     for _ in range(repeat):
         with PhaseClock() as clock:
             start = time.perf_counter()
-            result = many_targets.solve_targets(C, B, **keywords)
+            iterations = run(C, B, model, V)
             total = time.perf_counter() - start
         if best is None or total < best[0]:
-            best = total, dict(clock.seconds), int(result.n_iter.sum())
+            best = total, dict(clock.seconds), iterations
     total, seconds, iterations = best
     row = {"unwrapped_s": plain, "wrapped_s": total, **{phase.replace(" ", "_").replace("-", "_") + "_s": seconds[phase]
                                                         for phase in PHASES}}
@@ -130,16 +145,23 @@ def main(argv=None):
         args.csr_n, args.dense_n, args.d, args.targets, args.repeat = 5000, 512, 16, [4], 1
     rows = []
     columns = ["unwrapped_s", "wrapped_s"] + [phase.replace(" ", "_").replace("-", "_") + "_s" for phase in PHASES] + ["rest_s"]
-    print(f"{'format':>6} {'model':>13} {'q':>4} " + " ".join(f"{c[:-2]:>13}" for c in columns) + " (ms)   iterations")
+    print(f"{'format':>6} {'model':>13} {'q':>4} {'side':>10} " + " ".join(f"{c[:-2]:>13}" for c in columns)
+          + " (ms)   iterations   bound")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for fmt, model, n, made, all_targets in cases(args):
             for q in args.targets:
-                row = dict(format=fmt, model=model, n=n, d=args.d, q=q,
-                           **phase_row(made.C, all_targets[:, :q], model, made.V, args.repeat))
-                rows.append(row)
-                print(f"{fmt:>6} {model:>13} {q:4d} " + " ".join(f"{1e3 * row[c]:13.1f}" for c in columns)
-                      + f"   {row['iterations']:10d}", flush=True)
+                B = all_targets[:, :q]
+                many = phase_row(made.C, B, model, made.V, args.repeat)
+                loop = phase_row(made.C, B, model, made.V, args.repeat, run=solve_loop)
+                many["bound"] = loop["unwrapped_s"] / (many["wrapped_s"] - many["rest_s"])
+                loop["bound"] = ""
+                for side, phases in (("solve_many", many), ("loop", loop)):
+                    row = dict(format=fmt, model=model, n=n, d=args.d, q=q, side=side, **phases)
+                    rows.append(row)
+                    bound = f"{row['bound']:7.2f}×" if side == "solve_many" else ""
+                    print(f"{fmt:>6} {model:>13} {q:4d} {side:>10} " + " ".join(f"{1e3 * row[c]:13.1f}" for c in columns)
+                          + f"   {row['iterations']:10d}   {bound}", flush=True)
     write_csv(os.path.join(args.out, "many_phases.csv"), rows)
     return 0
 

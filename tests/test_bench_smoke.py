@@ -294,10 +294,16 @@ def test_many_phases_quick_writes_each_phase_and_the_rest(tmp_path):
     assert_metadata(rows[0])
     phases = ["forward_passes_s", "transposed_passes_s", "sandwiches_s", "cholesky_and_solves_s",
               "line_search_trials_s", "model_vectors_s", "rest_s"]
-    assert_columns(rows, ["format", "model", "q", "unwrapped_s", "wrapped_s", *phases], output.name)
-    assert {(row["format"], row["model"]) for row in rows} == {(f, m) for f in ("csr", "dense")
-                                                              for m in ("softmax", "relu_softmax")}
+    assert_columns(rows, ["format", "model", "q", "side", "unwrapped_s", "wrapped_s", *phases, "bound"], output.name)
+    assert {(row["format"], row["model"], row["side"]) for row in rows} == {
+        (f, m, side) for f in ("csr", "dense") for m in ("softmax", "relu_softmax") for side in ("solve_many", "loop")}
     for row in rows:
+        if row["side"] == "solve_many":
+            # the loop's time over solve_many's timed phases
+            loop = next(other for other in rows if other["side"] == "loop"
+                        and (other["format"], other["model"]) == (row["format"], row["model"]))
+            timed = float(row["wrapped_s"]) - float(row["rest_s"])
+            assert abs(float(row["bound"]) - float(loop["unwrapped_s"]) / timed) <= 1e-9 * float(row["bound"])
         assert_positive(row["wrapped_s"], "wrapped_s")
         # the phases are parts of the wrapped call (exclusive times): they add up to it
         parts = sum(float(row[phase]) for phase in phases)
