@@ -4,11 +4,12 @@
 read-modify-write and returns what it held before, so every task that calls it gets a different number.
 A prange hands its iterations out in fixed blocks (OpenMP's static schedule); with a counter, the
 tasks hand out the items among themselves as each finishes its last one: a thread slowed by another
-process on its core takes fewer items instead of holding up the loop's end.
+process on its core takes fewer items instead of holding up the loop's end. ``next_taken(counter, order)``
+is that hand-out: a task's next item of ``order``, or -1 once every item is taken.
 """
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.extending import intrinsic, overload
 
 
@@ -41,3 +42,11 @@ def _fetch_add_overload(counter, value):
         return _fetch_add(counter, np.int64(value))
 
     return implementation
+
+
+@njit(cache=True)
+def next_taken(counter, order):
+    """order[k] for the next k taken from ``counter`` (``fetch_add``), or -1 once k reaches the end of order
+    (``order``: non-negative item numbers). A task of a ``prange`` calls it for each item it works on."""
+    position = fetch_add(counter, 1)
+    return order[position] if position < order.shape[0] else -1

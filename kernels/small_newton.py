@@ -28,7 +28,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .atomic import fetch_add
+from .atomic import next_taken
 from .blas import syrk_upper
 from .csr import INDPTR_SOUND, csr_column_squares, indptr_fault
 from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, longer_trial, \
@@ -835,10 +835,10 @@ def solve_small_problems(order, lanes, layout, addresses, parameters, settings, 
     taken = np.zeros(1, dtype=np.int64)
     for lane in prange(lanes):
         while True:
-            position = fetch_add(taken, 1)
-            if position >= order.shape[0]:
+            p = next_taken(taken, order)
+            if p < 0:
                 break
-            _solve_packed(order[position], layout, addresses, parameters, settings, b, w, x, grad_out,
+            _solve_packed(p, layout, addresses, parameters, settings, b, w, x, grad_out,
                           fault_grad, out_int, out_float)
 
 

@@ -33,7 +33,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .atomic import fetch_add
+from .atomic import next_taken
 from .damping import predicted_ratio
 from .in_place import array_at
 from .small_newton import (_all_finite, _cholesky, _cholesky_solve, _dot, _matvec, _quadratic, _rmatmat, _sandwich,
@@ -444,10 +444,9 @@ def stage_figures(order, lanes, table, numbers, eigenvalue, power_iterations, b,
     taken = np.zeros(1, dtype=np.int64)
     for lane in prange(lanes):
         while True:
-            position = fetch_add(taken, 1)
-            if position >= order.shape[0]:
+            r = next_taken(taken, order)
+            if r < 0:
                 break
-            r = order[position]
             matrix, Vm, w = _request_arrays(r, table)
             at = table[r, T_OUT]
             m = table[r, T_M]
@@ -467,10 +466,10 @@ def solve_relu_loops(order, lanes, table, numbers, settings, max_updates, b, off
     taken = np.zeros(1, dtype=np.int64)
     for lane in prange(lanes):
         while True:
-            position = fetch_add(taken, 1)
-            if position >= order.shape[0]:
+            r = next_taken(taken, order)
+            if r < 0:
                 break
-            _run_request(order[position], table, numbers, settings, max_updates, b, offset, x, y, y_previous,
+            _run_request(r, table, numbers, settings, max_updates, b, offset, x, y, y_previous,
                          out_int, out_float)
 
 
@@ -638,10 +637,9 @@ def simplex_vectors(order, lanes, table, simplex_settings, b, equal, lam, out_in
     taken = np.zeros(1, dtype=np.int64)
     for lane in prange(lanes):
         while True:
-            position = fetch_add(taken, 1)
-            if position >= order.shape[0]:
+            r = next_taken(taken, order)
+            if r < 0:
                 break
-            r = order[position]
             _, Vm, _ = _request_arrays(r, table)
             at = table[r, T_OUT]
             m = table[r, T_M]

@@ -14,7 +14,7 @@ import pytest
 from numba import njit, prange
 
 from fastnewton.kernels import small_newton as kernel
-from fastnewton.kernels.atomic import fetch_add
+from fastnewton.kernels.atomic import fetch_add, next_taken
 from fastnewton.kernels.dense import dense_matvec
 
 
@@ -111,6 +111,31 @@ def _take_all(count, lanes):
                 break
             by_lane[lane, position] += 1
     return by_lane
+
+
+def test_next_taken_hands_out_every_item_of_the_order_once_then_minus_one():
+    # Reference: a permutation of 0 … count − 1 as the order; each item is taken by exactly one task, and a
+    # task asking after the last item gets -1 (every task asks once more than its share: lanes extra calls).
+    count, lanes = 5_000, 4
+    order = np.random.default_rng(3).permutation(count).astype(np.int64)
+    by_lane, ends = _take_in_order(order, lanes)
+    np.testing.assert_array_equal(by_lane.sum(axis=0), np.ones(count))
+    np.testing.assert_array_equal(ends, np.full(lanes, -1))
+
+
+@njit(parallel=True)
+def _take_in_order(order, lanes):
+    counter = np.zeros(1, dtype=np.int64)
+    by_lane = np.zeros((lanes, order.shape[0]), dtype=np.int64)
+    ends = np.zeros(lanes, dtype=np.int64)
+    for lane in prange(lanes):
+        while True:
+            item = next_taken(counter, order)
+            if item < 0:
+                ends[lane] = item
+                break
+            by_lane[lane, item] += 1
+    return by_lane, ends
 
 
 CACHED_SCRIPT = """
