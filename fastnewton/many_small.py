@@ -222,20 +222,25 @@ class _Packed:
         """Solve the problems ``selected`` (positions in this pack), the costliest first."""
         n, d = self.layout[selected, kernel.L_N], self.layout[selected, kernel.L_D]
         # A problem's cost estimated by its sandwich's n·d² multiply-adds.
-        costs = (n * d * d).astype(np.float64)
-        by_cost = np.argsort(-costs, kind="stable")
-        # One lane per thread, each taking the next problem, costliest first, as it finishes one: greedy
-        # list scheduling on the real costs (LPT when the estimates are right). Measured (1000 dense problems,
-        # 2 threads): the costs dealt out beforehand to 2 fixed lanes (LPT) 117 ms, alternating 120 ms, the
-        # costlier half to one lane 160 ms, which is what numba.parallel_chunksize(1) over the costliest-first
-        # order took (OpenMP's static hand-out); two processes solving half each 117 ms. Fixed lanes wait for
-        # their slowest: with another process on one core (this machine's 2 cores shared), 403 ms fixed
-        # against 338 ms taken from the counter (best of 6, same run). (Which thread solves a problem never
-        # changes its bits: each is solved start to finish by one thread.)
-        lanes = max(1, min(numba.get_num_threads(), len(selected)))
+        by_cost, lanes = _hand_out(n * d * d)
         kernel.solve_small_problems(np.asarray(selected, dtype=np.int64)[by_cost], lanes, self.layout,
                                     self.addresses, self.parameters, settings, self.b, self.w, self.x, self.grad,
                                     self.fault_grad, self.out_int, self.out_float)
+
+
+def _hand_out(costs):
+    """(the positions of ``costs`` costliest first, the lanes): how a compiled batch's items go to its threads.
+
+    One lane per thread, each taking the next item, costliest first, as it finishes one (``kernels/atomic.py
+    next_taken``): greedy list scheduling on the real costs (LPT when the estimates are right). Measured (1000
+    dense problems, 2 threads): the costs dealt out beforehand to 2 fixed lanes (LPT) 117 ms, alternating 120 ms,
+    the costlier half to one lane 160 ms, which is what numba.parallel_chunksize(1) over the costliest-first order
+    took (OpenMP's static hand-out); two processes solving half each 117 ms. Fixed lanes wait for their slowest:
+    with another process on one core (this machine's 2 cores shared), 403 ms fixed against 338 ms taken from the
+    counter (best of 6, same run). (Which thread takes an item never changes its bits: each is run start to
+    finish by one thread.)"""
+    order = np.argsort(-np.asarray(costs, dtype=np.float64), kind="stable").astype(np.int64)
+    return order, max(1, min(numba.get_num_threads(), order.shape[0]))
 
 
 def _compiled_message(problem, pack, p, status):
@@ -539,7 +544,7 @@ class _RequestPack:
     """Requests on ``softmax_relu`` problems (evaluator, x) in the layout of kernels/small_softmax_relu.py: C, V
     and w read in place (C's addresses from ``book``, a ``_MatrixBook``), the models' b and offsets and the points
     x packed; ``order`` the costliest first (the sandwich's n·d² and the low-rank part's d²·m), for lanes that
-    each take the next as they finish one (``_Packed.run``)."""
+    each take the next as they finish one (``_hand_out``)."""
 
     def __init__(self, problems, points, book):
         count = len(problems)
@@ -571,8 +576,7 @@ class _RequestPack:
         self.b = np.concatenate([model.b for model in models]).astype(np.float64, copy=False)
         self.offset = np.concatenate([model.output_offset for model in models]).astype(np.float64, copy=False)
         self.x = np.concatenate(points).astype(np.float64)
-        self.order = np.argsort(-(n * d * (d + m)).astype(np.float64), kind="stable").astype(np.int64)
-        self.lanes = max(1, min(numba.get_num_threads(), count))
+        self.order, self.lanes = _hand_out(n * d * (d + m))
 
 
 def _run_loops(requests, settings, book):
