@@ -253,6 +253,8 @@ def _compiled_message(problem, pack, p, status):
                                           problem.facts, lambda: out_float[kernel.O_LOSS_AT_ZERO])
         if dead:
             status, detail = Status.DEAD_STATIONARY, dead
+        elif out_float[kernel.O_FLOOR] > 0.0:
+            detail = newton.rounding_floor_detail(out_float[kernel.O_FLOOR])
     elif status == Status.STALLED:
         count = out_int[kernel.O_KINK_COUNT]
         if count == kernel.NO_STEP:

@@ -315,7 +315,7 @@ class SharedPasses:
         problems = [request.problem for request in requests]
         gradients_at_zero = self.evaluations([problem.gradient_at_zero_rounds() for problem in problems])
         runs = [NewtonRun(request.problem, request.x0, request.start, request.options,
-                          References(request.problem.target_norm(), self.column_scale, gradient),
+                          References.of(request.problem, self.column_scale, gradient),
                           request.timer, request.clock)
                 for request, gradient in zip(requests, gradients_at_zero)]
         builders = {id(run): request.build_system for run, request in zip(runs, requests)}

@@ -20,6 +20,7 @@ import numpy as np
 from .active_set import one_sided_gain_ratio, one_sided_step
 from .kernels.damping import (FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, longer_trial,
                               raised_damping)
+from .kernels.reduce import gradient_rounding_bounds
 from .protocol import no_timer
 from .reductions import dot, norm
 from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
@@ -187,6 +188,14 @@ def kink_text(what, count, first):
 NO_STEP_DETAIL = "No step along the Newton direction decreases it at any damping."
 
 
+def rounding_floor_detail(floor):
+    """The CONVERGED message's detail (its whole sentence: ``status_message``) when ∇L(0) was within its own
+    rounding bound ``floor`` (> 0)."""
+    return (f"∇L(0) is zero to rounding (‖∇L(0)‖ ≤ {floor:.3e}, the bound on its rounding error), so b carries no "
+            "signal beyond rounding (e.g. a constant target) and tol·g_ref lies below what float64 resolves; "
+            "‖∇L(x)‖ is within that bound too (or ≤ tol·g_ref): x is stationary to working precision.")
+
+
 def stall_detail(kink, loss, grad_norm, g_ref):
     """The STALLED message's detail: the kink sentence (or None) and the stagnation sentence."""
     detail = (kink or "") + (
@@ -198,6 +207,9 @@ def stall_detail(kink, loss, grad_norm, g_ref):
 def status_message(status, detail=""):
     """The stop message: the status's sentence, completed or followed by ``detail``."""
     message = MESSAGES[status]
+    if detail and status == Status.CONVERGED:
+        # Only the rounding floor's (``rounding_floor_detail``): the test it met was not the relative one.
+        return "Converged: " + detail
     if detail:
         # The dead-stationary message ends in ": " and the detail completes its sentence.
         message += detail if status == Status.DEAD_STATIONARY else " " + detail
@@ -345,15 +357,20 @@ def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=No
 
 @dataclass
 class References:
-    """The scales of the stopping test, fixed for a solve: ‖b‖, D_j = ‖C_j‖ and ∇L(0)."""
+    """The scales of the stopping test, fixed for a solve: ‖b‖, D_j = ‖C_j‖, ∇L(0) and the bound R·D_j on the
+    rounding error of ∇L(0)'s entry j (``gradient_rounding``; 0: no bound)."""
 
     target_norm: float
     column_scale: np.ndarray
     grad_at_zero: np.ndarray
+    gradient_rounding: float = 0.0
 
     @classmethod
-    def of(cls, problem):
-        return cls(problem.target_norm(), column_scale(problem), problem.gradient_at_zero())
+    def of(cls, problem, column_scale_=None, grad_at_zero=None):
+        """``problem``'s references (its column scale and ∇L(0) given when formed already)."""
+        return cls(problem.target_norm(), column_scale(problem) if column_scale_ is None else column_scale_,
+                   problem.gradient_at_zero() if grad_at_zero is None else grad_at_zero,
+                   problem.row_model.reference().gradient_rounding(problem.n, problem.facts, ROUNDING_FACTOR))
 
 
 class NewtonRun:
@@ -376,6 +393,7 @@ class NewtonRun:
         self.rng = np.random.default_rng(options.seed)
         self.target_norm = references.target_norm
         self.grad_at_zero = references.grad_at_zero
+        self.gradient_rounding = references.gradient_rounding
         self.options = replace(options, column_scale=references.column_scale)
         self.status = None
         self.detail = ""
@@ -402,6 +420,14 @@ class NewtonRun:
         # ‖∇L(x0)‖ only where ∇L(0) = 0.
         self.g_ref = g_ref_zero if g_ref_zero > 0 else self.grad_norm
         self.scaled_g_ref = self.scaled_norm(self.grad_at_zero) if g_ref_zero > 0 else self.scaled_norm(ev.grad)
+        # ∇L(0) within the bound on its own rounding (b constant to rounding: softmax(0) is then optimal, and
+        # ∇L(0) is rounding, not a scale): tol·g_ref is below what any evaluation resolves, so the bound is
+        # the stopping test's floor. Otherwise the floor is 0 (it could never bind: it is below tol·g_ref).
+        rounding_bound, scaled_rounding_bound = gradient_rounding_bounds(self.gradient_rounding,
+                                                                         self.options.column_scale)
+        self.floor, self.scaled_floor = 0.0, 0.0
+        if g_ref_zero <= rounding_bound and self.scaled_norm(self.grad_at_zero) <= scaled_rounding_bound:
+            self.floor, self.scaled_floor = rounding_bound, scaled_rounding_bound
         self.carried = CarriedForward(path=norm(self.x0))
         _record(self.history, 0, ev, self.grad_norm, self.g_ref, None, self.timer, self.clock, self.options,
                 self.problem.iteration_extras())
@@ -419,9 +445,11 @@ class NewtonRun:
     def stopping(self):
         """The stopping tests before an iteration: True (status set) to stop, else count the iteration."""
         options, ev = self.options, self.ev
-        if (self.grad_norm <= options.tol * self.g_ref
-                and self.scaled_norm(ev.grad) <= options.tol * self.scaled_g_ref):
+        if (self.grad_norm <= max(options.tol * self.g_ref, self.floor)
+                and self.scaled_norm(ev.grad) <= max(options.tol * self.scaled_g_ref, self.scaled_floor)):
             self.status = Status.CONVERGED
+            if self.floor > 0.0:
+                self.detail = rounding_floor_detail(self.floor)
         elif self.n_iter >= options.max_iter:
             self.status = Status.MAX_ITER
         elif self.n_iter - self.last_progress >= STALL_WINDOW:

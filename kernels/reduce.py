@@ -47,6 +47,16 @@ def _sum_partials_of_row(partial, j, out):
         out[j, t] = total
 
 
+@njit(cache=True)
+def gradient_rounding_bounds(R, column_scale):
+    """(R·‖D‖, R·√d): for a gradient whose entry j errs by at most R·D_j (D = ``column_scale``), the bound on
+    the error of its norm and of its column-scaled norm ‖g / D‖ (the two norms of the stopping test)."""
+    total = 0.0
+    for j in range(column_scale.shape[0]):
+        total += column_scale[j] * column_scale[j]
+    return R * np.sqrt(total), R * np.sqrt(float(column_scale.shape[0]))
+
+
 # Independent accumulators of ``lanes_sum``.
 LANES = 8
 

@@ -37,11 +37,14 @@ from .dense import chunk_rmatmat, four_row_dots, row_dot, signed_scaled_rows
 from .in_place import array_at
 from .sandwich import ROW_PAD, _add_row, _sorted_rows
 from .simd import subtract_column_products4, subtract_column_products16
+from .reduce import gradient_rounding_bounds
 from .softmax import (
     curvature_weight,
     log_partition_serial,
+    softmax_gradient_rounding,
     softmax_regression_columns_serial,
     softmax_regression_loss_serial,
+    target_extremes,
 )
 
 # Columns of ``layout`` (int64, one row per problem).
@@ -67,9 +70,9 @@ SETTINGS_FIELDS = 15
 O_STATUS, O_N_ITER, O_FAULT_WHERE, O_KINK_COUNT, O_KINK_INDEX = range(5)
 OUT_INT_FIELDS = 5
 # Columns of ``out_float``: loss, ‖∇L‖ (nan when not finite), g_ref, the final max z (the softmax
-# normaliser's shift), L(0), and the non-finite loss of a fault.
-O_LOSS, O_GRAD_NORM, O_G_REF, O_TOP, O_LOSS_AT_ZERO, O_FAULT_LOSS = range(6)
-OUT_FLOAT_FIELDS = 6
+# normaliser's shift), L(0), the non-finite loss of a fault, and the stopping test's rounding floor (0: none).
+O_LOSS, O_GRAD_NORM, O_G_REF, O_TOP, O_LOSS_AT_ZERO, O_FAULT_LOSS, O_FLOOR = range(7)
+OUT_FLOAT_FIELDS = 7
 # Statuses written here (the values of fastnewton.result.Status), and the start's own failure:
 # its least-squares system was singular (the null-space and LP parts of the start run in Python).
 CONVERGED, MAX_ITER, STALLED, NON_FINITE = 0, 1, 2, 4
@@ -494,7 +497,7 @@ RUNNING = -100
 
 @njit(cache=True, inline="always")
 def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix, settings, tol, max_iter,
-                target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, fault_grad):
+                target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, gradient_rounding, fault_grad):
     """``newton_solve`` (``fastnewton/newton.py``) from x (the answer written back, x itself again if that is not
     finite) on one problem: the stopping, stagnation and damping rules of ``NewtonRun``, the exact
     ``NewtonSystem`` in scaled columns, ``newton_step``'s logit cap, Armijo backtracking and longer trial, and
@@ -513,9 +516,11 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix,
     Called with the evaluation at x in (loss, scalars, point) and, in ``previous``, what its caller reads of the
     point before the last step (a copy of the same); ``trial`` is the third point of the rotation. Inlined into
     each caller: the model's functions are then known at compile time, so calling them costs what a direct call
-    does (a function passed as a value is not cached by Numba). Returns (status, iterations, L, scalars, ‖∇L‖,
-    g_ref, point, previous, where a non-finite value appeared (FAULT_*, or the iteration), its L); its ∇L goes to
-    fault_grad. Statuses: CONVERGED, MAX_ITER, STALLED, NON_FINITE, NO_STEP_STALL."""
+    does (a function passed as a value is not cached by Numba). ``gradient_rounding``: R of the bound R·D_j on the
+    rounding of ∇L(0)'s entry j (0 where the model has none: the floor then never applies). Returns (status,
+    iterations, L, scalars, ‖∇L‖, g_ref, the rounding floor of the stopping test (0 when ∇L(0) is not within
+    its rounding bound), point, previous, where a non-finite value appeared (FAULT_*, or the iteration), its L);
+    its ∇L goes to fault_grad. Statuses: CONVERGED, MAX_ITER, STALLED, NON_FINITE, NO_STEP_STALL."""
     n = point[0].shape[0]
     d = x.shape[0]
     x0 = x.copy()
@@ -525,6 +530,7 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix,
     grad_norm = _norm_or_inf(point[1])
     g_ref_zero = _norm_or_inf(grad_at_zero)
     g_ref = 0.0
+    floor = 0.0
     fault_where = FAULT_NONE
     fault_loss = 0.0
     status = RUNNING
@@ -539,6 +545,13 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix,
         g_ref = g_ref_zero if g_ref_zero > 0 else grad_norm
         scaled_g_ref = (_scaled_norm(grad_at_zero, column_scale) if g_ref_zero > 0
                         else _scaled_norm(point[1], column_scale))
+        # NewtonRun.begin: ∇L(0) within its own rounding bound makes tol·g_ref rounding too; the bound is the floor.
+        rounding_bound, scaled_rounding_bound = gradient_rounding_bounds(gradient_rounding, column_scale)
+        scaled_floor = 0.0
+        if g_ref_zero <= rounding_bound and _scaled_norm(grad_at_zero, column_scale) <= scaled_rounding_bound:
+            floor, scaled_floor = rounding_bound, scaled_rounding_bound
+        threshold = max(tol * g_ref, floor)
+        scaled_threshold = max(tol * scaled_g_ref, scaled_floor)
         # CarriedForward
         carried_steps = 0
         carried_path = math.sqrt(_dot(x, x))
@@ -559,7 +572,7 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix,
         x_longer = np.empty(d)
         while True:
             u, grad = point[0], point[1]
-            if grad_norm <= tol * g_ref and _scaled_norm(grad, column_scale) <= tol * scaled_g_ref:
+            if grad_norm <= threshold and _scaled_norm(grad, column_scale) <= scaled_threshold:
                 status = CONVERGED
                 break
             if n_iter >= max_iter:
@@ -690,7 +703,7 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix,
             mu = damping_after(step_mu, t >= 1.0, ratio, system_scale)
     if not _all_finite(x):
         x[:] = x0
-    return status, n_iter, loss, scalars, grad_norm, g_ref, point, previous, fault_where, fault_loss
+    return status, n_iter, loss, scalars, grad_norm, g_ref, floor, point, previous, fault_where, fault_loss
 
 
 # -- the model's functions for the Newton loop ------------------------------------------------------------
@@ -766,10 +779,12 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
     _matvec(matrix, x, u)
     loss, scalars = _evaluate_point(model, matrix, x, point)
     previous[0][:] = u  # the kink count's u before the last step
-    status, n_iter, loss, scalars, _, g_ref, point, previous, fault_where, fault_loss = newton_loop(
+    top, bottom, _ = target_extremes(b)
+    gradient_rounding = softmax_gradient_rounding(n, max(top, -bottom), settings[S_ROUNDING_FACTOR])
+    status, n_iter, loss, scalars, _, g_ref, floor, point, previous, fault_where, fault_loss = newton_loop(
         _evaluate_point, _loss_at_point, _hessian_at_point, _unrefined, _unrefined_gain, model, matrix, settings,
         settings[S_TOL], int(settings[S_MAX_ITER]), target_norm, x, loss, scalars, point, previous, trial,
-        grad_at_zero, fault_grad)
+        grad_at_zero, gradient_rounding, fault_grad)
     if status == NO_STEP_STALL:
         status = STALLED
         out_int[O_KINK_COUNT] = NO_STEP
@@ -785,6 +800,7 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
     out_int[O_N_ITER] = n_iter
     out_float[O_LOSS] = loss
     out_float[O_G_REF] = g_ref
+    out_float[O_FLOOR] = floor
     out_float[O_TOP] = scalars[2]
     out_float[O_GRAD_NORM] = math.sqrt(_dot(grad, grad)) if _all_finite(grad) else np.nan
     grad_out[:] = grad

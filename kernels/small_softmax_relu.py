@@ -385,9 +385,10 @@ def _newton_loop(matrix, Vm, b, offset, w, l2, tol, max_iter, target_norm, chunk
     _matvec(matrix, x, u)
     loss, scalars = _evaluate_point(model, matrix, x, point)
     previous[4][:] = y  # the kink test's y before the last step
-    status, n_iter, loss, _, grad_norm, g_ref, point, previous, _, _ = newton_loop(
+    # No rounding bound of softmax_relu's ∇L(0) (0: the stopping test has no floor, as in ``solve``).
+    status, n_iter, loss, _, grad_norm, g_ref, _, point, previous, _, _ = newton_loop(
         _evaluate_point, _loss_at_point, _hessian_at_point, _refine_step, _refined_gain, model, matrix, settings,
-        tol, max_iter, target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, np.empty(d))
+        tol, max_iter, target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, 0.0, np.empty(d))
     out_int[O_STATUS] = status
     out_int[O_N_ITER] = n_iter
     out_float[O_LOSS] = loss

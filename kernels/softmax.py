@@ -33,6 +33,22 @@ def target_extremes(b):
 
 
 @njit(cache=True)
+def softmax_gradient_rounding(n, max_abs_b, rounding):
+    """R such that the rounding error of the computed ∇L(0) of softmax regression (``softmax``'s, and
+    ``relu_softmax``'s reference gradient) is at most R·D_j in entry j, D_j = ‖C_j‖
+    (``reduce.gradient_rounding_bounds`` turns R into bounds on the plain and the column-scaled norm).
+
+    At u = 0 every row has s = 1/n and ∇L(0) = Cᵀq, q = s ⊙ r − c·s, r = s − b, c = ⟨s, r⟩ (the ridge term
+    w ⊙ u is 0). With B = max|b|: |rᵢ| ≤ 1/n + B, |c| ≤ 1/n + B, |qᵢ| ≤ (2/n)(1/n + B). Taking ``rounding``
+    as the relative error of one chain of operations (newton.py's ROUNDING_FACTOR, ~100·eps, which also covers
+    the length-n sums): rᵢ errs by ≤ rounding·(s + |bᵢ|), c by ≤ rounding·Σ s|r|, so qᵢ by
+    ≤ rounding·s·(s + |bᵢ| + |rᵢ| + |c| + Σ s|r|) ≤ rounding·(4/n)(1/n + B); the pass Cᵀq adds
+    ≤ rounding·|C_j|ᵀ|q| to entry j. With |C_j|ᵀ|v| ≤ D_j‖v‖ and ‖v‖ ≤ √n·max|vᵢ|:
+    |δ∇L(0)_j| ≤ D_j · rounding · (6/√n)(1/n + B) = D_j · R."""
+    return rounding * 6.0 * (1.0 / n + max_abs_b) / np.sqrt(n)
+
+
+@njit(cache=True)
 def chunk_max_z(chunk_u, relu):
     """max z over a chunk's u (a view), z = ReLU(u) if ``relu`` else u (−inf for no rows)."""
     top = -np.inf

@@ -191,6 +191,12 @@ class Model:
     def reference(self):
         return self
 
+    def gradient_rounding(self, n, facts, rounding):
+        """R of a bound R·D_j (D_j = ‖C_j‖) on the rounding error of this model's computed ∇L(0) entry j, where
+        the model knows one; 0 otherwise (the stopping test then has no rounding floor: ``NewtonRun.begin``).
+        ``rounding``: the relative error of one chain of operations (newton.py's ROUNDING_FACTOR)."""
+        return 0.0
+
     def ones_columns(self, known):
         """t = Uᵀ1 (length k) at an evaluation, for a ``shift_invariant`` model
         (``fastnewton.sketching.uncentred_sandwich``)."""

@@ -8,7 +8,8 @@ and the partials of c, γ and the loss → ∇L = Cᵀ(m s r + w u) − c·Cᵀ(
 """
 import numpy as np
 
-from ..kernels.softmax import softmax_regression_columns, softmax_regression_loss, target_extremes
+from ..kernels.softmax import (softmax_gradient_rounding, softmax_regression_columns, softmax_regression_loss,
+                               target_extremes)
 from ..reductions import dot
 from ..start import FloorRows, floor_margin, log_linear_fit_rounds, normal_system_rounds, solve_psd
 from ..newton import run_requests
@@ -69,6 +70,10 @@ class Softmax(ColumnCurvature, Model):
     def ones_columns(self, known):
         """Uᵀ1 = [Σs, Σv] = [1, γ − c] (softmax: Σs = 1, Σv = 2Σs² − ⟨s, b⟩, γ − c = 2Σs² − ⟨s, b⟩)."""
         return np.array([1.0, known["S"][0, 0] - known["c"]])
+
+    def gradient_rounding(self, n, facts, rounding):
+        """``kernels.softmax.softmax_gradient_rounding`` (the compiled loop of many small problems calls it too)."""
+        return softmax_gradient_rounding(n, max(facts["max_b"], facts["max_negated_min_b"]), rounding)
 
     def reference(self):
         """relu_softmax has ∇L(0) = 0 exactly (ReLU'(0) = 0 on every row), which would make the
