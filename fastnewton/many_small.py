@@ -253,8 +253,8 @@ def _compiled_message(problem, pack, p, status):
                                           problem.facts, lambda: out_float[kernel.O_LOSS_AT_ZERO])
         if dead:
             status, detail = Status.DEAD_STATIONARY, dead
-        elif out_float[kernel.O_FLOOR] > 0.0:
-            detail = newton.rounding_floor_detail(out_float[kernel.O_FLOOR])
+        elif out_float[kernel.O_ROUNDING_BOUND] > 0.0:
+            detail = newton.rounding_converged_detail(out_float[kernel.O_ROUNDING_BOUND])
     elif status == Status.STALLED:
         count = out_int[kernel.O_KINK_COUNT]
         if count == kernel.NO_STEP:
@@ -663,6 +663,8 @@ def _loop_result(request, x, y, y_previous, out_int, out_float):
         dead = model.diagnose({"y": y}, loss, problem.facts, problem.loss_at_zero)
         if dead:
             status, detail = Status.DEAD_STATIONARY, dead
+        elif out_float[relu_kernel.O_ROUNDING_BOUND] > 0.0:
+            detail = newton.rounding_converged_detail(float(out_float[relu_kernel.O_ROUNDING_BOUND]))
     if status == Status.MAX_ITER and options.warn_at_max_iter:
         warn_max_iter(options)
     # The stages join the loops' records (``lifted_start._Stages``): one per iteration, without the figures.

@@ -188,12 +188,13 @@ def kink_text(what, count, first):
 NO_STEP_DETAIL = "No step along the Newton direction decreases it at any damping."
 
 
-def rounding_floor_detail(floor):
-    """The CONVERGED message's detail (its whole sentence: ``status_message``) when ∇L(0) was within its own
-    rounding bound ``floor`` (> 0)."""
-    return (f"∇L(0) is zero to rounding (‖∇L(0)‖ ≤ {floor:.3e}, the bound on its rounding error), so b carries no "
-            "signal beyond rounding (e.g. a constant target) and tol·g_ref lies below what float64 resolves; "
-            "‖∇L(x)‖ is within that bound too (or ≤ tol·g_ref): x is stationary to working precision.")
+def rounding_converged_detail(bound):
+    """The CONVERGED message's detail (its whole sentence: ``status_message``) of a stall within ``bound``, the
+    bound on ∇L(0)'s rounding, where ∇L(0) itself was within it (``NewtonRun.stopping``)."""
+    return (f"∇L(0) is zero to rounding (‖∇L(0)‖ ≤ {bound:.3e}, the bound on its rounding error), so b carries no "
+            "signal beyond rounding (e.g. a constant target) and tol·g_ref lies below what float64 resolves; the "
+            f"loss stopped decreasing beyond rounding with ‖∇L(x)‖ within that bound: x is stationary to working "
+            "precision.")
 
 
 def stall_detail(kink, loss, grad_norm, g_ref):
@@ -208,7 +209,7 @@ def status_message(status, detail=""):
     """The stop message: the status's sentence, completed or followed by ``detail``."""
     message = MESSAGES[status]
     if detail and status == Status.CONVERGED:
-        # Only the rounding floor's (``rounding_floor_detail``): the test it met was not the relative one.
+        # Only the rounding floor's (``rounding_converged_detail``): the test it met was not the relative one.
         return "Converged: " + detail
     if detail:
         # The dead-stationary message ends in ": " and the detail completes its sentence.
@@ -421,13 +422,10 @@ class NewtonRun:
         self.g_ref = g_ref_zero if g_ref_zero > 0 else self.grad_norm
         self.scaled_g_ref = self.scaled_norm(self.grad_at_zero) if g_ref_zero > 0 else self.scaled_norm(ev.grad)
         # ∇L(0) within the bound on its own rounding (b constant to rounding: softmax(0) is then optimal, and
-        # ∇L(0) is rounding, not a scale): tol·g_ref is below what any evaluation resolves, so the bound is
-        # the stopping test's floor. Otherwise the floor is 0 (it could never bind: it is below tol·g_ref).
-        rounding_bound, scaled_rounding_bound = gradient_rounding_bounds(self.gradient_rounding,
-                                                                         self.options.column_scale)
-        self.floor, self.scaled_floor = 0.0, 0.0
-        if g_ref_zero <= rounding_bound and self.scaled_norm(self.grad_at_zero) <= scaled_rounding_bound:
-            self.floor, self.scaled_floor = rounding_bound, scaled_rounding_bound
+        # ∇L(0) is rounding, not a scale): tol·g_ref is below what any evaluation resolves (``stopping``).
+        self.rounding_bounds = gradient_rounding_bounds(self.gradient_rounding, self.options.column_scale)
+        self.at_rounding = (g_ref_zero <= self.rounding_bounds[0]
+                            and self.scaled_norm(self.grad_at_zero) <= self.rounding_bounds[1])
         self.carried = CarriedForward(path=norm(self.x0))
         _record(self.history, 0, ev, self.grad_norm, self.g_ref, None, self.timer, self.clock, self.options,
                 self.problem.iteration_extras())
@@ -445,13 +443,17 @@ class NewtonRun:
     def stopping(self):
         """The stopping tests before an iteration: True (status set) to stop, else count the iteration."""
         options, ev = self.options, self.ev
-        if (self.grad_norm <= max(options.tol * self.g_ref, self.floor)
-                and self.scaled_norm(ev.grad) <= max(options.tol * self.scaled_g_ref, self.scaled_floor)):
+        if (self.grad_norm <= options.tol * self.g_ref
+                and self.scaled_norm(ev.grad) <= options.tol * self.scaled_g_ref):
             self.status = Status.CONVERGED
-            if self.floor > 0.0:
-                self.detail = rounding_floor_detail(self.floor)
         elif self.n_iter >= options.max_iter:
             self.status = Status.MAX_ITER
+        elif (self.n_iter - self.last_progress >= STALL_WINDOW and self.at_rounding
+              and self.grad_norm <= self.rounding_bounds[0] and self.scaled_norm(ev.grad) <= self.rounding_bounds[1]):
+            # A stall where ∇L(0) is rounding, with ‖∇L(x)‖ within the same bound: converged to working precision
+            # (the iterate is the stall's, as ever: no accuracy is given up for the status).
+            self.status = Status.CONVERGED
+            self.detail = rounding_converged_detail(self.rounding_bounds[0])
         elif self.n_iter - self.last_progress >= STALL_WINDOW:
             self.status = Status.STALLED
             problem = self.problem

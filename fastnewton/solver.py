@@ -39,8 +39,8 @@ def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto",
     tol : stop when ‖∇L(x)‖ ≤ tol · g_ref with g_ref = ‖∇L(0)‖ (for ``relu_softmax``, whose gradient
         at 0 is exactly zero, the one-sided derivative: the plain softmax gradient at 0), whatever
         the start; ‖∇L(x0)‖ only if that is 0. ``res.g_ref`` and every history record report it. Where
-        ∇L(0) is within the bound on its own rounding (b constant to rounding), that bound is the floor of
-        the test (the message says so).
+        ∇L(0) is within the bound on its own rounding (b constant to rounding), a stall with ‖∇L(x)‖ within
+        it too is CONVERGED (the message says so).
     max_iter : at most this many Newton iterations.
     seed : fixes every random choice.  n_threads : Numba and BLAS threads for this solve (default: as
         Numba has them, all cores unless set otherwise; one for a small problem, ``default_thread_count``).

@@ -70,8 +70,9 @@ SETTINGS_FIELDS = 15
 O_STATUS, O_N_ITER, O_FAULT_WHERE, O_KINK_COUNT, O_KINK_INDEX = range(5)
 OUT_INT_FIELDS = 5
 # Columns of ``out_float``: loss, ‖∇L‖ (nan when not finite), g_ref, the final max z (the softmax
-# normaliser's shift), L(0), the non-finite loss of a fault, and the stopping test's rounding floor (0: none).
-O_LOSS, O_GRAD_NORM, O_G_REF, O_TOP, O_LOSS_AT_ZERO, O_FAULT_LOSS, O_FLOOR = range(7)
+# normaliser's shift), L(0), the non-finite loss of a fault, and the bound on ∇L(0)'s rounding where a stall
+# within it ended CONVERGED (0: not so; ``newton_loop``).
+O_LOSS, O_GRAD_NORM, O_G_REF, O_TOP, O_LOSS_AT_ZERO, O_FAULT_LOSS, O_ROUNDING_BOUND = range(7)
 OUT_FLOAT_FIELDS = 7
 # Statuses written here (the values of fastnewton.result.Status), and the start's own failure:
 # its least-squares system was singular (the null-space and LP parts of the start run in Python).
@@ -517,10 +518,10 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix,
     point before the last step (a copy of the same); ``trial`` is the third point of the rotation. Inlined into
     each caller: the model's functions are then known at compile time, so calling them costs what a direct call
     does (a function passed as a value is not cached by Numba). ``gradient_rounding``: R of the bound R·D_j on the
-    rounding of ∇L(0)'s entry j (0 where the model has none: the floor then never applies). Returns (status,
-    iterations, L, scalars, ‖∇L‖, g_ref, the rounding floor of the stopping test (0 when ∇L(0) is not within
-    its rounding bound), point, previous, where a non-finite value appeared (FAULT_*, or the iteration), its L);
-    its ∇L goes to fault_grad. Statuses: CONVERGED, MAX_ITER, STALLED, NON_FINITE, NO_STEP_STALL."""
+    rounding of ∇L(0)'s entry j (0 where the model has none). Returns (status, iterations, L, scalars, ‖∇L‖,
+    g_ref, the rounding bound of ∇L(0) where a stall within it ended CONVERGED (else 0), point, previous, where
+    a non-finite value appeared (FAULT_*, or the iteration), its L); its ∇L goes to fault_grad. Statuses:
+    CONVERGED, MAX_ITER, STALLED, NON_FINITE, NO_STEP_STALL."""
     n = point[0].shape[0]
     d = x.shape[0]
     x0 = x.copy()
@@ -530,7 +531,7 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix,
     grad_norm = _norm_or_inf(point[1])
     g_ref_zero = _norm_or_inf(grad_at_zero)
     g_ref = 0.0
-    floor = 0.0
+    converged_bound = 0.0
     fault_where = FAULT_NONE
     fault_loss = 0.0
     status = RUNNING
@@ -545,13 +546,10 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix,
         g_ref = g_ref_zero if g_ref_zero > 0 else grad_norm
         scaled_g_ref = (_scaled_norm(grad_at_zero, column_scale) if g_ref_zero > 0
                         else _scaled_norm(point[1], column_scale))
-        # NewtonRun.begin: ∇L(0) within its own rounding bound makes tol·g_ref rounding too; the bound is the floor.
+        # NewtonRun.begin: ∇L(0) within its own rounding bound makes tol·g_ref rounding too (NewtonRun.stopping).
         rounding_bound, scaled_rounding_bound = gradient_rounding_bounds(gradient_rounding, column_scale)
-        scaled_floor = 0.0
-        if g_ref_zero <= rounding_bound and _scaled_norm(grad_at_zero, column_scale) <= scaled_rounding_bound:
-            floor, scaled_floor = rounding_bound, scaled_rounding_bound
-        threshold = max(tol * g_ref, floor)
-        scaled_threshold = max(tol * scaled_g_ref, scaled_floor)
+        at_rounding = (g_ref_zero <= rounding_bound
+                       and _scaled_norm(grad_at_zero, column_scale) <= scaled_rounding_bound)
         # CarriedForward
         carried_steps = 0
         carried_path = math.sqrt(_dot(x, x))
@@ -572,7 +570,7 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix,
         x_longer = np.empty(d)
         while True:
             u, grad = point[0], point[1]
-            if grad_norm <= threshold and _scaled_norm(grad, column_scale) <= scaled_threshold:
+            if grad_norm <= tol * g_ref and _scaled_norm(grad, column_scale) <= tol * scaled_g_ref:
                 status = CONVERGED
                 break
             if n_iter >= max_iter:
@@ -580,6 +578,10 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix,
                 break
             if n_iter - last_progress >= settings[S_STALL_WINDOW]:
                 status = STALLED
+                if (at_rounding and grad_norm <= rounding_bound
+                        and _scaled_norm(grad, column_scale) <= scaled_rounding_bound):
+                    status = CONVERGED
+                    converged_bound = rounding_bound
                 break
             n_iter += 1
             # 3) Hessian: the exact NewtonSystem in scaled columns, (D⁻¹HD⁻¹ + μI) p̂ = −D⁻¹g
@@ -703,7 +705,7 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix,
             mu = damping_after(step_mu, t >= 1.0, ratio, system_scale)
     if not _all_finite(x):
         x[:] = x0
-    return status, n_iter, loss, scalars, grad_norm, g_ref, floor, point, previous, fault_where, fault_loss
+    return status, n_iter, loss, scalars, grad_norm, g_ref, converged_bound, point, previous, fault_where, fault_loss
 
 
 # -- the model's functions for the Newton loop ------------------------------------------------------------
@@ -781,7 +783,7 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
     previous[0][:] = u  # the kink count's u before the last step
     top, bottom, _ = target_extremes(b)
     gradient_rounding = softmax_gradient_rounding(n, max(top, -bottom), settings[S_ROUNDING_FACTOR])
-    status, n_iter, loss, scalars, _, g_ref, floor, point, previous, fault_where, fault_loss = newton_loop(
+    status, n_iter, loss, scalars, _, g_ref, converged_bound, point, previous, fault_where, fault_loss = newton_loop(
         _evaluate_point, _loss_at_point, _hessian_at_point, _unrefined, _unrefined_gain, model, matrix, settings,
         settings[S_TOL], int(settings[S_MAX_ITER]), target_norm, x, loss, scalars, point, previous, trial,
         grad_at_zero, gradient_rounding, fault_grad)
@@ -800,7 +802,7 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
     out_int[O_N_ITER] = n_iter
     out_float[O_LOSS] = loss
     out_float[O_G_REF] = g_ref
-    out_float[O_FLOOR] = floor
+    out_float[O_ROUNDING_BOUND] = converged_bound
     out_float[O_TOP] = scalars[2]
     out_float[O_GRAD_NORM] = math.sqrt(_dot(grad, grad)) if _all_finite(grad) else np.nan
     grad_out[:] = grad

@@ -37,8 +37,8 @@ from .atomic import next_taken
 from .damping import predicted_ratio
 from .in_place import array_at
 from .small_newton import (_all_finite, _cholesky, _cholesky_solve, _dot, _matvec, _quadratic, _rmatmat, _sandwich,
-                           _sandwich_work, matrix_at, newton_loop)
-from .softmax import curvature_weight, log_partition_serial, softmax_relu_columns_row
+                           _sandwich_work, matrix_at, newton_loop, S_ROUNDING_FACTOR)
+from .softmax import curvature_weight, log_partition_serial, softmax_relu_columns_row, softmax_relu_gradient_rounding
 
 # Columns of ``table`` (int64, one row per request).
 T_N, T_D, T_M, T_CSR, T_CHUNK, T_VALUES, T_INDPTR, T_INDICES, T_V, T_W, T_COL, T_OUT, T_MAX_ITER = range(13)
@@ -50,9 +50,25 @@ NUMBER_FIELDS = 3
 # stalled because no damping gave a step), iterations.
 O_STATUS, O_N_ITER = range(2)
 OUT_INT_FIELDS = 2
-# Columns of ``out_float``: loss, ‖∇L‖, g_ref.
-O_LOSS, O_GRAD_NORM, O_G_REF = range(3)
-OUT_FLOAT_FIELDS = 3
+# Columns of ``out_float``: loss, ‖∇L‖, g_ref, and the bound on ∇L(0)'s rounding where a stall within it
+# ended CONVERGED (0: not so; ``small_newton.newton_loop``).
+O_LOSS, O_GRAD_NORM, O_G_REF, O_ROUNDING_BOUND = range(4)
+OUT_FLOAT_FIELDS = 4
+
+
+@njit(cache=True)
+def _max_abs_entry(Vm):
+    """max|V| over V's stored entries (0 when none)."""
+    A, indptr, indices, data, csr = Vm
+    largest = 0.0
+    if csr:
+        for k in range(indptr[indptr.shape[0] - 1]):
+            largest = max(largest, abs(data[k]))
+    else:
+        for i in range(A.shape[0]):
+            for j in range(A.shape[1]):
+                largest = max(largest, abs(A[i, j]))
+    return largest
 
 
 # -- one evaluation -----------------------------------------------------------------------------------
@@ -385,15 +401,24 @@ def _newton_loop(matrix, Vm, b, offset, w, l2, tol, max_iter, target_norm, chunk
     _matvec(matrix, x, u)
     loss, scalars = _evaluate_point(model, matrix, x, point)
     previous[4][:] = y  # the kink test's y before the last step
-    # No rounding bound of softmax_relu's ∇L(0) (0: the stopping test has no floor, as in ``solve``).
-    status, n_iter, loss, _, grad_norm, g_ref, _, point, previous, _, _ = newton_loop(
+    # The bound on ∇L(0)'s rounding, from max|V| and max|b| + max|o| (SoftmaxRelu.gradient_rounding's)
+    max_abs_b = 0.0
+    max_abs_offset = 0.0
+    for j in range(m):
+        max_abs_b = max(max_abs_b, abs(b[j]))
+        max_abs_offset = max(max_abs_offset, abs(offset[j]))
+    gradient_rounding = softmax_relu_gradient_rounding(n, m, _max_abs_entry(Vm), max_abs_b + max_abs_offset,
+                                                        settings[S_ROUNDING_FACTOR])
+    status, n_iter, loss, _, grad_norm, g_ref, converged_bound, point, previous, _, _ = newton_loop(
         _evaluate_point, _loss_at_point, _hessian_at_point, _refine_step, _refined_gain, model, matrix, settings,
-        tol, max_iter, target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, 0.0, np.empty(d))
+        tol, max_iter, target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, gradient_rounding,
+        np.empty(d))
     out_int[O_STATUS] = status
     out_int[O_N_ITER] = n_iter
     out_float[O_LOSS] = loss
     out_float[O_GRAD_NORM] = grad_norm
     out_float[O_G_REF] = g_ref
+    out_float[O_ROUNDING_BOUND] = converged_bound
     y_out[:] = point[4]
     y_previous_out[:] = previous[4]
 

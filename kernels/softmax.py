@@ -49,6 +49,19 @@ def softmax_gradient_rounding(n, max_abs_b, rounding):
 
 
 @njit(cache=True)
+def softmax_relu_gradient_rounding(n, m, max_abs_V, max_abs_b, rounding):
+    """R such that the rounding error of the computed ∇L(0) of ``softmax_relu`` is at most R·D_j in entry j
+    (as ``softmax_gradient_rounding``; ``max_abs_b`` bounds |b_j| + |o_j| with the output offsets o).
+
+    At u = 0, s = 1/n, y = Vᵀs, r_j = ReLU(y_j + o_j) − (b_j + o_j), ρ = V(a ⊙ r), c = ⟨s, ρ⟩ and ∇L(0) = Cᵀq,
+    q = s ⊙ ρ − c·s. With V∞ = max|V|, B = ``max_abs_b``, ε = ``rounding``: |y_j| ≤ V∞ (error ≤ ε V∞),
+    |r_j| ≤ V∞ + B (error ≤ ε(2V∞ + B)), |ρᵢ| ≤ m V∞(V∞ + B) (error ≤ ε m V∞(3V∞ + 2B)), c likewise (error
+    ≤ ε m V∞(4V∞ + 3B)), so |qᵢ| ≤ (2/n) m V∞(V∞ + B) and its error ≤ (ε/n) m V∞(9V∞ + 7B); the pass adds
+    ≤ ε|C_j|ᵀ|q| ≤ ε D_j (2/√n) m V∞(V∞ + B). In all |δ∇L(0)_j| ≤ D_j · ε m V∞ (11V∞ + 9B)/√n = D_j · R."""
+    return rounding * m * max_abs_V * (11.0 * max_abs_V + 9.0 * max_abs_b) / np.sqrt(n)
+
+
+@njit(cache=True)
 def chunk_max_z(chunk_u, relu):
     """max z over a chunk's u (a view), z = ReLU(u) if ``relu`` else u (−inf for no rows)."""
     top = -np.inf

@@ -16,7 +16,7 @@ all on the driver; the row stages are unchanged (J·1 = 0 makes J V diag(a) offs
 import numpy as np
 
 from ..kernels.dense import dense_matvec, dense_rmatmat
-from ..kernels.softmax import softmax_relu_columns
+from ..kernels.softmax import softmax_relu_columns, softmax_relu_gradient_rounding
 from ..lifted_start import lifted_solve_rounds, output_offsets, simplex_start_rounds
 from ..reductions import dot, norm
 from ..newton import run_requests
@@ -59,6 +59,16 @@ class SoftmaxRelu(ColumnCurvature, Model):
 
     def target_norm(self, facts):
         return norm(self.b)
+
+    def facts(self, block):
+        # max|V| (the bound on ∇L(0)'s rounding); a block's V may have no rows, whose maximum is 0.
+        return {"max_abs_V": float(np.max(np.abs(block.V), initial=0.0))}
+
+    def gradient_rounding(self, n, facts, rounding):
+        """``kernels.softmax.softmax_relu_gradient_rounding`` with B = max|b| + max|o| (the compiled loop of many
+        small problems calls it too)."""
+        largest_target = _max_abs(self.b) + _max_abs(self.output_offset)
+        return softmax_relu_gradient_rounding(n, self.m, facts["max_abs_V"], largest_target, rounding)
 
     def ones_columns(self, known):
         """Uᵀ1 = [Σs, ⟨s, ρ⟩, (J V)ᵀ1] = [1, c, 0, …, 0] (J1 = s − s·Σs = 0)."""
@@ -154,3 +164,7 @@ def _columns(block, kept, known):
     Q = block.buffers.empty((block.rows, block.V.shape[1] + 3))
     softmax_relu_columns(kept["u"], kept["s"], rho, block.V, known["y"], block.w, Q)
     return {"c": dot(kept["s"], rho)}, {"Q": Q}
+
+
+def _max_abs(a):
+    return float(np.max(np.abs(a), initial=0.0))
