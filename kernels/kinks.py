@@ -204,11 +204,12 @@ def held_step(R, W, table, member, p0, g, p):
     """The step of the model above with the rows of ``member`` (from ``held_rows``) held at the kink: W[:, k] =
     M⁻¹R[k] for every candidate row (the caller's solves with M's factor), p₀ = −M⁻¹g. The working set is then
     updated as the primal-dual active set method does: rows whose multiplier leaves [0, aᵢ] leave it, candidate
-    rows that the held step moves across the kink join it, and the bordered system is solved again (at most
+    rows off the kink that the held step moves across it join it, and the bordered system is solved again (at most
     MAX_UPDATES times). Writes p and ``member`` (the rows held); returns |K|, or 0 when the plain step stays (K
     empty, over MAX_KINK_ROWS or not settled, C_K rank deficient, or the held step not a descent direction)."""
     count = member.shape[0]
     d = p0.shape[0]
+    left = np.zeros(count, dtype=np.bool_)
     for _ in range(MAX_UPDATES + 1):
         rows = np.flatnonzero(member)
         K = rows.shape[0]
@@ -241,9 +242,13 @@ def held_step(R, W, table, member, p0, g, p):
             share = table[rows[a], T_ACTIVE] * slope + nu[a]
             if not (0.0 <= share <= slope):
                 member[rows[a]] = False
+                left[rows[a]] = True
                 changed = True
         for k in range(count):
-            if not member[k] and table[k, T_NONZERO] != 0.0 and _crosses(R, table, k, p):
+            # A row at the kink (or one that left K in this step) is decided by its multiplier alone: its uᵢ is
+            # 0 to rounding, whose sign says nothing, and re-entering would cycle.
+            if (not member[k] and not left[k] and table[k, T_NONZERO] != 0.0 and table[k, T_AT_KINK] == 0.0
+                    and _crosses(R, table, k, p)):
                 member[k] = True
                 changed = True
         if changed:

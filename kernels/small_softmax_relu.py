@@ -37,7 +37,7 @@ from .atomic import next_taken
 from .damping import predicted_ratio
 from .in_place import array_at
 from .small_newton import (_all_finite, _cholesky, _cholesky_solve, _dot, _matvec, _quadratic, _rmatmat, _sandwich,
-                           _sandwich_work, matrix_at, newton_loop)
+                           _sandwich_work, matrix_at, newton_loop, no_kink_test)
 from .softmax import curvature_weight, log_partition_serial, softmax_relu_columns_row
 
 # Columns of ``table`` (int64, one row per request).
@@ -386,8 +386,8 @@ def _newton_loop(matrix, Vm, b, offset, w, l2, tol, max_iter, target_norm, chunk
     loss, scalars = _evaluate_point(model, matrix, x, point)
     previous[4][:] = y  # the kink test's y before the last step
     status, n_iter, loss, _, grad_norm, g_ref, point, previous, _, _ = newton_loop(
-        _evaluate_point, _loss_at_point, _hessian_at_point, _refine_step, _refined_gain, model, matrix, settings,
-        tol, max_iter, target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, np.empty(d))
+        _evaluate_point, _loss_at_point, _hessian_at_point, _refine_step, _refined_gain, no_kink_test, model, matrix,
+        settings, tol, max_iter, target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, np.empty(d))
     out_int[O_STATUS] = status
     out_int[O_N_ITER] = n_iter
     out_float[O_LOSS] = loss
