@@ -25,8 +25,9 @@ class Kinks:
     @classmethod
     def at(cls, problem, ev, previous, held, flips, rtol):
         """The kink rows at ev, or None (no ReLU rows here, none a candidate, or too many: kernels/kinks.py).
-        ``previous``: the evaluator's ``relu_inputs`` before the last step; ``held``: what it did to each row (int8,
-        kernels/kinks.py's ``HELD_*``, or None: nothing); ``flips``: each row's sign flips in a row (int64, updated here: once per iteration)."""
+        ``previous``: the evaluator's ``relu_inputs`` before the last step; ``held``: what it did to each row
+        (int8, kernels/kinks.py's ``HELD_*``, or None: nothing); ``flips``: each row's sign flips in a row (int64,
+        updated here: call once per iteration)."""
         relu_kink_inputs = getattr(problem, "relu_kink_inputs", None)
         inputs = relu_kink_inputs(ev) if relu_kink_inputs is not None and previous is not None else None
         if inputs is None:

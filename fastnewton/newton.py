@@ -5,7 +5,9 @@ every ``REFRESH_EVERY`` iterations or when the steps since the last one were lon
 Cᵀ[q, U], 3) the Hessian from the strategy, 4) a damped Newton step: Cholesky of
 H + μD² (Levenberg–Marquardt μ raised when Cholesky fails or the line search
 rejects the step, and set after each step by its gain ratio: kernels/damping.py; loss terms
-½ max(y_j, 0)² keep their kinks in the step's model: fastnewton.active_set), a logit cap
+½ max(y_j, 0)² keep their kinks in the step's model: fastnewton.active_set; relu_softmax's rows at a ReLU kink
+are held there, and a point at such kinks is stationary when its least-norm Clarke subgradient meets the
+stopping test: fastnewton.kinks), a logit cap
 ‖CΔx‖∞ ≤ 10 (one pass C·Δx, reused by every line search trial as u + t·CΔx), and Armijo
 backtracking on L (a well-predicted damped step also tries one longer step).
 """
@@ -18,10 +20,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .active_set import one_sided_gain_ratio, one_sided_step
-from .kernels.kinks import HELD_FULL, HELD_SHORT
-from .kinks import NO_ROWS, Kinks, held_ratio, kink_stationary_text
 from .kernels.damping import (FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, longer_trial,
                               raised_damping)
+from .kernels.kinks import HELD_FULL, HELD_SHORT
+from .kinks import NO_ROWS, Kinks, held_ratio, kink_stationary_text
 from .protocol import no_timer
 from .reductions import dot, norm
 from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
@@ -394,8 +396,9 @@ class NewtonRun:
         self.detail = ""
         # Whether a STALLED stop found x at a ReLU kink (the staged start of softmax_relu ends there).
         self.at_kink = False
-        # relu_softmax's kink rows at the current iterate (``fastnewton.kinks``), the rows the last step held
-        # there (a bool per row, or None), and the least-norm Clarke subgradient's norm of a stop at a kink.
+        # relu_softmax's kink rows at the current iterate (``fastnewton.kinks``), what the last step did to each
+        # row (kernels/kinks.py's HELD_*, int8; None: held none), and the least-norm Clarke subgradient's norm of
+        # a stop at a kink.
         self.kinks = None
         self.held = None
         self.flips = None  # per row, the steps in a row that flipped its sign (kernels/kinks.py)

@@ -15,8 +15,10 @@ whose solution is p = p₀ − Wν with p₀ = −M⁻¹g, W = M⁻¹C_Kᵀ and 
 of |K| rows, by the range-space method on M's factor). The multiplier gives the row's share of the gradient,
 λᵢ = mᵢaᵢ + νᵢ = θᵢaᵢ; a row stays held while 0 ≤ λᵢ ≤ aᵢ (θᵢ ∈ [0, 1] with aᵢ > 0: both one-sided
 directional derivatives across the kink are ≥ 0); otherwise it leaves K (θᵢ > 1: L falls on the active
-side; θᵢ < 0: on the inactive side) and the system is solved again without it — the primal-dual active
-set (semismooth Newton) rule, in the spirit of ``fastnewton.active_set``.
+side; θᵢ < 0: on the inactive side; aᵢ < 0, a ridge: always) and the system is solved again without it, while
+candidate rows off the kink that the step would move across it join K — the primal-dual active set
+(semismooth Newton) rule, in the spirit of ``fastnewton.active_set``. K starts from the rows at the kink and
+those that zig-zag across it (``held_rows``); with none, the plain step is taken unchanged (the same bits).
 
 Each candidate row's numbers sit in one row of a table (the ``T_*`` columns) beside its dense row of C (R).
 """
@@ -39,7 +41,7 @@ MAX_KINK_ROWS = 8
 # REFRESH_EVERY = 8 steps) adds per step one such bound with the step for x (smaller than x near a kink)
 # and eps·|uᵢ|; twice eight such bounds cover both. Below that bound uᵢ = 0 is as true as uᵢ ≠ 0.
 KINK_ROUNDING = 16.0
-# Removals of rows from K per step: each removal is one more small solve with W's columns already formed.
+# Updates of K per step (rows leaving or joining): each is one more small solve with W's columns already formed.
 MAX_UPDATES = 3
 # Coordinate-descent sweeps of the least-norm problem (|K| ≤ MAX_KINK_ROWS unknowns in a box).
 MAX_SWEEPS = 200
@@ -57,8 +59,8 @@ PIVOT_RTOL = 1e-12
 # logit cap: uᵢ = 0 up to the rounding of C·p).
 NOT_HELD, HELD_SHORT, HELD_FULL = 0, 1, 2
 # Columns of the candidate table: uᵢ, aᵢ, mᵢ = 1[uᵢ > 0], whether the row is at the kink (to rounding, or
-# HELD_FULL), its ``held`` state, whether it zig-zags (its sign flipped in each of the last ZIGZAG_FLIPS steps), and whether its row of C is
-# non-zero.
+# HELD_FULL), its ``held`` state, whether it zig-zags (its sign flipped in each of the last ZIGZAG_FLIPS steps),
+# and whether its row of C is non-zero.
 T_U, T_SLOPE, T_ACTIVE, T_AT_KINK, T_HELD, T_FLIPPED, T_NONZERO = range(7)
 TABLE_FIELDS = 7
 

@@ -884,8 +884,8 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
     loss, scalars = _evaluate_point(model, matrix, x, point)
     previous[0][:] = u  # the kink count's u before the last step
     status, n_iter, loss, scalars, _, g_ref, point, previous, fault_where, fault_loss = newton_loop(
-        _evaluate_point, _loss_at_point, _hessian_at_point, _kink_refine, _kink_gain, _kink_test, model, matrix, settings,
-        settings[S_TOL], int(settings[S_MAX_ITER]), target_norm, x, loss, scalars, point, previous, trial,
+        _evaluate_point, _loss_at_point, _hessian_at_point, _kink_refine, _kink_gain, _kink_test, model, matrix,
+        settings, settings[S_TOL], int(settings[S_MAX_ITER]), target_norm, x, loss, scalars, point, previous, trial,
         grad_at_zero, fault_grad)
     if status == NO_STEP_STALL:
         status = STALLED
