@@ -3,7 +3,7 @@ least-norm Clarke subgradient there (the stopping test at a kink) and the step t
 kink. The math is kernels/kinks.py's, which the compiled loop of ``solve_many`` (kernels/small_newton.py) calls
 too; this module gathers its inputs from a ``Problem``'s evaluation and solves with the step's ``NewtonSystem``.
 
-Only on one machine (an evaluator with ``relu_kink_inputs``; Dask's keeps the rows on its workers) and, for the
+Only on one machine (Dask's evaluator keeps the rows on its workers: its ``relu_kink_inputs`` are None) and, for the
 step, only with a system that has a factor (``exact``, ``sketch``): with CG (``pcg``, the lagged systems) each
 of the bordered system's solves would cost passes over C, so those take the plain step (the kink stopping
 test applies to every strategy)."""
@@ -28,8 +28,7 @@ class Kinks:
         ``previous``: the evaluator's ``relu_inputs`` before the last step; ``held``: what it did to each row
         (int8, kernels/kinks.py's ``HELD_*``, or None: nothing); ``flips``: each row's sign flips in a row (int64,
         updated here: call once per iteration)."""
-        relu_kink_inputs = getattr(problem, "relu_kink_inputs", None)
-        inputs = relu_kink_inputs(ev) if relu_kink_inputs is not None and previous is not None else None
+        inputs = problem.relu_kink_inputs(ev) if previous is not None else None
         if inputs is None:
             return None
         u, e, scale, b, c = inputs
