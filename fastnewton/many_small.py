@@ -55,6 +55,7 @@ from .matrix import DenseMatrix
 from .models import LogPartition, build_model, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
 from .models.softmax_relu import SoftmaxRelu
+from .kinks import kink_stationary_text
 from .newton import MAX_LOGIT_STEP, NewtonRequest, kink_sentence, stall_detail, status_message, warn_max_iter
 from .problem import Problem
 from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
@@ -249,6 +250,9 @@ def _compiled_message(problem, pack, p, status):
     loss, grad_norm, g_ref = out_float[kernel.O_LOSS], out_float[kernel.O_GRAD_NORM], out_float[kernel.O_G_REF]
     detail = ""
     if status == Status.CONVERGED:
+        count = out_int[kernel.O_KINK_COUNT]
+        if count:  # a kink stationary point (kernels/kinks.py), as NewtonRun.stationary_at_kink says it
+            detail = kink_stationary_text(int(count))
         dead = problem.row_model.diagnose({"log_partition": LogPartition(out_float[kernel.O_TOP], 1.0)}, loss,
                                           problem.facts, lambda: out_float[kernel.O_LOSS_AT_ZERO])
         if dead:

@@ -5,7 +5,9 @@ every ``REFRESH_EVERY`` iterations or when the steps since the last one were lon
 Cᵀ[q, U], 3) the Hessian from the strategy, 4) a damped Newton step: Cholesky of
 H + μD² (Levenberg–Marquardt μ raised when Cholesky fails or the line search
 rejects the step, and set after each step by its gain ratio: kernels/damping.py; loss terms
-½ max(y_j, 0)² keep their kinks in the step's model: fastnewton.active_set), a logit cap
+½ max(y_j, 0)² keep their kinks in the step's model: fastnewton.active_set; relu_softmax's rows at a ReLU kink
+are held there, and a point at such kinks is stationary when its least-norm Clarke subgradient meets the
+stopping test: fastnewton.kinks), a logit cap
 ‖CΔx‖∞ ≤ 10 (one pass C·Δx, reused by every line search trial as u + t·CΔx), and Armijo
 backtracking on L (a well-predicted damped step also tries one longer step).
 """
@@ -13,14 +15,16 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .active_set import one_sided_gain_ratio, one_sided_step
 from .kernels.damping import (FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, longer_trial,
                               raised_damping)
+from .kernels.kinks import HELD_FULL, HELD_SHORT
 from .kernels.reduce import gradient_rounding_bounds
+from .kinks import NO_ROWS, Kinks, held_ratio, kink_stationary_text
 from .protocol import no_timer
 from .reductions import dot, norm
 from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
@@ -91,6 +95,8 @@ class Step:
     norm: float
     line: object = None
     gain_ratio: float = 1.0
+    # The rows it held at their ReLU kink (``fastnewton.kinks``).
+    held: np.ndarray = field(default_factory=lambda: NO_ROWS)
 
 
 @dataclass
@@ -209,7 +215,8 @@ def status_message(status, detail=""):
     """The stop message: the status's sentence, completed or followed by ``detail``."""
     message = MESSAGES[status]
     if detail and status == Status.CONVERGED:
-        # Only the rounding floor's (``rounding_converged_detail``): the test it met was not the relative one.
+        # A stop at ReLU kinks (``kink_stationary_text``) or within ∇L(0)'s rounding bound
+        # (``rounding_converged_detail``): the test it met was not the relative one, so its sentence replaces it.
         return "Converged: " + detail
     if detail:
         # The dead-stationary message ends in ": " and the detail completes its sentence.
@@ -255,7 +262,8 @@ def run_rounds(rounds, answer):
         return stop.value
 
 
-def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=None, counts=None):
+def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=None, counts=None,
+                       kinks=None):
     """``newton_step`` as a generator: yields each direction p (an array) whose line x + t·p it needs (the
     pass C·p) and is sent that ``Line``, and each Hessian-vector product a CG step asks for (a request
     with ``run()``: ``fastnewton.hessian.HessianProduct``) and is sent ∇²L·v; returns the ``Step`` (or
@@ -269,12 +277,18 @@ def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, t
     # Loss terms ½ max(y_j, 0)² (softmax_relu's outputs with b_j = 0) keep their kinks in the step's model
     # (fastnewton.active_set); only where the system has a factor (with CG each solve costs passes over C).
     one_sided = problem.one_sided_outputs(ev) if system.hessp is None else None
+    # relu_softmax's rows at (or zig-zagging across) their ReLU kink are held there (``fastnewton.kinks``).
+    kinks = kinks if system.hessp is None else None
     for _ in range(MAX_DAMPING_TRIES):
         refined = False
+        held = NO_ROWS
         with timer("solve"):
             p = yield from system.solve_rounds(g, mu)
             if one_sided is not None and p is not None and _all_finite(p) and dot(g, p) < 0.0:
                 p, refined = one_sided_step(system, g, mu, p, *one_sided)
+            if kinks is not None and p is not None and _all_finite(p) and dot(g, p) < 0.0:
+                p, held = kinks.step(system, g, mu, p)
+                refined = held.size > 0
         if p is None or not _all_finite(p) or not dot(g, p) < 0.0:
             mu, increase = raised_damping(mu, increase, scale)
             continue
@@ -289,6 +303,8 @@ def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, t
             scaled2 = dot(scaled, scaled)
 
             def ratio_of(t, L_t):
+                if held.size:
+                    return held_ratio(system, g, t * line.p, L0 - L_t, noise)
                 if refined:
                     return one_sided_gain_ratio(system, g, *one_sided, t * line.p, L0 - L_t, noise)
                 return gain_ratio(L0 - L_t, t * slope, t * t * scaled2, mu, t * cap, noise)
@@ -322,13 +338,13 @@ def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, t
                                     and L_longer <= L0 + ARMIJO_C1 * longer * slope):
                                 t, L_t = longer, L_longer
                                 ratio = ratio_of(t, L_t)
-                    return Step(ev.x + t * line.p, t, mu, trial, t * norm(line.p), line, ratio)
+                    return Step(ev.x + t * line.p, t, mu, trial, t * norm(line.p), line, ratio, held)
                 t *= BACKTRACK_FACTOR
         mu, increase = raised_damping(mu, increase, scale)
     return None
 
 
-def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=None, counts=None):
+def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=None, counts=None, kinks=None):
     """One damped Newton step from ev.x: ``Step``, or None when no damping gives an accepted step.
 
     Solves (H + μD²) p = −g with ``system``, raising μ (from 1e-8·scale by ×2, ×4, ×8, …:
@@ -353,7 +369,7 @@ def newton_step(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, timer=No
             Cp = system.forward_of(p)
             return problem.line(ev, p) if Cp is None else problem.line(ev, p, Cp)
 
-    return run_rounds(newton_step_rounds(problem, ev, system, mu, max_logit_step, timer, counts), line)
+    return run_rounds(newton_step_rounds(problem, ev, system, mu, max_logit_step, timer, counts, kinks), line)
 
 
 @dataclass
@@ -400,6 +416,13 @@ class NewtonRun:
         self.detail = ""
         # Whether a STALLED stop found x at a ReLU kink (the staged start of softmax_relu ends there).
         self.at_kink = False
+        # relu_softmax's kink rows at the current iterate (``fastnewton.kinks``), what the last step did to each
+        # row (kernels/kinks.py's HELD_*, int8; None: held none), and the least-norm Clarke subgradient's norm of
+        # a stop at a kink.
+        self.kinks = None
+        self.held = None
+        self.flips = None  # per row, the steps in a row that flipped its sign (kernels/kinks.py)
+        self.subgradient_norm = None
         self.n_iter = 0
         self.history = []
         self.g_ref = 0.0
@@ -446,6 +469,8 @@ class NewtonRun:
         if (self.grad_norm <= options.tol * self.g_ref
                 and self.scaled_norm(ev.grad) <= options.tol * self.scaled_g_ref):
             self.status = Status.CONVERGED
+        elif self.stationary_at_kink():
+            self.status = Status.CONVERGED
         elif self.n_iter >= options.max_iter:
             self.status = Status.MAX_ITER
         elif (self.n_iter - self.last_progress >= STALL_WINDOW and self.at_rounding
@@ -465,6 +490,21 @@ class NewtonRun:
             return False
         return True
 
+    def stationary_at_kink(self):
+        """Whether x sits at relu_softmax's ReLU kinks with a least-norm Clarke subgradient that passes the
+        gradient test (then the detail says so); sets this iteration's kink rows for its step."""
+        if self.flips is None and self.previous_relu_inputs is not None:
+            self.flips = np.zeros(self.previous_relu_inputs[1].shape[0], dtype=np.int64)
+        self.kinks = Kinks.at(self.problem, self.ev, self.previous_relu_inputs, self.held, self.flips, KINK_RTOL)
+        if self.kinks is None or not self.kinks.at_kink:
+            return False
+        count, subgradient_norm, scaled = self.kinks.stationarity(self.ev.grad, self.options.column_scale)
+        tol = self.options.tol
+        if subgradient_norm <= tol * self.g_ref and scaled <= tol * self.scaled_g_ref:
+            self.detail, self.subgradient_norm = kink_stationary_text(count), subgradient_norm
+            return True
+        return False
+
     def build_system(self, build_system, **kwargs):
         """This iteration's Newton system (``kwargs`` go to the strategy, e.g. a sandwich formed already)."""
         with self.timer("hessian"):
@@ -475,7 +515,7 @@ class NewtonRun:
     def step_rounds(self, system):
         """This iteration's ``newton_step_rounds`` (a generator yielding directions p)."""
         return newton_step_rounds(self.problem, self.ev, system, self.mu, self.options.max_logit_step, self.timer,
-                                  self.counts)
+                                  self.counts, self.kinks)
 
     def no_step(self):
         self.status = Status.STALLED
@@ -497,6 +537,11 @@ class NewtonRun:
         self.lowest_loss = min(self.lowest_loss, new_ev.loss)
         self.lowest_grad_norm = min(self.lowest_grad_norm, new_grad_norm)
         self.previous_relu_inputs = self.problem.relu_inputs(self.ev)
+        self.held = None
+        if step.held.size:
+            # Rows held at the kink by a step taken in full (t = 1 within the logit cap) sit there (kernels/kinks.py).
+            self.held = np.zeros(self.previous_relu_inputs[1].shape[0], dtype=np.int8)
+            self.held[step.held] = HELD_FULL if step.length == 1.0 and step.line.factor == 1.0 else HELD_SHORT
         self.ev, self.grad_norm = new_ev, new_grad_norm
         self.mu = damping_after(step.damping, step.length >= 1.0, step.gain_ratio, system.scale)
         scaled_g_ref = self.scaled_g_ref
@@ -528,6 +573,8 @@ class NewtonRun:
         res = _result(self.ev, self.x0, self.start, options, self.status, self.history, self.g_ref, self.clock,
                       self.detail, self.n_iter, self.counts)
         res["at_kink"] = self.at_kink
+        if self.subgradient_norm is not None and self.status == Status.CONVERGED:
+            res["subgradient_norm"] = self.subgradient_norm
         return res
 
 
@@ -566,7 +613,7 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
             # 3) Hessian
             system = run.build_system(build_system)
             # 4) damped Newton step with logit cap and Armijo line search
-            step = newton_step(problem, run.ev, system, run.mu, options.max_logit_step, timer, run.counts)
+            step = newton_step(problem, run.ev, system, run.mu, options.max_logit_step, timer, run.counts, run.kinks)
             if step is None:
                 run.no_step()
                 break

@@ -442,6 +442,14 @@ class Problem:
         """(what they are, values) of the model's ReLU inputs at ev, for the kink test; None without ReLUs."""
         return self.row_model.relu_inputs(ev.known, ev.kept)
 
+    def relu_kink_inputs(self, ev):
+        """(u, e, softmax factor, b, c) at ev for the kink tests (``fastnewton.kinks``), or None without ReLU rows."""
+        return self.row_model.relu_kink_inputs(ev.known, ev.kept, self.block)
+
+    def relu_rows(self, index):
+        """C[index] as a dense float64 array (the few rows at a ReLU kink: ``fastnewton.kinks``)."""
+        return self.matrix.rows(index)
+
     def one_sided_outputs(self, ev):
         """(J, y) of the outputs whose loss is ½ max(y_j, 0)² at ev, or None (``fastnewton.active_set``)."""
         return self.row_model.one_sided_outputs(ev.known, ev.P)

@@ -39,7 +39,8 @@ class SolveResult(OptimizeResult):
     ``n_iter``, ``converged`` (True only when the gradient criterion is met at a point
     that is not a known dead stationary point), ``status`` (a ``Status``), ``message``,
     ``history`` (one dict per iteration), ``x0`` and ``start`` (how x0 was chosen),
-    ``hessian`` (strategy used) and ``time`` (seconds, the whole call). scipy's names:
+    ``hessian`` (strategy used) and ``time`` (seconds, the whole call); ``subgradient_norm`` only where a
+    relu_softmax solve converged at a kink stationary point (``fastnewton.kinks``). scipy's names:
     ``fun``, ``jac``, ``nit``, ``success``, ``nfev`` (loss evaluations, line-search trials
     included), ``njev`` (gradient evaluations) and ``nhev`` (Hessians built).
     """

@@ -35,9 +35,11 @@ from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, 
     raised_damping
 from .dense import chunk_rmatmat, four_row_dots, row_dot, signed_scaled_rows
 from .in_place import array_at
+from .kinks import (HELD_FULL, HELD_SHORT, MAX_CANDIDATES, NOT_HELD, TABLE_FIELDS, held_gain_ratio, held_rows,
+                    held_step, kink_candidates, kink_table, least_norm_subgradient)
+from .reduce import gradient_rounding_bounds
 from .sandwich import ROW_PAD, _add_row, _sorted_rows
 from .simd import subtract_column_products4, subtract_column_products16
-from .reduce import gradient_rounding_bounds
 from .softmax import (
     curvature_weight,
     log_partition_serial,
@@ -66,7 +68,8 @@ START_GIVEN, START_ZEROS, START_LOG_FIT, START_ACTIVE_FIT = range(4)
  S_NULL_SPACE_RTOL, S_ACTIVE_RTOL) = range(15)
 SETTINGS_FIELDS = 15
 # Columns of ``out_int``: the status (``fastnewton.result.Status``, or START_FAILED), iterations,
-# where a non-finite value appeared (FAULT_*, or an iteration ≥ 1), and the ReLU-kink count and first row.
+# where a non-finite value appeared (FAULT_*, or an iteration ≥ 1), and the ReLU-kink count and first row (of a
+# stall; of a CONVERGED stop, the rows at the kink of a kink stationary point, or 0).
 O_STATUS, O_N_ITER, O_FAULT_WHERE, O_KINK_COUNT, O_KINK_INDEX = range(5)
 OUT_INT_FIELDS = 5
 # Columns of ``out_float``: loss, ‖∇L‖ (nan when not finite), g_ref, the final max z (the softmax
@@ -432,7 +435,8 @@ def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x, work):
 # -- one evaluation -----------------------------------------------------------------------------------
 @njit(cache=True)
 def _evaluate(matrix, u, x, b, w, relu, l2, chunk_rows, e, Q, G, grad):
-    """The softmax model at u = Cx: fills e, Q = [q_a, U], G = CᵀQ, ∇L; returns (L, c, γ, max z).
+    """The softmax model at u = Cx: fills e, Q = [q_a, U], G = CᵀQ, ∇L; returns (L, c, γ, max z, the factor
+    turning e into softmax(z)).
 
     As ``Problem.evaluate_from`` with the stages of ``fastnewton.models.softmax``."""
     top, total = log_partition_serial(u, relu, chunk_rows, e)
@@ -441,7 +445,7 @@ def _evaluate(matrix, u, x, b, w, relu, l2, chunk_rows, e, Q, G, grad):
     _rmatmat(matrix, Q, chunk_rows, G)
     for j in range(grad.shape[0]):
         grad[j] = (G[j, 0] - c * G[j, 1]) + l2 * x[j]
-    return 0.5 * loss2 + 0.5 * l2 * _dot(x, x), c, gamma, top
+    return 0.5 * loss2 + 0.5 * l2 * _dot(x, x), c, gamma, top, scale
 
 
 @njit(cache=True)
@@ -497,7 +501,7 @@ RUNNING = -100
 
 
 @njit(cache=True, inline="always")
-def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix, settings, tol, max_iter,
+def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, model, matrix, settings, tol, max_iter,
                 target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, gradient_rounding, fault_grad):
     """``newton_solve`` (``fastnewton/newton.py``) from x (the answer written back, x itself again if that is not
     finite) on one problem: the stopping, stagnation and damping rules of ``NewtonRun``, the exact
@@ -512,7 +516,12 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix,
       whole matrix for a model whose ``refine`` can refine);
     - ``refine(model, point, U, column_scale, p, refined)`` → whether the Newton step p (Uᵀ U the damped scaled
       matrix) was replaced in place by a refined step (``refined``: a length-d work array);
-    - ``refined_gain(model, point, H, p, t, actual, noise)`` → the gain ratio of the refined step t·p.
+    - ``refined_gain(model, point, H, p, t, actual, noise)`` → the gain ratio of the refined step t·p;
+    - ``kink_test(model, matrix, point, previous, scalars, x, column_scale, settings, bound, scaled_bound, full)``
+      → whether x is a stationary point at ReLU kinks whose least-norm subgradient meets the gradient test's
+      bounds (``NewtonRun.stationary_at_kink``), called before each iteration whose gradient does not meet them
+      (``full``: whether the last step was taken in full, t = 1 within the logit cap; the model's state may keep
+      what the iteration's ``refine`` needs).
 
     Called with the evaluation at x in (loss, scalars, point) and, in ``previous``, what its caller reads of the
     point before the last step (a copy of the same); ``trial`` is the third point of the rotation. Inlined into
@@ -557,6 +566,7 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix,
         lowest_loss = loss
         lowest_grad_norm = grad_norm
         last_progress = 0
+        full_step = False
         H = np.empty((d, d))
         scaled = np.empty((d, d))
         U = np.empty((d, d))
@@ -571,6 +581,10 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix,
         while True:
             u, grad = point[0], point[1]
             if grad_norm <= tol * g_ref and _scaled_norm(grad, column_scale) <= tol * scaled_g_ref:
+                status = CONVERGED
+                break
+            if kink_test(model, matrix, point, previous, scalars, x, column_scale, settings, tol * g_ref,
+                         tol * scaled_g_ref, full_step):
                 status = CONVERGED
                 break
             if n_iter >= max_iter:
@@ -703,6 +717,7 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, model, matrix,
             previous, point, trial = point, trial, previous
             loss, scalars, grad_norm = new_loss, new_scalars, new_grad_norm
             mu = damping_after(step_mu, t >= 1.0, ratio, system_scale)
+            full_step = t == 1.0 and factor == 1.0
     if not _all_finite(x):
         x[:] = x0
     return status, n_iter, loss, scalars, grad_norm, g_ref, converged_bound, point, previous, fault_where, fault_loss
@@ -717,34 +732,136 @@ def _new_point(n, d):
 
 @njit(cache=True)
 def _evaluate_point(model, matrix, x, point):
-    """``_evaluate`` from point's u; scalars (c, γ, max z)."""
-    b, w, relu, l2, chunk_rows, work, beta = model
+    """``_evaluate`` from point's u; scalars (c, γ, max z, the factor turning e into softmax(z))."""
+    b, w, relu, l2, chunk_rows, work, beta, kinks = model
     u, grad, e, Q, G = point
-    loss, c, gamma, top = _evaluate(matrix, u, x, b, w, relu, l2, chunk_rows, e, Q, G, grad)
-    return loss, (c, gamma, top)
+    loss, c, gamma, top, scale = _evaluate(matrix, u, x, b, w, relu, l2, chunk_rows, e, Q, G, grad)
+    return loss, (c, gamma, top, scale)
 
 
 @njit(cache=True)
 def _loss_at_point(model, u, x, point):
-    b, w, relu, l2, chunk_rows, work, beta = model
+    b, w, relu, l2, chunk_rows, work, beta, kinks = model
     return _loss_at(u, x, b, w, relu, l2, chunk_rows, point[2])
 
 
 @njit(cache=True)
 def _hessian_at_point(model, matrix, point, scalars, H):
-    b, w, relu, l2, chunk_rows, work, beta = model
+    b, w, relu, l2, chunk_rows, work, beta, kinks = model
     _hessian(matrix, point[3], scalars[0], scalars[1], point[4], w, l2, beta, H, work)
+    if relu:  # the whole matrix: a held step's gain ratio and longer trial read pᵀHp (``_kink_gain``)
+        d = H.shape[0]
+        for j in range(d):
+            for l in range(j + 1, d):
+                H[j, l] = H[l, j]
+
+
+# relu_softmax's ReLU kinks (kernels/kinks.py, as ``fastnewton.kinks`` runs them for ``solve``): the model's
+# state, made once per problem (``_kink_state``): the candidate rows' indices, their rows of C (dense) and their
+# table, what the last step did to each row and each row's sign flips in a row, the rows the current iteration's
+# step holds, and counts (the ``K_*`` entries of ``info``).
+K_COUNT, K_STATIONARY, K_PENDING = range(3)
 
 
 @njit(cache=True)
-def _unrefined(model, point, U, column_scale, p, refined):
-    """The Newton step as it is (``newton_loop``'s ``refine`` of a model without one-sided outputs)."""
+def _kink_state(n, d):
+    return (np.empty(MAX_CANDIDATES, dtype=np.int64), np.zeros((MAX_CANDIDATES, d)),
+            np.empty((MAX_CANDIDATES, TABLE_FIELDS)), np.zeros(3, dtype=np.int64), np.zeros(n, dtype=np.int8),
+            np.zeros(n, dtype=np.int64), np.empty(MAX_CANDIDATES, dtype=np.int64))
+
+
+@njit(cache=True)
+def _rows_of(matrix, index, count, R):
+    """R[k] = C[index[k]] (dense) for k < count."""
+    A, indptr, indices, data, csr = matrix
+    for k in range(count):
+        i = index[k]
+        if csr:
+            R[k, :] = 0.0
+            for q in range(indptr[i], indptr[i + 1]):
+                R[k, indices[q]] += data[q]  # summed as SciPy sums duplicate entries when it densifies a row
+        else:
+            R[k, :] = A[i]
+
+
+@njit(cache=True)
+def _kink_test(model, matrix, point, previous, scalars, x, column_scale, settings, bound, scaled_bound, full):
+    """``NewtonRun.stationary_at_kink`` (with ``fastnewton.kinks.Kinks.at``): the rows the last step held become
+    ``held`` (HELD_FULL after a full step), then the candidate rows, their table and the least-norm test."""
+    b, w, relu, l2, chunk_rows, work, beta, kinks = model
+    index, R, table, info, held, flips, pending = kinks
+    info[K_COUNT] = 0
+    info[K_STATIONARY] = 0
+    if not relu:
+        return False
+    held[:] = NOT_HELD
+    for k in range(info[K_PENDING]):
+        held[pending[k]] = HELD_FULL if full else HELD_SHORT
+    info[K_PENDING] = 0
+    u = point[0]
+    count = kink_candidates(u, previous[0], held, flips, settings[S_KINK_RTOL], index)
+    if count <= 0:
+        return False
+    _rows_of(matrix, index, count, R)
+    at_kink = kink_table(R, index, count, u, flips, held, x, point[2], scalars[3], b, scalars[0], table)
+    info[K_COUNT] = count
+    if at_kink == 0:
+        return False
+    rows, norm, scaled = least_norm_subgradient(point[1], R, table, count, column_scale)
+    if norm <= bound and scaled <= scaled_bound:
+        info[K_STATIONARY] = rows
+        return True
     return False
 
 
 @njit(cache=True)
-def _unrefined_gain(model, point, H, p, t, actual, noise):
-    return np.nan  # never called: _unrefined refines no step
+def _kink_refine(model, point, U, column_scale, p, refined):
+    """``fastnewton.kinks.Kinks.step``: the step with the working set's rows held at their kink (``held_step``,
+    M⁻¹ from the factor Uᵀ U of the damped scaled matrix) in place of a descent step p; the rows held are kept
+    for the next iteration's ``_kink_test``."""
+    index, R, table, info, held, flips, pending = model[7]
+    info[K_PENDING] = 0
+    count = info[K_COUNT]
+    grad = point[1]
+    if count == 0 or not _all_finite(p) or not _dot(grad, p) < 0.0:
+        return False
+    member = np.empty(count, dtype=np.bool_)
+    if not held_rows(R, table, count, p, member):
+        return False
+    d = p.shape[0]
+    W = np.empty((d, count))
+    scaled_row = np.empty(d)
+    column = np.empty(d)
+    for k in range(count):  # W[:, k] = M⁻¹Rₖ = D⁻¹(D⁻¹MD⁻¹)⁻¹D⁻¹Rₖ
+        for j in range(d):
+            scaled_row[j] = R[k, j] / column_scale[j]
+        _cholesky_solve(U, scaled_row, column)
+        for j in range(d):
+            W[j, k] = column[j] / column_scale[j]
+    if not held_step(R, W, table, member, p, grad, refined):
+        return False
+    for k in range(count):
+        if member[k]:
+            pending[info[K_PENDING]] = index[k]
+            info[K_PENDING] += 1
+    p[:] = refined
+    return True
+
+
+@njit(cache=True)
+def _kink_gain(model, point, H, p, t, actual, noise):
+    """The gain ratio of a held step t·p (``held_gain_ratio``)."""
+    d = p.shape[0]
+    step = np.empty(d)
+    for j in range(d):
+        step[j] = t * p[j]
+    return held_gain_ratio(point[1], H, step, actual, noise)
+
+
+@njit(cache=True)
+def no_kink_test(model, matrix, point, previous, scalars, x, column_scale, settings, bound, scaled_bound, full):
+    """``newton_loop``'s ``kink_test`` of a model without ReLU kinks on its rows."""
+    return False
 
 
 # -- the solve of one problem -------------------------------------------------------------------------
@@ -768,7 +885,7 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
         if not _fit_start(matrix, b, start == START_ACTIVE_FIT, floor, settings, chunk_rows, x, work):
             out_int[O_STATUS] = START_FAILED
             return
-    model = (b, w, relu, l2, chunk_rows, work, np.empty(n))
+    model = (b, w, relu, l2, chunk_rows, work, np.empty(n), _kink_state(n, d))
     point, previous, trial = _new_point(n, d), _new_point(n, d), _new_point(n, d)
     u, grad, e, Q, G = point
     # ∇L(0) with the reference model (plain softmax: relu_softmax's one-sided derivative at 0).
@@ -784,8 +901,8 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
     top, bottom, _ = target_extremes(b)
     gradient_rounding = softmax_gradient_rounding(n, max(top, -bottom), settings[S_ROUNDING_FACTOR])
     status, n_iter, loss, scalars, _, g_ref, converged_bound, point, previous, fault_where, fault_loss = newton_loop(
-        _evaluate_point, _loss_at_point, _hessian_at_point, _unrefined, _unrefined_gain, model, matrix, settings,
-        settings[S_TOL], int(settings[S_MAX_ITER]), target_norm, x, loss, scalars, point, previous, trial,
+        _evaluate_point, _loss_at_point, _hessian_at_point, _kink_refine, _kink_gain, _kink_test, model, matrix,
+        settings, settings[S_TOL], int(settings[S_MAX_ITER]), target_norm, x, loss, scalars, point, previous, trial,
         grad_at_zero, gradient_rounding, fault_grad)
     if status == NO_STEP_STALL:
         status = STALLED
@@ -794,6 +911,8 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
         count, first = _kink(previous[0], point[0], settings[S_KINK_RTOL])
         out_int[O_KINK_COUNT] = count
         out_int[O_KINK_INDEX] = first
+    elif status == CONVERGED:
+        out_int[O_KINK_COUNT] = model[7][3][K_STATIONARY]  # rows at the kink of a kink stationary point (or 0)
     if fault_where != FAULT_NONE:
         out_int[O_FAULT_WHERE] = fault_where
         out_float[O_FAULT_LOSS] = fault_loss

@@ -169,6 +169,13 @@ class DaskProblem:
         # n-long arrays (relu_softmax's u) stay on the workers: only driver-side globals are offered.
         return self.row_model.relu_inputs(ev.known, None)
 
+    def relu_kink_inputs(self, ev):
+        # u, e and b stay on the workers: the kink rows' test and step run on one machine only (fastnewton.kinks).
+        return self.row_model.relu_kink_inputs(ev.known, None, None)
+
+    def relu_rows(self, index):
+        raise NotImplementedError("the rows of C stay on the workers (fastnewton.kinks runs on one machine)")
+
     def one_sided_outputs(self, ev):
         return self.row_model.one_sided_outputs(ev.known, ev.P)
 

@@ -215,6 +215,11 @@ class Model:
         ``kept`` holds the rows' arrays on one machine and is None where they stay on workers."""
         return None
 
+    def relu_kink_inputs(self, known, kept, block):
+        """(u, e, softmax factor, b, c) of a model whose rows pass u = Cx through ReLU before a softmax
+        (``fastnewton.kinks``), or None."""
+        return None
+
     def one_sided_outputs(self, known, P):
         """(J, y): the outputs whose loss term is ½ max(y_j, 0)², as ∇y_j (columns of the d × k array J, taken
         from P = CᵀU) and y_j; None when the model has none (``fastnewton.active_set``)."""

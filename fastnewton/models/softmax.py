@@ -104,6 +104,11 @@ class Softmax(ColumnCurvature, Model):
             return None
         return "row(s) with (Cx)ᵢ", kept["u"]
 
+    def relu_kink_inputs(self, known, kept, block):
+        if not self.relu or kept is None:
+            return None
+        return kept["u"], kept["e"], known["log_partition"].factor(kept["block_top"]), block.b, known["c"]
+
     def auto_start(self, problem):
         return run_requests(self.auto_start_rounds(problem))
 

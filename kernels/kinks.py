@@ -1,0 +1,316 @@
+"""relu_softmax's ReLU kinks: the rows that sit at (Cx)ᵢ = 0, the least-norm Clarke subgradient there, and the
+damped Newton step that holds them at 0. Written once for both Newton loops: ``fastnewton.kinks`` (``solve``)
+calls these kernels, and kernels/small_newton.py (``solve_many``'s compiled loop) calls them too.
+
+With u = Cx, z = ReLU(u) and aᵢ = ∂f/∂zᵢ (f the smooth loss in z: aᵢ = sᵢ(sᵢ − bᵢ) − c·sᵢ, s = softmax(z),
+c = ⟨s, s − b⟩), L is not differentiable where uᵢ = 0 and aᵢ ≠ 0. Its Clarke subdifferential at a point with the
+rows K at the kink is {g(θ) = ∇L|_{θ=0 on K} + Σ_{i∈K} θᵢ aᵢ Cᵢᵀ : θ ∈ [0, 1]^K} (the gradient that the
+evaluation forms takes θᵢ = mᵢ = 1[uᵢ > 0]). A minimiser on a kink balances the two one-sided pieces with
+some θ strictly inside, so the gradient (θ = m) never vanishes there and the smooth Newton step zig-zags
+across the kink; instead, the step's model holds the rows of a working set K at the kink:
+
+    min_p gᵀp + ½ pᵀMp   subject to  C_K p = −u_K,     M = H + μD²,
+
+whose solution is p = p₀ − Wν with p₀ = −M⁻¹g, W = M⁻¹C_Kᵀ and (C_K W) ν = u_K + C_K p₀ (a bordered system
+of |K| rows, by the range-space method on M's factor). The multiplier gives the row's share of the gradient,
+λᵢ = mᵢaᵢ + νᵢ = θᵢaᵢ; a row stays held while 0 ≤ λᵢ ≤ aᵢ (θᵢ ∈ [0, 1] with aᵢ > 0: both one-sided
+directional derivatives across the kink are ≥ 0); otherwise it leaves K (θᵢ > 1: L falls on the active
+side; θᵢ < 0: on the inactive side; aᵢ < 0, a ridge: always) and the system is solved again without it, while
+candidate rows off the kink that the step would move across it join K — the primal-dual active set
+(semismooth Newton) rule, in the spirit of ``fastnewton.active_set``. K starts from the rows at the kink and
+those that zig-zag across it (``held_rows``); with none, the plain step is taken unchanged (the same bits).
+
+Each candidate row's numbers sit in one row of a table (the ``T_*`` columns) beside its dense row of C (R).
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+from .damping import predicted_ratio
+
+# At most this many rows of C are read per iteration for the kink tests (rows at the kink, held by the last
+# step, or whose sign flipped in it); beyond it the iterate is not settling on a few kinks (far from the
+# optimum the first steps flip dozens of rows) and the plain step is taken.
+MAX_CANDIDATES = 32
+# The bordered system holds at most this many rows: the minimisers seen on noisy relu_softmax targets put
+# 1–2 rows at the kink (bench/many_small.py's problems, n 64–512, d 32–64); more is not a few kinks.
+MAX_KINK_ROWS = 8
+# A row sits at the kink when |uᵢ| ≤ KINK_ROUNDING·nnzᵢ·eps·Σⱼ|Cᵢⱼxⱼ|: a fresh pass forms uᵢ within
+# γ_nnzᵢ·Σⱼ|Cᵢⱼxⱼ| ≈ nnzᵢ·eps·Σⱼ|Cᵢⱼxⱼ| of (Cx)ᵢ, and a carried u (fastnewton.newton's CarriedForward, up to
+# REFRESH_EVERY = 8 steps) adds per step one such bound with the step for x (smaller than x near a kink)
+# and eps·|uᵢ|; twice eight such bounds cover both. Below that bound uᵢ = 0 is as true as uᵢ ≠ 0.
+KINK_ROUNDING = 16.0
+# Updates of K per step (rows leaving or joining): each is one more small solve with W's columns already formed.
+MAX_UPDATES = 3
+# Coordinate-descent sweeps of the least-norm problem (|K| ≤ MAX_KINK_ROWS unknowns in a box).
+MAX_SWEEPS = 200
+# A row zig-zags across its kink when its sign flipped in each of the last ZIGZAG_FLIPS steps and the plain step
+# would flip it once more. Measured on bench/many_small.py's relu_softmax problems: with one flip (the last step)
+# the first, long steps of ~20% of the problems that converge without a kink had a row held for a step,
+# which changed their path (and, on a few, the local minimum reached); the zig-zag at a kink alternates
+# the sign for many steps in a row.
+ZIGZAG_FLIPS = 2
+# A pivot of the bordered matrix C_K W below this × its largest diagonal entry: rows of C_K dependent.
+PIVOT_RTOL = 1e-12
+
+# What the last step did to a row (``held``, an int8 per row): nothing, held it at the kink on a shortened step
+# (the line search cut it: uᵢ is on its way to 0), or held it there with the step taken in full (t = 1 within the
+# logit cap: uᵢ = 0 up to the rounding of C·p).
+NOT_HELD, HELD_SHORT, HELD_FULL = 0, 1, 2
+# Columns of the candidate table: uᵢ, aᵢ, mᵢ = 1[uᵢ > 0], whether the row is at the kink (to rounding, or
+# HELD_FULL), its ``held`` state, whether it zig-zags (its sign flipped in each of the last ZIGZAG_FLIPS steps),
+# and whether its row of C is non-zero.
+T_U, T_SLOPE, T_ACTIVE, T_AT_KINK, T_HELD, T_FLIPPED, T_NONZERO = range(7)
+TABLE_FIELDS = 7
+
+
+@njit(cache=True)
+def kink_candidates(u, u_previous, held, flips, rtol, index):
+    """Counts the sign flips since u_previous into flips (the steps in a row that flipped row i's sign; called once
+    per iteration) and lists the rows to test into index: held by the last step, or uᵢ ≠ 0 with
+    |uᵢ| ≤ rtol·max|u| (newton.py's kink rule: exact zeros are empty rows, or rows held by the last step), or
+    flips[i] ≥ ZIGZAG_FLIPS; returns their count, or −1 when more than index holds."""
+    largest = 0.0
+    for i in range(u.shape[0]):
+        largest = max(largest, abs(u[i]))
+    count = 0
+    for i in range(u.shape[0]):
+        flips[i] = flips[i] + 1 if (u_previous[i] > 0.0) != (u[i] > 0.0) else 0
+        near = u[i] != 0.0 and abs(u[i]) <= rtol * largest
+        if held[i] != NOT_HELD or near or flips[i] >= ZIGZAG_FLIPS:
+            if count < index.shape[0]:
+                index[count] = i
+            count += 1
+    return count if count <= index.shape[0] else -1
+
+
+@njit(cache=True)
+def kink_table(R, index, count, u, flips, held, x, e, scale, b, c, table):
+    """Fill table[:count] for the candidate rows index[:count] (R[k] = C[index[k]], dense): aᵢ = sᵢ(sᵢ − bᵢ) − c·sᵢ
+    with sᵢ = eᵢ·scale, and whether the row is at the kink: |uᵢ| ≤ KINK_ROUNDING·nnzᵢ·eps·Σⱼ|Rₖⱼxⱼ| (the rounding
+    of uᵢ) or HELD_FULL (held at 0 by the last step, taken in full: its rounding is that of C·p, not bounded by
+    x's); returns the number of non-zero rows at the kink."""
+    eps = np.finfo(np.float64).eps
+    at_kink = 0
+    for k in range(count):
+        i = index[k]
+        s = e[i] * scale
+        magnitude = 0.0
+        nnz = 0
+        for j in range(R.shape[1]):
+            if R[k, j] != 0.0:
+                nnz += 1
+                magnitude += abs(R[k, j] * x[j])
+        table[k, T_U] = u[i]
+        table[k, T_SLOPE] = s * (s - b[i]) - c * s
+        table[k, T_ACTIVE] = 1.0 if u[i] > 0.0 else 0.0
+        table[k, T_NONZERO] = 1.0 if nnz > 0 else 0.0
+        flag = nnz > 0 and (held[i] == HELD_FULL or abs(u[i]) <= KINK_ROUNDING * nnz * eps * magnitude)
+        table[k, T_AT_KINK] = 1.0 if flag else 0.0
+        table[k, T_HELD] = held[i]
+        table[k, T_FLIPPED] = 1.0 if flips[i] >= ZIGZAG_FLIPS else 0.0
+        at_kink += flag
+    return at_kink
+
+
+@njit(cache=True)
+def least_norm_subgradient(g, R, table, count, column_scale):
+    """(rows at the kink, ‖g(θ*)‖, ‖D⁻¹g(θ*)‖): θ* minimises the column-scaled norm ‖D⁻¹g(θ)‖ of the Clarke
+    element g(θ) = g + Σ_{k at kink} (θₖ − mₖ)·aₖ·Rₖ over θ ∈ [0, 1] (the stopping test's scaled norm),
+    by cyclic coordinate descent from θ = m (where g(θ) = g) with each coordinate minimised exactly in its
+    interval: every iterate is an element of the subdifferential, so the norm returned is an honest bound."""
+    d = g.shape[0]
+    rows = np.empty(count, dtype=np.int64)
+    K = 0
+    for k in range(count):
+        if table[k, T_AT_KINK] != 0.0:
+            rows[K] = k
+            K += 1
+    element = g.copy()
+    if K == 0:
+        return 0, math.sqrt(_sum_squares(element, np.ones(d))), math.sqrt(_sum_squares(element, column_scale))
+    # v_k = a_k R_k / D; the scaled element is D⁻¹g + Σ (θ_k − m_k) v_k
+    V = np.empty((K, d))
+    residual = np.empty(d)
+    for j in range(d):
+        residual[j] = g[j] / column_scale[j]
+    for k in range(K):
+        slope = table[rows[k], T_SLOPE]
+        for j in range(d):
+            V[k, j] = slope * R[rows[k], j] / column_scale[j]
+    theta = np.empty(K)
+    for k in range(K):
+        theta[k] = table[rows[k], T_ACTIVE]
+    for _ in range(MAX_SWEEPS):
+        largest_change = 0.0
+        for k in range(K):
+            curvature = 0.0
+            slope = 0.0
+            for j in range(d):
+                curvature += V[k, j] * V[k, j]
+                slope += V[k, j] * residual[j]
+            if not curvature > 0.0:
+                continue
+            new = min(1.0, max(0.0, theta[k] - slope / curvature))
+            change = new - theta[k]
+            if change != 0.0:
+                for j in range(d):
+                    residual[j] += change * V[k, j]
+                theta[k] = new
+                largest_change = max(largest_change, abs(change))
+        if largest_change <= 1e-15:
+            break
+    for k in range(K):
+        weight = (theta[k] - table[rows[k], T_ACTIVE]) * table[rows[k], T_SLOPE]
+        for j in range(d):
+            element[j] += weight * R[rows[k], j]
+    return K, math.sqrt(_sum_squares(element, np.ones(d))), math.sqrt(_sum_squares(element, column_scale))
+
+
+@njit(cache=True)
+def _sum_squares(v, scale):
+    total = 0.0
+    for j in range(v.shape[0]):
+        value = v[j] / scale[j]
+        total += value * value
+    return total
+
+
+@njit(cache=True)
+def _crosses(R, table, k, p):
+    """Whether the step p moves candidate k's uᵢ across the kink (to the other side of 0, or off it)."""
+    u = table[k, T_U]
+    moved = u
+    for j in range(R.shape[1]):
+        moved += R[k, j] * p[j]
+    return (u > 0.0) != (moved > 0.0)
+
+
+@njit(cache=True)
+def held_rows(R, table, count, p0, member):
+    """member[k]: whether candidate k starts in the working set K of ``held_step``: a row at the kink (``kink_table``),
+    or one that zig-zags (``kink_candidates``) or that the last step held on its way to 0, and that the plain
+    step p₀ moves across the kink once more; returns |K|."""
+    size = 0
+    for k in range(count):
+        moving = table[k, T_FLIPPED] != 0.0 or table[k, T_HELD] == HELD_SHORT
+        member[k] = table[k, T_NONZERO] != 0.0 and (
+            table[k, T_AT_KINK] != 0.0 or (moving and _crosses(R, table, k, p0)))
+        size += member[k]
+    return size
+
+
+@njit(cache=True)
+def held_step(R, W, table, member, p0, g, p):
+    """The step of the model above with the rows of ``member`` (from ``held_rows``) held at the kink: W[:, k] =
+    M⁻¹R[k] for every candidate row (the caller's solves with M's factor), p₀ = −M⁻¹g. The working set is then
+    updated as the primal-dual active set method does: rows whose multiplier leaves [0, aᵢ] leave it, candidate
+    rows off the kink that the held step moves across it join it, and the bordered system is solved again (at most
+    MAX_UPDATES times). Writes p and ``member`` (the rows held); returns |K|, or 0 when the plain step stays (K
+    empty, over MAX_KINK_ROWS or not settled, C_K rank deficient, or the held step not a descent direction)."""
+    count = member.shape[0]
+    d = p0.shape[0]
+    left = np.zeros(count, dtype=np.bool_)
+    for _ in range(MAX_UPDATES + 1):
+        rows = np.flatnonzero(member)
+        K = rows.shape[0]
+        if K == 0 or K > MAX_KINK_ROWS:
+            return 0
+        S = np.empty((K, K))
+        rhs = np.empty(K)
+        for a in range(K):
+            ra = rows[a]
+            value = table[ra, T_U]
+            for j in range(d):
+                value += R[ra, j] * p0[j]
+            rhs[a] = value
+            for b in range(K):
+                total = 0.0
+                for j in range(d):
+                    total += R[ra, j] * W[j, rows[b]]
+                S[a, b] = total
+        nu = np.empty(K)
+        if not _small_spd_solve(S, rhs, nu):
+            return 0
+        for j in range(d):
+            value = p0[j]
+            for a in range(K):
+                value -= W[j, rows[a]] * nu[a]
+            p[j] = value
+        changed = False
+        for a in range(K):
+            slope = table[rows[a], T_SLOPE]
+            share = table[rows[a], T_ACTIVE] * slope + nu[a]
+            if not (0.0 <= share <= slope):
+                member[rows[a]] = False
+                left[rows[a]] = True
+                changed = True
+        for k in range(count):
+            # A row at the kink (or one that left K in this step) is decided by its multiplier alone: its uᵢ is
+            # 0 to rounding, whose sign says nothing, and re-entering would cycle.
+            if (not member[k] and not left[k] and table[k, T_NONZERO] != 0.0 and table[k, T_AT_KINK] == 0.0
+                    and _crosses(R, table, k, p)):
+                member[k] = True
+                changed = True
+        if changed:
+            continue
+        descent = 0.0
+        for j in range(d):
+            descent += g[j] * p[j]
+        if not np.isfinite(descent) or not descent < 0.0:
+            return 0
+        return K
+    return 0
+
+
+@njit(cache=True)
+def _small_spd_solve(S, rhs, out):
+    """out = S⁻¹rhs for a small symmetric S (its lower triangle) by Cholesky; False when a pivot is below
+    PIVOT_RTOL × the largest diagonal entry (the rows held are dependent) or not finite."""
+    K = S.shape[0]
+    top = 0.0
+    for a in range(K):
+        top = max(top, S[a, a])
+    if not top > 0.0 or not np.isfinite(top):
+        return False
+    L = np.zeros((K, K))
+    for j in range(K):
+        pivot = S[j, j]
+        for k in range(j):
+            pivot -= L[j, k] * L[j, k]
+        if not pivot > PIVOT_RTOL * top:
+            return False
+        L[j, j] = math.sqrt(pivot)
+        for i in range(j + 1, K):
+            value = S[i, j]
+            for k in range(j):
+                value -= L[i, k] * L[j, k]
+            L[i, j] = value / L[j, j]
+    for i in range(K):
+        value = rhs[i]
+        for k in range(i):
+            value -= L[i, k] * out[k]
+        out[i] = value / L[i, i]
+    for i in range(K - 1, -1, -1):
+        value = out[i]
+        for k in range(i + 1, K):
+            value -= L[k, i] * out[k]
+        out[i] = value / L[i, i]
+    return True
+
+
+@njit(cache=True)
+def held_gain_ratio(g, H, s, actual, noise):
+    """The gain ratio (``kernels.damping.predicted_ratio``) of a held step s: actual / (−gᵀs − ½ sᵀHs), the
+    undamped model's decrease (the plain step's identity sᵀHs = −gᵀs − μ‖Ds‖² does not hold for it)."""
+    d = s.shape[0]
+    linear = 0.0
+    curvature = 0.0
+    for j in range(d):
+        linear += g[j] * s[j]
+        row = 0.0
+        for l in range(d):
+            row += H[j, l] * s[l]
+        curvature += s[j] * row
+    return predicted_ratio(actual, -(linear + 0.5 * curvature), noise)
