@@ -30,7 +30,7 @@ from numba import njit, prange
 
 from .atomic import next_taken
 from .blas import syrk_upper
-from .csr import INDPTR_SOUND, csr_column_squares, indptr_fault
+from .csr import INDPTR_SOUND, csr_column_squares, csr_row_pairs, indptr_fault
 from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, longer_trial, \
     raised_damping
 from .dense import chunk_rmatmat, four_row_dots, row_dot, signed_scaled_rows
@@ -42,6 +42,7 @@ from .softmax import (
     log_partition_serial,
     softmax_regression_columns_serial,
     softmax_regression_loss_serial,
+    target_extremes,
 )
 
 # Columns of ``layout`` (int64, one row per problem).
@@ -791,21 +792,39 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
 
 
 @njit(parallel=True, cache=True)
-def csr_valid_at(addresses, shapes, stored, wide, out):
-    """out[p] = whether problem p's CSR arrays, read in place (``addresses[p]``: the ``A_*`` columns), are what
-    ``fastnewton.validation`` accepts of a CSR C of shape ``shapes[p]`` (n × d) holding ``stored[p]`` =
-    (len(indices), len(data)): indptr (n + 1 entries, int64 if ``wide[p]`` else int32) from 0 and never
-    decreasing, ending within indices and data; the indices it covers in [0, d); those values finite. One
-    problem per task: many problems' C checked without a Python call each."""
-    for p in prange(addresses.shape[0]):
-        n, d = shapes[p, 0], shapes[p, 1]
-        data = array_at(addresses[p, A_VALUES], (stored[p, 1],), np.float64)
-        if wide[p]:
-            out[p] = _csr_valid(array_at(addresses[p, A_INDPTR], (n + 1,), np.int64),
-                                array_at(addresses[p, A_INDICES], (stored[p, 0],), np.int64), data, d)
-        else:
-            out[p] = _csr_valid(array_at(addresses[p, A_INDPTR], (n + 1,), np.int32),
-                                array_at(addresses[p, A_INDICES], (stored[p, 0],), np.int32), data, d)
+def plain_target_facts(b, starts, finite, extremes):
+    """For each target p, t = b[starts[p]:starts[p + 1]] (many targets side by side): finite[p] = whether every
+    entry is finite (``fastnewton.validation``'s rule for b), extremes[p] = ``target_extremes(t)`` (max, min,
+    the least positive entry: the softmax models' facts). One task per target; the extremes are exact in any
+    order, so the thread count changes no bit."""
+    for p in prange(finite.shape[0]):
+        t = b[starts[p]:starts[p + 1]]
+        finite[p] = _all_finite(t)
+        top, bottom, least_positive = target_extremes(t)
+        extremes[p, 0] = top
+        extremes[p, 1] = bottom
+        extremes[p, 2] = least_positive
+
+
+@njit(parallel=True, cache=True)
+def plain_csr_facts(indptr, indices, indptr_starts, indices_starts, data_at, stored_data, columns, dense_from,
+                    valid, facts):
+    """For each CSR C p whose index arrays are copied side by side as int64 (its indptr at
+    indptr[indptr_starts[p]:indptr_starts[p + 1]], its indices likewise) and whose float64 data (``stored_data[p]``
+    values) is read in place at ``data_at[p]``: valid[p] = whether those arrays are what ``fastnewton.validation``
+    accepts of a CSR C with ``columns[p]`` columns (``_csr_valid``), and for a valid one facts[p] = (stored entries
+    indptr[-1], the sandwich's pair updates over its rows shorter than ``dense_from[p]`` entries, those long
+    rows: ``csr_row_pairs``, as ``fastnewton.matrix.CSRMatrix`` forms them). One task per matrix: many problems'
+    C checked without a Python call each."""
+    for p in prange(valid.shape[0]):
+        starts = indptr[indptr_starts[p]:indptr_starts[p + 1]]
+        data = array_at(data_at[p], (stored_data[p],), np.float64)
+        valid[p] = _csr_valid(starts, indices[indices_starts[p]:indices_starts[p + 1]], data, columns[p])
+        if valid[p]:
+            _, short_pairs, long_rows = csr_row_pairs(starts, dense_from[p], np.empty(starts.shape[0] - 1, np.int64))
+            facts[p, 0] = starts[starts.shape[0] - 1]
+            facts[p, 1] = short_pairs
+            facts[p, 2] = long_rows
 
 
 @njit(cache=True)

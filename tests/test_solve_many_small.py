@@ -116,7 +116,8 @@ def test_mixed_problems_exercise_both_packed_formats():
     from fastnewton.problem import Problem
 
     problems = [Problem(C, b) for C, b in _mixed("softmax")]
-    pack = _Packed(problems, [_start_kind(problem, "auto") for problem in problems])
+    pack = _Packed.of_problems(problems, [_start_kind(problem.row_model.relu, problem.facts, "auto", problem.d)
+                                          for problem in problems])
     from fastnewton.kernels.small_newton import L_CSR
 
     assert set(pack.layout[:, L_CSR]) == {0, 1}
