@@ -460,15 +460,23 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
     by_solve, staged = [], []
     if plain is not None:
         plain_index = plain.index.tolist()
+        plain_strategies = strategies(plain_index, lambda: plain.shapes(model, l2, shared_model))
+        exact = np.array([strategy == "exact" for strategy in plain_strategies], dtype=np.bool_)
+        # A plain C's entries are checked where the compiled solve reads them in place; a CSR C that it reads as
+        # dense rows (formed here) or that is left to solve's loop has its entries checked now.
+        entries_valid = np.ones(len(plain), dtype=np.bool_)
+        unread = np.flatnonzero(plain.csr & ~(exact & _read_as_csr(plain.csr, plain.nnz, plain.n, plain.d)))
+        if unread.size:
+            entries_valid[unread] = plain.entries_valid(unread)
         chosen, starts = [], []
-        for k, (i, strategy) in enumerate(zip(plain_index, strategies(plain_index, lambda: plain.shapes(
-                model, l2, shared_model)))):
+        for k, (i, strategy, valid_entries) in enumerate(zip(plain_index, plain_strategies, entries_valid.tolist())):
             try:
-                if strategy == "exact":
+                if not valid_entries:
+                    results[i] = _invalid_as_problem(items[i], i, model, l2, weights_each[i])
+                elif strategy == "exact":
                     starts.append(_start_kind(shared_model.relu, plain.facts[k], x0_each[i], plain.d[k]))
                     chosen.append(k)
-                # A plain dense C's entries are checked where the compiled solve reads them; this one is not
-                # solved there.
+                # A dense C left to solve's loop: its entries checked here.
                 elif not plain.csr[k] and not np.all(np.isfinite(plain.entries(k))):
                     results[i] = _invalid_as_problem(items[i], i, model, l2, weights_each[i])
                 else:
@@ -513,7 +521,7 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
         # Overflowing scales end in Status.NON_FINITE with its message, as in solve (no NumPy warnings).
         with thread_limits(n_threads), np.errstate(over="ignore", invalid="ignore"):
             pack.run(np.arange(len(owners)), settings)
-            invalid = np.flatnonzero(pack.out_int[:, kernel.O_STATUS] == kernel.C_NOT_FINITE).tolist()
+            invalid = np.flatnonzero(pack.out_int[:, kernel.O_STATUS] == kernel.C_INVALID).tolist()
             for p in invalid:
                 i = compiled_index[p]
                 results[i] = _invalid_as_problem(items[i], i, model, l2, weights_each[i])
@@ -536,7 +544,7 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
         for p, (i, row_model, facts) in enumerate(zip(compiled_index, compiled_models, compiled_facts)):
             out_int, out_float = out_ints[p], out_floats[p]
             code = out_int[kernel.O_STATUS]
-            if code == kernel.C_NOT_FINITE:
+            if code == kernel.C_INVALID:
                 continue
             status, message = _compiled_message(row_model, facts, pack, p, _STATUSES[code], out_int, out_float)
             results[i] = (xs[p], status, out_int[kernel.O_N_ITER], out_float[kernel.O_LOSS],
@@ -798,8 +806,8 @@ def _loop_result(request, x, y, y_previous, out_int, out_float):
 
 
 def _invalid_as_problem(item, i, model, l2, row_weights):
-    """Problem i's entry of ``results`` for an input found invalid after its bulk check (a dense C with a
-    NaN or ±Inf entry): ``Problem`` rejects it, and its error is the message."""
+    """Problem i's entry of ``results`` for an input found invalid after its bulk checks (a C with a NaN or ±Inf
+    entry, a CSR C with a column index outside [0, d)): ``Problem`` rejects it, and its error is the message."""
     C, b, V = item
     try:
         Problem(C, b, model=model, V=V, l2=l2, row_weights=row_weights)

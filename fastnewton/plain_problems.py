@@ -10,10 +10,11 @@ the ~39 ms of Python in a solve_many of 1000 dense softmax problems, n 64–512,
 
 - b's check and the model's facts: ``plain_target_facts`` (whether b is finite, validation's rule; b's
   extremes by ``target_extremes``, the kernel ``Softmax.facts`` calls) and ‖b‖² (``squared_norms``, its call);
-- a CSR C's checks: ``plain_csr_facts`` (validation's rules, ``_csr_valid``, on int64 copies of its index
-  arrays, which the compiled solve reads anyway) with the sandwich's work that its ``CSRMatrix`` would form
-  (``csr_row_pairs``); a dense C's entries are checked where the compiled solve first reads them
-  (``C_NOT_FINITE``);
+- a CSR C's checks: its indptr by ``plain_csr_facts`` (validation's rule, ``indptr_fault``, on an int64 copy,
+  which the compiled solve reads anyway), with the sandwich's work that its ``CSRMatrix`` would form
+  (``csr_row_pairs``); the entries indptr covers (column indices in [0, d), finite values), like a dense C's
+  entries, where the compiled solve first reads them (``C_INVALID``), or by ``entries_valid`` for a C that it
+  does not read in place;
 - the shapes that ``auto`` prices (``shapes``).
 
 A problem that fails a check is not kept: ``Problem`` then rejects it, and its error is the message. A kept
@@ -24,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .hessian import PricedShapes
-from .kernels.small_newton import plain_csr_facts, plain_target_facts
+from .kernels.small_newton import plain_csr_entries, plain_csr_facts, plain_target_facts
 from .matrix import DenseMatrix, dense_row_threshold
 from .models.softmax import squared_norms, target_facts
 from .problem import Problem
@@ -69,7 +70,8 @@ def _offsets(lengths):
 
 
 class PlainProblems:
-    """The plain problems among solve_many's, those whose checks passed, in input order (module docstring).
+    """The plain problems among solve_many's, those whose checks passed, in input order (module docstring; a CSR
+    C's entries are checked later: ``entries_valid``).
 
     Arrays, one entry per problem: ``index`` (its position in the batch), ``n``, ``d``, ``nnz`` (stored
     entries), ``csr`` (C is CSR), ``values_at`` (the address of its dense C's entries, or of its CSR data),
@@ -113,18 +115,17 @@ class PlainProblems:
             indices = np.concatenate([C.indices for C in sparse], dtype=np.int64)
             self.held += [indptr, indices]
             indptr_starts = _offsets(n[at] + 1)
-            indices_starts = _offsets(np.fromiter((C.indices.shape[0] for C in sparse), np.int64, at.size))
+            stored_indices = np.fromiter((C.indices.shape[0] for C in sparse), np.int64, at.size)
             stored_data = np.fromiter((C.data.shape[0] for C in sparse), np.int64, at.size)
             thresholds = {width: dense_row_threshold(width) for width in set(d[at].tolist())}
             dense_from = np.array([thresholds[width] for width in d[at].tolist()], dtype=np.float64)
-            checked = np.empty(at.size, dtype=np.bool_)
+            sound = np.empty(at.size, dtype=np.bool_)
             facts = np.zeros((at.size, 3), dtype=np.int64)
-            plain_csr_facts(indptr, indices, indptr_starts, indices_starts, values_at[at], stored_data, d[at],
-                            dense_from, checked, facts)
-            valid[at] &= checked
+            plain_csr_facts(indptr, indptr_starts, stored_indices, stored_data, dense_from, sound, facts)
+            valid[at] &= sound
             nnz[at], sparse_pairs[at], long_rows[at] = facts.T
             indptr_at[at] = indptr.ctypes.data + indptr.itemsize * indptr_starts[:-1]
-            indices_at[at] = indices.ctypes.data + indices.itemsize * indices_starts[:-1]
+            indices_at[at] = indices.ctypes.data + indices.itemsize * _offsets(stored_indices)[:-1]
         kept = np.flatnonzero(valid)
         if kept.size < count:
             b = b[np.repeat(valid, n)]
@@ -138,6 +139,14 @@ class PlainProblems:
         squares = squared_norms(self._targets)
         self.facts = [target_facts(*extremes_k, square)
                       for extremes_k, square in zip(extremes[kept].tolist(), squares)]
+
+    def entries_valid(self, chosen):
+        """Whether the CSR problems at positions ``chosen`` have stored entries that validation accepts (column
+        indices in [0, d), finite values: ``plain_csr_entries``), for those the compiled solve does not check
+        where it reads them (a C read as dense rows, or left to ``solve``'s loop): an array of bools."""
+        valid = np.empty(len(chosen), dtype=np.bool_)
+        plain_csr_entries(self.indices_at[chosen], self.values_at[chosen], self.nnz[chosen], self.d[chosen], valid)
+        return valid
 
     def __len__(self):
         return self.index.shape[0]
