@@ -2,10 +2,11 @@
 
 ``solve_many([(C, b), (C, b, V), ...], model=..., **kw)`` (through ``fastnewton.solve_many``):
 
-1. Each problem is validated as ``fastnewton.Problem`` validates it (float64 targets and float64 CSR C of all
-   problems checked in bulk: ``_checked_in_bulk``; a dense float64 C's entries where the compiled solve first
-   reads them); a problem whose input is invalid gets the status ``INVALID_INPUT`` and Problem's reason in its
-   message, and the others still solve.
+1. Each problem is validated as ``fastnewton.Problem`` validates it; a problem whose input is invalid gets the
+   status ``INVALID_INPUT`` and Problem's reason in its message, and the others still solve. Plain problems
+   (a float64 b, a C-contiguous float64 or canonical float64 CSR C, no V or row weights) are checked,
+   described and priced in bulk, with no Problem each (``fastnewton.plain_problems``; their C's entries where
+   the compiled solve first reads them), every other problem by building its ``Problem``.
 2. ``softmax`` and ``relu_softmax`` problems whose Hessian strategy is exact (``hessian="exact"``, or
    ``"auto"`` where ``solve``'s cost model picks exact, as it did at every shape tried from
    n = 64, d = 32 to n = 10⁴, d = 128, dense and CSR; all problems priced in one call of that model's
