@@ -460,7 +460,7 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
     parts, compiled_index, compiled_models, compiled_facts, owners = [], [], [], [], []
     by_solve, staged = [], []
     if plain is not None:
-        plain_index = plain.index.tolist()
+        plain_index, plain_d = plain.index.tolist(), plain.d.tolist()
         plain_strategies = strategies(plain_index, lambda: plain.shapes(model, l2, shared_model))
         exact = np.array([strategy == "exact" for strategy in plain_strategies], dtype=np.bool_)
         # A plain C's entries are checked where the compiled solve reads them in place; a CSR C that it reads as
@@ -475,7 +475,7 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
                 if not valid_entries:
                     results[i] = _invalid_as_problem(items[i], i, model, l2, weights_each[i])
                 elif strategy == "exact":
-                    starts.append(_start_kind(shared_model.relu, plain.facts[k], x0_each[i], plain.d[k]))
+                    starts.append(_start_kind(shared_model.relu, plain.facts[k], x0_each[i], plain_d[k]))
                     chosen.append(k)
                 # A dense C left to solve's loop: its entries checked here.
                 elif not plain.csr[k] and not np.all(np.isfinite(plain.entries(k))):

@@ -195,9 +195,9 @@ def test_bad_problem_is_reported_by_index_and_the_others_solve():
 
 
 def test_non_finite_entries_of_plain_dense_problems_get_problems_messages():
-    """Problems with a float64 b and a dense float64 or sparse C are checked in bulk (one NumPy pass over
-    every b, one compiled pass over every dense C; as_input_matrix checks a sparse C): a NaN or ±Inf
-    anywhere gives Problem's own message, with the problem's index, and the others solve."""
+    """Plain problems (a float64 b, a dense float64 or CSR C) are checked in bulk (one compiled pass over every b,
+    a dense C's entries where the compiled solve reads them): a NaN or ±Inf anywhere gives solve's own error text
+    (Problem's), with the problem's index, and the others solve."""
     made = make_problem(60, 4, seed=8, dense=True)
     C, b = np.ascontiguousarray(made.C, dtype=np.float64), made.b
     broken = []
@@ -218,7 +218,7 @@ def test_non_finite_entries_of_plain_dense_problems_get_problems_messages():
     result = _quiet(solve_many, problems, model="softmax")
     for i, (bad_C, bad_b) in enumerate(broken, start=1):
         with pytest.raises(ValueError) as error:
-            fastnewton.Problem(bad_C, bad_b)
+            solve(bad_C, bad_b)
         assert result.status[i] == Status.INVALID_INPUT
         assert result.message[i].endswith(f"problem {i}: {error.value}")
     reference = solve(C, b)
