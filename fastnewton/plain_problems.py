@@ -49,17 +49,19 @@ def _plain_dense(C):
 def _plain_csr(C):
     """Whether C is a SciPy CSR matrix that ``as_input_matrix`` would use as it is: float64 values, int32 or
     int64 indices (both the same), contiguous 1-D arrays, at least one row and column, indptr of length n + 1,
-    canonical (sorted, no duplicates: SciPy's own flag, kept on the matrix); its entries are checked in bulk
-    (``plain_csr_facts``)."""
-    if not (sp.issparse(C) and C.format == "csr" and C.ndim == 2 and C.shape[0] > 0 and C.shape[1] > 0):
+    canonical (sorted, no duplicates: SciPy's own flag, kept on the matrix); its indptr is checked in bulk
+    (``plain_csr_facts``), its entries later (``PlainProblems.entries_valid``, or the compiled solve)."""
+    if not (sp.issparse(C) and C.format == "csr"):
         return False
+    shape = C.shape
     data, indptr, indices = C.data, C.indptr, C.indices
-    return (type(data) is np.ndarray and type(indptr) is np.ndarray and type(indices) is np.ndarray
+    return (len(shape) == 2 and shape[0] > 0 and shape[1] > 0
+            and type(data) is np.ndarray and type(indptr) is np.ndarray and type(indices) is np.ndarray
             and data.dtype == np.float64 and indptr.dtype == indices.dtype
             and (indices.dtype == np.int32 or indices.dtype == np.int64)
             and data.ndim == 1 and indptr.ndim == 1 and indices.ndim == 1
             and data.flags.c_contiguous and indptr.flags.c_contiguous and indices.flags.c_contiguous
-            and indptr.shape[0] == C.shape[0] + 1 and C.has_canonical_format)
+            and indptr.shape[0] == shape[0] + 1 and C.has_canonical_format)
 
 
 def _offsets(lengths):
