@@ -27,7 +27,7 @@ import scipy.linalg
 from . import rates, threads
 from .chunking import chunk_rows
 from .kernels.reduce import add_scaled, scale_into
-from .kernels.sketch import expected_poisson_sizes
+from .kernels.sketch import expected_poisson_sizes, expected_poisson_sizes_parallel
 from .matrix import estimated_sandwich_work
 from .newton import REFRESH_EVERY, column_scale, run_rounds
 from .reductions import dot, norm
@@ -641,6 +641,18 @@ class PricedShapes:
         return cls(n, d, nnz, dense, work[:, 0], work[:, 1], targets, bool(samples_start),
                    bool(reuses_leverage_scores))
 
+    @classmethod
+    def of_columns(cls, n, d, nnz, dense, work, targets, like):
+        """``of_many`` of problems described by arrays, not by a matrix object each (``solve_many``'s plain
+        problems, ``fastnewton.plain_problems``): ``n``, ``d``, ``nnz`` and ``work`` (count × 2, each C's
+        ``sandwich_work``) as numbers, ``dense`` as bools, ``targets`` = (their float64 b side by side, the
+        count + 1 offsets where each starts); the batch's flags are those of ``like``, one Problem of the batch."""
+        work = np.asarray(work, dtype=np.float64)
+        b, offsets = targets
+        return cls(np.asarray(n, dtype=np.float64), np.asarray(d, dtype=np.float64), np.asarray(nnz, dtype=np.float64),
+                   np.asarray(dense, dtype=np.bool_), work[:, 0], work[:, 1],
+                   (b, offsets[:-1], offsets[1:], np.ones(len(offsets) - 1, dtype=np.bool_)), *_batch_flags(like))
+
 
 def _target(problem):
     """The problem's target b when it is a float64 vector of length n (the sample-size estimate's weights), else None."""
@@ -735,7 +747,8 @@ def _sample_rows(shapes, sizes):
         return [min(bound, rows) for bound, rows in zip(limit, kept[0].tolist())]
     usable = np.flatnonzero(usable)
     kept = np.empty((usable.size, sizes.shape[1]))
-    expected_poisson_sizes(b, starts[usable], stops[usable], divisors[usable], sizes[usable], kept)
+    # One task per target: each one's sums are the serial kernel's (the same bits as one problem priced alone).
+    expected_poisson_sizes_parallel(b, starts[usable], stops[usable], divisors[usable], sizes[usable], kept)
     limit[usable] = np.minimum(limit[usable], kept)
     return limit
 

@@ -2,10 +2,11 @@
 
 ``solve_many([(C, b), (C, b, V), ...], model=..., **kw)`` (through ``fastnewton.solve_many``):
 
-1. Each problem is validated as ``fastnewton.Problem`` validates it (float64 targets and float64 CSR C of all
-   problems checked in bulk: ``_checked_in_bulk``; a dense float64 C's entries where the compiled solve first
-   reads them); a problem whose input is invalid gets the status ``INVALID_INPUT`` and Problem's reason in its
-   message, and the others still solve.
+1. Each problem is validated as ``fastnewton.Problem`` validates it; a problem whose input is invalid gets the
+   status ``INVALID_INPUT`` and Problem's reason in its message, and the others still solve. Plain problems
+   (a float64 b, a C-contiguous float64 or canonical float64 CSR C, no V or row weights) are checked,
+   described and priced in bulk, with no Problem each (``fastnewton.plain_problems``; their C's entries where
+   the compiled solve first reads them), every other problem by building its ``Problem``.
 2. ``softmax`` and ``relu_softmax`` problems whose Hessian strategy is exact (``hessian="exact"``, or
    ``"auto"`` where ``solve``'s cost model picks exact, as it did at every shape tried from
    n = 64, d = 32 to n = 10⁴, d = 128, dense and CSR; all problems priced in one call of that model's
@@ -38,10 +39,10 @@ import contextlib
 import gc
 import time
 import warnings
+from dataclasses import dataclass
 
 import numba
 import numpy as np
-import scipy.sparse as sp
 
 from . import newton
 from .active_set import MAX_UPDATES
@@ -51,22 +52,24 @@ from .kernels import small_newton as kernel
 from .kernels import small_softmax_relu as relu_kernel
 from . import lifted_start
 from .lifted_start import POWER_ITERATIONS, EigenvalueRequest, LossesRequest, SimplexRequest
-from .matrix import DenseMatrix
+from .chunking import chunk_rows
 from .models import LogPartition, build_model, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
 from .models.softmax_relu import SoftmaxRelu
 from .kinks import kink_stationary_text
 from .newton import MAX_LOGIT_STEP, NewtonRequest, kink_sentence, stall_detail, status_message, warn_max_iter
+from .plain_problems import PlainProblems
 from .problem import Problem
 from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
 from .solver import (SUM_TOLERANCE, is_default_start, not_a_distribution, solve_options, solve_problem,
                      solve_rounds)
 from .start import NULL_SPACE_RTOL
 from .threads import thread_limits
-from .validation import (as_flag, as_input_matrix, as_l2, as_positive_float, as_positive_int, as_seed, as_thread_count,
-                         csr_matrix_of)
+from .validation import as_flag, as_l2, as_point, as_positive_float, as_positive_int, as_seed, as_thread_count
 
 _SOLVE_ONLY = ("callback", "verbose", "progress")
+# The statuses by their codes (a dict look-up per problem read back, where calling the enum costs ~0.7 µs).
+_STATUSES = {int(status): status for status in Status}
 # A CSR problem with at least this fraction of d stored entries per row is packed as dense rows: its
 # sandwich then runs as one BLAS product instead of nnzᵢ²/2 scattered pair updates per row. Measured
 # with one thread, 300 softmax problems, n 64–512, d 32–64 (µs per problem, CSR / densified): 167 / 322
@@ -124,24 +127,30 @@ def _unpack(item, index):
     return (*item, None) if len(item) == 2 else tuple(item)
 
 
-def _start_kind(problem, x0):
-    """(start code of kernels/small_newton.py, the start x or None, the relu floor f)."""
+def _start_kind(relu, facts, x0, d):
+    """(start code of kernels/small_newton.py, the start x or None, the relu floor f) of a problem of d columns
+    whose model is relu_softmax (``relu``) or softmax and whose targets have these ``facts`` (``Softmax.facts``)."""
     if isinstance(x0, str):
         if x0 == "zeros":
             return kernel.START_ZEROS, None, 0.0
         if x0 != "auto":
             raise ValueError(f"x0 must be 'auto', 'zeros', or one length-d array per problem, got {x0!r}")
-        facts = problem.facts
         # Softmax.auto_start's cases, decided here; the fits themselves are compiled.
         if not facts["max_b"] > 0.0:
             return kernel.START_ZEROS, None, 0.0
-        if problem.row_model.relu:
+        if relu:
             floor = -facts["max_negated_min_positive_b"]
             if not facts["max_b"] > floor * (1.0 + ACTIVE_RTOL):
                 return kernel.START_ZEROS, None, 0.0
             return kernel.START_ACTIVE_FIT, None, floor
         return kernel.START_LOG_FIT, None, 0.0
-    return kernel.START_GIVEN, problem.as_point(x0, "x0").copy(), 0.0
+    return kernel.START_GIVEN, as_point(x0, "x0", d).copy(), 0.0
+
+
+def _read_as_csr(csr, nnz, n, d):
+    """Whether the compiled solve reads a C (CSR when ``csr``, of nnz stored entries, n × d) as CSR rather than as
+    dense rows (``DENSIFY_ROW_FRACTION``); element-wise on arrays."""
+    return csr & (nnz < DENSIFY_ROW_FRACTION * d * n)
 
 
 def _matrix_addresses(matrices):
@@ -149,7 +158,7 @@ def _matrix_addresses(matrices):
     arrays those point into, to be kept alive and unchanged while the addresses are used): each C read in
     place (a float64 / int64 copy only where the matrix holds another dtype, or a CSR matrix with at least
     ``DENSIFY_ROW_FRACTION``·d entries per row is run as dense rows)."""
-    csr = [matrix.format == "csr" and matrix.nnz < DENSIFY_ROW_FRACTION * matrix.d * matrix.n for matrix in matrices]
+    csr = [_read_as_csr(matrix.format == "csr", matrix.nnz, matrix.n, matrix.d) for matrix in matrices]
     held = []
     addresses = np.zeros((len(matrices), kernel.ADDRESS_FIELDS), dtype=np.int64)
     values = []
@@ -178,34 +187,103 @@ def _matrix_addresses(matrices):
     return csr, addresses, held
 
 
+@dataclass
+class _Columns:
+    """What the compiled solve reads of some problems, one entry per problem (``_Packed`` joins such parts):
+    shapes ``n`` and ``d``, whether C is read as ``csr``, rows per ``chunk`` (``chunk_rows(n)``), whether the model is
+    ``relu``_softmax, the ridge ``l2``, ``target_norm`` (``Softmax.target_norm``), the ``starts`` (``_start_kind``'s
+    triples), the targets ``b`` and row weights ``w`` side by side, C's ``addresses`` (the ``A_*`` columns) and the
+    arrays they point into (``held``: kept alive, unchanged, as long as the pack)."""
+
+    n: np.ndarray
+    d: np.ndarray
+    csr: object
+    chunk: object
+    relu: object
+    l2: object
+    target_norm: object
+    starts: list
+    b: np.ndarray
+    w: np.ndarray
+    addresses: np.ndarray
+    held: list
+
+
+def _problem_columns(problems, starts):
+    """The ``_Columns`` of built ``Problem``s, with their starts (``_start_kind``)."""
+    count = len(problems)
+    matrices = [problem.matrix for problem in problems]
+    csr, addresses, held = _matrix_addresses(matrices)
+    return _Columns(n=np.fromiter((matrix.n for matrix in matrices), np.int64, count),
+                    d=np.fromiter((matrix.d for matrix in matrices), np.int64, count), csr=csr,
+                    chunk=[problem.block.chunk for problem in problems],
+                    relu=[problem.row_model.relu for problem in problems], l2=[problem.l2 for problem in problems],
+                    target_norm=[problem.target_norm() for problem in problems], starts=starts,
+                    b=np.concatenate([problem.b for problem in problems]).astype(np.float64, copy=False),
+                    w=np.concatenate([problem.row_weights for problem in problems]).astype(np.float64, copy=False),
+                    addresses=addresses, held=held)
+
+
+def _plain_columns(plain, chosen, starts, row_model, l2):
+    """The ``_Columns`` of the plain problems at positions ``chosen`` of ``plain`` (``PlainProblems``; each C read in
+    place, a CSR C's index arrays in their int64 copies, dense rows formed only for a CSR C read as such), with
+    their starts; one model object ``row_model`` and ridge ``l2`` for all (no row weights: w = 0)."""
+    count = len(chosen)
+    n, d = plain.n[chosen], plain.d[chosen]
+    csr = _read_as_csr(plain.csr[chosen], plain.nnz[chosen], n, d)
+    addresses = np.zeros((count, kernel.ADDRESS_FIELDS), dtype=np.int64)
+    addresses[:, kernel.A_VALUES] = plain.values_at[chosen]
+    addresses[csr, kernel.A_INDPTR] = plain.indptr_at[chosen][csr]
+    addresses[csr, kernel.A_INDICES] = plain.indices_at[chosen][csr]
+    held = list(plain.held)
+    for position in np.flatnonzero(plain.csr[chosen] & ~csr).tolist():
+        rows = plain.dense_rows(chosen[position])
+        held.append(rows)
+        addresses[position, kernel.A_VALUES] = rows.ctypes.data
+    if count == len(plain):
+        b = plain.b
+    else:
+        picked = np.zeros(len(plain), dtype=np.bool_)
+        picked[chosen] = True
+        b = plain.b[np.repeat(picked, plain.n)]
+    return _Columns(n=n, d=d, csr=csr, chunk=[chunk_rows(rows) for rows in n.tolist()], relu=row_model.relu, l2=l2,
+                    target_norm=[row_model.target_norm(plain.facts[k]) for k in chosen], starts=starts, b=b,
+                    w=np.zeros(b.shape[0]), addresses=addresses, held=held)
+
+
 class _Packed:
     """The compiled problems' data in the layout of kernels/small_newton.py: each C read in place
     (its address; a float64 / int64 copy only where the problem holds another dtype, or a CSR
-    problem is run as dense rows), b, w and x packed (vectors of length n or d: small)."""
+    problem is run as dense rows), b, w and x packed (vectors of length n or d: small). ``parts``:
+    ``_Columns``, the pack's problems in their order."""
 
-    def __init__(self, problems, starts):
-        count = len(problems)
-        matrices = [problem.matrix for problem in problems]
-        n = np.fromiter((matrix.n for matrix in matrices), np.int64, count)
-        d = np.fromiter((matrix.d for matrix in matrices), np.int64, count)
+    def __init__(self, parts):
+        def joined(name, dtype):
+            return np.concatenate([np.broadcast_to(np.asarray(getattr(part, name), dtype=dtype), part.n.shape)
+                                   for part in parts])
+
+        n, d = joined("n", np.int64), joined("d", np.int64)
+        count = n.shape[0]
+        self.addresses = np.concatenate([part.addresses for part in parts])
         # The arrays ``addresses`` points into: kept alive (and unchanged) as long as this pack.
-        csr, self.addresses, self._held = _matrix_addresses(matrices)
+        self._held = [array for part in parts for array in part.held]
+        starts = [start for part in parts for start in part.starts]
         # Built a column at a time (per-problem NumPy item assignments cost ~10 µs each).
         self.layout = layout = np.empty((count, kernel.LAYOUT_FIELDS), dtype=np.int64)
         layout[:, kernel.L_N] = n
         layout[:, kernel.L_D] = d
-        layout[:, kernel.L_CSR] = csr
-        layout[:, kernel.L_CHUNK] = [problem.block.chunk for problem in problems]  # chunk_rows(n)
+        layout[:, kernel.L_CSR] = joined("csr", np.int64)
+        layout[:, kernel.L_CHUNK] = joined("chunk", np.int64)
         layout[:, kernel.L_START] = [start for start, _, _ in starts]
-        layout[:, kernel.L_RELU] = [problem.row_model.relu for problem in problems]
+        layout[:, kernel.L_RELU] = joined("relu", np.int64)
         layout[:, kernel.L_ROW] = np.cumsum(n) - n
         layout[:, kernel.L_COL] = np.cumsum(d) - d
         self.parameters = np.empty((count, kernel.PARAMETER_FIELDS))
-        self.parameters[:, kernel.P_L2] = [problem.l2 for problem in problems]
-        self.parameters[:, kernel.P_TARGET_NORM] = [problem.target_norm() for problem in problems]
+        self.parameters[:, kernel.P_L2] = joined("l2", np.float64)
+        self.parameters[:, kernel.P_TARGET_NORM] = joined("target_norm", np.float64)
         self.parameters[:, kernel.P_FLOOR] = [floor for _, _, floor in starts]
-        self.b = np.concatenate([problem.b for problem in problems]).astype(np.float64, copy=False)
-        self.w = np.concatenate([problem.row_weights for problem in problems]).astype(np.float64, copy=False)
+        self.b = parts[0].b if len(parts) == 1 else np.concatenate([part.b for part in parts])
+        self.w = parts[0].w if len(parts) == 1 else np.concatenate([part.w for part in parts])
         self.x = np.zeros(int(d.sum()))
         for p, (_, x0, _) in enumerate(starts):
             if x0 is not None:
@@ -214,6 +292,11 @@ class _Packed:
         self.fault_grad = np.zeros_like(self.x)
         self.out_int = np.zeros((count, kernel.OUT_INT_FIELDS), dtype=np.int64)
         self.out_float = np.zeros((count, kernel.OUT_FLOAT_FIELDS))
+
+    @classmethod
+    def of_problems(cls, problems, starts):
+        """The pack of built ``Problem``s, with their starts (``_start_kind``)."""
+        return cls([_problem_columns(problems, starts)])
 
     def columns(self, p):
         start = self.layout[p, kernel.L_COL]
@@ -244,17 +327,17 @@ def _hand_out(costs):
     return order, max(1, min(numba.get_num_threads(), order.shape[0]))
 
 
-def _compiled_message(problem, pack, p, status):
-    """(status, message) of compiled problem p, with newton.py's sentences and the model's diagnosis."""
-    out_int, out_float = pack.out_int[p], pack.out_float[p]
+def _compiled_message(row_model, facts, pack, p, status, out_int, out_float):
+    """(status, message) of compiled problem p (its model object, its targets' facts, its rows of the pack's
+    ``out_int`` and ``out_float`` as Python numbers), with newton.py's sentences and the model's diagnosis."""
     loss, grad_norm, g_ref = out_float[kernel.O_LOSS], out_float[kernel.O_GRAD_NORM], out_float[kernel.O_G_REF]
     detail = ""
     if status == Status.CONVERGED:
         count = out_int[kernel.O_KINK_COUNT]
         if count:  # a kink stationary point (kernels/kinks.py), as NewtonRun.stationary_at_kink says it
             detail = kink_stationary_text(int(count))
-        dead = problem.row_model.diagnose({"log_partition": LogPartition(out_float[kernel.O_TOP], 1.0)}, loss,
-                                          problem.facts, lambda: out_float[kernel.O_LOSS_AT_ZERO])
+        dead = row_model.diagnose({"log_partition": LogPartition(out_float[kernel.O_TOP], 1.0)}, loss, facts,
+                                  lambda: out_float[kernel.O_LOSS_AT_ZERO])
         if dead:
             status, detail = Status.DEAD_STATIONARY, dead
         elif out_float[kernel.O_ROUNDING_BOUND] > 0.0:
@@ -346,83 +429,133 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
                     continuation, results):
     """Validate every problem, solve the compiled ones and write their entries of ``results``:
     (the indices of compiled problems that stopped at max_iter, (index, Problem, strategy, n_threads) of those
-    left to ``solve``'s loop)."""
-    checked = _checked_in_bulk(items, model, weights_each)
-    # The softmax models hold no state: one object for every bulk-checked problem.
-    shared_model = build_model(model) if checked else None
-    shared_model = shared_model if isinstance(shared_model, Softmax) else None
+    left to ``solve``'s loop, in input order).
+
+    The plain problems (``fastnewton.plain_problems``) are checked, described and priced in bulk, a ``Problem``
+    built only for one that needs it; every other problem is a ``Problem`` (its checks; its error, the message)."""
+    # The softmax models hold no state: one object for every plain problem (a model with V holds its targets).
+    shared_model = None if uses_values(model) else build_model(model)
+    plain = PlainProblems.of(items, weights_each) if isinstance(shared_model, Softmax) else None
+    in_plain = np.zeros(len(items), dtype=np.bool_)
+    if plain is not None:
+        in_plain[plain.index] = True
     valid, valid_index = [], []
-    for i, (C, b, V) in enumerate(items):
+    for i in np.flatnonzero(~in_plain).tolist():
+        C, b, V = items[i]
         try:
-            if i in checked:
-                # b checked in bulk; C too where the bulk check gave its matrix (else as_input_matrix checks it,
-                # with Problem's message)
-                matrix = as_input_matrix(C) if checked[i] is None else checked[i]
-                valid.append(Problem.from_checked(matrix, b, model, l2, shared_model))
-            else:
-                valid.append(Problem(C, b, model=model, V=V, l2=l2, row_weights=weights_each[i]))
+            valid.append(Problem(C, b, model=model, V=V, l2=l2, row_weights=weights_each[i]))
             valid_index.append(i)
         except (TypeError, ValueError) as error:
             results[i] = _invalid(C, i, error)
-    # auto's choice for all problems at once: solve's formula (``many_strategy_seconds``), element-wise.
-    strategies = [hessian] * len(valid) if hessian != "auto" or not valid else choose_strategies(
-        PricedShapes.of_problems(valid), eps, sketch_size, [is_default_start(x0_each[i]) for i in valid_index])
-    compiled, compiled_index, starts, by_solve, staged = [], [], [], [], []
-    for problem, i, strategy in zip(valid, valid_index, strategies):
+    default_start = [is_default_start(x0) for x0 in x0_each]
+
+    def strategies(indices, shapes):
+        """auto's choice for all these problems at once: solve's formula (``many_strategy_seconds``), element-wise."""
+        if hessian != "auto" or not indices:
+            return [hessian] * len(indices)
+        return choose_strategies(shapes(), eps, sketch_size, [default_start[i] for i in indices])
+
+    def left_to_solve(i, problem, strategy):
+        # solve's own threads rule: a small problem on one thread, whatever the batch's n_threads
+        # (one thread per such problem ran the 40 softmax_relu problems of bench/many_small.py, when
+        # they went this way, in 0.64 s, two in 2.35 s)
+        by_solve.append((i, problem, strategy, 1 if default_thread_count(problem, None) == 1 else n_threads))
+
+    # The pack's parts (``_Columns``), and per compiled problem its input index, model object and targets' facts,
+    # and its Problem or its position among the plain problems (whose Problem is built if it must be).
+    parts, compiled_index, compiled_models, compiled_facts, owners = [], [], [], [], []
+    by_solve, staged = [], []
+    if plain is not None:
+        plain_index, plain_d = plain.index.tolist(), plain.d.tolist()
+        plain_strategies = strategies(plain_index, lambda: plain.shapes(model, l2, shared_model))
+        exact = np.array([strategy == "exact" for strategy in plain_strategies], dtype=np.bool_)
+        # A plain C's entries are checked where the compiled solve reads them in place; a CSR C that it reads as
+        # dense rows (formed here) or that is left to solve's loop has its entries checked now.
+        entries_valid = np.ones(len(plain), dtype=np.bool_)
+        unread = np.flatnonzero(plain.csr & ~(exact & _read_as_csr(plain.csr, plain.nnz, plain.n, plain.d)))
+        if unread.size:
+            entries_valid[unread] = plain.entries_valid(unread)
+        chosen, starts = [], []
+        for k, (i, strategy, valid_entries) in enumerate(zip(plain_index, plain_strategies, entries_valid.tolist())):
+            try:
+                if not valid_entries:
+                    results[i] = _invalid_as_problem(items[i], i, model, l2, weights_each[i])
+                elif strategy == "exact":
+                    starts.append(_start_kind(shared_model.relu, plain.facts[k], x0_each[i], plain_d[k]))
+                    chosen.append(k)
+                # A dense C left to solve's loop: its entries checked here.
+                elif not plain.csr[k] and not np.all(np.isfinite(plain.entries(k))):
+                    results[i] = _invalid_as_problem(items[i], i, model, l2, weights_each[i])
+                else:
+                    left_to_solve(i, plain.problem(k, model, l2, shared_model), strategy)
+            except (TypeError, ValueError) as error:
+                results[i] = _invalid(items[i][0], i, error)
+        if chosen:
+            parts.append(_plain_columns(plain, np.array(chosen, dtype=np.int64), starts, shared_model, l2))
+            compiled_index += [plain_index[k] for k in chosen]
+            compiled_models += [shared_model] * len(chosen)
+            compiled_facts += [plain.facts[k] for k in chosen]
+            owners += chosen
+    compiled, starts = [], []
+    for problem, i, strategy in zip(valid, valid_index, strategies(valid_index,
+                                                                   lambda: PricedShapes.of_problems(valid))):
         try:
             if isinstance(problem.row_model, Softmax) and strategy == "exact":
-                starts.append(_start_kind(problem, x0_each[i]))
+                starts.append(_start_kind(problem.row_model.relu, problem.facts, x0_each[i], problem.d))
                 compiled.append(problem)
                 compiled_index.append(i)
             elif isinstance(problem.row_model, SoftmaxRelu) and strategy == "exact":
                 staged.append((i, problem))
             else:
-                # A bulk-checked dense C's entries are checked where the compiled solve reads them; this one is
-                # not solved there (a C that Problem built was checked by it).
-                if (i in checked and problem.matrix.format == "dense"
-                        and not np.all(np.isfinite(problem.matrix.array))):
-                    results[i] = _invalid_as_problem(items[i], i, model, l2, weights_each[i])
-                    continue
-                # solve's own threads rule: a small problem on one thread, whatever the batch's n_threads
-                # (one thread per such problem ran the 40 softmax_relu problems of bench/many_small.py, when
-                # they went this way, in 0.64 s, two in 2.35 s)
-                by_solve.append((i, problem, strategy, 1 if default_thread_count(problem, None) == 1 else n_threads))
+                left_to_solve(i, problem, strategy)
         except (TypeError, ValueError) as error:
             results[i] = _invalid(items[i][0], i, error)
+    if compiled:
+        parts.append(_problem_columns(compiled, starts))
+        compiled_models += [problem.row_model for problem in compiled]
+        compiled_facts += [problem.facts for problem in compiled]
+        owners += compiled
+    # Solved in input order (a seed given as a Generator is drawn from by each solve in turn).
+    by_solve.sort(key=lambda entry: entry[0])
 
     max_iter_hit = []
     if staged:
         _solve_staged(staged, x0_each, eps, sketch_size, tol, max_iter, seed, n_threads, continuation, results,
                       max_iter_hit)
-    if compiled:
-        pack = _Packed(compiled, starts)
+    if parts:
+        pack = _Packed(parts)
         settings = _settings(tol, max_iter)
         # Overflowing scales end in Status.NON_FINITE with its message, as in solve (no NumPy warnings).
         with thread_limits(n_threads), np.errstate(over="ignore", invalid="ignore"):
-            pack.run(np.arange(len(compiled)), settings)
-            invalid = np.flatnonzero(pack.out_int[:, kernel.O_STATUS] == kernel.C_NOT_FINITE).tolist()
+            pack.run(np.arange(len(owners)), settings)
+            invalid = np.flatnonzero(pack.out_int[:, kernel.O_STATUS] == kernel.C_INVALID).tolist()
             for p in invalid:
                 i = compiled_index[p]
                 results[i] = _invalid_as_problem(items[i], i, model, l2, weights_each[i])
             failed = np.flatnonzero(pack.out_int[:, kernel.O_STATUS] == kernel.START_FAILED)
             for p in failed:
                 # The fit was singular: its null-space step (and relu_softmax's LP) in Python.
-                x_start, _ = compiled[p].auto_start()
+                owner = owners[p]
+                problem = owner if isinstance(owner, Problem) else plain.problem(owner, model, l2, shared_model)
+                x_start, _ = problem.auto_start()
                 pack.x[pack.columns(p)] = x_start
                 pack.layout[p, kernel.L_START] = kernel.START_GIVEN
             if failed.size:
                 pack.run(failed, settings)
-        # Read back in bulk (per-problem NumPy indexing costs ~1 µs a value): the x's are views of one copy
-        # of the packed x (not of the pack's array), the outputs Python numbers.
-        xs = np.split(pack.x.copy(), np.cumsum(pack.layout[:-1, kernel.L_D]))
-        statuses, n_iters = pack.out_int[:, kernel.O_STATUS].tolist(), pack.out_int[:, kernel.O_N_ITER].tolist()
-        outputs = pack.out_float[:, [kernel.O_LOSS, kernel.O_GRAD_NORM, kernel.O_G_REF]].tolist()
-        _warn_if_not_distributions(compiled, compiled_index, pack.b, set(invalid))
-        for p, (problem, i) in enumerate(zip(compiled, compiled_index)):
-            if statuses[p] == kernel.C_NOT_FINITE:
+        # Read back in bulk (per-problem NumPy indexing costs ~1 µs a value; np.split ~3 µs a piece): the x's
+        # are views of one copy of the packed x (not of the pack's array), the outputs Python numbers.
+        x = pack.x.copy()
+        xs = [x[start:start + d] for start, d in pack.layout[:, [kernel.L_COL, kernel.L_D]].tolist()]
+        out_ints, out_floats = pack.out_int.tolist(), pack.out_float.tolist()
+        _warn_if_not_distributions(pack, compiled_index, model, set(invalid))
+        for p, (i, row_model, facts) in enumerate(zip(compiled_index, compiled_models, compiled_facts)):
+            out_int, out_float = out_ints[p], out_floats[p]
+            code = out_int[kernel.O_STATUS]
+            if code == kernel.C_INVALID:
                 continue
-            status, message = _compiled_message(problem, pack, p, Status(statuses[p]))
-            results[i] = (xs[p], status, n_iters[p], *outputs[p], message)
+            status, message = _compiled_message(row_model, facts, pack, p, _STATUSES[code], out_int, out_float)
+            results[i] = (xs[p], status, out_int[kernel.O_N_ITER], out_float[kernel.O_LOSS],
+                          out_float[kernel.O_GRAD_NORM], out_float[kernel.O_G_REF], message)
             if status == Status.MAX_ITER:
                 max_iter_hit.append(i)
     return max_iter_hit, by_solve
@@ -682,8 +815,8 @@ def _loop_result(request, x, y, y_previous, out_int, out_float):
 
 
 def _invalid_as_problem(item, i, model, l2, row_weights):
-    """Problem i's entry of ``results`` for an input found invalid after its bulk check (a dense C with a
-    NaN or ±Inf entry): ``Problem`` rejects it, and its error is the message."""
+    """Problem i's entry of ``results`` for an input found invalid after its bulk checks (a C with a NaN or ±Inf
+    entry, a CSR C with a column index outside [0, d)): ``Problem`` rejects it, and its error is the message."""
     C, b, V = item
     try:
         Problem(C, b, model=model, V=V, l2=l2, row_weights=row_weights)
@@ -699,95 +832,23 @@ def _invalid(C, i, error):
             f"{MESSAGES[Status.INVALID_INPUT]} problem {i}: {error}")
 
 
-def _plain_target(C, b):
-    """Whether b is already a float64 vector of length n ≥ 1 (finiteness aside) for a 2-D C (a C without
-    rows is Problem's to reject; the bulk pass over b needs every b non-empty)."""
-    return (type(b) is np.ndarray and b.dtype == np.float64 and b.ndim == 1 and b.shape[0] > 0
-            and len(getattr(C, "shape", ())) == 2 and b.shape[0] == C.shape[0])
-
-
-def _plain_dense(C):
-    """Whether C is already in the form Problem converts a dense C to: a C-contiguous float64 ndarray
-    with at least one row and column (finiteness aside)."""
-    return (type(C) is np.ndarray and C.dtype == np.float64 and C.ndim == 2 and C.flags.c_contiguous
-            and C.shape[0] > 0 and C.shape[1] > 0)
-
-
-def _plain_csr(C):
-    """Whether C is a SciPy CSR matrix that ``as_input_matrix`` would use as it is: float64 values, int32 or
-    int64 indices (both the same), contiguous 1-D arrays, at least one row and column, indptr of length n + 1,
-    canonical (sorted, no duplicates: SciPy's own flag, kept on the matrix); its entries are checked in bulk
-    (``kernels/small_newton.py``'s ``csr_valid_at``)."""
-    if not (sp.issparse(C) and C.format == "csr" and C.ndim == 2 and C.shape[0] > 0 and C.shape[1] > 0):
-        return False
-    data, indptr, indices = C.data, C.indptr, C.indices
-    return (type(data) is np.ndarray and type(indptr) is np.ndarray and type(indices) is np.ndarray
-            and data.dtype == np.float64 and indptr.dtype == indices.dtype
-            and (indices.dtype == np.int32 or indices.dtype == np.int64)
-            and data.ndim == 1 and indptr.ndim == 1 and indices.ndim == 1
-            and data.flags.c_contiguous and indptr.flags.c_contiguous and indices.flags.c_contiguous
-            and indptr.shape[0] == C.shape[0] + 1 and C.has_canonical_format)
-
-
-def _checked_in_bulk(items, model, weights_each):
-    """The problems whose checks run here, for all of them at once, as {index: its C as ``as_input_matrix``
-    gives it, or None where C is still to be checked by as_input_matrix}: no V or row_weights, a
-    ``_plain_target`` b, finite (one NumPy pass over all of them), and a ``_plain_dense`` C, or a
-    ``_plain_csr`` C whose arrays are valid (each read in place by one parallel kernel), or another sparse
-    C (None: as_input_matrix checks it, with Problem's message). A ``_plain_dense`` C's entries are not read
-    here: the compiled solve checks them for NaN and ±Inf on its first read of C (``C_NOT_FINITE``), and a
-    problem left to ``solve`` is checked before it runs (``_invalid_as_problem`` gives the message). Problem's
-    own checks of b and a dense C cost ~15 µs per problem, a third of a small problem's Python side;
-    as_input_matrix's of a CSR C of 288 × 48 with 8 entries per row ~50 µs of its ~75. ``Problem.from_checked`` builds these;
-    Problem checks every other one, and so gives the error message of a problem with a non-finite entry or
-    a corrupt sparse C."""
-    if uses_values(model):
-        return {}
-    plain = [i for i, (C, b, V) in enumerate(items)
-             if V is None and weights_each[i] is None and _plain_target(C, b) and (sp.issparse(C) or _plain_dense(C))]
-    if not plain:
-        return {}
-    targets = [items[i][1] for i in plain]
-    starts = np.cumsum([0] + [b.shape[0] for b in targets[:-1]])
-    finite = np.logical_and.reduceat(np.isfinite(np.concatenate(targets)), starts)
-    matrices = [None] * len(plain)
-    for position, i in enumerate(plain):
-        if not sp.issparse(items[i][0]):
-            matrices[position] = DenseMatrix(items[i][0])  # its entries: checked where the solve first reads them
-    csr = [position for position, i in enumerate(plain) if _plain_csr(items[i][0])]
-    if csr:
-        arrays = [items[plain[position]][0] for position in csr]
-        addresses = np.zeros((len(csr), kernel.ADDRESS_FIELDS), dtype=np.int64)
-        addresses[:, kernel.A_VALUES] = [C.data.ctypes.data for C in arrays]
-        addresses[:, kernel.A_INDPTR] = [C.indptr.ctypes.data for C in arrays]
-        addresses[:, kernel.A_INDICES] = [C.indices.ctypes.data for C in arrays]
-        valid = np.empty(len(csr), dtype=np.bool_)
-        kernel.csr_valid_at(addresses, np.array([C.shape for C in arrays], dtype=np.int64),
-                            np.array([(C.indices.shape[0], C.data.shape[0]) for C in arrays], dtype=np.int64),
-                            np.array([C.indices.dtype == np.int64 for C in arrays]), valid)
-        for position, C, ok in zip(csr, arrays, valid.tolist()):
-            if ok:
-                matrices[position] = csr_matrix_of(C.indptr, C.indices, C.data, C.shape)  # as as_input_matrix holds it
-    return {i: matrix for i, matrix, ok in zip(plain, matrices, finite.tolist()) if ok}
-
-
-def _warn_if_not_distributions(problems, indices, targets, invalid=()):
+def _warn_if_not_distributions(pack, indices, model, invalid=()):
     """``solve``'s warning for targets that cannot be softmax outputs, once for the batch (naming the problems).
 
-    ``targets``: the problems' b side by side (the pack's), screened all at once: only a problem with a
-    negative entry or a sum off 1 by more than half of solve's tolerance (``SUM_TOLERANCE``; a sum in
-    another order differs by ~n·eps, far less) is asked ``not_a_distribution``, whose test and text are the
-    warning's (~6 µs a problem asked). ``invalid``: positions of problems whose input turned out invalid
-    (not warned about: they are not solved)."""
-    lengths = np.fromiter((problem.n for problem in problems), np.int64, len(problems))
-    starts = np.cumsum(lengths) - lengths
+    The pack's targets (``pack.b``: the problems' b side by side) are screened all at once: only a problem with
+    a negative entry or a sum off 1 by more than half of solve's tolerance (``SUM_TOLERANCE``; a sum in another
+    order differs by ~n·eps, far less) is asked ``not_a_distribution``, whose test and text are the warning's
+    (~6 µs a problem asked). ``indices``: the pack's problems' indices in the batch; ``invalid``: positions of
+    problems whose input turned out invalid (not warned about: they are not solved)."""
+    targets = pack.b
+    lengths, starts = pack.layout[:, kernel.L_N], pack.layout[:, kernel.L_ROW]
     negative = np.logical_or.reduceat(targets < 0, starts)
     off = np.abs(np.add.reduceat(targets, starts) - 1.0) > 0.5 * SUM_TOLERANCE
     flagged, first = [], None
     for k in np.flatnonzero(negative | off).tolist():
         if k in invalid:
             continue
-        message = not_a_distribution(problems[k].b, problems[k].model)
+        message = not_a_distribution(targets[starts[k]:starts[k] + lengths[k]], model)
         if message:
             flagged.append(indices[k])
             first = first or message

@@ -20,7 +20,7 @@ from .protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from .reductions import dot
 from .sketching import sampled_sandwich, uncentred_sandwich, worth_centring
 from .threads import numba_threads
-from .validation import as_input_matrix, as_l2, as_row_weights, as_value_matrix, as_vector, check_model
+from .validation import as_input_matrix, as_l2, as_point, as_row_weights, as_value_matrix, as_vector, check_model
 
 
 def run_stages(stages, block, kept, timer=no_timer, columns=None, known=None):
@@ -187,7 +187,7 @@ class Problem:
 
     # -- the Evaluator interface (fastnewton.protocol) -------------------------------------------
     def as_point(self, x, name="x"):
-        return as_vector(x, name, self.d, " (columns of C)")
+        return as_point(x, name, self.d)
 
     def _forward(self, x, timer):
         """u = Cx, reused while x is the last point seen (scipy calls fun, then jac, at one x); u is a

@@ -310,6 +310,11 @@ def as_vector(v, name, length, length_hint=""):
     return array
 
 
+def as_point(x, name, d):
+    """A point x of a problem whose C has d columns (``as_vector``; its length named as C's columns)."""
+    return as_vector(x, name, d, " (columns of C)")
+
+
 def check_model(model):
     """A registered model name (``fastnewton.models.register_model``), else a ValueError listing them."""
     return models.check_model(model)

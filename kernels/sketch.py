@@ -165,25 +165,40 @@ def expected_poisson_sizes(b, starts, stops, divisors, sizes, out):
     """For each target p, t = b[starts[p]:stops[p]] / divisors[p]: out[p, k] = Σᵢ min(1, sizes[p, k]·tᵢ²/Σt²),
     the expected number of rows a Poisson sample keeps when row i is drawn with probability
     πᵢ = min(1, sizes[p, k]·tᵢ²/Σt²) (many targets concatenated in b, or one: starts = [0], stops = [n]).
-
-    Written as sizes[p, k] − Σ over the capped rows of (sizes[p, k]·tᵢ²/Σt² − 1) (the uncapped πᵢ sum to
-    sizes[p, k] over all rows), so the read of t after Σt² only compares most entries with a threshold.
-    The divisor rescales a target whose squares would under- or overflow (1.0: t is b, to the bit).
-    Serial, so the bits do not depend on the thread count. Every Σt² must be positive and finite."""
+    Serial (``expected_poisson_size``, target by target), so the bits do not depend on the thread count."""
     for p in range(starts.shape[0]):
-        t = b[starts[p]:stops[p]]
-        if divisors[p] != 1.0:
-            t = t / divisors[p]  # rare (b ~ 1e±300): the division stays out of the common case's loops
-        total = 0.0
-        for i in range(t.shape[0]):
-            total += t[i] * t[i]
-        factors = sizes[p] / total
-        threshold = 1.0 / factors.max()
-        out[p] = sizes[p]
-        for i in range(t.shape[0]):
-            square = t[i] * t[i]
-            if square > threshold:
-                for k in range(sizes.shape[1]):
-                    excess = factors[k] * square - 1.0
-                    if excess > 0.0:
-                        out[p, k] -= excess
+        expected_poisson_size(b[starts[p]:stops[p]], divisors[p], sizes[p], out[p])
+
+
+@njit(parallel=True, cache=True)
+def expected_poisson_sizes_parallel(b, starts, stops, divisors, sizes, out):
+    """``expected_poisson_sizes``, one task per target: each target's sums are ``expected_poisson_size``'s,
+    serial, so the bits are the serial kernel's on any thread count (many targets: ``solve_many`` prices a
+    thousand small problems in ~1.5 ms on two threads instead of ~3 ms)."""
+    for p in prange(starts.shape[0]):
+        expected_poisson_size(b[starts[p]:stops[p]], divisors[p], sizes[p], out[p])
+
+
+@njit(cache=True)
+def expected_poisson_size(t, divisor, sizes, out):
+    """out[k] = Σᵢ min(1, sizes[k]·sᵢ²/Σs²) for s = t / divisor (``expected_poisson_sizes``).
+
+    Written as sizes[k] − Σ over the capped rows of (sizes[k]·sᵢ²/Σs² − 1) (the uncapped πᵢ sum to sizes[k]
+    over all rows), so the read of s after Σs² only compares most entries with a threshold. The divisor
+    rescales a target whose squares would under- or overflow (1.0: s is t, to the bit). Σs² must be positive
+    and finite."""
+    if divisor != 1.0:
+        t = t / divisor  # rare (b ~ 1e±300): the division stays out of the common case's loops
+    total = 0.0
+    for i in range(t.shape[0]):
+        total += t[i] * t[i]
+    factors = sizes / total
+    threshold = 1.0 / factors.max()
+    out[:] = sizes
+    for i in range(t.shape[0]):
+        square = t[i] * t[i]
+        if square > threshold:
+            for k in range(sizes.shape[0]):
+                excess = factors[k] * square - 1.0
+                if excess > 0.0:
+                    out[k] -= excess

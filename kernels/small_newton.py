@@ -30,7 +30,7 @@ from numba import njit, prange
 
 from .atomic import next_taken
 from .blas import syrk_upper
-from .csr import INDPTR_SOUND, csr_column_squares, indptr_fault
+from .csr import INDPTR_SOUND, csr_column_squares, csr_row_pairs, indptr_fault
 from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, longer_trial, \
     raised_damping
 from .dense import chunk_rmatmat, four_row_dots, row_dot, signed_scaled_rows
@@ -81,9 +81,10 @@ OUT_FLOAT_FIELDS = 7
 # its least-squares system was singular (the null-space and LP parts of the start run in Python).
 CONVERGED, MAX_ITER, STALLED, NON_FINITE = 0, 1, 2, 4
 START_FAILED = -1
-# A dense C with a NaN or ±Inf entry (checked here, on the solve's first read of C, not by a pass of its own
-# beforehand): the caller reports the problem's invalid input with Problem's message.
-C_NOT_FINITE = -2
+# A C with a NaN or ±Inf entry, or a CSR C with a column index outside [0, d) (checked here, on the solve's
+# first read of C, not by a pass of its own beforehand): the caller reports the problem's invalid input with
+# Problem's message.
+C_INVALID = -2
 FAULT_NONE, FAULT_AT_START, FAULT_AT_ZERO = -2, -1, 0
 # A stall because no damping gave an accepted step (O_KINK_COUNT is then −1: no kink sentence).
 NO_STEP = -1
@@ -928,32 +929,57 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
 
 
 @njit(parallel=True, cache=True)
-def csr_valid_at(addresses, shapes, stored, wide, out):
-    """out[p] = whether problem p's CSR arrays, read in place (``addresses[p]``: the ``A_*`` columns), are what
-    ``fastnewton.validation`` accepts of a CSR C of shape ``shapes[p]`` (n × d) holding ``stored[p]`` =
-    (len(indices), len(data)): indptr (n + 1 entries, int64 if ``wide[p]`` else int32) from 0 and never
-    decreasing, ending within indices and data; the indices it covers in [0, d); those values finite. One
-    problem per task: many problems' C checked without a Python call each."""
-    for p in prange(addresses.shape[0]):
-        n, d = shapes[p, 0], shapes[p, 1]
-        data = array_at(addresses[p, A_VALUES], (stored[p, 1],), np.float64)
-        if wide[p]:
-            out[p] = _csr_valid(array_at(addresses[p, A_INDPTR], (n + 1,), np.int64),
-                                array_at(addresses[p, A_INDICES], (stored[p, 0],), np.int64), data, d)
-        else:
-            out[p] = _csr_valid(array_at(addresses[p, A_INDPTR], (n + 1,), np.int32),
-                                array_at(addresses[p, A_INDICES], (stored[p, 0],), np.int32), data, d)
+def plain_target_facts(b, starts, finite, extremes):
+    """For each target p, t = b[starts[p]:starts[p + 1]] (many targets side by side): finite[p] = whether every
+    entry is finite (``fastnewton.validation``'s rule for b), extremes[p] = ``target_extremes(t)`` (max, min,
+    the least positive entry: the softmax models' facts). One task per target; the extremes are exact in any
+    order, so the thread count changes no bit."""
+    for p in prange(finite.shape[0]):
+        t = b[starts[p]:starts[p + 1]]
+        finite[p] = _all_finite(t)
+        top, bottom, least_positive = target_extremes(t)
+        extremes[p, 0] = top
+        extremes[p, 1] = bottom
+        extremes[p, 2] = least_positive
+
+
+@njit(parallel=True, cache=True)
+def plain_csr_facts(indptr, indptr_starts, stored_indices, stored_data, dense_from, sound, facts):
+    """For each CSR C p whose indptr is copied as int64 at indptr[indptr_starts[p]:indptr_starts[p + 1]], holding
+    ``stored_indices[p]`` indices and ``stored_data[p]`` values: sound[p] = whether that indptr is what
+    ``fastnewton.validation`` accepts (``indptr_fault``: from 0, never decreasing, ending within both), and for
+    a sound one facts[p] = (stored entries indptr[-1], the sandwich's pair updates over its rows shorter than
+    ``dense_from[p]`` entries, those long rows: ``csr_row_pairs``, as ``fastnewton.matrix.CSRMatrix`` forms
+    them). Only indptr is read: the entries it covers are checked by ``plain_csr_entries`` or where the
+    compiled solve first reads them (``_solve_packed``). One task per matrix."""
+    for p in prange(sound.shape[0]):
+        starts = indptr[indptr_starts[p]:indptr_starts[p + 1]]
+        sound[p] = indptr_fault(starts, stored_indices[p], stored_data[p]) == INDPTR_SOUND
+        if sound[p]:
+            _, short_pairs, long_rows = csr_row_pairs(starts, dense_from[p], np.empty(starts.shape[0] - 1, np.int64))
+            facts[p, 0] = starts[starts.shape[0] - 1]
+            facts[p, 1] = short_pairs
+            facts[p, 2] = long_rows
+
+
+@njit(parallel=True, cache=True)
+def plain_csr_entries(indices_at, data_at, nnz, columns, valid):
+    """valid[p] = whether CSR C p's ``nnz[p]`` stored entries, int64 column indices at ``indices_at[p]`` and
+    float64 values at ``data_at[p]`` (read in place), are what ``fastnewton.validation`` accepts of a C with
+    ``columns[p]`` columns (``_csr_entries_valid``). One task per matrix."""
+    for p in prange(valid.shape[0]):
+        valid[p] = _csr_entries_valid(array_at(indices_at[p], (nnz[p],), np.int64),
+                                      array_at(data_at[p], (nnz[p],), np.float64), columns[p])
 
 
 @njit(cache=True)
-def _csr_valid(indptr, indices, data, d):
-    if indptr_fault(indptr, indices.shape[0], data.shape[0]) != INDPTR_SOUND:
-        return False
-    nnz = indptr[indptr.shape[0] - 1]
+def _csr_entries_valid(indices, data, d):
+    """Whether a CSR C's stored entries (those its sound indptr covers) have column indices in [0, d) and
+    finite values: validation's rules for them."""
     outside = False
-    for k in range(nnz):
+    for k in range(indices.shape[0]):
         outside |= (indices[k] < 0) | (indices[k] >= d)  # no early exit: the loop vectorises
-    return not outside and _all_finite(data[:nnz])
+    return not outside and _all_finite(data)
 
 
 @njit(parallel=True, cache=True)
@@ -967,7 +993,7 @@ def solve_small_problems(order, lanes, layout, addresses, parameters, settings, 
     Reads each problem's C in place at ``addresses[p]``; writes its answer into its slice of x
     (which holds its start when it is given), ∇L into grad_out, and out_int / out_float (the
     O_* columns); a non-finite gradient that stopped a solve goes to fault_grad. A dense C with a
-    non-finite entry is not solved: its status is C_NOT_FINITE.
+    non-finite entry, or a CSR C with a column index outside [0, d), is not solved: its status is C_INVALID.
     """
     taken = np.zeros(1, dtype=np.int64)
     for lane in prange(lanes):
@@ -987,14 +1013,19 @@ def _solve_packed(p, layout, addresses, parameters, settings, b, w, x, grad_out,
     row = layout[p, L_ROW]
     col = layout[p, L_COL]
     csr = layout[p, L_CSR] == 1
-    # The dense C's check for NaN and ±Inf (Problem's), here rather than in a pass over every C before the solves:
-    # this first read brings C from memory for the start's sandwich that follows (1000 problems, 288 × 48 on
-    # average: a separate pass over their 115 MB took ~8 ms on 2 threads).
-    if not csr and not _all_finite(array_at(addresses[p, A_VALUES], (n * d,), np.float64)):
-        out_int[p, O_STATUS] = C_NOT_FINITE
+    # C's checks (Problem's: no NaN or ±Inf entry, a CSR C's column indices in [0, d); its indptr was checked
+    # before), here rather than in a pass over every C before the solves: this first read brings C from memory
+    # for the start's sandwich that follows (1000 dense problems, 288 × 48 on average: a separate pass over
+    # their 115 MB took ~8 ms on 2 threads).
+    matrix = matrix_at(csr, n, d, addresses[p, A_VALUES], addresses[p, A_INDPTR], addresses[p, A_INDICES])
+    if csr:
+        valid = _csr_entries_valid(matrix[2], matrix[3], d)
+    else:
+        valid = _all_finite(array_at(addresses[p, A_VALUES], (n * d,), np.float64))
+    if not valid:
+        out_int[p, O_STATUS] = C_INVALID
         out_int[p, O_N_ITER] = 0
         return
-    matrix = matrix_at(csr, n, d, addresses[p, A_VALUES], addresses[p, A_INDPTR], addresses[p, A_INDICES])
     _solve_one(matrix, b[row:row + n], w[row:row + n], layout[p, L_RELU] == 1, parameters[p, P_L2],
                parameters[p, P_TARGET_NORM], parameters[p, P_FLOOR], layout[p, L_START], layout[p, L_CHUNK],
                settings, x[col:col + d], grad_out[col:col + d], fault_grad[col:col + d], out_int[p],

@@ -48,7 +48,8 @@ def test_solve_many_reads_float64_inputs_in_place_and_copies_only_other_dtypes()
     assert csr32.indices.dtype == np.int32
     inputs = [(dense, 5), (dense.astype(np.float32), 5), (csr64, 40), (csr32, 40)]
     problems = [Problem(C, np.full(C.shape[0], 1.0 / C.shape[0])) for C, _ in inputs]
-    pack = _Packed(problems, [_start_kind(problem, "zeros") for problem in problems])
+    pack = _Packed.of_problems(problems, [_start_kind(problem.row_model.relu, problem.facts, "zeros", problem.d)
+                                          for problem in problems])
     values, indptr, indices = (pack.addresses[:, field] for field in (kernel.A_VALUES, kernel.A_INDPTR,
                                                                       kernel.A_INDICES))
     assert list(pack.layout[:, kernel.L_CSR]) == [0, 0, 1, 1]

@@ -116,7 +116,8 @@ def test_mixed_problems_exercise_both_packed_formats():
     from fastnewton.problem import Problem
 
     problems = [Problem(C, b) for C, b in _mixed("softmax")]
-    pack = _Packed(problems, [_start_kind(problem, "auto") for problem in problems])
+    pack = _Packed.of_problems(problems, [_start_kind(problem.row_model.relu, problem.facts, "auto", problem.d)
+                                          for problem in problems])
     from fastnewton.kernels.small_newton import L_CSR
 
     assert set(pack.layout[:, L_CSR]) == {0, 1}
@@ -195,9 +196,9 @@ def test_bad_problem_is_reported_by_index_and_the_others_solve():
 
 
 def test_non_finite_entries_of_plain_dense_problems_get_problems_messages():
-    """Problems with a float64 b and a dense float64 or sparse C are checked in bulk (one NumPy pass over
-    every b, one compiled pass over every dense C; as_input_matrix checks a sparse C): a NaN or ±Inf
-    anywhere gives Problem's own message, with the problem's index, and the others solve."""
+    """Plain problems (a float64 b, a dense float64 or CSR C) are checked in bulk (one compiled pass over every b,
+    a dense C's entries where the compiled solve reads them): a NaN or ±Inf anywhere gives solve's own error text
+    (Problem's), with the problem's index, and the others solve."""
     made = make_problem(60, 4, seed=8, dense=True)
     C, b = np.ascontiguousarray(made.C, dtype=np.float64), made.b
     broken = []
@@ -218,7 +219,7 @@ def test_non_finite_entries_of_plain_dense_problems_get_problems_messages():
     result = _quiet(solve_many, problems, model="softmax")
     for i, (bad_C, bad_b) in enumerate(broken, start=1):
         with pytest.raises(ValueError) as error:
-            fastnewton.Problem(bad_C, bad_b)
+            solve(bad_C, bad_b)
         assert result.status[i] == Status.INVALID_INPUT
         assert result.message[i].endswith(f"problem {i}: {error.value}")
     reference = solve(C, b)
@@ -273,26 +274,67 @@ def _csr_variants(C):
     return variants
 
 
-def test_plain_csr_problems_checked_in_bulk_match_problems_checks():
-    """A float64 CSR C with int32 or int64 indices is checked by one compiled pass over all such problems: a
-    corrupt one (a non-finite stored value, a column outside [0, d), an indptr that does not start at 0,
-    decreases or runs past the stored entries) gets Problem's own message with its index; the others
-    (values past indptr[-1] that are not entries, duplicates summed) get solve's answer."""
-    made = make_problem(80, 6, nnz_per_row=3, seed=9)
+@pytest.mark.parametrize("d, priced_off_exact", [(6, False), (40, False), (40, True)],
+                         ids=["read-as-dense-rows", "read-in-place", "left-to-solve"])
+def test_plain_csr_problems_checked_in_bulk_match_problems_checks(d, priced_off_exact, monkeypatch):
+    """A float64 CSR C with int32 or int64 indices has its indptr checked by one compiled pass over all such
+    problems, and its entries where the compiled solve reads them in place (d = 40, 3 entries per row), or
+    before it is read as dense rows (d = 6) or left to solve's loop: a corrupt one (a non-finite stored value, a
+    column outside [0, d), an indptr that does not start at 0, decreases or runs past the stored entries) gets
+    solve's own error text (Problem's) with its index; the others (values past indptr[-1] that are not
+    entries, duplicates summed) get solve's answer."""
+    import fastnewton.many_small as many_small_module
+    import fastnewton.rates as rates_module
+    left = []
+    if priced_off_exact:  # the CSR sandwich priced slow: auto picks a lagged or sketched Hessian
+        monkeypatch.setattr(rates_module, "CSR_SANDWICH_ROWS", 1e3)
+        solve_problem = many_small_module.solve_problem
+        monkeypatch.setattr(many_small_module, "solve_problem",
+                            lambda *args, **kwargs: left.append(1) or solve_problem(*args, **kwargs))
+    made = make_problem(80, d, nnz_per_row=3, seed=9)
     b = made.b
     variants = _csr_variants(made.C)
     problems = [(C, b) for C, _ in variants]
-    result = _quiet(solve_many, problems, model="softmax")
+    result = _quiet(solve_many, problems, model="softmax", seed=0)
+    assert len(left) == (sum(not corrupt for _, corrupt in variants) if priced_off_exact else 0)
     for i, (C, corrupt) in enumerate(variants):
         if corrupt:
             with pytest.raises(ValueError) as error:
-                fastnewton.Problem(C, b)
+                solve(C, b)
             assert result.status[i] == Status.INVALID_INPUT, i
             assert result.message[i].endswith(f"problem {i}: {error.value}"), i
         else:
-            reference = _quiet(solve, C, b)
+            reference = _quiet(solve, C, b, seed=0)
             assert result.status[i] == reference.status == Status.CONVERGED, i
             np.testing.assert_allclose(result.x[:, i], reference.x, rtol=X_RTOL)
+
+
+@pytest.mark.parametrize("model", ["softmax", "relu_softmax"])
+def test_plain_problems_get_the_bits_of_problems_built_one_by_one(model):
+    """Plain problems (float64 b, dense float64 or canonical float64 CSR C, no row weights) are checked and packed in
+    bulk, without a Problem each; given zero row weights (``row_weights=0.0``) the same problems each get a
+    Problem, whose packed inputs are the same: every output has the same bits (dense, CSR read in place and as
+    dense rows, int32 and int64 indices, among float32 problems that are never plain)."""
+    rng = np.random.default_rng(12)
+    problems = []
+    for i in range(10):
+        d = int(rng.integers(4, 40))
+        made = make_problem(int(rng.integers(30, 200)), d, nnz_per_row=3 if i % 2 else d // 2, model=model,
+                            noise=0.05, seed=40 + i)
+        C = made.C
+        if i % 5 == 1:
+            C = C.toarray()
+        elif i % 5 == 2:
+            C = sp.csr_matrix((C.data, C.indices.astype(np.int64), C.indptr.astype(np.int64)), shape=C.shape)
+        elif i % 5 == 3:
+            C = C.toarray().astype(np.float32)
+        problems.append((C, made.b))
+    plain = _quiet(solve_many, problems, model=model)
+    built = _quiet(solve_many, problems, model=model, row_weights=0.0)
+    for key in ("status", "n_iter", "loss", "grad_norm", "rel_grad_norm", "message"):
+        assert list(plain[key]) == list(built[key]), key
+    for x, y in zip(plain.x, built.x):
+        assert x.tobytes() == y.tobytes()
 
 
 def test_malformed_problems_argument_raises():

@@ -57,12 +57,7 @@ class Softmax(ColumnCurvature, Model):
         b = block.b
         # One compiled read for the extremes (four NumPy reductions and a masked copy cost ~5 µs on
         # the small targets of solve_many's problems).
-        top, bottom, least_positive = target_extremes(b)
-        # ‖b‖² of a target near the largest floats is inf, the scale the rounding tests then use (no warning).
-        with np.errstate(over="ignore"):
-            b_squared = dot(b, b)
-        return {"b_squared": b_squared, "max_b": top, "max_negated_min_b": -bottom,
-                "max_negated_min_positive_b": -least_positive}
+        return target_facts(*target_extremes(b), squared_norms([b])[0])
 
     def target_norm(self, facts):
         return float(np.sqrt(facts["b_squared"]))
@@ -128,6 +123,20 @@ class Softmax(ColumnCurvature, Model):
         if sample is not None and sample.kept:
             description += f" (on {sample.kept} leverage-sampled rows of {problem.n})"
         return x0, description
+
+
+def target_facts(top, bottom, least_positive, b_squared):
+    """``Softmax.facts`` from b's extremes (``target_extremes``: max b, min b, its least positive entry) and ‖b‖²
+    (``squared_norms``): ``solve_many`` forms those of many targets at once (``fastnewton.plain_problems``)."""
+    return {"b_squared": b_squared, "max_b": top, "max_negated_min_b": -bottom,
+            "max_negated_min_positive_b": -least_positive}
+
+
+def squared_norms(targets):
+    """‖b‖² of each target b (``dot``), as a list. ‖b‖² of a target near the largest floats is inf, the scale the
+    rounding tests then use (no warning)."""
+    with np.errstate(over="ignore"):
+        return [dot(b, b) for b in targets]
 
 
 def softmax_gradient(summary, known):

@@ -1,0 +1,183 @@
+"""``solve_many``'s plain problems: inputs already in the form ``Problem`` holds them, checked and described in bulk.
+
+A problem of a softmax model (``softmax``, ``relu_softmax``) is plain when it has no row weights of its own, a
+float64 target b of length n (``_plain_target``) and a C that ``as_input_matrix`` would use as it is: a
+C-contiguous float64 array (``_plain_dense``) or a canonical float64 CSR matrix with int32 or int64 indices
+(``_plain_csr``). What the compiled solve and ``auto``'s pricing read of a ``Problem`` is formed here for all of
+them at once, in a few compiled and NumPy calls, instead of one ``Problem`` each (building them took ~11 ms of
+the ~39 ms of Python in a solve_many of 1000 dense softmax problems, n 64–512, d 32–64; their CSR matrices'
+``CSRMatrix`` and checks another ~19 ms):
+
+- b's check and the model's facts: ``plain_target_facts`` (whether b is finite, validation's rule; b's
+  extremes by ``target_extremes``, the kernel ``Softmax.facts`` calls) and ‖b‖² (``squared_norms``, its call);
+- a CSR C's checks: its indptr by ``plain_csr_facts`` (validation's rule, ``indptr_fault``, on an int64 copy,
+  which the compiled solve reads anyway), with the sandwich's work that its ``CSRMatrix`` would form
+  (``csr_row_pairs``); the entries indptr covers (column indices in [0, d), finite values), like a dense C's
+  entries, where the compiled solve first reads them (``C_INVALID``), or by ``entries_valid`` for a C that it
+  does not read in place;
+- the shapes that ``auto`` prices (``shapes``).
+
+A problem that fails a check is not kept: ``Problem`` then rejects it, and its error is the message. A kept
+problem gets its ``Problem`` (``problem(k)``) only where one is needed: one left to ``solve``'s loop, or whose
+compiled start falls back to Python.
+"""
+import numpy as np
+import scipy.sparse as sp
+
+from .hessian import PricedShapes
+from .kernels.small_newton import plain_csr_entries, plain_csr_facts, plain_target_facts
+from .matrix import DenseMatrix, dense_row_threshold
+from .models.softmax import squared_norms, target_facts
+from .problem import Problem
+from .validation import csr_matrix_of
+
+
+def _plain_target(C, b):
+    """Whether b is already a float64 vector of length n ≥ 1 (finiteness aside) for a 2-D C (a C without
+    rows is Problem's to reject)."""
+    return (type(b) is np.ndarray and b.dtype == np.float64 and b.ndim == 1 and b.shape[0] > 0
+            and len(getattr(C, "shape", ())) == 2 and b.shape[0] == C.shape[0])
+
+
+def _plain_dense(C):
+    """Whether C is already in the form Problem converts a dense C to: a C-contiguous float64 ndarray
+    with at least one row and column (finiteness aside)."""
+    return (type(C) is np.ndarray and C.dtype == np.float64 and C.ndim == 2 and C.flags.c_contiguous
+            and C.shape[0] > 0 and C.shape[1] > 0)
+
+
+def _plain_csr(C):
+    """Whether C is a SciPy CSR matrix that ``as_input_matrix`` would use as it is: float64 values, int32 or
+    int64 indices (both the same), contiguous 1-D arrays, at least one row and column, indptr of length n + 1,
+    canonical (sorted, no duplicates: SciPy's own flag, kept on the matrix); its indptr is checked in bulk
+    (``plain_csr_facts``), its entries later (``PlainProblems.entries_valid``, or the compiled solve)."""
+    if not (sp.issparse(C) and C.format == "csr"):
+        return False
+    shape = C.shape
+    data, indptr, indices = C.data, C.indptr, C.indices
+    return (len(shape) == 2 and shape[0] > 0 and shape[1] > 0
+            and type(data) is np.ndarray and type(indptr) is np.ndarray and type(indices) is np.ndarray
+            and data.dtype == np.float64 and indptr.dtype == indices.dtype
+            and (indices.dtype == np.int32 or indices.dtype == np.int64)
+            and data.ndim == 1 and indptr.ndim == 1 and indices.ndim == 1
+            and data.flags.c_contiguous and indptr.flags.c_contiguous and indices.flags.c_contiguous
+            and indptr.shape[0] == shape[0] + 1 and C.has_canonical_format)
+
+
+def _offsets(lengths):
+    """The count + 1 offsets of arrays of these lengths laid side by side (0 first)."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+class PlainProblems:
+    """The plain problems among solve_many's, those whose checks passed, in input order (module docstring; a CSR
+    C's entries are checked later: ``entries_valid``).
+
+    Arrays, one entry per problem: ``index`` (its position in the batch), ``n``, ``d``, ``nnz`` (stored
+    entries), ``csr`` (C is CSR), ``values_at`` (the address of its dense C's entries, or of its CSR data),
+    ``indptr_at`` / ``indices_at`` (CSR: the addresses of its int64 index arrays, copied side by side into
+    ``held``), ``sparse_pairs`` and ``long_rows`` (CSR: its sandwich's work, as ``CSRMatrix.sandwich_work``);
+    ``b``, the targets side by side from ``offsets`` (count + 1); ``facts``, the model's facts of each target
+    (``Softmax.facts``'s dicts)."""
+
+    @classmethod
+    def of(cls, items, weights_each):
+        """Those of ``items`` ((C, b, V) each) with no V or row weights, a plain b and a plain C whose checks
+        pass; None when there is none."""
+        plain = [i for i, (C, b, V) in enumerate(items)
+                 if V is None and weights_each[i] is None and _plain_target(C, b) and (_plain_dense(C) or _plain_csr(C))]
+        return cls(items, plain) if plain else None
+
+    def __init__(self, items, plain):
+        count = len(plain)
+        matrices = [items[i][0] for i in plain]
+        targets = [items[i][1] for i in plain]
+        n = np.fromiter((b.shape[0] for b in targets), np.int64, count)
+        d = np.fromiter((C.shape[1] for C in matrices), np.int64, count)
+        csr = np.fromiter((type(C) is not np.ndarray for C in matrices), np.bool_, count)
+        offsets = _offsets(n)
+        b = np.concatenate(targets)
+        finite = np.empty(count, dtype=np.bool_)
+        extremes = np.empty((count, 3))
+        plain_target_facts(b, offsets, finite, extremes)
+        values_at = np.fromiter((C.data.ctypes.data if sparse else C.ctypes.data
+                                 for C, sparse in zip(matrices, csr.tolist())), np.int64, count)
+        nnz = n * d
+        sparse_pairs, long_rows = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
+        indptr_at, indices_at = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
+        valid = finite
+        self.held = []
+        at = np.flatnonzero(csr)
+        if at.size:
+            sparse = [matrices[k] for k in at.tolist()]
+            # int64 copies, side by side: the compiled solve reads int64 indices, and SciPy holds int32.
+            indptr = np.concatenate([C.indptr for C in sparse], dtype=np.int64)
+            indices = np.concatenate([C.indices for C in sparse], dtype=np.int64)
+            self.held += [indptr, indices]
+            indptr_starts = _offsets(n[at] + 1)
+            stored_indices = np.fromiter((C.indices.shape[0] for C in sparse), np.int64, at.size)
+            stored_data = np.fromiter((C.data.shape[0] for C in sparse), np.int64, at.size)
+            thresholds = {width: dense_row_threshold(width) for width in set(d[at].tolist())}
+            dense_from = np.array([thresholds[width] for width in d[at].tolist()], dtype=np.float64)
+            sound = np.empty(at.size, dtype=np.bool_)
+            facts = np.zeros((at.size, 3), dtype=np.int64)
+            plain_csr_facts(indptr, indptr_starts, stored_indices, stored_data, dense_from, sound, facts)
+            valid[at] &= sound
+            nnz[at], sparse_pairs[at], long_rows[at] = facts.T
+            indptr_at[at] = indptr.ctypes.data + indptr.itemsize * indptr_starts[:-1]
+            indices_at[at] = indices.ctypes.data + indices.itemsize * _offsets(stored_indices)[:-1]
+        kept = np.flatnonzero(valid)
+        if kept.size < count:
+            b = b[np.repeat(valid, n)]
+        self.index = np.asarray(plain, dtype=np.int64)[kept]
+        self._matrices = [matrices[k] for k in kept.tolist()]
+        self._targets = [targets[k] for k in kept.tolist()]
+        self.n, self.d, self.csr, self.nnz = n[kept], d[kept], csr[kept], nnz[kept]
+        self.values_at, self.indptr_at, self.indices_at = values_at[kept], indptr_at[kept], indices_at[kept]
+        self.sparse_pairs, self.long_rows = sparse_pairs[kept], long_rows[kept]
+        self.b, self.offsets = b, _offsets(self.n)
+        squares = squared_norms(self._targets)
+        self.facts = [target_facts(*extremes_k, square)
+                      for extremes_k, square in zip(extremes[kept].tolist(), squares)]
+
+    def entries_valid(self, chosen):
+        """Whether the CSR problems at positions ``chosen`` have stored entries that validation accepts (column
+        indices in [0, d), finite values: ``plain_csr_entries``), for those the compiled solve does not check
+        where it reads them (a C read as dense rows, or left to ``solve``'s loop): an array of bools."""
+        valid = np.empty(len(chosen), dtype=np.bool_)
+        plain_csr_entries(self.indices_at[chosen], self.values_at[chosen], self.nnz[chosen], self.d[chosen], valid)
+        return valid
+
+    def __len__(self):
+        return self.index.shape[0]
+
+    def matrix(self, k):
+        """Problem k's C as ``as_input_matrix`` gives it (a DenseMatrix or CSRMatrix)."""
+        C = self._matrices[k]
+        return csr_matrix_of(C.indptr, C.indices, C.data, C.shape) if self.csr[k] else DenseMatrix(C)
+
+    def dense_rows(self, k):
+        """Problem k's CSR C as dense float64 rows (``CSRMatrix.rows`` of every row: SciPy's ``toarray`` of the
+        same canonical arrays, entries past indptr[-1] not read)."""
+        return self._matrices[k].toarray()
+
+    def entries(self, k):
+        """Problem k's dense C (the caller's array)."""
+        return self._matrices[k]
+
+    def problem(self, k, model, l2, row_model):
+        """Problem k's ``Problem`` (``Problem.from_checked``: its checks were made here; ``row_model``, a
+        stateless model object of ``model`` to share)."""
+        return Problem.from_checked(self.matrix(k), self._targets[k], model, l2, row_model)
+
+    def shapes(self, model, l2, row_model):
+        """``auto``'s ``PricedShapes`` of these problems: the sandwich's work as their matrices form it
+        (``DenseMatrix`` / ``CSRMatrix.sandwich_work``: every dense row by SYRK; a CSR C's short rows by pair
+        updates, its long rows by SYRK), the flags those of a Problem of the batch."""
+        d = self.d
+        dense_rows = np.where(self.csr, self.long_rows, self.n)
+        work = np.column_stack([np.where(self.csr, self.sparse_pairs, 0), dense_rows * d * d / 2])
+        return PricedShapes.of_columns(self.n, d, self.nnz, ~self.csr, work, (self.b, self.offsets),
+                                       like=self.problem(0, model, l2, row_model))
