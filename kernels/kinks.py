@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit
 
 from .damping import predicted_ratio
+from .reduce import scaled_norm
 
 # At most this many rows of C are read per iteration for the kink tests (rows at the kink, held by the last
 # step, or whose sign flipped in it); beyond it the iterate is not settling on a few kinks (far from the
@@ -129,7 +130,7 @@ def least_norm_subgradient(g, R, table, count, column_scale):
             K += 1
     element = g.copy()
     if K == 0:
-        return 0, math.sqrt(_sum_squares(element, np.ones(d))), math.sqrt(_sum_squares(element, column_scale))
+        return 0, scaled_norm(element, np.ones(d)), scaled_norm(element, column_scale)
     # v_k = a_k R_k / D; the scaled element is D⁻¹g + Σ (θ_k − m_k) v_k
     V = np.empty((K, d))
     residual = np.empty(d)
@@ -165,16 +166,7 @@ def least_norm_subgradient(g, R, table, count, column_scale):
         weight = (theta[k] - table[rows[k], T_ACTIVE]) * table[rows[k], T_SLOPE]
         for j in range(d):
             element[j] += weight * R[rows[k], j]
-    return K, math.sqrt(_sum_squares(element, np.ones(d))), math.sqrt(_sum_squares(element, column_scale))
-
-
-@njit(cache=True)
-def _sum_squares(v, scale):
-    total = 0.0
-    for j in range(v.shape[0]):
-        value = v[j] / scale[j]
-        total += value * value
-    return total
+    return K, scaled_norm(element, np.ones(d)), scaled_norm(element, column_scale)
 
 
 @njit(cache=True)

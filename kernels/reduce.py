@@ -48,6 +48,16 @@ def _sum_partials_of_row(partial, j, out):
 
 
 @njit(cache=True)
+def scaled_norm(g, scale):
+    """‖g / scale‖, summed in index order (the column-scaled norm of the stopping tests)."""
+    total = 0.0
+    for j in range(g.shape[0]):
+        value = g[j] / scale[j]
+        total += value * value
+    return np.sqrt(total)
+
+
+@njit(cache=True)
 def gradient_rounding_bounds(R, column_scale):
     """(R·‖D‖, R·√d): for a gradient whose entry j errs by at most R·D_j (D = ``column_scale``), the bound on
     the error of its norm and of its column-scaled norm ‖g / D‖ (the two norms of the stopping test)."""

@@ -37,7 +37,7 @@ from .dense import chunk_rmatmat, four_row_dots, row_dot, signed_scaled_rows
 from .in_place import array_at
 from .kinks import (HELD_FULL, HELD_SHORT, MAX_CANDIDATES, NOT_HELD, TABLE_FIELDS, held_gain_ratio, held_rows,
                     held_step, kink_candidates, kink_table, least_norm_subgradient)
-from .reduce import gradient_rounding_bounds
+from .reduce import gradient_rounding_bounds, scaled_norm
 from .sandwich import ROW_PAD, _add_row, _sorted_rows
 from .simd import subtract_column_products4, subtract_column_products16
 from .softmax import (
@@ -343,15 +343,6 @@ def _norm_or_inf(g):
 
 
 @njit(cache=True)
-def _scaled_norm(g, scale):
-    acc = 0.0
-    for j in range(g.shape[0]):
-        v = g[j] / scale[j]
-        acc += v * v
-    return math.sqrt(acc)
-
-
-@njit(cache=True)
 def _rounding_level(loss, target_norm, factor):
     return factor * (abs(loss) + math.sqrt(2.0 * abs(loss)) * target_norm)
 
@@ -554,12 +545,12 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, mod
         fault_grad[:] = grad_at_zero
     if status == RUNNING:
         g_ref = g_ref_zero if g_ref_zero > 0 else grad_norm
-        scaled_g_ref = (_scaled_norm(grad_at_zero, column_scale) if g_ref_zero > 0
-                        else _scaled_norm(point[1], column_scale))
+        scaled_g_ref = (scaled_norm(grad_at_zero, column_scale) if g_ref_zero > 0
+                        else scaled_norm(point[1], column_scale))
         # NewtonRun.begin: ∇L(0) within its own rounding bound makes tol·g_ref rounding too (NewtonRun.stopping).
         rounding_bound, scaled_rounding_bound = gradient_rounding_bounds(gradient_rounding, column_scale)
         at_rounding = (g_ref_zero <= rounding_bound
-                       and _scaled_norm(grad_at_zero, column_scale) <= scaled_rounding_bound)
+                       and scaled_norm(grad_at_zero, column_scale) <= scaled_rounding_bound)
         # CarriedForward
         carried_steps = 0
         carried_path = math.sqrt(_dot(x, x))
@@ -581,7 +572,7 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, mod
         x_longer = np.empty(d)
         while True:
             u, grad = point[0], point[1]
-            if grad_norm <= tol * g_ref and _scaled_norm(grad, column_scale) <= tol * scaled_g_ref:
+            if grad_norm <= tol * g_ref and scaled_norm(grad, column_scale) <= tol * scaled_g_ref:
                 status = CONVERGED
                 break
             if kink_test(model, matrix, point, previous, scalars, x, column_scale, settings, tol * g_ref,
@@ -594,7 +585,7 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, mod
             if n_iter - last_progress >= settings[S_STALL_WINDOW]:
                 status = STALLED
                 if (at_rounding and grad_norm <= rounding_bound
-                        and _scaled_norm(grad, column_scale) <= scaled_rounding_bound):
+                        and scaled_norm(grad, column_scale) <= scaled_rounding_bound):
                     status = CONVERGED
                     converged_bound = rounding_bound
                 break
@@ -850,13 +841,18 @@ def _kink_refine(model, point, U, column_scale, p, refined):
 
 
 @njit(cache=True)
+def scaled_step(t, p):
+    """t·p, a new array (the step whose gain ratio a model's ``refined_gain`` gives)."""
+    step = np.empty(p.shape[0])
+    for j in range(p.shape[0]):
+        step[j] = t * p[j]
+    return step
+
+
+@njit(cache=True)
 def _kink_gain(model, point, H, p, t, actual, noise):
     """The gain ratio of a held step t·p (``held_gain_ratio``)."""
-    d = p.shape[0]
-    step = np.empty(d)
-    for j in range(d):
-        step[j] = t * p[j]
-    return held_gain_ratio(point[1], H, step, actual, noise)
+    return held_gain_ratio(point[1], H, scaled_step(t, p), actual, noise)
 
 
 @njit(cache=True)

@@ -37,7 +37,7 @@ from .atomic import next_taken
 from .damping import predicted_ratio
 from .in_place import array_at
 from .small_newton import (_all_finite, _cholesky, _cholesky_solve, _dot, _matvec, _quadratic, _rmatmat, _sandwich,
-                           _sandwich_work, matrix_at, newton_loop, no_kink_test, S_ROUNDING_FACTOR)
+                           _sandwich_work, matrix_at, newton_loop, no_kink_test, scaled_step, S_ROUNDING_FACTOR)
 from .softmax import curvature_weight, log_partition_serial, softmax_relu_columns_row, softmax_relu_gradient_rounding
 
 # Columns of ``table`` (int64, one row per request).
@@ -349,11 +349,7 @@ def _refine_step(model, point, L, column_scale, p, refined):
 
 @njit(cache=True)
 def _refined_gain(model, point, H, p, t, actual, noise):
-    d = p.shape[0]
-    step = np.empty(d)
-    for j in range(d):
-        step[j] = t * p[j]
-    return _one_sided_gain_ratio(H, point[1], point[7], model[9], point[4], step, actual, noise)
+    return _one_sided_gain_ratio(H, point[1], point[7], model[9], point[4], scaled_step(t, p), actual, noise)
 
 
 # -- one Newton loop ----------------------------------------------------------------------------------
