@@ -443,12 +443,12 @@ class NewtonRun:
         # Independent of the start, so runs from different starts (and peers) meet one criterion;
         # ‖∇L(x0)‖ only where ∇L(0) = 0.
         self.g_ref = g_ref_zero if g_ref_zero > 0 else self.grad_norm
-        self.scaled_g_ref = self.scaled_norm(self.grad_at_zero) if g_ref_zero > 0 else self.scaled_norm(ev.grad)
+        scaled_zero = self.scaled_norm(self.grad_at_zero)
+        self.scaled_g_ref = scaled_zero if g_ref_zero > 0 else self.scaled_norm(ev.grad)
         # ∇L(0) within the bound on its own rounding (b constant to rounding: softmax(0) is then optimal, and
         # ∇L(0) is rounding, not a scale): tol·g_ref is below what any evaluation resolves (``stopping``).
         self.rounding_bounds = gradient_rounding_bounds(self.gradient_rounding, self.options.column_scale)
-        self.at_rounding = (g_ref_zero <= self.rounding_bounds[0]
-                            and self.scaled_norm(self.grad_at_zero) <= self.rounding_bounds[1])
+        self.at_rounding = g_ref_zero <= self.rounding_bounds[0] and scaled_zero <= self.rounding_bounds[1]
         self.carried = CarriedForward(path=norm(self.x0))
         _record(self.history, 0, ev, self.grad_norm, self.g_ref, None, self.timer, self.clock, self.options,
                 self.problem.iteration_extras())

@@ -545,12 +545,11 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, mod
         fault_grad[:] = grad_at_zero
     if status == RUNNING:
         g_ref = g_ref_zero if g_ref_zero > 0 else grad_norm
-        scaled_g_ref = (scaled_norm(grad_at_zero, column_scale) if g_ref_zero > 0
-                        else scaled_norm(point[1], column_scale))
+        scaled_zero = scaled_norm(grad_at_zero, column_scale)
+        scaled_g_ref = scaled_zero if g_ref_zero > 0 else scaled_norm(point[1], column_scale)
         # NewtonRun.begin: ∇L(0) within its own rounding bound makes tol·g_ref rounding too (NewtonRun.stopping).
         rounding_bound, scaled_rounding_bound = gradient_rounding_bounds(gradient_rounding, column_scale)
-        at_rounding = (g_ref_zero <= rounding_bound
-                       and scaled_norm(grad_at_zero, column_scale) <= scaled_rounding_bound)
+        at_rounding = g_ref_zero <= rounding_bound and scaled_zero <= scaled_rounding_bound
         # CarriedForward
         carried_steps = 0
         carried_path = math.sqrt(_dot(x, x))

@@ -57,17 +57,11 @@ OUT_FLOAT_FIELDS = 4
 
 
 @njit(cache=True)
-def _max_abs_entry(Vm):
-    """max|V| over V's stored entries (0 when none)."""
-    A, indptr, indices, data, csr = Vm
+def _max_abs(a):
+    """max|aᵢ| over a 1-D array (0 when empty)."""
     largest = 0.0
-    if csr:
-        for k in range(indptr[indptr.shape[0] - 1]):
-            largest = max(largest, abs(data[k]))
-    else:
-        for i in range(A.shape[0]):
-            for j in range(A.shape[1]):
-                largest = max(largest, abs(A[i, j]))
+    for i in range(a.shape[0]):
+        largest = max(largest, abs(a[i]))
     return largest
 
 
@@ -397,13 +391,8 @@ def _newton_loop(matrix, Vm, b, offset, w, l2, tol, max_iter, target_norm, chunk
     _matvec(matrix, x, u)
     loss, scalars = _evaluate_point(model, matrix, x, point)
     previous[4][:] = y  # the kink test's y before the last step
-    # The bound on ∇L(0)'s rounding, from max|V| and max|b| + max|o| (SoftmaxRelu.gradient_rounding's)
-    max_abs_b = 0.0
-    max_abs_offset = 0.0
-    for j in range(m):
-        max_abs_b = max(max_abs_b, abs(b[j]))
-        max_abs_offset = max(max_abs_offset, abs(offset[j]))
-    gradient_rounding = softmax_relu_gradient_rounding(n, m, _max_abs_entry(Vm), max_abs_b + max_abs_offset,
+    # The bound on ∇L(0)'s rounding, from max|V| and max|b| + max|o| (SoftmaxRelu.gradient_rounding's; V is dense)
+    gradient_rounding = softmax_relu_gradient_rounding(n, m, _max_abs(Vm[0].ravel()), _max_abs(b) + _max_abs(offset),
                                                         settings[S_ROUNDING_FACTOR])
     status, n_iter, loss, _, grad_norm, g_ref, converged_bound, point, previous, _, _ = newton_loop(
         _evaluate_point, _loss_at_point, _hessian_at_point, _refine_step, _refined_gain, no_kink_test, model, matrix,

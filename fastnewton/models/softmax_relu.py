@@ -62,7 +62,7 @@ class SoftmaxRelu(ColumnCurvature, Model):
 
     def facts(self, block):
         # max|V| (the bound on ∇L(0)'s rounding); a block's V may have no rows, whose maximum is 0.
-        return {"max_abs_V": float(np.max(np.abs(block.V), initial=0.0))}
+        return {"max_abs_V": _max_abs(block.V)}
 
     def gradient_rounding(self, n, facts, rounding):
         """``kernels.softmax.softmax_relu_gradient_rounding`` with B = max|b| + max|o| (the compiled loop of many
