@@ -26,6 +26,7 @@ import scipy.linalg
 
 from . import rates, threads
 from .chunking import chunk_rows
+from .kernels.kinks import small_spd_solve
 from .kernels.reduce import add_scaled, scale_into
 from .kernels.sketch import expected_poisson_sizes, expected_poisson_sizes_parallel
 from .matrix import estimated_sandwich_work
@@ -156,6 +157,42 @@ class NewtonSystem:
             if factor is None:
                 return None
             return -scipy.linalg.cho_solve(factor, scaled_g, check_finite=False) / self.column_scale
+        factor = self._preconditioner(mu)
+        if factor is None:
+            return None
+        solved = yield from self._pcg(factor, scaled_g, mu)
+        if solved is None:
+            return None
+        step = solved.p / self.column_scale
+        self.step_forward = (step, solved.forward)
+        return step
+
+    def held_solve_rounds(self, g, mu, rows, u):
+        """For a CG system (``hessp``): the step of (H + μD²) p ≈ −g with the rows ``rows`` of C (dense, K × d)
+        held where rows·p = −u (fastnewton.kinks: relu_softmax's rows at the ReLU kink), by projected CG
+        (``_pcg`` with ``HeldRows``); a generator as ``solve_rounds``. Returns (p, ν, pᵀHp), with ν the rows'
+        multipliers ((H + μD²) p + g + rowsᵀν = 0 to CG's forcing on the reduced residual) and pᵀHp for the
+        step's gain ratio, or None (no usable step: rows dependent, non-finite, negative curvature at once)."""
+        if not np.all(np.isfinite(self._scaled)):
+            return None
+        factor = self._preconditioner(mu)
+        if factor is None:
+            return None
+        held = HeldRows.of(factor, rows / self.column_scale)
+        if held is None:
+            return None
+        scaled_g = g / self.column_scale
+        solved = yield from self._pcg(factor, scaled_g, mu, held, u)
+        if solved is None:
+            return None
+        # (D⁻¹HD⁻¹ + μI) p̂ = −ĝ − r (r: CG's residual) gives p̂ᵀ(D⁻¹HD⁻¹)p̂ = −p̂ᵀ(ĝ + r) − μ‖p̂‖², with no product
+        curvature = -dot(solved.p, scaled_g + solved.residual) - mu * dot(solved.p, solved.p)
+        self.info["held_cg_iterations"] = self.info.get("held_cg_iterations", 0) + solved.iterations
+        return solved.p / self.column_scale, solved.multipliers, curvature
+
+    def _preconditioner(self, mu):
+        """CG's preconditioner factor at damping μ (``_reused_factor``), shifted further while it does not
+        factor (``MAX_PRECONDITIONER_SHIFTS``, the shift in info), or None."""
         factor, shift = self._reused_factor(mu), 0.0
         for _ in range(MAX_PRECONDITIONER_SHIFTS):
             if factor is not None:
@@ -165,12 +202,7 @@ class NewtonSystem:
         if factor is None:
             return None
         self.info["preconditioner_shift"] = shift
-        p, forward = yield from self._pcg(factor, scaled_g, mu)
-        if p is None:
-            return None
-        step = p / self.column_scale
-        self.step_forward = (step, forward)
-        return step
+        return factor
 
     def forward_of(self, step):
         """C·step when ``step`` is what the last ``solve`` returned and CG summed it from the passes of
@@ -198,27 +230,45 @@ class NewtonSystem:
         Hv = yield HessianProduct(self.hessp, v / self.column_scale)
         return Hv / self.column_scale
 
-    def _pcg(self, factor, g, mu):
-        """Preconditioned CG from p = 0 on (D⁻¹HD⁻¹ + μI) p = −g (g scaled) until ‖residual‖ ≤ forcing·‖g‖:
-        (p, C·(p/D) summed from the products' passes, or None when ``hessp`` does not keep them).
+    def _pcg(self, factor, g, mu, held=None, u=None):
+        """Preconditioned CG from p = 0 on (D⁻¹HD⁻¹ + μI) p = −g (g scaled) until ‖residual‖ ≤ forcing·‖g‖: a
+        ``CGSolve`` (with C·(p/D) summed from the products' passes where ``hessp`` keeps them), or None.
+        With ``held`` (a ``HeldRows`` Â) projected CG (Gould, Hribar & Nocedal 2001): from the point where
+        u + Âp = 0, each preconditioned residual projected onto Âd = 0, until the reduced residual r − Âᵀν
+        (the part no multiplier ν of the held rows accounts for) is ≤ forcing × its first value.
         A generator (``solve_rounds``): yields each product."""
-        keeps_forward = isinstance(self.hessp, ForwardKeepingProduct)
+        keeps_forward = held is None and isinstance(self.hessp, ForwardKeepingProduct)
         forward = None
-        p = np.zeros_like(g)
-        residual = -g.copy()
-        z = scipy.linalg.cho_solve(factor, residual, check_finite=False)
+        multipliers = None
+        if held is None:
+            p = np.zeros_like(g)
+            residual = -g.copy()
+            z = scipy.linalg.cho_solve(factor, residual, check_finite=False)
+            target = self.forcing * norm(g)
+        else:
+            p = held.feasible(u)
+            residual = -g - ((yield from self._scaled_hessp(p)) + mu * p)
+            z, multipliers, reduced = held.project(factor, residual)
+            target = self.forcing * norm(reduced)
         direction = z.copy()
         rz = dot(residual, z)
-        target = self.forcing * norm(g)
-        self.info.pop("cg_truncated", None)
-        for iteration in range(1, self.max_cg_iterations + 1):
+        limit = self.max_cg_iterations
+        if held is None:
+            self.info.pop("cg_truncated", None)
+        else:
+            # CG on the (d − K)-dimensional null space of the held rows ends within d − K iterations in exact
+            # arithmetic; past them only rounding is left to reduce, and a curvature at rounding level blows up.
+            limit = min(limit, max(1, g.shape[0] - held.A.shape[0]))
+        for iteration in range(1, limit + 1):
             Hd = (yield from self._scaled_hessp(direction)) + mu * direction
             curvature = dot(direction, Hd)
             if not curvature > 0.0:
-                self.info["cg_iterations"] = iteration
                 # Negative curvature of H + μD²: the damping must grow (the first direction is
                 # the preconditioned gradient, so p = 0 here means no usable step yet).
-                return (p, forward) if iteration > 1 else (None, None)
+                if iteration == 1:
+                    self._count(held, iteration)
+                    return None
+                break
             alpha = rz / curvature
             p += alpha * direction
             if keeps_forward:
@@ -232,16 +282,74 @@ class NewtonSystem:
                     # without its temporary and second single-threaded pass
                     add_scaled(forward, alpha, self.hessp.forward, chunk_rows(forward.shape[0]), forward)
             residual -= alpha * Hd
-            if norm(residual) <= target:
-                break
-            z = scipy.linalg.cho_solve(factor, residual, check_finite=False)
+            if held is None:
+                if norm(residual) <= target:
+                    break
+                z = scipy.linalg.cho_solve(factor, residual, check_finite=False)
+            else:
+                z, multipliers, reduced = held.project(factor, residual)
+                if norm(reduced) <= target:
+                    break
             rz_next = dot(residual, z)
             direction = z + (rz_next / rz) * direction
             rz = rz_next
         else:
-            self.info["cg_truncated"] = True
-        self.info["cg_iterations"] = iteration
-        return p, forward
+            if held is None:
+                self.info["cg_truncated"] = True
+        self._count(held, iteration)
+        return CGSolve(p, forward, residual, multipliers, iteration)
+
+    def _count(self, held, iterations):
+        """A plain solve's CG iterations go to info["cg_iterations"] (a held solve's: ``held_solve_rounds``)."""
+        if held is None:
+            self.info["cg_iterations"] = iterations
+
+
+@dataclass
+class CGSolve:
+    """What ``NewtonSystem._pcg`` returns: the (scaled) step p, C·(p/D) summed from the products' passes (or
+    None), the last residual −g − (D⁻¹HD⁻¹ + μI)p, the held rows' multipliers (projected CG), the iterations."""
+
+    p: np.ndarray
+    forward: object
+    residual: np.ndarray
+    multipliers: object
+    iterations: int
+
+
+class HeldRows:
+    """Projected CG's constraint Â p = −u (Â: the held rows of C in scaled columns, K × d) in the metric of the
+    preconditioner P: Y = P⁻¹Âᵀ and S = ÂY (K × K, symmetric positive definite when the rows are independent)."""
+
+    def __init__(self, A, Y, S):
+        self.A, self.Y, self.S = A, Y, S
+
+    @classmethod
+    def of(cls, factor, A):
+        """The constraint of rows A with P's Cholesky factor, or None when A's rows are dependent
+        (kernels/kinks.py's ``small_spd_solve`` test)."""
+        Y = scipy.linalg.cho_solve(factor, np.ascontiguousarray(A.T), check_finite=False)
+        S = A @ Y
+        probe = np.empty(S.shape[0])
+        if not small_spd_solve(S, np.ones(S.shape[0]), probe):
+            return None
+        return cls(A, Y, S)
+
+    def _solve(self, rhs):
+        out = np.empty(rhs.shape[0])
+        small_spd_solve(self.S, rhs, out)
+        return out
+
+    def feasible(self, u):
+        """p = −Y S⁻¹u: Âp = −u, the point of least P-norm on the constraint."""
+        return -(self.Y @ self._solve(u))
+
+    def project(self, factor, r):
+        """(z, ν, r − Âᵀν): z = P⁻¹(r − Âᵀν) with ν = S⁻¹ÂP⁻¹r, so Âz = 0; ν also the multipliers of the held rows
+        when r is the residual −g − Mp of the model's gradient (Mp + g + Âᵀν = r − Âᵀν ≈ 0 at the end)."""
+        z = scipy.linalg.cho_solve(factor, r, check_finite=False)
+        nu = self._solve(self.A @ z)
+        return z - self.Y @ nu, nu, r - self.A.T @ nu
 
 
 @dataclass

@@ -3,14 +3,18 @@ least-norm Clarke subgradient there (the stopping test at a kink) and the step t
 kink. The math is kernels/kinks.py's, which the compiled loop of ``solve_many`` (kernels/small_newton.py) calls
 too; this module gathers its inputs from a ``Problem``'s evaluation and solves with the step's ``NewtonSystem``.
 
-Only on one machine (Dask's evaluator keeps the rows on its workers: its ``relu_kink_inputs`` are None) and, for the
-step, only with a system that has a factor (``exact``, ``sketch``): with CG (``pcg``, the lagged systems) each
-of the bordered system's solves would cost passes over C, so those take the plain step (the kink stopping
-test applies to every strategy)."""
+With a factored system (``exact``, ``sketch``) the held step is the bordered solve on the factor (``held_step``).
+With CG (``pcg``, the lagged systems) a bordered solve would need one CG solve per row, each made of passes over
+C; instead projected CG (``NewtonSystem.held_solve_rounds``) solves the held model once per working set, its
+iterates kept on C_K p = −u_K, its multipliers from the last projection, and the working set is updated by the
+same rule (``update_working_set``). Only on one machine: Dask's evaluator keeps the rows on its workers (its
+``relu_kink_inputs`` are None), so there the plain step is taken and no kink test is made."""
 import numpy as np
 
-from .kernels.kinks import (MAX_CANDIDATES, TABLE_FIELDS, held_gain_ratio, held_rows, held_step, kink_candidates,
-                            kink_table, least_norm_subgradient)
+from .kernels.damping import predicted_ratio
+from .kernels.kinks import (MAX_CANDIDATES, MAX_KINK_ROWS, MAX_UPDATES, T_U, TABLE_FIELDS, held_gain_ratio, held_rows,
+                            held_step, kink_candidates, kink_table, least_norm_subgradient, update_working_set)
+from .reductions import dot
 
 NO_ROWS = np.empty(0, dtype=np.int64)
 
@@ -48,27 +52,51 @@ class Kinks:
         """(rows at the kink, ‖g*‖, ‖D⁻¹g*‖) of the least-norm Clarke element g* (``least_norm_subgradient``)."""
         return least_norm_subgradient(g, self.rows, self.table, self.index.shape[0], column_scale)
 
-    def step(self, system, g, mu, p):
-        """(step, rows held): the step with the working set's rows held at the kink (``held_step``), or (p, none)."""
+    def step_rounds(self, system, g, mu, p):
+        """(step, rows held, its pᵀHp or None): the step with the working set's rows held at the kink, or
+        (p, none, None). A generator as ``NewtonSystem.solve_rounds`` (a CG system's products are yielded).
+
+        With a factor (``exact``, ``sketch``): ``held_step`` on W = M⁻¹C_Kᵀ from the factor. With CG (``pcg``, the
+        lagged systems): projected CG on the working set (``NewtonSystem.held_solve_rounds``), one per update of
+        the working set (``update_working_set``: the same rule), which gives the step's pᵀHp too."""
         count = self.index.shape[0]
         member = np.empty(count, dtype=np.bool_)
         if not held_rows(self.rows, self.table, count, p, member):
-            return p, NO_ROWS
-        W = np.empty((p.shape[0], count))
-        for k in range(count):
-            column = system.solve(self.rows[k], mu)  # −M⁻¹Rₖ
-            if column is None:
-                return p, NO_ROWS
-            W[:, k] = -column
-        held = np.empty_like(p)
-        if not held_step(self.rows, W, self.table, member, p, g, held):
-            return p, NO_ROWS
-        return held, self.index[member]
+            return p, NO_ROWS, None
+        if system.hessp is None:
+            W = np.empty((p.shape[0], count))
+            for k in range(count):
+                column = system.solve(self.rows[k], mu)  # −M⁻¹Rₖ
+                if column is None:
+                    return p, NO_ROWS, None
+                W[:, k] = -column
+            held = np.empty_like(p)
+            if not held_step(self.rows, W, self.table, member, p, g, held):
+                return p, NO_ROWS, None
+            return held, self.index[member], None
+        left = np.zeros(count, dtype=np.bool_)
+        for _ in range(MAX_UPDATES + 1):
+            rows = np.flatnonzero(member)
+            if rows.shape[0] == 0 or rows.shape[0] > MAX_KINK_ROWS:
+                break
+            solved = yield from system.held_solve_rounds(g, mu, self.rows[rows], self.table[rows, T_U])
+            if solved is None:
+                break
+            held, nu, curvature = solved
+            if update_working_set(self.rows, self.table, rows, nu, held, member, left):
+                continue
+            if np.all(np.isfinite(held)) and dot(g, held) < 0.0:
+                return held, self.index[member], curvature
+            break
+        return p, NO_ROWS, None
 
 
-def held_ratio(system, g, s, actual, noise):
-    """The gain ratio of a held step s (``held_gain_ratio``, with the system's matrix)."""
-    return held_gain_ratio(g, system.matrix, s, actual, noise)
+def held_ratio(system, g, s, actual, noise, curvature=None):
+    """The gain ratio of a held step s: ``held_gain_ratio`` with the system's matrix, or, given sᵀHs
+    (``curvature``: a CG system's matrix is only its preconditioner), actual / (−gᵀs − ½ sᵀHs)."""
+    if curvature is None:
+        return held_gain_ratio(g, system.matrix, s, actual, noise)
+    return predicted_ratio(actual, -(dot(g, s) + 0.5 * curvature), noise)
 
 
 def kink_stationary_text(count):

@@ -278,16 +278,16 @@ def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, t
     # (fastnewton.active_set); only where the system has a factor (with CG each solve costs passes over C).
     one_sided = problem.one_sided_outputs(ev) if system.hessp is None else None
     # relu_softmax's rows at (or zig-zagging across) their ReLU kink are held there (``fastnewton.kinks``).
-    kinks = kinks if system.hessp is None else None
     for _ in range(MAX_DAMPING_TRIES):
         refined = False
         held = NO_ROWS
+        curvature = None  # a held CG step's pᵀHp (``Kinks.step_rounds``)
         with timer("solve"):
             p = yield from system.solve_rounds(g, mu)
             if one_sided is not None and p is not None and _all_finite(p) and dot(g, p) < 0.0:
                 p, refined = one_sided_step(system, g, mu, p, *one_sided)
             if kinks is not None and p is not None and _all_finite(p) and dot(g, p) < 0.0:
-                p, held = kinks.step(system, g, mu, p)
+                p, held, curvature = yield from kinks.step_rounds(system, g, mu, p)
                 refined = held.size > 0
         if p is None or not _all_finite(p) or not dot(g, p) < 0.0:
             mu, increase = raised_damping(mu, increase, scale)
@@ -302,9 +302,13 @@ def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, t
             scaled = line.p * system.column_scale
             scaled2 = dot(scaled, scaled)
 
+            # sᵀHs of s = line.p (p shortened by the cap)
+            line_curvature = None if curvature is None else curvature * cap * cap
+
             def ratio_of(t, L_t):
                 if held.size:
-                    return held_ratio(system, g, t * line.p, L0 - L_t, noise)
+                    return held_ratio(system, g, t * line.p, L0 - L_t, noise,
+                                      None if line_curvature is None else t * t * line_curvature)
                 if refined:
                     return one_sided_gain_ratio(system, g, *one_sided, t * line.p, L0 - L_t, noise)
                 return gain_ratio(L0 - L_t, t * slope, t * t * scaled2, mu, t * cap, noise)
@@ -325,8 +329,8 @@ def newton_step_rounds(problem, ev, system, mu, max_logit_step=MAX_LOGIT_STEP, t
                         # undamped model's minimiser along the line (kernels/damping.py); for a refined
                         # step qᵀHq comes from the system's matrix (its damped identity does not hold).
                         if refined and mu > 0.0:
-                            longer = longer_trial(slope, dot(line.p, system.matrix @ line.p), line.largest,
-                                                  max_logit_step)
+                            pHp = line_curvature if line_curvature is not None else dot(line.p, system.matrix @ line.p)
+                            longer = longer_trial(slope, pHp, line.largest, max_logit_step)
                         else:
                             longer = extended_length(slope, scaled2, mu, cap, line.largest, max_logit_step)
                         if longer > 1.0:

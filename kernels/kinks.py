@@ -223,28 +223,14 @@ def held_step(R, W, table, member, p0, g, p):
                     total += R[ra, j] * W[j, rows[b]]
                 S[a, b] = total
         nu = np.empty(K)
-        if not _small_spd_solve(S, rhs, nu):
+        if not small_spd_solve(S, rhs, nu):
             return 0
         for j in range(d):
             value = p0[j]
             for a in range(K):
                 value -= W[j, rows[a]] * nu[a]
             p[j] = value
-        changed = False
-        for a in range(K):
-            slope = table[rows[a], T_SLOPE]
-            share = table[rows[a], T_ACTIVE] * slope + nu[a]
-            if not (0.0 <= share <= slope):
-                member[rows[a]] = False
-                left[rows[a]] = True
-                changed = True
-        for k in range(count):
-            # A row at the kink (or one that left K in this step) is decided by its multiplier alone: its uᵢ is
-            # 0 to rounding, whose sign says nothing, and re-entering would cycle.
-            if (not member[k] and not left[k] and table[k, T_NONZERO] != 0.0 and table[k, T_AT_KINK] == 0.0
-                    and _crosses(R, table, k, p)):
-                member[k] = True
-                changed = True
+        changed = update_working_set(R, table, rows, nu, p, member, left)
         if changed:
             continue
         descent = 0.0
@@ -257,7 +243,30 @@ def held_step(R, W, table, member, p0, g, p):
 
 
 @njit(cache=True)
-def _small_spd_solve(S, rhs, out):
+def update_working_set(R, table, rows, nu, p, member, left):
+    """The primal-dual active set update after the held step p with the rows ``rows`` of K held (their multipliers
+    ν, Mp + g + C_Kᵀν = 0): a row whose share λᵢ = mᵢaᵢ + νᵢ leaves [0, aᵢ] leaves K (and is marked in ``left``),
+    a candidate off the kink that p moves across it joins K; returns whether K changed."""
+    changed = False
+    for a in range(rows.shape[0]):
+        slope = table[rows[a], T_SLOPE]
+        share = table[rows[a], T_ACTIVE] * slope + nu[a]
+        if not (0.0 <= share <= slope):
+            member[rows[a]] = False
+            left[rows[a]] = True
+            changed = True
+    for k in range(member.shape[0]):
+        # A row at the kink (or one that left K in this step) is decided by its multiplier alone: its uᵢ is
+        # 0 to rounding, whose sign says nothing, and re-entering would cycle.
+        if (not member[k] and not left[k] and table[k, T_NONZERO] != 0.0 and table[k, T_AT_KINK] == 0.0
+                and _crosses(R, table, k, p)):
+            member[k] = True
+            changed = True
+    return changed
+
+
+@njit(cache=True)
+def small_spd_solve(S, rhs, out):
     """out = S⁻¹rhs for a small symmetric S (its lower triangle) by Cholesky; False when a pivot is below
     PIVOT_RTOL × the largest diagonal entry (the rows held are dependent) or not finite."""
     K = S.shape[0]

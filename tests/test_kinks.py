@@ -15,7 +15,9 @@ from fastnewton import Problem, Status, make_problem, solve, solve_many
 from fastnewton.kernels.kinks import (HELD_FULL, MAX_CANDIDATES, NOT_HELD, T_ACTIVE, T_AT_KINK, T_FLIPPED, T_HELD,
                                       T_NONZERO, T_SLOPE, T_U, TABLE_FIELDS, ZIGZAG_FLIPS, held_step,
                                       kink_candidates, least_norm_subgradient)
+from fastnewton.hessian import HessianProduct, NewtonSystem
 from fastnewton.kinks import Kinks
+from fastnewton.newton import run_rounds
 
 
 def _quiet(function, *args, **kwargs):
@@ -100,6 +102,42 @@ def test_held_step_is_the_bordered_solve_and_drops_rows_by_their_multiplier(seed
     share = table[member, T_ACTIVE] * table[member, T_SLOPE] + nu
     assert np.all((share >= 0) & (share <= table[member, T_SLOPE]))
 
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_projected_cg_held_step_is_the_bordered_solve(seed):
+    """A CG system's held step (``NewtonSystem.held_solve_rounds``: projected CG on the exact product, preconditioned
+    by a perturbed matrix, column-scaled) against the dense KKT solve of (H + μD²): p, ν and pᵀHp to 1e-8 relative
+    with the forcing term at 1e-10 (CG on the d − K = 7 dimensional null space then ends in 7 iterations: seen
+    ≤ 1.1e-12 over 12 seeds), and C_K p = −u to rounding (the constraint holds at every CG iterate)."""
+    rng = np.random.default_rng(seed)
+    d, count, mu = 10, 3, 0.02
+    A = rng.standard_normal((d, d))
+    H = A @ A.T / d + 0.1 * np.eye(d)
+    D = np.exp(rng.uniform(-1, 1, d))
+    B = A + 0.5 * rng.standard_normal((d, d))
+    preconditioner = B @ B.T / d + 0.1 * np.eye(d)  # H̃: a rough approximation of H (κ(H̃⁻¹M) ~ 10–25)
+    g = rng.standard_normal(d)
+    R = rng.standard_normal((count, d))
+    u = 1e-3 * rng.standard_normal(count)
+    system = NewtonSystem(preconditioner, hessp=lambda v: H @ v, forcing=1e-10, column_scale=D)
+    p, nu, curvature = run_rounds(system.held_solve_rounds(g, mu, R, u), HessianProduct.run)
+    p_ref, nu_ref = _kkt(H + mu * np.diag(D * D), g, R, u)
+    np.testing.assert_allclose(p, p_ref, rtol=1e-8, atol=1e-10 * np.linalg.norm(p_ref))
+    np.testing.assert_allclose(nu, nu_ref, rtol=1e-8, atol=1e-10 * np.linalg.norm(nu_ref))
+    np.testing.assert_allclose(R @ p, -u, rtol=0, atol=1e-13 * np.linalg.norm(R) * np.linalg.norm(p) + 1e-15)
+    assert curvature == pytest.approx(p @ H @ p, rel=1e-8)
+    assert system.info["held_cg_iterations"] >= 1
+
+
+def test_projected_cg_held_step_rejects_dependent_rows():
+    rng = np.random.default_rng(0)
+    d = 6
+    H = np.eye(d) + 0.1 * np.ones((d, d))
+    R = rng.standard_normal((1, d))
+    system = NewtonSystem(H, hessp=lambda v: H @ v, forcing=1e-10)
+    rows = np.vstack([R, 2.0 * R])
+    assert run_rounds(system.held_solve_rounds(np.ones(d), 0.0, rows, np.zeros(2)), HessianProduct.run) is None
 
 def test_candidates_count_sign_flips_in_a_row():
     """A row is listed once its sign has flipped in ZIGZAG_FLIPS steps in a row, or when held, or within
@@ -190,6 +228,38 @@ def test_planted_kink_minimum_is_converged_to(fmt, start):
         step = rng.standard_normal(x_star.size)
         assert problem.loss(res.x + 1e-4 * step / np.linalg.norm(step)) >= loss
 
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+@pytest.mark.parametrize("hessian", ["pcg", "lagged"])
+def test_planted_kink_minimum_with_cg_steps(fmt, hessian):
+    """CG systems hold the kink rows too (projected CG): CONVERGED at the kink stationary point x* (1e-8 relative),
+    its lsq_linear Clarke element ≤ 10·tol·g_ref. Before, these ended STALLED at the kink (the plain CG step
+    zig-zags across it)."""
+    C, b, x_star, kinks = planted_kink_problem()
+    matrix = sp.csr_matrix(C) if fmt == "csr" else C
+    tol = 1e-8
+    res = _quiet(solve, matrix, b, "relu_softmax", hessian=hessian, tol=tol, seed=0)
+    assert res.status == Status.CONVERGED, res.message
+    assert "kink stationary point: 2 row(s)" in res.message
+    assert np.linalg.norm(res.x - x_star) <= 1e-8 * np.linalg.norm(x_star)
+    found, norm, _ = _least_norm_clarke(C, b, res.x)
+    assert found.tolist() == kinks.tolist() and norm <= 10 * tol * res.g_ref
+    assert any("held_cg_iterations" in record for record in res.history)
+
+
+def test_cg_kink_steps_in_solve_many_targets_are_solves():
+    """One C, many targets: a column whose CG steps hold kink rows takes solve's steps (shared passes answer the
+    projected CG's products too): status, iterations and x (1e-10) of ``solve`` with hessian="pcg"."""
+    C, b, _, _ = planted_kink_problem()
+    other = planted_kink_problem(thetas=(0.5,), seed=0)[1]
+    B = np.column_stack([b, other])
+    result = _quiet(solve_many, C, B, model="relu_softmax", hessian="pcg", seed=0)
+    for j in range(B.shape[1]):
+        reference = _quiet(solve, C, B[:, j], "relu_softmax", hessian="pcg", seed=0)
+        mine = result.problem(j)
+        assert (mine["status"], mine["n_iter"]) == (reference.status, reference.n_iter)
+        assert np.linalg.norm(mine["x"] - reference.x) <= 1e-10 * np.linalg.norm(reference.x)
 
 def test_planted_kink_problem_solve_many_agrees():
     """solve_many's compiled loop takes the same kink steps and stop: status, message, iterations, x (1e-10)."""
