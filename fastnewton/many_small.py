@@ -63,8 +63,8 @@ from .problem import Problem
 from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
 from .solver import (SUM_TOLERANCE, is_default_start, not_a_distribution, solve_options, solve_problem,
                      solve_rounds)
-from .start import NULL_SPACE_RTOL
-from .threads import thread_limits
+from .start import NULL_SPACE_RTOL, NormalSystemRequest
+from .threads import single_threaded_blas, thread_limits
 from .validation import as_flag, as_l2, as_point, as_positive_float, as_positive_int, as_seed, as_thread_count
 
 _SOLVE_ONLY = ("callback", "verbose", "progress")
@@ -570,7 +570,9 @@ def _solve_staged(staged, x0_each, eps, sketch_size, tol, max_iter, seed, n_thre
     ``kernels/small_softmax_relu.py`` (``_run_loops``), the rest of each stage in Python. Writes their entries
     of ``results``."""
     rounds, pending = {}, {}
-    with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
+    # BLAS held on one thread for the whole staged solve: the thread_limits of each round below then only set
+    # Numba's threads (a first BLAS limit through threadpoolctl costs ~0.1 ms, two a round).
+    with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"), single_threaded_blas():
         warnings.simplefilter("ignore", ConvergenceWarning)  # one warning for the batch (solve_problems)
         # The stages' own work (starts, power iterations, misfits) runs one problem at a time on one thread, as
         # ``solve`` runs a problem this small; the Newton loops on the batch's threads, one problem per thread.
@@ -628,7 +630,9 @@ def _advance(i, rounds, pending, answer, results, max_iter_hit):
     try:
         request = next(generator) if answer is None else generator.send(answer)
         while not _compiles(request):
-            request = generator.send(request.run())
+            # The start's fit without ∇L(0) beside it: the compiled loops form their own (~150 µs a problem).
+            request = generator.send(request.run(gradient_at_zero=False) if isinstance(request, NormalSystemRequest)
+                                     else request.run())
         pending[i] = request
     except StopIteration as stop:
         res = stop.value
@@ -652,61 +656,65 @@ def _compiles(request):
 
 
 class _MatrixBook:
-    """The addresses of the staged solves' C (``_matrix_addresses``), formed once for all their rounds: a
-    problem's stages share its C (``Problem.with_model``), and forming them each round cost ~10 ms of a ~200 ms
-    solve_many of 40 CSR problems (their int32 indices converted again in each of ~9 rounds). Holds the
-    matrices (their ids are the keys) and the arrays the addresses point into."""
+    """Where the staged solves' C, V and w lie (``_matrix_addresses`` for C), formed once per block for all their
+    rounds: a problem's stages share its block (``Problem.with_model``), and forming C's addresses each round cost
+    ~10 ms of a ~200 ms solve_many of 40 CSR problems (their int32 indices converted again in each of ~9 rounds),
+    the rest of a request's table row ~1 ms a round. Holds the blocks (their ids are the keys) and the arrays the
+    addresses point into."""
+
+    # The columns of kernels/small_softmax_relu.py's ``table`` that a block fixes.
+    BLOCK_FIELDS = [relu_kernel.T_N, relu_kernel.T_D, relu_kernel.T_CSR, relu_kernel.T_CHUNK, relu_kernel.T_VALUES,
+                    relu_kernel.T_INDPTR, relu_kernel.T_INDICES, relu_kernel.T_V, relu_kernel.T_W]
 
     def __init__(self):
-        self._row_of, self._matrices, self._held = {}, [], []
-        self.csr = np.zeros(0, dtype=np.int64)
-        self.addresses = np.zeros((0, kernel.ADDRESS_FIELDS), dtype=np.int64)
+        self._row_of, self._blocks, self._held = {}, [], []
+        self.table = np.zeros((0, relu_kernel.TABLE_FIELDS), dtype=np.int64)
 
-    def rows(self, matrices):
-        """The rows of ``csr`` and ``addresses`` for these matrices (those not seen yet formed now)."""
+    def rows(self, problems):
+        """The rows of ``table`` (its ``BLOCK_FIELDS`` filled) for these problems' blocks (those not seen yet
+        formed now)."""
         new = {}
-        for matrix in matrices:
-            if id(matrix) not in self._row_of:
-                new.setdefault(id(matrix), matrix)
+        for problem in problems:
+            if id(problem.block) not in self._row_of:
+                new.setdefault(id(problem.block), problem)
         if new:
-            csr, addresses, held = _matrix_addresses(list(new.values()))
+            fresh = list(new.values())
+            csr, addresses, held = _matrix_addresses([problem.matrix for problem in fresh])
+            values = [np.ascontiguousarray(problem.block.V, dtype=np.float64) for problem in fresh]
+            weights = [np.ascontiguousarray(problem.block.w, dtype=np.float64) for problem in fresh]
+            table = np.zeros((len(fresh), relu_kernel.TABLE_FIELDS), dtype=np.int64)
+            table[:, relu_kernel.T_N] = [problem.n for problem in fresh]
+            table[:, relu_kernel.T_D] = [problem.d for problem in fresh]
+            table[:, relu_kernel.T_CSR] = csr
+            table[:, relu_kernel.T_CHUNK] = [problem.block.chunk for problem in fresh]
+            table[:, relu_kernel.T_VALUES] = addresses[:, kernel.A_VALUES]
+            table[:, relu_kernel.T_INDPTR] = addresses[:, kernel.A_INDPTR]
+            table[:, relu_kernel.T_INDICES] = addresses[:, kernel.A_INDICES]
+            table[:, relu_kernel.T_V] = [V.ctypes.data for V in values]
+            table[:, relu_kernel.T_W] = [w.ctypes.data for w in weights]
             for key in new:
                 self._row_of[key] = len(self._row_of)
-            self._matrices += list(new.values())
-            self._held += held
-            self.csr = np.concatenate([self.csr, np.asarray(csr, dtype=np.int64)])
-            self.addresses = np.concatenate([self.addresses, addresses])
-        return np.array([self._row_of[id(matrix)] for matrix in matrices], dtype=np.int64)
+            self._blocks += [problem.block for problem in fresh]
+            self._held += held + values + weights
+            self.table = np.concatenate([self.table, table])
+        return np.fromiter((self._row_of[id(problem.block)] for problem in problems), np.int64, len(problems))
 
 
 class _RequestPack:
     """Requests on ``softmax_relu`` problems (evaluator, x) in the layout of kernels/small_softmax_relu.py: C, V
-    and w read in place (C's addresses from ``book``, a ``_MatrixBook``), the models' b and offsets and the points
-    x packed; ``order`` the costliest first (the sandwich's n·d² and the low-rank part's d²·m), for lanes that
-    each take the next as they finish one (``_hand_out``)."""
+    and w read in place (where they lie from ``book``, a ``_MatrixBook``), the models' b and offsets and the
+    points x packed; ``order`` the costliest first (the sandwich's n·d² and the low-rank part's d²·m), for lanes
+    that each take the next as they finish one (``_hand_out``)."""
 
     def __init__(self, problems, points, book):
         count = len(problems)
         models = [problem.row_model for problem in problems]
-        rows = book.rows([problem.matrix for problem in problems])
-        csr, addresses = book.csr, book.addresses
-        values = [np.ascontiguousarray(problem.block.V, dtype=np.float64) for problem in problems]
-        weights = [np.ascontiguousarray(problem.block.w, dtype=np.float64) for problem in problems]
-        self._held = values + weights
-        n = np.array([problem.n for problem in problems], dtype=np.int64)
-        self.d = d = np.array([problem.d for problem in problems], dtype=np.int64)
-        self.m = m = np.array([model.m for model in models], dtype=np.int64)
-        self.table = table = np.empty((count, relu_kernel.TABLE_FIELDS), dtype=np.int64)
-        table[:, relu_kernel.T_N] = n
-        table[:, relu_kernel.T_D] = d
+        rows = book.rows(problems)  # before reading book.table: it grows by the blocks not seen yet
+        self.table = table = book.table[rows]
+        n = table[:, relu_kernel.T_N]
+        self.d = d = table[:, relu_kernel.T_D].copy()
+        self.m = m = np.fromiter((model.m for model in models), np.int64, count)
         table[:, relu_kernel.T_M] = m
-        table[:, relu_kernel.T_CSR] = csr[rows]
-        table[:, relu_kernel.T_CHUNK] = [problem.block.chunk for problem in problems]
-        table[:, relu_kernel.T_VALUES] = addresses[rows, kernel.A_VALUES]
-        table[:, relu_kernel.T_INDPTR] = addresses[rows, kernel.A_INDPTR]
-        table[:, relu_kernel.T_INDICES] = addresses[rows, kernel.A_INDICES]
-        table[:, relu_kernel.T_V] = [V.ctypes.data for V in values]
-        table[:, relu_kernel.T_W] = [w.ctypes.data for w in weights]
         table[:, relu_kernel.T_COL] = np.cumsum(d) - d
         table[:, relu_kernel.T_OUT] = np.cumsum(m) - m
         table[:, relu_kernel.T_MAX_ITER] = 0
@@ -732,11 +740,10 @@ def _run_loops(requests, settings, book):
     out_float = np.zeros((count, relu_kernel.OUT_FLOAT_FIELDS))
     relu_kernel.solve_relu_loops(pack.order, pack.lanes, pack.table, pack.numbers, settings, MAX_UPDATES, pack.b,
                                  pack.offset, pack.x, y, y_previous, out_int, out_float)
-    xs = np.split(pack.x, np.cumsum(pack.d)[:-1])
-    ys = np.split(y, np.cumsum(pack.m)[:-1])
-    previous = np.split(y_previous, np.cumsum(pack.m)[:-1])
-    return [_loop_result(request, xs[r], ys[r], previous[r], out_int[r], out_float[r])
-            for r, request in enumerate(requests)]
+    # Read back in bulk (Python numbers, slices: np.split and per-entry NumPy indexing cost a few µs a piece).
+    places = pack.table[:, [relu_kernel.T_COL, relu_kernel.T_D, relu_kernel.T_OUT, relu_kernel.T_M]].tolist()
+    return [_loop_result(request, pack.x[col:col + d], y[at:at + m], y_previous[at:at + m], ints, floats)
+            for request, (col, d, at, m), ints, floats in zip(requests, places, out_int.tolist(), out_float.tolist())]
 
 
 def _simplex_vectors(problems, book):
@@ -778,20 +785,21 @@ def _stage_figures(points, eigenvalue, book):
 
 def _loop_result(request, x, y, y_previous, out_int, out_float):
     """The ``SolveResult`` of one compiled Newton loop, as ``NewtonRun.result`` makes it (its status, message,
-    the dead-output diagnosis and the kink flag); None for a loop that met a non-finite value."""
-    code = int(out_int[relu_kernel.O_STATUS])
+    the dead-output diagnosis and the kink flag); None for a loop that met a non-finite value. ``out_int`` and
+    ``out_float``: its rows of the outputs, as lists of Python numbers."""
+    code = out_int[relu_kernel.O_STATUS]
     if code == kernel.NON_FINITE:
         return None
     problem, options = request.problem, request.options
     model = problem.row_model
-    n_iter = int(out_int[relu_kernel.O_N_ITER])
-    loss, grad_norm, g_ref = (float(v) for v in out_float[[relu_kernel.O_LOSS, relu_kernel.O_GRAD_NORM,
-                                                           relu_kernel.O_G_REF]])
+    n_iter = out_int[relu_kernel.O_N_ITER]
+    loss, grad_norm, g_ref = (out_float[relu_kernel.O_LOSS], out_float[relu_kernel.O_GRAD_NORM],
+                              out_float[relu_kernel.O_G_REF])
     detail, at_kink = "", False
     if code == kernel.NO_STEP_STALL:
         status, detail = Status.STALLED, newton.NO_STEP_DETAIL
     else:
-        status = Status(code)
+        status = _STATUSES[code]
     if status == Status.STALLED and code != kernel.NO_STEP_STALL:
         kink = kink_sentence(model.relu_inputs({"y": y_previous}, None), model.relu_inputs({"y": y}, None))
         at_kink = kink is not None
@@ -801,7 +809,7 @@ def _loop_result(request, x, y, y_previous, out_int, out_float):
         if dead:
             status, detail = Status.DEAD_STATIONARY, dead
         elif out_float[relu_kernel.O_ROUNDING_BOUND] > 0.0:
-            detail = newton.rounding_converged_detail(float(out_float[relu_kernel.O_ROUNDING_BOUND]))
+            detail = newton.rounding_converged_detail(out_float[relu_kernel.O_ROUNDING_BOUND])
     if status == Status.MAX_ITER and options.warn_at_max_iter:
         warn_max_iter(options)
     # The stages join the loops' records (``lifted_start._Stages``): one per iteration, without the figures.

@@ -72,16 +72,21 @@ class NormalSystemRequest:
     row_fit: object
     parameters: object
 
-    def run(self):
+    def run(self, gradient_at_zero=True):
+        """The partials; ``gradient_at_zero`` False: without the stopping test's ∇L(0) beside them (a caller
+        whose Newton loops form their own: ``solve_many``'s compiled softmax_relu loops)."""
         problem = self.problem
         ride_along = getattr(problem, "rmatmat_with_gradient_at_zero", None)
         # One machine: the fit's transposed pass also gives the stopping test's ∇L(0), when not known yet,
         # with the bits of its own pass (one read of C less: ~6 ms on dense 10⁵ × 256; on CSR 2·10⁵ × 100,
         # 10 per row, ~2 ms: the pass, and the copy that padded the fit's 2 columns for the unrolled kernel,
-        # whose 4 lanes take the 2 + 2 columns).
+        # whose 4 lanes take the 2 + 2 columns). Cᵀ[ω, ω t] has the same bits either way (a transposed
+        # pass's sums do not depend on the other columns).
         # Not on Dask (an evaluator of many blocks: each block's partials, summed).
         if ride_along is None:
             return problem.map_blocks(normal_system_partials, self.row_fit, self.parameters)
+        if not gradient_at_zero:
+            return normal_system_partials(problem.block, self.row_fit, self.parameters)
         return normal_system_partials(problem.block, self.row_fit, self.parameters, transposed_pass=ride_along)
 
 

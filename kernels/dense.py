@@ -107,8 +107,9 @@ def chunk_rmatmat(A, Q, start, stop, acc, flat, one_load):
 
     Accumulates in ``acc`` (k × d, overwritten) so the inner loop runs along a row of A
     (contiguous, vectorised), then transposes it into ``flat`` (d·k) once. ``one_load`` (k = 3 only):
-    the three columns updated from one load of each row entry (``ONE_LOAD_MAX_WIDTH``); either way each
-    acc[t, j] gets the rows' terms in row order, so the bits are the same.
+    the three columns updated from one load of each row entry (``ONE_LOAD_MAX_WIDTH``); otherwise four rows at a
+    time (``add_four_rows_terms``); either way each acc[t, j] gets the rows' terms in row order, so the bits are
+    the same.
     """
     k, d = acc.shape
     acc[:] = 0.0
@@ -127,11 +128,33 @@ def chunk_rmatmat(A, Q, start, stop, acc, flat, one_load):
             for t in range(k):
                 flat[j * k + t] = acc[t, j]
         return
-    for i in range(start, stop):
+    i = start
+    while i + 4 <= stop:
+        add_four_rows_terms(A, Q, i, acc)
+        i += 4
+    for i in range(i, stop):
         add_row_terms(A[i], Q, i, acc)
     for j in range(d):
         for t in range(k):
             flat[j * k + t] = acc[t, j]
+
+
+@njit(cache=True)
+def add_four_rows_terms(A, Q, i, acc):
+    """``add_row_terms`` of rows i, …, i + 3, one after the other into each acc[t, j] held in a register: the same
+    terms in the same order (the same bits), a quarter of the loads and stores of acc (softmax_relu's
+    Cᵀ Q, 288 × 48 rows, k = 19: ~45 → ~30 µs; k = 2: 19 → 8 µs; one thread)."""
+    r0, r1, r2, r3 = A[i], A[i + 1], A[i + 2], A[i + 3]
+    for t in range(acc.shape[0]):
+        q0, q1, q2, q3 = Q[i, t], Q[i + 1, t], Q[i + 2, t], Q[i + 3, t]
+        acc_t = acc[t]
+        for j in range(r0.shape[0]):
+            total = acc_t[j]
+            total += r0[j] * q0
+            total += r1[j] * q1
+            total += r2[j] * q2
+            total += r3[j] * q3
+            acc_t[j] = total
 
 
 @njit(cache=True)
