@@ -106,13 +106,29 @@ def chunk_rmatmat(A, Q, start, stop, acc, flat, one_load):
     """flat[j·k + t] = Σ_{i ∈ [start, stop)} A[i, j]·Q[i, t]: one row chunk's partial of Aᵀ Q.
 
     Accumulates in ``acc`` (k × d, overwritten) so the inner loop runs along a row of A
-    (contiguous, vectorised), then transposes it into ``flat`` (d·k) once. ``one_load`` (k = 3 only):
-    the three columns updated from one load of each row entry (``ONE_LOAD_MAX_WIDTH``); otherwise four rows at a
-    time (``add_four_rows_terms``); either way each acc[t, j] gets the rows' terms in row order, so the bits are
-    the same.
+    (contiguous, vectorised), then transposes it into ``flat`` (d·k) once. ``one_load`` (k = 3 or 4): the
+    columns updated from one load of each row entry (``ONE_LOAD_MAX_WIDTH``); otherwise four rows at a time
+    (``add_four_rows_terms``); either way each acc[t, j] gets the rows' terms in row order, so the bits are the
+    same.
     """
     k, d = acc.shape
     acc[:] = 0.0
+    if k == 4 and one_load:
+        # A fit's two columns beside ∇L(0)'s two (solve_many's start: one pass where two ran).
+        acc0, acc1, acc2, acc3 = acc[0], acc[1], acc[2], acc[3]
+        for i in range(start, stop):
+            row = A[i]
+            q0, q1, q2, q3 = Q[i, 0], Q[i, 1], Q[i, 2], Q[i, 3]
+            for j in range(d):
+                r = row[j]
+                acc0[j] += r * q0
+                acc1[j] += r * q1
+                acc2[j] += r * q2
+                acc3[j] += r * q3
+        for j in range(d):
+            for t in range(k):
+                flat[j * k + t] = acc[t, j]
+        return
     if k == 3 and one_load:
         # The model's three columns updated from one load of each row entry (288 × 48: 14 → 7 µs).
         acc0, acc1, acc2 = acc[0], acc[1], acc[2]

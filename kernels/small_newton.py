@@ -349,17 +349,24 @@ def _rounding_level(loss, target_norm, factor):
 
 # -- the start ----------------------------------------------------------------------------------------
 @njit(cache=True)
-def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x, work):
+def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x, work, Q0, G0):
     """x from the weighted least-squares fit of the models' ``auto_start`` (fastnewton.start):
     softmax: weights pᵢ²/Σp² on rows with pᵢ = bᵢ/max b > 0, target log pᵢ, on [C, 1]; relu_softmax: weight 1
     on the active rows bᵢ > f(1 + rtol), target log(bᵢ/f), on C. Solved as ``solve_psd``: Jacobi
     scaled, Cholesky; False (x untouched) when a pivot is below NULL_SPACE_RTOL·scale (the
-    singular case, whose null space and LP the caller handles)."""
+    singular case, whose null space and LP the caller handles). Also G0[:, :2] = Cᵀ Q0[:, :2] (∇L(0)'s columns
+    at 0: ``_solve_one``), from the fit's own pass over C (as ``Problem.rmatmat_with_gradient_at_zero`` forms them for
+    ``solve``); filled whether or not the fit succeeds."""
     n = b.shape[0]
     d = x.shape[0]
     weights = np.zeros(n)
-    # A zero third column: Cᵀ[ω, ωt] then runs on the unrolled three-column pass (the same sums, the same bits).
-    WT = np.zeros((n, 3))
+    # Cᵀ[ω, ωt] and ∇L(0)'s Cᵀ[q, s] in one four-column pass (one read of C less: 288 × 48, ~5 µs of a problem's
+    # ~290); each column's sums do not depend on the others, so the bits are those of a pass of its own.
+    WT = np.empty((n, 4))
+    for i in range(n):
+        WT[i, 1] = 0.0
+        WT[i, 2] = Q0[i, 0]
+        WT[i, 3] = Q0[i, 1]
     rtol = settings[S_ACTIVE_RTOL]
     max_b = 0.0
     for i in range(n):
@@ -376,23 +383,31 @@ def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x, work):
         WT[i, 0] = weights[i]
     A = np.empty((d, d))
     _sandwich(matrix, weights, A, work)
-    G = np.empty((d, 3))
+    G = np.empty((d, 4))
     _rmatmat(matrix, WT, chunk_rows, G)
+    for j in range(d):
+        G0[j, 0] = G[j, 2]
+        G0[j, 1] = G[j, 3]
     size = d if relu else d + 1
+    # Only M's lower triangle and diagonal are formed and scaled: all that ``_cholesky`` reads (each entry as
+    # ``solve_psd`` forms it, the same bits; the upper half's divisions were ~2 µs of a 288 × 48 problem's fit).
     M = np.empty((size, size))
     rhs = np.empty(size)
     if relu:
-        M[:, :] = A
-        rhs[:] = G[:, 1]
+        for j in range(d):
+            for l in range(j + 1):
+                M[j, l] = A[j, l]
+            rhs[j] = G[j, 1]
     else:
         weight_sum = 0.0
         weighted_target = 0.0
         for i in range(n):
             weight_sum += weights[i]
             weighted_target += WT[i, 1]
-        M[:d, :d] = A / weight_sum
         for j in range(d):
-            M[j, d] = M[d, j] = G[j, 0] / weight_sum
+            for l in range(j + 1):
+                M[j, l] = A[j, l] / weight_sum
+            M[d, j] = G[j, 0] / weight_sum
             rhs[j] = G[j, 1] / weight_sum
         M[d, d] = 1.0
         rhs[d] = weighted_target / weight_sum
@@ -405,7 +420,7 @@ def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x, work):
     for j in range(size):
         D[j] = math.sqrt(max(M[j, j], np.finfo(np.float64).eps * top))
     for j in range(size):
-        for l in range(size):
+        for l in range(j + 1):
             M[j, l] /= D[j] * D[l]
         rhs[j] /= D[j]
     scale = 0.0
@@ -431,13 +446,27 @@ def _evaluate(matrix, u, x, b, w, relu, l2, chunk_rows, e, Q, G, grad):
     turning e into softmax(z)).
 
     As ``Problem.evaluate_from`` with the stages of ``fastnewton.models.softmax``."""
+    c, gamma, loss2, top, scale = _columns(u, b, w, relu, chunk_rows, e, Q)
+    _rmatmat(matrix, Q, chunk_rows, G)
+    _gradient(G, c, l2, x, grad)
+    return 0.5 * loss2 + 0.5 * l2 * _dot(x, x), c, gamma, top, scale
+
+
+@njit(cache=True)
+def _columns(u, b, w, relu, chunk_rows, e, Q):
+    """The model's row stages at u: e and Q = [q_a, U]; returns (c, γ, ‖h(u) − b‖² + Σw u², max z, the factor
+    turning e into softmax(z))."""
     top, total = log_partition_serial(u, relu, chunk_rows, e)
     scale = math.exp(top - top) / total  # LogPartition.factor on the one block
     c, gamma, loss2 = softmax_regression_columns_serial(u, e, scale, b, w, relu, chunk_rows, Q)
-    _rmatmat(matrix, Q, chunk_rows, G)
+    return c, gamma, loss2, top, scale
+
+
+@njit(cache=True)
+def _gradient(G, c, l2, x, grad):
+    """∇L = (G[:, 0] − c·G[:, 1]) + λx from G's first two columns (Cᵀ[q_a, s])."""
     for j in range(grad.shape[0]):
         grad[j] = (G[j, 0] - c * G[j, 1]) + l2 * x[j]
-    return 0.5 * loss2 + 0.5 * l2 * _dot(x, x), c, gamma, top, scale
 
 
 @njit(cache=True)
@@ -875,20 +904,24 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
     # sandwiches alone, one thread: 36.6 µs fresh against 37.2 µs reused at 288 × 48, no gain there; kept as
     # the one place the dense sandwich's work arrays are made).
     work = _sandwich_work(matrix, n, d)
-    if start == START_ZEROS:
-        x[:] = 0.0
-    elif start == START_LOG_FIT or start == START_ACTIVE_FIT:
-        if not _fit_start(matrix, b, start == START_ACTIVE_FIT, floor, settings, chunk_rows, x, work):
-            out_int[O_STATUS] = START_FAILED
-            return
-    model = (b, w, relu, l2, chunk_rows, work, np.empty(n), _kink_state(n, d))
     point, previous, trial = _new_point(n, d), _new_point(n, d), _new_point(n, d)
     u, grad, e, Q, G = point
-    # ∇L(0) with the reference model (plain softmax: relu_softmax's one-sided derivative at 0).
+    # ∇L(0) with the reference model (plain softmax: relu_softmax's one-sided derivative at 0): its columns
+    # here, their pass over C the start fit's when there is one.
     u[:] = 0.0
     zero = np.zeros(d)
     grad_at_zero = np.empty(d)
-    _evaluate(matrix, u, zero, b, w, False, 0.0, chunk_rows, e, Q, G, grad_at_zero)
+    c_zero = _columns(u, b, w, False, chunk_rows, e, Q)[0]
+    if start == START_LOG_FIT or start == START_ACTIVE_FIT:
+        if not _fit_start(matrix, b, start == START_ACTIVE_FIT, floor, settings, chunk_rows, x, work, Q, G):
+            out_int[O_STATUS] = START_FAILED
+            return
+    else:
+        _rmatmat(matrix, Q, chunk_rows, G)
+        if start == START_ZEROS:
+            x[:] = 0.0
+    _gradient(G, c_zero, 0.0, zero, grad_at_zero)
+    model = (b, w, relu, l2, chunk_rows, work, np.empty(n), _kink_state(n, d))
     out_float[O_LOSS_AT_ZERO] = _loss_at(u, zero, b, w, relu, l2, chunk_rows, e)
     # the evaluation at x0
     _matvec(matrix, x, u)

@@ -111,8 +111,9 @@ def test_dense_rmatmat_three_columns_have_the_general_loops_bits():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_three_column_loops_have_the_same_bits_at_every_width(dtype, run_with_threads):
-    """``chunk_rmatmat``'s one-load three-column loop (small problems; passes over C up to
+@pytest.mark.parametrize("k", [3, 4])
+def test_one_load_loops_have_the_same_bits_at_every_width(dtype, k, run_with_threads):
+    """``chunk_rmatmat``'s one-load three- and four-column loops (small problems; passes over C up to
     ONE_LOAD_MAX_WIDTH columns) and its general loop (wider passes) sum each column in row order:
     the same bits, so ``dense_rmatmat`` on either side of the width rule equals the one-load chunks
     summed in chunk order, with one thread as with two."""
@@ -123,17 +124,17 @@ def test_three_column_loops_have_the_same_bits_at_every_width(dtype, run_with_th
     for d in (5, ONE_LOAD_MAX_WIDTH, ONE_LOAD_MAX_WIDTH + 1, 131):
         A = rng.standard_normal((n, d)).astype(dtype)
         A[::5] = 0.0
-        Q = rng.standard_normal((n, 3)) * np.exp(rng.uniform(-20, 20, (n, 3)))
-        acc, flat = np.empty((3, d)), np.empty(3 * d)
-        expected = np.zeros((d, 3))
+        Q = rng.standard_normal((n, k)) * np.exp(rng.uniform(-20, 20, (n, k)))
+        acc, flat = np.empty((k, d)), np.empty(k * d)
+        expected = np.zeros((d, k))
         for start in range(0, n, chunk_rows):
             chunk_rmatmat(A, Q, start, min(n, start + chunk_rows), acc, flat, True)
-            one_load = flat.reshape(d, 3).copy()
+            one_load = flat.reshape(d, k).copy()
             chunk_rmatmat(A, Q, start, min(n, start + chunk_rows), acc, flat, False)
-            np.testing.assert_array_equal(flat.reshape(d, 3), one_load)
+            np.testing.assert_array_equal(flat.reshape(d, k), one_load)
             expected += one_load
         for threads in (1, 2):
-            out = np.empty((d, 3))
+            out = np.empty((d, k))
             run_with_threads(threads, lambda: dense_rmatmat(A, Q, chunk_rows, out))
             np.testing.assert_array_equal(out, expected)
 
