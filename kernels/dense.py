@@ -125,11 +125,7 @@ def chunk_rmatmat(A, Q, start, stop, acc, flat, one_load):
                 acc1[j] += r * q1
                 acc2[j] += r * q2
                 acc3[j] += r * q3
-        for j in range(d):
-            for t in range(k):
-                flat[j * k + t] = acc[t, j]
-        return
-    if k == 3 and one_load:
+    elif k == 3 and one_load:
         # The model's three columns updated from one load of each row entry (288 × 48: 14 → 7 µs).
         acc0, acc1, acc2 = acc[0], acc[1], acc[2]
         for i in range(start, stop):
@@ -140,16 +136,13 @@ def chunk_rmatmat(A, Q, start, stop, acc, flat, one_load):
                 acc0[j] += r * q0
                 acc1[j] += r * q1
                 acc2[j] += r * q2
-        for j in range(d):
-            for t in range(k):
-                flat[j * k + t] = acc[t, j]
-        return
-    i = start
-    while i + 4 <= stop:
-        add_four_rows_terms(A, Q, i, acc)
-        i += 4
-    for i in range(i, stop):
-        add_row_terms(A[i], Q, i, acc)
+    else:
+        i = start
+        while i + 4 <= stop:
+            add_four_rows_terms(A, Q, i, acc)
+            i += 4
+        for i in range(i, stop):
+            add_row_terms(A[i], Q, i, acc)
     for j in range(d):
         for t in range(k):
             flat[j * k + t] = acc[t, j]
