@@ -250,6 +250,8 @@ class NewtonSystem:
             residual = -g - ((yield from self._scaled_hessp(p)) + mu * p)
             z, multipliers, reduced = held.project(factor, residual)
             target = self.forcing * norm(reduced)
+            if not target > 0.0:
+                return CGSolve(p, None, residual, multipliers, 0)  # the feasible point is the held step already
         direction = z.copy()
         rz = dot(residual, z)
         limit = self.max_cg_iterations

@@ -130,6 +130,21 @@ def test_projected_cg_held_step_is_the_bordered_solve(seed):
     assert system.info["held_cg_iterations"] >= 1
 
 
+
+def test_projected_cg_held_step_at_its_solution_is_the_feasible_point():
+    """A gradient wholly along the held row (the reduced residual 0, as at a kink minimum): the step is the feasible
+    point, no CG iteration, and ν balances the gradient (Mp + g + Rᵀν = 0)."""
+    d = 5
+    H = 2.0 * np.eye(d)
+    R = np.zeros((1, d))
+    R[0, 0] = 1.0
+    g = np.zeros(d)
+    g[0] = 3.0
+    system = NewtonSystem(H, hessp=lambda v: H @ v, forcing=0.1)
+    p, nu, curvature = run_rounds(system.held_solve_rounds(g, 0.0, R, np.zeros(1)), HessianProduct.run)
+    assert np.array_equal(p, np.zeros(d)) and nu.tolist() == [-3.0] and curvature == 0.0
+    assert system.info["held_cg_iterations"] == 0
+
 def test_projected_cg_held_step_rejects_dependent_rows():
     rng = np.random.default_rng(0)
     d = 6
