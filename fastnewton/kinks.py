@@ -7,8 +7,13 @@ With a factored system (``exact``, ``sketch``) the held step is the bordered sol
 With CG (``pcg``, the lagged systems) a bordered solve would need one CG solve per row, each made of passes over
 C; instead projected CG (``NewtonSystem.held_solve_rounds``) solves the held model once per working set, its
 iterates kept on C_K p = −u_K, its multipliers from the last projection, and the working set is updated by the
-same rule (``update_working_set``). Only on one machine: Dask's evaluator keeps the rows on its workers (its
-``relu_kink_inputs`` are None), so there the plain step is taken and no kink test is made."""
+same rule (``update_working_set``).
+
+What the test keeps per row between iterations (the previous iterate's u, the sign-flip counters, what the last
+step did to each row) is a problem's ``kink_states(ev)``: ``RowStates`` here on one machine, and on Dask
+``fastnewton.dask.problem.DaskRowStates``, which keeps them on the workers and gathers only the candidate rows.
+Either gives ``Kinks.at`` the same candidates (index, dense rows of C, ``kink_table``'s table); the step's math
+then runs on the driver."""
 import numpy as np
 
 from .kernels.damping import predicted_ratio
@@ -27,26 +32,12 @@ class Kinks:
         self.index, self.rows, self.table, self.at_kink = index, rows, table, at_kink
 
     @classmethod
-    def at(cls, problem, ev, previous, held, flips, rtol):
+    def at(cls, problem, ev, states, rtol):
         """The kink rows at ev, or None (no ReLU rows here, none a candidate, or too many: kernels/kinks.py).
-        ``previous``: the evaluator's ``relu_inputs`` before the last step; ``held``: what it did to each row
-        (int8, kernels/kinks.py's ``HELD_*``, or None: nothing); ``flips``: each row's sign flips in a row (int64,
-        updated here: call once per iteration)."""
-        inputs = problem.relu_kink_inputs(ev) if previous is not None else None
-        if inputs is None:
-            return None
-        u, e, scale, b, c = inputs
-        if held is None:
-            held = np.zeros(u.shape[0], dtype=np.int8)
-        index = np.empty(MAX_CANDIDATES, dtype=np.int64)
-        count = kink_candidates(u, previous[1], held, flips, rtol, index)
-        if count <= 0:
-            return None
-        index = index[:count]
-        rows = problem.relu_rows(index)
-        table = np.empty((count, TABLE_FIELDS))
-        at_kink = kink_table(rows, index, count, u, flips, held, ev.x, e, scale, b, c, table)
-        return cls(index, rows, table, at_kink)
+        ``states``: the problem's ``kink_states`` (per-row state between iterations, updated here: call once per
+        iteration), or None."""
+        found = states.candidates(ev, rtol) if states is not None else None
+        return None if found is None else cls(*found)
 
     def stationarity(self, g, column_scale):
         """(rows at the kink, ‖g*‖, ‖D⁻¹g*‖) of the least-norm Clarke element g* (``least_norm_subgradient``)."""
@@ -89,6 +80,44 @@ class Kinks:
                 return held, self.index[member], curvature
             break
         return p, NO_ROWS, None
+
+
+class RowStates:
+    """The kink test's per-row state on one machine (``Problem.kink_states``): the previous iterate's ReLU inputs
+    (``relu_inputs``), each row's sign flips in a row (int64) and what the last step did to it (int8,
+    kernels/kinks.py's ``HELD_*``, or None: nothing)."""
+
+    def __init__(self, problem, ev):
+        self.problem = problem
+        self.previous = problem.relu_inputs(ev)
+        self.flips = None if self.previous is None else np.zeros(self.previous[1].shape[0], dtype=np.int64)
+        self.held = None
+
+    def candidates(self, ev, rtol):
+        """(index, rows, table, rows at the kink) of the candidates at ev (``Kinks``' fields), or None; counts the
+        sign flips since the previous iterate."""
+        inputs = self.problem.relu_kink_inputs(ev) if self.previous is not None else None
+        if inputs is None:
+            return None
+        u, e, scale, b, c = inputs
+        held = self.held if self.held is not None else np.zeros(u.shape[0], dtype=np.int8)
+        index = np.empty(MAX_CANDIDATES, dtype=np.int64)
+        count = kink_candidates(u, self.previous[1], held, self.flips, rtol, index)
+        if count <= 0:
+            return None
+        index = index[:count]
+        rows = self.problem.relu_rows(index)
+        table = np.empty((count, TABLE_FIELDS))
+        at_kink = kink_table(rows, index, count, u, self.flips, held, ev.x, e, scale, b, c, table)
+        return index, rows, table, at_kink
+
+    def after_step(self, ev, held, state):
+        """A step from ev was taken that held the rows ``held`` (global indices) with ``state`` (``HELD_*``)."""
+        self.previous = self.problem.relu_inputs(ev)
+        self.held = None
+        if held.size:
+            self.held = np.zeros(self.previous[1].shape[0], dtype=np.int8)
+            self.held[held] = state
 
 
 def held_ratio(system, g, s, actual, noise, curvature=None):

@@ -420,12 +420,11 @@ class NewtonRun:
         self.detail = ""
         # Whether a STALLED stop found x at a ReLU kink (the staged start of softmax_relu ends there).
         self.at_kink = False
-        # relu_softmax's kink rows at the current iterate (``fastnewton.kinks``), what the last step did to each
-        # row (kernels/kinks.py's HELD_*, int8; None: held none), and the least-norm Clarke subgradient's norm of
-        # a stop at a kink.
+        # relu_softmax's kink rows at the current iterate (``fastnewton.kinks``), the per-row state the kink test
+        # keeps between iterations (the problem's ``kink_states``: previous u, sign flips, what the last step did to
+        # each row), and the least-norm Clarke subgradient's norm of a stop at a kink.
         self.kinks = None
-        self.held = None
-        self.flips = None  # per row, the steps in a row that flipped its sign (kernels/kinks.py)
+        self.kink_states = None
         self.subgradient_norm = None
         self.n_iter = 0
         self.history = []
@@ -461,6 +460,7 @@ class NewtonRun:
         # The previous iterate's ReLU inputs (the kink test), not its evaluation: its work arrays are
         # reused as soon as the next one replaces it (``fastnewton.buffers``).
         self.previous_relu_inputs = self.problem.relu_inputs(ev)
+        self.kink_states = self.problem.kink_states(ev)
         return True
 
     @property
@@ -497,9 +497,7 @@ class NewtonRun:
     def stationary_at_kink(self):
         """Whether x sits at relu_softmax's ReLU kinks with a least-norm Clarke subgradient that passes the
         gradient test (then the detail says so); sets this iteration's kink rows for its step."""
-        if self.flips is None and self.previous_relu_inputs is not None:
-            self.flips = np.zeros(self.previous_relu_inputs[1].shape[0], dtype=np.int64)
-        self.kinks = Kinks.at(self.problem, self.ev, self.previous_relu_inputs, self.held, self.flips, KINK_RTOL)
+        self.kinks = Kinks.at(self.problem, self.ev, self.kink_states, KINK_RTOL)
         if self.kinks is None or not self.kinks.at_kink:
             return False
         count, subgradient_norm, scaled = self.kinks.stationarity(self.ev.grad, self.options.column_scale)
@@ -541,11 +539,10 @@ class NewtonRun:
         self.lowest_loss = min(self.lowest_loss, new_ev.loss)
         self.lowest_grad_norm = min(self.lowest_grad_norm, new_grad_norm)
         self.previous_relu_inputs = self.problem.relu_inputs(self.ev)
-        self.held = None
-        if step.held.size:
+        if self.kink_states is not None:
             # Rows held at the kink by a step taken in full (t = 1 within the logit cap) sit there (kernels/kinks.py).
-            self.held = np.zeros(self.previous_relu_inputs[1].shape[0], dtype=np.int8)
-            self.held[step.held] = HELD_FULL if step.length == 1.0 and step.line.factor == 1.0 else HELD_SHORT
+            self.kink_states.after_step(self.ev, step.held, HELD_FULL if step.held.size and step.length == 1.0
+                                        and step.line.factor == 1.0 else HELD_SHORT)
         self.ev, self.grad_norm = new_ev, new_grad_norm
         self.mu = damping_after(step.damping, step.length >= 1.0, step.gain_ratio, system.scale)
         scaled_g_ref = self.scaled_g_ref

@@ -10,6 +10,7 @@ import numpy as np
 
 from .buffers import Recycler
 from .hessian import default_thread_count
+from .kinks import RowStates
 from .kernels.softmax import line_point
 from .matrix import column_means, side_by_side
 from .memory import check_hessian_fits
@@ -449,6 +450,10 @@ class Problem:
     def relu_rows(self, index):
         """C[index] as a dense float64 array (the few rows at a ReLU kink: ``fastnewton.kinks``)."""
         return self.matrix.rows(index)
+
+    def kink_states(self, ev):
+        """The kink test's per-row state from the solve's first evaluation ev (``fastnewton.kinks.RowStates``)."""
+        return RowStates(self, ev)
 
     def one_sided_outputs(self, ev):
         """(J, y) of the outputs whose loss is ½ max(y_j, 0)² at ev, or None (``fastnewton.active_set``)."""

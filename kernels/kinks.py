@@ -72,9 +72,21 @@ def kink_candidates(u, u_previous, held, flips, rtol, index):
     per iteration) and lists the rows to test into index: held by the last step, or uᵢ ≠ 0 with
     |uᵢ| ≤ rtol·max|u| (newton.py's kink rule: exact zeros are empty rows, or rows held by the last step), or
     flips[i] ≥ ZIGZAG_FLIPS; returns their count, or −1 when more than index holds."""
+    return kink_candidates_of_largest(u, u_previous, held, flips, rtol, largest_magnitude(u), index)
+
+
+@njit(cache=True)
+def largest_magnitude(u):
+    """max|uᵢ| (0 for no rows): the scale of ``kink_candidates``' test (on Dask, the blocks' maximum of these)."""
     largest = 0.0
     for i in range(u.shape[0]):
         largest = max(largest, abs(u[i]))
+    return largest
+
+
+@njit(cache=True)
+def kink_candidates_of_largest(u, u_previous, held, flips, rtol, largest, index):
+    """``kink_candidates`` with max|u| given (``largest``: on Dask, over all blocks' rows, u one block's)."""
     count = 0
     for i in range(u.shape[0]):
         flips[i] = flips[i] + 1 if (u_previous[i] > 0.0) != (u[i] > 0.0) else 0

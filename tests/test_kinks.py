@@ -312,5 +312,5 @@ def test_kinks_are_found_only_for_relu_softmax():
     C, b, _ = make_problem(50, 4, nnz_per_row=3, model="softmax", seed=0)
     problem = Problem(C, b, model="softmax")
     ev = problem.evaluate(np.ones(4))
-    assert Kinks.at(problem, ev, ("u", ev.kept["u"]), None, np.zeros(50, dtype=np.int64), 1e-6) is None
+    assert Kinks.at(problem, ev, problem.kink_states(ev), 1e-6) is None
     assert fastnewton.Problem(C, b, model="relu_softmax").relu_rows(np.array([2, 0])).shape == (2, 4)
