@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from ..kernels.kinks import MAX_CANDIDATES, TABLE_FIELDS, kink_candidates_of_largest, kink_table, largest_magnitude
 from ..models import RowBlock
 from ..models.base import MAX_PREFIX, has_row_weights
 from ..sketching import jl_scores, osnap_embed, sample_rows, sampled_rows_of
@@ -100,12 +101,20 @@ def _stage(block, kept, rows, known, summary):
     return {**kept, **new}
 
 
-def forward(block, x, first_rows):
+def _first_stage(block, u, first_rows, summary, magnitude):
+    """The model's first stage on u; with ``magnitude`` (relu_softmax) also the block's max|uᵢ| (``max_abs_u``:
+    the scale of the kink test, ``kink_rows``), so that test needs no reduction of its own."""
+    if magnitude:
+        summary[MAX_PREFIX + "abs_u"] = largest_magnitude(u)
+    return _stage(block, {"u": u}, first_rows, {}, summary)
+
+
+def forward(block, x, first_rows, magnitude=False):
     """u = C_p x (u = 0 without a pass when x is None) and the model's first stage in the same round."""
     summary = {}
     with _timed(block, summary):
         u = np.zeros(block.rows) if x is None else block.matrix.matvec(x)
-        kept = _stage(block, {"u": u}, first_rows, {}, summary)
+        kept = _first_stage(block, u, first_rows, summary, magnitude)
     return Held(summary, kept)
 
 
@@ -122,23 +131,54 @@ def curvature(block, held, model, known):
     return model.curvature(block, held.kept, known)
 
 
-def direction(block, held, p, first_rows):
+def direction(block, held, p, first_rows, magnitude=False):
     """C_p p stays for the line search; ‖C_p p‖∞ goes back (the logit cap), with the first loss stage
     at the full step u + C_p p, so an uncapped first trial needs no round of its own."""
     summary = {}
     with _timed(block, summary):
         Cp = block.matrix.matvec(p)
         summary[MAX_PREFIX + "abs"] = float(np.max(np.abs(Cp))) if Cp.size else 0.0
-        kept = _stage(block, {"u": held.kept["u"] + Cp}, first_rows, {}, summary)
+        kept = _first_stage(block, held.kept["u"] + Cp, first_rows, summary, magnitude)
     return Held(summary, {**kept, "Cp": Cp})
 
 
-def shifted_forward(block, held, line, t, first_rows):
+def shifted_forward(block, held, line, t, first_rows, magnitude=False):
     """A line-search trial u + t·C_p p from what the evaluation and the direction left (no pass over C)."""
     summary = {}
     with _timed(block, summary):
-        kept = _stage(block, {"u": held.kept["u"] + t * line.kept["Cp"]}, first_rows, {}, summary)
+        kept = _first_stage(block, held.kept["u"] + t * line.kept["Cp"], first_rows, summary, magnitude)
     return Held(summary, kept)
+
+
+def kink_rows(block, held, states, rtol, largest, held_rows, held_states, x, log_partition, c):
+    """relu_softmax's kink candidates on the block (``fastnewton.kinks.RowStates.candidates``, block by block):
+    the sign flips since the previous iterate's u (``states``: what this function kept at it, or None at the
+    first) counted into the block's flips, the rows listed by ``kink_candidates_of_largest`` with the global
+    ``largest`` = max|u|, and for each its global index, dense row of C and ``kink_table`` row go back (count −1:
+    more than MAX_CANDIDATES here). ``held_rows``/``held_states``: the rows (global indices) the last step held
+    and how (``HELD_*``). u and the flips stay on the worker for the next iteration."""
+    summary = {}
+    with _timed(block, summary):
+        kept = held.kept
+        u = kept["u"]
+        previous = u if states is None else states.kept["u"]
+        # A copy: a task run again (a lost worker) must not count the flips twice.
+        flips = np.zeros(block.rows, dtype=np.int64) if states is None else states.kept["flips"].copy()
+        held_now = np.zeros(block.rows, dtype=np.int8)
+        local = held_rows - block.offset
+        inside = (local >= 0) & (local < block.rows)
+        held_now[local[inside]] = held_states[inside]
+        index = np.empty(MAX_CANDIDATES, dtype=np.int64)
+        count = kink_candidates_of_largest(u, previous, held_now, flips, rtol, largest, index)
+        summary["count"] = count
+        if count > 0:
+            index = index[:count]
+            R = block.matrix.rows(index)
+            table = np.empty((count, TABLE_FIELDS))
+            at_kink = kink_table(R, index, count, u, flips, held_now, x, kept["e"],
+                                 log_partition.factor(kept["block_top"]), block.b, c, table)
+            summary.update(index=index + block.offset, rows=R, table=table, at_kink=at_kink)
+    return Held(summary, {"u": u.copy(), "flips": flips})
 
 
 def apply(block, function, args):

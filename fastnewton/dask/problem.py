@@ -16,12 +16,19 @@ and the partials of c, γ, the loss and C_pᵀQ_p → L, ∇L = G₀ − c·G₁
   for softmax_relu), one more for any other t (the first loss stage at u_p + t·C_p p). The accepted
   trial's u_p + t·C_p p and first stage start the next evaluation (no forward round; see
   ``fastnewton.newton.CarriedForward`` for when u is formed afresh).
+- relu_softmax's kink test (``fastnewton.kinks``): one round per iteration (``DaskRowStates``): the global
+  max|u| out (it came back with the evaluation's first stage), with the rows the last step held; back each
+  block's candidate rows (≤ MAX_CANDIDATES in all: index, dense row of C, table row). The previous u and the
+  sign-flip counters stay on the workers. A held step adds no round with a factor (its solves are the driver's)
+  and, with CG, the Hessian-vector rounds of its projected CG.
 """
 import copy
 from types import SimpleNamespace
 
 import numpy as np
 
+from ..kernels.kinks import MAX_CANDIDATES
+from ..kinks import NO_ROWS
 from ..models import build_model, uses_values
 from ..protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from ..reductions import dot
@@ -73,6 +80,8 @@ class DaskProblem:
                 with timer("forward"):
                     summary = self.rounds.reduce(held)
             known = {**known, **stage.combine(summary, known)}
+            if "max_abs_u" in summary:  # the first stage's max|u| (relu_softmax: the kink test's scale)
+                known["max_abs_u"] = summary["max_abs_u"]
             if "G" in summary:
                 known["G"] = summary["G"]
         return known, held
@@ -80,7 +89,8 @@ class DaskProblem:
     def _forward(self, x, model, timer=no_timer):
         """Round 1 (no pass over C at x = 0): u_p = C_p x and the model's first stage."""
         with timer("forward"):
-            return self.rounds.run(blocks.forward, args=(x if np.any(x) else None, model.evaluation[0].rows))
+            return self.rounds.run(blocks.forward, args=(x if np.any(x) else None, model.evaluation[0].rows,
+                                                         self.kink_rows_model(model)))
 
     def evaluate(self, x, timer=None, reference=False):
         """Evaluation at a validated x (``reference``: the model whose gradient at 0 sets g_ref)."""
@@ -99,7 +109,8 @@ class DaskProblem:
 
     def loss(self, x):
         """L(x): round 1 and the model's loss stages, no transposed pass (no pass over C at all at x = 0)."""
-        held = self.rounds.run(blocks.forward, args=(x if np.any(x) else None, self.row_model.loss_stages[0].rows))
+        held = self.rounds.run(blocks.forward, args=(x if np.any(x) else None, self.row_model.loss_stages[0].rows,
+                                                     self.kink_rows_model()))
         return self.loss_from(held, x)
 
     def loss_from(self, held, x, first_summary=None):
@@ -170,11 +181,22 @@ class DaskProblem:
         return self.row_model.relu_inputs(ev.known, None)
 
     def relu_kink_inputs(self, ev):
-        # u, e and b stay on the workers: the kink rows' test and step run on one machine only (fastnewton.kinks).
+        # u, e and b stay on the workers: the kink test runs there block by block (``kink_states``).
         return self.row_model.relu_kink_inputs(ev.known, None, None)
 
     def relu_rows(self, index):
-        raise NotImplementedError("the rows of C stay on the workers (fastnewton.kinks runs on one machine)")
+        raise NotImplementedError("the rows of C stay on the workers (the kink candidates' rows come back with "
+                                  "their test: DaskRowStates)")
+
+    def kink_rows_model(self, model=None):
+        """Whether ``model`` (default the problem's) passes u through ReLU before a softmax (relu_softmax): its
+        evaluations bring back max|u| and its iterations run the kink test (``DaskRowStates``)."""
+        model = model or self.row_model
+        return model.name == "relu_softmax"
+
+    def kink_states(self, ev):
+        """The kink test's per-row state, kept on the workers (``DaskRowStates``); None for other models."""
+        return DaskRowStates(self) if self.kink_rows_model() else None
 
     def one_sided_outputs(self, ev):
         return self.row_model.one_sided_outputs(ev.known, ev.P)
@@ -217,6 +239,38 @@ class DaskProblem:
         return self.rounds.gather(self.rounds.run(blocks.apply, args=(function, args)))
 
 
+class DaskRowStates:
+    """``fastnewton.kinks.RowStates`` with the per-row state on the workers: each block keeps its previous u and
+    sign-flip counters (``blocks.kink_rows``); the driver keeps only the rows the last step held."""
+
+    def __init__(self, problem):
+        self.problem = problem
+        self.states = [None] * len(problem.rounds.blocks)
+        self.held, self.held_states = NO_ROWS, np.zeros(0, dtype=np.int8)
+
+    def candidates(self, ev, rtol):
+        """One round: (index, rows, table, rows at the kink) of the candidates at ev, or None (none, or more than
+        MAX_CANDIDATES in all, as on one machine); counts the sign flips on the workers."""
+        rounds, known = self.problem.rounds, ev.known
+        futures = rounds.run(blocks.kink_rows, ev.kept, self.states,
+                             args=(rtol, known["max_abs_u"], self.held, self.held_states, ev.x,
+                                   known["log_partition"], known["c"]))
+        found = rounds.gather(futures)
+        self.states = futures
+        counts = [summary["count"] for summary in found]
+        if min(counts) < 0 or not 0 < sum(counts) <= MAX_CANDIDATES:
+            return None
+        found = [summary for summary in found if summary["count"] > 0]  # blocks in row order: rows ascending
+        return (np.concatenate([summary["index"] for summary in found]),
+                np.concatenate([summary["rows"] for summary in found]),
+                np.concatenate([summary["table"] for summary in found]),
+                sum(summary["at_kink"] for summary in found))
+
+    def after_step(self, ev, held, state):
+        """A step from ev held the rows ``held`` (global indices) with ``state``: sent with the next round."""
+        self.held, self.held_states = held, np.full(held.size, state, dtype=np.int8)
+
+
 class DaskLine:
     """The line x + t·p: C_p p stays on the workers; a trial costs the model's loss stages and no pass
     over C, and the full step t = 1 of an uncapped direction rides its first stage on C_p p's round."""
@@ -224,7 +278,8 @@ class DaskLine:
     def __init__(self, problem, ev, p):
         self.problem, self.ev, self.p = problem, ev, p
         self.first = problem.row_model.loss_stages[0].rows
-        self.directions = problem.rounds.run(blocks.direction, ev.kept, args=(p, self.first))
+        self.magnitude = problem.kink_rows_model()
+        self.directions = problem.rounds.run(blocks.direction, ev.kept, args=(p, self.first, self.magnitude))
         self.full_step = problem.rounds.reduce(self.directions)
         self.largest = self.full_step["max_abs"]
         self.factor = 1.0
@@ -242,7 +297,8 @@ class DaskLine:
         if step == 1.0:
             self.trial = t, self.directions, self.full_step
             return problem.loss_from(self.directions, x_t, self.full_step)
-        held = problem.rounds.run(blocks.shifted_forward, self.ev.kept, self.directions, args=(step, self.first))
+        held = problem.rounds.run(blocks.shifted_forward, self.ev.kept, self.directions,
+                                  args=(step, self.first, self.magnitude))
         self.trial = t, held, None
         return problem.loss_from(held, x_t)
 
@@ -255,5 +311,5 @@ class DaskLine:
             _, held, summary = self.trial
         else:
             held, summary = problem.rounds.run(blocks.shifted_forward, self.ev.kept, self.directions,
-                                               args=(t * self.factor, first)), None
+                                               args=(t * self.factor, first, self.magnitude)), None
         return problem.evaluate_from(self.ev.x + t * self.p, held, timer or no_timer, summary)
