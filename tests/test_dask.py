@@ -543,3 +543,48 @@ def test_branch_probe_is_the_same_on_dask(client):
     assert [record["phase"] for record in res.history[1:]] == phases
     assert res.status == reference.status and res.n_iter == reference.n_iter
     assert _relative(res.x, reference.x) <= AGREEMENT
+
+
+@pytest.mark.parametrize("hessian", ["exact", "pcg"])
+def test_planted_kink_minimum_is_converged_to_on_dask(client, hessian):
+    """relu_softmax with two rows at (Cx*)ᵢ = 0 at its minimiser (tests/test_kinks.py's planted problem), two
+    blocks: Dask runs the kink test and held step of ``solve`` (the per-row state on the workers:
+    ``DaskRowStates``) and ends CONVERGED at the kink stationary point (before: STALLED after 51 / 29
+    iterations). Its x is ``solve``'s to the solve's tolerance, 1e-8 relative (the blockwise sums round
+    otherwise; measured 1e-15 exact, 1e-11 pcg), and its least-norm Clarke element by lsq_linear is
+    ≤ 10·tol·g_ref (independently: NumPy's softmax, tests/test_kinks.py)."""
+    from test_kinks import _least_norm_clarke, planted_kink_problem
+
+    C, b, x_star, kinks = planted_kink_problem()
+    tol = 1e-8
+    kw = dict(hessian=hessian, tol=tol, seed=0)
+    reference = fastnewton.solve(C, b, "relu_softmax", **kw)
+    res = fastnewton.dask.solve(_dask(C, 30), b, "relu_softmax", client=client, **kw)
+    assert res.status == reference.status == fastnewton.Status.CONVERGED, res.message
+    assert "kink stationary point: 2 row(s)" in res.message
+    assert res.n_iter == reference.n_iter
+    assert np.linalg.norm(res.x - reference.x) <= tol * np.linalg.norm(reference.x)
+    assert np.linalg.norm(res.x - x_star) <= tol * np.linalg.norm(x_star)
+    assert res.subgradient_norm <= tol * res.g_ref
+    found, norm, _ = _least_norm_clarke(C, b, res.x)
+    assert found.tolist() == kinks.tolist() and norm <= 10 * tol * res.g_ref
+
+
+def test_relu_softmax_without_kinks_takes_its_path_on_dask(client, monkeypatch):
+    """A relu_softmax problem with no row at a kink on the way or at the end (tests/test_kinks.py's): the same x,
+    bits and iterations on Dask as the loop without the kink machinery (``kink_states`` None: the loop as before),
+    and the iterations of ``solve``."""
+    from fastnewton.dask.problem import DaskProblem
+
+    C, b, _ = fastnewton.make_problem(400, 12, nnz_per_row=4, model="relu_softmax", seed=4)
+    kw = dict(x0=np.full(12, 0.05), tol=1e-10, hessian="exact")
+    reference = fastnewton.solve(C, b, "relu_softmax", **kw)
+    res = fastnewton.dask.solve(_dask(C, 200), b, "relu_softmax", client=client, **kw)
+    monkeypatch.setattr(DaskProblem, "kink_states", lambda self, ev: None)
+    plain = fastnewton.dask.solve(_dask(C, 200), b, "relu_softmax", client=client, **kw)
+    assert res.status == plain.status == reference.status == fastnewton.Status.CONVERGED
+    assert res.n_iter == plain.n_iter == reference.n_iter and res.n_iter > 3
+    assert np.array_equal(res.x, plain.x)
+    assert "kink" not in res.message
+    # The kink test's round: one more per iteration than without it.
+    assert [r["rounds"] for r in res.history[1:]] == [r["rounds"] + 1 for r in plain.history[1:]]
