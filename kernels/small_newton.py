@@ -786,8 +786,10 @@ K_COUNT, K_STATIONARY, K_PENDING = range(3)
 
 @njit(cache=True)
 def _kink_state(n, d):
-    rows = min(n, MAX_CANDIDATE_ROWS)  # kink_candidates lists at most n rows
-    return (np.empty(rows, dtype=np.int64), np.zeros((rows, d)), np.empty((rows, TABLE_FIELDS)),
+    # kink_candidates lists at most n rows; R's rows are written before they are read (``_rows_of``), so a large
+    # buffer costs no zeroing per problem
+    rows = min(n, MAX_CANDIDATE_ROWS)
+    return (np.empty(rows, dtype=np.int64), np.empty((rows, d)), np.empty((rows, TABLE_FIELDS)),
             np.zeros(3, dtype=np.int64), np.zeros(n, dtype=np.int8), np.zeros(n, dtype=np.int64),
             np.empty(rows, dtype=np.int64), np.empty(rows, dtype=np.int64), np.empty(rows))
 
