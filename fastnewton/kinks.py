@@ -17,27 +17,38 @@ then runs on the driver."""
 import numpy as np
 
 from .kernels.damping import predicted_ratio
-from .kernels.kinks import (MAX_CANDIDATES, MAX_KINK_ROWS, MAX_UPDATES, T_U, TABLE_FIELDS, held_gain_ratio, held_rows,
-                            held_step, kink_candidates, kink_table, least_norm_subgradient, update_working_set)
+from .kernels.kinks import (MAX_CANDIDATE_ROWS, MAX_KINK_ROWS, MAX_UPDATES, T_U, TABLE_FIELDS, held_classes,
+                            held_gain_ratio, held_rows, held_step, hold_classes, kink_candidates, kink_table,
+                            least_norm_subgradient, parallel_groups, update_working_set)
 from .reductions import dot
 
 NO_ROWS = np.empty(0, dtype=np.int64)
 
 
 class Kinks:
-    """The candidate kink rows at one iterate: their indices, their rows of C (dense) and their table
-    (kernels/kinks.py's ``T_*`` columns); ``at_kink`` rows sit at the kink to rounding."""
+    """The candidate kink rows at one iterate: their indices, their rows of C (dense), their table
+    (kernels/kinks.py's ``T_*`` columns) and their classes of parallel rows (``parallel_groups``: ``group``,
+    ``coefficient``); ``at_kink`` rows sit at the kink to rounding."""
 
-    def __init__(self, index, rows, table, at_kink):
+    def __init__(self, index, rows, table, at_kink, group, coefficient):
         self.index, self.rows, self.table, self.at_kink = index, rows, table, at_kink
+        self.group, self.coefficient = group, coefficient
 
     @classmethod
     def at(cls, problem, ev, states, rtol):
         """The kink rows at ev, or None (no ReLU rows here, none a candidate, or too many: kernels/kinks.py).
         ``states``: the problem's ``kink_states`` (per-row state between iterations, updated here: call once per
-        iteration), or None."""
+        iteration), or None. The candidates' classes of parallel rows are formed here, for either kind of states."""
         found = states.candidates(ev, rtol) if states is not None else None
-        return None if found is None else cls(*found)
+        if found is None:
+            return None
+        index, rows, table, at_kink = found
+        count = index.shape[0]
+        group = np.empty(count, dtype=np.int64)
+        coefficient = np.empty(count)
+        if parallel_groups(rows, table, count, group, coefficient) < 0:
+            return None
+        return cls(index, rows, table, at_kink, group, coefficient)
 
     def stationarity(self, g, column_scale):
         """(rows at the kink, ‖g*‖, ‖D⁻¹g*‖) of the least-norm Clarke element g* (``least_norm_subgradient``)."""
@@ -54,29 +65,32 @@ class Kinks:
         member = np.empty(count, dtype=np.bool_)
         if not held_rows(self.rows, self.table, count, p, member):
             return p, NO_ROWS, None
+        group, coefficient = self.group, self.coefficient
         if system.hessp is None:
-            W = np.empty((p.shape[0], count))
+            W = np.zeros((p.shape[0], count))
             for k in range(count):
-                column = system.solve(self.rows[k], mu)  # −M⁻¹Rₖ
-                if column is None:
-                    return p, NO_ROWS, None
-                W[:, k] = -column
+                if group[k] == k:  # the constraints are the classes' rows (``held_step``)
+                    column = system.solve(self.rows[k], mu)  # −M⁻¹Rₖ
+                    if column is None:
+                        return p, NO_ROWS, None
+                    W[:, k] = -column
             held = np.empty_like(p)
-            if not held_step(self.rows, W, self.table, member, p, g, held):
+            if not held_step(self.rows, W, self.table, group, coefficient, member, p, g, held):
                 return p, NO_ROWS, None
             return held, self.index[member], None
         left = np.zeros(count, dtype=np.bool_)
         for _ in range(MAX_UPDATES + 1):
-            rows = np.flatnonzero(member)
+            rows = held_classes(member, group)
             if rows.shape[0] == 0 or rows.shape[0] > MAX_KINK_ROWS:
                 break
             solved = yield from system.held_solve_rounds(g, mu, self.rows[rows], self.table[rows, T_U])
             if solved is None:
                 break
             held, nu, curvature = solved
-            if update_working_set(self.rows, self.table, rows, nu, held, member, left):
+            if update_working_set(self.rows, self.table, group, coefficient, rows, nu, held, member, left):
                 continue
             if np.all(np.isfinite(held)) and dot(g, held) < 0.0:
+                hold_classes(member, group)
                 return held, self.index[member], curvature
             break
         return p, NO_ROWS, None
@@ -101,7 +115,7 @@ class RowStates:
             return None
         u, e, scale, b, c = inputs
         held = self.held if self.held is not None else np.zeros(u.shape[0], dtype=np.int8)
-        index = np.empty(MAX_CANDIDATES, dtype=np.int64)
+        index = np.empty(MAX_CANDIDATE_ROWS, dtype=np.int64)
         count = kink_candidates(u, self.previous[1], held, self.flips, rtol, index)
         if count <= 0:
             return None

@@ -347,7 +347,8 @@ def _compiled_message(row_model, facts, pack, p, status, out_int, out_float):
         if count == kernel.NO_STEP:
             detail = newton.NO_STEP_DETAIL
         else:
-            kink = newton.kink_text("row(s) with (Cx)ᵢ", int(count), int(out_int[kernel.O_KINK_INDEX])) if count else None
+            kink = (newton.kink_text("row(s) with (Cx)ᵢ", int(count), int(out_int[kernel.O_KINK_INDEX]), True)
+                    if count else None)
             detail = newton.stall_detail(kink, loss, grad_norm, g_ref)
     elif status == Status.NON_FINITE:
         where = out_int[kernel.O_FAULT_WHERE]

@@ -22,7 +22,7 @@ import numpy as np
 from .active_set import one_sided_gain_ratio, one_sided_step
 from .kernels.damping import (FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, longer_trial,
                               raised_damping)
-from .kernels.kinks import HELD_FULL, HELD_SHORT
+from .kernels.kinks import HELD_FULL, HELD_SHORT, MAX_CANDIDATE_ROWS
 from .kernels.reduce import gradient_rounding_bounds
 from .kinks import NO_ROWS, Kinks, held_ratio, kink_stationary_text
 from .protocol import no_timer
@@ -166,11 +166,12 @@ def non_finite_detail(loss, grad, grad_norm, where):
 KINK_RTOL = 1e-6
 
 
-def kink_sentence(before, after):
+def kink_sentence(before, after, held=False):
     """The stop message's sentence when the ReLU inputs sit at the kink, or None.
 
     ``before`` and ``after`` are an evaluator's ``relu_inputs`` at two successive iterates:
-    (what they are, their values) or None for a model without ReLU inputs on the driver."""
+    (what they are, their values) or None for a model without ReLU inputs on the driver; ``held``: whether the
+    loop holds rows at the kink (relu_softmax: ``fastnewton.kinks``)."""
     if before is None or after is None:
         return None
     what, previous = before
@@ -181,14 +182,19 @@ def kink_sentence(before, after):
     at_kink = flipped | near
     if not at_kink.any():
         return None
-    return kink_text(what, int(at_kink.sum()), int(np.flatnonzero(at_kink)[0]))
+    return kink_text(what, int(at_kink.sum()), int(np.flatnonzero(at_kink)[0]), held)
 
 
-def kink_text(what, count, first):
-    """The kink sentence for ``count`` ReLU inputs at the kink, the first at index ``first``."""
-    return (f"x sits at a ReLU kink: {count} {what} ≈ 0 or changing sign between steps (e.g. "
+def kink_text(what, count, first, held=False):
+    """The kink sentence for ``count`` ReLU inputs at the kink, the first at index ``first``; ``held``: whether the
+    loop holds rows at the kink (then more rows than it reads are said to be beyond it)."""
+    text = (f"x sits at a ReLU kink: {count} {what} ≈ 0 or changing sign between steps (e.g. "
             f"index {first}), where L is not differentiable and Newton steps no "
             f"longer reduce it beyond rounding.")
+    if held and count > MAX_CANDIDATE_ROWS:
+        text += (f" That is more rows than the step that holds rows at the kink reads ({MAX_CANDIDATE_ROWS}), so "
+                 f"plain Newton steps were taken.")
+    return text
 
 
 NO_STEP_DETAIL = "No step along the Newton direction decreases it at any damping."
@@ -486,7 +492,8 @@ class NewtonRun:
         elif self.n_iter - self.last_progress >= STALL_WINDOW:
             self.status = Status.STALLED
             problem = self.problem
-            kink = kink_sentence(self.previous_relu_inputs, problem.relu_inputs(ev))
+            kink = kink_sentence(self.previous_relu_inputs, problem.relu_inputs(ev),
+                                 problem.relu_kink_inputs(ev) is not None)
             self.at_kink = kink is not None
             self.detail = stall_detail(kink, ev.loss, self.grad_norm, self.g_ref)
         else:

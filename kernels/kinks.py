@@ -20,6 +20,15 @@ candidate rows off the kink that the step would move across it join K — the pr
 (semismooth Newton) rule, in the spirit of ``fastnewton.active_set``. K starts from the rows at the kink and
 those that zig-zag across it (``held_rows``); with none, the plain step is taken unchanged (the same bits).
 
+Many rows can share one geometric kink: rows of C that are parallel (Rₖ = cₖ·Rᵣ, e.g. every row whose only entry
+lies in a column j with xⱼ = 0) have uₖ = cₖ·uᵣ, so they reach 0 together and one constraint Rᵣp = −uᵣ holds them
+all (u = Cx is consistent: Rₖ(x + p) = cₖ·Rᵣ(x + p) = 0). The held step therefore holds one row per class of
+parallel candidates (``parallel_groups``), and its multiplier ν is the class's: the gradient's part along Rᵣ is
+Σₖ θₖcₖaₖ, and leaving the kink to the side uᵣ > 0 (< 0) sets θₖ = 1[cₖ > 0] (1[cₖ < 0]), so the class stays
+held while lo ≤ Σₖ cₖmₖaₖ + ν ≤ hi with lo = Σ_{cₖ<0} cₖaₖ and hi = Σ_{cₖ>0} cₖaₖ (both one-sided directional
+derivatives ≥ 0; a single row, c = 1: 0 ≤ λ ≤ a as above). The least-norm test keeps every row at the kink as
+its own unknown θₖ ∈ [0, 1] (the Clarke set is the sum of the rows' segments, parallel or not).
+
 Each candidate row's numbers sit in one row of a table (the ``T_*`` columns) beside its dense row of C (R).
 """
 import math
@@ -30,12 +39,18 @@ from numba import njit
 from .damping import predicted_ratio
 from .reduce import scaled_norm
 
-# At most this many rows of C are read per iteration for the kink tests (rows at the kink, held by the last
-# step, or whose sign flipped in it); beyond it the iterate is not settling on a few kinks (far from the
-# optimum the first steps flip dozens of rows) and the plain step is taken.
+# The kink tests take at most this many distinct candidate rows per iteration (rows at the kink, held by the last
+# step, or whose sign flipped in it; parallel rows count once: ``parallel_groups``); beyond it the iterate is not
+# settling on a few kinks (far from the optimum the first steps flip dozens of rows) and the plain step is taken.
 MAX_CANDIDATES = 32
-# The bordered system holds at most this many rows: the minimisers seen on noisy relu_softmax targets put
-# 1–2 rows at the kink (bench/many_small.py's problems, n 64–512, d 32–64); more is not a few kinks.
+# ... and read at most this many rows of C: many parallel rows can sit at one kink (kink_stress: up to 50 rows
+# whose only entry lies in one column j with xⱼ = 0). Reading them costs O(their nnz + MAX_CANDIDATE_ROWS·d), the
+# grouping O(MAX_CANDIDATE_ROWS·MAX_CANDIDATES) mostly (a non-parallel pair differs at its first entries), and the
+# bordered solves one column of W per class: at most MAX_CANDIDATES·d² on a factor, well below forming H.
+MAX_CANDIDATE_ROWS = 256
+# The bordered system holds at most this many constraints (classes of parallel rows): the minimisers seen on
+# noisy relu_softmax targets put 1–2 rows at the kink (bench/many_small.py's problems, n 64–512, d 32–64) and
+# kink_stress's up to 2 classes; more is not a few kinks.
 MAX_KINK_ROWS = 8
 # A row sits at the kink when |uᵢ| ≤ KINK_ROUNDING·nnzᵢ·eps·Σⱼ|Cᵢⱼxⱼ|: a fresh pass forms uᵢ within
 # γ_nnzᵢ·Σⱼ|Cᵢⱼxⱼ| ≈ nnzᵢ·eps·Σⱼ|Cᵢⱼxⱼ| of (Cx)ᵢ, and a carried u (fastnewton.newton's CarriedForward, up to
@@ -44,7 +59,7 @@ MAX_KINK_ROWS = 8
 KINK_ROUNDING = 16.0
 # Updates of K per step (rows leaving or joining): each is one more small solve with W's columns already formed.
 MAX_UPDATES = 3
-# Coordinate-descent sweeps of the least-norm problem (|K| ≤ MAX_KINK_ROWS unknowns in a box).
+# Coordinate-descent sweeps of the least-norm problem (the rows at the kink, ≤ MAX_CANDIDATE_ROWS unknowns in a box).
 MAX_SWEEPS = 200
 # A row zig-zags across its kink when its sign flipped in each of the last ZIGZAG_FLIPS steps and the plain step
 # would flip it once more. Measured on bench/many_small.py's relu_softmax problems: with one flip (the last step)
@@ -54,6 +69,9 @@ MAX_SWEEPS = 200
 ZIGZAG_FLIPS = 2
 # A pivot of the bordered matrix C_K W below this × its largest diagonal entry: rows of C_K dependent.
 PIVOT_RTOL = 1e-12
+# Two rows are parallel when ‖Rₖ − cRᵣ‖∞ ≤ PARALLEL_RTOL·‖Rₖ‖∞: the pivot test above rejects rows within about
+# √PIVOT_RTOL of parallel (the pivot is a squared distance), so those are the ones merged into one constraint.
+PARALLEL_RTOL = 1e-6
 
 # What the last step did to a row (``held``, an int8 per row): nothing, held it at the kink on a shortened step
 # (the line search cut it: uᵢ is on its way to 0), or held it there with the step taken in full (t = 1 within the
@@ -125,6 +143,46 @@ def kink_table(R, index, count, u, flips, held, x, e, scale, b, c, table):
         table[k, T_FLIPPED] = 1.0 if flips[i] >= ZIGZAG_FLIPS else 0.0
         at_kink += flag
     return at_kink
+
+
+@njit(cache=True)
+def parallel_groups(R, table, count, group, coefficient):
+    """group[k]: the first candidate r whose row is parallel to candidate k's, Rₖ = cₖ·Rᵣ (cₖ in coefficient; k
+    itself with cₖ = 1 when none is, and for an empty row): ‖Rₖ − cₖRᵣ‖∞ ≤ PARALLEL_RTOL·‖Rₖ‖∞ with cₖ from Rᵣ's
+    largest entry. Returns the number of classes, or −1 as soon as it passes MAX_CANDIDATES."""
+    d = R.shape[1]
+    pivot = np.empty(count, dtype=np.int64)
+    classes = 0
+    for k in range(count):
+        group[k] = k
+        coefficient[k] = 1.0
+        largest = 0.0
+        pivot[k] = 0
+        for j in range(d):
+            if abs(R[k, j]) > largest:
+                largest = abs(R[k, j])
+                pivot[k] = j
+        if table[k, T_NONZERO] != 0.0:
+            for r in range(k):
+                if group[r] != r or table[r, T_NONZERO] == 0.0:
+                    continue
+                c = R[k, pivot[r]] / R[r, pivot[r]]
+                if c == 0.0:
+                    continue
+                parallel = True
+                for j in range(d):
+                    if abs(R[k, j] - c * R[r, j]) > PARALLEL_RTOL * largest:
+                        parallel = False
+                        break
+                if parallel:
+                    group[k] = r
+                    coefficient[k] = c
+                    break
+        if group[k] == k:
+            classes += 1
+            if classes > MAX_CANDIDATES:
+                return -1
+    return classes
 
 
 @njit(cache=True)
@@ -206,18 +264,42 @@ def held_rows(R, table, count, p0, member):
 
 
 @njit(cache=True)
-def held_step(R, W, table, member, p0, g, p):
-    """The step of the model above with the rows of ``member`` (from ``held_rows``) held at the kink: W[:, k] =
-    M⁻¹R[k] for every candidate row (the caller's solves with M's factor), p₀ = −M⁻¹g. The working set is then
-    updated as the primal-dual active set method does: rows whose multiplier leaves [0, aᵢ] leave it, candidate
-    rows off the kink that the held step moves across it join it, and the bordered system is solved again (at most
-    MAX_UPDATES times). Writes p and ``member`` (the rows held); returns |K|, or 0 when the plain step stays (K
-    empty, over MAX_KINK_ROWS or not settled, C_K rank deficient, or the held step not a descent direction)."""
+def held_classes(member, group):
+    """The candidates that stand for a class of parallel rows (``parallel_groups``) with a row in the working set
+    ``member``, ascending: the constraints of the held step."""
+    held = np.zeros(member.shape[0], dtype=np.bool_)
+    for k in range(member.shape[0]):
+        if member[k]:
+            held[group[k]] = True
+    return np.flatnonzero(held)
+
+
+@njit(cache=True)
+def hold_classes(member, group):
+    """member[k] = whether candidate k's class has a row in ``member``: every row that a held step puts at the kink."""
+    held = np.zeros(member.shape[0], dtype=np.bool_)
+    for k in range(member.shape[0]):
+        if member[k]:
+            held[group[k]] = True
+    for k in range(member.shape[0]):
+        member[k] = held[group[k]]
+
+
+@njit(cache=True)
+def held_step(R, W, table, group, coefficient, member, p0, g, p):
+    """The step of the model above with the rows of ``member`` (from ``held_rows``) held at the kink, one
+    constraint per class of parallel rows (``held_classes``): W[:, r] = M⁻¹R[r] for every class's row r (the
+    caller's solves with M's factor; other columns are not read), p₀ = −M⁻¹g. The working set is then updated as
+    the primal-dual active set method does: classes whose multiplier leaves [lo, hi] leave it, candidate rows off
+    the kink that the held step moves across it join it, and the bordered system is solved again (at most
+    MAX_UPDATES times). Writes p and ``member`` (every row of the classes held); returns the number of
+    constraints, or 0 when the plain step stays (none, over MAX_KINK_ROWS or not settled, the classes' rows
+    dependent, or the held step not a descent direction)."""
     count = member.shape[0]
     d = p0.shape[0]
     left = np.zeros(count, dtype=np.bool_)
     for _ in range(MAX_UPDATES + 1):
-        rows = np.flatnonzero(member)
+        rows = held_classes(member, group)
         K = rows.shape[0]
         if K == 0 or K > MAX_KINK_ROWS:
             return 0
@@ -242,7 +324,7 @@ def held_step(R, W, table, member, p0, g, p):
             for a in range(K):
                 value -= W[j, rows[a]] * nu[a]
             p[j] = value
-        changed = update_working_set(R, table, rows, nu, p, member, left)
+        changed = update_working_set(R, table, group, coefficient, rows, nu, p, member, left)
         if changed:
             continue
         descent = 0.0
@@ -250,28 +332,47 @@ def held_step(R, W, table, member, p0, g, p):
             descent += g[j] * p[j]
         if not np.isfinite(descent) or not descent < 0.0:
             return 0
+        hold_classes(member, group)
         return K
     return 0
 
 
 @njit(cache=True)
-def update_working_set(R, table, rows, nu, p, member, left):
-    """The primal-dual active set update after the held step p with the rows ``rows`` of K held (their multipliers
-    ν, Mp + g + C_Kᵀν = 0): a row whose share λᵢ = mᵢaᵢ + νᵢ leaves [0, aᵢ] leaves K (and is marked in ``left``),
-    a candidate off the kink that p moves across it joins K; returns whether K changed."""
+def update_working_set(R, table, group, coefficient, rows, nu, p, member, left):
+    """The primal-dual active set update after the held step p with the classes ``rows`` held (their multipliers ν,
+    Mp + g + C_Kᵀν = 0): a class whose share Σₖ cₖmₖaₖ + ν leaves [lo, hi] (module docstring; a single row: λᵢ =
+    mᵢaᵢ + νᵢ leaves [0, aᵢ]) leaves K (its rows marked in ``left``), a candidate off the kink and off the classes
+    held that p moves across it joins K; returns whether K changed."""
     changed = False
+    count = member.shape[0]
+    held = np.zeros(count, dtype=np.bool_)
     for a in range(rows.shape[0]):
-        slope = table[rows[a], T_SLOPE]
-        share = table[rows[a], T_ACTIVE] * slope + nu[a]
-        if not (0.0 <= share <= slope):
-            member[rows[a]] = False
-            left[rows[a]] = True
+        r = rows[a]
+        held[r] = True
+        share = 0.0
+        low = 0.0
+        high = 0.0
+        for k in range(count):
+            if group[k] == r:
+                slope = coefficient[k] * table[k, T_SLOPE]
+                share += table[k, T_ACTIVE] * slope
+                if coefficient[k] > 0.0:
+                    high += slope
+                else:
+                    low += slope
+        share += nu[a]
+        if not (low <= share <= high):
+            for k in range(count):
+                if group[k] == r:
+                    member[k] = False
+                    left[k] = True
             changed = True
-    for k in range(member.shape[0]):
+    for k in range(count):
         # A row at the kink (or one that left K in this step) is decided by its multiplier alone: its uᵢ is
-        # 0 to rounding, whose sign says nothing, and re-entering would cycle.
+        # 0 to rounding, whose sign says nothing, and re-entering would cycle; so is a row of a class held (p
+        # puts it at 0 with the class).
         if (not member[k] and not left[k] and table[k, T_NONZERO] != 0.0 and table[k, T_AT_KINK] == 0.0
-                and _crosses(R, table, k, p)):
+                and not held[group[k]] and _crosses(R, table, k, p)):
             member[k] = True
             changed = True
     return changed

@@ -35,8 +35,8 @@ from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, 
     raised_damping
 from .dense import chunk_rmatmat, four_row_dots, row_dot, signed_scaled_rows
 from .in_place import array_at
-from .kinks import (HELD_FULL, HELD_SHORT, MAX_CANDIDATES, NOT_HELD, TABLE_FIELDS, held_gain_ratio, held_rows,
-                    held_step, kink_candidates, kink_table, least_norm_subgradient)
+from .kinks import (HELD_FULL, HELD_SHORT, MAX_CANDIDATE_ROWS, NOT_HELD, TABLE_FIELDS, held_gain_ratio, held_rows,
+                    held_step, kink_candidates, kink_table, least_norm_subgradient, parallel_groups)
 from .reduce import gradient_rounding_bounds, scaled_norm
 from .sandwich import ROW_PAD, _add_row, _sorted_rows
 from .simd import subtract_column_products4, subtract_column_products16
@@ -779,15 +779,19 @@ def _hessian_at_point(model, matrix, point, scalars, H):
 # relu_softmax's ReLU kinks (kernels/kinks.py, as ``fastnewton.kinks`` runs them for ``solve``): the model's
 # state, made once per problem (``_kink_state``): the candidate rows' indices, their rows of C (dense) and their
 # table, what the last step did to each row and each row's sign flips in a row, the rows the current iteration's
-# step holds, and counts (the ``K_*`` entries of ``info``).
+# step holds, counts (the ``K_*`` entries of ``info``), and the candidates' classes of parallel rows (group,
+# coefficient: ``parallel_groups``).
 K_COUNT, K_STATIONARY, K_PENDING = range(3)
 
 
 @njit(cache=True)
 def _kink_state(n, d):
-    return (np.empty(MAX_CANDIDATES, dtype=np.int64), np.zeros((MAX_CANDIDATES, d)),
-            np.empty((MAX_CANDIDATES, TABLE_FIELDS)), np.zeros(3, dtype=np.int64), np.zeros(n, dtype=np.int8),
-            np.zeros(n, dtype=np.int64), np.empty(MAX_CANDIDATES, dtype=np.int64))
+    # kink_candidates lists at most n rows; R's rows are written before they are read (``_rows_of``), so a large
+    # buffer costs no zeroing per problem
+    rows = min(n, MAX_CANDIDATE_ROWS)
+    return (np.empty(rows, dtype=np.int64), np.empty((rows, d)), np.empty((rows, TABLE_FIELDS)),
+            np.zeros(3, dtype=np.int64), np.zeros(n, dtype=np.int8), np.zeros(n, dtype=np.int64),
+            np.empty(rows, dtype=np.int64), np.empty(rows, dtype=np.int64), np.empty(rows))
 
 
 @njit(cache=True)
@@ -809,7 +813,7 @@ def _kink_test(model, matrix, point, previous, scalars, x, column_scale, setting
     """``NewtonRun.stationary_at_kink`` (with ``fastnewton.kinks.Kinks.at``): the rows the last step held become
     ``held`` (HELD_FULL after a full step), then the candidate rows, their table and the least-norm test."""
     b, w, relu, l2, chunk_rows, work, beta, kinks = model
-    index, R, table, info, held, flips, pending = kinks
+    index, R, table, info, held, flips, pending, group, coefficient = kinks
     info[K_COUNT] = 0
     info[K_STATIONARY] = 0
     if not relu:
@@ -824,6 +828,8 @@ def _kink_test(model, matrix, point, previous, scalars, x, column_scale, setting
         return False
     _rows_of(matrix, index, count, R)
     at_kink = kink_table(R, index, count, u, flips, held, x, point[2], scalars[3], b, scalars[0], table)
+    if parallel_groups(R, table, count, group, coefficient) < 0:
+        return False
     info[K_COUNT] = count
     if at_kink == 0:
         return False
@@ -839,7 +845,7 @@ def _kink_refine(model, point, U, column_scale, p, refined):
     """``fastnewton.kinks.Kinks.step``: the step with the working set's rows held at their kink (``held_step``,
     M⁻¹ from the factor Uᵀ U of the damped scaled matrix) in place of a descent step p; the rows held are kept
     for the next iteration's ``_kink_test``."""
-    index, R, table, info, held, flips, pending = model[7]
+    index, R, table, info, held, flips, pending, group, coefficient = model[7]
     info[K_PENDING] = 0
     count = info[K_COUNT]
     grad = point[1]
@@ -852,13 +858,15 @@ def _kink_refine(model, point, U, column_scale, p, refined):
     W = np.empty((d, count))
     scaled_row = np.empty(d)
     column = np.empty(d)
-    for k in range(count):  # W[:, k] = M⁻¹Rₖ = D⁻¹(D⁻¹MD⁻¹)⁻¹D⁻¹Rₖ
+    for k in range(count):  # W[:, k] = M⁻¹Rₖ = D⁻¹(D⁻¹MD⁻¹)⁻¹D⁻¹Rₖ for the classes' rows (``held_step``)
+        if group[k] != k:
+            continue
         for j in range(d):
             scaled_row[j] = R[k, j] / column_scale[j]
         _cholesky_solve(U, scaled_row, column)
         for j in range(d):
             W[j, k] = column[j] / column_scale[j]
-    if not held_step(R, W, table, member, p, grad, refined):
+    if not held_step(R, W, table, group, coefficient, member, p, grad, refined):
         return False
     for k in range(count):
         if member[k]:

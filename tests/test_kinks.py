@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.linalg
 import scipy.optimize
 import scipy.sparse as sp
 from scipy.special import softmax
@@ -12,9 +13,9 @@ from scipy.special import softmax
 import fastnewton
 import fastnewton.newton as newton_module
 from fastnewton import Problem, Status, make_problem, solve, solve_many
-from fastnewton.kernels.kinks import (HELD_FULL, MAX_CANDIDATES, NOT_HELD, T_ACTIVE, T_AT_KINK, T_FLIPPED, T_HELD,
-                                      T_NONZERO, T_SLOPE, T_U, TABLE_FIELDS, ZIGZAG_FLIPS, held_step,
-                                      kink_candidates, least_norm_subgradient)
+from fastnewton.kernels.kinks import (HELD_FULL, MAX_CANDIDATE_ROWS, MAX_CANDIDATES, NOT_HELD, T_ACTIVE, T_AT_KINK,
+                                      T_FLIPPED, T_HELD, T_NONZERO, T_SLOPE, T_U, TABLE_FIELDS, ZIGZAG_FLIPS,
+                                      held_step, kink_candidates, least_norm_subgradient, parallel_groups)
 from fastnewton.hessian import HessianProduct, NewtonSystem
 from fastnewton.kinks import Kinks
 from fastnewton.newton import run_rounds
@@ -88,20 +89,96 @@ def test_held_step_is_the_bordered_solve_and_drops_rows_by_their_multiplier(seed
     table = _table(u, slope, active, np.ones(count))
     member = np.ones(count, dtype=np.bool_)
     p = np.empty(d)
-    assert held_step(R, W, table, member, p0, g, p) == count
+    alone = np.arange(count), np.ones(count)  # every row its own class
+    assert held_step(R, W, table, *alone, member, p0, g, p) == count
     np.testing.assert_allclose(p, p_ref, rtol=1e-10, atol=1e-12 * np.linalg.norm(p_ref))
     # Row 0's share pushed outside [0, a₀]: it leaves, and the step is the bordered solve on the rows kept (the
     # others' multipliers change without it, and one may leave too).
     table[0, T_SLOPE] = 0.5 * abs(nu[0])
     table[0, T_ACTIVE] = 1.0 if nu[0] > 0 else 0.0
     member[:] = True
-    kept = held_step(R, W, table, member, p0, g, p)
+    kept = held_step(R, W, table, *alone, member, p0, g, p)
     assert not member[0] and kept == member.sum() >= 1
     p_ref, nu = _kkt(M, g, R[member], u[member])
     np.testing.assert_allclose(p, p_ref, rtol=1e-10, atol=1e-12 * np.linalg.norm(p_ref))
     share = table[member, T_ACTIVE] * table[member, T_SLOPE] + nu
     assert np.all((share >= 0) & (share <= table[member, T_SLOPE]))
 
+
+
+def test_parallel_rows_are_grouped_into_classes():
+    """parallel_groups: each row joins the first earlier row it is a multiple of (within PARALLEL_RTOL), with that
+    multiple; empty rows and non-parallel rows stand alone; more than MAX_CANDIDATES classes give −1."""
+    rng = np.random.default_rng(0)
+    d = 5
+    r0, r1 = rng.standard_normal(d), rng.standard_normal(d)
+    R = np.array([r0, np.zeros(d), -3.0 * r0, r1, r0 + 1e-3 * r1, 2.0 * r1 + 1e-9 * rng.standard_normal(d)])
+    table = _table(np.zeros(6), np.ones(6), np.zeros(6), np.ones(6))
+    table[1, T_NONZERO] = 0.0
+    group, coefficient = np.empty(6, dtype=np.int64), np.empty(6)
+    assert parallel_groups(R, table, 6, group, coefficient) == 4
+    assert group.tolist() == [0, 1, 0, 3, 4, 3]
+    np.testing.assert_allclose(coefficient, [1.0, 1.0, -3.0, 1.0, 1.0, 2.0], rtol=1e-8)
+    many = rng.standard_normal((MAX_CANDIDATES + 1, d))
+    table = _table(np.zeros(MAX_CANDIDATES + 1), np.ones(MAX_CANDIDATES + 1), np.zeros(MAX_CANDIDATES + 1),
+                   np.ones(MAX_CANDIDATES + 1))
+    group, coefficient = np.empty(MAX_CANDIDATES + 1, dtype=np.int64), np.empty(MAX_CANDIDATES + 1)
+    assert parallel_groups(many, table, MAX_CANDIDATES + 1, group, coefficient) == -1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_held_step_holds_one_constraint_per_class_of_parallel_rows(seed):
+    """Rows r₀, r₁, 2.5r₀, −0.7r₀, 3r₁ at the kink: as separate constraints they are dependent (the plain step
+    stays); as classes the step is the dense bordered solve on [r₀; r₁], every row of a class is held, and a class
+    stays while its share Σₖcₖmₖaₖ + ν lies in [Σ_{cₖ<0} cₖaₖ, Σ_{cₖ>0} cₖaₖ] (NumPy), even where no single row's
+    box [0, aₖ] holds ν; a class whose share leaves it leaves with all its rows."""
+    rng = np.random.default_rng(seed)
+    d = 6
+    A = rng.standard_normal((d, d))
+    M = A @ A.T / d + 0.5 * np.eye(d)
+    g = rng.standard_normal(d)
+    r0, r1 = rng.standard_normal(d), rng.standard_normal(d)
+    R = np.array([r0, r1, 2.5 * r0, -0.7 * r0, 3.0 * r1])
+    c = np.array([1.0, 1.0, 2.5, -0.7, 3.0])
+    count = 5
+    u = np.zeros(count)
+    W = np.linalg.solve(M, R.T)
+    p0 = -np.linalg.solve(M, g)
+    p_ref, nu = _kkt(M, g, R[:2], u[:2])
+    classes = np.array([0, 1, 0, 0, 1])
+    # Class 0's slopes hold ν₀ only together: each row's box [0, aₖ] (mₖ = 0) is too small for ν₀ alone.
+    active = np.zeros(count)
+    slope = np.where(classes == 0, 0.6 * abs(nu[0]), 2.0 * abs(nu[1]) + 1.0)
+    if nu[0] < 0:
+        active[[0, 2]] = 1.0  # m a c summed on the class: ν₀ < 0 is then inside [lo, hi] too
+    if nu[1] < 0:
+        active[[1, 4]] = 1.0
+    table = _table(u, slope, active, np.ones(count))
+    share = (c * active * slope)[classes == 0].sum() + nu[0]
+    low, high = (c * slope)[(classes == 0) & (c < 0)].sum(), (c * slope)[(classes == 0) & (c > 0)].sum()
+    assert low <= share <= high and abs(nu[0]) > slope[0]
+    member = np.array([True, True, False, False, False])
+    p = np.empty(d)
+    # every row its own constraint: all five dependent, or (r₀, r₁ alone) row 0 leaves, its box too small for ν₀
+    assert held_step(R, W, table, np.arange(count), np.ones(count), np.ones(count, dtype=np.bool_), p0, g, p) == 0
+    alone = member.copy()
+    assert held_step(R, W, table, np.arange(count), np.ones(count), alone, p0, g, p) <= 1 and not alone[0]
+    group, coefficient = np.empty(count, dtype=np.int64), np.empty(count)
+    assert parallel_groups(R, table, count, group, coefficient) == 2
+    assert group.tolist() == classes.tolist()
+    assert held_step(R, W, table, group, coefficient, member, p0, g, p) == 2
+    assert member.all()
+    np.testing.assert_allclose(p, p_ref, rtol=1e-10, atol=1e-12 * np.linalg.norm(p_ref))
+    # Class 0's slopes shrunk below its share: the class leaves (all three rows), class 1 alone is held.
+    table[classes == 0, T_SLOPE] = 0.05 * abs(nu[0])
+    table[classes == 0, T_ACTIVE] = 0.0
+    p_ref, nu = _kkt(M, g, R[1:2], u[1:2])
+    table[classes == 1, T_SLOPE] = 2.0 * abs(nu[0]) + 1.0
+    table[classes == 1, T_ACTIVE] = 1.0 if nu[0] < 0 else 0.0
+    member = np.array([True, True, False, False, False])
+    assert held_step(R, W, table, group, coefficient, member, p0, g, p) == 1
+    assert member.tolist() == [False, True, False, False, True]
+    np.testing.assert_allclose(p, p_ref, rtol=1e-10, atol=1e-12 * np.linalg.norm(p_ref))
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -199,9 +276,10 @@ def planted_kink_problem(n=60, d=6, thetas=(0.3, 0.6), seed=0):
     return C, s - y, x, kinks
 
 
-def _least_norm_clarke(C, b, x, at_kink_rtol=1e-9):
+def _least_norm_clarke(C, b, x, at_kink_rtol=1e-9, method="trf"):
     """The least-norm element of relu_softmax's Clarke subdifferential at x, independently: NumPy's softmax
-    and the rows with |uᵢ| ≤ rtol·max|u| as the kink rows, lsq_linear over their θ ∈ [0, 1]."""
+    and the rows with |uᵢ| ≤ rtol·max|u| as the kink rows, lsq_linear over their θ ∈ [0, 1] (``method``: "bvls",
+    the exact active-set method, where the kink rows are dependent and trf's LSMR stops early)."""
     u = C @ x
     kinks = np.flatnonzero(np.abs(u) <= at_kink_rtol * np.abs(u).max())
     z = np.maximum(u, 0.0)
@@ -212,7 +290,7 @@ def _least_norm_clarke(C, b, x, at_kink_rtol=1e-9):
     theta[kinks] = 0.0
     base = C.T @ (a * theta)
     A = (C[kinks] * a[kinks, None]).T
-    fit = scipy.optimize.lsq_linear(A, -base, bounds=(0.0, 1.0), tol=1e-14, lsmr_tol="auto")
+    fit = scipy.optimize.lsq_linear(A, -base, bounds=(0.0, 1.0), method=method, tol=1e-14, lsmr_tol="auto")
     return kinks, np.linalg.norm(base + A @ fit.x), fit.x
 
 
@@ -314,3 +392,101 @@ def test_kinks_are_found_only_for_relu_softmax():
     ev = problem.evaluate(np.ones(4))
     assert Kinks.at(problem, ev, problem.kink_states(ev), 1e-6) is None
     assert fastnewton.Problem(C, b, model="relu_softmax").relu_rows(np.array([2, 0])).shape == (2, 4)
+
+
+def planted_shared_kink_problem(n=80, d=6, column_rows=12, multiples=(1.0, -2.0, 0.5), seed=0):
+    """(C, b, x*, kink rows): relu_softmax whose minimiser x* puts column_rows + len(multiples) rows at (Cx*)ᵢ = 0 on
+    two geometric kinks: rows whose only entry lies in column 0 (x*₀ = 0; entries of both signs) and multiples of one
+    row r ⟂ x*. Planted as ``planted_kink_problem`` with every kink row's θₖ drawn in [0.2, 0.8]."""
+    rng = np.random.default_rng(seed)
+    C = rng.standard_normal((n, d))
+    x = rng.standard_normal(d)
+    x[0] = 0.0
+    kinks = np.arange(column_rows + len(multiples))
+    C[:column_rows] = 0.0
+    C[:column_rows, 0] = rng.choice([-1.0, 1.0], column_rows) * rng.uniform(0.5, 2.0, column_rows)
+    r = rng.standard_normal(d)
+    r -= (r @ x) / (x @ x) * x
+    C[column_rows:kinks.size] = np.outer(multiples, r)
+    thetas = rng.uniform(0.2, 0.8, kinks.size)
+    u = C @ x
+    active = u > 1e-12
+    active[kinks] = False
+    inactive = ~active
+    inactive[kinks] = False
+    s = softmax(np.maximum(u, 0.0))
+    slope = 0.3 * s[kinks] ** 2
+    y = np.zeros(n)
+    y[kinks] = slope / s[kinks]
+    y[active] = np.linalg.lstsq((C[active] * s[active, None]).T, -(thetas * slope) @ C[kinks], rcond=None)[0]
+    y[inactive] = -(s[~inactive] @ y[~inactive]) / s[inactive].sum()
+    return C, s - y, x, kinks
+
+
+def _face_minimiser(C, b, kinks, x0):
+    """The minimiser of L on the kink face {x : C_K x = 0} near x0, by scipy.optimize.minimize (BFGS) over
+    x = N z (N: an orthonormal basis of C_K's null space), with NumPy's loss and gradient (the kink rows' θ do
+    not enter: C_K N = 0)."""
+    N = scipy.linalg.null_space(C[kinks])
+
+    def loss_and_grad(z):
+        u = C @ (N @ z)
+        s = softmax(np.maximum(u, 0.0))
+        r = s - b
+        a = s * r - (s @ r) * s
+        return 0.5 * r @ r, N.T @ (C.T @ (a * (u > 0)))
+
+    fit = scipy.optimize.minimize(loss_and_grad, N.T @ x0, jac=True, method="BFGS", options={"gtol": 1e-13})
+    return N @ fit.x
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+@pytest.mark.parametrize("hessian", ["exact", "sketch", "pcg", "lagged"])
+def test_many_rows_at_one_kink_converge(fmt, hessian):
+    """15 rows at two geometric kinks (12 supported on column 0 with x*₀ = 0, 3 parallel multiples of one row):
+    before, every strategy ended STALLED (31–35 iterations, x 2e-6 from x*: the held step rejected the dependent
+    rows). Now CONVERGED at a kink stationary point of 15 rows, the lsq_linear least-norm Clarke element over all
+    15 θₖ ≤ 10·tol·g_ref, x within 1e-7 (relative) of scipy's minimiser on the kink face, no nearby point lower."""
+    C, b, x_star, kinks = planted_shared_kink_problem()
+    matrix = sp.csr_matrix(C) if fmt == "csr" else C
+    tol = 1e-8
+    res = _quiet(solve, matrix, b, "relu_softmax", hessian=hessian, tol=tol, seed=0)
+    assert res.status == Status.CONVERGED, res.message
+    assert "kink stationary point: 15 row(s)" in res.message
+    assert res.subgradient_norm <= tol * res.g_ref
+    found, norm, _ = _least_norm_clarke(C, b, res.x, method="bvls")
+    assert found.tolist() == kinks.tolist()
+    assert norm <= 10 * tol * res.g_ref
+    rng = np.random.default_rng(2)
+    reference = _face_minimiser(C, b, kinks, x_star + 1e-2 * rng.standard_normal(x_star.size))
+    assert np.linalg.norm(res.x - reference) <= 1e-7 * np.linalg.norm(reference)
+    problem = Problem(C, b, model="relu_softmax")
+    loss = problem.loss(res.x)
+    for _ in range(50):
+        step = rng.standard_normal(x_star.size)
+        assert problem.loss(res.x + 1e-4 * step / np.linalg.norm(step)) >= loss
+
+
+def test_many_rows_at_one_kink_solve_many_agrees():
+    """solve_many's compiled loop on the shared-kink problems (dense and CSR, two seeds): solve's status, message,
+    iterations and x (1e-10)."""
+    problems = []
+    for seed in (0, 2):
+        C, b, _, _ = planted_shared_kink_problem(seed=seed)
+        problems += [(C, b), (sp.csr_matrix(C), b)]
+    result = _quiet(solve_many, problems, model="relu_softmax")
+    for i, (matrix, target) in enumerate(problems):
+        reference = _quiet(solve, matrix, target, "relu_softmax")
+        mine = result.problem(i)
+        assert reference.status == Status.CONVERGED and "kink stationary point: 15 row(s)" in reference.message
+        assert (mine["status"], mine["message"], mine["n_iter"]) == (reference.status, reference.message,
+                                                                    reference.n_iter)
+        assert np.linalg.norm(mine["x"] - reference.x) <= 1e-10 * np.linalg.norm(reference.x)
+
+
+def test_more_rows_at_a_kink_than_the_step_reads_are_said_so():
+    """Past MAX_CANDIDATE_ROWS rows near the kink the plain step is taken, and a stall says so."""
+    text = newton_module.kink_text("row(s) with (Cx)ᵢ", MAX_CANDIDATE_ROWS + 1, 0, True)
+    assert f"more rows than the step that holds rows at the kink reads ({MAX_CANDIDATE_ROWS})" in text
+    assert "more rows" not in newton_module.kink_text("row(s) with (Cx)ᵢ", MAX_CANDIDATE_ROWS, 0, True)
+    assert "more rows" not in newton_module.kink_text("outputs", MAX_CANDIDATE_ROWS + 1, 0)

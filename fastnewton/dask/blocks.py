@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..kernels.kinks import MAX_CANDIDATES, TABLE_FIELDS, kink_candidates_of_largest, kink_table, largest_magnitude
+from ..kernels.kinks import MAX_CANDIDATE_ROWS, TABLE_FIELDS, kink_candidates_of_largest, kink_table, largest_magnitude
 from ..models import RowBlock
 from ..models.base import MAX_PREFIX, has_row_weights
 from ..sketching import jl_scores, osnap_embed, sample_rows, sampled_rows_of
@@ -155,7 +155,7 @@ def kink_rows(block, held, states, rtol, largest, held_rows, held_states, x, log
     the sign flips since the previous iterate's u (``states``: what this function kept at it, or None at the
     first) counted into the block's flips, the rows listed by ``kink_candidates_of_largest`` with the global
     ``largest`` = max|u|, and for each its global index, dense row of C and ``kink_table`` row go back (count −1:
-    more than MAX_CANDIDATES here). ``held_rows``/``held_states``: the rows (global indices) the last step held
+    more than MAX_CANDIDATE_ROWS here). ``held_rows``/``held_states``: the rows (global indices) the last step held
     and how (``HELD_*``). u and the flips stay on the worker for the next iteration."""
     summary = {}
     with _timed(block, summary):
@@ -168,7 +168,7 @@ def kink_rows(block, held, states, rtol, largest, held_rows, held_states, x, log
         local = held_rows - block.offset
         inside = (local >= 0) & (local < block.rows)
         held_now[local[inside]] = held_states[inside]
-        index = np.empty(MAX_CANDIDATES, dtype=np.int64)
+        index = np.empty(MAX_CANDIDATE_ROWS, dtype=np.int64)
         count = kink_candidates_of_largest(u, previous, held_now, flips, rtol, largest, index)
         summary["count"] = count
         if count > 0:

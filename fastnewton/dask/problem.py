@@ -18,7 +18,7 @@ and the partials of c, γ, the loss and C_pᵀQ_p → L, ∇L = G₀ − c·G₁
   ``fastnewton.newton.CarriedForward`` for when u is formed afresh).
 - relu_softmax's kink test (``fastnewton.kinks``): one round per iteration (``DaskRowStates``): the global
   max|u| out (it came back with the evaluation's first stage), with the rows the last step held; back each
-  block's candidate rows (≤ MAX_CANDIDATES in all: index, dense row of C, table row). The previous u and the
+  block's candidate rows (≤ MAX_CANDIDATE_ROWS in all: index, dense row of C, table row). The previous u and the
   sign-flip counters stay on the workers. A held step adds no round with a factor (its solves are the driver's)
   and, with CG, the Hessian-vector rounds of its projected CG.
 """
@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..kernels.kinks import MAX_CANDIDATES
+from ..kernels.kinks import MAX_CANDIDATE_ROWS
 from ..kinks import NO_ROWS
 from ..models import build_model, uses_values
 from ..protocol import Evaluation, add_low_rank_and_ridge, no_timer
@@ -250,7 +250,7 @@ class DaskRowStates:
 
     def candidates(self, ev, rtol):
         """One round: (index, rows, table, rows at the kink) of the candidates at ev, or None (none, or more than
-        MAX_CANDIDATES in all, as on one machine); counts the sign flips on the workers."""
+        MAX_CANDIDATE_ROWS in all, as on one machine); counts the sign flips on the workers."""
         rounds, known = self.problem.rounds, ev.known
         futures = rounds.run(blocks.kink_rows, ev.kept, self.states,
                              args=(rtol, known["max_abs_u"], self.held, self.held_states, ev.x,
@@ -258,7 +258,7 @@ class DaskRowStates:
         found = rounds.gather(futures)
         self.states = futures
         counts = [summary["count"] for summary in found]
-        if min(counts) < 0 or not 0 < sum(counts) <= MAX_CANDIDATES:
+        if min(counts) < 0 or not 0 < sum(counts) <= MAX_CANDIDATE_ROWS:
             return None
         found = [summary for summary in found if summary["count"] > 0]  # blocks in row order: rows ascending
         return (np.concatenate([summary["index"] for summary in found]),
