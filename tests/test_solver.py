@@ -520,7 +520,7 @@ def test_both_evaluators_implement_the_protocol():
     from fastnewton.protocol import Evaluator
 
     methods = [name for name, value in vars(Evaluator).items() if callable(value) and not name.startswith("_")]
-    assert len(methods) == 22
+    assert len(methods) == 23
     for evaluator in (Problem, DaskProblem):
         missing = [name for name in methods if not callable(getattr(evaluator, name, None))]
         assert missing == [], (evaluator.__name__, missing)
