@@ -264,23 +264,27 @@ def held_rows(R, table, count, p0, member):
 
 
 @njit(cache=True)
-def held_classes(member, group):
-    """The candidates that stand for a class of parallel rows (``parallel_groups``) with a row in the working set
-    ``member``, ascending: the constraints of the held step."""
+def _classes_in(member, group):
+    """held[r]: whether the class of parallel rows that candidate r stands for (``parallel_groups``) has a row in
+    the working set ``member``."""
     held = np.zeros(member.shape[0], dtype=np.bool_)
     for k in range(member.shape[0]):
         if member[k]:
             held[group[k]] = True
-    return np.flatnonzero(held)
+    return held
+
+
+@njit(cache=True)
+def held_classes(member, group):
+    """The candidates that stand for a class with a row in the working set ``member``, ascending: the constraints
+    of the held step."""
+    return np.flatnonzero(_classes_in(member, group))
 
 
 @njit(cache=True)
 def hold_classes(member, group):
     """member[k] = whether candidate k's class has a row in ``member``: every row that a held step puts at the kink."""
-    held = np.zeros(member.shape[0], dtype=np.bool_)
-    for k in range(member.shape[0]):
-        if member[k]:
-            held[group[k]] = True
+    held = _classes_in(member, group)
     for k in range(member.shape[0]):
         member[k] = held[group[k]]
 

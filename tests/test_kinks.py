@@ -357,18 +357,24 @@ def test_cg_kink_steps_in_solve_many_targets_are_solves(hessian):
         assert (mine["status"], mine["n_iter"]) == (reference.status, reference.n_iter)
         assert np.linalg.norm(mine["x"] - reference.x) <= 1e-10 * np.linalg.norm(reference.x)
 
-def test_planted_kink_problem_solve_many_agrees():
-    """solve_many's compiled loop takes the same kink steps and stop: status, message, iterations, x (1e-10)."""
-    C, b, x_star, _ = planted_kink_problem()
-    problems = [(C, b), (sp.csr_matrix(C), b), planted_kink_problem(seed=3)[:2]]
+def assert_solve_many_agrees_at_kinks(problems, stop):
+    """solve_many's compiled loop takes solve's kink steps and stop on each of ``problems``: CONVERGED with ``stop``
+    in its message, the same status, message and iterations, and x within 1e-10 (relative)."""
     result = _quiet(solve_many, problems, model="relu_softmax")
     for i, (matrix, target) in enumerate(problems):
         reference = _quiet(solve, matrix, target, "relu_softmax")
         mine = result.problem(i)
-        assert reference.status == Status.CONVERGED and "kink stationary point" in reference.message
+        assert reference.status == Status.CONVERGED and stop in reference.message
         assert (mine["status"], mine["message"], mine["n_iter"]) == (reference.status, reference.message,
                                                                     reference.n_iter)
         assert np.linalg.norm(mine["x"] - reference.x) <= 1e-10 * np.linalg.norm(reference.x)
+
+
+def test_planted_kink_problem_solve_many_agrees():
+    """solve_many's compiled loop takes the same kink steps and stop: status, message, iterations, x (1e-10)."""
+    C, b, x_star, _ = planted_kink_problem()
+    assert_solve_many_agrees_at_kinks([(C, b), (sp.csr_matrix(C), b), planted_kink_problem(seed=3)[:2]],
+                                      "kink stationary point")
 
 
 @pytest.mark.parametrize("fmt", ["dense", "csr"])
@@ -474,14 +480,7 @@ def test_many_rows_at_one_kink_solve_many_agrees():
     for seed in (0, 2):
         C, b, _, _ = planted_shared_kink_problem(seed=seed)
         problems += [(C, b), (sp.csr_matrix(C), b)]
-    result = _quiet(solve_many, problems, model="relu_softmax")
-    for i, (matrix, target) in enumerate(problems):
-        reference = _quiet(solve, matrix, target, "relu_softmax")
-        mine = result.problem(i)
-        assert reference.status == Status.CONVERGED and "kink stationary point: 15 row(s)" in reference.message
-        assert (mine["status"], mine["message"], mine["n_iter"]) == (reference.status, reference.message,
-                                                                    reference.n_iter)
-        assert np.linalg.norm(mine["x"] - reference.x) <= 1e-10 * np.linalg.norm(reference.x)
+    assert_solve_many_agrees_at_kinks(problems, "kink stationary point: 15 row(s)")
 
 
 def test_more_rows_at_a_kink_than_the_step_reads_are_said_so():
