@@ -262,18 +262,24 @@ def planted_kink_problem(n=60, d=6, thetas=(0.3, 0.6), seed=0):
     x = rng.standard_normal(d)
     kinks = np.arange(len(thetas))
     C[kinks] -= np.outer(C[kinks] @ x, x) / (x @ x)
+    return C, _planted_target(C, x, kinks, np.asarray(thetas)), x, kinks
+
+
+def _planted_target(C, x, kinks, thetas):
+    """b making x a kink stationary point with the rows ``kinks`` at the kink and their Clarke weights ``thetas``
+    (the construction in ``planted_kink_problem``'s docstring)."""
     u = C @ x
     active = u > 1e-12
+    active[kinks] = False
     inactive = ~active
     inactive[kinks] = False
     s = softmax(np.maximum(u, 0.0))
     slope = 0.3 * s[kinks] ** 2
-    y = np.zeros(n)
+    y = np.zeros(C.shape[0])
     y[kinks] = slope / s[kinks]
-    y[active] = np.linalg.lstsq((C[active] * s[active, None]).T, -(np.asarray(thetas) * slope) @ C[kinks],
-                                rcond=None)[0]
+    y[active] = np.linalg.lstsq((C[active] * s[active, None]).T, -(thetas * slope) @ C[kinks], rcond=None)[0]
     y[inactive] = -(s[~inactive] @ y[~inactive]) / s[inactive].sum()
-    return C, s - y, x, kinks
+    return s - y
 
 
 def _least_norm_clarke(C, b, x, at_kink_rtol=1e-9, method="trf"):
@@ -415,18 +421,7 @@ def planted_shared_kink_problem(n=80, d=6, column_rows=12, multiples=(1.0, -2.0,
     r -= (r @ x) / (x @ x) * x
     C[column_rows:kinks.size] = np.outer(multiples, r)
     thetas = rng.uniform(0.2, 0.8, kinks.size)
-    u = C @ x
-    active = u > 1e-12
-    active[kinks] = False
-    inactive = ~active
-    inactive[kinks] = False
-    s = softmax(np.maximum(u, 0.0))
-    slope = 0.3 * s[kinks] ** 2
-    y = np.zeros(n)
-    y[kinks] = slope / s[kinks]
-    y[active] = np.linalg.lstsq((C[active] * s[active, None]).T, -(thetas * slope) @ C[kinks], rcond=None)[0]
-    y[inactive] = -(s[~inactive] @ y[~inactive]) / s[inactive].sum()
-    return C, s - y, x, kinks
+    return C, _planted_target(C, x, kinks, thetas), x, kinks
 
 
 def _face_minimiser(C, b, kinks, x0):
