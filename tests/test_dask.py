@@ -549,19 +549,19 @@ def test_branch_probe_is_the_same_on_dask(client):
 @pytest.mark.parametrize("shared", [False, True], ids=["two-rows", "parallel-rows"])
 def test_planted_kink_minimum_is_converged_to_on_dask(client, hessian, shared):
     """relu_softmax with rows at (Cx*)ᵢ = 0 at its minimiser (tests/test_kinks.py's planted problems: two rows, or
-    15 rows in two classes of parallel rows split over both blocks), two blocks: Dask runs the kink test and held
-    step of ``solve`` (the per-row state on the workers: ``DaskRowStates``) and ends CONVERGED at the kink
-    stationary point (the plain step stalls there: after 51 / 29 iterations on the two-row problem). Its x is
-    ``solve``'s to the solve's tolerance, 1e-8 relative (the blockwise sums round otherwise; measured 1e-15
-    exact, 1e-11 pcg), and its least-norm Clarke element by lsq_linear is ≤ 10·tol·g_ref (independently:
-    NumPy's softmax, tests/test_kinks.py)."""
+    15 rows in two classes of parallel rows split over two blocks), on 2 blocks (8 for the 15-row problem): Dask
+    runs the kink test and held step of ``solve`` (the per-row state on the workers: ``DaskRowStates``) and ends
+    CONVERGED at the kink stationary point (the plain step stalls there: after 51 / 29 iterations on the two-row
+    problem). Its x is ``solve``'s to the solve's tolerance, 1e-8 relative (the blockwise sums round otherwise;
+    measured 1e-15 exact, 1e-11 pcg), and its least-norm Clarke element by lsq_linear is ≤ 10·tol·g_ref
+    (independently: NumPy's softmax, tests/test_kinks.py)."""
     from test_kinks import _least_norm_clarke, planted_kink_problem, planted_shared_kink_problem
 
     C, b, x_star, kinks = planted_shared_kink_problem() if shared else planted_kink_problem()
     tol = 1e-8
     kw = dict(hessian=hessian, tol=tol, seed=0)
     reference = fastnewton.solve(C, b, "relu_softmax", **kw)
-    # The shared problem's kink rows are its first 15 of 80: blocks of 10 rows put them on two blocks.
+    # The shared problem's kink rows are its first 15 of 80: blocks of 10 rows put them on two of its 8 blocks.
     res = fastnewton.dask.solve(_dask(C, 10 if shared else 30), b, "relu_softmax", client=client, **kw)
     assert res.status == reference.status == fastnewton.Status.CONVERGED, res.message
     assert f"kink stationary point: {kinks.size} row(s)" in res.message
