@@ -74,12 +74,25 @@ def _check_same_as_solve(problems, model, result, non_unique=(), **kwargs):
         x0 = kwargs.get("x0", "auto") if x0_each is None else x0_each[i]
         reference = _quiet(solve, C, b, model, V=V, **{**kwargs, "x0": x0})
         mine = result.problem(i)
+        other_format = []
+
+        def solve_other_format():
+            # softmax_relu's valleys and long dead-output paths: solve on the other format's copy of C (the same
+            # problem up to rounding) is the yardstick of what rounding alone changes. Solved once, when needed.
+            if not other_format:
+                other = C.toarray() if sp.issparse(C) else sp.csr_matrix(C)
+                other_format.append(_quiet(solve, other, b, model, V=V, **{**kwargs, "x0": x0}))
+            return other_format[0]
         assert mine["status"] == reference.status, (i, mine["message"], reference.message)
         assert _masked(mine["message"]) == _masked(reference.message), i
         if reference.status == Status.STALLED:
             # At the rounding floor the stagnation window counts steps whose progress is rounding
             # noise, which differs in the last bits between the two loops: it ends within one window.
             assert abs(mine["n_iter"] - reference.n_iter) <= STALL_WINDOW, i
+        elif model == "softmax_relu" and mine["n_iter"] != reference.n_iter:
+            # A long path (a dead output's ~95 iterations) can end one step apart by rounding alone: on this
+            # machine solve's own count moves by one with the format of C, or with b perturbed by 1e-15.
+            assert abs(mine["n_iter"] - reference.n_iter) <= abs(solve_other_format().n_iter - reference.n_iter), i
         else:
             assert mine["n_iter"] == reference.n_iter, i
         if i in non_unique:
@@ -89,10 +102,8 @@ def _check_same_as_solve(problems, model, result, non_unique=(), **kwargs):
             scale = max(np.linalg.norm(reference.x), 1e-300)
             error = np.linalg.norm(mine["x"] - reference.x)
             if model == "softmax_relu" and error > X_RTOL * scale:
-                # m < d outputs (or a dead one) leave a valley of minimisers, along which any rounding moves x:
-                # solve's own x on the other format's copy of C (the same problem up to rounding) is the yardstick.
-                other = C.toarray() if sp.issparse(C) else sp.csr_matrix(C)
-                moved = np.linalg.norm(_quiet(solve, other, b, model, V=V, **{**kwargs, "x0": x0}).x - reference.x)
+                # m < d outputs (or a dead one) leave a valley of minimisers, along which any rounding moves x.
+                moved = np.linalg.norm(solve_other_format().x - reference.x)
                 assert error <= VALLEY_FACTOR * moved, (i, error / scale, moved / scale)
             else:
                 assert error <= X_RTOL * scale, i
