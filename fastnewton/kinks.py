@@ -52,7 +52,8 @@ class Kinks:
 
     def stationarity(self, g, column_scale):
         """(rows at the kink, ‖g*‖, ‖D⁻¹g*‖) of the least-norm Clarke element g* (``least_norm_subgradient``)."""
-        return least_norm_subgradient(g, self.rows, self.table, self.index.shape[0], column_scale)
+        return least_norm_subgradient(g, self.rows, self.table, self.index.shape[0], self.group, self.coefficient,
+                                      column_scale)
 
     def step_rounds(self, system, g, mu, p):
         """(step, rows held, its pᵀHp or None): the step with the working set's rows held at the kink, or
@@ -122,7 +123,7 @@ class RowStates:
         index = index[:count]
         rows = self.problem.relu_rows(index)
         table = np.empty((count, TABLE_FIELDS))
-        at_kink = kink_table(rows, index, count, u, self.flips, held, ev.x, e, scale, b, c, table)
+        at_kink = kink_table(rows, index, count, u, held, ev.x, e, scale, b, c, table)
         return index, rows, table, at_kink
 
     def after_step(self, ev, held, state):

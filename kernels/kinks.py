@@ -18,7 +18,8 @@ directional derivatives across the kink are ≥ 0); otherwise it leaves K (θᵢ
 side; θᵢ < 0: on the inactive side; aᵢ < 0, a ridge: always) and the system is solved again without it, while
 candidate rows off the kink that the step would move across it join K — the primal-dual active set
 (semismooth Newton) rule, in the spirit of ``fastnewton.active_set``. K starts from the rows at the kink and
-those that zig-zag across it (``held_rows``); with none, the plain step is taken unchanged (the same bits).
+the other candidates (``kink_candidates``: near the kink, held by the last step, or zig-zagging across it) that
+the plain step moves across it (``held_rows``); with none, the plain step is taken unchanged (the same bits).
 
 Many rows can share one geometric kink: rows of C that are parallel (Rₖ = cₖ·Rᵣ, e.g. every row whose only entry
 lies in a column j with xⱼ = 0) have uₖ = cₖ·uᵣ, so they reach 0 together and one constraint Rᵣp = −uᵣ holds them
@@ -59,10 +60,14 @@ MAX_KINK_ROWS = 8
 KINK_ROUNDING = 16.0
 # Updates of K per step (rows leaving or joining): each is one more small solve with W's columns already formed.
 MAX_UPDATES = 3
-# Coordinate-descent sweeps of the least-norm problem (the rows at the kink, ≤ MAX_CANDIDATE_ROWS unknowns in a box).
+# Coordinate-descent sweeps of the least-norm problem (the rows at the kink, ≤ MAX_CANDIDATE_ROWS unknowns in a box),
+# which polish the exact solution in the classes' shares (``class_start``).
 MAX_SWEEPS = 200
-# A row zig-zags across its kink when its sign flipped in each of the last ZIGZAG_FLIPS steps and the plain step
-# would flip it once more. Measured on bench/many_small.py's relu_softmax problems: with one flip (the last step)
+# Rounds of the active-set method on the classes' shares (≤ MAX_CANDIDATES unknowns): each frees or fixes one
+# variable, and a few rounds per unknown settle it (rounding can make it cycle: then it stops, no worse).
+MAX_ACTIVE_SET_ROUNDS = 4 * MAX_CANDIDATES
+# A row zig-zags across its kink when its sign flipped in each of the last ZIGZAG_FLIPS steps (then it is a
+# candidate: held when the plain step would flip it once more). Measured on bench/many_small.py's relu_softmax problems: with one flip (the last step)
 # the first, long steps of ~20% of the problems that converge without a kink had a row held for a step,
 # which changed their path (and, on a few, the local minimum reached); the zig-zag at a kink alternates
 # the sign for many steps in a row.
@@ -78,10 +83,9 @@ PARALLEL_RTOL = 1e-6
 # logit cap: uᵢ = 0 up to the rounding of C·p).
 NOT_HELD, HELD_SHORT, HELD_FULL = 0, 1, 2
 # Columns of the candidate table: uᵢ, aᵢ, mᵢ = 1[uᵢ > 0], whether the row is at the kink (to rounding, or
-# HELD_FULL), its ``held`` state, whether it zig-zags (its sign flipped in each of the last ZIGZAG_FLIPS steps),
-# and whether its row of C is non-zero.
-T_U, T_SLOPE, T_ACTIVE, T_AT_KINK, T_HELD, T_FLIPPED, T_NONZERO = range(7)
-TABLE_FIELDS = 7
+# HELD_FULL) and whether its row of C is non-zero.
+T_U, T_SLOPE, T_ACTIVE, T_AT_KINK, T_NONZERO = range(5)
+TABLE_FIELDS = 5
 
 
 @njit(cache=True)
@@ -117,7 +121,7 @@ def kink_candidates_of_largest(u, u_previous, held, flips, rtol, largest, index)
 
 
 @njit(cache=True)
-def kink_table(R, index, count, u, flips, held, x, e, scale, b, c, table):
+def kink_table(R, index, count, u, held, x, e, scale, b, c, table):
     """Fill table[:count] for the candidate rows index[:count] (R[k] = C[index[k]], dense): aᵢ = sᵢ(sᵢ − bᵢ) − c·sᵢ
     with sᵢ = eᵢ·scale, and whether the row is at the kink: |uᵢ| ≤ KINK_ROUNDING·nnzᵢ·eps·Σⱼ|Rₖⱼxⱼ| (the rounding
     of uᵢ) or HELD_FULL (held at 0 by the last step, taken in full: its rounding is that of C·p, not bounded by
@@ -139,8 +143,6 @@ def kink_table(R, index, count, u, flips, held, x, e, scale, b, c, table):
         table[k, T_NONZERO] = 1.0 if nnz > 0 else 0.0
         flag = nnz > 0 and (held[i] == HELD_FULL or abs(u[i]) <= KINK_ROUNDING * nnz * eps * magnitude)
         table[k, T_AT_KINK] = 1.0 if flag else 0.0
-        table[k, T_HELD] = held[i]
-        table[k, T_FLIPPED] = 1.0 if flips[i] >= ZIGZAG_FLIPS else 0.0
         at_kink += flag
     return at_kink
 
@@ -186,11 +188,17 @@ def parallel_groups(R, table, count, group, coefficient):
 
 
 @njit(cache=True)
-def least_norm_subgradient(g, R, table, count, column_scale):
+def least_norm_subgradient(g, R, table, count, group, coefficient, column_scale):
     """(rows at the kink, ‖g(θ*)‖, ‖D⁻¹g(θ*)‖): θ* minimises the column-scaled norm ‖D⁻¹g(θ)‖ of the Clarke
-    element g(θ) = g + Σ_{k at kink} (θₖ − mₖ)·aₖ·Rₖ over θ ∈ [0, 1] (the stopping test's scaled norm),
-    by cyclic coordinate descent from θ = m (where g(θ) = g) with each coordinate minimised exactly in its
-    interval: every iterate is an element of the subdifferential, so the norm returned is an honest bound."""
+    element g(θ) = g + Σ_{k at kink} (θₖ − mₖ)·aₖ·Rₖ over θ ∈ [0, 1] (the stopping test's scaled norm).
+
+    Rows at one kink are often parallel (``parallel_groups``: Rₖ = cₖ·Rᵣ), which makes the problem in θ
+    singular and coordinate descent on it crawl (two classes of parallel rows at a small angle: ~1e-4 of the
+    optimum's distance left after MAX_SWEEPS sweeps). So it is first solved exactly in one unknown per class,
+    the class's share tᵣ = Σₖ θₖaₖcₖ ∈ [lo, hi] (``class_least_squares``), then split back onto its rows'
+    θₖ ∈ [0, 1], and cyclic coordinate descent on the rows' θ (each coordinate minimised exactly in its
+    interval) polishes what the grouping's tolerance left. Every θ taken is feasible, so every iterate is an
+    element of the subdifferential and the norm returned is an honest bound."""
     d = g.shape[0]
     rows = np.empty(count, dtype=np.int64)
     K = 0
@@ -213,6 +221,7 @@ def least_norm_subgradient(g, R, table, count, column_scale):
     theta = np.empty(K)
     for k in range(K):
         theta[k] = table[rows[k], T_ACTIVE]
+    class_start(R, table, rows[:K], group, coefficient, column_scale, residual, theta)
     for _ in range(MAX_SWEEPS):
         largest_change = 0.0
         for k in range(K):
@@ -240,6 +249,131 @@ def least_norm_subgradient(g, R, table, count, column_scale):
 
 
 @njit(cache=True)
+def class_start(R, table, rows, group, coefficient, column_scale, residual, theta):
+    """``least_norm_subgradient``'s start: the rows ``rows`` at the kink grouped by class r (group[k] = r, Rₖ ≈ cₖRᵣ),
+    the scaled element minimised over each class's share tᵣ = Σₖ θₖaₖcₖ ∈ [lo, hi] (lo = Σ min(0, aₖcₖ),
+    hi = Σ max(0, aₖcₖ)) with the element's part along Rᵣ taken as tᵣRᵣ (``box_least_squares``, from θ's shares),
+    then split back: θₖ = α for aₖcₖ > 0 and 1 − α for aₖcₖ < 0 with α = (tᵣ − lo)/(hi − lo), so that Σ θₖaₖcₖ = tᵣ.
+    Updates θ (entry k for rows[k]) and the residual D⁻¹g(θ) with the rows themselves (not cₖRᵣ): θ stays
+    feasible and the residual exact whatever the grouping's tolerance."""
+    K = rows.shape[0]
+    d = residual.shape[0]
+    classes = np.empty(K, dtype=np.int64)
+    of_row = np.empty(K, dtype=np.int64)
+    J = 0
+    for k in range(K):
+        r = group[rows[k]]
+        of_row[k] = -1
+        for c in range(J):
+            if classes[c] == r:
+                of_row[k] = c
+        if of_row[k] < 0:
+            classes[J] = r
+            of_row[k] = J
+            J += 1
+    low = np.zeros(J)
+    high = np.zeros(J)
+    share = np.zeros(J)
+    for k in range(K):
+        weight = table[rows[k], T_SLOPE] * coefficient[rows[k]]
+        if weight > 0.0:
+            high[of_row[k]] += weight
+        else:
+            low[of_row[k]] += weight
+        share[of_row[k]] += theta[k] * weight
+    # In s = t − share (s = 0 feasible): min ½‖residual + Σ sᵣ D⁻¹Rᵣ‖² = ½sᵀGs + hᵀs + const over the shifted box.
+    W = np.empty((J, d))
+    for c in range(J):
+        for j in range(d):
+            W[c, j] = R[classes[c], j] / column_scale[j]
+    G = np.zeros((J, J))
+    h = np.zeros(J)
+    for c in range(J):
+        for j in range(d):
+            h[c] += W[c, j] * residual[j]
+        for e in range(c + 1):
+            total = 0.0
+            for j in range(d):
+                total += W[c, j] * W[e, j]
+            G[c, e] = total
+            G[e, c] = total
+    step = np.zeros(J)
+    box_least_squares(G, h, low - share, high - share, step)
+    for k in range(K):
+        c = of_row[k]
+        weight = table[rows[k], T_SLOPE] * coefficient[rows[k]]
+        if weight == 0.0 or not high[c] > low[c]:
+            continue
+        alpha = min(1.0, max(0.0, (share[c] + step[c] - low[c]) / (high[c] - low[c])))
+        new = alpha if weight > 0.0 else 1.0 - alpha
+        change = (new - theta[k]) * table[rows[k], T_SLOPE]
+        theta[k] = new
+        for j in range(d):
+            residual[j] += change * R[rows[k], j] / column_scale[j]
+
+
+@njit(cache=True)
+def box_least_squares(G, h, low, high, s):
+    """min ½sᵀGs + hᵀs over low ≤ s ≤ high (G positive semidefinite, s feasible on entry) by the active-set method:
+    minimise over the free variables with the others at their bounds (``small_spd_solve``), stepping back to the
+    first bound crossed; when none is, free the bound variable whose gradient points most into the box, and stop
+    when none does (the KKT point). The objective never rises, so s is feasible and no worse than on entry
+    whenever it stops: a singular free block (dependent directions: more classes than columns) or
+    MAX_ACTIVE_SET_ROUNDS rounds."""
+    J = s.shape[0]
+    free = np.zeros(J, dtype=np.bool_)
+    for c in range(J):
+        free[c] = low[c] < s[c] < high[c]
+    for _ in range(MAX_ACTIVE_SET_ROUNDS):
+        F = np.flatnonzero(free)
+        if F.shape[0] > 0:
+            S = np.empty((F.shape[0], F.shape[0]))
+            rhs = np.empty(F.shape[0])
+            for a in range(F.shape[0]):
+                value = -h[F[a]]
+                for c in range(J):
+                    if not free[c]:
+                        value -= G[F[a], c] * s[c]
+                rhs[a] = value
+                for e in range(F.shape[0]):
+                    S[a, e] = G[F[a], F[e]]
+            target = np.empty(F.shape[0])
+            if not small_spd_solve(S, rhs, target):
+                return
+            fraction = 1.0
+            blocking = -1
+            blocking_bound = 0.0
+            for a in range(F.shape[0]):
+                c = F[a]
+                if target[a] < low[c] or target[a] > high[c]:
+                    bound = low[c] if target[a] < low[c] else high[c]
+                    ratio = max(0.0, (bound - s[c]) / (target[a] - s[c]))
+                    if ratio < fraction:
+                        fraction, blocking, blocking_bound = ratio, c, bound
+            for a in range(F.shape[0]):
+                s[F[a]] = min(high[F[a]], max(low[F[a]], s[F[a]] + fraction * (target[a] - s[F[a]])))
+            if blocking >= 0:
+                s[blocking] = blocking_bound
+                free[blocking] = False
+                continue
+        worst = -1
+        violation = 0.0
+        for c in range(J):
+            if free[c] or not high[c] > low[c]:
+                continue
+            gradient = h[c]
+            for e in range(J):
+                gradient += G[c, e] * s[e]
+            inward = -gradient if s[c] <= low[c] else gradient
+            if inward > violation:
+                violation = inward
+                worst = c
+        if worst < 0:
+            return
+        free[worst] = True
+
+
+@njit(cache=True)
 def _crosses(R, table, k, p):
     """Whether the step p moves candidate k's uᵢ across the kink (to the other side of 0, or off it)."""
     u = table[k, T_U]
@@ -252,13 +386,17 @@ def _crosses(R, table, k, p):
 @njit(cache=True)
 def held_rows(R, table, count, p0, member):
     """member[k]: whether candidate k starts in the working set K of ``held_step``: a row at the kink (``kink_table``),
-    or one that zig-zags (``kink_candidates``) or that the last step held on its way to 0, and that the plain
-    step p₀ moves across the kink once more; returns |K|."""
+    or any other candidate that the plain step p₀ moves across the kink; returns |K|.
+
+    Every such candidate, not only the rows that zig-zag: near a minimiser on a kink the smooth piece's gradient
+    makes p₀ move uᵢ by an amount that does not shrink with uᵢ, so a line search that cuts p₀ short of the kink
+    leaves uᵢ on the same side, a little closer (no sign flip, no zig-zag), and the steps creep towards the kink
+    without reaching it (a noisy problem with 50 rows at one kink: 22–28 iterations with exact and sketch steps,
+    pcg STALLED; holding them, 13–15). Holding the row puts it at the kink in one step; the multiplier test then
+    releases it when L falls across the kink."""
     size = 0
     for k in range(count):
-        moving = table[k, T_FLIPPED] != 0.0 or table[k, T_HELD] == HELD_SHORT
-        member[k] = table[k, T_NONZERO] != 0.0 and (
-            table[k, T_AT_KINK] != 0.0 or (moving and _crosses(R, table, k, p0)))
+        member[k] = table[k, T_NONZERO] != 0.0 and (table[k, T_AT_KINK] != 0.0 or _crosses(R, table, k, p0))
         size += member[k]
     return size
 

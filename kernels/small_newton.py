@@ -827,13 +827,13 @@ def _kink_test(model, matrix, point, previous, scalars, x, column_scale, setting
     if count <= 0:
         return False
     _rows_of(matrix, index, count, R)
-    at_kink = kink_table(R, index, count, u, flips, held, x, point[2], scalars[3], b, scalars[0], table)
+    at_kink = kink_table(R, index, count, u, held, x, point[2], scalars[3], b, scalars[0], table)
     if parallel_groups(R, table, count, group, coefficient) < 0:
         return False
     info[K_COUNT] = count
     if at_kink == 0:
         return False
-    rows, norm, scaled = least_norm_subgradient(point[1], R, table, count, column_scale)
+    rows, norm, scaled = least_norm_subgradient(point[1], R, table, count, group, coefficient, column_scale)
     if norm <= bound and scaled <= scaled_bound:
         info[K_STATIONARY] = rows
         return True
