@@ -23,6 +23,10 @@ from .kernels.kinks import (MAX_CANDIDATE_ROWS, MAX_KINK_ROWS, MAX_UPDATES, T_U,
 from .reductions import dot
 
 NO_ROWS = np.empty(0, dtype=np.int64)
+# A ReLU input sits at its kink when its sign flipped in the last step, or when it is non-zero but
+# |value| ≤ KINK_RTOL · (largest |value|): steps that stall there move it by amounts of this order
+# (exact zeros are left out: an empty row of C has u = 0 whatever x is).
+KINK_RTOL = 1e-6
 
 
 class Kinks:
@@ -99,8 +103,8 @@ class Kinks:
 
 class RowStates:
     """The kink test's per-row state on one machine (``Problem.kink_states``): the previous iterate's ReLU inputs
-    (``relu_inputs``), each row's sign flips in a row (int64) and what the last step did to it (int8,
-    kernels/kinks.py's ``HELD_*``, or None: nothing)."""
+    (``relu_inputs``: any model's, which the stall message's kink sentence compares too), each row's sign flips in
+    a row (int64) and what the last step did to it (int8, kernels/kinks.py's ``HELD_*``, or None: nothing)."""
 
     def __init__(self, problem, ev):
         self.problem = problem
@@ -126,6 +130,11 @@ class RowStates:
         at_kink = kink_table(rows, index, count, u, held, ev.x, e, scale, b, c, table)
         return index, rows, table, at_kink
 
+    def stall_sentence(self, ev):
+        """The STALLED message's kink sentence at ev (``kink_sentence`` against the previous iterate), or None."""
+        return kink_sentence(self.previous, self.problem.relu_inputs(ev),
+                             self.problem.relu_kink_inputs(ev) is not None)
+
     def after_step(self, ev, held, state):
         """A step from ev was taken that held the rows ``held`` (global indices) with ``state`` (``HELD_*``)."""
         self.previous = self.problem.relu_inputs(ev)
@@ -148,3 +157,38 @@ def kink_stationary_text(count):
     return (f"x is a kink stationary point: {count} row(s) with (Cx)ᵢ sit at the ReLU kink, where L is not "
             f"differentiable; the least-norm element of its Clarke subdifferential there meets the test "
             f"(subgradient_norm), ∇L itself cannot.")
+
+
+def near_or_flipped(flipped, values, largest):
+    """The ReLU inputs at their kink (``KINK_RTOL``): sign flipped in the last step, or non-zero with
+    |value| ≤ KINK_RTOL·largest (largest: max |value| over all inputs, on Dask over every block's)."""
+    return flipped | ((np.abs(values) <= KINK_RTOL * largest) & (values != 0.0))
+
+
+def kink_sentence(before, after, held=False):
+    """The stop message's sentence when the ReLU inputs sit at the kink, or None.
+
+    ``before`` and ``after`` are an evaluator's ``relu_inputs`` at two successive iterates:
+    (what they are, their values) or None for a model without ReLU inputs on the driver; ``held``: whether the
+    loop holds rows at the kink (relu_softmax)."""
+    if before is None or after is None:
+        return None
+    what, previous = before
+    _, values = after
+    largest = float(np.max(np.abs(values))) if values.size else 0.0
+    at_kink = near_or_flipped((previous > 0.0) != (values > 0.0), values, largest)
+    if not at_kink.any():
+        return None
+    return kink_text(what, int(at_kink.sum()), int(np.flatnonzero(at_kink)[0]), held)
+
+
+def kink_text(what, count, first, held=False):
+    """The kink sentence for ``count`` ReLU inputs at the kink, the first at index ``first``; ``held``: whether the
+    loop holds rows at the kink (then more rows than it reads are said to be beyond it)."""
+    text = (f"x sits at a ReLU kink: {count} {what} ≈ 0 or changing sign between steps (e.g. "
+            f"index {first}), where L is not differentiable and Newton steps no "
+            f"longer reduce it beyond rounding.")
+    if held and count > MAX_CANDIDATE_ROWS:
+        text += (f" That is more rows than the step that holds rows at the kink reads ({MAX_CANDIDATE_ROWS}), so "
+                 f"plain Newton steps were taken.")
+    return text

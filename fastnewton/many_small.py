@@ -54,10 +54,10 @@ from . import lifted_start
 from .lifted_start import POWER_ITERATIONS, EigenvalueRequest, LossesRequest, SimplexRequest
 from .chunking import chunk_rows
 from .models import LogPartition, build_model, check_model, uses_values
-from .models.softmax import ACTIVE_RTOL, Softmax
+from .models.softmax import ACTIVE_RTOL, RELU_INPUTS, Softmax
 from .models.softmax_relu import SoftmaxRelu
-from .kinks import kink_stationary_text
-from .newton import MAX_LOGIT_STEP, NewtonRequest, kink_sentence, stall_detail, status_message, warn_max_iter
+from .kinks import KINK_RTOL, kink_sentence, kink_stationary_text, kink_text
+from .newton import MAX_LOGIT_STEP, NewtonRequest, stall_detail, status_message, warn_max_iter
 from .plain_problems import PlainProblems
 from .problem import Problem
 from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
@@ -86,7 +86,7 @@ def _settings(tol, max_iter):
         kernel.S_MAX_DAMPING_TRIES: newton.MAX_DAMPING_TRIES, kernel.S_MAX_LOGIT_STEP: newton.MAX_LOGIT_STEP, kernel.S_REFRESH_EVERY: newton.REFRESH_EVERY,
         kernel.S_MAX_CARRIED_PATH: newton.MAX_CARRIED_PATH, kernel.S_ROUNDING_FACTOR: newton.ROUNDING_FACTOR,
         kernel.S_STALL_WINDOW: newton.STALL_WINDOW, kernel.S_GRADIENT_PROGRESS: newton.GRADIENT_PROGRESS,
-        kernel.S_KINK_RTOL: newton.KINK_RTOL, kernel.S_NULL_SPACE_RTOL: NULL_SPACE_RTOL,
+        kernel.S_KINK_RTOL: KINK_RTOL, kernel.S_NULL_SPACE_RTOL: NULL_SPACE_RTOL,
         kernel.S_ACTIVE_RTOL: ACTIVE_RTOL,
     }
     assert len(values) == kernel.SETTINGS_FIELDS
@@ -347,7 +347,7 @@ def _compiled_message(row_model, facts, pack, p, status, out_int, out_float):
         if count == kernel.NO_STEP:
             detail = newton.NO_STEP_DETAIL
         else:
-            kink = (newton.kink_text("row(s) with (Cx)ᵢ", int(count), int(out_int[kernel.O_KINK_INDEX]), True)
+            kink = (kink_text(RELU_INPUTS, int(count), int(out_int[kernel.O_KINK_INDEX]), True)
                     if count else None)
             detail = newton.stall_detail(kink, loss, grad_norm, g_ref)
     elif status == Status.NON_FINITE:

@@ -22,9 +22,9 @@ import numpy as np
 from .active_set import one_sided_gain_ratio, one_sided_step
 from .kernels.damping import (FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, longer_trial,
                               raised_damping)
-from .kernels.kinks import HELD_FULL, HELD_SHORT, MAX_CANDIDATE_ROWS
+from .kernels.kinks import HELD_FULL, HELD_SHORT
 from .kernels.reduce import gradient_rounding_bounds
-from .kinks import NO_ROWS, Kinks, held_ratio, kink_stationary_text
+from .kinks import KINK_RTOL, NO_ROWS, Kinks, held_ratio, kink_stationary_text
 from .protocol import no_timer
 from .reductions import dot, norm
 from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
@@ -158,43 +158,6 @@ def non_finite_detail(loss, grad, grad_norm, where):
         return ""
     return (f"{what} {where}: the scale of C, b, V, row_weights or l2 is too large for float64 arithmetic; "
             f"rescale the problem (e.g. divide C by its largest entry) or reduce l2 / row_weights.")
-
-
-# A ReLU input sits at its kink when its sign flipped in the last step, or when it is non-zero but
-# |value| ≤ KINK_RTOL · (largest |value|): steps that stall there move it by amounts of this order
-# (exact zeros are left out: an empty row of C has u = 0 whatever x is).
-KINK_RTOL = 1e-6
-
-
-def kink_sentence(before, after, held=False):
-    """The stop message's sentence when the ReLU inputs sit at the kink, or None.
-
-    ``before`` and ``after`` are an evaluator's ``relu_inputs`` at two successive iterates:
-    (what they are, their values) or None for a model without ReLU inputs on the driver; ``held``: whether the
-    loop holds rows at the kink (relu_softmax: ``fastnewton.kinks``)."""
-    if before is None or after is None:
-        return None
-    what, previous = before
-    _, values = after
-    largest = float(np.max(np.abs(values))) if values.size else 0.0
-    flipped = (previous > 0.0) != (values > 0.0)
-    near = (np.abs(values) <= KINK_RTOL * largest) & (values != 0.0)
-    at_kink = flipped | near
-    if not at_kink.any():
-        return None
-    return kink_text(what, int(at_kink.sum()), int(np.flatnonzero(at_kink)[0]), held)
-
-
-def kink_text(what, count, first, held=False):
-    """The kink sentence for ``count`` ReLU inputs at the kink, the first at index ``first``; ``held``: whether the
-    loop holds rows at the kink (then more rows than it reads are said to be beyond it)."""
-    text = (f"x sits at a ReLU kink: {count} {what} ≈ 0 or changing sign between steps (e.g. "
-            f"index {first}), where L is not differentiable and Newton steps no "
-            f"longer reduce it beyond rounding.")
-    if held and count > MAX_CANDIDATE_ROWS:
-        text += (f" That is more rows than the step that holds rows at the kink reads ({MAX_CANDIDATE_ROWS}), so "
-                 f"plain Newton steps were taken.")
-    return text
 
 
 NO_STEP_DETAIL = "No step along the Newton direction decreases it at any damping."
@@ -463,9 +426,6 @@ class NewtonRun:
                 self.problem.iteration_extras())
         self.mu = 0.0
         self.lowest_loss, self.lowest_grad_norm, self.last_progress = ev.loss, self.grad_norm, 0
-        # The previous iterate's ReLU inputs (the kink test), not its evaluation: its work arrays are
-        # reused as soon as the next one replaces it (``fastnewton.buffers``).
-        self.previous_relu_inputs = self.problem.relu_inputs(ev)
         self.kink_states = self.problem.kink_states(ev)
         return True
 
@@ -491,9 +451,7 @@ class NewtonRun:
             self.detail = rounding_converged_detail(self.rounding_bounds[0])
         elif self.n_iter - self.last_progress >= STALL_WINDOW:
             self.status = Status.STALLED
-            problem = self.problem
-            kink = kink_sentence(self.previous_relu_inputs, problem.relu_inputs(ev),
-                                 problem.relu_kink_inputs(ev) is not None)
+            kink = self.kink_states.stall_sentence(ev) if self.kink_states is not None else None
             self.at_kink = kink is not None
             self.detail = stall_detail(kink, ev.loss, self.grad_norm, self.g_ref)
         else:
@@ -545,7 +503,6 @@ class NewtonRun:
             self.last_progress = n_iter
         self.lowest_loss = min(self.lowest_loss, new_ev.loss)
         self.lowest_grad_norm = min(self.lowest_grad_norm, new_grad_norm)
-        self.previous_relu_inputs = self.problem.relu_inputs(self.ev)
         if self.kink_states is not None:
             # Rows held at the kink by a step taken in full (t = 1 within the logit cap) sit there (kernels/kinks.py).
             self.kink_states.after_step(self.ev, step.held, HELD_FULL if step.held.size and step.length == 1.0

@@ -7,6 +7,7 @@ chunks, ~1e-16 per operation; Newton's quadratic convergence to tol = 1e-12 keep
 difference in x at rounding level times the condition number (measured ≤ 1e-12).
 """
 import os
+import re
 import signal
 import time
 
@@ -595,3 +596,23 @@ def test_relu_softmax_without_kinks_takes_its_path_on_dask(client, monkeypatch):
     assert "kink" not in res.message
     # The kink test's round: one more per iteration than without it.
     assert [r["rounds"] for r in res.history[1:]] == [r["rounds"] + 1 for r in plain.history[1:]]
+
+
+def test_relu_softmax_stall_at_a_kink_says_so_on_dask(client, monkeypatch):
+    """Without the held step and the least-norm test (patched off on the driver), the plain steps zig-zag across the
+    planted problem's kink and stall (as before the kink machinery). Dask's STALLED message names the rows at the
+    kink, as ``solve``'s does: their count and first index come from the flips and u the kink round keeps on the
+    workers (``DaskRowStates.stall_sentence``), since u never reaches the driver."""
+    import fastnewton.kinks as kinks_module
+    from test_kinks import planted_kink_problem
+
+    monkeypatch.setattr(kinks_module, "held_rows", lambda *args: 0)
+    monkeypatch.setattr(kinks_module.Kinks, "stationarity", lambda self, g, scale: (0, np.inf, np.inf))
+    C, b, _, _ = planted_kink_problem()
+    reference = fastnewton.solve(C, b, "relu_softmax", tol=1e-12)
+    res = fastnewton.dask.solve(_dask(C, 30), b, "relu_softmax", client=client, tol=1e-12)
+    assert reference.status == res.status == fastnewton.Status.STALLED
+    sentence = re.search(r"x sits at a ReLU kink: \d+ row\(s\) with \(Cx\)ᵢ ≈ 0 or changing sign between steps "
+                         r"\(e\.g\. index \d+\)", reference.message)
+    assert sentence is not None, reference.message
+    assert sentence.group(0) in res.message and res.at_kink

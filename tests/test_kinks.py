@@ -17,7 +17,7 @@ from fastnewton.kernels.kinks import (HELD_FULL, MAX_CANDIDATE_ROWS, MAX_CANDIDA
                                       T_SLOPE, T_U, TABLE_FIELDS, ZIGZAG_FLIPS, held_rows, held_step, kink_candidates,
                                       least_norm_subgradient, parallel_groups)
 from fastnewton.hessian import HessianProduct, NewtonSystem
-from fastnewton.kinks import Kinks
+from fastnewton.kinks import Kinks, kink_text
 from fastnewton.newton import run_rounds
 
 
@@ -587,7 +587,7 @@ def test_many_rows_at_one_kink_solve_many_agrees():
 
 def test_more_rows_at_a_kink_than_the_step_reads_are_said_so():
     """Past MAX_CANDIDATE_ROWS rows near the kink the plain step is taken, and a stall says so."""
-    text = newton_module.kink_text("row(s) with (Cx)ᵢ", MAX_CANDIDATE_ROWS + 1, 0, True)
+    text = kink_text("row(s) with (Cx)ᵢ", MAX_CANDIDATE_ROWS + 1, 0, True)
     assert f"more rows than the step that holds rows at the kink reads ({MAX_CANDIDATE_ROWS})" in text
-    assert "more rows" not in newton_module.kink_text("row(s) with (Cx)ᵢ", MAX_CANDIDATE_ROWS, 0, True)
-    assert "more rows" not in newton_module.kink_text("outputs", MAX_CANDIDATE_ROWS + 1, 0)
+    assert "more rows" not in kink_text("row(s) with (Cx)ᵢ", MAX_CANDIDATE_ROWS, 0, True)
+    assert "more rows" not in kink_text("outputs", MAX_CANDIDATE_ROWS + 1, 0)

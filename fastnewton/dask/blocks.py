@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..kernels.kinks import MAX_CANDIDATE_ROWS, TABLE_FIELDS, kink_candidates_of_largest, kink_table, largest_magnitude
+from ..kinks import near_or_flipped
 from ..models import RowBlock
 from ..models.base import MAX_PREFIX, has_row_weights
 from ..sketching import jl_scores, osnap_embed, sample_rows, sampled_rows_of
@@ -179,6 +180,19 @@ def kink_rows(block, held, states, rtol, largest, held_rows, held_states, x, log
                                  log_partition.factor(kept["block_top"]), block.b, c, table)
             summary.update(index=index + block.offset, rows=R, table=table, at_kink=at_kink)
     return Held(summary, {"u": u.copy(), "flips": flips})
+
+
+def rows_near_kink(block, states, largest):
+    """The block's rows at the kink for the stall message (``fastnewton.kinks.kink_sentence``): from the u and flips
+    that ``kink_rows`` kept (a flip counted in the last step, or u non-zero within KINK_RTOL·largest of 0), their
+    count and the first one's global index (−1: none)."""
+    summary = {}
+    with _timed(block, summary):
+        u = states.kept["u"]
+        at_kink = near_or_flipped(states.kept["flips"] > 0, u, largest)
+        first = np.flatnonzero(at_kink)[:1]
+        summary.update(count=int(at_kink.sum()), first=int(first[0]) + block.offset if first.size else -1)
+    return Held(summary)
 
 
 def apply(block, function, args):

@@ -20,7 +20,8 @@ and the partials of c, γ, the loss and C_pᵀQ_p → L, ∇L = G₀ − c·G₁
   max|u| out (it came back with the evaluation's first stage), with the rows the last step held; back each
   block's candidate rows (≤ MAX_CANDIDATE_ROWS in all: index, dense row of C, table row). The previous u and the
   sign-flip counters stay on the workers. A held step adds no round with a factor (its solves are the driver's)
-  and, with CG, the Hessian-vector rounds of its projected CG.
+  and, with CG, the Hessian-vector rounds of its projected CG. A stall adds one round for its message's kink
+  sentence (``DaskRowStates.stall_sentence``: each block's count of rows at the kink and its first).
 """
 import copy
 from types import SimpleNamespace
@@ -28,8 +29,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..kernels.kinks import MAX_CANDIDATE_ROWS
-from ..kinks import NO_ROWS
+from ..kinks import NO_ROWS, RowStates, kink_text
 from ..models import build_model, uses_values
+from ..models.softmax import RELU_INPUTS
 from ..protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from ..reductions import dot
 from ..sketching import embedding_factor, jl_directions, uncentred_sandwich, worth_centring
@@ -195,8 +197,9 @@ class DaskProblem:
         return model.name == "relu_softmax"
 
     def kink_states(self, ev):
-        """The kink test's per-row state, kept on the workers (``DaskRowStates``); None for other models."""
-        return DaskRowStates(self) if self.kink_rows_model() else None
+        """The kink test's per-row state, kept on the workers (``DaskRowStates``); for other models the driver-side
+        ReLU inputs (softmax_relu's outputs y: ``RowStates``, for the stall message's kink sentence)."""
+        return DaskRowStates(self) if self.kink_rows_model() else RowStates(self, ev)
 
     def one_sided_outputs(self, ev):
         return self.row_model.one_sided_outputs(ev.known, ev.P)
@@ -265,6 +268,19 @@ class DaskRowStates:
                 np.concatenate([summary["rows"] for summary in found]),
                 np.concatenate([summary["table"] for summary in found]),
                 sum(summary["at_kink"] for summary in found))
+
+    def stall_sentence(self, ev):
+        """The STALLED message's kink sentence at ev (``kink_sentence``'s rows, counted on the workers from the flips
+        and u that the last ``candidates`` round kept there: one round), or None."""
+        if any(state is None for state in self.states):
+            return None
+        rounds = self.problem.rounds
+        found = rounds.gather(rounds.run(blocks.rows_near_kink, self.states, args=(ev.known["max_abs_u"],)))
+        count = sum(summary["count"] for summary in found)
+        if count == 0:
+            return None
+        first = min(summary["first"] for summary in found if summary["count"])
+        return kink_text(RELU_INPUTS, count, first, True)
 
     def after_step(self, ev, held, state):
         """A step from ev held the rows ``held`` (global indices) with ``state``: sent with the next round."""

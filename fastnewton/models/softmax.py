@@ -18,6 +18,8 @@ from .base import ColumnCurvature, Model, Stage, softmax_rows, half_loss, keep_l
 # Relative gap above the floor f = min b for a row of relu_softmax to count as active
 # (above the relative noise of float64 softmax values, below any planted signal).
 ACTIVE_RTOL = 1e-6
+# What relu_softmax's ReLU inputs are, in the kink sentences of stop messages (``fastnewton.kinks.kink_text``).
+RELU_INPUTS = "row(s) with (Cx)ᵢ"
 
 
 class Softmax(ColumnCurvature, Model):
@@ -97,7 +99,7 @@ class Softmax(ColumnCurvature, Model):
     def relu_inputs(self, known, kept):
         if not self.relu or kept is None:
             return None
-        return "row(s) with (Cx)ᵢ", kept["u"]
+        return RELU_INPUTS, kept["u"]
 
     def relu_kink_inputs(self, known, kept, block):
         if not self.relu or kept is None:
