@@ -67,10 +67,10 @@ MAX_SWEEPS = 200
 # variable, and a few rounds per unknown settle it (rounding can make it cycle: then it stops, no worse).
 MAX_ACTIVE_SET_ROUNDS = 4 * MAX_CANDIDATES
 # A row zig-zags across its kink when its sign flipped in each of the last ZIGZAG_FLIPS steps (then it is a
-# candidate: held when the plain step would flip it once more). Measured on bench/many_small.py's relu_softmax problems: with one flip (the last step)
-# the first, long steps of ~20% of the problems that converge without a kink had a row held for a step,
-# which changed their path (and, on a few, the local minimum reached); the zig-zag at a kink alternates
-# the sign for many steps in a row.
+# candidate: held when the plain step would flip it once more). Measured on bench/many_small.py's relu_softmax
+# problems: with one flip (the last step) the first, long steps of ~20% of the problems that converge without a
+# kink had a row held for a step, which changed their path (and, on a few, the local minimum reached); the
+# zig-zag at a kink alternates the sign for many steps in a row.
 ZIGZAG_FLIPS = 2
 # A pivot of the bordered matrix C_K W below this × its largest diagonal entry: rows of C_K dependent.
 PIVOT_RTOL = 1e-12
@@ -195,7 +195,7 @@ def least_norm_subgradient(g, R, table, count, group, coefficient, column_scale)
     Rows at one kink are often parallel (``parallel_groups``: Rₖ = cₖ·Rᵣ), which makes the problem in θ
     singular and coordinate descent on it crawl (two classes of parallel rows at a small angle: ~1e-4 of the
     optimum's distance left after MAX_SWEEPS sweeps). So it is first solved exactly in one unknown per class,
-    the class's share tᵣ = Σₖ θₖaₖcₖ ∈ [lo, hi] (``class_least_squares``), then split back onto its rows'
+    the class's share tᵣ = Σₖ θₖaₖcₖ ∈ [lo, hi] (``class_start``), then split back onto its rows'
     θₖ ∈ [0, 1], and cyclic coordinate descent on the rows' θ (each coordinate minimised exactly in its
     interval) polishes what the grouping's tolerance left. Every θ taken is feasible, so every iterate is an
     element of the subdifferential and the norm returned is an honest bound."""
