@@ -66,6 +66,9 @@ MAX_SWEEPS = 200
 # Rounds of the active-set method on the classes' shares (≤ MAX_CANDIDATES unknowns): each frees or fixes one
 # variable, and a few rounds per unknown settle it (rounding can make it cycle: then it stops, no worse).
 MAX_ACTIVE_SET_ROUNDS = 4 * MAX_CANDIDATES
+# Where its free classes are dependent (their rows span fewer dimensions than there are free classes), it adds this
+# × the largest diagonal entry to the diagonal: above PIVOT_RTOL, so the factorisation goes through.
+BOX_RIDGE_RTOL = 1e-10
 # A row zig-zags across its kink when its sign flipped in each of the last ZIGZAG_FLIPS steps (then it is a
 # candidate: held when the plain step would flip it once more). Measured on bench/many_small.py's relu_softmax
 # problems: with one flip (the last step) the first, long steps of ~20% of the problems that converge without a
@@ -317,9 +320,9 @@ def box_least_squares(G, h, low, high, s):
     """min ½sᵀGs + hᵀs over low ≤ s ≤ high (G positive semidefinite, s feasible on entry) by the active-set method:
     minimise over the free variables with the others at their bounds (``small_spd_solve``), stepping back to the
     first bound crossed; when none is, free the bound variable whose gradient points most into the box, and stop
-    when none does (the KKT point). The objective never rises, so s is feasible and no worse than on entry
-    whenever it stops: a singular free block (dependent directions: more classes than columns) or
-    MAX_ACTIVE_SET_ROUNDS rounds."""
+    when none does (the KKT point); a singular free block (dependent directions) is solved with a ridge
+    (BOX_RIDGE_RTOL). s stays feasible whenever it stops (at the KKT point, at a block singular even so, or after
+    MAX_ACTIVE_SET_ROUNDS rounds)."""
     J = s.shape[0]
     free = np.zeros(J, dtype=np.bool_)
     for c in range(J):
@@ -339,7 +342,15 @@ def box_least_squares(G, h, low, high, s):
                     S[a, e] = G[F[a], F[e]]
             target = np.empty(F.shape[0])
             if not small_spd_solve(S, rhs, target):
-                return
+                # Dependent directions (classes whose rows span fewer dimensions than there are classes free):
+                # the face's minimisers form a line or more, and a ridge picks one (the objective to O(ridge)).
+                top = 0.0
+                for a in range(F.shape[0]):
+                    top = max(top, S[a, a])
+                for a in range(F.shape[0]):
+                    S[a, a] += BOX_RIDGE_RTOL * top
+                if not small_spd_solve(S, rhs, target):
+                    return
             fraction = 1.0
             blocking = -1
             blocking_bound = 0.0
