@@ -65,10 +65,11 @@ class Kinks:
 
         With a factor (``exact``, ``sketch``): ``held_step`` on W = M⁻¹C_Kᵀ from the factor. With CG (``pcg``, the
         lagged systems): projected CG on the working set (``NewtonSystem.held_solve_rounds``), one per update of
-        the working set (``update_working_set``: the same rule), which gives the step's pᵀHp too."""
+        the working set (``update_working_set``: the same rule), which gives the step's pᵀHp too; where it fails
+        from every crossing candidate, again from the moving ones (as ``held_step`` does)."""
         count = self.index.shape[0]
         member = np.empty(count, dtype=np.bool_)
-        if not held_rows(self.rows, self.table, count, p, member):
+        if not held_rows(self.rows, self.table, count, p, member, True):
             return p, NO_ROWS, None
         group, coefficient = self.group, self.coefficient
         if system.hessp is None:
@@ -83,21 +84,26 @@ class Kinks:
             if not held_step(self.rows, W, self.table, group, coefficient, member, p, g, held):
                 return p, NO_ROWS, None
             return held, self.index[member], None
-        left = np.zeros(count, dtype=np.bool_)
-        for _ in range(MAX_UPDATES + 1):
-            rows = held_classes(member, group)
-            if rows.shape[0] == 0 or rows.shape[0] > MAX_KINK_ROWS:
+        first = member.copy()
+        for every_crossing in (True, False):
+            if not every_crossing and (not held_rows(self.rows, self.table, count, p, member, False)
+                                       or np.array_equal(member, first)):
                 break
-            solved = yield from system.held_solve_rounds(g, mu, self.rows[rows], self.table[rows, T_U])
-            if solved is None:
+            left = np.zeros(count, dtype=np.bool_)
+            for _ in range(MAX_UPDATES + 1):
+                rows = held_classes(member, group)
+                if rows.shape[0] == 0 or rows.shape[0] > MAX_KINK_ROWS:
+                    break
+                solved = yield from system.held_solve_rounds(g, mu, self.rows[rows], self.table[rows, T_U])
+                if solved is None:
+                    break
+                held, nu, curvature = solved
+                if update_working_set(self.rows, self.table, group, coefficient, rows, nu, held, member, left):
+                    continue
+                if np.all(np.isfinite(held)) and dot(g, held) < 0.0:
+                    hold_classes(member, group)
+                    return held, self.index[member], curvature
                 break
-            held, nu, curvature = solved
-            if update_working_set(self.rows, self.table, group, coefficient, rows, nu, held, member, left):
-                continue
-            if np.all(np.isfinite(held)) and dot(g, held) < 0.0:
-                hold_classes(member, group)
-                return held, self.index[member], curvature
-            break
         return p, NO_ROWS, None
 
 
@@ -127,7 +133,7 @@ class RowStates:
         index = index[:count]
         rows = self.problem.relu_rows(index)
         table = np.empty((count, TABLE_FIELDS))
-        at_kink = kink_table(rows, index, count, u, held, ev.x, e, scale, b, c, table)
+        at_kink = kink_table(rows, index, count, u, self.flips, held, ev.x, e, scale, b, c, table)
         return index, rows, table, at_kink
 
     def stall_sentence(self, ev):

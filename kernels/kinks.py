@@ -86,9 +86,10 @@ PARALLEL_RTOL = 1e-6
 # logit cap: uᵢ = 0 up to the rounding of C·p).
 NOT_HELD, HELD_SHORT, HELD_FULL = 0, 1, 2
 # Columns of the candidate table: uᵢ, aᵢ, mᵢ = 1[uᵢ > 0], whether the row is at the kink (to rounding, or
-# HELD_FULL) and whether its row of C is non-zero.
-T_U, T_SLOPE, T_ACTIVE, T_AT_KINK, T_NONZERO = range(5)
-TABLE_FIELDS = 5
+# HELD_FULL), whether it is on its way there (it zig-zags: its sign flipped in each of the last ZIGZAG_FLIPS
+# steps, or the last step held it short of the kink) and whether its row of C is non-zero.
+T_U, T_SLOPE, T_ACTIVE, T_AT_KINK, T_MOVING, T_NONZERO = range(6)
+TABLE_FIELDS = 6
 
 
 @njit(cache=True)
@@ -124,7 +125,7 @@ def kink_candidates_of_largest(u, u_previous, held, flips, rtol, largest, index)
 
 
 @njit(cache=True)
-def kink_table(R, index, count, u, held, x, e, scale, b, c, table):
+def kink_table(R, index, count, u, flips, held, x, e, scale, b, c, table):
     """Fill table[:count] for the candidate rows index[:count] (R[k] = C[index[k]], dense): aᵢ = sᵢ(sᵢ − bᵢ) − c·sᵢ
     with sᵢ = eᵢ·scale, and whether the row is at the kink: |uᵢ| ≤ KINK_ROUNDING·nnzᵢ·eps·Σⱼ|Rₖⱼxⱼ| (the rounding
     of uᵢ) or HELD_FULL (held at 0 by the last step, taken in full: its rounding is that of C·p, not bounded by
@@ -146,6 +147,7 @@ def kink_table(R, index, count, u, held, x, e, scale, b, c, table):
         table[k, T_NONZERO] = 1.0 if nnz > 0 else 0.0
         flag = nnz > 0 and (held[i] == HELD_FULL or abs(u[i]) <= KINK_ROUNDING * nnz * eps * magnitude)
         table[k, T_AT_KINK] = 1.0 if flag else 0.0
+        table[k, T_MOVING] = 1.0 if flips[i] >= ZIGZAG_FLIPS or held[i] == HELD_SHORT else 0.0
         at_kink += flag
     return at_kink
 
@@ -395,19 +397,22 @@ def _crosses(R, table, k, p):
 
 
 @njit(cache=True)
-def held_rows(R, table, count, p0, member):
+def held_rows(R, table, count, p0, member, every_crossing):
     """member[k]: whether candidate k starts in the working set K of ``held_step``: a row at the kink (``kink_table``),
-    or any other candidate that the plain step p₀ moves across the kink; returns |K|.
+    or a candidate that the plain step p₀ moves across the kink: any (``every_crossing``), or one on its way there
+    (T_MOVING: zig-zagging, or held short by the last step); returns |K|.
 
-    Every such candidate, not only the rows that zig-zag: near a minimiser on a kink the smooth piece's gradient
+    Every crossing candidate first, not only the moving ones: near a minimiser on a kink the smooth piece's gradient
     makes p₀ move uᵢ by an amount that does not shrink with uᵢ, so a line search that cuts p₀ short of the kink
     leaves uᵢ on the same side, a little closer (no sign flip, no zig-zag), and the steps creep towards the kink
     without reaching it (a noisy problem with 50 rows at one kink: 22–28 iterations with exact and sketch steps,
     pcg STALLED; holding them, 13–15). Holding the row puts it at the kink in one step; the multiplier test then
-    releases it when L falls across the kink."""
+    releases it when L falls across the kink. Where that set fails (e.g. its classes pin x: as many independent
+    classes as columns), the held step starts again from the moving ones (``held_step``)."""
     size = 0
     for k in range(count):
-        member[k] = table[k, T_NONZERO] != 0.0 and (table[k, T_AT_KINK] != 0.0 or _crosses(R, table, k, p0))
+        crossing = (every_crossing or table[k, T_MOVING] != 0.0) and _crosses(R, table, k, p0)
+        member[k] = table[k, T_NONZERO] != 0.0 and (table[k, T_AT_KINK] != 0.0 or crossing)
         size += member[k]
     return size
 
@@ -440,6 +445,20 @@ def hold_classes(member, group):
 
 @njit(cache=True)
 def held_step(R, W, table, group, coefficient, member, p0, g, p):
+    """``held_step_from`` the working set ``member`` (``held_rows`` with every crossing candidate); where that
+    fails, again from ``held_rows``' smaller set (the rows at the kink and the moving ones) when it differs.
+    Writes p and ``member``; returns the number of constraints, or 0 (the plain step stays)."""
+    first = member.copy()
+    held = held_step_from(R, W, table, group, coefficient, member, p0, g, p)
+    if held:
+        return held
+    if not held_rows(R, table, member.shape[0], p0, member, False) or np.array_equal(member, first):
+        return 0
+    return held_step_from(R, W, table, group, coefficient, member, p0, g, p)
+
+
+@njit(cache=True)
+def held_step_from(R, W, table, group, coefficient, member, p0, g, p):
     """The step of the model above with the rows of ``member`` (from ``held_rows``) held at the kink, one
     constraint per class of parallel rows (``held_classes``): W[:, r] = M⁻¹R[r] for every class's row r (the
     caller's solves with M's factor; other columns are not read), p₀ = −M⁻¹g. The working set is then updated as

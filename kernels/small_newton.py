@@ -827,7 +827,7 @@ def _kink_test(model, matrix, point, previous, scalars, x, column_scale, setting
     if count <= 0:
         return False
     _rows_of(matrix, index, count, R)
-    at_kink = kink_table(R, index, count, u, held, x, point[2], scalars[3], b, scalars[0], table)
+    at_kink = kink_table(R, index, count, u, flips, held, x, point[2], scalars[3], b, scalars[0], table)
     if parallel_groups(R, table, count, group, coefficient) < 0:
         return False
     info[K_COUNT] = count
@@ -852,7 +852,7 @@ def _kink_refine(model, point, U, column_scale, p, refined):
     if count == 0 or not _all_finite(p) or not _dot(grad, p) < 0.0:
         return False
     member = np.empty(count, dtype=np.bool_)
-    if not held_rows(R, table, count, p, member):
+    if not held_rows(R, table, count, p, member, True):
         return False
     d = p.shape[0]
     W = np.empty((d, count))

@@ -176,7 +176,7 @@ def kink_rows(block, held, states, rtol, largest, held_rows, held_states, x, log
             index = index[:count]
             R = block.matrix.rows(index)
             table = np.empty((count, TABLE_FIELDS))
-            at_kink = kink_table(R, index, count, u, held_now, x, kept["e"],
+            at_kink = kink_table(R, index, count, u, flips, held_now, x, kept["e"],
                                  log_partition.factor(kept["block_top"]), block.b, c, table)
             summary.update(index=index + block.offset, rows=R, table=table, at_kink=at_kink)
     return Held(summary, {"u": u.copy(), "flips": flips})
