@@ -19,7 +19,8 @@ side; θᵢ < 0: on the inactive side; aᵢ < 0, a ridge: always) and the system
 candidate rows off the kink that the step would move across it join K — the primal-dual active set
 (semismooth Newton) rule, in the spirit of ``fastnewton.active_set``. K starts from the rows at the kink and
 the other candidates (``kink_candidates``: near the kink, held by the last step, or zig-zagging across it) that
-the plain step moves across it (``held_rows``); with none, the plain step is taken unchanged (the same bits).
+the plain step moves across it (``held_rows``), and where that fails, from the rows at the kink and the crossing
+ones that zig-zag or were held short; with none, the plain step is taken unchanged (the same bits).
 
 Many rows can share one geometric kink: rows of C that are parallel (Rₖ = cₖ·Rᵣ, e.g. every row whose only entry
 lies in a column j with xⱼ = 0) have uₖ = cₖ·uᵣ, so they reach 0 together and one constraint Rᵣp = −uᵣ holds them
