@@ -19,10 +19,13 @@ import numpy as np
 from .kernels.damping import predicted_ratio
 from .kernels.kinks import (MAX_CANDIDATE_ROWS, MAX_KINK_ROWS, MAX_UPDATES, T_U, TABLE_FIELDS, held_classes,
                             held_gain_ratio, held_rows, held_step, hold_classes, kink_candidates, kink_table,
-                            least_norm_subgradient, parallel_groups, update_working_set)
+                            least_norm_subgradient, moving_rows_instead, parallel_groups, update_working_set)
 from .reductions import dot
 
 NO_ROWS = np.empty(0, dtype=np.int64)
+# What relu_softmax's ReLU inputs are, in the kink sentences of stop messages (``kink_text``,
+# ``kink_stationary_text``).
+RELU_INPUTS = "row(s) with (Cx)ᵢ"
 # A ReLU input sits at its kink when its sign flipped in the last step, or when it is non-zero but
 # |value| ≤ KINK_RTOL · (largest |value|): steps that stall there move it by amounts of this order
 # (exact zeros are left out: an empty row of C has u = 0 whatever x is).
@@ -85,9 +88,8 @@ class Kinks:
                 return p, NO_ROWS, None
             return held, self.index[member], None
         first = member.copy()
-        for every_crossing in (True, False):
-            if not every_crossing and (not held_rows(self.rows, self.table, count, p, member, False)
-                                       or np.array_equal(member, first)):
+        for attempt in range(2):
+            if attempt and not moving_rows_instead(self.rows, self.table, p, first, member):
                 break
             left = np.zeros(count, dtype=np.bool_)
             for _ in range(MAX_UPDATES + 1):
@@ -160,7 +162,7 @@ def held_ratio(system, g, s, actual, noise, curvature=None):
 
 def kink_stationary_text(count):
     """The CONVERGED message's sentence for a stationary point at ``count`` ReLU kinks."""
-    return (f"x is a kink stationary point: {count} row(s) with (Cx)ᵢ sit at the ReLU kink, where L is not "
+    return (f"x is a kink stationary point: {count} {RELU_INPUTS} sit at the ReLU kink, where L is not "
             f"differentiable; the least-norm element of its Clarke subdifferential there meets the test "
             f"(subgradient_norm), ∇L itself cannot.")
 

@@ -54,9 +54,9 @@ from . import lifted_start
 from .lifted_start import POWER_ITERATIONS, EigenvalueRequest, LossesRequest, SimplexRequest
 from .chunking import chunk_rows
 from .models import LogPartition, build_model, check_model, uses_values
-from .models.softmax import ACTIVE_RTOL, RELU_INPUTS, Softmax
+from .models.softmax import ACTIVE_RTOL, Softmax
 from .models.softmax_relu import SoftmaxRelu
-from .kinks import KINK_RTOL, kink_sentence, kink_stationary_text, kink_text
+from .kinks import KINK_RTOL, RELU_INPUTS, kink_sentence, kink_stationary_text, kink_text
 from .newton import MAX_LOGIT_STEP, NewtonRequest, stall_detail, status_message, warn_max_iter
 from .plain_problems import PlainProblems
 from .problem import Problem

@@ -264,19 +264,15 @@ def class_start(R, table, rows, group, coefficient, column_scale, residual, thet
     feasible and the residual exact whatever the grouping's tolerance."""
     K = rows.shape[0]
     d = residual.shape[0]
-    classes = np.empty(K, dtype=np.int64)
+    at_kink = np.zeros(group.shape[0], dtype=np.bool_)
+    at_kink[rows] = True
+    classes = held_classes(at_kink, group)
+    J = classes.shape[0]
+    slot = np.empty(group.shape[0], dtype=np.int64)
+    slot[classes] = np.arange(J)
     of_row = np.empty(K, dtype=np.int64)
-    J = 0
     for k in range(K):
-        r = group[rows[k]]
-        of_row[k] = -1
-        for c in range(J):
-            if classes[c] == r:
-                of_row[k] = c
-        if of_row[k] < 0:
-            classes[J] = r
-            of_row[k] = J
-            J += 1
+        of_row[k] = slot[group[rows[k]]]
     low = np.zeros(J)
     high = np.zeros(J)
     share = np.zeros(J)
@@ -451,11 +447,17 @@ def held_step(R, W, table, group, coefficient, member, p0, g, p):
     Writes p and ``member``; returns the number of constraints, or 0 (the plain step stays)."""
     first = member.copy()
     held = held_step_from(R, W, table, group, coefficient, member, p0, g, p)
-    if held:
+    if held or not moving_rows_instead(R, table, p0, first, member):
         return held
-    if not held_rows(R, table, member.shape[0], p0, member, False) or np.array_equal(member, first):
-        return 0
     return held_step_from(R, W, table, group, coefficient, member, p0, g, p)
+
+
+@njit(cache=True)
+def moving_rows_instead(R, table, p0, first, member):
+    """The fallback working set of a held step that failed from ``first`` (``held_rows`` with every crossing
+    candidate): member = ``held_rows``' smaller set (the rows at the kink and the moving ones); returns whether it
+    is worth a second try (non-empty and not ``first``)."""
+    return held_rows(R, table, member.shape[0], p0, member, False) > 0 and not np.array_equal(member, first)
 
 
 @njit(cache=True)

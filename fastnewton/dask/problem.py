@@ -29,9 +29,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..kernels.kinks import MAX_CANDIDATE_ROWS
-from ..kinks import NO_ROWS, RowStates, kink_text
+from ..kinks import NO_ROWS, RELU_INPUTS, RowStates, kink_text
 from ..models import build_model, uses_values
-from ..models.softmax import RELU_INPUTS
 from ..protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from ..reductions import dot
 from ..sketching import embedding_factor, jl_directions, uncentred_sandwich, worth_centring

@@ -12,14 +12,13 @@ from ..kernels.softmax import (softmax_gradient_rounding, softmax_regression_col
                                target_extremes)
 from ..reductions import dot
 from ..start import FloorRows, floor_margin, log_linear_fit_rounds, normal_system_rounds, solve_psd
+from ..kinks import RELU_INPUTS
 from ..newton import run_requests
 from .base import ColumnCurvature, Model, Stage, softmax_rows, half_loss, keep_log_partition, log_partition_rows
 
 # Relative gap above the floor f = min b for a row of relu_softmax to count as active
 # (above the relative noise of float64 softmax values, below any planted signal).
 ACTIVE_RTOL = 1e-6
-# What relu_softmax's ReLU inputs are, in the kink sentences of stop messages (``fastnewton.kinks.kink_text``).
-RELU_INPUTS = "row(s) with (Cx)ᵢ"
 
 
 class Softmax(ColumnCurvature, Model):
