@@ -456,7 +456,14 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
             return [hessian] * len(indices)
         return choose_strategies(shapes(), eps, sketch_size, [default_start[i] for i in indices])
 
+    def checked_start(i, d):
+        """Problem i's x0 checked now (a ValueError names it: its status, not the batch's), where the compiled
+        start does not check it (``_start_kind``): for the problems left to solve's loop and the staged ones."""
+        if not isinstance(x0_each[i], str):
+            as_point(x0_each[i], "x0", d)
+
     def left_to_solve(i, problem, strategy):
+        checked_start(i, problem.d)
         # solve's own threads rule: a small problem on one thread, whatever the batch's n_threads
         # (one thread per such problem ran the 40 softmax_relu problems of bench/many_small.py, when
         # they went this way, in 0.64 s, two in 2.35 s)
@@ -506,6 +513,7 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
                 compiled.append(problem)
                 compiled_index.append(i)
             elif isinstance(problem.row_model, SoftmaxRelu) and strategy == "exact":
+                checked_start(i, problem.d)
                 staged.append((i, problem))
             else:
                 left_to_solve(i, problem, strategy)
@@ -727,13 +735,17 @@ class _RequestPack:
         self.order, self.lanes = _hand_out(n * d * (d + m))
 
 
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+
 def _run_loops(requests, settings, book):
     """The ``SolveResult`` of each Newton loop (``NewtonRequest``) run by ``solve_relu_loops``, or None for one that
     met a non-finite value (the caller runs it in Python: its message names where, from the arrays there)."""
     count = len(requests)
     problems = [request.problem for request in requests]
     pack = _RequestPack(problems, [request.x0 for request in requests], book)
-    pack.table[:, relu_kernel.T_MAX_ITER] = [request.options.max_iter for request in requests]
+    # (a max_iter beyond int64, which solve accepts, is no limit: clamped to the table's int64)
+    pack.table[:, relu_kernel.T_MAX_ITER] = [min(request.options.max_iter, _INT64_MAX) for request in requests]
     pack.numbers[:, relu_kernel.N_TOL] = [request.options.tol for request in requests]
     pack.numbers[:, relu_kernel.N_TARGET_NORM] = [problem.target_norm() for problem in problems]
     y, y_previous = np.empty_like(pack.b), np.empty_like(pack.b)

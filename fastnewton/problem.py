@@ -18,7 +18,7 @@ from .models import RowBlock, build_model, uses_values
 from .models.base import has_row_weights
 from .newton import run_rounds
 from .protocol import Evaluation, add_low_rank_and_ridge, no_timer
-from .reductions import dot
+from .reductions import half_ridge
 from .sketching import sampled_sandwich, uncentred_sandwich, worth_centring
 from .threads import numba_threads
 from .validation import as_input_matrix, as_l2, as_point, as_row_weights, as_value_matrix, as_vector, check_model
@@ -241,7 +241,7 @@ class Problem:
         known, kept = yield from stage_rounds(stages, self.block, kept, timer, columns, known, done)
         with timer("gradient"):
             grad = known["gradient"] + self.l2 * x
-        loss = known["loss"] + 0.5 * self.l2 * dot(x, x)
+        loss = known["loss"] + half_ridge(self.l2, x)
         ev = self._last = Evaluation(x.copy(), loss, grad, None, known["S"], known, kept)
         if self.row_model.trial_columns and not x.any() and not kept["u"].any():
             # At x = 0 with u = +0.0 (u carried along a line could hold rounding where x + t·p is 0): the
@@ -282,7 +282,7 @@ class Problem:
             rows = TrialRows(known, kept, 1) if head == model.evaluation[0] else None
             known, _ = run_stages(rest, self.block, kept, known=known)
             loss = known["loss"]
-        return loss + 0.5 * self.l2 * dot(x, x), rows
+        return loss + half_ridge(self.l2, x), rows
 
     def beta(self, ev):
         """β at ev (formed once, when a Hessian first needs it)."""

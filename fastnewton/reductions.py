@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from .chunking import chunk_rows
-from .kernels.reduce import chunked_dot
+from .kernels.reduce import SQUARES_HIGH, SQUARES_LOW, chunked_dot, rescaled_norm
 
 SMALL = 4096
 
@@ -25,5 +25,29 @@ def dot(a, b):
 
 
 def norm(a):
-    """‖a‖₂."""
-    return math.sqrt(dot(a, a))
+    """‖a‖₂. Where Σa² has underflowed, ``rescaled_norm``'s max|a|·‖a / max|a|‖: a gradient of entries ~1e-172
+    (C scaled by 1e-170) has Σa² = 0 in float64, and a zero g_ref would make every point pass the stopping test.
+    Otherwise √Σa² (as before; an overflow stays inf: the stopping tests report the scale as too large)."""
+    with np.errstate(over="ignore", under="ignore"):
+        squares = dot(a, a)
+    if squares >= SQUARES_LOW or not squares == squares:
+        return math.sqrt(squares)
+    return _rescaled(a)
+
+
+def half_ridge(l2, x):
+    """½λ‖x‖², the ridge term of the loss: 0 for λ = 0 (not 0·inf = NaN once ‖x‖² overflows, at |x| ≳ 1e154), and
+    ½(√λ‖x‖)² where ‖x‖² leaves float64's range (λ = 1e-300, ‖x‖ = 1e160: 5e19, not inf); in range, ½λ·Σx²."""
+    if l2 == 0.0:
+        return 0.0
+    with np.errstate(over="ignore", under="ignore"):
+        squares = dot(x, x)
+    if SQUARES_LOW <= squares <= SQUARES_HIGH:
+        return 0.5 * l2 * squares
+    root = math.sqrt(l2) * _rescaled(x)
+    return 0.5 * root * root
+
+
+def _rescaled(a):
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    return float(rescaled_norm(a, np.ones(a.shape[0])))

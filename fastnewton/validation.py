@@ -223,6 +223,10 @@ def _check_sparse_arrays(C, name):
         major, minor = (n, d) if fmt == "csr" else (d, n)
         increasing = _check_compressed(C.indptr, C.indices, data.shape[0], major, minor, name, fmt.upper(),
                                        "column" if fmt == "csr" else "row")
+        if not all(array.dtype in (np.int32, np.int64) for array in (C.indptr, C.indices)):
+            # Other integer index types (uint64, int16, …; their values checked above) become int64 on a new
+            # matrix: SciPy's own methods (the canonical-format test, tocsr) refuse some of them, e.g. uint64.
+            C = type(C)((C.data, C.indices.astype(np.int64), C.indptr.astype(np.int64)), shape=C.shape)
         return C, fmt == "csr" and increasing
     elif fmt == "bsr":
         data = _data_array(C.data, name, ndim=3)

@@ -47,14 +47,44 @@ def _sum_partials_of_row(partial, j, out):
         out[j, t] = total
 
 
+# A sum of squares below SQUARES_LOW has lost bits to underflow (squares below 2.2e-308 are subnormal, below
+# 4.9e-324 zero), one above SQUARES_HIGH may have overflowed: norms and the ridge term then sum (a / max|a|)²
+# instead (``rescaled_norm``; ``fastnewton.reductions``, ``kernels.small_newton``).
+SQUARES_LOW, SQUARES_HIGH = 1e-290, 1e290
+
+
 @njit(cache=True)
 def scaled_norm(g, scale):
-    """‖g / scale‖, summed in index order (the column-scaled norm of the stopping tests)."""
+    """‖g / scale‖, summed in index order (the column-scaled norm of the stopping tests); where that sum has
+    underflowed (below SQUARES_LOW), ``rescaled_norm`` instead: a non-zero g never has a zero norm. (An overflow
+    stays inf: the stopping test then reports the scale as too large for float64.)"""
     total = 0.0
     for j in range(g.shape[0]):
         value = g[j] / scale[j]
         total += value * value
-    return np.sqrt(total)
+    if total >= SQUARES_LOW or not total == total:
+        return np.sqrt(total)
+    return rescaled_norm(g, scale)
+
+
+@njit(cache=True)
+def rescaled_norm(g, scale):
+    """‖g / scale‖ as m·‖(g / scale) / m‖, m = max_j |g_j / scale_j|: no square underflows or overflows
+    (0 for g = 0; inf or NaN where an entry is)."""
+    largest = 0.0
+    for j in range(g.shape[0]):
+        value = abs(g[j] / scale[j])
+        if not value == value:
+            return np.nan
+        if value > largest:
+            largest = value
+    if largest == 0.0 or np.isinf(largest):
+        return largest
+    total = 0.0
+    for j in range(g.shape[0]):
+        value = (g[j] / scale[j]) / largest
+        total += value * value
+    return largest * np.sqrt(total)
 
 
 @njit(cache=True)

@@ -37,7 +37,7 @@ from .dense import chunk_rmatmat, four_row_dots, row_dot, signed_scaled_rows
 from .in_place import array_at
 from .kinks import (HELD_FULL, HELD_SHORT, MAX_CANDIDATE_ROWS, NOT_HELD, TABLE_FIELDS, held_gain_ratio, held_rows,
                     held_step, kink_candidates, kink_table, least_norm_subgradient, parallel_groups)
-from .reduce import gradient_rounding_bounds, scaled_norm
+from .reduce import SQUARES_HIGH, SQUARES_LOW, gradient_rounding_bounds, rescaled_norm, scaled_norm
 from .sandwich import ROW_PAD, _add_row, _sorted_rows
 from .simd import subtract_column_products4, subtract_column_products16
 from .softmax import (
@@ -313,6 +313,18 @@ def _dot(a, b):
 
 
 @njit(cache=True)
+def _half_ridge(l2, x):
+    """½λ‖x‖² as ``fastnewton.reductions.half_ridge`` forms it: 0 for λ = 0, not 0·inf once ‖x‖² overflows."""
+    if l2 == 0.0:
+        return 0.0
+    squares = _dot(x, x)
+    if SQUARES_LOW <= squares <= SQUARES_HIGH:
+        return 0.5 * l2 * squares
+    root = math.sqrt(l2) * rescaled_norm(x, np.ones(x.shape[0]))
+    return 0.5 * root * root
+
+
+@njit(cache=True)
 def _quadratic(H, v):
     """vᵀHv."""
     d = v.shape[0]
@@ -339,7 +351,7 @@ def _all_finite(a):
 @njit(cache=True)
 def _norm_or_inf(g):
     """‖g‖, or inf when g has a non-finite entry (newton.py's ``_norm_or_inf``)."""
-    return math.sqrt(_dot(g, g)) if _all_finite(g) else np.inf
+    return scaled_norm(g, np.ones(g.shape[0])) if _all_finite(g) else np.inf
 
 
 @njit(cache=True)
@@ -449,7 +461,7 @@ def _evaluate(matrix, u, x, b, w, relu, l2, chunk_rows, e, Q, G, grad):
     c, gamma, loss2, top, scale = _columns(u, b, w, relu, chunk_rows, e, Q)
     _rmatmat(matrix, Q, chunk_rows, G)
     _gradient(G, c, l2, x, grad)
-    return 0.5 * loss2 + 0.5 * l2 * _dot(x, x), c, gamma, top, scale
+    return 0.5 * loss2 + _half_ridge(l2, x), c, gamma, top, scale
 
 
 @njit(cache=True)
@@ -474,7 +486,7 @@ def _loss_at(u, x, b, w, relu, l2, chunk_rows, e):
     """L at a point whose u = Cx is known (``Problem.loss_at``): the loss stages only."""
     top, total = log_partition_serial(u, relu, chunk_rows, e)
     scale = math.exp(top - top) / total
-    return 0.5 * softmax_regression_loss_serial(u, e, scale, b, w, chunk_rows) + 0.5 * l2 * _dot(x, x)
+    return 0.5 * softmax_regression_loss_serial(u, e, scale, b, w, chunk_rows) + _half_ridge(l2, x)
 
 
 @njit(cache=True)

@@ -36,8 +36,8 @@ from numba import njit, prange
 from .atomic import next_taken
 from .damping import predicted_ratio
 from .in_place import array_at
-from .small_newton import (_all_finite, _cholesky, _cholesky_solve, _dot, _matvec, _quadratic, _rmatmat, _sandwich,
-                           _sandwich_work, matrix_at, newton_loop, no_kink_test, scaled_step, S_ROUNDING_FACTOR)
+from .small_newton import (_all_finite, _cholesky, _cholesky_solve, _dot, _half_ridge, _matvec, _quadratic, _rmatmat,
+                           _sandwich, _sandwich_work, matrix_at, newton_loop, no_kink_test, scaled_step, S_ROUNDING_FACTOR)
 from .softmax import curvature_weight, log_partition_serial, softmax_relu_columns_row, softmax_relu_gradient_rounding
 
 # Columns of ``table`` (int64, one row per request).
@@ -89,7 +89,7 @@ def _outputs(Vm, u, x, b, offset, w, l2, chunk_rows, e, s, y, active_residual):
             r = -(b[j] + offset[j])
             active_residual[j] = 0.0
         r2 += r * r
-    return (0.5 * r2 + 0.5 * weighted) + 0.5 * l2 * _dot(x, x)
+    return (0.5 * r2 + 0.5 * weighted) + _half_ridge(l2, x)
 
 
 @njit(cache=True)

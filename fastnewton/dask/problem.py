@@ -32,7 +32,7 @@ from ..kernels.kinks import MAX_CANDIDATE_ROWS
 from ..kinks import NO_ROWS, RELU_INPUTS, RowStates, kink_text
 from ..models import build_model, uses_values
 from ..protocol import Evaluation, add_low_rank_and_ridge, no_timer
-from ..reductions import dot
+from ..reductions import half_ridge
 from ..sketching import embedding_factor, jl_directions, uncentred_sandwich, worth_centring
 from ..validation import as_l2, as_vector
 from . import blocks
@@ -105,7 +105,7 @@ class DaskProblem:
         known, held = self.run_stages(model.evaluation, held, timer, first_summary)
         G = known["G"]
         grad = known["gradient"] + self.l2 * x
-        loss = known["loss"] + 0.5 * self.l2 * dot(x, x)
+        loss = known["loss"] + half_ridge(self.l2, x)
         return Evaluation(x.copy(), loss, grad, np.ascontiguousarray(G[:, 1:]), known["S"], known, held)
 
     def loss(self, x):
@@ -117,7 +117,7 @@ class DaskProblem:
     def loss_from(self, held, x, first_summary=None):
         """L at a trial whose first loss stage made ``held`` (later stages run here)."""
         known, _ = self.run_stages(self.row_model.loss_stages, held, first_summary=first_summary)
-        return known["loss"] + 0.5 * self.l2 * dot(x, x)
+        return known["loss"] + half_ridge(self.l2, x)
 
     def beta(self, ev):
         if ev.beta is None:
