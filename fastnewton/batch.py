@@ -49,7 +49,8 @@ def solve_many(problems_or_C, B=None, model="softmax", *, V=None, **kwargs):
     """Solve many problems in one call; see the module docstring for the two forms.
 
     Keywords are ``fastnewton.solve``'s (l2, row_weights, x0, hessian, tol, max_iter, seed, ...),
-    applied to every problem. Returns a ``BatchResult``.
+    applied to every problem, but for ``callback``, ``verbose`` and ``progress`` (``solve``'s only: a
+    TypeError). Returns a ``BatchResult``.
     """
     if B is None and isinstance(problems_or_C, Iterator):  # a generator, zip(Cs, bs), map(...): taken once
         problems_or_C = list(problems_or_C)

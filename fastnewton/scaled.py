@@ -26,7 +26,13 @@ class ScaledProblem:
 
     def __init__(self, problem, scale=None):
         self.problem = problem
-        self.scale = reference_gradient_norm(problem) if scale is None else float(scale)
+        if scale is None:
+            self.scale = reference_gradient_norm(problem)
+        else:
+            try:
+                self.scale = float(scale)
+            except (TypeError, ValueError):
+                raise TypeError(f"scale must be a finite number > 0, got {type(scale).__name__} {scale!r:.40}") from None
         if not (np.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"scale must be a finite number > 0, got {self.scale} (is ∇L(0) = 0?)")
 

@@ -754,3 +754,19 @@ def test_solve_checks_a_large_dense_c_on_its_first_pass(bad):
     C[n // 2, 7] = 1e200
     res = solve(C, b, max_iter=1)
     assert res.n_iter <= 1
+
+
+@pytest.mark.parametrize("scale, error", [("x", TypeError), ([1.0, 2.0], TypeError), (0.0, ValueError),
+                                          (np.nan, ValueError), (-1.0, ValueError)])
+def test_scaled_problem_names_a_bad_scale(scale, error):
+    problem = Problem(np.eye(2), np.array([0.5, 0.5]))
+    with pytest.raises(error, match="scale must be a finite number > 0"):
+        problem.scaled(scale)
+
+
+def test_scaled_problem_divides_by_the_given_scale():
+    problem = Problem(np.eye(2), np.array([0.5, 0.5]))
+    x = np.array([0.3, -0.1])
+    scaled = problem.scaled(np.float64(2.0))
+    assert scaled.loss(x) == problem.loss(x) / 2.0
+    np.testing.assert_array_equal(scaled.grad(x), problem.grad(x) / 2.0)
