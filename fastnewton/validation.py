@@ -283,7 +283,9 @@ def _as_csr(C, name):
     if data.dtype not in (np.float32, np.float64):
         data = data.astype(np.float64)
     indptr, indices = csr.indptr, csr.indices
-    if indptr.dtype != indices.dtype or indices.dtype not in (np.int32, np.int64):
+    # Both are int32 or int64 here (``_check_sparse_arrays`` made other index types int64; SciPy's conversions give
+    # those two): an int32 indptr beside int64 indices (or the reverse) becomes int64, the kernels' one type.
+    if indptr.dtype != indices.dtype:
         indptr, indices = indptr.astype(np.int64), indices.astype(np.int64)
     matrix = csr_matrix_of(indptr, indices, data, csr.shape, rows_increasing=rows_increasing)
     _matrix_finite_or_raise(matrix, matrix.data, name)
