@@ -15,7 +15,8 @@
   on the exact Hessian-vector product (one read of C each), preconditioned by the exact
   iteration's Cholesky factor (of the Hessian one or two iterates back), forcing term as ``pcg``'s.
 - ``auto``: the least predicted time to tol, from work counts and measured rates
-  (``strategy_seconds``, ``fastnewton.rates``).
+  (``strategy_seconds``, ``fastnewton.rates``); of strategies priced within 3% of it, the one
+  with the fewest Newton iterations in practice (exact, lagged, pcg, sketch: ``NEAR_TIE_MARGIN``).
 """
 import copy
 import math
@@ -616,6 +617,20 @@ SAMPLED_START_EXTRA_PASSES = 0.5
 # exact fit's SYRK, and its certificate then often fails, so the exact fit runs after it (dense 10⁴ × 1024,
 # 7303 of 10⁴ rows: the sampled start 0.40–0.56 s, uncertified, against the exact fit's 0.15 s).
 SAMPLED_START_MAX_FRACTION = 0.5
+# ``auto``'s near ties: of the strategies priced within NEAR_TIE_MARGIN of the least, the first in
+# NEAR_TIE_ORDER. A smaller margin is within the prediction's own error: the iteration figures it multiplies
+# moved by 2.6% (lagged per exact, 1 → 1.026) and 4.6% (pcg, 1.08 → 1.13) when bench/calibrate.py's solves
+# went from 3 to 8 targets per shape. The order is that of the iteration counts, which a shared constant
+# ratio cannot follow from problem to problem: on every point of bench/auto_grid.py's grid (seed 0) exact
+# took no more Newton iterations than lagged, and lagged no more than pcg (pcg took 3 where exact and lagged
+# finished in 2: dense 10⁵ × 32, 3·10⁵ × 256, 10⁶ × 32), sketch the most; and exact and lagged draw nothing
+# at random. Measured on the grid's near ties (2-core AMD EPYC, best of 3 each): CSR 10⁵ × 32, 5 per row,
+# priced lagged 18.3 ms against exact's 18.8 (2.7% apart), exact was as fast or faster on 5 of 6 targets
+# (lagged/exact 1.30, 1.08, 1.01, 1.09, 1.03, 0.97: lagged took 4 iterations on the first); dense 10⁶ × 32,
+# priced pcg 460 ms against lagged's 467 (1.5%), lagged/pcg 0.89, 1.02, 0.81 on 3 targets; dense 10⁵ × 32
+# (0.4%) 0.84, 0.89, 1.25, 1.06 on 4.
+NEAR_TIE_MARGIN = 1.03
+NEAR_TIE_ORDER = ("exact", "lagged", "pcg", "sketch")
 
 
 def _log_log_between(d, low, high):
@@ -1013,19 +1028,26 @@ def many_strategy_seconds(shapes, eps, sketch_size, rates=rates, default_start=T
     return {name: start[name] + iterations[name] * (per_iteration[name] + shared) for name in per_iteration}
 
 
+def picked_strategies(seconds):
+    """``auto``'s pick from predicted times (``strategy_seconds``: floats, or arrays of many problems): the
+    position in NEAR_TIE_ORDER of the first strategy priced within NEAR_TIE_MARGIN of the least (an int, or
+    one per problem)."""
+    stacked = np.stack([np.asarray(seconds[name], dtype=np.float64) for name in NEAR_TIE_ORDER])
+    return np.argmax(stacked <= NEAR_TIE_MARGIN * stacked.min(axis=0), axis=0)
+
+
 def choose_strategy(problem, eps, sketch_size, default_start=True):
-    """``auto``: the strategy with the least predicted time to tol (``strategy_seconds``);
+    """``auto``: the strategy with the least predicted time to tol (``strategy_seconds``), or where others
+    are priced within NEAR_TIE_MARGIN of it the first of those in NEAR_TIE_ORDER (``picked_strategies``);
     ``default_start``: whether the solve starts from x0 = "auto"."""
     seconds = strategy_seconds(problem, eps, sketch_size, default_start=default_start)
-    return min(seconds, key=seconds.get)
+    return NEAR_TIE_ORDER[int(picked_strategies(seconds))]
 
 
 def choose_strategies(shapes, eps, sketch_size, default_start=True):
-    """``choose_strategy`` of every problem of ``shapes`` (``PricedShapes.of_many``) at once: a list of names
-    (the first of the least, in ``strategy_seconds``' order, as ``min`` picks)."""
+    """``choose_strategy`` of every problem of ``shapes`` (``PricedShapes.of_many``) at once: a list of names."""
     seconds = many_strategy_seconds(shapes, eps, sketch_size, default_start=default_start)
-    names = list(seconds)
-    return [names[k] for k in np.argmin(np.stack([seconds[name] for name in names]), axis=0).tolist()]
+    return [NEAR_TIE_ORDER[k] for k in picked_strategies(seconds).tolist()]
 
 
 def resolve_strategy(name, problem, eps, sketch_size, default_start=True):
