@@ -6,7 +6,8 @@
 
 For each shape: a planted softmax problem with noisy targets (noise 0.1, so the optimum is not
 the planted x), solved from ``x0="auto"`` to tol = 1e-8 with hessian = exact, sketch, pcg and lagged
-(seed 0); the wall time of each ``fastnewton.solve`` call (best of 3 for solves under 2 s), and
+(seed 0), after one untimed default solve; the wall time of each ``fastnewton.solve`` call (best of 3 for
+solves under 2 s), and
 its Newton iterations; auto's pick (``choose_strategy``, a deterministic function of the shape
 and the target b, so its time is the picked strategy's); and the ratio of
 that time to the fastest strategy's. The rates auto uses come from bench/calibrate.py.
@@ -48,6 +49,13 @@ REPEAT_BELOW_SECONDS = 2.0
 def run_point(fmt, n, d, per_row, seed):
     C, b, _ = fastnewton.make_problem(n, d, nnz_per_row=per_row, dense=fmt == "dense", noise=0.1, seed=seed)
     times, converged, iterations = {}, {}, {}
+    # One untimed solve first, so that no strategy pays the process's first work on this shape: right after the
+    # problem is built (NumPy, one core) the first solves ran up to 2× slower than later ones (CSR 10⁶ × 32, 5 per
+    # row, exact from one process: 287, 134, 141 ms; 256, 171, 153 ms; 124–141 ms from the third on), and exact,
+    # timed first, was charged for it (its best of 3 there: 0.11–0.19 s over runs, lagged's 0.12–0.14 s).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastnewton.ConvergenceWarning)
+        fastnewton.solve(C, b, seed=seed)
     for name in STRATEGIES:
         times[name] = float("inf")
         # Best of a few runs for short solves: on a shared machine one descheduling is ~0.1 s.
