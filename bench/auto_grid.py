@@ -50,9 +50,10 @@ def run_point(fmt, n, d, per_row, seed):
     C, b, _ = fastnewton.make_problem(n, d, nnz_per_row=per_row, dense=fmt == "dense", noise=0.1, seed=seed)
     times, converged, iterations = {}, {}, {}
     # One untimed solve first, so that no strategy pays the process's first work on this shape: right after the
-    # problem is built (NumPy, one core) the first solves ran up to 2× slower than later ones (CSR 10⁶ × 32, 5 per
-    # row, exact from one process: 287, 134, 141 ms; 256, 171, 153 ms; 124–141 ms from the third on), and exact,
-    # timed first, was charged for it (its best of 3 there: 0.11–0.19 s over runs, lagged's 0.12–0.14 s).
+    # problem is built (NumPy, one core) the first solves ran 1.5–3× slower than later ones (CSR 10⁶ × 32, 5 per
+    # row, exact, kernels loaded on a small problem before: 211–319 ms, then 165–213 ms, then 108–145 ms; four
+    # processes), and exact, timed first, was charged for it (its best of 3 there: 0.11–0.19 s over runs,
+    # lagged's 0.12–0.14 s).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fastnewton.ConvergenceWarning)
         fastnewton.solve(C, b, seed=seed)
