@@ -14,7 +14,9 @@ unfinished problems are answered together, each round by one pass over C:
   (CSR: one read of C per block of problems, each pair's update q-wide across them; dense: all problems'
   SYRKs on one thread pool);
 - CG's Hessian-vector products (``pcg``, ``lagged``): on CSR, C·v with the lines' C·p, then Cᵀ(β_j ⊙ C v_j)
-  of all problems in one transposed pass; on dense C, C·v and Cᵀ(β_j ⊙ C v_j) of all problems in one
+  of all problems in one transposed pass (fewer products than that pays for, ``CSR_BATCHED_FROM``: each as
+  ``solve`` forms it, one read of C with β formed as the rows are read, and likewise fewer exact sandwiches
+  each by ``solve``'s own ``curvature_sandwich``); on dense C, C·v and Cᵀ(β_j ⊙ C v_j) of all problems in one
   parallel region, each row read once for both (``matrix.sandwich_vectors``, as ``solve``'s
   ``sandwich_vector``); a step's C·p that CG summed from its products is taken as ``solve`` takes it
   (``NewtonSystem.forward_of``).
@@ -28,7 +30,8 @@ vectors, the d × d Cholesky solves, line-search trials) runs problem by problem
 sampled sandwiches of ``sketch``/``pcg`` and the parts of a start that make passes of their own
 (``softmax_relu``'s simplex vector and λmax, ``relu_softmax``'s floor LP); the starts' least-squares
 fits (``NormalSystemRequest``: the softmax models' fits of log b) share their sandwiches and
-transposed passes.
+transposed passes, each fit's pass also giving its problem's ∇L(0) for the stopping test, as in ``solve``.
+So a few targets (a single one, the last unfinished ones) read C as often as ``solve`` does for them.
 
 Problems are solved in groups whose work arrays fit ``GROUP_BYTES`` (the answers do not depend on
 the grouping). In lock-step every problem's evaluations are alive at once: their work arrays come
@@ -46,7 +49,7 @@ import numpy as np
 from . import _cache, rates, threads
 from .batch import BatchResult
 from .buffers import Recycler
-from .hessian import (ForwardKeepingProduct, choose_strategy, default_thread_count, exact_iteration_seconds,
+from .hessian import (ForwardKeepingProduct, HessianProduct, choose_strategy, default_thread_count, exact_iteration_seconds,
                       forms_exact_sandwich, resolve_strategy)
 from .memory import check_iteration_fits, iteration_bytes
 from .newton import NewtonRequest, NewtonRun, References, column_scale, user_stacklevel
@@ -306,14 +309,21 @@ class SharedPasses:
         fits = [request.row_fit(request.problem.block, request.parameters) for request in requests]
         with self.threads(len(fits)):
             sandwiches = self.matrix.sandwiches([weights for weights, _ in fits])
-        transposed = self.transposed([fit_columns(weights, target) for weights, target in fits])
-        return [fit_partials(weights, target, sandwich, G)
-                for (weights, target), sandwich, G in zip(fits, sandwiches, transposed)]
+        # Each fit's pass also gives its problem's ∇L(0) for the stopping test, as in solve (``NormalSystemRequest.run``).
+        passes = [request.problem.with_gradient_at_zero(fit_columns(weights, target))
+                  for request, (weights, target) in zip(requests, fits)]
+        transposed = self.transposed([columns for columns, _ in passes])
+        return [fit_partials(weights, target, sandwich, finish(G))
+                for (weights, target), sandwich, (_, finish), G in zip(fits, sandwiches, passes, transposed)]
 
     def newton_loops(self, requests, indices=None):
         """The ``SolveResult`` of each ``NewtonRequest``: ``newton_solve``'s loop for all of them in lock-step."""
         problems = [request.problem for request in requests]
-        gradients_at_zero = self.evaluations([problem.gradient_at_zero_rounds() for problem in problems])
+        # ∇L(0) of the problems whose start's fit did not form it (``normal_systems``), from one shared pass
+        gradients_at_zero = [problem.known_gradient_at_zero() for problem in problems]
+        missing = [t for t, gradient in enumerate(gradients_at_zero) if gradient is None]
+        for t, gradient in zip(missing, self.evaluations([problems[t].gradient_at_zero_rounds() for t in missing])):
+            gradients_at_zero[t] = gradient
         runs = [NewtonRun(request.problem, request.x0, request.start, request.options,
                           References.of(request.problem, self.column_scale, gradient),
                           request.timer, request.clock)
@@ -358,19 +368,26 @@ class SharedPasses:
         """Each run's Newton system (``builders``: each run's strategy); the exact ones' sandwiches (``exact``,
         and ``lagged``'s exact iterations) formed together."""
         exact = [forms_exact_sandwich(builder, run.problem) for run, builder in zip(runs, builders)]
+        # Fewer than the sandwich kernel for many takes: each system formed as solve forms it (CSR: β formed as the
+        # pass reads each row, ``curvature_sandwich``, rather than written first), the same sums one at a time.
+        shared = exact if self.matrix.batches("sandwiches", sum(exact)) else [False] * len(runs)
         sandwiches = iter(())
-        if any(exact):
-            weights = [run.problem.beta(run.ev) for run, due in zip(runs, exact) if due]
+        if any(shared):
+            weights = [run.problem.beta(run.ev) for run, due in zip(runs, shared) if due]
             with self.threads(len(weights)):
                 sandwiches = iter(self.matrix.sandwiches(weights))
             del weights
         systems = [run.build_system(builder, sandwich=next(sandwiches)) if due else run.build_system(builder)
-                   for run, builder, due in zip(runs, builders, exact)]
+                   for run, builder, due in zip(runs, builders, shared)]
         # The exact system holds the Hessian itself: β and Q are not read again (a CG step reads β, not Q).
         # Released, the peak memory of all problems in lock-step drops by ~4 n-vectors each, and so do the
         # page faults of the fresh memory it costs (CSR n = 10⁵, d = 64, q = 64: see ``fastnewton.buffers``).
+        # The others keep β for their CG products where those are shared (``lines``); where too few for that,
+        # their evaluations stay as in solve, whose first products form β from Q as they read C.
+        products_shared = self.matrix.batches("products", len(runs) - sum(exact))
         for run, due in zip(runs, exact):
-            run.problem.release_curvature(run.ev, keep_beta=not due)
+            if due or products_shared:
+                run.problem.release_curvature(run.ev, keep_beta=not due)
         return systems
 
     def lines(self, runs, systems, asked, indices):
@@ -378,14 +395,19 @@ class SharedPasses:
         and one transposed pass: a direction p gets its line x + t·p (C·p summed by CG where its system kept it,
         as ``newton_step`` takes it); a ``HessianProduct`` gets ∇²L·v (``products``)."""
         # Dense C: each product's C·v and Cᵀ(β ⊙ Cv) from one read of its rows (``fused_products``), not in the
-        # forward pass and a transposed pass of their own.
+        # forward pass and a transposed pass of their own. CSR: in the shared passes (``products``) when there are
+        # enough products for the passes for many, else each as solve forms it (``request.run()``: one read of C,
+        # each βᵢ formed as its row is read: ``Problem.hessian_product_and_forward``).
         fused = hasattr(self.matrix, "sandwich_vectors")
+        shared = fused or self.matrix.batches("products", sum(
+            isinstance(request, HessianProduct) and isinstance(request.product, ForwardKeepingProduct)
+            for request in asked))
         forward = []
         for i, request in zip(indices, asked):
             if isinstance(request, np.ndarray):
                 if systems[i].forward_of(request) is None:
                     forward.append(request)
-            elif isinstance(request.product, ForwardKeepingProduct) and not fused:
+            elif isinstance(request.product, ForwardKeepingProduct) and shared and not fused:
                 forward.append(request.v)
         passes = iter(self.forward_pass(np.column_stack(forward)) if forward else ())
         answers, products = [], []
@@ -393,7 +415,7 @@ class SharedPasses:
             if isinstance(request, np.ndarray):
                 Cp = systems[i].forward_of(request)
                 answers.append(runs[i].problem.line(runs[i].ev, request, next(passes) if Cp is None else Cp))
-            elif isinstance(request.product, ForwardKeepingProduct):
+            elif isinstance(request.product, ForwardKeepingProduct) and shared:
                 answers.append(None)
                 products.append((len(answers) - 1, request, None if fused else next(passes)))
             else:

@@ -96,8 +96,17 @@ RMATMATS_BYTES = 64 * 2**20
 #   dense n = 4096: at r = 1 and 2 the batched passes took 1.1–3.3× as long, from r = 3 0.5–1.0× (noisy).
 # The thin CSR passes lose at small r: r accumulators per row in a loop of unknown length cost more than
 # the single kernels' unrolled sums, which the r = 1 CSR batch ran 2.7–4.7× as long as.
-CSR_BATCHED_FROM = {"matvecs": 6, "rmatvecs": 4, "rmatmats": 12, "sandwiches": 4}
-DENSE_BATCHED_FROM = {"matvecs": 3, "rmatvecs": 3, "rmatmats": 3, "sandwiches": 3}
+# ``sandwiches`` and ``products`` (CG's Hessian-vector products, C·v and Cᵀ(β ⊙ Cv), ``solve_many``'s shared
+# passes) are weighed against what ``solve`` makes one at a time: a CSR sandwich or product that forms each βᵢ as
+# it reads the row (``curvature_sandwich``, ``curvature_sandwich_vector``: one read of C, no β written first).
+# Whole ``solve_many`` calls, CSR n = 10⁵, d = 64, softmax, best of 5 alternating (ms, shared / one at a time):
+#   exact,  sandwiches   q = 4: 89 / 71, 6: 118 / 99, 8: 131 / 123 and 128 / 127, 10: 167 / 157, 12: 173 / 183,
+#                        16: 245 / 261;
+#   lagged, products     q = 4: 85 / 87, 6: 150 / 132 and 129 / 141, 8: 126 / 128 and 132 / 126, 10: 158 / 156,
+#                        12: 167 / 172 (no clear side: shared from where the forward pass is, 6).
+# Dense C forms its products in one parallel region at any count (``DenseMatrix.sandwich_vectors``).
+CSR_BATCHED_FROM = {"matvecs": 6, "rmatvecs": 4, "rmatmats": 12, "sandwiches": 12, "products": 6}
+DENSE_BATCHED_FROM = {"matvecs": 3, "rmatvecs": 3, "rmatmats": 3, "sandwiches": 3, "products": 1}
 
 
 def sandwiched_densely(row_nnz, d):
@@ -316,7 +325,7 @@ class DenseMatrix:
         written into ``out`` (C-contiguous r × n) when given."""
         self._checked()
         out = np.empty((X.shape[1], self.n)) if out is None else out
-        if not _batched(DENSE_BATCHED_FROM, "matvecs", X.shape[1]):
+        if not self.batches("matvecs", X.shape[1]):
             return _matvecs_one_at_a_time(self, X, out)
         dense_matvecs(self.array, np.ascontiguousarray(X), MATVECS_ROWS_PER_TASK, out)
         return out
@@ -324,7 +333,7 @@ class DenseMatrix:
     def rmatmats(self, Qs):
         """[Cᵀ Q for Q in Qs] (s × d × k) for n × k arrays Qs: each ``rmatmat(Q)``, bit for bit, in one read of C."""
         self._checked()
-        if not _batched(DENSE_BATCHED_FROM, "rmatvecs" if Qs[0].shape[1] == 1 else "rmatmats", len(Qs)):
+        if not self.batches("rmatvecs" if Qs[0].shape[1] == 1 else "rmatmats", len(Qs)):
             return [self.rmatmat(Q) for Q in Qs]
         out = np.empty((len(Qs), self.d, Qs[0].shape[1]))
         dense_rmatmats(self.array, _array_list(Qs), self._chunk_rows, out)
@@ -370,9 +379,13 @@ class DenseMatrix:
         curvature_weights(Q, c, w, beta)
         return self.sandwich(beta)
 
+    def batches(self, operation, count):
+        """Whether ``count`` vectors / problems of ``operation`` go to its kernel for many at once (``*_BATCHED_FROM``)."""
+        return _batched(DENSE_BATCHED_FROM, operation, count)
+
     def sandwiches(self, weights):
         """[Cᵀ diag(w) C for w in weights] (length-n vectors), each with ``sandwich``'s bits (one pool of SYRKs)."""
-        if not _batched(DENSE_BATCHED_FROM, "sandwiches", len(weights)):
+        if not self.batches("sandwiches", len(weights)):
             return _sandwiches_one_at_a_time(self, weights)
         self._checked()
         return blocked_syrk_sandwiches(lambda part: (self.array, np.arange(part.start, part.stop)),
@@ -573,7 +586,7 @@ class CSRMatrix:
         """(C X)ᵀ (r × n) for a d × r X: row t is ``matvec(X[:, t])``, bit for bit (one read of C for r vectors);
         written into ``out`` (C-contiguous r × n) when given."""
         out = np.empty((X.shape[1], self.n)) if out is None else out
-        if not _batched(CSR_BATCHED_FROM, "matvecs", X.shape[1]):
+        if not self.batches("matvecs", X.shape[1]):
             return _matvecs_one_at_a_time(self, X, out)
         csr_matvecs(self.indptr, self.indices, self.data, np.ascontiguousarray(X), MATVECS_ROWS_PER_TASK, out)
         return out
@@ -582,7 +595,7 @@ class CSRMatrix:
         """[Cᵀ Q for Q in Qs] for n × k arrays Qs (the same k): each ``rmatmat(Q)``, bit for bit, with one read of C
         per group of problems (``csr_rmatmats``: the problems' columns side by side, SIMD across problems)."""
         k = Qs[0].shape[1]
-        if not _batched(CSR_BATCHED_FROM, "rmatvecs" if k == 1 else "rmatmats", len(Qs)):
+        if not self.batches("rmatvecs" if k == 1 else "rmatmats", len(Qs)):
             return [self.rmatmat(Q) for Q in Qs]
         n_chunks = -(-self.n // self._chunk_rows)
         group = max(1, RMATMATS_BYTES // (8 * n_chunks * self.d * k))
@@ -637,11 +650,18 @@ class CSRMatrix:
                                self.rows_increasing)
         return out
 
+    def batches(self, operation, count):
+        """Whether ``count`` vectors / problems of ``operation`` go to its kernel for many at once (``*_BATCHED_FROM``;
+        ``sandwiches`` only when every row is short)."""
+        if operation == "sandwiches" and self._dense_rows.size:
+            return False
+        return _batched(CSR_BATCHED_FROM, operation, count)
+
     def sandwiches(self, weights):
         """[Cᵀ diag(w) C for w in weights] (length-n vectors): when every row is short, one read of C per
         group of problems, q-wide updates (``csr_sandwich_many``: each with ``sandwich(w)``'s bits, on its row
         chunks), else one at a time."""
-        if self._dense_rows.size or not _batched(CSR_BATCHED_FROM, "sandwiches", len(weights)):
+        if not self.batches("sandwiches", len(weights)):
             return _sandwiches_one_at_a_time(self, weights)
         n_chunks = -(-self.n // self._sandwich_chunk_rows)
         group = max(1, SANDWICH_MANY_BYTES // (8 * n_chunks * (self.d * (self.d + 1) // 2)))

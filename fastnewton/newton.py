@@ -225,6 +225,15 @@ def run_rounds(rounds, answer):
     at once; returns the generator's return value (the single-problem path of ``solve_many``'s rounds)."""
     try:
         request = next(rounds)
+    except StopIteration as stop:
+        return stop.value
+    return run_rounds_from(rounds, answer(request), answer)
+
+
+def run_rounds_from(rounds, reply, answer):
+    """``run_rounds`` of a generator that has yielded its first request, answered by ``reply``."""
+    try:
+        request = rounds.send(reply)
         while True:
             request = rounds.send(answer(request))
     except StopIteration as stop:

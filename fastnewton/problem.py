@@ -16,7 +16,7 @@ from .matrix import column_means, side_by_side
 from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
 from .models.base import has_row_weights
-from .newton import run_rounds
+from .newton import run_rounds, run_rounds_from
 from .protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from .reductions import half_ridge
 from .sketching import sampled_sandwich, uncentred_sandwich, worth_centring
@@ -58,6 +58,11 @@ def stage_rounds(stages, block, kept, timer=no_timer, columns=None, known=None, 
         if "G" in summary:
             known["G"] = summary["G"]
     return known, kept
+
+
+def _unchanged(G):
+    """``with_gradient_at_zero``'s finish when nothing rides along: the pass itself."""
+    return G
 
 
 def _own(validated, given):
@@ -381,32 +386,44 @@ class Problem:
                                                        _transposed_pass(self.matrix, no_timer)))
         return self._gradient_at_zero
 
+    def known_gradient_at_zero(self):
+        """∇L(0) when formed already (e.g. beside the start's fit: ``with_gradient_at_zero``), else None."""
+        return self._gradient_at_zero
+
     def _keep_gradient_at_zero(self, gradient):
         gradient.flags.writeable = False
         self._gradient_at_zero = gradient
 
     def rmatmat_with_gradient_at_zero(self, Q):
-        """CᵀQ (n × k Q), with ∇L(0), when not known yet, from the same read of C: its columns appended to Q
-        (a transposed pass's sums do not depend on the other columns, so ∇L(0) has the bits of its own pass).
+        """CᵀQ (n × k Q), with ∇L(0), when not known yet, from the same read of C (``with_gradient_at_zero``).
         The sampled start's pass for its fit's mean thus also gives the stopping test's g_ref (dense
         10⁵ × 256: 1 and 4 columns cost one pass alike, ~7 ms)."""
-        if self._gradient_at_zero is not None:
-            return self.matrix.rmatmat(Q)
-        k = Q.shape[1]
-        asked = []
+        columns, finish = self.with_gradient_at_zero(Q)
+        return finish(self.matrix.rmatmat(columns))
 
-        def transposed_pass(columns):
-            if asked:  # a model asking for more than one pass: the others on their own
-                return self.matrix.rmatmat(columns)
-            G = self.matrix.rmatmat(side_by_side(Q, columns))
-            asked.append(G[:, :k])
-            return G[:, k:]
+    def with_gradient_at_zero(self, Q):
+        """(columns, finish): Q with, while ∇L(0) is not known, its gradient columns appended, and ``finish(G)``,
+        which keeps ∇L(0) from the transposed pass G = Cᵀ·columns and returns CᵀQ. A transposed pass's sums do
+        not depend on the other columns, so ∇L(0) has the bits of its own pass; ``solve_many`` puts the columns of
+        many problems in one pass."""
+        if self._gradient_at_zero is not None:
+            return Q, _unchanged
+        rounds = self.gradient_at_zero_rounds(gradient_columns_only=True)
+        try:
+            columns = next(rounds)
+        except StopIteration as stop:  # no pass asked for
+            self._keep_gradient_at_zero(stop.value)
+            return Q, _unchanged
+        k = Q.shape[1]
+
+        def finish(G):
+            # A model asking for more than one pass: the others on their own.
+            self._keep_gradient_at_zero(run_rounds_from(rounds, G[:, k:], self.matrix.rmatmat))
+            return G[:, :k]
 
         # Beside Q only the gradient's columns: they are copied next to Q anyway (dense 10⁵ × 256, Q = ω:
         # 3 columns instead of 4, 7.1 → 5.9 ms on two threads, 12.7 → 9.6 ms on one).
-        self._keep_gradient_at_zero(run_rounds(self.gradient_at_zero_rounds(gradient_columns_only=True),
-                                               transposed_pass))
-        return asked[0] if asked else self.matrix.rmatmat(Q)
+        return side_by_side(Q, columns), finish
 
     def gradient_at_zero_rounds(self, gradient_columns_only=False):
         """``gradient_at_zero`` as a generator (yields Q, is sent CᵀQ: ``stage_rounds``); ``gradient_columns_only``:

@@ -13,6 +13,7 @@ import pathlib
 import subprocess
 import sys
 import warnings
+from collections import Counter
 
 import numba
 import numpy as np
@@ -178,6 +179,8 @@ def test_cg_strategies_take_solves_steps_with_their_products_shared(model, hessi
     # and its summed C·p are those of solve: bit for bit. No product is formed problem by problem.
     C, B, _ = case(model, dense)
     matrix_class = fastnewton.matrix.DenseMatrix if dense else fastnewton.matrix.CSRMatrix
+    for table in ("CSR_BATCHED_FROM", "DENSE_BATCHED_FROM"):  # the passes for many for any batch: the sharing under test
+        monkeypatch.setattr(fastnewton.matrix, table, dict.fromkeys(getattr(fastnewton.matrix, table), 1))
     solve_product = matrix_class.sandwich_vector
     monkeypatch.setattr(matrix_class, "sandwich_vector", lambda *args: pytest.fail("a product of its own"))
     batch = quietly(solve_many, C, B, model=model, hessian=hessian, x0=x0, seed=3)
@@ -186,6 +189,46 @@ def test_cg_strategies_take_solves_steps_with_their_products_shared(model, hessi
     cg_iterations = [record.get("cg_iterations", 0) for j in range(B.shape[1])
                      for record in quietly(solve, C, B[:, j], model, hessian=hessian, x0=x0, seed=3).history]
     assert sum(cg_iterations) > 0
+
+
+# Every method that reads C once for one problem; ``sandwich_vectors`` (dense) reads it once for each of its products.
+SINGLE_PASSES = ("matvec", "rmatmat", "sandwich", "curvature_sandwich", "sandwich_vector", "curvature_sandwich_vector")
+
+
+def count_passes(matrix_class, monkeypatch):
+    """A Counter of the single-problem passes over C made through ``matrix_class`` from now on."""
+    counts = Counter()
+    for name in SINGLE_PASSES + ("sandwich_vectors",):
+        method = getattr(matrix_class, name, None)
+        if method is None:
+            continue
+
+        def counted(self, *args, _name=name, _method=method, **kwargs):
+            counts["sandwich_vector" if _name == "sandwich_vectors" else _name] += (
+                len(args[0]) if _name == "sandwich_vectors" else 1)
+            return _method(self, *args, **kwargs)
+        monkeypatch.setattr(matrix_class, name, counted)
+    return counts
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
+@pytest.mark.parametrize("hessian", ["exact", "lagged"])
+@pytest.mark.parametrize("model", ["softmax", "relu_softmax"])
+@pytest.mark.parametrize("q", [1, 2])
+def test_few_targets_read_c_as_often_as_solve(q, model, hessian, dense, monkeypatch):
+    # Below the batch sizes from which the passes for many pay, solve_many makes solve's own passes: ∇L(0) in
+    # the start fit's transposed pass, β formed as the pass reads each row (CSR sandwich and CG products, one
+    # read each), never a pass solve does not make; the same bits.
+    C, B, _ = case(model, dense, q=q)
+    matrix_class = fastnewton.matrix.DenseMatrix if dense else fastnewton.matrix.CSRMatrix
+    counts = count_passes(matrix_class, monkeypatch)
+    batch = quietly(solve_many, C, B, model=model, hessian=hessian, seed=3)
+    many = Counter(counts)
+    counts.clear()
+    for j in range(q):
+        quietly(solve, C, B[:, j], model, hessian=hessian, seed=3)
+    assert many == counts and sum(many.values()) > 0
+    assert_same_as_solve(batch, C, B, model, hessian=hessian, seed=3)
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
