@@ -49,8 +49,8 @@ import numpy as np
 from . import _cache, rates, threads
 from .batch import BatchResult
 from .buffers import Recycler
-from .hessian import (ForwardKeepingProduct, HessianProduct, choose_strategy, default_thread_count, exact_iteration_seconds,
-                      forms_exact_sandwich, resolve_strategy)
+from .hessian import (ForwardKeepingProduct, HessianProduct, choose_strategy, default_thread_count,
+                      exact_iteration_seconds, forms_exact_sandwich, resolve_strategy)
 from .memory import check_iteration_fits, iteration_bytes
 from .newton import NewtonRequest, NewtonRun, References, column_scale, user_stacklevel
 from .problem import Problem
