@@ -3,9 +3,10 @@
     python bench/auto_grid.py                 # the full grid (dense and CSR), ~3 minutes on 2 cores
     python bench/auto_grid.py --only dense    # one half of it
     python bench/auto_grid.py --quick         # three tiny shapes (a smoke run)
+    python bench/auto_grid.py --x0 zeros      # every strategy and auto's pick from x0 = 0 (~4× the iterations)
 
 For each shape: a planted softmax problem with noisy targets (noise 0.1, so the optimum is not
-the planted x), solved from ``x0="auto"`` to tol = 1e-8 with hessian = exact, sketch, pcg and lagged
+the planted x), solved from ``x0="auto"`` (or --x0 zeros) to tol = 1e-8 with hessian = exact, sketch, pcg and lagged
 (seed 0), after one untimed default solve; the wall time of each ``fastnewton.solve`` call (best of 3 for
 solves under 2 s), and
 its Newton iterations; auto's pick (``choose_strategy``, a deterministic function of the shape
@@ -46,7 +47,7 @@ REPEATS = 3
 REPEAT_BELOW_SECONDS = 2.0
 
 
-def run_point(fmt, n, d, per_row, seed):
+def run_point(fmt, n, d, per_row, seed, x0="auto"):
     C, b, _ = fastnewton.make_problem(n, d, nnz_per_row=per_row, dense=fmt == "dense", noise=0.1, seed=seed)
     times, converged, iterations = {}, {}, {}
     # One untimed solve first, so that no strategy pays the process's first work on this shape: right after the
@@ -56,7 +57,7 @@ def run_point(fmt, n, d, per_row, seed):
     # lagged's 0.12–0.14 s).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fastnewton.ConvergenceWarning)
-        fastnewton.solve(C, b, seed=seed)
+        fastnewton.solve(C, b, seed=seed, x0=x0)
     for name in STRATEGIES:
         times[name] = float("inf")
         # Best of a few runs for short solves: on a shared machine one descheduling is ~0.1 s.
@@ -64,15 +65,16 @@ def run_point(fmt, n, d, per_row, seed):
             start = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", fastnewton.ConvergenceWarning)
-                res = fastnewton.solve(C, b, hessian=name, seed=seed)
+                res = fastnewton.solve(C, b, hessian=name, seed=seed, x0=x0)
             times[name] = min(times[name], time.perf_counter() - start)
             if times[name] > REPEAT_BELOW_SECONDS:
                 break
         converged[name] = bool(res.converged)
         iterations[name] = res.n_iter
     problem = Problem(C, b)
-    pick = choose_strategy(problem, 0.5, None)
-    predicted = strategy_seconds(problem, 0.5, None)
+    # auto prices the start it is given: the default one, or any other (zeros, a user's x0)
+    pick = choose_strategy(problem, 0.5, None, default_start=x0 == "auto")
+    predicted = strategy_seconds(problem, 0.5, None, default_start=x0 == "auto")
     best = min((t for name, t in times.items() if converged[name]), default=float("nan"))
     return {"format": fmt, "n": n, "d": d, "nnz_per_row": per_row or d,
             **{f"{name}_s": times[name] for name in STRATEGIES},
@@ -90,6 +92,8 @@ def main(argv=None):
                         help="only these points of the selected grid (0-based), to split it into shorter runs")
     parser.add_argument("--output", help="also write the rows to this CSV file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--x0", choices=("auto", "zeros"), default="auto",
+                        help="the start of every solve (default: fastnewton's automatic start)")
     args = parser.parse_args(argv)
     grid = QUICK_GRID if args.quick else [p for fmt in (args.only,) if fmt for p in GRID[fmt]] or \
         GRID["dense"] + GRID["csr"]
@@ -102,7 +106,7 @@ def main(argv=None):
           f"{'pcg s (it)':>13} {'lagged s (it)':>13} {'auto':>6} {'ratio':>6}")
     rows = []
     for fmt, n, d, per_row in grid:
-        row = run_point(fmt, n, d, per_row, args.seed)
+        row = run_point(fmt, n, d, per_row, args.seed, args.x0)
         rows.append(row)
         cells = " ".join(f"{row[f'{name}_s']:>8.3f}" + ("" if row[f"{name}_converged"] else "*")
                          + f" ({row[f'{name}_iterations']:>2})" for name in STRATEGIES)

@@ -14,7 +14,8 @@ an iteration's row work beyond its passes from the phase timers of exact solves 
 CSR problem (n = 10⁶, 3 per row) and its fixed cost from a tiny one; and the iteration ratios (and
 the leverage references refused per sketched iteration) from solving planted noisy softmax
 problems (dense at d = 64 and 256, CSR with long rows and with short rows) from ``x0="auto"`` to
-tol = 1e-8 with each strategy.
+tol = 1e-8 with each strategy, and again from zeros (the ``_FROM_OTHER_STARTS`` figures, which price any
+start but ``x0="auto"``).
 """
 import argparse
 import pathlib
@@ -127,46 +128,64 @@ def row_rates(rates, quick, rng, seed=0):
     return {"ITERATION_ROWS": n / row_seconds, "SAMPLING_ROWS": n / draw, "TINY_ITERATIONS": 1.0 / tiny}
 
 
-def iteration_ratios(problems):
-    """Mean ratios of Newton iterations (sketch, pcg, lagged per exact) and CG iterations per pcg / lagged step."""
-    exact, sketch, pcg, cg, lagged, lagged_cg, refreshes, sketched = [], [], [], [], [], [], 0, 0
-    start_preconditioned_cg = []
-    other_refreshes, other_sketched = 0, 0
-    for C, b in problems:
-        runs = {name: fastnewton.solve(C, b, hessian=name, seed=0) for name in ("exact", "sketch", "pcg", "lagged")}
-        exact.append(max(1, runs["exact"].n_iter))
-        sketch.append(runs["sketch"].n_iter / exact[-1])
-        pcg.append(runs["pcg"].n_iter / exact[-1])
-        lagged.append(runs["lagged"].n_iter / exact[-1])
+STRATEGY_NAMES = ("exact", "sketch", "pcg", "lagged")
+# ``IterationTally.figures``, in its order.
+TALLIED_FIGURES = ("EXACT_ITERATIONS", "SKETCH_ITERATIONS_PER_EXACT", "PCG_ITERATIONS_PER_EXACT",
+                   "CG_ITERATIONS_PER_STEP", "LAGGED_ITERATIONS_PER_EXACT", "LAGGED_CG_ITERATIONS_PER_STEP")
+# The iteration figures measured from zeros, for any start but x0="auto" (``hessian.many_strategy_seconds``).
+FROM_OTHER_STARTS = "_FROM_OTHER_STARTS"
+
+
+class IterationTally:
+    """Newton and CG iterations of the four strategies' solves from one kind of start, problem by problem."""
+
+    def __init__(self):
+        self.exact, self.sketch, self.pcg, self.lagged = [], [], [], []
+        self.cg, self.lagged_cg, self.start_preconditioned_cg = [], [], []
+        self.refreshes, self.sketched = 0, 0
+
+    def add(self, runs):
+        """One problem's solves, ``runs[name]`` for each of STRATEGY_NAMES."""
+        self.exact.append(max(1, runs["exact"].n_iter))
+        for name in ("sketch", "pcg", "lagged"):
+            getattr(self, name).append(runs[name].n_iter / self.exact[-1])
         # pcg's steps preconditioned by a sample, and those by the start's fit matrix (dense C from x0="auto")
         steps = [record for record in runs["pcg"].history[1:] if record.get("preconditioner") != "start fit"]
         if steps or not runs["pcg"].n_iter:
-            cg.append(np.mean([record.get("cg_iterations", 1) for record in steps]) if steps else 1.0)
+            self.cg.append(np.mean([record.get("cg_iterations", 1) for record in steps]) if steps else 1.0)
         steps = [record for record in runs["pcg"].history[1:] if record.get("preconditioner") == "start fit"]
         if steps:
-            start_preconditioned_cg.append(np.mean([record["cg_iterations"] for record in steps]))
+            self.start_preconditioned_cg.append(np.mean([record["cg_iterations"] for record in steps]))
         # the lagged steps only (every third iteration is exact and runs no CG)
         counts = [record["cg_iterations"] for record in runs["lagged"].history[1:] if "cg_iterations" in record]
-        lagged_cg.append(np.mean(counts) if counts else 1.0)
+        self.lagged_cg.append(np.mean(counts) if counts else 1.0)
         for name in ("sketch", "pcg"):
             # the iterations that sampled (pcg's preconditioned by the start's fit matrix sample nothing)
             sampling = [record for record in runs[name].history[1:] if "sampled_rows" in record]
             if sampling:
-                refreshes += sampling[-1]["leverage_refreshes"]
-                sketched += len(sampling)
-        # From zeros β moves far in the first iterations: the reference is refused more often there.
-        from_zeros = fastnewton.solve(C, b, hessian="sketch", x0="zeros", seed=0)
-        if from_zeros.n_iter:
-            other_refreshes += from_zeros.history[-1]["leverage_refreshes"]
-            other_sketched += from_zeros.n_iter
-    return {"REFERENCE_REFRESHES_PER_ITERATION": refreshes / max(1, sketched),
-            "REFERENCE_REFRESHES_FROM_OTHER_STARTS": other_refreshes / max(1, other_sketched),
-            "EXACT_ITERATIONS": float(np.mean(exact)), "SKETCH_ITERATIONS_PER_EXACT": float(np.mean(sketch)),
-            "PCG_ITERATIONS_PER_EXACT": float(np.mean(pcg)), "CG_ITERATIONS_PER_STEP": float(np.mean(cg)),
-            "LAGGED_ITERATIONS_PER_EXACT": float(np.mean(lagged)),
-            "LAGGED_CG_ITERATIONS_PER_STEP": float(np.mean(lagged_cg)),
-            "START_PRECONDITIONED_CG_ITERATIONS_PER_STEP": float(np.mean(start_preconditioned_cg))
-            if start_preconditioned_cg else 1.0}
+                self.refreshes += sampling[-1]["leverage_refreshes"]
+                self.sketched += len(sampling)
+
+    def figures(self, suffix=""):
+        """The mean figures, named as in fastnewton/rates.py with ``suffix``."""
+        values = (self.exact, self.sketch, self.pcg, self.cg, self.lagged, self.lagged_cg)
+        return {name + suffix: float(np.mean(value)) for name, value in zip(TALLIED_FIGURES, values)}
+
+
+def iteration_ratios(problems):
+    """Mean ratios of Newton iterations (sketch, pcg, lagged per exact) and CG iterations per pcg / lagged step,
+    and the leverage references refused per sketched iteration, from x0="auto" and (``FROM_OTHER_STARTS``) from
+    zeros, where β moves far in the first iterations: the reference is refused more often, every strategy takes
+    more Newton iterations, and CG more per step."""
+    default, other = IterationTally(), IterationTally()
+    for C, b in problems:
+        default.add({name: fastnewton.solve(C, b, hessian=name, seed=0) for name in STRATEGY_NAMES})
+        other.add({name: fastnewton.solve(C, b, hessian=name, x0="zeros", seed=0) for name in STRATEGY_NAMES})
+    return {**default.figures(), **other.figures(FROM_OTHER_STARTS),
+            "REFERENCE_REFRESHES_PER_ITERATION": default.refreshes / max(1, default.sketched),
+            "REFERENCE_REFRESHES_FROM_OTHER_STARTS": other.refreshes / max(1, other.sketched),
+            "START_PRECONDITIONED_CG_ITERATIONS_PER_STEP": float(np.mean(default.start_preconditioned_cg))
+            if default.start_preconditioned_cg else 1.0}
 
 
 def hessian_vector_seconds(matrix, rng):
@@ -266,10 +285,9 @@ def measure(quick, seed=0):
     return rates
 
 
-ITERATION_FIGURES = ("EXACT_ITERATIONS", "SKETCH_ITERATIONS_PER_EXACT", "PCG_ITERATIONS_PER_EXACT",
-                     "CG_ITERATIONS_PER_STEP", "LAGGED_ITERATIONS_PER_EXACT", "LAGGED_CG_ITERATIONS_PER_STEP",
-                     "START_PRECONDITIONED_CG_ITERATIONS_PER_STEP",
-                     "REFERENCE_REFRESHES_PER_ITERATION", "REFERENCE_REFRESHES_FROM_OTHER_STARTS")
+ITERATION_FIGURES = TALLIED_FIGURES + tuple(name + FROM_OTHER_STARTS for name in TALLIED_FIGURES) + (
+    "START_PRECONDITIONED_CG_ITERATIONS_PER_STEP", "REFERENCE_REFRESHES_PER_ITERATION",
+    "REFERENCE_REFRESHES_FROM_OTHER_STARTS")
 
 
 def merged(measured, stored):

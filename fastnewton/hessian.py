@@ -944,11 +944,14 @@ def strategy_seconds(problem, eps, sketch_size, rates=rates, default_start=True)
     (their share of the full one each); then the reference's certificate (two triangular solves and
     a Cholesky, ~4/3 d³); in REFERENCE_REFRESHES_PER_ITERATION of the iterations also fresh scores
     (an OSNAP embedding, a QR of the 4d × d embedding, a C·Z pass) and a second draw. The first
-    reference costs one pass. The start (``start_seconds``): the exact fit, or from x0="auto" for
+    reference costs one pass. The start (``start_seconds``): from x0="auto" the exact fit, or for
     sketch and pcg the sampled fit where cheaper (either way they also pay their first reference's
-    pass), then two passes for the stopping test's references and the first evaluation (a pass
-    pair and its row work). Iteration counts: EXACT_ITERATIONS for exact, scaled by the measured
-    ratios for sketch, pcg and lagged; pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products
+    pass); from any other start no fit; then two passes for the stopping test's references and the first
+    evaluation (a pass pair and its row work). Iteration counts: EXACT_ITERATIONS for exact, scaled by the
+    measured ratios for sketch, pcg and lagged, and the CG counts below, all measured from x0="auto", and
+    from any other start their ``_FROM_OTHER_STARTS`` figures, measured from zeros (3–4× the Newton
+    iterations; from zeros on dense 6·10⁴ × 256, pcg reached tol in 174–282 ms, lagged in 304–328 ms, and the
+    figures of x0="auto" priced lagged the cheaper); pcg also pays CG_ITERATIONS_PER_STEP Hessian-vector products
     (one read of C each, priced on CSR C by its entries and its rows, CSR_HESSIAN_VECTOR_ENTRIES and _ROWS;
     a triangular solve pair; CG_ITERATION_SECONDS) per step, lagged an
     exact iteration in every LAGGED_STEPS + 1 and LAGGED_CG_ITERATIONS_PER_STEP of them on the others.
@@ -1008,27 +1011,35 @@ def many_strategy_seconds(shapes, eps, sketch_size, rates=rates, default_start=T
                          nnz / rates.CSR_HESSIAN_VECTOR_ENTRIES + n / rates.CSR_HESSIAN_VECTOR_ROWS)
         return iterations * (product + 2 * d * d / rates.CHOLESKY_FMA + CG_ITERATION_SECONDS)
 
+    def figure(name):
+        """An iteration figure of the start given: measured from x0="auto", or from zeros (``_FROM_OTHER_STARTS``:
+        every strategy takes 3–4× the Newton iterations there, and their ratios and CG counts differ)."""
+        return _where(default_start, getattr(rates, name), getattr(rates, f"{name}_FROM_OTHER_STARTS"))
+
     fit_exact, fit_sampled = _start_seconds(shapes, units, start_rows, rates)
     samples_start = default_start & (fit_sampled < fit_exact)
     per_iteration = {
         "exact": sandwich(n) + cholesky,
         "sketch": sketched(sketch_rows) + cholesky,
         "pcg": _where(samples_start, cholesky + cg(rates.START_PRECONDITIONED_CG_ITERATIONS_PER_STEP),
-                      sketched(preconditioner_rows) + cholesky + cg(rates.CG_ITERATIONS_PER_STEP)),
+                      sketched(preconditioner_rows) + cholesky + cg(figure("CG_ITERATIONS_PER_STEP"))),
     }
-    iterations = {"exact": rates.EXACT_ITERATIONS,
-                  "sketch": rates.EXACT_ITERATIONS * rates.SKETCH_ITERATIONS_PER_EXACT,
-                  "pcg": rates.EXACT_ITERATIONS * rates.PCG_ITERATIONS_PER_EXACT}
+    exact_iterations = figure("EXACT_ITERATIONS")
+    iterations = {"exact": exact_iterations,
+                  "sketch": exact_iterations * figure("SKETCH_ITERATIONS_PER_EXACT"),
+                  "pcg": exact_iterations * figure("PCG_ITERATIONS_PER_EXACT")}
     # lagged: one exact iteration in every LAGGED_STEPS + 1, CG on the others.
-    per_iteration["lagged"] = ((per_iteration["exact"] + LAGGED_STEPS * cg(rates.LAGGED_CG_ITERATIONS_PER_STEP))
+    per_iteration["lagged"] = ((per_iteration["exact"] + LAGGED_STEPS * cg(figure("LAGGED_CG_ITERATIONS_PER_STEP")))
                                / (LAGGED_STEPS + 1))
-    iterations["lagged"] = rates.EXACT_ITERATIONS * rates.LAGGED_ITERATIONS_PER_EXACT
-    # The start's fit, then the stopping test's references (column norms, ∇L(0)) and the first
-    # evaluation. From x0="auto" the sketched strategies fit on a sample when that is cheaper, whose two
-    # reads of C are their first reference's pass and the ∇L(0) pass (``start_seconds``).
+    iterations["lagged"] = exact_iterations * figure("LAGGED_ITERATIONS_PER_EXACT")
+    # The start's fit (the default start only: from another start there is none), then the stopping test's
+    # references (column norms, ∇L(0)) and the first evaluation. From x0="auto" the sketched strategies fit on a
+    # sample when that is cheaper, whose two reads of C are their first reference's pass and the ∇L(0) pass
+    # (``start_seconds``).
+    fit = _where(default_start, fit_exact, 0.0)
     first_evaluation = 2 * one_pass + row_work
-    exact_start = fit_exact + 2 * one_pass + first_evaluation
-    sketched_start = _where(samples_start, fit_sampled, fit_exact) + one_pass + 2 * one_pass + first_evaluation
+    exact_start = fit + 2 * one_pass + first_evaluation
+    sketched_start = _where(samples_start, fit_sampled, fit) + one_pass + 2 * one_pass + first_evaluation
     start = {"exact": exact_start, "sketch": sketched_start, "pcg": sketched_start, "lagged": exact_start}
     shared = _iteration_passes_and_rows(one_pass, n, rates) + 1.0 / rates.TINY_ITERATIONS
     return {name: start[name] + iterations[name] * (per_iteration[name] + shared) for name in per_iteration}

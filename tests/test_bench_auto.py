@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+import fastnewton
 import fastnewton.rates as rates_module
+from fastnewton import Problem
+from fastnewton.hessian import strategy_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_SECONDS = 300
@@ -105,3 +108,15 @@ def test_calibrate_merge_keeps_the_faster_rate_and_the_measured_iterations():
 def test_auto_grid_points_selects_grid_entries():
     out = run_script("bench/auto_grid.py", "--quick", "--points", "1")
     assert out.count("   csr ") == 1 and " dense " not in out.split("\n", 1)[1]
+
+
+def test_auto_grid_from_zeros_prices_that_start(tmp_path):
+    # --x0 zeros: every strategy from zeros, and auto's pick priced for that start (not for x0="auto")
+    output = tmp_path / "grid.csv"
+    run_script("bench/auto_grid.py", "--quick", "--points", "0", "--x0", "zeros", "--output", str(output))
+    with open(output) as handle:
+        row, = csv.DictReader(handle)
+    C, b, _ = fastnewton.make_problem(3000, 16, dense=True, noise=0.1, seed=0)
+    predicted = strategy_seconds(Problem(C, b), 0.5, None, default_start=False)
+    assert float(row["exact_predicted_s"]) == pytest.approx(predicted["exact"], rel=1e-12)
+    assert int(row["exact_iterations"]) > 0

@@ -261,16 +261,25 @@ def uniform_rates(**changes):
     lagged is priced out (3× exact's iterations) unless a test sets LAGGED_ITERATIONS_PER_EXACT; every
     sketched iteration estimates fresh scores (REFERENCE_REFRESHES_PER_ITERATION = 1) unless a test sets it."""
     values = {name: 1e9 for name in dir(rates_module) if name.isupper() and name not in (
-        "MACHINE", "EXACT_ITERATIONS", "SKETCH_ITERATIONS_PER_EXACT", "PCG_ITERATIONS_PER_EXACT",
-        "CG_ITERATIONS_PER_STEP", "LAGGED_ITERATIONS_PER_EXACT", "LAGGED_CG_ITERATIONS_PER_STEP",
-        "START_PRECONDITIONED_CG_ITERATIONS_PER_STEP",
-        "REFERENCE_REFRESHES_PER_ITERATION", "REFERENCE_REFRESHES_FROM_OTHER_STARTS")}
+        "MACHINE", "START_PRECONDITIONED_CG_ITERATIONS_PER_STEP", "REFERENCE_REFRESHES_PER_ITERATION")
+        + STARTED_FIGURES and not name.endswith(FROM_OTHER_STARTS)}
     values.update(EXACT_ITERATIONS=5.0, SKETCH_ITERATIONS_PER_EXACT=2.0, PCG_ITERATIONS_PER_EXACT=1.0,
                   CG_ITERATIONS_PER_STEP=3.0, LAGGED_ITERATIONS_PER_EXACT=3.0, LAGGED_CG_ITERATIONS_PER_STEP=3.0,
                   START_PRECONDITIONED_CG_ITERATIONS_PER_STEP=2.0,
                   REFERENCE_REFRESHES_PER_ITERATION=1.0, REFERENCE_REFRESHES_FROM_OTHER_STARTS=1.0)
     values.update(changes)
-    return types.SimpleNamespace(**values)
+    return types.SimpleNamespace(**with_other_start_figures(values))
+
+
+# The iteration figures measured from x0="auto" and, with FROM_OTHER_STARTS appended, from zeros.
+STARTED_FIGURES = ("EXACT_ITERATIONS", "SKETCH_ITERATIONS_PER_EXACT", "PCG_ITERATIONS_PER_EXACT",
+                   "CG_ITERATIONS_PER_STEP", "LAGGED_ITERATIONS_PER_EXACT", "LAGGED_CG_ITERATIONS_PER_STEP")
+FROM_OTHER_STARTS = "_FROM_OTHER_STARTS"
+
+
+def with_other_start_figures(values):
+    """``values`` with each iteration figure from other starts that it does not set equal to the default start's."""
+    return {**{name + FROM_OTHER_STARTS: values[name] for name in STARTED_FIGURES}, **values}
 
 
 def test_auto_picks_the_least_predicted_time():
@@ -844,8 +853,45 @@ def test_auto_prices_the_sketch_refreshes_of_the_start_it_is_given():
     rates = uniform_rates(REFERENCE_REFRESHES_PER_ITERATION=0.0, REFERENCE_REFRESHES_FROM_OTHER_STARTS=0.5)
     default = strategy_seconds(problem, 0.5, None, rates)
     other = strategy_seconds(problem, 0.5, None, rates, default_start=False)
-    assert other["sketch"] > default["sketch"] and other["pcg"] > default["pcg"]
-    assert other["exact"] == default["exact"] and other["lagged"] == default["lagged"]
+    # (from another start no strategy pays the start's fit: exact and lagged differ by that alone)
+    fit = default["exact"] - other["exact"]
+    assert fit > 0 and default["lagged"] - other["lagged"] == pytest.approx(fit, rel=1e-12)
+    assert other["sketch"] - default["sketch"] > -fit and other["pcg"] - default["pcg"] > -fit
+
+
+# Each iteration figure and the strategies whose price it moves.
+FIGURE_MOVES = {"EXACT_ITERATIONS": {"exact", "sketch", "pcg", "lagged"}, "SKETCH_ITERATIONS_PER_EXACT": {"sketch"},
+                "PCG_ITERATIONS_PER_EXACT": {"pcg"}, "CG_ITERATIONS_PER_STEP": {"pcg"},
+                "LAGGED_ITERATIONS_PER_EXACT": {"lagged"}, "LAGGED_CG_ITERATIONS_PER_STEP": {"lagged"}}
+
+
+@pytest.mark.parametrize("name", STARTED_FIGURES)
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "csr"])
+def test_auto_prices_another_start_with_the_figures_measured_from_zeros(name, dense):
+    """From zeros every strategy takes 3–4× the Newton iterations of x0="auto", in other ratios, and CG more per
+    step: another start is priced with the ``_FROM_OTHER_STARTS`` figures, each of which raises the price of the
+    strategies it counts for, from another start only."""
+    assert set(FIGURE_MOVES) == set(STARTED_FIGURES)
+    problem = stand_in(10**5, 256) if dense else stand_in(10**6, 200, nnz=10**7, fmt="csr")
+    base = uniform_rates()
+    raised = uniform_rates(**{name + FROM_OTHER_STARTS: 2 * getattr(base, name)})
+    assert strategy_seconds(problem, 0.5, None, raised) == strategy_seconds(problem, 0.5, None, base)
+    before = strategy_seconds(problem, 0.5, None, base, default_start=False)
+    after = strategy_seconds(problem, 0.5, None, raised, default_start=False)
+    assert {strategy for strategy in after if after[strategy] > before[strategy]} == FIGURE_MOVES[name]
+    assert all(after[strategy] == before[strategy] for strategy in after if strategy not in FIGURE_MOVES[name])
+
+
+def test_auto_prices_no_start_fit_from_another_start():
+    """x0="zeros" or a user's x0 makes no least-squares fit: exact's price from another start is its price from
+    x0="auto" less that fit (``start_seconds``), with the same iteration figures."""
+    for problem in (stand_in(10**5, 256), stand_in(10**6, 200, nnz=10**7, fmt="csr")):
+        rates = uniform_rates()
+        fit = hessian_module.start_seconds(problem, 0.5, None, rates)["exact"]
+        default = strategy_seconds(problem, 0.5, None, rates)
+        other = strategy_seconds(problem, 0.5, None, rates, default_start=False)
+        for name in ("exact", "lagged"):
+            assert other[name] == pytest.approx(default[name] - fit, rel=1e-12)
 
 
 def test_solve_passes_its_start_to_auto(monkeypatch):
@@ -972,6 +1018,8 @@ MEASURED_RATES = dict(
     # priced later; here as the model then priced them: no per-row sandwich cost, a CSR Hessian-vector
     # product at two passes
     CSR_SANDWICH_ROWS=np.inf, CSR_HESSIAN_VECTOR_ENTRIES=2.76e9 / 2, CSR_HESSIAN_VECTOR_ROWS=np.inf)
+# (and the same iteration figures from any start)
+MEASURED_RATES = with_other_start_figures(MEASURED_RATES)
 
 
 def test_auto_keeps_exact_on_short_csr_rows_once_the_row_work_is_priced():
@@ -989,6 +1037,25 @@ def test_auto_keeps_exact_on_short_csr_rows_once_the_row_work_is_priced():
                                       "SKETCH_ITERATIONS_PER_EXACT": 2.17, "REFERENCE_REFRESHES_PER_ITERATION": 0.0})
     seconds = strategy_seconds(csr, 0.5, None, before)
     assert seconds["sketch"] < seconds["exact"]
+
+
+def test_auto_picks_pcg_from_zeros_on_wide_dense_c():
+    """Dense 10⁵ × 256 and 3·10⁵ × 256 from zeros (``python bench/auto_grid.py --x0 zeros``: pcg 0.43 and 0.73 s,
+    lagged 0.64 and 1.16 s): priced with the iteration figures of x0="auto" lagged was picked (1.49× and 1.58× the
+    fastest); with those measured from zeros (3× the Newton iterations, lagged 6% more than exact, CG 1.8–2 per
+    step: this machine's bench/calibrate.py) pcg is. From x0="auto" the figures from zeros change nothing."""
+    measured = types.SimpleNamespace(**MEASURED_RATES)
+    from_zeros = types.SimpleNamespace(**{**MEASURED_RATES, **dict(
+        EXACT_ITERATIONS_FROM_OTHER_STARTS=8.25, SKETCH_ITERATIONS_PER_EXACT_FROM_OTHER_STARTS=1.4,
+        PCG_ITERATIONS_PER_EXACT_FROM_OTHER_STARTS=1.03, CG_ITERATIONS_PER_STEP_FROM_OTHER_STARTS=1.83,
+        LAGGED_ITERATIONS_PER_EXACT_FROM_OTHER_STARTS=1.06, LAGGED_CG_ITERATIONS_PER_STEP_FROM_OTHER_STARTS=2.0)})
+    for n in (10**5, 3 * 10**5):
+        dense = stand_in(n, 256)
+        before = strategy_seconds(dense, 0.5, None, measured, default_start=False)
+        after = strategy_seconds(dense, 0.5, None, from_zeros, default_start=False)
+        assert min(before, key=before.get) == "lagged" and min(after, key=after.get) == "pcg"
+        assert picked_strategies(after) == NEAR_TIE_ORDER.index("pcg")
+        assert strategy_seconds(dense, 0.5, None, from_zeros) == strategy_seconds(dense, 0.5, None, measured)
 
 
 def test_auto_prices_the_rows_of_a_short_row_csr_sandwich_and_picks_lagged_there():
