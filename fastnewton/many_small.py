@@ -8,8 +8,9 @@
    described and priced in bulk, with no Problem each (``fastnewton.plain_problems``; their C's entries where
    the compiled solve first reads them), every other problem by building its ``Problem``.
 2. ``softmax`` and ``relu_softmax`` problems whose Hessian strategy is exact (``hessian="exact"``, or
-   ``"auto"`` where ``solve``'s cost model picks exact, as it did at every shape tried from
-   n = 64, d = 32 to n = 10⁴, d = 128, dense and CSR; all problems priced in one call of that model's
+   ``"auto"`` where ``solve``'s cost model picks exact, as it does at bench/many_small.py's sizes, n 64–512,
+   d 32–64, dense and CSR, from any start, but not at every larger one: dense 2000 × 64 prices lagged, dense
+   10⁴ × 128 pcg; all problems priced in one call of that model's
    formula, ``hessian.many_strategy_seconds``) are solved, each C read where it lies (dense
    rows, or CSR for sparse C with few entries per row: ``DENSIFY_ROW_FRACTION``),
    by ``kernels/small_newton.py``: start and Newton loop compiled, one lane of problems per thread
