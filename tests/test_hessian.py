@@ -287,28 +287,29 @@ def test_auto_picks_the_least_predicted_time():
         seconds = strategy_seconds(problem, 0.5, None)
         assert set(seconds) == {"exact", "sketch", "pcg", "lagged"} and all(t > 0 for t in seconds.values())
         least = min(seconds, key=seconds.get)
-        # no near tie on these shapes (the runner-up priced over 3% higher): the least is the pick
+        # no near tie on these shapes (the runner-up priced over 5% higher): the least is the pick
         assert sorted(seconds.values())[1] > NEAR_TIE_MARGIN * seconds[least]
         assert choose_strategy(problem, 0.5, None) == least
 
 
-# (predicted seconds, auto's pick): the least, unless others are priced within 3% of it; then the first of
+# (predicted seconds, auto's pick): the least, unless others are priced within 5% of it; then the first of
 # those in the order exact, lagged, pcg, sketch (their Newton iterations in practice: fewest first).
 NEAR_TIE_CASES = [
     (dict(exact=1.0, sketch=0.5, pcg=2.0, lagged=3.0), "sketch"),   # a clear least
-    (dict(exact=1.02, sketch=2.0, pcg=1.5, lagged=1.0), "exact"),   # exact 2% over lagged: exact
-    (dict(exact=1.04, sketch=2.0, pcg=1.5, lagged=1.0), "lagged"),  # 4% over: the least
+    (dict(exact=1.04, sketch=2.0, pcg=1.5, lagged=1.0), "exact"),   # exact 4% over lagged: exact
+    (dict(exact=1.041, sketch=2.0, pcg=1.5, lagged=1.0), "exact"),  # CSR 10⁶ × 32, 5 per row (4.1%)
+    (dict(exact=1.06, sketch=2.0, pcg=1.5, lagged=1.0), "lagged"),  # 6% over: the least
     (dict(exact=2.0, sketch=2.0, pcg=1.0, lagged=1.004), "lagged"),  # dense 10⁵ × 32's near tie
-    (dict(exact=1.2, sketch=0.99, pcg=1.0, lagged=1.029), "pcg"),    # within 3% of sketch's 0.99: pcg only
+    (dict(exact=1.2, sketch=0.99, pcg=1.0, lagged=1.0396), "pcg"),  # within 5% of sketch's 0.99: pcg only
     (dict(exact=1.0, sketch=1.0, pcg=1.0, lagged=1.0), "exact"),    # equal: exact
-    (dict(exact=1.03, sketch=1.0, pcg=3.0, lagged=3.0), "exact"),   # exactly 3% over (1.03 = 1.03·1.0): in
+    (dict(exact=1.05, sketch=1.0, pcg=3.0, lagged=3.0), "exact"),   # exactly 5% over (1.05 = 1.05·1.0): in
     (dict(exact=np.inf, sketch=1.0, pcg=1.01, lagged=np.inf), "pcg"),
 ]
 
 
 def test_auto_breaks_near_ties_toward_fewer_iterations():
     """``picked_strategies`` on hand-made predictions, one at a time and all at once (solve_many's form)."""
-    assert NEAR_TIE_MARGIN == 1.03 and NEAR_TIE_ORDER == ("exact", "lagged", "pcg", "sketch")
+    assert NEAR_TIE_MARGIN == 1.05 and NEAR_TIE_ORDER == ("exact", "lagged", "pcg", "sketch")
     for seconds, pick in NEAR_TIE_CASES:
         assert NEAR_TIE_ORDER[int(picked_strategies(seconds))] == pick, seconds
     stacked = {name: np.array([seconds[name] for seconds, _ in NEAR_TIE_CASES]) for name in NEAR_TIE_ORDER}
@@ -316,11 +317,11 @@ def test_auto_breaks_near_ties_toward_fewer_iterations():
 
 
 def test_auto_takes_the_near_tie_rule_on_real_predictions(monkeypatch):
-    """choose_strategy applies the rule to strategy_seconds' figures: with lagged priced 2% under exact it
-    picks exact, 5% under it lagged (the model's figures scaled, the rest of the solve untouched)."""
+    """choose_strategy applies the rule to strategy_seconds' figures: with lagged priced 4% under exact it
+    picks exact, 7% under it lagged (the model's figures scaled, the rest of the solve untouched)."""
     problem = stand_in(10**6, 1000, nnz=10**7, fmt="csr")
     seconds = strategy_seconds(problem, 0.5, None)
-    for factor, pick in ((0.98, "exact"), (0.95, "lagged")):
+    for factor, pick in ((0.96, "exact"), (0.93, "lagged")):
         scaled = dict(seconds, lagged=factor * seconds["exact"], pcg=2 * seconds["exact"],
                       sketch=2 * seconds["exact"])
         monkeypatch.setattr(hessian_module, "strategy_seconds", lambda *args, scaled=scaled, **kw: scaled)
