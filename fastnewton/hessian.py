@@ -633,11 +633,11 @@ SAMPLED_START_MAX_FRACTION = 0.5
 # iteration counts, which a shared constant ratio cannot follow from problem to problem: on every point of
 # bench/auto_grid.py's grid (seed 0) exact took no more Newton iterations than lagged, and lagged no more than
 # pcg (pcg took 3 where exact and lagged finished in 2: dense 10⁵ × 32, 3·10⁵ × 256, 10⁶ × 32), sketch the
-# most; and exact and lagged draw nothing at random. Measured on the grid's near ties (2-core AMD EPYC, best of 3 each): CSR 10⁵ × 32, 5 per row,
-# priced lagged 18.3 ms against exact's 18.8 (2.7% apart), exact was as fast or faster on 5 of 6 targets
-# (lagged/exact 1.30, 1.08, 1.01, 1.09, 1.03, 0.97: lagged took 4 iterations on the first); dense 10⁶ × 32,
-# priced pcg 460 ms against lagged's 467 (1.5%), lagged/pcg 0.89, 1.02, 0.81 on 3 targets; dense 10⁵ × 32
-# (0.4%) 0.84, 0.89, 1.25, 1.06 on 4.
+# most; and exact and lagged draw nothing at random. Measured on the grid's near ties (2-core AMD EPYC, best
+# of 3 each): CSR 10⁵ × 32, 5 per row, priced lagged 18.3 ms against exact's 18.8 (2.7% apart), exact was as
+# fast or faster on 5 of 6 targets (lagged/exact 1.30, 1.08, 1.01, 1.09, 1.03, 0.97: lagged took 4 iterations
+# on the first); dense 10⁶ × 32, priced pcg 460 ms against lagged's 467 (1.5%), lagged/pcg 0.89, 1.02, 0.81 on 3
+# targets; dense 10⁵ × 32 (0.4%) 0.84, 0.89, 1.25, 1.06 on 4.
 NEAR_TIE_MARGIN = 1.05
 NEAR_TIE_ORDER = ("exact", "lagged", "pcg", "sketch")
 

@@ -395,11 +395,11 @@ class SharedPasses:
         and one transposed pass: a direction p gets its line x + t·p (C·p summed by CG where its system kept it,
         as ``newton_step`` takes it); a ``HessianProduct`` gets ∇²L·v (``products``)."""
         # Dense C: each product's C·v and Cᵀ(β ⊙ Cv) from one read of its rows (``fused_products``), not in the
-        # forward pass and a transposed pass of their own. CSR: in the shared passes (``products``) when there are
-        # enough products for the passes for many, else each as solve forms it (``request.run()``: one read of C,
-        # each βᵢ formed as its row is read: ``Problem.hessian_product_and_forward``).
+        # forward pass and a transposed pass of their own. CSR: in the shared passes (``products``). Either where
+        # there are enough products for that (``matrix.batches``: on dense C any), else each as solve forms it
+        # (``request.run()``: one read of C, each βᵢ formed as its row is read: ``Problem.hessian_product_and_forward``).
         fused = hasattr(self.matrix, "sandwich_vectors")
-        shared = fused or self.matrix.batches("products", sum(
+        shared = self.matrix.batches("products", sum(
             isinstance(request, HessianProduct) and isinstance(request.product, ForwardKeepingProduct)
             for request in asked))
         forward = []
