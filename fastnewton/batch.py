@@ -54,6 +54,9 @@ def solve_many(problems_or_C, B=None, model="softmax", *, V=None, **kwargs):
     """
     if B is None and isinstance(problems_or_C, Iterator):  # a generator, zip(Cs, bs), map(...): taken once
         problems_or_C = list(problems_or_C)
+    if isinstance(B, str) and isinstance(problems_or_C, (list, tuple)):
+        raise TypeError(f"solve_many(problems, ...) takes the model as a keyword (model={B!r}): its second positional "
+                        f"argument is B, the targets of one C")
     if B is None and isinstance(problems_or_C, (list, tuple)):
         if V is not None:
             raise TypeError("V is given per problem in the sequence form: pass (C, b, V) tuples")

@@ -6,7 +6,9 @@
    status ``INVALID_INPUT`` and Problem's reason in its message, and the others still solve. Plain problems
    (a float64 b, a C-contiguous float64 or canonical float64 CSR C, no V or row weights) are checked,
    described and priced in bulk, with no Problem each (``fastnewton.plain_problems``; their C's entries where
-   the compiled solve first reads them), every other problem by building its ``Problem``.
+   the compiled solve first reads them), every other problem by building its ``Problem``. A problem whose
+   Newton iteration does not fit in the memory available gets INVALID_INPUT with ``solve``'s MemoryError message
+   (``_fit_errors``), before any solve allocates.
 2. ``softmax`` and ``relu_softmax`` problems whose Hessian strategy is exact (``hessian="exact"``, or
    ``"auto"`` where ``solve``'s cost model picks exact, as it does at bench/many_small.py's sizes, n 64–512,
    d 32–64, dense and CSR, from any start, but not at every larger one: dense 2000 × 64 prices lagged, dense
@@ -58,15 +60,17 @@ from .models import LogPartition, build_model, check_model, uses_values
 from .models.softmax import ACTIVE_RTOL, Softmax
 from .models.softmax_relu import SoftmaxRelu
 from .kinks import KINK_RTOL, RELU_INPUTS, kink_sentence, kink_stationary_text, kink_text
+from .memory import check_hessian_fits, check_iteration_fits
 from .newton import MAX_LOGIT_STEP, NewtonRequest, stall_detail, status_message, warn_max_iter
 from .plain_problems import PlainProblems
 from .problem import Problem
-from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
+from .result import MESSAGES, ConvergenceWarning, SolveResult, Status, relative_gradient_norm
 from .solver import (SUM_TOLERANCE, is_default_start, not_a_distribution, solve_options, solve_problem,
                      solve_rounds)
 from .start import NULL_SPACE_RTOL, NormalSystemRequest
 from .threads import single_threaded_blas, thread_limits
-from .validation import as_flag, as_l2, as_point, as_positive_float, as_positive_int, as_seed, as_thread_count
+from .validation import (as_flag, as_l2, as_point, as_positive_float, as_positive_int, as_row_weights, as_seed,
+                         as_thread_count)
 
 _SOLVE_ONLY = ("callback", "verbose", "progress")
 # The statuses by their codes (a dict look-up per problem read back, where calling the enum costs ~0.7 µs).
@@ -78,11 +82,22 @@ _STATUSES = {int(status): status for status in Status}
 DENSIFY_ROW_FRACTION = 0.25
 
 
+# The most iterations a compiled loop is told to run: a power of two (exact in the float64 ``settings``, and an
+# int64 after ``int``), far beyond any loop's reach. solve takes any max_iter ≥ 0: int64's largest, 2**63 − 1, is
+# 2**63 in float64, which overflowed int64 when the kernel read it back (the loop stopped at once, MAX_ITER).
+COMPILED_MAX_ITER = 2**62
+
+
+def _compiled_max_iter(max_iter):
+    """max_iter as the compiled loops hold it: the same limit, clamped to ``COMPILED_MAX_ITER``."""
+    return min(max_iter, COMPILED_MAX_ITER)
+
+
 def _settings(tol, max_iter):
     """The compiled loop's constants, from fastnewton.newton (their one home) and the start's modules."""
     settings = np.empty(kernel.SETTINGS_FIELDS)
     values = {
-        kernel.S_TOL: tol, kernel.S_MAX_ITER: max_iter, kernel.S_ARMIJO_C1: newton.ARMIJO_C1,
+        kernel.S_TOL: tol, kernel.S_MAX_ITER: _compiled_max_iter(max_iter), kernel.S_ARMIJO_C1: newton.ARMIJO_C1,
         kernel.S_BACKTRACK_FACTOR: newton.BACKTRACK_FACTOR, kernel.S_MAX_BACKTRACKS: newton.MAX_BACKTRACKS,
         kernel.S_MAX_DAMPING_TRIES: newton.MAX_DAMPING_TRIES, kernel.S_MAX_LOGIT_STEP: newton.MAX_LOGIT_STEP, kernel.S_REFRESH_EVERY: newton.REFRESH_EVERY,
         kernel.S_MAX_CARRIED_PATH: newton.MAX_CARRIED_PATH, kernel.S_ROUNDING_FACTOR: newton.ROUNDING_FACTOR,
@@ -119,6 +134,19 @@ def _per_problem(value, count, name):
             raise ValueError(f"{name} given per problem must have one entry per problem ({count}), got {len(value)}")
         return list(value)
     return [value] * count
+
+
+def _check_given_once(row_weights, x0):
+    """The checks of a ``row_weights`` or array ``x0`` given once for all problems that do not depend on a problem's
+    shape (dtype, dimensions, finite, weights ≥ 0), made once with ``solve``'s error: a value that no problem can
+    take is the call's error, not every problem's (its length is each problem's own check)."""
+    if row_weights is not None and not isinstance(row_weights, (list, tuple)):
+        as_row_weights(row_weights, np.shape(row_weights)[0] if np.ndim(row_weights) else 1)
+    if x0 is None:
+        raise TypeError("x0 must be 'auto', 'zeros', a length-d array for every problem, or a list of one per problem, "
+                        "got None")
+    if not isinstance(x0, (str, list, tuple)):
+        as_point(x0, "x0", np.shape(x0)[0] if np.ndim(x0) else 1)
 
 
 def _unpack(item, index):
@@ -369,7 +397,8 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
     dispatches here, an iterator already listed; see the module docstring).
 
     ``row_weights`` and ``x0`` may be given once for all problems or as a list with one entry per
-    problem (``x0``: "auto", "zeros", or the problems' length-dᵢ arrays).
+    problem (``x0``: "auto", "zeros", or the problems' length-dᵢ arrays); given once, what does not depend on a
+    problem's shape is checked once (``_check_given_once``).
     """
     clock = time.perf_counter()
     for name in _SOLVE_ONLY:
@@ -403,6 +432,7 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
     if isinstance(x0, str) and x0 not in ("auto", "zeros"):
         raise ValueError(f"x0 must be 'auto', 'zeros', or a list of one length-d array per problem, got {x0!r}")
     x0_each = [x0] * count if isinstance(x0, str) else _per_problem(x0, count, "x0")
+    _check_given_once(row_weights, x0)
 
     results = [None] * count  # per problem: (x, status, n_iter, loss, grad_norm, g_ref, message)
     with _collection_paused():
@@ -414,9 +444,15 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
             # The Problem built (validated) and priced above: solve's loop without doing either again. Let go
             # of it once solved (its work arrays are a few n-vectors: not thousands of problems' at once).
             by_solve[k] = None
-            res = solve_problem(problem, x0=x0_each[i], hessian=strategy, eps=eps, sketch_size=sketch_size, tol=tol,
-                                max_iter=max_iter, seed=seed, n_threads=threads, continuation=continuation)
-            del problem
+            try:
+                res = solve_problem(problem, x0=x0_each[i], hessian=strategy, eps=eps, sketch_size=sketch_size,
+                                    tol=tol, max_iter=max_iter, seed=seed, n_threads=threads,
+                                    continuation=continuation)
+            except MemoryError as error:  # its own work arrays did not fit: its status, not the batch's end
+                results[i] = _invalid(items[i][0], i, error)
+                continue
+            finally:
+                del problem
             results[i] = (res.x, Status(res.status), res.n_iter, res.loss, res.grad_norm, res.g_ref, res.message)
             if res.status == Status.MAX_ITER:
                 max_iter_hit.append(i)
@@ -449,6 +485,13 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
             valid_index.append(i)
         except (TypeError, ValueError) as error:
             results[i] = _invalid(C, i, error)
+    fit_errors = _fit_errors([problem.n for problem in valid], [problem.d for problem in valid],
+                             [problem.row_model.k for problem in valid])
+    for i, error in zip(valid_index, fit_errors):
+        if error is not None:
+            results[i] = _invalid(items[i][0], i, error)
+    valid = [problem for problem, error in zip(valid, fit_errors) if error is None]
+    valid_index = [i for i, error in zip(valid_index, fit_errors) if error is None]
     default_start = [is_default_start(x0) for x0 in x0_each]
 
     def strategies(indices, shapes):
@@ -484,11 +527,14 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
         unread = np.flatnonzero(plain.csr & ~(exact & _read_as_csr(plain.csr, plain.nnz, plain.n, plain.d)))
         if unread.size:
             entries_valid[unread] = plain.entries_valid(unread)
+        fit_errors = _fit_errors(plain.n.tolist(), plain_d, [shared_model.k] * len(plain))
         chosen, starts = [], []
         for k, (i, strategy, valid_entries) in enumerate(zip(plain_index, plain_strategies, entries_valid.tolist())):
             try:
                 if not valid_entries:
                     results[i] = _invalid_as_problem(items[i], i, model, l2, weights_each[i])
+                elif fit_errors[k] is not None:
+                    results[i] = _invalid(items[i][0], i, fit_errors[k])
                 elif strategy == "exact":
                     starts.append(_start_kind(shared_model.relu, plain.facts[k], x0_each[i], plain_d[k]))
                     chosen.append(k)
@@ -736,17 +782,13 @@ class _RequestPack:
         self.order, self.lanes = _hand_out(n * d * (d + m))
 
 
-_INT64_MAX = int(np.iinfo(np.int64).max)
-
-
 def _run_loops(requests, settings, book):
     """The ``SolveResult`` of each Newton loop (``NewtonRequest``) run by ``solve_relu_loops``, or None for one that
     met a non-finite value (the caller runs it in Python: its message names where, from the arrays there)."""
     count = len(requests)
     problems = [request.problem for request in requests]
     pack = _RequestPack(problems, [request.x0 for request in requests], book)
-    # (a max_iter beyond int64, which solve accepts, is no limit: clamped to the table's int64)
-    pack.table[:, relu_kernel.T_MAX_ITER] = [min(request.options.max_iter, _INT64_MAX) for request in requests]
+    pack.table[:, relu_kernel.T_MAX_ITER] = [_compiled_max_iter(request.options.max_iter) for request in requests]
     pack.numbers[:, relu_kernel.N_TOL] = [request.options.tol for request in requests]
     pack.numbers[:, relu_kernel.N_TARGET_NORM] = [problem.target_norm() for problem in problems]
     y, y_previous = np.empty_like(pack.b), np.empty_like(pack.b)
@@ -828,7 +870,7 @@ def _loop_result(request, x, y, y_previous, out_int, out_float):
         warn_max_iter(options)
     # The stages join the loops' records (``lifted_start._Stages``): one per iteration, without the figures.
     history = [{"iter": k, "time": 0.0} for k in range(n_iter + 1)]
-    res = SolveResult(x=x, loss=loss, grad_norm=grad_norm, rel_grad_norm=grad_norm / g_ref if g_ref > 0 else 0.0,
+    res = SolveResult(x=x, loss=loss, grad_norm=grad_norm, rel_grad_norm=relative_gradient_norm(grad_norm, g_ref),
                       g_ref=g_ref, n_iter=n_iter, converged=status == Status.CONVERGED, status=status,
                       message=status_message(status, detail), history=history, x0=request.x0.copy(),
                       start=request.start, hessian=options.hessian, time=0.0)
@@ -845,6 +887,30 @@ def _invalid_as_problem(item, i, model, l2, row_weights):
     except (TypeError, ValueError) as error:
         return _invalid(C, i, error)
     raise AssertionError(f"problem {i}: its input was found invalid, but Problem accepts it")
+
+
+def _fit_errors(n, d, k):
+    """Per problem (lists n, d and the model's k), solve's MemoryError where its Newton iteration cannot fit in the
+    memory available (``check_iteration_fits``, ``check_hessian_fits``: solve raises it before any work), else None.
+    The compiled solve would fail at its allocation inside the parallel loop, losing the whole batch; the problem
+    gets INVALID_INPUT with that message instead. The need grows with n, d and k: the batch's largest of each is
+    checked first, and the problems one by one only when that does not fit."""
+    errors = [None] * len(n)
+    if not errors:
+        return errors
+    try:
+        check_iteration_fits(max(n), max(d), max(k))
+        check_hessian_fits(max(d))
+        return errors
+    except MemoryError:
+        pass
+    for position, shape in enumerate(zip(n, d, k)):
+        try:
+            check_iteration_fits(*shape)
+            check_hessian_fits(shape[1])
+        except MemoryError as error:
+            errors[position] = error
+    return errors
 
 
 def _invalid(C, i, error):
@@ -884,9 +950,7 @@ def _batch_result(results, clock):
     dims = {x.shape[0] for x in xs}
     status = np.array([int(r[1]) for r in results], dtype=np.int64)
     grad_norm = np.array([r[4] for r in results], dtype=np.float64)
-    g_ref = np.array([r[5] for r in results], dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rel = np.where(g_ref > 0, grad_norm / np.where(g_ref > 0, g_ref, 1.0), np.where(np.isnan(g_ref), np.nan, 0.0))
+    rel = np.array([relative_gradient_norm(r[4], r[5]) for r in results], dtype=np.float64)
     return BatchResult(
         x=np.column_stack(xs) if len(dims) == 1 else xs,
         status=status,

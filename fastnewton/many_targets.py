@@ -45,6 +45,7 @@ from dataclasses import replace
 
 import numba
 import numpy as np
+import scipy.sparse as sp
 
 from . import _cache, rates, threads
 from .batch import BatchResult
@@ -151,6 +152,9 @@ def _as_targets(B):
     """B as a 2-D float64 array (a copy only where conversion needs one; never modified)."""
     if B is None:
         raise TypeError("B must be a 2-D array of targets, one per column")
+    if sp.issparse(B):
+        raise TypeError(f"B must be a dense 2-D array of targets, one per column, got a SciPy sparse "
+                        f"{type(B).__name__} (targets are dense: B.toarray())")
     array = as_array(B, "B")
     check_real_dtype(array.dtype, "B")
     if array.ndim != 2:

@@ -27,7 +27,7 @@ from .kernels.reduce import gradient_rounding_bounds
 from .kinks import KINK_RTOL, NO_ROWS, Kinks, held_ratio, kink_stationary_text
 from .protocol import no_timer
 from .reductions import dot, norm
-from .result import MESSAGES, ConvergenceWarning, SolveResult, Status
+from .result import MESSAGES, ConvergenceWarning, SolveResult, Status, relative_gradient_norm
 from .timing import PhaseTimer
 
 ARMIJO_C1 = 1e-4
@@ -637,7 +637,7 @@ def _record(history, n_iter, ev, grad_norm, g_ref, step, timer, clock, options, 
         "iter": n_iter,
         "loss": ev.loss,
         "grad_norm": grad_norm,
-        "rel_grad_norm": grad_norm / g_ref if g_ref > 0 else 0.0,
+        "rel_grad_norm": relative_gradient_norm(grad_norm, g_ref),
         "g_ref": g_ref,
         "step": step.length if step else 0.0,
         "step_norm": step.norm if step else 0.0,
@@ -666,7 +666,7 @@ def _result(ev, x0, start, options, status, history, g_ref, clock, detail="", n_
         x=x,
         loss=ev.loss,
         grad_norm=grad_norm,
-        rel_grad_norm=grad_norm / g_ref if g_ref > 0 else 0.0,
+        rel_grad_norm=relative_gradient_norm(grad_norm, g_ref),
         g_ref=g_ref,
         n_iter=n_iter,
         converged=status == Status.CONVERGED,

@@ -32,6 +32,15 @@ MESSAGES = {
 }
 
 
+def relative_gradient_norm(grad_norm, g_ref):
+    """‖∇L(x)‖ / g_ref, the figure of the stopping test (``rel_grad_norm``). Where no reference was formed (g_ref 0
+    or NaN: a non-finite value stopped the solve before it, or ∇L(0) = ∇L(x₀) = 0) it is 0 for a zero gradient and
+    NaN otherwise, never a small number that a test ``rel_grad_norm <= tol`` would pass."""
+    if g_ref > 0:
+        return grad_norm / g_ref
+    return 0.0 if grad_norm == 0 else float("nan")
+
+
 class SolveResult(OptimizeResult):
     """Result of ``fastnewton.solve``: a ``scipy.optimize.OptimizeResult`` (a dict with attribute access).
 

@@ -949,7 +949,8 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
     previous[0][:] = u  # the kink count's u before the last step
     top, bottom, _ = target_extremes(b)
     gradient_rounding = softmax_gradient_rounding(n, max(top, -bottom), settings[S_ROUNDING_FACTOR])
-    status, n_iter, loss, scalars, _, g_ref, converged_bound, point, previous, fault_where, fault_loss = newton_loop(
+    (status, n_iter, loss, scalars, grad_norm, g_ref, converged_bound, point, previous, fault_where,
+     fault_loss) = newton_loop(
         _evaluate_point, _loss_at_point, _hessian_at_point, _kink_refine, _kink_gain, _kink_test, model, matrix,
         settings, settings[S_TOL], int(settings[S_MAX_ITER]), target_norm, x, loss, scalars, point, previous, trial,
         grad_at_zero, gradient_rounding, fault_grad)
@@ -972,7 +973,9 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
     out_float[O_G_REF] = g_ref
     out_float[O_ROUNDING_BOUND] = converged_bound
     out_float[O_TOP] = scalars[2]
-    out_float[O_GRAD_NORM] = math.sqrt(_dot(grad, grad)) if _all_finite(grad) else np.nan
+    # The loop's ‖∇L‖ (``_norm_or_inf``: rescaled where Σg² underflows, as solve's ``norm``; √Σg² alone read 0
+    # for a C scaled by 1e-160), NaN for a non-finite gradient as in solve's result.
+    out_float[O_GRAD_NORM] = grad_norm if _all_finite(grad) else np.nan
     grad_out[:] = grad
 
 

@@ -728,3 +728,107 @@ class _Picked:
 
     def problem(self, i):
         return self.result.problem(self.indices[i])
+
+
+@pytest.mark.parametrize("model", ["softmax", "relu_softmax"])
+def test_max_iter_beyond_int64_is_no_limit(model):
+    # solve takes any max_iter ≥ 0; stored as it is in the compiled loop's float64 settings, 2**63 − 1 came back a
+    # wrapped int64 and the loop stopped at once (MAX_ITER after 0 iterations)
+    C, b, _ = make_problem(300, 8, nnz_per_row=4, model=model, noise=1e-2, seed=0)
+    reference = _quiet(solve, C, b, model)
+    for max_iter in (np.iinfo(np.int64).max, 2**70):
+        result = _quiet(solve_many, [(C, b), (C.toarray(), b)], model=model, max_iter=max_iter)
+        assert np.all(result.status == Status.CONVERGED) and np.all(result.n_iter == reference.n_iter), max_iter
+
+
+@pytest.mark.parametrize("scale", [1e-160, 1e-300])
+def test_gradient_norm_where_its_squares_underflow_is_solves(scale):
+    # Σg² underflows at these scales: the reported ‖∇L‖ is the rescaled norm, as solve's (it read 0.0, and
+    # rel_grad_norm 0.0, on a problem STALLED short of tol). The two loops round differently on these points, so
+    # the norms agree to rounding of the stalled iterate (measured 3e-8 relative), not to the bit.
+    C, b, _ = make_problem(300, 8, noise=1e-2, seed=0, dense=True)
+    reference = _quiet(solve, C * scale, b)
+    for result in (_quiet(solve_many, [(C * scale, b)]), _quiet(solve_many, C * scale, b[:, None])):
+        assert result.status[0] == reference.status
+        assert result.grad_norm[0] == pytest.approx(reference.grad_norm, rel=1e-6)
+        assert result.rel_grad_norm[0] == pytest.approx(reference.rel_grad_norm, rel=1e-6)
+        assert result.grad_norm[0] > 0.0
+
+
+def test_rel_grad_norm_without_a_reference_is_nan():
+    # A solve stopped by a non-finite value before g_ref was formed has no relative gradient: NaN (it read 0.0,
+    # which a test rel_grad_norm <= tol passes as converged), in solve and in both forms of solve_many.
+    C, b, _ = make_problem(300, 8, noise=1e-2, seed=0, dense=True)
+    single = _quiet(solve, C, b * 1e300)
+    assert single.status == Status.NON_FINITE and single.g_ref == 0.0 and np.isnan(single.rel_grad_norm)
+    for result in (_quiet(solve_many, [(C, b * 1e300), (C, b)]), _quiet(solve_many, C, np.column_stack([b * 1e300, b]))):
+        assert result.status[0] == Status.NON_FINITE and np.isnan(result.rel_grad_norm[0])
+        assert result.status[1] == Status.CONVERGED and result.rel_grad_norm[1] <= 1e-8
+
+
+@pytest.mark.parametrize("keyword, error", [
+    (dict(x0=None), TypeError), (dict(x0=np.zeros((2, 8))), ValueError), (dict(x0=np.full(8, np.nan)), ValueError),
+    (dict(row_weights=-1.0), ValueError), (dict(row_weights=np.nan), ValueError), (dict(row_weights="a"), TypeError),
+    (dict(row_weights=np.full(300, -1.0)), ValueError)])
+def test_a_keyword_given_once_that_no_problem_can_take_raises_as_in_solve(keyword, error):
+    # Given once for all problems, a value whose dtype, dimensions or values are wrong whatever the problem's shape
+    # is the call's error, raised as solve raises it (before, every problem came back INVALID_INPUT)
+    C, b, _ = make_problem(300, 8, noise=1e-2, seed=0, dense=True)
+    name = next(iter(keyword))
+    with pytest.raises(error, match=name) as from_solve:
+        solve(C, b, **keyword)
+    with pytest.raises(error, match=name) as from_many:
+        solve_many([(C, b), (C, b)], **keyword)
+    assert str(from_many.value) == str(from_solve.value) or keyword == dict(x0=None)
+    # a value that fits some problems' shapes and not others' is each problem's check
+    short, short_b, _ = make_problem(100, 8, noise=1e-2, seed=1, dense=True)
+    result = _quiet(solve_many, [(C, b), (short, short_b)], row_weights=np.zeros(300))
+    assert list(result.status) == [Status.CONVERGED, Status.INVALID_INPUT] and "problem 1" in result.message[1]
+
+
+def test_model_given_positionally_and_sparse_targets_are_named():
+    C, b, _ = make_problem(300, 8, noise=1e-2, seed=0, dense=True)
+    with pytest.raises(TypeError, match=r"model='relu_softmax'"):
+        solve_many([(C, b)], "relu_softmax")
+    with pytest.raises(TypeError, match="sparse"):
+        solve_many(C, sp.csr_matrix(np.column_stack([b, b])))
+
+
+@pytest.mark.parametrize("hessian", ["exact", "auto"])
+def test_a_problem_too_large_for_memory_gets_its_status_and_the_others_solve(hessian, monkeypatch):
+    # solve raises MemoryError before any work where an iteration cannot fit; in the batch that problem gets
+    # INVALID_INPUT with solve's message (the compiled solve failed at its allocation inside the parallel loop,
+    # a SystemError that lost every problem's answer; the auto path raised for the batch after solving the others)
+    import fastnewton.memory
+    C, b, _ = make_problem(300, 8, noise=1e-2, seed=0, dense=True)
+    wide = sp.random(50, 3000, density=3 / 3000, format="csr", random_state=0)
+    monkeypatch.setattr(fastnewton.memory, "available_bytes", lambda: 2**27)  # 3000 × 3000 matrices need more
+    with pytest.raises(MemoryError):
+        solve(wide, np.full(50, 1 / 50), hessian=hessian)
+    problems = [(C, b), (wide, np.full(50, 1 / 50)), (C.copy(), b)]
+    for form in (problems, [(C, b), (wide.toarray(), np.full(50, 1 / 50)), (C.copy(), b)]):
+        result = _quiet(solve_many, form, hessian=hessian)
+        assert list(result.status) == [Status.CONVERGED, Status.INVALID_INPUT, Status.CONVERGED]
+        assert "problem 1" in result.message[1] and "memory" in result.message[1]
+        np.testing.assert_array_equal(result.problem(0)["x"], result.problem(2)["x"])
+
+
+def test_a_memory_error_in_solves_loop_is_that_problems_status(monkeypatch):
+    # A problem left to solve's loop that runs out of memory at an allocation gets its status; the others solve.
+    import fastnewton.many_small as many_small_module
+    _priced_off_exact(monkeypatch)
+    problems = [(C.toarray() if sp.issparse(C) else np.asarray(C, dtype=np.float64), b)
+                for C, b in _mixed("softmax", count=3)]
+    solve_problem = many_small_module.solve_problem
+    calls = []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("Allocation failed")
+        return solve_problem(*args, **kwargs)
+    monkeypatch.setattr(many_small_module, "solve_problem", second_fails)
+    result = _quiet(solve_many, problems, model="softmax", seed=0)
+    assert list(result.status == Status.INVALID_INPUT) == [False, True, False]
+    assert "problem 1" in result.message[1] and "Allocation failed" in result.message[1]
+    assert result.converged[0] and result.converged[2]
