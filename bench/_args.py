@@ -61,6 +61,14 @@ def positive_float(text):
     return value
 
 
+def unit_fraction(text):
+    """A number in [0, 1] (fractions of problems)."""
+    value = _number(text, "a number in [0, 1]")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def positive_seconds(text):
     """A number of seconds > 0; 'inf' means no limit."""
     value = _number(text, "a number of seconds > 0 (or inf)")

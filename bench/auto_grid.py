@@ -28,6 +28,7 @@ import warnings
 import fastnewton
 from fastnewton.hessian import choose_strategy, strategy_seconds
 from fastnewton.problem import Problem
+from _args import nonnegative_int
 
 STRATEGIES = ("exact", "sketch", "pcg", "lagged")
 # (format, n, d, non-zeros per row; None for dense)
@@ -88,16 +89,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="three tiny shapes")
     parser.add_argument("--only", choices=sorted(GRID), help="one half of the grid")
-    parser.add_argument("--points", type=int, nargs="+", metavar="INDEX",
+    parser.add_argument("--points", type=nonnegative_int, nargs="+", metavar="INDEX",
                         help="only these points of the selected grid (0-based), to split it into shorter runs")
     parser.add_argument("--output", help="also write the rows to this CSV file")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--x0", choices=("auto", "zeros"), default="auto",
                         help="the start of every solve (default: fastnewton's automatic start)")
     args = parser.parse_args(argv)
     grid = QUICK_GRID if args.quick else [p for fmt in (args.only,) if fmt for p in GRID[fmt]] or \
         GRID["dense"] + GRID["csr"]
     if args.points is not None:
+        if max(args.points) >= len(grid):
+            parser.error(f"--points {max(args.points)} is past the selected grid, whose {len(grid)} points are "
+                         f"0 to {len(grid) - 1}")
         grid = [grid[index] for index in args.points]
     # Compile (or load the cached kernels) before timing.
     run_point("dense", 500, 8, None, args.seed)

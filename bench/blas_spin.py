@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from _args import positive_int
+
 MODES = ("idle", "after matmul", "after matmul + idle")
 IDLE_SECONDS = 0.3
 
@@ -50,9 +52,9 @@ def child(n, d, repeats):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--d", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--n", type=positive_int, default=100_000)
+    parser.add_argument("--d", type=positive_int, default=256)
+    parser.add_argument("--repeats", type=positive_int, default=8)
     parser.add_argument("--quick", action="store_true", help="n = 2·10⁴, d = 64, 2 rounds")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -11,17 +11,19 @@ import argparse
 import warnings
 
 import numpy as np
+from _args import positive_int, thread_count
 
 import fastnewton
+from fastnewton.hessian import STRATEGIES
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--d", type=int, default=256)
-    parser.add_argument("--iters", type=int, default=6)
-    parser.add_argument("--strategies", nargs="+", default=["exact", "sketch"])
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--n", type=positive_int, default=100_000)
+    parser.add_argument("--d", type=positive_int, default=256)
+    parser.add_argument("--iters", type=positive_int, default=6)
+    parser.add_argument("--strategies", nargs="+", default=["exact", "sketch"], choices=STRATEGIES)
+    parser.add_argument("--threads", type=thread_count, default=None)
     args = parser.parse_args(argv)
     C, b, _ = fastnewton.make_problem(args.n, args.d, dense=True, noise=0.1, seed=0)
     with warnings.catch_warnings():

@@ -37,6 +37,7 @@ import scipy.optimize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import families  # noqa: E402
+from _args import nonnegative_int, positive_int, unit_fraction  # noqa: E402
 
 import fastnewton  # noqa: E402
 
@@ -116,13 +117,13 @@ def print_table(rows, seconds, list_failures=False):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["softmax_relu", "softmax", "relu_softmax"])
-    parser.add_argument("--count", type=int, default=None, help="problems per model (default 240 softmax_relu, 60 others)")
-    parser.add_argument("--range", nargs=2, type=int, metavar=("FIRST", "STOP"), default=None,
+    parser.add_argument("--count", type=positive_int, default=None, help="problems per model (default 240 softmax_relu, 60 others)")
+    parser.add_argument("--range", nargs=2, type=nonnegative_int, metavar=("FIRST", "STOP"), default=None,
                         help="run only problems FIRST..STOP-1 of each family")
-    parser.add_argument("--noisy-fraction", type=float, default=0.2)
-    parser.add_argument("--max-iter", type=int, default=None,
+    parser.add_argument("--noisy-fraction", type=unit_fraction, default=0.2)
+    parser.add_argument("--max-iter", type=nonnegative_int, default=None,
                         help="max_iter of every solve (default: solve's own, 100) and of scipy (default 200)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     parser.add_argument("--quick", action="store_true", help="6 small problems per model")
     parser.add_argument("--no-scipy", action="store_true")
     parser.add_argument("--list-failures", action="store_true")

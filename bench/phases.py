@@ -25,6 +25,7 @@ import numpy as np
 
 import fastnewton
 import fastnewton.kernels  # noqa: F401 (its location is printed)
+from fastnewton.hessian import STRATEGIES
 
 try:
     from _args import add_output_arguments, positive_int, thread_count
@@ -79,7 +80,7 @@ def main(argv=None):
     parser.add_argument("--nnz-per-row", type=positive_int, default=None,
                         help="non-zeros per row, the mean with --zipf (default 10, or 5 with --zipf)")
     parser.add_argument("--zipf", action="store_true", help="bag-of-words-like C with Zipf-skewed row lengths")
-    parser.add_argument("--hessian", default="exact", help="Hessian strategy (default exact)")
+    parser.add_argument("--hessian", default="exact", choices=STRATEGIES, help="Hessian strategy (default exact)")
     parser.add_argument("--iterations", type=positive_int, default=5, help="Newton iterations timed (default 5)")
     parser.add_argument("--threads", type=thread_count, default=None, help="n_threads of the solve (default all)")
     add_output_arguments(parser, plots=False)

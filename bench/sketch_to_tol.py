@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 
 import fastnewton
+from fastnewton.hessian import STRATEGIES
 from fastnewton.problem import Problem
 
 from _args import positive_int
@@ -30,7 +31,7 @@ def main(argv=None):
     parser.add_argument("--n", type=positive_int, default=300_000)
     parser.add_argument("--d", type=positive_int, default=256)
     parser.add_argument("--repeat", type=positive_int, default=2)
-    parser.add_argument("--strategies", nargs="+", default=["exact", "sketch", "pcg"])
+    parser.add_argument("--strategies", nargs="+", default=["exact", "sketch", "pcg"], choices=STRATEGIES)
     parser.add_argument("--nnz-per-row", type=positive_int, default=None,
                         help="CSR C with this many entries per row (default: dense C)")
     parser.add_argument("--quick", action="store_true", help="n = 5000, d = 16")

@@ -128,9 +128,9 @@ def _check_demo_fits(args):
     needed = 3 * 12 * nnz + 8 * args.n * m + iteration_bytes(args.n, args.d, m + 2)
     available = available_bytes()
     if available is not None and needed > available:
-        raise MemoryError(f"n = {args.n:,} rows with {args.nnz_per_row} non-zeros each need about "
-                          f"{needed / 2**30:.1f} GiB, but only {available / 2**30:.1f} GiB of memory is available; "
-                          f"use a smaller --n")
+        raise MemoryError(f"n = {args.n:,} rows with {args.nnz_per_row} non-zeros each and d = {args.d:,} columns "
+                          f"need about {needed / 2**30:.1f} GiB, but only {available / 2**30:.1f} GiB of memory is "
+                          f"available; use a smaller --n or --d")
 
 
 # -- fit -------------------------------------------------------------------------------------------
@@ -213,16 +213,33 @@ def _fit_inputs(args):
     return C, b, V
 
 
+def _check_writable(path):
+    """A ValueError naming --out, before the solve, where the file cannot be written (a missing or read-only
+    folder, a path through a file, /proc): the folders are made and the file opened for appending (left as it was,
+    or removed again when this made it)."""
+    existed = os.path.exists(path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "ab"):
+            pass
+        if not existed:
+            os.remove(path)
+    except OSError as error:
+        raise ValueError(f"out: cannot write {path!r}: {error.strerror or error}") from None
+
+
 def _write_vector(path, x):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     lower = path.lower()
-    if lower.endswith(".npy"):
-        np.save(path, x)
-    elif lower.endswith((".txt", ".csv")):
-        np.savetxt(path, x, delimiter=",", fmt="%.17g")
-    else:
-        raise ValueError(f"out: use a .npy, .txt or .csv file name, got {path!r}")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if lower.endswith(".npy"):
+            np.save(path, x)
+        elif lower.endswith((".txt", ".csv")):
+            np.savetxt(path, x, delimiter=",", fmt="%.17g")
+        else:
+            raise ValueError(f"out: use a .npy, .txt or .csv file name, got {path!r}")
+    except OSError as error:
+        raise ValueError(f"out: cannot write {path!r}: {error.strerror or error}") from None
 
 
 def _fit(args):
@@ -230,11 +247,13 @@ def _fit(args):
 
     if not args.out.lower().endswith((".npy", ".txt", ".csv")):
         raise ValueError(f"out: use a .npy, .txt or .csv file name, got {args.out!r}")
+    _check_writable(args.out)
     clock = time.perf_counter()
     C, b, V = _fit_inputs(args)
     shape = "×".join(map(str, np.shape(C))) if not hasattr(C, "nnz") else f"{C.shape[0]}×{C.shape[1]}, nnz = {C.nnz:,}"
     print(f"fastnewton fit: {args.model}, C {shape} from {args.data}, b of length {b.shape[0]}"
-          f"{', V %d×%d' % V.shape if V is not None else ''} (read in {time.perf_counter() - clock:.2f} s)")
+          f"{', V ' + '×'.join(map(str, np.shape(V))) if V is not None else ''} "
+          f"(read in {time.perf_counter() - clock:.2f} s)")
     x0 = args.x0 if args.x0 in ("auto", "zeros") else _as_vector(_load_array(args.x0, "x0"))
     res = solve(C, b, args.model, V=V, l2=args.l2, hessian=args.hessian, tol=args.tol, max_iter=args.max_iter,
                 n_threads=args.threads, x0=x0, seed=args.seed, verbose=True, continuation=args.continuation)

@@ -91,6 +91,7 @@ Every iteration of every stage counts in ``n_iter`` and appears in the history w
 """
 import dataclasses
 import time
+import warnings
 
 import numpy as np
 import scipy.linalg
@@ -386,8 +387,11 @@ class _Stages:
 def _is_warm(problem, x0):
     """Whether L(x0) ≤ WARM_START_LOSS·L(0): loss stages only (no transposed pass), L(0) first so that the
     single-machine Problem still holds x0's forward pass for the Newton loop from x0."""
-    at_zero = problem.loss(np.zeros_like(x0))
-    return problem.loss(x0) <= WARM_START_LOSS * at_zero
+    with warnings.catch_warnings():
+        # an overflowing x0 (Problem.loss warns of its non-finite loss) is not warm; the solve reports it itself
+        warnings.simplefilter("ignore", RuntimeWarning)
+        at_zero = problem.loss(np.zeros_like(x0))
+        return problem.loss(x0) <= WARM_START_LOSS * at_zero
 
 
 def _misfit(evaluator, x):

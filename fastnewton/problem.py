@@ -4,6 +4,7 @@ It is also the single-machine ``Evaluator`` of ``fastnewton.protocol``: the mode
 one block holding all of C (``fastnewton.dask`` runs the same stages block by block).
 """
 import copy
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -541,41 +542,52 @@ class Problem:
         """L(x)."""
         x = self.as_point(x)
         if self._last is not None and np.array_equal(self._last.x, x):
-            return self._last.loss
+            return _finite_or_warned(self._last.loss, "loss")
         with self._threads():
-            return self.loss_at(self._forward(x, no_timer), x)
+            return _finite_or_warned(self.loss_at(self._forward(x, no_timer), x), "loss")
 
     def grad(self, x):
         """∇L(x) = Cᵀq + λx (a new array)."""
         x = self.as_point(x)
         with self._threads():
-            return self.evaluate(x, with_P=False).grad.copy()
+            return _finite_or_warned(self.evaluate(x, with_P=False).grad.copy(), "grad")
 
     def loss_and_grad(self, x):
         """(L(x), ∇L(x)) from one forward and one fused transposed pass."""
         x = self.as_point(x)
         with self._threads():
             ev = self.evaluate(x, with_P=False)
-        return ev.loss, ev.grad.copy()
+        return _finite_or_warned(ev.loss, "loss_and_grad"), _finite_or_warned(ev.grad.copy(), "loss_and_grad")
 
     def hessian(self, x):
         """∇²L(x) = Cᵀ(diag(β) + U S Uᵀ)C + λI as a dense d × d array."""
         check_hessian_fits(self.d)
         x = self.as_point(x)
         with self._threads():
-            return self.hessian_matrix(self.evaluate(x))
+            return _finite_or_warned(self.hessian_matrix(self.evaluate(x)), "hessian")
 
     def hessp(self, x, p):
         """∇²L(x)·p = Cᵀ(β ⊙ Cp) + P S Pᵀp + λp without forming the Hessian (one read of C for the product)."""
         x, p = self.as_point(x), self.as_point(p, "p")
         with self._threads():
-            return self.hessian_product(self.evaluate(x), p)
+            return _finite_or_warned(self.hessian_product(self.evaluate(x), p), "hessp")
 
     def scaled(self, scale=None):
         """This loss divided by g_ref = ‖∇L(0)‖ for scipy.optimize, whose tolerances are absolute (``fastnewton.scaled``)."""
         from .scaled import ScaledProblem
 
         return ScaledProblem(self, scale)
+
+
+def _finite_or_warned(value, method):
+    """value (a number or an array), with a RuntimeWarning where it is not finite: at a finite x whose C·x or model
+    stages overflow float64 the public methods would hand back NaN or ±inf unannounced (``solve`` stops there with
+    NON_FINITE and says why). The value is returned as it is: a minimiser's line search may step back from it."""
+    if not np.all(np.isfinite(value)):
+        warnings.warn(f"Problem.{method}: the result at this x is not finite (C·x or the model's terms overflow "
+                      f"float64): x is too large for the scale of C, b and V, or the problem's scale is too large",
+                      RuntimeWarning, stacklevel=3)
+    return value
 
 
 @dataclass

@@ -6,7 +6,7 @@ import scipy.sparse as sp
 
 from .models import uses_values
 from .prediction import predict
-from .validation import as_positive_int, as_real_scalar, as_seed, check_model
+from .validation import as_flag, as_positive_int, as_real_scalar, as_seed, check_model
 
 
 class PlantedProblem(namedtuple("PlantedProblem", ["C", "b", "x_true"])):
@@ -40,7 +40,8 @@ def make_problem(n, d, *, nnz_per_row=None, density=None, model="softmax", m=Non
     entries per row, so the logits u = C x_true are ≈ N(0, scale²). b = h(u) exactly,
     then, if ``noise`` > 0, multiplied entrywise by (1 + noise·N(0, 1)) and clipped at 0.
     For ``softmax_relu``, V (n × m, default m = min(d, 16)) has entries uniform in
-    [−0.5, 1], so every output is positive at the uniform softmax (x = 0).
+    [−0.5, 1], so every output is positive at the uniform softmax (x = 0). ``nnz_per_row`` / ``density``
+    with ``dense=True``, and ``m`` with another model, are checked and not used.
     """
     n = as_positive_int(n, "n")
     d = as_positive_int(d, "d")
@@ -48,20 +49,27 @@ def make_problem(n, d, *, nnz_per_row=None, density=None, model="softmax", m=Non
     scale = as_real_scalar(scale, "scale")
     noise = as_real_scalar(noise, "noise")
     seed = as_seed(seed)
+    dense = as_flag(dense, "dense")
     if nnz_per_row is not None and density is not None:
         raise ValueError("give nnz_per_row or density, not both")
+    # checked whether or not they are used (a dense C has every entry; only softmax_relu has V)
+    if density is not None:
+        density = as_real_scalar(density, "density")
+        if not 0 < density <= 1:
+            raise ValueError(f"density must be in (0, 1], got {density}")
+    if nnz_per_row is not None:
+        nnz_per_row = as_positive_int(nnz_per_row, "nnz_per_row")
+    if m is not None:
+        m = as_positive_int(m, "m")
     rng = np.random.default_rng(seed)
     if dense:
         C = rng.standard_normal((n, d))
         k = d
     else:
         if density is not None:
-            density = as_real_scalar(density, "density")
-            if not 0 < density <= 1:
-                raise ValueError(f"density must be in (0, 1], got {density}")
             k = max(1, int(round(density * d)))
         else:
-            k = as_positive_int(nnz_per_row, "nnz_per_row") if nnz_per_row is not None else min(d, 10)
+            k = nnz_per_row if nnz_per_row is not None else min(d, 10)
         k = min(k, d)
         index_dtype = np.int32 if d < 2**31 - 1 and n * k < 2**31 - 1 else np.int64
         columns = np.sort(rng.integers(0, d, size=(n, k), dtype=index_dtype), axis=1)
@@ -77,7 +85,7 @@ def make_problem(n, d, *, nnz_per_row=None, density=None, model="softmax", m=Non
         raise ValueError(f"scale = {scale:g} is too large: the planted logits C·x_true overflow float64")
     V = None
     if uses_values(model):
-        m = as_positive_int(m, "m") if m is not None else min(d, 16)
+        m = m if m is not None else min(d, 16)
         V = rng.uniform(-0.5, 1.0, size=(n, m))
     b = predict(C, x_true, model, V)
     if noise > 0:

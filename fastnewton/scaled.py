@@ -10,10 +10,13 @@ changes neither the minimiser nor the Newton steps, and scipy's ``gtol`` then re
 """
 import numpy as np
 
+from .reductions import norm
+
 
 def reference_gradient_norm(problem):
-    """g_ref = ‖∇L(0)‖ (for relu_softmax its one-sided value, as ``solve`` uses)."""
-    return float(np.linalg.norm(problem.gradient_at_zero()))
+    """g_ref = ‖∇L(0)‖ (for relu_softmax its one-sided value, as ``solve`` uses), by solve's ``norm`` (rescaled where
+    its squares underflow: a C scaled by 1e-160 has ‖∇L(0)‖ ~1e-162, not 0)."""
+    return norm(problem.gradient_at_zero())
 
 
 class ScaledProblem:
@@ -29,12 +32,18 @@ class ScaledProblem:
         if scale is None:
             self.scale = reference_gradient_norm(problem)
         else:
+            if isinstance(scale, (bool, np.bool_)):
+                raise TypeError(f"scale must be a finite number > 0, got {type(scale).__name__} {scale!r}")
             try:
                 self.scale = float(scale)
             except (TypeError, ValueError):
                 raise TypeError(f"scale must be a finite number > 0, got {type(scale).__name__} {scale!r:.40}") from None
         if not (np.isfinite(self.scale) and self.scale > 0):
-            raise ValueError(f"scale must be a finite number > 0, got {self.scale} (is ∇L(0) = 0?)")
+            why = ""
+            if scale is None:
+                why = (" (∇L(0) = 0: no reference scale; pass scale=)" if self.scale == 0 else
+                       " (‖∇L(0)‖ overflows float64: the problem's scale is too large; rescale C or b)")
+            raise ValueError(f"scale must be a finite number > 0, got {self.scale}{why}")
 
     def __repr__(self):
         return f"ScaledProblem({self.problem!r}, scale={self.scale:.6g})"

@@ -102,12 +102,27 @@ CASES = {
     "valley-kinds-unknown": ("valley.py", ["--kinds", "uniform"], "--kinds"),
     "valley-l2-nan": ("valley.py", ["--l2", "nan"], "--l2"),
     "valley-out-directory": ("valley.py", ["--out", A_DIRECTORY], "--out"),
+    # bench/blas_spin.py, dense_iteration.py, families_solve.py, auto_grid.py, sketch_to_tol.py (a hostile pass
+    # found these ending in tracebacks, or running nothing and exiting 0)
+    "blas-spin-n-negative": ("blas_spin.py", ["--n", "-5"], "--n"),
+    "blas-spin-repeats-zero": ("blas_spin.py", ["--repeats", "0"], "--repeats"),
+    "dense-iteration-n-zero": ("dense_iteration.py", ["--n", "0"], "--n"),
+    "dense-iteration-threads-zero": ("dense_iteration.py", ["--threads", "0"], "--threads"),
+    "dense-iteration-strategy-unknown": ("dense_iteration.py", ["--strategies", "bogus"], "--strategies"),
+    "families-solve-count-negative": ("families_solve.py", ["--count", "-1"], "--count"),
+    "families-solve-noisy-fraction-large": ("families_solve.py", ["--noisy-fraction", "5"], "--noisy-fraction"),
+    "families-solve-seed-negative": ("families_solve.py", ["--seed", "-1"], "--seed"),
+    "auto-grid-point-past-the-grid": ("auto_grid.py", ["--points", "999"], "--points"),
+    "auto-grid-seed-negative": ("auto_grid.py", ["--seed", "-1"], "--seed"),
+    "phases-hessian-unknown": ("phases.py", ["--hessian", "bogus"], "--hessian"),
+    "sketch-to-tol-strategy-unknown": ("sketch_to_tol.py", ["--strategies", "bogus"], "--strategies"),
 }
 
 
 # One real command line per script and kind of check (a type, a choice, a thread count, a
 # cross-argument check): these run as subprocesses; every case also runs in-process below.
 SUBPROCESS_CASES = [
+    "blas-spin-n-negative", "families-solve-noisy-fraction-large",
     "passes-n-negative", "passes-threads-too-many", "passes-threads-empty",
     "sketch-formats-unknown", "sketch-csr-n-overflow", "sketch-solve-dims-outside-dims",
     "scaling-strategies-unknown", "scaling-nnz-zero", "scaling-threads-too-many",

@@ -251,10 +251,22 @@ def test_fit_names_what_is_missing_or_unreadable(tmp_path, capsys):
         ([str(files["mtx"]), "--b", str(files["mtx"])], "b must"),
         # numpy.savez of a sparse C pickles it: never loaded, and the message says what to do instead
         ([str(pickled)], "scipy.sparse.save_npz"),
+        # a 1-D V: solve's message (the banner's 'V n×m' broke on it: "not enough arguments for format string")
+        ([str(files["mtx"]), "--b", str(files["b_txt"]), "--model", "softmax_relu", "--V", str(files["b_txt"])],
+         "V must be 2-D"),
+        # an --out that cannot be written: said before the solve (it was a traceback after it)
+        ([str(files["mtx"]), "--b", str(files["b_txt"]), "--out", str(files["b_txt"] / "x.npy")], "out: cannot write"),
     ]
     for arguments, message in cases:
-        code, _, err = _main(["fit", *arguments], capsys)
+        code, out, err = _main(["fit", *arguments], capsys)
         assert code == 2 and message in err and "Traceback" not in err, (arguments, err)
+        assert "iter" not in out, (arguments, out)  # no solve ran
+
+
+def test_demo_too_large_for_memory_names_both_sizes(capsys):
+    # d = 300 000 needs its d × d matrices (~2.7 TB), whatever n: the message named only --n
+    code, _, err = _main(["demo", "--n", "2000", "--d", "300000"], capsys)
+    assert code == 2 and "use a smaller --n or --d" in err and "d = 300,000" in err, err
 
 
 def test_warmup_compiles_and_reports(capsys):

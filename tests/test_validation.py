@@ -5,6 +5,7 @@ never modified; every SciPy sparse format, index and value dtype, memory layout 
 read-only flag gives the same solution as the canonical float64 CSR matrix.
 """
 import copy
+import warnings
 
 import numba
 import numpy as np
@@ -223,6 +224,13 @@ MAKE_PROBLEM_CASES = [
     ("scale-nan", {"scale": np.nan}, ValueError, "scale"),
     ("noise-negative", {"noise": -0.1}, ValueError, "noise"),
     ("noise-inf", {"noise": np.inf}, ValueError, "noise"),
+    # checked whether or not they are used: dense C has no nnz_per_row or density, only softmax_relu has m
+    ("dense-str", {"dense": "no"}, TypeError, "dense"),
+    ("dense-list", {"dense": [1]}, TypeError, "dense"),
+    ("m-unused-str", {"m": "x"}, TypeError, "m"),
+    ("m-unused-negative", {"m": -5}, ValueError, "m"),
+    ("density-with-dense", {"dense": True, "density": 5.0}, ValueError, "density"),
+    ("nnz_per_row-with-dense", {"dense": True, "nnz_per_row": 0}, ValueError, "nnz_per_row"),
 ]
 @pytest.mark.parametrize(("overrides", "error", "name"), [case[1:] for case in MAKE_PROBLEM_CASES] + [
     pytest.param({"scale": None}, TypeError, "scale", id="scale-None"),
@@ -757,7 +765,7 @@ def test_solve_checks_a_large_dense_c_on_its_first_pass(bad):
 
 
 @pytest.mark.parametrize("scale, error", [("x", TypeError), ([1.0, 2.0], TypeError), (0.0, ValueError),
-                                          (np.nan, ValueError), (-1.0, ValueError)])
+                                          (np.nan, ValueError), (-1.0, ValueError), (True, TypeError)])
 def test_scaled_problem_names_a_bad_scale(scale, error):
     problem = Problem(np.eye(2), np.array([0.5, 0.5]))
     with pytest.raises(error, match="scale must be a finite number > 0"):
@@ -770,3 +778,28 @@ def test_scaled_problem_divides_by_the_given_scale():
     scaled = problem.scaled(np.float64(2.0))
     assert scaled.loss(x) == problem.loss(x) / 2.0
     np.testing.assert_array_equal(scaled.grad(x), problem.grad(x) / 2.0)
+
+
+@pytest.mark.parametrize("factor", [1e-160, 1e-300])
+def test_scaled_problem_takes_solves_g_ref_where_its_squares_underflow(factor):
+    # ‖∇L(0)‖ ~1e-162: np.linalg.norm read 0 ("scale must be > 0 (is ∇L(0) = 0?)") where solve converges
+    C, b, _ = make_problem(50, 4, seed=0)
+    assert Problem(C * factor, b).scaled().scale == solve(C * factor, b).g_ref > 0
+
+
+def test_scaled_problem_says_when_the_reference_overflows():
+    C, b, _ = make_problem(50, 4, seed=0)
+    with pytest.raises(ValueError, match="overflows float64"):
+        Problem(C * 1e200, b).scaled()
+
+
+@pytest.mark.parametrize("method", ["loss", "grad", "loss_and_grad", "hessian", "hessp"])
+def test_problem_methods_warn_where_the_result_at_x_is_not_finite(method):
+    # A finite x whose C·x overflows: NaN came back unannounced (solve stops there with NON_FINITE)
+    problem = Problem(np.array([[1.0], [2.0]]), np.array([0.5, 0.5]))
+    arguments = (np.array([1e308]),) + ((np.ones(1),) if method == "hessp" else ())
+    with pytest.warns(RuntimeWarning, match=f"Problem.{method}: the result at this x is not finite"):
+        getattr(problem, method)(*arguments)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        getattr(problem, method)(*((np.array([0.3]),) + arguments[1:]))
