@@ -16,7 +16,7 @@ from .kernels.softmax import line_point
 from .matrix import column_means, side_by_side
 from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
-from .models.base import has_row_weights
+from .models.base import checked_array, checked_loss, has_row_weights
 from .newton import run_rounds, run_rounds_from
 from .protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from .reductions import half_ridge
@@ -41,10 +41,11 @@ def _transposed_pass(matrix, timer):
     return transposed_pass
 
 
-def stage_rounds(stages, block, kept, timer=no_timer, columns=None, known=None, done=None):
+def stage_rounds(stages, block, kept, timer=no_timer, columns=None, known=None, done=None, checked=None):
     """``run_stages`` as a generator: yields the columns Q of the transposed pass and is sent G = CᵀQ
     (``solve_many`` forms the G of many problems sharing C in one pass). ``done``: the (summary, new
-    arrays) of the first stage's ``rows``, already run (a line-search trial's), which then only combines."""
+    arrays) of the first stage's ``rows``, already run (a line-search trial's), which then only combines.
+    ``checked``: applied to Q before any pass reads it (``Problem``'s check of a model's columns)."""
     known = dict(known or {})
     for index, stage in enumerate(stages):
         if index == 0 and done is not None:
@@ -54,7 +55,8 @@ def stage_rounds(stages, block, kept, timer=no_timer, columns=None, known=None, 
                 summary, new = stage.rows(block, kept, known)
         kept = {**kept, **new}
         if "Q" in new:
-            summary["G"] = yield new["Q"] if columns is None else new["Q"][:, :columns]
+            Q = new["Q"] if checked is None else checked(new["Q"])
+            summary["G"] = yield Q if columns is None else Q[:, :columns]
         known = {**known, **stage.combine(summary, known)}
         if "G" in summary:
             known["G"] = summary["G"]
@@ -244,11 +246,14 @@ class Problem:
             known, kept, done = first.known, first.kept, first.rows
             stages = stages[first.stages:]
         columns = None if with_P else self.row_model.gradient_columns
-        known, kept = yield from stage_rounds(stages, self.block, kept, timer, columns, known, done)
+        model = self.row_model
+        known, kept = yield from stage_rounds(stages, self.block, kept, timer, columns, known, done,
+                                              self._columns_check(model))
         with timer("gradient"):
-            grad = known["gradient"] + self.l2 * x
-        loss = known["loss"] + half_ridge(self.l2, x)
-        ev = self._last = Evaluation(x.copy(), loss, grad, None, known["S"], known, kept)
+            grad = checked_array(known.get("gradient"), (self.d,), self.model, "its gradient") + self.l2 * x
+        loss = checked_loss(known.get("loss"), self.model) + half_ridge(self.l2, x)
+        S = checked_array(known.get("S"), (model.k, model.k), self.model, "S (k × k)")
+        ev = self._last = Evaluation(x.copy(), loss, grad, None, S, known, kept)
         if self.row_model.trial_columns and not x.any() and not kept["u"].any():
             # At x = 0 with u = +0.0 (u carried along a line could hold rounding where x + t·p is 0): the
             # loss stages at 0 would give these bits (``trial_columns``), so L(0) for ``diagnose`` needs
@@ -280,20 +285,27 @@ class Problem:
             *before, last = model.evaluation
             known, kept = run_stages(before, self.block, kept)
             summary, new = last.rows(self.block, kept, known)
-            loss = model.loss_stages[-1].combine(summary, known)["loss"]
+            loss = model.loss_stages[-1].combine(summary, known).get("loss")
             rows = TrialRows(known, kept, len(before), (summary, new))
         else:
             head, *rest = model.loss_stages
             known, kept = run_stages((head,), self.block, kept)
             rows = TrialRows(known, kept, 1) if head == model.evaluation[0] else None
             known, _ = run_stages(rest, self.block, kept, known=known)
-            loss = known["loss"]
-        return loss + half_ridge(self.l2, x), rows
+            loss = known.get("loss")
+        return checked_loss(loss, self.model) + half_ridge(self.l2, x), rows
+
+    def _columns_check(self, model):
+        """The check of the columns Q = [q_a, U] that ``model`` (this Problem's, or its reference) hands the
+        transposed pass: n rows, 1 + k columns, real floating (``checked_array``)."""
+        shape = (self.n, model.k + 1)
+        return lambda Q: checked_array(Q, shape, self.model, "Q, the columns of its transposed pass,")
 
     def beta(self, ev):
         """β at ev (formed once, when a Hessian first needs it)."""
         if ev.beta is None:
-            ev.beta = self.row_model.curvature(self.block, ev.kept, ev.known)
+            ev.beta = checked_array(self.row_model.curvature(self.block, ev.kept, ev.known), (self.n,), self.model,
+                                    "β, its curvature,")
         return ev.beta
 
     def release_curvature(self, ev, keep_beta=False):
@@ -313,7 +325,8 @@ class Problem:
         something formed it already (the model's ``curvature_sandwich`` may do without)."""
         if sandwich is None:
             sandwich = (self.matrix.sandwich(ev.beta) if ev.beta is not None
-                        else self.row_model.curvature_sandwich(self.block, ev.kept, ev.known))
+                        else checked_array(self.row_model.curvature_sandwich(self.block, ev.kept, ev.known),
+                                           (self.d, self.d), self.model, "its curvature_sandwich"))
         return add_low_rank_and_ridge(sandwich, ev.P, ev.S, self.l2)
 
     def hessian_product(self, ev, p):
@@ -434,7 +447,7 @@ class Problem:
         # pass over C runs the unrolled 4-lane kernel either way (the same bits).
         columns = (reference.gradient_columns if gradient_columns_only or reference.k + 1 > 3 else None)
         known, _ = yield from stage_rounds(reference.evaluation, self.block, {"u": np.zeros(self.n)},
-                                           columns=columns)
+                                           columns=columns, checked=self._columns_check(reference))
         return known["gradient"]
 
     def column_norms(self):

@@ -9,7 +9,7 @@ import numpy as np
 from . import _cache
 from .hessian import default_thread_count, resolve_strategy
 from .memory import check_hessian_fits, check_iteration_fits
-from .models import uses_values
+from .models import outputs_distributions
 from .newton import NewtonRequest, SolveOptions, run_requests
 from .problem import Problem
 from .result import SolveResult
@@ -172,7 +172,7 @@ SUM_TOLERANCE = 0.1
 
 def not_a_distribution(b, model, name="b"):
     """The warning's text when b cannot be a softmax output of ``model``, or "" when it can."""
-    if uses_values(model):  # targets read out through V need not be distributions
+    if not outputs_distributions(model):  # softmax_relu's read-out through V, a plugin's own outputs
         return ""
     problems = []
     negative = b < 0

@@ -9,7 +9,9 @@ Derivation (z = u/τ, s = softmax(z), r = s − b, c = ⟨s, r⟩, v = s ⊙ (2s
 ∂L/∂u = (s ⊙ r − c s)/τ + w ⊙ u and ∂²L/∂u² = diag((v − c s)/τ² + w) + U S Uᵀ with
 U = [s, v]/τ and S = [[γ, −1], [−1, 0]] (the softmax model's, scaled by the chain rule).
 """
+import re
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -157,3 +159,94 @@ def test_dask_solve_agrees_with_solve():
     assert reference.converged and res.converged, (reference.message, res.message)
     # As tests/test_dask.py: the blockwise sums round differently, ~1e-16 per operation.
     assert np.max(np.abs(res.x - reference.x)) <= 1e-10 * np.max(np.abs(reference.x))
+
+
+class _Broken(TemperatureSoftmax):
+    """The temperature model with one output gone wrong (``fault``): what a badly written plugin hands back."""
+
+    def __init__(self, fault):
+        super().__init__(TAU)
+        self.fault = fault
+        first, columns = self.evaluation
+        self.evaluation = (first, Stage(self._faulty_columns, self._faulty_combine))
+
+    def _faulty_columns(self, block, kept, known):
+        summary, new = self._columns(block, kept, known)
+        Q = new["Q"]
+        new["Q"] = {"Q_short": Q[:-1], "Q_int": Q.astype(np.int64), "Q_wide": np.column_stack([Q, Q[:, :1]])}.get(
+            self.fault, Q)
+        return summary, new
+
+    def _faulty_combine(self, summary, known):
+        out = softmax_gradient(summary, known)
+        if self.fault == "gradient_complex":
+            out["gradient"] = out["gradient"].astype(np.complex128)
+        elif self.fault == "S_shape":
+            out["S"] = np.zeros((3, 3))
+        elif self.fault == "loss_array":
+            out["loss"] = np.array([out["loss"], out["loss"]])
+        return out
+
+    def curvature(self, block, kept, known):
+        beta = super().curvature(block, kept, known)
+        return {"beta_short": beta[: beta.shape[0] // 2], "beta_complex": beta.astype(np.complex128)}.get(
+            self.fault, beta)
+
+
+@pytest.mark.parametrize("fault, error, said", [
+    ("beta_short", ValueError, "β, its curvature, must have shape (3000,)"),
+    ("beta_complex", TypeError, "β, its curvature, must be a real floating"),
+    ("Q_short", ValueError, "Q, the columns of its transposed pass, must have shape (3000, 3)"),
+    ("Q_int", TypeError, "Q, the columns of its transposed pass, must be a real floating"),
+    ("Q_wide", ValueError, "must have shape (3000, 3)"),
+    ("gradient_complex", TypeError, "its gradient must be a real floating"),
+    ("S_shape", ValueError, "S (k × k) must have shape (2, 2)"),
+    ("loss_array", TypeError, "its loss must be a real number"),
+])
+@pytest.mark.parametrize("hessian", ["exact", "pcg"])
+def test_a_plugin_model_that_hands_back_a_wrong_array_is_named(fault, error, said, hessian):
+    # Nothing checked a plugin's outputs: a β or Q with too few rows was read past its end by the compiled passes
+    # (a dense Hessian off by 1e3 and "converged", or NaN on CSR), a complex one ended in Numba's typing error, an
+    # integer Q was truncated, a wrong S or gradient shape in NumPy's broadcasting errors.
+    name = f"broken_{fault}"
+    register_model(name, lambda target: _Broken(fault), replace=True)
+    C, b, _ = _planted(seed=3)
+    for matrix in (C, C.toarray()):
+        with pytest.raises(error, match=re.escape(said)):
+            fastnewton.solve(matrix, b, name, hessian=hessian, seed=0)
+
+
+def test_registering_a_taken_name_needs_replace_and_built_ins_stay():
+    with pytest.raises(ValueError, match="already registered; pass replace=True"):
+        register_model(NAME, lambda target: TemperatureSoftmax(TAU))
+    register_model(NAME, lambda target: TemperatureSoftmax(TAU), replace=True)
+    for name in ("softmax", "relu_softmax", "softmax_relu"):
+        with pytest.raises(ValueError, match="built-in"):
+            register_model(name, lambda target: TemperatureSoftmax(TAU), replace=True)
+    with pytest.raises(TypeError, match="uses_values"):
+        register_model("another", lambda target: TemperatureSoftmax(TAU), uses_values="no")
+
+
+@pytest.mark.parametrize("made, said", [(None, "without evaluation"), ("text", "without evaluation"),
+                                        (_Broken("none"), None)])
+def test_a_factory_must_make_a_model(made, said):
+    register_model("made_by_factory", lambda target: made, replace=True)
+    C, b, _ = _planted(n=200, seed=4)
+    if said is None:
+        made.k = 0
+        said = "k (the columns of U) must be an integer ≥ 1"
+    with pytest.raises(TypeError, match=re.escape(said)):
+        fastnewton.Problem(C, b, "made_by_factory")
+
+
+@pytest.mark.parametrize("distributions", [False, True])
+def test_the_not_a_distribution_warning_is_for_models_that_say_their_outputs_are(distributions):
+    # Every model without V got solve's "b is not a probability vector … h(Cx) = name(…), which is ≥ 0 and sums to
+    # 1" warning, false for a plugin's own outputs (least squares, a sigmoid); register_model now says which are.
+    register_model("temperature_outputs", lambda target: TemperatureSoftmax(TAU), replace=True,
+                   distributions=distributions)
+    C, b, _ = _planted(n=400, seed=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fastnewton.solve(C, 3.0 * b, "temperature_outputs", max_iter=2)
+    assert any("not a probability vector" in str(w.message) for w in caught) == distributions

@@ -180,8 +180,11 @@ class Model:
         return {}
 
     def curvature_sandwich(self, block, kept, known):
-        """Cᵀ diag(β) C over the block's rows, β = ``curvature(block, kept, known)``."""
-        return block.matrix.sandwich(self.curvature(block, kept, known))
+        """Cᵀ diag(β) C over the block's rows, β = ``curvature(block, kept, known)`` (checked before the sandwich
+        reads a βᵢ per row: ``checked_array``)."""
+        beta = checked_array(self.curvature(block, kept, known), (block.rows,), self.name or type(self).__name__,
+                             "β, its curvature,")
+        return block.matrix.sandwich(beta)
 
     def curvature_sandwich_vector(self, block, kept, known, v):
         """(Cᵀ(β ⊙ Cv), Cv) over the block's rows, β = ``curvature(block, kept, known)``, from a pass that forms
@@ -287,26 +290,67 @@ class ColumnCurvature:
         return None if product is None else product(kept["Q"], known["c"], block.kernel_w, v)
 
 
+def _described(value):
+    """A short description of what a model returned, for the messages below."""
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {value.shape}"
+    return f"{type(value).__name__} {value!r:.40}"
+
+
+def checked_array(value, shape, model, what):
+    """value when it is a real floating array of this shape, else a TypeError / ValueError naming the model and
+    what it returned. A model's outputs reach compiled kernels that read a row per row of C: a β or Q with too
+    few rows would be read past its end (garbage, or a crash), an integer Q truncated, a complex one refused by
+    Numba with a typing error that names neither."""
+    if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+        raise TypeError(f"model {model!r}: {what} must be a real floating NumPy array of shape {shape}, got "
+                        f"{_described(value)}")
+    if value.shape != shape:
+        raise ValueError(f"model {model!r}: {what} must have shape {shape}, got {_described(value)}")
+    return value
+
+
+def checked_loss(value, model):
+    """The model's loss as a float (a real number: a NaN or ±inf is the solve's to report), else a TypeError."""
+    if isinstance(value, (bool, np.bool_)) or np.ndim(value) != 0 or np.asarray(value).dtype.kind not in "fiu":
+        raise TypeError(f"model {model!r}: its loss must be a real number, got {_described(value)}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class _Entry:
     factory: Callable
     uses_values: bool
+    distributions: bool = False
 
 
 _REGISTRY = {}
 
 
-def register_model(name, factory, uses_values=False):
+# The package's own models (``fastnewton.models`` registers them): never replaced.
+BUILT_IN = ("softmax", "relu_softmax", "softmax_relu")
+
+
+def register_model(name, factory, uses_values=False, replace=False, distributions=False):
     """Make ``model=name`` available to ``solve``, ``Problem`` and ``fastnewton.dask.solve``.
 
     ``factory(target)`` returns the model object; ``target`` is the length-m b when ``uses_values``
     (the model then needs V, n × m), else None (b is per row and reaches the model through the blocks).
+    A name already registered is a ValueError unless ``replace=True`` (a built-in model's name, always: a
+    registration that silently took "softmax" would change every default ``solve``). ``distributions``: its
+    outputs h(Cx) are probability vectors (≥ 0, sum 1), so a b that is not one gets ``solve``'s warning.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty string, got {name!r}")
     if not callable(factory):
         raise TypeError(f"factory must be callable, got {type(factory).__name__}")
-    _REGISTRY[name] = _Entry(factory, bool(uses_values))
+    for flag, value in (("uses_values", uses_values), ("replace", replace), ("distributions", distributions)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{flag} must be True or False, got {value!r}")
+    if name in _REGISTRY and (name in BUILT_IN or not replace):
+        raise ValueError(f"model {name!r} is already registered"
+                         + (" (a built-in model)" if name in BUILT_IN else "; pass replace=True to replace it"))
+    _REGISTRY[name] = _Entry(factory, bool(uses_values), bool(distributions))
 
 
 def model_names():
@@ -324,6 +368,19 @@ def uses_values(model):
     return _REGISTRY[check_model(model)].uses_values
 
 
+def outputs_distributions(model):
+    """Whether the model's outputs h(Cx) are probability vectors (``register_model``'s ``distributions``)."""
+    return _REGISTRY[check_model(model)].distributions
+
+
 def build_model(model, target=None):
-    """The model object for a registered name (``target``: the length-m b of a model with ``uses_values``)."""
-    return _REGISTRY[check_model(model)].factory(target)
+    """The model object for a registered name (``target``: the length-m b of a model with ``uses_values``); a
+    TypeError naming it where its factory gives something without the interface's stages, curvature and k."""
+    built = _REGISTRY[check_model(model)].factory(target)
+    missing = [name for name in ("evaluation", "loss_stages", "curvature", "k") if not hasattr(built, name)]
+    if missing:
+        raise TypeError(f"model {model!r}: its factory returned {_described(built)}, without "
+                        f"{', '.join(missing)} (see fastnewton.models.base.Model)")
+    if isinstance(built.k, (bool, np.bool_)) or not isinstance(built.k, (int, np.integer)) or built.k < 1:
+        raise TypeError(f"model {model!r}: k (the columns of U) must be an integer ≥ 1, got {built.k!r}")
+    return built
