@@ -312,9 +312,12 @@ def checked_array(value, shape, model, what):
 
 def checked_loss(value, model):
     """The model's loss as a float (a real number: a NaN or ±inf is the solve's to report), else a TypeError."""
-    if isinstance(value, (bool, np.bool_)) or np.ndim(value) != 0 or np.asarray(value).dtype.kind not in "fiu":
-        raise TypeError(f"model {model!r}: its loss must be a real number, got {_described(value)}")
-    return float(value)
+    if isinstance(value, (float, np.floating)) or (isinstance(value, (int, np.integer))
+                                                   and not isinstance(value, (bool, np.bool_))):
+        return float(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+        return float(value)
+    raise TypeError(f"model {model!r}: its loss must be a real number, got {_described(value)}")
 
 
 @dataclass(frozen=True)
