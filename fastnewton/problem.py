@@ -342,6 +342,10 @@ class Problem:
         fused = None
         if ev.beta is None and ev.products < FUSED_PRODUCTS and "Q" in ev.kept:
             fused = self.row_model.curvature_sandwich_vector(self.block, ev.kept, ev.known, p)
+            if fused is not None:
+                what = "of its curvature_sandwich_vector"
+                fused = (checked_array(fused[0], (self.d,), self.model, f"Cᵀ(β ⊙ Cv) {what}"),
+                         checked_array(fused[1], (self.n,), self.model, f"Cv {what}"))
         ev.products += 1
         Hp, Cp = fused if fused is not None else self.matrix.sandwich_vector(self.beta(ev), p)
         return self.hessian_product_from(ev, p, Hp), Cp

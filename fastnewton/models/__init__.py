@@ -1,7 +1,7 @@
 """The models, one module each, and their registry (see ``fastnewton.models.base`` for the interface).
 
-``register_model(name, factory, uses_values=False, replace=False, distributions=False)`` adds a model to ``solve``, ``Problem`` and
-``fastnewton.dask.solve``; ``build_model(name, target)`` makes one.
+``register_model(name, factory, uses_values=False, replace=False, distributions=False)`` adds a model to
+``solve``, ``Problem`` and ``fastnewton.dask.solve``; ``build_model(name, target)`` makes one.
 """
 from .base import (
     LogPartition,
