@@ -250,3 +250,27 @@ def test_the_not_a_distribution_warning_is_for_models_that_say_their_outputs_are
         warnings.simplefilter("always")
         fastnewton.solve(C, 3.0 * b, "temperature_outputs", max_iter=2)
     assert any("not a probability vector" in str(w.message) for w in caught) == distributions
+
+
+def test_dask_workers_check_a_plugins_columns_and_curvature():
+    # The workers' passes read Q and β by C's rows as the single-machine ones do: checked there too.
+    distributed = pytest.importorskip("distributed")
+    da = pytest.importorskip("dask.array")
+    import cloudpickle
+
+    import fastnewton.dask
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    C, b, _ = _planted(seed=6)
+    try:
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                      silence_logs=50) as cluster, distributed.Client(cluster) as client:
+            for fault, said in (("Q_short", "Q, the columns of its transposed pass, must have shape (1300, 3)"),
+                                ("beta_short", "β, its curvature, must have shape (")):
+                name = f"broken_dask_{fault}"
+                register_model(name, lambda target, fault=fault: _Broken(fault), replace=True)
+                with pytest.raises(ValueError, match=re.escape(said)):
+                    fastnewton.dask.solve(da.from_array(C, chunks=(1300, 6), asarray=False), b, name, client=client,
+                                          hessian="exact")
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])

@@ -15,7 +15,7 @@ import numpy as np
 from ..kernels.kinks import MAX_CANDIDATE_ROWS, TABLE_FIELDS, kink_candidates_of_largest, kink_table, largest_magnitude
 from ..kinks import near_or_flipped
 from ..models import RowBlock
-from ..models.base import MAX_PREFIX, has_row_weights
+from ..models.base import MAX_PREFIX, checked_array, has_row_weights, model_label
 from ..sketching import jl_scores, osnap_embed, sample_rows, sampled_rows_of
 from ..threads import thread_limits
 from ..validation import as_input_matrix, as_row_weights, as_value_matrix, as_vector
@@ -97,7 +97,12 @@ def _stage(block, kept, rows, known, summary):
     its partials go into ``summary``; returns the arrays kept."""
     partials, new = rows(block, kept, known)
     if "Q" in new:
-        partials["G"] = block.matrix.rmatmat(new["Q"])
+        # the block's rows of Q, real floats, before the pass reads a row of Q per row of C (``checked_array``;
+        # its 1 + k columns are the driver's to check: the worker has the stage, not the model)
+        Q = new["Q"]
+        shape = (block.rows, Q.shape[1] if isinstance(Q, np.ndarray) and Q.ndim == 2 else 1)
+        partials["G"] = block.matrix.rmatmat(checked_array(Q, shape, model_label(getattr(rows, "__self__", rows)),
+                                                           "Q, the columns of its transposed pass,"))
     summary.update(partials)
     return {**kept, **new}
 
@@ -128,8 +133,9 @@ def stage(block, held, rows, known):
 
 
 def curvature(block, held, model, known):
-    """β on the block's rows (stays on the worker)."""
-    return model.curvature(block, held.kept, known)
+    """β on the block's rows (stays on the worker; checked before a sandwich reads a βᵢ per row)."""
+    return checked_array(model.curvature(block, held.kept, known), (block.rows,), model_label(model),
+                         "β, its curvature,")
 
 
 def direction(block, held, p, first_rows, magnitude=False):

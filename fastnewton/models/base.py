@@ -182,8 +182,7 @@ class Model:
     def curvature_sandwich(self, block, kept, known):
         """Cᵀ diag(β) C over the block's rows, β = ``curvature(block, kept, known)`` (checked before the sandwich
         reads a βᵢ per row: ``checked_array``)."""
-        beta = checked_array(self.curvature(block, kept, known), (block.rows,), self.name or type(self).__name__,
-                             "β, its curvature,")
+        beta = checked_array(self.curvature(block, kept, known), (block.rows,), model_label(self), "β, its curvature,")
         return block.matrix.sandwich(beta)
 
     def curvature_sandwich_vector(self, block, kept, known, v):
@@ -295,6 +294,11 @@ def _described(value):
     if isinstance(value, np.ndarray):
         return f"a {value.dtype} array of shape {value.shape}"
     return f"{type(value).__name__} {value!r:.40}"
+
+
+def model_label(model):
+    """The name a model object goes by in messages (its ``name``, else its class's)."""
+    return getattr(model, "name", None) or type(model).__name__
 
 
 def checked_array(value, shape, model, what):
