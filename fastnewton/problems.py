@@ -78,8 +78,8 @@ def make_problem(n, d, *, nnz_per_row=None, density=None, model="softmax", m=Non
         C = sp.csr_matrix((values, columns.ravel(), indptr), shape=(n, d))
         C.has_sorted_indices = True
         C.sum_duplicates()
-    x_true = rng.standard_normal(d) * (scale / np.sqrt(k))
     with np.errstate(over="ignore", invalid="ignore"):
+        x_true = rng.standard_normal(d) * (scale / np.sqrt(k))
         u = C @ x_true
     if not np.all(np.isfinite(x_true)) or not np.all(np.isfinite(u)):
         raise ValueError(f"scale = {scale:g} is too large: the planted logits C·x_true overflow float64")

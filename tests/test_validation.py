@@ -656,8 +656,9 @@ def test_overflowing_v_is_rejected_naming_v(capfd):
 
 
 def test_make_problem_with_overflowing_scale_is_named():
+    # seeded: with a random x_true, 17 of 3000 draws had no logit past float64's range (this test failed once)
     with pytest.raises(ValueError, match=word("scale")):
-        make_problem(2000, 8, nnz_per_row=4, scale=1e308)
+        make_problem(2000, 8, nnz_per_row=4, scale=1e308, seed=0)
     C, b, _ = make_problem(2000, 8, nnz_per_row=4, scale=1e150)
     assert np.all(np.isfinite(b))
 
