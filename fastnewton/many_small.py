@@ -137,11 +137,13 @@ def _per_problem(value, count, name):
 
 
 def _check_given_once(row_weights, x0):
-    """The checks of a ``row_weights`` or array ``x0`` given once for all problems that do not depend on a problem's
-    shape (dtype, dimensions, finite, weights ≥ 0), made once with ``solve``'s error: a value that no problem can
-    take is the call's error, not every problem's (its length is each problem's own check)."""
+    """The checks of a ``row_weights`` or ``x0`` given once for all problems that do not depend on a problem's
+    shape (x0's name, dtype, dimensions, finite, weights ≥ 0), made once with ``solve``'s error: a value that no
+    problem can take is the call's error, not every problem's (its length is each problem's own check)."""
     if row_weights is not None and not isinstance(row_weights, (list, tuple)):
         as_row_weights(row_weights, np.shape(row_weights)[0] if np.ndim(row_weights) else 1)
+    if isinstance(x0, str) and x0 not in ("auto", "zeros"):
+        raise ValueError(f"x0 must be 'auto', 'zeros', or a list of one length-d array per problem, got {x0!r}")
     if x0 is None:
         raise TypeError("x0 must be 'auto', 'zeros', a length-d array for every problem, or a list of one per problem, "
                         "got None")
@@ -429,10 +431,8 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
     count = len(problems)
     items = [_unpack(item, i) for i, item in enumerate(problems)]
     weights_each = _per_problem(row_weights, count, "row_weights")
-    if isinstance(x0, str) and x0 not in ("auto", "zeros"):
-        raise ValueError(f"x0 must be 'auto', 'zeros', or a list of one length-d array per problem, got {x0!r}")
-    x0_each = [x0] * count if isinstance(x0, str) else _per_problem(x0, count, "x0")
     _check_given_once(row_weights, x0)
+    x0_each = [x0] * count if isinstance(x0, str) else _per_problem(x0, count, "x0")
 
     results = [None] * count  # per problem: (x, status, n_iter, loss, grad_norm, g_ref, message)
     with _collection_paused():

@@ -9,6 +9,7 @@ Derivation (z = u/τ, s = softmax(z), r = s − b, c = ⟨s, r⟩, v = s ⊙ (2s
 ∂L/∂u = (s ⊙ r − c s)/τ + w ⊙ u and ∂²L/∂u² = diag((v − c s)/τ² + w) + U S Uᵀ with
 U = [s, v]/τ and S = [[γ, −1], [−1, 0]] (the softmax model's, scaled by the chain rule).
 """
+import contextlib
 import re
 import sys
 import warnings
@@ -140,22 +141,31 @@ def test_solve_reaches_the_planted_optimum(hessian):
     np.testing.assert_allclose(res.x, x_true, rtol=0, atol=1e-6)
 
 
-def test_dask_solve_agrees_with_solve():
+@contextlib.contextmanager
+def _plugin_cluster():
+    """(a Client of a 2-worker LocalCluster, dask.array): the models live in this test module, which the worker
+    processes cannot import, so it is shipped by value while the cluster runs."""
     distributed = pytest.importorskip("distributed")
     da = pytest.importorskip("dask.array")
     import cloudpickle
 
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                      silence_logs=50) as cluster, distributed.Client(cluster) as client:
+            yield client, da
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def test_dask_solve_agrees_with_solve():
     import fastnewton.dask
 
-    # The model lives in this test module, which the worker processes cannot import: ship it by value.
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     C, b, _ = _planted()
     kw = dict(hessian="exact", tol=1e-12, seed=0)
     reference = fastnewton.solve(C, b, NAME, **kw)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  silence_logs=40) as cluster, distributed.Client(cluster) as client:
+    with _plugin_cluster() as (client, da):
         res = fastnewton.dask.solve(da.from_array(C, chunks=(1300, 6), asarray=False), b, NAME, client=client, **kw)
-    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert reference.converged and res.converged, (reference.message, res.message)
     # As tests/test_dask.py: the blockwise sums round differently, ~1e-16 per operation.
     assert np.max(np.abs(res.x - reference.x)) <= 1e-10 * np.max(np.abs(reference.x))
@@ -254,24 +264,15 @@ def test_the_not_a_distribution_warning_is_for_models_that_say_their_outputs_are
 
 def test_dask_workers_check_a_plugins_columns_and_curvature():
     # The workers' passes read Q and β by C's rows as the single-machine ones do: checked there too.
-    distributed = pytest.importorskip("distributed")
-    da = pytest.importorskip("dask.array")
-    import cloudpickle
-
     import fastnewton.dask
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     C, b, _ = _planted(seed=6)
-    try:
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                      silence_logs=50) as cluster, distributed.Client(cluster) as client:
-            # each block's own rows (blocks of 1300, 1300 and 400 rows: whichever fails first is reported)
-            for fault, said in (("Q_short", r"Q, the columns of its transposed pass, must have shape \((1300|400), 3\)"),
-                                ("beta_short", r"β, its curvature, must have shape \((1300|400),\)")):
-                name = f"broken_dask_{fault}"
-                register_model(name, lambda target, fault=fault: _Broken(fault), replace=True)
-                with pytest.raises(ValueError, match=said):
-                    fastnewton.dask.solve(da.from_array(C, chunks=(1300, 6), asarray=False), b, name, client=client,
-                                          hessian="exact")
-    finally:
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    with _plugin_cluster() as (client, da):
+        # each block's own rows (blocks of 1300, 1300 and 400 rows: whichever fails first is reported)
+        for fault, said in (("Q_short", r"Q, the columns of its transposed pass, must have shape \((1300|400), 3\)"),
+                            ("beta_short", r"β, its curvature, must have shape \((1300|400),\)")):
+            name = f"broken_dask_{fault}"
+            register_model(name, lambda target, fault=fault: _Broken(fault), replace=True)
+            with pytest.raises(ValueError, match=said):
+                fastnewton.dask.solve(da.from_array(C, chunks=(1300, 6), asarray=False), b, name, client=client,
+                                      hessian="exact")
