@@ -635,3 +635,38 @@ def test_relu_softmax_stall_at_a_kink_says_so_on_dask(client, monkeypatch):
                          r"\(e\.g\. index \d+\)", reference.message)
     assert sentence is not None, reference.message
     assert sentence.group(0) in res.message and res.at_kink
+
+
+@pytest.mark.parametrize("model", ["softmax", "softmax_relu"])
+def test_chunks_of_zero_rows_are_skipped(client, model):
+    """Rows selected by a Dask boolean mask leave chunks of zero rows once their sizes are computed (legal in
+    Dask): they hold nothing to solve, and the answer is solve's on the selected rows (they were refused)."""
+    C, b, V = _problem(model, n=3000, dense=model == "softmax")
+    keep = np.ones(C.shape[0], dtype=bool)
+    keep[1000:2000] = False
+    mask = da.from_array(keep, chunks=1000)
+    C_kept = _dask(C, 1000)[mask]
+    C_kept.compute_chunk_sizes()
+    assert C_kept.chunks[0] == (1000, 0, 1000)
+    if model == "softmax":
+        b = b / b[keep].sum()  # the selected rows' target, a distribution again
+        b_kept = da.from_array(b, chunks=1000)[mask]
+        b_kept.compute_chunk_sizes()  # chunked like C, a zero-row chunk too
+        rows = dict(b=b[keep], V=None)
+        weights = da.from_array(np.full(C.shape[0], 1e-4), chunks=1000)[mask]
+        weights.compute_chunk_sizes()
+        V_kept = None
+    else:
+        b_kept, rows, weights = b, dict(b=b, V=V[keep]), 1e-4
+        V_kept = da.from_array(V, chunks=(1000, -1))[mask]
+        V_kept.compute_chunk_sizes()
+    for hessian in ("exact", "pcg"):
+        reference = fastnewton.solve(C[keep], rows["b"], model, V=rows["V"], hessian=hessian, tol=1e-12, seed=3,
+                                     row_weights=1e-4)
+        res = fastnewton.dask.solve(C_kept, b_kept, model, V=V_kept, client=client, hessian=hessian, tol=1e-12,
+                                    seed=3, row_weights=weights)
+        assert res.status == reference.status
+        assert res.cluster["blocks"] == 2
+        # exact: the same sums as on one machine; pcg: its sketch's seeds are per block, so its CG steps differ
+        # within its own tolerance (both converge to the same point at tol = 1e-12)
+        assert _relative(res.x, reference.x) <= (AGREEMENT if hessian == "exact" else 1e-8), hessian

@@ -30,7 +30,8 @@ def _default_client(client):
 
 
 def persist_blocks(client, C, b, model, V, row_weights, n_threads, worker_timeout=WORKER_TIMEOUT):
-    """Validate the inputs and build one ``blocks.Block`` per row chunk on the workers (futures, in row order).
+    """Validate the inputs and build one ``blocks.Block`` per row chunk with rows on the workers (futures, in row
+    order).
 
     Returns (block futures, n, d, the length-m b of a model with a value matrix, or None)."""
     import dask
@@ -47,8 +48,11 @@ def persist_blocks(client, C, b, model, V, row_weights, n_threads, worker_timeou
     C_pieces = list(C.to_delayed()[:, 0])
     offsets = np.cumsum((0,) + row_chunks)
     make = dask.delayed(blocks.make_block, pure=True)
+    # A chunk of zero rows (legal in Dask: e.g. a boolean row mask's result after compute_chunk_sizes, or chunks
+    # given by hand) holds nothing to solve and gets no block; the others keep Dask's block numbers (the names in
+    # errors, the seeds of their sketches).
     delayed_blocks = [make(p, int(offsets[p]), rows, d, model, values, C_pieces[p], b_pieces[p], w_pieces[p], V_pieces[p],
-                           n_threads) for p, rows in enumerate(row_chunks)]
+                           n_threads) for p, rows in enumerate(row_chunks) if rows > 0]
     futures = client.compute(delayed_blocks)
     # Report a bad block deterministically: the first failing block in row order, whichever finished first.
     wait_for_workers(client, futures, worker_timeout)
