@@ -16,7 +16,7 @@ from .kernels.softmax import line_point
 from .matrix import column_means, side_by_side
 from .memory import check_hessian_fits
 from .models import RowBlock, build_model, uses_values
-from .models.base import checked_array, checked_loss, has_row_weights
+from .models.base import checked_array, checked_evaluation, checked_loss, finite_point, has_row_weights
 from .newton import run_rounds, run_rounds_from
 from .protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from .reductions import half_ridge
@@ -250,9 +250,9 @@ class Problem:
         known, kept = yield from stage_rounds(stages, self.block, kept, timer, columns, known, done,
                                               self._columns_check(model))
         with timer("gradient"):
-            grad = checked_array(known.get("gradient"), (self.d,), self.model, "its gradient") + self.l2 * x
-        loss = checked_loss(known.get("loss"), self.model) + half_ridge(self.l2, x)
-        S = checked_array(known.get("S"), (model.k, model.k), self.model, "S (k × k)")
+            grad, loss, S = checked_evaluation(known, self.model, self.d, model.k)
+            grad = grad + self.l2 * x
+        loss = loss + half_ridge(self.l2, x)
         ev = self._last = Evaluation(x.copy(), loss, grad, None, S, known, kept)
         if self.row_model.trial_columns and not x.any() and not kept["u"].any():
             # At x = 0 with u = +0.0 (u carried along a line could hold rounding where x + t·p is 0): the
@@ -305,7 +305,7 @@ class Problem:
         """β at ev (formed once, when a Hessian first needs it)."""
         if ev.beta is None:
             ev.beta = checked_array(self.row_model.curvature(self.block, ev.kept, ev.known), (self.n,), self.model,
-                                    "β, its curvature,")
+                                    "β, its curvature,", finite=finite_point(ev.known))
         return ev.beta
 
     def release_curvature(self, ev, keep_beta=False):
@@ -326,7 +326,8 @@ class Problem:
         if sandwich is None:
             sandwich = (self.matrix.sandwich(ev.beta) if ev.beta is not None
                         else checked_array(self.row_model.curvature_sandwich(self.block, ev.kept, ev.known),
-                                           (self.d, self.d), self.model, "its curvature_sandwich"))
+                                           (self.d, self.d), self.model, "its curvature_sandwich",
+                                           finite=finite_point(ev.known)))
         return add_low_rank_and_ridge(sandwich, ev.P, ev.S, self.l2)
 
     def hessian_product(self, ev, p):

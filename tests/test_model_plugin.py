@@ -195,10 +195,15 @@ class _Broken(TemperatureSoftmax):
             out["S"] = np.zeros((3, 3))
         elif self.fault == "loss_array":
             out["loss"] = np.array([out["loss"], out["loss"]])
+        elif self.fault == "S_nan":
+            out["S"] = out["S"] * np.nan
         return out
 
     def curvature(self, block, kept, known):
         beta = super().curvature(block, kept, known)
+        if self.fault in ("beta_nan", "beta_inf"):
+            beta = beta.copy()
+            beta[7] = np.nan if self.fault == "beta_nan" else np.inf
         return {"beta_short": beta[: beta.shape[0] // 2], "beta_complex": beta.astype(np.complex128)}.get(
             self.fault, beta)
 
@@ -223,6 +228,24 @@ def test_a_plugin_model_that_hands_back_a_wrong_array_is_named(fault, error, sai
     C, b, _ = _planted(seed=3)
     for matrix in (C, C.toarray()):
         with pytest.raises(error, match=re.escape(said)):
+            fastnewton.solve(matrix, b, name, hessian=hessian, seed=0)
+
+
+@pytest.mark.parametrize("fault, said", [
+    ("beta_nan", "β, its curvature, must be finite where its loss and gradient are, got nan at index 7"),
+    ("beta_inf", "β, its curvature, must be finite where its loss and gradient are, got inf at index 7"),
+    ("S_nan", "S (k × k) must be finite where its loss and gradient are, got nan at entry (0, 0)"),
+])
+@pytest.mark.parametrize("hessian", ["exact", "lagged", "pcg", "sketch"])
+def test_a_plugin_models_non_finite_curvature_is_named(fault, said, hessian):
+    # Unchecked, a NaN or inf in β or S made every damped system unusable: STALLED, "No step along the Newton
+    # direction decreases it", the model unnamed (exact, lagged, pcg); the sketch dropped the row from its sample
+    # and reported CONVERGED.
+    name = f"broken_{fault}"
+    register_model(name, lambda target: _Broken(fault), replace=True)
+    C, b, _ = _planted(seed=4)
+    for matrix in (C, C.toarray()):
+        with pytest.raises(ValueError, match=re.escape(said)):
             fastnewton.solve(matrix, b, name, hessian=hessian, seed=0)
 
 
@@ -270,7 +293,9 @@ def test_dask_workers_check_a_plugins_columns_and_curvature():
     with _plugin_cluster() as (client, da):
         # each block's own rows (blocks of 1300, 1300 and 400 rows: whichever fails first is reported)
         for fault, said in (("Q_short", r"Q, the columns of its transposed pass, must have shape \((1300|400), 3\)"),
-                            ("beta_short", r"β, its curvature, must have shape \((1300|400),\)")):
+                            ("beta_short", r"β, its curvature, must have shape \((1300|400),\)"),
+                            ("beta_nan", r"β, its curvature, must be finite .* got nan at index 7"),
+                            ("S_nan", r"S \(k × k\) must be finite .* got nan at entry \(0, 0\)")):
             name = f"broken_dask_{fault}"
             register_model(name, lambda target, fault=fault: _Broken(fault), replace=True)
             with pytest.raises(ValueError, match=said):

@@ -15,7 +15,7 @@ import numpy as np
 from ..kernels.kinks import MAX_CANDIDATE_ROWS, TABLE_FIELDS, kink_candidates_of_largest, kink_table, largest_magnitude
 from ..kinks import near_or_flipped
 from ..models import RowBlock
-from ..models.base import MAX_PREFIX, checked_array, has_row_weights, model_label
+from ..models.base import MAX_PREFIX, checked_array, finite_point, has_row_weights, model_label
 from ..sketching import jl_scores, osnap_embed, sample_rows, sampled_rows_of
 from ..threads import thread_limits
 from ..validation import as_input_matrix, as_row_weights, as_value_matrix, as_vector
@@ -135,7 +135,7 @@ def stage(block, held, rows, known):
 def curvature(block, held, model, known):
     """β on the block's rows (stays on the worker; checked before a sandwich reads a βᵢ per row)."""
     return checked_array(model.curvature(block, held.kept, known), (block.rows,), model_label(model),
-                         "β, its curvature,")
+                         "β, its curvature,", finite=finite_point(known))
 
 
 def direction(block, held, p, first_rows, magnitude=False):

@@ -31,6 +31,7 @@ import numpy as np
 from ..kernels.kinks import MAX_CANDIDATE_ROWS
 from ..kinks import NO_ROWS, RELU_INPUTS, RowStates, kink_text
 from ..models import build_model, uses_values
+from ..models.base import checked_evaluation
 from ..protocol import Evaluation, add_low_rank_and_ridge, no_timer
 from ..reductions import half_ridge
 from ..sketching import embedding_factor, jl_directions, uncentred_sandwich, worth_centring
@@ -104,9 +105,9 @@ class DaskProblem:
         model = model or self.row_model
         known, held = self.run_stages(model.evaluation, held, timer, first_summary)
         G = known["G"]
-        grad = known["gradient"] + self.l2 * x
-        loss = known["loss"] + half_ridge(self.l2, x)
-        return Evaluation(x.copy(), loss, grad, np.ascontiguousarray(G[:, 1:]), known["S"], known, held)
+        grad, loss, S = checked_evaluation(known, self.model, self.d, model.k)
+        return Evaluation(x.copy(), loss + half_ridge(self.l2, x), grad + self.l2 * x, np.ascontiguousarray(G[:, 1:]),
+                          S, known, held)
 
     def loss(self, x):
         """L(x): round 1 and the model's loss stages, no transposed pass (no pass over C at all at x = 0)."""
