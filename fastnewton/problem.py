@@ -326,8 +326,7 @@ class Problem:
         if sandwich is None:
             sandwich = (self.matrix.sandwich(ev.beta) if ev.beta is not None
                         else checked_array(self.row_model.curvature_sandwich(self.block, ev.kept, ev.known),
-                                           (self.d, self.d), self.model, "its curvature_sandwich",
-                                           finite=finite_point(ev.known)))
+                                           (self.d, self.d), self.model, "its curvature_sandwich"))
         return add_low_rank_and_ridge(sandwich, ev.P, ev.S, self.l2)
 
     def hessian_product(self, ev, p):

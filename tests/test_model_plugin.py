@@ -249,6 +249,18 @@ def test_a_plugin_models_non_finite_curvature_is_named(fault, said, hessian):
             fastnewton.solve(matrix, b, name, hessian=hessian, seed=0)
 
 
+@pytest.mark.parametrize("hessian", ["exact", "lagged", "pcg", "sketch"])
+def test_a_sandwich_that_overflows_with_c_is_no_model_error(hessian):
+    # |C_ij| ~ 1e156: the loss and gradient are finite, Cᵀ diag(β) C overflows. That is C's scale, not the model's
+    # curvature: the solve stalls there (as it did before the curvature checks), never a ValueError naming the model.
+    made = fastnewton.make_problem(400, 6, noise=1e-2, seed=0, dense=True)
+    C = made.C * 1e156
+    res = fastnewton.solve(C, made.b, hessian=hessian, seed=0)
+    assert res.status == fastnewton.Status.STALLED and np.all(np.isfinite(res.x))
+    batch = fastnewton.solve_many(C, np.column_stack([made.b, made.b]), hessian=hessian, seed=0)
+    assert list(batch.status) == [res.status] * 2
+
+
 def test_registering_a_taken_name_needs_replace_and_built_ins_stay():
     with pytest.raises(ValueError, match="already registered; pass replace=True"):
         register_model(NAME, lambda target: TemperatureSoftmax(TAU))

@@ -308,10 +308,12 @@ def checked_array(value, shape, model, what, finite=False):
     few rows would be read past its end (garbage, or a crash), an integer Q truncated, a complex one refused by
     Numba with a typing error that names neither.
 
-    ``finite``: a NaN or ±inf entry is a ValueError too. For the curvature (β, S, a d × d sandwich) at a point
-    whose loss and gradient are finite (``finite_point``: the solve goes on only from such a point): a
+    ``finite``: a NaN or ±inf entry is a ValueError too. For the model's curvature weights β and its S at a
+    point whose loss and gradient are finite (``finite_point``: the solve goes on only from such a point): a
     non-finite entry there is the model's, and unchecked it made every damped system unusable ("no step
-    decreases it", the model unnamed), or dropped its rows from a sketch's sample unannounced."""
+    decreases it", the model unnamed), or dropped its rows from a sketch's sample unannounced. (Not for a
+    d × d sandwich: Cᵀ diag(β) C overflows on its own where C's entries do (|C_ij| ≳ 1e154), which the solve
+    reports as a stall, for every model.)"""
     if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
         raise TypeError(f"model {model!r}: {what} must be a real floating NumPy array of shape {shape}, got "
                         f"{_described(value)}")
@@ -333,7 +335,7 @@ def checked_array(value, shape, model, what, finite=False):
 def finite_point(known):
     """Whether the model's loss and gradient at a point (``known``, as its combine functions left them) are
     finite: a solve goes on only from such a point (else it ends NON_FINITE), and there the model's curvature
-    (β, S, a sandwich) must be finite too. Problem's methods may be called at any x: elsewhere it is not checked."""
+    (β and S) must be finite too. Problem's methods may be called at any x: elsewhere it is not checked."""
     return bool(np.isfinite(known["loss"]) and np.isfinite(known["gradient"]).all())
 
 
