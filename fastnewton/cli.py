@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+import zipfile
 
 import numpy as np
 
@@ -134,9 +135,25 @@ def _check_demo_fits(args):
 
 
 # -- fit -------------------------------------------------------------------------------------------
+# The first bytes of each NumPy format: a file without them is refused by name before np.load reads it (an empty
+# file raised EOFError, a traceback; any other bytes were taken for a pickle, "allow_pickle" advice naming nothing).
+_MAGIC = {".npy": (b"\x93NUMPY",), ".npz": (b"PK\x03\x04", b"PK\x05\x06")}
+# What reading a damaged file may raise besides OSError / ValueError (a truncated archive, a cut-off array).
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def _check_magic(path, suffix):
+    with open(path, "rb") as file:
+        head = file.read(8)
+    if not head.startswith(_MAGIC[suffix]):
+        what = "it is empty" if not head else f"it does not start as a NumPy {suffix} file does"
+        raise ValueError(f"{path} is not a {suffix} file ({what})")
+
+
 def _load_npz(path):
     import scipy.sparse as sp
 
+    _check_magic(path, ".npz")
     with np.load(path, allow_pickle=False) as archive:
         keys = set(archive.files)
         if {"format", "shape", "data"} <= keys:  # written by scipy.sparse.save_npz
@@ -164,6 +181,7 @@ def _load_array(path, name):
         if lower.endswith((".mtx", ".mtx.gz", ".mm")):
             return scipy.io.mmread(path)
         if lower.endswith(".npy"):
+            _check_magic(path, ".npy")
             return np.load(path, allow_pickle=False)
         if lower.endswith(".npz"):
             arrays = _load_npz(path)
@@ -174,7 +192,7 @@ def _load_array(path, name):
             raise ValueError(f"{name}: {path} holds {sorted(arrays)}; expected one array or one named {name!r}")
         if lower.endswith((".txt", ".csv", ".tsv", ".dat")):
             return np.loadtxt(path, delimiter="," if lower.endswith(".csv") else None, ndmin=1)
-    except (OSError, ValueError) as error:
+    except _READ_ERRORS as error:
         raise ValueError(f"{name}: cannot read {path}: {error}") from error
     raise ValueError(f"{name}: unsupported file type {path!r} (use .npz, .npy, .mtx, .txt or .csv)")
 
@@ -191,9 +209,12 @@ def _as_vector(value):
 def _fit_inputs(args):
     """(C, b, V) from the command line: DATA (.npz with C, b[, V], or a matrix file) and --b/--V."""
     if args.data.lower().endswith(".npz"):
-        arrays = _load_npz(args.data) if os.path.isfile(args.data) else None
-        if arrays is None:
+        if not os.path.isfile(args.data):
             raise ValueError(f"DATA: no such file {args.data!r}")
+        try:
+            arrays = _load_npz(args.data)
+        except _READ_ERRORS as error:
+            raise ValueError(f"DATA: cannot read {args.data}: {error}") from error
         if "C" not in arrays:
             raise ValueError(f"DATA: {args.data} has no array named 'C' (has {sorted(arrays)})")
         C, b, V = arrays["C"], arrays.get("b"), arrays.get("V")

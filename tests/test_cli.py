@@ -263,6 +263,35 @@ def test_fit_names_what_is_missing_or_unreadable(tmp_path, capsys):
         assert "iter" not in out, (arguments, out)  # no solve ran
 
 
+def test_fit_names_an_empty_damaged_or_foreign_file(tmp_path, capsys):
+    # An empty .npy/.npz was an EOFError traceback with exit code 1 (the code of "did not converge"); other bytes
+    # in a .npy/.npz were read as a pickle: NumPy's "allow_pickle" advice, naming neither the argument nor the file.
+    import numpy as np
+
+    _, files = _planted_files(tmp_path, "softmax")
+    C, b = str(files["mtx"]), str(files["b_txt"])
+    full = tmp_path / "full.npz"
+    np.savez(full, C=np.ones((4, 2)), b=np.full(4, 0.25))
+    written = {"empty.npy": b"", "empty.npz": b"", "junk.npy": b"junk\n", "junk.npz": b"junk\n",
+               "cut.npz": full.read_bytes()[:120]}
+    for name, content in written.items():
+        (tmp_path / name).write_bytes(content)
+    path = {name: str(tmp_path / name) for name in written}
+    cases = [
+        ([path["empty.npy"], "--b", b], "C: cannot read", "is not a .npy file (it is empty)"),
+        ([path["empty.npz"], "--b", b], "DATA: cannot read", "is not a .npz file (it is empty)"),
+        ([C, "--b", path["empty.npz"]], "b: cannot read", "it is empty"),
+        ([C, "--b", b, "--x0", path["empty.npy"]], "x0: cannot read", "it is empty"),
+        ([path["junk.npy"], "--b", b], "C: cannot read", "does not start as a NumPy .npy file does"),
+        ([path["junk.npz"], "--b", b], "DATA: cannot read", "does not start as a NumPy .npz file does"),
+        ([path["cut.npz"]], "DATA: cannot read", "cut.npz"),
+    ]
+    for arguments, named, said in cases:
+        code, out, err = _main(["fit", *arguments], capsys)
+        assert code == 2 and named in err and said in err and "Traceback" not in err, (arguments, err)
+        assert "allow_pickle" not in err, (arguments, err)
+
+
 def test_demo_too_large_for_memory_names_both_sizes(capsys):
     # d = 300 000 needs its d × d matrices (~2.7 TB), whatever n: the message named only --n
     code, _, err = _main(["demo", "--n", "2000", "--d", "300000"], capsys)
