@@ -870,7 +870,8 @@ def _loop_result(request, x, y, y_previous, out_int, out_float):
         warn_max_iter(options)
     # The stages join the loops' records (``lifted_start._Stages``): one per iteration, without the figures.
     history = [{"iter": k, "time": 0.0} for k in range(n_iter + 1)]
-    res = SolveResult(x=x, loss=loss, grad_norm=grad_norm, rel_grad_norm=relative_gradient_norm(grad_norm, g_ref),
+    res = SolveResult(x=x, loss=loss, grad_norm=grad_norm,
+                      rel_grad_norm=relative_gradient_norm(grad_norm, g_ref, status),
                       g_ref=g_ref, n_iter=n_iter, converged=status == Status.CONVERGED, status=status,
                       message=status_message(status, detail), history=history, x0=request.x0.copy(),
                       start=request.start, hessian=options.hessian, time=0.0)
@@ -950,7 +951,7 @@ def _batch_result(results, clock):
     dims = {x.shape[0] for x in xs}
     status = np.array([int(r[1]) for r in results], dtype=np.int64)
     grad_norm = np.array([r[4] for r in results], dtype=np.float64)
-    rel = np.array([relative_gradient_norm(r[4], r[5]) for r in results], dtype=np.float64)
+    rel = np.array([relative_gradient_norm(r[4], r[5], r[1]) for r in results], dtype=np.float64)
     return BatchResult(
         x=np.column_stack(xs) if len(dims) == 1 else xs,
         status=status,

@@ -666,7 +666,7 @@ def _result(ev, x0, start, options, status, history, g_ref, clock, detail="", n_
         x=x,
         loss=ev.loss,
         grad_norm=grad_norm,
-        rel_grad_norm=relative_gradient_norm(grad_norm, g_ref),
+        rel_grad_norm=relative_gradient_norm(grad_norm, g_ref, status),
         g_ref=g_ref,
         n_iter=n_iter,
         converged=status == Status.CONVERGED,

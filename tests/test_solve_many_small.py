@@ -764,6 +764,14 @@ def test_rel_grad_norm_without_a_reference_is_nan():
     for result in (_quiet(solve_many, [(C, b * 1e300), (C, b)]), _quiet(solve_many, C, np.column_stack([b * 1e300, b]))):
         assert result.status[0] == Status.NON_FINITE and np.isnan(result.rel_grad_norm[0])
         assert result.status[1] == Status.CONVERGED and result.rel_grad_norm[1] <= 1e-8
+    # relu_softmax's ∇L(0) overflowing at C·1e160: stopped at x = 0, the dead point, whose gradient is exactly 0
+    # (it read 0.0 there, the rule's "zero gradient" case)
+    C, b, _ = make_problem(300, 6, nnz_per_row=4, noise=1e-2, seed=0, model="relu_softmax")
+    single = _quiet(solve, C * 1e160, b, "relu_softmax")
+    assert single.status == Status.NON_FINITE and single.grad_norm == 0.0 and np.isnan(single.rel_grad_norm)
+    for result in (_quiet(solve_many, [(C * 1e160, b)], model="relu_softmax"),
+                   _quiet(solve_many, C * 1e160, b[:, None], "relu_softmax")):
+        assert result.status[0] == Status.NON_FINITE and np.isnan(result.rel_grad_norm[0])
 
 
 @pytest.mark.parametrize("keyword, error", [
