@@ -11,6 +11,7 @@ stopping test: fastnewton.kinks), a logit cap
 ‖CΔx‖∞ ≤ 10 (one pass C·Δx, reused by every line search trial as u + t·CΔx), and Armijo
 backtracking on L (a well-predicted damped step also tries one longer step).
 """
+import copy
 import os
 import sys
 import time
@@ -526,7 +527,8 @@ class NewtonRun:
                         else 0.0})
         if self.options.callback is not None:
             try:
-                stop = _callback_stops(self.options.callback(dict(info, x=new_ev.x.copy())))
+                # a deep copy: a callback that edits the record (its "seconds", say) leaves the history as it was
+                stop = _callback_stops(self.options.callback(dict(copy.deepcopy(info), x=new_ev.x.copy())))
             except StopIteration:
                 stop = True
             if stop:

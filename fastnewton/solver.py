@@ -16,7 +16,7 @@ from .result import SolveResult
 from .start import starting_point
 from .threads import thread_limits
 from .timing import PhaseTimer
-from .validation import as_flag, as_positive_float, as_positive_int, as_seed, as_thread_count
+from .validation import as_flag, as_positive_float, as_positive_int, as_seed, as_switch, as_thread_count
 
 def solve(C, b, model="softmax", *, V=None, l2=0.0, row_weights=None, x0="auto", hessian="auto",
           eps=0.5, sketch_size=None, tol=1e-8, max_iter=100, seed=None, n_threads=None,
@@ -94,7 +94,7 @@ def solve_problem(problem, *, x0="auto", hessian="auto", eps=0.5, sketch_size=No
         check_iteration_fits(problem.n, problem.d, problem.row_model.k)
         warn_if_not_a_distribution(problem.b, problem.model, stacklevel=4)
         n_threads = default_thread_count(problem, as_thread_count(n_threads))
-        bar = progress_bar(progress, max_iter)
+        bar = progress_bar(as_switch(progress, "progress"), max_iter)
         observer = chain_observers(bar.update if bar else None,
                                    log_iteration if logger.isEnabledFor(logging.DEBUG) else None)
         build_system, options = solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callback,
@@ -158,7 +158,7 @@ def solve_options(problem, hessian, eps, sketch_size, tol, max_iter, seed, callb
     check_hessian_fits(problem.d)
     strategy_name, build_system = resolve_strategy(hessian, problem, eps, sketch_size, default_start)
     options = SolveOptions(hessian=strategy_name, tol=tol, max_iter=max_iter, eps=eps,
-                           sketch_size=sketch_size, seed=seed, callback=callback, verbose=bool(verbose),
+                           sketch_size=sketch_size, seed=seed, callback=callback, verbose=as_switch(verbose, "verbose"),
                            continuation=continuation)
     return build_system, options
 
@@ -205,10 +205,17 @@ def as_record_callback(callback):
     if callback is None:
         return None
     try:
-        parameters = set(inspect.signature(callback).parameters)
+        signature = inspect.signature(callback)
     except (TypeError, ValueError):  # builtins without a signature: the dict form
-        parameters = set()
-    scipy_form = parameters == {"intermediate_result"}
+        signature = None
+    scipy_form = signature is not None and set(signature.parameters) == {"intermediate_result"}
+    if signature is not None and not scipy_form:
+        try:
+            signature.bind(None)
+        except TypeError:
+            # said now, not as the callable's own TypeError after the first iteration's work
+            raise TypeError(f"callback must take one argument (the iteration's record, or scipy's "
+                            f"intermediate_result), got a callable with signature {signature}") from None
 
     def record_callback(info):
         try:

@@ -346,6 +346,8 @@ def as_row_weights(row_weights, n):
     """None, a scalar ≥ 0 or a length-n vector ≥ 0 → length-n float64 vector w."""
     if row_weights is None:
         return np.zeros(n)
+    if isinstance(row_weights, np.ndarray) and row_weights.ndim == 0 and row_weights.dtype.kind in "iuf":
+        row_weights = row_weights.item()  # a 0-d array is its number (as for l2)
     if as_array(row_weights, "row_weights").ndim == 0 and not isinstance(row_weights, (str, bytes)):
         if isinstance(row_weights, bool) or not isinstance(row_weights, numbers.Real):
             raise TypeError(f"row_weights must be a number or a 1-D array, got {type(row_weights).__name__}")
@@ -405,6 +407,15 @@ def as_flag(value, name):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def as_switch(value, name):
+    """An on/off option (``verbose``, ``progress``) as a bool: True/False, NumPy's bools, or an integer (0 off, as
+    ``verbose=0`` is often written); anything else (a string such as "no", an array, None) is a TypeError
+    naming it (a string was taken as on, an array raised NumPy's "truth value … is ambiguous")."""
+    if isinstance(value, (bool, np.bool_, numbers.Integral)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def as_thread_count(n_threads):

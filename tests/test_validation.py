@@ -804,3 +804,34 @@ def test_problem_methods_warn_where_the_result_at_x_is_not_finite(method):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         getattr(problem, method)(*((np.array([0.3]),) + arguments[1:]))
+
+
+def test_on_off_options_callbacks_and_a_zero_d_row_weight():
+    # From a hostile sweep: verbose="no" printed the table and an array raised NumPy's "truth value … ambiguous";
+    # a callback of the wrong arity failed after the first iteration with its own TypeError, not naming callback;
+    # a callback editing its record (a shallow copy) changed the history; row_weights=np.array(1e-3) was refused
+    # where l2=np.array(1e-3) is taken.
+    import fastnewton
+
+    C, b, _ = make_problem(300, 6, nnz_per_row=4, noise=1e-2, seed=0)
+    for keyword, value in (("verbose", "no"), ("verbose", np.array([1, 2])), ("progress", np.array([1, 2]))):
+        with pytest.raises(TypeError, match=f"{keyword} must be True or False"):
+            solve(C, b, **{keyword: value})
+    with pytest.raises(TypeError, match="verbose must be True or False"):
+        fastnewton.solve_many(C, np.column_stack([b, b]), verbose="no")
+    assert solve(C, b, verbose=0).converged  # an integer is taken as its truth value
+    for callback in (lambda: None, lambda record, extra: None):
+        with pytest.raises(TypeError, match=r"callback must take one argument .* signature \("):
+            solve(C, b, callback=callback)
+    assert solve(C, b, callback=lambda *records: None).converged
+    assert solve(C, b, callback=lambda *, intermediate_result: None).converged
+
+    def edits(record):
+        record["seconds"]["forward"] = -1.0
+        record["loss"] = -1.0
+
+    edited = solve(C, b, callback=edits)
+    assert all(record["seconds"].get("forward", 0.0) >= 0.0 and record["loss"] >= 0.0 for record in edited.history)
+    np.testing.assert_array_equal(solve(C, b, row_weights=np.array(1e-3)).x, solve(C, b, row_weights=1e-3).x)
+    with pytest.raises(TypeError, match="row_weights must be a number"):
+        solve(C, b, row_weights=np.array(True))
