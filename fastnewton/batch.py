@@ -8,6 +8,7 @@ Two forms share one entry point:
   tuples whose shapes may differ, or an iterator of them (a generator, ``zip(Cs, bs)``), read once.
   Implemented in ``fastnewton.many_small``.
 """
+import inspect
 from collections.abc import Iterator
 
 import numpy as np
@@ -48,9 +49,10 @@ class BatchResult(OptimizeResult):
 def solve_many(problems_or_C, B=None, model="softmax", *, V=None, **kwargs):
     """Solve many problems in one call; see the module docstring for the two forms.
 
-    Keywords are ``fastnewton.solve``'s (l2, row_weights, x0, hessian, tol, max_iter, seed, ...),
-    applied to every problem, but for ``callback``, ``verbose`` and ``progress`` (``solve``'s only: a
-    TypeError). Returns a ``BatchResult``.
+    Keywords are ``fastnewton.solve``'s (l2, row_weights, x0, hessian, tol, max_iter, seed, ...), applied to
+    every problem, but for ``progress`` (``solve``'s only: a TypeError), and ``callback`` and ``verbose``, which
+    the one-C form takes (the callback's record names its column as ``info["problem"]``; one line per problem)
+    and the list form does not (its loop runs in compiled code: a TypeError). Returns a ``BatchResult``.
     """
     if B is None and isinstance(problems_or_C, Iterator):  # a generator, zip(Cs, bs), map(...): taken once
         problems_or_C = list(problems_or_C)
@@ -65,5 +67,11 @@ def solve_many(problems_or_C, B=None, model="softmax", *, V=None, **kwargs):
     if B is None:
         raise TypeError("solve_many needs B (the targets, one per column) when given one C, "
                         "or a list (or an iterator) of (C, b) / (C, b, V) tuples")
+    if kwargs.pop("progress", None) not in (None, False):
+        raise TypeError("solve_many(C, B) does not take progress: call fastnewton.solve per column for a progress "
+                        "bar, or pass callback= (its record names the column)")
     from .many_targets import solve_targets
+    unknown = set(kwargs) - set(inspect.signature(solve_targets).parameters)
+    if unknown:  # named as the user's call, not the internal function's
+        raise TypeError(f"solve_many got unexpected keyword argument(s) {', '.join(sorted(unknown))}")
     return solve_targets(problems_or_C, B, model=model, V=V, **kwargs)

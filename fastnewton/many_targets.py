@@ -39,6 +39,7 @@ from one ``fastnewton.buffers.Recycler`` that the problems share, each round let
 round's steps, and an exact Hessian's β and Q are released once its system is formed, so freed
 memory is written again rather than fresh memory faulted in.
 """
+import copy
 import time
 import warnings
 from dataclasses import replace
@@ -59,7 +60,7 @@ from .result import ConvergenceWarning, MESSAGES, Status
 from .start import NormalSystemRequest, fit_columns, fit_partials
 from .solver import is_default_start, solve_options, solve_rounds, warn_if_not_a_distribution
 from .threads import numba_threads, thread_limits
-from .validation import as_array, as_thread_count, check_model, check_real_dtype
+from .validation import as_array, as_switch, as_thread_count, check_model, check_real_dtype
 
 # The problems solved together hold their work arrays (``iteration_bytes`` each: evaluations, Q, β,
 # line-search vectors) at once; groups are sized to fit this, so memory stays bounded for any q.
@@ -77,12 +78,12 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
     B is n × q (``softmax``, ``relu_softmax``) or m × q (``softmax_relu``, with one V of shape n × m).
     ``x0``: ``"auto"``, ``"zeros"``, one length-d start for all columns or a d × q array of starts.
     ``seed``: each problem's random draws (``sketch``, ``pcg``) come from ``default_rng(seed)``, as in a
-    ``solve`` call with that seed. ``callback(info)``: called after every iteration of every problem,
+    ``solve`` call with that seed (a Generator: a copy of it per problem, the caller's left as it was). ``callback(info)``: called after every iteration of every problem,
     ``info["problem"]`` its column; stopping it stops that problem only. ``verbose``: one line per problem.
 
-    A column with NaN or Inf is invalid input and is not solved: its status is ``INVALID_INPUT`` (as
-    for a bad problem of the list form), its message names the column, its x is NaN, and the other
-    columns are solved as usual.
+    A column with NaN or Inf (in B, or in its start of a d × q ``x0``) is invalid input and is not solved: its
+    status is ``INVALID_INPUT`` (as for a bad problem of the list form), its message names the column, its x is
+    NaN, and the other columns are solved as usual.
     """
     clock = time.perf_counter()
     model = check_model(model)
@@ -92,12 +93,17 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
     if targets.shape[0] != n_targets:
         raise ValueError(f"B must have {n_targets} rows ({'columns of V' if inputs.V is not None else 'rows of C'}), "
                          f"one target per column, got shape {targets.shape}")
-    finite = np.all(np.isfinite(targets), axis=0)
     q = targets.shape[1]
     starts = _as_starts(x0, inputs.d, q)
+    # A column's own bad input (NaN or Inf in its target, or in its start of a d × q x0): its status, not the call's
+    invalid = {j: "B" for j in np.flatnonzero(~np.all(np.isfinite(targets), axis=0)).tolist()}
+    if not isinstance(x0, str) and np.ndim(x0) == 2:
+        invalid.update({j: "x0" for j, start in enumerate(starts)
+                        if j not in invalid and not np.all(np.isfinite(start))})
     n_threads = as_thread_count(n_threads)
+    verbose = as_switch(verbose, "verbose")
     columns = _transposed(targets)
-    problems = [inputs.with_target(columns[j], f"B[:, {j}]") if finite[j] else None for j in range(q)]
+    problems = [None if j in invalid else inputs.with_target(columns[j], f"B[:, {j}]") for j in range(q)]
     del columns
     solvable = [j for j in range(q) if problems[j] is not None]
     # The keywords checked, and each column's strategy chosen on its own problem, as solve chooses it: ``auto``
@@ -133,10 +139,11 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
     n_threads = default_thread_count(first, n_threads)
     check_iteration_fits(inputs.n, inputs.d, k)
     for j in solvable:
-        warn_if_not_a_distribution(problems[j].b, model, f"B[:, {j}]", stacklevel=user_stacklevel())
+        # + 1: the warning is issued one frame down, in warn_if_not_a_distribution (it pointed into batch.py)
+        warn_if_not_a_distribution(problems[j].b, model, f"B[:, {j}]", stacklevel=user_stacklevel() + 1)
     results = [None] * q
     # Overflowing scales end in Status.NON_FINITE with its message, as in solve (no NumPy warnings).
-    with thread_limits(n_threads), _cache.compile_notice(bool(verbose)), np.errstate(over="ignore", invalid="ignore"):
+    with thread_limits(n_threads), _cache.compile_notice(verbose), np.errstate(over="ignore", invalid="ignore"):
         passes = SharedPasses(inputs.matrix, column_scale(inputs), pass_threads, problem_seconds)
         group = max(1, GROUP_BYTES // iteration_bytes(inputs.n, inputs.d, k))
         for begin in range(0, len(solvable), group):
@@ -145,7 +152,7 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
                       for j in members]
             for j, res in zip(members, answer_together(rounds, passes.requests)):
                 results[j] = res
-    return _batch_result(results, finite, inputs.d, options, verbose, clock)
+    return _batch_result(results, invalid, inputs.d, options, verbose, clock)
 
 
 def _as_targets(B):
@@ -187,6 +194,7 @@ def _as_starts(x0, d, q):
             raise ValueError(f"x0 must be 'auto', 'zeros', a length-{d} array or a {d} × {q} array, got {x0!r}")
         return [x0] * q
     array = as_array(x0, "x0")
+    check_real_dtype(array.dtype, "x0")
     if array.ndim == 1:
         return [array] * q
     if array.ndim != 2 or array.shape != (d, q):
@@ -196,12 +204,18 @@ def _as_starts(x0, d, q):
 
 
 def _for_problem(strategy, j):
-    """(builder, options) of column j from its strategy's: its callback sees ``info["problem"] = j``."""
+    """(builder, options) of column j from its strategy's: its callback sees ``info["problem"] = j``, and a seed
+    given as a Generator is copied for it, so that each column draws what a lone ``solve`` with that generator
+    would (shared, the columns drew from it in lock-step: each column's draws depended on the others, and two
+    equal columns got different answers)."""
     build_system, options = strategy
+    changes = {}
+    if isinstance(options.seed, np.random.Generator):
+        changes["seed"] = copy.deepcopy(options.seed)
     callback = options.callback
-    if callback is None:
-        return build_system, options
-    return build_system, replace(options, callback=lambda info: callback(dict(info, problem=j)))
+    if callback is not None:
+        changes["callback"] = lambda info: callback(dict(info, problem=j))
+    return build_system, replace(options, **changes) if changes else options
 
 
 def answer_together(generators, answer):
@@ -478,7 +492,9 @@ def _whole_array(Q):
     return base
 
 
-def _batch_result(results, finite, d, options, verbose, clock):
+def _batch_result(results, invalid, d, options, verbose, clock):
+    """The ``BatchResult`` of the columns' results (None for a column not solved: ``invalid[j]`` names its bad
+    argument, "B" or "x0")."""
     q = len(results)
     x = np.full((d, q), np.nan)
     status = np.full(q, int(Status.INVALID_INPUT), dtype=np.int64)
@@ -490,7 +506,7 @@ def _batch_result(results, finite, d, options, verbose, clock):
     message = []
     for j, res in enumerate(results):
         if res is None:
-            message.append(f"{MESSAGES[Status.INVALID_INPUT]} column {j} of B: B[:, {j}] must contain only "
+            message.append(f"{MESSAGES[Status.INVALID_INPUT]} column {j} of B: {invalid[j]}[:, {j}] must contain only "
                            "finite values (found NaN or Inf)")
             continue
         x[:, j] = res.x
