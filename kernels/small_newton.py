@@ -387,7 +387,9 @@ def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x, work, Q0, G0):
         if relu:
             if b[i] > floor * (1.0 + rtol):
                 weights[i] = 1.0
-                WT[i, 1] = math.log(max(b[i], floor) / floor)
+                ratio = max(b[i], floor) / floor
+                # log b − log f where b/f overflows (a subnormal floor f), as fastnewton.models.softmax's _active_fit
+                WT[i, 1] = math.log(ratio) if ratio < math.inf else math.log(max(b[i], floor)) - math.log(floor)
         elif b[i] > 0.0:
             p = b[i] / max_b  # as the softmax start's targets: b²/Σb² must not underflow to 0/0
             weights[i] = p * p

@@ -95,6 +95,25 @@ def solve_all_ways(C, b, model):
 
 
 @pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("entry", [1e-310, 5e-324, 1.7e308])
+def test_relu_softmax_start_of_a_target_with_an_extreme_entry_is_finite(entry):
+    """One target entry of 1e-310 or 5e-324 makes relu_softmax's floor f = min positive b subnormal, so b/f
+    overflowed in the start's log(b/f): x0 non-finite, NON_FINITE "at the starting point" with x all NaN in
+    solve and both forms of solve_many (a hostile sweep; 1.7e308 alike). The fit takes log b − log f there: the
+    solves go on from a finite start, and stop alike (such an f asks for logits ~700 apart: here at a dead point,
+    DEAD_STATIONARY, as with an entry of 1e-300 before; 1.7e308: the loss overflows, NON_FINITE)."""
+    made = fastnewton.make_problem(400, 6, nnz_per_row=4, model="relu_softmax", noise=1e-2, seed=0)
+    b = made.b.copy()
+    b[0] = entry
+    outcomes = solve_all_ways(made.C, b, "relu_softmax")
+    reference_status, _, reference_x = outcomes[0]
+    assert reference_status == (Status.NON_FINITE if entry > 1.0 else Status.DEAD_STATIONARY)
+    for status, _, x in outcomes:
+        assert status == reference_status and np.all(np.isfinite(x))
+        assert np.linalg.norm(x - reference_x) <= 1e-10 * np.linalg.norm(reference_x)
+
+
+@pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("model", SOFTMAX_MODELS)
 @pytest.mark.parametrize("scale", [1e-170, 1e-300])
 def test_tiny_scale_is_never_converged_at_its_start(model, scale):

@@ -159,7 +159,13 @@ def _is_floor(block, floor):
 
 def _active_fit(block, floor):
     active = block.b > floor * (1.0 + ACTIVE_RTOL)
-    return active.astype(np.float64), np.where(active, np.log(np.maximum(block.b, floor) / floor), 0.0)
+    above = np.maximum(block.b, floor)
+    with np.errstate(over="ignore"):
+        ratio = above / floor
+    # b/f overflows where the floor f is subnormal (a target entry of 1e-310): log b − log f there (the start was
+    # non-finite, and its x NaN); elsewhere log(b/f) as it always was
+    target = np.where(np.isfinite(ratio), np.log(ratio), np.log(above) - np.log(floor))
+    return active.astype(np.float64), np.where(active, target, 0.0)
 
 
 def _relu_start(problem, floor):
