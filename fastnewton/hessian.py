@@ -114,6 +114,11 @@ class NewtonSystem:
         self._scaled = self.matrix / np.outer(self.column_scale, self.column_scale)
 
     @property
+    def finite(self):
+        """Whether the scaled matrix has only finite entries (else no damping makes it usable)."""
+        return bool(np.all(np.isfinite(self._scaled)))
+
+    @property
     def scale(self):
         """The largest |diagonal entry| of the scaled matrix (1 if all are zero): μ is relative to it."""
         return float(np.max(np.abs(np.diag(self._scaled)))) or 1.0
@@ -150,7 +155,7 @@ class NewtonSystem:
         """``solve`` as a generator: yields each Hessian-vector product CG needs as a ``HessianProduct``
         and is sent ∇²L·v (``solve_many`` forms the products of many problems with shared passes over C);
         returns the step (or None)."""
-        if not np.all(np.isfinite(self._scaled)):
+        if not self.finite:
             return None
         scaled_g = g / self.column_scale
         if self.hessp is None:
@@ -174,7 +179,7 @@ class NewtonSystem:
         (``_pcg`` with ``HeldRows``); a generator as ``solve_rounds``. Returns (p, ν, pᵀHp), with ν the rows'
         multipliers ((H + μD²) p + g + rowsᵀν = 0 to CG's forcing on the reduced residual) and pᵀHp for the
         step's gain ratio, or None (no usable step: rows dependent, non-finite, negative curvature at once)."""
-        if not np.all(np.isfinite(self._scaled)):
+        if not self.finite:
             return None
         factor = self._preconditioner(mu)
         if factor is None:

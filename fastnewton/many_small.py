@@ -389,7 +389,9 @@ def _compiled_message(row_model, facts, pack, p, status, out_int, out_float):
                  kernel.FAULT_AT_ZERO: "at x = 0 (the reference gradient g_ref)"}.get(where, f"at iteration {where}")
         with np.errstate(over="ignore", invalid="ignore"):
             fault_norm = float(np.sqrt(fault @ fault)) if np.all(np.isfinite(fault)) else np.inf
-        detail = newton.non_finite_detail(fault_loss, fault, fault_norm, place)
+        # a finite L and ∇L there: the loop stopped at a Hessian that was not (``newton_loop``, NewtonRun.no_step)
+        detail = (newton.non_finite_detail(fault_loss, fault, fault_norm, place)
+                  or newton.non_finite_hessian_detail(place))
     return status, newton.status_message(status, detail)
 
 

@@ -366,7 +366,7 @@ class SharedPasses:
                 moved = []
                 for run, system, step in zip(live, systems, steps):
                     if step is None:
-                        run.no_step()
+                        run.no_step(system)
                     else:
                         moved.append((run, system, step))
                 for (run, system, step), ev in zip(moved, self.next_evaluations(moved)):

@@ -164,6 +164,14 @@ def non_finite_detail(loss, grad, grad_norm, where):
 NO_STEP_DETAIL = "No step along the Newton direction decreases it at any damping."
 
 
+def non_finite_hessian_detail(where):
+    """Why no step was found where the loss and gradient are finite but the Newton system is not (|C_ij| ≳ 1e154:
+    Cᵀ diag(β) C overflows before the gradient does): the same advice as ``non_finite_detail``'s."""
+    return (f"the Hessian has non-finite entries {where} (the loss and gradient are finite): the scale of C, b, V, "
+            f"row_weights or l2 is too large for float64 arithmetic; rescale the problem (e.g. divide C by its "
+            f"largest entry) or reduce l2 / row_weights.")
+
+
 def rounding_converged_detail(bound):
     """The CONVERGED message's detail (its whole sentence: ``status_message``) of a stall within ``bound``, the
     bound on ∇L(0)'s rounding, where ∇L(0) itself was within it (``NewtonRun.stopping``)."""
@@ -494,9 +502,13 @@ class NewtonRun:
         return newton_step_rounds(self.problem, self.ev, system, self.mu, self.options.max_logit_step, self.timer,
                                   self.counts, self.kinks)
 
-    def no_step(self):
-        self.status = Status.STALLED
-        self.detail = NO_STEP_DETAIL
+    def no_step(self, system):
+        """No step at any damping: a stall, or, where ``system`` itself is not finite, NON_FINITE saying so (a stall
+        "at any damping" hid an overflowing Hessian)."""
+        if system.finite:
+            self.status, self.detail = Status.STALLED, NO_STEP_DETAIL
+        else:
+            self.status, self.detail = Status.NON_FINITE, non_finite_hessian_detail(f"at iteration {self.n_iter}")
 
     def accept(self, step, new_ev, system):
         """Move to the evaluation after ``step``; may set a status (non-finite values, the callback)."""
@@ -591,7 +603,7 @@ def newton_solve(problem, x0, start, build_system, options, timer=None, clock=No
             # 4) damped Newton step with logit cap and Armijo line search
             step = newton_step(problem, run.ev, system, run.mu, options.max_logit_step, timer, run.counts, run.kinks)
             if step is None:
-                run.no_step()
+                run.no_step(system)
                 break
             # 1) u at the new iterate (carried along the line, or a forward pass when due) and 2) gradient pass
             run.accept(step, run.carried.evaluate(problem, step, timer), system)

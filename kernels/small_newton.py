@@ -722,7 +722,13 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, mod
                     break
                 mu, increase = raised_damping(mu, increase, system_scale)
             if not accepted:
-                status = NO_STEP_STALL
+                if finite:
+                    status = NO_STEP_STALL
+                else:
+                    # The Hessian overflowed where L and ∇L did not (NewtonRun.no_step): NON_FINITE at this iterate,
+                    # its L and ∇L finite (the caller's message says the Hessian was not)
+                    status, fault_where, fault_loss = NON_FINITE, n_iter, loss
+                    fault_grad[:] = grad
                 break
             # 1) u at the new iterate, carried along the line or by a forward pass when due; 2) gradient pass
             step_norm = t * math.sqrt(_dot(p, p))

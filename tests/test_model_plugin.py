@@ -250,15 +250,20 @@ def test_a_plugin_models_non_finite_curvature_is_named(fault, said, hessian):
 
 
 @pytest.mark.parametrize("hessian", ["exact", "lagged", "pcg", "sketch"])
-def test_a_sandwich_that_overflows_with_c_is_no_model_error(hessian):
+def test_a_sandwich_that_overflows_with_c_is_no_model_error_but_non_finite(hessian):
     # |C_ij| ~ 1e156: the loss and gradient are finite, Cᵀ diag(β) C overflows. That is C's scale, not the model's
-    # curvature: the solve stalls there (as it did before the curvature checks), never a ValueError naming the model.
+    # curvature: never a ValueError naming the model, but NON_FINITE saying the Hessian overflowed (it was a stall,
+    # "no step along the Newton direction decreases it at any damping"), in solve and both forms of solve_many.
     made = fastnewton.make_problem(400, 6, noise=1e-2, seed=0, dense=True)
     C = made.C * 1e156
     res = fastnewton.solve(C, made.b, hessian=hessian, seed=0)
-    assert res.status == fastnewton.Status.STALLED and np.all(np.isfinite(res.x))
+    assert res.status == fastnewton.Status.NON_FINITE and np.all(np.isfinite(res.x))
+    assert "the Hessian has non-finite entries at iteration 1" in res.message and "rescale" in res.message
     batch = fastnewton.solve_many(C, np.column_stack([made.b, made.b]), hessian=hessian, seed=0)
-    assert list(batch.status) == [res.status] * 2
+    assert list(batch.status) == [res.status] * 2 and batch.message[0] == res.message
+    if hessian == "exact":  # the compiled loop of the list form
+        listed = fastnewton.solve_many([(C, made.b), (C.copy(), made.b)])
+        assert list(listed.status) == [res.status] * 2 and listed.message[0] == res.message
 
 
 def test_registering_a_taken_name_needs_replace_and_built_ins_stay():
