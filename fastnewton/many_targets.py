@@ -78,8 +78,9 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
     B is n × q (``softmax``, ``relu_softmax``) or m × q (``softmax_relu``, with one V of shape n × m).
     ``x0``: ``"auto"``, ``"zeros"``, one length-d start for all columns or a d × q array of starts.
     ``seed``: each problem's random draws (``sketch``, ``pcg``) come from ``default_rng(seed)``, as in a
-    ``solve`` call with that seed (a Generator: a copy of it per problem, the caller's left as it was). ``callback(info)``: called after every iteration of every problem,
-    ``info["problem"]`` its column; stopping it stops that problem only. ``verbose``: one line per problem.
+    ``solve`` call with that seed (a Generator: a copy of it per problem, the caller's left as it was).
+    ``callback(info)``: called after every iteration of every problem, ``info["problem"]`` its column; stopping
+    it stops that problem only. ``verbose``: one line per problem.
 
     A column with NaN or Inf (in B, or in its start of a d × q ``x0``) is invalid input and is not solved: its
     status is ``INVALID_INPUT`` (as for a bad problem of the list form), its message names the column, its x is

@@ -36,7 +36,8 @@ def relative_gradient_norm(grad_norm, g_ref, status=None):
     """‖∇L(x)‖ / g_ref, the figure of the stopping test (``rel_grad_norm``). Where no reference was formed (g_ref 0
     or NaN) it is NaN, never a small number that a test ``rel_grad_norm <= tol`` would pass: a non-finite value
     stopped the solve before it (``status`` NON_FINITE; the gradient at x may then be exactly 0, as at
-    relu_softmax's dead point x = 0), or ∇L(0) = ∇L(x₀) = 0, where a zero gradient (x₀ optimal at once) gives 0."""
+    relu_softmax's dead point x = 0), or ∇L(0) = ∇L(x₀) = 0, where a zero gradient (x₀ optimal at once)
+    gives 0."""
     if g_ref > 0:
         return grad_norm / g_ref
     return 0.0 if grad_norm == 0 and status != Status.NON_FINITE else float("nan")

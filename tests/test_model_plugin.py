@@ -223,9 +223,14 @@ def test_a_plugin_model_that_hands_back_a_wrong_array_is_named(fault, error, sai
     # Nothing checked a plugin's outputs: a β or Q with too few rows was read past its end by the compiled passes
     # (a dense Hessian off by 1e3 and "converged", or NaN on CSR), a complex one ended in Numba's typing error, an
     # integer Q was truncated, a wrong S or gradient shape in NumPy's broadcasting errors.
+    _solve_raises(fault, hessian, error, said, seed=3)
+
+
+def _solve_raises(fault, hessian, error, said, seed):
+    """solve with ``_Broken(fault)`` raises ``error`` saying ``said``, on CSR C and on its dense copy."""
     name = f"broken_{fault}"
     register_model(name, lambda target: _Broken(fault), replace=True)
-    C, b, _ = _planted(seed=3)
+    C, b, _ = _planted(seed=seed)
     for matrix in (C, C.toarray()):
         with pytest.raises(error, match=re.escape(said)):
             fastnewton.solve(matrix, b, name, hessian=hessian, seed=0)
@@ -241,12 +246,7 @@ def test_a_plugin_models_non_finite_curvature_is_named(fault, said, hessian):
     # Unchecked, a NaN or inf in β or S made every damped system unusable: STALLED, "No step along the Newton
     # direction decreases it", the model unnamed (exact, lagged, pcg); the sketch dropped the row from its sample
     # and reported CONVERGED.
-    name = f"broken_{fault}"
-    register_model(name, lambda target: _Broken(fault), replace=True)
-    C, b, _ = _planted(seed=4)
-    for matrix in (C, C.toarray()):
-        with pytest.raises(ValueError, match=re.escape(said)):
-            fastnewton.solve(matrix, b, name, hessian=hessian, seed=0)
+    _solve_raises(fault, hessian, ValueError, said, seed=4)
 
 
 @pytest.mark.parametrize("hessian", ["exact", "lagged", "pcg", "sketch"])

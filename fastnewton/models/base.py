@@ -313,7 +313,7 @@ def checked_array(value, shape, model, what, finite=False):
     non-finite entry there is the model's, and unchecked it made every damped system unusable ("no step
     decreases it", the model unnamed), or dropped its rows from a sketch's sample unannounced. (Not for a
     d × d sandwich: Cᵀ diag(β) C overflows on its own where C's entries do (|C_ij| ≳ 1e154), which the solve
-    reports as a stall, for every model.)"""
+    reports as NON_FINITE, the Hessian's, for every model: ``NewtonRun.no_step``.)"""
     if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
         raise TypeError(f"model {model!r}: {what} must be a real floating NumPy array of shape {shape}, got "
                         f"{_described(value)}")
