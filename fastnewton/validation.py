@@ -410,10 +410,11 @@ def as_flag(value, name):
 
 
 def as_switch(value, name):
-    """An on/off option (``verbose``, ``progress``) as a bool: True/False, NumPy's bools, or an integer (0 off, as
-    ``verbose=0`` is often written); anything else (a string such as "no", an array, None) is a TypeError
-    naming it (a string was taken as on, an array raised NumPy's "truth value … is ambiguous")."""
-    if isinstance(value, (bool, np.bool_, numbers.Integral)):
+    """An on/off option (``verbose``, ``progress``) as a bool: True/False, NumPy's bools, an integer (0 off, as
+    ``verbose=0`` is often written) or None (off, as a wrapper forwarding its own default passes it); anything
+    else (a string such as "no", an array) is a TypeError naming it (a string was taken as on, an array raised
+    NumPy's "truth value … is ambiguous")."""
+    if value is None or isinstance(value, (bool, np.bool_, numbers.Integral)):
         return bool(value)
     raise TypeError(f"{name} must be True or False, got {value!r}")
 

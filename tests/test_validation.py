@@ -819,7 +819,8 @@ def test_on_off_options_callbacks_and_a_zero_d_row_weight():
             solve(C, b, **{keyword: value})
     with pytest.raises(TypeError, match="verbose must be True or False"):
         fastnewton.solve_many(C, np.column_stack([b, b]), verbose="no")
-    assert solve(C, b, verbose=0).converged  # an integer is taken as its truth value
+    assert solve(C, b, verbose=0).converged  # an integer is taken as its truth value, None as off
+    assert solve(C, b, verbose=None, progress=None).converged
     for callback in (lambda: None, lambda record, extra: None):
         with pytest.raises(TypeError, match=r"callback must take one argument .* signature \("):
             solve(C, b, callback=callback)
