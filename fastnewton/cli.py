@@ -6,6 +6,7 @@
     fastnewton --version
 """
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -239,19 +240,26 @@ def _check_writable(path):
     folder, a path through a file, /proc): the folders are made and the file opened for appending (left as it was,
     or removed again when this made it)."""
     existed = os.path.exists(path)
-    try:
+    with _out_errors(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "ab"):
             pass
         if not existed:
             os.remove(path)
+
+
+@contextlib.contextmanager
+def _out_errors(path):
+    """An OSError inside (writing --out, or checking that it can be) as a ValueError naming --out."""
+    try:
+        yield
     except OSError as error:
         raise ValueError(f"out: cannot write {path!r}: {error.strerror or error}") from None
 
 
 def _write_vector(path, x):
     lower = path.lower()
-    try:
+    with _out_errors(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if lower.endswith(".npy"):
             np.save(path, x)
@@ -259,8 +267,6 @@ def _write_vector(path, x):
             np.savetxt(path, x, delimiter=",", fmt="%.17g")
         else:
             raise ValueError(f"out: use a .npy, .txt or .csv file name, got {path!r}")
-    except OSError as error:
-        raise ValueError(f"out: cannot write {path!r}: {error.strerror or error}") from None
 
 
 def _fit(args):

@@ -42,7 +42,9 @@ from ..buffers import Recycler
 from ..chunking import chunk_rows
 from ..kernels.softmax import curvature_weights, exp_sum_parts, log_partition_parts
 from ..newton import NewtonRequest, run_requests
+from ..reductions import all_finite
 from ..timing import PhaseTimer
+from ..validation import as_flag
 
 # Summary keys reduced by max instead of sum.
 MAX_PREFIX = "max_"
@@ -319,16 +321,11 @@ def checked_array(value, shape, model, what, finite=False):
                         f"{_described(value)}")
     if value.shape != shape:
         raise ValueError(f"model {model!r}: {what} must have shape {shape}, got {_described(value)}")
-    if finite:
-        # A finite sum clears every entry (no boolean temporary: ~0.16 ms at n = 10⁶); the entrywise test only
-        # when it is not (a non-finite entry, or finite entries whose sum overflows).
-        with np.errstate(over="ignore", invalid="ignore"):
-            total_finite = np.isfinite(value.sum())
-        if not total_finite and not np.isfinite(value).all():
-            at = np.argwhere(~np.isfinite(value))[0]
-            where = f"index {int(at[0])}" if value.ndim == 1 else f"entry {tuple(int(i) for i in at)}"
-            raise ValueError(f"model {model!r}: {what} must be finite where its loss and gradient are, got "
-                             f"{value[tuple(at)]} at {where}")
+    if finite and not all_finite(value):
+        at = np.argwhere(~np.isfinite(value))[0]
+        where = f"index {int(at[0])}" if value.ndim == 1 else f"entry {tuple(int(i) for i in at)}"
+        raise ValueError(f"model {model!r}: {what} must be finite where its loss and gradient are, got "
+                         f"{value[tuple(at)]} at {where}")
     return value
 
 
@@ -386,13 +383,12 @@ def register_model(name, factory, uses_values=False, replace=False, distribution
         raise TypeError(f"name must be a non-empty string, got {name!r}")
     if not callable(factory):
         raise TypeError(f"factory must be callable, got {type(factory).__name__}")
-    for flag, value in (("uses_values", uses_values), ("replace", replace), ("distributions", distributions)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{flag} must be True or False, got {value!r}")
+    uses_values, replace = as_flag(uses_values, "uses_values"), as_flag(replace, "replace")
+    distributions = as_flag(distributions, "distributions")
     if name in _REGISTRY and (name in BUILT_IN or not replace):
         raise ValueError(f"model {name!r} is already registered"
                          + (" (a built-in model)" if name in BUILT_IN else "; pass replace=True to replace it"))
-    _REGISTRY[name] = _Entry(factory, bool(uses_values), bool(distributions))
+    _REGISTRY[name] = _Entry(factory, uses_values, distributions)
 
 
 def model_names():
