@@ -170,7 +170,7 @@ def _start_kind(relu, facts, x0, d):
         if not facts["max_b"] > 0.0:
             return kernel.START_ZEROS, None, 0.0
         if relu:
-            floor = -facts["max_negated_min_positive_b"]
+            floor = facts["floor"]
             if not facts["max_b"] > floor * (1.0 + ACTIVE_RTOL):
                 return kernel.START_ZEROS, None, 0.0
             return kernel.START_ACTIVE_FIT, None, floor

@@ -9,7 +9,8 @@ the ~39 ms of Python in a solve_many of 1000 dense softmax problems, n 64–512,
 ``CSRMatrix`` and checks another ~19 ms):
 
 - b's check and the model's facts: ``plain_target_facts`` (whether b is finite, validation's rule; b's
-  extremes by ``target_extremes``, the kernel ``Softmax.facts`` calls) and ‖b‖² (``squared_norms``, its call);
+  extremes by ``target_extremes``, the kernel ``Softmax.facts`` calls), ‖b‖² (``squared_norms``, its call) and
+  relu_softmax's floor (``with_floor``, as ``Softmax.complete_facts``);
 - a CSR C's checks: its indptr by ``plain_csr_facts`` (validation's rule, ``indptr_fault``, on an int64 copy,
   which the compiled solve reads anyway), with the sandwich's work that its ``CSRMatrix`` would form
   (``csr_row_pairs``); the entries indptr covers (column indices in [0, d), finite values), like a dense C's
@@ -21,13 +22,16 @@ A problem that fails a check is not kept: ``Problem`` then rejects it, and its e
 problem gets its ``Problem`` (``problem(k)``) only where one is needed: one left to ``solve``'s loop, or whose
 compiled start falls back to Python.
 """
+from functools import partial
+
 import numpy as np
 import scipy.sparse as sp
 
 from .hessian import PricedShapes
 from .kernels.small_newton import plain_csr_entries, plain_csr_facts, plain_target_facts
+from .kernels.softmax import least_entry_at_or_above
 from .matrix import DenseMatrix, dense_row_threshold
-from .models.softmax import squared_norms, target_facts
+from .models.softmax import squared_norms, target_facts, with_floor
 from .problem import Problem
 from .validation import csr_matrix_of
 
@@ -139,8 +143,8 @@ class PlainProblems:
         self.sparse_pairs, self.long_rows = sparse_pairs[kept], long_rows[kept]
         self.b, self.offsets = b, _offsets(self.n)
         squares = squared_norms(self._targets)
-        self.facts = [target_facts(*extremes_k, square)
-                      for extremes_k, square in zip(extremes[kept].tolist(), squares)]
+        self.facts = [with_floor(target_facts(*extremes_k, square), partial(least_entry_at_or_above, b_k))
+                      for extremes_k, square, b_k in zip(extremes[kept].tolist(), squares, self._targets)]
 
     def entries_valid(self, chosen):
         """Whether the CSR problems at positions ``chosen`` have stored entries that validation accepts (column

@@ -172,7 +172,7 @@ class Problem:
         self.row_model = row_model or build_model(self.model, self.b if self.V is not None else None)
         self.block = RowBlock(self.matrix, None if self.V is not None else self.b, self.row_weights, self.V,
                               buffers=self.buffers)
-        self.facts = self.row_model.facts(self.block)
+        self.facts = self.row_model.complete_facts(self.row_model.facts(self.block), self.map_blocks)
         self._forget_points()
 
     def with_target(self, b, name="b"):

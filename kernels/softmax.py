@@ -33,6 +33,17 @@ def target_extremes(b):
 
 
 @njit(cache=True)
+def least_entry_at_or_above(b, threshold):
+    """The least entry of b that is ≥ threshold (inf when none is), in one read of b (serial: exact in any order)."""
+    least = np.inf
+    for i in range(b.shape[0]):
+        value = b[i]
+        if value >= threshold:
+            least = min(least, value)
+    return least
+
+
+@njit(cache=True)
 def softmax_gradient_rounding(n, max_abs_b, rounding):
     """R such that the rounding error of the computed ∇L(0) of softmax regression (``softmax``'s, and
     ``relu_softmax``'s reference gradient) is at most R·D_j in entry j, D_j = ‖C_j‖

@@ -160,6 +160,28 @@ def test_relu_softmax_margin_lp_runs_blockwise(client):
     assert _relative(res.x0, single.x0) <= 1e-6
 
 
+@pytest.mark.filterwarnings("ignore::fastnewton.ConvergenceWarning")
+def test_relu_softmax_floor_skips_a_negligible_entry_across_blocks(client):
+    """relu_softmax's floor f is the least positive target entry among those ≥ ε·max b. The blocks' facts give max
+    b and the least positive entry in one round; when that entry is below ε·max b (here 1e-40, in the last block) a
+    second round finds f. The start is the one of the target with that entry 0, and the start and the answer are
+    those of one machine, which takes f in two reads of b."""
+    C, b, _ = _problem("relu_softmax")
+    b = b.copy()
+    order = np.argsort(b)
+    b[order[:1000]] = 0.0
+    b[-1] = 1e-40
+    single = fastnewton.solve(C, b, "relu_softmax")
+    assert single.status == fastnewton.Status.CONVERGED
+    b_zero = b.copy()
+    b_zero[-1] = 0.0
+    assert np.array_equal(fastnewton.solve(C, b_zero, "relu_softmax").x0, single.x0)
+    res = fastnewton.dask.solve(_dask(C, 1500), b, "relu_softmax", client=client)
+    assert res.status == single.status
+    assert _relative(res.x0, single.x0) <= 1e-8
+    assert _relative(res.x, single.x) <= AGREEMENT
+
+
 def test_repeated_runs_are_bitwise_identical(client):
     C, b, _ = _problem("softmax")
     runs = [fastnewton.dask.solve(_dask(C, 2000), b, client=client, hessian="sketch", seed=11, tol=1e-10)

@@ -94,20 +94,47 @@ def solve_all_ways(C, b, model):
             (shared.status[0], _g_ref(shared.grad_norm[0], shared.rel_grad_norm[0]), shared.problem(0)["x"])]
 
 
-@pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("entry", [1e-310, 5e-324, 1.7e308])
-def test_relu_softmax_start_of_a_target_with_an_extreme_entry_is_finite(entry):
-    """One target entry of 1e-310 or 5e-324 makes relu_softmax's floor f = min positive b subnormal, so b/f
-    overflowed in the start's log(b/f): x0 non-finite, NON_FINITE "at the starting point" with x all NaN in
-    solve and both forms of solve_many (a hostile sweep; 1.7e308 alike). The fit takes log b − log f there: the
-    solves go on from a finite start, and stop alike (such an f asks for logits ~700 apart: here at a dead point,
-    DEAD_STATIONARY, as with an entry of 1e-300 before; 1.7e308: the loss overflows, NON_FINITE)."""
+def target_with_zeros():
+    """relu_softmax's 400 × 6 planted problem with its 100 least target entries set to 0 (rows the model's floor
+    1/Z cannot reach) and the row of the least of them, which the tests below set to a tiny entry."""
     made = fastnewton.make_problem(400, 6, nnz_per_row=4, model="relu_softmax", noise=1e-2, seed=0)
     b = made.b.copy()
-    b[0] = entry
+    order = np.argsort(b)
+    b[order[:100]] = 0.0
+    return made.C, b, order[0]
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("entry", [1e-40, 1e-80, 1e-300, 1e-310, 5e-324])
+def test_relu_softmax_target_with_a_negligible_entry_is_solved_as_with_a_zero(entry):
+    """relu_softmax's start fits log(bᵢ/f) on its active rows with a floor f. With f the least positive entry, one
+    entry of 1e-40 among entries ~1e-3 asked for logits ~85 apart and ended at 100 iterations with a loss ~17×
+    L(0); 1e-80 and smaller at a dead point (DEAD_STATIONARY, 75–575× L(0)); 1e-310 and 5e-324 made b/f overflow
+    (a finite start, but a dead point still). An entry below ε·max b is zero at b's precision: f is the
+    least entry above that, the tiny row a floor row like the zeros, and every way of solving gives the solve of
+    the target with that entry 0. The loss of the two targets differs by ~entry·s_i, far below its rounding, so
+    the same iterates are expected to the bit; 1e-12 relative allows for a last-bit difference in a sum."""
+    C, b, row = target_with_zeros()
+    reference = fastnewton.solve(C, b, "relu_softmax")
+    assert reference.status == Status.CONVERGED
+    b[row] = entry
+    for status, _, x in solve_all_ways(C, b, "relu_softmax"):
+        assert status == Status.CONVERGED
+        assert np.linalg.norm(x - reference.x) <= 1e-12 * np.linalg.norm(reference.x)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_relu_softmax_start_of_a_target_with_an_overflowing_ratio_is_finite():
+    """One target entry of 1.7e308: the others are all below ε·max b, so the floor f stays the least positive
+    entry, and b/f overflowed in the start's log(b/f): x0 non-finite, NON_FINITE "at the starting point" with x all
+    NaN in solve and both forms of solve_many (a hostile sweep). The fit takes log b − log f there: the solves go
+    on from a finite start and stop alike, NON_FINITE where the loss overflows, at a finite x."""
+    made = fastnewton.make_problem(400, 6, nnz_per_row=4, model="relu_softmax", noise=1e-2, seed=0)
+    b = made.b.copy()
+    b[0] = 1.7e308
     outcomes = solve_all_ways(made.C, b, "relu_softmax")
     reference_status, _, reference_x = outcomes[0]
-    assert reference_status == (Status.NON_FINITE if entry > 1.0 else Status.DEAD_STATIONARY)
+    assert reference_status == Status.NON_FINITE
     for status, _, x in outcomes:
         assert status == reference_status and np.all(np.isfinite(x))
         assert np.linalg.norm(x - reference_x) <= 1e-10 * np.linalg.norm(reference_x)

@@ -53,7 +53,8 @@ class DaskProblem:
         self.l2 = l2
         self.b = b  # the length-m target of a model with a value matrix; None when b is per row (in the blocks)
         self.row_model = build_model(model, b if uses_values(model) else None)
-        self.meta = self.facts = self.rounds.reduce(self.rounds.run(blocks.block_meta, args=(self.row_model,)))
+        self.meta = self.rounds.reduce(self.rounds.run(blocks.block_meta, args=(self.row_model,)))
+        self.facts = self.row_model.complete_facts(self.meta, self.map_blocks)
         dense = self.meta["dense_rows"] == n
         self.matrix = SimpleNamespace(n=n, d=d, nnz=int(self.meta["nnz"]), format="dense" if dense else "csr",
                                       nbytes=int(self.meta["bytes"]))

@@ -181,6 +181,12 @@ class Model:
     def facts(self, block):
         return {}
 
+    def complete_facts(self, facts, map_blocks):
+        """The facts of the whole target from ``facts``, the blocks' combined: those that need a fact of all the
+        blocks first ask ``map_blocks(function, *args)`` (function(block, *args) over every block, the
+        summaries combined as the facts are) for one more read of the target."""
+        return facts
+
     def curvature_sandwich(self, block, kept, known):
         """Cᵀ diag(β) C over the block's rows, β = ``curvature(block, kept, known)`` (checked before the sandwich
         reads a βᵢ per row: ``checked_array``)."""

@@ -8,17 +8,20 @@ and the partials of c, γ and the loss → ∇L = Cᵀ(m s r + w u) − c·Cᵀ(
 """
 import numpy as np
 
-from ..kernels.softmax import (softmax_gradient_rounding, softmax_regression_columns, softmax_regression_loss,
-                               target_extremes)
+from ..kernels.softmax import (least_entry_at_or_above, softmax_gradient_rounding, softmax_regression_columns,
+                               softmax_regression_loss, target_extremes)
 from ..reductions import dot
 from ..start import FloorRows, floor_margin, log_linear_fit_rounds, normal_system_rounds, solve_psd
 from ..kinks import RELU_INPUTS
 from ..newton import run_requests
 from .base import ColumnCurvature, Model, Stage, softmax_rows, half_loss, keep_log_partition, log_partition_rows
 
-# Relative gap above the floor f = min b for a row of relu_softmax to count as active
+# Relative gap above the floor f (``with_floor``) for a row of relu_softmax to count as active
 # (above the relative noise of float64 softmax values, below any planted signal).
 ACTIVE_RTOL = 1e-6
+# Target entries below this fraction of max b are zero at b's own precision (a sum with max b does not see
+# them); relu_softmax's start takes its floor f among the others (``with_floor``).
+NEGLIGIBLE_TARGET = float(np.finfo(np.float64).eps)
 
 
 class Softmax(ColumnCurvature, Model):
@@ -59,6 +62,9 @@ class Softmax(ColumnCurvature, Model):
         # One compiled read for the extremes (four NumPy reductions and a masked copy cost ~5 µs on
         # the small targets of solve_many's problems).
         return target_facts(*target_extremes(b), squared_norms([b])[0])
+
+    def complete_facts(self, facts, map_blocks):
+        return with_floor(facts, lambda threshold: -map_blocks(_least_entry_summary, threshold)["max_negated_entry"])
 
     def target_norm(self, facts):
         return float(np.sqrt(facts["b_squared"]))
@@ -118,7 +124,7 @@ class Softmax(ColumnCurvature, Model):
         if not facts["max_b"] > 0.0:
             return np.zeros(problem.d), "zeros (auto: b has no positive entry to fit log b to)"
         if self.relu:
-            return (yield from _relu_start(problem, -facts["max_negated_min_positive_b"]))
+            return (yield from _relu_start(problem, facts["floor"]))
         x0 = yield from log_linear_fit_rounds(problem, _targets, facts["max_b"], squared=True, sample=sample)
         description = "auto: b²-weighted least-squares fit of log b on [C, 1]"
         if sample is not None and sample.kept:
@@ -131,6 +137,28 @@ def target_facts(top, bottom, least_positive, b_squared):
     (``squared_norms``): ``solve_many`` forms those of many targets at once (``fastnewton.plain_problems``)."""
     return {"b_squared": b_squared, "max_b": top, "max_negated_min_b": -bottom,
             "max_negated_min_positive_b": -least_positive}
+
+
+def with_floor(facts, least_entry_at_or_above):
+    """``facts`` with "floor": relu_softmax's floor f, the least positive entry of b among those ≥ ε·max b
+    (``NEGLIGIBLE_TARGET``), unless max b is the only one. A smaller positive entry is zero at b's precision, but as f it set every active
+    row's target log(bᵢ/f) hundreds of logits high: one entry of 1e-40 among entries ~1e-3 ended the solve at
+    100 iterations and 17× L(0), one of 1e-80 at a dead point 75× L(0); as a zero it is a floor row.
+    ``least_entry_at_or_above(t)``, the least entry ≥ t, is asked only when such an entry exists (a second read
+    of b; a round over the blocks on Dask, whose facts are the blocks' combined)."""
+    floor = -facts["max_negated_min_positive_b"]
+    threshold = NEGLIGIBLE_TARGET * facts["max_b"]
+    if floor < threshold:
+        significant = least_entry_at_or_above(threshold)
+        # Only max b is significant (b one-hot at its precision): no floor among the others; the least positive
+        # entry stays f, as before.
+        floor = significant if significant < facts["max_b"] else floor
+    return {**facts, "floor": floor}
+
+
+def _least_entry_summary(block, threshold):
+    """A block's least target entry ≥ threshold, negated as a ``max_`` key (the blocks' summaries combine by max)."""
+    return {"max_negated_entry": -least_entry_at_or_above(block.b, threshold)}
 
 
 def squared_norms(targets):
@@ -169,7 +197,7 @@ def _active_fit(block, floor):
 
 
 def _relu_start(problem, floor):
-    """Rows with bᵢ > f·(1 + rtol), f = min positive b (the softmax floor of inactive rows), are
+    """Rows with bᵢ > f·(1 + rtol), f = the floor of ``with_floor`` (the softmax floor of inactive rows), are
     active: fit (Cx)ᵢ = log(bᵢ / f) on them by least squares, then, when the active rows leave a
     null space, move in it so that floor rows get Cx ≤ −τ with the largest margin τ ≤ 1 (an LP
     over a cutting-plane working set). Never x = 0, the dead stationary point, unless b is uniform.
@@ -179,7 +207,7 @@ def _relu_start(problem, floor):
     if not facts["max_b"] > floor * (1.0 + ACTIVE_RTOL):
         return np.zeros(problem.d), "zeros (auto: b is uniform, so every x with Cx ≤ 0 is optimal)"
     x, null_space = solve_psd(*(yield from normal_system_rounds(problem, _active_fit, floor, intercept=False)))
-    description = "auto: least-squares fit of log(b_i / min b) on the active rows"
+    description = "auto: least-squares fit of log(b_i / f) on the active rows, f the least positive b_i"
     all_active = -facts["max_negated_min_b"] > floor * (1.0 + ACTIVE_RTOL)
     if null_space.shape[1] and not all_active:
         x, margin = floor_margin(FloorRows(problem, _is_floor, floor), x, null_space)
