@@ -141,9 +141,10 @@ def target_facts(top, bottom, least_positive, b_squared):
 
 def with_floor(facts, least_entry_at_or_above):
     """``facts`` with "floor": relu_softmax's floor f, the least positive entry of b among those ≥ ε·max b
-    (``NEGLIGIBLE_TARGET``), unless max b is the only one. A smaller positive entry is zero at b's precision, but as f it set every active
-    row's target log(bᵢ/f) hundreds of logits high: one entry of 1e-40 among entries ~1e-3 ended the solve at
-    100 iterations and 17× L(0), one of 1e-80 at a dead point 75× L(0); as a zero it is a floor row.
+    (``NEGLIGIBLE_TARGET``), unless max b is the only one. A smaller positive entry is zero at b's precision,
+    but as f it set every active row's target log(bᵢ/f) far too high: one entry of 1e-40 among entries ~1e-3
+    ended the solve at 100 iterations and 17× L(0), one of 1e-80 at a dead point 75× L(0); as a zero it is a
+    floor row.
     ``least_entry_at_or_above(t)``, the least entry ≥ t, is asked only when such an entry exists (a second read
     of b; a round over the blocks on Dask, whose facts are the blocks' combined)."""
     floor = -facts["max_negated_min_positive_b"]
@@ -207,7 +208,7 @@ def _relu_start(problem, floor):
     if not facts["max_b"] > floor * (1.0 + ACTIVE_RTOL):
         return np.zeros(problem.d), "zeros (auto: b is uniform, so every x with Cx ≤ 0 is optimal)"
     x, null_space = solve_psd(*(yield from normal_system_rounds(problem, _active_fit, floor, intercept=False)))
-    description = "auto: least-squares fit of log(b_i / f) on the active rows, f the least positive b_i"
+    description = "auto: least-squares fit of log(b_i / f) on the active rows, f the least b_i > eps·max b"
     all_active = -facts["max_negated_min_b"] > floor * (1.0 + ACTIVE_RTOL)
     if null_space.shape[1] and not all_active:
         x, margin = floor_margin(FloorRows(problem, _is_floor, floor), x, null_space)
