@@ -20,10 +20,11 @@ import numpy as np
 import scipy.linalg
 from scipy.optimize import linprog
 
+from .kernels.reduce import overflow_free_scale
 from .kernels.softmax import log_fit_rows, log_fit_rows_serial
 from .matrix import blocked_syrk_sandwich
 from .newton import run_requests
-from .reductions import dot
+from .reductions import all_finite, dot
 from .sketching import sample_rows, spread_certified
 
 # Eigenvalues of CᵀC below this fraction of the largest span the null space.
@@ -50,6 +51,13 @@ def normal_system_partials(block, row_fit, parameters, transposed_pass=None):
     weights, target = row_fit(block, parameters)
     transposed_pass = transposed_pass or block.matrix.rmatmat
     return fit_partials(weights, target, block.matrix.sandwich(weights), transposed_pass(fit_columns(weights, target)))
+
+
+def _scaled_fit(block, parameters):
+    """(ω·scale, t) of (ω, t) = row_fit(block, its parameters), for parameters (row_fit, its parameters, scale)."""
+    row_fit, fit_parameters, scale = parameters
+    weights, target = row_fit(block, fit_parameters)
+    return weights * scale, target
 
 
 def fit_columns(weights, target):
@@ -97,8 +105,15 @@ def normal_system(problem, row_fit, parameters, intercept, normalise=False):
 
 
 def normal_system_rounds(problem, row_fit, parameters, intercept, normalise=False):
-    """``normal_system`` as a generator: yields its ``NormalSystemRequest``, is sent the partials."""
+    """``normal_system`` as a generator: yields its ``NormalSystemRequest``, is sent the partials.
+
+    Sums that overflow (C's entries near 1e153: Σ ωᵢ C_ia C_ib past the largest float, while every Hessian
+    Cᵀ diag(β) C with its smaller β is finite) are formed again with ω times ``overflow_free_scale(n)``: the
+    same normal equations, scaled exactly. relu_softmax's start at C·1e153 had solved the overflowed system to
+    x = 0, its dead point, and ended DEAD_STATIONARY at iteration 0; from its scaled start it converges."""
     summary = yield NormalSystemRequest(problem, row_fit, parameters)
+    if not (all_finite(summary["A"]) and all_finite(summary["G"])):
+        summary = yield NormalSystemRequest(problem, _scaled_fit, (row_fit, parameters, overflow_free_scale(problem.n)))
     A, G, weight_sum, weighted_target = (summary["A"], summary["G"], summary["weight_sum"],
                                          summary["weighted_target"])
     if normalise:

@@ -10,6 +10,20 @@ from numba import njit, prange
 SERIAL_PARTIAL_ENTRIES = 2**15
 
 
+@njit(cache=True)
+def overflow_free_scale(count):
+    """4⁻ᵏ for the least k ≥ 1 with 4ᵏ ≥ 4·count: a sum of ``count`` finite terms, each times this scale, stays
+    below a quarter of the largest float (so do its partial sums), and a power of 4 scales every term exactly
+    (its square root, a power of 2, too: rows scaled by √ω for a SYRK), so what is solved from the scaled sums
+    is what the unscaled ones would give had they not overflowed."""
+    scale = 0.25
+    reach = 4.0
+    while reach < 4.0 * count:
+        scale *= 0.25
+        reach *= 4.0
+    return scale
+
+
 @njit(parallel=True, cache=True)
 def sum_chunk_partials(partial, out):
     """out[j, t] = Σ_c partial[c, j·w + t] in chunk order c = 0, 1, … (deterministic in the thread count).

@@ -366,9 +366,10 @@ def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x, work, Q0, G0):
     softmax: weights pᵢ²/Σp² on rows with pᵢ = bᵢ/max b > 0, target log pᵢ, on [C, 1]; relu_softmax: weight 1
     on the active rows bᵢ > f(1 + rtol), target log(bᵢ/f), on C. Solved as ``solve_psd``: Jacobi
     scaled, Cholesky; False (x untouched) when a pivot is below NULL_SPACE_RTOL·scale (the
-    singular case, whose null space and LP the caller handles). Also G0[:, :2] = Cᵀ Q0[:, :2] (∇L(0)'s columns
-    at 0: ``_solve_one``), from the fit's own pass over C (as ``Problem.rmatmat_with_gradient_at_zero`` forms them for
-    ``solve``); filled whether or not the fit succeeds."""
+    singular case, whose null space and LP the caller handles) or not a number (sums that overflowed, which
+    the caller's start forms again scaled: ``fastnewton.start.normal_system_rounds``). Also G0[:, :2] =
+    Cᵀ Q0[:, :2] (∇L(0)'s columns at 0: ``_solve_one``), from the fit's own pass over C (as
+    ``Problem.rmatmat_with_gradient_at_zero`` forms them for ``solve``); filled whether or not the fit succeeds."""
     n = b.shape[0]
     d = x.shape[0]
     weights = np.zeros(n)

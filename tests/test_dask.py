@@ -182,6 +182,20 @@ def test_relu_softmax_floor_skips_a_negligible_entry_across_blocks(client):
     assert _relative(res.x, single.x) <= AGREEMENT
 
 
+@pytest.mark.filterwarnings("ignore::fastnewton.ConvergenceWarning")
+def test_relu_softmax_start_whose_normal_equations_overflow(client):
+    """C·1e153: the start's CᵀC overflows, so its fit is formed again with weights scaled by a power of 4 (one more
+    round); the start and the answer are those of one machine, which converges (not the dead point x = 0)."""
+    C, b, _ = _problem("relu_softmax", n=3000)
+    C = C * 1e153
+    single = fastnewton.solve(C, b, "relu_softmax")
+    assert single.status == fastnewton.Status.CONVERGED
+    res = fastnewton.dask.solve(_dask(C, 1000), b, "relu_softmax", client=client)
+    assert res.status == single.status
+    assert _relative(res.x0, single.x0) <= 1e-8
+    assert _relative(res.x, single.x) <= AGREEMENT
+
+
 def test_repeated_runs_are_bitwise_identical(client):
     C, b, _ = _problem("softmax")
     runs = [fastnewton.dask.solve(_dask(C, 2000), b, client=client, hessian="sketch", seed=11, tol=1e-10)

@@ -156,10 +156,13 @@ def test_tiny_scale_is_never_converged_at_its_start(model, scale):
 
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("model", SOFTMAX_MODELS)
-@pytest.mark.parametrize("scale", [1e-160, 1e-150, 1e150])
+@pytest.mark.parametrize("scale", [1e-160, 1e-150, 1e150, 4e153])
 def test_scaled_problem_has_the_unscaled_solution(model, scale):
     """C·s and x/s: the same problem. The solves stop at ‖∇L‖ ≤ 1e-8·g_ref, so x agrees to ~1e-8 relative
-    (this well-conditioned 50 × 3 problem); 1e-6 leaves room for the other path's rounding."""
+    (this well-conditioned 50 × 3 problem); 1e-6 leaves room for the other path's rounding. At 4e153 the
+    start's normal equations CᵀΩC overflow (Σᵢ C_ij² > 1.8e308, each product below it) while the Hessians do
+    not: relu_softmax had solved the overflowed system to x = 0, its dead point, and stopped DEAD_STATIONARY at
+    iteration 0."""
     C, b = small_problem()
     reference = fastnewton.solve(C, b, model)
     assert reference.status == Status.CONVERGED
