@@ -21,6 +21,7 @@ import scipy.linalg
 from scipy.optimize import linprog
 
 from .kernels.reduce import overflow_free_scale
+from .kernels.small_newton import JACOBI_FLOOR
 from .kernels.softmax import log_fit_rows, log_fit_rows_serial
 from .matrix import blocked_syrk_sandwich
 from .newton import run_requests
@@ -136,12 +137,15 @@ def assemble_normal_system(A, G, weight_sum, weighted_target, intercept):
 def solve_psd(M, rhs):
     """Least-squares solution of the PSD system M z = rhs (minimum norm in Jacobi-scaled coordinates
     when M is singular), and a basis of M's null space. Scaled by D = √diag M first, so that the
-    null-space threshold is relative per column: a column of C scaled by 1e-12 is not "null"."""
+    null-space threshold is relative per column: a column of C scaled by 1e-12 is not "null". (D_j was floored
+    at √(eps·max M_jj): the softmax fit's intercept column, of unit diagonal, then counted as null once C's
+    entries were ~1e12 or more, and C's columns once they were ~1e-14 or less: a start 2× off, and 15 and 8
+    iterations where C itself took 2. Only a zero column is floored now: ``JACOBI_FLOOR``.)"""
     diagonal = np.diag(M) if M.size else np.zeros(0)
     top = float(diagonal.max()) if diagonal.size else 0.0
     if not top > 0.0:
         return np.zeros_like(rhs), np.eye(M.shape[0])
-    D = np.sqrt(np.maximum(diagonal, np.finfo(np.float64).eps * top))
+    D = np.sqrt(np.maximum(diagonal, JACOBI_FLOOR))
     z, null_space = _solve_scaled_psd(M / np.outer(D, D), rhs / D)
     return z / D, null_space / D[:, None]
 

@@ -88,6 +88,10 @@ C_INVALID = -2
 FAULT_NONE, FAULT_AT_START, FAULT_AT_ZERO = -2, -1, 0
 # A stall because no damping gave an accepted step (O_KINK_COUNT is then −1: no kink sentence).
 NO_STEP = -1
+# The least diagonal entry that a start's Jacobi scaling D_j = √M_jj takes as it is (``_fit_start``,
+# ``fastnewton.start.solve_psd``): a zero column's D is √ of the least normal float, which keeps
+# M_jl / (D_j D_l) finite; any other column is scaled to a unit diagonal however small or large C's entries are.
+JACOBI_FLOOR = float(np.finfo(np.float64).tiny)
 
 
 # -- passes over one problem's C ---------------------------------------------------------------------
@@ -433,7 +437,7 @@ def _fit_start(matrix, b, relu, floor, settings, chunk_rows, x, work, Q0, G0):
         return False
     D = np.empty(size)
     for j in range(size):
-        D[j] = math.sqrt(max(M[j, j], np.finfo(np.float64).eps * top))
+        D[j] = math.sqrt(max(M[j, j], JACOBI_FLOOR))
     for j in range(size):
         for l in range(j + 1):
             M[j, l] /= D[j] * D[l]

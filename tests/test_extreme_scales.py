@@ -171,6 +171,26 @@ def test_scaled_problem_has_the_unscaled_solution(model, scale):
         assert np.linalg.norm(x * scale - reference.x) <= 1e-6 * np.linalg.norm(reference.x)
 
 
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("model", SOFTMAX_MODELS)
+@pytest.mark.parametrize("scale", [1e-100, 1e-14, 1e12, 1e100])
+def test_automatic_start_does_not_depend_on_the_scale_of_c(model, scale):
+    """The start fits log b on [C, 1] (softmax) or on C (relu_softmax): C·s gives the start x0/s, and the solve its
+    iterations. Its Jacobi scaling had floored each column's D_j at √(eps·max M_jj), so that softmax's
+    intercept column (unit diagonal) counted as null once C's entries were ~1e12 and C's columns once they were
+    ~1e-14: a start off by 2× its norm, 15 and 8 iterations where C took 2 (2000 × 16 CSR, a noisy target).
+    1e-10 relative: the scaled fit rounds differently where s is not a power of 2 (measured ≤ 3e-13)."""
+    made = fastnewton.make_problem(2000, 16, nnz_per_row=6, model="softmax", noise=1e-2, seed=0)
+    C, b = made.C, made.b
+    reference = fastnewton.solve(C, b, model)
+    scaled = fastnewton.solve(C * scale, b, model)
+    listed = fastnewton.solve_many([(C * scale, b)], model=model)
+    assert np.linalg.norm(scaled.x0 * scale - reference.x0) <= 1e-10 * np.linalg.norm(reference.x0)
+    assert scaled.status == reference.status == Status.CONVERGED and listed.status[0] == Status.CONVERGED
+    assert scaled.n_iter == listed.n_iter[0] == reference.n_iter
+    assert np.linalg.norm(listed.problem(0)["x"] * scale - reference.x) <= 1e-10 * np.linalg.norm(reference.x)
+
+
 @pytest.mark.parametrize("fmt", ["csr", "csc"])
 @pytest.mark.parametrize("index_type", [np.uint64, np.uint32, np.int16, np.uint8])
 def test_sparse_index_types_other_than_int32_and_int64(fmt, index_type):
