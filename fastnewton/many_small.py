@@ -934,7 +934,8 @@ def _warn_if_not_distributions(pack, indices, model, invalid=()):
     targets = pack.b
     lengths, starts = pack.layout[:, kernel.L_N], pack.layout[:, kernel.L_ROW]
     negative = np.logical_or.reduceat(targets < 0, starts)
-    off = np.abs(np.add.reduceat(targets, starts) - 1.0) > 0.5 * SUM_TOLERANCE
+    with np.errstate(over="ignore"):  # an overflowing sum is off 1, and ``not_a_distribution`` names it
+        off = np.abs(np.add.reduceat(targets, starts) - 1.0) > 0.5 * SUM_TOLERANCE
     flagged, first = [], None
     for k in np.flatnonzero(negative | off).tolist():
         if k in invalid:

@@ -7,6 +7,7 @@ an independent figure: the norm of a rescaled vector, the loss written out by ha
 problem (C·s with x/s solves the same problem), and the same matrix with int64 indices.
 """
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -138,6 +139,23 @@ def test_relu_softmax_start_of_a_target_with_an_overflowing_ratio_is_finite():
     for status, _, x in outcomes:
         assert status == reference_status and np.all(np.isfinite(x))
         assert np.linalg.norm(x - reference_x) <= 1e-10 * np.linalg.norm(reference_x)
+
+
+def test_target_whose_sum_overflows_gets_our_warning_alone():
+    """Entries of 1.7e308: Σb overflows. The not-a-distribution warning names Σb = inf; NumPy's own "overflow
+    encountered in reduce" (from that sum, and from solve_many's screen of many targets) came first before."""
+    made = fastnewton.make_problem(400, 6, nnz_per_row=4, model="softmax", noise=1e-2, seed=0)
+    b = made.b.copy()
+    b[:3] = 1.7e308
+    calls = [lambda: fastnewton.solve(made.C, b, max_iter=1),
+             lambda: fastnewton.solve_many(made.C, np.stack([b, made.b], axis=1), max_iter=1),
+             lambda: fastnewton.solve_many([(made.C, b)], max_iter=1)]
+    for call in calls:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        texts = [str(w.message) for w in caught if not issubclass(w.category, fastnewton.ConvergenceWarning)]
+        assert len(texts) == 1 and "not a probability vector (Σb = inf)" in texts[0], texts
 
 
 @pytest.mark.filterwarnings("ignore")

@@ -212,5 +212,6 @@ def _relu_start(problem, floor):
     all_active = -facts["max_negated_min_b"] > floor * (1.0 + ACTIVE_RTOL)
     if null_space.shape[1] and not all_active:
         x, margin = floor_margin(FloorRows(problem, _is_floor, floor), x, null_space)
-        description += f", floor rows pushed to Cx ≤ −{margin:.3g} in the active rows' null space (LP)"
+        # + 0.0: a margin of −0.0 read "Cx ≤ −-0"
+        description += f", floor rows pushed to Cx ≤ −{margin + 0.0:.3g} in the active rows' null space (LP)"
     return x, description
