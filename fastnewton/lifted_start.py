@@ -93,6 +93,8 @@ import dataclasses
 import time
 import warnings
 
+import math
+
 import numpy as np
 import scipy.linalg
 
@@ -330,7 +332,13 @@ def largest_eigenvalue(problem, x):
         p = np.ones_like(x)
     estimate = 0.0
     for _ in range(POWER_ITERATIONS):
-        p /= norm(p)
+        size = norm(p)
+        if not math.isfinite(size):
+            # Σp² overflows once p = Hp passes ~1e154 (C's entries past ~1e77): p/inf was 0, the estimate 0 and
+            # the continuation dropped, a different solve than C's own. Only the direction counts: p/max|p| first.
+            p /= np.max(np.abs(p))
+            size = norm(p)
+        p /= size
         Hp = problem.hessian_product(ev, p)
         estimate = abs(float(p @ Hp))
         if not np.all(np.isfinite(Hp)) or not norm(Hp) > 0.0:

@@ -434,6 +434,13 @@ def _stage_figure(matrix, Vm, b, offset, w, l2, chunk_rows, eigenvalue, power_it
     Hp = np.empty(d)
     for _ in range(power_iterations):
         size = math.sqrt(_dot(p, p))
+        if not np.isfinite(size):  # Σp² overflowed: p/max|p| first (``largest_eigenvalue``)
+            top = 0.0
+            for j in range(d):
+                top = max(top, abs(p[j]))
+            for j in range(d):
+                p[j] /= top
+            size = math.sqrt(_dot(p, p))
         for j in range(d):
             p[j] /= size
         for j in range(d):
