@@ -90,10 +90,9 @@ Every iteration of every stage counts in ``n_iter`` and appears in the history w
 ``loss`` is that phase's loss.
 """
 import dataclasses
+import math
 import time
 import warnings
-
-import math
 
 import numpy as np
 import scipy.linalg
