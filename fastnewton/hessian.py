@@ -32,7 +32,7 @@ from .kernels.reduce import add_scaled, scale_into
 from .kernels.sketch import expected_poisson_sizes, expected_poisson_sizes_parallel
 from .matrix import estimated_sandwich_work
 from .newton import REFRESH_EVERY, column_scale, run_rounds
-from .reductions import dot, norm
+from .reductions import all_finite, dot, norm
 from .start import FitSample
 from .sketching import (
     EMBED_ROWS_PER_COLUMN,
@@ -116,7 +116,7 @@ class NewtonSystem:
     @property
     def finite(self):
         """Whether the scaled matrix has only finite entries (else no damping makes it usable)."""
-        return bool(np.all(np.isfinite(self._scaled)))
+        return all_finite(self._scaled)
 
     @property
     def scale(self):

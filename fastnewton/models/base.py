@@ -339,7 +339,7 @@ def finite_point(known):
     """Whether the model's loss and gradient at a point (``known``, as its combine functions left them) are
     finite: a solve goes on only from such a point (else it ends NON_FINITE), and there the model's curvature
     (β and S) must be finite too. Problem's methods may be called at any x: elsewhere it is not checked."""
-    return bool(np.isfinite(known["loss"]) and np.isfinite(known["gradient"]).all())
+    return bool(np.isfinite(known["loss"])) and all_finite(known["gradient"])
 
 
 def checked_evaluation(known, model, d, k):
