@@ -1,9 +1,9 @@
 """``solve_many``'s plain problems: inputs already in the form ``Problem`` holds them, checked and described in bulk.
 
 A problem of a softmax model (``softmax``, ``relu_softmax``) is plain when it has no row weights of its own, a
-float64 target b of length n (``_plain_target``) and a C that ``as_input_matrix`` would use as it is: a
-C-contiguous float64 array (``_plain_dense``) or a canonical float64 CSR matrix with int32 or int64 indices
-(``_plain_csr``). What the compiled solve and ``auto``'s pricing read of a ``Problem`` is formed here for all of
+float64 target b of length n and a C that ``as_input_matrix`` would use as it is: a C-contiguous float64 array
+or a canonical float64 CSR matrix with int32 or int64 indices (``_plain_parts``, one read of each attribute per
+problem). What the compiled solve and ``auto``'s pricing read of a ``Problem`` is formed here for all of
 them at once, in a few compiled and NumPy calls, instead of one ``Problem`` each (building them took ~11 ms of
 the ~39 ms of Python in a solve_many of 1000 dense softmax problems, n 64–512, d 32–64; their CSR matrices'
 ``CSRMatrix`` and checks another ~19 ms):
@@ -36,36 +36,41 @@ from .problem import Problem
 from .validation import csr_matrix_of
 
 
-def _plain_target(C, b):
-    """Whether b is already a float64 vector of length n ≥ 1 (finiteness aside) for a 2-D C (a C without
-    rows is Problem's to reject)."""
-    return (type(b) is np.ndarray and b.dtype == np.float64 and b.ndim == 1 and b.shape[0] > 0
-            and len(getattr(C, "shape", ())) == 2 and b.shape[0] == C.shape[0])
+_CSR_TYPES = (sp.csr_matrix, sp.csr_array)
 
 
-def _plain_dense(C):
-    """Whether C is already in the form Problem converts a dense C to: a C-contiguous float64 ndarray
-    with at least one row and column (finiteness aside)."""
-    return (type(C) is np.ndarray and C.dtype == np.float64 and C.ndim == 2 and C.flags.c_contiguous
-            and C.shape[0] > 0 and C.shape[1] > 0)
+def _plain_parts(C, b):
+    """(n, d, C's values: the dense array or CSR data, CSR indptr, CSR indices) of a problem that is plain, else
+    None (one read of each attribute: this runs once per problem of a batch).
 
-
-def _plain_csr(C):
-    """Whether C is a SciPy CSR matrix that ``as_input_matrix`` would use as it is: float64 values, int32 or
-    int64 indices (both the same), contiguous 1-D arrays, at least one row and column, indptr of length n + 1,
-    canonical (sorted, no duplicates: SciPy's own flag, kept on the matrix); its indptr is checked in bulk
-    (``plain_csr_facts``), its entries later (``PlainProblems.entries_valid``, or the compiled solve)."""
-    if not (sp.issparse(C) and C.format == "csr"):
-        return False
+    Plain: b a float64 vector of length n ≥ 1 (finiteness aside) and C either in the form Problem converts a dense
+    C to (a C-contiguous float64 ndarray with n rows and at least one column) or a SciPy CSR matrix that
+    ``as_input_matrix`` would use as it is: float64 values, int32 or int64 indices (both the same), contiguous 1-D
+    arrays, n rows and at least one column, indptr of length n + 1, canonical (sorted, no duplicates: SciPy's own
+    flag, kept on the matrix). A CSR C's indptr is checked in bulk (``plain_csr_facts``), its entries later
+    (``PlainProblems.entries_valid``, or the compiled solve)."""
+    if type(b) is not np.ndarray or b.dtype != np.float64 or b.ndim != 1:
+        return None
+    n = b.shape[0]
+    if n == 0:
+        return None
+    if type(C) is np.ndarray:
+        if C.ndim == 2 and C.dtype == np.float64 and C.flags.c_contiguous and C.shape[0] == n and C.shape[1] > 0:
+            return n, C.shape[1], C, None, None
+        return None
+    if not isinstance(C, _CSR_TYPES):
+        return None
     shape = C.shape
     data, indptr, indices = C.data, C.indptr, C.indices
-    return (len(shape) == 2 and shape[0] > 0 and shape[1] > 0
+    if (len(shape) == 2 and shape[0] == n and shape[1] > 0
             and type(data) is np.ndarray and type(indptr) is np.ndarray and type(indices) is np.ndarray
             and data.dtype == np.float64 and indptr.dtype == indices.dtype
             and (indices.dtype == np.int32 or indices.dtype == np.int64)
             and data.ndim == 1 and indptr.ndim == 1 and indices.ndim == 1
             and data.flags.c_contiguous and indptr.flags.c_contiguous and indices.flags.c_contiguous
-            and indptr.shape[0] == shape[0] + 1 and C.has_canonical_format)
+            and indptr.shape[0] == n + 1 and C.has_canonical_format):
+        return n, shape[1], data, indptr, indices
+    return None
 
 
 def _offsets(lengths):
@@ -90,24 +95,30 @@ class PlainProblems:
     def of(cls, items, weights_each):
         """Those of ``items`` ((C, b, V) each) with no V or row weights, a plain b and a plain C whose checks
         pass; None when there is none."""
-        plain = [i for i, (C, b, V) in enumerate(items)
-                 if V is None and weights_each[i] is None and _plain_target(C, b) and (_plain_dense(C) or _plain_csr(C))]
-        return cls(items, plain) if plain else None
+        plain, parts = [], []
+        for i, (C, b, V) in enumerate(items):
+            if V is None and weights_each[i] is None:
+                found = _plain_parts(C, b)
+                if found is not None:
+                    plain.append(i)
+                    parts.append(found)
+        return cls(items, plain, parts) if plain else None
 
-    def __init__(self, items, plain):
+    def __init__(self, items, plain, parts):
+        """``plain``: the positions in ``items`` of the plain problems, ``parts`` their ``_plain_parts``."""
         count = len(plain)
         matrices = [items[i][0] for i in plain]
         targets = [items[i][1] for i in plain]
-        n = np.fromiter((b.shape[0] for b in targets), np.int64, count)
-        d = np.fromiter((C.shape[1] for C in matrices), np.int64, count)
-        csr = np.fromiter((type(C) is not np.ndarray for C in matrices), np.bool_, count)
+        rows, columns, values, indptrs, indices_each = zip(*parts)
+        n = np.array(rows, dtype=np.int64)
+        d = np.array(columns, dtype=np.int64)
+        csr = np.fromiter((indptr is not None for indptr in indptrs), np.bool_, count)
         offsets = _offsets(n)
         b = np.concatenate(targets)
         finite = np.empty(count, dtype=np.bool_)
         extremes = np.empty((count, 3))
         plain_target_facts(b, offsets, finite, extremes)
-        values_at = np.fromiter((C.data.ctypes.data if sparse else C.ctypes.data
-                                 for C, sparse in zip(matrices, csr.tolist())), np.int64, count)
+        values_at = np.fromiter((array.ctypes.data for array in values), np.int64, count)
         nnz = n * d
         sparse_pairs, long_rows = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
         indptr_at, indices_at = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
@@ -115,14 +126,15 @@ class PlainProblems:
         self.held = []
         at = np.flatnonzero(csr)
         if at.size:
-            sparse = [matrices[k] for k in at.tolist()]
+            at_list = at.tolist()
             # int64 copies, side by side: the compiled solve reads int64 indices, and SciPy holds int32.
-            indptr = np.concatenate([C.indptr for C in sparse], dtype=np.int64)
-            indices = np.concatenate([C.indices for C in sparse], dtype=np.int64)
+            indptr = np.concatenate([indptrs[k] for k in at_list], dtype=np.int64)
+            sparse_indices = [indices_each[k] for k in at_list]
+            indices = np.concatenate(sparse_indices, dtype=np.int64)
             self.held += [indptr, indices]
             indptr_starts = _offsets(n[at] + 1)
-            stored_indices = np.fromiter((C.indices.shape[0] for C in sparse), np.int64, at.size)
-            stored_data = np.fromiter((C.data.shape[0] for C in sparse), np.int64, at.size)
+            stored_indices = np.fromiter(map(len, sparse_indices), np.int64, at.size)
+            stored_data = np.fromiter(map(len, [values[k] for k in at_list]), np.int64, at.size)
             thresholds = {width: dense_row_threshold(width) for width in set(d[at].tolist())}
             dense_from = np.array([thresholds[width] for width in d[at].tolist()], dtype=np.float64)
             sound = np.empty(at.size, dtype=np.bool_)

@@ -38,7 +38,7 @@ from .in_place import array_at
 from .kinks import (HELD_FULL, HELD_SHORT, MAX_CANDIDATE_ROWS, NOT_HELD, TABLE_FIELDS, held_gain_ratio, held_rows,
                     held_step, kink_candidates, kink_table, least_norm_subgradient, parallel_groups)
 from .reduce import SQUARES_HIGH, SQUARES_LOW, gradient_rounding_bounds, rescaled_norm, scaled_norm
-from .sandwich import ROW_PAD, _add_row, _sorted_rows
+from .sandwich import ROW_PAD, _add_row, _add_stored_row, _sorted_rows
 from .simd import subtract_column_products4, subtract_column_products16
 from .softmax import (
     curvature_weight,
@@ -200,10 +200,16 @@ def _sandwich(matrix, beta, out, work):
     if csr:
         stride = np.uintp(d + ROW_PAD)
         acc[:] = 0.0
-        for i in range(n):
-            bi = beta[i]
-            if bi != 0.0:
-                _add_row(indptr, indices, data, i, bi, acc, stride, columns, values, in_place)
+        if in_place:
+            for i in range(n):
+                bi = beta[i]
+                if bi != 0.0:
+                    _add_stored_row(indptr, indices, data, i, bi, acc, stride)
+        else:
+            for i in range(n):
+                bi = beta[i]
+                if bi != 0.0:
+                    _add_row(indptr, indices, data, i, bi, acc, stride, columns, values, False)
         for j in range(d):
             base = j * (d + ROW_PAD)
             for l in range(j, d):

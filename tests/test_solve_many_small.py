@@ -348,6 +348,27 @@ def test_plain_problems_get_the_bits_of_problems_built_one_by_one(model):
         assert x.tobytes() == y.tobytes()
 
 
+@pytest.mark.parametrize("model", ["softmax", "relu_softmax"])
+def test_csr_rows_stored_unsorted_get_the_bits_of_their_sorted_copy(model):
+    """A CSR C whose rows store their (distinct) columns out of order is read row by row, each row gathered sorted
+    (the compiled sandwich's other loop, beside the one for rows known sorted): the same bits as the same C stored
+    sorted, and solve's answer (1e-10)."""
+    made = make_problem(300, 40, nnz_per_row=6, model=model, noise=0.05, seed=3)
+    shuffled = made.C.copy()
+    for i in range(shuffled.shape[0]):  # each row's entries reversed: no row sorted, no column repeated
+        start, stop = shuffled.indptr[i], shuffled.indptr[i + 1]
+        shuffled.indices[start:stop] = shuffled.indices[start:stop][::-1].copy()
+        shuffled.data[start:stop] = shuffled.data[start:stop][::-1].copy()
+    shuffled.has_sorted_indices = False
+    assert not fastnewton.Problem(shuffled, made.b, model=model).matrix.rows_increasing
+    batch = _quiet(solve_many, [(shuffled, made.b), (made.C, made.b)], model=model)
+    assert batch.x[:, 0].tobytes() == batch.x[:, 1].tobytes()
+    assert list(batch.n_iter) == [batch.n_iter[1]] * 2
+    reference = _quiet(solve, shuffled, made.b, model)
+    assert batch.status[0] == reference.status
+    assert np.linalg.norm(batch.x[:, 0] - reference.x) <= 1e-10 * np.linalg.norm(reference.x)
+
+
 def test_malformed_problems_argument_raises():
     C, b, _ = make_problem(50, 4, nnz_per_row=2, seed=7)
     with pytest.raises(ValueError, match="empty"):
