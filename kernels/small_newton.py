@@ -33,7 +33,7 @@ from .blas import syrk_upper
 from .csr import INDPTR_SOUND, csr_column_squares, csr_row_pairs, indptr_fault
 from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, longer_trial, \
     raised_damping
-from .dense import chunk_rmatmat, four_row_dots, row_dot, signed_scaled_rows
+from .dense import chunk_rmatmat, four_row_dots, gram_tiles_width, row_dot, signed_scaled_rows, weighted_gram_upper
 from .in_place import array_at
 from .kinks import (HELD_FULL, HELD_SHORT, MAX_CANDIDATE_ROWS, NOT_HELD, TABLE_FIELDS, held_gain_ratio, held_rows,
                     held_step, kink_candidates, kink_table, least_norm_subgradient, parallel_groups)
@@ -174,25 +174,35 @@ def _rmatmat(matrix, Q, chunk_rows, out):
 
 @njit(cache=True)
 def _sandwich_work(matrix, n, d):
-    """The work arrays of ``_sandwich``, made once per problem: dense C, the row numbers and the rows scaled
-    by √|β|; CSR C, the padded d × (d + ROW_PAD) accumulator of the pair updates, a row's sorted columns and
-    values (for a row stored unsorted), and whether every row's columns already increase strictly (canonical
-    CSR: its rows are then read in place; tested once here, not per sandwich)."""
+    """The work arrays of ``_sandwich``, made once per problem: dense C, its copy padded with zero columns to whole
+    tiles (``weighted_gram_upper``) and their width × width Gram, or, past the tiles' sizes, the row numbers and
+    the rows scaled by √|β|; CSR C, the padded d × (d + ROW_PAD) accumulator of the pair updates, a row's sorted
+    columns and values (for a row stored unsorted), and whether every row's columns already increase strictly
+    (canonical CSR: its rows are then read in place; tested once here, not per sandwich)."""
     A, indptr, indices, data, csr = matrix
-    rows = n if not csr else 0
-    pairs = d * (d + ROW_PAD) if csr else 0
+    width = 0 if csr else gram_tiles_width(n, d)
+    rows = n if not csr and not width else 0
+    B = np.empty((n if width else rows, width if width else d))
+    if width:
+        for i in range(n):  # entry by entry: a slice assignment per row took 5 µs at 288 × 48, this 2
+            for j in range(d):
+                B[i, j] = A[i, j]
+            for j in range(d, width):
+                B[i, j] = 0.0
+    pairs = d * (d + ROW_PAD) if csr else width * width
     in_place = csr and _sorted_rows(indptr, indices, 0, n)
-    return (np.arange(rows), np.empty((rows, d)), np.empty(pairs), np.empty(d, dtype=np.uintp), np.empty(d),
-            in_place)
+    return np.arange(rows), B, np.empty(pairs), np.empty(d, dtype=np.uintp), np.empty(d), in_place
 
 
 @njit(cache=True)
 def _sandwich(matrix, beta, out, work):
-    """out = Cᵀ diag(β) C (d × d, β of any sign). Dense: B₊ᵀB₊ − B₋ᵀB₋ by BLAS SYRKs (``kernels/blas.py``)
-    with B± the rows of positive / negative β scaled by √|β|, as fastnewton.matrix's blocked SYRK
-    forms it for ``solve``; CSR: the pair updates of ``csr_sandwich_rows`` (kernels/sandwich.py's
-    ``_add_row``: each row's pairs a ≤ b by increasing column, register-tiled, into the upper triangle of
-    one padded partial), copied out and mirrored: the one-chunk sum of ``solve``'s sandwich, the same bits."""
+    """out = Cᵀ diag(β) C (d × d, β of any sign). Dense: by tiles of C's padded copy (``weighted_gram_upper``),
+    or, past their sizes, B₊ᵀB₊ − B₋ᵀB₋ by BLAS SYRKs (``kernels/blas.py``) with B± the rows of positive /
+    negative β scaled by √|β|, as fastnewton.matrix's blocked SYRK forms it for ``solve`` (the tiles sum each
+    entry's terms in another order: x within the 1e-10 that solve_many promises); CSR: the pair updates of
+    ``csr_sandwich_rows`` (kernels/sandwich.py's ``_add_row``: each row's pairs a ≤ b by increasing column,
+    register-tiled, into the upper triangle of one padded partial), copied out and mirrored: the one-chunk sum of
+    ``solve``'s sandwich, the same bits."""
     A, indptr, indices, data, csr = matrix
     d = out.shape[0]
     n = beta.shape[0]
@@ -210,10 +220,11 @@ def _sandwich(matrix, beta, out, work):
                 bi = beta[i]
                 if bi != 0.0:
                     _add_row(indptr, indices, data, i, bi, acc, stride, columns, values, False)
-        for j in range(d):
-            base = j * (d + ROW_PAD)
-            for l in range(j, d):
-                out[j, l] = acc[base + l]
+        _symmetric_from_upper(acc, d + ROW_PAD, out)
+    elif acc.shape[0]:  # dense C within the tiles' sizes: acc holds their Gram (``_sandwich_work``)
+        width = B.shape[1]
+        weighted_gram_upper(B, beta, d, acc.reshape((width, width)))
+        _symmetric_from_upper(acc, width, out)
     else:
         positive, negative = signed_scaled_rows(A, rows, np.empty((n, 0)), beta, np.zeros(d), np.ones(d), B)
         # Each Gram matrix formed on its own and the negative one subtracted, as ``blocked_syrk_sandwich``
@@ -228,9 +239,22 @@ def _sandwich(matrix, beta, out, work):
             for j in range(d):
                 for l in range(j, d):
                     out[j, l] -= gram[j, l]
-    for j in range(d):  # exactly symmetric, as SYRK's mirrored triangle
-        for l in range(j + 1, d):
-            out[l, j] = out[j, l]
+        for j in range(d):  # exactly symmetric, as SYRK's mirrored triangle
+            for l in range(j + 1, d):
+                out[l, j] = out[j, l]
+
+
+@njit(cache=True)
+def _symmetric_from_upper(upper, stride, out):
+    """out[j, l] = out[l, j] = upper[j·stride + l] for j ≤ l (the upper triangle of a padded row-major partial):
+    each entry read once and written to both places (a copy, then a mirror of out: 3.7 against 1.5 µs, d = 48)."""
+    d = out.shape[0]
+    for j in range(d):
+        base = j * stride
+        for l in range(j, d):
+            value = upper[base + l]
+            out[j, l] = value
+            out[l, j] = value
 
 
 @njit(cache=True)

@@ -58,11 +58,19 @@ def test_syrk_upper_reads_row_blocks_of_a_larger_array():
 
 
 def test_small_newton_sandwich_matches_numpy():
+    """The compiled dense sandwich Cᵀ diag(β) C, by tiles (``weighted_gram_upper``) at the small problems' sizes and
+    by the two dsyrk calls past them (wider than GRAM_TILES_MAX_WIDTH, more entries than GRAM_TILES_MAX_ENTRIES),
+    within the rounding bound of its n-term sums and exactly symmetric."""
+    from fastnewton.kernels.dense import GRAM_TILES_MAX_ENTRIES, GRAM_TILES_MAX_WIDTH, gram_tiles_width
     from fastnewton.kernels.small_newton import _sandwich, _sandwich_work
 
     rng = np.random.default_rng(4)
-    for n, d, signs in [(200, 40, "both"), (64, 80, "both"), (90, 12, "positive"), (90, 12, "negative"),
-                        (30, 5, "zero")]:
+    wide = GRAM_TILES_MAX_WIDTH + 3
+    long = GRAM_TILES_MAX_ENTRIES // 64 + 1
+    for n, d, signs, tiled in [(200, 40, "both", True), (64, 80, "both", True), (90, 12, "positive", True),
+                               (90, 12, "negative", True), (30, 5, "zero", True), (40, wide, "both", False),
+                               (40, wide, "negative", False), (long, 64, "both", False)]:
+        assert (gram_tiles_width(n, d) > 0) == tiled
         C = rng.standard_normal((n, d))
         beta = {"both": rng.standard_normal(n), "positive": rng.random(n), "negative": -rng.random(n),
                 "zero": np.zeros(n)}[signs]
@@ -76,17 +84,19 @@ def test_small_newton_sandwich_matches_numpy():
 
 
 # A fresh interpreter that imports only the small Newton's kernel module (which registers the symbol)
-# and runs its cached dense sandwich, which calls dsyrk by name.
+# and runs its cached dense sandwich, which calls dsyrk by name (C wider than the compiled tiles take).
 CACHED_SANDWICH = """
 import numpy as np
 import llvmlite.binding
+from fastnewton.kernels.dense import GRAM_TILES_MAX_WIDTH
 from fastnewton.kernels.small_newton import _sandwich, _sandwich_work
 rng = np.random.default_rng(7)
-C = rng.standard_normal((120, 33))
+d = GRAM_TILES_MAX_WIDTH + 5
+C = rng.standard_normal((120, d))
 beta = rng.standard_normal(120)
-out = np.empty((33, 33))
+out = np.empty((d, d))
 matrix = (C, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0), False)
-_sandwich(matrix, beta, out, _sandwich_work(matrix, 120, 33))
+_sandwich(matrix, beta, out, _sandwich_work(matrix, 120, d))
 error = np.max(abs(out - C.T @ (beta[:, None] * C))) / np.max(abs(C).T @ (abs(beta)[:, None] * abs(C)))
 print("error", error, "hits", len(_sandwich.stats.cache_hits), "misses", len(_sandwich.stats.cache_misses),
       "address", llvmlite.binding.address_of_symbol("fastnewton_dsyrk"))

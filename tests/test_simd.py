@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastnewton.kernels.simd import (add_scaled4, add_scaled_and_lane_sums4, four_lane_sums4, lane_square_sums4_and_sums4,
-                                     lane_sums4, subtract_column_products4, subtract_column_products16)
+from fastnewton.kernels.simd import (GRAM_TILE_HEIGHT, GRAM_TILE_WIDTH, add_scaled4, add_scaled_and_lane_sums4,
+                                     four_lane_sums4, lane_square_sums4_and_sums4, lane_sums4, subtract_column_products4,
+                                     subtract_column_products16, weighted_gram_tile)
 
 
 @njit
@@ -161,3 +162,34 @@ def test_column_products_give_the_scalar_bits(wide):
         for start in range(0, d, 16 if wide else 4):
             (subtract_column_products16 if wide else subtract_column_products4)(t, start, U, 5, rows)
         np.testing.assert_array_equal(t, expected)
+
+
+@njit
+def _compiled_gram_tile(A, weights, j0, l0, out):
+    weighted_gram_tile(A, weights, j0, l0, out)
+
+
+def test_weighted_gram_tile_gives_the_scalar_bits_and_writes_its_tile_only():
+    """``weighted_gram_tile``: out[j0 + t, l0 + h] = Σᵢ A[i, j0 + t]·(wᵢ·A[i, l0 + h]) summed in increasing i from 0.0,
+    bit for bit against the scalar statements (no fused multiply-add: entries over 60 orders of magnitude would
+    show one; weights of both signs and zero), compiled and in the pure-Python form; nothing outside the tile
+    changes. Tiles at the edges of A and out (the last columns of a row: no read past it), and no rows."""
+    rng = np.random.default_rng(13)
+    width = 3 * GRAM_TILE_WIDTH
+    for n in (0, 1, 7, 40):
+        A = rng.standard_normal((n, width)) * np.exp(rng.uniform(-30, 30, (n, width)))
+        weights = rng.standard_normal(n) * np.exp(rng.uniform(-10, 10, n))
+        weights[::5] = 0.0
+        for j0, l0 in ((0, 0), (GRAM_TILE_HEIGHT, GRAM_TILE_WIDTH), (width - GRAM_TILE_HEIGHT, width - GRAM_TILE_WIDTH)):
+            start = rng.standard_normal((width, width))
+            expected = start.copy()
+            for t in range(GRAM_TILE_HEIGHT):
+                for h in range(GRAM_TILE_WIDTH):
+                    total = 0.0
+                    for i in range(n):
+                        total += A[i, j0 + t] * (weights[i] * A[i, l0 + h])
+                    expected[j0 + t, l0 + h] = total
+            for run in (_compiled_gram_tile, weighted_gram_tile):
+                out = start.copy()
+                run(A, weights, j0, l0, out)
+                np.testing.assert_array_equal(out, expected)
