@@ -1,5 +1,9 @@
 """kernels/simd.py: the four-lane update and the lane sums against scalar references and their pure-Python forms
 (which NUMBA_DISABLE_JIT runs), bit for bit."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from numba import njit
@@ -7,6 +11,10 @@ from numba import njit
 from fastnewton.kernels.simd import (GRAM_TILE_HEIGHT, GRAM_TILE_WIDTH, add_scaled4, add_scaled_and_lane_sums4,
                                      four_lane_sums4, lane_square_sums4_and_sums4, lane_sums4, subtract_column_products4,
                                      subtract_column_products16, weighted_gram_tile)
+
+# A fresh interpreter compiles the small Newton's kernels for another CPU: seconds; 240 s only guards against a hang
+# (not a timing assertion).
+SUBPROCESS_TIMEOUT = 240
 
 
 @njit
@@ -193,3 +201,44 @@ def test_weighted_gram_tile_gives_the_scalar_bits_and_writes_its_tile_only():
                 out = start.copy()
                 run(A, weights, j0, l0, out)
                 np.testing.assert_array_equal(out, expected)
+
+
+# Numba compiled for an AVX2 CPU (which this machine can run): 16 vector registers, so tiles of four rows.
+# The sandwich of kernels/small_newton.py, by those tiles, against NumPy within its rounding bound (worst ratio).
+AVX2_TILES = """
+import numpy as np
+from fastnewton.kernels.simd import GRAM_TILE_HEIGHT
+from fastnewton.kernels.small_newton import _sandwich, _sandwich_work
+rng = np.random.default_rng(5)
+worst = 0.0
+for n, d in [(90, 12), (64, 37), (200, 48), (33, 5)]:
+    C = rng.standard_normal((n, d))
+    beta = rng.standard_normal(n)
+    matrix = (C, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0), False)
+    out = np.full((d, d), np.nan)
+    _sandwich(matrix, beta, out, _sandwich_work(matrix, n, d))
+    bound = (n + 2) * np.finfo(np.float64).eps * (abs(C).T @ (abs(beta)[:, None] * abs(C)))
+    worst = max(worst, float(np.max(abs(out - C.T @ (beta[:, None] * C)) / bound)))
+    assert np.array_equal(out, out.T)
+print(GRAM_TILE_HEIGHT, worst)
+"""
+HASWELL_FEATURES = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fsgsbase,+fxsr,+lzcnt,+mmx,+movbe,+pclmul,"
+                    "+popcnt,+rdrnd,+sahf,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,+xsaveopt")
+
+
+def test_gram_tiles_of_four_rows_on_an_avx2_target(tmp_path):
+    """Where Numba's target CPU has no AVX-512 (here one set by NUMBA_CPU_NAME and NUMBA_CPU_FEATURES in a fresh
+    process), the tiles are GRAM_TILE_HEIGHT = 4 rows, and the compiled dense sandwich made of them is
+    Cᵀ diag(β) C within its rounding bound. Runs where this CPU can execute AVX2 code; skipped elsewhere."""
+    from llvmlite import binding
+
+    if "+avx2" not in binding.get_host_cpu_features().flatten().split(","):
+        pytest.skip("this CPU cannot run AVX2 code")
+    env = dict(os.environ)
+    env.pop("NUMBA_DISABLE_JIT", None)
+    env.update(NUMBA_CACHE_DIR=str(tmp_path), NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=HASWELL_FEATURES)
+    result = subprocess.run([sys.executable, "-c", AVX2_TILES], capture_output=True, text=True, env=env,
+                            timeout=SUBPROCESS_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    height, worst = result.stdout.split()
+    assert int(height) == 4 and float(worst) <= 1.0
