@@ -19,6 +19,20 @@ from numba.extending import intrinsic, overload
 LANES = 4
 
 
+def _float64_c_array(array, ndim):
+    """Whether a Numba type is a C-contiguous float64 array of ``ndim`` dimensions (what the intrinsics read)."""
+    return (isinstance(array, types.Array) and array.dtype == types.float64 and array.ndim == ndim
+            and array.layout == "C")
+
+
+def _broadcast(builder, value, lanes=LANES):
+    """A <lanes x double> vector with every lane ``value`` (an insert and a shuffle: one broadcast instruction)."""
+    vector = ir.VectorType(ir.DoubleType(), lanes)
+    first = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(first, ir.Constant(vector, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+
 def add_scaled4(acc, base, v, q0, q1, q2, q3):
     """acc[base + t] += v·q_t for t = 0 … 3 (the pure-Python form, run under NUMBA_DISABLE_JIT)."""
     for t, q in enumerate((q0, q1, q2, q3)):
@@ -28,8 +42,7 @@ def add_scaled4(acc, base, v, q0, q1, q2, q3):
 @intrinsic
 def _add_scaled4(typingctx, acc, base, v, q0, q1, q2, q3):
     """One <4 x double> load, fmul, fadd and store at &acc[base] (acc: contiguous float64, 1-d)."""
-    if not (isinstance(acc, types.Array) and acc.dtype == types.float64 and acc.ndim == 1
-            and acc.layout == "C" and isinstance(base, types.Integer)
+    if not (_float64_c_array(acc, 1) and isinstance(base, types.Integer)
             and all(q == types.float64 for q in (v, q0, q1, q2, q3))):
         return None
     signature = types.void(acc, base, v, q0, q1, q2, q3)
@@ -45,9 +58,7 @@ def _add_scaled4(typingctx, acc, base, v, q0, q1, q2, q3):
         q = ir.Constant(vector, ir.Undefined)
         for t, value in enumerate(args[3:]):
             q = builder.insert_element(q, value, lane[t])
-        scale = builder.insert_element(ir.Constant(vector, ir.Undefined), v_value, lane[0])
-        scale = builder.shuffle_vector(scale, ir.Constant(vector, ir.Undefined),
-                                       ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+        scale = _broadcast(builder, v_value)
         total = builder.fadd(builder.load(pointer, align=8), builder.fmul(scale, q))
         builder.store(total, pointer, align=8)
         return context.get_dummy_value()
@@ -235,9 +246,7 @@ def _add_scaled_and_lane_sums4(typingctx, acc, previous, w, row, x, full):
     def codegen(context, builder, sig, args):
         acc_array, previous_array, row_array, x_array = _arrays(context, builder, sig, args)
         vector = ir.VectorType(ir.DoubleType(), LANES)
-        scale = builder.insert_element(ir.Constant(vector, ir.Undefined), args[2], ir.Constant(ir.IntType(32), 0))
-        scale = builder.shuffle_vector(scale, ir.Constant(vector, ir.Undefined),
-                                       ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+        scale = _broadcast(builder, args[2])
 
         def step(j, accumulators):
             (sums,) = accumulators
@@ -340,8 +349,7 @@ def _column_products_intrinsic(vectors):
     t: contiguous float64 (1-d), U: C-contiguous float64 (2-d)."""
 
     def typer(typingctx, t, start, U, column, rows):
-        if not (isinstance(t, types.Array) and t.dtype == types.float64 and t.ndim == 1 and t.layout == "C"
-                and isinstance(U, types.Array) and U.dtype == types.float64 and U.ndim == 2 and U.layout == "C"
+        if not (_float64_c_array(t, 1) and _float64_c_array(U, 2)
                 and all(isinstance(a, types.Integer) for a in (start, column, rows))):
             return None
         signature = types.void(t, start, U, column, rows)
@@ -367,9 +375,7 @@ def _column_products_intrinsic(vectors):
             with cgutils.for_range(builder, stop, intp=intp) as loop:
                 row = builder.mul(loop.index, stride)
                 factor = builder.load(builder.gep(U_array.data, [builder.add(row, column_i)]))
-                broadcast = builder.shuffle_vector(
-                    builder.insert_element(ir.Constant(vector, ir.Undefined), factor, ir.Constant(ir.IntType(32), 0)),
-                    ir.Constant(vector, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+                broadcast = _broadcast(builder, factor)
                 for slot, offset in zip(slots, offsets):
                     values = builder.load(pointer(U_array.data, builder.add(row, offset)), align=8)
                     builder.store(builder.fsub(builder.load(slot), builder.fmul(values, broadcast)), slot)
@@ -440,10 +446,8 @@ def _weighted_gram_tile(typingctx, A, weights, j0, l0, out):
     """The loop of ``weighted_gram_tile``: per row of A one 8-wide load at column l0 scaled by a broadcast wᵢ, then
     per tile row a broadcast of A[i, j0 + t], one fmul and one fadd into that row's accumulator (each lane rounds
     the product and then the sum, as the scalar statements: their bits)."""
-    if not (all(isinstance(a, types.Array) and a.dtype == types.float64 and a.ndim == 2 and a.layout == "C"
-                for a in (A, out))
-            and isinstance(weights, types.Array) and weights.dtype == types.float64 and weights.ndim == 1
-            and weights.layout == "C" and isinstance(j0, types.Integer) and isinstance(l0, types.Integer)):
+    if not (_float64_c_array(A, 2) and _float64_c_array(out, 2) and _float64_c_array(weights, 1)
+            and isinstance(j0, types.Integer) and isinstance(l0, types.Integer)):
         return None
     signature = types.void(A, weights, j0, l0, out)
 
@@ -459,12 +463,6 @@ def _weighted_gram_tile(typingctx, A, weights, j0, l0, out):
         l0_i = context.cast(builder, l0_value, sig.args[3], types.intp)
         vector = ir.VectorType(ir.DoubleType(), GRAM_TILE_WIDTH)
 
-        def broadcast(value):
-            lane = ir.Constant(ir.IntType(32), 0)
-            return builder.shuffle_vector(
-                builder.insert_element(ir.Constant(vector, ir.Undefined), value, lane), ir.Constant(vector, ir.Undefined),
-                ir.Constant(ir.VectorType(ir.IntType(32), GRAM_TILE_WIDTH), [0] * GRAM_TILE_WIDTH))
-
         def pointer(data, offset):
             # element alignment only: a row starts wherever its row index puts it
             return builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
@@ -473,11 +471,12 @@ def _weighted_gram_tile(typingctx, A, weights, j0, l0, out):
         slots = [cgutils.alloca_once_value(builder, zero) for _ in range(GRAM_TILE_HEIGHT)]
         with cgutils.for_range(builder, rows, intp=intp) as loop:
             row = builder.mul(loop.index, stride)
-            weight = broadcast(builder.load(builder.gep(weights_array.data, [loop.index])))
+            weight = _broadcast(builder, builder.load(builder.gep(weights_array.data, [loop.index])), GRAM_TILE_WIDTH)
             weighted = builder.fmul(weight, builder.load(pointer(A_array.data, builder.add(row, l0_i)), align=8))
             for t, slot in enumerate(slots):
                 entry = builder.load(builder.gep(A_array.data, [builder.add(row, builder.add(j0_i, ir.Constant(intp, t)))]))
-                builder.store(builder.fadd(builder.load(slot), builder.fmul(broadcast(entry), weighted)), slot)
+                builder.store(builder.fadd(builder.load(slot), builder.fmul(_broadcast(builder, entry, GRAM_TILE_WIDTH),
+                                                                            weighted)), slot)
         for t, slot in enumerate(slots):
             offset = builder.add(builder.mul(builder.add(j0_i, ir.Constant(intp, t)), out_stride), l0_i)
             builder.store(builder.load(slot), pointer(out_array.data, offset), align=8)
