@@ -418,11 +418,12 @@ GRAM_TILE_WIDTH = 8
 
 
 def _wide_vector_registers():
-    """Whether Numba's target CPU has AVX-512's 32 vector registers (NUMBA_CPU_FEATURES, else the host's)."""
+    """Whether Numba's target CPU has AVX-512's 32 vector registers: NUMBA_CPU_FEATURES where set, else the host's
+    (the features Numba's code generator takes)."""
     from llvmlite import binding
     from numba.core import config
 
-    features = config.CPU_FEATURES or binding.get_host_cpu_features().flatten()
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else binding.get_host_cpu_features().flatten()
     return "+avx512f" in features.split(",")
 
 
