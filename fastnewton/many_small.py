@@ -185,43 +185,46 @@ def _read_as_csr(csr, nnz, n, d):
 
 
 def _matrix_addresses(matrices):
-    """(which are read as CSR, their arrays' addresses in the ``A_*`` columns of kernels/small_newton.py, the
-    arrays those point into, to be kept alive and unchanged while the addresses are used): each C read in
-    place (a float64 / int64 copy only where the matrix holds another dtype, or a CSR matrix with at least
-    ``DENSIFY_ROW_FRACTION``·d entries per row is run as dense rows)."""
+    """(which are read as CSR, their arrays' addresses in the ``A_*`` columns of kernels/small_newton.py, the size of
+    their index arrays' entries (4 or 8), the arrays those point into, to be kept alive and unchanged while the
+    addresses are used): each C read in place (a float64 copy only where the matrix holds other values, an int64
+    copy of index arrays that are neither int32 nor int64 or not contiguous, dense rows for a CSR matrix with at
+    least ``DENSIFY_ROW_FRACTION``·d entries per row)."""
     csr = [_read_as_csr(matrix.format == "csr", matrix.nnz, matrix.n, matrix.d) for matrix in matrices]
     held = []
     addresses = np.zeros((len(matrices), kernel.ADDRESS_FIELDS), dtype=np.int64)
+    index_bytes = np.full(len(matrices), 8, dtype=np.int64)
     values = []
-    for matrix, sparse in zip(matrices, csr):
+    for p, (matrix, sparse) in enumerate(zip(matrices, csr)):
         if sparse:
             array = np.ascontiguousarray(matrix.data, dtype=np.float64)
+            indptr, indices = _index_arrays(matrix.indptr, matrix.indices)
+            held += [indptr, indices]
+            addresses[p, kernel.A_INDPTR], addresses[p, kernel.A_INDICES] = indptr.ctypes.data, indices.ctypes.data
+            index_bytes[p] = indptr.itemsize
         else:
             dense = matrix.array if matrix.format == "dense" else matrix.rows(np.arange(matrix.n))
             array = np.ascontiguousarray(dense, dtype=np.float64)
         values.append(array.ctypes.data)
         held.append(array)
     addresses[:, kernel.A_VALUES] = values
-    at = np.flatnonzero(csr)
-    for field, name in ((kernel.A_INDPTR, "indptr"), (kernel.A_INDICES, "indices")):
-        arrays = [getattr(matrices[p], name) for p in at]
-        # int64 index arrays are read in place; the others (SciPy holds int32) converted all in one int64
-        # array per field, where an int64 copy per problem and field cost ~8 µs a problem.
-        in_place = [k for k, array in enumerate(arrays) if array.dtype == np.int64 and array.flags.c_contiguous]
-        addresses[at[in_place], field] = [arrays[k].ctypes.data for k in in_place]
-        converted = np.setdiff1d(np.arange(len(arrays)), in_place)
-        if converted.size:
-            joined = np.concatenate([arrays[k] for k in converted], dtype=np.int64)
-            held.append(joined)
-            lengths = np.fromiter((arrays[k].shape[0] for k in converted), np.int64, converted.size)
-            addresses[at[converted], field] = joined.ctypes.data + joined.itemsize * (np.cumsum(lengths) - lengths)
-    return csr, addresses, held
+    return csr, addresses, index_bytes, held
+
+
+def _index_arrays(indptr, indices):
+    """A CSR C's indptr and indices as the compiled solve reads them in place: both int32 or both int64, contiguous
+    (as they are, else int64 copies)."""
+    if (indptr.dtype == indices.dtype and indptr.dtype in (np.int32, np.int64)
+            and indptr.flags.c_contiguous and indices.flags.c_contiguous):
+        return indptr, indices
+    return np.ascontiguousarray(indptr, dtype=np.int64), np.ascontiguousarray(indices, dtype=np.int64)
 
 
 @dataclass
 class _Columns:
     """What the compiled solve reads of some problems, one entry per problem (``_Packed`` joins such parts):
-    shapes ``n`` and ``d``, whether C is read as ``csr``, rows per ``chunk`` (``chunk_rows(n)``), whether the model is
+    shapes ``n`` and ``d``, whether C is read as ``csr``, its index arrays' ``index_bytes`` (4 or 8), rows per ``chunk``
+    (``chunk_rows(n)``), whether the model is
     ``relu``_softmax, the ridge ``l2``, ``target_norm`` (``Softmax.target_norm``), the ``starts`` (``_start_kind``'s
     triples), the targets ``b`` and row weights ``w`` side by side, C's ``addresses`` (the ``A_*`` columns) and the
     arrays they point into (``held``: kept alive, unchanged, as long as the pack)."""
@@ -229,6 +232,7 @@ class _Columns:
     n: np.ndarray
     d: np.ndarray
     csr: object
+    index_bytes: object
     chunk: object
     relu: object
     l2: object
@@ -244,9 +248,9 @@ def _problem_columns(problems, starts):
     """The ``_Columns`` of built ``Problem``s, with their starts (``_start_kind``)."""
     count = len(problems)
     matrices = [problem.matrix for problem in problems]
-    csr, addresses, held = _matrix_addresses(matrices)
+    csr, addresses, index_bytes, held = _matrix_addresses(matrices)
     return _Columns(n=np.fromiter((matrix.n for matrix in matrices), np.int64, count),
-                    d=np.fromiter((matrix.d for matrix in matrices), np.int64, count), csr=csr,
+                    d=np.fromiter((matrix.d for matrix in matrices), np.int64, count), csr=csr, index_bytes=index_bytes,
                     chunk=[problem.block.chunk for problem in problems],
                     relu=[problem.row_model.relu for problem in problems], l2=[problem.l2 for problem in problems],
                     target_norm=[problem.target_norm() for problem in problems], starts=starts,
@@ -257,7 +261,7 @@ def _problem_columns(problems, starts):
 
 def _plain_columns(plain, chosen, starts, row_model, l2):
     """The ``_Columns`` of the plain problems at positions ``chosen`` of ``plain`` (``PlainProblems``; each C read in
-    place, a CSR C's index arrays in their int64 copies, dense rows formed only for a CSR C read as such), with
+    place, dense rows formed only for a CSR C read as such), with
     their starts; one model object ``row_model`` and ridge ``l2`` for all (no row weights: w = 0)."""
     count = len(chosen)
     n, d = plain.n[chosen], plain.d[chosen]
@@ -266,7 +270,7 @@ def _plain_columns(plain, chosen, starts, row_model, l2):
     addresses[:, kernel.A_VALUES] = plain.values_at[chosen]
     addresses[csr, kernel.A_INDPTR] = plain.indptr_at[chosen][csr]
     addresses[csr, kernel.A_INDICES] = plain.indices_at[chosen][csr]
-    held = list(plain.held)
+    held = []
     for position in np.flatnonzero(plain.csr[chosen] & ~csr).tolist():
         rows = plain.dense_rows(chosen[position])
         held.append(rows)
@@ -277,7 +281,8 @@ def _plain_columns(plain, chosen, starts, row_model, l2):
         picked = np.zeros(len(plain), dtype=np.bool_)
         picked[chosen] = True
         b = plain.b[np.repeat(picked, plain.n)]
-    return _Columns(n=n, d=d, csr=csr, chunk=[chunk_rows(rows) for rows in n.tolist()], relu=row_model.relu, l2=l2,
+    return _Columns(n=n, d=d, csr=csr, index_bytes=plain.index_bytes[chosen],
+                    chunk=[chunk_rows(rows) for rows in n.tolist()], relu=row_model.relu, l2=l2,
                     target_norm=[row_model.target_norm(plain.facts[k]) for k in chosen], starts=starts, b=b,
                     w=np.zeros(b.shape[0]), addresses=addresses, held=held)
 
@@ -304,6 +309,7 @@ class _Packed:
         layout[:, kernel.L_N] = n
         layout[:, kernel.L_D] = d
         layout[:, kernel.L_CSR] = joined("csr", np.int64)
+        layout[:, kernel.L_INDEX_BYTES] = joined("index_bytes", np.int64)
         layout[:, kernel.L_CHUNK] = joined("chunk", np.int64)
         layout[:, kernel.L_START] = [start for start, _, _ in starts]
         layout[:, kernel.L_RELU] = joined("relu", np.int64)
@@ -737,7 +743,7 @@ class _MatrixBook:
                 new.setdefault(id(problem.block), problem)
         if new:
             fresh = list(new.values())
-            csr, addresses, held = _matrix_addresses([problem.matrix for problem in fresh])
+            csr, addresses, index_bytes, held = _matrix_addresses([problem.matrix for problem in fresh])
             values = [np.ascontiguousarray(problem.block.V, dtype=np.float64) for problem in fresh]
             weights = [np.ascontiguousarray(problem.block.w, dtype=np.float64) for problem in fresh]
             table = np.zeros((len(fresh), relu_kernel.TABLE_FIELDS), dtype=np.int64)
@@ -748,6 +754,7 @@ class _MatrixBook:
             table[:, relu_kernel.T_VALUES] = addresses[:, kernel.A_VALUES]
             table[:, relu_kernel.T_INDPTR] = addresses[:, kernel.A_INDPTR]
             table[:, relu_kernel.T_INDICES] = addresses[:, kernel.A_INDICES]
+            table[:, relu_kernel.T_INDEX_BYTES] = index_bytes
             table[:, relu_kernel.T_V] = [V.ctypes.data for V in values]
             table[:, relu_kernel.T_W] = [w.ctypes.data for w in weights]
             for key in new:

@@ -11,9 +11,9 @@ the ~39 ms of Python in a solve_many of 1000 dense softmax problems, n 64–512,
 - b's check and the model's facts: ``plain_target_facts`` (whether b is finite, validation's rule; b's
   extremes by ``target_extremes``, the kernel ``Softmax.facts`` calls), ‖b‖² (``squared_norms``, its call) and
   relu_softmax's floor (``with_floor``, as ``Softmax.complete_facts``);
-- a CSR C's checks: its indptr by ``plain_csr_facts`` (validation's rule, ``indptr_fault``, on an int64 copy,
-  which the compiled solve reads anyway), with the sandwich's work that its ``CSRMatrix`` would form
-  (``csr_row_pairs``); the entries indptr covers (column indices in [0, d), finite values), like a dense C's
+- a CSR C's checks: its indptr by ``plain_csr_facts`` (validation's rule, ``indptr_fault``, read where it lies,
+  as the compiled solve reads C's index arrays, int32 or int64), with the sandwich's work that its ``CSRMatrix``
+  would form (``csr_row_pairs``); the entries indptr covers (column indices in [0, d), finite values), like a dense C's
   entries, where the compiled solve first reads them (``C_INVALID``), or by ``entries_valid`` for a C that it
   does not read in place;
 - the shapes that ``auto`` prices (``shapes``).
@@ -22,6 +22,7 @@ A problem that fails a check is not kept: ``Problem`` then rejects it, and its e
 problem gets its ``Problem`` (``problem(k)``) only where one is needed: one left to ``solve``'s loop, or whose
 compiled start falls back to Python.
 """
+import ctypes
 from functools import partial
 
 import numpy as np
@@ -73,6 +74,21 @@ def _plain_parts(C, b):
     return None
 
 
+def _address(array):
+    """The address of a contiguous array's first element, as ``array.ctypes.data`` gives it: through a ctypes view
+    of its buffer where it is writable and not empty (0.3 µs against ctypes.data's ~1 µs: a batch asks for up to
+    three per problem), else by ctypes.data."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(array))
+    except (TypeError, ValueError, BufferError):
+        return array.ctypes.data
+
+
+def addresses_of(arrays):
+    """The addresses of these contiguous arrays' first elements (``_address``), as an int64 array."""
+    return np.fromiter(map(_address, arrays), np.int64, len(arrays))
+
+
 def _offsets(lengths):
     """The count + 1 offsets of arrays of these lengths laid side by side (0 first)."""
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -86,8 +102,9 @@ class PlainProblems:
 
     Arrays, one entry per problem: ``index`` (its position in the batch), ``n``, ``d``, ``nnz`` (stored
     entries), ``csr`` (C is CSR), ``values_at`` (the address of its dense C's entries, or of its CSR data),
-    ``indptr_at`` / ``indices_at`` (CSR: the addresses of its int64 index arrays, copied side by side into
-    ``held``), ``sparse_pairs`` and ``long_rows`` (CSR: its sandwich's work, as ``CSRMatrix.sandwich_work``);
+    ``indptr_at`` / ``indices_at`` (CSR: the addresses of its index arrays, read in place) and ``index_bytes`` (CSR:
+    their entries' size, 4 or 8; 8 for a dense C), ``sparse_pairs`` and ``long_rows`` (CSR: its sandwich's work, as
+    ``CSRMatrix.sandwich_work``);
     ``b``, the targets side by side from ``offsets`` (count + 1); ``facts``, the model's facts of each target
     (``Softmax.facts``'s dicts)."""
 
@@ -118,32 +135,31 @@ class PlainProblems:
         finite = np.empty(count, dtype=np.bool_)
         extremes = np.empty((count, 3))
         plain_target_facts(b, offsets, finite, extremes)
-        values_at = np.fromiter((array.ctypes.data for array in values), np.int64, count)
+        values_at = addresses_of(values)
         nnz = n * d
         sparse_pairs, long_rows = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
         indptr_at, indices_at = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
+        index_bytes = np.full(count, 8, dtype=np.int64)
         valid = finite
-        self.held = []
         at = np.flatnonzero(csr)
         if at.size:
             at_list = at.tolist()
-            # int64 copies, side by side: the compiled solve reads int64 indices, and SciPy holds int32.
-            indptr = np.concatenate([indptrs[k] for k in at_list], dtype=np.int64)
+            # Index arrays read where they lie, int32 (SciPy's) or int64 (``int64_indices_at``).
+            sparse_indptrs = [indptrs[k] for k in at_list]
             sparse_indices = [indices_each[k] for k in at_list]
-            indices = np.concatenate(sparse_indices, dtype=np.int64)
-            self.held += [indptr, indices]
-            indptr_starts = _offsets(n[at] + 1)
+            indptr_at[at] = addresses_of(sparse_indptrs)
+            indices_at[at] = addresses_of(sparse_indices)
+            index_bytes[at] = np.fromiter((array.itemsize for array in sparse_indptrs), np.int64, at.size)
             stored_indices = np.fromiter(map(len, sparse_indices), np.int64, at.size)
             stored_data = np.fromiter(map(len, [values[k] for k in at_list]), np.int64, at.size)
             thresholds = {width: dense_row_threshold(width) for width in set(d[at].tolist())}
             dense_from = np.array([thresholds[width] for width in d[at].tolist()], dtype=np.float64)
             sound = np.empty(at.size, dtype=np.bool_)
             facts = np.zeros((at.size, 3), dtype=np.int64)
-            plain_csr_facts(indptr, indptr_starts, stored_indices, stored_data, dense_from, sound, facts)
+            plain_csr_facts(indptr_at[at], index_bytes[at], n[at], stored_indices, stored_data, dense_from, sound,
+                            facts)
             valid[at] &= sound
             nnz[at], sparse_pairs[at], long_rows[at] = facts.T
-            indptr_at[at] = indptr.ctypes.data + indptr.itemsize * indptr_starts[:-1]
-            indices_at[at] = indices.ctypes.data + indices.itemsize * _offsets(stored_indices)[:-1]
         kept = np.flatnonzero(valid)
         if kept.size < count:
             b = b[np.repeat(valid, n)]
@@ -152,6 +168,7 @@ class PlainProblems:
         self._targets = [targets[k] for k in kept.tolist()]
         self.n, self.d, self.csr, self.nnz = n[kept], d[kept], csr[kept], nnz[kept]
         self.values_at, self.indptr_at, self.indices_at = values_at[kept], indptr_at[kept], indices_at[kept]
+        self.index_bytes = index_bytes[kept]
         self.sparse_pairs, self.long_rows = sparse_pairs[kept], long_rows[kept]
         self.b, self.offsets = b, _offsets(self.n)
         squares = squared_norms(self._targets)
@@ -163,7 +180,8 @@ class PlainProblems:
         indices in [0, d), finite values: ``plain_csr_entries``), for those the compiled solve does not check
         where it reads them (a C read as dense rows, or left to ``solve``'s loop): an array of bools."""
         valid = np.empty(len(chosen), dtype=np.bool_)
-        plain_csr_entries(self.indices_at[chosen], self.values_at[chosen], self.nnz[chosen], self.d[chosen], valid)
+        plain_csr_entries(self.indices_at[chosen], self.values_at[chosen], self.nnz[chosen], self.d[chosen],
+                          self.index_bytes[chosen], valid)
         return valid
 
     def __len__(self):

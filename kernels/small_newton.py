@@ -19,9 +19,9 @@ would keep a stale copy of a global imported from another file).
 
 Layout: problem p's row ``layout[p]`` gives its shape and where its packed vectors start (the
 ``L_*`` columns); its C is read in place (``kernels/in_place.py``) at ``addresses[p]`` (the ``A_*``
-columns): dense C row-major float64 at ``A_VALUES``, or CSR C as int64 ``indptr`` (0 … nnz) at
-``A_INDPTR``, int64 ``indices`` at ``A_INDICES`` and float64 data at ``A_VALUES``. Per-row vectors
-(b, w) are packed by ``L_ROW``, per-column ones (x, ∇L) by ``L_COL``.
+columns): dense C row-major float64 at ``A_VALUES``, or CSR C as ``indptr`` (0 … nnz) at ``A_INDPTR``,
+``indices`` at ``A_INDICES`` (both int64 or both int32: ``L_INDEX_BYTES``) and float64 data at ``A_VALUES``.
+Per-row vectors (b, w) are packed by ``L_ROW``, per-column ones (x, ∇L) by ``L_COL``.
 """
 import math
 
@@ -34,7 +34,7 @@ from .csr import INDPTR_SOUND, csr_column_squares, csr_row_pairs, indptr_fault
 from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, longer_trial, \
     raised_damping
 from .dense import chunk_rmatmat, four_row_dots, gram_tiles_width, row_dot, signed_scaled_rows, weighted_gram_upper
-from .in_place import array_at
+from .in_place import array_at, int64_indices_at
 from .kinks import (HELD_FULL, HELD_SHORT, MAX_CANDIDATE_ROWS, NOT_HELD, TABLE_FIELDS, held_gain_ratio, held_rows,
                     held_step, kink_candidates, kink_table, least_norm_subgradient, parallel_groups)
 from .reduce import SQUARES_HIGH, SQUARES_LOW, gradient_rounding_bounds, rescaled_norm, scaled_norm
@@ -50,8 +50,8 @@ from .softmax import (
 )
 
 # Columns of ``layout`` (int64, one row per problem).
-L_N, L_D, L_CSR, L_ROW, L_COL, L_CHUNK, L_START, L_RELU = range(8)
-LAYOUT_FIELDS = 8
+L_N, L_D, L_CSR, L_ROW, L_COL, L_CHUNK, L_START, L_RELU, L_INDEX_BYTES = range(9)
+LAYOUT_FIELDS = 9
 # Columns of ``addresses`` (int64, one row per problem): where its C's arrays lie.
 A_VALUES, A_INDPTR, A_INDICES = range(3)
 ADDRESS_FIELDS = 3
@@ -96,15 +96,16 @@ JACOBI_FLOOR = float(np.finfo(np.float64).tiny)
 
 # -- passes over one problem's C ---------------------------------------------------------------------
 @njit(cache=True)
-def matrix_at(csr, n, d, values, indptr, indices):
+def matrix_at(csr, n, d, values, indptr, indices, index_bytes):
     """One problem's n × d C as the passes below take it (A, indptr, indices, data, csr), read in place at the
-    addresses of its arrays: CSR C as int64 indptr and indices and float64 data, or dense C row-major float64."""
+    addresses of its arrays: CSR C as indptr and indices of ``index_bytes`` each (int64 read in place, int32
+    widened: ``int64_indices_at``) and float64 data, or dense C row-major float64."""
     no_indices = np.empty(0, dtype=np.int64)
     if csr:
-        starts = array_at(indptr, (n + 1,), np.int64)
+        starts = int64_indices_at(indptr, n + 1, index_bytes)
         nnz = starts[n]
-        return (np.empty((0, d)), starts, array_at(indices, (nnz,), np.int64), array_at(values, (nnz,), np.float64),
-                True)
+        return (np.empty((0, d)), starts, int64_indices_at(indices, nnz, index_bytes),
+                array_at(values, (nnz,), np.float64), True)
     return array_at(values, (n, d), np.float64), no_indices, no_indices, np.empty(0), False
 
 
@@ -1037,16 +1038,17 @@ def plain_target_facts(b, starts, finite, extremes):
 
 
 @njit(parallel=True, cache=True)
-def plain_csr_facts(indptr, indptr_starts, stored_indices, stored_data, dense_from, sound, facts):
-    """For each CSR C p whose indptr is copied as int64 at indptr[indptr_starts[p]:indptr_starts[p + 1]], holding
-    ``stored_indices[p]`` indices and ``stored_data[p]`` values: sound[p] = whether that indptr is what
+def plain_csr_facts(indptr_at, index_bytes, n, stored_indices, stored_data, dense_from, sound, facts):
+    """For each CSR C p of ``n[p]`` rows whose indptr lies at ``indptr_at[p]`` (``index_bytes[p]`` an entry: 8,
+    int64, or 4, int32), holding ``stored_indices[p]`` indices and ``stored_data[p]`` values: sound[p] = whether that
+    indptr is what
     ``fastnewton.validation`` accepts (``indptr_fault``: from 0, never decreasing, ending within both), and for
     a sound one facts[p] = (stored entries indptr[-1], the sandwich's pair updates over its rows shorter than
     ``dense_from[p]`` entries, those long rows: ``csr_row_pairs``, as ``fastnewton.matrix.CSRMatrix`` forms
     them). Only indptr is read: the entries it covers are checked by ``plain_csr_entries`` or where the
     compiled solve first reads them (``_solve_packed``). One task per matrix."""
     for p in prange(sound.shape[0]):
-        starts = indptr[indptr_starts[p]:indptr_starts[p + 1]]
+        starts = int64_indices_at(indptr_at[p], n[p] + 1, index_bytes[p])
         sound[p] = indptr_fault(starts, stored_indices[p], stored_data[p]) == INDPTR_SOUND
         if sound[p]:
             _, short_pairs, long_rows = csr_row_pairs(starts, dense_from[p], np.empty(starts.shape[0] - 1, np.int64))
@@ -1056,12 +1058,12 @@ def plain_csr_facts(indptr, indptr_starts, stored_indices, stored_data, dense_fr
 
 
 @njit(parallel=True, cache=True)
-def plain_csr_entries(indices_at, data_at, nnz, columns, valid):
-    """valid[p] = whether CSR C p's ``nnz[p]`` stored entries, int64 column indices at ``indices_at[p]`` and
-    float64 values at ``data_at[p]`` (read in place), are what ``fastnewton.validation`` accepts of a C with
-    ``columns[p]`` columns (``_csr_entries_valid``). One task per matrix."""
+def plain_csr_entries(indices_at, data_at, nnz, columns, index_bytes, valid):
+    """valid[p] = whether CSR C p's ``nnz[p]`` stored entries, column indices at ``indices_at[p]`` (``index_bytes[p]``
+    each) and float64 values at ``data_at[p]`` (read in place), are what ``fastnewton.validation`` accepts of a C
+    with ``columns[p]`` columns (``_csr_entries_valid``). One task per matrix."""
     for p in prange(valid.shape[0]):
-        valid[p] = _csr_entries_valid(array_at(indices_at[p], (nnz[p],), np.int64),
+        valid[p] = _csr_entries_valid(int64_indices_at(indices_at[p], nnz[p], index_bytes[p]),
                                       array_at(data_at[p], (nnz[p],), np.float64), columns[p])
 
 
@@ -1110,7 +1112,8 @@ def _solve_packed(p, layout, addresses, parameters, settings, b, w, x, grad_out,
     # before), here rather than in a pass over every C before the solves: this first read brings C from memory
     # for the start's sandwich that follows (1000 dense problems, 288 × 48 on average: a separate pass over
     # their 115 MB took ~8 ms on 2 threads).
-    matrix = matrix_at(csr, n, d, addresses[p, A_VALUES], addresses[p, A_INDPTR], addresses[p, A_INDICES])
+    matrix = matrix_at(csr, n, d, addresses[p, A_VALUES], addresses[p, A_INDPTR], addresses[p, A_INDICES],
+                       layout[p, L_INDEX_BYTES])
     if csr:
         valid = _csr_entries_valid(matrix[2], matrix[3], d)
     else:

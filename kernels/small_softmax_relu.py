@@ -41,8 +41,9 @@ from .small_newton import (_all_finite, _cholesky, _cholesky_solve, _dot, _half_
 from .softmax import curvature_weight, log_partition_serial, softmax_relu_columns_row, softmax_relu_gradient_rounding
 
 # Columns of ``table`` (int64, one row per request).
-T_N, T_D, T_M, T_CSR, T_CHUNK, T_VALUES, T_INDPTR, T_INDICES, T_V, T_W, T_COL, T_OUT, T_MAX_ITER = range(13)
-TABLE_FIELDS = 13
+(T_N, T_D, T_M, T_CSR, T_CHUNK, T_VALUES, T_INDPTR, T_INDICES, T_V, T_W, T_COL, T_OUT, T_MAX_ITER,
+ T_INDEX_BYTES) = range(14)
+TABLE_FIELDS = 14
 # Columns of ``numbers`` (float64, one row per request).
 N_L2, N_TOL, N_TARGET_NORM = range(3)
 NUMBER_FIELDS = 3
@@ -510,8 +511,9 @@ def _request_arrays(r, table):
     n = table[r, T_N]
     d = table[r, T_D]
     m = table[r, T_M]
-    matrix = matrix_at(table[r, T_CSR] == 1, n, d, table[r, T_VALUES], table[r, T_INDPTR], table[r, T_INDICES])
-    Vm = matrix_at(False, n, m, table[r, T_V], 0, 0)
+    matrix = matrix_at(table[r, T_CSR] == 1, n, d, table[r, T_VALUES], table[r, T_INDPTR], table[r, T_INDICES],
+                       table[r, T_INDEX_BYTES])
+    Vm = matrix_at(False, n, m, table[r, T_V], 0, 0, 8)
     return matrix, Vm, array_at(table[r, T_W], (n,), np.float64)
 
 

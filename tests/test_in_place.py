@@ -33,8 +33,8 @@ def test_array_at_reads_the_arrays_in_place(shape):
 
 
 def test_solve_many_reads_float64_inputs_in_place_and_copies_only_other_dtypes():
-    """Dense float64 C and int64/float64 CSR arrays are read where the problem holds them (no copy);
-    float32 values and int32 indices are converted, for those problems only."""
+    """Dense float64 C and CSR arrays (float64 data, int32 or int64 indices) are read where the problem holds them (no
+    copy), each CSR C with its index size; float32 values are converted, for that problem only."""
     from fastnewton.kernels import small_newton as kernel
     from fastnewton.many_small import _Packed, _start_kind
     from fastnewton.problem import Problem
@@ -58,6 +58,48 @@ def test_solve_many_reads_float64_inputs_in_place_and_copies_only_other_dtypes()
     held = problems[2].matrix
     assert (values[2], indptr[2], indices[2]) == (held.data.ctypes.data, held.indptr.ctypes.data,
                                                   held.indices.ctypes.data)
-    converted = problems[3].matrix
-    assert values[3] == converted.data.ctypes.data  # float64 data read in place
-    assert indptr[3] != converted.indptr.ctypes.data and indices[3] != converted.indices.ctypes.data
+    narrow = problems[3].matrix
+    assert (values[3], indptr[3], indices[3]) == (narrow.data.ctypes.data, narrow.indptr.ctypes.data,
+                                                  narrow.indices.ctypes.data)
+    assert list(pack.layout[:, kernel.L_INDEX_BYTES]) == [8, 8, 8, 4]
+
+
+def test_index_arrays_of_mixed_or_other_types_are_copied_as_int64():
+    """``_index_arrays``: int32 or int64 pairs as they are; mixed, other integer types or strided ones as int64
+    copies."""
+    from fastnewton.many_small import _index_arrays
+
+    indptr, indices = np.array([0, 2, 3]), np.array([1, 0, 2])
+    for dtype in (np.int32, np.int64):
+        pair = (indptr.astype(dtype), indices.astype(dtype))
+        kept = _index_arrays(*pair)
+        assert kept[0] is pair[0] and kept[1] is pair[1]
+    for pair in [(indptr.astype(np.int64), indices.astype(np.int32)),
+                 (indptr.astype(np.int16), indices.astype(np.int16)),
+                 (indptr.astype(np.int64), np.repeat(indices, 2)[::2])]:
+        copied = _index_arrays(*pair)
+        assert all(array.dtype == np.int64 and array.flags.c_contiguous for array in copied)
+        np.testing.assert_array_equal(copied[0], indptr)
+        np.testing.assert_array_equal(copied[1], indices)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_int64_indices_at_reads_int64_in_place_and_widens_int32(dtype):
+    """``int64_indices_at``, compiled and in its pure-Python form: the indices' values as int64, extremes included; the
+    array itself when it holds int64."""
+    from fastnewton.kernels.in_place import int64_indices_at
+
+    info = np.iinfo(dtype)
+    source = np.array([0, 1, info.max, info.min, -1, 7], dtype=dtype)
+
+    @njit
+    def compiled(address, length, index_bytes):
+        return int64_indices_at(address, length, index_bytes).copy()
+
+    for read in (compiled, int64_indices_at.py_func):
+        got = read(source.ctypes.data, source.shape[0], source.itemsize)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, source.astype(np.int64))
+        assert read(source.ctypes.data, 0, source.itemsize).shape == (0,)
+    in_place = np.shares_memory(int64_indices_at.py_func(source.ctypes.data, 6, source.itemsize), source)
+    assert in_place == (dtype == np.int64)

@@ -71,12 +71,24 @@ def test_with_none_plain_there_is_no_batch():
     assert PlainProblems.of([(C, b, np.ones((C.shape[0], 2))) for C, b, _ in items], [None] * len(items)) is None
 
 
+def _with_int64_indices(C):
+    """C with int64 indptr and indices (set after construction: SciPy's constructor would downcast them)."""
+    C = C.copy()
+    C.indices, C.indptr = C.indices.astype(np.int64), C.indptr.astype(np.int64)
+    return C
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("edit", ["nan b", "indptr start", "indptr past end", "column d", "column -1", "inf value"])
-def test_bad_inputs_are_left_to_problem_or_found_by_the_entries_check(edit):
+def test_bad_inputs_are_left_to_problem_or_found_by_the_entries_check(edit, index_dtype):
     """A bad b or indptr is not kept (``Problem`` gives its message); bad CSR entries (a column outside [0, d), a
-    non-finite value) are found by ``entries_valid``, as ``Problem`` rejects them."""
+    non-finite value) are found by ``entries_valid``, as ``Problem`` rejects them; with int32 and int64 indices,
+    both read where they lie."""
     made = make_problem(50, 8, nnz_per_row=3, seed=3)
     C, b = made.C.copy(), made.b.copy()
+    if index_dtype == np.int64:
+        C = _with_int64_indices(C)
+    assert C.indices.dtype == index_dtype and C.indptr.dtype == index_dtype
     if edit == "nan b":
         b[4] = np.nan
     elif edit == "indptr start":
@@ -98,3 +110,35 @@ def test_bad_inputs_are_left_to_problem_or_found_by_the_entries_check(edit):
     else:
         assert plain.index.tolist() == [0, 1, 2]
         assert plain.entries_valid(np.arange(3)).tolist() == [True, False, True]
+
+
+def test_index_arrays_are_read_where_they_lie():
+    """A plain CSR C's indptr and indices are not copied: their addresses are the caller's arrays', with their entries'
+    size (4 for int32, 8 for int64); a dense C's entries likewise. Both index types give solve_many the same bits."""
+    made = make_problem(60, 7, nnz_per_row=2, noise=0.05, seed=4)
+    narrow, wide, dense = made.C, _with_int64_indices(made.C), made.C.toarray()
+    items = [(narrow, made.b, None), (wide, made.b, None), (dense, made.b, None)]
+    plain = PlainProblems.of(items, [None] * 3)
+    assert plain.index.tolist() == [0, 1, 2]
+    assert plain.index_bytes.tolist() == [4, 8, 8]
+    for k, C in enumerate([narrow, wide]):
+        assert (plain.indptr_at[k], plain.indices_at[k], plain.values_at[k]) == (
+            C.indptr.ctypes.data, C.indices.ctypes.data, C.data.ctypes.data)
+    assert plain.values_at[2] == dense.ctypes.data
+    batch = fastnewton.solve_many([(narrow, made.b), (wide, made.b)], hessian="exact")
+    assert batch.converged.all()
+    np.testing.assert_array_equal(batch.x[:, 0], batch.x[:, 1])
+    single = fastnewton.solve(narrow, made.b, hessian="exact")
+    assert np.linalg.norm(batch.x[:, 0] - single.x) <= 1e-10 * np.linalg.norm(single.x)
+
+
+def test_addresses_of_gives_each_arrays_first_element():
+    """``addresses_of`` as ``ndarray.ctypes.data``: writable, read-only, empty and offset (view) arrays."""
+    from fastnewton.plain_problems import addresses_of
+
+    base = np.arange(10.0)
+    read_only = np.arange(5, dtype=np.int32)
+    read_only.flags.writeable = False
+    arrays = [base, base[3:], read_only, np.empty(0), np.empty(0, dtype=np.int64), np.ones((4, 3))]
+    assert addresses_of(arrays).tolist() == [array.ctypes.data for array in arrays]
+    assert addresses_of([]).tolist() == []
