@@ -222,12 +222,12 @@ def _index_arrays(indptr, indices):
 
 @dataclass
 class _Columns:
-    """What the compiled solve reads of some problems, one entry per problem (``_Packed`` joins such parts):
-    shapes ``n`` and ``d``, whether C is read as ``csr``, its index arrays' ``index_bytes`` (4 or 8), rows per ``chunk``
-    (``chunk_rows(n)``), whether the model is
-    ``relu``_softmax, the ridge ``l2``, ``target_norm`` (``Softmax.target_norm``), the ``starts`` (``_start_kind``'s
-    triples), the targets ``b`` and row weights ``w`` side by side, C's ``addresses`` (the ``A_*`` columns) and the
-    arrays they point into (``held``: kept alive, unchanged, as long as the pack)."""
+    """What the compiled solve reads of some problems, one entry per problem (``_Packed`` joins such parts): shapes
+    ``n`` and ``d``, whether C is read as ``csr``, its index arrays' ``index_bytes`` (4 or 8), rows per ``chunk``
+    (``chunk_rows(n)``), whether the model is ``relu``_softmax, the ridge ``l2``, ``target_norm``
+    (``Softmax.target_norm``), the ``starts`` (``_start_kind``'s triples), the targets ``b`` and row weights ``w`` side
+    by side, C's ``addresses`` (the ``A_*`` columns) and the arrays they point into (``held``: kept alive, unchanged, as
+    long as the pack)."""
 
     n: np.ndarray
     d: np.ndarray
@@ -261,8 +261,8 @@ def _problem_columns(problems, starts):
 
 def _plain_columns(plain, chosen, starts, row_model, l2):
     """The ``_Columns`` of the plain problems at positions ``chosen`` of ``plain`` (``PlainProblems``; each C read in
-    place, dense rows formed only for a CSR C read as such), with
-    their starts; one model object ``row_model`` and ridge ``l2`` for all (no row weights: w = 0)."""
+    place, dense rows formed only for a CSR C read as such), with their starts; one model object ``row_model`` and
+    ridge ``l2`` for all (no row weights: w = 0)."""
     count = len(chosen)
     n, d = plain.n[chosen], plain.d[chosen]
     csr = _read_as_csr(plain.csr[chosen], plain.nnz[chosen], n, d)

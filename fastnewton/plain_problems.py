@@ -13,8 +13,8 @@ the ~39 ms of Python in a solve_many of 1000 dense softmax problems, n 64–512,
   relu_softmax's floor (``with_floor``, as ``Softmax.complete_facts``);
 - a CSR C's checks: its indptr by ``plain_csr_facts`` (validation's rule, ``indptr_fault``, read where it lies,
   as the compiled solve reads C's index arrays, int32 or int64), with the sandwich's work that its ``CSRMatrix``
-  would form (``csr_row_pairs``); the entries indptr covers (column indices in [0, d), finite values), like a dense C's
-  entries, where the compiled solve first reads them (``C_INVALID``), or by ``entries_valid`` for a C that it
+  would form (``csr_row_pairs``); the entries indptr covers (column indices in [0, d), finite values), like a dense
+  C's entries, where the compiled solve first reads them (``C_INVALID``), or by ``entries_valid`` for a C that it
   does not read in place;
 - the shapes that ``auto`` prices (``shapes``).
 

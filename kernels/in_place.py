@@ -46,13 +46,13 @@ def _array_at(address, shape, dtype):
     return implementation
 
 
-
 @numba.njit(cache=True)
 def int64_indices_at(address, length, index_bytes):
     """The ``length`` indices at ``address`` as int64: the array itself where it holds int64 (``index_bytes`` 8), an
     int64 copy where it holds int32 (4, SciPy's usual index type). A CSR C's indices are read where they lie and
     widened by the task that reads them (a few µs for a small C, in cache), where widening a thousand problems'
-    indices side by side beforehand wrote ~17 MB of fresh memory: ~8 ms of page faults per call of solve_many."""
+    indices side by side beforehand wrote ~17 MB per call of solve_many (bench/many_small.py's 1000 CSR problems:
+    their description 9.1 → 7.0 ms, the compiled solves unchanged)."""
     if index_bytes == 8:
         return array_at(address, (length,), np.int64)
     wide = np.empty(length, dtype=np.int64)

@@ -1039,14 +1039,13 @@ def plain_target_facts(b, starts, finite, extremes):
 
 @njit(parallel=True, cache=True)
 def plain_csr_facts(indptr_at, index_bytes, n, stored_indices, stored_data, dense_from, sound, facts):
-    """For each CSR C p of ``n[p]`` rows whose indptr lies at ``indptr_at[p]`` (``index_bytes[p]`` an entry: 8,
-    int64, or 4, int32), holding ``stored_indices[p]`` indices and ``stored_data[p]`` values: sound[p] = whether that
-    indptr is what
-    ``fastnewton.validation`` accepts (``indptr_fault``: from 0, never decreasing, ending within both), and for
-    a sound one facts[p] = (stored entries indptr[-1], the sandwich's pair updates over its rows shorter than
-    ``dense_from[p]`` entries, those long rows: ``csr_row_pairs``, as ``fastnewton.matrix.CSRMatrix`` forms
-    them). Only indptr is read: the entries it covers are checked by ``plain_csr_entries`` or where the
-    compiled solve first reads them (``_solve_packed``). One task per matrix."""
+    """For each CSR C p of ``n[p]`` rows whose indptr lies at ``indptr_at[p]`` (``index_bytes[p]`` an entry: 8, int64,
+    or 4, int32), holding ``stored_indices[p]`` indices and ``stored_data[p]`` values: sound[p] = whether that indptr is
+    what ``fastnewton.validation`` accepts (``indptr_fault``: from 0, never decreasing, ending within both), and for a
+    sound one facts[p] = (stored entries indptr[-1], the sandwich's pair updates over its rows shorter than
+    ``dense_from[p]`` entries, those long rows: ``csr_row_pairs``, as ``fastnewton.matrix.CSRMatrix`` forms them). Only
+    indptr is read: the entries it covers are checked by ``plain_csr_entries`` or where the compiled solve first reads
+    them (``_solve_packed``). One task per matrix."""
     for p in prange(sound.shape[0]):
         starts = int64_indices_at(indptr_at[p], n[p] + 1, index_bytes[p])
         sound[p] = indptr_fault(starts, stored_indices[p], stored_data[p]) == INDPTR_SOUND
