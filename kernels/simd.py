@@ -33,6 +33,12 @@ def _broadcast(builder, value, lanes=LANES):
                                   ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
 
 
+def _vector_at(builder, data, offset, lanes=LANES):
+    """&data[offset] as a pointer to <lanes x element> (data: a pointer to the element type). Loads and stores
+    through it take element alignment only: a row starts wherever its row index (or NumPy) puts it."""
+    return builder.bitcast(builder.gep(data, [offset]), ir.VectorType(data.type.pointee, lanes).as_pointer())
+
+
 def add_scaled4(acc, base, v, q0, q1, q2, q3):
     """acc[base + t] += v·q_t for t = 0 … 3 (the pure-Python form, run under NUMBA_DISABLE_JIT)."""
     for t, q in enumerate((q0, q1, q2, q3)):
@@ -53,8 +59,7 @@ def _add_scaled4(typingctx, acc, base, v, q0, q1, q2, q3):
         double = ir.DoubleType()
         vector = ir.VectorType(double, LANES)
         lane = [ir.Constant(ir.IntType(32), t) for t in range(LANES)]
-        # element alignment only: the partials' rows start wherever NumPy put them
-        pointer = builder.bitcast(builder.gep(array.data, [base_value]), vector.as_pointer())
+        pointer = _vector_at(builder, array.data, base_value)
         q = ir.Constant(vector, ir.Undefined)
         for t, value in enumerate(args[3:]):
             q = builder.insert_element(q, value, lane[t])
@@ -124,9 +129,7 @@ def _load4(builder, array, j):
     """array[j:j + 4] as <4 x double> (float32 widened exactly); element alignment only: a row of C
     starts wherever its row index puts it."""
     data, dtype = array
-    element = data.type.pointee
-    pointer = builder.bitcast(builder.gep(data, [j]), ir.VectorType(element, LANES).as_pointer())
-    values = builder.load(pointer, align=dtype.bitwidth // 8)
+    values = builder.load(_vector_at(builder, data, j), align=dtype.bitwidth // 8)
     if dtype != types.float64:
         values = builder.fpext(values, ir.VectorType(ir.DoubleType(), LANES))
     return values
@@ -245,12 +248,11 @@ def _add_scaled_and_lane_sums4(typingctx, acc, previous, w, row, x, full):
 
     def codegen(context, builder, sig, args):
         acc_array, previous_array, row_array, x_array = _arrays(context, builder, sig, args)
-        vector = ir.VectorType(ir.DoubleType(), LANES)
         scale = _broadcast(builder, args[2])
 
         def step(j, accumulators):
             (sums,) = accumulators
-            pointer = builder.bitcast(builder.gep(acc_array[0], [j]), vector.as_pointer())
+            pointer = _vector_at(builder, acc_array[0], j)
             updated = builder.fadd(builder.load(pointer, align=8), builder.fmul(_load4(builder, previous_array, j), scale))
             builder.store(updated, pointer, align=8)
             return (builder.fadd(sums, builder.fmul(_load4(builder, row_array, j), _load4(builder, x_array, j))),)
@@ -363,24 +365,19 @@ def _column_products_intrinsic(vectors):
             start_i = context.cast(builder, start_value, sig.args[1], types.intp)
             column_i = context.cast(builder, column_value, sig.args[3], types.intp)
             stop = context.cast(builder, rows_value, sig.args[4], types.intp)
-            vector = ir.VectorType(ir.DoubleType(), LANES)
-
-            def pointer(data, offset):
-                # element alignment only: a row of U starts wherever its row index puts it
-                return builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
-
             offsets = [builder.add(start_i, ir.Constant(intp, LANES * v)) for v in range(vectors)]
-            slots = [cgutils.alloca_once_value(builder, builder.load(pointer(t_array.data, offset), align=8))
+            slots = [cgutils.alloca_once_value(builder,
+                                               builder.load(_vector_at(builder, t_array.data, offset), align=8))
                      for offset in offsets]
             with cgutils.for_range(builder, stop, intp=intp) as loop:
                 row = builder.mul(loop.index, stride)
                 factor = builder.load(builder.gep(U_array.data, [builder.add(row, column_i)]))
                 broadcast = _broadcast(builder, factor)
                 for slot, offset in zip(slots, offsets):
-                    values = builder.load(pointer(U_array.data, builder.add(row, offset)), align=8)
+                    values = builder.load(_vector_at(builder, U_array.data, builder.add(row, offset)), align=8)
                     builder.store(builder.fsub(builder.load(slot), builder.fmul(values, broadcast)), slot)
             for slot, offset in zip(slots, offsets):
-                builder.store(builder.load(slot), pointer(t_array.data, offset), align=8)
+                builder.store(builder.load(slot), _vector_at(builder, t_array.data, offset), align=8)
             return context.get_dummy_value()
 
         return signature, codegen
@@ -463,24 +460,20 @@ def _weighted_gram_tile(typingctx, A, weights, j0, l0, out):
         j0_i = context.cast(builder, j0_value, sig.args[2], types.intp)
         l0_i = context.cast(builder, l0_value, sig.args[3], types.intp)
         vector = ir.VectorType(ir.DoubleType(), GRAM_TILE_WIDTH)
-
-        def pointer(data, offset):
-            # element alignment only: a row starts wherever its row index puts it
-            return builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
-
         zero = ir.Constant(vector, [0.0] * GRAM_TILE_WIDTH)
         slots = [cgutils.alloca_once_value(builder, zero) for _ in range(GRAM_TILE_HEIGHT)]
         with cgutils.for_range(builder, rows, intp=intp) as loop:
             row = builder.mul(loop.index, stride)
             weight = _broadcast(builder, builder.load(builder.gep(weights_array.data, [loop.index])), GRAM_TILE_WIDTH)
-            weighted = builder.fmul(weight, builder.load(pointer(A_array.data, builder.add(row, l0_i)), align=8))
+            columns = _vector_at(builder, A_array.data, builder.add(row, l0_i), GRAM_TILE_WIDTH)
+            weighted = builder.fmul(weight, builder.load(columns, align=8))
             for t, slot in enumerate(slots):
                 entry = builder.load(builder.gep(A_array.data, [builder.add(row, builder.add(j0_i, ir.Constant(intp, t)))]))
                 builder.store(builder.fadd(builder.load(slot), builder.fmul(_broadcast(builder, entry, GRAM_TILE_WIDTH),
                                                                             weighted)), slot)
         for t, slot in enumerate(slots):
             offset = builder.add(builder.mul(builder.add(j0_i, ir.Constant(intp, t)), out_stride), l0_i)
-            builder.store(builder.load(slot), pointer(out_array.data, offset), align=8)
+            builder.store(builder.load(slot), _vector_at(builder, out_array.data, offset, GRAM_TILE_WIDTH), align=8)
         return context.get_dummy_value()
 
     return signature, codegen
