@@ -62,7 +62,7 @@ from .models.softmax_relu import SoftmaxRelu
 from .kinks import KINK_RTOL, RELU_INPUTS, kink_sentence, kink_stationary_text, kink_text
 from .memory import check_hessian_fits, check_iteration_fits
 from .newton import MAX_LOGIT_STEP, NewtonRequest, stall_detail, status_message, warn_max_iter
-from .plain_problems import PlainProblems
+from .plain_problems import PlainProblems, index_arrays_read_in_place
 from .problem import Problem
 from .result import MESSAGES, ConvergenceWarning, SolveResult, Status, relative_gradient_norm
 from .solver import (SUM_TOLERANCE, is_default_start, not_a_distribution, solve_options, solve_problem,
@@ -214,8 +214,7 @@ def _matrix_addresses(matrices):
 def _index_arrays(indptr, indices):
     """A CSR C's indptr and indices as the compiled solve reads them in place: both int32 or both int64, contiguous
     (as they are, else int64 copies)."""
-    if (indptr.dtype == indices.dtype and indptr.dtype in (np.int32, np.int64)
-            and indptr.flags.c_contiguous and indices.flags.c_contiguous):
+    if index_arrays_read_in_place(indptr, indices):
         return indptr, indices
     return np.ascontiguousarray(indptr, dtype=np.int64), np.ascontiguousarray(indices, dtype=np.int64)
 

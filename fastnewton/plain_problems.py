@@ -40,6 +40,13 @@ from .validation import csr_matrix_of
 _CSR_TYPES = (sp.csr_matrix, sp.csr_array)
 
 
+def index_arrays_read_in_place(indptr, indices):
+    """Whether a CSR C's index arrays are what the compiled solve reads where they lie (``int64_indices_at``): both
+    int32 or both int64, C-contiguous."""
+    return (indptr.dtype == indices.dtype and (indices.dtype == np.int32 or indices.dtype == np.int64)
+            and indptr.flags.c_contiguous and indices.flags.c_contiguous)
+
+
 def _plain_parts(C, b):
     """(n, d, C's values: the dense array or CSR data, CSR indptr, CSR indices) of a problem that is plain, else
     None (one read of each attribute: this runs once per problem of a batch).
@@ -65,10 +72,8 @@ def _plain_parts(C, b):
     data, indptr, indices = C.data, C.indptr, C.indices
     if (len(shape) == 2 and shape[0] == n and shape[1] > 0
             and type(data) is np.ndarray and type(indptr) is np.ndarray and type(indices) is np.ndarray
-            and data.dtype == np.float64 and indptr.dtype == indices.dtype
-            and (indices.dtype == np.int32 or indices.dtype == np.int64)
-            and data.ndim == 1 and indptr.ndim == 1 and indices.ndim == 1
-            and data.flags.c_contiguous and indptr.flags.c_contiguous and indices.flags.c_contiguous
+            and data.dtype == np.float64 and data.ndim == 1 and indptr.ndim == 1 and indices.ndim == 1
+            and data.flags.c_contiguous and index_arrays_read_in_place(indptr, indices)
             and indptr.shape[0] == n + 1 and C.has_canonical_format):
         return n, shape[1], data, indptr, indices
     return None
