@@ -27,6 +27,7 @@ import scipy.linalg
 
 from . import rates, threads
 from .chunking import chunk_rows
+from .kernels.damping import FIRST_DAMPING
 from .kernels.kinks import small_spd_solve
 from .kernels.reduce import add_scaled, scale_into
 from .kernels.sketch import expected_poisson_sizes, expected_poisson_sizes_parallel
@@ -67,14 +68,17 @@ OVERSOLVE_MARGIN = 0.5
 # it: 1–4 CG iterations per step on noisy dense softmax (1% and 10% noise); a sampled H̃ needs 4–7.
 START_PRECONDITIONER_MAX_CG = 8
 # pcg: when the sampled H̃ + μI has no Cholesky factor (β of mixed sign), only the
-# preconditioner is shifted, by ν = 10⁻⁸·scale, ×10 per failure, at most this many times.
+# preconditioner is shifted, by ν = FIRST_DAMPING·scale (10⁻⁸·scale), ×10 per failure, at most this many times.
 MAX_PRECONDITIONER_SHIFTS = 20
 # lagged: sandwich-free iterations after each exact one (their preconditioner ages by one per iteration).
 LAGGED_STEPS = 2
 # ... whose CG reuses the exact iteration's factor at any damping within this factor of it: a
 # new Cholesky per move of μ (÷10 after a good step, ×2, ×4, … on failures) cost as much as the
-# CG iterations it saved (d = 1024).
-LAGGED_SHIFT_RATIO = 100.0
+# CG iterations it saved (d = 1024). Two good steps (÷10, ÷10) land on the ratio 100 itself, up to the last bit
+# of μ's rounding; the slack (1e-9 relative) counts that as within, as intended, whatever that bit (it
+# differed between solve and the compiled loop of solve_many, whose damping scales round differently, and
+# decided between reusing the factor and forming one: x then moved by 1e-4 at that step).
+LAGGED_SHIFT_RATIO = 100.0 * (1.0 + 1e-9)
 
 
 @dataclass
@@ -90,7 +94,8 @@ class NewtonSystem:
     Marquardt damping μ·|diag H| then needed μ ~ 1e-2 along a softmax_relu valley (2.5× the
     iterations); with D = ‖C_j‖ unit-scale problems are damped exactly as with μI.
     The exact case is written a second time, compiled, in kernels/small_newton.py and
-    kernels/small_softmax_relu.py (``solve_many`` of many small problems); they must stay the same
+    kernels/small_softmax_relu.py (``solve_many`` of many small problems), and so is the lagged one without held
+    rows (kernels/small_newton.py's ``_preconditioner`` and ``_cg_step``, softmax); they must stay the same
     (tests/test_solve_many_small.py).
     """
 
@@ -203,7 +208,7 @@ class NewtonSystem:
         for _ in range(MAX_PRECONDITIONER_SHIFTS):
             if factor is not None:
                 break
-            shift = shift * 10.0 if shift else 1e-8 * self.scale
+            shift = shift * 10.0 if shift else FIRST_DAMPING * self.scale
             factor = self._factor(mu + shift)
         if factor is None:
             return None
@@ -220,10 +225,11 @@ class NewtonSystem:
 
     def _reused_factor(self, mu):
         """The preconditioner's factor at damping μ: a lagged system first takes a factor it already
-        has whose shift is within ×``reuse_shift_ratio`` of μ (shifts below 1e-8·scale count as that),
+        has whose shift is within ×``reuse_shift_ratio`` of μ (shifts below the first damping, FIRST_DAMPING·scale,
+        count as that),
         so the Levenberg–Marquardt μ moving by a factor up to that costs no new Cholesky factorisation."""
         if self.reuse_shift_ratio > 1.0:
-            floor = 1e-8 * self.scale
+            floor = FIRST_DAMPING * self.scale
             target = max(mu, floor)
             for shift, factor in self.factors.items():
                 if factor is not None and max(target, max(shift, floor)) <= self.reuse_shift_ratio * min(

@@ -9,15 +9,16 @@
    the compiled solve first reads them), every other problem by building its ``Problem``. A problem whose
    Newton iteration does not fit in the memory available gets INVALID_INPUT with ``solve``'s MemoryError message
    (``_fit_errors``), before any solve allocates.
-2. ``softmax`` and ``relu_softmax`` problems whose Hessian strategy is exact (``hessian="exact"``, or
-   ``"auto"`` where ``solve``'s cost model picks exact, as it does at bench/many_small.py's sizes, n 64–512,
-   d 32–64, dense and CSR, from any start, but not at every larger one: dense 2000 × 64 prices lagged, dense
-   10⁴ × 128 pcg; all problems priced in one call of that model's
-   formula, ``hessian.many_strategy_seconds``) are solved, each C read where it lies (dense
+2. ``softmax`` and ``relu_softmax`` problems whose Hessian strategy is exact, and ``softmax`` problems whose
+   strategy is lagged (``hessian="exact"`` / ``"lagged"``, or ``"auto"`` where ``solve``'s cost model picks them:
+   exact at bench/many_small.py's sizes, n 64–512, d 32–64, dense and CSR, from any start, lagged at some larger
+   ones, e.g. dense 2000 × 64, pcg at others, e.g. dense 10⁴ × 128; all problems priced in one call of that
+   model's formula, ``hessian.many_strategy_seconds``) are solved, each C read where it lies (dense
    rows, or CSR for sparse C with few entries per row: ``DENSIFY_ROW_FRACTION``),
-   by ``kernels/small_newton.py``: start and Newton loop compiled, one lane of problems per thread
-   (each problem start to finish on one thread), so no Python runs per iteration and the thread
-   count does not change the bits.
+   by ``kernels/small_newton.py``: start and Newton loop compiled (lagged's CG steps too), one lane of problems
+   per thread (each problem start to finish on one thread), so no Python runs per iteration and the thread
+   count does not change the bits. (relu_softmax's lagged steps hold its kink rows by projected CG, which only
+   ``solve``'s own loop runs: such problems go to 4.)
    The starts' rare singular cases (a rank-deficient least-squares fit, and relu_softmax's margin
    LP in its null space) run ``Problem.auto_start`` in Python, one call per such problem.
 3. ``softmax_relu`` problems with the exact Hessian run ``solve``'s own staged solve (``fastnewton.lifted_start``:
@@ -29,7 +30,8 @@
    stages (λmax of the ridge continuation, the reachability test's losses). A loop that meets a non-finite
    value, and a simplex vector whose dual is singular or stops short of its tolerance, are run again in
    Python (``newton_solve``, ``simplex_vector``).
-4. Every other problem — where ``"auto"`` picks a sketched Hessian — is solved by ``solve``'s own path
+4. Every other problem — where ``"auto"`` picks a sketched Hessian, or relu_softmax's lagged — is solved by
+   ``solve``'s own path
    (``fastnewton.solver.solve_problem``), one call per problem, on the Problem built and priced here (not
    validated or priced a second time).
 
@@ -47,7 +49,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from . import newton
+from . import hessian, newton
 from .active_set import MAX_UPDATES
 from .batch import BatchResult
 from .hessian import STRATEGIES, PricedShapes, choose_strategies, default_thread_count, exact_system
@@ -103,7 +105,10 @@ def _settings(tol, max_iter):
         kernel.S_MAX_CARRIED_PATH: newton.MAX_CARRIED_PATH, kernel.S_ROUNDING_FACTOR: newton.ROUNDING_FACTOR,
         kernel.S_STALL_WINDOW: newton.STALL_WINDOW, kernel.S_GRADIENT_PROGRESS: newton.GRADIENT_PROGRESS,
         kernel.S_KINK_RTOL: KINK_RTOL, kernel.S_NULL_SPACE_RTOL: NULL_SPACE_RTOL,
-        kernel.S_ACTIVE_RTOL: ACTIVE_RTOL,
+        kernel.S_ACTIVE_RTOL: ACTIVE_RTOL, kernel.S_LAGGED_SHIFT_RATIO: hessian.LAGGED_SHIFT_RATIO,
+        kernel.S_MAX_PRECONDITIONER_SHIFTS: hessian.MAX_PRECONDITIONER_SHIFTS,
+        kernel.S_MAX_CG_ITERATIONS: hessian.MAX_CG_ITERATIONS, kernel.S_MAX_FORCING: hessian.MAX_FORCING,
+        kernel.S_OVERSOLVE_MARGIN: hessian.OVERSOLVE_MARGIN,
     }
     assert len(values) == kernel.SETTINGS_FIELDS
     for index, value in values.items():
@@ -178,6 +183,17 @@ def _start_kind(relu, facts, x0, d):
     return kernel.START_GIVEN, as_point(x0, "x0", d).copy(), 0.0
 
 
+def compiled_lagged_steps(strategy, relu):
+    """The compiled loop's ``lagged_steps`` for a softmax or relu_softmax (``relu``) problem whose Hessian strategy is
+    ``strategy``: 0 for exact, LAGGED_STEPS for lagged of softmax; None where ``solve``'s own loop runs it (lagged of
+    relu_softmax, whose CG steps hold kink rows by projected CG, and the sketched strategies)."""
+    if strategy == "exact":
+        return 0
+    if strategy == "lagged" and not relu:
+        return hessian.LAGGED_STEPS
+    return None
+
+
 def _read_as_csr(csr, nnz, n, d):
     """Whether the compiled solve reads a C (CSR when ``csr``, of nnz stored entries, n × d) as CSR rather than as
     dense rows (``DENSIFY_ROW_FRACTION``); element-wise on arrays."""
@@ -224,7 +240,8 @@ class _Columns:
     """What the compiled solve reads of some problems, one entry per problem (``_Packed`` joins such parts): shapes
     ``n`` and ``d``, whether C is read as ``csr``, its index arrays' ``index_bytes`` (4 or 8), rows per ``chunk``
     (``chunk_rows(n)``), whether the model is ``relu``_softmax, the ridge ``l2``, ``target_norm``
-    (``Softmax.target_norm``), the ``starts`` (``_start_kind``'s triples), the targets ``b`` and row weights ``w`` side
+    (``Softmax.target_norm``), the ``starts`` (``_start_kind``'s triples), the ``lagged`` steps of each
+    (``compiled_lagged_steps``), the targets ``b`` and row weights ``w`` side
     by side, C's ``addresses`` (the ``A_*`` columns) and the arrays they point into (``held``: kept alive, unchanged, as
     long as the pack)."""
 
@@ -237,14 +254,15 @@ class _Columns:
     l2: object
     target_norm: object
     starts: list
+    lagged: list
     b: np.ndarray
     w: np.ndarray
     addresses: np.ndarray
     held: list
 
 
-def _problem_columns(problems, starts):
-    """The ``_Columns`` of built ``Problem``s, with their starts (``_start_kind``)."""
+def _problem_columns(problems, starts, lagged):
+    """The ``_Columns`` of built ``Problem``s, with their starts (``_start_kind``) and ``lagged`` steps."""
     count = len(problems)
     matrices = [problem.matrix for problem in problems]
     csr, addresses, index_bytes, held = _matrix_addresses(matrices)
@@ -252,16 +270,16 @@ def _problem_columns(problems, starts):
                     d=np.fromiter((matrix.d for matrix in matrices), np.int64, count), csr=csr, index_bytes=index_bytes,
                     chunk=[problem.block.chunk for problem in problems],
                     relu=[problem.row_model.relu for problem in problems], l2=[problem.l2 for problem in problems],
-                    target_norm=[problem.target_norm() for problem in problems], starts=starts,
+                    target_norm=[problem.target_norm() for problem in problems], starts=starts, lagged=lagged,
                     b=np.concatenate([problem.b for problem in problems]).astype(np.float64, copy=False),
                     w=np.concatenate([problem.row_weights for problem in problems]).astype(np.float64, copy=False),
                     addresses=addresses, held=held)
 
 
-def _plain_columns(plain, chosen, starts, row_model, l2):
+def _plain_columns(plain, chosen, starts, lagged, row_model, l2):
     """The ``_Columns`` of the plain problems at positions ``chosen`` of ``plain`` (``PlainProblems``; each C read in
-    place, dense rows formed only for a CSR C read as such), with their starts; one model object ``row_model`` and
-    ridge ``l2`` for all (no row weights: w = 0)."""
+    place, dense rows formed only for a CSR C read as such), with their starts and ``lagged`` steps; one model object
+    ``row_model`` and ridge ``l2`` for all (no row weights: w = 0)."""
     count = len(chosen)
     n, d = plain.n[chosen], plain.d[chosen]
     csr = _read_as_csr(plain.csr[chosen], plain.nnz[chosen], n, d)
@@ -282,7 +300,8 @@ def _plain_columns(plain, chosen, starts, row_model, l2):
         b = plain.b[np.repeat(picked, plain.n)]
     return _Columns(n=n, d=d, csr=csr, index_bytes=plain.index_bytes[chosen],
                     chunk=[chunk_rows(rows) for rows in n.tolist()], relu=row_model.relu, l2=l2,
-                    target_norm=[row_model.target_norm(plain.facts[k]) for k in chosen], starts=starts, b=b,
+                    target_norm=[row_model.target_norm(plain.facts[k]) for k in chosen], starts=starts, lagged=lagged,
+                    b=b,
                     w=np.zeros(b.shape[0]), addresses=addresses, held=held)
 
 
@@ -312,6 +331,7 @@ class _Packed:
         layout[:, kernel.L_CHUNK] = joined("chunk", np.int64)
         layout[:, kernel.L_START] = [start for start, _, _ in starts]
         layout[:, kernel.L_RELU] = joined("relu", np.int64)
+        layout[:, kernel.L_LAGGED] = joined("lagged", np.int64)
         layout[:, kernel.L_ROW] = np.cumsum(n) - n
         layout[:, kernel.L_COL] = np.cumsum(d) - d
         self.parameters = np.empty((count, kernel.PARAMETER_FIELDS))
@@ -330,9 +350,9 @@ class _Packed:
         self.out_float = np.zeros((count, kernel.OUT_FLOAT_FIELDS))
 
     @classmethod
-    def of_problems(cls, problems, starts):
-        """The pack of built ``Problem``s, with their starts (``_start_kind``)."""
-        return cls([_problem_columns(problems, starts)])
+    def of_problems(cls, problems, starts, lagged=None):
+        """The pack of built ``Problem``s, with their starts (``_start_kind``) and lagged steps (default 0: exact)."""
+        return cls([_problem_columns(problems, starts, [0] * len(problems) if lagged is None else lagged)])
 
     def columns(self, p):
         start = self.layout[p, kernel.L_COL]
@@ -424,7 +444,8 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
     if hessian not in STRATEGIES:
         raise ValueError(f"hessian must be one of {', '.join(repr(s) for s in STRATEGIES)}, got {hessian!r}")
     if hessian in ("sketch", "pcg"):
-        raise ValueError(f"solve_many(problems) runs the exact Hessian (hessian='exact' or 'auto'), got "
+        raise ValueError(f"solve_many(problems) runs the exact or lagged Hessian (hessian='exact', 'lagged' or "
+                         f"'auto'), got "
                          f"{hessian!r}: a sketched Hessian pays for large problems only; call fastnewton.solve "
                          f"per problem for it")
     tol = as_positive_float(tol, "tol")
@@ -527,24 +548,26 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
     if plain is not None:
         plain_index, plain_d = plain.index.tolist(), plain.d.tolist()
         plain_strategies = strategies(plain_index, lambda: plain.shapes(model, l2, shared_model))
-        exact = np.array([strategy == "exact" for strategy in plain_strategies], dtype=np.bool_)
+        plain_steps = [compiled_lagged_steps(strategy, shared_model.relu) for strategy in plain_strategies]
+        compiled_plain = np.array([steps is not None for steps in plain_steps], dtype=np.bool_)
         # A plain C's entries are checked where the compiled solve reads them in place; a CSR C that it reads as
         # dense rows (formed here) or that is left to solve's loop has its entries checked now.
         entries_valid = np.ones(len(plain), dtype=np.bool_)
-        unread = np.flatnonzero(plain.csr & ~(exact & _read_as_csr(plain.csr, plain.nnz, plain.n, plain.d)))
+        unread = np.flatnonzero(plain.csr & ~(compiled_plain & _read_as_csr(plain.csr, plain.nnz, plain.n, plain.d)))
         if unread.size:
             entries_valid[unread] = plain.entries_valid(unread)
         fit_errors = _fit_errors(plain.n.tolist(), plain_d, [shared_model.k] * len(plain))
-        chosen, starts = [], []
+        chosen, starts, chosen_steps = [], [], []
         for k, (i, strategy, valid_entries) in enumerate(zip(plain_index, plain_strategies, entries_valid.tolist())):
             try:
                 if not valid_entries:
                     results[i] = _invalid_as_problem(items[i], i, model, l2, weights_each[i])
                 elif fit_errors[k] is not None:
                     results[i] = _invalid(items[i][0], i, fit_errors[k])
-                elif strategy == "exact":
+                elif plain_steps[k] is not None:
                     starts.append(_start_kind(shared_model.relu, plain.facts[k], x0_each[i], plain_d[k]))
                     chosen.append(k)
+                    chosen_steps.append(plain_steps[k])
                 # A dense C left to solve's loop: its entries checked here.
                 elif not plain.csr[k] and not np.all(np.isfinite(plain.entries(k))):
                     results[i] = _invalid_as_problem(items[i], i, model, l2, weights_each[i])
@@ -553,19 +576,23 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
             except (TypeError, ValueError) as error:
                 results[i] = _invalid(items[i][0], i, error)
         if chosen:
-            parts.append(_plain_columns(plain, np.array(chosen, dtype=np.int64), starts, shared_model, l2))
+            parts.append(_plain_columns(plain, np.array(chosen, dtype=np.int64), starts, chosen_steps, shared_model,
+                                        l2))
             compiled_index += [plain_index[k] for k in chosen]
             compiled_models += [shared_model] * len(chosen)
             compiled_facts += [plain.facts[k] for k in chosen]
             owners += chosen
-    compiled, starts = [], []
+    compiled, starts, compiled_steps = [], [], []
     for problem, i, strategy in zip(valid, valid_index, strategies(valid_index,
                                                                    lambda: PricedShapes.of_problems(valid))):
         try:
-            if isinstance(problem.row_model, Softmax) and strategy == "exact":
+            softmax = isinstance(problem.row_model, Softmax)
+            steps = compiled_lagged_steps(strategy, problem.row_model.relu) if softmax else None
+            if steps is not None:
                 starts.append(_start_kind(problem.row_model.relu, problem.facts, x0_each[i], problem.d))
                 compiled.append(problem)
                 compiled_index.append(i)
+                compiled_steps.append(steps)
             elif isinstance(problem.row_model, SoftmaxRelu) and strategy == "exact":
                 checked_start(i, problem.d)
                 staged.append((i, problem))
@@ -574,7 +601,7 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
         except (TypeError, ValueError) as error:
             results[i] = _invalid(items[i][0], i, error)
     if compiled:
-        parts.append(_problem_columns(compiled, starts))
+        parts.append(_problem_columns(compiled, starts, compiled_steps))
         compiled_models += [problem.row_model for problem in compiled]
         compiled_facts += [problem.facts for problem in compiled]
         owners += compiled

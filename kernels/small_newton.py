@@ -30,10 +30,12 @@ from numba import njit, prange
 
 from .atomic import next_taken
 from .blas import syrk_upper
-from .csr import INDPTR_SOUND, csr_column_squares, csr_row_pairs, indptr_fault
-from .damping import FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio, longer_trial, \
-    raised_damping
-from .dense import chunk_rmatmat, four_row_dots, gram_tiles_width, row_dot, signed_scaled_rows, weighted_gram_upper
+from .csr import (INDPTR_SOUND, ONE, TWO, add_row_scaled, csr_column_squares, csr_row_pairs, indptr_fault,
+                  row_dot as csr_row_dot, row_pair_dots)
+from .damping import (FIRST_DAMPING, FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio,
+                      longer_trial, raised_damping)
+from .dense import (chunk_rmatmat, four_row_dots, gram_tiles_width, row_dot, sandwich_vector_chunk, signed_scaled_rows,
+                    weighted_gram_upper)
 from .in_place import array_at, int64_indices_at
 from .kinks import (HELD_FULL, HELD_SHORT, MAX_CANDIDATE_ROWS, NOT_HELD, TABLE_FIELDS, held_gain_ratio, held_rows,
                     held_step, kink_candidates, kink_table, least_norm_subgradient, parallel_groups)
@@ -50,8 +52,8 @@ from .softmax import (
 )
 
 # Columns of ``layout`` (int64, one row per problem).
-L_N, L_D, L_CSR, L_ROW, L_COL, L_CHUNK, L_START, L_RELU, L_INDEX_BYTES = range(9)
-LAYOUT_FIELDS = 9
+L_N, L_D, L_CSR, L_ROW, L_COL, L_CHUNK, L_START, L_RELU, L_INDEX_BYTES, L_LAGGED = range(10)
+LAYOUT_FIELDS = 10
 # Columns of ``addresses`` (int64, one row per problem): where its C's arrays lie.
 A_VALUES, A_INDPTR, A_INDICES = range(3)
 ADDRESS_FIELDS = 3
@@ -62,11 +64,14 @@ PARAMETER_FIELDS = 3
 # the relu_softmax fit of log(b/f) on the active rows.
 START_GIVEN, START_ZEROS, START_LOG_FIT, START_ACTIVE_FIT = range(4)
 # Entries of ``settings`` (float64): newton.py's constants, tol and max_iter.
-# (The damping rule is kernels/damping.py's functions, called here and by newton.py.)
+# (The damping rule is kernels/damping.py's functions, called here and by newton.py.) Then ``lagged``'s, from
+# fastnewton/hessian.py: the reuse of a factor across μ, the preconditioner's shifts, CG's iteration limit and
+# forcing term (how many lagged iterations follow each exact one: ``layout[:, L_LAGGED]``).
 (S_TOL, S_MAX_ITER, S_ARMIJO_C1, S_BACKTRACK_FACTOR, S_MAX_BACKTRACKS, S_MAX_DAMPING_TRIES, S_MAX_LOGIT_STEP,
  S_REFRESH_EVERY, S_MAX_CARRIED_PATH, S_ROUNDING_FACTOR, S_STALL_WINDOW, S_GRADIENT_PROGRESS, S_KINK_RTOL,
- S_NULL_SPACE_RTOL, S_ACTIVE_RTOL) = range(15)
-SETTINGS_FIELDS = 15
+ S_NULL_SPACE_RTOL, S_ACTIVE_RTOL, S_LAGGED_SHIFT_RATIO, S_MAX_PRECONDITIONER_SHIFTS, S_MAX_CG_ITERATIONS,
+ S_MAX_FORCING, S_OVERSOLVE_MARGIN) = range(20)
+SETTINGS_FIELDS = 20
 # Columns of ``out_int``: the status (``fastnewton.result.Status``, or START_FAILED), iterations,
 # where a non-finite value appeared (FAULT_*, or an iteration ≥ 1), and the ReLU-kink count and first row (of a
 # stall; of a CONVERGED stop, the rows at the kink of a kink stationary point, or 0).
@@ -171,6 +176,41 @@ def _rmatmat(matrix, Q, chunk_rows, out):
         for j in range(d):
             for t in range(k):
                 out[j, t] += acc[j, t]
+
+
+@njit(cache=True)
+def _sandwich_vector(matrix, beta, v, chunk_rows, forward, out):
+    """forward = C v and out = Cᵀ(β ⊙ forward) in one read of C, each row read for its dot and then, from cache, for
+    its update: the one-thread ``dense_sandwich_vector`` (its row chunks, ``sandwich_vector_chunk``) or
+    ``csr_sandwich_vector`` (rows in pairs, ``row_pair_dots`` / ``add_row_scaled``), partials added in chunk order, so
+    solve's bits for its chunks (CG's Hessian-vector product; dense 4096 × 64: ~half the time of ``_matvec`` and a
+    one-column ``_rmatmat``)."""
+    A, indptr, indices, data, csr = matrix
+    n = forward.shape[0]
+    d = out.shape[0]
+    out[:] = 0.0
+    acc = np.empty(d)
+    for start in range(0, n, chunk_rows):
+        stop = min(n, start + chunk_rows)
+        acc[:] = 0.0
+        if csr:
+            i = np.uintp(start)
+            end = np.uintp(stop)
+            while i + ONE < end:
+                first, second = row_pair_dots(indptr, indices, data, v, i)
+                forward[i] = first
+                forward[i + ONE] = second
+                add_row_scaled(indptr, indices, data, i, beta[i] * first, acc)
+                add_row_scaled(indptr, indices, data, i + ONE, beta[i + ONE] * second, acc)
+                i += TWO
+            if i < end:
+                dot = csr_row_dot(indptr, indices, data, v, i)
+                forward[i] = dot
+                add_row_scaled(indptr, indices, data, i, beta[i] * dot, acc)
+        else:
+            sandwich_vector_chunk(A, beta, v, start, stop, forward, acc)
+        for j in range(d):
+            out[j] += acc[j]
 
 
 @njit(cache=True)
@@ -545,6 +585,129 @@ def _hessian(matrix, Q, c, gamma, G, w, l2, beta, H, work):
         H[j, j] += l2
 
 
+# -- lagged: CG preconditioned by the last exact system's factors (fastnewton/hessian.py's NewtonSystem) -----------
+@njit(cache=True)
+def _factor_store(d):
+    """An empty store of Cholesky factors by shift (``NewtonSystem.factors``): (shifts, whether each factored, the
+    factors Uᵀ U of the scaled matrix + shift·I); ``_factor_at`` grows it."""
+    capacity = 4
+    return np.empty(capacity), np.empty(capacity, dtype=np.bool_), np.empty((capacity, d, d))
+
+
+@njit(cache=True)
+def _factor_at(scaled, shift, store, stored):
+    """``NewtonSystem._factor``: the index of the factor of scaled + shift·I among the store's first ``stored``
+    (formed and kept if it is not there; -1 where it has none), the store (grown when full) and its count."""
+    shifts, factored, factors = store
+    for k in range(stored):
+        if shifts[k] == shift:
+            return (k if factored[k] else -1), store, stored
+    if stored == shifts.shape[0]:
+        grown = (np.empty(2 * stored), np.empty(2 * stored, dtype=np.bool_),
+                 np.empty((2 * stored,) + factors.shape[1:]))
+        grown[0][:stored] = shifts
+        grown[1][:stored] = factored
+        grown[2][:stored] = factors
+        store = grown
+        shifts, factored, factors = store
+    shifts[stored] = shift
+    factored[stored] = _cholesky(scaled, shift, factors[stored])
+    return (stored if factored[stored] else -1), store, stored + 1
+
+
+@njit(cache=True)
+def _preconditioner(scaled, mu, scale, settings, store, stored):
+    """``NewtonSystem._preconditioner`` of a lagged system: a stored factor whose shift is within
+    ×LAGGED_SHIFT_RATIO of μ (shifts below FIRST_DAMPING·scale count as that; the first in the order formed), else
+    the factor at μ, shifted further (FIRST_DAMPING·scale, ×10, … at most MAX_PRECONDITIONER_SHIFTS times) while it
+    has none. (index or -1, store, count) as ``_factor_at``."""
+    floor = FIRST_DAMPING * scale
+    target = max(mu, floor)
+    ratio = settings[S_LAGGED_SHIFT_RATIO]
+    shifts, factored, factors = store
+    for k in range(stored):
+        if factored[k]:
+            held = max(shifts[k], floor)
+            if max(target, held) <= ratio * min(target, held):
+                return k, store, stored
+    k, store, stored = _factor_at(scaled, mu, store, stored)
+    shift = 0.0
+    for _ in range(int(settings[S_MAX_PRECONDITIONER_SHIFTS])):
+        if k >= 0:
+            break
+        shift = shift * 10.0 if shift else floor
+        k, store, stored = _factor_at(scaled, mu + shift, store, stored)
+    return k, store, stored
+
+
+@njit(cache=True)
+def _forcing(grad_norm, g_ref, tol, settings):
+    """CG's relative residual target η = min(MAX_FORCING, max(‖g‖/g_ref, OVERSOLVE_MARGIN·tol·g_ref/‖g‖))
+    (``hessian._forcing``)."""
+    largest = settings[S_MAX_FORCING]
+    if not g_ref > 0.0:
+        return largest
+    relative = grad_norm / g_ref
+    if not relative > 0.0:
+        return largest
+    return min(largest, max(relative, settings[S_OVERSOLVE_MARGIN] * tol / relative))
+
+
+@njit(cache=True, inline="always")
+def _cg_step(hessian_vector, model, matrix, point, scalars, U, scaled_g, mu, forcing, max_iterations, column_scale,
+             p, Cp, vectors):
+    """``NewtonSystem._pcg`` from p̂ = 0 on (D⁻¹HD⁻¹ + μI) p̂ = −ĝ (ĝ = D⁻¹g the scaled gradient), preconditioned by
+    Uᵀ U, until ‖residual‖ ≤ forcing·‖ĝ‖ (or max_iterations; at negative curvature the iterate so far, none on the
+    first direction): whether it gave a step, then p = D⁻¹p̂ and Cp = C·p summed from the products' passes
+    (Σ αₖ·C(D⁻¹dₖ), as ``ForwardKeepingProduct``'s forward). ``vectors``: d-long work arrays (residual, z, the
+    direction, its product, D⁻¹ times it) and an n-long one (its pass C·v). Inlined: ``hessian_vector`` is
+    known at compile time."""
+    residual, z, direction, Hd, v, Cv = vectors
+    d = p.shape[0]
+    n = Cp.shape[0]
+    for j in range(d):
+        p[j] = 0.0
+        residual[j] = -scaled_g[j]
+    _cholesky_solve(U, residual, z)
+    target = forcing * _norm_or_inf(scaled_g)
+    direction[:] = z
+    rz = _dot(residual, z)
+    for iteration in range(1, int(max_iterations) + 1):
+        for j in range(d):
+            v[j] = direction[j] / column_scale[j]
+        hessian_vector(model, matrix, point, scalars, v, Cv, Hd)
+        for j in range(d):
+            Hd[j] = Hd[j] / column_scale[j] + mu * direction[j]
+        curvature = _dot(direction, Hd)
+        if not curvature > 0.0:
+            # negative curvature of H + μD²: on the first direction no usable step (the damping must grow)
+            if iteration == 1:
+                return False
+            break
+        alpha = rz / curvature
+        for j in range(d):
+            p[j] += alpha * direction[j]
+        if iteration == 1:
+            for i in range(n):
+                Cp[i] = alpha * Cv[i]
+        else:
+            for i in range(n):
+                Cp[i] = Cp[i] + alpha * Cv[i]
+        for j in range(d):
+            residual[j] -= alpha * Hd[j]
+        if _norm_or_inf(residual) <= target:
+            break
+        _cholesky_solve(U, residual, z)
+        rz_next = _dot(residual, z)
+        for j in range(d):
+            direction[j] = z[j] + (rz_next / rz) * direction[j]
+        rz = rz_next
+    for j in range(d):
+        p[j] = p[j] / column_scale[j]
+    return True
+
+
+
 @njit(cache=True)
 def _kink(previous, values, rtol):
     """(rows at a ReLU kink, the first of them) as ``fastnewton.newton.kink_sentence`` counts them."""
@@ -571,8 +734,9 @@ RUNNING = -100
 
 
 @njit(cache=True, inline="always")
-def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, model, matrix, settings, tol, max_iter,
-                target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, gradient_rounding, fault_grad):
+def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, curvature, cg_step, model, matrix,
+                settings, tol, max_iter, lagged_steps, target_norm, x, loss, scalars, point, previous, trial,
+                grad_at_zero, gradient_rounding, fault_grad):
     """``newton_solve`` (``fastnewton/newton.py``) from x (the answer written back, x itself again if that is not
     finite) on one problem: the stopping, stagnation and damping rules of ``NewtonRun``, the exact
     ``NewtonSystem`` in scaled columns, ``newton_step``'s logit cap, Armijo backtracking and longer trial, and
@@ -591,7 +755,15 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, mod
       → whether x is a stationary point at ReLU kinks whose least-norm subgradient meets the gradient test's
       bounds (``NewtonRun.stationary_at_kink``), called before each iteration whose gradient does not meet them
       (``full``: whether the last step was taken in full, t = 1 within the logit cap; the model's state may keep
-      what the iteration's ``refine`` needs).
+      what the iteration's ``refine`` needs);
+    - ``curvature(model, point, scalars)``: the model's state at point that its ∇²L·v reads (softmax: β);
+    - ``cg_step(model, matrix, point, scalars, U, scaled_g, mu, forcing, max_iterations, column_scale, p, Cp,
+      vectors)`` → whether ``lagged``'s CG gave a step (``_cg_step`` with the model's ∇²L·v).
+
+    ``lagged_steps``: 0 runs every iteration ``exact``; k > 0 runs ``hessian.LaggedSystems`` (an exact iteration,
+    then k whose step is CG on the exact ∇²L·v preconditioned by a factor of the last exact system, ``cg_step``);
+    a model whose ``refine`` can refine (ReLU kinks, one-sided outputs) runs exact only, as ``solve`` holds those
+    rows with a factor of its own.
 
     Called with the evaluation at x in (loss, scalars, point) and, in ``previous``, what its caller reads of the
     point before the last step (a copy of the same); ``trial`` is the third point of the rotation. Inlined into
@@ -638,11 +810,18 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, mod
         full_step = False
         H = np.empty((d, d))
         scaled = np.empty((d, d))
-        U = np.empty((d, d))
+        finite = True
+        system_scale = 1.0
+        forcing = 0.0
         scaled_g = np.empty(d)
         p = np.empty(d)
         refined_p = np.empty(d)
         Cp = np.empty(n)
+        # lagged: the factors of the last exact system's damped scaled matrix, by shift, in the order formed
+        # (``NewtonSystem.factors``, which its lagged systems share), and CG's vectors
+        store, stored = _factor_store(d), 0
+        since_exact = lagged_steps  # iterations since the last exact one: the first is exact
+        cg_vectors = (np.empty(d), np.empty(d), np.empty(d), np.empty(d), np.empty(d), np.empty(n))
         u_trial = np.empty(n)
         x_trial = np.empty(d)
         u_longer = np.empty(n)
@@ -667,20 +846,29 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, mod
                     converged_bound = rounding_bound
                 break
             n_iter += 1
-            # 3) Hessian: the exact NewtonSystem in scaled columns, (D⁻¹HD⁻¹ + μI) p̂ = −D⁻¹g
-            hessian(model, matrix, point, scalars, H)
-            finite = True
-            system_scale = 0.0
-            # The lower triangle and diagonal of the symmetric scaled matrix: what _cholesky reads (and the
-            # entries of the full matrix that NewtonSystem checks for finiteness, each twice).
-            for j in range(d):
-                for l in range(j + 1):
-                    scaled[j, l] = H[j, l] / (column_scale[j] * column_scale[l])
-                    if not np.isfinite(scaled[j, l]):
-                        finite = False
-                system_scale = max(system_scale, abs(scaled[j, j]))
-            if system_scale == 0.0:
-                system_scale = 1.0  # NewtonSystem.scale: max|diag| "or 1.0"
+            # 3) Hessian: the exact NewtonSystem in scaled columns, (D⁻¹HD⁻¹ + μI) p̂ = −D⁻¹g, or (lagged) CG on
+            # the exact ∇²L·v preconditioned by the last exact system, whose finiteness and scale it keeps
+            exact = since_exact >= lagged_steps
+            if exact:
+                since_exact = 0
+                stored = 0
+                hessian(model, matrix, point, scalars, H)
+                finite = True
+                system_scale = 0.0
+                # The lower triangle and diagonal of the symmetric scaled matrix: what _cholesky reads (and the
+                # entries of the full matrix that NewtonSystem checks for finiteness, each twice).
+                for j in range(d):
+                    for l in range(j + 1):
+                        scaled[j, l] = H[j, l] / (column_scale[j] * column_scale[l])
+                        if not np.isfinite(scaled[j, l]):
+                            finite = False
+                    system_scale = max(system_scale, abs(scaled[j, j]))
+                if system_scale == 0.0:
+                    system_scale = 1.0  # NewtonSystem.scale: max|diag| "or 1.0"
+            else:
+                since_exact += 1
+                curvature(model, point, scalars)
+                forcing = _forcing(grad_norm, g_ref, tol, settings)
             for j in range(d):
                 scaled_g[j] = grad[j] / column_scale[j]
             # 4) damped Newton step with logit cap and Armijo line search (newton_step)
@@ -692,17 +880,32 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, mod
             ratio = 1.0
             increase = FIRST_INCREASE
             for _ in range(int(settings[S_MAX_DAMPING_TRIES])):
-                solved = finite and _cholesky(scaled, mu, U)
                 refined = False
-                if solved:
-                    _cholesky_solve(U, scaled_g, p)
-                    for j in range(d):
-                        p[j] = -p[j] / column_scale[j]
-                    refined = refine(model, point, U, column_scale, p, refined_p)
+                if exact:
+                    if lagged_steps == 0:
+                        stored = 0  # each try's μ differs: no factor of the iteration is asked for again
+                    k = -1
+                    if finite:
+                        k, store, stored = _factor_at(scaled, mu, store, stored)
+                    solved = k >= 0
+                    if solved:
+                        U = store[2][k]
+                        _cholesky_solve(U, scaled_g, p)
+                        for j in range(d):
+                            p[j] = -p[j] / column_scale[j]
+                        refined = refine(model, point, U, column_scale, p, refined_p)
+                else:
+                    k = -1
+                    if finite:
+                        k, store, stored = _preconditioner(scaled, mu, system_scale, settings, store, stored)
+                    # C·p summed by CG from its products' passes (Cp), as ``NewtonSystem.forward_of`` gives it
+                    solved = k >= 0 and cg_step(model, matrix, point, scalars, store[2][k], scaled_g, mu, forcing,
+                                                settings[S_MAX_CG_ITERATIONS], column_scale, p, Cp, cg_vectors)
                 if not solved or not _all_finite(p) or not _dot(grad, p) < 0.0:
                     mu, increase = raised_damping(mu, increase, system_scale)
                     continue
-                _matvec(matrix, p, Cp)
+                if exact:
+                    _matvec(matrix, p, Cp)
                 largest = 0.0
                 for i in range(n):
                     largest = max(largest, abs(Cp[i]))
@@ -831,6 +1034,47 @@ def _hessian_at_point(model, matrix, point, scalars, H):
                 H[j, l] = H[l, j]
 
 
+@njit(cache=True)
+def _curvature_at_point(model, point, scalars):
+    """β at point (``Problem.beta``: the model's curvature weights from its columns Q), for
+    ``_hessian_vector_at_point``."""
+    b, w, relu, l2, chunk_rows, work, beta, kinks = model
+    Q = point[3]
+    c = scalars[0]
+    for i in range(beta.shape[0]):
+        beta[i] = curvature_weight(Q, c, w, i)
+
+
+@njit(cache=True)
+def _hessian_vector_at_point(model, matrix, point, scalars, v, Cv, Hv):
+    """Hv = ∇²L·v = Cᵀ(β ⊙ Cv) + P S Pᵀv + λv (``Problem.hessian_product_and_forward``; P = G[:, 1:], S =
+    [[γ, −1], [−1, 0]] as in ``_hessian``; β from ``_curvature_at_point``) and Cv = C·v, in one read of C."""
+    b, w, relu, l2, chunk_rows, work, beta, kinks = model
+    G = point[4]
+    gamma = scalars[1]
+    d = v.shape[0]
+    sandwiched = np.empty(d)
+    _sandwich_vector(matrix, beta, v, chunk_rows, Cv, sandwiched)
+    a0 = 0.0
+    a1 = 0.0
+    for j in range(d):
+        a0 += G[j, 1] * v[j]
+        a1 += G[j, 2] * v[j]
+    s0 = gamma * a0 - a1
+    s1 = -a0
+    for j in range(d):
+        Hv[j] = (sandwiched[j] + (G[j, 1] * s0 + G[j, 2] * s1)) + l2 * v[j]
+
+
+@njit(cache=True)
+def _cg_step_at_point(model, matrix, point, scalars, U, scaled_g, mu, forcing, max_iterations, column_scale, p, Cp,
+                      vectors):
+    """``_cg_step`` with the softmax models' ∇²L·v (``_hessian_vector_at_point``): compiled once here, not inlined
+    into each caller of ``newton_loop`` (their compile took ~25 s longer with it inlined)."""
+    return _cg_step(_hessian_vector_at_point, model, matrix, point, scalars, U, scaled_g, mu, forcing,
+                    max_iterations, column_scale, p, Cp, vectors)
+
+
 # relu_softmax's ReLU kinks (kernels/kinks.py, as ``fastnewton.kinks`` runs them for ``solve``): the model's
 # state, made once per problem (``_kink_state``): the candidate rows' indices, their rows of C (dense) and their
 # table, what the last step did to each row and each row's sign flips in a row, the rows the current iteration's
@@ -952,11 +1196,23 @@ def no_kink_test(model, matrix, point, previous, scalars, x, column_scale, setti
     return False
 
 
+@njit(cache=True)
+def no_curvature(model, point, scalars):
+    """``newton_loop``'s ``curvature`` of a model it runs exact only (``lagged_steps`` 0)."""
+
+
+@njit(cache=True)
+def no_cg_step(model, matrix, point, scalars, U, scaled_g, mu, forcing, max_iterations, column_scale, p, Cp, vectors):
+    """``newton_loop``'s ``cg_step`` of a model it runs exact only (``lagged_steps`` 0): never called."""
+    return False
+
+
 # -- the solve of one problem -------------------------------------------------------------------------
 @njit(cache=True)
-def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, settings, x, grad_out,
+def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, lagged_steps, settings, x, grad_out,
                fault_grad, out_int, out_float):
-    """Start and Newton loop of one problem; x holds the given start (START_GIVEN) and gets the answer."""
+    """Start and Newton loop of one problem; x holds the given start (START_GIVEN) and gets the answer.
+    ``lagged_steps``: 0 (``exact``) or ``lagged``'s (``newton_loop``; relu_softmax's kinks need exact)."""
     n = b.shape[0]
     d = x.shape[0]
     out_int[O_FAULT_WHERE] = FAULT_NONE
@@ -994,9 +1250,9 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, se
     gradient_rounding = softmax_gradient_rounding(n, max(top, -bottom), settings[S_ROUNDING_FACTOR])
     (status, n_iter, loss, scalars, grad_norm, g_ref, converged_bound, point, previous, fault_where,
      fault_loss) = newton_loop(
-        _evaluate_point, _loss_at_point, _hessian_at_point, _kink_refine, _kink_gain, _kink_test, model, matrix,
-        settings, settings[S_TOL], int(settings[S_MAX_ITER]), target_norm, x, loss, scalars, point, previous, trial,
-        grad_at_zero, gradient_rounding, fault_grad)
+        _evaluate_point, _loss_at_point, _hessian_at_point, _kink_refine, _kink_gain, _kink_test, _curvature_at_point,
+        _cg_step_at_point, model, matrix, settings, settings[S_TOL], int(settings[S_MAX_ITER]), lagged_steps,
+        target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, gradient_rounding, fault_grad)
     if status == NO_STEP_STALL:
         status = STALLED
         out_int[O_KINK_COUNT] = NO_STEP
@@ -1123,5 +1379,5 @@ def _solve_packed(p, layout, addresses, parameters, settings, b, w, x, grad_out,
         return
     _solve_one(matrix, b[row:row + n], w[row:row + n], layout[p, L_RELU] == 1, parameters[p, P_L2],
                parameters[p, P_TARGET_NORM], parameters[p, P_FLOOR], layout[p, L_START], layout[p, L_CHUNK],
-               settings, x[col:col + d], grad_out[col:col + d], fault_grad[col:col + d], out_int[p],
-               out_float[p])
+               layout[p, L_LAGGED], settings, x[col:col + d], grad_out[col:col + d], fault_grad[col:col + d],
+               out_int[p], out_float[p])

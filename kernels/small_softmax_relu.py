@@ -37,7 +37,8 @@ from .atomic import next_taken
 from .damping import predicted_ratio
 from .in_place import array_at
 from .small_newton import (_all_finite, _cholesky, _cholesky_solve, _dot, _half_ridge, _matvec, _quadratic, _rmatmat,
-                           _sandwich, _sandwich_work, matrix_at, newton_loop, no_kink_test, scaled_step, S_ROUNDING_FACTOR)
+                           _sandwich, _sandwich_work, matrix_at, newton_loop, no_cg_step, no_curvature, no_kink_test,
+                           scaled_step, S_ROUNDING_FACTOR)
 from .softmax import curvature_weight, log_partition_serial, softmax_relu_columns_row, softmax_relu_gradient_rounding
 
 # Columns of ``table`` (int64, one row per request).
@@ -396,9 +397,9 @@ def _newton_loop(matrix, Vm, b, offset, w, l2, tol, max_iter, target_norm, chunk
     gradient_rounding = softmax_relu_gradient_rounding(n, m, _max_abs(Vm[0].ravel()), _max_abs(b) + _max_abs(offset),
                                                         settings[S_ROUNDING_FACTOR])
     status, n_iter, loss, _, grad_norm, g_ref, converged_bound, point, previous, _, _ = newton_loop(
-        _evaluate_point, _loss_at_point, _hessian_at_point, _refine_step, _refined_gain, no_kink_test, model, matrix,
-        settings, tol, max_iter, target_norm, x, loss, scalars, point, previous, trial, grad_at_zero,
-        gradient_rounding, np.empty(d))
+        _evaluate_point, _loss_at_point, _hessian_at_point, _refine_step, _refined_gain, no_kink_test, no_curvature,
+        no_cg_step, model, matrix, settings, tol, max_iter, 0, target_norm, x, loss, scalars, point, previous,
+        trial, grad_at_zero, gradient_rounding, np.empty(d))
     out_int[O_STATUS] = status
     out_int[O_N_ITER] = n_iter
     out_float[O_LOSS] = loss

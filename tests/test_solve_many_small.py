@@ -135,12 +135,17 @@ def test_mixed_problems_exercise_both_packed_formats():
 
 
 @pytest.mark.parametrize("model", ["softmax", "relu_softmax"])
-def test_same_answers_with_ridge_row_weights_and_zeros_start(model):
+@pytest.mark.parametrize("hessian, x0", [("auto", "zeros"), ("lagged", "auto")])
+def test_same_answers_with_ridge_row_weights_and_a_start(model, hessian, x0, monkeypatch):
+    # Built Problems (row weights) and plain ones. relu_softmax's lagged steps hold kink rows by projected CG, which
+    # only solve's loop runs: those problems go there, one solve each; every other problem here is compiled.
     problems = _mixed(model, count=6, seed=1)
     weights = [0.5 if i % 2 else None for i in range(len(problems))]
-    result = _quiet(solve_many, problems, model=model, l2=1e-3, row_weights=weights, x0="zeros")
+    loops = _newton_loops_in_python(monkeypatch)
+    result = _quiet(solve_many, problems, model=model, hessian=hessian, l2=1e-3, row_weights=weights, x0=x0)
+    assert (len(loops) >= len(problems)) if (model, hessian) == ("relu_softmax", "lagged") else not loops
     for i, (C, b) in enumerate(problems):
-        reference = _quiet(solve, C, b, model, l2=1e-3, row_weights=weights[i], x0="zeros")
+        reference = _quiet(solve, C, b, model, hessian=hessian, l2=1e-3, row_weights=weights[i], x0=x0)
         mine = result.problem(i)
         assert (mine["status"], mine["n_iter"], mine["message"]) == (reference.status, reference.n_iter,
                                                                      reference.message)
@@ -297,7 +302,10 @@ def test_plain_csr_problems_checked_in_bulk_match_problems_checks(d, priced_off_
     import fastnewton.many_small as many_small_module
     import fastnewton.rates as rates_module
     left = []
-    if priced_off_exact:  # the CSR sandwich priced slow: auto picks a lagged or sketched Hessian
+    # The CSR sandwich priced slow: auto picks the lagged Hessian, which the compiled loop runs for softmax and
+    # leaves to solve's loop for relu_softmax (its kink rows held by projected CG).
+    model = "relu_softmax" if priced_off_exact else "softmax"
+    if priced_off_exact:
         monkeypatch.setattr(rates_module, "CSR_SANDWICH_ROWS", 1e3)
         solve_problem = many_small_module.solve_problem
         monkeypatch.setattr(many_small_module, "solve_problem",
@@ -306,16 +314,16 @@ def test_plain_csr_problems_checked_in_bulk_match_problems_checks(d, priced_off_
     b = made.b
     variants = _csr_variants(made.C)
     problems = [(C, b) for C, _ in variants]
-    result = _quiet(solve_many, problems, model="softmax", seed=0)
+    result = _quiet(solve_many, problems, model=model, seed=0)
     assert len(left) == (sum(not corrupt for _, corrupt in variants) if priced_off_exact else 0)
     for i, (C, corrupt) in enumerate(variants):
         if corrupt:
             with pytest.raises(ValueError) as error:
-                solve(C, b)
+                solve(C, b, model)
             assert result.status[i] == Status.INVALID_INPUT, i
             assert result.message[i].endswith(f"problem {i}: {error.value}"), i
         else:
-            reference = _quiet(solve, C, b, seed=0)
+            reference = _quiet(solve, C, b, model, seed=0)
             assert result.status[i] == reference.status == Status.CONVERGED, i
             np.testing.assert_allclose(result.x[:, i], reference.x, rtol=X_RTOL)
 
@@ -377,7 +385,7 @@ def test_malformed_problems_argument_raises():
         solve_many([(C, b), (C,)])
     with pytest.raises(TypeError, match=r"problems\[0\]"):
         solve_many([C])
-    with pytest.raises(ValueError, match="exact Hessian"):
+    with pytest.raises(ValueError, match="exact or lagged Hessian"):
         solve_many([(C, b)], hessian="sketch")
     with pytest.raises(TypeError, match="callback"):
         solve_many([(C, b)], callback=lambda info: None)
@@ -861,3 +869,99 @@ def test_a_memory_error_in_solves_loop_is_that_problems_status(monkeypatch):
     assert list(result.status == Status.INVALID_INPUT) == [False, True, False]
     assert "problem 1" in result.message[1] and "Allocation failed" in result.message[1]
     assert result.converged[0] and result.converged[2]
+
+
+# -- lagged: CG on the exact Hessian-vector product, compiled for softmax (kernels/small_newton.py) ----------------
+# Softmax problems (make_problem(n, d, nnz_per_row=min(d, 3), noise, scale, seed, dense), x0 = "zeros") on which
+# solve's lagged Hessian, from the start, meets every path of its CG (hessian.NewtonSystem): a step of several CG
+# iterations, negative curvature on CG's first direction (no step: μ raised) and on a later one (the iterate so
+# far), and a preconditioner factored anew at a μ beyond LAGGED_SHIFT_RATIO of the exact iteration's; found by a
+# search over seeds for problems whose minimiser is well determined (x moves by ~1e-15 when C is given in the other
+# format), where a different rounding cannot move x by more than the promised 1e-10.
+LAGGED_CASES = [(175, 6, False, 0.05, 1.5, 132), (187, 22, False, 0.05, 1.0, 166), (127, 9, False, 0.3, 1.0, 187),
+                (183, 15, True, 0.3, 1.5, 243), (78, 28, True, 1.0, 1.5, 375), (83, 11, False, 1.0, 1.5, 654)]
+
+
+def _lagged_paths(monkeypatch):
+    """A Counter of the CG paths that solve's lagged systems take while the patch holds (``NewtonSystem``'s
+    ``_pcg`` and ``_factor``): "several" (a step of more than one CG iteration), "first" (negative curvature on the
+    first direction), "later" (on a later one), "new factor" (a lagged iteration's preconditioner factored anew)."""
+    from collections import Counter
+
+    from fastnewton import hessian
+    from fastnewton.reductions import norm
+
+    paths = Counter()
+    pcg, factor = hessian.NewtonSystem._pcg, hessian.NewtonSystem._factor
+
+    def counted_pcg(self, factor_, g, mu, held=None, u=None):
+        solved = yield from pcg(self, factor_, g, mu, held, u)
+        if solved is None:
+            paths["first"] += 1
+        else:
+            paths["several"] += solved.iterations > 1
+            paths["later"] += (solved.iterations < self.max_cg_iterations
+                               and norm(solved.residual) > self.forcing * norm(g))
+        return solved
+
+    def counted_factor(self, shift):
+        paths["new factor"] += self.hessp is not None and shift not in self.factors
+        return factor(self, shift)
+
+    monkeypatch.setattr(hessian.NewtonSystem, "_pcg", counted_pcg)
+    monkeypatch.setattr(hessian.NewtonSystem, "_factor", counted_factor)
+    return paths
+
+
+def test_lagged_softmax_runs_compiled_through_every_cg_path_with_solves_answers(monkeypatch):
+    problems = [tuple(make_problem(n, d, nnz_per_row=min(d, 3), noise=noise, scale=scale, seed=seed, dense=dense))[:2]
+                for n, d, dense, noise, scale, seed in LAGGED_CASES]
+    loops = _newton_loops_in_python(monkeypatch)
+    result = _quiet(solve_many, problems, hessian="lagged", x0="zeros")
+    assert not loops  # every problem compiled: no Newton loop in Python
+    paths = _lagged_paths(monkeypatch)
+    _check_same_as_solve(problems, "softmax", result, hessian="lagged", x0="zeros")
+    assert {"several", "first", "later", "new factor"} <= {path for path, count in paths.items() if count}, paths
+    assert np.all(result.converged)
+
+
+def test_lagged_max_iter_stall_and_non_finite_match_solve():
+    C, b, _ = make_problem(150, 6, nnz_per_row=3, noise=0.05, seed=3)
+    for problem, kwargs in [((C, b), dict(max_iter=2)), ((C.toarray(), b), dict(tol=1e-300)),
+                            ((C * 1e160, b), dict(x0="zeros")), ((C, b), dict(l2=1e300))]:
+        result = _quiet(solve_many, [problem, (C, b)], hessian="lagged", **kwargs)
+        _check_same_as_solve([problem, (C, b)], "softmax", result, hessian="lagged", **kwargs)
+
+
+def test_lagged_preconditioner_picks_solves_factor_and_shift():
+    """kernels/small_newton.py's ``_preconditioner`` against ``NewtonSystem._preconditioner`` of a lagged system on an
+    indefinite scaled matrix (its factors shared with the exact system that formed them): for each μ of a sequence
+    (÷10 twice from the exact iteration's μ, the ratio 100 up to rounding; moves beyond it; μ where the matrix has no
+    factor, shifted further), the same factor (by its shift) and the same factors formed, in the same order."""
+    from fastnewton.hessian import LAGGED_SHIFT_RATIO, NewtonSystem
+    from fastnewton.kernels import small_newton as kernel
+    from fastnewton.many_small import _settings
+
+    rng = np.random.default_rng(4)
+    d = 6
+    Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    matrix = (Q * np.array([-1e-6, 1e-3, 0.1, 1.0, 2.0, 3.0])) @ Q.T  # one small negative eigenvalue
+    matrix = (matrix + matrix.T) / 2
+    python = NewtonSystem(matrix)
+    python._factor(0.2)  # the exact iteration's μ (its factor: a store of one)
+    lagged = python.preconditioning(lambda v: matrix @ v, 0.1, {})
+    assert lagged.reuse_shift_ratio == LAGGED_SHIFT_RATIO
+    settings = _settings(1e-8, 100)
+    store, stored = kernel._factor_store(d), 0
+    store, stored = kernel._factor_at(matrix, 0.2, store, stored)[1:]
+    scale = lagged.scale
+    for mu in [0.2 / 10 / 10, 0.2 / 10 / 10 / 10, 1e-9, 0.0, 50.0, 1e-9]:
+        factor = lagged._preconditioner(mu)
+        k, store, stored = kernel._preconditioner(matrix, mu, scale, settings, store, stored)
+        shifts = list(lagged.factors)
+        assert list(store[0][:stored]) == shifts, mu
+        chosen = next(shift for shift, held in lagged.factors.items() if held is factor)
+        assert store[0][k] == chosen, mu
+        U = np.triu(store[2][k])  # its upper triangle (the rest is not written)
+        np.testing.assert_allclose(U.T @ U, matrix + chosen * np.eye(d), atol=1e-12)
+    assert len(lagged.factors) >= 4 and any(value is None for value in lagged.factors.values())

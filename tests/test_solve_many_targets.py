@@ -4,7 +4,9 @@ The batched driver shares every pass over C and runs ``solve``'s own Newton deci
 per column. The shared passes give each column the single-problem pass's bits. So each column is
 compared with ``solve`` on it as users are promised: the same status (and stop sentence), the same
 iteration count, x within 1e-10 relative and the loss within 1e-10 relative (or its rounding level), and
-beyond the promise bit for bit (x and the message), which is checked too.
+beyond the promise bit for bit (x and the message), which is checked too. A C small enough has its columns
+solved as independent problems by the compiled loop of the list form instead (the last section): there the
+promise holds without the bits.
 """
 import importlib.util
 import json
@@ -56,6 +58,17 @@ def quietly(function, *args, **kwargs):
 
 # Promised to users: x within 1e-10 relative of solve's.
 X_RTOL = 1e-10
+# The shipped bound below which the columns of one C run as independent problems in the compiled loop of the list
+# form (``many_targets._compiled_columns``); ``_lock_step`` sets it to 0 for every test but those of that path.
+COMPILED_COLUMNS_BELOW_SECONDS = many_targets.COMPILED_COLUMNS_BELOW_SECONDS
+
+
+@pytest.fixture(autouse=True)
+def _lock_step(monkeypatch):
+    """The lock-step driver for every test here: their C are small enough that solve_many would hand the columns to
+    the compiled loop of the list form (tests/test_solve_many_small.py checks that loop; ``_routed`` below turns
+    the hand-over back on for the tests of it)."""
+    monkeypatch.setattr(many_targets, "COMPILED_COLUMNS_BELOW_SECONDS", 0.0)
 
 
 def assert_close_x(x, reference):
@@ -525,3 +538,99 @@ def test_per_problem_work_of_a_c_with_few_rows_on_one_thread_and_the_shared_pass
     assert numba.get_num_threads() == caller
     monkeypatch.setattr(matrix_module.DenseMatrix, "rmatmats", rmatmats)
     assert_same_as_solve(batch, problem.C, B, "softmax")
+
+
+# -- a C small enough: its columns run as independent problems in solve_many(problems)'s compiled loop ------------
+def _routed(monkeypatch):
+    """A list that collects each call of the compiled columns' path while the patch holds, that path enabled at
+    its shipped bound (the autouse ``_lock_step`` fixture turns it off for the other tests)."""
+    monkeypatch.setattr(many_targets, "COMPILED_COLUMNS_BELOW_SECONDS", COMPILED_COLUMNS_BELOW_SECONDS)
+    calls, original = [], many_targets.solve_problems
+    monkeypatch.setattr(many_targets, "solve_problems",
+                        lambda *args, **kwargs: calls.append(len(args[0])) or original(*args, **kwargs))
+    return calls
+
+
+def assert_solves_answers(batch, C, B, model, **kwargs):
+    """``assert_same_as_solve`` but for the bits: the compiled loop's rounding is its own (x within 1e-10)."""
+    for j in range(B.shape[1]):
+        single = quietly(solve, C, B[:, j], model, **{**kwargs, "x0": kwargs.get("x0", "auto")})
+        entry = batch.problem(j)
+        assert (entry["status"], entry["n_iter"], entry["converged"]) == (single.status, single.n_iter,
+                                                                          single.converged), j
+        assert entry["message"] == single.message, j
+        assert_close_x(entry["x"], single.x)
+        assert entry["loss"] == pytest.approx(single.loss, rel=X_RTOL, abs=1e-300)
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
+@pytest.mark.parametrize("model, hessian", [("softmax", "auto"), ("softmax", "exact"), ("softmax", "lagged"),
+                                            ("relu_softmax", "auto")])
+def test_columns_of_a_small_c_are_solved_by_the_compiled_loop(model, hessian, dense, monkeypatch):
+    calls = _routed(monkeypatch)
+    C, B, _ = case(model, dense, q=5)
+    batch = quietly(solve_many, C, B, model=model, hessian=hessian)
+    assert calls == [B.shape[1]]
+    assert batch.x.shape == (C.shape[1], B.shape[1])
+    assert_solves_answers(batch, C, B, model, hessian=hessian)
+
+
+@pytest.mark.parametrize("why", ["callback", "float32", "priced", "relu_lagged", "pcg", "softmax_relu"])
+def test_columns_stay_in_lock_step_where_the_compiled_loop_would_not_pay_or_cannot_run(why, monkeypatch):
+    # A callback needs Python per iteration; a float32 C would be copied per column; a C whose exact iteration is
+    # priced above the bound is solved faster in lock-step; relu_softmax's lagged steps and pcg are not compiled;
+    # softmax_relu's V is not a list-form problem of this path.
+    calls = _routed(monkeypatch)
+    model = {"relu_lagged": "relu_softmax", "softmax_relu": "softmax_relu"}.get(why, "softmax")
+    C, B, V = case(model, True, q=3)
+    kwargs = {"callback": dict(callback=lambda info: None), "relu_lagged": dict(hessian="lagged"),
+              "pcg": dict(hessian="pcg", seed=0)}.get(why, {})
+    if why == "float32":
+        C = C.astype(np.float32)
+    if why == "priced":
+        monkeypatch.setattr(many_targets, "COMPILED_COLUMNS_BELOW_SECONDS", 1e-12)
+    batch = quietly(solve_many, C, B, model=model, V=V, **kwargs)
+    assert calls == []
+    kwargs.pop("callback", None)
+    assert_same_as_solve(batch, C, B, model, V, **kwargs)
+
+
+def test_compiled_columns_beside_an_invalid_one_and_with_a_start_per_column(monkeypatch):
+    calls = _routed(monkeypatch)
+    C, B, _ = case("softmax", True, q=4)
+    B = B.copy()
+    B[3, 1] = np.nan
+    x0 = np.column_stack([np.full(C.shape[1], 0.1 * j) for j in range(4)])
+    batch = quietly(solve_many, C, B, x0=x0)
+    assert calls == [3]  # the solvable columns
+    assert batch.status[1] == Status.INVALID_INPUT and "column 1 of B" in batch.message[1]
+    assert np.all(np.isnan(batch.x[:, 1]))
+    for j in (0, 2, 3):
+        single = quietly(solve, C, B[:, j], x0=x0[:, j])
+        assert batch.status[j] == single.status and batch.n_iter[j] == single.n_iter
+        assert_close_x(batch.x[:, j], single.x)
+
+
+def test_compiled_columns_warn_once_for_the_batch_naming_columns(monkeypatch):
+    _routed(monkeypatch)
+    C, B, _ = case("softmax", True, q=3)
+    B = B.copy()
+    B[:, 1] *= 5.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batch = solve_many(C, B, max_iter=1)
+    assert np.all(batch.status == Status.MAX_ITER)
+    convergence = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert len(convergence) == 1 and "e.g. column 0" in str(convergence[0].message)
+    probability = [w for w in caught if "probability" in str(w.message)]
+    assert len(probability) == 1 and "B[:, 1]" in str(probability[0].message)
+    assert {w.filename for w in convergence + probability} == {__file__}
+
+
+def test_compiled_columns_do_not_depend_on_the_thread_count_or_the_other_columns(monkeypatch):
+    _routed(monkeypatch)
+    C, B, _ = case("softmax", False, q=4)
+    together = quietly(solve_many, C, B, n_threads=2)
+    alone = [quietly(solve_many, C, B[:, j:j + 1], n_threads=1) for j in range(4)]
+    for j in range(4):
+        assert np.array_equal(together.x[:, j], alone[j].x[:, 0]), j
