@@ -241,9 +241,8 @@ class _Columns:
     ``n`` and ``d``, whether C is read as ``csr``, its index arrays' ``index_bytes`` (4 or 8), rows per ``chunk``
     (``chunk_rows(n)``), whether the model is ``relu``_softmax, the ridge ``l2``, ``target_norm``
     (``Softmax.target_norm``), the ``starts`` (``_start_kind``'s triples), the ``lagged`` steps of each
-    (``compiled_lagged_steps``), the targets ``b`` and row weights ``w`` side
-    by side, C's ``addresses`` (the ``A_*`` columns) and the arrays they point into (``held``: kept alive, unchanged, as
-    long as the pack)."""
+    (``compiled_lagged_steps``), the targets ``b`` and row weights ``w`` side by side, C's ``addresses`` (the ``A_*``
+    columns) and the arrays they point into (``held``: kept alive, unchanged, as long as the pack)."""
 
     n: np.ndarray
     d: np.ndarray
@@ -301,8 +300,7 @@ def _plain_columns(plain, chosen, starts, lagged, row_model, l2):
     return _Columns(n=n, d=d, csr=csr, index_bytes=plain.index_bytes[chosen],
                     chunk=[chunk_rows(rows) for rows in n.tolist()], relu=row_model.relu, l2=l2,
                     target_norm=[row_model.target_norm(plain.facts[k]) for k in chosen], starts=starts, lagged=lagged,
-                    b=b,
-                    w=np.zeros(b.shape[0]), addresses=addresses, held=held)
+                    b=b, w=np.zeros(b.shape[0]), addresses=addresses, held=held)
 
 
 class _Packed:
@@ -445,9 +443,8 @@ def solve_problems(problems, model="softmax", *, l2=0.0, row_weights=None, x0="a
         raise ValueError(f"hessian must be one of {', '.join(repr(s) for s in STRATEGIES)}, got {hessian!r}")
     if hessian in ("sketch", "pcg"):
         raise ValueError(f"solve_many(problems) runs the exact or lagged Hessian (hessian='exact', 'lagged' or "
-                         f"'auto'), got "
-                         f"{hessian!r}: a sketched Hessian pays for large problems only; call fastnewton.solve "
-                         f"per problem for it")
+                         f"'auto'), got {hessian!r}: a sketched Hessian pays for large problems only; call "
+                         f"fastnewton.solve per problem for it")
     tol = as_positive_float(tol, "tol")
     max_iter = as_positive_int(max_iter, "max_iter", minimum=0)
     eps = as_positive_float(eps, "eps", upper=1.0)

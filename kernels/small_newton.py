@@ -707,7 +707,6 @@ def _cg_step(hessian_vector, model, matrix, point, scalars, U, scaled_g, mu, for
     return True
 
 
-
 @njit(cache=True)
 def _kink(previous, values, rtol):
     """(rows at a ReLU kink, the first of them) as ``fastnewton.newton.kink_sentence`` counts them."""
@@ -1070,7 +1069,8 @@ def _hessian_vector_at_point(model, matrix, point, scalars, v, Cv, Hv):
 def _cg_step_at_point(model, matrix, point, scalars, U, scaled_g, mu, forcing, max_iterations, column_scale, p, Cp,
                       vectors):
     """``_cg_step`` with the softmax models' ∇²L·v (``_hessian_vector_at_point``): compiled once here, not inlined
-    into each caller of ``newton_loop`` (their compile took ~25 s longer with it inlined)."""
+    into each caller of ``newton_loop`` (inlined there, a first call of solve_many(problems) on an empty cache
+    compiled for 119 s, against 94 s before lagged and 98 s so)."""
     return _cg_step(_hessian_vector_at_point, model, matrix, point, scalars, U, scaled_g, mu, forcing,
                     max_iterations, column_scale, p, Cp, vectors)
 
