@@ -192,10 +192,10 @@ def _compiled_columns(C, problem, strategies):
 
 def _solve_compiled_columns(C, problems, columns, model, starts, results, **keywords):
     """Columns ``columns`` of B (``problems``: each column's Problem) as a list of (C, B[:, j]) problems by
-    ``solve_many(problems)``'s compiled loop
-    (``_compiled_columns``), their entries of ``results`` written (each column's answer is solve's, as in
-    lock-step). The warnings for the batch (max_iter, targets off the simplex) are solve_targets' own, naming
-    columns: the inner call's are not repeated."""
+    ``solve_many(problems)``'s compiled loop (``_compiled_columns``), their entries of ``results`` written (each
+    column's answer is solve's up to that loop's rounding: x within 1e-10, not to the bit). The warnings for the
+    batch (max_iter, targets off the simplex) are solve_targets' own, naming columns: the inner call's are not
+    repeated."""
     listed = [(C, problems[j].b) for j in columns]
     x0 = starts[columns[0]] if all(isinstance(starts[j], str) for j in columns) else [starts[j] for j in columns]
     with warnings.catch_warnings():
