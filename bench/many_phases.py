@@ -1,7 +1,7 @@
 """Where one ``solve_many(C, B)`` call in lock-step spends its wall time (a small C's columns, which
 ``solve_many`` hands to the compiled loop of the list form, are kept in lock-step here): the shared passes,
-the sandwiches, the line-search trials, the softmax models' row stages and the rest (Python control and other per-problem kernels), without
-cProfile's per-call distortion; and the same for the loop of ``solve`` over B's columns that it replaces.
+the sandwiches, the line-search trials, the softmax models' row stages and the rest (Python control and other
+per-problem kernels), without cProfile's per-call distortion; and the same for the loop of ``solve`` over B's columns that it replaces.
 
     python bench/many_phases.py                              # dense 4096 × 64 and CSR 10⁵ × 64, softmax, q = 64
     python bench/many_phases.py --formats dense --models softmax,relu_softmax --targets 64

@@ -226,8 +226,8 @@ class NewtonSystem:
     def _reused_factor(self, mu):
         """The preconditioner's factor at damping μ: a lagged system first takes a factor it already
         has whose shift is within ×``reuse_shift_ratio`` of μ (shifts below the first damping, FIRST_DAMPING·scale,
-        count as that),
-        so the Levenberg–Marquardt μ moving by a factor up to that costs no new Cholesky factorisation."""
+        count as that), so the Levenberg–Marquardt μ moving by a factor up to that costs no new Cholesky
+        factorisation."""
         if self.reuse_shift_ratio > 1.0:
             floor = FIRST_DAMPING * self.scale
             target = max(mu, floor)

@@ -63,6 +63,7 @@ from .many_small import compiled_lagged_steps, solve_problems
 from .memory import check_iteration_fits, iteration_bytes
 from .models.softmax import Softmax
 from .newton import NewtonRequest, NewtonRun, References, column_scale, user_stacklevel
+from .plain_problems import reads_in_place
 from .problem import Problem
 from .result import ConvergenceWarning, MESSAGES, Status
 from .start import NormalSystemRequest, fit_columns, fit_partials
@@ -158,7 +159,8 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
         # + 1: the warning is issued one frame down, in warn_if_not_a_distribution (it pointed into batch.py)
         warn_if_not_a_distribution(problems[j].b, model, f"B[:, {j}]", stacklevel=user_stacklevel() + 1)
     results = [None] * q
-    if callback is None and solvable and _compiled_columns(C, first, [column_strategy[j] for j in solvable]):
+    if callback is None and solvable and _compiled_columns(C, first, [column_strategy[j] for j in solvable],
+                                                           problem_seconds):
         with _cache.compile_notice(verbose):
             _solve_compiled_columns(C, problems, solvable, model, starts, results, l2=l2, row_weights=row_weights,
                                     hessian=hessian, eps=eps, sketch_size=sketch_size, tol=tol, max_iter=max_iter,
@@ -177,17 +179,17 @@ def solve_targets(C, B, model="softmax", *, V=None, l2=0.0, row_weights=None, x0
     return _batch_result(results, invalid, inputs.d, options, verbose, clock)
 
 
-def _compiled_columns(C, problem, strategies):
+def _compiled_columns(C, problem, strategies, exact_seconds):
     """Whether the columns of one C (``problem``: one of them; ``strategies``: each column's) are solved faster as
     independent problems by the compiled loop of ``solve_many(problems)`` (``fastnewton.many_small``: each column
     start to finish on one thread, no Python per iteration) than in lock-step: every strategy one that it compiles
-    (exact; lagged for softmax), an exact iteration priced below ``COMPILED_COLUMNS_BELOW_SECONDS``, and C a
-    float64 array (C-contiguous) or CSR matrix, which it reads in place for every column (no copy per column)."""
-    in_place = ((isinstance(C, np.ndarray) and C.dtype == np.float64 and C.flags.c_contiguous)
-                or (sp.issparse(C) and C.format == "csr" and C.dtype == np.float64))
-    return (in_place and isinstance(problem.row_model, Softmax)
+    (exact; lagged for softmax), the exact iteration (priced at ``exact_seconds``) below
+    ``COMPILED_COLUMNS_BELOW_SECONDS``, and C a plain one, which it reads in place for every column
+    (``plain_problems.reads_in_place``: a C-contiguous float64 array or canonical float64 CSR; any other C it would
+    copy once per column)."""
+    return (isinstance(problem.row_model, Softmax) and exact_seconds < COMPILED_COLUMNS_BELOW_SECONDS
             and all(compiled_lagged_steps(name, problem.row_model.relu) is not None for name in strategies)
-            and exact_iteration_seconds(problem) < COMPILED_COLUMNS_BELOW_SECONDS)
+            and reads_in_place(C, problem.b))
 
 
 def _solve_compiled_columns(C, problems, columns, model, starts, results, **keywords):

@@ -47,6 +47,12 @@ def index_arrays_read_in_place(indptr, indices):
             and indptr.flags.c_contiguous and indices.flags.c_contiguous)
 
 
+def reads_in_place(C, b):
+    """Whether the compiled solve of ``solve_many(problems)`` takes (C, b) as a plain problem (``_plain_parts``): C
+    read where it lies, with no copy of its arrays."""
+    return _plain_parts(C, b) is not None
+
+
 def _plain_parts(C, b):
     """(n, d, C's values: the dense array or CSR data, CSR indptr, CSR indices) of a problem that is plain, else
     None (one read of each attribute: this runs once per problem of a batch).

@@ -43,7 +43,7 @@ from .reduce import SQUARES_HIGH, SQUARES_LOW, gradient_rounding_bounds, rescale
 from .sandwich import ROW_PAD, _add_row, _add_stored_row, _sorted_rows
 from .simd import subtract_column_products4, subtract_column_products16
 from .softmax import (
-    curvature_weight,
+    curvature_weights_serial,
     log_partition_serial,
     softmax_gradient_rounding,
     softmax_regression_columns_serial,
@@ -571,10 +571,8 @@ def _hessian(matrix, Q, c, gamma, G, w, l2, beta, H, work):
     """H = Cᵀ diag(β) C + P S Pᵀ (symmetrised) + λI, P = G[:, 1:], S = [[γ, −1], [−1, 0]]
     (``Problem.hessian_matrix``): its lower triangle and diagonal, all that the step's scaled system
     and Cholesky read (the strict upper triangle holds the sandwich alone)."""
-    n = Q.shape[0]
     d = H.shape[0]
-    for i in range(n):
-        beta[i] = curvature_weight(Q, c, w, i)
+    curvature_weights_serial(Q, c, w, beta)
     _sandwich(matrix, beta, H, work)
     for j in range(d):
         for l in range(j + 1):
@@ -1038,10 +1036,7 @@ def _curvature_at_point(model, point, scalars):
     """β at point (``Problem.beta``: the model's curvature weights from its columns Q), for
     ``_hessian_vector_at_point``."""
     b, w, relu, l2, chunk_rows, work, beta, kinks = model
-    Q = point[3]
-    c = scalars[0]
-    for i in range(beta.shape[0]):
-        beta[i] = curvature_weight(Q, c, w, i)
+    curvature_weights_serial(point[3], scalars[0], w, beta)
 
 
 @njit(cache=True)

@@ -39,7 +39,8 @@ from .in_place import array_at
 from .small_newton import (_all_finite, _cholesky, _cholesky_solve, _dot, _half_ridge, _matvec, _quadratic, _rmatmat,
                            _sandwich, _sandwich_work, matrix_at, newton_loop, no_cg_step, no_curvature, no_kink_test,
                            scaled_step, S_ROUNDING_FACTOR)
-from .softmax import curvature_weight, log_partition_serial, softmax_relu_columns_row, softmax_relu_gradient_rounding
+from .softmax import (curvature_weights_serial, log_partition_serial, softmax_relu_columns_row,
+                      softmax_relu_gradient_rounding)
 
 # Columns of ``table`` (int64, one row per request).
 (T_N, T_D, T_M, T_CSR, T_CHUNK, T_VALUES, T_INDPTR, T_INDICES, T_V, T_W, T_COL, T_OUT, T_MAX_ITER,
@@ -115,11 +116,9 @@ def _evaluate(matrix, Vm, u, x, b, offset, w, l2, chunk_rows, e, s, y, active_re
 def _hessian(matrix, Q, c, G, y, offset, w, l2, beta, H, work):
     """H = Cᵀ diag(β) C + ½(P S Pᵀ + (P S Pᵀ)ᵀ) + l2·I, β = Q[:, 2] − c·Q[:, 1] + w, P = G[:, 1:]
     (``Problem.hessian_matrix``), the whole symmetric matrix."""
-    n = Q.shape[0]
     d = H.shape[0]
     m = y.shape[0]
-    for i in range(n):
-        beta[i] = curvature_weight(Q, c, w, i)
+    curvature_weights_serial(Q, c, w, beta)
     _sandwich(matrix, beta, H, work)
     # The active outputs' columns of P side by side (rows contiguous: the pair sums below vectorise).
     active = 0

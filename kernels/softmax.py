@@ -328,6 +328,14 @@ def curvature_weights(Q, c, w, beta):
 
 
 @njit(cache=True)
+def curvature_weights_serial(Q, c, w, beta):
+    """``curvature_weights`` on the calling thread (the same values: each βᵢ is its own row's), for the compiled
+    loops of ``solve_many``, which run inside a task of a parallel loop."""
+    for i in range(Q.shape[0]):
+        beta[i] = curvature_weight(Q, c, w, i)
+
+
+@njit(cache=True)
 def curvature_weight(Q, c, w, i):
     """β_i = Q[i, 2] − c·Q[i, 1] + w_i (one row of ``curvature_weights``); an empty w adds +0.0 for w_i,
     the bits of an all-zero w, without reading it."""
