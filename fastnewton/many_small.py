@@ -9,16 +9,16 @@
    the compiled solve first reads them), every other problem by building its ``Problem``. A problem whose
    Newton iteration does not fit in the memory available gets INVALID_INPUT with ``solve``'s MemoryError message
    (``_fit_errors``), before any solve allocates.
-2. ``softmax`` and ``relu_softmax`` problems whose Hessian strategy is exact, and ``softmax`` problems whose
-   strategy is lagged (``hessian="exact"`` / ``"lagged"``, or ``"auto"`` where ``solve``'s cost model picks them:
+2. ``softmax`` and ``relu_softmax`` problems whose Hessian strategy is exact or lagged (``hessian="exact"`` /
+   ``"lagged"``, or ``"auto"`` where ``solve``'s cost model picks them:
    exact at bench/many_small.py's sizes, n 64–512, d 32–64, dense and CSR, from any start, lagged at some larger
    ones, e.g. dense 2000 × 64, pcg at others, e.g. dense 10⁴ × 128; all problems priced in one call of that
    model's formula, ``hessian.many_strategy_seconds``) are solved, each C read where it lies (dense
    rows, or CSR for sparse C with few entries per row: ``DENSIFY_ROW_FRACTION``),
    by ``kernels/small_newton.py``: start and Newton loop compiled (lagged's CG steps too), one lane of problems
    per thread (each problem start to finish on one thread), so no Python runs per iteration and the thread
-   count does not change the bits. (relu_softmax's lagged steps hold its kink rows by projected CG, which only
-   ``solve``'s own loop runs: such problems go to 4.)
+   count does not change the bits (relu_softmax's lagged CG steps hold its kink rows by projected CG, as
+   ``solve``'s do).
    The starts' rare singular cases (a rank-deficient least-squares fit, and relu_softmax's margin
    LP in its null space) run ``Problem.auto_start`` in Python, one call per such problem.
 3. ``softmax_relu`` problems with the exact Hessian run ``solve``'s own staged solve (``fastnewton.lifted_start``:
@@ -30,7 +30,7 @@
    stages (λmax of the ridge continuation, the reachability test's losses). A loop that meets a non-finite
    value, and a simplex vector whose dual is singular or stops short of its tolerance, are run again in
    Python (``newton_solve``, ``simplex_vector``).
-4. Every other problem — where ``"auto"`` picks a sketched Hessian, or relu_softmax's lagged — is solved by
+4. Every other problem — where ``"auto"`` picks a sketched Hessian — is solved by
    ``solve``'s own path
    (``fastnewton.solver.solve_problem``), one call per problem, on the Problem built and priced here (not
    validated or priced a second time).
@@ -183,13 +183,13 @@ def _start_kind(relu, facts, x0, d):
     return kernel.START_GIVEN, as_point(x0, "x0", d).copy(), 0.0
 
 
-def compiled_lagged_steps(strategy, relu):
-    """The compiled loop's ``lagged_steps`` for a softmax or relu_softmax (``relu``) problem whose Hessian strategy is
-    ``strategy``: 0 for exact, LAGGED_STEPS for lagged of softmax; None where ``solve``'s own loop runs it (lagged of
-    relu_softmax, whose CG steps hold kink rows by projected CG, and the sketched strategies)."""
+def compiled_lagged_steps(strategy):
+    """The compiled loop's ``lagged_steps`` for a softmax or relu_softmax problem whose Hessian strategy is
+    ``strategy``: 0 for exact, LAGGED_STEPS for lagged; None where ``solve``'s own loop runs it (the sketched
+    strategies)."""
     if strategy == "exact":
         return 0
-    if strategy == "lagged" and not relu:
+    if strategy == "lagged":
         return hessian.LAGGED_STEPS
     return None
 
@@ -545,7 +545,7 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
     if plain is not None:
         plain_index, plain_d = plain.index.tolist(), plain.d.tolist()
         plain_strategies = strategies(plain_index, lambda: plain.shapes(model, l2, shared_model))
-        plain_steps = [compiled_lagged_steps(strategy, shared_model.relu) for strategy in plain_strategies]
+        plain_steps = [compiled_lagged_steps(strategy) for strategy in plain_strategies]
         compiled_plain = np.array([steps is not None for steps in plain_steps], dtype=np.bool_)
         # A plain C's entries are checked where the compiled solve reads them in place; a CSR C that it reads as
         # dense rows (formed here) or that is left to solve's loop has its entries checked now.
@@ -584,7 +584,7 @@ def _solve_compiled(items, model, l2, weights_each, x0_each, hessian, eps, sketc
                                                                    lambda: PricedShapes.of_problems(valid))):
         try:
             softmax = isinstance(problem.row_model, Softmax)
-            steps = compiled_lagged_steps(strategy, problem.row_model.relu) if softmax else None
+            steps = compiled_lagged_steps(strategy) if softmax else None
             if steps is not None:
                 starts.append(_start_kind(problem.row_model.relu, problem.facts, x0_each[i], problem.d))
                 compiled.append(problem)

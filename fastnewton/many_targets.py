@@ -183,12 +183,12 @@ def _compiled_columns(C, problem, strategies, exact_seconds):
     """Whether the columns of one C (``problem``: one of them; ``strategies``: each column's) are solved faster as
     independent problems by the compiled loop of ``solve_many(problems)`` (``fastnewton.many_small``: each column
     start to finish on one thread, no Python per iteration) than in lock-step: every strategy one that it compiles
-    (exact; lagged for softmax), the exact iteration (priced at ``exact_seconds``) below
+    (exact, lagged), the exact iteration (priced at ``exact_seconds``) below
     ``COMPILED_COLUMNS_BELOW_SECONDS``, and C a plain one, which it reads in place for every column
     (``plain_problems.reads_in_place``: a C-contiguous float64 array or canonical float64 CSR; any other C it would
     copy once per column)."""
     return (isinstance(problem.row_model, Softmax) and exact_seconds < COMPILED_COLUMNS_BELOW_SECONDS
-            and all(compiled_lagged_steps(name, problem.row_model.relu) is not None for name in strategies)
+            and all(compiled_lagged_steps(name) is not None for name in strategies)
             and reads_in_place(C, problem.b))
 
 

@@ -33,12 +33,13 @@ from .blas import syrk_upper
 from .csr import (INDPTR_SOUND, ONE, TWO, add_row_scaled, csr_column_squares, csr_row_pairs, indptr_fault,
                   row_dot as csr_row_dot, row_pair_dots)
 from .damping import (FIRST_DAMPING, FIRST_INCREASE, GOOD_GAIN, damping_after, extended_length, gain_ratio,
-                      longer_trial, raised_damping)
+                      longer_trial, predicted_ratio, raised_damping)
 from .dense import (chunk_rmatmat, four_row_dots, gram_tiles_width, row_dot, sandwich_vector_chunk, signed_scaled_rows,
                     weighted_gram_upper)
 from .in_place import array_at, int64_indices_at
-from .kinks import (HELD_FULL, HELD_SHORT, MAX_CANDIDATE_ROWS, NOT_HELD, TABLE_FIELDS, held_gain_ratio, held_rows,
-                    held_step, kink_candidates, kink_table, least_norm_subgradient, parallel_groups)
+from .kinks import (HELD_FULL, HELD_SHORT, MAX_CANDIDATE_ROWS, MAX_KINK_ROWS, MAX_UPDATES, NOT_HELD, T_U, TABLE_FIELDS,
+                    held_classes, held_gain_ratio, held_rows, held_step, hold_classes, kink_candidates, kink_table,
+                    least_norm_subgradient, moving_rows_instead, parallel_groups, small_spd_solve, update_working_set)
 from .reduce import SQUARES_HIGH, SQUARES_LOW, gradient_rounding_bounds, rescaled_norm, scaled_norm
 from .sandwich import ROW_PAD, _add_row, _add_stored_row, _sorted_rows
 from .simd import subtract_column_products4, subtract_column_products16
@@ -652,55 +653,113 @@ def _forcing(grad_norm, g_ref, tol, settings):
 
 
 @njit(cache=True, inline="always")
-def _cg_step(hessian_vector, model, matrix, point, scalars, U, scaled_g, mu, forcing, max_iterations, column_scale,
-             p, Cp, vectors):
-    """``NewtonSystem._pcg`` from p̂ = 0 on (D⁻¹HD⁻¹ + μI) p̂ = −ĝ (ĝ = D⁻¹g the scaled gradient), preconditioned by
-    Uᵀ U, until ‖residual‖ ≤ forcing·‖ĝ‖ (or max_iterations; at negative curvature the iterate so far, none on the
-    first direction): whether it gave a step, then p = D⁻¹p̂ and Cp = C·p summed from the products' passes
-    (Σ αₖ·C(D⁻¹dₖ), as ``ForwardKeepingProduct``'s forward). ``vectors``: d-long work arrays (residual, z, the
-    direction, its product, D⁻¹ times it) and an n-long one (its pass C·v). Inlined: ``hessian_vector`` is
-    known at compile time."""
-    residual, z, direction, Hd, v, Cv = vectors
+def _damped_product(hessian_vector, model, matrix, point, scalars, direction, mu, column_scale, v, Cv, out):
+    """out = (D⁻¹HD⁻¹ + μI)·direction (``NewtonSystem._scaled_hessp``, then + μ·direction) and Cv = C·v, v = D⁻¹·direction
+    (a d-long work array): CG's product, plain or projected."""
+    d = direction.shape[0]
+    for j in range(d):
+        v[j] = direction[j] / column_scale[j]
+    hessian_vector(model, matrix, point, scalars, v, Cv, out)
+    for j in range(d):
+        out[j] = out[j] / column_scale[j] + mu * direction[j]
+
+
+@njit(cache=True, inline="always")
+def _pcg(hessian_vector, model, matrix, point, scalars, U, held, scaled_g, mu, forcing, max_iterations, column_scale,
+         p, Cp, vectors):
+    """``NewtonSystem._pcg``: preconditioned CG (Uᵀ U) on (D⁻¹HD⁻¹ + μI) p̂ = −ĝ (ĝ = D⁻¹g the scaled gradient), at
+    negative curvature the iterate so far (none on the first direction: returns -1), else the iterations (p̂ in p,
+    scaled columns; the last residual in ``vectors``). ``held`` = (Â, Y, S, u, ν) of K rows (``_held_rows_system``):
+
+    - K = 0: from p̂ = 0 until ‖residual‖ ≤ forcing·‖ĝ‖ (at most max_iterations), with Cp = C·D⁻¹p̂ summed from the
+      products' passes (Σ αₖ·C(D⁻¹dₖ), as ``ForwardKeepingProduct``'s forward);
+    - K > 0, projected CG (``HeldRows``, Gould, Hribar & Nocedal 2001): from the point of least P-norm on Âp̂ = −u,
+      each preconditioned residual projected onto Âd = 0 (``_project``; ν the rows' multipliers), until the reduced
+      residual is ≤ forcing × its first value (0 iterations where it already is), at most min(max_iterations,
+      d − K) iterations (CG on the null space of the rows; past them only rounding is left to reduce).
+
+    ``vectors``: d-long work arrays (residual, z, the direction, its product, D⁻¹ times it, the reduced residual)
+    and an n-long one (a pass C·v). Inlined: ``hessian_vector`` is known at compile time."""
+    A, Y, S, u_rows, nu = held
+    K = A.shape[0]
+    residual, z, direction, Hd, v, reduced, Cv = vectors
     d = p.shape[0]
     n = Cp.shape[0]
-    for j in range(d):
-        p[j] = 0.0
-        residual[j] = -scaled_g[j]
-    _cholesky_solve(U, residual, z)
-    target = forcing * _norm_or_inf(scaled_g)
+    if K == 0:
+        for j in range(d):
+            p[j] = 0.0
+            residual[j] = -scaled_g[j]
+        _cholesky_solve(U, residual, z)
+        target = forcing * _norm_or_inf(scaled_g)
+        limit = int(max_iterations)
+    else:
+        first = np.empty(K)
+        small_spd_solve(S, u_rows, first)
+        for j in range(d):
+            total = 0.0
+            for a in range(K):
+                total += Y[j, a] * first[a]
+            p[j] = -total
+        _damped_product(hessian_vector, model, matrix, point, scalars, p, mu, column_scale, v, Cv, Hd)
+        for j in range(d):
+            residual[j] = -scaled_g[j] - Hd[j]
+        _project(U, A, Y, S, residual, z, nu, reduced)
+        target = forcing * _norm_or_inf(reduced)
+        if not target > 0.0:
+            return 0  # the feasible point is the held step already
+        limit = min(int(max_iterations), max(1, d - K))
     direction[:] = z
     rz = _dot(residual, z)
-    for iteration in range(1, int(max_iterations) + 1):
-        for j in range(d):
-            v[j] = direction[j] / column_scale[j]
-        hessian_vector(model, matrix, point, scalars, v, Cv, Hd)
-        for j in range(d):
-            Hd[j] = Hd[j] / column_scale[j] + mu * direction[j]
+    iteration = 0
+    for iteration in range(1, limit + 1):
+        _damped_product(hessian_vector, model, matrix, point, scalars, direction, mu, column_scale, v, Cv, Hd)
         curvature = _dot(direction, Hd)
         if not curvature > 0.0:
             # negative curvature of H + μD²: on the first direction no usable step (the damping must grow)
             if iteration == 1:
-                return False
+                return -1
             break
         alpha = rz / curvature
         for j in range(d):
             p[j] += alpha * direction[j]
-        if iteration == 1:
-            for i in range(n):
-                Cp[i] = alpha * Cv[i]
-        else:
-            for i in range(n):
-                Cp[i] = Cp[i] + alpha * Cv[i]
+        if K == 0:
+            if iteration == 1:
+                for i in range(n):
+                    Cp[i] = alpha * Cv[i]
+            else:
+                for i in range(n):
+                    Cp[i] = Cp[i] + alpha * Cv[i]
         for j in range(d):
             residual[j] -= alpha * Hd[j]
-        if _norm_or_inf(residual) <= target:
-            break
-        _cholesky_solve(U, residual, z)
+        if K == 0:
+            if _norm_or_inf(residual) <= target:
+                break
+            _cholesky_solve(U, residual, z)
+        else:
+            _project(U, A, Y, S, residual, z, nu, reduced)
+            if _norm_or_inf(reduced) <= target:
+                break
         rz_next = _dot(residual, z)
         for j in range(d):
             direction[j] = z[j] + (rz_next / rz) * direction[j]
         rz = rz_next
-    for j in range(d):
+    return iteration
+
+
+@njit(cache=True)
+def _no_held_rows(d):
+    """``_pcg``'s ``held`` of plain CG: no rows."""
+    return np.empty((0, d)), np.empty((d, 0)), np.empty((0, 0)), np.empty(0), np.empty(0)
+
+
+@njit(cache=True, inline="always")
+def _cg_step(hessian_vector, model, matrix, point, scalars, U, scaled_g, mu, forcing, max_iterations, column_scale,
+             p, Cp, vectors):
+    """``lagged``'s CG step (plain ``_pcg``): whether it gave a step, then p = D⁻¹p̂ and Cp = C·p."""
+    if _pcg(hessian_vector, model, matrix, point, scalars, U, _no_held_rows(p.shape[0]), scaled_g, mu, forcing,
+            max_iterations, column_scale, p, Cp, vectors) < 0:
+        return False
+    for j in range(p.shape[0]):
         p[j] = p[j] / column_scale[j]
     return True
 
@@ -731,8 +790,21 @@ RUNNING = -100
 
 
 @njit(cache=True, inline="always")
-def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, curvature, cg_step, model, matrix,
-                settings, tol, max_iter, lagged_steps, target_norm, x, loss, scalars, point, previous, trial,
+def _step_gain(refined_gain, model, point, H, exact, refined, p, t, actual, noise, slope, scaled_norm2, mu, factor,
+               line_curvature):
+    """The gain ratio of the accepted step t·p (``newton_step``'s ``ratio_of``): a plain step's (``gain_ratio``), a step
+    refined with the exact system's factor (the model's ``refined_gain``, from H), or a held CG step's from its sᵀHs
+    (``line_curvature``: a lagged system's matrix is only its preconditioner, ``fastnewton.kinks.held_ratio``)."""
+    if not refined:
+        return gain_ratio(actual, t * slope, t * t * scaled_norm2, mu, t * factor, noise)
+    if exact:
+        return refined_gain(model, point, H, p, t, actual, noise)
+    return predicted_ratio(actual, -(_dot(point[1], scaled_step(t, p)) + 0.5 * (t * t * line_curvature)), noise)
+
+
+@njit(cache=True, inline="always")
+def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, curvature, cg_step, held_cg, model,
+                matrix, settings, tol, max_iter, lagged_steps, target_norm, x, loss, scalars, point, previous, trial,
                 grad_at_zero, gradient_rounding, fault_grad):
     """``newton_solve`` (``fastnewton/newton.py``) from x (the answer written back, x itself again if that is not
     finite) on one problem: the stopping, stagnation and damping rules of ``NewtonRun``, the exact
@@ -755,12 +827,15 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, cur
       what the iteration's ``refine`` needs);
     - ``curvature(model, point, scalars)``: the model's state at point that its ∇²L·v reads (softmax: β);
     - ``cg_step(model, matrix, point, scalars, U, scaled_g, mu, forcing, max_iterations, column_scale, p, Cp,
-      vectors)`` → whether ``lagged``'s CG gave a step (``_cg_step`` with the model's ∇²L·v).
+      vectors)`` → whether ``lagged``'s CG gave a step (``_cg_step`` with the model's ∇²L·v);
+    - ``held_cg(model, matrix, point, scalars, U, mu, forcing, max_iterations, column_scale, p)`` → the pᵀHp of the
+      step that replaced CG's step p with kink rows held (projected CG preconditioned by Uᵀ U: ``_held_cg_step``),
+      or NaN (p stays).
 
     ``lagged_steps``: 0 runs every iteration ``exact``; k > 0 runs ``hessian.LaggedSystems`` (an exact iteration,
-    then k whose step is CG on the exact ∇²L·v preconditioned by a factor of the last exact system, ``cg_step``);
-    a model whose ``refine`` can refine (ReLU kinks, one-sided outputs) runs exact only, as ``solve`` holds those
-    rows with a factor of its own.
+    then k whose step is CG on the exact ∇²L·v preconditioned by a factor of the last exact system, ``cg_step``,
+    kink rows held by ``held_cg``); softmax_relu, whose one-sided outputs ``solve`` refines with a factor of the
+    system itself, runs exact only.
 
     Called with the evaluation at x in (loss, scalars, point) and, in ``previous``, what its caller reads of the
     point before the last step (a copy of the same); ``trial`` is the third point of the rotation. Inlined into
@@ -818,7 +893,7 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, cur
         # (``NewtonSystem.factors``, which its lagged systems share), and CG's vectors
         store, stored = _factor_store(d), 0
         since_exact = lagged_steps  # iterations since the last exact one: the first is exact
-        cg_vectors = (np.empty(d), np.empty(d), np.empty(d), np.empty(d), np.empty(d), np.empty(n))
+        cg_vectors = (np.empty(d), np.empty(d), np.empty(d), np.empty(d), np.empty(d), np.empty(d), np.empty(n))
         u_trial = np.empty(n)
         x_trial = np.empty(d)
         u_longer = np.empty(n)
@@ -901,7 +976,13 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, cur
                 if not solved or not _all_finite(p) or not _dot(grad, p) < 0.0:
                     mu, increase = raised_damping(mu, increase, system_scale)
                     continue
-                if exact:
+                held_curvature = np.nan
+                if not exact:
+                    # relu_softmax's kink rows that the CG step crosses, held by projected CG (its pᵀHp comes back)
+                    held_curvature = held_cg(model, matrix, point, scalars, store[2][k], mu, forcing,
+                                             settings[S_MAX_CG_ITERATIONS], column_scale, p)
+                    refined = not np.isnan(held_curvature)
+                if exact or refined:  # (a plain CG step's C·p was summed by CG)
                     _matvec(matrix, p, Cp)
                 largest = 0.0
                 for i in range(n):
@@ -911,6 +992,7 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, cur
                     factor = settings[S_MAX_LOGIT_STEP] / largest
                     for j in range(d):
                         p[j] *= factor
+                line_curvature = held_curvature * factor * factor  # sᵀHs of the capped held CG step s
                 slope = _dot(grad, p)
                 scaled_norm2 = 0.0
                 for j in range(d):
@@ -926,12 +1008,12 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, cur
                     invisible = t == 1.0 and -slope <= noise and L_t <= loss + noise
                     if np.isfinite(L_t) and (armijo or invisible):
                         accepted = True
-                        ratio = (refined_gain(model, point, H, p, t, loss - L_t, noise) if refined
-                                 else gain_ratio(loss - L_t, t * slope, t * t * scaled_norm2, mu, t * factor, noise))
+                        ratio = _step_gain(refined_gain, model, point, H, exact, refined, p, t, loss - L_t, noise,
+                                           slope, scaled_norm2, mu, factor, line_curvature)
                         if backtrack == 0 and armijo and ratio > GOOD_GAIN:
                             if refined and mu > 0.0:
-                                longer = longer_trial(slope, _quadratic(H, p), factor * largest,
-                                                      settings[S_MAX_LOGIT_STEP])
+                                longer = longer_trial(slope, _quadratic(H, p) if exact else line_curvature,
+                                                      factor * largest, settings[S_MAX_LOGIT_STEP])
                             else:
                                 longer = extended_length(slope, scaled_norm2, mu, factor, factor * largest,
                                                          settings[S_MAX_LOGIT_STEP])
@@ -947,9 +1029,9 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, cur
                                     L_t = L_longer
                                     u_trial[:] = u_longer
                                     x_trial[:] = x_longer
-                                    ratio = (refined_gain(model, point, H, p, t, loss - L_t, noise) if refined
-                                             else gain_ratio(loss - L_t, t * slope, t * t * scaled_norm2, mu,
-                                                             t * factor, noise))
+                                    ratio = _step_gain(refined_gain, model, point, H, exact, refined, p, t,
+                                                       loss - L_t, noise, slope, scaled_norm2, mu, factor,
+                                                       line_curvature)
                         break
                     t *= settings[S_BACKTRACK_FACTOR]
                 if accepted:
@@ -1068,6 +1150,117 @@ def _cg_step_at_point(model, matrix, point, scalars, U, scaled_g, mu, forcing, m
     compiled for 119 s, against 94 s before lagged and 98 s so)."""
     return _cg_step(_hessian_vector_at_point, model, matrix, point, scalars, U, scaled_g, mu, forcing,
                     max_iterations, column_scale, p, Cp, vectors)
+
+
+# -- lagged relu_softmax: CG with the kink rows held (fastnewton/kinks.py's Kinks.step_rounds with a CG system) ----
+@njit(cache=True)
+def _held_rows_system(U, R, rows, column_scale, A, Y, S):
+    """``HeldRows.of``: Â = R[rows]·D⁻¹ (K × d), Y = P⁻¹Âᵀ (P = UᵀU, CG's preconditioner) and S = ÂY into A, Y and S;
+    whether S factors (``small_spd_solve``'s test: False where the rows are dependent)."""
+    K = rows.shape[0]
+    d = R.shape[1]
+    column = np.empty(d)
+    for a in range(K):
+        for j in range(d):
+            A[a, j] = R[rows[a], j] / column_scale[j]
+        _cholesky_solve(U, A[a], column)
+        for j in range(d):
+            Y[j, a] = column[j]
+    for a in range(K):
+        for c in range(K):
+            total = 0.0
+            for j in range(d):
+                total += A[a, j] * Y[j, c]
+            S[a, c] = total
+    return small_spd_solve(S, np.ones(K), np.empty(K))
+
+
+@njit(cache=True)
+def _project(U, A, Y, S, r, z, nu, reduced):
+    """``HeldRows.project``: z = P⁻¹(r − Âᵀν) with ν = S⁻¹ÂP⁻¹r (so Âz = 0), ν, and the reduced residual r − Âᵀν."""
+    K, d = A.shape
+    _cholesky_solve(U, r, z)
+    Az = np.empty(K)
+    for a in range(K):
+        Az[a] = _dot(A[a], z)
+    small_spd_solve(S, Az, nu)
+    for j in range(d):
+        along = 0.0
+        across = 0.0
+        for a in range(K):
+            along += Y[j, a] * nu[a]
+            across += A[a, j] * nu[a]
+        z[j] -= along
+        reduced[j] = r[j] - across
+
+
+@njit(cache=True)
+def _held_cg_step(model, matrix, point, scalars, U, mu, forcing, max_iterations, column_scale, p):
+    """``Kinks.step_rounds`` of a lagged (CG) iteration: where the plain CG step p moves candidate rows across their
+    kink (``held_rows``), the step with the working set held (projected ``_pcg``, preconditioned by the same factor
+    Uᵀ U), the set updated by ``update_working_set`` (at most MAX_UPDATES times), from every crossing candidate and,
+    where that fails, from the moving ones (``moving_rows_instead``). Returns the held step's p̂ᵀ(D⁻¹HD⁻¹)p̂ = its
+    pᵀHp (for its gain ratio), p replaced and the rows held kept for the next ``_kink_test``; NaN where the plain
+    step stays (no candidate crosses, or no held step: rows dependent, negative curvature at once, not descent)."""
+    index, R, table, info, held, flips, pending, group, coefficient = model[7]
+    info[K_PENDING] = 0
+    count = info[K_COUNT]
+    if count == 0:
+        return np.nan
+    member = np.empty(count, dtype=np.bool_)
+    if not held_rows(R, table, count, p, member, True):
+        return np.nan
+    d = p.shape[0]
+    grad = point[1]
+    scaled_g = np.empty(d)
+    for j in range(d):
+        scaled_g[j] = grad[j] / column_scale[j]
+    first = member.copy()
+    step = np.empty(d)
+    n = point[0].shape[0]
+    vectors = (np.empty(d), np.empty(d), np.empty(d), np.empty(d), np.empty(d), np.empty(d), np.empty(n))
+    residual = vectors[0]
+    for attempt in range(2):
+        if attempt and not moving_rows_instead(R, table, p, first, member):
+            break
+        left = np.zeros(count, dtype=np.bool_)
+        for _ in range(MAX_UPDATES + 1):
+            rows = held_classes(member, group)
+            K = rows.shape[0]
+            if K == 0 or K > MAX_KINK_ROWS:
+                break
+            A, Y, S = np.empty((K, d)), np.empty((d, K)), np.empty((K, K))
+            if not _held_rows_system(U, R, rows, column_scale, A, Y, S):
+                break
+            u_rows = np.empty(K)
+            for a in range(K):
+                u_rows[a] = table[rows[a], T_U]
+            nu = np.empty(K)
+            if _pcg(_hessian_vector_at_point, model, matrix, point, scalars, U, (A, Y, S, u_rows, nu), scaled_g, mu,
+                    forcing, max_iterations, column_scale, step, vectors[6], vectors) < 0:
+                break
+            # (D⁻¹HD⁻¹ + μI) p̂ = −ĝ − r gives p̂ᵀ(D⁻¹HD⁻¹)p̂ = −p̂ᵀ(ĝ + r) − μ‖p̂‖², with no product
+            curvature = -_dot(step, scaled_g + residual) - mu * _dot(step, step)
+            for j in range(d):
+                step[j] = step[j] / column_scale[j]
+            if update_working_set(R, table, group, coefficient, rows, nu, step, member, left):
+                continue
+            if _all_finite(step) and _dot(grad, step) < 0.0:
+                hold_classes(member, group)
+                for k in range(count):
+                    if member[k]:
+                        pending[info[K_PENDING]] = index[k]
+                        info[K_PENDING] += 1
+                p[:] = step
+                return curvature
+            break
+    return np.nan
+
+
+@njit(cache=True)
+def no_held_cg(model, matrix, point, scalars, U, mu, forcing, max_iterations, column_scale, p):
+    """``newton_loop``'s ``held_cg`` of a model it runs exact only (``lagged_steps`` 0): never called."""
+    return np.nan
 
 
 # relu_softmax's ReLU kinks (kernels/kinks.py, as ``fastnewton.kinks`` runs them for ``solve``): the model's
@@ -1207,7 +1400,7 @@ def no_cg_step(model, matrix, point, scalars, U, scaled_g, mu, forcing, max_iter
 def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, lagged_steps, settings, x, grad_out,
                fault_grad, out_int, out_float):
     """Start and Newton loop of one problem; x holds the given start (START_GIVEN) and gets the answer.
-    ``lagged_steps``: 0 (``exact``) or ``lagged``'s (``newton_loop``; relu_softmax's kinks need exact)."""
+    ``lagged_steps``: 0 (``exact``) or ``lagged``'s (``newton_loop``)."""
     n = b.shape[0]
     d = x.shape[0]
     out_int[O_FAULT_WHERE] = FAULT_NONE
@@ -1246,8 +1439,8 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, la
     (status, n_iter, loss, scalars, grad_norm, g_ref, converged_bound, point, previous, fault_where,
      fault_loss) = newton_loop(
         _evaluate_point, _loss_at_point, _hessian_at_point, _kink_refine, _kink_gain, _kink_test, _curvature_at_point,
-        _cg_step_at_point, model, matrix, settings, settings[S_TOL], int(settings[S_MAX_ITER]), lagged_steps,
-        target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, gradient_rounding, fault_grad)
+        _cg_step_at_point, _held_cg_step, model, matrix, settings, settings[S_TOL], int(settings[S_MAX_ITER]),
+        lagged_steps, target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, gradient_rounding, fault_grad)
     if status == NO_STEP_STALL:
         status = STALLED
         out_int[O_KINK_COUNT] = NO_STEP

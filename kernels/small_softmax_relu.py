@@ -37,8 +37,8 @@ from .atomic import next_taken
 from .damping import predicted_ratio
 from .in_place import array_at
 from .small_newton import (_all_finite, _cholesky, _cholesky_solve, _dot, _half_ridge, _matvec, _quadratic, _rmatmat,
-                           _sandwich, _sandwich_work, matrix_at, newton_loop, no_cg_step, no_curvature, no_kink_test,
-                           scaled_step, S_ROUNDING_FACTOR)
+                           _sandwich, _sandwich_work, matrix_at, newton_loop, no_cg_step, no_curvature, no_held_cg,
+                           no_kink_test, scaled_step, S_ROUNDING_FACTOR)
 from .softmax import (curvature_weights_serial, log_partition_serial, softmax_relu_columns_row,
                       softmax_relu_gradient_rounding)
 
@@ -397,7 +397,7 @@ def _newton_loop(matrix, Vm, b, offset, w, l2, tol, max_iter, target_norm, chunk
                                                         settings[S_ROUNDING_FACTOR])
     status, n_iter, loss, _, grad_norm, g_ref, converged_bound, point, previous, _, _ = newton_loop(
         _evaluate_point, _loss_at_point, _hessian_at_point, _refine_step, _refined_gain, no_kink_test, no_curvature,
-        no_cg_step, model, matrix, settings, tol, max_iter, 0, target_norm, x, loss, scalars, point, previous,
+        no_cg_step, no_held_cg, model, matrix, settings, tol, max_iter, 0, target_norm, x, loss, scalars, point, previous,
         trial, grad_at_zero, gradient_rounding, np.empty(d))
     out_int[O_STATUS] = status
     out_int[O_N_ITER] = n_iter

@@ -137,19 +137,30 @@ def test_mixed_problems_exercise_both_packed_formats():
 @pytest.mark.parametrize("model", ["softmax", "relu_softmax"])
 @pytest.mark.parametrize("hessian, x0", [("auto", "zeros"), ("lagged", "auto")])
 def test_same_answers_with_ridge_row_weights_and_a_start(model, hessian, x0, monkeypatch):
-    # Built Problems (row weights) and plain ones. relu_softmax's lagged steps hold kink rows by projected CG, which
-    # only solve's loop runs: those problems go there, one solve each; every other problem here is compiled.
+    # Built Problems (row weights) and plain ones, every one compiled.
     problems = _mixed(model, count=6, seed=1)
     weights = [0.5 if i % 2 else None for i in range(len(problems))]
     loops = _newton_loops_in_python(monkeypatch)
     result = _quiet(solve_many, problems, model=model, hessian=hessian, l2=1e-3, row_weights=weights, x0=x0)
-    assert (len(loops) >= len(problems)) if (model, hessian) == ("relu_softmax", "lagged") else not loops
+    assert not loops
     for i, (C, b) in enumerate(problems):
-        reference = _quiet(solve, C, b, model, hessian=hessian, l2=1e-3, row_weights=weights[i], x0=x0)
+        keywords = dict(l2=1e-3, row_weights=weights[i], x0=x0)
+        reference = _quiet(solve, C, b, model, hessian=hessian, **keywords)
         mine = result.problem(i)
-        assert (mine["status"], mine["n_iter"], mine["message"]) == (reference.status, reference.n_iter,
-                                                                     reference.message)
-        assert np.linalg.norm(mine["x"] - reference.x) <= X_RTOL * max(np.linalg.norm(reference.x), 1e-300)
+        assert (mine["status"], mine["message"]) == (reference.status, reference.message)
+        error = np.linalg.norm(mine["x"] - reference.x)
+        tolerance = X_RTOL * max(np.linalg.norm(reference.x), 1e-300)
+        if (model, hessian) == ("relu_softmax", "lagged"):
+            # A held step puts rows at their ReLU kink, on the side that rounding decides (the compiled loop sums in
+            # loops where solve calls BLAS), and ∇L jumps with that side: the path can differ (problem 1: 10
+            # iterations against 13, x within 1e-13; problem 3: 21 against 17). Both answers meet the stopping test,
+            # which determines x only so far: the compiled x lies within the spread of solve's own answers with
+            # exact and lagged (problem 3: 6.4e-10 both).
+            spread = np.linalg.norm(_quiet(solve, C, b, model, hessian="exact", **keywords).x - reference.x)
+            assert error <= max(tolerance, VALLEY_FACTOR * spread), (i, error, spread)
+        else:
+            assert mine["n_iter"] == reference.n_iter
+            assert error <= tolerance
 
 
 def test_dead_max_iter_stalled_and_non_finite_problems_match_solve():
@@ -290,9 +301,9 @@ def _csr_variants(C):
     return variants
 
 
-@pytest.mark.parametrize("d, priced_off_exact", [(6, False), (40, False), (40, True)],
+@pytest.mark.parametrize("d, pcg_picked", [(6, False), (40, False), (40, True)],
                          ids=["read-as-dense-rows", "read-in-place", "left-to-solve"])
-def test_plain_csr_problems_checked_in_bulk_match_problems_checks(d, priced_off_exact, monkeypatch):
+def test_plain_csr_problems_checked_in_bulk_match_problems_checks(d, pcg_picked, monkeypatch):
     """A float64 CSR C with int32 or int64 indices has its indptr checked by one compiled pass over all such
     problems, and its entries where the compiled solve reads them in place (d = 40, 3 entries per row), or
     before it is read as dense rows (d = 6) or left to solve's loop: a corrupt one (a non-finite stored value, a
@@ -300,13 +311,13 @@ def test_plain_csr_problems_checked_in_bulk_match_problems_checks(d, priced_off_
     solve's own error text (Problem's) with its index; the others (values past indptr[-1] that are not
     entries, duplicates summed) get solve's answer."""
     import fastnewton.many_small as many_small_module
-    import fastnewton.rates as rates_module
     left = []
-    # The CSR sandwich priced slow: auto picks the lagged Hessian, which the compiled loop runs for softmax and
-    # leaves to solve's loop for relu_softmax (its kink rows held by projected CG).
-    model = "relu_softmax" if priced_off_exact else "softmax"
-    if priced_off_exact:
-        monkeypatch.setattr(rates_module, "CSR_SANDWICH_ROWS", 1e3)
+    # auto's choice made pcg (the sketched strategies go to solve's loop; at this size auto picks exact or lagged,
+    # both compiled, whatever the rates): solve is asked for pcg by name below.
+    model = "softmax"
+    if pcg_picked:
+        monkeypatch.setattr(many_small_module, "choose_strategies",
+                            lambda shapes, eps, sketch_size, default_start: ["pcg"] * len(default_start))
         solve_problem = many_small_module.solve_problem
         monkeypatch.setattr(many_small_module, "solve_problem",
                             lambda *args, **kwargs: left.append(1) or solve_problem(*args, **kwargs))
@@ -315,7 +326,7 @@ def test_plain_csr_problems_checked_in_bulk_match_problems_checks(d, priced_off_
     variants = _csr_variants(made.C)
     problems = [(C, b) for C, _ in variants]
     result = _quiet(solve_many, problems, model=model, seed=0)
-    assert len(left) == (sum(not corrupt for _, corrupt in variants) if priced_off_exact else 0)
+    assert len(left) == (sum(not corrupt for _, corrupt in variants) if pcg_picked else 0)
     for i, (C, corrupt) in enumerate(variants):
         if corrupt:
             with pytest.raises(ValueError) as error:
@@ -323,7 +334,7 @@ def test_plain_csr_problems_checked_in_bulk_match_problems_checks(d, priced_off_
             assert result.status[i] == Status.INVALID_INPUT, i
             assert result.message[i].endswith(f"problem {i}: {error.value}"), i
         else:
-            reference = _quiet(solve, C, b, model, seed=0)
+            reference = _quiet(solve, C, b, model, seed=0, hessian="pcg" if pcg_picked else "auto")
             assert result.status[i] == reference.status == Status.CONVERGED, i
             np.testing.assert_allclose(result.x[:, i], reference.x, rtol=X_RTOL)
 
@@ -572,7 +583,7 @@ def test_bench_quick_smoke(tmp_path):
     assert (tmp_path / "many_small.json").exists()
 
 
-def _priced_off_exact(monkeypatch):
+def _picked_pcg(monkeypatch):
     """Dense sandwiches priced slow: ``auto`` then picks a sketched or lagged Hessian for dense softmax problems,
     which solve_many leaves to solve's loop (the CSR ones stay compiled)."""
     import fastnewton.rates as rates_module
@@ -585,7 +596,7 @@ def test_problems_left_to_solve_follow_solves_threads_rule(monkeypatch):
     # n_threads is 2 (solve's own rule, ``default_thread_count``), a larger one on the batch's threads.
     import fastnewton.many_small as many_small_module
     import fastnewton.threads as threads_module
-    _priced_off_exact(monkeypatch)
+    _picked_pcg(monkeypatch)
     problems = [(C.toarray() if sp.issparse(C) else np.asarray(C, dtype=np.float64), b)
                 for C, b in _mixed("softmax", count=3)]
     threads = []
@@ -853,7 +864,7 @@ def test_a_problem_too_large_for_memory_gets_its_status_and_the_others_solve(hes
 def test_a_memory_error_in_solves_loop_is_that_problems_status(monkeypatch):
     # A problem left to solve's loop that runs out of memory at an allocation gets its status; the others solve.
     import fastnewton.many_small as many_small_module
-    _priced_off_exact(monkeypatch)
+    _picked_pcg(monkeypatch)
     problems = [(C.toarray() if sp.issparse(C) else np.asarray(C, dtype=np.float64), b)
                 for C, b in _mixed("softmax", count=3)]
     solve_problem = many_small_module.solve_problem
@@ -965,3 +976,87 @@ def test_lagged_preconditioner_picks_solves_factor_and_shift():
         U = np.triu(store[2][k])  # its upper triangle (the rest is not written)
         np.testing.assert_allclose(U.T @ U, matrix + chosen * np.eye(d), atol=1e-12)
     assert len(lagged.factors) >= 4 and any(value is None for value in lagged.factors.values())
+
+
+# -- lagged relu_softmax: CG steps with rows at their ReLU kink held by projected CG (fastnewton.kinks) -------------
+# relu_softmax problems (make_problem(n, d, nnz_per_row=min(d, 8), noise, scale, seed, dense), x0 = "auto") on which
+# solve's lagged CG steps hold kink rows (``NewtonSystem.held_solve_rounds``): held steps of several projected CG
+# iterations and working sets updated by their multipliers (``update_working_set``); found by a search over seeds
+# (/tmp-style: 150 problems, 65 with a held CG step) for problems whose answer does not move with rounding (solve on
+# the other format of C within 1e-13), so that the compiled loop's other sums cannot move the rows across the kink.
+LAGGED_RELU_CASES = [(101, 35, False, 0.2, 1.0, 601), (187, 36, False, 0.02, 1.5, 21), (128, 28, True, 0.05, 1.0, 36),
+                     (110, 32, True, 0.02, 1.5, 806), (86, 24, True, 0.2, 1.5, 285), (140, 28, False, 0.02, 1.5, 399)]
+
+
+def _held_paths(monkeypatch):
+    """A Counter of what solve's lagged steps do with kink rows while the patch holds: "held" (a projected CG solve
+    gave a step), "several" (of more than one CG iteration), "update" (the working set changed by its multipliers)."""
+    from collections import Counter
+
+    from fastnewton import hessian, kinks
+
+    paths = Counter()
+    pcg, update = hessian.NewtonSystem._pcg, kinks.update_working_set
+
+    def counted_pcg(self, factor, g, mu, held=None, u=None):
+        solved = yield from pcg(self, factor, g, mu, held, u)
+        if held is not None and solved is not None:
+            paths["held"] += 1
+            paths["several"] += solved.iterations > 1
+        return solved
+
+    def counted_update(*args):
+        changed = update(*args)
+        paths["update"] += bool(changed)
+        return changed
+
+    monkeypatch.setattr(hessian.NewtonSystem, "_pcg", counted_pcg)
+    monkeypatch.setattr(kinks, "update_working_set", counted_update)
+    return paths
+
+
+def test_lagged_relu_softmax_holds_kink_rows_by_projected_cg_compiled_with_solves_answers(monkeypatch):
+    problems = [tuple(make_problem(n, d, nnz_per_row=min(d, 8), model="relu_softmax", noise=noise, scale=scale,
+                                   seed=seed, dense=dense))[:2] for n, d, dense, noise, scale, seed in LAGGED_RELU_CASES]
+    loops = _newton_loops_in_python(monkeypatch)
+    result = _quiet(solve_many, problems, model="relu_softmax", hessian="lagged")
+    assert not loops  # every problem compiled
+    paths = _held_paths(monkeypatch)
+    _check_same_as_solve(problems, "relu_softmax", result, hessian="lagged")
+    assert {"held", "several", "update"} <= {path for path, count in paths.items() if count}, paths
+    assert np.all(result.converged)
+
+
+def test_held_rows_constraint_and_projection_match_held_rows():
+    """kernels/small_newton.py's ``_held_rows_system`` and ``_project`` against ``hessian.HeldRows`` (of, project) on a
+    random preconditioner and rows: the same Â, Y = P⁻¹Âᵀ, S = ÂY, projection, multipliers and reduced residual to
+    rounding (1e-12 relative: d = 12 sums in another order), and dependent rows refused by both."""
+    import scipy.linalg
+
+    from fastnewton.hessian import HeldRows
+    from fastnewton.kernels import small_newton as kernel
+
+    rng = np.random.default_rng(5)
+    d, K = 12, 3
+    B = rng.standard_normal((2 * d, d))
+    M = B.T @ B + 0.1 * np.eye(d)
+    U = np.empty((d, d))
+    assert kernel._cholesky(M, 0.0, U)
+    factor = scipy.linalg.cho_factor(M)
+    R = rng.standard_normal((5, d))
+    column_scale = rng.uniform(0.5, 2.0, d)
+    rows = np.array([0, 2, 4])
+    A, Y, S = np.empty((K, d)), np.empty((d, K)), np.empty((K, K))
+    assert kernel._held_rows_system(U, R, rows, column_scale, A, Y, S)
+    held = HeldRows.of(factor, R[rows] / column_scale)
+    for mine, theirs in [(A, held.A), (Y, held.Y), (S, held.S)]:
+        np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-12 * np.abs(theirs).max())
+    r = rng.standard_normal(d)
+    z, nu, reduced = np.empty(d), np.empty(K), np.empty(d)
+    kernel._project(U, A, Y, S, r, z, nu, reduced)
+    for mine, theirs in zip((z, nu, reduced), held.project(factor, r)):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-12 * np.abs(theirs).max())
+    np.testing.assert_allclose(A @ z, 0.0, atol=1e-12 * np.abs(z).max())  # z lies on Âz = 0
+    R[2] = 3.0 * R[0]  # rows 0 and 2 parallel: dependent
+    assert not kernel._held_rows_system(U, R, rows, column_scale, A, Y, S)
+    assert HeldRows.of(factor, R[rows] / column_scale) is None

@@ -565,7 +565,7 @@ def assert_solves_answers(batch, C, B, model, **kwargs):
 
 @pytest.mark.parametrize("dense", [False, True], ids=["csr", "dense"])
 @pytest.mark.parametrize("model, hessian", [("softmax", "auto"), ("softmax", "exact"), ("softmax", "lagged"),
-                                            ("relu_softmax", "auto")])
+                                            ("relu_softmax", "auto"), ("relu_softmax", "lagged")])
 def test_columns_of_a_small_c_are_solved_by_the_compiled_loop(model, hessian, dense, monkeypatch):
     calls = _routed(monkeypatch)
     C, B, _ = case(model, dense, q=5)
@@ -575,18 +575,16 @@ def test_columns_of_a_small_c_are_solved_by_the_compiled_loop(model, hessian, de
     assert_solves_answers(batch, C, B, model, hessian=hessian)
 
 
-@pytest.mark.parametrize("why", ["callback", "float32", "not_canonical", "priced", "relu_lagged", "pcg",
-                                 "softmax_relu"])
+@pytest.mark.parametrize("why", ["callback", "float32", "not_canonical", "priced", "pcg", "softmax_relu"])
 def test_columns_stay_in_lock_step_where_the_compiled_loop_would_not_pay_or_cannot_run(why, monkeypatch):
     # A callback needs Python per iteration; a float32 C, or a CSR C not flagged canonical, would be copied per
     # column (the list form reads only plain C in place); a C whose exact iteration is
-    # priced above the bound is solved faster in lock-step; relu_softmax's lagged steps and pcg are not compiled;
+    # priced above the bound is solved faster in lock-step; pcg is not compiled;
     # softmax_relu's V is not a list-form problem of this path.
     calls = _routed(monkeypatch)
-    model = {"relu_lagged": "relu_softmax", "softmax_relu": "softmax_relu"}.get(why, "softmax")
+    model = "softmax_relu" if why == "softmax_relu" else "softmax"
     C, B, V = case(model, why != "not_canonical", q=3)
-    kwargs = {"callback": dict(callback=lambda info: None), "relu_lagged": dict(hessian="lagged"),
-              "pcg": dict(hessian="pcg", seed=0)}.get(why, {})
+    kwargs = {"callback": dict(callback=lambda info: None), "pcg": dict(hessian="pcg", seed=0)}.get(why, {})
     if why == "float32":
         C = C.astype(np.float32)
     if why == "not_canonical":
