@@ -654,8 +654,8 @@ def _forcing(grad_norm, g_ref, tol, settings):
 
 @njit(cache=True, inline="always")
 def _damped_product(hessian_vector, model, matrix, point, scalars, direction, mu, column_scale, v, Cv, out):
-    """out = (D⁻¹HD⁻¹ + μI)·direction (``NewtonSystem._scaled_hessp``, then + μ·direction) and Cv = C·v, v = D⁻¹·direction
-    (a d-long work array): CG's product, plain or projected."""
+    """out = (D⁻¹HD⁻¹ + μI)·direction (``NewtonSystem._scaled_hessp``, then + μ·direction) and Cv = C·v with
+    v = D⁻¹·direction (a d-long work array): CG's product, plain or projected."""
     d = direction.shape[0]
     for j in range(d):
         v[j] = direction[j] / column_scale[j]
@@ -1440,7 +1440,8 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, la
      fault_loss) = newton_loop(
         _evaluate_point, _loss_at_point, _hessian_at_point, _kink_refine, _kink_gain, _kink_test, _curvature_at_point,
         _cg_step_at_point, _held_cg_step, model, matrix, settings, settings[S_TOL], int(settings[S_MAX_ITER]),
-        lagged_steps, target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, gradient_rounding, fault_grad)
+        lagged_steps, target_norm, x, loss, scalars, point, previous, trial, grad_at_zero, gradient_rounding,
+        fault_grad)
     if status == NO_STEP_STALL:
         status = STALLED
         out_int[O_KINK_COUNT] = NO_STEP

@@ -397,8 +397,8 @@ def _newton_loop(matrix, Vm, b, offset, w, l2, tol, max_iter, target_norm, chunk
                                                         settings[S_ROUNDING_FACTOR])
     status, n_iter, loss, _, grad_norm, g_ref, converged_bound, point, previous, _, _ = newton_loop(
         _evaluate_point, _loss_at_point, _hessian_at_point, _refine_step, _refined_gain, no_kink_test, no_curvature,
-        no_cg_step, no_held_cg, model, matrix, settings, tol, max_iter, 0, target_norm, x, loss, scalars, point, previous,
-        trial, grad_at_zero, gradient_rounding, np.empty(d))
+        no_cg_step, no_held_cg, model, matrix, settings, tol, max_iter, 0, target_norm, x, loss, scalars, point,
+        previous, trial, grad_at_zero, gradient_rounding, np.empty(d))
     out_int[O_STATUS] = status
     out_int[O_N_ITER] = n_iter
     out_float[O_LOSS] = loss

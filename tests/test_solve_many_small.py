@@ -583,9 +583,9 @@ def test_bench_quick_smoke(tmp_path):
     assert (tmp_path / "many_small.json").exists()
 
 
-def _picked_pcg(monkeypatch):
-    """Dense sandwiches priced slow: ``auto`` then picks a sketched or lagged Hessian for dense softmax problems,
-    which solve_many leaves to solve's loop (the CSR ones stay compiled)."""
+def _priced_off_exact(monkeypatch):
+    """Dense sandwiches priced slow: ``auto`` then picks pcg for dense softmax problems, which solve_many leaves to
+    solve's loop (the CSR ones stay compiled)."""
     import fastnewton.rates as rates_module
     monkeypatch.setattr(rates_module, "DENSE_SANDWICH_FMA_D32", 1e5)
     monkeypatch.setattr(rates_module, "DENSE_SANDWICH_FMA", 1e5)
@@ -596,7 +596,7 @@ def test_problems_left_to_solve_follow_solves_threads_rule(monkeypatch):
     # n_threads is 2 (solve's own rule, ``default_thread_count``), a larger one on the batch's threads.
     import fastnewton.many_small as many_small_module
     import fastnewton.threads as threads_module
-    _picked_pcg(monkeypatch)
+    _priced_off_exact(monkeypatch)
     problems = [(C.toarray() if sp.issparse(C) else np.asarray(C, dtype=np.float64), b)
                 for C, b in _mixed("softmax", count=3)]
     threads = []
@@ -864,7 +864,7 @@ def test_a_problem_too_large_for_memory_gets_its_status_and_the_others_solve(hes
 def test_a_memory_error_in_solves_loop_is_that_problems_status(monkeypatch):
     # A problem left to solve's loop that runs out of memory at an allocation gets its status; the others solve.
     import fastnewton.many_small as many_small_module
-    _picked_pcg(monkeypatch)
+    _priced_off_exact(monkeypatch)
     problems = [(C.toarray() if sp.issparse(C) else np.asarray(C, dtype=np.float64), b)
                 for C, b in _mixed("softmax", count=3)]
     solve_problem = many_small_module.solve_problem
@@ -982,8 +982,9 @@ def test_lagged_preconditioner_picks_solves_factor_and_shift():
 # relu_softmax problems (make_problem(n, d, nnz_per_row=min(d, 8), noise, scale, seed, dense), x0 = "auto") on which
 # solve's lagged CG steps hold kink rows (``NewtonSystem.held_solve_rounds``): held steps of several projected CG
 # iterations and working sets updated by their multipliers (``update_working_set``); found by a search over seeds
-# (/tmp-style: 150 problems, 65 with a held CG step) for problems whose answer does not move with rounding (solve on
-# the other format of C within 1e-13), so that the compiled loop's other sums cannot move the rows across the kink.
+# (150 random shapes, 65 with a held CG step) for problems whose answer does not move with rounding (solve on the
+# other format of C within 1e-13), so that the compiled loop's other sums do not put held rows on the other side
+# of their kink (which can change the path: the README's exception, tested in the mixed problems above).
 LAGGED_RELU_CASES = [(101, 35, False, 0.2, 1.0, 601), (187, 36, False, 0.02, 1.5, 21), (128, 28, True, 0.05, 1.0, 36),
                      (110, 32, True, 0.02, 1.5, 806), (86, 24, True, 0.2, 1.5, 285), (140, 28, False, 0.02, 1.5, 399)]
 
@@ -1017,7 +1018,8 @@ def _held_paths(monkeypatch):
 
 def test_lagged_relu_softmax_holds_kink_rows_by_projected_cg_compiled_with_solves_answers(monkeypatch):
     problems = [tuple(make_problem(n, d, nnz_per_row=min(d, 8), model="relu_softmax", noise=noise, scale=scale,
-                                   seed=seed, dense=dense))[:2] for n, d, dense, noise, scale, seed in LAGGED_RELU_CASES]
+                                   seed=seed, dense=dense))[:2]
+                for n, d, dense, noise, scale, seed in LAGGED_RELU_CASES]
     loops = _newton_loops_in_python(monkeypatch)
     result = _quiet(solve_many, problems, model="relu_softmax", hessian="lagged")
     assert not loops  # every problem compiled
