@@ -1062,3 +1062,12 @@ def test_held_rows_constraint_and_projection_match_held_rows():
     R[2] = 3.0 * R[0]  # rows 0 and 2 parallel: dependent
     assert not kernel._held_rows_system(U, R, rows, column_scale, A, Y, S)
     assert HeldRows.of(factor, R[rows] / column_scale) is None
+
+
+def test_lagged_relu_softmax_max_iter_stall_dead_and_non_finite_match_solve():
+    C, b, _ = make_problem(150, 12, nnz_per_row=8, model="relu_softmax", noise=0.05, seed=3)
+    for problem, kwargs in [((C, b), dict(max_iter=2)), ((C.toarray(), b), dict(tol=1e-300)),
+                            ((C * 1e160, b), dict()), ((C, b), dict(l2=1e300)), ((C, b), dict(x0="zeros")),
+                            ((C, b), dict(l2=1e-3, row_weights=0.5))]:
+        result = _quiet(solve_many, [problem, (C, b)], model="relu_softmax", hessian="lagged", **kwargs)
+        _check_same_as_solve([problem, (C, b)], "relu_softmax", result, hessian="lagged", **kwargs)
