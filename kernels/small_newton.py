@@ -828,9 +828,9 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, cur
     - ``curvature(model, point, scalars)``: the model's state at point that its ∇²L·v reads (softmax: β);
     - ``cg_step(model, matrix, point, scalars, U, scaled_g, mu, forcing, max_iterations, column_scale, p, Cp,
       vectors)`` → whether ``lagged``'s CG gave a step (``_cg_step`` with the model's ∇²L·v);
-    - ``held_cg(model, matrix, point, scalars, U, mu, forcing, max_iterations, column_scale, p)`` → the pᵀHp of the
-      step that replaced CG's step p with kink rows held (projected CG preconditioned by Uᵀ U: ``_held_cg_step``),
-      or NaN (p stays).
+    - ``held_cg(model, matrix, point, scalars, U, scaled_g, mu, forcing, max_iterations, column_scale, p)`` → the
+      pᵀHp of the step that replaced CG's step p with kink rows held (projected CG preconditioned by Uᵀ U:
+      ``_held_cg_step``), or NaN (p stays).
 
     ``lagged_steps``: 0 runs every iteration ``exact``; k > 0 runs ``hessian.LaggedSystems`` (an exact iteration,
     then k whose step is CG on the exact ∇²L·v preconditioned by a factor of the last exact system, ``cg_step``,
@@ -979,7 +979,7 @@ def newton_loop(evaluate, loss_at, hessian, refine, refined_gain, kink_test, cur
                 held_curvature = np.nan
                 if not exact:
                     # relu_softmax's kink rows that the CG step crosses, held by projected CG (its pᵀHp comes back)
-                    held_curvature = held_cg(model, matrix, point, scalars, store[2][k], mu, forcing,
+                    held_curvature = held_cg(model, matrix, point, scalars, store[2][k], scaled_g, mu, forcing,
                                              settings[S_MAX_CG_ITERATIONS], column_scale, p)
                     refined = not np.isnan(held_curvature)
                 if exact or refined:  # (a plain CG step's C·p was summed by CG)
@@ -1195,7 +1195,7 @@ def _project(U, A, Y, S, r, z, nu, reduced):
 
 
 @njit(cache=True)
-def _held_cg_step(model, matrix, point, scalars, U, mu, forcing, max_iterations, column_scale, p):
+def _held_cg_step(model, matrix, point, scalars, U, scaled_g, mu, forcing, max_iterations, column_scale, p):
     """``Kinks.step_rounds`` of a lagged (CG) iteration: where the plain CG step p moves candidate rows across their
     kink (``held_rows``), the step with the working set held (projected ``_pcg``, preconditioned by the same factor
     Uᵀ U), the set updated by ``update_working_set`` (at most MAX_UPDATES times), from every crossing candidate and,
@@ -1212,9 +1212,6 @@ def _held_cg_step(model, matrix, point, scalars, U, mu, forcing, max_iterations,
         return np.nan
     d = p.shape[0]
     grad = point[1]
-    scaled_g = np.empty(d)
-    for j in range(d):
-        scaled_g[j] = grad[j] / column_scale[j]
     first = member.copy()
     step = np.empty(d)
     n = point[0].shape[0]
@@ -1258,7 +1255,7 @@ def _held_cg_step(model, matrix, point, scalars, U, mu, forcing, max_iterations,
 
 
 @njit(cache=True)
-def no_held_cg(model, matrix, point, scalars, U, mu, forcing, max_iterations, column_scale, p):
+def no_held_cg(model, matrix, point, scalars, U, scaled_g, mu, forcing, max_iterations, column_scale, p):
     """``newton_loop``'s ``held_cg`` of a model it runs exact only (``lagged_steps`` 0): never called."""
     return np.nan
 
