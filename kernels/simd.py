@@ -485,3 +485,107 @@ def _weighted_gram_tile_overload(A, weights, j0, l0, out):
         _weighted_gram_tile(A, weights, j0, l0, out)
 
     return implementation
+
+
+# -- the tile of Aᵀ Q -----------------------------------------------------------------------------------------
+# A tile holds PRODUCT_TILE_HEIGHT (at most) columns of Q × one <width x double> run of A's columns, each of its
+# rows one accumulator held through the loop over A's rows: per row of A one load of the run and per tile row a
+# broadcast of Q[i, t], an fmul and an fadd. The register budget is the Gram tile's (eight 8-wide accumulators need
+# AVX-512's 32 registers; four on AVX2's 16).
+PRODUCT_TILE_HEIGHT = GRAM_TILE_HEIGHT
+PRODUCT_TILE_WIDTHS = (8, LANES, 1)  # 8-wide runs, then one 4-wide and single columns for d's remainder
+
+
+def add_product_tile(A, Q, start, stop, t0, height, l0, width, out):
+    """out[t0 + t, l0 + h] += Σ_{i ∈ [start, stop)} A[i, l0 + h]·Q[i, t0 + t] for t < height ≤ PRODUCT_TILE_HEIGHT and
+    h < width ∈ PRODUCT_TILE_WIDTHS, each entry's sum continued from its value in increasing i (A float64 or float32,
+    widened exactly; Q, out float64). The pure-Python form, run under NUMBA_DISABLE_JIT."""
+    for t in range(height):
+        for h in range(width):
+            total = out[t0 + t, l0 + h]
+            for i in range(start, stop):
+                total += np.float64(A[i, l0 + h]) * np.float64(Q[i, t0 + t])
+            out[t0 + t, l0 + h] = total
+
+
+def _product_tile_loop(context, builder, A, Q, out, start, stop, t0, l0, height, width):
+    """The loop of one (height, width) tile of ``add_product_tile`` (A, Q, out: (data, element type, row stride))."""
+    intp = context.get_value_type(types.intp)
+    (a_data, a_dtype, a_stride), (q_data, _, q_stride), (out_data, _, out_stride) = A, Q, out
+    wide = ir.VectorType(ir.DoubleType(), width)
+    pointers = [_vector_at(builder, out_data, builder.add(builder.mul(builder.add(t0, ir.Constant(intp, t)), out_stride),
+                                                          l0), width) for t in range(height)]
+    slots = [cgutils.alloca_once(builder, wide) for _ in range(height)]
+    for slot, pointer in zip(slots, pointers):
+        builder.store(builder.load(pointer, align=8), slot)
+    with cgutils.for_range_slice(builder, start, stop, ir.Constant(intp, 1), intp) as (i, _):
+        values = builder.load(_vector_at(builder, a_data, builder.add(builder.mul(i, a_stride), l0), width),
+                              align=a_dtype.bitwidth // 8)
+        if a_dtype != types.float64:
+            values = builder.fpext(values, wide)
+        q_row = builder.add(builder.mul(i, q_stride), t0)
+        for t, slot in enumerate(slots):
+            factor = _broadcast(builder, builder.load(builder.gep(q_data, [builder.add(q_row, ir.Constant(intp, t))])),
+                                width)
+            builder.store(builder.fadd(builder.load(slot), builder.fmul(values, factor)), slot)
+    for slot, pointer in zip(slots, pointers):
+        builder.store(builder.load(slot), pointer, align=8)
+
+
+@intrinsic
+def _add_product_tile(typingctx, A, Q, start, stop, t0, height, l0, width, out):
+    """``add_product_tile``: one loop per (height, width) pair, chosen by a switch on height·16 + width (any other
+    pair does nothing: the caller keeps to them). Each lane rounds the product and then the sum, as the scalar
+    statements (their bits)."""
+    if not (isinstance(A, types.Array) and A.ndim == 2 and A.layout == "C" and A.dtype in (types.float64, types.float32)
+            and _float64_c_array(Q, 2) and _float64_c_array(out, 2)
+            and all(isinstance(a, types.Integer) for a in (start, stop, t0, height, l0, width))):
+        return None
+    signature = types.void(A, Q, start, stop, t0, height, l0, width, out)
+
+    def codegen(context, builder, sig, args):
+        A_value, Q_value, start_v, stop_v, t0_v, height_v, l0_v, width_v, out_value = args
+        intp = context.get_value_type(types.intp)
+
+        def matrix(position, value):
+            array = context.make_array(sig.args[position])(context, builder, value)
+            return array.data, sig.args[position].dtype, cgutils.unpack_tuple(builder, array.shape, 2)[1]
+
+        def index(position, value):
+            return context.cast(builder, value, sig.args[position], types.intp)
+
+        arrays = matrix(0, A_value), matrix(1, Q_value), matrix(8, out_value)
+        start_i, stop_i, t0_i, l0_i = index(2, start_v), index(3, stop_v), index(4, t0_v), index(6, l0_v)
+        key = builder.add(builder.mul(index(5, height_v), ir.Constant(intp, 16)), index(7, width_v))
+        done = builder.append_basic_block("tile_done")
+        switch = builder.switch(key, done)
+        for height in range(1, PRODUCT_TILE_HEIGHT + 1):
+            for width in PRODUCT_TILE_WIDTHS:
+                case = builder.append_basic_block(f"tile_{height}x{width}")
+                switch.add_case(ir.Constant(intp, height * 16 + width), case)
+                builder.position_at_end(case)
+                _product_tile_loop(context, builder, *arrays, start_i, stop_i, t0_i, l0_i, height, width)
+                builder.branch(done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@overload(add_product_tile)
+def _add_product_tile_overload(A, Q, start, stop, t0, height, l0, width, out):
+    if isinstance(A, types.Array) and A.layout == "C" and _float64_c_array(Q, 2) and _float64_c_array(out, 2):
+        def implementation(A, Q, start, stop, t0, height, l0, width, out):
+            _add_product_tile(A, Q, start, stop, t0, height, l0, width, out)
+
+        return implementation
+
+    def scalar(A, Q, start, stop, t0, height, l0, width, out):
+        for t in range(height):
+            for h in range(width):
+                total = out[t0 + t, l0 + h]
+                for i in range(start, stop):
+                    total += np.float64(A[i, l0 + h]) * Q[i, t0 + t]
+                out[t0 + t, l0 + h] = total
+
+    return scalar

@@ -140,6 +140,29 @@ def test_one_load_loops_have_the_same_bits_at_every_width(dtype, k, run_with_thr
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_tiled_chunk_rmatmat_has_chunk_rmatmats_bits(dtype):
+    """``tiled_chunk_rmatmat`` (register tiles over blocks of TILE_ROWS rows: the small problems' Cᵀ Q) equals
+    ``chunk_rmatmat``'s partial bit for bit (each entry's terms in row order from 0.0), for Q of 1 to 19 columns (more
+    than one tile's height) and widths that take every run (8-wide, 4-wide, single columns), chunks that span
+    several blocks and start inside C, and rows of zeros; acc is overwritten."""
+    from fastnewton.kernels.dense import TILE_ROWS, chunk_rmatmat, tiled_chunk_rmatmat
+
+    rng = np.random.default_rng(37)
+    n = 2 * TILE_ROWS + 41
+    for d in (1, 3, 5, 8, 13, 48, 63, 64, 70):
+        A = (rng.standard_normal((n, d)) * np.exp(rng.uniform(-20, 20, (n, d)))).astype(dtype)
+        A[::7] = 0.0
+        for k in (1, 2, 3, 4, 5, 9, 19):
+            Q = rng.standard_normal((n, k)) * np.exp(rng.uniform(-20, 20, (n, k)))
+            for start, stop in ((0, n), (17, n - 3), (TILE_ROWS, TILE_ROWS + 1)):
+                flat = np.empty(d * k)
+                chunk_rmatmat(A, Q, start, stop, np.empty((k, d)), flat, False)
+                acc = np.full((k, d), np.nan)
+                tiled_chunk_rmatmat(A, Q, start, stop, acc)
+                np.testing.assert_array_equal(acc.T, flat.reshape(d, k))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_matrix_with_real_chunking(dtype):
     """DenseMatrix with n large enough that its own chunk_rows gives several chunks."""
     rng = np.random.default_rng(14)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastnewton.kernels.simd import (GRAM_TILE_HEIGHT, GRAM_TILE_WIDTH, add_scaled4, add_scaled_and_lane_sums4,
-                                     four_lane_sums4, lane_square_sums4_and_sums4, lane_sums4, subtract_column_products4,
+from fastnewton.kernels.simd import (GRAM_TILE_HEIGHT, GRAM_TILE_WIDTH, PRODUCT_TILE_HEIGHT, PRODUCT_TILE_WIDTHS,
+                                     add_product_tile, add_scaled4, add_scaled_and_lane_sums4, four_lane_sums4,
+                                     lane_square_sums4_and_sums4, lane_sums4, subtract_column_products4,
                                      subtract_column_products16, weighted_gram_tile)
 
 # A fresh interpreter compiles the small Newton's kernels for another CPU: seconds; 240 s only guards against a hang
@@ -203,6 +204,40 @@ def test_weighted_gram_tile_gives_the_scalar_bits_and_writes_its_tile_only():
                 np.testing.assert_array_equal(out, expected)
 
 
+@njit
+def _compiled_product_tile(A, Q, start, stop, t0, height, l0, width, out):
+    add_product_tile(A, Q, start, stop, t0, height, l0, width, out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_product_tile_gives_the_scalar_bits_for_every_shape_and_writes_its_tile_only(dtype):
+    """``add_product_tile``: out[t0 + t, l0 + h] += Σ A[i, l0 + h]·Q[i, t0 + t] over i ∈ [start, stop) in increasing i,
+    continued from out's values, bit for bit against the scalar statements (no fused multiply-add: values over 60
+    orders of magnitude would show one; float32 A widened exactly), compiled and in the pure-Python form, for every
+    height up to PRODUCT_TILE_HEIGHT and every width; tiles at the last rows and columns (no read past them), an
+    empty row range, and nothing outside the tile changes."""
+    rng = np.random.default_rng(31)
+    n, d, k = 29, 2 * max(PRODUCT_TILE_WIDTHS) + 3, PRODUCT_TILE_HEIGHT + 3
+    A = (rng.standard_normal((n, d)) * np.exp(rng.uniform(-30, 30, (n, d)))).astype(dtype)
+    Q = rng.standard_normal((n, k)) * np.exp(rng.uniform(-30, 30, (n, k)))
+    A[::4] = 0.0
+    for height in range(1, PRODUCT_TILE_HEIGHT + 1):
+        for width in PRODUCT_TILE_WIDTHS:
+            for start, stop, t0, l0 in ((0, n, 0, 0), (5, 17, k - height, d - width), (3, 3, 1, 2)):
+                before = rng.standard_normal((k, d))
+                expected = before.copy()
+                for t in range(height):
+                    for h in range(width):
+                        total = expected[t0 + t, l0 + h]
+                        for i in range(start, stop):
+                            total += np.float64(A[i, l0 + h]) * Q[i, t0 + t]
+                        expected[t0 + t, l0 + h] = total
+                for run in (_compiled_product_tile, add_product_tile):
+                    out = before.copy()
+                    run(A, Q, start, stop, t0, height, l0, width, out)
+                    np.testing.assert_array_equal(out, expected)
+
+
 # Numba compiled for an AVX2 CPU (which this machine can run): 16 vector registers, so tiles of four rows.
 # The sandwich of kernels/small_newton.py, by those tiles, against NumPy within its rounding bound (worst ratio).
 AVX2_TILES = """
@@ -220,7 +255,15 @@ for n, d in [(90, 12), (64, 37), (200, 48), (33, 5)]:
     bound = (n + 2) * np.finfo(np.float64).eps * (abs(C).T @ (abs(beta)[:, None] * abs(C)))
     worst = max(worst, float(np.max(abs(out - C.T @ (beta[:, None] * C)) / bound)))
     assert np.array_equal(out, out.T)
-print(GRAM_TILE_HEIGHT, worst)
+from fastnewton.kernels.dense import chunk_rmatmat, tiled_chunk_rmatmat
+from fastnewton.kernels.simd import PRODUCT_TILE_HEIGHT
+for n, d, k in [(300, 37, 19), (40, 64, 3), (9, 5, 6)]:
+    A, Q = rng.standard_normal((n, d)), rng.standard_normal((n, k))
+    tiled, flat = np.empty((k, d)), np.empty(d * k)
+    tiled_chunk_rmatmat(A, Q, 0, n, tiled)
+    chunk_rmatmat(A, Q, 0, n, np.empty((k, d)), flat, False)
+    assert np.array_equal(tiled.T, flat.reshape(d, k))
+print(GRAM_TILE_HEIGHT, PRODUCT_TILE_HEIGHT, worst)
 """
 HASWELL_FEATURES = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fsgsbase,+fxsr,+lzcnt,+mmx,+movbe,+pclmul,"
                     "+popcnt,+rdrnd,+sahf,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,+xsaveopt")
@@ -228,8 +271,8 @@ HASWELL_FEATURES = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fsgsba
 
 def test_gram_tiles_of_four_rows_on_an_avx2_target(tmp_path):
     """Where Numba's target CPU has no AVX-512 (here one set by NUMBA_CPU_NAME and NUMBA_CPU_FEATURES in a fresh
-    process), the tiles are GRAM_TILE_HEIGHT = 4 rows, and the compiled dense sandwich made of them is
-    Cᵀ diag(β) C within its rounding bound. Runs where this CPU can execute AVX2 code; skipped elsewhere."""
+    process), the tiles are GRAM_TILE_HEIGHT = PRODUCT_TILE_HEIGHT = 4 rows, the compiled dense sandwich made of them
+    is Cᵀ diag(β) C within its rounding bound, and the tiled Cᵀ Q has the bits of ``chunk_rmatmat``. Runs where this CPU can execute AVX2 code; skipped elsewhere."""
     from llvmlite import binding
 
     if "+avx2" not in binding.get_host_cpu_features().flatten().split(","):
@@ -240,5 +283,5 @@ def test_gram_tiles_of_four_rows_on_an_avx2_target(tmp_path):
     result = subprocess.run([sys.executable, "-c", AVX2_TILES], capture_output=True, text=True, env=env,
                             timeout=SUBPROCESS_TIMEOUT)
     assert result.returncode == 0, result.stderr
-    height, worst = result.stdout.split()
-    assert int(height) == 4 and float(worst) <= 1.0
+    height, product_height, worst = result.stdout.split()
+    assert int(height) == int(product_height) == 4 and float(worst) <= 1.0
