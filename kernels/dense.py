@@ -9,7 +9,7 @@ from numba import njit, prange
 from .prefetch import prefetch_row
 from .reduce import sum_chunk_partials
 from .simd import GRAM_TILE_HEIGHT, GRAM_TILE_WIDTH, PRODUCT_TILE_HEIGHT, PRODUCT_TILE_WIDTHS, add_product_tile, \
-    add_scaled_and_lane_sums4, four_lane_sums4, lane_sums4, weighted_gram_tile
+    add_scaled_and_lane_sums4, lane_sums4, weighted_gram_tile
 
 
 # Independent partial sums per row: one running sum waits out the add latency at every term
@@ -53,36 +53,6 @@ def add_row_and_row_dot(acc, previous, w, row, x):
     for j in range(full, d):
         acc[j] += previous[j] * w
     return row_dot_total(row, x, full, c0, c1, c2, c3)
-
-
-@njit(cache=True)
-def four_row_dots(A, i, x):
-    """``row_dot`` of rows i … i + 3 of A with x, summed side by side: sixteen independent sums hide the
-    add latency that bounds one row's four (the small-problem pass, 288 × 48: 7.8 → 3.5 µs), as four
-    4-wide vector sums (``four_lane_sums4``: the sixteen scalar sums stayed scalar; 8.2 → 4.5 µs, one thread, same hour); each row's
-    sums run in ``row_dot``'s order, so the bits are its."""
-    d = x.shape[0]
-    a0, a1, a2, a3 = A[i], A[i + 1], A[i + 2], A[i + 3]
-    full = d - d % ROW_DOT_LANES
-    (c00, c01, c02, c03, c10, c11, c12, c13,
-     c20, c21, c22, c23, c30, c31, c32, c33) = four_lane_sums4(a0, a1, a2, a3, x, full)
-    if full < d:
-        c00 += a0[full] * x[full]
-        c10 += a1[full] * x[full]
-        c20 += a2[full] * x[full]
-        c30 += a3[full] * x[full]
-    if full + 1 < d:
-        c01 += a0[full + 1] * x[full + 1]
-        c11 += a1[full + 1] * x[full + 1]
-        c21 += a2[full + 1] * x[full + 1]
-        c31 += a3[full + 1] * x[full + 1]
-    if full + 2 < d:
-        c02 += a0[full + 2] * x[full + 2]
-        c12 += a1[full + 2] * x[full + 2]
-        c22 += a2[full + 2] * x[full + 2]
-        c32 += a3[full + 2] * x[full + 2]
-    return ((c00 + c01) + (c02 + c03), (c10 + c11) + (c12 + c13), (c20 + c21) + (c22 + c23),
-            (c30 + c31) + (c32 + c33))
 
 
 @njit(parallel=True, cache=True)

@@ -9,8 +9,8 @@ import pytest
 from numba import njit
 
 from fastnewton.kernels.simd import (GRAM_TILE_HEIGHT, GRAM_TILE_WIDTH, PRODUCT_TILE_HEIGHT, PRODUCT_TILE_WIDTHS,
-                                     add_product_tile, add_scaled4, add_scaled_and_lane_sums4, four_lane_sums4,
-                                     lane_square_sums4_and_sums4, lane_sums4, subtract_column_products4,
+                                     add_product_tile, add_scaled4, add_scaled_and_lane_sums4,
+                                     lane_square_sums4_and_sums4, lane_sums4, row_dots, subtract_column_products4,
                                      subtract_column_products16, weighted_gram_tile)
 
 # A fresh interpreter compiles the small Newton's kernels for another CPU: seconds; 240 s only guards against a hang
@@ -122,24 +122,28 @@ def test_update_beside_lane_sums_gives_the_scalar_bits(dtype, contiguous):
 
 
 @njit
-def _compiled_four_lanes(rows, x, full):
-    return four_lane_sums4(rows[0], rows[1], rows[2], rows[3], x, full)
+def _compiled_row_dots(A, x, out):
+    row_dots(A, x, out)
 
 
-@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_four_rows_lane_sums_give_the_scalar_lanes_bits(dtype, contiguous):
-    """``four_lane_sums4``: each of four rows' four lane sums with one x, bit for bit against the scalar lanes,
-    compiled (vector code on contiguous rows, the scalar loop on strided ones) and in its pure-Python form."""
-    rng = np.random.default_rng(7)
-    for d in (0, 4, 12, 48, 256):
-        rows = (rng.standard_normal((4, 2 * d)) * np.exp(rng.uniform(-30, 30, (4, 2 * d)))).astype(dtype)
-        rows = rows[:, ::2] if not contiguous else np.ascontiguousarray(rows[:, :d])
-        x = rng.standard_normal(d) * np.exp(rng.uniform(-30, 30, d))
-        for full in sorted({d, max(0, d - 4)}):
-            expected = sum((tuple(_lane_reference(row, np.ones(d), x, full)[1]) for row in rows), ())
-            assert _compiled_four_lanes(rows, x, full) == expected
-            assert four_lane_sums4(rows[0], rows[1], rows[2], rows[3], x, full) == expected
+def test_row_dots_give_row_dots_bits_for_every_row_and_width():
+    """``row_dots``: every row's ``kernels.dense.row_dot`` (four lane sums, the last d mod 4 terms into lanes 0–2,
+    then (c₀ + c₁) + (c₂ + c₃)) bit for bit, compiled and in the pure-Python form, with values over 60 orders of
+    magnitude (a fused multiply-add or another order would show); n mod 4 = 0 … 3 (the rows after the groups of
+    four), d mod 4 = 0 … 3, no rows, and a strided A (the scalar loop: the same sums)."""
+    from fastnewton.kernels.dense import row_dot
+
+    rng = np.random.default_rng(43)
+    for n in (0, 1, 3, 4, 9, 38):
+        for d in (1, 2, 3, 4, 5, 7, 48, 63):
+            A = rng.standard_normal((n, 2 * d)) * np.exp(rng.uniform(-30, 30, (n, 2 * d)))
+            x = rng.standard_normal(d) * np.exp(rng.uniform(-30, 30, d))
+            for matrix in (np.ascontiguousarray(A[:, :d]), A[:, ::2]):
+                expected = np.array([row_dot(np.ascontiguousarray(row), x) for row in matrix])
+                for run in (_compiled_row_dots, row_dots):
+                    out = np.full(n, np.nan)
+                    run(matrix, x, out)
+                    np.testing.assert_array_equal(out, expected)
 
 
 @njit
