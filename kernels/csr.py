@@ -124,19 +124,22 @@ def csr_rmatmat4(indptr, indices, data, Q, chunk_rows, out):
     for c in prange(n_chunks):
         acc = partial[c]
         for i in range(np.uintp(c * chunk_rows), np.uintp(min(n, (c + 1) * chunk_rows))):
-            q0 = Q[i, 0]
-            q1 = Q[i, 1]
-            q2 = Q[i, 2]
-            q3 = Q[i, 3] if four else 0.0
-            p = np.uintp(indptr[i])
-            end = np.uintp(indptr[i + ONE])
-            while p + ONE < end:
-                add_scaled4(acc, np.uintp(indices[p]) * FOUR, data[p], q0, q1, q2, q3)
-                add_scaled4(acc, np.uintp(indices[p + ONE]) * FOUR, data[p + ONE], q0, q1, q2, q3)
-                p += TWO
-            if p < end:
-                add_scaled4(acc, np.uintp(indices[p]) * FOUR, data[p], q0, q1, q2, q3)
+            add_row_terms4(indptr, indices, data, i, Q[i, 0], Q[i, 1], Q[i, 2], Q[i, 3] if four else 0.0, acc)
     sum_chunk_partials(partial, out)
+
+
+@njit(cache=True, inline="always")
+def add_row_terms4(indptr, indices, data, i, q0, q1, q2, q3, acc):
+    """acc[4j + t] += C_ij·q_t for t < 4 over row i's entries (acc: a d × 4 partial, flat), in storage order, two
+    entries a loop step (``csr_rmatmat4``'s row; the small problems' transposed pass too)."""
+    p = np.uintp(indptr[i])
+    end = np.uintp(indptr[i + ONE])
+    while p + ONE < end:
+        add_scaled4(acc, np.uintp(indices[p]) * FOUR, data[p], q0, q1, q2, q3)
+        add_scaled4(acc, np.uintp(indices[p + ONE]) * FOUR, data[p + ONE], q0, q1, q2, q3)
+        p += TWO
+    if p < end:
+        add_scaled4(acc, np.uintp(indices[p]) * FOUR, data[p], q0, q1, q2, q3)
 
 
 # ``csr_rmatmats`` gathers the problems' columns RMATMATS_ROWS rows at a time into one row-major block.

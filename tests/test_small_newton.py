@@ -32,6 +32,36 @@ def test_matvec_has_dense_matvecs_bits(n, d):
     np.testing.assert_array_equal(mine, reference)
 
 
+def test_csr_passes_have_solves_bits():
+    """A CSR C's u = Cx (rows by pairs) and Cᵀ Q (k ≤ 4: 4-wide updates on a d × 4 partial; wider Q entry by entry)
+    have the bits of solve's passes (``csr_matvec``; ``csr_rmatmat4`` for k = 3, 4 and ``csr_rmatmat`` otherwise,
+    over the same row chunks): rows of 0 to 5 entries (every pair and two-entry tail), an odd row count, a column
+    repeated within a row, values over 40 orders of magnitude."""
+    import scipy.sparse as sp
+
+    from fastnewton.kernels.csr import csr_matvec, csr_rmatmat, csr_rmatmat4
+
+    rng = np.random.default_rng(53)
+    n, d, chunk_rows = 41, 9, 8
+    counts = rng.integers(0, 6, n)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    indices = rng.integers(0, d, indptr[-1]).astype(np.int64)
+    data = rng.standard_normal(indptr[-1]) * np.exp(rng.uniform(-20, 20, indptr[-1]))
+    C = sp.csr_matrix((data, indices, indptr), shape=(n, d))
+    matrix = (np.empty((0, d)), indptr, indices, data, True)
+    x = rng.standard_normal(d) * np.exp(rng.uniform(-20, 20, d))
+    mine, reference = np.empty(n), np.empty(n)
+    kernel._matvec(matrix, x, mine)
+    csr_matvec(C.indptr, C.indices, C.data, x, reference)
+    np.testing.assert_array_equal(mine, reference)
+    for k in (1, 2, 3, 4, 5, 19):
+        Q = rng.standard_normal((n, k)) * np.exp(rng.uniform(-20, 20, (n, k)))
+        mine, reference = np.empty((d, k)), np.empty((d, k))
+        kernel._rmatmat(matrix, Q, chunk_rows, mine)
+        (csr_rmatmat4 if k in (3, 4) else csr_rmatmat)(C.indptr, C.indices, C.data, Q, chunk_rows, reference)
+        np.testing.assert_array_equal(mine, reference)
+
+
 @pytest.mark.parametrize("d", [1, 2, 5, 8, 11])
 def test_cholesky_matches_numpy_and_fails_on_an_indefinite_matrix(d):
     rng = np.random.default_rng(d)
