@@ -628,7 +628,8 @@ def _add_product_tile(typingctx, A, Q, start, stop, t0, height, l0, width, out):
 
 @overload(add_product_tile)
 def _add_product_tile_overload(A, Q, start, stop, t0, height, l0, width, out):
-    if isinstance(A, types.Array) and A.layout == "C" and _float64_c_array(Q, 2) and _float64_c_array(out, 2):
+    if (isinstance(A, types.Array) and A.ndim == 2 and A.layout == "C" and A.dtype in (types.float64, types.float32)
+            and _float64_c_array(Q, 2) and _float64_c_array(out, 2)):
         def implementation(A, Q, start, stop, t0, height, l0, width, out):
             _add_product_tile(A, Q, start, stop, t0, height, l0, width, out)
 
