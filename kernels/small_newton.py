@@ -121,7 +121,7 @@ def _matvec(matrix, x, out):
     A, indptr, indices, data, csr = matrix
     n = out.shape[0]
     if csr:
-        # csr_matvec's rows by pairs (two chains of adds in flight; 288 × 48, 8 per row: 3.5 → 1.0 µs), serial
+        # csr_matvec's rows by pairs (two chains of adds in flight; 288 × 48, 8 per row: 2.15 → 1.05 µs), serial
         for pair in range(n // 2):
             i = np.uintp(2 * pair)
             out[i], out[i + ONE] = row_pair_dots(indptr, indices, data, x, i)
@@ -151,7 +151,7 @@ def _rmatmat(matrix, Q, chunk_rows, out):
         return
     if k <= LANES:
         # csr_rmatmat4's rows: each entry's k ≤ 4 updates one 4-wide add_scaled4 on a d × 4 partial (lanes past k add
-        # v·0, never read), the same terms in the same order (288 × 48, 8 per row: k = 3 6.1 → 3.0 µs, k = 4 11 → 1.5)
+        # v·0, never read), the same terms in the same order (288 × 48, 8 per row: k = 3 3.3 → 1.8 µs, k = 4 4.4 → 1.7)
         acc = np.empty(d * LANES)
         for start in range(0, n, chunk_rows):
             acc[:] = 0.0
