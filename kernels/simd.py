@@ -14,7 +14,7 @@ results keep the scalar code's bits.
 """
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
@@ -284,14 +284,24 @@ def _add_scaled_and_lane_sums4_overload(acc, previous, w, row, x, full):
 def row_dots(A, x, out):
     """out[i] = Σ_j A[i, j]·x[j] for every row i, each summed in ``kernels.dense.row_dot``'s order: four lane sums c_k
     over j < full = d − d mod 4, j ≡ k (mod 4), each in increasing j, then the last d − full terms added to c₀, c₁,
-    c₂, then (c₀ + c₁) + (c₂ + c₃). The pure-Python form, run under NUMBA_DISABLE_JIT."""
+    c₂, then (c₀ + c₁) + (c₂ + c₃). Called from Python (and under NUMBA_DISABLE_JIT): the scalar loop."""
+    _row_dots_scalar(A, x, out)
+
+
+@njit(cache=True)
+def _row_dots_scalar(A, x, out):
+    """``row_dots`` row by row, each row's lanes by ``lane_sums4`` (its scalar loop where A's rows are strided)."""
     d = x.shape[0]
     full = d - d % LANES
     for i in range(A.shape[0]):
-        c = list(lane_sums4(A[i], x, full))
-        for k in range(d - full):
-            c[k] += np.float64(A[i, full + k]) * np.float64(x[full + k])
-        out[i] = (c[0] + c[1]) + (c[2] + c[3])
+        c0, c1, c2, c3 = lane_sums4(A[i], x, full)
+        if full < d:
+            c0 += A[i, full] * x[full]
+        if full + 1 < d:
+            c1 += A[i, full + 1] * x[full + 1]
+        if full + 2 < d:
+            c2 += A[i, full + 2] * x[full + 2]
+        out[i] = (c0 + c1) + (c2 + c3)
 
 
 ROW_DOTS_GROUP = 4  # rows summed side by side: four independent 4-wide chains hide the add latency that bounds one
@@ -364,17 +374,7 @@ def _row_dots_overload(A, x, out):
         return implementation
 
     def scalar(A, x, out):
-        d = x.shape[0]
-        full = d - d % LANES
-        for i in range(A.shape[0]):
-            c0, c1, c2, c3 = lane_sums4(A[i], x, full)
-            if full < d:
-                c0 += A[i, full] * x[full]
-            if full + 1 < d:
-                c1 += A[i, full + 1] * x[full + 1]
-            if full + 2 < d:
-                c2 += A[i, full + 2] * x[full + 2]
-            out[i] = (c0 + c1) + (c2 + c3)
+        _row_dots_scalar(A, x, out)
 
     return scalar
 
@@ -553,12 +553,18 @@ PRODUCT_TILE_WIDTHS = (8, LANES, 1)  # 8-wide runs, then one 4-wide and single c
 def add_product_tile(A, Q, start, stop, t0, height, l0, width, out):
     """out[t0 + t, l0 + h] += Σ_{i ∈ [start, stop)} A[i, l0 + h]·Q[i, t0 + t] for t < height ≤ PRODUCT_TILE_HEIGHT and
     h < width ∈ PRODUCT_TILE_WIDTHS, each entry's sum continued from its value in increasing i (A float64 or float32,
-    widened exactly; Q, out float64). The pure-Python form, run under NUMBA_DISABLE_JIT."""
+    widened exactly; Q, out float64). Called from Python (and under NUMBA_DISABLE_JIT): the scalar loop."""
+    _product_tile_scalar(A, Q, start, stop, t0, height, l0, width, out)
+
+
+@njit(cache=True)
+def _product_tile_scalar(A, Q, start, stop, t0, height, l0, width, out):
+    """``add_product_tile`` entry by entry."""
     for t in range(height):
         for h in range(width):
             total = out[t0 + t, l0 + h]
             for i in range(start, stop):
-                total += np.float64(A[i, l0 + h]) * np.float64(Q[i, t0 + t])
+                total += np.float64(A[i, l0 + h]) * Q[i, t0 + t]
             out[t0 + t, l0 + h] = total
 
 
@@ -567,8 +573,8 @@ def _product_tile_loop(context, builder, A, Q, out, start, stop, t0, l0, height,
     intp = context.get_value_type(types.intp)
     (a_data, a_dtype, a_stride), (q_data, _, q_stride), (out_data, _, out_stride) = A, Q, out
     wide = ir.VectorType(ir.DoubleType(), width)
-    pointers = [_vector_at(builder, out_data, builder.add(builder.mul(builder.add(t0, ir.Constant(intp, t)), out_stride),
-                                                          l0), width) for t in range(height)]
+    rows = [builder.mul(builder.add(t0, ir.Constant(intp, t)), out_stride) for t in range(height)]
+    pointers = [_vector_at(builder, out_data, builder.add(row, l0), width) for row in rows]
     slots = [cgutils.alloca_once(builder, wide) for _ in range(height)]
     for slot, pointer in zip(slots, pointers):
         builder.store(builder.load(pointer, align=8), slot)
@@ -636,11 +642,6 @@ def _add_product_tile_overload(A, Q, start, stop, t0, height, l0, width, out):
         return implementation
 
     def scalar(A, Q, start, stop, t0, height, l0, width, out):
-        for t in range(height):
-            for h in range(width):
-                total = out[t0 + t, l0 + h]
-                for i in range(start, stop):
-                    total += np.float64(A[i, l0 + h]) * Q[i, t0 + t]
-                out[t0 + t, l0 + h] = total
+        _product_tile_scalar(A, Q, start, stop, t0, height, l0, width, out)
 
     return scalar

@@ -128,9 +128,9 @@ def _compiled_row_dots(A, x, out):
 
 def test_row_dots_give_row_dots_bits_for_every_row_and_width():
     """``row_dots``: every row's ``kernels.dense.row_dot`` (four lane sums, the last d mod 4 terms into lanes 0–2,
-    then (c₀ + c₁) + (c₂ + c₃)) bit for bit, compiled and in the pure-Python form, with values over 60 orders of
-    magnitude (a fused multiply-add or another order would show); n mod 4 = 0 … 3 (the rows after the groups of
-    four), d mod 4 = 0 … 3, no rows, and a strided A (the scalar loop: the same sums)."""
+    then (c₀ + c₁) + (c₂ + c₃)) bit for bit, compiled and by its scalar loop (called from Python), with values over
+    60 orders of magnitude (a fused multiply-add or another order would show); n mod 4 = 0 … 3 (the rows after the
+    groups of four), d mod 4 = 0 … 3, no rows, and a strided A (the scalar loop: the same sums)."""
     from fastnewton.kernels.dense import row_dot
 
     rng = np.random.default_rng(43)
@@ -217,9 +217,9 @@ def _compiled_product_tile(A, Q, start, stop, t0, height, l0, width, out):
 def test_add_product_tile_gives_the_scalar_bits_for_every_shape_and_writes_its_tile_only(dtype):
     """``add_product_tile``: out[t0 + t, l0 + h] += Σ A[i, l0 + h]·Q[i, t0 + t] over i ∈ [start, stop) in increasing i,
     continued from out's values, bit for bit against the scalar statements (no fused multiply-add: values over 60
-    orders of magnitude would show one; float32 A widened exactly), compiled and in the pure-Python form, for every
-    height up to PRODUCT_TILE_HEIGHT and every width; tiles at the last rows and columns (no read past them), an
-    empty row range, and nothing outside the tile changes."""
+    orders of magnitude would show one; float32 A widened exactly), compiled and by its scalar loop (called from
+    Python), for every height up to PRODUCT_TILE_HEIGHT and every width; tiles at the last rows and columns (no read
+    past them), an empty row range, and nothing outside the tile changes."""
     rng = np.random.default_rng(31)
     n, d, k = 29, 2 * max(PRODUCT_TILE_WIDTHS) + 3, PRODUCT_TILE_HEIGHT + 3
     A = (rng.standard_normal((n, d)) * np.exp(rng.uniform(-30, 30, (n, d)))).astype(dtype)
