@@ -9,8 +9,8 @@ the ~39 ms of Python in a solve_many of 1000 dense softmax problems, n 64–512,
 ``CSRMatrix`` and checks another ~19 ms):
 
 - b's check and the model's facts: ``plain_target_facts`` (whether b is finite, validation's rule; b's
-  extremes by ``target_extremes``, the kernel ``Softmax.facts`` calls), ‖b‖² (``squared_norms``, its call) and
-  relu_softmax's floor (``with_floor``, as ``Softmax.complete_facts``);
+  extremes and ‖b‖² by ``target_summary``, the kernel ``Softmax.facts`` calls) and relu_softmax's floor
+  (``with_floor``, as ``Softmax.complete_facts``);
 - a CSR C's checks: its indptr by ``plain_csr_facts`` (validation's rule, ``indptr_fault``, read where it lies,
   as the compiled solve reads C's index arrays, int32 or int64), with the sandwich's work that its ``CSRMatrix``
   would form (``csr_row_pairs``); the entries indptr covers (column indices in [0, d), finite values), like a dense
@@ -32,7 +32,7 @@ from .hessian import PricedShapes
 from .kernels.small_newton import plain_csr_entries, plain_csr_facts, plain_target_facts
 from .kernels.softmax import least_entry_at_or_above
 from .matrix import DenseMatrix, dense_row_threshold
-from .models.softmax import squared_norms, target_facts, with_floor
+from .models.softmax import target_facts, with_floor
 from .problem import Problem
 from .validation import csr_matrix_of
 
@@ -144,8 +144,8 @@ class PlainProblems:
         offsets = _offsets(n)
         b = np.concatenate(targets)
         finite = np.empty(count, dtype=np.bool_)
-        extremes = np.empty((count, 3))
-        plain_target_facts(b, offsets, finite, extremes)
+        summaries = np.empty((count, 4))
+        plain_target_facts(b, offsets, finite, summaries)
         values_at = addresses_of(values)
         nnz = n * d
         sparse_pairs, long_rows = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
@@ -182,9 +182,8 @@ class PlainProblems:
         self.index_bytes = index_bytes[kept]
         self.sparse_pairs, self.long_rows = sparse_pairs[kept], long_rows[kept]
         self.b, self.offsets = b, _offsets(self.n)
-        squares = squared_norms(self._targets)
-        self.facts = [with_floor(target_facts(*extremes_k, square), partial(least_entry_at_or_above, b_k))
-                      for extremes_k, square, b_k in zip(extremes[kept].tolist(), squares, self._targets)]
+        self.facts = [with_floor(target_facts(*summary), partial(least_entry_at_or_above, b_k))
+                      for summary, b_k in zip(summaries[kept].tolist(), self._targets)]
 
     def entries_valid(self, chosen):
         """Whether the CSR problems at positions ``chosen`` have stored entries that validation accepts (column

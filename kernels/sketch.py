@@ -183,22 +183,32 @@ def expected_poisson_sizes_parallel(b, starts, stops, divisors, sizes, out):
 def expected_poisson_size(t, divisor, sizes, out):
     """out[k] = Σᵢ min(1, sizes[k]·sᵢ²/Σs²) for s = t / divisor (``expected_poisson_sizes``).
 
-    Written as sizes[k] − Σ over the capped rows of (sizes[k]·sᵢ²/Σs² − 1) (the uncapped πᵢ sum to sizes[k]
-    over all rows), so the read of s after Σs² only compares most entries with a threshold. The divisor
-    rescales a target whose squares would under- or overflow (1.0: s is t, to the bit). Σs² must be positive
-    and finite."""
+    Written as sizes[k] − Σᵢ max(0, sizes[k]·sᵢ²/Σs² − 1) (the uncapped πᵢ sum to sizes[k] over all rows; only
+    the capped rows subtract anything), each sum in increasing i. Branch-free, three sizes per read of s (the
+    sums of ``expected_poisson_sizes``' callers: the sketch's, the preconditioner's and the start's sample): a
+    test per row and size mispredicted on most rows of the small targets of solve_many, whose sizes exceed n
+    (1000 targets, n 64–512: 3.0 → 0.9 ms on one thread; the same sums, so the same bits). The divisor rescales a
+    target whose squares would under- or overflow (1.0: s is t, to the bit). Σs² must be positive and finite."""
     if divisor != 1.0:
         t = t / divisor  # rare (b ~ 1e±300): the division stays out of the common case's loops
     total = 0.0
     for i in range(t.shape[0]):
         total += t[i] * t[i]
-    factors = sizes / total
-    threshold = 1.0 / factors.max()
-    out[:] = sizes
-    for i in range(t.shape[0]):
-        square = t[i] * t[i]
-        if square > threshold:
-            for k in range(sizes.shape[0]):
-                excess = factors[k] * square - 1.0
-                if excess > 0.0:
-                    out[k] -= excess
+    for first in range(0, sizes.shape[0], 3):
+        # Up to three sizes per read of s; a missing one gets factor 0, whose terms max(0, −1) are 0.
+        f0 = sizes[first] / total
+        f1 = sizes[first + 1] / total if first + 1 < sizes.shape[0] else 0.0
+        f2 = sizes[first + 2] / total if first + 2 < sizes.shape[0] else 0.0
+        e0 = sizes[first]
+        e1 = sizes[first + 1] if first + 1 < sizes.shape[0] else 0.0
+        e2 = sizes[first + 2] if first + 2 < sizes.shape[0] else 0.0
+        for i in range(t.shape[0]):
+            square = t[i] * t[i]
+            e0 -= max(f0 * square - 1.0, 0.0)
+            e1 -= max(f1 * square - 1.0, 0.0)
+            e2 -= max(f2 * square - 1.0, 0.0)
+        out[first] = e0
+        if first + 1 < sizes.shape[0]:
+            out[first + 1] = e1
+        if first + 2 < sizes.shape[0]:
+            out[first + 2] = e2

@@ -49,7 +49,7 @@ from .softmax import (
     softmax_gradient_rounding,
     softmax_regression_columns_serial,
     softmax_regression_loss_serial,
-    target_extremes,
+    target_summary,
 )
 
 # Columns of ``layout`` (int64, one row per problem).
@@ -1428,7 +1428,7 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, la
     _matvec(matrix, x, u)
     loss, scalars = _evaluate_point(model, matrix, x, point)
     previous[0][:] = u  # the kink count's u before the last step
-    top, bottom, _ = target_extremes(b)
+    top, bottom, _, _ = target_summary(b)
     gradient_rounding = softmax_gradient_rounding(n, max(top, -bottom), settings[S_ROUNDING_FACTOR])
     (status, n_iter, loss, scalars, grad_norm, g_ref, converged_bound, point, previous, fault_where,
      fault_loss) = newton_loop(
@@ -1462,18 +1462,19 @@ def _solve_one(matrix, b, w, relu, l2, target_norm, floor, start, chunk_rows, la
 
 
 @njit(parallel=True, cache=True)
-def plain_target_facts(b, starts, finite, extremes):
+def plain_target_facts(b, starts, finite, summaries):
     """For each target p, t = b[starts[p]:starts[p + 1]] (many targets side by side): finite[p] = whether every
-    entry is finite (``fastnewton.validation``'s rule for b), extremes[p] = ``target_extremes(t)`` (max, min,
-    the least positive entry: the softmax models' facts). One task per target; the extremes are exact in any
-    order, so the thread count changes no bit."""
+    entry is finite (``fastnewton.validation``'s rule for b), summaries[p] = ``target_summary(t)`` (max, min,
+    the least positive entry, ‖t‖²: the softmax models' facts). One task per target, each summary serial, so
+    the thread count changes no bit."""
     for p in prange(finite.shape[0]):
         t = b[starts[p]:starts[p + 1]]
         finite[p] = _all_finite(t)
-        top, bottom, least_positive = target_extremes(t)
-        extremes[p, 0] = top
-        extremes[p, 1] = bottom
-        extremes[p, 2] = least_positive
+        top, bottom, least_positive, squares = target_summary(t)
+        summaries[p, 0] = top
+        summaries[p, 1] = bottom
+        summaries[p, 2] = least_positive
+        summaries[p, 3] = squares
 
 
 @njit(parallel=True, cache=True)

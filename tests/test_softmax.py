@@ -7,6 +7,8 @@ JᵀJ + Σ_k r_k ∇²h_k + diag(w) of naive.py.
 Tolerances are multiples of np.finfo(np.float64).eps (everything is float64), scaled
 by the size of the quantities involved; the multiples are stated where used.
 """
+import warnings
+
 import numpy as np
 import pytest
 
@@ -20,7 +22,7 @@ from fastnewton.kernels.softmax import (
     softmax_regression_columns,
     softmax_regression_loss,
     softmax_relu_columns,
-    target_extremes,
+    target_summary,
 )
 from fastnewton.models import LogPartition
 
@@ -417,9 +419,26 @@ def test_softmax_kernels_bitwise_equal_with_1_and_2_threads(chunk_rows, run_with
         np.testing.assert_array_equal(x1, x2)
 
 
-@pytest.mark.parametrize("values", [[0.3, -0.2, 0.0, 0.9, 0.1], [-1.0, -0.5, 0.0], [2.5], [0.0, 0.0], [-3.0]])
-def test_target_extremes_match_numpy(values):
-    """max, min and least positive entry (inf when none is positive) in one read, as NumPy's reductions."""
+@pytest.mark.parametrize("values", [[0.3, -0.2, 0.0, 0.9, 0.1], [-1.0, -0.5, 0.0], [2.5], [0.0, 0.0], [-3.0],
+                                    list(np.linspace(-1.0, 2.0, 8)), list(np.linspace(-0.5, 3.0, 23))])
+def test_target_summary_matches_numpy(values):
+    """max, min and least positive entry (inf when none is positive), exactly as NumPy's reductions, and ‖b‖² in
+    its fixed order: lane j sums b[j + 8t]² over t (lengths from 1 to 23: no full group, groups, a tail)."""
     b = np.array(values)
     positive = b[b > 0.0]
-    assert target_extremes(b) == (b.max(), b.min(), positive.min() if positive.size else np.inf)
+    top, bottom, least_positive, squares = target_summary(b)
+    assert (top, bottom, least_positive) == (b.max(), b.min(), positive.min() if positive.size else np.inf)
+    full = len(b) - len(b) % 8
+    lanes = [sum(b[j:full:8] ** 2, 0.0) for j in range(8)]  # each lane in increasing t, from 0.0
+    expected = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+    for value in b[full:]:
+        expected += value * value
+    assert squares == expected
+    assert squares == pytest.approx(float(b @ b), rel=1e-14, abs=0.0)  # another order: n·eps apart at most
+
+
+def test_target_summary_squares_overflow_to_inf_silently():
+    """‖b‖² of a target near the largest floats is inf (the rounding tests' scale), with no warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert target_summary(np.array([1e200, 0.5]))[3] == np.inf

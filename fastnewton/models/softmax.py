@@ -9,8 +9,7 @@ and the partials of c, γ and the loss → ∇L = Cᵀ(m s r + w u) − c·Cᵀ(
 import numpy as np
 
 from ..kernels.softmax import (least_entry_at_or_above, softmax_gradient_rounding, softmax_regression_columns,
-                               softmax_regression_loss, target_extremes)
-from ..reductions import dot
+                               softmax_regression_loss, target_summary)
 from ..start import FloorRows, floor_margin, log_linear_fit_rounds, normal_system_rounds, solve_psd
 from ..kinks import RELU_INPUTS
 from ..newton import run_requests
@@ -58,10 +57,9 @@ class Softmax(ColumnCurvature, Model):
         return {"loss2": loss2}, {}
 
     def facts(self, block):
-        b = block.b
-        # One compiled read for the extremes (four NumPy reductions and a masked copy cost ~5 µs on
+        # One compiled read for the extremes and ‖b‖² (four NumPy reductions and a masked copy cost ~5 µs on
         # the small targets of solve_many's problems).
-        return target_facts(*target_extremes(b), squared_norms([b])[0])
+        return target_facts(*target_summary(block.b))
 
     def complete_facts(self, facts, map_blocks):
         return with_floor(facts, lambda threshold: -map_blocks(_least_entry_summary, threshold)["max_negated_entry"])
@@ -133,8 +131,8 @@ class Softmax(ColumnCurvature, Model):
 
 
 def target_facts(top, bottom, least_positive, b_squared):
-    """``Softmax.facts`` from b's extremes (``target_extremes``: max b, min b, its least positive entry) and ‖b‖²
-    (``squared_norms``): ``solve_many`` forms those of many targets at once (``fastnewton.plain_problems``)."""
+    """``Softmax.facts`` from ``target_summary``'s figures of b (max b, min b, its least positive entry, ‖b‖²):
+    ``solve_many`` forms those of many targets at once (``fastnewton.plain_problems``)."""
     return {"b_squared": b_squared, "max_b": top, "max_negated_min_b": -bottom,
             "max_negated_min_positive_b": -least_positive}
 
@@ -160,13 +158,6 @@ def with_floor(facts, least_entry_at_or_above):
 def _least_entry_summary(block, threshold):
     """A block's least target entry ≥ threshold, negated as a ``max_`` key (the blocks' summaries combine by max)."""
     return {"max_negated_entry": -least_entry_at_or_above(block.b, threshold)}
-
-
-def squared_norms(targets):
-    """‖b‖² of each target b (``dot``), as a list. ‖b‖² of a target near the largest floats is inf, the scale the
-    rounding tests then use (no warning)."""
-    with np.errstate(over="ignore"):
-        return [dot(b, b) for b in targets]
 
 
 def softmax_gradient(summary, known):
