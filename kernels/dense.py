@@ -8,8 +8,8 @@ from numba import njit, prange
 
 from .prefetch import prefetch_row
 from .reduce import sum_chunk_partials
-from .simd import GRAM_TILE_HEIGHT, GRAM_TILE_WIDTH, PRODUCT_TILE_HEIGHT, PRODUCT_TILE_WIDTHS, add_product_tile, \
-    add_scaled_and_lane_sums4, lane_sums4, weighted_gram_tile
+from .simd import (GRAM_TILE_HEIGHT, GRAM_TILE_WIDTH, LANES, PRODUCT_TILE_HEIGHT, PRODUCT_TILE_WIDTHS,
+                   add_product_tile, add_scaled_and_lane_sums4, lane_sums4, weighted_gram_tile)
 
 
 # Independent partial sums per row: one running sum waits out the add latency at every term
@@ -354,19 +354,43 @@ def gram_tiles_width(n, d):
     return width if width <= GRAM_TILES_MAX_WIDTH and n * width <= GRAM_TILES_MAX_ENTRIES else 0
 
 
+# A remainder of at most this many columns past d's last whole tile width is formed by tiles down its columns
+# (``weighted_gram_upper``).
+GRAM_REMAINDER_BY_COLUMNS = 3
+
+
 @njit(cache=True)
 def weighted_gram_upper(A, weights, d, out):
-    """out[j, l] = Σᵢ A[i, j]·(wᵢ·A[i, l]) for j ≤ l < d (and in the padding beside them), each sum in increasing i
-    (``kernels.simd.weighted_gram_tile``; weights of any sign). A: n × width, the matrix's d columns then zeros to a
-    whole number of tiles (``gram_tiles_width``); out: width × width. Serial: one small problem per thread.
+    """out[j, l] = Σᵢ A[i, j]·(wᵢ·A[i, l]) for j ≤ l < d, each sum in increasing i (``kernels.simd.weighted_gram_tile``;
+    weights of any sign; other entries of out are left undefined). A: n × width, the matrix's d columns then zeros to
+    a whole number of tiles (``gram_tiles_width``); out: width × width. Serial: one small problem per thread.
 
-    The upper triangle by tiles of GRAM_TILE_HEIGHT rows × GRAM_TILE_WIDTH columns from the diagonal rightwards:
-    no copy of A scaled by √|w| split by sign (``signed_scaled_rows``) and one pass per tile with its accumulators
-    in registers, where BLAS's SYRK packs both operands for any shape."""
-    width = A.shape[1]
-    for j0 in range(0, d, GRAM_TILE_HEIGHT):
-        for l0 in range(j0 // GRAM_TILE_WIDTH * GRAM_TILE_WIDTH, width, GRAM_TILE_WIDTH):
-            weighted_gram_tile(A, weights, j0, l0, out)
+    The upper triangle by tiles of up to GRAM_TILE_HEIGHT rows × GRAM_TILE_WIDTH columns from the diagonal
+    rightwards: no copy of A scaled by √|w| split by sign (``signed_scaled_rows``) and one pass per tile with its
+    accumulators in registers, where BLAS's SYRK packs both operands for any shape. Past the last whole tile width
+    the tiles are no wider or taller than the columns left: 4 wide for up to 4 of them (half a vector's work), and
+    up to GRAM_REMAINDER_BY_COLUMNS of them go the other way, as rows l of out against 8 columns j < l at a time
+    (one broadcast and one product per row of A and column l, where an 8-wide tile of them makes eight), then
+    mirrored. Every entry keeps its sum and its products (of the same two numbers), so the bits do not depend on
+    the tiling. Measured (one thread, 288 rows, d = 32 … 64): 0.96 of the whole-tile time on average; d = 33
+    11.2 → 9.6 µs, 34 10.8 → 9.0, 36 10.8 → 9.6, 41 16.4 → 14.3, 49 20.2 → 17.4; remainders of 5–7 as before."""
+    full = d - d % GRAM_TILE_WIDTH
+    by_columns = 0 < d - full <= GRAM_REMAINDER_BY_COLUMNS
+    stop = full if by_columns else d  # the columns of the tiles along rows
+    for j0 in range(0, stop, GRAM_TILE_HEIGHT):
+        height = min(GRAM_TILE_HEIGHT, stop - j0)
+        for l0 in range(j0 - j0 % GRAM_TILE_WIDTH, stop, GRAM_TILE_WIDTH):
+            width = LANES if stop - l0 <= LANES else GRAM_TILE_WIDTH
+            weighted_gram_tile(A, weights, j0, l0, height, width, False, out)
+    if by_columns:
+        for l0 in range(full, d, GRAM_TILE_HEIGHT):
+            height = min(GRAM_TILE_HEIGHT, d - l0)
+            for j0 in range(0, full, GRAM_TILE_WIDTH):
+                weighted_gram_tile(A, weights, l0, j0, height, GRAM_TILE_WIDTH, True, out)
+            weighted_gram_tile(A, weights, l0, full, height, LANES, False, out)  # the corner: j, l ≥ full
+        for l in range(full, d):
+            for j in range(full):
+                out[j, l] = out[l, j]
 
 
 @njit(nogil=True, cache=True)

@@ -7,7 +7,7 @@ load, multiply, add and store; ``lane_sums4`` runs the four partial sums of a ro
 (``kernels.dense.row_dot``) as one 4-wide accumulator, and ``add_scaled_and_lane_sums4`` the same sums beside
 another row's update (a Hessian-vector product's pass), and ``row_dots`` those of a whole matrix's rows, four
 rows side by side (the small problems' dense forward pass); ``weighted_gram_tile`` holds a tile of a
-weighted Gram matrix in 8-wide accumulators (the small problems' dense sandwich), ``add_product_tile`` a tile of
+weighted Gram matrix in 8- or 4-wide accumulators (the small problems' dense sandwich), ``add_product_tile`` a tile of
 Aᵀ Q likewise (their transposed pass). Each lane still rounds
 each product and then the sum, exactly as the scalar statements do (no fused multiply-add), so the
 results keep the scalar code's bits.
@@ -481,64 +481,110 @@ def _wide_vector_registers():
 GRAM_TILE_HEIGHT = 8 if _wide_vector_registers() else 4
 
 
-def weighted_gram_tile(A, weights, j0, l0, out):
-    """out[j0 + t, l0 + h] = Σᵢ A[i, j0 + t]·(wᵢ·A[i, l0 + h]) for t < GRAM_TILE_HEIGHT, h < GRAM_TILE_WIDTH, each
-    sum in increasing i from 0.0 (A: n × width, C-contiguous float64 with j0 + GRAM_TILE_HEIGHT ≤ width and
-    l0 + GRAM_TILE_WIDTH ≤ width; out likewise). The pure-Python form, run under NUMBA_DISABLE_JIT."""
-    for t in range(GRAM_TILE_HEIGHT):
-        for h in range(GRAM_TILE_WIDTH):
+GRAM_TILE_WIDTHS = (GRAM_TILE_WIDTH, LANES)  # 8-wide tiles, and 4-wide ones for a remainder of at most 4 columns
+
+
+def weighted_gram_tile(A, weights, j0, l0, height, width, weighted_rows, out):
+    """out[j0 + t, l0 + h] = Σᵢ A[i, j0 + t]·(wᵢ·A[i, l0 + h]) for t < height ≤ GRAM_TILE_HEIGHT and h < width ∈
+    GRAM_TILE_WIDTHS, each sum in increasing i from 0.0; with ``weighted_rows`` the weight goes with the tile's rows
+    instead, Σᵢ (wᵢ·A[i, j0 + t])·A[i, l0 + h]: the same products (each of the same two numbers), so the entry
+    (l0 + h, j0 + t) of the first form to the bit (A: n × width, C-contiguous float64 with j0 + height and
+    l0 + width ≤ its width; out likewise). Called from Python (and under NUMBA_DISABLE_JIT): the scalar loop."""
+    _gram_tile_scalar(A, weights, j0, l0, height, width, weighted_rows, out)
+
+
+@njit(cache=True)
+def _gram_tile_scalar(A, weights, j0, l0, height, width, weighted_rows, out):
+    """``weighted_gram_tile`` entry by entry."""
+    for t in range(height):
+        for h in range(width):
             total = 0.0
             for i in range(A.shape[0]):
-                total += A[i, j0 + t] * (weights[i] * A[i, l0 + h])
+                if weighted_rows:
+                    total += (weights[i] * A[i, j0 + t]) * A[i, l0 + h]
+                else:
+                    total += A[i, j0 + t] * (weights[i] * A[i, l0 + h])
             out[j0 + t, l0 + h] = total
 
 
+def _gram_tile_loop(context, builder, A, weights, out, j0, l0, height, width, weighted_rows):
+    """The loop of one (height, width) tile of ``weighted_gram_tile`` (A, weights, out: Numba array structs)."""
+    intp = context.get_value_type(types.intp)
+    stride = cgutils.unpack_tuple(builder, A.shape, 2)[1]
+    out_stride = cgutils.unpack_tuple(builder, out.shape, 2)[1]
+    vector = ir.VectorType(ir.DoubleType(), width)
+    slots = [cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * width)) for _ in range(height)]
+    with cgutils.for_range(builder, cgutils.unpack_tuple(builder, A.shape, 2)[0], intp=intp) as loop:
+        row = builder.mul(loop.index, stride)
+        weight = builder.load(builder.gep(weights.data, [loop.index]))
+        columns = builder.load(_vector_at(builder, A.data, builder.add(row, l0), width), align=8)
+        if not weighted_rows:
+            columns = builder.fmul(_broadcast(builder, weight, width), columns)
+        for t, slot in enumerate(slots):
+            entry = builder.load(builder.gep(A.data, [builder.add(row, builder.add(j0, ir.Constant(intp, t)))]))
+            if weighted_rows:
+                entry = builder.fmul(weight, entry)
+            builder.store(builder.fadd(builder.load(slot), builder.fmul(_broadcast(builder, entry, width), columns)),
+                          slot)
+    for t, slot in enumerate(slots):
+        offset = builder.add(builder.mul(builder.add(j0, ir.Constant(intp, t)), out_stride), l0)
+        builder.store(builder.load(slot), _vector_at(builder, out.data, offset, width), align=8)
+
+
 @intrinsic
-def _weighted_gram_tile(typingctx, A, weights, j0, l0, out):
-    """The loop of ``weighted_gram_tile``: per row of A one 8-wide load at column l0 scaled by a broadcast wᵢ, then
-    per tile row a broadcast of A[i, j0 + t], one fmul and one fadd into that row's accumulator (each lane rounds
-    the product and then the sum, as the scalar statements: their bits)."""
+def _weighted_gram_tile(typingctx, A, weights, j0, l0, height, width, weighted_rows, out):
+    """``weighted_gram_tile``: one loop per (height, width, weighted_rows), chosen by a switch on
+    256·weighted_rows + 16·height + width (any other triple does nothing: the caller keeps to them). Per row of A
+    one ``width``-wide load at column l0, scaled by a broadcast wᵢ (or each broadcast entry scaled by wᵢ, with
+    ``weighted_rows``), then per tile row a broadcast of A[i, j0 + t], one fmul and one fadd into that row's
+    accumulator (each lane rounds the product and then the sum, as the scalar statements: their bits)."""
     if not (_float64_c_array(A, 2) and _float64_c_array(out, 2) and _float64_c_array(weights, 1)
-            and isinstance(j0, types.Integer) and isinstance(l0, types.Integer)):
+            and all(isinstance(a, types.Integer) for a in (j0, l0, height, width))
+            and isinstance(weighted_rows, types.Boolean)):
         return None
-    signature = types.void(A, weights, j0, l0, out)
+    signature = types.void(A, weights, j0, l0, height, width, weighted_rows, out)
 
     def codegen(context, builder, sig, args):
-        A_value, weights_value, j0_value, l0_value, out_value = args
+        A_value, weights_value, j0_v, l0_v, height_v, width_v, weighted_v, out_value = args
         intp = context.get_value_type(types.intp)
-        A_array = context.make_array(sig.args[0])(context, builder, A_value)
-        weights_array = context.make_array(sig.args[1])(context, builder, weights_value)
-        out_array = context.make_array(sig.args[4])(context, builder, out_value)
-        rows, stride = cgutils.unpack_tuple(builder, A_array.shape, 2)
-        out_stride = cgutils.unpack_tuple(builder, out_array.shape, 2)[1]
-        j0_i = context.cast(builder, j0_value, sig.args[2], types.intp)
-        l0_i = context.cast(builder, l0_value, sig.args[3], types.intp)
-        vector = ir.VectorType(ir.DoubleType(), GRAM_TILE_WIDTH)
-        zero = ir.Constant(vector, [0.0] * GRAM_TILE_WIDTH)
-        slots = [cgutils.alloca_once_value(builder, zero) for _ in range(GRAM_TILE_HEIGHT)]
-        with cgutils.for_range(builder, rows, intp=intp) as loop:
-            row = builder.mul(loop.index, stride)
-            weight = _broadcast(builder, builder.load(builder.gep(weights_array.data, [loop.index])), GRAM_TILE_WIDTH)
-            columns = _vector_at(builder, A_array.data, builder.add(row, l0_i), GRAM_TILE_WIDTH)
-            weighted = builder.fmul(weight, builder.load(columns, align=8))
-            for t, slot in enumerate(slots):
-                entry = builder.load(builder.gep(A_array.data, [builder.add(row, builder.add(j0_i, ir.Constant(intp, t)))]))
-                builder.store(builder.fadd(builder.load(slot), builder.fmul(_broadcast(builder, entry, GRAM_TILE_WIDTH),
-                                                                            weighted)), slot)
-        for t, slot in enumerate(slots):
-            offset = builder.add(builder.mul(builder.add(j0_i, ir.Constant(intp, t)), out_stride), l0_i)
-            builder.store(builder.load(slot), _vector_at(builder, out_array.data, offset, GRAM_TILE_WIDTH), align=8)
+        arrays = (context.make_array(sig.args[0])(context, builder, A_value),
+                  context.make_array(sig.args[1])(context, builder, weights_value),
+                  context.make_array(sig.args[7])(context, builder, out_value))
+
+        def index(position, value):
+            return context.cast(builder, value, sig.args[position], types.intp)
+
+        j0_i, l0_i = index(2, j0_v), index(3, l0_v)
+        key = builder.add(builder.mul(builder.zext(weighted_v, intp), ir.Constant(intp, 256)),
+                          builder.add(builder.mul(index(4, height_v), ir.Constant(intp, 16)), index(5, width_v)))
+        done = builder.append_basic_block("tile_done")
+        switch = builder.switch(key, done)
+        for weighted_rows in (False, True):
+            for height in range(1, GRAM_TILE_HEIGHT + 1):
+                for width in GRAM_TILE_WIDTHS:
+                    case = builder.append_basic_block(f"tile_{int(weighted_rows)}_{height}x{width}")
+                    switch.add_case(ir.Constant(intp, 256 * weighted_rows + 16 * height + width), case)
+                    builder.position_at_end(case)
+                    _gram_tile_loop(context, builder, *arrays, j0_i, l0_i, height, width, weighted_rows)
+                    builder.branch(done)
+        builder.position_at_end(done)
         return context.get_dummy_value()
 
     return signature, codegen
 
 
 @overload(weighted_gram_tile)
-def _weighted_gram_tile_overload(A, weights, j0, l0, out):
-    def implementation(A, weights, j0, l0, out):
-        _weighted_gram_tile(A, weights, j0, l0, out)
+def _weighted_gram_tile_overload(A, weights, j0, l0, height, width, weighted_rows, out):
+    if _float64_c_array(A, 2) and _float64_c_array(out, 2) and _float64_c_array(weights, 1):
+        def implementation(A, weights, j0, l0, height, width, weighted_rows, out):
+            _weighted_gram_tile(A, weights, j0, l0, height, width, weighted_rows, out)
 
-    return implementation
+        return implementation
+
+    def scalar(A, weights, j0, l0, height, width, weighted_rows, out):
+        _gram_tile_scalar(A, weights, j0, l0, height, width, weighted_rows, out)
+
+    return scalar
 
 
 # -- the tile of Aᵀ Q -----------------------------------------------------------------------------------------

@@ -162,6 +162,31 @@ def test_tiled_chunk_rmatmat_has_chunk_rmatmats_bits(dtype):
                 np.testing.assert_array_equal(acc.T, flat.reshape(d, k))
 
 
+def test_weighted_gram_upper_has_each_entrys_scalar_sum():
+    """``weighted_gram_upper`` (the small problems' dense sandwich, by register tiles): every entry j ≤ l < d is
+    Σᵢ A[i, j]·(wᵢ·A[i, l]) summed in increasing i from 0.0, bit for bit, for every remainder of d past whole tiles
+    (those of up to GRAM_REMAINDER_BY_COLUMNS columns formed down their columns and mirrored, 4-wide ones, the
+    rest 8 wide), d below one tile too; A padded with zeros to ``gram_tiles_width``, weights of both signs and 0."""
+    from fastnewton.kernels.dense import gram_tiles_width, weighted_gram_upper
+
+    rng = np.random.default_rng(41)
+    n = 37
+    for d in list(range(1, 21)) + [31, 32, 33, 34, 35, 36, 37, 41, 47, 48, 49, 63, 64, 65]:
+        width = gram_tiles_width(n, d)
+        A = np.zeros((n, width))
+        A[:, :d] = rng.standard_normal((n, d)) * np.exp(rng.uniform(-20, 20, (n, d)))
+        weights = rng.standard_normal(n) * np.exp(rng.uniform(-5, 5, n))
+        weights[::6] = 0.0
+        out = np.full((width, width), np.nan)
+        weighted_gram_upper(A, weights, d, out)
+        for j in range(d):
+            for l in range(j, d):
+                total = 0.0
+                for i in range(n):
+                    total += A[i, j] * (weights[i] * A[i, l])
+                assert out[j, l] == total, (d, j, l)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_matrix_with_real_chunking(dtype):
     """DenseMatrix with n large enough that its own chunk_rows gives several chunks."""

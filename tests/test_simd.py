@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastnewton.kernels.simd import (GRAM_TILE_HEIGHT, GRAM_TILE_WIDTH, PRODUCT_TILE_HEIGHT, PRODUCT_TILE_WIDTHS,
-                                     add_product_tile, add_scaled4, add_scaled_and_lane_sums4,
+from fastnewton.kernels.simd import (GRAM_TILE_HEIGHT, GRAM_TILE_WIDTH, GRAM_TILE_WIDTHS, PRODUCT_TILE_HEIGHT,
+                                     PRODUCT_TILE_WIDTHS, add_product_tile, add_scaled4, add_scaled_and_lane_sums4,
                                      lane_square_sums4_and_sums4, lane_sums4, row_dots, subtract_column_products4,
                                      subtract_column_products16, weighted_gram_tile)
 
@@ -178,34 +178,41 @@ def test_column_products_give_the_scalar_bits(wide):
 
 
 @njit
-def _compiled_gram_tile(A, weights, j0, l0, out):
-    weighted_gram_tile(A, weights, j0, l0, out)
+def _compiled_gram_tile(A, weights, j0, l0, height, width, weighted_rows, out):
+    weighted_gram_tile(A, weights, j0, l0, height, width, weighted_rows, out)
 
 
-def test_weighted_gram_tile_gives_the_scalar_bits_and_writes_its_tile_only():
-    """``weighted_gram_tile``: out[j0 + t, l0 + h] = Σᵢ A[i, j0 + t]·(wᵢ·A[i, l0 + h]) summed in increasing i from 0.0,
-    bit for bit against the scalar statements (no fused multiply-add: entries over 60 orders of magnitude would
-    show one; weights of both signs and zero), compiled and in the pure-Python form; nothing outside the tile
-    changes. Tiles at the edges of A and out (the last columns of a row: no read past it), and no rows."""
+@pytest.mark.parametrize("weighted_rows", [False, True])
+def test_weighted_gram_tile_gives_the_scalar_bits_and_writes_its_tile_only(weighted_rows):
+    """``weighted_gram_tile``: out[j0 + t, l0 + h] = Σᵢ A[i, j0 + t]·(wᵢ·A[i, l0 + h]) summed in increasing i from 0.0
+    (with ``weighted_rows``, Σᵢ (wᵢ·A[i, j0 + t])·A[i, l0 + h]), bit for bit against the scalar statements (no fused
+    multiply-add: entries over 60 orders of magnitude would show one; weights of both signs and zero), for every
+    height and width, compiled and in the pure-Python form; nothing outside the tile changes. Tiles at the edges of
+    A and out (the last columns of a row: no read past it), and no rows."""
     rng = np.random.default_rng(13)
     width = 3 * GRAM_TILE_WIDTH
     for n in (0, 1, 7, 40):
         A = rng.standard_normal((n, width)) * np.exp(rng.uniform(-30, 30, (n, width)))
         weights = rng.standard_normal(n) * np.exp(rng.uniform(-10, 10, n))
         weights[::5] = 0.0
-        for j0, l0 in ((0, 0), (GRAM_TILE_HEIGHT, GRAM_TILE_WIDTH), (width - GRAM_TILE_HEIGHT, width - GRAM_TILE_WIDTH)):
-            start = rng.standard_normal((width, width))
-            expected = start.copy()
-            for t in range(GRAM_TILE_HEIGHT):
-                for h in range(GRAM_TILE_WIDTH):
-                    total = 0.0
-                    for i in range(n):
-                        total += A[i, j0 + t] * (weights[i] * A[i, l0 + h])
-                    expected[j0 + t, l0 + h] = total
-            for run in (_compiled_gram_tile, weighted_gram_tile):
-                out = start.copy()
-                run(A, weights, j0, l0, out)
-                np.testing.assert_array_equal(out, expected)
+        for height in range(1, GRAM_TILE_HEIGHT + 1):
+            for tile_width in GRAM_TILE_WIDTHS:
+                for j0, l0 in ((0, 0), (GRAM_TILE_HEIGHT, GRAM_TILE_WIDTH), (width - height, width - tile_width)):
+                    start = rng.standard_normal((width, width))
+                    expected = start.copy()
+                    for t in range(height):
+                        for h in range(tile_width):
+                            total = 0.0
+                            for i in range(n):
+                                if weighted_rows:
+                                    total += (weights[i] * A[i, j0 + t]) * A[i, l0 + h]
+                                else:
+                                    total += A[i, j0 + t] * (weights[i] * A[i, l0 + h])
+                            expected[j0 + t, l0 + h] = total
+                    for run in (_compiled_gram_tile, weighted_gram_tile):
+                        out = start.copy()
+                        run(A, weights, j0, l0, height, tile_width, weighted_rows, out)
+                        np.testing.assert_array_equal(out, expected)
 
 
 @njit
@@ -250,7 +257,7 @@ from fastnewton.kernels.simd import GRAM_TILE_HEIGHT
 from fastnewton.kernels.small_newton import _sandwich, _sandwich_work
 rng = np.random.default_rng(5)
 worst = 0.0
-for n, d in [(90, 12), (64, 37), (200, 48), (33, 5)]:
+for n, d in [(90, 12), (64, 37), (200, 48), (33, 5), (70, 33), (20, 2), (40, 19), (50, 43)]:
     C = rng.standard_normal((n, d))
     beta = rng.standard_normal(n)
     matrix = (C, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0), False)
