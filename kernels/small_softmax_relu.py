@@ -26,7 +26,8 @@ A request's row ``table[r]`` (the ``T_*`` columns) gives its shapes, where C (as
 ``addresses``), V (n × m float64, row-major) and w lie, and where its packed vectors start: x (length d, by
 T_COL: x0 in, the answer out) and the length-m b, o, y and previous y (by T_OUT). A Newton loop that meets a
 non-finite value stops with status NON_FINITE and nothing else: the caller runs that request in Python
-(its message needs the evaluation's arrays).
+(its message needs the evaluation's arrays). Compiled with NumPy's error model, as kernels/small_newton.py (whose
+functions these loops inline): a division by zero gives ±inf or NaN, and division loops run as vectors.
 """
 import math
 
@@ -59,7 +60,7 @@ O_LOSS, O_GRAD_NORM, O_G_REF, O_ROUNDING_BOUND = range(4)
 OUT_FLOAT_FIELDS = 4
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _max_abs(a):
     """max|aᵢ| over a 1-D array (0 when empty)."""
     largest = 0.0
@@ -69,7 +70,7 @@ def _max_abs(a):
 
 
 # -- one evaluation -----------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _outputs(Vm, u, x, b, offset, w, l2, chunk_rows, e, s, y, active_residual):
     """The loss stages at u = Cx (``SoftmaxRelu``'s ``_log_partition``, ``_outputs``, ``_residual``): fills e, s,
     y and a ⊙ r; returns L (with the ridge)."""
@@ -95,7 +96,7 @@ def _outputs(Vm, u, x, b, offset, w, l2, chunk_rows, e, s, y, active_residual):
     return (0.5 * r2 + 0.5 * weighted) + _half_ridge(l2, x)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _evaluate(matrix, Vm, u, x, b, offset, w, l2, chunk_rows, e, s, y, active_residual, rho, Q, G, grad):
     """The evaluation at u = Cx: the loss stages, then ρ, Q = [s ρ + w u, s, s ρ, J V], G = CᵀQ and ∇L;
     returns (L, c)."""
@@ -112,7 +113,7 @@ def _evaluate(matrix, Vm, u, x, b, offset, w, l2, chunk_rows, e, s, y, active_re
     return loss, c
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _hessian(matrix, Q, c, G, y, offset, w, l2, beta, H, work):
     """H = Cᵀ diag(β) C + ½(P S Pᵀ + (P S Pᵀ)ᵀ) + l2·I, β = Q[:, 2] − c·Q[:, 1] + w, P = G[:, 1:]
     (``Problem.hessian_matrix``), the whole symmetric matrix."""
@@ -148,7 +149,7 @@ def _hessian(matrix, Q, c, G, y, offset, w, l2, beta, H, work):
 
 
 # -- the one-sided step (fastnewton.active_set) -------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _solution(L, column_scale, vector, out):
     """out = M⁻¹·vector, M = H + μD² = D (L Lᵀ) D."""
     d = vector.shape[0]
@@ -160,7 +161,7 @@ def _solution(L, column_scale, vector, out):
         out[j] = out[j] / column_scale[j]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _lu_solve(K, rhs):
     """K⁻¹ rhs by Gaussian elimination with partial pivoting (as LAPACK's gesv), or None when a pivot is
     exactly 0 (``np.linalg.solve`` raises LinAlgError)."""
@@ -191,7 +192,7 @@ def _lu_solve(K, rhs):
     return z
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _one_sided_step(L, column_scale, g, p, G, one_sided, y, max_updates, step):
     """``fastnewton.active_set.one_sided_step``: writes the refined step into ``step`` and returns True, or
     False (the plain step p stays). J_j = P[:, 2 + j] = G[:, 3 + j] for the one-sided outputs j."""
@@ -273,7 +274,7 @@ def _one_sided_step(L, column_scale, g, p, G, one_sided, y, max_updates, step):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _one_sided_gain_ratio(H, g, G, one_sided, y, step, actual, noise):
     """``fastnewton.active_set.one_sided_gain_ratio`` of the refined step ``step`` (t·p along the line)."""
     d = g.shape[0]
@@ -301,14 +302,14 @@ def _one_sided_gain_ratio(H, g, G, one_sided, y, step, actual, noise):
 
 
 # -- the model's functions for the Newton loop (kernels/small_newton.py's newton_loop) ----------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _new_point(n, d, m):
     """A point's arrays: u, ∇L, e, s, y, a ⊙ r, Q, G."""
     return (np.empty(n), np.empty(d), np.empty(n), np.empty(n), np.empty(m), np.empty(m), np.empty((n, m + 3)),
             np.empty((d, m + 3)))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _evaluate_point(model, matrix, x, point):
     """``_evaluate`` from point's u; scalars (c,)."""
     Vm, b, offset, w, l2, chunk_rows, work, beta, rho, one_sided, max_updates = model
@@ -317,20 +318,20 @@ def _evaluate_point(model, matrix, x, point):
     return loss, (c,)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _loss_at_point(model, u, x, point):
     Vm, b, offset, w, l2, chunk_rows, work, beta, rho, one_sided, max_updates = model
     _, _, e, s, y, active_residual, _, _ = point
     return _outputs(Vm, u, x, b, offset, w, l2, chunk_rows, e, s, y, active_residual)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _hessian_at_point(model, matrix, point, scalars, H):
     Vm, b, offset, w, l2, chunk_rows, work, beta, rho, one_sided, max_updates = model
     _hessian(matrix, point[6], scalars[0], point[7], point[4], offset, w, l2, beta, H, work)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _refine_step(model, point, L, column_scale, p, refined):
     """The one-sided step in place of a descent step p where outputs with b_j = 0, o_j = 0 exist."""
     one_sided, max_updates = model[9], model[10]
@@ -342,13 +343,13 @@ def _refine_step(model, point, L, column_scale, p, refined):
     return False
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _refined_gain(model, point, H, p, t, actual, noise):
     return _one_sided_gain_ratio(H, point[1], point[7], model[9], point[4], scaled_step(t, p), actual, noise)
 
 
 # -- one Newton loop ----------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _newton_loop(matrix, Vm, b, offset, w, l2, tol, max_iter, target_norm, chunk_rows, max_updates, settings,
                  x, y_out, y_previous_out, out_int, out_float):
     """``newton_loop`` from x (the answer written back) on one request; y at the end and at the iterate
@@ -409,7 +410,7 @@ def _newton_loop(matrix, Vm, b, offset, w, l2, tol, max_iter, target_norm, chunk
     y_previous_out[:] = previous[4]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _stage_figure(matrix, Vm, b, offset, w, l2, chunk_rows, eigenvalue, power_iterations, x):
     """L(x) (``eigenvalue`` False), or |λmax| of ∇²L(x) by ``power_iterations`` steps of the power iteration
     from ∇L(x) (ones where that is 0), ∇²L formed once (``fastnewton.lifted_start.largest_eigenvalue``; 0 for
@@ -456,7 +457,7 @@ def _stage_figure(matrix, Vm, b, offset, w, l2, chunk_rows, eigenvalue, power_it
     return estimate if np.isfinite(estimate) else 0.0
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def stage_figures(order, lanes, table, numbers, eigenvalue, power_iterations, b, offset, x, out):
     """out[r] = ``_stage_figure`` of request r at its slice of x (L(x), or |λmax| of ∇²L(x) when
     ``eigenvalue``), the requests of ``order`` handed out to ``lanes`` tasks as ``solve_relu_loops`` does."""
@@ -474,7 +475,7 @@ def stage_figures(order, lanes, table, numbers, eigenvalue, power_iterations, b,
                                    eigenvalue, power_iterations, x[col:col + table[r, T_D]])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def solve_relu_loops(order, lanes, table, numbers, settings, max_updates, b, offset, x, y, y_previous, out_int,
                      out_float):
     """Run the requests listed in ``order`` in ``lanes`` tasks, each taking the next request from a shared
@@ -492,7 +493,7 @@ def solve_relu_loops(order, lanes, table, numbers, settings, max_updates, b, off
                          out_int, out_float)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _run_request(r, table, numbers, settings, max_updates, b, offset, x, y, y_previous, out_int, out_float):
     """``_newton_loop`` on request r: C, V and w read in place, its slices of the packed vectors."""
     d = table[r, T_D]
@@ -505,7 +506,7 @@ def _run_request(r, table, numbers, settings, max_updates, b, offset, x, y, y_pr
                  settings, x[col:col + d], y[at:at + m], y_previous[at:at + m], out_int[r], out_float[r])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _request_arrays(r, table):
     """Request r's C (small_newton's matrix tuple), V (the same, dense) and w, read in place."""
     n = table[r, T_N]
@@ -528,7 +529,7 @@ SIMPLEX_SETTINGS_FIELDS = 4
 SIMPLEX_DONE, SIMPLEX_NOT_FACTORED, SIMPLEX_UNCONVERGED = 0, 1, 2
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _simplex_point(Am, lam, n, floor, chunk_rows, z, s, free, Ats):
     """s = max(f, 1/n + Aλ) (f = ``floor``), free = 1[1/n + Aλ > f], Aᵀs; returns ‖s − 1/n‖²."""
     _matvec(Am, lam, z)
@@ -543,7 +544,7 @@ def _simplex_point(Am, lam, n, floor, chunk_rows, z, s, free, Ats):
     return distance
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _dual_objective(lam, Ats, t, distance, ridge):
     """ψ(λ) = λᵀ(Aᵀs(λ) − t) − ½‖s(λ) − 1/n‖² + ½ε‖λ‖²."""
     total = 0.0
@@ -552,7 +553,7 @@ def _dual_objective(lam, Ats, t, distance, ridge):
     return total - 0.5 * distance + 0.5 * ridge * _dot(lam, lam)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _simplex_vector(Vm, b, chunk_rows, simplex_settings, equal, lam_out):
     """``lifted_start.simplex_vector`` on one problem: the equation outputs E (``equal``, 1 on E), λ (its first
     |E| + 1 entries of ``lam_out``); returns (status, dual Newton steps, |E|, Σ max(·))."""
@@ -649,7 +650,7 @@ def _simplex_vector(Vm, b, chunk_rows, simplex_settings, equal, lam_out):
     return SIMPLEX_DONE, total_iterations, size, total
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def simplex_vectors(order, lanes, table, simplex_settings, b, equal, lam, out_int, out_float):
     """``_simplex_vector`` of request r (V read in place, its b by T_OUT): ``equal`` (length m, by T_OUT) and
     ``lam`` (length m + 1 per request, at T_OUT + r), out_int[r] = (status, steps, |E|), out_float[r] = Σ max(·);
