@@ -58,8 +58,11 @@ class Softmax(ColumnCurvature, Model):
 
     def facts(self, block):
         # One compiled read for the extremes and ‖b‖² (four NumPy reductions and a masked copy cost ~5 µs on
-        # the small targets of solve_many's problems).
-        return target_facts(*target_summary(block.b))
+        # the small targets of solve_many's problems). ‖b‖² of a target near the largest floats is inf, the scale the
+        # rounding tests then use: no warning (the kernel gives none; its pure-Python form, under NUMBA_DISABLE_JIT,
+        # would).
+        with np.errstate(over="ignore"):
+            return target_facts(*target_summary(block.b))
 
     def complete_facts(self, facts, map_blocks):
         return with_floor(facts, lambda threshold: -map_blocks(_least_entry_summary, threshold)["max_negated_entry"])
