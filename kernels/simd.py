@@ -481,6 +481,20 @@ def _wide_vector_registers():
 GRAM_TILE_HEIGHT = 8 if _wide_vector_registers() else 4
 
 
+def _switch(builder, intp, key, values, emit):
+    """Code that branches on the intp ``key``: where it equals values[k], the code ``emit(k)`` writes; any other key
+    does nothing (the tiles' intrinsics: one loop per tile shape, chosen at run time)."""
+    done = builder.append_basic_block("switch_done")
+    switch = builder.switch(key, done)
+    for k, value in enumerate(values):
+        case = builder.append_basic_block(f"case_{value}")
+        switch.add_case(ir.Constant(intp, value), case)
+        builder.position_at_end(case)
+        emit(k)
+        builder.branch(done)
+    builder.position_at_end(done)
+
+
 GRAM_TILE_WIDTHS = (GRAM_TILE_WIDTH, LANES)  # 8-wide tiles, and 4-wide ones for a remainder of at most 4 columns
 
 
@@ -557,17 +571,14 @@ def _weighted_gram_tile(typingctx, A, weights, j0, l0, height, width, weighted_r
         j0_i, l0_i = index(2, j0_v), index(3, l0_v)
         key = builder.add(builder.mul(builder.zext(weighted_v, intp), ir.Constant(intp, 256)),
                           builder.add(builder.mul(index(4, height_v), ir.Constant(intp, 16)), index(5, width_v)))
-        done = builder.append_basic_block("tile_done")
-        switch = builder.switch(key, done)
-        for weighted_rows in (False, True):
-            for height in range(1, GRAM_TILE_HEIGHT + 1):
-                for width in GRAM_TILE_WIDTHS:
-                    case = builder.append_basic_block(f"tile_{int(weighted_rows)}_{height}x{width}")
-                    switch.add_case(ir.Constant(intp, 256 * weighted_rows + 16 * height + width), case)
-                    builder.position_at_end(case)
-                    _gram_tile_loop(context, builder, *arrays, j0_i, l0_i, height, width, weighted_rows)
-                    builder.branch(done)
-        builder.position_at_end(done)
+        shapes = [(weighted_rows, height, width) for weighted_rows in (False, True)
+                  for height in range(1, GRAM_TILE_HEIGHT + 1) for width in GRAM_TILE_WIDTHS]
+
+        def emit(k):
+            weighted_rows, height, width = shapes[k]
+            _gram_tile_loop(context, builder, *arrays, j0_i, l0_i, height, width, weighted_rows)
+
+        _switch(builder, intp, key, [256 * rows + 16 * height + width for rows, height, width in shapes], emit)
         return context.get_dummy_value()
 
     return signature, codegen
@@ -663,16 +674,9 @@ def _add_product_tile(typingctx, A, Q, start, stop, t0, height, l0, width, out):
         arrays = matrix(0, A_value), matrix(1, Q_value), matrix(8, out_value)
         start_i, stop_i, t0_i, l0_i = index(2, start_v), index(3, stop_v), index(4, t0_v), index(6, l0_v)
         key = builder.add(builder.mul(index(5, height_v), ir.Constant(intp, 16)), index(7, width_v))
-        done = builder.append_basic_block("tile_done")
-        switch = builder.switch(key, done)
-        for height in range(1, PRODUCT_TILE_HEIGHT + 1):
-            for width in PRODUCT_TILE_WIDTHS:
-                case = builder.append_basic_block(f"tile_{height}x{width}")
-                switch.add_case(ir.Constant(intp, height * 16 + width), case)
-                builder.position_at_end(case)
-                _product_tile_loop(context, builder, *arrays, start_i, stop_i, t0_i, l0_i, height, width)
-                builder.branch(done)
-        builder.position_at_end(done)
+        shapes = [(height, width) for height in range(1, PRODUCT_TILE_HEIGHT + 1) for width in PRODUCT_TILE_WIDTHS]
+        _switch(builder, intp, key, [16 * height + width for height, width in shapes],
+                lambda k: _product_tile_loop(context, builder, *arrays, start_i, stop_i, t0_i, l0_i, *shapes[k]))
         return context.get_dummy_value()
 
     return signature, codegen
