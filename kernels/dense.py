@@ -358,12 +358,19 @@ def gram_tiles_width(n, d):
 # (``weighted_gram_upper``).
 GRAM_REMAINDER_BY_COLUMNS = 3
 
+# ``weighted_gram_upper`` takes A in blocks of rows of about this many bytes, each block through every tile while it
+# stays in the L1 cache (48 KiB on this machine's Intel Xeon, 32 KiB on the AMD EPYC, beside out's tiles). One pass of
+# every tile over all of A read it from L2: 288 × 48, 13.6 → 10.2 µs; 288 × 64, 24.8 → 19.2 (one thread, the Xeon;
+# blocks of 16–40 KiB within the runs' noise of each other).
+GRAM_BLOCK_BYTES = 24 * 1024
+
 
 @njit(cache=True)
 def weighted_gram_upper(A, weights, d, out):
-    """out[j, l] = Σᵢ A[i, j]·(wᵢ·A[i, l]) for j ≤ l < d, each sum in increasing i (``kernels.simd.weighted_gram_tile``;
-    weights of any sign; other entries of out are left undefined). A: n × width, the matrix's d columns then zeros to
-    a whole number of tiles (``gram_tiles_width``); out: width × width. Serial: one small problem per thread.
+    """out[j, l] = Σᵢ A[i, j]·(wᵢ·A[i, l]) for j ≤ l < d, each sum in increasing i by fused multiply-adds
+    (``kernels.simd.weighted_gram_tile``; weights of any sign; other entries of out are left undefined). A: n × width,
+    the matrix's d columns then zeros to a whole number of tiles (``gram_tiles_width``); out: width × width. Serial:
+    one small problem per thread.
 
     The upper triangle by tiles of up to GRAM_TILE_HEIGHT rows × GRAM_TILE_WIDTH columns from the diagonal
     rightwards: no copy of A scaled by √|w| split by sign (``signed_scaled_rows``) and one pass per tile with its
@@ -373,21 +380,28 @@ def weighted_gram_upper(A, weights, d, out):
     (one broadcast and one product per row of A and column l, where an 8-wide tile of them makes eight), then
     mirrored. Every entry keeps its sum and its products (of the same two numbers), so the bits do not depend on
     the tiling. Measured (one thread, 288 rows, d = 32 … 64): 0.96 of the whole-tile time on average; d = 33
-    11.2 → 9.6 µs, 34 10.8 → 9.0, 36 10.8 → 9.6, 41 16.4 → 14.3, 49 20.2 → 17.4; remainders of 5–7 as before."""
+    11.2 → 9.6 µs, 34 10.8 → 9.0, 36 10.8 → 9.6, 41 16.4 → 14.3, 49 20.2 → 17.4; remainders of 5–7 as before.
+    The rows go in blocks of about GRAM_BLOCK_BYTES, each through every tile (a tile's sums continued from block to
+    block, in increasing i: the bits of one pass), so that the tiles read A from L1."""
     full = d - d % GRAM_TILE_WIDTH
     by_columns = 0 < d - full <= GRAM_REMAINDER_BY_COLUMNS
     stop = full if by_columns else d  # the columns of the tiles along rows
-    for j0 in range(0, stop, GRAM_TILE_HEIGHT):
-        height = min(GRAM_TILE_HEIGHT, stop - j0)
-        for l0 in range(j0 - j0 % GRAM_TILE_WIDTH, stop, GRAM_TILE_WIDTH):
-            width = LANES if stop - l0 <= LANES else GRAM_TILE_WIDTH
-            weighted_gram_tile(A, weights, j0, l0, height, width, False, out)
+    n = A.shape[0]
+    block = max(GRAM_BLOCK_BYTES // (8 * A.shape[1]), 1)
+    for start in range(0, max(n, 1), block):
+        end = min(start + block, n)
+        for j0 in range(0, stop, GRAM_TILE_HEIGHT):
+            height = min(GRAM_TILE_HEIGHT, stop - j0)
+            for l0 in range(j0 - j0 % GRAM_TILE_WIDTH, stop, GRAM_TILE_WIDTH):
+                width = LANES if stop - l0 <= LANES else GRAM_TILE_WIDTH
+                weighted_gram_tile(A, weights, start, end, j0, l0, height, width, False, out)
+        if by_columns:
+            for l0 in range(full, d, GRAM_TILE_HEIGHT):
+                height = min(GRAM_TILE_HEIGHT, d - l0)
+                for j0 in range(0, full, GRAM_TILE_WIDTH):
+                    weighted_gram_tile(A, weights, start, end, l0, j0, height, GRAM_TILE_WIDTH, True, out)
+                weighted_gram_tile(A, weights, start, end, l0, full, height, LANES, False, out)  # j, l ≥ full
     if by_columns:
-        for l0 in range(full, d, GRAM_TILE_HEIGHT):
-            height = min(GRAM_TILE_HEIGHT, d - l0)
-            for j0 in range(0, full, GRAM_TILE_WIDTH):
-                weighted_gram_tile(A, weights, l0, j0, height, GRAM_TILE_WIDTH, True, out)
-            weighted_gram_tile(A, weights, l0, full, height, LANES, False, out)  # the corner: j, l ≥ full
         for l in range(full, d):
             for j in range(full):
                 out[j, l] = out[l, j]

@@ -8,10 +8,17 @@ load, multiply, add and store; ``lane_sums4`` runs the four partial sums of a ro
 another row's update (a Hessian-vector product's pass), and ``row_dots`` those of a whole matrix's rows, four
 rows side by side (the small problems' dense forward pass); ``weighted_gram_tile`` holds a tile of a
 weighted Gram matrix in 8- or 4-wide accumulators (the small problems' dense sandwich), ``add_product_tile`` a tile of
-Aᵀ Q likewise (their transposed pass). Each lane still rounds
-each product and then the sum, exactly as the scalar statements do (no fused multiply-add), so the
-results keep the scalar code's bits.
+Aᵀ Q likewise (their transposed pass), and ``subtract_column_products{4,16}`` a Cholesky factor's pending
+column sums (the small problems' factorisation). Each lane computes exactly what its scalar statements do, so the
+results keep the scalar code's bits. The passes round each product and then the sum, as ``solve``'s passes do (so
+a small problem's gradient has the bits of ``solve``'s); the Gram tile and the column products, whose sums ``solve``
+forms another way (BLAS, LAPACK), add each product by a fused multiply-add (``fused_multiply_add``, one rounding:
+their scalar statements call it too), which halves their arithmetic on a CPU whose multiplies and adds share two
+ports (Intel's).
 """
+import math
+from fractions import Fraction
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -39,6 +46,47 @@ def _vector_at(builder, data, offset, lanes=LANES):
     """&data[offset] as a pointer to <lanes x element> (data: a pointer to the element type). Loads and stores
     through it take element alignment only: a row starts wherever its row index (or NumPy) puts it."""
     return builder.bitcast(builder.gep(data, [offset]), ir.VectorType(data.type.pointee, lanes).as_pointer())
+
+
+def _fma(builder, a, b, c):
+    """a·b + c rounded once (LLVM's fma intrinsic: one vfmadd where the CPU has FMA; a, b, c doubles or vectors of
+    them, lane by lane)."""
+    name = f"llvm.fma.v{a.type.count}f64" if isinstance(a.type, ir.VectorType) else "llvm.fma.f64"
+    function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3), name)
+    return builder.call(function, [a, b, c])
+
+
+def fused_multiply_add(a, b, c):
+    """a·b + c with one rounding (IEEE fusedMultiplyAdd). The pure-Python form (called from Python, and under
+    NUMBA_DISABLE_JIT) forms the exact sum of finite operands as a fraction, rounded once by ``float``; with an
+    infinite or NaN operand the rounding does not matter and it is a·b + c."""
+    a, b, c = float(a), float(b), float(c)
+    if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c)):
+        return a * b + c
+    exact = Fraction(a) * Fraction(b) + Fraction(c)
+    try:
+        return float(exact)
+    except OverflowError:
+        return math.inf if exact > 0 else -math.inf  # beyond the largest float once rounded
+
+
+@intrinsic
+def _fused_multiply_add(typingctx, a, b, c):
+    if not all(value == types.float64 for value in (a, b, c)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _fma(builder, *args)
+
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
+@overload(fused_multiply_add)
+def _fused_multiply_add_overload(a, b, c):
+    def implementation(a, b, c):
+        return _fused_multiply_add(np.float64(a), np.float64(b), np.float64(c))
+
+    return implementation
 
 
 def add_scaled4(acc, base, v, q0, q1, q2, q3):
@@ -380,8 +428,9 @@ def _row_dots_overload(A, x, out):
 
 
 def subtract_column_products4(t, start, U, column, rows):
-    """t[start + r] −= U[k, start + r]·U[k, column] for k = 0 … rows − 1 in that order, r = 0 … 3: four entries of
-    a Cholesky factor's pending column sums, from rows of U (the pure-Python form)."""
+    """t[start + r] ← fma(−U[k, start + r], U[k, column], t[start + r]) for k = 0 … rows − 1 in that order,
+    r = 0 … 3 (each product subtracted with one rounding): four entries of a Cholesky factor's pending column sums,
+    from rows of U (the pure-Python form)."""
     _subtract_column_products_python(t, start, LANES, U, column, rows)
 
 
@@ -394,14 +443,14 @@ def _subtract_column_products_python(t, start, count, U, column, rows):
     for r in range(count):
         value = t[start + r]
         for k in range(rows):
-            value -= U[k, start + r] * U[k, column]
+            value = fused_multiply_add(-U[k, start + r], U[k, column], value)
         t[start + r] = value
 
 
 def _column_products_intrinsic(vectors):
     """The intrinsic of ``subtract_column_products{4·vectors}``: ``vectors`` <4 x double> accumulators held
-    through the loop over k; per k one broadcast of U[k, column] and per accumulator a 4-wide load, fmul and
-    fsub (each lane rounds the product, then the difference, in k order: the scalar statements' bits).
+    through the loop over k; per k one broadcast of U[k, column] and per accumulator a 4-wide load and one fused
+    multiply-add of its negation (in k order: the scalar statements' bits).
     t: contiguous float64 (1-d), U: C-contiguous float64 (2-d)."""
 
     def typer(typingctx, t, start, U, column, rows):
@@ -429,7 +478,7 @@ def _column_products_intrinsic(vectors):
                 broadcast = _broadcast(builder, factor)
                 for slot, offset in zip(slots, offsets):
                     values = builder.load(_vector_at(builder, U_array.data, builder.add(row, offset)), align=8)
-                    builder.store(builder.fsub(builder.load(slot), builder.fmul(values, broadcast)), slot)
+                    builder.store(_fma(builder, builder.fneg(values), broadcast, builder.load(slot)), slot)
             for slot, offset in zip(slots, offsets):
                 builder.store(builder.load(slot), _vector_at(builder, t_array.data, offset), align=8)
             return context.get_dummy_value()
@@ -498,39 +547,55 @@ def _switch(builder, intp, key, values, emit):
 GRAM_TILE_WIDTHS = (GRAM_TILE_WIDTH, LANES)  # 8-wide tiles, and 4-wide ones for a remainder of at most 4 columns
 
 
-def weighted_gram_tile(A, weights, j0, l0, height, width, weighted_rows, out):
-    """out[j0 + t, l0 + h] = Σᵢ A[i, j0 + t]·(wᵢ·A[i, l0 + h]) for t < height ≤ GRAM_TILE_HEIGHT and h < width ∈
-    GRAM_TILE_WIDTHS, each sum in increasing i from 0.0; with ``weighted_rows`` the weight goes with the tile's rows
-    instead, Σᵢ (wᵢ·A[i, j0 + t])·A[i, l0 + h]: the same products (each of the same two numbers), so the entry
-    (l0 + h, j0 + t) of the first form to the bit (A: n × width, C-contiguous float64 with j0 + height and
-    l0 + width ≤ its width; out likewise). Called from Python (and under NUMBA_DISABLE_JIT): the scalar loop."""
-    _gram_tile_scalar(A, weights, j0, l0, height, width, weighted_rows, out)
+def weighted_gram_tile(A, weights, start, stop, j0, l0, height, width, weighted_rows, out):
+    """out[j0 + t, l0 + h] = Σ_{i ∈ [start, stop)} A[i, j0 + t]·(wᵢ·A[i, l0 + h]) for t < height ≤ GRAM_TILE_HEIGHT and
+    h < width ∈ GRAM_TILE_WIDTHS, each sum in increasing i by fused multiply-adds (one rounding per term:
+    total ← fma(A[i, j0 + t], wᵢ·A[i, l0 + h], total)), from 0.0 where start = 0 and continued from out's value where
+    start > 0 (so a sum taken over row blocks in turn has the bits of one pass); with ``weighted_rows`` the weight
+    goes with the tile's rows instead, fma(wᵢ·A[i, j0 + t], A[i, l0 + h], total): the same products (each of the
+    same two numbers), so the entry (l0 + h, j0 + t) of the first form to the bit (A: n × width, C-contiguous float64
+    with j0 + height and l0 + width ≤ its width; out likewise). Called from Python (and under NUMBA_DISABLE_JIT):
+    the scalar loop."""
+    _gram_tile_scalar(A, weights, start, stop, j0, l0, height, width, weighted_rows, out)
 
 
 @njit(cache=True)
-def _gram_tile_scalar(A, weights, j0, l0, height, width, weighted_rows, out):
+def _gram_tile_scalar(A, weights, start, stop, j0, l0, height, width, weighted_rows, out):
     """``weighted_gram_tile`` entry by entry."""
     for t in range(height):
         for h in range(width):
-            total = 0.0
-            for i in range(A.shape[0]):
+            total = out[j0 + t, l0 + h] if start > 0 else 0.0
+            for i in range(start, stop):
                 if weighted_rows:
-                    total += (weights[i] * A[i, j0 + t]) * A[i, l0 + h]
+                    total = fused_multiply_add(weights[i] * A[i, j0 + t], A[i, l0 + h], total)
                 else:
-                    total += A[i, j0 + t] * (weights[i] * A[i, l0 + h])
+                    total = fused_multiply_add(A[i, j0 + t], weights[i] * A[i, l0 + h], total)
             out[j0 + t, l0 + h] = total
 
 
-def _gram_tile_loop(context, builder, A, weights, out, j0, l0, height, width, weighted_rows):
+def _gram_tile_loop(context, builder, A, weights, out, start, stop, j0, l0, height, width, weighted_rows):
     """The loop of one (height, width) tile of ``weighted_gram_tile`` (A, weights, out: Numba array structs)."""
     intp = context.get_value_type(types.intp)
     stride = cgutils.unpack_tuple(builder, A.shape, 2)[1]
     out_stride = cgutils.unpack_tuple(builder, out.shape, 2)[1]
     vector = ir.VectorType(ir.DoubleType(), width)
-    slots = [cgutils.alloca_once_value(builder, ir.Constant(vector, [0.0] * width)) for _ in range(height)]
-    with cgutils.for_range(builder, cgutils.unpack_tuple(builder, A.shape, 2)[0], intp=intp) as loop:
-        row = builder.mul(loop.index, stride)
-        weight = builder.load(builder.gep(weights.data, [loop.index]))
+    pointers = [_vector_at(builder, out.data, builder.add(builder.mul(builder.add(j0, ir.Constant(intp, t)),
+                                                                      out_stride), l0), width)
+                for t in range(height)]
+    continued = builder.icmp_signed(">", start, ir.Constant(intp, 0))
+    slots = []
+    for pointer in pointers:
+        slot = cgutils.alloca_once(builder, vector)
+        # out's tile is read only to continue its sums (at start = 0 it may hold anything)
+        with builder.if_else(continued) as (then, otherwise):
+            with then:
+                builder.store(builder.load(pointer, align=8), slot)
+            with otherwise:
+                builder.store(ir.Constant(vector, [0.0] * width), slot)
+        slots.append(slot)
+    with cgutils.for_range_slice(builder, start, stop, ir.Constant(intp, 1), intp) as (i, _):
+        row = builder.mul(i, stride)
+        weight = builder.load(builder.gep(weights.data, [i]))
         columns = builder.load(_vector_at(builder, A.data, builder.add(row, l0), width), align=8)
         if not weighted_rows:
             columns = builder.fmul(_broadcast(builder, weight, width), columns)
@@ -538,45 +603,43 @@ def _gram_tile_loop(context, builder, A, weights, out, j0, l0, height, width, we
             entry = builder.load(builder.gep(A.data, [builder.add(row, builder.add(j0, ir.Constant(intp, t)))]))
             if weighted_rows:
                 entry = builder.fmul(weight, entry)
-            builder.store(builder.fadd(builder.load(slot), builder.fmul(_broadcast(builder, entry, width), columns)),
-                          slot)
-    for t, slot in enumerate(slots):
-        offset = builder.add(builder.mul(builder.add(j0, ir.Constant(intp, t)), out_stride), l0)
-        builder.store(builder.load(slot), _vector_at(builder, out.data, offset, width), align=8)
+            builder.store(_fma(builder, _broadcast(builder, entry, width), columns, builder.load(slot)), slot)
+    for slot, pointer in zip(slots, pointers):
+        builder.store(builder.load(slot), pointer, align=8)
 
 
 @intrinsic
-def _weighted_gram_tile(typingctx, A, weights, j0, l0, height, width, weighted_rows, out):
+def _weighted_gram_tile(typingctx, A, weights, start, stop, j0, l0, height, width, weighted_rows, out):
     """``weighted_gram_tile``: one loop per (height, width, weighted_rows), chosen by a switch on
     256·weighted_rows + 16·height + width (any other triple does nothing: the caller keeps to them). Per row of A
     one ``width``-wide load at column l0, scaled by a broadcast wᵢ (or each broadcast entry scaled by wᵢ, with
-    ``weighted_rows``), then per tile row a broadcast of A[i, j0 + t], one fmul and one fadd into that row's
-    accumulator (each lane rounds the product and then the sum, as the scalar statements: their bits)."""
+    ``weighted_rows``), then per tile row a broadcast of A[i, j0 + t] and one fused multiply-add into that row's
+    accumulator (the scalar statements' bits)."""
     if not (_float64_c_array(A, 2) and _float64_c_array(out, 2) and _float64_c_array(weights, 1)
-            and all(isinstance(a, types.Integer) for a in (j0, l0, height, width))
+            and all(isinstance(a, types.Integer) for a in (start, stop, j0, l0, height, width))
             and isinstance(weighted_rows, types.Boolean)):
         return None
-    signature = types.void(A, weights, j0, l0, height, width, weighted_rows, out)
+    signature = types.void(A, weights, start, stop, j0, l0, height, width, weighted_rows, out)
 
     def codegen(context, builder, sig, args):
-        A_value, weights_value, j0_v, l0_v, height_v, width_v, weighted_v, out_value = args
+        A_value, weights_value, start_v, stop_v, j0_v, l0_v, height_v, width_v, weighted_v, out_value = args
         intp = context.get_value_type(types.intp)
         arrays = (context.make_array(sig.args[0])(context, builder, A_value),
                   context.make_array(sig.args[1])(context, builder, weights_value),
-                  context.make_array(sig.args[7])(context, builder, out_value))
+                  context.make_array(sig.args[9])(context, builder, out_value))
 
         def index(position, value):
             return context.cast(builder, value, sig.args[position], types.intp)
 
-        j0_i, l0_i = index(2, j0_v), index(3, l0_v)
+        rows_and_corner = index(2, start_v), index(3, stop_v), index(4, j0_v), index(5, l0_v)
         key = builder.add(builder.mul(builder.zext(weighted_v, intp), ir.Constant(intp, 256)),
-                          builder.add(builder.mul(index(4, height_v), ir.Constant(intp, 16)), index(5, width_v)))
+                          builder.add(builder.mul(index(6, height_v), ir.Constant(intp, 16)), index(7, width_v)))
         shapes = [(weighted_rows, height, width) for weighted_rows in (False, True)
                   for height in range(1, GRAM_TILE_HEIGHT + 1) for width in GRAM_TILE_WIDTHS]
 
         def emit(k):
             weighted_rows, height, width = shapes[k]
-            _gram_tile_loop(context, builder, *arrays, j0_i, l0_i, height, width, weighted_rows)
+            _gram_tile_loop(context, builder, *arrays, *rows_and_corner, height, width, weighted_rows)
 
         _switch(builder, intp, key, [256 * rows + 16 * height + width for rows, height, width in shapes], emit)
         return context.get_dummy_value()
@@ -585,15 +648,15 @@ def _weighted_gram_tile(typingctx, A, weights, j0, l0, height, width, weighted_r
 
 
 @overload(weighted_gram_tile)
-def _weighted_gram_tile_overload(A, weights, j0, l0, height, width, weighted_rows, out):
+def _weighted_gram_tile_overload(A, weights, start, stop, j0, l0, height, width, weighted_rows, out):
     if _float64_c_array(A, 2) and _float64_c_array(out, 2) and _float64_c_array(weights, 1):
-        def implementation(A, weights, j0, l0, height, width, weighted_rows, out):
-            _weighted_gram_tile(A, weights, j0, l0, height, width, weighted_rows, out)
+        def implementation(A, weights, start, stop, j0, l0, height, width, weighted_rows, out):
+            _weighted_gram_tile(A, weights, start, stop, j0, l0, height, width, weighted_rows, out)
 
         return implementation
 
-    def scalar(A, weights, j0, l0, height, width, weighted_rows, out):
-        _gram_tile_scalar(A, weights, j0, l0, height, width, weighted_rows, out)
+    def scalar(A, weights, start, stop, j0, l0, height, width, weighted_rows, out):
+        _gram_tile_scalar(A, weights, start, stop, j0, l0, height, width, weighted_rows, out)
 
     return scalar
 

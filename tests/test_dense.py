@@ -8,11 +8,13 @@ summation bound of naive.assert_within_rounding (~ n_terms·eps·Σ|terms|).
 import numpy as np
 import pytest
 import threadpoolctl
+from numba import njit
 
 import naive
 from fastnewton import matrix as matrix_module
 from fastnewton.chunking import chunk_rows as real_chunk_rows
 from fastnewton.kernels.dense import dense_matvec, dense_rmatmat
+from fastnewton.kernels.simd import fused_multiply_add
 from fastnewton.matrix import DENSE_SANDWICH_BLOCK, DenseMatrix
 from fastnewton.threads import blas_threads, single_threaded_blas, thread_limits
 
@@ -162,29 +164,42 @@ def test_tiled_chunk_rmatmat_has_chunk_rmatmats_bits(dtype):
                 np.testing.assert_array_equal(acc.T, flat.reshape(d, k))
 
 
+@njit
+def _entry_sums_fused(A, weights, d):
+    """Σᵢ A[i, j]·(wᵢ·A[i, l]) for j ≤ l < d, entry by entry in increasing i by fused multiply-adds (compiled
+    ``fused_multiply_add``, itself tested against exact fractions in test_simd.py)."""
+    out = np.full((d, d), np.nan)
+    for j in range(d):
+        for l in range(j, d):
+            total = 0.0
+            for i in range(A.shape[0]):
+                total = fused_multiply_add(A[i, j], weights[i] * A[i, l], total)
+            out[j, l] = total
+    return out
+
+
 def test_weighted_gram_upper_has_each_entrys_scalar_sum():
     """``weighted_gram_upper`` (the small problems' dense sandwich, by register tiles): every entry j ≤ l < d is
-    Σᵢ A[i, j]·(wᵢ·A[i, l]) summed in increasing i from 0.0, bit for bit, for every remainder of d past whole tiles
-    (those of up to GRAM_REMAINDER_BY_COLUMNS columns formed down their columns and mirrored, 4-wide ones, the
-    rest 8 wide), d below one tile too; A padded with zeros to ``gram_tiles_width``, weights of both signs and 0."""
-    from fastnewton.kernels.dense import gram_tiles_width, weighted_gram_upper
+    Σᵢ A[i, j]·(wᵢ·A[i, l]) summed in increasing i from 0.0 by fused multiply-adds, bit for bit, for every remainder
+    of d past whole tiles (those of up to GRAM_REMAINDER_BY_COLUMNS columns formed down their columns and mirrored,
+    4-wide ones, the rest 8 wide), d below one tile too; A padded with zeros to ``gram_tiles_width``, weights of both
+    signs and 0; rows in one block of GRAM_BLOCK_BYTES and in several (each tile's sums continued from block to
+    block: still one pass's bits)."""
+    from fastnewton.kernels.dense import GRAM_BLOCK_BYTES, gram_tiles_width, weighted_gram_upper
 
     rng = np.random.default_rng(41)
-    n = 37
-    for d in list(range(1, 21)) + [31, 32, 33, 34, 35, 36, 37, 41, 47, 48, 49, 63, 64, 65]:
-        width = gram_tiles_width(n, d)
-        A = np.zeros((n, width))
-        A[:, :d] = rng.standard_normal((n, d)) * np.exp(rng.uniform(-20, 20, (n, d)))
-        weights = rng.standard_normal(n) * np.exp(rng.uniform(-5, 5, n))
-        weights[::6] = 0.0
-        out = np.full((width, width), np.nan)
-        weighted_gram_upper(A, weights, d, out)
-        for j in range(d):
-            for l in range(j, d):
-                total = 0.0
-                for i in range(n):
-                    total += A[i, j] * (weights[i] * A[i, l])
-                assert out[j, l] == total, (d, j, l)
+    dims = list(range(1, 21)) + [31, 32, 33, 34, 35, 36, 37, 41, 47, 48, 49, 63, 64, 65]
+    for n in (0, 37, 3 * GRAM_BLOCK_BYTES // (8 * 64) + 5):
+        for d in dims if n < 100 else [1, 5, 12, 33, 48, 59, 64, 65]:
+            width = gram_tiles_width(n, d)
+            A = np.zeros((n, width))
+            A[:, :d] = rng.standard_normal((n, d)) * np.exp(rng.uniform(-20, 20, (n, d)))
+            weights = rng.standard_normal(n) * np.exp(rng.uniform(-5, 5, n))
+            weights[::6] = 0.0
+            out = np.full((width, width), np.nan)
+            weighted_gram_upper(A, weights, d, out)
+            upper = np.triu_indices(d)
+            np.testing.assert_array_equal(out[:d, :d][upper], _entry_sums_fused(A, weights, d)[upper], err_msg=(n, d))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -10,8 +10,8 @@ from numba import njit
 
 from fastnewton.kernels.simd import (GRAM_TILE_HEIGHT, GRAM_TILE_WIDTH, GRAM_TILE_WIDTHS, PRODUCT_TILE_HEIGHT,
                                      PRODUCT_TILE_WIDTHS, add_product_tile, add_scaled4, add_scaled_and_lane_sums4,
-                                     lane_square_sums4_and_sums4, lane_sums4, row_dots, subtract_column_products4,
-                                     subtract_column_products16, weighted_gram_tile)
+                                     fused_multiply_add, lane_square_sums4_and_sums4, lane_sums4, row_dots,
+                                     subtract_column_products4, subtract_column_products16, weighted_gram_tile)
 
 # A fresh interpreter compiles the small Newton's kernels for another CPU: seconds; 240 s only guards against a hang
 # (not a timing assertion).
@@ -157,8 +157,9 @@ def _compiled_column_products(t, U, column, rows, wide):
 
 @pytest.mark.parametrize("wide", [False, True], ids=["4", "16"])
 def test_column_products_give_the_scalar_bits(wide):
-    """``subtract_column_products4`` / ``16``: t[start + r] −= U[k, start + r]·U[k, column] in k order, bit for bit
-    against the scalar statements, compiled and in the pure-Python form."""
+    """``subtract_column_products4`` / ``16``: t[start + r] ← fma(−U[k, start + r], U[k, column], t[start + r]) in k
+    order, bit for bit against the scalar statements with exact fused multiply-adds (``fused_multiply_add``'s
+    pure-Python form), compiled and in the pure-Python form."""
     rng = np.random.default_rng(11)
     d = 32
     U = rng.standard_normal((d, d)) * np.exp(rng.uniform(-30, 30, (d, d)))
@@ -167,7 +168,7 @@ def test_column_products_give_the_scalar_bits(wide):
         expected = start_values.copy()
         for i in range(d):
             for k in range(rows):
-                expected[i] -= U[k, i] * U[k, 5]
+                expected[i] = fused_multiply_add(-U[k, i], U[k, 5], expected[i])
         t = start_values.copy()
         _compiled_column_products(t, U, 5, rows, wide)
         np.testing.assert_array_equal(t, expected)
@@ -178,17 +179,33 @@ def test_column_products_give_the_scalar_bits(wide):
 
 
 @njit
-def _compiled_gram_tile(A, weights, j0, l0, height, width, weighted_rows, out):
-    weighted_gram_tile(A, weights, j0, l0, height, width, weighted_rows, out)
+def _compiled_gram_tile(A, weights, start, stop, j0, l0, height, width, weighted_rows, out):
+    weighted_gram_tile(A, weights, start, stop, j0, l0, height, width, weighted_rows, out)
+
+
+def _gram_tile_reference(A, weights, start, stop, j0, l0, height, width, weighted_rows, out):
+    """The scalar statements of ``weighted_gram_tile`` in plain Python, each fused multiply-add exact
+    (``fused_multiply_add``'s pure-Python form: the exact sum as a fraction, rounded once)."""
+    for t in range(height):
+        for h in range(width):
+            total = out[j0 + t, l0 + h] if start > 0 else 0.0
+            for i in range(start, stop):
+                if weighted_rows:
+                    total = fused_multiply_add(weights[i] * A[i, j0 + t], A[i, l0 + h], total)
+                else:
+                    total = fused_multiply_add(A[i, j0 + t], weights[i] * A[i, l0 + h], total)
+            out[j0 + t, l0 + h] = total
 
 
 @pytest.mark.parametrize("weighted_rows", [False, True])
 def test_weighted_gram_tile_gives_the_scalar_bits_and_writes_its_tile_only(weighted_rows):
-    """``weighted_gram_tile``: out[j0 + t, l0 + h] = Σᵢ A[i, j0 + t]·(wᵢ·A[i, l0 + h]) summed in increasing i from 0.0
-    (with ``weighted_rows``, Σᵢ (wᵢ·A[i, j0 + t])·A[i, l0 + h]), bit for bit against the scalar statements (no fused
-    multiply-add: entries over 60 orders of magnitude would show one; weights of both signs and zero), for every
-    height and width, compiled and in the pure-Python form; nothing outside the tile changes. Tiles at the edges of
-    A and out (the last columns of a row: no read past it), and no rows."""
+    """``weighted_gram_tile``: out[j0 + t, l0 + h] = Σ_{i ∈ [start, stop)} A[i, j0 + t]·(wᵢ·A[i, l0 + h]) in increasing i
+    by fused multiply-adds (with ``weighted_rows``, Σᵢ (wᵢ·A[i, j0 + t])·A[i, l0 + h]), from 0.0 where start = 0 (out's
+    NaN there is not read) and continued from out's values where start > 0, bit for bit against the scalar
+    statements with exact fused multiply-adds (entries over 60 orders of magnitude: separate roundings would show),
+    for every height and width, compiled and in the pure-Python form; a sum over rows taken in two blocks has the
+    bits of one pass; nothing outside the tile changes. Tiles at the edges of A and out (the last columns of a row:
+    no read past it), and no rows."""
     rng = np.random.default_rng(13)
     width = 3 * GRAM_TILE_WIDTH
     for n in (0, 1, 7, 40):
@@ -198,21 +215,47 @@ def test_weighted_gram_tile_gives_the_scalar_bits_and_writes_its_tile_only(weigh
         for height in range(1, GRAM_TILE_HEIGHT + 1):
             for tile_width in GRAM_TILE_WIDTHS:
                 for j0, l0 in ((0, 0), (GRAM_TILE_HEIGHT, GRAM_TILE_WIDTH), (width - height, width - tile_width)):
-                    start = rng.standard_normal((width, width))
-                    expected = start.copy()
-                    for t in range(height):
-                        for h in range(tile_width):
-                            total = 0.0
-                            for i in range(n):
-                                if weighted_rows:
-                                    total += (weights[i] * A[i, j0 + t]) * A[i, l0 + h]
-                                else:
-                                    total += A[i, j0 + t] * (weights[i] * A[i, l0 + h])
-                            expected[j0 + t, l0 + h] = total
+                    before = rng.standard_normal((width, width))
+                    before[j0:j0 + height, l0:l0 + tile_width] = np.nan
+                    expected = before.copy()
+                    _gram_tile_reference(A, weights, 0, n, j0, l0, height, tile_width, weighted_rows, expected)
+                    middle = n // 3
                     for run in (_compiled_gram_tile, weighted_gram_tile):
-                        out = start.copy()
-                        run(A, weights, j0, l0, height, tile_width, weighted_rows, out)
+                        out = before.copy()
+                        run(A, weights, 0, n, j0, l0, height, tile_width, weighted_rows, out)
                         np.testing.assert_array_equal(out, expected)
+                        out = before.copy()
+                        run(A, weights, 0, middle, j0, l0, height, tile_width, weighted_rows, out)
+                        run(A, weights, middle, n, j0, l0, height, tile_width, weighted_rows, out)
+                        np.testing.assert_array_equal(out, expected)
+                    if 0 < middle:  # continued from whatever out holds
+                        continued = rng.standard_normal((width, width))
+                        expected = continued.copy()
+                        _gram_tile_reference(A, weights, middle, n, j0, l0, height, tile_width, weighted_rows,
+                                             expected)
+                        out = continued.copy()
+                        _compiled_gram_tile(A, weights, middle, n, j0, l0, height, tile_width, weighted_rows, out)
+                        np.testing.assert_array_equal(out, expected)
+
+
+def test_fused_multiply_add_rounds_once():
+    """``fused_multiply_add``: a·b + c with one rounding, compiled (LLVM's fma) and in the pure-Python form (exact
+    fractions): (1 + 2⁻³⁰)(1 − 2⁻³⁰) − 1 is −2⁻⁶⁰ (a product rounded first gives 0); random operands over 600 orders
+    of magnitude agree bit for bit; overflow of the exact sum gives ±inf, infinite and NaN operands propagate as
+    a·b + c does."""
+    compiled = njit(lambda a, b, c: fused_multiply_add(a, b, c))
+    a, b = 1.0 + 2.0**-30, 1.0 - 2.0**-30
+    assert a * b - 1.0 == 0.0
+    assert fused_multiply_add(a, b, -1.0) == compiled(a, b, -1.0) == -(2.0**-60)
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal((2000, 3)) * np.exp(rng.uniform(-300, 300, (2000, 3)) / 2)
+    values[::7, 2] = -values[::7, 0] * values[::7, 1]  # cancellation: the rounding of the product decides the sign
+    for x, y, z in values:
+        assert fused_multiply_add(x, y, z) == compiled(x, y, z)
+    big = np.finfo(np.float64).max
+    for args in ((big, 2.0, 0.0), (-big, 2.0, 0.0), (big, 2.0, -big), (np.inf, 1.0, 1.0), (np.inf, 0.0, 1.0),
+                 (np.nan, 1.0, 1.0), (1.0, 1.0, -np.inf)):
+        np.testing.assert_array_equal(fused_multiply_add(*args), compiled(*args))
 
 
 @njit
