@@ -10,11 +10,11 @@ rows side by side (the small problems' dense forward pass); ``weighted_gram_tile
 weighted Gram matrix in 8- or 4-wide accumulators (the small problems' dense sandwich), ``add_product_tile`` a tile of
 Aᵀ Q likewise (their transposed pass), and ``subtract_column_products{4,16}`` a Cholesky factor's pending
 column sums (the small problems' factorisation). Each lane computes exactly what its scalar statements do, so the
-results keep the scalar code's bits. The passes round each product and then the sum, as ``solve``'s passes do (so
-a small problem's gradient has the bits of ``solve``'s); the Gram tile and the column products, whose sums ``solve``
-forms another way (BLAS, LAPACK), add each product by a fused multiply-add (``fused_multiply_add``, one rounding:
-their scalar statements call it too), which halves their arithmetic on a CPU whose multiplies and adds share two
-ports (Intel's).
+results keep the scalar code's bits. All but one round each product and then the sum (the passes as ``solve``'s
+passes do: a small problem's gradient has the bits of ``solve``'s); the Gram tile, whose sums ``solve`` forms
+another way (BLAS's SYRK), adds each product by a fused multiply-add (``fused_multiply_add``, one rounding: its
+scalar statements call it too), which halves its arithmetic on a CPU whose multiplies and adds share two ports
+(Intel's).
 """
 import math
 from fractions import Fraction
@@ -428,9 +428,8 @@ def _row_dots_overload(A, x, out):
 
 
 def subtract_column_products4(t, start, U, column, rows):
-    """t[start + r] ← fma(−U[k, start + r], U[k, column], t[start + r]) for k = 0 … rows − 1 in that order,
-    r = 0 … 3 (each product subtracted with one rounding): four entries of a Cholesky factor's pending column sums,
-    from rows of U (the pure-Python form)."""
+    """t[start + r] −= U[k, start + r]·U[k, column] for k = 0 … rows − 1 in that order, r = 0 … 3: four entries of
+    a Cholesky factor's pending column sums, from rows of U (the pure-Python form)."""
     _subtract_column_products_python(t, start, LANES, U, column, rows)
 
 
@@ -443,14 +442,14 @@ def _subtract_column_products_python(t, start, count, U, column, rows):
     for r in range(count):
         value = t[start + r]
         for k in range(rows):
-            value = fused_multiply_add(-U[k, start + r], U[k, column], value)
+            value -= U[k, start + r] * U[k, column]
         t[start + r] = value
 
 
 def _column_products_intrinsic(vectors):
     """The intrinsic of ``subtract_column_products{4·vectors}``: ``vectors`` <4 x double> accumulators held
-    through the loop over k; per k one broadcast of U[k, column] and per accumulator a 4-wide load and one fused
-    multiply-add of its negation (in k order: the scalar statements' bits).
+    through the loop over k; per k one broadcast of U[k, column] and per accumulator a 4-wide load, fmul and
+    fsub (each lane rounds the product, then the difference, in k order: the scalar statements' bits).
     t: contiguous float64 (1-d), U: C-contiguous float64 (2-d)."""
 
     def typer(typingctx, t, start, U, column, rows):
@@ -478,7 +477,7 @@ def _column_products_intrinsic(vectors):
                 broadcast = _broadcast(builder, factor)
                 for slot, offset in zip(slots, offsets):
                     values = builder.load(_vector_at(builder, U_array.data, builder.add(row, offset)), align=8)
-                    builder.store(_fma(builder, builder.fneg(values), broadcast, builder.load(slot)), slot)
+                    builder.store(builder.fsub(builder.load(slot), builder.fmul(values, broadcast)), slot)
             for slot, offset in zip(slots, offsets):
                 builder.store(builder.load(slot), _vector_at(builder, t_array.data, offset), align=8)
             return context.get_dummy_value()

@@ -47,7 +47,7 @@ from .kinks import (HELD_FULL, HELD_SHORT, MAX_CANDIDATE_ROWS, MAX_KINK_ROWS, MA
                     least_norm_subgradient, moving_rows_instead, parallel_groups, small_spd_solve, update_working_set)
 from .reduce import SQUARES_HIGH, SQUARES_LOW, gradient_rounding_bounds, rescaled_norm, scaled_norm
 from .sandwich import ROW_PAD, _add_row, _add_stored_row, _sorted_rows
-from .simd import LANES, fused_multiply_add, row_dots, subtract_column_products4, subtract_column_products16
+from .simd import LANES, row_dots, subtract_column_products4, subtract_column_products16
 from .softmax import (
     curvature_weights_serial,
     log_partition_serial,
@@ -325,9 +325,9 @@ def _cholesky(A, shift, U):
     pivot is not positive (or not finite), as LAPACK's potrf fails.
 
     Column j of L is formed all at once, sixteen (then four) entries at a time held in 4-wide vectors through
-    the loop over k (``subtract_column_products16``: t[i] ← fma(−L[i, k], L[j, k], t[i]) from row k of U,
-    contiguous), instead of one sum per entry, each bound by its add latency; every t[i] still gets its terms in
-    the order k = 0, 1, …, so the bits are those of the entry-by-entry sums (d = 48, one thread: 7.4 → 5.3 µs)."""
+    the loop over k (``subtract_column_products16``: t[i] −= L[i, k]·L[j, k] from row k of U, contiguous),
+    instead of one sum per entry, each bound by its add latency; every t[i] still gets its terms in the order
+    k = 0, 1, …, so the bits are those of the entry-by-entry sums (d = 48, one thread: 7.4 → 5.3 µs)."""
     d = A.shape[0]
     t = np.empty(d)
     for j in range(d):
@@ -347,7 +347,7 @@ def _cholesky(A, shift, U):
         for i in range(j, stop):
             value = t[i]
             for k in range(j):
-                value = fused_multiply_add(-U[k, i], U[k, j], value)
+                value -= U[k, i] * U[k, j]
             t[i] = value
         s = t[j]
         if not s > 0.0 or not np.isfinite(s):
