@@ -64,6 +64,8 @@ def fused_multiply_add(a, b, c):
     if not (math.isfinite(a) and math.isfinite(b) and math.isfinite(c)):
         return a * b + c
     exact = Fraction(a) * Fraction(b) + Fraction(c)
+    if exact == 0:  # a·b = −c exactly (or a product of zero): a·b + c rounds nothing and signs the zero as IEEE does
+        return a * b + c
     try:
         return float(exact)
     except OverflowError:

@@ -198,8 +198,8 @@ def _gram_tile_reference(A, weights, start, stop, j0, l0, height, width, weighte
 
 @pytest.mark.parametrize("weighted_rows", [False, True])
 def test_weighted_gram_tile_gives_the_scalar_bits_and_writes_its_tile_only(weighted_rows):
-    """``weighted_gram_tile``: out[j0 + t, l0 + h] = Σ_{i ∈ [start, stop)} A[i, j0 + t]·(wᵢ·A[i, l0 + h]) in increasing i
-    by fused multiply-adds (with ``weighted_rows``, Σᵢ (wᵢ·A[i, j0 + t])·A[i, l0 + h]), from 0.0 where start = 0 (out's
+    """``weighted_gram_tile``: out[j0 + t, l0 + h] = Σ_{i ∈ [start, stop)} A[i, j0 + t]·(wᵢ·A[i, l0 + h]) in increasing
+    i by fused multiply-adds (with ``weighted_rows``, Σᵢ (wᵢ·A[i, j0 + t])·A[i, l0 + h]), from 0.0 where start = 0 (out's
     NaN there is not read) and continued from out's values where start > 0, bit for bit against the scalar
     statements with exact fused multiply-adds (entries over 60 orders of magnitude: separate roundings would show),
     for every height and width, compiled and in the pure-Python form; a sum over rows taken in two blocks has the
@@ -241,7 +241,7 @@ def test_fused_multiply_add_rounds_once():
     """``fused_multiply_add``: a·b + c with one rounding, compiled (LLVM's fma) and in the pure-Python form (exact
     fractions): (1 + 2⁻³⁰)(1 − 2⁻³⁰) − 1 is −2⁻⁶⁰ (a product rounded first gives 0); random operands over 600 orders
     of magnitude agree bit for bit; overflow of the exact sum gives ±inf, infinite and NaN operands propagate as
-    a·b + c does."""
+    a·b + c does, and an exact zero has IEEE's sign."""
     compiled = njit(lambda a, b, c: fused_multiply_add(a, b, c))
     a, b = 1.0 + 2.0**-30, 1.0 - 2.0**-30
     assert a * b - 1.0 == 0.0
@@ -255,6 +255,9 @@ def test_fused_multiply_add_rounds_once():
     for args in ((big, 2.0, 0.0), (-big, 2.0, 0.0), (big, 2.0, -big), (np.inf, 1.0, 1.0), (np.inf, 0.0, 1.0),
                  (np.nan, 1.0, 1.0), (1.0, 1.0, -np.inf)):
         np.testing.assert_array_equal(fused_multiply_add(*args), compiled(*args))
+    for args in ((-0.0, 5.0, -0.0), (0.0, -5.0, -0.0), (0.0, 5.0, -0.0), (2.0, 3.0, -6.0)):  # signed zeros as IEEE
+        ieee = args[0] * args[1] + args[2]  # exact here: no rounding to fuse away
+        assert np.signbit(fused_multiply_add(*args)) == np.signbit(compiled(*args)) == np.signbit(ieee)
 
 
 @njit
