@@ -388,7 +388,7 @@ def weighted_gram_upper(A, weights, d, out):
     stop = full if by_columns else d  # the columns of the tiles along rows
     n = A.shape[0]
     block = max(GRAM_BLOCK_BYTES // (8 * A.shape[1]), 1)
-    for start in range(0, max(n, 1), block):
+    for start in range(0, max(n, 1), block):  # n = 0: one empty block, whose tiles write their zero sums
         end = min(start + block, n)
         for j0 in range(0, stop, GRAM_TILE_HEIGHT):
             height = min(GRAM_TILE_HEIGHT, stop - j0)

@@ -109,7 +109,7 @@ def _check_same_as_solve(problems, model, result, non_unique=(), **kwargs):
                 assert error <= X_RTOL * scale, i
         # A loss at the rounding floor (an interpolating fit: residuals of n·ε·‖b‖ each at most, so a loss below
         # (n·ε·‖b‖)²) is rounding noise in every digit (a wide relu_softmax problem: 1.5610e-29 against 1.5619e-29).
-        floor = (np.shape(C)[0] * np.finfo(np.float64).eps * np.linalg.norm(b)) ** 2
+        floor = (C.shape[0] * np.finfo(np.float64).eps * np.linalg.norm(b)) ** 2
         atol = max(RELU_OUTPUT_LOSS_ATOL if model == "softmax_relu" else 1e-300, floor)
         assert mine["loss"] == pytest.approx(reference.loss, rel=1e-10, abs=atol)
         assert mine["converged"] == reference.converged
