@@ -9,7 +9,7 @@ import pytest
 from numba import njit
 
 from fastnewton.kernels.simd import (GRAM_TILE_HEIGHT, GRAM_TILE_WIDTH, GRAM_TILE_WIDTHS, PRODUCT_TILE_HEIGHT,
-                                     PRODUCT_TILE_WIDTHS, add_product_tile, add_scaled4, add_scaled_and_lane_sums4,
+                                     PRODUCT_TILE_WIDTHS, _gram_tile_scalar, add_product_tile, add_scaled4, add_scaled_and_lane_sums4,
                                      fused_multiply_add, lane_square_sums4_and_sums4, lane_sums4, row_dots,
                                      subtract_column_products4, subtract_column_products16, weighted_gram_tile)
 
@@ -182,18 +182,9 @@ def _compiled_gram_tile(A, weights, start, stop, j0, l0, height, width, weighted
     weighted_gram_tile(A, weights, start, stop, j0, l0, height, width, weighted_rows, out)
 
 
-def _gram_tile_reference(A, weights, start, stop, j0, l0, height, width, weighted_rows, out):
-    """The scalar statements of ``weighted_gram_tile`` in plain Python, each fused multiply-add exact
-    (``fused_multiply_add``'s pure-Python form: the exact sum as a fraction, rounded once)."""
-    for t in range(height):
-        for h in range(width):
-            total = out[j0 + t, l0 + h] if start > 0 else 0.0
-            for i in range(start, stop):
-                if weighted_rows:
-                    total = fused_multiply_add(weights[i] * A[i, j0 + t], A[i, l0 + h], total)
-                else:
-                    total = fused_multiply_add(A[i, j0 + t], weights[i] * A[i, l0 + h], total)
-            out[j0 + t, l0 + h] = total
+# The scalar statements of ``weighted_gram_tile`` run as plain Python, each fused multiply-add exact
+# (``fused_multiply_add``'s pure-Python form: the exact sum as a fraction, rounded once).
+_gram_tile_reference = getattr(_gram_tile_scalar, "py_func", _gram_tile_scalar)
 
 
 @pytest.mark.parametrize("weighted_rows", [False, True])
